@@ -1,0 +1,21 @@
+//! # kdelta-sensors
+//!
+//! Sensor drivers and decoders for kdelta. This crate turns hardware and operating-system
+//! interfaces into timestamped [`Reading`]s; it knows nothing of storage, HTTP or MQTT — the
+//! agent schedules sources and feeds their readings to the store.
+//!
+//! Two shapes of source exist:
+//! - [`PolledSource`]: sampled by the agent's scheduler on a fixed grid (`system`, `sysfs`,
+//!   Modbus, simulator);
+//! - [`StreamingSource`]: produces readings when the device talks (serial line protocols).
+//!
+//! Every failure is a [`SourceError`] that names the device path or address.
+#![deny(missing_docs)]
+
+mod error;
+mod reading;
+mod source;
+
+pub use error::SourceError;
+pub use reading::{Reading, now_ms};
+pub use source::{BoxFuture, PolledSource, ReadingSink, StreamingSource};
