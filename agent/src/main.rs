@@ -1,1 +1,5 @@
-fn main() {}
+//! The `kdelta` binary: parse the command line and run it.
+
+fn main() {
+    std::process::exit(0);
+}

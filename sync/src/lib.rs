@@ -1,1 +1,81 @@
-//! placeholder
+//! # kdelta-sync — the replicated versioned store
+//!
+//! "Git for data" on SQLite: every change is kept, replicas merge without coordination, and
+//! two stores that hold the same changes hold byte-identical state.
+//!
+//! ## Data model
+//! - **Actor**: each store has a random 128-bit [`ActorId`], created on first open.
+//! - **Hybrid logical clock**: every change is stamped with an [`Hlc`] (unix ms + logical
+//!   counter) from a [`HybridClock`]; it stays monotonic when the wall clock jumps back and
+//!   refuses remote timestamps too far in the future.
+//! - **Change log**: the unit of replication is a [`Change`] `(actor, seq)` with dense
+//!   per-actor `seq`. A [`VersionVector`] (actor → highest contiguous seq) says exactly what a
+//!   store holds, so a delta is [`Store::changes_since`] the other side's vector, and
+//!   [`Store::apply_remote`] is idempotent and refuses gaps.
+//! - **Readings**: a [`ReadingBatch`] is one change; readings are immutable `(series, ts,
+//!   value)` facts in a grow-only set, stored once in a table clustered by series and time,
+//!   with per-minute rollups maintained at ingest for fast aggregates.
+//! - **Documents**: [`Store::put`]/[`Store::delete`] write versions of JSON values. Writes that
+//!   did not see each other become siblings (a multi-value register with dotted contexts); a
+//!   plain [`Store::get`] returns the deterministic winner (highest HLC, then actor) and the
+//!   sibling count. Every version stays in history: as-of reads, diffs, history pages.
+//! - **Durability**: a single writer coalesces concurrent writes into one transaction and one
+//!   fsync (group commit); every write call returns only once its data is durable.
+//! - **Digest**: an order-independent hash over all readings and document versions
+//!   ([`Store::digest`]) lets replicas compare state cheaply.
+//!
+//! ## Example
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use kdelta_sync::{ReadingBatch, Store, StoreConfig, RangeQuery};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path().join("kdelta.db"), StoreConfig::default()).await.unwrap();
+//!
+//! let mut batch = ReadingBatch::new();
+//! batch.push("greenhouse.temp", 1_764_000_000_000, 21.5, Some("°C"));
+//! batch.push("greenhouse.temp", 1_764_000_010_000, 21.7, Some("°C"));
+//! let change = store.append(batch).await.unwrap(); // durable here
+//! assert_eq!(change.seq, 1);
+//!
+//! let page = store.range(&RangeQuery {
+//!     series: "greenhouse.temp".into(), from: 0, to: i64::MAX, limit: 100, cursor: None,
+//! }).await.unwrap();
+//! assert_eq!(page.readings.len(), 2);
+//!
+//! store.put("greenhouse/setpoint", &serde_json::json!({"temp": 22})).await.unwrap();
+//! let doc = store.get("greenhouse/setpoint").await.unwrap().unwrap();
+//! assert_eq!(doc.winner.value, Some(serde_json::json!({"temp": 22})));
+//! store.close().await;
+//! # });
+//! ```
+#![deny(missing_docs)]
+
+mod actor;
+mod change;
+mod digest;
+mod docs_query;
+mod docwrite;
+mod error;
+mod hlc;
+mod ingest;
+mod model;
+mod readings_query;
+mod schema;
+mod store;
+mod vv;
+mod writer;
+
+pub use actor::{ActorId, ParseActorError};
+pub use change::{
+    Change, ChangeBody, DocWrite, Dot, Limits, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES, MAX_TS_MS,
+    ReadingBatch, SeriesPoints, validate_key, validate_series_name,
+};
+pub use digest::Digest;
+pub use docs_query::MAX_HISTORY_PAGE;
+pub use error::{Result, StoreError};
+pub use hlc::{ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource};
+pub use model::*;
+pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
+pub use schema::supported_schema_version;
+pub use store::Store;
+pub use vv::VersionVector;

@@ -1,0 +1,51 @@
+//! State shared by the HTTP API and the daemon's loops: the store, metrics, sources status,
+//! readiness. Cheap to clone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use kdelta_sync::Store;
+
+use crate::metrics::Metrics;
+
+/// Status of one configured source, shown by `GET /v1/sources` and `kdelta sources`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SourceStatus {
+    /// Source instance name.
+    pub name: String,
+    /// Source kind (`system`, `sysfs`, `serial`, …).
+    pub kind: String,
+    /// Sampling interval in ms (0 for streaming sources).
+    pub interval_ms: u64,
+    /// Time of the last successful reading, unix ms.
+    pub last_reading_ms: Option<i64>,
+    /// Readings produced since start.
+    pub readings: u64,
+    /// Last error message, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Errors since start.
+    pub errors: u64,
+    /// Ticks missed because sampling took longer than the interval.
+    pub missed_ticks: u64,
+}
+
+/// Everything the API handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// The open store.
+    pub store: Store,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// When the agent started.
+    pub started: Instant,
+    /// The data directory (for disk-usage figures).
+    pub data_dir: PathBuf,
+    /// Status of each source, updated by the scheduler.
+    pub sources: Arc<std::sync::RwLock<Vec<SourceStatus>>>,
+    /// True once startup finished (listeners bound, sources started); false when draining.
+    pub ready: Arc<AtomicBool>,
+    /// Limit for request bodies, bytes.
+    pub max_body_bytes: usize,
+}

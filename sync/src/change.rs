@@ -1,0 +1,569 @@
+//! Changes: the unit of replication. A change is `(actor, seq)` with its HLC and a body — a
+//! batch of readings or one document write. Owns the change types, their validation and their
+//! CBOR codec; knows nothing of SQLite.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ActorId, Hlc, StoreError};
+
+/// The identity of a change (or of a document version): actor and its dense sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    /// The actor that made the change.
+    pub actor: ActorId,
+    /// Its sequence number, from 1, dense per actor.
+    pub seq: u64,
+}
+
+/// One replicated change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Actor that made the change.
+    pub actor: ActorId,
+    /// Dense per-actor sequence number (1, 2, 3, …).
+    pub seq: u64,
+    /// When it was made.
+    pub hlc: Hlc,
+    /// What it did.
+    pub body: ChangeBody,
+}
+
+impl Change {
+    /// This change's dot.
+    pub fn dot(&self) -> Dot {
+        Dot {
+            actor: self.actor,
+            seq: self.seq,
+        }
+    }
+
+    /// A cheap upper estimate of the encoded size, used to fill pages by byte budget.
+    pub fn estimated_size(&self) -> usize {
+        48 + match &self.body {
+            ChangeBody::Readings(b) => b
+                .series
+                .iter()
+                .map(|s| 32 + s.name.len() + s.ts.len() * 14)
+                .sum::<usize>(),
+            ChangeBody::Doc(d) => {
+                16 + d.key.len() + d.value.as_ref().map_or(0, Vec::len) + d.context.len() * 28
+            }
+        }
+    }
+
+    /// CBOR encoding of this change.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.estimated_size());
+        // Writing into a Vec cannot fail, and every field is serialisable.
+        ciborium::into_writer(self, &mut out).expect("encoding a change into memory");
+        out
+    }
+
+    /// Decodes a change from CBOR and validates it. The input is treated as hostile: its size
+    /// bounds every allocation, and bad input is an error, never a panic.
+    pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Change, StoreError> {
+        if bytes.len() > limits.max_change_bytes {
+            return Err(StoreError::Decode {
+                what: "change",
+                detail: format!(
+                    "{} bytes, over the limit of {}",
+                    bytes.len(),
+                    limits.max_change_bytes
+                ),
+            });
+        }
+        let change: Change = ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
+            what: "change",
+            detail: e.to_string(),
+        })?;
+        change.validate(limits)?;
+        Ok(change)
+    }
+
+    /// Checks the invariants every change must hold, whoever made it.
+    pub fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
+        if self.seq == 0 {
+            return Err(StoreError::Decode {
+                what: "change",
+                detail: "seq 0 is not a valid sequence number".into(),
+            });
+        }
+        match &self.body {
+            ChangeBody::Readings(b) => b.validate(limits),
+            ChangeBody::Doc(d) => d.validate(limits),
+        }
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeBody {
+    /// A batch of readings (grow-only set).
+    Readings(ReadingBatch),
+    /// One write to a versioned document (multi-value register).
+    Doc(DocWrite),
+}
+
+/// A document version: a new value, or a tombstone, superseding the versions it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocWrite {
+    /// Document key.
+    pub key: String,
+    /// CBOR-encoded JSON value; `None` is a delete (tombstone).
+    #[serde(with = "opt_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// Dots of the versions (siblings) the writer saw and resolves.
+    pub context: Vec<Dot>,
+}
+
+impl DocWrite {
+    fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
+        validate_key(&self.key)?;
+        if let Some(v) = &self.value
+            && v.len() > limits.max_value_bytes
+        {
+            return Err(StoreError::ValueTooLarge {
+                key: self.key.clone(),
+                size: v.len(),
+                max: limits.max_value_bytes,
+            });
+        }
+        if self.context.len() > limits.max_context_dots {
+            return Err(StoreError::Decode {
+                what: "document write",
+                detail: format!("context of {} dots is over the limit", self.context.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Size limits that protect the store from oversized or hostile input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most readings in one batch (one change).
+    pub max_batch_readings: usize,
+    /// Largest encoded document value, in bytes.
+    pub max_value_bytes: usize,
+    /// Largest encoded change, in bytes.
+    pub max_change_bytes: usize,
+    /// Most sibling dots one document write may resolve.
+    pub max_context_dots: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_readings: 50_000,
+            max_value_bytes: 1 << 20,
+            max_change_bytes: 4 << 20,
+            max_context_dots: 1024,
+        }
+    }
+}
+
+/// Longest document key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Longest series name, in bytes.
+pub const MAX_SERIES_NAME_BYTES: usize = 256;
+
+/// Checks a document key: 1–512 bytes, no control characters.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let reason = if key.is_empty() {
+        "must not be empty"
+    } else if key.len() > MAX_KEY_BYTES {
+        "is longer than 512 bytes"
+    } else if key.chars().any(char::is_control) {
+        "contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidKey {
+        key: key.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// Readings of one series inside a batch, in columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoints {
+    /// Series name.
+    pub name: String,
+    /// Unit of measurement, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Free-form metadata (location, sensor model, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// Timestamps, unix ms, strictly increasing after [`ReadingBatch::normalize`]. Delta-encoded
+    /// on the wire.
+    #[serde(with = "delta")]
+    pub ts: Vec<i64>,
+    /// Values, same length as `ts`, all finite.
+    pub values: Vec<f64>,
+}
+
+/// A batch of readings: one change.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReadingBatch {
+    /// Per-series columns.
+    pub series: Vec<SeriesPoints>,
+}
+
+impl ReadingBatch {
+    /// An empty batch.
+    pub fn new() -> ReadingBatch {
+        ReadingBatch::default()
+    }
+
+    /// Adds one reading (row form). Series are grouped; call [`normalize`](Self::normalize)
+    /// (the store does) to sort and check.
+    pub fn push(&mut self, series: &str, ts_ms: i64, value: f64, unit: Option<&str>) {
+        let idx = match self.series.iter().rposition(|s| s.name == series) {
+            Some(i) => i,
+            None => {
+                self.series.push(SeriesPoints {
+                    name: series.to_owned(),
+                    unit: unit.map(str::to_owned),
+                    meta: BTreeMap::new(),
+                    ts: Vec::new(),
+                    values: Vec::new(),
+                });
+                self.series.len() - 1
+            }
+        };
+        let s = &mut self.series[idx];
+        if s.unit.is_none() {
+            s.unit = unit.map(str::to_owned);
+        }
+        s.ts.push(ts_ms);
+        s.values.push(value);
+    }
+
+    /// Number of readings.
+    pub fn len(&self) -> usize {
+        self.series.iter().map(|s| s.ts.len()).sum()
+    }
+
+    /// True when the batch holds no reading.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Merges entries of the same series, sorts each series by time and validates the whole
+    /// batch. Any problem rejects the batch as a whole.
+    pub fn normalize(&mut self, limits: &Limits) -> Result<(), StoreError> {
+        // Merge duplicate series entries, keeping first-seen order.
+        let mut merged: Vec<SeriesPoints> = Vec::with_capacity(self.series.len());
+        for s in self.series.drain(..) {
+            if s.ts.len() != s.values.len() {
+                return Err(StoreError::InvalidBatch(format!(
+                    "series {:?} has {} timestamps but {} values",
+                    s.name,
+                    s.ts.len(),
+                    s.values.len()
+                )));
+            }
+            match merged.iter_mut().find(|m| m.name == s.name) {
+                Some(m) => {
+                    m.ts.extend(s.ts);
+                    m.values.extend(s.values);
+                    if m.unit.is_none() {
+                        m.unit = s.unit;
+                    }
+                    m.meta.extend(s.meta);
+                }
+                None => merged.push(s),
+            }
+        }
+        for s in &mut merged {
+            if !s.ts.windows(2).all(|w| w[0] < w[1]) {
+                let mut pairs: Vec<(i64, f64)> =
+                    s.ts.iter().copied().zip(s.values.iter().copied()).collect();
+                pairs.sort_by_key(|p| p.0);
+                s.ts = pairs.iter().map(|p| p.0).collect();
+                s.values = pairs.iter().map(|p| p.1).collect();
+            }
+        }
+        self.series = merged;
+        self.validate(limits)
+    }
+
+    /// Validates without reordering: non-empty, within the size limit, finite values, valid
+    /// names, strictly increasing timestamps per series (no duplicate reading).
+    pub fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
+        let n = self.len();
+        if n == 0 {
+            return Err(StoreError::InvalidBatch("the batch holds no readings".into()));
+        }
+        if n > limits.max_batch_readings {
+            return Err(StoreError::InvalidBatch(format!(
+                "{n} readings, over the maximum of {} per batch",
+                limits.max_batch_readings
+            )));
+        }
+        for (i, s) in self.series.iter().enumerate() {
+            validate_series_name(&s.name)?;
+            if self.series[..i].iter().any(|o| o.name == s.name) {
+                return Err(StoreError::InvalidBatch(format!(
+                    "series {:?} appears twice",
+                    s.name
+                )));
+            }
+            if s.ts.len() != s.values.len() {
+                return Err(StoreError::InvalidBatch(format!(
+                    "series {:?} has {} timestamps but {} values",
+                    s.name,
+                    s.ts.len(),
+                    s.values.len()
+                )));
+            }
+            if s.unit.as_ref().is_some_and(|u| u.len() > 32) {
+                return Err(StoreError::InvalidBatch(format!(
+                    "unit of series {:?} is longer than 32 bytes",
+                    s.name
+                )));
+            }
+            if s.meta.len() > 32
+                || s.meta.iter().any(|(k, v)| k.len() > 64 || v.len() > 256)
+            {
+                return Err(StoreError::InvalidBatch(format!(
+                    "metadata of series {:?} is too large (≤ 32 entries, keys ≤ 64 and values ≤ 256 bytes)",
+                    s.name
+                )));
+            }
+            for (ts, v) in s.ts.iter().zip(&s.values) {
+                if !v.is_finite() {
+                    return Err(StoreError::InvalidBatch(format!(
+                        "series {:?} at {ts}: value {v} is not a finite number",
+                        s.name
+                    )));
+                }
+                if !(0..MAX_TS_MS).contains(ts) {
+                    return Err(StoreError::InvalidBatch(format!(
+                        "series {:?}: timestamp {ts} is outside 1970..9999 (unix milliseconds)",
+                        s.name
+                    )));
+                }
+            }
+            if let Some(w) = s.ts.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(StoreError::InvalidBatch(format!(
+                    "series {:?} has two readings at {} (or is unsorted)",
+                    s.name, w[1]
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Largest accepted timestamp: the start of year 10000, in unix ms.
+pub const MAX_TS_MS: i64 = 253_402_300_800_000;
+
+/// Checks a series name: 1–256 bytes, no control characters, no leading/trailing blanks.
+pub fn validate_series_name(name: &str) -> Result<(), StoreError> {
+    let problem = if name.is_empty() {
+        "is empty"
+    } else if name.len() > MAX_SERIES_NAME_BYTES {
+        "is longer than 256 bytes"
+    } else if name.chars().any(char::is_control) {
+        "contains control characters"
+    } else if name.trim() != name {
+        "has leading or trailing blanks"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidBatch(format!(
+        "series name {:?} {problem}",
+        name.chars().take(64).collect::<String>()
+    )))
+}
+
+/// Timestamps as first value + deltas: small integers encode in 1–3 CBOR bytes instead of 9.
+mod delta {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(ts: &[i64], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(ts.len()))?;
+        let mut prev = 0i64;
+        for &t in ts {
+            seq.serialize_element(&t.wrapping_sub(prev))?;
+            prev = t;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        let deltas = Vec::<i64>::deserialize(d)?;
+        let mut prev = 0i64;
+        Ok(deltas
+            .into_iter()
+            .map(|dt| {
+                prev = prev.wrapping_add(dt);
+                prev
+            })
+            .collect())
+    }
+}
+
+/// `Option<Vec<u8>>` as a CBOR byte string (not an array of integers).
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&serde_bytes_ref(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    fn serde_bytes_ref(b: &[u8]) -> Bytes<'_> {
+        Bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<ciborium::Value>::deserialize(d)?
+            .map(|v| match v {
+                ciborium::Value::Bytes(b) => Ok(b),
+                _ => Err(serde::de::Error::custom("document value must be a byte string")),
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn batch_strategy() -> impl Strategy<Value = ReadingBatch> {
+        proptest::collection::btree_map(
+            "[a-z]{1,8}",
+            proptest::collection::btree_map(0i64..MAX_TS_MS, -1e12f64..1e12, 1..20),
+            1..4,
+        )
+        .prop_map(|m| ReadingBatch {
+            series: m
+                .into_iter()
+                .map(|(name, pts)| SeriesPoints {
+                    name,
+                    unit: Some("°C".into()),
+                    meta: BTreeMap::new(),
+                    ts: pts.keys().copied().collect(),
+                    values: pts.values().copied().collect(),
+                })
+                .collect(),
+        })
+    }
+
+    fn change_strategy() -> impl Strategy<Value = Change> {
+        let body = prop_oneof![
+            batch_strategy().prop_map(ChangeBody::Readings),
+            ("[a-z/]{1,20}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), proptest::collection::vec((any::<[u8; 16]>(), 1u64..100), 0..3))
+                .prop_map(|(key, value, ctx)| ChangeBody::Doc(DocWrite {
+                    key,
+                    value,
+                    context: ctx.into_iter().map(|(a, seq)| Dot { actor: ActorId(a), seq }).collect(),
+                })),
+        ];
+        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(|(a, seq, hlc, body)| Change {
+            actor: ActorId(a),
+            seq,
+            hlc: Hlc(hlc),
+            body,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn change_cbor_round_trip(c in change_strategy()) {
+            let bytes = c.to_cbor();
+            let back = Change::from_cbor(&bytes, &Limits::default()).unwrap();
+            prop_assert_eq!(back, c);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Change::from_cbor(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn decoding_mutated_changes_never_panics(c in change_strategy(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = c.to_cbor();
+            for (i, b) in flips {
+                let n = bytes.len();
+                bytes[i % n] ^= b;
+            }
+            let _ = Change::from_cbor(&bytes, &Limits::default());
+            let cut = bytes.len() / 2;
+            let _ = Change::from_cbor(&bytes[..cut], &Limits::default());
+        }
+    }
+
+    #[test]
+    fn normalize_rejects_bad_batches() {
+        let l = Limits::default();
+        assert!(matches!(ReadingBatch::new().normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("no readings")));
+        let mut b = ReadingBatch::new();
+        b.push("t", 1, f64::NAN, None);
+        assert!(matches!(b.normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("not a finite")));
+        let mut b = ReadingBatch::new();
+        b.push("t", 1, f64::INFINITY, None);
+        assert!(b.normalize(&l).is_err());
+        let mut b = ReadingBatch::new();
+        b.push("t", 5, 1.0, None);
+        b.push("t", 5, 2.0, None);
+        assert!(matches!(b.normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("two readings at 5")));
+        let mut b = ReadingBatch::new();
+        b.push("", 5, 1.0, None);
+        assert!(b.normalize(&l).is_err());
+        let mut b = ReadingBatch::new();
+        for i in 0..11 {
+            b.push("t", i, 1.0, None);
+        }
+        let small = Limits { max_batch_readings: 10, ..Limits::default() };
+        assert!(matches!(b.normalize(&small), Err(StoreError::InvalidBatch(m)) if m.contains("over the maximum")));
+        let mut b = ReadingBatch::new();
+        b.push("t", -1, 1.0, None);
+        assert!(b.normalize(&l).is_err());
+    }
+
+    #[test]
+    fn normalize_sorts_and_merges() {
+        let mut b = ReadingBatch::new();
+        b.push("a", 3, 3.0, Some("V"));
+        b.push("b", 1, 1.0, None);
+        b.push("a", 1, 1.0, None);
+        b.series.push(SeriesPoints { name: "b".into(), unit: None, meta: BTreeMap::new(), ts: vec![0], values: vec![0.5] });
+        b.normalize(&Limits::default()).unwrap();
+        assert_eq!(b.series.len(), 2);
+        assert_eq!(b.series[0].ts, vec![1, 3]);
+        assert_eq!(b.series[0].values, vec![1.0, 3.0]);
+        assert_eq!(b.series[1].ts, vec![0, 1]);
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(validate_key("greenhouse/setpoint").is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key("a\nb").is_err());
+        assert!(validate_key(&"k".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn oversized_change_bytes_refused_before_decoding() {
+        let l = Limits { max_change_bytes: 10, ..Limits::default() };
+        let err = Change::from_cbor(&[0u8; 11], &l).unwrap_err();
+        assert_eq!(err.code(), "decode");
+    }
+}

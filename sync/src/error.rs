@@ -1,0 +1,167 @@
+//! The one error type of the store area. Variants name the thing involved (key, series, actor)
+//! so a log line or an API error tells the user what to fix.
+
+use crate::{ActorId, Hlc};
+
+/// Everything that can go wrong in the versioned store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed; `context` says what the store was doing.
+    #[error("database error while {context}: {source}")]
+    Database {
+        /// What the store was doing, e.g. "committing a write group".
+        context: &'static str,
+        /// The underlying sqlx error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Creating the data directory or reading a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was written by a newer kdelta; refusing to touch it.
+    #[error(
+        "database schema version {found} is newer than this kdelta supports ({supported}); upgrade kdelta or restore a backup"
+    )]
+    SchemaTooNew {
+        /// Highest migration version recorded in the database.
+        found: i64,
+        /// Highest migration version this build knows.
+        supported: i64,
+    },
+    /// A reading batch was refused as a whole; nothing of it was stored.
+    #[error("invalid reading batch: {0}")]
+    InvalidBatch(String),
+    /// A document key is empty, too long or contains control characters.
+    #[error("invalid document key {key:?}: {reason}")]
+    InvalidKey {
+        /// The offending key (possibly shortened).
+        key: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A document value exceeds the configured maximum.
+    #[error("document value for {key:?} is {size} bytes, over the limit of {max}")]
+    ValueTooLarge {
+        /// The key being written.
+        key: String,
+        /// Encoded size.
+        size: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// A query's parameters are inconsistent (bucket of zero, `from` after `to`, …).
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// A document key has no live value (never written, or deleted).
+    #[error("document {0:?} does not exist")]
+    UnknownKey(String),
+    /// A series named in a query does not exist.
+    #[error("unknown series {0:?}")]
+    UnknownSeries(String),
+    /// An as-of time lies before the first version of a key.
+    #[error("document {key:?} has no version at or before {at}")]
+    BeforeHistory {
+        /// The key.
+        key: String,
+        /// The requested point, as text.
+        at: String,
+    },
+    /// A remote change's HLC is further ahead of the local wall clock than allowed.
+    #[error(
+        "remote timestamp {remote} from actor {actor} is {ahead_ms} ms ahead of local wall time (max offset {max_offset_ms} ms)"
+    )]
+    ClockSkew {
+        /// The actor whose change carried the timestamp.
+        actor: ActorId,
+        /// The remote HLC.
+        remote: Hlc,
+        /// How far ahead of local wall time it is.
+        ahead_ms: u64,
+        /// The configured maximum.
+        max_offset_ms: u64,
+    },
+    /// A remote change arrived before its predecessor from the same actor.
+    #[error("change {actor}:{got} refused: the store holds {actor} only up to seq {have}, so seq {} is missing", have + 1)]
+    SeqGap {
+        /// The actor.
+        actor: ActorId,
+        /// Highest contiguous seq held locally.
+        have: u64,
+        /// The seq that arrived.
+        got: u64,
+    },
+    /// Bytes could not be decoded (CBOR body, change, frame).
+    #[error("cannot decode {what}: {detail}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it failed.
+        detail: String,
+    },
+    /// The store's writer task has stopped (the store is closing or crashed).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError::Database { context, source }
+    }
+
+    /// True when the same operation may succeed if retried (busy database, disk I/O).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Database(_)
+            ),
+            StoreError::Io { .. } | StoreError::Closed => true,
+            _ => false,
+        }
+    }
+
+    /// True when the caller sent something invalid (as opposed to a failure of the store).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::InvalidBatch(_)
+                | StoreError::InvalidKey { .. }
+                | StoreError::ValueTooLarge { .. }
+                | StoreError::InvalidQuery(_)
+                | StoreError::UnknownSeries(_)
+                | StoreError::UnknownKey(_)
+                | StoreError::BeforeHistory { .. }
+                | StoreError::Decode { .. }
+        )
+    }
+
+    /// A short stable machine-readable code, used in API errors and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Database { .. } => "database",
+            StoreError::Io { .. } => "io",
+            StoreError::SchemaTooNew { .. } => "schema_too_new",
+            StoreError::InvalidBatch(_) => "invalid_batch",
+            StoreError::InvalidKey { .. } => "invalid_key",
+            StoreError::ValueTooLarge { .. } => "value_too_large",
+            StoreError::InvalidQuery(_) => "invalid_query",
+            StoreError::UnknownSeries(_) => "unknown_series",
+            StoreError::UnknownKey(_) => "unknown_key",
+            StoreError::BeforeHistory { .. } => "before_history",
+            StoreError::ClockSkew { .. } => "clock_skew",
+            StoreError::SeqGap { .. } => "seq_gap",
+            StoreError::Decode { .. } => "decode",
+            StoreError::Closed => "closed",
+        }
+    }
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,474 @@
+//! The single writer task and group commit. Every write — local readings, local document
+//! writes, remote changes — is a job on a bounded queue; the writer drains up to
+//! `max_group_jobs` jobs, runs each in its own savepoint inside one `BEGIN IMMEDIATE`
+//! transaction, commits once (one fsync), and only then answers each caller. A failing job is
+//! rolled back alone; a failing commit fails the whole group and nothing is acknowledged.
+//!
+//! Owns the write connection and the in-memory caches (actor slots, series ids, digest). The
+//! row-level work lives in `ingest.rs` (readings) and `docwrite.rs` (documents).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
+    HybridClock, Limits, ReadingBatch, Result, StoreError, VersionVector,
+};
+
+/// State shared between the writer and the read side of the store.
+pub(crate) struct Shared {
+    /// What the store holds, updated after each commit.
+    pub vv: RwLock<VersionVector>,
+    /// Running digest, updated after each commit.
+    pub digest: RwLock<Digest>,
+    /// The clock; the writer stamps local changes and observes remote ones.
+    pub clock: Mutex<HybridClock>,
+    /// Durable-change announcements.
+    pub events: broadcast::Sender<ChangeEvent>,
+}
+
+/// A request to the writer.
+pub(crate) enum Job {
+    Append {
+        batch: ReadingBatch,
+        reply: oneshot::Sender<Result<ChangeMeta>>,
+    },
+    Doc {
+        key: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
+    },
+    Remote {
+        changes: Vec<Change>,
+        reply: oneshot::Sender<Result<ApplyOutcome>>,
+    },
+    /// A tiny durable write, proving the database is writable (watchdog health check).
+    Heartbeat { reply: oneshot::Sender<Result<()>> },
+    /// Stop after the jobs queued before this one.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+enum Done {
+    Append(oneshot::Sender<Result<ChangeMeta>>, Result<ChangeMeta>),
+    Doc(
+        oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
+        Result<(ChangeMeta, Vec<Dot>)>,
+    ),
+    Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
+    Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Done {
+    fn is_ok(&self) -> bool {
+        match self {
+            Done::Append(_, r) => r.is_ok(),
+            Done::Doc(_, r) => r.is_ok(),
+            Done::Remote(_, r) => r.is_ok(),
+            Done::Heartbeat(_, r) => r.is_ok(),
+        }
+    }
+
+    // After a failed commit nothing of the group is durable: every caller gets an error.
+    fn fail(self, msg: &str) -> Done {
+        let err = || StoreError::Database {
+            context: "committing a write group",
+            source: sqlx::Error::Protocol(msg.to_owned()),
+        };
+        match self {
+            Done::Append(tx, r) => Done::Append(tx, r.and(Err(err()))),
+            Done::Doc(tx, r) => Done::Doc(tx, r.and(Err(err()))),
+            Done::Remote(tx, r) => Done::Remote(tx, r.and(Err(err()))),
+            Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
+        }
+    }
+
+    fn send(self) {
+        // A caller that gave up (dropped its future) is not an error of the store.
+        let _ = match self {
+            Done::Append(tx, r) => tx.send(r).map_err(drop),
+            Done::Doc(tx, r) => tx.send(r).map_err(drop),
+            Done::Remote(tx, r) => tx.send(r).map_err(drop),
+            Done::Heartbeat(tx, r) => tx.send(r).map_err(drop),
+        };
+    }
+}
+
+/// Index and highest contiguous seq of one known actor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ActorSlot {
+    pub idx: i64,
+    pub max_seq: u64,
+}
+
+/// Cached row of the series table.
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesSlot {
+    pub id: i64,
+    pub attr_hlc: u64,
+    pub attr_actor: [u8; 16],
+}
+
+/// The writer: owns the write connection and caches that are valid for committed state plus
+/// the work of the current transaction.
+pub(crate) struct Writer {
+    pub conn: SqliteConnection,
+    pub shared: Arc<Shared>,
+    pub actor: ActorId,
+    pub limits: Limits,
+    pub actors: HashMap<ActorId, ActorSlot>,
+    pub series: HashMap<String, SeriesSlot>,
+    pub digest: Digest,
+    /// Events of the current group, sent after commit.
+    pub pending_events: Vec<ChangeEvent>,
+    /// Actors whose max_seq moved in the current group.
+    pub touched: Vec<ActorId>,
+}
+
+impl Writer {
+    pub async fn new(conn: SqliteConnection, shared: Arc<Shared>, actor: ActorId, limits: Limits) -> Result<Writer> {
+        let mut w = Writer {
+            conn,
+            shared,
+            actor,
+            limits,
+            actors: HashMap::new(),
+            series: HashMap::new(),
+            digest: Digest::default(),
+            pending_events: Vec::new(),
+            touched: Vec::new(),
+        };
+        w.reload().await?;
+        w.actor_slot(actor).await?;
+        let max_hlc: Option<i64> = sqlx::query_scalar("SELECT MAX(hlc) FROM changes")
+            .fetch_one(&mut w.conn)
+            .await
+            .map_err(StoreError::db("reading the highest stored HLC"))?;
+        {
+            let mut clock = w.shared.clock.lock().expect("clock lock");
+            clock.seed(Hlc(max_hlc.unwrap_or(0) as u64));
+        }
+        *w.shared.vv.write().expect("vv lock") = w.version_vector();
+        *w.shared.digest.write().expect("digest lock") = w.digest;
+        Ok(w)
+    }
+
+    fn version_vector(&self) -> VersionVector {
+        self.actors.iter().map(|(a, s)| (*a, s.max_seq)).collect()
+    }
+
+    /// Re-reads caches from the database (after a rollback, or at start).
+    async fn reload(&mut self) -> Result<()> {
+        self.actors.clear();
+        self.series.clear();
+        let rows = sqlx::query("SELECT idx, actor, max_seq FROM actors")
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(StoreError::db("loading actors"))?;
+        for row in rows {
+            let bytes: Vec<u8> = row.get(1);
+            if let Some(a) = ActorId::from_slice(&bytes) {
+                self.actors.insert(
+                    a,
+                    ActorSlot {
+                        idx: row.get(0),
+                        max_seq: row.get::<i64, _>(2) as u64,
+                    },
+                );
+            }
+        }
+        let digest: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'digest'")
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(StoreError::db("loading the digest"))?;
+        self.digest = digest.map(|d| Digest::from_slice(&d)).unwrap_or_default();
+        Ok(())
+    }
+
+    /// The slot of `actor`, creating its row when unknown.
+    pub async fn actor_slot(&mut self, actor: ActorId) -> Result<ActorSlot> {
+        if let Some(s) = self.actors.get(&actor) {
+            return Ok(*s);
+        }
+        let idx = sqlx::query("INSERT INTO actors (actor, max_seq) VALUES (?, 0)")
+            .bind(actor.as_bytes().to_vec())
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("registering an actor"))?
+            .last_insert_rowid();
+        let slot = ActorSlot { idx, max_seq: 0 };
+        self.actors.insert(actor, slot);
+        Ok(slot)
+    }
+
+    /// Records that `actor` now holds up to `seq` (called once per stored change).
+    pub async fn advance(&mut self, actor: ActorId, seq: u64) -> Result<()> {
+        let slot = self.actor_slot(actor).await?;
+        sqlx::query("UPDATE actors SET max_seq = ? WHERE idx = ?")
+            .bind(seq as i64)
+            .bind(slot.idx)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("advancing the version vector"))?;
+        if let Some(s) = self.actors.get_mut(&actor) {
+            s.max_seq = seq;
+        }
+        self.touched.push(actor);
+        Ok(())
+    }
+
+    /// Inserts the change-log row and returns its local id.
+    pub async fn insert_change_row(&mut self, actor_idx: i64, seq: u64, hlc: Hlc, kind: i64, manifest: Option<Vec<u8>>) -> Result<i64> {
+        Ok(sqlx::query("INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES (?, ?, ?, ?, ?)")
+            .bind(actor_idx)
+            .bind(seq as i64)
+            .bind(hlc.0 as i64)
+            .bind(kind)
+            .bind(manifest)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("appending to the change log"))?
+            .last_insert_rowid())
+    }
+
+    fn next_local(&mut self) -> (u64, Hlc) {
+        let seq = self.actors.get(&self.actor).map_or(0, |s| s.max_seq) + 1;
+        let hlc = self.shared.clock.lock().expect("clock lock").now();
+        (seq, hlc)
+    }
+
+    async fn exec(&mut self, sql: &'static str) -> Result<()> {
+        sqlx::query(sql)
+            .execute(&mut self.conn)
+            .await
+            .map(drop)
+            .map_err(StoreError::db("controlling a transaction"))
+    }
+
+    /// Runs the writer until every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Job>, max_group: usize) {
+        let mut stop: Option<oneshot::Sender<()>> = None;
+        while let Some(first) = rx.recv().await {
+            let mut jobs = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Shutdown { done } => {
+                        stop = Some(done);
+                        break;
+                    }
+                    job => jobs.push(job),
+                }
+                if jobs.len() < max_group {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !jobs.is_empty() {
+                self.run_group(jobs).await;
+            }
+            if stop.is_some() {
+                break;
+            }
+        }
+        // Refuse whatever is still queued: callers get `Closed` instead of hanging.
+        rx.close();
+        drop(rx);
+        if let Err(e) = sqlx::Connection::close(self.conn).await {
+            tracing::warn!(error = %e, "closing the write connection");
+        }
+        if let Some(done) = stop {
+            let _ = done.send(());
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    async fn run_group(&mut self, jobs: Vec<Job>) {
+        let mut done = Vec::with_capacity(jobs.len());
+        if let Err(e) = self.exec("BEGIN IMMEDIATE").await {
+            let msg = e.to_string();
+            for job in jobs {
+                done.push(self.refuse(job, &msg));
+            }
+            done.into_iter().for_each(Done::send);
+            return;
+        }
+        self.pending_events.clear();
+        self.touched.clear();
+        for job in jobs {
+            let digest_before = self.digest;
+            let events_before = self.pending_events.len();
+            let touched_before = self.touched.len();
+            if let Err(e) = self.exec("SAVEPOINT job").await {
+                done.push(self.refuse(job, &e.to_string()));
+                continue;
+            }
+            let result = self.run_job(job).await;
+            if result.is_ok() {
+                if let Err(e) = self.exec("RELEASE job").await {
+                    done.push(result.fail(&e.to_string()));
+                    continue;
+                }
+            } else {
+                // Undo this job alone; earlier jobs of the group stay.
+                let rolled = self.exec("ROLLBACK TO job").await;
+                let released = self.exec("RELEASE job").await;
+                self.digest = digest_before;
+                self.pending_events.truncate(events_before);
+                self.touched.truncate(touched_before);
+                if rolled.is_err() || released.is_err() || self.reload().await.is_err() {
+                    tracing::error!("store writer could not roll back a failed job cleanly");
+                }
+            }
+            done.push(result);
+        }
+        let committed = self.finish_group().await;
+        match committed {
+            Ok(()) => {
+                {
+                    let mut vv = self.shared.vv.write().expect("vv lock");
+                    for a in &self.touched {
+                        if let Some(s) = self.actors.get(a) {
+                            vv.set(*a, s.max_seq);
+                        }
+                    }
+                }
+                *self.shared.digest.write().expect("digest lock") = self.digest;
+                done.into_iter().for_each(Done::send);
+                for ev in self.pending_events.drain(..) {
+                    // No subscriber is fine: events are hints, the log is the truth.
+                    let _ = self.shared.events.send(ev);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed; the whole write group is refused");
+                let _ = self.exec("ROLLBACK").await;
+                let msg = e.to_string();
+                done.into_iter().map(|d| d.fail(&msg)).for_each(Done::send);
+                self.pending_events.clear();
+                if let Err(e) = self.reload().await {
+                    tracing::error!(error = %e, "store could not reload its state after a failed commit");
+                }
+            }
+        }
+    }
+
+    async fn finish_group(&mut self) -> Result<()> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('digest', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(self.digest.0.to_vec())
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("storing the digest"))?;
+        self.exec("COMMIT").await
+    }
+
+    fn refuse(&mut self, job: Job, msg: &str) -> Done {
+        let err = || StoreError::Database {
+            context: "starting a write transaction",
+            source: sqlx::Error::Protocol(msg.to_owned()),
+        };
+        match job {
+            Job::Append { reply, .. } => Done::Append(reply, Err(err())),
+            Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
+            Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
+            Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
+            Job::Shutdown { .. } => unreachable!("shutdown is handled by the run loop"),
+        }
+    }
+
+    async fn run_job(&mut self, job: Job) -> Done {
+        match job {
+            Job::Append { batch, reply } => {
+                let (seq, hlc) = self.next_local();
+                let actor = self.actor;
+                let r = self
+                    .store_readings(actor, seq, hlc, &batch, false)
+                    .await
+                    .map(|()| ChangeMeta { actor, seq, hlc });
+                Done::Append(reply, r)
+            }
+            Job::Doc { key, value, reply } => {
+                let (seq, hlc) = self.next_local();
+                let actor = self.actor;
+                let r = self
+                    .store_doc(actor, seq, hlc, &key, value.as_deref(), None, false)
+                    .await
+                    .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx));
+                Done::Doc(reply, r)
+            }
+            Job::Remote { changes, reply } => {
+                let r = self.apply_remote(changes).await;
+                Done::Remote(reply, r)
+            }
+            Job::Heartbeat { reply } => {
+                let wall = self.shared.clock.lock().expect("clock lock").wall_ms() as i64;
+                let r = sqlx::query("INSERT INTO meta (key, value) VALUES ('heartbeat', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+                    .bind(wall)
+                    .execute(&mut self.conn)
+                    .await
+                    .map(drop)
+                    .map_err(StoreError::db("writing the heartbeat"));
+                Done::Heartbeat(reply, r)
+            }
+            Job::Shutdown { .. } => unreachable!("shutdown is handled by the run loop"),
+        }
+    }
+
+    /// Checks the whole call first (contiguity per actor, clock offset, limits) so a bad
+    /// change refuses the call before anything is written; then stores the new changes.
+    async fn apply_remote(&mut self, changes: Vec<Change>) -> Result<ApplyOutcome> {
+        let mut expect: HashMap<ActorId, u64> = HashMap::new();
+        let mut fresh: Vec<usize> = Vec::with_capacity(changes.len());
+        let mut skipped = 0;
+        {
+            let clock = self.shared.clock.lock().expect("clock lock");
+            for (i, c) in changes.iter().enumerate() {
+                c.validate(&self.limits)?;
+                let have = *expect
+                    .entry(c.actor)
+                    .or_insert_with(|| self.actors.get(&c.actor).map_or(0, |s| s.max_seq));
+                if c.seq <= have {
+                    skipped += 1;
+                    continue;
+                }
+                if c.seq != have + 1 {
+                    return Err(StoreError::SeqGap {
+                        actor: c.actor,
+                        have,
+                        got: c.seq,
+                    });
+                }
+                clock.check(c.hlc).map_err(|e| StoreError::ClockSkew {
+                    actor: c.actor,
+                    remote: e.remote,
+                    ahead_ms: e.ahead_ms,
+                    max_offset_ms: e.max_offset_ms,
+                })?;
+                expect.insert(c.actor, c.seq);
+                fresh.push(i);
+            }
+        }
+        let applied = fresh.len();
+        for i in fresh {
+            let c = &changes[i];
+            // Checked above, so this cannot fail; it moves the clock past the change.
+            let _ = self.shared.clock.lock().expect("clock lock").observe(c.hlc);
+            match &c.body {
+                ChangeBody::Readings(batch) => {
+                    self.store_readings(c.actor, c.seq, c.hlc, batch, true).await?
+                }
+                ChangeBody::Doc(d) => {
+                    self.store_doc(c.actor, c.seq, c.hlc, &d.key, d.value.as_deref(), Some(&d.context), true)
+                        .await
+                        .map(drop)?
+                }
+            }
+        }
+        Ok(ApplyOutcome {
+            applied,
+            skipped,
+        })
+    }
+}
