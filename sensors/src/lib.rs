@@ -12,10 +12,19 @@
 //! Every failure is a [`SourceError`] that names the device path or address.
 #![deny(missing_docs)]
 
+pub mod config;
 mod error;
+pub mod factory;
 mod reading;
+mod sample;
+pub mod sim;
 mod source;
+pub mod sysfs;
+pub mod system;
 
+pub use config::SourceConfig;
 pub use error::SourceError;
+pub use factory::build_polled;
 pub use reading::{Reading, now_ms};
+pub use sample::{Sample, sanitize_segment};
 pub use source::{BoxFuture, PolledSource, ReadingSink, StreamingSource};
