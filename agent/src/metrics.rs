@@ -1,5 +1,304 @@
-//! Prometheus metrics of the agent. Placeholder until the API lands.
+//! Prometheus metrics of the agent (prometheus-client, OpenMetrics text).
+//!
+//! Owns the one registry and every metric family; callers record through the small methods
+//! of [`Metrics`] and never touch prometheus-client types. The HTTP middleware that times
+//! requests lives in `api/`, the sources pipeline calls the `source`-labelled methods, and
+//! `GET /metrics` refreshes the store gauges from `Store::stats()` right before
+//! [`Metrics::encode`].
+//!
+//! Every name is prefixed `kdelta_`; counters get the OpenMetrics `_total` suffix:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `kdelta_readings_ingested_total` | counter | `source` |
+//! | `kdelta_batches_ingested_total` | counter | `source` |
+//! | `kdelta_ingest_rejected_total` | counter | `source`, `code` |
+//! | `kdelta_source_errors_total` | counter | `source`, `code` |
+//! | `kdelta_source_missed_ticks_total` | counter | `source` |
+//! | `kdelta_source_dropped_readings_total` | counter | `source` |
+//! | `kdelta_commit_duration_seconds` | histogram | — |
+//! | `kdelta_http_requests_total` | counter | `method`, `route`, `status` |
+//! | `kdelta_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `kdelta_store_bytes`, `kdelta_store_readings`, `kdelta_store_changes`, `kdelta_store_series`, `kdelta_store_doc_keys`, `kdelta_store_doc_versions` | gauge | — |
+//! | `kdelta_uptime_seconds` | gauge | — |
+//! | `kdelta_build_info` | gauge (= 1) | `version` |
 
-/// All metrics of the agent.
-#[derive(Debug, Default)]
-pub struct Metrics {}
+use std::fmt;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceCodeLabels {
+    source: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn http_histogram() -> Histogram {
+    // 0.25 ms … ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric of the agent. Share it as `Arc<Metrics>`; all methods take `&self` and are
+/// cheap (atomic increments, one map lookup for labelled families).
+pub struct Metrics {
+    registry: Registry,
+    readings_ingested: Family<SourceLabels, Counter>,
+    batches_ingested: Family<SourceLabels, Counter>,
+    ingest_rejected: Family<SourceCodeLabels, Counter>,
+    source_errors: Family<SourceCodeLabels, Counter>,
+    missed_ticks: Family<SourceLabels, Counter>,
+    dropped_readings: Family<SourceLabels, Counter>,
+    commit_seconds: Histogram,
+    http_requests: Family<HttpLabels, Counter>,
+    http_seconds: HistogramFamily<RouteLabels>,
+    store_bytes: Gauge,
+    store_readings: Gauge,
+    store_changes: Gauge,
+    store_series: Gauge,
+    store_doc_keys: Gauge,
+    store_doc_versions: Gauge,
+    uptime_seconds: Gauge,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn source(s: &str) -> SourceLabels {
+    SourceLabels { source: s.to_owned() }
+}
+
+impl Metrics {
+    /// A registry with every metric registered and `kdelta_build_info` set.
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("kdelta");
+        let m = Metrics {
+            readings_ingested: Family::default(),
+            batches_ingested: Family::default(),
+            ingest_rejected: Family::default(),
+            source_errors: Family::default(),
+            missed_ticks: Family::default(),
+            dropped_readings: Family::default(),
+            // 0.1 ms … ~3.3 s
+            commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(http_histogram),
+            store_bytes: Gauge::default(),
+            store_readings: Gauge::default(),
+            store_changes: Gauge::default(),
+            store_series: Gauge::default(),
+            store_doc_keys: Gauge::default(),
+            store_doc_versions: Gauge::default(),
+            uptime_seconds: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "readings_ingested",
+            "Readings committed to the store, by source (`http` for POST /v1/readings)",
+            m.readings_ingested.clone(),
+        );
+        r.register(
+            "batches_ingested",
+            "Reading batches committed to the store, by source",
+            m.batches_ingested.clone(),
+        );
+        r.register(
+            "ingest_rejected",
+            "Reading batches refused (nothing stored), by source and error code",
+            m.ingest_rejected.clone(),
+        );
+        r.register(
+            "source_errors",
+            "Failed sampling or decoding attempts of a source, by error code",
+            m.source_errors.clone(),
+        );
+        r.register(
+            "source_missed_ticks",
+            "Sampling ticks skipped because the previous sample took longer than the interval",
+            m.missed_ticks.clone(),
+        );
+        r.register(
+            "source_dropped_readings",
+            "Readings a source dropped before they reached the store (backpressure, bad values)",
+            m.dropped_readings.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "Time from handing a batch to the store until it is durable",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by method, route template and status",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method and route template",
+            m.http_seconds.clone(),
+        );
+        r.register("store_bytes", "Database size on disk (main file + WAL)", m.store_bytes.clone());
+        r.register("store_readings", "Readings held by the store", m.store_readings.clone());
+        r.register("store_changes", "Changes in the change log", m.store_changes.clone());
+        r.register("store_series", "Series known to the store", m.store_series.clone());
+        r.register("store_doc_keys", "Document keys", m.store_doc_keys.clone());
+        r.register("store_doc_versions", "Document versions kept in history", m.store_doc_versions.clone());
+        r.register("uptime_seconds", "Seconds since the agent started", m.uptime_seconds.clone());
+        let build_info: Family<VersionLabels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_owned() })
+            .set(1);
+        r.register("build_info", "Build of this agent (always 1)", build_info);
+        Metrics { registry: r, ..m }
+    }
+
+    /// `n` readings from `source` were committed (durable).
+    pub fn readings_ingested(&self, source: &str, n: u64) {
+        self.readings_ingested.get_or_create(&self::source(source)).inc_by(n);
+    }
+
+    /// One batch from `source` was committed.
+    pub fn batch_ingested(&self, source: &str) {
+        self.batches_ingested.get_or_create(&self::source(source)).inc();
+    }
+
+    /// A batch from `source` was refused with error `code` (e.g. `invalid_batch`).
+    pub fn ingest_rejected(&self, source: &str, code: &str) {
+        self.ingest_rejected
+            .get_or_create(&SourceCodeLabels { source: source.to_owned(), code: code.to_owned() })
+            .inc();
+    }
+
+    /// Sampling or decoding in `source` failed with error `code`.
+    pub fn source_error(&self, source: &str, code: &str) {
+        self.source_errors
+            .get_or_create(&SourceCodeLabels { source: source.to_owned(), code: code.to_owned() })
+            .inc();
+    }
+
+    /// `source` skipped `n` sampling ticks.
+    pub fn missed_ticks(&self, source: &str, n: u64) {
+        self.missed_ticks.get_or_create(&self::source(source)).inc_by(n);
+    }
+
+    /// `source` dropped `n` readings before they reached the store.
+    pub fn dropped_readings(&self, source: &str, n: u64) {
+        self.dropped_readings.get_or_create(&self::source(source)).inc_by(n);
+    }
+
+    /// One `Store::append` took `seconds` until durable.
+    pub fn observe_commit(&self, seconds: f64) {
+        self.commit_seconds.observe(seconds);
+    }
+
+    /// One HTTP request finished. `route` is the matched route template (never the raw path,
+    /// which would make the label set unbounded).
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels { method: method.to_owned(), route: route.to_owned(), status })
+            .inc();
+        self.http_seconds
+            .get_or_create(&RouteLabels { method: method.to_owned(), route: route.to_owned() })
+            .observe(seconds);
+    }
+
+    /// Refreshes the store gauges (called on scrape).
+    pub fn set_store_stats(&self, stats: &kdelta_sync::StoreStats) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.store_bytes.set(g(stats.db_bytes));
+        self.store_readings.set(g(stats.readings));
+        self.store_changes.set(g(stats.changes));
+        self.store_series.set(g(stats.series));
+        self.store_doc_keys.set(g(stats.doc_keys));
+        self.store_doc_versions.set(g(stats.doc_versions));
+    }
+
+    /// Sets the uptime gauge.
+    pub fn set_uptime(&self, seconds: u64) {
+        self.uptime_seconds.set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    /// The OpenMetrics text exposition of every metric (content type [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_in_exposition() {
+        let m = Metrics::new();
+        m.readings_ingested("system", 12);
+        m.batch_ingested("system");
+        m.ingest_rejected("http", "invalid_batch");
+        m.source_error("serial0", "decode");
+        m.missed_ticks("system", 2);
+        m.dropped_readings("serial0", 3);
+        m.observe_commit(0.002);
+        m.observe_http("GET", "/v1/docs/{*key}", 200, 0.001);
+        let text = m.encode();
+        for needle in [
+            "kdelta_readings_ingested_total{source=\"system\"} 12",
+            "kdelta_batches_ingested_total{source=\"system\"} 1",
+            "kdelta_ingest_rejected_total{source=\"http\",code=\"invalid_batch\"} 1",
+            "kdelta_source_errors_total{source=\"serial0\",code=\"decode\"} 1",
+            "kdelta_source_missed_ticks_total{source=\"system\"} 2",
+            "kdelta_source_dropped_readings_total{source=\"serial0\"} 3",
+            "kdelta_commit_duration_seconds_count 1",
+            "kdelta_http_requests_total{method=\"GET\",route=\"/v1/docs/{*key}\",status=\"200\"} 1",
+            "kdelta_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/docs/{*key}\"} 1",
+            "kdelta_store_bytes 0",
+            "kdelta_build_info{version=\"",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
