@@ -48,4 +48,7 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Limit for request bodies, bytes.
     pub max_body_bytes: usize,
+    /// Cancelled when the agent starts draining: long-lived responses (the SSE event stream)
+    /// end on it, so graceful shutdown is not held open by a connected browser.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
