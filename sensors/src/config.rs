@@ -23,6 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SourceError;
+use crate::modbus::{ModbusRtuConfig, ModbusTcpConfig};
+use crate::serial::SerialConfig;
 use crate::sim::SimConfig;
 use crate::sysfs::SysfsConfig;
 use crate::system::SystemConfig;
@@ -49,9 +51,12 @@ pub enum SourceConfig {
     Sysfs(SysfsConfig),
     /// `kind = "sim"`: simulated series, see [`SimConfig`].
     Sim(SimConfig),
-    // serial and modbus variants are added by serial.rs/modbus.rs owner (`Serial`,
-    // `ModbusTcp`, `ModbusRtu`), with arms in `kind`, `name`, `interval`, `validate` below
-    // and in `factory::build_polled`.
+    /// `kind = "serial"`: a serial device speaking a line protocol, see [`SerialConfig`].
+    Serial(SerialConfig),
+    /// `kind = "modbus_tcp"`: a Modbus TCP register map, see [`ModbusTcpConfig`].
+    ModbusTcp(ModbusTcpConfig),
+    /// `kind = "modbus_rtu"`: a Modbus RTU register map, see [`ModbusRtuConfig`].
+    ModbusRtu(ModbusRtuConfig),
 }
 
 impl SourceConfig {
@@ -61,6 +66,9 @@ impl SourceConfig {
             SourceConfig::System(_) => "system",
             SourceConfig::Sysfs(_) => "sysfs",
             SourceConfig::Sim(_) => "sim",
+            SourceConfig::Serial(_) => "serial",
+            SourceConfig::ModbusTcp(_) => "modbus_tcp",
+            SourceConfig::ModbusRtu(_) => "modbus_rtu",
         }
     }
 
@@ -70,6 +78,9 @@ impl SourceConfig {
             SourceConfig::System(c) => c.name.as_deref(),
             SourceConfig::Sysfs(c) => c.name.as_deref(),
             SourceConfig::Sim(c) => c.name.as_deref(),
+            SourceConfig::Serial(c) => c.name.as_deref(),
+            SourceConfig::ModbusTcp(c) => c.name.as_deref(),
+            SourceConfig::ModbusRtu(c) => c.name.as_deref(),
         };
         configured.unwrap_or(self.kind())
     }
@@ -81,6 +92,9 @@ impl SourceConfig {
             SourceConfig::System(c) => Some(c.interval),
             SourceConfig::Sysfs(c) => Some(c.interval),
             SourceConfig::Sim(c) => Some(c.interval),
+            SourceConfig::Serial(_) => None,
+            SourceConfig::ModbusTcp(c) => Some(c.interval),
+            SourceConfig::ModbusRtu(c) => Some(c.interval),
         }
     }
 
@@ -91,6 +105,9 @@ impl SourceConfig {
             SourceConfig::System(c) => c.validate(),
             SourceConfig::Sysfs(c) => c.validate(),
             SourceConfig::Sim(c) => c.validate(),
+            SourceConfig::Serial(c) => c.validate(),
+            SourceConfig::ModbusTcp(c) => c.validate(),
+            SourceConfig::ModbusRtu(c) => c.validate(),
         }
     }
 

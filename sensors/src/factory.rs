@@ -2,15 +2,17 @@
 //! constructor, and nothing else: no scheduling, no retries (the agent does those).
 
 use crate::config::SourceConfig;
+use crate::modbus::ModbusSource;
+use crate::serial::SerialSource;
 use crate::sim::SimSource;
 use crate::sysfs::SysfsSource;
 use crate::system::SystemSource;
-use crate::{PolledSource, SourceError};
+use crate::{PolledSource, SourceError, StreamingSource};
 
 /// Validates `config` and builds the polled source it describes.
 ///
 /// Returns `Ok(None)` for streaming kinds (serial line protocols), which the agent builds as a
-/// [`StreamingSource`](crate::StreamingSource) instead.
+/// [`StreamingSource`] instead.
 ///
 /// # Errors
 /// [`SourceError::Config`] naming the offending key (relative to the source's table).
@@ -22,8 +24,28 @@ pub fn build_polled(config: &SourceConfig) -> Result<Option<Box<dyn PolledSource
         SourceConfig::System(c) => Box::new(SystemSource::new(c.clone())?),
         SourceConfig::Sysfs(c) => Box::new(SysfsSource::new(c.clone())?),
         SourceConfig::Sim(c) => Box::new(SimSource::new(c.clone())?),
+        SourceConfig::ModbusTcp(c) => Box::new(ModbusSource::tcp(c.clone())?),
+        SourceConfig::ModbusRtu(c) => Box::new(ModbusSource::rtu(c.clone())?),
+        SourceConfig::Serial(_) => return Ok(None),
     };
     Ok(Some(source))
+}
+
+/// Validates `config` and builds the streaming source it describes (serial line protocols).
+///
+/// Returns `Ok(None)` for polled kinds, which [`build_polled`] builds. Like it, this opens no
+/// device: a missing port is reported (and retried) once the source runs.
+///
+/// # Errors
+/// [`SourceError::Config`] naming the offending key (relative to the source's table).
+pub fn build_streaming(
+    config: &SourceConfig,
+) -> Result<Option<Box<dyn StreamingSource>>, SourceError> {
+    config.validate()?;
+    match config {
+        SourceConfig::Serial(c) => Ok(Some(Box::new(SerialSource::new(c.clone())?))),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

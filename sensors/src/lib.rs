@@ -13,10 +13,13 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod decode;
 mod error;
 pub mod factory;
+pub mod modbus;
 mod reading;
 mod sample;
+pub mod serial;
 pub mod sim;
 mod source;
 pub mod sysfs;
@@ -24,7 +27,7 @@ pub mod system;
 
 pub use config::SourceConfig;
 pub use error::SourceError;
-pub use factory::build_polled;
+pub use factory::{build_polled, build_streaming};
 pub use reading::{Reading, now_ms};
 pub use sample::{Sample, sanitize_segment};
 pub use source::{BoxFuture, PolledSource, ReadingSink, StreamingSource};

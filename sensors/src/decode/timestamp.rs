@@ -1,0 +1,139 @@
+//! Timestamps a device may put in a line (`ts` field or column): unix seconds, unix milliseconds
+//! or RFC 3339. Devices disagree on the unit, so a number is classified by magnitude.
+
+use std::time::UNIX_EPOCH;
+
+/// Numbers with a magnitude below this are unix seconds, at or above it unix milliseconds.
+/// 1e11 seconds is the year 5138 and 1e11 milliseconds is March 1973, so neither reading is
+/// plausible for the other unit.
+const SECONDS_LIMIT: f64 = 1e11;
+
+/// Largest magnitude accepted as milliseconds: ±1e15 ms is about ±31,700 years — far beyond any
+/// real clock but well inside `i64`, so the conversion below cannot overflow.
+const MAX_MS: f64 = 1e15;
+
+/// Parses a timestamp sent by a device into unix milliseconds.
+///
+/// Accepts a number of unix seconds (`1700000000`, fractions allowed) or milliseconds
+/// (`1700000000000`), told apart by magnitude (below 1e11 means seconds), or an RFC 3339 date
+/// (`2023-11-14T22:13:20Z`, `2023-11-14T23:13:20.5+01:00`; a space instead of `T` and a missing
+/// zone, meaning UTC, are tolerated). Returns `None` for anything else, including non-finite
+/// numbers and dates before 1970.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<f64>() {
+        return number_to_ms(n);
+    }
+    parse_rfc3339(text)
+}
+
+/// Converts a numeric timestamp (seconds or milliseconds, see [`parse_timestamp`]).
+pub(crate) fn number_to_ms(n: f64) -> Option<i64> {
+    if !n.is_finite() {
+        return None;
+    }
+    let ms = if n.abs() < SECONDS_LIMIT {
+        n * 1000.0
+    } else {
+        n
+    };
+    if ms.abs() > MAX_MS {
+        return None;
+    }
+    Some(ms.round() as i64)
+}
+
+/// RFC 3339 with any UTC offset. humantime parses the UTC form; the offset is split off and
+/// applied here because humantime refuses local offsets.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let (base, offset_min) = split_offset(text)?;
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    let since = t.duration_since(UNIX_EPOCH).ok()?;
+    let ms = i64::try_from(since.as_millis()).ok()?;
+    // A local time of +01:00 is one hour ahead of UTC, so UTC = local - offset.
+    ms.checked_sub(i64::from(offset_min) * 60_000)
+}
+
+/// Splits `2023-11-14T23:13:20+01:00` into the local part and the offset in minutes. `Z`, `z`
+/// or no zone at all mean UTC.
+fn split_offset(text: &str) -> Option<(&str, i32)> {
+    if let Some(base) = text.strip_suffix(['Z', 'z']) {
+        return Some((base, 0));
+    }
+    let b = text.as_bytes();
+    let n = b.len();
+    // Only look for an offset after the date, so the dashes of `2023-11-14` are not taken for
+    // a negative offset.
+    if n >= 25 && (b[n - 6] == b'+' || b[n - 6] == b'-') && b[n - 3] == b':' {
+        let hours: i32 = text.get(n - 5..n - 3)?.parse().ok()?;
+        let minutes: i32 = text.get(n - 2..)?.parse().ok()?;
+        if hours > 23 || minutes > 59 {
+            return None;
+        }
+        let sign = if b[n - 6] == b'-' { -1 } else { 1 };
+        return Some((text.get(..n - 6)?, sign * (hours * 60 + minutes)));
+    }
+    Some((text, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T: i64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+
+    #[test]
+    fn numbers_are_seconds_or_millis_by_magnitude() {
+        assert_eq!(parse_timestamp("1700000000"), Some(T));
+        assert_eq!(parse_timestamp("1700000000.25"), Some(T + 250));
+        assert_eq!(parse_timestamp("1700000000000"), Some(T));
+        assert_eq!(parse_timestamp("0"), Some(0));
+        assert_eq!(parse_timestamp("NaN"), None);
+        assert_eq!(parse_timestamp("inf"), None);
+        assert_eq!(parse_timestamp("1e300"), None);
+    }
+
+    #[test]
+    fn rfc3339_with_zones() {
+        assert_eq!(parse_timestamp("2023-11-14T22:13:20Z"), Some(T));
+        assert_eq!(parse_timestamp("2023-11-14T22:13:20.5Z"), Some(T + 500));
+        assert_eq!(parse_timestamp("2023-11-14T23:13:20+01:00"), Some(T));
+        assert_eq!(parse_timestamp("2023-11-14T20:43:20-01:30"), Some(T));
+        assert_eq!(parse_timestamp("2023-11-14 22:13:20"), Some(T));
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20.123+00:00"),
+            Some(T + 123)
+        );
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        for s in [
+            "",
+            "yesterday",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T22:13:20+25:00",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14T22:13:2é",
+            "ééééééééééééééééééééééééé",
+        ] {
+            assert_eq!(parse_timestamp(s), None, "{s}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            let _ = parse_timestamp(&s);
+        }
+
+        #[test]
+        fn seconds_and_millis_agree(secs in 0i64..4_000_000_000) {
+            prop_assert_eq!(parse_timestamp(&secs.to_string()), Some(secs * 1000));
+            if secs * 1000 >= 100_000_000_000 {
+                prop_assert_eq!(parse_timestamp(&(secs * 1000).to_string()), Some(secs * 1000));
+            }
+        }
+    }
+}
