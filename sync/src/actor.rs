@@ -77,7 +77,10 @@ impl<'de> Deserialize<'de> for ActorId {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ActorId, E> {
                 v.parse().map_err(E::custom)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ActorId, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ActorId, A::Error> {
                 let mut out = [0u8; 16];
                 for (i, slot) in out.iter_mut().enumerate() {
                     *slot = seq

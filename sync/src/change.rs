@@ -298,7 +298,9 @@ impl ReadingBatch {
     pub fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
         let n = self.len();
         if n == 0 {
-            return Err(StoreError::InvalidBatch("the batch holds no readings".into()));
+            return Err(StoreError::InvalidBatch(
+                "the batch holds no readings".into(),
+            ));
         }
         if n > limits.max_batch_readings {
             return Err(StoreError::InvalidBatch(format!(
@@ -328,9 +330,7 @@ impl ReadingBatch {
                     s.name
                 )));
             }
-            if s.meta.len() > 32
-                || s.meta.iter().any(|(k, v)| k.len() > 64 || v.len() > 256)
-            {
+            if s.meta.len() > 32 || s.meta.iter().any(|(k, v)| k.len() > 64 || v.len() > 256) {
                 return Err(StoreError::InvalidBatch(format!(
                     "metadata of series {:?} is too large (≤ 32 entries, keys ≤ 64 and values ≤ 256 bytes)",
                     s.name
@@ -435,7 +435,9 @@ mod opt_bytes {
         Option::<ciborium::Value>::deserialize(d)?
             .map(|v| match v {
                 ciborium::Value::Bytes(b) => Ok(b),
-                _ => Err(serde::de::Error::custom("document value must be a byte string")),
+                _ => Err(serde::de::Error::custom(
+                    "document value must be a byte string",
+                )),
             })
             .transpose()
     }
@@ -469,18 +471,30 @@ mod tests {
     fn change_strategy() -> impl Strategy<Value = Change> {
         let body = prop_oneof![
             batch_strategy().prop_map(ChangeBody::Readings),
-            ("[a-z/]{1,20}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), proptest::collection::vec((any::<[u8; 16]>(), 1u64..100), 0..3))
+            (
+                "[a-z/]{1,20}",
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+                proptest::collection::vec((any::<[u8; 16]>(), 1u64..100), 0..3)
+            )
                 .prop_map(|(key, value, ctx)| ChangeBody::Doc(DocWrite {
                     key,
                     value,
-                    context: ctx.into_iter().map(|(a, seq)| Dot { actor: ActorId(a), seq }).collect(),
+                    context: ctx
+                        .into_iter()
+                        .map(|(a, seq)| Dot {
+                            actor: ActorId(a),
+                            seq
+                        })
+                        .collect(),
                 })),
         ];
-        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(|(a, seq, hlc, body)| Change {
-            actor: ActorId(a),
-            seq,
-            hlc: Hlc(hlc),
-            body,
+        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(|(a, seq, hlc, body)| {
+            Change {
+                actor: ActorId(a),
+                seq,
+                hlc: Hlc(hlc),
+                body,
+            }
         })
     }
 
@@ -513,17 +527,23 @@ mod tests {
     #[test]
     fn normalize_rejects_bad_batches() {
         let l = Limits::default();
-        assert!(matches!(ReadingBatch::new().normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("no readings")));
+        assert!(
+            matches!(ReadingBatch::new().normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("no readings"))
+        );
         let mut b = ReadingBatch::new();
         b.push("t", 1, f64::NAN, None);
-        assert!(matches!(b.normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("not a finite")));
+        assert!(
+            matches!(b.normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("not a finite"))
+        );
         let mut b = ReadingBatch::new();
         b.push("t", 1, f64::INFINITY, None);
         assert!(b.normalize(&l).is_err());
         let mut b = ReadingBatch::new();
         b.push("t", 5, 1.0, None);
         b.push("t", 5, 2.0, None);
-        assert!(matches!(b.normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("two readings at 5")));
+        assert!(
+            matches!(b.normalize(&l), Err(StoreError::InvalidBatch(m)) if m.contains("two readings at 5"))
+        );
         let mut b = ReadingBatch::new();
         b.push("", 5, 1.0, None);
         assert!(b.normalize(&l).is_err());
@@ -531,8 +551,13 @@ mod tests {
         for i in 0..11 {
             b.push("t", i, 1.0, None);
         }
-        let small = Limits { max_batch_readings: 10, ..Limits::default() };
-        assert!(matches!(b.normalize(&small), Err(StoreError::InvalidBatch(m)) if m.contains("over the maximum")));
+        let small = Limits {
+            max_batch_readings: 10,
+            ..Limits::default()
+        };
+        assert!(
+            matches!(b.normalize(&small), Err(StoreError::InvalidBatch(m)) if m.contains("over the maximum"))
+        );
         let mut b = ReadingBatch::new();
         b.push("t", -1, 1.0, None);
         assert!(b.normalize(&l).is_err());
@@ -544,7 +569,13 @@ mod tests {
         b.push("a", 3, 3.0, Some("V"));
         b.push("b", 1, 1.0, None);
         b.push("a", 1, 1.0, None);
-        b.series.push(SeriesPoints { name: "b".into(), unit: None, meta: BTreeMap::new(), ts: vec![0], values: vec![0.5] });
+        b.series.push(SeriesPoints {
+            name: "b".into(),
+            unit: None,
+            meta: BTreeMap::new(),
+            ts: vec![0],
+            values: vec![0.5],
+        });
         b.normalize(&Limits::default()).unwrap();
         assert_eq!(b.series.len(), 2);
         assert_eq!(b.series[0].ts, vec![1, 3]);
@@ -562,7 +593,10 @@ mod tests {
 
     #[test]
     fn oversized_change_bytes_refused_before_decoding() {
-        let l = Limits { max_change_bytes: 10, ..Limits::default() };
+        let l = Limits {
+            max_change_bytes: 10,
+            ..Limits::default()
+        };
         let err = Change::from_cbor(&[0u8; 11], &l).unwrap_err();
         assert_eq!(err.code(), "decode");
     }

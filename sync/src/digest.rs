@@ -42,7 +42,13 @@ impl fmt::Debug for Digest {
 }
 
 /// Hash of the readings one change holds for one series (timestamps ascending).
-pub(crate) fn readings_hash(actor: &ActorId, seq: u64, series: &str, ts: &[i64], values: &[f64]) -> [u8; 32] {
+pub(crate) fn readings_hash(
+    actor: &ActorId,
+    seq: u64,
+    series: &str,
+    ts: &[i64],
+    values: &[f64],
+) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"kdelta/readings/v1");
     h.update(actor.as_bytes());
@@ -57,7 +63,14 @@ pub(crate) fn readings_hash(actor: &ActorId, seq: u64, series: &str, ts: &[i64],
 }
 
 /// Hash of one document version.
-pub(crate) fn doc_hash(actor: &ActorId, seq: u64, hlc: Hlc, key: &str, value: Option<&[u8]>, context: &[u8]) -> [u8; 32] {
+pub(crate) fn doc_hash(
+    actor: &ActorId,
+    seq: u64,
+    hlc: Hlc,
+    key: &str,
+    value: Option<&[u8]>,
+    context: &[u8],
+) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"kdelta/doc/v1");
     h.update(actor.as_bytes());

@@ -9,7 +9,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::docwrite::decode_context;
-use crate::{ActorId, AsOf, DocChange, DocDiff, DocState, DocVersion, Dot, Hlc, Result, Store, StoreError};
+use crate::{
+    ActorId, AsOf, DocChange, DocDiff, DocState, DocVersion, Dot, Hlc, Result, Store, StoreError,
+};
 
 const VERSION_COLUMNS: &str = "SELECT v.change_id, a.actor, c.seq, v.hlc, v.value, v.context, k.key \
      FROM doc_versions v JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
@@ -47,17 +49,28 @@ fn version_from_row(r: &SqliteRow) -> Result<DocVersion> {
 
 /// Winner among siblings: highest HLC, then highest actor.
 fn state_of(mut heads: Vec<DocVersion>) -> Option<DocState> {
-    heads.sort_by(|a, b| (b.hlc, b.actor).cmp(&(a.hlc, a.actor)));
+    heads.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
     let siblings = heads.len();
-    heads.into_iter().next().map(|winner| DocState { winner, siblings })
+    heads
+        .into_iter()
+        .next()
+        .map(|winner| DocState { winner, siblings })
 }
 
 /// Heads among `versions` (any order): those no other version in the set supersedes.
 fn heads_of(versions: Vec<DocVersion>) -> Vec<DocVersion> {
-    let superseded: HashSet<Dot> = versions.iter().flat_map(|v| v.supersedes.iter().copied()).collect();
+    let superseded: HashSet<Dot> = versions
+        .iter()
+        .flat_map(|v| v.supersedes.iter().copied())
+        .collect();
     versions
         .into_iter()
-        .filter(|v| !superseded.contains(&Dot { actor: v.actor, seq: v.seq }))
+        .filter(|v| {
+            !superseded.contains(&Dot {
+                actor: v.actor,
+                seq: v.seq,
+            })
+        })
         .collect()
 }
 
@@ -72,14 +85,22 @@ impl Store {
 
     /// Current siblings of `key`, newest first (empty when the key was never written).
     pub async fn siblings(&self, key: &str) -> Result<Vec<DocVersion>> {
-        let Some(id) = self.key_id(key).await? else { return Ok(Vec::new()) };
-        let rows = sqlx::query(const_format(VERSION_COLUMNS, "WHERE v.change_id IN (SELECT change_id FROM doc_heads WHERE key_id = ?)"))
-            .bind(id)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("reading document heads"))?;
-        let mut v = rows.iter().map(version_from_row).collect::<Result<Vec<_>>>()?;
-        v.sort_by(|a, b| (b.hlc, b.actor).cmp(&(a.hlc, a.actor)));
+        let Some(id) = self.key_id(key).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(const_format(
+            VERSION_COLUMNS,
+            "WHERE v.change_id IN (SELECT change_id FROM doc_heads WHERE key_id = ?)",
+        ))
+        .bind(id)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::db("reading document heads"))?;
+        let mut v = rows
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
         Ok(v)
     }
 
@@ -92,14 +113,22 @@ impl Store {
     /// The state of `key` as it was at `at`. `None` when the key was never written;
     /// [`StoreError::BeforeHistory`] when `at` is before its first version.
     pub async fn get_as_of(&self, key: &str, at: AsOf) -> Result<Option<DocState>> {
-        let Some(id) = self.key_id(key).await? else { return Ok(None) };
-        let rows = sqlx::query(const_format(VERSION_COLUMNS, "WHERE v.key_id = ? AND v.hlc <= ?"))
-            .bind(id)
-            .bind(at.bound().0 as i64)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("reading document history"))?;
-        let versions = rows.iter().map(version_from_row).collect::<Result<Vec<_>>>()?;
+        let Some(id) = self.key_id(key).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(const_format(
+            VERSION_COLUMNS,
+            "WHERE v.key_id = ? AND v.hlc <= ?",
+        ))
+        .bind(id)
+        .bind(at.bound().0 as i64)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::db("reading document history"))?;
+        let versions = rows
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<Vec<_>>>()?;
         if versions.is_empty() {
             return Err(StoreError::BeforeHistory {
                 key: key.to_owned(),
@@ -111,31 +140,49 @@ impl Store {
 
     /// Versions of `key`, newest first, at most `limit`, older than `before` when given
     /// (pass the last HLC of the previous page).
-    pub async fn history(&self, key: &str, limit: usize, before: Option<Hlc>) -> Result<Vec<DocVersion>> {
-        let Some(id) = self.key_id(key).await? else { return Ok(Vec::new()) };
-        let rows = sqlx::query(const_format(VERSION_COLUMNS, "WHERE v.key_id = ? AND v.hlc < ? ORDER BY v.hlc DESC, a.actor DESC LIMIT ?"))
-            .bind(id)
-            .bind(before.map_or(i64::MAX, |h| h.0 as i64))
-            .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("reading document history"))?;
+    pub async fn history(
+        &self,
+        key: &str,
+        limit: usize,
+        before: Option<Hlc>,
+    ) -> Result<Vec<DocVersion>> {
+        let Some(id) = self.key_id(key).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(const_format(
+            VERSION_COLUMNS,
+            "WHERE v.key_id = ? AND v.hlc < ? ORDER BY v.hlc DESC, a.actor DESC LIMIT ?",
+        ))
+        .bind(id)
+        .bind(before.map_or(i64::MAX, |h| h.0 as i64))
+        .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::db("reading document history"))?;
         rows.iter().map(version_from_row).collect()
     }
 
     /// Live (not deleted) documents whose key starts with `prefix`, in key order, after key
     /// `after`, at most `limit`; as they were at `at` when given.
-    pub async fn list(&self, prefix: &str, at: Option<AsOf>, limit: usize, after: Option<&str>) -> Result<Vec<DocState>> {
+    pub async fn list(
+        &self,
+        prefix: &str,
+        at: Option<AsOf>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<DocState>> {
         let limit = limit.clamp(1, MAX_HISTORY_PAGE);
         let mut out = Vec::new();
         let mut cursor = after.map(str::to_owned).unwrap_or_default();
         loop {
-            let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM doc_keys WHERE key > ? AND key >= ? ORDER BY key LIMIT 256")
-                .bind(&cursor)
-                .bind(prefix)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(StoreError::db("listing document keys"))?;
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT key FROM doc_keys WHERE key > ? AND key >= ? ORDER BY key LIMIT 256",
+            )
+            .bind(&cursor)
+            .bind(prefix)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::db("listing document keys"))?;
             if keys.is_empty() {
                 return Ok(out);
             }
@@ -192,12 +239,27 @@ fn const_format(head: &'static str, tail: &'static str) -> sqlx::AssertSqlSafe<S
 }
 
 /// JSON-level diff: recurses into objects, compares other values whole.
-pub(crate) fn json_diff(path: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<DocChange>) {
+pub(crate) fn json_diff(
+    path: &str,
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+    out: &mut Vec<DocChange>,
+) {
     use serde_json::Value;
     match (a, b) {
         (None, None) => {}
-        (None, Some(b)) => out.push(DocChange { path: path.into(), op: "added".into(), from: None, to: Some(b.clone()) }),
-        (Some(a), None) => out.push(DocChange { path: path.into(), op: "removed".into(), from: Some(a.clone()), to: None }),
+        (None, Some(b)) => out.push(DocChange {
+            path: path.into(),
+            op: "added".into(),
+            from: None,
+            to: Some(b.clone()),
+        }),
+        (Some(a), None) => out.push(DocChange {
+            path: path.into(),
+            op: "removed".into(),
+            from: Some(a.clone()),
+            to: None,
+        }),
         (Some(Value::Object(x)), Some(Value::Object(y))) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
@@ -223,8 +285,19 @@ mod tests {
     #[test]
     fn diff_recurses_into_objects() {
         let mut out = Vec::new();
-        json_diff("", Some(&json!({"a": 1, "b": {"c": 2, "d/e": 3}})), Some(&json!({"a": 1, "b": {"c": 5}, "x": true})), &mut out);
-        let paths: Vec<(&str, &str)> = out.iter().map(|c| (c.path.as_str(), c.op.as_str())).collect();
-        assert_eq!(paths, vec![("/b/c", "changed"), ("/b/d~1e", "removed"), ("/x", "added")]);
+        json_diff(
+            "",
+            Some(&json!({"a": 1, "b": {"c": 2, "d/e": 3}})),
+            Some(&json!({"a": 1, "b": {"c": 5}, "x": true})),
+            &mut out,
+        );
+        let paths: Vec<(&str, &str)> = out
+            .iter()
+            .map(|c| (c.path.as_str(), c.op.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![("/b/c", "changed"), ("/b/d~1e", "removed"), ("/x", "added")]
+        );
     }
 }

@@ -104,13 +104,15 @@ impl Writer {
 
         for dot in context.clone() {
             let idx = self.actor_slot(dot.actor).await?.idx;
-            sqlx::query("INSERT OR IGNORE INTO doc_superseded (key_id, actor_idx, seq) VALUES (?, ?, ?)")
-                .bind(key_id)
-                .bind(idx)
-                .bind(dot.seq as i64)
-                .execute(&mut self.conn)
-                .await
-                .map_err(StoreError::db("recording superseded versions"))?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO doc_superseded (key_id, actor_idx, seq) VALUES (?, ?, ?)",
+            )
+            .bind(key_id)
+            .bind(idx)
+            .bind(dot.seq as i64)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("recording superseded versions"))?;
             sqlx::query(
                 "DELETE FROM doc_heads WHERE key_id = ? AND change_id IN \
                  (SELECT id FROM changes WHERE actor_idx = ? AND seq = ?)",
@@ -141,7 +143,8 @@ impl Writer {
         }
 
         self.advance(actor, seq).await?;
-        self.digest.add(&doc_hash(&actor, seq, hlc, key, value, &ctx_bytes));
+        self.digest
+            .add(&doc_hash(&actor, seq, hlc, key, value, &ctx_bytes));
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
             actor,

@@ -116,7 +116,9 @@ impl TimeSource for ManualTime {
 
 /// Why a remote timestamp was refused by [`HybridClock::observe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("remote timestamp {remote} is {ahead_ms} ms ahead of local wall time (max {max_offset_ms} ms)")]
+#[error(
+    "remote timestamp {remote} is {ahead_ms} ms ahead of local wall time (max {max_offset_ms} ms)"
+)]
 pub struct ClockSkewError {
     /// The refused timestamp.
     pub remote: Hlc,
@@ -245,7 +247,10 @@ mod tests {
         assert!(c.now() > Hlc::new(1_030_000, 7));
         let err = c.observe(Hlc::new(1_000_000 + 60_001, 0)).unwrap_err();
         assert_eq!(err.ahead_ms, 60_001);
-        assert!(c.last() < Hlc::new(1_060_001, 0), "refused timestamp must not move the clock");
+        assert!(
+            c.last() < Hlc::new(1_060_001, 0),
+            "refused timestamp must not move the clock"
+        );
     }
 
     #[test]

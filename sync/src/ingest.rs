@@ -10,7 +10,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::digest::readings_hash;
 use crate::writer::{SeriesSlot, Writer};
-use crate::{ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, Result, SeriesPoints, StoreError};
+use crate::{
+    ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
+};
 
 /// Rows per multi-row INSERT (4 parameters each, well under SQLite's 32,766).
 const INSERT_CHUNK: usize = 1000;
@@ -122,7 +124,14 @@ pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
 
 impl Writer {
     /// Stores one readings change (local or remote). The batch must be normalized.
-    pub(crate) async fn store_readings(&mut self, actor: ActorId, seq: u64, hlc: Hlc, batch: &ReadingBatch, remote: bool) -> Result<()> {
+    pub(crate) async fn store_readings(
+        &mut self,
+        actor: ActorId,
+        seq: u64,
+        hlc: Hlc,
+        batch: &ReadingBatch,
+        remote: bool,
+    ) -> Result<()> {
         let slot = self.actor_slot(actor).await?;
         let change_id = self
             .insert_change_row(slot.idx, seq, hlc, 1, Some(encode_manifest(batch)))
@@ -144,7 +153,10 @@ impl Writer {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO readings (series_id, ts, change_id, value) ");
             qb.push_values(chunk, |mut b, &(id, t, v)| {
-                b.push_bind(id).push_bind(t).push_bind(change_id).push_bind(v);
+                b.push_bind(id)
+                    .push_bind(t)
+                    .push_bind(change_id)
+                    .push_bind(v);
             });
             qb.build()
                 .execute(&mut self.conn)
@@ -156,7 +168,11 @@ impl Writer {
             .series
             .iter()
             .zip(&ids)
-            .flat_map(|(s, &id)| minute_aggs(&s.ts, &s.values).into_iter().map(move |a| (id, a)))
+            .flat_map(|(s, &id)| {
+                minute_aggs(&s.ts, &s.values)
+                    .into_iter()
+                    .map(move |a| (id, a))
+            })
             .collect();
         for chunk in aggs.chunks(ROLLUP_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -183,7 +199,8 @@ impl Writer {
 
         self.advance(actor, seq).await?;
         for s in &batch.series {
-            self.digest.add(&readings_hash(&actor, seq, &s.name, &s.ts, &s.values));
+            self.digest
+                .add(&readings_hash(&actor, seq, &s.name, &s.ts, &s.values));
         }
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
@@ -217,7 +234,11 @@ impl Writer {
                     attr_actor: r.get::<Vec<u8>, _>(2).try_into().unwrap_or([0; 16]),
                 },
                 None => {
-                    let (attr_hlc, attr_actor) = if opinion { (hlc.0, actor.0) } else { (0, [0; 16]) };
+                    let (attr_hlc, attr_actor) = if opinion {
+                        (hlc.0, actor.0)
+                    } else {
+                        (0, [0; 16])
+                    };
                     let id = sqlx::query(
                         "INSERT INTO series (name, unit, meta, attr_hlc, attr_actor) VALUES (?, ?, ?, ?, ?)",
                     )
@@ -230,7 +251,14 @@ impl Writer {
                     .await
                     .map_err(StoreError::db("creating a series"))?
                     .last_insert_rowid();
-                    self.series.insert(s.name.clone(), SeriesSlot { id, attr_hlc, attr_actor });
+                    self.series.insert(
+                        s.name.clone(),
+                        SeriesSlot {
+                            id,
+                            attr_hlc,
+                            attr_actor,
+                        },
+                    );
                     return Ok(id);
                 }
             };
@@ -238,15 +266,17 @@ impl Writer {
         }
         let slot = self.series.get(&s.name).cloned().expect("cached above");
         if opinion && (hlc.0, actor.0) > (slot.attr_hlc, slot.attr_actor) {
-            sqlx::query("UPDATE series SET unit = ?, meta = ?, attr_hlc = ?, attr_actor = ? WHERE id = ?")
-                .bind(&s.unit)
-                .bind(meta_json())
-                .bind(hlc.0 as i64)
-                .bind(actor.0.to_vec())
-                .bind(slot.id)
-                .execute(&mut self.conn)
-                .await
-                .map_err(StoreError::db("updating series attributes"))?;
+            sqlx::query(
+                "UPDATE series SET unit = ?, meta = ?, attr_hlc = ?, attr_actor = ? WHERE id = ?",
+            )
+            .bind(&s.unit)
+            .bind(meta_json())
+            .bind(hlc.0 as i64)
+            .bind(actor.0.to_vec())
+            .bind(slot.id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("updating series attributes"))?;
             self.series.insert(
                 s.name.clone(),
                 SeriesSlot {

@@ -73,7 +73,9 @@ pub use change::{
 pub use digest::Digest;
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
-pub use hlc::{ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource};
+pub use hlc::{
+    ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
+};
 pub use model::*;
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
 pub use schema::supported_schema_version;

@@ -51,13 +51,18 @@ fn fold(buckets: &mut BTreeMap<i64, MinuteAgg>, bucket_ms: i64, agg: MinuteAgg) 
     buckets
         .entry(start)
         .and_modify(|b| b.merge(&agg))
-        .or_insert(MinuteAgg { minute: start, ..agg });
+        .or_insert(MinuteAgg {
+            minute: start,
+            ..agg
+        });
 }
 
 fn parse_cursor(c: &str) -> Result<(i64, i64)> {
     c.split_once('.')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| StoreError::InvalidQuery(format!("cursor {c:?} is not one this store issued")))
+        .ok_or_else(|| {
+            StoreError::InvalidQuery(format!("cursor {c:?} is not one this store issued"))
+        })
 }
 
 impl Store {
@@ -103,7 +108,10 @@ impl Store {
     /// opaque cursor.
     pub async fn range(&self, q: &RangeQuery) -> Result<ReadingPage> {
         if q.from >= q.to {
-            return Err(StoreError::InvalidQuery(format!("`from` ({}) must be before `to` ({})", q.from, q.to)));
+            return Err(StoreError::InvalidQuery(format!(
+                "`from` ({}) must be before `to` ({})",
+                q.from, q.to
+            )));
         }
         let limit = q.limit.clamp(1, MAX_PAGE_ROWS);
         let (sid, unit) = self.series_row(&q.series).await?;
@@ -129,7 +137,10 @@ impl Store {
         let readings: Vec<ReadingRow> = rows
             .iter()
             .take(limit)
-            .map(|r| ReadingRow { ts: r.get(0), value: r.get(2) })
+            .map(|r| ReadingRow {
+                ts: r.get(0),
+                value: r.get(2),
+            })
             .collect();
         let next_cursor = more.then(|| {
             let last = &rows[limit - 1];
@@ -148,12 +159,18 @@ impl Store {
     /// touch raw rows only for partial minutes at the edges.
     pub async fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<Bucket>> {
         if q.bucket_ms < 1 {
-            return Err(StoreError::InvalidQuery("bucket must be at least 1 ms".into()));
+            return Err(StoreError::InvalidQuery(
+                "bucket must be at least 1 ms".into(),
+            ));
         }
         if q.from >= q.to {
-            return Err(StoreError::InvalidQuery(format!("`from` ({}) must be before `to` ({})", q.from, q.to)));
+            return Err(StoreError::InvalidQuery(format!(
+                "`from` ({}) must be before `to` ({})",
+                q.from, q.to
+            )));
         }
-        let span_buckets = (q.to - q.from) / q.bucket_ms + 1;
+        let span_buckets = ((q.to as i128 - q.from as i128) / q.bucket_ms as i128 + 1)
+            .min(i64::MAX as i128) as i64;
         if span_buckets > MAX_BUCKETS {
             return Err(StoreError::InvalidQuery(format!(
                 "{span_buckets} buckets requested; at most {MAX_BUCKETS} per query (use a wider bucket)"
@@ -162,32 +179,50 @@ impl Store {
         let (sid, _) = self.series_row(&q.series).await?;
         let mut buckets = BTreeMap::new();
         if q.bucket_ms % MINUTE_MS == 0 {
-            let m_from = (q.from + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
+            let m_from = q.from.saturating_add(MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
             let m_to = q.to.div_euclid(MINUTE_MS) * MINUTE_MS;
             if m_from < m_to {
-                self.fold_raw(sid, q.from, m_from, q.bucket_ms, &mut buckets).await?;
-                self.fold_rollups(sid, m_from, m_to, q.bucket_ms, &mut buckets).await?;
-                self.fold_raw(sid, m_to, q.to, q.bucket_ms, &mut buckets).await?;
+                self.fold_raw(sid, q.from, m_from, q.bucket_ms, &mut buckets)
+                    .await?;
+                self.fold_rollups(sid, m_from, m_to, q.bucket_ms, &mut buckets)
+                    .await?;
+                self.fold_raw(sid, m_to, q.to, q.bucket_ms, &mut buckets)
+                    .await?;
             } else {
-                self.fold_raw(sid, q.from, q.to, q.bucket_ms, &mut buckets).await?;
+                self.fold_raw(sid, q.from, q.to, q.bucket_ms, &mut buckets)
+                    .await?;
             }
         } else {
-            self.fold_raw(sid, q.from, q.to, q.bucket_ms, &mut buckets).await?;
+            self.fold_raw(sid, q.from, q.to, q.bucket_ms, &mut buckets)
+                .await?;
         }
         Ok(buckets.into_values().map(MinuteAgg::to_bucket).collect())
     }
 
-    async fn fold_raw(&self, sid: i64, from: i64, to: i64, bucket_ms: i64, out: &mut BTreeMap<i64, MinuteAgg>) -> Result<()> {
+    async fn fold_raw(
+        &self,
+        sid: i64,
+        from: i64,
+        to: i64,
+        bucket_ms: i64,
+        out: &mut BTreeMap<i64, MinuteAgg>,
+    ) -> Result<()> {
         if from >= to {
             return Ok(());
         }
-        let mut rows = sqlx::query("SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts")
-            .bind(sid)
-            .bind(from)
-            .bind(to)
-            .fetch(&self.inner.pool);
+        let mut rows = sqlx::query(
+            "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        )
+        .bind(sid)
+        .bind(from)
+        .bind(to)
+        .fetch(&self.inner.pool);
         let mut cur: Option<MinuteAgg> = None;
-        while let Some(r) = rows.try_next().await.map_err(StoreError::db("scanning readings"))? {
+        while let Some(r) = rows
+            .try_next()
+            .await
+            .map_err(StoreError::db("scanning readings"))?
+        {
             let (ts, v): (i64, f64) = (r.get(0), r.get(1));
             let start = ts.div_euclid(bucket_ms) * bucket_ms;
             match cur.as_mut() {
@@ -206,7 +241,14 @@ impl Store {
         Ok(())
     }
 
-    async fn fold_rollups(&self, sid: i64, from: i64, to: i64, bucket_ms: i64, out: &mut BTreeMap<i64, MinuteAgg>) -> Result<()> {
+    async fn fold_rollups(
+        &self,
+        sid: i64,
+        from: i64,
+        to: i64,
+        bucket_ms: i64,
+        out: &mut BTreeMap<i64, MinuteAgg>,
+    ) -> Result<()> {
         let rows = sqlx::query(
             "SELECT minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value FROM rollup_1m \
              WHERE series_id = ? AND minute >= ? AND minute < ? ORDER BY minute",

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::Row;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::docwrite::decode_context;
@@ -14,8 +14,8 @@ use crate::ingest::decode_manifest;
 use crate::writer::{Job, Shared, Writer};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, DocVersion,
-    DocWrite, HybridClock, ReadingBatch, Result, SeriesPoints, StoreConfig, StoreError,
-    StoreStats, SystemTime, TimeSource, VersionVector, validate_key,
+    DocWrite, HybridClock, ReadingBatch, Result, SeriesPoints, StoreConfig, StoreError, StoreStats,
+    SystemTime, TimeSource, VersionVector, validate_key,
 };
 
 /// A handle to an open store. Cheap to clone; all clones share one writer and one read pool.
@@ -51,7 +51,11 @@ impl Store {
     }
 
     /// Like [`open`](Self::open) with an injected wall clock (tests).
-    pub async fn open_with_time(path: impl AsRef<Path>, config: StoreConfig, time: Arc<dyn TimeSource>) -> Result<Store> {
+    pub async fn open_with_time(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+        time: Arc<dyn TimeSource>,
+    ) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let opened = crate::schema::open(&path, &config).await?;
         let (events, _) = broadcast::channel(1024);
@@ -61,7 +65,13 @@ impl Store {
             clock: Mutex::new(HybridClock::new(time, config.max_clock_offset_ms)),
             events,
         });
-        let writer = Writer::new(opened.writer, shared.clone(), opened.actor, config.limits.clone()).await?;
+        let writer = Writer::new(
+            opened.writer,
+            shared.clone(),
+            opened.actor,
+            config.limits.clone(),
+        )
+        .await?;
         let (jobs, rx) = mpsc::channel(config.write_queue.max(1));
         let handle = tokio::spawn(writer.run(rx, config.max_group_jobs.max(1)));
         Ok(Store {
@@ -104,7 +114,11 @@ impl Store {
 
     async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.inner.jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .jobs
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -211,17 +225,29 @@ impl Store {
     /// The changes this store holds that a replica with vector `theirs` lacks, in per-actor
     /// seq order, filling at most `byte_budget` (estimated encoded bytes; at least one change
     /// is returned when any is missing).
-    pub async fn changes_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Vec<Change>> {
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::db("starting a read"))?;
-        let actors = sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
-            .fetch_all(&mut *tx)
+    pub async fn changes_since(
+        &self,
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Vec<Change>> {
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
             .await
-            .map_err(StoreError::db("reading actors"))?;
+            .map_err(StoreError::db("starting a read"))?;
+        let actors =
+            sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::db("reading actors"))?;
         let mut out = Vec::new();
         let mut used = 0usize;
         for row in actors {
             let idx: i64 = row.get(0);
-            let Some(actor) = ActorId::from_slice(&row.get::<Vec<u8>, _>(1)) else { continue };
+            let Some(actor) = ActorId::from_slice(&row.get::<Vec<u8>, _>(1)) else {
+                continue;
+            };
             let max = row.get::<i64, _>(2) as u64;
             let mut from = theirs.get(&actor);
             while from < max {
@@ -255,7 +281,12 @@ impl Store {
     /// Changes in local commit order after local position `after` (0 for the beginning),
     /// at most `max`: the cursor source for the MQTT outbox and live sync.
     pub async fn log_after(&self, after: i64, max: usize) -> Result<Vec<(i64, Change)>> {
-        let mut tx = self.inner.pool.begin().await.map_err(StoreError::db("starting a read"))?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::db("starting a read"))?;
         let rows = sqlx::query(
             "SELECT c.id, c.seq, c.hlc, c.kind, c.manifest, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ? ORDER BY c.id LIMIT ?",
         )
@@ -285,7 +316,9 @@ impl Store {
                 .map_err(StoreError::db("counting"))
                 .map(|n| n.max(0) as u64)
         };
-        let page_bytes = one("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()").await?;
+        let page_bytes =
+            one("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+                .await?;
         let wal = format!("{}-wal", self.inner.path.display());
         let wal_bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
         Ok(StoreStats {
@@ -314,12 +347,21 @@ impl Store {
                 match &c.body {
                     ChangeBody::Readings(b) => {
                         for s in &b.series {
-                            digest.add(&crate::digest::readings_hash(&c.actor, c.seq, &s.name, &s.ts, &s.values));
+                            digest.add(&crate::digest::readings_hash(
+                                &c.actor, c.seq, &s.name, &s.ts, &s.values,
+                            ));
                         }
                     }
                     ChangeBody::Doc(d) => {
                         let ctx = crate::docwrite::encode_context(&d.context);
-                        digest.add(&crate::digest::doc_hash(&c.actor, c.seq, c.hlc, &d.key, d.value.as_deref(), &ctx));
+                        digest.add(&crate::digest::doc_hash(
+                            &c.actor,
+                            c.seq,
+                            c.hlc,
+                            &d.key,
+                            d.value.as_deref(),
+                            &ctx,
+                        ));
                     }
                 }
             }
@@ -331,7 +373,13 @@ impl Store {
     /// writes through any clone fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.jobs.send(Job::Shutdown { done: tx }).await.is_ok() {
+        if self
+            .inner
+            .jobs
+            .send(Job::Shutdown { done: tx })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         let handle = self.inner.writer.lock().expect("writer handle lock").take();
@@ -343,7 +391,11 @@ impl Store {
 }
 
 /// Rebuilds a change from its log row (`id, seq, hlc, kind, manifest` first) and the tables.
-async fn load_change(conn: &mut SqliteConnection, row: &sqlx::sqlite::SqliteRow, actor: ActorId) -> Result<Change> {
+async fn load_change(
+    conn: &mut SqliteConnection,
+    row: &sqlx::sqlite::SqliteRow,
+    actor: ActorId,
+) -> Result<Change> {
     let id: i64 = row.get(0);
     let seq = row.get::<i64, _>(1) as u64;
     let hlc = crate::Hlc(row.get::<i64, _>(2) as u64);
@@ -399,5 +451,10 @@ async fn load_change(conn: &mut SqliteConnection, row: &sqlx::sqlite::SqliteRow,
             });
         }
     };
-    Ok(Change { actor, seq, hlc, body })
+    Ok(Change {
+        actor,
+        seq,
+        hlc,
+        body,
+    })
 }

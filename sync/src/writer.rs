@@ -129,7 +129,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub async fn new(conn: SqliteConnection, shared: Arc<Shared>, actor: ActorId, limits: Limits) -> Result<Writer> {
+    pub async fn new(
+        conn: SqliteConnection,
+        shared: Arc<Shared>,
+        actor: ActorId,
+        limits: Limits,
+    ) -> Result<Writer> {
         let mut w = Writer {
             conn,
             shared,
@@ -180,10 +185,11 @@ impl Writer {
                 );
             }
         }
-        let digest: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'digest'")
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(StoreError::db("loading the digest"))?;
+        let digest: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'digest'")
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(StoreError::db("loading the digest"))?;
         self.digest = digest.map(|d| Digest::from_slice(&d)).unwrap_or_default();
         Ok(())
     }
@@ -221,17 +227,26 @@ impl Writer {
     }
 
     /// Inserts the change-log row and returns its local id.
-    pub async fn insert_change_row(&mut self, actor_idx: i64, seq: u64, hlc: Hlc, kind: i64, manifest: Option<Vec<u8>>) -> Result<i64> {
-        Ok(sqlx::query("INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES (?, ?, ?, ?, ?)")
-            .bind(actor_idx)
-            .bind(seq as i64)
-            .bind(hlc.0 as i64)
-            .bind(kind)
-            .bind(manifest)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("appending to the change log"))?
-            .last_insert_rowid())
+    pub async fn insert_change_row(
+        &mut self,
+        actor_idx: i64,
+        seq: u64,
+        hlc: Hlc,
+        kind: i64,
+        manifest: Option<Vec<u8>>,
+    ) -> Result<i64> {
+        Ok(sqlx::query(
+            "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(actor_idx)
+        .bind(seq as i64)
+        .bind(hlc.0 as i64)
+        .bind(kind)
+        .bind(manifest)
+        .execute(&mut self.conn)
+        .await
+        .map_err(StoreError::db("appending to the change log"))?
+        .last_insert_rowid())
     }
 
     fn next_local(&mut self) -> (u64, Hlc) {
@@ -457,18 +472,23 @@ impl Writer {
             let _ = self.shared.clock.lock().expect("clock lock").observe(c.hlc);
             match &c.body {
                 ChangeBody::Readings(batch) => {
-                    self.store_readings(c.actor, c.seq, c.hlc, batch, true).await?
+                    self.store_readings(c.actor, c.seq, c.hlc, batch, true)
+                        .await?
                 }
-                ChangeBody::Doc(d) => {
-                    self.store_doc(c.actor, c.seq, c.hlc, &d.key, d.value.as_deref(), Some(&d.context), true)
-                        .await
-                        .map(drop)?
-                }
+                ChangeBody::Doc(d) => self
+                    .store_doc(
+                        c.actor,
+                        c.seq,
+                        c.hlc,
+                        &d.key,
+                        d.value.as_deref(),
+                        Some(&d.context),
+                        true,
+                    )
+                    .await
+                    .map(drop)?,
             }
         }
-        Ok(ApplyOutcome {
-            applied,
-            skipped,
-        })
+        Ok(ApplyOutcome { applied, skipped })
     }
 }
