@@ -18,7 +18,7 @@ for arg in "$@"; do
     case "$arg" in
         arm64|amd64) arch="$arg" ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "build-deb: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done

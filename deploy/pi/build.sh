@@ -4,7 +4,7 @@
 #   deploy/pi/build.sh [--target TRIPLE] [--release] [-p PACKAGE] [-- CARGO_ARGS...]
 #
 #   --target   aarch64-unknown-linux-gnu (default; 64-bit Pi OS on Pi 3/4/5/Zero 2 W) or
-#              armv7-unknown-linux-gnueabihf (32-bit, needs the armhf packages, see README.md)
+#              armv7-unknown-linux-gnueabihf (32-bit; needs the armhf packages, see README.md; untested)
 #   --release  build the release profile (opt-level "s", fat LTO, stripped); default: dev profile
 #   -p         package to build (default kdelta; kdelta-sync is handy while the agent is mid-edit)
 #
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
         --target=*) target="${1#*=}"; shift ;;
         --release) profile=release; shift ;;
         -p|--package) package="${2:?-p needs a package}"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         --) shift; extra=("$@"); break ;;
         *) echo "build.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac

@@ -25,7 +25,7 @@ want_cargo_deb=1
 for arg in "$@"; do
     case "$arg" in
         --no-cargo-deb) want_cargo_deb=0 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "install-toolchain: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
