@@ -22,6 +22,12 @@
 //! | `kdelta_store_bytes`, `kdelta_store_readings`, `kdelta_store_changes`, `kdelta_store_series`, `kdelta_store_doc_keys`, `kdelta_store_doc_versions` | gauge | — |
 //! | `kdelta_uptime_seconds` | gauge | — |
 //! | `kdelta_build_info` | gauge (= 1) | `version` |
+//! | `kdelta_mqtt_messages_published_total`, `kdelta_mqtt_messages_acked_total`, `kdelta_mqtt_readings_acked_total` | counter | — |
+//! | `kdelta_mqtt_outbox_lag_changes`, `kdelta_mqtt_connected` | gauge | — |
+//! | `kdelta_mqtt_reconnects_total` | counter | — |
+//! | `kdelta_mqtt_bad_payloads_total` | counter | `kind` |
+//! | `kdelta_mqtt_duplicates_total` | counter | `cause` |
+//! | `kdelta_mqtt_commands_total` | counter | `result` |
 
 use std::fmt;
 
@@ -91,6 +97,7 @@ pub struct Metrics {
     store_doc_keys: Gauge,
     store_doc_versions: Gauge,
     uptime_seconds: Gauge,
+    mqtt: MqttMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -106,7 +113,9 @@ impl Default for Metrics {
 }
 
 fn source(s: &str) -> SourceLabels {
-    SourceLabels { source: s.to_owned() }
+    SourceLabels {
+        source: s.to_owned(),
+    }
 }
 
 impl Metrics {
@@ -131,6 +140,7 @@ impl Metrics {
             store_doc_keys: Gauge::default(),
             store_doc_versions: Gauge::default(),
             uptime_seconds: Gauge::default(),
+            mqtt: MqttMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -178,53 +188,94 @@ impl Metrics {
             "HTTP request latency by method and route template",
             m.http_seconds.clone(),
         );
-        r.register("store_bytes", "Database size on disk (main file + WAL)", m.store_bytes.clone());
-        r.register("store_readings", "Readings held by the store", m.store_readings.clone());
-        r.register("store_changes", "Changes in the change log", m.store_changes.clone());
-        r.register("store_series", "Series known to the store", m.store_series.clone());
+        r.register(
+            "store_bytes",
+            "Database size on disk (main file + WAL)",
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "store_readings",
+            "Readings held by the store",
+            m.store_readings.clone(),
+        );
+        r.register(
+            "store_changes",
+            "Changes in the change log",
+            m.store_changes.clone(),
+        );
+        r.register(
+            "store_series",
+            "Series known to the store",
+            m.store_series.clone(),
+        );
         r.register("store_doc_keys", "Document keys", m.store_doc_keys.clone());
-        r.register("store_doc_versions", "Document versions kept in history", m.store_doc_versions.clone());
-        r.register("uptime_seconds", "Seconds since the agent started", m.uptime_seconds.clone());
+        r.register(
+            "store_doc_versions",
+            "Document versions kept in history",
+            m.store_doc_versions.clone(),
+        );
+        r.register(
+            "uptime_seconds",
+            "Seconds since the agent started",
+            m.uptime_seconds.clone(),
+        );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
-            .get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_owned() })
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
             .set(1);
         r.register("build_info", "Build of this agent (always 1)", build_info);
+        m.mqtt.register(&mut r);
         Metrics { registry: r, ..m }
     }
 
     /// `n` readings from `source` were committed (durable).
     pub fn readings_ingested(&self, source: &str, n: u64) {
-        self.readings_ingested.get_or_create(&self::source(source)).inc_by(n);
+        self.readings_ingested
+            .get_or_create(&self::source(source))
+            .inc_by(n);
     }
 
     /// One batch from `source` was committed.
     pub fn batch_ingested(&self, source: &str) {
-        self.batches_ingested.get_or_create(&self::source(source)).inc();
+        self.batches_ingested
+            .get_or_create(&self::source(source))
+            .inc();
     }
 
     /// A batch from `source` was refused with error `code` (e.g. `invalid_batch`).
     pub fn ingest_rejected(&self, source: &str, code: &str) {
         self.ingest_rejected
-            .get_or_create(&SourceCodeLabels { source: source.to_owned(), code: code.to_owned() })
+            .get_or_create(&SourceCodeLabels {
+                source: source.to_owned(),
+                code: code.to_owned(),
+            })
             .inc();
     }
 
     /// Sampling or decoding in `source` failed with error `code`.
     pub fn source_error(&self, source: &str, code: &str) {
         self.source_errors
-            .get_or_create(&SourceCodeLabels { source: source.to_owned(), code: code.to_owned() })
+            .get_or_create(&SourceCodeLabels {
+                source: source.to_owned(),
+                code: code.to_owned(),
+            })
             .inc();
     }
 
     /// `source` skipped `n` sampling ticks.
     pub fn missed_ticks(&self, source: &str, n: u64) {
-        self.missed_ticks.get_or_create(&self::source(source)).inc_by(n);
+        self.missed_ticks
+            .get_or_create(&self::source(source))
+            .inc_by(n);
     }
 
     /// `source` dropped `n` readings before they reached the store.
     pub fn dropped_readings(&self, source: &str, n: u64) {
-        self.dropped_readings.get_or_create(&self::source(source)).inc_by(n);
+        self.dropped_readings
+            .get_or_create(&self::source(source))
+            .inc_by(n);
     }
 
     /// One `Store::append` took `seconds` until durable.
@@ -236,10 +287,17 @@ impl Metrics {
     /// which would make the label set unbounded).
     pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
         self.http_requests
-            .get_or_create(&HttpLabels { method: method.to_owned(), route: route.to_owned(), status })
+            .get_or_create(&HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
             .inc();
         self.http_seconds
-            .get_or_create(&RouteLabels { method: method.to_owned(), route: route.to_owned() })
+            .get_or_create(&RouteLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
             .observe(seconds);
     }
 
@@ -256,7 +314,8 @@ impl Metrics {
 
     /// Sets the uptime gauge.
     pub fn set_uptime(&self, seconds: u64) {
-        self.uptime_seconds.set(i64::try_from(seconds).unwrap_or(i64::MAX));
+        self.uptime_seconds
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition of every metric (content type [`CONTENT_TYPE`]).
@@ -265,6 +324,145 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+// mqtt metrics
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The MQTT client's metric families (registered by [`Metrics::new`]).
+#[derive(Default)]
+struct MqttMetrics {
+    published: Counter,
+    acked: Counter,
+    readings_acked: Counter,
+    outbox_lag: Gauge,
+    connected: Gauge,
+    reconnects: Counter,
+    bad_payloads: Family<KindLabels, Counter>,
+    duplicates: Family<CauseLabels, Counter>,
+    commands: Family<ResultLabels, Counter>,
+}
+
+impl MqttMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "mqtt_messages_published",
+            "Readings messages handed to the MQTT connection (including republished ones)",
+            self.published.clone(),
+        );
+        r.register(
+            "mqtt_messages_acked",
+            "Readings messages the broker confirmed (PUBACK; QoS 0: written)",
+            self.acked.clone(),
+        );
+        r.register(
+            "mqtt_readings_acked",
+            "Readings in confirmed MQTT messages",
+            self.readings_acked.clone(),
+        );
+        r.register(
+            "mqtt_outbox_lag_changes",
+            "Change-log positions not yet confirmed by the broker",
+            self.outbox_lag.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while connected to the MQTT broker",
+            self.connected.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "Connections to the MQTT broker after the first",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "mqtt_bad_payloads",
+            "Received MQTT messages dropped as unreadable, by kind (ingest, rule, command)",
+            self.bad_payloads.clone(),
+        );
+        r.register(
+            "mqtt_duplicates",
+            "Messages republished that the broker may already have (cause: restart, reconnect)",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "mqtt_commands",
+            "Document commands received over MQTT, by result (ok, error)",
+            self.commands.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    /// `n` readings messages were handed to the MQTT connection.
+    pub fn mqtt_published(&self, n: u64) {
+        self.mqtt.published.inc_by(n);
+    }
+
+    /// The broker confirmed `messages` readings messages holding `readings` readings.
+    pub fn mqtt_acked(&self, messages: u64, readings: u64) {
+        self.mqtt.acked.inc_by(messages);
+        self.mqtt.readings_acked.inc_by(readings);
+    }
+
+    /// Change-log positions between the outbox cursor and the newest change.
+    pub fn mqtt_outbox_lag(&self, changes: i64) {
+        self.mqtt.outbox_lag.set(changes);
+    }
+
+    /// The MQTT connection is up (or down).
+    pub fn mqtt_connected(&self, up: bool) {
+        self.mqtt.connected.set(i64::from(up));
+    }
+
+    /// A connection to the broker after the first one.
+    pub fn mqtt_reconnected(&self) {
+        self.mqtt.reconnects.inc();
+    }
+
+    /// A received message of `kind` (`ingest`, `rule`, `command`) was dropped as unreadable.
+    pub fn mqtt_bad_payload(&self, kind: &str) {
+        self.mqtt
+            .bad_payloads
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// `n` messages were republished for `cause` (`restart`, `reconnect`).
+    pub fn mqtt_duplicates(&self, cause: &str, n: u64) {
+        self.mqtt
+            .duplicates
+            .get_or_create(&CauseLabels {
+                cause: cause.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// A document command finished with `result` (`ok`, `error`).
+    pub fn mqtt_command(&self, result: &str) {
+        self.mqtt
+            .commands
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 }
 
