@@ -1,0 +1,255 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3.0 description of the API, written by hand. A test
+//! checks it against [`routes`](super::routes::routes) in both directions, so a route cannot
+//! be added or removed without updating this file.
+
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::format::Format;
+
+/// `GET /v1/openapi.json`.
+pub async fn serve() -> Response {
+    Format::Json.ok(&document())
+}
+
+fn param(name: &str, location: &str, required: bool, description: &str) -> Value {
+    json!({
+        "name": name,
+        "in": location,
+        "required": required,
+        "description": description,
+        "schema": { "type": "string" },
+    })
+}
+
+fn query(name: &str, description: &str) -> Value {
+    param(name, "query", false, description)
+}
+
+fn key_param() -> Value {
+    param(
+        "key",
+        "path",
+        true,
+        "Document key (1–512 bytes, may contain `/`). Keys ending in /history, /diff or /siblings are reserved by these routes.",
+    )
+}
+
+const TIME: &str = "unix milliseconds, RFC 3339, `now` or `now-<duration>` (e.g. `now-1h`)";
+const AS_OF: &str = "an HLC `<ms>:<logical>` or a time (unix milliseconds or RFC 3339)";
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+/// Responses: the success answer plus error answers `(status, codes)`.
+fn responses(status: &str, success: Value, errors: &[(&str, &str)]) -> Value {
+    let mut r = serde_json::Map::new();
+    r.insert(status.into(), success);
+    for (status, codes) in errors {
+        r.insert(
+            (*status).into(),
+            json!({
+                "description": format!("Error; `error.code` is one of: {codes}"),
+                "content": { "application/json": { "schema": schema_ref("Error") } },
+            }),
+        );
+    }
+    Value::Object(r)
+}
+
+fn op(summary: &str, params: Vec<Value>, resp: Value) -> Value {
+    json!({ "summary": summary, "parameters": params, "responses": resp })
+}
+
+const UNAVAILABLE: (&str, &str) = ("503", "`unavailable`");
+const BAD_QUERY: (&str, &str) = ("400", "`bad_request`, `bad_time`, `invalid_query`");
+
+/// The whole document.
+pub fn document() -> Value {
+    let batch_body = json!({
+        "required": true,
+        "content": {
+            "application/json": { "schema": schema_ref("ReadingBatch") },
+            "application/cbor": { "schema": schema_ref("ReadingBatch") },
+        },
+    });
+    let doc_body = json!({
+        "required": true,
+        "description": "The new value: any JSON value (or CBOR with Content-Type application/cbor).",
+        "content": { "application/json": { "schema": {} }, "application/cbor": { "schema": {} } },
+    });
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "kdelta agent API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Local HTTP API of the kdelta edge data agent: readings ingest and queries, versioned documents, live events, status and metrics. Responses are JSON, or CBOR with `Accept: application/cbor`. Errors are always JSON `{\"error\": {\"code\", \"message\"}}`.",
+        },
+        "paths": {
+            "/healthz": { "get": op("Liveness: 200 while the process serves HTTP", vec![],
+                responses("200", ok("Alive", json!({"type": "object"})), &[])) },
+            "/readyz": { "get": op("Readiness: startup finished and the store commits within 2 s", vec![],
+                responses("200", ok("Ready", json!({"type": "object"})), &[("503", "`not_ready`, `unavailable`")])) },
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics (OpenMetrics text)",
+                "responses": { "200": { "description": "Metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } },
+            } },
+            "/v1/status": { "get": op("Actor, version vector, counts, digest, disk use, RSS, uptime, version", vec![],
+                responses("200", ok("Status", schema_ref("Status")), &[UNAVAILABLE])) },
+            "/v1/sources": { "get": op("Configured sources and their sampling status", vec![],
+                responses("200", ok("Sources", json!({"type": "object", "properties": {"sources": {"type": "array", "items": schema_ref("SourceStatus")}}})), &[])) },
+            "/v1/openapi.json": { "get": op("This document", vec![], responses("200", ok("OpenAPI 3.0 document", json!({"type": "object"})), &[])) },
+            "/v1/series": { "get": op("Every series with unit, metadata, count and time span", vec![],
+                responses("200", ok("Series", json!({"type": "object", "properties": {"series": {"type": "array", "items": schema_ref("SeriesInfo")}}})), &[UNAVAILABLE])) },
+            "/v1/readings": {
+                "post": {
+                    "summary": "Ingest a batch of readings; answered once the batch is durable. A refused batch stores nothing.",
+                    "requestBody": batch_body,
+                    "responses": responses("201", ok("Stored", schema_ref("Ack")), &[
+                        ("400", "`malformed_body`"),
+                        ("413", "`body_too_large`"),
+                        ("415", "`unsupported_media_type`"),
+                        ("422", "`invalid_batch` (wrong types, empty, too many readings, NaN/infinity, duplicate timestamps)"),
+                        UNAVAILABLE,
+                    ]),
+                },
+                "get": op("Raw readings of one series in [from, to), paged", vec![
+                    param("series", "query", true, "Series name"),
+                    query("from", &format!("Inclusive start: {TIME}. Default: the beginning")),
+                    query("to", &format!("Exclusive end: {TIME}. Default: the end")),
+                    query("limit", "Most readings per page (default 1000, at most 100000)"),
+                    query("cursor", "`next_cursor` of the previous page"),
+                ], responses("200", ok("A page", schema_ref("ReadingPage")), &[BAD_QUERY, ("404", "`unknown_series`"), UNAVAILABLE])),
+            },
+            "/v1/readings/aggregate": { "get": op("Aggregates per time bucket (aligned to the unix epoch); empty buckets are omitted", vec![
+                param("series", "query", true, "Series name"),
+                query("from", &format!("Inclusive start: {TIME}. Default: 60 buckets before `to`")),
+                query("to", &format!("Exclusive end: {TIME}. Default: now")),
+                query("bucket", "Bucket width: `10s`, `1m`, `1h` … or milliseconds (default 1m; at most 100000 buckets)"),
+                query("fn", "Comma list of count, min, max, avg, sum, first, last (default all)"),
+            ], responses("200", ok("Buckets", schema_ref("Aggregate")), &[BAD_QUERY, ("404", "`unknown_series`"), UNAVAILABLE])) },
+            "/v1/readings/latest": { "get": op("Latest reading of each series", vec![
+                query("series", "Comma list of series (default every series)"),
+            ], responses("200", ok("Latest readings", json!({"type": "object", "properties": {"latest": {"type": "array", "items": schema_ref("LatestReading")}}})), &[("404", "`unknown_series`"), UNAVAILABLE])) },
+            "/v1/docs": { "get": op("Live documents by key prefix, in key order", vec![
+                query("prefix", "Key prefix (default all)"),
+                query("as_of", &format!("List as of {AS_OF}")),
+                query("limit", "Most documents (default 100, at most 1000)"),
+                query("after", "`next_after` of the previous page"),
+            ], responses("200", ok("Documents", json!({"type": "object", "properties": {
+                "docs": {"type": "array", "items": schema_ref("DocState")},
+                "next_after": {"type": "string", "nullable": true}}})), &[BAD_QUERY, UNAVAILABLE])) },
+            "/v1/docs/{key}": {
+                "get": op("A document's value (the deterministic winner among siblings)", vec![
+                    key_param(),
+                    query("as_of", &format!("Read the value as of {AS_OF}")),
+                ], responses("200", ok("The document", schema_ref("DocState")), &[
+                    ("400", "`bad_time`"),
+                    ("404", "`not_found` (never written or deleted), `before_history` (as_of before the first version)"),
+                    UNAVAILABLE,
+                ])),
+                "put": {
+                    "summary": "Write a new version; answered once durable",
+                    "parameters": [key_param()],
+                    "requestBody": doc_body,
+                    "responses": responses("200", ok("The new version", schema_ref("DocVersion")), &[
+                        ("400", "`malformed_body`"),
+                        ("413", "`body_too_large`, `value_too_large`"),
+                        ("415", "`unsupported_media_type`"),
+                        ("422", "`invalid_key`"),
+                        UNAVAILABLE,
+                    ]),
+                },
+                "delete": op("Delete (write a tombstone version; history is kept)", vec![key_param()],
+                    responses("200", ok("The tombstone version", schema_ref("DocVersion")), &[("404", "`not_found`"), ("422", "`invalid_key`"), UNAVAILABLE])),
+            },
+            "/v1/docs/{key}/history": { "get": op("Versions of a document, newest first", vec![
+                key_param(),
+                query("limit", "Most versions (default 100, at most 1000)"),
+                query("before", &format!("Only versions before {AS_OF} (pass `next_before`)")),
+            ], responses("200", ok("History", json!({"type": "object", "properties": {
+                "key": {"type": "string"},
+                "versions": {"type": "array", "items": schema_ref("DocVersion")},
+                "next_before": {"type": "string", "nullable": true}}})), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+            "/v1/docs/{key}/diff": { "get": op("How a document changed between two points", vec![
+                key_param(),
+                param("from", "query", true, &format!("First point: {AS_OF}")),
+                query("to", &format!("Second point: {AS_OF} (default: now)")),
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+            "/v1/docs/{key}/siblings": { "get": op("Concurrent versions of a document (conflicts), newest first", vec![key_param()],
+                responses("200", ok("Siblings", json!({"type": "object", "properties": {
+                    "key": {"type": "string"},
+                    "siblings": {"type": "array", "items": schema_ref("DocVersion")}}})), &[("404", "`not_found`"), UNAVAILABLE])) },
+            "/v1/events": { "get": {
+                "summary": "Server-sent events: `event: change` (data: ChangeEvent JSON) for every durable change passing the filter; `event: lagged` (data `{\"missed\": n}`) when this client fell behind",
+                "parameters": [
+                    query("kind", "`readings` or `doc`"),
+                    query("series", "Comma list: reading batches holding one of these series"),
+                    query("prefix", "Documents whose key, or reading batches with a series whose name, starts with this"),
+                ],
+                "responses": responses("200", json!({
+                    "description": "Event stream",
+                    "content": { "text/event-stream": { "schema": schema_ref("ChangeEvent") } },
+                }), &[("400", "`bad_request`")]),
+            } },
+        },
+        "components": { "schemas": schemas() },
+    })
+}
+
+fn schemas() -> Value {
+    let s = json!({"type": "string"});
+    let n = json!({"type": "number"});
+    let i = json!({"type": "integer"});
+    let hlc = json!({"type": "string", "description": "HLC `<unix ms>:<logical>`", "example": "1764000000000:0"});
+    let actor = json!({"type": "string", "description": "Actor id, 32 hex digits"});
+    let time = json!({"oneOf": [{"type": "integer", "description": "unix ms"}, {"type": "string", "description": "RFC 3339"}]});
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": s, "message": s}}}},
+        "ReadingBatch": {"oneOf": [
+            {"type": "array", "description": "Row form", "items": {"type": "object", "required": ["series", "value"], "properties": {
+                "series": s, "ts": time, "value": n, "unit": s}}},
+            {"type": "object", "description": "Columnar form", "required": ["series"], "properties": {"series": {"type": "array", "items": {
+                "type": "object", "required": ["name", "ts", "values"], "properties": {
+                    "name": s, "unit": s, "meta": {"type": "object", "additionalProperties": s},
+                    "ts": {"type": "array", "items": time}, "values": {"type": "array", "items": n}}}}}},
+        ]},
+        "Ack": {"type": "object", "properties": {"actor": actor, "seq": i, "hlc": hlc, "count": i}},
+        "SeriesInfo": {"type": "object", "properties": {"name": s, "unit": {"type": "string", "nullable": true},
+            "meta": {"type": "object", "additionalProperties": s}, "count": i,
+            "first_ts": {"type": "integer", "nullable": true}, "last_ts": {"type": "integer", "nullable": true}}},
+        "ReadingPage": {"type": "object", "properties": {"series": s, "unit": {"type": "string", "nullable": true},
+            "readings": {"type": "array", "items": {"type": "object", "properties": {"ts": i, "value": n}}},
+            "next_cursor": {"type": "string", "nullable": true}}},
+        "Aggregate": {"type": "object", "properties": {"series": s, "from": i, "to": i, "bucket_ms": i, "fn": {"type": "array", "items": s},
+            "buckets": {"type": "array", "items": {"type": "object", "properties": {
+                "start": i, "count": i, "min": n, "max": n, "avg": n, "sum": n, "first": n, "last": n}}}}},
+        "LatestReading": {"type": "object", "properties": {"series": s, "unit": {"type": "string", "nullable": true}, "ts": i, "value": n}},
+        "DocState": {"type": "object", "properties": {"key": s, "value": {}, "actor": actor, "seq": i, "hlc": hlc, "siblings": i}},
+        "DocVersion": {"type": "object", "properties": {"key": s, "actor": actor, "seq": i, "hlc": hlc, "value": {"nullable": true},
+            "deleted": {"type": "boolean"},
+            "supersedes": {"type": "array", "items": {"type": "object", "properties": {"actor": actor, "seq": i}}}}},
+        "DocDiff": {"type": "object", "properties": {"key": s, "from": {"nullable": true}, "to": {"nullable": true},
+            "changes": {"type": "array", "items": {"type": "object", "properties": {
+                "path": {"type": "string", "description": "JSON pointer"}, "op": {"type": "string", "enum": ["added", "removed", "changed"]},
+                "from": {}, "to": {}}}}}},
+        "ChangeEvent": {"type": "object", "properties": {"local_id": i, "actor": actor, "seq": i, "hlc": hlc, "remote": {"type": "boolean"},
+            "kind": {"type": "string", "enum": ["readings", "doc"]}, "series": {"type": "array", "items": s}, "count": i,
+            "key": s, "deleted": {"type": "boolean"}}},
+        "SourceStatus": {"type": "object", "properties": {"name": s, "kind": s, "interval_ms": i,
+            "last_reading_ms": {"type": "integer", "nullable": true}, "readings": i,
+            "last_error": {"type": "string", "nullable": true}, "errors": i, "missed_ticks": i}},
+        "Status": {"type": "object", "properties": {
+            "version": s, "actor": actor, "ready": {"type": "boolean"}, "uptime_s": i,
+            "version_vector": {"type": "object", "additionalProperties": i}, "digest": s,
+            "counts": {"type": "object", "properties": {"changes": i, "readings": i, "series": i, "doc_keys": i, "doc_versions": i}},
+            "db_bytes": i, "data_dir": s,
+            "disk": {"type": "object", "nullable": true, "properties": {"total_bytes": i, "free_bytes": i, "available_bytes": i, "used_percent": n}},
+            "rss_bytes": {"type": "integer", "nullable": true}}},
+    })
+}

@@ -1,0 +1,142 @@
+//! The route table and the router built from it, plus the middleware every request passes
+//! (request metrics by route template) and the JSON fallbacks for unknown paths and methods.
+//!
+//! [`routes`] is the single list of `(method, path, handler)`: the router mounts exactly
+//! these, and a test checks the OpenAPI description against the same list. Paths are written
+//! as the OpenAPI description shows them; the document views `/v1/docs/{key}/history` etc.
+//! share one wildcard route (see `docs.rs`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{MethodRouter, delete, get, post, put};
+
+use super::{ApiError, docs, events, ingest, openapi, readings, status};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// Axum path of every `/v1/docs/{key}…` route: keys may contain `/`.
+const DOCS_WILDCARD: &str = "/v1/docs/{*key}";
+
+/// Every route of the API: method, path as documented, handler.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/healthz", get(status::healthz)),
+        (Method::GET, "/readyz", get(status::readyz)),
+        (Method::GET, "/metrics", get(status::metrics)),
+        (Method::GET, "/v1/status", get(status::status)),
+        (Method::GET, "/v1/sources", get(status::sources)),
+        (Method::GET, "/v1/openapi.json", get(openapi::serve)),
+        (Method::GET, "/v1/series", get(readings::list_series)),
+        (Method::POST, "/v1/readings", post(ingest::post_readings)),
+        (Method::GET, "/v1/readings", get(readings::range)),
+        (
+            Method::GET,
+            "/v1/readings/aggregate",
+            get(readings::aggregate),
+        ),
+        (Method::GET, "/v1/readings/latest", get(readings::latest)),
+        (Method::GET, "/v1/docs", get(docs::list)),
+        (Method::GET, "/v1/docs/{key}", get(docs::get)),
+        (Method::PUT, "/v1/docs/{key}", put(docs::put)),
+        (Method::DELETE, "/v1/docs/{key}", delete(docs::delete)),
+        (Method::GET, "/v1/docs/{key}/history", get(docs::get)),
+        (Method::GET, "/v1/docs/{key}/diff", get(docs::get)),
+        (Method::GET, "/v1/docs/{key}/siblings", get(docs::get)),
+        (Method::GET, "/v1/events", get(events::events)),
+    ]
+}
+
+/// The axum path a documented path is mounted at.
+fn mount_path(path: &'static str) -> &'static str {
+    if path.starts_with("/v1/docs/{key}") {
+        DOCS_WILDCARD
+    } else {
+        path
+    }
+}
+
+/// Builds the router for every route of the API, with request metrics, the body limit
+/// (`state.max_body_bytes`, answered with `413 body_too_large`) and JSON fallbacks.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    let mut mounted = HashSet::new();
+    for (method, path, handler) in routes() {
+        let at = mount_path(path);
+        // The document views share the wildcard's GET handler.
+        if mounted.insert((method, at)) {
+            router = router.route(at, handler);
+        }
+    }
+    router
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no route for {method} {}; see /v1/openapi.json", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// The `route` label of a request: the documented route template, never the raw path.
+fn route_label<'a>(method: &Method, matched: Option<&'a MatchedPath>, path: &str) -> &'a str {
+    match matched.map(MatchedPath::as_str) {
+        None => "unmatched",
+        Some(DOCS_WILDCARD) if method == Method::GET => {
+            let rest = path.strip_prefix("/v1/docs/").unwrap_or(path);
+            docs::View::split(rest).1.route()
+        }
+        Some(DOCS_WILDCARD) => docs::View::Value.route(),
+        Some(template) => template,
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Middleware: counts and times every request by method, route template and status.
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = route_label(req.method(), matched.as_ref(), req.uri().path());
+    let resp = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = resp.status().as_u16();
+    metrics.observe_http(method, route, status, seconds);
+    tracing::debug!(method, route, status, ms = seconds * 1000.0, "http request");
+    resp
+}

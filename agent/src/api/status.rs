@@ -1,0 +1,172 @@
+//! Operational endpoints: `GET /v1/status`, `/healthz`, `/readyz`, `/metrics`,
+//! `GET /v1/sources`. Process figures (RSS from `/proc/self/status`, disk use by `statvfs`)
+//! are read here on request; nothing is cached.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::ApiError;
+use super::format::Accept;
+use crate::state::AppState;
+
+/// How long `/readyz` waits for the store's heartbeat write.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`: 200 while the process serves HTTP at all.
+pub async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: 200 when startup finished and the store commits a heartbeat within 2 s;
+/// `503 not_ready` while starting or draining, `503 unavailable` when the store is stuck.
+pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if !state.ready.load(Ordering::Acquire) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the agent is starting or shutting down",
+        ));
+    }
+    match tokio::time::timeout(HEARTBEAT_TIMEOUT, state.store.heartbeat()).await {
+        Ok(Ok(())) => Ok(axum::Json(json!({ "status": "ready" })).into_response()),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!(
+            "the store cannot commit: {e}"
+        ))),
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the store did not commit a heartbeat within {} s",
+            HEARTBEAT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text; store gauges are refreshed first.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.stats().await {
+        Ok(stats) => state.metrics.set_store_stats(&stats),
+        Err(e) => tracing::warn!(error = %e, "reading store figures for /metrics"),
+    }
+    state.metrics.set_uptime(state.started.elapsed().as_secs());
+    let mut resp = state.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
+/// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
+/// last_error, errors, missed_ticks}]}`.
+pub async fn sources(State(state): State<AppState>, Accept(reply): Accept) -> Response {
+    let sources = match state.sources.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    reply.ok(&json!({ "sources": sources }))
+}
+
+/// `GET /v1/status`.
+pub async fn status(
+    State(state): State<AppState>,
+    Accept(reply): Accept,
+) -> Result<Response, ApiError> {
+    let stats = state.store.stats().await?;
+    let disk = disk_usage(&state.data_dir);
+    Ok(reply.ok(&json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "actor": stats.actor.to_string(),
+        "ready": state.ready.load(Ordering::Acquire),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "version_vector": stats.version_vector,
+        "digest": stats.digest,
+        "counts": {
+            "changes": stats.changes,
+            "readings": stats.readings,
+            "series": stats.series,
+            "doc_keys": stats.doc_keys,
+            "doc_versions": stats.doc_versions,
+        },
+        "db_bytes": stats.db_bytes,
+        "data_dir": state.data_dir.display().to_string(),
+        "disk": disk,
+        "rss_bytes": rss_bytes(),
+    })))
+}
+
+/// Filesystem figures of the data directory: `{total_bytes, free_bytes, available_bytes,
+/// used_percent}`, or `null` when `statvfs` fails.
+fn disk_usage(dir: &Path) -> serde_json::Value {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return serde_json::Value::Null;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter;
+    // statvfs only writes into it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return serde_json::Value::Null;
+    }
+    let frsize = st.f_frsize as u64;
+    let total = st.f_blocks as u64 * frsize;
+    let free = st.f_bfree as u64 * frsize;
+    let avail = st.f_bavail as u64 * frsize;
+    // As df does: used / (used + available to unprivileged users).
+    let used = total.saturating_sub(free);
+    let used_percent = if used + avail == 0 {
+        0.0
+    } else {
+        (used as f64 * 1000.0 / (used + avail) as f64).round() / 10.0
+    };
+    json!({
+        "total_bytes": total,
+        "free_bytes": free,
+        "available_bytes": avail,
+        "used_percent": used_percent,
+    })
+}
+
+/// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`).
+pub fn rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&text)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_line() {
+        assert_eq!(
+            parse_vm_rss("Name:\tkdelta\nVmRSS:\t   12345 kB\nThreads: 3\n"),
+            Some(12_345 * 1024)
+        );
+        assert_eq!(parse_vm_rss("Name:\tkdelta\n"), None);
+        assert!(rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn disk_of_tmp() {
+        let d = disk_usage(&std::env::temp_dir());
+        assert!(d["total_bytes"].as_u64().is_some_and(|t| t > 0), "{d}");
+        assert!(disk_usage(Path::new("/does/not/exist")).is_null());
+    }
+}

@@ -1,0 +1,567 @@
+//! In-process tests of the router against a real store in a temp dir: the route table
+//! against the OpenAPI description, and the request/response contract of each area. The
+//! end-to-end tests in `tests/e2e` repeat the essentials against the real binary.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use kdelta_sync::{Store, StoreConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{openapi_document, router, routes};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    state: AppState,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("kdelta.db"), StoreConfig::default())
+        .await
+        .unwrap();
+    let state = AppState {
+        store,
+        metrics: Arc::new(Metrics::new()),
+        started: Instant::now(),
+        data_dir: dir.path().to_path_buf(),
+        sources: Arc::new(RwLock::new(Vec::new())),
+        ready: Arc::new(AtomicBool::new(true)),
+        max_body_bytes: 64 * 1024,
+        shutdown: Default::default(),
+    };
+    Fixture { _dir: dir, state }
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+impl Fixture {
+    async fn send(&self, req: Request<Body>) -> Answer {
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+            .await
+            .unwrap()
+            .to_vec();
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+    async fn get(&self, uri: &str) -> Answer {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+    async fn post(&self, uri: &str, content_type: &str, body: impl Into<Body>) -> Answer {
+        self.send(
+            Request::post(uri)
+                .header("content-type", content_type)
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+    }
+    async fn put_json(&self, uri: &str, v: &Value) -> Answer {
+        self.send(
+            Request::put(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+    async fn readings_count(&self) -> u64 {
+        self.state.store.stats().await.unwrap().readings
+    }
+}
+
+fn documented() -> BTreeSet<(String, String)> {
+    let doc = openapi_document();
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            out.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn openapi_describes_exactly_the_routes() {
+    let mounted: BTreeSet<(String, String)> = routes()
+        .into_iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+        .collect();
+    let documented = documented();
+    let undocumented: Vec<_> = mounted.difference(&documented).collect();
+    let unmounted: Vec<_> = documented.difference(&mounted).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from openapi.json: {undocumented:?}"
+    );
+    assert!(
+        unmounted.is_empty(),
+        "documented but not routed: {unmounted:?}"
+    );
+    // Every `$ref` resolves.
+    let doc = openapi_document();
+    let text = doc.to_string();
+    for piece in text.split("#/components/schemas/").skip(1) {
+        let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
+        assert!(
+            doc["components"]["schemas"].get(&name).is_some(),
+            "dangling $ref {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_reaches_a_handler() {
+    let f = fixture().await;
+    for (method, path) in documented() {
+        let uri = path.replace("{key}", "some/key");
+        let req = Request::builder()
+            .method(method.as_str())
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let resp = router(f.state.clone()).oneshot(req).await.unwrap();
+        if resp.status() == StatusCode::NOT_FOUND || resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        {
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let code = v["error"]["code"].as_str().unwrap();
+            assert!(
+                code != "no_route" && code != "method_not_allowed",
+                "{method} {uri}: {v}"
+            );
+        }
+    }
+    let a = f.get("/v1/nothing-here").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "no_route")
+    );
+    let a = f
+        .send(Request::patch("/v1/series").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn ingest_json_and_cbor_then_query() {
+    let f = fixture().await;
+    let a = f
+        .post(
+            "/v1/readings",
+            "application/json",
+            r#"[{"series":"t","ts":60000,"value":1},{"series":"t","ts":"1970-01-01T00:01:30Z","value":3,"unit":"C"}]"#,
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let ack = a.json();
+    assert_eq!(ack["count"], 2);
+    assert_eq!(ack["seq"], 1);
+    assert!(ack["hlc"].as_str().unwrap().contains(':'));
+
+    let mut cbor = Vec::new();
+    ciborium::into_writer(
+        &json!({"series": [{"name": "h", "unit": "%", "meta": {"room": "a"}, "ts": [1000, 2000], "values": [40, 41.5]}]}),
+        &mut cbor,
+    )
+    .unwrap();
+    let a = f.post("/v1/readings", "application/cbor", cbor).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+
+    let page = f.get("/v1/readings?series=t&from=0&to=now").await.json();
+    assert_eq!(
+        page["readings"],
+        json!([{"ts": 60000, "value": 1.0}, {"ts": 90000, "value": 3.0}])
+    );
+    assert_eq!(page["unit"], "C");
+    let page = f.get("/v1/readings?series=t&limit=1").await.json();
+    assert_eq!(page["readings"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let page = f
+        .get(&format!("/v1/readings?series=t&limit=1&cursor={cursor}"))
+        .await
+        .json();
+    assert_eq!(page["readings"], json!([{"ts": 90000, "value": 3.0}]));
+
+    let agg = f
+        .get("/v1/readings/aggregate?series=t&from=0&to=120000&bucket=1m&fn=avg,count")
+        .await
+        .json();
+    assert_eq!(
+        agg["buckets"],
+        json!([{"start": 60000, "avg": 2.0, "count": 2}])
+    );
+
+    let latest = f.get("/v1/readings/latest?series=t,h").await.json();
+    assert_eq!(latest["latest"][0]["value"], 3.0);
+    assert_eq!(latest["latest"][1]["series"], "h");
+
+    let series = f.get("/v1/series").await.json();
+    assert_eq!(series["series"][0]["name"], "h");
+    assert_eq!(series["series"][0]["meta"]["room"], "a");
+
+    // CBOR answer on request.
+    let a = f
+        .send(
+            Request::get("/v1/readings/latest?series=h")
+                .header("accept", "application/cbor")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.content_type, "application/cbor");
+    let v: Value = ciborium::from_reader(&a.body[..]).unwrap();
+    assert_eq!(v["latest"][0]["value"], 41.5);
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_code_and_stores_nothing() {
+    let f = fixture().await;
+    let mut nan = Vec::new();
+    {
+        use ciborium::Value as C;
+        let row = C::Map(vec![
+            (C::Text("series".into()), C::Text("t".into())),
+            (C::Text("value".into()), C::Float(f64::NAN)),
+        ]);
+        ciborium::into_writer(&C::Array(vec![row]), &mut nan).unwrap();
+    }
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "application/json",
+            b"[{\"series\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "application/cbor",
+            vec![0x81, 0xa1, 0x66],
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "application/json",
+            br#"[{"series":"t","value":"12"}]"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            "application/json",
+            br#"[{"series":"t","value":"NaN"}]"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            "application/cbor",
+            nan,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            "application/json",
+            b"[]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            "application/json",
+            br#"[{"series":"t","ts":5,"value":1},{"series":"t","ts":5,"value":2}]"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            "text/csv",
+            b"t,1,2".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "application/json",
+            vec![b' '; 70 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+    ];
+    for (ct, body, status, code) in cases {
+        let a = f.post("/v1/readings", ct, body).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (status, code.to_owned()),
+            "{ct}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    assert_eq!(f.readings_count().await, 0);
+    assert_eq!(f.state.store.stats().await.unwrap().changes, 0);
+
+    let a = f.get("/v1/readings?series=nope").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "unknown_series")
+    );
+    let a = f.get("/v1/readings?series=t&from=yesterday").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_time")
+    );
+    let a = f.get("/v1/readings").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+
+    let metrics = f.get("/metrics").await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains(r#"kdelta_ingest_rejected_total{source="http",code="invalid_batch"} 5"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/v1/readings",status="422""#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn documents_versions_as_of_diff_siblings() {
+    let f = fixture().await;
+    let v1 = f
+        .put_json("/v1/docs/gh/setpoint", &json!({"temp": 21}))
+        .await;
+    assert_eq!(v1.status, StatusCode::OK);
+    let h1 = v1.json()["hlc"].as_str().unwrap().to_owned();
+    let v2 = f
+        .put_json("/v1/docs/gh/setpoint", &json!({"temp": 22, "mode": "eco"}))
+        .await
+        .json();
+    assert_eq!(v2["seq"], 2);
+
+    let doc = f.get("/v1/docs/gh/setpoint").await.json();
+    assert_eq!(doc["value"], json!({"temp": 22, "mode": "eco"}));
+    assert_eq!(doc["siblings"], 1);
+    let old = f
+        .get(&format!("/v1/docs/gh/setpoint?as_of={h1}"))
+        .await
+        .json();
+    assert_eq!(old["value"], json!({"temp": 21}));
+
+    let hist = f.get("/v1/docs/gh/setpoint/history").await.json();
+    assert_eq!(hist["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(hist["versions"][0]["value"]["temp"], 22);
+
+    let diff = f
+        .get(&format!("/v1/docs/gh/setpoint/diff?from={h1}"))
+        .await
+        .json();
+    let ops: BTreeSet<(String, String)> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_owned(),
+                c["op"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        BTreeSet::from([
+            ("/mode".into(), "added".into()),
+            ("/temp".into(), "changed".into())
+        ])
+    );
+
+    let sib = f.get("/v1/docs/gh/setpoint/siblings").await.json();
+    assert_eq!(sib["siblings"].as_array().unwrap().len(), 1);
+
+    let list = f.get("/v1/docs?prefix=gh/").await.json();
+    assert_eq!(list["docs"][0]["key"], "gh/setpoint");
+
+    let a = f.get("/v1/docs/gh/setpoint?as_of=1000").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "before_history")
+    );
+    let a = f.get("/v1/docs/gh/setpoint?as_of=soon").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_time")
+    );
+    let a = f.get("/v1/docs/missing").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let a = f.put_json("/v1/docs/x/history", &json!(1)).await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_key")
+    );
+
+    let del = f
+        .send(
+            Request::delete("/v1/docs/gh/setpoint")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::OK);
+    assert_eq!(del.json()["deleted"], true);
+    let a = f.get("/v1/docs/gh/setpoint").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let a = f
+        .send(
+            Request::delete("/v1/docs/gh/setpoint")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    assert_eq!(
+        f.get("/v1/docs/gh/setpoint/history").await.json()["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn status_health_readiness_metrics() {
+    let f = fixture().await;
+    let s = f.get("/v1/status").await.json();
+    assert_eq!(s["actor"], f.state.store.actor().to_string());
+    assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(s["disk"]["total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(s["counts"]["readings"], 0);
+    assert_eq!(f.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(f.get("/readyz").await.status, StatusCode::OK);
+    f.state
+        .ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let a = f.get("/readyz").await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    );
+    let m = f.get("/metrics").await;
+    assert!(m.content_type.starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(text.contains("kdelta_build_info{version=\""), "{text}");
+    assert!(
+        text.contains(r#"kdelta_http_requests_total{method="GET",route="/readyz",status="503"} 1"#),
+        "{text}"
+    );
+    assert_eq!(f.get("/v1/sources").await.json(), json!({"sources": []}));
+
+    f.state.store.close().await;
+    let a = f.get("/v1/status").await;
+    assert_eq!(
+        a.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let a = f.put_json("/v1/docs/k", &json!(1)).await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+}
+
+#[tokio::test]
+async fn events_stream_filtered_changes_and_ends_on_shutdown() {
+    use futures::StreamExt;
+    let f = fixture().await;
+    let resp = router(f.state.clone())
+        .oneshot(
+            Request::get("/v1/events?kind=doc&prefix=gh/")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body().into_data_stream();
+    f.put_json("/v1/docs/other", &json!(0)).await;
+    f.post(
+        "/v1/readings",
+        "application/json",
+        r#"[{"series":"gh/t","value":1}]"#,
+    )
+    .await;
+    f.put_json("/v1/docs/gh/a", &json!(1)).await;
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("an event within 5 s")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(chunk.to_vec()).unwrap();
+    assert!(text.starts_with("event: change\n"), "{text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let v: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["key"].as_str()),
+        (Some("doc"), Some("gh/a"))
+    );
+    f.state.shutdown.cancel();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("stream ends");
+    assert!(end.is_none());
+}
