@@ -3,7 +3,25 @@
 //! Wires the versioned store (`kdelta-sync`) and the sensor drivers (`kdelta-sensors`) into a
 //! long-running daemon: configuration, the HTTP API, metrics, scheduling of sources, and the
 //! CLI that drives a running agent. `anyhow` is used only here, at the top.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the config structs, layering (figment) and `validate()` |
+//! | [`daemon`] | `kdelta start`: startup order, signals, shutdown |
+//! | [`sources`] | scheduler, ingest queue and batcher |
+//! | [`api`] | the HTTP API (router, handlers, errors) |
+//! | [`cli`] | the command line (clap) and the client subcommands |
+//! | [`client`] | the HTTP client the subcommands use |
 
 pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod lockfile;
+pub mod logging;
 pub mod metrics;
+pub mod sources;
 pub mod state;
+pub mod systemd;

@@ -1,5 +1,5 @@
-//! The `kdelta` binary: parse the command line and run it.
+//! The `kdelta` binary: parse the command line and run it (see `kdelta --help`).
 
-fn main() {
-    std::process::exit(0);
+fn main() -> std::process::ExitCode {
+    kdelta::cli::main()
 }

@@ -1,0 +1,352 @@
+//! The command line as clap parses it (raw). Validation beyond clap's (JSON values, time
+//! forms) happens in the subcommands, which turn these into API requests.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::DEFAULT_URL;
+
+/// kdelta — edge data agent: records sensors into a versioned store, serves it over HTTP.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kdelta",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "Start the agent with `kdelta start` (no configuration needed), then try `kdelta status`.\n\
+                  Exit codes: 0 success, 1 error, 2 usage or configuration error."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground: record the sources and serve the HTTP API.
+    ///
+    /// With no configuration it records the built-in `system` source every 10 s into
+    /// ./kdelta-data (or $STATE_DIRECTORY under systemd) and listens on 127.0.0.1:7878.
+    /// Stops cleanly on SIGTERM or Ctrl-C; SIGHUP reloads the log level.
+    Start(StartArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Show the running agent's status: store figures, sources, uptime.
+    Status(Conn),
+    /// List the configured sources with their last reading and last error.
+    Sources(Conn),
+    /// List the series with their unit, count and time range.
+    Series(Conn),
+    /// Show the latest reading of every series (or of the series named).
+    Latest(LatestArgs),
+    /// Read a series: raw readings, or aggregates per time bucket with --agg.
+    Query(QueryArgs),
+    /// Import readings from a CSV file (`series,ts,value[,unit]` with a header line).
+    Import(ImportArgs),
+    /// Export a series as CSV or JSON.
+    Export(ExportArgs),
+    /// Write a new version of a document.
+    Put(PutArgs),
+    /// Read a document (its current value, or its value at a past time).
+    Get(GetArgs),
+    /// Delete a document (a tombstone version; history is kept).
+    Delete(KeyArgs),
+    /// List the versions of a document, newest first.
+    History(HistoryArgs),
+    /// Show what changed in a document between two points in time.
+    Diff(DiffArgs),
+    /// Show the concurrent versions (siblings) of a document.
+    Siblings(KeyArgs),
+    /// List documents by key prefix.
+    Docs(DocsArgs),
+    /// Load tools.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Where the configuration comes from (`start` and `config check`).
+#[derive(Debug, Clone, Args)]
+pub struct ConfigFlags {
+    /// Configuration file, read instead of ./kdelta.toml (after /etc/kdelta/kdelta.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory holding the store [key: data_dir, env: KDELTA_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP API, IP:PORT (port 0 picks a free one) [key: api.listen, env:
+    /// KDELTA_API__LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log filter, e.g. `debug` or `info,kdelta::sources=debug` [key: log.level].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log JSON lines instead of human-readable ones [key: log.format = "json"].
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// `kdelta start`.
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub config: ConfigFlags,
+}
+
+/// `kdelta config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration; print the effective values and where each came from.
+    ///
+    /// Exits 0 when valid, 2 when not (the error names the key and the file).
+    Check(ConfigFlags),
+}
+
+/// How to reach the agent.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// URL of the running agent.
+    #[arg(long, env = "KDELTA_URL", default_value = DEFAULT_URL, value_name = "URL")]
+    pub url: String,
+    /// Print the agent's JSON answer as is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kdelta latest`.
+#[derive(Debug, Args)]
+pub struct LatestArgs {
+    /// Series to show (all when none is given).
+    pub series: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// Aggregate functions of `query --agg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AggFn {
+    /// Mean.
+    Avg,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Sum.
+    Sum,
+    /// Number of readings.
+    Count,
+    /// Earliest value.
+    First,
+    /// Latest value.
+    Last,
+}
+
+impl AggFn {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggFn::Avg => "avg",
+            AggFn::Min => "min",
+            AggFn::Max => "max",
+            AggFn::Sum => "sum",
+            AggFn::Count => "count",
+            AggFn::First => "first",
+            AggFn::Last => "last",
+        }
+    }
+}
+
+/// `kdelta query`.
+#[derive(Debug, Args)]
+#[command(after_help = "Times: unix ms, RFC 3339 (2025-11-24T16:00:00Z), `now`, `now-1h`, or `-1h` for short.\n\
+                        Examples:\n  kdelta query system.cpu_usage --from -15m\n  \
+                        kdelta query system.cpu_usage --from -1d --agg avg --bucket 1h")]
+pub struct QueryArgs {
+    /// Series name.
+    pub series: String,
+    /// Start (inclusive). Default: 1 hour ago.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub from: Option<String>,
+    /// End (exclusive). Default: now.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Most readings shown (raw queries).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Aggregate per bucket instead of listing raw readings.
+    #[arg(long, value_enum, value_name = "FN")]
+    pub agg: Option<AggFn>,
+    /// Bucket width for --agg, e.g. `10s`, `1m`, `1h`.
+    #[arg(long, default_value = "1m", value_name = "WIDTH")]
+    pub bucket: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta import`.
+#[derive(Debug, Args)]
+#[command(after_help = "The file needs a header naming the columns `series`, `ts` and `value` (and optionally\n\
+                        `unit`), in any order. `ts` is unix ms or RFC 3339. Progress is kept in FILE.kdelta-import\n\
+                        after every acknowledged batch, so an interrupted import continues with --resume.")]
+pub struct ImportArgs {
+    /// CSV file to import.
+    pub file: PathBuf,
+    /// Readings per request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub batch: u32,
+    /// Continue an interrupted import after its last acknowledged line.
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// `series,ts,value,unit` with a header (re-importable with `kdelta import`).
+    Csv,
+    /// A JSON array of `{series, ts, value, unit}`.
+    Json,
+}
+
+/// `kdelta export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Series name.
+    pub series: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// Start (inclusive). Default: the first reading.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub from: Option<String>,
+    /// End (exclusive). Default: now.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Write to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// A command on one document key.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Document key, e.g. `greenhouse/setpoint`.
+    pub key: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta put`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example: kdelta put greenhouse/setpoint '{\"temp\": 22}'")]
+pub struct PutArgs {
+    /// Document key.
+    pub key: String,
+    /// The value, as JSON (`-` reads it from stdin).
+    pub value: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Document key.
+    pub key: String,
+    /// Read the value as it was at this time (unix ms, RFC 3339, `now-1h`, `-1h`) or HLC.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub as_of: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Document key.
+    pub key: String,
+    /// Most versions shown.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Document key.
+    pub key: String,
+    /// The earlier point (time or HLC).
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub from: String,
+    /// The later point (time or HLC). Default: now.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME", default_value = "now")]
+    pub to: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta docs`.
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    /// Only keys starting with this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// List the documents as they were at this time.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub as_of: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Post reading batches as fast as the agent takes them; print throughput and latency.
+    Ingest(BenchIngestArgs),
+}
+
+/// `kdelta bench ingest`.
+#[derive(Debug, Args)]
+pub struct BenchIngestArgs {
+    /// URL of the agent under test.
+    #[arg(long, env = "KDELTA_URL", default_value = DEFAULT_URL, value_name = "URL")]
+    pub url: String,
+    /// Readings per request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub batch: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Distinct series per request.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub series: u32,
+    /// Send CBOR bodies instead of JSON.
+    #[arg(long)]
+    pub cbor: bool,
+    /// Read the server's RSS from /proc/PID/status (default: `rss_bytes` of GET /v1/status).
+    #[arg(long)]
+    pub pid: Option<u32>,
+}

@@ -1,0 +1,228 @@
+//! Read-side subcommands about the agent and its readings: `status`, `sources`, `series`,
+//! `latest`, `query`.
+
+use serde_json::Value;
+
+use super::args::{Conn, LatestArgs, QueryArgs};
+use super::show::{array, cell, pretty, table, time_arg, ts};
+use crate::client::ApiClient;
+
+/// `kdelta status`.
+pub async fn status(conn: Conn) -> anyhow::Result<()> {
+    let c = ApiClient::new(&conn.url)?;
+    let answer = c.get(c.url("v1/status", &[])).await?;
+    if conn.json {
+        println!("{}", pretty(&answer));
+        return Ok(());
+    }
+    print_status(&c.base(), &answer);
+    Ok(())
+}
+
+/// The status answer as a few readable lines; fields the agent does not send are left out.
+fn print_status(base: &str, v: &Value) {
+    let num = |p: &str| v.pointer(p).and_then(Value::as_u64);
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    let mut lines: Vec<(&str, String)> = Vec::new();
+    let mut agent = base.to_owned();
+    if let Some(version) = text("/version") {
+        agent.push_str(&format!(" — kdelta {version}"));
+    }
+    if let Some(up) = num("/uptime_s") {
+        agent.push_str(&format!(", up {}", humantime::format_duration(std::time::Duration::from_secs(up))));
+    }
+    match v.get("ready").and_then(Value::as_bool) {
+        Some(true) => agent.push_str(", ready"),
+        Some(false) => agent.push_str(", NOT ready"),
+        None => {}
+    }
+    lines.push(("agent", agent));
+    if let Some(actor) = text("/actor") {
+        lines.push(("actor", actor));
+    }
+    if let Some(dir) = text("/data_dir") {
+        let size = num("/db_bytes").map(|b| format!(" ({} database)", human_bytes(b))).unwrap_or_default();
+        lines.push(("data", format!("{dir}{size}")));
+    }
+    if let (Some(readings), Some(series)) = (num("/counts/readings"), num("/counts/series")) {
+        lines.push((
+            "store",
+            format!(
+                "{readings} readings in {series} series, {} documents ({} versions), {} changes",
+                num("/counts/doc_keys").unwrap_or(0),
+                num("/counts/doc_versions").unwrap_or(0),
+                num("/counts/changes").unwrap_or(0)
+            ),
+        ));
+    }
+    if let Some(pct) = v.pointer("/disk/used_percent").and_then(Value::as_f64) {
+        let free = num("/disk/available_bytes").map(|b| format!(", {} available", human_bytes(b))).unwrap_or_default();
+        lines.push(("disk", format!("{pct:.1}% used{free}")));
+    }
+    if let Some(rss) = num("/rss_bytes") {
+        lines.push(("memory", format!("{} resident", human_bytes(rss))));
+    }
+    if let Some(digest) = text("/digest") {
+        lines.push(("digest", digest));
+    }
+    if let Some(Value::Object(vv)) = v.get("version_vector") {
+        let entries: Vec<String> = vv.iter().map(|(a, s)| format!("{a}:{s}")).collect();
+        lines.push(("versions", entries.join(" ")));
+    }
+    for (k, line) in lines {
+        println!("{k:<9} {line}");
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// `kdelta sources`.
+pub async fn sources(conn: Conn) -> anyhow::Result<()> {
+    let c = ApiClient::new(&conn.url)?;
+    let answer = c.get(c.url("v1/sources", &[])).await?;
+    if conn.json {
+        println!("{}", pretty(&answer));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = array(&answer, &["sources"])
+        .iter()
+        .map(|s| {
+            let field = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
+            let interval = field("interval_ms")
+                .as_u64()
+                .map_or_else(|| "-".into(), |ms| if ms == 0 { "stream".into() } else { humantime::format_duration(std::time::Duration::from_millis(ms)).to_string() });
+            vec![
+                cell(&field("name"), 24),
+                cell(&field("kind"), 12),
+                interval,
+                cell(&field("readings"), 12),
+                ts(&field("last_reading_ms")),
+                cell(&field("errors"), 8),
+                cell(&field("missed_ticks"), 8),
+                cell(&field("last_error"), 60),
+            ]
+        })
+        .collect();
+    table(&["NAME", "KIND", "EVERY", "READINGS", "LAST READING", "ERRORS", "MISSED", "LAST ERROR"], &rows);
+    Ok(())
+}
+
+/// `kdelta series`.
+pub async fn series(conn: Conn) -> anyhow::Result<()> {
+    let c = ApiClient::new(&conn.url)?;
+    let answer = c.get(c.url("v1/series", &[])).await?;
+    if conn.json {
+        println!("{}", pretty(&answer));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = array(&answer, &["series"])
+        .iter()
+        .map(|s| {
+            let field = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
+            vec![
+                cell(&field("name"), 48),
+                cell(&field("unit"), 8),
+                cell(&field("count"), 12),
+                ts(&field("first_ts")),
+                ts(&field("last_ts")),
+            ]
+        })
+        .collect();
+    table(&["SERIES", "UNIT", "COUNT", "FIRST", "LAST"], &rows);
+    Ok(())
+}
+
+/// `kdelta latest [SERIES…]`.
+pub async fn latest(args: LatestArgs) -> anyhow::Result<()> {
+    let c = ApiClient::new(&args.conn.url)?;
+    let query: Vec<(&str, String)> = args.series.iter().map(|s| ("series", s.clone())).collect();
+    let answer = c.get(c.url("v1/readings/latest", &query)).await?;
+    if args.conn.json {
+        println!("{}", pretty(&answer));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = array(&answer, &["readings", "latest", "series"])
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r.get(k).cloned().unwrap_or(Value::Null);
+            vec![cell(&field("series"), 48), ts(&field("ts")), number(&field("value")), cell(&field("unit"), 8)]
+        })
+        .collect();
+    table(&["SERIES", "TIME", "VALUE", "UNIT"], &rows);
+    Ok(())
+}
+
+/// A reading value for display: integers without a fraction, others with up to 6 digits.
+fn number(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        Some(x) => {
+            let s = format!("{x:.6}");
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        }
+        None => cell(v, 20),
+    }
+}
+
+/// `kdelta query SERIES`.
+pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let c = ApiClient::new(&args.conn.url)?;
+    let from = time_arg(args.from.as_deref().unwrap_or("now-1h"));
+    let to = time_arg(args.to.as_deref().unwrap_or("now"));
+    let mut query = vec![("series", args.series.clone()), ("from", from), ("to", to)];
+    let answer = match args.agg {
+        Some(f) => {
+            query.push(("bucket", args.bucket.clone()));
+            query.push(("fn", f.as_str().to_owned()));
+            c.get(c.url("v1/readings/aggregate", &query)).await?
+        }
+        None => {
+            query.push(("limit", args.limit.to_string()));
+            c.get(c.url("v1/readings", &query)).await?
+        }
+    };
+    if args.conn.json {
+        println!("{}", pretty(&answer));
+        return Ok(());
+    }
+    let unit = answer.get("unit").and_then(Value::as_str).unwrap_or("");
+    match args.agg {
+        None => {
+            let rows: Vec<Vec<String>> = array(&answer, &["readings"])
+                .iter()
+                .map(|r| vec![ts(&r["ts"]), number(&r["value"])])
+                .collect();
+            let value_header = if unit.is_empty() { "VALUE".to_owned() } else { format!("VALUE ({unit})") };
+            table(&["TIME", &value_header], &rows);
+            if answer.get("next_cursor").is_some_and(|c| !c.is_null()) {
+                eprintln!("(more readings in the range; raise --limit or use `kdelta export`)");
+            }
+        }
+        Some(f) => {
+            let rows: Vec<Vec<String>> = array(&answer, &["buckets"])
+                .iter()
+                .map(|b| {
+                    let value = b.get(f.as_str()).or_else(|| b.get("value")).cloned().unwrap_or(Value::Null);
+                    vec![ts(b.get("start").unwrap_or(&Value::Null)), number(&value), cell(&b["count"], 10)]
+                })
+                .collect();
+            let value_header = if unit.is_empty() || f.as_str() == "count" {
+                f.as_str().to_uppercase()
+            } else {
+                format!("{} ({unit})", f.as_str().to_uppercase())
+            };
+            table(&["BUCKET", &value_header, "READINGS"], &rows);
+        }
+    }
+    Ok(())
+}

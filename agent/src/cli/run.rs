@@ -1,0 +1,147 @@
+//! Entry point of the binary: parses the command line, runs the subcommand, prints errors
+//! with their cause chain and maps them to exit codes (0 ok, 1 error, 2 usage/config).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use figment::value::Value;
+
+use super::args::{BenchCommand, Cli, Command, ConfigCommand, ConfigFlags};
+use crate::config::{self, ConfigArgs, ConfigError};
+
+/// A mistake in how a command was called (bad JSON argument, conflicting options): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the command line of this process and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse(); // exits 2 itself on a usage error, 0 for --help/--version
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(&e);
+            exit_code(&e)
+        }
+    }
+}
+
+/// Prints `error: …` and one `caused by:` line per cause.
+pub fn print_error(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let usage = e
+        .chain()
+        .any(|c| c.downcast_ref::<ConfigError>().is_some() || c.downcast_ref::<UsageError>().is_some());
+    ExitCode::from(if usage { 2 } else { 1 })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Start(args) => start(&args.config),
+        Command::Config(ConfigCommand::Check(flags)) => config_check(&flags),
+        Command::Bench(BenchCommand::Ingest(args)) => multi_thread()?.block_on(crate::bench::ingest(args)),
+        other => current_thread()?.block_on(client_command(other)),
+    }
+}
+
+async fn client_command(command: Command) -> anyhow::Result<()> {
+    use super::{docs, export, import, readings};
+    match command {
+        Command::Status(conn) => readings::status(conn).await,
+        Command::Sources(conn) => readings::sources(conn).await,
+        Command::Series(conn) => readings::series(conn).await,
+        Command::Latest(args) => readings::latest(args).await,
+        Command::Query(args) => readings::query(args).await,
+        Command::Import(args) => import::import(args).await,
+        Command::Export(args) => export::export(args).await,
+        Command::Put(args) => docs::put(args).await,
+        Command::Get(args) => docs::get(args).await,
+        Command::Delete(args) => docs::delete(args).await,
+        Command::History(args) => docs::history(args).await,
+        Command::Diff(args) => docs::diff(args).await,
+        Command::Siblings(args) => docs::siblings(args).await,
+        Command::Docs(args) => docs::list(args).await,
+        Command::Start(_) | Command::Config(_) | Command::Bench(_) => unreachable!("handled by run()"),
+    }
+}
+
+fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kdelta")
+        .build()
+        .context("starting the async runtime")
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+impl ConfigFlags {
+    /// The configuration sources these flags describe.
+    pub fn to_config_args(&self) -> ConfigArgs {
+        let mut flags: Vec<(&'static str, &'static str, Value)> = Vec::new();
+        if let Some(dir) = &self.data_dir {
+            flags.push(("data_dir", "--data-dir", Value::from(dir.display().to_string())));
+        }
+        if let Some(listen) = &self.listen {
+            flags.push(("api.listen", "--listen", Value::from(listen.clone())));
+        }
+        if let Some(level) = &self.log_level {
+            flags.push(("log.level", "--log-level", Value::from(level.clone())));
+        }
+        if self.log_json {
+            flags.push(("log.format", "--log-json", Value::from("json")));
+        }
+        ConfigArgs {
+            file: self.config.clone(),
+            flags,
+            ..ConfigArgs::default()
+        }
+    }
+}
+
+fn start(flags: &ConfigFlags) -> anyhow::Result<()> {
+    let args = flags.to_config_args();
+    let loaded = config::load(&args)?;
+    let logging = crate::logging::init(&loaded.config.log).context("setting up logging")?;
+    let runtime = multi_thread()?;
+    let result = runtime.block_on(crate::daemon::run(loaded.config, args, logging));
+    // Blocking threads (a sensor read) must not hold the exit past the shutdown budget.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+fn config_check(flags: &ConfigFlags) -> anyhow::Result<()> {
+    let args = flags.to_config_args();
+    let loaded = config::load(&args)?;
+    let mut out = String::new();
+    out.push_str("# kdelta configuration: valid\n");
+    out.push_str(&format!(
+        "# layers, lowest first: defaults < {} < {} < KDELTA_* environment < flags\n\n",
+        config::SYSTEM_CONFIG_FILE,
+        args.file
+            .as_ref()
+            .map_or_else(|| format!("./{}", config::LOCAL_CONFIG_FILE), |f| f.display().to_string()),
+    ));
+    out.push_str(&loaded.to_toml());
+    out.push_str("\n# where each value came from\n");
+    let rows = loaded.origins();
+    let width = rows.iter().map(|(k, v, _)| k.len() + v.len() + 3).max().unwrap_or(0).min(72);
+    for (key, value, origin) in rows {
+        let assignment = format!("{key} = {value}");
+        out.push_str(&format!("# {assignment:<width$}  <- {origin}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The HTTP client the CLI subcommands use to talk to a running agent. Turns transport
+//! failures and the API's JSON errors (`{"error":{"code","message"}}`) into [`ClientError`]s
+//! whose text tells the user what to do.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde_json::Value;
+
+/// The agent's URL when neither `--url` nor `KDELTA_URL` is given.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
+
+/// Why a request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `--url` is not an http URL.
+    #[error("invalid agent URL {url:?}: {detail} (expected something like {DEFAULT_URL})")]
+    BadUrl {
+        /// As given.
+        url: String,
+        /// Why it was refused.
+        detail: String,
+    },
+    /// Nothing answered at the URL.
+    #[error("cannot reach the agent at {url} — is `kdelta start` running? ({detail})")]
+    Unreachable {
+        /// The agent's base URL.
+        url: String,
+        /// Connection refused, timed out, …
+        detail: String,
+    },
+    /// The agent answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's error code (`unknown_key`, `invalid_batch`, …).
+        code: String,
+        /// The API's message.
+        message: String,
+    },
+    /// The request failed mid-way or the answer could not be read.
+    #[error("request to {url} failed: {detail}")]
+    Transport {
+        /// The full URL.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// True for a 404 from the API (unknown key or series).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 404, .. })
+    }
+}
+
+/// A client bound to one agent.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for the agent at `url` (`http://host:port`, optionally with a path prefix).
+    pub fn new(url: &str) -> Result<ApiClient, ClientError> {
+        let bad = |detail: String| ClientError::BadUrl {
+            url: url.to_owned(),
+            detail,
+        };
+        let mut base = Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        if base.scheme() != "http" {
+            return Err(bad("only http:// is supported".into()));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(ApiClient { base, http })
+    }
+
+    /// The agent's base URL, as shown in messages.
+    pub fn base(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// The URL of `path` (relative to the base, e.g. `v1/status`) with query parameters.
+    pub fn url(&self, path: &str, query: &[(&str, String)]) -> Url {
+        let mut url = self.base.join(path.trim_start_matches('/')).unwrap_or_else(|_| self.base.clone());
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    /// The URL of the path made of `segments`, each percent-encoded as one segment (a
+    /// document key `a/b` is passed as its `/`-separated parts), with query parameters.
+    pub fn url_of<'a>(&self, segments: impl IntoIterator<Item = &'a str>, query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    /// `GET url`, JSON answer.
+    pub async fn get(&self, url: Url) -> Result<Value, ClientError> {
+        self.send(self.http.get(url)).await
+    }
+
+    /// `method url` with a JSON body, JSON answer (`null` when the answer is empty).
+    pub async fn send_json<T: Serialize + ?Sized>(&self, method: Method, url: Url, body: &T) -> Result<Value, ClientError> {
+        self.send(self.http.request(method, url).json(body)).await
+    }
+
+    /// `DELETE url`.
+    pub async fn delete(&self, url: Url) -> Result<Value, ClientError> {
+        self.send(self.http.delete(url)).await
+    }
+
+    /// `POST url` with a raw body of `content_type`.
+    pub async fn post_bytes(&self, url: Url, content_type: &str, body: Vec<u8>) -> Result<Value, ClientError> {
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send(request).await
+    }
+
+    /// The underlying client (for the load tool, which measures raw requests).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let request = request.build().map_err(|e| self.transport("?", &e))?;
+        let url = request.url().to_string();
+        let response = self.http.execute(request).await.map_err(|e| self.transport(&url, &e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport(&url, &e))?;
+        if status.is_success() {
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
+                url,
+                detail: format!("the answer is not JSON: {e}"),
+            });
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    fn transport(&self, url: &str, e: &reqwest::Error) -> ClientError {
+        let detail = root_cause(e);
+        if e.is_connect() || (e.is_timeout() && !e.is_body()) {
+            ClientError::Unreachable {
+                url: self.base(),
+                detail,
+            }
+        } else {
+            ClientError::Transport {
+                url: url.to_owned(),
+                detail,
+            }
+        }
+    }
+}
+
+/// The API's error body, or the status line when the body is not one.
+pub fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let parsed: Option<(String, String)> = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        let e = v.get("error")?;
+        Some((
+            e.get("code")?.as_str()?.to_owned(),
+            e.get("message")?.as_str()?.to_owned(),
+        ))
+    });
+    let (code, message) = parsed.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        let message = if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text.chars().take(300).collect()
+        };
+        ("http".to_owned(), message)
+    });
+    ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+/// The innermost cause, which is where "connection refused" lives.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if let Some(io) = (cause as &(dyn std::error::Error + 'static)).downcast_ref::<std::io::Error>() {
+        return match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::TimedOut => "timed out".into(),
+            _ => io.to_string(),
+        };
+    }
+    let text = cause.to_string();
+    if text.is_empty() { e.to_string() } else { text }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_join_under_the_base() {
+        let c = ApiClient::new("http://127.0.0.1:7878").unwrap();
+        assert_eq!(c.url("v1/status", &[]).as_str(), "http://127.0.0.1:7878/v1/status");
+        let c = ApiClient::new("http://host:1/prefix").unwrap();
+        assert_eq!(
+            c.url_of(["v1", "docs", "a b", "c?"], &[("as_of", "now-1h".into())]).as_str(),
+            "http://host:1/prefix/v1/docs/a%20b/c%3F?as_of=now-1h"
+        );
+        assert!(matches!(ApiClient::new("ftp://x"), Err(ClientError::BadUrl { .. })));
+        assert!(matches!(ApiClient::new("127.0.0.1:7878"), Err(ClientError::BadUrl { .. })));
+    }
+
+    #[test]
+    fn api_errors_are_read_from_the_body() {
+        let e = api_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"unknown_key","message":"document \"x\" does not exist"}}"#,
+        );
+        assert_eq!(e.to_string(), "document \"x\" does not exist (unknown_key, HTTP 404)");
+        assert!(e.is_not_found());
+        let e = api_error(StatusCode::BAD_GATEWAY, b"");
+        assert_eq!(e.to_string(), "Bad Gateway (http, HTTP 502)");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_says_what_to_do() {
+        // Bind then drop: the port is (almost certainly) closed afterwards.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = ApiClient::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let err = c.get(c.url("v1/status", &[])).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach the agent at http://127.0.0.1:{port} — is `kdelta start` running? (connection refused)")
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The sources pipeline: sensor drivers (built from `[[sources]]` by the sensors crate) →
+//! scheduler (one task per source) → bounded [`IngestQueue`] (overflow `block` or
+//! `drop_oldest`) → [`Batcher`] → `Store::append`. Status per source is kept in
+//! `AppState::sources` for `GET /v1/sources`; counters go to [`crate::metrics::Metrics`].
+//!
+//! This module must not know about HTTP; readings posted to the API go straight to the
+//! store and do not pass through here.
+
+mod batcher;
+mod pipeline;
+mod queue;
+mod scheduler;
+
+pub use batcher::{BatchLimits, BatchSink, Batcher};
+pub use pipeline::{BuiltSource, build, spawn};
+pub use queue::{Closed, IngestQueue, Queued};
+pub use scheduler::{StatusHandle, polled_loop, streaming_loop};
