@@ -116,13 +116,22 @@ pub async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
     };
     println!("requests     {} ok, {} failed", total.ok, total.failed);
     println!("readings/s   {:.0}", total.readings as f64 / elapsed);
-    println!("latency      p50 {}   p99 {}   max {}", pct(0.5), pct(0.99), pct(1.0));
+    println!(
+        "latency      p50 {}   p99 {}   max {}",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     match (&before, &after) {
         (Some(b), Some(a)) => {
             // SAFETY: sysconf has no preconditions.
             let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
             let cores = (a.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / hz / elapsed;
-            println!("server RSS   {} (peak {})", mib(a.rss_bytes), mib(a.hwm_bytes));
+            println!(
+                "server RSS   {} (peak {})",
+                mib(a.rss_bytes),
+                mib(a.hwm_bytes)
+            );
             println!("server CPU   {cores:.2} cores");
         }
         _ => {
@@ -150,12 +159,15 @@ pub async fn ingest(args: BenchIngestArgs) -> anyhow::Result<()> {
 
 /// `rss_bytes` anywhere in the status answer (top level or one object down).
 fn find_rss(status: &serde_json::Value) -> Option<u64> {
-    status.get("rss_bytes").and_then(|v| v.as_u64()).or_else(|| {
-        status
-            .as_object()?
-            .values()
-            .find_map(|v| v.get("rss_bytes").and_then(|r| r.as_u64()))
-    })
+    status
+        .get("rss_bytes")
+        .and_then(|v| v.as_u64())
+        .or_else(|| {
+            status
+                .as_object()?
+                .values()
+                .find_map(|v| v.get("rss_bytes").and_then(|r| r.as_u64()))
+        })
 }
 
 async fn run_worker(
@@ -167,10 +179,16 @@ async fn run_worker(
     cbor: bool,
     deadline: Instant,
 ) -> WorkerReport {
-    let names: Vec<String> = (0..series).map(|s| format!("bench.{run_id}.w{worker}.s{s}")).collect();
+    let names: Vec<String> = (0..series)
+        .map(|s| format!("bench.{run_id}.w{worker}.s{s}"))
+        .collect();
     let per_series = batch.div_ceil(series);
     let url = client.url("v1/readings", &[]);
-    let content_type = if cbor { "application/cbor" } else { "application/json" };
+    let content_type = if cbor {
+        "application/cbor"
+    } else {
+        "application/json"
+    };
     let mut report = WorkerReport::default();
     let mut ts: Vec<i64> = vec![0; per_series];
     let mut values: Vec<f64> = vec![0.0; per_series];

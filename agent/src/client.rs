@@ -94,22 +94,31 @@ impl ApiClient {
 
     /// The URL of `path` (relative to the base, e.g. `v1/status`) with query parameters.
     pub fn url(&self, path: &str, query: &[(&str, String)]) -> Url {
-        let mut url = self.base.join(path.trim_start_matches('/')).unwrap_or_else(|_| self.base.clone());
+        let mut url = self
+            .base
+            .join(path.trim_start_matches('/'))
+            .unwrap_or_else(|_| self.base.clone());
         if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
         url
     }
 
     /// The URL of the path made of `segments`, each percent-encoded as one segment (a
     /// document key `a/b` is passed as its `/`-separated parts), with query parameters.
-    pub fn url_of<'a>(&self, segments: impl IntoIterator<Item = &'a str>, query: &[(&str, String)]) -> Url {
+    pub fn url_of<'a>(
+        &self,
+        segments: impl IntoIterator<Item = &'a str>,
+        query: &[(&str, String)],
+    ) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
         if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
         url
     }
@@ -120,7 +129,12 @@ impl ApiClient {
     }
 
     /// `method url` with a JSON body, JSON answer (`null` when the answer is empty).
-    pub async fn send_json<T: Serialize + ?Sized>(&self, method: Method, url: Url, body: &T) -> Result<Value, ClientError> {
+    pub async fn send_json<T: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: &T,
+    ) -> Result<Value, ClientError> {
         self.send(self.http.request(method, url).json(body)).await
     }
 
@@ -130,7 +144,12 @@ impl ApiClient {
     }
 
     /// `POST url` with a raw body of `content_type`.
-    pub async fn post_bytes(&self, url: Url, content_type: &str, body: Vec<u8>) -> Result<Value, ClientError> {
+    pub async fn post_bytes(
+        &self,
+        url: Url,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, ClientError> {
         let request = self
             .http
             .post(url)
@@ -147,9 +166,16 @@ impl ApiClient {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let request = request.build().map_err(|e| self.transport("?", &e))?;
         let url = request.url().to_string();
-        let response = self.http.execute(request).await.map_err(|e| self.transport(&url, &e))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.transport(&url, &e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport(&url, &e))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(&url, &e))?;
         if status.is_success() {
             if bytes.is_empty() {
                 return Ok(Value::Null);
@@ -180,13 +206,14 @@ impl ApiClient {
 
 /// The API's error body, or the status line when the body is not one.
 pub fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
-    let parsed: Option<(String, String)> = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-        let e = v.get("error")?;
-        Some((
-            e.get("code")?.as_str()?.to_owned(),
-            e.get("message")?.as_str()?.to_owned(),
-        ))
-    });
+    let parsed: Option<(String, String)> =
+        serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+            let e = v.get("error")?;
+            Some((
+                e.get("code")?.as_str()?.to_owned(),
+                e.get("message")?.as_str()?.to_owned(),
+            ))
+        });
     let (code, message) = parsed.unwrap_or_else(|| {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
@@ -210,7 +237,8 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = cause.source() {
         cause = next;
     }
-    if let Some(io) = (cause as &(dyn std::error::Error + 'static)).downcast_ref::<std::io::Error>() {
+    if let Some(io) = (cause as &(dyn std::error::Error + 'static)).downcast_ref::<std::io::Error>()
+    {
         return match io.kind() {
             std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
             std::io::ErrorKind::TimedOut => "timed out".into(),
@@ -228,14 +256,24 @@ mod tests {
     #[test]
     fn urls_join_under_the_base() {
         let c = ApiClient::new("http://127.0.0.1:7878").unwrap();
-        assert_eq!(c.url("v1/status", &[]).as_str(), "http://127.0.0.1:7878/v1/status");
+        assert_eq!(
+            c.url("v1/status", &[]).as_str(),
+            "http://127.0.0.1:7878/v1/status"
+        );
         let c = ApiClient::new("http://host:1/prefix").unwrap();
         assert_eq!(
-            c.url_of(["v1", "docs", "a b", "c?"], &[("as_of", "now-1h".into())]).as_str(),
+            c.url_of(["v1", "docs", "a b", "c?"], &[("as_of", "now-1h".into())])
+                .as_str(),
             "http://host:1/prefix/v1/docs/a%20b/c%3F?as_of=now-1h"
         );
-        assert!(matches!(ApiClient::new("ftp://x"), Err(ClientError::BadUrl { .. })));
-        assert!(matches!(ApiClient::new("127.0.0.1:7878"), Err(ClientError::BadUrl { .. })));
+        assert!(matches!(
+            ApiClient::new("ftp://x"),
+            Err(ClientError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            ApiClient::new("127.0.0.1:7878"),
+            Err(ClientError::BadUrl { .. })
+        ));
     }
 
     #[test]
@@ -244,7 +282,10 @@ mod tests {
             StatusCode::NOT_FOUND,
             br#"{"error":{"code":"unknown_key","message":"document \"x\" does not exist"}}"#,
         );
-        assert_eq!(e.to_string(), "document \"x\" does not exist (unknown_key, HTTP 404)");
+        assert_eq!(
+            e.to_string(),
+            "document \"x\" does not exist (unknown_key, HTTP 404)"
+        );
         assert!(e.is_not_found());
         let e = api_error(StatusCode::BAD_GATEWAY, b"");
         assert_eq!(e.to_string(), "Bad Gateway (http, HTTP 502)");
@@ -253,12 +294,18 @@ mod tests {
     #[tokio::test]
     async fn refused_connection_says_what_to_do() {
         // Bind then drop: the port is (almost certainly) closed afterwards.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let c = ApiClient::new(&format!("http://127.0.0.1:{port}")).unwrap();
         let err = c.get(c.url("v1/status", &[])).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("cannot reach the agent at http://127.0.0.1:{port} — is `kdelta start` running? (connection refused)")
+            format!(
+                "cannot reach the agent at http://127.0.0.1:{port} — is `kdelta start` running? (connection refused)"
+            )
         );
     }
 }

@@ -76,19 +76,37 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
 
     let http_stop = CancellationToken::new();
     let mut server = spawn_server(listener, state.clone(), http_stop.clone());
-    tracing::info!("listening on http://{addr}");
+    // Tests and scripts parse this line for the bound port: keep its text, and print it even
+    // when the log filter hides info lines.
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info!("listening on http://{addr}");
+    } else {
+        eprintln!("listening on http://{addr}");
+    }
 
-    let queue = Arc::new(IngestQueue::new(config.ingest.queue_capacity, config.ingest.overflow));
+    let queue = Arc::new(IngestQueue::new(
+        config.ingest.queue_capacity,
+        config.ingest.overflow,
+    ));
     let give_up = CancellationToken::new();
     let limits = BatchLimits {
         max_readings: config.ingest.batch_max_readings,
         max_age: config.ingest.batch_max_age,
     };
-    let mut batcher = tokio::spawn(Batcher::new(store.clone(), limits, metrics.clone()).run(queue.clone(), give_up.clone()));
+    let mut batcher = tokio::spawn(
+        Batcher::new(store.clone(), limits, metrics.clone()).run(queue.clone(), give_up.clone()),
+    );
     let source_stop = CancellationToken::new();
     let source_tasks = TaskTracker::new();
     let n_sources = built.len();
-    crate::sources::spawn(built, &queue, &state.sources, &metrics, &source_tasks, &source_stop);
+    crate::sources::spawn(
+        built,
+        &queue,
+        &state.sources,
+        &metrics,
+        &source_tasks,
+        &source_stop,
+    );
     source_tasks.close();
     let watchdog = tokio::spawn(systemd::watchdog_loop(store.clone(), shutdown.clone()));
 
@@ -106,7 +124,15 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         started.elapsed().as_millis()
     );
 
-    let stop = wait_for_stop(&args, &config, &mut logging, &mut server, &mut batcher).await?;
+    let stop = wait_for_stop(
+        &args,
+        &config,
+        &summary,
+        &mut logging,
+        &mut server,
+        &mut batcher,
+    )
+    .await?;
     let fatal = match stop {
         Stop::Signal(name) => {
             tracing::info!("{name} received: shutting down");
@@ -134,19 +160,28 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         server.abort();
     }
     if sources_done.is_err() {
-        tracing::warn!("sources did not stop within 3 s; their queued readings are still committed");
+        tracing::warn!(
+            "sources did not stop within 3 s; their queued readings are still committed"
+        );
     }
     queue.close();
-    let pending = queue.len();
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut result = fatal.map_or(Ok(()), Err);
-    match tokio::time::timeout(remaining.saturating_sub(Duration::from_secs(1)), &mut batcher).await {
-        Ok(Ok(Ok(()))) => tracing::info!("committed {pending} pending readings"),
+    match tokio::time::timeout(
+        remaining.saturating_sub(Duration::from_secs(1)),
+        &mut batcher,
+    )
+    .await
+    {
+        Ok(Ok(Ok(()))) => tracing::debug!("pending readings committed"),
         Ok(Ok(Err(e))) => result = result.and(Err(e.context("committing pending readings"))),
         Ok(Err(join)) => result = result.and(Err(anyhow!("the batcher task failed: {join}"))),
         Err(_) => {
             give_up.cancel();
-            if !matches!(tokio::time::timeout(Duration::from_millis(500), &mut batcher).await, Ok(Ok(Ok(())))) {
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(500), &mut batcher).await,
+                Ok(Ok(Ok(())))
+            ) {
                 batcher.abort();
                 result = result.and(Err(anyhow!(
                     "could not commit the pending readings within the shutdown budget"
@@ -156,8 +191,13 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     }
     let _ = watchdog.await;
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    if tokio::time::timeout(remaining.max(Duration::from_millis(200)), store.close()).await.is_err() {
-        result = result.and(Err(anyhow!("the store did not close within the shutdown budget")));
+    if tokio::time::timeout(remaining.max(Duration::from_millis(200)), store.close())
+        .await
+        .is_err()
+    {
+        result = result.and(Err(anyhow!(
+            "the store did not close within the shutdown budget"
+        )));
     }
     drop(lock);
     if result.is_ok() {
@@ -179,7 +219,11 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-fn spawn_server(listener: TcpListener, state: AppState, stop: CancellationToken) -> JoinHandle<anyhow::Result<()>> {
+fn spawn_server(
+    listener: TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
     let app = crate::api::router(state);
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -197,6 +241,7 @@ async fn step<T>(limit: Duration, task: &mut JoinHandle<T>) -> bool {
 async fn wait_for_stop(
     args: &ConfigArgs,
     config: &Config,
+    summary: &str,
     logging: &mut Logging,
     server: &mut JoinHandle<anyhow::Result<()>>,
     batcher: &mut JoinHandle<anyhow::Result<()>>,
@@ -210,7 +255,7 @@ async fn wait_for_stop(
             _ = term.recv() => Stop::Signal("SIGTERM"),
             _ = int.recv() => Stop::Signal("SIGINT"),
             _ = hup.recv() => {
-                reload(args, &mut running, logging);
+                reload(args, &mut running, logging, summary);
                 continue;
             }
             result = &mut *server => Stop::Fatal(match result {
@@ -230,7 +275,7 @@ async fn wait_for_stop(
 
 /// SIGHUP: re-reads the configuration and applies what can change at run time (the log
 /// filter); names the changed settings that need a restart.
-fn reload(args: &ConfigArgs, running: &mut Config, logging: &mut Logging) {
+fn reload(args: &ConfigArgs, running: &mut Config, logging: &mut Logging, summary: &str) {
     systemd::reloading();
     tracing::info!("SIGHUP received: reloading the configuration");
     match crate::config::load(args) {
@@ -251,7 +296,7 @@ fn reload(args: &ConfigArgs, running: &mut Config, logging: &mut Logging) {
             }
         }
     }
-    systemd::reloaded("reloaded");
+    systemd::reloaded(summary);
 }
 
 fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {

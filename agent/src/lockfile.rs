@@ -108,7 +108,10 @@ mod tests {
         }
         assert_eq!(
             err.to_string(),
-            format!("kdelta is already running on {} (pid {pid})", dir.path().display())
+            format!(
+                "kdelta is already running on {} (pid {pid})",
+                dir.path().display()
+            )
         );
         drop(held);
         DataDirLock::acquire(dir.path()).expect("lock again after release");

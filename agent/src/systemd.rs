@@ -39,7 +39,10 @@ pub fn reloaded(status: &str) {
 
 /// Shutdown begins.
 pub fn stopping() {
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping: draining and committing")]);
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining and committing"),
+    ]);
 }
 
 /// Pings the watchdog every half `WatchdogSec` while the store still commits: each ping
@@ -51,7 +54,10 @@ pub async fn watchdog_loop(store: Store, cancel: CancellationToken) {
         return;
     };
     let period = (timeout / 2).max(Duration::from_millis(100));
-    tracing::info!("systemd watchdog enabled: checking the store every {}", humantime::format_duration(period));
+    tracing::info!(
+        "systemd watchdog enabled: checking the store every {}",
+        humantime::format_duration(period)
+    );
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -163,9 +163,11 @@ impl AggFn {
 
 /// `kdelta query`.
 #[derive(Debug, Args)]
-#[command(after_help = "Times: unix ms, RFC 3339 (2025-11-24T16:00:00Z), `now`, `now-1h`, or `-1h` for short.\n\
+#[command(
+    after_help = "Times: unix ms, RFC 3339 (2025-11-24T16:00:00Z), `now`, `now-1h`, or `-1h` for short.\n\
                         Examples:\n  kdelta query system.cpu_usage --from -15m\n  \
-                        kdelta query system.cpu_usage --from -1d --agg avg --bucket 1h")]
+                        kdelta query system.cpu_usage --from -1d --agg avg --bucket 1h"
+)]
 pub struct QueryArgs {
     /// Series name.
     pub series: String,
@@ -191,9 +193,11 @@ pub struct QueryArgs {
 
 /// `kdelta import`.
 #[derive(Debug, Args)]
-#[command(after_help = "The file needs a header naming the columns `series`, `ts` and `value` (and optionally\n\
+#[command(
+    after_help = "The file needs a header naming the columns `series`, `ts` and `value` (and optionally\n\
                         `unit`), in any order. `ts` is unix ms or RFC 3339. Progress is kept in FILE.kdelta-import\n\
-                        after every acknowledged batch, so an interrupted import continues with --resume.")]
+                        after every acknowledged batch, so an interrupted import continues with --resume."
+)]
 pub struct ImportArgs {
     /// CSV file to import.
     pub file: PathBuf,
@@ -297,7 +301,12 @@ pub struct DiffArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     pub from: String,
     /// The later point (time or HLC). Default: now.
-    #[arg(long, allow_hyphen_values = true, value_name = "TIME", default_value = "now")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "TIME",
+        default_value = "now"
+    )]
     pub to: String,
     #[command(flatten)]
     #[allow(missing_docs)]

@@ -12,7 +12,10 @@ use crate::client::ApiClient;
 
 /// `/v1/docs/<key>[/<suffix>]`, the key's `/`-separated parts as path segments.
 fn doc_url(client: &ApiClient, key: &str, suffix: Option<&str>, query: &[(&str, String)]) -> Url {
-    let segments = ["v1", "docs"].into_iter().chain(key.split('/')).chain(suffix);
+    let segments = ["v1", "docs"]
+        .into_iter()
+        .chain(key.split('/'))
+        .chain(suffix);
     client.url_of(segments, query)
 }
 
@@ -22,10 +25,19 @@ fn client(conn: &Conn) -> anyhow::Result<ApiClient> {
 
 /// A version's identity for display: `actor:seq @ time`.
 fn version_line(v: &Value) -> String {
-    let actor = v.get("actor").map(|a| cell(a, 12)).unwrap_or_default();
+    let actor = short_actor(v.get("actor"));
     let seq = v.get("seq").map(|s| s.to_string()).unwrap_or_default();
     let hlc = v.get("hlc").map(|h| cell(h, 40)).unwrap_or_default();
     format!("{actor}:{seq} at HLC {hlc}")
+}
+
+/// The first 8 hex digits of an actor id, like a short git hash (enough to tell devices apart).
+fn short_actor(actor: Option<&Value>) -> String {
+    match actor {
+        Some(Value::String(a)) => a.chars().take(8).collect(),
+        Some(other) => cell(other, 8),
+        None => "-".into(),
+    }
 }
 
 /// The document answer's version object (`winner`, or the answer itself).
@@ -48,7 +60,9 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
         ))
     })?;
     let c = client(&args.conn)?;
-    let answer = c.send_json(Method::PUT, doc_url(&c, &args.key, None, &[]), &value).await?;
+    let answer = c
+        .send_json(Method::PUT, doc_url(&c, &args.key, None, &[]), &value)
+        .await?;
     if args.conn.json {
         println!("{}", pretty(&answer));
     } else {
@@ -88,7 +102,11 @@ pub async fn delete(args: KeyArgs) -> anyhow::Result<()> {
     if args.conn.json {
         println!("{}", pretty(&answer));
     } else {
-        println!("deleted {} ({}); its history is kept", args.key, version_line(winner(&answer)));
+        println!(
+            "deleted {} ({}); its history is kept",
+            args.key,
+            version_line(winner(&answer))
+        );
     }
     Ok(())
 }
@@ -102,13 +120,16 @@ fn versions_table(versions: &[Value]) {
                 Some(value) => cell(value, 60),
             };
             let hlc = v.get("hlc").cloned().unwrap_or(Value::Null);
-            let time = v.get("time").or_else(|| v.get("ts")).map_or_else(|| hlc_time(&hlc), ts);
+            let time = v
+                .get("time")
+                .or_else(|| v.get("ts"))
+                .map_or_else(|| hlc_time(&hlc), ts);
             vec![
                 time,
                 cell(&hlc, 24),
                 format!(
                     "{}:{}",
-                    v.get("actor").map(|a| cell(a, 8)).unwrap_or_default(),
+                    short_actor(v.get("actor")),
                     v.get("seq").map(|s| s.to_string()).unwrap_or_default()
                 ),
                 value,
@@ -130,7 +151,12 @@ fn hlc_time(hlc: &Value) -> String {
 pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     let c = client(&args.conn)?;
     let answer = c
-        .get(doc_url(&c, &args.key, Some("history"), &[("limit", args.limit.to_string())]))
+        .get(doc_url(
+            &c,
+            &args.key,
+            Some("history"),
+            &[("limit", args.limit.to_string())],
+        ))
         .await?;
     if args.conn.json {
         println!("{}", pretty(&answer));
@@ -171,13 +197,21 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
     }
     for change in changes {
         let path = change.get("path").and_then(Value::as_str).unwrap_or("");
-        let path = if path.is_empty() { "(whole value)" } else { path };
+        let path = if path.is_empty() {
+            "(whole value)"
+        } else {
+            path
+        };
         let from = change.get("from").map(|v| cell(v, 60));
         let to = change.get("to").map(|v| cell(v, 60));
         match change.get("op").and_then(Value::as_str).unwrap_or("") {
             "added" => println!("+ {path}: {}", to.unwrap_or_default()),
             "removed" => println!("- {path}: {}", from.unwrap_or_default()),
-            _ => println!("~ {path}: {} → {}", from.unwrap_or_default(), to.unwrap_or_default()),
+            _ => println!(
+                "~ {path}: {} → {}",
+                from.unwrap_or_default(),
+                to.unwrap_or_default()
+            ),
         }
     }
     Ok(())
@@ -199,7 +233,11 @@ pub async fn list(args: DocsArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| {
             let v = winner(d);
-            let key = v.get("key").or_else(|| d.get("key")).map(|k| cell(k, 64)).unwrap_or_default();
+            let key = v
+                .get("key")
+                .or_else(|| d.get("key"))
+                .map(|k| cell(k, 64))
+                .unwrap_or_default();
             let value = match v.get("value") {
                 Some(Value::Null) | None => "(deleted)".to_owned(),
                 Some(value) => cell(value, 60),

@@ -26,7 +26,10 @@ fn csv_field(s: &str) -> String {
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.conn.url)?;
     let out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(out);
@@ -50,14 +53,27 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
         let page = client.get(client.url("v1/readings", &query)).await?;
         let unit = page.get("unit").and_then(Value::as_str).unwrap_or("");
-        let series = page.get("series").and_then(Value::as_str).unwrap_or(&args.series).to_owned();
-        for r in page.get("readings").and_then(Value::as_array).map_or(&[][..], Vec::as_slice) {
+        let series = page
+            .get("series")
+            .and_then(Value::as_str)
+            .unwrap_or(&args.series)
+            .to_owned();
+        for r in page
+            .get("readings")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+        {
             let ts = r.get("ts").cloned().unwrap_or(Value::Null);
             let value = r.get("value").cloned().unwrap_or(Value::Null);
             match args.format {
                 ExportFormat::Csv => {
                     let ts = ts.as_i64().map_or_else(|| ts.to_string(), rfc3339_ms);
-                    writeln!(out, "{},{ts},{value},{}", csv_field(&series), csv_field(unit))?;
+                    writeln!(
+                        out,
+                        "{},{ts},{value},{}",
+                        csv_field(&series),
+                        csv_field(unit)
+                    )?;
                 }
                 ExportFormat::Json => {
                     let mut row = json!({ "series": series, "ts": ts, "value": value });
@@ -69,7 +85,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             }
             count += 1;
         }
-        cursor = page.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
+        cursor = page
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if cursor.is_none() {
             break;
         }

@@ -37,7 +37,10 @@ fn progress_path(file: &Path) -> PathBuf {
 fn read_progress(path: &Path) -> anyhow::Result<Option<Progress>> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is not an import progress file; delete it to start over", path.display())
+            format!(
+                "{} is not an import progress file; delete it to start over",
+                path.display()
+            )
         })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -47,7 +50,8 @@ fn read_progress(path: &Path) -> anyhow::Result<Option<Progress>> {
 fn write_progress(path: &Path, progress: &Progress) -> anyhow::Result<()> {
     // Write-then-rename: a crash leaves the old or the new progress, never half of one.
     let tmp = path.with_extension("kdelta-import.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(progress)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec(progress)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -63,7 +67,11 @@ struct Columns {
 
 impl Columns {
     fn from_header(fields: &[String]) -> Result<Columns, String> {
-        let find = |name: &str| fields.iter().position(|f| f.trim().eq_ignore_ascii_case(name));
+        let find = |name: &str| {
+            fields
+                .iter()
+                .position(|f| f.trim().eq_ignore_ascii_case(name))
+        };
         let need = |name: &str| {
             find(name).ok_or_else(|| {
                 format!(
@@ -104,7 +112,12 @@ fn parse_row(fields: &[String], cols: Columns) -> Result<Value, String> {
         .filter(|v: &f64| v.is_finite())
         .ok_or_else(|| format!("value {value_text:?} is not a finite number"))?;
     let mut row = json!({ "series": series, "ts": ts, "value": value });
-    if let Some(unit) = cols.unit.and_then(|i| fields.get(i)).map(|u| u.trim()).filter(|u| !u.is_empty()) {
+    if let Some(unit) = cols
+        .unit
+        .and_then(|i| fields.get(i))
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+    {
         row["unit"] = json!(unit);
     }
     Ok(row)
@@ -165,7 +178,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     };
     let resumed_after = progress.line;
 
-    let file = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let file =
+        File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let bar = indicatif::ProgressBar::new(total);
@@ -198,7 +212,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         let text = line.trim_end_matches(['\n', '\r']);
         let Some(cols) = columns else {
             let header = split_csv(text.trim_start_matches('\u{feff}'));
-            columns = Some(Columns::from_header(&header).map_err(|e| anyhow::anyhow!("{} line 1: {e}", args.file.display()))?);
+            columns = Some(
+                Columns::from_header(&header)
+                    .map_err(|e| anyhow::anyhow!("{} line 1: {e}", args.file.display()))?,
+            );
             continue;
         };
         if lineno <= progress.line || text.trim().is_empty() {
@@ -216,22 +233,45 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         }
         batch.push(row);
         if batch.len() >= args.batch as usize {
-            sent_now += send(&client, &mut batch, (batch_first_line, lineno), &args.file, &mut progress, &progress_file).await?;
+            sent_now += send(
+                &client,
+                &mut batch,
+                (batch_first_line, lineno),
+                &args.file,
+                &mut progress,
+                &progress_file,
+            )
+            .await?;
             bar.set_position(read_bytes);
             bar.set_message(format!("{} readings", progress.readings));
         }
     }
     if columns.is_none() {
-        anyhow::bail!("{} is empty: expected a header line series,ts,value[,unit]", args.file.display());
+        anyhow::bail!(
+            "{} is empty: expected a header line series,ts,value[,unit]",
+            args.file.display()
+        );
     }
-    sent_now += send(&client, &mut batch, (batch_first_line, lineno), &args.file, &mut progress, &progress_file).await?;
+    sent_now += send(
+        &client,
+        &mut batch,
+        (batch_first_line, lineno),
+        &args.file,
+        &mut progress,
+        &progress_file,
+    )
+    .await?;
     progress.line = lineno;
     progress.complete = true;
     write_progress(&progress_file, &progress)?;
     bar.finish_and_clear();
 
     let secs = started.elapsed().as_secs_f64();
-    let resumed = if resumed_after > 0 { format!(", resumed after line {resumed_after}") } else { String::new() };
+    let resumed = if resumed_after > 0 {
+        format!(", resumed after line {resumed_after}")
+    } else {
+        String::new()
+    };
     println!(
         "imported {sent_now} readings from {} in {secs:.1} s ({:.0} readings/s{resumed}); {} in total",
         args.file.display(),
@@ -281,14 +321,25 @@ mod tests {
     #[test]
     fn csv_fields_and_quotes() {
         assert_eq!(split_csv("a,b,c"), vec!["a", "b", "c"]);
-        assert_eq!(split_csv("\"a,b\",1,\"say \"\"hi\"\"\""), vec!["a,b", "1", "say \"hi\""]);
+        assert_eq!(
+            split_csv("\"a,b\",1,\"say \"\"hi\"\"\""),
+            vec!["a,b", "1", "say \"hi\""]
+        );
         assert_eq!(split_csv("a,,"), vec!["a", "", ""]);
     }
 
     #[test]
     fn header_in_any_order() {
         let cols = Columns::from_header(&split_csv("ts,value,series")).unwrap();
-        assert_eq!(cols, Columns { series: 2, ts: 0, value: 1, unit: None });
+        assert_eq!(
+            cols,
+            Columns {
+                series: 2,
+                ts: 0,
+                value: 1,
+                unit: None
+            }
+        );
         let err = Columns::from_header(&split_csv("name,ts,value")).unwrap_err();
         assert!(err.contains("`series`"), "{err}");
     }
@@ -297,12 +348,26 @@ mod tests {
     fn rows() {
         let cols = Columns::from_header(&split_csv("series,ts,value,unit")).unwrap();
         let row = parse_row(&split_csv("t.a,1764000000000,21.5,°C"), cols).unwrap();
-        assert_eq!(row, json!({"series": "t.a", "ts": 1764000000000i64, "value": 21.5, "unit": "°C"}));
+        assert_eq!(
+            row,
+            json!({"series": "t.a", "ts": 1764000000000i64, "value": 21.5, "unit": "°C"})
+        );
         let row = parse_row(&split_csv("t.a,2025-11-24T16:00:00Z,1,"), cols).unwrap();
-        assert_eq!(row, json!({"series": "t.a", "ts": "2025-11-24T16:00:00Z", "value": 1.0}));
-        assert!(parse_row(&split_csv("t.a,1,abc"), cols).unwrap_err().contains("abc"));
+        assert_eq!(
+            row,
+            json!({"series": "t.a", "ts": "2025-11-24T16:00:00Z", "value": 1.0})
+        );
+        assert!(
+            parse_row(&split_csv("t.a,1,abc"), cols)
+                .unwrap_err()
+                .contains("abc")
+        );
         assert!(parse_row(&split_csv("t.a,1,NaN"), cols).is_err());
-        assert!(parse_row(&split_csv("t.a,yesterday,1"), cols).unwrap_err().contains("yesterday"));
+        assert!(
+            parse_row(&split_csv("t.a,yesterday,1"), cols)
+                .unwrap_err()
+                .contains("yesterday")
+        );
     }
 
     #[test]
@@ -312,7 +377,11 @@ mod tests {
         let path = progress_path(&file);
         assert_eq!(path, dir.path().join("data.csv.kdelta-import"));
         assert_eq!(read_progress(&path).unwrap(), None);
-        let p = Progress { line: 1001, readings: 1000, complete: false };
+        let p = Progress {
+            line: 1001,
+            readings: 1000,
+            complete: false,
+        };
         write_progress(&path, &p).unwrap();
         assert_eq!(read_progress(&path).unwrap(), Some(p));
     }

@@ -29,7 +29,10 @@ fn print_status(base: &str, v: &Value) {
         agent.push_str(&format!(" — kdelta {version}"));
     }
     if let Some(up) = num("/uptime_s") {
-        agent.push_str(&format!(", up {}", humantime::format_duration(std::time::Duration::from_secs(up))));
+        agent.push_str(&format!(
+            ", up {}",
+            humantime::format_duration(std::time::Duration::from_secs(up))
+        ));
     }
     match v.get("ready").and_then(Value::as_bool) {
         Some(true) => agent.push_str(", ready"),
@@ -41,7 +44,9 @@ fn print_status(base: &str, v: &Value) {
         lines.push(("actor", actor));
     }
     if let Some(dir) = text("/data_dir") {
-        let size = num("/db_bytes").map(|b| format!(" ({} database)", human_bytes(b))).unwrap_or_default();
+        let size = num("/db_bytes")
+            .map(|b| format!(" ({} database)", human_bytes(b)))
+            .unwrap_or_default();
         lines.push(("data", format!("{dir}{size}")));
     }
     if let (Some(readings), Some(series)) = (num("/counts/readings"), num("/counts/series")) {
@@ -56,7 +61,9 @@ fn print_status(base: &str, v: &Value) {
         ));
     }
     if let Some(pct) = v.pointer("/disk/used_percent").and_then(Value::as_f64) {
-        let free = num("/disk/available_bytes").map(|b| format!(", {} available", human_bytes(b))).unwrap_or_default();
+        let free = num("/disk/available_bytes")
+            .map(|b| format!(", {} available", human_bytes(b)))
+            .unwrap_or_default();
         lines.push(("disk", format!("{pct:.1}% used{free}")));
     }
     if let Some(rss) = num("/rss_bytes") {
@@ -83,7 +90,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `kdelta sources`.
@@ -98,9 +109,16 @@ pub async fn sources(conn: Conn) -> anyhow::Result<()> {
         .iter()
         .map(|s| {
             let field = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
-            let interval = field("interval_ms")
-                .as_u64()
-                .map_or_else(|| "-".into(), |ms| if ms == 0 { "stream".into() } else { humantime::format_duration(std::time::Duration::from_millis(ms)).to_string() });
+            let interval = field("interval_ms").as_u64().map_or_else(
+                || "-".into(),
+                |ms| {
+                    if ms == 0 {
+                        "stream".into()
+                    } else {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    }
+                },
+            );
             vec![
                 cell(&field("name"), 24),
                 cell(&field("kind"), 12),
@@ -113,7 +131,19 @@ pub async fn sources(conn: Conn) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table(&["NAME", "KIND", "EVERY", "READINGS", "LAST READING", "ERRORS", "MISSED", "LAST ERROR"], &rows);
+    table(
+        &[
+            "NAME",
+            "KIND",
+            "EVERY",
+            "READINGS",
+            "LAST READING",
+            "ERRORS",
+            "MISSED",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -155,7 +185,12 @@ pub async fn latest(args: LatestArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             let field = |k: &str| r.get(k).cloned().unwrap_or(Value::Null);
-            vec![cell(&field("series"), 48), ts(&field("ts")), number(&field("value")), cell(&field("unit"), 8)]
+            vec![
+                cell(&field("series"), 48),
+                ts(&field("ts")),
+                number(&field("value")),
+                cell(&field("unit"), 8),
+            ]
         })
         .collect();
     table(&["SERIES", "TIME", "VALUE", "UNIT"], &rows);
@@ -183,7 +218,12 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
     let answer = match args.agg {
         Some(f) => {
             query.push(("bucket", args.bucket.clone()));
-            query.push(("fn", f.as_str().to_owned()));
+            let fns = if f.as_str() == "count" {
+                "count".to_owned()
+            } else {
+                format!("{},count", f.as_str())
+            };
+            query.push(("fn", fns));
             c.get(c.url("v1/readings/aggregate", &query)).await?
         }
         None => {
@@ -202,7 +242,11 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|r| vec![ts(&r["ts"]), number(&r["value"])])
                 .collect();
-            let value_header = if unit.is_empty() { "VALUE".to_owned() } else { format!("VALUE ({unit})") };
+            let value_header = if unit.is_empty() {
+                "VALUE".to_owned()
+            } else {
+                format!("VALUE ({unit})")
+            };
             table(&["TIME", &value_header], &rows);
             if answer.get("next_cursor").is_some_and(|c| !c.is_null()) {
                 eprintln!("(more readings in the range; raise --limit or use `kdelta export`)");
@@ -212,8 +256,16 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = array(&answer, &["buckets"])
                 .iter()
                 .map(|b| {
-                    let value = b.get(f.as_str()).or_else(|| b.get("value")).cloned().unwrap_or(Value::Null);
-                    vec![ts(b.get("start").unwrap_or(&Value::Null)), number(&value), cell(&b["count"], 10)]
+                    let value = b
+                        .get(f.as_str())
+                        .or_else(|| b.get("value"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    vec![
+                        ts(b.get("start").unwrap_or(&Value::Null)),
+                        number(&value),
+                        cell(&b["count"], 10),
+                    ]
                 })
                 .collect();
             let value_header = if unit.is_empty() || f.as_str() == "count" {

@@ -36,9 +36,9 @@ pub fn print_error(e: &anyhow::Error) {
 }
 
 fn exit_code(e: &anyhow::Error) -> ExitCode {
-    let usage = e
-        .chain()
-        .any(|c| c.downcast_ref::<ConfigError>().is_some() || c.downcast_ref::<UsageError>().is_some());
+    let usage = e.chain().any(|c| {
+        c.downcast_ref::<ConfigError>().is_some() || c.downcast_ref::<UsageError>().is_some()
+    });
     ExitCode::from(if usage { 2 } else { 1 })
 }
 
@@ -46,7 +46,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Start(args) => start(&args.config),
         Command::Config(ConfigCommand::Check(flags)) => config_check(&flags),
-        Command::Bench(BenchCommand::Ingest(args)) => multi_thread()?.block_on(crate::bench::ingest(args)),
+        Command::Bench(BenchCommand::Ingest(args)) => {
+            multi_thread()?.block_on(crate::bench::ingest(args))
+        }
         other => current_thread()?.block_on(client_command(other)),
     }
 }
@@ -68,7 +70,9 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Diff(args) => docs::diff(args).await,
         Command::Siblings(args) => docs::siblings(args).await,
         Command::Docs(args) => docs::list(args).await,
-        Command::Start(_) | Command::Config(_) | Command::Bench(_) => unreachable!("handled by run()"),
+        Command::Start(_) | Command::Config(_) | Command::Bench(_) => {
+            unreachable!("handled by run()")
+        }
     }
 }
 
@@ -92,7 +96,11 @@ impl ConfigFlags {
     pub fn to_config_args(&self) -> ConfigArgs {
         let mut flags: Vec<(&'static str, &'static str, Value)> = Vec::new();
         if let Some(dir) = &self.data_dir {
-            flags.push(("data_dir", "--data-dir", Value::from(dir.display().to_string())));
+            flags.push((
+                "data_dir",
+                "--data-dir",
+                Value::from(dir.display().to_string()),
+            ));
         }
         if let Some(listen) = &self.listen {
             flags.push(("api.listen", "--listen", Value::from(listen.clone())));
@@ -127,17 +135,28 @@ fn config_check(flags: &ConfigFlags) -> anyhow::Result<()> {
     let loaded = config::load(&args)?;
     let mut out = String::new();
     out.push_str("# kdelta configuration: valid\n");
+    let file = |path: &std::path::Path| {
+        let state = if path.is_file() { "" } else { " (not found)" };
+        format!("{}{state}", path.display())
+    };
+    let local = args
+        .file
+        .clone()
+        .unwrap_or_else(|| format!("./{}", config::LOCAL_CONFIG_FILE).into());
     out.push_str(&format!(
         "# layers, lowest first: defaults < {} < {} < KDELTA_* environment < flags\n\n",
-        config::SYSTEM_CONFIG_FILE,
-        args.file
-            .as_ref()
-            .map_or_else(|| format!("./{}", config::LOCAL_CONFIG_FILE), |f| f.display().to_string()),
+        file(&args.system_file),
+        file(&local),
     ));
     out.push_str(&loaded.to_toml());
     out.push_str("\n# where each value came from\n");
     let rows = loaded.origins();
-    let width = rows.iter().map(|(k, v, _)| k.len() + v.len() + 3).max().unwrap_or(0).min(72);
+    let width = rows
+        .iter()
+        .map(|(k, v, _)| k.len() + v.len() + 3)
+        .max()
+        .unwrap_or(0)
+        .min(72);
     for (key, value, origin) in rows {
         let assignment = format!("{key} = {value}");
         out.push_str(&format!("# {assignment:<width$}  <- {origin}\n"));

@@ -10,7 +10,9 @@ use serde_json::Value;
 pub fn time_arg(text: &str) -> String {
     let t = text.trim();
     match t.strip_prefix('-') {
-        Some(rest) if humantime::parse_duration(rest.trim()).is_ok() => format!("now-{}", rest.trim()),
+        Some(rest) if humantime::parse_duration(rest.trim()).is_ok() => {
+            format!("now-{}", rest.trim())
+        }
         _ => t.to_owned(),
     }
 }
@@ -103,13 +105,20 @@ mod tests {
         assert_eq!(time_arg("-15m"), "now-15m");
         assert_eq!(time_arg("now-2d"), "now-2d");
         assert_eq!(time_arg("1764000000000"), "1764000000000");
-        assert_eq!(time_arg("-5"), "-5", "not a duration: passed on for the agent to refuse");
+        assert_eq!(
+            time_arg("-5"),
+            "-5",
+            "not a duration: passed on for the agent to refuse"
+        );
     }
 
     #[test]
     fn timestamps() {
         assert_eq!(rfc3339_ms(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
         assert_eq!(ts(&serde_json::json!(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(ts(&serde_json::json!("2025-01-01T00:00:00Z")), "2025-01-01T00:00:00Z");
+        assert_eq!(
+            ts(&serde_json::json!("2025-01-01T00:00:00Z")),
+            "2025-01-01T00:00:00Z"
+        );
     }
 }

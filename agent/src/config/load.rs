@@ -70,7 +70,9 @@ impl Origin {
     fn place(&self) -> String {
         match self {
             Origin::File(p) => format!("in {}", p.display()),
-            Origin::Env(v) => format!("in environment variable {v} (nested keys are separated by `__`)"),
+            Origin::Env(v) => {
+                format!("in environment variable {v} (nested keys are separated by `__`)")
+            }
             other => format!("in {other}"),
         }
     }
@@ -149,16 +151,19 @@ fn figment(args: &ConfigArgs) -> Result<Figment, ConfigError> {
         DEFAULT_LAYER,
     ));
     if let Some(dir) = state_directory() {
-        figment = figment.merge(Labeled::new(Serialized::default("data_dir", dir), SYSTEMD_LAYER));
+        figment = figment.merge(Labeled::new(
+            Serialized::default("data_dir", dir),
+            SYSTEMD_LAYER,
+        ));
     }
     if args.system_file.is_file() {
-        figment = figment.merge(Toml::file_exact(&args.system_file));
+        figment = figment.merge(Toml::file_exact(absolute(&args.system_file)));
     }
     match &args.file {
         Some(file) if !file.is_file() => return Err(ConfigError::MissingFile(file.clone())),
-        Some(file) => figment = figment.merge(Toml::file_exact(file)),
+        Some(file) => figment = figment.merge(Toml::file_exact(absolute(file))),
         None if Path::new(LOCAL_CONFIG_FILE).is_file() => {
-            figment = figment.merge(Toml::file_exact(LOCAL_CONFIG_FILE));
+            figment = figment.merge(Toml::file_exact(absolute(Path::new(LOCAL_CONFIG_FILE))));
         }
         None => {}
     }
@@ -169,6 +174,12 @@ fn figment(args: &ConfigArgs) -> Result<Figment, ConfigError> {
         figment = figment.merge(Labeled::new(Serialized::default(key, value.clone()), label));
     }
     Ok(figment)
+}
+
+/// Files are named by absolute path in messages, so "in kdelta.toml" never leaves the reader
+/// guessing which directory was meant.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// systemd's `StateDirectory=` as passed to the service (the first, when several are listed).
@@ -195,7 +206,8 @@ impl LoadedConfig {
 
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(&self.config).unwrap_or_else(|e| format!("# cannot render as TOML: {e}\n"))
+        toml::to_string_pretty(&self.config)
+            .unwrap_or_else(|e| format!("# cannot render as TOML: {e}\n"))
     }
 }
 
@@ -208,7 +220,9 @@ fn collect_leaves(value: &Value, path: &mut Vec<String>, out: &mut Vec<(Vec<Stri
                 path.pop();
             }
         }
-        Value::Array(_, items) if !items.is_empty() && items.iter().all(|v| matches!(v, Value::Dict(..))) => {
+        Value::Array(_, items)
+            if !items.is_empty() && items.iter().all(|v| matches!(v, Value::Dict(..))) =>
+        {
             for (i, v) in items.iter().enumerate() {
                 path.push(i.to_string());
                 collect_leaves(v, path, out);
@@ -240,7 +254,8 @@ fn origin_at(figment: &Figment, path: &[String]) -> Option<Origin> {
                 tag = Some(v.tag());
                 current = Some(v);
             }
-            None => break,
+            // Not in any layer: serde filled it in, so it is a built-in default.
+            None => return None,
         }
     }
     let metadata = figment.get_metadata(tag?)?;
@@ -255,9 +270,16 @@ fn origin_of(metadata: &Metadata, path: &[String]) -> Origin {
     if name == SYSTEMD_LAYER {
         Origin::StateDirectory
     } else if name == ENV_LAYER {
-        Origin::Env(format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase()))
+        Origin::Env(format!(
+            "{ENV_PREFIX}{}",
+            path.join("__").to_ascii_uppercase()
+        ))
     } else if let Some(flag) = name.strip_prefix(FLAG_LAYER).map(str::trim) {
-        if flag.is_empty() { Origin::Default } else { Origin::Flag(flag.to_owned()) }
+        if flag.is_empty() {
+            Origin::Default
+        } else {
+            Origin::Flag(flag.to_owned())
+        }
     } else {
         Origin::Default
     }
@@ -265,7 +287,10 @@ fn origin_of(metadata: &Metadata, path: &[String]) -> Origin {
 
 fn from_figment(err: figment::Error, figment: &Figment) -> ConfigError {
     // A figment error may chain several; the first is the one to fix first.
-    let err = err.into_iter().next().expect("an error holds at least itself");
+    let err = err
+        .into_iter()
+        .next()
+        .expect("an error holds at least itself");
     let origin_of_err = |path: &[String]| {
         origin_at(figment, path)
             .or_else(|| err.metadata.as_ref().map(|m| origin_of(m, path)))
@@ -284,13 +309,23 @@ fn from_figment(err: figment::Error, figment: &Figment) -> ConfigError {
                 expected: expected_list(expected),
             }
         }
-        kind if err.path.is_empty() && err.metadata.as_ref().is_some_and(|m| m.source.is_some()) => {
+        kind if err.path.is_empty()
+            && err.metadata.as_ref().is_some_and(|m| m.source.is_some()) =>
+        {
             // A file that does not parse: the message carries line and column.
-            let file = err.metadata.as_ref().and_then(|m| m.source.as_ref()).map(ToString::to_string);
+            let file = err
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(ToString::to_string);
             ConfigError::Unreadable(format!("{}: {kind}", file.unwrap_or_default()))
         }
         kind => ConfigError::InvalidValue {
-            key: if err.path.is_empty() { "(top level)".into() } else { join_key(&err.path) },
+            key: if err.path.is_empty() {
+                "(top level)".into()
+            } else {
+                join_key(&err.path)
+            },
             origin: origin_of_err(&err.path),
             detail: kind.to_string(),
         },
@@ -303,7 +338,10 @@ fn expected_list(expected: &[&str]) -> String {
         [one] => format!(" (the only key here is `{one}`)"),
         many => format!(
             " (known keys: {})",
-            many.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -360,6 +398,8 @@ impl<P: Provider> Provider for Labeled<P> {
 }
 
 #[cfg(test)]
+// `Jail::expect_with` closures return figment's (large) error type; that is its API.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -371,7 +411,16 @@ mod tests {
         }
     }
 
-    fn flag(key: &'static str, flag: &'static str, value: &str) -> (&'static str, &'static str, Value) {
+    /// `./kdelta.toml` of the jail, as messages name it (absolute).
+    fn local(_jail: &Jail) -> PathBuf {
+        std::env::current_dir().expect("cwd").join("kdelta.toml")
+    }
+
+    fn flag(
+        key: &'static str,
+        flag: &'static str,
+        value: &str,
+    ) -> (&'static str, &'static str, Value) {
         (key, flag, Value::from(value.to_owned()))
     }
 
@@ -381,8 +430,14 @@ mod tests {
             let loaded = load(&args_in(jail)).expect("loads");
             assert_eq!(loaded.config, Config::default());
             let origins = loaded.origins();
-            assert!(origins.iter().all(|(_, _, o)| *o == Origin::Default), "{origins:?}");
-            assert!(origins.iter().any(|(k, _, _)| k == "sources[0].interval"), "{origins:?}");
+            assert!(
+                origins.iter().all(|(_, _, o)| *o == Origin::Default),
+                "{origins:?}"
+            );
+            assert!(
+                origins.iter().any(|(k, _, _)| k == "sources[0].interval"),
+                "{origins:?}"
+            );
             Ok(())
         });
     }
@@ -403,7 +458,8 @@ mod tests {
             jail.set_env("KDELTA_LOG__LEVEL", "warn");
             jail.set_env("KDELTA_DATA_DIR", "/tmp/from-env");
             let mut args = args_in(jail);
-            args.flags.push(flag("api.listen", "--listen", "127.0.0.1:4000"));
+            args.flags
+                .push(flag("api.listen", "--listen", "127.0.0.1:4000"));
 
             let loaded = load(&args).expect("loads");
             let c = &loaded.config;
@@ -415,10 +471,15 @@ mod tests {
             assert_eq!(c.api.listen.to_string(), "127.0.0.1:4000");
 
             let origin = |key: &str| {
-                loaded.origins().into_iter().find(|(k, _, _)| k == key).map(|(_, _, o)| o).expect(key)
+                loaded
+                    .origins()
+                    .into_iter()
+                    .find(|(k, _, _)| k == key)
+                    .map(|(_, _, o)| o)
+                    .expect(key)
             };
             assert_eq!(origin("device_name"), Origin::File(system.clone()));
-            assert_eq!(origin("api.max_body_bytes"), Origin::File(PathBuf::from("kdelta.toml")));
+            assert_eq!(origin("api.max_body_bytes"), Origin::File(local(jail)));
             assert_eq!(origin("log.level"), Origin::Env("KDELTA_LOG__LEVEL".into()));
             assert_eq!(origin("data_dir"), Origin::Env("KDELTA_DATA_DIR".into()));
             assert_eq!(origin("api.listen"), Origin::Flag("--listen".into()));
@@ -436,10 +497,16 @@ mod tests {
             args.file = Some("other.toml".into());
             let c = load(&args).expect("loads").config;
             assert_ne!(c.device_name, "local");
-            assert_eq!(c.ingest.batch_max_age, std::time::Duration::from_millis(250));
+            assert_eq!(
+                c.ingest.batch_max_age,
+                std::time::Duration::from_millis(250)
+            );
 
             args.file = Some("missing.toml".into());
-            assert_eq!(load(&args).unwrap_err(), ConfigError::MissingFile("missing.toml".into()));
+            assert_eq!(
+                load(&args).unwrap_err(),
+                ConfigError::MissingFile("missing.toml".into())
+            );
             Ok(())
         });
     }
@@ -467,11 +534,18 @@ mod tests {
             jail.set_env("STATE_DIRECTORY", "/var/lib/kdelta:/var/lib/other");
             let loaded = load(&args_in(jail)).expect("loads");
             assert_eq!(loaded.config.data_dir, PathBuf::from("/var/lib/kdelta"));
-            let (_, _, origin) = loaded.origins().into_iter().find(|(k, _, _)| k == "data_dir").expect("key");
+            let (_, _, origin) = loaded
+                .origins()
+                .into_iter()
+                .find(|(k, _, _)| k == "data_dir")
+                .expect("key");
             assert_eq!(origin, Origin::StateDirectory);
 
             jail.create_file("kdelta.toml", "data_dir = \"/data\"\n")?;
-            assert_eq!(load(&args_in(jail)).expect("loads").config.data_dir, PathBuf::from("/data"));
+            assert_eq!(
+                load(&args_in(jail)).expect("loads").config.data_dir,
+                PathBuf::from("/data")
+            );
             Ok(())
         });
     }
@@ -479,18 +553,31 @@ mod tests {
     #[test]
     fn unknown_key_names_key_and_file() {
         Jail::expect_with(|jail| {
-            jail.create_file("kdelta.toml", "[api]\nlisten = \"127.0.0.1:1\"\nlisen = \"127.0.0.1:2\"\n")?;
+            jail.create_file(
+                "kdelta.toml",
+                "[api]\nlisten = \"127.0.0.1:1\"\nlisen = \"127.0.0.1:2\"\n",
+            )?;
             let err = load(&args_in(jail)).unwrap_err();
             let text = err.to_string();
+            let file = local(jail);
             assert!(
-                text.starts_with("config: unknown key `api.lisen` in kdelta.toml"),
+                text.starts_with(&format!(
+                    "config: unknown key `api.lisen` in {}",
+                    file.display()
+                )),
                 "{text}"
             );
             assert!(text.contains("`listen`"), "{text}");
 
             jail.create_file("kdelta.toml", "colour = \"blue\"\n")?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
-            assert!(text.starts_with("config: unknown key `colour` in kdelta.toml"), "{text}");
+            assert!(
+                text.starts_with(&format!(
+                    "config: unknown key `colour` in {}",
+                    file.display()
+                )),
+                "{text}"
+            );
             Ok(())
         });
     }
@@ -501,7 +588,9 @@ mod tests {
             jail.set_env("KDELTA_API_LISTEN", "127.0.0.1:1");
             let text = load(&args_in(jail)).unwrap_err().to_string();
             assert!(
-                text.starts_with("config: unknown key `api_listen` in environment variable KDELTA_API_LISTEN"),
+                text.starts_with(
+                    "config: unknown key `api_listen` in environment variable KDELTA_API_LISTEN"
+                ),
                 "{text}"
             );
             Ok(())
@@ -514,7 +603,9 @@ mod tests {
             jail.set_env("KDELTA_API__LISTEN", "localhost");
             let text = load(&args_in(jail)).unwrap_err().to_string();
             assert!(
-                text.starts_with("config: invalid value for `api.listen` (from KDELTA_API__LISTEN):"),
+                text.starts_with(
+                    "config: invalid value for `api.listen` (from KDELTA_API__LISTEN):"
+                ),
                 "{text}"
             );
             Ok(())
@@ -522,16 +613,25 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("kdelta.toml", "[ingest]\nbatch_max_readings = 0\n")?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
+            let file = local(jail).display().to_string();
             assert!(
-                text.starts_with("config: invalid value for `ingest.batch_max_readings` (from kdelta.toml):"),
+                text.starts_with(&format!(
+                    "config: invalid value for `ingest.batch_max_readings` (from {file}):"
+                )),
                 "{text}"
             );
             jail.create_file("kdelta.toml", "[ingest]\nbatch_max_age = \"soon\"\n")?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
-            assert!(text.contains("`ingest.batch_max_age` (from kdelta.toml)"), "{text}");
+            assert!(
+                text.contains(&format!("`ingest.batch_max_age` (from {file})")),
+                "{text}"
+            );
             jail.create_file("kdelta.toml", "[ingest]\noverflow = \"drop_newest\"\n")?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
-            assert!(text.contains("`ingest.overflow` (from kdelta.toml)"), "{text}");
+            assert!(
+                text.contains(&format!("`ingest.overflow` (from {file})")),
+                "{text}"
+            );
             Ok(())
         });
     }
@@ -542,7 +642,10 @@ mod tests {
             let mut args = args_in(jail);
             args.flags.push(flag("api.listen", "--listen", "nowhere"));
             let text = load(&args).unwrap_err().to_string();
-            assert!(text.starts_with("config: invalid value for `api.listen` (from --listen):"), "{text}");
+            assert!(
+                text.starts_with("config: invalid value for `api.listen` (from --listen):"),
+                "{text}"
+            );
             Ok(())
         });
     }
@@ -550,7 +653,10 @@ mod tests {
     #[test]
     fn sources_replace_the_default_and_errors_name_the_entry() {
         Jail::expect_with(|jail| {
-            jail.create_file("kdelta.toml", "[[sources]]\nkind = \"sim\"\ninterval = \"2s\"\n")?;
+            jail.create_file(
+                "kdelta.toml",
+                "[[sources]]\nkind = \"sim\"\ninterval = \"2s\"\n",
+            )?;
             let loaded = load(&args_in(jail)).expect("loads");
             assert_eq!(loaded.config.sources.len(), 1);
             assert_eq!(loaded.config.sources[0].kind(), "sim");
@@ -559,19 +665,44 @@ mod tests {
                 .into_iter()
                 .find(|(k, _, _)| k == "sources[0].interval")
                 .expect("key");
-            assert_eq!(origin, Origin::File("kdelta.toml".into()));
+            assert_eq!(origin, Origin::File(local(jail)));
+            let (_, _, origin) = loaded
+                .origins()
+                .into_iter()
+                .find(|(k, _, _)| k == "sources[0].seed")
+                .expect("key");
+            assert_eq!(
+                origin,
+                Origin::Default,
+                "filled in by serde, not written in the file"
+            );
 
             jail.create_file("kdelta.toml", "sources = []\n")?;
-            assert!(load(&args_in(jail)).expect("loads").config.sources.is_empty());
+            assert!(
+                load(&args_in(jail))
+                    .expect("loads")
+                    .config
+                    .sources
+                    .is_empty()
+            );
 
-            jail.create_file("kdelta.toml", "[[sources]]\nkind = \"system\"\ninterval = \"1ms\"\n")?;
+            jail.create_file(
+                "kdelta.toml",
+                "[[sources]]\nkind = \"system\"\ninterval = \"1ms\"\n",
+            )?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
             assert!(
-                text.starts_with("config: invalid value for `sources[0].interval` (from kdelta.toml):"),
+                text.starts_with(&format!(
+                    "config: invalid value for `sources[0].interval` (from {}):",
+                    local(jail).display()
+                )),
                 "{text}"
             );
 
-            jail.create_file("kdelta.toml", "[[sources]]\nkind = \"system\"\nintervall = \"5s\"\n")?;
+            jail.create_file(
+                "kdelta.toml",
+                "[[sources]]\nkind = \"system\"\nintervall = \"5s\"\n",
+            )?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
             assert!(text.contains("intervall"), "{text}");
             assert!(text.contains("kdelta.toml"), "{text}");
@@ -584,7 +715,10 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("kdelta.toml", "[api\nlisten = 1\n")?;
             let text = load(&args_in(jail)).unwrap_err().to_string();
-            assert!(text.starts_with("config: ") && text.contains("kdelta.toml"), "{text}");
+            assert!(
+                text.starts_with("config: ") && text.contains("kdelta.toml"),
+                "{text}"
+            );
             Ok(())
         });
     }

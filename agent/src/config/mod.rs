@@ -18,7 +18,9 @@ use kdelta_sensors::system::SystemConfig;
 use kdelta_sync::StoreConfig;
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigArgs, ConfigError, LOCAL_CONFIG_FILE, LoadedConfig, Origin, SYSTEM_CONFIG_FILE, load};
+pub use load::{
+    ConfigArgs, ConfigError, LOCAL_CONFIG_FILE, LoadedConfig, Origin, SYSTEM_CONFIG_FILE, load,
+};
 
 /// Data directory of a user run (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./kdelta-data";
@@ -179,19 +181,28 @@ impl Config {
         {
             return bad(
                 "device_name",
-                format!("{:?}: use 1 to 64 characters, no `/` or control characters", self.device_name),
+                format!(
+                    "{:?}: use 1 to 64 characters, no `/` or control characters",
+                    self.device_name
+                ),
             );
         }
         if !(1024..=(1 << 30)).contains(&self.api.max_body_bytes) {
             return bad(
                 "api.max_body_bytes",
-                format!("{} is out of range; use 1024 to 1073741824 (1 GiB)", self.api.max_body_bytes),
+                format!(
+                    "{} is out of range; use 1024 to 1073741824 (1 GiB)",
+                    self.api.max_body_bytes
+                ),
             );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return bad(
                 "log.level",
-                format!("{:?} is not a level or filter ({e}); use error, warn, info, debug or trace", self.log.level),
+                format!(
+                    "{:?} is not a level or filter ({e}); use error, warn, info, debug or trace",
+                    self.log.level
+                ),
             );
         }
         let store_max = self.store.limits.max_batch_readings;
@@ -199,7 +210,10 @@ impl Config {
             return bad("store.max_batch_readings", "must be at least 1".into());
         }
         for (key, value) in [
-            ("store.read_connections", self.store.read_connections as usize),
+            (
+                "store.read_connections",
+                self.store.read_connections as usize,
+            ),
             ("store.max_group_jobs", self.store.max_group_jobs),
             ("store.write_queue", self.store.write_queue),
         ] {
@@ -217,7 +231,9 @@ impl Config {
                 ),
             );
         }
-        if ingest.batch_max_age < Duration::from_millis(1) || ingest.batch_max_age > Duration::from_secs(3600) {
+        if ingest.batch_max_age < Duration::from_millis(1)
+            || ingest.batch_max_age > Duration::from_secs(3600)
+        {
             return bad(
                 "ingest.batch_max_age",
                 format!(
@@ -303,29 +319,58 @@ mod tests {
     #[test]
     fn documented_file_shows_every_default() {
         let text = include_str!("../../../config/kdelta.toml");
-        let (settings, _) = text.split_once("# ---- sources ----").expect("sources marker");
-        let parsed: Config = toml::from_str(&documented(settings)).expect("uncommented settings parse");
+        let (settings, _) = text
+            .split_once("# ---- sources ----")
+            .expect("sources marker");
+        let parsed: Config =
+            toml::from_str(&documented(settings)).expect("uncommented settings parse");
         let expected = Config {
             device_name: "raspberrypi".into(),
             ..Config::default()
         };
-        assert_eq!(parsed, expected, "config/kdelta.toml and the built-in defaults differ");
+        assert_eq!(
+            parsed, expected,
+            "config/kdelta.toml and the built-in defaults differ"
+        );
 
         // Every key of the defaults is documented.
-        let defaults = toml::to_string(&Config { sources: vec![], ..Config::default() }).unwrap();
-        for line in defaults.lines().filter(|l| l.contains(" = ") && !l.starts_with("sources")) {
+        let defaults = toml::to_string(&Config {
+            sources: vec![],
+            ..Config::default()
+        })
+        .unwrap();
+        for line in defaults
+            .lines()
+            .filter(|l| l.contains(" = ") && !l.starts_with("sources"))
+        {
             let key = line.split(" = ").next().unwrap();
-            assert!(settings.contains(&format!("#{key} = ")), "key `{key}` is not documented");
+            assert!(
+                settings.contains(&format!("#{key} = ")),
+                "key `{key}` is not documented"
+            );
         }
     }
 
     #[test]
     fn documented_source_examples_are_valid() {
         let text = include_str!("../../../config/kdelta.toml");
-        let (_, sources) = text.split_once("# ---- sources ----").expect("sources marker");
-        let parsed: Config = toml::from_str(&documented(sources)).expect("uncommented examples parse");
+        let (_, sources) = text
+            .split_once("# ---- sources ----")
+            .expect("sources marker");
+        let parsed: Config =
+            toml::from_str(&documented(sources)).expect("uncommented examples parse");
         let kinds: Vec<&str> = parsed.sources.iter().map(|s| s.kind()).collect();
-        assert_eq!(kinds, ["system", "sysfs", "sim", "serial", "modbus_tcp", "modbus_rtu"]);
+        assert_eq!(
+            kinds,
+            [
+                "system",
+                "sysfs",
+                "sim",
+                "serial",
+                "modbus_tcp",
+                "modbus_rtu"
+            ]
+        );
         parsed.validate().expect("the examples are valid");
         assert_eq!(
             parsed.sources[0],
@@ -341,27 +386,37 @@ mod tests {
     fn validate_names_the_key() {
         let mut config = Config::default();
         config.ingest.batch_max_readings = 0;
-        assert_eq!(config.validate().unwrap_err().key, "ingest.batch_max_readings");
+        assert_eq!(
+            config.validate().unwrap_err().key,
+            "ingest.batch_max_readings"
+        );
 
         let mut config = Config::default();
         config.ingest.batch_max_readings = config.store.limits.max_batch_readings + 1;
-        assert_eq!(config.validate().unwrap_err().key, "ingest.batch_max_readings");
+        assert_eq!(
+            config.validate().unwrap_err().key,
+            "ingest.batch_max_readings"
+        );
 
         let mut config = Config::default();
         config.log.level = "info,kdelta=loud".into();
         assert_eq!(config.validate().unwrap_err().key, "log.level");
 
         let mut config = Config::default();
-        config.sources.push(SourceConfig::System(SystemConfig::default()));
+        config
+            .sources
+            .push(SourceConfig::System(SystemConfig::default()));
         let err = config.validate().unwrap_err();
         assert_eq!(err.key, "sources[1].name");
         assert!(err.detail.contains("system"), "{}", err.detail);
 
-        let mut config = Config::default();
-        config.sources = vec![SourceConfig::System(SystemConfig {
-            interval: Duration::from_millis(1),
-            ..SystemConfig::default()
-        })];
+        let config = Config {
+            sources: vec![SourceConfig::System(SystemConfig {
+                interval: Duration::from_millis(1),
+                ..SystemConfig::default()
+            })],
+            ..Config::default()
+        };
         assert_eq!(config.validate().unwrap_err().key, "sources[0].interval");
     }
 }

@@ -66,7 +66,11 @@ impl<S: BatchSink> Batcher<S> {
     /// Runs until `queue` is closed and drained, committing everything it held. `give_up`
     /// stops retrying a batch the store keeps failing on (shutdown deadline); the readings of
     /// that batch are then lost, and the error says how many.
-    pub async fn run(self, queue: Arc<IngestQueue>, give_up: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        queue: Arc<IngestQueue>,
+        give_up: CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut pending: Vec<Queued> = Vec::with_capacity(self.limits.max_readings);
         let mut deadline: Option<Instant> = None;
         loop {
@@ -96,7 +100,11 @@ impl<S: BatchSink> Batcher<S> {
     }
 
     /// Commits `pending` (emptying it), retrying transient failures.
-    async fn flush(&self, pending: &mut Vec<Queued>, give_up: &CancellationToken) -> anyhow::Result<()> {
+    async fn flush(
+        &self,
+        pending: &mut Vec<Queued>,
+        give_up: &CancellationToken,
+    ) -> anyhow::Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -117,7 +125,10 @@ impl<S: BatchSink> Batcher<S> {
                     return Ok(());
                 }
                 Err(StoreError::Closed) => {
-                    anyhow::bail!("the store closed with {} readings not committed", batch.len());
+                    anyhow::bail!(
+                        "the store closed with {} readings not committed",
+                        batch.len()
+                    );
                 }
                 Err(e) if e.is_transient() && !give_up.is_cancelled() => {
                     tracing::warn!(
@@ -132,12 +143,19 @@ impl<S: BatchSink> Batcher<S> {
                     backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
                 }
                 Err(e) if e.is_transient() => {
-                    anyhow::bail!("gave up committing {} readings at shutdown: {e}", batch.len());
+                    anyhow::bail!(
+                        "gave up committing {} readings at shutdown: {e}",
+                        batch.len()
+                    );
                 }
                 Err(e) => {
                     // Should not happen after cleaning; a bug or a limit change. Losing this
                     // batch is bad, stopping ingest for good would be worse.
-                    tracing::error!(readings = batch.len(), code = e.code(), "the store refused a batch: {e}");
+                    tracing::error!(
+                        readings = batch.len(),
+                        code = e.code(),
+                        "the store refused a batch: {e}"
+                    );
                     for source in counts.keys() {
                         self.metrics.ingest_rejected(source, e.code());
                     }
@@ -251,13 +269,23 @@ mod tests {
         }
     }
 
-    fn setup(max_readings: usize, max_age: Duration) -> (Recorder, Arc<IngestQueue>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    fn setup(
+        max_readings: usize,
+        max_age: Duration,
+    ) -> (
+        Recorder,
+        Arc<IngestQueue>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let recorder = Recorder::default();
         *recorder.start.lock().unwrap() = Some(Instant::now());
         let queue = Arc::new(IngestQueue::new(10_000, Overflow::Block));
         let batcher = Batcher::new(
             recorder.clone(),
-            BatchLimits { max_readings, max_age },
+            BatchLimits {
+                max_readings,
+                max_age,
+            },
             Arc::new(Metrics::new()),
         );
         let task = tokio::spawn(batcher.run(queue.clone(), CancellationToken::new()));
@@ -267,16 +295,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn flushes_by_count_without_waiting() {
         let (rec, queue, task) = setup(3, Duration::from_secs(60));
-        queue.push((0..7).map(|i| queued("a", i, 1.0)).collect()).await.unwrap();
+        queue
+            .push((0..7).map(|i| queued("a", i, 1.0)).collect())
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         {
             let batches = rec.batches.lock().unwrap();
-            assert_eq!(batches.iter().map(|(_, b)| b.len()).collect::<Vec<_>>(), vec![3, 3]);
+            assert_eq!(
+                batches.iter().map(|(_, b)| b.len()).collect::<Vec<_>>(),
+                vec![3, 3]
+            );
             assert!(batches.iter().all(|(at, _)| *at < Duration::from_millis(1)));
         }
         queue.close();
         task.await.unwrap().unwrap();
-        assert_eq!(rec.batches.lock().unwrap().last().unwrap().1.len(), 1, "close flushes the rest");
+        assert_eq!(
+            rec.batches.lock().unwrap().last().unwrap().1.len(),
+            1,
+            "close flushes the rest"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,12 +329,20 @@ mod tests {
         {
             let batches = rec.batches.lock().unwrap();
             assert_eq!(batches.len(), 1);
-            assert_eq!(batches[0].0, Duration::from_secs(1), "flushed exactly at max_age");
+            assert_eq!(
+                batches[0].0,
+                Duration::from_secs(1),
+                "flushed exactly at max_age"
+            );
             assert_eq!(batches[0].1.len(), 2);
         }
         queue.close();
         task.await.unwrap().unwrap();
-        assert_eq!(rec.batches.lock().unwrap().len(), 1, "nothing left to flush");
+        assert_eq!(
+            rec.batches.lock().unwrap().len(),
+            1,
+            "nothing left to flush"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -322,26 +368,44 @@ mod tests {
         assert_eq!(a.values, vec![2.0, 3.0], "the later reading of ts 5 wins");
         assert_eq!(a.unit.as_deref(), Some("u"));
         assert_eq!(batch.series.len(), 2);
-        batch.validate(&kdelta_sync::Limits::default()).expect("the store accepts it");
+        batch
+            .validate(&kdelta_sync::Limits::default())
+            .expect("the store accepts it");
     }
 
     #[tokio::test]
     async fn commits_into_a_real_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("kdelta.db"), Default::default()).await.unwrap();
+        let store = Store::open(dir.path().join("kdelta.db"), Default::default())
+            .await
+            .unwrap();
         let queue = Arc::new(IngestQueue::new(100, Overflow::Block));
         let metrics = Arc::new(Metrics::new());
         let batcher = Batcher::new(
             store.clone(),
-            BatchLimits { max_readings: 10, max_age: Duration::from_millis(50) },
+            BatchLimits {
+                max_readings: 10,
+                max_age: Duration::from_millis(50),
+            },
             metrics.clone(),
         );
         let task = tokio::spawn(batcher.run(queue.clone(), CancellationToken::new()));
-        queue.push((0..25).map(|i| queued("x", 1_700_000_000_000 + i, i as f64)).collect()).await.unwrap();
+        queue
+            .push(
+                (0..25)
+                    .map(|i| queued("x", 1_700_000_000_000 + i, i as f64))
+                    .collect(),
+            )
+            .await
+            .unwrap();
         queue.close();
         task.await.unwrap().unwrap();
         assert_eq!(store.stats().await.unwrap().readings, 25);
-        assert!(metrics.encode().contains("kdelta_readings_ingested_total{source=\"test\"} 25"));
+        assert!(
+            metrics
+                .encode()
+                .contains("kdelta_readings_ingested_total{source=\"test\"} 25")
+        );
         store.close().await;
     }
 }

@@ -40,7 +40,13 @@ pub enum BuiltSource {
 pub fn build(configs: &[SourceConfig]) -> anyhow::Result<Vec<BuiltSource>> {
     let mut built = Vec::with_capacity(configs.len());
     for (i, config) in configs.iter().enumerate() {
-        let context = || format!("building source `{}` (sources[{i}], kind {})", config.name(), config.kind());
+        let context = || {
+            format!(
+                "building source `{}` (sources[{i}], kind {})",
+                config.name(),
+                config.kind()
+            )
+        };
         let status = SourceStatus {
             name: config.name().to_owned(),
             kind: config.kind().to_owned(),
@@ -57,7 +63,10 @@ pub fn build(configs: &[SourceConfig]) -> anyhow::Result<Vec<BuiltSource>> {
         } else if let Some(source) = build_streaming(config).with_context(context)? {
             built.push(BuiltSource::Streaming { source, status });
         } else {
-            anyhow::bail!("{}: the sensors crate builds no driver for this kind", context());
+            anyhow::bail!(
+                "{}: the sensors crate builds no driver for this kind",
+                context()
+            );
         }
     }
     Ok(built)
@@ -74,26 +83,43 @@ pub fn spawn(
     cancel: &CancellationToken,
 ) {
     {
-        let mut all = statuses.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = statuses
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         all.clear();
         all.extend(built.iter().map(|b| match b {
-            BuiltSource::Polled { status, .. } | BuiltSource::Streaming { status, .. } => status.clone(),
+            BuiltSource::Polled { status, .. } | BuiltSource::Streaming { status, .. } => {
+                status.clone()
+            }
         }));
     }
     for (index, source) in built.into_iter().enumerate() {
         let handle = StatusHandle::new(index, statuses.clone(), metrics.clone());
         match source {
-            BuiltSource::Polled { source, interval, .. } => {
+            BuiltSource::Polled {
+                source, interval, ..
+            } => {
                 tracing::info!(
                     source = %handle.name(),
                     "sampling every {}",
                     humantime::format_duration(interval)
                 );
-                tracker.spawn(polled_loop(source, interval, queue.clone(), handle, cancel.clone()));
+                tracker.spawn(polled_loop(
+                    source,
+                    interval,
+                    queue.clone(),
+                    handle,
+                    cancel.clone(),
+                ));
             }
             BuiltSource::Streaming { source, .. } => {
                 tracing::info!(source = %handle.name(), "streaming");
-                tracker.spawn(streaming_loop(source, queue.clone(), handle, cancel.clone()));
+                tracker.spawn(streaming_loop(
+                    source,
+                    queue.clone(),
+                    handle,
+                    cancel.clone(),
+                ));
             }
         }
     }

@@ -159,11 +159,17 @@ mod tests {
         let q = IngestQueue::new(3, Overflow::DropOldest);
         assert!(q.push(items("a", 0..2)).await.unwrap().is_empty());
         let dropped = q.push(items("b", 2..5)).await.unwrap();
-        assert_eq!(dropped.iter().map(|d| d.reading.ts_ms).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            dropped.iter().map(|d| d.reading.ts_ms).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         assert!(dropped.iter().all(|d| &*d.source == "a"));
         let mut out = Vec::new();
         assert_eq!(q.pop_into(&mut out, 10).await, 3);
-        assert_eq!(out.iter().map(|d| d.reading.ts_ms).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            out.iter().map(|d| d.reading.ts_ms).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -181,7 +187,10 @@ mod tests {
             q.pop_into(&mut out, 1).await;
         }
         assert!(producer.await.unwrap().unwrap().is_empty());
-        assert_eq!(out.iter().map(|d| d.reading.ts_ms).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            out.iter().map(|d| d.reading.ts_ms).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,9 @@ const STREAM_CHANNEL: usize = 256;
 /// missed ticks), but at least 10 s (a Modbus round over many registers) and at most 60 s (a
 /// hung device must show up as an error, not as silence).
 fn sample_timeout(interval: Duration) -> Duration {
-    interval.saturating_mul(3).clamp(Duration::from_secs(10), Duration::from_secs(60))
+    interval
+        .saturating_mul(3)
+        .clamp(Duration::from_secs(10), Duration::from_secs(60))
 }
 
 /// One source's entry in the shared status list, plus its metrics label.
@@ -36,8 +38,14 @@ pub struct StatusHandle {
 
 impl StatusHandle {
     /// The handle of entry `index` of `statuses`.
-    pub fn new(index: usize, statuses: Arc<RwLock<Vec<SourceStatus>>>, metrics: Arc<Metrics>) -> Self {
-        let name = statuses.read().unwrap_or_else(PoisonError::into_inner)[index].name.clone();
+    pub fn new(
+        index: usize,
+        statuses: Arc<RwLock<Vec<SourceStatus>>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let name = statuses.read().unwrap_or_else(PoisonError::into_inner)[index]
+            .name
+            .clone();
         StatusHandle {
             index,
             name: name.into(),
@@ -52,7 +60,10 @@ impl StatusHandle {
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut SourceStatus) -> T) -> T {
-        let mut all = self.statuses.write().unwrap_or_else(PoisonError::into_inner);
+        let mut all = self
+            .statuses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&mut all[self.index])
     }
 
@@ -97,7 +108,11 @@ impl StatusHandle {
     }
 
     /// Hands readings to the queue; counts what `drop_oldest` discarded, per source.
-    async fn enqueue(&self, queue: &IngestQueue, readings: Vec<Reading>) -> Result<(), super::queue::Closed> {
+    async fn enqueue(
+        &self,
+        queue: &IngestQueue,
+        readings: Vec<Reading>,
+    ) -> Result<(), super::queue::Closed> {
         self.readings(&readings);
         let items = readings
             .into_iter()
@@ -162,7 +177,10 @@ pub async fn polled_loop(
                 }
             }
             Err(_) => status.error(
-                format!("sampling took longer than {}", humantime::format_duration(timeout)),
+                format!(
+                    "sampling took longer than {}",
+                    humantime::format_duration(timeout)
+                ),
                 "timeout",
             ),
         }
