@@ -565,3 +565,43 @@ async fn events_stream_filtered_changes_and_ends_on_shutdown() {
         .expect("stream ends");
     assert!(end.is_none());
 }
+
+#[tokio::test]
+async fn a_lagging_event_subscriber_is_told_how_much_it_missed() {
+    use futures::StreamExt;
+    let f = fixture().await;
+    let resp = router(f.state.clone())
+        .oneshot(Request::get("/v1/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    // More changes than the store's broadcast buffer (1024) while the client reads nothing.
+    let writes = (0..1100i64).map(|i| {
+        let store = f.state.store.clone();
+        async move {
+            let mut b = kdelta_sync::ReadingBatch::new();
+            b.push("lag", i, 1.0, None);
+            store.append(b).await.unwrap();
+        }
+    });
+    futures::future::join_all(writes).await;
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("an event within 5 s")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(chunk.to_vec()).unwrap();
+    assert!(text.starts_with("event: lagged\n"), "{text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let missed = serde_json::from_str::<Value>(data).unwrap()["missed"]
+        .as_u64()
+        .unwrap();
+    assert!(missed >= 76, "{text}");
+    // …and the stream goes on with the changes still buffered.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&next).starts_with("event: change\n"));
+}
