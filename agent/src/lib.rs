@@ -12,6 +12,7 @@
 //! | [`api`] | the HTTP API (router, handlers, errors) |
 //! | [`cli`] | the command line (clap) and the client subcommands |
 //! | [`client`] | the HTTP client the subcommands use |
+//! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
 
 pub mod api;
 pub mod bench;
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod lockfile;
 pub mod logging;
 pub mod metrics;
+pub mod mqtt;
 pub mod sources;
 pub mod state;
 pub mod systemd;

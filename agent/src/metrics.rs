@@ -382,7 +382,7 @@ impl MqttMetrics {
         );
         r.register(
             "mqtt_connected",
-            "1 while connected to the MQTT broker",
+            "Whether the MQTT client is connected to the broker (1) or not (0)",
             self.connected.clone(),
         );
         r.register(

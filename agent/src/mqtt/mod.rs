@@ -1,0 +1,44 @@
+//! MQTT: kdelta as a citizen of an MQTT broker (Mosquitto, EMQX, rumqttd, …).
+//!
+//! - **Publish**: every reading stored by this device goes to `<prefix>/<device>/<series>` as
+//!   `{"ts","value","unit"}` (or batched on `<prefix>/<device>/batch`, JSON or CBOR), from a
+//!   **durable outbox**: a cursor over the store's change log (`Store::log_after`), persisted
+//!   in the data directory, moved only past changes whose every message got its PUBACK. A
+//!   broker outage of any length resumes in order; readings are re-read from the store, never
+//!   copied.
+//! - **Availability**: `<prefix>/<device>/status` is `online` (retained) while connected and
+//!   `offline` (retained last will) when the agent stops or dies.
+//! - **Home Assistant discovery**: a retained `sensor` config per series, republished when
+//!   `homeassistant/status` says `online`.
+//! - **Ingest**: `<prefix>/<device>/ingest/<series>` (a number, `{"ts","value"}` or an array)
+//!   and [`IngestRule`]s that map third-party topics (Tasmota, Zigbee2MQTT, Shelly) to series.
+//! - **Commands**: `<prefix>/<device>/docs/set/<key>` puts a JSON document; the outcome goes
+//!   to `<prefix>/<device>/docs/result`.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `config` | [`MqttConfig`], broker URL parsing, `validate()` |
+//! | `topics` | topic names, filters with wildcard captures, series templates |
+//! | `payload` | published bodies and decoding of received ones |
+//! | `discovery` | Home Assistant discovery configs, device classes |
+//! | `outbox` | the cursor file and in-flight (PUBACK) accounting |
+//! | `link` | the rumqttc event loop, reconnects with backoff |
+//! | `task` | [`run`]: the loop that ties them to the store |
+//!
+//! This module does not touch the store's internals (it uses `append`, `put`, `series`,
+//! `log_after` and `subscribe`) and starts nothing by itself: the daemon calls [`run`].
+//! See `docs/mqtt.md` for topics and payloads.
+
+mod config;
+pub mod discovery;
+mod error;
+mod link;
+pub mod outbox;
+pub mod payload;
+mod task;
+pub mod topics;
+
+pub use config::{BatchEncoding, BrokerUrl, IngestRule, MqttConfig, PublishFormat, TsUnit};
+pub use error::MqttError;
+pub use outbox::{CURSOR_FILE, CursorFile, CursorState};
+pub use task::{MqttDeps, run};

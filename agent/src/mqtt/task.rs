@@ -1,0 +1,700 @@
+//! The MQTT task: publishes the outbox, keeps availability and discovery up to date, and
+//! handles what arrives (ingest, ingest rules, document commands). It owns no socket: the
+//! connection lives in [`link`](super::link) and reports through a bounded channel; this task
+//! submits with non-blocking `try_*` calls only and waits for the next event when rumqttc's
+//! queue is full (backpressure, never an unbounded buffer).
+//!
+//! Memory stays flat during a broker outage of any length: while disconnected nothing is read
+//! from the store; after the reconnect the log is re-read from the cursor a few changes at a
+//! time.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kdelta_sync::{Change, ChangeBody, ReadingBatch, Store, StoreError};
+use rumqttc::{AsyncClient, ClientError, QoS, Request};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{MqttConfig, PublishFormat};
+use super::link::{LinkEvent, LinkSettings, link_loop};
+use super::outbox::{Acked, CursorFile, CursorState, Outbox};
+use super::payload::{self, BatchMessage, BatchSeries, Reading};
+use super::topics::{TopicFilter, Topics, render};
+use super::{MqttError, discovery};
+use crate::metrics::Metrics;
+
+/// Changes read from the log per page.
+const PAGE_CHANGES: usize = 16;
+/// How often the cursor is written while it moves (and at shutdown).
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// Label of MQTT ingest in the `source` metric label.
+const SOURCE: &str = "mqtt";
+
+/// What the MQTT task needs from the agent.
+#[derive(Clone)]
+pub struct MqttDeps {
+    /// The open store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Device name (topics, client id, discovery).
+    pub device: String,
+    /// Data directory: the outbox cursor lives here.
+    pub data_dir: PathBuf,
+}
+
+/// One message the outbox will publish (`readings == 0`: a change with nothing to publish).
+struct OutMsg {
+    log_id: i64,
+    last_of_change: bool,
+    topic: String,
+    payload: Vec<u8>,
+    readings: u32,
+}
+
+/// A publish that is not part of the outbox (status, discovery, command results).
+struct Control {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+struct Runner {
+    cfg: MqttConfig,
+    deps: MqttDeps,
+    topics: Topics,
+    qos: QoS,
+    rules: Vec<(TopicFilter, super::IngestRule)>,
+    link: Option<(u64, AsyncClient)>,
+    ever_connected: bool,
+    outbox: Outbox,
+    cursor: CursorFile,
+    persisted: CursorState,
+    persisted_at: Instant,
+    /// `sent` of the cursor file at start: messages up to here may be duplicates.
+    resend_through: i64,
+    /// Messages of changes up to here are built (in `pending` or submitted).
+    fetched: i64,
+    pending: VecDeque<OutMsg>,
+    log_drained: bool,
+    /// Highest log position seen (for the lag gauge).
+    head: i64,
+    control: VecDeque<Control>,
+    announced: HashSet<String>,
+    ingest: ReadingBatch,
+    ingest_keys: HashSet<(String, i64)>,
+    ingest_since: Option<Instant>,
+}
+
+/// Runs the MQTT client until `cancel`: connects (and reconnects) to the broker, publishes
+/// every new reading from the durable outbox, and serves ingest and commands. Returns an
+/// error for a bad configuration, an unusable cursor file or a closed store.
+pub async fn run(
+    cfg: MqttConfig,
+    deps: MqttDeps,
+    cancel: CancellationToken,
+) -> Result<(), MqttError> {
+    cfg.validate()?;
+    let topics = Topics::new(&cfg.prefix, &deps.device, &cfg.discovery_prefix);
+    let settings = LinkSettings::new(&cfg, &deps.device, &topics.status())?;
+    let cursor = CursorFile::in_dir(&deps.data_dir);
+    // Subscribe before reading the log's end so no change falls between the two.
+    let changes = deps.store.subscribe();
+    let state = match cursor.load()? {
+        Some(s) => s,
+        None => {
+            let start = if cfg.backfill {
+                0
+            } else {
+                log_end(&deps.store).await?
+            };
+            let s = CursorState {
+                acked: start,
+                sent: start,
+            };
+            cursor.store(s)?;
+            s
+        }
+    };
+    let rules = cfg
+        .ingest_rules
+        .iter()
+        .filter_map(|r| TopicFilter::parse(&r.topic).ok().map(|f| (f, r.clone())))
+        .collect();
+    let qos = if cfg.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    tracing::info!(
+        url = %cfg.url,
+        topics = %topics.base,
+        cursor = state.acked,
+        "MQTT enabled; publishing readings after log position {}",
+        state.acked
+    );
+    let mut runner = Runner {
+        qos,
+        rules,
+        link: None,
+        ever_connected: false,
+        outbox: Outbox::new(state.acked),
+        cursor,
+        persisted: state,
+        persisted_at: Instant::now(),
+        resend_through: state.sent,
+        fetched: state.acked,
+        pending: VecDeque::new(),
+        log_drained: false,
+        head: state.sent,
+        control: VecDeque::new(),
+        announced: HashSet::new(),
+        ingest: ReadingBatch::new(),
+        ingest_keys: HashSet::new(),
+        ingest_since: None,
+        topics,
+        cfg,
+        deps,
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let stop = CancellationToken::new();
+    let link = tokio::spawn(link_loop(settings, tx, stop.clone()));
+    let result = runner.main_loop(rx, changes, &cancel, &stop).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), link).await;
+    runner.persist(true);
+    result
+}
+
+/// The log position of the newest change (0 for an empty store).
+async fn log_end(store: &Store) -> Result<i64, MqttError> {
+    let mut end = 0;
+    loop {
+        let page = store.log_after(end, 10_000).await?;
+        match page.last() {
+            Some((id, _)) => end = *id,
+            None => return Ok(end),
+        }
+    }
+}
+
+impl Runner {
+    async fn main_loop(
+        &mut self,
+        mut events: mpsc::Receiver<LinkEvent>,
+        mut changes: broadcast::Receiver<kdelta_sync::ChangeEvent>,
+        cancel: &CancellationToken,
+        stop: &CancellationToken,
+    ) -> Result<(), MqttError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        loop {
+            self.pump().await?;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await?,
+                    None => return Ok(()),
+                },
+                ev = changes.recv() => {
+                    match ev {
+                        Ok(ev) => self.head = self.head.max(ev.local_id),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return Err(MqttError::Store(StoreError::Closed)),
+                    }
+                    self.log_drained = false;
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if ticks.is_multiple_of(10) {
+                        // A safety net: re-check the log even without a wake-up.
+                        self.log_drained = false;
+                    }
+                    self.on_tick().await?;
+                }
+            }
+        }
+        self.shutdown(&mut events, stop).await
+    }
+
+    /// Submits control messages, then outbox messages up to the in-flight window, while
+    /// connected and rumqttc accepts requests.
+    async fn pump(&mut self) -> Result<(), MqttError> {
+        loop {
+            let Some((_, client)) = &self.link else {
+                return Ok(());
+            };
+            while let Some(c) = self.control.pop_front() {
+                match client.try_publish(c.topic, QoS::AtLeastOnce, c.retain, c.payload) {
+                    Ok(()) => self.outbox.submit_other(),
+                    Err(e) => {
+                        if let Some(p) = requeue(e) {
+                            self.control.push_front(Control {
+                                topic: p.topic,
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            });
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            if self.outbox.in_flight() >= self.cfg.inflight {
+                return Ok(());
+            }
+            let Some(msg) = self.pending.pop_front() else {
+                if self.log_drained {
+                    return Ok(());
+                }
+                self.fetch().await?;
+                if self.pending.is_empty() {
+                    self.log_drained = true;
+                    return Ok(());
+                }
+                continue;
+            };
+            if msg.readings == 0 {
+                self.outbox.skip(msg.log_id);
+                continue;
+            }
+            let retain =
+                self.cfg.retain_latest && self.cfg.publish_format == PublishFormat::PerSeries;
+            match client.try_publish(msg.topic, self.qos, retain, msg.payload) {
+                Ok(()) => {
+                    self.outbox
+                        .submit(msg.log_id, msg.last_of_change, msg.readings);
+                    self.deps.metrics.mqtt_published(1);
+                    if msg.log_id <= self.resend_through {
+                        self.deps.metrics.mqtt_duplicates("restart", 1);
+                    }
+                }
+                Err(e) => {
+                    if let Some(p) = requeue(e) {
+                        self.pending.push_front(OutMsg {
+                            topic: p.topic,
+                            payload: p.payload.to_vec(),
+                            ..msg
+                        });
+                    } else {
+                        tracing::error!("MQTT: dropped a message with an invalid topic");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Reads the next page of the change log into `pending` (and discovery into `control`).
+    async fn fetch(&mut self) -> Result<(), MqttError> {
+        let page = self
+            .deps
+            .store
+            .log_after(self.fetched, PAGE_CHANGES)
+            .await?;
+        let Some(&(last, _)) = page.last() else {
+            return Ok(());
+        };
+        if last > self.persisted.sent {
+            // Recorded before sending, so a crash later counts these as possible duplicates.
+            self.persisted.sent = last;
+            self.persist(true);
+        }
+        for (id, change) in page {
+            self.head = self.head.max(id);
+            self.fetched = id;
+            self.build(id, &change);
+        }
+        Ok(())
+    }
+
+    fn build(&mut self, log_id: i64, change: &Change) {
+        let before = self.pending.len();
+        let own = change.actor == self.deps.store.actor();
+        if let ChangeBody::Readings(batch) = &change.body
+            && (own || self.cfg.publish_remote)
+        {
+            match self.cfg.publish_format {
+                PublishFormat::PerSeries => {
+                    for s in &batch.series {
+                        self.announce(&s.name, s.unit.as_deref());
+                        let topic = self.topics.series(&s.name);
+                        for (ts, v) in s.ts.iter().zip(&s.values) {
+                            self.pending.push_back(OutMsg {
+                                log_id,
+                                last_of_change: false,
+                                topic: topic.clone(),
+                                payload: payload::reading_json(*ts, *v, s.unit.as_deref()),
+                                readings: 1,
+                            });
+                        }
+                    }
+                }
+                PublishFormat::Batch => self.build_batches(log_id, change, batch),
+            }
+        }
+        let added = self.pending.len() > before;
+        match self.pending.back_mut() {
+            Some(m) if added => m.last_of_change = true,
+            _ => self.pending.push_back(OutMsg {
+                log_id,
+                last_of_change: true,
+                topic: String::new(),
+                payload: Vec::new(),
+                readings: 0,
+            }),
+        }
+    }
+
+    fn build_batches(&mut self, log_id: i64, change: &Change, batch: &ReadingBatch) {
+        let max = self.cfg.batch_max_readings;
+        let mut part = 0u32;
+        let mut series: Vec<BatchSeries<'_>> = Vec::new();
+        let mut n = 0usize;
+        let topic = self.topics.batch();
+        let emit =
+            |series: Vec<BatchSeries<'_>>, n: usize, part: u32, pending: &mut VecDeque<OutMsg>| {
+                let msg = BatchMessage {
+                    device: self.deps.device.as_str().into(),
+                    actor: change.actor.to_string(),
+                    seq: change.seq,
+                    part,
+                    series,
+                };
+                pending.push_back(OutMsg {
+                    log_id,
+                    last_of_change: false,
+                    topic: topic.clone(),
+                    payload: payload::encode_batch(&msg, self.cfg.batch_encoding),
+                    readings: n as u32,
+                });
+            };
+        for s in &batch.series {
+            let mut from = 0;
+            while from < s.ts.len() {
+                let take = (max - n).min(s.ts.len() - from);
+                series.push(BatchSeries {
+                    name: s.name.as_str().into(),
+                    unit: s.unit.as_deref().map(Into::into),
+                    ts: s.ts[from..from + take].into(),
+                    values: s.values[from..from + take].into(),
+                });
+                n += take;
+                from += take;
+                if n == max {
+                    emit(std::mem::take(&mut series), n, part, &mut self.pending);
+                    part += 1;
+                    n = 0;
+                }
+            }
+        }
+        if n > 0 {
+            emit(series, n, part, &mut self.pending);
+        }
+    }
+
+    /// Queues the discovery config of a series not yet announced on this connection.
+    fn announce(&mut self, series: &str, unit: Option<&str>) {
+        if !self.cfg.discovery
+            || self.cfg.publish_format != PublishFormat::PerSeries
+            || self.announced.contains(series)
+        {
+            return;
+        }
+        self.announced.insert(series.to_owned());
+        let cfg = discovery::config(&self.topics, &self.deps.device, series, unit);
+        self.control.push_back(Control {
+            topic: self.topics.discovery(series),
+            payload: serde_json::to_vec(&cfg).unwrap_or_default(),
+            retain: true,
+        });
+    }
+
+    async fn announce_all(&mut self) -> Result<(), MqttError> {
+        self.announced.clear();
+        for s in self.deps.store.series().await? {
+            self.announce(&s.name, s.unit.as_deref());
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: LinkEvent) -> Result<(), MqttError> {
+        let current = self.link.as_ref().map(|(g, _)| *g);
+        match ev {
+            LinkEvent::Connected { generation, client } => {
+                self.restart_outbox();
+                if self.ever_connected {
+                    self.deps.metrics.mqtt_reconnected();
+                }
+                self.ever_connected = true;
+                self.deps.metrics.mqtt_connected(true);
+                tracing::info!("MQTT connected to {}", self.cfg.url);
+                self.subscribe(&client);
+                self.link = Some((generation, client));
+                self.control.clear();
+                self.control.push_back(Control {
+                    topic: self.topics.status(),
+                    payload: b"online".to_vec(),
+                    retain: true,
+                });
+                self.announce_all().await?;
+            }
+            LinkEvent::Disconnected { generation, error } if Some(generation) == current => {
+                tracing::warn!(
+                    "MQTT connection to {} lost: {error}; reconnecting",
+                    self.cfg.url
+                );
+                self.link = None;
+                self.deps.metrics.mqtt_connected(false);
+                self.restart_outbox();
+            }
+            LinkEvent::Published { generation, pkid } if Some(generation) == current => {
+                let acked = self.outbox.on_outgoing(pkid);
+                self.count(acked);
+            }
+            LinkEvent::PubAck { generation, pkid } if Some(generation) == current => {
+                let acked = self.outbox.on_puback(pkid);
+                self.count(acked);
+            }
+            LinkEvent::Message(p) => self.on_message(&p.topic, &p.payload).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Forgets what was in flight; the log is re-read from the cursor.
+    fn restart_outbox(&mut self) {
+        let resent = self.outbox.reset();
+        if resent > 0 {
+            self.deps.metrics.mqtt_duplicates("reconnect", resent);
+        }
+        self.pending.clear();
+        self.fetched = self.outbox.acked();
+        self.log_drained = false;
+    }
+
+    fn subscribe(&self, client: &AsyncClient) {
+        let mut filters = Vec::new();
+        if self.cfg.ingest {
+            filters.push(self.topics.ingest_filter());
+        }
+        if self.cfg.commands {
+            filters.push(self.topics.docs_set_filter());
+        }
+        if self.cfg.discovery {
+            filters.push(self.topics.ha_status());
+        }
+        filters.extend(self.rules.iter().map(|(f, _)| f.as_string()));
+        if filters.is_empty() {
+            return;
+        }
+        let subs = filters
+            .into_iter()
+            .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(subs) {
+            tracing::error!("MQTT: cannot subscribe: {e}");
+        }
+    }
+
+    fn count(&mut self, acked: Acked) {
+        if acked.messages > 0 {
+            self.deps.metrics.mqtt_acked(acked.messages, acked.readings);
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), MqttError> {
+        if self
+            .ingest_since
+            .is_some_and(|t| t.elapsed() >= self.cfg.ingest_batch_max_age)
+        {
+            self.flush_ingest().await?;
+        }
+        self.persist(false);
+        self.deps
+            .metrics
+            .mqtt_outbox_lag(self.head.saturating_sub(self.outbox.acked()).max(0));
+        Ok(())
+    }
+
+    /// Writes the cursor when it moved (at most every [`PERSIST_EVERY`] unless `now`).
+    fn persist(&mut self, now: bool) {
+        let state = CursorState {
+            acked: self.outbox.acked(),
+            sent: self.persisted.sent.max(self.outbox.acked()),
+        };
+        let due = now || self.persisted_at.elapsed() >= PERSIST_EVERY;
+        if (state == self.persisted && !now) || !due {
+            return;
+        }
+        match self.cursor.store(state) {
+            Ok(()) => {
+                self.persisted = state;
+                self.persisted_at = Instant::now();
+            }
+            Err(e) => tracing::error!("MQTT: {e}"),
+        }
+    }
+
+    async fn shutdown(
+        &mut self,
+        events: &mut mpsc::Receiver<LinkEvent>,
+        stop: &CancellationToken,
+    ) -> Result<(), MqttError> {
+        self.flush_ingest().await?;
+        // Give in-flight messages a moment to be confirmed; the rest is republished next time.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.link.is_some() && self.outbox.in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) => self.on_event(ev).await?,
+                _ => break,
+            }
+        }
+        if let Some((_, client)) = self.link.take() {
+            let _ = client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline");
+            let _ = client.try_disconnect();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+                if matches!(ev, LinkEvent::Closed) {
+                    break;
+                }
+            }
+        }
+        stop.cancel();
+        self.deps.metrics.mqtt_connected(false);
+        Ok(())
+    }
+
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
+        if self.cfg.discovery && topic == self.topics.ha_status() {
+            if payload == b"online" {
+                tracing::info!("Home Assistant is online: republishing discovery");
+                self.announce_all().await?;
+            }
+            return Ok(());
+        }
+        if let Some(series) = self.topics.ingest_series(topic) {
+            if self.cfg.ingest {
+                match payload::decode_ingest(series, payload, crate::api::time::now_ms()) {
+                    Ok(readings) => self.add_readings(readings).await?,
+                    Err(e) => self.bad_payload("ingest", topic, &e),
+                }
+            }
+            return Ok(());
+        }
+        if let Some(key) = self.topics.docs_set_key(topic) {
+            if self.cfg.commands {
+                let key = key.to_owned();
+                self.command(&key, topic, payload).await?;
+            }
+            return Ok(());
+        }
+        if self.topics.is_own(topic) {
+            return Ok(());
+        }
+        let now = crate::api::time::now_ms();
+        let decoded = self.rules.iter().find_map(|(filter, rule)| {
+            let caps = filter.captures(topic)?;
+            let series = render(&rule.series, topic, &caps);
+            Some(payload::decode_rule(rule, &series, payload, now))
+        });
+        match decoded {
+            Some(Ok(r)) => self.add_readings(vec![r]).await?,
+            Some(Err(e)) => self.bad_payload("rule", topic, &e),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
+        self.deps.metrics.mqtt_bad_payload(kind);
+        tracing::warn!(topic, "MQTT: dropped a bad {kind} payload: {why}");
+    }
+
+    async fn add_readings(&mut self, readings: Vec<Reading>) -> Result<(), MqttError> {
+        for r in readings {
+            if self.ingest_keys.contains(&(r.series.clone(), r.ts)) {
+                // Two readings of one series at one time would refuse the whole batch.
+                self.flush_ingest().await?;
+            }
+            self.ingest
+                .push(&r.series, r.ts, r.value, r.unit.as_deref());
+            self.ingest_keys.insert((r.series, r.ts));
+            self.ingest_since.get_or_insert_with(Instant::now);
+            if self.ingest.len() >= self.cfg.ingest_batch_max_readings {
+                self.flush_ingest().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_ingest(&mut self) -> Result<(), MqttError> {
+        self.ingest_since = None;
+        self.ingest_keys.clear();
+        if self.ingest.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.ingest);
+        let n = batch.len() as u64;
+        let started = Instant::now();
+        match self.deps.store.append(batch).await {
+            Ok(_) => {
+                let m = &self.deps.metrics;
+                m.observe_commit(started.elapsed().as_secs_f64());
+                m.readings_ingested(SOURCE, n);
+                m.batch_ingested(SOURCE);
+                Ok(())
+            }
+            Err(StoreError::Closed) => Err(MqttError::Store(StoreError::Closed)),
+            Err(e) => {
+                self.deps.metrics.ingest_rejected(SOURCE, e.code());
+                tracing::warn!("MQTT: {n} received readings refused by the store: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// `docs/set/<key>`: puts the JSON body; the outcome goes to `docs/result`.
+    async fn command(&mut self, key: &str, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
+        let result = match serde_json::from_slice::<serde_json::Value>(payload) {
+            Err(e) => {
+                self.bad_payload("command", topic, &format!("not JSON: {e}"));
+                serde_json::json!({"key": key, "ok": false, "error": {"code": "malformed_body", "message": format!("the body is not JSON: {e}")}})
+            }
+            Ok(value) => match self.deps.store.put(key, &value).await {
+                Ok(v) => {
+                    self.deps.metrics.mqtt_command("ok");
+                    serde_json::json!({"key": key, "ok": true, "actor": v.actor.to_string(), "seq": v.seq, "hlc": v.hlc.to_string()})
+                }
+                Err(StoreError::Closed) => return Err(MqttError::Store(StoreError::Closed)),
+                Err(e) => {
+                    self.deps.metrics.mqtt_command("error");
+                    tracing::warn!(topic, "MQTT: document command refused: {e}");
+                    serde_json::json!({"key": key, "ok": false, "error": {"code": e.code(), "message": e.to_string()}})
+                }
+            },
+        };
+        self.control.push_back(Control {
+            topic: self.topics.docs_result(),
+            payload: serde_json::to_vec(&result).unwrap_or_default(),
+            retain: false,
+        });
+        Ok(())
+    }
+}
+
+/// The publish a full (or closed) request channel handed back; `None` for an invalid topic,
+/// which no retry can fix.
+fn requeue(e: ClientError) -> Option<rumqttc::Publish> {
+    match e {
+        ClientError::TryRequest(Request::Publish(p))
+        | ClientError::Request(Request::Publish(p))
+            if rumqttc::valid_topic(&p.topic) =>
+        {
+            Some(p)
+        }
+        _ => None,
+    }
+}
