@@ -31,7 +31,7 @@ step unit bash "$here/verify-unit.sh"
 if command -v shellcheck >/dev/null; then
     step shellcheck shellcheck "$here"/*.sh "$here"/debian/postinst "$here"/debian/prerm "$here"/debian/postrm
 fi
-step cross-build bash "$here/build.sh" --release --target "$triple" -- --locked
+step cross-build bash "$here/build.sh" --release --target "$triple"
 
 bin="${CARGO_TARGET_DIR:-$root/target/cross}/$triple/release/kdelta"
 check_binary() {
