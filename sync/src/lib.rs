@@ -23,6 +23,9 @@
 //!   fsync (group commit); every write call returns only once its data is durable.
 //! - **Digest**: an order-independent hash over all readings and document versions
 //!   ([`Store::digest`]) lets replicas compare state cheaply.
+//! - **Sync protocol**: [`protocol`] replicates between two stores over any transport that
+//!   moves whole frames: handshake, version vectors, pages of changes, live push
+//!   ([`SyncSession`]).
 //!
 //! ## Example
 //! ```
@@ -59,6 +62,7 @@ mod error;
 mod hlc;
 mod ingest;
 mod model;
+pub mod protocol;
 mod readings_query;
 mod schema;
 mod store;
@@ -77,6 +81,7 @@ pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };
 pub use model::*;
+pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
 pub use schema::supported_schema_version;
 pub use store::Store;

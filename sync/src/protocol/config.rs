@@ -1,0 +1,158 @@
+//! Settings of one sync session. The agent maps its `[sync]` config section here; every
+//! field has a safe default and [`SyncConfig::validate`] names the field that is wrong.
+
+use std::time::Duration;
+
+use super::{Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, MIN_FRAME_BYTES};
+
+/// When a session ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionMode {
+    /// Catch up, then push new changes until the link drops or shutdown (the agent's peers).
+    #[default]
+    Continuous,
+    /// Catch up in both directions, then end with `Bye { reason: "done" }` (`kdelta sync now`).
+    OneShot,
+}
+
+/// Settings of a [`SyncSession`](super::SyncSession).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// The name this store announces to peers (the hostname, typically).
+    pub peer_name: String,
+    /// The bearer token an initiator presents; unused by a responder.
+    pub token: Option<String>,
+    /// Accepted compressions in preference order. The initiator offers them; the responder
+    /// picks the first one it also accepts; `none` is always possible as a fallback.
+    pub compression: Vec<Compression>,
+    /// zstd level for outgoing frames (1–19; 3 is a good default, 1 on slow CPUs).
+    pub zstd_level: i32,
+    /// Largest frame accepted from the peer, in bytes, on the wire and once decompressed.
+    pub max_frame_bytes: usize,
+    /// Byte budget of one outgoing page (estimated change size). Capped at half the peer's
+    /// `max_frame_bytes`, so an estimate that is off still fits in a frame.
+    pub page_bytes: usize,
+    /// Most pages sent and not yet acknowledged (pipelining for throughput).
+    pub window: usize,
+    /// A `Ping` is sent after this long without sending anything.
+    pub keepalive: Duration,
+    /// The session ends with [`ProtocolError::Timeout`](super::ProtocolError::Timeout) after
+    /// this long without receiving anything, or when a send blocks this long.
+    pub idle_timeout: Duration,
+    /// Limit for the handshake and the exchange of version vectors.
+    pub handshake_timeout: Duration,
+    /// In live mode, the change log is re-checked this often even without a change event
+    /// (the event channel may lag, and then drops events).
+    pub live_recheck: Duration,
+    /// When the session ends by itself.
+    pub mode: SessionMode,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            peer_name: String::from("kdelta"),
+            token: None,
+            compression: vec![Compression::Zstd, Compression::None],
+            zstd_level: 3,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            page_bytes: DEFAULT_PAGE_BYTES,
+            window: 4,
+            keepalive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            live_recheck: Duration::from_secs(5),
+            mode: SessionMode::Continuous,
+        }
+    }
+}
+
+/// A setting of [`SyncConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid sync setting `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The field, as named in [`SyncConfig`].
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl SyncConfig {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: String| Err(ConfigError { key, reason });
+        if self.peer_name.len() > super::MAX_TEXT_BYTES {
+            return err("peer_name", "is longer than 1024 bytes".into());
+        }
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.len() > super::MAX_TOKEN_BYTES)
+        {
+            return err("token", "is longer than 4096 bytes".into());
+        }
+        if (self.max_frame_bytes as u64) < MIN_FRAME_BYTES {
+            return err(
+                "max_frame_bytes",
+                format!("must be at least {MIN_FRAME_BYTES}"),
+            );
+        }
+        if self.page_bytes == 0 || self.page_bytes > self.max_frame_bytes / 2 {
+            return err(
+                "page_bytes",
+                format!(
+                    "must be between 1 and half of max_frame_bytes ({})",
+                    self.max_frame_bytes / 2
+                ),
+            );
+        }
+        if !(1..=64).contains(&self.window) {
+            return err("window", "must be between 1 and 64".into());
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return err("zstd_level", "must be between 1 and 19".into());
+        }
+        for (key, d) in [
+            ("keepalive", self.keepalive),
+            ("idle_timeout", self.idle_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("live_recheck", self.live_recheck),
+        ] {
+            if d.is_zero() {
+                return err(key, "must be longer than zero".into());
+            }
+        }
+        if self.idle_timeout <= self.keepalive {
+            return err(
+                "idle_timeout",
+                "must be longer than keepalive, or idle peers time out".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_the_key() {
+        SyncConfig::default().validate().unwrap();
+        let bad = SyncConfig {
+            page_bytes: DEFAULT_MAX_FRAME_BYTES,
+            ..SyncConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "page_bytes");
+        let bad = SyncConfig {
+            window: 0,
+            ..SyncConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "window");
+        let bad = SyncConfig {
+            idle_timeout: Duration::from_secs(1),
+            ..SyncConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "idle_timeout");
+    }
+}

@@ -1,0 +1,586 @@
+//! Frames: the messages of the sync protocol and their wire codec. Owns the envelope
+//! (`{ v: protocol version, body }` in CBOR), the one-byte compression header, and the
+//! validation of everything decoded. Every byte handed to [`FrameCodec::decode`] is treated
+//! as hostile: sizes are checked before anything is allocated or decompressed, and bad input
+//! is an error, never a panic. Knows nothing of sessions or transports.
+//!
+//! ```text
+//! frame    = header(1 byte) payload
+//! header   = 0 (payload is CBOR) | 1 (payload is one zstd frame holding the CBOR)
+//! CBOR     = { "v": u16, "body": Frame }      "v" first, so an unknown version is
+//!                                             recognised before its body is interpreted
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::ProtocolError;
+use super::envelope::Envelope;
+use crate::{ActorId, Change, Limits, VersionVector};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Default largest frame, in bytes, on the wire and once decompressed.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 2 << 20;
+/// Default byte budget of one page of changes.
+pub const DEFAULT_PAGE_BYTES: usize = 1 << 20;
+/// Longest peer name, refusal message or bye reason, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest credential token, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Most compression names a `Hello` may offer.
+pub const MAX_COMPRESSIONS: usize = 16;
+/// Smallest `max_frame_bytes` a peer may announce (a smaller one could not carry a page).
+pub const MIN_FRAME_BYTES: u64 = 64 << 10;
+
+const HEADER_PLAIN: u8 = 0;
+const HEADER_ZSTD: u8 = 1;
+/// Frames smaller than this are sent plain even after zstd was negotiated: compressing a
+/// ping costs more than it saves.
+const COMPRESS_MIN_BYTES: usize = 512;
+
+/// Per-frame compression, negotiated in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// CBOR as is.
+    None,
+    /// Each frame's CBOR compressed as one zstd frame.
+    Zstd,
+}
+
+impl Compression {
+    /// The name used on the wire and in config (`"none"`, `"zstd"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// Parses a wire/config name; `None` for names this build does not know.
+    pub fn from_name(name: &str) -> Option<Compression> {
+        match name {
+            "none" => Some(Compression::None),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// The initiator's opening frame.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the initiator speaks.
+    pub protocol_version: u16,
+    /// The initiator's actor id.
+    pub actor: ActorId,
+    /// A human-readable name (hostname), for status pages and logs.
+    pub peer_name: String,
+    /// Bearer credential, checked by the responder's [`Authenticator`](super::Authenticator).
+    pub token: Option<String>,
+    /// Compression names the initiator accepts, in preference order. Names unknown to the
+    /// responder are ignored, so new algorithms can be offered without a version bump.
+    pub compression: Vec<String>,
+    /// Largest frame the initiator accepts, in bytes.
+    pub max_frame_bytes: u64,
+}
+
+// The token is a secret: never print it.
+impl fmt::Debug for Hello {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hello")
+            .field("protocol_version", &self.protocol_version)
+            .field("actor", &self.actor)
+            .field("peer_name", &self.peer_name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("compression", &self.compression)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .finish()
+    }
+}
+
+/// The responder's acceptance of a `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The responder's actor id.
+    pub actor: ActorId,
+    /// Its human-readable name.
+    pub peer_name: String,
+    /// The compression both sides use from now on (one the initiator offered).
+    pub compression: Compression,
+    /// Largest frame the responder accepts, in bytes.
+    pub max_frame_bytes: u64,
+}
+
+/// Acknowledgement of a page: it is applied and durable on the receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The page acknowledged (pages are acknowledged in the order they were sent).
+    pub page_id: u64,
+    /// Changes of the page newly stored.
+    pub applied: u64,
+    /// Changes of the page the receiver already held.
+    pub skipped: u64,
+    /// The receiver's version vector after applying the page.
+    pub vector: VersionVector,
+}
+
+/// One message of the sync protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Frame {
+    /// Initiator → responder: who I am, my credential, what I accept.
+    Hello(Hello),
+    /// Responder → initiator: accepted, and the negotiated settings.
+    Welcome(Welcome),
+    /// Either side: the session ends because of an error (see [`ProtocolError::code`]).
+    Refuse {
+        /// Machine-readable reason.
+        code: String,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// Either side, once after the handshake: what I hold.
+    Vector(VersionVector),
+    /// Changes the receiver lacks, applied in one transaction and answered with an `Ack`.
+    Page {
+        /// Sender-chosen id, increasing within a session.
+        page_id: u64,
+        /// The changes, in per-actor seq order.
+        changes: Vec<Change>,
+    },
+    /// The answer to a `Page`.
+    Ack(Ack),
+    /// Every change the sender held when it sent this went out before it; from now on the
+    /// sender pushes new changes as they commit.
+    Live,
+    /// Keepalive probe; answered with `Pong`.
+    Ping,
+    /// Keepalive answer.
+    Pong,
+    /// Either side: the session ends normally.
+    Bye {
+        /// Why (`"done"`, `"shutting down"`, …).
+        reason: String,
+    },
+}
+
+impl Frame {
+    /// The frame's kind, as named in errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Refuse { .. } => "refuse",
+            Frame::Vector(_) => "vector",
+            Frame::Page { .. } => "page",
+            Frame::Ack(_) => "ack",
+            Frame::Live => "live",
+            Frame::Ping => "ping",
+            Frame::Pong => "pong",
+            Frame::Bye { .. } => "bye",
+        }
+    }
+}
+
+/// Encodes frames for the wire and decodes (and validates) frames from it.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    /// Largest frame accepted by [`decode`](Self::decode), on the wire and decompressed.
+    max_frame_bytes: usize,
+    /// Bounds every decoded change must respect (the local store's limits).
+    limits: Limits,
+    /// zstd level used by [`encode`](Self::encode).
+    zstd_level: i32,
+}
+
+impl FrameCodec {
+    /// A codec accepting frames up to `max_frame_bytes` whose changes respect `limits`.
+    pub fn new(max_frame_bytes: usize, limits: Limits) -> FrameCodec {
+        FrameCodec {
+            max_frame_bytes,
+            limits,
+            zstd_level: 3,
+        }
+    }
+
+    /// Sets the zstd level for encoding (1 = fastest; 3 is the default).
+    pub fn with_zstd_level(mut self, level: i32) -> FrameCodec {
+        self.zstd_level = level;
+        self
+    }
+
+    /// The largest frame this codec decodes.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Encodes `frame`, compressed when `compression` says so and it pays off. Fails with
+    /// [`ProtocolError::FrameTooLarge`] when the result (or its uncompressed content) is
+    /// over `peer_max` bytes, the most the receiving peer accepts.
+    pub fn encode(
+        &self,
+        frame: &Frame,
+        compression: Compression,
+        peer_max: usize,
+    ) -> Result<Vec<u8>, ProtocolError> {
+        #[derive(Serialize)]
+        struct EnvelopeRef<'a> {
+            v: u16,
+            body: &'a Frame,
+        }
+        let mut out = vec![HEADER_PLAIN];
+        ciborium::into_writer(
+            &EnvelopeRef {
+                v: PROTOCOL_VERSION,
+                body: frame,
+            },
+            &mut out,
+        )
+        .map_err(|e| ProtocolError::Malformed(format!("encoding a {} frame: {e}", frame.kind())))?;
+        let content = out.len() - 1;
+        if content + 1 > peer_max {
+            return Err(ProtocolError::FrameTooLarge {
+                size: content + 1,
+                max: peer_max,
+            });
+        }
+        if compression == Compression::Zstd && content >= COMPRESS_MIN_BYTES {
+            let compressed = zstd::bulk::compress(&out[1..], self.zstd_level)
+                .map_err(|e| ProtocolError::Malformed(format!("zstd compression: {e}")))?;
+            if compressed.len() < content {
+                let mut packed = Vec::with_capacity(compressed.len() + 1);
+                packed.push(HEADER_ZSTD);
+                packed.extend_from_slice(&compressed);
+                out = packed;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes and validates one frame. Checks the size before decoding, bounds zstd
+    /// decompression to `max_frame_bytes`, refuses trailing bytes, unknown protocol versions
+    /// ([`ProtocolError::UnsupportedVersion`]) and any change that fails
+    /// [`Change::validate`]. Never panics.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Frame, ProtocolError> {
+        if bytes.len() > self.max_frame_bytes {
+            return Err(ProtocolError::FrameTooLarge {
+                size: bytes.len(),
+                max: self.max_frame_bytes,
+            });
+        }
+        let (&header, payload) = bytes
+            .split_first()
+            .ok_or_else(|| ProtocolError::Malformed("empty frame".into()))?;
+        let inflated;
+        let cbor = match header {
+            HEADER_PLAIN => payload,
+            HEADER_ZSTD => {
+                inflated = self.inflate(payload)?;
+                &inflated[..]
+            }
+            other => {
+                return Err(ProtocolError::Malformed(format!(
+                    "unknown frame encoding {other}"
+                )));
+            }
+        };
+        let mut rest = cbor;
+        let envelope: Envelope = ciborium::from_reader(&mut rest)
+            .map_err(|e| ProtocolError::Malformed(format!("CBOR: {e}")))?;
+        if !rest.is_empty() {
+            return Err(ProtocolError::Malformed(format!(
+                "{} trailing bytes after the frame",
+                rest.len()
+            )));
+        }
+        match envelope {
+            Envelope::Frame(frame) => self.validate(frame),
+            Envelope::Unsupported(theirs) => Err(ProtocolError::UnsupportedVersion {
+                theirs,
+                ours: PROTOCOL_VERSION,
+            }),
+        }
+    }
+
+    /// Decompresses one zstd payload into at most `max_frame_bytes`. Single-pass
+    /// decompression allocates only the bounded output buffer (no window buffers), so a
+    /// "zip bomb" costs at most that much memory.
+    fn inflate(&self, payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(payload)
+            && declared > self.max_frame_bytes as u64
+        {
+            return Err(ProtocolError::FrameTooLarge {
+                size: usize::try_from(declared).unwrap_or(usize::MAX),
+                max: self.max_frame_bytes,
+            });
+        }
+        zstd::bulk::decompress(payload, self.max_frame_bytes).map_err(|e| {
+            ProtocolError::Malformed(format!(
+                "zstd payload (or content over {} bytes): {e}",
+                self.max_frame_bytes
+            ))
+        })
+    }
+
+    /// Checks the bounds serde cannot express, and normalises version vectors.
+    fn validate(&self, frame: Frame) -> Result<Frame, ProtocolError> {
+        match &frame {
+            Frame::Hello(h) => {
+                text("peer_name", &h.peer_name, MAX_TEXT_BYTES)?;
+                if let Some(t) = &h.token {
+                    text("token", t, MAX_TOKEN_BYTES)?;
+                }
+                if h.compression.len() > MAX_COMPRESSIONS {
+                    return Err(ProtocolError::Malformed(format!(
+                        "hello offers {} compressions (at most {MAX_COMPRESSIONS})",
+                        h.compression.len()
+                    )));
+                }
+                for c in &h.compression {
+                    text("compression name", c, 32)?;
+                }
+                frame_limit(h.max_frame_bytes)?;
+            }
+            Frame::Welcome(w) => {
+                text("peer_name", &w.peer_name, MAX_TEXT_BYTES)?;
+                frame_limit(w.max_frame_bytes)?;
+            }
+            Frame::Refuse { code, message } => {
+                text("refusal code", code, 64)?;
+                text("refusal message", message, MAX_TEXT_BYTES)?;
+            }
+            Frame::Bye { reason } => text("bye reason", reason, MAX_TEXT_BYTES)?,
+            Frame::Page { page_id, changes } => {
+                for (i, c) in changes.iter().enumerate() {
+                    c.validate(&self.limits).map_err(|e| {
+                        ProtocolError::Malformed(format!(
+                            "change {i} ({}:{}) of page {page_id}: {e}",
+                            c.actor, c.seq
+                        ))
+                    })?;
+                }
+            }
+            Frame::Vector(_) | Frame::Ack(_) | Frame::Live | Frame::Ping | Frame::Pong => {}
+        }
+        // A vector from the wire may carry explicit zeros; rebuild it so it is canonical.
+        Ok(match frame {
+            Frame::Vector(v) => Frame::Vector(v.iter().collect()),
+            Frame::Ack(a) => Frame::Ack(Ack {
+                vector: a.vector.iter().collect(),
+                ..a
+            }),
+            other => other,
+        })
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME_BYTES, Limits::default())
+    }
+}
+
+fn text(what: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
+    if s.len() > max {
+        return Err(ProtocolError::Malformed(format!(
+            "{what} of {} bytes (at most {max})",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+fn frame_limit(n: u64) -> Result<(), ProtocolError> {
+    if n < MIN_FRAME_BYTES {
+        return Err(ProtocolError::Malformed(format!(
+            "max_frame_bytes {n} is below the minimum of {MIN_FRAME_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// Shortens `s` to at most `max` bytes on a character boundary (for outgoing texts that
+/// quote errors of unbounded length).
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChangeBody, Hlc, ReadingBatch};
+
+    fn page(n: usize) -> Frame {
+        let mut batch = ReadingBatch::new();
+        for i in 0..n {
+            batch.push("t", 1_764_000_000_000 + i as i64 * 1000, 20.0, Some("°C"));
+        }
+        Frame::Page {
+            page_id: 7,
+            changes: vec![Change {
+                actor: ActorId([1; 16]),
+                seq: 1,
+                hlc: Hlc::new(1_764_000_000_000, 0),
+                body: ChangeBody::Readings(batch),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_plain_and_compressed() {
+        let codec = FrameCodec::default();
+        for frame in [
+            page(1000),
+            Frame::Ping,
+            Frame::Live,
+            Frame::Vector(VersionVector::new()),
+        ] {
+            for c in [Compression::None, Compression::Zstd] {
+                let bytes = codec.encode(&frame, c, DEFAULT_MAX_FRAME_BYTES).unwrap();
+                assert_eq!(codec.decode(&bytes).unwrap(), frame);
+            }
+        }
+        let plain = codec
+            .encode(&page(1000), Compression::None, usize::MAX)
+            .unwrap();
+        let packed = codec
+            .encode(&page(1000), Compression::Zstd, usize::MAX)
+            .unwrap();
+        assert_eq!((plain[0], packed[0]), (HEADER_PLAIN, HEADER_ZSTD));
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+    }
+
+    #[test]
+    fn sizes_are_checked_both_ways() {
+        let codec = FrameCodec::new(64 << 10, Limits::default());
+        let big = page(20_000);
+        let err = codec.encode(&big, Compression::None, 64 << 10).unwrap_err();
+        assert_eq!(err.code(), "frame_too_large");
+        let bytes = FrameCodec::default()
+            .encode(&big, Compression::None, usize::MAX)
+            .unwrap();
+        let err = codec.decode(&bytes).unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge { max, .. } if max == 64 << 10));
+    }
+
+    #[test]
+    fn zip_bombs_are_bounded() {
+        // 64 MiB of zeros compresses to a few KiB; the declared size is refused up front.
+        let zeros = vec![0u8; 64 << 20];
+        let mut bomb = vec![HEADER_ZSTD];
+        bomb.extend(zstd::bulk::compress(&zeros, 3).unwrap());
+        assert!(bomb.len() < DEFAULT_MAX_FRAME_BYTES);
+        let err = FrameCodec::default().decode(&bomb).unwrap_err();
+        assert_eq!(err.code(), "frame_too_large");
+        // Without a declared size (streaming encoder), decompression stops at the limit.
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        let mut bomb = vec![HEADER_ZSTD];
+        bomb.extend(enc.finish().unwrap());
+        assert!(FrameCodec::default().decode(&bomb).is_err());
+    }
+
+    #[test]
+    fn unknown_versions_and_trailing_bytes_are_refused() {
+        #[derive(Serialize)]
+        struct Future {
+            v: u16,
+            body: &'static str,
+        }
+        let mut bytes = vec![HEADER_PLAIN];
+        ciborium::into_writer(
+            &Future {
+                v: 9,
+                body: "hello-from-the-future",
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        let err = FrameCodec::default().decode(&bytes).unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::UnsupportedVersion {
+                theirs: 9,
+                ours: PROTOCOL_VERSION
+            }
+        ));
+
+        let mut bytes = FrameCodec::default()
+            .encode(&Frame::Ping, Compression::None, usize::MAX)
+            .unwrap();
+        bytes.push(0);
+        assert_eq!(
+            FrameCodec::default().decode(&bytes).unwrap_err().code(),
+            "malformed"
+        );
+        assert!(FrameCodec::default().decode(&[]).is_err());
+        assert!(FrameCodec::default().decode(&[7, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn invalid_changes_and_oversized_texts_are_malformed() {
+        let Frame::Page { mut changes, .. } = page(2) else {
+            unreachable!()
+        };
+        if let ChangeBody::Readings(b) = &mut changes[0].body {
+            b.series[0].values[1] = f64::NAN;
+        }
+        let bad = Frame::Page {
+            page_id: 1,
+            changes,
+        };
+        let bytes = FrameCodec::default()
+            .encode(&bad, Compression::None, usize::MAX)
+            .unwrap();
+        assert_eq!(
+            FrameCodec::default().decode(&bytes).unwrap_err().code(),
+            "malformed"
+        );
+
+        let long = Frame::Bye {
+            reason: "x".repeat(MAX_TEXT_BYTES + 1),
+        };
+        let bytes = FrameCodec::default()
+            .encode(&long, Compression::None, usize::MAX)
+            .unwrap();
+        assert_eq!(
+            FrameCodec::default().decode(&bytes).unwrap_err().code(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn tokens_are_not_printed() {
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            actor: ActorId([1; 16]),
+            peer_name: "pi".into(),
+            token: Some("s3cret".into()),
+            compression: vec!["zstd".into()],
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
+        };
+        assert!(!format!("{hello:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn clip_respects_char_boundaries() {
+        assert_eq!(clip("héllo", 2), "h");
+        assert_eq!(clip("abc", 10), "abc");
+    }
+}

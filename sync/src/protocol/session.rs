@@ -1,0 +1,478 @@
+//! One sync session with one peer, for either side: the initiator (the outbound peer) and
+//! the responder (inbound, which authenticates). Owns the task structure — a reader that
+//! decodes, a writer that sends, and the protocol driver between them over bounded queues —
+//! and the handshake. The steady-state exchange (pages, acks, live mode) is in
+//! `exchange.rs`. Knows nothing of sockets: a transport only moves whole frames.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+use super::exchange::Exchange;
+use super::frame::clip;
+use super::{
+    Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello, MIN_FRAME_BYTES,
+    PROTOCOL_VERSION, PeerCredentials, ProtocolError, SessionStats, SyncConfig, Welcome,
+};
+use crate::{ActorId, Limits, Store, VersionVector};
+
+/// A sync session, ready to [`run`](Self::run) over a transport.
+///
+/// ```text
+/// initiator                         responder
+///   Hello{version, actor, token} ──▶  authenticate, pick compression
+///                                ◀──  Welcome{actor, compression}   (or Refuse)
+///   Vector(mine)                 ◀─▶  Vector(mine)
+///   Page{id, changes}…           ◀─▶  Page…     each applied in one transaction,
+///   Ack{id, vector}…             ◀─▶  Ack…      at most `window` pages unacknowledged
+///   Live                         ◀─▶  Live      backlog sent; push new commits from here
+///   Ping/Pong keepalive; Bye to end; Refuse{code, message} on any error
+/// ```
+pub struct SyncSession {
+    store: Store,
+    config: SyncConfig,
+    role: Role,
+    stats: Arc<SessionStats>,
+}
+
+enum Role {
+    Initiator,
+    Responder(Arc<dyn Authenticator>),
+}
+
+/// Who the peer turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its actor id.
+    pub actor: ActorId,
+    /// Its self-declared name.
+    pub name: String,
+    /// The principal our authenticator accepted (responder side only).
+    pub principal: Option<String>,
+}
+
+/// How a session ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// [`SessionMode::OneShot`](super::SessionMode::OneShot): both directions caught up.
+    Done,
+    /// The peer said `Bye`, with its reason.
+    PeerBye(String),
+    /// The shutdown future completed; a `Bye` was sent.
+    Shutdown,
+}
+
+/// The result of a session that ended without error. Figures are in its
+/// [`SessionStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The peer, when the handshake completed.
+    pub peer: Option<PeerInfo>,
+    /// How the session ended.
+    pub end: SessionEnd,
+}
+
+impl SyncSession {
+    /// The outbound side: sends `Hello` with `config.token`.
+    pub fn initiator(store: Store, config: SyncConfig) -> SyncSession {
+        SyncSession {
+            store,
+            config,
+            role: Role::Initiator,
+            stats: Arc::new(SessionStats::new()),
+        }
+    }
+
+    /// The inbound side: checks the initiator's `Hello` with `auth`. Until the peer is
+    /// authenticated, frames over [`MIN_FRAME_BYTES`] are refused, so an anonymous
+    /// connection costs little memory.
+    pub fn responder(
+        store: Store,
+        config: SyncConfig,
+        auth: Arc<dyn Authenticator>,
+    ) -> SyncSession {
+        SyncSession {
+            store,
+            config,
+            role: Role::Responder(auth),
+            stats: Arc::new(SessionStats::new()),
+        }
+    }
+
+    /// Records into `stats` instead of fresh counters (one `Arc` per peer keeps cumulative
+    /// figures across reconnects).
+    pub fn with_stats(mut self, stats: Arc<SessionStats>) -> SyncSession {
+        self.stats = stats;
+        self
+    }
+
+    /// The counters this session updates while it runs.
+    pub fn stats(&self) -> Arc<SessionStats> {
+        self.stats.clone()
+    }
+
+    /// Runs the session until the peer says `Bye`, a one-shot session is done, `shutdown`
+    /// completes (a `Bye` is sent), or an error. On an error caused here (bad frame, refused
+    /// page, bad credentials) the peer is sent `Refuse { code, message }` first. Whatever
+    /// happens, every page the store acknowledged is durable and no page is half-applied,
+    /// so the next session resumes where this one stopped.
+    pub async fn run<S, R>(
+        self,
+        sink: S,
+        source: R,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<SessionSummary, ProtocolError>
+    where
+        S: FrameSink,
+        R: FrameSource,
+    {
+        self.stats.session_started();
+        let codec = FrameCodec::new(
+            self.config.max_frame_bytes,
+            self.store.config().limits.clone(),
+        )
+        .with_zstd_level(self.config.zstd_level);
+        // Large enough for everything a conforming peer sends unprompted (its window of
+        // pages, acks for ours, keepalives), so neither side's reader blocks its writer.
+        let queue = 2 * self.config.window.max(1) + 16;
+        let (in_tx, in_rx) = mpsc::channel(queue);
+        let (out_tx, out_rx) = mpsc::channel(queue);
+        // A responder accepts only handshake-sized frames until the peer is authenticated,
+        // so an anonymous connection cannot make it buffer or decompress megabytes.
+        let trusted = Arc::new(AtomicBool::new(matches!(self.role, Role::Initiator)));
+        let link = Link {
+            trusted: trusted.clone(),
+            codec: codec.clone(),
+            out: out_tx,
+            inbound: in_rx,
+            compression: Compression::None,
+            peer_max: self.config.max_frame_bytes,
+            last_send: Instant::now(),
+            last_recv: Instant::now(),
+            peer_refused: false,
+        };
+        let reader = read_loop(source, codec, trusted, in_tx, &self.stats);
+        let writer = write_loop(sink, out_rx, &self.stats, self.config.idle_timeout);
+        let main = self.main_loop(link, shutdown);
+        tokio::pin!(reader, writer, main);
+        let linger = self.config.handshake_timeout.min(Duration::from_secs(5));
+        let mut writer_done = false;
+        let result = tokio::select! {
+            r = &mut main => r,
+            // The writer outlives the driver unless the transport fails.
+            w = &mut writer => {
+                writer_done = true;
+                let failed = w.err().unwrap_or(ProtocolError::Closed);
+                // The driver notices at its next send; let it finish the page it may be
+                // applying, so that when this returns the store is done with the session.
+                // Its own error, if more telling than a closed queue, wins.
+                match timeout(linger, &mut main).await {
+                    Ok(Err(ProtocolError::Closed)) | Err(_) => Err(failed),
+                    Ok(other) => other,
+                }
+            }
+            () = &mut reader => Err(ProtocolError::Closed),
+        };
+        if !writer_done {
+            // Let the last frames (acks, Bye or Refuse) go out before closing.
+            let _ = timeout(linger, &mut writer).await;
+        }
+        match &result {
+            Ok(summary) => tracing::debug!(end = ?summary.end, "sync session ended"),
+            Err(e) => tracing::debug!(error = %e, code = e.code(), "sync session failed"),
+        }
+        self.stats.ended(result.as_ref().err());
+        result
+    }
+
+    /// The driver, then the goodbye: `Bye` on shutdown, `Refuse` on a local error.
+    async fn main_loop(
+        &self,
+        mut link: Link,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<SessionSummary, ProtocolError> {
+        let mut peer = None;
+        let result = tokio::select! {
+            r = self.drive(&mut link, &mut peer) => r,
+            () = shutdown => Ok(SessionEnd::Shutdown),
+        };
+        match &result {
+            Ok(SessionEnd::Shutdown) => {
+                let bye = Frame::Bye {
+                    reason: "shutting down".into(),
+                };
+                let _ = link.send(&bye).await;
+            }
+            Ok(SessionEnd::Done) => {
+                let _ = link
+                    .send(&Frame::Bye {
+                        reason: "done".into(),
+                    })
+                    .await;
+            }
+            Err(e) if !e.came_from_peer() && !link.peer_refused => {
+                let refuse = Frame::Refuse {
+                    code: e.code().to_owned(),
+                    message: clip(&e.to_string(), super::MAX_TEXT_BYTES),
+                };
+                let _ = link.send(&refuse).await;
+            }
+            _ => {}
+        }
+        // Dropping the link closes the outbound queue: the writer flushes and stops.
+        drop(link);
+        result.map(|end| SessionSummary { peer, end })
+    }
+
+    async fn drive(
+        &self,
+        link: &mut Link,
+        peer_out: &mut Option<PeerInfo>,
+    ) -> Result<SessionEnd, ProtocolError> {
+        let limit = self.config.handshake_timeout;
+        let peer = timeout(limit, self.handshake(link))
+            .await
+            .map_err(|_| ProtocolError::Timeout("waiting for the handshake"))??;
+        *peer_out = Some(peer.clone());
+        // Subscribe before the first read of the change log, so no commit falls between.
+        let events = self.store.subscribe();
+        link.send(&Frame::Vector(self.store.version_vector()))
+            .await?;
+        let theirs = match timeout(limit, expect_vector(link))
+            .await
+            .map_err(|_| ProtocolError::Timeout("waiting for the peer's version vector"))??
+        {
+            Ok(v) => v,
+            Err(reason) => return Ok(SessionEnd::PeerBye(reason)),
+        };
+        self.stats
+            .connected(peer.actor, &peer.name, peer.principal.clone());
+        self.stats.their_vector(&theirs);
+        tracing::debug!(peer = %peer.name, actor = %peer.actor, "sync session connected");
+        Exchange::new(&self.store, &self.config, &self.stats, link, theirs)
+            .run(events)
+            .await
+    }
+
+    async fn handshake(&self, link: &mut Link) -> Result<PeerInfo, ProtocolError> {
+        let own = self.store.actor();
+        match &self.role {
+            Role::Initiator => {
+                link.send(&Frame::Hello(Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    actor: own,
+                    peer_name: self.config.peer_name.clone(),
+                    token: self.config.token.clone(),
+                    compression: self
+                        .config
+                        .compression
+                        .iter()
+                        .map(|c| c.name().to_owned())
+                        .collect(),
+                    max_frame_bytes: self.config.max_frame_bytes as u64,
+                }))
+                .await?;
+                let w: Welcome = match link.recv().await? {
+                    Frame::Welcome(w) => w,
+                    Frame::Bye { reason } => {
+                        return Err(ProtocolError::Refused {
+                            code: "bye".into(),
+                            message: reason,
+                        });
+                    }
+                    other => return Err(unexpected("welcome", &other)),
+                };
+                if w.actor == own {
+                    return Err(ProtocolError::SameActor(own));
+                }
+                if w.compression != Compression::None
+                    && !self.config.compression.contains(&w.compression)
+                {
+                    return Err(ProtocolError::Malformed(format!(
+                        "the peer chose compression {:?}, which was not offered",
+                        w.compression.name()
+                    )));
+                }
+                link.negotiated(w.compression, w.max_frame_bytes);
+                Ok(PeerInfo {
+                    actor: w.actor,
+                    name: w.peer_name,
+                    principal: None,
+                })
+            }
+            Role::Responder(auth) => {
+                let hello = match link.recv().await? {
+                    Frame::Hello(h) => h,
+                    other => return Err(unexpected("hello", &other)),
+                };
+                if hello.protocol_version != PROTOCOL_VERSION {
+                    return Err(ProtocolError::UnsupportedVersion {
+                        theirs: hello.protocol_version,
+                        ours: PROTOCOL_VERSION,
+                    });
+                }
+                let principal = auth
+                    .authenticate(&PeerCredentials {
+                        actor: hello.actor,
+                        peer_name: &hello.peer_name,
+                        token: hello.token.as_deref(),
+                    })
+                    .ok_or(ProtocolError::Unauthorized)?;
+                if hello.actor == own {
+                    return Err(ProtocolError::SameActor(own));
+                }
+                let compression = hello
+                    .compression
+                    .iter()
+                    .filter_map(|name| Compression::from_name(name))
+                    .find(|c| self.config.compression.contains(c))
+                    .unwrap_or(Compression::None);
+                link.trusted.store(true, Ordering::Release);
+                link.send(&Frame::Welcome(Welcome {
+                    actor: own,
+                    peer_name: self.config.peer_name.clone(),
+                    compression,
+                    max_frame_bytes: self.config.max_frame_bytes as u64,
+                }))
+                .await?;
+                link.negotiated(compression, hello.max_frame_bytes);
+                Ok(PeerInfo {
+                    actor: hello.actor,
+                    name: hello.peer_name,
+                    principal: Some(principal),
+                })
+            }
+        }
+    }
+}
+
+/// Waits for the peer's `Vector`, answering keepalives; `Err(reason)` when it says `Bye`.
+async fn expect_vector(link: &mut Link) -> Result<Result<VersionVector, String>, ProtocolError> {
+    loop {
+        match link.recv().await? {
+            Frame::Vector(v) => return Ok(Ok(v)),
+            Frame::Ping => link.send(&Frame::Pong).await?,
+            Frame::Pong => {}
+            Frame::Bye { reason } => return Ok(Err(reason)),
+            other => return Err(unexpected("vector", &other)),
+        }
+    }
+}
+
+pub(super) fn unexpected(expected: &'static str, got: &Frame) -> ProtocolError {
+    ProtocolError::UnexpectedFrame {
+        expected,
+        got: got.kind(),
+    }
+}
+
+/// The driver's side of the transport: encoded frames out, decoded frames in.
+pub(super) struct Link {
+    codec: FrameCodec,
+    /// Set once the peer is authenticated (from the start on the initiator); read by the
+    /// reader to choose the frame limit.
+    trusted: Arc<AtomicBool>,
+    out: mpsc::Sender<Vec<u8>>,
+    inbound: mpsc::Receiver<Result<Frame, ProtocolError>>,
+    /// Negotiated in the handshake; `None` until then.
+    compression: Compression,
+    /// The most the peer accepts per frame.
+    pub(super) peer_max: usize,
+    pub(super) last_send: Instant,
+    pub(super) last_recv: Instant,
+    /// The peer sent `Refuse`: it is gone, do not answer.
+    peer_refused: bool,
+}
+
+impl Link {
+    fn negotiated(&mut self, compression: Compression, peer_max: u64) {
+        self.compression = compression;
+        self.peer_max = usize::try_from(peer_max).unwrap_or(usize::MAX);
+    }
+
+    /// Encodes and queues one frame; waits while the outbound queue is full.
+    pub(super) async fn send(&mut self, frame: &Frame) -> Result<(), ProtocolError> {
+        let bytes = self.codec.encode(frame, self.compression, self.peer_max)?;
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| ProtocolError::Closed)?;
+        self.last_send = Instant::now();
+        Ok(())
+    }
+
+    /// The next frame; a `Refuse` becomes the matching error.
+    pub(super) async fn recv(&mut self) -> Result<Frame, ProtocolError> {
+        let frame = self
+            .inbound
+            .recv()
+            .await
+            .unwrap_or(Err(ProtocolError::Closed))?;
+        self.last_recv = Instant::now();
+        match frame {
+            Frame::Refuse { code, message } => {
+                self.peer_refused = true;
+                Err(match code.as_str() {
+                    "unauthorized" => ProtocolError::Unauthorized,
+                    _ => ProtocolError::Refused { code, message },
+                })
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+/// Receives, counts and decodes frames. The first error (or the end of the link) is passed
+/// on and ends reading; then this waits forever, to be dropped with the session.
+async fn read_loop<R: FrameSource>(
+    mut source: R,
+    codec: FrameCodec,
+    trusted: Arc<AtomicBool>,
+    tx: mpsc::Sender<Result<Frame, ProtocolError>>,
+    stats: &SessionStats,
+) {
+    let untrusted = FrameCodec::new(MIN_FRAME_BYTES as usize, Limits::default());
+    loop {
+        let item = match source.recv().await {
+            Ok(Some(bytes)) => {
+                stats.frame_in(bytes.len());
+                if trusted.load(Ordering::Acquire) {
+                    codec.decode(&bytes)
+                } else {
+                    untrusted.decode(&bytes)
+                }
+            }
+            Ok(None) => Err(ProtocolError::Closed),
+            Err(e) => Err(ProtocolError::Transport(e)),
+        };
+        let last = item.is_err();
+        if tx.send(item).await.is_err() || last {
+            break;
+        }
+    }
+    drop(tx);
+    std::future::pending::<()>().await
+}
+
+/// Sends queued frames until the queue closes, then closes the sink.
+async fn write_loop<S: FrameSink>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    stats: &SessionStats,
+    limit: Duration,
+) -> Result<(), ProtocolError> {
+    while let Some(bytes) = rx.recv().await {
+        let n = bytes.len();
+        timeout(limit, sink.send(bytes))
+            .await
+            .map_err(|_| ProtocolError::Timeout("sending a frame"))?
+            .map_err(ProtocolError::Transport)?;
+        stats.frame_out(n);
+    }
+    let _ = timeout(limit, sink.close()).await;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! Live counters of sync sessions, shared between a running session and whoever reports on
+//! it (the agent's `GET /v1/sync/peers`, `kdelta peers`, Prometheus). Counters are atomics
+//! updated per frame; the rest sits behind a mutex touched a few times per page.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+use super::ProtocolError;
+use crate::{ActorId, VersionVector};
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionPhase {
+    /// No session has run yet.
+    Idle,
+    /// Exchanging hello/welcome and version vectors.
+    Handshake,
+    /// Sending or receiving the backlog.
+    CatchingUp,
+    /// Both sides sent their backlog; new changes are pushed as they commit.
+    Live,
+    /// The last session ended (see `last_error`).
+    Closed,
+}
+
+/// Counters of the sessions with one peer. Share one `Arc<SessionStats>` across reconnects
+/// (see [`SyncSession::with_stats`](super::SyncSession::with_stats)) to keep cumulative
+/// figures per peer; counters never reset.
+#[derive(Debug)]
+pub struct SessionStats {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    pages_sent: AtomicU64,
+    pages_received: AtomicU64,
+    changes_sent: AtomicU64,
+    changes_applied: AtomicU64,
+    changes_skipped: AtomicU64,
+    sessions: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    phase: SessionPhase,
+    peer_actor: Option<ActorId>,
+    peer_name: Option<String>,
+    principal: Option<String>,
+    their_vector: VersionVector,
+    connected_since_ms: Option<u64>,
+    last_sync_ms: Option<u64>,
+    last_error: Option<LastError>,
+}
+
+/// The error that ended the most recent failed session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastError {
+    /// [`ProtocolError::code`].
+    pub code: String,
+    /// The error's text.
+    pub message: String,
+    /// When it happened, unix ms.
+    pub at_ms: u64,
+}
+
+/// A consistent copy of a peer's counters, ready to serialise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    /// Where the current (or last) session stands.
+    pub phase: SessionPhase,
+    /// True while a session is past its handshake.
+    pub connected: bool,
+    /// The peer's actor, once known.
+    pub peer_actor: Option<ActorId>,
+    /// The peer's self-declared name, once known.
+    pub peer_name: Option<String>,
+    /// The principal the authenticator accepted (responder side).
+    pub principal: Option<String>,
+    /// What the peer is known to hold (its vector, acks and the pages it sent).
+    pub their_vector: VersionVector,
+    /// When the current session's handshake completed, unix ms.
+    pub connected_since_ms: Option<u64>,
+    /// When both sides were last caught up (entering live mode, then each ack), unix ms.
+    pub last_sync_ms: Option<u64>,
+    /// Bytes received, frames included.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Pages sent.
+    pub pages_sent: u64,
+    /// Pages received and applied.
+    pub pages_received: u64,
+    /// Changes sent in pages.
+    pub changes_sent: u64,
+    /// Changes received and newly stored.
+    pub changes_applied: u64,
+    /// Changes received that were already held (arrived by another path).
+    pub changes_skipped: u64,
+    /// Sessions started.
+    pub sessions: u64,
+    /// The error that ended the most recent failed session.
+    pub last_error: Option<LastError>,
+}
+
+impl StatsSnapshot {
+    /// Lag in changes per direction, given the local store's vector: `(to_peer, from_peer)`
+    /// — what the peer lacks of ours, and what we lack of the peer's (as far as known).
+    pub fn lag(&self, local: &VersionVector) -> (u64, u64) {
+        (
+            local.changes_ahead_of(&self.their_vector),
+            self.their_vector.changes_ahead_of(local),
+        )
+    }
+}
+
+impl Default for SessionStats {
+    fn default() -> Self {
+        SessionStats {
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            pages_sent: AtomicU64::new(0),
+            pages_received: AtomicU64::new(0),
+            changes_sent: AtomicU64::new(0),
+            changes_applied: AtomicU64::new(0),
+            changes_skipped: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            state: Mutex::new(State {
+                phase: SessionPhase::Idle,
+                peer_actor: None,
+                peer_name: None,
+                principal: None,
+                their_vector: VersionVector::new(),
+                connected_since_ms: None,
+                last_sync_ms: None,
+                last_error: None,
+            }),
+        }
+    }
+}
+
+impl SessionStats {
+    /// Fresh counters.
+    pub fn new() -> SessionStats {
+        SessionStats::default()
+    }
+
+    /// A consistent copy of every figure.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let s = self.lock().clone();
+        StatsSnapshot {
+            connected: matches!(s.phase, SessionPhase::CatchingUp | SessionPhase::Live),
+            phase: s.phase,
+            peer_actor: s.peer_actor,
+            peer_name: s.peer_name,
+            principal: s.principal,
+            their_vector: s.their_vector,
+            connected_since_ms: s.connected_since_ms,
+            last_sync_ms: s.last_sync_ms,
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            frames_in: self.frames_in.load(Relaxed),
+            frames_out: self.frames_out.load(Relaxed),
+            pages_sent: self.pages_sent.load(Relaxed),
+            pages_received: self.pages_received.load(Relaxed),
+            changes_sent: self.changes_sent.load(Relaxed),
+            changes_applied: self.changes_applied.load(Relaxed),
+            changes_skipped: self.changes_skipped.load(Relaxed),
+            sessions: self.sessions.load(Relaxed),
+            last_error: s.last_error,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the plain data inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn session_started(&self) {
+        self.sessions.fetch_add(1, Relaxed);
+        let mut s = self.lock();
+        s.phase = SessionPhase::Handshake;
+        s.connected_since_ms = None;
+    }
+
+    pub(crate) fn connected(&self, actor: ActorId, name: &str, principal: Option<String>) {
+        let mut s = self.lock();
+        s.phase = SessionPhase::CatchingUp;
+        s.peer_actor = Some(actor);
+        s.peer_name = Some(name.to_owned());
+        s.principal = principal;
+        s.connected_since_ms = Some(now_ms());
+    }
+
+    pub(crate) fn their_vector(&self, v: &VersionVector) {
+        self.lock().their_vector = v.clone();
+    }
+
+    pub(crate) fn live(&self) {
+        let mut s = self.lock();
+        s.phase = SessionPhase::Live;
+        s.last_sync_ms = Some(now_ms());
+    }
+
+    pub(crate) fn synced(&self) {
+        self.lock().last_sync_ms = Some(now_ms());
+    }
+
+    pub(crate) fn ended(&self, error: Option<&ProtocolError>) {
+        let mut s = self.lock();
+        s.phase = SessionPhase::Closed;
+        s.connected_since_ms = None;
+        if let Some(e) = error {
+            s.last_error = Some(LastError {
+                code: e.code().to_owned(),
+                message: e.to_string(),
+                at_ms: now_ms(),
+            });
+        }
+    }
+
+    pub(crate) fn frame_in(&self, bytes: usize) {
+        self.frames_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn frame_out(&self, bytes: usize) {
+        self.frames_out.fetch_add(1, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn page_sent(&self, changes: usize) {
+        self.pages_sent.fetch_add(1, Relaxed);
+        self.changes_sent.fetch_add(changes as u64, Relaxed);
+    }
+
+    pub(crate) fn page_received(&self, applied: usize, skipped: usize) {
+        self.pages_received.fetch_add(1, Relaxed);
+        self.changes_applied.fetch_add(applied as u64, Relaxed);
+        self.changes_skipped.fetch_add(skipped as u64, Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_reflects_counters_and_lag() {
+        let s = SessionStats::new();
+        s.session_started();
+        s.connected(ActorId([2; 16]), "hub", Some("hub".into()));
+        s.frame_out(100);
+        s.page_sent(3);
+        s.their_vector(&[(ActorId([1; 16]), 2)].into_iter().collect());
+        let snap = s.snapshot();
+        assert!(snap.connected);
+        assert_eq!(
+            (snap.bytes_out, snap.changes_sent, snap.sessions),
+            (100, 3, 1)
+        );
+        let local: VersionVector = [(ActorId([1; 16]), 5), (ActorId([3; 16]), 1)]
+            .into_iter()
+            .collect();
+        assert_eq!(snap.lag(&local), (4, 0));
+        s.ended(Some(&ProtocolError::Closed));
+        let snap = s.snapshot();
+        assert!(!snap.connected);
+        assert_eq!(snap.last_error.unwrap().code, "closed");
+    }
+}
