@@ -372,6 +372,7 @@ impl Store {
     /// Stops the writer after the writes already queued and closes the database. Later
     /// writes through any clone fail with [`StoreError::Closed`].
     pub async fn close(&self) {
+        self.inner.pool.close().await;
         let (tx, rx) = oneshot::channel();
         if self
             .inner
@@ -386,7 +387,6 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.await;
         }
-        self.inner.pool.close().await;
     }
 }
 

@@ -291,6 +291,14 @@ impl Writer {
         // Refuse whatever is still queued: callers get `Closed` instead of hanging.
         rx.close();
         drop(rx);
+        // Fold the WAL back into the database so a stopped store is one self-contained file
+        // (readers are closed first by `Store::close`, so the checkpoint can complete).
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut self.conn)
+            .await
+        {
+            tracing::warn!(error = %e, "checkpointing the WAL at close");
+        }
         if let Err(e) = sqlx::Connection::close(self.conn).await {
             tracing::warn!(error = %e, "closing the write connection");
         }

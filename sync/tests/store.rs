@@ -484,7 +484,13 @@ async fn actor_id_persists_and_rekey_changes_it() {
     let path = dir.path().join("a.db");
     let s = Store::open(&path, StoreConfig::default()).await.unwrap();
     let actor = s.actor();
+    s.append(batch("t", &[(T0, 1.0)])).await.unwrap();
     s.close().await;
+    // A closed store is one self-contained file: the WAL was checkpointed away.
+    let wal = std::fs::metadata(dir.path().join("a.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(wal, 0, "WAL left behind after close");
     let s = Store::open(&path, StoreConfig::default()).await.unwrap();
     assert_eq!(s.actor(), actor);
     s.close().await;
