@@ -313,4 +313,37 @@ mod tests {
         assert_eq!(s.errors, 1);
         assert!(s.last_error.unwrap().contains("longer than 10s"));
     }
+
+    #[tokio::test]
+    async fn drop_oldest_is_counted_against_the_source_that_lost_readings() {
+        let queue = IngestQueue::new(2, Overflow::DropOldest);
+        let metrics = Arc::new(Metrics::new());
+        let statuses = Arc::new(RwLock::new(
+            ["a", "b"]
+                .iter()
+                .map(|n| SourceStatus {
+                    name: (*n).into(),
+                    ..SourceStatus::default()
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let a = StatusHandle::new(0, statuses.clone(), metrics.clone());
+        let b = StatusHandle::new(1, statuses.clone(), metrics.clone());
+        let reading = |ts| Reading::new("x", ts, 1.0, None);
+        a.enqueue(&queue, vec![reading(1), reading(2)])
+            .await
+            .unwrap();
+        b.enqueue(&queue, vec![reading(3)]).await.unwrap();
+        assert_eq!(queue.len(), 2);
+        let text = metrics.encode();
+        assert!(
+            text.contains("kdelta_source_dropped_readings_total{source=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("kdelta_source_dropped_readings_total{source=\"b\"}"),
+            "{text}"
+        );
+        assert_eq!(a.get().readings, 2, "produced, whatever happened later");
+    }
 }
