@@ -54,6 +54,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     let lock = DataDirLock::acquire(&data_dir)?;
 
     let built = crate::sources::build(&config.sources)?;
+    if config.mqtt.enabled {
+        crate::mqtt::preflight(&config.mqtt, &config.device_name)?;
+    }
     let db_path = data_dir.join(DB_FILE);
     let store = Store::open(&db_path, config.store.clone())
         .await
@@ -109,6 +112,21 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     );
     source_tasks.close();
     let watchdog = tokio::spawn(systemd::watchdog_loop(store.clone(), shutdown.clone()));
+    // MQTT (off unless configured): stops on `shutdown`, before the store closes.
+    let mqtt = config.mqtt.enabled.then(|| {
+        let deps = crate::mqtt::MqttDeps {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            device: config.device_name.clone(),
+            data_dir: data_dir.clone(),
+        };
+        let run = crate::mqtt::run(config.mqtt.clone(), deps, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                tracing::error!("the MQTT client stopped: {e}");
+            }
+        })
+    });
 
     state.ready.store(true, Ordering::SeqCst);
     let summary = format!(
@@ -188,6 +206,13 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
                 )));
             }
         }
+    }
+    if let Some(task) = mqtt
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the MQTT client did not stop within 3 s");
     }
     let _ = watchdog.await;
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -313,6 +338,7 @@ fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     check("store", running.store != new.store);
     check("ingest", running.ingest != new.ingest);
     check("sources", running.sources != new.sources);
+    check("mqtt", running.mqtt != new.mqtt);
     changed
 }
 

@@ -87,6 +87,10 @@ pub struct ConfigFlags {
     /// Log JSON lines instead of human-readable ones [key: log.format = "json"].
     #[arg(long)]
     pub log_json: bool,
+    /// Publish to (and ingest from) this MQTT broker, `mqtt://host[:port]` or
+    /// `mqtts://host[:port]` [keys: mqtt.enabled = true, mqtt.url].
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
 }
 
 /// `kdelta start`.

@@ -111,6 +111,10 @@ impl ConfigFlags {
         if self.log_json {
             flags.push(("log.format", "--log-json", Value::from("json")));
         }
+        if let Some(url) = &self.mqtt {
+            flags.push(("mqtt.enabled", "--mqtt", Value::from(true)));
+            flags.push(("mqtt.url", "--mqtt", Value::from(url.clone())));
+        }
         ConfigArgs {
             file: self.config.clone(),
             flags,

@@ -49,6 +49,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Configured sources. Absent: one `system` source. `sources = []` records nothing.
     pub sources: Vec<SourceConfig>,
+    /// The MQTT client (`[mqtt]`, off unless `enabled` or `--mqtt URL`).
+    pub mqtt: crate::mqtt::MqttConfig,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             sources: vec![SourceConfig::System(SystemConfig::default())],
+            mqtt: crate::mqtt::MqttConfig::default(),
         }
     }
 }
@@ -270,6 +273,11 @@ impl Config {
                     ),
                 );
             }
+        }
+        match self.mqtt.validate() {
+            Ok(()) => {}
+            Err(crate::mqtt::MqttError::Config { key, detail }) => return bad(&key, detail),
+            Err(other) => return bad("mqtt", other.to_string()),
         }
         Ok(())
     }

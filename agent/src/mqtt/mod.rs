@@ -42,3 +42,11 @@ pub use config::{BatchEncoding, BrokerUrl, IngestRule, MqttConfig, PublishFormat
 pub use error::MqttError;
 pub use outbox::{CURSOR_FILE, CursorFile, CursorState};
 pub use task::{MqttDeps, run};
+
+/// Checks at startup what [`run`] would only find when connecting: the broker URL and the
+/// TLS setup (`ca_file` readable, system roots present). Config values are checked by
+/// [`MqttConfig::validate`].
+pub fn preflight(cfg: &MqttConfig, device: &str) -> Result<(), MqttError> {
+    let topics = topics::Topics::new(&cfg.prefix, device, &cfg.discovery_prefix);
+    link::LinkSettings::new(cfg, device, &topics.status()).map(|_| ())
+}
