@@ -1,0 +1,224 @@
+//! systemd integration of the real binary: `sd_notify` datagrams on a `NOTIFY_SOCKET` the test
+//! binds (`READY=1`, watchdog pings that stop while the store cannot commit, `RELOADING=1` on
+//! SIGHUP, `STOPPING=1` on SIGTERM) and SIGHUP changing the log level of a running agent.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+use crate::harness::Agent;
+
+/// `WATCHDOG_USEC` given to the agent: it pings every half of it (500 ms).
+const WATCHDOG_USEC: &str = "1000000";
+const PING_PERIOD: Duration = Duration::from_millis(500);
+
+/// The test's end of `NOTIFY_SOCKET`: every datagram received, in order.
+struct Notifications {
+    sock: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notifications {
+    fn bind(path: &Path) -> Notifications {
+        let sock = UnixDatagram::bind(path).expect("bind the notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        Notifications {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next datagram, or `None` once `deadline` passes.
+    fn next(&mut self, deadline: Instant) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.sock.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    self.seen.push(msg.clone());
+                    return Some(msg);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("recv on the notify socket: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Waits (at most `within`) for a datagram with the line `line`; returns the datagram.
+    fn expect(&mut self, agent: &Agent, line: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while let Some(msg) = self.next(deadline) {
+            if msg.lines().any(|l| l == line) {
+                return msg;
+            }
+        }
+        panic!(
+            "no `{line}` within {within:?}; datagrams so far: {:?}\nstderr:\n{}",
+            self.seen,
+            agent.stderr()
+        );
+    }
+
+    /// Drops whatever arrives during `d`.
+    fn drain_for(&mut self, d: Duration) -> Vec<String> {
+        let deadline = Instant::now() + d;
+        let mut out = Vec::new();
+        while let Some(msg) = self.next(deadline) {
+            out.push(msg);
+        }
+        out
+    }
+}
+
+fn is_ping(msg: &str) -> bool {
+    msg.lines().any(|l| l == "WATCHDOG=1")
+}
+
+#[tokio::test]
+async fn notify_ready_watchdog_stops_when_the_store_is_wedged_and_stopping() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify.sock");
+    let mut notes = Notifications::bind(&sock_path);
+    let mut agent = Agent::builder()
+        .config("sources = []\n[store]\nbusy_timeout_ms = 200\n")
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", WATCHDOG_USEC)
+        .start();
+
+    let ready = notes.expect(&agent, "READY=1", Duration::from_secs(10));
+    assert!(
+        ready.lines().any(|l| l.starts_with("STATUS=")),
+        "READY=1 without a STATUS= line: {ready:?}"
+    );
+    for _ in 0..2 {
+        notes.expect(&agent, "WATCHDOG=1", 4 * PING_PERIOD);
+    }
+
+    // Wedge the store: hold its write lock from another connection.
+    let db = agent.data_dir().join("kdelta.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open the agent's store");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .expect("take the write lock");
+    // A heartbeat already past its write may still ping; the next ones give up after the
+    // busy timeout (200 ms), well inside their own timeout (the ping period).
+    notes.drain_for(2 * PING_PERIOD);
+    let window = 3 * PING_PERIOD + PING_PERIOD / 2;
+    let during = notes.drain_for(window);
+    assert!(
+        !during.iter().any(|m| is_ping(m)),
+        "watchdog pinged while the store could not commit: {during:?}\nstderr:\n{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.stderr().contains("not pinging the watchdog"),
+        "no log line about the failed health check:\n{}",
+        agent.stderr()
+    );
+
+    // Release the lock: the pings resume.
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut conn)
+        .await
+        .expect("release the write lock");
+    conn.close().await.expect("close");
+    notes.expect(&agent, "WATCHDOG=1", 6 * PING_PERIOD);
+
+    agent.sigterm();
+    let stopping = notes.expect(&agent, "STOPPING=1", Duration::from_secs(10));
+    assert!(
+        stopping.lines().any(|l| l.starts_with("STATUS=")),
+        "{stopping:?}"
+    );
+    let status = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM: {status:?}\nstderr:\n{}",
+        agent.stderr()
+    );
+}
+
+fn debug_http_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("http request"))
+        .count()
+}
+
+#[tokio::test]
+async fn sighup_changes_the_log_level() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify.sock");
+    let mut notes = Notifications::bind(&sock_path);
+    let mut agent = Agent::builder()
+        .config("sources = []\n[log]\nlevel = \"info\"\n")
+        // The harness sets RUST_LOG=info, which would win over `log.level`; empty means unset.
+        .env("RUST_LOG", "")
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .start();
+    notes.expect(&agent, "READY=1", Duration::from_secs(10));
+    let c = reqwest::Client::new();
+
+    // At info, requests are not logged.
+    c.get(agent.at("/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !agent.stderr().contains("DEBUG"),
+        "DEBUG lines at level info:\n{}",
+        agent.stderr()
+    );
+
+    std::fs::write(
+        agent.dir().join("kdelta-test.toml"),
+        "sources = []\n[log]\nlevel = \"debug\"\n",
+    )
+    .unwrap();
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe {
+        libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP);
+    }
+    notes.expect(&agent, "RELOADING=1", Duration::from_secs(10));
+    notes.expect(&agent, "READY=1", Duration::from_secs(10));
+
+    // The reload took effect: requests now log at debug.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.get(agent.at("/healthz"))
+            .send()
+            .await
+            .expect("GET /healthz");
+        if debug_http_lines(&agent.stderr()) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DEBUG `http request` line after SIGHUP with level debug:\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        agent.stderr().contains("log filter is now debug"),
+        "{}",
+        agent.stderr()
+    );
+
+    agent.sigterm();
+    let status = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", agent.stderr());
+}
