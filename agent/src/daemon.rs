@@ -75,6 +75,10 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         max_body_bytes: config.api.max_body_bytes,
         shutdown: shutdown.clone(),
+        peers: Arc::new(crate::peers::Registry::new(
+            &config.sync,
+            &config.device_name,
+        )),
     };
 
     let http_stop = CancellationToken::new();
@@ -128,6 +132,17 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         })
     });
 
+    // Sync peers (none unless `[[sync.peers]]`): stop on `shutdown`, before the store closes.
+    let sync_tasks = TaskTracker::new();
+    crate::peers::spawn_peers(
+        &config.sync.peers,
+        &state.peers,
+        &store,
+        &metrics,
+        &sync_tasks,
+        &shutdown,
+    );
+    sync_tasks.close();
     state.ready.store(true, Ordering::SeqCst);
     let summary = format!(
         "recording {n_sources} source{} into {}; API on http://{addr}",
@@ -213,6 +228,12 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
             .is_err()
     {
         tracing::warn!("the MQTT client did not stop within 3 s");
+    }
+    if tokio::time::timeout(Duration::from_secs(3), sync_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sync peers did not stop within 3 s");
     }
     let _ = watchdog.await;
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

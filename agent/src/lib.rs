@@ -13,6 +13,7 @@
 //! | [`cli`] | the command line (clap) and the client subcommands |
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
+//! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status |
 
 pub mod api;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod lockfile;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod peers;
 pub mod sources;
 pub mod state;
 pub mod systemd;

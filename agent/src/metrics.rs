@@ -98,6 +98,7 @@ pub struct Metrics {
     store_doc_versions: Gauge,
     uptime_seconds: Gauge,
     mqtt: MqttMetrics,
+    sync: SyncMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -141,6 +142,7 @@ impl Metrics {
             store_doc_versions: Gauge::default(),
             uptime_seconds: Gauge::default(),
             mqtt: MqttMetrics::default(),
+            sync: SyncMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -227,6 +229,7 @@ impl Metrics {
             .set(1);
         r.register("build_info", "Build of this agent (always 1)", build_info);
         m.mqtt.register(&mut r);
+        m.sync.register(&mut r);
         Metrics { registry: r, ..m }
     }
 
@@ -498,5 +501,55 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+}
+
+// sync metrics
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+/// Sync sessions with other agents (registered by [`Metrics::new`]).
+#[derive(Default)]
+struct SyncMetrics {
+    failed: Family<DirectionLabels, Counter>,
+    refused: Counter,
+}
+
+impl SyncMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "sync_sessions_failed",
+            "Sync sessions (or connection attempts) that ended with an error, by direction",
+            self.failed.clone(),
+        );
+        r.register(
+            "sync_refused",
+            "Inbound sync connections refused before the upgrade (bad bearer token)",
+            self.refused.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    /// A sync session or connection attempt in `direction` failed.
+    pub fn sync_session_failed(&self, direction: crate::peers::Direction) {
+        let direction = match direction {
+            crate::peers::Direction::Inbound => "inbound",
+            crate::peers::Direction::Outbound => "outbound",
+        };
+        self.sync
+            .failed
+            .get_or_create(&DirectionLabels {
+                direction: direction.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An inbound sync connection was refused before the upgrade.
+    pub fn sync_refused(&self) {
+        self.sync.refused.inc();
     }
 }

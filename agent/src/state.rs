@@ -51,4 +51,6 @@ pub struct AppState {
     /// Cancelled when the agent starts draining: long-lived responses (the SSE event stream)
     /// end on it, so graceful shutdown is not held open by a connected browser.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Sync settings and the status of every sync peer.
+    pub peers: Arc<crate::peers::Registry>,
 }

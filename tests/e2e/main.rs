@@ -8,6 +8,7 @@
 
 mod harness;
 mod sources;
+mod sync;
 mod systemd;
 
 use std::collections::BTreeMap;

@@ -83,6 +83,14 @@ pub fn document() -> Value {
         "description": "The new value: any JSON value (or CBOR with Content-Type application/cbor).",
         "content": { "application/json": { "schema": {} }, "application/cbor": { "schema": {} } },
     });
+    let peer_schema = json!({"type": "object", "properties": {
+                    "name": {"type": "string"}, "direction": {"type": "string", "enum": ["outbound", "inbound"]},
+                    "url": {"type": "string", "nullable": true}, "connected": {"type": "boolean"},
+                    "phase": {"type": "string", "enum": ["idle", "handshake", "catching_up", "live", "closed"]},
+                    "last_sync_ms": {"type": "integer", "nullable": true},
+                    "lag_to_peer": {"type": "integer"}, "lag_from_peer": {"type": "integer"},
+                    "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"},
+                    "last_error": {"type": "object", "nullable": true}}});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -197,6 +205,16 @@ pub fn document() -> Value {
                     "content": { "text/event-stream": { "schema": schema_ref("ChangeEvent") } },
                 }), &[("400", "`bad_request`")]),
             } },
+            "/v1/sync": { "get": {
+                "summary": "Sync with another agent: a WebSocket upgrade carrying the kdelta sync protocol (CBOR frames in binary messages). The peer authenticates with a token from `[sync] accept_tokens`, in its Hello frame and optionally as `Authorization: Bearer`.",
+                "responses": {
+                    "101": { "description": "Switching to the WebSocket sync protocol" },
+                    "401": { "description": "`unauthorized`: the bearer token is not accepted" },
+                    "403": { "description": "`sync_disabled`: no `[sync] accept_tokens` configured" },
+                },
+            } },
+            "/v1/sync/peers": { "get": op("Sync peers (configured outbound and connected inbound): connection, phase, last success, lag in changes per direction, bytes in/out, last error", vec![],
+                responses("200", ok("Peers", json!({"type": "object", "properties": {"peers": {"type": "array", "items": peer_schema}}})), &[])) },
         },
         "components": { "schemas": schemas() },
     })

@@ -50,6 +50,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/v1/docs/{key}/diff", get(docs::get)),
         (Method::GET, "/v1/docs/{key}/siblings", get(docs::get)),
         (Method::GET, "/v1/events", get(events::events)),
+        (Method::GET, "/v1/sync", get(crate::peers::sync_socket)),
+        (Method::GET, "/v1/sync/peers", get(crate::peers::list_peers)),
     ]
 }
 

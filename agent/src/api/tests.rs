@@ -36,6 +36,7 @@ async fn fixture() -> Fixture {
         ready: Arc::new(AtomicBool::new(true)),
         max_body_bytes: 64 * 1024,
         shutdown: Default::default(),
+        peers: Default::default(),
     };
     Fixture { _dir: dir, state }
 }

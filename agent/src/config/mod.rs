@@ -51,6 +51,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// The MQTT client (`[mqtt]`, off unless `enabled` or `--mqtt URL`).
     pub mqtt: crate::mqtt::MqttConfig,
+    /// Sync with other agents (`[sync]`, inbound off unless `accept_tokens`).
+    pub sync: crate::peers::SyncSection,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             sources: vec![SourceConfig::System(SystemConfig::default())],
             mqtt: crate::mqtt::MqttConfig::default(),
+            sync: crate::peers::SyncSection::default(),
         }
     }
 }
@@ -273,6 +276,9 @@ impl Config {
                     ),
                 );
             }
+        }
+        if let Err((key, detail)) = self.sync.validate() {
+            return bad(&key, detail);
         }
         match self.mqtt.validate() {
             Ok(()) => {}

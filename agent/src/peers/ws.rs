@@ -1,0 +1,142 @@
+//! The inbound side: `GET /v1/sync` (WebSocket upgrade) and `GET /v1/sync/peers`.
+
+use std::io;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use kdelta_sync::ActorId;
+use kdelta_sync::protocol::{
+    Authenticator, FrameSink, FrameSource, PeerCredentials, SessionStats, SyncSession,
+};
+
+use super::Direction;
+use crate::api::ApiError;
+use crate::state::AppState;
+
+/// `GET /v1/sync`: upgrades to a WebSocket and runs the responder side of a sync session.
+/// The peer authenticates with the token in its `Hello` (and, when it sends one, an
+/// `Authorization: Bearer` header, checked before the upgrade).
+pub async fn sync_socket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(auth) = state.peers.auth.clone() else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sync_disabled",
+            "inbound sync is off: configure [sync] accept_tokens on this agent",
+        )
+        .into_response();
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let creds = PeerCredentials {
+            actor: ActorId([0; 16]),
+            peer_name: "",
+            token,
+        };
+        if token.is_none() || auth.authenticate(&creds).is_none() {
+            state.metrics.sync_refused();
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is not accepted for sync",
+            )
+            .into_response();
+        }
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "websocket_required",
+                format!("/v1/sync is a WebSocket endpoint: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let config = state.peers.session_config();
+    let max = config.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let stats = Arc::new(SessionStats::new());
+            state.peers.add_inbound(stats.clone());
+            let (sink, source) = socket.split();
+            let auth: Arc<dyn Authenticator> = auth;
+            let session =
+                SyncSession::responder(state.store.clone(), config, auth).with_stats(stats.clone());
+            let shutdown = state.shutdown.clone();
+            let result = session
+                .run(AxumSink(sink), AxumSource(source), async move {
+                    shutdown.cancelled().await
+                })
+                .await;
+            match result {
+                Ok(summary) => tracing::info!(end = ?summary.end, "inbound sync session ended"),
+                Err(e) => {
+                    state.metrics.sync_session_failed(Direction::Inbound);
+                    tracing::warn!("inbound sync session failed: {e}");
+                }
+            }
+            state.peers.finish_inbound(&stats);
+        })
+}
+
+/// `GET /v1/sync/peers`: every configured or connected peer.
+pub async fn list_peers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "peers": state.peers.status(&state.store) }))
+}
+
+struct AxumSink(SplitSink<WebSocket, Message>);
+struct AxumSource(SplitStream<WebSocket>);
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl FrameSink for AxumSink {
+    async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
+        self.0
+            .send(Message::Binary(frame.into()))
+            .await
+            .map_err(io_err)
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.0.close().await.map_err(io_err)
+    }
+}
+
+impl FrameSource for AxumSource {
+    async fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            match self.0.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Binary(b))) => return Ok(Some(Vec::from(b))),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(_))) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "text message on a sync link (frames are binary)",
+                    ));
+                }
+                Some(Err(e)) => return Err(io_err(e)),
+            }
+        }
+    }
+}
