@@ -39,6 +39,8 @@ pub enum Command {
     Status(Conn),
     /// List the configured sources with their last reading and last error.
     Sources(Conn),
+    /// List the sync peers: connection, last sync, lag per direction, bytes, last error.
+    Peers(Conn),
     /// List the series with their unit, count and time range.
     Series(Conn),
     /// Show the latest reading of every series (or of the series named).

@@ -8,6 +8,7 @@ mod args;
 mod docs;
 mod export;
 mod import;
+mod peers;
 mod readings;
 mod run;
 mod show;

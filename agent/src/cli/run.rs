@@ -58,6 +58,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Status(conn) => readings::status(conn).await,
         Command::Sources(conn) => readings::sources(conn).await,
+        Command::Peers(conn) => super::peers::peers(conn).await,
         Command::Series(conn) => readings::series(conn).await,
         Command::Latest(args) => readings::latest(args).await,
         Command::Query(args) => readings::query(args).await,
