@@ -27,8 +27,8 @@ use crate::config::{Config, ConfigArgs};
 use crate::lockfile::DataDirLock;
 use crate::logging::Logging;
 use crate::metrics::Metrics;
-use crate::sources::{BatchLimits, Batcher, IngestQueue};
-use crate::state::AppState;
+use crate::sources::{BatchLimits, Batcher, BuiltSource, IngestQueue};
+use crate::state::{AppState, SourceStatus};
 use crate::systemd;
 
 /// Name of the store's database file inside the data directory.
@@ -103,18 +103,8 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     let mut batcher = tokio::spawn(
         Batcher::new(store.clone(), limits, metrics.clone()).run(queue.clone(), give_up.clone()),
     );
-    let source_stop = CancellationToken::new();
-    let source_tasks = TaskTracker::new();
     let n_sources = built.len();
-    crate::sources::spawn(
-        built,
-        &queue,
-        &state.sources,
-        &metrics,
-        &source_tasks,
-        &source_stop,
-    );
-    source_tasks.close();
+    let mut sources = RunningSources::start(built, &queue, &state.sources, &metrics);
     let watchdog = tokio::spawn(systemd::watchdog_loop(store.clone(), shutdown.clone()));
     // MQTT (off unless configured): stops on `shutdown`, before the store closes.
     let mqtt = config.mqtt.enabled.then(|| {
@@ -164,6 +154,7 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         &mut logging,
         &mut server,
         &mut batcher,
+        &mut sources,
     )
     .await?;
     let fatal = match stop {
@@ -183,10 +174,10 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     systemd::stopping();
     shutdown.cancel();
     http_stop.cancel();
-    source_stop.cancel();
+    sources.stop.cancel();
     let (http_done, sources_done) = tokio::join!(
         step(Duration::from_secs(5), &mut server),
-        tokio::time::timeout(Duration::from_secs(3), source_tasks.wait()),
+        tokio::time::timeout(Duration::from_secs(3), sources.tasks.wait()),
     );
     if !http_done {
         tracing::warn!("HTTP requests still running after 5 s; closing their connections");
@@ -291,6 +282,7 @@ async fn wait_for_stop(
     logging: &mut Logging,
     server: &mut JoinHandle<anyhow::Result<()>>,
     batcher: &mut JoinHandle<anyhow::Result<()>>,
+    sources: &mut RunningSources,
 ) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -301,7 +293,7 @@ async fn wait_for_stop(
             _ = term.recv() => Stop::Signal("SIGTERM"),
             _ = int.recv() => Stop::Signal("SIGINT"),
             _ = hup.recv() => {
-                reload(args, &mut running, logging, summary);
+                reload(args, &mut running, logging, sources, summary).await;
                 continue;
             }
             result = &mut *server => Stop::Fatal(match result {
@@ -319,9 +311,65 @@ async fn wait_for_stop(
     }
 }
 
+/// The source tasks of the running configuration; SIGHUP replaces them as a whole while the
+/// queue and the batcher keep running, so readings already queued are still committed.
+struct RunningSources {
+    queue: Arc<IngestQueue>,
+    statuses: Arc<RwLock<Vec<SourceStatus>>>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningSources {
+    fn start(
+        built: Vec<BuiltSource>,
+        queue: &Arc<IngestQueue>,
+        statuses: &Arc<RwLock<Vec<SourceStatus>>>,
+        metrics: &Arc<Metrics>,
+    ) -> RunningSources {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        crate::sources::spawn(built, queue, statuses, metrics, &tasks, &stop);
+        tasks.close();
+        RunningSources {
+            queue: queue.clone(),
+            statuses: statuses.clone(),
+            metrics: metrics.clone(),
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops the running sources (waiting for them, at most [`SOURCE_STOP`]) and starts
+    /// `built` in their place.
+    async fn replace(&mut self, built: Vec<BuiltSource>) {
+        self.stop.cancel();
+        if tokio::time::timeout(SOURCE_STOP, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the old sources did not stop within {}; starting the new ones anyway",
+                humantime::format_duration(SOURCE_STOP)
+            );
+        }
+        *self = RunningSources::start(built, &self.queue, &self.statuses, &self.metrics);
+    }
+}
+
+/// How long a reload waits for the old sources to stop.
+const SOURCE_STOP: Duration = Duration::from_secs(5);
+
 /// SIGHUP: re-reads the configuration and applies what can change at run time (the log
-/// filter); names the changed settings that need a restart.
-fn reload(args: &ConfigArgs, running: &mut Config, logging: &mut Logging, summary: &str) {
+/// filter and the sources); names the changed settings that need a restart.
+async fn reload(
+    args: &ConfigArgs,
+    running: &mut Config,
+    logging: &mut Logging,
+    sources: &mut RunningSources,
+    summary: &str,
+) {
     systemd::reloading();
     tracing::info!("SIGHUP received: reloading the configuration");
     match crate::config::load(args) {
@@ -333,10 +381,21 @@ fn reload(args: &ConfigArgs, running: &mut Config, logging: &mut Logging, summar
                 Err(e) => tracing::error!("cannot change the log filter: {e}"),
             }
             running.log.level = new.log.level.clone();
+            if running.sources != new.sources {
+                match crate::sources::build(&new.sources) {
+                    Ok(built) => {
+                        let n = built.len();
+                        sources.replace(built).await;
+                        running.sources = new.sources.clone();
+                        tracing::info!("sources reloaded: {n} running");
+                    }
+                    Err(e) => tracing::error!("keeping the running sources: {e:#}"),
+                }
+            }
             let changed = changed_sections(running, &new);
             if !changed.is_empty() {
                 tracing::warn!(
-                    "changed settings need a restart to take effect: {} (reloading sources and peers without a restart is not implemented yet)",
+                    "changed settings need a restart to take effect: {} (only log.level and sources reload without a restart)",
                     changed.join(", ")
                 );
             }

@@ -222,3 +222,82 @@ async fn sighup_changes_the_log_level() {
     let status = agent.wait_exit(Duration::from_secs(15));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", agent.stderr());
 }
+
+fn sim_source(name: &str) -> String {
+    format!("[[sources]]\nkind = \"sim\"\nname = \"{name}\"\ninterval = \"100ms\"\n")
+}
+
+async fn source_names(c: &reqwest::Client, agent: &Agent) -> Vec<String> {
+    let v: serde_json::Value = c
+        .get(agent.at("/v1/sources"))
+        .send()
+        .await
+        .expect("GET /v1/sources")
+        .json()
+        .await
+        .expect("JSON");
+    v["sources"]
+        .as_array()
+        .expect("sources array")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_replaces_the_sources() {
+    let mut agent = Agent::builder().config(&sim_source("a")).start();
+    // SIGHUP before the handler is installed would kill the agent: wait until it is ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.stderr().contains("ready in ") {
+        assert!(Instant::now() < deadline, "not ready:\n{}", agent.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = reqwest::Client::new();
+    assert_eq!(source_names(&c, &agent).await, ["a"]);
+
+    std::fs::write(agent.dir().join("kdelta-test.toml"), sim_source("b")).unwrap();
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe {
+        libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = source_names(&c, &agent).await;
+        if names == ["b"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sources after SIGHUP: {names:?}\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new source records: its readings arrive in the store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: serde_json::Value = c
+            .get(agent.at("/v1/sources"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["sources"][0]["readings"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b records nothing: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !agent.stderr().contains("need a restart"),
+        "{}",
+        agent.stderr()
+    );
+
+    agent.sigterm();
+    let status = agent.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", agent.stderr());
+}
