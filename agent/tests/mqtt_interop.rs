@@ -178,3 +178,92 @@ async fn mqtt_interop_last_will_on_sigkill() {
     assert_eq!((payload.as_slice(), retained), (&b"offline"[..], true));
     clear_retained(&sub, &[status]).await;
 }
+
+/// Resident set size of this process, bytes (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Fills a store with `changes` × `per_change` readings before the MQTT task starts.
+async fn prefilled(changes: usize, per_change: usize) -> std::sync::Arc<tempfile::TempDir> {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let store = kdelta_sync::Store::open(dir.path().join("kdelta.db"), Default::default())
+        .await
+        .unwrap();
+    for c in 0..changes {
+        let mut b = kdelta_sync::ReadingBatch::new();
+        for i in 0..per_change {
+            b.push(
+                "bench.load",
+                1_764_000_000_000 + (c * per_change + i) as i64,
+                i as f64,
+                Some("W"),
+            );
+        }
+        store.append(b).await.unwrap();
+    }
+    store.close().await;
+    dir
+}
+
+/// Load figures for docs/PERFORMANCE.md:
+/// `KDELTA_MOSQUITTO=127.0.0.1:1883 cargo test -p kdelta --release --test mqtt_interop -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load measurement; run explicitly"]
+async fn mqtt_interop_bench() {
+    let Some(broker) = broker() else { return };
+    // Batch topics: readings/s until the broker acknowledged everything.
+    for (format, changes, per_change) in [
+        (kdelta::mqtt::PublishFormat::Batch, 500, 1000),
+        (kdelta::mqtt::PublishFormat::PerSeries, 50, 1000),
+    ] {
+        let n = changes * per_change;
+        let dir = prefilled(changes, per_change).await;
+        let cfg = kdelta::mqtt::MqttConfig {
+            publish_format: format,
+            backfill: true,
+            discovery: false,
+            inflight: 1000,
+            ..support::config(broker)
+        };
+        let started = std::time::Instant::now();
+        let agent = support::Agent::start_in(cfg, dir).await;
+        agent
+            .wait_metric(&format!("kdelta_mqtt_readings_acked_total {n}"))
+            .await;
+        let secs = started.elapsed().as_secs_f64();
+        let messages = agent.metric("kdelta_mqtt_messages_acked_total");
+        println!(
+            "BENCH {format:?}: {n} readings in {secs:.2} s = {:.0} readings/s, {:.0} messages/s",
+            n as f64 / secs,
+            messages / secs
+        );
+        agent.stop().await;
+    }
+
+    // Broker down while 1,000,000 readings are stored: the outbox is a cursor, RSS stays flat.
+    let cfg = support::config(
+        format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap(),
+    );
+    let agent = support::Agent::start(cfg).await;
+    let mut samples = Vec::new();
+    for step in 0..=4 {
+        if step > 0 {
+            for c in 0..250 {
+                agent
+                    .append("bench.down", None, ((step * 250 + c) * 1000) as i64, 1000)
+                    .await;
+            }
+        }
+        samples.push((step * 250_000, rss_bytes() / (1 << 20)));
+    }
+    println!("BENCH broker down: RSS MiB after N stored readings: {samples:?}");
+    agent.stop().await;
+}

@@ -594,16 +594,21 @@ impl Runner {
         if self.topics.is_own(topic) {
             return Ok(());
         }
+        // Every matching rule applies: one Zigbee2MQTT payload can feed several series.
         let now = crate::api::time::now_ms();
-        let decoded = self.rules.iter().find_map(|(filter, rule)| {
-            let caps = filter.captures(topic)?;
+        let mut readings = Vec::new();
+        for (filter, rule) in &self.rules {
+            let Some(caps) = filter.captures(topic) else {
+                continue;
+            };
             let series = render(&rule.series, topic, &caps);
-            Some(payload::decode_rule(rule, &series, payload, now))
-        });
-        match decoded {
-            Some(Ok(r)) => self.add_readings(vec![r]).await?,
-            Some(Err(e)) => self.bad_payload("rule", topic, &e),
-            None => {}
+            match payload::decode_rule(rule, &series, payload, now) {
+                Ok(r) => readings.push(r),
+                Err(e) => self.bad_payload("rule", topic, &e),
+            }
+        }
+        if !readings.is_empty() {
+            self.add_readings(readings).await?;
         }
         Ok(())
     }

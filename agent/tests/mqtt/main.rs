@@ -262,6 +262,7 @@ async fn mqtt_ingest_rules_map_wildcards_to_series() {
                 "/temperature",
                 Some("°C"),
             ),
+            rule("zigbee2mqtt/+", "z2m.{1}.humidity", "/humidity", Some("%")),
             rule(
                 "shellies/+/relay/+/power",
                 "shelly.{1}.relay{2}.power",
@@ -286,7 +287,7 @@ async fn mqtt_ingest_rules_map_wildcards_to_series() {
     )
     .await;
     sub.publish("zigbee2mqtt/bridge_thing", r#"{"state":"online"}"#)
-        .await; // no /temperature: bad
+        .await; // neither /temperature nor /humidity: two bad payloads
     sub.publish("shellies/shelly1pm-A1/relay/0/power", "12.5")
         .await;
     sub.publish("sensors/a/b", r#"{"v": 7}"#).await;
@@ -300,12 +301,16 @@ async fn mqtt_ingest_rules_map_wildcards_to_series() {
         21.3
     );
     assert_eq!(
+        wait_readings(&agent, "z2m.living_room.humidity", 1).await[0].1,
+        40.0
+    );
+    assert_eq!(
         wait_readings(&agent, "shelly.shelly1pm-A1.relay0.power", 1).await[0].1,
         12.5
     );
     assert_eq!(wait_readings(&agent, "multi.a/b", 1).await[0].1, 7.0);
     agent
-        .wait_metric("kdelta_mqtt_bad_payloads_total{kind=\"rule\"} 1")
+        .wait_metric("kdelta_mqtt_bad_payloads_total{kind=\"rule\"} 2")
         .await;
     let series = agent.store.series().await.unwrap();
     let unit = |n: &str| {
