@@ -150,3 +150,29 @@ async fn kill9_of_the_initiator_mid_sync_then_restart_converges() {
         .unwrap_or(Value::Null);
     assert_eq!(bulk["count"], 40_000, "{series}");
 }
+
+#[tokio::test]
+async fn three_devices_and_a_hub_converge() {
+    let c = client();
+    let hub = hub();
+    let devices: Vec<Agent> = (0..3)
+        .map(|_| Agent::builder().config(&device_config(&hub, TOKEN)).start())
+        .collect();
+    for (i, d) in devices.iter().enumerate() {
+        ingest(&c, d, &format!("dev{i}.temp"), 0, 200).await;
+        let (s, _) = put_json(&c, &d.at(&format!("/v1/docs/dev{i}")), &json!({"i": i})).await;
+        assert!(s < 300);
+    }
+    ingest(&c, &hub, "hub.temp", 0, 50).await;
+    // Device 0's data reaches devices 1 and 2 through the hub (relay).
+    for d in &devices {
+        converge(&c, &hub, d).await;
+    }
+    let (_, series) = get_json(&c, &devices[2].at("/v1/series")).await;
+    for name in ["dev0.temp", "dev1.temp", "hub.temp"] {
+        assert!(
+            series.to_string().contains(name),
+            "{name} missing: {series}"
+        );
+    }
+}
