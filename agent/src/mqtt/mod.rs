@@ -23,7 +23,7 @@
 //! | `discovery` | Home Assistant discovery configs, device classes |
 //! | `outbox` | the cursor file and in-flight (PUBACK) accounting |
 //! | `link` | the rumqttc event loop, reconnects with backoff |
-//! | `task` | [`run`]: the loop that ties them to the store |
+//! | `task` | [`run`]: the loop that ties them to the store; `task/incoming`: ingest and commands |
 //!
 //! This module does not touch the store's internals (it uses `append`, `put`, `series`,
 //! `log_after` and `subscribe`) and starts nothing by itself: the daemon calls [`run`].

@@ -1,0 +1,140 @@
+//! What arrives by subscription: readings on the ingest topics and through the ingest rules
+//! (buffered and committed in batches), and document commands. A payload that cannot be read
+//! is counted, logged with its topic and dropped; only a closed store stops the task.
+
+use std::time::Instant;
+
+use kdelta_sync::StoreError;
+
+use super::super::MqttError;
+use super::super::payload::{self, Reading};
+use super::super::topics::render;
+use super::{Control, Runner, SOURCE};
+
+impl Runner {
+    pub(super) async fn on_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), MqttError> {
+        if self.cfg.discovery && topic == self.topics.ha_status() {
+            if payload == b"online" {
+                tracing::info!("Home Assistant is online: republishing discovery");
+                self.announce_all().await?;
+            }
+            return Ok(());
+        }
+        if let Some(series) = self.topics.ingest_series(topic) {
+            if self.cfg.ingest {
+                match payload::decode_ingest(series, payload, crate::api::time::now_ms()) {
+                    Ok(readings) => self.add_readings(readings).await?,
+                    Err(e) => self.bad_payload("ingest", topic, &e),
+                }
+            }
+            return Ok(());
+        }
+        if let Some(key) = self.topics.docs_set_key(topic) {
+            if self.cfg.commands {
+                let key = key.to_owned();
+                self.command(&key, topic, payload).await?;
+            }
+            return Ok(());
+        }
+        if self.topics.is_own(topic) {
+            return Ok(());
+        }
+        // Every matching rule applies: one Zigbee2MQTT payload can feed several series.
+        let now = crate::api::time::now_ms();
+        let mut readings = Vec::new();
+        for (filter, rule) in &self.rules {
+            let Some(caps) = filter.captures(topic) else {
+                continue;
+            };
+            let series = render(&rule.series, topic, &caps);
+            match payload::decode_rule(rule, &series, payload, now) {
+                Ok(r) => readings.push(r),
+                Err(e) => self.bad_payload("rule", topic, &e),
+            }
+        }
+        if !readings.is_empty() {
+            self.add_readings(readings).await?;
+        }
+        Ok(())
+    }
+
+    fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
+        self.deps.metrics.mqtt_bad_payload(kind);
+        tracing::warn!(topic, "MQTT: dropped a bad {kind} payload: {why}");
+    }
+
+    async fn add_readings(&mut self, readings: Vec<Reading>) -> Result<(), MqttError> {
+        for r in readings {
+            if self.ingest_keys.contains(&(r.series.clone(), r.ts)) {
+                // Two readings of one series at one time would refuse the whole batch.
+                self.flush_ingest().await?;
+            }
+            self.ingest
+                .push(&r.series, r.ts, r.value, r.unit.as_deref());
+            self.ingest_keys.insert((r.series, r.ts));
+            self.ingest_since.get_or_insert_with(Instant::now);
+            if self.ingest.len() >= self.cfg.ingest_batch_max_readings {
+                self.flush_ingest().await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn flush_ingest(&mut self) -> Result<(), MqttError> {
+        self.ingest_since = None;
+        self.ingest_keys.clear();
+        if self.ingest.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.ingest);
+        let n = batch.len() as u64;
+        let started = Instant::now();
+        match self.deps.store.append(batch).await {
+            Ok(_) => {
+                let m = &self.deps.metrics;
+                m.observe_commit(started.elapsed().as_secs_f64());
+                m.readings_ingested(SOURCE, n);
+                m.batch_ingested(SOURCE);
+                Ok(())
+            }
+            Err(StoreError::Closed) => Err(MqttError::Store(StoreError::Closed)),
+            Err(e) => {
+                self.deps.metrics.ingest_rejected(SOURCE, e.code());
+                tracing::warn!("MQTT: {n} received readings refused by the store: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// `docs/set/<key>`: puts the JSON body; the outcome goes to `docs/result`.
+    async fn command(&mut self, key: &str, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
+        let result = match serde_json::from_slice::<serde_json::Value>(payload) {
+            Err(e) => {
+                self.bad_payload("command", topic, &format!("not JSON: {e}"));
+                serde_json::json!({"key": key, "ok": false, "error": {"code": "malformed_body", "message": format!("the body is not JSON: {e}")}})
+            }
+            Ok(value) => match self.deps.store.put(key, &value).await {
+                Ok(v) => {
+                    self.deps.metrics.mqtt_command("ok");
+                    serde_json::json!({"key": key, "ok": true, "actor": v.actor.to_string(), "seq": v.seq, "hlc": v.hlc.to_string()})
+                }
+                Err(StoreError::Closed) => return Err(MqttError::Store(StoreError::Closed)),
+                Err(e) => {
+                    self.deps.metrics.mqtt_command("error");
+                    tracing::warn!(topic, "MQTT: document command refused: {e}");
+                    serde_json::json!({"key": key, "ok": false, "error": {"code": e.code(), "message": e.to_string()}})
+                }
+            },
+        };
+        self.control.push_back(Control {
+            topic: self.topics.docs_result(),
+            payload: serde_json::to_vec(&result).unwrap_or_default(),
+            retain: false,
+        });
+        Ok(())
+    }
+}
