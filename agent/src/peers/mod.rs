@@ -4,6 +4,7 @@
 //! moves its frames over WebSocket binary messages.
 
 mod config;
+mod frames;
 mod outbound;
 mod ws;
 

@@ -1,23 +1,22 @@
 //! The outbound side: one task per `[[sync.peers]]` entry that connects, runs the initiator
 //! side of a continuous session, and reconnects with exponential backoff and jitter.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use kdelta_sync::Store;
-use kdelta_sync::protocol::{FrameSink, FrameSource, SessionStats, SyncConfig, SyncSession};
+use kdelta_sync::protocol::{SessionStats, SyncConfig, SyncSession};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::frames::{WsSink, WsSource};
 use super::{Direction, PeerConfig, Registry};
 use crate::metrics::Metrics;
 
@@ -78,7 +77,7 @@ async fn run_peer(
                         .with_stats(stats.clone());
                     let stop = shutdown.clone();
                     match session
-                        .run(TungSink(sink), TungSource(source), async move { stop.cancelled().await })
+                        .run(WsSink::new(sink), WsSource(source), async move { stop.cancelled().await })
                         .await
                     {
                         Ok(summary) => {
@@ -135,44 +134,5 @@ async fn connect(url: &str, config: &SyncConfig) -> Result<Socket, String> {
         Err(_) => Err("timed out".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok((socket, _))) => Ok(socket),
-    }
-}
-
-struct TungSink(SplitSink<Socket, Message>);
-struct TungSource(SplitStream<Socket>);
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-impl FrameSink for TungSink {
-    async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
-        self.0
-            .send(Message::Binary(frame.into()))
-            .await
-            .map_err(io_err)
-    }
-
-    async fn close(&mut self) -> io::Result<()> {
-        self.0.close().await.map_err(io_err)
-    }
-}
-
-impl FrameSource for TungSource {
-    async fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
-        loop {
-            match self.0.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(Message::Binary(b))) => return Ok(Some(Vec::from(b))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Text(_))) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "text message on a sync link (frames are binary)",
-                    ));
-                }
-                Some(Err(e)) => return Err(io_err(e)),
-            }
-        }
     }
 }

@@ -1,22 +1,19 @@
 //! The inbound side: `GET /v1/sync` (WebSocket upgrade) and `GET /v1/sync/peers`.
 
-use std::io;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use kdelta_sync::ActorId;
-use kdelta_sync::protocol::{
-    Authenticator, FrameSink, FrameSource, PeerCredentials, SessionStats, SyncSession,
-};
+use kdelta_sync::protocol::{Authenticator, PeerCredentials, SessionStats, SyncSession};
 
 use super::Direction;
+use super::frames::{WsSink, WsSource};
 use crate::api::ApiError;
 use crate::state::AppState;
 
@@ -82,7 +79,7 @@ pub async fn sync_socket(
                 SyncSession::responder(state.store.clone(), config, auth).with_stats(stats.clone());
             let shutdown = state.shutdown.clone();
             let result = session
-                .run(AxumSink(sink), AxumSource(source), async move {
+                .run(WsSink::new(sink), WsSource(source), async move {
                     shutdown.cancelled().await
                 })
                 .await;
@@ -100,43 +97,4 @@ pub async fn sync_socket(
 /// `GET /v1/sync/peers`: every configured or connected peer.
 pub async fn list_peers(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "peers": state.peers.status(&state.store) }))
-}
-
-struct AxumSink(SplitSink<WebSocket, Message>);
-struct AxumSource(SplitStream<WebSocket>);
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-impl FrameSink for AxumSink {
-    async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
-        self.0
-            .send(Message::Binary(frame.into()))
-            .await
-            .map_err(io_err)
-    }
-
-    async fn close(&mut self) -> io::Result<()> {
-        self.0.close().await.map_err(io_err)
-    }
-}
-
-impl FrameSource for AxumSource {
-    async fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
-        loop {
-            match self.0.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(Message::Binary(b))) => return Ok(Some(Vec::from(b))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Text(_))) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "text message on a sync link (frames are binary)",
-                    ));
-                }
-                Some(Err(e)) => return Err(io_err(e)),
-            }
-        }
-    }
 }
