@@ -7,6 +7,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::SourceError;
+use crate::sample::sanitize_segment;
 
 /// sysfs attributes are at most one page; anything longer is not an attribute (a fixture tree
 /// or a wrong root), and reading it whole would let a bad path cost unbounded memory.
@@ -173,6 +174,37 @@ pub fn numbered_entries(dir: &Path, prefix: &str) -> Result<Vec<(u64, PathBuf)>,
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// Numbered devices under `dir` (see [`numbered_entries`]) with unique names: each device's
+/// `name_attr` file, sanitized, or `<fallback><index>` when it is absent or unreadable; names
+/// shared by several devices are made unique by [`disambiguate`].
+pub fn named_devices(
+    dir: &Path,
+    prefix: &str,
+    name_attr: &str,
+    fallback: &str,
+) -> Result<Vec<(u64, PathBuf, String)>, SourceError> {
+    let devices = numbered_entries(dir, prefix)?;
+    let mut names: Vec<(u64, String)> = devices
+        .iter()
+        .map(|(index, path)| {
+            let name = match read_optional_attr(&path.join(name_attr)) {
+                Ok(name) => name.and_then(|n| sanitize_segment(&n)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "device name unreadable");
+                    None
+                }
+            };
+            (*index, name.unwrap_or_else(|| format!("{fallback}{index}")))
+        })
+        .collect();
+    disambiguate(&mut names);
+    Ok(devices
+        .into_iter()
+        .zip(names)
+        .map(|((index, path), (_, name))| (index, path, name))
+        .collect())
 }
 
 /// Makes device names unique: a name shared by several devices gets `_<index>` appended on

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::attr::{disambiguate, list_dir, numbered_entries, read_number, read_optional_attr};
+use super::attr::{list_dir, named_devices, read_number, read_optional_attr};
 use super::{Scan, SeriesFilter};
 use crate::Reading;
 use crate::sample::sanitize_segment;
@@ -135,7 +135,7 @@ pub fn scan_hwmon(
     filter: &SeriesFilter,
 ) -> Scan {
     let mut scan = Scan::default();
-    let devices = match numbered_entries(&sysfs_root.join("class/hwmon"), "hwmon") {
+    let devices = match named_devices(&sysfs_root.join("class/hwmon"), "hwmon", "name", "hwmon") {
         Ok(devices) => devices,
         Err(e) => {
             scan.sample.errors.push(e);
@@ -143,18 +143,7 @@ pub fn scan_hwmon(
         }
     };
 
-    let mut names = Vec::with_capacity(devices.len());
-    for (index, path) in &devices {
-        let name = read_optional_attr(&path.join("name"))
-            .ok()
-            .flatten()
-            .and_then(|n| sanitize_segment(&n))
-            .unwrap_or_else(|| format!("hwmon{index}"));
-        names.push((*index, name));
-    }
-    disambiguate(&mut names);
-
-    for ((_, path), (_, name)) in devices.iter().zip(names) {
+    for (_, path, name) in &devices {
         let mut found = match channels(path, wanted) {
             Ok(found) => found,
             Err(e) => {
@@ -170,7 +159,7 @@ pub fn scan_hwmon(
                 attr_dir = legacy;
             }
         }
-        if read_device(&mut scan, &attr_dir, &name, &found, ts_ms, filter) {
+        if read_device(&mut scan, &attr_dir, name, &found, ts_ms, filter) {
             scan.devices.push(path.clone());
         }
     }

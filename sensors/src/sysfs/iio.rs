@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::attr::{
-    disambiguate, list_dir, numbered_entries, read_number, read_optional_attr, read_optional_number,
-};
+use super::attr::{list_dir, named_devices, read_number, read_optional_number};
 use super::{Scan, SeriesFilter};
 use crate::sample::sanitize_segment;
 use crate::{Reading, SourceError};
@@ -127,25 +125,20 @@ fn read_channel(dir: &Path, chan: &str, files: Files) -> Result<Option<f64>, Sou
 /// still read. No `bus/iio/devices` directory means no devices, not an error.
 pub fn scan_iio(sysfs_root: &Path, ts_ms: i64, filter: &SeriesFilter) -> Scan {
     let mut scan = Scan::default();
-    let devices = match numbered_entries(&sysfs_root.join("bus/iio/devices"), "iio:device") {
+    let devices = match named_devices(
+        &sysfs_root.join("bus/iio/devices"),
+        "iio:device",
+        "name",
+        "iio_device",
+    ) {
         Ok(devices) => devices,
         Err(e) => {
             scan.sample.errors.push(e);
             return scan;
         }
     };
-    let mut names = Vec::with_capacity(devices.len());
-    for (index, path) in &devices {
-        let name = read_optional_attr(&path.join("name"))
-            .ok()
-            .flatten()
-            .and_then(|n| sanitize_segment(&n))
-            .unwrap_or_else(|| format!("iio_device{index}"));
-        names.push((*index, name));
-    }
-    disambiguate(&mut names);
 
-    for ((_, dir), (_, name)) in devices.iter().zip(names) {
+    for (_, dir, name) in &devices {
         let chans = match channels(dir) {
             Ok(chans) => chans,
             Err(e) => {
@@ -177,7 +170,7 @@ pub fn scan_iio(sysfs_root: &Path, ts_ms: i64, filter: &SeriesFilter) -> Scan {
             }
         }
         if any_included {
-            scan.devices.push(dir.clone());
+            scan.devices.push(dir.to_path_buf());
         }
     }
     scan

@@ -7,10 +7,9 @@
 
 use std::path::Path;
 
-use super::attr::{disambiguate, numbered_entries, read_number, read_optional_attr};
+use super::attr::{named_devices, read_number};
 use super::{Scan, SeriesFilter};
 use crate::Reading;
-use crate::sample::sanitize_segment;
 
 /// Unit of every thermal-zone reading.
 pub const THERMAL_UNIT: &str = "°C";
@@ -25,7 +24,8 @@ pub const THERMAL_UNIT: &str = "°C";
 pub fn scan_thermal(sysfs_root: &Path, ts_ms: i64, filter: &SeriesFilter) -> Scan {
     let mut scan = Scan::default();
     let dir = sysfs_root.join("class/thermal");
-    let zones = match numbered_entries(&dir, "thermal_zone") {
+    // A zone without a readable type is still a temperature; name it after its directory.
+    let zones = match named_devices(&dir, "thermal_zone", "type", "thermal_zone") {
         Ok(zones) => zones,
         Err(e) => {
             scan.sample.errors.push(e);
@@ -33,25 +33,7 @@ pub fn scan_thermal(sysfs_root: &Path, ts_ms: i64, filter: &SeriesFilter) -> Sca
         }
     };
 
-    let mut names = Vec::with_capacity(zones.len());
-    for (index, path) in &zones {
-        // A zone without a readable type is still a temperature; name it after its directory.
-        let zone_type = match read_optional_attr(&path.join("type")) {
-            Ok(Some(t)) => sanitize_segment(&t),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "thermal zone type unreadable");
-                None
-            }
-        };
-        names.push((
-            *index,
-            zone_type.unwrap_or_else(|| format!("thermal_zone{index}")),
-        ));
-    }
-    disambiguate(&mut names);
-
-    for ((index, path), (_, name)) in zones.iter().zip(names) {
+    for (index, path, name) in &zones {
         let series = format!("thermal.{name}");
         if !filter.matches(&series) {
             continue;
