@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 . scripts/setup-deps.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release -p kdelta
-exec target/release/kdelta start "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/kdelta" start "$@"
