@@ -14,6 +14,7 @@
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
 //! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status |
+//! | [`running`] | the parts SIGHUP replaces: sources, outbound peers, the MQTT client |
 
 pub mod api;
 pub mod bench;
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod peers;
+pub mod running;
 pub mod sources;
 pub mod state;
 pub mod systemd;

@@ -99,6 +99,8 @@ pub struct Metrics {
     uptime_seconds: Gauge,
     mqtt: MqttMetrics,
     sync: SyncMetrics,
+    /// Every committed reading, all sources together (for the systemd `STATUS=` rate).
+    readings_total: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Metrics {
@@ -143,6 +145,7 @@ impl Metrics {
             uptime_seconds: Gauge::default(),
             mqtt: MqttMetrics::default(),
             sync: SyncMetrics::default(),
+            readings_total: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
         };
         r.register(
@@ -233,8 +236,16 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
+    /// Readings committed since start, all sources together.
+    pub fn readings_total(&self) -> u64 {
+        self.readings_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `n` readings from `source` were committed (durable).
     pub fn readings_ingested(&self, source: &str, n: u64) {
+        self.readings_total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.readings_ingested
             .get_or_create(&self::source(source))
             .inc_by(n);

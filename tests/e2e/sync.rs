@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use super::harness::{Agent, eventually};
 use super::{client, get_json, post, put_json};
 
-const TOKEN: &str = "hub-token-0123456789";
+pub(crate) const TOKEN: &str = "hub-token-0123456789";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// An agent that accepts `TOKEN` from a peer named `device`.
-fn hub() -> Agent {
+pub(crate) fn hub() -> Agent {
     Agent::builder()
         .config(&format!(
             "sources = []\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n"
@@ -20,14 +20,14 @@ fn hub() -> Agent {
         .start()
 }
 
-fn device_config(hub: &Agent, token: &str) -> String {
+pub(crate) fn device_config(hub: &Agent, token: &str) -> String {
     format!(
         "sources = []\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{token}\"\n",
         hub.url()
     )
 }
 
-async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, from: i64, n: i64) {
+pub(crate) async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, from: i64, n: i64) {
     let batch: Vec<Value> = (from..from + n)
         .map(|i| json!({"series": series, "ts": 1_764_000_000_000i64 + i, "value": i as f64}))
         .collect();
@@ -41,13 +41,13 @@ async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, from: i64, n: 
     assert_eq!(s, 201, "{body}");
 }
 
-async fn status(c: &reqwest::Client, agent: &Agent) -> (Value, Value) {
+pub(crate) async fn status(c: &reqwest::Client, agent: &Agent) -> (Value, Value) {
     let (s, v) = get_json(c, &agent.at("/v1/status")).await;
     assert_eq!(s, 200, "{v}");
     (v["version_vector"].clone(), v["digest"].clone())
 }
 
-async fn converge(c: &reqwest::Client, a: &Agent, b: &Agent) {
+pub(crate) async fn converge(c: &reqwest::Client, a: &Agent, b: &Agent) {
     eventually(DEADLINE, "both agents to hold the same data", || async {
         let (va, da) = status(c, a).await;
         let (vb, db) = status(c, b).await;

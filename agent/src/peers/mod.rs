@@ -8,13 +8,14 @@ mod frames;
 mod outbound;
 mod ws;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kdelta_sync::Store;
 use kdelta_sync::protocol::{
     Compression, LastError, SessionStats, StatsSnapshot, SyncConfig, TokenAuthenticator,
 };
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{AcceptToken, PeerConfig, SyncSection};
 pub use outbound::spawn_peers;
@@ -40,10 +41,56 @@ struct Entry {
 }
 
 /// The sync settings and the status of every peer. Shared by the API and the peer tasks.
+/// SIGHUP replaces the settings with [`Registry::reconfigure`].
 pub struct Registry {
+    settings: RwLock<Settings>,
+    entries: Mutex<Vec<Entry>>,
+}
+
+/// What `[sync]` says, as the running sessions use it.
+struct Settings {
     session: SyncConfig,
     auth: Option<Arc<TokenAuthenticator>>,
-    entries: Mutex<Vec<Entry>>,
+    /// Cancelled when the accepted tokens change: inbound sessions end and their peers
+    /// reconnect under the new tokens (a removed token must not keep a session alive).
+    inbound_epoch: CancellationToken,
+}
+
+impl Settings {
+    fn new(section: &SyncSection, device: &str) -> Settings {
+        let auth = (!section.accept_tokens.is_empty()).then(|| {
+            let mut auth = TokenAuthenticator::new();
+            for t in &section.accept_tokens {
+                auth.add(t.name.clone(), &t.token);
+            }
+            Arc::new(auth)
+        });
+        let compression = section
+            .compression
+            .iter()
+            .filter_map(|c| Compression::from_name(c))
+            .collect();
+        let session = SyncConfig {
+            peer_name: device.to_owned(),
+            page_bytes: section.page_bytes,
+            compression,
+            ..SyncConfig::default()
+        };
+        Settings {
+            session,
+            auth,
+            inbound_epoch: CancellationToken::new(),
+        }
+    }
+}
+
+/// What an inbound session needs from the registry when it starts.
+pub(crate) struct InboundSettings {
+    pub session: SyncConfig,
+    /// `None`: inbound sync is off.
+    pub auth: Option<Arc<TokenAuthenticator>>,
+    /// Cancelled when the accepted tokens change.
+    pub epoch: CancellationToken,
 }
 
 impl Default for Registry {
@@ -75,34 +122,53 @@ pub struct PeerStatus {
 impl Registry {
     /// Builds the registry from `[sync]`; `device` is the name announced to peers.
     pub fn new(section: &SyncSection, device: &str) -> Registry {
-        let auth = (!section.accept_tokens.is_empty()).then(|| {
-            let mut auth = TokenAuthenticator::new();
-            for t in &section.accept_tokens {
-                auth.add(t.name.clone(), &t.token);
-            }
-            Arc::new(auth)
-        });
-        let compression = section
-            .compression
-            .iter()
-            .filter_map(|c| Compression::from_name(c))
-            .collect();
-        let session = SyncConfig {
-            peer_name: device.to_owned(),
-            page_bytes: section.page_bytes,
-            compression,
-            ..SyncConfig::default()
-        };
         Registry {
-            session,
-            auth,
+            settings: RwLock::new(Settings::new(section, device)),
             entries: Mutex::new(Vec::new()),
         }
     }
 
+    /// Applies a reloaded `[sync]`: new sessions use the new settings; when the accepted
+    /// tokens changed, running inbound sessions are ended (their peers reconnect and
+    /// authenticate again). Status entries of outbound peers no longer configured are
+    /// dropped. Returns true when the accepted tokens changed.
+    pub fn reconfigure(&self, old: &SyncSection, new: &SyncSection, device: &str) -> bool {
+        let tokens_changed = old.accept_tokens != new.accept_tokens;
+        let fresh = Settings::new(new, device);
+        let previous = {
+            let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            if tokens_changed {
+                std::mem::replace(&mut *settings, fresh).inbound_epoch
+            } else {
+                settings.session = fresh.session;
+                CancellationToken::new()
+            }
+        };
+        previous.cancel();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| {
+            e.direction == Direction::Inbound || new.peers.iter().any(|p| p.name == e.name)
+        });
+        tokens_changed
+    }
+
     /// Session settings (without a token).
     pub fn session_config(&self) -> SyncConfig {
-        self.session.clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .session
+            .clone()
+    }
+
+    /// The settings a new inbound session runs with.
+    pub(crate) fn inbound(&self) -> InboundSettings {
+        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        InboundSettings {
+            session: settings.session.clone(),
+            auth: settings.auth.clone(),
+            epoch: settings.inbound_epoch.clone(),
+        }
     }
 
     /// The counters of a peer, created on first use (kept across reconnects).
@@ -146,6 +212,16 @@ impl Registry {
                 at_ms,
             });
         }
+    }
+
+    /// `(connected, known)` peers, for the systemd status line.
+    pub fn connected_count(&self) -> (usize, usize) {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let connected = entries
+            .iter()
+            .filter(|e| e.stats.snapshot().connected)
+            .count();
+        (connected, entries.len())
     }
 
     /// Status of every peer seen or configured, with lag against `store`.
@@ -210,5 +286,76 @@ impl Registry {
                 || e.stats.snapshot().principal != principal
                 || e.stats.snapshot().connected
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str, token: &str) -> AcceptToken {
+        AcceptToken {
+            name: name.into(),
+            token: token.into(),
+        }
+    }
+
+    fn peer(name: &str) -> PeerConfig {
+        PeerConfig {
+            name: name.into(),
+            url: "ws://127.0.0.1:9".into(),
+            token: "t".into(),
+        }
+    }
+
+    #[test]
+    fn reconfigure_ends_inbound_sessions_only_when_the_tokens_change() {
+        let old = SyncSection {
+            accept_tokens: vec![token("a", "token-aaaaaaaa")],
+            peers: vec![peer("hub"), peer("old")],
+            ..SyncSection::default()
+        };
+        let registry = Registry::new(&old, "dev");
+        registry.stats_for("hub", Direction::Outbound, None);
+        registry.stats_for("old", Direction::Outbound, None);
+        let first = registry.inbound();
+        assert!(first.auth.is_some());
+
+        // Page size only: running inbound sessions keep going, new ones use the new size.
+        let bigger = SyncSection {
+            page_bytes: 1 << 20,
+            ..old.clone()
+        };
+        assert!(!registry.reconfigure(&old, &bigger, "dev"));
+        assert!(!first.epoch.is_cancelled());
+        assert_eq!(registry.session_config().page_bytes, 1 << 20);
+
+        // New tokens, one peer fewer: the epoch ends, `old` leaves the status list.
+        let rotated = SyncSection {
+            accept_tokens: vec![token("a", "token-bbbbbbbb")],
+            peers: vec![peer("hub")],
+            ..bigger.clone()
+        };
+        assert!(registry.reconfigure(&bigger, &rotated, "dev"));
+        assert!(first.epoch.is_cancelled());
+        let second = registry.inbound();
+        assert!(!second.epoch.is_cancelled());
+        let names: Vec<String> = registry
+            .entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(names, ["hub"]);
+
+        // No tokens at all: inbound sync is off.
+        let closed = SyncSection {
+            accept_tokens: Vec::new(),
+            ..rotated.clone()
+        };
+        assert!(registry.reconfigure(&rotated, &closed, "dev"));
+        assert!(registry.inbound().auth.is_none());
+        assert!(second.epoch.is_cancelled());
     }
 }

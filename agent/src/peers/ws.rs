@@ -25,7 +25,8 @@ pub async fn sync_socket(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(auth) = state.peers.auth.clone() else {
+    let inbound = state.peers.inbound();
+    let Some(auth) = inbound.auth else {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "sync_disabled",
@@ -65,7 +66,8 @@ pub async fn sync_socket(
             .into_response();
         }
     };
-    let config = state.peers.session_config();
+    let config = inbound.session;
+    let epoch = inbound.epoch;
     let max = config.max_frame_bytes;
     upgrade
         .max_message_size(max)
@@ -80,7 +82,11 @@ pub async fn sync_socket(
             let shutdown = state.shutdown.clone();
             let result = session
                 .run(WsSink::new(sink), WsSource(source), async move {
-                    shutdown.cancelled().await
+                    // Shutdown, or a reload changed the accepted tokens.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = epoch.cancelled() => {}
+                    }
                 })
                 .await;
             match result {

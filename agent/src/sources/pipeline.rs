@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kdelta_sensors::{PolledSource, SourceConfig, StreamingSource, build_polled, build_streaming};
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,7 +74,8 @@ pub fn build(configs: &[SourceConfig]) -> anyhow::Result<Vec<BuiltSource>> {
 }
 
 /// Spawns one task per source on `tracker`; they stop when `cancel` fires. Fills `statuses`
-/// with one entry per source, in configuration order.
+/// with one entry per source, in configuration order. Returns the tasks' abort handles, for a
+/// reload whose old sources do not stop in time.
 pub fn spawn(
     built: Vec<BuiltSource>,
     queue: &Arc<IngestQueue>,
@@ -81,7 +83,7 @@ pub fn spawn(
     metrics: &Arc<Metrics>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-) {
+) -> Vec<AbortHandle> {
     {
         let mut all = statuses
             .write()
@@ -93,9 +95,10 @@ pub fn spawn(
             }
         }));
     }
+    let mut aborts = Vec::with_capacity(built.len());
     for (index, source) in built.into_iter().enumerate() {
         let handle = StatusHandle::new(index, statuses.clone(), metrics.clone());
-        match source {
+        let task = match source {
             BuiltSource::Polled {
                 source, interval, ..
             } => {
@@ -110,7 +113,7 @@ pub fn spawn(
                     queue.clone(),
                     handle,
                     cancel.clone(),
-                ));
+                ))
             }
             BuiltSource::Streaming { source, .. } => {
                 tracing::info!(source = %handle.name(), "streaming");
@@ -119,8 +122,10 @@ pub fn spawn(
                     queue.clone(),
                     handle,
                     cancel.clone(),
-                ));
+                ))
             }
-        }
+        };
+        aborts.push(task.abort_handle());
     }
+    aborts
 }
