@@ -15,6 +15,7 @@
 //! | `GET /v1/events` (SSE) | `events` |
 //! | status, health, readiness, metrics, sources | `status` |
 //! | `GET /v1/openapi.json` | `openapi` |
+//! | the live dashboard at `/` (embedded HTML, JS, CSS) | `dashboard` |
 //!
 //! Errors are JSON `{"error": {"code", "message"}}`: 400 `malformed_body`, `bad_time`,
 //! `bad_request`, `invalid_query`; 404 `unknown_series`, `not_found`, `before_history`,
@@ -24,6 +25,7 @@
 //!
 //! [`AppState`]: crate::state::AppState
 
+mod dashboard;
 mod docs;
 mod error;
 mod events;

@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post, put};
 
-use super::{ApiError, docs, events, ingest, openapi, readings, status};
+use super::{ApiError, dashboard, docs, events, ingest, openapi, readings, status};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -76,7 +76,7 @@ pub fn router(state: AppState) -> Router {
             router = router.route(at, handler);
         }
     }
-    router
+    dashboard::mount(router)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track))

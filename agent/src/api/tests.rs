@@ -606,3 +606,92 @@ async fn a_lagging_event_subscriber_is_told_how_much_it_missed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&next).starts_with("event: change\n"));
 }
+
+/// The dashboard calls only routed GET endpoints, with the parameters it really sends, and
+/// every field its script reads is in the answers (an API change cannot silently break it).
+#[tokio::test]
+async fn the_dashboard_is_served_and_its_api_calls_answer_what_it_reads() {
+    let f = fixture().await;
+    let page = f.get("/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.content_type, "text/html; charset=utf-8");
+    assert!(String::from_utf8_lossy(&page.body).contains("<title>kdelta</title>"));
+    let js = f.get("/dashboard.js").await;
+    assert_eq!(js.status, StatusCode::OK);
+    assert_eq!(js.content_type, "text/javascript; charset=utf-8");
+    assert_eq!(
+        f.get("/dashboard.css").await.content_type,
+        "text/css; charset=utf-8"
+    );
+    let resp = router(f.state.clone())
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+
+    let routed: BTreeSet<String> = routes()
+        .into_iter()
+        .filter(|(m, _, _)| m == axum::http::Method::GET)
+        .map(|(_, p, _)| p.to_owned())
+        .collect();
+    let used = super::dashboard::api_paths_used();
+    assert!(used.len() >= 6, "{used:?}");
+    for path in &used {
+        assert!(routed.contains(path), "the dashboard calls unrouted {path}");
+    }
+
+    let ingest =
+        json!([{"series": "shed.temp", "ts": now_ms() - 30_000, "value": 21.5, "unit": "°C"}]);
+    let r = f
+        .post("/v1/readings", "application/json", ingest.to_string())
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
+    let status = f.get("/v1/status").await.json();
+    for field in ["version", "actor", "uptime_s", "db_bytes", "rss_bytes"] {
+        assert!(
+            !status[field].is_null(),
+            "/v1/status lacks {field}: {status}"
+        );
+    }
+    assert_eq!(status["counts"]["readings"], 1);
+    assert!(status["counts"]["series"].is_number() && status["counts"]["changes"].is_number());
+    assert!(status["disk"]["used_percent"].is_number(), "{status}");
+    assert!(f.get("/v1/sources").await.json()["sources"].is_array());
+    assert!(f.get("/v1/sync/peers").await.json()["peers"].is_array());
+    let latest = f.get("/v1/readings/latest").await.json();
+    let l = &latest["latest"][0];
+    assert_eq!(
+        (&l["series"], &l["value"]),
+        (&json!("shed.temp"), &json!(21.5)),
+        "{latest}"
+    );
+    assert!(l["ts"].is_number() && l.get("unit").is_some(), "{latest}");
+    let one = f.get("/v1/readings/latest?series=shed.temp").await.json();
+    assert_eq!(one["latest"].as_array().map(Vec::len), Some(1), "{one}");
+    for window in ["15m", "1h", "6h", "24h"] {
+        let bucket = match window {
+            "15m" => "15s",
+            "1h" => "1m",
+            "6h" => "5m",
+            _ => "20m",
+        };
+        let a = f
+            .get(&format!(
+                "/v1/readings/aggregate?series=shed.temp&from=now-{window}&bucket={bucket}&fn=avg%2Cmin%2Cmax"
+            ))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.json());
+        let b = &a.json()["buckets"][0];
+        for field in ["start", "avg", "min", "max"] {
+            assert!(b[field].is_number(), "{window}: bucket lacks {field}: {b}");
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
