@@ -109,6 +109,7 @@ async function refreshSeriesList() {
   const { latest } = await getJson("/v1/readings/latest");
   allSeries = latest.sort((a, b) => a.series.localeCompare(b.series));
   layoutCharts();
+  await refreshDirty(); // new charts get their history at once
 }
 
 function layoutCharts() {
@@ -140,7 +141,7 @@ function layoutCharts() {
 
 function showLatest(c, s) {
   c.unit = s.unit || c.unit;
-  c.value.textContent = `${number(s.value)}${c.unit ? " " + c.unit : ""}`;
+  c.value.textContent = c.unit === "B" ? bytes(s.value) : `${number(s.value)}${c.unit ? " " + c.unit : ""}`;
   c.value.title = new Date(s.ts).toLocaleString();
 }
 
@@ -234,7 +235,7 @@ function every(ms, f) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("filter").addEventListener("input", layoutCharts);
+  $("filter").addEventListener("input", () => { layoutCharts(); refreshDirty().catch(report); });
   $("window").addEventListener("change", () => charts.forEach((c) => { c.fetchedAt = 0; dirty.add(c.series); }));
   every(POLL_MS, refreshStatus);
   every(POLL_MS, refreshSources);
