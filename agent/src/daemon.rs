@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::sources::{BatchLimits, Batcher, BuiltSource, IngestQueue};
 use crate::state::{AppState, SourceStatus};
 use crate::systemd;
+use crate::tls::{ApiListener, PeerAddr, ServerTls};
 
 /// Name of the store's database file inside the data directory.
 pub const DB_FILE: &str = "kdelta.db";
@@ -57,6 +58,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     if config.mqtt.enabled {
         crate::mqtt::preflight(&config.mqtt, &config.device_name)?;
     }
+    // TLS files are read now, so a bad path stops the start with an error naming the key.
+    let server_tls = config.api.tls.as_ref().map(ServerTls::load).transpose()?;
+    config.sync.check_tls_files()?;
     let db_path = data_dir.join(DB_FILE);
     let store = Store::open(&db_path, config.store.clone())
         .await
@@ -65,6 +69,8 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     let addr = listener.local_addr().context("reading the bound address")?;
 
     let metrics = Arc::new(Metrics::new());
+    let listener = ApiListener::new(listener, server_tls, metrics.clone());
+    let scheme = listener.scheme();
     let shutdown = CancellationToken::new();
     let state = AppState {
         store: store.clone(),
@@ -86,9 +92,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     // Tests and scripts parse this line for the bound port: keep its text, and print it even
     // when the log filter hides info lines.
     if tracing::enabled!(tracing::Level::INFO) {
-        tracing::info!("listening on http://{addr}");
+        tracing::info!("listening on {scheme}://{addr}");
     } else {
-        eprintln!("listening on http://{addr}");
+        eprintln!("listening on {scheme}://{addr}");
     }
 
     let queue = Arc::new(IngestQueue::new(
@@ -135,7 +141,7 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     sync_tasks.close();
     state.ready.store(true, Ordering::SeqCst);
     let summary = format!(
-        "recording {n_sources} source{} into {}; API on http://{addr}",
+        "recording {n_sources} source{} into {}; API on {scheme}://{addr}",
         if n_sources == 1 { "" } else { "s" },
         data_dir.display()
     );
@@ -257,11 +263,12 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 fn spawn_server(
-    listener: TcpListener,
+    listener: ApiListener,
     state: AppState,
     stop: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
-    let app = crate::api::router(state);
+    // The connect info carries a verified client certificate to `/v1/sync`.
+    let app = crate::api::router(state).into_make_service_with_connect_info::<PeerAddr>();
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())

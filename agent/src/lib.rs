@@ -13,7 +13,8 @@
 //! | [`cli`] | the command line (clap) and the client subcommands |
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
-//! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status |
+//! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status, `sync now` |
+//! | [`tls`] | rustls (ring): the HTTPS listener, mutual TLS, client configs, PEM loading |
 
 pub mod api;
 pub mod bench;
@@ -29,3 +30,4 @@ pub mod peers;
 pub mod sources;
 pub mod state;
 pub mod systemd;
+pub mod tls;

@@ -5,6 +5,7 @@
 
 mod config;
 mod frames;
+mod now;
 mod outbound;
 mod ws;
 
@@ -16,7 +17,8 @@ use kdelta_sync::protocol::{
 };
 use serde::Serialize;
 
-pub use config::{AcceptToken, PeerConfig, SyncSection};
+pub use config::{AcceptCert, AcceptToken, PeerConfig, SyncSection};
+pub use now::{sync_now, wait_synced};
 pub use outbound::spawn_peers;
 pub use ws::{list_peers, sync_socket};
 
@@ -44,6 +46,10 @@ pub struct Registry {
     session: SyncConfig,
     auth: Option<Arc<TokenAuthenticator>>,
     entries: Mutex<Vec<Entry>>,
+    /// `[[sync.accept_certs]]`: `(name, SHA-256 fingerprint)`.
+    accept_certs: Vec<(String, [u8; 32])>,
+    /// Per outbound peer name: bumped by `kdelta sync now` to cut a backoff wait short.
+    wakers: Mutex<Vec<(String, tokio::sync::watch::Sender<u64>)>>,
 }
 
 impl Default for Registry {
@@ -93,10 +99,17 @@ impl Registry {
             compression,
             ..SyncConfig::default()
         };
+        let accept_certs = section
+            .accept_certs
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.fingerprint_bytes().ok()?)))
+            .collect();
         Registry {
             session,
             auth,
             entries: Mutex::new(Vec::new()),
+            accept_certs,
+            wakers: Mutex::new(Vec::new()),
         }
     }
 
@@ -210,5 +223,64 @@ impl Registry {
                 || e.stats.snapshot().principal != principal
                 || e.stats.snapshot().connected
         });
+    }
+}
+
+impl Registry {
+    /// The `[[sync.accept_certs]]` name of a verified client certificate, if it is allowed.
+    pub fn cert_principal(&self, cert: &crate::tls::ClientCert) -> Option<String> {
+        self.accept_certs
+            .iter()
+            .find(|(_, fp)| *fp == cert.fingerprint)
+            .map(|(name, _)| name.clone())
+    }
+
+    /// True when some inbound peer could be accepted (a token or a certificate is configured).
+    pub fn inbound_enabled(&self) -> bool {
+        self.auth.is_some() || !self.accept_certs.is_empty()
+    }
+
+    /// The wake-up signal of the outbound peer `name` (created on first use).
+    pub(crate) fn waker(&self, name: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, tx)) = wakers.iter().find(|(n, _)| n == name) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        wakers.push((name.to_owned(), tx));
+        rx
+    }
+
+    /// Wakes the outbound peer `name` (every one when `None`) out of its backoff wait; a
+    /// peer that is connecting or connected retries at once when that attempt ends. Returns
+    /// the names woken.
+    pub fn wake(&self, name: Option<&str>) -> Vec<String> {
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        wakers
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|want| want == n))
+            .map(|(n, tx)| {
+                tx.send_modify(|g| *g = g.wrapping_add(1));
+                n.clone()
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    /// Every peer's figures for the Prometheus per-peer families.
+    pub fn metric_samples(&self, store: &Store) -> Vec<crate::metrics::PeerSample> {
+        self.status(store)
+            .into_iter()
+            .map(|p| crate::metrics::PeerSample {
+                peer: p.name,
+                direction: p.direction,
+                connected: p.connected,
+                lag_to_peer: p.lag_to_peer,
+                lag_from_peer: p.lag_from_peer,
+                bytes_in: p.stats.bytes_in,
+                bytes_out: p.stats.bytes_out,
+            })
+            .collect()
     }
 }
