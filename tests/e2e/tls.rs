@@ -540,10 +540,11 @@ async fn sync_now_ends_a_long_backoff_and_reports_each_peer() {
         ),
     ]);
     ingest(&http, &dev, "dev.temp", 200).await;
-    // Four failed attempts: the backoff is now 8–16 s (1, 2, 4, 8 s doubling, jittered).
+    // Five failed attempts: the wait before the next one is now 8–16 s (the backoff doubles
+    // from 1 s; each wait is drawn from its upper half).
     let failures = "kdelta_sync_sessions_failed_total{peer=\"hub\",direction=\"outbound\"}";
-    eventually(Duration::from_secs(40), "four failed attempts", || async {
-        (metric(&http, &dev, failures).await >= 4.0).then_some(())
+    eventually(Duration::from_secs(40), "five failed attempts", || async {
+        (metric(&http, &dev, failures).await >= 5.0).then_some(())
     })
     .await;
     gate.open.store(true, Ordering::SeqCst);
@@ -574,8 +575,13 @@ async fn sync_now_ends_a_long_backoff_and_reports_each_peer() {
     let took = started.elapsed();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("hub") && out.contains("synced"), "{out}");
-    // Well inside the 8 s the backoff still had to run.
-    assert!(took < Duration::from_secs(6), "sync now took {took:?}");
+    // Well inside the 8 s the backoff still had to run, and because of the wake.
+    assert!(took < Duration::from_secs(4), "sync now took {took:?}");
+    assert!(
+        dev.stderr().contains("woken for sync now"),
+        "{}",
+        dev.stderr()
+    );
     assert_eq!(state(&http, &dev).await, state(&https, &hub).await);
 
     // All peers: the dead one fails, so the exit code is 1 and its error is shown.
