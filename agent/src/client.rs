@@ -8,6 +8,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde_json::Value;
 
+/// Environment variable naming a PEM CA file that `https://` agents' certificates chain to
+/// (default: the system's roots).
+pub const CA_ENV: &str = "KDELTA_CA";
+
 /// The agent's URL when neither `--url` nor `KDELTA_URL` is given.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
 
@@ -65,25 +69,33 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client for the agent at `url` (`http://host:port`, optionally with a path prefix).
+    /// A client for the agent at `url` (`http://host:port` or `https://host:port`,
+    /// optionally with a path prefix). For `https://`, the agent's certificate must chain to
+    /// the CA file named by the environment variable [`CA_ENV`] or to a system root.
     pub fn new(url: &str) -> Result<ApiClient, ClientError> {
         let bad = |detail: String| ClientError::BadUrl {
             url: url.to_owned(),
             detail,
         };
         let mut base = Url::parse(url).map_err(|e| bad(e.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(bad("only http:// is supported".into()));
+        if base.scheme() != "http" && base.scheme() != "https" {
+            return Err(bad("use http:// or https://".into()));
         }
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+            .timeout(Duration::from_secs(120));
+        if base.scheme() == "https" {
+            let ca = std::env::var_os(CA_ENV).map(std::path::PathBuf::from);
+            let tls = crate::tls::roots(CA_ENV, ca.as_deref())
+                .and_then(|roots| crate::tls::client_config(roots, None))
+                .map_err(|e| bad(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(std::sync::Arc::unwrap_or_clone(tls));
+        }
+        let http = builder.build().map_err(|e| bad(e.to_string()))?;
         Ok(ApiClient { base, http })
     }
 
@@ -126,6 +138,13 @@ impl ApiClient {
     /// `GET url`, JSON answer.
     pub async fn get(&self, url: Url) -> Result<Value, ClientError> {
         self.send(self.http.get(url)).await
+    }
+
+    /// `POST url` without a body, for a request that the agent answers after waiting up to
+    /// `wait` (the client waits a little longer than that).
+    pub async fn post_and_wait(&self, url: Url, wait: Duration) -> Result<Value, ClientError> {
+        let limit = wait + Duration::from_secs(15);
+        self.send(self.http.post(url).timeout(limit)).await
     }
 
     /// `method url` with a JSON body, JSON answer (`null` when the answer is empty).

@@ -30,6 +30,7 @@ use crate::running::{PeerDeps, RunningMqtt, RunningPeers, RunningSources};
 use crate::sources::{BatchLimits, Batcher, IngestQueue};
 use crate::state::AppState;
 use crate::systemd::{self, StatusInputs};
+use crate::tls::{ApiListener, PeerAddr, ServerTls};
 
 /// Name of the store's database file inside the data directory.
 pub const DB_FILE: &str = "kdelta.db";
@@ -58,6 +59,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         crate::mqtt::preflight(&config.mqtt, &config.device_name)?;
     }
     let db_path = data_dir.join(DB_FILE);
+    // TLS files are read now, so a bad path stops the start with an error naming the key.
+    let server_tls = config.api.tls.as_ref().map(ServerTls::load).transpose()?;
+    config.sync.check_tls_files()?;
     let store = Store::open(&db_path, config.store.clone())
         .await
         .with_context(|| format!("cannot open the store {}", db_path.display()))?;
@@ -65,6 +69,8 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     let addr = listener.local_addr().context("reading the bound address")?;
 
     let metrics = Arc::new(Metrics::new());
+    let listener = ApiListener::new(listener, server_tls, metrics.clone());
+    let scheme = listener.scheme();
     let shutdown = CancellationToken::new();
     let state = AppState {
         store: store.clone(),
@@ -86,9 +92,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     // Tests and scripts parse this line for the bound port: keep its text, and print it even
     // when the log filter hides info lines.
     if tracing::enabled!(tracing::Level::INFO) {
-        tracing::info!("listening on http://{addr}");
+        tracing::info!("listening on {scheme}://{addr}");
     } else {
-        eprintln!("listening on http://{addr}");
+        eprintln!("listening on {scheme}://{addr}");
     }
 
     let queue = Arc::new(IngestQueue::new(
@@ -128,7 +134,7 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         peer_deps,
         mqtt,
         mqtt_deps,
-        api: format!("API on http://{addr}"),
+        api: format!("API on {scheme}://{addr}"),
     };
     state.ready.store(true, Ordering::SeqCst);
     let summary = running.summary(&data_dir);
@@ -253,11 +259,12 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 fn spawn_server(
-    listener: TcpListener,
+    listener: ApiListener,
     state: AppState,
     stop: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
-    let app = crate::api::router(state);
+    // The connect info carries a verified client certificate to `/v1/sync`.
+    let app = crate::api::router(state).into_make_service_with_connect_info::<PeerAddr>();
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -391,7 +398,11 @@ impl Running {
                 Err(e) => tracing::error!("cannot reload the sources, keeping them: {e:#}"),
             }
         }
-        if self.config.sync != new.sync {
+        if self.config.sync != new.sync
+            && let Err(e) = new.sync.check_tls_files()
+        {
+            tracing::error!("cannot reload [sync], keeping the running peers: {e:#}");
+        } else if self.config.sync != new.sync {
             let device = &self.config.device_name;
             let tokens = self
                 .peer_deps

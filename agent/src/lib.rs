@@ -13,8 +13,9 @@
 //! | [`cli`] | the command line (clap) and the client subcommands |
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
-//! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status |
+//! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status, `sync now` |
 //! | [`running`] | the parts SIGHUP replaces: sources, outbound peers, the MQTT client |
+//! | [`tls`] | rustls (ring): the HTTPS listener, mutual TLS, client configs, PEM loading |
 
 pub mod api;
 pub mod bench;
@@ -31,3 +32,4 @@ pub mod running;
 pub mod sources;
 pub mod state;
 pub mod systemd;
+pub mod tls;

@@ -28,6 +28,15 @@
 //! | `kdelta_mqtt_bad_payloads_total` | counter | `kind` |
 //! | `kdelta_mqtt_duplicates_total` | counter | `cause` |
 //! | `kdelta_mqtt_commands_total` | counter | `result` |
+//! | `kdelta_sync_peer_connected`, `kdelta_sync_peer_lag_to_peer_changes`, `kdelta_sync_peer_lag_from_peer_changes` | gauge | `peer`, `direction` |
+//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total` | counter | `peer`, `direction` |
+//! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
+//! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
+//!
+//! The `sync_peer_*` families are taken from the peers' status on every scrape (see
+//! `sync.rs`), so they are always current and a peer that is gone disappears.
+
+mod sync;
 
 use std::fmt;
 
@@ -37,6 +46,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+pub use sync::PeerSample;
+use sync::SyncMetrics;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -512,55 +524,5 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
-    }
-}
-
-// sync metrics
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
-    direction: String,
-}
-
-/// Sync sessions with other agents (registered by [`Metrics::new`]).
-#[derive(Default)]
-struct SyncMetrics {
-    failed: Family<DirectionLabels, Counter>,
-    refused: Counter,
-}
-
-impl SyncMetrics {
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "sync_sessions_failed",
-            "Sync sessions (or connection attempts) that ended with an error, by direction",
-            self.failed.clone(),
-        );
-        r.register(
-            "sync_refused",
-            "Inbound sync connections refused before the upgrade (bad bearer token)",
-            self.refused.clone(),
-        );
-    }
-}
-
-impl Metrics {
-    /// A sync session or connection attempt in `direction` failed.
-    pub fn sync_session_failed(&self, direction: crate::peers::Direction) {
-        let direction = match direction {
-            crate::peers::Direction::Inbound => "inbound",
-            crate::peers::Direction::Outbound => "outbound",
-        };
-        self.sync
-            .failed
-            .get_or_create(&DirectionLabels {
-                direction: direction.to_owned(),
-            })
-            .inc();
-    }
-
-    /// An inbound sync connection was refused before the upgrade.
-    pub fn sync_refused(&self) {
-        self.sync.refused.inc();
     }
 }

@@ -107,10 +107,10 @@ impl Builder {
             let mut tx = Some(tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line)
+                if let Some(url) = listening_url(&line)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(addr);
+                    let _ = tx.send(url);
                 }
                 let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
                 b.push_str(&line);
@@ -127,8 +127,8 @@ impl Builder {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(addr) => {
-                    agent.url = format!("http://{addr}");
+                Ok(url) => {
+                    agent.url = url;
                     return Ok(agent);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -159,14 +159,25 @@ impl Builder {
     }
 }
 
-/// The address in a `listening on http://ADDR` log line (ANSI colour codes tolerated).
+/// The address in a `listening on http://ADDR` or `listening on https://ADDR` log line (ANSI
+/// colour codes tolerated).
 pub fn listening_addr(line: &str) -> Option<String> {
-    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-    let addr: String = rest
+    let url = listening_url(line)?;
+    Some(url.split_once("://")?.1.to_owned())
+}
+
+/// The base URL (`http://ADDR` or `https://ADDR`) in a `listening on …` log line.
+pub fn listening_url(line: &str) -> Option<String> {
+    let start = line.find("listening on http")? + "listening on ".len();
+    let rest = &line[start..];
+    let scheme = ["http://", "https://"]
+        .into_iter()
+        .find(|s| rest.starts_with(s))?;
+    let addr: String = rest[scheme.len()..]
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != '\u{1b}' && *c != '"' && *c != ';')
         .collect();
-    (!addr.is_empty()).then_some(addr)
+    (!addr.is_empty()).then(|| format!("{scheme}{addr}"))
 }
 
 /// A running agent process. Killed (SIGKILL) when dropped.
@@ -345,4 +356,8 @@ fn finds_the_address_in_log_lines() {
         Some("127.0.0.1:1")
     );
     assert_eq!(listening_addr("starting"), None);
+    assert_eq!(
+        listening_url("INFO kdelta::daemon: listening on https://127.0.0.1:7443").as_deref(),
+        Some("https://127.0.0.1:7443")
+    );
 }

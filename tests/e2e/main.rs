@@ -11,6 +11,7 @@ mod reload;
 mod sources;
 mod sync;
 mod systemd;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -206,18 +206,32 @@ pub fn document() -> Value {
                 }), &[("400", "`bad_request`")]),
             } },
             "/v1/sync": { "get": {
-                "summary": "Sync with another agent: a WebSocket upgrade carrying the kdelta sync protocol (CBOR frames in binary messages). The peer authenticates with a token from `[sync] accept_tokens`, in its Hello frame and optionally as `Authorization: Bearer`.",
+                "summary": "Sync with another agent: a WebSocket upgrade carrying the kdelta sync protocol (CBOR frames in binary messages). The peer authenticates with a verified client certificate listed in `[[sync.accept_certs]]` (mutual TLS) or with `Authorization: Bearer` and a token from `[sync] accept_tokens` (checked again in its Hello frame).",
                 "responses": {
                     "101": { "description": "Switching to the WebSocket sync protocol" },
-                    "401": { "description": "`unauthorized`: the bearer token is not accepted" },
-                    "403": { "description": "`sync_disabled`: no `[sync] accept_tokens` configured" },
+                    "401": { "description": "`unauthorized`: neither an accepted bearer token nor an allowed client certificate" },
+                    "403": { "description": "`sync_disabled`: neither `[sync] accept_tokens` nor `accept_certs` configured" },
                 },
             } },
+            "/v1/sync/now": { "post": op("Wake every outbound sync peer (or `peer`) out of its reconnect backoff, then wait until each is connected and caught up both ways with what this agent held at the request, or has failed, or `timeout` passes",
+                vec![query("peer", "Only this outbound peer (its configured name)"), query("timeout", "How long to wait, e.g. `30s` (default 30s, at most 10m)")],
+                responses("200", ok("Per-peer results; `ok` is true when every peer synced", sync_now_schema()),
+                    &[("400", "`bad_request`"), ("404", "`unknown_peer`"), UNAVAILABLE])) },
             "/v1/sync/peers": { "get": op("Sync peers (configured outbound and connected inbound): connection, phase, last success, lag in changes per direction, bytes in/out, last error", vec![],
                 responses("200", ok("Peers", json!({"type": "object", "properties": {"peers": {"type": "array", "items": peer_schema}}})), &[])) },
         },
         "components": { "schemas": schemas() },
     })
+}
+
+fn sync_now_schema() -> Value {
+    let result = json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "url": {"type": "string", "nullable": true},
+        "result": {"type": "string", "enum": ["synced", "failed", "timeout"]},
+        "elapsed_ms": {"type": "integer"}, "lag_to_peer": {"type": "integer"}, "lag_from_peer": {"type": "integer"},
+        "error": {"type": "object", "nullable": true, "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}, "at_ms": {"type": "integer"}}}}});
+    json!({"type": "object", "properties": {"ok": {"type": "boolean"}, "peers": {"type": "array", "items": result}}})
 }
 
 fn schemas() -> Value {

@@ -52,6 +52,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/v1/events", get(events::events)),
         (Method::GET, "/v1/sync", get(crate::peers::sync_socket)),
         (Method::GET, "/v1/sync/peers", get(crate::peers::list_peers)),
+        (Method::POST, "/v1/sync/now", post(crate::peers::sync_now)),
     ]
 }
 

@@ -53,6 +53,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Err(e) => tracing::warn!(error = %e, "reading store figures for /metrics"),
     }
     state.metrics.set_uptime(state.started.elapsed().as_secs());
+    state
+        .metrics
+        .set_sync_peers(state.peers.metric_samples(&state.store));
     let mut resp = state.metrics.encode().into_response();
     resp.headers_mut().insert(
         CONTENT_TYPE,

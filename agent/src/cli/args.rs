@@ -41,6 +41,9 @@ pub enum Command {
     Sources(Conn),
     /// List the sync peers: connection, last sync, lag per direction, bytes, last error.
     Peers(Conn),
+    /// Sync control.
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// List the series with their unit, count and time range.
     Series(Conn),
     /// Show the latest reading of every series (or of the series named).
@@ -121,6 +124,30 @@ pub struct Conn {
     /// Print the agent's JSON answer as is.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `kdelta sync …`.
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Connect to every outbound peer now (ending any reconnect backoff) and wait until each
+    /// is caught up both ways or has failed; prints one line per peer.
+    ///
+    /// Exits 0 when every peer synced, 1 when one failed or did not finish in time.
+    Now(SyncNowArgs),
+}
+
+/// `kdelta sync now`.
+#[derive(Debug, Args)]
+pub struct SyncNowArgs {
+    /// Only this outbound peer (its name in `[[sync.peers]]`).
+    #[arg(long, value_name = "NAME")]
+    pub peer: Option<String>,
+    /// How long to wait for the peers, e.g. `30s` or `2m` (at most 10m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
 }
 
 /// `kdelta latest`.

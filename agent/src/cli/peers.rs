@@ -1,8 +1,9 @@
-//! `kdelta peers`: the running agent's sync peers (`GET /v1/sync/peers`).
+//! `kdelta peers`: the running agent's sync peers (`GET /v1/sync/peers`), and
+//! `kdelta sync now` (`POST /v1/sync/now`).
 
 use serde_json::Value;
 
-use super::args::Conn;
+use super::args::{Conn, SyncNowArgs};
 use super::show::{array, cell, pretty, table, ts};
 use crate::client::ApiClient;
 
@@ -55,5 +56,63 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    Ok(())
+}
+
+/// `kdelta sync now`: wakes the outbound peers and prints how each one ended; an error (exit
+/// code 1) when any did not sync.
+pub async fn sync_now(args: SyncNowArgs) -> anyhow::Result<()> {
+    let c = ApiClient::new(&args.conn.url)?;
+    let mut query = vec![(
+        "timeout",
+        humantime::format_duration(args.timeout).to_string(),
+    )];
+    if let Some(p) = &args.peer {
+        query.push(("peer", p.clone()));
+    }
+    let answer = c
+        .post_and_wait(c.url("v1/sync/now", &query), args.timeout)
+        .await?;
+    let peers = array(&answer, &["peers"]);
+    if args.conn.json {
+        println!("{}", pretty(&answer));
+    } else if peers.is_empty() {
+        println!("no outbound sync peers are configured ([[sync.peers]])");
+    } else {
+        let rows: Vec<Vec<String>> = peers
+            .iter()
+            .map(|p| {
+                let field = |k: &str| p.get(k).cloned().unwrap_or(Value::Null);
+                let secs = field("elapsed_ms").as_u64().unwrap_or(0) as f64 / 1000.0;
+                let detail = match p.get("result").and_then(Value::as_str) {
+                    Some("synced") => String::new(),
+                    _ => p
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                };
+                vec![
+                    cell(&field("name"), 24),
+                    cell(&field("result"), 8),
+                    format!("{secs:.1} s"),
+                    cell(&field("lag_to_peer"), 10),
+                    cell(&field("lag_from_peer"), 10),
+                    cell(&Value::String(detail), 100),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "RESULT", "TIME", "LAG OUT", "LAG IN", "ERROR"],
+            &rows,
+        );
+    }
+    let failed = peers
+        .iter()
+        .filter(|p| p.get("result").and_then(Value::as_str) != Some("synced"))
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} sync peers did not sync", peers.len());
+    }
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use figment::value::Value;
 
-use super::args::{BenchCommand, Cli, Command, ConfigCommand, ConfigFlags};
+use super::args::{BenchCommand, Cli, Command, ConfigCommand, ConfigFlags, SyncCommand};
 use crate::config::{self, ConfigArgs, ConfigError};
 
 /// A mistake in how a command was called (bad JSON argument, conflicting options): exit 2.
@@ -59,6 +59,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Status(conn) => readings::status(conn).await,
         Command::Sources(conn) => readings::sources(conn).await,
         Command::Peers(conn) => super::peers::peers(conn).await,
+        Command::Sync(SyncCommand::Now(args)) => super::peers::sync_now(args).await,
         Command::Series(conn) => readings::series(conn).await,
         Command::Latest(args) => readings::latest(args).await,
         Command::Query(args) => readings::query(args).await,

@@ -79,6 +79,9 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// `[api.tls]`: serve the API and `/v1/sync` over HTTPS. Absent: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTlsConfig>,
 }
 
 impl Default for ApiConfig {
@@ -86,8 +89,37 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: DEFAULT_LISTEN.parse().expect("constant address"),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls: None,
         }
     }
+}
+
+/// `[api.tls]`: HTTPS on `api.listen` (rustls), optionally with client certificates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// PEM certificate chain of this agent, end-entity certificate first.
+    pub cert: PathBuf,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to (mutual TLS). Clients
+    /// without a certificate are still served (they authenticate with tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// A client that has not finished its TLS handshake within this is disconnected.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most TLS handshakes in progress at once; further connections wait to be accepted.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_handshakes() -> usize {
+    64
 }
 
 /// `[log]`: what is logged and how.
@@ -200,6 +232,46 @@ impl Config {
                     "{} is out of range; use 1024 to 1073741824 (1 GiB)",
                     self.api.max_body_bytes
                 ),
+            );
+        }
+        if let Some(tls) = &self.api.tls {
+            for (key, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    return bad(key, "must name a PEM file".into());
+                }
+            }
+            if tls
+                .client_ca
+                .as_ref()
+                .is_some_and(|p| p.as_os_str().is_empty())
+            {
+                return bad("api.tls.client_ca", "must name a PEM file".into());
+            }
+            if tls.handshake_timeout < Duration::from_millis(100)
+                || tls.handshake_timeout > Duration::from_secs(120)
+            {
+                return bad(
+                    "api.tls.handshake_timeout",
+                    format!(
+                        "{} is out of range; use 100ms to 2m",
+                        humantime::format_duration(tls.handshake_timeout)
+                    ),
+                );
+            }
+            if !(1..=4096).contains(&tls.max_handshakes) {
+                return bad(
+                    "api.tls.max_handshakes",
+                    format!("{} is out of range; use 1 to 4096", tls.max_handshakes),
+                );
+            }
+        }
+        if !self.sync.accept_certs.is_empty()
+            && self.api.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            return bad(
+                "sync.accept_certs",
+                "client certificates are only verified with mutual TLS: set api.tls.client_ca"
+                    .into(),
             );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {

@@ -7,7 +7,6 @@
 //! cursor instead of relying on rumqttc's retransmission queue. This loop never waits on the
 //! task's requests (the task only uses `try_*` calls), so the two cannot deadlock.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
@@ -103,30 +102,10 @@ impl LinkSettings {
 
 /// rustls with the ring provider; roots from `ca_file` or the system store.
 fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, MqttError> {
-    use rumqttc::tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
-    if let Some(path) = &cfg.ca_file {
-        let ca = std::fs::read(path)
-            .map_err(|e| MqttError::Tls(format!("reading mqtt.ca_file {}: {e}", path.display())))?;
-        return Ok(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: None,
-        });
-    }
-    let mut roots = RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(MqttError::Tls(
-            "no system root certificates found (install ca-certificates) and mqtt.ca_file is not set".into(),
-        ));
-    }
-    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MqttError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+    let tls_error = |e: crate::tls::TlsError| MqttError::Tls(e.to_string());
+    let roots = crate::tls::roots("mqtt.ca_file", cfg.ca_file.as_deref()).map_err(tls_error)?;
+    let config = crate::tls::client_config(roots, None).map_err(tls_error)?;
+    Ok(TlsConfiguration::Rustls(config))
 }
 
 /// Connects, reconnects with doubling backoff (250 ms up to the configured maximum, with

@@ -1,6 +1,13 @@
-//! `[sync]`: tokens accepted from inbound peers, outbound peers, page size, compression.
+//! `[sync]`: tokens and client certificates accepted from inbound peers, outbound peers
+//! (with their TLS settings), page size, compression.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::tls::{ClientAuth, TlsError};
 
 use kdelta_sync::protocol::{Compression, DEFAULT_PAGE_BYTES};
 
@@ -10,6 +17,9 @@ use kdelta_sync::protocol::{Compression, DEFAULT_PAGE_BYTES};
 pub struct SyncSection {
     /// Tokens inbound peers may present on `/v1/sync`. Empty: inbound sync is refused (403).
     pub accept_tokens: Vec<AcceptToken>,
+    /// Client certificates inbound peers may present instead of a token (mutual TLS, needs
+    /// `api.tls.client_ca`), pinned by SHA-256 fingerprint.
+    pub accept_certs: Vec<AcceptCert>,
     /// Peers this agent connects to.
     pub peers: Vec<PeerConfig>,
     /// Byte budget of one outgoing page.
@@ -22,6 +32,7 @@ impl Default for SyncSection {
     fn default() -> Self {
         SyncSection {
             accept_tokens: Vec::new(),
+            accept_certs: Vec::new(),
             peers: Vec::new(),
             page_bytes: DEFAULT_PAGE_BYTES,
             compression: vec!["zstd".into(), "none".into()],
@@ -48,16 +59,54 @@ impl std::fmt::Debug for AcceptToken {
     }
 }
 
+/// `[[sync.accept_certs]]`: a client certificate accepted for inbound sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptCert {
+    /// The name the peer is known by in status, logs and metrics.
+    pub name: String,
+    /// SHA-256 fingerprint of its certificate (DER), 64 hex digits; `:` separators and
+    /// either case accepted (`openssl x509 -noout -fingerprint -sha256 -in cert.pem`).
+    pub fingerprint: String,
+}
+
+impl AcceptCert {
+    /// The fingerprint as bytes, or why it is not 32 bytes of hex.
+    pub fn fingerprint_bytes(&self) -> Result<[u8; 32], String> {
+        let digits: String = self.fingerprint.chars().filter(|c| *c != ':').collect();
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(digits.trim(), &mut out).map_err(|_| {
+            format!(
+                "{:?} is not a SHA-256 fingerprint: use 64 hex digits (`:` separators allowed)",
+                self.fingerprint
+            )
+        })?;
+        Ok(out)
+    }
+}
+
 /// `[[sync.peers]]`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Name in status output.
     pub name: String,
-    /// `ws://host:port` or `http://host:port` (the path `/v1/sync` is added when absent).
+    /// `ws://`, `http://`, `wss://` or `https://host:port` (the path `/v1/sync` is added
+    /// when absent).
     pub url: String,
-    /// The token the peer accepts.
-    pub token: String,
+    /// The token the peer accepts. Optional when a client certificate is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// PEM CA certificate(s) trusted for this peer's server certificate (`wss://` only).
+    /// Absent: the system's root certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to the peer (mutual TLS, `wss://` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -65,35 +114,81 @@ impl std::fmt::Debug for PeerConfig {
         f.debug_struct("PeerConfig")
             .field("name", &self.name)
             .field("url", &self.url)
-            .field("token", &"<redacted>")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
 
 impl PeerConfig {
-    /// The WebSocket URL to connect to, or why the configured one cannot be used.
+    /// The WebSocket URL to connect to (`ws://…` or `wss://…`), or why the configured one
+    /// cannot be used.
     pub fn ws_url(&self) -> Result<String, String> {
         let url = self.url.trim_end_matches('/');
-        let rest = if let Some(r) = url.strip_prefix("ws://") {
-            r
+        let (scheme, rest) = if let Some(r) = url.strip_prefix("ws://") {
+            ("ws", r)
         } else if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("wss://") || url.starts_with("https://") {
-            return Err(format!(
-                "{url:?}: TLS peers (wss://, https://) are not supported yet; use ws:// or http://"
-            ));
+            ("ws", r)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            ("wss", r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            ("wss", r)
         } else {
-            return Err(format!("{url:?}: use ws://host:port or http://host:port"));
+            return Err(format!(
+                "{url:?}: use ws://, http://, wss:// or https://host:port"
+            ));
         };
         if rest.is_empty() || rest.starts_with('/') {
             return Err(format!("{url:?}: the host is missing"));
         }
         if rest.contains('/') {
-            Ok(format!("ws://{rest}"))
+            Ok(format!("{scheme}://{rest}"))
         } else {
-            Ok(format!("ws://{rest}/v1/sync"))
+            Ok(format!("{scheme}://{rest}/v1/sync"))
         }
     }
+
+    /// True for `wss://` and `https://` peers.
+    pub fn is_tls(&self) -> bool {
+        self.ws_url().is_ok_and(|u| u.starts_with("wss://"))
+    }
+
+    /// The TLS client config for this peer (`None` for plain peers), reading its CA and
+    /// client certificate files; `key` is the entry's dotted key (`sync.peers[0]`), named in
+    /// errors. Read on every connection attempt, so renewed certificates need no restart.
+    pub fn tls_config(&self, key: &str) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+        if !self.is_tls() {
+            return Ok(None);
+        }
+        let roots = crate::tls::roots(&format!("{key}.ca"), self.ca.as_deref())?;
+        let auth = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(k)) => Some(ClientAuth {
+                certs: crate::tls::load_certs(&format!("{key}.client_cert"), cert)?,
+                key: crate::tls::load_key(&format!("{key}.client_key"), k)?,
+                key_name: format!("{key}.client_key"),
+            }),
+            _ => None,
+        };
+        crate::tls::client_config(roots, auth).map(Some)
+    }
+}
+
+impl SyncSection {
+    /// Reads the TLS files of every `wss://` peer once (at start), so a wrong path is an
+    /// error naming its key instead of a failing peer.
+    pub fn check_tls_files(&self) -> Result<(), TlsError> {
+        for (i, p) in self.peers.iter().enumerate() {
+            p.tls_config(&format!("sync.peers[{i}]"))?;
+        }
+        Ok(())
+    }
+}
+
+fn empty(p: &Option<PathBuf>) -> bool {
+    p.as_deref()
+        .is_some_and(|p: &Path| p.as_os_str().is_empty())
 }
 
 impl SyncSection {
@@ -127,6 +222,18 @@ impl SyncSection {
                 ));
             }
         }
+        let mut cert_names = std::collections::HashSet::new();
+        for (i, c) in self.accept_certs.iter().enumerate() {
+            if c.name.is_empty() || !cert_names.insert(c.name.as_str()) {
+                return Err((
+                    format!("sync.accept_certs[{i}].name"),
+                    format!("{:?}: names must be non-empty and unique", c.name),
+                ));
+            }
+            if let Err(e) = c.fingerprint_bytes() {
+                return Err((format!("sync.accept_certs[{i}].fingerprint"), e));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.name.is_empty() || !names.insert(p.name.as_str()) {
@@ -138,11 +245,42 @@ impl SyncSection {
             if let Err(e) = p.ws_url() {
                 return Err((format!("sync.peers[{i}].url"), e));
             }
-            if p.token.is_empty() || p.token.len() > 512 {
-                return Err((
-                    format!("sync.peers[{i}].token"),
-                    "use 1 to 512 bytes".into(),
-                ));
+            let key = |k: &str| format!("sync.peers[{i}].{k}");
+            for (k, v) in [
+                ("ca", &p.ca),
+                ("client_cert", &p.client_cert),
+                ("client_key", &p.client_key),
+            ] {
+                if empty(v) {
+                    return Err((key(k), "must name a PEM file".into()));
+                }
+                if v.is_some() && !p.is_tls() {
+                    return Err((
+                        key(k),
+                        format!("is only used with wss:// or https:// URLs, not {:?}", p.url),
+                    ));
+                }
+            }
+            match (&p.client_cert, &p.client_key) {
+                (Some(_), None) => {
+                    return Err((key("client_key"), "is required with client_cert".into()));
+                }
+                (None, Some(_)) => {
+                    return Err((key("client_cert"), "is required with client_key".into()));
+                }
+                _ => {}
+            }
+            match &p.token {
+                None if p.client_cert.is_none() => {
+                    return Err((
+                        key("token"),
+                        "is required unless client_cert and client_key are set (mutual TLS)".into(),
+                    ));
+                }
+                Some(t) if t.is_empty() || t.len() > 512 => {
+                    return Err((key("token"), "use 1 to 512 bytes".into()));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -153,17 +291,25 @@ impl SyncSection {
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls_and_validation() {
-        let peer = |url: &str| PeerConfig {
+    fn peer(url: &str) -> PeerConfig {
+        PeerConfig {
             name: "hub".into(),
             url: url.into(),
-            token: "t".into(),
-        };
+            token: Some("t".into()),
+            ca: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    #[test]
+    fn urls_and_validation() {
         assert_eq!(peer("http://h:1").ws_url().unwrap(), "ws://h:1/v1/sync");
         assert_eq!(peer("ws://h:1/").ws_url().unwrap(), "ws://h:1/v1/sync");
         assert_eq!(peer("ws://h:1/x/sync").ws_url().unwrap(), "ws://h:1/x/sync");
-        assert!(peer("wss://h:1").ws_url().unwrap_err().contains("TLS"));
+        assert_eq!(peer("wss://h:1").ws_url().unwrap(), "wss://h:1/v1/sync");
+        assert_eq!(peer("https://h:1/").ws_url().unwrap(), "wss://h:1/v1/sync");
+        assert!(peer("https://h").is_tls() && !peer("http://h").is_tls());
         assert!(peer("ftp://h").ws_url().is_err());
         let mut s = SyncSection::default();
         assert!(s.validate().is_ok());
@@ -172,5 +318,72 @@ mod tests {
         s.peers.truncate(1);
         s.compression = vec!["lz4".into()];
         assert_eq!(s.validate().unwrap_err().0, "sync.compression[0]");
+    }
+
+    /// The first error of `[sync]` with `f` applied to one TLS peer.
+    fn tls_peer_error(f: impl FnOnce(&mut PeerConfig)) -> (String, String) {
+        let mut p = peer("wss://hub:7878");
+        f(&mut p);
+        let s = SyncSection {
+            peers: vec![p],
+            ..SyncSection::default()
+        };
+        s.validate().unwrap_err()
+    }
+
+    #[test]
+    fn tls_peer_validation_names_the_key() {
+        let pem = || Some(PathBuf::from("/etc/kdelta/x.pem"));
+        let (key, detail) = tls_peer_error(|p| p.token = None);
+        assert_eq!(key, "sync.peers[0].token");
+        assert!(detail.contains("client_cert"), "{detail}");
+        let (key, _) = tls_peer_error(|p| p.client_cert = pem());
+        assert_eq!(key, "sync.peers[0].client_key");
+        let (key, _) = tls_peer_error(|p| p.client_key = pem());
+        assert_eq!(key, "sync.peers[0].client_cert");
+        let (key, _) = tls_peer_error(|p| p.ca = Some(PathBuf::new()));
+        assert_eq!(key, "sync.peers[0].ca");
+        let (key, detail) = tls_peer_error(|p| {
+            p.url = "ws://hub:7878".into();
+            p.ca = pem();
+        });
+        assert_eq!(key, "sync.peers[0].ca");
+        assert!(detail.contains("wss://"), "{detail}");
+        // A client certificate replaces the token.
+        let mut p = peer("wss://hub:7878");
+        p.token = None;
+        p.client_cert = pem();
+        p.client_key = pem();
+        let s = SyncSection {
+            peers: vec![p],
+            ..SyncSection::default()
+        };
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn accept_certs_validation() {
+        let cert = |name: &str, fp: &str| AcceptCert {
+            name: name.into(),
+            fingerprint: fp.into(),
+        };
+        let hex64 = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(
+            cert("a", &hex64).fingerprint_bytes().unwrap(),
+            cert("a", &colons).fingerprint_bytes().unwrap()
+        );
+        let mut s = SyncSection {
+            accept_certs: vec![cert("a", &hex64), cert("b", "abcd")],
+            ..SyncSection::default()
+        };
+        assert_eq!(
+            s.validate().unwrap_err().0,
+            "sync.accept_certs[1].fingerprint"
+        );
+        s.accept_certs[1] = cert("a", &hex64);
+        assert_eq!(s.validate().unwrap_err().0, "sync.accept_certs[1].name");
+        s.accept_certs.pop();
+        s.validate().unwrap();
     }
 }

@@ -5,6 +5,7 @@
 
 mod config;
 mod frames;
+mod now;
 mod outbound;
 mod ws;
 
@@ -17,7 +18,8 @@ use kdelta_sync::protocol::{
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AcceptToken, PeerConfig, SyncSection};
+pub use config::{AcceptCert, AcceptToken, PeerConfig, SyncSection};
+pub use now::{sync_now, wait_synced};
 pub use outbound::spawn_peers;
 pub use ws::{list_peers, sync_socket};
 
@@ -45,14 +47,19 @@ struct Entry {
 pub struct Registry {
     settings: RwLock<Settings>,
     entries: Mutex<Vec<Entry>>,
+    /// Per outbound peer name: bumped by `kdelta sync now` to cut a backoff wait short.
+    wakers: Mutex<Vec<(String, tokio::sync::watch::Sender<u64>)>>,
 }
 
 /// What `[sync]` says, as the running sessions use it.
 struct Settings {
     session: SyncConfig,
     auth: Option<Arc<TokenAuthenticator>>,
-    /// Cancelled when the accepted tokens change: inbound sessions end and their peers
-    /// reconnect under the new tokens (a removed token must not keep a session alive).
+    /// `[[sync.accept_certs]]`: `(name, SHA-256 fingerprint)`.
+    accept_certs: Arc<Vec<(String, [u8; 32])>>,
+    /// Cancelled when the accepted tokens or certificates change: inbound sessions end and
+    /// their peers reconnect under the new settings (a removed credential must not keep a
+    /// session alive).
     inbound_epoch: CancellationToken,
 }
 
@@ -76,9 +83,15 @@ impl Settings {
             compression,
             ..SyncConfig::default()
         };
+        let accept_certs = section
+            .accept_certs
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), c.fingerprint_bytes().ok()?)))
+            .collect();
         Settings {
             session,
             auth,
+            accept_certs: Arc::new(accept_certs),
             inbound_epoch: CancellationToken::new(),
         }
     }
@@ -87,10 +100,27 @@ impl Settings {
 /// What an inbound session needs from the registry when it starts.
 pub(crate) struct InboundSettings {
     pub session: SyncConfig,
-    /// `None`: inbound sync is off.
+    /// `None`: no token is accepted.
     pub auth: Option<Arc<TokenAuthenticator>>,
-    /// Cancelled when the accepted tokens change.
+    /// `[[sync.accept_certs]]`: `(name, SHA-256 fingerprint)`.
+    pub accept_certs: Arc<Vec<(String, [u8; 32])>>,
+    /// Cancelled when the accepted tokens or certificates change.
     pub epoch: CancellationToken,
+}
+
+impl InboundSettings {
+    /// True when some inbound peer could be accepted (a token or a certificate is configured).
+    pub fn enabled(&self) -> bool {
+        self.auth.is_some() || !self.accept_certs.is_empty()
+    }
+
+    /// The `[[sync.accept_certs]]` name of a verified client certificate, if it is allowed.
+    pub fn cert_principal(&self, cert: &crate::tls::ClientCert) -> Option<String> {
+        self.accept_certs
+            .iter()
+            .find(|(_, fp)| *fp == cert.fingerprint)
+            .map(|(name, _)| name.clone())
+    }
 }
 
 impl Default for Registry {
@@ -125,15 +155,17 @@ impl Registry {
         Registry {
             settings: RwLock::new(Settings::new(section, device)),
             entries: Mutex::new(Vec::new()),
+            wakers: Mutex::new(Vec::new()),
         }
     }
 
     /// Applies a reloaded `[sync]`: new sessions use the new settings; when the accepted
-    /// tokens changed, running inbound sessions are ended (their peers reconnect and
-    /// authenticate again). Status entries of outbound peers no longer configured are
-    /// dropped. Returns true when the accepted tokens changed.
+    /// tokens or certificates changed, running inbound sessions are ended (their peers
+    /// reconnect and authenticate again). Status entries of outbound peers no longer
+    /// configured are dropped. Returns true when the accepted credentials changed.
     pub fn reconfigure(&self, old: &SyncSection, new: &SyncSection, device: &str) -> bool {
-        let tokens_changed = old.accept_tokens != new.accept_tokens;
+        let tokens_changed =
+            old.accept_tokens != new.accept_tokens || old.accept_certs != new.accept_certs;
         let fresh = Settings::new(new, device);
         let previous = {
             let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
@@ -167,6 +199,7 @@ impl Registry {
         InboundSettings {
             session: settings.session.clone(),
             auth: settings.auth.clone(),
+            accept_certs: settings.accept_certs.clone(),
             epoch: settings.inbound_epoch.clone(),
         }
     }
@@ -289,6 +322,52 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The wake-up signal of the outbound peer `name` (created on first use).
+    pub(crate) fn waker(&self, name: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, tx)) = wakers.iter().find(|(n, _)| n == name) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        wakers.push((name.to_owned(), tx));
+        rx
+    }
+
+    /// Wakes the outbound peer `name` (every one when `None`) out of its backoff wait; a
+    /// peer that is connecting or connected retries at once when that attempt ends. Returns
+    /// the names woken.
+    pub fn wake(&self, name: Option<&str>) -> Vec<String> {
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        wakers
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|want| want == n))
+            .map(|(n, tx)| {
+                tx.send_modify(|g| *g = g.wrapping_add(1));
+                n.clone()
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    /// Every peer's figures for the Prometheus per-peer families.
+    pub fn metric_samples(&self, store: &Store) -> Vec<crate::metrics::PeerSample> {
+        self.status(store)
+            .into_iter()
+            .map(|p| crate::metrics::PeerSample {
+                peer: p.name,
+                direction: p.direction,
+                connected: p.connected,
+                lag_to_peer: p.lag_to_peer,
+                lag_from_peer: p.lag_from_peer,
+                bytes_in: p.stats.bytes_in,
+                bytes_out: p.stats.bytes_out,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,7 +383,10 @@ mod tests {
         PeerConfig {
             name: name.into(),
             url: "ws://127.0.0.1:9".into(),
-            token: "t".into(),
+            token: Some("t".into()),
+            ca: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 

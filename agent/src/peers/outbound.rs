@@ -1,5 +1,7 @@
-//! The outbound side: one task per `[[sync.peers]]` entry that connects, runs the initiator
-//! side of a continuous session, and reconnects with exponential backoff and jitter.
+//! The outbound side: one task per `[[sync.peers]]` entry that connects (`ws://`, or
+//! `wss://` through rustls with the peer's CA and client certificate), runs the initiator
+//! side of a continuous session, and reconnects with exponential backoff and jitter. A wake
+//! from `kdelta sync now` ends the backoff wait early.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,19 +34,24 @@ pub fn spawn_peers(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    for peer in peers {
+    for (i, peer) in peers.iter().enumerate() {
         let Ok(url) = peer.ws_url() else {
             continue; // refused by validate()
         };
         let stats = registry.stats_for(&peer.name, Direction::Outbound, Some(&url));
         let config = SyncConfig {
-            token: Some(peer.token.clone()),
+            token: peer.token.clone(),
             ..registry.session_config()
+        };
+        let target = Target {
+            name: peer.name.clone(),
+            url,
+            key: format!("sync.peers[{i}]"),
+            peer: peer.clone(),
         };
         tracker.spawn(run_peer(
             registry.clone(),
-            peer.name.clone(),
-            url,
+            target,
             config,
             store.clone(),
             stats,
@@ -54,22 +61,33 @@ pub fn spawn_peers(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_peer(
-    registry: Arc<Registry>,
+/// Where one peer task connects to.
+struct Target {
     name: String,
     url: String,
+    /// The entry's dotted config key, named in TLS file errors.
+    key: String,
+    peer: PeerConfig,
+}
+
+async fn run_peer(
+    registry: Arc<Registry>,
+    target: Target,
     config: SyncConfig,
     store: Store,
     stats: Arc<SessionStats>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let Target { name, url, .. } = &target;
+    let mut wake = registry.waker(name);
     let mut backoff = BACKOFF_MIN;
     while !shutdown.is_cancelled() {
+        // A wake that arrives from here on cuts the next backoff wait short.
+        wake.borrow_and_update();
         let ok = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = connect(&url, &config) => match r {
+            r = connect(&target, &config) => match r {
                 Ok(socket) => {
                     tracing::info!(peer = %name, %url, "sync link up");
                     let (sink, source) = socket.split();
@@ -85,16 +103,22 @@ async fn run_peer(
                             true
                         }
                         Err(e) => {
-                            metrics.sync_session_failed(Direction::Outbound);
+                            metrics.sync_session_failed(Direction::Outbound, name);
+                            if e.code() == "unauthorized" || e.code() == "refused" {
+                                metrics.sync_refused(Direction::Outbound, name);
+                            }
                             tracing::warn!(peer = %name, "sync session failed: {e}");
                             stats.snapshot().last_sync_ms.is_some() && e.is_transient()
                         }
                     }
                 }
                 Err(e) => {
-                    metrics.sync_session_failed(Direction::Outbound);
-                    tracing::warn!(peer = %name, %url, "cannot connect for sync: {e}");
-                    registry.connect_failed(&name, "connect", e);
+                    metrics.sync_session_failed(Direction::Outbound, name);
+                    if e.code == "refused" {
+                        metrics.sync_refused(Direction::Outbound, name);
+                    }
+                    tracing::warn!(peer = %name, %url, "cannot connect for sync: {}", e.message);
+                    registry.connect_failed(name, e.code, e.message);
                     false
                 }
             }
@@ -108,6 +132,11 @@ async fn run_peer(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
+            Ok(()) = wake.changed() => {
+                tracing::info!(peer = %name, "woken for sync now: connecting");
+                backoff = BACKOFF_MIN;
+                continue;
+            }
         }
         if !ok {
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -117,11 +146,36 @@ async fn run_peer(
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(url: &str, config: &SyncConfig) -> Result<Socket, String> {
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+/// A failed connection attempt: `code` is `connect`, `tls` (the peer's certificate is not
+/// trusted, or TLS files are unusable) or `refused` (the peer refused our credentials).
+struct ConnectError {
+    code: &'static str,
+    message: String,
+}
+
+impl ConnectError {
+    fn new(code: &'static str, message: impl Into<String>) -> ConnectError {
+        ConnectError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+async fn connect(target: &Target, config: &SyncConfig) -> Result<Socket, ConnectError> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let tls = target
+        .peer
+        .tls_config(&target.key)
+        .map_err(|e| ConnectError::new("tls", e.to_string()))?;
+    let mut request = target
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::new("connect", e.to_string()))?;
     if let Some(token) = &config.token {
         let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "the token is not a valid header value".to_owned())?;
+            .map_err(|_| ConnectError::new("connect", "the token is not a valid header value"))?;
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, value);
@@ -129,10 +183,44 @@ async fn connect(url: &str, config: &SyncConfig) -> Result<Socket, String> {
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connector = match tls {
+        Some(tls) => Connector::Rustls(tls),
+        None => Connector::Plain,
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config),
+        true,
+        Some(connector),
+    );
     match tokio::time::timeout(config.handshake_timeout, connecting).await {
-        Err(_) => Err("timed out".into()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(ConnectError::new("connect", "timed out")),
         Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(WsError::Http(response))) => {
+            let status = response.status();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+                .unwrap_or_default();
+            let code = if status == http::StatusCode::UNAUTHORIZED
+                || status == http::StatusCode::FORBIDDEN
+            {
+                "refused"
+            } else {
+                "connect"
+            };
+            Err(ConnectError::new(
+                code,
+                format!("the peer answered HTTP {status}: {body}"),
+            ))
+        }
+        Ok(Err(e)) => Err(match crate::tls::describe_handshake_error(&e) {
+            Some(tls) if tls.contains("refused the TLS handshake") => {
+                ConnectError::new("refused", tls)
+            }
+            Some(tls) => ConnectError::new("tls", tls),
+            None => ConnectError::new("connect", e.to_string()),
+        }),
     }
 }

@@ -1,0 +1,277 @@
+//! The API's listener for `axum::serve`: plain TCP, or HTTPS when `[api.tls]` is set.
+//!
+//! TLS handshakes run in their own tasks, off the accept path, each bounded by
+//! `handshake_timeout`; at most `max_handshakes` run at once (further connections wait in
+//! the kernel's backlog), so one slow or silent client cannot block the others and a flood
+//! cannot grow memory without bound. Failed handshakes are logged (debug; a refused client
+//! certificate at warn) and counted in `kdelta_tls_handshakes_failed_total`.
+//!
+//! With `client_ca`, a client certificate is optional but, when presented, must chain to
+//! that CA or the handshake fails. The verified certificate's SHA-256 fingerprint travels
+//! with the connection ([`PeerAddr`], via axum's connect info) to the handlers
+//! ([`TlsPeer`]), where `/v1/sync` matches it against `[[sync.accept_certs]]`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::http::request::Parts;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
+
+use super::{TlsError, load_certs, load_key, load_roots, provider};
+use crate::config::ApiTlsConfig;
+use crate::metrics::Metrics;
+
+/// The server side of `[api.tls]`, loaded and checked.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+    max_handshakes: usize,
+}
+
+impl ServerTls {
+    /// Reads the certificate, key and client CA named by `cfg`; errors name the key.
+    pub fn load(cfg: &ApiTlsConfig) -> Result<ServerTls, TlsError> {
+        let certs = load_certs("api.tls.cert", &cfg.cert)?;
+        let key = load_key("api.tls.key", &cfg.key)?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid {
+                key: "api.tls".into(),
+                detail: e.to_string(),
+            })?;
+        let builder = match &cfg.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = load_roots("api.tls.client_ca", path)?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        // Token-authenticated clients keep working on the same port.
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| TlsError::Invalid {
+                            key: "api.tls.client_ca".into(),
+                            detail: e.to_string(),
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Invalid {
+                key: "api.tls.key".into(),
+                detail: format!("does not match api.tls.cert or is unusable: {e}"),
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+            handshake_timeout: cfg.handshake_timeout,
+            max_handshakes: cfg.max_handshakes,
+        })
+    }
+}
+
+/// A client certificate that passed verification against `api.tls.client_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCert {
+    /// SHA-256 of the end-entity certificate (DER).
+    pub fingerprint: [u8; 32],
+}
+
+impl ClientCert {
+    fn of(der: &[u8]) -> ClientCert {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
+        ClientCert { fingerprint }
+    }
+}
+
+/// Who is on the other end of a connection: its address and, over mutual TLS, its verified
+/// certificate. axum's connect info for the API router.
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    /// The remote socket address.
+    pub remote: SocketAddr,
+    /// The verified client certificate, if one was presented.
+    pub client_cert: Option<ClientCert>,
+}
+
+impl Connected<IncomingStream<'_, ApiListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, ApiListener>) -> PeerAddr {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Extractor: the verified client certificate of the request's connection, if any. Never
+/// fails (a router served without connect info, as in unit tests, has no certificate).
+pub struct TlsPeer(pub Option<ClientCert>);
+
+impl<S: Send + Sync> FromRequestParts<S> for TlsPeer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<TlsPeer, Self::Rejection> {
+        Ok(TlsPeer(
+            parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .and_then(|c| c.0.client_cert),
+        ))
+    }
+}
+
+/// The API's listener: plain TCP, or TLS with handshakes off the accept path.
+pub struct ApiListener {
+    tcp: TcpListener,
+    tls: Option<Handshakes>,
+}
+
+struct Handshakes {
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    max: usize,
+    metrics: Arc<Metrics>,
+    running: JoinSet<Option<(TlsStream<TcpStream>, PeerAddr)>>,
+}
+
+impl ApiListener {
+    /// Serves plain HTTP on `tcp`, or HTTPS with `tls`.
+    pub fn new(tcp: TcpListener, tls: Option<ServerTls>, metrics: Arc<Metrics>) -> ApiListener {
+        let tls = tls.map(|t| Handshakes {
+            acceptor: TlsAcceptor::from(t.config),
+            timeout: t.handshake_timeout,
+            max: t.max_handshakes.max(1),
+            metrics,
+            running: JoinSet::new(),
+        });
+        ApiListener { tcp, tls }
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+impl Listener for ApiListener {
+    type Io = Either<TcpStream, TlsStream<TcpStream>>;
+    type Addr = PeerAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let ApiListener { tcp, tls } = self;
+        let Some(tls) = tls else {
+            let (stream, remote) = accept_tcp(tcp).await;
+            let peer = PeerAddr {
+                remote,
+                client_cert: None,
+            };
+            return (Either::Left(stream), peer);
+        };
+        loop {
+            tokio::select! {
+                (stream, remote) = accept_tcp(tcp), if tls.running.len() < tls.max => {
+                    tls.running.spawn(handshake(
+                        tls.acceptor.clone(),
+                        stream,
+                        remote,
+                        tls.timeout,
+                        tls.metrics.clone(),
+                    ));
+                }
+                Some(done) = tls.running.join_next(), if !tls.running.is_empty() => {
+                    if let Ok(Some((stream, peer))) = done {
+                        return (Either::Right(stream), peer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<PeerAddr> {
+        Ok(PeerAddr {
+            remote: self.tcp.local_addr()?,
+            client_cert: None,
+        })
+    }
+}
+
+async fn accept_tcp(tcp: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match tcp.accept().await {
+            Ok((stream, remote)) => {
+                // Sync acks are small: do not let Nagle hold them back.
+                let _ = stream.set_nodelay(true);
+                return (stream, remote);
+            }
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::error!("accepting a connection failed: {e}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset
+    )
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> Option<(TlsStream<TcpStream>, PeerAddr)> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| ClientCert::of(der));
+            Some((
+                tls,
+                PeerAddr {
+                    remote,
+                    client_cert,
+                },
+            ))
+        }
+        Ok(Err(e)) => {
+            let refused_cert = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+            if refused_cert {
+                metrics.tls_handshake_failed("client_certificate");
+                tracing::warn!(%remote, "TLS handshake failed: client certificate refused: {e}");
+            } else {
+                metrics.tls_handshake_failed("error");
+                tracing::debug!(%remote, "TLS handshake failed: {e}");
+            }
+            None
+        }
+        Err(_) => {
+            metrics.tls_handshake_failed("timeout");
+            tracing::debug!(%remote, "TLS handshake timed out after {timeout:?}");
+            None
+        }
+    }
+}
