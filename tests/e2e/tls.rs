@@ -314,9 +314,27 @@ async fn a_device_syncs_to_a_tls_hub_over_wss_and_metrics_follow() {
     )
     .await;
     assert_eq!(inbound_up, 1.0);
-    // A write made now shows as lag until it is acknowledged, then 0 again.
+    // A write made now reaches the hub over the same link.
     ingest(&http, &dev, "dev.temp2", 10).await;
     converge(&http, &dev, &https, &hub).await;
+
+    // The CLI reaches the HTTPS hub with KDELTA_CA, and refuses it without (not trusted).
+    let ca = pki.dir.path().join("ca.pem");
+    let dir = pki.dir.path().to_path_buf();
+    let url = hub.url().to_owned();
+    let (trusted, untrusted) = tokio::task::spawn_blocking(move || {
+        (
+            run_env(&["peers", "--url", &url], &dir, &[("KDELTA_CA", &ca)]),
+            run(&["peers", "--url", &url], &dir),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(trusted.0, Some(0), "{}", trusted.1);
+    assert!(trusted.1.contains("device"), "{}", trusted.1);
+    assert_eq!(untrusted.0, Some(1), "{}", untrusted.1);
+    // Not trusted by the system roots, or no system roots at all: both say what to set.
+    assert!(untrusted.1.contains("KDELTA_CA"), "{}", untrusted.1);
 }
 
 #[tokio::test]
@@ -493,22 +511,30 @@ impl Drop for Gate {
     }
 }
 
-/// Runs `kdelta ARGS`; returns exit code and stdout + stderr.
-fn run(args: &[&str], dir: &Path) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .args(args)
+/// Runs `kdelta ARGS` with `env`; returns exit code and stdout + stderr.
+fn run_env(args: &[&str], dir: &Path, env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env_remove("KDELTA_URL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kdelta");
+        .env_remove("KDELTA_CA")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run kdelta");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code(), text)
+}
+
+/// Runs `kdelta ARGS`; returns exit code and stdout + stderr.
+fn run(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    run_env(args, dir, &[])
 }
 
 #[tokio::test]
