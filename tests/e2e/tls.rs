@@ -48,12 +48,24 @@ impl Ca {
 
     /// A leaf certificate and key (PEM) with `names` as subject alternative names.
     fn leaf(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_with(cn, names, usage, |_| {})
+    }
+
+    /// [`Ca::leaf`] with `edit` applied to the parameters (validity, …).
+    fn leaf_with(
+        &self,
+        cn: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
+        edit(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
@@ -95,6 +107,17 @@ impl Pki {
             &["localhost", "127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
         );
+        // Valid, but not for 127.0.0.1; and one for the right names that has expired.
+        let wrong_host = ca.leaf("hub", &["hub.invalid"], ExtendedKeyUsagePurpose::ServerAuth);
+        let expired = ca.leaf_with(
+            "hub",
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            },
+        );
         let client = ca.leaf("device-1", &[], ExtendedKeyUsagePurpose::ClientAuth);
         let unlisted = ca.leaf("device-2", &[], ExtendedKeyUsagePurpose::ClientAuth);
         let rogue_client = rogue.leaf("device-1", &[], ExtendedKeyUsagePurpose::ClientAuth);
@@ -104,6 +127,8 @@ impl Pki {
         for (name, leaf) in [
             ("server", &server),
             ("rogue-server", &rogue_server),
+            ("wrong-host", &wrong_host),
+            ("expired", &expired),
             ("client", &client),
             ("unlisted", &unlisted),
             ("rogue-client", &rogue_client),
@@ -135,13 +160,24 @@ impl Pki {
     }
 }
 
-/// `[api.tls]` with the hub's certificate; with `mtls`, client certificates from the test CA
-/// are verified and `client.pem` is accepted for sync as `device-cert`.
-fn hub_config(pki: &Pki, mtls: bool) -> String {
+/// An HTTPS client that accepts any certificate: only for reading the status of hubs whose
+/// certificate is deliberately wrong.
+fn https_insecure() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `[api.tls]` with the certificate `server` (`server.pem` is the good one); with `mtls`,
+/// client certificates from the test CA are verified and `client.pem` is accepted for sync
+/// as `device-cert`.
+fn hub_config(pki: &Pki, server: &str, mtls: bool) -> String {
     let mut c = format!(
         "sources = []\n[api.tls]\ncert = {}\nkey = {}\n",
-        pki.path("server.pem"),
-        pki.path("server-key.pem")
+        pki.path(&format!("{server}.pem")),
+        pki.path(&format!("{server}-key.pem"))
     );
     if mtls {
         c.push_str(&format!("client_ca = {}\n", pki.path("ca.pem")));
@@ -159,7 +195,13 @@ fn hub_config(pki: &Pki, mtls: bool) -> String {
 }
 
 fn hub(pki: &Pki, mtls: bool) -> Agent {
-    let hub = Agent::builder().config(&hub_config(pki, mtls)).start();
+    hub_with(pki, "server", mtls)
+}
+
+fn hub_with(pki: &Pki, server: &str, mtls: bool) -> Agent {
+    let hub = Agent::builder()
+        .config(&hub_config(pki, server, mtls))
+        .start();
     assert!(hub.url().starts_with("https://"), "{}", hub.url());
     hub
 }
@@ -385,6 +427,27 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
         },
     )
     .await;
+
+    // A certificate for another host name, and an expired one, are named as such.
+    for (server, why) in [
+        ("wrong-host", "not valid for the host name"),
+        ("expired", "has expired"),
+    ] {
+        let bad_hub = hub_with(&pki, server, false);
+        let bad_before = state(&https_insecure(), &bad_hub).await;
+        let dev = device(&[peer_entry(
+            "hub",
+            bad_hub.url(),
+            &[
+                format!("token = \"{TOKEN}\""),
+                format!("ca = {}", pki.path("ca.pem")),
+            ],
+        )]);
+        ingest(&http, &dev, "dev.temp", 10).await;
+        let err = peer_error(&http, &dev, "hub", "tls").await;
+        assert!(err["message"].as_str().unwrap().contains(why), "{err}");
+        assert_eq!(state(&https_insecure(), &bad_hub).await, bad_before);
+    }
 
     // A plain ws:// client cannot talk to the TLS port either.
     let plain = hub.url().replace("https://", "http://");
