@@ -208,6 +208,12 @@ impl ApiClient {
     }
 
     fn transport(&self, url: &str, e: &reqwest::Error) -> ClientError {
+        if let Some(tls) = crate::tls::describe_handshake_error(e) {
+            return ClientError::Transport {
+                url: url.to_owned(),
+                detail: format!("{tls}; set {CA_ENV} to the CA file of a private CA"),
+            };
+        }
         let detail = root_cause(e);
         if e.is_connect() || (e.is_timeout() && !e.is_body()) {
             ClientError::Unreachable {

@@ -48,12 +48,24 @@ impl Ca {
 
     /// A leaf certificate and key (PEM) with `names` as subject alternative names.
     fn leaf(&self, cn: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_with(cn, names, usage, |_| {})
+    }
+
+    /// [`Ca::leaf`] with `edit` applied to the parameters (validity, …).
+    fn leaf_with(
+        &self,
+        cn: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
+        edit(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
@@ -95,6 +107,17 @@ impl Pki {
             &["localhost", "127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
         );
+        // Valid, but not for 127.0.0.1; and one for the right names that has expired.
+        let wrong_host = ca.leaf("hub", &["hub.invalid"], ExtendedKeyUsagePurpose::ServerAuth);
+        let expired = ca.leaf_with(
+            "hub",
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            },
+        );
         let client = ca.leaf("device-1", &[], ExtendedKeyUsagePurpose::ClientAuth);
         let unlisted = ca.leaf("device-2", &[], ExtendedKeyUsagePurpose::ClientAuth);
         let rogue_client = rogue.leaf("device-1", &[], ExtendedKeyUsagePurpose::ClientAuth);
@@ -104,6 +127,8 @@ impl Pki {
         for (name, leaf) in [
             ("server", &server),
             ("rogue-server", &rogue_server),
+            ("wrong-host", &wrong_host),
+            ("expired", &expired),
             ("client", &client),
             ("unlisted", &unlisted),
             ("rogue-client", &rogue_client),
@@ -135,13 +160,24 @@ impl Pki {
     }
 }
 
-/// `[api.tls]` with the hub's certificate; with `mtls`, client certificates from the test CA
-/// are verified and `client.pem` is accepted for sync as `device-cert`.
-fn hub_config(pki: &Pki, mtls: bool) -> String {
+/// An HTTPS client that accepts any certificate: only for reading the status of hubs whose
+/// certificate is deliberately wrong.
+fn https_insecure() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `[api.tls]` with the certificate `server` (`server.pem` is the good one); with `mtls`,
+/// client certificates from the test CA are verified and `client.pem` is accepted for sync
+/// as `device-cert`.
+fn hub_config(pki: &Pki, server: &str, mtls: bool) -> String {
     let mut c = format!(
         "sources = []\n[api.tls]\ncert = {}\nkey = {}\n",
-        pki.path("server.pem"),
-        pki.path("server-key.pem")
+        pki.path(&format!("{server}.pem")),
+        pki.path(&format!("{server}-key.pem"))
     );
     if mtls {
         c.push_str(&format!("client_ca = {}\n", pki.path("ca.pem")));
@@ -159,7 +195,13 @@ fn hub_config(pki: &Pki, mtls: bool) -> String {
 }
 
 fn hub(pki: &Pki, mtls: bool) -> Agent {
-    let hub = Agent::builder().config(&hub_config(pki, mtls)).start();
+    hub_with(pki, "server", mtls)
+}
+
+fn hub_with(pki: &Pki, server: &str, mtls: bool) -> Agent {
+    let hub = Agent::builder()
+        .config(&hub_config(pki, server, mtls))
+        .start();
     assert!(hub.url().starts_with("https://"), "{}", hub.url());
     hub
 }
@@ -211,8 +253,9 @@ async fn converge(ca: &reqwest::Client, a: &Agent, cb: &reqwest::Client, b: &Age
     .await;
 }
 
-/// The outbound peer `name` in `/v1/sync/peers`.
-async fn outbound(c: &reqwest::Client, agent: &Agent, name: &str) -> Value {
+/// The outbound peer `name` in `/v1/sync/peers` (listed once the agent has started its peer
+/// tasks, just after it logs its address).
+async fn outbound(c: &reqwest::Client, agent: &Agent, name: &str) -> Option<Value> {
     let (s, v) = get_json(c, &agent.at("/v1/sync/peers")).await;
     assert_eq!(s, 200, "{v}");
     v["peers"]
@@ -221,7 +264,6 @@ async fn outbound(c: &reqwest::Client, agent: &Agent, name: &str) -> Value {
         .iter()
         .find(|p| p["name"] == name && p["direction"] == "outbound")
         .cloned()
-        .unwrap_or_else(|| panic!("no outbound peer {name}: {v}"))
 }
 
 /// Waits until the outbound peer `name` reports an error with `code`; returns it.
@@ -230,7 +272,7 @@ async fn peer_error(c: &reqwest::Client, agent: &Agent, name: &str, code: &str) 
         DEADLINE,
         &format!("peer {name} to fail with {code}"),
         || async {
-            let e = outbound(c, agent, name).await["last_error"].clone();
+            let e = outbound(c, agent, name).await?["last_error"].clone();
             (e["code"] == code).then_some(e)
         },
     )
@@ -270,7 +312,9 @@ async fn a_device_syncs_to_a_tls_hub_over_wss_and_metrics_follow() {
     ingest(&https, &hub, "hub.temp", 100).await;
     converge(&http, &dev, &https, &hub).await;
 
-    let p = outbound(&http, &dev, "hub").await;
+    let p = outbound(&http, &dev, "hub")
+        .await
+        .expect("the peer is listed");
     assert!(p["url"].as_str().unwrap().starts_with("wss://"), "{p}");
     assert_eq!(p["connected"], true, "{p}");
 
@@ -314,9 +358,27 @@ async fn a_device_syncs_to_a_tls_hub_over_wss_and_metrics_follow() {
     )
     .await;
     assert_eq!(inbound_up, 1.0);
-    // A write made now shows as lag until it is acknowledged, then 0 again.
+    // A write made now reaches the hub over the same link.
     ingest(&http, &dev, "dev.temp2", 10).await;
     converge(&http, &dev, &https, &hub).await;
+
+    // The CLI reaches the HTTPS hub with KDELTA_CA, and refuses it without (not trusted).
+    let ca = pki.dir.path().join("ca.pem");
+    let dir = pki.dir.path().to_path_buf();
+    let url = hub.url().to_owned();
+    let (trusted, untrusted) = tokio::task::spawn_blocking(move || {
+        (
+            run_env(&["peers", "--url", &url], &dir, &[("KDELTA_CA", &ca)]),
+            run(&["peers", "--url", &url], &dir),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(trusted.0, Some(0), "{}", trusted.1);
+    assert!(trusted.1.contains("device"), "{}", trusted.1);
+    assert_eq!(untrusted.0, Some(1), "{}", untrusted.1);
+    // Not trusted by the system roots, or no system roots at all: both say what to set.
+    assert!(untrusted.1.contains("KDELTA_CA"), "{}", untrusted.1);
 }
 
 #[tokio::test]
@@ -367,6 +429,27 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
         },
     )
     .await;
+
+    // A certificate for another host name, and an expired one, are named as such.
+    for (server, why) in [
+        ("wrong-host", "not valid for the host name"),
+        ("expired", "has expired"),
+    ] {
+        let bad_hub = hub_with(&pki, server, false);
+        let bad_before = state(&https_insecure(), &bad_hub).await;
+        let dev = device(&[peer_entry(
+            "hub",
+            bad_hub.url(),
+            &[
+                format!("token = \"{TOKEN}\""),
+                format!("ca = {}", pki.path("ca.pem")),
+            ],
+        )]);
+        ingest(&http, &dev, "dev.temp", 10).await;
+        let err = peer_error(&http, &dev, "hub", "tls").await;
+        assert!(err["message"].as_str().unwrap().contains(why), "{err}");
+        assert_eq!(state(&https_insecure(), &bad_hub).await, bad_before);
+    }
 
     // A plain ws:// client cannot talk to the TLS port either.
     let plain = hub.url().replace("https://", "http://");
@@ -493,22 +576,30 @@ impl Drop for Gate {
     }
 }
 
-/// Runs `kdelta ARGS`; returns exit code and stdout + stderr.
-fn run(args: &[&str], dir: &Path) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .args(args)
+/// Runs `kdelta ARGS` with `env`; returns exit code and stdout + stderr.
+fn run_env(args: &[&str], dir: &Path, env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env_remove("KDELTA_URL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kdelta");
+        .env_remove("KDELTA_CA")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run kdelta");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code(), text)
+}
+
+/// Runs `kdelta ARGS`; returns exit code and stdout + stderr.
+fn run(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    run_env(args, dir, &[])
 }
 
 #[tokio::test]

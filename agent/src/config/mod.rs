@@ -469,6 +469,54 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_validated() {
+        let tls = ApiTlsConfig {
+            cert: "/etc/kdelta/tls/agent.pem".into(),
+            key: "/etc/kdelta/tls/agent-key.pem".into(),
+            client_ca: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
+        };
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            c.api.tls = Some(tls.clone());
+            f(&mut c);
+            c.validate().err().map(|e| e.key)
+        };
+        assert_eq!(with(&|_| {}), None);
+        let key = |c: &mut Config| c.api.tls.as_mut().unwrap().key = PathBuf::new();
+        assert_eq!(with(&key).as_deref(), Some("api.tls.key"));
+        let slow = |c: &mut Config| {
+            c.api.tls.as_mut().unwrap().handshake_timeout = Duration::from_secs(600);
+        };
+        assert_eq!(with(&slow).as_deref(), Some("api.tls.handshake_timeout"));
+        let none = |c: &mut Config| c.api.tls.as_mut().unwrap().max_handshakes = 0;
+        assert_eq!(with(&none).as_deref(), Some("api.tls.max_handshakes"));
+        // Client certificates are only accepted when they are verified (mutual TLS).
+        let certs = |c: &mut Config| {
+            c.sync.accept_certs = vec![crate::peers::AcceptCert {
+                name: "dev".into(),
+                fingerprint: "ab".repeat(32),
+            }];
+        };
+        assert_eq!(with(&certs).as_deref(), Some("sync.accept_certs"));
+        let mtls = |c: &mut Config| {
+            certs(c);
+            c.api.tls.as_mut().unwrap().client_ca = Some("/etc/kdelta/tls/ca.pem".into());
+        };
+        assert_eq!(with(&mtls), None);
+        // `[api.tls]` in TOML: defaults fill the optional keys.
+        let parsed: Config =
+            toml::from_str("[api.tls]\ncert = \"a.pem\"\nkey = \"k.pem\"\n").unwrap();
+        let t = parsed.api.tls.unwrap();
+        assert_eq!(
+            (t.handshake_timeout, t.max_handshakes),
+            (Duration::from_secs(10), 64)
+        );
+        assert!(toml::from_str::<Config>("[api.tls]\ncert = \"a.pem\"\n").is_err());
+    }
+
+    #[test]
     fn validate_names_the_key() {
         let mut config = Config::default();
         config.ingest.batch_max_readings = 0;

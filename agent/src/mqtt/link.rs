@@ -199,3 +199,37 @@ pub async fn link_loop(
         backoff = (backoff * 2).min(settings.backoff_max);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtts_ca_file_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = MqttConfig {
+            url: "mqtts://broker.local:8883".into(),
+            ca_file: Some(dir.path().join("missing.pem")),
+            ..MqttConfig::default()
+        };
+        let e = LinkSettings::new(&cfg, "dev", "kdelta/dev/status")
+            .err()
+            .expect("missing CA file refused")
+            .to_string();
+        assert!(
+            e.contains("mqtt.ca_file") && e.contains("missing.pem"),
+            "{e}"
+        );
+
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let cfg = MqttConfig {
+            ca_file: Some(dir.path().join("empty.pem")),
+            ..cfg
+        };
+        let e = LinkSettings::new(&cfg, "dev", "kdelta/dev/status")
+            .err()
+            .expect("empty CA file refused")
+            .to_string();
+        assert!(e.contains("no certificate"), "{e}");
+    }
+}

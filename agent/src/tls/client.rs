@@ -47,21 +47,29 @@ pub fn client_config(
 }
 
 /// A sentence for a failed TLS handshake found anywhere in `err`'s chain (including inside
-/// `io::Error`s), or `None` when the failure was not about TLS.
+/// nested `io::Error`s), or `None` when the failure was not about TLS.
 pub fn describe_handshake_error(err: &(dyn StdError + 'static)) -> Option<String> {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(describe(r));
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return Some(describe(r));
-        }
-        next = e.source();
+    find_rustls(err, 0).map(describe)
+}
+
+/// The rustls error in `e`'s chain. An `io::Error` hides its inner error from `source()`
+/// (and HTTP stacks wrap io errors in io errors), so it is opened explicitly; `depth`
+/// bounds the walk.
+fn find_rustls<'a>(e: &'a (dyn StdError + 'static), depth: u8) -> Option<&'a rustls::Error> {
+    if depth > 16 {
+        return None;
     }
-    None
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        && let Some(r) = find_rustls(inner, depth + 1)
+    {
+        return Some(r);
+    }
+    find_rustls(e.source()?, depth + 1)
 }
 
 fn describe(e: &rustls::Error) -> String {
@@ -99,6 +107,9 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
         let text = describe_handshake_error(&io).unwrap();
         assert!(text.contains("not trusted"), "{text}");
+        // As hyper-rustls hands it on: an io::Error around tokio-rustls's io::Error.
+        let nested = std::io::Error::other(io);
+        assert!(describe_handshake_error(&nested).is_some());
         let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(describe_handshake_error(&plain), None);
     }

@@ -275,3 +275,93 @@ async fn handshake(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::ServerName;
+
+    use super::*;
+    use crate::tls::{client_config, load_roots};
+
+    /// Writes a CA and a server certificate for `localhost` into `dir`; returns the config.
+    fn files(dir: &Path, timeout: Duration, max: usize) -> ApiTlsConfig {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        ApiTlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+            handshake_timeout: timeout,
+            max_handshakes: max,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_neither_blocks_others_nor_stays_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_millis(500);
+        let tls = ServerTls::load(&files(dir.path(), timeout, 4)).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut listener = ApiListener::new(tcp, Some(tls), metrics.clone());
+        assert_eq!(listener.scheme(), "https");
+
+        // Connects and never says anything.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let roots = load_roots("ca", &dir.path().join("ca.pem")).unwrap();
+        let connector = TlsConnector::from(client_config(roots, None).unwrap());
+        let started = Instant::now();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await
+        });
+        let (io, peer) = listener.accept().await;
+        assert!(
+            started.elapsed() < timeout,
+            "the real client waited for the silent one"
+        );
+        assert!(matches!(io, Either::Right(_)));
+        assert!(peer.client_cert.is_none());
+        client.await.unwrap().expect("client handshake");
+
+        // The silent connection is dropped after the timeout and counted.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let counted = "kdelta_tls_handshakes_failed_total{reason=\"timeout\"} 1";
+        while !metrics.encode().contains(counted) {
+            assert!(Instant::now() < deadline, "{}", metrics.encode());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_is_an_error_naming_the_key() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let mut cfg = files(a.path(), Duration::from_secs(1), 1);
+        cfg.key = files(b.path(), Duration::from_secs(1), 1).key;
+        let e = ServerTls::load(&cfg)
+            .err()
+            .expect("mismatch refused")
+            .to_string();
+        assert!(e.starts_with("api.tls.key:"), "{e}");
+    }
+}
