@@ -48,6 +48,9 @@ enum Stop {
 /// prints the chain and exits non-zero).
 pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyhow::Result<()> {
     let started = Instant::now();
+    // First of all: a SIGTERM or SIGHUP during startup (a test or systemd acting on the
+    // "listening on" line) is then queued for the wait loop instead of killing the process.
+    let mut signals = Signals::install()?;
     let data_dir = std::path::absolute(&config.data_dir)
         .with_context(|| format!("resolving data directory {}", config.data_dir.display()))?;
     std::fs::create_dir_all(&data_dir)
@@ -135,9 +138,12 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         mqtt,
         mqtt_deps,
         api: format!("API on {scheme}://{addr}"),
+        args,
+        data_dir: data_dir.clone(),
+        shutdown: shutdown.clone(),
     };
     state.ready.store(true, Ordering::SeqCst);
-    let summary = running.summary(&data_dir);
+    let summary = running.summary();
     systemd::ready(&summary);
     tracing::info!(
         actor = %store.actor(),
@@ -155,13 +161,11 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     ));
 
     let stop = wait_for_stop(
-        &args,
-        &data_dir,
+        &mut signals,
         &mut logging,
         &mut server,
         &mut batcher,
         &mut running,
-        &shutdown,
     )
     .await?;
     let fatal = match stop {
@@ -278,24 +282,36 @@ async fn step<T>(limit: Duration, task: &mut JoinHandle<T>) -> bool {
     tokio::time::timeout(limit, task).await.is_ok()
 }
 
+/// The signals the daemon handles, installed when it starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
 async fn wait_for_stop(
-    args: &ConfigArgs,
-    data_dir: &Path,
+    signals: &mut Signals,
     logging: &mut Logging,
     server: &mut JoinHandle<anyhow::Result<()>>,
     batcher: &mut JoinHandle<anyhow::Result<()>>,
     running: &mut Running,
-    shutdown: &CancellationToken,
 ) -> anyhow::Result<Stop> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         let stop = tokio::select! {
-            _ = term.recv() => Stop::Signal("SIGTERM"),
-            _ = int.recv() => Stop::Signal("SIGINT"),
-            _ = hup.recv() => {
-                running.reload(args, logging, data_dir, shutdown).await;
+            _ = signals.term.recv() => Stop::Signal("SIGTERM"),
+            _ = signals.int.recv() => Stop::Signal("SIGINT"),
+            _ = signals.hup.recv() => {
+                running.reload(logging).await;
                 continue;
             }
             result = &mut *server => Stop::Fatal(match result {
@@ -324,17 +340,22 @@ struct Running {
     mqtt_deps: crate::mqtt::MqttDeps,
     /// "API on …", for the status line.
     api: String,
+    /// Where the configuration is read from again.
+    args: ConfigArgs,
+    data_dir: PathBuf,
+    /// The agent's shutdown token (replaced parts stop on a child of it).
+    shutdown: CancellationToken,
 }
 
 impl Running {
     /// The `STATUS=` line and log summary of what runs.
-    fn summary(&self, data_dir: &Path) -> String {
+    fn summary(&self) -> String {
         let n = self.sources.count();
         let peers = self.config.sync.peers.len();
         let mut s = format!(
             "recording {n} source{} into {}; {}",
             if n == 1 { "" } else { "s" },
-            data_dir.display(),
+            self.data_dir.display(),
             self.api
         );
         if peers > 0 {
@@ -353,26 +374,20 @@ impl Running {
     /// filter, the sources, `[sync]` (accepted tokens, outbound peers, page size,
     /// compression) and `[mqtt]`; logs each part it could not reload and the changed
     /// settings that need a restart.
-    async fn reload(
-        &mut self,
-        args: &ConfigArgs,
-        logging: &mut Logging,
-        data_dir: &Path,
-        shutdown: &CancellationToken,
-    ) {
+    async fn reload(&mut self, logging: &mut Logging) {
         systemd::reloading();
         tracing::info!("SIGHUP received: reloading the configuration");
-        match crate::config::load(args) {
+        match crate::config::load(&self.args) {
             Err(e) => {
                 tracing::error!("reload failed, keeping the running configuration: {e}");
                 tracing::info!("reload done: nothing reloaded");
             }
-            Ok(loaded) => self.apply(loaded.config, logging, shutdown).await,
+            Ok(loaded) => self.apply(loaded.config, logging).await,
         }
-        systemd::reloaded(&self.summary(data_dir));
+        systemd::reloaded(&self.summary());
     }
 
-    async fn apply(&mut self, new: Config, logging: &mut Logging, shutdown: &CancellationToken) {
+    async fn apply(&mut self, new: Config, logging: &mut Logging) {
         let mut reloaded = Vec::new();
         if self.config.log.level != new.log.level {
             match logging.reload(&new.log.level) {
@@ -435,7 +450,7 @@ impl Running {
             match check {
                 Ok(()) => {
                     self.mqtt
-                        .replace(&new.mqtt, &self.mqtt_deps, shutdown)
+                        .replace(&new.mqtt, &self.mqtt_deps, &self.shutdown)
                         .await;
                     self.config.mqtt = new.mqtt.clone();
                     reloaded.push("mqtt");

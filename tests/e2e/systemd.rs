@@ -301,3 +301,39 @@ async fn sighup_replaces_the_sources() {
     let status = agent.wait_exit(Duration::from_secs(15));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", agent.stderr());
 }
+
+/// Regression: SIGTERM or SIGHUP sent as soon as the agent prints its address (what this
+/// harness, a script or systemd may do) arrived before the handlers were installed and killed
+/// the process by the signal's default action. Now they are queued and handled after startup.
+#[test]
+fn signals_at_the_listening_line_are_handled_not_fatal() {
+    for signal in [libc::SIGHUP, libc::SIGTERM] {
+        let mut agent = Agent::builder()
+            .config("sources = []\n")
+            .env("NOTIFY_SOCKET", "")
+            .start();
+        // SAFETY: kill(2) on the child we spawned and have not reaped.
+        unsafe {
+            libc::kill(agent.pid() as libc::pid_t, signal);
+        }
+        if signal == libc::SIGHUP {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !agent.stderr().contains("reload done") {
+                assert!(
+                    agent.wait_exit(Duration::from_millis(20)).is_none(),
+                    "SIGHUP at startup killed the agent:\n{}",
+                    agent.stderr()
+                );
+                assert!(Instant::now() < deadline, "no reload:\n{}", agent.stderr());
+            }
+            agent.sigterm();
+        }
+        let status = agent.wait_exit(Duration::from_secs(15));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "signal {signal} at startup: {status:?}\n{}",
+            agent.stderr()
+        );
+    }
+}
