@@ -371,6 +371,64 @@ async fn a_cut_link_resumes_with_only_what_is_missing() {
     }
 }
 
+/// A sink that delivers `allowed` frames, then fails like a reset connection.
+struct ResetAfter {
+    inner: MemorySink,
+    allowed: usize,
+}
+
+impl FrameSink for ResetAfter {
+    async fn send(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
+        if self.allowed == 0 {
+            return Err(std::io::ErrorKind::ConnectionReset.into());
+        }
+        self.allowed -= 1;
+        self.inner.send(frame).await
+    }
+}
+
+/// Regression: when the link failed on a send (an ack hitting a reset connection), the pages
+/// the peer had already delivered were dropped with the session's queue and sent again by
+/// the next session. Every page received whole is now applied before the session ends.
+#[tokio::test]
+async fn pages_received_before_a_failed_send_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&dir, "a.db").await, open(&dir, "b.db").await);
+    readings(&a, "a.temp", 0, 12, 50).await;
+    let ((r_tx, r_rx), (tx, rx)) = memory_link(32);
+    let session = SyncSession::responder(b.clone(), config(SessionMode::Continuous), auth());
+    // Welcome and Vector get through; the first ack fails.
+    let sink = ResetAfter {
+        inner: r_tx,
+        allowed: 2,
+    };
+    let stats = session.stats();
+    let handle = tokio::spawn(session.run(sink, r_rx, std::future::pending()));
+    let mut raw = Raw {
+        tx,
+        rx,
+        codec: FrameCodec::default(),
+    };
+    raw.handshake(TOKEN).await;
+    let changes = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    for (i, change) in changes.into_iter().enumerate() {
+        raw.send(&Frame::Page {
+            page_id: i as u64 + 1,
+            changes: vec![change],
+        })
+        .await;
+    }
+    drop(raw); // the peer's side of the link closes after the last page
+    let e = session_error(handle).await;
+    assert!(["transport", "closed"].contains(&e.code()), "{e:?}");
+    assert_eq!(stats.snapshot().pages_received, 12);
+    assert_eq!(b.version_vector(), a.version_vector());
+    assert_eq!(b.digest(), a.digest());
+}
+
 // ---------------------------------------------------------------- hostile peers
 
 /// The far end of a link that the test speaks for, frame by frame.

@@ -7,6 +7,7 @@
 //! config errors naming the key, and the one-agent-per-data-dir lock.
 
 mod harness;
+mod proxy;
 mod reload;
 mod sources;
 mod sync;

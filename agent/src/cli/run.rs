@@ -49,6 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Ingest(args)) => {
             multi_thread()?.block_on(crate::bench::ingest(args))
         }
+        Command::Bench(BenchCommand::Sync(args)) => {
+            multi_thread()?.block_on(crate::bench::sync(args))
+        }
         other => current_thread()?.block_on(client_command(other)),
     }
 }

@@ -169,8 +169,15 @@ impl SyncSession {
                 let failed = w.err().unwrap_or(ProtocolError::Closed);
                 // The driver notices at its next send; let it finish the page it may be
                 // applying, so that when this returns the store is done with the session.
-                // Its own error, if more telling than a closed queue, wins.
-                match timeout(linger, &mut main).await {
+                // Keep reading meanwhile: pages the peer delivered whole are still applied
+                // (`apply_received`). Its own error, if more telling than a closed queue, wins.
+                let finish = async {
+                    tokio::select! {
+                        r = &mut main => r,
+                        () = &mut reader => Err(ProtocolError::Closed),
+                    }
+                };
+                match timeout(linger, finish).await {
                     Ok(Err(ProtocolError::Closed)) | Err(_) => Err(failed),
                     Ok(other) => other,
                 }
@@ -200,6 +207,9 @@ impl SyncSession {
             r = self.drive(&mut link, &mut peer) => r,
             () = shutdown => Ok(SessionEnd::Shutdown),
         };
+        if matches!(result, Err(ProtocolError::Closed)) && peer.is_some() {
+            self.apply_received(&mut link).await;
+        }
         match &result {
             Ok(SessionEnd::Shutdown) => {
                 let bye = Frame::Bye {
@@ -226,6 +236,28 @@ impl SyncSession {
         // Dropping the link closes the outbound queue: the writer flushes and stops.
         drop(link);
         result.map(|end| SessionSummary { peer, end })
+    }
+
+    /// The link failed on a send (an ack hit a reset connection, say) while pages the peer
+    /// delivered whole may still wait in the inbound queue: apply them, without acks (the
+    /// peer learns from our vector next session), so a cut costs at most the page it
+    /// interrupted. Stops at the reader's end of the link, on an error, or after a grace
+    /// period of at most 5 s (a half-open link may never report its end).
+    async fn apply_received(&self, link: &mut Link) {
+        let grace = self.config.handshake_timeout.min(Duration::from_secs(5));
+        let deadline = Instant::now() + grace;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, link.inbound.recv()).await
+        {
+            if let Frame::Page { changes, .. } = frame {
+                match self.store.apply_remote(changes).await {
+                    Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a page received before the link failed was refused");
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     async fn drive(

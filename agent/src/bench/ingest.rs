@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use super::{mib, proc_sample};
 use crate::cli::BenchIngestArgs;
 use crate::client::{ApiClient, api_error};
 
@@ -33,38 +34,6 @@ struct WorkerReport {
     readings: u64,
     latencies_us: Vec<u32>,
     first_error: Option<String>,
-}
-
-/// Figures of the server process from /proc.
-struct ProcSample {
-    rss_bytes: u64,
-    hwm_bytes: u64,
-    cpu_ticks: u64,
-}
-
-fn proc_sample(pid: u32) -> Option<ProcSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map(|k| k * 1024)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ProcSample {
-        rss_bytes: kb("VmRSS:")?,
-        hwm_bytes: kb("VmHWM:").unwrap_or(0),
-        cpu_ticks: ticks,
-    })
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Runs the load test.
