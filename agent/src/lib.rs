@@ -14,6 +14,7 @@
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
 //! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status |
+//! | [`device_twin`] | the agent's own twin `device/<device_name>`: `reported` state, `desired` intervals |
 
 pub mod api;
 pub mod bench;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod device_twin;
 pub mod lockfile;
 pub mod logging;
 pub mod metrics;

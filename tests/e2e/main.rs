@@ -10,6 +10,7 @@ mod harness;
 mod sources;
 mod sync;
 mod systemd;
+mod twins;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
