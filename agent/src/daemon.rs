@@ -123,12 +123,14 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     });
 
     // The agent's own device twin (desired/reported): stops on `shutdown`, before the store.
-    let device_twin = tokio::spawn(crate::device_twin::run(
-        store.clone(),
-        config.device_name.clone(),
-        state.sources.clone(),
-        shutdown.clone(),
-    ));
+    let device_twin = config.device_twin.then(|| {
+        tokio::spawn(crate::device_twin::run(
+            store.clone(),
+            config.device_name.clone(),
+            state.sources.clone(),
+            shutdown.clone(),
+        ))
+    });
 
     // Sync peers (none unless `[[sync.peers]]`): stop on `shutdown`, before the store closes.
     let sync_tasks = TaskTracker::new();
@@ -235,7 +237,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         tracing::warn!("sync peers did not stop within 3 s");
     }
     let _ = watchdog.await;
-    let _ = tokio::time::timeout(Duration::from_secs(3), device_twin).await;
+    if let Some(task) = device_twin {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     if tokio::time::timeout(remaining.max(Duration::from_millis(200)), store.close())
         .await

@@ -15,7 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 fn hub() -> Agent {
     Agent::builder()
         .config(&format!(
-            "sources = []\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n"
+            "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n"
         ))
         .start()
 }
