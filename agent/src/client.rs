@@ -177,6 +177,22 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// `method url` with a raw body of `content_type`, JSON answer.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        url: Url,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, ClientError> {
+        let request = self
+            .http
+            .request(method, url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send(request).await
+    }
+
     /// The underlying client (for the load tool, which measures raw requests).
     pub fn http(&self) -> &reqwest::Client {
         &self.http

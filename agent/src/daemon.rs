@@ -142,6 +142,16 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
         data_dir: data_dir.clone(),
         shutdown: shutdown.clone(),
     };
+
+    // The agent's own device twin (desired/reported): stops on `shutdown`, before the store.
+    let device_twin = config.device_twin.then(|| {
+        tokio::spawn(crate::device_twin::run(
+            store.clone(),
+            config.device_name.clone(),
+            state.sources.clone(),
+            shutdown.clone(),
+        ))
+    });
     state.ready.store(true, Ordering::SeqCst);
     let summary = running.summary();
     systemd::ready(&summary);
@@ -233,6 +243,9 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     }
     let _ = watchdog.await;
     let _ = status_line.await;
+    if let Some(task) = device_twin {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     if tokio::time::timeout(remaining.max(Duration::from_millis(200)), store.close())
         .await
@@ -491,6 +504,7 @@ fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("data_dir", running.data_dir != new.data_dir);
     check("device_name", running.device_name != new.device_name);
+    check("device_twin", running.device_twin != new.device_twin);
     check("api", running.api != new.api);
     check("log.format", running.log.format != new.log.format);
     check("store", running.store != new.store);

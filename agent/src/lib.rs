@@ -16,6 +16,7 @@
 //! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status, `sync now` |
 //! | [`running`] | the parts SIGHUP replaces: sources, outbound peers, the MQTT client |
 //! | [`tls`] | rustls (ring): the HTTPS listener, mutual TLS, client configs, PEM loading |
+//! | [`device_twin`] | the agent's own twin `device/<device_name>`: `reported` state, `desired` intervals |
 
 pub mod api;
 pub mod bench;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod device_twin;
 pub mod lockfile;
 pub mod logging;
 pub mod metrics;

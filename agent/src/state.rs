@@ -29,6 +29,10 @@ pub struct SourceStatus {
     pub errors: u64,
     /// Ticks missed because sampling took longer than the interval.
     pub missed_ticks: u64,
+    /// Wakes the source's scheduler after `interval_ms` was changed at run time (the device
+    /// twin's `desired` interval), so the new interval applies without a restart.
+    #[serde(skip)]
+    pub retune: Arc<tokio::sync::Notify>,
 }
 
 /// Everything the API handlers need.

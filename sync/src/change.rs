@@ -50,6 +50,7 @@ impl Change {
             ChangeBody::Doc(d) => {
                 16 + d.key.len() + d.value.as_ref().map_or(0, Vec::len) + d.context.len() * 28
             }
+            ChangeBody::Twin(t) => 16 + t.key.len() + t.change.len(),
         }
     }
 
@@ -93,6 +94,7 @@ impl Change {
         match &self.body {
             ChangeBody::Readings(b) => b.validate(limits),
             ChangeBody::Doc(d) => d.validate(limits),
+            ChangeBody::Twin(t) => t.validate(self.actor, limits).map(drop),
         }
     }
 }
@@ -105,7 +107,74 @@ pub enum ChangeBody {
     Readings(ReadingBatch),
     /// One write to a versioned document (multi-value register).
     Doc(DocWrite),
+    /// One automerge change to a merge document (device twin).
+    Twin(TwinChange),
 }
+
+/// One automerge change to the merge document `key`. The bytes are an uncompressed automerge
+/// change chunk whose automerge actor is the kdelta actor that made the change, so one
+/// replica's changes can never claim another's automerge sequence numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TwinChange {
+    /// Document key.
+    pub key: String,
+    /// The raw automerge change chunk.
+    #[serde(with = "bytes")]
+    pub change: Vec<u8>,
+}
+
+impl TwinChange {
+    /// Checks key, size (at most `max_value_bytes`) and that the bytes are one uncompressed
+    /// automerge change by `actor` with at most [`MAX_TWIN_CHANGE_OPS`] operations; returns
+    /// the decoded change.
+    pub fn validate(
+        &self,
+        actor: ActorId,
+        limits: &Limits,
+    ) -> Result<automerge::Change, StoreError> {
+        validate_key(&self.key)?;
+        if self.change.len() > limits.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                key: self.key.clone(),
+                size: self.change.len(),
+                max: limits.max_value_bytes,
+            });
+        }
+        let bad = |detail: String| StoreError::Decode {
+            what: "twin change",
+            detail: format!(
+                "{:?}: {detail}",
+                self.key.chars().take(64).collect::<String>()
+            ),
+        };
+        // Chunk layout: 4 magic bytes, 4 checksum bytes, 1 type byte (1 = change). Compressed
+        // chunks (type 2) are refused before decoding: their inflated size is not bounded by
+        // the size checked above.
+        match self.change.get(8) {
+            Some(1) => {}
+            Some(t) => return Err(bad(format!("chunk type {t} is not an uncompressed change"))),
+            None => return Err(bad("too short to be an automerge change".into())),
+        }
+        let change = automerge::Change::try_from(&self.change[..])
+            .map_err(|e| bad(format!("not an automerge change: {e}")))?;
+        if change.actor_id().to_bytes() != actor.as_bytes() {
+            return Err(bad(format!(
+                "automerge actor {} is not the change's actor {actor}",
+                change.actor_id()
+            )));
+        }
+        if change.len() > MAX_TWIN_CHANGE_OPS {
+            return Err(bad(format!(
+                "{} operations, over the limit of {MAX_TWIN_CHANGE_OPS}",
+                change.len()
+            )));
+        }
+        Ok(change)
+    }
+}
+
+/// Most automerge operations one twin change may carry.
+pub const MAX_TWIN_CHANGE_OPS: usize = 100_000;
 
 /// A document version: a new value, or a tombstone, superseding the versions it saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +476,24 @@ mod delta {
                 prev
             })
             .collect())
+    }
+}
+
+/// `Vec<u8>` as a CBOR byte string.
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        match ciborium::Value::deserialize(d)? {
+            ciborium::Value::Bytes(b) => Ok(b),
+            _ => Err(serde::de::Error::custom(
+                "twin change must be a byte string",
+            )),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The canonical state digest: an order-independent hash over every reading and document
-//! version a store holds. Two replicas holding the same changes have the same digest, however
+//! The canonical state digest: an order-independent hash over every reading, document
+//! version and twin change a store holds. Two replicas holding the same changes have the same digest, however
 //! the changes arrived. Maintained incrementally by the writer and recomputable from the tables
 //! (see [`Store::verify_digest`](crate::Store::verify_digest)).
 
@@ -89,6 +89,20 @@ pub(crate) fn doc_hash(
         }
     }
     h.update(context);
+    *h.finalize().as_bytes()
+}
+
+/// Hash of one twin (automerge) change.
+pub(crate) fn twin_hash(actor: &ActorId, seq: u64, hlc: Hlc, key: &str, change: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/twin/v1");
+    h.update(actor.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&hlc.0.to_le_bytes());
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    h.update(&(change.len() as u64).to_le_bytes());
+    h.update(change);
     *h.finalize().as_bytes()
 }
 

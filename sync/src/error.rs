@@ -105,6 +105,26 @@ pub enum StoreError {
         /// Why it failed.
         detail: String,
     },
+    /// A twin patch (or initial twin value) was refused as a whole; nothing was stored.
+    #[error("invalid patch for twin {key:?}: {problem}")]
+    InvalidPatch {
+        /// The twin's key.
+        key: String,
+        /// What is wrong, naming the path or limit involved.
+        problem: String,
+    },
+    /// The key exists as the other kind of document (a plain register where a twin was
+    /// expected, or the reverse).
+    #[error("document {key:?} {problem}")]
+    WrongKind {
+        /// The key.
+        key: String,
+        /// What it is and what was asked, e.g. "is a plain document, not a twin".
+        problem: &'static str,
+    },
+    /// A twin was created on a key that already holds one.
+    #[error("twin {0:?} already exists")]
+    TwinExists(String),
     /// The store's writer task has stopped (the store is closing or crashed).
     #[error("the store is closed")]
     Closed,
@@ -139,6 +159,9 @@ impl StoreError {
                 | StoreError::UnknownKey(_)
                 | StoreError::BeforeHistory { .. }
                 | StoreError::Decode { .. }
+                | StoreError::InvalidPatch { .. }
+                | StoreError::WrongKind { .. }
+                | StoreError::TwinExists(_)
         )
     }
 
@@ -158,6 +181,9 @@ impl StoreError {
             StoreError::ClockSkew { .. } => "clock_skew",
             StoreError::SeqGap { .. } => "seq_gap",
             StoreError::Decode { .. } => "decode",
+            StoreError::InvalidPatch { .. } => "invalid_patch",
+            StoreError::WrongKind { .. } => "wrong_kind",
+            StoreError::TwinExists(_) => "twin_exists",
             StoreError::Closed => "closed",
         }
     }

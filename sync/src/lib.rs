@@ -19,6 +19,10 @@
 //!   did not see each other become siblings (a multi-value register with dotted contexts); a
 //!   plain [`Store::get`] returns the deterministic winner (highest HLC, then actor) and the
 //!   sibling count. Every version stays in history: as-of reads, diffs, history pages.
+//! - **Merge documents (twins)**: [`Store::twin_create`]/[`Store::twin_patch`] keep an
+//!   automerge document under a key; concurrent edits to different fields both survive. Each
+//!   edit is an automerge change carried in the change log ([`TwinChange`]); reads return the
+//!   merged JSON, as-of, history and diffs.
 //! - **Durability**: a single writer coalesces concurrent writes into one transaction and one
 //!   fsync (group commit); every write call returns only once its data is durable.
 //! - **Digest**: an order-independent hash over all readings and document versions
@@ -66,13 +70,15 @@ pub mod protocol;
 mod readings_query;
 mod schema;
 mod store;
+mod twin;
 mod vv;
 mod writer;
 
 pub use actor::{ActorId, ParseActorError};
 pub use change::{
     Change, ChangeBody, DocWrite, Dot, Limits, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES, MAX_TS_MS,
-    ReadingBatch, SeriesPoints, validate_key, validate_series_name,
+    MAX_TWIN_CHANGE_OPS, ReadingBatch, SeriesPoints, TwinChange, validate_key,
+    validate_series_name,
 };
 pub use digest::Digest;
 pub use docs_query::MAX_HISTORY_PAGE;
@@ -85,4 +91,9 @@ pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
 pub use schema::supported_schema_version;
 pub use store::Store;
+pub use twin::{
+    MAX_HISTORY_PATHS, MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS,
+    MAX_VIEW_DEPTH, PathOp, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage,
+    TwinWrite,
+};
 pub use vv::VersionVector;

@@ -291,6 +291,11 @@ pub enum ChangeEventKind {
         /// True for a delete.
         deleted: bool,
     },
+    /// An automerge change to a merge document (twin).
+    Twin {
+        /// The twin's key.
+        key: String,
+    },
 }
 
 /// Announced on [`Store::subscribe`](crate::Store::subscribe) after a change is durable.

@@ -15,7 +15,7 @@ use crate::writer::{Job, Shared, Writer};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, DocVersion,
     DocWrite, HybridClock, ReadingBatch, Result, SeriesPoints, StoreConfig, StoreError, StoreStats,
-    SystemTime, TimeSource, VersionVector, validate_key,
+    SystemTime, TimeSource, TwinChange, VersionVector, validate_key,
 };
 
 /// A handle to an open store. Cheap to clone; all clones share one writer and one read pool.
@@ -112,7 +112,10 @@ impl Store {
         &self.inner.config
     }
 
-    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
+    pub(crate) async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .jobs
@@ -363,6 +366,11 @@ impl Store {
                             &ctx,
                         ));
                     }
+                    ChangeBody::Twin(t) => {
+                        digest.add(&crate::digest::twin_hash(
+                            &c.actor, c.seq, c.hlc, &t.key, &t.change,
+                        ));
+                    }
                 }
             }
         }
@@ -442,6 +450,19 @@ async fn load_change(
                 key: r.get(0),
                 value: r.get(1),
                 context: decode_context(&r.get::<Vec<u8>, _>(2))?,
+            })
+        }
+        3 => {
+            let r = sqlx::query(
+                "SELECT w.key, t.bytes FROM twin_changes t JOIN twins w ON w.id = t.twin_id WHERE t.change_id = ?",
+            )
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::db("reading a twin change"))?;
+            ChangeBody::Twin(TwinChange {
+                key: r.get(0),
+                change: r.get(1),
             })
         }
         other => {

@@ -5,7 +5,8 @@
 //! rolled back alone; a failing commit fails the whole group and nothing is acknowledged.
 //!
 //! Owns the write connection and the in-memory caches (actor slots, series ids, digest). The
-//! row-level work lives in `ingest.rs` (readings) and `docwrite.rs` (documents).
+//! row-level work lives in `ingest.rs` (readings), `docwrite.rs` (documents) and `twin/write.rs`
+//! (merge documents).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,6 +15,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
     HybridClock, Limits, ReadingBatch, Result, StoreError, VersionVector,
@@ -46,6 +48,11 @@ pub(crate) enum Job {
         changes: Vec<Change>,
         reply: oneshot::Sender<Result<ApplyOutcome>>,
     },
+    Twin {
+        key: String,
+        edit: TwinEdit,
+        reply: oneshot::Sender<Result<TwinWrite>>,
+    },
     /// A tiny durable write, proving the database is writable (watchdog health check).
     Heartbeat { reply: oneshot::Sender<Result<()>> },
     /// Stop after the jobs queued before this one.
@@ -59,6 +66,7 @@ enum Done {
         Result<(ChangeMeta, Vec<Dot>)>,
     ),
     Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
+    Twin(oneshot::Sender<Result<TwinWrite>>, Result<TwinWrite>),
     Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
 }
 
@@ -68,6 +76,7 @@ impl Done {
             Done::Append(_, r) => r.is_ok(),
             Done::Doc(_, r) => r.is_ok(),
             Done::Remote(_, r) => r.is_ok(),
+            Done::Twin(_, r) => r.is_ok(),
             Done::Heartbeat(_, r) => r.is_ok(),
         }
     }
@@ -82,6 +91,7 @@ impl Done {
             Done::Append(tx, r) => Done::Append(tx, r.and(Err(err()))),
             Done::Doc(tx, r) => Done::Doc(tx, r.and(Err(err()))),
             Done::Remote(tx, r) => Done::Remote(tx, r.and(Err(err()))),
+            Done::Twin(tx, r) => Done::Twin(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
         }
     }
@@ -92,6 +102,7 @@ impl Done {
             Done::Append(tx, r) => tx.send(r).map_err(drop),
             Done::Doc(tx, r) => tx.send(r).map_err(drop),
             Done::Remote(tx, r) => tx.send(r).map_err(drop),
+            Done::Twin(tx, r) => tx.send(r).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r).map_err(drop),
         };
     }
@@ -126,6 +137,8 @@ pub(crate) struct Writer {
     pub pending_events: Vec<ChangeEvent>,
     /// Actors whose max_seq moved in the current group.
     pub touched: Vec<ActorId>,
+    /// Loaded merge documents (twins).
+    pub twins: TwinCache,
 }
 
 impl Writer {
@@ -145,6 +158,7 @@ impl Writer {
             digest: Digest::default(),
             pending_events: Vec::new(),
             touched: Vec::new(),
+            twins: TwinCache::default(),
         };
         w.reload().await?;
         w.actor_slot(actor).await?;
@@ -169,6 +183,7 @@ impl Writer {
     async fn reload(&mut self) -> Result<()> {
         self.actors.clear();
         self.series.clear();
+        self.twins.clear();
         let rows = sqlx::query("SELECT idx, actor, max_seq FROM actors")
             .fetch_all(&mut self.conn)
             .await
@@ -249,7 +264,7 @@ impl Writer {
         .last_insert_rowid())
     }
 
-    fn next_local(&mut self) -> (u64, Hlc) {
+    pub(crate) fn next_local(&mut self) -> (u64, Hlc) {
         let seq = self.actors.get(&self.actor).map_or(0, |s| s.max_seq) + 1;
         let hlc = self.shared.clock.lock().expect("clock lock").now();
         (seq, hlc)
@@ -396,6 +411,7 @@ impl Writer {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
             Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
+            Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
             Job::Shutdown { .. } => unreachable!("shutdown is handled by the run loop"),
         }
@@ -413,13 +429,25 @@ impl Writer {
                 Done::Append(reply, r)
             }
             Job::Doc { key, value, reply } => {
-                let (seq, hlc) = self.next_local();
-                let actor = self.actor;
-                let r = self
-                    .store_doc(actor, seq, hlc, &key, value.as_deref(), None, false)
-                    .await
-                    .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx));
+                let r = match self.is_twin(&key).await {
+                    Ok(true) => Err(StoreError::WrongKind {
+                        key: key.clone(),
+                        problem: "is a twin (merge document); change it with a twin patch",
+                    }),
+                    Ok(false) => {
+                        let (seq, hlc) = self.next_local();
+                        let actor = self.actor;
+                        self.store_doc(actor, seq, hlc, &key, value.as_deref(), None, false)
+                            .await
+                            .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx))
+                    }
+                    Err(e) => Err(e),
+                };
                 Done::Doc(reply, r)
+            }
+            Job::Twin { key, edit, reply } => {
+                let r = self.store_twin_local(&key, &edit).await;
+                Done::Twin(reply, r)
             }
             Job::Remote { changes, reply } => {
                 let r = self.apply_remote(changes).await;
@@ -495,8 +523,10 @@ impl Writer {
                     )
                     .await
                     .map(drop)?,
+                ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t).await?,
             }
         }
+        self.flush_twins().await?;
         Ok(ApplyOutcome { applied, skipped })
     }
 }

@@ -13,6 +13,7 @@ mod sources;
 mod sync;
 mod systemd;
 mod tls;
+mod twins;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -106,7 +107,8 @@ async fn all_readings(c: &reqwest::Client, agent: &Agent, series: &str) -> BTree
 
 #[tokio::test]
 async fn ingest_json_and_cbor_and_read_back() {
-    let agent = Agent::start();
+    // No device twin: the first change of the store is the first batch.
+    let agent = Agent::builder().config("device_twin = false\n").start();
     let c = client();
 
     // Row form, JSON, with RFC 3339 and unix-ms times.
@@ -301,7 +303,9 @@ async fn documents_put_get_history_as_of_diff_siblings() {
 #[tokio::test]
 async fn bad_input_is_refused_with_the_right_code_and_nothing_is_stored() {
     // The body limit comes in through the environment layer (KDELTA_API__MAX_BODY_BYTES).
+    // No device twin, so the change count below is exactly what the test wrote.
     let agent = Agent::builder()
+        .config("device_twin = false\n")
         .env("KDELTA_API__MAX_BODY_BYTES", "65536")
         .start();
     let c = client();

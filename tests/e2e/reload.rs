@@ -46,7 +46,7 @@ async fn peer(c: &reqwest::Client, agent: &Agent, name: &str) -> Option<Value> {
 
 fn hub_config(token: &str) -> String {
     format!(
-        "sources = []\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{token}\" }}]\n"
+        "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{token}\" }}]\n"
     )
 }
 

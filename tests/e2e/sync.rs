@@ -32,7 +32,7 @@ pub(crate) fn hub() -> Agent {
 fn hub_with(sync_keys: &str) -> Agent {
     Agent::builder()
         .config(&format!(
-            "sources = []\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n{sync_keys}"
+            "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n{sync_keys}"
         ))
         .start()
 }

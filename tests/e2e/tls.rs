@@ -175,7 +175,7 @@ fn https_insecure() -> reqwest::Client {
 /// as `device-cert`.
 fn hub_config(pki: &Pki, server: &str, mtls: bool) -> String {
     let mut c = format!(
-        "sources = []\n[api.tls]\ncert = {}\nkey = {}\n",
+        "sources = []\ndevice_twin = false\n[api.tls]\ncert = {}\nkey = {}\n",
         pki.path(&format!("{server}.pem")),
         pki.path(&format!("{server}-key.pem"))
     );

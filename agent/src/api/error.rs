@@ -114,6 +114,9 @@ impl From<StoreError> for ApiError {
             StoreError::ClockSkew { .. } => (StatusCode::CONFLICT, "clock_skew"),
             StoreError::SeqGap { .. } => (StatusCode::CONFLICT, "seq_gap"),
             StoreError::Decode { .. } => (StatusCode::BAD_REQUEST, "malformed_body"),
+            StoreError::InvalidPatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_patch"),
+            StoreError::WrongKind { .. } => (StatusCode::CONFLICT, "wrong_kind"),
+            StoreError::TwinExists(_) => (StatusCode::CONFLICT, "twin_exists"),
             StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             // A failing database (busy, I/O error, full disk, pool closed while stopping) is
             // the store being unavailable; the client may retry.

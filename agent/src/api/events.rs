@@ -84,7 +84,8 @@ impl EventFilter {
                         .as_ref()
                         .is_none_or(|p| series.iter().any(|s| s.starts_with(p.as_str())))
             }
-            ChangeEventKind::Doc { key, .. } => {
+            // Twins (merge documents) are documents for this filter.
+            ChangeEventKind::Doc { key, .. } | ChangeEventKind::Twin { key } => {
                 self.readings != Some(true)
                     && self
                         .prefix

@@ -12,6 +12,7 @@
 //! | `POST /v1/readings` (JSON/CBOR, row and columnar forms) | `ingest` |
 //! | series, range, aggregate, latest | `readings` |
 //! | documents: value, as-of, history, diff, siblings, list, put, delete | `docs` |
+//! | twins (merge documents): create, patch, value, as-of, history, diff, list | `twins` |
 //! | `GET /v1/events` (SSE) | `events` |
 //! | status, health, readiness, metrics, sources | `status` |
 //! | `GET /v1/openapi.json` | `openapi` |
@@ -19,8 +20,9 @@
 //!
 //! Errors are JSON `{"error": {"code", "message"}}`: 400 `malformed_body`, `bad_time`,
 //! `bad_request`, `invalid_query`; 404 `unknown_series`, `not_found`, `before_history`,
-//! `no_route`; 405 `method_not_allowed`; 409 `clock_skew`, `seq_gap`; 413 `body_too_large`,
-//! `value_too_large`; 415 `unsupported_media_type`; 422 `invalid_batch`, `invalid_key`;
+//! `no_route`; 405 `method_not_allowed`; 409 `clock_skew`, `seq_gap`, `twin_exists`,
+//! `wrong_kind`; 413 `body_too_large`, `value_too_large`; 415 `unsupported_media_type`; 422
+//! `invalid_batch`, `invalid_key`, `invalid_patch`;
 //! 500 `internal`; 503 `unavailable`, `not_ready`.
 //!
 //! [`AppState`]: crate::state::AppState
@@ -37,6 +39,7 @@ mod readings;
 mod routes;
 mod status;
 pub mod time;
+pub mod twins;
 
 pub use error::{ApiError, ErrorCode};
 pub use format::Format;

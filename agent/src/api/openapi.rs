@@ -35,6 +35,15 @@ fn key_param() -> Value {
     )
 }
 
+fn twin_key_param() -> Value {
+    param(
+        "key",
+        "path",
+        true,
+        "Twin key (1–512 bytes, may contain `/`). Keys ending in /history or /diff are reserved by these routes.",
+    )
+}
+
 const TIME: &str = "unix milliseconds, RFC 3339, `now` or `now-<duration>` (e.g. `now-1h`)";
 const AS_OF: &str = "an HLC `<ms>:<logical>` or a time (unix milliseconds or RFC 3339)";
 
@@ -193,6 +202,65 @@ pub fn document() -> Value {
                 responses("200", ok("Siblings", json!({"type": "object", "properties": {
                     "key": {"type": "string"},
                     "siblings": {"type": "array", "items": schema_ref("DocVersion")}}})), &[("404", "`not_found`"), UNAVAILABLE])) },
+            "/v1/twins": { "get": op("Twin (merge document) keys by prefix, in key order", vec![
+                query("prefix", "Key prefix (default all)"),
+                query("limit", "Most keys (default 100, at most 1000)"),
+                query("after", "`next_after` of the previous page"),
+            ], responses("200", ok("Twin keys", json!({"type": "object", "properties": {
+                "twins": {"type": "array", "items": {"type": "string"}},
+                "next_after": {"type": "string", "nullable": true}}})), &[BAD_QUERY, UNAVAILABLE])) },
+            "/v1/twins/{key}": {
+                "get": op("A twin's merged JSON value", vec![
+                    twin_key_param(),
+                    query("as_of", &format!("Read the value as of {AS_OF}")),
+                ], responses("200", ok("The twin", schema_ref("TwinState")), &[
+                    ("400", "`bad_time`"),
+                    ("404", "`not_found` (not a twin), `before_history` (as_of before its first change)"),
+                    UNAVAILABLE,
+                ])),
+                "post": {
+                    "summary": "Create a twin, empty or with an initial JSON object; answered once durable",
+                    "parameters": [twin_key_param()],
+                    "requestBody": { "required": false, "content": { "application/json": { "schema": {"type": "object"} } } },
+                    "responses": responses("201", ok("The new twin", schema_ref("TwinWrite")), &[
+                        ("400", "`malformed_body`"),
+                        ("409", "`twin_exists`, `wrong_kind` (a plain document holds the key)"),
+                        ("413", "`body_too_large`, `value_too_large`"),
+                        ("422", "`invalid_key`, `invalid_patch`"),
+                        UNAVAILABLE,
+                    ]),
+                },
+                "patch": {
+                    "summary": "Apply a JSON Merge Patch (Content-Type application/merge-patch+json) or path operations (application/json `{\"ops\": [{\"op\": \"set|delete|increment|insert\", \"path\": \"/json/pointer\", \"value\", \"by\"}]}`) as one change; a refused patch changes nothing",
+                    "parameters": [twin_key_param()],
+                    "requestBody": { "required": true, "content": {
+                        "application/merge-patch+json": { "schema": {"type": "object"} },
+                        "application/json": { "schema": {"type": "object", "properties": {"ops": {"type": "array", "items": {"type": "object"}}}} },
+                    } },
+                    "responses": responses("200", ok("The twin after the patch", schema_ref("TwinWrite")), &[
+                        ("400", "`malformed_body`"),
+                        ("404", "`not_found`"),
+                        ("409", "`wrong_kind`"),
+                        ("413", "`body_too_large`, `value_too_large`"),
+                        ("415", "`unsupported_media_type`"),
+                        ("422", "`invalid_key`, `invalid_patch` (depth, size, path, type problems; named in the message)"),
+                        UNAVAILABLE,
+                    ]),
+                },
+            },
+            "/v1/twins/{key}/history": { "get": op("Changes of a twin, newest first: who changed which paths, when", vec![
+                twin_key_param(),
+                query("limit", "Most changes (default 100, at most 1000)"),
+                query("before", &format!("Only changes before {AS_OF} (pass `next_before`)")),
+            ], responses("200", ok("History", json!({"type": "object", "properties": {
+                "key": {"type": "string"},
+                "changes": {"type": "array", "items": schema_ref("TwinChangeInfo")},
+                "next_before": {"type": "string", "nullable": true}}})), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+            "/v1/twins/{key}/diff": { "get": op("How a twin changed between two points", vec![
+                twin_key_param(),
+                param("from", "query", true, &format!("First point: {AS_OF}")),
+                query("to", &format!("Second point: {AS_OF} (default: now)")),
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
             "/v1/events": { "get": {
                 "summary": "Server-sent events: `event: change` (data: ChangeEvent JSON) for every durable change passing the filter; `event: lagged` (data `{\"missed\": n}`) when this client fell behind",
                 "parameters": [
@@ -270,8 +338,13 @@ fn schemas() -> Value {
             "changes": {"type": "array", "items": {"type": "object", "properties": {
                 "path": {"type": "string", "description": "JSON pointer"}, "op": {"type": "string", "enum": ["added", "removed", "changed"]},
                 "from": {}, "to": {}}}}}},
+        "TwinState": {"type": "object", "properties": {"key": s, "value": {"type": "object"}, "changes": i}},
+        "TwinWrite": {"type": "object", "properties": {"key": s, "value": {"type": "object"}, "changed": {"type": "boolean"},
+            "actor": {"type": "string", "nullable": true}, "seq": {"type": "integer", "nullable": true}, "hlc": {"type": "string", "nullable": true}}},
+        "TwinChangeInfo": {"type": "object", "properties": {"actor": actor, "seq": i, "hlc": hlc,
+            "paths": {"type": "array", "items": {"type": "string", "description": "JSON pointer"}}, "truncated": {"type": "boolean"}}},
         "ChangeEvent": {"type": "object", "properties": {"local_id": i, "actor": actor, "seq": i, "hlc": hlc, "remote": {"type": "boolean"},
-            "kind": {"type": "string", "enum": ["readings", "doc"]}, "series": {"type": "array", "items": s}, "count": i,
+            "kind": {"type": "string", "enum": ["readings", "doc", "twin"]}, "series": {"type": "array", "items": s}, "count": i,
             "key": s, "deleted": {"type": "boolean"}}},
         "SourceStatus": {"type": "object", "properties": {"name": s, "kind": s, "interval_ms": i,
             "last_reading_ms": {"type": "integer", "nullable": true}, "readings": i,

@@ -15,14 +15,17 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
-use super::{ApiError, dashboard, docs, events, ingest, openapi, readings, status};
+use super::{ApiError, dashboard, docs, events, ingest, openapi, readings, status, twins};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// Axum path of every `/v1/docs/{key}…` route: keys may contain `/`.
 const DOCS_WILDCARD: &str = "/v1/docs/{*key}";
+
+/// Axum path of every `/v1/twins/{key}…` route.
+const TWINS_WILDCARD: &str = "/v1/twins/{*key}";
 
 /// Every route of the API: method, path as documented, handler.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
@@ -49,6 +52,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/v1/docs/{key}/history", get(docs::get)),
         (Method::GET, "/v1/docs/{key}/diff", get(docs::get)),
         (Method::GET, "/v1/docs/{key}/siblings", get(docs::get)),
+        (Method::GET, "/v1/twins", get(twins::list)),
+        (Method::GET, "/v1/twins/{key}", get(twins::get)),
+        (Method::POST, "/v1/twins/{key}", post(twins::create)),
+        (Method::PATCH, "/v1/twins/{key}", patch(twins::patch)),
+        (Method::GET, "/v1/twins/{key}/history", get(twins::get)),
+        (Method::GET, "/v1/twins/{key}/diff", get(twins::get)),
         (Method::GET, "/v1/events", get(events::events)),
         (Method::GET, "/v1/sync", get(crate::peers::sync_socket)),
         (Method::GET, "/v1/sync/peers", get(crate::peers::list_peers)),
@@ -60,6 +69,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
 fn mount_path(path: &'static str) -> &'static str {
     if path.starts_with("/v1/docs/{key}") {
         DOCS_WILDCARD
+    } else if path.starts_with("/v1/twins/{key}") {
+        TWINS_WILDCARD
     } else {
         path
     }
@@ -113,6 +124,11 @@ fn route_label<'a>(method: &Method, matched: Option<&'a MatchedPath>, path: &str
             docs::View::split(rest).1.route()
         }
         Some(DOCS_WILDCARD) => docs::View::Value.route(),
+        Some(TWINS_WILDCARD) if method == Method::GET => {
+            let rest = path.strip_prefix("/v1/twins/").unwrap_or(path);
+            twins::View::split(rest).1.route()
+        }
+        Some(TWINS_WILDCARD) => twins::View::Value.route(),
         Some(template) => template,
     }
 }

@@ -68,9 +68,72 @@ pub enum Command {
     Siblings(KeyArgs),
     /// List documents by key prefix.
     Docs(DocsArgs),
+    /// Twins (merge documents): create, patch, read, history, diff. See docs/twins.md.
+    #[command(subcommand)]
+    Twin(TwinCommand),
     /// Load tools.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `kdelta twin …`.
+#[derive(Debug, Subcommand)]
+pub enum TwinCommand {
+    /// Create a twin, empty or with an initial JSON object.
+    #[command(after_help = "Example: kdelta twin create device/pi-01 '{\"desired\": {}}'")]
+    Create(TwinCreateArgs),
+    /// Change a twin: a JSON Merge Patch, or path operations with --ops.
+    #[command(
+        after_help = "Examples:\n  kdelta twin patch device/pi-01 '{\"desired\": {\"sources\": {\"system\": {\"interval\": \"30s\"}}}}'\n  kdelta twin patch device/pi-01 --ops '[{\"op\": \"increment\", \"path\": \"/reported/boots\"}]'"
+    )]
+    Patch(TwinPatchArgs),
+    /// Show a twin's merged value (now, or at a past time).
+    Get(GetArgs),
+    /// Show who changed which paths of a twin, newest first.
+    History(HistoryArgs),
+    /// Show what changed in a twin between two points in time.
+    Diff(DiffArgs),
+    /// List twins by key prefix.
+    List(TwinListArgs),
+}
+
+/// `kdelta twin create`.
+#[derive(Debug, Args)]
+pub struct TwinCreateArgs {
+    /// Twin key, e.g. `device/pi-01`.
+    pub key: String,
+    /// The initial value, a JSON object (`-` reads it from stdin).
+    pub value: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta twin patch`.
+#[derive(Debug, Args)]
+pub struct TwinPatchArgs {
+    /// Twin key.
+    pub key: String,
+    /// The patch: a JSON Merge Patch object, or with --ops a JSON array of operations
+    /// (`-` reads it from stdin).
+    pub patch: String,
+    /// The patch is a list of path operations (set, delete, increment, insert).
+    #[arg(long)]
+    pub ops: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// `kdelta twin list`.
+#[derive(Debug, Args)]
+pub struct TwinListArgs {
+    /// Only keys starting with this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
 }
 
 /// Where the configuration comes from (`start` and `config check`).

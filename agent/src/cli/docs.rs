@@ -24,7 +24,7 @@ fn client(conn: &Conn) -> anyhow::Result<ApiClient> {
 }
 
 /// A version's identity for display: `actor:seq @ time`.
-fn version_line(v: &Value) -> String {
+pub(super) fn version_line(v: &Value) -> String {
     let actor = short_actor(v.get("actor"));
     let seq = v.get("seq").map(|s| s.to_string()).unwrap_or_default();
     let hlc = v.get("hlc").map(|h| cell(h, 40)).unwrap_or_default();
@@ -32,7 +32,7 @@ fn version_line(v: &Value) -> String {
 }
 
 /// The first 8 hex digits of an actor id, like a short git hash (enough to tell devices apart).
-fn short_actor(actor: Option<&Value>) -> String {
+pub(super) fn short_actor(actor: Option<&Value>) -> String {
     match actor {
         Some(Value::String(a)) => a.chars().take(8).collect(),
         Some(other) => cell(other, 8),
@@ -140,7 +140,7 @@ fn versions_table(versions: &[Value]) {
 }
 
 /// The wall time of an HLC in its text form `<ms>:<logical>`.
-fn hlc_time(hlc: &Value) -> String {
+pub(super) fn hlc_time(hlc: &Value) -> String {
     hlc.as_str()
         .and_then(|s| s.split(':').next())
         .and_then(|ms| ms.parse::<i64>().ok())
@@ -191,7 +191,13 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
         println!("{}", pretty(&answer));
         return Ok(());
     }
-    let changes = array(&answer, &["changes"]);
+    print_changes(&answer);
+    Ok(())
+}
+
+/// Prints the `changes` of a diff answer, one line per JSON pointer.
+pub(super) fn print_changes(answer: &Value) {
+    let changes = array(answer, &["changes"]);
     if changes.is_empty() {
         println!("no changes");
     }
@@ -214,7 +220,6 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    Ok(())
 }
 
 /// `kdelta docs [--prefix P]`.

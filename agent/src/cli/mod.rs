@@ -12,6 +12,7 @@ mod peers;
 mod readings;
 mod run;
 mod show;
+mod twin;
 
 pub use args::*;
 pub use run::{UsageError, main, print_error};

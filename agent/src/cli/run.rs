@@ -75,6 +75,7 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Diff(args) => docs::diff(args).await,
         Command::Siblings(args) => docs::siblings(args).await,
         Command::Docs(args) => docs::list(args).await,
+        Command::Twin(cmd) => super::twin::run(cmd).await,
         Command::Start(_) | Command::Config(_) | Command::Bench(_) => {
             unreachable!("handled by run()")
         }

@@ -39,6 +39,9 @@ pub struct Config {
     /// Name of this device in status output (and later in MQTT topics). Defaults to the
     /// hostname.
     pub device_name: String,
+    /// Keep this device's own twin `device/<device_name>`: report state into `reported`,
+    /// apply allowed `desired` values (docs/twins.md). On by default.
+    pub device_twin: bool,
     /// The HTTP API.
     pub api: ApiConfig,
     /// Logging.
@@ -60,6 +63,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             device_name: hostname(),
+            device_twin: true,
             api: ApiConfig::default(),
             log: LogConfig::default(),
             store: StoreConfig::default(),

@@ -26,6 +26,7 @@ use super::topics::{TopicFilter, Topics};
 use super::{MqttError, discovery};
 
 mod incoming;
+mod twins;
 use crate::metrics::Metrics;
 
 /// Changes read from the log per page.
@@ -305,10 +306,19 @@ impl Runner {
             self.persisted.sent = last;
             self.persist(true);
         }
+        let mut twins = Vec::new();
         for (id, change) in page {
             self.head = self.head.max(id);
             self.fetched = id;
             self.build(id, &change);
+            if let ChangeBody::Twin(t) = change.body
+                && !twins.contains(&t.key)
+            {
+                twins.push(t.key);
+            }
+        }
+        for key in twins {
+            self.publish_twin(&key).await?;
         }
         Ok(())
     }
@@ -443,6 +453,7 @@ impl Runner {
                     retain: true,
                 });
                 self.announce_all().await?;
+                self.publish_all_twins().await?;
             }
             LinkEvent::Disconnected { generation, error } if Some(generation) == current => {
                 tracing::warn!(
@@ -485,6 +496,7 @@ impl Runner {
         }
         if self.cfg.commands {
             filters.push(self.topics.docs_set_filter());
+            filters.push(self.topics.twin_filter());
         }
         if self.cfg.discovery {
             filters.push(self.topics.ha_status());

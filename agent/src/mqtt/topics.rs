@@ -15,7 +15,7 @@ pub struct Topics {
 
 /// Levels under `<prefix>/<device>/` that are not series: a series with one of these names
 /// is published as `_<name>`.
-const RESERVED: &[&str] = &["status", "batch", "ingest", "docs"];
+const RESERVED: &[&str] = &["status", "batch", "ingest", "docs", "twin"];
 
 impl Topics {
     /// Topics for `device` under `prefix`.
@@ -55,6 +55,33 @@ impl Topics {
     /// Where document command results go.
     pub fn docs_result(&self) -> String {
         format!("{}/docs/result", self.base)
+    }
+
+    /// Filter of everything under the twin topics (patches are picked out by
+    /// [`twin_patch_key`](Self::twin_patch_key)).
+    pub fn twin_filter(&self) -> String {
+        format!("{}/twin/#", self.base)
+    }
+
+    /// Retained state topic of twin `key` (`/` in the key makes topic levels; `+`, `#` and
+    /// NUL become `_`).
+    pub fn twin(&self, key: &str) -> String {
+        let levels: Vec<String> = key.split('/').map(level).collect();
+        format!("{}/twin/{}", self.base, levels.join("/"))
+    }
+
+    /// Where the outcome of a twin patch goes.
+    pub fn twin_result(&self, key: &str) -> String {
+        format!("{}/result", self.twin(key))
+    }
+
+    /// The twin key named by a patch topic (`<base>/twin/<key>/patch`).
+    pub fn twin_patch_key<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(&self.base)?
+            .strip_prefix("/twin/")?
+            .strip_suffix("/patch")
+            .filter(|k| !k.is_empty())
     }
 
     /// Home Assistant's birth/last-will topic.

@@ -14,4 +14,4 @@ mod scheduler;
 pub use batcher::{BatchLimits, BatchSink, Batcher};
 pub use pipeline::{BuiltSource, build, spawn};
 pub use queue::{Closed, IngestQueue, Queued};
-pub use scheduler::{StatusHandle, polled_loop, streaming_loop};
+pub use scheduler::{RetuneError, StatusHandle, polled_loop, set_interval, streaming_loop};

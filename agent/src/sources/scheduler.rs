@@ -128,21 +128,84 @@ impl StatusHandle {
     }
 }
 
-/// Samples `source` every `interval` until `cancel`.
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    ticker
+}
+
+/// Why a run-time interval change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetuneError {
+    /// No running source has this name.
+    #[error("no source named {0:?} is running")]
+    Unknown(String),
+    /// The source streams; it has no sampling interval.
+    #[error("source {0:?} streams readings; it has no sampling interval")]
+    Streaming(String),
+}
+
+/// Sets the sampling interval of the running polled source `name` and wakes its scheduler
+/// (see [`polled_loop`]). Returns whether the interval changed. Lasts until the sources are
+/// rebuilt (restart or SIGHUP reload).
+pub fn set_interval(
+    statuses: &RwLock<Vec<SourceStatus>>,
+    name: &str,
+    interval: Duration,
+) -> Result<bool, RetuneError> {
+    let ms = interval.as_millis() as u64;
+    let retune = {
+        let mut all = statuses.write().unwrap_or_else(PoisonError::into_inner);
+        let s = all
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| RetuneError::Unknown(name.to_owned()))?;
+        if s.interval_ms == 0 {
+            return Err(RetuneError::Streaming(name.to_owned()));
+        }
+        if s.interval_ms == ms {
+            return Ok(false);
+        }
+        s.interval_ms = ms;
+        s.retune.clone()
+    };
+    retune.notify_one();
+    Ok(true)
+}
+
+/// Samples `source` every `interval` until `cancel`. When the source's status gets a new
+/// `interval_ms` and its `retune` is notified, sampling continues at the new interval,
+/// starting with a sample at once.
 pub async fn polled_loop(
     mut source: Box<dyn PolledSource>,
-    interval: Duration,
+    mut interval: Duration,
     queue: Arc<IngestQueue>,
     status: StatusHandle,
     cancel: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let timeout = sample_timeout(interval);
+    let retune = status.get().retune;
+    let mut ticker = ticker(interval);
+    let mut timeout = sample_timeout(interval);
     let mut previous: Option<Instant> = None;
     loop {
         let tick = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = retune.notified() => {
+                let wanted = Duration::from_millis(status.get().interval_ms);
+                if !wanted.is_zero() && wanted != interval {
+                    tracing::info!(
+                        source = %status.name(),
+                        "sampling interval changed from {} to {}",
+                        humantime::format_duration(interval),
+                        humantime::format_duration(wanted)
+                    );
+                    interval = wanted;
+                    ticker = self::ticker(interval);
+                    timeout = sample_timeout(interval);
+                    previous = None;
+                }
+                continue;
+            }
             tick = ticker.tick() => tick,
         };
         if let Some(prev) = previous {

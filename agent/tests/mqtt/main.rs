@@ -458,3 +458,90 @@ async fn mqtt_cursor_persists_across_restarts_and_counts_duplicates() {
         .await;
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_twin_patches_and_retained_state() {
+    use kdelta_sync::{Store, StoreConfig, TwinPatch, VersionVector};
+    const STATE: &str = "kdelta/testpi/twin/device/x";
+    const PATCH: &str = "kdelta/testpi/twin/device/x/patch";
+    const RESULT: &str = "kdelta/testpi/twin/device/x/result";
+    let broker = Broker::start().await;
+    let agent = Agent::start(config(broker.addr)).await;
+    agent.wait_metric("kdelta_mqtt_connected 1").await;
+    let mut state = Sub::connect(broker.addr, &[STATE]).await;
+    let mut results = Sub::connect(broker.addr, &[RESULT]).await;
+
+    // A merge patch on a missing twin creates it.
+    results
+        .publish(PATCH, r#"{"desired": {"interval": "5s"}}"#)
+        .await;
+    let r = results.json_on(RESULT).await;
+    assert_eq!(
+        (r["ok"].clone(), r["changed"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    assert_eq!(
+        state.json_on(STATE).await,
+        json!({"desired": {"interval": "5s"}})
+    );
+    // Path operations.
+    results
+        .publish(
+            PATCH,
+            r#"{"ops": [{"op": "increment", "path": "/boots", "by": 2}]}"#,
+        )
+        .await;
+    assert_eq!(results.json_on(RESULT).await["ok"], true);
+    assert_eq!(state.json_on(STATE).await["boots"], 2);
+    // A local change made elsewhere (the API) is published.
+    agent
+        .store
+        .twin_patch("device/x", TwinPatch::Merge(json!({"reported": {"t": 1}})))
+        .await
+        .unwrap();
+    assert_eq!(state.json_on(STATE).await["reported"], json!({"t": 1}));
+    // So is a change synced from another replica, which created the twin on its own.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Store::open(other_dir.path().join("o.db"), StoreConfig::default())
+        .await
+        .unwrap();
+    other
+        .twin_create("device/x", Some(json!({"reported": {"remote": true}})))
+        .await
+        .unwrap();
+    let changes = other
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
+    agent.store.apply_remote(changes).await.unwrap();
+    let v = state.json_on(STATE).await;
+    assert_eq!(v["reported"], json!({"t": 1, "remote": true}), "{v}");
+    assert_eq!(v["desired"], json!({"interval": "5s"}), "{v}");
+    other.close().await;
+
+    // Bad payloads are answered with the problem and change nothing.
+    let before = agent.store.twin_get("device/x").await.unwrap();
+    for (payload, code) in [
+        ("{nope", "malformed_body"),
+        (
+            r#"{"ops": [{"op": "delete", "path": "/missing"}]}"#,
+            "invalid_patch",
+        ),
+        (r#"[1, 2]"#, "invalid_patch"),
+    ] {
+        results.publish(PATCH, payload).await;
+        let r = results.json_on(RESULT).await;
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], code, "{payload}: {r}");
+    }
+    assert_eq!(agent.store.twin_get("device/x").await.unwrap(), before);
+
+    // The state is retained: a late subscriber gets the latest value at once.
+    let mut late = Sub::connect(broker.addr, &[STATE]).await;
+    let (p, retained) = late.next_on(STATE).await;
+    assert!(retained, "the twin state is retained");
+    let v: Value = serde_json::from_slice(&p).unwrap();
+    assert_eq!(v, before.unwrap().value);
+    agent.stop().await;
+}

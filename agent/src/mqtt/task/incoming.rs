@@ -33,6 +33,13 @@ impl Runner {
             }
             return Ok(());
         }
+        if let Some(key) = self.topics.twin_patch_key(topic) {
+            if self.cfg.commands {
+                let key = key.to_owned();
+                self.twin_command(&key, topic, payload).await?;
+            }
+            return Ok(());
+        }
         if let Some(key) = self.topics.docs_set_key(topic) {
             if self.cfg.commands {
                 let key = key.to_owned();
@@ -62,7 +69,7 @@ impl Runner {
         Ok(())
     }
 
-    fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
+    pub(super) fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
         self.deps.metrics.mqtt_bad_payload(kind);
         tracing::warn!(topic, "MQTT: dropped a bad {kind} payload: {why}");
     }

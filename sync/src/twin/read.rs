@@ -1,0 +1,314 @@
+//! Twin reads on the read pool: the materialized value, as-of (by HLC or wall time), history
+//! (who changed which paths, when, paged) and diffs. As-of reads take the changes stamped at
+//! or before the point — causally closed, since a change's HLC is above those it depends
+//! on — and read the document at those heads.
+
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use sqlx::Row;
+
+use super::json::to_json;
+use super::patch::escape;
+use super::write::load_doc;
+use super::{
+    MAX_HISTORY_PATHS, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage, TwinWrite,
+};
+use crate::docs_query::json_diff;
+use crate::writer::Job;
+use crate::{
+    ActorId, AsOf, DocDiff, Hlc, MAX_HISTORY_PAGE, Result, Store, StoreError, validate_key,
+};
+
+impl Store {
+    /// Creates the twin `key`, empty or with `initial` (a JSON object). Fails with
+    /// [`StoreError::TwinExists`], [`StoreError::WrongKind`] (a plain document holds the key)
+    /// or [`StoreError::InvalidPatch`]. Durable on return.
+    pub async fn twin_create(
+        &self,
+        key: &str,
+        initial: Option<serde_json::Value>,
+    ) -> Result<TwinWrite> {
+        validate_key(key)?;
+        if let Some(v) = &initial {
+            TwinPatch::Merge(v.clone()).validate(key, self.inner.config.limits.max_value_bytes)?;
+        }
+        self.twin_edit(key, TwinEdit::Create(initial)).await
+    }
+
+    /// Applies `patch` to the twin `key` as one change (nothing is stored when it changes
+    /// nothing). A refused patch changes nothing. Durable on return.
+    pub async fn twin_patch(&self, key: &str, patch: TwinPatch) -> Result<TwinWrite> {
+        validate_key(key)?;
+        patch.validate(key, self.inner.config.limits.max_value_bytes)?;
+        self.twin_edit(key, TwinEdit::Patch(patch)).await
+    }
+
+    async fn twin_edit(&self, key: &str, edit: TwinEdit) -> Result<TwinWrite> {
+        self.submit(|reply| Job::Twin {
+            key: key.to_owned(),
+            edit,
+            reply,
+        })
+        .await
+    }
+
+    async fn twin_row(&self, key: &str) -> Result<Option<(i64, Vec<u8>, u64)>> {
+        let row = sqlx::query("SELECT id, json, changes FROM twins WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(StoreError::db("reading a twin"))?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u64)))
+    }
+
+    /// The merged value of twin `key`; `None` when the key is not a twin.
+    pub async fn twin_get(&self, key: &str) -> Result<Option<TwinState>> {
+        let Some((_, json, changes)) = self.twin_row(key).await? else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&json).map_err(|e| StoreError::Decode {
+            what: "stored twin value",
+            detail: format!("{key}: {e}"),
+        })?;
+        Ok(Some(TwinState {
+            key: key.to_owned(),
+            value,
+            changes,
+        }))
+    }
+
+    /// Keys of twins starting with `prefix`, in order, after `after`, at most `limit`.
+    pub async fn twin_keys(
+        &self,
+        prefix: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT key FROM twins WHERE key > ? AND key >= ? ORDER BY key LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(prefix)
+        .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::db("listing twins"))?;
+        Ok(keys
+            .into_iter()
+            .take_while(|k| k.starts_with(prefix))
+            .collect())
+    }
+
+    async fn twin_doc(&self, key: &str) -> Result<(i64, Automerge)> {
+        let Some((id, ..)) = self.twin_row(key).await? else {
+            return Err(StoreError::UnknownKey(key.to_owned()));
+        };
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(StoreError::db("starting a read"))?;
+        let (doc, _) = load_doc(&mut conn, id).await?;
+        Ok((id, doc))
+    }
+
+    async fn heads_at(
+        &self,
+        id: i64,
+        doc: &Automerge,
+        at: AsOf,
+    ) -> Result<Option<Vec<ChangeHash>>> {
+        let hashes: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT hash FROM twin_changes WHERE twin_id = ? AND hlc <= ?")
+                .bind(id)
+                .bind(at.bound().0 as i64)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(StoreError::db("reading twin history"))?;
+        if hashes.is_empty() {
+            return Ok(None);
+        }
+        // Changes still waiting for dependencies are not part of the state yet.
+        Ok(Some(
+            hashes
+                .iter()
+                .filter_map(|h| <[u8; 32]>::try_from(&h[..]).ok().map(ChangeHash))
+                .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+                .collect(),
+        ))
+    }
+
+    fn value_at(key: &str, doc: &Automerge, heads: &[ChangeHash]) -> Result<serde_json::Value> {
+        let past = doc.fork_at(heads).map_err(|e| StoreError::Decode {
+            what: "twin history",
+            detail: format!("{key}: {e}"),
+        })?;
+        Ok(to_json(&past))
+    }
+
+    /// Loads twin `key` the way the writer and the history reads do (its snapshot, then the
+    /// changes stored after it) and reports what that took: a cheap check of how compact a
+    /// twin's storage is, and what the load benchmark measures.
+    pub async fn twin_storage(&self, key: &str) -> Result<TwinStorage> {
+        let Some((id, _, changes)) = self.twin_row(key).await? else {
+            return Err(StoreError::UnknownKey(key.to_owned()));
+        };
+        let snapshot_bytes: i64 =
+            sqlx::query_scalar("SELECT COALESCE(LENGTH(snapshot), 0) FROM twins WHERE id = ?")
+                .bind(id)
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(StoreError::db("reading a twin"))?;
+        let mut conn = self
+            .inner
+            .pool
+            .acquire()
+            .await
+            .map_err(StoreError::db("starting a read"))?;
+        let (doc, replayed) = load_doc(&mut conn, id).await?;
+        Ok(TwinStorage {
+            changes,
+            snapshot_bytes: snapshot_bytes as u64,
+            replayed,
+            heads: doc.get_heads().len(),
+        })
+    }
+
+    /// The value of twin `key` as it was at `at`. [`StoreError::UnknownKey`] when the key is
+    /// not a twin, [`StoreError::BeforeHistory`] when `at` is before its first change.
+    pub async fn twin_get_as_of(&self, key: &str, at: AsOf) -> Result<serde_json::Value> {
+        let (id, doc) = self.twin_doc(key).await?;
+        match self.heads_at(id, &doc, at).await? {
+            Some(heads) => Self::value_at(key, &doc, &heads),
+            None => Err(StoreError::BeforeHistory {
+                key: key.to_owned(),
+                at: at.to_string(),
+            }),
+        }
+    }
+
+    async fn value_at_point(
+        &self,
+        key: &str,
+        id: i64,
+        doc: &Automerge,
+        at: AsOf,
+    ) -> Result<Option<serde_json::Value>> {
+        match self.heads_at(id, doc, at).await? {
+            Some(h) => Self::value_at(key, doc, &h).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// How twin `key` changed between two points (before its first change it is absent).
+    pub async fn twin_diff(&self, key: &str, from: AsOf, to: AsOf) -> Result<DocDiff> {
+        let (id, doc) = self.twin_doc(key).await?;
+        let a = self.value_at_point(key, id, &doc, from).await?;
+        let b = self.value_at_point(key, id, &doc, to).await?;
+        let mut changes = Vec::new();
+        json_diff("", a.as_ref(), b.as_ref(), &mut changes);
+        Ok(DocDiff {
+            key: key.to_owned(),
+            from: a,
+            to: b,
+            changes,
+        })
+    }
+
+    /// Changes of twin `key`, newest first, at most `limit` (≤ 1000), older than `before`
+    /// when given (pass the last HLC of the previous page): who changed which paths, when.
+    pub async fn twin_history(
+        &self,
+        key: &str,
+        limit: usize,
+        before: Option<Hlc>,
+    ) -> Result<Vec<TwinHistoryEntry>> {
+        let (id, doc) = self.twin_doc(key).await?;
+        let rows = sqlx::query(
+            "SELECT a.actor, c.seq, t.hlc, t.bytes FROM twin_changes t \
+             JOIN changes c ON c.id = t.change_id JOIN actors a ON a.idx = c.actor_idx \
+             WHERE t.twin_id = ? AND t.hlc < ? ORDER BY t.hlc DESC, a.actor DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(before.map_or(i64::MAX, |h| h.0 as i64))
+        .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::db("reading twin history"))?;
+        rows.iter()
+            .map(|r| {
+                let actor =
+                    ActorId::from_slice(&r.get::<Vec<u8>, _>(0)).ok_or(StoreError::Decode {
+                        what: "stored actor id",
+                        detail: "not 16 bytes".into(),
+                    })?;
+                let change =
+                    automerge::Change::try_from(&r.get::<Vec<u8>, _>(3)[..]).map_err(|e| {
+                        StoreError::Decode {
+                            what: "stored twin change",
+                            detail: e.to_string(),
+                        }
+                    })?;
+                let (paths, truncated) = change_paths(&doc, &change);
+                Ok(TwinHistoryEntry {
+                    actor,
+                    seq: r.get::<i64, _>(1) as u64,
+                    hlc: Hlc(r.get::<i64, _>(2) as u64),
+                    paths,
+                    truncated,
+                })
+            })
+            .collect()
+    }
+}
+
+/// JSON pointers a change wrote: each operation's object resolved to its path in `doc`
+/// (map keys appended; list operations reported as the list). Objects no longer reachable
+/// are shown by their automerge id.
+fn change_paths(doc: &Automerge, change: &automerge::Change) -> (Vec<String>, bool) {
+    let mut out: Vec<String> = Vec::new();
+    let mut truncated = false;
+    for op in change.decode().operations {
+        let obj = match doc.import_obj(&op.obj.to_string()) {
+            Ok(o) => o,
+            Err(_) => continue,
+        };
+        let base = match doc.parents(&obj) {
+            Ok(p) if obj != automerge::ROOT => {
+                let mut s = String::new();
+                for (_, prop) in p.path() {
+                    s.push('/');
+                    s.push_str(&match prop {
+                        automerge::Prop::Map(k) => escape(&k),
+                        automerge::Prop::Seq(i) => i.to_string(),
+                    });
+                }
+                s
+            }
+            Ok(_) => String::new(),
+            Err(_) => format!("/({})", op.obj),
+        };
+        let path = match &op.key {
+            automerge::legacy::Key::Map(k) => format!("{base}/{}", escape(k)),
+            automerge::legacy::Key::Seq(_) => base,
+        };
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
+        if out.contains(&path) {
+            continue;
+        }
+        // A path under one already listed (a new object's contents) adds nothing.
+        if out.iter().any(|p| path.starts_with(&format!("{p}/"))) {
+            continue;
+        }
+        if out.len() == MAX_HISTORY_PATHS {
+            truncated = true;
+            break;
+        }
+        out.push(path);
+    }
+    (out, truncated)
+}

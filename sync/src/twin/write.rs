@@ -1,0 +1,370 @@
+//! The writer side of twins, inside the group commit: a bounded cache of loaded documents,
+//! local edits (stamped with this store's actor as the automerge actor and the change's HLC
+//! as its time), remote changes, and persistence — the raw change per key with its change
+//! id, HLC and hash, the materialized JSON after each job, and a `save()` snapshot every
+//! [`SNAPSHOT_EVERY`] changes so loading never replays a long log.
+//!
+//! A cached document may run ahead of the database only inside the current job: a failing
+//! job or commit makes the writer `reload()`, which clears this cache.
+
+use std::collections::HashMap;
+
+use automerge::transaction::CommitOptions;
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+
+use super::apply::apply_patch;
+use super::json::to_json;
+use super::{TwinEdit, TwinPatch, TwinWrite};
+use crate::digest::twin_hash;
+use crate::writer::Writer;
+use crate::{
+    ActorId, ChangeEvent, ChangeEventKind, ChangeMeta, Hlc, Result, StoreError, TwinChange,
+};
+
+/// Most documents kept loaded in the writer.
+const CACHED_TWINS: usize = 64;
+/// Changes after which a new snapshot is saved.
+pub(crate) const SNAPSHOT_EVERY: u64 = 256;
+
+/// Loaded documents, least recently used evicted past [`CACHED_TWINS`].
+#[derive(Default)]
+pub(crate) struct TwinCache {
+    slots: HashMap<String, Slot>,
+    tick: u64,
+    /// Twins changed by the current job whose JSON and snapshot are not yet written.
+    dirty: Vec<String>,
+}
+
+struct Slot {
+    id: i64,
+    doc: Automerge,
+    /// Changes stored since the last snapshot.
+    since_snapshot: u64,
+    used: u64,
+}
+
+impl TwinCache {
+    /// Forgets every loaded document (after a rollback).
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.dirty.clear();
+    }
+
+    fn touch(&mut self, key: &str) -> Option<&mut Slot> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.slots.get_mut(key)?;
+        slot.used = tick;
+        Some(slot)
+    }
+
+    fn evict(&mut self) {
+        while self.slots.len() > CACHED_TWINS {
+            let Some(oldest) = self
+                .slots
+                .iter()
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            self.slots.remove(&oldest);
+        }
+    }
+}
+
+fn decode(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Decode {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+/// Applies changes in one batch, falling back to one by one so a single change automerge
+/// refuses (only a replica that reused an actor id can produce one) does not hide the rest.
+pub(crate) fn apply_all(doc: &mut Automerge, changes: Vec<automerge::Change>) {
+    if doc.apply_changes(changes.clone()).is_ok() {
+        return;
+    }
+    for c in changes {
+        let hash = c.hash();
+        if let Err(e) = doc.apply_changes([c]) {
+            tracing::warn!(change = %hash, error = %e, "automerge refused a stored twin change; it is kept but not shown");
+        }
+    }
+}
+
+/// Loads the document of twin `twin_id`: its snapshot plus every change stored after it.
+/// Returns the document and how many changes were replayed.
+pub(crate) async fn load_doc(
+    conn: &mut SqliteConnection,
+    twin_id: i64,
+) -> Result<(Automerge, u64)> {
+    let row = sqlx::query("SELECT snapshot, snapshot_upto FROM twins WHERE id = ?")
+        .bind(twin_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(StoreError::db("reading a twin snapshot"))?;
+    let mut doc = match row.get::<Option<Vec<u8>>, _>(0) {
+        Some(b) => Automerge::load(&b).map_err(|e| decode("stored twin snapshot", e))?,
+        None => Automerge::new(),
+    };
+    let rows = sqlx::query(
+        "SELECT bytes FROM twin_changes WHERE twin_id = ? AND change_id > ? ORDER BY change_id",
+    )
+    .bind(twin_id)
+    .bind(row.get::<i64, _>(1))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::db("reading twin changes"))?;
+    let changes = rows
+        .iter()
+        .map(|r| {
+            automerge::Change::try_from(&r.get::<Vec<u8>, _>(0)[..])
+                .map_err(|e| decode("stored twin change", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n = changes.len() as u64;
+    apply_all(&mut doc, changes);
+    Ok((doc, n))
+}
+
+impl Writer {
+    async fn twin_id(&mut self, key: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT id FROM twins WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(StoreError::db("looking up a twin"))
+    }
+
+    /// True when `key` holds a twin (used to refuse plain writes to it).
+    pub(crate) async fn is_twin(&mut self, key: &str) -> Result<bool> {
+        Ok(self.twins.slots.contains_key(key) || self.twin_id(key).await?.is_some())
+    }
+
+    /// Loads `key` into the cache; `false` when it is not a twin. Creates it when `create`.
+    async fn load_twin(&mut self, key: &str, create: bool) -> Result<bool> {
+        if self.twins.touch(key).is_some() {
+            return Ok(true);
+        }
+        let (id, doc, since_snapshot) = match self.twin_id(key).await? {
+            Some(id) => {
+                let (doc, n) = load_doc(&mut self.conn, id).await?;
+                (id, doc, n)
+            }
+            None if create => {
+                let id = sqlx::query("INSERT INTO twins (key, json) VALUES (?, '{}')")
+                    .bind(key)
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(StoreError::db("creating a twin"))?
+                    .last_insert_rowid();
+                (id, Automerge::new(), 0)
+            }
+            None => return Ok(false),
+        };
+        self.twins.slots.insert(
+            key.to_owned(),
+            Slot {
+                id,
+                doc,
+                since_snapshot,
+                used: 0,
+            },
+        );
+        self.twins.touch(key);
+        Ok(true)
+    }
+
+    /// A local create or patch: one automerge change by this store's actor.
+    pub(crate) async fn store_twin_local(
+        &mut self,
+        key: &str,
+        edit: &TwinEdit,
+    ) -> Result<TwinWrite> {
+        let register: Option<i64> = sqlx::query_scalar("SELECT 1 FROM doc_keys WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(StoreError::db("looking up a document key"))?;
+        if register.is_some() {
+            return Err(StoreError::WrongKind {
+                key: key.to_owned(),
+                problem: "is a plain document, not a twin",
+            });
+        }
+        let exists = self.load_twin(key, false).await?;
+        match (edit, exists) {
+            (TwinEdit::Create(_), true) => return Err(StoreError::TwinExists(key.to_owned())),
+            (TwinEdit::Patch(_), false) => return Err(StoreError::UnknownKey(key.to_owned())),
+            (TwinEdit::Create(_), false) => {
+                self.load_twin(key, true).await?;
+            }
+            (TwinEdit::Patch(_), true) => {}
+        }
+        let (seq, hlc) = self.next_local();
+        let actor = self.actor;
+        let slot = self.twins.touch(key).expect("loaded above");
+        slot.doc
+            .set_actor(automerge::ActorId::from(actor.as_bytes().as_slice()));
+        let opts = || CommitOptions::default().with_time(hlc.ms() as i64);
+        let transact = |doc: &mut Automerge, patch: &TwinPatch| {
+            doc.transact_with(|_| opts(), |tx| apply_patch(tx, key, patch))
+                .map(|s| s.hash)
+                .map_err(|f| f.error)
+        };
+        let hash = match edit {
+            TwinEdit::Create(None) => Some(slot.doc.empty_commit(opts())),
+            TwinEdit::Create(Some(v)) => {
+                match transact(&mut slot.doc, &TwinPatch::Merge(v.clone()))? {
+                    Some(h) => Some(h),
+                    None => Some(slot.doc.empty_commit(opts())),
+                }
+            }
+            TwinEdit::Patch(p) => transact(&mut slot.doc, p)?,
+        };
+        let Some(hash) = hash else {
+            return Ok(TwinWrite {
+                key: key.to_owned(),
+                change: None,
+                value: to_json(&slot.doc),
+            });
+        };
+        let bytes = slot
+            .doc
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| decode("twin change", "the change just made is missing"))?
+            .raw_bytes()
+            .to_vec();
+        if bytes.len() > self.limits.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                key: key.to_owned(),
+                size: bytes.len(),
+                max: self.limits.max_value_bytes,
+            });
+        }
+        self.persist_twin_change(actor, seq, hlc, key, &bytes, hash, false)
+            .await?;
+        let value = self.flush_twin(key).await?;
+        self.twins.evict();
+        Ok(TwinWrite {
+            key: key.to_owned(),
+            change: Some(ChangeMeta { actor, seq, hlc }),
+            value,
+        })
+    }
+
+    /// A change received from another replica (already validated). Its JSON is written by
+    /// [`flush_twins`](Self::flush_twins) at the end of the job.
+    pub(crate) async fn store_twin_remote(
+        &mut self,
+        actor: ActorId,
+        seq: u64,
+        hlc: Hlc,
+        t: &TwinChange,
+    ) -> Result<()> {
+        let change =
+            automerge::Change::try_from(&t.change[..]).map_err(|e| decode("twin change", e))?;
+        let hash = change.hash();
+        self.load_twin(&t.key, true).await?;
+        let slot = self.twins.touch(&t.key).expect("loaded above");
+        apply_all(&mut slot.doc, vec![change]);
+        self.persist_twin_change(actor, seq, hlc, &t.key, &t.change, hash, true)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn persist_twin_change(
+        &mut self,
+        actor: ActorId,
+        seq: u64,
+        hlc: Hlc,
+        key: &str,
+        bytes: &[u8],
+        hash: ChangeHash,
+        remote: bool,
+    ) -> Result<()> {
+        let twin_id = self.twins.slots.get(key).expect("loaded by the caller").id;
+        let idx = self.actor_slot(actor).await?.idx;
+        let change_id = self.insert_change_row(idx, seq, hlc, 3, None).await?;
+        sqlx::query(
+            "INSERT INTO twin_changes (change_id, twin_id, hlc, hash, bytes) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(change_id)
+        .bind(twin_id)
+        .bind(hlc.0 as i64)
+        .bind(hash.0.to_vec())
+        .bind(bytes)
+        .execute(&mut self.conn)
+        .await
+        .map_err(StoreError::db("storing a twin change"))?;
+        sqlx::query("UPDATE twins SET changes = changes + 1 WHERE id = ?")
+            .bind(twin_id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("counting twin changes"))?;
+        self.advance(actor, seq).await?;
+        self.digest.add(&twin_hash(&actor, seq, hlc, key, bytes));
+        self.pending_events.push(ChangeEvent {
+            local_id: change_id,
+            actor,
+            seq,
+            hlc,
+            remote,
+            kind: ChangeEventKind::Twin {
+                key: key.to_owned(),
+            },
+        });
+        if let Some(s) = self.twins.slots.get_mut(key) {
+            s.since_snapshot += 1;
+        }
+        if !self.twins.dirty.iter().any(|k| k == key) {
+            self.twins.dirty.push(key.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Writes the JSON (and, when due, a snapshot) of every twin the current job changed.
+    pub(crate) async fn flush_twins(&mut self) -> Result<()> {
+        for key in std::mem::take(&mut self.twins.dirty) {
+            self.flush_twin(&key).await?;
+        }
+        self.twins.evict();
+        Ok(())
+    }
+
+    async fn flush_twin(&mut self, key: &str) -> Result<serde_json::Value> {
+        self.twins.dirty.retain(|k| k != key);
+        let Some(slot) = self.twins.slots.get_mut(key) else {
+            return Err(decode("twin cache", format!("{key:?} is not loaded")));
+        };
+        let value = to_json(&slot.doc);
+        let json = serde_json::to_vec(&value).map_err(|e| decode("twin value", e))?;
+        sqlx::query("UPDATE twins SET json = ? WHERE id = ?")
+            .bind(json)
+            .bind(slot.id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("storing a twin's value"))?;
+        // A snapshot must hold every change up to its mark, so none may be waiting for
+        // dependencies.
+        if slot.since_snapshot >= SNAPSHOT_EVERY && slot.doc.get_missing_deps(&[]).is_empty() {
+            let snapshot = slot.doc.save();
+            sqlx::query(
+                "UPDATE twins SET snapshot = ?, \
+                 snapshot_upto = (SELECT MAX(change_id) FROM twin_changes WHERE twin_id = ?) WHERE id = ?",
+            )
+            .bind(snapshot)
+            .bind(slot.id)
+            .bind(slot.id)
+            .execute(&mut self.conn)
+            .await
+            .map_err(StoreError::db("storing a twin snapshot"))?;
+            slot.since_snapshot = 0;
+        }
+        Ok(value)
+    }
+}
