@@ -4,7 +4,8 @@
 //! over HTTP and checks what a user would see: ingest and read-back in JSON and CBOR,
 //! documents with history and time travel, every kind of bad input refused with the right
 //! status and code and nothing stored, durability of acknowledged batches across `kill -9`,
-//! config errors naming the key, and the one-agent-per-data-dir lock.
+//! config errors naming the key, and the one-agent-per-data-dir lock. `sync.rs` runs several
+//! agents that sync, with links through the fault-injecting TCP proxy of `proxy.rs`.
 
 mod harness;
 mod proxy;
