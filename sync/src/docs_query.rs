@@ -222,14 +222,7 @@ impl Store {
             return Err(StoreError::UnknownKey(key.to_owned()));
         }
         let (a, b) = (at(from).await?, at(to).await?);
-        let mut changes = Vec::new();
-        json_diff("", a.as_ref(), b.as_ref(), &mut changes);
-        Ok(DocDiff {
-            key: key.to_owned(),
-            from: a,
-            to: b,
-            changes,
-        })
+        Ok(DocDiff::between(key, a, b))
     }
 }
 

@@ -140,6 +140,24 @@ pub struct DocDiff {
     pub changes: Vec<DocChange>,
 }
 
+impl DocDiff {
+    /// The diff of `key` between the values `from` and `to`.
+    pub(crate) fn between(
+        key: &str,
+        from: Option<serde_json::Value>,
+        to: Option<serde_json::Value>,
+    ) -> DocDiff {
+        let mut changes = Vec::new();
+        crate::docs_query::json_diff("", from.as_ref(), to.as_ref(), &mut changes);
+        DocDiff {
+            key: key.to_owned(),
+            from,
+            to,
+            changes,
+        }
+    }
+}
+
 /// A series as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesInfo {

@@ -14,10 +14,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::harness::{Agent, BIN, eventually};
-use super::{client, get_json, post};
+use super::sync::{ingest, status};
+use super::{client, get_json};
 
 const TOKEN: &str = "tls-hub-token-0123456789";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -222,32 +223,11 @@ fn device(entries: &[String]) -> Agent {
         .start()
 }
 
-async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, n: i64) {
-    let batch: Vec<Value> = (0..n)
-        .map(|i| json!({"series": series, "ts": 1_764_000_000_000i64 + i, "value": i as f64}))
-        .collect();
-    let (s, body) = post(
-        c,
-        &agent.at("/v1/readings"),
-        "application/json",
-        serde_json::to_vec(&batch).unwrap(),
-    )
-    .await;
-    assert_eq!(s, 201, "{body}");
-}
-
-/// `(version vector, digest)` from `/v1/status`.
-async fn state(c: &reqwest::Client, agent: &Agent) -> (Value, Value) {
-    let (s, v) = get_json(c, &agent.at("/v1/status")).await;
-    assert_eq!(s, 200, "{v}");
-    (v["version_vector"].clone(), v["digest"].clone())
-}
-
 /// Waits until `a` (reached with `ca`) and `b` (with `cb`) hold the same data.
 async fn converge(ca: &reqwest::Client, a: &Agent, cb: &reqwest::Client, b: &Agent) {
     eventually(DEADLINE, "both agents to hold the same data", || async {
-        let sa = state(ca, a).await;
-        let sb = state(cb, b).await;
+        let sa = status(ca, a).await;
+        let sb = status(cb, b).await;
         (sa == sb).then_some(())
     })
     .await;
@@ -308,8 +288,8 @@ async fn a_device_syncs_to_a_tls_hub_over_wss_and_metrics_follow() {
             format!("ca = {}", pki.path("ca.pem")),
         ],
     )]);
-    ingest(&http, &dev, "dev.temp", 400).await;
-    ingest(&https, &hub, "hub.temp", 100).await;
+    ingest(&http, &dev, "dev.temp", 0, 400).await;
+    ingest(&https, &hub, "hub.temp", 0, 100).await;
     converge(&http, &dev, &https, &hub).await;
 
     let p = outbound(&http, &dev, "hub")
@@ -359,7 +339,7 @@ async fn a_device_syncs_to_a_tls_hub_over_wss_and_metrics_follow() {
     .await;
     assert_eq!(inbound_up, 1.0);
     // A write made now reaches the hub over the same link.
-    ingest(&http, &dev, "dev.temp2", 10).await;
+    ingest(&http, &dev, "dev.temp2", 0, 10).await;
     converge(&http, &dev, &https, &hub).await;
 
     // The CLI reaches the HTTPS hub with KDELTA_CA, and refuses it without (not trusted).
@@ -387,7 +367,7 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
     let https = pki.client();
     let http = client();
     let hub = hub(&pki, false);
-    let before = state(&https, &hub).await;
+    let before = status(&https, &hub).await;
     // Trusts another CA only.
     let dev = device(&[peer_entry(
         "hub",
@@ -397,7 +377,7 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
             format!("ca = {}", pki.path("rogue-ca.pem")),
         ],
     )]);
-    ingest(&http, &dev, "dev.temp", 50).await;
+    ingest(&http, &dev, "dev.temp", 0, 50).await;
     let err = peer_error(&http, &dev, "hub", "tls").await;
     let message = err["message"].as_str().unwrap();
     assert!(message.contains("not trusted"), "{err}");
@@ -413,7 +393,11 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
     )
     .await;
     assert!(failed >= 1.0, "{failed}");
-    assert_eq!(state(&https, &hub).await, before, "the hub's store changed");
+    assert_eq!(
+        status(&https, &hub).await,
+        before,
+        "the hub's store changed"
+    );
     // The hub saw a failed handshake and counted it.
     eventually(
         DEADLINE,
@@ -436,7 +420,7 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
         ("expired", "has expired"),
     ] {
         let bad_hub = hub_with(&pki, server, false);
-        let bad_before = state(&https_insecure(), &bad_hub).await;
+        let bad_before = status(&https_insecure(), &bad_hub).await;
         let dev = device(&[peer_entry(
             "hub",
             bad_hub.url(),
@@ -445,16 +429,20 @@ async fn a_peer_that_does_not_trust_the_hub_is_refused_and_the_hub_is_untouched(
                 format!("ca = {}", pki.path("ca.pem")),
             ],
         )]);
-        ingest(&http, &dev, "dev.temp", 10).await;
+        ingest(&http, &dev, "dev.temp", 0, 10).await;
         let err = peer_error(&http, &dev, "hub", "tls").await;
         assert!(err["message"].as_str().unwrap().contains(why), "{err}");
-        assert_eq!(state(&https_insecure(), &bad_hub).await, bad_before);
+        assert_eq!(status(&https_insecure(), &bad_hub).await, bad_before);
     }
 
     // A plain ws:// client cannot talk to the TLS port either.
     let plain = hub.url().replace("https://", "http://");
     assert!(http.get(format!("{plain}/healthz")).send().await.is_err());
-    assert_eq!(state(&https, &hub).await, before, "the hub's store changed");
+    assert_eq!(
+        status(&https, &hub).await,
+        before,
+        "the hub's store changed"
+    );
 }
 
 #[tokio::test]
@@ -463,7 +451,7 @@ async fn mutual_tls_accepts_a_listed_client_certificate_without_a_token() {
     let https = pki.client();
     let http = client();
     let hub = hub(&pki, true);
-    let before = state(&https, &hub).await;
+    let before = status(&https, &hub).await;
     let with_cert = |cert: &str| {
         vec![
             format!("ca = {}", pki.path("ca.pem")),
@@ -475,8 +463,8 @@ async fn mutual_tls_accepts_a_listed_client_certificate_without_a_token() {
     // that is not listed in accept_certs is refused with 401.
     let rogue = device(&[peer_entry("hub", hub.url(), &with_cert("rogue-client"))]);
     let unlisted = device(&[peer_entry("hub", hub.url(), &with_cert("unlisted"))]);
-    ingest(&http, &rogue, "rogue.temp", 20).await;
-    ingest(&http, &unlisted, "unlisted.temp", 20).await;
+    ingest(&http, &rogue, "rogue.temp", 0, 20).await;
+    ingest(&http, &unlisted, "unlisted.temp", 0, 20).await;
     let e = peer_error(&http, &rogue, "hub", "refused").await;
     assert!(e["message"].as_str().unwrap().contains("TLS"), "{e}");
     let e = peer_error(&http, &unlisted, "hub", "refused").await;
@@ -504,11 +492,15 @@ async fn mutual_tls_accepts_a_listed_client_certificate_without_a_token() {
     )
     .await;
     assert!(refused >= 1.0, "{refused}");
-    assert_eq!(state(&https, &hub).await, before, "the hub's store changed");
+    assert_eq!(
+        status(&https, &hub).await,
+        before,
+        "the hub's store changed"
+    );
 
     // The listed certificate needs no token.
     let dev = device(&[peer_entry("hub", hub.url(), &with_cert("client"))]);
-    ingest(&http, &dev, "dev.temp", 300).await;
+    ingest(&http, &dev, "dev.temp", 0, 300).await;
     converge(&http, &dev, &https, &hub).await;
     let (_, peers) = get_json(&https, &hub.at("/v1/sync/peers")).await;
     assert!(
@@ -630,7 +622,7 @@ async fn sync_now_ends_a_long_backoff_and_reports_each_peer() {
             &[format!("token = \"{TOKEN}\"")],
         ),
     ]);
-    ingest(&http, &dev, "dev.temp", 200).await;
+    ingest(&http, &dev, "dev.temp", 0, 200).await;
     // Five failed attempts: the wait before the next one is now 8–16 s (the backoff doubles
     // from 1 s; each wait is drawn from its upper half).
     let failures = "kdelta_sync_sessions_failed_total{peer=\"hub\",direction=\"outbound\"}";
@@ -673,7 +665,7 @@ async fn sync_now_ends_a_long_backoff_and_reports_each_peer() {
         "{}",
         dev.stderr()
     );
-    assert_eq!(state(&http, &dev).await, state(&https, &hub).await);
+    assert_eq!(status(&http, &dev).await, status(&https, &hub).await);
 
     // All peers: the dead one fails, so the exit code is 1 and its error is shown.
     let (code, out) = tokio::task::spawn_blocking({

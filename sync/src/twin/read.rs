@@ -12,7 +12,6 @@ use super::write::load_doc;
 use super::{
     MAX_HISTORY_PATHS, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage, TwinWrite,
 };
-use crate::docs_query::json_diff;
 use crate::writer::Job;
 use crate::{
     ActorId, AsOf, DocDiff, Hlc, MAX_HISTORY_PAGE, Result, Store, StoreError, validate_key,
@@ -205,14 +204,7 @@ impl Store {
         let (id, doc) = self.twin_doc(key).await?;
         let a = self.value_at_point(key, id, &doc, from).await?;
         let b = self.value_at_point(key, id, &doc, to).await?;
-        let mut changes = Vec::new();
-        json_diff("", a.as_ref(), b.as_ref(), &mut changes);
-        Ok(DocDiff {
-            key: key.to_owned(),
-            from: a,
-            to: b,
-            changes,
-        })
+        Ok(DocDiff::between(key, a, b))
     }
 
     /// Changes of twin `key`, newest first, at most `limit` (≤ 1000), older than `before`
