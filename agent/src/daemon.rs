@@ -400,6 +400,19 @@ impl Running {
         systemd::reloaded(&self.summary());
     }
 
+    /// New sources start at their configured intervals: apply the device twin's desired ones
+    /// again before the reload counts as done, not at the twin loop's next resync.
+    async fn reapply_device_twin(&self) {
+        if !self.config.device_twin {
+            return;
+        }
+        let key = crate::device_twin::key(&self.config.device_name);
+        let store = &self.peer_deps.store;
+        if let Err(e) = crate::device_twin::reconcile(store, &key, self.sources.statuses()).await {
+            tracing::warn!(twin = %key, "device twin: cannot re-apply desired intervals: {e}");
+        }
+    }
+
     async fn apply(&mut self, new: Config, logging: &mut Logging) {
         let mut reloaded = Vec::new();
         if self.config.log.level != new.log.level {
@@ -422,6 +435,7 @@ impl Running {
                     self.config.sources = new.sources.clone();
                     reloaded.push("sources");
                     tracing::info!("sources reloaded: {n} running");
+                    self.reapply_device_twin().await;
                 }
                 Err(e) => tracing::error!("cannot reload the sources, keeping them: {e:#}"),
             }

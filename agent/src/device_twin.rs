@@ -9,7 +9,7 @@
 //! the application.
 //!
 //! The loop reconciles at start, on every change of the twin (local or synced) and every
-//! [`RESYNC`] (which also re-applies desired intervals after a SIGHUP rebuilt the sources).
+//! [`RESYNC`]; a SIGHUP that rebuilt the sources reconciles before its reload is done.
 //! Writes are merge patches, and unchanged values store nothing, so a quiet agent does not
 //! grow the twin's history. Must not touch the sources' configuration files.
 

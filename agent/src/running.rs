@@ -40,6 +40,11 @@ pub struct RunningSources {
 }
 
 impl RunningSources {
+    /// The status list the running sources report into (and the device twin tunes).
+    pub fn statuses(&self) -> &Arc<RwLock<Vec<SourceStatus>>> {
+        &self.statuses
+    }
+
     /// Spawns `built`.
     pub fn start(
         built: Vec<BuiltSource>,

@@ -1,7 +1,8 @@
 //! SIGHUP reload of `[sync]` and `[mqtt]` in a running agent (issue #7): an outbound peer
 //! added without a restart syncs; a hub that stops accepting a token ends that peer's session
-//! and refuses it; the MQTT client is switched on, moved to another prefix and switched off.
-//! (Log level and sources: tests/e2e/systemd.rs.)
+//! and refuses it; the MQTT client is switched on, moved to another prefix and switched off;
+//! sources rebuilt by a reload keep the device twin's desired interval. (Log level and
+//! sources: tests/e2e/systemd.rs.)
 
 use std::time::Duration;
 
@@ -165,4 +166,46 @@ async fn sighup_switches_mqtt_on_moves_it_and_switches_it_off() {
     );
     let (s, _) = get_json(&c, &a.at("/healthz")).await;
     assert_eq!(s, 200, "the agent keeps running");
+}
+
+#[tokio::test]
+async fn sighup_rebuilding_the_sources_keeps_the_desired_interval() {
+    let c = client();
+    let sim =
+        |name: &str| format!("[[sources]]\nkind = \"sim\"\nname = \"{name}\"\ninterval = \"1s\"\n");
+    let config = format!("device_name = \"shed\"\n{}", sim("sim"));
+    let a = Agent::builder().config(&config).start();
+    let interval_ms = |sources: &Value, name: &str| {
+        sources["sources"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == name))
+            .map(|s| s["interval_ms"].clone())
+    };
+    // The operator slows `sim` down through the agent's own twin.
+    let twin = a.at("/v1/twins/device/shed");
+    eventually(DEADLINE, "the device twin to exist", || async {
+        (get_json(&c, &twin).await.0 == 200).then_some(())
+    })
+    .await;
+    let r = c
+        .patch(&twin)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"desired": {"sources": {"sim": {"interval": "3s"}}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(DEADLINE, "the desired interval applied", || async {
+        let (_, v) = get_json(&c, &a.at("/v1/sources")).await;
+        (interval_ms(&v, "sim") == Some(3000.into())).then_some(())
+    })
+    .await;
+
+    // A reload that adds a source rebuilds `sim` at its configured 1 s; by the time the reload
+    // is done the desired 3 s is back (not at the twin loop's next resync, up to 10 s later).
+    reload(&a, &format!("{config}{}", sim("sim2"))).await;
+    let (s, v) = get_json(&c, &a.at("/v1/sources")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(interval_ms(&v, "sim2"), Some(1000.into()), "{v}");
+    assert_eq!(interval_ms(&v, "sim"), Some(3000.into()), "{v}");
 }
