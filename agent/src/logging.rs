@@ -4,9 +4,10 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::{Registry, reload};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -24,7 +25,7 @@ pub enum LogTarget {
 /// The installed subscriber's handles.
 #[derive(Debug)]
 pub struct Logging {
-    filter: reload::Handle<EnvFilter, Registry>,
+    filter: reload::Handle<Targets, Registry>,
     /// Where lines go.
     pub target: LogTarget,
     /// The filter in force, as text (for the reload log line).
@@ -61,6 +62,7 @@ pub fn init(config: &LogConfig) -> anyhow::Result<Logging> {
         .with(json)
         .with(journald)
         .try_init()?;
+    install_panic_hook(target);
     Ok(Logging {
         filter: handle,
         target,
@@ -78,18 +80,61 @@ impl Logging {
     }
 }
 
-fn build_filter(level: &str) -> (EnvFilter, String) {
+/// Parses a level filter: `info`, or `target=level` directives such as
+/// `info,kdelta_sync=debug,rumqttc=warn` (a bare level is the default for every other target).
+/// `Targets` rather than `EnvFilter`: the same directives minus span/field matching, without
+/// the regex engine (a quarter of a megabyte of the Pi binary).
+///
+/// A bare word must be a level: tracing would read `inf` as "everything of target `inf`" and
+/// silence the rest, which is never what a typo in `log.level` meant.
+pub fn parse_filter(text: &str) -> Result<Targets, String> {
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{directive:?} is not a level (error, warn, info, debug, trace, off); \
+                 write target=level to filter a target"
+            ));
+        }
+    }
+    text.trim().parse::<Targets>().map_err(|e| e.to_string())
+}
+
+fn build_filter(level: &str) -> (Targets, String) {
     if let Ok(env) = std::env::var("RUST_LOG")
         && !env.trim().is_empty()
-        && let Ok(filter) = EnvFilter::builder().parse(&env)
+        && let Ok(filter) = parse_filter(&env)
     {
         return (filter, format!("{env} (RUST_LOG)"));
     }
     // `validate` checked the text; "info" is the fallback should it change under us.
-    let filter = EnvFilter::builder()
-        .parse(level)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        parse_filter(level).unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     (filter, level.to_owned())
+}
+
+/// Routes panics through the log, so the journal records them with error priority and
+/// the JSON log stays one object per line. In the Pi build (`panic = "abort"`, see
+/// Cargo.toml) a panic ends the process right after this line and systemd restarts it;
+/// everything acknowledged before is already durable.
+fn install_panic_hook(target: LogTarget) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        tracing::error!(panic.location = %location, panic.thread = %thread, "panic: {message}");
+        // The standard hook adds the backtrace hint; its plain text would break JSON lines and
+        // repeat the message in the journal.
+        if target == LogTarget::Stderr {
+            default_hook(info);
+        }
+    }));
 }
 
 /// True when systemd connected stderr to the journal: `$JOURNAL_STREAM` names stderr's
@@ -110,4 +155,41 @@ fn stderr_is_journal() -> bool {
         return false;
     }
     stat.st_dev as u64 == dev && stat.st_ino as u64 == ino
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::parse_filter;
+
+    #[test]
+    fn levels_and_target_directives_parse_and_filter_by_target() {
+        let filter = parse_filter(" info,kdelta::sources=debug,rumqttc=warn ").unwrap();
+        assert!(filter.would_enable("kdelta::sources::sysfs", &Level::DEBUG));
+        assert!(!filter.would_enable("kdelta::sources::sysfs", &Level::TRACE));
+        assert!(filter.would_enable("kdelta::daemon", &Level::INFO));
+        assert!(!filter.would_enable("kdelta::daemon", &Level::DEBUG));
+        assert!(!filter.would_enable("rumqttc::state", &Level::INFO));
+        assert!(filter.would_enable("rumqttc::state", &Level::WARN));
+
+        let upper = parse_filter("WARN").unwrap();
+        assert!(upper.would_enable("anything", &Level::WARN));
+        assert!(!upper.would_enable("anything", &Level::INFO));
+        let off = parse_filter("off").unwrap();
+        assert!(!off.would_enable("anything", &Level::ERROR));
+    }
+
+    #[test]
+    fn bad_levels_are_refused() {
+        for bad in [
+            "loud",
+            "inf",
+            "info,kdelta=loud",
+            "kdelta=debug=trace",
+            "info,,kdelta",
+        ] {
+            assert!(parse_filter(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

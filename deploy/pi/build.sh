@@ -5,7 +5,7 @@
 #
 #   --target   aarch64-unknown-linux-gnu (default; 64-bit Pi OS on Pi 3/4/5/Zero 2 W) or
 #              armv7-unknown-linux-gnueabihf (32-bit; needs the armhf packages, see README.md; untested)
-#   --release  build the release profile (opt-level "s", fat LTO, stripped); default: dev profile
+#   --release  build the release profile (opt-level "z", fat LTO, panic=abort, stripped); default: dev profile
 #   -p         package to build (default kdelta; kdelta-sync is handy while the agent is mid-edit)
 #
 # Prints the binary path, its size and the build time. Toolchain: deploy/pi/install-toolchain.sh.

@@ -7,6 +7,7 @@
 #
 # MAX_GLIBC (default 2.36, Debian/Raspberry Pi OS bookworm) is the newest glibc symbol version the
 # binary may require; a newer one means the package would not start on bookworm.
+# MAX_BINARY_BYTES (default 8000000, issue 7's "≤ 8 MB") is the size budget of the stripped binary.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,6 +15,7 @@ cd "$root"
 here=deploy/pi
 triple=aarch64-unknown-linux-gnu
 MAX_GLIBC=${MAX_GLIBC:-2.36}
+MAX_BINARY_BYTES=${MAX_BINARY_BYTES:-8000000}
 
 t0=$(date +%s)
 summary=()
@@ -37,7 +39,11 @@ bin="${CARGO_TARGET_DIR:-$root/target/cross}/$triple/release/kdelta"
 check_binary() {
     local size glibc
     size=$(stat -c %s "$bin")
-    echo "ci-cross: $bin: $size bytes"
+    echo "ci-cross: $bin: $size bytes (budget $MAX_BINARY_BYTES)"
+    if [ "$size" -gt "$MAX_BINARY_BYTES" ]; then
+        echo "ci-cross: the stripped binary is over its size budget by $(( size - MAX_BINARY_BYTES )) bytes; see docs/PERFORMANCE.md, \"Raspberry Pi binary\"" >&2
+        return 1
+    fi
     if aarch64-linux-gnu-objdump -h "$bin" | grep -q '\.debug_'; then
         echo "ci-cross: binary carries debug sections; [profile.release] strip is off?" >&2
         return 1

@@ -278,7 +278,7 @@ impl Config {
                     .into(),
             );
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+        if let Err(e) = crate::logging::parse_filter(&self.log.level) {
             return bad(
                 "log.level",
                 format!(

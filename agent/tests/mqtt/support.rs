@@ -268,10 +268,14 @@ impl Agent {
     /// Starts on an existing data directory (a restart).
     pub async fn start_in(cfg: MqttConfig, dir: Arc<tempfile::TempDir>) -> Agent {
         // `KDELTA_TEST_LOG=debug` shows the agent's logs.
-        if let Ok(filter) = std::env::var("KDELTA_TEST_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_test_writer()
+        if let Ok(text) = std::env::var("KDELTA_TEST_LOG")
+            && let Ok(filter) = kdelta::logging::parse_filter(&text)
+        {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(tracing_subscriber::fmt::layer().with_test_writer())
                 .try_init();
         }
         let store = Store::open(dir.path().join("kdelta.db"), StoreConfig::default())
