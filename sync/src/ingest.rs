@@ -20,6 +20,15 @@ use crate::{
 const INSERT_CHUNK: usize = 2000;
 /// Change-log rows per INSERT (5 parameters each).
 const CHANGE_CHUNK: usize = 1000;
+/// Multi-row statements of at most this many rows are kept prepared (sqlx's statement
+/// cache) whatever their size, as are full chunks; other sizes are prepared for one use, so
+/// the cache does not fill with large one-off statements (each holds memory).
+const CACHED_ROWS: usize = 64;
+
+/// Whether a multi-row statement of `rows` rows (chunks of `chunk`) is worth caching.
+pub(crate) fn cache_statement(rows: usize, chunk: usize) -> bool {
+    rows <= CACHED_ROWS || rows == chunk
+}
 /// Series rows per attribute UPDATE (5 parameters each).
 const SERIES_CHUNK: usize = 1000;
 /// Rollup rows per upsert statement (10 parameters each).
@@ -33,6 +42,11 @@ const ROLLUP_UPSERT: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
      first_ts = min(first_ts, excluded.first_ts), \
      last_value = CASE WHEN excluded.last_ts > last_ts OR (excluded.last_ts = last_ts AND excluded.last_value > last_value) THEN excluded.last_value ELSE last_value END, \
      last_ts = max(last_ts, excluded.last_ts)";
+/// Replaces stored rollup rows with rows already folded onto them.
+const ROLLUP_REPLACE: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
+     n = excluded.n, total = excluded.total, vmin = excluded.vmin, vmax = excluded.vmax, \
+     first_ts = excluded.first_ts, first_value = excluded.first_value, \
+     last_ts = excluded.last_ts, last_value = excluded.last_value";
 /// One minute in ms: the rollup granularity.
 pub(crate) const MINUTE_MS: i64 = 60_000;
 
@@ -86,6 +100,21 @@ impl MinuteAgg {
         }
         if ts > self.last.0 || (ts == self.last.0 && v > self.last.1) {
             self.last = (ts, v);
+        }
+    }
+
+    /// Folds another aggregate in (same minute, or the same bucket of a query), computing
+    /// exactly what [`ROLLUP_UPSERT`] computes for a stored row (self) and a new one (`o`).
+    pub fn merge(&mut self, o: &MinuteAgg) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
+            self.first = o.first;
+        }
+        if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
+            self.last = o.last;
         }
     }
 }
@@ -230,6 +259,7 @@ impl Writer {
             qb.push(" RETURNING id, actor_idx, seq");
             for r in qb
                 .build()
+                .persistent(cache_statement(chunk.len(), CHANGE_CHUNK))
                 .fetch_all(&mut self.conn)
                 .await
                 .map_err(StoreError::db("appending to the change log"))?
@@ -260,33 +290,13 @@ impl Writer {
                     .push_bind(v);
             });
             qb.build()
+                .persistent(cache_statement(chunk.len(), INSERT_CHUNK))
                 .execute(&mut self.conn)
                 .await
                 .map_err(StoreError::db("inserting readings"))?;
         }
 
-        for chunk in staged.aggs.chunks(ROLLUP_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) ",
-            );
-            qb.push_values(chunk, |mut b, (id, a)| {
-                b.push_bind(*id)
-                    .push_bind(a.minute)
-                    .push_bind(a.n)
-                    .push_bind(a.sum)
-                    .push_bind(a.min)
-                    .push_bind(a.max)
-                    .push_bind(a.first.0)
-                    .push_bind(a.first.1)
-                    .push_bind(a.last.0)
-                    .push_bind(a.last.1);
-            });
-            qb.push(ROLLUP_UPSERT);
-            qb.build()
-                .execute(&mut self.conn)
-                .await
-                .map_err(StoreError::db("updating rollups"))?;
-        }
+        self.write_rollups(&staged.aggs).await?;
 
         let attrs: Vec<(i64, SeriesAttrs)> = staged.attrs.into_iter().collect();
         for chunk in attrs.chunks(SERIES_CHUNK) {
@@ -303,6 +313,7 @@ impl Writer {
             });
             qb.push(") AS v WHERE series.id = v.column1");
             qb.build()
+                .persistent(cache_statement(chunk.len(), SERIES_CHUNK))
                 .execute(&mut self.conn)
                 .await
                 .map_err(StoreError::db("updating series attributes"))?;
@@ -332,6 +343,93 @@ impl Writer {
                     count: c.count,
                 },
             });
+        }
+        Ok(())
+    }
+
+    /// Adds minute aggregates (in change order) to `rollup_1m`. When no (series, minute)
+    /// repeats — one change — they are upserted as they are. Otherwise (a run of changes
+    /// hitting the same minutes) they are folded in memory onto the stored rows first: the
+    /// same float operations in the same order as one upsert per aggregate, so the result is
+    /// bit for bit what applying change by change gives, with one row written per minute.
+    async fn write_rollups(&mut self, aggs: &[(i64, MinuteAgg)]) -> Result<()> {
+        let mut keys: HashMap<(i64, i64), usize> = HashMap::with_capacity(aggs.len());
+        for (id, a) in aggs {
+            let n = keys.len();
+            keys.entry((*id, a.minute)).or_insert(n);
+        }
+        if keys.len() == aggs.len() {
+            return self.upsert_rollups(aggs, ROLLUP_UPSERT).await;
+        }
+        let mut rows: Vec<Option<(i64, MinuteAgg)>> = vec![None; keys.len()];
+        let mut wanted: Vec<(i64, i64)> = keys.keys().copied().collect();
+        wanted.sort_unstable();
+        for chunk in wanted.chunks(ROLLUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH k (series_id, minute) AS (");
+            qb.push_values(chunk, |mut b, &(id, minute)| {
+                b.push_bind(id).push_bind(minute);
+            });
+            qb.push(
+                ") SELECT r.series_id, r.minute, r.n, r.total, r.vmin, r.vmax, r.first_ts, \
+                 r.first_value, r.last_ts, r.last_value FROM k CROSS JOIN rollup_1m r \
+                 ON r.series_id = k.series_id AND r.minute = k.minute",
+            );
+            for r in qb
+                .build()
+                .persistent(cache_statement(chunk.len(), ROLLUP_CHUNK))
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(StoreError::db("reading rollups"))?
+            {
+                let key = (r.get::<i64, _>(0), r.get::<i64, _>(1));
+                let stored = MinuteAgg {
+                    minute: key.1,
+                    n: r.get(2),
+                    sum: r.get(3),
+                    min: r.get(4),
+                    max: r.get(5),
+                    first: (r.get(6), r.get(7)),
+                    last: (r.get(8), r.get(9)),
+                };
+                if let Some(&k) = keys.get(&key) {
+                    rows[k] = Some((key.0, stored));
+                }
+            }
+        }
+        for (id, a) in aggs {
+            match &mut rows[keys[&(*id, a.minute)]] {
+                Some((_, row)) => row.merge(a),
+                slot => *slot = Some((*id, *a)),
+            }
+        }
+        let rows: Vec<(i64, MinuteAgg)> = rows.into_iter().flatten().collect();
+        self.upsert_rollups(&rows, ROLLUP_REPLACE).await
+    }
+
+    /// Writes rollup rows with `conflict` deciding what happens to a stored row.
+    async fn upsert_rollups(&mut self, rows: &[(i64, MinuteAgg)], conflict: &str) -> Result<()> {
+        for chunk in rows.chunks(ROLLUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) ",
+            );
+            qb.push_values(chunk, |mut b, (id, a)| {
+                b.push_bind(*id)
+                    .push_bind(a.minute)
+                    .push_bind(a.n)
+                    .push_bind(a.sum)
+                    .push_bind(a.min)
+                    .push_bind(a.max)
+                    .push_bind(a.first.0)
+                    .push_bind(a.first.1)
+                    .push_bind(a.last.0)
+                    .push_bind(a.last.1);
+            });
+            qb.push(conflict);
+            qb.build()
+                .persistent(cache_statement(chunk.len(), ROLLUP_CHUNK))
+                .execute(&mut self.conn)
+                .await
+                .map_err(StoreError::db("updating rollups"))?;
         }
         Ok(())
     }

@@ -10,11 +10,13 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
+
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::docwrite::decode_context;
-use crate::ingest::{ManifestEntry, decode_manifest};
+use crate::ingest::{ManifestEntry, cache_statement, decode_manifest};
 use crate::{
     ActorId, Change, ChangeBody, DocWrite, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
     TwinChange,
@@ -144,6 +146,7 @@ async fn load_docs(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<HashM
         qb.push(")");
         for r in qb
             .build()
+            .persistent(cache_statement(chunk.len(), ID_CHUNK))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::db("reading document changes"))?
@@ -178,6 +181,7 @@ async fn load_twins(
         qb.push(")");
         for r in qb
             .build()
+            .persistent(cache_statement(chunk.len(), ID_CHUNK))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::db("reading twin changes"))?
@@ -201,22 +205,33 @@ struct Run<'a> {
     hi: i64,
     first: i64,
     last: i64,
+    /// The (change id, row index, series index) of each change read, by change id.
+    members: Vec<(i64, usize, usize)>,
+}
+
+impl Run<'_> {
+    /// Where a row of change `id` goes; `None` for changes outside the set (other actors'
+    /// or other pages' readings inside the scanned range).
+    fn place(&self, id: i64) -> Option<(usize, usize)> {
+        let k = self.members.binary_search_by_key(&id, |m| m.0).ok()?;
+        Some((self.members[k].1, self.members[k].2))
+    }
 }
 
 /// The readings batch of every row (empty for other kinds), series in manifest order.
 async fn load_readings(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>> {
-    // Empty batches shaped like the manifests; `slot` finds a (series, change id) pair's place.
+    // Empty batches shaped like the manifests, and what to read for each series.
     let mut batches: Vec<ReadingBatch> = Vec::with_capacity(rows.len());
-    let mut slot: HashMap<(&str, i64), (usize, usize)> = HashMap::new();
-    let mut per_series: HashMap<&str, Vec<(i64, i64, i64)>> = HashMap::new();
+    let mut per_series: HashMap<&str, Vec<Wanted>> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         let mut batch = ReadingBatch::new();
         for (j, e) in row.manifest.iter().enumerate() {
-            slot.insert((e.name.as_str(), row.id), (i, j));
-            per_series
-                .entry(e.name.as_str())
-                .or_default()
-                .push((e.ts_min, e.ts_max, row.id));
+            per_series.entry(e.name.as_str()).or_default().push(Wanted {
+                lo: e.ts_min,
+                hi: e.ts_max,
+                id: row.id,
+                at: (i, j),
+            });
             batch.series.push(SeriesPoints {
                 name: e.name.clone(),
                 unit: e.unit.clone(),
@@ -246,15 +261,19 @@ async fn load_readings(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<V
              CROSS JOIN readings r ON r.series_id = s.id AND r.ts BETWEEN w.lo AND w.hi \
              AND r.change_id BETWEEN w.first AND w.last",
         );
-        let found = qb
+        // Streamed, not collected: a page can be hundreds of thousands of rows, and sqlx's
+        // rows are far larger than the readings they carry.
+        let mut found = qb
             .build()
-            .fetch_all(&mut *conn)
+            .persistent(cache_statement(chunk.len(), RUN_CHUNK))
+            .fetch(&mut *conn);
+        while let Some(r) = found
+            .try_next()
             .await
-            .map_err(StoreError::db("reading the readings of changes"))?;
-        for r in found {
+            .map_err(StoreError::db("reading the readings of changes"))?
+        {
             let run = &chunk[r.get::<i64, _>(0) as usize];
-            // Rows of changes outside this set (other actors, other pages) are skipped.
-            if let Some(&(i, j)) = slot.get(&(run.name, r.get::<i64, _>(1))) {
+            if let Some((i, j)) = run.place(r.get(1)) {
                 let s = &mut batches[i].series[j];
                 s.ts.push(r.get(2));
                 s.values.push(r.get(3));
@@ -273,14 +292,22 @@ async fn load_readings(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<V
     Ok(batches)
 }
 
-/// Groups each series' `(ts_min, ts_max, change id)` entries into runs of nearby time ranges
-/// (see [`MERGE_GAP_MS`]). A series' runs are disjoint in time, so no row is read twice.
-fn runs(per_series: HashMap<&str, Vec<(i64, i64, i64)>>) -> Vec<Run<'_>> {
-    let mut out = Vec::new();
+/// The readings of one series in one change: its time range and place in the output.
+struct Wanted {
+    lo: i64,
+    hi: i64,
+    id: i64,
+    at: (usize, usize),
+}
+
+/// Groups each series' wanted ranges into runs of nearby time ranges (see
+/// [`MERGE_GAP_MS`]). A series' runs are disjoint in time, so no row is read twice.
+fn runs(per_series: HashMap<&str, Vec<Wanted>>) -> Vec<Run<'_>> {
+    let mut out: Vec<Run> = Vec::new();
     for (name, mut entries) in per_series {
-        entries.sort_unstable();
+        entries.sort_unstable_by_key(|w| (w.lo, w.hi, w.id));
         let mut current: Option<Run> = None;
-        for (lo, hi, id) in entries {
+        for Wanted { lo, hi, id, at } in entries {
             match &mut current {
                 Some(run)
                     if lo.saturating_sub(run.hi)
@@ -289,6 +316,7 @@ fn runs(per_series: HashMap<&str, Vec<(i64, i64, i64)>>) -> Vec<Run<'_>> {
                     run.hi = run.hi.max(hi);
                     run.first = run.first.min(id);
                     run.last = run.last.max(id);
+                    run.members.push((id, at.0, at.1));
                 }
                 _ => {
                     out.extend(current.take());
@@ -298,11 +326,15 @@ fn runs(per_series: HashMap<&str, Vec<(i64, i64, i64)>>) -> Vec<Run<'_>> {
                         hi,
                         first: id,
                         last: id,
+                        members: vec![(id, at.0, at.1)],
                     });
                 }
             }
         }
         out.extend(current);
+    }
+    for run in &mut out {
+        run.members.sort_unstable_by_key(|m| m.0);
     }
     out
 }
