@@ -1,9 +1,11 @@
-//! Storing a readings change inside the writer's transaction: the change-log row with its
-//! manifest, series rows (unit/metadata last-writer-wins), the readings themselves in
-//! multi-row inserts, and the per-minute rollups. Readings are stored once; the manifest only
-//! says where to find them again (series, time range, count).
+//! Storing readings changes inside the writer's transaction: the change-log row with its
+//! manifest, series rows (unit/metadata last-writer-wins), the readings themselves and the
+//! per-minute rollups. Readings are stored once; the manifest only says where to find them
+//! again (series, time range, count). Changes are staged in memory and a run of them (one
+//! local append, or the consecutive readings changes of one `apply_remote` call) is written
+//! with multi-row statements: each statement is a round trip to sqlx's worker thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -14,8 +16,21 @@ use crate::{
     ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
 };
 
-/// Rows per multi-row INSERT (4 parameters each, well under SQLite's 32,766).
-const INSERT_CHUNK: usize = 1000;
+/// Rows per multi-row INSERT of readings (4 parameters each, well under SQLite's 32,766).
+const INSERT_CHUNK: usize = 2000;
+/// Change-log rows per INSERT (5 parameters each).
+const CHANGE_CHUNK: usize = 1000;
+/// Multi-row statements of at most this many rows are kept prepared (sqlx's statement
+/// cache) whatever their size, as are full chunks; other sizes are prepared for one use, so
+/// the cache does not fill with large one-off statements (each holds memory).
+const CACHED_ROWS: usize = 64;
+
+/// Whether a multi-row statement of `rows` rows (chunks of `chunk`) is worth caching.
+pub(crate) fn cache_statement(rows: usize, chunk: usize) -> bool {
+    rows <= CACHED_ROWS || rows == chunk
+}
+/// Series rows per attribute UPDATE (5 parameters each).
+const SERIES_CHUNK: usize = 1000;
 /// Rollup rows per upsert statement (10 parameters each).
 const ROLLUP_CHUNK: usize = 500;
 /// Merges a minute aggregate into an existing rollup row. Ties on time resolve by value, as
@@ -27,6 +42,11 @@ const ROLLUP_UPSERT: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
      first_ts = min(first_ts, excluded.first_ts), \
      last_value = CASE WHEN excluded.last_ts > last_ts OR (excluded.last_ts = last_ts AND excluded.last_value > last_value) THEN excluded.last_value ELSE last_value END, \
      last_ts = max(last_ts, excluded.last_ts)";
+/// Replaces stored rollup rows with rows already folded onto them.
+const ROLLUP_REPLACE: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
+     n = excluded.n, total = excluded.total, vmin = excluded.vmin, vmax = excluded.vmax, \
+     first_ts = excluded.first_ts, first_value = excluded.first_value, \
+     last_ts = excluded.last_ts, last_value = excluded.last_value";
 /// One minute in ms: the rollup granularity.
 pub(crate) const MINUTE_MS: i64 = 60_000;
 
@@ -82,6 +102,21 @@ impl MinuteAgg {
             self.last = (ts, v);
         }
     }
+
+    /// Folds another aggregate in (same minute, or the same bucket of a query), computing
+    /// exactly what [`ROLLUP_UPSERT`] computes for a stored row (self) and a new one (`o`).
+    pub fn merge(&mut self, o: &MinuteAgg) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
+            self.first = o.first;
+        }
+        if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
+            self.last = o.last;
+        }
+    }
 }
 
 /// Minute aggregates of one series' sorted readings.
@@ -122,9 +157,45 @@ pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
     })
 }
 
+/// Readings changes the writer has taken in but not written yet: a run of consecutive
+/// readings changes of one job is written by [`Writer::flush_readings`] with a few multi-row
+/// statements instead of several statements per change and series.
+#[derive(Default)]
+pub(crate) struct StagedReadings {
+    changes: Vec<StagedChange>,
+    /// (index into `changes`, series id, ts, value), in change order.
+    rows: Vec<(usize, i64, i64, f64)>,
+    /// Per-change minute aggregates in change order, so the upserts fold exactly as they would
+    /// change by change.
+    aggs: Vec<(i64, MinuteAgg)>,
+    /// Series whose unit/metadata a staged change won (last-writer-wins), by id.
+    attrs: BTreeMap<i64, SeriesAttrs>,
+}
+
+struct StagedChange {
+    actor: ActorId,
+    actor_idx: i64,
+    seq: u64,
+    hlc: Hlc,
+    manifest: Vec<u8>,
+    remote: bool,
+    series: Vec<String>,
+    count: usize,
+}
+
+struct SeriesAttrs {
+    unit: Option<String>,
+    meta_json: String,
+    hlc: u64,
+    actor: [u8; 16],
+}
+
 impl Writer {
-    /// Stores one readings change (local or remote). The batch must be normalized.
-    pub(crate) async fn store_readings(
+    /// Takes in one readings change (local or remote; the batch must be normalized): caches,
+    /// digest and version vector move now, the rows are written by the next
+    /// [`flush_readings`](Self::flush_readings), which must run before the job ends and before
+    /// any other kind of change is stored (so local ids stay in arrival order).
+    pub(crate) async fn stage_readings(
         &mut self,
         actor: ActorId,
         seq: u64,
@@ -133,48 +204,211 @@ impl Writer {
         remote: bool,
     ) -> Result<()> {
         let slot = self.actor_slot(actor).await?;
-        let change_id = self
-            .insert_change_row(slot.idx, seq, hlc, 1, Some(encode_manifest(batch)))
-            .await?;
         let mut ids = Vec::with_capacity(batch.series.len());
         for s in &batch.series {
             ids.push(self.series_id(s, hlc, actor).await?);
         }
+        let staged = &mut self.staged;
+        let pos = staged.changes.len();
+        for (s, &id) in batch.series.iter().zip(&ids) {
+            staged
+                .rows
+                .extend(s.ts.iter().zip(&s.values).map(|(&t, &v)| (pos, id, t, v)));
+            staged
+                .aggs
+                .extend(minute_aggs(&s.ts, &s.values).into_iter().map(|a| (id, a)));
+            self.digest
+                .add(&readings_hash(&actor, seq, &s.name, &s.ts, &s.values));
+        }
+        staged.changes.push(StagedChange {
+            actor,
+            actor_idx: slot.idx,
+            seq,
+            hlc,
+            manifest: encode_manifest(batch),
+            remote,
+            series: batch.series.iter().map(|s| s.name.clone()).collect(),
+            count: batch.len(),
+        });
+        if let Some(s) = self.actors.get_mut(&actor) {
+            s.max_seq = seq;
+        }
+        self.touched.push(actor);
+        Ok(())
+    }
 
-        // Readings: one multi-row INSERT per chunk across all series of the batch. Rows and
-        // rollups are materialised first: iterator adaptors must not live across an await.
-        let rows: Vec<(i64, i64, f64)> = batch
-            .series
+    /// Writes the staged readings changes: change-log rows, readings, rollups, series
+    /// attributes and version-vector rows, each as multi-row statements.
+    pub(crate) async fn flush_readings(&mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        if staged.changes.is_empty() {
+            return Ok(());
+        }
+        let mut ids: HashMap<(i64, i64), i64> = HashMap::with_capacity(staged.changes.len());
+        for chunk in staged.changes.chunks(CHANGE_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) ");
+            qb.push_values(chunk, |mut b, c| {
+                b.push_bind(c.actor_idx)
+                    .push_bind(c.seq as i64)
+                    .push_bind(c.hlc.0 as i64)
+                    .push_bind(1i64)
+                    .push_bind(&c.manifest);
+            });
+            // RETURNING rows come in no promised order: match them by (actor, seq).
+            qb.push(" RETURNING id, actor_idx, seq");
+            for r in qb
+                .build()
+                .persistent(cache_statement(chunk.len(), CHANGE_CHUNK))
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(StoreError::db("appending to the change log"))?
+            {
+                ids.insert((r.get(1), r.get(2)), r.get(0));
+            }
+        }
+        let change_ids = staged
+            .changes
             .iter()
-            .zip(&ids)
-            .flat_map(|(s, &id)| s.ts.iter().zip(&s.values).map(move |(&t, &v)| (id, t, v)))
-            .collect();
-        for chunk in rows.chunks(INSERT_CHUNK) {
+            .map(|c| {
+                ids.get(&(c.actor_idx, c.seq as i64))
+                    .copied()
+                    .ok_or(StoreError::Decode {
+                        what: "change log insert",
+                        detail: format!("no id returned for seq {}", c.seq),
+                    })
+            })
+            .collect::<Result<Vec<i64>>>()?;
+
+        for chunk in staged.rows.chunks(INSERT_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO readings (series_id, ts, change_id, value) ");
-            qb.push_values(chunk, |mut b, &(id, t, v)| {
+            qb.push_values(chunk, |mut b, &(pos, id, t, v)| {
                 b.push_bind(id)
                     .push_bind(t)
-                    .push_bind(change_id)
+                    .push_bind(change_ids[pos])
                     .push_bind(v);
             });
             qb.build()
+                .persistent(cache_statement(chunk.len(), INSERT_CHUNK))
                 .execute(&mut self.conn)
                 .await
                 .map_err(StoreError::db("inserting readings"))?;
         }
 
-        let aggs: Vec<(i64, MinuteAgg)> = batch
-            .series
-            .iter()
-            .zip(&ids)
-            .flat_map(|(s, &id)| {
-                minute_aggs(&s.ts, &s.values)
-                    .into_iter()
-                    .map(move |a| (id, a))
-            })
-            .collect();
-        for chunk in aggs.chunks(ROLLUP_CHUNK) {
+        self.write_rollups(&staged.aggs).await?;
+
+        let attrs: Vec<(i64, SeriesAttrs)> = staged.attrs.into_iter().collect();
+        for chunk in attrs.chunks(SERIES_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE series SET unit = v.column2, meta = v.column3, attr_hlc = v.column4, \
+                 attr_actor = v.column5 FROM (",
+            );
+            qb.push_values(chunk, |mut b, (id, a)| {
+                b.push_bind(*id)
+                    .push_bind(&a.unit)
+                    .push_bind(&a.meta_json)
+                    .push_bind(a.hlc as i64)
+                    .push_bind(a.actor.as_slice());
+            });
+            qb.push(") AS v WHERE series.id = v.column1");
+            qb.build()
+                .persistent(cache_statement(chunk.len(), SERIES_CHUNK))
+                .execute(&mut self.conn)
+                .await
+                .map_err(StoreError::db("updating series attributes"))?;
+        }
+
+        // The version vector: each actor's last staged seq.
+        let mut last: Vec<(i64, u64)> = Vec::new();
+        for c in &staged.changes {
+            match last.iter_mut().find(|(idx, _)| *idx == c.actor_idx) {
+                Some(l) => l.1 = l.1.max(c.seq),
+                None => last.push((c.actor_idx, c.seq)),
+            }
+        }
+        for (idx, seq) in last {
+            self.store_max_seq(idx, seq).await?;
+        }
+
+        for (c, local_id) in staged.changes.into_iter().zip(change_ids) {
+            self.pending_events.push(ChangeEvent {
+                local_id,
+                actor: c.actor,
+                seq: c.seq,
+                hlc: c.hlc,
+                remote: c.remote,
+                kind: ChangeEventKind::Readings {
+                    series: c.series,
+                    count: c.count,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds minute aggregates (in change order) to `rollup_1m`. When no (series, minute)
+    /// repeats — one change — they are upserted as they are. Otherwise (a run of changes
+    /// hitting the same minutes) they are folded in memory onto the stored rows first: the
+    /// same float operations in the same order as one upsert per aggregate, so the result is
+    /// bit for bit what applying change by change gives, with one row written per minute.
+    async fn write_rollups(&mut self, aggs: &[(i64, MinuteAgg)]) -> Result<()> {
+        let mut keys: HashMap<(i64, i64), usize> = HashMap::with_capacity(aggs.len());
+        for (id, a) in aggs {
+            let n = keys.len();
+            keys.entry((*id, a.minute)).or_insert(n);
+        }
+        if keys.len() == aggs.len() {
+            return self.upsert_rollups(aggs, ROLLUP_UPSERT).await;
+        }
+        let mut rows: Vec<Option<(i64, MinuteAgg)>> = vec![None; keys.len()];
+        let mut wanted: Vec<(i64, i64)> = keys.keys().copied().collect();
+        wanted.sort_unstable();
+        for chunk in wanted.chunks(ROLLUP_CHUNK) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH k (series_id, minute) AS (");
+            qb.push_values(chunk, |mut b, &(id, minute)| {
+                b.push_bind(id).push_bind(minute);
+            });
+            qb.push(
+                ") SELECT r.series_id, r.minute, r.n, r.total, r.vmin, r.vmax, r.first_ts, \
+                 r.first_value, r.last_ts, r.last_value FROM k CROSS JOIN rollup_1m r \
+                 ON r.series_id = k.series_id AND r.minute = k.minute",
+            );
+            for r in qb
+                .build()
+                .persistent(cache_statement(chunk.len(), ROLLUP_CHUNK))
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(StoreError::db("reading rollups"))?
+            {
+                let key = (r.get::<i64, _>(0), r.get::<i64, _>(1));
+                let stored = MinuteAgg {
+                    minute: key.1,
+                    n: r.get(2),
+                    sum: r.get(3),
+                    min: r.get(4),
+                    max: r.get(5),
+                    first: (r.get(6), r.get(7)),
+                    last: (r.get(8), r.get(9)),
+                };
+                if let Some(&k) = keys.get(&key) {
+                    rows[k] = Some((key.0, stored));
+                }
+            }
+        }
+        for (id, a) in aggs {
+            match &mut rows[keys[&(*id, a.minute)]] {
+                Some((_, row)) => row.merge(a),
+                slot => *slot = Some((*id, *a)),
+            }
+        }
+        let rows: Vec<(i64, MinuteAgg)> = rows.into_iter().flatten().collect();
+        self.upsert_rollups(&rows, ROLLUP_REPLACE).await
+    }
+
+    /// Writes rollup rows with `conflict` deciding what happens to a stored row.
+    async fn upsert_rollups(&mut self, rows: &[(i64, MinuteAgg)], conflict: &str) -> Result<()> {
+        for chunk in rows.chunks(ROLLUP_CHUNK) {
             let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) ",
             );
@@ -190,33 +424,18 @@ impl Writer {
                     .push_bind(a.last.0)
                     .push_bind(a.last.1);
             });
-            qb.push(ROLLUP_UPSERT);
+            qb.push(conflict);
             qb.build()
+                .persistent(cache_statement(chunk.len(), ROLLUP_CHUNK))
                 .execute(&mut self.conn)
                 .await
                 .map_err(StoreError::db("updating rollups"))?;
         }
-
-        self.advance(actor, seq).await?;
-        for s in &batch.series {
-            self.digest
-                .add(&readings_hash(&actor, seq, &s.name, &s.ts, &s.values));
-        }
-        self.pending_events.push(ChangeEvent {
-            local_id: change_id,
-            actor,
-            seq,
-            hlc,
-            remote,
-            kind: ChangeEventKind::Readings {
-                series: batch.series.iter().map(|s| s.name.clone()).collect(),
-                count: batch.len(),
-            },
-        });
         Ok(())
     }
 
-    /// The id of a series, creating it when new and applying unit/metadata last-writer-wins.
+    /// The id of a series, creating it when new and applying unit/metadata last-writer-wins
+    /// (in the cache now; the row is updated by the next flush).
     async fn series_id(&mut self, s: &SeriesPoints, hlc: Hlc, actor: ActorId) -> Result<i64> {
         // A batch without unit or metadata has no opinion about them and changes nothing.
         let opinion = s.unit.is_some() || !s.meta.is_empty();
@@ -264,25 +483,17 @@ impl Writer {
             };
             self.series.insert(s.name.clone(), slot);
         }
-        let slot = self.series.get(&s.name).cloned().expect("cached above");
+        let slot = self.series.get_mut(&s.name).expect("cached above");
         if opinion && (hlc.0, actor.0) > (slot.attr_hlc, slot.attr_actor) {
-            sqlx::query(
-                "UPDATE series SET unit = ?, meta = ?, attr_hlc = ?, attr_actor = ? WHERE id = ?",
-            )
-            .bind(&s.unit)
-            .bind(meta_json())
-            .bind(hlc.0 as i64)
-            .bind(actor.0.to_vec())
-            .bind(slot.id)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("updating series attributes"))?;
-            self.series.insert(
-                s.name.clone(),
-                SeriesSlot {
-                    id: slot.id,
-                    attr_hlc: hlc.0,
-                    attr_actor: actor.0,
+            slot.attr_hlc = hlc.0;
+            slot.attr_actor = actor.0;
+            self.staged.attrs.insert(
+                slot.id,
+                SeriesAttrs {
+                    unit: s.unit.clone(),
+                    meta_json: meta_json(),
+                    hlc: hlc.0,
+                    actor: actor.0,
                 },
             );
         }

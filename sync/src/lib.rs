@@ -65,6 +65,7 @@ mod docwrite;
 mod error;
 mod hlc;
 mod ingest;
+mod log_read;
 mod model;
 pub mod protocol;
 mod readings_query;

@@ -19,19 +19,6 @@ pub const MAX_PAGE_ROWS: usize = 100_000;
 pub const MAX_BUCKETS: i64 = 100_000;
 
 impl MinuteAgg {
-    fn merge(&mut self, o: &MinuteAgg) {
-        self.n += o.n;
-        self.sum += o.sum;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-        if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
-            self.first = o.first;
-        }
-        if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
-            self.last = o.last;
-        }
-    }
-
     fn to_bucket(self) -> Bucket {
         Bucket {
             start: self.minute,

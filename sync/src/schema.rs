@@ -15,6 +15,9 @@ use crate::{ActorId, Result, StoreConfig, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Rows a read connection's worker may queue ahead of the reader (sqlx's default is 50).
+const READ_ROW_BUFFER: usize = 1024;
+
 /// The highest schema version this build knows.
 pub fn supported_schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
@@ -70,7 +73,9 @@ pub(crate) async fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
     let read_pool = SqlitePoolOptions::new()
         .max_connections(config.read_connections.max(1))
         .min_connections(1)
-        .connect_with(opts.read_only(true))
+        // Readers fetch many rows per statement (a page of changes): a deeper row buffer
+        // lets sqlx's worker thread run ahead instead of handing rows over a few at a time.
+        .connect_with(opts.read_only(true).row_buffer_size(READ_ROW_BUFFER))
         .await
         .map_err(StoreError::db("opening read connections"))?;
     Ok(Opened {

@@ -6,17 +6,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::sqlite::SqlitePool;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::docwrite::decode_context;
-use crate::ingest::decode_manifest;
+use crate::log_read::{self, LOG_COLUMNS};
 use crate::writer::{Job, Shared, Writer};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, DocVersion,
-    DocWrite, HybridClock, ReadingBatch, Result, SeriesPoints, StoreConfig, StoreError, StoreStats,
-    SystemTime, TimeSource, TwinChange, VersionVector, validate_key,
+    HybridClock, ReadingBatch, Result, StoreConfig, StoreError, StoreStats, SystemTime, TimeSource,
+    VersionVector, validate_key,
 };
+
+/// Change-log rows `changes_since` reads per statement.
+const LOG_PAGE: usize = 256;
 
 /// A handle to an open store. Cheap to clone; all clones share one writer and one read pool.
 #[derive(Clone)]
@@ -228,6 +230,10 @@ impl Store {
     /// The changes this store holds that a replica with vector `theirs` lacks, in per-actor
     /// seq order, filling at most `byte_budget` (estimated encoded bytes; at least one change
     /// is returned when any is missing).
+    ///
+    /// Log rows are read [`LOG_PAGE`] at a time; the bodies of as many of them as can fit the
+    /// budget (by a lower bound of their size known from the log) are loaded together, then
+    /// taken while their exact size fits.
     pub async fn changes_since(
         &self,
         theirs: &VersionVector,
@@ -244,6 +250,10 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(StoreError::db("reading actors"))?;
+        // Built from constants only.
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ? AND c.seq > ? AND c.seq <= ? ORDER BY c.seq LIMIT {LOG_PAGE}"
+        );
         let mut out = Vec::new();
         let mut used = 0usize;
         for row in actors {
@@ -254,27 +264,40 @@ impl Store {
             let max = row.get::<i64, _>(2) as u64;
             let mut from = theirs.get(&actor);
             while from < max {
-                let page = sqlx::query(
-                    "SELECT id, seq, hlc, kind, manifest FROM changes WHERE actor_idx = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT 64",
-                )
-                .bind(idx)
-                .bind(from as i64)
-                .bind(max as i64)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::db("reading the change log"))?;
+                let page = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(idx)
+                    .bind(from as i64)
+                    .bind(max as i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(StoreError::db("reading the change log"))?;
                 if page.is_empty() {
                     break;
                 }
-                for r in &page {
-                    let change = load_change(&mut tx, r, actor).await?;
-                    let size = change.estimated_size();
-                    if !out.is_empty() && used + size > byte_budget {
-                        return Ok(out);
+                let mut rows = page
+                    .iter()
+                    .map(|r| log_read::LogRow::from_row(r, actor))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .peekable();
+                while rows.peek().is_some() {
+                    // Rows that may fit: a lower bound of their sizes fits the budget, plus
+                    // one more (the first change of a call is taken whatever its size).
+                    let mut floor = used;
+                    let mut batch = Vec::new();
+                    while let Some(r) = rows.next_if(|_| batch.is_empty() || floor <= byte_budget) {
+                        floor += r.size_floor();
+                        batch.push(r);
                     }
-                    used += size;
-                    from = change.seq;
-                    out.push(change);
+                    for change in log_read::load(&mut tx, batch).await? {
+                        let size = change.estimated_size();
+                        if !out.is_empty() && used + size > byte_budget {
+                            return Ok(out);
+                        }
+                        used += size;
+                        from = change.seq;
+                        out.push(change);
+                    }
                 }
             }
         }
@@ -290,23 +313,29 @@ impl Store {
             .begin()
             .await
             .map_err(StoreError::db("starting a read"))?;
-        let rows = sqlx::query(
-            "SELECT c.id, c.seq, c.hlc, c.kind, c.manifest, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ? ORDER BY c.id LIMIT ?",
-        )
+        // Built from constants only.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS}, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ? ORDER BY c.id LIMIT ?"
+        )))
         .bind(after)
         .bind(max.min(10_000) as i64)
         .fetch_all(&mut *tx)
         .await
         .map_err(StoreError::db("reading the change log"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let actor = ActorId::from_slice(&r.get::<Vec<u8>, _>(5)).ok_or(StoreError::Decode {
-                what: "stored actor id",
-                detail: "not 16 bytes".into(),
-            })?;
-            out.push((r.get::<i64, _>(0), load_change(&mut tx, r, actor).await?));
-        }
-        Ok(out)
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let actor =
+                    ActorId::from_slice(&r.get::<Vec<u8>, _>(6)).ok_or(StoreError::Decode {
+                        what: "stored actor id",
+                        detail: "not 16 bytes".into(),
+                    })?;
+                log_read::LogRow::from_row(r, actor)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let changes = log_read::load(&mut tx, rows).await?;
+        Ok(ids.into_iter().zip(changes).collect())
     }
 
     /// Store-wide figures (counts from the rollups and the log; cheap).
@@ -396,86 +425,4 @@ impl Store {
             let _ = h.await;
         }
     }
-}
-
-/// Rebuilds a change from its log row (`id, seq, hlc, kind, manifest` first) and the tables.
-async fn load_change(
-    conn: &mut SqliteConnection,
-    row: &sqlx::sqlite::SqliteRow,
-    actor: ActorId,
-) -> Result<Change> {
-    let id: i64 = row.get(0);
-    let seq = row.get::<i64, _>(1) as u64;
-    let hlc = crate::Hlc(row.get::<i64, _>(2) as u64);
-    let kind: i64 = row.get(3);
-    let body = match kind {
-        1 => {
-            let manifest: Vec<u8> = row.get(4);
-            let mut batch = ReadingBatch::new();
-            for e in decode_manifest(&manifest)? {
-                let sid: i64 = sqlx::query_scalar("SELECT id FROM series WHERE name = ?")
-                    .bind(&e.name)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(StoreError::db("resolving a series of the change log"))?;
-                let rows = sqlx::query(
-                    "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts <= ? AND change_id = ? ORDER BY ts",
-                )
-                .bind(sid)
-                .bind(e.ts_min)
-                .bind(e.ts_max)
-                .bind(id)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(StoreError::db("reading the readings of a change"))?;
-                batch.series.push(SeriesPoints {
-                    name: e.name,
-                    unit: e.unit,
-                    meta: e.meta,
-                    ts: rows.iter().map(|r| r.get(0)).collect(),
-                    values: rows.iter().map(|r| r.get(1)).collect(),
-                });
-            }
-            ChangeBody::Readings(batch)
-        }
-        2 => {
-            let r = sqlx::query(
-                "SELECT k.key, v.value, v.context FROM doc_versions v JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = ?",
-            )
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::db("reading a document change"))?;
-            ChangeBody::Doc(DocWrite {
-                key: r.get(0),
-                value: r.get(1),
-                context: decode_context(&r.get::<Vec<u8>, _>(2))?,
-            })
-        }
-        3 => {
-            let r = sqlx::query(
-                "SELECT w.key, t.bytes FROM twin_changes t JOIN twins w ON w.id = t.twin_id WHERE t.change_id = ?",
-            )
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::db("reading a twin change"))?;
-            ChangeBody::Twin(TwinChange {
-                key: r.get(0),
-                change: r.get(1),
-            })
-        }
-        other => {
-            return Err(StoreError::Decode {
-                what: "change log row",
-                detail: format!("unknown change kind {other}"),
-            });
-        }
-    };
-    Ok(Change {
-        actor,
-        seq,
-        hlc,
-        body,
-    })
 }

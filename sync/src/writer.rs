@@ -15,6 +15,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::ingest::StagedReadings;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
@@ -139,6 +140,8 @@ pub(crate) struct Writer {
     pub touched: Vec<ActorId>,
     /// Loaded merge documents (twins).
     pub twins: TwinCache,
+    /// Readings changes of the current job not written yet (see `ingest.rs`).
+    pub staged: StagedReadings,
 }
 
 impl Writer {
@@ -159,6 +162,7 @@ impl Writer {
             pending_events: Vec::new(),
             touched: Vec::new(),
             twins: TwinCache::default(),
+            staged: StagedReadings::default(),
         };
         w.reload().await?;
         w.actor_slot(actor).await?;
@@ -184,6 +188,7 @@ impl Writer {
         self.actors.clear();
         self.series.clear();
         self.twins.clear();
+        self.staged = StagedReadings::default();
         let rows = sqlx::query("SELECT idx, actor, max_seq FROM actors")
             .fetch_all(&mut self.conn)
             .await
@@ -228,17 +233,23 @@ impl Writer {
     /// Records that `actor` now holds up to `seq` (called once per stored change).
     pub async fn advance(&mut self, actor: ActorId, seq: u64) -> Result<()> {
         let slot = self.actor_slot(actor).await?;
-        sqlx::query("UPDATE actors SET max_seq = ? WHERE idx = ?")
-            .bind(seq as i64)
-            .bind(slot.idx)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("advancing the version vector"))?;
+        self.store_max_seq(slot.idx, seq).await?;
         if let Some(s) = self.actors.get_mut(&actor) {
             s.max_seq = seq;
         }
         self.touched.push(actor);
         Ok(())
+    }
+
+    /// Writes an actor's highest contiguous seq (the caller keeps the cache in step).
+    pub async fn store_max_seq(&mut self, actor_idx: i64, seq: u64) -> Result<()> {
+        sqlx::query("UPDATE actors SET max_seq = ? WHERE idx = ?")
+            .bind(seq as i64)
+            .bind(actor_idx)
+            .execute(&mut self.conn)
+            .await
+            .map(drop)
+            .map_err(StoreError::db("advancing the version vector"))
     }
 
     /// Inserts the change-log row and returns its local id.
@@ -422,10 +433,11 @@ impl Writer {
             Job::Append { batch, reply } => {
                 let (seq, hlc) = self.next_local();
                 let actor = self.actor;
-                let r = self
-                    .store_readings(actor, seq, hlc, &batch, false)
-                    .await
-                    .map(|()| ChangeMeta { actor, seq, hlc });
+                let r = match self.stage_readings(actor, seq, hlc, &batch, false).await {
+                    Ok(()) => self.flush_readings().await,
+                    Err(e) => Err(e),
+                }
+                .map(|()| ChangeMeta { actor, seq, hlc });
                 Done::Append(reply, r)
             }
             Job::Doc { key, value, reply } => {
@@ -506,9 +518,14 @@ impl Writer {
             let c = &changes[i];
             // Checked above, so this cannot fail; it moves the clock past the change.
             let _ = self.shared.clock.lock().expect("clock lock").observe(c.hlc);
+            // Consecutive readings changes are staged and written together; anything else
+            // writes them first, so local ids keep the order of arrival.
+            if !matches!(c.body, ChangeBody::Readings(_)) {
+                self.flush_readings().await?;
+            }
             match &c.body {
                 ChangeBody::Readings(batch) => {
-                    self.store_readings(c.actor, c.seq, c.hlc, batch, true)
+                    self.stage_readings(c.actor, c.seq, c.hlc, batch, true)
                         .await?
                 }
                 ChangeBody::Doc(d) => self
@@ -526,6 +543,7 @@ impl Writer {
                 ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t).await?,
             }
         }
+        self.flush_readings().await?;
         self.flush_twins().await?;
         Ok(ApplyOutcome { applied, skipped })
     }

@@ -1,0 +1,340 @@
+//! Rebuilding changes from the change log in batches, for `Store::changes_since` and
+//! `Store::log_after`. Every statement is a round trip to sqlx's SQLite worker thread, so the
+//! bodies of a whole run of log rows are loaded with a few statements, not per change:
+//!
+//! - readings: the manifests' (series, time range) entries are grouped per series into runs of
+//!   nearby time ranges; one statement joins a `VALUES` list of runs with `series` (by name) and
+//!   `readings` (a range scan per run, filtered to the run's change ids) and the rows are split
+//!   into changes in memory by change id;
+//! - documents and twin changes: one `IN (…)` query each per chunk of ids.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt;
+
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::docwrite::decode_context;
+use crate::ingest::{ManifestEntry, cache_statement, decode_manifest};
+use crate::{
+    ActorId, Change, ChangeBody, DocWrite, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
+    TwinChange,
+};
+
+/// The columns every log query selects first (`load` reads them by position); the sixth is a
+/// lower bound of the bytes of a document or twin body (0 for readings).
+pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
+     CASE c.kind \
+       WHEN 2 THEN (SELECT length(k.key) + COALESCE(length(v.value), 0) FROM doc_versions v \
+                    JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = c.id) \
+       WHEN 3 THEN (SELECT length(w.key) + length(t.bytes) FROM twin_changes t \
+                    JOIN twins w ON w.id = t.twin_id WHERE t.change_id = c.id) \
+       ELSE 0 END";
+
+/// Runs per readings statement (6 parameters each, far below SQLite's 32,766).
+const RUN_CHUNK: usize = 1000;
+/// Ids per document or twin statement.
+const ID_CHUNK: usize = 500;
+/// Two time ranges of one series join into one run when the gap between them is at most the
+/// run's span so far or this, whichever is larger: the scan then crosses at most as much time
+/// as it covers (plus a minute), while changes of nearby readings share one range scan.
+const MERGE_GAP_MS: i64 = 60_000;
+
+/// A change-log row whose body is not loaded yet.
+pub(crate) struct LogRow {
+    pub id: i64,
+    pub actor: ActorId,
+    pub seq: u64,
+    pub hlc: Hlc,
+    kind: i64,
+    manifest: Vec<ManifestEntry>,
+    /// Bytes of a document or twin body known from the log query (key, value or change).
+    body_bytes: usize,
+}
+
+impl LogRow {
+    /// Reads the [`LOG_COLUMNS`] of a row.
+    pub fn from_row(row: &SqliteRow, actor: ActorId) -> Result<LogRow> {
+        let kind: i64 = row.get(3);
+        let manifest = match kind {
+            1 => decode_manifest(&row.get::<Vec<u8>, _>(4))?,
+            _ => Vec::new(),
+        };
+        Ok(LogRow {
+            id: row.get(0),
+            actor,
+            seq: row.get::<i64, _>(1) as u64,
+            hlc: Hlc(row.get::<i64, _>(2) as u64),
+            kind,
+            manifest,
+            body_bytes: row.get::<Option<i64>, _>(5).unwrap_or(0).max(0) as usize,
+        })
+    }
+
+    /// A lower bound of [`Change::estimated_size`] of the loaded change: exact for readings
+    /// (from the manifest) and twins; a document's context is not counted.
+    pub fn size_floor(&self) -> usize {
+        48 + match self.kind {
+            1 => self
+                .manifest
+                .iter()
+                .map(|e| 32 + e.name.len() + e.count as usize * 14)
+                .sum::<usize>(),
+            _ => 16 + self.body_bytes,
+        }
+    }
+}
+
+/// Loads the bodies of `rows` and returns their changes in the same order.
+pub(crate) async fn load(conn: &mut SqliteConnection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
+    let mut docs = load_docs(conn, &rows).await?;
+    let mut twins = load_twins(conn, &rows).await?;
+    let mut readings = load_readings(conn, &rows).await?;
+    let missing = |id: i64, what: &str| StoreError::Decode {
+        what: "change log row",
+        detail: format!("change {id} has no {what}"),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let body = match row.kind {
+            1 => ChangeBody::Readings(std::mem::take(&mut readings[i])),
+            2 => ChangeBody::Doc(
+                docs.remove(&row.id)
+                    .ok_or_else(|| missing(row.id, "document version"))?,
+            ),
+            3 => ChangeBody::Twin(
+                twins
+                    .remove(&row.id)
+                    .ok_or_else(|| missing(row.id, "twin change"))?,
+            ),
+            other => {
+                return Err(StoreError::Decode {
+                    what: "change log row",
+                    detail: format!("unknown change kind {other}"),
+                });
+            }
+        };
+        out.push(Change {
+            actor: row.actor,
+            seq: row.seq,
+            hlc: row.hlc,
+            body,
+        });
+    }
+    Ok(out)
+}
+
+fn ids_of(rows: &[LogRow], kind: i64) -> Vec<i64> {
+    rows.iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| r.id)
+        .collect()
+}
+
+async fn load_docs(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite>> {
+    let mut out = HashMap::new();
+    for chunk in ids_of(rows, 2).chunks(ID_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
+             JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (",
+        );
+        let mut ids = qb.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        qb.push(")");
+        for r in qb
+            .build()
+            .persistent(cache_statement(chunk.len(), ID_CHUNK))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::db("reading document changes"))?
+        {
+            out.insert(
+                r.get::<i64, _>(0),
+                DocWrite {
+                    key: r.get(1),
+                    value: r.get(2),
+                    context: decode_context(&r.get::<Vec<u8>, _>(3))?,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn load_twins(
+    conn: &mut SqliteConnection,
+    rows: &[LogRow],
+) -> Result<HashMap<i64, TwinChange>> {
+    let mut out = HashMap::new();
+    for chunk in ids_of(rows, 3).chunks(ID_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT t.change_id, w.key, t.bytes FROM twin_changes t \
+             JOIN twins w ON w.id = t.twin_id WHERE t.change_id IN (",
+        );
+        let mut ids = qb.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        qb.push(")");
+        for r in qb
+            .build()
+            .persistent(cache_statement(chunk.len(), ID_CHUNK))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::db("reading twin changes"))?
+        {
+            out.insert(
+                r.get::<i64, _>(0),
+                TwinChange {
+                    key: r.get(1),
+                    change: r.get(2),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// One range scan: readings of one series in `[lo, hi]` of changes with ids in `[first, last]`.
+struct Run<'a> {
+    name: &'a str,
+    lo: i64,
+    hi: i64,
+    first: i64,
+    last: i64,
+    /// The (change id, row index, series index) of each change read, by change id.
+    members: Vec<(i64, usize, usize)>,
+}
+
+impl Run<'_> {
+    /// Where a row of change `id` goes; `None` for changes outside the set (other actors'
+    /// or other pages' readings inside the scanned range).
+    fn place(&self, id: i64) -> Option<(usize, usize)> {
+        let k = self.members.binary_search_by_key(&id, |m| m.0).ok()?;
+        Some((self.members[k].1, self.members[k].2))
+    }
+}
+
+/// The readings batch of every row (empty for other kinds), series in manifest order.
+async fn load_readings(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>> {
+    // Empty batches shaped like the manifests, and what to read for each series.
+    let mut batches: Vec<ReadingBatch> = Vec::with_capacity(rows.len());
+    let mut per_series: HashMap<&str, Vec<Wanted>> = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let mut batch = ReadingBatch::new();
+        for (j, e) in row.manifest.iter().enumerate() {
+            per_series.entry(e.name.as_str()).or_default().push(Wanted {
+                lo: e.ts_min,
+                hi: e.ts_max,
+                id: row.id,
+                at: (i, j),
+            });
+            batch.series.push(SeriesPoints {
+                name: e.name.clone(),
+                unit: e.unit.clone(),
+                meta: e.meta.clone(),
+                ts: Vec::with_capacity(e.count.min(1 << 16) as usize),
+                values: Vec::with_capacity(e.count.min(1 << 16) as usize),
+            });
+        }
+        batches.push(batch);
+    }
+    let runs = runs(per_series);
+    for chunk in runs.chunks(RUN_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("WITH w (run, name, lo, hi, first, last) AS (");
+        qb.push_values(chunk.iter().enumerate(), |mut b, (k, run)| {
+            b.push_bind(k as i64)
+                .push_bind(run.name)
+                .push_bind(run.lo)
+                .push_bind(run.hi)
+                .push_bind(run.first)
+                .push_bind(run.last);
+        });
+        // CROSS JOIN fixes the loop order: each run is one seek and one range scan.
+        qb.push(
+            ") SELECT w.run, r.change_id, r.ts, r.value FROM w \
+             CROSS JOIN series s ON s.name = w.name \
+             CROSS JOIN readings r ON r.series_id = s.id AND r.ts BETWEEN w.lo AND w.hi \
+             AND r.change_id BETWEEN w.first AND w.last",
+        );
+        // Streamed, not collected: a page can be hundreds of thousands of rows, and sqlx's
+        // rows are far larger than the readings they carry.
+        let mut found = qb
+            .build()
+            .persistent(cache_statement(chunk.len(), RUN_CHUNK))
+            .fetch(&mut *conn);
+        while let Some(r) = found
+            .try_next()
+            .await
+            .map_err(StoreError::db("reading the readings of changes"))?
+        {
+            let run = &chunk[r.get::<i64, _>(0) as usize];
+            if let Some((i, j)) = run.place(r.get(1)) {
+                let s = &mut batches[i].series[j];
+                s.ts.push(r.get(2));
+                s.values.push(r.get(3));
+            }
+        }
+    }
+    // A range scan returns rows by time; keep that order whatever plan SQLite picks.
+    for s in batches.iter_mut().flat_map(|b| b.series.iter_mut()) {
+        if !s.ts.windows(2).all(|w| w[0] < w[1]) {
+            let mut pairs: Vec<(i64, f64)> =
+                s.ts.iter().copied().zip(s.values.iter().copied()).collect();
+            pairs.sort_by_key(|p| p.0);
+            (s.ts, s.values) = pairs.into_iter().unzip();
+        }
+    }
+    Ok(batches)
+}
+
+/// The readings of one series in one change: its time range and place in the output.
+struct Wanted {
+    lo: i64,
+    hi: i64,
+    id: i64,
+    at: (usize, usize),
+}
+
+/// Groups each series' wanted ranges into runs of nearby time ranges (see
+/// [`MERGE_GAP_MS`]). A series' runs are disjoint in time, so no row is read twice.
+fn runs(per_series: HashMap<&str, Vec<Wanted>>) -> Vec<Run<'_>> {
+    let mut out: Vec<Run> = Vec::new();
+    for (name, mut entries) in per_series {
+        entries.sort_unstable_by_key(|w| (w.lo, w.hi, w.id));
+        let mut current: Option<Run> = None;
+        for Wanted { lo, hi, id, at } in entries {
+            match &mut current {
+                Some(run)
+                    if lo.saturating_sub(run.hi)
+                        <= run.hi.saturating_sub(run.lo).max(MERGE_GAP_MS) =>
+                {
+                    run.hi = run.hi.max(hi);
+                    run.first = run.first.min(id);
+                    run.last = run.last.max(id);
+                    run.members.push((id, at.0, at.1));
+                }
+                _ => {
+                    out.extend(current.take());
+                    current = Some(Run {
+                        name,
+                        lo,
+                        hi,
+                        first: id,
+                        last: id,
+                        members: vec![(id, at.0, at.1)],
+                    });
+                }
+            }
+        }
+        out.extend(current);
+    }
+    for run in &mut out {
+        run.members.sort_unstable_by_key(|m| m.0);
+    }
+    out
+}
