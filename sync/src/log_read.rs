@@ -133,50 +133,54 @@ fn ids_of(rows: &[LogRow], kind: i64) -> Vec<i64> {
 }
 
 async fn load_docs(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite>> {
-    let mut out = HashMap::new();
-    for chunk in ids_of(rows, 2).chunks(ID_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
-             JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (",
-        );
-        let mut ids = qb.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        qb.push(")");
-        for r in qb
-            .build()
-            .persistent(cache_statement(chunk.len(), ID_CHUNK))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(StoreError::db("reading document changes"))?
-        {
-            out.insert(
-                r.get::<i64, _>(0),
-                DocWrite {
-                    key: r.get(1),
-                    value: r.get(2),
-                    context: decode_context(&r.get::<Vec<u8>, _>(3))?,
-                },
-            );
-        }
-    }
-    Ok(out)
+    let select = "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
+                  JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (";
+    load_bodies(
+        conn,
+        ids_of(rows, 2),
+        select,
+        "reading document changes",
+        |r| {
+            Ok(DocWrite {
+                key: r.get(1),
+                value: r.get(2),
+                context: decode_context(&r.get::<Vec<u8>, _>(3))?,
+            })
+        },
+    )
+    .await
 }
 
 async fn load_twins(
     conn: &mut SqliteConnection,
     rows: &[LogRow],
 ) -> Result<HashMap<i64, TwinChange>> {
+    let select = "SELECT t.change_id, w.key, t.bytes FROM twin_changes t \
+                  JOIN twins w ON w.id = t.twin_id WHERE t.change_id IN (";
+    load_bodies(conn, ids_of(rows, 3), select, "reading twin changes", |r| {
+        Ok(TwinChange {
+            key: r.get(1),
+            change: r.get(2),
+        })
+    })
+    .await
+}
+
+/// Runs `select` (ending in `IN (`, change id first) for `ids` in chunks of [`ID_CHUNK`] and
+/// decodes each row into the body of its change.
+async fn load_bodies<T>(
+    conn: &mut SqliteConnection,
+    ids: Vec<i64>,
+    select: &str,
+    what: &'static str,
+    decode: impl Fn(&SqliteRow) -> Result<T>,
+) -> Result<HashMap<i64, T>> {
     let mut out = HashMap::new();
-    for chunk in ids_of(rows, 3).chunks(ID_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT t.change_id, w.key, t.bytes FROM twin_changes t \
-             JOIN twins w ON w.id = t.twin_id WHERE t.change_id IN (",
-        );
-        let mut ids = qb.separated(", ");
+    for chunk in ids.chunks(ID_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(select);
+        let mut bound = qb.separated(", ");
         for id in chunk {
-            ids.push_bind(*id);
+            bound.push_bind(*id);
         }
         qb.push(")");
         for r in qb
@@ -184,15 +188,9 @@ async fn load_twins(
             .persistent(cache_statement(chunk.len(), ID_CHUNK))
             .fetch_all(&mut *conn)
             .await
-            .map_err(StoreError::db("reading twin changes"))?
+            .map_err(StoreError::db(what))?
         {
-            out.insert(
-                r.get::<i64, _>(0),
-                TwinChange {
-                    key: r.get(1),
-                    change: r.get(2),
-                },
-            );
+            out.insert(r.get::<i64, _>(0), decode(&r)?);
         }
     }
     Ok(out)
