@@ -76,6 +76,20 @@ pub(crate) struct MinuteAgg {
 }
 
 impl MinuteAgg {
+    /// Reads the nine columns `minute, n, sum, min, max, first_ts, first_v, last_ts, last_v`
+    /// of a rollup row, starting at column `at`.
+    pub fn from_row(r: &sqlx::sqlite::SqliteRow, at: usize) -> MinuteAgg {
+        MinuteAgg {
+            minute: r.get(at),
+            n: r.get(at + 1),
+            sum: r.get(at + 2),
+            min: r.get(at + 3),
+            max: r.get(at + 4),
+            first: (r.get(at + 5), r.get(at + 6)),
+            last: (r.get(at + 7), r.get(at + 8)),
+        }
+    }
+
     pub fn new(minute: i64, ts: i64, v: f64) -> MinuteAgg {
         MinuteAgg {
             minute,
@@ -382,15 +396,7 @@ impl Writer {
                 .map_err(StoreError::db("reading rollups"))?
             {
                 let key = (r.get::<i64, _>(0), r.get::<i64, _>(1));
-                let stored = MinuteAgg {
-                    minute: key.1,
-                    n: r.get(2),
-                    sum: r.get(3),
-                    min: r.get(4),
-                    max: r.get(5),
-                    first: (r.get(6), r.get(7)),
-                    last: (r.get(8), r.get(9)),
-                };
+                let stored = MinuteAgg::from_row(&r, 1);
                 if let Some(&k) = keys.get(&key) {
                     rows[k] = Some((key.0, stored));
                 }

@@ -247,19 +247,7 @@ impl Store {
         .await
         .map_err(StoreError::db("reading rollups"))?;
         for r in rows {
-            fold(
-                out,
-                bucket_ms,
-                MinuteAgg {
-                    minute: r.get(0),
-                    n: r.get(1),
-                    sum: r.get(2),
-                    min: r.get(3),
-                    max: r.get(4),
-                    first: (r.get(5), r.get(6)),
-                    last: (r.get(7), r.get(8)),
-                },
-            );
+            fold(out, bucket_ms, MinuteAgg::from_row(&r, 0));
         }
         Ok(())
     }
