@@ -470,6 +470,7 @@ impl Running {
             let check = if new.mqtt.enabled {
                 new.mqtt
                     .validate()
+                    .map_err(crate::mqtt::MqttError::from)
                     .and_then(|()| crate::mqtt::preflight(&new.mqtt, &self.config.device_name))
             } else {
                 Ok(())

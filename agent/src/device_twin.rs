@@ -21,8 +21,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
+use crate::sources::SourceStatus;
 use crate::sources::set_interval;
-use crate::state::SourceStatus;
 
 /// Shortest interval a desired value may set.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);

@@ -6,7 +6,9 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the config structs, layering (figment) and `validate()` |
+//! | [`config`] | the top-level `Config`, layering (figment) and cross-section `validate()`; each section's type lives with its owner |
+//! | [`section`] | the shape every section's `validate()` returns ([`section::InvalidValue`]) |
+//! | [`time`] | the one wall clock (`now_ms`) and RFC 3339 parser/formatter |
 //! | [`daemon`] | `kdelta start`: startup order, signals, shutdown |
 //! | [`sources`] | scheduler, ingest queue and batcher |
 //! | [`api`] | the HTTP API (router, handlers, errors) |
@@ -31,7 +33,12 @@ pub mod metrics;
 pub mod mqtt;
 pub mod peers;
 pub mod running;
+pub mod section;
 pub mod sources;
 pub mod state;
 pub mod systemd;
+pub mod time;
 pub mod tls;
+
+#[cfg(test)]
+mod module_graph;

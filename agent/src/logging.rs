@@ -1,15 +1,63 @@
 //! Log output of the daemon: human lines or JSON on stderr, or the journal when systemd
 //! connected stderr to it. The level filter sits behind a reload handle so SIGHUP can change
-//! it without a restart. Client subcommands do not log; they print.
+//! it without a restart. Client subcommands do not log; they print. Owns `[log]`.
 
 use std::io::IsTerminal;
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::section::{InvalidValue, refuse};
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`info`) or directives (`info,kdelta::sources=debug`).
+    /// `RUST_LOG`, when set, takes precedence. Reloaded on SIGHUP.
+    pub level: String,
+    /// `human` (default) or `json` lines on stderr. Under systemd, human logs go to the
+    /// journal with their level as priority.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event (for log shippers).
+    Json,
+}
+
+impl LogConfig {
+    /// Checks that `level` is a filter this module can install; the error names `log.level`.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        match parse_filter(&self.level) {
+            Ok(_) => Ok(()),
+            Err(e) => refuse(
+                "log.level",
+                format!(
+                    "{:?} is not a level or filter ({e}); use error, warn, info, debug or trace",
+                    self.level
+                ),
+            ),
+        }
+    }
+}
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::mqtt::{MqttConfig, MqttDeps};
 use crate::peers::{PeerConfig, Registry};
+use crate::sources::SourceStatus;
 use crate::sources::{BuiltSource, IngestQueue};
-use crate::state::SourceStatus;
 
 /// How long a reload waits for the old sources to stop before aborting their tasks.
 pub const SOURCE_STOP: Duration = Duration::from_secs(5);

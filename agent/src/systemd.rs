@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::peers::Registry;
-use crate::state::SourceStatus;
+use crate::sources::SourceStatus;
 
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -141,7 +141,8 @@ pub async fn status_loop(inputs: StatusInputs, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peers::{Direction, SyncSection};
+    use crate::peers::SyncSection;
+    use kdelta_sync::protocol::Direction;
 
     #[test]
     fn the_status_line_shows_rate_sources_and_peers() {

@@ -24,10 +24,12 @@ pub mod sim;
 mod source;
 pub mod sysfs;
 pub mod system;
+pub mod time;
 
 pub use config::SourceConfig;
 pub use error::SourceError;
 pub use factory::{build_polled, build_streaming};
-pub use reading::{Reading, now_ms};
+pub use reading::Reading;
 pub use sample::{Sample, sanitize_segment};
 pub use source::{BoxFuture, PolledSource, ReadingSink, StreamingSource};
+pub use time::now_ms;

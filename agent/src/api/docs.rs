@@ -10,16 +10,16 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use kdelta_sync::{AsOf, DocState, DocVersion, Hlc, MAX_HISTORY_PAGE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiError;
 use super::format::{Accept, Format, read_body};
 use super::params::{limit, path, query, required};
 use super::time::parse_as_of;
+use super::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// Default page size of history and listings.
@@ -205,8 +205,7 @@ pub async fn put(
     let key = path(p)?;
     if View::split(&key).1 != View::Value {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_key",
+            ErrorCode::InvalidKey,
             format!(
                 "key {key:?} ends in /history, /diff or /siblings, which the HTTP API reserves for views of a key"
             ),

@@ -27,8 +27,8 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::ApiError;
 use super::format::{Accept, Format, read_body};
-use super::time::{now_ms, parse_rfc3339};
 use crate::state::AppState;
+use crate::time::{now_ms, parse_rfc3339};
 
 /// Label of HTTP ingest in the `source` metric label.
 const SOURCE: &str = "http";
@@ -44,7 +44,7 @@ pub async fn post_readings(
     match result {
         Ok(value) => Ok(reply.respond(StatusCode::CREATED, &value)),
         Err(e) => {
-            state.metrics.ingest_rejected(SOURCE, e.code);
+            state.metrics.ingest_rejected(SOURCE, e.code.as_str());
             Err(e)
         }
     }
@@ -329,7 +329,7 @@ mod tests {
         for body in [&[0x1cu8][..], &[0x81, 0xa1], &[0x80, 0x00], &[]] {
             let e = decode_batch(Format::Cbor, body, NOW).unwrap_err();
             assert_eq!(
-                (e.status.as_u16(), e.code),
+                (e.status().as_u16(), e.code.as_str()),
                 (400, "malformed_body"),
                 "{body:?}"
             );
@@ -355,7 +355,7 @@ mod tests {
         ] {
             let e = decode_batch(Format::Json, body, NOW).unwrap_err();
             assert_eq!(
-                (e.status.as_u16(), e.code),
+                (e.status().as_u16(), e.code.as_str()),
                 (422, "invalid_batch"),
                 "{}",
                 String::from_utf8_lossy(body)

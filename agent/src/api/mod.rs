@@ -8,6 +8,7 @@
 //!
 //! | area | module |
 //! |---|---|
+//! | `[api]` ([`ApiConfig`]) | `config` |
 //! | route table, router, request metrics, fallbacks | `routes` |
 //! | `POST /v1/readings` (JSON/CBOR, row and columnar forms) | `ingest` |
 //! | series, range, aggregate, latest | `readings` |
@@ -15,18 +16,17 @@
 //! | twins (merge documents): create, patch, value, as-of, history, diff, list | `twins` |
 //! | `GET /v1/events` (SSE) | `events` |
 //! | status, health, readiness, metrics, sources | `status` |
+//! | sync: `/v1/sync` (WebSocket), `/v1/sync/peers`, `/v1/sync/now` | `sync` |
 //! | `GET /v1/openapi.json` | `openapi` |
 //! | the live dashboard at `/` (embedded HTML, JS, CSS) | `dashboard` |
 //!
-//! Errors are JSON `{"error": {"code", "message"}}`: 400 `malformed_body`, `bad_time`,
-//! `bad_request`, `invalid_query`; 404 `unknown_series`, `not_found`, `before_history`,
-//! `no_route`; 405 `method_not_allowed`; 409 `clock_skew`, `seq_gap`, `twin_exists`,
-//! `wrong_kind`; 413 `body_too_large`, `value_too_large`; 415 `unsupported_media_type`; 422
-//! `invalid_batch`, `invalid_key`, `invalid_patch`;
-//! 500 `internal`; 503 `unavailable`, `not_ready`.
+//! Errors are JSON `{"error": {"code", "message"}}`; the codes and their statuses are the
+//! table of [`ErrorCode`] (`ErrorCode::ALL`), which the OpenAPI description and its tests
+//! read. An error is logged once, by the request middleware, never by the handler.
 //!
 //! [`AppState`]: crate::state::AppState
 
+mod config;
 mod dashboard;
 mod docs;
 mod error;
@@ -38,9 +38,11 @@ mod params;
 mod readings;
 mod routes;
 mod status;
+mod sync;
 pub mod time;
 pub mod twins;
 
+pub use config::{ApiConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
 pub use error::{ApiError, ErrorCode};
 pub use format::Format;
 pub use ingest::decode_batch;

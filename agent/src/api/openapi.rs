@@ -5,6 +5,7 @@
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::ErrorCode;
 use super::format::Format;
 
 /// `GET /v1/openapi.json`.
@@ -55,15 +56,23 @@ fn ok(description: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": schema } } })
 }
 
-/// Responses: the success answer plus error answers `(status, codes)`.
-fn responses(status: &str, success: Value, errors: &[(&str, &str)]) -> Value {
+/// Responses: the success answer plus one answer per error status, listing its codes (from
+/// [`ErrorCode`], so a code's status and meaning are written once).
+fn responses(status: &str, success: Value, errors: &[ErrorCode]) -> Value {
     let mut r = serde_json::Map::new();
     r.insert(status.into(), success);
-    for (status, codes) in errors {
+    let mut by_status: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for code in errors {
+        by_status
+            .entry(code.status().as_u16())
+            .or_default()
+            .push(format!("`{}` ({})", code.as_str(), code.meaning()));
+    }
+    for (status, codes) in by_status {
         r.insert(
-            (*status).into(),
+            status.to_string(),
             json!({
-                "description": format!("Error; `error.code` is one of: {codes}"),
+                "description": format!("Error; `error.code` is one of: {}", codes.join(", ")),
                 "content": { "application/json": { "schema": schema_ref("Error") } },
             }),
         );
@@ -74,9 +83,6 @@ fn responses(status: &str, success: Value, errors: &[(&str, &str)]) -> Value {
 fn op(summary: &str, params: Vec<Value>, resp: Value) -> Value {
     json!({ "summary": summary, "parameters": params, "responses": resp })
 }
-
-const UNAVAILABLE: (&str, &str) = ("503", "`unavailable`");
-const BAD_QUERY: (&str, &str) = ("400", "`bad_request`, `bad_time`, `invalid_query`");
 
 /// The whole document.
 pub fn document() -> Value {
@@ -111,28 +117,28 @@ pub fn document() -> Value {
             "/healthz": { "get": op("Liveness: 200 while the process serves HTTP", vec![],
                 responses("200", ok("Alive", json!({"type": "object"})), &[])) },
             "/readyz": { "get": op("Readiness: startup finished and the store commits within 2 s", vec![],
-                responses("200", ok("Ready", json!({"type": "object"})), &[("503", "`not_ready`, `unavailable`")])) },
+                responses("200", ok("Ready", json!({"type": "object"})), &[ErrorCode::NotReady, ErrorCode::Unavailable])) },
             "/metrics": { "get": {
                 "summary": "Prometheus metrics (OpenMetrics text)",
                 "responses": { "200": { "description": "Metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } },
             } },
             "/v1/status": { "get": op("Actor, version vector, counts, digest, disk use, RSS, uptime, version", vec![],
-                responses("200", ok("Status", schema_ref("Status")), &[UNAVAILABLE])) },
+                responses("200", ok("Status", schema_ref("Status")), &[ErrorCode::Unavailable])) },
             "/v1/sources": { "get": op("Configured sources and their sampling status", vec![],
                 responses("200", ok("Sources", json!({"type": "object", "properties": {"sources": {"type": "array", "items": schema_ref("SourceStatus")}}})), &[])) },
             "/v1/openapi.json": { "get": op("This document", vec![], responses("200", ok("OpenAPI 3.0 document", json!({"type": "object"})), &[])) },
             "/v1/series": { "get": op("Every series with unit, metadata, count and time span", vec![],
-                responses("200", ok("Series", json!({"type": "object", "properties": {"series": {"type": "array", "items": schema_ref("SeriesInfo")}}})), &[UNAVAILABLE])) },
+                responses("200", ok("Series", json!({"type": "object", "properties": {"series": {"type": "array", "items": schema_ref("SeriesInfo")}}})), &[ErrorCode::Unavailable])) },
             "/v1/readings": {
                 "post": {
                     "summary": "Ingest a batch of readings; answered once the batch is durable. A refused batch stores nothing.",
                     "requestBody": batch_body,
                     "responses": responses("201", ok("Stored", schema_ref("Ack")), &[
-                        ("400", "`malformed_body`"),
-                        ("413", "`body_too_large`"),
-                        ("415", "`unsupported_media_type`"),
-                        ("422", "`invalid_batch` (wrong types, empty, too many readings, NaN/infinity, duplicate timestamps)"),
-                        UNAVAILABLE,
+                        ErrorCode::MalformedBody,
+                        ErrorCode::BodyTooLarge,
+                        ErrorCode::UnsupportedMediaType,
+                        ErrorCode::InvalidBatch,
+                        ErrorCode::Unavailable,
                     ]),
                 },
                 "get": op("Raw readings of one series in [from, to), paged", vec![
@@ -141,7 +147,7 @@ pub fn document() -> Value {
                     query("to", &format!("Exclusive end: {TIME}. Default: the end")),
                     query("limit", "Most readings per page (default 1000, at most 100000)"),
                     query("cursor", "`next_cursor` of the previous page"),
-                ], responses("200", ok("A page", schema_ref("ReadingPage")), &[BAD_QUERY, ("404", "`unknown_series`"), UNAVAILABLE])),
+                ], responses("200", ok("A page", schema_ref("ReadingPage")), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::UnknownSeries, ErrorCode::Unavailable])),
             },
             "/v1/readings/aggregate": { "get": op("Aggregates per time bucket (aligned to the unix epoch); empty buckets are omitted", vec![
                 param("series", "query", true, "Series name"),
@@ -149,10 +155,10 @@ pub fn document() -> Value {
                 query("to", &format!("Exclusive end: {TIME}. Default: now")),
                 query("bucket", "Bucket width: `10s`, `1m`, `1h` … or milliseconds (default 1m; at most 100000 buckets)"),
                 query("fn", "Comma list of count, min, max, avg, sum, first, last (default all)"),
-            ], responses("200", ok("Buckets", schema_ref("Aggregate")), &[BAD_QUERY, ("404", "`unknown_series`"), UNAVAILABLE])) },
+            ], responses("200", ok("Buckets", schema_ref("Aggregate")), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::UnknownSeries, ErrorCode::Unavailable])) },
             "/v1/readings/latest": { "get": op("Latest reading of each series", vec![
                 query("series", "Comma list of series (default every series)"),
-            ], responses("200", ok("Latest readings", json!({"type": "object", "properties": {"latest": {"type": "array", "items": schema_ref("LatestReading")}}})), &[("404", "`unknown_series`"), UNAVAILABLE])) },
+            ], responses("200", ok("Latest readings", json!({"type": "object", "properties": {"latest": {"type": "array", "items": schema_ref("LatestReading")}}})), &[ErrorCode::UnknownSeries, ErrorCode::Unavailable])) },
             "/v1/docs": { "get": op("Live documents by key prefix, in key order", vec![
                 query("prefix", "Key prefix (default all)"),
                 query("as_of", &format!("List as of {AS_OF}")),
@@ -160,30 +166,30 @@ pub fn document() -> Value {
                 query("after", "`next_after` of the previous page"),
             ], responses("200", ok("Documents", json!({"type": "object", "properties": {
                 "docs": {"type": "array", "items": schema_ref("DocState")},
-                "next_after": {"type": "string", "nullable": true}}})), &[BAD_QUERY, UNAVAILABLE])) },
+                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) },
             "/v1/docs/{key}": {
                 "get": op("A document's value (the deterministic winner among siblings)", vec![
                     key_param(),
                     query("as_of", &format!("Read the value as of {AS_OF}")),
                 ], responses("200", ok("The document", schema_ref("DocState")), &[
-                    ("400", "`bad_time`"),
-                    ("404", "`not_found` (never written or deleted), `before_history` (as_of before the first version)"),
-                    UNAVAILABLE,
+                    ErrorCode::BadTime,
+                    ErrorCode::NotFound, ErrorCode::BeforeHistory,
+                    ErrorCode::Unavailable,
                 ])),
                 "put": {
                     "summary": "Write a new version; answered once durable",
                     "parameters": [key_param()],
                     "requestBody": doc_body,
                     "responses": responses("200", ok("The new version", schema_ref("DocVersion")), &[
-                        ("400", "`malformed_body`"),
-                        ("413", "`body_too_large`, `value_too_large`"),
-                        ("415", "`unsupported_media_type`"),
-                        ("422", "`invalid_key`"),
-                        UNAVAILABLE,
+                        ErrorCode::MalformedBody,
+                        ErrorCode::BodyTooLarge, ErrorCode::ValueTooLarge,
+                        ErrorCode::UnsupportedMediaType,
+                        ErrorCode::InvalidKey,
+                        ErrorCode::Unavailable,
                     ]),
                 },
                 "delete": op("Delete (write a tombstone version; history is kept)", vec![key_param()],
-                    responses("200", ok("The tombstone version", schema_ref("DocVersion")), &[("404", "`not_found`"), ("422", "`invalid_key`"), UNAVAILABLE])),
+                    responses("200", ok("The tombstone version", schema_ref("DocVersion")), &[ErrorCode::NotFound, ErrorCode::InvalidKey, ErrorCode::Unavailable])),
             },
             "/v1/docs/{key}/history": { "get": op("Versions of a document, newest first", vec![
                 key_param(),
@@ -192,42 +198,42 @@ pub fn document() -> Value {
             ], responses("200", ok("History", json!({"type": "object", "properties": {
                 "key": {"type": "string"},
                 "versions": {"type": "array", "items": schema_ref("DocVersion")},
-                "next_before": {"type": "string", "nullable": true}}})), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+                "next_before": {"type": "string", "nullable": true}}})), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
             "/v1/docs/{key}/diff": { "get": op("How a document changed between two points", vec![
                 key_param(),
                 param("from", "query", true, &format!("First point: {AS_OF}")),
                 query("to", &format!("Second point: {AS_OF} (default: now)")),
-            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
             "/v1/docs/{key}/siblings": { "get": op("Concurrent versions of a document (conflicts), newest first", vec![key_param()],
                 responses("200", ok("Siblings", json!({"type": "object", "properties": {
                     "key": {"type": "string"},
-                    "siblings": {"type": "array", "items": schema_ref("DocVersion")}}})), &[("404", "`not_found`"), UNAVAILABLE])) },
+                    "siblings": {"type": "array", "items": schema_ref("DocVersion")}}})), &[ErrorCode::NotFound, ErrorCode::Unavailable])) },
             "/v1/twins": { "get": op("Twin (merge document) keys by prefix, in key order", vec![
                 query("prefix", "Key prefix (default all)"),
                 query("limit", "Most keys (default 100, at most 1000)"),
                 query("after", "`next_after` of the previous page"),
             ], responses("200", ok("Twin keys", json!({"type": "object", "properties": {
                 "twins": {"type": "array", "items": {"type": "string"}},
-                "next_after": {"type": "string", "nullable": true}}})), &[BAD_QUERY, UNAVAILABLE])) },
+                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) },
             "/v1/twins/{key}": {
                 "get": op("A twin's merged JSON value", vec![
                     twin_key_param(),
                     query("as_of", &format!("Read the value as of {AS_OF}")),
                 ], responses("200", ok("The twin", schema_ref("TwinState")), &[
-                    ("400", "`bad_time`"),
-                    ("404", "`not_found` (not a twin), `before_history` (as_of before its first change)"),
-                    UNAVAILABLE,
+                    ErrorCode::BadTime,
+                    ErrorCode::NotFound, ErrorCode::BeforeHistory,
+                    ErrorCode::Unavailable,
                 ])),
                 "post": {
                     "summary": "Create a twin, empty or with an initial JSON object; answered once durable",
                     "parameters": [twin_key_param()],
                     "requestBody": { "required": false, "content": { "application/json": { "schema": {"type": "object"} } } },
                     "responses": responses("201", ok("The new twin", schema_ref("TwinWrite")), &[
-                        ("400", "`malformed_body`"),
-                        ("409", "`twin_exists`, `wrong_kind` (a plain document holds the key)"),
-                        ("413", "`body_too_large`, `value_too_large`"),
-                        ("422", "`invalid_key`, `invalid_patch`"),
-                        UNAVAILABLE,
+                        ErrorCode::MalformedBody,
+                        ErrorCode::TwinExists, ErrorCode::WrongKind,
+                        ErrorCode::BodyTooLarge, ErrorCode::ValueTooLarge,
+                        ErrorCode::InvalidKey, ErrorCode::InvalidPatch,
+                        ErrorCode::Unavailable,
                     ]),
                 },
                 "patch": {
@@ -238,13 +244,13 @@ pub fn document() -> Value {
                         "application/json": { "schema": {"type": "object", "properties": {"ops": {"type": "array", "items": {"type": "object"}}}} },
                     } },
                     "responses": responses("200", ok("The twin after the patch", schema_ref("TwinWrite")), &[
-                        ("400", "`malformed_body`"),
-                        ("404", "`not_found`"),
-                        ("409", "`wrong_kind`"),
-                        ("413", "`body_too_large`, `value_too_large`"),
-                        ("415", "`unsupported_media_type`"),
-                        ("422", "`invalid_key`, `invalid_patch` (depth, size, path, type problems; named in the message)"),
-                        UNAVAILABLE,
+                        ErrorCode::MalformedBody,
+                        ErrorCode::NotFound,
+                        ErrorCode::WrongKind,
+                        ErrorCode::BodyTooLarge, ErrorCode::ValueTooLarge,
+                        ErrorCode::UnsupportedMediaType,
+                        ErrorCode::InvalidKey, ErrorCode::InvalidPatch,
+                        ErrorCode::Unavailable,
                     ]),
                 },
             },
@@ -255,12 +261,12 @@ pub fn document() -> Value {
             ], responses("200", ok("History", json!({"type": "object", "properties": {
                 "key": {"type": "string"},
                 "changes": {"type": "array", "items": schema_ref("TwinChangeInfo")},
-                "next_before": {"type": "string", "nullable": true}}})), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+                "next_before": {"type": "string", "nullable": true}}})), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
             "/v1/twins/{key}/diff": { "get": op("How a twin changed between two points", vec![
                 twin_key_param(),
                 param("from", "query", true, &format!("First point: {AS_OF}")),
                 query("to", &format!("Second point: {AS_OF} (default: now)")),
-            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[("400", "`bad_time`, `bad_request`"), ("404", "`not_found`"), UNAVAILABLE])) },
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
             "/v1/events": { "get": {
                 "summary": "Server-sent events: `event: change` (data: ChangeEvent JSON) for every durable change passing the filter; `event: lagged` (data `{\"missed\": n}`) when this client fell behind",
                 "parameters": [
@@ -271,20 +277,17 @@ pub fn document() -> Value {
                 "responses": responses("200", json!({
                     "description": "Event stream",
                     "content": { "text/event-stream": { "schema": schema_ref("ChangeEvent") } },
-                }), &[("400", "`bad_request`")]),
+                }), &[ErrorCode::BadRequest]),
             } },
             "/v1/sync": { "get": {
                 "summary": "Sync with another agent: a WebSocket upgrade carrying the kdelta sync protocol (CBOR frames in binary messages). The peer authenticates with a verified client certificate listed in `[[sync.accept_certs]]` (mutual TLS) or with `Authorization: Bearer` and a token from `[sync] accept_tokens` (checked again in its Hello frame).",
-                "responses": {
-                    "101": { "description": "Switching to the WebSocket sync protocol" },
-                    "401": { "description": "`unauthorized`: neither an accepted bearer token nor an allowed client certificate" },
-                    "403": { "description": "`sync_disabled`: neither `[sync] accept_tokens` nor `accept_certs` configured" },
-                },
+                "responses": responses("101", json!({ "description": "Switching to the WebSocket sync protocol" }),
+                    &[ErrorCode::WebsocketRequired, ErrorCode::Unauthorized, ErrorCode::SyncDisabled]),
             } },
             "/v1/sync/now": { "post": op("Wake every outbound sync peer (or `peer`) out of its reconnect backoff, then wait until each is connected and caught up both ways with what this agent held at the request, or has failed, or `timeout` passes",
                 vec![query("peer", "Only this outbound peer (its configured name)"), query("timeout", "How long to wait, e.g. `30s` (default 30s, at most 10m)")],
                 responses("200", ok("Per-peer results; `ok` is true when every peer synced", sync_now_schema()),
-                    &[("400", "`bad_request`"), ("404", "`unknown_peer`"), UNAVAILABLE])) },
+                    &[ErrorCode::BadRequest, ErrorCode::UnknownPeer, ErrorCode::Unavailable])) },
             "/v1/sync/peers": { "get": op("Sync peers (configured outbound and connected inbound): connection, phase, last success, lag in changes per direction, bytes in/out, last error", vec![],
                 responses("200", ok("Peers", json!({"type": "object", "properties": {"peers": {"type": "array", "items": peer_schema}}})), &[])) },
         },
@@ -309,8 +312,14 @@ fn schemas() -> Value {
     let hlc = json!({"type": "string", "description": "HLC `<unix ms>:<logical>`", "example": "1764000000000:0"});
     let actor = json!({"type": "string", "description": "Actor id, 32 hex digits"});
     let time = json!({"oneOf": [{"type": "integer", "description": "unix ms"}, {"type": "string", "description": "RFC 3339"}]});
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let table: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| format!("`{}` {}: {}", c.status().as_u16(), c.as_str(), c.meaning()))
+        .collect();
+    let code = json!({"type": "string", "enum": codes, "description": format!("Stable error code; with its HTTP status: {}", table.join("; "))});
     json!({
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": s, "message": s}}}},
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": code, "message": s}}}},
         "ReadingBatch": {"oneOf": [
             {"type": "array", "description": "Row form", "items": {"type": "object", "required": ["series", "value"], "properties": {
                 "series": s, "ts": time, "value": n, "unit": s}}},

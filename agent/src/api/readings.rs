@@ -11,8 +11,9 @@ use serde_json::{Map, Value, json};
 use super::ApiError;
 use super::format::Accept;
 use super::params::{limit, list, query, required};
-use super::time::{now_ms, parse_bucket, parse_instant};
+use super::time::{parse_bucket, parse_instant};
 use crate::state::AppState;
+use crate::time::now_ms;
 
 /// Default page size of `GET /v1/readings`.
 pub const DEFAULT_LIMIT: usize = 1000;

@@ -12,12 +12,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
-use super::{ApiError, dashboard, docs, events, ingest, openapi, readings, status, twins};
+use super::{
+    ApiError, ErrorCode, dashboard, docs, events, ingest, openapi, readings, status, sync, twins,
+};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -59,9 +61,9 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/v1/twins/{key}/history", get(twins::get)),
         (Method::GET, "/v1/twins/{key}/diff", get(twins::get)),
         (Method::GET, "/v1/events", get(events::events)),
-        (Method::GET, "/v1/sync", get(crate::peers::sync_socket)),
-        (Method::GET, "/v1/sync/peers", get(crate::peers::list_peers)),
-        (Method::POST, "/v1/sync/now", post(crate::peers::sync_now)),
+        (Method::GET, "/v1/sync", get(sync::sync_socket)),
+        (Method::GET, "/v1/sync/peers", get(sync::list_peers)),
+        (Method::POST, "/v1/sync/now", post(sync::sync_now)),
     ]
 }
 
@@ -98,16 +100,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no_route",
+        ErrorCode::NoRoute,
         format!("no route for {method} {}; see /v1/openapi.json", uri.path()),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!(
             "{method} is not allowed on {}; see /v1/openapi.json",
             uri.path()
@@ -146,7 +146,9 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// Middleware: counts and times every request by method, route template and status.
+/// Middleware: counts and times every request by method, route template and status, and
+/// logs an error answer once (5xx as warnings or errors, 4xx at debug): handlers and
+/// `ApiError` never log.
 async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
@@ -156,6 +158,17 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
     let seconds = started.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
     metrics.observe_http(method, route, status, seconds);
-    tracing::debug!(method, route, status, ms = seconds * 1000.0, "http request");
+    match resp.extensions().get::<ApiError>() {
+        Some(e) if e.code == ErrorCode::Internal => {
+            tracing::error!(method, route, status, code = %e.code, "request failed: {}", e.message);
+        }
+        Some(e) if status >= 500 => {
+            tracing::warn!(method, route, status, code = %e.code, "request failed: {}", e.message);
+        }
+        Some(e) => {
+            tracing::debug!(method, route, status, code = %e.code, ms = seconds * 1000.0, "http request: {}", e.message);
+        }
+        None => tracing::debug!(method, route, status, ms = seconds * 1000.0, "http request"),
+    }
     resp
 }

@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::ApiError;
 use super::format::Accept;
+use super::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// How long `/readyz` waits for the store's heartbeat write.
@@ -29,8 +29,7 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "the agent is starting or shutting down",
         ));
     }

@@ -13,7 +13,7 @@ use kdelta_sync::{Store, StoreConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::{openapi_document, router, routes};
+use super::{ErrorCode, openapi_document, router, routes};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -144,6 +144,100 @@ fn openapi_describes_exactly_the_routes() {
             doc["components"]["schemas"].get(&name).is_some(),
             "dangling $ref {name}"
         );
+    }
+}
+
+/// Every error answer in the OpenAPI description comes from [`ErrorCode`], under its own
+/// status; every code is answered by some route (or by every route: the fallbacks and
+/// `internal`); and the user docs quote codes with their real status.
+#[test]
+fn error_codes_in_openapi_and_docs_come_from_the_enum() {
+    let doc = openapi_document();
+    let listed: Vec<&str> =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+    let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, all);
+    let by_name = |name: &str| ErrorCode::ALL.iter().copied().find(|c| c.as_str() == name);
+    let mut answered = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, resp) in op["responses"].as_object().unwrap() {
+                let text = resp["description"].as_str().unwrap_or_default();
+                let Some(codes) = text.strip_prefix("Error; `error.code` is one of: ") else {
+                    assert!(
+                        status.starts_with(['1', '2']),
+                        "{method} {path} {status}: {text}"
+                    );
+                    continue;
+                };
+                // Entries are "`code` (meaning)"; meanings may quote other things in backticks.
+                let pieces: Vec<&str> = codes.split('`').collect();
+                let names = pieces
+                    .windows(2)
+                    .filter(|w| w[1].starts_with(" ("))
+                    .map(|w| w[0]);
+                for piece in names {
+                    let code = by_name(piece)
+                        .unwrap_or_else(|| panic!("{method} {path}: unknown code {piece}"));
+                    assert_eq!(code.status().as_str(), status, "{method} {path}: {piece}");
+                    answered.insert(piece.to_owned());
+                }
+            }
+        }
+    }
+    for code in ErrorCode::ALL {
+        // Any route may answer these (fallbacks, a bug), or the store's mapping keeps them
+        // for sync-only failures that no route documents.
+        let anywhere = matches!(
+            code,
+            ErrorCode::Internal
+                | ErrorCode::NoRoute
+                | ErrorCode::MethodNotAllowed
+                | ErrorCode::ClockSkew
+                | ErrorCode::SeqGap
+        );
+        assert!(
+            anywhere || answered.contains(code.as_str()),
+            "no route documents `{code}`"
+        );
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut files = vec![std::path::PathBuf::from(format!("{root}/README.md"))];
+    for entry in std::fs::read_dir(format!("{root}/docs")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+    {
+        let text = std::fs::read_to_string(file).unwrap();
+        // Every piece between backticks (parity is lost at code fences, and a piece that is
+        // exactly `NNN name` is a quoted code wherever it stands).
+        for quoted in text.split('`') {
+            let Some((status, name)) = quoted.split_once(' ') else {
+                continue;
+            };
+            if status.len() != 3 || !status.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                continue;
+            }
+            let code = by_name(name).unwrap_or_else(|| {
+                panic!("{}: `{quoted}` is not an API error code", file.display())
+            });
+            assert_eq!(
+                code.status().as_str(),
+                status,
+                "{}: `{quoted}`",
+                file.display()
+            );
+        }
     }
 }
 
@@ -641,8 +735,7 @@ async fn the_dashboard_is_served_and_its_api_calls_answer_what_it_reads() {
         assert!(routed.contains(path), "the dashboard calls unrouted {path}");
     }
 
-    let ingest =
-        json!([{"series": "shed.temp", "ts": now_ms() - 30_000, "value": 21.5, "unit": "°C"}]);
+    let ingest = json!([{"series": "shed.temp", "ts": crate::time::now_ms() - 30_000, "value": 21.5, "unit": "°C"}]);
     let r = f
         .post("/v1/readings", "application/json", ingest.to_string())
         .await;
@@ -687,11 +780,4 @@ async fn the_dashboard_is_served_and_its_api_calls_answer_what_it_reads() {
             assert!(b[field].is_number(), "{window}: bucket lacks {field}: {b}");
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

@@ -16,11 +16,11 @@ use kdelta_sync::{AsOf, Hlc, MAX_HISTORY_PAGE, TwinHistoryEntry, TwinPatch, Twin
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiError;
 use super::docs::DEFAULT_PAGE;
 use super::format::{Accept, read_body};
 use super::params::{limit, path, query, required};
 use super::time::parse_as_of;
+use super::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// Media type of a JSON Merge Patch body.
@@ -98,8 +98,7 @@ fn entry_json(e: &TwinHistoryEntry) -> Value {
 fn writable_key(key: &str) -> Result<(), ApiError> {
     if View::split(key).1 != View::Value {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_key",
+            ErrorCode::InvalidKey,
             format!(
                 "key {key:?} ends in /history or /diff, which the HTTP API reserves for views of a twin"
             ),
@@ -154,16 +153,14 @@ pub fn patch_from_body(
                 Ok(TwinPatch::from_json(key, value)?)
             }
             _ => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_patch",
+                ErrorCode::InvalidPatch,
                 format!(
                     "an application/json patch must be {{\"ops\": [...]}}; send a JSON Merge Patch with Content-Type {MERGE_PATCH}"
                 ),
             )),
         },
         other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "Content-Type {other:?} is not supported for a twin patch; send {MERGE_PATCH} or application/json with {{\"ops\": [...]}}"
             ),

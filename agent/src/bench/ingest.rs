@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use super::BenchIngestArgs;
 use super::{mib, proc_sample};
-use crate::cli::BenchIngestArgs;
 use crate::client::{ApiClient, api_error};
 
 /// One series of a columnar batch (the API's compact form).

@@ -6,9 +6,11 @@
 //! | `kdelta bench ingest` — readings/s through `POST /v1/readings` of a running agent | `ingest.rs` |
 //! | `kdelta bench sync` — readings/s, bytes on the wire and RSS of a device → hub sync over a loopback WebSocket | `sync.rs` |
 
+mod args;
 mod ingest;
 mod sync;
 
+pub use args::{BenchCommand, BenchIngestArgs, BenchSyncArgs};
 pub use ingest::ingest;
 pub use sync::sync;
 

@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
+use kdelta_sync::protocol::Direction;
 use kdelta_sync::{ChangeBody, ReadingBatch, Store, StoreConfig, VersionVector};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::BenchSyncArgs;
 use super::{mib, proc_sample};
-use crate::cli::BenchSyncArgs;
 use crate::metrics::Metrics;
-use crate::peers::{AcceptToken, Direction, PeerConfig, Registry, SyncSection};
+use crate::peers::{AcceptToken, PeerConfig, Registry, SyncSection};
 use crate::state::AppState;
 
 /// First timestamp of the generated readings (2025-11-24T16:00:00Z).
@@ -189,9 +190,7 @@ async fn run(
         peers: vec![peer.clone()],
         ..SyncSection::default()
     };
-    device_section
-        .validate()
-        .map_err(|(key, detail)| anyhow::anyhow!("{key}: {detail}"))?;
+    device_section.validate()?;
     let registry = Arc::new(Registry::new(&device_section, "bench-device"));
     let device_stop = CancellationToken::new();
     let tracker = TaskTracker::new();

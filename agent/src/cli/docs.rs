@@ -5,8 +5,7 @@ use std::io::Read;
 use reqwest::{Method, Url};
 use serde_json::Value;
 
-use super::args::{Conn, DiffArgs, DocsArgs, GetArgs, HistoryArgs, KeyArgs, PutArgs};
-use super::run::UsageError;
+use super::args::{Conn, DiffArgs, DocsArgs, GetArgs, HistoryArgs, KeyArgs, PutArgs, UsageError};
 use super::show::{array, cell, pretty, table, time_arg, ts};
 use crate::client::ApiClient;
 
@@ -144,7 +143,7 @@ pub(super) fn hlc_time(hlc: &Value) -> String {
     hlc.as_str()
         .and_then(|s| s.split(':').next())
         .and_then(|ms| ms.parse::<i64>().ok())
-        .map_or_else(|| "-".into(), super::show::rfc3339_ms)
+        .map_or_else(|| "-".into(), crate::time::format_rfc3339_ms)
 }
 
 /// `kdelta history KEY`.

@@ -7,8 +7,9 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::args::{ExportArgs, ExportFormat};
-use super::show::{rfc3339_ms, time_arg};
+use super::show::time_arg;
 use crate::client::ApiClient;
+use crate::time::format_rfc3339_ms;
 
 /// Readings per request.
 const PAGE: usize = 10_000;
@@ -67,7 +68,9 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             let value = r.get("value").cloned().unwrap_or(Value::Null);
             match args.format {
                 ExportFormat::Csv => {
-                    let ts = ts.as_i64().map_or_else(|| ts.to_string(), rfc3339_ms);
+                    let ts = ts
+                        .as_i64()
+                        .map_or_else(|| ts.to_string(), format_rfc3339_ms);
                     writeln!(
                         out,
                         "{},{ts},{value},{}",

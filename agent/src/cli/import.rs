@@ -13,8 +13,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::args::ImportArgs;
-use super::run::UsageError;
+use super::args::{ImportArgs, UsageError};
 use crate::client::ApiClient;
 
 /// Progress of an import, kept next to the file.

@@ -15,4 +15,4 @@ mod show;
 mod twin;
 
 pub use args::*;
-pub use run::{UsageError, main, print_error};
+pub use run::{main, print_error};

@@ -7,13 +7,9 @@ use anyhow::Context;
 use clap::Parser;
 use figment::value::Value;
 
-use super::args::{BenchCommand, Cli, Command, ConfigCommand, ConfigFlags, SyncCommand};
+use super::args::{Cli, Command, ConfigCommand, ConfigFlags, SyncCommand, UsageError};
+use crate::bench::BenchCommand;
 use crate::config::{self, ConfigArgs, ConfigError};
-
-/// A mistake in how a command was called (bad JSON argument, conflicting options): exit 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// Runs the command line of this process and returns its exit code.
 pub fn main() -> ExitCode {

@@ -1,9 +1,9 @@
 //! Small helpers shared by the client subcommands: time arguments, timestamps, and reading
 //! pieces out of the API's JSON answers.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde_json::Value;
+
+use crate::time::format_rfc3339_ms;
 
 /// A time argument as the API takes it: `-1h` (shorthand) becomes `now-1h`; everything else
 /// (unix ms, RFC 3339, `now`, `now-1h`, an HLC) passes unchanged, the agent validates it.
@@ -17,18 +17,10 @@ pub fn time_arg(text: &str) -> String {
     }
 }
 
-/// Unix ms as RFC 3339 UTC with milliseconds.
-pub fn rfc3339_ms(ms: i64) -> String {
-    if ms < 0 {
-        return ms.to_string();
-    }
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
-}
-
 /// A timestamp from the API (unix ms number or text) for display.
 pub fn ts(value: &Value) -> String {
     match value {
-        Value::Number(n) => n.as_i64().map_or_else(|| n.to_string(), rfc3339_ms),
+        Value::Number(n) => n.as_i64().map_or_else(|| n.to_string(), format_rfc3339_ms),
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
@@ -114,7 +106,6 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(rfc3339_ms(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
         assert_eq!(ts(&serde_json::json!(0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(
             ts(&serde_json::json!("2025-01-01T00:00:00Z")),

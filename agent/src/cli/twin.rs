@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use super::args::{
     Conn, DiffArgs, GetArgs, HistoryArgs, TwinCommand, TwinCreateArgs, TwinListArgs, TwinPatchArgs,
+    UsageError,
 };
 use super::docs::{hlc_time, print_changes, short_actor};
-use super::run::UsageError;
 use super::show::{array, cell, pretty, table, time_arg};
 use crate::client::ApiClient;
 

@@ -28,6 +28,7 @@ const DEFAULT_LAYER: &str = "default";
 const SYSTEMD_LAYER: &str = "systemd";
 const ENV_LAYER: &str = "environment";
 const FLAG_LAYER: &str = "flag";
+const INLINE_LAYER: &str = "inline TOML";
 
 /// What the command line says about configuration: which file, and flags that set keys.
 #[derive(Debug, Clone)]
@@ -63,6 +64,8 @@ pub enum Origin {
     Env(String),
     /// A command-line flag, as typed (`--listen`).
     Flag(String),
+    /// TOML given in code ([`parse_toml`]).
+    Inline,
 }
 
 impl Origin {
@@ -86,6 +89,7 @@ impl fmt::Display for Origin {
             Origin::File(p) => write!(f, "{}", p.display()),
             Origin::Env(v) => f.write_str(v),
             Origin::Flag(flag) => f.write_str(flag),
+            Origin::Inline => f.write_str(INLINE_LAYER),
         }
     }
 }
@@ -133,16 +137,34 @@ pub struct LoadedConfig {
 /// Merges every layer, deserializes and validates.
 pub fn load(args: &ConfigArgs) -> Result<LoadedConfig, ConfigError> {
     let figment = figment(args)?;
-    let config: Config = figment.extract().map_err(|e| from_figment(e, &figment))?;
+    let config = extract(&figment)?;
+    Ok(LoadedConfig { config, figment })
+}
+
+/// The built-in defaults with `toml` on top — no files, no environment, no flags —
+/// deserialized and validated like [`load`]. For building a configuration in code (tests,
+/// embedders); errors name the key and the origin `inline TOML`.
+pub fn parse_toml(toml: &str) -> Result<Config, ConfigError> {
+    let figment = Figment::new()
+        .merge(Labeled::new(
+            Serialized::defaults(Config::default()),
+            DEFAULT_LAYER,
+        ))
+        .merge(Labeled::new(Toml::string(toml), INLINE_LAYER));
+    extract(&figment)
+}
+
+fn extract(figment: &Figment) -> Result<Config, ConfigError> {
+    let config: Config = figment.extract().map_err(|e| from_figment(e, figment))?;
     config.validate().map_err(|invalid| {
         let path = split_key(&invalid.key);
         ConfigError::InvalidValue {
-            origin: origin_at(&figment, &path).unwrap_or(Origin::Default),
+            origin: origin_at(figment, &path).unwrap_or(Origin::Default),
             key: invalid.key,
             detail: invalid.detail,
         }
     })?;
-    Ok(LoadedConfig { config, figment })
+    Ok(config)
 }
 
 fn figment(args: &ConfigArgs) -> Result<Figment, ConfigError> {
@@ -269,6 +291,8 @@ fn origin_of(metadata: &Metadata, path: &[String]) -> Origin {
     let name = metadata.name.as_ref();
     if name == SYSTEMD_LAYER {
         Origin::StateDirectory
+    } else if name == INLINE_LAYER {
+        Origin::Inline
     } else if name == ENV_LAYER {
         Origin::Env(format!(
             "{ENV_PREFIX}{}",

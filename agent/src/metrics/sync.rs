@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::Metrics;
-use crate::peers::Direction;
+use kdelta_sync::protocol::Direction;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct PeerLabels {
@@ -28,13 +28,6 @@ struct PeerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
-}
-
-fn direction(d: Direction) -> &'static str {
-    match d {
-        Direction::Inbound => "inbound",
-        Direction::Outbound => "outbound",
-    }
 }
 
 /// One peer's figures at scrape time (from `GET /v1/sync/peers`' view of it).
@@ -97,7 +90,7 @@ impl SyncMetrics {
 fn labels(peer: &str, d: Direction) -> PeerLabels {
     PeerLabels {
         peer: peer.to_owned(),
-        direction: direction(d).to_owned(),
+        direction: d.as_str().to_owned(),
     }
 }
 

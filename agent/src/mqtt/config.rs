@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::MqttError;
 use super::topics::TopicFilter;
+use crate::section::InvalidValue;
 
 /// `[mqtt]`: publish readings and availability, Home Assistant discovery, ingest and document
 /// commands by subscription. Off unless `enabled = true` (or `kdelta start --mqtt URL`).
@@ -232,16 +232,13 @@ impl BrokerUrl {
     }
 }
 
-/// A config value `validate` refused.
-fn bad(key: &str, detail: impl Into<String>) -> MqttError {
-    MqttError::Config {
-        key: format!("mqtt.{key}"),
-        detail: detail.into(),
-    }
+/// A config value `validate` refused, under `mqtt.`.
+fn bad(key: &str, detail: impl Into<String>) -> InvalidValue {
+    InvalidValue::new(format!("mqtt.{key}"), detail)
 }
 
 /// A topic level may not be empty nor hold wildcards; the prefix may hold `/` between levels.
-fn check_topic_part(key: &str, value: &str) -> Result<(), MqttError> {
+fn check_topic_part(key: &str, value: &str) -> Result<(), InvalidValue> {
     if value.is_empty()
         || value.len() > 128
         || value.contains(['+', '#', '\0'])
@@ -259,7 +256,7 @@ fn check_topic_part(key: &str, value: &str) -> Result<(), MqttError> {
 
 impl MqttConfig {
     /// Checks what serde cannot; the error names the key (`mqtt.qos`, `mqtt.ingest_rules[2].topic`).
-    pub fn validate(&self) -> Result<(), MqttError> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         BrokerUrl::parse(&self.url).map_err(|e| bad("url", e))?;
         if let Some(id) = &self.client_id
             && (id.is_empty() || id.len() > 128 || id.chars().any(char::is_control))
@@ -402,7 +399,7 @@ mod tests {
     fn defaults_valid_and_keys_named() {
         MqttConfig::default().validate().unwrap();
         let key = |c: MqttConfig| match c.validate() {
-            Err(MqttError::Config { key, .. }) => key,
+            Err(InvalidValue { key, .. }) => key,
             other => panic!("{other:?}"),
         };
         assert_eq!(

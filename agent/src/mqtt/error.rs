@@ -3,18 +3,15 @@
 
 use std::path::PathBuf;
 
+use crate::section::InvalidValue;
+
 /// What went wrong in the MQTT client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MqttError {
-    /// A `[mqtt]` value `validate` refused.
-    #[error("invalid value for `{key}`: {detail}")]
-    Config {
-        /// Dotted key, e.g. `mqtt.qos`.
-        key: String,
-        /// What is wrong and what is allowed.
-        detail: String,
-    },
+    /// A `[mqtt]` value `validate` refused (the key is e.g. `mqtt.qos`).
+    #[error(transparent)]
+    Config(#[from] InvalidValue),
     /// TLS could not be set up (CA file unreadable, no root certificates).
     #[error("TLS setup for the MQTT broker failed: {0}")]
     Tls(String),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::MqttError;
 use super::config::{BrokerUrl, MqttConfig};
+use crate::section::InvalidValue;
 
 /// What the connection reports to the MQTT task, tagged with its generation.
 #[derive(Debug)]
@@ -71,10 +72,8 @@ impl LinkSettings {
         device: &str,
         status_topic: &str,
     ) -> Result<LinkSettings, MqttError> {
-        let url = BrokerUrl::parse(&cfg.url).map_err(|detail| MqttError::Config {
-            key: "mqtt.url".into(),
-            detail,
-        })?;
+        let url = BrokerUrl::parse(&cfg.url)
+            .map_err(|detail| MqttError::Config(InvalidValue::new("mqtt.url", detail)))?;
         let mut o = MqttOptions::new(cfg.client_id_for(device), url.host.clone(), url.port);
         o.set_keep_alive(cfg.keepalive);
         o.set_clean_session(true);

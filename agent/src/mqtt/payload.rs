@@ -196,8 +196,7 @@ fn timestamp(v: &Value, unit: TsUnit) -> Result<i64, BadPayload> {
         }),
         Value::String(s) => {
             let s = s.trim();
-            let parsed = crate::api::time::parse_rfc3339(s)
-                .or_else(|| crate::api::time::parse_rfc3339(&format!("{s}Z")));
+            let parsed = crate::time::parse_rfc3339_lenient(s);
             parsed.map(|ms| ms as f64)
         }
         _ => None,

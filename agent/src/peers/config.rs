@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls::ClientConfig;
 
+use crate::section::{InvalidValue, refuse};
 use crate::tls::{ClientAuth, TlsError};
 
 use kdelta_sync::protocol::{Compression, DEFAULT_PAGE_BYTES};
@@ -192,58 +193,55 @@ fn empty(p: &Option<PathBuf>) -> bool {
 }
 
 impl SyncSection {
-    /// Checks what serde accepted; the error is `(dotted key, detail)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks what serde accepted; the error names the key (`sync.peers[0].url`).
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         if !(1024..=(64 << 20)).contains(&self.page_bytes) {
-            return Err((
-                "sync.page_bytes".into(),
+            return refuse(
+                "sync.page_bytes",
                 format!("{} is out of range; use 1024 to 67108864", self.page_bytes),
-            ));
+            );
         }
         for (i, c) in self.compression.iter().enumerate() {
             if Compression::from_name(c).is_none() {
-                return Err((
+                return refuse(
                     format!("sync.compression[{i}]"),
                     format!("{c:?} is unknown; use zstd or none"),
-                ));
+                );
             }
         }
         for (i, t) in self.accept_tokens.iter().enumerate() {
             if t.name.is_empty() {
-                return Err((
-                    format!("sync.accept_tokens[{i}].name"),
-                    "must not be empty".into(),
-                ));
+                return refuse(format!("sync.accept_tokens[{i}].name"), "must not be empty");
             }
             if t.token.len() < 8 || t.token.len() > 512 {
-                return Err((
+                return refuse(
                     format!("sync.accept_tokens[{i}].token"),
-                    "use 8 to 512 bytes".into(),
-                ));
+                    "use 8 to 512 bytes",
+                );
             }
         }
         let mut cert_names = std::collections::HashSet::new();
         for (i, c) in self.accept_certs.iter().enumerate() {
             if c.name.is_empty() || !cert_names.insert(c.name.as_str()) {
-                return Err((
+                return refuse(
                     format!("sync.accept_certs[{i}].name"),
                     format!("{:?}: names must be non-empty and unique", c.name),
-                ));
+                );
             }
             if let Err(e) = c.fingerprint_bytes() {
-                return Err((format!("sync.accept_certs[{i}].fingerprint"), e));
+                return refuse(format!("sync.accept_certs[{i}].fingerprint"), e);
             }
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.name.is_empty() || !names.insert(p.name.as_str()) {
-                return Err((
+                return refuse(
                     format!("sync.peers[{i}].name"),
                     format!("{:?}: names must be non-empty and unique", p.name),
-                ));
+                );
             }
             if let Err(e) = p.ws_url() {
-                return Err((format!("sync.peers[{i}].url"), e));
+                return refuse(format!("sync.peers[{i}].url"), e);
             }
             let key = |k: &str| format!("sync.peers[{i}].{k}");
             for (k, v) in [
@@ -252,33 +250,33 @@ impl SyncSection {
                 ("client_key", &p.client_key),
             ] {
                 if empty(v) {
-                    return Err((key(k), "must name a PEM file".into()));
+                    return refuse(key(k), "must name a PEM file");
                 }
                 if v.is_some() && !p.is_tls() {
-                    return Err((
+                    return refuse(
                         key(k),
                         format!("is only used with wss:// or https:// URLs, not {:?}", p.url),
-                    ));
+                    );
                 }
             }
             match (&p.client_cert, &p.client_key) {
                 (Some(_), None) => {
-                    return Err((key("client_key"), "is required with client_cert".into()));
+                    return refuse(key("client_key"), "is required with client_cert");
                 }
                 (None, Some(_)) => {
-                    return Err((key("client_cert"), "is required with client_key".into()));
+                    return refuse(key("client_cert"), "is required with client_key");
                 }
                 _ => {}
             }
             match &p.token {
                 None if p.client_cert.is_none() => {
-                    return Err((
+                    return refuse(
                         key("token"),
-                        "is required unless client_cert and client_key are set (mutual TLS)".into(),
-                    ));
+                        "is required unless client_cert and client_key are set (mutual TLS)",
+                    );
                 }
                 Some(t) if t.is_empty() || t.len() > 512 => {
-                    return Err((key("token"), "use 1 to 512 bytes".into()));
+                    return refuse(key("token"), "use 1 to 512 bytes");
                 }
                 _ => {}
             }
@@ -314,10 +312,10 @@ mod tests {
         let mut s = SyncSection::default();
         assert!(s.validate().is_ok());
         s.peers = vec![peer("ws://h:1"), peer("ws://h:2")];
-        assert_eq!(s.validate().unwrap_err().0, "sync.peers[1].name");
+        assert_eq!(s.validate().unwrap_err().key, "sync.peers[1].name");
         s.peers.truncate(1);
         s.compression = vec!["lz4".into()];
-        assert_eq!(s.validate().unwrap_err().0, "sync.compression[0]");
+        assert_eq!(s.validate().unwrap_err().key, "sync.compression[0]");
     }
 
     /// The first error of `[sync]` with `f` applied to one TLS peer.
@@ -328,7 +326,8 @@ mod tests {
             peers: vec![p],
             ..SyncSection::default()
         };
-        s.validate().unwrap_err()
+        let e = s.validate().unwrap_err();
+        (e.key, e.detail)
     }
 
     #[test]
@@ -378,11 +377,11 @@ mod tests {
             ..SyncSection::default()
         };
         assert_eq!(
-            s.validate().unwrap_err().0,
+            s.validate().unwrap_err().key,
             "sync.accept_certs[1].fingerprint"
         );
         s.accept_certs[1] = cert("a", &hex64);
-        assert_eq!(s.validate().unwrap_err().0, "sync.accept_certs[1].name");
+        assert_eq!(s.validate().unwrap_err().key, "sync.accept_certs[1].name");
         s.accept_certs.pop();
         s.validate().unwrap();
     }

@@ -1,37 +1,28 @@
-//! Sync with other agents over WebSocket: the `[sync]` config section, the inbound endpoint
-//! `GET /v1/sync`, outbound peer tasks with reconnect, and the per-peer status behind
-//! `GET /v1/sync/peers`. The protocol itself is `kdelta_sync::protocol`; this module only
-//! moves its frames over WebSocket binary messages.
+//! Sync with other agents over WebSocket: the `[sync]` config section, admission and the
+//! responder session of inbound peers, outbound peer tasks with reconnect, and the per-peer
+//! status behind `GET /v1/sync/peers`. The protocol itself is `kdelta_sync::protocol`; this
+//! module only moves its frames over WebSocket binary messages. The HTTP routes are
+//! `api/sync.rs`: nothing here answers HTTP.
 
 mod config;
 mod frames;
+mod inbound;
 mod now;
 mod outbound;
-mod ws;
 
 use std::sync::{Arc, Mutex, RwLock};
 
 use kdelta_sync::Store;
 use kdelta_sync::protocol::{
-    Compression, LastError, SessionStats, StatsSnapshot, SyncConfig, TokenAuthenticator,
+    Compression, Direction, LastError, SessionStats, StatsSnapshot, SyncConfig, TokenAuthenticator,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AcceptCert, AcceptToken, PeerConfig, SyncSection};
-pub use now::{sync_now, wait_synced};
+pub use inbound::{InboundPeer, Refusal, admit};
+pub use now::{NowResult, Outcome, wait_synced};
 pub use outbound::spawn_peers;
-pub use ws::{list_peers, sync_socket};
-
-/// Which side opened the link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// We connect to the peer (`[[sync.peers]]`).
-    Outbound,
-    /// The peer connected to `/v1/sync`.
-    Inbound,
-}
 
 struct Entry {
     name: String,
@@ -231,9 +222,7 @@ impl Registry {
 
     /// Records a failed connection attempt to the outbound peer `name`.
     pub(crate) fn connect_failed(&self, name: &str, code: &str, message: String) {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::time::now_ms_u64();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = entries
             .iter_mut()

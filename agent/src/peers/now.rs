@@ -1,5 +1,6 @@
-//! `POST /v1/sync/now` (`kdelta sync now`): wakes outbound peers out of their backoff wait
-//! and waits, bounded, until each one is connected and caught up or has failed.
+//! What `POST /v1/sync/now` (`kdelta sync now`) waits for, after waking the outbound peers
+//! out of their backoff wait: each one connected and caught up, or failed, within a bound.
+//! The HTTP route is `api/sync.rs`.
 //!
 //! "Caught up" means: a session is up, the peer is known to hold everything this store held
 //! when the request arrived, and we hold everything the peer is known to hold. "Failed"
@@ -8,32 +9,14 @@
 
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use kdelta_sync::protocol::LastError;
+use kdelta_sync::protocol::{Direction, LastError};
 use kdelta_sync::{Store, VersionVector};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{Direction, Registry};
-use crate::api::ApiError;
-use crate::state::AppState;
+use super::Registry;
 
-/// Default and largest wait of one request.
-const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-const MAX_WAIT: Duration = Duration::from_secs(600);
 /// How often the peers' status is checked while waiting.
 const POLL: Duration = Duration::from_millis(50);
-
-/// Query of `POST /v1/sync/now`.
-#[derive(Debug, Deserialize)]
-pub struct NowQuery {
-    /// Only this outbound peer.
-    peer: Option<String>,
-    /// How long to wait (`30s`, `2m`; default 30 s, at most 10 min).
-    timeout: Option<String>,
-}
 
 /// How one peer ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,57 +49,15 @@ pub struct NowResult {
     pub error: Option<LastError>,
 }
 
-/// `POST /v1/sync/now?peer=NAME&timeout=30s`: `{"ok": bool, "peers": [NowResult]}`; 404
-/// `unknown_peer` when `peer` names no outbound peer.
-pub async fn sync_now(
-    State(state): State<AppState>,
-    q: Result<Query<NowQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) =
-        q.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    let wait = match q.timeout.as_deref().map(str::trim) {
-        None | Some("") => DEFAULT_WAIT,
-        Some(t) => match humantime::parse_duration(t) {
-            Ok(d) if !d.is_zero() && d <= MAX_WAIT => d,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "`timeout` must be a duration from 1ms to 10m such as 30s, got {:?}",
-                    t.chars().take(32).collect::<String>()
-                )));
-            }
-        },
-    };
-    let peer = q.peer.as_deref().map(str::trim).filter(|p| !p.is_empty());
-    let names = outbound_names(&state.peers, &state.store, peer);
-    if let Some(p) = peer
-        && names.is_empty()
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_peer",
-            format!("no outbound sync peer is named {p:?} (see GET /v1/sync/peers)"),
-        ));
+impl Registry {
+    /// The names of the outbound peers, or only `only` when it is one of them.
+    pub fn outbound_names(&self, store: &Store, only: Option<&str>) -> Vec<String> {
+        self.status(store)
+            .into_iter()
+            .filter(|p| p.direction == Direction::Outbound && only.is_none_or(|o| o == p.name))
+            .map(|p| p.name)
+            .collect()
     }
-    let woken = state.peers.wake(peer);
-    tracing::info!(peers = ?woken, "sync now requested");
-    let shutdown = state.shutdown.clone();
-    let results = tokio::select! {
-        r = wait_synced(&state.peers, &state.store, &names, wait) => r,
-        _ = shutdown.cancelled() => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the agent is shutting down"));
-        }
-    };
-    let ok = results.iter().all(|r| r.result == Outcome::Synced);
-    Ok(Json(serde_json::json!({ "ok": ok, "peers": results })))
-}
-
-fn outbound_names(registry: &Registry, store: &Store, only: Option<&str>) -> Vec<String> {
-    registry
-        .status(store)
-        .into_iter()
-        .filter(|p| p.direction == Direction::Outbound && only.is_none_or(|o| o == p.name))
-        .map(|p| p.name)
-        .collect()
 }
 
 /// Waits at most `wait` until each outbound peer in `names` is caught up with what `store`
@@ -128,7 +69,7 @@ pub async fn wait_synced(
     wait: Duration,
 ) -> Vec<NowResult> {
     let started = tokio::time::Instant::now();
-    let started_ms = now_ms();
+    let started_ms = crate::time::now_ms_u64();
     let goal: VersionVector = store.version_vector();
     let mut done: Vec<Option<NowResult>> = vec![None; names.len()];
     loop {
@@ -187,10 +128,4 @@ pub async fn wait_synced(
         tokio::time::sleep(POLL).await;
     }
     done.into_iter().flatten().collect()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kdelta_sync::Store;
-use kdelta_sync::protocol::{SessionStats, SyncConfig, SyncSession};
+use kdelta_sync::protocol::{Direction, SessionStats, SyncConfig, SyncSession};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::frames::{WsSink, WsSource};
-use super::{Direction, PeerConfig, Registry};
+use super::{PeerConfig, Registry};
 use crate::metrics::Metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);

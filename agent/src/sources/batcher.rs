@@ -242,7 +242,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overflow;
+    use crate::sources::Overflow;
     use kdelta_sensors::Reading;
     use std::sync::Mutex;
 

@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use super::queue::IngestQueue;
 use super::scheduler::{StatusHandle, polled_loop, streaming_loop};
+use super::status::SourceStatus;
 use crate::metrics::Metrics;
-use crate::state::SourceStatus;
 
 /// A source ready to run.
 pub enum BuiltSource {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use kdelta_sensors::Reading;
 use tokio::sync::Notify;
 
-use crate::config::Overflow;
+use super::config::Overflow;
 
 /// A reading and the source that produced it (for per-source metrics).
 #[derive(Debug, Clone, PartialEq)]

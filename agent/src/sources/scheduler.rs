@@ -12,8 +12,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{IngestQueue, Queued};
+use super::status::SourceStatus;
 use crate::metrics::Metrics;
-use crate::state::SourceStatus;
 
 /// Readings a streaming source may have in flight before it waits for the queue.
 const STREAM_CHANNEL: usize = 256;
@@ -292,7 +292,7 @@ pub async fn streaming_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overflow;
+    use crate::sources::Overflow;
     use kdelta_sensors::BoxFuture;
 
     /// Samples take `delays[i]` (the last one repeating) and yield one reading.

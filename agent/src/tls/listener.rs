@@ -27,8 +27,8 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 
+use super::ApiTlsConfig;
 use super::{TlsError, load_certs, load_key, load_roots, provider};
-use crate::config::ApiTlsConfig;
 use crate::metrics::Metrics;
 
 /// The server side of `[api.tls]`, loaded and checked.

@@ -8,18 +8,20 @@
 //! | client configurations and readable handshake errors | `client` |
 //! | the HTTPS listener for `axum::serve` and the verified client identity | `listener` |
 //!
-//! Owns no config section (`[api.tls]` is `config::ApiTlsConfig`, peer keys live in
-//! `[[sync.peers]]`); callers pass the dotted key of every file so errors name it. Never
+//! Owns `[api.tls]` ([`ApiTlsConfig`], module `config`; peer keys live in `[[sync.peers]]`);
+//! callers pass the dotted key of every file so errors name it. Never
 //! builds a rustls config with a process-default provider: every builder gets ring
 //! explicitly, so nothing depends on which provider another crate installed.
 
 mod client;
+mod config;
 mod listener;
 mod pem;
 
 use std::path::PathBuf;
 
 pub use client::{ClientAuth, client_config, describe_handshake_error};
+pub use config::ApiTlsConfig;
 pub use listener::{ApiListener, ClientCert, PeerAddr, ServerTls, TlsPeer};
 pub use pem::{load_certs, load_key, load_roots, provider, roots};
 

@@ -1,8 +1,6 @@
 //! Timestamps a device may put in a line (`ts` field or column): unix seconds, unix milliseconds
 //! or RFC 3339. Devices disagree on the unit, so a number is classified by magnitude.
 
-use std::time::UNIX_EPOCH;
-
 /// Numbers with a magnitude below this are unix seconds, at or above it unix milliseconds.
 /// 1e11 seconds is the year 5138 and 1e11 milliseconds is March 1973, so neither reading is
 /// plausible for the other unit.
@@ -43,37 +41,9 @@ pub(crate) fn number_to_ms(n: f64) -> Option<i64> {
     Some(ms.round() as i64)
 }
 
-/// RFC 3339 with any UTC offset. humantime parses the UTC form; the offset is split off and
-/// applied here because humantime refuses local offsets.
+/// RFC 3339 with any UTC offset or none (UTC); dates before 1970 are refused.
 fn parse_rfc3339(text: &str) -> Option<i64> {
-    let (base, offset_min) = split_offset(text)?;
-    let t = humantime::parse_rfc3339_weak(base).ok()?;
-    let since = t.duration_since(UNIX_EPOCH).ok()?;
-    let ms = i64::try_from(since.as_millis()).ok()?;
-    // A local time of +01:00 is one hour ahead of UTC, so UTC = local - offset.
-    ms.checked_sub(i64::from(offset_min) * 60_000)
-}
-
-/// Splits `2023-11-14T23:13:20+01:00` into the local part and the offset in minutes. `Z`, `z`
-/// or no zone at all mean UTC.
-fn split_offset(text: &str) -> Option<(&str, i32)> {
-    if let Some(base) = text.strip_suffix(['Z', 'z']) {
-        return Some((base, 0));
-    }
-    let b = text.as_bytes();
-    let n = b.len();
-    // Only look for an offset after the date, so the dashes of `2023-11-14` are not taken for
-    // a negative offset.
-    if n >= 25 && (b[n - 6] == b'+' || b[n - 6] == b'-') && b[n - 3] == b':' {
-        let hours: i32 = text.get(n - 5..n - 3)?.parse().ok()?;
-        let minutes: i32 = text.get(n - 2..)?.parse().ok()?;
-        if hours > 23 || minutes > 59 {
-            return None;
-        }
-        let sign = if b[n - 6] == b'-' { -1 } else { 1 };
-        return Some((text.get(..n - 6)?, sign * (hours * 60 + minutes)));
-    }
-    Some((text, 0))
+    crate::time::parse_rfc3339_lenient(text).filter(|ms| *ms >= 0)
 }
 
 #[cfg(test)]

@@ -73,5 +73,5 @@ pub use frame::{
     MAX_COMPRESSIONS, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, Welcome,
 };
 pub use session::{PeerInfo, SessionEnd, SessionSummary, SyncSession};
-pub use stats::{LastError, SessionPhase, SessionStats, StatsSnapshot};
+pub use stats::{Direction, LastError, SessionPhase, SessionStats, StatsSnapshot};
 pub use transport::{FrameSink, FrameSource, MemoryEnd, MemorySink, MemorySource, memory_link};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use serde::Serialize;
 
 use super::ProtocolError;
-use crate::{ActorId, VersionVector};
+use crate::{ActorId, SystemTime, TimeSource, VersionVector};
 
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,6 +24,28 @@ pub enum SessionPhase {
     Live,
     /// The last session ended (see `last_error`).
     Closed,
+}
+
+/// Which side opened a sync link: the initiator of a session is the `Outbound` end, the
+/// responder the `Inbound` one. Serialized (and used as a metric label) as `outbound` /
+/// `inbound`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// We connected to the peer.
+    Outbound,
+    /// The peer connected to us.
+    Inbound,
+}
+
+impl Direction {
+    /// `outbound` or `inbound`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
 }
 
 /// Counters of the sessions with one peer. Share one `Arc<SessionStats>` across reconnects
@@ -198,7 +220,7 @@ impl SessionStats {
         s.peer_actor = Some(actor);
         s.peer_name = Some(name.to_owned());
         s.principal = principal;
-        s.connected_since_ms = Some(now_ms());
+        s.connected_since_ms = Some(SystemTime.now_ms());
     }
 
     pub(crate) fn their_vector(&self, v: &VersionVector) {
@@ -208,11 +230,11 @@ impl SessionStats {
     pub(crate) fn live(&self) {
         let mut s = self.lock();
         s.phase = SessionPhase::Live;
-        s.last_sync_ms = Some(now_ms());
+        s.last_sync_ms = Some(SystemTime.now_ms());
     }
 
     pub(crate) fn synced(&self) {
-        self.lock().last_sync_ms = Some(now_ms());
+        self.lock().last_sync_ms = Some(SystemTime.now_ms());
     }
 
     pub(crate) fn ended(&self, error: Option<&ProtocolError>) {
@@ -223,7 +245,7 @@ impl SessionStats {
             s.last_error = Some(LastError {
                 code: e.code().to_owned(),
                 message: e.to_string(),
-                at_ms: now_ms(),
+                at_ms: SystemTime.now_ms(),
             });
         }
     }
@@ -248,12 +270,6 @@ impl SessionStats {
         self.changes_applied.fetch_add(applied as u64, Relaxed);
         self.changes_skipped.fetch_add(skipped as u64, Relaxed);
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

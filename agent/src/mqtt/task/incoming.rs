@@ -26,7 +26,7 @@ impl Runner {
         }
         if let Some(series) = self.topics.ingest_series(topic) {
             if self.cfg.ingest {
-                match payload::decode_ingest(series, payload, crate::api::time::now_ms()) {
+                match payload::decode_ingest(series, payload, crate::time::now_ms()) {
                     Ok(readings) => self.add_readings(readings).await?,
                     Err(e) => self.bad_payload("ingest", topic, &e),
                 }
@@ -51,7 +51,7 @@ impl Runner {
             return Ok(());
         }
         // Every matching rule applies: one Zigbee2MQTT payload can feed several series.
-        let now = crate::api::time::now_ms();
+        let now = crate::time::now_ms();
         let mut readings = Vec::new();
         for (filter, rule) in &self.rules {
             let Some(caps) = filter.captures(topic) else {

@@ -1,0 +1,137 @@
+//! The inbound side of sync: who may open a session on `/v1/sync` (a verified client
+//! certificate listed in `[[sync.accept_certs]]`, or a bearer token from `accept_tokens`,
+//! checked again in its `Hello`) and the responder session over the upgraded WebSocket. The
+//! HTTP route itself (status codes, the upgrade) is `api/sync.rs`; this module answers with
+//! values, never with HTTP.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocket;
+use futures::StreamExt;
+use kdelta_sync::protocol::{
+    Authenticator, Direction, PeerCredentials, SessionStats, SyncConfig, SyncSession,
+};
+use kdelta_sync::{ActorId, Store};
+use tokio_util::sync::CancellationToken;
+
+use super::Registry;
+use super::frames::{WsSink, WsSource};
+use crate::metrics::Metrics;
+use crate::tls::ClientCert;
+
+/// Why an inbound peer is not let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token or certificate is accepted at all: inbound sync is off.
+    Disabled,
+    /// The credentials presented are not accepted (the reason, for the peer).
+    Unauthorized(&'static str),
+}
+
+/// An inbound peer that may open a session, with the settings it runs under.
+pub struct InboundPeer {
+    auth: Arc<dyn Authenticator>,
+    session: SyncConfig,
+    /// Cancelled when the accepted tokens or certificates change.
+    epoch: CancellationToken,
+}
+
+/// Decides whether a peer presenting `client_cert` (verified by the TLS listener) and
+/// `bearer` (the `Authorization: Bearer` token) may sync. A refusal is counted and logged.
+pub fn admit(
+    registry: &Registry,
+    metrics: &Metrics,
+    client_cert: Option<ClientCert>,
+    bearer: Option<&str>,
+) -> Result<InboundPeer, Refusal> {
+    let inbound = registry.inbound();
+    if !inbound.enabled() {
+        return Err(Refusal::Disabled);
+    }
+    let cert_principal = client_cert.and_then(|c| inbound.cert_principal(&c));
+    let auth: Arc<dyn Authenticator> = match (cert_principal, inbound.auth.clone()) {
+        (Some(name), _) => Arc::new(move |_: &PeerCredentials<'_>| Some(name.clone())),
+        (None, token_auth) => {
+            let creds = PeerCredentials {
+                actor: ActorId([0; 16]),
+                peer_name: "",
+                token: bearer,
+            };
+            match token_auth {
+                Some(auth) if bearer.is_some() && auth.authenticate(&creds).is_some() => auth,
+                _ => {
+                    let peer = if client_cert.is_some() {
+                        "(certificate not allowed)"
+                    } else {
+                        "(unauthenticated)"
+                    };
+                    metrics.sync_refused(Direction::Inbound, peer);
+                    let why = match (client_cert.is_some(), bearer.is_some()) {
+                        (true, _) => {
+                            "the client certificate is not in [[sync.accept_certs]] and no accepted bearer token was sent"
+                        }
+                        (false, true) => "the bearer token is not accepted for sync",
+                        (false, false) => "no bearer token and no allowed client certificate",
+                    };
+                    tracing::warn!(peer, "inbound sync refused: {why}");
+                    return Err(Refusal::Unauthorized(why));
+                }
+            }
+        }
+    };
+    Ok(InboundPeer {
+        auth,
+        session: inbound.session,
+        epoch: inbound.epoch,
+    })
+}
+
+impl InboundPeer {
+    /// The largest frame (and WebSocket message) this session accepts, bytes.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.session.max_frame_bytes
+    }
+
+    /// Runs the responder side of a session over `socket` until the peer leaves, `shutdown`
+    /// fires or the accepted credentials change. Its counters appear in the registry while
+    /// it runs; a failure is counted and logged here.
+    pub async fn serve(
+        self,
+        socket: WebSocket,
+        store: Store,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let stats = Arc::new(SessionStats::new());
+        registry.add_inbound(stats.clone());
+        let (sink, source) = socket.split();
+        let session =
+            SyncSession::responder(store, self.session, self.auth).with_stats(stats.clone());
+        let epoch = self.epoch;
+        let result = session
+            .run(WsSink::new(sink), WsSource(source), async move {
+                // Shutdown, or a reload changed the accepted tokens or certificates.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = epoch.cancelled() => {}
+                }
+            })
+            .await;
+        match result {
+            Ok(summary) => tracing::info!(end = ?summary.end, "inbound sync session ended"),
+            Err(e) => {
+                let peer = stats
+                    .snapshot()
+                    .principal
+                    .unwrap_or_else(|| "(unauthenticated)".to_owned());
+                metrics.sync_session_failed(Direction::Inbound, &peer);
+                if e.code() == "unauthorized" {
+                    metrics.sync_refused(Direction::Inbound, &peer);
+                }
+                tracing::warn!(peer, "inbound sync session failed: {e}");
+            }
+        }
+        registry.finish_inbound(&stats);
+    }
+}
