@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[3]
 LISTENING = re.compile(r"listening on (http://[0-9.:]+)")
@@ -25,6 +25,14 @@ def binary() -> Path:
     return b
 
 
+def agent_env() -> Dict[str, str]:
+    """The environment for an agent: ours without ``KDELTA_*`` (agent configuration, which
+    the test sets itself) and without ``NOTIFY_SOCKET``."""
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET" and not k.startswith("KDELTA_")}
+    env.update(RUST_LOG="info", NO_COLOR="1")
+    return env
+
+
 class Agent:
     """One agent process; ``stop()`` sends SIGTERM and waits."""
 
@@ -34,9 +42,7 @@ class Agent:
         self.dir = Path(self._tmp.name)
         cfg = self.dir / "kdelta-test.toml"
         cfg.write_text(config)
-        # KDELTA_* variables are agent configuration: the test sets its own.
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET" and not k.startswith("KDELTA_")}
-        env.update(RUST_LOG="info", NO_COLOR="1")
+        env = agent_env()
         self.proc = subprocess.Popen(
             [str(binary()), "start", "--config", str(cfg), "--data-dir", str(self.dir / "data"),
              "--listen", "127.0.0.1:0", *(args or [])],

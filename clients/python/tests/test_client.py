@@ -176,11 +176,11 @@ def test_ingest_retries_through_an_agent_restart(prefix: str) -> None:
     # Restart on the same port (the first agent's data dir is reused).
     import subprocess
 
-    from agent import binary
+    from agent import agent_env, binary
 
     proc = subprocess.Popen([str(binary()), "start", "--config", str(data / "kdelta-test.toml"),
                              "--data-dir", str(data / "data"), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=agent_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t.join(90)
         assert result and result[0][0].count == 1
