@@ -219,7 +219,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..4, proptest::collection::vec(0u8..6, 1..5), any::<u32>(), any::<bool>(), 1u8..9, 1u16..3000, any::<bool>())
+        6 => (0u8..4, proptest::collection::btree_set(0u8..6, 1..5).prop_map(|s| s.into_iter().collect::<Vec<_>>()), any::<u32>(), any::<bool>(), 1u8..9, 1u16..3000, any::<bool>())
             .prop_map(|(who, series, start, far, n, step, unit)| Op::Readings { who, series, start, far, n, step, unit }),
         2 => (0u8..4, 0u8..3, proptest::option::of(any::<u16>())).prop_map(|(who, key, value)| Op::Doc { who, key, value }),
         1 => any::<u16>().prop_map(|value| Op::Twin { value }),
