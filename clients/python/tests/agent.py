@@ -34,27 +34,39 @@ def agent_env() -> Dict[str, str]:
 
 
 class Agent:
-    """One agent process; ``stop()`` sends SIGTERM and waits."""
+    """One agent process; ``stop()`` sends SIGTERM and waits. ``kill()`` sends SIGKILL and
+    ``start()`` runs it again on the same data directory and address (give ``listen`` a fixed
+    port for a restart to keep its URL)."""
 
     def __init__(self, config: str = "sources = []\n", args: Optional[List[str]] = None,
-                 cwd: Optional[Path] = None) -> None:
+                 cwd: Optional[Path] = None, listen: str = "127.0.0.1:0",
+                 env: Optional[Dict[str, str]] = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="kdelta-py-")
         self.dir = Path(self._tmp.name)
-        cfg = self.dir / "kdelta-test.toml"
-        cfg.write_text(config)
-        env = agent_env()
-        self.proc = subprocess.Popen(
-            [str(binary()), "start", "--config", str(cfg), "--data-dir", str(self.dir / "data"),
-             "--listen", "127.0.0.1:0", *(args or [])],
-            cwd=cwd or self.dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+        self.config = self.dir / "kdelta-test.toml"
+        self.config.write_text(config)
+        self.listen = listen
+        self.args = args or []
+        self.cwd = cwd or self.dir
+        self.extra_env = env or {}
         self.log: List[str] = []
-        found = threading.Event()
         self.url = ""
+        self.start()
+
+    def start(self) -> None:
+        env = agent_env()
+        env.update(self.extra_env)
+        self.proc = subprocess.Popen(
+            [str(binary()), "start", "--config", str(self.config), "--data-dir", str(self.dir / "data"),
+             "--listen", self.listen, *self.args],
+            cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        found = threading.Event()
+        proc = self.proc
 
         def drain() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
+            assert proc.stderr is not None
+            for line in proc.stderr:
                 self.log.append(line)
                 m = LISTENING.search(line)
                 if m and not found.is_set():
@@ -68,6 +80,10 @@ class Agent:
                 self.proc.kill()
                 raise RuntimeError("kdelta did not start:\n" + "".join(self.log))
 
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -77,3 +93,12 @@ class Agent:
                 self.proc.kill()
                 self.proc.wait()
         self._tmp.cleanup()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for an agent that restarts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
