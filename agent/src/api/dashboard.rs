@@ -76,7 +76,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 pub fn mount(mut router: Router<AppState>) -> Router<AppState> {
     for a in &ASSETS {
         let (body, content_type) = (a.body, a.content_type);
-        router = router.route(a.path, get(move || async move { asset(body, content_type) }));
+        router = router.route(
+            a.path,
+            get(move || async move { asset(body, content_type) }),
+        );
     }
     router
 }
@@ -187,7 +190,11 @@ mod tests {
     use super::*;
 
     fn body(path: &str) -> &'static str {
-        ASSETS.iter().find(|a| a.path == path).map(|a| a.body).unwrap()
+        ASSETS
+            .iter()
+            .find(|a| a.path == path)
+            .map(|a| a.body)
+            .unwrap()
     }
 
     #[test]
@@ -197,19 +204,39 @@ mod tests {
         assert!(html.contains(r#"href="/dashboard.css""#));
         // No inline script or handler: the CSP allows only the embedded files.
         assert_eq!(html.matches("<script").count(), 1);
-        assert!(!html.contains(" onclick=") && !html.contains(" onload=") && !html.contains("javascript:"));
+        assert!(
+            !html.contains(" onclick=")
+                && !html.contains(" onload=")
+                && !html.contains("javascript:")
+        );
         assert!(!CSP.contains("unsafe"));
         for a in &ASSETS {
             // No third-party host: the dashboard must work without internet.
-            assert!(!a.body.contains("http://") && !a.body.contains("https://"), "{}", a.path);
+            assert!(
+                !a.body.contains("http://") && !a.body.contains("https://"),
+                "{}",
+                a.path
+            );
             // Agent data goes into the page as text, never as markup.
-            assert!(!a.body.contains("innerHTML") && !a.body.contains("insertAdjacentHTML"), "{}", a.path);
+            assert!(
+                !a.body.contains("innerHTML") && !a.body.contains("insertAdjacentHTML"),
+                "{}",
+                a.path
+            );
             // Every module a script imports is served.
             for import in a.body.lines().filter_map(|l| l.split(" from \"./").nth(1)) {
                 let file = import.split('"').next().unwrap();
-                let dir = if a.path == "/dashboard.js" { "/" } else { "/ui/" };
+                let dir = if a.path == "/dashboard.js" {
+                    "/"
+                } else {
+                    "/ui/"
+                };
                 let served = format!("{dir}{file}");
-                assert!(ASSETS.iter().any(|x| x.path == served), "{} imports unserved {served}", a.path);
+                assert!(
+                    ASSETS.iter().any(|x| x.path == served),
+                    "{} imports unserved {served}",
+                    a.path
+                );
             }
         }
         // Small: the assets ship in the Pi binary.
@@ -224,7 +251,16 @@ const a = "/v1/status", b = 'x"y';
 const c = `/v1/readings?${q}` + `${k ? `/v1/docs/{key}` : "no"} tail`;"#;
         assert_eq!(
             js_strings(js),
-            ["/v1/status", "x\"y", "/v1/readings?", "", "", "/v1/docs/{key}", "no", " tail"]
+            [
+                "/v1/status",
+                "x\"y",
+                "/v1/readings?",
+                "",
+                "",
+                "/v1/docs/{key}",
+                "no",
+                " tail"
+            ]
         );
     }
 }

@@ -710,10 +710,18 @@ async fn the_dashboard_is_served_and_its_api_calls_answer_what_it_reads() {
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.content_type, "text/html; charset=utf-8");
     assert!(String::from_utf8_lossy(&page.body).contains("<title>kdelta</title>"));
-    for module in ["/dashboard.js", "/ui/common.js", "/ui/explorer.js", "/ui/series.js"] {
+    for module in [
+        "/dashboard.js",
+        "/ui/common.js",
+        "/ui/explorer.js",
+        "/ui/series.js",
+    ] {
         let js = f.get(module).await;
         assert_eq!(js.status, StatusCode::OK, "{module}");
-        assert_eq!(js.content_type, "text/javascript; charset=utf-8", "{module}");
+        assert_eq!(
+            js.content_type, "text/javascript; charset=utf-8",
+            "{module}"
+        );
     }
     assert_eq!(
         f.get("/dashboard.css").await.content_type,
@@ -729,7 +737,10 @@ async fn the_dashboard_is_served_and_its_api_calls_answer_what_it_reads() {
     let routed: BTreeSet<String> = routes().into_iter().map(|(_, p, _)| p.to_owned()).collect();
     let used = super::dashboard::api_paths_used();
     assert!(used.len() >= 14, "{used:?}");
-    assert!(used.iter().any(|p| p == "/v1/docs/{key}/history"), "{used:?}");
+    assert!(
+        used.iter().any(|p| p == "/v1/docs/{key}/history"),
+        "{used:?}"
+    );
     for path in &used {
         assert!(routed.contains(path), "the dashboard calls unrouted {path}");
     }
@@ -779,4 +790,82 @@ async fn the_dashboard_is_served_and_its_api_calls_answer_what_it_reads() {
             assert!(b[field].is_number(), "{window}: bucket lacks {field}: {b}");
         }
     }
+
+    // The explorer: listing, history, as-of, diff and siblings of documents; twins.
+    let v1 = f
+        .put_json("/v1/docs/shed/setpoint", &json!({"temp": 19}))
+        .await
+        .json();
+    for field in ["actor", "seq", "hlc"] {
+        assert!(!v1[field].is_null(), "a write lacks {field}: {v1}");
+    }
+    f.put_json("/v1/docs/shed/setpoint", &json!({"temp": 21}))
+        .await;
+    let list = f.get("/v1/docs?prefix=shed%2F&limit=200").await.json();
+    assert_eq!(list["docs"][0]["key"], "shed/setpoint", "{list}");
+    assert!(list["docs"][0]["siblings"].is_number() && list.get("next_after").is_some());
+    let doc = f.get("/v1/docs/shed/setpoint").await.json();
+    for field in ["value", "actor", "seq", "hlc", "siblings"] {
+        assert!(!doc[field].is_null(), "a document lacks {field}: {doc}");
+    }
+    let h = f
+        .get("/v1/docs/shed/setpoint/history?limit=1000")
+        .await
+        .json();
+    let versions = h["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{h}");
+    for field in ["actor", "seq", "hlc", "value", "deleted"] {
+        assert!(
+            !versions[0][field].is_null(),
+            "a version lacks {field}: {h}"
+        );
+    }
+    let first_ms = v1["hlc"].as_str().unwrap().split(':').next().unwrap();
+    let then = f
+        .get(&format!("/v1/docs/shed/setpoint?as_of={first_ms}"))
+        .await
+        .json();
+    assert_eq!(then["value"], json!({"temp": 19}), "{then}");
+    let d = f
+        .get(&format!(
+            "/v1/docs/shed/setpoint/diff?from={}&to={}",
+            v1["hlc"].as_str().unwrap().replace(':', "%3A"),
+            versions[0]["hlc"].as_str().unwrap().replace(':', "%3A")
+        ))
+        .await
+        .json();
+    let c = &d["changes"][0];
+    assert_eq!(
+        (&c["path"], &c["op"]),
+        (&json!("/temp"), &json!("changed")),
+        "{d}"
+    );
+    assert_eq!((&c["from"], &c["to"]), (&json!(19), &json!(21)), "{d}");
+    let sib = f.get("/v1/docs/shed/setpoint/siblings").await.json();
+    assert!(sib["siblings"][0]["hlc"].is_string(), "{sib}");
+    let created = f
+        .post(
+            "/v1/twins/device/shed",
+            "application/json",
+            r#"{"desired": {}}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.json());
+    assert!(created.json()["seq"].is_number());
+    let twins = f.get("/v1/twins?prefix=&limit=200").await.json();
+    assert_eq!(twins["twins"], json!(["device/shed"]), "{twins}");
+    let twin = f.get("/v1/twins/device/shed").await.json();
+    assert!(
+        twin["changes"].is_number() && twin["value"].is_object(),
+        "{twin}"
+    );
+    let th = f
+        .get("/v1/twins/device/shed/history?limit=1000")
+        .await
+        .json();
+    let ch = &th["changes"][0];
+    assert!(
+        ch["paths"].is_array() && ch["hlc"].is_string() && ch["truncated"].is_boolean(),
+        "{th}"
+    );
 }

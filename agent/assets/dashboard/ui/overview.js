@@ -75,7 +75,7 @@ function layoutCharts() {
       const canvas = el("canvas");
       canvas.dataset.series = s.series;
       card.append(el("div", s.series, "name"), value, canvas);
-      c = { series: s.series, card, value, canvas, data: { line: [], band: [] }, from: 0, unit: s.unit, fetchedAt: 0 };
+      c = { series: s.series, card, value, canvas, data: { line: [], band: [] }, from: 0, to: 0, unit: s.unit, fetchedAt: 0 };
       charts.set(s.series, c);
       dirty.add(s.series);
     }
@@ -125,6 +125,7 @@ async function refreshChart(c) {
   }
   c.data = bucketsToData(r.buckets, r.bucket_ms, r.to);
   c.from = from;
+  c.to = r.to;
   c.fetchedAt = Date.now();
   drawChart(c.canvas, c.data, from, r.to);
 }
@@ -187,7 +188,13 @@ export function start(every) {
   listen();
 }
 
-// Redraws every card from what it holds (after the overview becomes visible again).
+// After the overview becomes visible again: every card is drawn at once from what it holds
+// (cards hidden meanwhile had no size to draw at), then fetched afresh.
 export function redraw() {
-  charts.forEach((c) => { if (c.fetchedAt) drawChart(c.canvas, c.data, c.from, Date.now()); });
+  charts.forEach((c) => {
+    if (c.fetchedAt) drawChart(c.canvas, c.data, c.from, c.to);
+    c.fetchedAt = 0;
+    dirty.add(c.series);
+  });
+  refreshDirty().catch(report);
 }
