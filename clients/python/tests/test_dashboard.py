@@ -210,10 +210,34 @@ def test_a_young_series_fills_its_card_in_the_24h_window(browser: Any, agent: Ag
         page.wait_for_selector(card)
         for window in ("1h", "6h", "24h"):
             page.select_option("#window", window)
-            page.evaluate("(c) => { document.querySelector(c).dataset.points = '0'; }", card)
-            wait_until(f"the {window} chart", lambda: int(page.get_attribute(card, "data-points") or 0) >= 10)
+            wait_until(f"the {window} chart", lambda: page.get_attribute(card, "data-window") == window
+                       and points(page, card) >= 10)
             width = page.eval_on_selector(card, "(c) => c.width")
             assert inked_columns(page, card) > width // 2, window
+        assert problems(page) == []
+    finally:
+        page.close()
+
+
+def test_a_twin_patched_in_the_explorer_shows_its_paths_in_history(browser: Any, agent: Agent, prefix: str) -> None:
+    key = "device/" + prefix.strip("/")
+    with kdelta.Client(agent.url) as c:
+        c.twins.create(key, {"reported": {"temp": 20.5}})
+    page = new_page(browser, agent.url + "/#explorer/twins/" + key)
+    try:
+        page.wait_for_selector("#ex-history tbody tr")
+        assert "Merge patch" in page.inner_text("#ex-edit-title")
+        page.fill("#ex-editor", '{"desired": {"setpoint_c": 21}}')
+        page.click("#ex-save")
+        wait_until("the patch in history", lambda: page.locator("#ex-history tbody tr").count() == 2)
+        assert page.inner_text("#ex-history tbody tr:first-child td.change").startswith("/desired")
+        assert json.loads(page.inner_text("#ex-value")) == {"reported": {"temp": 20.5}, "desired": {"setpoint_c": 21}}
+        with kdelta.Client(agent.url) as c:
+            assert c.twins.get(key).value["desired"] == {"setpoint_c": 21}
+        # As of the first change, the twin had no `desired`.
+        page.click("#ex-history tbody tr:nth-child(2) button.link")
+        wait_until("the older twin", lambda: "desired" not in page.inner_text("#ex-asof-value")
+                   and "20.5" in page.inner_text("#ex-asof-value"))
         assert problems(page) == []
     finally:
         page.close()

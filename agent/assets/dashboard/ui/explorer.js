@@ -12,7 +12,8 @@ const HISTORY_LIMIT = 1000;
 const MERGE_PATCH = "application/merge-patch+json";
 
 const ex = {
-  kind: "docs",
+  listKind: "docs", // what the key list shows
+  kind: "docs", // the open key's kind
   key: null,
   versions: [], // newest first: { actor, seq, hlc, ms, value?, deleted?, paths? }
   pick: { a: null, b: null }, // HLCs picked for the diff
@@ -38,19 +39,20 @@ const notFound = (e) => e instanceof ApiError && e.status === 404;
 
 export async function listKeys() {
   const q = new URLSearchParams({ prefix: $("ex-prefix").value, limit: String(LIST_LIMIT) });
-  const r = await getJson(`${KIND[ex.kind].list}?${q}`);
-  const items = ex.kind === "docs" ? r.docs.map((d) => [d.key, d.siblings]) : r.twins.map((k) => [k, 1]);
+  const kind = ex.listKind;
+  const r = await getJson(`${KIND[kind].list}?${q}`);
+  const items = kind === "docs" ? r.docs.map((d) => [d.key, d.siblings]) : r.twins.map((k) => [k, 1]);
   $("ex-keys").replaceChildren(...items.map(([key, siblings]) => {
-    const b = el("button", key, key === ex.key ? "key current" : "key");
+    const b = el("button", key, key === ex.key && kind === ex.kind ? "key current" : "key");
     b.type = "button";
-    b.addEventListener("click", () => open(ex.kind, key));
+    b.addEventListener("click", () => open(kind, key));
     const li = el("li");
     li.append(b);
     if (siblings > 1) li.append(el("span", `${siblings} siblings`, "badge warn"));
     return li;
   }));
   $("ex-keys-note").textContent = items.length === 0
-    ? `No ${ex.kind === "docs" ? "documents" : "twins"} with this prefix.`
+    ? `No ${kind === "docs" ? "documents" : "twins"} with this prefix.`
     : r.next_after ? `First ${items.length}; type a longer prefix to see others.` : "";
 }
 
@@ -58,6 +60,7 @@ export async function listKeys() {
 
 export function open(kind, key) {
   ex.kind = kind;
+  ex.listKind = kind;
   ex.key = key;
   $("ex-kind").value = kind;
   const hash = `#explorer/${kind}/${encodeURIComponent(key)}`;
@@ -188,8 +191,8 @@ function asOf() {
     : " — before the first version";
   for (const tr of $("ex-history").tBodies[0].rows) tr.classList.toggle("asof", !!at && tr.dataset.hlc === at.hlc);
   const seq = ++ex.asOfSeq;
+  const { kind, key } = ex;
   ex.asOfTimer = setTimeout(async () => {
-    const { kind, key } = ex;
     const q = new URLSearchParams({ as_of: String(ms) });
     let text;
     try {
@@ -269,7 +272,7 @@ function listen() {
 
 export function start() {
   let typing = 0;
-  $("ex-kind").addEventListener("change", () => { ex.kind = $("ex-kind").value; listKeys().catch(report); });
+  $("ex-kind").addEventListener("change", () => { ex.listKind = $("ex-kind").value; listKeys().catch(report); });
   $("ex-prefix").addEventListener("input", () => {
     clearTimeout(typing);
     typing = setTimeout(() => listKeys().catch(report), 150);
@@ -277,7 +280,7 @@ export function start() {
   $("ex-open").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const key = $("ex-new-key").value.trim();
-    if (key) open(ex.kind, key);
+    if (key) open(ex.listKind, key);
   });
   $("ex-slider").addEventListener("input", asOf);
   $("ex-diff-btn").addEventListener("click", () => diff().catch(report));

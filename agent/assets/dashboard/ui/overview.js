@@ -18,6 +18,8 @@ const charts = new Map(); // series -> { series, card, value, canvas, data, unit
 const dirty = new Set();
 let allSeries = [];
 let refreshing = null;
+// Bumped when the window changes: a chart fetched for the previous window is not kept.
+let generation = 0;
 
 function fillTable(id, rows) {
   const body = $(id).tBodies[0];
@@ -110,6 +112,7 @@ async function aggregate(series, from, bucket) {
 // fitted to that span: drawn over the whole window it was a sliver of a few pixels at the
 // right edge, a value without a visible chart.
 async function refreshChart(c) {
+  const gen = generation;
   const win = $("window").value;
   const [bucket, span] = WINDOWS[win];
   let r = await aggregate(c.series, `now-${win}`, bucket);
@@ -123,7 +126,9 @@ async function refreshChart(c) {
       from = r.buckets.length ? r.buckets[0].start : first;
     }
   }
+  if (gen !== generation) { dirty.add(c.series); return; }
   c.data = bucketsToData(r.buckets, r.bucket_ms, r.to);
+  c.canvas.dataset.window = win;
   c.from = from;
   c.to = r.to;
   c.fetchedAt = Date.now();
@@ -174,6 +179,7 @@ function listen() {
 export function start(every) {
   $("filter").addEventListener("input", () => { layoutCharts(); refreshDirty().catch(report); });
   $("window").addEventListener("change", () => {
+    generation++;
     charts.forEach((c) => { c.fetchedAt = 0; dirty.add(c.series); });
     refreshDirty().catch(report);
   });
