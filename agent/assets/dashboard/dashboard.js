@@ -14,8 +14,38 @@ let allSeries = [];
 
 const $ = (id) => document.getElementById(id);
 
-async function getJson(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
+// An agent with [api] tokens answers 401: ask for a token once, keep it for this tab only
+// (sessionStorage), send it as a header; the event stream takes it as ?access_token=.
+const TOKEN_KEY = "kdelta.token";
+let asking = null;
+let declined = false;
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+function askToken(used) {
+  if (token() && token() !== used) return Promise.resolve(true); // another request asked
+  if (declined) return Promise.resolve(false);
+  if (!asking) {
+    asking = Promise.resolve().then(() => {
+      const t = window.prompt("This agent needs an API token (scope read) — see docs/security.md:");
+      asking = null;
+      if (!t || !t.trim()) { declined = true; return false; }
+      sessionStorage.setItem(TOKEN_KEY, t.trim());
+      listen();
+      return true;
+    });
+  }
+  return asking;
+}
+
+async function getJson(path, retried) {
+  const used = token();
+  const headers = { Accept: "application/json" };
+  if (used) headers.Authorization = `Bearer ${used}`;
+  const r = await fetch(path, { headers });
+  if (r.status === 401 && !retried) {
+    if (used === token()) sessionStorage.removeItem(TOKEN_KEY);
+    if (await askToken(used)) return getJson(path, true);
+  }
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
   return r.json();
 }
@@ -203,9 +233,15 @@ async function refreshDirty() {
   }
 }
 
+let events = null;
+
 function listen() {
   const live = $("live");
-  const es = new EventSource("/v1/events?kind=readings");
+  if (events) events.close();
+  const t = token();
+  const auth = t ? `&access_token=${encodeURIComponent(t)}` : "";
+  const es = new EventSource(`/v1/events?kind=readings${auth}`);
+  events = es;
   es.onopen = () => { live.textContent = "live"; live.className = "badge on"; };
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "badge off"; };
   es.addEventListener("change", (ev) => {
