@@ -62,7 +62,7 @@ impl ApiToken {
     /// Checks one entry; `key` is its dotted key (`api.tokens[0]`).
     pub fn validate(&self, key: &str) -> Result<(), InvalidValue> {
         if self.name.trim().is_empty() || self.name.len() > 64 {
-            return refuse(&format!("{key}.name"), "use 1 to 64 characters");
+            return refuse(format!("{key}.name"), "use 1 to 64 characters");
         }
         let given = [
             self.token.is_some(),
@@ -76,7 +76,7 @@ impl ApiToken {
             && t.trim().chars().count() < MIN_TOKEN_LEN
         {
             return refuse(
-                &format!("{key}.token"),
+                format!("{key}.token"),
                 format!(
                     "is too short; use at least {MIN_TOKEN_LEN} random characters (e.g. `openssl rand -hex 32`)"
                 ),
@@ -86,7 +86,7 @@ impl ApiToken {
             && parse_digest(h).is_none()
         {
             return refuse(
-                &format!("{key}.token_sha256"),
+                format!("{key}.token_sha256"),
                 "is not a SHA-256 digest: use 64 hex digits (`printf %s TOKEN | sha256sum`)",
             );
         }
@@ -95,11 +95,11 @@ impl ApiToken {
             .as_ref()
             .is_some_and(|p| p.as_os_str().is_empty())
         {
-            return refuse(&format!("{key}.token_file"), "must name a file");
+            return refuse(format!("{key}.token_file"), "must name a file");
         }
         if self.scopes.is_empty() {
             return refuse(
-                &format!("{key}.scopes"),
+                format!("{key}.scopes"),
                 "must list at least one of read, write, admin",
             );
         }

@@ -101,10 +101,7 @@ impl ApiConfig {
             let key = format!("api.tokens[{i}]");
             t.validate(&key)?;
             if !names.insert(t.name.as_str()) {
-                return refuse(
-                    &format!("{key}.name"),
-                    format!("{:?} is used twice", t.name),
-                );
+                return refuse(format!("{key}.name"), format!("{:?} is used twice", t.name));
             }
         }
         if self
@@ -117,7 +114,7 @@ impl ApiConfig {
         for (i, h) in self.allowed_hosts.iter().enumerate() {
             if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
                 return refuse(
-                    &format!("api.allowed_hosts[{i}]"),
+                    format!("api.allowed_hosts[{i}]"),
                     format!("{h:?} is not a host name (no port, scheme or path)"),
                 );
             }

@@ -207,7 +207,13 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     let req = if !is_safe(&method) && has_body(&req) {
         match read_body(&g, state.max_body_bytes, req).await {
             Ok(req) => req,
-            Err(e) => return e.into_response(),
+            Err(e) => {
+                if path == "/v1/readings" {
+                    // Counted like the refusals of the ingest handler itself.
+                    state.metrics.ingest_rejected("http", e.code.as_str());
+                }
+                return e.into_response();
+            }
         }
     } else {
         req
