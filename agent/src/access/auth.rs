@@ -350,6 +350,39 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_certificate_with_scopes_is_a_principal() {
+        let cert = |name: &str, byte: u8, scopes: Vec<Scope>| AcceptCert {
+            name: name.into(),
+            fingerprint: hex::encode([byte; 32]),
+            scopes,
+        };
+        let certs = [
+            cert("ops-laptop", 1, vec![Scope::Admin]),
+            cert("sync-only", 2, vec![]),
+        ];
+        let c = Credentials::load(&[], None, &certs).unwrap();
+        assert!(!c.is_open(), "a certificate principal closes the API");
+        let with = |byte: u8| {
+            c.check(
+                None,
+                Some(ClientCert {
+                    fingerprint: [byte; 32],
+                }),
+            )
+        };
+        assert_eq!(
+            with(1),
+            Check::Principal(Principal {
+                name: "ops-laptop".into(),
+                scope: Scope::Admin
+            })
+        );
+        // Listed for sync only, or not listed: no API principal; a token is then needed.
+        assert_eq!(with(2), Check::Missing);
+        assert_eq!(with(3), Check::Missing);
+    }
+
+    #[test]
     fn bad_entries_are_refused_naming_the_key() {
         let short = token("x", "short", &[Scope::Read]);
         let e = short.validate("api.tokens[0]").unwrap_err().to_string();
