@@ -44,6 +44,14 @@ pub enum ClientError {
         /// The API's message.
         message: String,
     },
+    /// `--token-file` (or `KDELTA_TOKEN_FILE`) cannot be read.
+    #[error("cannot read the token file {path}: {detail}")]
+    TokenFile {
+        /// As given.
+        path: String,
+        /// The I/O error.
+        detail: String,
+    },
     /// The request failed mid-way or the answer could not be read.
     #[error("request to {url} failed: {detail}")]
     Transport {
@@ -61,11 +69,54 @@ impl ClientError {
     }
 }
 
+/// Where the CLI looks for a token when none is given (the .deb creates it, mode 0640,
+/// group `kdelta`).
+pub const DEFAULT_TOKEN_FILE: &str = "/etc/kdelta/token";
+
+/// The token to send: `flag` (`--token` or `KDELTA_TOKEN`), else the first line of `file`
+/// (`--token-file`; an error when unreadable), else [`DEFAULT_TOKEN_FILE`] when it exists
+/// and is readable by this user, else none.
+pub fn resolve_token(
+    flag: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, ClientError> {
+    if let Some(t) = flag.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map(|text| {
+            let t = text.lines().next().unwrap_or("").trim().to_owned();
+            (!t.is_empty()).then_some(t)
+        })
+    };
+    match file {
+        Some(path) => read(path).map_err(|e| ClientError::TokenFile {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        }),
+        // Not there, or not ours to read: an open agent needs no token.
+        None => Ok(read(std::path::Path::new(DEFAULT_TOKEN_FILE))
+            .ok()
+            .flatten()),
+    }
+}
+
 /// A client bound to one agent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClient {
     base: Url,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` on every request.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base.as_str())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl ApiClient {
@@ -96,7 +147,17 @@ impl ApiClient {
             builder = builder.use_preconfigured_tls(std::sync::Arc::unwrap_or_clone(tls));
         }
         let http = builder.build().map_err(|e| bad(e.to_string()))?;
-        Ok(ApiClient { base, http })
+        Ok(ApiClient {
+            base,
+            http,
+            token: None,
+        })
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(mut self, token: Option<String>) -> ApiClient {
+        self.token = token;
+        self
     }
 
     /// The agent's base URL, as shown in messages.
@@ -199,6 +260,10 @@ impl ApiClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
         let request = request.build().map_err(|e| self.transport("?", &e))?;
         let url = request.url().to_string();
         let response = self
@@ -220,7 +285,21 @@ impl ApiClient {
                 detail: format!("the answer is not JSON: {e}"),
             });
         }
-        Err(api_error(status, &bytes))
+        let mut e = api_error(status, &bytes);
+        if let ClientError::Api {
+            status: 401,
+            message,
+            ..
+        } = &mut e
+        {
+            let hint = if self.token.is_some() {
+                " — the token sent was not accepted"
+            } else {
+                " — pass --token, set KDELTA_TOKEN or use --token-file (the .deb installs /etc/kdelta/token for group kdelta)"
+            };
+            message.push_str(hint);
+        }
+        Err(e)
     }
 
     fn transport(&self, url: &str, e: &reqwest::Error) -> ClientError {

@@ -30,7 +30,7 @@ use crate::running::{PeerDeps, RunningMqtt, RunningPeers, RunningSources};
 use crate::sources::{BatchLimits, Batcher, IngestQueue};
 use crate::state::AppState;
 use crate::systemd::{self, StatusInputs};
-use crate::tls::{ApiListener, PeerAddr, ServerTls};
+use crate::tls::{ApiListener, ServerTls};
 
 /// Name of the store's database file inside the data directory.
 pub const DB_FILE: &str = "kdelta.db";
@@ -64,6 +64,11 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     let db_path = data_dir.join(DB_FILE);
     // TLS files are read now, so a bad path stops the start with an error naming the key.
     let server_tls = config.api.tls.as_ref().map(ServerTls::load).transpose()?;
+    let guard = Arc::new(crate::api::ApiGuard::new(
+        &config.api,
+        &config.sync.accept_certs,
+        &crate::config::hostname(),
+    )?);
     config.sync.check_tls_files()?;
     let store = Store::open(&db_path, config.store.clone())
         .await
@@ -88,10 +93,12 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
             &config.sync,
             &config.device_name,
         )),
+        guard,
     };
 
     let http_stop = CancellationToken::new();
-    let mut server = spawn_server(listener, state.clone(), http_stop.clone());
+    let limits = crate::server::ServerLimits::of(&config.api);
+    let mut server = spawn_server(listener, state.clone(), limits, http_stop.clone());
     // Tests and scripts parse this line for the bound port: keep its text, and print it even
     // when the log filter hides info lines.
     if tracing::enabled!(tracing::Level::INFO) {
@@ -278,15 +285,15 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 fn spawn_server(
     listener: ApiListener,
     state: AppState,
+    limits: crate::server::ServerLimits,
     stop: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
-    // The connect info carries a verified client certificate to `/v1/sync`.
-    let app = crate::api::router(state).into_make_service_with_connect_info::<PeerAddr>();
+    // The server loop gives every request its connection's `PeerAddr` (the verified client
+    // certificate reaches the API gate and `/v1/sync`).
+    let app = crate::api::router(state);
     tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("the HTTP server failed")
+        crate::server::serve(listener, app, limits, stop).await;
+        Ok(())
     })
 }
 

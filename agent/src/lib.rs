@@ -11,7 +11,10 @@
 //! | [`time`] | the one wall clock (`now_ms`) and RFC 3339 parser/formatter |
 //! | [`daemon`] | `kdelta start`: startup order, signals, shutdown |
 //! | [`sources`] | scheduler, ingest queue and batcher |
-//! | [`api`] | the HTTP API (router, handlers, errors) |
+//! | [`access`] | who may call the API: credential table, Host allow-list, failed-auth throttle, sync session caps |
+//! | [`api`] | the HTTP API (router, handlers, errors, the auth gate) |
+//! | [`scope`] | the API scopes `read` < `write` < `admin` |
+//! | [`server`] | the HTTP server loop: connection cap, header read timeout, graceful drain |
 //! | [`cli`] | the command line (clap) and the client subcommands |
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
@@ -20,6 +23,7 @@
 //! | [`tls`] | rustls (ring): the HTTPS listener, mutual TLS, client configs, PEM loading |
 //! | [`device_twin`] | the agent's own twin `device/<device_name>`: `reported` state, `desired` intervals |
 
+pub mod access;
 pub mod api;
 pub mod bench;
 pub mod cli;
@@ -33,7 +37,9 @@ pub mod metrics;
 pub mod mqtt;
 pub mod peers;
 pub mod running;
+pub mod scope;
 pub mod section;
+pub mod server;
 pub mod sources;
 pub mod state;
 pub mod systemd;

@@ -33,4 +33,6 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Sync settings and the status of every sync peer.
     pub peers: Arc<crate::peers::Registry>,
+    /// Who may call the API and the listener's abuse limits (`api::guard`).
+    pub guard: Arc<crate::access::ApiGuard>,
 }

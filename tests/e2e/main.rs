@@ -10,6 +10,7 @@
 mod harness;
 mod proxy;
 mod reload;
+mod security;
 mod sources;
 mod sync;
 mod systemd;

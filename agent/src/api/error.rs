@@ -60,25 +60,31 @@ error_codes! {
     WebsocketRequired = 400, "websocket_required", "`/v1/sync` was requested without a WebSocket upgrade";
     Unauthorized = 401, "unauthorized", "the credentials are missing or not accepted";
     SyncDisabled = 403, "sync_disabled", "inbound sync is off on this agent (no accepted tokens or certificates)";
+    Forbidden = 403, "forbidden", "the credentials are valid but lack the scope the route needs (`read`, `write` or `admin`)";
+    HostNotAllowed = 403, "host_not_allowed", "the `Host` header names a host this agent does not answer for (`api.allowed_hosts`; DNS rebinding)";
+    ForeignOrigin = 403, "foreign_origin", "a state-changing request carries the `Origin` of another site (a web page elsewhere)";
     UnknownSeries = 404, "unknown_series", "no series has this name";
     NotFound = 404, "not_found", "the key has no live value";
     BeforeHistory = 404, "before_history", "the point in time is before the key's first version";
     NoRoute = 404, "no_route", "no route has this path";
     UnknownPeer = 404, "unknown_peer", "no outbound sync peer has this name";
     MethodNotAllowed = 405, "method_not_allowed", "the route exists but not with this method";
+    RequestTimeout = 408, "request_timeout", "the request body did not arrive within `api.body_read_timeout`";
     ClockSkew = 409, "clock_skew", "a timestamp is too far ahead of this agent's clock";
     SeqGap = 409, "seq_gap", "a change does not follow its actor's previous one";
     TwinExists = 409, "twin_exists", "a twin with this key exists already";
     WrongKind = 409, "wrong_kind", "the key holds a document where a twin is expected, or the reverse";
     BodyTooLarge = 413, "body_too_large", "the request body is over `api.max_body_bytes`";
     ValueTooLarge = 413, "value_too_large", "the document value is over the store's limit";
-    UnsupportedMediaType = 415, "unsupported_media_type", "the body is neither `application/json` nor `application/cbor`";
+    UnsupportedMediaType = 415, "unsupported_media_type", "the body's `Content-Type` is missing, or is not JSON, CBOR or (for a twin patch) JSON Merge Patch";
     InvalidBatch = 422, "invalid_batch", "the batch is well-formed but refused (types, values, limits); nothing was stored";
     InvalidKey = 422, "invalid_key", "the document key is empty, too long or reserved";
     InvalidPatch = 422, "invalid_patch", "the twin patch cannot be applied";
+    TooManyAuthFailures = 429, "too_many_auth_failures", "too many failed authentications from this address (`api.max_auth_failures`); retry after `Retry-After` seconds";
     Internal = 500, "internal", "a bug or an unexpected failure";
     Unavailable = 503, "unavailable", "the store cannot serve right now (busy, I/O, shutting down); retry later";
     NotReady = 503, "not_ready", "the agent is starting or shutting down";
+    TooManySessions = 503, "too_many_sessions", "as many inbound sync sessions run as allowed (`api.max_sync_sessions`, `api.max_sync_sessions_per_peer`); retry later";
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -29,12 +29,15 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format of a request body. A missing `Content-Type` is taken as JSON (so
-    /// `curl --data-binary` without `-H` works); anything else than JSON or CBOR (including
-    /// `+json`/`+cbor` structured suffixes) is `415 unsupported_media_type`.
+    /// The format of a request body. A body must say what it is: a missing `Content-Type`
+    /// is `415 unsupported_media_type` (a browser's `no-cors` request cannot send JSON or
+    /// CBOR, so this keeps web pages from writing); so is anything else than JSON or CBOR.
     pub fn of_body(headers: &HeaderMap) -> Result<Format, ApiError> {
         let Some(value) = headers.get(CONTENT_TYPE) else {
-            return Ok(Format::Json);
+            return Err(ApiError::new(
+                super::ErrorCode::UnsupportedMediaType,
+                "the request has a body but no Content-Type; send Content-Type: application/json or application/cbor",
+            ));
         };
         let text = value.to_str().unwrap_or("");
         let essence = text
@@ -156,7 +159,10 @@ mod tests {
 
     #[test]
     fn body_formats() {
-        assert_eq!(Format::of_body(&HeaderMap::new()).unwrap(), Format::Json);
+        assert_eq!(
+            Format::of_body(&HeaderMap::new()).unwrap_err().code,
+            super::super::ErrorCode::UnsupportedMediaType
+        );
         assert_eq!(
             Format::of_body(&headers(CONTENT_TYPE, "application/json; charset=utf-8")).unwrap(),
             Format::Json

@@ -9,6 +9,8 @@
 //! | area | module |
 //! |---|---|
 //! | `[api]` ([`ApiConfig`]) | `config` |
+//! | the scope each route needs | `route_scope` |
+//! | the gate before every handler: Host, Origin, throttle, credentials, body type and timeout (state in `crate::access`) | `guard` |
 //! | route table, router, request metrics, fallbacks | `routes` |
 //! | `POST /v1/readings` (JSON/CBOR, row and columnar forms) | `ingest` |
 //! | series, range, aggregate, latest | `readings` |
@@ -32,16 +34,20 @@ mod docs;
 mod error;
 mod events;
 mod format;
+mod guard;
 mod ingest;
 mod openapi;
 mod params;
 mod readings;
+mod route_scope;
 mod routes;
 mod status;
 mod sync;
 pub mod time;
 pub mod twins;
 
+pub use crate::access::ApiGuard;
+pub use crate::access::auth::{ApiToken, AuthError, Scope};
 pub use config::{ApiConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
 pub use error::{ApiError, ErrorCode};
 pub use format::Format;
@@ -50,5 +56,7 @@ pub use openapi::document as openapi_document;
 pub use routes::{router, routes};
 pub use status::rss_bytes;
 
+#[cfg(test)]
+mod guard_tests;
 #[cfg(test)]
 mod tests;

@@ -84,8 +84,88 @@ fn op(summary: &str, params: Vec<Value>, resp: Value) -> Value {
     json!({ "summary": summary, "parameters": params, "responses": resp })
 }
 
-/// The whole document.
+/// The whole document: the routes as written below, then the gate's answers (see
+/// [`with_security`]).
 pub fn document() -> Value {
+    with_security(routes_document())
+}
+
+/// Adds the bearer security scheme and, to every operation, what the gate (`guard.rs`) may
+/// answer before its handler: Host and throttle refusals everywhere it applies, credentials
+/// and scope where the route needs a scope, Origin, body type and body timeout on writes.
+fn with_security(mut doc: Value) -> Value {
+    use super::route_scope::{Need, required_scope};
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let m = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .unwrap_or(axum::http::Method::GET);
+            let need = required_scope(&m, path, false);
+            let mut extra = Vec::new();
+            if !matches!(path.as_str(), "/healthz" | "/readyz" | "/v1/sync") {
+                extra.push(ErrorCode::HostNotAllowed);
+            }
+            match need {
+                Need::Nothing => op["security"] = json!([]),
+                Need::SyncCredentials => {
+                    op["security"] = json!([{"bearer": []}]);
+                    extra.push(ErrorCode::TooManyAuthFailures);
+                    extra.push(ErrorCode::TooManySessions);
+                }
+                Need::Scope(scope) => {
+                    op["x-kdelta-scope"] = json!(scope.as_str());
+                    extra.extend([
+                        ErrorCode::Unauthorized,
+                        ErrorCode::Forbidden,
+                        ErrorCode::TooManyAuthFailures,
+                    ]);
+                }
+            }
+            if m != axum::http::Method::GET {
+                extra.extend([ErrorCode::ForeignOrigin, ErrorCode::UnsupportedMediaType]);
+                extra.extend([ErrorCode::RequestTimeout, ErrorCode::BodyTooLarge]);
+            }
+            let Some(responses) = op["responses"].as_object_mut() else {
+                continue;
+            };
+            for code in extra {
+                let status = code.status().as_u16().to_string();
+                let entry = format!("`{}` ({})", code.as_str(), code.meaning());
+                match responses.get_mut(&status) {
+                    Some(r) => {
+                        let text = r["description"].as_str().unwrap_or_default().to_owned();
+                        if !text.contains(&format!("`{}`", code.as_str())) {
+                            r["description"] = json!(format!("{text}, {entry}"));
+                        }
+                    }
+                    None => {
+                        responses.insert(status, json!({
+                            "description": format!("Error; `error.code` is one of: {entry}"),
+                            "content": { "application/json": { "schema": schema_ref("Error") } },
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    doc["security"] = json!([{"bearer": []}]);
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from `[api] tokens` (scopes `read` < `write` < `admin`; each operation's `x-kdelta-scope` names what it needs). With no token configured, a loopback agent is open. A verified client certificate listed with `scopes` in `[[sync.accept_certs]]` counts as its principal (mutual TLS). `/v1/events` also takes `?access_token=`. See docs/security.md.",
+        },
+    });
+    doc
+}
+
+/// The routes' own answers.
+fn routes_document() -> Value {
     let batch_body = json!({
         "required": true,
         "content": {

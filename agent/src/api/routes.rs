@@ -93,6 +93,10 @@ pub fn router(state: AppState) -> Router {
     dashboard::mount(router)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::guard::guard,
+        ))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)

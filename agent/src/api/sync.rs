@@ -52,6 +52,13 @@ pub async fn sync_socket(
             return ApiError::new(ErrorCode::Unauthorized, why).into_response();
         }
     };
+    let slot = match state.guard.sync_slots.acquire(peer.principal()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(peer = peer.principal(), "inbound sync refused: {full}");
+            return ApiError::new(ErrorCode::TooManySessions, full.to_string()).into_response();
+        }
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -66,7 +73,9 @@ pub async fn sync_socket(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
+            // The place is held for the whole session.
+            let _slot = slot;
             peer.serve(
                 socket,
                 state.store.clone(),
@@ -74,6 +83,7 @@ pub async fn sync_socket(
                 state.metrics.clone(),
                 state.shutdown.clone(),
             )
+            .await
         })
 }
 

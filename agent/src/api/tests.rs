@@ -37,6 +37,7 @@ async fn fixture() -> Fixture {
         max_body_bytes: 64 * 1024,
         shutdown: Default::default(),
         peers: Default::default(),
+        guard: Default::default(),
     };
     Fixture { _dir: dir, state }
 }

@@ -139,7 +139,7 @@ pub fn patch_from_body(
     body: &[u8],
 ) -> Result<TwinPatch, ApiError> {
     let essence = content_type
-        .unwrap_or("application/json")
+        .unwrap_or("")
         .split(';')
         .next()
         .unwrap_or("")

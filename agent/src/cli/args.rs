@@ -192,6 +192,28 @@ pub struct Conn {
     /// Print the agent's JSON answer as is.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for an agent with `[api] tokens` (prefer KDELTA_TOKEN or --token-file:
+    /// a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "KDELTA_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token (first line). Default: /etc/kdelta/token when it exists
+    /// and is readable (the .deb makes it readable by group kdelta).
+    #[arg(long, env = "KDELTA_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Conn {
+    /// A client for the agent at `--url`, authenticated as `--token`, `KDELTA_TOKEN`,
+    /// `--token-file` or the default token file, in that order.
+    pub fn client(&self) -> Result<crate::client::ApiClient, crate::client::ClientError> {
+        let token = crate::client::resolve_token(self.token.clone(), self.token_file.as_deref())?;
+        Ok(crate::client::ApiClient::new(&self.url)?.with_token(token))
+    }
 }
 
 /// `kdelta sync …`.

@@ -19,7 +19,7 @@ fn doc_url(client: &ApiClient, key: &str, suffix: Option<&str>, query: &[(&str, 
 }
 
 fn client(conn: &Conn) -> anyhow::Result<ApiClient> {
-    Ok(ApiClient::new(&conn.url)?)
+    Ok(conn.client()?)
 }
 
 /// A version's identity for display: `actor:seq @ time`.

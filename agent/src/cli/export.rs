@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 
 use super::args::{ExportArgs, ExportFormat};
 use super::show::time_arg;
-use crate::client::ApiClient;
 use crate::time::format_rfc3339_ms;
 
 /// Readings per request.
@@ -25,7 +24,7 @@ fn csv_field(s: &str) -> String {
 
 /// `kdelta export SERIES`.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.conn.url)?;
+    let client = args.conn.client()?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             std::fs::File::create(path)

@@ -149,7 +149,7 @@ fn split_csv(line: &str) -> Vec<String> {
 
 /// `kdelta import FILE`.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(&args.conn.url)?;
+    let client = args.conn.client()?;
     let progress_file = progress_path(&args.file);
     let previous = read_progress(&progress_file)?;
     let mut progress = match (previous, args.resume) {

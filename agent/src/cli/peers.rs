@@ -5,11 +5,10 @@ use serde_json::Value;
 
 use super::args::{Conn, SyncNowArgs};
 use super::show::{array, cell, pretty, table, ts};
-use crate::client::ApiClient;
 
 /// `kdelta peers`.
 pub async fn peers(conn: Conn) -> anyhow::Result<()> {
-    let c = ApiClient::new(&conn.url)?;
+    let c = conn.client()?;
     let answer = c.get(c.url("v1/sync/peers", &[])).await?;
     if conn.json {
         println!("{}", pretty(&answer));
@@ -62,7 +61,7 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
 /// `kdelta sync now`: wakes the outbound peers and prints how each one ended; an error (exit
 /// code 1) when any did not sync.
 pub async fn sync_now(args: SyncNowArgs) -> anyhow::Result<()> {
-    let c = ApiClient::new(&args.conn.url)?;
+    let c = args.conn.client()?;
     let mut query = vec![(
         "timeout",
         humantime::format_duration(args.timeout).to_string(),

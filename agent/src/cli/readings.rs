@@ -5,11 +5,10 @@ use serde_json::Value;
 
 use super::args::{Conn, LatestArgs, QueryArgs};
 use super::show::{array, cell, pretty, table, time_arg, ts};
-use crate::client::ApiClient;
 
 /// `kdelta status`.
 pub async fn status(conn: Conn) -> anyhow::Result<()> {
-    let c = ApiClient::new(&conn.url)?;
+    let c = conn.client()?;
     let answer = c.get(c.url("v1/status", &[])).await?;
     if conn.json {
         println!("{}", pretty(&answer));
@@ -99,7 +98,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// `kdelta sources`.
 pub async fn sources(conn: Conn) -> anyhow::Result<()> {
-    let c = ApiClient::new(&conn.url)?;
+    let c = conn.client()?;
     let answer = c.get(c.url("v1/sources", &[])).await?;
     if conn.json {
         println!("{}", pretty(&answer));
@@ -149,7 +148,7 @@ pub async fn sources(conn: Conn) -> anyhow::Result<()> {
 
 /// `kdelta series`.
 pub async fn series(conn: Conn) -> anyhow::Result<()> {
-    let c = ApiClient::new(&conn.url)?;
+    let c = conn.client()?;
     let answer = c.get(c.url("v1/series", &[])).await?;
     if conn.json {
         println!("{}", pretty(&answer));
@@ -174,7 +173,7 @@ pub async fn series(conn: Conn) -> anyhow::Result<()> {
 
 /// `kdelta latest [SERIES…]`.
 pub async fn latest(args: LatestArgs) -> anyhow::Result<()> {
-    let c = ApiClient::new(&args.conn.url)?;
+    let c = args.conn.client()?;
     let query: Vec<(&str, String)> = args.series.iter().map(|s| ("series", s.clone())).collect();
     let answer = c.get(c.url("v1/readings/latest", &query)).await?;
     if args.conn.json {
@@ -211,7 +210,7 @@ fn number(v: &Value) -> String {
 
 /// `kdelta query SERIES`.
 pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let c = ApiClient::new(&args.conn.url)?;
+    let c = args.conn.client()?;
     let from = time_arg(args.from.as_deref().unwrap_or("now-1h"));
     let to = time_arg(args.to.as_deref().unwrap_or("now"));
     let mut query = vec![("series", args.series.clone()), ("from", from), ("to", to)];

@@ -36,7 +36,7 @@ fn twin_url(c: &ApiClient, key: &str, suffix: Option<&str>, query: &[(&str, Stri
 }
 
 fn client(conn: &Conn) -> anyhow::Result<ApiClient> {
-    Ok(ApiClient::new(&conn.url)?)
+    Ok(conn.client()?)
 }
 
 /// The argument as JSON text (`-` reads stdin), checked to parse.

@@ -213,7 +213,8 @@ fn state_directory() -> Option<String> {
 impl LoadedConfig {
     /// Every leaf key of the effective configuration with its value (as JSON) and origin.
     pub fn origins(&self) -> Vec<(String, String, Origin)> {
-        let effective = Value::serialize(&self.config).unwrap_or_else(|_| Value::from(Dict::new()));
+        let effective = Value::serialize(super::redacted(&self.config))
+            .unwrap_or_else(|_| Value::from(Dict::new()));
         let mut leaves = Vec::new();
         collect_leaves(&effective, &mut Vec::new(), &mut leaves);
         leaves
@@ -228,7 +229,7 @@ impl LoadedConfig {
 
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(&self.config)
+        toml::to_string_pretty(&super::redacted(&self.config))
             .unwrap_or_else(|e| format!("# cannot render as TOML: {e}\n"))
     }
 }
@@ -539,13 +540,17 @@ mod tests {
     fn env_keys_keep_single_underscores() {
         Jail::expect_with(|jail| {
             jail.set_env("KDELTA_DATA_DIR", "/srv/kdelta");
-            jail.set_env("KDELTA_API__LISTEN", "0.0.0.0:9999");
+            jail.set_env("KDELTA_API__LISTEN", "127.0.0.1:9999");
             jail.set_env("KDELTA_INGEST__BATCH_MAX_READINGS", "10");
             jail.set_env("KDELTA_STORE__MAX_BATCH_READINGS", "500");
             jail.set_env("KDELTA_URL", "http://127.0.0.1:1"); // the CLI's, not a key
             let c = load(&args_in(jail)).expect("loads").config;
             assert_eq!(c.data_dir, PathBuf::from("/srv/kdelta"));
-            assert_eq!(c.api.listen.to_string(), "0.0.0.0:9999");
+            assert_eq!(c.api.listen.to_string(), "127.0.0.1:9999");
+            // Reachable from other hosts without credentials: refused, naming the key.
+            jail.set_env("KDELTA_API__LISTEN", "0.0.0.0:9999");
+            let e = load(&args_in(jail)).unwrap_err().to_string();
+            assert!(e.contains("api.listen"), "{e}");
             assert_eq!(c.ingest.batch_max_readings, 10);
             assert_eq!(c.store.limits.max_batch_readings, 500);
             Ok(())

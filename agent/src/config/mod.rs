@@ -12,6 +12,7 @@
 //! silently ignored setting. `config/kdelta.toml` documents every key; keep it in step.
 
 mod load;
+mod redact;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub use load::{
     ConfigArgs, ConfigError, LOCAL_CONFIG_FILE, LoadedConfig, Origin, SYSTEM_CONFIG_FILE, load,
     parse_toml,
 };
+pub use redact::{REDACTED, redacted};
 
 use crate::section::refuse;
 
@@ -101,6 +103,18 @@ impl Config {
             );
         }
         self.api.validate()?;
+        if !self.api.listen.ip().is_loopback() && !self.api.has_credentials(&self.sync.accept_certs)
+        {
+            return refuse(
+                "api.listen",
+                format!(
+                    "{} is reachable from other hosts but the API has no credentials: add [api] tokens \
+                     (or client certificates with scopes in [[sync.accept_certs]] and api.tls.client_ca), \
+                     or listen on 127.0.0.1 (see docs/security.md)",
+                    self.api.listen
+                ),
+            );
+        }
         if !self.sync.accept_certs.is_empty()
             && self.api.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
         {
@@ -266,6 +280,7 @@ mod tests {
             cert: "/etc/kdelta/tls/agent.pem".into(),
             key: "/etc/kdelta/tls/agent-key.pem".into(),
             client_ca: None,
+            require_client_cert: false,
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 64,
         };
@@ -289,6 +304,7 @@ mod tests {
             c.sync.accept_certs = vec![crate::peers::AcceptCert {
                 name: "dev".into(),
                 fingerprint: "ab".repeat(32),
+                scopes: vec![],
             }];
         };
         assert_eq!(with(&certs).as_deref(), Some("sync.accept_certs"));

@@ -69,6 +69,10 @@ pub struct AcceptCert {
     /// SHA-256 fingerprint of its certificate (DER), 64 hex digits; `:` separators and
     /// either case accepted (`openssl x509 -noout -fingerprint -sha256 -in cert.pem`).
     pub fingerprint: String,
+    /// API scopes this certificate also grants (`read`, `write`, `admin`), as principal
+    /// `name`. Empty (the default): the certificate is accepted for `/v1/sync` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<crate::scope::Scope>,
 }
 
 impl AcceptCert {
@@ -365,6 +369,7 @@ mod tests {
         let cert = |name: &str, fp: &str| AcceptCert {
             name: name.into(),
             fingerprint: fp.into(),
+            scopes: vec![],
         };
         let hex64 = "ab".repeat(32);
         let colons = vec!["AB"; 32].join(":");

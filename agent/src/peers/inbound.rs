@@ -34,6 +34,8 @@ pub struct InboundPeer {
     session: SyncConfig,
     /// Cancelled when the accepted tokens or certificates change.
     epoch: CancellationToken,
+    /// The credential's configured name (token or certificate), for per-peer limits.
+    principal: String,
 }
 
 /// Decides whether a peer presenting `client_cert` (verified by the TLS listener) and
@@ -49,17 +51,28 @@ pub fn admit(
         return Err(Refusal::Disabled);
     }
     let cert_principal = client_cert.and_then(|c| inbound.cert_principal(&c));
+    let principal: String;
     let auth: Arc<dyn Authenticator> = match (cert_principal, inbound.auth.clone()) {
-        (Some(name), _) => Arc::new(move |_: &PeerCredentials<'_>| Some(name.clone())),
+        (Some(name), _) => {
+            principal = name.clone();
+            Arc::new(move |_: &PeerCredentials<'_>| Some(name.clone()))
+        }
         (None, token_auth) => {
             let creds = PeerCredentials {
                 actor: ActorId([0; 16]),
                 peer_name: "",
                 token: bearer,
             };
-            match token_auth {
-                Some(auth) if bearer.is_some() && auth.authenticate(&creds).is_some() => auth,
-                _ => {
+            let named = token_auth.and_then(|auth| {
+                let name = token_name(&*auth, bearer, &creds)?;
+                Some((auth, name))
+            });
+            match named {
+                Some((auth, name)) => {
+                    principal = name;
+                    auth
+                }
+                None => {
                     let peer = if client_cert.is_some() {
                         "(certificate not allowed)"
                     } else {
@@ -83,10 +96,25 @@ pub fn admit(
         auth,
         session: inbound.session,
         epoch: inbound.epoch,
+        principal,
     })
 }
 
+/// The name `auth` gives a bearer token, if one was sent and is accepted.
+fn token_name(
+    auth: &dyn Authenticator,
+    bearer: Option<&str>,
+    creds: &PeerCredentials<'_>,
+) -> Option<String> {
+    bearer.and_then(|_| auth.authenticate(creds))
+}
+
 impl InboundPeer {
+    /// The name of the credential the peer was admitted with.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
     /// The largest frame (and WebSocket message) this session accepts, bytes.
     pub fn max_frame_bytes(&self) -> usize {
         self.session.max_frame_bytes

@@ -17,9 +17,14 @@ pub struct ApiTlsConfig {
     /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
     /// PEM CA certificate(s) that client certificates must chain to (mutual TLS). Clients
-    /// without a certificate are still served (they authenticate with tokens).
+    /// without a certificate are still served (they authenticate with tokens) unless
+    /// `require_client_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a certificate chaining to `client_ca`:
+    /// the API and `/v1/sync` are then reachable only with a client certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
     /// A client that has not finished its TLS handshake within this is disconnected.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -50,6 +55,12 @@ impl ApiTlsConfig {
             .is_some_and(|p| p.as_os_str().is_empty())
         {
             return refuse("api.tls.client_ca", "must name a PEM file");
+        }
+        if self.require_client_cert && self.client_ca.is_none() {
+            return refuse(
+                "api.tls.require_client_cert",
+                "needs api.tls.client_ca, the CA client certificates must chain to",
+            );
         }
         if self.handshake_timeout < Duration::from_millis(100)
             || self.handshake_timeout > Duration::from_secs(120)

@@ -55,14 +55,18 @@ impl ServerTls {
             Some(path) => {
                 let roots = load_roots("api.tls.client_ca", path)?;
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                        // Token-authenticated clients keep working on the same port.
-                        .allow_unauthenticated()
-                        .build()
-                        .map_err(|e| TlsError::Invalid {
-                            key: "api.tls.client_ca".into(),
-                            detail: e.to_string(),
-                        })?;
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                // Token-authenticated clients keep working on the same port, unless a
+                // certificate is required.
+                let verifier = if cfg.require_client_cert {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                let verifier = verifier.build().map_err(|e| TlsError::Invalid {
+                    key: "api.tls.client_ca".into(),
+                    detail: e.to_string(),
+                })?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -308,6 +312,7 @@ mod tests {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
             client_ca: None,
+            require_client_cert: false,
             handshake_timeout: timeout,
             max_handshakes: max,
         }

@@ -23,18 +23,53 @@ async function answer(path, r) {
   throw new ApiError(path, r.status, code, message);
 }
 
+// An agent with [api] tokens answers 401: ask for a token once, keep it for this tab only
+// (sessionStorage) and start again with it; requests send it as a header, the event streams
+// (EventSource cannot send headers) as ?access_token= (docs/security.md).
+const TOKEN_KEY = "kdelta.token";
+let asked = false;
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+function askToken() {
+  if (asked) return;
+  asked = true;
+  const t = window.prompt("This agent needs an API token (see docs/security.md):");
+  if (t && t.trim()) {
+    sessionStorage.setItem(TOKEN_KEY, t.trim());
+    location.reload();
+  }
+}
+
+async function call(path, init) {
+  const t = token();
+  if (t) init.headers.Authorization = `Bearer ${t}`;
+  const r = await fetch(path, init);
+  if (r.status === 401) {
+    if (t) sessionStorage.removeItem(TOKEN_KEY);
+    askToken();
+  }
+  return r;
+}
+
 export async function getJson(path) {
-  return answer(path, await fetch(path, { headers: { Accept: "application/json" } }));
+  return answer(path, await call(path, { headers: { Accept: "application/json" } }));
 }
 
 // PUT/PATCH/POST with a JSON body (`type` names the media type, e.g. a merge patch).
 export async function sendJson(method, path, body, type = "application/json") {
-  const r = await fetch(path, {
+  const r = await call(path, {
     method,
     headers: { Accept: "application/json", "Content-Type": type },
     body: JSON.stringify(body),
   });
   return answer(path, r);
+}
+
+// A live event stream of `path`, authenticated like every other request.
+export function eventSource(path) {
+  const t = token();
+  if (!t) return new EventSource(path);
+  return new EventSource(`${path}${path.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(t)}`);
 }
 
 // A documented route template (`/v1/docs/{key}/history`) with the key filled in: each

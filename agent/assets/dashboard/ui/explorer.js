@@ -5,7 +5,7 @@
 // Documents use /v1/docs/{key} (put a whole value); twins use /v1/twins/{key} (a JSON
 // Merge Patch per write). Both answer as-of reads and diffs for an HLC or a wall time.
 
-import { $, ApiError, el, getJson, hlcMs, json, report, route, sendJson, short, stamp } from "./common.js";
+import { $, ApiError, el, eventSource, getJson, hlcMs, json, report, route, sendJson, short, stamp } from "./common.js";
 
 const LIST_LIMIT = 200;
 const HISTORY_LIMIT = 1000;
@@ -261,7 +261,7 @@ async function save() {
 
 // Changes to the open key (from this page, the CLI, MQTT or sync) show at once.
 function listen() {
-  const es = new EventSource("/v1/events?kind=doc");
+  const es = eventSource("/v1/events?kind=doc");
   es.addEventListener("change", (ev) => {
     let d;
     try { d = JSON.parse(ev.data); } catch { return; }

@@ -1,7 +1,7 @@
 // The overview: a card per series (latest value and a chart of the chosen window, updated as
 // readings commit), sources and sync peers.
 
-import { $, ago, bytes, el, getJson, number, report } from "./common.js";
+import { $, ago, bytes, eventSource, el, getJson, number, report } from "./common.js";
 import { drawChart, pickBucket } from "./chart.js";
 
 // Window → [bucket, span ms]. A bucket holds several samples of a 10 s source, so every
@@ -159,7 +159,7 @@ async function refreshDirty() {
 
 function listen() {
   const live = $("live");
-  const es = new EventSource("/v1/events?kind=readings");
+  const es = eventSource("/v1/events?kind=readings");
   es.onopen = () => { live.textContent = "live"; live.className = "badge on"; };
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "badge off"; };
   es.addEventListener("change", (ev) => {

@@ -1,0 +1,356 @@
+//! Trust boundaries against the real binary: API tokens and scopes (HTTP and CLI), the
+//! refusal of an unauthenticated non-loopback listener, browser-shaped attacks (a `no-cors`
+//! text/plain POST, a form POST to a twin, a rebound `Host`), secrets redacted by `config
+//! check`, token guessing throttled per address, and a thousand idle slow connections that
+//! neither starve a real request nor stay open past the header timeout.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Agent, BIN, run_to_end};
+
+const READ: &str = "reader-token-0123456789abcdef";
+const WRITE: &str = "writer-token-0123456789abcdef";
+const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// A config with three tokens; the admin one from a file in the agent's directory.
+fn tokens_config(extra: &str) -> String {
+    format!(
+        "sources = []\n[api]\nadmin_token_file = \"admin.token\"\ntokens = [\n  \
+         {{ name = \"reader\", token = \"{READ}\", scopes = [\"read\"] }},\n  \
+         {{ name = \"writer\", token = \"{WRITE}\", scopes = [\"write\"] }},\n]\n{extra}"
+    )
+}
+
+/// An agent with [`tokens_config`]; the temp dir lives as long as the returned guard.
+fn start_with_tokens(extra: &str) -> (Agent, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN}\n")).unwrap();
+    let agent = Agent::builder()
+        .dir(dir.path())
+        .config(&tokens_config(extra))
+        .start();
+    (agent, dir)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+/// Changes in the store, read with the admin token.
+async fn changes(agent: &Agent, token: Option<&str>) -> u64 {
+    let mut req = client().get(agent.at("/v1/status"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let (status, v, _) = send(req).await;
+    assert_eq!(status, 200, "{v}");
+    v["counts"]["changes"].as_u64().expect("counts.changes")
+}
+
+#[tokio::test]
+async fn tokens_and_scopes_guard_every_write() {
+    let (agent, _dir) = start_with_tokens("");
+    let c = client();
+    let put = |t: Option<&str>| {
+        let r = c
+            .put(agent.at("/v1/docs/greenhouse/setpoint"))
+            .header("content-type", "application/json")
+            .body(r#"{"temp": 22}"#);
+        match t {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    };
+    let (status, v, headers) = send(put(None)).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, v, _) = send(put(Some(READ))).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert_eq!(changes(&agent, Some(ADMIN)).await, 0, "nothing stored");
+
+    let (status, v, _) = send(put(Some(WRITE))).await;
+    assert_eq!(status, 200, "{v}");
+    // Admin-only: sync now.
+    let now = |t: &str| c.post(agent.at("/v1/sync/now?timeout=1s")).bearer_auth(t);
+    let (status, v, _) = send(now(WRITE)).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (status, v, _) = send(now(ADMIN)).await;
+    assert_eq!(status, 200, "{v}");
+    // Open routes stay open.
+    let (status, _, _) = send(c.get(agent.at("/healthz"))).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(c.get(agent.at("/metrics"))).await;
+    assert_eq!(status, 401, "metrics need read unless api.metrics_public");
+
+    // The CLI: no token → a 401 that says what to do; KDELTA_TOKEN or --token-file → works.
+    let cli = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("status")
+            .arg("--url")
+            .arg(agent.url())
+            .args(args)
+            .env_remove("KDELTA_TOKEN")
+            .env_remove("KDELTA_TOKEN_FILE")
+            .env_remove("KDELTA_URL")
+            .stdin(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run kdelta status")
+    };
+    let out = cli(&[], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("401") && stderr.contains("KDELTA_TOKEN"),
+        "{stderr}"
+    );
+    let out = cli(&[("KDELTA_TOKEN", READ)], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = agent.dir().join("admin.token");
+    let out = cli(&[], &["--token-file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn config_check_redacts_secrets_and_non_loopback_needs_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kdelta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "sources = []\n[api]\ntokens = [{{ name = \"ops\", token = \"{ADMIN}\", scopes = [\"admin\"] }}]\n\
+             [mqtt]\nusername = \"kdelta\"\npassword = \"mqtt-secret-password\"\n\
+             [sync]\naccept_tokens = [{{ name = \"dev\", token = \"sync-secret-0123456789\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in [ADMIN, "mqtt-secret-password", "sync-secret-0123456789"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert!(text.contains("<redacted>"), "{text}");
+
+    std::fs::write(&config, "sources = []\n").unwrap();
+    let data = dir.path().join("data");
+    let (code, stderr) = run_to_end(
+        &[
+            "start",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("api.listen"), "{stderr}");
+}
+
+#[tokio::test]
+async fn browser_shaped_attacks_store_nothing() {
+    let agent = Agent::start();
+    let c = client();
+    // fetch(url, {method: "POST", mode: "no-cors", body: "[…]"}): text/plain, page's Origin.
+    let (status, v, _) = send(
+        c.post(agent.at("/v1/readings"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .header("origin", "http://attacker.example")
+            .body(r#"[{"series":"evil","value":1}]"#),
+    )
+    .await;
+    assert!(status == 415 || status == 403, "{status} {v}");
+    // The same without an Origin (a form's navigation, an older browser): still refused.
+    let (status, v, _) = send(
+        c.post(agent.at("/v1/readings"))
+            .header("content-type", "text/plain")
+            .body(r#"[{"series":"evil","value":1}]"#),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type")),
+        "{v}"
+    );
+    // <form method=post enctype=text/plain action=…/v1/twins/evil>
+    let (status, v, _) = send(
+        c.post(agent.at("/v1/twins/evil"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(r#"{"a":1,"b":"="}"#),
+    )
+    .await;
+    assert_eq!(status, 415, "{v}");
+    // DNS rebinding: the page's own name now resolves to 127.0.0.1.
+    let (status, v, _) = send(
+        c.put(agent.at("/v1/docs/evil"))
+            .header("host", "attacker.example")
+            .header("content-type", "application/json")
+            .body("1"),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("host_not_allowed")),
+        "{v}"
+    );
+    // A foreign Origin with a JSON body (after a preflight the agent never answers).
+    let (status, v, _) = send(
+        c.put(agent.at("/v1/docs/evil"))
+            .header("origin", "http://attacker.example")
+            .header("content-type", "application/json")
+            .body("1"),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("foreign_origin")),
+        "{v}"
+    );
+    // Nothing stored (the agent writes its own device twin, so count only what the attacks
+    // aimed at).
+    let (_, series, _) = send(c.get(agent.at("/v1/series"))).await;
+    assert!(!series.to_string().contains("evil"), "{series}");
+    for path in ["/v1/docs/evil", "/v1/twins/evil"] {
+        let (status, v, _) = send(c.get(agent.at(path))).await;
+        assert_eq!(status, 404, "{path}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn token_guessing_is_throttled_but_other_addresses_are_served() {
+    let (agent, _dir) = start_with_tokens("max_auth_failures = 3\nauth_failure_window = \"1m\"\n");
+    let guesser = client();
+    for i in 0..3 {
+        let (status, _, _) = send(
+            guesser
+                .get(agent.at("/v1/status"))
+                .bearer_auth(format!("guess-{i:024}")),
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let (status, v, headers) = send(guesser.get(agent.at("/v1/status")).bearer_auth(READ)).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("too_many_auth_failures")),
+        "{v}"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // The right token from another address (127.0.0.2 is loopback too) is served.
+    let other = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (status, v, _) = send(other.get(agent.at("/v1/status")).bearer_auth(READ)).await;
+    assert_eq!(status, 200, "{v}");
+    // One warning for the address, one when it is blocked: not one per guess.
+    let warned = agent
+        .stderr()
+        .matches("API bearer token not accepted")
+        .count();
+    assert!((1..=2).contains(&warned), "{warned}:\n{}", agent.stderr());
+}
+
+#[tokio::test]
+async fn idle_slow_connections_neither_starve_requests_nor_stay_open() {
+    let agent = Agent::builder()
+        .config("sources = []\n[api]\nmax_connections = 256\nheader_read_timeout = \"1s\"\n")
+        .start();
+    let addr = agent.url().trim_start_matches("http://").to_owned();
+    // A thousand clients that start a request and never finish its head (slowloris).
+    let opening = Instant::now();
+    let mut idle = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .expect("partial head");
+        idle.push(s);
+    }
+    let opened_in = opening.elapsed();
+    let started = Instant::now();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let r = c
+        .get(agent.at("/v1/status"))
+        .send()
+        .await
+        .expect("served within its timeout");
+    assert_eq!(r.status().as_u16(), 200);
+    let waited = started.elapsed();
+    eprintln!(
+        "a real request after 1000 idle slow connections (opened in {opened_in:?}; cap 256, header timeout 1s): {waited:?}"
+    );
+    // The first slow client has been disconnected by the header timeout.
+    let first = &mut idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let closed_at = Instant::now();
+    match first.read(&mut buf) {
+        Ok(_) => {} // EOF (0) or a 408 answer followed by the close
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "the slowloris connection is still open after {:?}: {e}",
+            closed_at.elapsed()
+        ),
+    }
+}
