@@ -33,4 +33,6 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Sync settings and the status of every sync peer.
     pub peers: Arc<crate::peers::Registry>,
+    /// Whether the wall clock is trusted (`/v1/status`).
+    pub clock: Arc<crate::clock::ClockMonitor>,
 }

@@ -101,10 +101,11 @@ impl TimeReference {
             return false;
         }
         let mut peers = self.lock();
-        if peers.len() >= MAX_PEER_CLAIMS && !peers.contains_key(&peer) {
-            if let Some(oldest) = peers.iter().min_by_key(|(_, a)| a.at).map(|(k, _)| *k) {
-                peers.remove(&oldest);
-            }
+        if peers.len() >= MAX_PEER_CLAIMS
+            && !peers.contains_key(&peer)
+            && let Some(oldest) = peers.iter().min_by_key(|(_, a)| a.at).map(|(k, _)| *k)
+        {
+            peers.remove(&oldest);
         }
         peers.insert(
             peer,

@@ -160,6 +160,7 @@ async fn run(
         max_body_bytes: 1 << 20,
         shutdown: hub_stop.clone(),
         peers: Arc::new(Registry::new(&hub_section, "bench-hub")),
+        clock: crate::clock::ClockMonitor::new(&Default::default(), hub.time_reference()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
