@@ -94,6 +94,7 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
             &config.device_name,
         )),
         guard,
+        clock: crate::clock::ClockMonitor::start(&config.clock, &store, &metrics),
     };
 
     let http_stop = CancellationToken::new();
@@ -121,6 +122,12 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
     );
     let sources = RunningSources::start(built, &queue, &state.sources, &metrics);
     let watchdog = tokio::spawn(systemd::watchdog_loop(store.clone(), shutdown.clone()));
+    tokio::spawn(crate::clock::clock_loop(
+        state.clock.clone(),
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     // MQTT (off unless configured) and sync peers (none unless `[[sync.peers]]`): both stop
     // on `shutdown`, before the store closes, and SIGHUP may replace them.
     let mqtt_deps = crate::mqtt::MqttDeps {
@@ -173,6 +180,7 @@ pub async fn run(config: Config, args: ConfigArgs, mut logging: Logging) -> anyh
             metrics: metrics.clone(),
             peers: state.peers.clone(),
             sources: state.sources.clone(),
+            clock: state.clock.clone(),
         },
         shutdown.clone(),
     ));

@@ -21,6 +21,7 @@
 //! | `kdelta_http_request_duration_seconds` | histogram | `method`, `route` |
 //! | `kdelta_store_bytes`, `kdelta_store_readings`, `kdelta_store_changes`, `kdelta_store_series`, `kdelta_store_doc_keys`, `kdelta_store_doc_versions` | gauge | — |
 //! | `kdelta_uptime_seconds` | gauge | — |
+//! | `kdelta_clock_trusted` | gauge (0/1) | — |
 //! | `kdelta_build_info` | gauge (= 1) | `version` |
 //! | `kdelta_mqtt_messages_published_total`, `kdelta_mqtt_messages_acked_total`, `kdelta_mqtt_readings_acked_total` | counter | — |
 //! | `kdelta_mqtt_outbox_lag_changes`, `kdelta_mqtt_connected` | gauge | — |
@@ -29,7 +30,7 @@
 //! | `kdelta_mqtt_duplicates_total` | counter | `cause` |
 //! | `kdelta_mqtt_commands_total` | counter | `result` |
 //! | `kdelta_sync_peer_connected`, `kdelta_sync_peer_lag_to_peer_changes`, `kdelta_sync_peer_lag_from_peer_changes` | gauge | `peer`, `direction` |
-//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total` | counter | `peer`, `direction` |
+//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total` | counter | `peer`, `direction` |
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
 //!
@@ -109,6 +110,7 @@ pub struct Metrics {
     store_doc_keys: Gauge,
     store_doc_versions: Gauge,
     uptime_seconds: Gauge,
+    clock_trusted: Gauge,
     mqtt: MqttMetrics,
     sync: SyncMetrics,
     /// Every committed reading, all sources together (for the systemd `STATUS=` rate).
@@ -155,6 +157,7 @@ impl Metrics {
             store_doc_keys: Gauge::default(),
             store_doc_versions: Gauge::default(),
             uptime_seconds: Gauge::default(),
+            clock_trusted: Gauge::default(),
             mqtt: MqttMetrics::default(),
             sync: SyncMetrics::default(),
             readings_total: std::sync::atomic::AtomicU64::new(0),
@@ -235,6 +238,11 @@ impl Metrics {
             "uptime_seconds",
             "Seconds since the agent started",
             m.uptime_seconds.clone(),
+        );
+        r.register(
+            "clock_trusted",
+            "Whether sync judges timestamps by this device's wall clock (1) or by synchronised peers (0)",
+            m.clock_trusted.clone(),
         );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
@@ -336,6 +344,11 @@ impl Metrics {
         self.store_series.set(g(stats.series));
         self.store_doc_keys.set(g(stats.doc_keys));
         self.store_doc_versions.set(g(stats.doc_versions));
+    }
+
+    /// Whether the wall clock is trusted, for `kdelta_clock_trusted`.
+    pub fn set_clock_trusted(&self, trusted: bool) {
+        self.clock_trusted.set(i64::from(trusted));
     }
 
     /// Sets the uptime gauge.

@@ -35,4 +35,6 @@ pub struct AppState {
     pub peers: Arc<crate::peers::Registry>,
     /// Who may call the API and the listener's abuse limits (`api::guard`).
     pub guard: Arc<crate::access::ApiGuard>,
+    /// Whether the wall clock is trusted (`/v1/status`).
+    pub clock: Arc<crate::clock::ClockMonitor>,
 }

@@ -92,6 +92,8 @@ pub struct StatusInputs {
     pub peers: Arc<Registry>,
     /// Running sources and their errors.
     pub sources: Arc<RwLock<Vec<SourceStatus>>>,
+    /// Whether the wall clock is trusted.
+    pub clock: Arc<crate::clock::ClockMonitor>,
 }
 
 impl StatusInputs {
@@ -111,6 +113,10 @@ impl StatusInputs {
             line.push_str(&format!(" ({failing} failing)"));
         }
         line.push_str(&format!("; peers {connected}/{known} connected"));
+        let clock = self.clock.status();
+        if !clock.trusted {
+            line.push_str(&format!("; clock untrusted ({})", clock.state));
+        }
         (line, total)
     }
 }
@@ -160,10 +166,12 @@ mod tests {
                 ..SourceStatus::default()
             },
         ]));
+        let reference = Arc::new(kdelta_sync::TimeReference::default());
         let inputs = StatusInputs {
             metrics: metrics.clone(),
             peers,
             sources,
+            clock: crate::clock::ClockMonitor::new(&Default::default(), reference.clone()),
         };
         metrics.readings_ingested("system", 100);
         metrics.readings_ingested("http", 50);
@@ -175,5 +183,8 @@ mod tests {
         );
         let (line, _) = inputs.line(total, Duration::from_secs(10));
         assert!(line.starts_with("0.0 readings/s"), "{line}");
+        reference.set_local_trusted(false);
+        let (line, _) = inputs.line(total, Duration::from_secs(10));
+        assert!(line.ends_with("; clock untrusted (not_assessed)"), "{line}");
     }
 }

@@ -3,12 +3,17 @@
 //! Owns timestamp generation for local changes and the check of remote timestamps. It never
 //! reads the database; the store seeds it from the highest HLC it holds so restarts with a
 //! wall clock that went backwards (a Pi without RTC boots in the past) stay monotonic.
+//! Remote timestamps are judged against the trusted sources of a [`TimeReference`], not the
+//! raw wall clock (see `timeref.rs`), and local timestamps never fall behind the best time
+//! known.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::{ActorId, TimeReference};
 
 /// Bits of an [`Hlc`] given to the logical counter.
 const LOGICAL_BITS: u32 = 16;
@@ -117,12 +122,12 @@ impl TimeSource for ManualTime {
 /// Why a remote timestamp was refused by [`HybridClock::observe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "remote timestamp {remote} is {ahead_ms} ms ahead of local wall time (max {max_offset_ms} ms)"
+    "remote timestamp {remote} is {ahead_ms} ms ahead of the best trusted time known here (max {max_offset_ms} ms)"
 )]
 pub struct ClockSkewError {
     /// The refused timestamp.
     pub remote: Hlc,
-    /// How far ahead of the local wall clock it is.
+    /// How far ahead of the best trusted time it is.
     pub ahead_ms: u64,
     /// The configured maximum offset.
     pub max_offset_ms: u64,
@@ -132,6 +137,7 @@ pub struct ClockSkewError {
 /// behind its own lock.
 pub struct HybridClock {
     time: Arc<dyn TimeSource>,
+    reference: Arc<TimeReference>,
     last: Hlc,
     max_offset_ms: u64,
 }
@@ -147,12 +153,24 @@ impl fmt::Debug for HybridClock {
 
 impl HybridClock {
     /// A clock reading `time`, refusing remote timestamps more than `max_offset_ms` ahead.
+    /// The local wall clock is trusted until [`reference`](Self::reference) says otherwise.
     pub fn new(time: Arc<dyn TimeSource>, max_offset_ms: u64) -> HybridClock {
         HybridClock {
             time,
+            reference: Arc::new(TimeReference::default()),
             last: Hlc(0),
             max_offset_ms,
         }
+    }
+
+    /// The trusted time sources this clock stamps and judges by (shared with sync sessions).
+    pub fn reference(&self) -> &Arc<TimeReference> {
+        &self.reference
+    }
+
+    /// The max offset a remote timestamp may run ahead of the best trusted time.
+    pub fn max_offset_ms(&self) -> u64 {
+        self.max_offset_ms
     }
 
     /// Makes every future timestamp greater than `floor` (the highest HLC already stored).
@@ -171,9 +189,14 @@ impl HybridClock {
     }
 
     /// A new timestamp for a local event: greater than every timestamp issued or observed,
-    /// and never behind the wall clock.
+    /// and never behind the wall clock nor the best trusted time known (a device whose clock
+    /// is behind stamps its changes at or after the time a synchronised peer told it).
     pub fn now(&mut self) -> Hlc {
         let wall = self.time.now_ms();
+        let wall = self
+            .reference
+            .best_known_ms(wall)
+            .map_or(wall, |b| b.max(wall));
         self.last = if wall > self.last.ms() {
             Hlc::new(wall, 0)
         } else {
@@ -183,7 +206,7 @@ impl HybridClock {
     }
 
     /// Folds in a timestamp received from another replica. Refuses (and leaves the clock
-    /// unchanged) when it is more than the max offset ahead of local wall time.
+    /// unchanged) when it is more than the max offset ahead of every trusted time source.
     pub fn observe(&mut self, remote: Hlc) -> Result<(), ClockSkewError> {
         self.check(remote)?;
         if remote > self.last {
@@ -192,13 +215,25 @@ impl HybridClock {
         Ok(())
     }
 
-    /// Checks a remote timestamp against the max offset without advancing the clock.
+    /// Checks a remote timestamp against the max offset without advancing the clock: it is
+    /// refused only when it runs ahead of every trusted source (any, including a peer's
+    /// claim about itself) by more than the max offset, and accepted when nothing trusted is
+    /// known.
     pub fn check(&self, remote: Hlc) -> Result<(), ClockSkewError> {
+        self.check_from(remote, None)
+    }
+
+    /// Like [`check`](Self::check) for a change of `actor`, whose own clock claim does not
+    /// count as a trusted source for it.
+    pub fn check_from(&self, remote: Hlc, actor: Option<ActorId>) -> Result<(), ClockSkewError> {
         let wall = self.time.now_ms();
-        if remote.ms() > wall.saturating_add(self.max_offset_ms) {
+        let Some(bound) = self.reference.bound_for(actor, wall) else {
+            return Ok(());
+        };
+        if remote.ms() > bound.saturating_add(self.max_offset_ms) {
             return Err(ClockSkewError {
                 remote,
-                ahead_ms: remote.ms() - wall,
+                ahead_ms: remote.ms() - bound,
                 max_offset_ms: self.max_offset_ms,
             });
         }
@@ -250,6 +285,61 @@ mod tests {
         assert!(
             c.last() < Hlc::new(1_060_001, 0),
             "refused timestamp must not move the clock"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_clock_in_1970_accepts_a_correct_hub_and_moves_forward() {
+        let (_t, mut c) = clock(5_000); // booted offline: 1970
+        let hub_now = 1_764_000_000_000;
+        assert!(
+            c.observe(Hlc::new(hub_now, 0)).is_err(),
+            "a trusted 1970 clock refuses"
+        );
+        c.reference().set_local_trusted(false);
+        c.observe(Hlc::new(hub_now, 3))
+            .expect("nothing trusted known: accepted");
+        assert!(c.now() > Hlc::new(hub_now, 3));
+    }
+
+    #[test]
+    fn a_trusted_peer_time_stamps_local_changes_and_bounds_others() {
+        let (t, mut c) = clock(1_209_600_000); // two weeks after the epoch, say
+        c.reference().set_local_trusted(false);
+        let hub = ActorId::from_slice(&[1; 16]).unwrap();
+        let liar = ActorId::from_slice(&[2; 16]).unwrap();
+        let hub_now = 1_764_000_000_000;
+        c.reference().observe_peer(
+            hub,
+            crate::ClockClaim {
+                wall_ms: hub_now,
+                trusted: true,
+            },
+        );
+        // Our own changes are stamped at or after the hub's time, and keep moving.
+        assert!(c.now().ms() >= hub_now);
+        t.set(1_209_600_500);
+        assert!(c.now().ms() >= hub_now);
+        // The hub's changes are accepted whatever our wall clock says.
+        c.check_from(Hlc::new(hub_now + 1_000, 0), Some(hub))
+            .unwrap();
+        // A peer a year ahead is refused, measured against the hub's time.
+        let year = 365 * 86_400_000;
+        let err = c
+            .check_from(Hlc::new(hub_now + year, 0), Some(liar))
+            .unwrap_err();
+        assert!(err.ahead_ms >= year - 120_000 && err.ahead_ms <= year);
+        // ... even when it claims its clock is synchronised: a claim does not vouch for itself.
+        c.reference().observe_peer(
+            liar,
+            crate::ClockClaim {
+                wall_ms: hub_now + year,
+                trusted: true,
+            },
+        );
+        assert!(
+            c.check_from(Hlc::new(hub_now + year, 0), Some(liar))
+                .is_err()
         );
     }
 

@@ -71,6 +71,7 @@ pub mod protocol;
 mod readings_query;
 mod schema;
 mod store;
+mod timeref;
 mod twin;
 mod vv;
 mod writer;
@@ -92,6 +93,7 @@ pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
 pub use schema::supported_schema_version;
 pub use store::Store;
+pub use timeref::{ClockClaim, TimeReference};
 pub use twin::{
     MAX_HISTORY_PATHS, MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS,
     MAX_VIEW_DEPTH, PathOp, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage,

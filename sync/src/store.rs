@@ -12,9 +12,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::log_read::{self, LOG_COLUMNS};
 use crate::writer::{Job, Shared, Writer};
 use crate::{
-    ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, DocVersion,
-    HybridClock, ReadingBatch, Result, StoreConfig, StoreError, StoreStats, SystemTime, TimeSource,
-    VersionVector, validate_key,
+    ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, ClockClaim, ClockSkewError,
+    Digest, DocVersion, Hlc, HybridClock, ReadingBatch, Result, StoreConfig, StoreError,
+    StoreStats, SystemTime, TimeReference, TimeSource, VersionVector, validate_key,
 };
 
 /// Change-log rows `changes_since` reads per statement.
@@ -112,6 +112,43 @@ impl Store {
     /// The configuration the store was opened with.
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// The trusted time sources this store stamps local changes and judges remote ones by
+    /// (see [`TimeReference`]): the agent says whether the local wall clock is trusted, sync
+    /// sessions add what synchronised peers claim.
+    pub fn time_reference(&self) -> Arc<TimeReference> {
+        self.clock().reference().clone()
+    }
+
+    /// What to tell a peer about this store's clock in a sync handshake.
+    pub fn clock_claim(&self) -> ClockClaim {
+        let clock = self.clock();
+        clock.reference().claim(clock.wall_ms())
+    }
+
+    /// Whether a remote change of `actor` stamped `hlc` would be accepted by
+    /// [`apply_remote`](Self::apply_remote)'s clock check, without applying anything; the
+    /// actor's own clock claim does not vouch for it.
+    pub fn check_remote_time(
+        &self,
+        actor: ActorId,
+        hlc: Hlc,
+    ) -> std::result::Result<(), ClockSkewError> {
+        self.clock().check_from(hlc, Some(actor))
+    }
+
+    /// The highest timestamp this store has issued or accepted.
+    pub fn last_hlc(&self) -> Hlc {
+        self.clock().last()
+    }
+
+    fn clock(&self) -> std::sync::MutexGuard<'_, HybridClock> {
+        self.inner
+            .shared
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) async fn submit<T>(

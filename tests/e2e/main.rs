@@ -7,6 +7,7 @@
 //! config errors naming the key, and the one-agent-per-data-dir lock. `sync.rs` runs several
 //! agents that sync, with links through the fault-injecting TCP proxy of `proxy.rs`.
 
+mod clock;
 mod harness;
 mod proxy;
 mod reload;

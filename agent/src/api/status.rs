@@ -98,6 +98,7 @@ pub async fn status(
         "data_dir": state.data_dir.display().to_string(),
         "disk": disk,
         "rss_bytes": rss_bytes(),
+        "clock": state.clock.status(),
     })))
 }
 

@@ -27,9 +27,11 @@ async fn fixture() -> Fixture {
     let store = Store::open(dir.path().join("kdelta.db"), StoreConfig::default())
         .await
         .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let clock = crate::clock::ClockMonitor::start(&Default::default(), &store, &metrics);
     let state = AppState {
         store,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
@@ -38,6 +40,7 @@ async fn fixture() -> Fixture {
         shutdown: Default::default(),
         peers: Default::default(),
         guard: Default::default(),
+        clock,
     };
     Fixture { _dir: dir, state }
 }

@@ -68,6 +68,18 @@ fn print_status(base: &str, v: &Value) {
     if let Some(rss) = num("/rss_bytes") {
         lines.push(("memory", format!("{} resident", human_bytes(rss))));
     }
+    if let Some(trusted) = v.pointer("/clock/trusted").and_then(Value::as_bool) {
+        let reason = text("/clock/reason").unwrap_or_default();
+        let verdict = if trusted { "trusted" } else { "NOT trusted" };
+        let mut line = format!("{verdict}: {reason}");
+        if !trusted && let Some(best) = num("/clock/best_known_ms") {
+            line.push_str(&format!(
+                "; best known time {}",
+                crate::time::format_rfc3339_ms(best as i64)
+            ));
+        }
+        lines.push(("clock", line));
+    }
     if let Some(digest) = text("/digest") {
         lines.push(("digest", digest));
     }

@@ -3,7 +3,7 @@
 //! [`Config::validate`], which runs each section's own `validate()` and the checks that span
 //! sections. Each section's type lives with its owner: `[api]` [`ApiConfig`] (api), `[api.tls]`
 //! (tls), `[log]` [`LogConfig`] (logging), `[ingest]` [`IngestConfig`] (sources), `[mqtt]`
-//! (mqtt), `[sync]` (peers), `[store]` and `[[sources]]` (the sync and sensors crates).
+//! (mqtt), `[sync]` (peers), `[clock]` (clock), `[store]` and `[[sources]]` (the sync and sensors crates).
 //! Layering (defaults < files < `KDELTA_*` environment < flags) and error rendering live in
 //! [`load`]; this module must not read files or the environment itself (except the hostname,
 //! for the `device_name` default).
@@ -64,6 +64,8 @@ pub struct Config {
     pub mqtt: crate::mqtt::MqttConfig,
     /// Sync with other agents (`[sync]`, inbound off unless `accept_tokens`).
     pub sync: crate::peers::SyncSection,
+    /// Whether to trust the wall clock (`[clock]`).
+    pub clock: crate::clock::ClockConfig,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             sources: vec![SourceConfig::System(SystemConfig::default())],
             mqtt: crate::mqtt::MqttConfig::default(),
             sync: crate::peers::SyncSection::default(),
+            clock: crate::clock::ClockConfig::default(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct PeerSample {
     pub bytes_in: u64,
     /// Bytes sent to the peer.
     pub bytes_out: u64,
+    /// Changes received from the peer and held back for timestamps too far ahead.
+    pub quarantined: u64,
 }
 
 /// Sync sessions with other agents and the listener's TLS handshakes (registered by
@@ -132,6 +134,7 @@ impl Metrics {
                     m.lag_from_peer = m.lag_from_peer.max(s.lag_from_peer);
                     m.bytes_in = m.bytes_in.saturating_add(s.bytes_in);
                     m.bytes_out = m.bytes_out.saturating_add(s.bytes_out);
+                    m.quarantined = m.quarantined.saturating_add(s.quarantined);
                 }
             }
         }
@@ -180,7 +183,7 @@ impl Collector for PeerCollector {
                 ConstGauge::new(v).encode(family.encode_family(l)?)?;
             }
         }
-        let counters: [(&str, &str, Field); 2] = [
+        let counters: [(&str, &str, Field); 3] = [
             (
                 "sync_peer_bytes_in",
                 "Sync bytes received from the peer (outbound: since start; inbound: sessions still listed)",
@@ -190,6 +193,11 @@ impl Collector for PeerCollector {
                 "sync_peer_bytes_out",
                 "Sync bytes sent to the peer (outbound: since start; inbound: sessions still listed)",
                 |s| s.bytes_out,
+            ),
+            (
+                "sync_changes_quarantined",
+                "Changes received from the peer and held back because their timestamps ran too far ahead of every trusted time source (offered again next session)",
+                |s| s.quarantined,
             ),
         ];
         for (name, help, field) in counters {
@@ -215,6 +223,7 @@ mod tests {
             lag_from_peer: 0,
             bytes_in,
             bytes_out: 7,
+            quarantined: 0,
         }
     }
 

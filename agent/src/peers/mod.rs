@@ -352,6 +352,7 @@ impl Registry {
                 lag_from_peer: p.lag_from_peer,
                 bytes_in: p.stats.bytes_in,
                 bytes_out: p.stats.bytes_out,
+                quarantined: p.stats.changes_quarantined,
             })
             .collect()
     }

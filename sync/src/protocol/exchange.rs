@@ -138,7 +138,9 @@ impl<'a> Exchange<'a> {
             Frame::Page { page_id, changes } => {
                 let mut holds = VersionVector::new();
                 note(&mut holds, &changes);
-                // One call, one transaction: a bad change refuses the whole page.
+                // Changes stamped too far ahead are held back per actor; the rest is one
+                // call, one transaction: any other bad change refuses the whole page.
+                let changes = screen_page(self.store, self.stats, changes);
                 let outcome = self.store.apply_remote(changes).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
@@ -215,4 +217,19 @@ fn note(v: &mut VersionVector, changes: &[Change]) {
             v.set(c.actor, c.seq);
         }
     }
+}
+
+/// The changes of a received page that may be applied; those held back for their
+/// timestamps are counted in `stats` and logged (once per actor and page).
+pub(super) fn screen_page(
+    store: &Store,
+    stats: &SessionStats,
+    changes: Vec<Change>,
+) -> Vec<Change> {
+    let (accepted, held) = super::quarantine::screen(store, changes);
+    for q in &held {
+        stats.quarantined(q);
+        tracing::warn!(actor = %q.actor, seq = q.seq, "sync: {q}");
+    }
+    accepted
 }

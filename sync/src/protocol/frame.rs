@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
 use super::envelope::Envelope;
-use crate::{ActorId, Change, Limits, VersionVector};
+use crate::{ActorId, Change, ClockClaim, Limits, VersionVector};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -85,6 +85,11 @@ pub struct Hello {
     pub compression: Vec<String>,
     /// Largest frame the initiator accepts, in bytes.
     pub max_frame_bytes: u64,
+    /// The initiator's wall clock and whether it is synchronised; absent from peers of
+    /// earlier releases. A trusted claim lets a device without a working clock judge
+    /// timestamps (see `TimeReference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockClaim>,
 }
 
 // The token is a secret: never print it.
@@ -97,6 +102,7 @@ impl fmt::Debug for Hello {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("compression", &self.compression)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -112,6 +118,9 @@ pub struct Welcome {
     pub compression: Compression,
     /// Largest frame the responder accepts, in bytes.
     pub max_frame_bytes: u64,
+    /// The responder's wall clock and whether it is synchronised (as in `Hello`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockClaim>,
 }
 
 /// Acknowledgement of a page: it is applied and durable on the receiver.
@@ -574,6 +583,7 @@ mod tests {
             token: Some("s3cret".into()),
             compression: vec!["zstd".into()],
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
+            clock: None,
         };
         assert!(!format!("{hello:?}").contains("s3cret"));
     }

@@ -22,6 +22,10 @@
 //!   bounds zstd output, validates every change and never panics; any error ends the
 //!   session with a `Refuse` to the peer and a typed [`ProtocolError`], and leaves the
 //!   store as it was (pages are atomic).
+//! - **Time**: each side says in its handshake what its wall clock reads and whether it is
+//!   synchronised ([`ClockClaim`](crate::ClockClaim)); a received page is screened first and
+//!   changes stamped too far ahead of every trusted time source are held back per actor
+//!   ([`Quarantined`]), so one peer with a clock a year ahead cannot wedge a link.
 //!
 //! ## Example
 //! ```
@@ -61,6 +65,7 @@ mod envelope;
 mod error;
 mod exchange;
 mod frame;
+mod quarantine;
 mod session;
 mod stats;
 mod transport;
@@ -72,6 +77,7 @@ pub use frame::{
     Ack, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec, Hello,
     MAX_COMPRESSIONS, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, Welcome,
 };
+pub use quarantine::Quarantined;
 pub use session::{PeerInfo, SessionEnd, SessionSummary, SyncSession};
 pub use stats::{Direction, LastError, SessionPhase, SessionStats, StatsSnapshot};
 pub use transport::{FrameSink, FrameSource, MemoryEnd, MemorySink, MemorySource, memory_link};

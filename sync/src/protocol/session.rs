@@ -18,7 +18,7 @@ use super::{
     Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello, MIN_FRAME_BYTES,
     PROTOCOL_VERSION, PeerCredentials, ProtocolError, SessionStats, SyncConfig, Welcome,
 };
-use crate::{ActorId, Limits, Store, VersionVector};
+use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
 
 /// A sync session, ready to [`run`](Self::run) over a transport.
 ///
@@ -249,6 +249,7 @@ impl SyncSession {
         while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, link.inbound.recv()).await
         {
             if let Frame::Page { changes, .. } = frame {
+                let changes = super::exchange::screen_page(&self.store, &self.stats, changes);
                 match self.store.apply_remote(changes).await {
                     Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
                     Err(e) => {
@@ -290,6 +291,16 @@ impl SyncSession {
             .await
     }
 
+    /// Takes an authenticated peer's word on the time when it says its clock is
+    /// synchronised (see `TimeReference`).
+    fn observe_clock(&self, peer: ActorId, claim: Option<ClockClaim>) {
+        if let Some(claim) = claim
+            && self.store.time_reference().observe_peer(peer, claim)
+        {
+            tracing::debug!(%peer, wall_ms = claim.wall_ms, "trusted time from the peer");
+        }
+    }
+
     async fn handshake(&self, link: &mut Link) -> Result<PeerInfo, ProtocolError> {
         let own = self.store.actor();
         match &self.role {
@@ -306,6 +317,7 @@ impl SyncSession {
                         .map(|c| c.name().to_owned())
                         .collect(),
                     max_frame_bytes: self.config.max_frame_bytes as u64,
+                    clock: Some(self.store.clock_claim()),
                 }))
                 .await?;
                 let w: Welcome = match link.recv().await? {
@@ -330,6 +342,7 @@ impl SyncSession {
                     )));
                 }
                 link.negotiated(w.compression, w.max_frame_bytes);
+                self.observe_clock(w.actor, w.clock);
                 Ok(PeerInfo {
                     actor: w.actor,
                     name: w.peer_name,
@@ -369,9 +382,11 @@ impl SyncSession {
                     peer_name: self.config.peer_name.clone(),
                     compression,
                     max_frame_bytes: self.config.max_frame_bytes as u64,
+                    clock: Some(self.store.clock_claim()),
                 }))
                 .await?;
                 link.negotiated(compression, hello.max_frame_bytes);
+                self.observe_clock(hello.actor, hello.clock);
                 Ok(PeerInfo {
                     actor: hello.actor,
                     name: hello.peer_name,

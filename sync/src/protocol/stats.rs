@@ -62,6 +62,7 @@ pub struct SessionStats {
     changes_sent: AtomicU64,
     changes_applied: AtomicU64,
     changes_skipped: AtomicU64,
+    changes_quarantined: AtomicU64,
     sessions: AtomicU64,
     state: Mutex<State>,
 }
@@ -76,6 +77,7 @@ struct State {
     connected_since_ms: Option<u64>,
     last_sync_ms: Option<u64>,
     last_error: Option<LastError>,
+    last_quarantine: Option<LastError>,
 }
 
 /// The error that ended the most recent failed session.
@@ -128,6 +130,11 @@ pub struct StatsSnapshot {
     pub changes_skipped: u64,
     /// Sessions started.
     pub sessions: u64,
+    /// Received changes held back because their timestamps ran too far ahead of every
+    /// trusted time source (see `quarantine.rs`); offered again next session.
+    pub changes_quarantined: u64,
+    /// The most recent such hold-back (code `clock_skew`), naming the actor and seq.
+    pub last_quarantine: Option<LastError>,
     /// The error that ended the most recent failed session.
     pub last_error: Option<LastError>,
 }
@@ -155,6 +162,7 @@ impl Default for SessionStats {
             changes_sent: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
             changes_skipped: AtomicU64::new(0),
+            changes_quarantined: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             state: Mutex::new(State {
                 phase: SessionPhase::Idle,
@@ -165,6 +173,7 @@ impl Default for SessionStats {
                 connected_since_ms: None,
                 last_sync_ms: None,
                 last_error: None,
+                last_quarantine: None,
             }),
         }
     }
@@ -199,6 +208,8 @@ impl SessionStats {
             changes_skipped: self.changes_skipped.load(Relaxed),
             sessions: self.sessions.load(Relaxed),
             last_error: s.last_error,
+            changes_quarantined: self.changes_quarantined.load(Relaxed),
+            last_quarantine: s.last_quarantine,
         }
     }
 
@@ -263,6 +274,16 @@ impl SessionStats {
     pub(crate) fn page_sent(&self, changes: usize) {
         self.pages_sent.fetch_add(1, Relaxed);
         self.changes_sent.fetch_add(changes as u64, Relaxed);
+    }
+
+    pub(crate) fn quarantined(&self, q: &super::Quarantined) {
+        self.changes_quarantined
+            .fetch_add(q.changes as u64, Relaxed);
+        self.lock().last_quarantine = Some(LastError {
+            code: "clock_skew".into(),
+            message: q.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
     }
 
     pub(crate) fn page_received(&self, applied: usize, skipped: usize) {

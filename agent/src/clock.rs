@@ -1,0 +1,324 @@
+//! How far this device's wall clock can be trusted (`[clock]`), and keeping the store's
+//! [`TimeReference`] told. A Raspberry Pi has no real-time clock: it boots with the time it
+//! had at shutdown (fake-hwclock) or 1970, and many sheds never reach an NTP server. The
+//! verdict decides whether sync judges peers' timestamps against this clock or against what
+//! synchronised peers said (see `kdelta_sync::TimeReference`).
+//!
+//! Trusted means, with `trust = "auto"`: the kernel says the clock is synchronised
+//! (`adjtimex`: no `STA_UNSYNC`, not `TIME_ERROR`; or systemd-timesyncd's
+//! `/run/systemd/timesync/synchronized` flag), and the time is plausible — not before
+//! [`EARLIEST_PLAUSIBLE_MS`] (this release's date) nor behind the newest change this store
+//! already holds. `"always"` and `"never"` override the kernel (a clock disciplined by
+//! something the kernel does not report; a device known to have no time source).
+//!
+//! Owns reading the kernel's NTP state and the `[clock]` section; must not touch sync
+//! sessions (they read the reference).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kdelta_sync::{Store, TimeReference};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// 2026-12-01T00:00:00Z: no correct clock running this release reads earlier. A clock that
+/// does is a Pi that booted without a time source (1970, or an old fake-hwclock file).
+pub const EARLIEST_PLAUSIBLE_MS: u64 = 1_796_083_200_000;
+
+/// How often the clock is re-assessed.
+pub const CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// systemd-timesyncd touches this file once it has synchronised the clock.
+const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
+
+/// `[clock]`: whether to trust the wall clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockConfig {
+    /// `auto` (kernel NTP state and sanity bounds), `always` or `never`.
+    pub trust: ClockTrust,
+}
+
+/// See [`ClockConfig::trust`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockTrust {
+    /// Trusted when the kernel says synchronised and the time is plausible.
+    #[default]
+    Auto,
+    /// Always trusted (the operator vouches for it).
+    Always,
+    /// Never trusted: time comes from synchronised peers.
+    Never,
+}
+
+/// What the kernel says about the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelSync {
+    /// Synchronised, with the kernel's maximum error estimate in microseconds.
+    Synchronised {
+        /// `maxerror` of `adjtimex`, µs.
+        max_error_us: i64,
+    },
+    /// Not synchronised (no NTP client has disciplined it, or it lost sync).
+    Unsynchronised,
+}
+
+/// The verdict, as shown in `/v1/status`, `kdelta status` and the `STATUS=` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClockStatus {
+    /// Whether sync judges timestamps by this clock.
+    pub trusted: bool,
+    /// `synchronised`, `unsynchronised`, `implausible`, `forced_trusted` or
+    /// `forced_untrusted`.
+    pub state: &'static str,
+    /// A sentence saying why.
+    pub reason: String,
+    /// The kernel's maximum error estimate, ms, while synchronised.
+    pub max_error_ms: Option<u64>,
+    /// The best time known (the wall clock if trusted, else what a synchronised peer said),
+    /// unix ms; `null` when nothing trusted is known.
+    pub best_known_ms: Option<u64>,
+}
+
+/// Decides trust from the setting, the kernel, the wall clock and the store's newest change.
+pub fn assess(
+    trust: ClockTrust,
+    kernel: KernelSync,
+    wall_ms: u64,
+    newest_change_ms: u64,
+    max_offset_ms: u64,
+) -> ClockStatus {
+    let verdict = |trusted, state, reason: String| ClockStatus {
+        trusted,
+        state,
+        reason,
+        max_error_ms: match kernel {
+            KernelSync::Synchronised { max_error_us } => Some(max_error_us.max(0) as u64 / 1000),
+            KernelSync::Unsynchronised => None,
+        },
+        best_known_ms: None,
+    };
+    match trust {
+        ClockTrust::Always => {
+            return verdict(true, "forced_trusted", "clock.trust = \"always\"".into());
+        }
+        ClockTrust::Never => {
+            return verdict(
+                false,
+                "forced_untrusted",
+                "clock.trust = \"never\": time comes from synchronised peers".into(),
+            );
+        }
+        ClockTrust::Auto => {}
+    }
+    if wall_ms < EARLIEST_PLAUSIBLE_MS {
+        return verdict(
+            false,
+            "implausible",
+            format!(
+                "the wall clock reads {}, before this release was made (booted without a time source?)",
+                crate::time::format_rfc3339_ms(wall_ms as i64)
+            ),
+        );
+    }
+    if wall_ms.saturating_add(max_offset_ms) < newest_change_ms {
+        return verdict(
+            false,
+            "implausible",
+            format!(
+                "the wall clock reads {}, behind the newest change in the store ({})",
+                crate::time::format_rfc3339_ms(wall_ms as i64),
+                crate::time::format_rfc3339_ms(newest_change_ms as i64)
+            ),
+        );
+    }
+    match kernel {
+        KernelSync::Synchronised { .. } => verdict(
+            true,
+            "synchronised",
+            "the kernel reports the clock synchronised".into(),
+        ),
+        KernelSync::Unsynchronised => verdict(
+            false,
+            "unsynchronised",
+            "the kernel reports the clock unsynchronised (no NTP yet)".into(),
+        ),
+    }
+}
+
+/// Reads the kernel's NTP state (`adjtimex` with no modes set: read only), or timesyncd's
+/// flag file.
+pub fn kernel_sync() -> KernelSync {
+    // SAFETY: `tx` is a zeroed, properly sized timex with `modes = 0`, which makes adjtimex
+    // read the kernel's state without changing anything.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    let unsynced = state == libc::TIME_ERROR || state < 0 || tx.status & libc::STA_UNSYNC != 0;
+    if !unsynced {
+        return KernelSync::Synchronised {
+            max_error_us: tx.maxerror,
+        };
+    }
+    if std::path::Path::new(TIMESYNCD_FLAG).exists() {
+        return KernelSync::Synchronised {
+            max_error_us: tx.maxerror,
+        };
+    }
+    KernelSync::Unsynchronised
+}
+
+/// The current verdict, shared with the API and the status line.
+#[derive(Debug)]
+pub struct ClockMonitor {
+    trust: ClockTrust,
+    reference: Arc<TimeReference>,
+    status: RwLock<ClockStatus>,
+}
+
+impl ClockMonitor {
+    /// A monitor telling `reference`; not assessed until [`refresh`](Self::refresh).
+    pub fn new(config: &ClockConfig, reference: Arc<TimeReference>) -> Arc<ClockMonitor> {
+        Arc::new(ClockMonitor {
+            trust: config.trust,
+            status: RwLock::new(ClockStatus {
+                trusted: reference.local_trusted(),
+                state: "not_assessed",
+                reason: "not assessed yet".into(),
+                max_error_ms: None,
+                best_known_ms: None,
+            }),
+            reference,
+        })
+    }
+
+    /// A monitor for `store`, assessed once already (so the first sync session knows).
+    pub fn start(config: &ClockConfig, store: &Store, metrics: &Metrics) -> Arc<ClockMonitor> {
+        let monitor = ClockMonitor::new(config, store.time_reference());
+        monitor.refresh(store, metrics, true);
+        monitor
+    }
+
+    /// The latest verdict, with the best time known now.
+    pub fn status(&self) -> ClockStatus {
+        let mut s = self
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // The reference is what sync acts on: report that.
+        s.trusted = self.reference.local_trusted();
+        s.best_known_ms = self.reference.best_known_ms(crate::time::now_ms_u64());
+        s
+    }
+
+    /// Re-assesses, tells the store's reference, sets the metric and logs a change of
+    /// verdict (`first`: log the initial verdict too).
+    pub fn refresh(&self, store: &Store, metrics: &Metrics, first: bool) {
+        let status = assess(
+            self.trust,
+            kernel_sync(),
+            crate::time::now_ms_u64(),
+            store.last_hlc().ms(),
+            store.config().max_clock_offset_ms,
+        );
+        let was = self.reference.set_local_trusted(status.trusted);
+        metrics.set_clock_trusted(status.trusted);
+        let mut current = self.status.write().unwrap_or_else(|e| e.into_inner());
+        if first || was != status.trusted || current.state != status.state {
+            if status.trusted {
+                tracing::info!(
+                    state = status.state,
+                    "wall clock trusted: {}",
+                    status.reason
+                );
+            } else {
+                tracing::warn!(
+                    state = status.state,
+                    "wall clock not trusted: {}; timestamps are judged by synchronised peers",
+                    status.reason
+                );
+            }
+        }
+        *current = status;
+    }
+}
+
+/// Re-assesses the clock every [`CHECK_EVERY`] until `cancel`.
+pub async fn clock_loop(
+    monitor: Arc<ClockMonitor>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => monitor.refresh(&store, &metrics, false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+    const SYNCED: KernelSync = KernelSync::Synchronised {
+        max_error_us: 12_000,
+    };
+
+    #[test]
+    fn a_synchronised_plausible_clock_is_trusted() {
+        let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW - 5, 300_000);
+        assert!(s.trusted);
+        assert_eq!((s.state, s.max_error_ms), ("synchronised", Some(12)));
+    }
+
+    #[test]
+    fn an_unsynchronised_or_implausible_clock_is_not() {
+        let s = assess(
+            ClockTrust::Auto,
+            KernelSync::Unsynchronised,
+            NOW,
+            0,
+            300_000,
+        );
+        assert_eq!((s.trusted, s.state), (false, "unsynchronised"));
+        // 1970, even when the kernel claims synchronised.
+        let s = assess(ClockTrust::Auto, SYNCED, 5_000, 0, 300_000);
+        assert_eq!((s.trusted, s.state), (false, "implausible"));
+        assert!(s.reason.contains("before this release"), "{}", s.reason);
+        // Behind the newest change in the store by more than the max offset.
+        let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW + 300_001, 300_000);
+        assert_eq!((s.trusted, s.state), (false, "implausible"));
+        assert!(
+            s.reason.contains("behind the newest change"),
+            "{}",
+            s.reason
+        );
+        let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW + 300_000, 300_000);
+        assert!(s.trusted);
+    }
+
+    #[test]
+    fn the_setting_overrides_the_kernel() {
+        let s = assess(ClockTrust::Always, KernelSync::Unsynchronised, 5_000, 0, 0);
+        assert_eq!((s.trusted, s.state), (true, "forced_trusted"));
+        let s = assess(ClockTrust::Never, SYNCED, NOW, 0, 0);
+        assert_eq!((s.trusted, s.state), (false, "forced_untrusted"));
+    }
+
+    #[test]
+    fn config_parses_and_refuses_unknown_values() {
+        let c: ClockConfig = toml::from_str("trust = \"never\"").unwrap();
+        assert_eq!(c.trust, ClockTrust::Never);
+        let err = toml::from_str::<ClockConfig>("trust = \"sometimes\"").unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+}
