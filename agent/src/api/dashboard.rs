@@ -69,6 +69,12 @@ const ASSETS: [Asset; 8] = [
     },
 ];
 
+/// Whether `path` is one of the dashboard's files (served without credentials: the page
+/// asks for a token itself).
+pub fn is_asset(path: &str) -> bool {
+    ASSETS.iter().any(|a| a.path == path)
+}
+
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 

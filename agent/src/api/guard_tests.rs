@@ -68,9 +68,11 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
     }
     tune(&mut cfg);
     cfg.validate().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let clock = crate::clock::ClockMonitor::start(&Default::default(), &store, &metrics);
     let state = AppState {
         store,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
@@ -79,6 +81,7 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
         shutdown: Default::default(),
         peers: Default::default(),
         guard: Arc::new(ApiGuard::new(&cfg, &[], "pi").unwrap()),
+        clock,
     };
     Fixture { _dir: dir, state }
 }

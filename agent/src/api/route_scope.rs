@@ -20,7 +20,7 @@ pub fn required_scope(method: &axum::http::Method, path: &str, metrics_public: b
     use axum::http::Method;
     match path {
         "/healthz" | "/readyz" | "/v1/openapi.json" => return Need::Nothing,
-        p if super::dashboard::PATHS.contains(&p) => return Need::Nothing,
+        p if super::dashboard::is_asset(p) => return Need::Nothing,
         "/metrics" if metrics_public => return Need::Nothing,
         "/v1/sync" => return Need::SyncCredentials,
         "/v1/sync/now" => return Need::Scope(Scope::Admin),
