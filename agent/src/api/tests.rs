@@ -15,11 +15,11 @@ use tower::ServiceExt;
 
 use super::{ErrorCode, openapi_document, router, routes};
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{Agent, AgentInner};
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    state: AppState,
+    state: Agent,
 }
 
 async fn fixture() -> Fixture {
@@ -27,17 +27,18 @@ async fn fixture() -> Fixture {
     let store = Store::open(dir.path().join("kdelta.db"), StoreConfig::default())
         .await
         .unwrap();
-    let state = AppState {
+    let state = Agent::new(AgentInner {
         store,
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
-        ready: Arc::new(AtomicBool::new(true)),
+        device: "test".into(),
+        ready: AtomicBool::new(true),
         max_body_bytes: 64 * 1024,
         shutdown: Default::default(),
         peers: Default::default(),
-    };
+    });
     Fixture { _dir: dir, state }
 }
 
