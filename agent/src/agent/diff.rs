@@ -137,7 +137,7 @@ mod tests {
     fn restart_only_settings_are_listed_in_order() {
         let old = config("");
         let new = config(
-            "data_dir = \"/elsewhere\"\ndevice_twin = false\n[api]\nlisten = \"127.0.0.1:9999\"\n[log]\nformat = \"json\"\n[ingest]\nqueue_capacity = 999\n",
+            "data_dir = \"/elsewhere\"\ndevice_twin = false\n[api]\nlisten = \"127.0.0.1:9999\"\n[log]\nformat = \"json\"\n[ingest]\nqueue_capacity = 20000\n",
         );
         let diff = ConfigDiff::between(&old, &new);
         assert_eq!(
