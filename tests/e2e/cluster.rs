@@ -96,13 +96,18 @@ impl Node {
     }
 
     /// Shuts the agent down (drain, commit, close, unlock) within the agent's own budget;
-    /// panics when it reports an error or overruns a generous deadline.
-    pub async fn stop(mut self) {
+    /// panics when it reports an error or overruns a generous deadline (20 s).
+    pub async fn stop(self) {
+        self.stop_within(Duration::from_secs(20)).await;
+    }
+
+    /// [`Node::stop`] with a deadline of `limit`.
+    pub async fn stop_within(mut self, limit: Duration) {
         let running = self.running.take().expect("the node runs");
-        match tokio::time::timeout(Duration::from_secs(20), running.shutdown()).await {
+        match tokio::time::timeout(limit, running.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("shutdown failed: {e:#}"),
-            Err(_) => panic!("shutdown took longer than 20 s"),
+            Err(_) => panic!("the node did not stop within {limit:?}"),
         }
     }
 }

@@ -5,9 +5,10 @@
 //! read-back in JSON and CBOR, documents with history and time travel, every kind of bad input
 //! refused with the right status and code and nothing stored, durability of acknowledged
 //! batches across `kill -9`, config errors naming the key, signals, systemd notify and the
-//! one-agent-per-data-dir lock. Multi-agent tests (`sync.rs`) start their agents in this
-//! process through [`cluster::Node`] (`kdelta::agent::Agent::start` on port 0) — a process
-//! only where one is killed — with links through the fault-injecting TCP proxy of `proxy.rs`.
+//! one-agent-per-data-dir lock. Multi-agent tests (`sync.rs`, `twins.rs`) start their agents
+//! in this process through [`cluster::Node`] (`kdelta::agent::Agent::start` on port 0) — a
+//! process only where one is killed — with links through the fault-injecting TCP proxy of
+//! `proxy.rs`.
 
 mod cluster;
 mod harness;
