@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kdelta::agent::{Agent, Listen, RunningAgent};
+use kdelta::agent::{Agent, ConfigDiff, Listen, RunningAgent};
 use tokio_util::sync::CancellationToken;
 
 use super::harness::{Endpoint, QUIET_CONFIG};
@@ -48,9 +48,7 @@ impl NodeBuilder {
                 (Some(t), d)
             }
         };
-        let mut config = kdelta::config::parse_toml(&self.config)
-            .unwrap_or_else(|e| panic!("node config: {e}\n{}", self.config));
-        config.data_dir = dir.join("data");
+        let config = node_config(&self.config, &dir);
         let listen = Listen::Bind("127.0.0.1:0".parse().expect("loopback address"));
         let running = Agent::start(config, listen, CancellationToken::new())
             .await
@@ -95,6 +93,19 @@ impl Node {
         self._tmp.take()
     }
 
+    /// Reloads the agent with `toml` as its whole configuration (the data directory stays);
+    /// returns what the agent found changed.
+    pub async fn reload(&mut self, toml: &str) -> ConfigDiff {
+        let running = self.running.as_mut().expect("the node runs");
+        let dir = running
+            .config()
+            .data_dir
+            .parent()
+            .expect("the data dir is <dir>/data")
+            .to_path_buf();
+        running.reload(node_config(toml, &dir)).await
+    }
+
     /// Shuts the agent down (drain, commit, close, unlock) within the agent's own budget;
     /// panics when it reports an error or overruns a generous deadline (20 s).
     pub async fn stop(self) {
@@ -116,6 +127,14 @@ impl Endpoint for Node {
     fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// `toml` on the defaults, with the data directory `<dir>/data`.
+fn node_config(toml: &str, dir: &Path) -> kdelta::config::Config {
+    let mut config =
+        kdelta::config::parse_toml(toml).unwrap_or_else(|e| panic!("node config: {e}\n{toml}"));
+    config.data_dir = dir.join("data");
+    config
 }
 
 /// Installs a test-writer subscriber once when `KDELTA_TEST_LOG` names a filter.

@@ -150,6 +150,30 @@ async fn a_wrong_token_is_refused_and_the_hub_is_untouched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_peer_and_names_what_changed() {
+    let c = client();
+    let hub = hub_node().await;
+    let mut device = Node::with_config("sources = []\n").await;
+    ingest(&c, &device, "d.temp", 0, 100).await;
+    let diff = device.reload(&device_config(&hub, TOKEN)).await;
+    assert_eq!(diff.reloadable(), vec!["sync"], "{diff:?}");
+    assert!(diff.sync_peers && diff.needs_restart.is_empty(), "{diff:?}");
+    converge(&c, &device, &hub).await;
+    // A restart-only change is named, and the running peer keeps syncing.
+    let diff = device
+        .reload(&format!(
+            "{}[api]\nmax_body_bytes = 65536\n",
+            device_config(&hub, TOKEN)
+        ))
+        .await;
+    assert_eq!(diff.needs_restart, vec!["api"], "{diff:?}");
+    assert!(diff.reloadable().is_empty(), "{diff:?}");
+    ingest(&c, &device, "d.temp", 100, 10).await;
+    converge(&c, &device, &hub).await;
+    device.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_initiator_mid_sync_then_restart_converges() {
     let c = client();
     // The hub runs in-process; the initiator is a process, so it can be killed.
