@@ -39,8 +39,8 @@ pub trait Part {
     /// How long a reload waits for the old part before starting the new one.
     const RELOAD_BUDGET: Duration;
 
-    /// Stops the part; true when it stopped within `budget` (otherwise its tasks are
-    /// aborted).
+    /// Stops the part; true when it stopped within `budget` (otherwise the sources' and the
+    /// MQTT client's tasks are aborted; sync sessions end on their own).
     fn stop(&mut self, budget: Duration) -> impl Future<Output = bool> + Send;
 
     /// Starts `spec` with the same shared parts (called on a stopped part).
@@ -55,7 +55,7 @@ pub trait Part {
         async move {
             if !self.stop(Self::RELOAD_BUDGET).await {
                 tracing::warn!(
-                    "the old {} did not stop within {}; aborted them",
+                    "the old {} did not stop within {}; starting the new ones anyway",
                     Self::NAME,
                     humantime::format_duration(Self::RELOAD_BUDGET)
                 );
