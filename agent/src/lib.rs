@@ -9,7 +9,9 @@
 //! | [`config`] | the top-level `Config`, layering (figment) and cross-section `validate()`; each section's type lives with its owner |
 //! | [`section`] | the shape every section's `validate()` returns ([`section::InvalidValue`]) |
 //! | [`time`] | the one wall clock (`now_ms`) and RFC 3339 parser/formatter |
-//! | [`daemon`] | `kdelta start`: startup order, signals, shutdown |
+//! | [`agent`] | the agent as a library: `Agent::start` → `RunningAgent` (`local_addr`, `reload`, `shutdown`), `ConfigDiff`, the replaceable parts |
+//! | [`state`] | [`state::Agent`], the one cheap-to-clone handle on a running agent's shared parts |
+//! | [`daemon`] | `kdelta start`: signals and systemd around the library's agent |
 //! | [`sources`] | scheduler, ingest queue and batcher |
 //! | [`access`] | who may call the API: credential table, Host allow-list, failed-auth throttle, sync session caps |
 //! | [`api`] | the HTTP API (router, handlers, errors, the auth gate) |
@@ -19,11 +21,12 @@
 //! | [`client`] | the HTTP client the subcommands use |
 //! | [`mqtt`] | MQTT: publish, durable outbox, Home Assistant discovery, ingest, commands |
 //! | [`peers`] | sync with other agents: `/v1/sync` WebSocket, outbound peers, peer status, `sync now` |
-//! | [`running`] | the parts SIGHUP replaces: sources, outbound peers, the MQTT client |
 //! | [`tls`] | rustls (ring): the HTTPS listener, mutual TLS, client configs, PEM loading |
+//! | [`internal_events`] | one type per observable event (ingest commits, sync sessions, MQTT) that logs and counts it together |
 //! | [`device_twin`] | the agent's own twin `device/<device_name>`: `reported` state, `desired` intervals |
 
 pub mod access;
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod cli;
@@ -32,12 +35,12 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod device_twin;
+pub mod internal_events;
 pub mod lockfile;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod peers;
-pub mod running;
 pub mod scope;
 pub mod section;
 pub mod server;

@@ -2,7 +2,7 @@
 //! and the watchdog. Every call is a no-op outside systemd (no `$NOTIFY_SOCKET`), so the
 //! daemon calls these unconditionally.
 
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use kdelta_sync::Store;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::peers::Registry;
 use crate::sources::SourceStatus;
+use crate::state::Agent;
 
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -84,50 +85,44 @@ pub async fn watchdog_loop(store: Store, cancel: CancellationToken) {
 /// How often the `STATUS=` line is refreshed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// What the periodic status line reads.
-pub struct StatusInputs {
-    /// Committed readings (the rate is computed between refreshes).
-    pub metrics: Arc<Metrics>,
-    /// Sync peers (connected / known).
-    pub peers: Arc<Registry>,
-    /// Running sources and their errors.
-    pub sources: Arc<RwLock<Vec<SourceStatus>>>,
-    /// Whether the wall clock is trusted.
-    pub clock: Arc<crate::clock::ClockMonitor>,
-}
-
-impl StatusInputs {
-    /// One status line: readings per second over `elapsed` since `before` readings, sources
-    /// (and how many report an error), sync peers connected.
-    pub fn line(&self, before: u64, elapsed: Duration) -> (String, u64) {
-        let total = self.metrics.readings_total();
-        let rate = (total.saturating_sub(before)) as f64 / elapsed.as_secs_f64().max(0.001);
-        let (n_sources, failing) = {
-            let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
-            let failing = sources.iter().filter(|s| s.last_error.is_some()).count();
-            (sources.len(), failing)
-        };
-        let (connected, known) = self.peers.connected_count();
-        let mut line = format!("{rate:.1} readings/s; {n_sources} sources");
-        if failing > 0 {
-            line.push_str(&format!(" ({failing} failing)"));
-        }
-        line.push_str(&format!("; peers {connected}/{known} connected"));
-        let clock = self.clock.status();
-        if !clock.trusted {
-            line.push_str(&format!("; clock untrusted ({})", clock.state));
-        }
-        (line, total)
+/// One status line: readings per second over `elapsed` since `before` readings, sources (and
+/// how many report an error), sync peers connected, and the clock when it is not trusted.
+/// Returns the line and the readings total.
+pub fn status_line(
+    metrics: &Metrics,
+    peers: &Registry,
+    sources: &RwLock<Vec<SourceStatus>>,
+    clock: &crate::clock::ClockMonitor,
+    before: u64,
+    elapsed: Duration,
+) -> (String, u64) {
+    let total = metrics.readings_total();
+    let rate = (total.saturating_sub(before)) as f64 / elapsed.as_secs_f64().max(0.001);
+    let (n_sources, failing) = {
+        let sources = sources.read().unwrap_or_else(|e| e.into_inner());
+        let failing = sources.iter().filter(|s| s.last_error.is_some()).count();
+        (sources.len(), failing)
+    };
+    let (connected, known) = peers.connected_count();
+    let mut line = format!("{rate:.1} readings/s; {n_sources} sources");
+    if failing > 0 {
+        line.push_str(&format!(" ({failing} failing)"));
     }
+    line.push_str(&format!("; peers {connected}/{known} connected"));
+    let clock = clock.status();
+    if !clock.trusted {
+        line.push_str(&format!("; clock untrusted ({})", clock.state));
+    }
+    (line, total)
 }
 
 /// Refreshes `STATUS=` every [`STATUS_EVERY`] (`systemctl status kdelta` shows it) until
 /// `cancel`. Returns at once outside systemd.
-pub async fn status_loop(inputs: StatusInputs, cancel: CancellationToken) {
+pub async fn status_loop(agent: Agent, cancel: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    let mut before = inputs.metrics.readings_total();
+    let mut before = agent.metrics.readings_total();
     let mut at = Instant::now();
     let mut ticker = tokio::time::interval(STATUS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -137,7 +132,14 @@ pub async fn status_loop(inputs: StatusInputs, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let (line, total) = inputs.line(before, at.elapsed());
+        let (line, total) = status_line(
+            &agent.metrics,
+            &agent.peers,
+            &agent.sources,
+            &agent.clock,
+            before,
+            at.elapsed(),
+        );
         status(&line);
         before = total;
         at = Instant::now();
@@ -149,6 +151,7 @@ mod tests {
     use super::*;
     use crate::peers::SyncSection;
     use kdelta_sync::protocol::Direction;
+    use std::sync::Arc;
 
     #[test]
     fn the_status_line_shows_rate_sources_and_peers() {
@@ -166,25 +169,23 @@ mod tests {
                 ..SourceStatus::default()
             },
         ]));
-        let reference = Arc::new(kdelta_sync::TimeReference::default());
-        let inputs = StatusInputs {
-            metrics: metrics.clone(),
-            peers,
-            sources,
-            clock: crate::clock::ClockMonitor::new(&Default::default(), reference.clone()),
-        };
         metrics.readings_ingested("system", 100);
         metrics.readings_ingested("http", 50);
-        let (line, total) = inputs.line(0, Duration::from_secs(10));
+        let reference = Arc::new(kdelta_sync::TimeReference::default());
+        let clock = crate::clock::ClockMonitor::new(&Default::default(), reference.clone());
+        let (line, total) =
+            status_line(&metrics, &peers, &sources, &clock, 0, Duration::from_secs(10));
         assert_eq!(total, 150);
         assert_eq!(
             line,
             "15.0 readings/s; 2 sources (1 failing); peers 0/1 connected"
         );
-        let (line, _) = inputs.line(total, Duration::from_secs(10));
+        let (line, _) =
+            status_line(&metrics, &peers, &sources, &clock, total, Duration::from_secs(10));
         assert!(line.starts_with("0.0 readings/s"), "{line}");
         reference.set_local_trusted(false);
-        let (line, _) = inputs.line(total, Duration::from_secs(10));
+        let (line, _) =
+            status_line(&metrics, &peers, &sources, &clock, total, Duration::from_secs(10));
         assert!(line.ends_with("; clock untrusted (not_assessed)"), "{line}");
     }
 }

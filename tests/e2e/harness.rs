@@ -180,6 +180,30 @@ pub fn listening_url(line: &str) -> Option<String> {
     (!addr.is_empty()).then(|| format!("{scheme}{addr}"))
 }
 
+/// Anything with an agent's base URL: a process ([`Agent`]) or an in-process
+/// [`super::cluster::Node`]; the multi-agent helpers take either.
+pub trait Endpoint {
+    /// Base URL, `http://127.0.0.1:PORT` (or `https://…`).
+    fn url(&self) -> &str;
+
+    /// `url()` + `path`.
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url())
+    }
+}
+
+impl Endpoint for Agent {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl<E: Endpoint + ?Sized> Endpoint for &E {
+    fn url(&self) -> &str {
+        (**self).url()
+    }
+}
+
 /// A running agent process. Killed (SIGKILL) when dropped.
 pub struct Agent {
     child: Child,

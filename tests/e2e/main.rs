@@ -1,13 +1,17 @@
-//! End-to-end tests: the real `kdelta` binary, real sockets, temp data dirs.
+//! End-to-end tests: real sockets, temp data dirs, whole agents.
 //!
-//! Each test starts its own agent(s) on `127.0.0.1:0` through [`harness::Agent`], talks to it
-//! over HTTP and checks what a user would see: ingest and read-back in JSON and CBOR,
-//! documents with history and time travel, every kind of bad input refused with the right
-//! status and code and nothing stored, durability of acknowledged batches across `kill -9`,
-//! config errors naming the key, and the one-agent-per-data-dir lock. `sync.rs` runs several
-//! agents that sync, with links through the fault-injecting TCP proxy of `proxy.rs`.
+//! Single-agent tests start the real `kdelta` binary on `127.0.0.1:0` through
+//! [`harness::Agent`], talk to it over HTTP and check what a user would see: ingest and
+//! read-back in JSON and CBOR, documents with history and time travel, every kind of bad input
+//! refused with the right status and code and nothing stored, durability of acknowledged
+//! batches across `kill -9`, config errors naming the key, signals, systemd notify and the
+//! one-agent-per-data-dir lock. Multi-agent tests (`sync.rs`, `twins.rs`) start their agents
+//! in this process through [`cluster::Node`] (`kdelta::agent::Agent::start` on port 0) — a
+//! process only where one is killed — with links through the fault-injecting TCP proxy of
+//! `proxy.rs`.
 
 mod clock;
+mod cluster;
 mod harness;
 mod proxy;
 mod reload;

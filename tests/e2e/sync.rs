@@ -1,8 +1,9 @@
-//! Sync between real agent processes over `/v1/sync`: convergence, a refused token,
-//! convergence after `kill -9` of the initiator mid-sync, and — through the fault-injecting
+//! Sync between agents over `/v1/sync`: convergence, a refused token, convergence after
+//! `kill -9` of the initiator mid-sync (a real process), and — through the fault-injecting
 //! [`Proxy`] — convergence without loss or duplicates under random cuts and stalls, conflict
 //! siblings after a partition, and resumption after a cut mid-page without resending the
-//! pages already applied.
+//! pages already applied. Agents run in this test process ([`Node`], port 0) except where a
+//! test needs a process to kill; helpers take either through [`Endpoint`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use super::harness::{Agent, eventually};
+use super::cluster::Node;
+use super::harness::{Agent, Endpoint, eventually};
 use super::proxy::{Dir, Mode, Proxy};
 use super::{client, get_json, post, put_json};
 
@@ -23,21 +25,29 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// machine may be busy with other tests.
 const HEAL_DEADLINE: Duration = Duration::from_secs(120);
 
-/// An agent that accepts `TOKEN` from a peer named `device`.
+/// An agent process that accepts `TOKEN` from a peer named `device` (for tests that signal
+/// it).
 pub(crate) fn hub() -> Agent {
-    hub_with("")
+    Agent::builder().config(&hub_config("")).start()
 }
 
-/// [`hub`] with more `[sync]` keys (one `key = value` per line).
-fn hub_with(sync_keys: &str) -> Agent {
-    Agent::builder()
-        .config(&format!(
-            "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n{sync_keys}"
-        ))
-        .start()
+/// An in-process agent that accepts `TOKEN` from a peer named `device`.
+async fn hub_node() -> Node {
+    hub_with("").await
 }
 
-pub(crate) fn device_config(hub: &Agent, token: &str) -> String {
+/// [`hub_node`] with more `[sync]` keys (one `key = value` per line).
+async fn hub_with(sync_keys: &str) -> Node {
+    Node::with_config(&hub_config(sync_keys)).await
+}
+
+fn hub_config(sync_keys: &str) -> String {
+    format!(
+        "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n{sync_keys}"
+    )
+}
+
+pub(crate) fn device_config(hub: &impl Endpoint, token: &str) -> String {
     peer_config(hub.url(), token)
 }
 
@@ -46,7 +56,13 @@ fn peer_config(url: &str, token: &str) -> String {
     format!("sources = []\n[[sync.peers]]\nname = \"hub\"\nurl = \"{url}\"\ntoken = \"{token}\"\n")
 }
 
-pub(crate) async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, from: i64, n: i64) {
+pub(crate) async fn ingest(
+    c: &reqwest::Client,
+    agent: &impl Endpoint,
+    series: &str,
+    from: i64,
+    n: i64,
+) {
     let batch: Vec<Value> = (from..from + n)
         .map(|i| json!({"series": series, "ts": 1_764_000_000_000i64 + i, "value": i as f64}))
         .collect();
@@ -60,13 +76,13 @@ pub(crate) async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, fro
     assert_eq!(s, 201, "{body}");
 }
 
-pub(crate) async fn status(c: &reqwest::Client, agent: &Agent) -> (Value, Value) {
+pub(crate) async fn status(c: &reqwest::Client, agent: &impl Endpoint) -> (Value, Value) {
     let (s, v) = get_json(c, &agent.at("/v1/status")).await;
     assert_eq!(s, 200, "{v}");
     (v["version_vector"].clone(), v["digest"].clone())
 }
 
-pub(crate) async fn converge(c: &reqwest::Client, a: &Agent, b: &Agent) {
+pub(crate) async fn converge(c: &reqwest::Client, a: &impl Endpoint, b: &impl Endpoint) {
     eventually(DEADLINE, "both agents to hold the same data", || async {
         let (va, da) = status(c, a).await;
         let (vb, db) = status(c, b).await;
@@ -75,11 +91,11 @@ pub(crate) async fn converge(c: &reqwest::Client, a: &Agent, b: &Agent) {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_converge_over_websocket() {
     let c = client();
-    let b = hub();
-    let a = Agent::builder().config(&device_config(&b, TOKEN)).start();
+    let b = hub_node().await;
+    let a = Node::with_config(&device_config(&b, TOKEN)).await;
     ingest(&c, &a, "a.temp", 0, 500).await;
     ingest(&c, &b, "b.temp", 0, 300).await;
     let (s, _) = put_json(&c, &a.at("/v1/docs/cfg/a"), &json!({"from": "a"})).await;
@@ -106,14 +122,12 @@ async fn two_agents_converge_over_websocket() {
     assert_eq!(peers["peers"][0]["direction"], "inbound", "{peers}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_and_the_hub_is_untouched() {
     let c = client();
-    let b = hub();
+    let b = hub_node().await;
     let (before, _) = status(&c, &b).await;
-    let a = Agent::builder()
-        .config(&device_config(&b, "not-the-token"))
-        .start();
+    let a = Node::with_config(&device_config(&b, "not-the-token")).await;
     ingest(&c, &a, "a.temp", 0, 50).await;
     let err = eventually(DEADLINE, "the device to report the refusal", || async {
         let (_, peers) = get_json(&c, &a.at("/v1/sync/peers")).await;
@@ -128,17 +142,42 @@ async fn a_wrong_token_is_refused_and_the_hub_is_untouched() {
     assert_eq!(s, 200);
 
     // An agent without accept_tokens refuses inbound sync outright.
-    let closed = Agent::start();
+    let closed = Node::builder().start().await;
     let r = c.get(closed.at("/v1/sync")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "sync_disabled", "{body}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_peer_and_names_what_changed() {
+    let c = client();
+    let hub = hub_node().await;
+    let mut device = Node::with_config("sources = []\n").await;
+    ingest(&c, &device, "d.temp", 0, 100).await;
+    let diff = device.reload(&device_config(&hub, TOKEN)).await;
+    assert_eq!(diff.reloadable(), vec!["sync"], "{diff:?}");
+    assert!(diff.sync_peers && diff.needs_restart.is_empty(), "{diff:?}");
+    converge(&c, &device, &hub).await;
+    // A restart-only change is named, and the running peer keeps syncing.
+    let diff = device
+        .reload(&format!(
+            "{}[api]\nmax_body_bytes = 65536\n",
+            device_config(&hub, TOKEN)
+        ))
+        .await;
+    assert_eq!(diff.needs_restart, vec!["api"], "{diff:?}");
+    assert!(diff.reloadable().is_empty(), "{diff:?}");
+    ingest(&c, &device, "d.temp", 100, 10).await;
+    converge(&c, &device, &hub).await;
+    device.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_initiator_mid_sync_then_restart_converges() {
     let c = client();
-    let b = hub();
+    // The hub runs in-process; the initiator is a process, so it can be killed.
+    let b = hub_node().await;
     let mut a = Agent::builder().config(&device_config(&b, TOKEN)).start();
     let dir = a.keep_dir().expect("fresh temp dir");
     for i in 0..20 {
@@ -170,13 +209,14 @@ async fn kill9_of_the_initiator_mid_sync_then_restart_converges() {
     assert_eq!(bulk["count"], 40_000, "{series}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_and_a_hub_converge() {
     let c = client();
-    let hub = hub();
-    let devices: Vec<Agent> = (0..3)
-        .map(|_| Agent::builder().config(&device_config(&hub, TOKEN)).start())
-        .collect();
+    let hub = hub_node().await;
+    let mut devices = Vec::new();
+    for _ in 0..3 {
+        devices.push(Node::with_config(&device_config(&hub, TOKEN)).await);
+    }
     for (i, d) in devices.iter().enumerate() {
         ingest(&c, d, &format!("dev{i}.temp"), 0, 200).await;
         let (s, _) = put_json(&c, &d.at(&format!("/v1/docs/dev{i}")), &json!({"i": i})).await;
@@ -197,7 +237,7 @@ async fn three_devices_and_a_hub_converge() {
 }
 
 /// Polls until every agent reports the same version vector and digest.
-async fn converge_all(c: &reqwest::Client, agents: &[&Agent], within: Duration) {
+async fn converge_all<E: Endpoint>(c: &reqwest::Client, agents: &[&E], within: Duration) {
     eventually(within, "every agent to hold the same data", || async {
         let first = status(c, agents[0]).await;
         for a in &agents[1..] {
@@ -211,14 +251,14 @@ async fn converge_all(c: &reqwest::Client, agents: &[&Agent], within: Duration) 
 }
 
 /// The first peer in an agent's `GET /v1/sync/peers`.
-async fn first_peer(c: &reqwest::Client, a: &Agent) -> Value {
+async fn first_peer(c: &reqwest::Client, a: &impl Endpoint) -> Value {
     let (s, peers) = get_json(c, &a.at("/v1/sync/peers")).await;
     assert_eq!(s, 200, "{peers}");
     peers["peers"][0].clone()
 }
 
 /// `count` of every series in `GET /v1/series`.
-async fn series_counts(c: &reqwest::Client, a: &Agent) -> BTreeMap<String, u64> {
+async fn series_counts(c: &reqwest::Client, a: &impl Endpoint) -> BTreeMap<String, u64> {
     let (s, v) = get_json(c, &a.at("/v1/series")).await;
     assert_eq!(s, 200, "{v}");
     v["series"]
@@ -235,7 +275,7 @@ async fn series_counts(c: &reqwest::Client, a: &Agent) -> BTreeMap<String, u64> 
 }
 
 /// Every version of `key` in `a`'s history, newest first (all pages).
-async fn doc_history(c: &reqwest::Client, a: &Agent, key: &str) -> Vec<Value> {
+async fn doc_history(c: &reqwest::Client, a: &impl Endpoint, key: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut before = String::new();
     loop {
@@ -316,19 +356,15 @@ async fn write_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_and_a_hub_converge_through_random_cuts_and_stalls() {
     let c = client();
-    let hub = hub();
+    let hub = hub_node().await;
     let mut proxies = Vec::new();
     let mut devices = Vec::new();
     for _ in 0..3 {
         let p = Proxy::to_url(hub.url()).await;
-        devices.push(
-            Agent::builder()
-                .config(&peer_config(&p.url(), TOKEN))
-                .start(),
-        );
+        devices.push(Node::with_config(&peer_config(&p.url(), TOKEN)).await);
         proxies.push(p);
     }
-    let agents: Vec<(&str, &Agent)> = [("hub", &hub)]
+    let agents: Vec<(&str, &Node)> = [("hub", &hub)]
         .into_iter()
         .chain(["dev0", "dev1", "dev2"].into_iter().zip(&devices))
         .collect();
@@ -412,7 +448,7 @@ async fn three_devices_and_a_hub_converge_through_random_cuts_and_stalls() {
         summary.join("; ")
     );
 
-    let all: Vec<&Agent> = agents.iter().map(|(_, a)| *a).collect();
+    let all: Vec<&Node> = agents.iter().map(|(_, a)| *a).collect();
     converge_all(&c, &all, HEAL_DEADLINE).await;
 
     let want_readings: BTreeMap<String, u64> =
@@ -455,15 +491,11 @@ async fn three_devices_and_a_hub_converge_through_random_cuts_and_stalls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_devices_put_the_same_key_and_keep_both_siblings_after_heal() {
     let c = client();
-    let hub = hub();
+    let hub = hub_node().await;
     let pa = Proxy::to_url(hub.url()).await;
     let pb = Proxy::to_url(hub.url()).await;
-    let a = Agent::builder()
-        .config(&peer_config(&pa.url(), TOKEN))
-        .start();
-    let b = Agent::builder()
-        .config(&peer_config(&pb.url(), TOKEN))
-        .start();
+    let a = Node::with_config(&peer_config(&pa.url(), TOKEN)).await;
+    let b = Node::with_config(&peer_config(&pb.url(), TOKEN)).await;
     for d in [&a, &b] {
         eventually(DEADLINE, "the device's link up", || async {
             (first_peer(&c, d).await["connected"] == true).then_some(())
@@ -529,9 +561,7 @@ async fn a_link_cut_mid_page_resumes_without_resending_applied_pages() {
     const PAGE: u64 = 65_536;
     let paging = "page_bytes = 65536\ncompression = [\"none\"]\n";
     let c = client();
-    let mut device = Agent::builder()
-        .config(&format!("sources = []\n[sync]\n{paging}"))
-        .start();
+    let mut device = Node::with_config(&format!("sources = []\n[sync]\n{paging}")).await;
     let dir = device.keep_dir().expect("fresh temp dir");
     // A backlog of ~18 pages: 50 changes of 2,000 readings.
     for batch in 0..50i64 {
@@ -553,36 +583,32 @@ async fn a_link_cut_mid_page_resumes_without_resending_applied_pages() {
         .await;
         assert_eq!(s, 201, "{ack}");
     }
-    device.sigterm();
-    assert!(device.wait_exit(Duration::from_secs(20)).is_some());
-    drop(device);
+    device.stop().await;
     let restart = |proxy: &Proxy| {
         let config = format!(
             "sources = []\n[sync]\n{paging}[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\n",
             proxy.url()
         );
-        Agent::builder().dir(dir.path()).config(&config).start()
+        Node::builder().dir(dir.path()).config(&config).start()
     };
 
     // Baseline: the whole backlog to a fresh hub over an unfaulted link.
-    let baseline_hub = hub_with(paging);
+    let baseline_hub = hub_with(paging).await;
     let p1 = Proxy::to_url(baseline_hub.url()).await;
-    let mut device = restart(&p1);
+    let device = restart(&p1).await;
     converge(&c, &device, &baseline_hub).await;
     let full = p1.forwarded(Dir::Up);
-    device.sigterm();
-    assert!(device.wait_exit(Duration::from_secs(20)).is_some());
-    drop(device);
+    device.stop().await;
     assert!(
         full > 10 * PAGE,
         "the backlog is not much larger than a page: {full} bytes"
     );
 
     // The same backlog to another fresh hub, with the link cut halfway through.
-    let hub = hub_with(paging);
+    let hub = hub_with(paging).await;
     let p2 = Proxy::to_url(hub.url()).await;
     p2.cut_after(Dir::Up, full / 2);
-    let device = restart(&p2);
+    let device = restart(&p2).await;
     eventually(HEAL_DEADLINE, "the cut", || async {
         (p2.mode() == Mode::Cut).then_some(())
     })

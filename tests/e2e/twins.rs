@@ -1,13 +1,15 @@
-//! Twins between real agents: the hub sets a desired source interval while the device, cut
-//! off, reports a temperature; after the partition heals both agents show both fields and
-//! the device applied the interval (in its reported state and in `GET /v1/sources`). Also the
-//! twin API's answers to bad input, and history, as-of and diff over HTTP.
+//! Twins between two in-process agents ([`Node`]): the hub sets a desired source interval
+//! while the device, cut off, reports a temperature; after the partition heals both agents
+//! show both fields and the device applied the interval (in its reported state and in
+//! `GET /v1/sources`). Also the twin API's answers to bad input, and history, as-of and diff
+//! over HTTP.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::harness::{Agent, eventually};
+use super::cluster::Node;
+use super::harness::{Agent, Endpoint, eventually};
 use super::{client, get_json, post, put_json};
 
 const TOKEN: &str = "hub-token-twins-0123456789";
@@ -15,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(40);
 const DEVICE: &str = "pi-e2e";
 const MERGE: &str = "application/merge-patch+json";
 
-fn twin_url(agent: &Agent) -> String {
+fn twin_url(agent: &impl Endpoint) -> String {
     agent.at(&format!("/v1/twins/device/{DEVICE}"))
 }
 
@@ -36,29 +38,27 @@ async fn patch(c: &reqwest::Client, url: &str, content_type: &str, body: &str) -
     )
 }
 
-fn device_config(peer: Option<&Agent>) -> String {
+fn device_config(hub_url: Option<&str>) -> String {
     let mut cfg = format!(
         "device_name = \"{DEVICE}\"\n[[sources]]\nkind = \"sim\"\nname = \"sim\"\ninterval = \"1s\"\n"
     );
-    if let Some(hub) = peer {
+    if let Some(url) = hub_url {
         cfg.push_str(&format!(
-            "[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\n",
-            hub.url()
+            "[[sync.peers]]\nname = \"hub\"\nurl = \"{url}\"\ntoken = \"{TOKEN}\"\n"
         ));
     }
     cfg
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_and_reported_merge_after_a_partition() {
     let c = client();
-    let hub = Agent::builder()
-        .config(&format!(
-            "device_name = \"hub\"\nsources = []\n[sync]\naccept_tokens = [{{ name = \"{DEVICE}\", token = \"{TOKEN}\" }}]\n"
-        ))
-        .start();
+    let hub = Node::with_config(&format!(
+        "device_name = \"hub\"\nsources = []\n[sync]\naccept_tokens = [{{ name = \"{DEVICE}\", token = \"{TOKEN}\" }}]\n"
+    ))
+    .await;
     // Partition: the device runs without its peer.
-    let mut device = Agent::builder().config(&device_config(None)).start();
+    let mut device = Node::with_config(&device_config(None)).await;
     let dir = device.keep_dir().expect("fresh temp dir");
     let reported = eventually(DEADLINE, "the device to report itself", || async {
         let (s, v) = get_json(&c, &twin_url(&device)).await;
@@ -88,16 +88,12 @@ async fn desired_and_reported_merge_after_a_partition() {
     assert_eq!(s, 201, "{v}");
 
     // Heal: restart the device with the hub as its peer.
-    device.sigterm();
-    assert!(
-        device.wait_exit(Duration::from_secs(15)).is_some(),
-        "device did not stop"
-    );
-    drop(device);
-    let device = Agent::builder()
+    device.stop_within(Duration::from_secs(15)).await;
+    let device = Node::builder()
         .dir(dir.path())
-        .config(&device_config(Some(&hub)))
-        .start();
+        .config(&device_config(Some(hub.url())))
+        .start()
+        .await;
 
     for agent in [&hub, &device] {
         let v = eventually(

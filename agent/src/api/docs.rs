@@ -20,7 +20,7 @@ use super::format::{Accept, Format, read_body};
 use super::params::{limit, path, query, required};
 use super::time::parse_as_of;
 use super::{ApiError, ErrorCode};
-use crate::state::AppState;
+use crate::state::Agent;
 
 /// Default page size of history and listings.
 pub const DEFAULT_PAGE: usize = 100;
@@ -111,7 +111,7 @@ fn missing(key: &str) -> ApiError {
 
 /// `GET /v1/docs/{*key}`: dispatches on the view (see the module docs).
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<DocParams>, QueryRejection>,
@@ -128,7 +128,7 @@ pub async fn get(
     Ok(reply.ok(&body))
 }
 
-async fn value(state: &AppState, key: &str, p: &DocParams) -> Result<Value, ApiError> {
+async fn value(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiError> {
     let doc = match &p.as_of {
         Some(at) => {
             state
@@ -148,7 +148,7 @@ async fn value(state: &AppState, key: &str, p: &DocParams) -> Result<Value, ApiE
     }
 }
 
-async fn history(state: &AppState, key: &str, p: &DocParams) -> Result<Value, ApiError> {
+async fn history(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiError> {
     let limit = limit("limit", &p.limit, DEFAULT_PAGE, MAX_HISTORY_PAGE)?;
     let before = match &p.before {
         Some(b) => Some(match parse_as_of("before", b)? {
@@ -171,7 +171,7 @@ async fn history(state: &AppState, key: &str, p: &DocParams) -> Result<Value, Ap
     }))
 }
 
-async fn diff(state: &AppState, key: &str, p: &DocParams) -> Result<Value, ApiError> {
+async fn diff(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiError> {
     let from = parse_as_of("from", required("from", &p.from)?)?;
     let to = match &p.to {
         Some(t) => parse_as_of("to", t)?,
@@ -182,7 +182,7 @@ async fn diff(state: &AppState, key: &str, p: &DocParams) -> Result<Value, ApiEr
     Ok(serde_json::to_value(&d).unwrap_or(Value::Null))
 }
 
-async fn siblings(state: &AppState, key: &str) -> Result<Value, ApiError> {
+async fn siblings(state: &Agent, key: &str) -> Result<Value, ApiError> {
     let versions = state.store.siblings(key).await?;
     if versions.is_empty() {
         return Err(missing(key));
@@ -196,7 +196,7 @@ async fn siblings(state: &AppState, key: &str) -> Result<Value, ApiError> {
 /// `PUT /v1/docs/{*key}`: the body (JSON, or CBOR with `Content-Type: application/cbor`) is
 /// the new value. Answers the new version once durable.
 pub async fn put(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     p: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -226,7 +226,7 @@ pub async fn put(
 /// `DELETE /v1/docs/{*key}`: writes a tombstone version (history is kept); `404 not_found`
 /// when the key has no live value.
 pub async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -238,7 +238,7 @@ pub async fn delete(
 /// `GET /v1/docs?prefix&as_of&limit&after`: live documents in key order:
 /// `{"docs": [{key, value, actor, seq, hlc, siblings}], "next_after"}`.
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     q: Result<Query<DocParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

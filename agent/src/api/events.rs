@@ -6,7 +6,7 @@
 //! or `{…, "kind": "doc", "key", "deleted"}`; `id:` is the local log position. A subscriber
 //! too slow for the broadcast buffer gets `event: lagged` with `{"missed": n}` and continues
 //! with newer changes (the change log is the reliable source). The stream ends when the agent
-//! drains (`AppState::shutdown`), so it never holds up a graceful shutdown.
+//! drains (`Agent::shutdown`), so it never holds up a graceful shutdown.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
 use super::params::{list, query};
-use crate::state::AppState;
+use crate::state::Agent;
 
 /// Query string of `GET /v1/events`.
 #[derive(Debug, Deserialize)]
@@ -107,7 +107,7 @@ pub fn event_json(ev: &ChangeEvent) -> serde_json::Value {
 
 /// `GET /v1/events`.
 pub async fn events(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     q: Result<Query<EventParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = EventFilter::parse(&query(q)?)?;

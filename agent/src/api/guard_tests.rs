@@ -19,7 +19,7 @@ use super::guard::connect_info;
 use super::{ApiConfig, ApiGuard, Scope, router};
 use crate::access::auth::ApiToken;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{Agent, AgentInner};
 
 const READ: &str = "reader-token-0123456789";
 const WRITE: &str = "writer-token-0123456789";
@@ -27,7 +27,7 @@ const ADMIN: &str = "admin-token-0123456789";
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    state: AppState,
+    state: Agent,
 }
 
 struct Answer {
@@ -70,19 +70,20 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
     cfg.validate().unwrap();
     let metrics = Arc::new(Metrics::new());
     let clock = crate::clock::ClockMonitor::start(&Default::default(), &store, &metrics);
-    let state = AppState {
+    let state = Agent::new(AgentInner {
         store,
         metrics,
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
-        ready: Arc::new(AtomicBool::new(true)),
+        device: "pi".into(),
+        ready: AtomicBool::new(true),
         max_body_bytes: 64 * 1024,
         shutdown: Default::default(),
         peers: Default::default(),
         guard: Arc::new(ApiGuard::new(&cfg, &[], "pi").unwrap()),
         clock,
-    };
+    });
     Fixture { _dir: dir, state }
 }
 

@@ -27,7 +27,8 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::ApiError;
 use super::format::{Accept, Format, read_body};
-use crate::state::AppState;
+use crate::internal_events::{IngestCommitted, IngestRejected, InternalEvent};
+use crate::state::Agent;
 use crate::time::{now_ms, parse_rfc3339};
 
 /// Label of HTTP ingest in the `source` metric label.
@@ -35,7 +36,7 @@ const SOURCE: &str = "http";
 
 /// `POST /v1/readings`.
 pub async fn post_readings(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -44,14 +45,21 @@ pub async fn post_readings(
     match result {
         Ok(value) => Ok(reply.respond(StatusCode::CREATED, &value)),
         Err(e) => {
-            state.metrics.ingest_rejected(SOURCE, e.code.as_str());
+            IngestRejected {
+                source: SOURCE,
+                code: e.code.as_str(),
+                readings: None,
+                // The API's middleware logs the error once.
+                error: None,
+            }
+            .emit(&state.metrics);
             Err(e)
         }
     }
 }
 
 async fn ingest(
-    state: &AppState,
+    state: &Agent,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<serde_json::Value, ApiError> {
@@ -61,11 +69,13 @@ async fn ingest(
     let count = batch.len();
     let started = Instant::now();
     let change = state.store.append(batch).await?;
-    state
-        .metrics
-        .observe_commit(started.elapsed().as_secs_f64());
-    state.metrics.readings_ingested(SOURCE, count as u64);
-    state.metrics.batch_ingested(SOURCE);
+    IngestCommitted {
+        source: SOURCE,
+        readings: count as u64,
+        batches: 1,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+    .emit(&state.metrics);
     Ok(serde_json::json!({
         "actor": change.actor.to_string(),
         "seq": change.seq,

@@ -3,7 +3,7 @@
 //! Owns routing, handlers, the one error type ([`ApiError`]), time parsing, JSON/CBOR
 //! content negotiation, the OpenAPI description and the server-sent event stream. It does
 //! not bind sockets or run the server: the daemon binds the listener and serves
-//! [`router`]`(state)`. Every handler talks to the store through [`AppState`]; writes are
+//! [`router`]`(state)`. Every handler talks to the store through [`Agent`]; writes are
 //! answered only after the store reports them durable.
 //!
 //! | area | module |
@@ -26,7 +26,7 @@
 //! table of [`ErrorCode`] (`ErrorCode::ALL`), which the OpenAPI description and its tests
 //! read. An error is logged once, by the request middleware, never by the handler.
 //!
-//! [`AppState`]: crate::state::AppState
+//! [`Agent`]: crate::state::Agent
 
 mod config;
 mod dashboard;

@@ -12,7 +12,7 @@ use super::ApiError;
 use super::format::Accept;
 use super::params::{limit, list, query, required};
 use super::time::{parse_bucket, parse_instant};
-use crate::state::AppState;
+use crate::state::Agent;
 use crate::time::now_ms;
 
 /// Default page size of `GET /v1/readings`.
@@ -24,7 +24,7 @@ const DEFAULT_BUCKETS: i64 = 60;
 
 /// `GET /v1/series`: `{"series": [{name, unit, meta, count, first_ts, last_ts}]}`.
 pub async fn list_series(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
 ) -> Result<Response, ApiError> {
     let series = state.store.series().await?;
@@ -45,7 +45,7 @@ pub struct RangeParams {
 /// (defaults: everything), at most `limit` (default 1000, at most 100,000) per page;
 /// `{"series", "unit", "readings": [{"ts", "value"}], "next_cursor"}`.
 pub async fn range(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     q: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -87,7 +87,7 @@ pub struct AggregateParams {
 /// `fn` is a comma list of count, min, max, avg, sum, first, last (default all). Buckets
 /// without readings are omitted.
 pub async fn aggregate(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     q: Result<Query<AggregateParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -175,7 +175,7 @@ pub struct LatestParams {
 /// `GET /v1/readings/latest?series=a,b`: the latest reading of each named series (default
 /// every series): `{"latest": [{"series", "unit", "ts", "value"}]}`.
 pub async fn latest(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     q: Result<Query<LatestParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

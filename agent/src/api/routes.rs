@@ -21,7 +21,7 @@ use super::{
     ApiError, ErrorCode, dashboard, docs, events, ingest, openapi, readings, status, sync, twins,
 };
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::Agent;
 
 /// Axum path of every `/v1/docs/{key}…` route: keys may contain `/`.
 const DOCS_WILDCARD: &str = "/v1/docs/{*key}";
@@ -30,7 +30,7 @@ const DOCS_WILDCARD: &str = "/v1/docs/{*key}";
 const TWINS_WILDCARD: &str = "/v1/twins/{*key}";
 
 /// Every route of the API: method, path as documented, handler.
-pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
     vec![
         (Method::GET, "/healthz", get(status::healthz)),
         (Method::GET, "/readyz", get(status::readyz)),
@@ -80,7 +80,7 @@ fn mount_path(path: &'static str) -> &'static str {
 
 /// Builds the router for every route of the API, with request metrics, the body limit
 /// (`state.max_body_bytes`, answered with `413 body_too_large`) and JSON fallbacks.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: Agent) -> Router {
     let mut router = Router::new();
     let mut mounted = HashSet::new();
     for (method, path, handler) in routes() {

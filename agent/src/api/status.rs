@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::format::Accept;
 use super::{ApiError, ErrorCode};
-use crate::state::AppState;
+use crate::state::Agent;
 
 /// How long `/readyz` waits for the store's heartbeat write.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,7 +26,7 @@ pub async fn healthz() -> Response {
 
 /// `GET /readyz`: 200 when startup finished and the store commits a heartbeat within 2 s;
 /// `503 not_ready` while starting or draining, `503 unavailable` when the store is stuck.
-pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::new(
             ErrorCode::NotReady,
@@ -46,7 +46,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text; store gauges are refreshed first.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<Agent>) -> Response {
     match state.store.stats().await {
         Ok(stats) => state.metrics.set_store_stats(&stats),
         Err(e) => tracing::warn!(error = %e, "reading store figures for /metrics"),
@@ -65,7 +65,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
 /// last_error, errors, missed_ticks}]}`.
-pub async fn sources(State(state): State<AppState>, Accept(reply): Accept) -> Response {
+pub async fn sources(State(state): State<Agent>, Accept(reply): Accept) -> Response {
     let sources = match state.sources.read() {
         Ok(g) => g.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
@@ -75,7 +75,7 @@ pub async fn sources(State(state): State<AppState>, Accept(reply): Accept) -> Re
 
 /// `GET /v1/status`.
 pub async fn status(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
 ) -> Result<Response, ApiError> {
     let stats = state.store.stats().await?;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{ApiError, ErrorCode};
 use crate::peers::{Outcome, Refusal};
-use crate::state::AppState;
+use crate::state::Agent;
 use crate::tls::TlsPeer;
 
 /// Default and largest wait of one `POST /v1/sync/now`.
@@ -29,7 +29,7 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// `accept_tokens`. Anything else is `401 unauthorized` (`403 sync_disabled` when inbound
 /// sync is off) and the store is not touched.
 pub async fn sync_socket(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     TlsPeer(client_cert): TlsPeer,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -88,7 +88,7 @@ pub async fn sync_socket(
 }
 
 /// `GET /v1/sync/peers`: every configured or connected peer.
-pub async fn list_peers(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn list_peers(State(state): State<Agent>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "peers": state.peers.status(&state.store) }))
 }
 
@@ -105,7 +105,7 @@ pub struct NowQuery {
 /// is synced or failed; `{"ok": bool, "peers": [NowResult]}`. `404 unknown_peer` when `peer`
 /// names no outbound peer.
 pub async fn sync_now(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     q: Result<Query<NowQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) =

@@ -15,11 +15,11 @@ use tower::ServiceExt;
 
 use super::{ErrorCode, openapi_document, router, routes};
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{Agent, AgentInner};
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    state: AppState,
+    state: Agent,
 }
 
 async fn fixture() -> Fixture {
@@ -29,19 +29,20 @@ async fn fixture() -> Fixture {
         .unwrap();
     let metrics = Arc::new(Metrics::new());
     let clock = crate::clock::ClockMonitor::start(&Default::default(), &store, &metrics);
-    let state = AppState {
+    let state = Agent::new(AgentInner {
         store,
         metrics,
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
-        ready: Arc::new(AtomicBool::new(true)),
+        device: "test".into(),
+        ready: AtomicBool::new(true),
         max_body_bytes: 64 * 1024,
         shutdown: Default::default(),
         peers: Default::default(),
         guard: Default::default(),
         clock,
-    };
+    });
     Fixture { _dir: dir, state }
 }
 

@@ -21,7 +21,7 @@ use super::format::{Accept, read_body};
 use super::params::{limit, path, query, required};
 use super::time::parse_as_of;
 use super::{ApiError, ErrorCode};
-use crate::state::AppState;
+use crate::state::Agent;
 
 /// Media type of a JSON Merge Patch body.
 pub const MERGE_PATCH: &str = "application/merge-patch+json";
@@ -115,7 +115,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 /// `POST /v1/twins/{*key}`: creates the twin, empty or with the body (a JSON object) as its
 /// initial value. `201` with the value; `409 twin_exists` or `409 wrong_kind`.
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     p: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -170,7 +170,7 @@ pub fn patch_from_body(
 
 /// `PATCH /v1/twins/{*key}`: applies a merge patch or path operations as one change.
 pub async fn patch(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     p: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -191,7 +191,7 @@ fn missing(key: &str) -> ApiError {
 
 /// `GET /v1/twins/{*key}`: dispatches on the view.
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<TwinParams>, QueryRejection>,
@@ -207,7 +207,7 @@ pub async fn get(
     Ok(reply.ok(&body))
 }
 
-async fn value(state: &AppState, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
+async fn value(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
     if let Some(at) = &p.as_of {
         let at = parse_as_of("as_of", at)?;
         let value = state.store.twin_get_as_of(key, at).await?;
@@ -219,7 +219,7 @@ async fn value(state: &AppState, key: &str, p: &TwinParams) -> Result<Value, Api
     }
 }
 
-async fn history(state: &AppState, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
+async fn history(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
     let limit = limit("limit", &p.limit, DEFAULT_PAGE, MAX_HISTORY_PAGE)?;
     let before = match &p.before {
         Some(b) => Some(match parse_as_of("before", b)? {
@@ -239,7 +239,7 @@ async fn history(state: &AppState, key: &str, p: &TwinParams) -> Result<Value, A
     }))
 }
 
-async fn diff(state: &AppState, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
+async fn diff(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
     let from = parse_as_of("from", required("from", &p.from)?)?;
     let to = match &p.to {
         Some(t) => parse_as_of("to", t)?,
@@ -251,7 +251,7 @@ async fn diff(state: &AppState, key: &str, p: &TwinParams) -> Result<Value, ApiE
 
 /// `GET /v1/twins?prefix&limit&after`: twin keys in order: `{"twins": [...], "next_after"}`.
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<Agent>,
     Accept(reply): Accept,
     q: Result<Query<TwinParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

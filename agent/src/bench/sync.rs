@@ -25,7 +25,7 @@ use super::BenchSyncArgs;
 use super::{mib, proc_sample};
 use crate::metrics::Metrics;
 use crate::peers::{AcceptToken, PeerConfig, Registry, SyncSection};
-use crate::state::AppState;
+use crate::state::{Agent, AgentInner};
 
 /// First timestamp of the generated readings (2025-11-24T16:00:00Z).
 const T0_MS: i64 = 1_764_000_000_000;
@@ -150,19 +150,20 @@ async fn run(
         ..SyncSection::default()
     };
     let hub_stop = CancellationToken::new();
-    let hub_state = AppState {
+    let hub_state = Agent::new(AgentInner {
         store: hub.clone(),
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
         data_dir: dir.to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
-        ready: Arc::new(AtomicBool::new(true)),
+        device: "bench-hub".into(),
+        ready: AtomicBool::new(true),
         max_body_bytes: 1 << 20,
         shutdown: hub_stop.clone(),
         peers: Arc::new(Registry::new(&hub_section, "bench-hub")),
         guard: Default::default(),
         clock: crate::clock::ClockMonitor::new(&Default::default(), hub.time_reference()),
-    };
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port for the hub")?;

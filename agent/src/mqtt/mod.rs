@@ -41,7 +41,7 @@ pub mod topics;
 pub use config::{BatchEncoding, BrokerUrl, IngestRule, MqttConfig, PublishFormat, TsUnit};
 pub use error::MqttError;
 pub use outbox::{CURSOR_FILE, CursorFile, CursorState};
-pub use task::{MqttDeps, run};
+pub use task::run;
 
 /// Checks at startup what [`run`] would only find when connecting: the broker URL and the
 /// TLS setup (`ca_file` readable, system roots present). Config values are checked by

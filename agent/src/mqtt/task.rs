@@ -9,8 +9,6 @@
 //! time.
 
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kdelta_sync::{Change, ChangeBody, ReadingBatch, Store, StoreError};
@@ -27,7 +25,7 @@ use super::{MqttError, discovery};
 
 mod incoming;
 mod twins;
-use crate::metrics::Metrics;
+use crate::state::Agent;
 
 /// Changes read from the log per page.
 const PAGE_CHANGES: usize = 16;
@@ -35,19 +33,6 @@ const PAGE_CHANGES: usize = 16;
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// Label of MQTT ingest in the `source` metric label.
 const SOURCE: &str = "mqtt";
-
-/// What the MQTT task needs from the agent.
-#[derive(Clone)]
-pub struct MqttDeps {
-    /// The open store.
-    pub store: Store,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Device name (topics, client id, discovery).
-    pub device: String,
-    /// Data directory: the outbox cursor lives here.
-    pub data_dir: PathBuf,
-}
 
 /// One message the outbox will publish (`readings == 0`: a change with nothing to publish).
 struct OutMsg {
@@ -67,7 +52,7 @@ struct Control {
 
 struct Runner {
     cfg: MqttConfig,
-    deps: MqttDeps,
+    deps: Agent,
     topics: Topics,
     qos: QoS,
     rules: Vec<(TopicFilter, super::IngestRule)>,
@@ -95,11 +80,7 @@ struct Runner {
 /// Runs the MQTT client until `cancel`: connects (and reconnects) to the broker, publishes
 /// every new reading from the durable outbox, and serves ingest and commands. Returns an
 /// error for a bad configuration, an unusable cursor file or a closed store.
-pub async fn run(
-    cfg: MqttConfig,
-    deps: MqttDeps,
-    cancel: CancellationToken,
-) -> Result<(), MqttError> {
+pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Result<(), MqttError> {
     cfg.validate()?;
     let topics = Topics::new(&cfg.prefix, &deps.device, &cfg.discovery_prefix);
     let settings = LinkSettings::new(&cfg, &deps.device, &topics.status())?;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Registry;
 use super::frames::{WsSink, WsSource};
+use crate::internal_events::{InternalEvent, SyncRefused, SyncSessionEnded, SyncSessionFailed};
 use crate::metrics::Metrics;
 use crate::tls::ClientCert;
 
@@ -78,7 +79,6 @@ pub fn admit(
                     } else {
                         "(unauthenticated)"
                     };
-                    metrics.sync_refused(Direction::Inbound, peer);
                     let why = match (client_cert.is_some(), bearer.is_some()) {
                         (true, _) => {
                             "the client certificate is not in [[sync.accept_certs]] and no accepted bearer token was sent"
@@ -86,7 +86,7 @@ pub fn admit(
                         (false, true) => "the bearer token is not accepted for sync",
                         (false, false) => "no bearer token and no allowed client certificate",
                     };
-                    tracing::warn!(peer, "inbound sync refused: {why}");
+                    SyncRefused { peer, why }.emit(metrics);
                     return Err(Refusal::Unauthorized(why));
                 }
             }
@@ -147,17 +147,28 @@ impl InboundPeer {
             })
             .await;
         match result {
-            Ok(summary) => tracing::info!(end = ?summary.end, "inbound sync session ended"),
+            Ok(summary) => SyncSessionEnded {
+                direction: Direction::Inbound,
+                peer: &stats
+                    .snapshot()
+                    .principal
+                    .unwrap_or_else(|| "(unauthenticated)".to_owned()),
+                end: &summary.end,
+            }
+            .emit(&metrics),
             Err(e) => {
                 let peer = stats
                     .snapshot()
                     .principal
                     .unwrap_or_else(|| "(unauthenticated)".to_owned());
-                metrics.sync_session_failed(Direction::Inbound, &peer);
-                if e.code() == "unauthorized" {
-                    metrics.sync_refused(Direction::Inbound, &peer);
+                SyncSessionFailed {
+                    direction: Direction::Inbound,
+                    peer: &peer,
+                    url: None,
+                    refused: e.code() == "unauthorized",
+                    error: &e,
                 }
-                tracing::warn!(peer, "inbound sync session failed: {e}");
+                .emit(&metrics);
             }
         }
         registry.finish_inbound(&stats);

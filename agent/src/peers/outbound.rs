@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::frames::{WsSink, WsSource};
 use super::{PeerConfig, Registry};
+use crate::internal_events::{InternalEvent, SyncSessionEnded, SyncSessionFailed};
 use crate::metrics::Metrics;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -99,25 +100,36 @@ async fn run_peer(
                         .await
                     {
                         Ok(summary) => {
-                            tracing::info!(peer = %name, end = ?summary.end, "sync session ended");
+                            SyncSessionEnded {
+                                direction: Direction::Outbound,
+                                peer: name,
+                                end: &summary.end,
+                            }
+                            .emit(&metrics);
                             true
                         }
                         Err(e) => {
-                            metrics.sync_session_failed(Direction::Outbound, name);
-                            if e.code() == "unauthorized" || e.code() == "refused" {
-                                metrics.sync_refused(Direction::Outbound, name);
+                            SyncSessionFailed {
+                                direction: Direction::Outbound,
+                                peer: name,
+                                url: None,
+                                refused: e.code() == "unauthorized" || e.code() == "refused",
+                                error: &e,
                             }
-                            tracing::warn!(peer = %name, "sync session failed: {e}");
+                            .emit(&metrics);
                             stats.snapshot().last_sync_ms.is_some() && e.is_transient()
                         }
                     }
                 }
                 Err(e) => {
-                    metrics.sync_session_failed(Direction::Outbound, name);
-                    if e.code == "refused" {
-                        metrics.sync_refused(Direction::Outbound, name);
+                    SyncSessionFailed {
+                        direction: Direction::Outbound,
+                        peer: name,
+                        url: Some(url.as_str()),
+                        refused: e.code == "refused",
+                        error: &e.message,
                     }
-                    tracing::warn!(peer = %name, %url, "cannot connect for sync: {}", e.message);
+                    .emit(&metrics);
                     registry.connect_failed(name, e.code, e.message);
                     false
                 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{IngestQueue, Queued};
+use crate::internal_events::{IngestCommitted, IngestRejected, InternalEvent, ReadingsDropped};
 use crate::metrics::Metrics;
 
 /// Where batches go: the store, or a recorder in tests.
@@ -117,10 +118,16 @@ impl<S: BatchSink> Batcher<S> {
             let started = std::time::Instant::now();
             match self.sink.append(batch.clone()).await {
                 Ok(()) => {
-                    self.metrics.observe_commit(started.elapsed().as_secs_f64());
+                    // One commit: its duration is observed once, with the first source.
+                    let mut seconds = started.elapsed().as_secs_f64();
                     for (source, n) in &counts {
-                        self.metrics.readings_ingested(source, *n);
-                        self.metrics.batch_ingested(source);
+                        IngestCommitted {
+                            source,
+                            readings: *n,
+                            batches: 1,
+                            seconds: std::mem::take(&mut seconds),
+                        }
+                        .emit(&self.metrics);
                     }
                     return Ok(());
                 }
@@ -151,13 +158,14 @@ impl<S: BatchSink> Batcher<S> {
                 Err(e) => {
                     // Should not happen after cleaning; a bug or a limit change. Losing this
                     // batch is bad, stopping ingest for good would be worse.
-                    tracing::error!(
-                        readings = batch.len(),
-                        code = e.code(),
-                        "the store refused a batch: {e}"
-                    );
-                    for source in counts.keys() {
-                        self.metrics.ingest_rejected(source, e.code());
+                    for (source, n) in &counts {
+                        IngestRejected {
+                            source,
+                            code: e.code(),
+                            readings: Some(*n),
+                            error: Some(&e),
+                        }
+                        .emit(&self.metrics);
                     }
                     return Ok(());
                 }
@@ -170,18 +178,18 @@ impl<S: BatchSink> Batcher<S> {
         let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut series: Vec<SeriesPoints> = Vec::new();
-        let mut bad_names: HashMap<String, Arc<str>> = HashMap::new();
+        // Per source and bad series name (`None`: a value that is not finite).
+        let mut dropped: HashMap<(Arc<str>, Option<String>), u64> = HashMap::new();
         for Queued { source, reading } in items {
             if !reading.value.is_finite() {
-                self.metrics.dropped_readings(&source, 1);
+                *dropped.entry((source, None)).or_default() += 1;
                 continue;
             }
             let idx = match index.get(&reading.series) {
                 Some(&i) => i,
                 None => {
                     if validate_series_name(&reading.series).is_err() {
-                        self.metrics.dropped_readings(&source, 1);
-                        bad_names.insert(reading.series, source);
+                        *dropped.entry((source, Some(reading.series))).or_default() += 1;
                         continue;
                     }
                     series.push(SeriesPoints {
@@ -203,8 +211,13 @@ impl<S: BatchSink> Batcher<S> {
             s.values.push(reading.value);
             *counts.entry(source).or_default() += 1;
         }
-        for (name, source) in bad_names {
-            tracing::warn!(source = %source, "dropped readings of series {name:?}: not a valid series name");
+        for ((source, bad_series), readings) in &dropped {
+            ReadingsDropped {
+                source,
+                readings: *readings,
+                bad_series: bad_series.as_deref(),
+            }
+            .emit(&self.metrics);
         }
         for s in &mut series {
             dedup_by_time(s);

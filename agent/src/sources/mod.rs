@@ -1,7 +1,7 @@
 //! The sources pipeline: sensor drivers (built from `[[sources]]` by the sensors crate) →
 //! scheduler (one task per source) → bounded [`IngestQueue`] (overflow `block` or
 //! `drop_oldest`) → [`Batcher`] → `Store::append`. Status per source is kept in
-//! `AppState::sources` for `GET /v1/sources`; counters go to [`crate::metrics::Metrics`].
+//! `state::Agent::sources` for `GET /v1/sources`; counters go to [`crate::metrics::Metrics`].
 //!
 //! Owns `[ingest]` ([`IngestConfig`]) and the sources' status ([`SourceStatus`]). This module
 //! must not know about HTTP; readings posted to the API go straight to the store and do not

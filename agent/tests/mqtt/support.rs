@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kdelta::metrics::Metrics;
-use kdelta::mqtt::{MqttConfig, MqttDeps};
+use kdelta::mqtt::MqttConfig;
+use kdelta::state::{Agent as AgentHandle, AgentInner};
 use kdelta_sync::{Store, StoreConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::{TcpListener, TcpStream};
@@ -283,12 +284,18 @@ impl Agent {
             .expect("open store");
         let metrics = Arc::new(Metrics::new());
         let cancel = CancellationToken::new();
-        let deps = MqttDeps {
+        let deps = AgentHandle::new(AgentInner {
             store: store.clone(),
             metrics: metrics.clone(),
-            device: "testpi".into(),
+            started: std::time::Instant::now(),
             data_dir: dir.path().to_path_buf(),
-        };
+            device: "testpi".into(),
+            sources: Default::default(),
+            ready: Default::default(),
+            max_body_bytes: 1 << 20,
+            shutdown: cancel.clone(),
+            peers: Default::default(),
+        });
         let task = tokio::spawn(kdelta::mqtt::run(cfg, deps, cancel.clone()));
         Agent {
             store,

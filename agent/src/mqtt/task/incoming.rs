@@ -10,6 +10,9 @@ use super::super::MqttError;
 use super::super::payload::{self, Reading};
 use super::super::topics::render;
 use super::{Control, Runner, SOURCE};
+use crate::internal_events::{
+    IngestCommitted, IngestRejected, InternalEvent, MqttBadPayload, MqttCommand,
+};
 
 impl Runner {
     pub(super) async fn on_message(
@@ -70,8 +73,7 @@ impl Runner {
     }
 
     pub(super) fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
-        self.deps.metrics.mqtt_bad_payload(kind);
-        tracing::warn!(topic, "MQTT: dropped a bad {kind} payload: {why}");
+        MqttBadPayload { kind, topic, why }.emit(&self.deps.metrics);
     }
 
     async fn add_readings(&mut self, readings: Vec<Reading>) -> Result<(), MqttError> {
@@ -102,16 +104,24 @@ impl Runner {
         let started = Instant::now();
         match self.deps.store.append(batch).await {
             Ok(_) => {
-                let m = &self.deps.metrics;
-                m.observe_commit(started.elapsed().as_secs_f64());
-                m.readings_ingested(SOURCE, n);
-                m.batch_ingested(SOURCE);
+                IngestCommitted {
+                    source: SOURCE,
+                    readings: n,
+                    batches: 1,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+                .emit(&self.deps.metrics);
                 Ok(())
             }
             Err(StoreError::Closed) => Err(MqttError::Store(StoreError::Closed)),
             Err(e) => {
-                self.deps.metrics.ingest_rejected(SOURCE, e.code());
-                tracing::warn!("MQTT: {n} received readings refused by the store: {e}");
+                IngestRejected {
+                    source: SOURCE,
+                    code: e.code(),
+                    readings: Some(n),
+                    error: Some(&e),
+                }
+                .emit(&self.deps.metrics);
                 Ok(())
             }
         }
@@ -126,13 +136,20 @@ impl Runner {
             }
             Ok(value) => match self.deps.store.put(key, &value).await {
                 Ok(v) => {
-                    self.deps.metrics.mqtt_command("ok");
+                    MqttCommand {
+                        topic,
+                        refused: None,
+                    }
+                    .emit(&self.deps.metrics);
                     serde_json::json!({"key": key, "ok": true, "actor": v.actor.to_string(), "seq": v.seq, "hlc": v.hlc.to_string()})
                 }
                 Err(StoreError::Closed) => return Err(MqttError::Store(StoreError::Closed)),
                 Err(e) => {
-                    self.deps.metrics.mqtt_command("error");
-                    tracing::warn!(topic, "MQTT: document command refused: {e}");
+                    MqttCommand {
+                        topic,
+                        refused: Some(&e),
+                    }
+                    .emit(&self.deps.metrics);
                     serde_json::json!({"key": key, "ok": false, "error": {"code": e.code(), "message": e.to_string()}})
                 }
             },
