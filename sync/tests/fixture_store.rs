@@ -49,7 +49,10 @@ async fn snapshot(s: &Store) -> Value {
         .map(|(a, n)| (a.to_string(), n))
         .collect();
     vv.sort();
-    let all = s.changes_since(&VersionVector::new(), usize::MAX).await.unwrap();
+    let all = s
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
     json!({
         "actor": s.actor().to_string(),
         "vv": vv,
@@ -109,7 +112,10 @@ async fn make_fixture() {
     )
     .await
     .unwrap();
-    let from_b = b.changes_since(&a.version_vector(), usize::MAX).await.unwrap();
+    let from_b = b
+        .changes_since(&a.version_vector(), usize::MAX)
+        .await
+        .unwrap();
     a.apply_remote(from_b).await.unwrap();
     assert_eq!(a.get("cfg/conflict").await.unwrap().unwrap().siblings, 2);
     let snap = snapshot(&a).await;
@@ -153,4 +159,33 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
     );
     assert_eq!(s.verify_digest().await.unwrap(), s.digest());
     s.close().await;
+}
+
+/// The migrations table of a store made now matches what sqlx recorded (versions,
+/// descriptions, checksums), so either code can open either store.
+#[tokio::test]
+async fn migrations_are_recorded_as_sqlx_recorded_them() {
+    let rows = |path: &Path| -> Vec<(i64, String, bool, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut st = conn
+            .prepare("SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    std::fs::copy(fixtures.join("v2-sqlx.db"), &old).unwrap();
+    let fresh = dir.path().join("fresh.db");
+    Store::open(&fresh, StoreConfig::default())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let (old_rows, new_rows) = (rows(&old), rows(&fresh));
+    assert_eq!(old_rows.len() as i64, supported_schema_version());
+    assert_eq!(new_rows, old_rows);
 }

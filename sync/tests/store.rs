@@ -515,15 +515,8 @@ async fn newer_schema_is_refused_with_both_versions() {
         .close()
         .await;
     {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)")
-            .execute(&mut conn)
-            .await
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'future', 1, x'00', 0)", [])
             .unwrap();
     }
     let err = Store::open(&path, StoreConfig::default())
