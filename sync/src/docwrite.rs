@@ -47,6 +47,7 @@ impl Writer {
                     .prepare_cached("INSERT INTO doc_keys (key) VALUES (?1)")
                     .and_then(|mut st| st.execute([key]))
                     .map_err(StoreError::db("creating a document key"))?;
+                self.counts.doc_keys += 1;
                 self.conn.last_insert_rowid()
             }
         };
@@ -109,6 +110,7 @@ impl Writer {
             )
             .and_then(|mut st| st.execute(params![change_id, key_id, hlc.0 as i64, value, &ctx_bytes]))
             .map_err(StoreError::db("storing a document version"))?;
+        self.counts.doc_versions += 1;
 
         for dot in &context {
             let idx = self.actor_slot(dot.actor)?.idx;

@@ -347,6 +347,8 @@ impl Writer {
             self.store_max_seq(idx, seq)?;
         }
 
+        self.counts.changes += staged.changes.len() as u64;
+        self.counts.readings += staged.rows.len() as u64;
         for (c, local_id) in staged.changes.into_iter().zip(change_ids) {
             self.pending_events.push(ChangeEvent {
                 local_id,
@@ -490,6 +492,7 @@ impl Writer {
                         })
                         .map_err(StoreError::db("creating a series"))?;
                     let id = self.conn.last_insert_rowid();
+                    self.counts.series += 1;
                     self.series.insert(
                         s.name.clone(),
                         SeriesSlot {

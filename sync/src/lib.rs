@@ -59,6 +59,7 @@
 
 mod actor;
 mod change;
+mod counts;
 mod digest;
 mod docs_query;
 mod docwrite;

@@ -66,6 +66,7 @@ impl Store {
             digest: RwLock::new(Digest::default()),
             clock: Mutex::new(HybridClock::new(time, config.max_clock_offset_ms)),
             events,
+            counts: RwLock::new(Default::default()),
         });
         // Opening (migrations, cache loads) is blocking work: off the async workers.
         let (writer, actor) = {
@@ -307,39 +308,33 @@ impl Store {
             .await
     }
 
-    /// Store-wide figures (counts from the rollups and the log; cheap).
+    /// Store-wide figures: counters maintained by the writer (no table scan) and the file
+    /// sizes.
     pub async fn stats(&self) -> Result<StoreStats> {
-        let (page_bytes, changes, readings, series, doc_keys, doc_versions) = self
+        let page_bytes = self
             .inner
             .readers
             .read(|conn| {
-                let one = |sql: &str| -> Result<u64> {
-                    conn.prepare_cached(sql)
-                        .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
-                        .map_err(StoreError::db("counting"))
-                        .map(|n| n.max(0) as u64)
-                };
-                Ok((
-                    one("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")?,
-                    one("SELECT COUNT(*) FROM changes")?,
-                    one("SELECT COALESCE(SUM(n), 0) FROM rollup_1m")?,
-                    one("SELECT COUNT(*) FROM series")?,
-                    one("SELECT COUNT(*) FROM doc_keys")?,
-                    one("SELECT COUNT(*) FROM doc_versions")?,
-                ))
+                conn.prepare_cached(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                )
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+                .map_err(StoreError::db("reading the database size"))
+                .map(|n| n.max(0) as u64)
             })
             .await?;
         let wal = format!("{}-wal", self.inner.path.display());
         let wal_bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        let counts = *self.inner.shared.counts.read().expect("counts lock");
         Ok(StoreStats {
             actor: self.actor(),
             version_vector: self.version_vector(),
             digest: self.digest().to_string(),
-            changes,
-            readings,
-            series,
-            doc_keys,
-            doc_versions,
+            changes: counts.changes,
+            readings: counts.readings,
+            series: counts.series,
+            doc_keys: counts.doc_keys,
+            doc_versions: counts.doc_versions,
             db_bytes: page_bytes + wal_bytes,
         })
     }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::counts::Counts;
 use crate::ingest::StagedReadings;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub clock: Mutex<HybridClock>,
     /// Durable-change announcements.
     pub events: broadcast::Sender<ChangeEvent>,
+    /// Store-wide counters, updated after each commit.
+    pub counts: RwLock<Counts>,
 }
 
 /// A request to the writer.
@@ -142,6 +145,8 @@ pub(crate) struct Writer {
     /// Document key → `doc_keys.id`.
     pub key_ids: HashMap<String, i64>,
     pub digest: Digest,
+    /// Store-wide counters (see `counts.rs`).
+    pub counts: Counts,
     /// Events of the current group, sent after commit.
     pub pending_events: Vec<ChangeEvent>,
     /// Actors whose max_seq moved in the current group.
@@ -168,12 +173,14 @@ impl Writer {
             series: HashMap::new(),
             key_ids: HashMap::new(),
             digest: Digest::default(),
+            counts: Counts::default(),
             pending_events: Vec::new(),
             touched: Vec::new(),
             twins: TwinCache::default(),
             staged: StagedReadings::default(),
         };
         w.reload()?;
+        w.counts = Counts::load(&w.conn)?;
         w.actor_slot(actor)?;
         let max_hlc: Option<i64> = w
             .conn
@@ -185,6 +192,7 @@ impl Writer {
         }
         *w.shared.vv.write().expect("vv lock") = w.version_vector();
         *w.shared.digest.write().expect("digest lock") = w.digest;
+        *w.shared.counts.write().expect("counts lock") = w.counts;
         Ok(w)
     }
 
@@ -276,6 +284,7 @@ impl Writer {
             )
             .and_then(|mut st| st.execute(params![actor_idx, seq as i64, hlc.0 as i64, kind, manifest]))
             .map_err(StoreError::db("appending to the change log"))?;
+        self.counts.changes += 1;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -351,6 +360,7 @@ impl Writer {
         self.touched.clear();
         for job in jobs {
             let digest_before = self.digest;
+            let counts_before = self.counts;
             let events_before = self.pending_events.len();
             let touched_before = self.touched.len();
             if let Err(e) = self.exec("SAVEPOINT job") {
@@ -368,6 +378,7 @@ impl Writer {
                 let rolled = self.exec("ROLLBACK TO job");
                 let released = self.exec("RELEASE job");
                 self.digest = digest_before;
+                self.counts = counts_before;
                 self.pending_events.truncate(events_before);
                 self.touched.truncate(touched_before);
                 if rolled.is_err() || released.is_err() || self.reload().is_err() {
@@ -388,6 +399,7 @@ impl Writer {
                     }
                 }
                 *self.shared.digest.write().expect("digest lock") = self.digest;
+                *self.shared.counts.write().expect("counts lock") = self.counts;
                 done.into_iter().for_each(Done::send);
                 for ev in self.pending_events.drain(..) {
                     // No subscriber is fine: events are hints, the log is the truth.
@@ -399,7 +411,10 @@ impl Writer {
                 let _ = self.exec("ROLLBACK");
                 done.into_iter().map(|d| d.fail(&e)).for_each(Done::send);
                 self.pending_events.clear();
-                if let Err(e) = self.reload() {
+                let reloaded = self
+                    .reload()
+                    .and_then(|()| Counts::load(&self.conn).map(|c| self.counts = c));
+                if let Err(e) = reloaded {
                     tracing::error!(error = %e, "store could not reload its state after a failed commit");
                 }
             }
