@@ -400,11 +400,13 @@ impl Writer {
                 }
                 *self.shared.digest.write().expect("digest lock") = self.digest;
                 *self.shared.counts.write().expect("counts lock") = self.counts;
-                done.into_iter().for_each(Done::send);
+                // Announced before the callers are answered, so a change's event is out by
+                // the time its write call returns.
                 for ev in self.pending_events.drain(..) {
                     // No subscriber is fine: events are hints, the log is the truth.
                     let _ = self.shared.events.send(ev);
                 }
+                done.into_iter().for_each(Done::send);
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; the whole write group is refused");
