@@ -624,7 +624,8 @@ async fn stats_counters_match_the_tables() {
     s.put("k1", &json!(2)).await.unwrap();
     s.twin_create("tw", None).await.unwrap();
     // Concurrent with a refused twin write to a plain key: one group, one job rolled back.
-    let (ok, refused) = tokio::join!(s.put("k2", &json!(3)), s.twin_create("k1", None),);
+    let three = json!(3);
+    let (ok, refused) = tokio::join!(s.put("k2", &three), s.twin_create("k1", None));
     ok.unwrap();
     assert!(refused.is_err());
     b.append(batch("u", &[(T0, 5.0)])).await.unwrap();
