@@ -2,7 +2,7 @@
 //! batch of readings or one document write. Owns the change types, their validation and their
 //! CBOR codec; knows nothing of SQLite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -289,11 +289,15 @@ impl ReadingBatch {
         ReadingBatch::default()
     }
 
-    /// Adds one reading (row form). Series are grouped; call [`normalize`](Self::normalize)
-    /// (the store does) to sort and check.
+    /// Adds one reading (row form). Readings of one series are grouped with the last entry
+    /// of that series among the [`PUSH_LOOKBACK`] most recent entries; beyond that (many
+    /// interleaved series) a new entry is started, so a push costs O(1) however many series
+    /// the batch holds. Call [`normalize`](Self::normalize) (the store does) to merge entries
+    /// of one series, sort and check.
     pub fn push(&mut self, series: &str, ts_ms: i64, value: f64, unit: Option<&str>) {
-        let idx = match self.series.iter().rposition(|s| s.name == series) {
-            Some(i) => i,
+        let from = self.series.len().saturating_sub(PUSH_LOOKBACK);
+        let idx = match self.series[from..].iter().rposition(|s| s.name == series) {
+            Some(i) => from + i,
             None => {
                 self.series.push(SeriesPoints {
                     name: series.to_owned(),
@@ -326,8 +330,9 @@ impl ReadingBatch {
     /// Merges entries of the same series, sorts each series by time and validates the whole
     /// batch. Any problem rejects the batch as a whole.
     pub fn normalize(&mut self, limits: &Limits) -> Result<(), StoreError> {
-        // Merge duplicate series entries, keeping first-seen order.
+        // Merge duplicate series entries, keeping first-seen order (a map: O(n) in entries).
         let mut merged: Vec<SeriesPoints> = Vec::with_capacity(self.series.len());
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(self.series.len());
         for s in self.series.drain(..) {
             if s.ts.len() != s.values.len() {
                 return Err(StoreError::InvalidBatch(format!(
@@ -337,7 +342,7 @@ impl ReadingBatch {
                     s.values.len()
                 )));
             }
-            match merged.iter_mut().find(|m| m.name == s.name) {
+            match at.get(&s.name).map(|&i| &mut merged[i]) {
                 Some(m) => {
                     m.ts.extend(s.ts);
                     m.values.extend(s.values);
@@ -346,7 +351,10 @@ impl ReadingBatch {
                     }
                     m.meta.extend(s.meta);
                 }
-                None => merged.push(s),
+                None => {
+                    at.insert(s.name.clone(), merged.len());
+                    merged.push(s);
+                }
             }
         }
         for s in &mut merged {
@@ -377,9 +385,10 @@ impl ReadingBatch {
                 limits.max_batch_readings
             )));
         }
-        for (i, s) in self.series.iter().enumerate() {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.series.len());
+        for s in &self.series {
             validate_series_name(&s.name)?;
-            if self.series[..i].iter().any(|o| o.name == s.name) {
+            if !seen.insert(s.name.as_str()) {
                 return Err(StoreError::InvalidBatch(format!(
                     "series {:?} appears twice",
                     s.name
@@ -429,6 +438,9 @@ impl ReadingBatch {
         Ok(())
     }
 }
+
+/// Entries [`ReadingBatch::push`] searches for the series of a reading (from the last).
+pub const PUSH_LOOKBACK: usize = 16;
 
 /// Largest accepted timestamp: the start of year 10000, in unix ms.
 pub const MAX_TS_MS: i64 = 253_402_300_800_000;
@@ -648,6 +660,66 @@ mod tests {
         let mut b = ReadingBatch::new();
         b.push("t", -1, 1.0, None);
         assert!(b.normalize(&l).is_err());
+    }
+
+    /// A maximal batch of distinct series (the HTTP default maximum, 50,000), and interleaved
+    /// series beyond the push look-back: grouped, merged and checked exactly. (The grouping is
+    /// linear; its timing is in `benches/store.rs`, `batch/distinct_series`.)
+    #[test]
+    fn many_distinct_and_interleaved_series_group_exactly() {
+        let limits = Limits::default();
+        let mut b = ReadingBatch::new();
+        for i in 0..50_000 {
+            b.push(&format!("s{i}"), 1_000 + i, i as f64, None);
+        }
+        b.normalize(&limits).unwrap();
+        assert_eq!(b.series.len(), 50_000);
+        assert!(
+            b.series
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.name == format!("s{i}")
+                    && s.ts == [1_000 + i as i64]
+                    && s.values == [i as f64])
+        );
+
+        // 40 series round robin, 10 readings each, newest first: split entries get merged.
+        let mut b = ReadingBatch::new();
+        for round in (0..10).rev() {
+            for k in 0..40 {
+                let unit = (round == 3).then_some("°C");
+                b.push(
+                    &format!("r{k}"),
+                    1_000 + round,
+                    (k * 100 + round) as f64,
+                    unit,
+                );
+            }
+        }
+        assert!(
+            b.series.len() > 40,
+            "entries beyond the look-back are split"
+        );
+        b.normalize(&limits).unwrap();
+        assert_eq!(b.series.len(), 40);
+        for (k, s) in b.series.iter().enumerate() {
+            assert_eq!(s.name, format!("r{k}"));
+            assert_eq!(s.ts, (1_000..1_010).collect::<Vec<i64>>());
+            assert_eq!(
+                s.values,
+                (0..10)
+                    .map(|r| (k as i64 * 100 + r) as f64)
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(s.unit.as_deref(), Some("°C"));
+        }
+
+        // A duplicate entry that `normalize` did not merge is refused by `validate`.
+        let mut dup = b.clone();
+        dup.series.push(dup.series[0].clone());
+        assert!(
+            matches!(dup.validate(&limits), Err(StoreError::InvalidBatch(m)) if m.contains("appears twice"))
+        );
     }
 
     #[test]

@@ -2,23 +2,23 @@
 //! list by prefix and diff. As-of reads rebuild the heads from the versions stamped at or
 //! before the point: a version is a head unless a version in that set supersedes it (a
 //! superseding version always has a higher HLC, so the set is causally closed).
+//!
+//! Each public read is one closure on a read connection (`readers.rs`); `list` takes a
+//! bounded number of keys per closure.
 
 use std::collections::HashSet;
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::docwrite::decode_context;
 use crate::{
     ActorId, AsOf, DocChange, DocDiff, DocState, DocVersion, Dot, Hlc, Result, Store, StoreError,
 };
 
-const VERSION_COLUMNS: &str = "SELECT v.change_id, a.actor, c.seq, v.hlc, v.value, v.context, k.key \
-     FROM doc_versions v JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
-     JOIN doc_keys k ON k.id = v.key_id ";
-
 /// Most versions one history page returns.
 pub const MAX_HISTORY_PAGE: usize = 1000;
+/// Keys one read of `list` looks at before handing its connection back.
+const LIST_KEYS_PER_READ: usize = 256;
 
 fn decode_value(key: &str, bytes: &[u8]) -> Result<serde_json::Value> {
     ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
@@ -27,24 +27,47 @@ fn decode_value(key: &str, bytes: &[u8]) -> Result<serde_json::Value> {
     })
 }
 
-fn version_from_row(r: &SqliteRow) -> Result<DocVersion> {
-    let key: String = r.get(6);
-    let actor = ActorId::from_slice(&r.get::<Vec<u8>, _>(1)).ok_or(StoreError::Decode {
+/// A version row as read: (actor, seq, hlc, value, context).
+type RawVersion = (Vec<u8>, i64, i64, Option<Vec<u8>>, Vec<u8>);
+
+fn version_of(key: &str, (actor, seq, hlc, value, ctx): RawVersion) -> Result<DocVersion> {
+    let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
         what: "stored actor id",
         detail: "not 16 bytes".into(),
     })?;
-    let value = match r.get::<Option<Vec<u8>>, _>(4) {
-        Some(b) => Some(decode_value(&key, &b)?),
+    let value = match value {
+        Some(b) => Some(decode_value(key, &b)?),
         None => None,
     };
     Ok(DocVersion {
         actor,
-        seq: r.get::<i64, _>(2) as u64,
-        hlc: Hlc(r.get::<i64, _>(3) as u64),
+        seq: seq as u64,
+        hlc: Hlc(hlc as u64),
         value,
-        supersedes: decode_context(&r.get::<Vec<u8>, _>(5))?,
-        key,
+        supersedes: decode_context(&ctx)?,
+        key: key.to_owned(),
     })
+}
+
+/// Runs a version query (selecting `a.actor, c.seq, v.hlc, v.value, v.context`) and decodes
+/// its rows as versions of `key`.
+fn versions(
+    conn: &Connection,
+    key: &str,
+    sql: &'static str,
+    params: impl rusqlite::Params,
+    what: &'static str,
+) -> Result<Vec<DocVersion>> {
+    let raw: Vec<RawVersion> = conn
+        .prepare_cached(sql)
+        .and_then(|mut st| {
+            st.query_map(params, |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })
+        .map_err(StoreError::db(what))?;
+    raw.into_iter().map(|r| version_of(key, r)).collect()
 }
 
 /// Winner among siblings: highest HLC, then highest actor.
@@ -74,34 +97,95 @@ fn heads_of(versions: Vec<DocVersion>) -> Vec<DocVersion> {
         .collect()
 }
 
-impl Store {
-    async fn key_id(&self, key: &str) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT id FROM doc_keys WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("looking up a document key"))
-    }
+fn key_id(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM doc_keys WHERE key = ?1")
+        .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+        .map_err(StoreError::db("looking up a document key"))
+}
 
+/// Current siblings of the key with id `id`, newest first.
+fn siblings_of(conn: &Connection, key: &str, id: i64) -> Result<Vec<DocVersion>> {
+    let mut v = versions(
+        conn,
+        key,
+        "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_heads h \
+         JOIN doc_versions v ON v.change_id = h.change_id \
+         JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+         WHERE h.key_id = ?1",
+        [id],
+        "reading document heads",
+    )?;
+    v.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
+    Ok(v)
+}
+
+/// The state of the key with id `id` at `at`; `None` before its first version.
+fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocState>> {
+    let found = versions(
+        conn,
+        key,
+        "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_versions v \
+         JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+         WHERE v.key_id = ?1 AND v.hlc <= ?2",
+        params![id, at.bound().0 as i64],
+        "reading document history",
+    )?;
+    Ok(state_of(heads_of(found)))
+}
+
+/// One read of `list`: live documents among the next keys after `cursor`. Returns the
+/// states, the last key looked at and whether the prefix is exhausted.
+fn list_step(
+    conn: &Connection,
+    prefix: &str,
+    at: Option<AsOf>,
+    want: usize,
+    cursor: &str,
+) -> Result<(Vec<DocState>, Option<String>, bool)> {
+    let keys: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT id, key FROM doc_keys WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![cursor, prefix, LIST_KEYS_PER_READ as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect()
+        })
+        .map_err(StoreError::db("listing document keys"))?;
+    let exhausted = keys.len() < LIST_KEYS_PER_READ;
+    let mut out = Vec::new();
+    let mut last = None;
+    for (id, key) in keys {
+        if !key.starts_with(prefix) {
+            return Ok((out, last, true));
+        }
+        let state = match at {
+            None => state_of(siblings_of(conn, &key, id)?),
+            Some(at) => as_of(conn, &key, id, at)?,
+        };
+        if let Some(s) = state.filter(|s| !s.winner.is_tombstone()) {
+            out.push(s);
+            if out.len() >= want {
+                return Ok((out, Some(key), true));
+            }
+        }
+        last = Some(key);
+    }
+    Ok((out, last, exhausted))
+}
+
+impl Store {
     /// Current siblings of `key`, newest first (empty when the key was never written).
     pub async fn siblings(&self, key: &str) -> Result<Vec<DocVersion>> {
-        let Some(id) = self.key_id(key).await? else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(const_format(
-            VERSION_COLUMNS,
-            "WHERE v.change_id IN (SELECT change_id FROM doc_heads WHERE key_id = ?)",
-        ))
-        .bind(id)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("reading document heads"))?;
-        let mut v = rows
-            .iter()
-            .map(version_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        v.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
-        Ok(v)
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .read(move |conn| match key_id(conn, &key)? {
+                Some(id) => siblings_of(conn, &key, id),
+                None => Ok(Vec::new()),
+            })
+            .await
     }
 
     /// The current state of `key`: the winning version (possibly a tombstone) and the number
@@ -113,29 +197,22 @@ impl Store {
     /// The state of `key` as it was at `at`. `None` when the key was never written;
     /// [`StoreError::BeforeHistory`] when `at` is before its first version.
     pub async fn get_as_of(&self, key: &str, at: AsOf) -> Result<Option<DocState>> {
-        let Some(id) = self.key_id(key).await? else {
-            return Ok(None);
-        };
-        let rows = sqlx::query(const_format(
-            VERSION_COLUMNS,
-            "WHERE v.key_id = ? AND v.hlc <= ?",
-        ))
-        .bind(id)
-        .bind(at.bound().0 as i64)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("reading document history"))?;
-        let versions = rows
-            .iter()
-            .map(version_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        if versions.is_empty() {
-            return Err(StoreError::BeforeHistory {
-                key: key.to_owned(),
-                at: at.to_string(),
-            });
-        }
-        Ok(state_of(heads_of(versions)))
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .read(move |conn| {
+                let Some(id) = key_id(conn, &key)? else {
+                    return Ok(None);
+                };
+                match as_of(conn, &key, id, at)? {
+                    Some(s) => Ok(Some(s)),
+                    None => Err(StoreError::BeforeHistory {
+                        at: at.to_string(),
+                        key,
+                    }),
+                }
+            })
+            .await
     }
 
     /// Versions of `key`, newest first, at most `limit`, older than `before` when given
@@ -146,24 +223,33 @@ impl Store {
         limit: usize,
         before: Option<Hlc>,
     ) -> Result<Vec<DocVersion>> {
-        let Some(id) = self.key_id(key).await? else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(const_format(
-            VERSION_COLUMNS,
-            "WHERE v.key_id = ? AND v.hlc < ? ORDER BY v.hlc DESC, a.actor DESC LIMIT ?",
-        ))
-        .bind(id)
-        .bind(before.map_or(i64::MAX, |h| h.0 as i64))
-        .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("reading document history"))?;
-        rows.iter().map(version_from_row).collect()
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .read(move |conn| {
+                let Some(id) = key_id(conn, &key)? else {
+                    return Ok(Vec::new());
+                };
+                versions(
+                    conn,
+                    &key,
+                    "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_versions v \
+                     JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+                     WHERE v.key_id = ?1 AND v.hlc < ?2 ORDER BY v.hlc DESC, a.actor DESC LIMIT ?3",
+                    params![
+                        id,
+                        before.map_or(i64::MAX, |h| h.0 as i64),
+                        limit.clamp(1, MAX_HISTORY_PAGE) as i64
+                    ],
+                    "reading document history",
+                )
+            })
+            .await
     }
 
     /// Live (not deleted) documents whose key starts with `prefix`, in key order, after key
-    /// `after`, at most `limit`; as they were at `at` when given.
+    /// `after`, at most `limit`; as they were at `at` when given. Reads [`LIST_KEYS_PER_READ`]
+    /// keys per connection hold, whatever the number of deleted keys to skip.
     pub async fn list(
         &self,
         prefix: &str,
@@ -175,35 +261,16 @@ impl Store {
         let mut out = Vec::new();
         let mut cursor = after.map(str::to_owned).unwrap_or_default();
         loop {
-            let keys: Vec<String> = sqlx::query_scalar(
-                "SELECT key FROM doc_keys WHERE key > ? AND key >= ? ORDER BY key LIMIT 256",
-            )
-            .bind(&cursor)
-            .bind(prefix)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("listing document keys"))?;
-            if keys.is_empty() {
-                return Ok(out);
-            }
-            for key in keys {
-                if !key.starts_with(prefix) {
-                    return Ok(out);
-                }
-                let state = match at {
-                    None => self.get(&key).await?,
-                    Some(at) => match self.get_as_of(&key, at).await {
-                        Err(StoreError::BeforeHistory { .. }) => None,
-                        other => other?,
-                    },
-                };
-                if let Some(s) = state.filter(|s| !s.winner.is_tombstone()) {
-                    out.push(s);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-                cursor = key;
+            let (prefix, from, want) = (prefix.to_owned(), cursor.clone(), limit - out.len());
+            let (found, last, done) = self
+                .inner
+                .readers
+                .read(move |conn| list_step(conn, &prefix, at, want, &from))
+                .await?;
+            out.extend(found);
+            match last {
+                Some(last) if !done && out.len() < limit => cursor = last,
+                _ => return Ok(out),
             }
         }
     }
@@ -211,24 +278,22 @@ impl Store {
     /// How `key` changed between two points: its value at each (absent or deleted → `None`)
     /// and the JSON-level changes.
     pub async fn diff(&self, key: &str, from: AsOf, to: AsOf) -> Result<DocDiff> {
-        let at = |a: AsOf| async move {
-            match self.get_as_of(key, a).await {
-                Ok(s) => Ok(s.and_then(|s| s.winner.value)),
-                Err(StoreError::BeforeHistory { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        };
-        if self.key_id(key).await?.is_none() {
-            return Err(StoreError::UnknownKey(key.to_owned()));
-        }
-        let (a, b) = (at(from).await?, at(to).await?);
+        let owned = key.to_owned();
+        let (a, b) = self
+            .inner
+            .readers
+            .read(move |conn| {
+                let Some(id) = key_id(conn, &owned)? else {
+                    return Err(StoreError::UnknownKey(owned));
+                };
+                let value = |at| -> Result<Option<serde_json::Value>> {
+                    Ok(as_of(conn, &owned, id, at)?.and_then(|s| s.winner.value))
+                };
+                Ok((value(from)?, value(to)?))
+            })
+            .await?;
         Ok(DocDiff::between(key, a, b))
     }
-}
-
-fn const_format(head: &'static str, tail: &'static str) -> sqlx::AssertSqlSafe<String> {
-    // Both parts are compile-time constants; only bound parameters carry data.
-    sqlx::AssertSqlSafe(format!("{head}{tail}"))
 }
 
 /// JSON-level diff: recurses into objects, compares other values whole.

@@ -3,8 +3,11 @@
 //! recorded as superseded and leave the key's heads; the new version becomes a head unless a
 //! version already stored supersedes it (possible when changes of different actors arrive out
 //! of causal order). The final heads are the same whatever the order of arrival.
+//!
+//! Runs on the writer thread with cached prepared statements; key ids are cached in the
+//! writer (reloaded after a rollback).
 
-use sqlx::Row;
+use rusqlite::{OptionalExtension, params};
 
 use crate::digest::doc_hash;
 use crate::writer::Writer;
@@ -28,42 +31,51 @@ pub(crate) fn decode_context(bytes: &[u8]) -> Result<Vec<Dot>> {
 }
 
 impl Writer {
-    async fn key_id(&mut self, key: &str) -> Result<i64> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM doc_keys WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(StoreError::db("looking up a document key"))?;
-        if let Some(id) = id {
+    pub(crate) fn key_id(&mut self, key: &str) -> Result<i64> {
+        if let Some(&id) = self.key_ids.get(key) {
             return Ok(id);
         }
-        Ok(sqlx::query("INSERT INTO doc_keys (key) VALUES (?)")
-            .bind(key)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("creating a document key"))?
-            .last_insert_rowid())
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM doc_keys WHERE key = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+            .map_err(StoreError::db("looking up a document key"))?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.conn
+                    .prepare_cached("INSERT INTO doc_keys (key) VALUES (?1)")
+                    .and_then(|mut st| st.execute([key]))
+                    .map_err(StoreError::db("creating a document key"))?;
+                self.counts.doc_keys += 1;
+                self.conn.last_insert_rowid()
+            }
+        };
+        self.key_ids.insert(key.to_owned(), id);
+        Ok(id)
     }
 
-    async fn current_heads(&mut self, key_id: i64) -> Result<Vec<Dot>> {
-        let rows = sqlx::query(
-            "SELECT a.actor, c.seq FROM doc_heads h \
-             JOIN changes c ON c.id = h.change_id JOIN actors a ON a.idx = c.actor_idx \
-             WHERE h.key_id = ?",
-        )
-        .bind(key_id)
-        .fetch_all(&mut self.conn)
-        .await
-        .map_err(StoreError::db("reading document heads"))?;
-        rows.iter()
-            .map(|r| {
-                let a: Vec<u8> = r.get(0);
+    pub(crate) fn current_heads(&mut self, key_id: i64) -> Result<Vec<Dot>> {
+        let rows: Vec<(Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT a.actor, c.seq FROM doc_heads h \
+                 JOIN changes c ON c.id = h.change_id JOIN actors a ON a.idx = c.actor_idx \
+                 WHERE h.key_id = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_map([key_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(StoreError::db("reading document heads"))?;
+        rows.into_iter()
+            .map(|(a, seq)| {
                 Ok(Dot {
                     actor: ActorId::from_slice(&a).ok_or(StoreError::Decode {
                         what: "stored actor id",
                         detail: "not 16 bytes".into(),
                     })?,
-                    seq: r.get::<i64, _>(1) as u64,
+                    seq: seq as u64,
                 })
             })
             .collect()
@@ -72,7 +84,7 @@ impl Writer {
     /// Stores one document version. `context` is `None` for a local write (the current heads
     /// are taken) and the received context for a remote one. Returns the context used.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn store_doc(
+    pub(crate) fn store_doc(
         &mut self,
         actor: ActorId,
         seq: u64,
@@ -82,67 +94,55 @@ impl Writer {
         context: Option<&[Dot]>,
         remote: bool,
     ) -> Result<Vec<Dot>> {
-        let key_id = self.key_id(key).await?;
+        let key_id = self.key_id(key)?;
         let mut context = match context {
             Some(c) => c.to_vec(),
-            None => self.current_heads(key_id).await?,
+            None => self.current_heads(key_id)?,
         };
         context.sort();
         context.dedup();
         let ctx_bytes = encode_context(&context);
-        let slot = self.actor_slot(actor).await?;
-        let change_id = self.insert_change_row(slot.idx, seq, hlc, 2, None).await?;
-        sqlx::query("INSERT INTO doc_versions (change_id, key_id, hlc, value, context) VALUES (?, ?, ?, ?, ?)")
-            .bind(change_id)
-            .bind(key_id)
-            .bind(hlc.0 as i64)
-            .bind(value)
-            .bind(&ctx_bytes)
-            .execute(&mut self.conn)
-            .await
+        let slot = self.actor_slot(actor)?;
+        let change_id = self.insert_change_row(slot.idx, seq, hlc, 2, None)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO doc_versions (change_id, key_id, hlc, value, context) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![change_id, key_id, hlc.0 as i64, value, &ctx_bytes]))
             .map_err(StoreError::db("storing a document version"))?;
+        self.counts.doc_versions += 1;
 
-        for dot in context.clone() {
-            let idx = self.actor_slot(dot.actor).await?.idx;
-            sqlx::query(
-                "INSERT OR IGNORE INTO doc_superseded (key_id, actor_idx, seq) VALUES (?, ?, ?)",
-            )
-            .bind(key_id)
-            .bind(idx)
-            .bind(dot.seq as i64)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("recording superseded versions"))?;
-            sqlx::query(
-                "DELETE FROM doc_heads WHERE key_id = ? AND change_id IN \
-                 (SELECT id FROM changes WHERE actor_idx = ? AND seq = ?)",
-            )
-            .bind(key_id)
-            .bind(idx)
-            .bind(dot.seq as i64)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("updating document heads"))?;
+        for dot in &context {
+            let idx = self.actor_slot(dot.actor)?.idx;
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO doc_superseded (key_id, actor_idx, seq) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut st| st.execute(params![key_id, idx, dot.seq as i64]))
+                .map_err(StoreError::db("recording superseded versions"))?;
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM doc_heads WHERE key_id = ?1 AND change_id IN \
+                     (SELECT id FROM changes WHERE actor_idx = ?2 AND seq = ?3)",
+                )
+                .and_then(|mut st| st.execute(params![key_id, idx, dot.seq as i64]))
+                .map_err(StoreError::db("updating document heads"))?;
         }
-        let superseded: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM doc_superseded WHERE key_id = ? AND actor_idx = ? AND seq = ?",
-        )
-        .bind(key_id)
-        .bind(slot.idx)
-        .bind(seq as i64)
-        .fetch_optional(&mut self.conn)
-        .await
-        .map_err(StoreError::db("checking document heads"))?;
-        if superseded.is_none() {
-            sqlx::query("INSERT INTO doc_heads (key_id, change_id) VALUES (?, ?)")
-                .bind(key_id)
-                .bind(change_id)
-                .execute(&mut self.conn)
-                .await
+        let superseded = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM doc_superseded WHERE key_id = ?1 AND actor_idx = ?2 AND seq = ?3",
+            )
+            .and_then(|mut st| st.exists(params![key_id, slot.idx, seq as i64]))
+            .map_err(StoreError::db("checking document heads"))?;
+        if !superseded {
+            self.conn
+                .prepare_cached("INSERT INTO doc_heads (key_id, change_id) VALUES (?1, ?2)")
+                .and_then(|mut st| st.execute(params![key_id, change_id]))
                 .map_err(StoreError::db("updating document heads"))?;
         }
 
-        self.advance(actor, seq).await?;
+        self.advance(actor, seq)?;
         self.digest
             .add(&doc_hash(&actor, seq, hlc, key, value, &ctx_bytes));
         self.pending_events.push(ChangeEvent {

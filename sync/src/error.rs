@@ -12,9 +12,20 @@ pub enum StoreError {
     Database {
         /// What the store was doing, e.g. "committing a write group".
         context: &'static str,
-        /// The underlying sqlx error.
+        /// The underlying SQLite error.
         #[source]
-        source: sqlx::Error,
+        source: rusqlite::Error,
+    },
+    /// A write group could not start or commit, so this write was not stored (the cause,
+    /// logged by the writer, is an error of another statement of the group).
+    #[error("database error while {context}: {detail}")]
+    WriteGroup {
+        /// What the writer was doing, e.g. "committing a write group".
+        context: &'static str,
+        /// The underlying error, as text.
+        detail: String,
+        /// Whether that underlying error was transient (busy, locked, I/O).
+        transient: bool,
     },
     /// Creating the data directory or reading a file failed.
     #[error("I/O error on {path}: {source}")]
@@ -131,17 +142,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
         move |source| StoreError::Database { context, source }
     }
 
-    /// True when the same operation may succeed if retried (busy database, disk I/O).
+    /// True when the same operation may succeed if retried: the database is busy or locked
+    /// (another connection holds the write lock past the busy timeout), disk I/O failed or
+    /// the disk is full, the store is closing. Constraint violations, corruption, misuse and
+    /// decoding errors are not transient: retrying gives the same answer.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Database { source, .. } => matches!(
-                source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Database(_)
-            ),
+            StoreError::Database { source, .. } => sqlite_transient(source),
+            StoreError::WriteGroup { transient, .. } => *transient,
             StoreError::Io { .. } | StoreError::Closed => true,
             _ => false,
         }
@@ -168,7 +180,7 @@ impl StoreError {
     /// A short stable machine-readable code, used in API errors and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            StoreError::Database { .. } => "database",
+            StoreError::Database { .. } | StoreError::WriteGroup { .. } => "database",
             StoreError::Io { .. } => "io",
             StoreError::SchemaTooNew { .. } => "schema_too_new",
             StoreError::InvalidBatch(_) => "invalid_batch",
@@ -189,5 +201,48 @@ impl StoreError {
     }
 }
 
+/// Whether an SQLite error may go away on retry (see [`StoreError::is_transient`]).
+pub(crate) fn sqlite_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::DiskFull | C::OutOfMemory
+        ),
+        _ => false,
+    }
+}
+
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> StoreError {
+        StoreError::Database {
+            context: "testing",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        }
+    }
+
+    #[test]
+    fn busy_and_locked_are_transient_constraint_and_corruption_are_not() {
+        use rusqlite::ffi;
+        assert!(sqlite(ffi::SQLITE_BUSY).is_transient());
+        assert!(sqlite(ffi::SQLITE_LOCKED).is_transient());
+        assert!(sqlite(ffi::SQLITE_IOERR).is_transient());
+        assert!(sqlite(ffi::SQLITE_FULL).is_transient());
+        assert!(!sqlite(ffi::SQLITE_CONSTRAINT).is_transient());
+        assert!(!sqlite(ffi::SQLITE_CORRUPT).is_transient());
+        assert!(!sqlite(ffi::SQLITE_NOTADB).is_transient());
+        assert!(!sqlite(ffi::SQLITE_MISUSE).is_transient());
+        let decode = StoreError::Database {
+            context: "testing",
+            source: rusqlite::Error::InvalidColumnType(0, "x".into(), rusqlite::types::Type::Blob),
+        };
+        assert!(!decode.is_transient());
+        assert_eq!(sqlite(ffi::SQLITE_BUSY).code(), "database");
+    }
+}

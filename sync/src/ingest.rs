@@ -3,14 +3,16 @@
 //! per-minute rollups. Readings are stored once; the manifest only says where to find them
 //! again (series, time range, count). Changes are staged in memory and a run of them (one
 //! local append, or the consecutive readings changes of one `apply_remote` call) is written
-//! with multi-row statements: each statement is a round trip to sqlx's worker thread.
+//! with multi-row statements (`multirow.rs`) on the writer thread.
 
 use std::collections::{BTreeMap, HashMap};
 
+use rusqlite::OptionalExtension;
+
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::digest::readings_hash;
+use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
@@ -20,15 +22,6 @@ use crate::{
 const INSERT_CHUNK: usize = 2000;
 /// Change-log rows per INSERT (5 parameters each).
 const CHANGE_CHUNK: usize = 1000;
-/// Multi-row statements of at most this many rows are kept prepared (sqlx's statement
-/// cache) whatever their size, as are full chunks; other sizes are prepared for one use, so
-/// the cache does not fill with large one-off statements (each holds memory).
-const CACHED_ROWS: usize = 64;
-
-/// Whether a multi-row statement of `rows` rows (chunks of `chunk`) is worth caching.
-pub(crate) fn cache_statement(rows: usize, chunk: usize) -> bool {
-    rows <= CACHED_ROWS || rows == chunk
-}
 /// Series rows per attribute UPDATE (5 parameters each).
 const SERIES_CHUNK: usize = 1000;
 /// Rollup rows per upsert statement (10 parameters each).
@@ -78,16 +71,16 @@ pub(crate) struct MinuteAgg {
 impl MinuteAgg {
     /// Reads the nine columns `minute, n, sum, min, max, first_ts, first_v, last_ts, last_v`
     /// of a rollup row, starting at column `at`.
-    pub fn from_row(r: &sqlx::sqlite::SqliteRow, at: usize) -> MinuteAgg {
-        MinuteAgg {
-            minute: r.get(at),
-            n: r.get(at + 1),
-            sum: r.get(at + 2),
-            min: r.get(at + 3),
-            max: r.get(at + 4),
-            first: (r.get(at + 5), r.get(at + 6)),
-            last: (r.get(at + 7), r.get(at + 8)),
-        }
+    pub fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<MinuteAgg> {
+        Ok(MinuteAgg {
+            minute: r.get(at)?,
+            n: r.get(at + 1)?,
+            sum: r.get(at + 2)?,
+            min: r.get(at + 3)?,
+            max: r.get(at + 4)?,
+            first: (r.get(at + 5)?, r.get(at + 6)?),
+            last: (r.get(at + 7)?, r.get(at + 8)?),
+        })
     }
 
     pub fn new(minute: i64, ts: i64, v: f64) -> MinuteAgg {
@@ -209,7 +202,7 @@ impl Writer {
     /// digest and version vector move now, the rows are written by the next
     /// [`flush_readings`](Self::flush_readings), which must run before the job ends and before
     /// any other kind of change is stored (so local ids stay in arrival order).
-    pub(crate) async fn stage_readings(
+    pub(crate) fn stage_readings(
         &mut self,
         actor: ActorId,
         seq: u64,
@@ -217,10 +210,10 @@ impl Writer {
         batch: &ReadingBatch,
         remote: bool,
     ) -> Result<()> {
-        let slot = self.actor_slot(actor).await?;
+        let slot = self.actor_slot(actor)?;
         let mut ids = Vec::with_capacity(batch.series.len());
         for s in &batch.series {
-            ids.push(self.series_id(s, hlc, actor).await?);
+            ids.push(self.series_id(s, hlc, actor)?);
         }
         let staged = &mut self.staged;
         let pos = staged.changes.len();
@@ -253,33 +246,37 @@ impl Writer {
 
     /// Writes the staged readings changes: change-log rows, readings, rollups, series
     /// attributes and version-vector rows, each as multi-row statements.
-    pub(crate) async fn flush_readings(&mut self) -> Result<()> {
+    pub(crate) fn flush_readings(&mut self) -> Result<()> {
         let staged = std::mem::take(&mut self.staged);
         if staged.changes.is_empty() {
             return Ok(());
         }
         let mut ids: HashMap<(i64, i64), i64> = HashMap::with_capacity(staged.changes.len());
         for chunk in staged.changes.chunks(CHANGE_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) ");
-            qb.push_values(chunk, |mut b, c| {
-                b.push_bind(c.actor_idx)
-                    .push_bind(c.seq as i64)
-                    .push_bind(c.hlc.0 as i64)
-                    .push_bind(1i64)
-                    .push_bind(&c.manifest);
-            });
             // RETURNING rows come in no promised order: match them by (actor, seq).
-            qb.push(" RETURNING id, actor_idx, seq");
-            for r in qb
-                .build()
-                .persistent(cache_statement(chunk.len(), CHANGE_CHUNK))
-                .fetch_all(&mut self.conn)
-                .await
-                .map_err(StoreError::db("appending to the change log"))?
-            {
-                ids.insert((r.get(1), r.get(2)), r.get(0));
-            }
+            let sql = values_sql(
+                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES ",
+                5,
+                chunk.len(),
+                " RETURNING id, actor_idx, seq",
+            );
+            let cached = cache_statement(chunk.len(), CHANGE_CHUNK);
+            with_statement(&self.conn, &sql, cached, |st| {
+                let mut b = Binder::new(st);
+                for c in chunk {
+                    b.bind(c.actor_idx)?
+                        .bind(c.seq as i64)?
+                        .bind(c.hlc.0 as i64)?
+                        .bind(1i64)?
+                        .bind(&c.manifest)?;
+                }
+                let mut rows = st.raw_query();
+                while let Some(r) = rows.next()? {
+                    ids.insert((r.get(1)?, r.get(2)?), r.get(0)?);
+                }
+                Ok(())
+            })
+            .map_err(StoreError::db("appending to the change log"))?;
         }
         let change_ids = staged
             .changes
@@ -295,42 +292,47 @@ impl Writer {
             .collect::<Result<Vec<i64>>>()?;
 
         for chunk in staged.rows.chunks(INSERT_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO readings (series_id, ts, change_id, value) ");
-            qb.push_values(chunk, |mut b, &(pos, id, t, v)| {
-                b.push_bind(id)
-                    .push_bind(t)
-                    .push_bind(change_ids[pos])
-                    .push_bind(v);
-            });
-            qb.build()
-                .persistent(cache_statement(chunk.len(), INSERT_CHUNK))
-                .execute(&mut self.conn)
-                .await
-                .map_err(StoreError::db("inserting readings"))?;
+            let sql = values_sql(
+                "INSERT INTO readings (series_id, ts, change_id, value) VALUES ",
+                4,
+                chunk.len(),
+                "",
+            );
+            let cached = cache_statement(chunk.len(), INSERT_CHUNK);
+            with_statement(&self.conn, &sql, cached, |st| {
+                let mut b = Binder::new(st);
+                for &(pos, id, t, v) in chunk {
+                    b.bind(id)?.bind(t)?.bind(change_ids[pos])?.bind(v)?;
+                }
+                st.raw_execute()
+            })
+            .map_err(StoreError::db("inserting readings"))?;
         }
 
-        self.write_rollups(&staged.aggs).await?;
+        self.write_rollups(&staged.aggs)?;
 
         let attrs: Vec<(i64, SeriesAttrs)> = staged.attrs.into_iter().collect();
         for chunk in attrs.chunks(SERIES_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let sql = values_sql(
                 "UPDATE series SET unit = v.column2, meta = v.column3, attr_hlc = v.column4, \
-                 attr_actor = v.column5 FROM (",
+                 attr_actor = v.column5 FROM (VALUES ",
+                5,
+                chunk.len(),
+                ") AS v WHERE series.id = v.column1",
             );
-            qb.push_values(chunk, |mut b, (id, a)| {
-                b.push_bind(*id)
-                    .push_bind(&a.unit)
-                    .push_bind(&a.meta_json)
-                    .push_bind(a.hlc as i64)
-                    .push_bind(a.actor.as_slice());
-            });
-            qb.push(") AS v WHERE series.id = v.column1");
-            qb.build()
-                .persistent(cache_statement(chunk.len(), SERIES_CHUNK))
-                .execute(&mut self.conn)
-                .await
-                .map_err(StoreError::db("updating series attributes"))?;
+            let cached = cache_statement(chunk.len(), SERIES_CHUNK);
+            with_statement(&self.conn, &sql, cached, |st| {
+                let mut b = Binder::new(st);
+                for (id, a) in chunk {
+                    b.bind(*id)?
+                        .bind(&a.unit)?
+                        .bind(&a.meta_json)?
+                        .bind(a.hlc as i64)?
+                        .bind(a.actor.as_slice())?;
+                }
+                st.raw_execute()
+            })
+            .map_err(StoreError::db("updating series attributes"))?;
         }
 
         // The version vector: each actor's last staged seq.
@@ -342,9 +344,11 @@ impl Writer {
             }
         }
         for (idx, seq) in last {
-            self.store_max_seq(idx, seq).await?;
+            self.store_max_seq(idx, seq)?;
         }
 
+        self.counts.changes += staged.changes.len() as u64;
+        self.counts.readings += staged.rows.len() as u64;
         for (c, local_id) in staged.changes.into_iter().zip(change_ids) {
             self.pending_events.push(ChangeEvent {
                 local_id,
@@ -366,41 +370,44 @@ impl Writer {
     /// hitting the same minutes) they are folded in memory onto the stored rows first: the
     /// same float operations in the same order as one upsert per aggregate, so the result is
     /// bit for bit what applying change by change gives, with one row written per minute.
-    async fn write_rollups(&mut self, aggs: &[(i64, MinuteAgg)]) -> Result<()> {
+    fn write_rollups(&mut self, aggs: &[(i64, MinuteAgg)]) -> Result<()> {
         let mut keys: HashMap<(i64, i64), usize> = HashMap::with_capacity(aggs.len());
         for (id, a) in aggs {
             let n = keys.len();
             keys.entry((*id, a.minute)).or_insert(n);
         }
         if keys.len() == aggs.len() {
-            return self.upsert_rollups(aggs, ROLLUP_UPSERT).await;
+            return self.upsert_rollups(aggs, ROLLUP_UPSERT);
         }
         let mut rows: Vec<Option<(i64, MinuteAgg)>> = vec![None; keys.len()];
         let mut wanted: Vec<(i64, i64)> = keys.keys().copied().collect();
         wanted.sort_unstable();
         for chunk in wanted.chunks(ROLLUP_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH k (series_id, minute) AS (");
-            qb.push_values(chunk, |mut b, &(id, minute)| {
-                b.push_bind(id).push_bind(minute);
-            });
-            qb.push(
+            let sql = values_sql(
+                "WITH k (series_id, minute) AS (VALUES ",
+                2,
+                chunk.len(),
                 ") SELECT r.series_id, r.minute, r.n, r.total, r.vmin, r.vmax, r.first_ts, \
                  r.first_value, r.last_ts, r.last_value FROM k CROSS JOIN rollup_1m r \
                  ON r.series_id = k.series_id AND r.minute = k.minute",
             );
-            for r in qb
-                .build()
-                .persistent(cache_statement(chunk.len(), ROLLUP_CHUNK))
-                .fetch_all(&mut self.conn)
-                .await
-                .map_err(StoreError::db("reading rollups"))?
-            {
-                let key = (r.get::<i64, _>(0), r.get::<i64, _>(1));
-                let stored = MinuteAgg::from_row(&r, 1);
-                if let Some(&k) = keys.get(&key) {
-                    rows[k] = Some((key.0, stored));
+            let cached = cache_statement(chunk.len(), ROLLUP_CHUNK);
+            with_statement(&self.conn, &sql, cached, |st| {
+                let mut b = Binder::new(st);
+                for &(id, minute) in chunk {
+                    b.bind(id)?.bind(minute)?;
                 }
-            }
+                let mut found = st.raw_query();
+                while let Some(r) = found.next()? {
+                    let key: (i64, i64) = (r.get(0)?, r.get(1)?);
+                    let stored = MinuteAgg::from_row(r, 1)?;
+                    if let Some(&k) = keys.get(&key) {
+                        rows[k] = Some((key.0, stored));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(StoreError::db("reading rollups"))?;
         }
         for (id, a) in aggs {
             match &mut rows[keys[&(*id, a.minute)]] {
@@ -409,54 +416,60 @@ impl Writer {
             }
         }
         let rows: Vec<(i64, MinuteAgg)> = rows.into_iter().flatten().collect();
-        self.upsert_rollups(&rows, ROLLUP_REPLACE).await
+        self.upsert_rollups(&rows, ROLLUP_REPLACE)
     }
 
     /// Writes rollup rows with `conflict` deciding what happens to a stored row.
-    async fn upsert_rollups(&mut self, rows: &[(i64, MinuteAgg)], conflict: &str) -> Result<()> {
+    fn upsert_rollups(&mut self, rows: &[(i64, MinuteAgg)], conflict: &str) -> Result<()> {
         for chunk in rows.chunks(ROLLUP_CHUNK) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) ",
+            let sql = values_sql(
+                "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) VALUES ",
+                10,
+                chunk.len(),
+                conflict,
             );
-            qb.push_values(chunk, |mut b, (id, a)| {
-                b.push_bind(*id)
-                    .push_bind(a.minute)
-                    .push_bind(a.n)
-                    .push_bind(a.sum)
-                    .push_bind(a.min)
-                    .push_bind(a.max)
-                    .push_bind(a.first.0)
-                    .push_bind(a.first.1)
-                    .push_bind(a.last.0)
-                    .push_bind(a.last.1);
-            });
-            qb.push(conflict);
-            qb.build()
-                .persistent(cache_statement(chunk.len(), ROLLUP_CHUNK))
-                .execute(&mut self.conn)
-                .await
-                .map_err(StoreError::db("updating rollups"))?;
+            let cached = cache_statement(chunk.len(), ROLLUP_CHUNK);
+            with_statement(&self.conn, &sql, cached, |st| {
+                let mut b = Binder::new(st);
+                for (id, a) in chunk {
+                    b.bind(*id)?
+                        .bind(a.minute)?
+                        .bind(a.n)?
+                        .bind(a.sum)?
+                        .bind(a.min)?
+                        .bind(a.max)?
+                        .bind(a.first.0)?
+                        .bind(a.first.1)?
+                        .bind(a.last.0)?
+                        .bind(a.last.1)?;
+                }
+                st.raw_execute()
+            })
+            .map_err(StoreError::db("updating rollups"))?;
         }
         Ok(())
     }
 
     /// The id of a series, creating it when new and applying unit/metadata last-writer-wins
     /// (in the cache now; the row is updated by the next flush).
-    async fn series_id(&mut self, s: &SeriesPoints, hlc: Hlc, actor: ActorId) -> Result<i64> {
+    fn series_id(&mut self, s: &SeriesPoints, hlc: Hlc, actor: ActorId) -> Result<i64> {
         // A batch without unit or metadata has no opinion about them and changes nothing.
         let opinion = s.unit.is_some() || !s.meta.is_empty();
         let meta_json = || serde_json::to_string(&s.meta).expect("string map to JSON");
         if !self.series.contains_key(&s.name) {
-            let row = sqlx::query("SELECT id, attr_hlc, attr_actor FROM series WHERE name = ?")
-                .bind(&s.name)
-                .fetch_optional(&mut self.conn)
-                .await
+            let row: Option<(i64, i64, Vec<u8>)> = self
+                .conn
+                .prepare_cached("SELECT id, attr_hlc, attr_actor FROM series WHERE name = ?1")
+                .and_then(|mut st| {
+                    st.query_row([&s.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
                 .map_err(StoreError::db("looking up a series"))?;
             let slot = match row {
-                Some(r) => SeriesSlot {
-                    id: r.get(0),
-                    attr_hlc: r.get::<i64, _>(1) as u64,
-                    attr_actor: r.get::<Vec<u8>, _>(2).try_into().unwrap_or([0; 16]),
+                Some((id, attr_hlc, attr_actor)) => SeriesSlot {
+                    id,
+                    attr_hlc: attr_hlc as u64,
+                    attr_actor: attr_actor.try_into().unwrap_or([0; 16]),
                 },
                 None => {
                     let (attr_hlc, attr_actor) = if opinion {
@@ -464,18 +477,22 @@ impl Writer {
                     } else {
                         (0, [0; 16])
                     };
-                    let id = sqlx::query(
-                        "INSERT INTO series (name, unit, meta, attr_hlc, attr_actor) VALUES (?, ?, ?, ?, ?)",
-                    )
-                    .bind(&s.name)
-                    .bind(&s.unit)
-                    .bind(meta_json())
-                    .bind(attr_hlc as i64)
-                    .bind(attr_actor.to_vec())
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(StoreError::db("creating a series"))?
-                    .last_insert_rowid();
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO series (name, unit, meta, attr_hlc, attr_actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(rusqlite::params![
+                                &s.name,
+                                &s.unit,
+                                meta_json(),
+                                attr_hlc as i64,
+                                attr_actor.as_slice()
+                            ])
+                        })
+                        .map_err(StoreError::db("creating a series"))?;
+                    let id = self.conn.last_insert_rowid();
+                    self.counts.series += 1;
                     self.series.insert(
                         s.name.clone(),
                         SeriesSlot {

@@ -59,6 +59,7 @@
 
 mod actor;
 mod change;
+mod counts;
 mod digest;
 mod docs_query;
 mod docwrite;
@@ -67,7 +68,9 @@ mod hlc;
 mod ingest;
 mod log_read;
 mod model;
+mod multirow;
 pub mod protocol;
+mod readers;
 mod readings_query;
 mod schema;
 mod store;

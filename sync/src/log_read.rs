@@ -1,6 +1,6 @@
 //! Rebuilding changes from the change log in batches, for `Store::changes_since` and
-//! `Store::log_after`. Every statement is a round trip to sqlx's SQLite worker thread, so the
-//! bodies of a whole run of log rows are loaded with a few statements, not per change:
+//! `Store::log_after`, on a read connection. The bodies of a whole run of log rows are loaded
+//! with a few statements, not per change:
 //!
 //! - readings: the manifests' (series, time range) entries are grouped per series into runs of
 //!   nearby time ranges; one statement joins a `VALUES` list of runs with `series` (by name) and
@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
-
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use rusqlite::Connection;
 
 use crate::docwrite::decode_context;
-use crate::ingest::{ManifestEntry, cache_statement, decode_manifest};
+use crate::ingest::{ManifestEntry, decode_manifest};
+use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
 use crate::{
     ActorId, Change, ChangeBody, DocWrite, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
     TwinChange,
@@ -55,20 +53,27 @@ pub(crate) struct LogRow {
 
 impl LogRow {
     /// Reads the [`LOG_COLUMNS`] of a row.
-    pub fn from_row(row: &SqliteRow, actor: ActorId) -> Result<LogRow> {
-        let kind: i64 = row.get(3);
+    pub fn from_row(row: &rusqlite::Row<'_>, actor: ActorId) -> Result<LogRow> {
+        let col = StoreError::db("reading the change log");
+        let kind: i64 = row.get(3).map_err(col)?;
         let manifest = match kind {
-            1 => decode_manifest(&row.get::<Vec<u8>, _>(4))?,
+            1 => decode_manifest(
+                &row.get::<_, Vec<u8>>(4)
+                    .map_err(StoreError::db("reading the change log"))?,
+            )?,
             _ => Vec::new(),
         };
+        let get = |i: usize| -> Result<Option<i64>> {
+            row.get(i).map_err(StoreError::db("reading the change log"))
+        };
         Ok(LogRow {
-            id: row.get(0),
+            id: get(0)?.unwrap_or(0),
             actor,
-            seq: row.get::<i64, _>(1) as u64,
-            hlc: Hlc(row.get::<i64, _>(2) as u64),
+            seq: get(1)?.unwrap_or(0) as u64,
+            hlc: Hlc(get(2)?.unwrap_or(0) as u64),
             kind,
             manifest,
-            body_bytes: row.get::<Option<i64>, _>(5).unwrap_or(0).max(0) as usize,
+            body_bytes: get(5)?.unwrap_or(0).max(0) as usize,
         })
     }
 
@@ -87,10 +92,10 @@ impl LogRow {
 }
 
 /// Loads the bodies of `rows` and returns their changes in the same order.
-pub(crate) async fn load(conn: &mut SqliteConnection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
-    let mut docs = load_docs(conn, &rows).await?;
-    let mut twins = load_twins(conn, &rows).await?;
-    let mut readings = load_readings(conn, &rows).await?;
+pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
+    let mut docs = load_docs(conn, &rows)?;
+    let mut twins = load_twins(conn, &rows)?;
+    let mut readings = load_readings(conn, &rows)?;
     let missing = |id: i64, what: &str| StoreError::Decode {
         what: "change log row",
         detail: format!("change {id} has no {what}"),
@@ -132,7 +137,7 @@ fn ids_of(rows: &[LogRow], kind: i64) -> Vec<i64> {
         .collect()
 }
 
-async fn load_docs(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite>> {
+fn load_docs(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite>> {
     let select = "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
                   JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (";
     load_bodies(
@@ -141,56 +146,72 @@ async fn load_docs(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<HashM
         select,
         "reading document changes",
         |r| {
+            let col = |e| StoreError::Database {
+                context: "reading document changes",
+                source: e,
+            };
             Ok(DocWrite {
-                key: r.get(1),
-                value: r.get(2),
-                context: decode_context(&r.get::<Vec<u8>, _>(3))?,
+                key: r.get(1).map_err(col)?,
+                value: r.get(2).map_err(col)?,
+                context: decode_context(&r.get::<_, Vec<u8>>(3).map_err(col)?)?,
             })
         },
     )
-    .await
 }
 
-async fn load_twins(
-    conn: &mut SqliteConnection,
-    rows: &[LogRow],
-) -> Result<HashMap<i64, TwinChange>> {
+fn load_twins(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, TwinChange>> {
     let select = "SELECT t.change_id, w.key, t.bytes FROM twin_changes t \
                   JOIN twins w ON w.id = t.twin_id WHERE t.change_id IN (";
     load_bodies(conn, ids_of(rows, 3), select, "reading twin changes", |r| {
+        let col = |e| StoreError::Database {
+            context: "reading twin changes",
+            source: e,
+        };
         Ok(TwinChange {
-            key: r.get(1),
-            change: r.get(2),
+            key: r.get(1).map_err(col)?,
+            change: r.get(2).map_err(col)?,
         })
     })
-    .await
 }
 
 /// Runs `select` (ending in `IN (`, change id first) for `ids` in chunks of [`ID_CHUNK`] and
 /// decodes each row into the body of its change.
-async fn load_bodies<T>(
-    conn: &mut SqliteConnection,
+fn load_bodies<T>(
+    conn: &Connection,
     ids: Vec<i64>,
     select: &str,
     what: &'static str,
-    decode: impl Fn(&SqliteRow) -> Result<T>,
+    decode: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
 ) -> Result<HashMap<i64, T>> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(ID_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(select);
-        let mut bound = qb.separated(", ");
-        for id in chunk {
-            bound.push_bind(*id);
-        }
-        qb.push(")");
-        for r in qb
-            .build()
-            .persistent(cache_statement(chunk.len(), ID_CHUNK))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(StoreError::db(what))?
-        {
-            out.insert(r.get::<i64, _>(0), decode(&r)?);
+        let sql = list_sql(select, chunk.len(), ")");
+        let cached = cache_statement(chunk.len(), ID_CHUNK);
+        // Decoding errors are not SQLite errors: keep the first one aside.
+        let mut failed: Option<StoreError> = None;
+        with_statement(conn, &sql, cached, |st| {
+            let mut b = Binder::new(st);
+            for id in chunk {
+                b.bind(*id)?;
+            }
+            let mut rows = st.raw_query();
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                match decode(r) {
+                    Ok(v) => {
+                        out.insert(id, v);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(StoreError::db(what))?;
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     Ok(out)
@@ -217,7 +238,7 @@ impl Run<'_> {
 }
 
 /// The readings batch of every row (empty for other kinds), series in manifest order.
-async fn load_readings(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>> {
+fn load_readings(conn: &Connection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>> {
     // Empty batches shaped like the manifests, and what to read for each series.
     let mut batches: Vec<ReadingBatch> = Vec::with_capacity(rows.len());
     let mut per_series: HashMap<&str, Vec<Wanted>> = HashMap::new();
@@ -242,41 +263,40 @@ async fn load_readings(conn: &mut SqliteConnection, rows: &[LogRow]) -> Result<V
     }
     let runs = runs(per_series);
     for chunk in runs.chunks(RUN_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("WITH w (run, name, lo, hi, first, last) AS (");
-        qb.push_values(chunk.iter().enumerate(), |mut b, (k, run)| {
-            b.push_bind(k as i64)
-                .push_bind(run.name)
-                .push_bind(run.lo)
-                .push_bind(run.hi)
-                .push_bind(run.first)
-                .push_bind(run.last);
-        });
         // CROSS JOIN fixes the loop order: each run is one seek and one range scan.
-        qb.push(
+        let sql = values_sql(
+            "WITH w (run, name, lo, hi, first, last) AS (VALUES ",
+            6,
+            chunk.len(),
             ") SELECT w.run, r.change_id, r.ts, r.value FROM w \
              CROSS JOIN series s ON s.name = w.name \
              CROSS JOIN readings r ON r.series_id = s.id AND r.ts BETWEEN w.lo AND w.hi \
              AND r.change_id BETWEEN w.first AND w.last",
         );
-        // Streamed, not collected: a page can be hundreds of thousands of rows, and sqlx's
-        // rows are far larger than the readings they carry.
-        let mut found = qb
-            .build()
-            .persistent(cache_statement(chunk.len(), RUN_CHUNK))
-            .fetch(&mut *conn);
-        while let Some(r) = found
-            .try_next()
-            .await
-            .map_err(StoreError::db("reading the readings of changes"))?
-        {
-            let run = &chunk[r.get::<i64, _>(0) as usize];
-            if let Some((i, j)) = run.place(r.get(1)) {
-                let s = &mut batches[i].series[j];
-                s.ts.push(r.get(2));
-                s.values.push(r.get(3));
+        let cached = cache_statement(chunk.len(), RUN_CHUNK);
+        with_statement(conn, &sql, cached, |st| {
+            let mut b = Binder::new(st);
+            for (k, run) in chunk.iter().enumerate() {
+                b.bind(k as i64)?
+                    .bind(run.name)?
+                    .bind(run.lo)?
+                    .bind(run.hi)?
+                    .bind(run.first)?
+                    .bind(run.last)?;
             }
-        }
+            // Streamed, not collected: a page can be hundreds of thousands of rows.
+            let mut found = st.raw_query();
+            while let Some(r) = found.next()? {
+                let run = &chunk[r.get::<_, i64>(0)? as usize];
+                if let Some((i, j)) = run.place(r.get(1)?) {
+                    let s = &mut batches[i].series[j];
+                    s.ts.push(r.get(2)?);
+                    s.values.push(r.get(3)?);
+                }
+            }
+            Ok(())
+        })
+        .map_err(StoreError::db("reading the readings of changes"))?;
     }
     // A range scan returns rows by time; keep that order whatever plan SQLite picks.
     for s in batches.iter_mut().flat_map(|b| b.series.iter_mut()) {

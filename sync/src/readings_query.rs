@@ -1,11 +1,11 @@
 //! Reading queries on the read pool: series list, raw ranges with cursors, bucketed
 //! aggregates (from the per-minute rollups when buckets are whole minutes, raw rows only for
-//! partial edge minutes) and latest values. Never writes.
+//! partial edge minutes) and latest values. Never writes. Each call is one closure on a read
+//! connection (`readers.rs`).
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
-use sqlx::Row;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ingest::{MINUTE_MS, MinuteAgg};
 use crate::{
@@ -52,43 +52,109 @@ fn parse_cursor(c: &str) -> Result<(i64, i64)> {
         })
 }
 
-impl Store {
-    /// The id and unit of a series, or [`StoreError::UnknownSeries`].
-    async fn series_row(&self, name: &str) -> Result<(i64, Option<String>)> {
-        let row = sqlx::query("SELECT id, unit FROM series WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("looking up a series"))?
-            .ok_or_else(|| StoreError::UnknownSeries(name.to_owned()))?;
-        Ok((row.get(0), row.get(1)))
-    }
+/// The id and unit of a series, or [`StoreError::UnknownSeries`].
+fn series_row(conn: &Connection, name: &str) -> Result<(i64, Option<String>)> {
+    conn.prepare_cached("SELECT id, unit FROM series WHERE name = ?1")
+        .and_then(|mut st| {
+            st.query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(StoreError::db("looking up a series"))?
+        .ok_or_else(|| StoreError::UnknownSeries(name.to_owned()))
+}
 
+fn fold_raw(
+    conn: &Connection,
+    sid: i64,
+    from: i64,
+    to: i64,
+    bucket_ms: i64,
+    out: &mut BTreeMap<i64, MinuteAgg>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut cur: Option<MinuteAgg> = None;
+    conn.prepare_cached(
+        "SELECT ts, value FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts",
+    )
+    .and_then(|mut st| {
+        let mut rows = st.query(params![sid, from, to])?;
+        while let Some(r) = rows.next()? {
+            let (ts, v): (i64, f64) = (r.get(0)?, r.get(1)?);
+            let start = ts.div_euclid(bucket_ms) * bucket_ms;
+            match cur.as_mut() {
+                Some(a) if a.minute == start => a.add(ts, v),
+                _ => {
+                    if let Some(done) = cur.take() {
+                        fold(out, bucket_ms, done);
+                    }
+                    cur = Some(MinuteAgg::new(start, ts, v));
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(StoreError::db("scanning readings"))?;
+    if let Some(done) = cur {
+        fold(out, bucket_ms, done);
+    }
+    Ok(())
+}
+
+fn fold_rollups(
+    conn: &Connection,
+    sid: i64,
+    from: i64,
+    to: i64,
+    bucket_ms: i64,
+    out: &mut BTreeMap<i64, MinuteAgg>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "SELECT minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value FROM rollup_1m \
+         WHERE series_id = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute",
+    )
+    .and_then(|mut st| {
+        let mut rows = st.query(params![sid, from, to])?;
+        while let Some(r) = rows.next()? {
+            fold(out, bucket_ms, MinuteAgg::from_row(r, 0)?);
+        }
+        Ok(())
+    })
+    .map_err(StoreError::db("reading rollups"))
+}
+
+impl Store {
     /// Every series with its unit, metadata, reading count and time span.
     pub async fn series(&self) -> Result<Vec<SeriesInfo>> {
-        let rows = sqlx::query(
-            "SELECT s.name, s.unit, s.meta, r.n, r.first_ts, r.last_ts FROM series s \
-             LEFT JOIN (SELECT series_id, SUM(n) AS n, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
-                        FROM rollup_1m GROUP BY series_id) r ON r.series_id = s.id \
-             ORDER BY s.name",
-        )
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("listing series"))?;
-        Ok(rows
-            .iter()
-            .map(|r| SeriesInfo {
-                name: r.get(0),
-                unit: r.get(1),
-                meta: r
-                    .get::<Option<String>, _>(2)
-                    .and_then(|m| serde_json::from_str(&m).ok())
-                    .unwrap_or_default(),
-                count: r.get::<Option<i64>, _>(3).unwrap_or(0) as u64,
-                first_ts: r.get(4),
-                last_ts: r.get(5),
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT s.name, s.unit, s.meta, r.n, r.first_ts, r.last_ts FROM series s \
+                     LEFT JOIN (SELECT series_id, SUM(n) AS n, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
+                                FROM rollup_1m GROUP BY series_id) r ON r.series_id = s.id \
+                     ORDER BY s.name",
+                )
+                .and_then(|mut st| {
+                    st.query_map([], |r| {
+                        Ok(SeriesInfo {
+                            name: r.get(0)?,
+                            unit: r.get(1)?,
+                            meta: r
+                                .get::<_, Option<String>>(2)?
+                                .and_then(|m| serde_json::from_str(&m).ok())
+                                .unwrap_or_default(),
+                            count: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                            first_ts: r.get(4)?,
+                            last_ts: r.get(5)?,
+                        })
+                    })?
+                    .collect()
+                })
+                .map_err(StoreError::db("listing series"))
             })
-            .collect())
+            .await
     }
 
     /// Raw readings of one series in `[from, to)`, in time order, paged by `limit` and an
@@ -101,37 +167,42 @@ impl Store {
             )));
         }
         let limit = q.limit.clamp(1, MAX_PAGE_ROWS);
-        let (sid, unit) = self.series_row(&q.series).await?;
         let (after_ts, after_id) = match &q.cursor {
             Some(c) => parse_cursor(c)?,
             None => (i64::MIN, i64::MIN),
         };
-        let rows = sqlx::query(
-            "SELECT ts, change_id, value FROM readings \
-             WHERE series_id = ? AND ts >= ? AND ts < ? AND (ts, change_id) > (?, ?) \
-             ORDER BY ts, change_id LIMIT ?",
-        )
-        .bind(sid)
-        .bind(q.from)
-        .bind(q.to)
-        .bind(after_ts)
-        .bind(after_id)
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("reading a range"))?;
+        let (series, from, to) = (q.series.clone(), q.from, q.to);
+        let (unit, rows) = self
+            .inner
+            .readers
+            .read(move |conn| {
+                let (sid, unit) = series_row(conn, &series)?;
+                let rows: Vec<(i64, i64, f64)> = conn
+                    .prepare_cached(
+                        "SELECT ts, change_id, value FROM readings \
+                         WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 AND (ts, change_id) > (?4, ?5) \
+                         ORDER BY ts, change_id LIMIT ?6",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map(
+                            params![sid, from, to, after_ts, after_id, limit as i64 + 1],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )?
+                        .collect()
+                    })
+                    .map_err(StoreError::db("reading a range"))?;
+                Ok((unit, rows))
+            })
+            .await?;
         let more = rows.len() > limit;
         let readings: Vec<ReadingRow> = rows
             .iter()
             .take(limit)
-            .map(|r| ReadingRow {
-                ts: r.get(0),
-                value: r.get(2),
-            })
+            .map(|&(ts, _, value)| ReadingRow { ts, value })
             .collect();
         let next_cursor = more.then(|| {
-            let last = &rows[limit - 1];
-            format!("{}.{}", last.get::<i64, _>(0), last.get::<i64, _>(1))
+            let (ts, id, _) = rows[limit - 1];
+            format!("{ts}.{id}")
         });
         Ok(ReadingPage {
             series: q.series.clone(),
@@ -163,121 +234,68 @@ impl Store {
                 "{span_buckets} buckets requested; at most {MAX_BUCKETS} per query (use a wider bucket)"
             )));
         }
-        let (sid, _) = self.series_row(&q.series).await?;
-        let mut buckets = BTreeMap::new();
-        if q.bucket_ms % MINUTE_MS == 0 {
-            let m_from = q.from.saturating_add(MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
-            let m_to = q.to.div_euclid(MINUTE_MS) * MINUTE_MS;
-            if m_from < m_to {
-                self.fold_raw(sid, q.from, m_from, q.bucket_ms, &mut buckets)
-                    .await?;
-                self.fold_rollups(sid, m_from, m_to, q.bucket_ms, &mut buckets)
-                    .await?;
-                self.fold_raw(sid, m_to, q.to, q.bucket_ms, &mut buckets)
-                    .await?;
-            } else {
-                self.fold_raw(sid, q.from, q.to, q.bucket_ms, &mut buckets)
-                    .await?;
-            }
-        } else {
-            self.fold_raw(sid, q.from, q.to, q.bucket_ms, &mut buckets)
-                .await?;
-        }
-        Ok(buckets.into_values().map(MinuteAgg::to_bucket).collect())
-    }
-
-    async fn fold_raw(
-        &self,
-        sid: i64,
-        from: i64,
-        to: i64,
-        bucket_ms: i64,
-        out: &mut BTreeMap<i64, MinuteAgg>,
-    ) -> Result<()> {
-        if from >= to {
-            return Ok(());
-        }
-        let mut rows = sqlx::query(
-            "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
-        )
-        .bind(sid)
-        .bind(from)
-        .bind(to)
-        .fetch(&self.inner.pool);
-        let mut cur: Option<MinuteAgg> = None;
-        while let Some(r) = rows
-            .try_next()
-            .await
-            .map_err(StoreError::db("scanning readings"))?
-        {
-            let (ts, v): (i64, f64) = (r.get(0), r.get(1));
-            let start = ts.div_euclid(bucket_ms) * bucket_ms;
-            match cur.as_mut() {
-                Some(a) if a.minute == start => a.add(ts, v),
-                _ => {
-                    if let Some(done) = cur.take() {
-                        fold(out, bucket_ms, done);
+        let q = q.clone();
+        self.inner
+            .readers
+            .read(move |conn| {
+                let (sid, _) = series_row(conn, &q.series)?;
+                let mut buckets = BTreeMap::new();
+                let b = q.bucket_ms;
+                if b % MINUTE_MS == 0 {
+                    let m_from =
+                        q.from.saturating_add(MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
+                    let m_to = q.to.div_euclid(MINUTE_MS) * MINUTE_MS;
+                    if m_from < m_to {
+                        fold_raw(conn, sid, q.from, m_from, b, &mut buckets)?;
+                        fold_rollups(conn, sid, m_from, m_to, b, &mut buckets)?;
+                        fold_raw(conn, sid, m_to, q.to, b, &mut buckets)?;
+                    } else {
+                        fold_raw(conn, sid, q.from, q.to, b, &mut buckets)?;
                     }
-                    cur = Some(MinuteAgg::new(start, ts, v));
+                } else {
+                    fold_raw(conn, sid, q.from, q.to, b, &mut buckets)?;
                 }
-            }
-        }
-        if let Some(done) = cur {
-            fold(out, bucket_ms, done);
-        }
-        Ok(())
+                Ok(buckets.into_values().map(MinuteAgg::to_bucket).collect())
+            })
+            .await
     }
 
-    async fn fold_rollups(
-        &self,
-        sid: i64,
-        from: i64,
-        to: i64,
-        bucket_ms: i64,
-        out: &mut BTreeMap<i64, MinuteAgg>,
-    ) -> Result<()> {
-        let rows = sqlx::query(
-            "SELECT minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value FROM rollup_1m \
-             WHERE series_id = ? AND minute >= ? AND minute < ? ORDER BY minute",
-        )
-        .bind(sid)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("reading rollups"))?;
-        for r in rows {
-            fold(out, bucket_ms, MinuteAgg::from_row(&r, 0));
-        }
-        Ok(())
-    }
-
-    /// The latest reading of each series (or of the named ones).
+    /// The latest reading of each series (or of the named ones), in one read.
     pub async fn latest(&self, series: Option<&[String]>) -> Result<Vec<LatestReading>> {
-        let names: Vec<String> = match series {
-            Some(s) => s.to_vec(),
-            None => sqlx::query_scalar("SELECT name FROM series ORDER BY name")
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(StoreError::db("listing series"))?,
-        };
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let (sid, unit) = self.series_row(&name).await?;
-            let row = sqlx::query("SELECT ts, value FROM readings WHERE series_id = ? ORDER BY ts DESC, value DESC LIMIT 1")
-                .bind(sid)
-                .fetch_optional(&self.inner.pool)
-                .await
-                .map_err(StoreError::db("reading the latest value"))?;
-            if let Some(r) = row {
-                out.push(LatestReading {
-                    series: name,
-                    unit,
-                    ts: r.get(0),
-                    value: r.get(1),
-                });
-            }
-        }
-        Ok(out)
+        let names: Option<Vec<String>> = series.map(<[String]>::to_vec);
+        self.inner
+            .readers
+            .read(move |conn| {
+                let names: Vec<String> = match names {
+                    Some(n) => n,
+                    None => conn
+                        .prepare_cached("SELECT name FROM series ORDER BY name")
+                        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                        .map_err(StoreError::db("listing series"))?,
+                };
+                let mut out = Vec::with_capacity(names.len());
+                for name in names {
+                    let (sid, unit) = series_row(conn, &name)?;
+                    let row: Option<(i64, f64)> = conn
+                        .prepare_cached(
+                            "SELECT ts, value FROM readings WHERE series_id = ?1 ORDER BY ts DESC, value DESC LIMIT 1",
+                        )
+                        .and_then(|mut st| {
+                            st.query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()
+                        })
+                        .map_err(StoreError::db("reading the latest value"))?;
+                    if let Some((ts, value)) = row {
+                        out.push(LatestReading {
+                            series: name,
+                            unit,
+                            ts,
+                            value,
+                        });
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 }

@@ -1,140 +1,213 @@
-//! Opening the SQLite database: pragmas (WAL, synchronous=FULL, busy timeout), embedded
+//! Opening the SQLite database: pragmas (WAL, synchronous=FULL, busy timeout), the embedded
 //! migrations, the newer-schema check and the actor id. Owns nothing after open.
+//!
+//! Migrations are the files of `sync/migrations/`, applied in order, each in its own
+//! transaction. Applied versions are recorded in `_sqlx_migrations`, the table (and checksums:
+//! SHA-384 of the file) of the sqlx migrator earlier releases used, so a store written by
+//! those releases opens unchanged and one written now still opens in them.
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Row};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use sha2::{Digest as _, Sha384};
 
 use crate::{ActorId, Result, StoreConfig, StoreError};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// One embedded migration: `NNNN_description.sql`.
+struct Migration {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+}
 
-/// Rows a read connection's worker may queue ahead of the reader (sqlx's default is 50).
-const READ_ROW_BUFFER: usize = 1024;
+/// Every migration of this build, in version order.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "twins",
+        sql: include_str!("../migrations/0002_twins.sql"),
+    },
+];
+
+/// The table sqlx's migrator kept (same columns, so both can read it).
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    success BOOLEAN NOT NULL,
+    checksum BLOB NOT NULL,
+    execution_time BIGINT NOT NULL
+)";
+
+/// Prepared statements each connection keeps (multi-row statements of several sizes, the
+/// document and change-log statements).
+const STATEMENT_CACHE: usize = 128;
 
 /// The highest schema version this build knows.
 pub fn supported_schema_version() -> i64 {
-    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-fn options(path: &Path, config: &StoreConfig) -> Result<SqliteConnectOptions> {
-    let url = format!("sqlite://{}", path.display());
-    let opts = SqliteConnectOptions::from_str(&url)
-        .map_err(StoreError::db("parsing the database path"))?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
+/// SHA-384 of a migration's SQL, as sqlx recorded it.
+pub(crate) fn checksum(sql: &str) -> Vec<u8> {
+    Sha384::digest(sql.as_bytes()).to_vec()
+}
+
+/// Opens one connection with the store's pragmas. The writer's creates the file.
+pub(crate) fn connect(path: &Path, config: &StoreConfig, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(StoreError::db("opening the database"))?;
+    conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))
+        .map_err(StoreError::db("setting the busy timeout"))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let mut pragmas = String::from(
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8000;",
+    );
+    if !read_only {
         // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss.
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_millis(config.busy_timeout_ms))
-        .foreign_keys(false)
-        .pragma("temp_store", "memory")
-        .pragma("cache_size", "-8000")
-        .disable_statement_logging();
-    Ok(opts)
+        pragmas.push_str(" PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;");
+    }
+    conn.execute_batch(&pragmas)
+        .map_err(StoreError::db("setting pragmas"))?;
+    Ok(conn)
 }
 
-/// Everything `open` produces.
-pub(crate) struct Opened {
-    pub read_pool: SqlitePool,
-    pub writer: SqliteConnection,
-    pub actor: ActorId,
-}
-
-pub(crate) async fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
+/// Opens the write connection: creates the file and directory, refuses a newer schema,
+/// applies migrations, loads (or makes) the actor id.
+pub(crate) fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connection, ActorId)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.display().to_string(),
             source,
         })?;
     }
-    let opts = options(path, config)?;
-    let mut writer = opts
-        .connect()
-        .await
-        .map_err(StoreError::db("opening the database"))?;
-
-    check_not_newer(&mut writer).await?;
-    MIGRATOR
-        .run(&mut writer)
-        .await
-        .map_err(|e| StoreError::Database {
-            context: "applying schema migrations",
-            source: e.into(),
-        })?;
-    let actor = load_or_create_actor(&mut writer).await?;
-
-    let read_pool = SqlitePoolOptions::new()
-        .max_connections(config.read_connections.max(1))
-        .min_connections(1)
-        // Readers fetch many rows per statement (a page of changes): a deeper row buffer
-        // lets sqlx's worker thread run ahead instead of handing rows over a few at a time.
-        .connect_with(opts.read_only(true).row_buffer_size(READ_ROW_BUFFER))
-        .await
-        .map_err(StoreError::db("opening read connections"))?;
-    Ok(Opened {
-        read_pool,
-        writer,
-        actor,
-    })
+    let mut conn = connect(path, config, false)?;
+    migrate(&mut conn)?;
+    let actor = load_or_create_actor(&conn)?;
+    Ok((conn, actor))
 }
 
-async fn check_not_newer(conn: &mut SqliteConnection) -> Result<()> {
-    let exists: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-    )
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(StoreError::db("reading the schema version"))?;
-    if exists.is_none() {
-        return Ok(());
-    }
-    let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(&mut *conn)
-        .await
+/// The highest version recorded as applied (0 for a new database).
+fn applied_version(conn: &Connection) -> Result<i64> {
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
         .map_err(StoreError::db("reading the schema version"))?;
-    let supported = supported_schema_version();
-    match found {
-        Some(found) if found > supported => Err(StoreError::SchemaTooNew { found, supported }),
-        _ => Ok(()),
+    if exists.is_none() {
+        return Ok(0);
     }
+    let v: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM _sqlx_migrations", [], |r| {
+            r.get(0)
+        })
+        .map_err(StoreError::db("reading the schema version"))?;
+    Ok(v.unwrap_or(0))
 }
 
-async fn load_or_create_actor(conn: &mut SqliteConnection) -> Result<ActorId> {
-    let row = sqlx::query("SELECT value FROM meta WHERE key = 'actor'")
-        .fetch_optional(&mut *conn)
-        .await
+/// Refuses a newer schema, then applies the migrations above the recorded version.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let found = applied_version(conn)?;
+    let supported = supported_schema_version();
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    conn.execute_batch(MIGRATIONS_TABLE)
+        .map_err(StoreError::db("creating the migrations table"))?;
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        let started = Instant::now();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::db("starting a migration"))?;
+        tx.execute_batch(m.sql)
+            .map_err(StoreError::db("applying schema migrations"))?;
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?1, ?2, TRUE, ?3, ?4)",
+            params![
+                m.version,
+                m.description,
+                checksum(m.sql),
+                started.elapsed().as_nanos() as i64
+            ],
+        )
+        .map_err(StoreError::db("recording a migration"))?;
+        tx.commit()
+            .map_err(StoreError::db("committing a migration"))?;
+        tracing::info!(version = m.version, "applied store schema migration");
+    }
+    Ok(())
+}
+
+fn load_or_create_actor(conn: &Connection) -> Result<ActorId> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'actor'", [], |r| {
+            r.get(0)
+        })
+        .optional()
         .map_err(StoreError::db("reading the actor id"))?;
-    if let Some(row) = row {
-        let bytes: Vec<u8> = row.get(0);
+    if let Some(bytes) = stored {
         return ActorId::from_slice(&bytes).ok_or(StoreError::Decode {
             what: "stored actor id",
             detail: format!("{} bytes instead of 16", bytes.len()),
         });
     }
     let actor = ActorId::random();
-    sqlx::query("INSERT INTO meta (key, value) VALUES ('actor', ?)")
-        .bind(actor.as_bytes().to_vec())
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("storing the actor id"))?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('actor', ?1)",
+        [actor.as_bytes().to_vec()],
+    )
+    .map_err(StoreError::db("storing the actor id"))?;
     Ok(actor)
 }
 
 /// Gives the store a new random actor id (used after restoring a backup on another device,
 /// so two devices never share one).
-pub(crate) async fn rekey(conn: &mut SqliteConnection) -> Result<ActorId> {
+pub(crate) fn rekey(conn: &Connection) -> Result<ActorId> {
     let actor = ActorId::random();
-    sqlx::query("UPDATE meta SET value = ? WHERE key = 'actor'")
-        .bind(actor.as_bytes().to_vec())
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::db("storing the new actor id"))?;
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'actor'",
+        [actor.as_bytes().to_vec()],
+    )
+    .map_err(StoreError::db("storing the new actor id"))?;
     Ok(actor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_in_order_and_match_their_files() {
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let expected: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.description.replace(' ', "_")))
+            .collect();
+        assert_eq!(files, expected, "every file of migrations/ must be listed");
+    }
 }

@@ -1,15 +1,16 @@
 //! The public handle of the versioned store: opening, writing (through the group-commit
-//! writer), the change log for replication, and store-wide figures. Queries live in
-//! `readings_query.rs` and `docs_query.rs`.
+//! writer thread, `writer.rs`), the change log for replication (on the read pool,
+//! `readers.rs`), and store-wide figures. Queries live in `readings_query.rs` and
+//! `docs_query.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use sqlx::Row;
-use sqlx::sqlite::SqlitePool;
+use rusqlite::params;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::log_read::{self, LOG_COLUMNS};
+use crate::readers::Readers;
 use crate::writer::{Job, Shared, Writer};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, ClockClaim, ClockSkewError,
@@ -27,13 +28,13 @@ pub struct Store {
 }
 
 pub(crate) struct Inner {
-    pub pool: SqlitePool,
+    pub readers: Arc<Readers>,
     jobs: mpsc::Sender<Job>,
     pub shared: Arc<Shared>,
     actor: ActorId,
     pub config: StoreConfig,
     path: PathBuf,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,29 +60,40 @@ impl Store {
         time: Arc<dyn TimeSource>,
     ) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let opened = crate::schema::open(&path, &config).await?;
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             vv: RwLock::new(VersionVector::new()),
             digest: RwLock::new(Digest::default()),
             clock: Mutex::new(HybridClock::new(time, config.max_clock_offset_ms)),
             events,
+            counts: RwLock::new(Default::default()),
         });
-        let writer = Writer::new(
-            opened.writer,
-            shared.clone(),
-            opened.actor,
-            config.limits.clone(),
-        )
-        .await?;
+        // Opening (migrations, cache loads) is blocking work: off the async workers.
+        let (writer, actor) = {
+            let (path, config, shared) = (path.clone(), config.clone(), shared.clone());
+            tokio::task::spawn_blocking(move || {
+                let (conn, actor) = crate::schema::open_writer(&path, &config)?;
+                let writer = Writer::new(conn, shared, actor, config.limits.clone())?;
+                Ok::<_, StoreError>((writer, actor))
+            })
+            .await
+            .map_err(|_| StoreError::Closed)??
+        };
         let (jobs, rx) = mpsc::channel(config.write_queue.max(1));
-        let handle = tokio::spawn(writer.run(rx, config.max_group_jobs.max(1)));
+        let max_group = config.max_group_jobs.max(1);
+        let handle = std::thread::Builder::new()
+            .name("kdelta-store-writer".into())
+            .spawn(move || writer.run(rx, max_group))
+            .map_err(|source| StoreError::Io {
+                path: "the store writer thread".into(),
+                source,
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
-                pool: opened.read_pool,
+                readers: Readers::new(path.clone(), config.clone()),
                 jobs,
                 shared,
-                actor: opened.actor,
+                actor,
                 config,
                 path,
                 writer: Mutex::new(Some(handle)),
@@ -92,11 +104,13 @@ impl Store {
     /// Gives the database at `path` (which must not be open) a new random actor id, so a
     /// restored backup on a second device does not write as the first one.
     pub async fn rekey(path: impl AsRef<Path>) -> Result<ActorId> {
-        let config = StoreConfig::default();
-        let mut opened = crate::schema::open(path.as_ref(), &config).await?;
-        let actor = crate::schema::rekey(&mut opened.writer).await?;
-        opened.read_pool.close().await;
-        Ok(actor)
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let (conn, _) = crate::schema::open_writer(&path, &StoreConfig::default())?;
+            crate::schema::rekey(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// This store's actor id.
@@ -276,129 +290,88 @@ impl Store {
         theirs: &VersionVector,
         byte_budget: usize,
     ) -> Result<Vec<Change>> {
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
+        let theirs = theirs.clone();
+        self.inner
+            .readers
+            .read(move |conn| {
+                // One snapshot for the whole call (bounded by the byte budget).
+                let tx = conn
+                    .transaction()
+                    .map_err(StoreError::db("starting a read"))?;
+                changes_since_on(&tx, &theirs, byte_budget)
+            })
             .await
-            .map_err(StoreError::db("starting a read"))?;
-        let actors =
-            sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::db("reading actors"))?;
-        // Built from constants only.
-        let sql = format!(
-            "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ? AND c.seq > ? AND c.seq <= ? ORDER BY c.seq LIMIT {LOG_PAGE}"
-        );
-        let mut out = Vec::new();
-        let mut used = 0usize;
-        for row in actors {
-            let idx: i64 = row.get(0);
-            let Some(actor) = ActorId::from_slice(&row.get::<Vec<u8>, _>(1)) else {
-                continue;
-            };
-            let max = row.get::<i64, _>(2) as u64;
-            let mut from = theirs.get(&actor);
-            while from < max {
-                let page = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(idx)
-                    .bind(from as i64)
-                    .bind(max as i64)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(StoreError::db("reading the change log"))?;
-                if page.is_empty() {
-                    break;
-                }
-                let mut rows = page
-                    .iter()
-                    .map(|r| log_read::LogRow::from_row(r, actor))
-                    .collect::<Result<Vec<_>>>()?
-                    .into_iter()
-                    .peekable();
-                while rows.peek().is_some() {
-                    // Rows that may fit: a lower bound of their sizes fits the budget, plus
-                    // one more (the first change of a call is taken whatever its size).
-                    let mut floor = used;
-                    let mut batch = Vec::new();
-                    while let Some(r) = rows.next_if(|_| batch.is_empty() || floor <= byte_budget) {
-                        floor += r.size_floor();
-                        batch.push(r);
-                    }
-                    for change in log_read::load(&mut tx, batch).await? {
-                        let size = change.estimated_size();
-                        if !out.is_empty() && used + size > byte_budget {
-                            return Ok(out);
-                        }
-                        used += size;
-                        from = change.seq;
-                        out.push(change);
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Changes in local commit order after local position `after` (0 for the beginning),
     /// at most `max`: the cursor source for the MQTT outbox and live sync.
     pub async fn log_after(&self, after: i64, max: usize) -> Result<Vec<(i64, Change)>> {
-        let mut tx = self
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::db("starting a read"))?;
-        // Built from constants only.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {LOG_COLUMNS}, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ? ORDER BY c.id LIMIT ?"
-        )))
-        .bind(after)
-        .bind(max.min(10_000) as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(StoreError::db("reading the change log"))?;
-        let rows = rows
-            .iter()
-            .map(|r| {
-                let actor =
-                    ActorId::from_slice(&r.get::<Vec<u8>, _>(6)).ok_or(StoreError::Decode {
-                        what: "stored actor id",
-                        detail: "not 16 bytes".into(),
-                    })?;
-                log_read::LogRow::from_row(r, actor)
+        self.inner
+            .readers
+            .read(move |conn| {
+                let tx = conn
+                    .transaction()
+                    .map_err(StoreError::db("starting a read"))?;
+                let rows = {
+                    // Built from constants only.
+                    let sql = format!(
+                        "SELECT {LOG_COLUMNS}, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ?1 ORDER BY c.id LIMIT ?2"
+                    );
+                    let mut st = tx
+                        .prepare_cached(&sql)
+                        .map_err(StoreError::db("reading the change log"))?;
+                    let mut found = st
+                        .query(params![after, max.min(10_000) as i64])
+                        .map_err(StoreError::db("reading the change log"))?;
+                    let mut rows = Vec::new();
+                    while let Some(r) = found
+                        .next()
+                        .map_err(StoreError::db("reading the change log"))?
+                    {
+                        let bytes: Vec<u8> =
+                            r.get(6).map_err(StoreError::db("reading the change log"))?;
+                        let actor = ActorId::from_slice(&bytes).ok_or(StoreError::Decode {
+                            what: "stored actor id",
+                            detail: "not 16 bytes".into(),
+                        })?;
+                        rows.push(log_read::LogRow::from_row(r, actor)?);
+                    }
+                    rows
+                };
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let changes = log_read::load(&tx, rows)?;
+                Ok(ids.into_iter().zip(changes).collect())
             })
-            .collect::<Result<Vec<_>>>()?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let changes = log_read::load(&mut tx, rows).await?;
-        Ok(ids.into_iter().zip(changes).collect())
+            .await
     }
 
-    /// Store-wide figures (counts from the rollups and the log; cheap).
+    /// Store-wide figures: counters maintained by the writer (no table scan) and the file
+    /// sizes.
     pub async fn stats(&self) -> Result<StoreStats> {
-        let pool = &self.inner.pool;
-        let one = |sql: &'static str| async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(pool)
-                .await
-                .map_err(StoreError::db("counting"))
+        let page_bytes = self
+            .inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                )
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+                .map_err(StoreError::db("reading the database size"))
                 .map(|n| n.max(0) as u64)
-        };
-        let page_bytes =
-            one("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
-                .await?;
+            })
+            .await?;
         let wal = format!("{}-wal", self.inner.path.display());
         let wal_bytes = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        let counts = *self.inner.shared.counts.read().expect("counts lock");
         Ok(StoreStats {
             actor: self.actor(),
             version_vector: self.version_vector(),
             digest: self.digest().to_string(),
-            changes: one("SELECT COUNT(*) FROM changes").await?,
-            readings: one("SELECT COALESCE(SUM(n), 0) FROM rollup_1m").await?,
-            series: one("SELECT COUNT(*) FROM series").await?,
-            doc_keys: one("SELECT COUNT(*) FROM doc_keys").await?,
-            doc_versions: one("SELECT COUNT(*) FROM doc_versions").await?,
+            changes: counts.changes,
+            readings: counts.readings,
+            series: counts.series,
+            doc_keys: counts.doc_keys,
+            doc_versions: counts.doc_versions,
             db_bytes: page_bytes + wal_bytes,
         })
     }
@@ -446,7 +419,7 @@ impl Store {
     /// Stops the writer after the writes already queued and closes the database. Later
     /// writes through any clone fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.inner.pool.close().await;
+        self.inner.readers.close();
         let (tx, rx) = oneshot::channel();
         if self
             .inner
@@ -459,7 +432,82 @@ impl Store {
         }
         let handle = self.inner.writer.lock().expect("writer handle lock").take();
         if let Some(h) = handle {
-            let _ = h.await;
+            // The writer has answered `done` (or is gone): the join is immediate.
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// [`Store::changes_since`] inside one read transaction.
+///
+/// Log rows are read [`LOG_PAGE`] at a time; the bodies of as many of them as can fit the
+/// budget (by a lower bound of their size known from the log) are loaded together, then
+/// taken while their exact size fits.
+fn changes_since_on(
+    conn: &rusqlite::Connection,
+    theirs: &VersionVector,
+    byte_budget: usize,
+) -> Result<Vec<Change>> {
+    let actors: Vec<(i64, Vec<u8>, i64)> = conn
+        .prepare_cached("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(StoreError::db("reading actors"))?;
+    // Built from constants only.
+    let sql = format!(
+        "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq > ?2 AND c.seq <= ?3 ORDER BY c.seq LIMIT {LOG_PAGE}"
+    );
+    let mut out = Vec::new();
+    let mut used = 0usize;
+    for (idx, actor, max) in actors {
+        let Some(actor) = ActorId::from_slice(&actor) else {
+            continue;
+        };
+        let max = max as u64;
+        let mut from = theirs.get(&actor);
+        while from < max {
+            let page = {
+                let mut st = conn
+                    .prepare_cached(&sql)
+                    .map_err(StoreError::db("reading the change log"))?;
+                let mut found = st
+                    .query(params![idx, from as i64, max as i64])
+                    .map_err(StoreError::db("reading the change log"))?;
+                let mut page = Vec::new();
+                while let Some(r) = found
+                    .next()
+                    .map_err(StoreError::db("reading the change log"))?
+                {
+                    page.push(log_read::LogRow::from_row(r, actor)?);
+                }
+                page
+            };
+            if page.is_empty() {
+                break;
+            }
+            let mut rows = page.into_iter().peekable();
+            while rows.peek().is_some() {
+                // Rows that may fit: a lower bound of their sizes fits the budget, plus
+                // one more (the first change of a call is taken whatever its size).
+                let mut floor = used;
+                let mut batch = Vec::new();
+                while let Some(r) = rows.next_if(|_| batch.is_empty() || floor <= byte_budget) {
+                    floor += r.size_floor();
+                    batch.push(r);
+                }
+                for change in log_read::load(conn, batch)? {
+                    let size = change.estimated_size();
+                    if !out.is_empty() && used + size > byte_budget {
+                        return Ok(out);
+                    }
+                    used += size;
+                    from = change.seq;
+                    out.push(change);
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,20 +1,26 @@
-//! The single writer task and group commit. Every write — local readings, local document
+//! The single writer thread and group commit. Every write — local readings, local document
 //! writes, remote changes — is a job on a bounded queue; the writer drains up to
 //! `max_group_jobs` jobs, runs each in its own savepoint inside one `BEGIN IMMEDIATE`
 //! transaction, commits once (one fsync), and only then answers each caller. A failing job is
 //! rolled back alone; a failing commit fails the whole group and nothing is acknowledged.
 //!
-//! Owns the write connection and the in-memory caches (actor slots, series ids, digest). The
+//! The writer is a plain thread owning one rusqlite connection: callers send a job over a
+//! bounded tokio channel and await a oneshot; every statement of a group runs on this thread
+//! with cached prepared statements, so there is no hand-over per statement.
+//!
+//! Owns the write connection and the in-memory caches (actor slots, series ids, document key
+//! ids, digest), which a failed job or commit reloads from the database, so they stay exact
+//! across rollbacks. The
 //! row-level work lives in `ingest.rs` (readings), `docwrite.rs` (documents) and `twin/write.rs`
 //! (merge documents).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::counts::Counts;
 use crate::ingest::StagedReadings;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
@@ -32,6 +38,8 @@ pub(crate) struct Shared {
     pub clock: Mutex<HybridClock>,
     /// Durable-change announcements.
     pub events: broadcast::Sender<ChangeEvent>,
+    /// Store-wide counters, updated after each commit.
+    pub counts: RwLock<Counts>,
 }
 
 /// A request to the writer.
@@ -83,10 +91,11 @@ impl Done {
     }
 
     // After a failed commit nothing of the group is durable: every caller gets an error.
-    fn fail(self, msg: &str) -> Done {
-        let err = || StoreError::Database {
+    fn fail(self, cause: &StoreError) -> Done {
+        let err = || StoreError::WriteGroup {
             context: "committing a write group",
-            source: sqlx::Error::Protocol(msg.to_owned()),
+            detail: cause.to_string(),
+            transient: cause.is_transient(),
         };
         match self {
             Done::Append(tx, r) => Done::Append(tx, r.and(Err(err()))),
@@ -127,13 +136,17 @@ pub(crate) struct SeriesSlot {
 /// The writer: owns the write connection and caches that are valid for committed state plus
 /// the work of the current transaction.
 pub(crate) struct Writer {
-    pub conn: SqliteConnection,
+    pub conn: Connection,
     pub shared: Arc<Shared>,
     pub actor: ActorId,
     pub limits: Limits,
     pub actors: HashMap<ActorId, ActorSlot>,
     pub series: HashMap<String, SeriesSlot>,
+    /// Document key → `doc_keys.id`.
+    pub key_ids: HashMap<String, i64>,
     pub digest: Digest,
+    /// Store-wide counters (see `counts.rs`).
+    pub counts: Counts,
     /// Events of the current group, sent after commit.
     pub pending_events: Vec<ChangeEvent>,
     /// Actors whose max_seq moved in the current group.
@@ -145,8 +158,8 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub async fn new(
-        conn: SqliteConnection,
+    pub fn new(
+        conn: Connection,
         shared: Arc<Shared>,
         actor: ActorId,
         limits: Limits,
@@ -158,17 +171,20 @@ impl Writer {
             limits,
             actors: HashMap::new(),
             series: HashMap::new(),
+            key_ids: HashMap::new(),
             digest: Digest::default(),
+            counts: Counts::default(),
             pending_events: Vec::new(),
             touched: Vec::new(),
             twins: TwinCache::default(),
             staged: StagedReadings::default(),
         };
-        w.reload().await?;
-        w.actor_slot(actor).await?;
-        let max_hlc: Option<i64> = sqlx::query_scalar("SELECT MAX(hlc) FROM changes")
-            .fetch_one(&mut w.conn)
-            .await
+        w.reload()?;
+        w.counts = Counts::load(&w.conn)?;
+        w.actor_slot(actor)?;
+        let max_hlc: Option<i64> = w
+            .conn
+            .query_row("SELECT MAX(hlc) FROM changes", [], |r| r.get(0))
             .map_err(StoreError::db("reading the highest stored HLC"))?;
         {
             let mut clock = w.shared.clock.lock().expect("clock lock");
@@ -176,6 +192,7 @@ impl Writer {
         }
         *w.shared.vv.write().expect("vv lock") = w.version_vector();
         *w.shared.digest.write().expect("digest lock") = w.digest;
+        *w.shared.counts.write().expect("counts lock") = w.counts;
         Ok(w)
     }
 
@@ -184,56 +201,58 @@ impl Writer {
     }
 
     /// Re-reads caches from the database (after a rollback, or at start).
-    async fn reload(&mut self) -> Result<()> {
+    fn reload(&mut self) -> Result<()> {
         self.actors.clear();
         self.series.clear();
+        self.key_ids.clear();
         self.twins.clear();
         self.staged = StagedReadings::default();
-        let rows = sqlx::query("SELECT idx, actor, max_seq FROM actors")
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(StoreError::db("loading actors"))?;
-        for row in rows {
-            let bytes: Vec<u8> = row.get(1);
+        let load = |conn: &Connection| -> rusqlite::Result<Vec<(i64, Vec<u8>, i64)>> {
+            let mut st = conn.prepare_cached("SELECT idx, actor, max_seq FROM actors")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        };
+        for (idx, bytes, max_seq) in load(&self.conn).map_err(StoreError::db("loading actors"))? {
             if let Some(a) = ActorId::from_slice(&bytes) {
                 self.actors.insert(
                     a,
                     ActorSlot {
-                        idx: row.get(0),
-                        max_seq: row.get::<i64, _>(2) as u64,
+                        idx,
+                        max_seq: max_seq as u64,
                     },
                 );
             }
         }
-        let digest: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'digest'")
-                .fetch_optional(&mut self.conn)
-                .await
-                .map_err(StoreError::db("loading the digest"))?;
+        let digest: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'digest'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(StoreError::db("loading the digest"))?;
         self.digest = digest.map(|d| Digest::from_slice(&d)).unwrap_or_default();
         Ok(())
     }
 
     /// The slot of `actor`, creating its row when unknown.
-    pub async fn actor_slot(&mut self, actor: ActorId) -> Result<ActorSlot> {
+    pub fn actor_slot(&mut self, actor: ActorId) -> Result<ActorSlot> {
         if let Some(s) = self.actors.get(&actor) {
             return Ok(*s);
         }
-        let idx = sqlx::query("INSERT INTO actors (actor, max_seq) VALUES (?, 0)")
-            .bind(actor.as_bytes().to_vec())
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("registering an actor"))?
-            .last_insert_rowid();
+        self.conn
+            .prepare_cached("INSERT INTO actors (actor, max_seq) VALUES (?1, 0)")
+            .and_then(|mut st| st.execute([actor.as_bytes().as_slice()]))
+            .map_err(StoreError::db("registering an actor"))?;
+        let idx = self.conn.last_insert_rowid();
         let slot = ActorSlot { idx, max_seq: 0 };
         self.actors.insert(actor, slot);
         Ok(slot)
     }
 
     /// Records that `actor` now holds up to `seq` (called once per stored change).
-    pub async fn advance(&mut self, actor: ActorId, seq: u64) -> Result<()> {
-        let slot = self.actor_slot(actor).await?;
-        self.store_max_seq(slot.idx, seq).await?;
+    pub fn advance(&mut self, actor: ActorId, seq: u64) -> Result<()> {
+        let slot = self.actor_slot(actor)?;
+        self.store_max_seq(slot.idx, seq)?;
         if let Some(s) = self.actors.get_mut(&actor) {
             s.max_seq = seq;
         }
@@ -242,18 +261,16 @@ impl Writer {
     }
 
     /// Writes an actor's highest contiguous seq (the caller keeps the cache in step).
-    pub async fn store_max_seq(&mut self, actor_idx: i64, seq: u64) -> Result<()> {
-        sqlx::query("UPDATE actors SET max_seq = ? WHERE idx = ?")
-            .bind(seq as i64)
-            .bind(actor_idx)
-            .execute(&mut self.conn)
-            .await
+    pub fn store_max_seq(&mut self, actor_idx: i64, seq: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE actors SET max_seq = ?1 WHERE idx = ?2")
+            .and_then(|mut st| st.execute(params![seq as i64, actor_idx]))
             .map(drop)
             .map_err(StoreError::db("advancing the version vector"))
     }
 
     /// Inserts the change-log row and returns its local id.
-    pub async fn insert_change_row(
+    pub fn insert_change_row(
         &mut self,
         actor_idx: i64,
         seq: u64,
@@ -261,18 +278,14 @@ impl Writer {
         kind: i64,
         manifest: Option<Vec<u8>>,
     ) -> Result<i64> {
-        Ok(sqlx::query(
-            "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(actor_idx)
-        .bind(seq as i64)
-        .bind(hlc.0 as i64)
-        .bind(kind)
-        .bind(manifest)
-        .execute(&mut self.conn)
-        .await
-        .map_err(StoreError::db("appending to the change log"))?
-        .last_insert_rowid())
+        self.conn
+            .prepare_cached(
+                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![actor_idx, seq as i64, hlc.0 as i64, kind, manifest]))
+            .map_err(StoreError::db("appending to the change log"))?;
+        self.counts.changes += 1;
+        Ok(self.conn.last_insert_rowid())
     }
 
     pub(crate) fn next_local(&mut self) -> (u64, Hlc) {
@@ -281,18 +294,18 @@ impl Writer {
         (seq, hlc)
     }
 
-    async fn exec(&mut self, sql: &'static str) -> Result<()> {
-        sqlx::query(sql)
-            .execute(&mut self.conn)
-            .await
+    fn exec(&mut self, sql: &'static str) -> Result<()> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
             .map(drop)
             .map_err(StoreError::db("controlling a transaction"))
     }
 
-    /// Runs the writer until every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Job>, max_group: usize) {
+    /// Runs the writer (on its own thread) until every sender is gone or a shutdown job.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>, max_group: usize) {
         let mut stop: Option<oneshot::Sender<()>> = None;
-        while let Some(first) = rx.recv().await {
+        while let Some(first) = rx.blocking_recv() {
             let mut jobs = Vec::new();
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -308,7 +321,7 @@ impl Writer {
                 }
             }
             if !jobs.is_empty() {
-                self.run_group(jobs).await;
+                self.run_group(jobs);
             }
             if stop.is_some() {
                 break;
@@ -319,13 +332,13 @@ impl Writer {
         drop(rx);
         // Fold the WAL back into the database so a stopped store is one self-contained file
         // (readers are closed first by `Store::close`, so the checkpoint can complete).
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut self.conn)
-            .await
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         {
             tracing::warn!(error = %e, "checkpointing the WAL at close");
         }
-        if let Err(e) = sqlx::Connection::close(self.conn).await {
+        if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the write connection");
         }
         if let Some(done) = stop {
@@ -334,12 +347,11 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
-    async fn run_group(&mut self, jobs: Vec<Job>) {
+    fn run_group(&mut self, jobs: Vec<Job>) {
         let mut done = Vec::with_capacity(jobs.len());
-        if let Err(e) = self.exec("BEGIN IMMEDIATE").await {
-            let msg = e.to_string();
+        if let Err(e) = self.exec("BEGIN IMMEDIATE") {
             for job in jobs {
-                done.push(self.refuse(job, &msg));
+                done.push(self.refuse(job, &e));
             }
             done.into_iter().for_each(Done::send);
             return;
@@ -348,32 +360,34 @@ impl Writer {
         self.touched.clear();
         for job in jobs {
             let digest_before = self.digest;
+            let counts_before = self.counts;
             let events_before = self.pending_events.len();
             let touched_before = self.touched.len();
-            if let Err(e) = self.exec("SAVEPOINT job").await {
-                done.push(self.refuse(job, &e.to_string()));
+            if let Err(e) = self.exec("SAVEPOINT job") {
+                done.push(self.refuse(job, &e));
                 continue;
             }
-            let result = self.run_job(job).await;
+            let result = self.run_job(job);
             if result.is_ok() {
-                if let Err(e) = self.exec("RELEASE job").await {
-                    done.push(result.fail(&e.to_string()));
+                if let Err(e) = self.exec("RELEASE job") {
+                    done.push(result.fail(&e));
                     continue;
                 }
             } else {
                 // Undo this job alone; earlier jobs of the group stay.
-                let rolled = self.exec("ROLLBACK TO job").await;
-                let released = self.exec("RELEASE job").await;
+                let rolled = self.exec("ROLLBACK TO job");
+                let released = self.exec("RELEASE job");
                 self.digest = digest_before;
+                self.counts = counts_before;
                 self.pending_events.truncate(events_before);
                 self.touched.truncate(touched_before);
-                if rolled.is_err() || released.is_err() || self.reload().await.is_err() {
+                if rolled.is_err() || released.is_err() || self.reload().is_err() {
                     tracing::error!("store writer could not roll back a failed job cleanly");
                 }
             }
             done.push(result);
         }
-        let committed = self.finish_group().await;
+        let committed = self.finish_group();
         match committed {
             Ok(()) => {
                 {
@@ -385,38 +399,43 @@ impl Writer {
                     }
                 }
                 *self.shared.digest.write().expect("digest lock") = self.digest;
-                done.into_iter().for_each(Done::send);
+                *self.shared.counts.write().expect("counts lock") = self.counts;
+                // Announced before the callers are answered, so a change's event is out by
+                // the time its write call returns.
                 for ev in self.pending_events.drain(..) {
                     // No subscriber is fine: events are hints, the log is the truth.
                     let _ = self.shared.events.send(ev);
                 }
+                done.into_iter().for_each(Done::send);
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; the whole write group is refused");
-                let _ = self.exec("ROLLBACK").await;
-                let msg = e.to_string();
-                done.into_iter().map(|d| d.fail(&msg)).for_each(Done::send);
+                let _ = self.exec("ROLLBACK");
+                done.into_iter().map(|d| d.fail(&e)).for_each(Done::send);
                 self.pending_events.clear();
-                if let Err(e) = self.reload().await {
+                let reloaded = self
+                    .reload()
+                    .and_then(|()| Counts::load(&self.conn).map(|c| self.counts = c));
+                if let Err(e) = reloaded {
                     tracing::error!(error = %e, "store could not reload its state after a failed commit");
                 }
             }
         }
     }
 
-    async fn finish_group(&mut self) -> Result<()> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('digest', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .bind(self.digest.0.to_vec())
-            .execute(&mut self.conn)
-            .await
+    fn finish_group(&mut self) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES ('digest', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .and_then(|mut st| st.execute([self.digest.0.as_slice()]))
             .map_err(StoreError::db("storing the digest"))?;
-        self.exec("COMMIT").await
+        self.exec("COMMIT")
     }
 
-    fn refuse(&mut self, job: Job, msg: &str) -> Done {
-        let err = || StoreError::Database {
+    fn refuse(&mut self, job: Job, cause: &StoreError) -> Done {
+        let err = || StoreError::WriteGroup {
             context: "starting a write transaction",
-            source: sqlx::Error::Protocol(msg.to_owned()),
+            detail: cause.to_string(),
+            transient: cause.is_transient(),
         };
         match job {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
@@ -428,20 +447,20 @@ impl Writer {
         }
     }
 
-    async fn run_job(&mut self, job: Job) -> Done {
+    fn run_job(&mut self, job: Job) -> Done {
         match job {
             Job::Append { batch, reply } => {
                 let (seq, hlc) = self.next_local();
                 let actor = self.actor;
-                let r = match self.stage_readings(actor, seq, hlc, &batch, false).await {
-                    Ok(()) => self.flush_readings().await,
+                let r = match self.stage_readings(actor, seq, hlc, &batch, false) {
+                    Ok(()) => self.flush_readings(),
                     Err(e) => Err(e),
                 }
                 .map(|()| ChangeMeta { actor, seq, hlc });
                 Done::Append(reply, r)
             }
             Job::Doc { key, value, reply } => {
-                let r = match self.is_twin(&key).await {
+                let r = match self.is_twin(&key) {
                     Ok(true) => Err(StoreError::WrongKind {
                         key: key.clone(),
                         problem: "is a twin (merge document); change it with a twin patch",
@@ -450,7 +469,6 @@ impl Writer {
                         let (seq, hlc) = self.next_local();
                         let actor = self.actor;
                         self.store_doc(actor, seq, hlc, &key, value.as_deref(), None, false)
-                            .await
                             .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx))
                     }
                     Err(e) => Err(e),
@@ -458,19 +476,19 @@ impl Writer {
                 Done::Doc(reply, r)
             }
             Job::Twin { key, edit, reply } => {
-                let r = self.store_twin_local(&key, &edit).await;
+                let r = self.store_twin_local(&key, &edit);
                 Done::Twin(reply, r)
             }
             Job::Remote { changes, reply } => {
-                let r = self.apply_remote(changes).await;
+                let r = self.apply_remote(changes);
                 Done::Remote(reply, r)
             }
             Job::Heartbeat { reply } => {
                 let wall = self.shared.clock.lock().expect("clock lock").wall_ms() as i64;
-                let r = sqlx::query("INSERT INTO meta (key, value) VALUES ('heartbeat', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-                    .bind(wall)
-                    .execute(&mut self.conn)
-                    .await
+                let r = self
+                    .conn
+                    .prepare_cached("INSERT INTO meta (key, value) VALUES ('heartbeat', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+                    .and_then(|mut st| st.execute([wall]))
                     .map(drop)
                     .map_err(StoreError::db("writing the heartbeat"));
                 Done::Heartbeat(reply, r)
@@ -481,7 +499,7 @@ impl Writer {
 
     /// Checks the whole call first (contiguity per actor, clock offset, limits) so a bad
     /// change refuses the call before anything is written; then stores the new changes.
-    async fn apply_remote(&mut self, changes: Vec<Change>) -> Result<ApplyOutcome> {
+    fn apply_remote(&mut self, changes: Vec<Change>) -> Result<ApplyOutcome> {
         let mut expect: HashMap<ActorId, u64> = HashMap::new();
         let mut fresh: Vec<usize> = Vec::with_capacity(changes.len());
         let mut skipped = 0;
@@ -521,12 +539,11 @@ impl Writer {
             // Consecutive readings changes are staged and written together; anything else
             // writes them first, so local ids keep the order of arrival.
             if !matches!(c.body, ChangeBody::Readings(_)) {
-                self.flush_readings().await?;
+                self.flush_readings()?;
             }
             match &c.body {
                 ChangeBody::Readings(batch) => {
-                    self.stage_readings(c.actor, c.seq, c.hlc, batch, true)
-                        .await?
+                    self.stage_readings(c.actor, c.seq, c.hlc, batch, true)?
                 }
                 ChangeBody::Doc(d) => self
                     .store_doc(
@@ -538,13 +555,12 @@ impl Writer {
                         Some(&d.context),
                         true,
                     )
-                    .await
                     .map(drop)?,
-                ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t).await?,
+                ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t)?,
             }
         }
-        self.flush_readings().await?;
-        self.flush_twins().await?;
+        self.flush_readings()?;
+        self.flush_twins()?;
         Ok(ApplyOutcome { applied, skipped })
     }
 }

@@ -11,9 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kdelta_sync::*;
 use proptest::prelude::*;
+use rusqlite::{Connection, OpenFlags, params};
 use serde::Deserialize;
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 const T0: i64 = 1_764_000_000_000;
 
@@ -42,8 +41,8 @@ struct Entry {
     ts_max: i64,
 }
 
-async fn reference_load(
-    pool: &SqlitePool,
+fn reference_load(
+    pool: &Connection,
     id: i64,
     actor: ActorId,
     seq: i64,
@@ -56,53 +55,48 @@ async fn reference_load(
             let entries: Vec<Entry> = ciborium::from_reader(&manifest.unwrap()[..]).unwrap();
             let mut batch = ReadingBatch::new();
             for e in entries {
-                let sid: i64 = sqlx::query_scalar("SELECT id FROM series WHERE name = ?")
-                    .bind(&e.name)
-                    .fetch_one(pool)
-                    .await
+                let sid: i64 = pool
+                    .query_row("SELECT id FROM series WHERE name = ?1", [&e.name], |r| {
+                        r.get(0)
+                    })
                     .unwrap();
-                let rows = sqlx::query(
-                    "SELECT ts, value FROM readings WHERE series_id = ? AND ts >= ? AND ts <= ? AND change_id = ? ORDER BY ts",
-                )
-                .bind(sid)
-                .bind(e.ts_min)
-                .bind(e.ts_max)
-                .bind(id)
-                .fetch_all(pool)
-                .await
-                .unwrap();
+                let mut st = pool
+                    .prepare(
+                        "SELECT ts, value FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4 ORDER BY ts",
+                    )
+                    .unwrap();
+                let rows: Vec<(i64, f64)> = st
+                    .query_map(params![sid, e.ts_min, e.ts_max, id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
                 batch.series.push(SeriesPoints {
                     name: e.name,
                     unit: e.unit,
                     meta: e.meta,
-                    ts: rows.iter().map(|r| r.get(0)).collect(),
-                    values: rows.iter().map(|r| r.get(1)).collect(),
+                    ts: rows.iter().map(|r| r.0).collect(),
+                    values: rows.iter().map(|r| r.1).collect(),
                 });
             }
             ChangeBody::Readings(batch)
         }
         2 => {
-            let r = sqlx::query("SELECT k.key, v.value, v.context FROM doc_versions v JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = ?")
-                .bind(id)
-                .fetch_one(pool)
-                .await
+            let (key, value, ctx): (String, Option<Vec<u8>>, Vec<u8>) = pool
+                .query_row("SELECT k.key, v.value, v.context FROM doc_versions v JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .unwrap();
             ChangeBody::Doc(DocWrite {
-                key: r.get(0),
-                value: r.get(1),
-                context: ciborium::from_reader(&r.get::<Vec<u8>, _>(2)[..]).unwrap(),
+                key,
+                value,
+                context: ciborium::from_reader(&ctx[..]).unwrap(),
             })
         }
         3 => {
-            let r = sqlx::query("SELECT w.key, t.bytes FROM twin_changes t JOIN twins w ON w.id = t.twin_id WHERE t.change_id = ?")
-                .bind(id)
-                .fetch_one(pool)
-                .await
+            let (key, change): (String, Vec<u8>) = pool
+                .query_row("SELECT w.key, t.bytes FROM twin_changes t JOIN twins w ON w.id = t.twin_id WHERE t.change_id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap();
-            ChangeBody::Twin(TwinChange {
-                key: r.get(0),
-                change: r.get(1),
-            })
+            ChangeBody::Twin(TwinChange { key, change })
         }
         k => panic!("kind {k}"),
     };
@@ -114,38 +108,36 @@ async fn reference_load(
     }
 }
 
-async fn reference_changes_since(
-    pool: &SqlitePool,
+/// (id, seq, hlc, kind, manifest) of a change-log row.
+type LogRow = (i64, i64, i64, i64, Option<Vec<u8>>);
+
+fn reference_changes_since(
+    pool: &Connection,
     theirs: &VersionVector,
     budget: usize,
 ) -> Vec<Change> {
-    let actors =
-        sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    let mut st = pool
+        .prepare("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
+        .unwrap();
+    let actors: Vec<(i64, Vec<u8>, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     let mut out = Vec::new();
     let mut used = 0;
-    for a in actors {
-        let actor = ActorId::from_slice(&a.get::<Vec<u8>, _>(1)).unwrap();
-        let rows = sqlx::query("SELECT id, seq, hlc, kind, manifest FROM changes WHERE actor_idx = ? AND seq > ? AND seq <= ? ORDER BY seq")
-            .bind(a.get::<i64, _>(0))
-            .bind(theirs.get(&actor) as i64)
-            .bind(a.get::<i64, _>(2))
-            .fetch_all(pool)
-            .await
+    for (idx, actor, max_seq) in actors {
+        let actor = ActorId::from_slice(&actor).unwrap();
+        let mut st = pool.prepare("SELECT id, seq, hlc, kind, manifest FROM changes WHERE actor_idx = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq").unwrap();
+        let rows: Vec<LogRow> = st
+            .query_map(params![idx, theirs.get(&actor) as i64, max_seq], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
-        for r in rows {
-            let c = reference_load(
-                pool,
-                r.get(0),
-                actor,
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-            )
-            .await;
+        for (id, seq, hlc, kind, manifest) in rows {
+            let c = reference_load(pool, id, actor, seq, hlc, kind, manifest);
             let size = c.estimated_size();
             if !out.is_empty() && used + size > budget {
                 return out;
@@ -157,35 +149,31 @@ async fn reference_changes_since(
     out
 }
 
-async fn reference_log_after(pool: &SqlitePool, after: i64, max: usize) -> Vec<(i64, Change)> {
-    let rows = sqlx::query("SELECT c.id, c.seq, c.hlc, c.kind, c.manifest, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ? ORDER BY c.id LIMIT ?")
-        .bind(after)
-        .bind(max as i64)
-        .fetch_all(pool)
-        .await
+fn reference_log_after(pool: &Connection, after: i64, max: usize) -> Vec<(i64, Change)> {
+    let mut st = pool.prepare("SELECT c.id, c.seq, c.hlc, c.kind, c.manifest, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id > ?1 ORDER BY c.id LIMIT ?2").unwrap();
+    let rows: Vec<(LogRow, Vec<u8>)> = st
+        .query_map(params![after, max as i64], |r| {
+            Ok((
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
         .unwrap();
     let mut out = Vec::new();
-    for r in rows {
-        let actor = ActorId::from_slice(&r.get::<Vec<u8>, _>(5)).unwrap();
-        let id = r.get(0);
+    for ((id, seq, hlc, kind, manifest), actor) in rows {
+        let actor = ActorId::from_slice(&actor).unwrap();
         out.push((
             id,
-            reference_load(pool, id, actor, r.get(1), r.get(2), r.get(3), r.get(4)).await,
+            reference_load(pool, id, actor, seq, hlc, kind, manifest),
         ));
     }
     out
 }
 
-async fn reader(store: &Store) -> SqlitePool {
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(store.path())
-                .read_only(true),
-        )
-        .await
-        .unwrap()
+fn reader(store: &Store) -> Connection {
+    Connection::open_with_flags(store.path(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
 
 // ---- random histories -------------------------------------------------------------------
@@ -351,9 +339,9 @@ proptest! {
         rt.block_on(async move {
             let dir = tempfile::tempdir().unwrap();
             let (store, made) = build(&dir, &ops).await;
-            let pool = reader(&store).await;
+            let pool = reader(&store);
             // Every remote change is stored as it was made.
-            let all = reference_changes_since(&pool, &VersionVector::new(), usize::MAX).await;
+            let all = reference_changes_since(&pool, &VersionVector::new(), usize::MAX);
             for c in &made {
                 prop_assert!(all.contains(c), "remote change {}:{} not returned as made", c.actor, c.seq);
             }
@@ -364,7 +352,7 @@ proptest! {
             }
             let budget = [1, 200, 2_000, 20_000, usize::MAX][budget_pick];
             let page = store.changes_since(&theirs, budget).await.unwrap();
-            prop_assert_eq!(&page, &reference_changes_since(&pool, &theirs, budget).await);
+            prop_assert_eq!(&page, &reference_changes_since(&pool, &theirs, budget));
             // Paging to the end gives everything missing, once, in the same order.
             let mut paged = Vec::new();
             let mut held = theirs.clone();
@@ -378,19 +366,19 @@ proptest! {
                 }
                 paged.extend(page);
             }
-            prop_assert_eq!(paged, reference_changes_since(&pool, &theirs, usize::MAX).await);
+            prop_assert_eq!(paged, reference_changes_since(&pool, &theirs, usize::MAX));
             // The local log, from the start and from a random position.
             let n = all.len() as i64;
             for after in [0, after_pick as i64 % (n + 1)] {
                 for max in [3, 10_000] {
                     prop_assert_eq!(
                         store.log_after(after, max).await.unwrap(),
-                        reference_log_after(&pool, after, max).await
+                        reference_log_after(&pool, after, max)
                     );
                 }
             }
             prop_assert_eq!(store.verify_digest().await.unwrap(), store.digest());
-            pool.close().await;
+            drop(pool);
             Ok(())
         })?;
     }

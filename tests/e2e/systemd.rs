@@ -6,8 +6,6 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
-
 use crate::harness::Agent;
 
 /// `WATCHDOG_USEC` given to the agent: it pings every half of it (500 ms).
@@ -104,12 +102,8 @@ async fn notify_ready_watchdog_stops_when_the_store_is_wedged_and_stopping() {
 
     // Wedge the store: hold its write lock from another connection.
     let db = agent.data_dir().join("kdelta.db");
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("open the agent's store");
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut conn)
-        .await
+    let conn = rusqlite::Connection::open(&db).expect("open the agent's store");
+    conn.execute_batch("BEGIN IMMEDIATE")
         .expect("take the write lock");
     // A heartbeat already past its write may still ping; the next ones give up after the
     // busy timeout (200 ms), well inside their own timeout (the ping period).
@@ -128,11 +122,9 @@ async fn notify_ready_watchdog_stops_when_the_store_is_wedged_and_stopping() {
     );
 
     // Release the lock: the pings resume.
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut conn)
-        .await
+    conn.execute_batch("ROLLBACK")
         .expect("release the write lock");
-    conn.close().await.expect("close");
+    conn.close().map_err(|(_, e)| e).expect("close");
     notes.expect(&agent, "WATCHDOG=1", 6 * PING_PERIOD);
 
     agent.sigterm();

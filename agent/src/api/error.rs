@@ -212,7 +212,7 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => ErrorCode::Unavailable,
             // A failing database (busy, I/O error, full disk, pool closed while stopping) is
             // the store being unavailable; the client may retry.
-            StoreError::Database { .. } => ErrorCode::Unavailable,
+            StoreError::Database { .. } | StoreError::WriteGroup { .. } => ErrorCode::Unavailable,
             e if e.is_transient() => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         };

@@ -1,10 +1,11 @@
 //! Twin reads on the read pool: the materialized value, as-of (by HLC or wall time), history
 //! (who changed which paths, when, paged) and diffs. As-of reads take the changes stamped at
 //! or before the point — causally closed, since a change's HLC is above those it depends
-//! on — and read the document at those heads.
+//! on — and read the document at those heads. Each call is one closure on a read
+//! connection (`readers.rs`).
 
 use automerge::{Automerge, ChangeHash, ReadDoc};
-use sqlx::Row;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::json::to_json;
 use super::patch::escape;
@@ -50,18 +51,15 @@ impl Store {
         .await
     }
 
-    async fn twin_row(&self, key: &str) -> Result<Option<(i64, Vec<u8>, u64)>> {
-        let row = sqlx::query("SELECT id, json, changes FROM twins WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(StoreError::db("reading a twin"))?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u64)))
-    }
-
     /// The merged value of twin `key`; `None` when the key is not a twin.
     pub async fn twin_get(&self, key: &str) -> Result<Option<TwinState>> {
-        let Some((_, json, changes)) = self.twin_row(key).await? else {
+        let owned = key.to_owned();
+        let Some((_, json, changes)) = self
+            .inner
+            .readers
+            .read(move |conn| twin_row(conn, &owned))
+            .await?
+        else {
             return Ok(None);
         };
         let value = serde_json::from_slice(&json).map_err(|e| StoreError::Decode {
@@ -82,128 +80,103 @@ impl Store {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<String>> {
-        let keys: Vec<String> = sqlx::query_scalar(
-            "SELECT key FROM twins WHERE key > ? AND key >= ? ORDER BY key LIMIT ?",
-        )
-        .bind(after.unwrap_or(""))
-        .bind(prefix)
-        .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("listing twins"))?;
-        Ok(keys
-            .into_iter()
-            .take_while(|k| k.starts_with(prefix))
-            .collect())
-    }
-
-    async fn twin_doc(&self, key: &str) -> Result<(i64, Automerge)> {
-        let Some((id, ..)) = self.twin_row(key).await? else {
-            return Err(StoreError::UnknownKey(key.to_owned()));
-        };
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
+        let (prefix, after) = (prefix.to_owned(), after.unwrap_or("").to_owned());
+        self.inner
+            .readers
+            .read(move |conn| {
+                let keys: Vec<String> = conn
+                    .prepare_cached(
+                        "SELECT key FROM twins WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map(
+                            params![after, prefix, limit.clamp(1, MAX_HISTORY_PAGE) as i64],
+                            |r| r.get(0),
+                        )?
+                        .collect()
+                    })
+                    .map_err(StoreError::db("listing twins"))?;
+                Ok(keys
+                    .into_iter()
+                    .take_while(|k| k.starts_with(&prefix))
+                    .collect())
+            })
             .await
-            .map_err(StoreError::db("starting a read"))?;
-        let (doc, _) = load_doc(&mut conn, id).await?;
-        Ok((id, doc))
     }
 
-    async fn heads_at(
+    /// Runs `f` with the loaded document of twin `key` (and its id) on a read connection.
+    async fn with_twin_doc<T: Send + 'static>(
         &self,
-        id: i64,
-        doc: &Automerge,
-        at: AsOf,
-    ) -> Result<Option<Vec<ChangeHash>>> {
-        let hashes: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT hash FROM twin_changes WHERE twin_id = ? AND hlc <= ?")
-                .bind(id)
-                .bind(at.bound().0 as i64)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(StoreError::db("reading twin history"))?;
-        if hashes.is_empty() {
-            return Ok(None);
-        }
-        // Changes still waiting for dependencies are not part of the state yet.
-        Ok(Some(
-            hashes
-                .iter()
-                .filter_map(|h| <[u8; 32]>::try_from(&h[..]).ok().map(ChangeHash))
-                .filter(|h| doc.get_change_meta_by_hash(h).is_some())
-                .collect(),
-        ))
-    }
-
-    fn value_at(key: &str, doc: &Automerge, heads: &[ChangeHash]) -> Result<serde_json::Value> {
-        let past = doc.fork_at(heads).map_err(|e| StoreError::Decode {
-            what: "twin history",
-            detail: format!("{key}: {e}"),
-        })?;
-        Ok(to_json(&past))
+        key: &str,
+        f: impl FnOnce(&Connection, i64, Automerge) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .read(move |conn| {
+                let Some((id, ..)) = twin_row(conn, &key)? else {
+                    return Err(StoreError::UnknownKey(key));
+                };
+                let (doc, _) = load_doc(conn, id)?;
+                f(conn, id, doc)
+            })
+            .await
     }
 
     /// Loads twin `key` the way the writer and the history reads do (its snapshot, then the
     /// changes stored after it) and reports what that took: a cheap check of how compact a
     /// twin's storage is, and what the load benchmark measures.
     pub async fn twin_storage(&self, key: &str) -> Result<TwinStorage> {
-        let Some((id, _, changes)) = self.twin_row(key).await? else {
-            return Err(StoreError::UnknownKey(key.to_owned()));
-        };
-        let snapshot_bytes: i64 =
-            sqlx::query_scalar("SELECT COALESCE(LENGTH(snapshot), 0) FROM twins WHERE id = ?")
-                .bind(id)
-                .fetch_one(&self.inner.pool)
-                .await
-                .map_err(StoreError::db("reading a twin"))?;
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .read(move |conn| {
+                let Some((id, _, changes)) = twin_row(conn, &key)? else {
+                    return Err(StoreError::UnknownKey(key));
+                };
+                let snapshot_bytes: i64 = conn
+                    .prepare_cached("SELECT COALESCE(LENGTH(snapshot), 0) FROM twins WHERE id = ?1")
+                    .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+                    .map_err(StoreError::db("reading a twin"))?;
+                let (doc, replayed) = load_doc(conn, id)?;
+                Ok(TwinStorage {
+                    changes,
+                    snapshot_bytes: snapshot_bytes as u64,
+                    replayed,
+                    heads: doc.get_heads().len(),
+                })
+            })
             .await
-            .map_err(StoreError::db("starting a read"))?;
-        let (doc, replayed) = load_doc(&mut conn, id).await?;
-        Ok(TwinStorage {
-            changes,
-            snapshot_bytes: snapshot_bytes as u64,
-            replayed,
-            heads: doc.get_heads().len(),
-        })
     }
 
     /// The value of twin `key` as it was at `at`. [`StoreError::UnknownKey`] when the key is
     /// not a twin, [`StoreError::BeforeHistory`] when `at` is before its first change.
     pub async fn twin_get_as_of(&self, key: &str, at: AsOf) -> Result<serde_json::Value> {
-        let (id, doc) = self.twin_doc(key).await?;
-        match self.heads_at(id, &doc, at).await? {
-            Some(heads) => Self::value_at(key, &doc, &heads),
-            None => Err(StoreError::BeforeHistory {
-                key: key.to_owned(),
-                at: at.to_string(),
-            }),
-        }
-    }
-
-    async fn value_at_point(
-        &self,
-        key: &str,
-        id: i64,
-        doc: &Automerge,
-        at: AsOf,
-    ) -> Result<Option<serde_json::Value>> {
-        match self.heads_at(id, doc, at).await? {
-            Some(h) => Self::value_at(key, doc, &h).map(Some),
-            None => Ok(None),
-        }
+        let owned = key.to_owned();
+        self.with_twin_doc(key, move |conn, id, doc| {
+            match heads_at(conn, id, &doc, at)? {
+                Some(heads) => value_at(&owned, &doc, &heads),
+                None => Err(StoreError::BeforeHistory {
+                    key: owned,
+                    at: at.to_string(),
+                }),
+            }
+        })
+        .await
     }
 
     /// How twin `key` changed between two points (before its first change it is absent).
     pub async fn twin_diff(&self, key: &str, from: AsOf, to: AsOf) -> Result<DocDiff> {
-        let (id, doc) = self.twin_doc(key).await?;
-        let a = self.value_at_point(key, id, &doc, from).await?;
-        let b = self.value_at_point(key, id, &doc, to).await?;
+        let owned = key.to_owned();
+        let (a, b) = self
+            .with_twin_doc(key, move |conn, id, doc| {
+                let point = |at| match heads_at(conn, id, &doc, at)? {
+                    Some(h) => value_at(&owned, &doc, &h).map(Some),
+                    None => Ok(None),
+                };
+                Ok((point(from)?, point(to)?))
+            })
+            .await?;
         Ok(DocDiff::between(key, a, b))
     }
 
@@ -215,43 +188,97 @@ impl Store {
         limit: usize,
         before: Option<Hlc>,
     ) -> Result<Vec<TwinHistoryEntry>> {
-        let (id, doc) = self.twin_doc(key).await?;
-        let rows = sqlx::query(
-            "SELECT a.actor, c.seq, t.hlc, t.bytes FROM twin_changes t \
-             JOIN changes c ON c.id = t.change_id JOIN actors a ON a.idx = c.actor_idx \
-             WHERE t.twin_id = ? AND t.hlc < ? ORDER BY t.hlc DESC, a.actor DESC LIMIT ?",
-        )
-        .bind(id)
-        .bind(before.map_or(i64::MAX, |h| h.0 as i64))
-        .bind(limit.clamp(1, MAX_HISTORY_PAGE) as i64)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::db("reading twin history"))?;
-        rows.iter()
-            .map(|r| {
-                let actor =
-                    ActorId::from_slice(&r.get::<Vec<u8>, _>(0)).ok_or(StoreError::Decode {
+        self.with_twin_doc(key, move |conn, id, doc| {
+            let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT a.actor, c.seq, t.hlc, t.bytes FROM twin_changes t \
+                     JOIN changes c ON c.id = t.change_id JOIN actors a ON a.idx = c.actor_idx \
+                     WHERE t.twin_id = ?1 AND t.hlc < ?2 ORDER BY t.hlc DESC, a.actor DESC LIMIT ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_map(
+                        params![
+                            id,
+                            before.map_or(i64::MAX, |h| h.0 as i64),
+                            limit.clamp(1, MAX_HISTORY_PAGE) as i64
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )?
+                    .collect()
+                })
+                .map_err(StoreError::db("reading twin history"))?;
+            rows.into_iter()
+                .map(|(actor, seq, hlc, bytes)| {
+                    let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
                         what: "stored actor id",
                         detail: "not 16 bytes".into(),
                     })?;
-                let change =
-                    automerge::Change::try_from(&r.get::<Vec<u8>, _>(3)[..]).map_err(|e| {
+                    let change = automerge::Change::try_from(&bytes[..]).map_err(|e| {
                         StoreError::Decode {
                             what: "stored twin change",
                             detail: e.to_string(),
                         }
                     })?;
-                let (paths, truncated) = change_paths(&doc, &change);
-                Ok(TwinHistoryEntry {
-                    actor,
-                    seq: r.get::<i64, _>(1) as u64,
-                    hlc: Hlc(r.get::<i64, _>(2) as u64),
-                    paths,
-                    truncated,
+                    let (paths, truncated) = change_paths(&doc, &change);
+                    Ok(TwinHistoryEntry {
+                        actor,
+                        seq: seq as u64,
+                        hlc: Hlc(hlc as u64),
+                        paths,
+                        truncated,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
+}
+
+/// The id, materialized JSON and change count of twin `key`.
+fn twin_row(conn: &Connection, key: &str) -> Result<Option<(i64, Vec<u8>, u64)>> {
+    conn.prepare_cached("SELECT id, json, changes FROM twins WHERE key = ?1")
+        .and_then(|mut st| {
+            st.query_row([key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })
+            .optional()
+        })
+        .map_err(StoreError::db("reading a twin"))
+}
+
+/// The heads of twin `id` at `at` (`None` before its first change).
+fn heads_at(
+    conn: &Connection,
+    id: i64,
+    doc: &Automerge,
+    at: AsOf,
+) -> Result<Option<Vec<ChangeHash>>> {
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare_cached("SELECT hash FROM twin_changes WHERE twin_id = ?1 AND hlc <= ?2")
+        .and_then(|mut st| {
+            st.query_map(params![id, at.bound().0 as i64], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(StoreError::db("reading twin history"))?;
+    if hashes.is_empty() {
+        return Ok(None);
+    }
+    // Changes still waiting for dependencies are not part of the state yet.
+    Ok(Some(
+        hashes
+            .iter()
+            .filter_map(|h| <[u8; 32]>::try_from(&h[..]).ok().map(ChangeHash))
+            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+            .collect(),
+    ))
+}
+
+fn value_at(key: &str, doc: &Automerge, heads: &[ChangeHash]) -> Result<serde_json::Value> {
+    let past = doc.fork_at(heads).map_err(|e| StoreError::Decode {
+        what: "twin history",
+        detail: format!("{key}: {e}"),
+    })?;
+    Ok(to_json(&past))
 }
 
 /// JSON pointers a change wrote: each operation's object resolved to its path in `doc`

@@ -11,8 +11,7 @@ use std::collections::HashMap;
 
 use automerge::transaction::CommitOptions;
 use automerge::{Automerge, ChangeHash, ReadDoc};
-use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::apply::apply_patch;
 use super::json::to_json;
@@ -98,33 +97,24 @@ pub(crate) fn apply_all(doc: &mut Automerge, changes: Vec<automerge::Change>) {
 
 /// Loads the document of twin `twin_id`: its snapshot plus every change stored after it.
 /// Returns the document and how many changes were replayed.
-pub(crate) async fn load_doc(
-    conn: &mut SqliteConnection,
-    twin_id: i64,
-) -> Result<(Automerge, u64)> {
-    let row = sqlx::query("SELECT snapshot, snapshot_upto FROM twins WHERE id = ?")
-        .bind(twin_id)
-        .fetch_one(&mut *conn)
-        .await
+pub(crate) fn load_doc(conn: &Connection, twin_id: i64) -> Result<(Automerge, u64)> {
+    let (snapshot, upto): (Option<Vec<u8>>, i64) = conn
+        .prepare_cached("SELECT snapshot, snapshot_upto FROM twins WHERE id = ?1")
+        .and_then(|mut st| st.query_row([twin_id], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(StoreError::db("reading a twin snapshot"))?;
-    let mut doc = match row.get::<Option<Vec<u8>>, _>(0) {
+    let mut doc = match snapshot {
         Some(b) => Automerge::load(&b).map_err(|e| decode("stored twin snapshot", e))?,
         None => Automerge::new(),
     };
-    let rows = sqlx::query(
-        "SELECT bytes FROM twin_changes WHERE twin_id = ? AND change_id > ? ORDER BY change_id",
-    )
-    .bind(twin_id)
-    .bind(row.get::<i64, _>(1))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(StoreError::db("reading twin changes"))?;
+    let rows: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT bytes FROM twin_changes WHERE twin_id = ?1 AND change_id > ?2 ORDER BY change_id",
+        )
+        .and_then(|mut st| st.query_map([twin_id, upto], |r| r.get(0))?.collect())
+        .map_err(StoreError::db("reading twin changes"))?;
     let changes = rows
         .iter()
-        .map(|r| {
-            automerge::Change::try_from(&r.get::<Vec<u8>, _>(0)[..])
-                .map_err(|e| decode("stored twin change", e))
-        })
+        .map(|b| automerge::Change::try_from(&b[..]).map_err(|e| decode("stored twin change", e)))
         .collect::<Result<Vec<_>>>()?;
     let n = changes.len() as u64;
     apply_all(&mut doc, changes);
@@ -132,37 +122,34 @@ pub(crate) async fn load_doc(
 }
 
 impl Writer {
-    async fn twin_id(&mut self, key: &str) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT id FROM twins WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut self.conn)
-            .await
+    fn twin_id(&mut self, key: &str) -> Result<Option<i64>> {
+        self.conn
+            .prepare_cached("SELECT id FROM twins WHERE key = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
             .map_err(StoreError::db("looking up a twin"))
     }
 
     /// True when `key` holds a twin (used to refuse plain writes to it).
-    pub(crate) async fn is_twin(&mut self, key: &str) -> Result<bool> {
-        Ok(self.twins.slots.contains_key(key) || self.twin_id(key).await?.is_some())
+    pub(crate) fn is_twin(&mut self, key: &str) -> Result<bool> {
+        Ok(self.twins.slots.contains_key(key) || self.twin_id(key)?.is_some())
     }
 
     /// Loads `key` into the cache; `false` when it is not a twin. Creates it when `create`.
-    async fn load_twin(&mut self, key: &str, create: bool) -> Result<bool> {
+    fn load_twin(&mut self, key: &str, create: bool) -> Result<bool> {
         if self.twins.touch(key).is_some() {
             return Ok(true);
         }
-        let (id, doc, since_snapshot) = match self.twin_id(key).await? {
+        let (id, doc, since_snapshot) = match self.twin_id(key)? {
             Some(id) => {
-                let (doc, n) = load_doc(&mut self.conn, id).await?;
+                let (doc, n) = load_doc(&self.conn, id)?;
                 (id, doc, n)
             }
             None if create => {
-                let id = sqlx::query("INSERT INTO twins (key, json) VALUES (?, '{}')")
-                    .bind(key)
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(StoreError::db("creating a twin"))?
-                    .last_insert_rowid();
-                (id, Automerge::new(), 0)
+                self.conn
+                    .prepare_cached("INSERT INTO twins (key, json) VALUES (?1, '{}')")
+                    .and_then(|mut st| st.execute([key]))
+                    .map_err(StoreError::db("creating a twin"))?;
+                (self.conn.last_insert_rowid(), Automerge::new(), 0)
             }
             None => return Ok(false),
         };
@@ -180,28 +167,25 @@ impl Writer {
     }
 
     /// A local create or patch: one automerge change by this store's actor.
-    pub(crate) async fn store_twin_local(
-        &mut self,
-        key: &str,
-        edit: &TwinEdit,
-    ) -> Result<TwinWrite> {
-        let register: Option<i64> = sqlx::query_scalar("SELECT 1 FROM doc_keys WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(StoreError::db("looking up a document key"))?;
-        if register.is_some() {
+    pub(crate) fn store_twin_local(&mut self, key: &str, edit: &TwinEdit) -> Result<TwinWrite> {
+        let register = self.key_ids.contains_key(key)
+            || self
+                .conn
+                .prepare_cached("SELECT 1 FROM doc_keys WHERE key = ?1")
+                .and_then(|mut st| st.exists([key]))
+                .map_err(StoreError::db("looking up a document key"))?;
+        if register {
             return Err(StoreError::WrongKind {
                 key: key.to_owned(),
                 problem: "is a plain document, not a twin",
             });
         }
-        let exists = self.load_twin(key, false).await?;
+        let exists = self.load_twin(key, false)?;
         match (edit, exists) {
             (TwinEdit::Create(_), true) => return Err(StoreError::TwinExists(key.to_owned())),
             (TwinEdit::Patch(_), false) => return Err(StoreError::UnknownKey(key.to_owned())),
             (TwinEdit::Create(_), false) => {
-                self.load_twin(key, true).await?;
+                self.load_twin(key, true)?;
             }
             (TwinEdit::Patch(_), true) => {}
         }
@@ -246,9 +230,8 @@ impl Writer {
                 max: self.limits.max_value_bytes,
             });
         }
-        self.persist_twin_change(actor, seq, hlc, key, &bytes, hash, false)
-            .await?;
-        let value = self.flush_twin(key).await?;
+        self.persist_twin_change(actor, seq, hlc, key, &bytes, hash, false)?;
+        let value = self.flush_twin(key)?;
         self.twins.evict();
         Ok(TwinWrite {
             key: key.to_owned(),
@@ -259,7 +242,7 @@ impl Writer {
 
     /// A change received from another replica (already validated). Its JSON is written by
     /// [`flush_twins`](Self::flush_twins) at the end of the job.
-    pub(crate) async fn store_twin_remote(
+    pub(crate) fn store_twin_remote(
         &mut self,
         actor: ActorId,
         seq: u64,
@@ -269,15 +252,14 @@ impl Writer {
         let change =
             automerge::Change::try_from(&t.change[..]).map_err(|e| decode("twin change", e))?;
         let hash = change.hash();
-        self.load_twin(&t.key, true).await?;
+        self.load_twin(&t.key, true)?;
         let slot = self.twins.touch(&t.key).expect("loaded above");
         apply_all(&mut slot.doc, vec![change]);
         self.persist_twin_change(actor, seq, hlc, &t.key, &t.change, hash, true)
-            .await
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn persist_twin_change(
+    fn persist_twin_change(
         &mut self,
         actor: ActorId,
         seq: u64,
@@ -288,25 +270,21 @@ impl Writer {
         remote: bool,
     ) -> Result<()> {
         let twin_id = self.twins.slots.get(key).expect("loaded by the caller").id;
-        let idx = self.actor_slot(actor).await?.idx;
-        let change_id = self.insert_change_row(idx, seq, hlc, 3, None).await?;
-        sqlx::query(
-            "INSERT INTO twin_changes (change_id, twin_id, hlc, hash, bytes) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(change_id)
-        .bind(twin_id)
-        .bind(hlc.0 as i64)
-        .bind(hash.0.to_vec())
-        .bind(bytes)
-        .execute(&mut self.conn)
-        .await
-        .map_err(StoreError::db("storing a twin change"))?;
-        sqlx::query("UPDATE twins SET changes = changes + 1 WHERE id = ?")
-            .bind(twin_id)
-            .execute(&mut self.conn)
-            .await
+        let idx = self.actor_slot(actor)?.idx;
+        let change_id = self.insert_change_row(idx, seq, hlc, 3, None)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO twin_changes (change_id, twin_id, hlc, hash, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![change_id, twin_id, hlc.0 as i64, hash.0.as_slice(), bytes])
+            })
+            .map_err(StoreError::db("storing a twin change"))?;
+        self.conn
+            .prepare_cached("UPDATE twins SET changes = changes + 1 WHERE id = ?1")
+            .and_then(|mut st| st.execute([twin_id]))
             .map_err(StoreError::db("counting twin changes"))?;
-        self.advance(actor, seq).await?;
+        self.advance(actor, seq)?;
         self.digest.add(&twin_hash(&actor, seq, hlc, key, bytes));
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
@@ -328,41 +306,36 @@ impl Writer {
     }
 
     /// Writes the JSON (and, when due, a snapshot) of every twin the current job changed.
-    pub(crate) async fn flush_twins(&mut self) -> Result<()> {
+    pub(crate) fn flush_twins(&mut self) -> Result<()> {
         for key in std::mem::take(&mut self.twins.dirty) {
-            self.flush_twin(&key).await?;
+            self.flush_twin(&key)?;
         }
         self.twins.evict();
         Ok(())
     }
 
-    async fn flush_twin(&mut self, key: &str) -> Result<serde_json::Value> {
+    fn flush_twin(&mut self, key: &str) -> Result<serde_json::Value> {
         self.twins.dirty.retain(|k| k != key);
         let Some(slot) = self.twins.slots.get_mut(key) else {
             return Err(decode("twin cache", format!("{key:?} is not loaded")));
         };
         let value = to_json(&slot.doc);
         let json = serde_json::to_vec(&value).map_err(|e| decode("twin value", e))?;
-        sqlx::query("UPDATE twins SET json = ? WHERE id = ?")
-            .bind(json)
-            .bind(slot.id)
-            .execute(&mut self.conn)
-            .await
+        self.conn
+            .prepare_cached("UPDATE twins SET json = ?1 WHERE id = ?2")
+            .and_then(|mut st| st.execute(params![json, slot.id]))
             .map_err(StoreError::db("storing a twin's value"))?;
         // A snapshot must hold every change up to its mark, so none may be waiting for
         // dependencies.
         if slot.since_snapshot >= SNAPSHOT_EVERY && slot.doc.get_missing_deps(&[]).is_empty() {
             let snapshot = slot.doc.save();
-            sqlx::query(
-                "UPDATE twins SET snapshot = ?, \
-                 snapshot_upto = (SELECT MAX(change_id) FROM twin_changes WHERE twin_id = ?) WHERE id = ?",
-            )
-            .bind(snapshot)
-            .bind(slot.id)
-            .bind(slot.id)
-            .execute(&mut self.conn)
-            .await
-            .map_err(StoreError::db("storing a twin snapshot"))?;
+            self.conn
+                .prepare_cached(
+                    "UPDATE twins SET snapshot = ?1, \
+                     snapshot_upto = (SELECT MAX(change_id) FROM twin_changes WHERE twin_id = ?2) WHERE id = ?2",
+                )
+                .and_then(|mut st| st.execute(params![snapshot, slot.id]))
+                .map_err(StoreError::db("storing a twin snapshot"))?;
             slot.since_snapshot = 0;
         }
         Ok(value)

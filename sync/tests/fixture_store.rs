@@ -1,0 +1,191 @@
+//! Upgrade compatibility: `fixtures/v2-sqlx.db` is a store written by the last sqlx-based
+//! release (schema version 2: readings of two series, documents with siblings and a tombstone,
+//! a twin), with what that code read back recorded in `fixtures/v2-sqlx.json`. Today's code
+//! must open it unchanged and see the same actor, version vector, digest and contents.
+//!
+//! The fixture was made by `make_fixture` below (ignored; run with
+//! `KDELTA_MAKE_FIXTURE=dir cargo test -p kdelta-sync --test fixture_store -- --ignored`).
+
+use std::path::Path;
+
+use kdelta_sync::*;
+use serde_json::{Value, json};
+
+const T0: i64 = 1_764_000_000_000;
+
+fn batch(series: &str, unit: &str, points: impl Iterator<Item = (i64, f64)>) -> ReadingBatch {
+    let mut b = ReadingBatch::new();
+    for (t, v) in points {
+        b.push(series, t, v, Some(unit));
+    }
+    b
+}
+
+/// Everything the fixture's content checks compare, read through the public API.
+async fn snapshot(s: &Store) -> Value {
+    let range = |series: &str| RangeQuery {
+        series: series.into(),
+        from: 0,
+        to: i64::MAX,
+        limit: 10_000,
+        cursor: None,
+    };
+    let temp = s.range(&range("room.temp")).await.unwrap();
+    let hum = s.range(&range("room.hum")).await.unwrap();
+    let mut docs = serde_json::Map::new();
+    for key in ["cfg/a", "cfg/b", "cfg/gone", "cfg/conflict"] {
+        let state = s.get(key).await.unwrap();
+        let history = s.history(key, 100, None).await.unwrap();
+        let siblings = s.siblings(key).await.unwrap();
+        docs.insert(
+            key.into(),
+            json!({"get": state, "history": history, "siblings": siblings}),
+        );
+    }
+    let twin = s.twin_get("twin/pump").await.unwrap();
+    let mut vv: Vec<(String, u64)> = s
+        .version_vector()
+        .iter()
+        .map(|(a, n)| (a.to_string(), n))
+        .collect();
+    vv.sort();
+    let all = s
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    json!({
+        "actor": s.actor().to_string(),
+        "vv": vv,
+        "digest": s.digest().to_string(),
+        "changes": all.len(),
+        "temp": temp.readings,
+        "hum": hum.readings,
+        "docs": docs,
+        "twin": twin,
+        "series": s.series().await.unwrap().len(),
+    })
+}
+
+/// Writes the fixture with the code of the day: run once, by hand, before a storage change.
+#[tokio::test]
+#[ignore]
+async fn make_fixture() {
+    let Ok(dir) = std::env::var("KDELTA_MAKE_FIXTURE") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.join("v2-sqlx.db"), StoreConfig::default())
+        .await
+        .unwrap();
+    let b = Store::open(tmp.path().join("b.db"), StoreConfig::default())
+        .await
+        .unwrap();
+    a.append(batch(
+        "room.temp",
+        "°C",
+        (0..300).map(|i| (T0 + i * 1000, 20.0 + i as f64 / 10.0)),
+    ))
+    .await
+    .unwrap();
+    b.append(batch(
+        "room.hum",
+        "%",
+        (0..90).map(|i| (T0 + i * 2000, 40.0 + i as f64)),
+    ))
+    .await
+    .unwrap();
+    a.put("cfg/a", &json!({"interval": 5})).await.unwrap();
+    a.put("cfg/a", &json!({"interval": 10})).await.unwrap();
+    a.put("cfg/b", &json!([1, 2, 3])).await.unwrap();
+    a.put("cfg/gone", &json!("x")).await.unwrap();
+    a.delete("cfg/gone").await.unwrap();
+    // Concurrent writes on both sides: siblings after the exchange.
+    a.put("cfg/conflict", &json!({"by": "a"})).await.unwrap();
+    b.put("cfg/conflict", &json!({"by": "b"})).await.unwrap();
+    a.twin_create("twin/pump", Some(json!({"desired": {"on": true}})))
+        .await
+        .unwrap();
+    a.twin_patch(
+        "twin/pump",
+        TwinPatch::from_json("twin/pump", json!({"reported": {"rpm": 1200}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let from_b = b
+        .changes_since(&a.version_vector(), usize::MAX)
+        .await
+        .unwrap();
+    a.apply_remote(from_b).await.unwrap();
+    assert_eq!(a.get("cfg/conflict").await.unwrap().unwrap().siblings, 2);
+    let snap = snapshot(&a).await;
+    assert_eq!(a.verify_digest().await.unwrap(), a.digest());
+    a.close().await;
+    b.close().await;
+    let _ = std::fs::remove_file(dir.join("v2-sqlx.db-wal"));
+    let _ = std::fs::remove_file(dir.join("v2-sqlx.db-shm"));
+    std::fs::write(
+        dir.join("v2-sqlx.json"),
+        serde_json::to_string_pretty(&snap).unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn store_written_by_the_sqlx_release_opens_unchanged() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("v2-sqlx.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kdelta.db");
+    std::fs::copy(fixtures.join("v2-sqlx.db"), &path).unwrap();
+
+    let s = Store::open(&path, StoreConfig::default()).await.unwrap();
+    assert_eq!(snapshot(&s).await, expected);
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+    // Still writable, and the new write is seq 1 + the old maximum of this actor.
+    let before = s.version_vector().get(&s.actor());
+    let v = s.put("cfg/a", &json!({"interval": 15})).await.unwrap();
+    assert_eq!(v.seq, before + 1);
+    assert_eq!(v.supersedes.len(), 1);
+    s.close().await;
+
+    // Reopening after the upgrade keeps everything (no migration re-applied).
+    let s = Store::open(&path, StoreConfig::default()).await.unwrap();
+    assert_eq!(s.actor().to_string(), expected["actor"].as_str().unwrap());
+    assert_eq!(
+        s.get("cfg/a").await.unwrap().unwrap().winner.value,
+        Some(json!({"interval": 15}))
+    );
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+    s.close().await;
+}
+
+/// The migrations table of a store made now matches what sqlx recorded (versions,
+/// descriptions, checksums), so either code can open either store.
+#[tokio::test]
+async fn migrations_are_recorded_as_sqlx_recorded_them() {
+    let rows = |path: &Path| -> Vec<(i64, String, bool, Vec<u8>)> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut st = conn
+            .prepare("SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    std::fs::copy(fixtures.join("v2-sqlx.db"), &old).unwrap();
+    let fresh = dir.path().join("fresh.db");
+    Store::open(&fresh, StoreConfig::default())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let (old_rows, new_rows) = (rows(&old), rows(&fresh));
+    assert_eq!(old_rows.len() as i64, supported_schema_version());
+    assert_eq!(new_rows, old_rows);
+}
