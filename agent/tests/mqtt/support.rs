@@ -295,6 +295,8 @@ impl Agent {
             max_body_bytes: 1 << 20,
             shutdown: cancel.clone(),
             peers: Default::default(),
+            guard: Default::default(),
+            clock: kdelta::clock::ClockMonitor::new(&Default::default(), store.time_reference()),
         });
         let task = tokio::spawn(kdelta::mqtt::run(cfg, deps, cancel.clone()));
         Agent {
