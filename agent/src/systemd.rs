@@ -173,19 +173,37 @@ mod tests {
         metrics.readings_ingested("http", 50);
         let reference = Arc::new(kdelta_sync::TimeReference::default());
         let clock = crate::clock::ClockMonitor::new(&Default::default(), reference.clone());
-        let (line, total) =
-            status_line(&metrics, &peers, &sources, &clock, 0, Duration::from_secs(10));
+        let (line, total) = status_line(
+            &metrics,
+            &peers,
+            &sources,
+            &clock,
+            0,
+            Duration::from_secs(10),
+        );
         assert_eq!(total, 150);
         assert_eq!(
             line,
             "15.0 readings/s; 2 sources (1 failing); peers 0/1 connected"
         );
-        let (line, _) =
-            status_line(&metrics, &peers, &sources, &clock, total, Duration::from_secs(10));
+        let (line, _) = status_line(
+            &metrics,
+            &peers,
+            &sources,
+            &clock,
+            total,
+            Duration::from_secs(10),
+        );
         assert!(line.starts_with("0.0 readings/s"), "{line}");
         reference.set_local_trusted(false);
-        let (line, _) =
-            status_line(&metrics, &peers, &sources, &clock, total, Duration::from_secs(10));
+        let (line, _) = status_line(
+            &metrics,
+            &peers,
+            &sources,
+            &clock,
+            total,
+            Duration::from_secs(10),
+        );
         assert!(line.ends_with("; clock untrusted (not_assessed)"), "{line}");
     }
 }
