@@ -11,6 +11,7 @@ if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq faketime
 fi
-export KDELTA_REQUIRE_FAKETIME=1
+# Not KDELTA_*: that prefix is agent configuration (and the agents under test inherit it).
+export FAKETIME_REQUIRED=1
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --workspace "$@"

@@ -1,7 +1,7 @@
 //! Agents with wrong wall clocks, faked with libfaketime (Debian's `faketime`, installed by
 //! `scripts/test.sh`): a device booted offline in 1970, a device two weeks behind (an old
 //! fake-hwclock file) and a device a year ahead, each syncing with a hub on the right time.
-//! Without libfaketime the tests say so and pass, unless `KDELTA_REQUIRE_FAKETIME` is set
+//! Without libfaketime the tests say so and pass, unless `FAKETIME_REQUIRED` is set
 //! (as `scripts/test.sh` does), so CI cannot skip them silently.
 
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ fn libfaketime() -> Option<PathBuf> {
         .find(|p| p.exists());
     if found.is_none() {
         assert!(
-            std::env::var_os("KDELTA_REQUIRE_FAKETIME").is_none(),
+            std::env::var_os("FAKETIME_REQUIRED").is_none(),
             "libfaketime is not installed (apt-get install faketime; scripts/test.sh does)"
         );
         eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
