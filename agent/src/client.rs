@@ -259,7 +259,36 @@ impl ApiClient {
         &self.http
     }
 
+    /// `GET url` answered with a body of any length (a backup): the response once its status
+    /// is a success, for the caller to read chunk by chunk. No overall time limit.
+    pub async fn get_stream(&self, url: Url) -> Result<reqwest::Response, ClientError> {
+        let request = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(7 * 24 * 3600));
+        self.execute(request).await.map(|(_, response)| response)
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let (url, response) = self.execute(request).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(&url, &e))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
+            url,
+            detail: format!("the answer is not JSON: {e}"),
+        })
+    }
+
+    /// Sends `request` with the token; a non-success answer becomes its API error.
+    async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(String, reqwest::Response), ClientError> {
         let request = match &self.token {
             Some(t) => request.bearer_auth(t),
             None => request,
@@ -272,19 +301,13 @@ impl ApiClient {
             .await
             .map_err(|e| self.transport(&url, &e))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok((url, response));
+        }
         let bytes = response
             .bytes()
             .await
             .map_err(|e| self.transport(&url, &e))?;
-        if status.is_success() {
-            if bytes.is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
-                url,
-                detail: format!("the answer is not JSON: {e}"),
-            });
-        }
         let mut e = api_error(status, &bytes);
         if let ClientError::Api {
             status: 401,
@@ -300,6 +323,11 @@ impl ApiClient {
             message.push_str(hint);
         }
         Err(e)
+    }
+
+    /// A transport error of a request to `url`, as the CLI shows it.
+    pub fn transport_error(&self, url: &str, e: &reqwest::Error) -> ClientError {
+        self.transport(url, e)
     }
 
     fn transport(&self, url: &str, e: &reqwest::Error) -> ClientError {

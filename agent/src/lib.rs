@@ -28,6 +28,7 @@
 pub mod access;
 pub mod agent;
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -1,11 +1,14 @@
 //! Interop with a real Mosquitto, driving the real `kdelta` binary: publish/subscribe, ingest,
-//! retained discovery and the last will on SIGKILL.
+//! retained discovery, the last will on SIGKILL, and no delivered message lost to a SIGKILL
+//! during ingest (persistent session, acknowledge after commit).
 //!
 //! Runs only when `KDELTA_MOSQUITTO=host:port` names a running broker (`.ci/run` starts one
 //! with `scripts/ensure-mosquitto.sh`):
 //! `KDELTA_MOSQUITTO=127.0.0.1:1883 cargo test -p kdelta --test mqtt_interop`.
 //! Without it every test returns at once (and says so), so `cargo test` needs nothing installed.
 
+#[path = "mqtt/durable.rs"]
+mod durable;
 #[path = "mqtt/support.rs"]
 mod support;
 
@@ -266,4 +269,10 @@ async fn mqtt_interop_bench() {
     }
     println!("BENCH broker down: RSS MiB after N stored readings: {samples:?}");
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_interop_kill9_during_ingest_keeps_every_delivered_message() {
+    let Some(broker) = broker() else { return };
+    durable::kill9_during_ingest_keeps_every_delivered_message(broker).await;
 }

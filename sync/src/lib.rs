@@ -58,6 +58,7 @@
 #![deny(missing_docs)]
 
 mod actor;
+pub mod backup;
 mod change;
 mod counts;
 mod digest;

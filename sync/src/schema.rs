@@ -177,16 +177,15 @@ fn load_or_create_actor(conn: &Connection) -> Result<ActorId> {
     Ok(actor)
 }
 
-/// Gives the store a new random actor id (used after restoring a backup on another device,
-/// so two devices never share one).
-pub(crate) fn rekey(conn: &Connection) -> Result<ActorId> {
-    let actor = ActorId::random();
+/// Sets the store's actor id (a restored backup or an imaged card gets a new one, so two
+/// devices never write as one). Stored changes keep their actor.
+pub(crate) fn set_actor(conn: &Connection, actor: ActorId) -> Result<()> {
     conn.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'actor'",
         [actor.as_bytes().to_vec()],
     )
     .map_err(StoreError::db("storing the new actor id"))?;
-    Ok(actor)
+    Ok(())
 }
 
 #[cfg(test)]

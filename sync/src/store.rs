@@ -102,12 +102,26 @@ impl Store {
     }
 
     /// Gives the database at `path` (which must not be open) a new random actor id, so a
-    /// restored backup on a second device does not write as the first one.
+    /// restored backup or an imaged card does not write as the original device. Changes
+    /// already stored keep their actor; new local changes are written as the new one.
     pub async fn rekey(path: impl AsRef<Path>) -> Result<ActorId> {
+        let actor = ActorId::random();
+        Self::set_identity(path, actor).await?;
+        Ok(actor)
+    }
+
+    /// Sets the actor id of the database at `path` (which must not be open; created when
+    /// absent). [`rekey`](Self::rekey) with a chosen id: restores keep the backed-up id with
+    /// it (`--same-identity`).
+    pub async fn set_identity(path: impl AsRef<Path>, actor: ActorId) -> Result<()> {
         let path = path.as_ref().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let (conn, _) = crate::schema::open_writer(&path, &StoreConfig::default())?;
-            crate::schema::rekey(&conn)
+            crate::schema::set_actor(&conn, actor)?;
+            // Fold the WAL back so the file is complete on its own.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(StoreError::db("checkpointing after a new identity"))?;
+            Ok(())
         })
         .await
         .map_err(|_| StoreError::Closed)?
@@ -303,6 +317,19 @@ impl Store {
             .await
     }
 
+    /// The local position of the last change in the log (0 when empty): where
+    /// [`log_after`](Self::log_after) ends now.
+    pub async fn log_end(&self) -> Result<i64> {
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM changes")
+                    .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+                    .map_err(StoreError::db("reading the end of the change log"))
+            })
+            .await
+    }
+
     /// Changes in local commit order after local position `after` (0 for the beginning),
     /// at most `max`: the cursor source for the MQTT outbox and live sync.
     pub async fn log_after(&self, after: i64, max: usize) -> Result<Vec<(i64, Change)>> {
@@ -379,13 +406,42 @@ impl Store {
     /// Recomputes the digest from the stored rows (a full scan) — a check that the
     /// incrementally maintained [`digest`](Self::digest) matches what is really stored.
     pub async fn verify_digest(&self) -> Result<Digest> {
-        let mut digest = Digest::default();
+        self.digest_where(|_| true).await
+    }
+
+    /// The digest of the changes within `vv` only (a full scan): what a replica holding
+    /// exactly `vv` of this store's changes has as its digest.
+    pub async fn digest_at(&self, vv: &VersionVector) -> Result<Digest> {
+        self.digest_where(|c| c.seq <= vv.get(&c.actor)).await
+    }
+
+    /// The version vector of this store as of `at`: per actor, its changes up to the first
+    /// one stamped after `at` (what a point-in-time restore to `at` keeps; a full scan).
+    pub async fn version_vector_as_of(&self, at: Hlc) -> Result<VersionVector> {
+        let mut cut = crate::backup::AsOfCut::new(at);
+        let mut vv = VersionVector::new();
         let mut after = 0;
         loop {
             let page = self.log_after(after, 512).await?;
             let Some(last) = page.last() else { break };
             after = last.0;
             for (_, c) in &page {
+                if cut.keeps(c) {
+                    vv.set(c.actor, c.seq);
+                }
+            }
+        }
+        Ok(vv)
+    }
+
+    async fn digest_where(&self, mut keep: impl FnMut(&Change) -> bool) -> Result<Digest> {
+        let mut digest = Digest::default();
+        let mut after = 0;
+        loop {
+            let page = self.log_after(after, 512).await?;
+            let Some(last) = page.last() else { break };
+            after = last.0;
+            for (_, c) in page.iter().filter(|(_, c)| keep(c)) {
                 match &c.body {
                     ChangeBody::Readings(b) => {
                         for s in &b.series {

@@ -10,6 +10,7 @@
 //! process only where one is killed — with links through the fault-injecting TCP proxy of
 //! `proxy.rs`.
 
+mod backup;
 mod clock;
 mod cluster;
 mod harness;

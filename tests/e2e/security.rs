@@ -354,3 +354,32 @@ async fn idle_slow_connections_neither_starve_requests_nor_stay_open() {
         ),
     }
 }
+
+#[tokio::test]
+async fn backup_route_needs_the_admin_scope() {
+    let (agent, _dir) = start_with_tokens("");
+    let c = client();
+    for token in [READ, WRITE] {
+        let (status, body, _) = send(c.get(agent.at("/v1/backup")).bearer_auth(token)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden"))
+        );
+    }
+    let r = c
+        .get(agent.at("/v1/backup"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/vnd.kdelta.backup"
+    );
+    let bytes = r.bytes().await.unwrap();
+    let header =
+        kdelta_sync::backup::read_header(&mut bytes.as_ref(), std::path::Path::new("response"))
+            .unwrap();
+    assert_eq!(header.digest.len(), 64, "{header:?}");
+}

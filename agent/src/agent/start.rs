@@ -165,6 +165,12 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
         agent.metrics.clone(),
         agent.shutdown.child_token(),
     ));
+    // Scheduled backups (off unless `[backup] every`).
+    tokio::spawn(crate::backup::backup_loop(
+        agent.clone(),
+        config.backup.clone(),
+        agent.shutdown.child_token(),
+    ));
     // MQTT (off unless configured) and sync peers (none unless `[[sync.peers]]`): both stop
     // on `shutdown`, before the store closes, and a reload may replace them.
     let mqtt = Mqtt::start(&config.mqtt, &agent);

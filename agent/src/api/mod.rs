@@ -19,6 +19,7 @@
 //! | `GET /v1/events` (SSE) | `events` |
 //! | status, health, readiness, metrics, sources | `status` |
 //! | sync: `/v1/sync` (WebSocket), `/v1/sync/peers`, `/v1/sync/now` | `sync` |
+//! | `GET /v1/backup` (a streamed backup of the store) | `backup` |
 //! | `GET /v1/openapi.json` | `openapi` |
 //! | the live dashboard at `/` (embedded HTML, JS, CSS) | `dashboard` |
 //!
@@ -28,6 +29,7 @@
 //!
 //! [`Agent`]: crate::state::Agent
 
+mod backup;
 mod config;
 mod dashboard;
 mod docs;

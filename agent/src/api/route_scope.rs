@@ -23,7 +23,7 @@ pub fn required_scope(method: &axum::http::Method, path: &str, metrics_public: b
         p if super::dashboard::is_asset(p) => return Need::Nothing,
         "/metrics" if metrics_public => return Need::Nothing,
         "/v1/sync" => return Need::SyncCredentials,
-        "/v1/sync/now" => return Need::Scope(Scope::Admin),
+        "/v1/sync/now" | "/v1/backup" => return Need::Scope(Scope::Admin),
         _ => {}
     }
     if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
@@ -59,5 +59,6 @@ mod tests {
             Need::Scope(Scope::Admin)
         );
         assert_eq!(need(Method::GET, "/v1/sync"), Need::SyncCredentials);
+        assert_eq!(need(Method::GET, "/v1/backup"), Need::Scope(Scope::Admin));
     }
 }

@@ -18,7 +18,8 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    ApiError, ErrorCode, dashboard, docs, events, ingest, openapi, readings, status, sync, twins,
+    ApiError, ErrorCode, backup, dashboard, docs, events, ingest, openapi, readings, status, sync,
+    twins,
 };
 use crate::metrics::Metrics;
 use crate::state::Agent;
@@ -64,6 +65,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
         (Method::GET, "/v1/sync", get(sync::sync_socket)),
         (Method::GET, "/v1/sync/peers", get(sync::list_peers)),
         (Method::POST, "/v1/sync/now", post(sync::sync_now)),
+        (Method::GET, "/v1/backup", get(backup::backup)),
     ]
 }
 

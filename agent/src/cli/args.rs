@@ -76,6 +76,12 @@ pub enum Command {
     /// Twins (merge documents): create, patch, read, history, diff. See docs/twins.md.
     #[command(subcommand)]
     Twin(TwinCommand),
+    /// Save a backup of the running agent's store to FILE (verified after writing).
+    Backup(BackupArgs),
+    /// Restore a backup into a stopped agent's data directory (optionally as of a past time).
+    Restore(RestoreArgs),
+    /// Give a stopped agent's store a new identity (after imaging an SD card).
+    Rekey(OfflineDir),
     /// Load tools.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -448,4 +454,57 @@ pub struct DocsArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub conn: Conn,
+}
+
+/// `kdelta backup`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The agent keeps running and recording meanwhile; the backup holds exactly what was committed\n\
+                  when it started. Needs the `admin` scope when the API has tokens.\n\
+                  Example: kdelta backup /mnt/usb/pi-01.kdbk"
+)]
+pub struct BackupArgs {
+    /// File to write (must not exist). Conventionally `*.kdbk`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: Conn,
+}
+
+/// Where a stopped agent's store is: the data directory from the flag or the configuration.
+#[derive(Debug, Clone, Args)]
+pub struct OfflineDir {
+    /// Data directory [key: data_dir, env: KDELTA_DATA_DIR]. Default: the configuration's.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file, read instead of ./kdelta.toml (after /etc/kdelta/kdelta.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `kdelta restore`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Stop the agent first (systemctl stop kdelta). The file is verified (size, hash, digest) before\n\
+                  anything in DIR changes. The restored store gets a new identity unless --same-identity.\n\
+                  Examples:\n  kdelta restore pi-01.kdbk --data-dir /var/lib/kdelta\n  \
+                  kdelta restore pi-01.kdbk --data-dir /var/lib/kdelta --force --as-of 2026-03-01T12:00:00Z"
+)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub dir: OfflineDir,
+    /// Replace the store in a data directory that is not empty.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep the backed-up store's identity (actor id). Only to replace a dead device: if the
+    /// original (or another copy) still runs, the two are a cloned card.
+    #[arg(long)]
+    pub same_identity: bool,
+    /// Keep only the changes made at or before this time (RFC 3339, unix ms, `now-1h`, or an
+    /// HLC `<ms>:<logical>`): documents, twins and readings as they were then.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub as_of: Option<String>,
 }

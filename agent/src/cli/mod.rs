@@ -5,6 +5,7 @@
 //! configuration error (clap's usage errors, `ConfigError`, [`UsageError`]).
 
 mod args;
+mod backup;
 mod docs;
 mod export;
 mod import;

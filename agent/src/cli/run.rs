@@ -48,6 +48,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Sync(args)) => {
             multi_thread()?.block_on(crate::bench::sync(args))
         }
+        Command::Restore(args) => multi_thread()?.block_on(super::backup::restore(args)),
+        Command::Rekey(dir) => multi_thread()?.block_on(super::backup::rekey(dir)),
         other => current_thread()?.block_on(client_command(other)),
     }
 }
@@ -72,7 +74,12 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         Command::Siblings(args) => docs::siblings(args).await,
         Command::Docs(args) => docs::list(args).await,
         Command::Twin(cmd) => super::twin::run(cmd).await,
-        Command::Start(_) | Command::Config(_) | Command::Bench(_) => {
+        Command::Backup(args) => super::backup::backup(args).await,
+        Command::Start(_)
+        | Command::Config(_)
+        | Command::Bench(_)
+        | Command::Restore(_)
+        | Command::Rekey(_) => {
             unreachable!("handled by run()")
         }
     }

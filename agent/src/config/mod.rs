@@ -3,7 +3,7 @@
 //! [`Config::validate`], which runs each section's own `validate()` and the checks that span
 //! sections. Each section's type lives with its owner: `[api]` [`ApiConfig`] (api), `[api.tls]`
 //! (tls), `[log]` [`LogConfig`] (logging), `[ingest]` [`IngestConfig`] (sources), `[mqtt]`
-//! (mqtt), `[sync]` (peers), `[clock]` (clock), `[store]` and `[[sources]]` (the sync and sensors crates).
+//! (mqtt), `[sync]` (peers), `[clock]` (clock), `[backup]` (backup), `[store]` and `[[sources]]` (the sync and sensors crates).
 //! Layering (defaults < files < `KDELTA_*` environment < flags) and error rendering live in
 //! [`load`]; this module must not read files or the environment itself (except the hostname,
 //! for the `device_name` default).
@@ -66,6 +66,8 @@ pub struct Config {
     pub sync: crate::peers::SyncSection,
     /// Whether to trust the wall clock (`[clock]`).
     pub clock: crate::clock::ClockConfig,
+    /// Scheduled backups (`[backup]`, off unless `every`).
+    pub backup: crate::backup::BackupConfig,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             mqtt: crate::mqtt::MqttConfig::default(),
             sync: crate::peers::SyncSection::default(),
             clock: crate::clock::ClockConfig::default(),
+            backup: crate::backup::BackupConfig::default(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Config {
             );
         }
         self.log.validate()?;
+        self.backup.validate()?;
         let store_max = self.store.limits.max_batch_readings;
         if store_max == 0 {
             return refuse("store.max_batch_readings", "must be at least 1");

@@ -56,6 +56,11 @@ pub struct MqttConfig {
     pub backfill: bool,
     /// Most published readings messages waiting for their PUBACK (1 to 65535).
     pub inflight: usize,
+    /// `false`: a persistent session — the broker keeps this client's subscriptions while
+    /// it is offline and delivers the QoS 1 messages published meanwhile (and any it
+    /// delivered but kdelta had not acknowledged) when it returns. Needs a client id no other
+    /// client uses.
+    pub clean_session: bool,
     /// Largest MQTT packet sent or accepted, bytes.
     pub max_packet_bytes: usize,
     /// Longest wait between reconnection attempts (the wait doubles from 250ms up to this).
@@ -97,6 +102,7 @@ impl Default for MqttConfig {
             publish_remote: false,
             backfill: false,
             inflight: 100,
+            clean_session: true,
             max_packet_bytes: 1 << 20,
             reconnect_backoff_max: Duration::from_secs(10),
             discovery: true,

@@ -2,9 +2,12 @@
 //! happens into [`LinkEvent`]s for the MQTT task.
 //!
 //! Every connection attempt gets a fresh `AsyncClient`/`EventLoop` pair and a generation
-//! number. The session is clean, and a fresh pair means nothing submitted for an old
-//! connection can leak into a new one: after a reconnect the task republishes from its
-//! cursor instead of relying on rumqttc's retransmission queue. This loop never waits on the
+//! number. A fresh pair means nothing submitted for an old connection can leak into a new
+//! one: after a reconnect the task republishes from its cursor instead of relying on
+//! rumqttc's retransmission queue (also with a persistent session, `clean_session = false`:
+//! a republished message is a new message to the broker, counted as a possible duplicate).
+//! Incoming messages are acknowledged manually, by the task, once what they carry is
+//! committed (acknowledged means durable). This loop never waits on the
 //! task's requests (the task only uses `try_*` calls), so the two cannot deadlock.
 
 use std::time::Duration;
@@ -50,8 +53,14 @@ pub enum LinkEvent {
         /// Packet id.
         pkid: u16,
     },
-    /// A message arrived on a subscribed topic.
-    Message(rumqttc::Publish),
+    /// A message arrived on a subscribed topic; acknowledge it on `generation`'s client once
+    /// handled.
+    Message {
+        /// Connection generation.
+        generation: u64,
+        /// The message.
+        publish: rumqttc::Publish,
+    },
     /// The DISCONNECT the task asked for was sent; the loop has ended.
     Closed,
 }
@@ -76,7 +85,9 @@ impl LinkSettings {
             .map_err(|detail| MqttError::Config(InvalidValue::new("mqtt.url", detail)))?;
         let mut o = MqttOptions::new(cfg.client_id_for(device), url.host.clone(), url.port);
         o.set_keep_alive(cfg.keepalive);
-        o.set_clean_session(true);
+        o.set_clean_session(cfg.clean_session);
+        // PUBACK only after the store committed what a message carries (the task acks).
+        o.set_manual_acks(true);
         o.set_inflight(u16::try_from(cfg.inflight).unwrap_or(u16::MAX));
         o.set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes);
         o.set_last_will(LastWill::new(
@@ -145,7 +156,10 @@ pub async fn link_loop(
                         client: client.clone(),
                     })
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => Some(LinkEvent::Message(p)),
+                Ok(Event::Incoming(Packet::Publish(p))) => Some(LinkEvent::Message {
+                    generation,
+                    publish: p,
+                }),
                 Ok(Event::Incoming(Packet::PubAck(a))) => Some(LinkEvent::PubAck {
                     generation,
                     pkid: a.pkid,

@@ -107,6 +107,18 @@ impl CursorFile {
     }
 }
 
+impl CursorState {
+    /// This cursor checked against a log that ends at `log_end`: a cursor beyond the end
+    /// (the store was restored from a backup, or replaced) would silently skip the next
+    /// changes, so it is reset to the end. `None` when it is within the log.
+    pub fn beyond(self, log_end: i64) -> Option<CursorState> {
+        (self.acked > log_end || self.sent > log_end).then_some(CursorState {
+            acked: self.acked.min(log_end),
+            sent: self.sent.min(log_end),
+        })
+    }
+}
+
 /// One submitted message (or a change without messages) in log order.
 #[derive(Debug)]
 struct Slot {

@@ -75,6 +75,13 @@ struct Runner {
     ingest: ReadingBatch,
     ingest_keys: HashSet<(String, i64)>,
     ingest_since: Option<Instant>,
+    /// Received messages (with their connection generation) whose readings wait in `ingest`:
+    /// acknowledged once that batch is committed.
+    uncommitted: Vec<(u64, rumqttc::Publish)>,
+    /// Handled messages whose PUBACK is still to be submitted.
+    acks: VecDeque<(u64, rumqttc::Publish)>,
+    /// The task's stop signal (a commit retry waits on it).
+    cancel: CancellationToken,
 }
 
 /// Runs the MQTT client until `cancel`: connects (and reconnects) to the broker, publishes
@@ -88,7 +95,23 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
     // Subscribe before reading the log's end so no change falls between the two.
     let changes = deps.store.subscribe();
     let state = match cursor.load()? {
-        Some(s) => s,
+        Some(s) => {
+            let end = log_end(&deps.store).await?;
+            match s.beyond(end) {
+                Some(reset) => {
+                    tracing::warn!(
+                        cursor = s.acked,
+                        log_end = end,
+                        file = %cursor.path().display(),
+                        "MQTT outbox cursor is beyond the end of the change log (restored or \
+                         replaced store); reset to the end so no new change is skipped"
+                    );
+                    cursor.store(reset)?;
+                    reset
+                }
+                None => s,
+            }
+        }
         None => {
             let start = if cfg.backfill {
                 0
@@ -139,6 +162,9 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
         ingest: ReadingBatch::new(),
         ingest_keys: HashSet::new(),
         ingest_since: None,
+        uncommitted: Vec::new(),
+        acks: VecDeque::new(),
+        cancel: cancel.clone(),
         topics,
         cfg,
         deps,
@@ -155,14 +181,7 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
 
 /// The log position of the newest change (0 for an empty store).
 async fn log_end(store: &Store) -> Result<i64, MqttError> {
-    let mut end = 0;
-    loop {
-        let page = store.log_after(end, 10_000).await?;
-        match page.last() {
-            Some((id, _)) => end = *id,
-            None => return Ok(end),
-        }
-    }
+    Ok(store.log_end().await?)
 }
 
 impl Runner {
@@ -209,6 +228,9 @@ impl Runner {
     /// connected and rumqttc accepts requests.
     async fn pump(&mut self) -> Result<(), MqttError> {
         loop {
+            if !self.send_acks() {
+                return Ok(());
+            }
             let Some((_, client)) = &self.link else {
                 return Ok(());
             };
@@ -270,6 +292,23 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Submits the acknowledgements of handled messages on the current connection. `false`
+    /// when not connected or rumqttc's request queue is full (the next event makes room).
+    fn send_acks(&mut self) -> bool {
+        let Some((generation, client)) = &self.link else {
+            return false;
+        };
+        while let Some((acked_on, publish)) = self.acks.front() {
+            // A message of an earlier connection cannot be acknowledged any more: the broker
+            // redelivers it (persistent session) or dropped it with the session (clean).
+            if acked_on == generation && client.try_ack(publish).is_err() {
+                return false;
+            }
+            self.acks.pop_front();
+        }
+        true
     }
 
     /// Reads the next page of the change log into `pending` (and discovery into `control`).
@@ -453,7 +492,21 @@ impl Runner {
                 let acked = self.outbox.on_puback(pkid);
                 self.count(acked);
             }
-            LinkEvent::Message(p) => self.on_message(&p.topic, &p.payload).await?,
+            LinkEvent::Message {
+                generation,
+                publish,
+            } => {
+                let buffered = self.on_message(&publish.topic, &publish.payload).await?;
+                if buffered && !self.ingest.is_empty() {
+                    self.uncommitted.push((generation, publish));
+                    if self.uncommitted.len() >= incoming::MAX_UNACKED_MESSAGES {
+                        self.flush_ingest().await?;
+                    }
+                } else {
+                    // Handled (committed, answered, or refused and counted): acknowledge.
+                    self.acks.push_back((generation, publish));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -539,6 +592,7 @@ impl Runner {
         stop: &CancellationToken,
     ) -> Result<(), MqttError> {
         self.flush_ingest().await?;
+        self.send_acks();
         // Give in-flight messages a moment to be confirmed; the rest is republished next time.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while self.link.is_some() && self.outbox.in_flight() > 0 {

@@ -2,6 +2,7 @@
 //! Home Assistant discovery, ingest and ingest rules, document commands, broker outage and
 //! cursor persistence. Run with `cargo test -p kdelta --test mqtt`.
 
+mod durable;
 mod support;
 
 use std::time::Duration;
@@ -544,4 +545,12 @@ async fn mqtt_twin_patches_and_retained_state() {
     let v: Value = serde_json::from_slice(&p).unwrap();
     assert_eq!(v, before.unwrap().value);
     agent.stop().await;
+}
+
+/// kill -9 of a real agent during MQTT ingest (persistent session, embedded broker): every
+/// message the broker accepted ends up in the store (see `durable.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_kill9_during_ingest_keeps_every_delivered_message() {
+    let broker = Broker::start().await;
+    durable::kill9_during_ingest_keeps_every_delivered_message(broker.addr).await;
 }

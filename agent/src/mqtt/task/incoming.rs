@@ -1,8 +1,15 @@
 //! What arrives by subscription: readings on the ingest topics and through the ingest rules
 //! (buffered and committed in batches), and document commands. A payload that cannot be read
 //! is counted, logged with its topic and dropped; only a closed store stops the task.
+//!
+//! Acknowledged means durable: a message whose readings are buffered is acknowledged (by the
+//! task, `task.rs`) only after their batch is committed. A commit that fails for a transient
+//! reason (busy, I/O, a full disk) is retried with backoff — the task stops reading the
+//! connection meanwhile, so the broker holds further messages (backpressure) — and a batch
+//! the store refuses for good is counted and logged (`IngestRejected`), never dropped
+//! silently.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kdelta_sync::StoreError;
 
@@ -14,44 +21,58 @@ use crate::internal_events::{
     IngestCommitted, IngestRejected, InternalEvent, MqttBadPayload, MqttCommand,
 };
 
+/// First wait before retrying a commit that failed for a transient reason (doubling).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Messages waiting for their batch's commit before it is committed early: brokers deliver
+/// only a few unacknowledged QoS 1 messages at a time (Mosquitto: 20), so holding more would
+/// stall delivery until the batch's age runs out.
+pub(super) const MAX_UNACKED_MESSAGES: usize = 16;
+/// Longest wait between commit retries.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 impl Runner {
+    /// Handles one received message. `Ok(true)`: some of its readings wait in the ingest
+    /// batch (acknowledge after the commit); `Ok(false)`: it is fully handled.
     pub(super) async fn on_message(
         &mut self,
         topic: &str,
         payload: &[u8],
-    ) -> Result<(), MqttError> {
+    ) -> Result<bool, MqttError> {
         if self.cfg.discovery && topic == self.topics.ha_status() {
             if payload == b"online" {
                 tracing::info!("Home Assistant is online: republishing discovery");
                 self.announce_all().await?;
             }
-            return Ok(());
+            return Ok(false);
         }
         if let Some(series) = self.topics.ingest_series(topic) {
             if self.cfg.ingest {
                 match payload::decode_ingest(series, payload, crate::time::now_ms()) {
-                    Ok(readings) => self.add_readings(readings).await?,
+                    Ok(readings) => {
+                        self.add_readings(readings).await?;
+                        return Ok(true);
+                    }
                     Err(e) => self.bad_payload("ingest", topic, &e),
                 }
             }
-            return Ok(());
+            return Ok(false);
         }
         if let Some(key) = self.topics.twin_patch_key(topic) {
             if self.cfg.commands {
                 let key = key.to_owned();
                 self.twin_command(&key, topic, payload).await?;
             }
-            return Ok(());
+            return Ok(false);
         }
         if let Some(key) = self.topics.docs_set_key(topic) {
             if self.cfg.commands {
                 let key = key.to_owned();
                 self.command(&key, topic, payload).await?;
             }
-            return Ok(());
+            return Ok(false);
         }
         if self.topics.is_own(topic) {
-            return Ok(());
+            return Ok(false);
         }
         // Every matching rule applies: one Zigbee2MQTT payload can feed several series.
         let now = crate::time::now_ms();
@@ -66,10 +87,11 @@ impl Runner {
                 Err(e) => self.bad_payload("rule", topic, &e),
             }
         }
-        if !readings.is_empty() {
-            self.add_readings(readings).await?;
+        if readings.is_empty() {
+            return Ok(false);
         }
-        Ok(())
+        self.add_readings(readings).await?;
+        Ok(true)
     }
 
     pub(super) fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
@@ -93,36 +115,64 @@ impl Runner {
         Ok(())
     }
 
+    /// Commits the buffered readings, then queues the acknowledgements of the messages that
+    /// carried them. Transient store errors are retried with backoff until the commit
+    /// succeeds or the task stops (then nothing is acknowledged: the broker redelivers).
     pub(super) async fn flush_ingest(&mut self) -> Result<(), MqttError> {
         self.ingest_since = None;
         self.ingest_keys.clear();
+        let carried = std::mem::take(&mut self.uncommitted);
         if self.ingest.is_empty() {
+            self.acks.extend(carried);
             return Ok(());
         }
         let batch = std::mem::take(&mut self.ingest);
         let n = batch.len() as u64;
         let started = Instant::now();
-        match self.deps.store.append(batch).await {
-            Ok(_) => {
-                IngestCommitted {
-                    source: SOURCE,
-                    readings: n,
-                    batches: 1,
-                    seconds: started.elapsed().as_secs_f64(),
+        let mut wait = RETRY_FIRST;
+        loop {
+            match self.deps.store.append(batch.clone()).await {
+                Ok(_) => {
+                    IngestCommitted {
+                        source: SOURCE,
+                        readings: n,
+                        batches: 1,
+                        seconds: started.elapsed().as_secs_f64(),
+                    }
+                    .emit(&self.deps.metrics);
+                    self.acks.extend(carried);
+                    return Ok(());
                 }
-                .emit(&self.deps.metrics);
-                Ok(())
-            }
-            Err(StoreError::Closed) => Err(MqttError::Store(StoreError::Closed)),
-            Err(e) => {
-                IngestRejected {
-                    source: SOURCE,
-                    code: e.code(),
-                    readings: Some(n),
-                    error: Some(&e),
+                Err(StoreError::Closed) => return Err(MqttError::Store(StoreError::Closed)),
+                Err(e) if e.is_transient() && !self.cancel.is_cancelled() => {
+                    if wait == RETRY_FIRST {
+                        tracing::warn!(
+                            readings = n,
+                            error = %e,
+                            "MQTT: committing received readings failed; retrying (their messages stay unacknowledged)"
+                        );
+                    }
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
                 }
-                .emit(&self.deps.metrics);
-                Ok(())
+                Err(e) => {
+                    IngestRejected {
+                        source: SOURCE,
+                        code: e.code(),
+                        readings: Some(n),
+                        error: Some(&e),
+                    }
+                    .emit(&self.deps.metrics);
+                    if !e.is_transient() {
+                        // Refused for good (counted and logged above): redelivery would be
+                        // refused again, so the messages are acknowledged as handled.
+                        self.acks.extend(carried);
+                    }
+                    return Ok(());
+                }
             }
         }
     }
