@@ -27,6 +27,9 @@
 //!   fsync (group commit); every write call returns only once its data is durable.
 //! - **Digest**: an order-independent hash over all readings and document versions
 //!   ([`Store::digest`]) lets replicas compare state cheaply.
+//! - **Backups**: [`Store::snapshot`] takes a consistent online copy; [`backup`] packs it into
+//!   a verifiable file, unpacks and verifies one, and replays a store as of a past HLC
+//!   (point-in-time recovery).
 //! - **Sync protocol**: [`protocol`] replicates between two stores over any transport that
 //!   moves whole frames: handshake, version vectors, pages of changes, live push
 //!   ([`SyncSession`]).
