@@ -141,13 +141,9 @@ pub async fn restore(
     let log_end = log_end?;
     remove_sidecars(&result)?;
 
-    for old in store_files(&opts.db_path) {
-        match std::fs::remove_file(&old) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", old.display())),
-        }
-    }
+    // The old store's WAL must not meet the new file; the database itself is replaced by the
+    // rename in one step, so an interruption leaves the old store or the new one.
+    remove_sidecars(&opts.db_path)?;
     std::fs::rename(&result, &opts.db_path)
         .with_context(|| format!("moving the restored store to {}", opts.db_path.display()))?;
     if let Ok(d) = std::fs::File::open(dir) {
@@ -213,16 +209,12 @@ fn contents(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The database file and its WAL and shared-memory files.
-fn store_files(db: &Path) -> [PathBuf; 3] {
-    let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
-    [db.to_path_buf(), with("-wal"), with("-shm")]
-}
-
-/// Removes the (checkpointed, empty) WAL and shared-memory files beside `db`.
+/// Removes the WAL and shared-memory files beside `db` (checkpointed and empty after a
+/// clean close).
 fn remove_sidecars(db: &Path) -> anyhow::Result<()> {
-    for f in &store_files(db)[1..] {
-        match std::fs::remove_file(f) {
+    for suffix in ["-wal", "-shm"] {
+        let f = PathBuf::from(format!("{}{suffix}", db.display()));
+        match std::fs::remove_file(&f) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
