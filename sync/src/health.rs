@@ -58,10 +58,7 @@ pub(crate) enum GroupOutcome<'a> {
     /// Committed; `disk_full` when some job of it still failed for lack of space.
     Committed { disk_full: Option<&'a str> },
     /// Nothing committed: `disk_full` when the disk was the cause, else `failure`.
-    Failed {
-        disk_full: bool,
-        failure: &'a str,
-    },
+    Failed { disk_full: bool, failure: &'a str },
 }
 
 impl HealthCell {
@@ -109,7 +106,9 @@ impl HealthCell {
 
     /// Whether a commit succeeded within `within`.
     pub fn committed_within(&self, within: Duration) -> bool {
-        self.lock().last_commit.is_some_and(|t| t.elapsed() < within)
+        self.lock()
+            .last_commit
+            .is_some_and(|t| t.elapsed() < within)
     }
 
     /// A copy for callers.

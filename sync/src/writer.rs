@@ -69,9 +69,7 @@ pub(crate) enum Job {
     Heartbeat { reply: oneshot::Sender<Result<()>> },
     /// Answered with the write health once the jobs queued before it ran, without writing
     /// (except a heartbeat, at most every few seconds, while the disk is full).
-    Probe {
-        reply: oneshot::Sender<WriteHealth>,
-    },
+    Probe { reply: oneshot::Sender<WriteHealth> },
     /// Stop after the jobs queued before this one.
     Shutdown { done: oneshot::Sender<()> },
 }

@@ -69,21 +69,31 @@ impl Tmpfs {
             }
         }
         let len = f.metadata().expect("filler size").len();
-        f.set_len(len.saturating_sub(leave)).expect("shrink the filler");
+        f.set_len(len.saturating_sub(leave))
+            .expect("shrink the filler");
         path
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
 /// `WATCHDOG_USEC` given to the agent: it pings every half of it.
 const WATCHDOG_USEC: &str = "1000000";
 
-async fn ingest(c: &reqwest::Client, agent: &Agent, series: &str, from: i64, n: i64) -> (u16, Value) {
+async fn ingest(
+    c: &reqwest::Client,
+    agent: &Agent,
+    series: &str,
+    from: i64,
+    n: i64,
+) -> (u16, Value) {
     let ts: Vec<i64> = (from..from + n).collect();
     let values: Vec<f64> = ts.iter().map(|t| *t as f64 * 0.25).collect();
     let body = json!({"series": [{"name": series, "ts": ts, "values": values}]});
@@ -167,13 +177,17 @@ async fn a_full_disk_is_a_state_and_writes_resume_when_space_returns() {
     assert!(acked_readings > 0);
 
     // Not ready, naming the reason; alive; the watchdog is still pinged.
-    let why = eventually(Duration::from_secs(15), "/readyz not ready: disk_full", || {
-        let (c, url) = (c.clone(), agent.at("/readyz"));
-        async move {
-            let (s, v) = get_json(&c, &url).await;
-            (s == 503 && v["error"]["message"].as_str()?.starts_with("disk_full:")).then_some(v)
-        }
-    })
+    let why = eventually(
+        Duration::from_secs(15),
+        "/readyz not ready: disk_full",
+        || {
+            let (c, url) = (c.clone(), agent.at("/readyz"));
+            async move {
+                let (s, v) = get_json(&c, &url).await;
+                (s == 503 && v["error"]["message"].as_str()?.starts_with("disk_full:")).then_some(v)
+            }
+        },
+    )
     .await;
     assert_eq!(code(&why), "not_ready", "{why}");
     let (s, _) = get_json(&c, &agent.at("/healthz")).await;
@@ -189,13 +203,23 @@ async fn a_full_disk_is_a_state_and_writes_resume_when_space_returns() {
     assert!(st["store"]["write_health"]["disk_full"].is_string(), "{st}");
 
     // The source keeps sampling into its bounded queue; what does not fit is counted.
-    eventually(Duration::from_secs(20), "sim readings dropped and counted", || {
-        let (c, agent) = (c.clone(), &agent);
-        async move {
-            (metric(&c, agent, "kdelta_source_dropped_readings_total{source=\"sim\"}").await > 0.0)
-                .then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "sim readings dropped and counted",
+        || {
+            let (c, agent) = (c.clone(), &agent);
+            async move {
+                (metric(
+                    &c,
+                    agent,
+                    "kdelta_source_dropped_readings_total{source=\"sim\"}",
+                )
+                .await
+                    > 0.0)
+                    .then_some(())
+            }
+        },
+    )
     .await;
 
     // Reads keep working and hold everything acknowledged.
@@ -222,18 +246,26 @@ async fn a_full_disk_is_a_state_and_writes_resume_when_space_returns() {
 
     // Free space: readiness and writes come back by themselves, sources included.
     std::fs::remove_file(&filler).expect("remove the filler");
-    eventually(Duration::from_secs(15), "/readyz 200 after freeing space", || {
-        let (c, url) = (c.clone(), agent.at("/readyz"));
-        async move { (get_json(&c, &url).await.0 == 200).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "/readyz 200 after freeing space",
+        || {
+            let (c, url) = (c.clone(), agent.at("/readyz"));
+            async move { (get_json(&c, &url).await.0 == 200).then_some(()) }
+        },
+    )
     .await;
     let (s, v) = ingest(&c, &agent, "full.http", next + 1, 100).await;
     assert_eq!(s, 201, "{v}");
     let sim_before = all_readings(&c, &agent, "sim.0").await.len();
-    eventually(Duration::from_secs(15), "sim readings committed again", || {
-        let (c, agent) = (c.clone(), &agent);
-        async move { (all_readings(&c, agent, "sim.0").await.len() > sim_before).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "sim readings committed again",
+        || {
+            let (c, agent) = (c.clone(), &agent);
+            async move { (all_readings(&c, agent, "sim.0").await.len() > sim_before).then_some(()) }
+        },
+    )
     .await;
     let (_, st) = get_json(&c, &agent.at("/v1/status")).await;
     assert!(st["store"]["write_health"]["disk_full"].is_null(), "{st}");

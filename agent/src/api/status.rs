@@ -38,7 +38,11 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
     }
     let health = match tokio::time::timeout(PROBE_TIMEOUT, state.store.probe()).await {
         Ok(Ok(health)) => health,
-        Ok(Err(e)) => return Err(ApiError::unavailable(format!("the store is not writable: {e}"))),
+        Ok(Err(e)) => {
+            return Err(ApiError::unavailable(format!(
+                "the store is not writable: {e}"
+            )));
+        }
         Err(_) => {
             return Err(ApiError::unavailable(format!(
                 "the store's writer did not answer within {} s",
