@@ -68,6 +68,7 @@ mod digest;
 mod docs_query;
 mod docwrite;
 mod error;
+mod health;
 mod hlc;
 mod ingest;
 mod log_read;
@@ -92,6 +93,7 @@ pub use change::{
 pub use digest::Digest;
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
+pub use health::WriteHealth;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };

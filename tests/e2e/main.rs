@@ -13,6 +13,7 @@
 mod backup;
 mod clock;
 mod cluster;
+mod disk;
 mod harness;
 mod proxy;
 mod reload;
