@@ -50,6 +50,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore(args) => multi_thread()?.block_on(super::backup::restore(args)),
         Command::Rekey(dir) => multi_thread()?.block_on(super::backup::rekey(dir)),
+        Command::Bench(BenchCommand::Prune(args)) => {
+            multi_thread()?.block_on(crate::bench::prune(args))
+        }
         other => current_thread()?.block_on(client_command(other)),
     }
 }

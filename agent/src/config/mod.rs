@@ -68,6 +68,8 @@ pub struct Config {
     pub clock: crate::clock::ClockConfig,
     /// Scheduled backups (`[backup]`, off unless `every`).
     pub backup: crate::backup::BackupConfig,
+    /// What the store keeps and for how long (`[retention]`; keeps everything by default).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             sync: crate::peers::SyncSection::default(),
             clock: crate::clock::ClockConfig::default(),
             backup: crate::backup::BackupConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Config {
             }
         }
         self.sync.validate()?;
+        self.retention.validate()?;
         self.mqtt.validate()
     }
 }
