@@ -15,6 +15,7 @@ mod cluster;
 mod harness;
 mod proxy;
 mod reload;
+mod roles;
 mod security;
 mod sources;
 mod sync;
