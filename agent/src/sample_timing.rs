@@ -183,7 +183,10 @@ mod tests {
         assert!(SampleTimer::locally_timed(wall, wall));
         assert!(SampleTimer::locally_timed(wall - 9 * 60_000, wall));
         assert!(!SampleTimer::locally_timed(wall - 11 * 60_000, wall));
-        assert!(!SampleTimer::locally_timed(1_800_000_000_000, wall), "GPS time");
+        assert!(
+            !SampleTimer::locally_timed(1_800_000_000_000, wall),
+            "GPS time"
+        );
     }
 
     #[test]
@@ -213,7 +216,11 @@ mod tests {
         batch.push("t", 61_000, 2.0, None);
         batch.timing = Some(timing);
         store.append(batch).await.unwrap();
-        assert_eq!(timer.correct(&store).await.unwrap(), 0, "no trusted time yet");
+        assert_eq!(
+            timer.correct(&store).await.unwrap(),
+            0,
+            "no trusted time yet"
+        );
 
         let real = crate::time::now_ms_u64();
         reference.observe_peer(

@@ -564,12 +564,12 @@ mod tests {
             1..4,
         )
         .prop_flat_map(|m| {
-            let timing = proptest::option::of(
-                (any::<[u8; 16]>(), any::<i64>()).prop_map(|(b, offset_ms)| ReadingTiming {
+            let timing = proptest::option::of((any::<[u8; 16]>(), any::<i64>()).prop_map(
+                |(b, offset_ms)| ReadingTiming {
                     boot_id: crate::timing::BootId(b),
                     offset_ms,
-                }),
-            );
+                },
+            ));
             (Just(m), timing)
         })
         .prop_map(|(m, timing)| ReadingBatch {
@@ -606,14 +606,32 @@ mod tests {
                         })
                         .collect(),
                 })),
-            (any::<[u8; 16]>(), any::<[u8; 16]>(), proptest::collection::vec((1u64..1000, 0u64..1000, -1_000_000_000_000i64..1_000_000_000_000), 1..5))
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 16]>(),
+                proptest::collection::vec(
+                    (
+                        1u64..1000,
+                        0u64..1000,
+                        -1_000_000_000_000i64..1_000_000_000_000
+                    ),
+                    1..5
+                )
+            )
                 .prop_map(|(boot, peer, runs)| {
                     let mut at = 0;
-                    let ranges = runs.into_iter().map(|(gap, len, delta_ms)| {
-                        let first_seq = at + gap;
-                        at = first_seq + len;
-                        crate::timing::CorrectedRange { first_seq, last_seq: at, delta_ms }
-                    }).collect();
+                    let ranges = runs
+                        .into_iter()
+                        .map(|(gap, len, delta_ms)| {
+                            let first_seq = at + gap;
+                            at = first_seq + len;
+                            crate::timing::CorrectedRange {
+                                first_seq,
+                                last_seq: at,
+                                delta_ms,
+                            }
+                        })
+                        .collect();
                     ChangeBody::TimeCorrection(TimeCorrection {
                         boot_id: crate::timing::BootId(boot),
                         basis: crate::timing::TimeBasis::Peer(ActorId(peer)),
@@ -621,17 +639,19 @@ mod tests {
                     })
                 }),
         ];
-        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(|(a, mut seq, hlc, body)| {
-            if let ChangeBody::TimeCorrection(c) = &body {
-                seq = seq.max(c.ranges.last().map_or(0, |r| r.last_seq) + 1);
-            }
-            Change {
-                actor: ActorId(a),
-                seq,
-                hlc: Hlc(hlc),
-                body,
-            }
-        })
+        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(
+            |(a, mut seq, hlc, body)| {
+                if let ChangeBody::TimeCorrection(c) = &body {
+                    seq = seq.max(c.ranges.last().map_or(0, |r| r.last_seq) + 1);
+                }
+                Change {
+                    actor: ActorId(a),
+                    seq,
+                    hlc: Hlc(hlc),
+                    body,
+                }
+            },
+        )
     }
 
     proptest! {

@@ -234,7 +234,9 @@ impl Writer {
     /// the readings, in (time, value, change) order so every replica folds alike.
     fn recompute_rollups(&mut self, series_id: i64, lo: i64, hi: i64) -> Result<()> {
         self.conn
-            .prepare_cached("DELETE FROM rollup_1m WHERE series_id = ?1 AND minute BETWEEN ?2 AND ?3")
+            .prepare_cached(
+                "DELETE FROM rollup_1m WHERE series_id = ?1 AND minute BETWEEN ?2 AND ?3",
+            )
             .and_then(|mut st| st.execute(params![series_id, lo, hi]))
             .map_err(StoreError::db("recomputing rollups"))?;
         let (ts, values): (Vec<i64>, Vec<f64>) = self
@@ -300,7 +302,10 @@ pub(crate) fn timing_records(
         source,
     };
     while out.len() < limit {
-        let Some(r) = rows.next().map_err(StoreError::db("reading timing records"))? else {
+        let Some(r) = rows
+            .next()
+            .map_err(StoreError::db("reading timing records"))?
+        else {
             break;
         };
         let bad = |what: &str| StoreError::Decode {
@@ -336,10 +341,7 @@ pub(crate) fn timing_records(
                 original_from_ms: chosen.iter().map(|e| e.ts_min).min().unwrap_or(0),
                 original_to_ms: chosen.iter().map(|e| e.ts_max).max().unwrap_or(0),
                 delta_ms: r.get(5).map_err(col)?,
-                corrected_by: r
-                    .get::<_, Option<i64>>(6)
-                    .map_err(col)?
-                    .map(|s| s as u64),
+                corrected_by: r.get::<_, Option<i64>>(6).map_err(col)?.map(|s| s as u64),
             },
         ));
     }

@@ -431,7 +431,11 @@ impl Writer {
     }
 
     /// Writes rollup rows with `conflict` deciding what happens to a stored row.
-    pub(crate) fn upsert_rollups(&mut self, rows: &[(i64, MinuteAgg)], conflict: &str) -> Result<()> {
+    pub(crate) fn upsert_rollups(
+        &mut self,
+        rows: &[(i64, MinuteAgg)],
+        conflict: &str,
+    ) -> Result<()> {
         for chunk in rows.chunks(ROLLUP_CHUNK) {
             let sql = values_sql(
                 "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) VALUES ",

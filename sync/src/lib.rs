@@ -64,11 +64,13 @@
 
 mod actor;
 mod change;
+mod correct;
 mod counts;
 mod digest;
 mod docs_query;
 mod docwrite;
 mod error;
+mod health;
 mod hlc;
 mod ingest;
 mod log_read;
@@ -81,7 +83,6 @@ mod schema;
 mod store;
 mod timeref;
 mod timing;
-mod correct;
 mod twin;
 mod vv;
 mod writer;
@@ -95,6 +96,7 @@ pub use change::{
 pub use digest::Digest;
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
+pub use health::WriteHealth;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };

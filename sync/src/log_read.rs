@@ -175,27 +175,33 @@ fn load_timings(
 ) -> Result<HashMap<i64, (ReadingTiming, Option<i64>)>> {
     let select = "SELECT change_id, boot_id, offset_ms, delta_ms FROM reading_timing \
                   WHERE change_id IN (";
-    load_bodies(conn, ids_of(rows, 1), select, "reading timing records", |r| {
-        let col = |e| StoreError::Database {
-            context: "reading timing records",
-            source: e,
-        };
-        let boot: [u8; 16] =
-            r.get::<_, Vec<u8>>(1)
+    load_bodies(
+        conn,
+        ids_of(rows, 1),
+        select,
+        "reading timing records",
+        |r| {
+            let col = |e| StoreError::Database {
+                context: "reading timing records",
+                source: e,
+            };
+            let boot: [u8; 16] = r
+                .get::<_, Vec<u8>>(1)
                 .map_err(col)?
                 .try_into()
                 .map_err(|_| StoreError::Decode {
                     what: "timing record",
                     detail: "boot id is not 16 bytes".into(),
                 })?;
-        Ok((
-            ReadingTiming {
-                boot_id: BootId(boot),
-                offset_ms: r.get(2).map_err(col)?,
-            },
-            r.get(3).map_err(col)?,
-        ))
-    })
+            Ok((
+                ReadingTiming {
+                    boot_id: BootId(boot),
+                    offset_ms: r.get(2).map_err(col)?,
+                },
+                r.get(3).map_err(col)?,
+            ))
+        },
+    )
 }
 
 fn load_twins(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, TwinChange>> {

@@ -1225,9 +1225,15 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
 
     sync_once(&pi, &hub).await;
     assert_eq!(series_ts(&hub, "pi.temp").await, untrusted, "as sampled");
-    let open = hub.reading_timing(Some("pi.temp".into()), 0, 100).await.unwrap();
+    let open = hub
+        .reading_timing(Some("pi.temp".into()), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(open.len(), 3);
-    assert!(open.iter().all(|(_, r)| r.delta_ms.is_none() && r.timing == timing));
+    assert!(
+        open.iter()
+            .all(|(_, r)| r.delta_ms.is_none() && r.timing == timing)
+    );
 
     // The Pi learns the true time: now, when its boot clock reads 120 s.
     let true_offset = now - 120_000;
@@ -1248,7 +1254,11 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
     let delta = true_offset - timing.offset_ms;
     let corrected: Vec<i64> = untrusted.iter().map(|t| t + delta).collect();
     assert_eq!(series_ts(&pi, "pi.temp").await, corrected);
-    assert_eq!(series_ts(&pi, "gps.temp").await, vec![T0], "vouched: unmoved");
+    assert_eq!(
+        series_ts(&pi, "gps.temp").await,
+        vec![T0],
+        "vouched: unmoved"
+    );
     assert_eq!(series_ts(&pi, "old.temp").await, vec![1_000], "other boot");
 
     sync_once(&pi, &hub).await;
@@ -1260,7 +1270,10 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
     assert!(minutes.iter().all(|m| m.0 >= now - 120_000), "{minutes:?}");
     assert_eq!(minute_counts(&pi, "pi.temp").await, minutes);
     // History: the originals beside the correction.
-    let records = hub.reading_timing(Some("pi.temp".into()), 0, 100).await.unwrap();
+    let records = hub
+        .reading_timing(Some("pi.temp".into()), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(records.len(), 3);
     for (k, (_, r)) in records.iter().enumerate() {
         assert_eq!(r.actor, pi.actor());
@@ -1268,7 +1281,10 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
         assert_eq!(r.original_to_ms, 65_000 + k as i64 * 20_000 + 19_000);
         assert_eq!((r.delta_ms, r.corrected_by), (Some(delta), Some(9)));
     }
-    let old = hub.reading_timing(Some("old.temp".into()), 0, 100).await.unwrap();
+    let old = hub
+        .reading_timing(Some("old.temp".into()), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(old[0].1.delta_ms, None, "visibly uncorrected");
 
     // A replica that never saw the 1970 state gets the original change and the correction.
@@ -1276,7 +1292,10 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
     sync_once(&late, &hub).await;
     assert_same(&[&hub, &pi, &late]).await;
     assert_eq!(series_ts(&late, "pi.temp").await, corrected);
-    let rebuilt = hub.changes_since(&VersionVector::default(), 1 << 20).await.unwrap();
+    let rebuilt = hub
+        .changes_since(&VersionVector::default(), 1 << 20)
+        .await
+        .unwrap();
     let first = rebuilt
         .iter()
         .find(|c| c.actor == pi.actor() && c.seq == 1)
@@ -1326,7 +1345,11 @@ async fn a_correction_moves_only_its_own_actors_readings() {
 
 /// One one-shot session `initiator` → `responder`, the responder treating the credential
 /// as `role`.
-async fn sync_as(initiator: &Store, responder: &Store, role: PeerRole) -> (SessionResult, SessionResult, StatsSnapshot) {
+async fn sync_as(
+    initiator: &Store,
+    responder: &Store,
+    role: PeerRole,
+) -> (SessionResult, SessionResult, StatsSnapshot) {
     let ((i_tx, i_rx), (r_tx, r_rx)) = memory_link(8);
     let cfg = config(SessionMode::OneShot);
     let i = SyncSession::initiator(
@@ -1367,7 +1390,11 @@ async fn a_device_credential_sends_only_its_own_actors_changes() {
 
     let (i, r, stats) = sync_as(&a, &hub, PeerRole::Device).await;
     assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
-    assert_eq!(hub.version_vector().get(&a.actor()), 5, "A's own changes apply");
+    assert_eq!(
+        hub.version_vector().get(&a.actor()),
+        5,
+        "A's own changes apply"
+    );
     assert_eq!(hub.version_vector().get(&b.actor()), 0, "B's are refused");
     assert!(series_ts(&hub, "b.temp").await.is_empty());
     assert_eq!(stats.changes_refused, 3);
@@ -1395,7 +1422,10 @@ async fn a_device_credential_sends_only_its_own_actors_changes() {
             bound,
             presented,
         }) => {
-            assert_eq!((principal.as_str(), bound, presented), ("peer", a.actor(), b.actor()));
+            assert_eq!(
+                (principal.as_str(), bound, presented),
+                ("peer", a.actor(), b.actor())
+            );
         }
         other => panic!("expected credential_bound, got {other:?}"),
     }
@@ -1403,7 +1433,9 @@ async fn a_device_credential_sends_only_its_own_actors_changes() {
     // The binding survives a restart of the hub's store.
     let hub_path = dir.path().join("hub.db");
     hub.close().await;
-    let hub = Store::open(&hub_path, StoreConfig::default()).await.unwrap();
+    let hub = Store::open(&hub_path, StoreConfig::default())
+        .await
+        .unwrap();
     let (_, r, _) = sync_as(&b, &hub, PeerRole::Device).await;
     assert_eq!(r.unwrap_err().code(), "credential_bound");
 

@@ -12,6 +12,7 @@
 
 mod clock;
 mod cluster;
+mod disk;
 mod harness;
 mod proxy;
 mod reload;

@@ -106,7 +106,11 @@ async fn a_device_token_carries_only_its_own_devices_changes() {
     let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
     let cred = &peers["credentials"][0];
     assert_eq!(
-        (cred["name"].as_str(), cred["role"].as_str(), cred["bound_actor"].as_str()),
+        (
+            cred["name"].as_str(),
+            cred["role"].as_str(),
+            cred["bound_actor"].as_str()
+        ),
         (Some("dev-a"), Some("device"), Some(a_actor.as_str())),
         "{peers}"
     );
@@ -117,7 +121,9 @@ async fn a_device_token_carries_only_its_own_devices_changes() {
     ingest(&c, &copy, "copy.temp", 0, 5).await;
     let err = eventually(DEADLINE, "the copy to be refused", || async {
         let (_, peers) = get_json(&c, &copy.at("/v1/sync/peers")).await;
-        let msg = peers["peers"][0]["last_error"]["message"].as_str()?.to_owned();
+        let msg = peers["peers"][0]["last_error"]["message"]
+            .as_str()?
+            .to_owned();
         msg.contains("credential_bound").then_some(msg)
     })
     .await;

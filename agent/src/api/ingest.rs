@@ -70,8 +70,8 @@ async fn ingest(
     // Readings stamped by the agent's clock (no `ts` given) while that clock is not
     // trusted carry a timing record, to be corrected later (docs/clock.md).
     if batch.series.iter().all(|s| s.ts.iter().all(|&t| t == now)) {
-        batch.timing = crate::sample_timing::SampleTimer::new(state.store.time_reference())
-            .timing_now();
+        batch.timing =
+            crate::sample_timing::SampleTimer::new(state.store.time_reference()).timing_now();
     }
     let count = batch.len();
     let started = Instant::now();

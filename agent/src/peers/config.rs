@@ -56,7 +56,6 @@ pub struct AcceptToken {
     pub role: Option<PeerRole>,
 }
 
-
 impl std::fmt::Debug for AcceptToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AcceptToken")

@@ -384,18 +384,34 @@ pub struct CredentialStatus {
 
 impl Registry {
     /// Every accepted credential with its role and binding (`bindings`: the store's).
-    pub fn credentials(&self, bindings: &[(String, kdelta_sync::ActorId)]) -> Vec<CredentialStatus> {
+    pub fn credentials(
+        &self,
+        bindings: &[(String, kdelta_sync::ActorId)],
+    ) -> Vec<CredentialStatus> {
         let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
-        let certs: Vec<&str> = settings.accept_certs.iter().map(|(n, _)| n.as_str()).collect();
+        let certs: Vec<&str> = settings
+            .accept_certs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         settings
             .roles
             .iter()
             .map(|(name, role)| CredentialStatus {
                 name: name.clone(),
-                kind: if certs.contains(&name.as_str()) { "certificate" } else { "token" },
+                kind: if certs.contains(&name.as_str()) {
+                    "certificate"
+                } else {
+                    "token"
+                },
                 role: *role,
                 bound_actor: (*role == PeerRole::Device)
-                    .then(|| bindings.iter().find(|(n, _)| n == name).map(|(_, a)| a.to_string()))
+                    .then(|| {
+                        bindings
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, a)| a.to_string())
+                    })
                     .flatten(),
             })
             .collect()

@@ -84,9 +84,11 @@ impl<S: BatchSink> Batcher<S> {
     fn time(&self, items: &[Queued], out: &mut Vec<Option<ReadingTiming>>) {
         let timing = self.timer.as_ref().and_then(|t| t.timing_now());
         let wall = crate::time::now_ms();
-        out.extend(items.iter().map(|q| {
-            timing.filter(|_| SampleTimer::locally_timed(q.reading.ts_ms, wall))
-        }));
+        out.extend(
+            items
+                .iter()
+                .map(|q| timing.filter(|_| SampleTimer::locally_timed(q.reading.ts_ms, wall))),
+        );
     }
 
     /// Runs until `queue` is closed and drained, committing everything it held. `give_up`
