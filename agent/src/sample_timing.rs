@@ -45,6 +45,8 @@ pub fn read_boot_id() -> Option<BootId> {
 }
 
 /// `CLOCK_BOOTTIME` in ms: time since boot, suspend included, never set by anyone.
+// `time_t` and `c_long` are 32 bits on armv7: the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
 pub fn boottime_ms() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -56,7 +58,7 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    ts.tv_sec.saturating_mul(1000) + ts.tv_nsec / 1_000_000
+    i64::from(ts.tv_sec).saturating_mul(1000) + i64::from(ts.tv_nsec) / 1_000_000
 }
 
 /// Decides the timing of sampled readings from the clock verdict.
