@@ -184,6 +184,21 @@ impl Writer {
         Ok(())
     }
 
+    /// How far the readings of change `change_id` are stored from their original times:
+    /// `Some(0)` without a timing record, `Some(delta)` once corrected, `None` while they
+    /// wait for a correction (their true time, and so their age, is unknown).
+    pub(crate) fn correction_delta(&mut self, change_id: i64) -> Result<Option<i64>> {
+        let row: Option<Option<i64>> = self
+            .conn
+            .prepare_cached("SELECT delta_ms FROM reading_timing WHERE change_id = ?1")
+            .and_then(|mut st| st.query_row([change_id], |r| r.get(0)).optional())
+            .map_err(StoreError::db("reading the timing of readings"))?;
+        Ok(match row {
+            None => Some(0),
+            Some(delta) => delta,
+        })
+    }
+
     fn series_id_of(&mut self, name: &str) -> Result<Option<i64>> {
         if let Some(s) = self.series.get(name) {
             return Ok(Some(s.id));

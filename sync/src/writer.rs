@@ -80,6 +80,14 @@ pub(crate) enum Job {
     },
     /// A tiny durable write, proving the database is writable (watchdog health check).
     Heartbeat { reply: oneshot::Sender<Result<()>> },
+    /// One bounded step of a retention pass (see `retention.rs`).
+    Prune {
+        policy: Arc<crate::RetentionPolicy>,
+        now_ms: i64,
+        cursor: crate::retention::PruneCursor,
+        budget: usize,
+        reply: oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
+    },
     /// Answered with the write health once the jobs queued before it ran, without writing
     /// (except a heartbeat, at most every few seconds, while the disk is full).
     Probe { reply: oneshot::Sender<WriteHealth> },
@@ -101,6 +109,10 @@ enum Done {
     ),
     Bind(oneshot::Sender<Result<ActorId>>, Result<ActorId>),
     Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
+    Prune(
+        oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
+        Result<(crate::PruneReport, crate::retention::PruneCursor)>,
+    ),
 }
 
 impl Done {
@@ -117,6 +129,7 @@ impl Done {
             Done::Correct(_, r) => r.as_ref().err(),
             Done::Bind(_, r) => r.as_ref().err(),
             Done::Heartbeat(_, r) => r.as_ref().err(),
+            Done::Prune(_, r) => r.as_ref().err(),
         }
     }
 
@@ -131,6 +144,7 @@ impl Done {
             Done::Correct(tx, r) => Done::Correct(tx, r.and(Err(err()))),
             Done::Bind(tx, r) => Done::Bind(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
+            Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
         }
     }
 
@@ -145,6 +159,7 @@ impl Done {
             Done::Correct(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Bind(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
     }
 }
@@ -542,6 +557,7 @@ impl Writer {
             Job::Correct { reply, .. } => Done::Correct(reply, Err(err())),
             Job::Bind { reply, .. } => Done::Bind(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
+            Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } => {
                 unreachable!("shutdown and probes are handled by the run loop")
             }
@@ -611,6 +627,13 @@ impl Writer {
                     .map_err(StoreError::db("writing the heartbeat"));
                 Done::Heartbeat(reply, r)
             }
+            Job::Prune {
+                policy,
+                now_ms,
+                cursor,
+                budget,
+                reply,
+            } => Done::Prune(reply, self.prune_step(&policy, now_ms, cursor, budget)),
             Job::Shutdown { .. } | Job::Probe { .. } => {
                 unreachable!("shutdown and probes are handled by the run loop")
             }

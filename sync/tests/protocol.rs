@@ -1239,6 +1239,14 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
             .all(|(_, r)| r.delta_ms.is_none() && r.timing == timing)
     );
 
+    // Retention does not take 1970 for their age: uncorrected readings wait.
+    let keep_a_day = RetentionPolicy {
+        readings_max_age_ms: Some(86_400_000),
+        ..RetentionPolicy::default()
+    };
+    assert_eq!(hub.prune(&keep_a_day, now, 1000).await.unwrap().readings, 0);
+    assert_eq!(series_ts(&hub, "pi.temp").await, untrusted);
+
     // The Pi learns the true time: now, when its boot clock reads 120 s.
     let true_offset = now - 120_000;
     let basis = TimeBasis::Peer(hub.actor());
@@ -1277,6 +1285,9 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
         minutes
     );
     assert_eq!(minute_counts(&pi, "pi.temp", 0).await, vec![]);
+    // Corrected, they are young: retention keeps them; the digest still holds.
+    assert_eq!(hub.prune(&keep_a_day, now, 1000).await.unwrap().readings, 0);
+    assert_eq!(series_ts(&hub, "pi.temp").await, corrected);
     // History: the originals beside the correction.
     let records = hub
         .reading_timing(Some("pi.temp".into()), 0, 100)
@@ -1315,6 +1326,11 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
         }
         other => panic!("{other:?}"),
     }
+    // A day later they age out like any readings, found at their corrected times.
+    let later = hub.prune(&keep_a_day, now + 2 * 86_400_000, 1000).await.unwrap();
+    assert!(later.readings >= 60, "{later:?}");
+    assert!(series_ts(&hub, "pi.temp").await.is_empty());
+    assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
 }
 
 /// Only the actor that sampled readings corrects them: a correction names its own actor's

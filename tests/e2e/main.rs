@@ -16,6 +16,7 @@ mod disk;
 mod harness;
 mod proxy;
 mod reload;
+mod retention;
 mod roles;
 mod security;
 mod sources;
