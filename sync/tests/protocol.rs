@@ -1241,7 +1241,10 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
 
     // Retention does not take 1970 for their age: uncorrected readings wait.
     let keep_a_day = RetentionPolicy {
-        readings_max_age_ms: Some(86_400_000),
+        series: vec![SeriesRetention {
+            pattern: "pi.temp".into(),
+            max_age_ms: Some(86_400_000),
+        }],
         ..RetentionPolicy::default()
     };
     assert_eq!(hub.prune(&keep_a_day, now, 1000).await.unwrap().readings, 0);
@@ -1327,7 +1330,10 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
         other => panic!("{other:?}"),
     }
     // A day later they age out like any readings, found at their corrected times.
-    let later = hub.prune(&keep_a_day, now + 2 * 86_400_000, 1000).await.unwrap();
+    let later = hub
+        .prune(&keep_a_day, now + 2 * 86_400_000, 1000)
+        .await
+        .unwrap();
     assert!(later.readings >= 60, "{later:?}");
     assert!(series_ts(&hub, "pi.temp").await.is_empty());
     assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
