@@ -70,7 +70,15 @@ async fn an_agent_prunes_by_age_and_shows_it() {
     .await;
     assert_eq!(agg["buckets"][0]["count"], 120, "{agg}");
 
-    let (_, st) = get_json(&c, &agent.at("/v1/status")).await;
+    // The pass records its figures once it has also given the space back.
+    let st = eventually(Duration::from_secs(20), "the pass in /v1/status", || {
+        let (c, url) = (c.clone(), agent.at("/v1/status"));
+        async move {
+            let (_, st) = get_json(&c, &url).await;
+            (st["store"]["retention"]["total"]["readings"] == 120).then_some(st)
+        }
+    })
+    .await;
     let retention = &st["store"]["retention"];
     assert_eq!(retention["enabled"], true, "{st}");
     assert_eq!(retention["total"]["readings"], 120, "{st}");

@@ -223,7 +223,7 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "store {} before, {} after (freed pages are reused, the file does not shrink)",
+        "store {} before, {} after (main file + WAL; a new store gives freed pages back)",
         super::mib(out.db_bytes_before),
         super::mib(out.db_bytes_after)
     );
