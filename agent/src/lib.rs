@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod peers;
 pub mod retention;
+pub mod sample_timing;
 pub mod scope;
 pub mod section;
 pub mod server;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::timing::{ReadingTiming, TimeCorrection};
 use crate::{ActorId, Hlc, StoreError};
 
 /// The identity of a change (or of a document version): actor and its dense sequence number.
@@ -51,6 +52,7 @@ impl Change {
                 16 + d.key.len() + d.value.as_ref().map_or(0, Vec::len) + d.context.len() * 28
             }
             ChangeBody::Twin(t) => 16 + t.key.len() + t.change.len(),
+            ChangeBody::TimeCorrection(c) => 64 + c.ranges.len() * 32,
         }
     }
 
@@ -98,6 +100,7 @@ impl Change {
             ChangeBody::Readings(b) => b.validate(limits),
             ChangeBody::Doc(d) => d.validate(limits),
             ChangeBody::Twin(t) => t.validate(self.actor, limits).map(drop),
+            ChangeBody::TimeCorrection(c) => c.validate(self.seq, limits),
         }
     }
 }
@@ -112,6 +115,9 @@ pub enum ChangeBody {
     Doc(DocWrite),
     /// One automerge change to a merge document (device twin).
     Twin(TwinChange),
+    /// Corrects the timestamps of the same actor's readings sampled under an untrusted
+    /// clock (see `timing.rs`).
+    TimeCorrection(TimeCorrection),
 }
 
 /// One automerge change to the merge document `key`. The bytes are an uncompressed automerge
@@ -284,6 +290,10 @@ pub struct SeriesPoints {
 pub struct ReadingBatch {
     /// Per-series columns.
     pub series: Vec<SeriesPoints>,
+    /// Set when the readings were timed by a wall clock that was not trusted: how to correct
+    /// them once a trusted time is known. Absent for trusted (or sender-vouched) times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<ReadingTiming>,
 }
 
 impl ReadingBatch {
@@ -556,7 +566,17 @@ mod tests {
             proptest::collection::btree_map(0i64..MAX_TS_MS, -1e12f64..1e12, 1..20),
             1..4,
         )
-        .prop_map(|m| ReadingBatch {
+        .prop_flat_map(|m| {
+            let timing = proptest::option::of((any::<[u8; 16]>(), any::<i64>()).prop_map(
+                |(b, offset_ms)| ReadingTiming {
+                    boot_id: crate::timing::BootId(b),
+                    offset_ms,
+                },
+            ));
+            (Just(m), timing)
+        })
+        .prop_map(|(m, timing)| ReadingBatch {
+            timing,
             series: m
                 .into_iter()
                 .map(|(name, pts)| SeriesPoints {
@@ -589,15 +609,52 @@ mod tests {
                         })
                         .collect(),
                 })),
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 16]>(),
+                proptest::collection::vec(
+                    (
+                        1u64..1000,
+                        0u64..1000,
+                        -1_000_000_000_000i64..1_000_000_000_000
+                    ),
+                    1..5
+                )
+            )
+                .prop_map(|(boot, peer, runs)| {
+                    let mut at = 0;
+                    let ranges = runs
+                        .into_iter()
+                        .map(|(gap, len, delta_ms)| {
+                            let first_seq = at + gap;
+                            at = first_seq + len;
+                            crate::timing::CorrectedRange {
+                                first_seq,
+                                last_seq: at,
+                                delta_ms,
+                            }
+                        })
+                        .collect();
+                    ChangeBody::TimeCorrection(TimeCorrection {
+                        boot_id: crate::timing::BootId(boot),
+                        basis: crate::timing::TimeBasis::Peer(ActorId(peer)),
+                        ranges,
+                    })
+                }),
         ];
-        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(|(a, seq, hlc, body)| {
-            Change {
-                actor: ActorId(a),
-                seq,
-                hlc: Hlc(hlc),
-                body,
-            }
-        })
+        (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(
+            |(a, mut seq, hlc, body)| {
+                if let ChangeBody::TimeCorrection(c) = &body {
+                    seq = seq.max(c.ranges.last().map_or(0, |r| r.last_seq) + 1);
+                }
+                Change {
+                    actor: ActorId(a),
+                    seq,
+                    hlc: Hlc(hlc),
+                    body,
+                }
+            },
+        )
     }
 
     proptest! {

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::{ActorId, Hlc};
+use crate::{ActorId, Hlc, ReadingTiming};
 
 /// A multiset hash: the lane-wise wrapping sum of BLAKE3 hashes of each element, so adding
 /// elements in any order gives the same result.
@@ -113,6 +113,29 @@ pub(crate) fn twin_hash(actor: &ActorId, seq: u64, hlc: Hlc, key: &str, change: 
     h.update(key.as_bytes());
     h.update(&(change.len() as u64).to_le_bytes());
     h.update(change);
+    *h.finalize().as_bytes()
+}
+
+/// Hash of a readings change's timing record (untrusted clock), beside its readings' hashes.
+pub(crate) fn timing_hash(actor: &ActorId, seq: u64, timing: &ReadingTiming) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/timing/v1");
+    h.update(actor.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&timing.boot_id.0);
+    h.update(&timing.offset_ms.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Hash of a time-correction change (its canonical CBOR body).
+pub(crate) fn correction_hash(actor: &ActorId, seq: u64, hlc: Hlc, body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/time-correction/v1");
+    h.update(actor.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&hlc.0.to_le_bytes());
+    h.update(&(body.len() as u64).to_le_bytes());
+    h.update(body);
     *h.finalize().as_bytes()
 }
 

@@ -11,11 +11,12 @@ use rusqlite::OptionalExtension;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::readings_hash;
+use crate::digest::{readings_hash, timing_hash};
 use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
-    ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
+    ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, ReadingTiming, Result, SeriesPoints,
+    StoreError,
 };
 
 /// Rows per multi-row INSERT of readings (4 parameters each, well under SQLite's 32,766).
@@ -36,7 +37,7 @@ const ROLLUP_UPSERT: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
      last_value = CASE WHEN excluded.last_ts > last_ts OR (excluded.last_ts = last_ts AND excluded.last_value > last_value) THEN excluded.last_value ELSE last_value END, \
      last_ts = max(last_ts, excluded.last_ts)";
 /// Replaces stored rollup rows with rows already folded onto them.
-const ROLLUP_REPLACE: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
+pub(crate) const ROLLUP_REPLACE: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
      n = excluded.n, total = excluded.total, vmin = excluded.vmin, vmax = excluded.vmax, \
      first_ts = excluded.first_ts, first_value = excluded.first_value, \
      last_ts = excluded.last_ts, last_value = excluded.last_value";
@@ -188,6 +189,7 @@ struct StagedChange {
     remote: bool,
     series: Vec<String>,
     count: usize,
+    timing: Option<ReadingTiming>,
 }
 
 struct SeriesAttrs {
@@ -227,6 +229,9 @@ impl Writer {
             self.digest
                 .add(&readings_hash(&actor, seq, &s.name, &s.ts, &s.values));
         }
+        if let Some(t) = &batch.timing {
+            self.digest.add(&timing_hash(&actor, seq, t));
+        }
         staged.changes.push(StagedChange {
             actor,
             actor_idx: slot.idx,
@@ -236,6 +241,7 @@ impl Writer {
             remote,
             series: batch.series.iter().map(|s| s.name.clone()).collect(),
             count: batch.len(),
+            timing: batch.timing,
         });
         if let Some(s) = self.actors.get_mut(&actor) {
             s.max_seq = seq;
@@ -310,6 +316,11 @@ impl Writer {
         }
 
         self.write_rollups(&staged.aggs)?;
+        for (c, &id) in staged.changes.iter().zip(&change_ids) {
+            if let Some(t) = &c.timing {
+                self.insert_timing(id, t)?;
+            }
+        }
 
         let attrs: Vec<(i64, SeriesAttrs)> = staged.attrs.into_iter().collect();
         for chunk in attrs.chunks(SERIES_CHUNK) {
@@ -420,7 +431,11 @@ impl Writer {
     }
 
     /// Writes rollup rows with `conflict` deciding what happens to a stored row.
-    fn upsert_rollups(&mut self, rows: &[(i64, MinuteAgg)], conflict: &str) -> Result<()> {
+    pub(crate) fn upsert_rollups(
+        &mut self,
+        rows: &[(i64, MinuteAgg)],
+        conflict: &str,
+    ) -> Result<()> {
         for chunk in rows.chunks(ROLLUP_CHUNK) {
             let sql = values_sql(
                 "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) VALUES ",

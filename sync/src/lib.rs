@@ -19,6 +19,11 @@
 //!   did not see each other become siblings (a multi-value register with dotted contexts); a
 //!   plain [`Store::get`] returns the deterministic winner (highest HLC, then actor) and the
 //!   sibling count. Every version stays in history: as-of reads, diffs, history pages.
+//! - **Untrusted time**: a batch sampled while the wall clock was not trusted carries a
+//!   [`ReadingTiming`] (boot id, wall − monotonic offset); once a trusted time is known its
+//!   actor writes a [`TimeCorrection`] change ([`Store::correct_reading_times`]) that moves
+//!   those readings to their true time on every replica, keeping the original in the log
+//!   and in [`Store::reading_timing`].
 //! - **Merge documents (twins)**: [`Store::twin_create`]/[`Store::twin_patch`] keep an
 //!   automerge document under a key; concurrent edits to different fields both survive. Each
 //!   edit is an automerge change carried in the change log ([`TwinChange`]); reads return the
@@ -63,6 +68,7 @@
 mod actor;
 pub mod backup;
 mod change;
+mod correct;
 mod counts;
 mod digest;
 mod docs_query;
@@ -81,6 +87,7 @@ mod retention;
 mod schema;
 mod store;
 mod timeref;
+mod timing;
 mod twin;
 mod vv;
 mod writer;
@@ -105,6 +112,10 @@ pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, glob_match};
 pub use schema::supported_schema_version;
 pub use store::Store;
 pub use timeref::{ClockClaim, TimeReference};
+pub use timing::{
+    BootId, CorrectedRange, MAX_CORRECTION_RANGES, ReadingTiming, TimeBasis, TimeCorrection,
+    TimingRecord, ranges_of,
+};
 pub use twin::{
     MAX_HISTORY_PATHS, MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS,
     MAX_VIEW_DEPTH, PathOp, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage,

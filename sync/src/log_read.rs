@@ -12,12 +12,13 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
+use crate::correct::{KIND_TIME_CORRECTION, decode_correction};
 use crate::docwrite::decode_context;
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
 use crate::{
-    ActorId, Change, ChangeBody, DocWrite, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
-    TwinChange,
+    ActorId, BootId, Change, ChangeBody, DocWrite, Hlc, ReadingBatch, ReadingTiming, Result,
+    SeriesPoints, StoreError, TwinChange,
 };
 
 /// The columns every log query selects first (`load` reads them by position); the sixth is a
@@ -28,6 +29,7 @@ pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
                     JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = c.id) \
        WHEN 3 THEN (SELECT length(w.key) + length(t.bytes) FROM twin_changes t \
                     JOIN twins w ON w.id = t.twin_id WHERE t.change_id = c.id) \
+       WHEN 4 THEN length(c.manifest) \
        ELSE 0 END";
 
 /// Runs per readings statement (6 parameters each, far below SQLite's 32,766).
@@ -47,6 +49,8 @@ pub(crate) struct LogRow {
     pub hlc: Hlc,
     kind: i64,
     manifest: Vec<ManifestEntry>,
+    /// The stored body of a time correction (kind 4).
+    correction: Vec<u8>,
     /// Bytes of a document or twin body known from the log query (key, value or change).
     body_bytes: usize,
 }
@@ -56,12 +60,14 @@ impl LogRow {
     pub fn from_row(row: &rusqlite::Row<'_>, actor: ActorId) -> Result<LogRow> {
         let col = StoreError::db("reading the change log");
         let kind: i64 = row.get(3).map_err(col)?;
-        let manifest = match kind {
-            1 => decode_manifest(
-                &row.get::<_, Vec<u8>>(4)
-                    .map_err(StoreError::db("reading the change log"))?,
-            )?,
-            _ => Vec::new(),
+        let stored = |row: &rusqlite::Row<'_>| {
+            row.get::<_, Vec<u8>>(4)
+                .map_err(StoreError::db("reading the change log"))
+        };
+        let (manifest, correction) = match kind {
+            1 => (decode_manifest(&stored(row)?)?, Vec::new()),
+            KIND_TIME_CORRECTION => (Vec::new(), stored(row)?),
+            _ => (Vec::new(), Vec::new()),
         };
         let get = |i: usize| -> Result<Option<i64>> {
             row.get(i).map_err(StoreError::db("reading the change log"))
@@ -73,6 +79,7 @@ impl LogRow {
             hlc: Hlc(get(2)?.unwrap_or(0) as u64),
             kind,
             manifest,
+            correction,
             body_bytes: get(5)?.unwrap_or(0).max(0) as usize,
         })
     }
@@ -95,7 +102,8 @@ impl LogRow {
 pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
     let mut docs = load_docs(conn, &rows)?;
     let mut twins = load_twins(conn, &rows)?;
-    let mut readings = load_readings(conn, &rows)?;
+    let timings = load_timings(conn, &rows)?;
+    let mut readings = load_readings(conn, &rows, &timings)?;
     let missing = |id: i64, what: &str| StoreError::Decode {
         what: "change log row",
         detail: format!("change {id} has no {what}"),
@@ -113,6 +121,7 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
                     .remove(&row.id)
                     .ok_or_else(|| missing(row.id, "twin change"))?,
             ),
+            KIND_TIME_CORRECTION => ChangeBody::TimeCorrection(decode_correction(&row.correction)?),
             other => {
                 return Err(StoreError::Decode {
                     what: "change log row",
@@ -155,6 +164,42 @@ fn load_docs(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite
                 value: r.get(2).map_err(col)?,
                 context: decode_context(&r.get::<_, Vec<u8>>(3).map_err(col)?)?,
             })
+        },
+    )
+}
+
+/// The timing record (and correction, if any) of each readings row that has one.
+fn load_timings(
+    conn: &Connection,
+    rows: &[LogRow],
+) -> Result<HashMap<i64, (ReadingTiming, Option<i64>)>> {
+    let select = "SELECT change_id, boot_id, offset_ms, delta_ms FROM reading_timing \
+                  WHERE change_id IN (";
+    load_bodies(
+        conn,
+        ids_of(rows, 1),
+        select,
+        "reading timing records",
+        |r| {
+            let col = |e| StoreError::Database {
+                context: "reading timing records",
+                source: e,
+            };
+            let boot: [u8; 16] = r
+                .get::<_, Vec<u8>>(1)
+                .map_err(col)?
+                .try_into()
+                .map_err(|_| StoreError::Decode {
+                    what: "timing record",
+                    detail: "boot id is not 16 bytes".into(),
+                })?;
+            Ok((
+                ReadingTiming {
+                    boot_id: BootId(boot),
+                    offset_ms: r.get(2).map_err(col)?,
+                },
+                r.get(3).map_err(col)?,
+            ))
         },
     )
 }
@@ -238,16 +283,28 @@ impl Run<'_> {
 }
 
 /// The readings batch of every row (empty for other kinds), series in manifest order.
-fn load_readings(conn: &Connection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>> {
+///
+/// A corrected change's readings are stored moved by its correction: they are read at the
+/// moved times and given back at the original ones, so the change is what its actor made.
+fn load_readings(
+    conn: &Connection,
+    rows: &[LogRow],
+    timings: &HashMap<i64, (ReadingTiming, Option<i64>)>,
+) -> Result<Vec<ReadingBatch>> {
     // Empty batches shaped like the manifests, and what to read for each series.
     let mut batches: Vec<ReadingBatch> = Vec::with_capacity(rows.len());
+    let mut deltas: Vec<i64> = Vec::with_capacity(rows.len());
     let mut per_series: HashMap<&str, Vec<Wanted>> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         let mut batch = ReadingBatch::new();
+        let timing = timings.get(&row.id);
+        batch.timing = timing.map(|t| t.0);
+        let delta = timing.and_then(|t| t.1).unwrap_or(0);
+        deltas.push(delta);
         for (j, e) in row.manifest.iter().enumerate() {
             per_series.entry(e.name.as_str()).or_default().push(Wanted {
-                lo: e.ts_min,
-                hi: e.ts_max,
+                lo: e.ts_min.saturating_add(delta),
+                hi: e.ts_max.saturating_add(delta),
                 id: row.id,
                 at: (i, j),
             });
@@ -290,7 +347,7 @@ fn load_readings(conn: &Connection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>
                 let run = &chunk[r.get::<_, i64>(0)? as usize];
                 if let Some((i, j)) = run.place(r.get(1)?) {
                     let s = &mut batches[i].series[j];
-                    s.ts.push(r.get(2)?);
+                    s.ts.push(r.get::<_, i64>(2)? - deltas[i]);
                     s.values.push(r.get(3)?);
                 }
             }

@@ -314,6 +314,11 @@ pub enum ChangeEventKind {
         /// The twin's key.
         key: String,
     },
+    /// A correction of readings sampled under an untrusted clock.
+    TimeCorrection {
+        /// Readings changes it moved to their true time.
+        corrected: usize,
+    },
 }
 
 /// Announced on [`Store::subscribe`](crate::Store::subscribe) after a change is durable.

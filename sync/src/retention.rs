@@ -270,7 +270,13 @@ impl Writer {
             return Ok(());
         };
         let entry = entries.remove(pos);
-        if entry.ts_max >= cutoff {
+        // Readings sampled under an untrusted clock have no known age until corrected
+        // (1970 is not their age); corrected ones are stored moved by `delta` (timing.rs).
+        let Some(delta) = self.correction_delta(change_id)? else {
+            return Ok(());
+        };
+        let (lo, hi) = (entry.ts_min + delta, entry.ts_max + delta);
+        if hi >= cutoff {
             return Ok(()); // straddles the cutoff: kept whole for now
         }
         let (ts, values): (Vec<i64>, Vec<f64>) = self
@@ -279,10 +285,9 @@ impl Writer {
                 "SELECT ts, value FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4 ORDER BY ts",
             )
             .and_then(|mut st| {
-                st.query_map(
-                    params![series_id, entry.ts_min, entry.ts_max, change_id],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)),
-                )?
+                st.query_map(params![series_id, lo, hi, change_id], |r| {
+                    Ok((r.get::<_, i64>(0)? - delta, r.get::<_, f64>(1)?))
+                })?
                 .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
             })
             .map_err(StoreError::db("reading readings to prune"))?
@@ -295,7 +300,7 @@ impl Writer {
                 "DELETE FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4",
             )
             .and_then(|mut st| {
-                st.execute(params![series_id, entry.ts_min, entry.ts_max, change_id])
+                st.execute(params![series_id, lo, hi, change_id])
             })
             .map_err(StoreError::db("deleting pruned readings"))?;
         let mut bytes = Vec::new();

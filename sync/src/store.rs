@@ -271,6 +271,83 @@ impl Store {
         self.submit(|reply| Job::Remote { changes, reply }).await
     }
 
+    /// Corrects this store's readings that were sampled in boot `boot` under an untrusted
+    /// clock and are not corrected yet: `true_offset_ms` is the true time minus that boot's
+    /// monotonic clock (`CLOCK_BOOTTIME`), now known from `basis`. Writes one
+    /// [`TimeCorrection`](crate::TimeCorrection) change (durable on return) covering up to
+    /// 10,000 readings changes, or returns `None` when nothing is left to correct — call it
+    /// until then. See `timing.rs` for the rule.
+    pub async fn correct_reading_times(
+        &self,
+        boot: crate::BootId,
+        true_offset_ms: i64,
+        basis: crate::TimeBasis,
+    ) -> Result<Option<ChangeMeta>> {
+        self.submit(|reply| Job::Correct {
+            boot,
+            true_offset_ms,
+            basis,
+            reply,
+        })
+        .await
+    }
+
+    /// The actor the `device` sync credential `principal` is bound to: the one bound
+    /// before, or `actor` (bound now, durably) when the credential was never used. A local
+    /// fact, not replicated.
+    pub async fn bind_credential(&self, principal: &str, actor: ActorId) -> Result<ActorId> {
+        self.submit(|reply| Job::Bind {
+            principal: principal.to_owned(),
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    /// Every credential binding, by credential name.
+    pub async fn credential_bindings(&self) -> Result<Vec<(String, ActorId)>> {
+        self.inner
+            .readers
+            .read(|conn| {
+                let mut st = conn
+                    .prepare_cached(
+                        "SELECT key, value FROM meta WHERE key LIKE 'credential_binding/%' ORDER BY key",
+                    )
+                    .map_err(StoreError::db("reading credential bindings"))?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                    .map_err(StoreError::db("reading credential bindings"))?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.strip_prefix("credential_binding/")?.to_owned(),
+                            ActorId::from_slice(&v)?,
+                        ))
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Timing records of readings changes sampled under an untrusted clock (original time
+    /// span, correction if any), in local order after position `after` (0 from the start), at
+    /// most `limit`; with `series`, only changes holding it. Returns (position, record) pairs.
+    pub async fn reading_timing(
+        &self,
+        series: Option<String>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, crate::TimingRecord)>> {
+        self.inner
+            .readers
+            .read(move |conn| {
+                crate::correct::timing_records(conn, series.as_deref(), after, limit.min(10_000))
+            })
+            .await
+    }
+
     /// A small durable write through the writer: proves the store accepts and commits
     /// writes (the watchdog health check).
     pub async fn heartbeat(&self) -> Result<()> {
@@ -546,6 +623,17 @@ impl Store {
                                 &c.actor, c.seq, &s.name, &s.ts, &s.values,
                             ));
                         }
+                        if let Some(t) = &b.timing {
+                            digest.add(&crate::digest::timing_hash(&c.actor, c.seq, t));
+                        }
+                    }
+                    ChangeBody::TimeCorrection(t) => {
+                        digest.add(&crate::digest::correction_hash(
+                            &c.actor,
+                            c.seq,
+                            c.hlc,
+                            &crate::correct::encode_correction(t),
+                        ));
                     }
                     ChangeBody::Doc(d) => {
                         let ctx = crate::docwrite::encode_context(&d.context);

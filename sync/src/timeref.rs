@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::ActorId;
+use crate::{ActorId, TimeBasis};
 
 /// At most this many peer claims are kept (the oldest is dropped): one per peer is plenty,
 /// and a hub with thousands of devices needs no more than a few recent ones.
@@ -125,6 +125,18 @@ impl TimeReference {
             return Some(wall_ms);
         }
         self.lock().values().map(|a| a.now_ms()).max()
+    }
+
+    /// Like [`best_known_ms`](Self::best_known_ms), saying where the time comes from: the
+    /// local clock, or the peer whose claim runs latest.
+    pub fn best_known(&self, wall_ms: u64) -> Option<(u64, TimeBasis)> {
+        if self.local_trusted() {
+            return Some((wall_ms, TimeBasis::LocalClock));
+        }
+        self.lock()
+            .iter()
+            .map(|(peer, a)| (a.now_ms(), TimeBasis::Peer(*peer)))
+            .max_by_key(|(ms, _)| *ms)
     }
 
     /// The highest trusted time that may vouch for a change of `actor` (every trusted

@@ -25,8 +25,8 @@ use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
-    ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
-    HybridClock, Limits, ReadingBatch, Result, StoreError, VersionVector,
+    ActorId, ApplyOutcome, BootId, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
+    HybridClock, Limits, ReadingBatch, Result, StoreError, TimeBasis, VersionVector,
 };
 
 /// State shared between the writer and the read side of the store.
@@ -65,6 +65,19 @@ pub(crate) enum Job {
         edit: TwinEdit,
         reply: oneshot::Sender<Result<TwinWrite>>,
     },
+    /// A local correction of readings sampled under an untrusted clock (`correct.rs`).
+    Correct {
+        boot: BootId,
+        true_offset_ms: i64,
+        basis: TimeBasis,
+        reply: oneshot::Sender<Result<Option<ChangeMeta>>>,
+    },
+    /// Binds a `device` sync credential to an actor unless it is bound already.
+    Bind {
+        principal: String,
+        actor: ActorId,
+        reply: oneshot::Sender<Result<ActorId>>,
+    },
     /// A tiny durable write, proving the database is writable (watchdog health check).
     Heartbeat { reply: oneshot::Sender<Result<()>> },
     /// One bounded step of a retention pass (see `retention.rs`).
@@ -97,6 +110,11 @@ enum Done {
     ),
     Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
     Twin(oneshot::Sender<Result<TwinWrite>>, Result<TwinWrite>),
+    Correct(
+        oneshot::Sender<Result<Option<ChangeMeta>>>,
+        Result<Option<ChangeMeta>>,
+    ),
+    Bind(oneshot::Sender<Result<ActorId>>, Result<ActorId>),
     Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
     Prune(
         oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
@@ -115,6 +133,8 @@ impl Done {
             Done::Doc(_, r) => r.as_ref().err(),
             Done::Remote(_, r) => r.as_ref().err(),
             Done::Twin(_, r) => r.as_ref().err(),
+            Done::Correct(_, r) => r.as_ref().err(),
+            Done::Bind(_, r) => r.as_ref().err(),
             Done::Heartbeat(_, r) => r.as_ref().err(),
             Done::Prune(_, r) => r.as_ref().err(),
         }
@@ -128,6 +148,8 @@ impl Done {
             Done::Doc(tx, r) => Done::Doc(tx, r.and(Err(err()))),
             Done::Remote(tx, r) => Done::Remote(tx, r.and(Err(err()))),
             Done::Twin(tx, r) => Done::Twin(tx, r.and(Err(err()))),
+            Done::Correct(tx, r) => Done::Correct(tx, r.and(Err(err()))),
+            Done::Bind(tx, r) => Done::Bind(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
             Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
         }
@@ -141,6 +163,8 @@ impl Done {
             Done::Doc(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Remote(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Twin(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Correct(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Bind(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
@@ -542,6 +566,8 @@ impl Writer {
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
             Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
             Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
+            Job::Correct { reply, .. } => Done::Correct(reply, Err(err())),
+            Job::Bind { reply, .. } => Done::Bind(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
@@ -625,6 +651,23 @@ impl Writer {
                 let r = self.apply_remote(changes);
                 Done::Remote(reply, r)
             }
+            Job::Correct {
+                boot,
+                true_offset_ms,
+                basis,
+                reply,
+            } => {
+                let r = self.correct_local(boot, true_offset_ms, basis);
+                Done::Correct(reply, r)
+            }
+            Job::Bind {
+                principal,
+                actor,
+                reply,
+            } => {
+                let r = self.bind_credential(&principal, actor);
+                Done::Bind(reply, r)
+            }
             Job::Heartbeat { reply } => {
                 let wall = self.shared.clock.lock().expect("clock lock").wall_ms() as i64;
                 let r = self
@@ -646,6 +689,25 @@ impl Writer {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
         }
+    }
+
+    /// The actor `principal` is bound to, binding it to `actor` if it is not bound yet.
+    /// Bindings are local facts (not replicated), kept in `meta`.
+    fn bind_credential(&mut self, principal: &str, actor: ActorId) -> Result<ActorId> {
+        let key = format!("credential_binding/{principal}");
+        let found: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut st| st.query_row([&key], |r| r.get(0)).optional())
+            .map_err(StoreError::db("reading a credential binding"))?;
+        if let Some(bound) = found.as_deref().and_then(ActorId::from_slice) {
+            return Ok(bound);
+        }
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .and_then(|mut st| st.execute(params![key, actor.as_bytes().as_slice()]))
+            .map_err(StoreError::db("recording a credential binding"))?;
+        Ok(actor)
     }
 
     /// Checks the whole call first (contiguity per actor, clock offset, limits) so a bad
@@ -708,6 +770,9 @@ impl Writer {
                     )
                     .map(drop)?,
                 ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t)?,
+                ChangeBody::TimeCorrection(t) => {
+                    self.store_correction(c.actor, c.seq, c.hlc, t, true)?
+                }
             }
         }
         self.flush_readings()?;

@@ -186,6 +186,7 @@ async fn migrations_are_recorded_as_sqlx_recorded_them() {
         .close()
         .await;
     let (old_rows, new_rows) = (rows(&old), rows(&fresh));
-    assert_eq!(old_rows.len() as i64, supported_schema_version());
-    assert_eq!(new_rows, old_rows);
+    // The fixture was written at schema v2; later migrations are recorded after its rows.
+    assert_eq!(new_rows.len() as i64, supported_schema_version());
+    assert_eq!(new_rows[..old_rows.len()], old_rows[..]);
 }

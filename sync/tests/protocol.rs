@@ -902,6 +902,7 @@ fn change_strategy() -> impl Strategy<Value = Change> {
     )
     .prop_map(|m| {
         ChangeBody::Readings(ReadingBatch {
+            timing: None,
             series: m
                 .into_iter()
                 .map(|(name, pts)| SeriesPoints {
@@ -1095,7 +1096,7 @@ async fn throughput_100k_readings() {
         .iter()
         .map(|c| match &c.body {
             ChangeBody::Readings(b) => b.len(),
-            ChangeBody::Doc(_) | ChangeBody::Twin(_) => 0,
+            ChangeBody::Doc(_) | ChangeBody::Twin(_) | ChangeBody::TimeCorrection(_) => 0,
         })
         .sum();
     let cbor: usize = all.iter().map(|c| c.to_cbor().len()).sum();
@@ -1145,4 +1146,333 @@ async fn throughput_100k_readings() {
             out as f64 / cbor as f64
         );
     }
+}
+
+// ------------------------------------------------- readings timed by an untrusted clock
+
+async fn series_ts(store: &Store, series: &str) -> Vec<i64> {
+    let page = store
+        .range(&RangeQuery {
+            series: series.into(),
+            from: 0,
+            to: i64::MAX,
+            limit: 1000,
+            cursor: None,
+        })
+        .await;
+    match page {
+        Ok(page) => page.readings.iter().map(|r| r.ts).collect(),
+        Err(StoreError::UnknownSeries(_)) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Readings per minute of `series` in `[from, from + 1 h)`.
+async fn minute_counts(store: &Store, series: &str, from: i64) -> Vec<(i64, u64)> {
+    store
+        .aggregate(&AggregateQuery {
+            series: series.into(),
+            from,
+            to: from + 3_600_000,
+            bucket_ms: 60_000,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|b| (b.start, b.count))
+        .collect()
+}
+
+/// A Pi booted offline in 1970 samples readings (timed: boot id, wall − monotonic), syncs
+/// them to a hub as they are, then corrects them once it knows a trusted time. The
+/// correction reaches the hub and, through it, a third replica that receives the original
+/// readings change (rebuilt at its original times) and the correction: all three hold the
+/// readings at the corrected times, in the same order, with equal digests; rollups follow;
+/// readings of a trusted batch and of other series do not move; the original times stay
+/// visible in the timing records.
+#[tokio::test]
+async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms() as i64;
+    let hub = open_at(&dir, "hub.db", now as u64, true).await;
+    let pi = open_at(&dir, "pi.db", 65_000, false).await;
+    let boot = BootId([0x42; 16]);
+    // The boot clock read 60 s when the wall clock read 65 s (1970-01-01T00:01:05Z).
+    let timing = ReadingTiming {
+        boot_id: boot,
+        offset_ms: 5_000,
+    };
+    let mut untrusted = Vec::new();
+    for c in 0..3i64 {
+        let mut b = ReadingBatch::new();
+        for i in 0..20i64 {
+            let t = 65_000 + (c * 20 + i) * 1_000;
+            b.push("pi.temp", t, (c * 20 + i) as f64, Some("°C"));
+            untrusted.push(t);
+        }
+        b.timing = Some(timing);
+        pi.append(b).await.unwrap();
+        pi.put("pi/note", &serde_json::json!(c)).await.unwrap();
+    }
+    // A batch whose sender vouched for its times (no timing record) is never moved.
+    let mut vouched = ReadingBatch::new();
+    vouched.push("gps.temp", T0, 1.5, None);
+    pi.append(vouched).await.unwrap();
+    // Another boot's readings (that boot ended untrusted) are not this correction's.
+    let mut old_boot = ReadingBatch::new();
+    old_boot.push("old.temp", 1_000, 3.0, None);
+    old_boot.timing = Some(ReadingTiming {
+        boot_id: BootId([0x17; 16]),
+        offset_ms: 900,
+    });
+    pi.append(old_boot).await.unwrap();
+
+    sync_once(&pi, &hub).await;
+    assert_eq!(series_ts(&hub, "pi.temp").await, untrusted, "as sampled");
+    let open = hub
+        .reading_timing(Some("pi.temp".into()), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 3);
+    assert!(
+        open.iter()
+            .all(|(_, r)| r.delta_ms.is_none() && r.timing == timing)
+    );
+
+    // Retention does not take 1970 for their age: uncorrected readings wait.
+    let keep_a_day = RetentionPolicy {
+        series: vec![SeriesRetention {
+            pattern: "pi.temp".into(),
+            max_age_ms: Some(86_400_000),
+        }],
+        ..RetentionPolicy::default()
+    };
+    assert_eq!(hub.prune(&keep_a_day, now, 1000).await.unwrap().readings, 0);
+    assert_eq!(series_ts(&hub, "pi.temp").await, untrusted);
+
+    // The Pi learns the true time: now, when its boot clock reads 120 s.
+    let true_offset = now - 120_000;
+    let basis = TimeBasis::Peer(hub.actor());
+    let meta = pi
+        .correct_reading_times(boot, true_offset, basis)
+        .await
+        .unwrap()
+        .expect("a correction");
+    assert_eq!(meta.seq, 9, "after 3 batches, 3 notes, 2 more batches");
+    assert!(
+        pi.correct_reading_times(boot, true_offset, basis)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing left to correct"
+    );
+    let delta = true_offset - timing.offset_ms;
+    let corrected: Vec<i64> = untrusted.iter().map(|t| t + delta).collect();
+    assert_eq!(series_ts(&pi, "pi.temp").await, corrected);
+    assert_eq!(
+        series_ts(&pi, "gps.temp").await,
+        vec![T0],
+        "vouched: unmoved"
+    );
+    assert_eq!(series_ts(&pi, "old.temp").await, vec![1_000], "other boot");
+
+    sync_once(&pi, &hub).await;
+    assert_same(&[&hub, &pi]).await;
+    assert_eq!(series_ts(&hub, "pi.temp").await, corrected);
+    // Aggregates (rollups) follow: nothing left in 1970, 60 readings at the true time.
+    assert_eq!(minute_counts(&hub, "pi.temp", 0).await, vec![]);
+    let minutes = minute_counts(&hub, "pi.temp", now - 1_800_000).await;
+    assert_eq!(minutes.iter().map(|m| m.1).sum::<u64>(), 60, "{minutes:?}");
+    assert_eq!(
+        minute_counts(&pi, "pi.temp", now - 1_800_000).await,
+        minutes
+    );
+    assert_eq!(minute_counts(&pi, "pi.temp", 0).await, vec![]);
+    // Corrected, they are young: retention keeps them; the digest still holds.
+    assert_eq!(hub.prune(&keep_a_day, now, 1000).await.unwrap().readings, 0);
+    assert_eq!(series_ts(&hub, "pi.temp").await, corrected);
+    // History: the originals beside the correction.
+    let records = hub
+        .reading_timing(Some("pi.temp".into()), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 3);
+    for (k, (_, r)) in records.iter().enumerate() {
+        assert_eq!(r.actor, pi.actor());
+        assert_eq!(r.original_from_ms, 65_000 + k as i64 * 20_000);
+        assert_eq!(r.original_to_ms, 65_000 + k as i64 * 20_000 + 19_000);
+        assert_eq!((r.delta_ms, r.corrected_by), (Some(delta), Some(9)));
+    }
+    let old = hub
+        .reading_timing(Some("old.temp".into()), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(old[0].1.delta_ms, None, "visibly uncorrected");
+
+    // A replica that never saw the 1970 state gets the original change and the correction.
+    let late = open_at(&dir, "late.db", now as u64, true).await;
+    sync_once(&late, &hub).await;
+    assert_same(&[&hub, &pi, &late]).await;
+    assert_eq!(series_ts(&late, "pi.temp").await, corrected);
+    let rebuilt = hub
+        .changes_since(&VersionVector::default(), 1 << 20)
+        .await
+        .unwrap();
+    let first = rebuilt
+        .iter()
+        .find(|c| c.actor == pi.actor() && c.seq == 1)
+        .unwrap();
+    match &first.body {
+        ChangeBody::Readings(b) => {
+            assert_eq!(b.series[0].ts, untrusted[..20].to_vec(), "as made");
+            assert_eq!(b.timing, Some(timing));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A day later they age out like any readings, found at their corrected times.
+    let later = hub
+        .prune(&keep_a_day, now + 2 * 86_400_000, 1000)
+        .await
+        .unwrap();
+    assert!(later.readings >= 60, "{later:?}");
+    assert!(series_ts(&hub, "pi.temp").await.is_empty());
+    assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
+}
+
+/// Only the actor that sampled readings corrects them: a correction names its own actor's
+/// seqs, so a change claiming to correct another actor's readings moves nothing of theirs.
+#[tokio::test]
+async fn a_correction_moves_only_its_own_actors_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms() as i64;
+    let hub = open_at(&dir, "hub.db", now as u64, true).await;
+    let a = open_at(&dir, "a.db", 65_000, false).await;
+    let b = open_at(&dir, "b.db", 65_000, false).await;
+    let boot = BootId([1; 16]);
+    for s in [&a, &b] {
+        let mut batch = ReadingBatch::new();
+        batch.push("t", 65_000, 1.0, None);
+        batch.timing = Some(ReadingTiming {
+            boot_id: boot,
+            offset_ms: 0,
+        });
+        s.append(batch).await.unwrap();
+        sync_once(s, &hub).await;
+    }
+    b.correct_reading_times(boot, 1_000_000, TimeBasis::LocalClock)
+        .await
+        .unwrap()
+        .unwrap();
+    sync_once(&b, &hub).await;
+    let mut ts = series_ts(&hub, "t").await;
+    ts.sort();
+    assert_eq!(ts, vec![65_000, 1_000_000 + 65_000], "a's reading unmoved");
+    sync_once(&a, &hub).await;
+    assert_same(&[&hub, &a, &b]).await;
+}
+
+// ------------------------------------------------------------------- peer roles
+
+/// One one-shot session `initiator` → `responder`, the responder treating the credential
+/// as `role`.
+async fn sync_as(
+    initiator: &Store,
+    responder: &Store,
+    role: PeerRole,
+) -> (SessionResult, SessionResult, StatsSnapshot) {
+    let ((i_tx, i_rx), (r_tx, r_rx)) = memory_link(8);
+    let cfg = config(SessionMode::OneShot);
+    let i = SyncSession::initiator(
+        initiator.clone(),
+        SyncConfig {
+            token: Some(TOKEN.into()),
+            peer_name: "initiator".into(),
+            ..cfg.clone()
+        },
+    );
+    let r = SyncSession::responder(responder.clone(), cfg, auth()).with_peer_role(role);
+    let stats = r.stats();
+    let (_stop, rx) = watch::channel(false);
+    let ih = tokio::spawn(i.run(i_tx, i_rx, stopped(rx.clone())));
+    let rh = tokio::spawn(r.run(r_tx, r_rx, stopped(rx)));
+    let i = timeout(DEADLINE, ih).await.unwrap().unwrap();
+    let r = timeout(DEADLINE, rh).await.unwrap().unwrap();
+    (i, r, stats.snapshot())
+}
+
+/// A device credential may send only its own actor's changes: another device's changes it
+/// holds (relayed, or forged) are refused and counted, nothing of them is stored, and its
+/// own changes in the same pages apply. A second actor presenting the same credential (a
+/// copied token) is refused at the handshake, naming both actors. A hub credential relays.
+#[tokio::test]
+async fn a_device_credential_sends_only_its_own_actors_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, hub) = (
+        open(&dir, "a.db").await,
+        open(&dir, "b.db").await,
+        open(&dir, "hub.db").await,
+    );
+    readings(&b, "b.temp", 0, 3, 10).await;
+    // A holds B's changes (they met directly), and its own.
+    sync_once(&b, &a).await;
+    readings(&a, "a.temp", 0, 4, 10).await;
+    a.put("a/state", &serde_json::json!("on")).await.unwrap();
+
+    let (i, r, stats) = sync_as(&a, &hub, PeerRole::Device).await;
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    assert_eq!(
+        hub.version_vector().get(&a.actor()),
+        5,
+        "A's own changes apply"
+    );
+    assert_eq!(hub.version_vector().get(&b.actor()), 0, "B's are refused");
+    assert!(series_ts(&hub, "b.temp").await.is_empty());
+    assert_eq!(stats.changes_refused, 3);
+    assert_eq!(stats.role, Some(PeerRole::Device));
+    assert_eq!(stats.bound_actor, Some(a.actor()));
+    let refusal = stats.last_refusal.unwrap();
+    assert_eq!(refusal.code, "foreign_actor");
+    assert!(
+        refusal.message.contains(&b.actor().to_string()) && refusal.message.contains("\"peer\""),
+        "{}",
+        refusal.message
+    );
+    assert_eq!(
+        hub.credential_bindings().await.unwrap(),
+        vec![("peer".to_owned(), a.actor())]
+    );
+    assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
+
+    // B presents A's credential: refused, naming both, nothing stored.
+    let before = hub.version_vector();
+    let (_, r, _) = sync_as(&b, &hub, PeerRole::Device).await;
+    match r {
+        Err(ProtocolError::CredentialBound {
+            principal,
+            bound,
+            presented,
+        }) => {
+            assert_eq!(
+                (principal.as_str(), bound, presented),
+                ("peer", a.actor(), b.actor())
+            );
+        }
+        other => panic!("expected credential_bound, got {other:?}"),
+    }
+    assert_eq!(hub.version_vector(), before);
+    // The binding survives a restart of the hub's store.
+    let hub_path = dir.path().join("hub.db");
+    hub.close().await;
+    let hub = Store::open(&hub_path, StoreConfig::default())
+        .await
+        .unwrap();
+    let (_, r, _) = sync_as(&b, &hub, PeerRole::Device).await;
+    assert_eq!(r.unwrap_err().code(), "credential_bound");
+
+    // As a hub credential, A relays B's changes.
+    let (i, r, stats) = sync_as(&a, &hub, PeerRole::Hub).await;
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    assert_eq!(stats.changes_refused, 0);
+    assert_same(&[&a, &hub]).await;
+    assert_eq!(hub.version_vector().get(&b.actor()), 3);
 }

@@ -198,3 +198,90 @@ async fn a_device_a_year_ahead_is_quarantined_and_others_keep_syncing() {
         "{hub_st}"
     );
 }
+
+/// A device booted offline in 1970 samples a sim source; its batches carry timing records.
+/// Once it meets the hub (trusted time in the handshake) it corrects them: on the device
+/// and on the hub the readings sit at today's time, and the timing records keep the 1970
+/// originals beside the correction.
+#[tokio::test]
+async fn readings_sampled_in_1970_are_corrected_on_the_device_and_the_hub() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let started = real_now_ms() as i64;
+    let hub = hub();
+    let dev = Agent::builder()
+        .config(&format!(
+            "device_twin = false\n[[sources]]\nkind = \"sim\"\nname = \"sim\"\ninterval = \"200ms\"\n[ingest]\nbatch_max_age = \"500ms\"\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            hub.url()
+        ))
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "@1970-01-02 00:00:00")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    let one_day = 86_400_000i64;
+    let corrected = |v: &Value| -> Vec<Value> {
+        v["timing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "corrected")
+            .cloned()
+            .collect()
+    };
+    let on_hub = eventually(DEADLINE, "corrected 1970 batches at the hub", || async {
+        let (_, v) = get_json(&c, &hub.at("/v1/readings/timing?series=sim.temperature")).await;
+        let done = corrected(&v);
+        (done.len() >= 3).then_some(done)
+    })
+    .await;
+    let now = real_now_ms() as i64;
+    for r in &on_hub {
+        let original = r["original_from"].as_i64().unwrap();
+        assert!(
+            (one_day..2 * one_day).contains(&original),
+            "sampled on 1970-01-02: {r}"
+        );
+        let from = r["corrected_from"].as_i64().unwrap();
+        let to = r["corrected_to"].as_i64().unwrap();
+        assert!(
+            from >= started - 5_000 && to <= now + 5_000,
+            "corrected to the real time of sampling ({started}..{now}): {r}"
+        );
+        assert_eq!(r["delta_ms"].as_i64().unwrap(), from - original, "{r}");
+        // The readings are at the corrected time on the hub…
+        let (s, page) = get_json(
+            &c,
+            &hub.at(&format!(
+                "/v1/readings?series=sim.temperature&from={from}&to={}",
+                to + 1
+            )),
+        )
+        .await;
+        assert_eq!(s, 200, "{page}");
+        assert!(
+            page["readings"].as_array().unwrap().len() as u64 >= r["count"].as_u64().unwrap(),
+            "{r} {page}"
+        );
+        // …and the device made the same correction of the same batch.
+        let (_, dv) = get_json(&c, &dev.at("/v1/readings/timing?series=sim.temperature")).await;
+        let same = dv["timing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["seq"] == r["seq"])
+            .unwrap_or_else(|| panic!("seq {} on the device: {dv}", r["seq"]))
+            .clone();
+        assert_eq!(same["delta_ms"], r["delta_ms"], "{same} {r}");
+        assert_eq!(same["corrected_by"], r["corrected_by"], "{same} {r}");
+    }
+    // The device's readings of those batches are no longer in 1970.
+    let first = on_hub[0]["corrected_from"].as_i64().unwrap();
+    let (_, page) = get_json(
+        &c,
+        &dev.at(&format!(
+            "/v1/readings?series=sim.temperature&from={first}&limit=5"
+        )),
+    )
+    .await;
+    assert!(!page["readings"].as_array().unwrap().is_empty(), "{page}");
+}

@@ -18,6 +18,7 @@ mod harness;
 mod proxy;
 mod reload;
 mod retention;
+mod roles;
 mod security;
 mod sources;
 mod sync;

@@ -355,6 +355,7 @@ mod tests {
             name: name.into(),
             fingerprint: hex::encode([byte; 32]),
             scopes,
+            role: Default::default(),
         };
         let certs = [
             cert("ops-laptop", 1, vec![Scope::Admin]),

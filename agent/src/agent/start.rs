@@ -154,10 +154,18 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
         max_readings: config.ingest.batch_max_readings,
         max_age: config.ingest.batch_max_age,
     };
+    let timer = crate::sample_timing::SampleTimer::new(agent.store.time_reference());
     let batcher = tokio::spawn(
         Batcher::new(agent.store.clone(), limits, agent.metrics.clone())
+            .with_timer(timer.clone())
             .run(queue.clone(), give_up.clone()),
     );
+    // Corrects readings sampled under an untrusted clock once a trusted time is known.
+    tokio::spawn(crate::sample_timing::correction_loop(
+        timer,
+        agent.store.clone(),
+        agent.shutdown.child_token(),
+    ));
     let sources = Sources::start(built, &agent, &queue);
     // Re-assesses the wall clock (assessed once in setup) until shutdown.
     tokio::spawn(crate::clock::clock_loop(

@@ -65,7 +65,14 @@ async fn ingest(
 ) -> Result<serde_json::Value, ApiError> {
     let format = Format::of_body(headers)?;
     let body = read_body(body, state.max_body_bytes)?;
-    let batch = decode_batch(format, &body, now_ms())?;
+    let now = now_ms();
+    let mut batch = decode_batch(format, &body, now)?;
+    // Readings stamped by the agent's clock (no `ts` given) while that clock is not
+    // trusted carry a timing record, to be corrected later (docs/clock.md).
+    if batch.series.iter().all(|s| s.ts.iter().all(|&t| t == now)) {
+        batch.timing =
+            crate::sample_timing::SampleTimer::new(state.store.time_reference()).timing_now();
+    }
     let count = batch.len();
     let started = Instant::now();
     let change = state.store.append(batch).await?;
@@ -135,6 +142,7 @@ impl Body {
                 batch
             }
             Body::Columns(series) => ReadingBatch {
+                timing: None,
                 series: series
                     .into_iter()
                     .map(|c| SeriesPoints {

@@ -187,7 +187,15 @@ fn routes_document() -> Value {
                     "last_sync_ms": {"type": "integer", "nullable": true},
                     "lag_to_peer": {"type": "integer"}, "lag_from_peer": {"type": "integer"},
                     "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"},
-                    "last_error": {"type": "object", "nullable": true}}});
+                    "last_error": {"type": "object", "nullable": true},
+                    "role": {"type": "string", "enum": ["device", "hub"], "nullable": true, "description": "inbound: the role of the credential"},
+                    "bound_actor": {"type": "string", "nullable": true, "description": "inbound device credential: the actor it is bound to"},
+                    "changes_refused": {"type": "integer", "description": "changes of other actors a device credential sent: refused"},
+                    "last_refusal": {"type": "object", "nullable": true}}});
+    let credential_schema = json!({"type": "object", "properties": {
+                    "name": {"type": "string"}, "kind": {"type": "string", "enum": ["token", "certificate"]},
+                    "role": {"type": "string", "enum": ["device", "hub"]},
+                    "bound_actor": {"type": "string", "nullable": true}}});
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -241,6 +249,19 @@ fn routes_document() -> Value {
             "/v1/readings/latest": { "get": op("Latest reading of each series", vec![
                 query("series", "Comma list of series (default every series)"),
             ], responses("200", ok("Latest readings", json!({"type": "object", "properties": {"latest": {"type": "array", "items": schema_ref("LatestReading")}}})), &[ErrorCode::UnknownSeries, ErrorCode::Unavailable])) },
+            "/v1/readings/timing": { "get": op("Readings batches sampled while their device's clock was not trusted: original time span, and the correction once the device knew a trusted time (see docs/clock.md)", vec![
+                query("series", "Only batches holding this series (counts and spans are then that series')"),
+                query("after", "`next_after` of the previous page (default: the beginning)"),
+                query("limit", "Most records (default 1000, at most 10000)"),
+            ], responses("200", ok("Timing records", json!({"type": "object", "properties": {
+                "timing": {"type": "array", "items": {"type": "object", "properties": {
+                    "position": {"type": "integer"}, "actor": {"type": "string"}, "seq": {"type": "integer"},
+                    "boot_id": {"type": "string"}, "offset_ms": {"type": "integer", "description": "wall clock minus the boot's monotonic clock when sampled"},
+                    "count": {"type": "integer"}, "original_from": {"type": "integer"}, "original_to": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["uncorrected", "corrected"]},
+                    "delta_ms": {"type": "integer", "nullable": true}, "corrected_by": {"type": "integer", "nullable": true, "description": "seq of the correcting change (same actor)"},
+                    "corrected_from": {"type": "integer", "nullable": true}, "corrected_to": {"type": "integer", "nullable": true}}}},
+                "next_after": {"type": "integer", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) },
             "/v1/docs": { "get": op("Live documents by key prefix, in key order", vec![
                 query("prefix", "Key prefix (default all)"),
                 query("as_of", &format!("List as of {AS_OF}")),
@@ -374,8 +395,8 @@ fn routes_document() -> Value {
                 responses("200", json!({"description": "The backup file (`application/vnd.kdelta.backup`; `Content-Disposition` suggests a file name)",
                     "content": {"application/vnd.kdelta.backup": {"schema": {"type": "string", "format": "binary"}}}}),
                     &[ErrorCode::Unavailable, ErrorCode::Internal])) },
-            "/v1/sync/peers": { "get": op("Sync peers (configured outbound and connected inbound): connection, phase, last success, lag in changes per direction, bytes in/out, last error", vec![],
-                responses("200", ok("Peers", json!({"type": "object", "properties": {"peers": {"type": "array", "items": peer_schema}}})), &[])) },
+            "/v1/sync/peers": { "get": op("Sync peers (configured outbound and connected inbound): connection, phase, last success, lag in changes per direction, bytes in/out, last error, role and refusals; and every accepted credential with its role and bound actor", vec![],
+                responses("200", ok("Peers", json!({"type": "object", "properties": {"peers": {"type": "array", "items": peer_schema}, "credentials": {"type": "array", "items": credential_schema}}})), &[ErrorCode::Unavailable])) },
         },
         "components": { "schemas": schemas() },
     })
@@ -460,7 +481,7 @@ fn schemas() -> Value {
         "TwinChangeInfo": {"type": "object", "properties": {"actor": actor, "seq": i, "hlc": hlc,
             "paths": {"type": "array", "items": {"type": "string", "description": "JSON pointer"}}, "truncated": {"type": "boolean"}}},
         "ChangeEvent": {"type": "object", "properties": {"local_id": i, "actor": actor, "seq": i, "hlc": hlc, "remote": {"type": "boolean"},
-            "kind": {"type": "string", "enum": ["readings", "doc", "twin"]}, "series": {"type": "array", "items": s}, "count": i,
+            "kind": {"type": "string", "enum": ["readings", "doc", "twin", "time_correction"]}, "series": {"type": "array", "items": s}, "count": i,
             "key": s, "deleted": {"type": "boolean"}}},
         "SourceStatus": {"type": "object", "properties": {"name": s, "kind": s, "interval_ms": i,
             "last_reading_ms": {"type": "integer", "nullable": true}, "readings": i,

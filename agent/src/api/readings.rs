@@ -1,5 +1,7 @@
 //! Reading queries: `GET /v1/series`, `GET /v1/readings` (raw range, paged by cursor),
-//! `GET /v1/readings/aggregate` (time buckets) and `GET /v1/readings/latest`. Read-only.
+//! `GET /v1/readings/aggregate` (time buckets), `GET /v1/readings/latest` and
+//! `GET /v1/readings/timing` (batches sampled under an untrusted clock, original times and
+//! corrections). Read-only.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -69,6 +71,60 @@ pub async fn range(
     };
     let page = state.store.range(&rq).await?;
     Ok(reply.ok(&page))
+}
+
+/// Query string of `GET /v1/readings/timing`.
+#[derive(Debug, Deserialize)]
+pub struct TimingParams {
+    series: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /v1/readings/timing?series&after&limit`: the timing records of readings batches
+/// sampled while their device's clock was not trusted — original time span, the correction
+/// once its actor knew a trusted time (`delta_ms`, `corrected_by`) and the corrected span —
+/// in local order after position `after`; `next_after` pages on.
+pub async fn timing(
+    State(state): State<Agent>,
+    Accept(reply): Accept,
+    q: Result<Query<TimingParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = query(q)?;
+    let after = match p.after.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => s
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("`after`: {s:?} is not a position")))?,
+        None => 0,
+    };
+    let limit = limit("limit", &p.limit, DEFAULT_LIMIT, 10_000)?;
+    let series = p.series.filter(|s| !s.is_empty());
+    let records = state.store.reading_timing(series, after, limit).await?;
+    let next_after = (records.len() == limit)
+        .then(|| records.last().map(|r| r.0))
+        .flatten();
+    let timing: Vec<Value> = records
+        .iter()
+        .map(|(position, r)| {
+            let shift = |t: i64| r.delta_ms.map(|d| t + d);
+            json!({
+                "position": position,
+                "actor": r.actor.to_string(),
+                "seq": r.seq,
+                "boot_id": r.timing.boot_id.to_string(),
+                "offset_ms": r.timing.offset_ms,
+                "count": r.count,
+                "original_from": r.original_from_ms,
+                "original_to": r.original_to_ms,
+                "state": if r.delta_ms.is_some() { "corrected" } else { "uncorrected" },
+                "delta_ms": r.delta_ms,
+                "corrected_by": r.corrected_by,
+                "corrected_from": shift(r.original_from_ms),
+                "corrected_to": shift(r.original_to_ms),
+            })
+        })
+        .collect();
+    Ok(reply.ok(&json!({ "timing": timing, "next_after": next_after })))
 }
 
 /// Query string of `GET /v1/readings/aggregate`.

@@ -48,6 +48,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
             get(readings::aggregate),
         ),
         (Method::GET, "/v1/readings/latest", get(readings::latest)),
+        (Method::GET, "/v1/readings/timing", get(readings::timing)),
         (Method::GET, "/v1/docs", get(docs::list)),
         (Method::GET, "/v1/docs/{key}", get(docs::get)),
         (Method::PUT, "/v1/docs/{key}", put(docs::put)),

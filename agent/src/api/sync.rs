@@ -88,8 +88,12 @@ pub async fn sync_socket(
 }
 
 /// `GET /v1/sync/peers`: every configured or connected peer.
-pub async fn list_peers(State(state): State<Agent>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "peers": state.peers.status(&state.store) }))
+pub async fn list_peers(State(state): State<Agent>) -> Result<Json<serde_json::Value>, ApiError> {
+    let bindings = state.store.credential_bindings().await?;
+    Ok(Json(serde_json::json!({
+        "peers": state.peers.status(&state.store),
+        "credentials": state.peers.credentials(&bindings),
+    })))
 }
 
 /// Query of `POST /v1/sync/now`.

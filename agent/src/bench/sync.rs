@@ -145,6 +145,7 @@ async fn run(
         accept_tokens: vec![AcceptToken {
             name: "device".into(),
             token: TOKEN.into(),
+            role: Default::default(),
         }],
         page_bytes: args.page_bytes,
         ..SyncSection::default()

@@ -55,6 +55,32 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    // Accepted credentials: role, and the actor a device credential is bound to.
+    let credentials: Vec<Vec<String>> = array(&answer, &["credentials"])
+        .iter()
+        .map(|c| {
+            let field = |k: &str| c.get(k).cloned().unwrap_or(Value::Null);
+            let refused: u64 = array(&answer, &["peers"])
+                .iter()
+                .filter(|p| p.get("name") == c.get("name"))
+                .filter_map(|p| p.get("changes_refused").and_then(Value::as_u64))
+                .sum();
+            vec![
+                cell(&field("name"), 24),
+                cell(&field("kind"), 11),
+                cell(&field("role"), 6),
+                cell(&field("bound_actor"), 32),
+                refused.to_string(),
+            ]
+        })
+        .collect();
+    if !credentials.is_empty() {
+        println!();
+        table(
+            &["CREDENTIAL", "KIND", "ROLE", "BOUND ACTOR", "REFUSED"],
+            &credentials,
+        );
+    }
     Ok(())
 }
 

@@ -316,6 +316,7 @@ mod tests {
                 name: "dev".into(),
                 fingerprint: "ab".repeat(32),
                 scopes: vec![],
+                role: Default::default(),
             }];
         };
         assert_eq!(with(&certs).as_deref(), Some("sync.accept_certs"));

@@ -49,6 +49,8 @@ pub struct PeerSample {
     pub bytes_out: u64,
     /// Changes received from the peer and held back for timestamps too far ahead.
     pub quarantined: u64,
+    /// Changes received from a `device` credential on behalf of another actor: refused.
+    pub refused: u64,
 }
 
 /// Sync sessions with other agents and the listener's TLS handshakes (registered by
@@ -135,6 +137,7 @@ impl Metrics {
                     m.bytes_in = m.bytes_in.saturating_add(s.bytes_in);
                     m.bytes_out = m.bytes_out.saturating_add(s.bytes_out);
                     m.quarantined = m.quarantined.saturating_add(s.quarantined);
+                    m.refused = m.refused.saturating_add(s.refused);
                 }
             }
         }
@@ -183,7 +186,7 @@ impl Collector for PeerCollector {
                 ConstGauge::new(v).encode(family.encode_family(l)?)?;
             }
         }
-        let counters: [(&str, &str, Field); 3] = [
+        let counters: [(&str, &str, Field); 4] = [
             (
                 "sync_peer_bytes_in",
                 "Sync bytes received from the peer (outbound: since start; inbound: sessions still listed)",
@@ -198,6 +201,11 @@ impl Collector for PeerCollector {
                 "sync_changes_quarantined",
                 "Changes received from the peer and held back because their timestamps ran too far ahead of every trusted time source (offered again next session)",
                 |s| s.quarantined,
+            ),
+            (
+                "sync_changes_refused",
+                "Changes a peer with a device credential sent on behalf of another actor: refused, nothing stored (see docs/security.md)",
+                |s| s.refused,
             ),
         ];
         for (name, help, field) in counters {
@@ -224,6 +232,7 @@ mod tests {
             bytes_in,
             bytes_out: 7,
             quarantined: 0,
+            refused: 0,
         }
     }
 

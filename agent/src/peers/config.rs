@@ -10,7 +10,7 @@ use tokio_rustls::rustls::ClientConfig;
 use crate::section::{InvalidValue, refuse};
 use crate::tls::{ClientAuth, TlsError};
 
-use kdelta_sync::protocol::{Compression, DEFAULT_PAGE_BYTES};
+use kdelta_sync::protocol::{Compression, DEFAULT_PAGE_BYTES, PeerRole};
 
 /// `[sync]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,11 @@ pub struct AcceptToken {
     pub name: String,
     /// The bearer token it must present.
     pub token: String,
+    /// `device` (may send only its own actor's changes; bound to the first actor that uses
+    /// it) or `hub` (may relay others' changes). Unset: `hub`, as before roles existed, with
+    /// a warning at start. See `docs/security.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<PeerRole>,
 }
 
 impl std::fmt::Debug for AcceptToken {
@@ -56,6 +61,7 @@ impl std::fmt::Debug for AcceptToken {
         f.debug_struct("AcceptToken")
             .field("name", &self.name)
             .field("token", &"<redacted>")
+            .field("role", &self.role)
             .finish()
     }
 }
@@ -73,6 +79,9 @@ pub struct AcceptCert {
     /// `name`. Empty (the default): the certificate is accepted for `/v1/sync` only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<crate::scope::Scope>,
+    /// `device` or `hub`, as for [`AcceptToken::role`] (unset: `hub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<PeerRole>,
 }
 
 impl AcceptCert {
@@ -367,6 +376,7 @@ mod tests {
     #[test]
     fn accept_certs_validation() {
         let cert = |name: &str, fp: &str| AcceptCert {
+            role: None,
             name: name.into(),
             fingerprint: fp.into(),
             scopes: vec![],

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::ws::WebSocket;
 use futures::StreamExt;
 use kdelta_sync::protocol::{
-    Authenticator, Direction, PeerCredentials, SessionStats, SyncConfig, SyncSession,
+    Authenticator, Direction, PeerCredentials, PeerRole, SessionStats, SyncConfig, SyncSession,
 };
 use kdelta_sync::{ActorId, Store};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,8 @@ pub struct InboundPeer {
     epoch: CancellationToken,
     /// The credential's configured name (token or certificate), for per-peer limits.
     principal: String,
+    /// What the credential may send (`device`: its own actor's changes only).
+    role: PeerRole,
 }
 
 /// Decides whether a peer presenting `client_cert` (verified by the TLS listener) and
@@ -92,10 +94,12 @@ pub fn admit(
             }
         }
     };
+    let role = inbound.role(&principal);
     Ok(InboundPeer {
         auth,
         session: inbound.session,
         epoch: inbound.epoch,
+        role,
         principal,
     })
 }
@@ -134,8 +138,9 @@ impl InboundPeer {
         let stats = Arc::new(SessionStats::new());
         registry.add_inbound(stats.clone());
         let (sink, source) = socket.split();
-        let session =
-            SyncSession::responder(store, self.session, self.auth).with_stats(stats.clone());
+        let session = SyncSession::responder(store, self.session, self.auth)
+            .with_peer_role(self.role)
+            .with_stats(stats.clone());
         let epoch = self.epoch;
         let result = session
             .run(WsSink::new(sink), WsSource(source), async move {
@@ -165,7 +170,8 @@ impl InboundPeer {
                     direction: Direction::Inbound,
                     peer: &peer,
                     url: None,
-                    refused: e.code() == "unauthorized",
+                    // A device credential presented by a second actor is a credential refusal.
+                    refused: matches!(e.code(), "unauthorized" | "credential_bound"),
                     error: &e,
                 }
                 .emit(&metrics);

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use kdelta_sync::Store;
 use kdelta_sync::protocol::{
-    Compression, Direction, LastError, SessionStats, StatsSnapshot, SyncConfig, TokenAuthenticator,
+    Compression, Direction, LastError, PeerRole, SessionStats, StatsSnapshot, SyncConfig,
+    TokenAuthenticator,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,8 @@ struct Settings {
     auth: Option<Arc<TokenAuthenticator>>,
     /// `[[sync.accept_certs]]`: `(name, SHA-256 fingerprint)`.
     accept_certs: Arc<Vec<(String, [u8; 32])>>,
+    /// The role of every accepted credential, by name (tokens and certificates).
+    roles: Arc<Vec<(String, PeerRole)>>,
     /// Cancelled when the accepted tokens or certificates change: inbound sessions end and
     /// their peers reconnect under the new settings (a removed credential must not keep a
     /// session alive).
@@ -79,10 +82,26 @@ impl Settings {
             .iter()
             .filter_map(|c| Some((c.name.clone(), c.fingerprint_bytes().ok()?)))
             .collect();
+        let roles = section
+            .accept_tokens
+            .iter()
+            .map(|t| (t.name.clone(), t.role))
+            .chain(section.accept_certs.iter().map(|c| (c.name.clone(), c.role)))
+            .map(|(name, role)| {
+                if role.is_none() {
+                    tracing::warn!(
+                        credential = %name,
+                        "sync credential {name:?} has no role: treated as \"hub\" (may relay any actor's changes, as before roles existed); set role = \"device\" for a single device (docs/security.md)"
+                    );
+                }
+                (name, role.unwrap_or(PeerRole::Hub))
+            })
+            .collect();
         Settings {
             session,
             auth,
             accept_certs: Arc::new(accept_certs),
+            roles: Arc::new(roles),
             inbound_epoch: CancellationToken::new(),
         }
     }
@@ -95,6 +114,8 @@ pub(crate) struct InboundSettings {
     pub auth: Option<Arc<TokenAuthenticator>>,
     /// `[[sync.accept_certs]]`: `(name, SHA-256 fingerprint)`.
     pub accept_certs: Arc<Vec<(String, [u8; 32])>>,
+    /// Every accepted credential's role, by name.
+    pub roles: Arc<Vec<(String, PeerRole)>>,
     /// Cancelled when the accepted tokens or certificates change.
     pub epoch: CancellationToken,
 }
@@ -103,6 +124,14 @@ impl InboundSettings {
     /// True when some inbound peer could be accepted (a token or a certificate is configured).
     pub fn enabled(&self) -> bool {
         self.auth.is_some() || !self.accept_certs.is_empty()
+    }
+
+    /// The role of the accepted credential `name` (`device` if unknown: the narrower).
+    pub fn role(&self, name: &str) -> PeerRole {
+        self.roles
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(PeerRole::Device, |(_, r)| *r)
     }
 
     /// The `[[sync.accept_certs]]` name of a verified client certificate, if it is allowed.
@@ -191,6 +220,7 @@ impl Registry {
             session: settings.session.clone(),
             auth: settings.auth.clone(),
             accept_certs: settings.accept_certs.clone(),
+            roles: settings.roles.clone(),
             epoch: settings.inbound_epoch.clone(),
         }
     }
@@ -339,6 +369,55 @@ impl Registry {
     }
 }
 
+/// One accepted sync credential in `GET /v1/sync/peers` (`credentials`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialStatus {
+    /// Its configured name.
+    pub name: String,
+    /// `token` or `certificate`.
+    pub kind: &'static str,
+    /// `device` or `hub`.
+    pub role: PeerRole,
+    /// The actor a `device` credential is bound to (`null` until first used).
+    pub bound_actor: Option<String>,
+}
+
+impl Registry {
+    /// Every accepted credential with its role and binding (`bindings`: the store's).
+    pub fn credentials(
+        &self,
+        bindings: &[(String, kdelta_sync::ActorId)],
+    ) -> Vec<CredentialStatus> {
+        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        let certs: Vec<&str> = settings
+            .accept_certs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        settings
+            .roles
+            .iter()
+            .map(|(name, role)| CredentialStatus {
+                name: name.clone(),
+                kind: if certs.contains(&name.as_str()) {
+                    "certificate"
+                } else {
+                    "token"
+                },
+                role: *role,
+                bound_actor: (*role == PeerRole::Device)
+                    .then(|| {
+                        bindings
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, a)| a.to_string())
+                    })
+                    .flatten(),
+            })
+            .collect()
+    }
+}
+
 impl Registry {
     /// Every peer's figures for the Prometheus per-peer families.
     pub fn metric_samples(&self, store: &Store) -> Vec<crate::metrics::PeerSample> {
@@ -353,6 +432,7 @@ impl Registry {
                 bytes_in: p.stats.bytes_in,
                 bytes_out: p.stats.bytes_out,
                 quarantined: p.stats.changes_quarantined,
+                refused: p.stats.changes_refused,
             })
             .collect()
     }
@@ -364,6 +444,7 @@ mod tests {
 
     fn token(name: &str, token: &str) -> AcceptToken {
         AcceptToken {
+            role: Default::default(),
             name: name.into(),
             token: token.into(),
         }

@@ -3,6 +3,10 @@
 //! reading has waited `ingest.batch_max_age`. One batch is one change in the store, so
 //! batching is what keeps the change log small and commits cheap.
 //!
+//! While the wall clock is not trusted, readings are timed as they are taken off the queue
+//! (`sample_timing.rs`) and a batch holds readings of one timing only (a clock step splits
+//! it), so each batch's timing record says exactly how its readings were stamped.
+//!
 //! A batch is cleaned before it is committed (non-finite values and bad series names are
 //! dropped and counted; two readings of one series at one millisecond keep the later one)
 //! because the store refuses a batch as a whole, and one odd reading must not cost the rest.
@@ -12,13 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kdelta_sync::{ReadingBatch, SeriesPoints, Store, StoreError, validate_series_name};
+use kdelta_sync::{
+    ReadingBatch, ReadingTiming, SeriesPoints, Store, StoreError, validate_series_name,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{IngestQueue, Queued};
 use crate::internal_events::{IngestCommitted, IngestRejected, InternalEvent, ReadingsDropped};
 use crate::metrics::Metrics;
+use crate::sample_timing::{SAME_TIMING_MS, SampleTimer};
 
 /// Where batches go: the store, or a recorder in tests.
 pub trait BatchSink: Send + Sync + 'static {
@@ -49,6 +56,8 @@ pub struct Batcher<S> {
     sink: S,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
+    /// Times readings while the clock is untrusted; `None`: never (tests, no boot id).
+    timer: Option<Arc<SampleTimer>>,
 }
 
 impl<S: BatchSink> Batcher<S> {
@@ -61,7 +70,25 @@ impl<S: BatchSink> Batcher<S> {
                 ..limits
             },
             metrics,
+            timer: None,
         }
+    }
+
+    /// Times the readings it takes while the wall clock is untrusted.
+    pub fn with_timer(mut self, timer: Arc<SampleTimer>) -> Self {
+        self.timer = Some(timer);
+        self
+    }
+
+    /// The timing of each of `items` (taken off the queue now).
+    fn time(&self, items: &[Queued], out: &mut Vec<Option<ReadingTiming>>) {
+        let timing = self.timer.as_ref().and_then(|t| t.timing_now());
+        let wall = crate::time::now_ms();
+        out.extend(
+            items
+                .iter()
+                .map(|q| timing.filter(|_| SampleTimer::locally_timed(q.reading.ts_ms, wall))),
+        );
     }
 
     /// Runs until `queue` is closed and drained, committing everything it held. `give_up`
@@ -73,6 +100,7 @@ impl<S: BatchSink> Batcher<S> {
         give_up: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut pending: Vec<Queued> = Vec::with_capacity(self.limits.max_readings);
+        let mut timings: Vec<Option<ReadingTiming>> = Vec::with_capacity(self.limits.max_readings);
         let mut deadline: Option<Instant> = None;
         loop {
             let room = self.limits.max_readings - pending.len();
@@ -80,39 +108,55 @@ impl<S: BatchSink> Batcher<S> {
                 n = queue.pop_into(&mut pending, room) => Some(n),
                 _ = sleep_until(deadline), if deadline.is_some() => None,
             };
+            if let Some(n) = popped.filter(|n| *n > 0) {
+                self.time(&pending[pending.len() - n..], &mut timings);
+            }
             match popped {
                 Some(0) => {
-                    self.flush(&mut pending, &give_up).await?;
+                    self.flush(&mut pending, &mut timings, &give_up).await?;
                     return Ok(());
                 }
                 Some(_) => {
                     deadline.get_or_insert_with(|| Instant::now() + self.limits.max_age);
                     if pending.len() >= self.limits.max_readings {
-                        self.flush(&mut pending, &give_up).await?;
+                        self.flush(&mut pending, &mut timings, &give_up).await?;
                         deadline = None;
                     }
                 }
                 None => {
-                    self.flush(&mut pending, &give_up).await?;
+                    self.flush(&mut pending, &mut timings, &give_up).await?;
                     deadline = None;
                 }
             }
         }
     }
 
-    /// Commits `pending` (emptying it), retrying transient failures.
+    /// Commits `pending` (emptying it, and `timings` beside it), one batch per timing.
     async fn flush(
         &self,
         pending: &mut Vec<Queued>,
+        timings: &mut Vec<Option<ReadingTiming>>,
         give_up: &CancellationToken,
     ) -> anyhow::Result<()> {
-        if pending.is_empty() {
-            return Ok(());
+        let groups = group_by_timing(pending.drain(..).zip(timings.drain(..)));
+        for (timing, items) in groups {
+            let (mut batch, counts) = self.build(items.into_iter());
+            if batch.is_empty() {
+                continue;
+            }
+            batch.timing = timing;
+            self.commit(batch, counts, give_up).await?;
         }
-        let (batch, counts) = self.build(pending.drain(..));
-        if batch.is_empty() {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Commits one batch, retrying transient failures.
+    async fn commit(
+        &self,
+        batch: ReadingBatch,
+        counts: HashMap<Arc<str>, u64>,
+        give_up: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = std::time::Instant::now();
@@ -222,8 +266,36 @@ impl<S: BatchSink> Batcher<S> {
         for s in &mut series {
             dedup_by_time(s);
         }
-        (ReadingBatch { series }, counts)
+        (
+            ReadingBatch {
+                series,
+                timing: None,
+            },
+            counts,
+        )
     }
+}
+
+/// Splits readings into runs of one timing, in order of first appearance: untimed readings
+/// together, and timed ones per boot and offset (within [`SAME_TIMING_MS`]).
+fn group_by_timing(
+    items: impl Iterator<Item = (Queued, Option<ReadingTiming>)>,
+) -> Vec<(Option<ReadingTiming>, Vec<Queued>)> {
+    let mut groups: Vec<(Option<ReadingTiming>, Vec<Queued>)> = Vec::new();
+    for (item, timing) in items {
+        let same = |g: &Option<ReadingTiming>| match (g, &timing) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.boot_id == b.boot_id && (a.offset_ms - b.offset_ms).abs() <= SAME_TIMING_MS
+            }
+            _ => false,
+        };
+        match groups.iter_mut().find(|(g, _)| same(g)) {
+            Some((_, items)) => items.push(item),
+            None => groups.push((timing, vec![item])),
+        }
+    }
+    groups
 }
 
 /// Sorts a series by time and keeps the last value of each millisecond (a source that

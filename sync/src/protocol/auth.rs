@@ -9,6 +9,27 @@ use subtle::ConstantTimeEq;
 
 use crate::ActorId;
 
+/// What an accepted credential may send (see `docs/security.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRole {
+    /// May originate only its own actor's changes; the credential is bound to the first
+    /// actor that uses it ([`Store::bind_credential`](crate::Store::bind_credential)).
+    Device,
+    /// May relay changes of any actor (another hub, a device that also syncs with others).
+    Hub,
+}
+
+impl PeerRole {
+    /// `device` or `hub`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRole::Device => "device",
+            PeerRole::Hub => "hub",
+        }
+    }
+}
+
 /// What the initiator presented in its `Hello`.
 #[derive(Clone, Copy)]
 pub struct PeerCredentials<'a> {

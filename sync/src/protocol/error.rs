@@ -57,6 +57,19 @@ pub enum ProtocolError {
         "the peer uses this store's own actor id {0}; a copied database must be re-keyed before it syncs"
     )]
     SameActor(ActorId),
+    /// A `device` credential already bound to another actor was presented: the token was
+    /// copied to a second machine (or a store was re-keyed or cloned).
+    #[error(
+        "device credential {principal:?} is bound to actor {bound}; actor {presented} presented it (a copied token or a cloned store?) — give that machine its own credential"
+    )]
+    CredentialBound {
+        /// The credential's configured name.
+        principal: String,
+        /// The actor it is bound to.
+        bound: ActorId,
+        /// The actor that presented it now.
+        presented: ActorId,
+    },
     /// The local store failed, or refused the peer's changes (seq gap, clock skew). The
     /// store is unchanged by the refused page: `apply_remote` is atomic.
     #[error("store: {0}")]
@@ -84,6 +97,7 @@ impl ProtocolError {
             ProtocolError::Refused { .. } => "refused",
             ProtocolError::UnexpectedFrame { .. } => "unexpected_frame",
             ProtocolError::SameActor(_) => "same_actor",
+            ProtocolError::CredentialBound { .. } => "credential_bound",
             ProtocolError::Store(e) => e.code(),
             ProtocolError::Timeout(_) => "timeout",
             ProtocolError::Closed => "closed",

@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::session::{Link, SessionEnd, unexpected};
 use super::{Ack, Frame, ProtocolError, SessionMode, SessionStats, SyncConfig};
-use crate::{Change, ChangeEvent, Store, StoreError, VersionVector};
+use crate::{ActorId, Change, ChangeEvent, Store, StoreError, VersionVector};
 
 pub(super) struct Exchange<'a> {
     store: &'a Store,
@@ -38,6 +38,8 @@ pub(super) struct Exchange<'a> {
     /// Byte budget of one page: ours, capped at half of what the peer accepts per frame.
     page_budget: usize,
     last_recheck: Instant,
+    /// A `device` credential's bound actor and name: only that actor's changes are taken.
+    origin: Option<(ActorId, String)>,
 }
 
 impl<'a> Exchange<'a> {
@@ -63,7 +65,14 @@ impl<'a> Exchange<'a> {
             peer_live: false,
             page_budget,
             last_recheck: Instant::now(),
+            origin: None,
         }
+    }
+
+    /// Takes only `origin`'s changes from the peer (a `device` credential bound to it).
+    pub(super) fn only_from(mut self, origin: Option<(ActorId, String)>) -> Exchange<'a> {
+        self.origin = origin;
+        self
     }
 
     pub(super) async fn run(
@@ -140,7 +149,7 @@ impl<'a> Exchange<'a> {
                 note(&mut holds, &changes);
                 // Changes stamped too far ahead are held back per actor; the rest is one
                 // call, one transaction: any other bad change refuses the whole page.
-                let changes = screen_page(self.store, self.stats, changes);
+                let changes = screen_page(self.store, self.stats, self.origin.as_ref(), changes);
                 let outcome = self.store.apply_remote(changes).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
@@ -219,13 +228,26 @@ fn note(v: &mut VersionVector, changes: &[Change]) {
     }
 }
 
-/// The changes of a received page that may be applied; those held back for their
-/// timestamps are counted in `stats` and logged (once per actor and page).
+/// The changes of a received page that may be applied: with `origin` (a `device`
+/// credential), other actors' changes are refused; those held back for their timestamps are
+/// counted. Both are counted in `stats` and logged (once per actor and page).
 pub(super) fn screen_page(
     store: &Store,
     stats: &SessionStats,
+    origin: Option<&(ActorId, String)>,
     changes: Vec<Change>,
 ) -> Vec<Change> {
+    let changes = match origin {
+        Some((bound, principal)) => {
+            let (own, foreign) = super::quarantine::screen_origin(changes, *bound, principal);
+            for f in &foreign {
+                stats.refused_foreign(f);
+                tracing::warn!(actor = %f.actor, seq = f.seq, credential = %f.principal, "sync: {f}");
+            }
+            own
+        }
+        None => changes,
+    };
     let (accepted, held) = super::quarantine::screen(store, changes);
     for q in &held {
         stats.quarantined(q);

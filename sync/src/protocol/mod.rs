@@ -70,14 +70,14 @@ mod session;
 mod stats;
 mod transport;
 
-pub use auth::{Authenticator, PeerCredentials, TokenAuthenticator};
+pub use auth::{Authenticator, PeerCredentials, PeerRole, TokenAuthenticator};
 pub use config::{ConfigError, SessionMode, SyncConfig};
 pub use error::ProtocolError;
 pub use frame::{
     Ack, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec, Hello,
     MAX_COMPRESSIONS, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, Welcome,
 };
-pub use quarantine::Quarantined;
+pub use quarantine::{ForeignChange, Quarantined};
 pub use session::{PeerInfo, SessionEnd, SessionSummary, SyncSession};
 pub use stats::{Direction, LastError, SessionPhase, SessionStats, StatsSnapshot};
 pub use transport::{FrameSink, FrameSource, MemoryEnd, MemorySink, MemorySource, memory_link};

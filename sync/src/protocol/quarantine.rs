@@ -6,7 +6,11 @@
 //! Held-back changes are not acknowledged as held, so the sender offers them again next
 //! session and they apply once trusted time catches up (or the sender's clock is fixed).
 //!
-//! Owns only the decision; the judge is the store's clock ([`Store::check_remote_time`]).
+//! Also the role check of a `device` credential ([`screen_origin`]): changes of any actor
+//! but the one the credential is bound to are refused, and the rest of the page applies.
+//!
+//! Owns only the decisions; the time judge is the store's clock
+//! ([`Store::check_remote_time`]).
 
 use std::collections::HashMap;
 
@@ -62,5 +66,58 @@ pub(super) fn screen(store: &Store, changes: Vec<Change>) -> (Vec<Change>, Vec<Q
         }
     }
     let refused = order.into_iter().filter_map(|a| held.remove(&a)).collect();
+    (accepted, refused)
+}
+
+/// Changes of one actor refused because a `device` credential sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignChange {
+    /// The actor the changes claim.
+    pub actor: ActorId,
+    /// The first refused seq of that actor in the page.
+    pub seq: u64,
+    /// How many of its changes in the page were refused.
+    pub changes: usize,
+    /// The credential's name.
+    pub principal: String,
+    /// The actor the credential is bound to.
+    pub bound: ActorId,
+}
+
+impl std::fmt::Display for ForeignChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refused {} change(s) of actor {} from seq {}: device credential {:?} may only send changes of its own actor {} (mark it role = \"hub\" if this peer relays)",
+            self.changes, self.actor, self.seq, self.principal, self.bound
+        )
+    }
+}
+
+/// Splits `changes` into those `bound` made and those of other actors (refused), keeping
+/// page order.
+pub(super) fn screen_origin(
+    changes: Vec<Change>,
+    bound: ActorId,
+    principal: &str,
+) -> (Vec<Change>, Vec<ForeignChange>) {
+    let mut refused: Vec<ForeignChange> = Vec::new();
+    let mut accepted = Vec::with_capacity(changes.len());
+    for change in changes {
+        if change.actor == bound {
+            accepted.push(change);
+            continue;
+        }
+        match refused.iter_mut().find(|r| r.actor == change.actor) {
+            Some(r) => r.changes += 1,
+            None => refused.push(ForeignChange {
+                actor: change.actor,
+                seq: change.seq,
+                changes: 1,
+                principal: principal.to_owned(),
+                bound,
+            }),
+        }
+    }
     (accepted, refused)
 }

@@ -5,8 +5,8 @@
 //! `exchange.rs`. Knows nothing of sockets: a transport only moves whole frames.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use super::exchange::Exchange;
 use super::frame::clip;
 use super::{
     Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello, MIN_FRAME_BYTES,
-    PROTOCOL_VERSION, PeerCredentials, ProtocolError, SessionStats, SyncConfig, Welcome,
+    PROTOCOL_VERSION, PeerCredentials, PeerRole, ProtocolError, SessionStats, SyncConfig, Welcome,
 };
 use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
 
@@ -37,6 +37,10 @@ pub struct SyncSession {
     config: SyncConfig,
     role: Role,
     stats: Arc<SessionStats>,
+    /// What the responder's peer may send ([`with_peer_role`](Self::with_peer_role)).
+    peer_role: PeerRole,
+    /// Set by the handshake of a `device` peer: its bound actor and credential name.
+    origin: OnceLock<(ActorId, String)>,
 }
 
 enum Role {
@@ -84,6 +88,8 @@ impl SyncSession {
             config,
             role: Role::Initiator,
             stats: Arc::new(SessionStats::new()),
+            peer_role: PeerRole::Hub,
+            origin: OnceLock::new(),
         }
     }
 
@@ -100,7 +106,19 @@ impl SyncSession {
             config,
             role: Role::Responder(auth),
             stats: Arc::new(SessionStats::new()),
+            peer_role: PeerRole::Hub,
+            origin: OnceLock::new(),
         }
+    }
+
+    /// The role of the responder's peer (default [`PeerRole::Hub`]: anything goes). A
+    /// [`PeerRole::Device`] credential is bound to the first actor that presents it
+    /// ([`Store::bind_credential`]); another actor presenting it is refused with
+    /// [`ProtocolError::CredentialBound`], and changes of any other actor in its pages are
+    /// refused (counted in the stats) while its own apply.
+    pub fn with_peer_role(mut self, role: PeerRole) -> SyncSession {
+        self.peer_role = role;
+        self
     }
 
     /// Records into `stats` instead of fresh counters (one `Arc` per peer keeps cumulative
@@ -249,7 +267,12 @@ impl SyncSession {
         while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, link.inbound.recv()).await
         {
             if let Frame::Page { changes, .. } = frame {
-                let changes = super::exchange::screen_page(&self.store, &self.stats, changes);
+                let changes = super::exchange::screen_page(
+                    &self.store,
+                    &self.stats,
+                    self.origin.get(),
+                    changes,
+                );
                 match self.store.apply_remote(changes).await {
                     Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
                     Err(e) => {
@@ -287,6 +310,7 @@ impl SyncSession {
         self.stats.their_vector(&theirs);
         tracing::debug!(peer = %peer.name, actor = %peer.actor, "sync session connected");
         Exchange::new(&self.store, &self.config, &self.stats, link, theirs)
+            .only_from(self.origin.get().cloned())
             .run(events)
             .await
     }
@@ -370,6 +394,24 @@ impl SyncSession {
                 if hello.actor == own {
                     return Err(ProtocolError::SameActor(own));
                 }
+                let bound = match self.peer_role {
+                    PeerRole::Hub => None,
+                    PeerRole::Device => {
+                        let bound = self.store.bind_credential(&principal, hello.actor).await?;
+                        if bound != hello.actor {
+                            self.stats
+                                .admitted_as(&principal, self.peer_role, Some(bound));
+                            return Err(ProtocolError::CredentialBound {
+                                principal,
+                                bound,
+                                presented: hello.actor,
+                            });
+                        }
+                        let _ = self.origin.set((bound, principal.clone()));
+                        Some(bound)
+                    }
+                };
+                self.stats.admitted_as(&principal, self.peer_role, bound);
                 let compression = hello
                     .compression
                     .iter()

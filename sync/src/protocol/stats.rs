@@ -63,6 +63,7 @@ pub struct SessionStats {
     changes_applied: AtomicU64,
     changes_skipped: AtomicU64,
     changes_quarantined: AtomicU64,
+    changes_refused: AtomicU64,
     sessions: AtomicU64,
     state: Mutex<State>,
 }
@@ -78,6 +79,9 @@ struct State {
     last_sync_ms: Option<u64>,
     last_error: Option<LastError>,
     last_quarantine: Option<LastError>,
+    role: Option<super::PeerRole>,
+    bound_actor: Option<ActorId>,
+    last_refusal: Option<LastError>,
 }
 
 /// The error that ended the most recent failed session.
@@ -135,6 +139,15 @@ pub struct StatsSnapshot {
     pub changes_quarantined: u64,
     /// The most recent such hold-back (code `clock_skew`), naming the actor and seq.
     pub last_quarantine: Option<LastError>,
+    /// The role of the credential the peer was accepted with (responder side).
+    pub role: Option<super::PeerRole>,
+    /// The actor a `device` credential is bound to (responder side).
+    pub bound_actor: Option<ActorId>,
+    /// Received changes refused because a `device` credential sent another actor's changes
+    /// (see `quarantine.rs`); nothing of them is stored.
+    pub changes_refused: u64,
+    /// The most recent such refusal (code `foreign_actor`), naming actor, seq and credential.
+    pub last_refusal: Option<LastError>,
     /// The error that ended the most recent failed session.
     pub last_error: Option<LastError>,
 }
@@ -163,6 +176,7 @@ impl Default for SessionStats {
             changes_applied: AtomicU64::new(0),
             changes_skipped: AtomicU64::new(0),
             changes_quarantined: AtomicU64::new(0),
+            changes_refused: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             state: Mutex::new(State {
                 phase: SessionPhase::Idle,
@@ -174,6 +188,9 @@ impl Default for SessionStats {
                 last_sync_ms: None,
                 last_error: None,
                 last_quarantine: None,
+                role: None,
+                bound_actor: None,
+                last_refusal: None,
             }),
         }
     }
@@ -210,6 +227,10 @@ impl SessionStats {
             last_error: s.last_error,
             changes_quarantined: self.changes_quarantined.load(Relaxed),
             last_quarantine: s.last_quarantine,
+            role: s.role,
+            bound_actor: s.bound_actor,
+            changes_refused: self.changes_refused.load(Relaxed),
+            last_refusal: s.last_refusal,
         }
     }
 
@@ -282,6 +303,27 @@ impl SessionStats {
         self.lock().last_quarantine = Some(LastError {
             code: "clock_skew".into(),
             message: q.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
+    }
+
+    pub(crate) fn admitted_as(
+        &self,
+        principal: &str,
+        role: super::PeerRole,
+        bound: Option<ActorId>,
+    ) {
+        let mut s = self.lock();
+        s.principal = Some(principal.to_owned());
+        s.role = Some(role);
+        s.bound_actor = bound;
+    }
+
+    pub(crate) fn refused_foreign(&self, f: &super::ForeignChange) {
+        self.changes_refused.fetch_add(f.changes as u64, Relaxed);
+        self.lock().last_refusal = Some(LastError {
+            code: "foreign_actor".into(),
+            message: f.to_string(),
             at_ms: SystemTime.now_ms(),
         });
     }
