@@ -109,7 +109,7 @@ fn siblings_of(conn: &Connection, key: &str, id: i64) -> Result<Vec<DocVersion>>
         conn,
         key,
         "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_heads h \
-         JOIN doc_versions v ON v.change_id = h.change_id \
+         JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
          JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
          WHERE h.key_id = ?1",
         [id],

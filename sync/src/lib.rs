@@ -19,6 +19,7 @@
 //!   did not see each other become siblings (a multi-value register with dotted contexts); a
 //!   plain [`Store::get`] returns the deterministic winner (highest HLC, then actor) and the
 //!   sibling count. Every version stays in history: as-of reads, diffs, history pages.
+//!   [`Store::write_batch`] writes puts and deletes over many keys as one atomic change.
 //! - **Merge documents (twins)**: [`Store::twin_create`]/[`Store::twin_patch`] keep an
 //!   automerge document under a key; concurrent edits to different fields both survive. Each
 //!   edit is an automerge change carried in the change log ([`TwinChange`]); reads return the
@@ -61,6 +62,7 @@ mod actor;
 mod change;
 mod counts;
 mod digest;
+mod doc_batch;
 mod docs_query;
 mod docwrite;
 mod error;
@@ -86,6 +88,7 @@ pub use change::{
     validate_series_name,
 };
 pub use digest::Digest;
+pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use hlc::{

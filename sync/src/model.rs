@@ -309,6 +309,13 @@ pub enum ChangeEventKind {
         /// True for a delete.
         deleted: bool,
     },
+    /// A batch of document writes (one change).
+    DocBatch {
+        /// The keys written, in batch order.
+        keys: Vec<String>,
+        /// How many of the writes are deletes.
+        deleted: usize,
+    },
     /// An automerge change to a merge document (twin).
     Twin {
         /// The twin's key.

@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "twins",
         sql: include_str!("../migrations/0002_twins.sql"),
     },
+    Migration {
+        version: 3,
+        description: "doc_batches",
+        sql: include_str!("../migrations/0003_doc_batches.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

@@ -53,6 +53,12 @@ pub(crate) enum Job {
         value: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
     },
+    DocBatch {
+        writes: Vec<LocalDocWrite>,
+        /// Encoded size of the batch with the contexts given (see `doc_batch.rs`).
+        encoded_bytes: usize,
+        reply: oneshot::Sender<Result<(ChangeMeta, Vec<Vec<Dot>>)>>,
+    },
     Remote {
         changes: Vec<Change>,
         reply: oneshot::Sender<Result<ApplyOutcome>>,
@@ -68,12 +74,23 @@ pub(crate) enum Job {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+/// One write of a local document batch: the context is the caller's, or `None` for the
+/// key's current siblings.
+pub(crate) struct LocalDocWrite {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub context: Option<Vec<Dot>>,
+}
+
+type BatchReply = Result<(ChangeMeta, Vec<Vec<Dot>>)>;
+
 enum Done {
     Append(oneshot::Sender<Result<ChangeMeta>>, Result<ChangeMeta>),
     Doc(
         oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
         Result<(ChangeMeta, Vec<Dot>)>,
     ),
+    DocBatch(oneshot::Sender<BatchReply>, BatchReply),
     Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
     Twin(oneshot::Sender<Result<TwinWrite>>, Result<TwinWrite>),
     Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
@@ -84,6 +101,7 @@ impl Done {
         match self {
             Done::Append(_, r) => r.is_ok(),
             Done::Doc(_, r) => r.is_ok(),
+            Done::DocBatch(_, r) => r.is_ok(),
             Done::Remote(_, r) => r.is_ok(),
             Done::Twin(_, r) => r.is_ok(),
             Done::Heartbeat(_, r) => r.is_ok(),
@@ -100,6 +118,7 @@ impl Done {
         match self {
             Done::Append(tx, r) => Done::Append(tx, r.and(Err(err()))),
             Done::Doc(tx, r) => Done::Doc(tx, r.and(Err(err()))),
+            Done::DocBatch(tx, r) => Done::DocBatch(tx, r.and(Err(err()))),
             Done::Remote(tx, r) => Done::Remote(tx, r.and(Err(err()))),
             Done::Twin(tx, r) => Done::Twin(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
@@ -111,6 +130,7 @@ impl Done {
         let _ = match self {
             Done::Append(tx, r) => tx.send(r).map_err(drop),
             Done::Doc(tx, r) => tx.send(r).map_err(drop),
+            Done::DocBatch(tx, r) => tx.send(r).map_err(drop),
             Done::Remote(tx, r) => tx.send(r).map_err(drop),
             Done::Twin(tx, r) => tx.send(r).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r).map_err(drop),
@@ -440,6 +460,7 @@ impl Writer {
         match job {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
+            Job::DocBatch { reply, .. } => Done::DocBatch(reply, Err(err())),
             Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
             Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
@@ -474,6 +495,14 @@ impl Writer {
                     Err(e) => Err(e),
                 };
                 Done::Doc(reply, r)
+            }
+            Job::DocBatch {
+                writes,
+                encoded_bytes,
+                reply,
+            } => {
+                let r = self.store_local_batch(&writes, encoded_bytes);
+                Done::DocBatch(reply, r)
             }
             Job::Twin { key, edit, reply } => {
                 let r = self.store_twin_local(&key, &edit);
@@ -556,6 +585,7 @@ impl Writer {
                         true,
                     )
                     .map(drop)?,
+                ChangeBody::DocBatch(b) => self.store_remote_batch(c.actor, c.seq, c.hlc, b)?,
                 ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t)?,
             }
         }

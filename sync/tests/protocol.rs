@@ -1095,7 +1095,7 @@ async fn throughput_100k_readings() {
         .iter()
         .map(|c| match &c.body {
             ChangeBody::Readings(b) => b.len(),
-            ChangeBody::Doc(_) | ChangeBody::Twin(_) => 0,
+            ChangeBody::Doc(_) | ChangeBody::DocBatch(_) | ChangeBody::Twin(_) => 0,
         })
         .sum();
     let cbor: usize = all.iter().map(|c| c.to_cbor().len()).sum();
