@@ -12,6 +12,7 @@
 
 mod clock;
 mod cluster;
+mod doc_batch;
 mod harness;
 mod proxy;
 mod reload;

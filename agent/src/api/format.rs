@@ -135,6 +135,24 @@ pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<By
     })
 }
 
+/// Bodies at least this large are decoded on the blocking pool, not on an async worker: a
+/// maximal JSON or CBOR body takes long enough to stall every other request of the worker.
+pub const BLOCKING_DECODE_BYTES: usize = 64 * 1024;
+
+/// Runs `decode` over `body`: inline when the body is small, on tokio's blocking pool when it
+/// is [`BLOCKING_DECODE_BYTES`] or more.
+pub async fn decode_off_worker<T: Send + 'static>(
+    body: Bytes,
+    decode: impl FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if body.len() < BLOCKING_DECODE_BYTES {
+        return decode(&body);
+    }
+    tokio::task::spawn_blocking(move || decode(&body))
+        .await
+        .map_err(|e| ApiError::new(super::ErrorCode::Internal, format!("decoding the body: {e}")))?
+}
+
 /// Extractor: the response format the client accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Accept(pub Format);

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::ApiError;
-use super::format::{Accept, Format, read_body};
+use super::format::{Accept, Format, decode_off_worker, read_body};
 use crate::internal_events::{IngestCommitted, IngestRejected, InternalEvent};
 use crate::state::Agent;
 use crate::time::{now_ms, parse_rfc3339};
@@ -65,7 +65,8 @@ async fn ingest(
 ) -> Result<serde_json::Value, ApiError> {
     let format = Format::of_body(headers)?;
     let body = read_body(body, state.max_body_bytes)?;
-    let batch = decode_batch(format, &body, now_ms())?;
+    let now = now_ms();
+    let batch = decode_off_worker(body, move |b| decode_batch(format, b, now)).await?;
     let count = batch.len();
     let started = Instant::now();
     let change = state.store.append(batch).await?;

@@ -18,7 +18,7 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    ApiError, ErrorCode, dashboard, docs, events, ingest, openapi, readings, status, sync, twins,
+    ApiError, ErrorCode, dashboard, doc_batch, docs, events, ingest, openapi, readings, status, sync, twins,
 };
 use crate::metrics::Metrics;
 use crate::state::Agent;
@@ -48,6 +48,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
         ),
         (Method::GET, "/v1/readings/latest", get(readings::latest)),
         (Method::GET, "/v1/docs", get(docs::list)),
+        (Method::POST, "/v1/docs", post(doc_batch::post)),
         (Method::GET, "/v1/docs/{key}", get(docs::get)),
         (Method::PUT, "/v1/docs/{key}", put(docs::put)),
         (Method::DELETE, "/v1/docs/{key}", delete(docs::delete)),

@@ -141,12 +141,13 @@ def doc_delete(key: str) -> Req[Version]:
 DELETE: Any = object()
 
 
-def doc_batch(entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Req[Any]:
+def doc_batch(entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Req[List[Version]]:
     items = entries.items() if isinstance(entries, Mapping) else entries
     body = [{"key": k, "delete": True} if v is DELETE else {"key": k, "value": v} for k, v in items]
     if not body:
         raise ValueError("a batch needs at least one entry")
-    return Req("POST", "/v1/docs", lambda d: d, body=_json_body(body), idempotent=False)
+    return Req("POST", "/v1/docs", lambda d: [Version.from_json(v) for v in d["versions"]],
+               body=_json_body(body), idempotent=False)
 
 
 def doc_history(key: str, limit: Optional[int], before: Optional[Point]) -> Req[Tuple[List[Version], Optional[str]]]:

@@ -154,7 +154,7 @@ class AsyncDocs:
     async def delete(self, key: str) -> Version:
         return await self._c._run(rq.doc_delete(key))
 
-    async def batch(self, entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Any:
+    async def batch(self, entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> List[Version]:
         return await self._c._run(rq.doc_batch(entries))
 
     async def get(self, key: str, as_of: Optional[Point] = None) -> Doc:
