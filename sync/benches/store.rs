@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use futures::StreamExt;
 use kdelta_sync::{
-    ActorId, AggregateQuery, AsOf, Change, ChangeBody, DocWrite, Dot, Hlc, ReadingBatch, Store,
-    StoreConfig, supported_schema_version,
+    ActorId, AggregateQuery, AsOf, BatchEntry, Change, ChangeBody, DocWrite, Dot, Hlc,
+    ReadingBatch, Store, StoreConfig, supported_schema_version,
 };
 use rand::Rng;
 use rusqlite::{Connection, OpenFlags, params};

@@ -223,8 +223,12 @@ mod tests {
         );
         assert!(err.to_string().contains("entries 0 and 2"), "{err}");
 
-        let err = change(vec![write("a"), write("")]).validate(&l).unwrap_err();
-        assert!(matches!(&err, StoreError::BatchEntry { index: 1, source } if source.code() == "invalid_key"));
+        let err = change(vec![write("a"), write("")])
+            .validate(&l)
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::BatchEntry { index: 1, source } if source.code() == "invalid_key")
+        );
         assert_eq!(err.code(), "invalid_key");
 
         let big = DocWrite {
@@ -232,7 +236,9 @@ mod tests {
             ..write("big")
         };
         let err = change(vec![write("a"), big]).validate(&l).unwrap_err();
-        assert!(matches!(&err, StoreError::BatchEntry { index: 1, source } if source.code() == "value_too_large"));
+        assert!(
+            matches!(&err, StoreError::BatchEntry { index: 1, source } if source.code() == "value_too_large")
+        );
 
         let small = Limits {
             max_batch_docs: 2,

@@ -66,6 +66,7 @@ mod doc_batch;
 mod docs_query;
 mod docwrite;
 mod error;
+mod health;
 mod hlc;
 mod ingest;
 mod log_read;
@@ -91,6 +92,7 @@ pub use digest::Digest;
 pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
+pub use health::WriteHealth;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };

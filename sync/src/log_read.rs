@@ -17,8 +17,8 @@ use crate::docwrite::{KIND_DOC_BATCH, decode_context};
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
 use crate::{
-    ActorId, Change, ChangeBody, DocBatch, DocWrite, Hlc, ReadingBatch, Result, SeriesPoints, StoreError,
-    TwinChange,
+    ActorId, Change, ChangeBody, DocBatch, DocWrite, Hlc, ReadingBatch, Result, SeriesPoints,
+    StoreError, TwinChange,
 };
 
 /// The columns every log query selects first (`load` reads them by position); the sixth is a

@@ -13,12 +13,23 @@ const T0: i64 = 1_764_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Batch { series: u8, start: u16, n: u8 },
-    Put { key: u8, value: i32 },
-    Delete { key: u8 },
+    Batch {
+        series: u8,
+        start: u16,
+        n: u8,
+    },
+    Put {
+        key: u8,
+        value: i32,
+    },
+    Delete {
+        key: u8,
+    },
     /// One `write_batch` over distinct keys: `(key, value or delete, resolve only the
     /// winner instead of every sibling)`.
-    DocBatch { writes: Vec<(u8, Option<i32>, bool)> },
+    DocBatch {
+        writes: Vec<(u8, Option<i32>, bool)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -47,10 +58,17 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         (0u8..4, any::<i32>()).prop_map(|(key, value)| Op::Put { key, value }),
         (0u8..4).prop_map(|key| Op::Delete { key }),
-        proptest::collection::btree_map(0u8..4, (proptest::option::weighted(0.8, any::<i32>()), any::<bool>()), 1..4)
-            .prop_map(|m| Op::DocBatch {
-                writes: m.into_iter().map(|(k, (v, winner_only))| (k, v, winner_only)).collect()
-            }),
+        proptest::collection::btree_map(
+            0u8..4,
+            (proptest::option::weighted(0.8, any::<i32>()), any::<bool>()),
+            1..4
+        )
+        .prop_map(|m| Op::DocBatch {
+            writes: m
+                .into_iter()
+                .map(|(k, (v, winner_only))| (k, v, winner_only))
+                .collect()
+        }),
     ]
 }
 
@@ -98,7 +116,10 @@ async fn run_local(s: &Store, replica: usize, op: &Op) {
                     None => BatchEntry::delete(&key),
                 };
                 if *winner_only && let Some(state) = s.get(&key).await.unwrap() {
-                    e = e.with_context(vec![Dot { actor: state.winner.actor, seq: state.winner.seq }]);
+                    e = e.with_context(vec![Dot {
+                        actor: state.winner.actor,
+                        seq: state.winner.seq,
+                    }]);
                 }
                 entries.push(e);
             }

@@ -72,7 +72,14 @@ async fn a_batch_is_one_change_with_a_version_per_key() {
         (a.winner.value, a.winner.seq),
         (Some(json!({"x": 1})), before + 1)
     );
-    assert!(s.get("cfg/old").await.unwrap().unwrap().winner.is_tombstone());
+    assert!(
+        s.get("cfg/old")
+            .await
+            .unwrap()
+            .unwrap()
+            .winner
+            .is_tombstone()
+    );
     let h = s.history("cfg/old", 10, None).await.unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!((h[0].seq, h[0].value.clone()), (before + 1, None));
@@ -153,7 +160,10 @@ async fn a_bad_entry_refuses_the_whole_batch_and_names_it() {
             "is a twin",
         ),
         (
-            vec![good(), BatchEntry::put("live", json!(2)).with_context(vec![other])],
+            vec![
+                good(),
+                BatchEntry::put("live", json!(2)).with_context(vec![other]),
+            ],
             Some(1),
             "not a version of",
         ),
@@ -164,10 +174,7 @@ async fn a_bad_entry_refuses_the_whole_batch_and_names_it() {
             "not a version of",
         ),
         (
-            vec![
-                good(),
-                BatchEntry::put("big", json!("x".repeat(2 << 20))),
-            ],
+            vec![good(), BatchEntry::put("big", json!("x".repeat(2 << 20)))],
             Some(1),
             "over the limit",
         ),
@@ -223,12 +230,20 @@ async fn batches_resolve_siblings_or_exactly_the_context_given() {
     let va = a.put("k", &json!("a")).await.unwrap();
     let vb = b.put("k", &json!("b")).await.unwrap();
     let exchange = || async {
-        a.apply_remote(b.changes_since(&a.version_vector(), usize::MAX).await.unwrap())
-            .await
-            .unwrap();
-        b.apply_remote(a.changes_since(&b.version_vector(), usize::MAX).await.unwrap())
-            .await
-            .unwrap();
+        a.apply_remote(
+            b.changes_since(&a.version_vector(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        b.apply_remote(
+            a.changes_since(&b.version_vector(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     };
     exchange().await;
     assert_eq!(a.siblings("k").await.unwrap().len(), 2);
@@ -327,10 +342,7 @@ async fn batches_replicate_in_small_pages_and_keep_history_on_the_receiver() {
     let h = b.history("dev/07", 100, None).await.unwrap();
     assert_eq!(h.len(), 5);
     assert!(h.iter().all(|v| v.actor == a.actor()));
-    assert_eq!(
-        h.iter().map(|v| v.seq).collect::<Vec<_>>(),
-        [5, 4, 3, 2, 1]
-    );
+    assert_eq!(h.iter().map(|v| v.seq).collect::<Vec<_>>(), [5, 4, 3, 2, 1]);
     let at = b
         .get_as_of("dev/07", AsOf::Hlc(points[2]))
         .await
@@ -340,7 +352,11 @@ async fn batches_replicate_in_small_pages_and_keep_history_on_the_receiver() {
     assert_eq!(b.list("dev/", None, 100, None).await.unwrap().len(), 20);
 
     // A hostile batch from a peer (a key twice) is refused whole.
-    let mut bad = a.changes_since(&VersionVector::new(), usize::MAX).await.unwrap()[0].clone();
+    let mut bad = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap()[0]
+        .clone();
     bad.actor = ActorId([3; 16]);
     if let ChangeBody::DocBatch(batch) = &mut bad.body {
         let first = batch.writes[0].clone();

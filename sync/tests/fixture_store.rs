@@ -160,7 +160,10 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
     assert_eq!(written[0].supersedes.len(), 2, "both siblings resolved");
     assert_eq!(s.get("cfg/conflict").await.unwrap().unwrap().siblings, 1);
     assert!(s.get("cfg/b").await.unwrap().unwrap().winner.is_tombstone());
-    assert_eq!(s.history("cfg/b", 100, None).await.unwrap()[0].seq, before + 2);
+    assert_eq!(
+        s.history("cfg/b", 100, None).await.unwrap()[0].seq,
+        before + 2
+    );
     s.close().await;
 
     // Reopening after the upgrade keeps everything (no migration re-applied).

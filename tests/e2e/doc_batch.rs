@@ -29,7 +29,10 @@ async fn batches_over_http_and_the_cli_sync_to_a_second_agent() {
     ))
     .await;
     let device = Agent::builder()
-        .config(&format!("device_twin = false\n{}", device_config(&hub, TOKEN)))
+        .config(&format!(
+            "device_twin = false\n{}",
+            device_config(&hub, TOKEN)
+        ))
         .start();
 
     // One atomic change over three keys.
@@ -46,9 +49,16 @@ async fn batches_over_http_and_the_cli_sync_to_a_second_agent() {
     assert_eq!(s, 200, "{first}");
     let versions = first["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 3);
-    assert!(versions.iter().all(|v| v["seq"] == first["seq"] && v["hlc"] == first["hlc"]));
+    assert!(
+        versions
+            .iter()
+            .all(|v| v["seq"] == first["seq"] && v["hlc"] == first["hlc"])
+    );
     assert_eq!(versions[2]["value"], Value::Null);
-    assert_eq!(versions[2]["deleted"], false, "null is a value, not a delete");
+    assert_eq!(
+        versions[2]["deleted"], false,
+        "null is a value, not a delete"
+    );
 
     // Refusals: nothing stored, the entry named.
     let (vv_before, digest_before) = status(&c, &device).await;
@@ -71,7 +81,12 @@ async fn batches_over_http_and_the_cli_sync_to_a_second_agent() {
             "invalid_key",
             "entry 1: ",
         ),
-        (json!([{"key": "room/new"}]), 400, "malformed_body", "entry 0: needs"),
+        (
+            json!([{"key": "room/new"}]),
+            400,
+            "malformed_body",
+            "entry 0: needs",
+        ),
         (json!([]), 422, "invalid_batch", "no documents"),
     ] {
         let (s, err) = post_batch(&c, &device, &body).await;
@@ -105,11 +120,22 @@ async fn batches_over_http_and_the_cli_sync_to_a_second_agent() {
         .map(|i| json!({"key": format!("cli/{i}"), "value": i}).to_string())
         .collect();
     let good = dir.path().join("good.jsonl");
-    std::fs::write(&good, format!("{}\n\n{}\n", lines[..3].join("\n"), lines[3..].join("\n")))
-        .unwrap();
+    std::fs::write(
+        &good,
+        format!("{}\n\n{}\n", lines[..3].join("\n"), lines[3..].join("\n")),
+    )
+    .unwrap();
     let url = device.url().to_owned();
     let (code_, stderr) = run_to_end(
-        &["put", "--batch", good.to_str().unwrap(), "--batch-size", "2", "--url", &url],
+        &[
+            "put",
+            "--batch",
+            good.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--url",
+            &url,
+        ],
         dir.path(),
         Duration::from_secs(30),
     );
@@ -136,8 +162,14 @@ async fn batches_over_http_and_the_cli_sync_to_a_second_agent() {
         Duration::from_secs(30),
     );
     assert_eq!(code_, Some(1), "{stderr}");
-    assert!(stderr.contains("line 2") && stderr.contains("cli/gone"), "{stderr}");
-    assert!(stderr.contains("nothing of lines 1–2 was stored"), "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("cli/gone"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nothing of lines 1–2 was stored"),
+        "{stderr}"
+    );
     let (s, _) = get_json(&c, &device.at("/v1/docs/cli/x")).await;
     assert_eq!(s, 404, "the batch with the bad line stored nothing");
 
@@ -147,11 +179,18 @@ async fn batches_over_http_and_the_cli_sync_to_a_second_agent() {
     assert_eq!(s, 200, "{h}");
     let hv = h["versions"].as_array().unwrap();
     assert_eq!(hv.len(), 2, "{h}");
-    assert_eq!((hv[0]["seq"].clone(), hv[1]["seq"].clone()), (second["seq"].clone(), first["seq"].clone()));
+    assert_eq!(
+        (hv[0]["seq"].clone(), hv[1]["seq"].clone()),
+        (second["seq"].clone(), first["seq"].clone())
+    );
     assert_eq!(hv[0]["supersedes"][0]["seq"], first["seq"]);
     let as_of = first["hlc"].as_str().unwrap();
     let (s, old) = get_json(&c, &hub.at(&format!("/v1/docs/room/a?as_of={as_of}"))).await;
-    assert_eq!((s, old["value"].clone()), (200, json!({"on": true})), "{old}");
+    assert_eq!(
+        (s, old["value"].clone()),
+        (200, json!({"on": true})),
+        "{old}"
+    );
     let (s, _) = get_json(&c, &hub.at("/v1/docs/room/b")).await;
     assert_eq!(s, 404, "deleted by the second batch");
     let (s, old_b) = get_json(&c, &hub.at(&format!("/v1/docs/room/b?as_of={as_of}"))).await;

@@ -12,6 +12,7 @@
 
 mod clock;
 mod cluster;
+mod disk;
 mod doc_batch;
 mod harness;
 mod proxy;

@@ -98,9 +98,9 @@ pub fn decode_entries(
     items
         .into_iter()
         .enumerate()
-        .map(|(index, item)| entry(item).map_err(|(code, msg)| {
-            ApiError::new(code, format!("entry {index}: {msg}"))
-        }))
+        .map(|(index, item)| {
+            entry(item).map_err(|(code, msg)| ApiError::new(code, format!("entry {index}: {msg}")))
+        })
         .collect()
 }
 
@@ -127,9 +127,10 @@ fn entry(item: Value) -> Result<BatchEntry, (ErrorCode, String)> {
         .map(|dots| {
             dots.into_iter()
                 .map(|d| {
-                    let actor: ActorId = d.actor.parse().map_err(|err| {
-                        bad(format!("context actor {:?}: {err}", d.actor))
-                    })?;
+                    let actor: ActorId = d
+                        .actor
+                        .parse()
+                        .map_err(|err| bad(format!("context actor {:?}: {err}", d.actor)))?;
                     Ok(Dot { actor, seq: d.seq })
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -174,12 +175,24 @@ mod tests {
     #[test]
     fn bad_entries_name_their_index() {
         let cases = [
-            (r#"[{"key": "a", "value": 1}, {"key": "b"}]"#, "entry 1: needs"),
-            (r#"[{"key": "a", "value": 1, "delete": true}]"#, "entry 0: has both"),
-            (r#"[{"key": "a", "value": 1}, {"key": "b", "valeu": 1}]"#, "entry 1: unknown field"),
+            (
+                r#"[{"key": "a", "value": 1}, {"key": "b"}]"#,
+                "entry 1: needs",
+            ),
+            (
+                r#"[{"key": "a", "value": 1, "delete": true}]"#,
+                "entry 0: has both",
+            ),
+            (
+                r#"[{"key": "a", "value": 1}, {"key": "b", "valeu": 1}]"#,
+                "entry 1: unknown field",
+            ),
             (r#"[{"value": 1}]"#, "entry 0: missing field `key`"),
             (r#"[1]"#, "entry 0:"),
-            (r#"[{"key": "a", "value": 1, "context": [{"actor": "zz", "seq": 1}]}]"#, "entry 0: context actor"),
+            (
+                r#"[{"key": "a", "value": 1, "context": [{"actor": "zz", "seq": 1}]}]"#,
+                "entry 0: context actor",
+            ),
             (r#"[{"key": "a/history", "value": 1}]"#, "entry 0: key"),
             (r#"{"key": "a"}"#, "must be an array"),
             (r#"[{"key": "a", "value": 1},"#, "not valid JSON"),
@@ -188,8 +201,12 @@ mod tests {
             let err = decode(body).unwrap_err();
             assert!(err.message.contains(want), "{body}: {}", err.message);
         }
-        let err = decode_entries(Format::Json, br#"[{"key":"a","value":1},{"key":"b","value":2}]"#, 1)
-            .unwrap_err();
+        let err = decode_entries(
+            Format::Json,
+            br#"[{"key":"a","value":1},{"key":"b","value":2}]"#,
+            1,
+        )
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidBatch);
         assert!(decode_entries(Format::Cbor, &[0xff, 0x00], 10).is_err());
     }

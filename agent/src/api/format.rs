@@ -150,7 +150,12 @@ pub async fn decode_off_worker<T: Send + 'static>(
     }
     tokio::task::spawn_blocking(move || decode(&body))
         .await
-        .map_err(|e| ApiError::new(super::ErrorCode::Internal, format!("decoding the body: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                super::ErrorCode::Internal,
+                format!("decoding the body: {e}"),
+            )
+        })?
 }
 
 /// Extractor: the response format the client accepts.

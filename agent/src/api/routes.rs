@@ -18,7 +18,8 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    ApiError, ErrorCode, dashboard, doc_batch, docs, events, ingest, openapi, readings, status, sync, twins,
+    ApiError, ErrorCode, dashboard, doc_batch, docs, events, ingest, openapi, readings, status,
+    sync, twins,
 };
 use crate::metrics::Metrics;
 use crate::state::Agent;

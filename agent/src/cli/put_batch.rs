@@ -36,8 +36,8 @@ pub async fn put_batch(file: &Path, batch_size: usize, conn: &Conn) -> anyhow::R
     let (reader, total): (Box<dyn Read>, Option<u64>) = if file.as_os_str() == "-" {
         (Box::new(std::io::stdin()), None)
     } else {
-        let f = std::fs::File::open(file)
-            .with_context(|| format!("cannot open {}", file.display()))?;
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         let len = f.metadata().map(|m| m.len()).ok();
         (Box::new(f), len)
     };
@@ -76,14 +76,11 @@ pub async fn put_batch(file: &Path, batch_size: usize, conn: &Conn) -> anyhow::R
         if line.is_empty() {
             continue;
         }
-        let entry = parse_line(line).map_err(|e| {
-            UsageError(format!(
-                "{name} line {lineno}: {e}{}",
-                written.so_far()
-            ))
-        })?;
+        let entry = parse_line(line)
+            .map_err(|e| UsageError(format!("{name} line {lineno}: {e}{}", written.so_far())))?;
         let key = entry["key"].as_str().unwrap_or_default().to_owned();
-        let full = pending.entries.len() >= batch_size || pending.bytes + line.len() > MAX_BATCH_BYTES;
+        let full =
+            pending.entries.len() >= batch_size || pending.bytes + line.len() > MAX_BATCH_BYTES;
         if !pending.entries.is_empty() && (full || pending.keys.contains(&key)) {
             send(&client, &mut pending, &name, &mut written).await?;
             bar.set_position(read_bytes);
@@ -139,7 +136,9 @@ fn parse_line(line: &str) -> Result<Value, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     match v.get("key") {
         Some(Value::String(_)) if v.is_object() => Ok(v),
-        _ => Err(r#"expected an object {"key": …, "value": …} or {"key": …, "delete": true}"#.into()),
+        _ => {
+            Err(r#"expected an object {"key": …, "value": …} or {"key": …, "delete": true}"#.into())
+        }
     }
 }
 
@@ -158,7 +157,11 @@ async fn send(
             written.last_line = batch.lines.last().copied().unwrap_or(written.last_line);
             Ok(())
         }
-        Err(ClientError::Api { message, code, status }) => {
+        Err(ClientError::Api {
+            message,
+            code,
+            status,
+        }) => {
             let (first, last) = (batch.lines[0], batch.lines[batch.lines.len() - 1]);
             let at = entry_index(&message)
                 .and_then(|i| batch.lines.get(i))
@@ -175,7 +178,12 @@ async fn send(
 
 /// The entry an API error message names (`entry 3: …`).
 fn entry_index(message: &str) -> Option<usize> {
-    message.strip_prefix("entry ")?.split(':').next()?.parse().ok()
+    message
+        .strip_prefix("entry ")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -186,9 +194,17 @@ mod tests {
     fn lines_and_entry_indexes() {
         assert!(parse_line(r#"{"key": "a", "value": 1}"#).is_ok());
         assert!(parse_line(r#"{"key": "a", "delete": true}"#).is_ok());
-        assert!(parse_line(r#"{"value": 1}"#).unwrap_err().contains("expected an object"));
+        assert!(
+            parse_line(r#"{"value": 1}"#)
+                .unwrap_err()
+                .contains("expected an object")
+        );
         assert!(parse_line(r#"[1]"#).is_err());
-        assert!(parse_line(r#"{"key": "a""#).unwrap_err().starts_with("not JSON"));
+        assert!(
+            parse_line(r#"{"key": "a""#)
+                .unwrap_err()
+                .starts_with("not JSON")
+        );
         assert_eq!(entry_index("entry 12: invalid key"), Some(12));
         assert_eq!(entry_index("invalid document batch: too many"), None);
     }
