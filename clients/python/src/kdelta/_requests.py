@@ -95,8 +95,10 @@ def ingest(rows: Sequence[Dict[str, Any]]) -> Req[Written]:
     return Req("POST", "/v1/readings", Written.from_json, body=_json_body(list(rows)), idempotent=False)
 
 
-def series() -> Req[List[Series]]:
-    return Req("GET", "/v1/series", lambda d: [Series.from_json(s) for s in d["series"]])
+def series(after: Optional[str]) -> Req[Tuple[List[Series], Optional[str]]]:
+    """One page of series in name order (``GET /v1/series`` is paged by ``after``)."""
+    return Req("GET", "/v1/series", lambda d: ([Series.from_json(s) for s in d["series"]], d.get("next_after")),
+               params=_params(after=after))
 
 
 def range_page(series: str, start: Optional[Instant], end: Optional[Instant], limit: Optional[int],

@@ -155,8 +155,14 @@ class Readings:
         return out
 
     def series(self) -> List[Series]:
-        """Every series with its unit, metadata, count and time span."""
-        return self._c._run(rq.series())
+        """Every series with its unit, metadata, count and time span (all pages)."""
+        out: List[Series] = []
+        after: Optional[str] = None
+        while True:
+            page, after = self._c._run(rq.series(after))
+            out.extend(page)
+            if after is None:
+                return out
 
     def range(self, series: str, start: Optional[Instant] = None, end: Optional[Instant] = None, *,
               limit: Optional[int] = None, page_size: int = 10_000) -> ReadingRange:
