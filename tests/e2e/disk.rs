@@ -144,16 +144,11 @@ async fn a_full_disk_is_a_state_and_writes_resume_when_space_returns() {
     notes.expect(&agent, "READY=1", Duration::from_secs(10));
     let c = client();
 
-    // The source has committed before the disk fills (its series is read back at the end to
-    // see it resume): without this wait, HTTP ingest may fill the disk before its first batch.
-    eventually(
-        Duration::from_secs(15),
-        "the first sim readings stored",
-        || {
-            let (c, url) = (c.clone(), agent.at("/v1/readings?series=sim.0&limit=1"));
-            async move { (get_json(&c, &url).await.0 == 200).then_some(()) }
-        },
-    )
+    // The source has committed before the disk fills (its series exists for the checks).
+    eventually(Duration::from_secs(20), "first sim readings", || {
+        let (c, url) = (c.clone(), agent.at("/v1/readings/latest?series=sim.0"));
+        async move { (get_json(&c, &url).await.0 == 200).then_some(()) }
+    })
     .await;
 
     // Leave 2 MB, then write until even a one-reading batch is refused.

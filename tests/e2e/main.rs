@@ -17,6 +17,7 @@ mod doc_batch;
 mod harness;
 mod proxy;
 mod reload;
+mod retention;
 mod security;
 mod sources;
 mod sync;
