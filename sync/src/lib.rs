@@ -99,7 +99,7 @@ pub use hlc::{
 };
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
-pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
+pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE};
 pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, glob_match};
 pub use schema::supported_schema_version;
 pub use store::Store;

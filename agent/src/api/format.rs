@@ -174,6 +174,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Accept {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn large_bodies_are_decoded_off_the_calling_thread() {
+        let here = std::thread::current().id();
+        let thread_of = |len: usize| {
+            decode_off_worker(Bytes::from(vec![b' '; len]), |b| {
+                Ok((b.len(), std::thread::current().id()))
+            })
+        };
+        assert_eq!(thread_of(10).await.unwrap(), (10, here));
+        let (len, there) = thread_of(BLOCKING_DECODE_BYTES).await.unwrap();
+        assert_eq!(len, BLOCKING_DECODE_BYTES);
+        assert_ne!(there, here, "a large body is decoded on the blocking pool");
+        let err = decode_off_worker(Bytes::from(vec![0; BLOCKING_DECODE_BYTES]), |_| {
+            Err::<(), _>(ApiError::malformed_body("bad"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.message, "bad");
+    }
+
     fn headers(name: axum::http::HeaderName, v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(v).unwrap());

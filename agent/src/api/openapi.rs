@@ -209,8 +209,12 @@ fn routes_document() -> Value {
             "/v1/sources": { "get": op("Configured sources and their sampling status", vec![],
                 responses("200", ok("Sources", json!({"type": "object", "properties": {"sources": {"type": "array", "items": schema_ref("SourceStatus")}}})), &[])) },
             "/v1/openapi.json": { "get": op("This document", vec![], responses("200", ok("OpenAPI 3.0 document", json!({"type": "object"})), &[])) },
-            "/v1/series": { "get": op("Every series with unit, metadata, count and time span", vec![],
-                responses("200", ok("Series", json!({"type": "object", "properties": {"series": {"type": "array", "items": schema_ref("SeriesInfo")}}})), &[ErrorCode::Unavailable])) },
+            "/v1/series": { "get": op("Series with unit, metadata, count and time span, in name order, paged", vec![
+                query("limit", "Most series per page (default 1000, at most 10000)"),
+                query("after", "`next_after` of the previous page"),
+            ], responses("200", ok("Series", json!({"type": "object", "properties": {
+                "series": {"type": "array", "items": schema_ref("SeriesInfo")},
+                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::Unavailable])) },
             "/v1/readings": {
                 "post": {
                     "summary": "Ingest a batch of readings; answered once the batch is durable. A refused batch stores nothing.",
