@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use futures::StreamExt;
 use kdelta_sync::{
-    ActorId, AggregateQuery, AsOf, Change, ChangeBody, DocWrite, Dot, Hlc, ReadingBatch, Store,
-    StoreConfig, supported_schema_version,
+    ActorId, AggregateQuery, AsOf, BatchEntry, Change, ChangeBody, DocWrite, Dot, Hlc,
+    ReadingBatch, Store, StoreConfig, supported_schema_version,
 };
 use rand::Rng;
 use rusqlite::{Connection, OpenFlags, params};
@@ -1165,12 +1165,50 @@ fn batch_grouping(c: &mut Criterion) {
     g.finish();
 }
 
+/// `Store::write_batch`: 100 puts over distinct keys as one durable change, against 100
+/// single durable puts in the `docs` group (per document: `docs/batch_100` ÷ 100).
+fn doc_batches(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = rt.block_on(open_store(&dir.path().join("batches.db")));
+    let counter = AtomicU64::new(0);
+    let mut g = c.benchmark_group("docs");
+    g.sample_size(SAMPLES)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("batch_100", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let entries = (0..100)
+                        .map(|k| {
+                            BatchEntry::put(
+                                format!("batch/k{k}"),
+                                serde_json::json!({"setpoint": n % 40, "mode": "auto"}),
+                            )
+                        })
+                        .collect();
+                    store.write_batch(entries).await.expect("batch");
+                }
+                record("docs/batch_100", iters, start.elapsed())
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(store.close());
+}
+
 criterion_group!(
     benches,
     floor,
     batch_grouping,
     ingest,
     doc_puts,
+    doc_batches,
     doc_reads,
     aggregate
 );

@@ -1,5 +1,5 @@
 //! Changes: the unit of replication. A change is `(actor, seq)` with its HLC and a body — a
-//! batch of readings or one document write. Owns the change types, their validation and their
+//! batch of readings, one document write, a batch of document writes or a twin change. Owns the change types, their validation and their
 //! CBOR codec; knows nothing of SQLite.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::timing::{ReadingTiming, TimeCorrection};
-use crate::{ActorId, Hlc, StoreError};
+use crate::{ActorId, DocBatch, Hlc, StoreError};
 
 /// The identity of a change (or of a document version): actor and its dense sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -48,9 +48,8 @@ impl Change {
                 .iter()
                 .map(|s| 32 + s.name.len() + s.ts.len() * 14)
                 .sum::<usize>(),
-            ChangeBody::Doc(d) => {
-                16 + d.key.len() + d.value.as_ref().map_or(0, Vec::len) + d.context.len() * 28
-            }
+            ChangeBody::Doc(d) => d.estimated_size(),
+            ChangeBody::DocBatch(b) => b.estimated_size(),
             ChangeBody::Twin(t) => 16 + t.key.len() + t.change.len(),
             ChangeBody::TimeCorrection(c) => 64 + c.ranges.len() * 32,
         }
@@ -99,6 +98,7 @@ impl Change {
             ChangeBody::Readings(b) if b.is_empty() => Ok(()),
             ChangeBody::Readings(b) => b.validate(limits),
             ChangeBody::Doc(d) => d.validate(limits),
+            ChangeBody::DocBatch(b) => b.validate(limits),
             ChangeBody::Twin(t) => t.validate(self.actor, limits).map(drop),
             ChangeBody::TimeCorrection(c) => c.validate(self.seq, limits),
         }
@@ -113,6 +113,9 @@ pub enum ChangeBody {
     Readings(ReadingBatch),
     /// One write to a versioned document (multi-value register).
     Doc(DocWrite),
+    /// Writes to several documents as one atomic change (one seq, one HLC). Agents older
+    /// than schema 4 cannot decode it.
+    DocBatch(DocBatch),
     /// One automerge change to a merge document (device twin).
     Twin(TwinChange),
     /// Corrects the timestamps of the same actor's readings sampled under an untrusted
@@ -198,7 +201,12 @@ pub struct DocWrite {
 }
 
 impl DocWrite {
-    fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
+    /// A cheap upper estimate of this write's share of an encoded change.
+    pub(crate) fn estimated_size(&self) -> usize {
+        16 + self.key.len() + self.value.as_ref().map_or(0, Vec::len) + self.context.len() * 28
+    }
+
+    pub(crate) fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
         validate_key(&self.key)?;
         if let Some(v) = &self.value
             && v.len() > limits.max_value_bytes
@@ -231,6 +239,8 @@ pub struct Limits {
     pub max_change_bytes: usize,
     /// Most sibling dots one document write may resolve.
     pub max_context_dots: usize,
+    /// Most document writes in one batch (one change, see [`DocBatch`]).
+    pub max_batch_docs: usize,
 }
 
 impl Default for Limits {
@@ -240,6 +250,7 @@ impl Default for Limits {
             max_value_bytes: 1 << 20,
             max_change_bytes: 4 << 20,
             max_context_dots: 1024,
+            max_batch_docs: 1000,
         }
     }
 }
@@ -590,25 +601,37 @@ mod tests {
         })
     }
 
+    fn doc_write_strategy(key: impl Strategy<Value = String>) -> impl Strategy<Value = DocWrite> {
+        (
+            key,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            proptest::collection::vec((any::<[u8; 16]>(), 1u64..100), 0..3),
+        )
+            .prop_map(|(key, value, ctx)| DocWrite {
+                key,
+                value,
+                context: ctx
+                    .into_iter()
+                    .map(|(a, seq)| Dot {
+                        actor: ActorId(a),
+                        seq,
+                    })
+                    .collect(),
+            })
+    }
+
     fn change_strategy() -> impl Strategy<Value = Change> {
         let body = prop_oneof![
             batch_strategy().prop_map(ChangeBody::Readings),
-            (
-                "[a-z/]{1,20}",
-                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
-                proptest::collection::vec((any::<[u8; 16]>(), 1u64..100), 0..3)
-            )
-                .prop_map(|(key, value, ctx)| ChangeBody::Doc(DocWrite {
-                    key,
-                    value,
-                    context: ctx
-                        .into_iter()
-                        .map(|(a, seq)| Dot {
-                            actor: ActorId(a),
-                            seq
-                        })
-                        .collect(),
-                })),
+            doc_write_strategy("[a-z/]{1,20}".boxed()).prop_map(ChangeBody::Doc),
+            // Distinct keys: a batch writes each key once.
+            proptest::collection::btree_set("[a-z/]{1,20}", 1..6)
+                .prop_flat_map(|keys| {
+                    keys.into_iter()
+                        .map(|k| doc_write_strategy(Just(k)))
+                        .collect::<Vec<_>>()
+                })
+                .prop_map(|writes| ChangeBody::DocBatch(DocBatch { writes })),
             (
                 any::<[u8; 16]>(),
                 any::<[u8; 16]>(),

@@ -73,6 +73,13 @@ pub(crate) fn readings_hash(
 }
 
 /// Hash of one document version.
+/// [`doc_hash`] of one document write of a change (single or in a batch: the key tells the
+/// versions of one batch apart).
+pub(crate) fn doc_write_hash(c: &crate::Change, d: &crate::DocWrite) -> [u8; 32] {
+    let ctx = crate::docwrite::encode_context(&d.context);
+    doc_hash(&c.actor, c.seq, c.hlc, &d.key, d.value.as_deref(), &ctx)
+}
+
 pub(crate) fn doc_hash(
     actor: &ActorId,
     seq: u64,

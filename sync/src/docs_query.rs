@@ -4,9 +4,10 @@
 //! superseding version always has a higher HLC, so the set is causally closed).
 //!
 //! Each public read is one closure on a read connection (`readers.rs`); `list` takes a
-//! bounded number of keys per closure.
+//! bounded number of keys per closure, and reads the current state of all of them with one
+//! statement over their heads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -109,7 +110,7 @@ fn siblings_of(conn: &Connection, key: &str, id: i64) -> Result<Vec<DocVersion>>
         conn,
         key,
         "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_heads h \
-         JOIN doc_versions v ON v.change_id = h.change_id \
+         JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
          JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
          WHERE h.key_id = ?1",
         [id],
@@ -135,6 +136,10 @@ fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocSt
 
 /// One read of `list`: live documents among the next keys after `cursor`. Returns the
 /// states, the last key looked at and whether the prefix is exhausted.
+///
+/// The current state of a whole page of keys is one statement over their heads (a deleted
+/// key costs its head rows, never a read of its own); only winners' values are decoded.
+/// As-of listings rebuild each key's heads from its history.
 fn list_step(
     conn: &Connection,
     prefix: &str,
@@ -154,17 +159,28 @@ fn list_step(
         })
         .map_err(StoreError::db("listing document keys"))?;
     let exhausted = keys.len() < LIST_KEYS_PER_READ;
+    let in_prefix = keys
+        .iter()
+        .take_while(|(_, k)| k.starts_with(prefix))
+        .count();
+    let ended = exhausted || in_prefix < keys.len();
+    let keys = &keys[..in_prefix];
+    let mut heads = match at {
+        None => page_heads(conn, cursor, prefix)?,
+        Some(_) => HashMap::new(),
+    };
     let mut out = Vec::new();
     let mut last = None;
     for (id, key) in keys {
-        if !key.starts_with(prefix) {
-            return Ok((out, last, true));
-        }
+        let (id, key) = (*id, key.clone());
         let state = match at {
-            None => state_of(siblings_of(conn, &key, id)?),
-            Some(at) => as_of(conn, &key, id, at)?,
+            None => match heads.remove(&id) {
+                Some(h) => live_state(&key, h)?,
+                None => None,
+            },
+            Some(at) => as_of(conn, &key, id, at)?.filter(|s| !s.winner.is_tombstone()),
         };
-        if let Some(s) = state.filter(|s| !s.winner.is_tombstone()) {
+        if let Some(s) = state {
             out.push(s);
             if out.len() >= want {
                 return Ok((out, Some(key), true));
@@ -172,7 +188,54 @@ fn list_step(
         }
         last = Some(key);
     }
-    Ok((out, last, exhausted))
+    Ok((out, last, ended))
+}
+
+/// Head rows of one key: (actor, seq, hlc, value, context).
+type HeadRows = Vec<RawVersion>;
+
+/// The heads of the next page of keys (the same key window as `list_step`'s), by key id.
+fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i64, HeadRows>> {
+    let mut out: HashMap<i64, HeadRows> = HashMap::new();
+    conn.prepare_cached(
+        "SELECT h.key_id, a.actor, c.seq, v.hlc, v.value, v.context FROM doc_heads h \
+         JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
+         JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+         WHERE h.key_id IN (SELECT id FROM doc_keys WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3)",
+    )
+    .and_then(|mut st| {
+        let mut rows = st.query(params![cursor, prefix, LIST_KEYS_PER_READ as i64])?;
+        while let Some(r) = rows.next()? {
+            out.entry(r.get(0)?).or_default().push((
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ));
+        }
+        Ok(())
+    })
+    .map_err(StoreError::db("reading document heads"))?;
+    Ok(out)
+}
+
+/// The live state of a key from its head rows: `None` when the winner is a tombstone. Only
+/// the winner's value is decoded.
+fn live_state(key: &str, mut heads: HeadRows) -> Result<Option<DocState>> {
+    let siblings = heads.len();
+    // Winner: highest HLC, then highest actor (as `state_of`).
+    heads.sort_by(|a, b| (b.2, &b.0).cmp(&(a.2, &a.0)));
+    let Some(winner) = heads.into_iter().next() else {
+        return Ok(None);
+    };
+    if winner.3.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(DocState {
+        winner: version_of(key, winner)?,
+        siblings,
+    }))
 }
 
 impl Store {

@@ -1,5 +1,5 @@
-//! Storing a document version inside the writer's transaction: the multi-value register with
-//! dotted contexts. A version lists the dots of the siblings its writer saw; those dots are
+//! Storing document versions inside the writer's transaction: the multi-value register with
+//! dotted contexts, for single writes and batches (one change, one version per key). A version lists the dots of the siblings its writer saw; those dots are
 //! recorded as superseded and leave the key's heads; the new version becomes a head unless a
 //! version already stored supersedes it (possible when changes of different actors arrive out
 //! of causal order). The final heads are the same whatever the order of arrival.
@@ -10,8 +10,11 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::digest::doc_hash;
-use crate::writer::Writer;
-use crate::{ActorId, ChangeEvent, ChangeEventKind, Dot, Hlc, Result, StoreError};
+use crate::doc_batch::MAX_DOT_CBOR_BYTES;
+use crate::writer::{LocalDocWrite, Writer};
+use crate::{
+    ActorId, ChangeEvent, ChangeEventKind, ChangeMeta, DocBatch, Dot, Hlc, Result, StoreError,
+};
 
 /// Canonical CBOR of a context: dots sorted, so equal contexts hash equally.
 pub(crate) fn encode_context(dots: &[Dot]) -> Vec<u8> {
@@ -81,8 +84,9 @@ impl Writer {
             .collect()
     }
 
-    /// Stores one document version. `context` is `None` for a local write (the current heads
-    /// are taken) and the received context for a remote one. Returns the context used.
+    /// Stores one document write as its own change (kind 2). `context` is `None` for a local
+    /// write (the current heads are taken) and the received context for a remote one.
+    /// Returns the context used.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store_doc(
         &mut self,
@@ -95,20 +99,192 @@ impl Writer {
         remote: bool,
     ) -> Result<Vec<Dot>> {
         let key_id = self.key_id(key)?;
-        let mut context = match context {
+        let context = match context {
             Some(c) => c.to_vec(),
             None => self.current_heads(key_id)?,
         };
+        let slot = self.actor_slot(actor)?;
+        let change_id = self.insert_change_row(slot.idx, seq, hlc, KIND_DOC, None)?;
+        let version = Version {
+            change_id,
+            actor,
+            actor_idx: slot.idx,
+            seq,
+            hlc,
+        };
+        let context = self.store_version(&version, key_id, key, value, context)?;
+        self.advance(actor, seq)?;
+        self.pending_events.push(ChangeEvent {
+            local_id: change_id,
+            actor,
+            seq,
+            hlc,
+            remote,
+            kind: ChangeEventKind::Doc {
+                key: key.to_owned(),
+                deleted: value.is_none(),
+            },
+        });
+        Ok(context)
+    }
+
+    /// Stores a local batch of document writes as one change (kind 4): every entry's context
+    /// is resolved and checked first, so a bad entry refuses the batch before a row is
+    /// written. Returns the change and each entry's context.
+    pub(crate) fn store_local_batch(
+        &mut self,
+        writes: &[LocalDocWrite],
+        encoded_bytes: usize,
+    ) -> Result<(ChangeMeta, Vec<Vec<Dot>>)> {
+        let mut contexts = Vec::with_capacity(writes.len());
+        let mut size = encoded_bytes;
+        for (index, w) in writes.iter().enumerate() {
+            let context = self.local_context(w).map_err(|e| e.at_entry(index))?;
+            if w.context.is_none() {
+                size += context.len() * MAX_DOT_CBOR_BYTES;
+            }
+            contexts.push(context);
+        }
+        if size > self.limits.max_change_bytes {
+            return Err(StoreError::InvalidDocBatch(format!(
+                "with the siblings it resolves, the batch may encode to {size} bytes, over the limit of {} per change; split it",
+                self.limits.max_change_bytes
+            )));
+        }
+        let (seq, hlc) = self.next_local();
+        let actor = self.actor;
+        let entries = writes
+            .iter()
+            .zip(contexts)
+            .map(|(w, c)| (w.key.as_str(), w.value.as_deref(), c));
+        let contexts = self.store_batch(actor, seq, hlc, entries, false)?;
+        Ok((ChangeMeta { actor, seq, hlc }, contexts))
+    }
+
+    /// Stores a batch received from a peer (validated by the caller) as one change.
+    pub(crate) fn store_remote_batch(
+        &mut self,
+        actor: ActorId,
+        seq: u64,
+        hlc: Hlc,
+        batch: &DocBatch,
+    ) -> Result<()> {
+        let entries = batch
+            .writes
+            .iter()
+            .map(|w| (w.key.as_str(), w.value.as_deref(), w.context.clone()));
+        self.store_batch(actor, seq, hlc, entries, true).map(drop)
+    }
+
+    /// The change row of a batch, then each key's version under it, exactly as a single
+    /// write's; one event for the change.
+    fn store_batch<'a>(
+        &mut self,
+        actor: ActorId,
+        seq: u64,
+        hlc: Hlc,
+        entries: impl Iterator<Item = (&'a str, Option<&'a [u8]>, Vec<Dot>)>,
+        remote: bool,
+    ) -> Result<Vec<Vec<Dot>>> {
+        let slot = self.actor_slot(actor)?;
+        let change_id = self.insert_change_row(slot.idx, seq, hlc, KIND_DOC_BATCH, None)?;
+        let version = Version {
+            change_id,
+            actor,
+            actor_idx: slot.idx,
+            seq,
+            hlc,
+        };
+        let (mut keys, mut deleted, mut contexts) = (Vec::new(), 0, Vec::new());
+        for (key, value, context) in entries {
+            let key_id = self.key_id(key)?;
+            contexts.push(self.store_version(&version, key_id, key, value, context)?);
+            keys.push(key.to_owned());
+            deleted += usize::from(value.is_none());
+        }
+        self.advance(actor, seq)?;
+        self.pending_events.push(ChangeEvent {
+            local_id: change_id,
+            actor,
+            seq,
+            hlc,
+            remote,
+            kind: ChangeEventKind::DocBatch { keys, deleted },
+        });
+        Ok(contexts)
+    }
+
+    /// The context of one local batch entry: the caller's (every dot must be a stored
+    /// version of the key) or the key's current siblings. Refuses twin keys, and a delete
+    /// of a key without a live value, as [`Store::delete`](crate::Store::delete) does.
+    fn local_context(&mut self, w: &LocalDocWrite) -> Result<Vec<Dot>> {
+        if self.is_twin(&w.key)? {
+            return Err(StoreError::WrongKind {
+                key: w.key.clone(),
+                problem: "is a twin (merge document); change it with a twin patch",
+            });
+        }
+        let key_id = self.key_id(&w.key)?;
+        if let Some(given) = &w.context {
+            for dot in given {
+                if !self.is_version_of(key_id, *dot)? {
+                    return Err(StoreError::InvalidDocBatch(format!(
+                        "context names {}:{}, which is not a version of {:?}",
+                        dot.actor, dot.seq, w.key
+                    )));
+                }
+            }
+            return Ok(given.clone());
+        }
+        if w.value.is_none() {
+            let (heads, tombstones): (i64, i64) = self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(v.value IS NULL), 0) FROM doc_heads h \
+                     JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
+                     WHERE h.key_id = ?1",
+                )
+                .and_then(|mut st| st.query_row([key_id], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(StoreError::db("reading document heads"))?;
+            if heads == 0 || (heads == 1 && tombstones == 1) {
+                return Err(StoreError::UnknownKey(w.key.clone()));
+            }
+        }
+        self.current_heads(key_id)
+    }
+
+    fn is_version_of(&mut self, key_id: i64, dot: Dot) -> Result<bool> {
+        let Some(idx) = self.actors.get(&dot.actor).map(|s| s.idx) else {
+            return Ok(false);
+        };
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM doc_versions v JOIN changes c ON c.id = v.change_id \
+                 WHERE v.key_id = ?1 AND c.actor_idx = ?2 AND c.seq = ?3",
+            )
+            .and_then(|mut st| st.exists(params![key_id, idx, dot.seq as i64]))
+            .map_err(StoreError::db("checking a document context"))
+    }
+
+    /// Stores the version of one key made by the change `v`: the version row, the dots it
+    /// supersedes (they leave the key's heads), itself as a head unless a stored version
+    /// supersedes it, and its digest element. Returns the context, sorted.
+    fn store_version(
+        &mut self,
+        v: &Version,
+        key_id: i64,
+        key: &str,
+        value: Option<&[u8]>,
+        mut context: Vec<Dot>,
+    ) -> Result<Vec<Dot>> {
         context.sort();
         context.dedup();
         let ctx_bytes = encode_context(&context);
-        let slot = self.actor_slot(actor)?;
-        let change_id = self.insert_change_row(slot.idx, seq, hlc, 2, None)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO doc_versions (change_id, key_id, hlc, value, context) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
-            .and_then(|mut st| st.execute(params![change_id, key_id, hlc.0 as i64, value, &ctx_bytes]))
+            .and_then(|mut st| st.execute(params![v.change_id, key_id, v.hlc.0 as i64, value, &ctx_bytes]))
             .map_err(StoreError::db("storing a document version"))?;
         self.counts.doc_versions += 1;
 
@@ -133,29 +309,30 @@ impl Writer {
             .prepare_cached(
                 "SELECT 1 FROM doc_superseded WHERE key_id = ?1 AND actor_idx = ?2 AND seq = ?3",
             )
-            .and_then(|mut st| st.exists(params![key_id, slot.idx, seq as i64]))
+            .and_then(|mut st| st.exists(params![key_id, v.actor_idx, v.seq as i64]))
             .map_err(StoreError::db("checking document heads"))?;
         if !superseded {
             self.conn
                 .prepare_cached("INSERT INTO doc_heads (key_id, change_id) VALUES (?1, ?2)")
-                .and_then(|mut st| st.execute(params![key_id, change_id]))
+                .and_then(|mut st| st.execute(params![key_id, v.change_id]))
                 .map_err(StoreError::db("updating document heads"))?;
         }
-
-        self.advance(actor, seq)?;
         self.digest
-            .add(&doc_hash(&actor, seq, hlc, key, value, &ctx_bytes));
-        self.pending_events.push(ChangeEvent {
-            local_id: change_id,
-            actor,
-            seq,
-            hlc,
-            remote,
-            kind: ChangeEventKind::Doc {
-                key: key.to_owned(),
-                deleted: value.is_none(),
-            },
-        });
+            .add(&doc_hash(&v.actor, v.seq, v.hlc, key, value, &ctx_bytes));
         Ok(context)
     }
+}
+
+/// `changes.kind` of a single document write.
+pub(crate) const KIND_DOC: i64 = 2;
+/// `changes.kind` of a batch of document writes (schema 4).
+pub(crate) const KIND_DOC_BATCH: i64 = 5;
+
+/// The change a version belongs to.
+struct Version {
+    change_id: i64,
+    actor: ActorId,
+    actor_idx: i64,
+    seq: u64,
+    hlc: Hlc,
 }

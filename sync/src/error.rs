@@ -49,6 +49,20 @@ pub enum StoreError {
     /// A reading batch was refused as a whole; nothing of it was stored.
     #[error("invalid reading batch: {0}")]
     InvalidBatch(String),
+    /// A document batch was refused as a whole (empty, too many documents, too large, a key
+    /// twice, a context that names no version of its key); nothing of it was stored.
+    #[error("invalid document batch: {0}")]
+    InvalidDocBatch(String),
+    /// One entry of a document batch was refused, so the whole batch was; `index` counts
+    /// from 0 in the order the entries were given.
+    #[error("entry {index}: {source}")]
+    BatchEntry {
+        /// Position of the entry in the batch, from 0.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// A document key is empty, too long or contains control characters.
     #[error("invalid document key {key:?}: {reason}")]
     InvalidKey {
@@ -158,6 +172,28 @@ impl StoreError {
         move |source| StoreError::Database { context, source }
     }
 
+    /// This error, as the problem of entry `index` of a batch. Kept as is when it already
+    /// names an entry, or when it is not the caller's fault (a database failure is not an
+    /// entry's problem).
+    pub(crate) fn at_entry(self, index: usize) -> StoreError {
+        match self {
+            e @ StoreError::BatchEntry { .. } => e,
+            e if !e.is_client_error() => e,
+            e => StoreError::BatchEntry {
+                index,
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// The error itself, or for [`StoreError::BatchEntry`] the error of the entry.
+    pub fn innermost(&self) -> &StoreError {
+        match self {
+            StoreError::BatchEntry { source, .. } => source.innermost(),
+            e => e,
+        }
+    }
+
     /// True when the same operation may succeed if retried: the database is busy or locked
     /// (another connection holds the write lock past the busy timeout), disk I/O failed or
     /// the disk is full, the store is closing. Constraint violations, corruption, misuse and
@@ -167,6 +203,7 @@ impl StoreError {
             StoreError::Database { source, .. } => sqlite_transient(source),
             StoreError::WriteGroup { transient, .. } => *transient,
             StoreError::Io { .. } | StoreError::Closed | StoreError::DiskFull { .. } => true,
+            StoreError::BatchEntry { source, .. } => source.is_transient(),
             _ => false,
         }
     }
@@ -201,8 +238,9 @@ impl StoreError {
     /// True when the caller sent something invalid (as opposed to a failure of the store).
     pub fn is_client_error(&self) -> bool {
         matches!(
-            self,
+            self.innermost(),
             StoreError::InvalidBatch(_)
+                | StoreError::InvalidDocBatch(_)
                 | StoreError::InvalidKey { .. }
                 | StoreError::ValueTooLarge { .. }
                 | StoreError::InvalidQuery(_)
@@ -222,7 +260,8 @@ impl StoreError {
             StoreError::Database { .. } | StoreError::WriteGroup { .. } => "database",
             StoreError::Io { .. } => "io",
             StoreError::SchemaTooNew { .. } => "schema_too_new",
-            StoreError::InvalidBatch(_) => "invalid_batch",
+            StoreError::InvalidBatch(_) | StoreError::InvalidDocBatch(_) => "invalid_batch",
+            StoreError::BatchEntry { source, .. } => source.code(),
             StoreError::InvalidKey { .. } => "invalid_key",
             StoreError::ValueTooLarge { .. } => "value_too_large",
             StoreError::InvalidQuery(_) => "invalid_query",

@@ -19,6 +19,7 @@
 //!   did not see each other become siblings (a multi-value register with dotted contexts); a
 //!   plain [`Store::get`] returns the deterministic winner (highest HLC, then actor) and the
 //!   sibling count. Every version stays in history: as-of reads, diffs, history pages.
+//!   [`Store::write_batch`] writes puts and deletes over many keys as one atomic change.
 //! - **Untrusted time**: a batch sampled while the wall clock was not trusted carries a
 //!   [`ReadingTiming`] (boot id, wall − monotonic offset); once a trusted time is known its
 //!   actor writes a [`TimeCorrection`] change ([`Store::correct_reading_times`]) that moves
@@ -71,6 +72,7 @@ mod change;
 mod correct;
 mod counts;
 mod digest;
+mod doc_batch;
 mod docs_query;
 mod docwrite;
 mod error;
@@ -99,6 +101,7 @@ pub use change::{
     validate_series_name,
 };
 pub use digest::Digest;
+pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use health::WriteHealth;
@@ -107,7 +110,7 @@ pub use hlc::{
 };
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
-pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
+pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE};
 pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, glob_match};
 pub use schema::supported_schema_version;
 pub use store::Store;

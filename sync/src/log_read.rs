@@ -6,23 +6,24 @@
 //!   nearby time ranges; one statement joins a `VALUES` list of runs with `series` (by name) and
 //!   `readings` (a range scan per run, filtered to the run's change ids) and the rows are split
 //!   into changes in memory by change id;
-//! - documents and twin changes: one `IN (…)` query each per chunk of ids.
+//! - documents (single and batches) and twin changes: one `IN (…)` query each per chunk of
+//!   ids; a batch's versions come back as several rows of one change id.
 
 use std::collections::HashMap;
 
 use rusqlite::Connection;
 
 use crate::correct::{KIND_TIME_CORRECTION, decode_correction};
-use crate::docwrite::decode_context;
+use crate::docwrite::{KIND_DOC_BATCH, decode_context};
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
 use crate::{
-    ActorId, BootId, Change, ChangeBody, DocWrite, Hlc, ReadingBatch, ReadingTiming, Result,
-    SeriesPoints, StoreError, TwinChange,
+    ActorId, BootId, Change, ChangeBody, DocBatch, DocWrite, Hlc, ReadingBatch, ReadingTiming,
+    Result, SeriesPoints, StoreError, TwinChange,
 };
 
 /// The columns every log query selects first (`load` reads them by position); the sixth is a
-/// lower bound of the bytes of a document or twin body (0 for readings).
+/// lower bound of the bytes of a document, document batch or twin body (0 for readings).
 pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
      CASE c.kind \
        WHEN 2 THEN (SELECT length(k.key) + COALESCE(length(v.value), 0) FROM doc_versions v \
@@ -30,6 +31,8 @@ pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
        WHEN 3 THEN (SELECT length(w.key) + length(t.bytes) FROM twin_changes t \
                     JOIN twins w ON w.id = t.twin_id WHERE t.change_id = c.id) \
        WHEN 4 THEN length(c.manifest) \
+       WHEN 5 THEN (SELECT SUM(16 + length(k.key) + COALESCE(length(v.value), 0)) \
+                    FROM doc_versions v JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = c.id) \
        ELSE 0 END";
 
 /// Runs per readings statement (6 parameters each, far below SQLite's 32,766).
@@ -101,6 +104,7 @@ impl LogRow {
 /// Loads the bodies of `rows` and returns their changes in the same order.
 pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
     let mut docs = load_docs(conn, &rows)?;
+    let mut batches = load_doc_batches(conn, &rows)?;
     let mut twins = load_twins(conn, &rows)?;
     let timings = load_timings(conn, &rows)?;
     let mut readings = load_readings(conn, &rows, &timings)?;
@@ -115,6 +119,11 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
             2 => ChangeBody::Doc(
                 docs.remove(&row.id)
                     .ok_or_else(|| missing(row.id, "document version"))?,
+            ),
+            KIND_DOC_BATCH => ChangeBody::DocBatch(
+                batches
+                    .remove(&row.id)
+                    .ok_or_else(|| missing(row.id, "document versions"))?,
             ),
             3 => ChangeBody::Twin(
                 twins
@@ -154,17 +163,7 @@ fn load_docs(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite
         ids_of(rows, 2),
         select,
         "reading document changes",
-        |r| {
-            let col = |e| StoreError::Database {
-                context: "reading document changes",
-                source: e,
-            };
-            Ok(DocWrite {
-                key: r.get(1).map_err(col)?,
-                value: r.get(2).map_err(col)?,
-                context: decode_context(&r.get::<_, Vec<u8>>(3).map_err(col)?)?,
-            })
-        },
+        |r| doc_write(r, "reading document changes"),
     )
 }
 
@@ -204,6 +203,40 @@ fn load_timings(
     )
 }
 
+/// The versions of each batch change, in the order they were written (`doc_versions` rows
+/// of one change are inserted in batch order, so their rowids keep it).
+fn load_doc_batches(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocBatch>> {
+    let select = "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
+                  JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (";
+    let mut out: HashMap<i64, DocBatch> = HashMap::new();
+    for_each_body(
+        conn,
+        ids_of(rows, KIND_DOC_BATCH),
+        select,
+        " ORDER BY v.rowid",
+        "reading document batches",
+        |id, r| {
+            let write = doc_write(r, "reading document batches")?;
+            out.entry(id)
+                .or_insert_with(|| DocBatch { writes: Vec::new() })
+                .writes
+                .push(write);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// A `DocWrite` from a row selecting `change_id, key, value, context`.
+fn doc_write(r: &rusqlite::Row<'_>, context: &'static str) -> Result<DocWrite> {
+    let col = |source| StoreError::Database { context, source };
+    Ok(DocWrite {
+        key: r.get(1).map_err(col)?,
+        value: r.get(2).map_err(col)?,
+        context: decode_context(&r.get::<_, Vec<u8>>(3).map_err(col)?)?,
+    })
+}
+
 fn load_twins(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, TwinChange>> {
     let select = "SELECT t.change_id, w.key, t.bytes FROM twin_changes t \
                   JOIN twins w ON w.id = t.twin_id WHERE t.change_id IN (";
@@ -229,8 +262,26 @@ fn load_bodies<T>(
     decode: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
 ) -> Result<HashMap<i64, T>> {
     let mut out = HashMap::new();
+    for_each_body(conn, ids, select, "", what, |id, r| {
+        out.insert(id, decode(r)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Runs `select` (ending in `IN (`, change id first, then `order`) for `ids` in chunks of
+/// [`ID_CHUNK`] and hands each row with its change id to `each`.
+fn for_each_body(
+    conn: &Connection,
+    ids: Vec<i64>,
+    select: &str,
+    order: &str,
+    what: &'static str,
+    mut each: impl FnMut(i64, &rusqlite::Row<'_>) -> Result<()>,
+) -> Result<()> {
+    let tail = format!("){order}");
     for chunk in ids.chunks(ID_CHUNK) {
-        let sql = list_sql(select, chunk.len(), ")");
+        let sql = list_sql(select, chunk.len(), &tail);
         let cached = cache_statement(chunk.len(), ID_CHUNK);
         // Decoding errors are not SQLite errors: keep the first one aside.
         let mut failed: Option<StoreError> = None;
@@ -242,14 +293,9 @@ fn load_bodies<T>(
             let mut rows = st.raw_query();
             while let Some(r) = rows.next()? {
                 let id: i64 = r.get(0)?;
-                match decode(r) {
-                    Ok(v) => {
-                        out.insert(id, v);
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                if let Err(e) = each(id, r) {
+                    failed = Some(e);
+                    break;
                 }
             }
             Ok(())
@@ -259,7 +305,7 @@ fn load_bodies<T>(
             return Err(e);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One range scan: readings of one series in `[lo, hi]` of changes with ids in `[first, last]`.

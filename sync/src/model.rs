@@ -175,6 +175,15 @@ pub struct SeriesInfo {
     pub last_ts: Option<i64>,
 }
 
+/// One page of [`Store::series_page`](crate::Store::series_page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPage {
+    /// Series in name order.
+    pub series: Vec<SeriesInfo>,
+    /// The name to pass as `after` for the next page; `None` when this page is the last.
+    pub next_after: Option<String>,
+}
+
 /// A raw range query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RangeQuery {
@@ -308,6 +317,13 @@ pub enum ChangeEventKind {
         key: String,
         /// True for a delete.
         deleted: bool,
+    },
+    /// A batch of document writes (one change).
+    DocBatch {
+        /// The keys written, in batch order.
+        keys: Vec<String>,
+        /// How many of the writes are deletes.
+        deleted: usize,
     },
     /// An automerge change to a merge document (twin).
     Twin {

@@ -1,4 +1,4 @@
-//! Reading queries on the read pool: series list, raw ranges with cursors, bucketed
+//! Reading queries on the read pool: series list (paged), raw ranges with cursors, bucketed
 //! aggregates (from the per-minute rollups when buckets are whole minutes, raw rows only for
 //! partial edge minutes) and latest values. Never writes. Each call is one closure on a read
 //! connection (`readers.rs`).
@@ -10,11 +10,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ingest::{MINUTE_MS, MinuteAgg};
 use crate::{
     AggregateQuery, Bucket, LatestReading, RangeQuery, ReadingPage, ReadingRow, Result, SeriesInfo,
-    Store, StoreError,
+    SeriesPage, Store, StoreError,
 };
 
 /// Most rows one range page returns.
 pub const MAX_PAGE_ROWS: usize = 100_000;
+/// A row of the latest-values statement: series, unit, last time and value (NULL for a
+/// series without readings).
+type LatestRow = (String, Option<String>, Option<i64>, Option<f64>);
+
+/// Most series one page of [`Store::series_page`] returns.
+pub const MAX_SERIES_PAGE: usize = 10_000;
 /// Most buckets one aggregate query returns.
 pub const MAX_BUCKETS: i64 = 100_000;
 
@@ -125,34 +131,61 @@ fn fold_rollups(
 }
 
 impl Store {
-    /// Every series with its unit, metadata, reading count and time span.
+    /// Every series with its unit, metadata, reading count and time span, in name order
+    /// (all pages of [`series_page`](Self::series_page)).
     pub async fn series(&self) -> Result<Vec<SeriesInfo>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.series_page(after.as_deref(), MAX_SERIES_PAGE).await?;
+            out.extend(page.series);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// One page of series in name order: at most `limit` (1 to [`MAX_SERIES_PAGE`]) after
+    /// the name `after`, with `next_after` set when more may follow. Reads only the page's
+    /// series: each one's count is a range scan of its own rollups, its first and last
+    /// times are index seeks (never a scan of every rollup).
+    pub async fn series_page(&self, after: Option<&str>, limit: usize) -> Result<SeriesPage> {
+        let limit = limit.clamp(1, MAX_SERIES_PAGE);
+        // Names are never empty, so "" is before the first.
+        let after = after.unwrap_or_default().to_owned();
         self.inner
             .readers
-            .read(|conn| {
-                conn.prepare_cached(
-                    "SELECT s.name, s.unit, s.meta, r.n, r.first_ts, r.last_ts FROM series s \
-                     LEFT JOIN (SELECT series_id, SUM(n) AS n, MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts \
-                                FROM rollup_1m GROUP BY series_id) r ON r.series_id = s.id \
-                     ORDER BY s.name",
-                )
-                .and_then(|mut st| {
-                    st.query_map([], |r| {
-                        Ok(SeriesInfo {
-                            name: r.get(0)?,
-                            unit: r.get(1)?,
-                            meta: r
-                                .get::<_, Option<String>>(2)?
-                                .and_then(|m| serde_json::from_str(&m).ok())
-                                .unwrap_or_default(),
-                            count: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                            first_ts: r.get(4)?,
-                            last_ts: r.get(5)?,
-                        })
-                    })?
-                    .collect()
-                })
-                .map_err(StoreError::db("listing series"))
+            .read(move |conn| {
+                let series: Vec<SeriesInfo> = conn
+                    .prepare_cached(
+                        "SELECT s.name, s.unit, s.meta, \
+                           (SELECT SUM(n) FROM rollup_1m WHERE series_id = s.id), \
+                           (SELECT first_ts FROM rollup_1m WHERE series_id = s.id ORDER BY minute LIMIT 1), \
+                           (SELECT last_ts FROM rollup_1m WHERE series_id = s.id ORDER BY minute DESC LIMIT 1) \
+                         FROM series s WHERE s.name > ?1 ORDER BY s.name LIMIT ?2",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map(params![after, limit as i64], |r| {
+                            Ok(SeriesInfo {
+                                name: r.get(0)?,
+                                unit: r.get(1)?,
+                                meta: r
+                                    .get::<_, Option<String>>(2)?
+                                    .and_then(|m| serde_json::from_str(&m).ok())
+                                    .unwrap_or_default(),
+                                count: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                                first_ts: r.get(4)?,
+                                last_ts: r.get(5)?,
+                            })
+                        })?
+                        .collect()
+                    })
+                    .map_err(StoreError::db("listing series"))?;
+                let next_after = (series.len() == limit)
+                    .then(|| series.last().map(|s| s.name.clone()))
+                    .flatten();
+                Ok(SeriesPage { series, next_after })
             })
             .await
     }
@@ -260,41 +293,51 @@ impl Store {
             .await
     }
 
-    /// The latest reading of each series (or of the named ones), in one read.
+    /// The latest reading of each series (of `series` when given, in that order; else of
+    /// every series, by name), in one statement: per series an index seek for its last
+    /// timestamp and, among readings at that time, the highest value.
+    /// [`StoreError::UnknownSeries`] names the first unknown series asked for.
     pub async fn latest(&self, series: Option<&[String]>) -> Result<Vec<LatestReading>> {
         let names: Option<Vec<String>> = series.map(<[String]>::to_vec);
         self.inner
             .readers
             .read(move |conn| {
-                let names: Vec<String> = match names {
-                    Some(n) => n,
-                    None => conn
-                        .prepare_cached("SELECT name FROM series ORDER BY name")
-                        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-                        .map_err(StoreError::db("listing series"))?,
-                };
-                let mut out = Vec::with_capacity(names.len());
-                for name in names {
-                    let (sid, unit) = series_row(conn, &name)?;
-                    let row: Option<(i64, f64)> = conn
-                        .prepare_cached(
-                            "SELECT ts, value FROM readings WHERE series_id = ?1 ORDER BY ts DESC, value DESC LIMIT 1",
-                        )
-                        .and_then(|mut st| {
-                            st.query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))
-                                .optional()
-                        })
-                        .map_err(StoreError::db("reading the latest value"))?;
-                    if let Some((ts, value)) = row {
-                        out.push(LatestReading {
-                            series: name,
-                            unit,
-                            ts,
-                            value,
-                        });
+                // NULL = every series; otherwise a JSON array of names.
+                let wanted: Option<String> = names
+                    .as_ref()
+                    .map(|n| serde_json::to_string(n).expect("names to JSON"));
+                let mut found: Vec<LatestRow> = conn
+                    .prepare_cached(
+                        "SELECT s.name, s.unit, t.ts, \
+                           (SELECT MAX(r.value) FROM readings r WHERE r.series_id = s.id AND r.ts = t.ts) \
+                         FROM series s \
+                         JOIN (SELECT id, (SELECT MAX(ts) FROM readings WHERE series_id = series.id) AS ts \
+                               FROM series) t ON t.id = s.id \
+                         WHERE ?1 IS NULL OR s.name IN (SELECT value FROM json_each(?1)) \
+                         ORDER BY s.name",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map([wanted], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                            .collect()
+                    })
+                    .map_err(StoreError::db("reading the latest values"))?;
+                if let Some(names) = names {
+                    let mut by_name: std::collections::HashMap<String, _> =
+                        found.drain(..).map(|f| (f.0.clone(), f)).collect();
+                    for n in names {
+                        match by_name.remove(&n) {
+                            Some(f) => found.push(f),
+                            None if found.iter().any(|f| f.0 == n) => {}
+                            None => return Err(StoreError::UnknownSeries(n)),
+                        }
                     }
                 }
-                Ok(out)
+                Ok(found
+                    .into_iter()
+                    .filter_map(|(series, unit, ts, value)| {
+                        Some(LatestReading { series, unit, ts: ts?, value: value? })
+                    })
+                    .collect())
             })
             .await
     }

@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "reading timing",
         sql: include_str!("../migrations/0003_reading_timing.sql"),
     },
+    Migration {
+        version: 4,
+        description: "doc_batches",
+        sql: include_str!("../migrations/0004_doc_batches.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

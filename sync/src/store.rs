@@ -635,16 +635,11 @@ impl Store {
                             &crate::correct::encode_correction(t),
                         ));
                     }
-                    ChangeBody::Doc(d) => {
-                        let ctx = crate::docwrite::encode_context(&d.context);
-                        digest.add(&crate::digest::doc_hash(
-                            &c.actor,
-                            c.seq,
-                            c.hlc,
-                            &d.key,
-                            d.value.as_deref(),
-                            &ctx,
-                        ));
+                    ChangeBody::Doc(d) => digest.add(&crate::digest::doc_write_hash(c, d)),
+                    ChangeBody::DocBatch(b) => {
+                        for d in &b.writes {
+                            digest.add(&crate::digest::doc_write_hash(c, d));
+                        }
                     }
                     ChangeBody::Twin(t) => {
                         digest.add(&crate::digest::twin_hash(

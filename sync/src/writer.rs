@@ -56,6 +56,12 @@ pub(crate) enum Job {
         value: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
     },
+    DocBatch {
+        writes: Vec<LocalDocWrite>,
+        /// Encoded size of the batch with the contexts given (see `doc_batch.rs`).
+        encoded_bytes: usize,
+        reply: oneshot::Sender<Result<(ChangeMeta, Vec<Vec<Dot>>)>>,
+    },
     Remote {
         changes: Vec<Change>,
         reply: oneshot::Sender<Result<ApplyOutcome>>,
@@ -102,12 +108,23 @@ pub(crate) enum Job {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+/// One write of a local document batch: the context is the caller's, or `None` for the
+/// key's current siblings.
+pub(crate) struct LocalDocWrite {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub context: Option<Vec<Dot>>,
+}
+
+type BatchReply = Result<(ChangeMeta, Vec<Vec<Dot>>)>;
+
 enum Done {
     Append(oneshot::Sender<Result<ChangeMeta>>, Result<ChangeMeta>),
     Doc(
         oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
         Result<(ChangeMeta, Vec<Dot>)>,
     ),
+    DocBatch(oneshot::Sender<BatchReply>, BatchReply),
     Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
     Twin(oneshot::Sender<Result<TwinWrite>>, Result<TwinWrite>),
     Correct(
@@ -131,6 +148,7 @@ impl Done {
         match self {
             Done::Append(_, r) => r.as_ref().err(),
             Done::Doc(_, r) => r.as_ref().err(),
+            Done::DocBatch(_, r) => r.as_ref().err(),
             Done::Remote(_, r) => r.as_ref().err(),
             Done::Twin(_, r) => r.as_ref().err(),
             Done::Correct(_, r) => r.as_ref().err(),
@@ -146,6 +164,7 @@ impl Done {
         match self {
             Done::Append(tx, r) => Done::Append(tx, r.and(Err(err()))),
             Done::Doc(tx, r) => Done::Doc(tx, r.and(Err(err()))),
+            Done::DocBatch(tx, r) => Done::DocBatch(tx, r.and(Err(err()))),
             Done::Remote(tx, r) => Done::Remote(tx, r.and(Err(err()))),
             Done::Twin(tx, r) => Done::Twin(tx, r.and(Err(err()))),
             Done::Correct(tx, r) => Done::Correct(tx, r.and(Err(err()))),
@@ -161,6 +180,7 @@ impl Done {
         let _ = match self {
             Done::Append(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Doc(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::DocBatch(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Remote(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Twin(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Correct(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
@@ -564,6 +584,7 @@ impl Writer {
         match job {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
+            Job::DocBatch { reply, .. } => Done::DocBatch(reply, Err(err())),
             Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
             Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
             Job::Correct { reply, .. } => Done::Correct(reply, Err(err())),
@@ -642,6 +663,14 @@ impl Writer {
                     Err(e) => Err(e),
                 };
                 Done::Doc(reply, r)
+            }
+            Job::DocBatch {
+                writes,
+                encoded_bytes,
+                reply,
+            } => {
+                let r = self.store_local_batch(&writes, encoded_bytes);
+                Done::DocBatch(reply, r)
             }
             Job::Twin { key, edit, reply } => {
                 let r = self.store_twin_local(&key, &edit);
@@ -769,6 +798,7 @@ impl Writer {
                         true,
                     )
                     .map(drop)?,
+                ChangeBody::DocBatch(b) => self.store_remote_batch(c.actor, c.seq, c.hlc, b)?,
                 ChangeBody::Twin(t) => self.store_twin_remote(c.actor, c.seq, c.hlc, t)?,
                 ChangeBody::TimeCorrection(t) => {
                     self.store_correction(c.actor, c.seq, c.hlc, t, true)?

@@ -1,5 +1,6 @@
 //! Property test of the CRDT merge: 3–5 replicas make random local changes (reading batches,
-//! puts, deletes, concurrent puts to the same keys) and exchange changes in random order, in
+//! puts, deletes, concurrent puts to the same keys, document batches over several keys —
+//! some resolving only the siblings they name) and exchange changes in random order, in
 //! partial pages, with duplicates and out-of-order deliveries. After a full exchange every
 //! replica has the same version vector, the same digest (incremental and recomputed) and the
 //! same document states.
@@ -12,9 +13,23 @@ const T0: i64 = 1_764_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Batch { series: u8, start: u16, n: u8 },
-    Put { key: u8, value: i32 },
-    Delete { key: u8 },
+    Batch {
+        series: u8,
+        start: u16,
+        n: u8,
+    },
+    Put {
+        key: u8,
+        value: i32,
+    },
+    Delete {
+        key: u8,
+    },
+    /// One `write_batch` over distinct keys: `(key, value or delete, resolve only the
+    /// winner instead of every sibling)`.
+    DocBatch {
+        writes: Vec<(u8, Option<i32>, bool)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +58,17 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         (0u8..4, any::<i32>()).prop_map(|(key, value)| Op::Put { key, value }),
         (0u8..4).prop_map(|key| Op::Delete { key }),
+        proptest::collection::btree_map(
+            0u8..4,
+            (proptest::option::weighted(0.8, any::<i32>()), any::<bool>()),
+            1..4
+        )
+        .prop_map(|m| Op::DocBatch {
+            writes: m
+                .into_iter()
+                .map(|(k, (v, winner_only))| (k, v, winner_only))
+                .collect()
+        }),
     ]
 }
 
@@ -81,6 +107,29 @@ async fn run_local(s: &Store, replica: usize, op: &Op) {
             Ok(_) | Err(StoreError::UnknownKey(_)) => {}
             Err(e) => panic!("delete failed: {e}"),
         },
+        Op::DocBatch { writes } => {
+            let mut entries = Vec::new();
+            for (k, value, winner_only) in writes {
+                let key = format!("k{k}");
+                let mut e = match value {
+                    Some(v) => BatchEntry::put(&key, json!({"v": v, "by": replica, "batch": true})),
+                    None => BatchEntry::delete(&key),
+                };
+                if *winner_only && let Some(state) = s.get(&key).await.unwrap() {
+                    e = e.with_context(vec![Dot {
+                        actor: state.winner.actor,
+                        seq: state.winner.seq,
+                    }]);
+                }
+                entries.push(e);
+            }
+            match s.write_batch(entries).await {
+                Ok(v) => assert!(v.iter().all(|x| x.seq == v[0].seq)),
+                // A delete of a key without a live value refuses the whole batch.
+                Err(e) if e.innermost().code() == "unknown_key" => {}
+                Err(e) => panic!("batch failed: {e}"),
+            }
+        }
     }
 }
 

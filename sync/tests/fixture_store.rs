@@ -148,6 +148,22 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
     let v = s.put("cfg/a", &json!({"interval": 15})).await.unwrap();
     assert_eq!(v.seq, before + 1);
     assert_eq!(v.supersedes.len(), 1);
+    // A batch (schema 3) on the upgraded store: one change over old keys, siblings resolved.
+    let written = s
+        .write_batch(vec![
+            BatchEntry::put("cfg/conflict", json!({"by": "batch"})),
+            BatchEntry::delete("cfg/b"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(written[0].seq, before + 2);
+    assert_eq!(written[0].supersedes.len(), 2, "both siblings resolved");
+    assert_eq!(s.get("cfg/conflict").await.unwrap().unwrap().siblings, 1);
+    assert!(s.get("cfg/b").await.unwrap().unwrap().winner.is_tombstone());
+    assert_eq!(
+        s.history("cfg/b", 100, None).await.unwrap()[0].seq,
+        before + 2
+    );
     s.close().await;
 
     // Reopening after the upgrade keeps everything (no migration re-applied).
@@ -158,6 +174,7 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
         Some(json!({"interval": 15}))
     );
     assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+    assert_eq!(s.version_vector().get(&s.actor()), before + 2);
     s.close().await;
 }
 
@@ -187,6 +204,14 @@ async fn migrations_are_recorded_as_sqlx_recorded_them() {
         .await;
     let (old_rows, new_rows) = (rows(&old), rows(&fresh));
     // The fixture was written at schema v2; later migrations are recorded after its rows.
+    assert_eq!(old_rows.len(), 2, "the fixture is a schema 2 store");
     assert_eq!(new_rows.len() as i64, supported_schema_version());
     assert_eq!(new_rows[..old_rows.len()], old_rows[..]);
+    // Upgraded, the old store records the same migrations as a new one.
+    Store::open(&old, StoreConfig::default())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    assert_eq!(rows(&old), new_rows);
 }

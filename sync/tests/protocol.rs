@@ -1096,7 +1096,10 @@ async fn throughput_100k_readings() {
         .iter()
         .map(|c| match &c.body {
             ChangeBody::Readings(b) => b.len(),
-            ChangeBody::Doc(_) | ChangeBody::Twin(_) | ChangeBody::TimeCorrection(_) => 0,
+            ChangeBody::Doc(_)
+            | ChangeBody::DocBatch(_)
+            | ChangeBody::Twin(_)
+            | ChangeBody::TimeCorrection(_) => 0,
         })
         .sum();
     let cbor: usize = all.iter().map(|c| c.to_cbor().len()).sum();

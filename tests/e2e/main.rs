@@ -14,6 +14,7 @@ mod backup;
 mod clock;
 mod cluster;
 mod disk;
+mod doc_batch;
 mod harness;
 mod proxy;
 mod reload;

@@ -196,8 +196,9 @@ impl std::error::Error for ApiError {}
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        let code = match &e {
-            StoreError::InvalidBatch(_) => ErrorCode::InvalidBatch,
+        // A batch entry's error is answered with the entry's code; the message names the entry.
+        let code = match e.innermost() {
+            StoreError::InvalidBatch(_) | StoreError::InvalidDocBatch(_) => ErrorCode::InvalidBatch,
             StoreError::InvalidKey { .. } => ErrorCode::InvalidKey,
             StoreError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             StoreError::InvalidQuery(_) => ErrorCode::InvalidQuery,

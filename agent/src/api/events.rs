@@ -3,7 +3,8 @@
 //!
 //! Each change is an `event: change` whose data is
 //! `{"local_id", "actor", "seq", "hlc", "remote", "kind": "readings", "series": [..], "count"}`
-//! or `{…, "kind": "doc", "key", "deleted"}`; `id:` is the local log position. A subscriber
+//! or `{…, "kind": "doc", "key", "deleted"}` or, for a batch of documents (`POST /v1/docs`),
+//! `{…, "kind": "doc_batch", "keys": [..], "deleted": n}`; `id:` is the local log position. A subscriber
 //! too slow for the broadcast buffer gets `event: lagged` with `{"missed": n}` and continues
 //! with newer changes (the change log is the reliable source). The stream ends when the agent
 //! drains (`Agent::shutdown`), so it never holds up a graceful shutdown.
@@ -95,6 +96,13 @@ impl EventFilter {
                         .prefix
                         .as_ref()
                         .is_none_or(|p| key.starts_with(p.as_str()))
+            }
+            ChangeEventKind::DocBatch { keys, .. } => {
+                self.readings != Some(true)
+                    && self
+                        .prefix
+                        .as_ref()
+                        .is_none_or(|p| keys.iter().any(|k| k.starts_with(p.as_str())))
             }
         }
     }

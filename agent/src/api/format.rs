@@ -135,6 +135,29 @@ pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<By
     })
 }
 
+/// Bodies at least this large are decoded on the blocking pool, not on an async worker: a
+/// maximal JSON or CBOR body takes long enough to stall every other request of the worker.
+pub const BLOCKING_DECODE_BYTES: usize = 64 * 1024;
+
+/// Runs `decode` over `body`: inline when the body is small, on tokio's blocking pool when it
+/// is [`BLOCKING_DECODE_BYTES`] or more.
+pub async fn decode_off_worker<T: Send + 'static>(
+    body: Bytes,
+    decode: impl FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if body.len() < BLOCKING_DECODE_BYTES {
+        return decode(&body);
+    }
+    tokio::task::spawn_blocking(move || decode(&body))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                super::ErrorCode::Internal,
+                format!("decoding the body: {e}"),
+            )
+        })?
+}
+
 /// Extractor: the response format the client accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Accept(pub Format);
@@ -150,6 +173,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Accept {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn large_bodies_are_decoded_off_the_calling_thread() {
+        let here = std::thread::current().id();
+        let thread_of = |len: usize| {
+            decode_off_worker(Bytes::from(vec![b' '; len]), |b| {
+                Ok((b.len(), std::thread::current().id()))
+            })
+        };
+        assert_eq!(thread_of(10).await.unwrap(), (10, here));
+        let (len, there) = thread_of(BLOCKING_DECODE_BYTES).await.unwrap();
+        assert_eq!(len, BLOCKING_DECODE_BYTES);
+        assert_ne!(there, here, "a large body is decoded on the blocking pool");
+        let err = decode_off_worker(Bytes::from(vec![0; BLOCKING_DECODE_BYTES]), |_| {
+            Err::<(), _>(ApiError::malformed_body("bad"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.message, "bad");
+    }
 
     fn headers(name: axum::http::HeaderName, v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

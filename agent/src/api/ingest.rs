@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::ApiError;
-use super::format::{Accept, Format, read_body};
+use super::format::{Accept, Format, decode_off_worker, read_body};
 use crate::internal_events::{IngestCommitted, IngestRejected, InternalEvent};
 use crate::state::Agent;
 use crate::time::{now_ms, parse_rfc3339};
@@ -66,7 +66,7 @@ async fn ingest(
     let format = Format::of_body(headers)?;
     let body = read_body(body, state.max_body_bytes)?;
     let now = now_ms();
-    let mut batch = decode_batch(format, &body, now)?;
+    let mut batch = decode_off_worker(body, move |b| decode_batch(format, b, now)).await?;
     // Readings stamped by the agent's clock (no `ts` given) while that clock is not
     // trusted carry a timing record, to be corrected later (docs/clock.md).
     if batch.series.iter().all(|s| s.ts.iter().all(|&t| t == now)) {

@@ -15,6 +15,7 @@
 //! | `POST /v1/readings` (JSON/CBOR, row and columnar forms) | `ingest` |
 //! | series, range, aggregate, latest | `readings` |
 //! | documents: value, as-of, history, diff, siblings, list, put, delete | `docs` |
+//! | `POST /v1/docs`: a batch of puts and deletes as one change | `doc_batch` |
 //! | twins (merge documents): create, patch, value, as-of, history, diff, list | `twins` |
 //! | `GET /v1/events` (SSE) | `events` |
 //! | status, health, readiness, metrics, sources | `status` |
@@ -32,6 +33,7 @@
 mod backup;
 mod config;
 mod dashboard;
+mod doc_batch;
 mod docs;
 mod error;
 mod events;

@@ -217,8 +217,12 @@ fn routes_document() -> Value {
             "/v1/sources": { "get": op("Configured sources and their sampling status", vec![],
                 responses("200", ok("Sources", json!({"type": "object", "properties": {"sources": {"type": "array", "items": schema_ref("SourceStatus")}}})), &[])) },
             "/v1/openapi.json": { "get": op("This document", vec![], responses("200", ok("OpenAPI 3.0 document", json!({"type": "object"})), &[])) },
-            "/v1/series": { "get": op("Every series with unit, metadata, count and time span", vec![],
-                responses("200", ok("Series", json!({"type": "object", "properties": {"series": {"type": "array", "items": schema_ref("SeriesInfo")}}})), &[ErrorCode::Unavailable])) },
+            "/v1/series": { "get": op("Series with unit, metadata, count and time span, in name order, paged", vec![
+                query("limit", "Most series per page (default 1000, at most 10000)"),
+                query("after", "`next_after` of the previous page"),
+            ], responses("200", ok("Series", json!({"type": "object", "properties": {
+                "series": {"type": "array", "items": schema_ref("SeriesInfo")},
+                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::Unavailable])) },
             "/v1/readings": {
                 "post": {
                     "summary": "Ingest a batch of readings; answered once the batch is durable. A refused batch stores nothing.",
@@ -262,7 +266,28 @@ fn routes_document() -> Value {
                     "delta_ms": {"type": "integer", "nullable": true}, "corrected_by": {"type": "integer", "nullable": true, "description": "seq of the correcting change (same actor)"},
                     "corrected_from": {"type": "integer", "nullable": true}, "corrected_to": {"type": "integer", "nullable": true}}}},
                 "next_after": {"type": "integer", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) },
-            "/v1/docs": { "get": op("Live documents by key prefix, in key order", vec![
+            "/v1/docs": {
+                "post": {
+                    "summary": "Write many documents as ONE atomic change (one seq, one HLC); answered once durable. A refused batch stores nothing; the error message starts `entry <index>:` when one entry is at fault.",
+                    "requestBody": {
+                        "required": true,
+                        "content": {
+                            "application/json": { "schema": schema_ref("DocBatch") },
+                            "application/cbor": { "schema": schema_ref("DocBatch") },
+                        },
+                    },
+                    "responses": responses("200", ok("The new versions, in entry order", json!({"type": "object", "properties": {
+                        "actor": {"type": "string"}, "seq": {"type": "integer"}, "hlc": {"type": "string"},
+                        "versions": {"type": "array", "items": schema_ref("DocVersion")}}})), &[
+                        ErrorCode::MalformedBody,
+                        ErrorCode::BodyTooLarge, ErrorCode::ValueTooLarge,
+                        ErrorCode::UnsupportedMediaType,
+                        ErrorCode::InvalidKey, ErrorCode::InvalidBatch,
+                        ErrorCode::NotFound, ErrorCode::WrongKind,
+                        ErrorCode::Unavailable,
+                    ]),
+                },
+                "get": op("Live documents by key prefix, in key order", vec![
                 query("prefix", "Key prefix (default all)"),
                 query("as_of", &format!("List as of {AS_OF}")),
                 query("limit", "Most documents (default 100, at most 1000)"),
@@ -468,7 +493,13 @@ fn schemas() -> Value {
                 "start": i, "count": i, "min": n, "max": n, "avg": n, "sum": n, "first": n, "last": n}}}}},
         "LatestReading": {"type": "object", "properties": {"series": s, "unit": {"type": "string", "nullable": true}, "ts": i, "value": n}},
         "DocState": {"type": "object", "properties": {"key": s, "value": {}, "actor": actor, "seq": i, "hlc": hlc, "siblings": i}},
-        "DocVersion": {"type": "object", "properties": {"key": s, "actor": actor, "seq": i, "hlc": hlc, "value": {"nullable": true},
+        "DocBatch": {"type": "array", "description": "At most `[store] max_batch_docs` entries (default 1000), each key once.", "items": {"type": "object", "required": ["key"], "properties": {
+            "key": {"type": "string"},
+            "value": {"description": "The new value (any JSON value, null included); give this or `delete`", "nullable": true},
+            "delete": {"type": "boolean", "description": "true: write a tombstone (the key must have a live value)"},
+            "context": {"type": "array", "description": "The versions this write resolves, as read from …/siblings (default: every current sibling)",
+                "items": {"type": "object", "required": ["actor", "seq"], "properties": {"actor": {"type": "string"}, "seq": {"type": "integer"}}}}}}},
+                "DocVersion": {"type": "object", "properties": {"key": s, "actor": actor, "seq": i, "hlc": hlc, "value": {"nullable": true},
             "deleted": {"type": "boolean"},
             "supersedes": {"type": "array", "items": {"type": "object", "properties": {"actor": actor, "seq": i}}}}},
         "DocDiff": {"type": "object", "properties": {"key": s, "from": {"nullable": true}, "to": {"nullable": true},

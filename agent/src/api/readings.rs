@@ -6,7 +6,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use kdelta_sync::{AggregateQuery, Bucket, MAX_PAGE_ROWS, RangeQuery};
+use kdelta_sync::{AggregateQuery, Bucket, MAX_PAGE_ROWS, MAX_SERIES_PAGE, RangeQuery};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -24,13 +24,28 @@ pub const FUNCTIONS: &[&str] = &["count", "min", "max", "avg", "sum", "first", "
 /// Buckets an aggregate query spans when `from` is not given.
 const DEFAULT_BUCKETS: i64 = 60;
 
-/// `GET /v1/series`: `{"series": [{name, unit, meta, count, first_ts, last_ts}]}`.
+/// Default page size of `GET /v1/series`.
+pub const DEFAULT_SERIES_PAGE: usize = 1000;
+
+/// Query string of `GET /v1/series`.
+#[derive(Debug, Deserialize)]
+pub struct SeriesParams {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/series?limit&after`: series in name order, at most `limit` (default 1000, at
+/// most 10,000) after the name `after`:
+/// `{"series": [{name, unit, meta, count, first_ts, last_ts}], "next_after"}`.
 pub async fn list_series(
     State(state): State<Agent>,
     Accept(reply): Accept,
+    q: Result<Query<SeriesParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let series = state.store.series().await?;
-    Ok(reply.ok(&json!({ "series": series })))
+    let p = query(q)?;
+    let limit = limit("limit", &p.limit, DEFAULT_SERIES_PAGE, MAX_SERIES_PAGE)?;
+    let page = state.store.series_page(p.after.as_deref(), limit).await?;
+    Ok(reply.ok(&json!({ "series": page.series, "next_after": page.next_after })))
 }
 
 /// Query string of `GET /v1/readings`.

@@ -50,6 +50,7 @@ mod tests {
         );
         assert_eq!(need(Method::GET, "/v1/docs/a"), Need::Scope(Scope::Read));
         assert_eq!(need(Method::PUT, "/v1/docs/a"), Need::Scope(Scope::Write));
+        assert_eq!(need(Method::POST, "/v1/docs"), Need::Scope(Scope::Write));
         assert_eq!(
             need(Method::PATCH, "/v1/twins/t"),
             Need::Scope(Scope::Write)

@@ -347,6 +347,38 @@ async fn ingest_json_and_cbor_then_query() {
     let series = f.get("/v1/series").await.json();
     assert_eq!(series["series"][0]["name"], "h");
     assert_eq!(series["series"][0]["meta"]["room"], "a");
+    assert_eq!(series["next_after"], Value::Null);
+    // Paged: one series per page, each once, then an empty last page.
+    let page = f.get("/v1/series?limit=1").await.json();
+    assert_eq!(
+        (
+            page["series"][0]["name"].clone(),
+            page["next_after"].clone()
+        ),
+        (json!("h"), json!("h"))
+    );
+    assert_eq!(page["series"][0]["count"], 2);
+    let page = f.get("/v1/series?limit=1&after=h").await.json();
+    assert_eq!(
+        (
+            page["series"][0]["name"].clone(),
+            page["next_after"].clone()
+        ),
+        (json!("t"), json!("t"))
+    );
+    assert_eq!(
+        (
+            page["series"][0]["first_ts"].clone(),
+            page["series"][0]["last_ts"].clone()
+        ),
+        (json!(60000), json!(90000))
+    );
+    let page = f.get("/v1/series?limit=1&after=t").await.json();
+    assert_eq!(page, json!({"series": [], "next_after": null}));
+    assert_eq!(
+        f.get("/v1/series?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // CBOR answer on request.
     let a = f

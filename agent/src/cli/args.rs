@@ -384,12 +384,26 @@ pub struct KeyArgs {
 
 /// `kdelta put`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example: kdelta put greenhouse/setpoint '{\"temp\": 22}'")]
+#[command(
+    after_help = "Examples:\n  kdelta put greenhouse/setpoint '{\"temp\": 22}'\n  kdelta put --batch docs.jsonl    # one {\"key\", \"value\"} or {\"key\", \"delete\": true} per line"
+)]
 pub struct PutArgs {
     /// Document key.
-    pub key: String,
+    #[arg(required_unless_present = "batch")]
+    pub key: Option<String>,
     /// The value, as JSON (`-` reads it from stdin).
-    pub value: String,
+    #[arg(required_unless_present = "batch")]
+    pub value: Option<String>,
+    /// Write the documents of a JSON lines file (`-` for stdin): one
+    /// `{"key", "value"}` or `{"key", "delete": true}` per line (optional `"context"`),
+    /// sent as atomic batches (`POST /v1/docs`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "value"])]
+    pub batch: Option<std::path::PathBuf>,
+    /// Most documents per batch (one atomic change each; at most the agent's
+    /// `[store] max_batch_docs`).
+    #[arg(long, value_name = "N", default_value_t = 500, requires = "batch",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub conn: Conn,

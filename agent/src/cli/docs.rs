@@ -46,12 +46,19 @@ fn winner(answer: &Value) -> &Value {
 
 /// `kdelta put KEY JSON`.
 pub async fn put(args: PutArgs) -> anyhow::Result<()> {
-    let text = if args.value == "-" {
+    if let Some(file) = &args.batch {
+        return super::put_batch::put_batch(file, args.batch_size as usize, &args.conn).await;
+    }
+    // clap requires both without --batch.
+    let (Some(key), Some(value)) = (&args.key, &args.value) else {
+        return Err(UsageError("give KEY and VALUE, or --batch FILE".into()).into());
+    };
+    let text = if value == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        args.value.clone()
+        value.clone()
     };
     let value: Value = serde_json::from_str(&text).map_err(|e| {
         UsageError(format!(
@@ -60,12 +67,12 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     })?;
     let c = client(&args.conn)?;
     let answer = c
-        .send_json(Method::PUT, doc_url(&c, &args.key, None, &[]), &value)
+        .send_json(Method::PUT, doc_url(&c, key, None, &[]), &value)
         .await?;
     if args.conn.json {
         println!("{}", pretty(&answer));
     } else {
-        println!("wrote {} ({})", args.key, version_line(winner(&answer)));
+        println!("wrote {key} ({})", version_line(winner(&answer)));
     }
     Ok(())
 }

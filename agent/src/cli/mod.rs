@@ -10,6 +10,7 @@ mod docs;
 mod export;
 mod import;
 mod peers;
+mod put_batch;
 mod readings;
 mod run;
 mod show;

@@ -184,7 +184,19 @@ pub async fn sources(conn: Conn) -> anyhow::Result<()> {
 /// `kdelta series`.
 pub async fn series(conn: Conn) -> anyhow::Result<()> {
     let c = conn.client()?;
-    let answer = c.get(c.url("v1/series", &[])).await?;
+    // Every page, as one answer.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
+        let page = c.get(c.url("v1/series", &query)).await?;
+        all.extend(array(&page, &["series"]).iter().cloned());
+        match page.get("next_after").and_then(Value::as_str) {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let answer = serde_json::json!({ "series": all });
     if conn.json {
         println!("{}", pretty(&answer));
         return Ok(());

@@ -79,6 +79,31 @@ def test_documents_history_as_of_diff_list(client: kdelta.Client, prefix: str) -
     assert client.docs.get(k, as_of=v2.hlc).value["mode"] == "eco"
 
 
+def test_doc_batch_is_one_atomic_change(client: kdelta.Client, prefix: str) -> None:
+    a, b, c = prefix + "a", prefix + "b", prefix + "c"
+    client.docs.put(c, "old")
+    written = client.docs.batch({a: {"on": True}, b: None, c: kdelta.DELETE})
+    assert [v.key for v in written] == [a, b, c]
+    assert len({(v.seq, v.hlc) for v in written}) == 1
+    assert written[1].value is None and not written[1].deleted  # JSON null is a value
+    assert written[2].deleted and len(written[2].supersedes) == 1
+    assert client.docs.get(a).value == {"on": True}
+    assert [v.seq for v in client.docs.history(c)] == [written[2].seq, written[2].seq - 1]
+    with pytest.raises(kdelta.NotFound):
+        client.docs.get(c)
+    # A bad entry refuses the whole batch and names the entry; nothing is stored.
+    with pytest.raises(kdelta.NotFound) as e:
+        client.docs.batch([(prefix + "new", 1), (prefix + "missing", kdelta.DELETE)])
+    assert e.value.code == "not_found" and e.value.message.startswith("entry 1:")
+    with pytest.raises(kdelta.InvalidInput) as dup:
+        client.docs.batch([(prefix + "new", 1), (prefix + "new", 2)])
+    assert dup.value.code == "invalid_batch"
+    with pytest.raises(kdelta.NotFound):
+        client.docs.get(prefix + "new")
+    with pytest.raises(ValueError):
+        client.docs.batch({})
+
+
 def test_twins(client: kdelta.Client, prefix: str) -> None:
     k = prefix + "device"
     w = client.twins.create(k, {"desired": {}})
@@ -205,6 +230,8 @@ async def test_async_client(agent: Agent, prefix: str) -> None:
         assert (await c.docs.get(prefix + "k", as_of=v.hlc)).value == [1, 2]
         assert len(await c.docs.history(prefix + "k")) == 2
         assert (await c.docs.diff(prefix + "k", v.hlc)).after == [3]
+        (bv,) = await c.docs.batch([(prefix + "k", [4])])
+        assert bv.supersedes == [kdelta.Dot(bv.actor, bv.seq - 1)]
         await c.twins.create(prefix + "tw", {"a": 1})
         await c.twins.merge_patch(prefix + "tw", {"b": 2})
         assert (await c.twins.get(prefix + "tw")).value == {"a": 1, "b": 2}

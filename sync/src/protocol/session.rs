@@ -529,11 +529,12 @@ async fn read_loop<R: FrameSource>(
         let item = match source.recv().await {
             Ok(Some(bytes)) => {
                 stats.frame_in(bytes.len());
-                if trusted.load(Ordering::Acquire) {
-                    codec.decode(&bytes)
+                let codec = if trusted.load(Ordering::Acquire) {
+                    &codec
                 } else {
-                    untrusted.decode(&bytes)
-                }
+                    &untrusted
+                };
+                decode_frame(codec, bytes).await
             }
             Ok(None) => Err(ProtocolError::Closed),
             Err(e) => Err(ProtocolError::Transport(e)),
@@ -545,6 +546,21 @@ async fn read_loop<R: FrameSource>(
     }
     drop(tx);
     std::future::pending::<()>().await
+}
+
+/// Frames at least this large are decoded (zstd, CBOR, validation of every change) on the
+/// blocking pool, so a page of megabytes does not stall the async worker it arrived on.
+const BLOCKING_DECODE_BYTES: usize = 64 * 1024;
+
+/// Decodes one received frame: inline when small, on the blocking pool when large.
+async fn decode_frame(codec: &FrameCodec, bytes: Vec<u8>) -> Result<Frame, ProtocolError> {
+    if bytes.len() < BLOCKING_DECODE_BYTES {
+        return codec.decode(&bytes);
+    }
+    let codec = codec.clone();
+    tokio::task::spawn_blocking(move || codec.decode(&bytes))
+        .await
+        .unwrap_or_else(|e| Err(ProtocolError::Malformed(format!("decoding a frame: {e}"))))
 }
 
 /// Sends queued frames until the queue closes, then closes the sink.

@@ -16,8 +16,20 @@ const MIN_SPAN = 60e3;
 
 const mode = () => document.querySelector('input[name="se-mode"]:checked').value;
 
+// Every series: /v1/series is paged by name.
+async function allSeries() {
+  const out = [];
+  let after = null;
+  for (;;) {
+    const page = await getJson("/v1/series" + (after === null ? "" : `?after=${encodeURIComponent(after)}`));
+    out.push(...page.series);
+    if (!page.next_after) return out;
+    after = page.next_after;
+  }
+}
+
 async function loadSeriesList() {
-  const { series } = await getJson("/v1/series");
+  const series = await allSeries();
   for (const s of series) se.first.set(s.name, s.first_ts);
   const sel = $("se-series");
   const keep = sel.value;

@@ -95,8 +95,10 @@ def ingest(rows: Sequence[Dict[str, Any]]) -> Req[Written]:
     return Req("POST", "/v1/readings", Written.from_json, body=_json_body(list(rows)), idempotent=False)
 
 
-def series() -> Req[List[Series]]:
-    return Req("GET", "/v1/series", lambda d: [Series.from_json(s) for s in d["series"]])
+def series(after: Optional[str]) -> Req[Tuple[List[Series], Optional[str]]]:
+    """One page of series in name order (``GET /v1/series`` is paged by ``after``)."""
+    return Req("GET", "/v1/series", lambda d: ([Series.from_json(s) for s in d["series"]], d.get("next_after")),
+               params=_params(after=after))
 
 
 def range_page(series: str, start: Optional[Instant], end: Optional[Instant], limit: Optional[int],
@@ -141,12 +143,13 @@ def doc_delete(key: str) -> Req[Version]:
 DELETE: Any = object()
 
 
-def doc_batch(entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Req[Any]:
+def doc_batch(entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Req[List[Version]]:
     items = entries.items() if isinstance(entries, Mapping) else entries
     body = [{"key": k, "delete": True} if v is DELETE else {"key": k, "value": v} for k, v in items]
     if not body:
         raise ValueError("a batch needs at least one entry")
-    return Req("POST", "/v1/docs", lambda d: d, body=_json_body(body), idempotent=False)
+    return Req("POST", "/v1/docs", lambda d: [Version.from_json(v) for v in d["versions"]],
+               body=_json_body(body), idempotent=False)
 
 
 def doc_history(key: str, limit: Optional[int], before: Optional[Point]) -> Req[Tuple[List[Version], Optional[str]]]:

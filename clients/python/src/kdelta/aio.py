@@ -110,7 +110,13 @@ class AsyncReadings:
                 for b in _batches(readings, batch_size)]
 
     async def series(self) -> List[Series]:
-        return await self._c._run(rq.series())
+        out: List[Series] = []
+        after: Optional[str] = None
+        while True:
+            page, after = await self._c._run(rq.series(after))
+            out.extend(page)
+            if after is None:
+                return out
 
     async def range(self, series: str, start: Optional[Instant] = None, end: Optional[Instant] = None, *,
                     limit: Optional[int] = None, page_size: int = 10_000) -> ReadingRange:
@@ -154,7 +160,7 @@ class AsyncDocs:
     async def delete(self, key: str) -> Version:
         return await self._c._run(rq.doc_delete(key))
 
-    async def batch(self, entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Any:
+    async def batch(self, entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> List[Version]:
         return await self._c._run(rq.doc_batch(entries))
 
     async def get(self, key: str, as_of: Optional[Point] = None) -> Doc:

@@ -155,8 +155,14 @@ class Readings:
         return out
 
     def series(self) -> List[Series]:
-        """Every series with its unit, metadata, count and time span."""
-        return self._c._run(rq.series())
+        """Every series with its unit, metadata, count and time span (all pages)."""
+        out: List[Series] = []
+        after: Optional[str] = None
+        while True:
+            page, after = self._c._run(rq.series(after))
+            out.extend(page)
+            if after is None:
+                return out
 
     def range(self, series: str, start: Optional[Instant] = None, end: Optional[Instant] = None, *,
               limit: Optional[int] = None, page_size: int = 10_000) -> ReadingRange:
@@ -197,9 +203,11 @@ class Docs:
         """Writes a tombstone version (history is kept); ``NotFound`` without a live value."""
         return self._c._run(rq.doc_delete(key))
 
-    def batch(self, entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> Any:
+    def batch(self, entries: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]) -> List[Version]:
         """Puts and deletes over many keys as one atomic change (``POST /v1/docs``): a mapping
-        or ``(key, value)`` pairs, ``kdelta.DELETE`` as a value deletes. All or nothing."""
+        or ``(key, value)`` pairs, ``kdelta.DELETE`` as a value deletes. All or nothing: a bad
+        entry raises (its message starts ``entry <index>:``) and nothing is stored. Returns the
+        new versions in entry order (one ``seq`` and ``hlc`` for all)."""
         return self._c._run(rq.doc_batch(entries))
 
     def get(self, key: str, as_of: Optional[Point] = None) -> Doc:
