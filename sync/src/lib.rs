@@ -64,6 +64,7 @@ mod digest;
 mod docs_query;
 mod docwrite;
 mod error;
+mod forks;
 mod hlc;
 mod ingest;
 mod log_read;
@@ -81,13 +82,14 @@ mod writer;
 
 pub use actor::{ActorId, ParseActorError};
 pub use change::{
-    Change, ChangeBody, DocWrite, Dot, Limits, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES, MAX_TS_MS,
-    MAX_TWIN_CHANGE_OPS, ReadingBatch, SeriesPoints, TwinChange, validate_key,
-    validate_series_name,
+    Change, ChangeBody, DocWrite, Dot, Limits, MAX_DOT_BYTES, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES,
+    MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,
+    TwinChange, check_reading, validate_key, validate_series_name,
 };
 pub use digest::Digest;
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
+pub use forks::Fork;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };

@@ -78,14 +78,22 @@ async fn a_failing_job_inside_a_group_keeps_the_digest_exact() {
     doc_rx.await.unwrap().unwrap();
     assert!(matches!(
         bad_rx.await.unwrap(),
-        Err(StoreError::SeqGap { have: 0, got: 2, .. })
+        Err(StoreError::SeqGap {
+            have: 0,
+            got: 2,
+            ..
+        })
     ));
     let committed = *writer.shared.digest.read().unwrap();
     assert_ne!(committed, Digest::default());
     drop(writer);
 
     let store = Store::open(&path, StoreConfig::default()).await.unwrap();
-    assert_eq!(store.digest(), committed, "the stored digest is the group's");
+    assert_eq!(
+        store.digest(),
+        committed,
+        "the stored digest is the group's"
+    );
     assert_eq!(store.verify_digest().await.unwrap(), committed);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.changes, stats.readings), (3, 2));

@@ -49,6 +49,10 @@ pub struct PeerSample {
     pub bytes_out: u64,
     /// Changes received from the peer and held back for timestamps too far ahead.
     pub quarantined: u64,
+    /// Our changes left unsent because they are larger than the peer's frame limit.
+    pub too_large: u64,
+    /// Actors whose history from the peer forked from ours (a cloned store).
+    pub forks: u64,
 }
 
 /// Sync sessions with other agents and the listener's TLS handshakes (registered by
@@ -135,6 +139,8 @@ impl Metrics {
                     m.bytes_in = m.bytes_in.saturating_add(s.bytes_in);
                     m.bytes_out = m.bytes_out.saturating_add(s.bytes_out);
                     m.quarantined = m.quarantined.saturating_add(s.quarantined);
+                    m.too_large = m.too_large.saturating_add(s.too_large);
+                    m.forks = m.forks.saturating_add(s.forks);
                 }
             }
         }
@@ -183,7 +189,7 @@ impl Collector for PeerCollector {
                 ConstGauge::new(v).encode(family.encode_family(l)?)?;
             }
         }
-        let counters: [(&str, &str, Field); 3] = [
+        let counters: [(&str, &str, Field); 5] = [
             (
                 "sync_peer_bytes_in",
                 "Sync bytes received from the peer (outbound: since start; inbound: sessions still listed)",
@@ -198,6 +204,16 @@ impl Collector for PeerCollector {
                 "sync_changes_quarantined",
                 "Changes received from the peer and held back because their timestamps ran too far ahead of every trusted time source (offered again next session)",
                 |s| s.quarantined,
+            ),
+            (
+                "sync_changes_too_large",
+                "Changes of ours left unsent because they are larger than the peer's frame limit (their actor waits; other actors keep syncing)",
+                |s| s.too_large,
+            ),
+            (
+                "sync_actor_forks",
+                "Actors whose changes from the peer contradict this store's copy of the same actor and seq: two stores write as one actor (a cloned SD card); that actor is no longer merged from the peer",
+                |s| s.forks,
             ),
         ];
         for (name, help, field) in counters {
@@ -224,6 +240,8 @@ mod tests {
             bytes_in,
             bytes_out: 7,
             quarantined: 0,
+            too_large: 0,
+            forks: 0,
         }
     }
 

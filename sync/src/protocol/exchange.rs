@@ -9,20 +9,33 @@
 //! and refuses gaps. So a page lost with the link is simply sent again by the next session,
 //! and a change that reaches a store by two paths is stored once.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use super::session::{Link, SessionEnd, unexpected};
-use super::{Ack, Frame, ProtocolError, SessionMode, SessionStats, SyncConfig};
-use crate::{Change, ChangeEvent, Store, StoreError, VersionVector};
+use super::frame::vector_within;
+use super::session::{Link, PeerInfo, SessionEnd, unexpected};
+use super::{
+    Ack, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode, SessionStats,
+    SyncConfig,
+};
+use crate::{ActorId, Change, ChangeEvent, Fork, Store, StoreError, VersionVector};
 
 pub(super) struct Exchange<'a> {
     store: &'a Store,
     config: &'a SyncConfig,
     stats: &'a SessionStats,
     link: &'a mut Link,
+    peer: &'a PeerInfo,
+    /// Actors whose history from this peer contradicts ours (two stores writing as one
+    /// actor): their changes from this peer are not merged for the rest of the session.
+    forked: HashSet<ActorId>,
+    /// Actors whose first new changes of the session went out (after their anchor): the
+    /// change just before, which the peer holds, is sent once per actor and session so the
+    /// peer can tell a forked history (see `forks.rs`) from a continued one.
+    anchored: HashSet<ActorId>,
     /// What the peer holds: its vector, its acks, and the changes it sent us (a store only
     /// sends what it holds, and holds contiguous runs).
     known: VersionVector,
@@ -35,8 +48,13 @@ pub(super) struct Exchange<'a> {
     more: bool,
     sent_live: bool,
     peer_live: bool,
-    /// Byte budget of one page: ours, capped at half of what the peer accepts per frame.
+    /// Byte budget of one page: ours, capped at what the peer's frame limit leaves for
+    /// changes.
     page_budget: usize,
+    /// Actors left out of this session because their next change can never fit the
+    /// peer's frame limit: actor → the seq of that change. Their later changes wait behind
+    /// it (a store holds contiguous runs); every other actor keeps syncing.
+    oversized: HashMap<ActorId, u64>,
     last_recheck: Instant,
 }
 
@@ -46,14 +64,21 @@ impl<'a> Exchange<'a> {
         config: &'a SyncConfig,
         stats: &'a SessionStats,
         link: &'a mut Link,
+        peer: &'a PeerInfo,
         theirs: VersionVector,
     ) -> Exchange<'a> {
-        let page_budget = config.page_bytes.min(link.peer_max / 2).max(1);
+        let page_budget = config
+            .page_bytes
+            .min(link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD))
+            .max(1);
         Exchange {
             store,
             config,
             stats,
             link,
+            peer,
+            forked: HashSet::new(),
+            anchored: HashSet::new(),
             sent: theirs.clone(),
             known: theirs,
             in_flight: VecDeque::new(),
@@ -62,6 +87,7 @@ impl<'a> Exchange<'a> {
             sent_live: false,
             peer_live: false,
             page_budget,
+            oversized: HashMap::new(),
             last_recheck: Instant::now(),
         }
     }
@@ -110,8 +136,17 @@ impl<'a> Exchange<'a> {
         while self.more && self.in_flight.len() < self.config.window.max(1) {
             let changes = self
                 .store
-                .changes_since(&self.sent, self.page_budget)
+                .changes_since(&self.cursor(), self.page_budget)
                 .await?;
+            // Only the first change of a page can be over the budget (it is taken whatever
+            // its size); if it is over the peer's limit too, no page can ever carry it.
+            if let Some(first) = changes.first() {
+                let size = first.encoded_len();
+                if size > self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD) {
+                    self.leave_out(first, size);
+                    continue;
+                }
+            }
             if changes.is_empty() {
                 self.more = false;
                 if !self.sent_live {
@@ -121,6 +156,7 @@ impl<'a> Exchange<'a> {
                 }
                 break;
             }
+            self.send_anchors(&changes).await?;
             note(&mut self.sent, &changes);
             let page_id = self.next_page;
             self.next_page += 1;
@@ -132,6 +168,81 @@ impl<'a> Exchange<'a> {
         Ok(())
     }
 
+    /// Before the first new changes of an actor this session, sends the change just below
+    /// them — one the peer already holds, so it only compares it (and skips it): a store
+    /// that writes as the same actor as another (a cloned card) then shows as a fork
+    /// instead of its changes being stacked on the other's history. Anchors go in pages of
+    /// their own; one too large for the peer's frames is left out.
+    async fn send_anchors(&mut self, changes: &[Change]) -> Result<(), ProtocolError> {
+        let dots: Vec<(ActorId, u64)> = changes
+            .iter()
+            .filter(|c| self.anchored.insert(c.actor) && c.seq > 1)
+            .map(|c| (c.actor, c.seq - 1))
+            .collect();
+        let anchors = self.store.changes_at(&dots).await?;
+        let room = self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD);
+        let mut page: Vec<Change> = Vec::new();
+        let mut used = 0;
+        for anchor in anchors {
+            let size = anchor.encoded_len();
+            if size > room {
+                continue;
+            }
+            if !page.is_empty() && used + size > self.page_budget {
+                self.send_anchor_page(std::mem::take(&mut page)).await?;
+                used = 0;
+            }
+            used += size;
+            page.push(anchor);
+        }
+        if !page.is_empty() {
+            self.send_anchor_page(page).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_anchor_page(&mut self, anchors: Vec<Change>) -> Result<(), ProtocolError> {
+        let page_id = self.next_page;
+        self.next_page += 1;
+        self.link
+            .send(&Frame::Page {
+                page_id,
+                changes: anchors,
+            })
+            .await?;
+        // A page, but no change the peer lacks: not counted as changes sent.
+        self.in_flight.push_back((page_id, 0));
+        self.stats.page_sent(0);
+        Ok(())
+    }
+
+    /// Where the next page starts: above what was sent, and past every actor left out.
+    fn cursor(&self) -> Cow<'_, VersionVector> {
+        if self.oversized.is_empty() {
+            return Cow::Borrowed(&self.sent);
+        }
+        let mut cursor = self.sent.clone();
+        for actor in self.oversized.keys() {
+            cursor.set(*actor, u64::MAX);
+        }
+        Cow::Owned(cursor)
+    }
+
+    /// Leaves `change`'s actor out of this session: the change is `size` bytes, more than
+    /// the peer accepts in a frame. Counted and logged naming the change; the next session
+    /// tries again (the peer's limit may have been raised).
+    fn leave_out(&mut self, change: &Change, size: usize) {
+        let too_large = ChangeTooLarge {
+            actor: change.actor,
+            seq: change.seq,
+            size,
+            max: self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD),
+        };
+        tracing::warn!(actor = %change.actor, seq = change.seq, "sync: {too_large}");
+        self.stats.change_too_large(&too_large);
+        self.oversized.insert(change.actor, change.seq);
+    }
+
     /// Handles one frame; `Some` when the peer ended the session.
     async fn on_frame(&mut self, frame: Frame) -> Result<Option<SessionEnd>, ProtocolError> {
         match frame {
@@ -141,17 +252,26 @@ impl<'a> Exchange<'a> {
                 // Changes stamped too far ahead are held back per actor; the rest is one
                 // call, one transaction: any other bad change refuses the whole page.
                 let changes = screen_page(self.store, self.stats, changes);
+                let changes =
+                    screen_forks(self.store, self.stats, self.peer, &mut self.forked, changes)
+                        .await?;
                 let outcome = self.store.apply_remote(changes).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
                 self.sent.merge(&holds);
                 self.stats.their_vector(&self.known);
+                // What we hold of the page's actors (not our whole vector, which may name
+                // more actors than one frame of the peer's holds).
+                let vector = vector_within(
+                    self.store.version_vector_of(holds.iter().map(|(a, _)| a)),
+                    self.link.peer_max,
+                );
                 self.link
                     .send(&Frame::Ack(Ack {
                         page_id,
                         applied: outcome.applied as u64,
                         skipped: outcome.skipped as u64,
-                        vector: self.store.version_vector(),
+                        vector,
                     }))
                     .await?;
             }
@@ -232,4 +352,75 @@ pub(super) fn screen_page(
         tracing::warn!(actor = %q.actor, seq = q.seq, "sync: {q}");
     }
     accepted
+}
+
+/// The changes of a received page that do not fork an actor's history (see
+/// [`Store::find_forks`]): an actor whose change from `peer` contradicts the store's copy of
+/// the same `(actor, seq)` goes into `forked`, is reported (counted, logged as an error naming
+/// this peer and the actor), and none of its changes from this peer are merged while the
+/// session lasts — the rest of the page applies.
+pub(super) async fn screen_forks(
+    store: &Store,
+    stats: &SessionStats,
+    peer: &PeerInfo,
+    forked: &mut HashSet<ActorId>,
+    mut changes: Vec<Change>,
+) -> Result<Vec<Change>, ProtocolError> {
+    changes.retain(|c| !forked.contains(&c.actor));
+    let forks = store.find_forks(&changes).await?;
+    if forks.is_empty() {
+        return Ok(changes);
+    }
+    for fork in &forks {
+        let report = ActorFork::new(store, peer, fork);
+        tracing::error!(actor = %fork.actor, seq = fork.seq, peer = %peer.name, "sync: {report}");
+        stats.forked(&report);
+        forked.insert(fork.actor);
+    }
+    changes.retain(|c| !forked.contains(&c.actor));
+    Ok(changes)
+}
+
+/// A fork found on a link, with who is involved, as reported in logs and status.
+pub(crate) struct ActorFork {
+    fork: Fork,
+    peer_name: String,
+    peer_actor: ActorId,
+    own: bool,
+}
+
+impl ActorFork {
+    fn new(store: &Store, peer: &PeerInfo, fork: &Fork) -> ActorFork {
+        ActorFork {
+            fork: fork.clone(),
+            peer_name: peer.name.clone(),
+            peer_actor: peer.actor,
+            own: fork.actor == store.actor(),
+        }
+    }
+}
+
+impl std::fmt::Display for ActorFork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (actor, peer) = (self.fork.actor, &self.peer_name);
+        let who = if self.own {
+            format!(
+                "this store and another one that peer {peer:?} relays both write as this store's own actor {actor}"
+            )
+        } else if actor == self.peer_actor {
+            format!(
+                "peer {peer:?} (actor {actor}) and the store this one first received actor {actor} from both write as {actor}"
+            )
+        } else {
+            format!(
+                "the store that sent actor {actor}'s changes to peer {peer:?} and the one that sent them here both write as {actor}"
+            )
+        };
+        write!(
+            f,
+            "{}: {who} — a cloned SD card or a backup restored on a second device; actor {actor} \
+             is no longer merged from peer {peer:?}. Stop the copy and run `kdelta rekey` on it",
+            self.fork
+        )
+    }
 }

@@ -63,6 +63,8 @@ pub struct SessionStats {
     changes_applied: AtomicU64,
     changes_skipped: AtomicU64,
     changes_quarantined: AtomicU64,
+    changes_too_large: AtomicU64,
+    actor_forks: AtomicU64,
     sessions: AtomicU64,
     state: Mutex<State>,
 }
@@ -78,6 +80,8 @@ struct State {
     last_sync_ms: Option<u64>,
     last_error: Option<LastError>,
     last_quarantine: Option<LastError>,
+    last_too_large: Option<LastError>,
+    last_fork: Option<LastError>,
 }
 
 /// The error that ended the most recent failed session.
@@ -135,6 +139,16 @@ pub struct StatsSnapshot {
     pub changes_quarantined: u64,
     /// The most recent such hold-back (code `clock_skew`), naming the actor and seq.
     pub last_quarantine: Option<LastError>,
+    /// Changes left unsent because they are larger than the peer's frame limit (each
+    /// counted once per session; see [`ChangeTooLarge`](super::ChangeTooLarge)).
+    pub changes_too_large: u64,
+    /// The most recent such change (code `change_too_large`), naming the actor and seq.
+    pub last_too_large: Option<LastError>,
+    /// Actors whose history from this peer forked from ours (two stores writing as one
+    /// actor: a cloned card), each counted once per session; they are not merged from it.
+    pub actor_forks: u64,
+    /// The most recent such fork (code `actor_fork`), naming the actor, seq and peers.
+    pub last_fork: Option<LastError>,
     /// The error that ended the most recent failed session.
     pub last_error: Option<LastError>,
 }
@@ -163,6 +177,8 @@ impl Default for SessionStats {
             changes_applied: AtomicU64::new(0),
             changes_skipped: AtomicU64::new(0),
             changes_quarantined: AtomicU64::new(0),
+            changes_too_large: AtomicU64::new(0),
+            actor_forks: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             state: Mutex::new(State {
                 phase: SessionPhase::Idle,
@@ -174,6 +190,8 @@ impl Default for SessionStats {
                 last_sync_ms: None,
                 last_error: None,
                 last_quarantine: None,
+                last_too_large: None,
+                last_fork: None,
             }),
         }
     }
@@ -210,6 +228,10 @@ impl SessionStats {
             last_error: s.last_error,
             changes_quarantined: self.changes_quarantined.load(Relaxed),
             last_quarantine: s.last_quarantine,
+            changes_too_large: self.changes_too_large.load(Relaxed),
+            last_too_large: s.last_too_large,
+            actor_forks: self.actor_forks.load(Relaxed),
+            last_fork: s.last_fork,
         }
     }
 
@@ -282,6 +304,24 @@ impl SessionStats {
         self.lock().last_quarantine = Some(LastError {
             code: "clock_skew".into(),
             message: q.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
+    }
+
+    pub(crate) fn change_too_large(&self, c: &super::ChangeTooLarge) {
+        self.changes_too_large.fetch_add(1, Relaxed);
+        self.lock().last_too_large = Some(LastError {
+            code: "change_too_large".into(),
+            message: c.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
+    }
+
+    pub(crate) fn forked(&self, fork: &super::exchange::ActorFork) {
+        self.actor_forks.fetch_add(1, Relaxed);
+        self.lock().last_fork = Some(LastError {
+            code: "actor_fork".into(),
+            message: fork.to_string(),
             at_ms: SystemTime.now_ms(),
         });
     }
