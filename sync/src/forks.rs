@@ -6,14 +6,20 @@
 //! sync protocol holds that actor back from that peer instead and reports the fork.
 //!
 //! Content is compared by what the change log row keeps without loading bodies: the HLC, the
-//! kind, and for readings the manifest (series, units, time range, counts). Two clones that
-//! wrote different changes stamp them at different HLCs in practice. Owns only the lookup; the
+//! kind, and for readings the manifest (series, units, time range, counts). A sync page also
+//! carries anchors — the seq and HLC of the change just below an actor's first new changes of
+//! the session — which are compared by HLC: that is how a hub sees a clone whose first change
+//! above what the hub holds continues a history the hub never saw. Two clones that wrote
+//! different changes stamp them at different HLCs in practice. Owns only the lookups; the
 //! decision and the report live in the protocol (`protocol/exchange.rs`).
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::ingest::encode_manifest;
-use crate::log_read::{self, LOG_COLUMNS, LogRow};
+
+/// The HLC of one stored change.
+const HLC_AT: &str = "SELECT c.hlc FROM changes c JOIN actors a ON a.idx = c.actor_idx \
+                      WHERE a.actor = ?1 AND c.seq = ?2";
 use crate::{ActorId, Change, ChangeBody, Hlc, Result, Store, StoreError};
 
 /// A received change that contradicts this store's copy of the same `(actor, seq)`.
@@ -50,10 +56,10 @@ fn kind_of(body: &ChangeBody) -> i64 {
 }
 
 impl Store {
-    /// The changes this store holds at the given `(actor, seq)`s (those it lacks are left
-    /// out), in the order asked: the anchors a sync session sends before an actor's first
-    /// new changes, so the peer can compare its copy of the change just before them.
-    pub async fn changes_at(&self, dots: &[(ActorId, u64)]) -> Result<Vec<Change>> {
+    /// The HLCs of the changes this store holds at the given `(actor, seq)`s (those it
+    /// lacks are left out), in the order asked: the anchors a sync session sends with an
+    /// actor's first new changes, so the peer can compare its copy of the change below.
+    pub async fn hlcs_at(&self, dots: &[(ActorId, u64)]) -> Result<Vec<(ActorId, u64, Hlc)>> {
         if dots.is_empty() {
             return Ok(Vec::new());
         }
@@ -61,38 +67,42 @@ impl Store {
         self.inner
             .readers
             .read(move |conn| {
-                let mut rows = Vec::with_capacity(dots.len());
-                {
-                    // Built from constants only.
-                    let sql = format!(
-                        "SELECT {LOG_COLUMNS} FROM changes c JOIN actors a ON a.idx = c.actor_idx \
-                         WHERE a.actor = ?1 AND c.seq = ?2"
-                    );
-                    let mut st = conn
-                        .prepare_cached(&sql)
+                let mut st = conn
+                    .prepare_cached(HLC_AT)
+                    .map_err(StoreError::db("reading the change log"))?;
+                let mut out = Vec::with_capacity(dots.len());
+                for (actor, seq) in dots {
+                    let hlc: Option<i64> = st
+                        .query_row(params![actor.as_bytes().as_slice(), seq as i64], |r| {
+                            r.get(0)
+                        })
+                        .optional()
                         .map_err(StoreError::db("reading the change log"))?;
-                    for (actor, seq) in dots {
-                        let mut found = st
-                            .query(params![actor.as_bytes().as_slice(), seq as i64])
-                            .map_err(StoreError::db("reading the change log"))?;
-                        if let Some(r) = found
-                            .next()
-                            .map_err(StoreError::db("reading the change log"))?
-                        {
-                            rows.push(LogRow::from_row(r, actor)?);
-                        }
+                    if let Some(hlc) = hlc {
+                        out.push((actor, seq, Hlc(hlc as u64)));
                     }
                 }
-                log_read::load(conn, rows)
+                Ok(out)
             })
             .await
     }
 
     /// The changes among `changes` whose `(actor, seq)` this store already holds with other
-    /// content (see the module docs), at most one per actor (its lowest such seq). Changes
-    /// above what the store holds are not looked at: there is nothing to compare them with.
-    pub async fn find_forks(&self, changes: &[Change]) -> Result<Vec<Fork>> {
+    /// content (see the module docs), and the `anchors` (`(actor, seq, hlc)` of changes the
+    /// sender says precede its changes) whose HLC differs from the one held here: at most one
+    /// fork per actor. Changes and anchors above what the store holds are not looked at:
+    /// there is nothing to compare them with.
+    pub async fn find_forks(
+        &self,
+        changes: &[Change],
+        anchors: &[(ActorId, u64, Hlc)],
+    ) -> Result<Vec<Fork>> {
         let vv = self.version_vector();
+        let anchors: Vec<(ActorId, u64, Hlc)> = anchors
+            .iter()
+            .copied()
+            .filter(|(actor, seq, _)| *seq > 0 && *seq <= vv.get(actor))
+            .collect();
         // (actor, seq, hlc, kind, manifest of a readings change)
         let held: Vec<(ActorId, u64, Hlc, i64, Option<Vec<u8>>)> = changes
             .iter()
@@ -105,13 +115,36 @@ impl Store {
                 (c.actor, c.seq, c.hlc, kind_of(&c.body), manifest)
             })
             .collect();
-        if held.is_empty() {
+        if held.is_empty() && anchors.is_empty() {
             return Ok(Vec::new());
         }
         self.inner
             .readers
             .read(move |conn| {
                 let mut forks: Vec<Fork> = Vec::new();
+                {
+                    let mut st = conn
+                        .prepare_cached(HLC_AT)
+                        .map_err(StoreError::db("comparing received changes"))?;
+                    for (actor, seq, hlc) in anchors {
+                        let held: Option<i64> = st
+                            .query_row(params![actor.as_bytes().as_slice(), seq as i64], |r| {
+                                r.get(0)
+                            })
+                            .optional()
+                            .map_err(StoreError::db("comparing received changes"))?;
+                        if let Some(held) = held.filter(|h| *h as u64 != hlc.0)
+                            && !forks.iter().any(|f| f.actor == actor)
+                        {
+                            forks.push(Fork {
+                                actor,
+                                seq,
+                                held: Hlc(held as u64),
+                                received: hlc,
+                            });
+                        }
+                    }
+                }
                 let mut st = conn
                     .prepare_cached(
                         "SELECT c.hlc, c.kind, c.manifest FROM changes c JOIN actors a ON a.idx = c.actor_idx \

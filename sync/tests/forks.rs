@@ -83,7 +83,7 @@ async fn two_stores_with_one_actor_show_as_a_fork_of_its_history() {
         .changes_since(&VersionVector::new(), usize::MAX)
         .await
         .unwrap();
-    let forks = a.find_forks(&from_b).await.unwrap();
+    let forks = a.find_forks(&from_b, &[]).await.unwrap();
     assert_eq!(forks.len(), 1, "{forks:?}");
     assert_eq!((forks[0].actor, forks[0].seq), (a.actor(), 2));
     assert!(forks[0].to_string().contains(&format!("{}:2", a.actor())));
@@ -92,14 +92,25 @@ async fn two_stores_with_one_actor_show_as_a_fork_of_its_history() {
         .changes_since(&VersionVector::new(), usize::MAX)
         .await
         .unwrap();
-    assert!(a.find_forks(&own).await.unwrap().is_empty());
-    assert!(a.find_forks(&from_b[..1]).await.unwrap().is_empty());
+    assert!(a.find_forks(&own, &[]).await.unwrap().is_empty());
+    assert!(a.find_forks(&from_b[..1], &[]).await.unwrap().is_empty());
     // Changes differing only in content (same HLC, another series) are a fork too.
     let mut same_time = own[1].clone();
     if let ChangeBody::Readings(r) = &mut same_time.body {
         r.series[0].name = "renamed".into();
     }
-    assert_eq!(a.find_forks(&[same_time]).await.unwrap().len(), 1);
+    assert_eq!(a.find_forks(&[same_time], &[]).await.unwrap().len(), 1);
+    // An anchor names a held change by seq and HLC: b's seq 2 is not a's.
+    let b_anchor = (b.actor(), 2, from_b[1].hlc);
+    let forks = a.find_forks(&[], &[b_anchor]).await.unwrap();
+    assert_eq!((forks.len(), forks[0].seq), (1, 2));
+    let a_anchor = (a.actor(), 2, own[1].hlc);
+    assert!(a.find_forks(&[], &[a_anchor]).await.unwrap().is_empty());
+    assert_eq!(
+        a.hlcs_at(&[(a.actor(), 2), (a.actor(), 9)]).await.unwrap(),
+        vec![a_anchor],
+        "held changes only"
+    );
 
     // Meeting directly, the two refuse each other in the handshake.
     let ((i_tx, i_rx), (r_tx, r_rx)) = memory_link(8);
@@ -126,7 +137,7 @@ async fn a_hub_detects_a_cloned_device_and_keeps_syncing_the_rest() {
     let other = open(&dir, "other.db").await;
     a.append(batch("a.only", 1)).await.unwrap();
     // The clone writes its own seq 2 and goes on to seq 3: only seq 3 is above what the hub
-    // holds, so only the anchor (its seq 2) shows the fork.
+    // holds, so only the page's anchor (the clone's seq 2, by HLC) shows the fork.
     clone.append(batch("clone.only", 1)).await.unwrap();
     clone.append(batch("clone.only", 2)).await.unwrap();
     hub.append(batch("hub.temp", 0)).await.unwrap();

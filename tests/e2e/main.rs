@@ -11,6 +11,7 @@
 //! `proxy.rs`.
 
 mod clock;
+mod clones;
 mod cluster;
 mod harness;
 mod proxy;

@@ -18,8 +18,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 use super::frame::vector_within;
 use super::session::{Link, PeerInfo, SessionEnd, unexpected};
 use super::{
-    Ack, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode, SessionStats,
-    SyncConfig,
+    Ack, Anchor, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode,
+    SessionStats, SyncConfig,
 };
 use crate::{ActorId, Change, ChangeEvent, Fork, Store, StoreError, VersionVector};
 
@@ -32,9 +32,9 @@ pub(super) struct Exchange<'a> {
     /// Actors whose history from this peer contradicts ours (two stores writing as one
     /// actor): their changes from this peer are not merged for the rest of the session.
     forked: HashSet<ActorId>,
-    /// Actors whose first new changes of the session went out (after their anchor): the
-    /// change just before, which the peer holds, is sent once per actor and session so the
-    /// peer can tell a forked history (see `forks.rs`) from a continued one.
+    /// Actors whose first new changes of the session went out with their anchor (the seq
+    /// and HLC of the change just below, which the peer holds), so the peer can tell a
+    /// forked history (see `forks.rs`) from a continued one. Once per actor and session.
     anchored: HashSet<ActorId>,
     /// What the peer holds: its vector, its acks, and the changes it sent us (a store only
     /// sends what it holds, and holds contiguous runs).
@@ -156,64 +156,67 @@ impl<'a> Exchange<'a> {
                 }
                 break;
             }
-            self.send_anchors(&changes).await?;
+            let anchors = self.anchors_for(&changes).await?;
             note(&mut self.sent, &changes);
             let page_id = self.next_page;
             self.next_page += 1;
             let n = changes.len();
-            self.link.send(&Frame::Page { page_id, changes }).await?;
+            self.link
+                .send(&Frame::Page {
+                    page_id,
+                    changes,
+                    anchors,
+                })
+                .await?;
             self.in_flight.push_back((page_id, n));
             self.stats.page_sent(n);
         }
         Ok(())
     }
 
-    /// Before the first new changes of an actor this session, sends the change just below
-    /// them — one the peer already holds, so it only compares it (and skips it): a store
-    /// that writes as the same actor as another (a cloned card) then shows as a fork
-    /// instead of its changes being stacked on the other's history. Anchors go in pages of
-    /// their own; one too large for the peer's frames is left out.
-    async fn send_anchors(&mut self, changes: &[Change]) -> Result<(), ProtocolError> {
+    /// Anchors for the actors whose first new changes of the session are in `changes`: the
+    /// seq and HLC of the change just below them, which the peer holds, so it can tell a
+    /// forked history (two stores writing as one actor, see `forks.rs`) from a continued one.
+    /// As many as fit the frame beside the changes; an actor left without one is anchored
+    /// in a later page.
+    async fn anchors_for(&mut self, changes: &[Change]) -> Result<Vec<Anchor>, ProtocolError> {
+        let mut seen = HashSet::new();
         let dots: Vec<(ActorId, u64)> = changes
             .iter()
-            .filter(|c| self.anchored.insert(c.actor) && c.seq > 1)
+            .filter(|c| !self.anchored.contains(&c.actor) && seen.insert(c.actor))
             .map(|c| (c.actor, c.seq - 1))
             .collect();
-        let anchors = self.store.changes_at(&dots).await?;
-        let room = self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD);
-        let mut page: Vec<Change> = Vec::new();
-        let mut used = 0;
-        for anchor in anchors {
-            let size = anchor.encoded_len();
+        if dots.is_empty() {
+            return Ok(Vec::new());
+        }
+        // An actor's first change at seq 1 needs no anchor: nothing of it is held.
+        for (actor, seq) in &dots {
+            if *seq == 0 {
+                self.anchored.insert(*actor);
+            }
+        }
+        let wanted: Vec<(ActorId, u64)> = dots.into_iter().filter(|d| d.1 > 0).collect();
+        let held = self.store.hlcs_at(&wanted).await?;
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let used: usize = changes.iter().map(Change::encoded_len).sum();
+        let mut room = self
+            .link
+            .peer_max
+            .saturating_sub(PAGE_FRAME_OVERHEAD + ANCHORS_FIELD_BYTES + used);
+        let mut anchors = Vec::with_capacity(held.len());
+        for (actor, seq, hlc) in held {
+            let anchor = Anchor { actor, seq, hlc };
+            let size = crate::change::cbor_len(&anchor);
             if size > room {
-                continue;
+                break;
             }
-            if !page.is_empty() && used + size > self.page_budget {
-                self.send_anchor_page(std::mem::take(&mut page)).await?;
-                used = 0;
-            }
-            used += size;
-            page.push(anchor);
+            room -= size;
+            self.anchored.insert(actor);
+            anchors.push(anchor);
         }
-        if !page.is_empty() {
-            self.send_anchor_page(page).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_anchor_page(&mut self, anchors: Vec<Change>) -> Result<(), ProtocolError> {
-        let page_id = self.next_page;
-        self.next_page += 1;
-        self.link
-            .send(&Frame::Page {
-                page_id,
-                changes: anchors,
-            })
-            .await?;
-        // A page, but no change the peer lacks: not counted as changes sent.
-        self.in_flight.push_back((page_id, 0));
-        self.stats.page_sent(0);
-        Ok(())
+        Ok(anchors)
     }
 
     /// Where the next page starts: above what was sent, and past every actor left out.
@@ -246,15 +249,25 @@ impl<'a> Exchange<'a> {
     /// Handles one frame; `Some` when the peer ended the session.
     async fn on_frame(&mut self, frame: Frame) -> Result<Option<SessionEnd>, ProtocolError> {
         match frame {
-            Frame::Page { page_id, changes } => {
+            Frame::Page {
+                page_id,
+                changes,
+                anchors,
+            } => {
                 let mut holds = VersionVector::new();
                 note(&mut holds, &changes);
                 // Changes stamped too far ahead are held back per actor; the rest is one
                 // call, one transaction: any other bad change refuses the whole page.
                 let changes = screen_page(self.store, self.stats, changes);
-                let changes =
-                    screen_forks(self.store, self.stats, self.peer, &mut self.forked, changes)
-                        .await?;
+                let changes = screen_forks(
+                    self.store,
+                    self.stats,
+                    self.peer,
+                    &mut self.forked,
+                    changes,
+                    &anchors,
+                )
+                .await?;
                 let outcome = self.store.apply_remote(changes).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
@@ -329,6 +342,9 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// Most bytes the `anchors` key and its array header add to a page frame.
+const ANCHORS_FIELD_BYTES: usize = 16;
+
 /// Raises `v` to the highest seq per actor among `changes`. Valid as a statement of what
 /// the changes' holder holds, because stores hold contiguous runs per actor.
 fn note(v: &mut VersionVector, changes: &[Change]) {
@@ -365,9 +381,15 @@ pub(super) async fn screen_forks(
     peer: &PeerInfo,
     forked: &mut HashSet<ActorId>,
     mut changes: Vec<Change>,
+    anchors: &[Anchor],
 ) -> Result<Vec<Change>, ProtocolError> {
     changes.retain(|c| !forked.contains(&c.actor));
-    let forks = store.find_forks(&changes).await?;
+    let anchors: Vec<(ActorId, u64, crate::Hlc)> = anchors
+        .iter()
+        .filter(|a| !forked.contains(&a.actor))
+        .map(|a| (a.actor, a.seq, a.hlc))
+        .collect();
+    let forks = store.find_forks(&changes, &anchors).await?;
     if forks.is_empty() {
         return Ok(changes);
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
 use super::envelope::Envelope;
-use crate::{ActorId, Change, ClockClaim, Limits, VersionVector};
+use crate::{ActorId, Change, ClockClaim, Hlc, Limits, VersionVector};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -154,6 +154,17 @@ pub struct Ack {
     pub vector: VersionVector,
 }
 
+/// A change the receiver of a page should already hold, named by actor, seq and HLC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The change's actor.
+    pub actor: ActorId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its HLC, as the sender holds it.
+    pub hlc: Hlc,
+}
+
 /// One message of the sync protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -180,6 +191,12 @@ pub enum Frame {
         page_id: u64,
         /// The changes, in per-actor seq order.
         changes: Vec<Change>,
+        /// For actors whose first new changes of the session are in this page: the change
+        /// just below them, which the receiver holds, by seq and HLC. A receiver whose copy
+        /// has another HLC has found a fork — two stores writing as one actor. Absent from
+        /// pages of earlier releases (and ignored by them).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        anchors: Vec<Anchor>,
     },
     /// The answer to a `Page`.
     Ack(Ack),
@@ -384,7 +401,18 @@ impl FrameCodec {
                 text("refusal message", message, MAX_TEXT_BYTES)?;
             }
             Frame::Bye { reason } => text("bye reason", reason, MAX_TEXT_BYTES)?,
-            Frame::Page { page_id, changes } => {
+            Frame::Page {
+                page_id,
+                changes,
+                anchors,
+            } => {
+                if anchors.len() > changes.len() {
+                    return Err(ProtocolError::Malformed(format!(
+                        "page {page_id} has {} anchors for {} changes",
+                        anchors.len(),
+                        changes.len()
+                    )));
+                }
                 for (i, c) in changes.iter().enumerate() {
                     c.validate(&self.limits).map_err(|e| {
                         ProtocolError::Malformed(format!(
@@ -494,6 +522,7 @@ mod tests {
         }
         Frame::Page {
             page_id: 7,
+            anchors: vec![],
             changes: vec![Change {
                 actor: ActorId([1; 16]),
                 seq: 1,
@@ -611,6 +640,7 @@ mod tests {
         let bad = Frame::Page {
             page_id: 1,
             changes,
+            anchors: vec![],
         };
         let bytes = FrameCodec::default()
             .encode(&bad, Compression::None, usize::MAX)
@@ -653,7 +683,11 @@ mod tests {
             .collect();
         for (page_id, changes) in [(0, vec![]), (u64::MAX, one), (u64::MAX, many)] {
             let sizes: usize = changes.iter().map(Change::encoded_len).sum();
-            let frame = Frame::Page { page_id, changes };
+            let frame = Frame::Page {
+                page_id,
+                changes,
+                anchors: vec![],
+            };
             let bytes = codec.encode(&frame, Compression::None, usize::MAX).unwrap();
             assert!(
                 bytes.len() <= sizes + PAGE_FRAME_OVERHEAD,
@@ -661,6 +695,27 @@ mod tests {
                 bytes.len()
             );
         }
+        // Anchors add their own sizes and at most 16 bytes for the field (exchange.rs).
+        let Frame::Page { changes, .. } = page(10) else {
+            unreachable!()
+        };
+        let anchors: Vec<Anchor> = (0..5u8)
+            .map(|i| Anchor {
+                actor: ActorId([i; 16]),
+                seq: u64::MAX,
+                hlc: Hlc(u64::MAX),
+            })
+            .collect();
+        let sizes: usize = changes.iter().map(Change::encoded_len).sum::<usize>()
+            + anchors.iter().map(crate::change::cbor_len).sum::<usize>();
+        let frame = Frame::Page {
+            page_id: u64::MAX,
+            changes,
+            anchors,
+        };
+        let bytes = codec.encode(&frame, Compression::None, usize::MAX).unwrap();
+        assert!(bytes.len() <= sizes + PAGE_FRAME_OVERHEAD + 16);
+        assert_eq!(codec.decode(&bytes).unwrap(), frame);
     }
 
     /// Any vector goes in frames within the peer's limit, and reads back whole.

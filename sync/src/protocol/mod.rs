@@ -81,8 +81,8 @@ pub use auth::{Authenticator, PeerCredentials, TokenAuthenticator};
 pub use config::{ConfigError, SessionMode, SyncConfig};
 pub use error::ProtocolError;
 pub use frame::{
-    Ack, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec, Hello,
-    MAX_COMPRESSIONS, MAX_FRAME_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MAX_VECTOR_ACTORS,
+    Ack, Anchor, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec,
+    Hello, MAX_COMPRESSIONS, MAX_FRAME_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MAX_VECTOR_ACTORS,
     MIN_FRAME_BYTES, PAGE_FRAME_OVERHEAD, PROTOCOL_VERSION, VECTOR_ENTRY_MAX_BYTES,
     VECTOR_FRAME_OVERHEAD, Welcome,
 };

@@ -251,7 +251,10 @@ impl SyncSession {
         let mut forked = std::collections::HashSet::new();
         while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, link.inbound.recv()).await
         {
-            if let Frame::Page { changes, .. } = frame {
+            if let Frame::Page {
+                changes, anchors, ..
+            } = frame
+            {
                 let changes = super::exchange::screen_page(&self.store, &self.stats, changes);
                 let changes = match super::exchange::screen_forks(
                     &self.store,
@@ -259,6 +262,7 @@ impl SyncSession {
                     peer,
                     &mut forked,
                     changes,
+                    &anchors,
                 )
                 .await
                 {
