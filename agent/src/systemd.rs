@@ -52,9 +52,12 @@ pub fn stopping() {
 }
 
 /// Pings the watchdog every half `WatchdogSec` while the store still commits: each ping
-/// follows a successful [`Store::heartbeat`] (a durable write through the writer) within the
-/// ping interval. A wedged writer or a full disk thus stops the pings and systemd restarts
-/// the agent. Returns at once when the watchdog is not enabled.
+/// follows a commit within the ping interval — one of the agent's own writes or, when there
+/// was none, a [`Store::heartbeat`] (a tiny durable write). A wedged writer (a lock held,
+/// a hung disk) thus stops the pings and systemd restarts the agent. A **full disk** does
+/// not: restarting would not free space and would lose the readings queued in memory, so
+/// the pings go on while the writer answers and the disk is its only problem. Returns at
+/// once when the watchdog is not enabled.
 pub async fn watchdog_loop(store: Store, cancel: CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
@@ -71,8 +74,16 @@ pub async fn watchdog_loop(store: Store, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        if store.committed_within(period) {
+            notify(&[NotifyState::Watchdog]);
+            continue;
+        }
         match tokio::time::timeout(period, store.heartbeat()).await {
             Ok(Ok(())) => notify(&[NotifyState::Watchdog]),
+            Ok(Err(e)) if e.is_disk_full() => {
+                tracing::debug!("the disk is full; the agent is alive, pinging the watchdog");
+                notify(&[NotifyState::Watchdog]);
+            }
             Ok(Err(e)) => tracing::error!("health check failed, not pinging the watchdog: {e}"),
             Err(_) => tracing::error!(
                 "health check took longer than {}, not pinging the watchdog",

@@ -136,6 +136,18 @@ pub enum StoreError {
     /// A twin was created on a key that already holds one.
     #[error("twin {0:?} already exists")]
     TwinExists(String),
+    /// The file system holding the store is full (`SQLITE_FULL`, ENOSPC): nothing of this
+    /// write was stored. A state, not a crash: reads keep working, and writes succeed again
+    /// as soon as space is freed (by retention, or by hand).
+    #[error(
+        "the disk holding the store is full, so nothing was stored while {context} ({detail}); free space on that file system or lower [retention] max_disk — writes resume by themselves once there is room"
+    )]
+    DiskFull {
+        /// What the store was doing.
+        context: &'static str,
+        /// What SQLite said.
+        detail: String,
+    },
     /// The store's writer task has stopped (the store is closing or crashed).
     #[error("the store is closed")]
     Closed,
@@ -156,7 +168,35 @@ impl StoreError {
         match self {
             StoreError::Database { source, .. } => sqlite_transient(source),
             StoreError::WriteGroup { transient, .. } => *transient,
+            StoreError::DiskFull { .. } => true,
             _ => false,
+        }
+    }
+
+    /// True when the cause is a full disk: a [`StoreError::DiskFull`], or an SQLite
+    /// `SQLITE_FULL` not classified yet.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull { .. } => true,
+            StoreError::Database {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => f.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
+
+    /// Turns an SQLite `SQLITE_FULL` into [`StoreError::DiskFull`] (everything else is
+    /// returned unchanged), so callers see one distinct error for a full disk.
+    pub(crate) fn classify(self) -> StoreError {
+        match self {
+            StoreError::Database { context, source } if is_sqlite_full(&source) => {
+                StoreError::DiskFull {
+                    context,
+                    detail: source.to_string(),
+                }
+            }
+            e => e,
         }
     }
 
@@ -197,6 +237,7 @@ impl StoreError {
             StoreError::InvalidPatch { .. } => "invalid_patch",
             StoreError::WrongKind { .. } => "wrong_kind",
             StoreError::TwinExists(_) => "twin_exists",
+            StoreError::DiskFull { .. } => "disk_full",
             StoreError::Closed => "closed",
         }
     }
@@ -211,6 +252,10 @@ pub(crate) fn sqlite_transient(e: &rusqlite::Error) -> bool {
         }
         _ => false,
     }
+}
+
+fn is_sqlite_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// Result alias for the store.
@@ -246,5 +291,20 @@ mod tests {
         };
         assert!(!decode.is_transient());
         assert_eq!(sqlite(ffi::SQLITE_BUSY).code(), "database");
+    }
+
+    #[test]
+    fn sqlite_full_becomes_disk_full_and_nothing_else_does() {
+        use rusqlite::ffi;
+        let full = sqlite(ffi::SQLITE_FULL);
+        assert!(full.is_disk_full());
+        let full = full.classify();
+        assert!(matches!(full, StoreError::DiskFull { .. }), "{full:?}");
+        assert_eq!(full.code(), "disk_full");
+        assert!(full.is_transient() && full.is_disk_full());
+        assert!(full.to_string().contains("free space"), "{full}");
+        let busy = sqlite(ffi::SQLITE_BUSY).classify();
+        assert!(!busy.is_disk_full());
+        assert_eq!(busy.code(), "database");
     }
 }

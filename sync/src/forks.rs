@@ -46,6 +46,10 @@ impl std::fmt::Display for Fork {
     }
 }
 
+/// What the change log keeps of a change to compare it by: actor, seq, HLC, kind, and the
+/// manifest of a readings change.
+type Fingerprint = (ActorId, u64, Hlc, i64, Option<Vec<u8>>);
+
 /// Change-log kind of a body (as stored in `changes.kind`).
 fn kind_of(body: &ChangeBody) -> i64 {
     match body {
@@ -103,8 +107,7 @@ impl Store {
             .copied()
             .filter(|(actor, seq, _)| *seq > 0 && *seq <= vv.get(actor))
             .collect();
-        // (actor, seq, hlc, kind, manifest of a readings change)
-        let held: Vec<(ActorId, u64, Hlc, i64, Option<Vec<u8>>)> = changes
+        let held: Vec<Fingerprint> = changes
             .iter()
             .filter(|c| c.seq <= vv.get(&c.actor))
             .map(|c| {

@@ -65,6 +65,7 @@ mod docs_query;
 mod docwrite;
 mod error;
 mod forks;
+mod health;
 mod hlc;
 mod ingest;
 mod log_read;
@@ -90,6 +91,7 @@ pub use digest::Digest;
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use forks::Fork;
+pub use health::WriteHealth;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };

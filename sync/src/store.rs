@@ -15,7 +15,7 @@ use crate::writer::{Job, Shared, Writer};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, ClockClaim, ClockSkewError,
     Digest, DocVersion, Hlc, HybridClock, ReadingBatch, Result, StoreConfig, StoreError,
-    StoreStats, SystemTime, TimeReference, TimeSource, VersionVector, validate_key,
+    StoreStats, SystemTime, TimeReference, TimeSource, VersionVector, WriteHealth, validate_key,
 };
 
 /// Change-log rows `changes_since` reads per statement.
@@ -67,6 +67,7 @@ impl Store {
             clock: Mutex::new(HybridClock::new(time, config.max_clock_offset_ms)),
             events,
             counts: RwLock::new(Default::default()),
+            health: Default::default(),
         });
         // Opening (migrations, cache loads) is blocking work: off the async workers.
         let (writer, actor) = {
@@ -313,6 +314,31 @@ impl Store {
     /// writes (the watchdog health check).
     pub async fn heartbeat(&self) -> Result<()> {
         self.submit(|reply| Job::Heartbeat { reply }).await
+    }
+
+    /// Asks the writer thread how writes are doing, once the writes queued before this call
+    /// ran. Proves the writer is alive without writing to the disk — except while the disk
+    /// is full, when at most every 2 s it tries a tiny write to find out whether space is
+    /// back (so a full-disk state ends by itself even when nothing else writes).
+    pub async fn probe(&self) -> Result<WriteHealth> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job::Probe { reply: tx })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// The write health as of the last write group (no round trip to the writer).
+    pub fn write_health(&self) -> WriteHealth {
+        self.inner.shared.health.snapshot()
+    }
+
+    /// Whether a write group committed within `within` (a recent commit proves the store
+    /// writes, so a health check need not write again).
+    pub fn committed_within(&self, within: std::time::Duration) -> bool {
+        self.inner.shared.health.committed_within(within)
     }
 
     /// What this store holds: actor → highest contiguous seq.

@@ -23,6 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::counts::Counts;
+use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<ChangeEvent>,
     /// Store-wide counters, updated after each commit.
     pub counts: RwLock<Counts>,
+    /// Whether writes work (full disk, last failure), updated after each write group.
+    pub health: HealthCell,
 }
 
 /// A request to the writer.
@@ -66,6 +69,9 @@ pub(crate) enum Job {
     },
     /// A tiny durable write, proving the database is writable (watchdog health check).
     Heartbeat { reply: oneshot::Sender<Result<()>> },
+    /// Answered with the write health once the jobs queued before it ran, without writing
+    /// (except a heartbeat, at most every few seconds, while the disk is full).
+    Probe { reply: oneshot::Sender<WriteHealth> },
     /// Stop after the jobs queued before this one.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -83,22 +89,22 @@ enum Done {
 
 impl Done {
     fn is_ok(&self) -> bool {
+        self.error().is_none()
+    }
+
+    fn error(&self) -> Option<&StoreError> {
         match self {
-            Done::Append(_, r) => r.is_ok(),
-            Done::Doc(_, r) => r.is_ok(),
-            Done::Remote(_, r) => r.is_ok(),
-            Done::Twin(_, r) => r.is_ok(),
-            Done::Heartbeat(_, r) => r.is_ok(),
+            Done::Append(_, r) => r.as_ref().err(),
+            Done::Doc(_, r) => r.as_ref().err(),
+            Done::Remote(_, r) => r.as_ref().err(),
+            Done::Twin(_, r) => r.as_ref().err(),
+            Done::Heartbeat(_, r) => r.as_ref().err(),
         }
     }
 
     // After a failed commit nothing of the group is durable: every caller gets an error.
     fn fail(self, cause: &StoreError) -> Done {
-        let err = || StoreError::WriteGroup {
-            context: "committing a write group",
-            detail: cause.to_string(),
-            transient: cause.is_transient(),
-        };
+        let err = || group_error("committing a write group", cause);
         match self {
             Done::Append(tx, r) => Done::Append(tx, r.and(Err(err()))),
             Done::Doc(tx, r) => Done::Doc(tx, r.and(Err(err()))),
@@ -110,13 +116,33 @@ impl Done {
 
     fn send(self) {
         // A caller that gave up (dropped its future) is not an error of the store.
+        // `SQLITE_FULL` from any statement reaches callers as `DiskFull`.
         let _ = match self {
-            Done::Append(tx, r) => tx.send(r).map_err(drop),
-            Done::Doc(tx, r) => tx.send(r).map_err(drop),
-            Done::Remote(tx, r) => tx.send(r).map_err(drop),
-            Done::Twin(tx, r) => tx.send(r).map_err(drop),
-            Done::Heartbeat(tx, r) => tx.send(r).map_err(drop),
+            Done::Append(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Doc(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Remote(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Twin(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
+    }
+}
+
+/// The error every job of a group gets when the group could not start or commit: a
+/// [`StoreError::DiskFull`] when the disk was the cause, else a [`StoreError::WriteGroup`].
+fn group_error(context: &'static str, cause: &StoreError) -> StoreError {
+    if cause.is_disk_full() {
+        return StoreError::DiskFull {
+            context,
+            detail: match cause {
+                StoreError::DiskFull { detail, .. } => detail.clone(),
+                other => other.to_string(),
+            },
+        };
+    }
+    StoreError::WriteGroup {
+        context,
+        detail: cause.to_string(),
+        transient: cause.is_transient(),
     }
 }
 
@@ -318,6 +344,7 @@ impl Writer {
         let mut stop: Option<oneshot::Sender<()>> = None;
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = Vec::new();
+            let mut probes = Vec::new();
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
@@ -325,14 +352,25 @@ impl Writer {
                         stop = Some(done);
                         break;
                     }
+                    Job::Probe { reply } => probes.push(reply),
                     job => jobs.push(job),
                 }
                 if jobs.len() < max_group {
                     next = rx.try_recv().ok();
                 }
             }
+            // While the disk is full nothing else may be writing: a tiny write now and then
+            // finds out when space is back, so readiness recovers by itself.
+            if !probes.is_empty() && jobs.is_empty() && self.shared.health.should_retry_full_disk()
+            {
+                let (reply, _) = oneshot::channel();
+                jobs.push(Job::Heartbeat { reply });
+            }
             if !jobs.is_empty() {
                 self.run_group(jobs);
+            }
+            for reply in probes {
+                let _ = reply.send(self.shared.health.snapshot());
             }
             if stop.is_some() {
                 break;
@@ -361,6 +399,10 @@ impl Writer {
     fn run_group(&mut self, jobs: Vec<Job>) {
         let mut done = Vec::with_capacity(jobs.len());
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
+            self.shared.health.record(GroupOutcome::Failed {
+                disk_full: e.is_disk_full(),
+                failure: &e.to_string(),
+            });
             for job in jobs {
                 done.push(self.refuse(job, &e));
             }
@@ -369,7 +411,9 @@ impl Writer {
         }
         self.pending_events.clear();
         self.touched.clear();
-        for job in jobs {
+        let mut jobs = jobs.into_iter();
+        let mut aborted: Option<StoreError> = None;
+        while let Some(job) = jobs.next() {
             let digest_before = self.digest;
             let counts_before = self.counts;
             let events_before = self.pending_events.len();
@@ -395,13 +439,46 @@ impl Writer {
                 self.counts = counts_before;
                 self.pending_events.truncate(events_before);
                 self.touched.truncate(touched_before);
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the whole transaction back (it may on a full disk or an
+                    // I/O error): the earlier jobs of the group are gone too.
+                    let cause = result
+                        .error()
+                        .map(|e| group_error("running a write group", e))
+                        .unwrap_or(StoreError::Closed);
+                    done.push(result);
+                    for job in jobs.by_ref() {
+                        done.push(self.refuse(job, &cause));
+                    }
+                    aborted = Some(cause);
+                    break;
+                }
                 if rolled.is_err() || released.is_err() || reloaded.is_err() {
                     tracing::error!("store writer could not roll back a failed job cleanly");
                 }
             }
             done.push(result);
         }
-        let committed = self.finish_group();
+        let committed = match aborted {
+            Some(cause) => Err(cause),
+            None => self.finish_group(),
+        };
+        match &committed {
+            Ok(()) => {
+                let full = done
+                    .iter()
+                    .filter_map(Done::error)
+                    .find(|e| e.is_disk_full())
+                    .map(|e| e.to_string());
+                self.shared.health.record(GroupOutcome::Committed {
+                    disk_full: full.as_deref(),
+                });
+            }
+            Err(e) => self.shared.health.record(GroupOutcome::Failed {
+                disk_full: e.is_disk_full(),
+                failure: &e.to_string(),
+            }),
+        }
         match committed {
             Ok(()) => {
                 {
@@ -446,18 +523,16 @@ impl Writer {
     }
 
     fn refuse(&mut self, job: Job, cause: &StoreError) -> Done {
-        let err = || StoreError::WriteGroup {
-            context: "starting a write transaction",
-            detail: cause.to_string(),
-            transient: cause.is_transient(),
-        };
+        let err = || group_error("starting a write transaction", cause);
         match job {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
             Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
             Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
-            Job::Shutdown { .. } => unreachable!("shutdown is handled by the run loop"),
+            Job::Shutdown { .. } | Job::Probe { .. } => {
+                unreachable!("shutdown and probes are handled by the run loop")
+            }
         }
     }
 
@@ -507,7 +582,9 @@ impl Writer {
                     .map_err(StoreError::db("writing the heartbeat"));
                 Done::Heartbeat(reply, r)
             }
-            Job::Shutdown { .. } => unreachable!("shutdown is handled by the run loop"),
+            Job::Shutdown { .. } | Job::Probe { .. } => {
+                unreachable!("shutdown and probes are handled by the run loop")
+            }
         }
     }
 

@@ -25,6 +25,7 @@ fn open_writer(path: &std::path::Path) -> Writer {
         )),
         events,
         counts: RwLock::new(Default::default()),
+        health: Default::default(),
     });
     let (conn, actor) = crate::schema::open_writer(path, &config).unwrap();
     Writer::new(conn, shared, actor, config.limits).unwrap()

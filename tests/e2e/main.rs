@@ -13,6 +13,7 @@
 mod clock;
 mod clones;
 mod cluster;
+mod disk;
 mod harness;
 mod proxy;
 mod reload;

@@ -13,13 +13,13 @@ const WATCHDOG_USEC: &str = "1000000";
 const PING_PERIOD: Duration = Duration::from_millis(500);
 
 /// The test's end of `NOTIFY_SOCKET`: every datagram received, in order.
-struct Notifications {
+pub(crate) struct Notifications {
     sock: UnixDatagram,
     seen: Vec<String>,
 }
 
 impl Notifications {
-    fn bind(path: &Path) -> Notifications {
+    pub(crate) fn bind(path: &Path) -> Notifications {
         let sock = UnixDatagram::bind(path).expect("bind the notify socket");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("read timeout");
@@ -51,7 +51,7 @@ impl Notifications {
     }
 
     /// Waits (at most `within`) for a datagram with the line `line`; returns the datagram.
-    fn expect(&mut self, agent: &Agent, line: &str, within: Duration) -> String {
+    pub(crate) fn expect(&mut self, agent: &Agent, line: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         while let Some(msg) = self.next(deadline) {
             if msg.lines().any(|l| l == line) {
@@ -66,7 +66,7 @@ impl Notifications {
     }
 
     /// Drops whatever arrives during `d`.
-    fn drain_for(&mut self, d: Duration) -> Vec<String> {
+    pub(crate) fn drain_for(&mut self, d: Duration) -> Vec<String> {
         let deadline = Instant::now() + d;
         let mut out = Vec::new();
         while let Some(msg) = self.next(deadline) {
@@ -76,7 +76,7 @@ impl Notifications {
     }
 }
 
-fn is_ping(msg: &str) -> bool {
+pub(crate) fn is_ping(msg: &str) -> bool {
     msg.lines().any(|l| l == "WATCHDOG=1")
 }
 

@@ -85,6 +85,7 @@ error_codes! {
     Unavailable = 503, "unavailable", "the store cannot serve right now (busy, I/O, shutting down); retry later";
     NotReady = 503, "not_ready", "the agent is starting or shutting down";
     TooManySessions = 503, "too_many_sessions", "as many inbound sync sessions run as allowed (`api.max_sync_sessions`, `api.max_sync_sessions_per_peer`); retry later";
+    DiskFull = 507, "disk_full", "the file system holding the store is full and nothing was stored; free space or lower `retention.max_disk` — writes resume by themselves once there is room, reads keep working";
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -210,6 +211,7 @@ impl From<StoreError> for ApiError {
             StoreError::WrongKind { .. } => ErrorCode::WrongKind,
             StoreError::TwinExists(_) => ErrorCode::TwinExists,
             StoreError::Closed => ErrorCode::Unavailable,
+            StoreError::DiskFull { .. } => ErrorCode::DiskFull,
             // A failing database (busy, I/O error, full disk, pool closed while stopping) is
             // the store being unavailable; the client may retry.
             StoreError::Database { .. } | StoreError::WriteGroup { .. } => ErrorCode::Unavailable,
@@ -269,6 +271,14 @@ mod tests {
                 "value_too_large",
             ),
             (StoreError::Closed, 503, "unavailable"),
+            (
+                StoreError::DiskFull {
+                    context: "committing a write group",
+                    detail: "database or disk is full".into(),
+                },
+                507,
+                "disk_full",
+            ),
         ];
         for (e, status, code) in cases {
             let a = ApiError::from(e);

@@ -128,6 +128,8 @@ fn with_security(mut doc: Value) -> Value {
             }
             if m != axum::http::Method::GET {
                 extra.extend([ErrorCode::ForeignOrigin, ErrorCode::UnsupportedMediaType]);
+                // Any write may meet a full disk.
+                extra.push(ErrorCode::DiskFull);
                 extra.extend([ErrorCode::RequestTimeout, ErrorCode::BodyTooLarge]);
             }
             let Some(responses) = op["responses"].as_object_mut() else {
@@ -196,7 +198,7 @@ fn routes_document() -> Value {
         "paths": {
             "/healthz": { "get": op("Liveness: 200 while the process serves HTTP", vec![],
                 responses("200", ok("Alive", json!({"type": "object"})), &[])) },
-            "/readyz": { "get": op("Readiness: startup finished and the store commits within 2 s", vec![],
+            "/readyz": { "get": op("Readiness: startup finished, the store writer answers within 2 s and its last commit succeeded (no disk write per probe); 503 `not_ready` with a message starting `disk_full:` while the disk is full", vec![],
                 responses("200", ok("Ready", json!({"type": "object"})), &[ErrorCode::NotReady, ErrorCode::Unavailable])) },
             "/metrics": { "get": {
                 "summary": "Prometheus metrics (OpenMetrics text)",
@@ -385,6 +387,18 @@ fn sync_now_schema() -> Value {
     json!({"type": "object", "properties": {"ok": {"type": "boolean"}, "peers": {"type": "array", "items": result}}})
 }
 
+/// `Status.store`: write health (and, with retention, the store's space figures).
+fn store_status_schema() -> Value {
+    let opt_i = json!({"type": "integer", "nullable": true});
+    let opt_s = json!({"type": "string", "nullable": true});
+    let write_health = json!({"type": "object",
+        "description": "Whether writes work, as the store's writer last found it; `disk_full` is set (SQLite's message) while the disk is full",
+        "properties": {
+            "since_last_commit_ms": opt_i, "disk_full": opt_s,
+            "disk_full_for_ms": opt_i, "last_failure": opt_s}});
+    json!({"type": "object", "properties": {"write_health": write_health}})
+}
+
 fn schemas() -> Value {
     let s = json!({"type": "string"});
     let n = json!({"type": "number"});
@@ -445,6 +459,7 @@ fn schemas() -> Value {
             "version_vector": {"type": "object", "additionalProperties": i}, "digest": s,
             "counts": {"type": "object", "properties": {"changes": i, "readings": i, "series": i, "doc_keys": i, "doc_versions": i}},
             "db_bytes": i, "data_dir": s,
+            "store": store_status_schema(),
             "disk": {"type": "object", "nullable": true, "properties": {"total_bytes": i, "free_bytes": i, "available_bytes": i, "used_percent": n}},
             "rss_bytes": {"type": "integer", "nullable": true}}},
     })

@@ -16,16 +16,19 @@ use super::format::Accept;
 use super::{ApiError, ErrorCode};
 use crate::state::Agent;
 
-/// How long `/readyz` waits for the store's heartbeat write.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for the store's writer to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: 200 while the process serves HTTP at all.
 pub async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: 200 when startup finished and the store commits a heartbeat within 2 s;
-/// `503 not_ready` while starting or draining, `503 unavailable` when the store is stuck.
+/// `GET /readyz`: 200 when startup finished, the store's writer answers within 2 s and its
+/// last write group committed. Writes nothing to the disk (a probe is a round trip to the
+/// writer thread). `503 not_ready` while starting or draining and while the disk is full (the
+/// message starts with `disk_full:`), `503 unavailable` when the store is stuck or its last
+/// commit failed for another reason.
 pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::new(
@@ -33,16 +36,34 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
             "the agent is starting or shutting down",
         ));
     }
-    match tokio::time::timeout(HEARTBEAT_TIMEOUT, state.store.heartbeat()).await {
-        Ok(Ok(())) => Ok(axum::Json(json!({ "status": "ready" })).into_response()),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!(
-            "the store cannot commit: {e}"
-        ))),
-        Err(_) => Err(ApiError::unavailable(format!(
-            "the store did not commit a heartbeat within {} s",
-            HEARTBEAT_TIMEOUT.as_secs()
-        ))),
+    let health = match tokio::time::timeout(PROBE_TIMEOUT, state.store.probe()).await {
+        Ok(Ok(health)) => health,
+        Ok(Err(e)) => {
+            return Err(ApiError::unavailable(format!(
+                "the store is not writable: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(format!(
+                "the store's writer did not answer within {} s",
+                PROBE_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    if let Some(detail) = &health.disk_full {
+        return Err(ApiError::new(
+            ErrorCode::NotReady,
+            format!(
+                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until space is freed (free space, or lower retention.max_disk); reads keep working"
+            ),
+        ));
     }
+    if let Some(failure) = &health.last_failure {
+        return Err(ApiError::unavailable(format!(
+            "the store's last commit failed: {failure}"
+        )));
+    }
+    Ok(axum::Json(json!({ "status": "ready" })).into_response())
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text; store gauges are refreshed first.
@@ -98,6 +119,9 @@ pub async fn status(
             "doc_versions": stats.doc_versions,
         },
         "db_bytes": stats.db_bytes,
+        "store": {
+            "write_health": state.store.write_health(),
+        },
         "data_dir": state.data_dir.display().to_string(),
         "disk": disk,
         "rss_bytes": rss_bytes(),
