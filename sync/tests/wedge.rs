@@ -84,7 +84,7 @@ fn small_batch(series: &str, minute: i64) -> ReadingBatch {
 fn big_batch(series: &str, n: usize) -> ReadingBatch {
     let mut b = ReadingBatch::new();
     for i in 0..n {
-        let v = (i as f64 * 0.731).sin() * 1234.567_891;
+        let v = (i as f64 * 0.731).sin() * 1_234.567_891;
         b.push(series, T0 + 3_600_000 + i as i64 * 1000, v, Some("W"));
     }
     b
