@@ -395,7 +395,7 @@ pub(super) async fn screen_forks(
     }
     for fork in &forks {
         let report = ActorFork::new(store, peer, fork);
-        tracing::error!(actor = %fork.actor, seq = fork.seq, peer = %peer.name, "sync: {report}");
+        tracing::error!(actor = %fork.actor, seq = fork.seq, "sync: {report}");
         stats.forked(&report);
         forked.insert(fork.actor);
     }
@@ -415,7 +415,9 @@ impl ActorFork {
     fn new(store: &Store, peer: &PeerInfo, fork: &Fork) -> ActorFork {
         ActorFork {
             fork: fork.clone(),
-            peer_name: peer.name.clone(),
+            // The name it was let in under (its credential) when we authenticated it, else
+            // the name it gave itself.
+            peer_name: peer.principal.clone().unwrap_or_else(|| peer.name.clone()),
             peer_actor: peer.actor,
             own: fork.actor == store.actor(),
         }
