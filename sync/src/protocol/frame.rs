@@ -696,9 +696,15 @@ mod tests {
             );
         }
         // Anchors add their own sizes and at most 16 bytes for the field (exchange.rs).
-        let Frame::Page { changes, .. } = page(10) else {
+        let Frame::Page { changes: one, .. } = page(10) else {
             unreachable!()
         };
+        let changes: Vec<Change> = (1..=5)
+            .map(|seq| Change {
+                seq,
+                ..one[0].clone()
+            })
+            .collect();
         let anchors: Vec<Anchor> = (0..5u8)
             .map(|i| Anchor {
                 actor: ActorId([i; 16]),
@@ -716,6 +722,28 @@ mod tests {
         let bytes = codec.encode(&frame, Compression::None, usize::MAX).unwrap();
         assert!(bytes.len() <= sizes + PAGE_FRAME_OVERHEAD + 16);
         assert_eq!(codec.decode(&bytes).unwrap(), frame);
+        // More anchors than changes is not a page a conforming peer sends.
+        let Frame::Page {
+            mut changes,
+            anchors,
+            ..
+        } = frame
+        else {
+            unreachable!()
+        };
+        changes.truncate(1);
+        let bytes = codec
+            .encode(
+                &Frame::Page {
+                    page_id: 1,
+                    changes,
+                    anchors,
+                },
+                Compression::None,
+                usize::MAX,
+            )
+            .unwrap();
+        assert_eq!(codec.decode(&bytes).unwrap_err().code(), "malformed");
     }
 
     /// Any vector goes in frames within the peer's limit, and reads back whole.
