@@ -41,6 +41,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod peers;
+pub mod retention;
 pub mod scope;
 pub mod section;
 pub mod server;

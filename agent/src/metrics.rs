@@ -34,10 +34,14 @@
 //! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total`, `kdelta_sync_changes_too_large_total`, `kdelta_sync_actor_forks_total` | counter | `peer`, `direction` |
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
+//! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total` | counter | — |
+//! | `kdelta_retention_pass_duration_seconds` | histogram | — |
+//! | `kdelta_store_disk_full` (0/1), `kdelta_process_storage_write_bytes`, `kdelta_retention_horizon_timestamp_ms` | gauge | — |
 //!
 //! The `sync_peer_*` families are taken from the peers' status on every scrape (see
 //! `sync.rs`), so they are always current and a peer that is gone disappears.
 
+mod retention;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -50,6 +54,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use retention::RetentionMetrics;
 pub use sync::PeerSample;
 use sync::SyncMetrics;
 
@@ -124,6 +129,7 @@ pub struct Metrics {
     clock_trusted: Gauge,
     mqtt: MqttMetrics,
     sync: SyncMetrics,
+    retention: RetentionMetrics,
     /// Every committed reading, all sources together (for the systemd `STATUS=` rate).
     readings_total: std::sync::atomic::AtomicU64,
 }
@@ -173,6 +179,7 @@ impl Metrics {
             clock_trusted: Gauge::default(),
             mqtt: MqttMetrics::default(),
             sync: SyncMetrics::default(),
+            retention: RetentionMetrics::default(),
             readings_total: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -271,6 +278,7 @@ impl Metrics {
         r.register("build_info", "Build of this agent (always 1)", build_info);
         m.mqtt.register(&mut r);
         m.sync.register(&mut r);
+        m.retention.register(&mut r);
         Metrics { registry: r, ..m }
     }
 

@@ -54,6 +54,8 @@ pub struct AgentInner {
     pub guard: Arc<crate::access::ApiGuard>,
     /// Whether the wall clock is trusted (`/v1/status`).
     pub clock: Arc<crate::clock::ClockMonitor>,
+    /// What retention last did (`/v1/status`).
+    pub retention: Arc<crate::retention::RetentionState>,
 }
 
 impl Agent {

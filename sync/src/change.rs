@@ -85,6 +85,9 @@ impl Change {
             });
         }
         match &self.body {
+            // A readings change retention pruned wholly is served with no readings: still a
+            // change (its seq keeps the version vector dense).
+            ChangeBody::Readings(b) if b.is_empty() => Ok(()),
             ChangeBody::Readings(b) => b.validate(limits),
             ChangeBody::Doc(d) => d.validate(limits),
             ChangeBody::Twin(t) => t.validate(self.actor, limits).map(drop),

@@ -27,7 +27,11 @@ impl Counts {
         };
         Ok(Counts {
             changes: one("SELECT COUNT(*) FROM changes")?,
-            readings: one("SELECT COALESCE(SUM(n), 0) FROM rollup_1m")?,
+            // Rollups count every reading ingested; `readings_pruned` those retention
+            // deleted while their rollups remain (see retention.rs).
+            readings: one(
+                "SELECT COALESCE((SELECT SUM(n) FROM rollup_1m), 0) -                  COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'readings_pruned'), 0)",
+            )?,
             series: one("SELECT COUNT(*) FROM series")?,
             doc_keys: one("SELECT COUNT(*) FROM doc_keys")?,
             doc_versions: one("SELECT COUNT(*) FROM doc_versions")?,

@@ -23,6 +23,16 @@ impl Digest {
         }
     }
 
+    /// Removes one element hash added before (retention pruning what it covered).
+    pub fn sub(&mut self, h: &[u8; 32]) {
+        for lane in 0..4 {
+            let r = lane * 8..lane * 8 + 8;
+            let a = u64::from_le_bytes(self.0[r.clone()].try_into().expect("8 bytes"));
+            let b = u64::from_le_bytes(h[r.clone()].try_into().expect("8 bytes"));
+            self.0[r].copy_from_slice(&a.wrapping_sub(b).to_le_bytes());
+        }
+    }
+
     /// Builds a digest from stored bytes (32 bytes; anything else is the empty digest).
     pub fn from_slice(b: &[u8]) -> Digest {
         b.try_into().map(Digest).unwrap_or_default()

@@ -74,6 +74,7 @@ mod multirow;
 pub mod protocol;
 mod readers;
 mod readings_query;
+mod retention;
 mod schema;
 mod store;
 mod timeref;
@@ -98,6 +99,7 @@ pub use hlc::{
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS};
+pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, glob_match};
 pub use schema::supported_schema_version;
 pub use store::Store;
 pub use timeref::{ClockClaim, TimeReference};

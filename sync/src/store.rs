@@ -341,6 +341,58 @@ impl Store {
         self.inner.shared.health.committed_within(within)
     }
 
+    /// Prunes what `policy` no longer keeps as of `now_ms` (unix ms; tests pass any clock):
+    /// raw readings by age, then rollups (see [`RetentionPolicy`]). Runs as a series of
+    /// small writer jobs, each looking at about `step_rows` readings, queued behind the
+    /// writes already waiting — ingest is never stalled behind one long delete. Each step
+    /// is durable on its own; a failed step ends the pass with its error (what earlier steps
+    /// pruned stays pruned).
+    pub async fn prune(
+        &self,
+        policy: &crate::RetentionPolicy,
+        now_ms: i64,
+        step_rows: usize,
+    ) -> Result<crate::PruneReport> {
+        let mut total = crate::PruneReport::default();
+        if policy.keeps_everything() {
+            return Ok(total);
+        }
+        let policy = Arc::new(policy.clone());
+        let mut cursor = crate::retention::PruneCursor::default();
+        while !cursor.done {
+            let (report, next) = self
+                .submit(|reply| Job::Prune {
+                    policy: policy.clone(),
+                    now_ms,
+                    cursor,
+                    budget: step_rows,
+                    reply,
+                })
+                .await?;
+            total.add(&report);
+            cursor = next;
+        }
+        Ok(total)
+    }
+
+    /// The oldest raw reading kept per series (unix ms; `None` for a series whose raw
+    /// readings are all gone): the retention horizon. One index probe per series.
+    pub async fn retention_horizon(&self) -> Result<Vec<(String, Option<i64>)>> {
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT s.name, (SELECT MIN(r.ts) FROM readings r WHERE r.series_id = s.id) FROM series s ORDER BY s.name",
+                )
+                .and_then(|mut st| {
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
+                .map_err(StoreError::db("reading the retention horizon"))
+            })
+            .await
+    }
+
     /// What this store holds: actor → highest contiguous seq.
     pub fn version_vector(&self) -> VersionVector {
         self.inner.shared.vv.read().expect("vv lock").clone()

@@ -69,6 +69,14 @@ pub(crate) enum Job {
     },
     /// A tiny durable write, proving the database is writable (watchdog health check).
     Heartbeat { reply: oneshot::Sender<Result<()>> },
+    /// One bounded step of a retention pass (see `retention.rs`).
+    Prune {
+        policy: Arc<crate::RetentionPolicy>,
+        now_ms: i64,
+        cursor: crate::retention::PruneCursor,
+        budget: usize,
+        reply: oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
+    },
     /// Answered with the write health once the jobs queued before it ran, without writing
     /// (except a heartbeat, at most every few seconds, while the disk is full).
     Probe { reply: oneshot::Sender<WriteHealth> },
@@ -85,6 +93,10 @@ enum Done {
     Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
     Twin(oneshot::Sender<Result<TwinWrite>>, Result<TwinWrite>),
     Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
+    Prune(
+        oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
+        Result<(crate::PruneReport, crate::retention::PruneCursor)>,
+    ),
 }
 
 impl Done {
@@ -99,6 +111,7 @@ impl Done {
             Done::Remote(_, r) => r.as_ref().err(),
             Done::Twin(_, r) => r.as_ref().err(),
             Done::Heartbeat(_, r) => r.as_ref().err(),
+            Done::Prune(_, r) => r.as_ref().err(),
         }
     }
 
@@ -111,6 +124,7 @@ impl Done {
             Done::Remote(tx, r) => Done::Remote(tx, r.and(Err(err()))),
             Done::Twin(tx, r) => Done::Twin(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
+            Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
         }
     }
 
@@ -123,6 +137,7 @@ impl Done {
             Done::Remote(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Twin(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
     }
 }
@@ -530,6 +545,7 @@ impl Writer {
             Job::Remote { reply, .. } => Done::Remote(reply, Err(err())),
             Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
+            Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } => {
                 unreachable!("shutdown and probes are handled by the run loop")
             }
@@ -582,6 +598,13 @@ impl Writer {
                     .map_err(StoreError::db("writing the heartbeat"));
                 Done::Heartbeat(reply, r)
             }
+            Job::Prune {
+                policy,
+                now_ms,
+                cursor,
+                budget,
+                reply,
+            } => Done::Prune(reply, self.prune_step(&policy, now_ms, cursor, budget)),
             Job::Shutdown { .. } | Job::Probe { .. } => {
                 unreachable!("shutdown and probes are handled by the run loop")
             }

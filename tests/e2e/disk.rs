@@ -144,6 +144,13 @@ async fn a_full_disk_is_a_state_and_writes_resume_when_space_returns() {
     notes.expect(&agent, "READY=1", Duration::from_secs(10));
     let c = client();
 
+    // The source has committed before the disk fills (its series exists for the checks).
+    eventually(Duration::from_secs(20), "first sim readings", || {
+        let (c, url) = (c.clone(), agent.at("/v1/readings/latest?series=sim.0"));
+        async move { (get_json(&c, &url).await.0 == 200).then_some(()) }
+    })
+    .await;
+
     // Leave 2 MB, then write until even a one-reading batch is refused.
     let filler = fs.fill(2 << 20);
     let mut acked: Vec<(i64, i64)> = Vec::new();

@@ -17,6 +17,7 @@ mod disk;
 mod harness;
 mod proxy;
 mod reload;
+mod retention;
 mod security;
 mod sources;
 mod sync;

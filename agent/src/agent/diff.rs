@@ -43,6 +43,7 @@ impl ConfigDiff {
         restart_if("log.format", old.log.format != new.log.format);
         restart_if("store", old.store != new.store);
         restart_if("ingest", old.ingest != new.ingest);
+        restart_if("retention", old.retention != new.retention);
         let (a, b) = (&old.sync, &new.sync);
         ConfigDiff {
             log_level: old.log.level != new.log.level,

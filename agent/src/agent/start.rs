@@ -113,6 +113,7 @@ async fn setup(
         )),
         guard,
         clock,
+        retention: Default::default(),
     });
     let queue = Arc::new(IngestQueue::new(
         config.ingest.queue_capacity,
@@ -170,6 +171,14 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
     let mqtt = Mqtt::start(&config.mqtt, &agent);
     let peers = Peers::start(&config.sync.peers, &agent);
     // The agent's own device twin (desired/reported): stops on `shutdown`, before the store.
+    // Retention (returns at once when the policy keeps everything): stops on `shutdown`.
+    tokio::spawn(crate::retention::retention_loop(
+        agent.store.clone(),
+        config.retention.clone(),
+        agent.retention.clone(),
+        agent.metrics.clone(),
+        agent.shutdown.child_token(),
+    ));
     let device_twin = config.device_twin.then(|| {
         tokio::spawn(crate::device_twin::run(
             agent.store.clone(),

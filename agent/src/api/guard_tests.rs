@@ -83,6 +83,7 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
         peers: Default::default(),
         guard: Arc::new(ApiGuard::new(&cfg, &[], "pi").unwrap()),
         clock,
+        retention: Default::default(),
     });
     Fixture { _dir: dir, state }
 }

@@ -396,7 +396,16 @@ fn store_status_schema() -> Value {
         "properties": {
             "since_last_commit_ms": opt_i, "disk_full": opt_s,
             "disk_full_for_ms": opt_i, "last_failure": opt_s}});
-    json!({"type": "object", "properties": {"write_health": write_health}})
+    let retention = json!({"type": "object",
+        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `steps`), `took_ms`, `error`",
+        "additionalProperties": true});
+    let horizon = json!({"type": "object",
+        "description": "Oldest raw reading kept: over all series (`oldest_reading_ms`) and per series (`series`: name → unix ms, null when only rollups remain; at most 1000, `truncated` says when more exist)",
+        "additionalProperties": true});
+    let wear = json!({"type": "object",
+        "description": "Storage writes of this process (`write_bytes` from /proc/self/io since start, `write_bytes_per_day` scaled from the uptime) and the WAL's size (`wal_bytes`)",
+        "properties": {"write_bytes": opt_i, "write_bytes_per_day": opt_i, "wal_bytes": opt_i}});
+    json!({"type": "object", "properties": {"write_health": write_health, "retention": retention, "horizon": horizon, "wear": wear}})
 }
 
 fn schemas() -> Value {

@@ -72,6 +72,18 @@ pub async fn metrics(State(state): State<Agent>) -> Response {
         Ok(stats) => state.metrics.set_store_stats(&stats),
         Err(e) => tracing::warn!(error = %e, "reading store figures for /metrics"),
     }
+    let horizon = match state.store.retention_horizon().await {
+        Ok(h) => h.iter().filter_map(|(_, t)| *t).min(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the retention horizon for /metrics");
+            None
+        }
+    };
+    state.metrics.set_space(
+        state.store.write_health().disk_full.is_some(),
+        storage_write_bytes(),
+        horizon,
+    );
     state.metrics.set_uptime(state.started.elapsed().as_secs());
     state
         .metrics
@@ -97,6 +109,9 @@ pub async fn sources(State(state): State<Agent>, Accept(reply): Accept) -> Respo
     reply.ok(&json!({ "sources": sources }))
 }
 
+/// Series whose retention horizon `/v1/status` lists one by one (beyond: only the oldest).
+const HORIZON_SERIES: usize = 1000;
+
 /// `GET /v1/status`.
 pub async fn status(
     State(state): State<Agent>,
@@ -104,6 +119,17 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let stats = state.store.stats().await?;
     let disk = disk_usage(&state.data_dir);
+    let horizon = state.store.retention_horizon().await?;
+    let oldest = horizon.iter().filter_map(|(_, t)| *t).min();
+    let per_series: serde_json::Map<String, serde_json::Value> = horizon
+        .iter()
+        .take(HORIZON_SERIES)
+        .map(|(name, t)| (name.clone(), json!(t)))
+        .collect();
+    let uptime = state.started.elapsed();
+    let written = storage_write_bytes();
+    let wal = state.store.path().with_extension("db-wal");
+    let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).ok();
     Ok(reply.ok(&json!({
         "version": env!("CARGO_PKG_VERSION"),
         "actor": stats.actor.to_string(),
@@ -121,6 +147,17 @@ pub async fn status(
         "db_bytes": stats.db_bytes,
         "store": {
             "write_health": state.store.write_health(),
+            "retention": state.retention.last(),
+            "horizon": {
+                "oldest_reading_ms": oldest,
+                "series": per_series,
+                "truncated": horizon.len() > HORIZON_SERIES,
+            },
+            "wear": {
+                "write_bytes": written,
+                "write_bytes_per_day": written.map(|b| per_day(b, uptime)),
+                "wal_bytes": wal_bytes,
+            },
         },
         "data_dir": state.data_dir.display().to_string(),
         "disk": disk,
@@ -161,6 +198,26 @@ fn disk_usage(dir: &Path) -> serde_json::Value {
     })
 }
 
+/// Bytes this process caused to be written to storage (`write_bytes` of `/proc/self/io`):
+/// what wears an SD card, WAL and checkpoints included.
+pub fn storage_write_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    parse_proc_io_write_bytes(&text)
+}
+
+fn parse_proc_io_write_bytes(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `bytes` written over `elapsed`, scaled to a day (the figure over the first minute is
+/// scaled from that minute).
+fn per_day(bytes: u64, elapsed: Duration) -> u64 {
+    let secs = elapsed.as_secs_f64().max(60.0);
+    (bytes as f64 * 86_400.0 / secs) as u64
+}
+
 /// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`).
 pub fn rss_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -191,6 +248,15 @@ mod tests {
         );
         assert_eq!(parse_vm_rss("Name:\tkdelta\n"), None);
         assert!(rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn proc_io_write_bytes() {
+        let io = "rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 40960\ncancelled_write_bytes: 0\n";
+        assert_eq!(parse_proc_io_write_bytes(io), Some(40_960));
+        assert_eq!(parse_proc_io_write_bytes("rchar: 1\n"), None);
+        assert_eq!(per_day(1000, Duration::from_secs(86_400)), 1000);
+        assert_eq!(per_day(1000, Duration::from_secs(3_600)), 24_000);
     }
 
     #[test]

@@ -42,6 +42,7 @@ async fn fixture() -> Fixture {
         peers: Default::default(),
         guard: Default::default(),
         clock,
+        retention: Default::default(),
     });
     Fixture { _dir: dir, state }
 }

@@ -14,6 +14,9 @@ pub enum BenchCommand {
     /// Sync a device's backlog to a hub over a loopback WebSocket (two in-process stores and
     /// the real peer code); print readings/s, bytes on the wire and memory.
     Sync(BenchSyncArgs),
+    /// Fill a store, then prune its older half while a steady ingest runs; print the prune
+    /// rate and the ingest latency with and without the prune.
+    Prune(super::BenchPruneArgs),
 }
 
 /// `kdelta bench sync`.

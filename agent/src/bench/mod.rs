@@ -5,13 +5,16 @@
 //! |---|---|
 //! | `kdelta bench ingest` — readings/s through `POST /v1/readings` of a running agent | `ingest.rs` |
 //! | `kdelta bench sync` — readings/s, bytes on the wire and RSS of a device → hub sync over a loopback WebSocket | `sync.rs` |
+//! | `kdelta bench prune` — retention's prune rate and the ingest latency during a prune | `prune.rs` |
 
 mod args;
 mod ingest;
+mod prune;
 mod sync;
 
 pub use args::{BenchCommand, BenchIngestArgs, BenchSyncArgs};
 pub use ingest::ingest;
+pub use prune::{BenchPruneArgs, prune};
 pub use sync::sync;
 
 /// Figures of the server process from /proc.

@@ -163,6 +163,7 @@ async fn run(
         peers: Arc::new(Registry::new(&hub_section, "bench-hub")),
         guard: Default::default(),
         clock: crate::clock::ClockMonitor::new(&Default::default(), hub.time_reference()),
+        retention: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -65,6 +65,29 @@ fn print_status(base: &str, v: &Value) {
             .unwrap_or_default();
         lines.push(("disk", format!("{pct:.1}% used{free}")));
     }
+    if let Some(full) = text("/store/write_health/disk_full") {
+        lines.push(("DISK FULL", format!("writes refused (507): {full}")));
+    }
+    if let Some(per_day) = num("/store/wear/write_bytes_per_day") {
+        let wal = num("/store/wear/wal_bytes")
+            .map(|b| format!(", WAL {}", human_bytes(b)))
+            .unwrap_or_default();
+        lines.push(("writes", format!("{}/day{wal}", human_bytes(per_day))));
+    }
+    if let Some(oldest) = v
+        .pointer("/store/horizon/oldest_reading_ms")
+        .and_then(Value::as_i64)
+    {
+        let mut line = format!("oldest reading {}", crate::time::format_rfc3339_ms(oldest));
+        if v.pointer("/store/retention/enabled")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            let total = num("/store/retention/total/readings").unwrap_or(0);
+            line.push_str(&format!("; {total} readings pruned since start"));
+        }
+        lines.push(("retention", line));
+    }
     if let Some(rss) = num("/rss_bytes") {
         lines.push(("memory", format!("{} resident", human_bytes(rss))));
     }

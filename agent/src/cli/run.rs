@@ -48,6 +48,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Sync(args)) => {
             multi_thread()?.block_on(crate::bench::sync(args))
         }
+        Command::Bench(BenchCommand::Prune(args)) => {
+            multi_thread()?.block_on(crate::bench::prune(args))
+        }
         other => current_thread()?.block_on(client_command(other)),
     }
 }

@@ -66,6 +66,8 @@ pub struct Config {
     pub sync: crate::peers::SyncSection,
     /// Whether to trust the wall clock (`[clock]`).
     pub clock: crate::clock::ClockConfig,
+    /// What the store keeps and for how long (`[retention]`; keeps everything by default).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             mqtt: crate::mqtt::MqttConfig::default(),
             sync: crate::peers::SyncSection::default(),
             clock: crate::clock::ClockConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -180,6 +183,7 @@ impl Config {
             }
         }
         self.sync.validate()?;
+        self.retention.validate()?;
         self.mqtt.validate()
     }
 }

@@ -297,6 +297,7 @@ impl Agent {
             peers: Default::default(),
             guard: Default::default(),
             clock: kdelta::clock::ClockMonitor::new(&Default::default(), store.time_reference()),
+            retention: Default::default(),
         });
         let task = tokio::spawn(kdelta::mqtt::run(cfg, deps, cancel.clone()));
         Agent {

@@ -1,0 +1,220 @@
+//! `[retention]`: how long raw readings (by default and per series pattern) and per-minute
+//! rollups are kept, and how often and in what steps pruning runs. Pure data with defaults
+//! (keep everything) and `validate()`.
+
+use std::time::Duration;
+
+use kdelta_sync::{RetentionPolicy, SeriesRetention};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::section::{InvalidValue, refuse};
+
+/// How long something is kept: `"forever"` or a duration (`"30d"`, `"12h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    /// Never pruned.
+    #[default]
+    Forever,
+    /// Pruned once older than this.
+    For(Duration),
+}
+
+impl Keep {
+    /// The age in ms, `None` for forever.
+    pub fn as_ms(self) -> Option<u64> {
+        match self {
+            Keep::Forever => None,
+            Keep::For(d) => Some(d.as_millis().min(u64::MAX as u128) as u64),
+        }
+    }
+}
+
+impl Serialize for Keep {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Keep::Forever => s.serialize_str("forever"),
+            Keep::For(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "forever" {
+            return Ok(Keep::Forever);
+        }
+        humantime::parse_duration(&text)
+            .map(Keep::For)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is neither \"forever\" nor a duration like \"30d\" ({e})"
+                ))
+            })
+    }
+}
+
+/// One `[[retention.series]]` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesKeep {
+    /// A series name or a glob (`*` any run of characters, `?` one character).
+    pub pattern: String,
+    /// How long raw readings of matching series are kept.
+    pub keep: Keep,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Raw readings are kept this long unless a `[[retention.series]]` rule matches.
+    pub readings: Keep,
+    /// Per-minute rollups (aggregates of 1 min and coarser) are kept this long — never
+    /// while raw readings of their minute remain.
+    pub rollups: Keep,
+    /// Per-series rules, first match wins.
+    pub series: Vec<SeriesKeep>,
+    /// How often pruning runs.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// Most raw readings one pruning transaction looks at (smaller steps: shorter waits
+    /// for ingest; larger: faster pruning).
+    pub step_rows: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            readings: Keep::Forever,
+            rollups: Keep::Forever,
+            series: Vec::new(),
+            every: Duration::from_secs(60),
+            step_rows: 5000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Checks what serde accepted; errors name the key (`retention.…`).
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.every) {
+            return refuse(
+                "retention.every",
+                format!(
+                    "{} is out of range; use 1s to 1day",
+                    humantime::format_duration(self.every)
+                ),
+            );
+        }
+        if !(100..=1_000_000).contains(&self.step_rows) {
+            return refuse(
+                "retention.step_rows",
+                format!("{} is out of range; use 100 to 1000000", self.step_rows),
+            );
+        }
+        let minute = Duration::from_secs(60);
+        for (key, keep) in std::iter::once(("retention.readings".to_owned(), self.readings))
+            .chain(std::iter::once((
+                "retention.rollups".to_owned(),
+                self.rollups,
+            )))
+            .chain(
+                self.series
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("retention.series[{i}].keep"), s.keep)),
+            )
+        {
+            if let Keep::For(d) = keep
+                && d < minute
+            {
+                return refuse(
+                    key,
+                    format!(
+                        "{} is too short; keep at least 1m (\"forever\" keeps everything)",
+                        humantime::format_duration(d)
+                    ),
+                );
+            }
+        }
+        if let (Keep::For(raw), Keep::For(rollups)) = (self.readings, self.rollups)
+            && rollups < raw
+        {
+            return refuse(
+                "retention.rollups",
+                "must be at least retention.readings: rollups answer aggregates over the ranges whose raw readings are gone",
+            );
+        }
+        for (i, s) in self.series.iter().enumerate() {
+            if s.pattern.is_empty() || s.pattern.len() > 256 {
+                return refuse(
+                    format!("retention.series[{i}].pattern"),
+                    "use a series name or a glob of 1 to 256 bytes",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's policy for this section.
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            readings_max_age_ms: self.readings.as_ms(),
+            series: self
+                .series
+                .iter()
+                .map(|s| SeriesRetention {
+                    pattern: s.pattern.clone(),
+                    max_age_ms: s.keep.as_ms(),
+                })
+                .collect(),
+            rollups_max_age_ms: self.rollups.as_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<RetentionConfig, String> {
+        #[derive(Deserialize)]
+        struct Top {
+            retention: RetentionConfig,
+        }
+        toml::from_str::<Top>(toml_text)
+            .map(|t| t.retention)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations_forever_and_series_rules() {
+        let c = parse(
+            "[retention]\nreadings = \"30d\"\nrollups = \"forever\"\n[[retention.series]]\npattern = \"sim.*\"\nkeep = \"2h\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.policy();
+        assert_eq!(p.readings_max_age_ms, Some(30 * 86_400_000));
+        assert_eq!(p.rollups_max_age_ms, None);
+        assert_eq!(p.readings_max_age("sim.1"), Some(7_200_000));
+        assert_eq!(p.readings_max_age("gh.temp"), Some(30 * 86_400_000));
+        assert!(RetentionConfig::default().policy().keeps_everything());
+        RetentionConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse("[retention]\nreadings = \"a while\"\n").unwrap_err();
+        assert!(e.contains("forever"), "{e}");
+        let c = parse("[retention]\nreadings = \"30d\"\nrollups = \"1d\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.rollups");
+        let c = parse("[retention]\nreadings = \"10s\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.readings");
+        let c = parse("[retention]\nstep_rows = 1\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.step_rows");
+        let c = parse("[[retention.series]]\npattern = \"\"\nkeep = \"1h\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.series[0].pattern");
+    }
+}

@@ -1,0 +1,408 @@
+//! Retention: pruning raw readings by age (a default and per-series patterns) and per-minute
+//! rollups by a longer age, in small steps run by the writer (each step one job of a write
+//! group, bounded by a row budget, so ingest never waits behind a long delete).
+//!
+//! The unit of pruning is the readings one change holds for one series: it goes only when
+//! *all* of them are older than the series' cutoff (a batch straddling the cutoff is kept
+//! whole until its newest reading ages out). That keeps the store's invariants simple:
+//! - **The digest** is over what the store holds: a pruned unit's hash (the same element
+//!   [`readings_hash`] added at ingest) is subtracted, and the unit is dropped from its
+//!   change's manifest. A pruned change stays in the log (actor, seq, HLC and whatever
+//!   series remain), so version vectors stay dense and a peer that asks for it gets what
+//!   remains — possibly a readings change with no readings, which `apply_remote` accepts.
+//!   Two replicas holding the same changes under the same policy and clock prune the same
+//!   units, so their digests are equal (sync/README.md, "Digest under retention").
+//! - **Rollups** of a minute are kept while any raw reading of that series and minute
+//!   remains, and beyond that until the rollup age, so aggregates over old ranges answer.
+//! - **Counters**: `meta.readings_pruned` counts raw readings pruned whose rollups remain,
+//!   so the readings count (`SUM(rollup_1m.n) - readings_pruned`) needs no table scan.
+//!
+//! Callers pass `now` (unix ms), so tests drive retention with any clock.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::digest::readings_hash;
+use crate::ingest::{MINUTE_MS, decode_manifest};
+use crate::writer::Writer;
+use crate::{ActorId, Result, StoreError};
+
+/// How long raw readings of the series matching `pattern` are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesRetention {
+    /// A series name, or a glob with `*` (any run of characters) and `?` (one character).
+    pub pattern: String,
+    /// Keep raw readings this long (ms); `None`: forever.
+    pub max_age_ms: Option<u64>,
+}
+
+/// What retention keeps. The default keeps everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Raw readings older than this (ms) are pruned, unless a [`series`](Self::series) rule
+    /// matches; `None`: kept forever.
+    pub readings_max_age_ms: Option<u64>,
+    /// Per-series rules, first match wins.
+    pub series: Vec<SeriesRetention>,
+    /// Per-minute rollups older than this (ms) are pruned — never while raw readings of
+    /// their minute remain; `None`: kept forever.
+    pub rollups_max_age_ms: Option<u64>,
+}
+
+impl RetentionPolicy {
+    /// How long raw readings of `series` are kept (`None`: forever).
+    pub fn readings_max_age(&self, series: &str) -> Option<u64> {
+        match self.series.iter().find(|r| glob_match(&r.pattern, series)) {
+            Some(rule) => rule.max_age_ms,
+            None => self.readings_max_age_ms,
+        }
+    }
+
+    /// True when this policy never prunes anything.
+    pub fn keeps_everything(&self) -> bool {
+        self.readings_max_age_ms.is_none()
+            && self.rollups_max_age_ms.is_none()
+            && self.series.iter().all(|r| r.max_age_ms.is_none())
+    }
+}
+
+/// What one [`Store::prune`](crate::Store::prune) pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneReport {
+    /// Raw readings deleted.
+    pub readings: u64,
+    /// (change, series) units of readings deleted.
+    pub units: u64,
+    /// Per-minute rollup rows deleted.
+    pub rollups: u64,
+    /// Writer jobs (small transactions) the pass took.
+    pub steps: u64,
+}
+
+impl PruneReport {
+    /// Adds another report's figures to this one.
+    pub fn add(&mut self, o: &PruneReport) {
+        self.readings += o.readings;
+        self.units += o.units;
+        self.rollups += o.rollups;
+        self.steps += o.steps;
+    }
+}
+
+/// Where a prune pass has got to: series by id, and within the current series the raw
+/// readings scanned so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PruneCursor {
+    /// Next series id to look at (ids below are done).
+    pub series_id: i64,
+    /// Within `series_id`: raw readings with `ts` below this were looked at.
+    pub after_ts: i64,
+    /// The pass is over.
+    pub done: bool,
+}
+
+/// Matches `*` and `?` globs (byte-wise; series names are ASCII-safe here).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+fn minute_floor(ts: i64) -> i64 {
+    ts.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+impl Writer {
+    /// One bounded step of a prune pass: deletes at most about `budget` raw readings (or
+    /// rollup rows), starting at `cursor`; returns what it removed and where to go on.
+    pub(crate) fn prune_step(
+        &mut self,
+        policy: &crate::RetentionPolicy,
+        now_ms: i64,
+        cursor: PruneCursor,
+        budget: usize,
+    ) -> Result<(PruneReport, PruneCursor)> {
+        let mut report = PruneReport {
+            steps: 1,
+            ..PruneReport::default()
+        };
+        let mut cursor = cursor;
+        let mut left = budget.max(1) as i64;
+        while left > 0 {
+            let next: Option<(i64, String)> = self
+                .conn
+                .prepare_cached("SELECT id, name FROM series WHERE id >= ?1 ORDER BY id LIMIT 1")
+                .and_then(|mut st| {
+                    st.query_row([cursor.series_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(StoreError::db("listing series to prune"))?;
+            let Some((series_id, name)) = next else {
+                cursor.done = true;
+                break;
+            };
+            if series_id != cursor.series_id {
+                cursor = PruneCursor {
+                    series_id,
+                    after_ts: i64::MIN,
+                    done: false,
+                };
+            }
+            let raw_cutoff = policy
+                .readings_max_age(&name)
+                .map(|age| minute_floor(now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)));
+            let mut finished_raw = true;
+            if let Some(cutoff) = raw_cutoff {
+                let (n, scanned_to) = self.prune_series_raw(
+                    series_id,
+                    &name,
+                    cutoff,
+                    cursor.after_ts,
+                    left,
+                    &mut report,
+                )?;
+                left -= n.max(1);
+                match scanned_to {
+                    Some(ts) => {
+                        cursor.after_ts = ts;
+                        finished_raw = false;
+                    }
+                    None => cursor.after_ts = cutoff,
+                }
+            }
+            if finished_raw {
+                if let Some(age) = policy.rollups_max_age_ms {
+                    let cutoff =
+                        minute_floor(now_ms.saturating_sub(age.min(i64::MAX as u64) as i64));
+                    let (n, more) = self.prune_series_rollups(series_id, cutoff, left)?;
+                    report.rollups += n;
+                    left -= n as i64;
+                    if more {
+                        break;
+                    }
+                }
+                cursor.series_id = series_id + 1;
+                cursor.after_ts = i64::MIN;
+            }
+        }
+        Ok((report, cursor))
+    }
+
+    /// Prunes the (change, series) units of `series_id` lying wholly before `cutoff`, looking
+    /// at raw readings from `after_ts` on, at most about `budget` of them. Returns the readings
+    /// looked at and, when the budget ran out first, the timestamp to go on from.
+    fn prune_series_raw(
+        &mut self,
+        series_id: i64,
+        name: &str,
+        cutoff: i64,
+        after_ts: i64,
+        budget: i64,
+        report: &mut PruneReport,
+    ) -> Result<(i64, Option<i64>)> {
+        let rows: Vec<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT ts, change_id FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts LIMIT ?4",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![series_id, after_ts, cutoff, budget], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+            })
+            .map_err(StoreError::db("finding readings to prune"))?;
+        let scanned = rows.len() as i64;
+        let resume = (scanned >= budget).then(|| rows.last().map_or(cutoff, |r| r.0 + 1));
+        let mut seen = std::collections::HashSet::new();
+        for (_, change_id) in rows {
+            if seen.insert(change_id) {
+                self.prune_unit(series_id, name, change_id, cutoff, report)?;
+            }
+        }
+        Ok((scanned, resume))
+    }
+
+    /// Deletes the readings change `change_id` holds for `series_id` when all of them are
+    /// before `cutoff`, subtracting their digest element and dropping the series from the
+    /// change's manifest.
+    fn prune_unit(
+        &mut self,
+        series_id: i64,
+        name: &str,
+        change_id: i64,
+        cutoff: i64,
+        report: &mut PruneReport,
+    ) -> Result<()> {
+        let row: Option<(Vec<u8>, i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT c.manifest, c.seq, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([change_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(StoreError::db("reading a change to prune"))?;
+        let Some((manifest, seq, actor)) = row else {
+            return Ok(());
+        };
+        let Some(actor) = ActorId::from_slice(&actor) else {
+            return Ok(());
+        };
+        let mut entries = decode_manifest(&manifest)?;
+        let Some(pos) = entries.iter().position(|e| e.name == name) else {
+            return Ok(());
+        };
+        let entry = entries.remove(pos);
+        if entry.ts_max >= cutoff {
+            return Ok(()); // straddles the cutoff: kept whole for now
+        }
+        let (ts, values): (Vec<i64>, Vec<f64>) = self
+            .conn
+            .prepare_cached(
+                "SELECT ts, value FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4 ORDER BY ts",
+            )
+            .and_then(|mut st| {
+                st.query_map(
+                    params![series_id, entry.ts_min, entry.ts_max, change_id],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
+            })
+            .map_err(StoreError::db("reading readings to prune"))?
+            .into_iter()
+            .unzip();
+        self.digest
+            .sub(&readings_hash(&actor, seq as u64, name, &ts, &values));
+        self.conn
+            .prepare_cached(
+                "DELETE FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4",
+            )
+            .and_then(|mut st| {
+                st.execute(params![series_id, entry.ts_min, entry.ts_max, change_id])
+            })
+            .map_err(StoreError::db("deleting pruned readings"))?;
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&entries, &mut bytes).expect("encoding a manifest into memory");
+        self.conn
+            .prepare_cached("UPDATE changes SET manifest = ?1 WHERE id = ?2")
+            .and_then(|mut st| st.execute(params![bytes, change_id]))
+            .map_err(StoreError::db("updating a pruned change's manifest"))?;
+        let n = ts.len() as u64;
+        self.add_readings_pruned(n as i64)?;
+        self.counts.readings = self.counts.readings.saturating_sub(n);
+        report.readings += n;
+        report.units += 1;
+        Ok(())
+    }
+
+    /// Deletes rollup rows of `series_id` before `cutoff` and before the minute of its oldest
+    /// remaining raw reading, at most `budget`; returns how many and whether more remain.
+    fn prune_series_rollups(
+        &mut self,
+        series_id: i64,
+        cutoff: i64,
+        budget: i64,
+    ) -> Result<(u64, bool)> {
+        let oldest_raw: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(ts) FROM readings WHERE series_id = ?1")
+            .and_then(|mut st| st.query_row([series_id], |r| r.get(0)))
+            .map_err(StoreError::db("finding the oldest reading"))?;
+        let mut upper = oldest_raw.map_or(cutoff, |t| cutoff.min(minute_floor(t)));
+        let beyond: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT minute FROM rollup_1m WHERE series_id = ?1 AND minute < ?2 ORDER BY minute LIMIT 1 OFFSET ?3",
+            )
+            .and_then(|mut st| st.query_row(params![series_id, upper, budget.max(1)], |r| r.get(0)).optional())
+            .map_err(StoreError::db("finding rollups to prune"))?;
+        let more = beyond.is_some();
+        if let Some(m) = beyond {
+            upper = m;
+        }
+        let (rows, readings): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM rollup_1m WHERE series_id = ?1 AND minute < ?2",
+            )
+            .and_then(|mut st| st.query_row(params![series_id, upper], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(StoreError::db("counting rollups to prune"))?;
+        if rows == 0 {
+            return Ok((0, false));
+        }
+        self.conn
+            .prepare_cached("DELETE FROM rollup_1m WHERE series_id = ?1 AND minute < ?2")
+            .and_then(|mut st| st.execute(params![series_id, upper]))
+            .map_err(StoreError::db("deleting pruned rollups"))?;
+        // Their raw readings were pruned (and counted) before: the rollups no longer count.
+        self.add_readings_pruned(-readings)?;
+        Ok((rows as u64, more))
+    }
+
+    fn add_readings_pruned(&mut self, delta: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('readings_pruned', ?1) \
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+            )
+            .and_then(|mut st| st.execute([delta]))
+            .map(drop)
+            .map_err(StoreError::db("counting pruned readings"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("hwmon.*.temp*", "hwmon.cpu.temp1"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("sim.?", "sim.1"));
+        assert!(!glob_match("sim.?", "sim.10"));
+        assert!(glob_match("gh.temp", "gh.temp"));
+        assert!(!glob_match("gh.temp", "gh.temps"));
+        assert!(!glob_match("a*b", "acd"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_none_keeps_forever() {
+        let p = RetentionPolicy {
+            readings_max_age_ms: Some(1000),
+            series: vec![
+                SeriesRetention {
+                    pattern: "keep.*".into(),
+                    max_age_ms: None,
+                },
+                SeriesRetention {
+                    pattern: "*".into(),
+                    max_age_ms: Some(5),
+                },
+            ],
+            rollups_max_age_ms: None,
+        };
+        assert_eq!(p.readings_max_age("keep.me"), None);
+        assert_eq!(p.readings_max_age("other"), Some(5));
+        assert!(!p.keeps_everything());
+        assert!(RetentionPolicy::default().keeps_everything());
+    }
+}

@@ -1,0 +1,109 @@
+//! Retention in a real agent: `[retention]` prunes raw readings older than their series' age
+//! in the background (per-series rules, rollups still answering aggregates), and what it did
+//! shows in `/v1/status`, `kdelta status` and `/metrics`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::harness::{Agent, eventually, run_to_end};
+use crate::{all_readings, client, get_json, post};
+
+const DAY: i64 = 86_400_000;
+
+#[tokio::test]
+async fn an_agent_prunes_by_age_and_shows_it() {
+    let agent = Agent::builder()
+        .config(
+            "sources = []\ndevice_twin = false\n[retention]\nreadings = \"2d\"\nrollups = \"30d\"\nevery = \"1s\"\n\
+             [[retention.series]]\npattern = \"keep.*\"\nkeep = \"forever\"\n",
+        )
+        .start();
+    let c = client();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old = now / 60_000 * 60_000 - 5 * DAY;
+    let ts: Vec<i64> = (0..120).map(|i| old + i * 1000).collect();
+    let recent: Vec<i64> = (0..10).map(|i| now - 60_000 + i * 1000).collect();
+    let body = json!({"series": [
+        {"name": "gh.temp", "ts": ts, "values": vec![1.5; 120]},
+        {"name": "keep.me", "ts": ts, "values": vec![2.5; 120]},
+    ]});
+    let (s, v) = post(
+        &c,
+        &agent.at("/v1/readings"),
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let body = json!({"series": [{"name": "gh.temp", "ts": recent, "values": vec![3.0; 10]}]});
+    let (s, v) = post(
+        &c,
+        &agent.at("/v1/readings"),
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    eventually(
+        Duration::from_secs(20),
+        "old gh.temp readings pruned",
+        || {
+            let (c, agent) = (c.clone(), &agent);
+            async move { (all_readings(&c, agent, "gh.temp").await.len() == 10).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(all_readings(&c, &agent, "keep.me").await.len(), 120);
+    // The rollups still answer for the pruned range.
+    let (_, agg) = get_json(
+        &c,
+        &agent.at(&format!(
+            "/v1/readings/aggregate?series=gh.temp&from={old}&to={}&bucket=1h",
+            old + 3_600_000
+        )),
+    )
+    .await;
+    assert_eq!(agg["buckets"][0]["count"], 120, "{agg}");
+
+    let (_, st) = get_json(&c, &agent.at("/v1/status")).await;
+    let retention = &st["store"]["retention"];
+    assert_eq!(retention["enabled"], true, "{st}");
+    assert_eq!(retention["total"]["readings"], 120, "{st}");
+    assert_eq!(st["store"]["horizon"]["oldest_reading_ms"], old, "{st}");
+    assert_eq!(
+        st["store"]["horizon"]["series"]["gh.temp"], recent[0],
+        "{st}"
+    );
+    assert!(st["store"]["wear"]["write_bytes"].is_u64(), "{st}");
+    assert_eq!(st["counts"]["readings"], 130, "{st}");
+
+    let metrics = c
+        .get(agent.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kdelta_retention_pruned_readings_total 120"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("kdelta_retention_horizon_timestamp_ms {old}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kdelta_store_disk_full 0"), "{metrics}");
+
+    let (code, out) = run_to_end(
+        &["status", "--url", agent.url()],
+        agent.dir(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(0), "{out}");
+}
