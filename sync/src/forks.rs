@@ -6,7 +6,8 @@
 //! sync protocol holds that actor back from that peer instead and reports the fork.
 //!
 //! Content is compared by what the change log row keeps without loading bodies: the HLC, the
-//! kind, and for readings the manifest (series, units, time range, counts). A sync page also
+//! kind, and for readings the manifest (series, units, time range, counts; a copy may lack
+//! series that retention pruned on one side). A sync page also
 //! carries anchors — the seq and HLC of the change just below an actor's first new changes of
 //! the session — which are compared by HLC: that is how a hub sees a clone whose first change
 //! above what the hub holds continues a history the hub never saw. Two clones that wrote
@@ -15,7 +16,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::ingest::encode_manifest;
+use crate::ingest::{decode_manifest, encode_manifest};
 
 /// The HLC of one stored change.
 const HLC_AT: &str = "SELECT c.hlc FROM changes c JOIN actors a ON a.idx = c.actor_idx \
@@ -49,6 +50,25 @@ impl std::fmt::Display for Fork {
 /// What the change log keeps of a change to compare it by: actor, seq, HLC, kind, and the
 /// manifest of a readings change.
 type Fingerprint = (ActorId, u64, Hlc, i64, Option<Vec<u8>>);
+
+/// Whether two manifests of one readings change can describe the same change: equal, or one
+/// the other less some series — retention drops a pruned series from a change's manifest
+/// (`retention.rs`), and replicas may prune differently.
+fn same_readings(held: Option<Vec<u8>>, received: Option<Vec<u8>>) -> bool {
+    if held == received {
+        return true;
+    }
+    let decode = |m: Option<Vec<u8>>| m.and_then(|b| decode_manifest(&b).ok());
+    let (Some(held), Some(received)) = (decode(held), decode(received)) else {
+        return false;
+    };
+    let (small, large) = if held.len() <= received.len() {
+        (&held, &received)
+    } else {
+        (&received, &held)
+    };
+    small.iter().all(|e| large.contains(e))
+}
 
 /// Change-log kind of a body (as stored in `changes.kind`).
 fn kind_of(body: &ChangeBody) -> i64 {
@@ -170,7 +190,7 @@ impl Store {
                     };
                     let same = held_hlc as u64 == hlc.0
                         && held_kind == kind
-                        && (kind != 1 || held_manifest == manifest);
+                        && (kind != 1 || same_readings(held_manifest, manifest));
                     if !same {
                         forks.push(Fork {
                             actor,
