@@ -100,6 +100,20 @@ async fn two_stores_with_one_actor_show_as_a_fork_of_its_history() {
         r.series[0].name = "renamed".into();
     }
     assert_eq!(a.find_forks(&[same_time], &[]).await.unwrap().len(), 1);
+    // A copy that lacks some series of the change (pruned by retention on one side) is the
+    // same change.
+    let mut two = batch("a.first", 2);
+    two.series.extend(batch("a.second", 2).series);
+    a.append(two).await.unwrap();
+    let own = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let mut pruned = own[2].clone();
+    if let ChangeBody::Readings(r) = &mut pruned.body {
+        r.series.truncate(1);
+    }
+    assert!(a.find_forks(&[pruned], &[]).await.unwrap().is_empty());
     // An anchor names a held change by seq and HLC: b's seq 2 is not a's.
     let b_anchor = (b.actor(), 2, from_b[1].hlc);
     let forks = a.find_forks(&[], &[b_anchor]).await.unwrap();
