@@ -77,6 +77,16 @@ pub(crate) fn connect(path: &Path, config: &StoreConfig, read_only: bool) -> Res
         "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8000;",
     );
     if !read_only {
+        // A new (empty) database: freed pages go back to the file system (`PRAGMA
+        // incremental_vacuum` after retention prunes). Only possible before the switch to WAL
+        // and the first table; stores created by earlier releases keep `auto_vacuum = NONE`
+        // and reuse freed pages instead.
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(StoreError::db("reading the page count"))?;
+        if pages == 0 {
+            pragmas.push_str(" PRAGMA auto_vacuum = INCREMENTAL;");
+        }
         // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss.
         pragmas.push_str(" PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;");
     }

@@ -372,7 +372,26 @@ impl Store {
             total.add(&report);
             cursor = next;
         }
+        if total.readings + total.rollups > 0 {
+            self.reclaim().await?;
+        }
         Ok(total)
+    }
+
+    /// Gives the space of deleted rows back to the file system, a few MB per writer job
+    /// (stores created with incremental auto-vacuum, i.e. by this release or later; older
+    /// stores reuse freed pages instead), then checkpoints and truncates the WAL.
+    pub async fn reclaim(&self) -> Result<()> {
+        const PAGES_PER_JOB: u32 = 2048;
+        while self
+            .submit(|reply| Job::Reclaim {
+                pages: PAGES_PER_JOB,
+                reply,
+            })
+            .await?
+            > 0
+        {}
+        Ok(())
     }
 
     /// The oldest raw reading kept per series (unix ms; `None` for a series whose raw

@@ -77,6 +77,13 @@ pub(crate) enum Job {
         budget: usize,
         reply: oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
     },
+    /// Gives up to `pages` free pages back to the file system (stores with incremental
+    /// auto-vacuum) and, once none are left, checkpoints and truncates the WAL. Runs outside
+    /// any write group; answers the pages still free.
+    Reclaim {
+        pages: u32,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Answered with the write health once the jobs queued before it ran, without writing
     /// (except a heartbeat, at most every few seconds, while the disk is full).
     Probe { reply: oneshot::Sender<WriteHealth> },
@@ -360,6 +367,7 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = Vec::new();
             let mut probes = Vec::new();
+            let mut reclaims = Vec::new();
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
@@ -368,6 +376,7 @@ impl Writer {
                         break;
                     }
                     Job::Probe { reply } => probes.push(reply),
+                    Job::Reclaim { pages, reply } => reclaims.push((pages, reply)),
                     job => jobs.push(job),
                 }
                 if jobs.len() < max_group {
@@ -383,6 +392,9 @@ impl Writer {
             }
             if !jobs.is_empty() {
                 self.run_group(jobs);
+            }
+            for (pages, reply) in reclaims {
+                let _ = reply.send(self.reclaim(pages));
             }
             for reply in probes {
                 let _ = reply.send(self.shared.health.snapshot());
@@ -546,10 +558,49 @@ impl Writer {
             Job::Twin { reply, .. } => Done::Twin(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
-            Job::Shutdown { .. } | Job::Probe { .. } => {
-                unreachable!("shutdown and probes are handled by the run loop")
+            Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
+                unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
         }
+    }
+
+    /// See [`Job::Reclaim`].
+    fn reclaim(&mut self, pages: u32) -> Result<u64> {
+        let free = |conn: &Connection| -> Result<u64> {
+            conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(StoreError::db("reading the free-page count"))
+        };
+        let auto_vacuum: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .map_err(StoreError::db("reading auto_vacuum"))?;
+        if auto_vacuum == 2 && free(&self.conn)? > 0 {
+            // Stepped to the end whether or not this SQLite version returns rows for it.
+            self.conn
+                .prepare(&format!("PRAGMA incremental_vacuum({pages})"))
+                .and_then(|mut st| {
+                    let mut rows = st.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(())
+                })
+                .map_err(|e| StoreError::db("giving free pages back")(e).classify())?;
+        }
+        let left = if auto_vacuum == 2 {
+            free(&self.conn)?
+        } else {
+            0
+        };
+        if left == 0 {
+            // Best effort: a reader in the middle of a long read keeps the WAL for now.
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                tracing::debug!(error = %e, "checkpointing the WAL after pruning");
+            }
+        }
+        Ok(left)
     }
 
     fn run_job(&mut self, job: Job) -> Done {
@@ -605,8 +656,8 @@ impl Writer {
                 budget,
                 reply,
             } => Done::Prune(reply, self.prune_step(&policy, now_ms, cursor, budget)),
-            Job::Shutdown { .. } | Job::Probe { .. } => {
-                unreachable!("shutdown and probes are handled by the run loop")
+            Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
+                unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
         }
     }

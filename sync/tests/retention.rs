@@ -211,3 +211,21 @@ async fn a_policy_that_keeps_everything_prunes_nothing() {
     assert_eq!(raw(&s, "gh.temp").await.len(), 10);
     s.close().await;
 }
+
+#[tokio::test]
+async fn a_new_store_gives_pruned_space_back_to_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    for d in 0..40 {
+        batch(&s, "gh.temp", T0 + d * MIN * 100, 5000).await;
+    }
+    let before = s.stats().await.unwrap().db_bytes;
+    let r = s.prune(&policy(1), T0 + 10 * DAY, 5000).await.unwrap();
+    assert_eq!(r.readings, 200_000);
+    let after = s.stats().await.unwrap().db_bytes;
+    assert!(
+        after * 3 < before,
+        "the file shrank: {before} bytes before pruning, {after} after"
+    );
+    s.close().await;
+}

@@ -23,6 +23,16 @@ async function refreshStatus() {
     ["disk", s.disk ? `${s.disk.used_percent.toFixed(0)} % used` : "–"],
     ["memory", bytes(s.rss_bytes)],
   ];
+  const store = s.store || {};
+  if (store.write_health && store.write_health.disk_full) {
+    items.unshift(["DISK FULL", "writes refused (507) until space is freed"]);
+  }
+  if (store.wear && store.wear.write_bytes_per_day != null) {
+    items.push(["writes/day", bytes(store.wear.write_bytes_per_day)]);
+  }
+  if (store.horizon && store.horizon.oldest_reading_ms != null) {
+    items.push(["oldest", new Date(store.horizon.oldest_reading_ms).toISOString().slice(0, 10)]);
+  }
   $("status").replaceChildren(...items.map(([k, v]) => {
     const d = document.createElement("div");
     const dt = document.createElement("dt"), dd = document.createElement("dd");
