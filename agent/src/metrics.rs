@@ -16,6 +16,7 @@
 //! | `kdelta_source_errors_total` | counter | `source`, `code` |
 //! | `kdelta_source_missed_ticks_total` | counter | `source` |
 //! | `kdelta_source_dropped_readings_total` | counter | `source` |
+//! | `kdelta_source_rejected_readings_total` | counter | `source`, `reason` |
 //! | `kdelta_commit_duration_seconds` | histogram | — |
 //! | `kdelta_http_requests_total` | counter | `method`, `route`, `status` |
 //! | `kdelta_http_request_duration_seconds` | histogram | `method`, `route` |
@@ -30,7 +31,7 @@
 //! | `kdelta_mqtt_duplicates_total` | counter | `cause` |
 //! | `kdelta_mqtt_commands_total` | counter | `result` |
 //! | `kdelta_sync_peer_connected`, `kdelta_sync_peer_lag_to_peer_changes`, `kdelta_sync_peer_lag_from_peer_changes` | gauge | `peer`, `direction` |
-//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total` | counter | `peer`, `direction` |
+//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total`, `kdelta_sync_changes_too_large_total`, `kdelta_sync_actor_forks_total` | counter | `peer`, `direction` |
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
 //! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total` | counter | — |
@@ -43,6 +44,7 @@
 mod retention;
 mod sync;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -68,6 +70,12 @@ struct SourceLabels {
 struct SourceCodeLabels {
     source: String,
     code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceReasonLabels {
+    source: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,6 +113,9 @@ pub struct Metrics {
     source_errors: Family<SourceCodeLabels, Counter>,
     missed_ticks: Family<SourceLabels, Counter>,
     dropped_readings: Family<SourceLabels, Counter>,
+    rejected_readings: Family<SourceReasonLabels, Counter>,
+    /// The same counts by source, then reason, for `GET /v1/sources` and `kdelta sources`.
+    rejected_by_source: std::sync::Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     commit_seconds: Histogram,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: HistogramFamily<RouteLabels>,
@@ -152,6 +163,8 @@ impl Metrics {
             source_errors: Family::default(),
             missed_ticks: Family::default(),
             dropped_readings: Family::default(),
+            rejected_readings: Family::default(),
+            rejected_by_source: Default::default(),
             // 0.1 ms … ~3.3 s
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             http_requests: Family::default(),
@@ -199,6 +212,11 @@ impl Metrics {
             "source_dropped_readings",
             "Readings a source dropped before they reached the store (backpressure, bad values)",
             m.dropped_readings.clone(),
+        );
+        r.register(
+            "source_rejected_readings",
+            "Readings refused one by one before a batch (the rest of the batch is stored), by source and reason (bad_series_name, not_finite, bad_timestamp, unit_too_long)",
+            m.rejected_readings.clone(),
         );
         r.register(
             "commit_duration_seconds",
@@ -318,6 +336,35 @@ impl Metrics {
         self.dropped_readings
             .get_or_create(&self::source(source))
             .inc_by(n);
+    }
+
+    /// `n` readings of `source` were refused alone for `reason` (their batch was stored).
+    pub fn rejected_readings(&self, source: &str, reason: &str, n: u64) {
+        self.rejected_readings
+            .get_or_create(&SourceReasonLabels {
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+        let mut by_source = self
+            .rejected_by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *by_source
+            .entry(source.to_owned())
+            .or_default()
+            .entry(reason.to_owned())
+            .or_default() += n;
+    }
+
+    /// Readings of `source` refused alone since start, by reason.
+    pub fn rejected_readings_of(&self, source: &str) -> BTreeMap<String, u64> {
+        self.rejected_by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// One `Store::append` took `seconds` until durable.

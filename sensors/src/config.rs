@@ -161,6 +161,25 @@ pub(crate) fn validate_name(name: Option<&str>) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// Longest unit a store keeps for a series, in bytes (equal to the store's limit, checked by
+/// a test in the agent): a longer configured unit would make every reading invalid.
+pub const MAX_UNIT_BYTES: usize = 32;
+
+/// Checks a configured `unit` at `key`: at most [`MAX_UNIT_BYTES`] bytes.
+pub(crate) fn validate_unit(key: &str, unit: &str) -> Result<(), SourceError> {
+    if unit.len() > MAX_UNIT_BYTES {
+        return Err(config_error(
+            key,
+            format!(
+                "{unit:?} is {} bytes; a unit may have at most {MAX_UNIT_BYTES}, or every reading \
+                 of the series would be refused",
+                unit.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a sampling `interval` against [`MIN_INTERVAL`]…[`MAX_INTERVAL`].
 pub(crate) fn validate_interval(interval: Duration) -> Result<(), SourceError> {
     if interval < MIN_INTERVAL || interval > MAX_INTERVAL {
@@ -183,6 +202,28 @@ mod tests {
 
     fn parse(toml_text: &str) -> Result<SourceConfig, String> {
         toml::from_str::<SourceConfig>(toml_text).map_err(|e| e.to_string())
+    }
+
+    /// A configured unit no store would keep would make every reading of its series
+    /// invalid: refused at config time, naming the key.
+    #[test]
+    fn units_longer_than_a_store_keeps_are_refused_naming_the_key() {
+        let long = "u".repeat(MAX_UNIT_BYTES + 1);
+        let sim = parse(&format!(
+            "kind = \"sim\"\nseries = [{{ name = \"t\", unit = \"{long}\" }}]"
+        ))
+        .expect("sim");
+        let err = sim.validate_in("sources[0]").unwrap_err();
+        assert!(
+            matches!(&err, SourceError::Config { key, .. } if key == "sources[0].series[0].unit"),
+            "{err:?}"
+        );
+        let ok = parse(&format!(
+            "kind = \"sim\"\nseries = [{{ name = \"t\", unit = \"{}\" }}]",
+            "u".repeat(MAX_UNIT_BYTES)
+        ))
+        .expect("sim");
+        ok.validate().expect("32 bytes are fine");
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl SimSeries {
                 format!("{:?}: 1–128 characters, no whitespace", self.name),
             ));
         }
+        if let Some(unit) = &self.unit {
+            crate::config::validate_unit(&format!("{key}.unit"), unit)?;
+        }
         for (field, v) in [
             ("base", self.base),
             ("amplitude", self.amplitude),

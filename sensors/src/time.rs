@@ -4,6 +4,11 @@
 //! so a timestamp means the same wherever it arrives. Pure functions; no time zones beyond
 //! numeric offsets, no locale.
 
+/// The end of what a store can hold: timestamps are `0..MAX_TIMESTAMP_MS` unix ms (1970 up
+/// to the start of the year 10000). Equal to `kdelta_sync::MAX_TS_MS` (checked by a test in
+/// the agent, which sees both crates).
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_800_000;
+
 /// The wall clock in unix milliseconds (0 if the clock reads before 1970).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

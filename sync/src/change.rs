@@ -40,24 +40,17 @@ impl Change {
         }
     }
 
-    /// A cheap upper estimate of the encoded size, used to fill pages by byte budget.
-    pub fn estimated_size(&self) -> usize {
-        48 + match &self.body {
-            ChangeBody::Readings(b) => b
-                .series
-                .iter()
-                .map(|s| 32 + s.name.len() + s.ts.len() * 14)
-                .sum::<usize>(),
-            ChangeBody::Doc(d) => d.estimated_size(),
-            ChangeBody::DocBatch(b) => b.estimated_size(),
-            ChangeBody::Twin(t) => 16 + t.key.len() + t.change.len(),
-            ChangeBody::TimeCorrection(c) => 64 + c.ranges.len() * 32,
-        }
+    /// The exact length of this change's CBOR encoding — what [`to_cbor`](Self::to_cbor)
+    /// produces, units, metadata and every CBOR header included. Computed by running the
+    /// encoder into a byte counter, so it is exact for every body variant by construction
+    /// and allocates nothing.
+    pub fn encoded_len(&self) -> usize {
+        cbor_len(self)
     }
 
     /// CBOR encoding of this change.
     pub fn to_cbor(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.estimated_size());
+        let mut out = Vec::new();
         // Writing into a Vec cannot fail, and every field is serialisable.
         ciborium::into_writer(self, &mut out).expect("encoding a change into memory");
         out
@@ -103,6 +96,24 @@ impl Change {
             ChangeBody::TimeCorrection(c) => c.validate(self.seq, limits),
         }
     }
+}
+
+/// The length of `value`'s CBOR encoding, exactly as `ciborium::into_writer` writes it.
+pub(crate) fn cbor_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Counting cannot fail, and every type passed here is serialisable.
+    ciborium::into_writer(value, &mut counter).expect("sizing a CBOR encoding");
+    counter.0
 }
 
 /// What a change did.
@@ -255,6 +266,44 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// An upper bound of the encoded size of any document or twin change these limits let
+    /// through: a value of `max_value_bytes`, a key of [`MAX_KEY_BYTES`], `max_context_dots`
+    /// context dots, the largest seq and HLC (proven by a test against the encoder).
+    pub fn max_doc_change_bytes(&self) -> usize {
+        self.max_value_bytes
+            .saturating_add(self.max_context_dots.saturating_mul(MAX_DOT_BYTES))
+            .saturating_add(MAX_KEY_BYTES + DOC_CHANGE_OVERHEAD_BYTES)
+    }
+
+    /// Checks that the limits fit together: every document or twin change the other limits
+    /// allow must also fit `max_change_bytes`, or it could be written but never synced. The
+    /// error names the field and says what would work.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_value_bytes == 0 {
+            return Err(("max_value_bytes", "must be at least 1".into()));
+        }
+        let doc = self.max_doc_change_bytes();
+        if self.max_change_bytes < doc {
+            return Err((
+                "max_change_bytes",
+                format!(
+                    "{} is below {doc}, the size of the largest document change max_value_bytes \
+                     ({}) and max_context_dots ({}) allow; raise it or lower those",
+                    self.max_change_bytes, self.max_value_bytes, self.max_context_dots
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most bytes one context dot (`{actor, seq}`) takes in a change's CBOR.
+pub const MAX_DOT_BYTES: usize = 40;
+/// Most bytes of a document change besides its value, key and context dots (field names,
+/// headers, actor, seq, HLC).
+const DOC_CHANGE_OVERHEAD_BYTES: usize = 256;
+
 /// Longest document key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
 /// Longest series name, in bytes.
@@ -351,6 +400,34 @@ impl ReadingBatch {
         self.len() == 0
     }
 
+    /// Splits a batch of at least two readings into two non-empty halves: by series when
+    /// it has several, else by time (unit and metadata go with both halves).
+    pub fn split_in_two(mut self) -> (ReadingBatch, ReadingBatch) {
+        if self.series.len() > 1 {
+            let second = self.series.split_off(self.series.len() / 2);
+            return (self, ReadingBatch { series: second });
+        }
+        let Some(mut first) = self.series.pop() else {
+            return (ReadingBatch::new(), ReadingBatch::new());
+        };
+        let half = first.ts.len() / 2;
+        let second = SeriesPoints {
+            name: first.name.clone(),
+            unit: first.unit.clone(),
+            meta: first.meta.clone(),
+            ts: first.ts.split_off(half),
+            values: first.values.split_off(half),
+        };
+        (
+            ReadingBatch {
+                series: vec![first],
+            },
+            ReadingBatch {
+                series: vec![second],
+            },
+        )
+    }
+
     /// Merges entries of the same series, sorts each series by time and validates the whole
     /// batch. Any problem rejects the batch as a whole.
     pub fn normalize(&mut self, limits: &Limits) -> Result<(), StoreError> {
@@ -426,9 +503,9 @@ impl ReadingBatch {
                     s.values.len()
                 )));
             }
-            if s.unit.as_ref().is_some_and(|u| u.len() > 32) {
+            if s.unit.as_ref().is_some_and(|u| u.len() > MAX_UNIT_BYTES) {
                 return Err(StoreError::InvalidBatch(format!(
-                    "unit of series {:?} is longer than 32 bytes",
+                    "unit of series {:?} is longer than {MAX_UNIT_BYTES} bytes",
                     s.name
                 )));
             }
@@ -459,6 +536,67 @@ impl ReadingBatch {
                 )));
             }
         }
+        Ok(())
+    }
+}
+
+/// Longest unit of a series, in bytes.
+pub const MAX_UNIT_BYTES: usize = 32;
+
+/// Why one reading cannot be stored (see [`check_reading`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ReadingProblem {
+    /// The series name is empty, too long, or has control characters or outer blanks.
+    SeriesName,
+    /// The value is NaN or infinite.
+    NotFinite,
+    /// The timestamp is outside what a store holds (`0..MAX_TS_MS`, 1970 to the year 9999).
+    Timestamp,
+    /// The unit is longer than [`MAX_UNIT_BYTES`].
+    UnitTooLong,
+}
+
+impl ReadingProblem {
+    /// A short stable reason, used as a metric label and in status pages.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ReadingProblem::SeriesName => "bad_series_name",
+            ReadingProblem::NotFinite => "not_finite",
+            ReadingProblem::Timestamp => "bad_timestamp",
+            ReadingProblem::UnitTooLong => "unit_too_long",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadingProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadingProblem::SeriesName => "not a valid series name",
+            ReadingProblem::NotFinite => "the value is not a finite number",
+            ReadingProblem::Timestamp => "the timestamp is outside 1970..9999 (unix ms)",
+            ReadingProblem::UnitTooLong => "the unit is longer than 32 bytes",
+        })
+    }
+}
+
+/// Checks one reading by the rules [`ReadingBatch::validate`] applies to each reading, so
+/// an ingest path can refuse the offending readings alone instead of a whole batch.
+pub fn check_reading(
+    series: &str,
+    ts_ms: i64,
+    value: f64,
+    unit: Option<&str>,
+) -> Result<(), ReadingProblem> {
+    if validate_series_name(series).is_err() {
+        Err(ReadingProblem::SeriesName)
+    } else if !value.is_finite() {
+        Err(ReadingProblem::NotFinite)
+    } else if !(0..MAX_TS_MS).contains(&ts_ms) {
+        Err(ReadingProblem::Timestamp)
+    } else if unit.is_some_and(|u| u.len() > MAX_UNIT_BYTES) {
+        Err(ReadingProblem::UnitTooLong)
+    } else {
         Ok(())
     }
 }
@@ -680,7 +818,63 @@ mod tests {
         )
     }
 
+    /// Every body variant with every optional part (units, metadata, tombstones, contexts,
+    /// twin bytes), and extreme seqs and HLCs.
+    fn sized_change_strategy() -> impl Strategy<Value = Change> {
+        let series = (
+            "[a-zé°]{1,12}",
+            proptest::option::of("[a-z°µ/%]{0,32}"),
+            proptest::collection::btree_map("[a-z]{1,8}", "[ -~]{0,40}", 0..4),
+            proptest::collection::btree_map(0i64..MAX_TS_MS, any::<f64>(), 1..12),
+        )
+            .prop_map(|(name, unit, meta, pts)| SeriesPoints {
+                name,
+                unit,
+                meta,
+                ts: pts.keys().copied().collect(),
+                values: pts.values().copied().collect(),
+            });
+        let body = prop_oneof![
+            proptest::collection::vec(series, 0..5)
+                .prop_map(|series| ChangeBody::Readings(ReadingBatch { series })),
+            (
+                "[ -~]{1,40}",
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+                proptest::collection::vec((any::<[u8; 16]>(), any::<u64>()), 0..30)
+            )
+                .prop_map(|(key, value, ctx)| ChangeBody::Doc(DocWrite {
+                    key,
+                    value,
+                    context: ctx
+                        .into_iter()
+                        .map(|(a, seq)| Dot {
+                            actor: ActorId(a),
+                            seq
+                        })
+                        .collect(),
+                })),
+            (
+                "[ -~]{1,40}",
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(key, change)| ChangeBody::Twin(TwinChange { key, change })),
+        ];
+        (any::<[u8; 16]>(), any::<u64>(), any::<u64>(), body).prop_map(|(a, seq, hlc, body)| {
+            Change {
+                actor: ActorId(a),
+                seq,
+                hlc: Hlc(hlc),
+                body,
+            }
+        })
+    }
+
     proptest! {
+        #[test]
+        fn encoded_len_is_the_encoding_length(c in sized_change_strategy()) {
+            prop_assert_eq!(c.encoded_len(), c.to_cbor().len());
+        }
+
         #[test]
         fn change_cbor_round_trip(c in change_strategy()) {
             let bytes = c.to_cbor();
@@ -831,6 +1025,48 @@ mod tests {
         assert!(validate_key("").is_err());
         assert!(validate_key("a\nb").is_err());
         assert!(validate_key(&"k".repeat(513)).is_err());
+    }
+
+    /// [`Limits::max_doc_change_bytes`] bounds the largest document change the limits let
+    /// through: longest key (4-byte characters), largest value, most context dots, largest
+    /// seqs and HLC.
+    #[test]
+    fn the_document_change_bound_holds_for_the_largest_change() {
+        let limits = Limits {
+            max_value_bytes: 10_000,
+            max_context_dots: 50,
+            ..Limits::default()
+        };
+        let dot = Dot {
+            actor: ActorId([0xFF; 16]),
+            seq: u64::MAX,
+        };
+        let largest = Change {
+            actor: ActorId([0xFF; 16]),
+            seq: u64::MAX,
+            hlc: Hlc(u64::MAX),
+            body: ChangeBody::Doc(DocWrite {
+                key: "😀".repeat(MAX_KEY_BYTES / 4),
+                value: Some(vec![0xAB; limits.max_value_bytes]),
+                context: vec![dot; limits.max_context_dots],
+            }),
+        };
+        assert!(validate_key(&"😀".repeat(MAX_KEY_BYTES / 4)).is_ok());
+        assert!(largest.encoded_len() <= limits.max_doc_change_bytes());
+        let twin = Change {
+            body: ChangeBody::Twin(TwinChange {
+                key: "😀".repeat(MAX_KEY_BYTES / 4),
+                change: vec![0xAB; limits.max_value_bytes],
+            }),
+            ..largest
+        };
+        assert!(twin.encoded_len() <= limits.max_doc_change_bytes());
+        Limits::default().validate().unwrap();
+        let tight = Limits {
+            max_change_bytes: Limits::default().max_value_bytes,
+            ..Limits::default()
+        };
+        assert_eq!(tight.validate().unwrap_err().0, "max_change_bytes");
     }
 
     #[test]

@@ -194,15 +194,17 @@ impl StoreError {
         }
     }
 
-    /// True when the same operation may succeed if retried: the database is busy or locked
-    /// (another connection holds the write lock past the busy timeout), disk I/O failed or
-    /// the disk is full, the store is closing. Constraint violations, corruption, misuse and
-    /// decoding errors are not transient: retrying gives the same answer.
+    /// True when the same operation may succeed if simply retried: the database is busy or
+    /// locked (another connection held the write lock past the busy timeout), or the disk
+    /// is full (a state retention resolves; callers retry with backoff instead of dropping
+    /// data). Everything else is not transient — constraint violations, corruption, I/O
+    /// errors, misuse, decoding errors, a closed store: retrying gives the same answer, so
+    /// the job stops with its error instead of being retried forever.
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database { source, .. } => sqlite_transient(source),
             StoreError::WriteGroup { transient, .. } => *transient,
-            StoreError::Io { .. } | StoreError::Closed | StoreError::DiskFull { .. } => true,
+            StoreError::DiskFull { .. } => true,
             StoreError::BatchEntry { source, .. } => source.is_transient(),
             _ => false,
         }
@@ -284,10 +286,9 @@ impl StoreError {
 pub(crate) fn sqlite_transient(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode as C;
     match e {
-        rusqlite::Error::SqliteFailure(f, _) => matches!(
-            f.code,
-            C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::DiskFull | C::OutOfMemory
-        ),
+        rusqlite::Error::SqliteFailure(f, _) => {
+            matches!(f.code, C::DatabaseBusy | C::DatabaseLocked | C::DiskFull)
+        }
         _ => false,
     }
 }
@@ -315,8 +316,10 @@ mod tests {
         use rusqlite::ffi;
         assert!(sqlite(ffi::SQLITE_BUSY).is_transient());
         assert!(sqlite(ffi::SQLITE_LOCKED).is_transient());
-        assert!(sqlite(ffi::SQLITE_IOERR).is_transient());
         assert!(sqlite(ffi::SQLITE_FULL).is_transient());
+        assert!(!sqlite(ffi::SQLITE_IOERR).is_transient());
+        assert!(!sqlite(ffi::SQLITE_NOMEM).is_transient());
+        assert!(!StoreError::Closed.is_transient());
         assert!(!sqlite(ffi::SQLITE_CONSTRAINT).is_transient());
         assert!(!sqlite(ffi::SQLITE_CORRUPT).is_transient());
         assert!(!sqlite(ffi::SQLITE_NOTADB).is_transient());

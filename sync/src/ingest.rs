@@ -28,9 +28,11 @@ const SERIES_CHUNK: usize = 1000;
 /// Rollup rows per upsert statement (10 parameters each).
 const ROLLUP_CHUNK: usize = 500;
 /// Merges a minute aggregate into an existing rollup row. Ties on time resolve by value, as
-/// in [`MinuteAgg::add`].
+/// in [`MinuteAgg::add`]; the total saturates as in [`saturating_sum`] (SQLite turns the NaN
+/// of `inf + -inf`, possible only with rows stored by earlier releases, into NULL: 0).
 const ROLLUP_UPSERT: &str = " ON CONFLICT(series_id, minute) DO UPDATE SET \
-     n = n + excluded.n, total = total + excluded.total, \
+     n = n + excluded.n, \
+     total = COALESCE(max(-1.7976931348623157e308, min(1.7976931348623157e308, total + excluded.total)), 0.0), \
      vmin = min(vmin, excluded.vmin), vmax = max(vmax, excluded.vmax), \
      first_value = CASE WHEN excluded.first_ts < first_ts OR (excluded.first_ts = first_ts AND excluded.first_value < first_value) THEN excluded.first_value ELSE first_value END, \
      first_ts = min(first_ts, excluded.first_ts), \
@@ -100,7 +102,7 @@ impl MinuteAgg {
     /// every replica computes the same rollup whatever the arrival order.
     pub fn add(&mut self, ts: i64, v: f64) {
         self.n += 1;
-        self.sum += v;
+        self.sum = saturating_sum(self.sum, v);
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         if ts < self.first.0 || (ts == self.first.0 && v < self.first.1) {
@@ -115,7 +117,7 @@ impl MinuteAgg {
     /// exactly what [`ROLLUP_UPSERT`] computes for a stored row (self) and a new one (`o`).
     pub fn merge(&mut self, o: &MinuteAgg) {
         self.n += o.n;
-        self.sum += o.sum;
+        self.sum = saturating_sum(self.sum, o.sum);
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
         if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
@@ -124,6 +126,20 @@ impl MinuteAgg {
         if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
             self.last = o.last;
         }
+    }
+}
+
+/// `a + b`, held within the finite range: readings are finite, but the sum of two large
+/// ones is not (`1e308 + 1e308`), and a later `inf + -inf` would be NaN — a NULL the
+/// rollup table refuses, failing the whole write. So a rollup total saturates at
+/// ±`f64::MAX` (its average is then approximate; min, max, first and last stay exact), and a
+/// NaN from totals stored by earlier releases counts as 0.
+pub(crate) fn saturating_sum(a: f64, b: f64) -> f64 {
+    let sum = a + b;
+    if sum.is_nan() {
+        0.0
+    } else {
+        sum.clamp(-f64::MAX, f64::MAX)
     }
 }
 

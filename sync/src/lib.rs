@@ -76,6 +76,7 @@ mod doc_batch;
 mod docs_query;
 mod docwrite;
 mod error;
+mod forks;
 mod health;
 mod hlc;
 mod ingest;
@@ -96,14 +97,15 @@ mod writer;
 
 pub use actor::{ActorId, ParseActorError};
 pub use change::{
-    Change, ChangeBody, DocWrite, Dot, Limits, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES, MAX_TS_MS,
-    MAX_TWIN_CHANGE_OPS, ReadingBatch, SeriesPoints, TwinChange, validate_key,
-    validate_series_name,
+    Change, ChangeBody, DocWrite, Dot, Limits, MAX_DOT_BYTES, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES,
+    MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,
+    TwinChange, check_reading, validate_key, validate_series_name,
 };
 pub use digest::Digest;
 pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
+pub use forks::Fork;
 pub use health::WriteHealth;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,

@@ -87,16 +87,18 @@ impl LogRow {
         })
     }
 
-    /// A lower bound of [`Change::estimated_size`] of the loaded change: exact for readings
-    /// (from the manifest) and twins; a document's context is not counted.
+    /// A lower bound of [`Change::encoded_len`] of the loaded change, known from the log
+    /// row alone: a readings change takes at least its series names and 4 bytes per reading
+    /// (a one-byte time delta and a half-precision value), a document or twin change at
+    /// least its body bytes.
     pub fn size_floor(&self) -> usize {
-        48 + match self.kind {
+        match self.kind {
             1 => self
                 .manifest
                 .iter()
-                .map(|e| 32 + e.name.len() + e.count as usize * 14)
+                .map(|e| e.name.len() + e.count as usize * 4)
                 .sum::<usize>(),
-            _ => 16 + self.body_bytes,
+            _ => self.body_bytes,
         }
     }
 }

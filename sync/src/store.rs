@@ -196,9 +196,62 @@ impl Store {
     /// Appends a batch of readings as one change. Validates the whole batch first (non-empty,
     /// within `max_batch_readings`, finite values, no two readings of a series at one time);
     /// a bad batch stores nothing. Returns once the change is durable (fsynced).
+    ///
+    /// A batch whose change would encode to more than `max_change_bytes` is refused with
+    /// [`StoreError::InvalidBatch`] (split it, or use [`append_in_parts`](Self::append_in_parts)):
+    /// such a change could be stored but never synced. The size checked is exact but for the
+    /// seq and HLC, counted at their largest.
     pub async fn append(&self, mut batch: ReadingBatch) -> Result<ChangeMeta> {
         batch.normalize(&self.inner.config.limits)?;
+        let (batch, size) = self.sized(batch);
+        let max = self.inner.config.limits.max_change_bytes;
+        if size > max {
+            return Err(StoreError::InvalidBatch(format!(
+                "the batch ({} readings in {} series) encodes to {size} bytes, over \
+                 max_change_bytes ({max}); send it in smaller batches",
+                batch.len(),
+                batch.series.len(),
+            )));
+        }
         self.submit(|reply| Job::Append { batch, reply }).await
+    }
+
+    /// Like [`append`](Self::append), but a batch too large for one change is stored as
+    /// several, each within `max_change_bytes` (split by series, then by time): for ingest
+    /// paths that must not lose readings to a size limit and promise no atomicity (sources,
+    /// MQTT). The parts are durable one by one, in order; an error stops at that part.
+    pub async fn append_in_parts(&self, mut batch: ReadingBatch) -> Result<Vec<ChangeMeta>> {
+        batch.normalize(&self.inner.config.limits)?;
+        let max = self.inner.config.limits.max_change_bytes;
+        let mut todo = vec![batch];
+        let mut done = Vec::new();
+        while let Some(part) = todo.pop() {
+            let (part, size) = self.sized(part);
+            if size > max && part.len() > 1 {
+                let (first, second) = part.split_in_two();
+                todo.push(second);
+                todo.push(first);
+                continue;
+            }
+            done.push(self.append(part).await?);
+        }
+        Ok(done)
+    }
+
+    /// `batch` back, with an upper bound of the encoded size of its change (exact but for
+    /// the seq and HLC, taken at their largest).
+    fn sized(&self, batch: ReadingBatch) -> (ReadingBatch, usize) {
+        let probe = Change {
+            actor: self.actor(),
+            seq: u64::MAX,
+            hlc: Hlc(u64::MAX),
+            body: ChangeBody::Readings(batch),
+        };
+        let size = probe.encoded_len();
+        let ChangeBody::Readings(batch) = probe.body else {
+            unreachable!("built as readings above")
+        };
+        (batch, size)
     }
 
     /// Writes a new version of `key`. The version supersedes every sibling this store holds
@@ -455,6 +508,12 @@ impl Store {
         self.inner.shared.vv.read().expect("vv lock").clone()
     }
 
+    /// What this store holds of `actors` only (actors it holds nothing of are left out).
+    pub fn version_vector_of(&self, actors: impl IntoIterator<Item = ActorId>) -> VersionVector {
+        let vv = self.inner.shared.vv.read().expect("vv lock");
+        actors.into_iter().map(|a| (a, vv.get(&a))).collect()
+    }
+
     /// The canonical digest of everything stored (maintained incrementally).
     pub fn digest(&self) -> Digest {
         *self.inner.shared.digest.read().expect("digest lock")
@@ -467,8 +526,8 @@ impl Store {
     }
 
     /// The changes this store holds that a replica with vector `theirs` lacks, in per-actor
-    /// seq order, filling at most `byte_budget` (estimated encoded bytes; at least one change
-    /// is returned when any is missing).
+    /// seq order, filling at most `byte_budget` (exact encoded bytes, [`Change::encoded_len`];
+    /// at least one change is returned when any is missing, whatever its size).
     ///
     /// Log rows are read [`LOG_PAGE`] at a time; the bodies of as many of them as can fit the
     /// budget (by a lower bound of their size known from the log) are loaded together, then
@@ -734,7 +793,7 @@ fn changes_since_on(
                     batch.push(r);
                 }
                 for change in log_read::load(conn, batch)? {
-                    let size = change.estimated_size();
+                    let size = change.encoded_len();
                     if !out.is_empty() && used + size > byte_budget {
                         return Ok(out);
                     }

@@ -9,8 +9,10 @@
 //! with cached prepared statements, so there is no hand-over per statement.
 //!
 //! Owns the write connection and the in-memory caches (actor slots, series ids, document key
-//! ids, digest), which a failed job or commit reloads from the database, so they stay exact
-//! across rollbacks. The
+//! ids, digest, counters). A failed job restores the digest and counters it started from
+//! (earlier jobs of the group keep their contributions) and reloads the other caches from
+//! the database inside the open transaction; a failed commit reloads everything from the
+//! last committed state. So the caches stay exact across rollbacks. The
 //! row-level work lives in `ingest.rs` (readings), `docwrite.rs` (documents) and `twin/write.rs`
 //! (merge documents).
 
@@ -292,8 +294,25 @@ impl Writer {
         self.actors.iter().map(|(a, s)| (*a, s.max_seq)).collect()
     }
 
-    /// Re-reads caches from the database (after a rollback, or at start).
+    /// Re-reads every cache from the database, the digest included (at start, or after a
+    /// failed commit, when the database holds the last committed state).
     fn reload(&mut self) -> Result<()> {
+        self.reload_caches()?;
+        let digest: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'digest'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(StoreError::db("loading the digest"))?;
+        self.digest = digest.map(|d| Digest::from_slice(&d)).unwrap_or_default();
+        Ok(())
+    }
+
+    /// Re-reads the caches that mirror table rows (actors, series, keys, twins). Not the
+    /// digest: the stored one is the last committed digest, which inside a group lacks the
+    /// group's earlier jobs (the writer stores it once per group, at commit).
+    fn reload_caches(&mut self) -> Result<()> {
         self.actors.clear();
         self.series.clear();
         self.key_ids.clear();
@@ -315,14 +334,6 @@ impl Writer {
                 );
             }
         }
-        let digest: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'digest'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(StoreError::db("loading the digest"))?;
-        self.digest = digest.map(|d| Digest::from_slice(&d)).unwrap_or_default();
         Ok(())
     }
 
@@ -489,9 +500,12 @@ impl Writer {
                     continue;
                 }
             } else {
-                // Undo this job alone; earlier jobs of the group stay.
+                // Undo this job alone; earlier jobs of the group stay, and so do their
+                // contributions to the digest and counters (restored, not reloaded: the
+                // stored digest predates the group).
                 let rolled = self.exec("ROLLBACK TO job");
                 let released = self.exec("RELEASE job");
+                let reloaded = self.reload_caches();
                 self.digest = digest_before;
                 self.counts = counts_before;
                 self.pending_events.truncate(events_before);
@@ -510,7 +524,7 @@ impl Writer {
                     aborted = Some(cause);
                     break;
                 }
-                if rolled.is_err() || released.is_err() || self.reload().is_err() {
+                if rolled.is_err() || released.is_err() || reloaded.is_err() {
                     tracing::error!("store writer could not roll back a failed job cleanly");
                 }
             }
@@ -810,3 +824,7 @@ impl Writer {
         Ok(ApplyOutcome { applied, skipped })
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

@@ -138,7 +138,7 @@ fn reference_changes_since(
             .unwrap();
         for (id, seq, hlc, kind, manifest) in rows {
             let c = reference_load(pool, id, actor, seq, hlc, kind, manifest);
-            let size = c.estimated_size();
+            let size = c.encoded_len();
             if !out.is_empty() && used + size > budget {
                 return out;
             }

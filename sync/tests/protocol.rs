@@ -418,6 +418,7 @@ async fn pages_received_before_a_failed_send_are_applied() {
         raw.send(&Frame::Page {
             page_id: i as u64 + 1,
             changes: vec![change],
+            anchors: vec![],
         })
         .await;
     }
@@ -609,6 +610,7 @@ async fn oversized_garbage_and_truncated_frames_are_refused() {
             &Frame::Page {
                 page_id: 1,
                 changes: (1..=5).map(|s| evil_change(s, now_ms())).collect(),
+                anchors: vec![],
             },
             Compression::None,
             usize::MAX,
@@ -663,6 +665,7 @@ async fn a_page_with_a_gap_changes_nothing() {
     raw.send(&Frame::Page {
         page_id: 1,
         changes,
+        anchors: vec![],
     })
     .await;
     assert_eq!(raw.refusal().await, "seq_gap");
@@ -700,6 +703,7 @@ async fn a_future_change_is_held_back_and_the_rest_of_the_page_applies() {
     raw.send(&Frame::Page {
         page_id: 1,
         changes,
+        anchors: vec![],
     })
     .await;
     let ack = loop {
@@ -957,7 +961,11 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             proptest::collection::vec(change_strategy(), 0..6)
         )
-            .prop_map(|(page_id, changes)| Frame::Page { page_id, changes }),
+            .prop_map(|(page_id, changes)| Frame::Page {
+                page_id,
+                changes,
+                anchors: vec![],
+            }),
         (any::<u64>(), any::<u64>(), any::<u64>(), vector_strategy()).prop_map(
             |(page_id, applied, skipped, vector)| Frame::Ack(Ack {
                 page_id,

@@ -12,6 +12,7 @@
 
 mod backup;
 mod clock;
+mod clones;
 mod cluster;
 mod disk;
 mod doc_batch;

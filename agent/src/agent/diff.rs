@@ -52,6 +52,7 @@ impl ConfigDiff {
             sync_auth: a.accept_tokens != b.accept_tokens || a.accept_certs != b.accept_certs,
             sync_peers: a.peers != b.peers
                 || a.page_bytes != b.page_bytes
+                || a.max_frame_bytes != b.max_frame_bytes
                 || a.compression != b.compression,
             mqtt: old.mqtt != new.mqtt,
             needs_restart,

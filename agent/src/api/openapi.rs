@@ -225,7 +225,7 @@ fn routes_document() -> Value {
                 "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::Unavailable])) },
             "/v1/readings": {
                 "post": {
-                    "summary": "Ingest a batch of readings; answered once the batch is durable. A refused batch stores nothing.",
+                    "summary": "Ingest a batch of readings; answered once the batch is durable. All or nothing: one invalid reading (bad series name, non-finite value, timestamp outside 1970..9999, unit over 32 bytes) refuses the whole request with 422 invalid_batch naming it, and nothing is stored, so the client can fix and resend the batch as a unit. (Sources, MQTT and the batcher instead drop only the offending readings and count them per source and reason: `kdelta sources`, kdelta_source_rejected_readings_total.) A batch that would encode to more than store.max_change_bytes is refused too: send smaller batches.",
                     "requestBody": batch_body,
                     "responses": responses("201", ok("Stored", schema_ref("Ack")), &[
                         ErrorCode::MalformedBody,
@@ -516,7 +516,9 @@ fn schemas() -> Value {
             "key": s, "deleted": {"type": "boolean"}}},
         "SourceStatus": {"type": "object", "properties": {"name": s, "kind": s, "interval_ms": i,
             "last_reading_ms": {"type": "integer", "nullable": true}, "readings": i,
-            "last_error": {"type": "string", "nullable": true}, "errors": i, "missed_ticks": i}},
+            "last_error": {"type": "string", "nullable": true}, "errors": i, "missed_ticks": i,
+            "rejected": {"type": "object", "additionalProperties": i,
+                "description": "Readings refused one by one before their batch (the rest was stored), by reason: bad_series_name, not_finite, bad_timestamp, unit_too_long"}}},
         "Status": {"type": "object", "properties": {
             "version": s, "actor": actor, "ready": {"type": "boolean"}, "uptime_s": i,
             "version_vector": {"type": "object", "additionalProperties": i}, "digest": s,

@@ -97,12 +97,15 @@ pub async fn metrics(State(state): State<Agent>) -> Response {
 }
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
-/// last_error, errors, missed_ticks}]}`.
+/// last_error, errors, missed_ticks, rejected}]}`.
 pub async fn sources(State(state): State<Agent>, Accept(reply): Accept) -> Response {
-    let sources = match state.sources.read() {
+    let mut sources = match state.sources.read() {
         Ok(g) => g.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    for s in &mut sources {
+        s.rejected = state.metrics.rejected_readings_of(&s.name);
+    }
     reply.ok(&json!({ "sources": sources }))
 }
 

@@ -18,10 +18,16 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
         .iter()
         .map(|p| {
             let field = |k: &str| p.get(k).cloned().unwrap_or(Value::Null);
-            let error = p
-                .pointer("/last_error/message")
-                .cloned()
-                .unwrap_or(Value::Null);
+            // A fork (a cloned store) outweighs whatever else went wrong; a change too
+            // large for the peer is shown when nothing else is.
+            let error = [
+                "/last_fork/message",
+                "/last_error/message",
+                "/last_too_large/message",
+            ]
+            .iter()
+            .find_map(|at| p.pointer(at).filter(|v| !v.is_null()).cloned())
+            .unwrap_or(Value::Null);
             vec![
                 cell(&field("name"), 24),
                 cell(&field("direction"), 8),

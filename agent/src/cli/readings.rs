@@ -161,6 +161,7 @@ pub async fn sources(conn: Conn) -> anyhow::Result<()> {
                 ts(&field("last_reading_ms")),
                 cell(&field("errors"), 8),
                 cell(&field("missed_ticks"), 8),
+                rejected(&field("rejected")),
                 cell(&field("last_error"), 60),
             ]
         })
@@ -174,11 +175,28 @@ pub async fn sources(conn: Conn) -> anyhow::Result<()> {
             "LAST READING",
             "ERRORS",
             "MISSED",
+            "REFUSED",
             "LAST ERROR",
         ],
         &rows,
     );
     Ok(())
+}
+
+/// Readings refused one by one, per reason: `0`, or `3 (not_finite 2, bad_timestamp 1)`.
+fn rejected(by_reason: &Value) -> String {
+    let Some(map) = by_reason.as_object() else {
+        return "0".into();
+    };
+    let total: u64 = map.values().filter_map(Value::as_u64).sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = map
+        .iter()
+        .map(|(reason, n)| format!("{reason} {}", n.as_u64().unwrap_or(0)))
+        .collect();
+    format!("{total} ({})", parts.join(", "))
 }
 
 /// `kdelta series`.

@@ -138,6 +138,21 @@ impl Config {
         if store_max == 0 {
             return refuse("store.max_batch_readings", "must be at least 1");
         }
+        if let Err((key, reason)) = self.store.limits.validate() {
+            return refuse(format!("store.{key}"), reason);
+        }
+        let change_max = self.store.limits.max_change_bytes;
+        let frame_needs = change_max.saturating_add(kdelta_sync::protocol::PAGE_FRAME_OVERHEAD);
+        if self.sync.max_frame_bytes < frame_needs {
+            return refuse(
+                "sync.max_frame_bytes",
+                format!(
+                    "{} cannot carry a change of store.max_change_bytes ({change_max}); use at \
+                     least {frame_needs}, or lower store.max_change_bytes",
+                    self.sync.max_frame_bytes
+                ),
+            );
+        }
         for (key, value) in [
             (
                 "store.read_connections",
@@ -355,6 +370,23 @@ mod tests {
         let mut config = Config::default();
         config.log.level = "info,kdelta=loud".into();
         assert_eq!(config.validate().unwrap_err().key, "log.level");
+
+        // Frames must hold the largest change; limits must hold the largest document.
+        let mut config = Config::default();
+        config.sync.max_frame_bytes = config.store.limits.max_change_bytes;
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key, "sync.max_frame_bytes");
+        assert!(
+            err.detail.contains("store.max_change_bytes"),
+            "{}",
+            err.detail
+        );
+        let mut config = Config::default();
+        config.sync.max_frame_bytes = 1 << 30;
+        assert_eq!(config.validate().unwrap_err().key, "sync.max_frame_bytes");
+        let mut config = Config::default();
+        config.store.limits.max_change_bytes = config.store.limits.max_value_bytes;
+        assert_eq!(config.validate().unwrap_err().key, "store.max_change_bytes");
 
         let mut config = Config::default();
         config

@@ -69,25 +69,31 @@ impl InternalEvent for IngestRejected<'_> {
     }
 }
 
-/// Readings a source produced that cannot be stored (not finite, a bad series name).
+/// Readings a source produced that the store would refuse (see `kdelta_sync::check_reading`):
+/// dropped before the batch, one reason at a time, so the rest of the batch is stored.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadingsDropped<'a> {
     /// The `source` metric label.
     pub source: &'a str,
     /// How many.
     pub readings: u64,
-    /// The series name that is not valid, when that is the reason (logged once per batch).
-    pub bad_series: Option<&'a str>,
+    /// Why.
+    pub problem: kdelta_sync::ReadingProblem,
+    /// The series of the first of them (named in the log line).
+    pub series: &'a str,
 }
 
 impl InternalEvent for ReadingsDropped<'_> {
     fn emit(self, metrics: &Metrics) {
-        if let Some(name) = self.bad_series {
-            tracing::warn!(
-                source = self.source,
-                "dropped readings of series {name:?}: not a valid series name"
-            );
-        }
+        tracing::warn!(
+            source = self.source,
+            reason = self.problem.reason(),
+            "dropped {} reading(s), the first of series {:?}: {}",
+            self.readings,
+            self.series.chars().take(64).collect::<String>(),
+            self.problem
+        );
         metrics.dropped_readings(self.source, self.readings);
+        metrics.rejected_readings(self.source, self.problem.reason(), self.readings);
     }
 }

@@ -51,6 +51,10 @@ pub struct PeerSample {
     pub quarantined: u64,
     /// Changes received from a `device` credential on behalf of another actor: refused.
     pub refused: u64,
+    /// Our changes left unsent because they are larger than the peer's frame limit.
+    pub too_large: u64,
+    /// Actors whose history from the peer forked from ours (a cloned store).
+    pub forks: u64,
 }
 
 /// Sync sessions with other agents and the listener's TLS handshakes (registered by
@@ -138,6 +142,8 @@ impl Metrics {
                     m.bytes_out = m.bytes_out.saturating_add(s.bytes_out);
                     m.quarantined = m.quarantined.saturating_add(s.quarantined);
                     m.refused = m.refused.saturating_add(s.refused);
+                    m.too_large = m.too_large.saturating_add(s.too_large);
+                    m.forks = m.forks.saturating_add(s.forks);
                 }
             }
         }
@@ -186,7 +192,7 @@ impl Collector for PeerCollector {
                 ConstGauge::new(v).encode(family.encode_family(l)?)?;
             }
         }
-        let counters: [(&str, &str, Field); 4] = [
+        let counters: [(&str, &str, Field); 6] = [
             (
                 "sync_peer_bytes_in",
                 "Sync bytes received from the peer (outbound: since start; inbound: sessions still listed)",
@@ -206,6 +212,16 @@ impl Collector for PeerCollector {
                 "sync_changes_refused",
                 "Changes a peer with a device credential sent on behalf of another actor: refused, nothing stored (see docs/security.md)",
                 |s| s.refused,
+            ),
+            (
+                "sync_changes_too_large",
+                "Changes of ours left unsent because they are larger than the peer's frame limit (their actor waits; other actors keep syncing)",
+                |s| s.too_large,
+            ),
+            (
+                "sync_actor_forks",
+                "Actors whose changes from the peer contradict this store's copy of the same actor and seq: two stores write as one actor (a cloned SD card); that actor is no longer merged from the peer",
+                |s| s.forks,
             ),
         ];
         for (name, help, field) in counters {
@@ -233,6 +249,8 @@ mod tests {
             bytes_out: 7,
             quarantined: 0,
             refused: 0,
+            too_large: 0,
+            forks: 0,
         }
     }
 

@@ -77,9 +77,21 @@ pub fn encode_batch(msg: &BatchMessage<'_>, encoding: BatchEncoding) -> Vec<u8> 
 /// Why a received payload was dropped.
 pub type BadPayload = String;
 
+/// What an ingest message held: the readings to store, and the elements of an array that
+/// were refused (index and why) — one bad element is one lost reading, not a lost message.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ingested {
+    /// Readings that can be stored.
+    pub readings: Vec<Reading>,
+    /// Array elements refused, by index, with the reason.
+    pub refused: Vec<(usize, BadPayload)>,
+}
+
 /// Decodes a message on `<prefix>/<device>/ingest/<series>`: a number (`21.5`), an object
-/// `{"ts", "value"}` (`ts` optional: unix ms or RFC 3339) or an array of such objects.
-pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Vec<Reading>, BadPayload> {
+/// `{"ts", "value"}` (`ts` optional: unix ms or RFC 3339) or an array of such objects. A
+/// message that is not one of these (or a single reading that is bad) is an error; in an
+/// array, each bad element is refused alone (see [`Ingested::refused`]).
+pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Ingested, BadPayload> {
     let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
     let value: Value = serde_json::from_str(text.trim())
         .map_err(|e| format!("the payload is not a number or JSON: {e}"))?;
@@ -118,9 +130,19 @@ pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Vec<Readi
                     items.len()
                 ));
             }
-            items.iter().map(one).collect()
+            let mut out = Ingested::default();
+            for (i, item) in items.iter().enumerate() {
+                match one(item) {
+                    Ok(r) => out.readings.push(r),
+                    Err(e) => out.refused.push((i, e)),
+                }
+            }
+            Ok(out)
         }
-        other => Ok(vec![one(other)?]),
+        other => Ok(Ingested {
+            readings: vec![one(other)?],
+            refused: Vec::new(),
+        }),
     }
 }
 
@@ -227,7 +249,7 @@ mod tests {
 
     #[test]
     fn ingest_forms() {
-        let r = decode_ingest("t", b"21.5", NOW).unwrap();
+        let r = decode_ingest("t", b"21.5", NOW).unwrap().readings;
         assert_eq!(
             r,
             vec![Reading {
@@ -237,14 +259,17 @@ mod tests {
                 unit: None
             }]
         );
-        let r = decode_ingest("t", br#"{"ts": 5, "value": 1}"#, NOW).unwrap();
+        let r = decode_ingest("t", br#"{"ts": 5, "value": 1}"#, NOW)
+            .unwrap()
+            .readings;
         assert_eq!((r[0].ts, r[0].value), (5, 1.0));
         let r = decode_ingest(
             "t",
             br#"{"ts": "2025-11-24T16:00:00Z", "value": 2, "unit": "V"}"#,
             NOW,
         )
-        .unwrap();
+        .unwrap()
+        .readings;
         assert_eq!(
             (r[0].ts, r[0].unit.as_deref()),
             (1_764_000_000_000, Some("V"))
@@ -255,7 +280,23 @@ mod tests {
             NOW,
         )
         .unwrap();
-        assert_eq!(r.len(), 2);
+        assert_eq!((r.readings.len(), r.refused.len()), (2, 0));
+        // One bad element of an array is one refused reading; the others are kept.
+        let r = decode_ingest(
+            "t",
+            br#"[{"ts": 1, "value": 1}, {"ts": -5, "value": 2}, {"value": "x"}, {"ts": 4, "value": 4, "unit": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}, {"ts": 5, "value": 5}]"#,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            r.readings.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            vec![1, 5]
+        );
+        assert_eq!(
+            r.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(r.refused[0].1.contains("-5"), "{}", r.refused[0].1);
         for bad in [
             &b"abc"[..],
             b"",

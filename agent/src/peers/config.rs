@@ -10,7 +10,10 @@ use tokio_rustls::rustls::ClientConfig;
 use crate::section::{InvalidValue, refuse};
 use crate::tls::{ClientAuth, TlsError};
 
-use kdelta_sync::protocol::{Compression, DEFAULT_PAGE_BYTES, PeerRole};
+use kdelta_sync::protocol::{
+    Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, MAX_FRAME_BYTES, MIN_FRAME_BYTES,
+    PeerRole,
+};
 
 /// `[sync]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +28,9 @@ pub struct SyncSection {
     pub peers: Vec<PeerConfig>,
     /// Byte budget of one outgoing page.
     pub page_bytes: usize,
+    /// Largest sync frame accepted from a peer (and announced to it), in bytes, on the
+    /// wire and once decompressed. Must hold the largest change (`store.max_change_bytes`).
+    pub max_frame_bytes: usize,
     /// Accepted compressions in preference order (`zstd`, `none`).
     pub compression: Vec<String>,
 }
@@ -36,6 +42,7 @@ impl Default for SyncSection {
             accept_certs: Vec::new(),
             peers: Vec::new(),
             page_bytes: DEFAULT_PAGE_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             compression: vec!["zstd".into(), "none".into()],
         }
     }
@@ -212,6 +219,15 @@ impl SyncSection {
             return refuse(
                 "sync.page_bytes",
                 format!("{} is out of range; use 1024 to 67108864", self.page_bytes),
+            );
+        }
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&(self.max_frame_bytes as u64)) {
+            return refuse(
+                "sync.max_frame_bytes",
+                format!(
+                    "{} is out of range; use {MIN_FRAME_BYTES} to {MAX_FRAME_BYTES}",
+                    self.max_frame_bytes
+                ),
             );
         }
         for (i, c) in self.compression.iter().enumerate() {

@@ -74,6 +74,7 @@ impl Settings {
         let session = SyncConfig {
             peer_name: device.to_owned(),
             page_bytes: section.page_bytes,
+            max_frame_bytes: section.max_frame_bytes,
             compression,
             ..SyncConfig::default()
         };
@@ -433,6 +434,8 @@ impl Registry {
                 bytes_out: p.stats.bytes_out,
                 quarantined: p.stats.changes_quarantined,
                 refused: p.stats.changes_refused,
+                too_large: p.stats.changes_too_large,
+                forks: p.stats.actor_forks,
             })
             .collect()
     }

@@ -92,6 +92,7 @@ async fn run_peer(
                 Ok(socket) => {
                     tracing::info!(peer = %name, %url, "sync link up");
                     let (sink, source) = socket.split();
+                    let before = Progress::of(&stats);
                     let session = SyncSession::initiator(store.clone(), config.clone())
                         .with_stats(stats.clone());
                     let stop = shutdown.clone();
@@ -106,7 +107,7 @@ async fn run_peer(
                                 end: &summary.end,
                             }
                             .emit(&metrics);
-                            true
+                            Progress::of(&stats).beyond(before)
                         }
                         Err(e) => {
                             SyncSessionFailed {
@@ -117,7 +118,7 @@ async fn run_peer(
                                 error: &e,
                             }
                             .emit(&metrics);
-                            stats.snapshot().last_sync_ms.is_some() && e.is_transient()
+                            Progress::of(&stats).beyond(before)
                         }
                     }
                 }
@@ -135,6 +136,9 @@ async fn run_peer(
                 }
             }
         };
+        // Only real progress resets the backoff: a link that connects and then fails the
+        // same way every time (a refused page, a peer that drops us) backs off like one
+        // that cannot connect at all.
         if ok {
             backoff = BACKOFF_MIN;
         }
@@ -153,6 +157,29 @@ async fn run_peer(
         if !ok {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+/// What a session achieved, from the peer's cumulative counters: changes of the peer's
+/// stored here, and the last time both sides were in sync (live mode, or an ack in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    applied: u64,
+    last_sync_ms: Option<u64>,
+}
+
+impl Progress {
+    fn of(stats: &SessionStats) -> Progress {
+        let s = stats.snapshot();
+        Progress {
+            applied: s.changes_applied,
+            last_sync_ms: s.last_sync_ms,
+        }
+    }
+
+    /// True when the session stored something new or got in sync since `before`.
+    fn beyond(self, before: Progress) -> bool {
+        self.applied > before.applied || self.last_sync_ms != before.last_sync_ms
     }
 }
 
@@ -234,5 +261,43 @@ async fn connect(target: &Target, config: &SyncConfig) -> Result<Socket, Connect
             Some(tls) => ConnectError::new("tls", tls),
             None => ConnectError::new("connect", e.to_string()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session that connects and fails without storing anything or getting in sync is no
+    /// progress: the backoff keeps growing (it used to reset on any transient error once
+    /// the peer had ever synced).
+    #[test]
+    fn only_real_progress_resets_the_backoff() {
+        let before = Progress {
+            applied: 5,
+            last_sync_ms: Some(10),
+        };
+        assert!(!before.beyond(before));
+        assert!(
+            Progress {
+                applied: 6,
+                ..before
+            }
+            .beyond(before)
+        );
+        assert!(
+            Progress {
+                last_sync_ms: Some(11),
+                ..before
+            }
+            .beyond(before)
+        );
+        assert_eq!(
+            Progress::of(&SessionStats::new()),
+            Progress {
+                applied: 0,
+                last_sync_ms: None
+            }
+        );
     }
 }

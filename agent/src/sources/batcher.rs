@@ -7,9 +7,11 @@
 //! (`sample_timing.rs`) and a batch holds readings of one timing only (a clock step splits
 //! it), so each batch's timing record says exactly how its readings were stamped.
 //!
-//! A batch is cleaned before it is committed (non-finite values and bad series names are
-//! dropped and counted; two readings of one series at one millisecond keep the later one)
-//! because the store refuses a batch as a whole, and one odd reading must not cost the rest.
+//! A batch is cleaned before it is committed — every reading the store would refuse (a bad
+//! series name, a value that is not finite, a timestamp outside 1970..9999, a unit that is too
+//! long: [`check_reading`]) is dropped and counted per source and reason, and two readings of
+//! one series at one millisecond keep the later one — because the store refuses a batch as a
+//! whole, and one bad reading must cost only itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kdelta_sync::{
-    ReadingBatch, ReadingTiming, SeriesPoints, Store, StoreError, validate_series_name,
+    ReadingBatch, ReadingProblem, ReadingTiming, SeriesPoints, Store, StoreError, check_reading,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +37,9 @@ pub trait BatchSink: Send + Sync + 'static {
 
 impl BatchSink for Store {
     fn append(&self, batch: ReadingBatch) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { Store::append(self, batch).await.map(|_| ()) })
+        // A batch too large for one change is stored as several: no reading is lost to the
+        // size limit (the batcher promises no atomicity).
+        Box::pin(async move { Store::append_in_parts(self, batch).await.map(|_| ()) })
     }
 }
 
@@ -222,20 +226,25 @@ impl<S: BatchSink> Batcher<S> {
         let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut series: Vec<SeriesPoints> = Vec::new();
-        // Per source and bad series name (`None`: a value that is not finite).
-        let mut dropped: HashMap<(Arc<str>, Option<String>), u64> = HashMap::new();
+        // Per source and reason: how many, and the series of the first one (for the log).
+        let mut dropped: HashMap<(Arc<str>, ReadingProblem), (u64, String)> = HashMap::new();
         for Queued { source, reading } in items {
-            if !reading.value.is_finite() {
-                *dropped.entry((source, None)).or_default() += 1;
+            let checked = check_reading(
+                &reading.series,
+                reading.ts_ms,
+                reading.value,
+                reading.unit.as_deref(),
+            );
+            if let Err(problem) = checked {
+                dropped
+                    .entry((source, problem))
+                    .or_insert_with(|| (0, reading.series))
+                    .0 += 1;
                 continue;
             }
             let idx = match index.get(&reading.series) {
                 Some(&i) => i,
                 None => {
-                    if validate_series_name(&reading.series).is_err() {
-                        *dropped.entry((source, Some(reading.series))).or_default() += 1;
-                        continue;
-                    }
                     series.push(SeriesPoints {
                         name: reading.series.clone(),
                         unit: reading.unit.clone(),
@@ -255,11 +264,12 @@ impl<S: BatchSink> Batcher<S> {
             s.values.push(reading.value);
             *counts.entry(source).or_default() += 1;
         }
-        for ((source, bad_series), readings) in &dropped {
+        for ((source, problem), (readings, example)) in &dropped {
             ReadingsDropped {
                 source,
                 readings: *readings,
-                bad_series: bad_series.as_deref(),
+                problem: *problem,
+                series: example,
             }
             .emit(&self.metrics);
         }
@@ -335,6 +345,11 @@ mod tests {
     struct Recorder {
         batches: Arc<Mutex<Vec<(Duration, ReadingBatch)>>>,
         start: Arc<Mutex<Option<Instant>>>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn rec_metrics(rec: &Recorder) -> String {
+        rec.metrics.encode()
     }
 
     impl BatchSink for Recorder {
@@ -371,7 +386,7 @@ mod tests {
                 max_readings,
                 max_age,
             },
-            Arc::new(Metrics::new()),
+            recorder.metrics.clone(),
         );
         let task = tokio::spawn(batcher.run(queue.clone(), CancellationToken::new()));
         (recorder, queue, task)
@@ -441,6 +456,12 @@ mod tests {
                 queued("a", 4, f64::NAN),
                 queued(" padded", 1, 1.0),
                 queued("b", 1, 9.0),
+                queued("b", -1, 9.0),
+                queued("b", kdelta_sync::MAX_TS_MS, 9.0),
+                Queued {
+                    source: "other".into(),
+                    reading: Reading::new("c", 7, 1.0, Some(&"u".repeat(33))),
+                },
             ])
             .await
             .unwrap();
@@ -453,9 +474,36 @@ mod tests {
         assert_eq!(a.values, vec![2.0, 3.0], "the later reading of ts 5 wins");
         assert_eq!(a.unit.as_deref(), Some("u"));
         assert_eq!(batch.series.len(), 2);
+        assert_eq!(batch.series[1].ts, vec![1], "b keeps its good reading");
         batch
             .validate(&kdelta_sync::Limits::default())
             .expect("the store accepts it");
+        drop(batches);
+        let counted = rec_metrics(&rec);
+        for (source, reason, n) in [
+            ("test", "not_finite", 1),
+            ("test", "bad_series_name", 1),
+            ("test", "bad_timestamp", 2),
+            ("other", "unit_too_long", 1),
+        ] {
+            let line = format!(
+                "kdelta_source_rejected_readings_total{{source=\"{source}\",reason=\"{reason}\"}} {n}"
+            );
+            assert!(counted.contains(&line), "{line} in\n{counted}");
+        }
+    }
+
+    /// The sensors crate refuses at decode and config time what the store would refuse.
+    #[test]
+    fn the_sensors_limits_are_the_stores() {
+        assert_eq!(
+            kdelta_sensors::time::MAX_TIMESTAMP_MS,
+            kdelta_sync::MAX_TS_MS
+        );
+        assert_eq!(
+            kdelta_sensors::config::MAX_UNIT_BYTES,
+            kdelta_sync::MAX_UNIT_BYTES
+        );
     }
 
     #[tokio::test]

@@ -22,6 +22,10 @@ pub struct SourceStatus {
     pub errors: u64,
     /// Ticks missed because sampling took longer than the interval.
     pub missed_ticks: u64,
+    /// Readings refused one by one before their batch (the rest was stored), by reason
+    /// (`bad_series_name`, `not_finite`, `bad_timestamp`, `unit_too_long`); filled in from
+    /// the metrics when the status is read.
+    pub rejected: std::collections::BTreeMap<String, u64>,
     /// Wakes the source's scheduler after `interval_ms` was changed at run time (the device
     /// twin's `desired` interval), so the new interval applies without a restart.
     #[serde(skip)]

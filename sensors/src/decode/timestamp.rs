@@ -1,12 +1,15 @@
 //! Timestamps a device may put in a line (`ts` field or column): unix seconds, unix milliseconds
-//! or RFC 3339. Devices disagree on the unit, so a number is classified by magnitude.
+//! or RFC 3339. Devices disagree on the unit, so a number is classified by magnitude. A time no
+//! store can hold (before 1970, year 10000 or later) is refused here, at decode.
+
+use crate::time::MAX_TIMESTAMP_MS;
 
 /// Numbers with a magnitude below this are unix seconds, at or above it unix milliseconds.
 /// 1e11 seconds is the year 5138 and 1e11 milliseconds is March 1973, so neither reading is
 /// plausible for the other unit.
 const SECONDS_LIMIT: f64 = 1e11;
 
-/// Largest magnitude accepted as milliseconds: ±1e15 ms is about ±31,700 years — far beyond any
+/// Largest magnitude converted as milliseconds: ±1e15 ms is about ±31,700 years — far beyond any
 /// real clock but well inside `i64`, so the conversion below cannot overflow.
 const MAX_MS: f64 = 1e15;
 
@@ -16,13 +19,19 @@ const MAX_MS: f64 = 1e15;
 /// (`1700000000000`), told apart by magnitude (below 1e11 means seconds), or an RFC 3339 date
 /// (`2023-11-14T22:13:20Z`, `2023-11-14T23:13:20.5+01:00`; a space instead of `T` and a missing
 /// zone, meaning UTC, are tolerated). Returns `None` for anything else, including non-finite
-/// numbers and dates before 1970.
+/// numbers and any time outside what a store holds (before 1970, from the year 10000 on:
+/// [`MAX_TIMESTAMP_MS`]), so such a line is refused where it is decoded.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     let text = text.trim();
     if let Ok(n) = text.parse::<f64>() {
         return number_to_ms(n);
     }
     parse_rfc3339(text)
+}
+
+/// Whether a store can hold a reading at `ms`.
+fn storable(ms: i64) -> bool {
+    (0..MAX_TIMESTAMP_MS).contains(&ms)
 }
 
 /// Converts a numeric timestamp (seconds or milliseconds, see [`parse_timestamp`]).
@@ -38,12 +47,12 @@ pub(crate) fn number_to_ms(n: f64) -> Option<i64> {
     if ms.abs() > MAX_MS {
         return None;
     }
-    Some(ms.round() as i64)
+    Some(ms.round() as i64).filter(|ms| storable(*ms))
 }
 
-/// RFC 3339 with any UTC offset or none (UTC); dates before 1970 are refused.
+/// RFC 3339 with any UTC offset or none (UTC); dates a store cannot hold are refused.
 fn parse_rfc3339(text: &str) -> Option<i64> {
-    crate::time::parse_rfc3339_lenient(text).filter(|ms| *ms >= 0)
+    crate::time::parse_rfc3339_lenient(text).filter(|ms| storable(*ms))
 }
 
 #[cfg(test)]
@@ -81,6 +90,11 @@ mod tests {
     fn garbage_is_none() {
         for s in [
             "",
+            "-1",
+            "-1700000000000",
+            "253402300800000",
+            "999999999999999",
+            "10000-01-01T00:00:00Z",
             "yesterday",
             "2023-13-14T22:13:20Z",
             "2023-11-14T22:13:20+25:00",

@@ -172,6 +172,9 @@ impl RegisterConfig {
         if !self.offset.is_finite() {
             return Err(config_error(key("offset"), "must be a finite number"));
         }
+        if let Some(unit) = &self.unit {
+            crate::config::validate_unit(&key("unit"), unit)?;
+        }
         Ok(())
     }
 }

@@ -247,6 +247,9 @@ impl SerialConfig {
         {
             validate_series_part("series_prefix", prefix)?;
         }
+        for (field, unit) in &self.units {
+            crate::config::validate_unit(&format!("units.{field}"), unit)?;
+        }
         if !(16..=1 << 20).contains(&self.max_line_bytes) {
             return Err(config_error(
                 "max_line_bytes",

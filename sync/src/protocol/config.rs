@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, MIN_FRAME_BYTES};
+use super::{
+    Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, MAX_FRAME_BYTES, MIN_FRAME_BYTES,
+};
 
 /// When a session ends by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,8 +31,9 @@ pub struct SyncConfig {
     pub zstd_level: i32,
     /// Largest frame accepted from the peer, in bytes, on the wire and once decompressed.
     pub max_frame_bytes: usize,
-    /// Byte budget of one outgoing page (estimated change size). Capped at half the peer's
-    /// `max_frame_bytes`, so an estimate that is off still fits in a frame.
+    /// Byte budget of one outgoing page (exact encoded change sizes). Capped at what the
+    /// peer's `max_frame_bytes` leaves for changes; a single change larger than the budget
+    /// goes alone in a page when it fits the peer's limit.
     pub page_bytes: usize,
     /// Most pages sent and not yet acknowledged (pipelining for throughput).
     pub window: usize,
@@ -91,10 +94,10 @@ impl SyncConfig {
         {
             return err("token", "is longer than 4096 bytes".into());
         }
-        if (self.max_frame_bytes as u64) < MIN_FRAME_BYTES {
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&(self.max_frame_bytes as u64)) {
             return err(
                 "max_frame_bytes",
-                format!("must be at least {MIN_FRAME_BYTES}"),
+                format!("must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES}"),
             );
         }
         if self.page_bytes == 0 || self.page_bytes > self.max_frame_bytes / 2 {

@@ -106,7 +106,7 @@ impl ProtocolError {
     }
 
     /// True when a new session may succeed without anyone changing anything: the link broke
-    /// or stalled, or the local store was briefly unavailable. False for refusals, bad
+    /// or stalled, or the local store was briefly busy. False for refusals, bad
     /// credentials, version mismatches and hostile or broken data, which need a person (the
     /// agent still retries them, with its longest backoff).
     pub fn is_transient(&self) -> bool {
@@ -144,6 +144,13 @@ mod tests {
         });
         assert_eq!(gap.code(), "seq_gap");
         assert!(!gap.is_transient());
-        assert!(ProtocolError::Store(StoreError::Closed).is_transient());
+        assert!(!ProtocolError::Store(StoreError::Closed).is_transient());
+        assert!(
+            !ProtocolError::Store(StoreError::Decode {
+                what: "rollup",
+                detail: "corrupt".into()
+            })
+            .is_transient()
+        );
     }
 }

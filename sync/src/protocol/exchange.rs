@@ -9,20 +9,33 @@
 //! and refuses gaps. So a page lost with the link is simply sent again by the next session,
 //! and a change that reaches a store by two paths is stored once.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use super::session::{Link, SessionEnd, unexpected};
-use super::{Ack, Frame, ProtocolError, SessionMode, SessionStats, SyncConfig};
-use crate::{ActorId, Change, ChangeEvent, Store, StoreError, VersionVector};
+use super::frame::vector_within;
+use super::session::{Link, PeerInfo, SessionEnd, unexpected};
+use super::{
+    Ack, Anchor, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode,
+    SessionStats, SyncConfig,
+};
+use crate::{ActorId, Change, ChangeEvent, Fork, Store, StoreError, VersionVector};
 
 pub(super) struct Exchange<'a> {
     store: &'a Store,
     config: &'a SyncConfig,
     stats: &'a SessionStats,
     link: &'a mut Link,
+    peer: &'a PeerInfo,
+    /// Actors whose history from this peer contradicts ours (two stores writing as one
+    /// actor): their changes from this peer are not merged for the rest of the session.
+    forked: HashSet<ActorId>,
+    /// Actors whose first new changes of the session went out with their anchor (the seq
+    /// and HLC of the change just below, which the peer holds), so the peer can tell a
+    /// forked history (see `forks.rs`) from a continued one. Once per actor and session.
+    anchored: HashSet<ActorId>,
     /// What the peer holds: its vector, its acks, and the changes it sent us (a store only
     /// sends what it holds, and holds contiguous runs).
     known: VersionVector,
@@ -35,8 +48,13 @@ pub(super) struct Exchange<'a> {
     more: bool,
     sent_live: bool,
     peer_live: bool,
-    /// Byte budget of one page: ours, capped at half of what the peer accepts per frame.
+    /// Byte budget of one page: ours, capped at what the peer's frame limit leaves for
+    /// changes.
     page_budget: usize,
+    /// Actors left out of this session because their next change can never fit the
+    /// peer's frame limit: actor → the seq of that change. Their later changes wait behind
+    /// it (a store holds contiguous runs); every other actor keeps syncing.
+    oversized: HashMap<ActorId, u64>,
     last_recheck: Instant,
     /// A `device` credential's bound actor and name: only that actor's changes are taken.
     origin: Option<(ActorId, String)>,
@@ -48,14 +66,21 @@ impl<'a> Exchange<'a> {
         config: &'a SyncConfig,
         stats: &'a SessionStats,
         link: &'a mut Link,
+        peer: &'a PeerInfo,
         theirs: VersionVector,
     ) -> Exchange<'a> {
-        let page_budget = config.page_bytes.min(link.peer_max / 2).max(1);
+        let page_budget = config
+            .page_bytes
+            .min(link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD))
+            .max(1);
         Exchange {
             store,
             config,
             stats,
             link,
+            peer,
+            forked: HashSet::new(),
+            anchored: HashSet::new(),
             sent: theirs.clone(),
             known: theirs,
             in_flight: VecDeque::new(),
@@ -64,6 +89,7 @@ impl<'a> Exchange<'a> {
             sent_live: false,
             peer_live: false,
             page_budget,
+            oversized: HashMap::new(),
             last_recheck: Instant::now(),
             origin: None,
         }
@@ -119,8 +145,17 @@ impl<'a> Exchange<'a> {
         while self.more && self.in_flight.len() < self.config.window.max(1) {
             let changes = self
                 .store
-                .changes_since(&self.sent, self.page_budget)
+                .changes_since(&self.cursor(), self.page_budget)
                 .await?;
+            // Only the first change of a page can be over the budget (it is taken whatever
+            // its size); if it is over the peer's limit too, no page can ever carry it.
+            if let Some(first) = changes.first() {
+                let size = first.encoded_len();
+                if size > self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD) {
+                    self.leave_out(first, size);
+                    continue;
+                }
+            }
             if changes.is_empty() {
                 self.more = false;
                 if !self.sent_live {
@@ -130,37 +165,135 @@ impl<'a> Exchange<'a> {
                 }
                 break;
             }
+            let anchors = self.anchors_for(&changes).await?;
             note(&mut self.sent, &changes);
             let page_id = self.next_page;
             self.next_page += 1;
             let n = changes.len();
-            self.link.send(&Frame::Page { page_id, changes }).await?;
+            self.link
+                .send(&Frame::Page {
+                    page_id,
+                    changes,
+                    anchors,
+                })
+                .await?;
             self.in_flight.push_back((page_id, n));
             self.stats.page_sent(n);
         }
         Ok(())
     }
 
+    /// Anchors for the actors whose first new changes of the session are in `changes`: the
+    /// seq and HLC of the change just below them, which the peer holds, so it can tell a
+    /// forked history (two stores writing as one actor, see `forks.rs`) from a continued one.
+    /// As many as fit the frame beside the changes; an actor left without one is anchored
+    /// in a later page.
+    async fn anchors_for(&mut self, changes: &[Change]) -> Result<Vec<Anchor>, ProtocolError> {
+        let mut seen = HashSet::new();
+        let dots: Vec<(ActorId, u64)> = changes
+            .iter()
+            .filter(|c| !self.anchored.contains(&c.actor) && seen.insert(c.actor))
+            .map(|c| (c.actor, c.seq - 1))
+            .collect();
+        if dots.is_empty() {
+            return Ok(Vec::new());
+        }
+        // An actor's first change at seq 1 needs no anchor: nothing of it is held.
+        for (actor, seq) in &dots {
+            if *seq == 0 {
+                self.anchored.insert(*actor);
+            }
+        }
+        let wanted: Vec<(ActorId, u64)> = dots.into_iter().filter(|d| d.1 > 0).collect();
+        let held = self.store.hlcs_at(&wanted).await?;
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let used: usize = changes.iter().map(Change::encoded_len).sum();
+        let mut room = self
+            .link
+            .peer_max
+            .saturating_sub(PAGE_FRAME_OVERHEAD + ANCHORS_FIELD_BYTES + used);
+        let mut anchors = Vec::with_capacity(held.len());
+        for (actor, seq, hlc) in held {
+            let anchor = Anchor { actor, seq, hlc };
+            let size = crate::change::cbor_len(&anchor);
+            if size > room {
+                break;
+            }
+            room -= size;
+            self.anchored.insert(actor);
+            anchors.push(anchor);
+        }
+        Ok(anchors)
+    }
+
+    /// Where the next page starts: above what was sent, and past every actor left out.
+    fn cursor(&self) -> Cow<'_, VersionVector> {
+        if self.oversized.is_empty() {
+            return Cow::Borrowed(&self.sent);
+        }
+        let mut cursor = self.sent.clone();
+        for actor in self.oversized.keys() {
+            cursor.set(*actor, u64::MAX);
+        }
+        Cow::Owned(cursor)
+    }
+
+    /// Leaves `change`'s actor out of this session: the change is `size` bytes, more than
+    /// the peer accepts in a frame. Counted and logged naming the change; the next session
+    /// tries again (the peer's limit may have been raised).
+    fn leave_out(&mut self, change: &Change, size: usize) {
+        let too_large = ChangeTooLarge {
+            actor: change.actor,
+            seq: change.seq,
+            size,
+            max: self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD),
+        };
+        tracing::warn!(actor = %change.actor, seq = change.seq, "sync: {too_large}");
+        self.stats.change_too_large(&too_large);
+        self.oversized.insert(change.actor, change.seq);
+    }
+
     /// Handles one frame; `Some` when the peer ended the session.
     async fn on_frame(&mut self, frame: Frame) -> Result<Option<SessionEnd>, ProtocolError> {
         match frame {
-            Frame::Page { page_id, changes } => {
+            Frame::Page {
+                page_id,
+                changes,
+                anchors,
+            } => {
                 let mut holds = VersionVector::new();
                 note(&mut holds, &changes);
                 // Changes stamped too far ahead are held back per actor; the rest is one
                 // call, one transaction: any other bad change refuses the whole page.
                 let changes = screen_page(self.store, self.stats, self.origin.as_ref(), changes);
+                let changes = screen_forks(
+                    self.store,
+                    self.stats,
+                    self.peer,
+                    &mut self.forked,
+                    changes,
+                    &anchors,
+                )
+                .await?;
                 let outcome = self.store.apply_remote(changes).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
                 self.sent.merge(&holds);
                 self.stats.their_vector(&self.known);
+                // What we hold of the page's actors (not our whole vector, which may name
+                // more actors than one frame of the peer's holds).
+                let vector = vector_within(
+                    self.store.version_vector_of(holds.iter().map(|(a, _)| a)),
+                    self.link.peer_max,
+                );
                 self.link
                     .send(&Frame::Ack(Ack {
                         page_id,
                         applied: outcome.applied as u64,
                         skipped: outcome.skipped as u64,
-                        vector: self.store.version_vector(),
+                        vector,
                     }))
                     .await?;
             }
@@ -218,6 +351,9 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// Most bytes the `anchors` key and its array header add to a page frame.
+const ANCHORS_FIELD_BYTES: usize = 16;
+
 /// Raises `v` to the highest seq per actor among `changes`. Valid as a statement of what
 /// the changes' holder holds, because stores hold contiguous runs per actor.
 fn note(v: &mut VersionVector, changes: &[Change]) {
@@ -254,4 +390,83 @@ pub(super) fn screen_page(
         tracing::warn!(actor = %q.actor, seq = q.seq, "sync: {q}");
     }
     accepted
+}
+
+/// The changes of a received page that do not fork an actor's history (see
+/// [`Store::find_forks`]): an actor whose change from `peer` contradicts the store's copy of
+/// the same `(actor, seq)` goes into `forked`, is reported (counted, logged as an error naming
+/// this peer and the actor), and none of its changes from this peer are merged while the
+/// session lasts — the rest of the page applies.
+pub(super) async fn screen_forks(
+    store: &Store,
+    stats: &SessionStats,
+    peer: &PeerInfo,
+    forked: &mut HashSet<ActorId>,
+    mut changes: Vec<Change>,
+    anchors: &[Anchor],
+) -> Result<Vec<Change>, ProtocolError> {
+    changes.retain(|c| !forked.contains(&c.actor));
+    let anchors: Vec<(ActorId, u64, crate::Hlc)> = anchors
+        .iter()
+        .filter(|a| !forked.contains(&a.actor))
+        .map(|a| (a.actor, a.seq, a.hlc))
+        .collect();
+    let forks = store.find_forks(&changes, &anchors).await?;
+    if forks.is_empty() {
+        return Ok(changes);
+    }
+    for fork in &forks {
+        let report = ActorFork::new(store, peer, fork);
+        tracing::error!(actor = %fork.actor, seq = fork.seq, "sync: {report}");
+        stats.forked(&report);
+        forked.insert(fork.actor);
+    }
+    changes.retain(|c| !forked.contains(&c.actor));
+    Ok(changes)
+}
+
+/// A fork found on a link, with who is involved, as reported in logs and status.
+pub(crate) struct ActorFork {
+    fork: Fork,
+    peer_name: String,
+    peer_actor: ActorId,
+    own: bool,
+}
+
+impl ActorFork {
+    fn new(store: &Store, peer: &PeerInfo, fork: &Fork) -> ActorFork {
+        ActorFork {
+            fork: fork.clone(),
+            // The name it was let in under (its credential) when we authenticated it, else
+            // the name it gave itself.
+            peer_name: peer.principal.clone().unwrap_or_else(|| peer.name.clone()),
+            peer_actor: peer.actor,
+            own: fork.actor == store.actor(),
+        }
+    }
+}
+
+impl std::fmt::Display for ActorFork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (actor, peer) = (self.fork.actor, &self.peer_name);
+        let who = if self.own {
+            format!(
+                "this store and another one that peer {peer:?} relays both write as this store's own actor {actor}"
+            )
+        } else if actor == self.peer_actor {
+            format!(
+                "peer {peer:?} (actor {actor}) and the store this one first received actor {actor} from both write as {actor}"
+            )
+        } else {
+            format!(
+                "the store that sent actor {actor}'s changes to peer {peer:?} and the one that sent them here both write as {actor}"
+            )
+        };
+        write!(
+            f,
+            "{}: {who} — a cloned SD card or a backup restored on a second device; actor {actor} \
+             is no longer merged from peer {peer:?}. Stop the copy and run `kdelta rekey` on it",
+            self.fork
+        )
+    }
 }

@@ -17,12 +17,29 @@ use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
 use super::envelope::Envelope;
-use crate::{ActorId, Change, ClockClaim, Limits, VersionVector};
+use crate::{ActorId, Change, ClockClaim, Hlc, Limits, VersionVector};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// Default largest frame, in bytes, on the wire and once decompressed.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 2 << 20;
+/// Default largest frame, in bytes, on the wire and once decompressed: the default
+/// `max_change_bytes` (4 MiB) plus room for the page around it, so every change a store
+/// accepts with default limits fits a frame.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = (4 << 20) + (64 << 10);
+/// Largest `max_frame_bytes` this build allows itself (config) or honours from a peer: a
+/// frame is held whole in memory, several per session.
+pub const MAX_FRAME_BYTES: u64 = 64 << 20;
+/// Most bytes a `Page` frame takes besides its changes' own encodings
+/// ([`Change::encoded_len`]): header byte, envelope, page id and array header (53 at most;
+/// proven by a test against the encoder). A page fits a peer's limit when its changes'
+/// sizes plus this do.
+pub const PAGE_FRAME_OVERHEAD: usize = 64;
+/// Most bytes one version-vector entry (16-byte actor, seq) takes in CBOR.
+pub const VECTOR_ENTRY_MAX_BYTES: usize = 26;
+/// Most bytes a `Vector`, `VectorPart` or `Ack` frame takes besides its vector entries.
+pub const VECTOR_FRAME_OVERHEAD: usize = 128;
+/// Most actors a peer's version vector may name: its parts are assembled in memory before
+/// the exchange starts (about 50 bytes each).
+pub const MAX_VECTOR_ACTORS: usize = 4_000_000;
 /// Default byte budget of one page of changes.
 pub const DEFAULT_PAGE_BYTES: usize = 1 << 20;
 /// Longest peer name, refusal message or bye reason, in bytes.
@@ -132,8 +149,20 @@ pub struct Ack {
     pub applied: u64,
     /// Changes of the page the receiver already held.
     pub skipped: u64,
-    /// The receiver's version vector after applying the page.
+    /// The receiver's version vector after applying the page, for the page's actors (as
+    /// many as fit one frame); earlier releases sent the whole vector.
     pub vector: VersionVector,
+}
+
+/// A change the receiver of a page should already hold, named by actor, seq and HLC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The change's actor.
+    pub actor: ActorId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its HLC, as the sender holds it.
+    pub hlc: Hlc,
 }
 
 /// One message of the sync protocol.
@@ -151,14 +180,23 @@ pub enum Frame {
         /// Human-readable explanation.
         message: String,
     },
-    /// Either side, once after the handshake: what I hold.
+    /// Either side, once after the handshake: what I hold (the last or only part of it).
     Vector(VersionVector),
+    /// A leading part of a version vector too large for one frame; the `Vector` that
+    /// follows completes it. Sent only when the vector does not fit one frame of the peer's.
+    VectorPart(VersionVector),
     /// Changes the receiver lacks, applied in one transaction and answered with an `Ack`.
     Page {
         /// Sender-chosen id, increasing within a session.
         page_id: u64,
         /// The changes, in per-actor seq order.
         changes: Vec<Change>,
+        /// For actors whose first new changes of the session are in this page: the change
+        /// just below them, which the receiver holds, by seq and HLC. A receiver whose copy
+        /// has another HLC has found a fork — two stores writing as one actor. Absent from
+        /// pages of earlier releases (and ignored by them).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        anchors: Vec<Anchor>,
     },
     /// The answer to a `Page`.
     Ack(Ack),
@@ -184,6 +222,7 @@ impl Frame {
             Frame::Welcome(_) => "welcome",
             Frame::Refuse { .. } => "refuse",
             Frame::Vector(_) => "vector",
+            Frame::VectorPart(_) => "vector_part",
             Frame::Page { .. } => "page",
             Frame::Ack(_) => "ack",
             Frame::Live => "live",
@@ -362,7 +401,18 @@ impl FrameCodec {
                 text("refusal message", message, MAX_TEXT_BYTES)?;
             }
             Frame::Bye { reason } => text("bye reason", reason, MAX_TEXT_BYTES)?,
-            Frame::Page { page_id, changes } => {
+            Frame::Page {
+                page_id,
+                changes,
+                anchors,
+            } => {
+                if anchors.len() > changes.len() {
+                    return Err(ProtocolError::Malformed(format!(
+                        "page {page_id} has {} anchors for {} changes",
+                        anchors.len(),
+                        changes.len()
+                    )));
+                }
                 for (i, c) in changes.iter().enumerate() {
                     c.validate(&self.limits).map_err(|e| {
                         ProtocolError::Malformed(format!(
@@ -372,11 +422,17 @@ impl FrameCodec {
                     })?;
                 }
             }
-            Frame::Vector(_) | Frame::Ack(_) | Frame::Live | Frame::Ping | Frame::Pong => {}
+            Frame::Vector(_)
+            | Frame::VectorPart(_)
+            | Frame::Ack(_)
+            | Frame::Live
+            | Frame::Ping
+            | Frame::Pong => {}
         }
         // A vector from the wire may carry explicit zeros; rebuild it so it is canonical.
         Ok(match frame {
             Frame::Vector(v) => Frame::Vector(v.iter().collect()),
+            Frame::VectorPart(v) => Frame::VectorPart(v.iter().collect()),
             Frame::Ack(a) => Frame::Ack(Ack {
                 vector: a.vector.iter().collect(),
                 ..a
@@ -411,6 +467,36 @@ fn frame_limit(n: u64) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// The version-vector frames for `vector`, each within `peer_max` bytes: one `Vector` when
+/// it fits, else `VectorPart`s followed by a closing `Vector`, so a store that knows any
+/// number of actors can still say what it holds.
+pub(crate) fn vector_frames(vector: &VersionVector, peer_max: usize) -> Vec<Frame> {
+    let per_frame =
+        (peer_max.saturating_sub(VECTOR_FRAME_OVERHEAD) / VECTOR_ENTRY_MAX_BYTES).max(1);
+    if vector.len() <= per_frame {
+        return vec![Frame::Vector(vector.clone())];
+    }
+    let entries: Vec<(ActorId, u64)> = vector.iter().collect();
+    let mut parts: Vec<Frame> = entries
+        .chunks(per_frame)
+        .map(|chunk| Frame::VectorPart(chunk.iter().copied().collect()))
+        .collect();
+    if let Some(Frame::VectorPart(last)) = parts.pop() {
+        parts.push(Frame::Vector(last));
+    }
+    parts
+}
+
+/// At most as many entries of `vector` as fit one frame of `peer_max` bytes (an `Ack`'s
+/// vector is a hint: what it leaves out the sender learns from later acks or sessions).
+pub(crate) fn vector_within(vector: VersionVector, peer_max: usize) -> VersionVector {
+    let fit = peer_max.saturating_sub(VECTOR_FRAME_OVERHEAD) / VECTOR_ENTRY_MAX_BYTES;
+    if vector.len() <= fit {
+        return vector;
+    }
+    vector.iter().take(fit).collect()
+}
+
 /// Shortens `s` to at most `max` bytes on a character boundary (for outgoing texts that
 /// quote errors of unbounded length).
 pub(crate) fn clip(s: &str, max: usize) -> String {
@@ -436,6 +522,7 @@ mod tests {
         }
         Frame::Page {
             page_id: 7,
+            anchors: vec![],
             changes: vec![Change {
                 actor: ActorId([1; 16]),
                 seq: 1,
@@ -553,6 +640,7 @@ mod tests {
         let bad = Frame::Page {
             page_id: 1,
             changes,
+            anchors: vec![],
         };
         let bytes = FrameCodec::default()
             .encode(&bad, Compression::None, usize::MAX)
@@ -572,6 +660,129 @@ mod tests {
             FrameCodec::default().decode(&bytes).unwrap_err().code(),
             "malformed"
         );
+    }
+
+    /// A page frame is its changes' exact sizes plus at most [`PAGE_FRAME_OVERHEAD`], with
+    /// the largest page id and an array header of several bytes (70,000 changes).
+    #[test]
+    fn page_frames_are_their_changes_plus_the_overhead() {
+        let codec = FrameCodec::default();
+        let Frame::Page { changes: one, .. } = page(300) else {
+            unreachable!()
+        };
+        let many: Vec<Change> = (1..=70_000u64)
+            .map(|seq| Change {
+                seq,
+                body: ChangeBody::Readings({
+                    let mut b = ReadingBatch::new();
+                    b.push("t", seq as i64, 1.0, None);
+                    b
+                }),
+                ..one[0].clone()
+            })
+            .collect();
+        for (page_id, changes) in [(0, vec![]), (u64::MAX, one), (u64::MAX, many)] {
+            let sizes: usize = changes.iter().map(Change::encoded_len).sum();
+            let frame = Frame::Page {
+                page_id,
+                changes,
+                anchors: vec![],
+            };
+            let bytes = codec.encode(&frame, Compression::None, usize::MAX).unwrap();
+            assert!(
+                bytes.len() <= sizes + PAGE_FRAME_OVERHEAD,
+                "{} > {sizes}",
+                bytes.len()
+            );
+        }
+        // Anchors add their own sizes and at most 16 bytes for the field (exchange.rs).
+        let Frame::Page { changes: one, .. } = page(10) else {
+            unreachable!()
+        };
+        let changes: Vec<Change> = (1..=5)
+            .map(|seq| Change {
+                seq,
+                ..one[0].clone()
+            })
+            .collect();
+        let anchors: Vec<Anchor> = (0..5u8)
+            .map(|i| Anchor {
+                actor: ActorId([i; 16]),
+                seq: u64::MAX,
+                hlc: Hlc(u64::MAX),
+            })
+            .collect();
+        let sizes: usize = changes.iter().map(Change::encoded_len).sum::<usize>()
+            + anchors.iter().map(crate::change::cbor_len).sum::<usize>();
+        let frame = Frame::Page {
+            page_id: u64::MAX,
+            changes,
+            anchors,
+        };
+        let bytes = codec.encode(&frame, Compression::None, usize::MAX).unwrap();
+        assert!(bytes.len() <= sizes + PAGE_FRAME_OVERHEAD + 16);
+        assert_eq!(codec.decode(&bytes).unwrap(), frame);
+        // More anchors than changes is not a page a conforming peer sends.
+        let Frame::Page {
+            mut changes,
+            anchors,
+            ..
+        } = frame
+        else {
+            unreachable!()
+        };
+        changes.truncate(1);
+        let bytes = codec
+            .encode(
+                &Frame::Page {
+                    page_id: 1,
+                    changes,
+                    anchors,
+                },
+                Compression::None,
+                usize::MAX,
+            )
+            .unwrap();
+        assert_eq!(codec.decode(&bytes).unwrap_err().code(), "malformed");
+    }
+
+    /// Any vector goes in frames within the peer's limit, and reads back whole.
+    #[test]
+    fn vectors_of_any_size_fit_the_peers_frames() {
+        let codec = FrameCodec::default();
+        let vector: VersionVector = (0..20_000u32)
+            .map(|i| {
+                let mut a = [0xFF; 16];
+                a[..4].copy_from_slice(&i.to_le_bytes());
+                (ActorId(a), u64::MAX - i as u64)
+            })
+            .collect();
+        for max in [MIN_FRAME_BYTES as usize, 200_000, DEFAULT_MAX_FRAME_BYTES] {
+            let frames = vector_frames(&vector, max);
+            assert_eq!(frames.len() == 1, max == DEFAULT_MAX_FRAME_BYTES);
+            let mut back = VersionVector::new();
+            for (i, f) in frames.iter().enumerate() {
+                let bytes = codec.encode(f, Compression::None, max).unwrap();
+                match codec.decode(&bytes).unwrap() {
+                    Frame::VectorPart(v) if i + 1 < frames.len() => back.merge(&v),
+                    Frame::Vector(v) if i + 1 == frames.len() => back.merge(&v),
+                    other => panic!("unexpected {}", other.kind()),
+                }
+            }
+            assert_eq!(back, vector);
+            let ack = vector_within(vector.clone(), max);
+            let bytes = codec.encode(
+                &Frame::Ack(Ack {
+                    page_id: u64::MAX,
+                    applied: u64::MAX,
+                    skipped: u64::MAX,
+                    vector: ack,
+                }),
+                Compression::None,
+                max,
+            );
+            assert!(bytes.is_ok());
+        }
     }
 
     #[test]

@@ -8,11 +8,17 @@
 //!   accepted compressions, frame limit); the responder checks it with its
 //!   [`Authenticator`] (tokens compared in constant time by [`TokenAuthenticator`]) and
 //!   answers [`Welcome`] or `Refuse`.
-//! - **Catch-up**: both send their [`VersionVector`](crate::VersionVector); each streams
-//!   `Page`s of [`Store::changes_since`](crate::Store::changes_since) the other's vector,
-//!   bounded by bytes, with at most `window` pages unacknowledged. Each received page is
-//!   applied with one [`Store::apply_remote`](crate::Store::apply_remote) call (one
-//!   transaction) and answered with an [`Ack`] carrying the receiver's new vector.
+//! - **Catch-up**: both send their [`VersionVector`](crate::VersionVector) (the initiator
+//!   first; a vector too large for one frame goes as `VectorPart`s closed by a `Vector`,
+//!   so any number of actors fits); each streams `Page`s of
+//!   [`Store::changes_since`](crate::Store::changes_since) the other's vector, sized exactly
+//!   ([`Change::encoded_len`](crate::Change::encoded_len)) to fit the peer's frame limit,
+//!   with at most `window` pages unacknowledged. A change that can never fit the peer's
+//!   limit is reported (counted in [`SessionStats`], logged naming actor and seq) and its
+//!   actor is left out of this session, while every other actor keeps syncing. Each
+//!   received page is applied with one [`Store::apply_remote`](crate::Store::apply_remote)
+//!   call (one transaction) and answered with an [`Ack`] carrying the receiver's vector
+//!   for the page's actors.
 //! - **Live**: once a side has sent its backlog it says `Live` and then pushes new commits
 //!   as the store announces them (re-checking the change log periodically, since the
 //!   announcement channel may lag). `Ping`/`Pong` keep idle links alive.
@@ -65,6 +71,7 @@ mod envelope;
 mod error;
 mod exchange;
 mod frame;
+mod oversized;
 mod quarantine;
 mod session;
 mod stats;
@@ -74,9 +81,12 @@ pub use auth::{Authenticator, PeerCredentials, PeerRole, TokenAuthenticator};
 pub use config::{ConfigError, SessionMode, SyncConfig};
 pub use error::ProtocolError;
 pub use frame::{
-    Ack, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec, Hello,
-    MAX_COMPRESSIONS, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MIN_FRAME_BYTES, PROTOCOL_VERSION, Welcome,
+    Ack, Anchor, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec,
+    Hello, MAX_COMPRESSIONS, MAX_FRAME_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MAX_VECTOR_ACTORS,
+    MIN_FRAME_BYTES, PAGE_FRAME_OVERHEAD, PROTOCOL_VERSION, VECTOR_ENTRY_MAX_BYTES,
+    VECTOR_FRAME_OVERHEAD, Welcome,
 };
+pub use oversized::ChangeTooLarge;
 pub use quarantine::{ForeignChange, Quarantined};
 pub use session::{PeerInfo, SessionEnd, SessionSummary, SyncSession};
 pub use stats::{Direction, LastError, SessionPhase, SessionStats, StatsSnapshot};

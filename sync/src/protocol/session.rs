@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::exchange::Exchange;
-use super::frame::clip;
+use super::frame::{clip, vector_frames};
 use super::{
-    Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello, MIN_FRAME_BYTES,
-    PROTOCOL_VERSION, PeerCredentials, PeerRole, ProtocolError, SessionStats, SyncConfig, Welcome,
+    Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello,
+    MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole,
+    ProtocolError, SessionStats, SyncConfig, Welcome,
 };
 use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
 
@@ -26,7 +27,8 @@ use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
 /// initiator                         responder
 ///   Hello{version, actor, token} ──▶  authenticate, pick compression
 ///                                ◀──  Welcome{actor, compression}   (or Refuse)
-///   Vector(mine)                 ◀─▶  Vector(mine)
+///   VectorPart…, Vector(mine)    ──▶  (parts only when one frame cannot hold it)
+///                                ◀──  VectorPart…, Vector(mine)
 ///   Page{id, changes}…           ◀─▶  Page…     each applied in one transaction,
 ///   Ack{id, vector}…             ◀─▶  Ack…      at most `window` pages unacknowledged
 ///   Live                         ◀─▶  Live      backlog sent; push new commits from here
@@ -225,8 +227,8 @@ impl SyncSession {
             r = self.drive(&mut link, &mut peer) => r,
             () = shutdown => Ok(SessionEnd::Shutdown),
         };
-        if matches!(result, Err(ProtocolError::Closed)) && peer.is_some() {
-            self.apply_received(&mut link).await;
+        if let (Err(ProtocolError::Closed), Some(peer)) = (&result, &peer) {
+            self.apply_received(&mut link, peer).await;
         }
         match &result {
             Ok(SessionEnd::Shutdown) => {
@@ -261,18 +263,38 @@ impl SyncSession {
     /// peer learns from our vector next session), so a cut costs at most the page it
     /// interrupted. Stops at the reader's end of the link, on an error, or after a grace
     /// period of at most 5 s (a half-open link may never report its end).
-    async fn apply_received(&self, link: &mut Link) {
+    async fn apply_received(&self, link: &mut Link, peer: &PeerInfo) {
         let grace = self.config.handshake_timeout.min(Duration::from_secs(5));
         let deadline = Instant::now() + grace;
+        let mut forked = std::collections::HashSet::new();
         while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, link.inbound.recv()).await
         {
-            if let Frame::Page { changes, .. } = frame {
+            if let Frame::Page {
+                changes, anchors, ..
+            } = frame
+            {
                 let changes = super::exchange::screen_page(
                     &self.store,
                     &self.stats,
                     self.origin.get(),
                     changes,
                 );
+                let changes = match super::exchange::screen_forks(
+                    &self.store,
+                    &self.stats,
+                    peer,
+                    &mut forked,
+                    changes,
+                    &anchors,
+                )
+                .await
+                {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a page received before the link failed was not checked");
+                        return;
+                    }
+                };
                 match self.store.apply_remote(changes).await {
                     Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
                     Err(e) => {
@@ -296,12 +318,25 @@ impl SyncSession {
         *peer_out = Some(peer.clone());
         // Subscribe before the first read of the change log, so no commit falls between.
         let events = self.store.subscribe();
-        link.send(&Frame::Vector(self.store.version_vector()))
-            .await?;
-        let theirs = match timeout(limit, expect_vector(link))
-            .await
-            .map_err(|_| ProtocolError::Timeout("waiting for the peer's version vector"))??
-        {
+        let mine = self.store.version_vector();
+        // The initiator's vector goes first, the responder's once it has the initiator's:
+        // a vector of many frames is never sent by both sides at once (each blocked on a
+        // full queue, neither reading). A peer of an earlier release that sends its vector
+        // straight away is read afterwards all the same.
+        let theirs = match self.role {
+            Role::Initiator => {
+                send_vector(link, &mine).await?;
+                receive_vector(link, limit).await?
+            }
+            Role::Responder(_) => {
+                let theirs = receive_vector(link, limit).await?;
+                if theirs.is_ok() {
+                    send_vector(link, &mine).await?;
+                }
+                theirs
+            }
+        };
+        let theirs = match theirs {
             Ok(v) => v,
             Err(reason) => return Ok(SessionEnd::PeerBye(reason)),
         };
@@ -309,7 +344,7 @@ impl SyncSession {
             .connected(peer.actor, &peer.name, peer.principal.clone());
         self.stats.their_vector(&theirs);
         tracing::debug!(peer = %peer.name, actor = %peer.actor, "sync session connected");
-        Exchange::new(&self.store, &self.config, &self.stats, link, theirs)
+        Exchange::new(&self.store, &self.config, &self.stats, link, &peer, theirs)
             .only_from(self.origin.get().cloned())
             .run(events)
             .await
@@ -439,15 +474,49 @@ impl SyncSession {
     }
 }
 
-/// Waits for the peer's `Vector`, answering keepalives; `Err(reason)` when it says `Bye`.
-async fn expect_vector(link: &mut Link) -> Result<Result<VersionVector, String>, ProtocolError> {
+/// Sends `vector` in as many frames as the peer's limit needs.
+async fn send_vector(link: &mut Link, vector: &VersionVector) -> Result<(), ProtocolError> {
+    for frame in vector_frames(vector, link.peer_max) {
+        link.send(&frame).await?;
+    }
+    Ok(())
+}
+
+/// Receives the peer's vector (its `VectorPart`s, then the closing `Vector`), answering
+/// keepalives; `Err(reason)` when it says `Bye`. Each frame must come within `limit`, and
+/// the whole vector may name at most [`MAX_VECTOR_ACTORS`] actors.
+async fn receive_vector(
+    link: &mut Link,
+    limit: Duration,
+) -> Result<Result<VersionVector, String>, ProtocolError> {
+    let mut theirs = VersionVector::new();
     loop {
-        match link.recv().await? {
-            Frame::Vector(v) => return Ok(Ok(v)),
-            Frame::Ping => link.send(&Frame::Pong).await?,
-            Frame::Pong => {}
+        let frame = timeout(limit, link.recv())
+            .await
+            .map_err(|_| ProtocolError::Timeout("waiting for the peer's version vector"))??;
+        let (part, last) = match frame {
+            Frame::VectorPart(v) => (v, false),
+            Frame::Vector(v) => (v, true),
+            Frame::Ping => {
+                link.send(&Frame::Pong).await?;
+                continue;
+            }
+            Frame::Pong => continue,
             Frame::Bye { reason } => return Ok(Err(reason)),
             other => return Err(unexpected("vector", &other)),
+        };
+        if theirs.len().saturating_add(part.len()) > MAX_VECTOR_ACTORS {
+            return Err(ProtocolError::Malformed(format!(
+                "the peer's version vector names more than {MAX_VECTOR_ACTORS} actors"
+            )));
+        }
+        if theirs.is_empty() {
+            theirs = part;
+        } else {
+            theirs.merge(&part);
+        }
+        if last {
+            return Ok(Ok(theirs));
         }
     }
 }

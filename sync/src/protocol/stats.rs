@@ -64,6 +64,8 @@ pub struct SessionStats {
     changes_skipped: AtomicU64,
     changes_quarantined: AtomicU64,
     changes_refused: AtomicU64,
+    changes_too_large: AtomicU64,
+    actor_forks: AtomicU64,
     sessions: AtomicU64,
     state: Mutex<State>,
 }
@@ -82,6 +84,8 @@ struct State {
     role: Option<super::PeerRole>,
     bound_actor: Option<ActorId>,
     last_refusal: Option<LastError>,
+    last_too_large: Option<LastError>,
+    last_fork: Option<LastError>,
 }
 
 /// The error that ended the most recent failed session.
@@ -148,6 +152,16 @@ pub struct StatsSnapshot {
     pub changes_refused: u64,
     /// The most recent such refusal (code `foreign_actor`), naming actor, seq and credential.
     pub last_refusal: Option<LastError>,
+    /// Changes left unsent because they are larger than the peer's frame limit (each
+    /// counted once per session; see [`ChangeTooLarge`](super::ChangeTooLarge)).
+    pub changes_too_large: u64,
+    /// The most recent such change (code `change_too_large`), naming the actor and seq.
+    pub last_too_large: Option<LastError>,
+    /// Actors whose history from this peer forked from ours (two stores writing as one
+    /// actor: a cloned card), each counted once per session; they are not merged from it.
+    pub actor_forks: u64,
+    /// The most recent such fork (code `actor_fork`), naming the actor, seq and peers.
+    pub last_fork: Option<LastError>,
     /// The error that ended the most recent failed session.
     pub last_error: Option<LastError>,
 }
@@ -177,6 +191,8 @@ impl Default for SessionStats {
             changes_skipped: AtomicU64::new(0),
             changes_quarantined: AtomicU64::new(0),
             changes_refused: AtomicU64::new(0),
+            changes_too_large: AtomicU64::new(0),
+            actor_forks: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             state: Mutex::new(State {
                 phase: SessionPhase::Idle,
@@ -191,6 +207,8 @@ impl Default for SessionStats {
                 role: None,
                 bound_actor: None,
                 last_refusal: None,
+                last_too_large: None,
+                last_fork: None,
             }),
         }
     }
@@ -231,6 +249,10 @@ impl SessionStats {
             bound_actor: s.bound_actor,
             changes_refused: self.changes_refused.load(Relaxed),
             last_refusal: s.last_refusal,
+            changes_too_large: self.changes_too_large.load(Relaxed),
+            last_too_large: s.last_too_large,
+            actor_forks: self.actor_forks.load(Relaxed),
+            last_fork: s.last_fork,
         }
     }
 
@@ -324,6 +346,24 @@ impl SessionStats {
         self.lock().last_refusal = Some(LastError {
             code: "foreign_actor".into(),
             message: f.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
+    }
+
+    pub(crate) fn change_too_large(&self, c: &super::ChangeTooLarge) {
+        self.changes_too_large.fetch_add(1, Relaxed);
+        self.lock().last_too_large = Some(LastError {
+            code: "change_too_large".into(),
+            message: c.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
+    }
+
+    pub(crate) fn forked(&self, fork: &super::exchange::ActorFork) {
+        self.actor_forks.fetch_add(1, Relaxed);
+        self.lock().last_fork = Some(LastError {
+            code: "actor_fork".into(),
+            message: fork.to_string(),
             at_ms: SystemTime.now_ms(),
         });
     }

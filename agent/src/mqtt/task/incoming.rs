@@ -48,9 +48,15 @@ impl Runner {
         if let Some(series) = self.topics.ingest_series(topic) {
             if self.cfg.ingest {
                 match payload::decode_ingest(series, payload, crate::time::now_ms()) {
-                    Ok(readings) => {
-                        self.add_readings(readings).await?;
-                        return Ok(true);
+                    Ok(ingested) => {
+                        // Each refused element is counted; the rest of the array is kept.
+                        for (i, why) in &ingested.refused {
+                            self.bad_payload("ingest", topic, &format!("element {i}: {why}"));
+                        }
+                        if !ingested.readings.is_empty() {
+                            self.add_readings(ingested.readings).await?;
+                            return Ok(true);
+                        }
                     }
                     Err(e) => self.bad_payload("ingest", topic, &e),
                 }
@@ -131,7 +137,8 @@ impl Runner {
         let started = Instant::now();
         let mut wait = RETRY_FIRST;
         loop {
-            match self.deps.store.append(batch.clone()).await {
+            // Several changes when one would be too large: no reading is lost to the size limit.
+            match self.deps.store.append_in_parts(batch.clone()).await {
                 Ok(_) => {
                     IngestCommitted {
                         source: SOURCE,
