@@ -212,11 +212,6 @@ pub struct DocWrite {
 }
 
 impl DocWrite {
-    /// A cheap upper estimate of this write's share of an encoded change.
-    pub(crate) fn estimated_size(&self) -> usize {
-        16 + self.key.len() + self.value.as_ref().map_or(0, Vec::len) + self.context.len() * 28
-    }
-
     pub(crate) fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
         validate_key(&self.key)?;
         if let Some(v) = &self.value
@@ -401,11 +396,19 @@ impl ReadingBatch {
     }
 
     /// Splits a batch of at least two readings into two non-empty halves: by series when
-    /// it has several, else by time (unit and metadata go with both halves).
+    /// it has several, else by time (unit, metadata and the timing record go with both
+    /// halves).
     pub fn split_in_two(mut self) -> (ReadingBatch, ReadingBatch) {
+        let timing = self.timing;
         if self.series.len() > 1 {
             let second = self.series.split_off(self.series.len() / 2);
-            return (self, ReadingBatch { series: second });
+            return (
+                self,
+                ReadingBatch {
+                    series: second,
+                    timing,
+                },
+            );
         }
         let Some(mut first) = self.series.pop() else {
             return (ReadingBatch::new(), ReadingBatch::new());
@@ -421,9 +424,11 @@ impl ReadingBatch {
         (
             ReadingBatch {
                 series: vec![first],
+                timing,
             },
             ReadingBatch {
                 series: vec![second],
+                timing,
             },
         )
     }
@@ -835,8 +840,12 @@ mod tests {
                 values: pts.values().copied().collect(),
             });
         let body = prop_oneof![
-            proptest::collection::vec(series, 0..5)
-                .prop_map(|series| ChangeBody::Readings(ReadingBatch { series })),
+            proptest::collection::vec(series, 0..5).prop_map(|series| ChangeBody::Readings(
+                ReadingBatch {
+                    series,
+                    timing: None,
+                }
+            )),
             (
                 "[ -~]{1,40}",
                 proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),

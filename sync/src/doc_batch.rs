@@ -25,15 +25,6 @@ pub struct DocBatch {
 }
 
 impl DocBatch {
-    /// A cheap upper estimate of this body's share of an encoded change (every write counted).
-    pub(crate) fn estimated_size(&self) -> usize {
-        16 + self
-            .writes
-            .iter()
-            .map(DocWrite::estimated_size)
-            .sum::<usize>()
-    }
-
     /// Checks the batch: 1 to `max_batch_docs` writes, each valid (key, value size, context
     /// size), no key twice. Errors about one write name its index
     /// ([`StoreError::BatchEntry`]).

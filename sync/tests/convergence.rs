@@ -234,3 +234,118 @@ proptest! {
         });
     }
 }
+
+/// Milliseconds in a (Julian) year.
+const YEAR_MS: i64 = 31_557_600_000;
+/// Wall time of a replica with a correct clock: 2026-11-25.
+const NOW_MS: i64 = 1_764_000_000_000;
+
+/// A wall-clock offset from the correct time: from 55 years behind (a Pi booted in 1970) to
+/// one year ahead, with the common cases (exact, minutes off, weeks behind) weighted in.
+fn clock_offset() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(0i64),
+        -600_000i64..600_000,
+        Just(-14 * 86_400_000i64),
+        Just(-NOW_MS + 5_000), // 1970-01-01, five seconds after boot
+        -55 * YEAR_MS..YEAR_MS,
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum ClockStep {
+    Step(Step),
+    /// The replica's wall clock jumps to a new offset (NTP answering, a reboot, a bad RTC).
+    Jump {
+        replica: usize,
+        offset_ms: i64,
+    },
+}
+
+fn clocked_scenario() -> impl Strategy<Value = (Vec<i64>, Vec<ClockStep>)> {
+    (3usize..=4).prop_flat_map(|n| {
+        let step = prop_oneof![
+            6 => steps(n).prop_map(|s| s.into_iter().map(ClockStep::Step).collect::<Vec<_>>()),
+            1 => (0..n, clock_offset())
+                .prop_map(|(replica, offset_ms)| vec![ClockStep::Jump { replica, offset_ms }]),
+        ];
+        (
+            proptest::collection::vec(clock_offset(), n),
+            proptest::collection::vec(step, 1..4).prop_map(|v| v.concat()),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    /// The same merge with every replica's wall clock wrong by its own amount (−55 years to
+    /// +1 year) and jumping while it runs: replicas still converge, and no replica's HLC ever
+    /// runs backwards — a change made after others were seen is stamped after them, whatever
+    /// the wall clock says (far-future protection is the protocol's, judged elsewhere; the
+    /// offset bound is opened here so every change is delivered).
+    #[test]
+    fn replicas_with_wrong_and_jumping_clocks_converge((offsets, steps) in clocked_scenario()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let config = StoreConfig {
+                max_clock_offset_ms: (60 * YEAR_MS) as u64,
+                ..StoreConfig::default()
+            };
+            let wall = |offset: i64| (NOW_MS + offset).max(0) as u64;
+            let mut clocks = Vec::new();
+            let mut stores = Vec::new();
+            for (i, offset) in offsets.iter().enumerate() {
+                let clock = ManualTime::new(wall(*offset));
+                stores.push(
+                    Store::open_with_time(dir.path().join(format!("r{i}.db")), config.clone(), clock.clone())
+                        .await
+                        .unwrap(),
+                );
+                clocks.push(clock);
+            }
+            let n = stores.len();
+            for step in &steps {
+                match step {
+                    ClockStep::Jump { replica, offset_ms } => clocks[*replica].set(wall(*offset_ms)),
+                    ClockStep::Step(Step::Local { replica, op }) => {
+                        let s = &stores[*replica];
+                        let before = s.last_hlc();
+                        run_local(s, *replica, op).await;
+                        assert!(s.last_hlc() >= before, "replica {replica}'s HLC ran backwards");
+                        if matches!(op, Op::Put { .. }) {
+                            assert!(s.last_hlc() > before, "a put was not stamped after what replica {replica} had seen");
+                        }
+                    }
+                    ClockStep::Step(Step::Sync { from, to, budget, shuffle, dup }) if from != to => {
+                        let before = stores[*to].last_hlc();
+                        deliver(&stores[*from], &stores[*to], *budget as usize, *shuffle | 1, *dup).await;
+                        assert!(stores[*to].last_hlc() >= before);
+                    }
+                    ClockStep::Step(Step::Sync { .. }) => {}
+                }
+            }
+            for _ in 0..2 {
+                for i in 0..n {
+                    deliver(&stores[i], &stores[(i + 1) % n], 4096, 7, false).await;
+                }
+            }
+            let vv0 = stores[0].version_vector();
+            let digest0 = stores[0].digest();
+            let docs0 = doc_states(&stores[0]).await;
+            for s in &stores {
+                assert_eq!(s.version_vector(), vv0);
+                assert_eq!(s.digest(), digest0);
+                assert_eq!(s.verify_digest().await.unwrap(), digest0);
+                assert_eq!(doc_states(s).await, docs0);
+            }
+            // After the full exchange every replica has seen every change: a new put anywhere
+            // is stamped after all of them and wins, even on the replica whose clock is
+            // furthest behind.
+            let slowest = (0..n).min_by_key(|&i| clocks[i].now_ms()).unwrap();
+            let newest = stores.iter().map(|s| s.last_hlc()).max().unwrap();
+            let v = stores[slowest].put("k0", &json!({"last": true})).await.unwrap();
+            assert!(v.hlc > newest, "{} is not after {}", v.hlc, newest);
+        });
+    }
+}

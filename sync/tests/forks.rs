@@ -150,6 +150,17 @@ async fn a_hub_detects_a_cloned_device_and_keeps_syncing_the_rest() {
     let hub = open(&dir, "hub.db").await;
     let other = open(&dir, "other.db").await;
     a.append(batch("a.only", 1)).await.unwrap();
+    // Both seq 2s descend from one HLC: made in the same millisecond they would be stamped
+    // alike and the anchor (compared by HLC) could not tell them apart. Let the wall clock
+    // pass a's stamp first (a deadline, not a guess).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while SystemTime.now_ms() <= a.last_hlc().ms() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wall clock does not advance"
+        );
+        tokio::task::yield_now().await;
+    }
     // The clone writes its own seq 2 and goes on to seq 3: only seq 3 is above what the hub
     // holds, so only the page's anchor (the clone's seq 2, by HLC) shows the fork.
     clone.append(batch("clone.only", 1)).await.unwrap();

@@ -54,7 +54,7 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
         return Err(ApiError::new(
             ErrorCode::NotReady,
             format!(
-                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until space is freed (free space, or lower retention.max_disk); reads keep working"
+                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until space is freed (free space, or keep less: [retention] readings); reads keep working"
             ),
         ));
     }

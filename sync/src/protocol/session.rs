@@ -16,8 +16,8 @@ use super::exchange::Exchange;
 use super::frame::{clip, vector_frames};
 use super::{
     Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello,
-    MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole,
-    ProtocolError, SessionStats, SyncConfig, Welcome,
+    MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole, ProtocolError,
+    SessionStats, SyncConfig, Welcome,
 };
 use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
 
