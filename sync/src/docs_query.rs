@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::docwrite::decode_context;
 use crate::{
-    ActorId, AsOf, DocChange, DocDiff, DocState, DocVersion, Dot, Hlc, Result, Store, StoreError,
+    ActorId, AsOf, DocChange, DocDiff, DocState, DocVersion, Dot, HistoryCursor, Hlc, Result,
+    Store, StoreError,
 };
 
 /// Most versions one history page returns.
@@ -278,15 +279,17 @@ impl Store {
             .await
     }
 
-    /// Versions of `key`, newest first, at most `limit`, older than `before` when given
-    /// (pass the last HLC of the previous page).
+    /// Versions of `key`, newest first (by HLC, then actor), at most `limit`, after `before`
+    /// when given (the cursor of the previous page's last version, so versions of two actors
+    /// sharing one HLC are neither skipped nor repeated at a page boundary).
     pub async fn history(
         &self,
         key: &str,
         limit: usize,
-        before: Option<Hlc>,
+        before: Option<HistoryCursor>,
     ) -> Result<Vec<DocVersion>> {
         let key = key.to_owned();
+        let (below, actor_below) = HistoryCursor::sql_bounds(before);
         self.inner
             .readers
             .read(move |conn| {
@@ -298,10 +301,12 @@ impl Store {
                     &key,
                     "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_versions v \
                      JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
-                     WHERE v.key_id = ?1 AND v.hlc < ?2 ORDER BY v.hlc DESC, a.actor DESC LIMIT ?3",
+                     WHERE v.key_id = ?1 AND v.hlc <= ?2 AND (v.hlc < ?2 OR a.actor < ?3) \
+                     ORDER BY v.hlc DESC, a.actor DESC LIMIT ?4",
                     params![
                         id,
-                        before.map_or(i64::MAX, |h| h.0 as i64),
+                        below,
+                        actor_below,
                         limit.clamp(1, MAX_HISTORY_PAGE) as i64
                     ],
                     "reading document history",

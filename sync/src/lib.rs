@@ -78,6 +78,7 @@ mod docwrite;
 mod error;
 mod forks;
 mod health;
+mod history_cursor;
 mod hlc;
 mod ingest;
 mod log_read;
@@ -107,6 +108,7 @@ pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use forks::Fork;
 pub use health::WriteHealth;
+pub use history_cursor::HistoryCursor;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };

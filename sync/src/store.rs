@@ -206,25 +206,27 @@ impl Store {
         let (batch, size) = self.sized(batch);
         let max = self.inner.config.limits.max_change_bytes;
         if size > max {
-            return Err(StoreError::InvalidBatch(format!(
-                "the batch ({} readings in {} series) encodes to {size} bytes, over \
-                 max_change_bytes ({max}); send it in smaller batches",
-                batch.len(),
-                batch.series.len(),
-            )));
+            return Err(oversized(&batch, size, max));
         }
-        self.submit(|reply| Job::Append { batch, reply }).await
+        let mut metas = self
+            .submit(|reply| Job::Append {
+                parts: vec![batch],
+                reply,
+            })
+            .await?;
+        metas.pop().ok_or(StoreError::Closed)
     }
 
     /// Like [`append`](Self::append), but a batch too large for one change is stored as
     /// several, each within `max_change_bytes` (split by series, then by time): for ingest
-    /// paths that must not lose readings to a size limit and promise no atomicity (sources,
-    /// MQTT). The parts are durable one by one, in order; an error stops at that part.
+    /// paths that must not lose readings to a size limit (sources, MQTT). The parts are
+    /// committed together in one write job, so a failure stores none of them and a retry
+    /// never stores a part twice.
     pub async fn append_in_parts(&self, mut batch: ReadingBatch) -> Result<Vec<ChangeMeta>> {
         batch.normalize(&self.inner.config.limits)?;
         let max = self.inner.config.limits.max_change_bytes;
         let mut todo = vec![batch];
-        let mut done = Vec::new();
+        let mut parts = Vec::new();
         while let Some(part) = todo.pop() {
             let (part, size) = self.sized(part);
             if size > max && part.len() > 1 {
@@ -233,9 +235,12 @@ impl Store {
                 todo.push(first);
                 continue;
             }
-            done.push(self.append(part).await?);
+            if size > max {
+                return Err(oversized(&part, size, max));
+            }
+            parts.push(part);
         }
-        Ok(done)
+        self.submit(|reply| Job::Append { parts, reply }).await
     }
 
     /// `batch` back, with an upper bound of the encoded size of its change (exact but for
@@ -805,4 +810,14 @@ fn changes_since_on(
         }
     }
     Ok(out)
+}
+
+/// The refusal of a batch whose change would encode to `size` bytes, over `max`.
+fn oversized(batch: &ReadingBatch, size: usize, max: usize) -> StoreError {
+    StoreError::InvalidBatch(format!(
+        "the batch ({} readings in {} series) encodes to {size} bytes, over \
+         max_change_bytes ({max}); send it in smaller batches",
+        batch.len(),
+        batch.series.len(),
+    ))
 }

@@ -49,9 +49,11 @@ pub(crate) struct Shared {
 
 /// A request to the writer.
 pub(crate) enum Job {
+    /// Readings, one change per part, all parts in one savepoint: all stored or none (a
+    /// retry after an error never stores a part twice).
     Append {
-        batch: ReadingBatch,
-        reply: oneshot::Sender<Result<ChangeMeta>>,
+        parts: Vec<ReadingBatch>,
+        reply: oneshot::Sender<Result<Vec<ChangeMeta>>>,
     },
     Doc {
         key: String,
@@ -121,7 +123,10 @@ pub(crate) struct LocalDocWrite {
 type BatchReply = Result<(ChangeMeta, Vec<Vec<Dot>>)>;
 
 enum Done {
-    Append(oneshot::Sender<Result<ChangeMeta>>, Result<ChangeMeta>),
+    Append(
+        oneshot::Sender<Result<Vec<ChangeMeta>>>,
+        Result<Vec<ChangeMeta>>,
+    ),
     Doc(
         oneshot::Sender<Result<(ChangeMeta, Vec<Dot>)>>,
         Result<(ChangeMeta, Vec<Dot>)>,
@@ -652,14 +657,17 @@ impl Writer {
 
     fn run_job(&mut self, job: Job) -> Done {
         match job {
-            Job::Append { batch, reply } => {
-                let (seq, hlc) = self.next_local();
-                let actor = self.actor;
-                let r = match self.stage_readings(actor, seq, hlc, &batch, false) {
-                    Ok(()) => self.flush_readings(),
-                    Err(e) => Err(e),
-                }
-                .map(|()| ChangeMeta { actor, seq, hlc });
+            Job::Append { parts, reply } => {
+                let r = parts
+                    .iter()
+                    .map(|batch| {
+                        let (seq, hlc) = self.next_local();
+                        let actor = self.actor;
+                        self.stage_readings(actor, seq, hlc, batch, false)?;
+                        self.flush_readings()?;
+                        Ok(ChangeMeta { actor, seq, hlc })
+                    })
+                    .collect();
                 Done::Append(reply, r)
             }
             Job::Doc { key, value, reply } => {

@@ -48,7 +48,10 @@ async fn a_failing_job_inside_a_group_keeps_the_digest_exact() {
     let mut jobs = Vec::new();
     let append = |jobs: &mut Vec<Job>, b: ReadingBatch| {
         let (reply, rx) = oneshot::channel();
-        jobs.push(Job::Append { batch: b, reply });
+        jobs.push(Job::Append {
+            parts: vec![b],
+            reply,
+        });
         rx
     };
     replies.push(append(&mut jobs, batch("before", T0, 1.0)));

@@ -264,7 +264,10 @@ async fn documents_versions_history_as_of_and_diff() {
         hist.iter().map(|v| v.seq).collect::<Vec<_>>(),
         vec![del.seq, v2.seq]
     );
-    let older = s.history("cfg", 10, Some(hist[1].hlc)).await.unwrap();
+    let older = s
+        .history("cfg", 10, Some(HistoryCursor::before(hist[1].hlc)))
+        .await
+        .unwrap();
     assert_eq!(
         older.iter().map(|v| v.seq).collect::<Vec<_>>(),
         vec![v1.seq]
@@ -643,4 +646,50 @@ async fn stats_counters_match_the_tables() {
     assert_eq!(of(&s.stats().await.unwrap()), counted(&path));
     s.close().await;
     b.close().await;
+}
+
+/// Two replicas whose clocks agree stamp their concurrent puts with the same HLC; history pages
+/// must list both, whatever the page size (the cursor holds the actor, not only the HLC).
+#[tokio::test]
+async fn history_pages_keep_versions_of_two_actors_sharing_one_hlc() {
+    let dir = tempfile::tempdir().unwrap();
+    let time = ManualTime::new(T0 as u64);
+    let mut stores = Vec::new();
+    for name in ["a.db", "b.db", "c.db"] {
+        let s = Store::open_with_time(dir.path().join(name), StoreConfig::default(), time.clone())
+            .await
+            .unwrap();
+        stores.push(s);
+    }
+    let mut puts = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        puts.push(s.put("shared", &json!({ "from": i })).await.unwrap());
+    }
+    assert!(
+        puts.iter().all(|v| v.hlc == puts[0].hlc),
+        "the test needs one HLC for all three puts: {puts:?}"
+    );
+    let (a, others) = stores.split_first().unwrap();
+    for o in others {
+        let missing = o
+            .changes_since(&VersionVector::new(), usize::MAX)
+            .await
+            .unwrap();
+        a.apply_remote(missing).await.unwrap();
+    }
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = a.history("shared", 1, cursor).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(HistoryCursor::after_entry(last.hlc, last.actor));
+        listed.extend(page.iter().map(|v| v.actor));
+    }
+    let mut want: Vec<ActorId> = puts.iter().map(|v| v.actor).collect();
+    want.sort();
+    want.reverse();
+    assert_eq!(
+        listed, want,
+        "newest first, then by actor descending, each once"
+    );
 }

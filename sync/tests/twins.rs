@@ -604,7 +604,10 @@ fn snapshots_history_as_of_and_diff() {
         assert_eq!(h[0].paths, vec!["/desired"]);
         assert_eq!(h[0].actor, s.actor());
         assert_eq!(h[1].paths, vec!["/reported/n"]);
-        let older = s.twin_history(KEY, 1000, Some(h[1].hlc)).await.unwrap();
+        let older = s
+            .twin_history(KEY, 1000, Some(HistoryCursor::before(h[1].hlc)))
+            .await
+            .unwrap();
         assert_eq!(older.len(), 600);
         assert_eq!(older.last().unwrap().paths, vec!["/reported"]);
         let d = s

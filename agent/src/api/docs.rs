@@ -12,13 +12,13 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use kdelta_sync::{AsOf, DocState, DocVersion, Hlc, MAX_HISTORY_PAGE};
+use kdelta_sync::{AsOf, DocState, DocVersion, HistoryCursor, Hlc, MAX_HISTORY_PAGE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::format::{Accept, Format, read_body};
 use super::params::{limit, path, query, required};
-use super::time::parse_as_of;
+use super::time::{parse_as_of, parse_history_cursor};
 use super::{ApiError, ErrorCode};
 use crate::state::Agent;
 
@@ -150,19 +150,21 @@ async fn value(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiErro
 
 async fn history(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiError> {
     let limit = limit("limit", &p.limit, DEFAULT_PAGE, MAX_HISTORY_PAGE)?;
-    let before = match &p.before {
-        Some(b) => Some(match parse_as_of("before", b)? {
-            AsOf::Hlc(h) => h,
-            AsOf::WallMs(ms) => Hlc::new(ms, 0),
-        }),
-        None => None,
-    };
+    let before = p
+        .before
+        .as_deref()
+        .map(|b| parse_history_cursor("before", b))
+        .transpose()?;
     let versions = state.store.history(key, limit, before).await?;
     if versions.is_empty() && before.is_none() {
         return Err(missing(key));
     }
     let next_before = (versions.len() == limit)
-        .then(|| versions.last().map(|v| v.hlc.to_string()))
+        .then(|| {
+            versions
+                .last()
+                .map(|v| HistoryCursor::after_entry(v.hlc, v.actor).to_string())
+        })
         .flatten();
     Ok(json!({
         "key": key,

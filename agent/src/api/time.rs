@@ -1,8 +1,8 @@
 //! Time parameters of the API: parsing of instants (unix ms, RFC 3339, `now`, `now-1h`),
-//! as-of points (an HLC `<ms>:<logical>` or an instant) and bucket widths (`10s`, `1m`,
+//! as-of points (an HLC `<ms>:<logical>` or an instant), history page cursors and bucket widths (`10s`, `1m`,
 //! `1h`, or ms). Pure functions; errors are `400 bad_time` naming the parameter.
 
-use kdelta_sync::{AsOf, Hlc};
+use kdelta_sync::{ActorId, AsOf, HistoryCursor, Hlc};
 
 use super::ApiError;
 use crate::time::{now_ms, parse_rfc3339};
@@ -66,6 +66,24 @@ pub fn parse_as_of(param: &str, text: &str) -> Result<AsOf, ApiError> {
     let ms =
         u64::try_from(ms).map_err(|_| ApiError::bad_time(format!("`{param}` is before 1970")))?;
     Ok(AsOf::WallMs(ms))
+}
+
+/// Parses a history page cursor: the `next_before` of a previous page
+/// (`<ms>:<logical>~<actor hex>`), or an as-of point meaning "everything strictly before it".
+pub fn parse_history_cursor(param: &str, text: &str) -> Result<HistoryCursor, ApiError> {
+    if let Some((at, actor)) = text.trim().split_once('~') {
+        let hlc = at
+            .parse::<Hlc>()
+            .map_err(|e| ApiError::bad_time(format!("`{param}`: {e}")))?;
+        let actor = actor.parse::<ActorId>().map_err(|e| {
+            ApiError::bad_request(format!("`{param}`: {e} (pass the page's `next_before`)"))
+        })?;
+        return Ok(HistoryCursor::after_entry(hlc, actor));
+    }
+    Ok(HistoryCursor::before(match parse_as_of(param, text)? {
+        AsOf::Hlc(h) => h,
+        AsOf::WallMs(ms) => Hlc::new(ms, 0),
+    }))
 }
 
 /// Parses a bucket width: a humantime duration (`10s`, `1m`, `1h`, `500ms`) or plain ms.
@@ -140,6 +158,31 @@ mod tests {
             let e = parse_as_of("as_of", bad).unwrap_err();
             assert_eq!(e.code, "bad_time", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn history_cursors() {
+        let actor: ActorId = "000102030405060708090a0b0c0d0e0f".parse().unwrap();
+        let hlc = Hlc::new(1_764_000_000_000, 3);
+        let next = HistoryCursor::after_entry(hlc, actor);
+        // A page's `next_before` reads back as itself.
+        assert_eq!(
+            parse_history_cursor("before", &next.to_string()).unwrap(),
+            next
+        );
+        assert_eq!(
+            parse_history_cursor("before", "1764000000000:3").unwrap(),
+            HistoryCursor::before(hlc)
+        );
+        assert_eq!(
+            parse_history_cursor("before", "1764000000000").unwrap(),
+            HistoryCursor::before(Hlc::new(1_764_000_000_000, 0))
+        );
+        let e = parse_history_cursor("before", "1764000000000:3~zz").unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        let e =
+            parse_history_cursor("before", "soon~000102030405060708090a0b0c0d0e0f").unwrap_err();
+        assert_eq!(e.code, "bad_time");
     }
 
     #[test]

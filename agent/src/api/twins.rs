@@ -12,14 +12,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use kdelta_sync::{AsOf, Hlc, MAX_HISTORY_PAGE, TwinHistoryEntry, TwinPatch, TwinWrite};
+use kdelta_sync::{
+    AsOf, HistoryCursor, Hlc, MAX_HISTORY_PAGE, TwinHistoryEntry, TwinPatch, TwinWrite,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::docs::DEFAULT_PAGE;
 use super::format::{Accept, read_body};
 use super::params::{limit, path, query, required};
-use super::time::parse_as_of;
+use super::time::{parse_as_of, parse_history_cursor};
 use super::{ApiError, ErrorCode};
 use crate::state::Agent;
 
@@ -221,16 +223,18 @@ async fn value(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiErr
 
 async fn history(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
     let limit = limit("limit", &p.limit, DEFAULT_PAGE, MAX_HISTORY_PAGE)?;
-    let before = match &p.before {
-        Some(b) => Some(match parse_as_of("before", b)? {
-            AsOf::Hlc(h) => h,
-            AsOf::WallMs(ms) => Hlc::new(ms, 0),
-        }),
-        None => None,
-    };
+    let before = p
+        .before
+        .as_deref()
+        .map(|b| parse_history_cursor("before", b))
+        .transpose()?;
     let entries = state.store.twin_history(key, limit, before).await?;
     let next_before = (entries.len() == limit)
-        .then(|| entries.last().map(|e| e.hlc.to_string()))
+        .then(|| {
+            entries
+                .last()
+                .map(|e| HistoryCursor::after_entry(e.hlc, e.actor).to_string())
+        })
         .flatten();
     Ok(json!({
         "key": key,

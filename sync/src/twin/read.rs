@@ -15,7 +15,8 @@ use super::{
 };
 use crate::writer::Job;
 use crate::{
-    ActorId, AsOf, DocDiff, Hlc, MAX_HISTORY_PAGE, Result, Store, StoreError, validate_key,
+    ActorId, AsOf, DocDiff, HistoryCursor, Hlc, MAX_HISTORY_PAGE, Result, Store, StoreError,
+    validate_key,
 };
 
 impl Store {
@@ -180,26 +181,30 @@ impl Store {
         Ok(DocDiff::between(key, a, b))
     }
 
-    /// Changes of twin `key`, newest first, at most `limit` (≤ 1000), older than `before`
-    /// when given (pass the last HLC of the previous page): who changed which paths, when.
+    /// Changes of twin `key`, newest first (by HLC, then actor), at most `limit` (≤ 1000),
+    /// after `before` when given (the cursor of the previous page's last entry): who changed
+    /// which paths, when.
     pub async fn twin_history(
         &self,
         key: &str,
         limit: usize,
-        before: Option<Hlc>,
+        before: Option<HistoryCursor>,
     ) -> Result<Vec<TwinHistoryEntry>> {
+        let (below, actor_below) = HistoryCursor::sql_bounds(before);
         self.with_twin_doc(key, move |conn, id, doc| {
             let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = conn
                 .prepare_cached(
                     "SELECT a.actor, c.seq, t.hlc, t.bytes FROM twin_changes t \
                      JOIN changes c ON c.id = t.change_id JOIN actors a ON a.idx = c.actor_idx \
-                     WHERE t.twin_id = ?1 AND t.hlc < ?2 ORDER BY t.hlc DESC, a.actor DESC LIMIT ?3",
+                     WHERE t.twin_id = ?1 AND t.hlc <= ?2 AND (t.hlc < ?2 OR a.actor < ?3) \
+                     ORDER BY t.hlc DESC, a.actor DESC LIMIT ?4",
                 )
                 .and_then(|mut st| {
                     st.query_map(
                         params![
                             id,
-                            before.map_or(i64::MAX, |h| h.0 as i64),
+                            below,
+                            actor_below,
                             limit.clamp(1, MAX_HISTORY_PAGE) as i64
                         ],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
