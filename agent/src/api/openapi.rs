@@ -322,7 +322,7 @@ fn routes_document() -> Value {
             "/v1/docs/{key}/history": { "get": op("Versions of a document, newest first", vec![
                 key_param(),
                 query("limit", "Most versions (default 100, at most 1000)"),
-                query("before", &format!("Only versions before {AS_OF} (pass `next_before`)")),
+                query("before", &format!("Only versions after the previous page: its `next_before` (`<ms>:<logical>~<actor>`), or only versions before {AS_OF}")),
             ], responses("200", ok("History", json!({"type": "object", "properties": {
                 "key": {"type": "string"},
                 "versions": {"type": "array", "items": schema_ref("DocVersion")},
@@ -385,7 +385,7 @@ fn routes_document() -> Value {
             "/v1/twins/{key}/history": { "get": op("Changes of a twin, newest first: who changed which paths, when", vec![
                 twin_key_param(),
                 query("limit", "Most changes (default 100, at most 1000)"),
-                query("before", &format!("Only changes before {AS_OF} (pass `next_before`)")),
+                query("before", &format!("Only changes after the previous page: its `next_before` (`<ms>:<logical>~<actor>`), or only changes before {AS_OF}")),
             ], responses("200", ok("History", json!({"type": "object", "properties": {
                 "key": {"type": "string"},
                 "changes": {"type": "array", "items": schema_ref("TwinChangeInfo")},
