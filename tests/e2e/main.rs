@@ -17,6 +17,7 @@ mod cluster;
 mod disk;
 mod doc_batch;
 mod harness;
+mod mqtt_tls;
 mod proxy;
 mod reload;
 mod retention;

@@ -85,8 +85,8 @@ struct Leaf {
 }
 
 /// Certificate files on disk.
-struct Pki {
-    dir: tempfile::TempDir,
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
     /// The CA pem, as text (for the test's own HTTPS client).
     ca_pem: String,
     /// SHA-256 fingerprint of `client.pem`.
@@ -94,7 +94,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("kdelta test CA");
         let rogue = Ca::new("kdelta rogue CA");
@@ -145,7 +145,7 @@ impl Pki {
     }
 
     /// The path of `name` as a TOML string literal.
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         let p: PathBuf = self.dir.path().join(name);
         format!("{:?}", p.display().to_string())
     }

@@ -31,6 +31,13 @@ pub struct MqttConfig {
     /// system's root certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain presented to the broker (`mqtts://`, for brokers that
+    /// authenticate clients by certificate, e.g. Mosquitto's `require_certificate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
     /// First topic level: topics are `<prefix>/<device_name>/…`.
     pub prefix: String,
     /// MQTT keepalive (1s to 18h).
@@ -92,6 +99,8 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             prefix: "kdelta".into(),
             keepalive: Duration::from_secs(30),
             qos: 1,
@@ -261,6 +270,35 @@ fn check_topic_part(key: &str, value: &str) -> Result<(), InvalidValue> {
 }
 
 impl MqttConfig {
+    /// The TLS file keys: each names a file, only with `mqtts://`; a client certificate and
+    /// its key come together.
+    fn validate_tls_files(&self) -> Result<(), InvalidValue> {
+        let tls = BrokerUrl::parse(&self.url).is_ok_and(|u| u.tls);
+        for (key, file) in [
+            ("ca_file", &self.ca_file),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            match file {
+                Some(f) if f.as_os_str().is_empty() => {
+                    return Err(bad(key, "must name a PEM file"));
+                }
+                Some(_) if !tls => {
+                    return Err(bad(
+                        key,
+                        format!("is only used with mqtts:// URLs, not {:?}", self.url),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => Err(bad("client_key", "is required with mqtt.client_cert")),
+            (None, Some(_)) => Err(bad("client_cert", "is required with mqtt.client_key")),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks what serde cannot; the error names the key (`mqtt.qos`, `mqtt.ingest_rules[2].topic`).
     pub fn validate(&self) -> Result<(), InvalidValue> {
         BrokerUrl::parse(&self.url).map_err(|e| bad("url", e))?;
@@ -275,6 +313,7 @@ impl MqttConfig {
         if self.password.is_some() && self.username.is_none() {
             return Err(bad("password", "a password needs mqtt.username"));
         }
+        self.validate_tls_files()?;
         check_topic_part("prefix", &self.prefix)?;
         check_topic_part("discovery_prefix", &self.discovery_prefix)?;
         if self.keepalive < Duration::from_secs(1) || self.keepalive > Duration::from_secs(65_535) {
@@ -435,6 +474,48 @@ mod tests {
                 ..Default::default()
             }),
             "mqtt.inflight"
+        );
+        let tls = || MqttConfig {
+            url: "mqtts://broker.lan".into(),
+            ..Default::default()
+        };
+        let pem = || Some(PathBuf::from("/etc/kdelta/mqtt-client.pem"));
+        MqttConfig {
+            client_cert: pem(),
+            client_key: pem(),
+            ..tls()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            key(MqttConfig {
+                client_cert: pem(),
+                ..tls()
+            }),
+            "mqtt.client_key"
+        );
+        assert_eq!(
+            key(MqttConfig {
+                client_key: pem(),
+                ..tls()
+            }),
+            "mqtt.client_cert"
+        );
+        assert_eq!(
+            key(MqttConfig {
+                client_cert: pem(),
+                client_key: pem(),
+                ..Default::default()
+            }),
+            "mqtt.client_cert",
+            "certificates need mqtts://"
+        );
+        assert_eq!(
+            key(MqttConfig {
+                ca_file: Some(PathBuf::new()),
+                ..tls()
+            }),
+            "mqtt.ca_file"
         );
         let rule = IngestRule {
             topic: "tele/+/SENSOR".into(),

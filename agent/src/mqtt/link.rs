@@ -110,11 +110,18 @@ impl LinkSettings {
     }
 }
 
-/// rustls with the ring provider; roots from `ca_file` or the system store.
+/// rustls with the ring provider; roots from `ca_file` or the system store; the client
+/// certificate `client_cert`/`client_key` when given.
 fn tls(cfg: &MqttConfig) -> Result<TlsConfiguration, MqttError> {
     let tls_error = |e: crate::tls::TlsError| MqttError::Tls(e.to_string());
     let roots = crate::tls::roots("mqtt.ca_file", cfg.ca_file.as_deref()).map_err(tls_error)?;
-    let config = crate::tls::client_config(roots, None).map_err(tls_error)?;
+    let auth = crate::tls::ClientAuth::load(
+        "mqtt",
+        cfg.client_cert.as_deref(),
+        cfg.client_key.as_deref(),
+    )
+    .map_err(tls_error)?;
+    let config = crate::tls::client_config(roots, auth).map_err(tls_error)?;
     Ok(TlsConfiguration::Rustls(config))
 }
 
@@ -187,9 +194,14 @@ pub async fn link_loop(
                     } else {
                         failures += 1;
                         if failures == 1 {
-                            tracing::warn!(
-                                "MQTT broker {target} unreachable: {e}; retrying with backoff"
-                            );
+                            match crate::tls::describe_handshake_error(&e) {
+                                Some(tls) => tracing::warn!(
+                                    "MQTT broker {target}: {tls}; retrying with backoff"
+                                ),
+                                None => tracing::warn!(
+                                    "MQTT broker {target} unreachable: {e}; retrying with backoff"
+                                ),
+                            }
                         } else {
                             tracing::debug!("MQTT broker {target} still unreachable: {e}");
                         }

@@ -184,14 +184,7 @@ impl PeerConfig {
             return Ok(None);
         }
         let roots = crate::tls::roots(&format!("{key}.ca"), self.ca.as_deref())?;
-        let auth = match (&self.client_cert, &self.client_key) {
-            (Some(cert), Some(k)) => Some(ClientAuth {
-                certs: crate::tls::load_certs(&format!("{key}.client_cert"), cert)?,
-                key: crate::tls::load_key(&format!("{key}.client_key"), k)?,
-                key_name: format!("{key}.client_key"),
-            }),
-            _ => None,
-        };
+        let auth = ClientAuth::load(key, self.client_cert.as_deref(), self.client_key.as_deref())?;
         crate::tls::client_config(roots, auth).map(Some)
     }
 }

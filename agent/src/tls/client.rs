@@ -2,6 +2,7 @@
 //! errors turned into sentences that say what to fix.
 
 use std::error::Error as StdError;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,6 +18,26 @@ pub struct ClientAuth {
     pub key: PrivateKeyDer<'static>,
     /// The config key of the key file (named in errors).
     pub key_name: String,
+}
+
+impl ClientAuth {
+    /// Reads a client certificate chain and its key, named in errors as `{key}.client_cert`
+    /// and `{key}.client_key`; `None` unless both are given (config validation refuses one
+    /// without the other).
+    pub fn load(
+        key: &str,
+        cert: Option<&Path>,
+        private_key: Option<&Path>,
+    ) -> Result<Option<ClientAuth>, TlsError> {
+        let (Some(cert), Some(private_key)) = (cert, private_key) else {
+            return Ok(None);
+        };
+        Ok(Some(ClientAuth {
+            certs: super::load_certs(&format!("{key}.client_cert"), cert)?,
+            key: super::load_key(&format!("{key}.client_key"), private_key)?,
+            key_name: format!("{key}.client_key"),
+        }))
+    }
 }
 
 /// A client config over ring that trusts `roots` and presents `auth` when the server asks
