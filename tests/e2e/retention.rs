@@ -24,7 +24,9 @@ async fn an_agent_prunes_by_age_and_shows_it() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let old = now / 60_000 * 60_000 - 5 * DAY;
+    // Hour-aligned: the 120 readings (two minutes) fall in one 1 h aggregate bucket whatever
+    // the minute the test runs in.
+    let old = now / 3_600_000 * 3_600_000 - 5 * DAY;
     let ts: Vec<i64> = (0..120).map(|i| old + i * 1000).collect();
     let recent: Vec<i64> = (0..10).map(|i| now - 60_000 + i * 1000).collect();
     let body = json!({"series": [
