@@ -87,6 +87,8 @@ pub mod protocol;
 mod readers;
 mod readings_query;
 mod retention;
+pub mod seal;
+mod chain;
 mod schema;
 mod store;
 mod timeref;
@@ -101,6 +103,7 @@ pub use change::{
     MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,
     TwinChange, check_reading, validate_key, validate_series_name,
 };
+pub use chain::{ChainFault, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
 pub use digest::Digest;
 pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;

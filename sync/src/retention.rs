@@ -295,6 +295,14 @@ impl Writer {
             .unzip();
         self.digest
             .sub(&readings_hash(&actor, seq as u64, name, &ts, &values));
+        // The unit's seal hash stays with the change, so it still proves its body.
+        let unit = crate::seal::unit_hash(&crate::SeriesPoints {
+            name: entry.name.clone(),
+            unit: entry.unit.clone(),
+            meta: entry.meta.clone(),
+            ts: ts.clone(),
+            values: values.clone(),
+        });
         self.conn
             .prepare_cached(
                 "DELETE FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4",
@@ -306,8 +314,10 @@ impl Writer {
         let mut bytes = Vec::new();
         ciborium::into_writer(&entries, &mut bytes).expect("encoding a manifest into memory");
         self.conn
-            .prepare_cached("UPDATE changes SET manifest = ?1 WHERE id = ?2")
-            .and_then(|mut st| st.execute(params![bytes, change_id]))
+            .prepare_cached(
+                "UPDATE changes SET manifest = ?1, pruned = COALESCE(pruned, x'') || ?3 WHERE id = ?2",
+            )
+            .and_then(|mut st| st.execute(params![bytes, change_id, unit.as_slice()]))
             .map_err(StoreError::db("updating a pruned change's manifest"))?;
         let n = ts.len() as u64;
         self.add_readings_pruned(n as i64)?;
