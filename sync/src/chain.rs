@@ -161,16 +161,13 @@ impl Writer {
                 .map_err(StoreError::db("binding this store's public key"))?;
             self.own_key_bound = true;
         }
-        let sql = format!(
-            "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq = ?2"
-        );
+        let sql =
+            format!("SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq = ?2");
         let row = self
             .conn
             .prepare_cached(&sql)
             .and_then(|mut st| {
-                st.query_row(params![idx, seq as i64], |r| {
-                    Ok(LogRow::from_row(r, actor))
-                })
+                st.query_row(params![idx, seq as i64], |r| Ok(LogRow::from_row(r, actor)))
             })
             .map_err(StoreError::db("reading a change to sign"))??;
         let id = row.id;
@@ -193,7 +190,12 @@ impl Writer {
                 "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3 WHERE id = ?4",
             )
             .and_then(|mut st| {
-                st.execute(params![prev.as_slice(), body.as_slice(), sig.as_slice(), id])
+                st.execute(params![
+                    prev.as_slice(),
+                    body.as_slice(),
+                    sig.as_slice(),
+                    id
+                ])
             })
             .map_err(StoreError::db("storing a change's signature"))?;
         Ok(())
@@ -393,7 +395,9 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
         }
     };
     let actors: Vec<(i64, Vec<u8>, i64, Option<Vec<u8>>)> = tx
-        .prepare("SELECT idx, actor, max_seq, public_key FROM actors WHERE max_seq > 0 ORDER BY actor")
+        .prepare(
+            "SELECT idx, actor, max_seq, public_key FROM actors WHERE max_seq > 0 ORDER BY actor",
+        )
         .and_then(|mut st| {
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect()
@@ -405,7 +409,12 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
     );
     for (idx, actor, max_seq, key) in actors {
         let Some(actor) = ActorId::from_slice(&actor) else {
-            fail(&mut report, None, None, format!("actor row {idx} is not 16 bytes"));
+            fail(
+                &mut report,
+                None,
+                None,
+                format!("actor row {idx} is not 16 bytes"),
+            );
             continue;
         };
         report.actors += 1;
@@ -433,10 +442,8 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
             if rows.is_empty() {
                 break;
             }
-            let stored: Vec<(Option<Hash>, Option<Seal>)> = rows
-                .iter()
-                .map(|r| (r.body_hash, r.seal.clone()))
-                .collect();
+            let stored: Vec<(Option<Hash>, Option<Seal>)> =
+                rows.iter().map(|r| (r.body_hash, r.seal.clone())).collect();
             let changes = match log_read::load(&tx, rows) {
                 Ok(c) => c,
                 Err(e) => {
@@ -509,9 +516,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 &mut report,
                 Some(actor),
                 None,
-                format!(
-                    "the version vector says seq {max_seq}, the log ends at {last_seq}"
-                ),
+                format!("the version vector says seq {max_seq}, the log ends at {last_seq}"),
             );
         }
     }

@@ -848,6 +848,7 @@ mod tests {
                     seq,
                     hlc: Hlc(hlc),
                     body,
+                    seal: None,
                 }
             },
         )
@@ -904,6 +905,7 @@ mod tests {
                 seq,
                 hlc: Hlc(hlc),
                 body,
+                seal: None,
             }
         })
     }
@@ -1089,6 +1091,7 @@ mod tests {
                 value: Some(vec![0xAB; limits.max_value_bytes]),
                 context: vec![dot; limits.max_context_dots],
             }),
+            seal: None,
         };
         assert!(validate_key(&"😀".repeat(MAX_KEY_BYTES / 4)).is_ok());
         assert!(largest.encoded_len() <= limits.max_doc_change_bytes());

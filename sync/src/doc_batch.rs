@@ -196,6 +196,7 @@ mod tests {
             seq: 1,
             hlc: Hlc(1),
             body: ChangeBody::DocBatch(DocBatch { writes }),
+            seal: None,
         }
     }
 

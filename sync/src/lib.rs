@@ -68,6 +68,7 @@
 
 mod actor;
 pub mod backup;
+mod chain;
 mod change;
 mod correct;
 mod counts;
@@ -87,9 +88,8 @@ pub mod protocol;
 mod readers;
 mod readings_query;
 mod retention;
-pub mod seal;
-mod chain;
 mod schema;
+pub mod seal;
 mod store;
 mod timeref;
 mod timing;
@@ -98,12 +98,12 @@ mod vv;
 mod writer;
 
 pub use actor::{ActorId, ParseActorError};
+pub use chain::{ChainFault, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
 pub use change::{
     Change, ChangeBody, DocWrite, Dot, Limits, MAX_DOT_BYTES, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES,
     MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,
     TwinChange, check_reading, validate_key, validate_series_name,
 };
-pub use chain::{ChainFault, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
 pub use digest::Digest;
 pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;

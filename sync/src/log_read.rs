@@ -16,8 +16,8 @@ use rusqlite::Connection;
 use crate::correct::{KIND_TIME_CORRECTION, decode_correction};
 use crate::docwrite::{KIND_DOC_BATCH, decode_context};
 use crate::ingest::{ManifestEntry, decode_manifest};
-use crate::seal::{Hash, Seal, split_hashes};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
+use crate::seal::{Hash, Seal, split_hashes};
 use crate::{
     ActorId, BootId, Change, ChangeBody, DocBatch, DocWrite, Hlc, ReadingBatch, ReadingTiming,
     Result, SeriesPoints, StoreError, TwinChange,
@@ -91,7 +91,10 @@ impl LogRow {
         let (prev, body_hash, sig, pruned, key) =
             (blob(6)?, blob(7)?, blob(8)?, blob(9)?, blob(10)?);
         let fixed32 = |b: Option<Vec<u8>>| b.and_then(|b| <Hash>::try_from(b).ok());
-        let seal = match (fixed32(prev), sig.and_then(|b| <[u8; 64]>::try_from(b).ok())) {
+        let seal = match (
+            fixed32(prev),
+            sig.and_then(|b| <[u8; 64]>::try_from(b).ok()),
+        ) {
             (Some(prev), Some(sig)) => Some(Seal {
                 // A signed change whose actor has no key is reported by `kdelta verify`;
                 // served with a zero key it fails every receiver's check.

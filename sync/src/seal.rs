@@ -271,7 +271,10 @@ mod tests {
         let mut pruned = full.clone();
         let gone = pruned.series.remove(1);
         let h = unit_hash(&gone);
-        assert_eq!(body_hash(&ChangeBody::Readings(pruned.clone()), &[h]), whole);
+        assert_eq!(
+            body_hash(&ChangeBody::Readings(pruned.clone()), &[h]),
+            whole
+        );
         // Without the pruned hash, or with a value altered, it differs.
         assert_ne!(body_hash(&ChangeBody::Readings(pruned.clone()), &[]), whole);
         pruned.series[0].values[0] += 1.0;

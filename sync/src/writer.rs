@@ -24,9 +24,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::chain::{ChainRefusal, ChainReport};
 use crate::counts::Counts;
-use crate::seal::SigningKey;
 use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
+use crate::seal::SigningKey;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
     ActorId, ApplyOutcome, BootId, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,

@@ -105,6 +105,7 @@ fn reference_load(
         seq: seq as u64,
         hlc: Hlc(hlc as u64),
         body,
+        seal: None,
     }
 }
 
@@ -262,6 +263,7 @@ async fn build(dir: &tempfile::TempDir, ops: &[Op]) -> (Store, Vec<Change>) {
                 seq: seqs[who as usize],
                 hlc: now_hlc(i as u16),
                 body,
+                seal: None,
             });
         };
         match op {
@@ -427,6 +429,7 @@ fn many_series_changes() -> Vec<Change> {
             seq: seqs[who],
             hlc: now_hlc(k as u16),
             body,
+            seal: None,
         });
     }
     out

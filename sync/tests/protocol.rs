@@ -519,6 +519,7 @@ fn evil_change(seq: u64, hlc_ms: u64) -> Change {
         seq,
         hlc: Hlc::new(hlc_ms, 0),
         body: ChangeBody::Readings(b),
+        seal: None,
     }
 }
 
@@ -941,6 +942,7 @@ fn change_strategy() -> impl Strategy<Value = Change> {
             seq,
             hlc: Hlc(hlc),
             body,
+            seal: None,
         })
 }
 

@@ -48,7 +48,10 @@ fn render(db: &str, r: &VerifyReport) -> String {
     if r.ok() {
         out.push_str("result    ok: every chain, signature and the digest verify\n");
     } else {
-        out.push_str(&format!("result    FAILED ({} failures)\n", r.failures.len()));
+        out.push_str(&format!(
+            "result    FAILED ({} failures)\n",
+            r.failures.len()
+        ));
         for f in &r.failures {
             out.push_str(&format!("  {f}\n"));
         }
