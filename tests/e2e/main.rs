@@ -22,6 +22,7 @@ mod reload;
 mod retention;
 mod roles;
 mod security;
+mod signing;
 mod sources;
 mod sync;
 mod systemd;

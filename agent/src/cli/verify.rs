@@ -21,8 +21,9 @@ pub async fn verify(dir: OfflineDir) -> anyhow::Result<()> {
     print!("{}", render(&db.display().to_string(), &report));
     if !report.ok() {
         bail!(
-            "{} failure(s): the store's history does not verify",
-            report.failures.len()
+            "{} failure(s): the store's history does not verify; first: {}",
+            report.failures.len(),
+            report.failures[0]
         );
     }
     Ok(())
