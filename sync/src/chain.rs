@@ -117,10 +117,16 @@ pub(crate) struct PendingSeal {
     pub bind: bool,
 }
 
+/// `hlc, prev_hash, body_hash` of a stored change.
+type LinkRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// `idx, actor, max_seq, public_key` of an actor row.
+type ActorRow = (i64, Vec<u8>, i64, Option<Vec<u8>>);
+
 /// The change hash of the stored change `(actor_idx, seq)`, `None` when it is unsigned or
 /// absent.
 fn stored_hash(conn: &Connection, actor: &ActorId, idx: i64, seq: u64) -> Result<Option<Hash>> {
-    let row: Option<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = conn
+    let row: Option<LinkRow> = conn
         .prepare_cached(
             "SELECT hlc, prev_hash, body_hash FROM changes WHERE actor_idx = ?1 AND seq = ?2",
         )
@@ -394,7 +400,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
             unlisted += 1;
         }
     };
-    let actors: Vec<(i64, Vec<u8>, i64, Option<Vec<u8>>)> = tx
+    let actors: Vec<ActorRow> = tx
         .prepare(
             "SELECT idx, actor, max_seq, public_key FROM actors WHERE max_seq > 0 ORDER BY actor",
         )

@@ -712,9 +712,8 @@ impl Writer {
             }
             Job::Twin { key, edit, reply } => {
                 let r = self.store_twin_local(&key, &edit).and_then(|w| {
-                    match &w.change {
-                        Some(meta) => self.seal_local(meta.seq)?,
-                        None => {}
+                    if let Some(meta) = &w.change {
+                        self.seal_local(meta.seq)?;
                     }
                     Ok(w)
                 });
@@ -810,9 +809,8 @@ impl Writer {
         let mut report = ChainReport::default();
         let mut seals = Vec::new();
         for c in &changes {
-            if !heads.contains_key(&c.actor) {
-                let head = self.chain_head(c.actor)?;
-                heads.insert(c.actor, head);
+            if let std::collections::hash_map::Entry::Vacant(e) = heads.entry(c.actor) {
+                e.insert(self.chain_head(c.actor)?);
             }
         }
         {
