@@ -6,7 +6,9 @@
 //! Rules for a received change of actor A at seq n (the store holds A up to n − 1):
 //! - signed: its key must be A's bound key (bound by A's first signed change stored: trust on
 //!   first use); its `prev` must be the hash of the stored change n − 1 when that one is
-//!   signed, else [`CHAIN_START`]; its signature must verify over the change hash, computed
+//!   signed (after an unsigned one — the unsigned past, or a change an older relay passed on
+//!   without its seal — there is nothing to link to); its signature must verify over the
+//!   change hash, computed
 //!   from the body received (and the hashes of pruned units).
 //! - unsigned: refused once A has a signed change (a stripped signature), or when
 //!   `require_signatures` is set; otherwise accepted as the unsigned past of an actor that
@@ -296,8 +298,11 @@ pub(crate) fn check_remote(
             ),
         ));
     }
-    let expected = head.hash.unwrap_or(CHAIN_START);
-    if s.prev != expected {
+    // After an unsigned predecessor (the unsigned past, or a change an un-upgraded relay
+    // passed on without its seal) there is nothing to link to: any `prev` starts the chain.
+    if let Some(expected) = head.hash
+        && s.prev != expected
+    {
         return Err((
             ChainFault::BrokenChain,
             format!(
@@ -496,7 +501,9 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 // Link and signature over the stored body hash: a body edit is reported
                 // once, not again as a broken chain at the next change.
                 let body = body_hash.unwrap_or(body);
-                if s.prev != head.unwrap_or(CHAIN_START) {
+                if let Some(h) = head
+                    && s.prev != h
+                {
                     problems.push("does not link to the previous change");
                 }
                 let hash = seal::change_hash(&actor, c.seq, c.hlc, &s.prev, &body);

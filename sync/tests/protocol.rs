@@ -1654,6 +1654,18 @@ async fn forged_reordered_and_stripped_changes_are_refused() {
         .await
         .unwrap();
     assert!(report.ok(), "{:?}", report.failures);
+
+    // A change that reached a store unsigned (through a relay on an older release) is the
+    // unsigned past there: the actor's next, signed change starts the chain instead of
+    // wedging it.
+    let e = open(&dir, "e.db").await;
+    let mut unsigned = genuine[0].clone();
+    unsigned.seal = None;
+    e.apply_remote(vec![unsigned]).await.unwrap();
+    e.apply_remote(genuine[1..].to_vec()).await.unwrap();
+    let report = Store::verify_file(dir.path().join("e.db")).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.unsigned, report.signed), (1, 2));
 }
 
 /// A store whose file was edited behind the agent's back fails `verify`, naming the actor
