@@ -175,7 +175,15 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
     );
     assert_eq!(s.verify_digest().await.unwrap(), s.digest());
     assert_eq!(s.version_vector().get(&s.actor()), before + 2);
+    let changes: u64 = s.version_vector().iter().map(|(_, n)| n).sum();
     s.close().await;
+
+    // Its past is unsigned and says so; the two changes written since are signed, the
+    // first of them starting this actor's chain; `verify` passes.
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!(report.signed, 2);
+    assert_eq!(report.unsigned, changes - 2);
 }
 
 /// The migrations table of a store made now matches what sqlx recorded (versions,

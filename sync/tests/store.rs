@@ -654,9 +654,11 @@ async fn rekey_makes_a_new_key_pair_and_both_chains_verify() {
     let path = dir.path().join("s.db");
     let key = |p: &std::path::Path| -> Vec<u8> {
         let conn = rusqlite::Connection::open(p).unwrap();
-        conn.query_row("SELECT value FROM meta WHERE key = 'signing_key'", [], |r| {
-            r.get(0)
-        })
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'signing_key'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap()
     };
     let store = open(&dir, "s.db").await;
