@@ -120,24 +120,28 @@ pub(crate) fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connecti
             source,
         })?;
     }
-    let created = !path.exists();
     let mut conn = connect(path, config, false)?;
-    if created {
-        // The database holds the actor's private signing key: readable by the agent only
-        // (SQLite gives its -wal and -shm files the same mode).
-        restrict_to_owner(path)?;
-    }
+    // The database holds the actor's private signing key: readable by the agent only (SQLite
+    // gives its -wal and -shm files the same mode). Stores made by earlier releases are
+    // tightened too, on their first open by this one.
+    restrict_to_owner(path)?;
     migrate(&mut conn)?;
     let actor = load_or_create_actor(&conn)?;
     load_or_create_signing_key(&conn)?;
     Ok((conn, actor))
 }
 
-/// `chmod 0600` (Unix; elsewhere nothing).
+/// `chmod 0600` unless group and others already have no access (Unix; elsewhere nothing).
 fn restrict_to_owner(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o600);
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
             |source| StoreError::Io {
                 path: path.display().to_string(),
