@@ -6,7 +6,7 @@
 //! SHA-384 of the file) of the sqlx migrator earlier releases used, so a store written by
 //! those releases opens unchanged and one written now still opens in them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -124,7 +124,15 @@ pub(crate) fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connecti
     // The database holds the actor's private signing key: readable by the agent only (SQLite
     // gives its -wal and -shm files the same mode). Stores made by earlier releases are
     // tightened too, on their first open by this one.
-    restrict_to_owner(path)?;
+    for file in [
+        path.to_path_buf(),
+        PathBuf::from(format!("{}-wal", path.display())),
+        PathBuf::from(format!("{}-shm", path.display())),
+    ] {
+        if file.exists() {
+            restrict_to_owner(&file)?;
+        }
+    }
     migrate(&mut conn)?;
     let actor = load_or_create_actor(&conn)?;
     load_or_create_signing_key(&conn)?;
