@@ -721,6 +721,7 @@ fn write_docs(path: &Path, keys: usize, versions: usize) -> u64 {
                     value: Some(bytes),
                     context,
                 }),
+                seal: None,
             });
             if chunk.len() == 2000 || i + 1 == total {
                 let out = store

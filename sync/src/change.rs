@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::seal::Seal;
 use crate::timing::{ReadingTiming, TimeCorrection};
 use crate::{ActorId, DocBatch, Hlc, StoreError};
 
@@ -29,6 +30,10 @@ pub struct Change {
     pub hlc: Hlc,
     /// What it did.
     pub body: ChangeBody,
+    /// Its signature and chain link (see `seal.rs`); `None` for a change made before its
+    /// actor's store was upgraded to signing (or by a peer that does not sign yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Seal>,
 }
 
 impl Change {
@@ -84,6 +89,31 @@ impl Change {
                 what: "change",
                 detail: "seq 0 is not a valid sequence number".into(),
             });
+        }
+        if let Some(seal) = &self.seal
+            && !seal.pruned.is_empty()
+        {
+            let present = match &self.body {
+                ChangeBody::Readings(b) => b.series.len(),
+                _ => {
+                    return Err(StoreError::Decode {
+                        what: "change",
+                        detail: "pruned unit hashes on a change that is not a readings change"
+                            .into(),
+                    });
+                }
+            };
+            if present + seal.pruned.len() > limits.max_batch_readings {
+                return Err(StoreError::Decode {
+                    what: "change",
+                    detail: format!(
+                        "{} series and {} pruned units, over the limit of {}",
+                        present,
+                        seal.pruned.len(),
+                        limits.max_batch_readings
+                    ),
+                });
+            }
         }
         match &self.body {
             // A readings change retention pruned wholly is served with no readings: still a
@@ -296,8 +326,8 @@ impl Limits {
 /// Most bytes one context dot (`{actor, seq}`) takes in a change's CBOR.
 pub const MAX_DOT_BYTES: usize = 40;
 /// Most bytes of a document change besides its value, key and context dots (field names,
-/// headers, actor, seq, HLC).
-const DOC_CHANGE_OVERHEAD_BYTES: usize = 256;
+/// headers, actor, seq, HLC, the seal).
+const DOC_CHANGE_OVERHEAD_BYTES: usize = 256 + crate::seal::SEAL_MAX_BYTES;
 
 /// Longest document key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -818,6 +848,7 @@ mod tests {
                     seq,
                     hlc: Hlc(hlc),
                     body,
+                    seal: None,
                 }
             },
         )
@@ -874,6 +905,7 @@ mod tests {
                 seq,
                 hlc: Hlc(hlc),
                 body,
+                seal: None,
             }
         })
     }
@@ -1059,6 +1091,7 @@ mod tests {
                 value: Some(vec![0xAB; limits.max_value_bytes]),
                 context: vec![dot; limits.max_context_dots],
             }),
+            seal: None,
         };
         assert!(validate_key(&"😀".repeat(MAX_KEY_BYTES / 4)).is_ok());
         assert!(largest.encoded_len() <= limits.max_doc_change_bytes());

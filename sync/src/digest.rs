@@ -51,6 +51,38 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Adds the elements of one change as served (what it still holds) to `digest`.
+pub(crate) fn add_change(digest: &mut Digest, c: &crate::Change) {
+    use crate::ChangeBody;
+    match &c.body {
+        ChangeBody::Readings(b) => {
+            for s in &b.series {
+                digest.add(&readings_hash(&c.actor, c.seq, &s.name, &s.ts, &s.values));
+            }
+            if let Some(t) = &b.timing {
+                digest.add(&timing_hash(&c.actor, c.seq, t));
+            }
+        }
+        ChangeBody::TimeCorrection(t) => {
+            digest.add(&correction_hash(
+                &c.actor,
+                c.seq,
+                c.hlc,
+                &crate::correct::encode_correction(t),
+            ));
+        }
+        ChangeBody::Doc(d) => digest.add(&doc_write_hash(c, d)),
+        ChangeBody::DocBatch(b) => {
+            for d in &b.writes {
+                digest.add(&doc_write_hash(c, d));
+            }
+        }
+        ChangeBody::Twin(t) => {
+            digest.add(&twin_hash(&c.actor, c.seq, c.hlc, &t.key, &t.change));
+        }
+    }
+}
+
 /// Hash of the readings one change holds for one series (timestamps ascending).
 pub(crate) fn readings_hash(
     actor: &ActorId,

@@ -138,7 +138,7 @@ impl Store {
         // a batch a peer would refuse to decode is never written.
         let mut encoded = Vec::new();
         ciborium::into_writer(&body, &mut encoded).expect("encoding a batch into memory");
-        let encoded_bytes = encoded.len() + 64;
+        let encoded_bytes = encoded.len() + 64 + crate::seal::SEAL_MAX_BYTES;
         if encoded_bytes > limits.max_change_bytes {
             return Err(StoreError::InvalidDocBatch(format!(
                 "the batch encodes to {encoded_bytes} bytes, over the limit of {} per change; split it",
@@ -196,6 +196,7 @@ mod tests {
             seq: 1,
             hlc: Hlc(1),
             body: ChangeBody::DocBatch(DocBatch { writes }),
+            seal: None,
         }
     }
 

@@ -112,6 +112,19 @@ pub enum StoreError {
         /// The configured maximum.
         max_offset_ms: u64,
     },
+    /// A change failed its signature or chain check (see `seal.rs`): forged, altered,
+    /// re-ordered, or unsigned where signatures are required. Nothing of the call was stored.
+    #[error("change {seq} of actor {actor} refused ({reason}): {detail}")]
+    ChainRefused {
+        /// The actor the change claims.
+        actor: ActorId,
+        /// Its seq.
+        seq: u64,
+        /// `bad_signature`, `broken_chain` or `unsigned`.
+        reason: &'static str,
+        /// What exactly did not hold.
+        detail: String,
+    },
     /// A remote change arrived before its predecessor from the same actor.
     #[error("change {actor}:{got} refused: the store holds {actor} only up to seq {have}, so seq {} is missing", have + 1)]
     SeqGap {
@@ -272,6 +285,7 @@ impl StoreError {
             StoreError::BeforeHistory { .. } => "before_history",
             StoreError::ClockSkew { .. } => "clock_skew",
             StoreError::SeqGap { .. } => "seq_gap",
+            StoreError::ChainRefused { reason, .. } => reason,
             StoreError::Decode { .. } => "decode",
             StoreError::InvalidPatch { .. } => "invalid_patch",
             StoreError::WrongKind { .. } => "wrong_kind",

@@ -68,6 +68,7 @@
 
 mod actor;
 pub mod backup;
+mod chain;
 mod change;
 mod correct;
 mod counts;
@@ -89,6 +90,7 @@ mod readers;
 mod readings_query;
 mod retention;
 mod schema;
+pub mod seal;
 mod store;
 mod timeref;
 mod timing;
@@ -97,6 +99,7 @@ mod vv;
 mod writer;
 
 pub use actor::{ActorId, ParseActorError};
+pub use chain::{ChainFault, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
 pub use change::{
     Change, ChangeBody, DocWrite, Dot, Limits, MAX_DOT_BYTES, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES,
     MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,

@@ -17,6 +17,7 @@ use crate::correct::{KIND_TIME_CORRECTION, decode_correction};
 use crate::docwrite::{KIND_DOC_BATCH, decode_context};
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
+use crate::seal::{Hash, Seal, split_hashes};
 use crate::{
     ActorId, BootId, Change, ChangeBody, DocBatch, DocWrite, Hlc, ReadingBatch, ReadingTiming,
     Result, SeriesPoints, StoreError, TwinChange,
@@ -33,7 +34,12 @@ pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
        WHEN 4 THEN length(c.manifest) \
        WHEN 5 THEN (SELECT SUM(16 + length(k.key) + COALESCE(length(v.value), 0)) \
                     FROM doc_versions v JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = c.id) \
-       ELSE 0 END";
+       ELSE 0 END, \
+     c.prev_hash, c.body_hash, c.signature, c.pruned, \
+     (SELECT public_key FROM actors WHERE idx = c.actor_idx)";
+
+/// How many columns [`LOG_COLUMNS`] selects (a query's next column is at this index).
+pub(crate) const LOG_COLUMN_COUNT: usize = 11;
 
 /// Runs per readings statement (6 parameters each, far below SQLite's 32,766).
 const RUN_CHUNK: usize = 1000;
@@ -56,6 +62,10 @@ pub(crate) struct LogRow {
     correction: Vec<u8>,
     /// Bytes of a document or twin body known from the log query (key, value or change).
     body_bytes: usize,
+    /// The seal of a signed change (its actor's key, chain link, signature, pruned units).
+    pub seal: Option<Seal>,
+    /// The body hash stored with a signed change (`kdelta verify` recomputes it).
+    pub body_hash: Option<Hash>,
 }
 
 impl LogRow {
@@ -75,7 +85,29 @@ impl LogRow {
         let get = |i: usize| -> Result<Option<i64>> {
             row.get(i).map_err(StoreError::db("reading the change log"))
         };
+        let blob = |i: usize| -> Result<Option<Vec<u8>>> {
+            row.get(i).map_err(StoreError::db("reading the change log"))
+        };
+        let (prev, body_hash, sig, pruned, key) =
+            (blob(6)?, blob(7)?, blob(8)?, blob(9)?, blob(10)?);
+        let fixed32 = |b: Option<Vec<u8>>| b.and_then(|b| <Hash>::try_from(b).ok());
+        let seal = match (
+            fixed32(prev),
+            sig.and_then(|b| <[u8; 64]>::try_from(b).ok()),
+        ) {
+            (Some(prev), Some(sig)) => Some(Seal {
+                // A signed change whose actor has no key is reported by `kdelta verify`;
+                // served with a zero key it fails every receiver's check.
+                key: fixed32(key).unwrap_or([0; 32]),
+                prev,
+                sig,
+                pruned: pruned.as_deref().map(split_hashes).unwrap_or_default(),
+            }),
+            _ => None,
+        };
         Ok(LogRow {
+            seal,
+            body_hash: fixed32(body_hash),
             id: get(0)?.unwrap_or(0),
             actor,
             seq: get(1)?.unwrap_or(0) as u64,
@@ -145,6 +177,7 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
             seq: row.seq,
             hlc: row.hlc,
             body,
+            seal: row.seal,
         });
     }
     Ok(out)

@@ -24,6 +24,10 @@ pub struct StoreConfig {
     pub max_group_jobs: usize,
     /// Capacity of the write queue; writers wait (backpressure) when it is full.
     pub write_queue: usize,
+    /// Refuse remote changes that carry no signature (changes of peers that do not sign
+    /// yet). Off by default so un-upgraded peers keep syncing; their unsigned changes are
+    /// counted. An actor that has signed once is never accepted unsigned again.
+    pub require_signatures: bool,
 }
 
 impl Default for StoreConfig {
@@ -35,6 +39,7 @@ impl Default for StoreConfig {
             read_connections: 4,
             max_group_jobs: 256,
             write_queue: 1024,
+            require_signatures: false,
         }
     }
 }

@@ -249,17 +249,20 @@ impl Writer {
         cutoff: i64,
         report: &mut PruneReport,
     ) -> Result<()> {
-        let row: Option<(Vec<u8>, i64, Vec<u8>)> = self
+        type Row = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>);
+        let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "SELECT c.manifest, c.seq, a.actor FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id = ?1",
+                "SELECT c.manifest, c.seq, a.actor, c.pruned FROM changes c JOIN actors a ON a.idx = c.actor_idx WHERE c.id = ?1",
             )
             .and_then(|mut st| {
-                st.query_row([change_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
+                st.query_row([change_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
             })
             .map_err(StoreError::db("reading a change to prune"))?;
-        let Some((manifest, seq, actor)) = row else {
+        let Some((manifest, seq, actor, pruned)) = row else {
             return Ok(());
         };
         let Some(actor) = ActorId::from_slice(&actor) else {
@@ -295,6 +298,16 @@ impl Writer {
             .unzip();
         self.digest
             .sub(&readings_hash(&actor, seq as u64, name, &ts, &values));
+        // The unit's seal hash stays with the change, so it still proves its body.
+        let unit = crate::seal::unit_hash(&crate::SeriesPoints {
+            name: entry.name.clone(),
+            unit: entry.unit.clone(),
+            meta: entry.meta.clone(),
+            ts: ts.clone(),
+            values: values.clone(),
+        });
+        let mut pruned = pruned.unwrap_or_default();
+        pruned.extend_from_slice(&unit);
         self.conn
             .prepare_cached(
                 "DELETE FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4",
@@ -306,8 +319,8 @@ impl Writer {
         let mut bytes = Vec::new();
         ciborium::into_writer(&entries, &mut bytes).expect("encoding a manifest into memory");
         self.conn
-            .prepare_cached("UPDATE changes SET manifest = ?1 WHERE id = ?2")
-            .and_then(|mut st| st.execute(params![bytes, change_id]))
+            .prepare_cached("UPDATE changes SET manifest = ?1, pruned = ?3 WHERE id = ?2")
+            .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
             .map_err(StoreError::db("updating a pruned change's manifest"))?;
         let n = ts.len() as u64;
         self.add_readings_pruned(n as i64)?;

@@ -6,12 +6,13 @@
 //! SHA-384 of the file) of the sqlx migrator earlier releases used, so a store written by
 //! those releases opens unchanged and one written now still opens in them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use sha2::{Digest as _, Sha384};
 
+use crate::seal::SigningKey;
 use crate::{ActorId, Result, StoreConfig, StoreError};
 
 /// One embedded migration: `NNNN_description.sql`.
@@ -42,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         description: "doc_batches",
         sql: include_str!("../migrations/0004_doc_batches.sql"),
+    },
+    Migration {
+        version: 6,
+        description: "signed_log",
+        sql: include_str!("../migrations/0006_signed_log.sql"),
     },
 ];
 
@@ -115,9 +121,72 @@ pub(crate) fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connecti
         })?;
     }
     let mut conn = connect(path, config, false)?;
+    // The database holds the actor's private signing key: readable by the agent only (SQLite
+    // gives its -wal and -shm files the same mode). Stores made by earlier releases are
+    // tightened too, on their first open by this one.
+    for file in [
+        path.to_path_buf(),
+        PathBuf::from(format!("{}-wal", path.display())),
+        PathBuf::from(format!("{}-shm", path.display())),
+    ] {
+        if file.exists() {
+            restrict_to_owner(&file)?;
+        }
+    }
     migrate(&mut conn)?;
     let actor = load_or_create_actor(&conn)?;
+    load_or_create_signing_key(&conn)?;
     Ok((conn, actor))
+}
+
+/// `chmod 0600` unless group and others already have no access (Unix; elsewhere nothing).
+fn restrict_to_owner(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o600);
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The store's Ed25519 key pair (PKCS#8 in `meta`), made on first open of this release: a
+/// new store signs from seq 1, an upgraded one from its next change.
+pub(crate) fn load_or_create_signing_key(conn: &Connection) -> Result<SigningKey> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'signing_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::db("reading the signing key"))?;
+    if let Some(bytes) = stored {
+        return SigningKey::from_pkcs8(&bytes);
+    }
+    new_signing_key(conn)
+}
+
+/// Makes and stores a new key pair (a new store, or a new identity: `Store::rekey`).
+pub(crate) fn new_signing_key(conn: &Connection) -> Result<SigningKey> {
+    let key = SigningKey::generate()?;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('signing_key', ?1) \
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key.pkcs8()],
+    )
+    .map_err(StoreError::db("storing the signing key"))?;
+    Ok(key)
 }
 
 /// The highest version recorded as applied (0 for a new database).

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::params;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::chain::{ChainReport, VerifyReport};
 use crate::log_read::{self, LOG_COLUMNS};
 use crate::readers::Readers;
 use crate::writer::{Job, Shared, Writer};
@@ -74,7 +75,13 @@ impl Store {
             let (path, config, shared) = (path.clone(), config.clone(), shared.clone());
             tokio::task::spawn_blocking(move || {
                 let (conn, actor) = crate::schema::open_writer(&path, &config)?;
-                let writer = Writer::new(conn, shared, actor, config.limits.clone())?;
+                let writer = Writer::new(
+                    conn,
+                    shared,
+                    actor,
+                    config.limits.clone(),
+                    config.require_signatures,
+                )?;
                 Ok::<_, StoreError>((writer, actor))
             })
             .await
@@ -107,21 +114,62 @@ impl Store {
     /// already stored keep their actor; new local changes are written as the new one.
     pub async fn rekey(path: impl AsRef<Path>) -> Result<ActorId> {
         let actor = ActorId::random();
-        Self::set_identity(path, actor).await?;
+        Self::identity(path.as_ref(), actor, true).await?;
         Ok(actor)
     }
 
     /// Sets the actor id of the database at `path` (which must not be open; created when
     /// absent). [`rekey`](Self::rekey) with a chosen id: restores keep the backed-up id with
     /// it (`--same-identity`).
+    /// It keeps the signing key: the same actor goes on signing with the same key.
     pub async fn set_identity(path: impl AsRef<Path>, actor: ActorId) -> Result<()> {
-        let path = path.as_ref().to_path_buf();
+        Self::identity(path.as_ref(), actor, false).await
+    }
+
+    /// Sets the actor id, with a new signing key pair when `new_key` (a new identity must
+    /// not sign with the old one's key).
+    async fn identity(path: &Path, actor: ActorId, new_key: bool) -> Result<()> {
+        let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let (conn, _) = crate::schema::open_writer(&path, &StoreConfig::default())?;
             crate::schema::set_actor(&conn, actor)?;
+            if new_key {
+                crate::schema::new_signing_key(&conn)?;
+            }
             // Fold the WAL back so the file is complete on its own.
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .map_err(StoreError::db("checkpointing after a new identity"))?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes this store's signing key into the closed database `target` (a replay that
+    /// keeps this store's identity).
+    pub(crate) async fn copy_signing_key_to(&self, target: &Path) -> Result<()> {
+        let key: Vec<u8> = self
+            .inner
+            .readers
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT value FROM meta WHERE key = 'signing_key'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::db("reading the signing key"))
+            })
+            .await?;
+        let target = target.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let (conn, _) = crate::schema::open_writer(&target, &StoreConfig::default())?;
+            conn.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'signing_key'",
+                [key],
+            )
+            .map_err(StoreError::db("storing the signing key"))?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(StoreError::db("checkpointing after copying the key"))?;
             Ok(())
         })
         .await
@@ -251,8 +299,10 @@ impl Store {
             seq: u64::MAX,
             hlc: Hlc(u64::MAX),
             body: ChangeBody::Readings(batch),
+            seal: None,
         };
-        let size = probe.encoded_len();
+        // The seal is added when the change is written.
+        let size = probe.encoded_len() + crate::seal::SEAL_MAX_BYTES;
         let ChangeBody::Readings(batch) = probe.body else {
             unreachable!("built as readings above")
         };
@@ -321,12 +371,58 @@ impl Store {
     /// Applies changes received from another replica, atomically: either every new change
     /// of the call is stored or none. Changes already held are skipped (idempotent). A change
     /// whose predecessor from the same actor is missing fails the call with
-    /// [`StoreError::SeqGap`]; a timestamp too far ahead with [`StoreError::ClockSkew`].
+    /// [`StoreError::SeqGap`]; a timestamp too far ahead with [`StoreError::ClockSkew`]; a
+    /// forged, altered or re-ordered change (or an unsigned one where signatures are
+    /// required) with [`StoreError::ChainRefused`] naming the actor and seq (see `chain.rs`).
     pub async fn apply_remote(&self, changes: Vec<Change>) -> Result<ApplyOutcome> {
         if changes.is_empty() {
             return Ok(ApplyOutcome::default());
         }
-        self.submit(|reply| Job::Remote { changes, reply }).await
+        self.submit(|reply| Job::Remote {
+            changes,
+            partial: false,
+            reply,
+        })
+        .await
+        .map(|(outcome, _)| outcome)
+    }
+
+    /// Like [`apply_remote`](Self::apply_remote), but a change failing its signature or
+    /// chain check refuses only its actor's changes of the call (listed in the report, with
+    /// the count of unsigned changes accepted); the other actors' changes apply, atomically.
+    /// What sync sessions use, so one forged actor does not stall a link.
+    pub async fn apply_remote_verified(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<(ApplyOutcome, ChainReport)> {
+        if changes.is_empty() {
+            return Ok(Default::default());
+        }
+        self.submit(|reply| Job::Remote {
+            changes,
+            partial: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Re-checks the store at `path` without opening it for writing (beside a running agent,
+    /// or stopped): every actor's chain, every signature and body hash, and the digest, in
+    /// one read snapshot. See [`VerifyReport`].
+    pub async fn verify_file(path: impl AsRef<Path>) -> Result<VerifyReport> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if !path.exists() {
+                return Err(StoreError::Io {
+                    path: path.display().to_string(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            let mut conn = crate::schema::connect(&path, &StoreConfig::default(), true)?;
+            crate::chain::verify_store(&mut conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// Corrects this store's readings that were sampled in boot `boot` under an untrusted
@@ -594,7 +690,8 @@ impl Store {
                         .map_err(StoreError::db("reading the change log"))?
                     {
                         let bytes: Vec<u8> =
-                            r.get(6).map_err(StoreError::db("reading the change log"))?;
+                            r.get(log_read::LOG_COLUMN_COUNT)
+                                .map_err(StoreError::db("reading the change log"))?;
                         let actor = ActorId::from_slice(&bytes).ok_or(StoreError::Decode {
                             what: "stored actor id",
                             detail: "not 16 bytes".into(),
@@ -680,37 +777,7 @@ impl Store {
             let Some(last) = page.last() else { break };
             after = last.0;
             for (_, c) in page.iter().filter(|(_, c)| keep(c)) {
-                match &c.body {
-                    ChangeBody::Readings(b) => {
-                        for s in &b.series {
-                            digest.add(&crate::digest::readings_hash(
-                                &c.actor, c.seq, &s.name, &s.ts, &s.values,
-                            ));
-                        }
-                        if let Some(t) = &b.timing {
-                            digest.add(&crate::digest::timing_hash(&c.actor, c.seq, t));
-                        }
-                    }
-                    ChangeBody::TimeCorrection(t) => {
-                        digest.add(&crate::digest::correction_hash(
-                            &c.actor,
-                            c.seq,
-                            c.hlc,
-                            &crate::correct::encode_correction(t),
-                        ));
-                    }
-                    ChangeBody::Doc(d) => digest.add(&crate::digest::doc_write_hash(c, d)),
-                    ChangeBody::DocBatch(b) => {
-                        for d in &b.writes {
-                            digest.add(&crate::digest::doc_write_hash(c, d));
-                        }
-                    }
-                    ChangeBody::Twin(t) => {
-                        digest.add(&crate::digest::twin_hash(
-                            &c.actor, c.seq, c.hlc, &t.key, &t.change,
-                        ));
-                    }
-                }
+                crate::digest::add_change(&mut digest, c);
             }
         }
         Ok(digest)

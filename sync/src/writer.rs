@@ -22,9 +22,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::chain::{ChainRefusal, ChainReport};
 use crate::counts::Counts;
 use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
+use crate::seal::SigningKey;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
     ActorId, ApplyOutcome, BootId, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
@@ -68,7 +70,9 @@ pub(crate) enum Job {
     },
     Remote {
         changes: Vec<Change>,
-        reply: oneshot::Sender<Result<ApplyOutcome>>,
+        /// Refuse only the actors whose changes fail their chain check (see `chain.rs`).
+        partial: bool,
+        reply: oneshot::Sender<Result<(ApplyOutcome, ChainReport)>>,
     },
     Twin {
         key: String,
@@ -132,7 +136,10 @@ enum Done {
         Result<(ChangeMeta, Vec<Dot>)>,
     ),
     DocBatch(oneshot::Sender<BatchReply>, BatchReply),
-    Remote(oneshot::Sender<Result<ApplyOutcome>>, Result<ApplyOutcome>),
+    Remote(
+        oneshot::Sender<Result<(ApplyOutcome, ChainReport)>>,
+        Result<(ApplyOutcome, ChainReport)>,
+    ),
     Twin(oneshot::Sender<Result<TwinWrite>>, Result<TwinWrite>),
     Correct(
         oneshot::Sender<Result<Option<ChangeMeta>>>,
@@ -254,6 +261,12 @@ pub(crate) struct Writer {
     pub twins: TwinCache,
     /// Readings changes of the current job not written yet (see `ingest.rs`).
     pub staged: StagedReadings,
+    /// This store's Ed25519 key: every local change is signed with it (`chain.rs`).
+    pub signing: SigningKey,
+    /// Whether this store's public key is bound to its actor (checked once per start).
+    pub own_key_bound: bool,
+    /// Refuse unsigned remote changes (`StoreConfig::require_signatures`).
+    pub require_signatures: bool,
 }
 
 impl Writer {
@@ -262,8 +275,13 @@ impl Writer {
         shared: Arc<Shared>,
         actor: ActorId,
         limits: Limits,
+        require_signatures: bool,
     ) -> Result<Writer> {
+        let signing = crate::schema::load_or_create_signing_key(&conn)?;
         let mut w = Writer {
+            signing,
+            own_key_bound: false,
+            require_signatures,
             conn,
             shared,
             actor,
@@ -487,6 +505,8 @@ impl Writer {
         }
         self.pending_events.clear();
         self.touched.clear();
+        // The key binding may be rolled back with a failed job: check again.
+        self.own_key_bound = false;
         let mut jobs = jobs.into_iter();
         let mut aborted: Option<StoreError> = None;
         while let Some(job) = jobs.next() {
@@ -665,6 +685,7 @@ impl Writer {
                         let actor = self.actor;
                         self.stage_readings(actor, seq, hlc, batch, false)?;
                         self.flush_readings()?;
+                        self.seal_local(seq)?;
                         Ok(ChangeMeta { actor, seq, hlc })
                     })
                     .collect();
@@ -680,6 +701,7 @@ impl Writer {
                         let (seq, hlc) = self.next_local();
                         let actor = self.actor;
                         self.store_doc(actor, seq, hlc, &key, value.as_deref(), None, false)
+                            .and_then(|ctx| self.seal_local(seq).map(|()| ctx))
                             .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx))
                     }
                     Err(e) => Err(e),
@@ -691,15 +713,26 @@ impl Writer {
                 encoded_bytes,
                 reply,
             } => {
-                let r = self.store_local_batch(&writes, encoded_bytes);
+                let r = self
+                    .store_local_batch(&writes, encoded_bytes)
+                    .and_then(|(meta, ctx)| self.seal_local(meta.seq).map(|()| (meta, ctx)));
                 Done::DocBatch(reply, r)
             }
             Job::Twin { key, edit, reply } => {
-                let r = self.store_twin_local(&key, &edit);
+                let r = self.store_twin_local(&key, &edit).and_then(|w| {
+                    if let Some(meta) = &w.change {
+                        self.seal_local(meta.seq)?;
+                    }
+                    Ok(w)
+                });
                 Done::Twin(reply, r)
             }
-            Job::Remote { changes, reply } => {
-                let r = self.apply_remote(changes);
+            Job::Remote {
+                changes,
+                partial,
+                reply,
+            } => {
+                let r = self.apply_remote(changes, partial);
                 Done::Remote(reply, r)
             }
             Job::Correct {
@@ -708,7 +741,14 @@ impl Writer {
                 basis,
                 reply,
             } => {
-                let r = self.correct_local(boot, true_offset_ms, basis);
+                let r = self
+                    .correct_local(boot, true_offset_ms, basis)
+                    .and_then(|meta| {
+                        if let Some(m) = &meta {
+                            self.seal_local(m.seq)?;
+                        }
+                        Ok(meta)
+                    });
                 Done::Correct(reply, r)
             }
             Job::Bind {
@@ -761,15 +801,33 @@ impl Writer {
         Ok(actor)
     }
 
-    /// Checks the whole call first (contiguity per actor, clock offset, limits) so a bad
-    /// change refuses the call before anything is written; then stores the new changes.
-    fn apply_remote(&mut self, changes: Vec<Change>) -> Result<ApplyOutcome> {
+    /// Checks the whole call first (contiguity per actor, clock offset, limits, signatures
+    /// and chain links) so a bad change refuses the call before anything is written; then
+    /// stores the new changes. With `partial`, a change failing its chain check refuses only
+    /// its actor's changes (listed in the report) and the others apply.
+    fn apply_remote(
+        &mut self,
+        changes: Vec<Change>,
+        partial: bool,
+    ) -> Result<(ApplyOutcome, ChainReport)> {
         let mut expect: HashMap<ActorId, u64> = HashMap::new();
         let mut fresh: Vec<usize> = Vec::with_capacity(changes.len());
         let mut skipped = 0;
+        let mut heads = crate::chain::Heads::new();
+        let mut report = ChainReport::default();
+        let mut seals = Vec::new();
+        for c in &changes {
+            if let std::collections::hash_map::Entry::Vacant(e) = heads.entry(c.actor) {
+                e.insert(self.chain_head(c.actor)?);
+            }
+        }
         {
             let clock = self.shared.clock.lock().expect("clock lock");
             for (i, c) in changes.iter().enumerate() {
+                if let Some(r) = report.refused.iter_mut().find(|r| r.actor == c.actor) {
+                    r.changes += 1;
+                    continue;
+                }
                 c.validate(&self.limits)?;
                 let have = *expect
                     .entry(c.actor)
@@ -791,6 +849,30 @@ impl Writer {
                     ahead_ms: e.ahead_ms,
                     max_offset_ms: e.max_offset_ms,
                 })?;
+                let head = heads.get(&c.actor).copied().unwrap_or_default();
+                match crate::chain::check_remote(&head, c, self.require_signatures) {
+                    Ok((next, seal)) => {
+                        heads.insert(c.actor, next);
+                        match seal {
+                            Some(s) => seals.push(s),
+                            None => report.unsigned += 1,
+                        }
+                    }
+                    Err((fault, detail)) => {
+                        let refusal = ChainRefusal {
+                            actor: c.actor,
+                            seq: c.seq,
+                            changes: 1,
+                            fault,
+                            detail,
+                        };
+                        if !partial {
+                            return Err(refusal.into_error());
+                        }
+                        report.refused.push(refusal);
+                        continue;
+                    }
+                }
                 expect.insert(c.actor, c.seq);
                 fresh.push(i);
             }
@@ -829,7 +911,8 @@ impl Writer {
         }
         self.flush_readings()?;
         self.flush_twins()?;
-        Ok(ApplyOutcome { applied, skipped })
+        self.store_remote_seals(seals)?;
+        Ok((ApplyOutcome { applied, skipped }, report))
     }
 }
 

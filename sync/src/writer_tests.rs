@@ -28,7 +28,7 @@ fn open_writer(path: &std::path::Path) -> Writer {
         health: Default::default(),
     });
     let (conn, actor) = crate::schema::open_writer(path, &config).unwrap();
-    Writer::new(conn, shared, actor, config.limits).unwrap()
+    Writer::new(conn, shared, actor, config.limits, false).unwrap()
 }
 
 fn batch(series: &str, ts: i64, value: f64) -> ReadingBatch {
@@ -70,7 +70,9 @@ async fn a_failing_job_inside_a_group_keeps_the_digest_exact() {
             seq: 2,
             hlc: Hlc::new(T0 as u64, 0),
             body: ChangeBody::Readings(batch("gap", T0, 2.0)),
+            seal: None,
         }],
+        partial: false,
         reply: bad_reply,
     });
     replies.push(append(&mut jobs, batch("after", T0 + 1, 3.0)));

@@ -100,11 +100,40 @@ fn reference_load(
         }
         k => panic!("kind {k}"),
     };
+    // The seal, one change at a time (the batched path joins the key in its log query).
+    type SealRow = (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+    let (prev, sig, pruned, key): SealRow = pool
+        .query_row(
+            "SELECT c.prev_hash, c.signature, c.pruned, a.public_key FROM changes c \
+             JOIN actors a ON a.idx = c.actor_idx WHERE c.id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let seal = match (prev, sig) {
+        (Some(prev), Some(sig)) => Some(kdelta_sync::seal::Seal {
+            key: key.unwrap().try_into().unwrap(),
+            prev: prev.try_into().unwrap(),
+            sig: sig.try_into().unwrap(),
+            pruned: pruned
+                .unwrap_or_default()
+                .chunks(32)
+                .map(|c| c.try_into().unwrap())
+                .collect(),
+        }),
+        _ => None,
+    };
     Change {
         actor,
         seq: seq as u64,
         hlc: Hlc(hlc as u64),
         body,
+        seal,
     }
 }
 
@@ -262,6 +291,7 @@ async fn build(dir: &tempfile::TempDir, ops: &[Op]) -> (Store, Vec<Change>) {
                 seq: seqs[who as usize],
                 hlc: now_hlc(i as u16),
                 body,
+                seal: None,
             });
         };
         match op {
@@ -427,6 +457,7 @@ fn many_series_changes() -> Vec<Change> {
             seq: seqs[who],
             hlc: now_hlc(k as u16),
             body,
+            seal: None,
         });
     }
     out

@@ -519,6 +519,7 @@ fn evil_change(seq: u64, hlc_ms: u64) -> Change {
         seq,
         hlc: Hlc::new(hlc_ms, 0),
         body: ChangeBody::Readings(b),
+        seal: None,
     }
 }
 
@@ -941,6 +942,7 @@ fn change_strategy() -> impl Strategy<Value = Change> {
             seq,
             hlc: Hlc(hlc),
             body,
+            seal: None,
         })
 }
 
@@ -1486,4 +1488,232 @@ async fn a_device_credential_sends_only_its_own_actors_changes() {
     assert_eq!(stats.changes_refused, 0);
     assert_same(&[&a, &hub]).await;
     assert_eq!(hub.version_vector().get(&b.actor()), 3);
+}
+
+// ------------------------------------------------------------------- signed log
+
+/// Opens the SQLite file of `name` behind its store's back (what a tampering relay does).
+fn tamper(dir: &tempfile::TempDir, name: &str, sql: &str) {
+    let conn = rusqlite::Connection::open(dir.path().join(name)).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let n = conn.execute(sql, []).unwrap();
+    assert!(n > 0, "the tampering statement changed nothing: {sql}");
+}
+
+/// A hub that alters a change it relays (a reading's value, edited in its database) is
+/// caught by the device it relays to: that actor's change is refused as `bad_signature`
+/// naming actor and seq, its later changes wait, and everything else in the pages applies.
+/// The genuine changes, fetched from their maker, then apply and the device verifies.
+#[tokio::test]
+async fn a_hub_altering_a_relayed_change_is_refused_and_the_rest_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, hub, d) = (
+        open(&dir, "a.db").await,
+        open(&dir, "b.db").await,
+        open(&dir, "hub.db").await,
+        open(&dir, "d.db").await,
+    );
+    readings(&a, "a.temp", 0, 3, 10).await;
+    a.put("a/state", &serde_json::json!("on")).await.unwrap();
+    readings(&b, "b.temp", 0, 2, 10).await;
+    sync_once(&a, &hub).await;
+    sync_once(&b, &hub).await;
+    // Relayed honestly first: the device verifies A's and B's signatures through the hub.
+    let probe = open(&dir, "probe.db").await;
+    let (_, st) = sync_once(&hub, &probe).await;
+    assert_eq!((st.changes_unverified, st.changes_unsigned), (0, 0));
+    assert_same(&[&hub, &probe]).await;
+    assert!(
+        Store::verify_file(dir.path().join("probe.db"))
+            .await
+            .unwrap()
+            .ok()
+    );
+
+    // The hub alters A's seq 2 (a value) in its database.
+    tamper(
+        &dir,
+        "hub.db",
+        &format!(
+            "UPDATE readings SET value = value + 1 WHERE change_id = \
+             (SELECT c.id FROM changes c JOIN actors x ON x.idx = c.actor_idx \
+              WHERE x.actor = x'{}' AND c.seq = 2)",
+            a.actor()
+        ),
+    );
+    let (_, st) = sync_once(&hub, &d).await;
+    assert_eq!(d.version_vector().get(&a.actor()), 1, "A waits at seq 1");
+    assert_eq!(d.version_vector().get(&b.actor()), 2, "B applies");
+    assert_eq!(st.changes_unverified, 3, "A's seq 2 and the two behind it");
+    let refusal = st.last_refusal.clone().unwrap();
+    assert_eq!(refusal.code, "bad_signature");
+    assert!(
+        refusal.message.contains(&a.actor().to_string()) && refusal.message.contains("seq 2"),
+        "{}",
+        refusal.message
+    );
+    assert_eq!(d.verify_digest().await.unwrap(), d.digest());
+    // From A itself, the genuine changes apply and the device's store verifies.
+    let (_, st) = sync_once(&a, &d).await;
+    assert_eq!(st.changes_unverified, 0);
+    assert_eq!(d.version_vector().get(&a.actor()), 4);
+    assert_same(&[&a, &d]).await;
+    let report = Store::verify_file(dir.path().join("d.db")).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!(report.unsigned, 0);
+    assert!(report.signed >= 6, "{report:?}");
+}
+
+/// Changes that do not come from their actor's key are refused at apply, naming actor and
+/// seq, with nothing stored: re-signed by another key, a seq moved, a signature stripped
+/// after the actor started signing. A hostile peer sends them as pages; the victim's own
+/// data and the rest of the page are unaffected.
+#[tokio::test]
+async fn forged_reordered_and_stripped_changes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    readings(&a, "a.temp", 0, 3, 5).await;
+    let genuine = a
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(
+        genuine.iter().all(|c| c.seal.is_some()),
+        "every change is signed"
+    );
+    let (store, _) = victim(&dir).await;
+    store.apply_remote(vec![genuine[0].clone()]).await.unwrap();
+
+    // Seq 3 renumbered as seq 2: it links to the real seq 2, not to seq 1.
+    let mut moved = genuine[2].clone();
+    moved.seq = 2;
+    // Re-signed by a stranger's key (any key that is not A's).
+    let stranger = kdelta_sync::seal::SigningKey::generate().unwrap();
+    let mut resigned = genuine[1].clone();
+    if let (ChangeBody::Readings(b), Some(s)) = (&mut resigned.body, &mut resigned.seal) {
+        b.series[0].values[0] = 99.0;
+        let body = kdelta_sync::seal::body_hash(&resigned.body, &[]);
+        let h = kdelta_sync::seal::change_hash(&a.actor(), 2, resigned.hlc, &s.prev, &body);
+        s.key = stranger.public();
+        s.sig = stranger.sign(&h);
+    }
+    // The signature stripped.
+    let mut stripped = genuine[1].clone();
+    stripped.seal = None;
+    for (forged, code) in [
+        (moved, "broken_chain"),
+        (resigned, "bad_signature"),
+        (stripped, "broken_chain"),
+    ] {
+        let before = (store.version_vector(), store.digest());
+        let err = store.apply_remote(vec![forged]).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&a.actor().to_string()) && text.contains("change 2"),
+            "{text}"
+        );
+        assert_eq!((store.version_vector(), store.digest()), before);
+    }
+    // The same forgeries in a sync page: refused per actor, an honest actor's change applies.
+    let honest = open(&dir, "honest.db").await;
+    readings(&honest, "h.temp", 0, 1, 3).await;
+    let mut page = honest
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
+    let mut forged = genuine[1].clone();
+    if let ChangeBody::Readings(b) = &mut forged.body {
+        b.series[0].values[0] += 1.0;
+    }
+    page.push(forged);
+    page.push(genuine[2].clone());
+    let (mut raw, h) = hostile_initiator(&store);
+    raw.handshake(TOKEN).await;
+    raw.send(&Frame::Page {
+        page_id: 1,
+        changes: page,
+        anchors: vec![],
+    })
+    .await;
+    loop {
+        match raw.recv().await {
+            Some(Frame::Ack(ack)) => {
+                assert_eq!(ack.applied, 1, "the honest actor's change");
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the session closed instead of acknowledging"),
+        }
+    }
+    assert_eq!(store.version_vector().get(&honest.actor()), 1);
+    assert_eq!(store.version_vector().get(&a.actor()), 1);
+    drop(raw);
+    let _ = timeout(DEADLINE, h).await;
+    let report = Store::verify_file(dir.path().join("victim.db"))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+
+    // A change that reached a store unsigned (through a relay on an older release) is the
+    // unsigned past there: the actor's next, signed change starts the chain instead of
+    // wedging it.
+    let e = open(&dir, "e.db").await;
+    let mut unsigned = genuine[0].clone();
+    unsigned.seal = None;
+    e.apply_remote(vec![unsigned]).await.unwrap();
+    e.apply_remote(genuine[1..].to_vec()).await.unwrap();
+    let report = Store::verify_file(dir.path().join("e.db")).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.unsigned, report.signed), (1, 2));
+}
+
+/// A store whose file was edited behind the agent's back fails `verify`, naming the actor
+/// and seq; a synced store passes. Retention-pruned changes still verify (their units'
+/// hashes are kept) and still sync verified.
+#[tokio::test]
+async fn verify_catches_edits_and_accepts_pruned_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&dir, "a.db").await, open(&dir, "b.db").await);
+    // Two series in one change, one of them old enough to prune.
+    let mut batch = ReadingBatch::new();
+    batch.push("old", T0, 1.0, Some("°C"));
+    batch.push("new", T0 + 86_400_000 * 30, 2.0, None);
+    a.append(batch).await.unwrap();
+    a.put("k", &serde_json::json!({"v": 1})).await.unwrap();
+    let policy = RetentionPolicy {
+        series: vec![SeriesRetention {
+            pattern: "old".into(),
+            max_age_ms: Some(1000),
+        }],
+        ..RetentionPolicy::default()
+    };
+    let pruned = a.prune(&policy, T0 + 86_400_000, 1000).await.unwrap();
+    assert_eq!(pruned.units, 1);
+    assert!(
+        Store::verify_file(dir.path().join("a.db"))
+            .await
+            .unwrap()
+            .ok()
+    );
+    let (_, st) = sync_once(&a, &b).await;
+    assert_eq!(
+        st.changes_unverified, 0,
+        "a pruned change verifies at the receiver"
+    );
+    let report = Store::verify_file(dir.path().join("b.db")).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.actors, report.changes, report.signed), (1, 2, 2));
+
+    // Edit the document value behind b's back.
+    tamper(
+        &dir,
+        "b.db",
+        "UPDATE doc_versions SET value = x'a16176182a'",
+    );
+    let report = Store::verify_file(dir.path().join("b.db")).await.unwrap();
+    assert!(!report.ok());
+    let f = &report.failures[0];
+    assert_eq!((f.actor, f.seq), (Some(a.actor()), Some(2)), "{f}");
+    assert!(f.problem.contains("altered"), "{f}");
 }

@@ -693,3 +693,41 @@ async fn history_pages_keep_versions_of_two_actors_sharing_one_hlc() {
         "newest first, then by actor descending, each once"
     );
 }
+
+/// A new identity signs with a new key: `Store::rekey` replaces the key pair with the actor,
+/// the old actor's changes keep their signatures, and both chains verify. The database file
+/// holding the private key is readable by its owner only.
+#[tokio::test]
+async fn rekey_makes_a_new_key_pair_and_both_chains_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let key = |p: &std::path::Path| -> Vec<u8> {
+        let conn = rusqlite::Connection::open(p).unwrap();
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'signing_key'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let store = open(&dir, "s.db").await;
+    store.put("k", &json!(1)).await.unwrap();
+    let old = store.actor();
+    store.close().await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let before = key(&path);
+    let new = Store::rekey(&path).await.unwrap();
+    assert_ne!(new, old);
+    assert_ne!(key(&path), before, "a new identity gets a new key pair");
+    let store = Store::open(&path, StoreConfig::default()).await.unwrap();
+    store.put("k", &json!(2)).await.unwrap();
+    store.close().await;
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.actors, report.signed, report.unsigned), (2, 2, 0));
+}

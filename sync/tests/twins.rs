@@ -508,6 +508,7 @@ fn hostile_remote_twin_changes_are_refused() {
                 key: KEY.into(),
                 change: bytes,
             }),
+            seal: None,
         };
         let mut flipped = t.change.clone();
         let last = flipped.len() - 1;

@@ -146,6 +146,7 @@ fn actor_changes(from: u32, to: u32) -> Vec<Change> {
                 seq: 1,
                 hlc: Hlc::new(T0 as u64, 0),
                 body: ChangeBody::Readings(b),
+                seal: None,
             }
         })
         .collect()

@@ -23,6 +23,7 @@ mod reload;
 mod retention;
 mod roles;
 mod security;
+mod signing;
 mod sources;
 mod sync;
 mod systemd;

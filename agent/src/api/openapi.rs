@@ -191,7 +191,9 @@ fn routes_document() -> Value {
                     "role": {"type": "string", "enum": ["device", "hub"], "nullable": true, "description": "inbound: the role of the credential"},
                     "bound_actor": {"type": "string", "nullable": true, "description": "inbound device credential: the actor it is bound to"},
                     "changes_refused": {"type": "integer", "description": "changes of other actors a device credential sent: refused"},
-                    "last_refusal": {"type": "object", "nullable": true}}});
+                    "changes_unverified": {"type": "integer", "description": "changes that failed the signature or chain check (bad_signature, broken_chain, unsigned with store.require_signatures): refused"},
+                    "changes_unsigned": {"type": "integer", "description": "unsigned changes accepted (peers that do not sign yet)"},
+                    "last_refusal": {"type": "object", "nullable": true, "description": "the latest refusal: code foreign_actor, bad_signature, broken_chain or unsigned, and a message naming actor and seq"}}});
     let credential_schema = json!({"type": "object", "properties": {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["token", "certificate"]},
                     "role": {"type": "string", "enum": ["device", "hub"]},

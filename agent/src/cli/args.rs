@@ -82,6 +82,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Give a stopped agent's store a new identity (after imaging an SD card).
     Rekey(OfflineDir),
+    /// Re-check a store's signed history: every actor's hash chain, every signature and the
+    /// digest (read-only: the agent may run). Exit status 1 on any failure.
+    Verify(OfflineDir),
     /// Load tools.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),

@@ -204,7 +204,7 @@ pub async fn rekey(dir: OfflineDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn offline_config(dir: &OfflineDir) -> ConfigArgs {
+pub(super) fn offline_config(dir: &OfflineDir) -> ConfigArgs {
     let mut flags: Vec<(&'static str, &'static str, Value)> = Vec::new();
     if let Some(d) = &dir.data_dir {
         flags.push((

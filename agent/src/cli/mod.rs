@@ -15,6 +15,7 @@ mod readings;
 mod run;
 mod show;
 mod twin;
+mod verify;
 
 pub use args::*;
 pub use run::{main, print_error};

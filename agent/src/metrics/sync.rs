@@ -51,6 +51,10 @@ pub struct PeerSample {
     pub quarantined: u64,
     /// Changes received from a `device` credential on behalf of another actor: refused.
     pub refused: u64,
+    /// Changes received from the peer that failed the signature or chain check: refused.
+    pub unverified: u64,
+    /// Unsigned changes received from the peer and accepted (peers that do not sign yet).
+    pub unsigned: u64,
     /// Our changes left unsent because they are larger than the peer's frame limit.
     pub too_large: u64,
     /// Actors whose history from the peer forked from ours (a cloned store).
@@ -143,6 +147,8 @@ impl Metrics {
                     m.quarantined = m.quarantined.saturating_add(s.quarantined);
                     m.refused = m.refused.saturating_add(s.refused);
                     m.too_large = m.too_large.saturating_add(s.too_large);
+                    m.unverified = m.unverified.saturating_add(s.unverified);
+                    m.unsigned = m.unsigned.saturating_add(s.unsigned);
                     m.forks = m.forks.saturating_add(s.forks);
                 }
             }
@@ -192,7 +198,17 @@ impl Collector for PeerCollector {
                 ConstGauge::new(v).encode(family.encode_family(l)?)?;
             }
         }
-        let counters: [(&str, &str, Field); 6] = [
+        let counters: [(&str, &str, Field); 8] = [
+            (
+                "sync_changes_unverified",
+                "Changes received from the peer that failed the signature or chain check (bad_signature: forged or altered; broken_chain: re-ordered or signature stripped; unsigned: with store.require_signatures): refused, nothing stored; last_refusal on the peer names actor and seq",
+                |s| s.unverified,
+            ),
+            (
+                "sync_changes_unsigned",
+                "Unsigned changes received from the peer and accepted (made before their store was upgraded to signing, or by a peer that does not sign yet; refused with store.require_signatures)",
+                |s| s.unsigned,
+            ),
             (
                 "sync_peer_bytes_in",
                 "Sync bytes received from the peer (outbound: since start; inbound: sessions still listed)",
@@ -249,6 +265,8 @@ mod tests {
             bytes_out: 7,
             quarantined: 0,
             refused: 0,
+            unverified: 0,
+            unsigned: 0,
             too_large: 0,
             forks: 0,
         }

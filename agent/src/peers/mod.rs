@@ -435,6 +435,8 @@ impl Registry {
                 quarantined: p.stats.changes_quarantined,
                 refused: p.stats.changes_refused,
                 too_large: p.stats.changes_too_large,
+                unverified: p.stats.changes_unverified,
+                unsigned: p.stats.changes_unsigned,
                 forks: p.stats.actor_forks,
             })
             .collect()

@@ -211,6 +211,11 @@ pub async fn replay_as_of(
     }
     if let Some(actor) = identity {
         Store::set_identity(target, actor).await?;
+        if actor == source.actor() {
+            // The same identity goes on signing with the same key, or its next change
+            // would be refused by every replica as signed by another key.
+            source.copy_signing_key_to(target).await?;
+        }
     }
     let mut config = source.config().clone();
     // Replayed history is judged by nothing: its timestamps were accepted when first stored.

@@ -277,7 +277,7 @@ impl<'a> Exchange<'a> {
                     &anchors,
                 )
                 .await?;
-                let outcome = self.store.apply_remote(changes).await?;
+                let outcome = apply_page(self.store, self.stats, changes).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
                 self.sent.merge(&holds);
@@ -390,6 +390,22 @@ pub(super) fn screen_page(
         tracing::warn!(actor = %q.actor, seq = q.seq, "sync: {q}");
     }
     accepted
+}
+
+/// Applies a screened page: each change's signature and chain link are checked by the
+/// writer; an actor whose change fails is refused (counted, logged naming actor and seq,
+/// `last_refusal`) and its later changes wait, while the other actors' changes apply.
+pub(super) async fn apply_page(
+    store: &Store,
+    stats: &SessionStats,
+    changes: Vec<Change>,
+) -> Result<crate::ApplyOutcome, ProtocolError> {
+    let (outcome, report) = store.apply_remote_verified(changes).await?;
+    for r in &report.refused {
+        tracing::warn!(actor = %r.actor, seq = r.seq, reason = r.fault.code(), "sync: {r}");
+    }
+    stats.chain_checked(&report);
+    Ok(outcome)
 }
 
 /// The changes of a received page that do not fork an actor's history (see

@@ -528,6 +528,7 @@ mod tests {
                 seq: 1,
                 hlc: Hlc::new(1_764_000_000_000, 0),
                 body: ChangeBody::Readings(batch),
+                seal: None,
             }],
         }
     }

@@ -295,7 +295,7 @@ impl SyncSession {
                         return;
                     }
                 };
-                match self.store.apply_remote(changes).await {
+                match super::exchange::apply_page(&self.store, &self.stats, changes).await {
                     Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
                     Err(e) => {
                         tracing::debug!(error = %e, "a page received before the link failed was refused");

@@ -64,6 +64,8 @@ pub struct SessionStats {
     changes_skipped: AtomicU64,
     changes_quarantined: AtomicU64,
     changes_refused: AtomicU64,
+    changes_unverified: AtomicU64,
+    changes_unsigned: AtomicU64,
     changes_too_large: AtomicU64,
     actor_forks: AtomicU64,
     sessions: AtomicU64,
@@ -150,7 +152,16 @@ pub struct StatsSnapshot {
     /// Received changes refused because a `device` credential sent another actor's changes
     /// (see `quarantine.rs`); nothing of them is stored.
     pub changes_refused: u64,
-    /// The most recent such refusal (code `foreign_actor`), naming actor, seq and credential.
+    /// Received changes refused by the signature and chain check (`chain.rs`): forged,
+    /// altered, re-ordered, or unsigned where signatures are required; nothing of them is
+    /// stored.
+    pub changes_unverified: u64,
+    /// Received unsigned changes accepted (peers that do not sign yet; see
+    /// `require_signatures`).
+    pub changes_unsigned: u64,
+    /// The most recent refusal: code `foreign_actor` (a device credential sent another
+    /// actor's changes) or `bad_signature` / `broken_chain` / `unsigned` (the chain check),
+    /// naming actor and seq.
     pub last_refusal: Option<LastError>,
     /// Changes left unsent because they are larger than the peer's frame limit (each
     /// counted once per session; see [`ChangeTooLarge`](super::ChangeTooLarge)).
@@ -191,6 +202,8 @@ impl Default for SessionStats {
             changes_skipped: AtomicU64::new(0),
             changes_quarantined: AtomicU64::new(0),
             changes_refused: AtomicU64::new(0),
+            changes_unverified: AtomicU64::new(0),
+            changes_unsigned: AtomicU64::new(0),
             changes_too_large: AtomicU64::new(0),
             actor_forks: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
@@ -248,6 +261,8 @@ impl SessionStats {
             role: s.role,
             bound_actor: s.bound_actor,
             changes_refused: self.changes_refused.load(Relaxed),
+            changes_unverified: self.changes_unverified.load(Relaxed),
+            changes_unsigned: self.changes_unsigned.load(Relaxed),
             last_refusal: s.last_refusal,
             changes_too_large: self.changes_too_large.load(Relaxed),
             last_too_large: s.last_too_large,
@@ -348,6 +363,20 @@ impl SessionStats {
             message: f.to_string(),
             at_ms: SystemTime.now_ms(),
         });
+    }
+
+    /// Records what the chain check of one received page decided.
+    pub(crate) fn chain_checked(&self, report: &crate::ChainReport) {
+        self.changes_unsigned
+            .fetch_add(report.unsigned as u64, Relaxed);
+        for r in &report.refused {
+            self.changes_unverified.fetch_add(r.changes as u64, Relaxed);
+            self.lock().last_refusal = Some(LastError {
+                code: r.fault.code().into(),
+                message: r.to_string(),
+                at_ms: SystemTime.now_ms(),
+            });
+        }
     }
 
     pub(crate) fn change_too_large(&self, c: &super::ChangeTooLarge) {

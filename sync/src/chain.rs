@@ -1,0 +1,566 @@
+//! The store side of the signed change log (hashes and keys are `seal.rs`): sealing local
+//! changes in the writer, checking received ones before they are stored, and re-checking a
+//! whole store (`kdelta verify`). Owns the `prev_hash`/`body_hash`/`signature`/`pruned`
+//! columns of `changes` and `actors.public_key` (migration 0006).
+//!
+//! Rules for a received change of actor A at seq n (the store holds A up to n − 1):
+//! - signed: its key must be A's bound key (bound by A's first signed change stored: trust on
+//!   first use); its `prev` must be the hash of the stored change n − 1 when that one is
+//!   signed (after an unsigned one — the unsigned past, or a change an older relay passed on
+//!   without its seal — there is nothing to link to); its signature must verify over the
+//!   change hash, computed
+//!   from the body received (and the hashes of pruned units).
+//! - unsigned: refused once A has a signed change (a stripped signature), or when
+//!   `require_signatures` is set; otherwise accepted as the unsigned past of an actor that
+//!   has not upgraded yet, and counted.
+//!
+//! A refusal names the actor and seq; the actor's later changes in the same call wait behind
+//! it, other actors' changes apply.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::log_read::{self, LOG_COLUMNS, LogRow};
+use crate::seal::{self, CHAIN_START, Hash, Seal};
+use crate::writer::Writer;
+use crate::{ActorId, Change, Result, StoreError};
+
+/// Why received changes were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFault {
+    /// Signed by a key that is not the actor's, or the signature does not verify (forged or
+    /// altered).
+    BadSignature,
+    /// Does not link to the actor's previous change (re-ordered, replaced, or a signature
+    /// stripped after the actor started signing).
+    BrokenChain,
+    /// Unsigned while `require_signatures` is set.
+    Unsigned,
+}
+
+impl ChainFault {
+    /// The code used in metrics, logs and `last_refusal`.
+    pub fn code(self) -> &'static str {
+        match self {
+            ChainFault::BadSignature => "bad_signature",
+            ChainFault::BrokenChain => "broken_chain",
+            ChainFault::Unsigned => "unsigned",
+        }
+    }
+}
+
+/// Changes of one actor refused by the chain check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRefusal {
+    /// The actor the changes claim.
+    pub actor: ActorId,
+    /// The first refused seq (later ones of the actor in the call waited behind it).
+    pub seq: u64,
+    /// How many of its changes were refused.
+    pub changes: usize,
+    /// Why.
+    pub fault: ChainFault,
+    /// What exactly did not hold.
+    pub detail: String,
+}
+
+impl std::fmt::Display for ChainRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refused {} change(s) of actor {} from seq {} ({}): {}",
+            self.changes,
+            self.actor,
+            self.seq,
+            self.fault.code(),
+            self.detail
+        )
+    }
+}
+
+impl ChainRefusal {
+    /// As a store error (a strict apply refuses the whole call).
+    pub fn into_error(self) -> StoreError {
+        StoreError::ChainRefused {
+            actor: self.actor,
+            seq: self.seq,
+            reason: self.fault.code(),
+            detail: self.detail,
+        }
+    }
+}
+
+/// What the chain check of one apply call decided besides the changes it stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Actors whose changes were refused, in order of the first refusal.
+    pub refused: Vec<ChainRefusal>,
+    /// Unsigned changes accepted (the unsigned past of actors that do not sign yet).
+    pub unsigned: usize,
+}
+
+/// The last change of an actor as far as the chain is concerned.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ChainHead {
+    /// Hash of the last change when it is signed.
+    pub hash: Option<Hash>,
+    /// The actor's bound public key.
+    pub key: Option<[u8; 32]>,
+}
+
+/// The stored seal of one accepted remote change, written after its row.
+pub(crate) struct PendingSeal {
+    pub actor: ActorId,
+    pub seq: u64,
+    pub body_hash: Hash,
+    pub seal: Seal,
+    /// Bind `seal.key` to the actor (its first signed change here).
+    pub bind: bool,
+}
+
+/// `hlc, prev_hash, body_hash` of a stored change.
+type LinkRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// `idx, actor, max_seq, public_key` of an actor row.
+type ActorRow = (i64, Vec<u8>, i64, Option<Vec<u8>>);
+
+/// The change hash of the stored change `(actor_idx, seq)`, `None` when it is unsigned or
+/// absent.
+fn stored_hash(conn: &Connection, actor: &ActorId, idx: i64, seq: u64) -> Result<Option<Hash>> {
+    let row: Option<LinkRow> = conn
+        .prepare_cached(
+            "SELECT hlc, prev_hash, body_hash FROM changes WHERE actor_idx = ?1 AND seq = ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![idx, seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(StoreError::db("reading a chain link"))?;
+    let Some((hlc, Some(prev), Some(body))) = row else {
+        return Ok(None);
+    };
+    let (Ok(prev), Ok(body)) = (<Hash>::try_from(prev), <Hash>::try_from(body)) else {
+        return Ok(None);
+    };
+    Ok(Some(seal::change_hash(
+        actor,
+        seq,
+        crate::Hlc(hlc as u64),
+        &prev,
+        &body,
+    )))
+}
+
+impl Writer {
+    /// Signs the local change `seq` just written in this job: reads it back as it will be
+    /// served, hashes it, links it to the previous one and stores the seal.
+    pub(crate) fn seal_local(&mut self, seq: u64) -> Result<()> {
+        let actor = self.actor;
+        let idx = self.actor_slot(actor)?.idx;
+        if !self.own_key_bound {
+            self.conn
+                .prepare_cached(
+                    "UPDATE actors SET public_key = ?1 WHERE idx = ?2 AND public_key IS NULL",
+                )
+                .and_then(|mut st| st.execute(params![self.signing.public().as_slice(), idx]))
+                .map_err(StoreError::db("binding this store's public key"))?;
+            self.own_key_bound = true;
+        }
+        let sql =
+            format!("SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq = ?2");
+        let row = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_row(params![idx, seq as i64], |r| Ok(LogRow::from_row(r, actor)))
+            })
+            .map_err(StoreError::db("reading a change to sign"))??;
+        let id = row.id;
+        let change = log_read::load(&self.conn, vec![row])?
+            .pop()
+            .ok_or_else(|| StoreError::Decode {
+                what: "change to sign",
+                detail: format!("change {seq} of {actor} is missing"),
+            })?;
+        let prev = match seq {
+            1 => None,
+            _ => stored_hash(&self.conn, &actor, idx, seq - 1)?,
+        }
+        .unwrap_or(CHAIN_START);
+        let body = seal::body_hash(&change.body, &[]);
+        let hash = seal::change_hash(&actor, seq, change.hlc, &prev, &body);
+        let sig = self.signing.sign(&hash);
+        self.conn
+            .prepare_cached(
+                "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3 WHERE id = ?4",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    prev.as_slice(),
+                    body.as_slice(),
+                    sig.as_slice(),
+                    id
+                ])
+            })
+            .map_err(StoreError::db("storing a change's signature"))?;
+        Ok(())
+    }
+
+    /// The chain head of `actor` as stored (before this call's changes).
+    pub(crate) fn chain_head(&mut self, actor: ActorId) -> Result<ChainHead> {
+        let Some(slot) = self.actors.get(&actor).copied() else {
+            return Ok(ChainHead::default());
+        };
+        let key: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT public_key FROM actors WHERE idx = ?1")
+            .and_then(|mut st| st.query_row([slot.idx], |r| r.get(0)))
+            .map_err(StoreError::db("reading an actor's key"))?;
+        let hash = match slot.max_seq {
+            0 => None,
+            seq => stored_hash(&self.conn, &actor, slot.idx, seq)?,
+        };
+        Ok(ChainHead {
+            hash,
+            key: key.and_then(|k| k.try_into().ok()),
+        })
+    }
+
+    /// Stores the seals of the remote changes just written (their rows exist now) and binds
+    /// first keys.
+    pub(crate) fn store_remote_seals(&mut self, pending: Vec<PendingSeal>) -> Result<()> {
+        for p in pending {
+            let idx = self.actor_slot(p.actor)?.idx;
+            let pruned = (!p.seal.pruned.is_empty()).then(|| p.seal.pruned.concat());
+            self.conn
+                .prepare_cached(
+                    "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3, pruned = ?4 \
+                     WHERE actor_idx = ?5 AND seq = ?6",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        p.seal.prev.as_slice(),
+                        p.body_hash.as_slice(),
+                        p.seal.sig.as_slice(),
+                        pruned,
+                        idx,
+                        p.seq as i64
+                    ])
+                })
+                .map_err(StoreError::db("storing a received change's signature"))?;
+            if p.bind {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE actors SET public_key = ?1 WHERE idx = ?2 AND public_key IS NULL",
+                    )
+                    .and_then(|mut st| st.execute(params![p.seal.key.as_slice(), idx]))
+                    .map_err(StoreError::db("binding an actor's public key"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one received change against its actor's head; on success returns the new head and
+/// the seal to store (`None` for an accepted unsigned change).
+pub(crate) fn check_remote(
+    head: &ChainHead,
+    c: &Change,
+    require_signatures: bool,
+) -> std::result::Result<(ChainHead, Option<PendingSeal>), (ChainFault, String)> {
+    let Some(s) = &c.seal else {
+        if head.hash.is_some() || head.key.is_some() {
+            return Err((
+                ChainFault::BrokenChain,
+                "unsigned, but the actor's earlier changes are signed (signature stripped?)".into(),
+            ));
+        }
+        if require_signatures {
+            return Err((
+                ChainFault::Unsigned,
+                "unsigned, and require_signatures is set".into(),
+            ));
+        }
+        return Ok((*head, None));
+    };
+    if let Some(bound) = head.key
+        && bound != s.key
+    {
+        return Err((
+            ChainFault::BadSignature,
+            format!(
+                "signed by key {}, but the actor's key is {}",
+                hex::encode(s.key),
+                hex::encode(bound)
+            ),
+        ));
+    }
+    // After an unsigned predecessor (the unsigned past, or a change an un-upgraded relay
+    // passed on without its seal) there is nothing to link to: any `prev` starts the chain.
+    if let Some(expected) = head.hash
+        && s.prev != expected
+    {
+        return Err((
+            ChainFault::BrokenChain,
+            format!(
+                "links to {}, but the actor's previous change here is {}",
+                hex::encode(&s.prev[..8]),
+                hex::encode(&expected[..8])
+            ),
+        ));
+    }
+    let body = seal::body_hash(&c.body, &s.pruned);
+    let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
+    if !seal::verify(&s.key, &hash, &s.sig) {
+        return Err((
+            ChainFault::BadSignature,
+            "the signature does not match the change (forged or altered)".into(),
+        ));
+    }
+    Ok((
+        ChainHead {
+            hash: Some(hash),
+            key: Some(s.key),
+        },
+        Some(PendingSeal {
+            actor: c.actor,
+            seq: c.seq,
+            body_hash: body,
+            seal: s.clone(),
+            bind: head.key.is_none(),
+        }),
+    ))
+}
+
+/// One failure `kdelta verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyFailure {
+    /// The actor (`None` for store-wide checks such as the digest).
+    pub actor: Option<ActorId>,
+    /// The seq, when one change is at fault.
+    pub seq: Option<u64>,
+    /// What did not hold.
+    pub problem: String,
+}
+
+impl std::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.actor, self.seq) {
+            (Some(a), Some(s)) => write!(f, "actor {a} seq {s}: {}", self.problem),
+            (Some(a), None) => write!(f, "actor {a}: {}", self.problem),
+            _ => f.write_str(&self.problem),
+        }
+    }
+}
+
+/// What `kdelta verify` found: every chain, every signature, the digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Actors with changes.
+    pub actors: usize,
+    /// Changes checked.
+    pub changes: u64,
+    /// Signed changes whose body, link and signature hold.
+    pub signed: u64,
+    /// Unsigned changes (the unsigned past before an actor's store was upgraded).
+    pub unsigned: u64,
+    /// The digest stored (maintained by the writer).
+    pub digest_stored: String,
+    /// The digest recomputed from the rows.
+    pub digest_computed: String,
+    /// Everything that did not hold; empty when the store verifies.
+    pub failures: Vec<VerifyFailure>,
+}
+
+impl VerifyReport {
+    /// True when nothing failed.
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Most failures one report lists (a store edited wholesale would list millions); the count
+/// of the rest is the last entry.
+const MAX_LISTED_FAILURES: usize = 1000;
+
+/// Re-checks a whole store on `conn` inside one read transaction (a consistent snapshot
+/// beside a running writer).
+pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
+    let tx = conn
+        .transaction()
+        .map_err(StoreError::db("starting a read"))?;
+    let mut report = VerifyReport::default();
+    let mut unlisted = 0usize;
+    let mut fail = |report: &mut VerifyReport, actor, seq, problem: String| {
+        if report.failures.len() < MAX_LISTED_FAILURES {
+            report.failures.push(VerifyFailure {
+                actor,
+                seq,
+                problem,
+            });
+        } else {
+            unlisted += 1;
+        }
+    };
+    let actors: Vec<ActorRow> = tx
+        .prepare(
+            "SELECT idx, actor, max_seq, public_key FROM actors WHERE max_seq > 0 ORDER BY actor",
+        )
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .map_err(StoreError::db("reading actors"))?;
+    let mut digest = crate::Digest::default();
+    let sql = format!(
+        "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT 512"
+    );
+    for (idx, actor, max_seq, key) in actors {
+        let Some(actor) = ActorId::from_slice(&actor) else {
+            fail(
+                &mut report,
+                None,
+                None,
+                format!("actor row {idx} is not 16 bytes"),
+            );
+            continue;
+        };
+        report.actors += 1;
+        let key: Option<[u8; 32]> = key.and_then(|k| k.try_into().ok());
+        let mut last_seq = 0u64;
+        let mut head: Option<Hash> = None;
+        let mut signing = false;
+        loop {
+            let rows: Vec<LogRow> = {
+                let mut st = tx
+                    .prepare_cached(&sql)
+                    .map_err(StoreError::db("reading the change log"))?;
+                let mut found = st
+                    .query(params![idx, last_seq as i64])
+                    .map_err(StoreError::db("reading the change log"))?;
+                let mut rows = Vec::new();
+                while let Some(r) = found
+                    .next()
+                    .map_err(StoreError::db("reading the change log"))?
+                {
+                    rows.push(LogRow::from_row(r, actor)?);
+                }
+                rows
+            };
+            if rows.is_empty() {
+                break;
+            }
+            let stored: Vec<(Option<Hash>, Option<Seal>)> =
+                rows.iter().map(|r| (r.body_hash, r.seal.clone())).collect();
+            let changes = match log_read::load(&tx, rows) {
+                Ok(c) => c,
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        Some(actor),
+                        Some(last_seq + 1),
+                        format!("changes after this seq cannot be read: {e}"),
+                    );
+                    break;
+                }
+            };
+            for (c, (body_hash, seal)) in changes.iter().zip(stored) {
+                report.changes += 1;
+                crate::digest::add_change(&mut digest, c);
+                if c.seq != last_seq + 1 {
+                    fail(
+                        &mut report,
+                        Some(actor),
+                        Some(c.seq),
+                        format!("follows seq {last_seq} (a gap)"),
+                    );
+                }
+                last_seq = c.seq;
+                let Some(s) = seal else {
+                    report.unsigned += 1;
+                    if signing {
+                        fail(
+                            &mut report,
+                            Some(actor),
+                            Some(c.seq),
+                            "unsigned after signed changes".into(),
+                        );
+                    }
+                    head = None;
+                    continue;
+                };
+                signing = true;
+                let mut problems = Vec::new();
+                let body = seal::body_hash(&c.body, &s.pruned);
+                if body_hash != Some(body) {
+                    problems.push("its body does not match its stored body hash (altered)");
+                }
+                // Link and signature over the stored body hash: a body edit is reported
+                // once, not again as a broken chain at the next change.
+                let body = body_hash.unwrap_or(body);
+                if let Some(h) = head
+                    && s.prev != h
+                {
+                    problems.push("does not link to the previous change");
+                }
+                let hash = seal::change_hash(&actor, c.seq, c.hlc, &s.prev, &body);
+                match key {
+                    None => problems.push("signed, but the actor has no public key"),
+                    Some(k) if k != s.key => problems.push("signed by another key"),
+                    Some(k) => {
+                        if !seal::verify(&k, &hash, &s.sig) {
+                            problems.push("the signature does not verify");
+                        }
+                    }
+                }
+                if problems.is_empty() {
+                    report.signed += 1;
+                } else {
+                    fail(&mut report, Some(actor), Some(c.seq), problems.join("; "));
+                }
+                head = Some(hash);
+            }
+        }
+        if last_seq != max_seq as u64 {
+            fail(
+                &mut report,
+                Some(actor),
+                None,
+                format!("the version vector says seq {max_seq}, the log ends at {last_seq}"),
+            );
+        }
+    }
+    let stored: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'digest'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(StoreError::db("reading the digest"))?;
+    let stored = stored
+        .map(|d| crate::Digest::from_slice(&d))
+        .unwrap_or_default();
+    report.digest_stored = stored.to_string();
+    report.digest_computed = digest.to_string();
+    if stored != digest {
+        fail(
+            &mut report,
+            None,
+            None,
+            format!("the stored digest {stored} is not the digest of the rows, {digest}"),
+        );
+    }
+    if unlisted > 0 {
+        report.failures.push(VerifyFailure {
+            actor: None,
+            seq: None,
+            problem: format!("… and {unlisted} more failures"),
+        });
+    }
+    Ok(report)
+}
+
+/// Per-actor state of one apply call's chain check.
+pub(crate) type Heads = HashMap<ActorId, ChainHead>;
