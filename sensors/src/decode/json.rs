@@ -231,7 +231,10 @@ mod tests {
 
         #[test]
         fn generated_objects_decode_to_their_numeric_fields(
-            fields in proptest::collection::btree_map("[a-z][a-z0-9]{0,8}", -1e12f64..1e12, 0..12),
+            // Not `ts`: that field is the line's timestamp (tested above), and most generated
+            // numbers are not usable timestamps.
+            fields in proptest::collection::btree_map("[a-z][a-z0-9]{0,8}", -1e12f64..1e12, 0..12)
+                .prop_map(|m| m.into_iter().filter(|(k, _)| k != "ts").collect::<BTreeMap<_, _>>()),
             strings in proptest::collection::btree_map("[A-Z][a-z]{0,5}", "[ -~]{0,10}", 0..4),
         ) {
             let mut obj = serde_json::Map::new();
@@ -246,7 +249,7 @@ mod tests {
             let got: BTreeMap<String, f64> =
                 out.into_iter().map(|r| (r.series, r.value)).collect();
             let want: BTreeMap<String, f64> =
-                fields.iter().filter(|(k, _)| *k != "ts").map(|(k, v)| (format!("gh.{k}"), *v)).collect();
+                fields.iter().map(|(k, v)| (format!("gh.{k}"), *v)).collect();
             prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
             // serde_json's default float parser may be one ulp off, hence a relative tolerance.
             for (k, v) in &want {
