@@ -94,6 +94,7 @@ impl Change {
             ChangeBody::DocBatch(b) => b.validate(limits),
             ChangeBody::Twin(t) => t.validate(self.actor, limits).map(drop),
             ChangeBody::TimeCorrection(c) => c.validate(self.seq, limits),
+            ChangeBody::Gap(g) => g.validate(),
         }
     }
 }
@@ -132,6 +133,10 @@ pub enum ChangeBody {
     /// Corrects the timestamps of the same actor's readings sampled under an untrusted
     /// clock (see `timing.rs`).
     TimeCorrection(TimeCorrection),
+    /// Readings this actor dropped under its disk budget's hard limit before an upstream
+    /// peer had them (`changes.kind = 6`, see `gap.rs`). Agents older than schema 5 cannot
+    /// decode it.
+    Gap(crate::GapRecord),
 }
 
 /// One automerge change to the merge document `key`. The bytes are an uncompressed automerge

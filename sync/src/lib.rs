@@ -77,6 +77,7 @@ mod docs_query;
 mod docwrite;
 mod error;
 mod forks;
+mod gap;
 mod health;
 mod hlc;
 mod ingest;
@@ -88,6 +89,7 @@ mod readers;
 mod readings_query;
 mod retention;
 mod schema;
+mod space;
 mod store;
 mod timeref;
 mod timing;
@@ -106,6 +108,7 @@ pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use forks::Fork;
+pub use gap::{GapEntry, GapReason, GapRecord, MAX_GAP_ENTRIES, StoredGap};
 pub use health::WriteHealth;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
@@ -113,8 +116,9 @@ pub use hlc::{
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE};
-pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, glob_match};
+pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, Unacked, glob_match};
 pub use schema::supported_schema_version;
+pub use space::{COMPACT_ON_OPEN_MAX_BYTES, StoreSpace};
 pub use store::Store;
 pub use timeref::{ClockClaim, TimeReference};
 pub use timing::{

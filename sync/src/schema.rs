@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "doc_batches",
         sql: include_str!("../migrations/0004_doc_batches.sql"),
     },
+    Migration {
+        version: 5,
+        description: "gap records",
+        sql: include_str!("../migrations/0005_gap_records.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).
@@ -89,8 +94,8 @@ pub(crate) fn connect(path: &Path, config: &StoreConfig, read_only: bool) -> Res
     if !read_only {
         // A new (empty) database: freed pages go back to the file system (`PRAGMA
         // incremental_vacuum` after retention prunes). Only possible before the switch to WAL
-        // and the first table; stores created by earlier releases keep `auto_vacuum = NONE`
-        // and reuse freed pages instead.
+        // and the first table; stores created by earlier releases are switched by a full
+        // VACUUM (`space.rs`: at open when small, else `kdelta compact`).
         let pages: i64 = conn
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .map_err(StoreError::db("reading the page count"))?;
@@ -116,6 +121,7 @@ pub(crate) fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connecti
     }
     let mut conn = connect(path, config, false)?;
     migrate(&mut conn)?;
+    crate::space::compact_old_store(&conn, path);
     let actor = load_or_create_actor(&conn)?;
     Ok((conn, actor))
 }

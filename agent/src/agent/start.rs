@@ -187,10 +187,8 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
     // The agent's own device twin (desired/reported): stops on `shutdown`, before the store.
     // Retention (returns at once when the policy keeps everything): stops on `shutdown`.
     tokio::spawn(crate::retention::retention_loop(
-        agent.store.clone(),
+        agent.clone(),
         config.retention.clone(),
-        agent.retention.clone(),
-        agent.metrics.clone(),
         agent.shutdown.child_token(),
     ));
     let device_twin = config.device_twin.then(|| {

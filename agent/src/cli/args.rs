@@ -82,6 +82,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Give a stopped agent's store a new identity (after imaging an SD card).
     Rekey(OfflineDir),
+    /// Rewrite a stopped agent's store so pruned space goes back to the file system (stores
+    /// made by releases before incremental auto-vacuum; needs about twice its size free).
+    Compact(OfflineDir),
     /// Load tools.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),

@@ -17,6 +17,20 @@ pub(super) struct RetentionMetrics {
     disk_full: Gauge,
     write_bytes: Gauge,
     horizon_ms: Gauge,
+    budget: BudgetMetrics,
+}
+
+/// The disk budget's figures (`[retention] max_disk` / `min_free`).
+#[derive(Default)]
+struct BudgetMetrics {
+    used_bytes: Gauge,
+    limit_bytes: Gauge,
+    hard_limit_bytes: Gauge,
+    holding: Gauge,
+    held_readings: Gauge,
+    pruned_readings: Counter,
+    dropped_readings: Counter,
+    gap_records: Counter,
 }
 
 impl Default for RetentionMetrics {
@@ -29,6 +43,7 @@ impl Default for RetentionMetrics {
             disk_full: Gauge::default(),
             write_bytes: Gauge::default(),
             horizon_ms: Gauge::default(),
+            budget: BudgetMetrics::default(),
         }
     }
 }
@@ -65,6 +80,47 @@ impl RetentionMetrics {
             "Oldest raw reading kept, over all series (unix ms; 0 when there is none)",
             self.horizon_ms.clone(),
         );
+        let b = &self.budget;
+        r.register(
+            "retention_budget_used_bytes",
+            "Bytes the store uses (database + WAL + shm, less free pages), as the disk budget last measured",
+            b.used_bytes.clone(),
+        );
+        r.register(
+            "retention_budget_limit_bytes",
+            "[retention] max_disk in bytes (0 without it)",
+            b.limit_bytes.clone(),
+        );
+        r.register(
+            "retention_budget_hard_limit_bytes",
+            "The disk budget's hard limit in bytes, beyond which readings upstream has not acknowledged are dropped (0 without max_disk)",
+            b.hard_limit_bytes.clone(),
+        );
+        r.register(
+            "retention_budget_holding_unacked",
+            "1 while the store is over its disk budget holding readings upstream peers have not acknowledged",
+            b.holding.clone(),
+        );
+        r.register(
+            "retention_budget_held_readings",
+            "Readings the last budget pass kept over budget because upstream has not acknowledged them",
+            b.held_readings.clone(),
+        );
+        r.register(
+            "retention_budget_pruned_readings",
+            "Raw readings pruned by the disk budget (upstream-acknowledged or without upstream, and dropped at the hard limit)",
+            b.pruned_readings.clone(),
+        );
+        r.register(
+            "retention_budget_dropped_readings",
+            "Readings no upstream peer had acknowledged, dropped at the disk budget's hard limit (each recorded in a gap record that syncs)",
+            b.dropped_readings.clone(),
+        );
+        r.register(
+            "retention_gap_records",
+            "Gap records written by this agent (change kind 6: readings dropped before upstream had them)",
+            b.gap_records.clone(),
+        );
     }
 }
 
@@ -74,6 +130,22 @@ impl Metrics {
         self.retention.pruned_readings.inc_by(report.readings);
         self.retention.pruned_rollups.inc_by(report.rollups);
         self.retention.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A disk-budget pass ended.
+    pub fn budget_pass(&self, pass: &crate::retention::BudgetPass) {
+        let b = &self.retention.budget;
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        b.used_bytes.set(gauge(pass.after.used()));
+        b.limit_bytes.set(gauge(pass.limits.max_bytes.unwrap_or(0)));
+        b.hard_limit_bytes
+            .set(gauge(pass.limits.hard_bytes.unwrap_or(0)));
+        b.holding.set(i64::from(pass.holding_unacked));
+        b.held_readings.set(gauge(pass.pruned.held));
+        b.pruned_readings
+            .inc_by(pass.pruned.readings + pass.hard.readings);
+        b.dropped_readings.inc_by(pass.hard.dropped_unacked);
+        b.gap_records.inc_by(pass.hard.gaps);
     }
 
     /// Space and wear gauges, refreshed on scrape.
