@@ -56,6 +56,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use retention::BudgetSample;
 use retention::RetentionMetrics;
 pub use sync::PeerSample;
 use sync::SyncMetrics;

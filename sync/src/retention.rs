@@ -323,8 +323,10 @@ impl Writer {
                 resume = Some(ts);
                 break;
             }
+            // Rows come by time, so the first row of a change is its oldest in this scan.
             if seen.insert(change_id) {
-                self.prune_unit(series_id, name, change_id, cutoff, (unacked, &mut *report, &mut *gaps))?;
+                let unit = (series_id, name, change_id, ts);
+                self.prune_unit(unit, cutoff, (unacked, &mut *report, &mut *gaps))?;
             }
         }
         Ok((scanned, resume))
@@ -333,11 +335,11 @@ impl Writer {
     /// Deletes the readings change `change_id` holds for `series_id` when all of them are
     /// before `cutoff`, subtracting their digest element and dropping the series from the
     /// change's manifest.
+    /// `first_ts`: the unit's oldest reading this step scanned (a unit kept for upstream is
+    /// counted as held once, by the step that scanned its oldest reading).
     fn prune_unit(
         &mut self,
-        series_id: i64,
-        name: &str,
-        change_id: i64,
+        (series_id, name, change_id, first_ts): (i64, &str, i64, i64),
         cutoff: i64,
         (unacked, report, gaps): (&Unacked, &mut PruneReport, &mut GapCollector),
     ) -> Result<()> {
@@ -372,7 +374,9 @@ impl Writer {
             return Ok(()); // straddles the cutoff: kept whole for now
         }
         let Some(drops_unacked) = unacked.verdict(&actor, seq as u64) else {
-            report.held += entry.count;
+            if first_ts == lo {
+                report.held += entry.count;
+            }
             return Ok(()); // upstream does not hold it yet
         };
         let (ts, values): (Vec<i64>, Vec<f64>) = self

@@ -9,6 +9,27 @@ use prometheus_client::registry::Registry;
 
 use super::Metrics;
 
+/// What one disk-budget pass reports to [`Metrics::budget_pass`] (0 for a limit not set).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetSample {
+    /// Bytes the store uses after the pass.
+    pub used_bytes: u64,
+    /// `max_disk` in bytes.
+    pub limit_bytes: u64,
+    /// The hard limit in bytes.
+    pub hard_limit_bytes: u64,
+    /// Over budget holding unacknowledged readings.
+    pub holding_unacked: bool,
+    /// Readings held for upstream.
+    pub held_readings: u64,
+    /// Readings pruned by the pass.
+    pub pruned_readings: u64,
+    /// Of those, unacknowledged ones dropped at the hard limit.
+    pub dropped_readings: u64,
+    /// Gap records written.
+    pub gap_records: u64,
+}
+
 /// Registered by [`Metrics::new`].
 pub(super) struct RetentionMetrics {
     pruned_readings: Counter,
@@ -133,19 +154,17 @@ impl Metrics {
     }
 
     /// A disk-budget pass ended.
-    pub fn budget_pass(&self, pass: &crate::retention::BudgetPass) {
+    pub fn budget_pass(&self, pass: &BudgetSample) {
         let b = &self.retention.budget;
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        b.used_bytes.set(gauge(pass.after.used()));
-        b.limit_bytes.set(gauge(pass.limits.max_bytes.unwrap_or(0)));
-        b.hard_limit_bytes
-            .set(gauge(pass.limits.hard_bytes.unwrap_or(0)));
+        b.used_bytes.set(gauge(pass.used_bytes));
+        b.limit_bytes.set(gauge(pass.limit_bytes));
+        b.hard_limit_bytes.set(gauge(pass.hard_limit_bytes));
         b.holding.set(i64::from(pass.holding_unacked));
-        b.held_readings.set(gauge(pass.pruned.held));
-        b.pruned_readings
-            .inc_by(pass.pruned.readings + pass.hard.readings);
-        b.dropped_readings.inc_by(pass.hard.dropped_unacked);
-        b.gap_records.inc_by(pass.hard.gaps);
+        b.held_readings.set(gauge(pass.held_readings));
+        b.pruned_readings.inc_by(pass.pruned_readings);
+        b.dropped_readings.inc_by(pass.dropped_readings);
+        b.gap_records.inc_by(pass.gap_records);
     }
 
     /// Space and wear gauges, refreshed on scrape.

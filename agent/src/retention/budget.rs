@@ -141,6 +141,22 @@ pub struct BudgetPass {
     pub error: Option<String>,
 }
 
+impl BudgetPass {
+    /// What `/metrics` takes of this pass.
+    pub fn sample(&self) -> crate::metrics::BudgetSample {
+        crate::metrics::BudgetSample {
+            used_bytes: self.after.used(),
+            limit_bytes: self.limits.max_bytes.unwrap_or(0),
+            hard_limit_bytes: self.limits.hard_bytes.unwrap_or(0),
+            holding_unacked: self.holding_unacked,
+            held_readings: self.pruned.held,
+            pruned_readings: self.pruned.readings + self.hard.readings,
+            dropped_readings: self.hard.dropped_unacked,
+            gap_records: self.hard.gaps,
+        }
+    }
+}
+
 /// Runs one budget pass: see the module docs. `acked`: what every upstream peer is known to
 /// hold (`None`: no upstream peer is configured). `now_ms`: the newest time readings are cut
 /// at.

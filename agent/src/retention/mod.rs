@@ -13,4 +13,4 @@ mod task;
 pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
 pub use size::DiskSize;
-pub use task::{BudgetState, RetentionState, retention_loop};
+pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};

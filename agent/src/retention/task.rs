@@ -14,7 +14,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::RetentionConfig;
 use super::budget::{BudgetPass, budget_pass};
-use crate::state::Agent;
+use crate::metrics::Metrics;
+
+/// What the retention loop works with.
+pub struct RetentionDeps {
+    /// The store it prunes.
+    pub store: kdelta_sync::Store,
+    /// The data directory (its file system is what `min_free` and shares are of).
+    pub data_dir: std::path::PathBuf,
+    /// Where it records what it did.
+    pub state: std::sync::Arc<RetentionState>,
+    /// Where it counts what it did.
+    pub metrics: std::sync::Arc<Metrics>,
+    /// What every upstream peer is known to hold (`None`: no upstream peer); the sync
+    /// registry's `upstream_acked`.
+    pub upstream_acked: Box<dyn Fn() -> Option<kdelta_sync::VersionVector> + Send + Sync>,
+}
 
 /// What retention last did, for `/v1/status`.
 #[derive(Debug, Default)]
@@ -109,14 +124,18 @@ fn now_ms() -> i64 {
 
 /// Runs prune passes every `config.every` until `cancel`. Returns at once when the policy
 /// keeps everything and no disk budget is set.
-pub async fn retention_loop(agent: Agent, config: RetentionConfig, cancel: CancellationToken) {
+pub async fn retention_loop(
+    agent: RetentionDeps,
+    config: RetentionConfig,
+    cancel: CancellationToken,
+) {
     let policy: RetentionPolicy = config.policy();
     let by_age = !policy.keeps_everything();
     let budget = config.has_budget();
     if !by_age && !budget {
         return;
     }
-    let state = agent.retention.clone();
+    let state = agent.state.clone();
     state.update(|s| {
         s.enabled = true;
         s.budget = budget.then(BudgetState::default);
@@ -135,7 +154,7 @@ pub async fn retention_loop(agent: Agent, config: RetentionConfig, cancel: Cance
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let acked = agent.peers.upstream_acked();
+        let acked = (agent.upstream_acked)();
         if by_age {
             let unacked = acked.clone().map_or(Unacked::NoUpstream, Unacked::Keep);
             tokio::select! {
@@ -149,7 +168,7 @@ pub async fn retention_loop(agent: Agent, config: RetentionConfig, cancel: Cance
                 p = budget_pass(&agent.store, &agent.data_dir, &config, acked, now_ms()) => p,
             };
             log_budget_pass(&pass, &mut was_holding);
-            agent.metrics.budget_pass(&pass);
+            agent.metrics.budget_pass(&pass.sample());
             state.update(|s| {
                 if let Some(b) = &mut s.budget {
                     b.record(pass);
@@ -159,14 +178,14 @@ pub async fn retention_loop(agent: Agent, config: RetentionConfig, cancel: Cance
     }
 }
 
-async fn age_pass(agent: &Agent, policy: &RetentionPolicy, config: &RetentionConfig, unacked: &Unacked) {
+async fn age_pass(agent: &RetentionDeps, policy: &RetentionPolicy, config: &RetentionConfig, unacked: &Unacked) {
     let started = Instant::now();
     let result = agent
         .store
         .prune_with(policy, now_ms(), config.step_rows, unacked)
         .await;
     let took = started.elapsed();
-    let state = &agent.retention;
+    let state = &agent.state;
     match result {
         Ok(report) => {
             agent.metrics.retention_pass(&report, took);
