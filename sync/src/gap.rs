@@ -85,8 +85,7 @@ impl GapRecord {
             )));
         }
         for (i, e) in self.entries.iter().enumerate() {
-            validate_series_name(&e.series)
-                .map_err(|err| bad(format!("entry {i}: {err}")))?;
+            validate_series_name(&e.series).map_err(|err| bad(format!("entry {i}: {err}")))?;
             if e.first_seq == 0 || e.first_seq > e.last_seq {
                 return Err(bad(format!(
                     "entry {i}: seqs {}..{} are not an ascending range from 1",
@@ -124,7 +123,15 @@ impl GapCollector {
 
     /// Records `readings` readings of `series` in `actor`'s change `seq`, sampled from
     /// `from_ms` to `to_ms`, as dropped.
-    pub fn add(&mut self, series: &str, actor: ActorId, seq: u64, from_ms: i64, to_ms: i64, readings: u64) {
+    pub fn add(
+        &mut self,
+        series: &str,
+        actor: ActorId,
+        seq: u64,
+        from_ms: i64,
+        to_ms: i64,
+        readings: u64,
+    ) {
         let e = self
             .entries
             .entry((series.to_owned(), actor))
@@ -248,7 +255,9 @@ pub(crate) fn stored_gaps(
              JOIN actors a ON a.idx = c.actor_idx WHERE c.kind = 6 AND c.id > ?1 ORDER BY c.id",
         )
         .map_err(err)?;
-    let mut rows = st.query(params![after]).map_err(StoreError::db("reading gap records"))?;
+    let mut rows = st
+        .query(params![after])
+        .map_err(StoreError::db("reading gap records"))?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(StoreError::db("reading gap records"))? {
         let col = StoreError::db("reading gap records");
@@ -330,7 +339,13 @@ mod tests {
             reason: GapReason::DiskBudget,
             entries: vec![],
         };
-        assert!(empty.validate().unwrap_err().to_string().contains("entries"));
+        assert!(
+            empty
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("entries")
+        );
     }
 
     #[test]
@@ -343,7 +358,10 @@ mod tests {
         let g = c.finish().unwrap();
         assert_eq!(g.entries.len(), 2);
         let s = &g.entries[0];
-        assert_eq!((s.first_seq, s.last_seq, s.from_ms, s.to_ms, s.readings), (2, 5, 50, 200, 13));
+        assert_eq!(
+            (s.first_seq, s.last_seq, s.from_ms, s.to_ms, s.readings),
+            (2, 5, 50, 200, 13)
+        );
         assert!(GapCollector::default().finish().is_none());
     }
 }

@@ -28,8 +28,8 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::digest::readings_hash;
-use crate::ingest::{MINUTE_MS, decode_manifest};
 use crate::gap::GapCollector;
+use crate::ingest::{MINUTE_MS, decode_manifest};
 use crate::writer::Writer;
 use crate::{ActorId, Result, StoreError, VersionVector};
 
@@ -151,9 +151,10 @@ impl PruneRule {
 
     /// The raw-reading cutoff of series `name` (minute-aligned), `None`: keep all.
     fn raw_cutoff(&self, name: &str) -> Option<i64> {
-        let by_age = self.policy.readings_max_age(name).map(|age| {
-            minute_floor(self.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64))
-        });
+        let by_age = self
+            .policy
+            .readings_max_age(name)
+            .map(|age| minute_floor(self.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)));
         let by_budget = self.before_ms.map(minute_floor);
         by_age.max(by_budget)
     }
@@ -272,10 +273,8 @@ impl Writer {
             }
             if finished_raw {
                 if let Some(age) = rule.policy.rollups_max_age_ms {
-                    let cutoff = minute_floor(
-                        rule.now_ms
-                            .saturating_sub(age.min(i64::MAX as u64) as i64),
-                    );
+                    let cutoff =
+                        minute_floor(rule.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64));
                     let (n, more) = self.prune_series_rollups(series_id, cutoff, left)?;
                     report.rollups += n;
                     left -= n as i64;

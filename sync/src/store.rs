@@ -457,12 +457,15 @@ impl Store {
         step_rows: usize,
         unacked: &crate::Unacked,
     ) -> Result<crate::PruneReport> {
-        self.run_prune(crate::retention::PruneRule {
-            policy: policy.clone(),
-            now_ms,
-            before_ms: None,
-            unacked: unacked.clone(),
-        }, step_rows)
+        self.run_prune(
+            crate::retention::PruneRule {
+                policy: policy.clone(),
+                now_ms,
+                before_ms: None,
+                unacked: unacked.clone(),
+            },
+            step_rows,
+        )
         .await
     }
 
@@ -479,12 +482,15 @@ impl Store {
         step_rows: usize,
         unacked: &crate::Unacked,
     ) -> Result<crate::PruneReport> {
-        self.run_prune(crate::retention::PruneRule {
-            policy: crate::RetentionPolicy::default(),
-            now_ms: before_ms,
-            before_ms: Some(before_ms),
-            unacked: unacked.clone(),
-        }, step_rows)
+        self.run_prune(
+            crate::retention::PruneRule {
+                policy: crate::RetentionPolicy::default(),
+                now_ms: before_ms,
+                before_ms: Some(before_ms),
+                unacked: unacked.clone(),
+            },
+            step_rows,
+        )
         .await
     }
 
@@ -565,6 +571,29 @@ impl Store {
                         .collect()
                 })
                 .map_err(StoreError::db("reading the retention horizon"))
+            })
+            .await
+    }
+
+    /// The oldest and the newest raw reading kept, over all series (unix ms; `None` when no
+    /// raw reading is left). Two index probes per series.
+    pub async fn reading_span(&self) -> Result<Option<(i64, i64)>> {
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT MIN((SELECT MIN(r.ts) FROM readings r WHERE r.series_id = s.id)), \
+                            MAX((SELECT MAX(r.ts) FROM readings r WHERE r.series_id = s.id)) FROM series s",
+                )
+                .and_then(|mut st| {
+                    st.query_row([], |r| {
+                        Ok(match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                            (Some(lo), Some(hi)) => Some((lo, hi)),
+                            _ => None,
+                        })
+                    })
+                })
+                .map_err(StoreError::db("reading the span of raw readings"))
             })
             .await
     }

@@ -49,7 +49,11 @@ async fn unacknowledged_readings_are_kept_until_dropped_and_a_gap_record_syncs()
         .await
         .unwrap();
     assert_eq!(r.readings, 6 * 60, "{r:?}");
-    assert_eq!(r.held, 10 * 60, "minutes 3..8 of both series are held: {r:?}");
+    assert_eq!(
+        r.held,
+        10 * 60,
+        "minutes 3..8 of both series are held: {r:?}"
+    );
     assert_eq!((r.dropped_unacked, r.gaps), (0, 0));
     assert_eq!(s.stats().await.unwrap().readings, 14 * 60);
     assert!(s.gaps(None, 0, 100).await.unwrap().is_empty());
@@ -64,7 +68,11 @@ async fn unacknowledged_readings_are_kept_until_dropped_and_a_gap_record_syncs()
     assert_eq!(r.readings, 4 * 60, "minutes 3 and 4 of both series: {r:?}");
     assert_eq!(r.dropped_unacked, 4 * 60);
     assert!(r.gaps >= 1, "{r:?}");
-    assert_eq!(s.version_vector().get(&me), before + r.gaps, "gap records are changes");
+    assert_eq!(
+        s.version_vector().get(&me),
+        before + r.gaps,
+        "gap records are changes"
+    );
     let gaps = s.gaps(None, 0, 100).await.unwrap();
     let entries: Vec<&GapEntry> = gaps.iter().flat_map(|g| &g.record.entries).collect();
     let of = |name: &str| -> (u64, i64, i64, u64, u64) {
@@ -80,8 +88,17 @@ async fn unacknowledged_readings_are_kept_until_dropped_and_a_gap_record_syncs()
     assert_eq!(of("a"), (120, T0 + 3 * MIN, T0 + 5 * MIN - 1000, 7, 9));
     assert_eq!(of("b"), (120, T0 + 3 * MIN, T0 + 5 * MIN - 1000, 8, 10));
     assert!(entries.iter().all(|e| e.actor == me));
-    assert!(gaps.iter().all(|g| g.record.reason == GapReason::DiskBudget));
-    assert_eq!(s.gaps(Some("a".into()), 0, 100).await.unwrap()[0].record.entries.len(), 1);
+    assert!(
+        gaps.iter()
+            .all(|g| g.record.reason == GapReason::DiskBudget)
+    );
+    assert_eq!(
+        s.gaps(Some("a".into()), 0, 100).await.unwrap()[0]
+            .record
+            .entries
+            .len(),
+        1
+    );
     assert_eq!(s.verify_digest().await.unwrap(), s.digest());
 
     // A hub receives the pruned changes and the gap records; both sides agree.
@@ -174,15 +191,15 @@ async fn hostile_gap_records_are_refused_with_nothing_stored() {
     }
     // Unknown reasons do not decode.
     let mut bytes = change(vec![entry.clone()]).to_cbor();
-    let at = bytes
-        .windows(11)
-        .position(|w| w == b"disk_budget")
-        .unwrap();
+    let at = bytes.windows(11).position(|w| w == b"disk_budget").unwrap();
     bytes[at..at + 11].copy_from_slice(b"disk_budgeX");
     assert!(Change::from_cbor(&bytes, &Limits::default()).is_err());
     // A good one round-trips and is stored.
     let good = change(vec![entry]);
-    assert_eq!(Change::from_cbor(&good.to_cbor(), &Limits::default()).unwrap(), good);
+    assert_eq!(
+        Change::from_cbor(&good.to_cbor(), &Limits::default()).unwrap(),
+        good
+    );
     s.apply_remote(vec![good]).await.unwrap();
     assert_eq!(s.gaps(None, 0, 10).await.unwrap().len(), 1);
     assert_eq!(s.verify_digest().await.unwrap(), s.digest());
@@ -214,7 +231,8 @@ async fn pruned_space_goes_back_to_the_file_system() {
 /// Makes the store at `path` look like one from before incremental auto-vacuum.
 fn make_old(path: &std::path::Path) {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;").unwrap();
+    conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+        .unwrap();
     let mode: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
         .unwrap();
@@ -232,7 +250,10 @@ async fn an_old_store_is_switched_to_incremental_vacuum_at_open_and_by_compact()
     make_old(&path);
 
     let s = Store::open(&path, StoreConfig::default()).await.unwrap();
-    assert!(s.space().await.unwrap().incremental_vacuum, "switched at open");
+    assert!(
+        s.space().await.unwrap().incremental_vacuum,
+        "switched at open"
+    );
     assert_eq!((s.version_vector(), s.digest()), (vv.clone(), digest));
     assert_eq!(s.verify_digest().await.unwrap(), digest);
     s.close().await;

@@ -163,7 +163,12 @@ async fn unacknowledged_readings_are_held_until_the_hard_limit_and_the_gap_reach
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(
-        metric(&c, &device, "kdelta_retention_budget_dropped_readings_total").await,
+        metric(
+            &c,
+            &device,
+            "kdelta_retention_budget_dropped_readings_total"
+        )
+        .await,
         0.0
     );
     assert_eq!(
@@ -182,7 +187,12 @@ async fn unacknowledged_readings_are_held_until_the_hard_limit_and_the_gap_reach
         b_sent += CHUNK;
         assert!(b_sent < 120 * CHUNK, "never dropped at the hard limit");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        dropped = metric(&c, &device, "kdelta_retention_budget_dropped_readings_total").await;
+        dropped = metric(
+            &c,
+            &device,
+            "kdelta_retention_budget_dropped_readings_total",
+        )
+        .await;
     }
     let st = eventually(WAIT, "the device back under its hard limit", || {
         let (c, device) = (c.clone(), &device);
@@ -205,12 +215,22 @@ async fn unacknowledged_readings_are_held_until_the_hard_limit_and_the_gap_reach
 
     // 3. Link back: the gap record reaches the hub; hub + gaps account for every reading.
     proxy.restore();
-    let (s, v) = post(&c, &device.at("/v1/sync/now"), "application/json", b"{}".to_vec()).await;
+    let (s, v) = post(
+        &c,
+        &device.at("/v1/sync/now"),
+        "application/json",
+        b"{}".to_vec(),
+    )
+    .await;
     assert!(s < 500, "{s} {v}");
     synced(&c, &device).await;
     let hub_b = all_readings(&c, &hub, "b").await.len() as u64;
     let gap_b = gap_readings(&c, &hub, "b").await;
     assert!(gap_b >= on_device, "gap records reached the hub: {gap_b}");
+    eprintln!(
+        "budget e2e: a {a_sent} (hub holds all), b {b_sent}: hub {hub_b} + gap {gap_b}; device {}",
+        st["store"]["budget"]
+    );
     assert_eq!(
         hub_b + gap_b,
         b_sent as u64,

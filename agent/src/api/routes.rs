@@ -18,8 +18,8 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    ApiError, ErrorCode, backup, dashboard, doc_batch, docs, events, gaps, ingest, openapi, readings,
-    status, sync, twins,
+    ApiError, ErrorCode, backup, dashboard, doc_batch, docs, events, gaps, ingest, openapi,
+    readings, status, sync, twins,
 };
 use crate::metrics::Metrics;
 use crate::state::Agent;

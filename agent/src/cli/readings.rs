@@ -101,7 +101,10 @@ fn print_status(base: &str, v: &Value) {
         if let Some(min_free) = num("/store/budget/min_free_bytes") {
             line.push_str(&format!(", keeping {} free", human_bytes(min_free)));
         }
-        if v.pointer("/store/budget/holding_unacked").and_then(Value::as_bool) == Some(true) {
+        if v.pointer("/store/budget/holding_unacked")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             line.push_str("; OVER BUDGET, holding readings upstream has not acknowledged");
         }
         let dropped = num("/store/budget/dropped_unacked_total").unwrap_or(0);

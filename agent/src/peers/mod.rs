@@ -12,11 +12,11 @@ mod outbound;
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use kdelta_sync::{Store, VersionVector};
 use kdelta_sync::protocol::{
     Compression, Direction, LastError, PeerRole, SessionStats, StatsSnapshot, SyncConfig,
     TokenAuthenticator,
 };
+use kdelta_sync::{Store, VersionVector};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 

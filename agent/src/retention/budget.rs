@@ -6,7 +6,7 @@
 //!    which new writes reuse) and the room left (the file system's available bytes plus those
 //!    free pages).
 //! 2. Over budget (use above `max_disk`, or room below `min_free`): prune raw readings before
-//!    a cut that moves forward from the oldest reading kept, in rounds, re-measuring after
+//!    a cut that moves forward from the oldest reading kept towards the newest, in rounds, re-measuring after
 //!    each (`Store::prune_before`: the age prune's small writer jobs, then incremental
 //!    vacuum and a WAL checkpoint). Readings no upstream peer has acknowledged are kept
 //!    (`Unacked::Keep`). Stops once use is at most 95 % of `max_disk` and room at least
@@ -29,7 +29,8 @@ use super::{DiskSize, RetentionConfig};
 
 /// Rounds of (prune, reclaim, measure) one phase of a pass runs at most.
 const MAX_ROUNDS: usize = 24;
-/// The cut moves at least this far per round (the prune's cutoffs are whole minutes).
+/// The cut moves at least this far per round (the prune's cutoffs are whole minutes; a
+/// cut of `t` prunes the units wholly before the minute of `t`).
 const MIN_STEP_MS: i64 = 60_000;
 
 /// The budget's limits in bytes, resolved against the file system's size.
@@ -158,17 +159,15 @@ impl BudgetPass {
 }
 
 /// Runs one budget pass: see the module docs. `acked`: what every upstream peer is known to
-/// hold (`None`: no upstream peer is configured). `now_ms`: the newest time readings are cut
-/// at.
+/// hold (`None`: no upstream peer is configured).
 pub async fn budget_pass(
     store: &Store,
     dir: &Path,
     config: &RetentionConfig,
     acked: Option<VersionVector>,
-    now_ms: i64,
 ) -> BudgetPass {
     let mut pass = BudgetPass::default();
-    if let Err(e) = run(store, dir, config, acked, now_ms, &mut pass).await {
+    if let Err(e) = run(store, dir, config, acked, &mut pass).await {
         pass.error = Some(e);
     }
     pass.at_ms = Some(crate::time::now_ms());
@@ -180,7 +179,6 @@ async fn run(
     dir: &Path,
     config: &RetentionConfig,
     acked: Option<VersionVector>,
-    now_ms: i64,
     pass: &mut BudgetPass,
 ) -> Result<(), String> {
     let mut m = Measure::take(store, dir).await?;
@@ -199,7 +197,7 @@ async fn run(
         used: limits.max_bytes.map(|b| b - b / 20),
         room: limits.min_free_bytes,
     };
-    prune_rounds(store, dir, config, now_ms, &keep, soft, &mut m, &mut pass.pruned).await?;
+    prune_rounds(store, dir, config, &keep, soft, &mut m, &mut pass.pruned).await?;
     if let Some(v) = acked
         && m.over(&limits)
     {
@@ -210,7 +208,7 @@ async fn run(
                 room: mid(limits.min_free_bytes, limits.floor_bytes),
             };
             let drop = Unacked::Drop(v);
-            prune_rounds(store, dir, config, now_ms, &drop, hard, &mut m, &mut pass.hard).await?;
+            prune_rounds(store, dir, config, &drop, hard, &mut m, &mut pass.hard).await?;
         }
         pass.holding_unacked = m.over(&limits) && pass.pruned.held > 0;
     }
@@ -225,41 +223,42 @@ struct Targets {
     room: Option<u64>,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn prune_rounds(
     store: &Store,
     dir: &Path,
     config: &RetentionConfig,
-    now_ms: i64,
     unacked: &Unacked,
     targets: Targets,
     m: &mut Measure,
     report: &mut PruneReport,
 ) -> Result<(), String> {
-    let oldest = store
-        .retention_horizon()
-        .await
-        .map_err(|e| e.to_string())?
-        .iter()
-        .filter_map(|(_, t)| *t)
-        .min();
-    let Some(mut cut) = oldest else {
+    let Some((oldest, newest)) = store.reading_span().await.map_err(|e| e.to_string())? else {
         return Ok(()); // no raw reading left
     };
+    let mut cut = oldest;
+    // Doubles after a round that pruned nothing (everything before the cut is held for
+    // upstream, or straddles it), so a store full of held readings is crossed in a few
+    // rounds instead of rescanning them at the small step every time.
+    let mut boost = 1.0f64;
     for _ in 0..MAX_ROUNDS {
         let excess = m.excess(targets.used, targets.room);
-        if excess <= 0.0 || cut > now_ms {
+        if excess <= 0.0 || cut > newest {
             break;
         }
-        // Move the cut by the share of the time span that should hold the excess (readings
-        // come at a roughly steady rate), at least a minute; re-measuring corrects the guess.
-        let span = now_ms.saturating_sub(cut).max(0) as f64;
-        let step = (span * excess.clamp(0.01, 0.5)) as i64;
+        // Move the cut by the share of the remaining readings' time span that should hold
+        // the excess (as if they came at a steady rate), at most a quarter of it and at least
+        // a minute; re-measuring after each round corrects the guess, so a skewed spread
+        // costs rounds, not readings.
+        let span = newest.saturating_sub(cut).max(0) as f64;
+        let step = (span * (excess * boost).clamp(0.01, 0.25 * boost)) as i64;
         cut = cut.saturating_add(step.max(MIN_STEP_MS));
         let r = store
-            .prune_before(cut.min(now_ms), config.step_rows, unacked)
+            .prune_before(cut, config.step_rows, unacked)
             .await
             .map_err(|e| e.to_string())?;
+        if r.readings == 0 {
+            boost = (boost * 2.0).min(4.0);
+        }
         // `held` is recounted by every round over the same readings: keep the largest.
         let held = report.held.max(r.held);
         report.add(&r);

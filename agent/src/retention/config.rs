@@ -281,10 +281,9 @@ mod tests {
 
     #[test]
     fn budget_keys_parse_and_bad_ones_name_the_key() {
-        let c = parse(
-            "[retention]\nmax_disk = \"2GiB\"\nmin_free = \"10%\"\nhard_limit = \"3GiB\"\n",
-        )
-        .unwrap();
+        let c =
+            parse("[retention]\nmax_disk = \"2GiB\"\nmin_free = \"10%\"\nhard_limit = \"3GiB\"\n")
+                .unwrap();
         c.validate().unwrap();
         assert_eq!(c.max_disk, Some(DiskSize::Bytes(2 << 30)));
         assert_eq!(c.min_free, Some(DiskSize::Percent(10.0)));

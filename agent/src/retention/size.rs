@@ -40,7 +40,9 @@ impl DiskSize {
         if let Some(p) = t.strip_suffix('%') {
             let p: f64 = p.trim().parse().map_err(|_| explain())?;
             if !(p > 0.0 && p <= 100.0) {
-                return Err(format!("{text:?}: a share must be above 0% and at most 100%"));
+                return Err(format!(
+                    "{text:?}: a share must be above 0% and at most 100%"
+                ));
             }
             return Ok(DiskSize::Percent(p));
         }
@@ -121,7 +123,16 @@ mod tests {
         assert_eq!(DiskSize::parse("10%"), Ok(DiskSize::Percent(10.0)));
         assert_eq!(DiskSize::Percent(10.0).bytes_of(1000), 100);
         assert_eq!(DiskSize::Bytes(7).bytes_of(1000), 7);
-        for bad in ["", "lots", "-5MB", "10 parsecs", "0%", "101%", "1e30TB", "NaN"] {
+        for bad in [
+            "",
+            "lots",
+            "-5MB",
+            "10 parsecs",
+            "0%",
+            "101%",
+            "1e30TB",
+            "NaN",
+        ] {
             assert!(DiskSize::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(DiskSize::parse("big").unwrap_err().contains("\"10%\""));

@@ -165,7 +165,7 @@ pub async fn retention_loop(
         if budget {
             let pass = tokio::select! {
                 _ = cancel.cancelled() => return,
-                p = budget_pass(&agent.store, &agent.data_dir, &config, acked, now_ms()) => p,
+                p = budget_pass(&agent.store, &agent.data_dir, &config, acked) => p,
             };
             log_budget_pass(&pass, &mut was_holding);
             agent.metrics.budget_pass(&pass.sample());
@@ -178,7 +178,12 @@ pub async fn retention_loop(
     }
 }
 
-async fn age_pass(agent: &RetentionDeps, policy: &RetentionPolicy, config: &RetentionConfig, unacked: &Unacked) {
+async fn age_pass(
+    agent: &RetentionDeps,
+    policy: &RetentionPolicy,
+    config: &RetentionConfig,
+    unacked: &Unacked,
+) {
     let started = Instant::now();
     let result = agent
         .store
