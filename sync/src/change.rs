@@ -841,8 +841,8 @@ mod tests {
             0i64..MAX_TS_MS / 2,
             1u64..u64::MAX,
         )
-            .prop_map(|(series, actor, first_seq, more, from_ms, span, readings)| {
-                crate::GapEntry {
+            .prop_map(
+                |(series, actor, first_seq, more, from_ms, span, readings)| crate::GapEntry {
                     series,
                     actor: ActorId(actor),
                     first_seq,
@@ -850,8 +850,8 @@ mod tests {
                     from_ms,
                     to_ms: from_ms + span,
                     readings,
-                }
-            });
+                },
+            );
         proptest::collection::vec(entry, 1..8).prop_map(|entries| crate::GapRecord {
             reason: crate::GapReason::DiskBudget,
             entries,

@@ -149,14 +149,15 @@ impl PruneRule {
         self.policy.keeps_everything() && self.before_ms.is_none()
     }
 
-    /// The raw-reading cutoff of series `name` (minute-aligned), `None`: keep all.
+    /// The raw-reading cutoff of series `name` (minute-aligned by age), `None`: keep all.
     fn raw_cutoff(&self, name: &str) -> Option<i64> {
         let by_age = self
             .policy
             .readings_max_age(name)
             .map(|age| minute_floor(self.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)));
-        let by_budget = self.before_ms.map(minute_floor);
-        by_age.max(by_budget)
+        // The budget's cut is taken as is: it prunes no rollups, so it need not keep whole
+        // minutes, and a fast store holds many batches per minute.
+        by_age.max(self.before_ms)
     }
 }
 

@@ -470,8 +470,7 @@ impl Store {
     }
 
     /// The disk budget's pruning: raw readings of every series stored before `before_ms`
-    /// (unix ms, rounded down to the minute; whole (change, series) units only, as age
-    /// retention prunes them) go, oldest series units first by time, except what `unacked`
+    /// (unix ms; whole (change, series) units only, as age retention prunes them) go, oldest series units first by time, except what `unacked`
     /// keeps. Rollups stay (aggregates over the range still answer). Small writer jobs as
     /// [`prune`](Self::prune); ends with [`reclaim`](Self::reclaim) when anything went. With
     /// [`Unacked::Drop`](crate::Unacked::Drop), every step that drops unacknowledged

@@ -139,7 +139,7 @@ async fn without_upstream_everything_before_the_cut_goes_and_no_gap_is_written()
         .prune_before(T0 + 4 * MIN + 30_000, 100, &Unacked::NoUpstream)
         .await
         .unwrap();
-    // Cut rounded down to minute 4: minutes 0..4 of both series.
+    // Units wholly before the cut: minutes 0..4 of both series (minute 4 straddles it).
     assert_eq!((r.readings, r.held, r.gaps), (8 * 60, 0, 0));
     assert!(r.steps > 1, "small steps: {r:?}");
     assert!(s.gaps(None, 0, 10).await.unwrap().is_empty());

@@ -29,9 +29,9 @@ use super::{DiskSize, RetentionConfig};
 
 /// Rounds of (prune, reclaim, measure) one phase of a pass runs at most.
 const MAX_ROUNDS: usize = 24;
-/// The cut moves at least this far per round (the prune's cutoffs are whole minutes; a
-/// cut of `t` prunes the units wholly before the minute of `t`).
-const MIN_STEP_MS: i64 = 60_000;
+/// The cut moves at least this far per round (a cut of `t` prunes the (batch, series) units
+/// wholly before `t`).
+const MIN_STEP_MS: i64 = 1_000;
 
 /// The budget's limits in bytes, resolved against the file system's size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -125,6 +125,8 @@ impl Measure {
 pub struct BudgetPass {
     /// Unix ms when the pass ended.
     pub at_ms: Option<i64>,
+    /// How long it took (ms): measuring, pruning rounds, giving space back.
+    pub took_ms: u64,
     /// The limits as resolved on the file system.
     pub limits: Limits,
     /// The measurement before pruning.
@@ -167,9 +169,11 @@ pub async fn budget_pass(
     acked: Option<VersionVector>,
 ) -> BudgetPass {
     let mut pass = BudgetPass::default();
+    let started = std::time::Instant::now();
     if let Err(e) = run(store, dir, config, acked, &mut pass).await {
         pass.error = Some(e);
     }
+    pass.took_ms = started.elapsed().as_millis() as u64;
     pass.at_ms = Some(crate::time::now_ms());
     pass
 }

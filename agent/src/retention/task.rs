@@ -235,10 +235,11 @@ fn log_budget_pass(pass: &BudgetPass, was_holding: &mut bool) {
         tracing::info!(
             readings = pass.pruned.readings,
             used_bytes = pass.after.used(),
-            "disk budget: pruned the {} oldest readings upstream already holds (store {} → {} bytes)",
+            "disk budget: pruned the {} oldest readings upstream already holds (store {} → {} bytes) in {} ms",
             pass.pruned.readings,
             pass.before.used(),
-            pass.after.used()
+            pass.after.used(),
+            pass.took_ms
         );
     }
     if pass.hard.dropped_unacked > 0 {
