@@ -246,3 +246,55 @@ async fn unacknowledged_readings_are_held_until_the_hard_limit_and_the_gap_reach
     drop(device);
     drop(fs);
 }
+
+/// `PRAGMA auto_vacuum` of the store at `db`.
+fn auto_vacuum(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kdelta_compact_switches_an_old_store_and_is_refused_while_the_agent_runs() {
+    let mut agent = Agent::builder()
+        .config("sources = []\ndevice_twin = false\n")
+        .start();
+    let c = client();
+    chunk(&c, &agent, "a", 1_764_000_000_000).await;
+    let keep = agent.keep_dir().unwrap();
+    let data = agent.data_dir();
+    let db = data.join("kdelta.db");
+    let arg = |d: &std::path::Path| d.to_str().unwrap().to_owned();
+    let cli = |args: Vec<String>| {
+        let dir = keep.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::harness::run_to_end(&args, &dir, Duration::from_secs(60))
+        })
+    };
+    let (code, err) = cli(vec!["compact".into(), "--data-dir".into(), arg(&data)])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    agent.sigterm();
+    assert!(agent.wait_exit(Duration::from_secs(20)).is_some());
+    // Made old: what a store of a release before incremental auto-vacuum looks like.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+            .unwrap();
+    }
+    assert_eq!(auto_vacuum(&db), 0);
+    let (code, err) = cli(vec!["compact".into(), "--data-dir".into(), arg(&data)])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(auto_vacuum(&db), 2, "incremental auto-vacuum after compact");
+    // The agent starts on it with every reading.
+    let again = Agent::builder()
+        .dir(keep.path())
+        .config("sources = []\ndevice_twin = false\n")
+        .start();
+    assert_eq!(all_readings(&c, &again, "a").await.len() as i64, CHUNK);
+}
