@@ -35,6 +35,8 @@
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
 //! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total` | counter | — |
+//! | `kdelta_retention_budget_pruned_readings_total`, `kdelta_retention_budget_dropped_readings_total`, `kdelta_retention_gap_records_total` | counter | — |
+//! | `kdelta_retention_budget_used_bytes`, `kdelta_retention_budget_limit_bytes`, `kdelta_retention_budget_hard_limit_bytes`, `kdelta_retention_budget_holding_unacked`, `kdelta_retention_budget_held_readings` | gauge | — |
 //! | `kdelta_retention_pass_duration_seconds` | histogram | — |
 //! | `kdelta_store_disk_full` (0/1), `kdelta_process_storage_write_bytes`, `kdelta_retention_horizon_timestamp_ms` | gauge | — |
 //!
@@ -54,6 +56,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use retention::BudgetSample;
 use retention::RetentionMetrics;
 pub use sync::PeerSample;
 use sync::SyncMetrics;

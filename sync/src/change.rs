@@ -124,6 +124,7 @@ impl Change {
             ChangeBody::DocBatch(b) => b.validate(limits),
             ChangeBody::Twin(t) => t.validate(self.actor, limits).map(drop),
             ChangeBody::TimeCorrection(c) => c.validate(self.seq, limits),
+            ChangeBody::Gap(g) => g.validate(),
         }
     }
 }
@@ -162,6 +163,10 @@ pub enum ChangeBody {
     /// Corrects the timestamps of the same actor's readings sampled under an untrusted
     /// clock (see `timing.rs`).
     TimeCorrection(TimeCorrection),
+    /// Readings this actor dropped under its disk budget's hard limit before an upstream
+    /// peer had them (`changes.kind = 6`, see `gap.rs`). Agents older than schema 5 cannot
+    /// decode it.
+    Gap(crate::GapRecord),
 }
 
 /// One automerge change to the merge document `key`. The bytes are an uncompressed automerge
@@ -837,6 +842,7 @@ mod tests {
                         ranges,
                     })
                 }),
+            gap_strategy().prop_map(ChangeBody::Gap),
         ];
         (any::<[u8; 16]>(), 1u64..1_000_000, any::<u64>(), body).prop_map(
             |(a, mut seq, hlc, body)| {
@@ -852,6 +858,35 @@ mod tests {
                 }
             },
         )
+    }
+
+    /// Valid gap records (change kind 6): 1 to 8 entries with any names, actors, seq and
+    /// time ranges and counts.
+    fn gap_strategy() -> impl Strategy<Value = crate::GapRecord> {
+        let entry = (
+            "[a-z.é]{1,12}",
+            any::<[u8; 16]>(),
+            1u64..u64::MAX / 2,
+            0u64..1_000_000,
+            0i64..MAX_TS_MS / 2,
+            0i64..MAX_TS_MS / 2,
+            1u64..u64::MAX,
+        )
+            .prop_map(
+                |(series, actor, first_seq, more, from_ms, span, readings)| crate::GapEntry {
+                    series,
+                    actor: ActorId(actor),
+                    first_seq,
+                    last_seq: first_seq + more,
+                    from_ms,
+                    to_ms: from_ms + span,
+                    readings,
+                },
+            );
+        proptest::collection::vec(entry, 1..8).prop_map(|entries| crate::GapRecord {
+            reason: crate::GapReason::DiskBudget,
+            entries,
+        })
     }
 
     /// Every body variant with every optional part (units, metadata, tombstones, contexts,
@@ -898,6 +933,7 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..300)
             )
                 .prop_map(|(key, change)| ChangeBody::Twin(TwinChange { key, change })),
+            gap_strategy().prop_map(ChangeBody::Gap),
         ];
         (any::<[u8; 16]>(), any::<u64>(), any::<u64>(), body).prop_map(|(a, seq, hlc, body)| {
             Change {

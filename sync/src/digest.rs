@@ -80,6 +80,14 @@ pub(crate) fn add_change(digest: &mut Digest, c: &crate::Change) {
         ChangeBody::Twin(t) => {
             digest.add(&twin_hash(&c.actor, c.seq, c.hlc, &t.key, &t.change));
         }
+        ChangeBody::Gap(g) => {
+            digest.add(&crate::gap::gap_hash(
+                &c.actor,
+                c.seq,
+                c.hlc,
+                &crate::gap::encode_gap(g),
+            ));
+        }
     }
 }
 

@@ -167,7 +167,7 @@ pub enum StoreError {
     /// write was stored. A state, not a crash: reads keep working, and writes succeed again
     /// as soon as space is freed (by retention, or by hand).
     #[error(
-        "the disk holding the store is full, so nothing was stored while {context} ({detail}); free space on that file system or keep less ([retention] readings) — writes resume by themselves once there is room"
+        "the disk holding the store is full, so nothing was stored while {context} ({detail}); free space on that file system or keep less ([retention] readings, max_disk, min_free) — writes resume by themselves once there is room"
     )]
     DiskFull {
         /// What the store was doing.

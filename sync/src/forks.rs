@@ -77,6 +77,7 @@ fn kind_of(body: &ChangeBody) -> i64 {
         ChangeBody::Doc(_) => 2,
         ChangeBody::Twin(_) => 3,
         ChangeBody::TimeCorrection(_) => crate::correct::KIND_TIME_CORRECTION,
+        ChangeBody::Gap(_) => crate::gap::KIND_GAP,
         ChangeBody::DocBatch(_) => crate::docwrite::KIND_DOC_BATCH,
     }
 }

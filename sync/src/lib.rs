@@ -78,6 +78,7 @@ mod docs_query;
 mod docwrite;
 mod error;
 mod forks;
+mod gap;
 mod health;
 mod history_cursor;
 mod hlc;
@@ -91,6 +92,7 @@ mod readings_query;
 mod retention;
 mod schema;
 pub mod seal;
+mod space;
 mod store;
 mod timeref;
 mod timing;
@@ -110,6 +112,7 @@ pub use doc_batch::{BatchEntry, DocBatch};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use forks::Fork;
+pub use gap::{GapEntry, GapReason, GapRecord, MAX_GAP_ENTRIES, StoredGap};
 pub use health::WriteHealth;
 pub use history_cursor::HistoryCursor;
 pub use hlc::{
@@ -118,8 +121,9 @@ pub use hlc::{
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE};
-pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, glob_match};
+pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, Unacked, glob_match};
 pub use schema::supported_schema_version;
+pub use space::{COMPACT_ON_OPEN_MAX_BYTES, StoreSpace};
 pub use store::Store;
 pub use timeref::{ClockClaim, TimeReference};
 pub use timing::{

@@ -15,6 +15,7 @@ use rusqlite::Connection;
 
 use crate::correct::{KIND_TIME_CORRECTION, decode_correction};
 use crate::docwrite::{KIND_DOC_BATCH, decode_context};
+use crate::gap::{KIND_GAP, decode_gap};
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
 use crate::seal::{Hash, Seal, split_hashes};
@@ -58,7 +59,7 @@ pub(crate) struct LogRow {
     pub hlc: Hlc,
     kind: i64,
     manifest: Vec<ManifestEntry>,
-    /// The stored body of a time correction (kind 4).
+    /// The stored body of a time correction (kind 4) or a gap record (kind 6).
     correction: Vec<u8>,
     /// Bytes of a document or twin body known from the log query (key, value or change).
     body_bytes: usize,
@@ -79,7 +80,7 @@ impl LogRow {
         };
         let (manifest, correction) = match kind {
             1 => (decode_manifest(&stored(row)?)?, Vec::new()),
-            KIND_TIME_CORRECTION => (Vec::new(), stored(row)?),
+            KIND_TIME_CORRECTION | KIND_GAP => (Vec::new(), stored(row)?),
             _ => (Vec::new(), Vec::new()),
         };
         let get = |i: usize| -> Result<Option<i64>> {
@@ -165,6 +166,7 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
                     .ok_or_else(|| missing(row.id, "twin change"))?,
             ),
             KIND_TIME_CORRECTION => ChangeBody::TimeCorrection(decode_correction(&row.correction)?),
+            KIND_GAP => ChangeBody::Gap(decode_gap(&row.correction)?),
             other => {
                 return Err(StoreError::Decode {
                     what: "change log row",

@@ -340,6 +340,11 @@ pub enum ChangeEventKind {
         /// Readings changes it moved to their true time.
         corrected: usize,
     },
+    /// A gap record: readings dropped at the source before upstream had them.
+    Gap {
+        /// How many readings it records as dropped.
+        readings: u64,
+    },
 }
 
 /// Announced on [`Store::subscribe`](crate::Store::subscribe) after a change is durable.

@@ -17,14 +17,21 @@
 //! - **Counters**: `meta.readings_pruned` counts raw readings pruned whose rollups remain,
 //!   so the readings count (`SUM(rollup_1m.n) - readings_pruned`) needs no table scan.
 //!
+//! The same steps serve the disk budget ([`Store::prune_before`](crate::Store::prune_before)):
+//! there every series' cutoff is one time, chosen by the agent's budget pass. Both keep the
+//! readings an upstream peer has not acknowledged when told to ([`Unacked::Keep`]); only the
+//! budget's hard limit drops them ([`Unacked::Drop`]), and each step that does writes a gap
+//! record (`gap.rs`) in the same transaction.
+//!
 //! Callers pass `now` (unix ms), so tests drive retention with any clock.
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::digest::readings_hash;
+use crate::gap::GapCollector;
 use crate::ingest::{MINUTE_MS, decode_manifest};
 use crate::writer::Writer;
-use crate::{ActorId, Result, StoreError};
+use crate::{ActorId, Result, StoreError, VersionVector};
 
 /// How long raw readings of the series matching `pattern` are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,33 @@ impl RetentionPolicy {
     }
 }
 
+/// How a prune treats raw readings that upstream peers (`upstream = true` in the agent's
+/// `[[sync.peers]]`) have not acknowledged: those of changes above the vector every upstream
+/// peer is known to hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Unacked {
+    /// No upstream peer: every reading may be pruned.
+    #[default]
+    NoUpstream,
+    /// Readings of changes above this vector are kept (counted as `held`).
+    Keep(VersionVector),
+    /// The hard limit: they are pruned too, counted as `dropped_unacked`, and every step that
+    /// drops some writes a gap record (change kind 6) saying what went.
+    Drop(VersionVector),
+}
+
+impl Unacked {
+    /// Whether `actor`'s change `seq` may be pruned, and whether that drops unacknowledged
+    /// readings: `None` when it must be kept, `Some(dropped)` otherwise.
+    fn verdict(&self, actor: &ActorId, seq: u64) -> Option<bool> {
+        match self {
+            Unacked::NoUpstream => Some(false),
+            Unacked::Keep(v) => (seq <= v.get(actor)).then_some(false),
+            Unacked::Drop(v) => Some(seq > v.get(actor)),
+        }
+    }
+}
+
 /// What one [`Store::prune`](crate::Store::prune) pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PruneReport {
@@ -76,6 +110,14 @@ pub struct PruneReport {
     pub rollups: u64,
     /// Writer jobs (small transactions) the pass took.
     pub steps: u64,
+    /// Readings the pass would have pruned but kept, because an upstream peer has not
+    /// acknowledged them ([`Unacked::Keep`]).
+    pub held: u64,
+    /// Readings pruned although no upstream peer had acknowledged them ([`Unacked::Drop`]);
+    /// included in `readings`.
+    pub dropped_unacked: u64,
+    /// Gap records written for them.
+    pub gaps: u64,
 }
 
 impl PruneReport {
@@ -85,6 +127,37 @@ impl PruneReport {
         self.units += o.units;
         self.rollups += o.rollups;
         self.steps += o.steps;
+        self.held += o.held;
+        self.dropped_unacked += o.dropped_unacked;
+        self.gaps += o.gaps;
+    }
+}
+
+/// What a prune pass removes: raw readings by age ([`RetentionPolicy`], as of `now_ms`)
+/// and, for the disk budget, every raw reading before `before_ms`; rollups by age only.
+#[derive(Debug, Clone)]
+pub(crate) struct PruneRule {
+    pub policy: RetentionPolicy,
+    pub now_ms: i64,
+    pub before_ms: Option<i64>,
+    pub unacked: Unacked,
+}
+
+impl PruneRule {
+    /// True when the rule can remove nothing.
+    pub fn prunes_nothing(&self) -> bool {
+        self.policy.keeps_everything() && self.before_ms.is_none()
+    }
+
+    /// The raw-reading cutoff of series `name` (minute-aligned by age), `None`: keep all.
+    fn raw_cutoff(&self, name: &str) -> Option<i64> {
+        let by_age = self
+            .policy
+            .readings_max_age(name)
+            .map(|age| minute_floor(self.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)));
+        // The budget's cut is taken as is: it prunes no rollups, so it need not keep whole
+        // minutes, and a fast store holds many batches per minute.
+        by_age.max(self.before_ms)
     }
 }
 
@@ -132,8 +205,7 @@ impl Writer {
     /// rollup rows), starting at `cursor`; returns what it removed and where to go on.
     pub(crate) fn prune_step(
         &mut self,
-        policy: &crate::RetentionPolicy,
-        now_ms: i64,
+        rule: &PruneRule,
         cursor: PruneCursor,
         budget: usize,
     ) -> Result<(PruneReport, PruneCursor)> {
@@ -141,9 +213,26 @@ impl Writer {
             steps: 1,
             ..PruneReport::default()
         };
+        let mut gaps = GapCollector::default();
+        let cursor = self.prune_rows(rule, cursor, budget, &mut report, &mut gaps)?;
+        if let Some(gap) = gaps.finish() {
+            self.write_local_gap(&gap)?;
+            report.gaps += 1;
+        }
+        Ok((report, cursor))
+    }
+
+    fn prune_rows(
+        &mut self,
+        rule: &PruneRule,
+        cursor: PruneCursor,
+        budget: usize,
+        report: &mut PruneReport,
+        gaps: &mut GapCollector,
+    ) -> Result<PruneCursor> {
         let mut cursor = cursor;
         let mut left = budget.max(1) as i64;
-        while left > 0 {
+        while left > 0 && !gaps.full() {
             let next: Option<(i64, String)> = self
                 .conn
                 .prepare_cached("SELECT id, name FROM series WHERE id >= ?1 ORDER BY id LIMIT 1")
@@ -163,9 +252,7 @@ impl Writer {
                     done: false,
                 };
             }
-            let raw_cutoff = policy
-                .readings_max_age(&name)
-                .map(|age| minute_floor(now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)));
+            let raw_cutoff = rule.raw_cutoff(&name);
             let mut finished_raw = true;
             if let Some(cutoff) = raw_cutoff {
                 let (n, scanned_to) = self.prune_series_raw(
@@ -174,7 +261,7 @@ impl Writer {
                     cutoff,
                     cursor.after_ts,
                     left,
-                    &mut report,
+                    (&rule.unacked, &mut *report, &mut *gaps),
                 )?;
                 left -= n.max(1);
                 match scanned_to {
@@ -186,9 +273,9 @@ impl Writer {
                 }
             }
             if finished_raw {
-                if let Some(age) = policy.rollups_max_age_ms {
+                if let Some(age) = rule.policy.rollups_max_age_ms {
                     let cutoff =
-                        minute_floor(now_ms.saturating_sub(age.min(i64::MAX as u64) as i64));
+                        minute_floor(rule.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64));
                     let (n, more) = self.prune_series_rollups(series_id, cutoff, left)?;
                     report.rollups += n;
                     left -= n as i64;
@@ -200,7 +287,7 @@ impl Writer {
                 cursor.after_ts = i64::MIN;
             }
         }
-        Ok((report, cursor))
+        Ok(cursor)
     }
 
     /// Prunes the (change, series) units of `series_id` lying wholly before `cutoff`, looking
@@ -213,7 +300,7 @@ impl Writer {
         cutoff: i64,
         after_ts: i64,
         budget: i64,
-        report: &mut PruneReport,
+        (unacked, report, gaps): (&Unacked, &mut PruneReport, &mut GapCollector),
     ) -> Result<(i64, Option<i64>)> {
         let rows: Vec<(i64, i64)> = self
             .conn
@@ -228,11 +315,18 @@ impl Writer {
             })
             .map_err(StoreError::db("finding readings to prune"))?;
         let scanned = rows.len() as i64;
-        let resume = (scanned >= budget).then(|| rows.last().map_or(cutoff, |r| r.0 + 1));
+        let mut resume = (scanned >= budget).then(|| rows.last().map_or(cutoff, |r| r.0 + 1));
         let mut seen = std::collections::HashSet::new();
-        for (_, change_id) in rows {
+        for (ts, change_id) in rows {
+            if gaps.full() {
+                // The gap record of this step is full: the next step goes on from here.
+                resume = Some(ts);
+                break;
+            }
+            // Rows come by time, so the first row of a change is its oldest in this scan.
             if seen.insert(change_id) {
-                self.prune_unit(series_id, name, change_id, cutoff, report)?;
+                let unit = (series_id, name, change_id, ts);
+                self.prune_unit(unit, cutoff, (unacked, &mut *report, &mut *gaps))?;
             }
         }
         Ok((scanned, resume))
@@ -241,13 +335,13 @@ impl Writer {
     /// Deletes the readings change `change_id` holds for `series_id` when all of them are
     /// before `cutoff`, subtracting their digest element and dropping the series from the
     /// change's manifest.
+    /// `first_ts`: the unit's oldest reading this step scanned (a unit kept for upstream is
+    /// counted as held once, by the step that scanned its oldest reading).
     fn prune_unit(
         &mut self,
-        series_id: i64,
-        name: &str,
-        change_id: i64,
+        (series_id, name, change_id, first_ts): (i64, &str, i64, i64),
         cutoff: i64,
-        report: &mut PruneReport,
+        (unacked, report, gaps): (&Unacked, &mut PruneReport, &mut GapCollector),
     ) -> Result<()> {
         type Row = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>);
         let row: Option<Row> = self
@@ -282,6 +376,12 @@ impl Writer {
         if hi >= cutoff {
             return Ok(()); // straddles the cutoff: kept whole for now
         }
+        let Some(drops_unacked) = unacked.verdict(&actor, seq as u64) else {
+            if first_ts == lo {
+                report.held += entry.count;
+            }
+            return Ok(()); // upstream does not hold it yet
+        };
         let (ts, values): (Vec<i64>, Vec<f64>) = self
             .conn
             .prepare_cached(
@@ -323,6 +423,10 @@ impl Writer {
             .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
             .map_err(StoreError::db("updating a pruned change's manifest"))?;
         let n = ts.len() as u64;
+        if drops_unacked && n > 0 {
+            gaps.add(name, actor, seq as u64, entry.ts_min, entry.ts_max, n);
+            report.dropped_unacked += n;
+        }
         self.add_readings_pruned(n as i64)?;
         self.counts.readings = self.counts.readings.saturating_sub(n);
         report.readings += n;

@@ -45,6 +45,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0004_doc_batches.sql"),
     },
     Migration {
+        version: 5,
+        description: "gap records",
+        sql: include_str!("../migrations/0005_gap_records.sql"),
+    },
+    Migration {
         version: 6,
         description: "signed_log",
         sql: include_str!("../migrations/0006_signed_log.sql"),
@@ -95,8 +100,8 @@ pub(crate) fn connect(path: &Path, config: &StoreConfig, read_only: bool) -> Res
     if !read_only {
         // A new (empty) database: freed pages go back to the file system (`PRAGMA
         // incremental_vacuum` after retention prunes). Only possible before the switch to WAL
-        // and the first table; stores created by earlier releases keep `auto_vacuum = NONE`
-        // and reuse freed pages instead.
+        // and the first table; stores created by earlier releases are switched by a full
+        // VACUUM (`space.rs`: at open when small, else `kdelta compact`).
         let pages: i64 = conn
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .map_err(StoreError::db("reading the page count"))?;
@@ -134,6 +139,7 @@ pub(crate) fn open_writer(path: &Path, config: &StoreConfig) -> Result<(Connecti
         }
     }
     migrate(&mut conn)?;
+    crate::space::compact_old_store(&conn, path);
     let actor = load_or_create_actor(&conn)?;
     load_or_create_signing_key(&conn)?;
     Ok((conn, actor))

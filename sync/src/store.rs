@@ -538,24 +538,77 @@ impl Store {
     /// small writer jobs, each looking at about `step_rows` readings, queued behind the
     /// writes already waiting — ingest is never stalled behind one long delete. Each step
     /// is durable on its own; a failed step ends the pass with its error (what earlier steps
-    /// pruned stays pruned).
+    /// pruned stays pruned). Ends with [`reclaim`](Self::reclaim) when anything went.
     pub async fn prune(
         &self,
         policy: &crate::RetentionPolicy,
         now_ms: i64,
         step_rows: usize,
     ) -> Result<crate::PruneReport> {
+        self.prune_with(policy, now_ms, step_rows, &crate::Unacked::NoUpstream)
+            .await
+    }
+
+    /// Like [`prune`](Self::prune), keeping (or, at the disk budget's hard limit, dropping
+    /// and recording) the readings upstream peers have not acknowledged: see [`Unacked`](crate::Unacked).
+    pub async fn prune_with(
+        &self,
+        policy: &crate::RetentionPolicy,
+        now_ms: i64,
+        step_rows: usize,
+        unacked: &crate::Unacked,
+    ) -> Result<crate::PruneReport> {
+        self.run_prune(
+            crate::retention::PruneRule {
+                policy: policy.clone(),
+                now_ms,
+                before_ms: None,
+                unacked: unacked.clone(),
+            },
+            step_rows,
+        )
+        .await
+    }
+
+    /// The disk budget's pruning: raw readings of every series stored before `before_ms`
+    /// (unix ms; whole (change, series) units only, as age retention prunes them) go, oldest series units first by time, except what `unacked`
+    /// keeps. Rollups stay (aggregates over the range still answer). Small writer jobs as
+    /// [`prune`](Self::prune); ends with [`reclaim`](Self::reclaim) when anything went. With
+    /// [`Unacked::Drop`](crate::Unacked::Drop), every step that drops unacknowledged
+    /// readings writes a gap record (change kind 6) in the same transaction.
+    pub async fn prune_before(
+        &self,
+        before_ms: i64,
+        step_rows: usize,
+        unacked: &crate::Unacked,
+    ) -> Result<crate::PruneReport> {
+        self.run_prune(
+            crate::retention::PruneRule {
+                policy: crate::RetentionPolicy::default(),
+                now_ms: before_ms,
+                before_ms: Some(before_ms),
+                unacked: unacked.clone(),
+            },
+            step_rows,
+        )
+        .await
+    }
+
+    async fn run_prune(
+        &self,
+        rule: crate::retention::PruneRule,
+        step_rows: usize,
+    ) -> Result<crate::PruneReport> {
         let mut total = crate::PruneReport::default();
-        if policy.keeps_everything() {
+        if rule.prunes_nothing() {
             return Ok(total);
         }
-        let policy = Arc::new(policy.clone());
+        let rule = Arc::new(rule);
         let mut cursor = crate::retention::PruneCursor::default();
         while !cursor.done {
             let (report, next) = self
                 .submit(|reply| Job::Prune {
-                    policy: policy.clone(),
-                    now_ms,
+                    rule: rule.clone(),
                     cursor,
                     budget: step_rows,
                     reply,
@@ -568,6 +621,24 @@ impl Store {
             self.reclaim().await?;
         }
         Ok(total)
+    }
+
+    /// Gap records (readings dropped at their source before upstream had them, see
+    /// [`GapRecord`](crate::GapRecord)) held by this store — its own and those synced from
+    /// other stores — after local position `after`, at most `limit` (≤ 1000); with `series`,
+    /// only the entries naming it.
+    pub async fn gaps(
+        &self,
+        series: Option<String>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::StoredGap>> {
+        self.inner
+            .readers
+            .read(move |conn| {
+                crate::gap::stored_gaps(conn, series.as_deref(), after, limit.clamp(1, 1000))
+            })
+            .await
     }
 
     /// Gives the space of deleted rows back to the file system, a few MB per writer job
@@ -600,6 +671,29 @@ impl Store {
                         .collect()
                 })
                 .map_err(StoreError::db("reading the retention horizon"))
+            })
+            .await
+    }
+
+    /// The oldest and the newest raw reading kept, over all series (unix ms; `None` when no
+    /// raw reading is left). Two index probes per series.
+    pub async fn reading_span(&self) -> Result<Option<(i64, i64)>> {
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT MIN((SELECT MIN(r.ts) FROM readings r WHERE r.series_id = s.id)), \
+                            MAX((SELECT MAX(r.ts) FROM readings r WHERE r.series_id = s.id)) FROM series s",
+                )
+                .and_then(|mut st| {
+                    st.query_row([], |r| {
+                        Ok(match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                            (Some(lo), Some(hi)) => Some((lo, hi)),
+                            _ => None,
+                        })
+                    })
+                })
+                .map_err(StoreError::db("reading the span of raw readings"))
             })
             .await
     }

@@ -96,8 +96,7 @@ pub(crate) enum Job {
     Heartbeat { reply: oneshot::Sender<Result<()>> },
     /// One bounded step of a retention pass (see `retention.rs`).
     Prune {
-        policy: Arc<crate::RetentionPolicy>,
-        now_ms: i64,
+        rule: Arc<crate::retention::PruneRule>,
         cursor: crate::retention::PruneCursor,
         budget: usize,
         reply: oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
@@ -770,12 +769,11 @@ impl Writer {
                 Done::Heartbeat(reply, r)
             }
             Job::Prune {
-                policy,
-                now_ms,
+                rule,
                 cursor,
                 budget,
                 reply,
-            } => Done::Prune(reply, self.prune_step(&policy, now_ms, cursor, budget)),
+            } => Done::Prune(reply, self.prune_step(&rule, cursor, budget)),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -907,6 +905,7 @@ impl Writer {
                 ChangeBody::TimeCorrection(t) => {
                     self.store_correction(c.actor, c.seq, c.hlc, t, true)?
                 }
+                ChangeBody::Gap(g) => self.store_gap(c.actor, c.seq, c.hlc, g, true)?,
             }
         }
         self.flush_readings()?;

@@ -1109,7 +1109,8 @@ async fn throughput_100k_readings() {
             ChangeBody::Doc(_)
             | ChangeBody::DocBatch(_)
             | ChangeBody::Twin(_)
-            | ChangeBody::TimeCorrection(_) => 0,
+            | ChangeBody::TimeCorrection(_)
+            | ChangeBody::Gap(_) => 0,
         })
         .sum();
     let cbor: usize = all.iter().map(|c| c.to_cbor().len()).sum();

@@ -11,6 +11,7 @@
 //! `proxy.rs`.
 
 mod backup;
+mod budget;
 mod clock;
 mod clones;
 mod cluster;

@@ -33,6 +33,15 @@ async function refreshStatus() {
   if (store.horizon && store.horizon.oldest_reading_ms != null) {
     items.push(["oldest", new Date(store.horizon.oldest_reading_ms).toISOString().slice(0, 10)]);
   }
+  const budget = store.budget;
+  if (budget) {
+    const limit = budget.limit_bytes != null
+      ? ` of ${bytes(budget.limit_bytes)} (${(100 * budget.fraction).toFixed(0)} %)` : "";
+    items.push(["budget", bytes(budget.used_bytes) + limit]);
+    if (budget.holding_unacked) {
+      items.push(["HOLDING", "over budget, keeping readings upstream has not acknowledged"]);
+    }
+  }
   $("status").replaceChildren(...items.map(([k, v]) => {
     const d = document.createElement("div");
     const dt = document.createElement("dt"), dd = document.createElement("dd");

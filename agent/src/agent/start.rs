@@ -186,11 +186,16 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
     let peers = Peers::start(&config.sync.peers, &agent);
     // The agent's own device twin (desired/reported): stops on `shutdown`, before the store.
     // Retention (returns at once when the policy keeps everything): stops on `shutdown`.
+    let peers_for_retention = agent.peers.clone();
     tokio::spawn(crate::retention::retention_loop(
-        agent.store.clone(),
+        crate::retention::RetentionDeps {
+            store: agent.store.clone(),
+            data_dir: agent.data_dir.clone(),
+            state: agent.retention.clone(),
+            metrics: agent.metrics.clone(),
+            upstream_acked: Box::new(move || peers_for_retention.upstream_acked()),
+        },
         config.retention.clone(),
-        agent.retention.clone(),
-        agent.metrics.clone(),
         agent.shutdown.child_token(),
     ));
     let device_twin = config.device_twin.then(|| {

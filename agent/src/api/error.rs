@@ -85,7 +85,7 @@ error_codes! {
     Unavailable = 503, "unavailable", "the store cannot serve right now (busy, I/O, shutting down); retry later";
     NotReady = 503, "not_ready", "the agent is starting or shutting down";
     TooManySessions = 503, "too_many_sessions", "as many inbound sync sessions run as allowed (`api.max_sync_sessions`, `api.max_sync_sessions_per_peer`); retry later";
-    DiskFull = 507, "disk_full", "the file system holding the store is full and nothing was stored; free space or keep less (`[retention] readings`) — writes resume by themselves once there is room, reads keep working";
+    DiskFull = 507, "disk_full", "the file system holding the store is full and nothing was stored; free space or keep less (`[retention] readings`, `max_disk`, `min_free`) — writes resume by themselves once there is room, reads keep working";
 }
 
 impl std::fmt::Display for ErrorCode {

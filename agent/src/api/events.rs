@@ -85,8 +85,9 @@ impl EventFilter {
                         .as_ref()
                         .is_none_or(|p| series.iter().any(|s| s.starts_with(p.as_str())))
             }
-            // Moved readings of unnamed series: only for unfiltered readings subscribers.
-            ChangeEventKind::TimeCorrection { .. } => {
+            // Moved readings, or a gap record, of unnamed series: only for unfiltered readings
+            // subscribers.
+            ChangeEventKind::TimeCorrection { .. } | ChangeEventKind::Gap { .. } => {
                 self.readings != Some(false) && self.series.is_none() && self.prefix.is_none()
             }
             // Twins (merge documents) are documents for this filter.

@@ -38,6 +38,7 @@ mod docs;
 mod error;
 mod events;
 mod format;
+mod gaps;
 mod guard;
 mod ingest;
 mod openapi;

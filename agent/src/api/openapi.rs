@@ -198,7 +198,13 @@ fn routes_document() -> Value {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["token", "certificate"]},
                     "role": {"type": "string", "enum": ["device", "hub"]},
                     "bound_actor": {"type": "string", "nullable": true}}});
-    json!({
+    // Built apart: one `json!` of every path would pass the macro's recursion limit.
+    let gaps_path = json!({ "get": op("Gap records: readings dropped at their source under its disk budget's hard limit before an upstream peer had them (change kind 6; see docs/storage.md). On a hub, tells source drops from transit loss", vec![
+                query("series", "Only entries naming this series"),
+                query("after", "`next_after` of the previous page (default: the beginning)"),
+                query("limit", "Most records (default 100, at most 1000)"),
+            ], responses("200", ok("Gap records", gaps_schema()), &[ErrorCode::BadRequest, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) });
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "kdelta agent API",
@@ -426,7 +432,26 @@ fn routes_document() -> Value {
                 responses("200", ok("Peers", json!({"type": "object", "properties": {"peers": {"type": "array", "items": peer_schema}, "credentials": {"type": "array", "items": credential_schema}}})), &[ErrorCode::Unavailable])) },
         },
         "components": { "schemas": schemas() },
-    })
+    });
+    doc["paths"]["/v1/readings/gaps"] = gaps_path;
+    doc
+}
+
+/// `GET /v1/readings/gaps`'s answer.
+fn gaps_schema() -> Value {
+    let i = json!({"type": "integer"});
+    let entry = json!({"type": "object", "properties": {
+        "series": {"type": "string"}, "actor": {"type": "string", "description": "whose readings changes held them"},
+        "first_seq": i, "last_seq": i, "from_ms": i, "to_ms": i, "readings": i}});
+    let gap = json!({"type": "object", "properties": {
+        "local_id": i, "actor": {"type": "string", "description": "the store that dropped the readings"},
+        "seq": i, "hlc": {"type": "string"},
+        "reason": {"type": "string", "enum": ["disk_budget"]},
+        "entries": {"type": "array", "items": entry}}});
+    json!({"type": "object", "properties": {
+        "gaps": {"type": "array", "items": gap},
+        "readings": {"type": "integer", "description": "readings dropped, over the records of this page"},
+        "next_after": {"type": "integer", "nullable": true}}})
 }
 
 fn sync_now_schema() -> Value {
@@ -449,7 +474,10 @@ fn store_status_schema() -> Value {
             "since_last_commit_ms": opt_i, "disk_full": opt_s,
             "disk_full_for_ms": opt_i, "last_failure": opt_s}});
     let retention = json!({"type": "object",
-        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `steps`), `took_ms`, `error`",
+        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `steps`, `held`, `dropped_unacked`, `gaps`), `took_ms`, `error`",
+        "additionalProperties": true});
+    let budget = json!({"type": "object", "nullable": true,
+        "description": "The disk budget (`[retention] max_disk` / `min_free`; null without one): `used_bytes` (database + WAL + shm less free pages), `limit_bytes` (max_disk), `hard_limit_bytes`, `fraction` (used / limit), `min_free_bytes`, `room_bytes` (available + free pages), `holding_unacked` (over budget, keeping readings upstream has not acknowledged), `pruned_total`, `dropped_unacked_total`, `gaps_total` and the `last` pass (`limits`, `before`, `after`, `pruned`, `hard`, `error`)",
         "additionalProperties": true});
     let horizon = json!({"type": "object",
         "description": "Oldest raw reading kept: over all series (`oldest_reading_ms`) and per series (`series`: name → unix ms, null when only rollups remain; at most 1000, `truncated` says when more exist)",
@@ -457,7 +485,7 @@ fn store_status_schema() -> Value {
     let wear = json!({"type": "object",
         "description": "Storage writes of this process (`write_bytes` from /proc/self/io since start, `write_bytes_per_day` scaled from the uptime) and the WAL's size (`wal_bytes`)",
         "properties": {"write_bytes": opt_i, "write_bytes_per_day": opt_i, "wal_bytes": opt_i}});
-    json!({"type": "object", "properties": {"write_health": write_health, "retention": retention, "horizon": horizon, "wear": wear}})
+    json!({"type": "object", "properties": {"write_health": write_health, "retention": retention, "budget": budget, "horizon": horizon, "wear": wear}})
 }
 
 fn schemas() -> Value {

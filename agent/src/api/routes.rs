@@ -18,8 +18,8 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use super::{
-    ApiError, ErrorCode, backup, dashboard, doc_batch, docs, events, ingest, openapi, readings,
-    status, sync, twins,
+    ApiError, ErrorCode, backup, dashboard, doc_batch, docs, events, gaps, ingest, openapi,
+    readings, status, sync, twins,
 };
 use crate::metrics::Metrics;
 use crate::state::Agent;
@@ -49,6 +49,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
         ),
         (Method::GET, "/v1/readings/latest", get(readings::latest)),
         (Method::GET, "/v1/readings/timing", get(readings::timing)),
+        (Method::GET, "/v1/readings/gaps", get(gaps::list)),
         (Method::GET, "/v1/docs", get(docs::list)),
         (Method::POST, "/v1/docs", post(doc_batch::post)),
         (Method::GET, "/v1/docs/{key}", get(docs::get)),

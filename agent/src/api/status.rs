@@ -54,7 +54,7 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
         return Err(ApiError::new(
             ErrorCode::NotReady,
             format!(
-                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until space is freed (free space, or keep less: [retention] readings); reads keep working"
+                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until space is freed (free space, or keep less: [retention] readings, max_disk, min_free); reads keep working"
             ),
         ));
     }
@@ -127,6 +127,7 @@ pub async fn status(
         .map(|(name, t)| (name.clone(), json!(t)))
         .collect();
     let uptime = state.started.elapsed();
+    let retention = state.retention.last();
     let written = storage_write_bytes();
     let wal = state.store.path().with_extension("db-wal");
     let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).ok();
@@ -147,7 +148,8 @@ pub async fn status(
         "db_bytes": stats.db_bytes,
         "store": {
             "write_health": state.store.write_health(),
-            "retention": state.retention.last(),
+            "retention": retention,
+            "budget": retention.budget,
             "horizon": {
                 "oldest_reading_ms": oldest,
                 "series": per_series,

@@ -18,5 +18,7 @@ mod schedule;
 
 pub use config::BackupConfig;
 pub use make::{BACKUP_EXTENSION, write_backup};
-pub use offline::{RekeyReport, RestoreOptions, RestorePhase, RestoreReport, rekey, restore};
+pub use offline::{
+    RekeyReport, RestoreOptions, RestorePhase, RestoreReport, compact, rekey, restore,
+};
 pub use schedule::backup_loop;

@@ -197,6 +197,18 @@ pub async fn rekey(data_dir: &Path, db_path: &Path) -> anyhow::Result<RekeyRepor
     Ok(RekeyReport { old, new })
 }
 
+/// Rewrites the stopped agent's store with incremental auto-vacuum (`kdelta compact`);
+/// returns the database size before and after (bytes).
+pub async fn compact(data_dir: &Path, db_path: &Path) -> anyhow::Result<(u64, u64)> {
+    if !db_path.is_file() {
+        bail!("there is no store at {}", db_path.display());
+    }
+    let _lock = DataDirLock::acquire(data_dir).context("stop the agent before compacting")?;
+    Store::compact(db_path)
+        .await
+        .with_context(|| format!("compacting {}", db_path.display()))
+}
+
 /// Names of the entries of `dir` other than the lock file.
 fn contents(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

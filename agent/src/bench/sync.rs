@@ -188,6 +188,7 @@ async fn run(
         ca: None,
         client_cert: None,
         client_key: None,
+        upstream: false,
     };
     let device_section = SyncSection {
         page_bytes: args.page_bytes,

@@ -85,6 +85,9 @@ pub enum Command {
     /// Re-check a store's signed history: every actor's hash chain, every signature and the
     /// digest (read-only: the agent may run). Exit status 1 on any failure.
     Verify(OfflineDir),
+    /// Rewrite a stopped agent's store so pruned space goes back to the file system (stores
+    /// made by releases before incremental auto-vacuum; needs about twice its size free).
+    Compact(OfflineDir),
     /// Load tools.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),

@@ -204,6 +204,20 @@ pub async fn rekey(dir: OfflineDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kdelta compact`.
+pub async fn compact(dir: OfflineDir) -> anyhow::Result<()> {
+    let loaded = config::load(&offline_config(&dir))?;
+    let data_dir = std::path::absolute(&loaded.config.data_dir)
+        .with_context(|| format!("resolving {}", loaded.config.data_dir.display()))?;
+    let (before, after) =
+        crate::backup::compact(&data_dir, &crate::agent::db_path(&data_dir)).await?;
+    println!(
+        "store in {} compacted: {before} → {after} bytes; pruned space now goes back to the file system",
+        data_dir.display()
+    );
+    Ok(())
+}
+
 pub(super) fn offline_config(dir: &OfflineDir) -> ConfigArgs {
     let mut flags: Vec<(&'static str, &'static str, Value)> = Vec::new();
     if let Some(d) = &dir.data_dir {

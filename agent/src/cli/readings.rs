@@ -88,6 +88,33 @@ fn print_status(base: &str, v: &Value) {
         }
         lines.push(("retention", line));
     }
+    if let Some(used) = num("/store/budget/used_bytes") {
+        let mut line = human_bytes(used);
+        if let Some(limit) = num("/store/budget/limit_bytes") {
+            let pct = v
+                .pointer("/store/budget/fraction")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+                * 100.0;
+            line.push_str(&format!(" of {} ({pct:.0}%)", human_bytes(limit)));
+        }
+        if let Some(min_free) = num("/store/budget/min_free_bytes") {
+            line.push_str(&format!(", keeping {} free", human_bytes(min_free)));
+        }
+        if v.pointer("/store/budget/holding_unacked")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            line.push_str("; OVER BUDGET, holding readings upstream has not acknowledged");
+        }
+        let dropped = num("/store/budget/dropped_unacked_total").unwrap_or(0);
+        if dropped > 0 {
+            line.push_str(&format!(
+                "; {dropped} unacknowledged readings dropped at the hard limit (gap records)"
+            ));
+        }
+        lines.push(("budget", line));
+    }
     if let Some(rss) = num("/rss_bytes") {
         lines.push(("memory", format!("{} resident", human_bytes(rss))));
     }

@@ -51,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => multi_thread()?.block_on(super::backup::restore(args)),
         Command::Rekey(dir) => multi_thread()?.block_on(super::backup::rekey(dir)),
         Command::Verify(dir) => multi_thread()?.block_on(super::verify::verify(dir)),
+        Command::Compact(dir) => multi_thread()?.block_on(super::backup::compact(dir)),
         Command::Bench(BenchCommand::Prune(args)) => {
             multi_thread()?.block_on(crate::bench::prune(args))
         }
@@ -84,7 +85,8 @@ async fn client_command(command: Command) -> anyhow::Result<()> {
         | Command::Bench(_)
         | Command::Restore(_)
         | Command::Rekey(_)
-        | Command::Verify(_) => {
+        | Command::Verify(_)
+        | Command::Compact(_) => {
             unreachable!("handled by run()")
         }
     }

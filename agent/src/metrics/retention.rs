@@ -9,6 +9,27 @@ use prometheus_client::registry::Registry;
 
 use super::Metrics;
 
+/// What one disk-budget pass reports to [`Metrics::budget_pass`] (0 for a limit not set).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetSample {
+    /// Bytes the store uses after the pass.
+    pub used_bytes: u64,
+    /// `max_disk` in bytes.
+    pub limit_bytes: u64,
+    /// The hard limit in bytes.
+    pub hard_limit_bytes: u64,
+    /// Over budget holding unacknowledged readings.
+    pub holding_unacked: bool,
+    /// Readings held for upstream.
+    pub held_readings: u64,
+    /// Readings pruned by the pass.
+    pub pruned_readings: u64,
+    /// Of those, unacknowledged ones dropped at the hard limit.
+    pub dropped_readings: u64,
+    /// Gap records written.
+    pub gap_records: u64,
+}
+
 /// Registered by [`Metrics::new`].
 pub(super) struct RetentionMetrics {
     pruned_readings: Counter,
@@ -17,6 +38,20 @@ pub(super) struct RetentionMetrics {
     disk_full: Gauge,
     write_bytes: Gauge,
     horizon_ms: Gauge,
+    budget: BudgetMetrics,
+}
+
+/// The disk budget's figures (`[retention] max_disk` / `min_free`).
+#[derive(Default)]
+struct BudgetMetrics {
+    used_bytes: Gauge,
+    limit_bytes: Gauge,
+    hard_limit_bytes: Gauge,
+    holding: Gauge,
+    held_readings: Gauge,
+    pruned_readings: Counter,
+    dropped_readings: Counter,
+    gap_records: Counter,
 }
 
 impl Default for RetentionMetrics {
@@ -29,6 +64,7 @@ impl Default for RetentionMetrics {
             disk_full: Gauge::default(),
             write_bytes: Gauge::default(),
             horizon_ms: Gauge::default(),
+            budget: BudgetMetrics::default(),
         }
     }
 }
@@ -65,6 +101,47 @@ impl RetentionMetrics {
             "Oldest raw reading kept, over all series (unix ms; 0 when there is none)",
             self.horizon_ms.clone(),
         );
+        let b = &self.budget;
+        r.register(
+            "retention_budget_used_bytes",
+            "Bytes the store uses (database + WAL + shm, less free pages), as the disk budget last measured",
+            b.used_bytes.clone(),
+        );
+        r.register(
+            "retention_budget_limit_bytes",
+            "[retention] max_disk in bytes (0 without it)",
+            b.limit_bytes.clone(),
+        );
+        r.register(
+            "retention_budget_hard_limit_bytes",
+            "The disk budget's hard limit in bytes, beyond which readings upstream has not acknowledged are dropped (0 without max_disk)",
+            b.hard_limit_bytes.clone(),
+        );
+        r.register(
+            "retention_budget_holding_unacked",
+            "1 while the store is over its disk budget holding readings upstream peers have not acknowledged",
+            b.holding.clone(),
+        );
+        r.register(
+            "retention_budget_held_readings",
+            "Readings the last budget pass kept over budget because upstream has not acknowledged them",
+            b.held_readings.clone(),
+        );
+        r.register(
+            "retention_budget_pruned_readings",
+            "Raw readings pruned by the disk budget (upstream-acknowledged or without upstream, and dropped at the hard limit)",
+            b.pruned_readings.clone(),
+        );
+        r.register(
+            "retention_budget_dropped_readings",
+            "Readings no upstream peer had acknowledged, dropped at the disk budget's hard limit (each recorded in a gap record that syncs)",
+            b.dropped_readings.clone(),
+        );
+        r.register(
+            "retention_gap_records",
+            "Gap records written by this agent (change kind 6: readings dropped before upstream had them)",
+            b.gap_records.clone(),
+        );
     }
 }
 
@@ -74,6 +151,20 @@ impl Metrics {
         self.retention.pruned_readings.inc_by(report.readings);
         self.retention.pruned_rollups.inc_by(report.rollups);
         self.retention.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A disk-budget pass ended.
+    pub fn budget_pass(&self, pass: &BudgetSample) {
+        let b = &self.retention.budget;
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        b.used_bytes.set(gauge(pass.used_bytes));
+        b.limit_bytes.set(gauge(pass.limit_bytes));
+        b.hard_limit_bytes.set(gauge(pass.hard_limit_bytes));
+        b.holding.set(i64::from(pass.holding_unacked));
+        b.held_readings.set(gauge(pass.held_readings));
+        b.pruned_readings.inc_by(pass.pruned_readings);
+        b.dropped_readings.inc_by(pass.dropped_readings);
+        b.gap_records.inc_by(pass.gap_records);
     }
 
     /// Space and wear gauges, refreshed on scrape.

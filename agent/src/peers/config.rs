@@ -128,6 +128,11 @@ pub struct PeerConfig {
     /// PEM private key of `client_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
+    /// This peer is upstream (a hub collecting this device's data): retention and the disk
+    /// budget keep raw readings it has not acknowledged until `[retention]`'s hard limit
+    /// (docs/storage.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream: bool,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -139,6 +144,7 @@ impl std::fmt::Debug for PeerConfig {
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
+            .field("upstream", &self.upstream)
             .finish()
     }
 }
@@ -319,6 +325,7 @@ mod tests {
             ca: None,
             client_cert: None,
             client_key: None,
+            upstream: false,
         }
     }
 

@@ -12,11 +12,11 @@ mod outbound;
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use kdelta_sync::Store;
 use kdelta_sync::protocol::{
     Compression, Direction, LastError, PeerRole, SessionStats, StatsSnapshot, SyncConfig,
     TokenAuthenticator,
 };
+use kdelta_sync::{Store, VersionVector};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +55,8 @@ struct Settings {
     /// their peers reconnect under the new settings (a removed credential must not keep a
     /// session alive).
     inbound_epoch: CancellationToken,
+    /// Names of the `[[sync.peers]]` marked `upstream = true`.
+    upstream: Vec<String>,
 }
 
 impl Settings {
@@ -104,6 +106,12 @@ impl Settings {
             accept_certs: Arc::new(accept_certs),
             roles: Arc::new(roles),
             inbound_epoch: CancellationToken::new(),
+            upstream: section
+                .peers
+                .iter()
+                .filter(|p| p.upstream)
+                .map(|p| p.name.clone())
+                .collect(),
         }
     }
 }
@@ -194,6 +202,7 @@ impl Registry {
                 std::mem::replace(&mut *settings, fresh).inbound_epoch
             } else {
                 settings.session = fresh.session;
+                settings.upstream = fresh.upstream;
                 CancellationToken::new()
             }
         };
@@ -312,6 +321,42 @@ impl Registry {
                 }
             })
             .collect()
+    }
+}
+
+impl Registry {
+    /// What every upstream peer (`upstream = true`) is known to hold, point-wise the least
+    /// of their vectors (from the handshake, acks and pages of the current or last session):
+    /// readings of changes above it are not acknowledged upstream yet. `None` when no peer is
+    /// upstream. An upstream peer not reached since the agent started holds nothing as far as
+    /// is known, so everything counts as unacknowledged until it is reached.
+    pub fn upstream_acked(&self) -> Option<VersionVector> {
+        let names = self
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .upstream
+            .clone();
+        if names.is_empty() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut least: Option<VersionVector> = None;
+        for name in &names {
+            let theirs = entries
+                .iter()
+                .find(|e| e.direction == Direction::Outbound && &e.name == name)
+                .map(|e| e.stats.snapshot().their_vector)
+                .unwrap_or_default();
+            least = Some(match least {
+                None => theirs,
+                Some(acc) => acc
+                    .iter()
+                    .map(|(actor, seq)| (actor, seq.min(theirs.get(&actor))))
+                    .collect(),
+            });
+        }
+        least
     }
 }
 
@@ -463,6 +508,7 @@ mod tests {
             ca: None,
             client_cert: None,
             client_key: None,
+            upstream: false,
         }
     }
 

@@ -1,12 +1,14 @@
 //! `[retention]`: how long raw readings (by default and per series pattern) and per-minute
-//! rollups are kept, and how often and in what steps pruning runs. Pure data with defaults
-//! (keep everything) and `validate()`.
+//! rollups are kept, the disk budget (`max_disk`, `min_free`, `hard_limit`), and how often
+//! and in what steps pruning runs. Pure data with defaults (keep everything, no budget) and
+//! `validate()`.
 
 use std::time::Duration;
 
 use kdelta_sync::{RetentionPolicy, SeriesRetention};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::DiskSize;
 use crate::section::{InvalidValue, refuse};
 
 /// How long something is kept: `"forever"` or a duration (`"30d"`, `"12h"`).
@@ -81,6 +83,20 @@ pub struct RetentionConfig {
     /// Most raw readings one pruning transaction looks at (smaller steps: shorter waits
     /// for ingest; larger: faster pruning).
     pub step_rows: usize,
+    /// The store (database + WAL + shm, less free pages) may use at most this much; beyond,
+    /// the oldest raw readings upstream peers hold go first. Bytes or a share of the file
+    /// system.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_disk: Option<DiskSize>,
+    /// Keep at least this much of the file system free (free pages inside the store count as
+    /// free); below, the oldest raw readings go as for `max_disk`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free: Option<DiskSize>,
+    /// Readings no upstream peer has acknowledged are kept until the store uses this much
+    /// (default: `max_disk` + 25 %) or the free space falls to half of `min_free`; then the
+    /// oldest go too, recorded as gap records that sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_limit: Option<DiskSize>,
 }
 
 impl Default for RetentionConfig {
@@ -91,6 +107,9 @@ impl Default for RetentionConfig {
             series: Vec::new(),
             every: Duration::from_secs(60),
             step_rows: 5000,
+            max_disk: None,
+            min_free: None,
+            hard_limit: None,
         }
     }
 }
@@ -146,6 +165,7 @@ impl RetentionConfig {
                 "must be at least retention.readings: rollups answer aggregates over the ranges whose raw readings are gone",
             );
         }
+        self.validate_budget()?;
         for (i, s) in self.series.iter().enumerate() {
             if s.pattern.is_empty() || s.pattern.len() > 256 {
                 return refuse(
@@ -155,6 +175,47 @@ impl RetentionConfig {
             }
         }
         Ok(())
+    }
+
+    /// The disk-budget keys: sizes that make sense together.
+    fn validate_budget(&self) -> Result<(), InvalidValue> {
+        const MIN_BYTES: u64 = 1 << 20;
+        if let Some(DiskSize::Bytes(b)) = self.max_disk
+            && b < MIN_BYTES
+        {
+            return refuse(
+                "retention.max_disk",
+                format!("{b} bytes is too small; allow the store at least 1MiB"),
+            );
+        }
+        if let Some(DiskSize::Percent(p)) = self.min_free
+            && p > 90.0
+        {
+            return refuse(
+                "retention.min_free",
+                format!("{p}% would leave the store no room; use at most 90%"),
+            );
+        }
+        match (self.max_disk, self.hard_limit) {
+            (None, Some(_)) => refuse(
+                "retention.hard_limit",
+                "needs retention.max_disk (the budget it is the hard limit of)",
+            ),
+            (Some(DiskSize::Bytes(m)), Some(DiskSize::Bytes(h))) if h < m => refuse(
+                "retention.hard_limit",
+                format!("{h} bytes is below retention.max_disk ({m} bytes)"),
+            ),
+            (Some(DiskSize::Percent(m)), Some(DiskSize::Percent(h))) if h < m => refuse(
+                "retention.hard_limit",
+                format!("{h}% is below retention.max_disk ({m}%)"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// True when a disk budget (`max_disk` or `min_free`) is configured.
+    pub fn has_budget(&self) -> bool {
+        self.max_disk.is_some() || self.min_free.is_some()
     }
 
     /// The store's policy for this section.
@@ -216,5 +277,26 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "retention.step_rows");
         let c = parse("[[retention.series]]\npattern = \"\"\nkeep = \"1h\"\n").unwrap();
         assert_eq!(c.validate().unwrap_err().key, "retention.series[0].pattern");
+    }
+
+    #[test]
+    fn budget_keys_parse_and_bad_ones_name_the_key() {
+        let c =
+            parse("[retention]\nmax_disk = \"2GiB\"\nmin_free = \"10%\"\nhard_limit = \"3GiB\"\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_disk, Some(DiskSize::Bytes(2 << 30)));
+        assert_eq!(c.min_free, Some(DiskSize::Percent(10.0)));
+        assert!(c.has_budget() && !RetentionConfig::default().has_budget());
+        let e = parse("[retention]\nmax_disk = \"lots\"\n").unwrap_err();
+        assert!(e.contains("max_disk") && e.contains("500MB"), "{e}");
+        let c = parse("[retention]\nmax_disk = \"10kB\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.max_disk");
+        let c = parse("[retention]\nhard_limit = \"1GB\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.hard_limit");
+        let c = parse("[retention]\nmax_disk = \"2GB\"\nhard_limit = \"1GB\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.hard_limit");
+        let c = parse("[retention]\nmin_free = \"95%\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.min_free");
     }
 }

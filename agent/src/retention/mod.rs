@@ -1,12 +1,16 @@
 //! Retention: the `[retention]` section ([`RetentionConfig`]) and the loop that applies it
 //! ([`retention_loop`]): every `retention.every` it asks the store to prune what the policy no
-//! longer keeps, in small transactions (`retention.step_rows` rows each) queued with ingest,
+//! longer keeps and, with a disk budget (`budget.rs`), the oldest readings beyond it, in small transactions (`retention.step_rows` rows each) queued with ingest,
 //! and records what it did for `/v1/status` and `/metrics`. The pruning itself (what goes,
 //! the digest, rollups) is the store's (`kdelta_sync::RetentionPolicy`); see
 //! docs/storage.md.
 
+mod budget;
 mod config;
+mod size;
 mod task;
 
+pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
-pub use task::{RetentionState, retention_loop};
+pub use size::DiskSize;
+pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};

@@ -1,17 +1,35 @@
-//! The retention loop: every `retention.every`, one prune pass through the store (small
-//! transactions queued with ingest), its outcome kept in [`RetentionState`] for
-//! `/v1/status` and counted in `/metrics`. A failed pass (a full disk, a busy store) is logged
-//! and tried again at the next tick; it never stops the agent.
+//! The retention loop: every `retention.every`, one age prune pass through the store (small
+//! transactions queued with ingest) and, with a disk budget, one budget pass (`budget.rs`);
+//! their outcome kept in [`RetentionState`] for `/v1/status` and counted in `/metrics`.
+//! Both keep the readings upstream peers have not acknowledged (the registry's
+//! `upstream_acked`); only the budget's hard limit drops them. A failed pass (a full disk, a
+//! busy store) is logged and tried again at the next tick; it never stops the agent.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kdelta_sync::{PruneReport, RetentionPolicy, Store};
+use kdelta_sync::{PruneReport, RetentionPolicy, Unacked};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::RetentionConfig;
+use super::budget::{BudgetPass, budget_pass};
 use crate::metrics::Metrics;
+
+/// What the retention loop works with.
+pub struct RetentionDeps {
+    /// The store it prunes.
+    pub store: kdelta_sync::Store,
+    /// The data directory (its file system is what `min_free` and shares are of).
+    pub data_dir: std::path::PathBuf,
+    /// Where it records what it did.
+    pub state: std::sync::Arc<RetentionState>,
+    /// Where it counts what it did.
+    pub metrics: std::sync::Arc<Metrics>,
+    /// What every upstream peer is known to hold (`None`: no upstream peer); the sync
+    /// registry's `upstream_acked`.
+    pub upstream_acked: Box<dyn Fn() -> Option<kdelta_sync::VersionVector> + Send + Sync>,
+}
 
 /// What retention last did, for `/v1/status`.
 #[derive(Debug, Default)]
@@ -34,6 +52,57 @@ pub struct LastPass {
     pub error: Option<String>,
     /// Totals since the agent started.
     pub total: PruneReport,
+    /// The disk budget (`None` without `max_disk` / `min_free`); shown as `store.budget`.
+    #[serde(skip)]
+    pub budget: Option<BudgetState>,
+}
+
+/// The disk budget's state, for `/v1/status` (`store.budget`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BudgetState {
+    /// Bytes the store uses (database + WAL + shm less free pages), as last measured.
+    pub used_bytes: u64,
+    /// `max_disk` in bytes (`null` without it).
+    pub limit_bytes: Option<u64>,
+    /// The hard limit in bytes.
+    pub hard_limit_bytes: Option<u64>,
+    /// `used_bytes / limit_bytes`.
+    pub fraction: Option<f64>,
+    /// `min_free` in bytes, and the room left (available bytes + the store's free pages).
+    pub min_free_bytes: Option<u64>,
+    /// See `min_free_bytes`.
+    pub room_bytes: u64,
+    /// True while readings that upstream peers have not acknowledged are being held over
+    /// the budget (upstream is behind; at the hard limit the oldest of them go).
+    pub holding_unacked: bool,
+    /// The last pass.
+    pub last: BudgetPass,
+    /// Readings pruned by the budget since the agent started (all kinds).
+    pub pruned_total: u64,
+    /// Of those, readings no upstream peer had acknowledged (recorded in gap records).
+    pub dropped_unacked_total: u64,
+    /// Gap records written since the agent started.
+    pub gaps_total: u64,
+}
+
+impl BudgetState {
+    fn record(&mut self, pass: BudgetPass) {
+        let m = pass.after;
+        self.used_bytes = m.used();
+        self.limit_bytes = pass.limits.max_bytes;
+        self.hard_limit_bytes = pass.limits.hard_bytes;
+        self.fraction = pass
+            .limits
+            .max_bytes
+            .map(|l| m.used() as f64 / l.max(1) as f64);
+        self.min_free_bytes = pass.limits.min_free_bytes;
+        self.room_bytes = m.room();
+        self.holding_unacked = pass.holding_unacked;
+        self.pruned_total += pass.pruned.readings + pass.hard.readings;
+        self.dropped_unacked_total += pass.hard.dropped_unacked;
+        self.gaps_total += pass.hard.gaps;
+        self.last = pass;
+    }
 }
 
 impl RetentionState {
@@ -54,70 +123,145 @@ fn now_ms() -> i64 {
 }
 
 /// Runs prune passes every `config.every` until `cancel`. Returns at once when the policy
-/// keeps everything.
+/// keeps everything and no disk budget is set.
 pub async fn retention_loop(
-    store: Store,
+    agent: RetentionDeps,
     config: RetentionConfig,
-    state: std::sync::Arc<RetentionState>,
-    metrics: std::sync::Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let policy: RetentionPolicy = config.policy();
-    if policy.keeps_everything() {
+    let by_age = !policy.keeps_everything();
+    let budget = config.has_budget();
+    if !by_age && !budget {
         return;
     }
-    state.update(|s| s.enabled = true);
+    let state = agent.state.clone();
+    state.update(|s| {
+        s.enabled = true;
+        s.budget = budget.then(BudgetState::default);
+    });
     tracing::info!(
-        "retention: pruning every {} ({} rows per step)",
+        "retention: pruning every {} ({} rows per step){}",
         humantime::format_duration(config.every),
-        config.step_rows
+        config.step_rows,
+        if budget { ", with a disk budget" } else { "" }
     );
     let mut ticker = tokio::time::interval(config.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_holding = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let started = Instant::now();
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = store.prune(&policy, now_ms(), config.step_rows) => r,
-        };
-        let took = started.elapsed();
-        match result {
-            Ok(report) => {
-                metrics.retention_pass(&report, took);
-                if report.readings + report.rollups > 0 {
-                    tracing::info!(
-                        readings = report.readings,
-                        rollups = report.rollups,
-                        steps = report.steps,
-                        "retention pruned {} readings and {} rollup rows in {}",
-                        report.readings,
-                        report.rollups,
-                        humantime::format_duration(round_ms(took))
-                    );
-                }
-                state.update(|s| {
-                    s.at_ms = Some(now_ms());
-                    s.pruned = report;
-                    s.took_ms = took.as_millis() as u64;
-                    s.error = None;
-                    s.total.add(&report);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "retention pass failed, trying again in {}: {e}",
-                    humantime::format_duration(config.every)
-                );
-                state.update(|s| {
-                    s.at_ms = Some(now_ms());
-                    s.error = Some(e.to_string());
-                });
+        let acked = (agent.upstream_acked)();
+        if by_age {
+            let unacked = acked.clone().map_or(Unacked::NoUpstream, Unacked::Keep);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                () = age_pass(&agent, &policy, &config, &unacked) => {}
             }
         }
+        if budget {
+            let pass = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = budget_pass(&agent.store, &agent.data_dir, &config, acked) => p,
+            };
+            log_budget_pass(&pass, &mut was_holding);
+            agent.metrics.budget_pass(&pass.sample());
+            state.update(|s| {
+                if let Some(b) = &mut s.budget {
+                    b.record(pass);
+                }
+            });
+        }
+    }
+}
+
+async fn age_pass(
+    agent: &RetentionDeps,
+    policy: &RetentionPolicy,
+    config: &RetentionConfig,
+    unacked: &Unacked,
+) {
+    let started = Instant::now();
+    let result = agent
+        .store
+        .prune_with(policy, now_ms(), config.step_rows, unacked)
+        .await;
+    let took = started.elapsed();
+    let state = &agent.state;
+    match result {
+        Ok(report) => {
+            agent.metrics.retention_pass(&report, took);
+            if report.readings + report.rollups > 0 {
+                tracing::info!(
+                    readings = report.readings,
+                    rollups = report.rollups,
+                    steps = report.steps,
+                    "retention pruned {} readings and {} rollup rows in {}",
+                    report.readings,
+                    report.rollups,
+                    humantime::format_duration(round_ms(took))
+                );
+            }
+            state.update(|s| {
+                s.at_ms = Some(now_ms());
+                s.pruned = report;
+                s.took_ms = took.as_millis() as u64;
+                s.error = None;
+                s.total.add(&report);
+            });
+        }
+        Err(e) => {
+            tracing::warn!(
+                "retention pass failed, trying again in {}: {e}",
+                humantime::format_duration(config.every)
+            );
+            state.update(|s| {
+                s.at_ms = Some(now_ms());
+                s.error = Some(e.to_string());
+            });
+        }
+    }
+}
+
+/// One log line per budget pass that did something, and one when holding starts or ends.
+fn log_budget_pass(pass: &BudgetPass, was_holding: &mut bool) {
+    if let Some(e) = &pass.error {
+        tracing::warn!("disk budget pass failed, trying again next tick: {e}");
+    }
+    if pass.pruned.readings > 0 {
+        tracing::info!(
+            readings = pass.pruned.readings,
+            used_bytes = pass.after.used(),
+            "disk budget: pruned the {} oldest readings upstream already holds (store {} → {} bytes) in {} ms",
+            pass.pruned.readings,
+            pass.before.used(),
+            pass.after.used(),
+            pass.took_ms
+        );
+    }
+    if pass.hard.dropped_unacked > 0 {
+        tracing::warn!(
+            readings = pass.hard.dropped_unacked,
+            gaps = pass.hard.gaps,
+            "disk budget: over the hard limit, dropped {} readings no upstream peer had yet (recorded in {} gap records that sync)",
+            pass.hard.dropped_unacked,
+            pass.hard.gaps
+        );
+    }
+    if pass.holding_unacked != *was_holding {
+        if pass.holding_unacked {
+            tracing::warn!(
+                held = pass.pruned.held,
+                "disk budget: over max_disk, holding {} readings upstream has not acknowledged (kept until the hard limit)",
+                pass.pruned.held
+            );
+        } else {
+            tracing::info!("disk budget: no longer holding unacknowledged readings over budget");
+        }
+        *was_holding = pass.holding_unacked;
     }
 }
 

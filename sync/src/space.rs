@@ -1,0 +1,149 @@
+//! How much disk the store takes, and getting space back from old stores.
+//!
+//! [`StoreSpace`] is what the agent's disk budget measures: the database file, its WAL and
+//! shared-memory files, and the free pages inside the file (which new writes reuse, so they
+//! count as room, not as use).
+//!
+//! Stores created before `auto_vacuum = INCREMENTAL` became the default (`schema.rs`) never
+//! shrink: pruning frees pages inside the file only. Switching them takes a full `VACUUM`
+//! (a rewrite of the whole file, needing about twice its size free). [`compact_old_store`]
+//! does it when the writer opens a store of at most [`COMPACT_ON_OPEN_MAX_BYTES`]; a larger
+//! one is compacted by `kdelta compact` (agent stopped, [`Store::compact`]).
+
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::{Result, Store, StoreError};
+
+/// Old stores (`auto_vacuum = NONE`) up to this size are switched to incremental auto-vacuum
+/// when opened (a full `VACUUM`: seconds for this size even on an SD card).
+pub const COMPACT_ON_OPEN_MAX_BYTES: u64 = 256 << 20;
+
+/// The store's footprint on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreSpace {
+    /// The database file.
+    pub db_bytes: u64,
+    /// Its write-ahead log.
+    pub wal_bytes: u64,
+    /// Its shared-memory index (`-shm`).
+    pub shm_bytes: u64,
+    /// Free pages inside the database file (reused by new writes; given back to the file
+    /// system by incremental vacuum).
+    pub free_bytes: u64,
+    /// True when freed pages are given back to the file system (`auto_vacuum =
+    /// INCREMENTAL`); false for stores made by old releases until compacted.
+    pub incremental_vacuum: bool,
+}
+
+impl StoreSpace {
+    /// Bytes the store's files take: database + WAL + shm.
+    pub fn file_bytes(&self) -> u64 {
+        self.db_bytes + self.wal_bytes + self.shm_bytes
+    }
+
+    /// Bytes the store really uses: its files less the free pages inside them.
+    pub fn used_bytes(&self) -> u64 {
+        self.file_bytes().saturating_sub(self.free_bytes)
+    }
+}
+
+fn file_len(path: &Path, suffix: &str) -> u64 {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    std::fs::metadata(&p).map_or(0, |m| m.len())
+}
+
+fn pragma(conn: &Connection, name: &str) -> Result<i64> {
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .map_err(StoreError::db("reading the database's page counts"))
+}
+
+impl Store {
+    /// The store's footprint now (one read connection, three pragmas and three `stat`s).
+    pub async fn space(&self) -> Result<StoreSpace> {
+        let (free_pages, page_size, auto_vacuum) = self
+            .inner
+            .readers
+            .read(|conn| {
+                Ok((
+                    pragma(conn, "freelist_count")?,
+                    pragma(conn, "page_size")?,
+                    pragma(conn, "auto_vacuum")?,
+                ))
+            })
+            .await?;
+        let path = self.path();
+        Ok(StoreSpace {
+            db_bytes: file_len(path, ""),
+            wal_bytes: file_len(path, "-wal"),
+            shm_bytes: file_len(path, "-shm"),
+            free_bytes: (free_pages.max(0) as u64) * (page_size.max(0) as u64),
+            incremental_vacuum: auto_vacuum == 2,
+        })
+    }
+
+    /// Rewrites the database at `path` (which must not be open) with incremental
+    /// auto-vacuum, whatever its size: what `kdelta compact` runs. Needs about the file's
+    /// size free twice over (a copy and its WAL); on a full disk it fails with
+    /// [`StoreError::DiskFull`] and leaves the store as it was. Returns the database size
+    /// before and after (bytes).
+    pub async fn compact(path: impl AsRef<Path>) -> Result<(u64, u64)> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let before = file_len(&path, "");
+            let (conn, _) = crate::schema::open_writer(&path, &crate::StoreConfig::default())?;
+            vacuum_into_incremental(&conn)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(StoreError::db("checkpointing after compacting"))?;
+            drop(conn);
+            Ok((before, file_len(&path, "")))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// `PRAGMA auto_vacuum = INCREMENTAL` then `VACUUM` (atomic: a failure leaves the file as
+/// it was).
+fn vacuum_into_incremental(conn: &Connection) -> Result<()> {
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+        .map_err(|e| StoreError::db("compacting the store (VACUUM)")(e).classify())
+}
+
+/// At open: switches an old store (`auto_vacuum = NONE`) of at most
+/// [`COMPACT_ON_OPEN_MAX_BYTES`] to incremental auto-vacuum. A failure (a full disk) is
+/// logged and the store opens as it was; a larger store is left for `kdelta compact`, with
+/// a log line saying so.
+pub(crate) fn compact_old_store(conn: &Connection, path: &Path) {
+    let Ok(mode) = pragma(conn, "auto_vacuum") else {
+        return;
+    };
+    let size = file_len(path, "");
+    if mode == 2 || size == 0 {
+        return;
+    }
+    if size > COMPACT_ON_OPEN_MAX_BYTES {
+        tracing::warn!(
+            bytes = size,
+            "this store was made by an older release and does not give pruned space back to the file system; stop the agent and run `kdelta compact` once (needs about {} MB free)",
+            size * 2 / 1_000_000
+        );
+        return;
+    }
+    let started = std::time::Instant::now();
+    match vacuum_into_incremental(conn) {
+        Ok(()) => tracing::info!(
+            before = size,
+            after = file_len(path, ""),
+            "store switched to incremental auto-vacuum (pruned space now goes back to the file system) in {} ms",
+            started.elapsed().as_millis()
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not switch this old store to incremental auto-vacuum; it keeps reusing freed pages (run `kdelta compact` once there is room)"
+        ),
+    }
+}

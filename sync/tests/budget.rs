@@ -1,0 +1,269 @@
+//! The disk budget's store side on real SQLite files with small limits: `prune_before` keeps
+//! readings an upstream peer has not acknowledged (`Unacked::Keep`) and drops them only when
+//! told (`Unacked::Drop`), recording each drop in a gap record (change kind 6) that syncs to
+//! another store and keeps digests equal; hostile gap records are refused; space is really
+//! given back; and an old store (`auto_vacuum = NONE`) is switched to incremental
+//! auto-vacuum at open and by `Store::compact`.
+
+use kdelta_sync::*;
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_764_000_000_000;
+
+async fn open(dir: &tempfile::TempDir, name: &str) -> Store {
+    Store::open(dir.path().join(name), StoreConfig::default())
+        .await
+        .unwrap()
+}
+
+/// `n` readings of `series` one second apart from `from`, as one change.
+async fn batch(s: &Store, series: &str, from: i64, n: i64) -> ChangeMeta {
+    let mut b = ReadingBatch::new();
+    for i in 0..n {
+        b.push(series, from + i * 1000, (from / 1000 + i) as f64, Some("u"));
+    }
+    s.append(b).await.unwrap()
+}
+
+/// Ten minutes of `a` and `b` (one change per series and minute, 60 readings each): seqs
+/// 1..=20, minute `m` holding seqs `2m+1` (a) and `2m+2` (b).
+async fn ten_minutes(s: &Store) {
+    for m in 0..10 {
+        batch(s, "a", T0 + m * MIN, 60).await;
+        batch(s, "b", T0 + m * MIN, 60).await;
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_readings_are_kept_until_dropped_and_a_gap_record_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "device.db").await;
+    ten_minutes(&s).await;
+    let me = s.actor();
+    // Upstream holds the first three minutes (seqs 1..=6).
+    let acked: VersionVector = [(me, 6)].into_iter().collect();
+
+    // Over budget: everything before minute 8 may go, but only what upstream holds does.
+    let r = s
+        .prune_before(T0 + 8 * MIN, 100, &Unacked::Keep(acked.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.readings, 6 * 60, "{r:?}");
+    assert_eq!(
+        r.held,
+        10 * 60,
+        "minutes 3..8 of both series are held: {r:?}"
+    );
+    assert_eq!((r.dropped_unacked, r.gaps), (0, 0));
+    assert_eq!(s.stats().await.unwrap().readings, 14 * 60);
+    assert!(s.gaps(None, 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+
+    // The hard limit: the held ones before the cut go, recorded.
+    let before = s.version_vector().get(&me);
+    let r = s
+        .prune_before(T0 + 5 * MIN, 100, &Unacked::Drop(acked.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.readings, 4 * 60, "minutes 3 and 4 of both series: {r:?}");
+    assert_eq!(r.dropped_unacked, 4 * 60);
+    assert!(r.gaps >= 1, "{r:?}");
+    assert_eq!(
+        s.version_vector().get(&me),
+        before + r.gaps,
+        "gap records are changes"
+    );
+    let gaps = s.gaps(None, 0, 100).await.unwrap();
+    let entries: Vec<&GapEntry> = gaps.iter().flat_map(|g| &g.record.entries).collect();
+    let of = |name: &str| -> (u64, i64, i64, u64, u64) {
+        let es: Vec<_> = entries.iter().filter(|e| e.series == name).collect();
+        (
+            es.iter().map(|e| e.readings).sum(),
+            es.iter().map(|e| e.from_ms).min().unwrap(),
+            es.iter().map(|e| e.to_ms).max().unwrap(),
+            es.iter().map(|e| e.first_seq).min().unwrap(),
+            es.iter().map(|e| e.last_seq).max().unwrap(),
+        )
+    };
+    assert_eq!(of("a"), (120, T0 + 3 * MIN, T0 + 5 * MIN - 1000, 7, 9));
+    assert_eq!(of("b"), (120, T0 + 3 * MIN, T0 + 5 * MIN - 1000, 8, 10));
+    assert!(entries.iter().all(|e| e.actor == me));
+    assert!(
+        gaps.iter()
+            .all(|g| g.record.reason == GapReason::DiskBudget)
+    );
+    assert_eq!(
+        s.gaps(Some("a".into()), 0, 100).await.unwrap()[0]
+            .record
+            .entries
+            .len(),
+        1
+    );
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+
+    // A hub receives the pruned changes and the gap records; both sides agree.
+    let hub = open(&dir, "hub.db").await;
+    loop {
+        let page = s
+            .changes_since(&hub.version_vector(), 64 << 10)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        hub.apply_remote(page).await.unwrap();
+    }
+    assert_eq!(hub.version_vector(), s.version_vector());
+    assert_eq!(hub.digest(), s.digest());
+    assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
+    let at_hub = hub.gaps(None, 0, 100).await.unwrap();
+    assert_eq!(
+        at_hub.iter().map(|g| &g.record).collect::<Vec<_>>(),
+        gaps.iter().map(|g| &g.record).collect::<Vec<_>>()
+    );
+    assert_eq!(at_hub[0].change.actor, me);
+    assert_eq!(hub.stats().await.unwrap().readings, 10 * 60);
+    // Reopened, everything holds.
+    s.close().await;
+    let s = open(&dir, "device.db").await;
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+    assert_eq!(s.gaps(None, 0, 100).await.unwrap().len(), gaps.len());
+}
+
+#[tokio::test]
+async fn without_upstream_everything_before_the_cut_goes_and_no_gap_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    ten_minutes(&s).await;
+    let r = s
+        .prune_before(T0 + 4 * MIN + 30_000, 100, &Unacked::NoUpstream)
+        .await
+        .unwrap();
+    // Units wholly before the cut: minutes 0..4 of both series (minute 4 straddles it).
+    assert_eq!((r.readings, r.held, r.gaps), (8 * 60, 0, 0));
+    assert!(r.steps > 1, "small steps: {r:?}");
+    assert!(s.gaps(None, 0, 10).await.unwrap().is_empty());
+    // Rollups stay: aggregates over the pruned range still answer.
+    let agg = s
+        .aggregate(&AggregateQuery {
+            series: "a".into(),
+            from: T0,
+            to: T0 + 10 * MIN,
+            bucket_ms: 10 * MIN,
+        })
+        .await
+        .unwrap();
+    assert_eq!(agg.iter().map(|b| b.count).sum::<u64>(), 600);
+}
+
+#[tokio::test]
+async fn hostile_gap_records_are_refused_with_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    let actor = ActorId::random();
+    let entry = GapEntry {
+        series: "a".into(),
+        actor,
+        first_seq: 1,
+        last_seq: 1,
+        from_ms: T0,
+        to_ms: T0 + 1,
+        readings: 2,
+    };
+    let change = |entries: Vec<GapEntry>| Change {
+        actor,
+        seq: 1,
+        hlc: Hlc::new(T0 as u64, 0),
+        body: ChangeBody::Gap(GapRecord {
+            reason: GapReason::DiskBudget,
+            entries,
+        }),
+        seal: None,
+    };
+    let too_many = vec![entry.clone(); MAX_GAP_ENTRIES + 1];
+    let backwards = GapEntry {
+        from_ms: T0 + 5,
+        ..entry.clone()
+    };
+    for bad in [vec![], too_many, vec![backwards]] {
+        let e = s.apply_remote(vec![change(bad)]).await.unwrap_err();
+        assert!(e.to_string().contains("gap record"), "{e}");
+        assert_eq!(s.version_vector().get(&actor), 0);
+    }
+    // Unknown reasons do not decode.
+    let mut bytes = change(vec![entry.clone()]).to_cbor();
+    let at = bytes.windows(11).position(|w| w == b"disk_budget").unwrap();
+    bytes[at..at + 11].copy_from_slice(b"disk_budgeX");
+    assert!(Change::from_cbor(&bytes, &Limits::default()).is_err());
+    // A good one round-trips and is stored.
+    let good = change(vec![entry]);
+    assert_eq!(
+        Change::from_cbor(&good.to_cbor(), &Limits::default()).unwrap(),
+        good
+    );
+    s.apply_remote(vec![good]).await.unwrap();
+    assert_eq!(s.gaps(None, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+}
+
+#[tokio::test]
+async fn pruned_space_goes_back_to_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    for m in 0..60 {
+        batch(&s, "a", T0 + m * MIN, 60).await;
+        batch(&s, "b", T0 + m * MIN, 60).await;
+    }
+    s.reclaim().await.unwrap();
+    let before = s.space().await.unwrap();
+    assert!(before.incremental_vacuum);
+    s.prune_before(T0 + 50 * MIN, 1000, &Unacked::NoUpstream)
+        .await
+        .unwrap();
+    let after = s.space().await.unwrap();
+    assert!(
+        after.db_bytes < before.db_bytes,
+        "the file shrank: {before:?} → {after:?}"
+    );
+    assert_eq!(after.wal_bytes, 0, "WAL truncated: {after:?}");
+    assert!(after.used_bytes() <= after.file_bytes());
+}
+
+/// Makes the store at `path` look like one from before incremental auto-vacuum.
+fn make_old(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+        .unwrap();
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 0);
+}
+
+#[tokio::test]
+async fn an_old_store_is_switched_to_incremental_vacuum_at_open_and_by_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let s = Store::open(&path, StoreConfig::default()).await.unwrap();
+    ten_minutes(&s).await;
+    let (vv, digest) = (s.version_vector(), s.digest());
+    s.close().await;
+    make_old(&path);
+
+    let s = Store::open(&path, StoreConfig::default()).await.unwrap();
+    assert!(
+        s.space().await.unwrap().incremental_vacuum,
+        "switched at open"
+    );
+    assert_eq!((s.version_vector(), s.digest()), (vv.clone(), digest));
+    assert_eq!(s.verify_digest().await.unwrap(), digest);
+    s.close().await;
+
+    make_old(&path);
+    let (before, after) = Store::compact(&path).await.unwrap();
+    assert!(before > 0 && after > 0);
+    let s = Store::open(&path, StoreConfig::default()).await.unwrap();
+    assert!(s.space().await.unwrap().incremental_vacuum);
+    assert_eq!(s.verify_digest().await.unwrap(), digest);
+    assert_eq!(s.stats().await.unwrap().readings, 1200);
+}

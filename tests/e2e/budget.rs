@@ -1,0 +1,300 @@
+//! The disk budget in real agents: a device on a small tmpfs the test mounts (root only;
+//! skipped with a message otherwise) with `[retention] max_disk` / `hard_limit` and a hub as
+//! its `upstream = true` peer, through a proxy that can cut the link.
+//!
+//! 1. Link up: the device fills past its budget; the oldest readings (the hub holds them) go,
+//!    the store comes back within budget, and the hub keeps every reading.
+//! 2. Link cut: readings the hub has not acknowledged are held over `max_disk` (status says
+//!    so, nothing of them is dropped) until the hard limit; then the oldest go, counted in
+//!    `kdelta_retention_budget_dropped_readings_total` and recorded in a gap record; writes
+//!    keep working.
+//! 3. Link back: the gap record reaches the hub, and the hub's readings plus the gap's
+//!    account for every reading the device acknowledged.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::disk::Tmpfs;
+use crate::harness::{Agent, eventually};
+use crate::proxy::Proxy;
+use crate::{all_readings, client, get_json, post};
+
+const TOKEN: &str = "budget-test-token";
+/// Readings per POST.
+const CHUNK: i64 = 10_000;
+const HOUR: i64 = 3_600_000;
+/// Budget passes run every second; allow many.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Posts `CHUNK` readings of `series`, one a second from `from`.
+async fn chunk(c: &reqwest::Client, agent: &Agent, series: &str, from: i64) {
+    let ts: Vec<i64> = (0..CHUNK).map(|i| from + i * 1000).collect();
+    let values: Vec<f64> = ts.iter().map(|t| (*t / 1000 % 1000) as f64).collect();
+    let body = json!({"series": [{"name": series, "ts": ts, "values": values}]});
+    let (s, v) = post(
+        c,
+        &agent.at("/v1/readings"),
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+async fn status(c: &reqwest::Client, agent: &Agent) -> Value {
+    let (s, v) = get_json(c, &agent.at("/v1/status")).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+async fn metric(c: &reqwest::Client, agent: &Agent, name: &str) -> f64 {
+    let text = c
+        .get(agent.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the device's hub link has nothing left to send.
+async fn synced(c: &reqwest::Client, device: &Agent) {
+    eventually(WAIT, "the hub holds everything of the device", || {
+        let (c, url) = (c.clone(), device.at("/v1/sync/peers"));
+        async move {
+            let (_, v) = get_json(&c, &url).await;
+            let p = &v["peers"][0];
+            (p["connected"] == true && p["lag_to_peer"] == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Sum of the readings the hub's gap records say were dropped of `series`.
+async fn gap_readings(c: &reqwest::Client, agent: &Agent, series: &str) -> u64 {
+    let (s, v) = get_json(c, &agent.at(&format!("/v1/readings/gaps?series={series}"))).await;
+    assert_eq!(s, 200, "{v}");
+    v["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["entries"].as_array().unwrap())
+        .map(|e| e["readings"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_readings_are_held_until_the_hard_limit_and_the_gap_reaches_the_hub() {
+    let Some(fs) = Tmpfs::mount("64m") else {
+        return;
+    };
+    let c = client();
+    let hub = Agent::builder()
+        .config(&format!(
+            "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n"
+        ))
+        .start();
+    let proxy = Proxy::to_url(hub.url()).await;
+    let device = Agent::builder()
+        .dir(fs.path())
+        .config(&format!(
+            "sources = []\ndevice_twin = false\n\
+             [retention]\nevery = \"1s\"\nstep_rows = 2000\nmax_disk = \"4MiB\"\nhard_limit = \"8MiB\"\n\
+             [[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nupstream = true\n",
+            proxy.url()
+        ))
+        .start();
+    let start = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64)
+        / HOUR
+        * HOUR
+        - 60 * 24 * HOUR;
+
+    // 1. Link up: fill to twice the budget, each chunk acknowledged before the next.
+    let mut a_sent = 0;
+    while a_sent < 20 * CHUNK {
+        chunk(&c, &device, "a", start + a_sent * 1000).await;
+        a_sent += CHUNK;
+        synced(&c, &device).await;
+    }
+    let st = eventually(WAIT, "the device back within max_disk", || {
+        let (c, device) = (c.clone(), &device);
+        async move {
+            let st = status(&c, device).await;
+            let b = &st["store"]["budget"];
+            let within = b["used_bytes"].as_u64()? <= b["limit_bytes"].as_u64()?;
+            (within && b["pruned_total"].as_u64()? > 0).then_some(st)
+        }
+    })
+    .await;
+    let budget = &st["store"]["budget"];
+    assert_eq!(budget["limit_bytes"], 4 << 20, "{budget}");
+    assert_eq!(budget["hard_limit_bytes"], 8 << 20, "{budget}");
+    assert_eq!(budget["dropped_unacked_total"], 0, "{budget}");
+    assert!(
+        st["counts"]["readings"].as_u64().unwrap() < a_sent as u64,
+        "oldest pruned: {st}"
+    );
+    assert_eq!(all_readings(&c, &hub, "a").await.len() as i64, a_sent);
+    let (_, gaps) = get_json(&c, &device.at("/v1/readings/gaps")).await;
+    assert_eq!(gaps["gaps"], json!([]), "{gaps}");
+
+    // 2. Link cut: new readings are held over max_disk…
+    proxy.cut();
+    let b_from = start + a_sent * 1000;
+    let mut b_sent = 0;
+    loop {
+        chunk(&c, &device, "b", b_from + b_sent * 1000).await;
+        b_sent += CHUNK;
+        let st = status(&c, &device).await;
+        if st["store"]["budget"]["holding_unacked"] == true {
+            break;
+        }
+        assert!(b_sent < 60 * CHUNK, "never held over budget: {st}");
+        // Let a budget pass see the new size before the next chunk.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        metric(
+            &c,
+            &device,
+            "kdelta_retention_budget_dropped_readings_total"
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        metric(&c, &device, "kdelta_retention_budget_holding_unacked").await,
+        1.0
+    );
+    assert_eq!(
+        all_readings(&c, &device, "b").await.len() as i64,
+        b_sent,
+        "nothing unacknowledged dropped below the hard limit"
+    );
+    // …until the hard limit: then the oldest of them go, recorded.
+    let mut dropped = 0.0;
+    while dropped == 0.0 {
+        chunk(&c, &device, "b", b_from + b_sent * 1000).await;
+        b_sent += CHUNK;
+        assert!(b_sent < 120 * CHUNK, "never dropped at the hard limit");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        dropped = metric(
+            &c,
+            &device,
+            "kdelta_retention_budget_dropped_readings_total",
+        )
+        .await;
+    }
+    let st = eventually(WAIT, "the device back under its hard limit", || {
+        let (c, device) = (c.clone(), &device);
+        async move {
+            let st = status(&c, device).await;
+            let b = &st["store"]["budget"];
+            (b["used_bytes"].as_u64()? <= b["hard_limit_bytes"].as_u64()?).then_some(st)
+        }
+    })
+    .await;
+    assert!(
+        st["store"]["budget"]["gaps_total"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    let on_device = gap_readings(&c, &device, "b").await;
+    assert!(on_device > 0);
+    // Writes keep working within the budget.
+    chunk(&c, &device, "b", b_from + b_sent * 1000).await;
+    b_sent += CHUNK;
+
+    // 3. Link back: the gap record reaches the hub; hub + gaps account for every reading.
+    proxy.restore();
+    let (s, v) = post(
+        &c,
+        &device.at("/v1/sync/now"),
+        "application/json",
+        b"{}".to_vec(),
+    )
+    .await;
+    assert!(s < 500, "{s} {v}");
+    synced(&c, &device).await;
+    let hub_b = all_readings(&c, &hub, "b").await.len() as u64;
+    let gap_b = gap_readings(&c, &hub, "b").await;
+    assert!(gap_b >= on_device, "gap records reached the hub: {gap_b}");
+    eprintln!(
+        "budget e2e: a {a_sent} (hub holds all), b {b_sent}: hub {hub_b} + gap {gap_b}; device {}",
+        st["store"]["budget"]
+    );
+    assert_eq!(
+        hub_b + gap_b,
+        b_sent as u64,
+        "every reading of b is at the hub or in a gap record"
+    );
+    // Nothing the hub had acknowledged is lost there.
+    assert_eq!(all_readings(&c, &hub, "a").await.len() as i64, a_sent);
+    let (_, gaps) = get_json(&c, &hub.at("/v1/readings/gaps")).await;
+    assert_eq!(
+        gaps["gaps"][0]["actor"], st["actor"],
+        "recorded by the device: {gaps}"
+    );
+    drop(device);
+    drop(fs);
+}
+
+/// `PRAGMA auto_vacuum` of the store at `db`.
+fn auto_vacuum(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kdelta_compact_switches_an_old_store_and_is_refused_while_the_agent_runs() {
+    let mut agent = Agent::builder()
+        .config("sources = []\ndevice_twin = false\n")
+        .start();
+    let c = client();
+    chunk(&c, &agent, "a", 1_764_000_000_000).await;
+    let keep = agent.keep_dir().unwrap();
+    let data = agent.data_dir();
+    let db = data.join("kdelta.db");
+    let arg = |d: &std::path::Path| d.to_str().unwrap().to_owned();
+    let cli = |args: Vec<String>| {
+        let dir = keep.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::harness::run_to_end(&args, &dir, Duration::from_secs(60))
+        })
+    };
+    let (code, err) = cli(vec!["compact".into(), "--data-dir".into(), arg(&data)])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    agent.sigterm();
+    assert!(agent.wait_exit(Duration::from_secs(20)).is_some());
+    // Made old: what a store of a release before incremental auto-vacuum looks like.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+            .unwrap();
+    }
+    assert_eq!(auto_vacuum(&db), 0);
+    let (code, err) = cli(vec!["compact".into(), "--data-dir".into(), arg(&data)])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(auto_vacuum(&db), 2, "incremental auto-vacuum after compact");
+    // The agent starts on it with every reading.
+    let again = Agent::builder()
+        .dir(keep.path())
+        .config("sources = []\ndevice_twin = false\n")
+        .start();
+    assert_eq!(all_readings(&c, &again, "a").await.len() as i64, CHUNK);
+}
