@@ -46,6 +46,8 @@ pub struct RetentionPolicy {
     /// Per-minute rollups older than this (ms) are pruned — never while raw readings of
     /// their minute remain; `None`: kept forever.
     pub rollups_max_age_ms: Option<u64>,
+    /// Document history (`doc_retention.rs`).
+    pub docs: crate::DocRetention,
 }
 
 impl RetentionPolicy {
@@ -62,6 +64,7 @@ impl RetentionPolicy {
         self.readings_max_age_ms.is_none()
             && self.rollups_max_age_ms.is_none()
             && self.series.iter().all(|r| r.max_age_ms.is_none())
+            && self.docs.keeps_everything()
     }
 }
 
@@ -76,6 +79,8 @@ pub struct PruneReport {
     pub rollups: u64,
     /// Writer jobs (small transactions) the pass took.
     pub steps: u64,
+    /// Document versions whose value was pruned (`doc_retention.rs`).
+    pub doc_versions: u64,
 }
 
 impl PruneReport {
@@ -85,6 +90,7 @@ impl PruneReport {
         self.units += o.units;
         self.rollups += o.rollups;
         self.steps += o.steps;
+        self.doc_versions += o.doc_versions;
     }
 }
 
@@ -404,6 +410,7 @@ mod tests {
                 },
             ],
             rollups_max_age_ms: None,
+            docs: Default::default(),
         };
         assert_eq!(p.readings_max_age("keep.me"), None);
         assert_eq!(p.readings_max_age("other"), Some(5));

@@ -43,6 +43,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "doc_batches",
         sql: include_str!("../migrations/0004_doc_batches.sql"),
     },
+    // 5 and 6 are reserved for work landing beside this one.
+    Migration {
+        version: 7,
+        description: "doc_retention",
+        sql: include_str!("../migrations/0007_doc_retention.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

@@ -285,6 +285,7 @@ impl Store {
             hlc: meta.hlc,
             value: Some(value.clone()),
             supersedes: ctx,
+            pruned: false,
         })
     }
 
@@ -310,6 +311,7 @@ impl Store {
             hlc: meta.hlc,
             value: None,
             supersedes: ctx,
+            pruned: false,
         })
     }
 
@@ -433,7 +435,8 @@ impl Store {
     }
 
     /// Prunes what `policy` no longer keeps as of `now_ms` (unix ms; tests pass any clock):
-    /// raw readings by age, then rollups (see [`RetentionPolicy`]). Runs as a series of
+    /// raw readings by age, then rollups (see [`RetentionPolicy`]), then the values of old
+    /// document versions (see [`DocRetention`](crate::DocRetention)). Runs as a series of
     /// small writer jobs, each looking at about `step_rows` readings, queued behind the
     /// writes already waiting — ingest is never stalled behind one long delete. Each step
     /// is durable on its own; a failed step ends the pass with its error (what earlier steps
@@ -463,7 +466,9 @@ impl Store {
             total.add(&report);
             cursor = next;
         }
-        if total.readings + total.rollups > 0 {
+        self.prune_docs(&policy, now_ms, step_rows, &mut total)
+            .await?;
+        if total.readings + total.rollups + total.doc_versions > 0 {
             self.reclaim().await?;
         }
         Ok(total)

@@ -16,6 +16,7 @@ mod clones;
 mod cluster;
 mod disk;
 mod doc_batch;
+mod doc_retention;
 mod harness;
 mod proxy;
 mod reload;

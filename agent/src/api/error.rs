@@ -66,6 +66,7 @@ error_codes! {
     UnknownSeries = 404, "unknown_series", "no series has this name";
     NotFound = 404, "not_found", "the key has no live value";
     BeforeHistory = 404, "before_history", "the point in time is before the key's first version";
+    HistoryPruned = 410, "history_pruned", "document retention pruned the version that was current at that point; the message names the oldest point still answered";
     NoRoute = 404, "no_route", "no route has this path";
     UnknownPeer = 404, "unknown_peer", "no outbound sync peer has this name";
     MethodNotAllowed = 405, "method_not_allowed", "the route exists but not with this method";
@@ -205,6 +206,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownKey(_) => ErrorCode::NotFound,
             StoreError::UnknownSeries(_) => ErrorCode::UnknownSeries,
             StoreError::BeforeHistory { .. } => ErrorCode::BeforeHistory,
+            StoreError::HistoryPruned { .. } => ErrorCode::HistoryPruned,
             StoreError::ClockSkew { .. } => ErrorCode::ClockSkew,
             StoreError::SeqGap { .. } => ErrorCode::SeqGap,
             StoreError::Decode { .. } => ErrorCode::MalformedBody,
@@ -252,6 +254,15 @@ mod tests {
                 },
                 404,
                 "before_history",
+            ),
+            (
+                StoreError::HistoryPruned {
+                    key: "k".into(),
+                    at: "unix ms 1".into(),
+                    horizon: kdelta_sync::Hlc::new(5, 0),
+                },
+                410,
+                "history_pruned",
             ),
             (StoreError::InvalidQuery("q".into()), 400, "invalid_query"),
             (

@@ -294,7 +294,7 @@ fn routes_document() -> Value {
                 query("after", "`next_after` of the previous page"),
             ], responses("200", ok("Documents", json!({"type": "object", "properties": {
                 "docs": {"type": "array", "items": schema_ref("DocState")},
-                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) },
+                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::HistoryPruned, ErrorCode::Unavailable])) },
             "/v1/docs/{key}": {
                 "get": op("A document's value (the deterministic winner among siblings)", vec![
                     key_param(),
@@ -302,6 +302,7 @@ fn routes_document() -> Value {
                 ], responses("200", ok("The document", schema_ref("DocState")), &[
                     ErrorCode::BadTime,
                     ErrorCode::NotFound, ErrorCode::BeforeHistory,
+                    ErrorCode::HistoryPruned,
                     ErrorCode::Unavailable,
                 ])),
                 "put": {
@@ -331,7 +332,7 @@ fn routes_document() -> Value {
                 key_param(),
                 param("from", "query", true, &format!("First point: {AS_OF}")),
                 query("to", &format!("Second point: {AS_OF} (default: now)")),
-            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::HistoryPruned, ErrorCode::Unavailable])) },
             "/v1/docs/{key}/siblings": { "get": op("Concurrent versions of a document (conflicts), newest first", vec![key_param()],
                 responses("200", ok("Siblings", json!({"type": "object", "properties": {
                     "key": {"type": "string"},
@@ -394,7 +395,7 @@ fn routes_document() -> Value {
                 twin_key_param(),
                 param("from", "query", true, &format!("First point: {AS_OF}")),
                 query("to", &format!("Second point: {AS_OF} (default: now)")),
-            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::HistoryPruned, ErrorCode::Unavailable])) },
             "/v1/events": { "get": {
                 "summary": "Server-sent events: `event: change` (data: ChangeEvent JSON) for every durable change passing the filter; `event: lagged` (data `{\"missed\": n}`) when this client fell behind",
                 "parameters": [
@@ -501,6 +502,7 @@ fn schemas() -> Value {
                 "items": {"type": "object", "required": ["actor", "seq"], "properties": {"actor": {"type": "string"}, "seq": {"type": "integer"}}}}}}},
                 "DocVersion": {"type": "object", "properties": {"key": s, "actor": actor, "seq": i, "hlc": hlc, "value": {"nullable": true},
             "deleted": {"type": "boolean"},
+            "pruned": {"type": "boolean", "description": "Document retention dropped this version's value (`value` is null; not a delete)"},
             "supersedes": {"type": "array", "items": {"type": "object", "properties": {"actor": actor, "seq": i}}}}},
         "DocDiff": {"type": "object", "properties": {"key": s, "from": {"nullable": true}, "to": {"nullable": true},
             "changes": {"type": "array", "items": {"type": "object", "properties": {

@@ -1,4 +1,5 @@
-//! Retention: the `[retention]` section ([`RetentionConfig`]) and the loop that applies it
+//! Retention: the `[retention]` section ([`RetentionConfig`], with `[retention.docs]` in
+//! [`DocsKeep`]) and the loop that applies it
 //! ([`retention_loop`]): every `retention.every` it asks the store to prune what the policy no
 //! longer keeps, in small transactions (`retention.step_rows` rows each) queued with ingest,
 //! and records what it did for `/v1/status` and `/metrics`. The pruning itself (what goes,
@@ -6,7 +7,9 @@
 //! docs/storage.md.
 
 mod config;
+mod docs;
 mod task;
 
 pub use config::{Keep, RetentionConfig, SeriesKeep};
+pub use docs::{DocKeyKeep, DocsKeep};
 pub use task::{RetentionState, retention_loop};

@@ -1,5 +1,5 @@
-//! The retention loop: every `retention.every`, one prune pass through the store (small
-//! transactions queued with ingest), its outcome kept in [`RetentionState`] for
+//! The retention loop: every `retention.every`, one prune pass through the store (readings,
+//! rollups, then document history; small transactions queued with ingest), its outcome kept in [`RetentionState`] for
 //! `/v1/status` and counted in `/metrics`. A failed pass (a full disk, a busy store) is logged
 //! and tried again at the next tick; it never stops the agent.
 
@@ -88,14 +88,16 @@ pub async fn retention_loop(
         match result {
             Ok(report) => {
                 metrics.retention_pass(&report, took);
-                if report.readings + report.rollups > 0 {
+                if report.readings + report.rollups + report.doc_versions > 0 {
                     tracing::info!(
                         readings = report.readings,
                         rollups = report.rollups,
+                        doc_versions = report.doc_versions,
                         steps = report.steps,
-                        "retention pruned {} readings and {} rollup rows in {}",
+                        "retention pruned {} readings, {} rollup rows and {} document versions in {}",
                         report.readings,
                         report.rollups,
+                        report.doc_versions,
                         humantime::format_duration(round_ms(took))
                     );
                 }
