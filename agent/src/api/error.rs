@@ -66,7 +66,6 @@ error_codes! {
     UnknownSeries = 404, "unknown_series", "no series has this name";
     NotFound = 404, "not_found", "the key has no live value";
     BeforeHistory = 404, "before_history", "the point in time is before the key's first version";
-    HistoryPruned = 410, "history_pruned", "document retention pruned the version that was current at that point; the message names the oldest point still answered";
     NoRoute = 404, "no_route", "no route has this path";
     UnknownPeer = 404, "unknown_peer", "no outbound sync peer has this name";
     MethodNotAllowed = 405, "method_not_allowed", "the route exists but not with this method";
@@ -75,6 +74,7 @@ error_codes! {
     SeqGap = 409, "seq_gap", "a change does not follow its actor's previous one";
     TwinExists = 409, "twin_exists", "a twin with this key exists already";
     WrongKind = 409, "wrong_kind", "the key holds a document where a twin is expected, or the reverse";
+    HistoryPruned = 410, "history_pruned", "document retention pruned the version that was current at that point; the message names the oldest point still answered";
     BodyTooLarge = 413, "body_too_large", "the request body is over `api.max_body_bytes`";
     ValueTooLarge = 413, "value_too_large", "the document value is over the store's limit";
     UnsupportedMediaType = 415, "unsupported_media_type", "the body's `Content-Type` is missing, or is not JSON, CBOR or (for a twin patch) JSON Merge Patch";
