@@ -100,7 +100,7 @@ async fn an_agent_prunes_document_history_and_a_hub_receives_what_remains() {
     let hub = hub();
     let device = Agent::builder()
         .dir(work.path())
-        .config(&format!("{}device_twin = false\n{retention}", device_config(&hub, TOKEN)))
+        .config(&format!("device_twin = false\n{}{retention}", device_config(&hub, TOKEN)))
         .start();
     // Same version vector and digest: the hub holds exactly what remains on the device.
     converge(&c, &device, &hub).await;
