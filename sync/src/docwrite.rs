@@ -171,10 +171,14 @@ impl Writer {
         hlc: Hlc,
         batch: &DocBatch,
     ) -> Result<()> {
-        let entries = batch
-            .writes
-            .iter()
-            .map(|w| (w.key.as_str(), w.value.as_deref(), w.context.clone(), w.pruned));
+        let entries = batch.writes.iter().map(|w| {
+            (
+                w.key.as_str(),
+                w.value.as_deref(),
+                w.context.clone(),
+                w.pruned,
+            )
+        });
         self.store_batch(actor, seq, hlc, entries, true).map(drop)
     }
 

@@ -42,7 +42,9 @@ enum Step {
         op: Op,
     },
     /// Document retention on one replica, with [`doc_policy`] at [`prune_now`].
-    Prune { replica: usize },
+    Prune {
+        replica: usize,
+    },
     /// Deliver the pages `from` has for `to`, page budget in bytes, in a shuffled order with
     /// some pages duplicated.
     Sync {

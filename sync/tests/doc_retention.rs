@@ -81,25 +81,46 @@ async fn count_limit_keeps_the_newest_versions_and_as_of_names_the_horizon() {
     let hlcs = puts(&s, &t, "gh/setpoint", T0, 5).await;
     let before = s.digest();
 
-    let report = s.prune(&docs(keep(2), vec![]), T0 + DAY, 1000).await.unwrap();
+    let report = s
+        .prune(&docs(keep(2), vec![]), T0 + DAY, 1000)
+        .await
+        .unwrap();
     assert_eq!(report.doc_versions, 3);
     assert_eq!(report.readings, 0);
     assert_ne!(s.digest(), before);
     check_digest(&s).await;
-    assert_eq!(pruned_flags(&s, "gh/setpoint").await, [true, true, true, false, false]);
+    assert_eq!(
+        pruned_flags(&s, "gh/setpoint").await,
+        [true, true, true, false, false]
+    );
 
     // History still lists every version: pruned ones with their metadata, no value, and
     // not as deletes.
     let h = history(&s, "gh/setpoint").await;
     assert_eq!(h.len(), 5);
-    assert!(h[2..].iter().all(|v| v.pruned && v.value.is_none() && !v.is_tombstone()));
+    assert!(
+        h[2..]
+            .iter()
+            .all(|v| v.pruned && v.value.is_none() && !v.is_tombstone())
+    );
     assert_eq!(h[0].value, Some(json!({"v": 4})));
-    assert_eq!(h[3].supersedes.len(), 1, "the context of a pruned version is kept");
+    assert_eq!(
+        h[3].supersedes.len(),
+        1,
+        "the context of a pruned version is kept"
+    );
 
     // The current value and the kept history answer; as-of before the horizon is a clear
     // error naming it, never another version's value.
-    assert_eq!(s.get("gh/setpoint").await.unwrap().unwrap().winner.value, Some(json!({"v": 4})));
-    let at3 = s.get_as_of("gh/setpoint", AsOf::Hlc(hlcs[3])).await.unwrap().unwrap();
+    assert_eq!(
+        s.get("gh/setpoint").await.unwrap().unwrap().winner.value,
+        Some(json!({"v": 4}))
+    );
+    let at3 = s
+        .get_as_of("gh/setpoint", AsOf::Hlc(hlcs[3]))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(at3.winner.value, Some(json!({"v": 3})));
     let err = s
         .get_as_of("gh/setpoint", AsOf::Hlc(hlcs[1]))
@@ -138,7 +159,10 @@ async fn count_limit_keeps_the_newest_versions_and_as_of_names_the_horizon() {
 
     // A second pass prunes nothing more; the digest survives a reopen.
     assert_eq!(
-        s.prune(&docs(keep(2), vec![]), T0 + DAY, 1000).await.unwrap().doc_versions,
+        s.prune(&docs(keep(2), vec![]), T0 + DAY, 1000)
+            .await
+            .unwrap()
+            .doc_versions,
         0
     );
     let digest = s.digest();
@@ -171,9 +195,13 @@ async fn age_limits_key_patterns_and_both_limits_together() {
     let now = T0 + 4 * DAY;
     let dir2 = tempfile::tempdir().unwrap();
     let s2 = open_at(&dir2, "b.db", &t).await;
-    s2.apply_remote(s.changes_since(&VersionVector::new(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    s2.apply_remote(
+        s.changes_since(&VersionVector::new(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let policy = docs(
         // Default: keep 3 versions AND two days — a version goes only past both.
         DocRule {
@@ -188,13 +216,20 @@ async fn age_limits_key_patterns_and_both_limits_together() {
     );
     // Half a day in, nothing is past an age limit: only the count-only rule of cfg/z prunes.
     assert_eq!(
-        s.prune(&policy, T0 + DAY / 2, 1000).await.unwrap().doc_versions,
+        s.prune(&policy, T0 + DAY / 2, 1000)
+            .await
+            .unwrap()
+            .doc_versions,
         3
     );
     assert_eq!(pruned_flags(&s, "tmp/y").await, [false; 4]);
     assert_eq!(pruned_flags(&s, "other").await, [false; 4]);
     let report = s.prune(&policy, now, 1000).await.unwrap();
-    assert_eq!(pruned_flags(&s, "audit/x").await, [false; 4], "keeps everything");
+    assert_eq!(
+        pruned_flags(&s, "audit/x").await,
+        [false; 4],
+        "keeps everything"
+    );
     // Younger than 1.5 days at day 4: only day 3 (and the head is day 3 anyway).
     assert_eq!(pruned_flags(&s, "tmp/y").await, [true, true, true, false]);
     assert_eq!(pruned_flags(&s, "cfg/z").await, [true, true, true, false]);
@@ -228,9 +263,13 @@ async fn heads_siblings_and_tombstones_are_never_pruned() {
     // A deleted key: its tombstone head stays, the values before it go.
     puts(&a, &t, "gone", T0 + DAY, 3).await;
     a.delete("gone").await.unwrap();
-    a.apply_remote(b.changes_since(&VersionVector::new(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    a.apply_remote(
+        b.changes_since(&VersionVector::new(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.siblings("k").await.unwrap().len(), 2);
 
     let keep_one = docs(keep(1), vec![]);
@@ -244,9 +283,17 @@ async fn heads_siblings_and_tombstones_are_never_pruned() {
     assert_eq!(pruned_flags(&a, "gone").await, [true, true, true, false]);
     let head = a.get("gone").await.unwrap().unwrap();
     assert!(head.winner.is_tombstone() && !head.winner.pruned);
-    assert!(a.list("", None, 10, None).await.unwrap().iter().all(|d| d.winner.key != "gone"));
+    assert!(
+        a.list("", None, 10, None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.winner.key != "gone")
+    );
     // Age alone, far in the future, prunes no head either.
-    a.prune(&docs(younger_than(60_000), vec![]), far, 1000).await.unwrap();
+    a.prune(&docs(younger_than(60_000), vec![]), far, 1000)
+        .await
+        .unwrap();
     assert_eq!(a.siblings("k").await.unwrap().len(), 2);
     check_digest(&a).await;
     // Resolving the siblings makes them prunable; the resolution stays.
@@ -254,7 +301,10 @@ async fn heads_siblings_and_tombstones_are_never_pruned() {
     a.put("k", &json!("merged")).await.unwrap();
     a.prune(&keep_one, far, 1000).await.unwrap();
     assert_eq!(pruned_flags(&a, "k").await, [true, true, true, true, false]);
-    assert_eq!(a.get("k").await.unwrap().unwrap().winner.value, Some(json!("merged")));
+    assert_eq!(
+        a.get("k").await.unwrap().unwrap().winner.value,
+        Some(json!("merged"))
+    );
     a.close().await;
     b.close().await;
 }
@@ -274,11 +324,17 @@ async fn a_batch_change_keeps_its_place_when_one_of_its_versions_is_pruned() {
         .unwrap();
     t.set((T0 + 60_000) as u64);
     s.put("a", &json!(10)).await.unwrap();
-    let report = s.prune(&docs(keep(1), vec![]), T0 + DAY, 1000).await.unwrap();
+    let report = s
+        .prune(&docs(keep(1), vec![]), T0 + DAY, 1000)
+        .await
+        .unwrap();
     assert_eq!(report.doc_versions, 1);
     check_digest(&s).await;
     // The batch is still one change, in its order: `a` pruned, `b` and `c` whole.
-    let log = s.changes_since(&VersionVector::new(), usize::MAX).await.unwrap();
+    let log = s
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
     let served = log.iter().find(|c| c.seq == batch[0].seq).unwrap();
     let ChangeBody::DocBatch(body) = &served.body else {
         panic!("{served:?}")
@@ -288,8 +344,14 @@ async fn a_batch_change_keeps_its_place_when_one_of_its_versions_is_pruned() {
         .iter()
         .map(|w| (w.key.as_str(), w.pruned, w.value.is_some()))
         .collect();
-    assert_eq!(keys, [("a", true, false), ("b", false, true), ("c", false, true)]);
-    assert_eq!(s.get("b").await.unwrap().unwrap().winner.value, Some(json!(2)));
+    assert_eq!(
+        keys,
+        [("a", true, false), ("b", false, true), ("c", false, true)]
+    );
+    assert_eq!(
+        s.get("b").await.unwrap().unwrap().winner.value,
+        Some(json!(2))
+    );
     // A receiver stores it as it is and reaches the same digest and states.
     let r = open_at(&dir, "r.db", &t).await;
     r.apply_remote(log).await.unwrap();
@@ -315,16 +377,27 @@ async fn pruned_changes_sync_without_resurrecting_or_losing_heads() {
     a.put("solo", &json!("s1")).await.unwrap();
     t.set((T0 + 60_000) as u64);
     a.put("solo", &json!("s2")).await.unwrap();
-    c.apply_remote(a.changes_since(&c.version_vector(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    c.apply_remote(
+        a.changes_since(&c.version_vector(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     t.set((T0 + 120_000) as u64);
     c.put("k", &json!("c1")).await.unwrap();
-    a.apply_remote(c.changes_since(&a.version_vector(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    a.apply_remote(
+        c.changes_since(&a.version_vector(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let policy = docs(keep(1), vec![]);
-    assert_eq!(a.prune(&policy, T0 + DAY, 1000).await.unwrap().doc_versions, 2);
+    assert_eq!(
+        a.prune(&policy, T0 + DAY, 1000).await.unwrap().doc_versions,
+        2
+    );
 
     // B first gets A's own changes only: the pruned `k` arrives before the version of C
     // that superseded it. It is stored, but never shown as a value-less head.
@@ -335,20 +408,41 @@ async fn pruned_changes_sync_without_resurrecting_or_losing_heads() {
         .into_iter()
         .filter(|ch| ch.actor == a.actor())
         .collect();
-    assert!(mine.iter().any(|ch| matches!(&ch.body, ChangeBody::Doc(d) if d.key == "k" && d.pruned)));
+    assert!(
+        mine.iter()
+            .any(|ch| matches!(&ch.body, ChangeBody::Doc(d) if d.key == "k" && d.pruned))
+    );
     b.apply_remote(mine).await.unwrap();
-    assert_eq!(b.version_vector().get(&a.actor()), a.version_vector().get(&a.actor()));
+    assert_eq!(
+        b.version_vector().get(&a.actor()),
+        a.version_vector().get(&a.actor())
+    );
     assert_eq!(b.get("k").await.unwrap(), None, "no value-less head");
     assert!(b.siblings("k").await.unwrap().is_empty());
-    assert_eq!(b.get("solo").await.unwrap().unwrap().winner.value, Some(json!("s2")));
+    assert_eq!(
+        b.get("solo").await.unwrap().unwrap().winner.value,
+        Some(json!("s2"))
+    );
     check_digest(&b).await;
     // Then the rest: exactly A's heads, A's digest, and nothing re-requested.
-    b.apply_remote(a.changes_since(&b.version_vector(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    b.apply_remote(
+        a.changes_since(&b.version_vector(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(b.version_vector(), a.version_vector());
-    assert!(a.changes_since(&b.version_vector(), usize::MAX).await.unwrap().is_empty());
-    assert_eq!(b.get("k").await.unwrap().unwrap().winner.value, Some(json!("c1")));
+    assert!(
+        a.changes_since(&b.version_vector(), usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.get("k").await.unwrap().unwrap().winner.value,
+        Some(json!("c1"))
+    );
     assert_eq!(b.digest(), a.digest());
     for key in ["k", "solo"] {
         assert_eq!(history(&b, key).await, history(&a, key).await);
@@ -357,9 +451,13 @@ async fn pruned_changes_sync_without_resurrecting_or_losing_heads() {
     // C still holds A's first version whole; pruning with the same policy gives it A's
     // digest, and C's copy travelling on is the same change (no fork, nothing resent).
     assert_ne!(c.digest(), a.digest());
-    c.apply_remote(a.changes_since(&c.version_vector(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    c.apply_remote(
+        a.changes_since(&c.version_vector(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     c.prune(&policy, T0 + DAY, 1000).await.unwrap();
     assert_eq!(c.digest(), a.digest());
     check_digest(&c).await;
@@ -368,9 +466,13 @@ async fn pruned_changes_sync_without_resurrecting_or_losing_heads() {
     let d = open_at(&dir, "d.db", &t).await;
     t.set((T0 + 180_000) as u64);
     d.put("k", &json!("d1")).await.unwrap();
-    b.apply_remote(d.changes_since(&b.version_vector(), usize::MAX).await.unwrap())
-        .await
-        .unwrap();
+    b.apply_remote(
+        d.changes_since(&b.version_vector(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     let sib: Vec<serde_json::Value> = b
         .siblings("k")
         .await

@@ -1499,7 +1499,10 @@ async fn pruned_document_versions_cross_a_session() {
     let device = open(&dir, "device.db").await;
     let hub = open(&dir, "hub.db").await;
     for i in 0..4 {
-        device.put("gh/setpoint", &serde_json::json!(i)).await.unwrap();
+        device
+            .put("gh/setpoint", &serde_json::json!(i))
+            .await
+            .unwrap();
     }
     let keep_one = RetentionPolicy {
         docs: DocRetention {
@@ -1515,7 +1518,14 @@ async fn pruned_document_versions_cross_a_session() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    assert_eq!(device.prune(&keep_one, now, 1000).await.unwrap().doc_versions, 3);
+    assert_eq!(
+        device
+            .prune(&keep_one, now, 1000)
+            .await
+            .unwrap()
+            .doc_versions,
+        3
+    );
     let (i, r) = sync_once(&device, &hub).await;
     assert_eq!(i.changes_sent, 4, "{i:?}");
     assert_eq!(r.changes_applied, 4, "{r:?}");

@@ -39,7 +39,8 @@ async fn an_agent_prunes_document_history_and_a_hub_receives_what_remains() {
     let mut hlcs = Vec::new();
     for i in 0..5 {
         for key in ["gh/setpoint", "audit/door"] {
-            let (s, v) = put_json(&c, &device.at(&format!("/v1/docs/{key}")), &json!({"v": i})).await;
+            let (s, v) =
+                put_json(&c, &device.at(&format!("/v1/docs/{key}")), &json!({"v": i})).await;
             assert_eq!(s, 200, "{v}");
             if key == "gh/setpoint" {
                 hlcs.push(v["hlc"].as_str().unwrap().to_owned());
@@ -100,7 +101,10 @@ async fn an_agent_prunes_document_history_and_a_hub_receives_what_remains() {
     let hub = hub();
     let device = Agent::builder()
         .dir(work.path())
-        .config(&format!("device_twin = false\n{}{retention}", device_config(&hub, TOKEN)))
+        .config(&format!(
+            "device_twin = false\n{}{retention}",
+            device_config(&hub, TOKEN)
+        ))
         .start();
     // Same version vector and digest: the hub holds exactly what remains on the device.
     converge(&c, &device, &hub).await;
@@ -110,6 +114,10 @@ async fn an_agent_prunes_document_history_and_a_hub_receives_what_remains() {
     );
     let (s, v) = get_json(&c, &hub.at("/v1/docs/gh/setpoint")).await;
     assert_eq!((s, &v["value"]), (200, &json!({"v": 4})));
-    let (s, err) = get_json(&c, &hub.at(&format!("/v1/docs/gh/setpoint?as_of={}", hlcs[0]))).await;
+    let (s, err) = get_json(
+        &c,
+        &hub.at(&format!("/v1/docs/gh/setpoint?as_of={}", hlcs[0])),
+    )
+    .await;
     assert_eq!((s, &err["error"]["code"]), (410, &json!("history_pruned")));
 }

@@ -221,11 +221,17 @@ mod tests {
         let c = parse("[[retention.series]]\npattern = \"\"\nkeep = \"1h\"\n").unwrap();
         assert_eq!(c.validate().unwrap_err().key, "retention.series[0].pattern");
         let c = parse("[retention.docs]\nkeep_versions = 0\n").unwrap();
-        assert_eq!(c.validate().unwrap_err().key, "retention.docs.keep_versions");
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "retention.docs.keep_versions"
+        );
         let c = parse("[[retention.docs.keys]]\npattern = \"a/*\"\nkeep = \"5s\"\n").unwrap();
         assert_eq!(c.validate().unwrap_err().key, "retention.docs.keys[0].keep");
         let c = parse("[[retention.docs.keys]]\npattern = \"\"\n").unwrap();
-        assert_eq!(c.validate().unwrap_err().key, "retention.docs.keys[0].pattern");
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "retention.docs.keys[0].pattern"
+        );
         assert!(parse("[retention.docs]\nkeep_version = 3\n").is_err());
     }
 
@@ -241,7 +247,10 @@ mod tests {
         let p = c.policy();
         assert!(!p.keeps_everything());
         let d = p.docs.rule("gh/setpoint");
-        assert_eq!((d.keep_versions, d.max_age_ms), (Some(10), Some(90 * 86_400_000)));
+        assert_eq!(
+            (d.keep_versions, d.max_age_ms),
+            (Some(10), Some(90 * 86_400_000))
+        );
         assert!(p.docs.rule("audit/x").keeps_everything(), "forever wins");
         let t = p.docs.rule("tmp/x");
         assert_eq!((t.keep_versions, t.max_age_ms), (Some(1), None));

@@ -60,7 +60,9 @@ fn check(prefix: &str, keep_versions: Option<u64>, keep: Option<Keep>) -> Result
     {
         return refuse(
             format!("{prefix}.keep_versions"),
-            format!("{n} is out of range; use 1 to {MAX_KEEP_VERSIONS} (a key's current value is always kept)"),
+            format!(
+                "{n} is out of range; use 1 to {MAX_KEEP_VERSIONS} (a key's current value is always kept)"
+            ),
         );
     }
     if let Some(Keep::For(d)) = keep
