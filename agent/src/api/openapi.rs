@@ -448,7 +448,7 @@ fn store_status_schema() -> Value {
             "since_last_commit_ms": opt_i, "disk_full": opt_s,
             "disk_full_for_ms": opt_i, "last_failure": opt_s}});
     let retention = json!({"type": "object",
-        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `steps`), `took_ms`, `error`",
+        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `doc_versions`, `steps`), `took_ms`, `error`",
         "additionalProperties": true});
     let horizon = json!({"type": "object",
         "description": "Oldest raw reading kept: over all series (`oldest_reading_ms`) and per series (`series`: name → unix ms, null when only rollups remain; at most 1000, `truncated` says when more exist)",
