@@ -34,7 +34,7 @@
 //! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total`, `kdelta_sync_changes_too_large_total`, `kdelta_sync_actor_forks_total` | counter | `peer`, `direction` |
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
-//! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total` | counter | — |
+//! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total`, `kdelta_retention_pruned_doc_versions_total` | counter | — |
 //! | `kdelta_retention_budget_pruned_readings_total`, `kdelta_retention_budget_dropped_readings_total`, `kdelta_retention_gap_records_total` | counter | — |
 //! | `kdelta_retention_budget_used_bytes`, `kdelta_retention_budget_limit_bytes`, `kdelta_retention_budget_hard_limit_bytes`, `kdelta_retention_budget_holding_unacked`, `kdelta_retention_budget_held_readings` | gauge | — |
 //! | `kdelta_retention_pass_duration_seconds` | histogram | — |

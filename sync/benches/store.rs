@@ -720,6 +720,7 @@ fn write_docs(path: &Path, keys: usize, versions: usize) -> u64 {
                     key: doc_key(k),
                     value: Some(bytes),
                     context,
+                    pruned: false,
                 }),
                 seal: None,
             });

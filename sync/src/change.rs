@@ -93,12 +93,31 @@ impl Change {
         if let Some(seal) = &self.seal
             && !seal.pruned.is_empty()
         {
+            let writes: &[DocWrite] = match &self.body {
+                ChangeBody::Doc(d) => std::slice::from_ref(d),
+                ChangeBody::DocBatch(b) => &b.writes,
+                _ => &[],
+            };
             let present = match &self.body {
                 ChangeBody::Readings(b) => b.series.len(),
+                // One write hash per version whose value retention pruned.
+                ChangeBody::Doc(_) | ChangeBody::DocBatch(_) => {
+                    let marked = writes.iter().filter(|w| w.pruned).count();
+                    if marked != seal.pruned.len() {
+                        return Err(StoreError::Decode {
+                            what: "change",
+                            detail: format!(
+                                "{} pruned write hashes for {marked} pruned document versions",
+                                seal.pruned.len()
+                            ),
+                        });
+                    }
+                    writes.len() - marked
+                }
                 _ => {
                     return Err(StoreError::Decode {
                         what: "change",
-                        detail: "pruned unit hashes on a change that is not a readings change"
+                        detail: "pruned hashes on a change that is neither readings nor documents"
                             .into(),
                     });
                 }
@@ -235,20 +254,60 @@ impl TwinChange {
 pub const MAX_TWIN_CHANGE_OPS: usize = 100_000;
 
 /// A document version: a new value, or a tombstone, superseding the versions it saw.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A version document retention pruned (`doc_retention.rs`) travels as what remains of it:
+/// key and context, `pruned` set and no value. On the wire it is `{key, pruned: true,
+/// context}` — without the `value` field every other version carries, so an agent older than
+/// schema 7 refuses the change ("missing field `value`") instead of reading it as a delete.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DocWrite {
     /// Document key.
     pub key: String,
-    /// CBOR-encoded JSON value; `None` is a delete (tombstone).
-    #[serde(with = "opt_bytes")]
+    /// CBOR-encoded JSON value; `None` is a delete (tombstone), or a pruned version's.
+    #[serde(default, with = "opt_bytes")]
     pub value: Option<Vec<u8>>,
     /// Dots of the versions (siblings) the writer saw and resolves.
     pub context: Vec<Dot>,
+    /// Retention dropped this version's value; the version (its dot and context) remains.
+    #[serde(default)]
+    pub pruned: bool,
+}
+
+impl Serialize for DocWrite {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// The value field as `opt_bytes` writes it.
+        struct Value<'a>(&'a Option<Vec<u8>>);
+        impl Serialize for Value<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                opt_bytes::serialize(self.0, s)
+            }
+        }
+        // Field order and names as the derived encoding of earlier releases.
+        let mut st = s.serialize_struct("DocWrite", 3)?;
+        st.serialize_field("key", &self.key)?;
+        if self.pruned {
+            st.serialize_field("pruned", &true)?;
+        } else {
+            st.serialize_field("value", &Value(&self.value))?;
+        }
+        st.serialize_field("context", &self.context)?;
+        st.end()
+    }
 }
 
 impl DocWrite {
     pub(crate) fn validate(&self, limits: &Limits) -> Result<(), StoreError> {
         validate_key(&self.key)?;
+        if self.pruned && self.value.is_some() {
+            return Err(StoreError::Decode {
+                what: "document write",
+                detail: format!(
+                    "{:?} is marked pruned but carries a value",
+                    self.key.chars().take(64).collect::<String>()
+                ),
+            });
+        }
         if let Some(v) = &self.value
             && v.len() > limits.max_value_bytes
         {
@@ -787,7 +846,9 @@ mod tests {
         )
             .prop_map(|(key, value, ctx)| DocWrite {
                 key,
-                value,
+                // Some versions come pruned (no value, the marker set).
+                pruned: value.as_ref().is_some_and(|v| v.len() % 5 == 4),
+                value: value.filter(|v| v.len() % 5 != 4),
                 context: ctx
                     .into_iter()
                     .map(|(a, seq)| Dot {
@@ -919,7 +980,8 @@ mod tests {
             )
                 .prop_map(|(key, value, ctx)| ChangeBody::Doc(DocWrite {
                     key,
-                    value,
+                    pruned: value.as_ref().is_some_and(|v| v.len() % 7 == 6),
+                    value: value.filter(|v| v.len() % 7 != 6),
                     context: ctx
                         .into_iter()
                         .map(|(a, seq)| Dot {
@@ -1126,6 +1188,7 @@ mod tests {
                 key: "😀".repeat(MAX_KEY_BYTES / 4),
                 value: Some(vec![0xAB; limits.max_value_bytes]),
                 context: vec![dot; limits.max_context_dots],
+                pruned: false,
             }),
             seal: None,
         };
@@ -1145,6 +1208,85 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(tight.validate().unwrap_err().0, "max_change_bytes");
+    }
+
+    /// The document write of the releases before schema 7, as they derived it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OldDocWrite {
+        key: String,
+        #[serde(with = "opt_bytes")]
+        value: Option<Vec<u8>>,
+        context: Vec<Dot>,
+    }
+
+    /// A version that is not pruned encodes byte for byte as before; a pruned one has no
+    /// `value` field, so an older agent refuses it instead of storing a delete.
+    #[test]
+    fn pruned_writes_are_refused_by_older_agents_and_others_encode_as_before() {
+        let dot = Dot {
+            actor: ActorId([3; 16]),
+            seq: 9,
+        };
+        for value in [Some(vec![0xf5]), None] {
+            let w = DocWrite {
+                key: "k".into(),
+                value: value.clone(),
+                context: vec![dot],
+                pruned: false,
+            };
+            let old = OldDocWrite {
+                key: "k".into(),
+                value,
+                context: vec![dot],
+            };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            ciborium::into_writer(&w, &mut a).unwrap();
+            ciborium::into_writer(&old, &mut b).unwrap();
+            assert_eq!(a, b);
+            let back: DocWrite = ciborium::from_reader(&b[..]).unwrap();
+            assert_eq!(back, w);
+        }
+        let pruned = DocWrite {
+            key: "k".into(),
+            value: None,
+            context: vec![dot],
+            pruned: true,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&pruned, &mut bytes).unwrap();
+        let err = ciborium::from_reader::<OldDocWrite, _>(&bytes[..]).unwrap_err();
+        assert!(err.to_string().contains("value"), "{err}");
+        let back: DocWrite = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!(back, pruned);
+        // A write claiming both a value and the marker is refused.
+        let both = DocWrite {
+            value: Some(vec![1]),
+            ..pruned
+        };
+        let change = Change {
+            actor: ActorId([3; 16]),
+            seq: 1,
+            hlc: Hlc(1),
+            body: ChangeBody::Doc(both),
+            seal: None,
+        };
+        let mut v = ciborium::Value::serialized(&change).unwrap();
+        // The encoder leaves `value` out of a pruned write: put it back by hand.
+        fn add_value(v: &mut ciborium::Value) {
+            if let ciborium::Value::Map(m) = v {
+                if m.iter().any(|(k, _)| k.as_text() == Some("pruned")) {
+                    m.push(("value".into(), ciborium::Value::Bytes(vec![1])));
+                }
+                for (_, x) in m.iter_mut() {
+                    add_value(x);
+                }
+            }
+        }
+        add_value(&mut v);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&v, &mut bytes).unwrap();
+        let err = Change::from_cbor(&bytes, &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("marked pruned"), "{err}");
     }
 
     #[test]

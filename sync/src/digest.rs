@@ -112,14 +112,38 @@ pub(crate) fn readings_hash(
     *h.finalize().as_bytes()
 }
 
-/// Hash of one document version.
 /// [`doc_hash`] of one document write of a change (single or in a batch: the key tells the
-/// versions of one batch apart).
+/// versions of one batch apart), or [`doc_pruned_hash`] of what remains of a pruned one.
 pub(crate) fn doc_write_hash(c: &crate::Change, d: &crate::DocWrite) -> [u8; 32] {
     let ctx = crate::docwrite::encode_context(&d.context);
+    if d.pruned {
+        return doc_pruned_hash(&c.actor, c.seq, c.hlc, &d.key, &ctx);
+    }
     doc_hash(&c.actor, c.seq, c.hlc, &d.key, d.value.as_deref(), &ctx)
 }
 
+/// Hash of what remains of a document version retention pruned: its dot, HLC, key and
+/// context, without the value (see `doc_retention.rs`). Pruning subtracts the version's
+/// [`doc_hash`] and adds this, so the digest stays "what the store holds".
+pub(crate) fn doc_pruned_hash(
+    actor: &ActorId,
+    seq: u64,
+    hlc: Hlc,
+    key: &str,
+    context: &[u8],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/doc-pruned/v1");
+    h.update(actor.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&hlc.0.to_le_bytes());
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    h.update(context);
+    *h.finalize().as_bytes()
+}
+
+/// Hash of one document version.
 pub(crate) fn doc_hash(
     actor: &ActorId,
     seq: u64,

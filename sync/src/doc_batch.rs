@@ -130,6 +130,7 @@ impl Store {
                 key: e.key.clone(),
                 value,
                 context: e.context.clone().unwrap_or_default(),
+                pruned: false,
             });
         }
         let body = DocBatch { writes };
@@ -172,6 +173,7 @@ impl Store {
                 hlc: meta.hlc,
                 value: e.value,
                 supersedes,
+                pruned: false,
             })
             .collect())
     }
@@ -187,6 +189,7 @@ mod tests {
             key: key.into(),
             value: Some(vec![0xf6]),
             context: Vec::new(),
+            pruned: false,
         }
     }
 

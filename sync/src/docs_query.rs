@@ -29,10 +29,10 @@ fn decode_value(key: &str, bytes: &[u8]) -> Result<serde_json::Value> {
     })
 }
 
-/// A version row as read: (actor, seq, hlc, value, context).
-type RawVersion = (Vec<u8>, i64, i64, Option<Vec<u8>>, Vec<u8>);
+/// A version row as read: (actor, seq, hlc, value, context, pruned).
+type RawVersion = (Vec<u8>, i64, i64, Option<Vec<u8>>, Vec<u8>, bool);
 
-fn version_of(key: &str, (actor, seq, hlc, value, ctx): RawVersion) -> Result<DocVersion> {
+fn version_of(key: &str, (actor, seq, hlc, value, ctx, pruned): RawVersion) -> Result<DocVersion> {
     let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
         what: "stored actor id",
         detail: "not 16 bytes".into(),
@@ -48,10 +48,11 @@ fn version_of(key: &str, (actor, seq, hlc, value, ctx): RawVersion) -> Result<Do
         value,
         supersedes: decode_context(&ctx)?,
         key: key.to_owned(),
+        pruned,
     })
 }
 
-/// Runs a version query (selecting `a.actor, c.seq, v.hlc, v.value, v.context`) and decodes
+/// Runs a version query (selecting `a.actor, c.seq, v.hlc, v.value, v.context, v.pruned`) and decodes
 /// its rows as versions of `key`.
 fn versions(
     conn: &Connection,
@@ -64,7 +65,14 @@ fn versions(
         .prepare_cached(sql)
         .and_then(|mut st| {
             st.query_map(params, |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect()
         })
@@ -110,7 +118,7 @@ fn siblings_of(conn: &Connection, key: &str, id: i64) -> Result<Vec<DocVersion>>
     let mut v = versions(
         conn,
         key,
-        "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_heads h \
+        "SELECT a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
          JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
          JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
          WHERE h.key_id = ?1",
@@ -121,18 +129,41 @@ fn siblings_of(conn: &Connection, key: &str, id: i64) -> Result<Vec<DocVersion>>
     Ok(v)
 }
 
-/// The state of the key with id `id` at `at`; `None` before its first version.
+/// The state of the key with id `id` at `at`; `None` before its first version;
+/// [`StoreError::HistoryPruned`] when the winner at `at` is a version retention pruned (its
+/// context is kept, so which versions were heads then is still exact — only the value is
+/// gone).
 fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocState>> {
     let found = versions(
         conn,
         key,
-        "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_versions v \
+        "SELECT a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
          JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
          WHERE v.key_id = ?1 AND v.hlc <= ?2",
         params![id, at.bound().0 as i64],
         "reading document history",
     )?;
-    Ok(state_of(heads_of(found)))
+    let state = state_of(heads_of(found));
+    if state.as_ref().is_some_and(|s| s.winner.pruned) {
+        return Err(StoreError::HistoryPruned {
+            key: key.to_owned(),
+            at: at.to_string(),
+            horizon: history_horizon(conn, id)?,
+        });
+    }
+    Ok(state)
+}
+
+/// The oldest point as-of reads of the key with id `id` answer: the HLC of the first version
+/// kept after its newest pruned one (a head is never pruned, so there is one).
+fn history_horizon(conn: &Connection, id: i64) -> Result<Hlc> {
+    conn.prepare_cached(
+        "SELECT MIN(hlc) FROM doc_versions WHERE key_id = ?1 AND pruned = 0 AND hlc > \
+         (SELECT MAX(hlc) FROM doc_versions WHERE key_id = ?1 AND pruned = 1)",
+    )
+    .and_then(|mut st| st.query_row([id], |r| r.get::<_, Option<i64>>(0)))
+    .map(|h| Hlc(h.unwrap_or(i64::MAX) as u64))
+    .map_err(StoreError::db("reading a document's history horizon"))
 }
 
 /// One read of `list`: live documents among the next keys after `cursor`. Returns the
@@ -192,14 +223,14 @@ fn list_step(
     Ok((out, last, ended))
 }
 
-/// Head rows of one key: (actor, seq, hlc, value, context).
+/// Head rows of one key: (actor, seq, hlc, value, context, pruned).
 type HeadRows = Vec<RawVersion>;
 
 /// The heads of the next page of keys (the same key window as `list_step`'s), by key id.
 fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i64, HeadRows>> {
     let mut out: HashMap<i64, HeadRows> = HashMap::new();
     conn.prepare_cached(
-        "SELECT h.key_id, a.actor, c.seq, v.hlc, v.value, v.context FROM doc_heads h \
+        "SELECT h.key_id, a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
          JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
          JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
          WHERE h.key_id IN (SELECT id FROM doc_keys WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3)",
@@ -213,6 +244,7 @@ fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i
                 r.get(3)?,
                 r.get(4)?,
                 r.get(5)?,
+                r.get(6)?,
             ));
         }
         Ok(())
@@ -299,7 +331,7 @@ impl Store {
                 versions(
                     conn,
                     &key,
-                    "SELECT a.actor, c.seq, v.hlc, v.value, v.context FROM doc_versions v \
+                    "SELECT a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
                      JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
                      WHERE v.key_id = ?1 AND v.hlc <= ?2 AND (v.hlc < ?2 OR a.actor < ?3) \
                      ORDER BY v.hlc DESC, a.actor DESC LIMIT ?4",

@@ -9,7 +9,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::digest::doc_hash;
+use crate::digest::{doc_hash, doc_pruned_hash};
 use crate::doc_batch::MAX_DOT_CBOR_BYTES;
 use crate::writer::{LocalDocWrite, Writer};
 use crate::{
@@ -85,7 +85,8 @@ impl Writer {
     }
 
     /// Stores one document write as its own change (kind 2). `context` is `None` for a local
-    /// write (the current heads are taken) and the received context for a remote one.
+    /// write (the current heads are taken) and the received context for a remote one;
+    /// `pruned` is set for a remote version its sender's retention pruned (no value).
     /// Returns the context used.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store_doc(
@@ -97,6 +98,7 @@ impl Writer {
         value: Option<&[u8]>,
         context: Option<&[Dot]>,
         remote: bool,
+        pruned: bool,
     ) -> Result<Vec<Dot>> {
         let key_id = self.key_id(key)?;
         let context = match context {
@@ -112,7 +114,7 @@ impl Writer {
             seq,
             hlc,
         };
-        let context = self.store_version(&version, key_id, key, value, context)?;
+        let context = self.store_version(&version, key_id, key, value, context, pruned)?;
         self.advance(actor, seq)?;
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
@@ -122,7 +124,7 @@ impl Writer {
             remote,
             kind: ChangeEventKind::Doc {
                 key: key.to_owned(),
-                deleted: value.is_none(),
+                deleted: value.is_none() && !pruned,
             },
         });
         Ok(context)
@@ -156,7 +158,7 @@ impl Writer {
         let entries = writes
             .iter()
             .zip(contexts)
-            .map(|(w, c)| (w.key.as_str(), w.value.as_deref(), c));
+            .map(|(w, c)| (w.key.as_str(), w.value.as_deref(), c, false));
         let contexts = self.store_batch(actor, seq, hlc, entries, false)?;
         Ok((ChangeMeta { actor, seq, hlc }, contexts))
     }
@@ -169,10 +171,14 @@ impl Writer {
         hlc: Hlc,
         batch: &DocBatch,
     ) -> Result<()> {
-        let entries = batch
-            .writes
-            .iter()
-            .map(|w| (w.key.as_str(), w.value.as_deref(), w.context.clone()));
+        let entries = batch.writes.iter().map(|w| {
+            (
+                w.key.as_str(),
+                w.value.as_deref(),
+                w.context.clone(),
+                w.pruned,
+            )
+        });
         self.store_batch(actor, seq, hlc, entries, true).map(drop)
     }
 
@@ -183,7 +189,7 @@ impl Writer {
         actor: ActorId,
         seq: u64,
         hlc: Hlc,
-        entries: impl Iterator<Item = (&'a str, Option<&'a [u8]>, Vec<Dot>)>,
+        entries: impl Iterator<Item = (&'a str, Option<&'a [u8]>, Vec<Dot>, bool)>,
         remote: bool,
     ) -> Result<Vec<Vec<Dot>>> {
         let slot = self.actor_slot(actor)?;
@@ -196,11 +202,11 @@ impl Writer {
             hlc,
         };
         let (mut keys, mut deleted, mut contexts) = (Vec::new(), 0, Vec::new());
-        for (key, value, context) in entries {
+        for (key, value, context, pruned) in entries {
             let key_id = self.key_id(key)?;
-            contexts.push(self.store_version(&version, key_id, key, value, context)?);
+            contexts.push(self.store_version(&version, key_id, key, value, context, pruned)?);
             keys.push(key.to_owned());
-            deleted += usize::from(value.is_none());
+            deleted += usize::from(value.is_none() && !pruned);
         }
         self.advance(actor, seq)?;
         self.pending_events.push(ChangeEvent {
@@ -269,6 +275,11 @@ impl Writer {
     /// Stores the version of one key made by the change `v`: the version row, the dots it
     /// supersedes (they leave the key's heads), itself as a head unless a stored version
     /// supersedes it, and its digest element. Returns the context, sorted.
+    ///
+    /// A `pruned` version (received from a peer whose retention dropped its value) is never
+    /// made a head: its sender prunes only versions something supersedes, and that version
+    /// reaches this store too — until then the key shows its other heads, never a version
+    /// without a value (`doc_retention.rs`).
     fn store_version(
         &mut self,
         v: &Version,
@@ -276,15 +287,17 @@ impl Writer {
         key: &str,
         value: Option<&[u8]>,
         mut context: Vec<Dot>,
+        pruned: bool,
     ) -> Result<Vec<Dot>> {
         context.sort();
         context.dedup();
         let ctx_bytes = encode_context(&context);
+        let value = value.filter(|_| !pruned);
         self.conn
             .prepare_cached(
-                "INSERT INTO doc_versions (change_id, key_id, hlc, value, context) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO doc_versions (change_id, key_id, hlc, value, context, pruned) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut st| st.execute(params![v.change_id, key_id, v.hlc.0 as i64, value, &ctx_bytes]))
+            .and_then(|mut st| st.execute(params![v.change_id, key_id, v.hlc.0 as i64, value, &ctx_bytes, pruned]))
             .map_err(StoreError::db("storing a document version"))?;
         self.counts.doc_versions += 1;
 
@@ -311,14 +324,17 @@ impl Writer {
             )
             .and_then(|mut st| st.exists(params![key_id, v.actor_idx, v.seq as i64]))
             .map_err(StoreError::db("checking document heads"))?;
-        if !superseded {
+        if !superseded && !pruned {
             self.conn
                 .prepare_cached("INSERT INTO doc_heads (key_id, change_id) VALUES (?1, ?2)")
                 .and_then(|mut st| st.execute(params![key_id, v.change_id]))
                 .map_err(StoreError::db("updating document heads"))?;
         }
-        self.digest
-            .add(&doc_hash(&v.actor, v.seq, v.hlc, key, value, &ctx_bytes));
+        self.digest.add(&if pruned {
+            doc_pruned_hash(&v.actor, v.seq, v.hlc, key, &ctx_bytes)
+        } else {
+            doc_hash(&v.actor, v.seq, v.hlc, key, value, &ctx_bytes)
+        });
         Ok(context)
     }
 }

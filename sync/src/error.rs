@@ -98,6 +98,20 @@ pub enum StoreError {
         /// The requested point, as text.
         at: String,
     },
+    /// An as-of read reaches a version whose value document retention pruned.
+    #[error(
+        "the history of document {key:?} at {at} was pruned by retention; as-of reads answer from HLC {horizon} on (unix ms {horizon_ms})",
+        horizon_ms = horizon.ms()
+    )]
+    HistoryPruned {
+        /// The key.
+        key: String,
+        /// The requested point, as text.
+        at: String,
+        /// The oldest point as-of reads of this key still answer: the first version kept
+        /// after the newest pruned one.
+        horizon: crate::Hlc,
+    },
     /// A remote change's HLC is further ahead of the local wall clock than allowed.
     #[error(
         "remote timestamp {remote} from actor {actor} is {ahead_ms} ms ahead of local wall time (max offset {max_offset_ms} ms)"
@@ -262,6 +276,7 @@ impl StoreError {
                 | StoreError::UnknownSeries(_)
                 | StoreError::UnknownKey(_)
                 | StoreError::BeforeHistory { .. }
+                | StoreError::HistoryPruned { .. }
                 | StoreError::Decode { .. }
                 | StoreError::InvalidPatch { .. }
                 | StoreError::WrongKind { .. }
@@ -283,6 +298,7 @@ impl StoreError {
             StoreError::UnknownSeries(_) => "unknown_series",
             StoreError::UnknownKey(_) => "unknown_key",
             StoreError::BeforeHistory { .. } => "before_history",
+            StoreError::HistoryPruned { .. } => "history_pruned",
             StoreError::ClockSkew { .. } => "clock_skew",
             StoreError::SeqGap { .. } => "seq_gap",
             StoreError::ChainRefused { reason, .. } => reason,

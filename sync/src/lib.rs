@@ -74,6 +74,7 @@ mod correct;
 mod counts;
 mod digest;
 mod doc_batch;
+mod doc_retention;
 mod docs_query;
 mod docwrite;
 mod error;
@@ -109,6 +110,7 @@ pub use change::{
 };
 pub use digest::Digest;
 pub use doc_batch::{BatchEntry, DocBatch};
+pub use doc_retention::{DocRetention, DocRule, KeyRetention};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
 pub use forks::Fork;

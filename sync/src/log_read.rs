@@ -193,7 +193,7 @@ fn ids_of(rows: &[LogRow], kind: i64) -> Vec<i64> {
 }
 
 fn load_docs(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocWrite>> {
-    let select = "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
+    let select = "SELECT v.change_id, k.key, v.value, v.context, v.pruned FROM doc_versions v \
                   JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (";
     load_bodies(
         conn,
@@ -243,7 +243,7 @@ fn load_timings(
 /// The versions of each batch change, in the order they were written (`doc_versions` rows
 /// of one change are inserted in batch order, so their rowids keep it).
 fn load_doc_batches(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocBatch>> {
-    let select = "SELECT v.change_id, k.key, v.value, v.context FROM doc_versions v \
+    let select = "SELECT v.change_id, k.key, v.value, v.context, v.pruned FROM doc_versions v \
                   JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (";
     let mut out: HashMap<i64, DocBatch> = HashMap::new();
     for_each_body(
@@ -264,13 +264,14 @@ fn load_doc_batches(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, D
     Ok(out)
 }
 
-/// A `DocWrite` from a row selecting `change_id, key, value, context`.
+/// A `DocWrite` from a row selecting `change_id, key, value, context, pruned`.
 fn doc_write(r: &rusqlite::Row<'_>, context: &'static str) -> Result<DocWrite> {
     let col = |source| StoreError::Database { context, source };
     Ok(DocWrite {
         key: r.get(1).map_err(col)?,
         value: r.get(2).map_err(col)?,
         context: decode_context(&r.get::<_, Vec<u8>>(3).map_err(col)?)?,
+        pruned: r.get(4).map_err(col)?,
     })
 }
 

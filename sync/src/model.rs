@@ -98,12 +98,16 @@ pub struct DocVersion {
     pub value: Option<serde_json::Value>,
     /// The versions this one supersedes.
     pub supersedes: Vec<Dot>,
+    /// Retention pruned this version: its value is gone (`value` is `None`, and it is not a
+    /// delete); the version itself — who, when, what it superseded — remains in history.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pruned: bool,
 }
 
 impl DocVersion {
     /// True for a delete (tombstone) version.
     pub fn is_tombstone(&self) -> bool {
-        self.value.is_none()
+        self.value.is_none() && !self.pruned
     }
 }
 

@@ -53,6 +53,8 @@ pub struct RetentionPolicy {
     /// Per-minute rollups older than this (ms) are pruned — never while raw readings of
     /// their minute remain; `None`: kept forever.
     pub rollups_max_age_ms: Option<u64>,
+    /// Document history (`doc_retention.rs`).
+    pub docs: crate::DocRetention,
 }
 
 impl RetentionPolicy {
@@ -69,6 +71,7 @@ impl RetentionPolicy {
         self.readings_max_age_ms.is_none()
             && self.rollups_max_age_ms.is_none()
             && self.series.iter().all(|r| r.max_age_ms.is_none())
+            && self.docs.keeps_everything()
     }
 }
 
@@ -118,6 +121,8 @@ pub struct PruneReport {
     pub dropped_unacked: u64,
     /// Gap records written for them.
     pub gaps: u64,
+    /// Document versions whose value was pruned (`doc_retention.rs`).
+    pub doc_versions: u64,
 }
 
 impl PruneReport {
@@ -127,6 +132,7 @@ impl PruneReport {
         self.units += o.units;
         self.rollups += o.rollups;
         self.steps += o.steps;
+        self.doc_versions += o.doc_versions;
         self.held += o.held;
         self.dropped_unacked += o.dropped_unacked;
         self.gaps += o.gaps;
@@ -521,6 +527,7 @@ mod tests {
                 },
             ],
             rollups_max_age_ms: None,
+            docs: Default::default(),
         };
         assert_eq!(p.readings_max_age("keep.me"), None);
         assert_eq!(p.readings_max_age("other"), Some(5));

@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "signed_log",
         sql: include_str!("../migrations/0006_signed_log.sql"),
     },
+    Migration {
+        version: 7,
+        description: "doc_retention",
+        sql: include_str!("../migrations/0007_doc_retention.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

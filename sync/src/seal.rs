@@ -41,7 +41,8 @@ pub struct Seal {
     /// Ed25519 signature of this change's hash.
     #[serde(with = "fixed")]
     pub sig: [u8; 64],
-    /// Unit hashes of the series retention pruned from this (readings) change.
+    /// Hashes of what retention pruned from this change: unit hashes of a readings change's
+    /// series, write hashes of a document change's versions whose value went.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hashes")]
     pub pruned: Vec<Hash>,
 }
@@ -55,11 +56,56 @@ pub fn unit_hash(s: &SeriesPoints) -> Hash {
     *h.finalize().as_bytes()
 }
 
+/// Hash of one document write of a change: key, value (or tombstone) and context. When
+/// document retention prunes the version's value, this hash stays with the change (its
+/// `pruned` list), so the change still proves its body.
+pub fn write_hash(key: &str, value: Option<&[u8]>, context: &[crate::Dot]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/seal/write/v1");
+    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    match value {
+        Some(v) => {
+            h.update(&[1]);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    ciborium::into_writer(context, &mut HashWriter(&mut h)).expect("hashing a context");
+    *h.finalize().as_bytes()
+}
+
+/// The sorted set of write hashes of a document change: those of the writes it still holds
+/// and the `pruned` ones (writes whose value retention dropped are left out of the body's
+/// share: their hashes are in `pruned`).
+fn docs_hash(h: &mut blake3::Hasher, kind: u8, writes: &[crate::DocWrite], pruned: &[Hash]) {
+    h.update(b"kdelta/seal/docs/v1");
+    h.update(&[kind]);
+    let mut all: Vec<Hash> = writes
+        .iter()
+        .filter(|w| !w.pruned)
+        .map(|w| write_hash(&w.key, w.value.as_deref(), &w.context))
+        .collect();
+    all.extend_from_slice(pruned);
+    all.sort_unstable();
+    h.update(&(all.len() as u64).to_le_bytes());
+    for w in &all {
+        h.update(w);
+    }
+}
+
 /// The body hash of a change: of a readings change, the sorted set of its unit hashes (those
-/// present and `pruned`) and its timing record; of any other kind, its canonical CBOR.
+/// present and `pruned`) and its timing record; of a document change (one write or a batch),
+/// the sorted set of its write hashes (those present and `pruned`); of any other kind, its
+/// canonical CBOR.
 pub fn body_hash(body: &ChangeBody, pruned: &[Hash]) -> Hash {
     let mut h = blake3::Hasher::new();
     match body {
+        ChangeBody::Doc(d) => docs_hash(&mut h, 0, std::slice::from_ref(d), pruned),
+        ChangeBody::DocBatch(b) => docs_hash(&mut h, 1, &b.writes, pruned),
         ChangeBody::Readings(b) => {
             h.update(b"kdelta/seal/readings/v1");
             let mut units: Vec<Hash> = b.series.iter().map(unit_hash).collect();

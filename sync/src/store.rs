@@ -340,6 +340,7 @@ impl Store {
             hlc: meta.hlc,
             value: Some(value.clone()),
             supersedes: ctx,
+            pruned: false,
         })
     }
 
@@ -365,6 +366,7 @@ impl Store {
             hlc: meta.hlc,
             value: None,
             supersedes: ctx,
+            pruned: false,
         })
     }
 
@@ -534,7 +536,8 @@ impl Store {
     }
 
     /// Prunes what `policy` no longer keeps as of `now_ms` (unix ms; tests pass any clock):
-    /// raw readings by age, then rollups (see [`RetentionPolicy`]). Runs as a series of
+    /// raw readings by age, then rollups (see [`RetentionPolicy`]), then the values of old
+    /// document versions (see [`DocRetention`](crate::DocRetention)). Runs as a series of
     /// small writer jobs, each looking at about `step_rows` readings, queued behind the
     /// writes already waiting — ingest is never stalled behind one long delete. Each step
     /// is durable on its own; a failed step ends the pass with its error (what earlier steps
@@ -617,7 +620,13 @@ impl Store {
             total.add(&report);
             cursor = next;
         }
-        if total.readings + total.rollups > 0 {
+        // Document history goes by age and count only (the disk budget prunes readings).
+        if rule.before_ms.is_none() {
+            let policy = Arc::new(rule.policy.clone());
+            self.prune_docs(&policy, rule.now_ms, step_rows, &mut total)
+                .await?;
+        }
+        if total.readings + total.rollups + total.doc_versions > 0 {
             self.reclaim().await?;
         }
         Ok(total)

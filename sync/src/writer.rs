@@ -101,6 +101,14 @@ pub(crate) enum Job {
         budget: usize,
         reply: oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
     },
+    /// One bounded step of the document part of a retention pass (see `doc_retention.rs`).
+    PruneDocs {
+        policy: Arc<crate::RetentionPolicy>,
+        now_ms: i64,
+        cursor: crate::doc_retention::DocPruneCursor,
+        budget: usize,
+        reply: oneshot::Sender<Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>>,
+    },
     /// Gives up to `pages` free pages back to the file system (stores with incremental
     /// auto-vacuum) and, once none are left, checkpoints and truncates the WAL. Runs outside
     /// any write group; answers the pages still free.
@@ -150,6 +158,10 @@ enum Done {
         oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
         Result<(crate::PruneReport, crate::retention::PruneCursor)>,
     ),
+    PruneDocs(
+        oneshot::Sender<Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>>,
+        Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>,
+    ),
 }
 
 impl Done {
@@ -168,6 +180,7 @@ impl Done {
             Done::Bind(_, r) => r.as_ref().err(),
             Done::Heartbeat(_, r) => r.as_ref().err(),
             Done::Prune(_, r) => r.as_ref().err(),
+            Done::PruneDocs(_, r) => r.as_ref().err(),
         }
     }
 
@@ -184,6 +197,7 @@ impl Done {
             Done::Bind(tx, r) => Done::Bind(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
             Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
+            Done::PruneDocs(tx, r) => Done::PruneDocs(tx, r.and(Err(err()))),
         }
     }
 
@@ -200,6 +214,7 @@ impl Done {
             Done::Bind(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::PruneDocs(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
     }
 }
@@ -629,6 +644,7 @@ impl Writer {
             Job::Bind { reply, .. } => Done::Bind(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
+            Job::PruneDocs { reply, .. } => Done::PruneDocs(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -699,7 +715,7 @@ impl Writer {
                     Ok(false) => {
                         let (seq, hlc) = self.next_local();
                         let actor = self.actor;
-                        self.store_doc(actor, seq, hlc, &key, value.as_deref(), None, false)
+                        self.store_doc(actor, seq, hlc, &key, value.as_deref(), None, false, false)
                             .and_then(|ctx| self.seal_local(seq).map(|()| ctx))
                             .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx))
                     }
@@ -774,6 +790,16 @@ impl Writer {
                 budget,
                 reply,
             } => Done::Prune(reply, self.prune_step(&rule, cursor, budget)),
+            Job::PruneDocs {
+                policy,
+                now_ms,
+                cursor,
+                budget,
+                reply,
+            } => Done::PruneDocs(
+                reply,
+                self.prune_docs_step(&policy.docs, now_ms, cursor, budget),
+            ),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -898,6 +924,7 @@ impl Writer {
                         d.value.as_deref(),
                         Some(&d.context),
                         true,
+                        d.pruned,
                     )
                     .map(drop)?,
                 ChangeBody::DocBatch(b) => self.store_remote_batch(c.actor, c.seq, c.hlc, b)?,

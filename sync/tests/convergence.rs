@@ -1,9 +1,12 @@
 //! Property test of the CRDT merge: 3–5 replicas make random local changes (reading batches,
 //! puts, deletes, concurrent puts to the same keys, document batches over several keys —
-//! some resolving only the siblings they name) and exchange changes in random order, in
-//! partial pages, with duplicates and out-of-order deliveries. After a full exchange every
-//! replica has the same version vector, the same digest (incremental and recomputed) and the
-//! same document states.
+//! some resolving only the siblings they name), prune document history at random points
+//! (one policy for all: count limits, an age limit, a key kept whole) and exchange changes in
+//! random order, in partial pages, with duplicates and out-of-order deliveries — so pruned
+//! versions travel as pruned changes, sometimes ahead of the versions that superseded them.
+//! After a full exchange and one more prune everywhere, every replica has the same version
+//! vector, the same digest (incremental and recomputed) and the same document states and
+//! histories.
 
 use kdelta_sync::*;
 use proptest::prelude::*;
@@ -37,6 +40,10 @@ enum Step {
     Local {
         replica: usize,
         op: Op,
+    },
+    /// Document retention on one replica, with [`doc_policy`] at [`prune_now`].
+    Prune {
+        replica: usize,
     },
     /// Deliver the pages `from` has for `to`, page budget in bytes, in a shuffled order with
     /// some pages duplicated.
@@ -78,6 +85,7 @@ fn steps(replicas: usize) -> impl Strategy<Value = Vec<Step>> {
             3 => (0..replicas, op()).prop_map(|(replica, op)| Step::Local { replica, op }),
             1 => (0..replicas, 0..replicas, 1u16..2000, any::<u64>(), any::<bool>())
                 .prop_map(|(from, to, budget, shuffle, dup)| Step::Sync { from, to, budget, shuffle, dup }),
+            1 => (0..replicas).prop_map(|replica| Step::Prune { replica }),
         ],
         1..40,
     )
@@ -175,7 +183,10 @@ async fn deliver(from: &Store, to: &Store, budget: usize, mut shuffle: u64, dup:
     }
 }
 
-async fn doc_states(s: &Store) -> Vec<(String, Option<DocState>, Vec<DocVersion>)> {
+/// Each key's state, siblings and whole history (pruned versions included).
+type KeyState = (String, Option<DocState>, Vec<DocVersion>, Vec<DocVersion>);
+
+async fn doc_states(s: &Store) -> Vec<KeyState> {
     let mut out = Vec::new();
     for k in 0..4 {
         let key = format!("k{k}");
@@ -183,9 +194,48 @@ async fn doc_states(s: &Store) -> Vec<(String, Option<DocState>, Vec<DocVersion>
             key.clone(),
             s.get(&key).await.unwrap(),
             s.siblings(&key).await.unwrap(),
+            s.history(&key, MAX_HISTORY_PAGE, None).await.unwrap(),
         ));
     }
     out
+}
+
+/// The document retention every replica runs: k0 and k1 keep 2 versions, k2 versions
+/// older than a minute (at [`prune_now`], every non-head), k3 everything.
+fn doc_policy() -> RetentionPolicy {
+    let rule = |keep_versions, max_age_ms| DocRule {
+        keep_versions,
+        max_age_ms,
+    };
+    RetentionPolicy {
+        docs: DocRetention {
+            default: rule(Some(2), None),
+            keys: vec![
+                KeyRetention {
+                    pattern: "k2".into(),
+                    rule: rule(None, Some(60_000)),
+                },
+                KeyRetention {
+                    pattern: "k3".into(),
+                    rule: rule(None, None),
+                },
+            ],
+        },
+        ..RetentionPolicy::default()
+    }
+}
+
+/// The `now` of every prune: a day after the wall clock (one value per process, so earlier
+/// prunes never see a later time than the last).
+fn prune_now() -> i64 {
+    static NOW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *NOW.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            + 86_400_000
+    })
 }
 
 fn scenario() -> impl Strategy<Value = (usize, Vec<Step>)> {
@@ -210,15 +260,21 @@ proptest! {
                         deliver(&stores[*from], &stores[*to], *budget as usize, *shuffle | 1, *dup).await
                     }
                     Step::Sync { .. } => {}
+                    Step::Prune { replica } => {
+                        stores[*replica].prune(&doc_policy(), prune_now(), 3).await.unwrap();
+                    }
                 }
             }
-            // Full exchange: a ring twice around reaches everyone.
+            // Full exchange: a ring twice around reaches everyone; then every replica prunes.
             // One page per delivery (a shuffled second page would be a gap, dropped): the
             // budget holds every change with its seal.
             for _ in 0..2 {
                 for i in 0..n {
                     deliver(&stores[i], &stores[(i + 1) % n], 1 << 20, 7, false).await;
                 }
+            }
+            for s in &stores {
+                s.prune(&doc_policy(), prune_now(), 1000).await.unwrap();
             }
             let vv0 = stores[0].version_vector();
             let digest0 = stores[0].digest();
@@ -325,6 +381,9 @@ proptest! {
                         assert!(stores[*to].last_hlc() >= before);
                     }
                     ClockStep::Step(Step::Sync { .. }) => {}
+                    ClockStep::Step(Step::Prune { replica }) => {
+                        stores[*replica].prune(&doc_policy(), prune_now(), 3).await.unwrap();
+                    }
                 }
             }
             // One page per delivery (a shuffled second page would be a gap, dropped): the
@@ -333,6 +392,9 @@ proptest! {
                 for i in 0..n {
                     deliver(&stores[i], &stores[(i + 1) % n], 1 << 20, 7, false).await;
                 }
+            }
+            for s in &stores {
+                s.prune(&doc_policy(), prune_now(), 1000).await.unwrap();
             }
             let vv0 = stores[0].version_vector();
             let digest0 = stores[0].digest();

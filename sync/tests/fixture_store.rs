@@ -213,7 +213,6 @@ async fn migrations_are_recorded_as_sqlx_recorded_them() {
     let (old_rows, new_rows) = (rows(&old), rows(&fresh));
     // The fixture was written at schema v2; later migrations are recorded after its rows.
     assert_eq!(old_rows.len(), 2, "the fixture is a schema 2 store");
-    // (Versions need not be dense: numbers are reserved per branch, 0005 is not here yet.)
     assert_eq!(
         new_rows.last().map(|r| r.0),
         Some(supported_schema_version())

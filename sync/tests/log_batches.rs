@@ -90,6 +90,7 @@ fn reference_load(
                 key,
                 value,
                 context: ciborium::from_reader(&ctx[..]).unwrap(),
+                pruned: false,
             })
         }
         3 => {
@@ -327,6 +328,7 @@ async fn build(dir: &tempfile::TempDir, ops: &[Op]) -> (Store, Vec<Change>) {
                             key,
                             value: value.map(|_| bytes),
                             context: Vec::new(),
+                            pruned: false,
                         }),
                     );
                 }
@@ -431,6 +433,7 @@ fn many_series_changes() -> Vec<Change> {
                 key: format!("doc{}", k % 3),
                 value: Some(bytes),
                 context: Vec::new(),
+                pruned: false,
             })
         } else {
             let mut b = ReadingBatch::new();

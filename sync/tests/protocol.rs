@@ -929,6 +929,7 @@ fn change_strategy() -> impl Strategy<Value = Change> {
                 key,
                 value,
                 context: vec![],
+                pruned: false,
             })
         });
     (
@@ -1717,4 +1718,71 @@ async fn verify_catches_edits_and_accepts_pruned_changes() {
     let f = &report.failures[0];
     assert_eq!((f.actor, f.seq), (Some(a.actor()), Some(2)), "{f}");
     assert!(f.problem.contains("altered"), "{f}");
+}
+
+/// A pruned document version crosses a real session: the device's retention dropped the
+/// values of old versions; the hub, which never had them, gets their changes with the
+/// metadata (so its version vector is dense and nothing is asked for again), shows them as
+/// pruned in history, and reaches the device's digest.
+#[tokio::test]
+async fn pruned_document_versions_cross_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = open(&dir, "device.db").await;
+    let hub = open(&dir, "hub.db").await;
+    for i in 0..4 {
+        device
+            .put("gh/setpoint", &serde_json::json!(i))
+            .await
+            .unwrap();
+    }
+    let keep_one = RetentionPolicy {
+        docs: DocRetention {
+            default: DocRule {
+                keep_versions: Some(1),
+                max_age_ms: None,
+            },
+            keys: Vec::new(),
+        },
+        ..RetentionPolicy::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(
+        device
+            .prune(&keep_one, now, 1000)
+            .await
+            .unwrap()
+            .doc_versions,
+        3
+    );
+    // The pruned versions' changes still prove their bodies: their write hashes stay in the
+    // seal, so the device's own chain verifies and the hub verifies every change it receives.
+    let report = Store::verify_file(dir.path().join("device.db"))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    let (i, r) = sync_once(&device, &hub).await;
+    assert_eq!(i.changes_sent, 4, "{i:?}");
+    assert_eq!(r.changes_applied, 4, "{r:?}");
+    assert_eq!((r.changes_unverified, r.changes_unsigned), (0, 0), "{r:?}");
+    let report = Store::verify_file(dir.path().join("hub.db")).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!(report.signed, 4, "{report:?}");
+    assert_eq!(hub.version_vector(), device.version_vector());
+    assert_eq!(hub.digest(), device.digest());
+    assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
+    let history = hub.history("gh/setpoint", 10, None).await.unwrap();
+    let pruned: Vec<bool> = history.iter().map(|v| v.pruned).collect();
+    assert_eq!(pruned, [false, true, true, true]);
+    assert_eq!(
+        hub.get("gh/setpoint").await.unwrap().unwrap().winner.value,
+        Some(serde_json::json!(3))
+    );
+    // A second session has nothing to send either way.
+    let (i, r) = sync_once(&device, &hub).await;
+    assert_eq!((i.changes_sent, r.changes_sent), (0, 0));
+    device.close().await;
+    hub.close().await;
 }

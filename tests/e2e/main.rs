@@ -17,6 +17,7 @@ mod clones;
 mod cluster;
 mod disk;
 mod doc_batch;
+mod doc_retention;
 mod harness;
 mod mqtt_tls;
 mod proxy;

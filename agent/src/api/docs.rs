@@ -80,7 +80,8 @@ pub struct DocParams {
     after: Option<String>,
 }
 
-/// JSON of one version: `{key, actor, seq, hlc, value, deleted, supersedes: [{actor, seq}]}`.
+/// JSON of one version: `{key, actor, seq, hlc, value, deleted, pruned, supersedes: [{actor,
+/// seq}]}`; `pruned`: retention dropped the value (it is `null`, and not a delete).
 pub fn version_json(v: &DocVersion) -> Value {
     json!({
         "key": v.key,
@@ -89,6 +90,7 @@ pub fn version_json(v: &DocVersion) -> Value {
         "hlc": v.hlc.to_string(),
         "value": v.value,
         "deleted": v.is_tombstone(),
+        "pruned": v.pruned,
         "supersedes": v.supersedes.iter().map(|d| json!({"actor": d.actor.to_string(), "seq": d.seq})).collect::<Vec<_>>(),
     })
 }

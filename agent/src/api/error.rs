@@ -74,6 +74,7 @@ error_codes! {
     SeqGap = 409, "seq_gap", "a change does not follow its actor's previous one";
     TwinExists = 409, "twin_exists", "a twin with this key exists already";
     WrongKind = 409, "wrong_kind", "the key holds a document where a twin is expected, or the reverse";
+    HistoryPruned = 410, "history_pruned", "document retention pruned the version that was current at that point; the message names the oldest point still answered";
     BodyTooLarge = 413, "body_too_large", "the request body is over `api.max_body_bytes`";
     ValueTooLarge = 413, "value_too_large", "the document value is over the store's limit";
     UnsupportedMediaType = 415, "unsupported_media_type", "the body's `Content-Type` is missing, or is not JSON, CBOR or (for a twin patch) JSON Merge Patch";
@@ -205,6 +206,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownKey(_) => ErrorCode::NotFound,
             StoreError::UnknownSeries(_) => ErrorCode::UnknownSeries,
             StoreError::BeforeHistory { .. } => ErrorCode::BeforeHistory,
+            StoreError::HistoryPruned { .. } => ErrorCode::HistoryPruned,
             StoreError::ClockSkew { .. } => ErrorCode::ClockSkew,
             StoreError::SeqGap { .. } => ErrorCode::SeqGap,
             StoreError::Decode { .. } => ErrorCode::MalformedBody,
@@ -252,6 +254,15 @@ mod tests {
                 },
                 404,
                 "before_history",
+            ),
+            (
+                StoreError::HistoryPruned {
+                    key: "k".into(),
+                    at: "unix ms 1".into(),
+                    horizon: kdelta_sync::Hlc::new(5, 0),
+                },
+                410,
+                "history_pruned",
             ),
             (StoreError::InvalidQuery("q".into()), 400, "invalid_query"),
             (

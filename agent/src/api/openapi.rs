@@ -302,7 +302,7 @@ fn routes_document() -> Value {
                 query("after", "`next_after` of the previous page"),
             ], responses("200", ok("Documents", json!({"type": "object", "properties": {
                 "docs": {"type": "array", "items": schema_ref("DocState")},
-                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::Unavailable])) },
+                "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::BadTime, ErrorCode::InvalidQuery, ErrorCode::HistoryPruned, ErrorCode::Unavailable])) },
             "/v1/docs/{key}": {
                 "get": op("A document's value (the deterministic winner among siblings)", vec![
                     key_param(),
@@ -310,6 +310,7 @@ fn routes_document() -> Value {
                 ], responses("200", ok("The document", schema_ref("DocState")), &[
                     ErrorCode::BadTime,
                     ErrorCode::NotFound, ErrorCode::BeforeHistory,
+                    ErrorCode::HistoryPruned,
                     ErrorCode::Unavailable,
                 ])),
                 "put": {
@@ -339,7 +340,7 @@ fn routes_document() -> Value {
                 key_param(),
                 param("from", "query", true, &format!("First point: {AS_OF}")),
                 query("to", &format!("Second point: {AS_OF} (default: now)")),
-            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::HistoryPruned, ErrorCode::Unavailable])) },
             "/v1/docs/{key}/siblings": { "get": op("Concurrent versions of a document (conflicts), newest first", vec![key_param()],
                 responses("200", ok("Siblings", json!({"type": "object", "properties": {
                     "key": {"type": "string"},
@@ -402,7 +403,7 @@ fn routes_document() -> Value {
                 twin_key_param(),
                 param("from", "query", true, &format!("First point: {AS_OF}")),
                 query("to", &format!("Second point: {AS_OF} (default: now)")),
-            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Unavailable])) },
+            ], responses("200", ok("Diff", schema_ref("DocDiff")), &[ErrorCode::BadTime, ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::HistoryPruned, ErrorCode::Unavailable])) },
             "/v1/events": { "get": {
                 "summary": "Server-sent events: `event: change` (data: ChangeEvent JSON) for every durable change passing the filter; `event: lagged` (data `{\"missed\": n}`) when this client fell behind",
                 "parameters": [
@@ -474,7 +475,7 @@ fn store_status_schema() -> Value {
             "since_last_commit_ms": opt_i, "disk_full": opt_s,
             "disk_full_for_ms": opt_i, "last_failure": opt_s}});
     let retention = json!({"type": "object",
-        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `steps`, `held`, `dropped_unacked`, `gaps`), `took_ms`, `error`",
+        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `doc_versions`, `steps`, `held`, `dropped_unacked`, `gaps`), `took_ms`, `error`",
         "additionalProperties": true});
     let budget = json!({"type": "object", "nullable": true,
         "description": "The disk budget (`[retention] max_disk` / `min_free`; null without one): `used_bytes` (database + WAL + shm less free pages), `limit_bytes` (max_disk), `hard_limit_bytes`, `fraction` (used / limit), `min_free_bytes`, `room_bytes` (available + free pages), `holding_unacked` (over budget, keeping readings upstream has not acknowledged), `pruned_total`, `dropped_unacked_total`, `gaps_total` and the `last` pass (`limits`, `before`, `after`, `pruned`, `hard`, `error`)",
@@ -531,6 +532,7 @@ fn schemas() -> Value {
                 "items": {"type": "object", "required": ["actor", "seq"], "properties": {"actor": {"type": "string"}, "seq": {"type": "integer"}}}}}}},
                 "DocVersion": {"type": "object", "properties": {"key": s, "actor": actor, "seq": i, "hlc": hlc, "value": {"nullable": true},
             "deleted": {"type": "boolean"},
+            "pruned": {"type": "boolean", "description": "Document retention dropped this version's value (`value` is null; not a delete)"},
             "supersedes": {"type": "array", "items": {"type": "object", "properties": {"actor": actor, "seq": i}}}}},
         "DocDiff": {"type": "object", "properties": {"key": s, "from": {"nullable": true}, "to": {"nullable": true},
             "changes": {"type": "array", "items": {"type": "object", "properties": {

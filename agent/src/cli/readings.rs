@@ -74,19 +74,29 @@ fn print_status(base: &str, v: &Value) {
             .unwrap_or_default();
         lines.push(("writes", format!("{}/day{wal}", human_bytes(per_day))));
     }
-    if let Some(oldest) = v
+    let oldest = v
         .pointer("/store/horizon/oldest_reading_ms")
-        .and_then(Value::as_i64)
-    {
-        let mut line = format!("oldest reading {}", crate::time::format_rfc3339_ms(oldest));
-        if v.pointer("/store/retention/enabled")
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
-            let total = num("/store/retention/total/readings").unwrap_or(0);
-            line.push_str(&format!("; {total} readings pruned since start"));
+        .and_then(Value::as_i64);
+    let enabled = v
+        .pointer("/store/retention/enabled")
+        .and_then(Value::as_bool)
+        == Some(true);
+    if oldest.is_some() || enabled {
+        let mut parts = Vec::new();
+        if let Some(oldest) = oldest {
+            parts.push(format!(
+                "oldest reading {}",
+                crate::time::format_rfc3339_ms(oldest)
+            ));
         }
-        lines.push(("retention", line));
+        if enabled {
+            let total = num("/store/retention/total/readings").unwrap_or(0);
+            let docs = num("/store/retention/total/doc_versions").unwrap_or(0);
+            parts.push(format!(
+                "{total} readings and {docs} document versions pruned since start"
+            ));
+        }
+        lines.push(("retention", parts.join("; ")));
     }
     if let Some(used) = num("/store/budget/used_bytes") {
         let mut line = human_bytes(used);

@@ -34,6 +34,7 @@ pub struct BudgetSample {
 pub(super) struct RetentionMetrics {
     pruned_readings: Counter,
     pruned_rollups: Counter,
+    pruned_doc_versions: Counter,
     pass_seconds: Histogram,
     disk_full: Gauge,
     write_bytes: Gauge,
@@ -59,6 +60,7 @@ impl Default for RetentionMetrics {
         RetentionMetrics {
             pruned_readings: Counter::default(),
             pruned_rollups: Counter::default(),
+            pruned_doc_versions: Counter::default(),
             // 1 ms … ~65 s.
             pass_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
             disk_full: Gauge::default(),
@@ -80,6 +82,11 @@ impl RetentionMetrics {
             "retention_pruned_rollups",
             "Per-minute rollup rows deleted by retention",
             self.pruned_rollups.clone(),
+        );
+        r.register(
+            "retention_pruned_doc_versions",
+            "Document versions whose value retention pruned (the version stays in history, marked pruned)",
+            self.pruned_doc_versions.clone(),
         );
         r.register(
             "retention_pass_duration_seconds",
@@ -150,6 +157,9 @@ impl Metrics {
     pub fn retention_pass(&self, report: &kdelta_sync::PruneReport, took: std::time::Duration) {
         self.retention.pruned_readings.inc_by(report.readings);
         self.retention.pruned_rollups.inc_by(report.rollups);
+        self.retention
+            .pruned_doc_versions
+            .inc_by(report.doc_versions);
         self.retention.pass_seconds.observe(took.as_secs_f64());
     }
 

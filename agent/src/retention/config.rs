@@ -77,6 +77,8 @@ pub struct RetentionConfig {
     pub rollups: Keep,
     /// Per-series rules, first match wins.
     pub series: Vec<SeriesKeep>,
+    /// Document history (`[retention.docs]`).
+    pub docs: super::DocsKeep,
     /// How often pruning runs.
     #[serde(with = "humantime_serde")]
     pub every: Duration,
@@ -105,6 +107,7 @@ impl Default for RetentionConfig {
             readings: Keep::Forever,
             rollups: Keep::Forever,
             series: Vec::new(),
+            docs: super::DocsKeep::default(),
             every: Duration::from_secs(60),
             step_rows: 5000,
             max_disk: None,
@@ -174,7 +177,7 @@ impl RetentionConfig {
                 );
             }
         }
-        Ok(())
+        self.docs.validate()
     }
 
     /// The disk-budget keys: sizes that make sense together.
@@ -231,6 +234,7 @@ impl RetentionConfig {
                 })
                 .collect(),
             rollups_max_age_ms: self.rollups.as_ms(),
+            docs: self.docs.policy(),
         }
     }
 }
@@ -277,6 +281,43 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "retention.step_rows");
         let c = parse("[[retention.series]]\npattern = \"\"\nkeep = \"1h\"\n").unwrap();
         assert_eq!(c.validate().unwrap_err().key, "retention.series[0].pattern");
+        let c = parse("[retention.docs]\nkeep_versions = 0\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "retention.docs.keep_versions"
+        );
+        let c = parse("[[retention.docs.keys]]\npattern = \"a/*\"\nkeep = \"5s\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.docs.keys[0].keep");
+        let c = parse("[[retention.docs.keys]]\npattern = \"\"\n").unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "retention.docs.keys[0].pattern"
+        );
+        assert!(parse("[retention.docs]\nkeep_version = 3\n").is_err());
+    }
+
+    #[test]
+    fn document_rules_count_age_patterns_and_forever() {
+        let c = parse(
+            "[retention.docs]\nkeep_versions = 10\nkeep = \"90d\"\n\
+             [[retention.docs.keys]]\npattern = \"audit/*\"\nkeep = \"forever\"\nkeep_versions = 2\n\
+             [[retention.docs.keys]]\npattern = \"tmp/*\"\nkeep_versions = 1\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let p = c.policy();
+        assert!(!p.keeps_everything());
+        let d = p.docs.rule("gh/setpoint");
+        assert_eq!(
+            (d.keep_versions, d.max_age_ms),
+            (Some(10), Some(90 * 86_400_000))
+        );
+        assert!(p.docs.rule("audit/x").keeps_everything(), "forever wins");
+        let t = p.docs.rule("tmp/x");
+        assert_eq!((t.keep_versions, t.max_age_ms), (Some(1), None));
+        // Only documents configured: the policy prunes.
+        let only = parse("[retention.docs]\nkeep_versions = 3\n").unwrap();
+        assert!(!only.policy().keeps_everything());
     }
 
     #[test]

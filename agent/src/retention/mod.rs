@@ -1,4 +1,5 @@
-//! Retention: the `[retention]` section ([`RetentionConfig`]) and the loop that applies it
+//! Retention: the `[retention]` section ([`RetentionConfig`], with `[retention.docs]` in
+//! [`DocsKeep`]) and the loop that applies it
 //! ([`retention_loop`]): every `retention.every` it asks the store to prune what the policy no
 //! longer keeps and, with a disk budget (`budget.rs`), the oldest readings beyond it, in small transactions (`retention.step_rows` rows each) queued with ingest,
 //! and records what it did for `/v1/status` and `/metrics`. The pruning itself (what goes,
@@ -7,10 +8,12 @@
 
 mod budget;
 mod config;
+mod docs;
 mod size;
 mod task;
 
 pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
+pub use docs::{DocKeyKeep, DocsKeep};
 pub use size::DiskSize;
 pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};

@@ -1,6 +1,7 @@
-//! The retention loop: every `retention.every`, one age prune pass through the store (small
-//! transactions queued with ingest) and, with a disk budget, one budget pass (`budget.rs`);
-//! their outcome kept in [`RetentionState`] for `/v1/status` and counted in `/metrics`.
+//! The retention loop: every `retention.every`, one age prune pass through the store
+//! (readings, rollups, then document history; small transactions queued with ingest) and,
+//! with a disk budget, one budget pass (`budget.rs`); their outcome kept in
+//! [`RetentionState`] for `/v1/status` and counted in `/metrics`.
 //! Both keep the readings upstream peers have not acknowledged (the registry's
 //! `upstream_acked`); only the budget's hard limit drops them. A failed pass (a full disk, a
 //! busy store) is logged and tried again at the next tick; it never stops the agent.
@@ -194,14 +195,16 @@ async fn age_pass(
     match result {
         Ok(report) => {
             agent.metrics.retention_pass(&report, took);
-            if report.readings + report.rollups > 0 {
+            if report.readings + report.rollups + report.doc_versions > 0 {
                 tracing::info!(
                     readings = report.readings,
                     rollups = report.rollups,
+                    doc_versions = report.doc_versions,
                     steps = report.steps,
-                    "retention pruned {} readings and {} rollup rows in {}",
+                    "retention pruned {} readings, {} rollup rows and {} document versions in {}",
                     report.readings,
                     report.rollups,
+                    report.doc_versions,
                     humantime::format_duration(round_ms(took))
                 );
             }

@@ -15,7 +15,7 @@ const ex = {
   listKind: "docs", // what the key list shows
   kind: "docs", // the open key's kind
   key: null,
-  versions: [], // newest first: { actor, seq, hlc, ms, value?, deleted?, paths? }
+  versions: [], // newest first: { actor, seq, hlc, ms, value?, deleted?, pruned?, paths? }
   pick: { a: null, b: null }, // HLCs picked for the diff
   asOfTimer: 0,
   asOfSeq: 0, // answers of older slider positions are dropped
@@ -150,7 +150,7 @@ function showHistory() {
     const whenCell = el("td");
     whenCell.append(when);
     const change = ex.kind === "docs"
-      ? (v.deleted ? "(deleted)" : JSON.stringify(v.value))
+      ? (v.deleted ? "(deleted)" : v.pruned ? "(value pruned by retention)" : JSON.stringify(v.value))
       : `${v.paths.join(", ") || "(no paths)"}${v.truncated ? " …" : ""}`;
     tr.append(pickCell("a", v.hlc), pickCell("b", v.hlc), whenCell, el("td", v.hlc),
       el("td", `${short(v.actor)}:${v.seq}`, "mono"), el("td", change, "change"));
@@ -199,8 +199,11 @@ function asOf() {
       const r = await getJson(`${route(KIND[kind].value, key)}?${q}`);
       text = json(r.value);
     } catch (e) {
-      if (!notFound(e)) { report(e); return; }
-      text = "(did not exist, or deleted, at this time)";
+      if (e instanceof ApiError && e.status === 410) {
+        text = `(pruned by retention: ${e.message})`;
+      } else if (!notFound(e)) { report(e); return; } else {
+        text = "(did not exist, or deleted, at this time)";
+      }
     }
     if (seq === ex.asOfSeq) $("ex-asof-value").textContent = text;
   }, 60);

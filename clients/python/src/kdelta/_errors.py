@@ -57,7 +57,8 @@ class Unauthorized(ApiError):
 
 
 class NotFound(ApiError):
-    """404: no such document, twin, series or route (``not_found``, ``unknown_series``, …)."""
+    """404: no such document, twin, series or route (``not_found``, ``unknown_series``, …);
+    also 410 ``history_pruned``: retention pruned the value current at the as-of point."""
 
 
 class Conflict(ApiError):
@@ -96,6 +97,7 @@ _BY_CODE: Dict[str, Type[ApiError]] = {
     "not_found": NotFound,
     "unknown_series": NotFound,
     "before_history": NotFound,
+    "history_pruned": NotFound,
     "no_route": NotFound,
     "unknown_peer": NotFound,
     "bad_request": BadRequest,
