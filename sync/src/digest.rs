@@ -33,6 +33,45 @@ impl Digest {
         }
     }
 
+    /// Adds every element hash of one change: the readings it holds per series (and its
+    /// timing record), each document version it writes, its twin change or its time
+    /// correction. This is the one definition of what a change contributes, whichever store
+    /// holds it (SQLite on devices, PostgreSQL on a hub), so replicas on either agree.
+    pub fn add_change(&mut self, c: &crate::Change) {
+        use crate::ChangeBody;
+        match &c.body {
+            ChangeBody::Readings(b) => {
+                for s in &b.series {
+                    self.add(&readings_hash(&c.actor, c.seq, &s.name, &s.ts, &s.values));
+                }
+                if let Some(t) = &b.timing {
+                    self.add(&timing_hash(&c.actor, c.seq, t));
+                }
+            }
+            ChangeBody::TimeCorrection(t) => self.add(&correction_hash(
+                &c.actor,
+                c.seq,
+                c.hlc,
+                &crate::correct::encode_correction(t),
+            )),
+            ChangeBody::Doc(d) => self.add(&doc_write_hash(c, d)),
+            ChangeBody::DocBatch(b) => {
+                for d in &b.writes {
+                    self.add(&doc_write_hash(c, d));
+                }
+            }
+            ChangeBody::Twin(t) => {
+                self.add(&twin_hash(&c.actor, c.seq, c.hlc, &t.key, &t.change));
+            }
+        }
+    }
+
+    /// Adds another digest (the multiset union of what both cover, e.g. per-actor digests
+    /// summed into a store's).
+    pub fn add_digest(&mut self, other: &Digest) {
+        self.add(&other.0);
+    }
+
     /// Builds a digest from stored bytes (32 bytes; anything else is the empty digest).
     pub fn from_slice(b: &[u8]) -> Digest {
         b.try_into().map(Digest).unwrap_or_default()

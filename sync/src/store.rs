@@ -675,37 +675,7 @@ impl Store {
             let Some(last) = page.last() else { break };
             after = last.0;
             for (_, c) in page.iter().filter(|(_, c)| keep(c)) {
-                match &c.body {
-                    ChangeBody::Readings(b) => {
-                        for s in &b.series {
-                            digest.add(&crate::digest::readings_hash(
-                                &c.actor, c.seq, &s.name, &s.ts, &s.values,
-                            ));
-                        }
-                        if let Some(t) = &b.timing {
-                            digest.add(&crate::digest::timing_hash(&c.actor, c.seq, t));
-                        }
-                    }
-                    ChangeBody::TimeCorrection(t) => {
-                        digest.add(&crate::digest::correction_hash(
-                            &c.actor,
-                            c.seq,
-                            c.hlc,
-                            &crate::correct::encode_correction(t),
-                        ));
-                    }
-                    ChangeBody::Doc(d) => digest.add(&crate::digest::doc_write_hash(c, d)),
-                    ChangeBody::DocBatch(b) => {
-                        for d in &b.writes {
-                            digest.add(&crate::digest::doc_write_hash(c, d));
-                        }
-                    }
-                    ChangeBody::Twin(t) => {
-                        digest.add(&crate::digest::twin_hash(
-                            &c.actor, c.seq, c.hlc, &t.key, &t.change,
-                        ));
-                    }
-                }
+                digest.add_change(c);
             }
         }
         Ok(digest)
