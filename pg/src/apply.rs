@@ -157,7 +157,10 @@ impl PgStore {
         };
         let mut attempt = 0;
         loop {
-            match self.apply_once(std::slice::from_ref(&template), Some(now)).await {
+            match self
+                .apply_once(std::slice::from_ref(&template), Some(now))
+                .await
+            {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
                 Ok(_) => break,
@@ -183,8 +186,12 @@ impl PgStore {
         .fetch_one(&self.inner.pool)
         .await
         .map_err(PgError::db("reading the hub's last change"))?;
-        let seq: i64 = row.try_get(0).map_err(PgError::db("reading the hub's last change"))?;
-        let hlc: i64 = row.try_get(1).map_err(PgError::db("reading the hub's last change"))?;
+        let seq: i64 = row
+            .try_get(0)
+            .map_err(PgError::db("reading the hub's last change"))?;
+        let hlc: i64 = row
+            .try_get(1)
+            .map_err(PgError::db("reading the hub's last change"))?;
         Ok((seq as u64, Hlc(hlc as u64)))
     }
 
@@ -276,7 +283,9 @@ impl PgStore {
                 .await
                 .map_err(PgError::db(CTX))?;
         }
-        tx.commit().await.map_err(PgError::db("committing a page of changes"))?;
+        tx.commit()
+            .await
+            .map_err(PgError::db("committing a page of changes"))?;
         Ok(ApplyOutcome {
             applied: fresh.len(),
             skipped,
@@ -461,7 +470,12 @@ async fn ids_by_name(
         .await
         .map_err(PgError::db(column))?;
     rows.into_iter()
-        .map(|r| Ok((r.try_get(1).map_err(PgError::db(column))?, r.try_get(0).map_err(PgError::db(column))?)))
+        .map(|r| {
+            Ok((
+                r.try_get(1).map_err(PgError::db(column))?,
+                r.try_get(0).map_err(PgError::db(column))?,
+            ))
+        })
         .collect()
 }
 
@@ -499,9 +513,11 @@ async fn insert_readings(
             val.extend_from_slice(&s.values);
             if s.unit.is_some() || !s.meta.is_empty() {
                 let meta = serde_json::to_string(&s.meta).unwrap_or_else(|_| "{}".into());
-                let entry = attrs
-                    .entry((series_id, c.actor))
-                    .or_insert((c.hlc.0, s.unit.as_deref(), meta.clone()));
+                let entry = attrs.entry((series_id, c.actor)).or_insert((
+                    c.hlc.0,
+                    s.unit.as_deref(),
+                    meta.clone(),
+                ));
                 if c.hlc.0 >= entry.0 {
                     *entry = (c.hlc.0, s.unit.as_deref(), meta);
                 }
@@ -559,7 +575,12 @@ async fn insert_readings(
              SELECT * FROM unnest($1::int8[], $2::bytea[], $3::int8[])",
         )
         .bind(timed.iter().map(|t| t.0).collect::<Vec<_>>())
-        .bind(timed.iter().map(|t| t.1.boot_id.0.to_vec()).collect::<Vec<_>>())
+        .bind(
+            timed
+                .iter()
+                .map(|t| t.1.boot_id.0.to_vec())
+                .collect::<Vec<_>>(),
+        )
         .bind(timed.iter().map(|t| t.1.offset_ms).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await
@@ -589,7 +610,12 @@ async fn insert_docs(
     if writes.is_empty() {
         return Ok(());
     }
-    let keys = ids_by_name(tx, "doc_keys", writes.iter().map(|w| w.3.key.as_str()).collect()).await?;
+    let keys = ids_by_name(
+        tx,
+        "doc_keys",
+        writes.iter().map(|w| w.3.key.as_str()).collect(),
+    )
+    .await?;
     let mut superseded: BTreeSet<(i64, Vec<u8>, i64)> = BTreeSet::new();
     let (mut cid, mut ord, mut kid, mut hlc, mut value, mut context) = (
         Vec::new(),

@@ -123,7 +123,9 @@ async fn create(pool: &PgPool, month: i64) -> Result<()> {
                 "INSERT INTO {name} SELECT * FROM readings_default WHERE ts >= {lo} AND ts < {hi}"
             ),
             format!("DELETE FROM readings_default WHERE ts >= {lo} AND ts < {hi}"),
-            format!("ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})"),
+            format!(
+                "ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})"
+            ),
         ] {
             sqlx::query(AssertSqlSafe(sql))
                 .execute(&mut *tx)
@@ -151,7 +153,10 @@ mod tests {
         assert_eq!(partition_name(0), "readings_y1970m01");
         assert_eq!(month_of(month_start_ms(m) - 1), m - 1);
         // Leap day 2024-02-29 is in February.
-        assert_eq!(partition_name(month_of(1_709_164_800_000)), "readings_y2024m02");
+        assert_eq!(
+            partition_name(month_of(1_709_164_800_000)),
+            "readings_y2024m02"
+        );
         for k in -24..2000 {
             assert_eq!(month_of(month_start_ms(k)), k);
             assert_eq!(month_of(month_start_ms(k + 1) - 1), k);

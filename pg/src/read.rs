@@ -109,10 +109,11 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(PgError::db(ctx))?;
-        let actors = sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(PgError::db(ctx))?;
+        let actors =
+            sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(PgError::db(ctx))?;
         let mut chosen: Vec<LogRow> = Vec::new();
         let mut used = 0usize;
         'actors: for a in actors {
@@ -288,11 +289,12 @@ async fn load_twins(conn: &mut PgConnection, ids: &[i64]) -> Result<HashMap<i64,
         return Ok(out);
     }
     let ctx = "reading twin changes";
-    let rows = sqlx::query("SELECT change_id, key, bytes FROM twin_changes WHERE change_id = ANY($1)")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
-        .map_err(PgError::db(ctx))?;
+    let rows =
+        sqlx::query("SELECT change_id, key, bytes FROM twin_changes WHERE change_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await
+            .map_err(PgError::db(ctx))?;
     for r in rows {
         out.insert(
             r.try_get::<i64, _>(0).map_err(PgError::db(ctx))?,
@@ -335,7 +337,9 @@ async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<R
                         boot_id: BootId(boot),
                         offset_ms: r.try_get(2).map_err(PgError::db(ctx))?,
                     },
-                    r.try_get::<Option<i64>, _>(3).map_err(PgError::db(ctx))?.unwrap_or(0),
+                    r.try_get::<Option<i64>, _>(3)
+                        .map_err(PgError::db(ctx))?
+                        .unwrap_or(0),
                 ),
             );
         }

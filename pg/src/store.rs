@@ -101,7 +101,13 @@ impl PgStore {
     /// [`PgError::SchemaTooNew`], each naming the server and never the password.
     pub async fn connect(url: &str, config: PgConfig) -> Result<PgStore> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            let scheme: String = url.split("://").next().unwrap_or("").chars().take(20).collect();
+            let scheme: String = url
+                .split("://")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(20)
+                .collect();
             return Err(PgError::InvalidUrl(format!(
                 "it must start with postgres:// or postgresql://, not {scheme:?}"
             )));

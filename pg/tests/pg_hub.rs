@@ -92,8 +92,18 @@ async fn device(dir: &tempfile::TempDir, name: &str) -> Store {
 async fn busy_device(s: &Store, tag: i64) {
     let mut b = ReadingBatch::new();
     for i in 0..50 {
-        b.push("greenhouse.temp", T0 + tag * 1000 + i * 10, 20.0 + i as f64, Some("°C"));
-        b.push("greenhouse.rh", T0 + tag * 1000 + i * 10, 50.0 + i as f64, Some("%"));
+        b.push(
+            "greenhouse.temp",
+            T0 + tag * 1000 + i * 10,
+            20.0 + i as f64,
+            Some("°C"),
+        );
+        b.push(
+            "greenhouse.rh",
+            T0 + tag * 1000 + i * 10,
+            50.0 + i as f64,
+            Some("%"),
+        );
     }
     b.series[0].meta.insert("room".into(), format!("r{tag}"));
     s.append(b).await.unwrap();
@@ -172,7 +182,10 @@ async fn a_pg_hub_and_sqlite_devices_exchange_every_change_kind_and_agree() {
     sync(&a, &hub, 2_000).await;
     sync(&b, &hub, 1 << 20).await;
     // Everything again: skipped, nothing stored twice.
-    let again = a.changes_since(&VersionVector::new(), 1 << 20).await.unwrap();
+    let again = a
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
     let n = again.len();
     let outcome = hub.apply_remote(again).await.unwrap();
     assert_eq!((outcome.applied, outcome.skipped), (0, n));
@@ -184,7 +197,10 @@ async fn a_pg_hub_and_sqlite_devices_exchange_every_change_kind_and_agree() {
     let mut vv = a.version_vector();
     vv.merge(&b.version_vector());
     assert_eq!(hub.version_vector().await.unwrap(), vv);
-    assert_eq!(db.count("SELECT count(*) FROM {s}.changes").await as u64, vv.total());
+    assert_eq!(
+        db.count("SELECT count(*) FROM {s}.changes").await as u64,
+        vv.total()
+    );
     // Readings are stored once, in month partitions and the default one.
     assert_eq!(
         db.count("SELECT count(*) FROM {s}.readings").await,
@@ -210,7 +226,11 @@ async fn a_pg_hub_and_sqlite_devices_exchange_every_change_kind_and_agree() {
     assert_eq!(c.verify_digest().await.unwrap(), expected);
     sync(&b, &a, 1 << 20).await;
     for key in ["k/a", "k/b", "k/c", "k/d"] {
-        assert_eq!(c.siblings(key).await.unwrap(), a.siblings(key).await.unwrap(), "{key}");
+        assert_eq!(
+            c.siblings(key).await.unwrap(),
+            a.siblings(key).await.unwrap(),
+            "{key}"
+        );
     }
     assert_eq!(
         c.twin_get("twin/1").await.unwrap().map(|t| t.value),
@@ -219,7 +239,9 @@ async fn a_pg_hub_and_sqlite_devices_exchange_every_change_kind_and_agree() {
     // The anchors a page carries.
     let actor = a.actor();
     assert_eq!(
-        hub.hlcs_at(&[(actor, 2), (actor, 999), (actor, 1)]).await.unwrap(),
+        hub.hlcs_at(&[(actor, 2), (actor, 999), (actor, 1)])
+            .await
+            .unwrap(),
         a.hlcs_at(&[(actor, 2), (actor, 1)]).await.unwrap()
     );
     hub.close().await;
@@ -234,13 +256,18 @@ async fn a_gap_refuses_the_whole_page_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = device(&dir, "a.db").await;
     busy_device(&a, 1).await;
-    let all = a.changes_since(&VersionVector::new(), 1 << 20).await.unwrap();
+    let all = a
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
     let hub = db.replica().await;
     // seqs 1, 2 and then 4: refused as a whole, naming the missing seq.
     let page = vec![all[0].clone(), all[1].clone(), all[3].clone()];
     let err = hub.apply_remote(page).await.unwrap_err();
     match &err {
-        PgError::Store(StoreError::SeqGap { have: 2, got: 4, .. }) => {}
+        PgError::Store(StoreError::SeqGap {
+            have: 2, got: 4, ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     assert!(err.to_string().contains("seq 3 is missing"), "{err}");
@@ -249,13 +276,18 @@ async fn a_gap_refuses_the_whole_page_and_stores_nothing() {
     assert_eq!(db.count("SELECT count(*) FROM {s}.changes").await, 0);
     assert_eq!(db.count("SELECT count(*) FROM {s}.readings").await, 0);
     // Through the ChangeLog interface the error is the embedded store's own.
-    let err = ChangeLog::apply_remote(&hub, vec![all[2].clone()]).await.unwrap_err();
+    let err = ChangeLog::apply_remote(&hub, vec![all[2].clone()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "seq_gap");
     // A bad change is refused before anything is looked at.
     let mut bad = all[0].clone();
     bad.seq = 0;
     assert_eq!(
-        ChangeLog::apply_remote(&hub, vec![bad]).await.unwrap_err().code(),
+        ChangeLog::apply_remote(&hub, vec![bad])
+            .await
+            .unwrap_err()
+            .code(),
         "decode"
     );
     hub.close().await;
@@ -278,11 +310,18 @@ async fn two_replicas_applying_overlapping_pages_at_once_store_each_change_once(
         for i in 0..40i64 {
             let mut b = ReadingBatch::new();
             for j in 0..20 {
-                b.push(&format!("s{}", j % 4), T0 + i * 1000 + j, (d * 1000 + i) as f64, Some("V"));
+                b.push(
+                    &format!("s{}", j % 4),
+                    T0 + i * 1000 + j,
+                    (d * 1000 + i) as f64,
+                    Some("V"),
+                );
             }
             s.append(b).await.unwrap();
             if i % 7 == 0 {
-                s.put(&format!("doc/{}", i % 3), &json!({"d": d, "i": i})).await.unwrap();
+                s.put(&format!("doc/{}", i % 3), &json!({"d": d, "i": i}))
+                    .await
+                    .unwrap();
             }
         }
         sync(&s, &reference, 1 << 20).await;
@@ -318,7 +357,10 @@ async fn two_replicas_applying_overlapping_pages_at_once_store_each_change_once(
     let vv = reference.version_vector();
     assert_eq!(r1.version_vector().await.unwrap(), vv);
     assert_eq!(r2.version_vector().await.unwrap(), vv);
-    assert_eq!(db.count("SELECT count(*) FROM {s}.changes").await as u64, vv.total());
+    assert_eq!(
+        db.count("SELECT count(*) FROM {s}.changes").await as u64,
+        vv.total()
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM {s}.readings").await,
         3 * 40 * 20
@@ -348,11 +390,19 @@ async fn two_replicas_applying_overlapping_pages_at_once_store_each_change_once(
     let hub_actor = r1.actor();
     let vv = r1.version_vector().await.unwrap();
     assert_eq!(vv.get(&hub_actor), 30);
-    let mine = pages_for(&r1, &VersionVector::new(), usize::MAX).await.concat();
+    let mine = pages_for(&r1, &VersionVector::new(), usize::MAX)
+        .await
+        .concat();
     let mine: Vec<&Change> = mine.iter().filter(|c| c.actor == hub_actor).collect();
     assert_eq!(mine.len(), 30);
-    assert!(mine.windows(2).all(|w| w[0].seq + 1 == w[1].seq && w[0].hlc < w[1].hlc));
-    assert_eq!(r2.verify_digest().await.unwrap(), r1.digest().await.unwrap());
+    assert!(
+        mine.windows(2)
+            .all(|w| w[0].seq + 1 == w[1].seq && w[0].hlc < w[1].hlc)
+    );
+    assert_eq!(
+        r2.verify_digest().await.unwrap(),
+        r1.digest().await.unwrap()
+    );
     r1.close().await;
     r2.close().await;
     db.drop().await;
@@ -378,7 +428,10 @@ async fn a_database_of_a_newer_schema_is_refused_naming_both_versions() {
         .await
         .unwrap_err();
     match &err {
-        PgError::SchemaTooNew { found: 99, supported } => {
+        PgError::SchemaTooNew {
+            found: 99,
+            supported,
+        } => {
             assert_eq!(*supported, kdelta_pg::supported_schema_version())
         }
         other => panic!("{other:?}"),
@@ -425,7 +478,10 @@ async fn a_refused_role_or_database_is_named() {
     let Some(db) = TestDb::new("refused").await else {
         return;
     };
-    let wrong_user = db.options().username("kdelta_no_such_role").password("s3cret");
+    let wrong_user = db
+        .options()
+        .username("kdelta_no_such_role")
+        .password("s3cret");
     let err = PgStore::connect_with(wrong_user, PgConfig::default())
         .await
         .unwrap_err();
@@ -456,19 +512,38 @@ enum Op {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Local { device: usize, op: Op },
+    Local {
+        device: usize,
+        op: Op,
+    },
     /// Device → hub (`up`) or hub → device, pages of `budget` bytes delivered shuffled, the
     /// first one twice when `dup`.
-    Sync { device: usize, up: bool, budget: u16, shuffle: u64, dup: bool },
+    Sync {
+        device: usize,
+        up: bool,
+        budget: u16,
+        shuffle: u64,
+        dup: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..3, any::<u16>(), 1u8..20).prop_map(|(series, start, n)| Op::Batch { series, start, n }),
+        (0u8..3, any::<u16>(), 1u8..20).prop_map(|(series, start, n)| Op::Batch {
+            series,
+            start,
+            n
+        }),
         (0u8..4, any::<i32>()).prop_map(|(key, value)| Op::Put { key, value }),
         (0u8..4).prop_map(|key| Op::Delete { key }),
-        proptest::collection::btree_map(0u8..4, proptest::option::weighted(0.8, any::<i32>()), 1..4)
-            .prop_map(|m| Op::DocBatch { keys: m.into_iter().collect() }),
+        proptest::collection::btree_map(
+            0u8..4,
+            proptest::option::weighted(0.8, any::<i32>()),
+            1..4
+        )
+        .prop_map(|m| Op::DocBatch {
+            keys: m.into_iter().collect()
+        }),
     ]
 }
 
@@ -488,12 +563,19 @@ async fn run_local(s: &Store, device: usize, op: &Op) {
         Op::Batch { series, start, n } => {
             let mut b = ReadingBatch::new();
             for i in 0..*n as i64 {
-                b.push(&format!("s{series}"), T0 + *start as i64 * 10 + i, (device * 1000) as f64 + i as f64, Some("V"));
+                b.push(
+                    &format!("s{series}"),
+                    T0 + *start as i64 * 10 + i,
+                    (device * 1000) as f64 + i as f64,
+                    Some("V"),
+                );
             }
             s.append(b).await.unwrap();
         }
         Op::Put { key, value } => {
-            s.put(&format!("k{key}"), &json!({"v": value, "by": device})).await.unwrap();
+            s.put(&format!("k{key}"), &json!({"v": value, "by": device}))
+                .await
+                .unwrap();
         }
         Op::Delete { key } => match s.delete(&format!("k{key}")).await {
             Ok(_) | Err(StoreError::UnknownKey(_)) => {}
@@ -503,8 +585,8 @@ async fn run_local(s: &Store, device: usize, op: &Op) {
             let entries = keys
                 .iter()
                 .map(|(k, v)| match v {
-                    Some(v) => BatchEntry::put(&format!("k{k}"), json!({"v": v, "batch": device})),
-                    None => BatchEntry::delete(&format!("k{k}")),
+                    Some(v) => BatchEntry::put(format!("k{k}"), json!({"v": v, "batch": device})),
+                    None => BatchEntry::delete(format!("k{k}")),
                 })
                 .collect();
             match s.write_batch(entries).await {
@@ -535,12 +617,18 @@ async fn deliver(
         pages.swap(i, (shuffle % (i as u64 + 1)) as usize);
     }
     for page in pages {
-        let before = (to.version_vector().await.unwrap(), to.digest().await.unwrap());
+        let before = (
+            to.version_vector().await.unwrap(),
+            to.digest().await.unwrap(),
+        );
         match to.apply_remote(page).await {
             Ok(_) => {}
             Err(StoreError::SeqGap { .. }) => assert_eq!(
                 before,
-                (to.version_vector().await.unwrap(), to.digest().await.unwrap()),
+                (
+                    to.version_vector().await.unwrap(),
+                    to.digest().await.unwrap()
+                ),
                 "a refused page changed the receiver"
             ),
             Err(e) => panic!("apply failed: {e}"),

@@ -76,7 +76,11 @@ impl ChangeLog for Store {
         Ok(Store::digest(self))
     }
 
-    async fn changes_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Vec<Change>> {
+    async fn changes_since(
+        &self,
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Vec<Change>> {
         Store::changes_since(self, theirs, byte_budget).await
     }
 
