@@ -83,7 +83,7 @@ impl PgStore {
             .await?;
         let mut attempt = 0;
         let outcome = loop {
-            match self.apply_once(&changes, None).await {
+            match self.apply_once(&changes, None).await.map(|r| r.0) {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "page conflicted with another replica; again");
@@ -149,67 +149,54 @@ impl PgStore {
             .partitions
             .ensure(&self.inner.pool, fill_months(months), now)
             .await?;
-        let template = Change {
+        let mut change = Change {
             actor: self.inner.actor,
             seq: 0,
             hlc: Hlc(0),
             body: ChangeBody::Readings(batch),
         };
         let mut attempt = 0;
-        loop {
+        let (seq, hlc) = loop {
+            // Never behind what this replica issued or observed, nor its best trusted time.
+            let floor = self.clock().now();
             match self
-                .apply_once(std::slice::from_ref(&template), Some(now))
+                .apply_once(std::slice::from_ref(&change), Some(floor))
                 .await
             {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
-                Ok(_) => break,
+                Ok((_, stamped)) => {
+                    break stamped.ok_or_else(|| {
+                        PgError::Store(StoreError::Decode {
+                            what: "a change of the hub",
+                            detail: "it was not stamped".into(),
+                        })
+                    })?;
+                }
             }
-        }
-        // `apply_once` stamped the change; read it back from the clock it moved.
-        let (seq, hlc) = self.last_local().await?;
+        };
         let _ = self.clock().observe(hlc);
-        Ok(Change {
-            seq,
-            hlc,
-            ..template
-        })
+        change.seq = seq;
+        change.hlc = hlc;
+        Ok(change)
     }
 
-    /// The seq and HLC of the hub actor's last change.
-    async fn last_local(&self) -> Result<(u64, Hlc)> {
-        let row = sqlx::query(
-            "SELECT c.seq, c.hlc FROM changes c JOIN actors a ON a.idx = c.actor_idx \
-             WHERE a.actor = $1 ORDER BY c.seq DESC LIMIT 1",
-        )
-        .bind(self.inner.actor.as_bytes().as_slice())
-        .fetch_one(&self.inner.pool)
-        .await
-        .map_err(PgError::db("reading the hub's last change"))?;
-        let seq: i64 = row
-            .try_get(0)
-            .map_err(PgError::db("reading the hub's last change"))?;
-        let hlc: i64 = row
-            .try_get(1)
-            .map_err(PgError::db("reading the hub's last change"))?;
-        Ok((seq as u64, Hlc(hlc as u64)))
-    }
-
-    /// One attempt: lock the actors, check, write, commit. With `local_wall_ms`, `changes`
-    /// is one change of the hub's own actor whose seq and HLC are assigned here.
+    /// One attempt: lock the actors, check, write, commit. With `local` (an HLC floor),
+    /// `changes` is one change of the hub's own actor whose seq and HLC are assigned here
+    /// and returned.
     async fn apply_once(
         &self,
         changes: &[Change],
-        local_wall_ms: Option<i64>,
-    ) -> Result<ApplyOutcome> {
+        local: Option<Hlc>,
+    ) -> Result<(ApplyOutcome, Option<(u64, Hlc)>)> {
         let mut tx = self.inner.pool.begin().await.map_err(PgError::db(CTX))?;
         let mut actors = lock_actors(&mut tx, &unique_actors(changes)).await?;
         let stamped;
-        let changes = match local_wall_ms {
-            Some(wall) => {
+        let changes = match local {
+            Some(floor) => {
                 let mut c = changes[0].clone();
                 c.seq = actors[&c.actor].max_seq + 1;
-                c.hlc = stamp(&mut tx, wall).await?;
+                c.hlc = stamp(&mut tx, floor).await?;
                 stamped = [c];
                 &stamped[..]
             }
@@ -236,7 +223,7 @@ impl PgStore {
                     }
                     .into());
                 }
-                if local_wall_ms.is_none() {
+                if local.is_none() {
                     clock.check(c.hlc).map_err(|e| StoreError::ClockSkew {
                         actor: c.actor,
                         remote: e.remote,
@@ -250,10 +237,11 @@ impl PgStore {
         }
         if fresh.is_empty() {
             tx.rollback().await.map_err(PgError::db(CTX))?;
-            return Ok(ApplyOutcome {
+            let outcome = ApplyOutcome {
                 applied: 0,
                 skipped,
-            });
+            };
+            return Ok((outcome, None));
         }
         let idx: HashMap<ActorId, i64> = actors.iter().map(|(a, r)| (*a, r.idx)).collect();
         let ids = insert_changes(&mut tx, &fresh, &idx).await?;
@@ -286,10 +274,12 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(PgError::db("committing a page of changes"))?;
-        Ok(ApplyOutcome {
+        let stamped = local.map(|_| (fresh[0].seq, fresh[0].hlc));
+        let outcome = ApplyOutcome {
             applied: fresh.len(),
             skipped,
-        })
+        };
+        Ok((outcome, stamped))
     }
 }
 
@@ -360,10 +350,10 @@ async fn lock_actors(
 }
 
 /// The next HLC of the hub's own actor: above the shared clock, above every HLC stored,
-/// and not behind `wall_ms`. The hub actor's row is locked by the caller, so replicas
-/// stamp one at a time.
-async fn stamp(tx: &mut Transaction<'_, Postgres>, wall_ms: i64) -> Result<Hlc> {
-    let wall = Hlc::new(wall_ms.max(0) as u64, 0).0 as i64;
+/// and not below `floor` (this replica's clock). The hub actor's row is locked by the
+/// caller, so replicas stamp one at a time.
+async fn stamp(tx: &mut Transaction<'_, Postgres>, floor: Hlc) -> Result<Hlc> {
+    let wall = floor.0 as i64;
     let hlc: i64 = sqlx::query_scalar(
         "UPDATE hub_clock SET hlc = GREATEST(hlc + 1, $1, \
          (SELECT COALESCE(MAX(hlc), 0) + 1 FROM changes)) WHERE id = 1 RETURNING hlc",

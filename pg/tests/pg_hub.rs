@@ -395,6 +395,13 @@ async fn two_replicas_applying_overlapping_pages_at_once_store_each_change_once(
         .concat();
     let mine: Vec<&Change> = mine.iter().filter(|c| c.actor == hub_actor).collect();
     assert_eq!(mine.len(), 30);
+    // Each caller got back the change as stored.
+    written.sort_by_key(|c| c.seq);
+    assert_eq!(
+        written.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<u64>>()
+    );
+    assert!(written.iter().zip(&mine).all(|(w, m)| w == *m));
     assert!(
         mine.windows(2)
             .all(|w| w[0].seq + 1 == w[1].seq && w[0].hlc < w[1].hlc)
