@@ -271,6 +271,18 @@ impl PgStore {
                 .await
                 .map_err(PgError::db(CTX))?;
         }
+        // Delivered to every replica's `ChangeFeed` at commit, dropped on rollback.
+        let announcements: Vec<String> = actors
+            .iter()
+            .filter(|(a, _)| fresh.iter().any(|c| c.actor == **a))
+            .map(|(a, row)| crate::feed::payload(*a, row.max_seq))
+            .collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(crate::feed::CHANNEL)
+            .bind(&announcements)
+            .execute(&mut *tx)
+            .await
+            .map_err(PgError::db("announcing a page of changes"))?;
         tx.commit()
             .await
             .map_err(PgError::db("committing a page of changes"))?;

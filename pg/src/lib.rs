@@ -10,9 +10,10 @@
 //!
 //! It implements [`kdelta_sync::ChangeLog`], the replication half of a store. Readings live
 //! once, in a table partitioned by month; documents and twin changes in plain tables. The
-//! hub's actor id and clock are shared by its replicas in the database. Not yet: the agent's
-//! `[store] backend = "postgres"`, live mode across replicas (LISTEN/NOTIFY) and queries —
-//! see `docs/hub.md`.
+//! hub's actor id and clock are shared by its replicas in the database, and every commit is
+//! announced to all of them ([`PgStore::listen`], LISTEN/NOTIFY). Not yet: the agent's
+//! `[store] backend = "postgres"`, the sync session on this store, and queries — see
+//! `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -34,11 +35,13 @@
 mod apply;
 mod codec;
 mod error;
+mod feed;
 pub mod partitions;
 mod read;
 mod schema;
 mod store;
 
 pub use error::{PgError, Result};
+pub use feed::{CHANNEL, ChangeFeed, FeedEvent};
 pub use schema::supported_schema_version;
 pub use store::{PgConfig, PgStore};

@@ -13,7 +13,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use kdelta_pg::{PgConfig, PgError, PgStore};
+use kdelta_pg::{FeedEvent, PgConfig, PgError, PgStore};
 use kdelta_sync::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -410,6 +410,61 @@ async fn two_replicas_applying_overlapping_pages_at_once_store_each_change_once(
         r2.verify_digest().await.unwrap(),
         r1.digest().await.unwrap()
     );
+    r1.close().await;
+    r2.close().await;
+    db.drop().await;
+}
+
+/// A commit on one replica is announced to the others (LISTEN/NOTIFY): what live sync on a
+/// replica needs to push a change another replica stored. A refused page announces nothing.
+#[tokio::test]
+async fn a_commit_on_one_replica_is_announced_to_the_others() {
+    let Some(db) = TestDb::new("feed").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(&dir, "a.db").await;
+    busy_device(&a, 1).await;
+    let all = a
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
+    let (r1, r2) = (db.replica().await, db.replica().await);
+    let mut feed = r2.listen().await.unwrap();
+    // A gap: refused, nothing committed, nothing announced.
+    assert!(r1.apply_remote(vec![all[1].clone()]).await.is_err());
+    r1.apply_remote(all[..3].to_vec()).await.unwrap();
+    r1.apply_remote(all[3..].to_vec()).await.unwrap();
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while heard.last().map(|e: &FeedEvent| *e)
+        != Some(FeedEvent::Committed {
+            actor: a.actor(),
+            max_seq: all.len() as u64,
+        })
+    {
+        match tokio::time::timeout_at(deadline, feed.next()).await {
+            Ok(event) => heard.push(event.unwrap()),
+            Err(_) => panic!("not announced within 10 s; heard {heard:?}"),
+        }
+    }
+    // Other tests' schemas share the server's channel: keep this actor's announcements.
+    heard.retain(|e| matches!(e, FeedEvent::Committed { actor, .. } if *actor == a.actor()));
+    assert_eq!(
+        heard,
+        vec![
+            FeedEvent::Committed {
+                actor: a.actor(),
+                max_seq: 3
+            },
+            FeedEvent::Committed {
+                actor: a.actor(),
+                max_seq: all.len() as u64
+            },
+        ]
+    );
+    // The feed holds one of r2's pooled connections: closing r2 waits for it.
+    drop(feed);
     r1.close().await;
     r2.close().await;
     db.drop().await;
