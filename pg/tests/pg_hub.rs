@@ -435,9 +435,9 @@ async fn a_commit_on_one_replica_is_announced_to_the_others() {
     assert!(r1.apply_remote(vec![all[1].clone()]).await.is_err());
     r1.apply_remote(all[..3].to_vec()).await.unwrap();
     r1.apply_remote(all[3..].to_vec()).await.unwrap();
-    let mut heard = Vec::new();
+    let mut heard: Vec<FeedEvent> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while heard.last().map(|e: &FeedEvent| *e)
+    while heard.last().copied()
         != Some(FeedEvent::Committed {
             actor: a.actor(),
             max_seq: all.len() as u64,
