@@ -38,6 +38,7 @@ mod error;
 mod feed;
 pub mod partitions;
 mod read;
+mod rows;
 mod schema;
 mod store;
 
