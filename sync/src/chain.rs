@@ -469,7 +469,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
             };
             for (c, (body_hash, seal)) in changes.iter().zip(stored) {
                 report.changes += 1;
-                crate::digest::add_change(&mut digest, c);
+                digest.add_change(c);
                 if c.seq != last_seq + 1 {
                     fail(
                         &mut report,

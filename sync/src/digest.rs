@@ -33,6 +33,52 @@ impl Digest {
         }
     }
 
+    /// Adds every element hash of one change as served (what it still holds after
+    /// retention): the readings it holds per series (and its timing record), each document
+    /// version it writes (a pruned one as such), its twin change, its time correction or its
+    /// gap record. This is the one definition of what a change contributes, whichever store
+    /// holds it (SQLite on devices, PostgreSQL on a hub), so replicas on either agree.
+    pub fn add_change(&mut self, c: &crate::Change) {
+        use crate::ChangeBody;
+        match &c.body {
+            ChangeBody::Readings(b) => {
+                for s in &b.series {
+                    self.add(&readings_hash(&c.actor, c.seq, &s.name, &s.ts, &s.values));
+                }
+                if let Some(t) = &b.timing {
+                    self.add(&timing_hash(&c.actor, c.seq, t));
+                }
+            }
+            ChangeBody::TimeCorrection(t) => self.add(&correction_hash(
+                &c.actor,
+                c.seq,
+                c.hlc,
+                &crate::correct::encode_correction(t),
+            )),
+            ChangeBody::Doc(d) => self.add(&doc_write_hash(c, d)),
+            ChangeBody::DocBatch(b) => {
+                for d in &b.writes {
+                    self.add(&doc_write_hash(c, d));
+                }
+            }
+            ChangeBody::Twin(t) => {
+                self.add(&twin_hash(&c.actor, c.seq, c.hlc, &t.key, &t.change));
+            }
+            ChangeBody::Gap(g) => self.add(&crate::gap::gap_hash(
+                &c.actor,
+                c.seq,
+                c.hlc,
+                &crate::gap::encode_gap(g),
+            )),
+        }
+    }
+
+    /// Adds another digest (the multiset union of what both cover, e.g. per-actor digests
+    /// summed into a store's).
+    pub fn add_digest(&mut self, other: &Digest) {
+        self.add(&other.0);
+    }
+
     /// Builds a digest from stored bytes (32 bytes; anything else is the empty digest).
     pub fn from_slice(b: &[u8]) -> Digest {
         b.try_into().map(Digest).unwrap_or_default()
@@ -48,46 +94,6 @@ impl fmt::Display for Digest {
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Digest({self})")
-    }
-}
-
-/// Adds the elements of one change as served (what it still holds) to `digest`.
-pub(crate) fn add_change(digest: &mut Digest, c: &crate::Change) {
-    use crate::ChangeBody;
-    match &c.body {
-        ChangeBody::Readings(b) => {
-            for s in &b.series {
-                digest.add(&readings_hash(&c.actor, c.seq, &s.name, &s.ts, &s.values));
-            }
-            if let Some(t) = &b.timing {
-                digest.add(&timing_hash(&c.actor, c.seq, t));
-            }
-        }
-        ChangeBody::TimeCorrection(t) => {
-            digest.add(&correction_hash(
-                &c.actor,
-                c.seq,
-                c.hlc,
-                &crate::correct::encode_correction(t),
-            ));
-        }
-        ChangeBody::Doc(d) => digest.add(&doc_write_hash(c, d)),
-        ChangeBody::DocBatch(b) => {
-            for d in &b.writes {
-                digest.add(&doc_write_hash(c, d));
-            }
-        }
-        ChangeBody::Twin(t) => {
-            digest.add(&twin_hash(&c.actor, c.seq, c.hlc, &t.key, &t.change));
-        }
-        ChangeBody::Gap(g) => {
-            digest.add(&crate::gap::gap_hash(
-                &c.actor,
-                c.seq,
-                c.hlc,
-                &crate::gap::encode_gap(g),
-            ));
-        }
     }
 }
 

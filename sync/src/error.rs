@@ -27,6 +27,20 @@ pub enum StoreError {
         /// Whether that underlying error was transient (busy, locked, I/O).
         transient: bool,
     },
+    /// A store backend other than the embedded SQLite one (the hub's PostgreSQL, crate
+    /// `kdelta-pg`) failed; `context` says what the store was doing.
+    #[error("{backend} error while {context}: {source}")]
+    Backend {
+        /// The backend, e.g. "PostgreSQL".
+        backend: &'static str,
+        /// What the store was doing, e.g. "applying a page of changes".
+        context: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether retrying may succeed (connection lost, serialization failure, timeout).
+        transient: bool,
+    },
     /// Creating the data directory or reading a file failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -231,6 +245,7 @@ impl StoreError {
         match self {
             StoreError::Database { source, .. } => sqlite_transient(source),
             StoreError::WriteGroup { transient, .. } => *transient,
+            StoreError::Backend { transient, .. } => *transient,
             StoreError::DiskFull { .. } => true,
             StoreError::BatchEntry { source, .. } => source.is_transient(),
             _ => false,
@@ -287,7 +302,9 @@ impl StoreError {
     /// A short stable machine-readable code, used in API errors and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            StoreError::Database { .. } | StoreError::WriteGroup { .. } => "database",
+            StoreError::Database { .. }
+            | StoreError::WriteGroup { .. }
+            | StoreError::Backend { .. } => "database",
             StoreError::Io { .. } => "io",
             StoreError::SchemaTooNew { .. } => "schema_too_new",
             StoreError::InvalidBatch(_) | StoreError::InvalidDocBatch(_) => "invalid_batch",

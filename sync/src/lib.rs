@@ -70,6 +70,7 @@ mod actor;
 pub mod backup;
 mod chain;
 mod change;
+mod change_log;
 mod correct;
 mod counts;
 mod digest;
@@ -108,6 +109,7 @@ pub use change::{
     MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,
     TwinChange, check_reading, validate_key, validate_series_name,
 };
+pub use change_log::ChangeLog;
 pub use digest::Digest;
 pub use doc_batch::{BatchEntry, DocBatch};
 pub use doc_retention::{DocRetention, DocRule, KeyRetention};

@@ -880,7 +880,7 @@ impl Store {
             let Some(last) = page.last() else { break };
             after = last.0;
             for (_, c) in page.iter().filter(|(_, c)| keep(c)) {
-                crate::digest::add_change(&mut digest, c);
+                digest.add_change(c);
             }
         }
         Ok(digest)

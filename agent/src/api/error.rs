@@ -217,7 +217,9 @@ impl From<StoreError> for ApiError {
             StoreError::DiskFull { .. } => ErrorCode::DiskFull,
             // A failing database (busy, I/O error, full disk, pool closed while stopping) is
             // the store being unavailable; the client may retry.
-            StoreError::Database { .. } | StoreError::WriteGroup { .. } => ErrorCode::Unavailable,
+            StoreError::Database { .. }
+            | StoreError::WriteGroup { .. }
+            | StoreError::Backend { .. } => ErrorCode::Unavailable,
             e if e.is_transient() => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         };

@@ -1,0 +1,48 @@
+//! # kdelta-pg — the hub's change log on PostgreSQL
+//!
+//! When one hub machine is not enough, several stateless hub processes share one PostgreSQL
+//! database. The change log is a grow-only set keyed by `(actor, seq)`, so replicas insert
+//! concurrently without coordinating beyond a row lock per actor: [`PgStore`] applies pages
+//! of changes atomically and idempotently (two replicas receiving the same change store it
+//! once; seq gaps are refused as on SQLite), serves the changes a peer lacks page by page, and
+//! computes the version vector and the digest from the database — the same digest as the
+//! devices' SQLite stores, so a PostgreSQL hub and its devices agree on one value.
+//!
+//! It implements [`kdelta_sync::ChangeLog`], the replication half of a store. Readings live
+//! once, in a table partitioned by month; documents and twin changes in plain tables. The
+//! hub's actor id and clock are shared by its replicas in the database, and every commit is
+//! announced to all of them ([`PgStore::listen`], LISTEN/NOTIFY). Not yet: the agent's
+//! `[store] backend = "postgres"`, the sync session on this store, and queries — see
+//! `docs/hub.md`.
+//!
+//! ## Example
+//! ```no_run
+//! # async fn example() -> Result<(), kdelta_pg::PgError> {
+//! use kdelta_pg::{PgConfig, PgStore};
+//! use kdelta_sync::{ReadingBatch, VersionVector};
+//!
+//! let hub = PgStore::connect("postgres://kdelta@127.0.0.1:5432/kdelta", PgConfig::default()).await?;
+//! let mut batch = ReadingBatch::new();
+//! batch.push("greenhouse.temp", 1_764_000_000_000, 21.5, Some("°C"));
+//! let change = hub.append(batch).await?; // a change of the hub's own actor, durable here
+//! let page = hub.changes_since(&VersionVector::new(), 1 << 20).await?;
+//! assert_eq!(page.last(), Some(&change));
+//! // A device's SQLite store applies the page; both then have the same digest.
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod apply;
+mod codec;
+mod error;
+mod feed;
+pub mod partitions;
+mod read;
+mod rows;
+mod schema;
+mod store;
+
+pub use error::{PgError, Result};
+pub use feed::{CHANNEL, ChangeFeed, FeedEvent};
+pub use schema::supported_schema_version;
+pub use store::{PgConfig, PgStore};

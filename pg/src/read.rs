@@ -1,0 +1,409 @@
+//! Reading the change log: the version vector and digest (from the `actors` rows, which
+//! apply transactions keep exact), the changes a peer lacks page by page, and anchors. A
+//! page is read in one `REPEATABLE READ` snapshot, so it is consistent while other replicas
+//! write. Bodies are loaded with one statement per kind for the whole page: readings by
+//! (series, time range, change) through the partitioned table, documents, twin changes.
+
+use std::collections::HashMap;
+
+use kdelta_sync::{
+    ActorId, BootId, Change, ChangeBody, Digest, DocBatch, DocWrite, Hlc, ReadingBatch,
+    ReadingTiming, SeriesPoints, StoreError, TwinChange, VersionVector,
+};
+use sqlx::{PgConnection, Row};
+
+use crate::codec::{decode_context, decode_correction, decode_gap, decode_manifest, decode_seal};
+use crate::error::{PgError, Result};
+use crate::store::PgStore;
+
+/// Change-log rows read per statement.
+const LOG_PAGE: i64 = 256;
+
+/// A change-log row whose body is not loaded yet.
+struct LogRow {
+    id: i64,
+    actor: ActorId,
+    seq: u64,
+    hlc: Hlc,
+    kind: i16,
+    manifest: Option<Vec<u8>>,
+    seal: Option<Vec<u8>>,
+}
+
+fn actor_of(bytes: &[u8]) -> Result<ActorId> {
+    ActorId::from_slice(bytes).ok_or_else(|| {
+        PgError::Store(StoreError::Decode {
+            what: "stored actor id",
+            detail: format!("{} bytes instead of 16", bytes.len()),
+        })
+    })
+}
+
+impl PgStore {
+    /// What the hub holds: actor → highest contiguous seq (from the database, so every
+    /// replica answers the same).
+    pub async fn version_vector(&self) -> Result<VersionVector> {
+        let ctx = "reading the version vector";
+        let rows = sqlx::query("SELECT actor, max_seq FROM actors WHERE max_seq > 0")
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(PgError::db(ctx))?;
+        vector_of(rows, ctx)
+    }
+
+    /// What the hub holds of `actors` only (actors it holds nothing of are left out).
+    pub async fn version_vector_of(&self, actors: &[ActorId]) -> Result<VersionVector> {
+        let ctx = "reading the version vector";
+        let bytes: Vec<Vec<u8>> = actors.iter().map(|a| a.as_bytes().to_vec()).collect();
+        let rows =
+            sqlx::query("SELECT actor, max_seq FROM actors WHERE max_seq > 0 AND actor = ANY($1)")
+                .bind(&bytes)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(PgError::db(ctx))?;
+        vector_of(rows, ctx)
+    }
+
+    /// The canonical digest of everything the hub holds: the sum of the per-actor digests
+    /// kept by the apply transactions (one row per actor, no scan of the changes).
+    pub async fn digest(&self) -> Result<Digest> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM actors")
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(PgError::db("reading the digest"))?;
+        let mut digest = Digest::default();
+        for d in rows {
+            digest.add_digest(&Digest::from_slice(&d));
+        }
+        Ok(digest)
+    }
+
+    /// Recomputes the digest from the stored changes (a full scan): a check that the
+    /// per-actor digests match what is really stored.
+    pub async fn verify_digest(&self) -> Result<Digest> {
+        let mut digest = Digest::default();
+        let mut seen = VersionVector::new();
+        loop {
+            let page = self.changes_since(&seen, 1 << 20).await?;
+            if page.is_empty() {
+                return Ok(digest);
+            }
+            for c in &page {
+                digest.add_change(c);
+                seen.set(c.actor, c.seq);
+            }
+        }
+    }
+
+    /// The changes the hub holds that a replica with vector `theirs` lacks, in per-actor
+    /// seq order (actors in id order), filling at most `byte_budget` bytes of
+    /// [`Change::encoded_len`] (exact, kept in the log); at least one change is returned
+    /// when any is missing, whatever its size.
+    pub async fn changes_since(
+        &self,
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Vec<Change>> {
+        let ctx = "reading the change log";
+        let mut tx = self.inner.pool.begin().await.map_err(PgError::db(ctx))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(PgError::db(ctx))?;
+        let actors =
+            sqlx::query("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(PgError::db(ctx))?;
+        let mut chosen: Vec<LogRow> = Vec::new();
+        let mut used = 0usize;
+        'actors: for a in actors {
+            let idx: i64 = a.try_get(0).map_err(PgError::db(ctx))?;
+            let actor = actor_of(&a.try_get::<Vec<u8>, _>(1).map_err(PgError::db(ctx))?)?;
+            let max = a.try_get::<i64, _>(2).map_err(PgError::db(ctx))? as u64;
+            let mut from = theirs.get(&actor);
+            while from < max {
+                let rows = sqlx::query(
+                    "SELECT id, seq, hlc, kind, bytes, manifest, seal FROM changes \
+                     WHERE actor_idx = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                )
+                .bind(idx)
+                .bind(from as i64)
+                .bind(max as i64)
+                .bind(LOG_PAGE)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(PgError::db(ctx))?;
+                let full = rows.len() as i64 == LOG_PAGE;
+                for r in rows {
+                    let size = r.try_get::<i32, _>(4).map_err(PgError::db(ctx))?.max(0) as usize;
+                    if !chosen.is_empty() && used + size > byte_budget {
+                        break 'actors;
+                    }
+                    used += size;
+                    let row = LogRow {
+                        id: r.try_get(0).map_err(PgError::db(ctx))?,
+                        actor,
+                        seq: r.try_get::<i64, _>(1).map_err(PgError::db(ctx))? as u64,
+                        hlc: Hlc(r.try_get::<i64, _>(2).map_err(PgError::db(ctx))? as u64),
+                        kind: r.try_get(3).map_err(PgError::db(ctx))?,
+                        manifest: r.try_get(5).map_err(PgError::db(ctx))?,
+                        seal: r.try_get(6).map_err(PgError::db(ctx))?,
+                    };
+                    from = row.seq;
+                    chosen.push(row);
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        let changes = load(&mut tx, chosen).await?;
+        tx.commit().await.map_err(PgError::db(ctx))?;
+        Ok(changes)
+    }
+
+    /// The HLCs of the changes held at the given `(actor, seq)`s, in the order asked (those
+    /// not held are left out): the anchors a sync page carries.
+    pub async fn hlcs_at(&self, dots: &[(ActorId, u64)]) -> Result<Vec<(ActorId, u64, Hlc)>> {
+        if dots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = "reading the change log";
+        let actors: Vec<Vec<u8>> = dots.iter().map(|d| d.0.as_bytes().to_vec()).collect();
+        let seqs: Vec<i64> = dots.iter().map(|d| d.1 as i64).collect();
+        let rows = sqlx::query(
+            "SELECT d.actor, d.seq, c.hlc FROM unnest($1::bytea[], $2::int8[]) WITH ORDINALITY AS d(actor, seq, ord) \
+             JOIN actors a ON a.actor = d.actor JOIN changes c ON c.actor_idx = a.idx AND c.seq = d.seq \
+             ORDER BY d.ord",
+        )
+        .bind(&actors)
+        .bind(&seqs)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(PgError::db(ctx))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    actor_of(&r.try_get::<Vec<u8>, _>(0).map_err(PgError::db(ctx))?)?,
+                    r.try_get::<i64, _>(1).map_err(PgError::db(ctx))? as u64,
+                    Hlc(r.try_get::<i64, _>(2).map_err(PgError::db(ctx))? as u64),
+                ))
+            })
+            .collect()
+    }
+}
+
+fn vector_of(rows: Vec<sqlx::postgres::PgRow>, ctx: &'static str) -> Result<VersionVector> {
+    let mut vv = VersionVector::new();
+    for r in rows {
+        let a = actor_of(&r.try_get::<Vec<u8>, _>(0).map_err(PgError::db(ctx))?)?;
+        vv.set(a, r.try_get::<i64, _>(1).map_err(PgError::db(ctx))? as u64);
+    }
+    Ok(vv)
+}
+
+/// Loads the bodies of `rows`; returns their changes in the same order.
+async fn load(conn: &mut PgConnection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
+    let ids = |kinds: &[i16]| -> Vec<i64> {
+        rows.iter()
+            .filter(|r| kinds.contains(&r.kind))
+            .map(|r| r.id)
+            .collect()
+    };
+    let mut docs = load_docs(conn, &ids(&[2, 5])).await?;
+    let mut twins = load_twins(conn, &ids(&[3])).await?;
+    let mut readings = load_readings(conn, &rows).await?;
+    let missing = |id: i64, what: &str| {
+        PgError::Store(StoreError::Decode {
+            what: "change log row",
+            detail: format!("change {id} has no {what}"),
+        })
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let body = match row.kind {
+            1 => ChangeBody::Readings(std::mem::take(&mut readings[i])),
+            2 => ChangeBody::Doc(
+                docs.remove(&row.id)
+                    .and_then(|mut w| w.pop())
+                    .ok_or_else(|| missing(row.id, "document version"))?,
+            ),
+            5 => ChangeBody::DocBatch(DocBatch {
+                writes: docs
+                    .remove(&row.id)
+                    .ok_or_else(|| missing(row.id, "document versions"))?,
+            }),
+            3 => ChangeBody::Twin(
+                twins
+                    .remove(&row.id)
+                    .ok_or_else(|| missing(row.id, "twin change"))?,
+            ),
+            4 => ChangeBody::TimeCorrection(decode_correction(
+                row.manifest.as_deref().unwrap_or_default(),
+            )?),
+            6 => ChangeBody::Gap(decode_gap(row.manifest.as_deref().unwrap_or_default())?),
+            other => {
+                return Err(PgError::Store(StoreError::Decode {
+                    what: "change log row",
+                    detail: format!("unknown change kind {other}"),
+                }));
+            }
+        };
+        out.push(Change {
+            actor: row.actor,
+            seq: row.seq,
+            hlc: row.hlc,
+            body,
+            seal: row.seal.as_deref().map(decode_seal).transpose()?,
+        });
+    }
+    Ok(out)
+}
+
+/// The versions each document change wrote, in write order.
+async fn load_docs(conn: &mut PgConnection, ids: &[i64]) -> Result<HashMap<i64, Vec<DocWrite>>> {
+    let mut out: HashMap<i64, Vec<DocWrite>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let ctx = "reading document changes";
+    let rows = sqlx::query(
+        "SELECT v.change_id, k.key, v.value, v.context, v.pruned FROM doc_versions v \
+         JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = ANY($1) ORDER BY v.change_id, v.ord",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .map_err(PgError::db(ctx))?;
+    for r in rows {
+        let id: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
+        out.entry(id).or_default().push(DocWrite {
+            key: r.try_get(1).map_err(PgError::db(ctx))?,
+            value: r.try_get(2).map_err(PgError::db(ctx))?,
+            context: decode_context(&r.try_get::<Vec<u8>, _>(3).map_err(PgError::db(ctx))?)?,
+            pruned: r.try_get(4).map_err(PgError::db(ctx))?,
+        });
+    }
+    Ok(out)
+}
+
+async fn load_twins(conn: &mut PgConnection, ids: &[i64]) -> Result<HashMap<i64, TwinChange>> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let ctx = "reading twin changes";
+    let rows =
+        sqlx::query("SELECT change_id, key, bytes FROM twin_changes WHERE change_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await
+            .map_err(PgError::db(ctx))?;
+    for r in rows {
+        out.insert(
+            r.try_get::<i64, _>(0).map_err(PgError::db(ctx))?,
+            TwinChange {
+                key: r.try_get(1).map_err(PgError::db(ctx))?,
+                change: r.try_get(2).map_err(PgError::db(ctx))?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The readings batch of every row (empty for other kinds), series in manifest order, at
+/// the times the change carried (a corrected change's readings are stored moved by its
+/// delta and given back at the original times).
+async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<ReadingBatch>> {
+    let ctx = "reading the readings of changes";
+    let timed: Vec<i64> = rows.iter().filter(|r| r.kind == 1).map(|r| r.id).collect();
+    let mut timings: HashMap<i64, (ReadingTiming, i64)> = HashMap::new();
+    if !timed.is_empty() {
+        let found = sqlx::query(
+            "SELECT change_id, boot_id, offset_ms, delta_ms FROM reading_timing WHERE change_id = ANY($1)",
+        )
+        .bind(&timed)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(PgError::db(ctx))?;
+        for r in found {
+            let boot: Vec<u8> = r.try_get(1).map_err(PgError::db(ctx))?;
+            let boot: [u8; 16] = boot.try_into().map_err(|_| {
+                PgError::Store(StoreError::Decode {
+                    what: "timing record",
+                    detail: "boot id is not 16 bytes".into(),
+                })
+            })?;
+            timings.insert(
+                r.try_get(0).map_err(PgError::db(ctx))?,
+                (
+                    ReadingTiming {
+                        boot_id: BootId(boot),
+                        offset_ms: r.try_get(2).map_err(PgError::db(ctx))?,
+                    },
+                    r.try_get::<Option<i64>, _>(3)
+                        .map_err(PgError::db(ctx))?
+                        .unwrap_or(0),
+                ),
+            );
+        }
+    }
+    let mut batches = Vec::with_capacity(rows.len());
+    let mut deltas = Vec::with_capacity(rows.len());
+    // One wanted (change, series, time range) per manifest entry, and where it goes.
+    let (mut w_change, mut w_name, mut w_lo, mut w_hi, mut w_at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, row) in rows.iter().enumerate() {
+        let mut batch = ReadingBatch::new();
+        let timing = timings.get(&row.id);
+        batch.timing = timing.map(|t| t.0);
+        let delta = timing.map_or(0, |t| t.1);
+        deltas.push(delta);
+        if row.kind == 1 {
+            let entries = decode_manifest(row.manifest.as_deref().unwrap_or_default())?;
+            for (j, e) in entries.into_iter().enumerate() {
+                w_change.push(row.id);
+                w_name.push(e.name.clone());
+                w_lo.push(e.ts_min.saturating_add(delta));
+                w_hi.push(e.ts_max.saturating_add(delta));
+                w_at.push((i, j));
+                batch.series.push(SeriesPoints {
+                    name: e.name,
+                    unit: e.unit,
+                    meta: e.meta,
+                    ts: Vec::with_capacity(e.count.min(1 << 16) as usize),
+                    values: Vec::with_capacity(e.count.min(1 << 16) as usize),
+                });
+            }
+        }
+        batches.push(batch);
+    }
+    if w_change.is_empty() {
+        return Ok(batches);
+    }
+    let found = sqlx::query(
+        "SELECT w.ord, r.ts, r.value \
+         FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY AS w(change_id, name, lo, hi, ord) \
+         JOIN series s ON s.name = w.name \
+         JOIN readings r ON r.series_id = s.id AND r.change_id = w.change_id AND r.ts BETWEEN w.lo AND w.hi \
+         ORDER BY w.ord, r.ts",
+    )
+    .bind(&w_change)
+    .bind(&w_name)
+    .bind(&w_lo)
+    .bind(&w_hi)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(PgError::db(ctx))?;
+    for r in found {
+        let ord: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
+        let Some(&(i, j)) = usize::try_from(ord - 1).ok().and_then(|k| w_at.get(k)) else {
+            continue;
+        };
+        let s = &mut batches[i].series[j];
+        s.ts.push(r.try_get::<i64, _>(1).map_err(PgError::db(ctx))? - deltas[i]);
+        s.values.push(r.try_get(2).map_err(PgError::db(ctx))?);
+    }
+    Ok(batches)
+}
