@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::disk::Tmpfs;
 use crate::harness::{Agent, eventually};
 use crate::proxy::Proxy;
-use crate::{all_readings, client, get_json, post};
+use crate::{all_readings, client, get_json, metrics_text, post};
 
 const TOKEN: &str = "budget-test-token";
 /// Readings per POST.
@@ -49,14 +49,7 @@ async fn status(c: &reqwest::Client, agent: &Agent) -> Value {
 }
 
 async fn metric(c: &reqwest::Client, agent: &Agent, name: &str) -> f64 {
-    let text = c
-        .get(agent.at("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(c, agent).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::harness::{Agent, eventually};
 use super::sync::{TOKEN, converge, ingest};
-use super::{client, get_json, put_json};
+use super::{client, get_json, metrics_text, put_json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -164,12 +164,7 @@ async fn a_device_a_year_ahead_is_quarantined_and_others_keep_syncing() {
         q["message"].as_str().unwrap().contains(ahead_actor),
         "{entry}"
     );
-    let metrics = reqwest::get(hub.at("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client(), &hub).await;
     assert!(
         metrics
             .lines()

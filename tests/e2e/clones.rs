@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::cluster::Node;
 use super::harness::{Endpoint, eventually};
 use super::sync::{converge, ingest};
-use super::{client, get_json};
+use super::{client, get_json, metrics_text};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const ORIGINAL: &str = "original-token-0123456789";
@@ -95,14 +95,7 @@ async fn a_hub_reports_a_cloned_device_and_keeps_syncing_the_rest() {
     ] {
         assert!(message.contains(&part), "{part:?} in {message}");
     }
-    let metrics = c
-        .get(hub.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &hub).await;
     assert!(
         metrics.contains("kdelta_sync_actor_forks_total{peer=\"copy\",direction=\"inbound\"}"),
         "{metrics}"

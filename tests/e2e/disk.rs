@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Agent, eventually};
 use crate::systemd::{Notifications, is_ping};
-use crate::{all_readings, client, code, get_json, post};
+use crate::{all_readings, client, code, get_json, metrics_text, post};
 
 /// A tmpfs mounted on a temp dir for one test; unmounted (lazily) on drop.
 pub(crate) struct Tmpfs {
@@ -107,14 +107,7 @@ async fn ingest(
 }
 
 async fn metric(c: &reqwest::Client, agent: &Agent, line_prefix: &str) -> f64 {
-    let text = c
-        .get(agent.at("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(c, agent).await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())

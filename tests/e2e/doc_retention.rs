@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Agent, eventually};
 use crate::sync::{TOKEN, converge, device_config, hub};
-use crate::{client, get_json, put_json};
+use crate::{client, get_json, metrics_text, put_json};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -80,14 +80,7 @@ async fn an_agent_prunes_document_history_and_a_hub_receives_what_remains() {
     let message = err["error"]["message"].as_str().unwrap();
     assert!(message.contains(&hlcs[3]), "names the horizon: {message}");
 
-    let metrics = c
-        .get(device.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &device).await;
     assert!(
         metrics.contains("kdelta_retention_pruned_doc_versions_total 3"),
         "{metrics}"

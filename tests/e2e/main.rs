@@ -63,6 +63,17 @@ async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, v)
 }
 
+/// The agent's Prometheus text (`GET /metrics`).
+async fn metrics_text(c: &reqwest::Client, a: &impl harness::Endpoint) -> String {
+    c.get(a.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 async fn post(c: &reqwest::Client, url: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
     let r = c
         .post(url)
@@ -503,14 +514,7 @@ async fn bad_input_is_refused_with_the_right_code_and_nothing_is_stored() {
     assert_eq!(series["series"], json!([]));
 
     // The refusals are counted.
-    let metrics = c
-        .get(agent.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &agent).await;
     assert!(
         metrics.contains(r#"kdelta_ingest_rejected_total{source="http",code="invalid_batch"}"#),
         "{metrics}"
@@ -806,14 +810,7 @@ async fn health_readiness_metrics_openapi_sources() {
         "{sources}"
     );
 
-    let metrics = c
-        .get(agent.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &agent).await;
     for name in [
         "kdelta_build_info{version=",
         "kdelta_readings_ingested_total{source=",

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use super::harness::{Agent, eventually};
+use super::metrics_text;
 use super::sync::ingest;
 use super::tls::Pki;
 
@@ -205,14 +206,7 @@ async fn mqtt_client_certificate_is_presented_to_a_broker_that_requires_one() {
             .then_some(())
     })
     .await;
-    let metrics = c
-        .get(without.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &without).await;
     assert!(
         metrics.contains("kdelta_mqtt_connected 0"),
         "the agent without a certificate is not connected:\n{metrics}"

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::harness::{Agent, eventually, run_to_end};
-use crate::{all_readings, client, get_json, post};
+use crate::{all_readings, client, get_json, metrics_text, post};
 
 const DAY: i64 = 86_400_000;
 
@@ -92,14 +92,7 @@ async fn an_agent_prunes_by_age_and_shows_it() {
     assert!(st["store"]["wear"]["write_bytes"].is_u64(), "{st}");
     assert_eq!(st["counts"]["readings"], 130, "{st}");
 
-    let metrics = c
-        .get(agent.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &agent).await;
     assert!(
         metrics.contains("kdelta_retention_pruned_readings_total 120"),
         "{metrics}"

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::harness::{Agent, eventually};
 use super::sync::{converge, ingest};
-use super::{client, get_json};
+use super::{client, get_json, metrics_text};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const TOKEN_A: &str = "device-a-token-0123456789";
@@ -41,12 +41,7 @@ async fn actor(c: &reqwest::Client, a: &Agent) -> String {
 }
 
 async fn metric(a: &Agent, prefix: &str) -> u64 {
-    let text = reqwest::get(a.at("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&client(), a).await;
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

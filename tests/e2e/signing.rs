@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::harness::{Agent, eventually, run_to_end};
 use super::sync::{converge, ingest};
-use super::{client, get_json};
+use super::{client, get_json, metrics_text};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const CLI: Duration = Duration::from_secs(120);
@@ -28,12 +28,7 @@ async fn verify(data_dir: &Path) -> (Option<i32>, String) {
 }
 
 async fn metric(a: &Agent, prefix: &str) -> u64 {
-    let text = reqwest::get(a.at("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&client(), a).await;
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
