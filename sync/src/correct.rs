@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::digest::correction_hash;
 use crate::ingest::{MINUTE_MS, ROLLUP_REPLACE, decode_manifest, minute_aggs};
+use crate::stored_cbor;
 use crate::timing::ranges_of;
 use crate::writer::Writer;
 use crate::{
@@ -28,17 +29,12 @@ const MAX_CORRECTED_PER_CHANGE: usize = 10_000;
 
 /// Encodes a correction's body as stored in `changes.manifest` (and hashed).
 pub(crate) fn encode_correction(c: &TimeCorrection) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(c, &mut out).expect("encoding a time correction into memory");
-    out
+    stored_cbor::encode(c)
 }
 
 /// Decodes a stored correction body.
 pub(crate) fn decode_correction(bytes: &[u8]) -> Result<TimeCorrection> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "stored time correction",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "stored time correction")
 }
 
 impl Writer {

@@ -11,6 +11,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::digest::{doc_hash, doc_pruned_hash};
 use crate::doc_batch::MAX_DOT_CBOR_BYTES;
+use crate::stored_cbor;
 use crate::writer::{LocalDocWrite, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, ChangeMeta, DocBatch, Dot, Hlc, Result, StoreError,
@@ -21,16 +22,11 @@ pub(crate) fn encode_context(dots: &[Dot]) -> Vec<u8> {
     let mut sorted = dots.to_vec();
     sorted.sort();
     sorted.dedup();
-    let mut out = Vec::new();
-    ciborium::into_writer(&sorted, &mut out).expect("encoding dots into memory");
-    out
+    stored_cbor::encode(&sorted)
 }
 
 pub(crate) fn decode_context(bytes: &[u8]) -> Result<Vec<Dot>> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "document context",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "document context")
 }
 
 impl Writer {

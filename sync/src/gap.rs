@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
+use crate::stored_cbor;
 use crate::writer::Writer;
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, ChangeMeta, Hlc, MAX_TS_MS, Result, StoreError,
@@ -162,17 +163,12 @@ impl GapCollector {
 
 /// Encodes a gap record as stored in `changes.manifest` (and hashed).
 pub(crate) fn encode_gap(g: &GapRecord) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(g, &mut out).expect("encoding a gap record into memory");
-    out
+    stored_cbor::encode(g)
 }
 
 /// Decodes a stored gap record.
 pub(crate) fn decode_gap(bytes: &[u8]) -> Result<GapRecord> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "stored gap record",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "stored gap record")
 }
 
 /// The digest element of a gap change.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{readings_hash, timing_hash};
 use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
+use crate::stored_cbor;
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, ReadingTiming, Result, SeriesPoints,
@@ -169,16 +170,11 @@ pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
             count: s.ts.len() as u64,
         })
         .collect();
-    let mut out = Vec::new();
-    ciborium::into_writer(&entries, &mut out).expect("encoding a manifest into memory");
-    out
+    stored_cbor::encode(&entries)
 }
 
 pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "readings manifest",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "readings manifest")
 }
 
 /// Readings changes the writer has taken in but not written yet: a run of consecutive

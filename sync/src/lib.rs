@@ -96,6 +96,7 @@ mod schema;
 pub mod seal;
 mod space;
 mod store;
+mod stored_cbor;
 mod timeref;
 mod timing;
 mod twin;

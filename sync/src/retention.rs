@@ -30,6 +30,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::digest::readings_hash;
 use crate::gap::GapCollector;
 use crate::ingest::{MINUTE_MS, decode_manifest};
+use crate::stored_cbor;
 use crate::writer::Writer;
 use crate::{ActorId, Result, StoreError, VersionVector};
 
@@ -422,8 +423,7 @@ impl Writer {
                 st.execute(params![series_id, lo, hi, change_id])
             })
             .map_err(StoreError::db("deleting pruned readings"))?;
-        let mut bytes = Vec::new();
-        ciborium::into_writer(&entries, &mut bytes).expect("encoding a manifest into memory");
+        let bytes = stored_cbor::encode(&entries);
         self.conn
             .prepare_cached("UPDATE changes SET manifest = ?1, pruned = ?3 WHERE id = ?2")
             .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
