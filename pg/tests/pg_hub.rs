@@ -7,8 +7,9 @@
 //! agree on one digest; applying is idempotent, refuses seq gaps storing nothing, and is
 //! atomic and exact under two replicas applying overlapping pages at once; the hub's own
 //! seqs and clock are shared by its replicas; a newer schema, an unreachable server and
-//! refused credentials fail with errors that name them; and the store's convergence property
-//! (random delivery, duplicates, partitions) holds with a PostgreSQL hub.
+//! refused credentials fail with errors that name them; the store's convergence property
+//! (random delivery, duplicates, partitions) holds with a PostgreSQL hub; and real sync
+//! sessions run between devices and hub replicas (`pg_hub/sessions.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +19,9 @@ use kdelta_sync::*;
 use proptest::prelude::*;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool};
+
+#[path = "pg_hub/sessions.rs"]
+mod sessions;
 
 const T0: i64 = 1_764_000_000_000;
 
