@@ -222,7 +222,8 @@ async fn a_device_syncing_through_two_replicas_ends_with_one_digest() {
     let (r1, r2) = (db.replica().await, db.replica().await);
     busy_device(&a, 1).await;
     sync_once(&a, &r1).await;
-    busy_device(&a, 2).await;
+    readings(&a, "a.temp", 0, 3).await;
+    a.put("k/a", &json!({"half": 2})).await.unwrap();
     readings(&b, "b.temp", 0, 2).await;
     sync_once(&a, &r2).await;
     sync_once(&b, &r1).await;
