@@ -17,8 +17,6 @@
 //! A refusal names the actor and seq; the actor's later changes in the same call wait behind
 //! it, other actors' changes apply.
 
-use std::collections::HashMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::log_read::{self, LOG_COLUMNS, LogRow};
@@ -101,8 +99,8 @@ pub struct ChainReport {
 }
 
 /// The last change of an actor as far as the chain is concerned.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ChainHead {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainHead {
     /// Hash of the last change when it is signed.
     pub hash: Option<Hash>,
     /// The actor's bound public key.
@@ -110,6 +108,7 @@ pub(crate) struct ChainHead {
 }
 
 /// The stored seal of one accepted remote change, written after its row.
+#[derive(Debug)]
 pub(crate) struct PendingSeal {
     pub actor: ActorId,
     pub seq: u64,
@@ -561,6 +560,3 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
     }
     Ok(report)
 }
-
-/// Per-actor state of one apply call's chain check.
-pub(crate) type Heads = HashMap<ActorId, ChainHead>;

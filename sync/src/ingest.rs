@@ -48,15 +48,23 @@ pub(crate) const ROLLUP_REPLACE: &str = " ON CONFLICT(series_id, minute) DO UPDA
 pub(crate) const MINUTE_MS: i64 = 60_000;
 
 /// Where the readings of one series of a change are, so the change can be rebuilt for sync.
+/// A readings change's manifest is the CBOR list of these ([`encode_manifest`]), the same
+/// bytes on every backend (fork detection compares them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ManifestEntry {
+pub struct ManifestEntry {
+    /// Series name.
     pub name: String,
+    /// Unit as the change carried it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Metadata as the change carried it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// First timestamp (unix ms).
     pub ts_min: i64,
+    /// Last timestamp (unix ms).
     pub ts_max: i64,
+    /// How many readings.
     pub count: u64,
 }
 
@@ -157,7 +165,8 @@ pub(crate) fn minute_aggs(ts: &[i64], values: &[f64]) -> Vec<MinuteAgg> {
     out
 }
 
-pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
+/// The manifest of a readings change: one [`ManifestEntry`] per series, CBOR.
+pub fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
     let entries: Vec<ManifestEntry> = batch
         .series
         .iter()
@@ -173,7 +182,8 @@ pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
     stored_cbor::encode(&entries)
 }
 
-pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
+/// Reads a manifest written by [`encode_manifest`].
+pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
     stored_cbor::decode(bytes, "readings manifest")
 }
 

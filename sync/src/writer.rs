@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::chain::{ChainRefusal, ChainReport};
+use crate::chain::ChainReport;
 use crate::counts::Counts;
 use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
@@ -834,73 +834,30 @@ impl Writer {
         changes: Vec<Change>,
         partial: bool,
     ) -> Result<(ApplyOutcome, ChainReport)> {
-        let mut expect: HashMap<ActorId, u64> = HashMap::new();
-        let mut fresh: Vec<usize> = Vec::with_capacity(changes.len());
-        let mut skipped = 0;
-        let mut heads = crate::chain::Heads::new();
-        let mut report = ChainReport::default();
-        let mut seals = Vec::new();
+        let mut held = HashMap::new();
         for c in &changes {
-            if let std::collections::hash_map::Entry::Vacant(e) = heads.entry(c.actor) {
-                e.insert(self.chain_head(c.actor)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = held.entry(c.actor) {
+                e.insert(crate::admit::HeldActor {
+                    max_seq: self.actors.get(&c.actor).map_or(0, |s| s.max_seq),
+                    head: self.chain_head(c.actor)?,
+                });
             }
         }
-        {
+        let rules = crate::admit::AdmitRules {
+            limits: Some(&self.limits),
+            require_signatures: self.require_signatures,
+            partial,
+        };
+        let admission = {
             let clock = self.shared.clock.lock().expect("clock lock");
-            for (i, c) in changes.iter().enumerate() {
-                if let Some(r) = report.refused.iter_mut().find(|r| r.actor == c.actor) {
-                    r.changes += 1;
-                    continue;
-                }
-                c.validate(&self.limits)?;
-                let have = *expect
-                    .entry(c.actor)
-                    .or_insert_with(|| self.actors.get(&c.actor).map_or(0, |s| s.max_seq));
-                if c.seq <= have {
-                    skipped += 1;
-                    continue;
-                }
-                if c.seq != have + 1 {
-                    return Err(StoreError::SeqGap {
-                        actor: c.actor,
-                        have,
-                        got: c.seq,
-                    });
-                }
-                clock.check(c.hlc).map_err(|e| StoreError::ClockSkew {
-                    actor: c.actor,
-                    remote: e.remote,
-                    ahead_ms: e.ahead_ms,
-                    max_offset_ms: e.max_offset_ms,
-                })?;
-                let head = heads.get(&c.actor).copied().unwrap_or_default();
-                match crate::chain::check_remote(&head, c, self.require_signatures) {
-                    Ok((next, seal)) => {
-                        heads.insert(c.actor, next);
-                        match seal {
-                            Some(s) => seals.push(s),
-                            None => report.unsigned += 1,
-                        }
-                    }
-                    Err((fault, detail)) => {
-                        let refusal = ChainRefusal {
-                            actor: c.actor,
-                            seq: c.seq,
-                            changes: 1,
-                            fault,
-                            detail,
-                        };
-                        if !partial {
-                            return Err(refusal.into_error());
-                        }
-                        report.refused.push(refusal);
-                        continue;
-                    }
-                }
-                expect.insert(c.actor, c.seq);
-                fresh.push(i);
-            }
-        }
+            crate::admit::admit_remote(&changes, &held, rules, |c| clock.check(c.hlc))?
+        };
+        let (fresh, skipped, report, seals) = (
+            admission.fresh,
+            admission.skipped,
+            admission.report,
+            admission.seals,
+        );
         let applied = fresh.len();
         for i in fresh {
             let c = &changes[i];
