@@ -11,8 +11,10 @@ use rusqlite::OptionalExtension;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::LocalSeal;
 use crate::digest::{readings_hash, timing_hash};
 use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
+use crate::seal::{self, Hash};
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, ReadingTiming, Result, SeriesPoints,
@@ -21,7 +23,7 @@ use crate::{
 
 /// Rows per multi-row INSERT of readings (4 parameters each, well under SQLite's 32,766).
 const INSERT_CHUNK: usize = 2000;
-/// Change-log rows per INSERT (5 parameters each).
+/// Change-log rows per INSERT (8 parameters each).
 const CHANGE_CHUNK: usize = 1000;
 /// Series rows per attribute UPDATE (5 parameters each).
 const SERIES_CHUNK: usize = 1000;
@@ -174,6 +176,29 @@ pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
     out
 }
 
+/// The body hash of a local readings change as the log reader will serve it: SQLite keeps
+/// a REAL that equals an integer as that integer, so a `-0.0` comes back as `0.0` (the only
+/// finite value it does not give back bit for bit).
+fn stored_body_hash(batch: &ReadingBatch) -> Hash {
+    let negative_zero = |v: &f64| *v == 0.0 && v.is_sign_negative();
+    if !batch
+        .series
+        .iter()
+        .any(|s| s.values.iter().any(negative_zero))
+    {
+        return seal::readings_body_hash(&batch.series, batch.timing.as_ref(), &[]);
+    }
+    let stored: Vec<SeriesPoints> = batch
+        .series
+        .iter()
+        .map(|s| SeriesPoints {
+            values: s.values.iter().map(|v| v + 0.0).collect(),
+            ..s.clone()
+        })
+        .collect();
+    seal::readings_body_hash(&stored, batch.timing.as_ref(), &[])
+}
+
 pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
     ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
         what: "readings manifest",
@@ -206,6 +231,8 @@ struct StagedChange {
     series: Vec<String>,
     count: usize,
     timing: Option<ReadingTiming>,
+    /// The seal of a local change, written with its row.
+    seal: Option<LocalSeal>,
 }
 
 struct SeriesAttrs {
@@ -248,7 +275,11 @@ impl Writer {
         if let Some(t) = &batch.timing {
             self.digest.add(&timing_hash(&actor, seq, t));
         }
-        staged.changes.push(StagedChange {
+        let seal = match remote {
+            true => None,
+            false => Some(self.seal_local(seq, hlc, stored_body_hash(batch))?),
+        };
+        self.staged.changes.push(StagedChange {
             actor,
             actor_idx: slot.idx,
             seq,
@@ -258,6 +289,7 @@ impl Writer {
             series: batch.series.iter().map(|s| s.name.clone()).collect(),
             count: batch.len(),
             timing: batch.timing,
+            seal,
         });
         if let Some(s) = self.actors.get_mut(&actor) {
             s.max_seq = seq;
@@ -277,8 +309,9 @@ impl Writer {
         for chunk in staged.changes.chunks(CHANGE_CHUNK) {
             // RETURNING rows come in no promised order: match them by (actor, seq).
             let sql = values_sql(
-                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES ",
-                5,
+                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, \
+                 signature) VALUES ",
+                8,
                 chunk.len(),
                 " RETURNING id, actor_idx, seq",
             );
@@ -286,11 +319,15 @@ impl Writer {
             with_statement(&self.conn, &sql, cached, |st| {
                 let mut b = Binder::new(st);
                 for c in chunk {
+                    let seal = c.seal.as_ref();
                     b.bind(c.actor_idx)?
                         .bind(c.seq as i64)?
                         .bind(c.hlc.0 as i64)?
                         .bind(1i64)?
-                        .bind(&c.manifest)?;
+                        .bind(&c.manifest)?
+                        .bind(seal.map(|s| s.prev.as_slice()))?
+                        .bind(seal.map(|s| s.body_hash.as_slice()))?
+                        .bind(seal.map(|s| s.sig.as_slice()))?;
                 }
                 let mut rows = st.raw_query();
                 while let Some(r) = rows.next()? {
