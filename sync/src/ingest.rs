@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::LocalSeal;
 use crate::digest::{readings_hash, timing_hash};
 use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
-use crate::seal::{self, Hash};
+use crate::seal;
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, ReadingTiming, Result, SeriesPoints,
@@ -176,27 +176,24 @@ pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
     out
 }
 
-/// The body hash of a local readings change as the log reader will serve it: SQLite keeps
-/// a REAL that equals an integer as that integer, so a `-0.0` comes back as `0.0` (the only
-/// finite value it does not give back bit for bit).
-fn stored_body_hash(batch: &ReadingBatch) -> Hash {
+/// `batch` as the log reader will serve it back: SQLite keeps a REAL that equals an integer
+/// as that integer, so a `-0.0` comes back as `0.0` (the only finite value it does not give
+/// back bit for bit). `None` when nothing changes. The digest and a local change's seal are
+/// computed over this, so they match what is read back.
+fn as_stored(batch: &ReadingBatch) -> Option<ReadingBatch> {
     let negative_zero = |v: &f64| *v == 0.0 && v.is_sign_negative();
     if !batch
         .series
         .iter()
         .any(|s| s.values.iter().any(negative_zero))
     {
-        return seal::readings_body_hash(&batch.series, batch.timing.as_ref(), &[]);
+        return None;
     }
-    let stored: Vec<SeriesPoints> = batch
-        .series
-        .iter()
-        .map(|s| SeriesPoints {
-            values: s.values.iter().map(|v| v + 0.0).collect(),
-            ..s.clone()
-        })
-        .collect();
-    seal::readings_body_hash(&stored, batch.timing.as_ref(), &[])
+    let mut stored = batch.clone();
+    for v in stored.series.iter_mut().flat_map(|s| s.values.iter_mut()) {
+        *v += 0.0;
+    }
+    Some(stored)
 }
 
 pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
@@ -255,6 +252,8 @@ impl Writer {
         batch: &ReadingBatch,
         remote: bool,
     ) -> Result<()> {
+        let stored = as_stored(batch);
+        let batch = stored.as_ref().unwrap_or(batch);
         let slot = self.actor_slot(actor)?;
         let mut ids = Vec::with_capacity(batch.series.len());
         for s in &batch.series {
@@ -277,7 +276,10 @@ impl Writer {
         }
         let seal = match remote {
             true => None,
-            false => Some(self.seal_local(seq, hlc, stored_body_hash(batch))?),
+            false => {
+                let body = seal::readings_body_hash(&batch.series, batch.timing.as_ref(), &[]);
+                Some(self.seal_local(seq, hlc, body)?)
+            }
         };
         self.staged.changes.push(StagedChange {
             actor,
