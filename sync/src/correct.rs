@@ -95,7 +95,8 @@ impl Writer {
         Ok(Some(ChangeMeta { actor, seq, hlc }))
     }
 
-    /// Stores a correction change (local or remote; validated) and applies it.
+    /// Stores a correction change (local and sealed here, or remote and validated) and
+    /// applies it.
     pub(crate) fn store_correction(
         &mut self,
         actor: ActorId,
@@ -107,7 +108,21 @@ impl Writer {
         let slot = self.actor_slot(actor)?;
         let body = encode_correction(correction);
         self.digest.add(&correction_hash(&actor, seq, hlc, &body));
-        let id = self.insert_change_row(slot.idx, seq, hlc, KIND_TIME_CORRECTION, Some(body))?;
+        let seal = match remote {
+            true => None,
+            false => {
+                let body = crate::ChangeBody::TimeCorrection(correction.clone());
+                Some(self.seal_local(seq, hlc, crate::seal::body_hash(&body, &[]))?)
+            }
+        };
+        let id = self.insert_sealed_change_row(
+            slot.idx,
+            seq,
+            hlc,
+            KIND_TIME_CORRECTION,
+            Some(body),
+            seal.as_ref(),
+        )?;
         self.advance(actor, seq)?;
 
         // Per series, the time spans whose rollup minutes must be recomputed.

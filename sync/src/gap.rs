@@ -192,11 +192,10 @@ impl Writer {
         let actor = self.actor;
         self.flush_readings()?;
         self.store_gap(actor, seq, hlc, gap, false)?;
-        self.seal_local(seq)?;
         Ok(ChangeMeta { actor, seq, hlc })
     }
 
-    /// Stores a gap change (local, or remote and validated).
+    /// Stores a gap change (local and sealed here, or remote and validated).
     pub(crate) fn store_gap(
         &mut self,
         actor: ActorId,
@@ -208,7 +207,15 @@ impl Writer {
         let slot = self.actor_slot(actor)?;
         let body = encode_gap(gap);
         self.digest.add(&gap_hash(&actor, seq, hlc, &body));
-        let id = self.insert_change_row(slot.idx, seq, hlc, KIND_GAP, Some(body))?;
+        let seal = match remote {
+            true => None,
+            false => {
+                let hash = crate::seal::body_hash(&crate::ChangeBody::Gap(gap.clone()), &[]);
+                Some(self.seal_local(seq, hlc, hash)?)
+            }
+        };
+        let id =
+            self.insert_sealed_change_row(slot.idx, seq, hlc, KIND_GAP, Some(body), seal.as_ref())?;
         self.advance(actor, seq)?;
         self.pending_events.push(ChangeEvent {
             local_id: id,
