@@ -427,7 +427,7 @@ fn a_chunk_that_would_not_come_back_unchanged_keeps_its_bytes() {
             )
             .unwrap();
         conn.execute(
-            "UPDATE twin_changes SET bytes = bytes || X'00' WHERE change_id = ?1",
+            "UPDATE twin_changes SET bytes = CAST(bytes || X'00' AS BLOB) WHERE change_id = ?1",
             [id],
         )
         .unwrap();
@@ -469,7 +469,9 @@ fn point_in_time_replay_from_a_compacted_store_equals_its_as_of_reads() {
         a.twin_create(KEY, Some(json!({"list": [], "counters": {}})))
             .await
             .unwrap();
-        b.twin_create(OTHER, None).await.unwrap();
+        b.twin_create(OTHER, Some(json!({"list": [], "counters": {}})))
+            .await
+            .unwrap();
         deliver(&a, &b).await;
         deliver(&b, &a).await;
         for i in 0..12u64 {

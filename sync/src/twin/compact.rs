@@ -123,8 +123,12 @@ impl Writer {
             cursor.done = true;
             return Ok((report, cursor));
         }
-        // `hlc < cutoff` as HLCs: written before the cutoff's millisecond.
-        let below_hlc = Hlc::new(cutoff as u64, 0).0 as i64;
+        // `hlc < cutoff` as HLCs: written before the cutoff's millisecond (a cutoff past
+        // every representable HLC takes them all).
+        let below_hlc = i64::try_from(Hlc::new(cutoff as u64, 0).0)
+            .ok()
+            .filter(|_| (cutoff as u64) < (i64::MAX as u64 >> 16))
+            .unwrap_or(i64::MAX);
         let mut left = budget.max(1) as i64;
         while left > 0 {
             let next: Option<(i64, i64)> = self
