@@ -202,7 +202,7 @@ impl Store {
     ) -> Result<Vec<TwinHistoryEntry>> {
         let (below, actor_below) = HistoryCursor::sql_bounds(before);
         self.with_twin_doc(key, move |conn, id, doc| {
-            let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>, Vec<u8>)> = conn
+            let rows: Vec<HistoryRow> = conn
                 .prepare_cached(
                     "SELECT a.actor, c.seq, t.hlc, t.bytes, t.hash FROM twin_changes t \
                      JOIN changes c ON c.id = t.change_id JOIN actors a ON a.idx = c.actor_idx \
@@ -256,6 +256,10 @@ impl Store {
         .await
     }
 }
+
+/// A twin change as history reads it: actor, seq, HLC, stored chunk (empty when compacted),
+/// automerge hash.
+type HistoryRow = (Vec<u8>, i64, i64, Vec<u8>, Vec<u8>);
 
 /// The id, materialized JSON and change count of twin `key`.
 fn twin_row(conn: &Connection, key: &str) -> Result<Option<(i64, Vec<u8>, u64)>> {
