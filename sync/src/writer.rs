@@ -109,6 +109,14 @@ pub(crate) enum Job {
         budget: usize,
         reply: oneshot::Sender<Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>>,
     },
+    /// One bounded step of the twin part of a retention pass (see `twin/compact.rs`).
+    CompactTwins {
+        rule: crate::TwinCompaction,
+        now_ms: i64,
+        cursor: crate::twin::TwinCompactCursor,
+        budget: usize,
+        reply: oneshot::Sender<Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>>,
+    },
     /// Gives up to `pages` free pages back to the file system (stores with incremental
     /// auto-vacuum) and, once none are left, checkpoints and truncates the WAL. Runs outside
     /// any write group; answers the pages still free.
@@ -162,6 +170,10 @@ enum Done {
         oneshot::Sender<Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>>,
         Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>,
     ),
+    CompactTwins(
+        oneshot::Sender<Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>>,
+        Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>,
+    ),
 }
 
 impl Done {
@@ -181,6 +193,7 @@ impl Done {
             Done::Heartbeat(_, r) => r.as_ref().err(),
             Done::Prune(_, r) => r.as_ref().err(),
             Done::PruneDocs(_, r) => r.as_ref().err(),
+            Done::CompactTwins(_, r) => r.as_ref().err(),
         }
     }
 
@@ -198,6 +211,7 @@ impl Done {
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
             Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
             Done::PruneDocs(tx, r) => Done::PruneDocs(tx, r.and(Err(err()))),
+            Done::CompactTwins(tx, r) => Done::CompactTwins(tx, r.and(Err(err()))),
         }
     }
 
@@ -215,6 +229,7 @@ impl Done {
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::PruneDocs(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::CompactTwins(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
     }
 }
@@ -682,6 +697,7 @@ impl Writer {
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::PruneDocs { reply, .. } => Done::PruneDocs(reply, Err(err())),
+            Job::CompactTwins { reply, .. } => Done::CompactTwins(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -826,6 +842,13 @@ impl Writer {
                 reply,
                 self.prune_docs_step(&policy.docs, now_ms, cursor, budget),
             ),
+            Job::CompactTwins {
+                rule,
+                now_ms,
+                cursor,
+                budget,
+                reply,
+            } => Done::CompactTwins(reply, self.compact_twins_step(rule, now_ms, cursor, budget)),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
