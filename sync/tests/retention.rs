@@ -70,7 +70,7 @@ fn policy(days: i64) -> RetentionPolicy {
             max_age_ms: None,
         }],
         rollups_max_age_ms: Some((30 * DAY) as u64),
-        docs: DocRetention::default(),
+        ..RetentionPolicy::default()
     }
 }
 
