@@ -108,9 +108,11 @@ async fn observed(s: &Store, key: &str, points: &[Hlc]) -> Value {
     })
 }
 
-/// Reads the store file directly: per twin change, (twin key, local id, HLC, compacted?),
-/// and per twin its `snapshot_upto`.
-fn rows(path: &std::path::Path) -> (Vec<(String, i64, i64, bool)>, BTreeMap<String, i64>) {
+/// A twin change as stored: (twin key, local id, HLC, compacted?).
+type ChangeRow = (String, i64, i64, bool);
+
+/// Reads the store file directly: every twin change, and per twin its `snapshot_upto`.
+fn rows(path: &std::path::Path) -> (Vec<ChangeRow>, BTreeMap<String, i64>) {
     let conn = rusqlite::Connection::open(path).unwrap();
     let changes = conn
         .prepare(
@@ -203,7 +205,10 @@ async fn burst(store: &Store, replica: usize, n: usize, seed: u64) {
     let edits: Vec<(&str, TwinPatch)> = (0..n)
         .map(|_| {
             let s = next(&mut seed);
-            (if s % 5 == 0 { OTHER } else { KEY }, edit(s, replica))
+            (
+                if s.is_multiple_of(5) { OTHER } else { KEY },
+                edit(s, replica),
+            )
         })
         .collect();
     let results =
