@@ -200,8 +200,14 @@ async fn a_change_applied_through_one_replica_reaches_a_live_device_on_another()
     until_holds(&a, own.actor, own.seq, Duration::from_secs(10)).await;
     eprintln!("a change through replica 1 reached the device on replica 2 in {took:?}");
 
+    // Both sides watch one stop signal: whichever sees it first says goodbye, so the
+    // initiator ends either by its own shutdown or by the hub's; both are clean ends.
     let (i, r) = live.stop().await;
-    assert_eq!(i.unwrap().end, SessionEnd::Shutdown);
+    let end = i.unwrap().end;
+    assert!(
+        matches!(end, SessionEnd::Shutdown | SessionEnd::PeerBye(_)),
+        "the live session ended uncleanly: {end:?}"
+    );
     r.unwrap();
     assert_eq!(a.digest(), r2.digest().await.unwrap());
     r1.close().await;
