@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, ErrorCode};
+use crate::backend::Backend;
 use crate::peers::{Outcome, Refusal};
 use crate::state::Agent;
 use crate::tls::TlsPeer;
@@ -69,6 +70,16 @@ pub async fn sync_socket(
             .into_response();
         }
     };
+    let store = match &state.backend {
+        Backend::Sqlite(store) => store.clone(),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(_) => {
+            return ApiError::from(crate::backend::NotOnThisBackend {
+                what: "inbound sync (waiting for the generic sync session)".to_owned(),
+            })
+            .into_response();
+        }
+    };
     let max = peer.max_frame_bytes();
     upgrade
         .max_message_size(max)
@@ -78,7 +89,7 @@ pub async fn sync_socket(
             let _slot = slot;
             peer.serve(
                 socket,
-                state.store.clone(),
+                store,
                 state.peers.clone(),
                 state.metrics.clone(),
                 state.shutdown.clone(),
@@ -89,9 +100,19 @@ pub async fn sync_socket(
 
 /// `GET /v1/sync/peers`: every configured or connected peer.
 pub async fn list_peers(State(state): State<Agent>) -> Result<Json<serde_json::Value>, ApiError> {
-    let bindings = state.store.credential_bindings().await?;
+    let (local, bindings) = match &state.backend {
+        Backend::Sqlite(store) => (store.version_vector(), store.credential_bindings().await?),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => (
+            hub.store
+                .version_vector()
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?,
+            Vec::new(),
+        ),
+    };
     Ok(Json(serde_json::json!({
-        "peers": state.peers.status(&state.store),
+        "peers": state.peers.status(&local),
         "credentials": state.peers.credentials(&bindings),
     })))
 }
@@ -127,7 +148,8 @@ pub async fn sync_now(
         },
     };
     let peer = q.peer.as_deref().map(str::trim).filter(|p| !p.is_empty());
-    let names = state.peers.outbound_names(&state.store, peer);
+    let store = state.sqlite()?;
+    let names = state.peers.outbound_names(store, peer);
     if let Some(p) = peer
         && names.is_empty()
     {
@@ -140,7 +162,7 @@ pub async fn sync_now(
     tracing::info!(peers = ?woken, "sync now requested");
     let shutdown = state.shutdown.clone();
     let results = tokio::select! {
-        r = crate::peers::wait_synced(&state.peers, &state.store, &names, wait) => r,
+        r = crate::peers::wait_synced(&state.peers, store, &names, wait) => r,
         _ = shutdown.cancelled() => {
             return Err(ApiError::new(ErrorCode::Unavailable, "the agent is shutting down"));
         }

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 
 use kdelta_sensors::SourceConfig;
 use kdelta_sensors::system::SystemConfig;
-use kdelta_sync::StoreConfig;
 use serde::{Deserialize, Serialize};
 
 pub use crate::api::ApiConfig;
@@ -54,8 +53,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// Logging.
     pub log: LogConfig,
-    /// The versioned store (`kdelta_sync::StoreConfig`, keys as documented there).
-    pub store: StoreConfig,
+    /// Which store (`backend`, `url`: `crate::backend`) and the embedded store's settings
+    /// (`kdelta_sync::StoreConfig`, keys as documented there).
+    pub store: crate::backend::StoreSection,
     /// The path from sources to the store: queue, batching, overflow.
     pub ingest: IngestConfig,
     /// Configured sources. Absent: one `system` source. `sources = []` records nothing.
@@ -80,7 +80,7 @@ impl Default for Config {
             device_twin: true,
             api: ApiConfig::default(),
             log: LogConfig::default(),
-            store: StoreConfig::default(),
+            store: crate::backend::StoreSection::default(),
             ingest: IngestConfig::default(),
             sources: vec![SourceConfig::System(SystemConfig::default())],
             mqtt: crate::mqtt::MqttConfig::default(),
@@ -134,14 +134,15 @@ impl Config {
         }
         self.log.validate()?;
         self.backup.validate()?;
-        let store_max = self.store.limits.max_batch_readings;
+        self.store.validate()?;
+        let store_max = self.store.settings.limits.max_batch_readings;
         if store_max == 0 {
             return refuse("store.max_batch_readings", "must be at least 1");
         }
-        if let Err((key, reason)) = self.store.limits.validate() {
+        if let Err((key, reason)) = self.store.settings.limits.validate() {
             return refuse(format!("store.{key}"), reason);
         }
-        let change_max = self.store.limits.max_change_bytes;
+        let change_max = self.store.settings.limits.max_change_bytes;
         let frame_needs = change_max.saturating_add(kdelta_sync::protocol::PAGE_FRAME_OVERHEAD);
         if self.sync.max_frame_bytes < frame_needs {
             return refuse(
@@ -156,10 +157,10 @@ impl Config {
         for (key, value) in [
             (
                 "store.read_connections",
-                self.store.read_connections as usize,
+                self.store.settings.read_connections as usize,
             ),
-            ("store.max_group_jobs", self.store.max_group_jobs),
-            ("store.write_queue", self.store.write_queue),
+            ("store.max_group_jobs", self.store.settings.max_group_jobs),
+            ("store.write_queue", self.store.settings.write_queue),
         ] {
             if value == 0 {
                 return refuse(key, "must be at least 1");
@@ -189,6 +190,52 @@ impl Config {
         self.sync.validate()?;
         self.retention.validate()?;
         self.mqtt.validate()
+    }
+}
+
+impl Config {
+    /// This configuration as the agent runs it on its `[store] backend`. On PostgreSQL (a hub
+    /// replica, which stores only what devices sync to it) the parts that need the SQLite
+    /// store are off — sources, MQTT, retention, scheduled backups, the device twin and
+    /// outbound peers — each that was configured named in one log line when `log` is true.
+    /// On SQLite: unchanged.
+    pub fn for_backend(mut self, log: bool) -> Config {
+        if self.store.backend == crate::backend::BackendKind::Sqlite {
+            return self;
+        }
+        let mut off = Vec::new();
+        if !self.sources.is_empty() {
+            off.push("sources");
+            self.sources.clear();
+        }
+        if self.mqtt.enabled {
+            off.push("MQTT");
+            self.mqtt.enabled = false;
+        }
+        if self.retention != crate::retention::RetentionConfig::default() {
+            off.push("retention");
+            self.retention = Default::default();
+        }
+        if self.backup.every.is_some() {
+            off.push("scheduled backups");
+            self.backup.every = None;
+        }
+        if self.device_twin {
+            off.push("the device twin");
+            self.device_twin = false;
+        }
+        if !self.sync.peers.is_empty() {
+            off.push("outbound sync peers");
+            self.sync.peers.clear();
+        }
+        if log {
+            for part in off {
+                tracing::info!(
+                    "{part} off: not run by a PostgreSQL hub replica, which stores what devices sync to it (issue 17)"
+                );
+            }
+        }
+        self
     }
 }
 
@@ -361,7 +408,7 @@ mod tests {
         );
 
         let mut config = Config::default();
-        config.ingest.batch_max_readings = config.store.limits.max_batch_readings + 1;
+        config.ingest.batch_max_readings = config.store.settings.limits.max_batch_readings + 1;
         assert_eq!(
             config.validate().unwrap_err().key,
             "ingest.batch_max_readings"
@@ -373,7 +420,7 @@ mod tests {
 
         // Frames must hold the largest change; limits must hold the largest document.
         let mut config = Config::default();
-        config.sync.max_frame_bytes = config.store.limits.max_change_bytes;
+        config.sync.max_frame_bytes = config.store.settings.limits.max_change_bytes;
         let err = config.validate().unwrap_err();
         assert_eq!(err.key, "sync.max_frame_bytes");
         assert!(
@@ -385,7 +432,8 @@ mod tests {
         config.sync.max_frame_bytes = 1 << 30;
         assert_eq!(config.validate().unwrap_err().key, "sync.max_frame_bytes");
         let mut config = Config::default();
-        config.store.limits.max_change_bytes = config.store.limits.max_value_bytes;
+        config.store.settings.limits.max_change_bytes =
+            config.store.settings.limits.max_value_bytes;
         assert_eq!(config.validate().unwrap_err().key, "store.max_change_bytes");
 
         let mut config = Config::default();
