@@ -35,6 +35,7 @@
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
 //! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total`, `kdelta_retention_pruned_doc_versions_total` | counter | — |
+//! | `kdelta_retention_compacted_twin_changes_total`, `kdelta_retention_compacted_twin_bytes_total` | counter | — |
 //! | `kdelta_retention_budget_pruned_readings_total`, `kdelta_retention_budget_dropped_readings_total`, `kdelta_retention_gap_records_total` | counter | — |
 //! | `kdelta_retention_budget_used_bytes`, `kdelta_retention_budget_limit_bytes`, `kdelta_retention_budget_hard_limit_bytes`, `kdelta_retention_budget_holding_unacked`, `kdelta_retention_budget_held_readings` | gauge | — |
 //! | `kdelta_retention_pass_duration_seconds` | histogram | — |

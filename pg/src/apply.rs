@@ -4,16 +4,21 @@
 //! transaction on the same actor and returns its committed `max_seq`), so the duplicate
 //! and gap checks below read the state no other transaction can change before commit. Each
 //! change is therefore stored once whoever receives it; a gap refuses the whole page and
-//! nothing of it is stored, as `Store::apply_remote` does on SQLite. A transaction aborted
-//! by PostgreSQL for a conflict (deadlock, serialization) is run again.
+//! nothing of it is stored, as `Store::apply_remote` does on SQLite. Which changes of a page
+//! are stored is decided by the embedded store's own rules ([`admit_remote`]: duplicates,
+//! gaps, clock, and the signed-log check against the actors' bound keys and chain heads
+//! kept in their rows). A transaction aborted by PostgreSQL for a conflict (deadlock,
+//! serialization) is run again.
 //!
 //! The rows themselves are written by `rows.rs`; the version vector, the per-actor digests
 //! and the commit announcement (`feed.rs`) move in the same transaction.
 
 use std::collections::{BTreeSet, HashMap};
 
+use kdelta_sync::seal::{self, CHAIN_START, Seal};
 use kdelta_sync::{
-    ActorId, ApplyOutcome, Change, ChangeBody, Digest, Hlc, ReadingBatch, StoreError,
+    ActorId, AdmitRules, ApplyOutcome, ChainHead, ChainReport, Change, ChangeBody, Digest,
+    HeldActor, Hlc, ReadingBatch, StoreError, admit_remote,
 };
 use sqlx::{Postgres, Row, Transaction};
 
@@ -25,23 +30,13 @@ use crate::store::PgStore;
 /// Times a page is tried again after PostgreSQL aborted it for a conflict.
 const CONFLICT_RETRIES: usize = 8;
 
-/// `changes.kind` of each body, as in the SQLite store.
-pub(crate) fn kind_of(body: &ChangeBody) -> i16 {
-    match body {
-        ChangeBody::Readings(_) => 1,
-        ChangeBody::Doc(_) => 2,
-        ChangeBody::Twin(_) => 3,
-        ChangeBody::TimeCorrection(_) => 4,
-        ChangeBody::DocBatch(_) => 5,
-        ChangeBody::Gap(_) => 6,
-    }
-}
-
 /// One locked actor row.
 struct ActorRow {
     idx: i64,
     max_seq: u64,
     digest: Digest,
+    /// Bound key and chain head (schema v2).
+    head: ChainHead,
 }
 
 const CTX: &str = "applying a page of changes";
@@ -52,16 +47,37 @@ impl PgStore {
     /// when another replica stores them at the same time). A change whose predecessor from
     /// the same actor is missing fails the call with [`StoreError::SeqGap`]; a timestamp
     /// too far ahead with [`StoreError::ClockSkew`]; an invalid change with its validation
-    /// error. Durable on return (PostgreSQL's commit).
+    /// error; a forged, altered or re-ordered change (or an unsigned one where signatures
+    /// are required) with [`StoreError::ChainRefused`] naming the actor and seq. Durable on
+    /// return (PostgreSQL's commit).
     pub async fn apply_remote(&self, changes: Vec<Change>) -> Result<ApplyOutcome> {
+        self.apply_checked(changes, false).await.map(|r| r.0)
+    }
+
+    /// Like [`apply_remote`](Self::apply_remote), but a change failing its signature or
+    /// chain check refuses only its actor's changes of the call (listed in the report, with
+    /// the count of unsigned changes accepted); the other actors' changes apply,
+    /// atomically. What sync sessions use, as `Store::apply_remote_verified` on SQLite.
+    pub async fn apply_remote_verified(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<(ApplyOutcome, ChainReport)> {
+        self.apply_checked(changes, true).await
+    }
+
+    async fn apply_checked(
+        &self,
+        changes: Vec<Change>,
+        partial: bool,
+    ) -> Result<(ApplyOutcome, ChainReport)> {
         if changes.is_empty() {
-            return Ok(ApplyOutcome::default());
+            return Ok(Default::default());
         }
         for c in &changes {
             c.validate(&self.inner.config.limits)?;
         }
         if let Some(all_held) = self.all_held(&changes).await? {
-            return Ok(all_held);
+            return Ok((all_held, ChainReport::default()));
         }
         let months: BTreeSet<i64> = changes
             .iter()
@@ -81,7 +97,11 @@ impl PgStore {
             .await?;
         let mut attempt = 0;
         let outcome = loop {
-            match self.apply_once(&changes, None).await.map(|r| r.0) {
+            match self
+                .apply_once(&changes, None, partial)
+                .await
+                .map(|r| (r.0, r.1))
+            {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, error = %e, "page conflicted with another replica; again");
@@ -152,21 +172,21 @@ impl PgStore {
             seq: 0,
             hlc: Hlc(0),
             body: ChangeBody::Readings(batch),
-            // The hub's own changes on PostgreSQL are not signed yet (its key is not shared by
-            // its replicas; docs/hub.md): receivers accept them as unsigned, and counted.
+            // Sealed in `apply_once`, under the hub actor's lock, with the key its replicas
+            // share (`meta`).
             seal: None,
         };
         let mut attempt = 0;
-        let (seq, hlc) = loop {
+        let (seq, hlc, seal) = loop {
             // Never behind what this replica issued or observed, nor its best trusted time.
             let floor = self.clock().now();
             match self
-                .apply_once(std::slice::from_ref(&change), Some(floor))
+                .apply_once(std::slice::from_ref(&change), Some(floor), false)
                 .await
             {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
-                Ok((_, stamped)) => {
+                Ok((.., stamped)) => {
                     break stamped.ok_or_else(|| {
                         PgError::Store(StoreError::Decode {
                             what: "a change of the hub",
@@ -179,70 +199,68 @@ impl PgStore {
         let _ = self.clock().observe(hlc);
         change.seq = seq;
         change.hlc = hlc;
+        change.seal = seal;
         Ok(change)
     }
 
     /// One attempt: lock the actors, check, write, commit. With `local` (an HLC floor),
-    /// `changes` is one change of the hub's own actor whose seq and HLC are assigned here
-    /// and returned.
+    /// `changes` is one change of the hub's own actor whose seq, HLC and seal are assigned
+    /// here and returned.
+    #[allow(clippy::type_complexity)]
     async fn apply_once(
         &self,
         changes: &[Change],
         local: Option<Hlc>,
-    ) -> Result<(ApplyOutcome, Option<(u64, Hlc)>)> {
+        partial: bool,
+    ) -> Result<(ApplyOutcome, ChainReport, Option<(u64, Hlc, Option<Seal>)>)> {
         let mut tx = self.inner.pool.begin().await.map_err(PgError::db(CTX))?;
         let mut actors = lock_actors(&mut tx, &unique_actors(changes)).await?;
         let stamped;
         let changes = match local {
             Some(floor) => {
                 let mut c = changes[0].clone();
-                c.seq = actors[&c.actor].max_seq + 1;
+                let row = &actors[&c.actor];
+                c.seq = row.max_seq + 1;
                 c.hlc = stamp(&mut tx, floor).await?;
+                c.seal = Some(self.seal_own(&c, row.head));
                 stamped = [c];
                 &stamped[..]
             }
             None => changes,
         };
-        let mut expect: HashMap<ActorId, u64> = HashMap::new();
-        let mut fresh: Vec<&Change> = Vec::with_capacity(changes.len());
-        let mut skipped = 0;
-        {
+        let held: HashMap<ActorId, HeldActor> = actors
+            .iter()
+            .map(|(a, r)| {
+                let held = HeldActor {
+                    max_seq: r.max_seq,
+                    head: r.head,
+                };
+                (*a, held)
+            })
+            .collect();
+        let rules = AdmitRules {
+            // Validated before the transaction.
+            limits: None,
+            require_signatures: self.inner.config.require_signatures && local.is_none(),
+            partial,
+        };
+        let admission = {
             let clock = self.clock();
-            for c in changes {
-                let have = *expect
-                    .entry(c.actor)
-                    .or_insert_with(|| actors.get(&c.actor).map_or(0, |a| a.max_seq));
-                if c.seq <= have {
-                    skipped += 1;
-                    continue;
-                }
-                if c.seq != have + 1 {
-                    return Err(StoreError::SeqGap {
-                        actor: c.actor,
-                        have,
-                        got: c.seq,
-                    }
-                    .into());
-                }
-                if local.is_none() {
-                    clock.check(c.hlc).map_err(|e| StoreError::ClockSkew {
-                        actor: c.actor,
-                        remote: e.remote,
-                        ahead_ms: e.ahead_ms,
-                        max_offset_ms: e.max_offset_ms,
-                    })?;
-                }
-                expect.insert(c.actor, c.seq);
-                fresh.push(c);
-            }
-        }
+            admit_remote(changes, &held, rules, |c| match local {
+                Some(_) => Ok(()),
+                None => clock.check(c.hlc),
+            })?
+        };
+        let fresh: Vec<&Change> = admission.fresh.iter().map(|&i| &changes[i]).collect();
+        let skipped = admission.skipped;
+        let report = admission.report.clone();
         if fresh.is_empty() {
             tx.rollback().await.map_err(PgError::db(CTX))?;
             let outcome = ApplyOutcome {
                 applied: 0,
                 skipped,
             };
-            return Ok((outcome, None));
+            return Ok((outcome, report, None));
         }
         let idx: HashMap<ActorId, i64> = actors.iter().map(|(a, r)| (*a, r.idx)).collect();
         let ids = insert_changes(&mut tx, &fresh, &idx).await?;
@@ -261,16 +279,25 @@ impl PgStore {
                 row.max_seq = c.seq;
             }
         }
+        // The version vector, the per-actor digests, and the chain: each touched actor's
+        // head after the page, and its key bound by its first signed change (trust on
+        // first use; a bound key is never replaced).
         let touched: BTreeSet<ActorId> = fresh.iter().map(|c| c.actor).collect();
         for a in touched {
             let row = &actors[&a];
-            sqlx::query("UPDATE actors SET max_seq = $1, digest = $2 WHERE idx = $3")
-                .bind(row.max_seq as i64)
-                .bind(row.digest.0.as_slice())
-                .bind(row.idx)
-                .execute(&mut *tx)
-                .await
-                .map_err(PgError::db(CTX))?;
+            let head = admission.heads.get(&a).copied().unwrap_or_default();
+            sqlx::query(
+                "UPDATE actors SET max_seq = $1, digest = $2, head_hash = $3, \
+                 public_key = COALESCE(public_key, $4) WHERE idx = $5",
+            )
+            .bind(row.max_seq as i64)
+            .bind(row.digest.0.as_slice())
+            .bind(head.hash.as_ref().map(|h| h.as_slice()))
+            .bind(head.key.as_ref().map(|k| k.as_slice()))
+            .bind(row.idx)
+            .execute(&mut *tx)
+            .await
+            .map_err(PgError::db(CTX))?;
         }
         // Delivered to every replica's `ChangeFeed` at commit, dropped on rollback.
         let announcements: Vec<String> = actors
@@ -287,12 +314,27 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(PgError::db("committing a page of changes"))?;
-        let stamped = local.map(|_| (fresh[0].seq, fresh[0].hlc));
+        let stamped = local.map(|_| (fresh[0].seq, fresh[0].hlc, fresh[0].seal.clone()));
         let outcome = ApplyOutcome {
             applied: fresh.len(),
             skipped,
         };
-        Ok((outcome, stamped))
+        Ok((outcome, report, stamped))
+    }
+
+    /// The seal of the hub's own change `c` (seq and HLC assigned), linked to the hub
+    /// actor's chain head `head` and signed with the key its replicas share.
+    fn seal_own(&self, c: &Change, head: ChainHead) -> Seal {
+        let key = &self.inner.signing;
+        let prev = head.hash.unwrap_or(CHAIN_START);
+        let body = seal::body_hash(&c.body, &[]);
+        let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &prev, &body);
+        Seal {
+            key: key.public(),
+            prev,
+            sig: key.sign(&hash),
+            pruned: Vec::new(),
+        }
     }
 }
 
@@ -333,7 +375,7 @@ async fn lock_actors(
     let rows = sqlx::query(
         "INSERT INTO actors (actor) SELECT a FROM unnest($1::bytea[]) AS a ORDER BY a \
          ON CONFLICT (actor) DO UPDATE SET actor = EXCLUDED.actor \
-         RETURNING idx, actor, max_seq, digest",
+         RETURNING idx, actor, max_seq, digest, public_key, head_hash",
     )
     .bind(&bytes)
     .fetch_all(&mut **tx)
@@ -350,12 +392,18 @@ async fn lock_actors(
         let idx: i64 = r.try_get(0).map_err(PgError::db(CTX))?;
         let max_seq: i64 = r.try_get(2).map_err(PgError::db(CTX))?;
         let digest: Vec<u8> = r.try_get(3).map_err(PgError::db(CTX))?;
+        let key: Option<Vec<u8>> = r.try_get(4).map_err(PgError::db(CTX))?;
+        let hash: Option<Vec<u8>> = r.try_get(5).map_err(PgError::db(CTX))?;
         out.insert(
             actor,
             ActorRow {
                 idx,
                 max_seq: max_seq as u64,
                 digest: Digest::from_slice(&digest),
+                head: ChainHead {
+                    hash: hash.and_then(|h| h.try_into().ok()),
+                    key: key.and_then(|k| k.try_into().ok()),
+                },
             },
         );
     }

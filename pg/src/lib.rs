@@ -8,12 +8,14 @@
 //! computes the version vector and the digest from the database — the same digest as the
 //! devices' SQLite stores, so a PostgreSQL hub and its devices agree on one value.
 //!
-//! It implements [`kdelta_sync::ChangeLog`], the replication half of a store. Readings live
-//! once, in a table partitioned by month; documents and twin changes in plain tables. The
-//! hub's actor id and clock are shared by its replicas in the database, and every commit is
-//! announced to all of them ([`PgStore::listen`], LISTEN/NOTIFY). Not yet: the agent's
-//! `[store] backend = "postgres"`, the sync session on this store, and queries — see
-//! `docs/hub.md`.
+//! It implements [`kdelta_sync::ChangeLog`], the replication half of a store, and
+//! [`kdelta_sync::SyncStore`], so a hub replica runs the devices' own `SyncSession`: live
+//! mode across replicas, signed-log checks on apply, credential bindings and fork
+//! detection as on SQLite. Readings live once, in a table partitioned by month; documents
+//! and twin changes in plain tables. The hub's actor id, signing key and clock are shared by
+//! its replicas in the database, and every commit is announced to all of them
+//! ([`PgStore::listen`], LISTEN/NOTIFY). Not yet: the agent's `[store] backend = "postgres"`
+//! and queries — see `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -37,6 +39,7 @@ mod codec;
 mod error;
 mod feed;
 pub mod partitions;
+mod peer;
 mod read;
 mod rows;
 mod schema;
@@ -44,5 +47,6 @@ mod store;
 
 pub use error::{PgError, Result};
 pub use feed::{CHANNEL, ChangeFeed, FeedEvent};
+pub use peer::PgAnnouncements;
 pub use schema::supported_schema_version;
 pub use store::{PgConfig, PgStore};

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 
 use kdelta_sync::{
     ActorId, BootId, Change, ChangeBody, Digest, DocBatch, DocWrite, Hlc, ReadingBatch,
-    ReadingTiming, SeriesPoints, StoreError, TwinChange, VersionVector,
+    ReadingTiming, SeriesPoints, StoreError, TwinChange, VersionVector, decode_manifest,
 };
 use sqlx::{PgConnection, Row};
 
-use crate::codec::{decode_context, decode_correction, decode_gap, decode_manifest, decode_seal};
+use crate::codec::{decode_context, decode_correction, decode_gap, decode_seal};
 use crate::error::{PgError, Result};
 use crate::store::PgStore;
 

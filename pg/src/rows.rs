@@ -6,13 +6,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use kdelta_sync::{ActorId, Change, ChangeBody, MAX_TS_MS, ReadingBatch, StoreError};
+use kdelta_sync::{
+    ActorId, Change, ChangeBody, MAX_TS_MS, ReadingBatch, StoreError, change_kind, decode_manifest,
+    encode_manifest,
+};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::apply::kind_of;
-use crate::codec::{
-    decode_manifest, encode_context, encode_correction, encode_gap, encode_manifest, encode_seal,
-};
+use crate::codec::{encode_context, encode_correction, encode_gap, encode_seal};
 use crate::error::{PgError, Result};
 
 /// Readings per multi-row INSERT.
@@ -40,7 +40,7 @@ pub(crate) async fn insert_changes(
         actor.push(idx[&c.actor]);
         seq.push(c.seq as i64);
         hlc.push(c.hlc.0 as i64);
-        kind.push(kind_of(&c.body));
+        kind.push(change_kind(&c.body) as i16);
         bytes.push(i32::try_from(c.encoded_len()).unwrap_or(i32::MAX));
         manifest.push(match &c.body {
             ChangeBody::Readings(b) => Some(encode_manifest(b)),

@@ -2,6 +2,7 @@
 //! sqlx's migrator, which serialises concurrent replicas with an advisory lock and records
 //! versions in `_sqlx_migrations`), the hub's shared actor id and the floor of its clock.
 
+use kdelta_sync::seal::SigningKey;
 use kdelta_sync::{ActorId, Hlc, StoreError};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -63,6 +64,26 @@ pub(crate) async fn hub_actor(pool: &PgPool) -> Result<ActorId> {
             detail: format!("{} bytes instead of 16", bytes.len()),
         })
     })
+}
+
+/// The hub's signing key (Ed25519, PKCS#8 in `meta`, as SQLite keeps a store's): the one
+/// stored, or a new one when the database has none. Replicas opening a new database at once
+/// agree on one (the first insert wins), so the hub's changes form one chain whichever
+/// replica wrote them.
+pub(crate) async fn hub_signing_key(pool: &PgPool) -> Result<SigningKey> {
+    let ctx = "reading the hub's signing key";
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('signing_key', $1) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(SigningKey::generate()?.pkcs8())
+    .execute(pool)
+    .await
+    .map_err(PgError::db(ctx))?;
+    let pkcs8: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'signing_key'")
+        .fetch_one(pool)
+        .await
+        .map_err(PgError::db(ctx))?;
+    Ok(SigningKey::from_pkcs8(&pkcs8)?)
 }
 
 /// The highest HLC the hub holds or stamped: every replica's clock starts above it.

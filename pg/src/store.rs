@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kdelta_sync::seal::SigningKey;
 use kdelta_sync::{
     ActorId, ApplyOutcome, Change, ChangeLog, Digest, Hlc, HybridClock, Limits, SystemTime,
     TimeSource, VersionVector,
@@ -27,6 +28,9 @@ pub struct PgConfig {
     pub limits: Limits,
     /// Remote timestamps further ahead of this replica's trusted time are refused (ms).
     pub max_clock_offset_ms: u64,
+    /// Refuse remote changes that carry no signature, as `[store] require_signatures` on
+    /// SQLite (an actor that has signed once is never accepted unsigned again).
+    pub require_signatures: bool,
     /// Connections in this replica's pool.
     pub max_connections: u32,
     /// How long connecting (and waiting for a pooled connection) may take.
@@ -39,6 +43,7 @@ impl Default for PgConfig {
         PgConfig {
             limits: Limits::default(),
             max_clock_offset_ms: 300_000,
+            require_signatures: false,
             max_connections: 8,
             connect_timeout: Duration::from_secs(10),
         }
@@ -73,6 +78,10 @@ pub(crate) struct Inner {
     /// and is seeded from the database (the shared clock is `hub_clock` + `changes`).
     pub clock: Mutex<HybridClock>,
     pub partitions: Partitions,
+    /// The hub's signing key, shared by its replicas (`meta`).
+    pub signing: SigningKey,
+    /// Commit announcements for this replica's sync sessions (`peer.rs`).
+    pub announcer: crate::peer::Announcer,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -166,6 +175,7 @@ impl PgStore {
     ) -> Result<PgStore> {
         crate::schema::migrate(&pool).await?;
         let actor = crate::schema::hub_actor(&pool).await?;
+        let signing = crate::schema::hub_signing_key(&pool).await?;
         let mut clock = HybridClock::new(time, config.max_clock_offset_ms);
         clock.seed(crate::schema::clock_floor(&pool).await?);
         Ok(PgStore {
@@ -175,6 +185,8 @@ impl PgStore {
                 config,
                 clock: Mutex::new(clock),
                 partitions: Partitions::default(),
+                signing,
+                announcer: crate::peer::Announcer::default(),
             }),
         })
     }
@@ -203,8 +215,10 @@ impl PgStore {
         self.inner.clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes the pool (waits for connections in use to be given back).
+    /// Closes the pool (waits for connections in use to be given back; stops the
+    /// listener of this replica's sync sessions first).
     pub async fn close(&self) {
+        self.inner.announcer.stop();
         self.inner.pool.close().await;
     }
 }

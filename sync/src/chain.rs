@@ -3,6 +3,11 @@
 //! whole store (`kdelta verify`). Owns the `prev_hash`/`body_hash`/`signature`/`pruned`
 //! columns of `changes` and `actors.public_key` (migration 0006).
 //!
+//! A local change is sealed from the job's own data before its row is written, and the
+//! seal goes into the same INSERT (twins: one UPDATE after the twin writer's row); the
+//! previous hash comes from the writer's cached chain tip. Nothing is read back: the read-back
+//! is the oracle of the tests (`sync/tests/chain.rs`) and the path of `verify_store`.
+//!
 //! Rules for a received change of actor A at seq n (the store holds A up to n − 1):
 //! - signed: its key must be A's bound key (bound by A's first signed change stored: trust on
 //!   first use); its `prev` must be the hash of the stored change n − 1 when that one is
@@ -17,14 +22,12 @@
 //! A refusal names the actor and seq; the actor's later changes in the same call wait behind
 //! it, other actors' changes apply.
 
-use std::collections::HashMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::log_read::{self, LOG_COLUMNS, LogRow};
 use crate::seal::{self, CHAIN_START, Hash, Seal};
 use crate::writer::Writer;
-use crate::{ActorId, Change, Result, StoreError};
+use crate::{ActorId, Change, ChangeBody, Hlc, Result, StoreError, TwinChange};
 
 /// Why received changes were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +104,8 @@ pub struct ChainReport {
 }
 
 /// The last change of an actor as far as the chain is concerned.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ChainHead {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainHead {
     /// Hash of the last change when it is signed.
     pub hash: Option<Hash>,
     /// The actor's bound public key.
@@ -110,6 +113,7 @@ pub(crate) struct ChainHead {
 }
 
 /// The stored seal of one accepted remote change, written after its row.
+#[derive(Debug)]
 pub(crate) struct PendingSeal {
     pub actor: ActorId,
     pub seq: u64,
@@ -148,19 +152,35 @@ fn stored_hash(conn: &Connection, actor: &ActorId, idx: i64, seq: u64) -> Result
     Ok(Some(seal::change_hash(
         actor,
         seq,
-        crate::Hlc(hlc as u64),
+        Hlc(hlc as u64),
         &prev,
         &body,
     )))
 }
 
+/// The seal columns of a local change, stored with its row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalSeal {
+    pub prev: Hash,
+    pub body_hash: Hash,
+    pub sig: [u8; 64],
+}
+
 impl Writer {
-    /// Signs the local change `seq` just written in this job: reads it back as it will be
-    /// served, hashes it, links it to the previous one and stores the seal.
-    pub(crate) fn seal_local(&mut self, seq: u64) -> Result<()> {
+    /// Seals the local change `(seq, hlc)` whose body hashes to `body_hash`, before its row
+    /// is written (the caller stores the result with the row, see
+    /// [`Writer::insert_change_row`]). The body hash is computed from the job's own data,
+    /// exactly as the log reader will serve the body (readings values as SQLite gives them
+    /// back, contexts sorted); the chain tests compare it with a read-back for every kind.
+    ///
+    /// Links to the cached hash of this actor's previous change, so nothing is read back;
+    /// call once per local change, in seq order. The cache (and whether the public key is
+    /// bound) is reset by `Writer::reload_caches` after any rollback, and a seq it does not
+    /// know reads the stored link once.
+    pub(crate) fn seal_local(&mut self, seq: u64, hlc: Hlc, body_hash: Hash) -> Result<LocalSeal> {
         let actor = self.actor;
-        let idx = self.actor_slot(actor)?.idx;
         if !self.own_key_bound {
+            let idx = self.actor_slot(actor)?.idx;
             self.conn
                 .prepare_cached(
                     "UPDATE actors SET public_key = ?1 WHERE idx = ?2 AND public_key IS NULL",
@@ -169,39 +189,53 @@ impl Writer {
                 .map_err(StoreError::db("binding this store's public key"))?;
             self.own_key_bound = true;
         }
-        let sql =
-            format!("SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq = ?2");
-        let row = self
-            .conn
-            .prepare_cached(&sql)
-            .and_then(|mut st| {
-                st.query_row(params![idx, seq as i64], |r| Ok(LogRow::from_row(r, actor)))
-            })
-            .map_err(StoreError::db("reading a change to sign"))??;
-        let id = row.id;
-        let change = log_read::load(&self.conn, vec![row])?
-            .pop()
-            .ok_or_else(|| StoreError::Decode {
-                what: "change to sign",
-                detail: format!("change {seq} of {actor} is missing"),
-            })?;
-        let prev = match seq {
-            1 => None,
-            _ => stored_hash(&self.conn, &actor, idx, seq - 1)?,
-        }
-        .unwrap_or(CHAIN_START);
-        let body = seal::body_hash(&change.body, &[]);
-        let hash = seal::change_hash(&actor, seq, change.hlc, &prev, &body);
+        let prev = match self.own_tip {
+            Some((tip, hash)) if tip + 1 == seq => hash,
+            _ if seq <= 1 => CHAIN_START,
+            _ => {
+                let idx = self.actor_slot(actor)?.idx;
+                stored_hash(&self.conn, &actor, idx, seq - 1)?.unwrap_or(CHAIN_START)
+            }
+        };
+        let hash = seal::change_hash(&actor, seq, hlc, &prev, &body_hash);
         let sig = self.signing.sign(&hash);
+        self.own_tip = Some((seq, hash));
+        Ok(LocalSeal {
+            prev,
+            body_hash,
+            sig,
+        })
+    }
+
+    /// Seals a local twin change whose row the twin writer has written already (the
+    /// automerge change is made inside `twin/write.rs`): its bytes are read once by change
+    /// id, then the seal is stored with one UPDATE. Twins are low volume.
+    pub(crate) fn seal_written_twin(&mut self, key: &str, seq: u64, hlc: Hlc) -> Result<()> {
+        let idx = self.actor_slot(self.actor)?.idx;
+        let (id, bytes): (i64, Vec<u8>) = self
+            .conn
+            .prepare_cached(
+                "SELECT c.id, t.bytes FROM changes c JOIN twin_changes t ON t.change_id = c.id \
+                 WHERE c.actor_idx = ?1 AND c.seq = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![idx, seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
+            .map_err(StoreError::db("reading a twin change to sign"))?;
+        let body = ChangeBody::Twin(TwinChange {
+            key: key.to_owned(),
+            change: bytes,
+        });
+        let s = self.seal_local(seq, hlc, seal::body_hash(&body, &[]))?;
         self.conn
             .prepare_cached(
                 "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3 WHERE id = ?4",
             )
             .and_then(|mut st| {
                 st.execute(params![
-                    prev.as_slice(),
-                    body.as_slice(),
-                    sig.as_slice(),
+                    s.prev.as_slice(),
+                    s.body_hash.as_slice(),
+                    s.sig.as_slice(),
                     id
                 ])
             })
@@ -214,6 +248,11 @@ impl Writer {
         let Some(slot) = self.actors.get(&actor).copied() else {
             return Ok(ChainHead::default());
         };
+        if let Some((seq, head)) = self.chain_heads.get(&actor)
+            && *seq == slot.max_seq
+        {
+            return Ok(*head);
+        }
         let key: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT public_key FROM actors WHERE idx = ?1")
@@ -223,10 +262,12 @@ impl Writer {
             0 => None,
             seq => stored_hash(&self.conn, &actor, slot.idx, seq)?,
         };
-        Ok(ChainHead {
+        let head = ChainHead {
             hash,
             key: key.and_then(|k| k.try_into().ok()),
-        })
+        };
+        self.chain_heads.insert(actor, (slot.max_seq, head));
+        Ok(head)
     }
 
     /// Stores the seals of the remote changes just written (their rows exist now) and binds
@@ -561,6 +602,3 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
     }
     Ok(report)
 }
-
-/// Per-actor state of one apply call's chain check.
-pub(crate) type Heads = HashMap<ActorId, ChainHead>;

@@ -148,23 +148,8 @@ impl Change {
     }
 }
 
-/// The length of `value`'s CBOR encoding, exactly as `ciborium::into_writer` writes it.
-pub(crate) fn cbor_len<T: Serialize + ?Sized>(value: &T) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Counting cannot fail, and every type passed here is serialisable.
-    ciborium::into_writer(value, &mut counter).expect("sizing a CBOR encoding");
-    counter.0
-}
+/// The exact length of a value's CBOR encoding (the protocol sizes pages with it).
+pub(crate) use crate::stored_cbor::encoded_len as cbor_len;
 
 /// What a change did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

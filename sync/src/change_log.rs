@@ -1,8 +1,8 @@
 //! [`ChangeLog`]: the replication-facing half of a store, as one small trait, so a sync
 //! peer can be backed by the embedded SQLite [`Store`] on a device or by the PostgreSQL
 //! change log of a hub (crate `kdelta-pg`, `PgStore`). Owns only the trait and its
-//! implementation for [`Store`]; the protocol session (`protocol/`) still takes a [`Store`]
-//! (switching it to this trait is the next step, see `docs/hub.md`).
+//! implementation for [`Store`]; what a sync session asks of a store beyond it is
+//! [`SyncStore`](crate::SyncStore) (`sync_store.rs`).
 //!
 //! The contract every implementation keeps (the sync protocol's correctness rests on it):
 //! - a store holds, per actor, a contiguous run of seqs from 1, summarised by its

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::digest::correction_hash;
 use crate::ingest::{MINUTE_MS, ROLLUP_REPLACE, decode_manifest, minute_aggs};
+use crate::stored_cbor;
 use crate::timing::ranges_of;
 use crate::writer::Writer;
 use crate::{
@@ -28,17 +29,12 @@ const MAX_CORRECTED_PER_CHANGE: usize = 10_000;
 
 /// Encodes a correction's body as stored in `changes.manifest` (and hashed).
 pub(crate) fn encode_correction(c: &TimeCorrection) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(c, &mut out).expect("encoding a time correction into memory");
-    out
+    stored_cbor::encode(c)
 }
 
 /// Decodes a stored correction body.
 pub(crate) fn decode_correction(bytes: &[u8]) -> Result<TimeCorrection> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "stored time correction",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "stored time correction")
 }
 
 impl Writer {
@@ -99,7 +95,8 @@ impl Writer {
         Ok(Some(ChangeMeta { actor, seq, hlc }))
     }
 
-    /// Stores a correction change (local or remote; validated) and applies it.
+    /// Stores a correction change (local and sealed here, or remote and validated) and
+    /// applies it.
     pub(crate) fn store_correction(
         &mut self,
         actor: ActorId,
@@ -111,7 +108,21 @@ impl Writer {
         let slot = self.actor_slot(actor)?;
         let body = encode_correction(correction);
         self.digest.add(&correction_hash(&actor, seq, hlc, &body));
-        let id = self.insert_change_row(slot.idx, seq, hlc, KIND_TIME_CORRECTION, Some(body))?;
+        let seal = match remote {
+            true => None,
+            false => {
+                let body = crate::ChangeBody::TimeCorrection(correction.clone());
+                Some(self.seal_local(seq, hlc, crate::seal::body_hash(&body, &[]))?)
+            }
+        };
+        let id = self.insert_sealed_change_row(
+            slot.idx,
+            seq,
+            hlc,
+            KIND_TIME_CORRECTION,
+            Some(body),
+            seal.as_ref(),
+        )?;
         self.advance(actor, seq)?;
 
         // Per series, the time spans whose rollup minutes must be recomputed.

@@ -11,26 +11,28 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::digest::{doc_hash, doc_pruned_hash};
 use crate::doc_batch::MAX_DOT_CBOR_BYTES;
+use crate::seal;
+use crate::stored_cbor;
 use crate::writer::{LocalDocWrite, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, ChangeMeta, DocBatch, Dot, Hlc, Result, StoreError,
 };
 
+/// A context as it is stored and served: dots sorted, each once.
+fn canonical_context(mut dots: Vec<Dot>) -> Vec<Dot> {
+    dots.sort();
+    dots.dedup();
+    dots
+}
+
 /// Canonical CBOR of a context: dots sorted, so equal contexts hash equally.
 pub(crate) fn encode_context(dots: &[Dot]) -> Vec<u8> {
-    let mut sorted = dots.to_vec();
-    sorted.sort();
-    sorted.dedup();
-    let mut out = Vec::new();
-    ciborium::into_writer(&sorted, &mut out).expect("encoding dots into memory");
-    out
+    let sorted = canonical_context(dots.to_vec());
+    stored_cbor::encode(&sorted)
 }
 
 pub(crate) fn decode_context(bytes: &[u8]) -> Result<Vec<Dot>> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "document context",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "document context")
 }
 
 impl Writer {
@@ -101,12 +103,20 @@ impl Writer {
         pruned: bool,
     ) -> Result<Vec<Dot>> {
         let key_id = self.key_id(key)?;
-        let context = match context {
+        let context = canonical_context(match context {
             Some(c) => c.to_vec(),
             None => self.current_heads(key_id)?,
-        };
+        });
         let slot = self.actor_slot(actor)?;
-        let change_id = self.insert_change_row(slot.idx, seq, hlc, KIND_DOC, None)?;
+        let seal = match remote {
+            true => None,
+            false => {
+                let write = seal::write_hash(key, value, &context);
+                Some(self.seal_local(seq, hlc, seal::docs_body_hash(false, vec![write]))?)
+            }
+        };
+        let change_id =
+            self.insert_sealed_change_row(slot.idx, seq, hlc, KIND_DOC, None, seal.as_ref())?;
         let version = Version {
             change_id,
             actor,
@@ -193,7 +203,22 @@ impl Writer {
         remote: bool,
     ) -> Result<Vec<Vec<Dot>>> {
         let slot = self.actor_slot(actor)?;
-        let change_id = self.insert_change_row(slot.idx, seq, hlc, KIND_DOC_BATCH, None)?;
+        let entries: Vec<_> = entries
+            .map(|(key, value, context, pruned)| (key, value, canonical_context(context), pruned))
+            .collect();
+        let seal = match remote {
+            true => None,
+            false => {
+                // A local batch has no pruned writes: every write is in the body's hash.
+                let writes = entries
+                    .iter()
+                    .map(|(key, value, context, _)| seal::write_hash(key, *value, context))
+                    .collect();
+                Some(self.seal_local(seq, hlc, seal::docs_body_hash(true, writes))?)
+            }
+        };
+        let change_id =
+            self.insert_sealed_change_row(slot.idx, seq, hlc, KIND_DOC_BATCH, None, seal.as_ref())?;
         let version = Version {
             change_id,
             actor,
@@ -286,11 +311,10 @@ impl Writer {
         key_id: i64,
         key: &str,
         value: Option<&[u8]>,
-        mut context: Vec<Dot>,
+        context: Vec<Dot>,
         pruned: bool,
     ) -> Result<Vec<Dot>> {
-        context.sort();
-        context.dedup();
+        let context = canonical_context(context);
         let ctx_bytes = encode_context(&context);
         let value = value.filter(|_| !pruned);
         self.conn

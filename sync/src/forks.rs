@@ -51,6 +51,10 @@ impl std::fmt::Display for Fork {
 /// manifest of a readings change.
 type Fingerprint = (ActorId, u64, Hlc, i64, Option<Vec<u8>>);
 
+/// What a store's change log holds of one `(actor, seq)`: its HLC, its kind
+/// ([`change_kind`]) and, for a readings change, its manifest ([`encode_manifest`]).
+pub type HeldChange = (Hlc, i64, Option<Vec<u8>>);
+
 /// Whether two manifests of one readings change can describe the same change: equal, or one
 /// the other less some series — retention drops a pruned series from a change's manifest
 /// (`retention.rs`), and replicas may prune differently.
@@ -70,8 +74,9 @@ fn same_readings(held: Option<Vec<u8>>, received: Option<Vec<u8>>) -> bool {
     small.iter().all(|e| large.contains(e))
 }
 
-/// Change-log kind of a body (as stored in `changes.kind`).
-fn kind_of(body: &ChangeBody) -> i64 {
+/// The change-log kind of a body (`changes.kind` on every backend): 1 readings, 2 document
+/// write, 3 twin change, 4 time correction, 5 document batch, 6 gap record.
+pub fn change_kind(body: &ChangeBody) -> i64 {
     match body {
         ChangeBody::Readings(_) => 1,
         ChangeBody::Doc(_) => 2,
@@ -79,6 +84,101 @@ fn kind_of(body: &ChangeBody) -> i64 {
         ChangeBody::TimeCorrection(_) => crate::correct::KIND_TIME_CORRECTION,
         ChangeBody::Gap(_) => crate::gap::KIND_GAP,
         ChangeBody::DocBatch(_) => crate::docwrite::KIND_DOC_BATCH,
+    }
+}
+
+/// The comparison of a received page with a store's copy (see the module docs), apart from
+/// how the store looks its changes up: [`new`](Self::new) picks what can be compared,
+/// [`dots`](Self::dots) says what to look up, [`compare`](Self::compare) decides.
+#[derive(Debug, Clone)]
+pub struct ForkCheck {
+    anchors: Vec<(ActorId, u64, Hlc)>,
+    held: Vec<Fingerprint>,
+}
+
+impl ForkCheck {
+    /// The changes and anchors at or below `held_seq(actor)` (what the store holds of the
+    /// actor; a store may answer `u64::MAX` and let the lookup find nothing): those above
+    /// have nothing to be compared with.
+    pub fn new(
+        changes: &[Change],
+        anchors: &[(ActorId, u64, Hlc)],
+        held_seq: impl Fn(&ActorId) -> u64,
+    ) -> ForkCheck {
+        let anchors = anchors
+            .iter()
+            .copied()
+            .filter(|(actor, seq, _)| *seq > 0 && *seq <= held_seq(actor))
+            .collect();
+        let held = changes
+            .iter()
+            .filter(|c| c.seq <= held_seq(&c.actor))
+            .map(|c| {
+                let manifest = match &c.body {
+                    ChangeBody::Readings(b) => Some(encode_manifest(b)),
+                    _ => None,
+                };
+                (c.actor, c.seq, c.hlc, change_kind(&c.body), manifest)
+            })
+            .collect();
+        ForkCheck { anchors, held }
+    }
+
+    /// True when nothing can be compared.
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty() && self.held.is_empty()
+    }
+
+    /// Every `(actor, seq)` whose held copy [`compare`](Self::compare) may look up.
+    pub fn dots(&self) -> Vec<(ActorId, u64)> {
+        let anchors = self.anchors.iter().map(|(a, s, _)| (*a, *s));
+        anchors
+            .chain(self.held.iter().map(|(a, s, ..)| (*a, *s)))
+            .collect()
+    }
+
+    /// The forks, at most one per actor: anchors first (compared by HLC), then changes
+    /// (HLC, kind, and a readings change's manifest). `lookup` gives the store's copy of a
+    /// dot, `None` when it holds none (retention): nothing to compare.
+    pub fn compare(
+        self,
+        mut lookup: impl FnMut(ActorId, u64) -> Result<Option<HeldChange>>,
+    ) -> Result<Vec<Fork>> {
+        let mut forks: Vec<Fork> = Vec::new();
+        for (actor, seq, hlc) in self.anchors {
+            let held = lookup(actor, seq)?.map(|(h, ..)| h);
+            if let Some(held) = held.filter(|h| *h != hlc)
+                && !forks.iter().any(|f| f.actor == actor)
+            {
+                forks.push(Fork {
+                    actor,
+                    seq,
+                    held,
+                    received: hlc,
+                });
+            }
+        }
+        for (actor, seq, hlc, kind, manifest) in self.held {
+            if forks.iter().any(|f| f.actor == actor) {
+                continue;
+            }
+            // A row gone (retention) leaves nothing to compare.
+            let Some((held_hlc, held_kind, held_manifest)) = lookup(actor, seq)? else {
+                continue;
+            };
+            let same = held_hlc == hlc
+                && held_kind == kind
+                && (kind != 1 || same_readings(held_manifest, manifest));
+            if !same {
+                forks.push(Fork {
+                    actor,
+                    seq,
+                    held: held_hlc,
+                    received: hlc,
+                });
+            }
+        }
+        Ok(forks)
     }
 }
 
@@ -125,85 +225,28 @@ impl Store {
         anchors: &[(ActorId, u64, Hlc)],
     ) -> Result<Vec<Fork>> {
         let vv = self.version_vector();
-        let anchors: Vec<(ActorId, u64, Hlc)> = anchors
-            .iter()
-            .copied()
-            .filter(|(actor, seq, _)| *seq > 0 && *seq <= vv.get(actor))
-            .collect();
-        let held: Vec<Fingerprint> = changes
-            .iter()
-            .filter(|c| c.seq <= vv.get(&c.actor))
-            .map(|c| {
-                let manifest = match &c.body {
-                    ChangeBody::Readings(b) => Some(encode_manifest(b)),
-                    _ => None,
-                };
-                (c.actor, c.seq, c.hlc, kind_of(&c.body), manifest)
-            })
-            .collect();
-        if held.is_empty() && anchors.is_empty() {
+        let check = ForkCheck::new(changes, anchors, |a| vv.get(a));
+        if check.is_empty() {
             return Ok(Vec::new());
         }
         self.inner
             .readers
             .read(move |conn| {
-                let mut forks: Vec<Fork> = Vec::new();
-                {
-                    let mut st = conn
-                        .prepare_cached(HLC_AT)
-                        .map_err(StoreError::db("comparing received changes"))?;
-                    for (actor, seq, hlc) in anchors {
-                        let held: Option<i64> = st
-                            .query_row(params![actor.as_bytes().as_slice(), seq as i64], |r| {
-                                r.get(0)
-                            })
-                            .optional()
-                            .map_err(StoreError::db("comparing received changes"))?;
-                        if let Some(held) = held.filter(|h| *h as u64 != hlc.0)
-                            && !forks.iter().any(|f| f.actor == actor)
-                        {
-                            forks.push(Fork {
-                                actor,
-                                seq,
-                                held: Hlc(held as u64),
-                                received: hlc,
-                            });
-                        }
-                    }
-                }
                 let mut st = conn
                     .prepare_cached(
                         "SELECT c.hlc, c.kind, c.manifest FROM changes c JOIN actors a ON a.idx = c.actor_idx \
                          WHERE a.actor = ?1 AND c.seq = ?2",
                     )
                     .map_err(StoreError::db("comparing received changes"))?;
-                for (actor, seq, hlc, kind, manifest) in held {
-                    if forks.iter().any(|f| f.actor == actor) {
-                        continue;
-                    }
+                check.compare(|actor, seq| {
                     let row: Option<(i64, i64, Option<Vec<u8>>)> = st
                         .query_row(params![actor.as_bytes().as_slice(), seq as i64], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                         })
                         .optional()
                         .map_err(StoreError::db("comparing received changes"))?;
-                    // A row gone (retention) leaves nothing to compare.
-                    let Some((held_hlc, held_kind, held_manifest)) = row else {
-                        continue;
-                    };
-                    let same = held_hlc as u64 == hlc.0
-                        && held_kind == kind
-                        && (kind != 1 || same_readings(held_manifest, manifest));
-                    if !same {
-                        forks.push(Fork {
-                            actor,
-                            seq,
-                            held: Hlc(held_hlc as u64),
-                            received: hlc,
-                        });
-                    }
-                }
-                Ok(forks)
+                    Ok(row.map(|(hlc, kind, manifest)| (Hlc(hlc as u64), kind, manifest)))
+                })
             })
             .await
     }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
+use crate::stored_cbor;
 use crate::writer::Writer;
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, ChangeMeta, Hlc, MAX_TS_MS, Result, StoreError,
@@ -162,17 +163,12 @@ impl GapCollector {
 
 /// Encodes a gap record as stored in `changes.manifest` (and hashed).
 pub(crate) fn encode_gap(g: &GapRecord) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(g, &mut out).expect("encoding a gap record into memory");
-    out
+    stored_cbor::encode(g)
 }
 
 /// Decodes a stored gap record.
 pub(crate) fn decode_gap(bytes: &[u8]) -> Result<GapRecord> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "stored gap record",
-        detail: e.to_string(),
-    })
+    stored_cbor::decode(bytes, "stored gap record")
 }
 
 /// The digest element of a gap change.
@@ -196,11 +192,10 @@ impl Writer {
         let actor = self.actor;
         self.flush_readings()?;
         self.store_gap(actor, seq, hlc, gap, false)?;
-        self.seal_local(seq)?;
         Ok(ChangeMeta { actor, seq, hlc })
     }
 
-    /// Stores a gap change (local, or remote and validated).
+    /// Stores a gap change (local and sealed here, or remote and validated).
     pub(crate) fn store_gap(
         &mut self,
         actor: ActorId,
@@ -212,7 +207,15 @@ impl Writer {
         let slot = self.actor_slot(actor)?;
         let body = encode_gap(gap);
         self.digest.add(&gap_hash(&actor, seq, hlc, &body));
-        let id = self.insert_change_row(slot.idx, seq, hlc, KIND_GAP, Some(body))?;
+        let seal = match remote {
+            true => None,
+            false => {
+                let hash = crate::seal::body_hash(&crate::ChangeBody::Gap(gap.clone()), &[]);
+                Some(self.seal_local(seq, hlc, hash)?)
+            }
+        };
+        let id =
+            self.insert_sealed_change_row(slot.idx, seq, hlc, KIND_GAP, Some(body), seal.as_ref())?;
         self.advance(actor, seq)?;
         self.pending_events.push(ChangeEvent {
             local_id: id,

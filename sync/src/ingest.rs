@@ -11,8 +11,11 @@ use rusqlite::OptionalExtension;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::LocalSeal;
 use crate::digest::{readings_hash, timing_hash};
 use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
+use crate::seal;
+use crate::stored_cbor;
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
     ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, ReadingTiming, Result, SeriesPoints,
@@ -21,7 +24,7 @@ use crate::{
 
 /// Rows per multi-row INSERT of readings (4 parameters each, well under SQLite's 32,766).
 const INSERT_CHUNK: usize = 2000;
-/// Change-log rows per INSERT (5 parameters each).
+/// Change-log rows per INSERT (8 parameters each).
 const CHANGE_CHUNK: usize = 1000;
 /// Series rows per attribute UPDATE (5 parameters each).
 const SERIES_CHUNK: usize = 1000;
@@ -47,15 +50,23 @@ pub(crate) const ROLLUP_REPLACE: &str = " ON CONFLICT(series_id, minute) DO UPDA
 pub(crate) const MINUTE_MS: i64 = 60_000;
 
 /// Where the readings of one series of a change are, so the change can be rebuilt for sync.
+/// A readings change's manifest is the CBOR list of these ([`encode_manifest`]), the same
+/// bytes on every backend (fork detection compares them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ManifestEntry {
+pub struct ManifestEntry {
+    /// Series name.
     pub name: String,
+    /// Unit as the change carried it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Metadata as the change carried it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// First timestamp (unix ms).
     pub ts_min: i64,
+    /// Last timestamp (unix ms).
     pub ts_max: i64,
+    /// How many readings.
     pub count: u64,
 }
 
@@ -156,7 +167,8 @@ pub(crate) fn minute_aggs(ts: &[i64], values: &[f64]) -> Vec<MinuteAgg> {
     out
 }
 
-pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
+/// The manifest of a readings change: one [`ManifestEntry`] per series, CBOR.
+pub fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
     let entries: Vec<ManifestEntry> = batch
         .series
         .iter()
@@ -169,16 +181,32 @@ pub(crate) fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
             count: s.ts.len() as u64,
         })
         .collect();
-    let mut out = Vec::new();
-    ciborium::into_writer(&entries, &mut out).expect("encoding a manifest into memory");
-    out
+    stored_cbor::encode(&entries)
 }
 
-pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
-    ciborium::from_reader(bytes).map_err(|e| StoreError::Decode {
-        what: "readings manifest",
-        detail: e.to_string(),
-    })
+/// `batch` as the log reader will serve it back: SQLite keeps a REAL that equals an integer
+/// as that integer, so a `-0.0` comes back as `0.0` (the only finite value it does not give
+/// back bit for bit). `None` when nothing changes. The digest and a local change's seal are
+/// computed over this, so they match what is read back.
+fn as_stored(batch: &ReadingBatch) -> Option<ReadingBatch> {
+    let negative_zero = |v: &f64| *v == 0.0 && v.is_sign_negative();
+    if !batch
+        .series
+        .iter()
+        .any(|s| s.values.iter().any(negative_zero))
+    {
+        return None;
+    }
+    let mut stored = batch.clone();
+    for v in stored.series.iter_mut().flat_map(|s| s.values.iter_mut()) {
+        *v += 0.0;
+    }
+    Some(stored)
+}
+
+/// Reads a manifest written by [`encode_manifest`].
+pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
+    stored_cbor::decode(bytes, "readings manifest")
 }
 
 /// Readings changes the writer has taken in but not written yet: a run of consecutive
@@ -206,6 +234,8 @@ struct StagedChange {
     series: Vec<String>,
     count: usize,
     timing: Option<ReadingTiming>,
+    /// The seal of a local change, written with its row.
+    seal: Option<LocalSeal>,
 }
 
 struct SeriesAttrs {
@@ -228,6 +258,8 @@ impl Writer {
         batch: &ReadingBatch,
         remote: bool,
     ) -> Result<()> {
+        let stored = as_stored(batch);
+        let batch = stored.as_ref().unwrap_or(batch);
         let slot = self.actor_slot(actor)?;
         let mut ids = Vec::with_capacity(batch.series.len());
         for s in &batch.series {
@@ -248,7 +280,14 @@ impl Writer {
         if let Some(t) = &batch.timing {
             self.digest.add(&timing_hash(&actor, seq, t));
         }
-        staged.changes.push(StagedChange {
+        let seal = match remote {
+            true => None,
+            false => {
+                let body = seal::readings_body_hash(&batch.series, batch.timing.as_ref(), &[]);
+                Some(self.seal_local(seq, hlc, body)?)
+            }
+        };
+        self.staged.changes.push(StagedChange {
             actor,
             actor_idx: slot.idx,
             seq,
@@ -258,6 +297,7 @@ impl Writer {
             series: batch.series.iter().map(|s| s.name.clone()).collect(),
             count: batch.len(),
             timing: batch.timing,
+            seal,
         });
         if let Some(s) = self.actors.get_mut(&actor) {
             s.max_seq = seq;
@@ -277,8 +317,9 @@ impl Writer {
         for chunk in staged.changes.chunks(CHANGE_CHUNK) {
             // RETURNING rows come in no promised order: match them by (actor, seq).
             let sql = values_sql(
-                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES ",
-                5,
+                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, \
+                 signature) VALUES ",
+                8,
                 chunk.len(),
                 " RETURNING id, actor_idx, seq",
             );
@@ -286,11 +327,15 @@ impl Writer {
             with_statement(&self.conn, &sql, cached, |st| {
                 let mut b = Binder::new(st);
                 for c in chunk {
+                    let seal = c.seal.as_ref();
                     b.bind(c.actor_idx)?
                         .bind(c.seq as i64)?
                         .bind(c.hlc.0 as i64)?
                         .bind(1i64)?
-                        .bind(&c.manifest)?;
+                        .bind(&c.manifest)?
+                        .bind(seal.map(|s| s.prev.as_slice()))?
+                        .bind(seal.map(|s| s.body_hash.as_slice()))?
+                        .bind(seal.map(|s| s.sig.as_slice()))?;
                 }
                 let mut rows = st.raw_query();
                 while let Some(r) = rows.next()? {

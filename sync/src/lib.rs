@@ -67,6 +67,7 @@
 #![deny(missing_docs)]
 
 mod actor;
+mod admit;
 pub mod backup;
 mod chain;
 mod change;
@@ -96,6 +97,8 @@ mod schema;
 pub mod seal;
 mod space;
 mod store;
+mod stored_cbor;
+mod sync_store;
 mod timeref;
 mod timing;
 mod twin;
@@ -103,7 +106,8 @@ mod vv;
 mod writer;
 
 pub use actor::{ActorId, ParseActorError};
-pub use chain::{ChainFault, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
+pub use admit::{Admission, AdmitRules, HeldActor, admit_remote};
+pub use chain::{ChainFault, ChainHead, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
 pub use change::{
     Change, ChangeBody, DocWrite, Dot, Limits, MAX_DOT_BYTES, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES,
     MAX_TS_MS, MAX_TWIN_CHANGE_OPS, MAX_UNIT_BYTES, ReadingBatch, ReadingProblem, SeriesPoints,
@@ -115,13 +119,14 @@ pub use doc_batch::{BatchEntry, DocBatch};
 pub use doc_retention::{DocRetention, DocRule, KeyRetention};
 pub use docs_query::MAX_HISTORY_PAGE;
 pub use error::{Result, StoreError};
-pub use forks::Fork;
+pub use forks::{Fork, ForkCheck, HeldChange, change_kind};
 pub use gap::{GapEntry, GapReason, GapRecord, MAX_GAP_ENTRIES, StoredGap};
 pub use health::WriteHealth;
 pub use history_cursor::HistoryCursor;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };
+pub use ingest::{ManifestEntry, decode_manifest, encode_manifest};
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE};
@@ -129,6 +134,7 @@ pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, Unacked, glob
 pub use schema::supported_schema_version;
 pub use space::{COMPACT_ON_OPEN_MAX_BYTES, StoreSpace};
 pub use store::Store;
+pub use sync_store::{Announcement, Announcements, SyncStore};
 pub use timeref::{ClockClaim, TimeReference};
 pub use timing::{
     BootId, CorrectedRange, MAX_CORRECTION_RANGES, ReadingTiming, TimeBasis, TimeCorrection,
@@ -136,7 +142,7 @@ pub use timing::{
 };
 pub use twin::{
     MAX_HISTORY_PATHS, MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS,
-    MAX_VIEW_DEPTH, PathOp, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage,
-    TwinWrite,
+    MAX_VIEW_DEPTH, PathOp, TwinCompaction, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState,
+    TwinStorage, TwinWrite,
 };
 pub use vv::VersionVector;

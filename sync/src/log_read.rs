@@ -7,7 +7,8 @@
 //!   `readings` (a range scan per run, filtered to the run's change ids) and the rows are split
 //!   into changes in memory by change id;
 //! - documents (single and batches) and twin changes: one `IN (…)` query each per chunk of
-//!   ids; a batch's versions come back as several rows of one change id.
+//!   ids; a batch's versions come back as several rows of one change id. Compacted twin
+//!   changes are rebuilt from their twin's snapshot (`twin/rebuild.rs`, cached).
 
 use std::collections::HashMap;
 
@@ -19,13 +20,15 @@ use crate::gap::{KIND_GAP, decode_gap};
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
 use crate::seal::{Hash, Seal, split_hashes};
+use crate::twin::{rebuild_compacted, stored_twin_hash as stored_hash};
 use crate::{
     ActorId, BootId, Change, ChangeBody, DocBatch, DocWrite, Hlc, ReadingBatch, ReadingTiming,
     Result, SeriesPoints, StoreError, TwinChange,
 };
 
 /// The columns every log query selects first (`load` reads them by position); the sixth is a
-/// lower bound of the bytes of a document, document batch or twin body (0 for readings).
+/// lower bound of the bytes of a document, document batch or twin body (0 for readings; a
+/// compacted twin change counts its key only, its chunk being in the snapshot).
 pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
      CASE c.kind \
        WHEN 2 THEN (SELECT length(k.key) + COALESCE(length(v.value), 0) FROM doc_versions v \
@@ -275,19 +278,45 @@ fn doc_write(r: &rusqlite::Row<'_>, context: &'static str) -> Result<DocWrite> {
     })
 }
 
+/// Twin changes, their chunks as stored or — compacted ones (`twin/compact.rs`) — rebuilt
+/// from their twins' snapshots, one snapshot load per twin.
 fn load_twins(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, TwinChange>> {
-    let select = "SELECT t.change_id, w.key, t.bytes FROM twin_changes t \
+    let select = "SELECT t.change_id, w.key, t.bytes, t.twin_id, t.hash FROM twin_changes t \
                   JOIN twins w ON w.id = t.twin_id WHERE t.change_id IN (";
-    load_bodies(conn, ids_of(rows, 3), select, "reading twin changes", |r| {
-        let col = |e| StoreError::Database {
-            context: "reading twin changes",
-            source: e,
-        };
-        Ok(TwinChange {
-            key: r.get(1).map_err(col)?,
-            change: r.get(2).map_err(col)?,
-        })
-    })
+    let mut compacted = Vec::new();
+    let mut out = HashMap::new();
+    for_each_body(
+        conn,
+        ids_of(rows, 3),
+        select,
+        "",
+        "reading twin changes",
+        |id, r| {
+            let col = |e| StoreError::Database {
+                context: "reading twin changes",
+                source: e,
+            };
+            let change: Vec<u8> = r.get(2).map_err(col)?;
+            if change.is_empty() {
+                let hash: Vec<u8> = r.get(4).map_err(col)?;
+                compacted.push((id, r.get(3).map_err(col)?, stored_hash(&hash)?));
+            }
+            out.insert(
+                id,
+                TwinChange {
+                    key: r.get(1).map_err(col)?,
+                    change,
+                },
+            );
+            Ok(())
+        },
+    )?;
+    for (id, chunk) in rebuild_compacted(conn, compacted)? {
+        if let Some(t) = out.get_mut(&id) {
+            t.change = chunk;
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `select` (ending in `IN (`, change id first) for `ids` in chunks of [`ID_CHUNK`] and

@@ -30,6 +30,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::digest::readings_hash;
 use crate::gap::GapCollector;
 use crate::ingest::{MINUTE_MS, decode_manifest};
+use crate::stored_cbor;
 use crate::writer::Writer;
 use crate::{ActorId, Result, StoreError, VersionVector};
 
@@ -55,6 +56,8 @@ pub struct RetentionPolicy {
     pub rollups_max_age_ms: Option<u64>,
     /// Document history (`doc_retention.rs`).
     pub docs: crate::DocRetention,
+    /// Twin history compaction (`twin/compact.rs`): raw chunks the snapshots hold.
+    pub twins: crate::TwinCompaction,
 }
 
 impl RetentionPolicy {
@@ -72,6 +75,14 @@ impl RetentionPolicy {
             && self.rollups_max_age_ms.is_none()
             && self.series.iter().all(|r| r.max_age_ms.is_none())
             && self.docs.keeps_everything()
+            && self.twins.never()
+    }
+
+    /// True when this policy prunes no raw reading and no rollup.
+    pub fn keeps_all_readings(&self) -> bool {
+        self.readings_max_age_ms.is_none()
+            && self.rollups_max_age_ms.is_none()
+            && self.series.iter().all(|r| r.max_age_ms.is_none())
     }
 }
 
@@ -123,6 +134,14 @@ pub struct PruneReport {
     pub gaps: u64,
     /// Document versions whose value was pruned (`doc_retention.rs`).
     pub doc_versions: u64,
+    /// Twin changes whose raw chunk was dropped, now held only in their twin's snapshot
+    /// (`twin/compact.rs`).
+    pub twin_changes_compacted: u64,
+    /// Bytes of those chunks.
+    pub twin_bytes_compacted: u64,
+    /// Twin changes the compaction rule reached but kept raw: their snapshot does not give
+    /// them back byte for byte.
+    pub twin_changes_kept: u64,
 }
 
 impl PruneReport {
@@ -136,6 +155,9 @@ impl PruneReport {
         self.held += o.held;
         self.dropped_unacked += o.dropped_unacked;
         self.gaps += o.gaps;
+        self.twin_changes_compacted += o.twin_changes_compacted;
+        self.twin_bytes_compacted += o.twin_bytes_compacted;
+        self.twin_changes_kept += o.twin_changes_kept;
     }
 }
 
@@ -153,6 +175,11 @@ impl PruneRule {
     /// True when the rule can remove nothing.
     pub fn prunes_nothing(&self) -> bool {
         self.policy.keeps_everything() && self.before_ms.is_none()
+    }
+
+    /// True when the rule can remove raw readings or rollups.
+    pub fn prunes_readings(&self) -> bool {
+        !self.policy.keeps_all_readings() || self.before_ms.is_some()
     }
 
     /// The raw-reading cutoff of series `name` (minute-aligned by age), `None`: keep all.
@@ -422,8 +449,7 @@ impl Writer {
                 st.execute(params![series_id, lo, hi, change_id])
             })
             .map_err(StoreError::db("deleting pruned readings"))?;
-        let mut bytes = Vec::new();
-        ciborium::into_writer(&entries, &mut bytes).expect("encoding a manifest into memory");
+        let bytes = stored_cbor::encode(&entries);
         self.conn
             .prepare_cached("UPDATE changes SET manifest = ?1, pruned = ?3 WHERE id = ?2")
             .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
@@ -528,6 +554,7 @@ mod tests {
             ],
             rollups_max_age_ms: None,
             docs: Default::default(),
+            twins: Default::default(),
         };
         assert_eq!(p.readings_max_age("keep.me"), None);
         assert_eq!(p.readings_max_age("other"), Some(5));

@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "doc_retention",
         sql: include_str!("../migrations/0007_doc_retention.sql"),
     },
+    Migration {
+        version: 8,
+        description: "twin_compaction",
+        sql: include_str!("../migrations/0008_twin_compaction.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

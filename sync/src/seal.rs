@@ -82,19 +82,59 @@ pub fn write_hash(key: &str, value: Option<&[u8]>, context: &[crate::Dot]) -> Ha
 /// and the `pruned` ones (writes whose value retention dropped are left out of the body's
 /// share: their hashes are in `pruned`).
 fn docs_hash(h: &mut blake3::Hasher, kind: u8, writes: &[crate::DocWrite], pruned: &[Hash]) {
-    h.update(b"kdelta/seal/docs/v1");
-    h.update(&[kind]);
-    let mut all: Vec<Hash> = writes
+    let held = writes
         .iter()
         .filter(|w| !w.pruned)
-        .map(|w| write_hash(&w.key, w.value.as_deref(), &w.context))
-        .collect();
+        .map(|w| write_hash(&w.key, w.value.as_deref(), &w.context));
+    docs_set_hash(h, kind, held.collect(), pruned);
+}
+
+fn docs_set_hash(h: &mut blake3::Hasher, kind: u8, mut all: Vec<Hash>, pruned: &[Hash]) {
+    h.update(b"kdelta/seal/docs/v1");
+    h.update(&[kind]);
     all.extend_from_slice(pruned);
     all.sort_unstable();
     h.update(&(all.len() as u64).to_le_bytes());
     for w in &all {
         h.update(w);
     }
+}
+
+/// The body hash of a document change from the [`write_hash`]es of its writes, without
+/// building the body: `batch` for a [`ChangeBody::DocBatch`], else a single
+/// [`ChangeBody::Doc`]. Equal to [`body_hash`] of that body with no pruned writes.
+pub fn docs_body_hash(batch: bool, writes: Vec<Hash>) -> Hash {
+    let mut h = blake3::Hasher::new();
+    docs_set_hash(&mut h, u8::from(batch), writes, &[]);
+    *h.finalize().as_bytes()
+}
+
+/// The body hash of a readings change from its parts (see [`body_hash`]).
+pub fn readings_body_hash(
+    series: &[SeriesPoints],
+    timing: Option<&crate::ReadingTiming>,
+    pruned: &[Hash],
+) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/seal/readings/v1");
+    let mut units: Vec<Hash> = series.iter().map(unit_hash).collect();
+    units.extend_from_slice(pruned);
+    units.sort_unstable();
+    h.update(&(units.len() as u64).to_le_bytes());
+    for u in &units {
+        h.update(u);
+    }
+    match timing {
+        Some(t) => {
+            h.update(&[1]);
+            h.update(&t.boot_id.0);
+            h.update(&t.offset_ms.to_le_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    *h.finalize().as_bytes()
 }
 
 /// The body hash of a change: of a readings change, the sorted set of its unit hashes (those
@@ -106,26 +146,7 @@ pub fn body_hash(body: &ChangeBody, pruned: &[Hash]) -> Hash {
     match body {
         ChangeBody::Doc(d) => docs_hash(&mut h, 0, std::slice::from_ref(d), pruned),
         ChangeBody::DocBatch(b) => docs_hash(&mut h, 1, &b.writes, pruned),
-        ChangeBody::Readings(b) => {
-            h.update(b"kdelta/seal/readings/v1");
-            let mut units: Vec<Hash> = b.series.iter().map(unit_hash).collect();
-            units.extend_from_slice(pruned);
-            units.sort_unstable();
-            h.update(&(units.len() as u64).to_le_bytes());
-            for u in &units {
-                h.update(u);
-            }
-            match &b.timing {
-                Some(t) => {
-                    h.update(&[1]);
-                    h.update(&t.boot_id.0);
-                    h.update(&t.offset_ms.to_le_bytes());
-                }
-                None => {
-                    h.update(&[0]);
-                }
-            }
-        }
+        ChangeBody::Readings(b) => return readings_body_hash(&b.series, b.timing.as_ref(), pruned),
         other => {
             h.update(b"kdelta/seal/body/v1");
             ciborium::into_writer(other, &mut HashWriter(&mut h)).expect("hashing a body");

@@ -537,7 +537,8 @@ impl Store {
 
     /// Prunes what `policy` no longer keeps as of `now_ms` (unix ms; tests pass any clock):
     /// raw readings by age, then rollups (see [`RetentionPolicy`]), then the values of old
-    /// document versions (see [`DocRetention`](crate::DocRetention)). Runs as a series of
+    /// document versions (see [`DocRetention`](crate::DocRetention)), then the raw chunks of
+    /// old twin changes their snapshots hold (see [`TwinCompaction`](crate::TwinCompaction)). Runs as a series of
     /// small writer jobs, each looking at about `step_rows` readings, queued behind the
     /// writes already waiting — ingest is never stalled behind one long delete. Each step
     /// is durable on its own; a failed step ends the pass with its error (what earlier steps
@@ -607,7 +608,10 @@ impl Store {
             return Ok(total);
         }
         let rule = Arc::new(rule);
-        let mut cursor = crate::retention::PruneCursor::default();
+        let mut cursor = crate::retention::PruneCursor {
+            done: !rule.prunes_readings(),
+            ..Default::default()
+        };
         while !cursor.done {
             let (report, next) = self
                 .submit(|reply| Job::Prune {
@@ -625,8 +629,10 @@ impl Store {
             let policy = Arc::new(rule.policy.clone());
             self.prune_docs(&policy, rule.now_ms, step_rows, &mut total)
                 .await?;
+            self.compact_twins(policy.twins, rule.now_ms, step_rows, &mut total)
+                .await?;
         }
-        if total.readings + total.rollups + total.doc_versions > 0 {
+        if total.readings + total.rollups + total.doc_versions + total.twin_changes_compacted > 0 {
             self.reclaim().await?;
         }
         Ok(total)

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::chain::{ChainRefusal, ChainReport};
+use crate::chain::{ChainReport, LocalSeal};
 use crate::counts::Counts;
 use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
@@ -109,6 +109,14 @@ pub(crate) enum Job {
         budget: usize,
         reply: oneshot::Sender<Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>>,
     },
+    /// One bounded step of the twin part of a retention pass (see `twin/compact.rs`).
+    CompactTwins {
+        rule: crate::TwinCompaction,
+        now_ms: i64,
+        cursor: crate::twin::TwinCompactCursor,
+        budget: usize,
+        reply: oneshot::Sender<Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>>,
+    },
     /// Gives up to `pages` free pages back to the file system (stores with incremental
     /// auto-vacuum) and, once none are left, checkpoints and truncates the WAL. Runs outside
     /// any write group; answers the pages still free.
@@ -162,6 +170,10 @@ enum Done {
         oneshot::Sender<Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>>,
         Result<(crate::PruneReport, crate::doc_retention::DocPruneCursor)>,
     ),
+    CompactTwins(
+        oneshot::Sender<Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>>,
+        Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>,
+    ),
 }
 
 impl Done {
@@ -181,6 +193,7 @@ impl Done {
             Done::Heartbeat(_, r) => r.as_ref().err(),
             Done::Prune(_, r) => r.as_ref().err(),
             Done::PruneDocs(_, r) => r.as_ref().err(),
+            Done::CompactTwins(_, r) => r.as_ref().err(),
         }
     }
 
@@ -198,6 +211,7 @@ impl Done {
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
             Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
             Done::PruneDocs(tx, r) => Done::PruneDocs(tx, r.and(Err(err()))),
+            Done::CompactTwins(tx, r) => Done::CompactTwins(tx, r.and(Err(err()))),
         }
     }
 
@@ -215,6 +229,7 @@ impl Done {
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::PruneDocs(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::CompactTwins(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
     }
 }
@@ -277,8 +292,15 @@ pub(crate) struct Writer {
     pub staged: StagedReadings,
     /// This store's Ed25519 key: every local change is signed with it (`chain.rs`).
     pub signing: SigningKey,
-    /// Whether this store's public key is bound to its actor (checked once per start).
+    /// Whether this store's public key is bound to its actor in the database as the open
+    /// transaction sees it (false after any rollback: binding again is a no-op UPDATE).
     pub own_key_bound: bool,
+    /// Seq and change hash of this actor's last change as the open transaction sees it, so
+    /// sealing the next one reads nothing back (`chain.rs`); cleared after any rollback.
+    pub own_tip: Option<(u64, crate::seal::Hash)>,
+    /// Chain heads of actors as the open transaction sees them, each with the seq it is the
+    /// head of (stale once the actor moves on); cleared after any rollback.
+    pub chain_heads: HashMap<ActorId, (u64, crate::chain::ChainHead)>,
     /// Refuse unsigned remote changes (`StoreConfig::require_signatures`).
     pub require_signatures: bool,
 }
@@ -295,6 +317,8 @@ impl Writer {
         let mut w = Writer {
             signing,
             own_key_bound: false,
+            own_tip: None,
+            chain_heads: HashMap::new(),
             require_signatures,
             conn,
             shared,
@@ -355,6 +379,10 @@ impl Writer {
         self.key_ids.clear();
         self.twins.clear();
         self.staged = StagedReadings::default();
+        // What a rolled-back job bound or sealed is gone with it.
+        self.own_key_bound = false;
+        self.own_tip = None;
+        self.chain_heads.clear();
         let load = |conn: &Connection| -> rusqlite::Result<Vec<(i64, Vec<u8>, i64)>> {
             let mut st = conn.prepare_cached("SELECT idx, actor, max_seq FROM actors")?;
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -409,7 +437,8 @@ impl Writer {
             .map_err(StoreError::db("advancing the version vector"))
     }
 
-    /// Inserts the change-log row and returns its local id.
+    /// Inserts the change-log row of an unsigned (remote, or sealed later) change and
+    /// returns its local id.
     pub fn insert_change_row(
         &mut self,
         actor_idx: i64,
@@ -418,11 +447,36 @@ impl Writer {
         kind: i64,
         manifest: Option<Vec<u8>>,
     ) -> Result<i64> {
+        self.insert_sealed_change_row(actor_idx, seq, hlc, kind, manifest, None)
+    }
+
+    /// Inserts the change-log row with its seal columns (a local change, sealed by
+    /// [`Writer::seal_local`]) and returns its local id.
+    pub(crate) fn insert_sealed_change_row(
+        &mut self,
+        actor_idx: i64,
+        seq: u64,
+        hlc: Hlc,
+        kind: i64,
+        manifest: Option<Vec<u8>>,
+        seal: Option<&LocalSeal>,
+    ) -> Result<i64> {
+        let (prev, body, sig) = match seal {
+            Some(s) => (
+                Some(s.prev.as_slice()),
+                Some(s.body_hash.as_slice()),
+                Some(s.sig.as_slice()),
+            ),
+            None => (None, None, None),
+        };
         self.conn
             .prepare_cached(
-                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, signature) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
-            .and_then(|mut st| st.execute(params![actor_idx, seq as i64, hlc.0 as i64, kind, manifest]))
+            .and_then(|mut st| {
+                st.execute(params![actor_idx, seq as i64, hlc.0 as i64, kind, manifest, prev, body, sig])
+            })
             .map_err(StoreError::db("appending to the change log"))?;
         self.counts.changes += 1;
         Ok(self.conn.last_insert_rowid())
@@ -519,8 +573,6 @@ impl Writer {
         }
         self.pending_events.clear();
         self.touched.clear();
-        // The key binding may be rolled back with a failed job: check again.
-        self.own_key_bound = false;
         let mut jobs = jobs.into_iter();
         let mut aborted: Option<StoreError> = None;
         while let Some(job) = jobs.next() {
@@ -645,6 +697,7 @@ impl Writer {
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::PruneDocs { reply, .. } => Done::PruneDocs(reply, Err(err())),
+            Job::CompactTwins { reply, .. } => Done::CompactTwins(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -700,7 +753,6 @@ impl Writer {
                         let actor = self.actor;
                         self.stage_readings(actor, seq, hlc, batch, false)?;
                         self.flush_readings()?;
-                        self.seal_local(seq)?;
                         Ok(ChangeMeta { actor, seq, hlc })
                     })
                     .collect();
@@ -716,7 +768,6 @@ impl Writer {
                         let (seq, hlc) = self.next_local();
                         let actor = self.actor;
                         self.store_doc(actor, seq, hlc, &key, value.as_deref(), None, false, false)
-                            .and_then(|ctx| self.seal_local(seq).map(|()| ctx))
                             .map(|ctx| (ChangeMeta { actor, seq, hlc }, ctx))
                     }
                     Err(e) => Err(e),
@@ -728,15 +779,13 @@ impl Writer {
                 encoded_bytes,
                 reply,
             } => {
-                let r = self
-                    .store_local_batch(&writes, encoded_bytes)
-                    .and_then(|(meta, ctx)| self.seal_local(meta.seq).map(|()| (meta, ctx)));
+                let r = self.store_local_batch(&writes, encoded_bytes);
                 Done::DocBatch(reply, r)
             }
             Job::Twin { key, edit, reply } => {
                 let r = self.store_twin_local(&key, &edit).and_then(|w| {
                     if let Some(meta) = &w.change {
-                        self.seal_local(meta.seq)?;
+                        self.seal_written_twin(&w.key, meta.seq, meta.hlc)?;
                     }
                     Ok(w)
                 });
@@ -756,14 +805,7 @@ impl Writer {
                 basis,
                 reply,
             } => {
-                let r = self
-                    .correct_local(boot, true_offset_ms, basis)
-                    .and_then(|meta| {
-                        if let Some(m) = &meta {
-                            self.seal_local(m.seq)?;
-                        }
-                        Ok(meta)
-                    });
+                let r = self.correct_local(boot, true_offset_ms, basis);
                 Done::Correct(reply, r)
             }
             Job::Bind {
@@ -800,6 +842,13 @@ impl Writer {
                 reply,
                 self.prune_docs_step(&policy.docs, now_ms, cursor, budget),
             ),
+            Job::CompactTwins {
+                rule,
+                now_ms,
+                cursor,
+                budget,
+                reply,
+            } => Done::CompactTwins(reply, self.compact_twins_step(rule, now_ms, cursor, budget)),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -834,73 +883,31 @@ impl Writer {
         changes: Vec<Change>,
         partial: bool,
     ) -> Result<(ApplyOutcome, ChainReport)> {
-        let mut expect: HashMap<ActorId, u64> = HashMap::new();
-        let mut fresh: Vec<usize> = Vec::with_capacity(changes.len());
-        let mut skipped = 0;
-        let mut heads = crate::chain::Heads::new();
-        let mut report = ChainReport::default();
-        let mut seals = Vec::new();
+        let mut held = HashMap::new();
         for c in &changes {
-            if let std::collections::hash_map::Entry::Vacant(e) = heads.entry(c.actor) {
-                e.insert(self.chain_head(c.actor)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = held.entry(c.actor) {
+                e.insert(crate::admit::HeldActor {
+                    max_seq: self.actors.get(&c.actor).map_or(0, |s| s.max_seq),
+                    head: self.chain_head(c.actor)?,
+                });
             }
         }
-        {
+        let rules = crate::admit::AdmitRules {
+            limits: Some(&self.limits),
+            require_signatures: self.require_signatures,
+            partial,
+        };
+        let admission = {
             let clock = self.shared.clock.lock().expect("clock lock");
-            for (i, c) in changes.iter().enumerate() {
-                if let Some(r) = report.refused.iter_mut().find(|r| r.actor == c.actor) {
-                    r.changes += 1;
-                    continue;
-                }
-                c.validate(&self.limits)?;
-                let have = *expect
-                    .entry(c.actor)
-                    .or_insert_with(|| self.actors.get(&c.actor).map_or(0, |s| s.max_seq));
-                if c.seq <= have {
-                    skipped += 1;
-                    continue;
-                }
-                if c.seq != have + 1 {
-                    return Err(StoreError::SeqGap {
-                        actor: c.actor,
-                        have,
-                        got: c.seq,
-                    });
-                }
-                clock.check(c.hlc).map_err(|e| StoreError::ClockSkew {
-                    actor: c.actor,
-                    remote: e.remote,
-                    ahead_ms: e.ahead_ms,
-                    max_offset_ms: e.max_offset_ms,
-                })?;
-                let head = heads.get(&c.actor).copied().unwrap_or_default();
-                match crate::chain::check_remote(&head, c, self.require_signatures) {
-                    Ok((next, seal)) => {
-                        heads.insert(c.actor, next);
-                        match seal {
-                            Some(s) => seals.push(s),
-                            None => report.unsigned += 1,
-                        }
-                    }
-                    Err((fault, detail)) => {
-                        let refusal = ChainRefusal {
-                            actor: c.actor,
-                            seq: c.seq,
-                            changes: 1,
-                            fault,
-                            detail,
-                        };
-                        if !partial {
-                            return Err(refusal.into_error());
-                        }
-                        report.refused.push(refusal);
-                        continue;
-                    }
-                }
-                expect.insert(c.actor, c.seq);
-                fresh.push(i);
-            }
-        }
+            crate::admit::admit_remote(&changes, &held, rules, |c| clock.check(c.hlc))?
+        };
+        let (fresh, skipped, report, seals, heads) = (
+            admission.fresh,
+            admission.skipped,
+            admission.report,
+            admission.seals,
+            admission.heads,
+        );
         let applied = fresh.len();
         for i in fresh {
             let c = &changes[i];
@@ -938,6 +945,13 @@ impl Writer {
         self.flush_readings()?;
         self.flush_twins()?;
         self.store_remote_seals(seals)?;
+        // Each actor's head now stands at its highest stored seq (admission stops an actor at
+        // its first refusal, so nothing past the head is stored).
+        for (actor, head) in heads {
+            if let Some(slot) = self.actors.get(&actor) {
+                self.chain_heads.insert(actor, (slot.max_seq, head));
+            }
+        }
         Ok((ApplyOutcome { applied, skipped }, report))
     }
 }

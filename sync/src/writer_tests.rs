@@ -105,3 +105,81 @@ async fn a_failing_job_inside_a_group_keeps_the_digest_exact() {
     assert_eq!((stats.changes, stats.readings), (3, 2));
     store.close().await;
 }
+
+/// A readings batch with one series and two readings at the same time: its change is sealed
+/// when staged, then its rows fail the readings primary key when written, so the job fails
+/// after sealing (and, in a fresh store, after binding the store's key).
+fn fails_after_sealing() -> ReadingBatch {
+    let mut b = ReadingBatch::new();
+    b.push("dup", T0, 1.0, None);
+    b.push("dup", T0, 2.0, None);
+    b
+}
+
+/// A job failing after it sealed local changes (and bound the store's key) is rolled back
+/// with its seals: the group's later local changes link to the last change that stays, and
+/// the key is bound again (a binding cached past the rollback would leave the actor
+/// without a key), so the committed chain verifies. The failing jobs took seqs the later
+/// jobs take again; the second group links to the tip cached by the first.
+#[tokio::test]
+async fn a_failing_job_after_sealing_leaves_the_chain_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let mut writer = open_writer(&path);
+    let mut jobs = Vec::new();
+    let mut replies = Vec::new();
+    let append = |jobs: &mut Vec<Job>, parts: Vec<ReadingBatch>| {
+        let (reply, rx) = oneshot::channel();
+        jobs.push(Job::Append { parts, reply });
+        rx
+    };
+    // Seqs 1..=3 sealed (the key bound with seq 1), then the job fails at seq 3's rows.
+    let bad = append(
+        &mut jobs,
+        vec![
+            batch("a", T0, 1.0),
+            batch("b", T0, 2.0),
+            fails_after_sealing(),
+        ],
+    );
+    replies.push(append(&mut jobs, vec![batch("c", T0, 3.0)]));
+    let (doc_reply, doc_rx) = oneshot::channel();
+    jobs.push(Job::Doc {
+        key: "k".into(),
+        value: Some(vec![0x01]),
+        reply: doc_reply,
+    });
+    // Seqs 3 and 4: seq 3 is where the failed job's tip stood.
+    replies.push(append(
+        &mut jobs,
+        vec![batch("d", T0, 4.0), batch("e", T0, 5.0)],
+    ));
+    writer.run_group(jobs);
+    assert!(
+        bad.await.unwrap().is_err(),
+        "the duplicate reading fails its job"
+    );
+    for rx in replies {
+        rx.await.unwrap().unwrap();
+    }
+    assert_eq!(doc_rx.await.unwrap().unwrap().0.seq, 2);
+
+    // A second group: the tip cached by the first links the next change.
+    let (reply, rx) = oneshot::channel();
+    let mut second = vec![Job::Doc {
+        key: "k".into(),
+        value: Some(vec![0x02]),
+        reply,
+    }];
+    let bad = append(&mut second, vec![fails_after_sealing()]);
+    let last = append(&mut second, vec![batch("f", T0, 6.0)]);
+    writer.run_group(second);
+    assert_eq!(rx.await.unwrap().unwrap().0.seq, 5);
+    assert!(bad.await.unwrap().is_err());
+    assert_eq!(last.await.unwrap().unwrap()[0].seq, 6);
+    drop(writer);
+
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.changes, report.signed, report.unsigned), (6, 6, 0));
+}

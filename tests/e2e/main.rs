@@ -32,6 +32,7 @@ mod sources;
 mod sync;
 mod systemd;
 mod tls;
+mod twin_compaction;
 mod twins;
 
 use std::collections::BTreeMap;

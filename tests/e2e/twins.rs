@@ -21,7 +21,12 @@ fn twin_url(agent: &impl Endpoint) -> String {
     agent.at(&format!("/v1/twins/device/{DEVICE}"))
 }
 
-async fn patch(c: &reqwest::Client, url: &str, content_type: &str, body: &str) -> (u16, Value) {
+pub(crate) async fn patch(
+    c: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
     let r = c
         .patch(url)
         .header("content-type", content_type)

@@ -475,7 +475,7 @@ fn store_status_schema() -> Value {
             "since_last_commit_ms": opt_i, "disk_full": opt_s,
             "disk_full_for_ms": opt_i, "last_failure": opt_s}});
     let retention = json!({"type": "object",
-        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `doc_versions`, `steps`, `held`, `dropped_unacked`, `gaps`), `took_ms`, `error`",
+        "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `doc_versions`, `steps`, `held`, `dropped_unacked`, `gaps`, `twin_changes_compacted`, `twin_bytes_compacted`, `twin_changes_kept`), `took_ms`, `error`",
         "additionalProperties": true});
     let budget = json!({"type": "object", "nullable": true,
         "description": "The disk budget (`[retention] max_disk` / `min_free`; null without one): `used_bytes` (database + WAL + shm less free pages), `limit_bytes` (max_disk), `hard_limit_bytes`, `fraction` (used / limit), `min_free_bytes`, `room_bytes` (available + free pages), `holding_unacked` (over budget, keeping readings upstream has not acknowledged), `pruned_total`, `dropped_unacked_total`, `gaps_total` and the `last` pass (`limits`, `before`, `after`, `pruned`, `hard`, `error`)",

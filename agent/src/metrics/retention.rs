@@ -35,6 +35,8 @@ pub(super) struct RetentionMetrics {
     pruned_readings: Counter,
     pruned_rollups: Counter,
     pruned_doc_versions: Counter,
+    compacted_twin_changes: Counter,
+    compacted_twin_bytes: Counter,
     pass_seconds: Histogram,
     disk_full: Gauge,
     write_bytes: Gauge,
@@ -61,6 +63,8 @@ impl Default for RetentionMetrics {
             pruned_readings: Counter::default(),
             pruned_rollups: Counter::default(),
             pruned_doc_versions: Counter::default(),
+            compacted_twin_changes: Counter::default(),
+            compacted_twin_bytes: Counter::default(),
             // 1 ms … ~65 s.
             pass_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
             disk_full: Gauge::default(),
@@ -87,6 +91,16 @@ impl RetentionMetrics {
             "retention_pruned_doc_versions",
             "Document versions whose value retention pruned (the version stays in history, marked pruned)",
             self.pruned_doc_versions.clone(),
+        );
+        r.register(
+            "retention_compacted_twin_changes",
+            "Twin changes whose raw chunk retention dropped because the twin's snapshot holds it (lossless: history and sync unchanged)",
+            self.compacted_twin_changes.clone(),
+        );
+        r.register(
+            "retention_compacted_twin_bytes",
+            "Bytes of the raw twin change chunks retention dropped",
+            self.compacted_twin_bytes.clone(),
         );
         r.register(
             "retention_pass_duration_seconds",
@@ -160,6 +174,12 @@ impl Metrics {
         self.retention
             .pruned_doc_versions
             .inc_by(report.doc_versions);
+        self.retention
+            .compacted_twin_changes
+            .inc_by(report.twin_changes_compacted);
+        self.retention
+            .compacted_twin_bytes
+            .inc_by(report.twin_bytes_compacted);
         self.retention.pass_seconds.observe(took.as_secs_f64());
     }
 

@@ -1,7 +1,7 @@
 //! `[retention]`: how long raw readings (by default and per series pattern) and per-minute
 //! rollups are kept, the disk budget (`max_disk`, `min_free`, `hard_limit`), and how often
-//! and in what steps pruning runs. Pure data with defaults (keep everything, no budget) and
-//! `validate()`.
+//! and in what steps pruning runs. Pure data with defaults (keep everything, no budget; twin
+//! history compacted after a day, which loses nothing) and `validate()`.
 
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ pub struct RetentionConfig {
     pub series: Vec<SeriesKeep>,
     /// Document history (`[retention.docs]`).
     pub docs: super::DocsKeep,
+    /// Twin history compaction (`[retention.twins]`).
+    pub twins: super::TwinsKeep,
     /// How often pruning runs.
     #[serde(with = "humantime_serde")]
     pub every: Duration,
@@ -108,6 +110,7 @@ impl Default for RetentionConfig {
             rollups: Keep::Forever,
             series: Vec::new(),
             docs: super::DocsKeep::default(),
+            twins: super::TwinsKeep::default(),
             every: Duration::from_secs(60),
             step_rows: 5000,
             max_disk: None,
@@ -177,7 +180,8 @@ impl RetentionConfig {
                 );
             }
         }
-        self.docs.validate()
+        self.docs.validate()?;
+        self.twins.validate()
     }
 
     /// The disk-budget keys: sizes that make sense together.
@@ -235,6 +239,7 @@ impl RetentionConfig {
                 .collect(),
             rollups_max_age_ms: self.rollups.as_ms(),
             docs: self.docs.policy(),
+            twins: self.twins.policy(),
         }
     }
 }
@@ -265,7 +270,6 @@ mod tests {
         assert_eq!(p.rollups_max_age_ms, None);
         assert_eq!(p.readings_max_age("sim.1"), Some(7_200_000));
         assert_eq!(p.readings_max_age("gh.temp"), Some(30 * 86_400_000));
-        assert!(RetentionConfig::default().policy().keeps_everything());
         RetentionConfig::default().validate().unwrap();
     }
 
@@ -318,6 +322,31 @@ mod tests {
         // Only documents configured: the policy prunes.
         let only = parse("[retention.docs]\nkeep_versions = 3\n").unwrap();
         assert!(!only.policy().keeps_everything());
+    }
+
+    #[test]
+    fn twins_compact_after_a_day_by_default_and_forever_turns_it_off() {
+        let d = RetentionConfig::default().policy();
+        assert!(d.keeps_all_readings() && d.docs.keeps_everything());
+        assert_eq!(
+            d.twins,
+            kdelta_sync::TwinCompaction {
+                after_ms: Some(86_400_000),
+                keep_raw: 0
+            }
+        );
+        let c = parse("[retention.twins]\ncompact_after = \"forever\"\n").unwrap();
+        c.validate().unwrap();
+        assert!(c.policy().keeps_everything());
+        let c = parse("[retention.twins]\ncompact_after = \"10s\"\nkeep_raw = 500\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.policy().twins.after_ms, Some(10_000));
+        assert_eq!(c.policy().twins.keep_raw, 500);
+        let c = parse("[retention.twins]\nkeep_raw = 2000000000\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.twins.keep_raw");
+        let e = parse("[retention.twins]\ncompact_after = \"soon\"\n").unwrap_err();
+        assert!(e.contains("forever"), "{e}");
+        assert!(parse("[retention.twins]\ncompact = \"1d\"\n").is_err());
     }
 
     #[test]

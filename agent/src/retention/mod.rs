@@ -1,5 +1,5 @@
 //! Retention: the `[retention]` section ([`RetentionConfig`], with `[retention.docs]` in
-//! [`DocsKeep`]) and the loop that applies it
+//! [`DocsKeep`] and `[retention.twins]` in [`TwinsKeep`]) and the loop that applies it
 //! ([`retention_loop`]): every `retention.every` it asks the store to prune what the policy no
 //! longer keeps and, with a disk budget (`budget.rs`), the oldest readings beyond it, in small transactions (`retention.step_rows` rows each) queued with ingest,
 //! and records what it did for `/v1/status` and `/metrics`. The pruning itself (what goes,
@@ -11,9 +11,11 @@ mod config;
 mod docs;
 mod size;
 mod task;
+mod twins;
 
 pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
 pub use docs::{DocKeyKeep, DocsKeep};
 pub use size::DiskSize;
 pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};
+pub use twins::TwinsKeep;

@@ -1,5 +1,6 @@
 //! The retention loop: every `retention.every`, one age prune pass through the store
-//! (readings, rollups, then document history; small transactions queued with ingest) and,
+//! (readings, rollups, document history, then twin compaction; small transactions queued
+//! with ingest) and,
 //! with a disk budget, one budget pass (`budget.rs`); their outcome kept in
 //! [`RetentionState`] for `/v1/status` and counted in `/metrics`.
 //! Both keep the readings upstream peers have not acknowledged (the registry's
@@ -206,6 +207,15 @@ async fn age_pass(
                     report.rollups,
                     report.doc_versions,
                     humantime::format_duration(round_ms(took))
+                );
+            }
+            if report.twin_changes_compacted > 0 {
+                tracing::info!(
+                    twin_changes = report.twin_changes_compacted,
+                    bytes = report.twin_bytes_compacted,
+                    "retention compacted {} twin changes ({} bytes of raw chunks their snapshots hold)",
+                    report.twin_changes_compacted,
+                    report.twin_bytes_compacted
                 );
             }
             state.update(|s| {

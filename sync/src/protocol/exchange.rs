@@ -12,7 +12,6 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::frame::vector_within;
@@ -21,10 +20,11 @@ use super::{
     Ack, Anchor, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode,
     SessionStats, SyncConfig,
 };
-use crate::{ActorId, Change, ChangeEvent, Fork, Store, StoreError, VersionVector};
+use crate::sync_store::{Announcement, Announcements};
+use crate::{ActorId, Change, ChangeLog, Fork, SyncStore, VersionVector};
 
-pub(super) struct Exchange<'a> {
-    store: &'a Store,
+pub(super) struct Exchange<'a, S: SyncStore> {
+    store: &'a S,
     config: &'a SyncConfig,
     stats: &'a SessionStats,
     link: &'a mut Link,
@@ -60,15 +60,15 @@ pub(super) struct Exchange<'a> {
     origin: Option<(ActorId, String)>,
 }
 
-impl<'a> Exchange<'a> {
+impl<'a, S: SyncStore> Exchange<'a, S> {
     pub(super) fn new(
-        store: &'a Store,
+        store: &'a S,
         config: &'a SyncConfig,
         stats: &'a SessionStats,
         link: &'a mut Link,
         peer: &'a PeerInfo,
         theirs: VersionVector,
-    ) -> Exchange<'a> {
+    ) -> Exchange<'a, S> {
         let page_budget = config
             .page_bytes
             .min(link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD))
@@ -96,14 +96,14 @@ impl<'a> Exchange<'a> {
     }
 
     /// Takes only `origin`'s changes from the peer (a `device` credential bound to it).
-    pub(super) fn only_from(mut self, origin: Option<(ActorId, String)>) -> Exchange<'a> {
+    pub(super) fn only_from(mut self, origin: Option<(ActorId, String)>) -> Exchange<'a, S> {
         self.origin = origin;
         self
     }
 
     pub(super) async fn run(
         mut self,
-        mut events: broadcast::Receiver<ChangeEvent>,
+        mut events: S::Announcements,
     ) -> Result<SessionEnd, ProtocolError> {
         let period = self.config.keepalive.min(self.config.live_recheck) / 2;
         let mut tick = interval(period.max(std::time::Duration::from_millis(10)));
@@ -124,15 +124,14 @@ impl<'a> Exchange<'a> {
                         return Ok(end);
                     }
                 }
-                event = events.recv() => match event {
-                    Ok(e) => {
-                        if e.seq > self.sent.get(&e.actor) {
+                event = events.next() => match event? {
+                    Announcement::Committed { actor, seq } => {
+                        if seq > self.sent.get(&actor) {
                             self.more = true;
                         }
                     }
-                    // Missed events: the change log, queried from `sent`, has them all.
-                    Err(RecvError::Lagged(_)) => self.more = true,
-                    Err(RecvError::Closed) => return Err(StoreError::Closed.into()),
+                    // Missed announcements: the change log, queried from `sent`, has them all.
+                    Announcement::Missed => self.more = true,
                 },
                 _ = tick.tick() => self.on_tick().await?,
             }
@@ -284,8 +283,9 @@ impl<'a> Exchange<'a> {
                 self.stats.their_vector(&self.known);
                 // What we hold of the page's actors (not our whole vector, which may name
                 // more actors than one frame of the peer's holds).
+                let actors: Vec<ActorId> = holds.iter().map(|(a, _)| a).collect();
                 let vector = vector_within(
-                    self.store.version_vector_of(holds.iter().map(|(a, _)| a)),
+                    self.store.version_vector_of(&actors).await?,
                     self.link.peer_max,
                 );
                 self.link
@@ -367,8 +367,8 @@ fn note(v: &mut VersionVector, changes: &[Change]) {
 /// The changes of a received page that may be applied: with `origin` (a `device`
 /// credential), other actors' changes are refused; those held back for their timestamps are
 /// counted. Both are counted in `stats` and logged (once per actor and page).
-pub(super) fn screen_page(
-    store: &Store,
+pub(super) fn screen_page<S: SyncStore>(
+    store: &S,
     stats: &SessionStats,
     origin: Option<&(ActorId, String)>,
     changes: Vec<Change>,
@@ -395,8 +395,8 @@ pub(super) fn screen_page(
 /// Applies a screened page: each change's signature and chain link are checked by the
 /// writer; an actor whose change fails is refused (counted, logged naming actor and seq,
 /// `last_refusal`) and its later changes wait, while the other actors' changes apply.
-pub(super) async fn apply_page(
-    store: &Store,
+pub(super) async fn apply_page<S: SyncStore>(
+    store: &S,
     stats: &SessionStats,
     changes: Vec<Change>,
 ) -> Result<crate::ApplyOutcome, ProtocolError> {
@@ -409,12 +409,12 @@ pub(super) async fn apply_page(
 }
 
 /// The changes of a received page that do not fork an actor's history (see
-/// [`Store::find_forks`]): an actor whose change from `peer` contradicts the store's copy of
+/// [`SyncStore::find_forks`]): an actor whose change from `peer` contradicts the store's copy of
 /// the same `(actor, seq)` goes into `forked`, is reported (counted, logged as an error naming
 /// this peer and the actor), and none of its changes from this peer are merged while the
 /// session lasts — the rest of the page applies.
-pub(super) async fn screen_forks(
-    store: &Store,
+pub(super) async fn screen_forks<S: SyncStore>(
+    store: &S,
     stats: &SessionStats,
     peer: &PeerInfo,
     forked: &mut HashSet<ActorId>,
@@ -450,14 +450,14 @@ pub(crate) struct ActorFork {
 }
 
 impl ActorFork {
-    fn new(store: &Store, peer: &PeerInfo, fork: &Fork) -> ActorFork {
+    fn new<S: SyncStore>(store: &S, peer: &PeerInfo, fork: &Fork) -> ActorFork {
         ActorFork {
             fork: fork.clone(),
             // The name it was let in under (its credential) when we authenticated it, else
             // the name it gave itself.
             peer_name: peer.principal.clone().unwrap_or_else(|| peer.name.clone()),
             peer_actor: peer.actor,
-            own: fork.actor == store.actor(),
+            own: fork.actor == ChangeLog::actor(store),
         }
     }
 }

@@ -10,11 +10,11 @@
 //! but the one the credential is bound to are refused, and the rest of the page applies.
 //!
 //! Owns only the decisions; the time judge is the store's clock
-//! ([`Store::check_remote_time`]).
+//! ([`SyncStore::check_remote_time`]).
 
 use std::collections::HashMap;
 
-use crate::{ActorId, Change, ClockSkewError, Store};
+use crate::{ActorId, Change, ClockSkewError, SyncStore};
 
 /// A change held back because of its timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,10 @@ impl std::fmt::Display for Quarantined {
 }
 
 /// Splits `changes` into those to apply and the actors held back, keeping page order.
-pub(super) fn screen(store: &Store, changes: Vec<Change>) -> (Vec<Change>, Vec<Quarantined>) {
+pub(super) fn screen<S: SyncStore>(
+    store: &S,
+    changes: Vec<Change>,
+) -> (Vec<Change>, Vec<Quarantined>) {
     let mut held: HashMap<ActorId, Quarantined> = HashMap::new();
     let mut order = Vec::new();
     let mut accepted = Vec::with_capacity(changes.len());

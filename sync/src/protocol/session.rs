@@ -19,7 +19,7 @@ use super::{
     MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole, ProtocolError,
     SessionStats, SyncConfig, Welcome,
 };
-use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
+use crate::{ActorId, ChangeLog, ClockClaim, Limits, Store, SyncStore, VersionVector};
 
 /// A sync session, ready to [`run`](Self::run) over a transport.
 ///
@@ -34,8 +34,11 @@ use crate::{ActorId, ClockClaim, Limits, Store, VersionVector};
 ///   Live                         ◀─▶  Live      backlog sent; push new commits from here
 ///   Ping/Pong keepalive; Bye to end; Refuse{code, message} on any error
 /// ```
-pub struct SyncSession {
-    store: Store,
+///
+/// Runs on any [`SyncStore`]: a device's SQLite [`Store`] (the default) or a hub's
+/// PostgreSQL change log.
+pub struct SyncSession<S: SyncStore = Store> {
+    store: S,
     config: SyncConfig,
     role: Role,
     stats: Arc<SessionStats>,
@@ -82,9 +85,9 @@ pub struct SessionSummary {
     pub end: SessionEnd,
 }
 
-impl SyncSession {
+impl<S: SyncStore> SyncSession<S> {
     /// The outbound side: sends `Hello` with `config.token`.
-    pub fn initiator(store: Store, config: SyncConfig) -> SyncSession {
+    pub fn initiator(store: S, config: SyncConfig) -> SyncSession<S> {
         SyncSession {
             store,
             config,
@@ -98,11 +101,7 @@ impl SyncSession {
     /// The inbound side: checks the initiator's `Hello` with `auth`. Until the peer is
     /// authenticated, frames over [`MIN_FRAME_BYTES`] are refused, so an anonymous
     /// connection costs little memory.
-    pub fn responder(
-        store: Store,
-        config: SyncConfig,
-        auth: Arc<dyn Authenticator>,
-    ) -> SyncSession {
+    pub fn responder(store: S, config: SyncConfig, auth: Arc<dyn Authenticator>) -> SyncSession<S> {
         SyncSession {
             store,
             config,
@@ -115,17 +114,17 @@ impl SyncSession {
 
     /// The role of the responder's peer (default [`PeerRole::Hub`]: anything goes). A
     /// [`PeerRole::Device`] credential is bound to the first actor that presents it
-    /// ([`Store::bind_credential`]); another actor presenting it is refused with
+    /// ([`SyncStore::bind_credential`]); another actor presenting it is refused with
     /// [`ProtocolError::CredentialBound`], and changes of any other actor in its pages are
     /// refused (counted in the stats) while its own apply.
-    pub fn with_peer_role(mut self, role: PeerRole) -> SyncSession {
+    pub fn with_peer_role(mut self, role: PeerRole) -> SyncSession<S> {
         self.peer_role = role;
         self
     }
 
     /// Records into `stats` instead of fresh counters (one `Arc` per peer keeps cumulative
     /// figures across reconnects).
-    pub fn with_stats(mut self, stats: Arc<SessionStats>) -> SyncSession {
+    pub fn with_stats(mut self, stats: Arc<SessionStats>) -> SyncSession<S> {
         self.stats = stats;
         self
     }
@@ -140,22 +139,19 @@ impl SyncSession {
     /// page, bad credentials) the peer is sent `Refuse { code, message }` first. Whatever
     /// happens, every page the store acknowledged is durable and no page is half-applied,
     /// so the next session resumes where this one stopped.
-    pub async fn run<S, R>(
+    pub async fn run<K, R>(
         self,
-        sink: S,
+        sink: K,
         source: R,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<SessionSummary, ProtocolError>
     where
-        S: FrameSink,
+        K: FrameSink,
         R: FrameSource,
     {
         self.stats.session_started();
-        let codec = FrameCodec::new(
-            self.config.max_frame_bytes,
-            self.store.config().limits.clone(),
-        )
-        .with_zstd_level(self.config.zstd_level);
+        let codec = FrameCodec::new(self.config.max_frame_bytes, self.store.limits())
+            .with_zstd_level(self.config.zstd_level);
         // Large enough for everything a conforming peer sends unprompted (its window of
         // pages, acks for ours, keepalives), so neither side's reader blocks its writer.
         let queue = 2 * self.config.window.max(1) + 16;
@@ -317,8 +313,8 @@ impl SyncSession {
             .map_err(|_| ProtocolError::Timeout("waiting for the handshake"))??;
         *peer_out = Some(peer.clone());
         // Subscribe before the first read of the change log, so no commit falls between.
-        let events = self.store.subscribe();
-        let mine = self.store.version_vector();
+        let events = self.store.subscribe().await?;
+        let mine = self.store.version_vector().await?;
         // The initiator's vector goes first, the responder's once it has the initiator's:
         // a vector of many frames is never sent by both sides at once (each blocked on a
         // full queue, neither reading). A peer of an earlier release that sends its vector
@@ -361,7 +357,7 @@ impl SyncSession {
     }
 
     async fn handshake(&self, link: &mut Link) -> Result<PeerInfo, ProtocolError> {
-        let own = self.store.actor();
+        let own = ChangeLog::actor(&self.store);
         match &self.role {
             Role::Initiator => {
                 link.send(&Frame::Hello(Hello {

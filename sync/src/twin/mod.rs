@@ -14,23 +14,30 @@
 //! - `json.rs`: the merged JSON view of a document.
 //! - `write.rs`: the writer side (cache, persistence, snapshots), inside the group commit.
 //! - `read.rs`: reads on the read pool (get, as-of, history, diff).
+//! - `compact.rs`: history compaction — dropping raw chunks the snapshot holds (retention).
+//! - `rebuild.rs`: the chunks of compacted changes, rebuilt from the snapshot (cached).
 //!
 //! Concurrently created maps at one key (both sides made `desired` while apart) are merged in
 //! the JSON view rather than one hiding the other: see `json.rs`.
 
 mod apply;
+mod compact;
 mod json;
 mod patch;
 mod read;
+mod rebuild;
 mod write;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{ActorId, Hlc};
 
+pub(crate) use compact::TwinCompactCursor;
+pub use compact::TwinCompaction;
 pub use patch::{
     MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS, PathOp, TwinPatch,
 };
+pub(crate) use rebuild::{rebuild_compacted, stored_hash as stored_twin_hash};
 pub(crate) use write::TwinCache;
 
 /// How a twin write starts: a new twin (optionally with an initial JSON object) or a patch.
@@ -92,6 +99,10 @@ pub struct TwinStorage {
     pub replayed: u64,
     /// Heads of the loaded document (more than one after concurrent edits).
     pub heads: usize,
+    /// Changes whose raw chunk was compacted away: held only in the snapshot.
+    pub compacted: u64,
+    /// Bytes of the raw chunks still stored.
+    pub raw_bytes: u64,
 }
 
 /// Most paths one history entry lists.

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::json::to_json;
 use super::patch::escape;
+use super::rebuild::stored_hash;
 use super::write::load_doc;
 use super::{
     MAX_HISTORY_PATHS, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState, TwinStorage, TwinWrite,
@@ -139,12 +140,21 @@ impl Store {
                     .prepare_cached("SELECT COALESCE(LENGTH(snapshot), 0) FROM twins WHERE id = ?1")
                     .and_then(|mut st| st.query_row([id], |r| r.get(0)))
                     .map_err(StoreError::db("reading a twin"))?;
+                let (compacted, raw_bytes): (i64, i64) = conn
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(length(bytes) = 0), 0), COALESCE(SUM(length(bytes)), 0) \
+                         FROM twin_changes WHERE twin_id = ?1",
+                    )
+                    .and_then(|mut st| st.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .map_err(StoreError::db("reading a twin"))?;
                 let (doc, replayed) = load_doc(conn, id)?;
                 Ok(TwinStorage {
                     changes,
                     snapshot_bytes: snapshot_bytes as u64,
                     replayed,
                     heads: doc.get_heads().len(),
+                    compacted: compacted as u64,
+                    raw_bytes: raw_bytes as u64,
                 })
             })
             .await
@@ -192,9 +202,9 @@ impl Store {
     ) -> Result<Vec<TwinHistoryEntry>> {
         let (below, actor_below) = HistoryCursor::sql_bounds(before);
         self.with_twin_doc(key, move |conn, id, doc| {
-            let rows: Vec<(Vec<u8>, i64, i64, Vec<u8>)> = conn
+            let rows: Vec<HistoryRow> = conn
                 .prepare_cached(
-                    "SELECT a.actor, c.seq, t.hlc, t.bytes FROM twin_changes t \
+                    "SELECT a.actor, c.seq, t.hlc, t.bytes, t.hash FROM twin_changes t \
                      JOIN changes c ON c.id = t.change_id JOIN actors a ON a.idx = c.actor_idx \
                      WHERE t.twin_id = ?1 AND t.hlc <= ?2 AND (t.hlc < ?2 OR a.actor < ?3) \
                      ORDER BY t.hlc DESC, a.actor DESC LIMIT ?4",
@@ -207,23 +217,31 @@ impl Store {
                             actor_below,
                             limit.clamp(1, MAX_HISTORY_PAGE) as i64
                         ],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                     )?
                     .collect()
                 })
                 .map_err(StoreError::db("reading twin history"))?;
             rows.into_iter()
-                .map(|(actor, seq, hlc, bytes)| {
+                .map(|(actor, seq, hlc, bytes, hash)| {
                     let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
                         what: "stored actor id",
                         detail: "not 16 bytes".into(),
                     })?;
-                    let change = automerge::Change::try_from(&bytes[..]).map_err(|e| {
-                        StoreError::Decode {
+                    let change = if bytes.is_empty() {
+                        // Compacted: the loaded document (its snapshot) holds the change.
+                        let hash = stored_hash(&hash)?;
+                        doc.get_change_by_hash(&hash)
+                            .ok_or_else(|| StoreError::Decode {
+                                what: "compacted twin change",
+                                detail: format!("{hash} is not in the twin's snapshot"),
+                            })?
+                    } else {
+                        automerge::Change::try_from(&bytes[..]).map_err(|e| StoreError::Decode {
                             what: "stored twin change",
                             detail: e.to_string(),
-                        }
-                    })?;
+                        })?
+                    };
                     let (paths, truncated) = change_paths(&doc, &change);
                     Ok(TwinHistoryEntry {
                         actor,
@@ -238,6 +256,10 @@ impl Store {
         .await
     }
 }
+
+/// A twin change as history reads it: actor, seq, HLC, stored chunk (empty when compacted),
+/// automerge hash.
+type HistoryRow = (Vec<u8>, i64, i64, Vec<u8>, Vec<u8>);
 
 /// The id, materialized JSON and change count of twin `key`.
 fn twin_row(conn: &Connection, key: &str) -> Result<Option<(i64, Vec<u8>, u64)>> {

@@ -1,0 +1,13 @@
+-- kdelta store schema v8: twin history compacted through snapshots (sync/src/twin/compact.rs).
+--
+-- A twin change whose raw automerge chunk is held byte for byte in its twin's snapshot
+-- (`twins.snapshot`, an `Automerge::save()` that contains every change up to
+-- `snapshot_upto`) may have `twin_changes.bytes` emptied: a zero-length blob means
+-- "compacted: rebuild the chunk from the snapshot by its hash". No automerge change chunk is
+-- empty, so the marker is unambiguous. A marker rather than a nullable column: SQLite cannot
+-- drop NOT NULL in place, and rebuilding the table would copy every twin change at upgrade —
+-- on a nearly full SD card that copy could fail and leave the store unable to open.
+-- Releases before this schema refuse the store (schema too new), so none reads the marker.
+--
+-- What a compaction pass scans: a twin's changes still held raw, by local id.
+CREATE INDEX twin_changes_raw ON twin_changes (twin_id, change_id) WHERE length(bytes) > 0;
