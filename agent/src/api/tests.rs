@@ -197,11 +197,13 @@ fn error_codes_in_openapi_and_docs_come_from_the_enum() {
         }
     }
     for code in ErrorCode::ALL {
-        // Any route may answer these (fallbacks, a bug), or the store's mapping keeps them
-        // for sync-only failures that no route documents.
+        // Any route may answer these (fallbacks, a bug; every SQLite-only route on a
+        // PostgreSQL hub replica), or the store's mapping keeps them for sync-only failures
+        // that no route documents.
         let anywhere = matches!(
             code,
             ErrorCode::Internal
+                | ErrorCode::NotOnThisBackend
                 | ErrorCode::NoRoute
                 | ErrorCode::MethodNotAllowed
                 | ErrorCode::ClockSkew

@@ -1,10 +1,10 @@
 //! The `[store]` section as the agent reads it ([`StoreSection`]): which backend the agent
-//! runs on (`backend`, `url`) next to the embedded store's own settings
-//! ([`kdelta_sync::StoreConfig`], flattened, so its keys stay where they always were), and
+//! runs on (`backend`, `url`) next to the embedded store's own settings (the keys of
+//! [`kdelta_sync::StoreConfig`], where they always were), and
 //! its `validate()`. The PostgreSQL URL's password is a secret: messages here never show the
 //! URL, and [`redact_url`] hides it wherever a configuration is printed.
 
-use kdelta_sync::StoreConfig;
+use kdelta_sync::{Limits, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::section::{InvalidValue, refuse};
@@ -31,9 +31,12 @@ impl BackendKind {
     }
 }
 
-/// `[store]`: the backend and, flattened, the embedded store's settings (whose size limits
-/// and clock offset apply to the PostgreSQL backend too).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[store]`: the backend and the embedded store's settings (whose size limits and clock
+/// offset apply to the PostgreSQL backend too). The settings are listed here as plain fields
+/// and only [`Limits`] is flattened, the shape [`StoreConfig`] itself has: serde cannot nest
+/// a flatten inside a flatten when both levels deny unknown keys (every key would be
+/// "unknown"). [`StoreSection::settings`] builds the store's [`StoreConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
     /// `"sqlite"` (default) or `"postgres"`.
@@ -43,9 +46,67 @@ pub struct StoreSection {
     /// Required with that backend, refused with the other. A secret (its password).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// The store's settings (`max_batch_readings`, `busy_timeout_ms`, …).
+    /// Size limits for batches, values and changes (`max_batch_readings`, …).
     #[serde(flatten)]
-    pub settings: StoreConfig,
+    pub limits: Limits,
+    /// See [`StoreConfig::max_clock_offset_ms`].
+    pub max_clock_offset_ms: u64,
+    /// See [`StoreConfig::busy_timeout_ms`].
+    pub busy_timeout_ms: u64,
+    /// See [`StoreConfig::read_connections`].
+    pub read_connections: u32,
+    /// See [`StoreConfig::max_group_jobs`].
+    pub max_group_jobs: usize,
+    /// See [`StoreConfig::write_queue`].
+    pub write_queue: usize,
+    /// See [`StoreConfig::require_signatures`].
+    pub require_signatures: bool,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection::sqlite(StoreConfig::default())
+    }
+}
+
+impl StoreSection {
+    /// A SQLite `[store]` with `settings`.
+    pub fn sqlite(settings: StoreConfig) -> StoreSection {
+        // Destructured so that a new store setting fails to compile until it is listed here.
+        let StoreConfig {
+            limits,
+            max_clock_offset_ms,
+            busy_timeout_ms,
+            read_connections,
+            max_group_jobs,
+            write_queue,
+            require_signatures,
+        } = settings;
+        StoreSection {
+            backend: BackendKind::Sqlite,
+            url: None,
+            limits,
+            max_clock_offset_ms,
+            busy_timeout_ms,
+            read_connections,
+            max_group_jobs,
+            write_queue,
+            require_signatures,
+        }
+    }
+
+    /// The store's settings (both backends read their limits and clock offset from them).
+    pub fn settings(&self) -> StoreConfig {
+        StoreConfig {
+            limits: self.limits.clone(),
+            max_clock_offset_ms: self.max_clock_offset_ms,
+            busy_timeout_ms: self.busy_timeout_ms,
+            read_connections: self.read_connections,
+            max_group_jobs: self.max_group_jobs,
+            write_queue: self.write_queue,
+            require_signatures: self.require_signatures,
+        }
+    }
 }
 
 /// The message for a build without the cargo feature `postgres` (the Pi's).
@@ -124,13 +185,11 @@ mod tests {
     fn backend_and_url_next_to_the_store_settings() {
         let s = parse("busy_timeout_ms = 7\nmax_batch_readings = 9\n").unwrap();
         assert_eq!(s.backend, BackendKind::Sqlite);
-        assert_eq!(
-            (
-                s.settings.busy_timeout_ms,
-                s.settings.limits.max_batch_readings
-            ),
-            (7, 9)
-        );
+        assert_eq!((s.busy_timeout_ms, s.limits.max_batch_readings), (7, 9));
+        assert_eq!(s.settings().busy_timeout_ms, 7);
+        assert_eq!(s.settings().limits.max_batch_readings, 9);
+        assert_eq!(StoreSection::sqlite(s.settings()), s);
+        assert_eq!(StoreSection::default().settings(), StoreConfig::default());
         assert_eq!(s.validate(), Ok(()));
         let s = parse("backend = \"postgres\"\nurl = \"postgres://k:pw@db/hub\"\n").unwrap();
         assert_eq!(s.backend, BackendKind::Postgres);

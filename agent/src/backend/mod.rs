@@ -56,7 +56,7 @@ impl Backend {
     pub async fn open(section: &StoreSection, sqlite_path: &Path) -> anyhow::Result<Backend> {
         match section.backend {
             BackendKind::Sqlite => {
-                let store = Store::open(sqlite_path, section.settings.clone())
+                let store = Store::open(sqlite_path, section.settings())
                     .await
                     .with_context(|| format!("cannot open the store {}", sqlite_path.display()))?;
                 Ok(Backend::Sqlite(store))
@@ -111,7 +111,7 @@ async fn open_postgres(section: &StoreSection) -> anyhow::Result<Backend> {
         .as_deref()
         .context("store.url is required with backend = \"postgres\"")?;
     Ok(Backend::Postgres(
-        PgHub::connect(url, &section.settings).await?,
+        PgHub::connect(url, &section.settings()).await?,
     ))
 }
 

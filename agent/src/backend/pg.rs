@@ -27,12 +27,13 @@ pub struct PgHub {
 
 impl PgHub {
     /// Connects to `url` and migrates the database (`PgStore::connect`); the size limits and
-    /// the clock offset of `[store]` apply. Errors are `PgError`s that name the server and
+    /// the clock offset and `require_signatures` of `[store]` apply. Errors are `PgError`s that name the server and
     /// never the password.
     pub async fn connect(url: &str, settings: &StoreConfig) -> Result<PgHub, PgError> {
         let config = PgConfig {
             limits: settings.limits.clone(),
             max_clock_offset_ms: settings.max_clock_offset_ms,
+            require_signatures: settings.require_signatures,
             ..PgConfig::default()
         };
         let store = PgStore::connect(url, config).await?;

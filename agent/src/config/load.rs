@@ -489,7 +489,7 @@ mod tests {
             let loaded = load(&args).expect("loads");
             let c = &loaded.config;
             assert_eq!(c.device_name, "from-etc");
-            assert_eq!(c.store.settings.busy_timeout_ms, 1);
+            assert_eq!(c.store.busy_timeout_ms, 1);
             assert_eq!(c.api.max_body_bytes, 4096);
             assert_eq!(c.log.level, "warn");
             assert_eq!(c.data_dir, PathBuf::from("/tmp/from-env"));
@@ -552,7 +552,7 @@ mod tests {
             let e = load(&args_in(jail)).unwrap_err().to_string();
             assert!(e.contains("api.listen"), "{e}");
             assert_eq!(c.ingest.batch_max_readings, 10);
-            assert_eq!(c.store.settings.limits.max_batch_readings, 500);
+            assert_eq!(c.store.limits.max_batch_readings, 500);
             Ok(())
         });
     }

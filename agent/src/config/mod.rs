@@ -135,14 +135,14 @@ impl Config {
         self.log.validate()?;
         self.backup.validate()?;
         self.store.validate()?;
-        let store_max = self.store.settings.limits.max_batch_readings;
+        let store_max = self.store.limits.max_batch_readings;
         if store_max == 0 {
             return refuse("store.max_batch_readings", "must be at least 1");
         }
-        if let Err((key, reason)) = self.store.settings.limits.validate() {
+        if let Err((key, reason)) = self.store.limits.validate() {
             return refuse(format!("store.{key}"), reason);
         }
-        let change_max = self.store.settings.limits.max_change_bytes;
+        let change_max = self.store.limits.max_change_bytes;
         let frame_needs = change_max.saturating_add(kdelta_sync::protocol::PAGE_FRAME_OVERHEAD);
         if self.sync.max_frame_bytes < frame_needs {
             return refuse(
@@ -157,10 +157,10 @@ impl Config {
         for (key, value) in [
             (
                 "store.read_connections",
-                self.store.settings.read_connections as usize,
+                self.store.read_connections as usize,
             ),
-            ("store.max_group_jobs", self.store.settings.max_group_jobs),
-            ("store.write_queue", self.store.settings.write_queue),
+            ("store.max_group_jobs", self.store.max_group_jobs),
+            ("store.write_queue", self.store.write_queue),
         ] {
             if value == 0 {
                 return refuse(key, "must be at least 1");
@@ -408,7 +408,7 @@ mod tests {
         );
 
         let mut config = Config::default();
-        config.ingest.batch_max_readings = config.store.settings.limits.max_batch_readings + 1;
+        config.ingest.batch_max_readings = config.store.limits.max_batch_readings + 1;
         assert_eq!(
             config.validate().unwrap_err().key,
             "ingest.batch_max_readings"
@@ -420,7 +420,7 @@ mod tests {
 
         // Frames must hold the largest change; limits must hold the largest document.
         let mut config = Config::default();
-        config.sync.max_frame_bytes = config.store.settings.limits.max_change_bytes;
+        config.sync.max_frame_bytes = config.store.limits.max_change_bytes;
         let err = config.validate().unwrap_err();
         assert_eq!(err.key, "sync.max_frame_bytes");
         assert!(
@@ -432,8 +432,7 @@ mod tests {
         config.sync.max_frame_bytes = 1 << 30;
         assert_eq!(config.validate().unwrap_err().key, "sync.max_frame_bytes");
         let mut config = Config::default();
-        config.store.settings.limits.max_change_bytes =
-            config.store.settings.limits.max_value_bytes;
+        config.store.limits.max_change_bytes = config.store.limits.max_value_bytes;
         assert_eq!(config.validate().unwrap_err().key, "store.max_change_bytes");
 
         let mut config = Config::default();
