@@ -27,8 +27,6 @@ use super::proxy::{Dir, Proxy};
 use super::sync::{HEAL_DEADLINE, doc_history, series_counts, write_until};
 use super::{client, get_json};
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
 /// One test's schema on the server `KDELTA_POSTGRES` names.
 struct TestDb {
     base: String,
@@ -241,7 +239,7 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "inbound sync on a PostgreSQL replica needs PgStore as a SyncStore (branch pgsession, step 2); until then /v1/sync answers 501 there"]
+#[ignore = "not yet seen passing: /v1/sync on a replica now serves PgStore, the run was cut by the 17:00 deadline"]
 async fn two_replicas_behind_a_proxy_converge_through_cuts_and_a_kill9() {
     let Some(db) = TestDb::new("two_replicas_behind_a_proxy").await else {
         return;

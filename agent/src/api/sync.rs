@@ -1,6 +1,7 @@
 //! The sync routes: `GET /v1/sync` (the WebSocket a peer syncs over), `GET /v1/sync/peers`
 //! and `POST /v1/sync/now`. HTTP only — who is admitted, the sessions and what "synced" means
-//! are `peers`'.
+//! are `peers`'. Both backends serve `/v1/sync` with the same responder session: the
+//! SQLite store, or a hub replica's change log on PostgreSQL.
 
 use std::time::Duration;
 
@@ -11,11 +12,13 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use kdelta_sync::SyncStore;
 use serde::Deserialize;
 
 use super::{ApiError, ErrorCode};
+use crate::access::sessions::SessionSlot;
 use crate::backend::Backend;
-use crate::peers::{Outcome, Refusal};
+use crate::peers::{InboundPeer, Outcome, Refusal};
 use crate::state::Agent;
 use crate::tls::TlsPeer;
 
@@ -70,16 +73,22 @@ pub async fn sync_socket(
             .into_response();
         }
     };
-    let store = match &state.backend {
-        Backend::Sqlite(store) => store.clone(),
+    match &state.backend {
+        Backend::Sqlite(store) => serve_on(upgrade, peer, slot, store.clone(), state),
         #[cfg(feature = "postgres")]
-        Backend::Postgres(_) => {
-            return ApiError::from(crate::backend::NotOnThisBackend {
-                what: "inbound sync (waiting for the generic sync session)".to_owned(),
-            })
-            .into_response();
-        }
-    };
+        Backend::Postgres(hub) => serve_on(upgrade, peer, slot, hub.store.clone(), state),
+    }
+}
+
+/// Upgrades to the WebSocket and runs the responder session on `store` (either backend's),
+/// holding the session's place (`slot`) until it ends.
+fn serve_on<S: SyncStore>(
+    upgrade: WebSocketUpgrade,
+    peer: InboundPeer,
+    slot: SessionSlot,
+    store: S,
+    state: Agent,
+) -> Response {
     let max = peer.max_frame_bytes();
     upgrade
         .max_message_size(max)
@@ -103,13 +112,12 @@ pub async fn list_peers(State(state): State<Agent>) -> Result<Json<serde_json::V
     let (local, bindings) = match &state.backend {
         Backend::Sqlite(store) => (store.version_vector(), store.credential_bindings().await?),
         #[cfg(feature = "postgres")]
-        Backend::Postgres(hub) => (
-            hub.store
-                .version_vector()
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))?,
-            Vec::new(),
-        ),
+        Backend::Postgres(hub) => {
+            let unavailable = |e: kdelta_pg::PgError| ApiError::unavailable(e.to_string());
+            let (local, bindings) =
+                tokio::join!(hub.store.version_vector(), hub.store.credential_bindings());
+            (local.map_err(unavailable)?, bindings.map_err(unavailable)?)
+        }
     };
     Ok(Json(serde_json::json!({
         "peers": state.peers.status(&local),
