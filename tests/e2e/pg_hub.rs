@@ -174,6 +174,7 @@ fn a_database_that_cannot_be_used_stops_the_start_with_exit_2() {
         .args(["config", "check", "--config", config.to_str().unwrap()])
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
+        .env_remove("KDELTA_POSTGRES")
         .output()
         .expect("run kdelta config check");
     let shown = format!(
