@@ -240,7 +240,6 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet seen passing: /v1/sync on a replica now serves PgStore, the run was cut by the 17:00 deadline"]
 async fn two_replicas_behind_a_proxy_converge_through_cuts_and_a_kill9() {
     let Some(db) = TestDb::new("two_replicas_behind_a_proxy").await else {
         return;
