@@ -37,7 +37,7 @@ pub async fn run(config: Config, args: ConfigArgs, logging: Logging) -> anyhow::
     // store.
     let loops = CancellationToken::new();
     let watchdog = tokio::spawn(systemd::watchdog_loop(
-        running.agent().store.clone(),
+        running.agent().backend.sqlite().cloned(),
         loops.clone(),
     ));
     let status_line = tokio::spawn(systemd::status_loop(running.agent().clone(), loops.clone()));

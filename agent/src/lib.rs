@@ -10,6 +10,7 @@
 //! | [`section`] | the shape every section's `validate()` returns ([`section::InvalidValue`]) |
 //! | [`time`] | the one wall clock (`now_ms`) and RFC 3339 parser/formatter |
 //! | [`agent`] | the agent as a library: `Agent::start` → `RunningAgent` (`local_addr`, `reload`, `shutdown`), `ConfigDiff`, the replaceable parts |
+//! | [`backend`] | which store the agent runs on: `[store] backend`/`url`, SQLite or a PostgreSQL hub replica (feature `postgres`), `501 not_on_this_backend` |
 //! | [`state`] | [`state::Agent`], the one cheap-to-clone handle on a running agent's shared parts |
 //! | [`daemon`] | `kdelta start`: signals and systemd around the library's agent |
 //! | [`sources`] | scheduler, ingest queue and batcher |
@@ -28,6 +29,7 @@
 pub mod access;
 pub mod agent;
 pub mod api;
+pub mod backend;
 pub mod backup;
 pub mod bench;
 pub mod cli;

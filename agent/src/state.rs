@@ -1,5 +1,5 @@
 //! The running agent's shared parts behind one cheap-to-clone handle, [`Agent`]: the open
-//! store, metrics, the sync peer registry, the sources' status list, readiness and the
+//! store (SQLite, or PostgreSQL on a hub replica: [`Backend`]), metrics, the sync peer registry, the sources' status list, readiness and the
 //! shutdown token. The HTTP handlers, the MQTT client, the systemd status line and the
 //! reload code all take this one handle instead of a bundle each.
 //!
@@ -15,12 +15,13 @@ use std::time::Instant;
 use kdelta_sync::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{Backend, NotOnThisBackend};
 use crate::metrics::Metrics;
 use crate::peers::Registry;
 use crate::sources::SourceStatus;
 
 /// A handle on a running agent's shared parts. Cloning copies one `Arc`; fields are read
-/// through `Deref` (`agent.store`, `agent.metrics`).
+/// through `Deref` (`agent.backend`, `agent.metrics`).
 #[derive(Clone)]
 pub struct Agent(Arc<AgentInner>);
 
@@ -28,8 +29,8 @@ pub struct Agent(Arc<AgentInner>);
 /// benchmark that runs only some parts); never changed after, except through the interior
 /// mutability of its fields.
 pub struct AgentInner {
-    /// The open store.
-    pub store: Store,
+    /// The open store: SQLite, or a hub replica's PostgreSQL database.
+    pub backend: Backend,
     /// Prometheus metrics of this agent (one registry per agent, so in-process clusters do
     /// not mix their figures).
     pub metrics: Arc<Metrics>,
@@ -52,8 +53,10 @@ pub struct AgentInner {
     pub peers: Arc<Registry>,
     /// Who may call the API and the listener's abuse limits (`api::guard`).
     pub guard: Arc<crate::access::ApiGuard>,
-    /// Whether the wall clock is trusted (`/v1/status`).
-    pub clock: Arc<crate::clock::ClockMonitor>,
+    /// Whether the wall clock is trusted (`/v1/status`); kept with the SQLite store, whose
+    /// time reference it feeds (`None` on a PostgreSQL hub, whose replicas share the
+    /// database's clock).
+    pub clock: Option<Arc<crate::clock::ClockMonitor>>,
     /// What retention last did (`/v1/status`).
     pub retention: Arc<crate::retention::RetentionState>,
 }
@@ -62,6 +65,16 @@ impl Agent {
     /// Wraps the shared parts into a handle.
     pub fn new(inner: AgentInner) -> Agent {
         Agent(Arc::new(inner))
+    }
+}
+
+impl AgentInner {
+    /// The SQLite store, for what only it serves (documents, twins, readings queries,
+    /// backups); on a PostgreSQL hub the error answers `501 not_on_this_backend`.
+    pub fn sqlite(&self) -> Result<&Store, NotOnThisBackend> {
+        self.backend.sqlite().ok_or_else(|| NotOnThisBackend {
+            what: "this request".to_owned(),
+        })
     }
 }
 

@@ -57,8 +57,10 @@ pub fn stopping() {
 /// a hung disk) thus stops the pings and systemd restarts the agent. A **full disk** does
 /// not: restarting would not free space and would lose the readings queued in memory, so
 /// the pings go on while the writer answers and the disk is its only problem. Returns at
-/// once when the watchdog is not enabled.
-pub async fn watchdog_loop(store: Store, cancel: CancellationToken) {
+/// once when the watchdog is not enabled. On a PostgreSQL hub (`store` is `None`) the pings
+/// only show the process's event loop runs: a database outage is readiness's business
+/// (`/readyz`), and a restart would not end it.
+pub async fn watchdog_loop(store: Option<Store>, cancel: CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -74,6 +76,10 @@ pub async fn watchdog_loop(store: Store, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let Some(store) = &store else {
+            notify(&[NotifyState::Watchdog]);
+            continue;
+        };
         if store.committed_within(period) {
             notify(&[NotifyState::Watchdog]);
             continue;
@@ -103,7 +109,7 @@ pub fn status_line(
     metrics: &Metrics,
     peers: &Registry,
     sources: &RwLock<Vec<SourceStatus>>,
-    clock: &crate::clock::ClockMonitor,
+    clock: Option<&crate::clock::ClockMonitor>,
     before: u64,
     elapsed: Duration,
 ) -> (String, u64) {
@@ -120,8 +126,9 @@ pub fn status_line(
         line.push_str(&format!(" ({failing} failing)"));
     }
     line.push_str(&format!("; peers {connected}/{known} connected"));
-    let clock = clock.status();
-    if !clock.trusted {
+    if let Some(clock) = clock.map(|c| c.status())
+        && !clock.trusted
+    {
         line.push_str(&format!("; clock untrusted ({})", clock.state));
     }
     (line, total)
@@ -147,7 +154,7 @@ pub async fn status_loop(agent: Agent, cancel: CancellationToken) {
             &agent.metrics,
             &agent.peers,
             &agent.sources,
-            &agent.clock,
+            agent.clock.as_deref(),
             before,
             at.elapsed(),
         );
@@ -188,7 +195,7 @@ mod tests {
             &metrics,
             &peers,
             &sources,
-            &clock,
+            Some(&clock),
             0,
             Duration::from_secs(10),
         );
@@ -201,7 +208,7 @@ mod tests {
             &metrics,
             &peers,
             &sources,
-            &clock,
+            Some(&clock),
             total,
             Duration::from_secs(10),
         );
@@ -211,7 +218,7 @@ mod tests {
             &metrics,
             &peers,
             &sources,
-            &clock,
+            Some(&clock),
             total,
             Duration::from_secs(10),
         );

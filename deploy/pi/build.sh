@@ -8,6 +8,10 @@
 #   --release  build the release profile (opt-level "z", fat LTO, panic=abort, stripped); default: dev profile
 #   -p         package to build (default kdelta; kdelta-sync is handy while the agent is mid-edit)
 #
+# The agent is built without its default features: its cargo feature `postgres` (PostgreSQL hub
+# replicas, sqlx) stays out of the Pi binary, which must fit deploy/pi/ci-cross.sh's size budget.
+# A Pi is a device or a SQLite hub; PostgreSQL hub replicas run x86_64 builds (docs/hub.md).
+#
 # Prints the binary path, its size and the build time. Toolchain: deploy/pi/install-toolchain.sh.
 #
 # Why Debian's Rust and not rustup's: rustup cannot fetch the aarch64 std on a machine that reaches
@@ -63,6 +67,9 @@ export "CXX_${triple_cc}=$gnu-g++"
 export "AR_${triple_cc}=$gnu-ar"
 
 cargo_profile=()
+# Every default feature of the agent is for hubs (`postgres`); none for devices.
+features=()
+[ "$package" = kdelta ] && features=(--no-default-features)
 out_profile=debug
 if [ "$profile" = release ]; then
     cargo_profile=(--release)
@@ -71,7 +78,7 @@ fi
 
 echo "build.sh: $(/usr/bin/cargo --version) / $(/usr/bin/rustc --version | cut -d' ' -f1-2), target $target, profile $out_profile, package $package"
 start=$(date +%s)
-nice -n 19 /usr/bin/cargo build "${cargo_profile[@]}" --target "$target" -p "$package" "${extra[@]}"
+nice -n 19 /usr/bin/cargo build "${cargo_profile[@]}" "${features[@]}" --target "$target" -p "$package" "${extra[@]}"
 elapsed=$(( $(date +%s) - start ))
 
 bin_name=$package

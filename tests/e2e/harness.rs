@@ -92,6 +92,9 @@ impl Builder {
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("KDELTA_URL")
+            // The interop suites' server addresses are the tests', not config overrides.
+            .env_remove("KDELTA_POSTGRES")
+            .env_remove("KDELTA_MOSQUITTO")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -313,6 +316,8 @@ pub fn run_to_end(args: &[&str], dir: &Path, timeout: Duration) -> (Option<i32>,
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("KDELTA_POSTGRES")
+        .env_remove("KDELTA_MOSQUITTO")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -20,6 +20,8 @@ mod doc_batch;
 mod doc_retention;
 mod harness;
 mod mqtt_tls;
+#[cfg(feature = "postgres")]
+mod pg_hub;
 mod proxy;
 mod reload;
 mod retention;

@@ -1,14 +1,17 @@
 //! A TCP proxy for link faults between agents: listens on `127.0.0.1:0`, forwards every
-//! connection to one target address, and on command cuts the link (resets every connection
-//! and resets new ones until restored), stalls it (holds bytes, keeps connections open) or cuts
-//! it after N more bytes in one direction. Counts the bytes it forwarded per direction.
+//! connection to one target address — or, as a small load balancer in front of hub replicas,
+//! to several in turn ([`Proxy::round_robin`]; a target that refuses the connection is
+//! skipped, like HAProxy's `redispatch`) — and on command cuts the link (resets every
+//! connection and resets new ones until restored), stalls it (holds bytes, keeps connections
+//! open) or cuts it after N more bytes in one direction. Counts the bytes it forwarded per
+//! direction.
 //!
 //! Memory is bounded: one 16 KiB buffer per direction per connection; while stalled it reads
 //! nothing, so the kernel's buffers and TCP flow control push back on the sender. Everything
 //! stops when the [`Proxy`] is dropped.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,7 +50,10 @@ struct LinkState {
 }
 
 struct Shared {
-    target: SocketAddr,
+    /// Where connections go, in turn (one target for a plain link).
+    targets: Mutex<Vec<SocketAddr>>,
+    /// The next connection's turn.
+    turn: AtomicUsize,
     state: watch::Sender<LinkState>,
     /// Bytes forwarded: `[Up, Down]`.
     forwarded: [AtomicU64; 2],
@@ -66,10 +72,18 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy to `target` on `127.0.0.1:0`, open.
     pub async fn start(target: SocketAddr) -> Proxy {
+        Proxy::round_robin(vec![target]).await
+    }
+
+    /// Starts a proxy on `127.0.0.1:0` that sends each new connection to the next of
+    /// `targets` (skipping one that refuses it), open.
+    pub async fn round_robin(targets: Vec<SocketAddr>) -> Proxy {
+        assert!(!targets.is_empty(), "a proxy needs a target");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
-            target,
+            targets: Mutex::new(targets),
+            turn: AtomicUsize::new(0),
             state: watch::Sender::new(LinkState {
                 mode: Mode::Open,
                 epoch: 0,
@@ -94,6 +108,12 @@ impl Proxy {
             .and_then(|a| a.trim_end_matches('/').parse().ok())
             .unwrap_or_else(|| panic!("not an http://ip:port URL: {url}"));
         Proxy::start(target).await
+    }
+
+    /// Replaces target `i` (a restarted replica listens on a new port); connections made
+    /// already stay where they are.
+    pub fn set_target(&self, i: usize, target: SocketAddr) {
+        self.shared.targets()[i] = target;
     }
 
     /// Its listening address.
@@ -156,6 +176,22 @@ impl Shared {
         });
     }
 
+    fn targets(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+        self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connects to the target whose turn it is, or to the next ones when it refuses.
+    async fn connect(&self) -> Option<TcpStream> {
+        let targets = self.targets().clone();
+        let first = self.turn.fetch_add(1, Ordering::SeqCst);
+        for k in 0..targets.len() {
+            if let Ok(s) = TcpStream::connect(targets[(first + k) % targets.len()]).await {
+                return Some(s);
+            }
+        }
+        None
+    }
+
     fn budget(&self) -> std::sync::MutexGuard<'_, Option<(Dir, u64)>> {
         self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -213,7 +249,7 @@ async fn connection(
     epoch: u64,
     stop: CancellationToken,
 ) {
-    let Ok(mut server) = TcpStream::connect(shared.target).await else {
+    let Some(mut server) = shared.connect().await else {
         return; // dropping the client resets it, as an unreachable target would
     };
     let _ = server.set_zero_linger();

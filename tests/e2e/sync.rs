@@ -23,7 +23,7 @@ pub(crate) const TOKEN: &str = "hub-token-0123456789";
 const DEADLINE: Duration = Duration::from_secs(30);
 /// For convergence after link faults: reconnect backoff doubles while a link is cut, and the
 /// machine may be busy with other tests.
-const HEAL_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const HEAL_DEADLINE: Duration = Duration::from_secs(120);
 
 /// An agent process that accepts `TOKEN` from a peer named `device` (for tests that signal
 /// it).
@@ -258,7 +258,7 @@ async fn first_peer(c: &reqwest::Client, a: &impl Endpoint) -> Value {
 }
 
 /// `count` of every series in `GET /v1/series`.
-async fn series_counts(c: &reqwest::Client, a: &impl Endpoint) -> BTreeMap<String, u64> {
+pub(crate) async fn series_counts(c: &reqwest::Client, a: &impl Endpoint) -> BTreeMap<String, u64> {
     let (s, v) = get_json(c, &a.at("/v1/series")).await;
     assert_eq!(s, 200, "{v}");
     v["series"]
@@ -275,7 +275,7 @@ async fn series_counts(c: &reqwest::Client, a: &impl Endpoint) -> BTreeMap<Strin
 }
 
 /// Every version of `key` in `a`'s history, newest first (all pages).
-async fn doc_history(c: &reqwest::Client, a: &impl Endpoint, key: &str) -> Vec<Value> {
+pub(crate) async fn doc_history(c: &reqwest::Client, a: &impl Endpoint, key: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut before = String::new();
     loop {
@@ -292,18 +292,18 @@ async fn doc_history(c: &reqwest::Client, a: &impl Endpoint, key: &str) -> Vec<V
 
 /// What a writer got acknowledged (2xx) by its agent.
 #[derive(Debug, Default)]
-struct Acked {
+pub(crate) struct Acked {
     /// Readings per series.
-    readings: BTreeMap<String, u64>,
+    pub readings: BTreeMap<String, u64>,
     /// Per key: the number of puts and the last value put.
-    docs: BTreeMap<String, (usize, Value)>,
+    pub docs: BTreeMap<String, (usize, Value)>,
 }
 
 /// Writes to one agent over HTTP until `stop`: batches of 50 readings with fresh timestamps,
 /// a put to one of three own keys after each batch, and every fifth round a put to the key
 /// every writer shares (concurrent versions become siblings). Panics on any refusal: the
 /// test's link to its agent is not faulted.
-async fn write_until(
+pub(crate) async fn write_until(
     c: reqwest::Client,
     url: String,
     name: String,

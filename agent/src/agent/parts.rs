@@ -141,18 +141,14 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Starts one task per peer.
+    /// Starts one task per peer (on the SQLite store: a PostgreSQL hub runs none, see
+    /// `Config::for_backend`).
     pub fn start(peers: &[PeerConfig], agent: &Agent) -> Peers {
         let stop = agent.shutdown.child_token();
         let tasks = TaskTracker::new();
-        crate::peers::spawn_peers(
-            peers,
-            &agent.peers,
-            &agent.store,
-            &agent.metrics,
-            &tasks,
-            &stop,
-        );
+        if let Some(store) = agent.backend.sqlite() {
+            crate::peers::spawn_peers(peers, &agent.peers, store, &agent.metrics, &tasks, &stop);
+        }
         tasks.close();
         Peers {
             agent: agent.clone(),

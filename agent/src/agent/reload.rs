@@ -13,6 +13,7 @@ impl RunningAgent {
     /// Applies `new` and logs what was reloaded (the last line is always `reload done: …`).
     /// Returns the diff it acted on.
     pub async fn reload(&mut self, new: Config) -> ConfigDiff {
+        let new = new.for_backend(true);
         let diff = ConfigDiff::between(&self.config, &new);
         let mut reloaded = Vec::new();
         let mut needs_restart = diff.needs_restart.clone();
@@ -100,7 +101,10 @@ impl RunningAgent {
         }
         let key = crate::device_twin::key(&self.config.device_name);
         let agent = &self.agent;
-        if let Err(e) = crate::device_twin::reconcile(&agent.store, &key, &agent.sources).await {
+        let Some(store) = agent.backend.sqlite() else {
+            return;
+        };
+        if let Err(e) = crate::device_twin::reconcile(store, &key, &agent.sources).await {
             tracing::warn!(twin = %key, "device twin: cannot re-apply desired intervals: {e}");
         }
     }

@@ -38,9 +38,10 @@ pub struct RunningAgent {
     /// Stops accepting HTTP connections (graceful: in-flight requests finish).
     pub(super) http_stop: CancellationToken,
     pub(super) server: JoinHandle<anyhow::Result<()>>,
-    pub(super) batcher: JoinHandle<anyhow::Result<()>>,
-    /// The server's or the batcher's handle already returned (in [`RunningAgent::stopped`]):
-    /// a `JoinHandle` must not be polled again.
+    /// Queue → SQLite store (`None` on a PostgreSQL hub, which has no sources).
+    pub(super) batcher: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The server's or the batcher's handle already returned (in [`RunningAgent::stopped`]),
+    /// or there is no batcher: a `JoinHandle` must not be polled again.
     pub(super) server_done: bool,
     pub(super) batcher_done: bool,
     pub(super) sources: Sources,
@@ -87,12 +88,17 @@ impl RunningAgent {
     pub fn summary(&self) -> String {
         let n = self.sources.count();
         let peers = self.config.sync.peers.len();
-        let mut s = format!(
-            "recording {n} source{} into {}; {}",
-            if n == 1 { "" } else { "s" },
-            self.agent.data_dir.display(),
-            self.api
-        );
+        let mut s = match self.agent.backend.kind() {
+            crate::backend::BackendKind::Sqlite => format!(
+                "recording {n} source{} into {}; {}",
+                if n == 1 { "" } else { "s" },
+                self.agent.data_dir.display(),
+                self.api
+            ),
+            crate::backend::BackendKind::Postgres => {
+                format!("hub replica on PostgreSQL; {}", self.api)
+            }
+        };
         if peers > 0 {
             s.push_str(&format!(
                 "; {peers} sync peer{}",
@@ -115,10 +121,13 @@ impl RunningAgent {
             Server(Result<anyhow::Result<()>, tokio::task::JoinError>),
             Batcher(Result<anyhow::Result<()>, tokio::task::JoinError>),
         }
+        let batcher = &mut self.batcher;
         let ended = tokio::select! {
             () = self.agent.shutdown.cancelled() => return Stop::Requested,
             result = &mut self.server, if !self.server_done => Ended::Server(result),
-            result = &mut self.batcher, if !self.batcher_done => Ended::Batcher(result),
+            Some(result) = async { Some(batcher.as_mut()?.await) }, if !self.batcher_done => {
+                Ended::Batcher(result)
+            }
         };
         let fatal = match ended {
             Ended::Server(result) => {

@@ -1,7 +1,10 @@
 //! [`Agent::start`]: setup (lock, checks, store, listener, the shared handle, the ingest
 //! queue) kept apart from run (spawning the loops), as in corrosion's `setup()`/`run()`.
 //! Setup fails with an error naming the problem and leaves nothing running; once run
-//! begins, nothing can fail any more.
+//! begins, nothing can fail any more. One path for both backends: the store is a
+//! [`Backend`]; the loops that need the SQLite store are spawned from it
+//! ([`spawn_store_loops`]), and on a PostgreSQL hub the configuration has those parts off
+//! (`Config::for_backend`) and the database's health check runs instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use kdelta_sync::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::parts::{Mqtt, Peers, Sources};
 use super::running::RunningAgent;
 use super::{Agent, AgentInner, Listen, db_path};
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::lockfile::DataDirLock;
 use crate::metrics::Metrics;
@@ -40,8 +43,10 @@ impl Agent {
     /// agent's root token: cancelling it stops the long-running loops and makes
     /// [`RunningAgent::stopped`] return; call [`RunningAgent::shutdown`] to drain and close.
     ///
-    /// Errors name the problem (a locked data directory, a bad TLS file, a busy port); on
-    /// error nothing is left running and the lock is released.
+    /// Errors name the problem (a locked data directory, a bad TLS file, a busy port, a
+    /// PostgreSQL database that cannot be used); on error nothing is left running and the
+    /// lock is released. With `[store] backend = "postgres"` the agent is a hub replica:
+    /// the parts that need the SQLite store are off (`Config::for_backend`).
     pub async fn start(
         config: Config,
         listen: impl Into<Listen>,
@@ -59,6 +64,7 @@ async fn setup(
     shutdown: CancellationToken,
     started: Instant,
 ) -> anyhow::Result<Setup> {
+    let config = config.for_backend(true);
     let data_dir = std::path::absolute(&config.data_dir)
         .with_context(|| format!("resolving data directory {}", config.data_dir.display()))?;
     std::fs::create_dir_all(&data_dir)
@@ -77,10 +83,7 @@ async fn setup(
         &crate::config::hostname(),
     )?);
     config.sync.check_tls_files()?;
-    let db_path = db_path(&data_dir);
-    let store = Store::open(&db_path, config.store.clone())
-        .await
-        .with_context(|| format!("cannot open the store {}", db_path.display()))?;
+    let backend = Backend::open(&config.store, &db_path(&data_dir)).await?;
     let tcp = match listen {
         Listen::Bind(addr) => bind(addr).await,
         Listen::Bound(listener) => Ok(listener),
@@ -88,7 +91,7 @@ async fn setup(
     let tcp = match tcp {
         Ok(l) => l,
         Err(e) => {
-            store.close().await;
+            backend.close().await;
             return Err(e);
         }
     };
@@ -96,9 +99,11 @@ async fn setup(
 
     let metrics = Arc::new(Metrics::new());
     let listener = ApiListener::new(tcp, server_tls, metrics.clone());
-    let clock = crate::clock::ClockMonitor::start(&config.clock, &store, &metrics);
+    let clock = backend
+        .sqlite()
+        .map(|store| crate::clock::ClockMonitor::start(&config.clock, store, &metrics));
     let agent = Agent::new(AgentInner {
-        store,
+        backend,
         metrics,
         started,
         data_dir,
@@ -150,62 +155,25 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
     tracing::info!("listening on {scheme}://{addr}");
 
     let give_up = CancellationToken::new();
-    let limits = BatchLimits {
-        max_readings: config.ingest.batch_max_readings,
-        max_age: config.ingest.batch_max_age,
-    };
-    let timer = crate::sample_timing::SampleTimer::new(agent.store.time_reference());
-    let batcher = tokio::spawn(
-        Batcher::new(agent.store.clone(), limits, agent.metrics.clone())
-            .with_timer(timer.clone())
-            .run(queue.clone(), give_up.clone()),
-    );
-    // Corrects readings sampled under an untrusted clock once a trusted time is known.
-    tokio::spawn(crate::sample_timing::correction_loop(
-        timer,
-        agent.store.clone(),
-        agent.shutdown.child_token(),
-    ));
+    let batcher = spawn_store_loops(&agent, &config, &queue, &give_up);
     let sources = Sources::start(built, &agent, &queue);
-    // Re-assesses the wall clock (assessed once in setup) until shutdown.
-    tokio::spawn(crate::clock::clock_loop(
-        agent.clock.clone(),
-        agent.store.clone(),
-        agent.metrics.clone(),
-        agent.shutdown.child_token(),
-    ));
-    // Scheduled backups (off unless `[backup] every`).
-    tokio::spawn(crate::backup::backup_loop(
-        agent.clone(),
-        config.backup.clone(),
-        agent.shutdown.child_token(),
-    ));
     // MQTT (off unless configured) and sync peers (none unless `[[sync.peers]]`): both stop
     // on `shutdown`, before the store closes, and a reload may replace them.
     let mqtt = Mqtt::start(&config.mqtt, &agent);
     let peers = Peers::start(&config.sync.peers, &agent);
     // The agent's own device twin (desired/reported): stops on `shutdown`, before the store.
-    // Retention (returns at once when the policy keeps everything): stops on `shutdown`.
-    let peers_for_retention = agent.peers.clone();
-    tokio::spawn(crate::retention::retention_loop(
-        crate::retention::RetentionDeps {
-            store: agent.store.clone(),
-            data_dir: agent.data_dir.clone(),
-            state: agent.retention.clone(),
-            metrics: agent.metrics.clone(),
-            upstream_acked: Box::new(move || peers_for_retention.upstream_acked()),
-        },
-        config.retention.clone(),
-        agent.shutdown.child_token(),
-    ));
-    let device_twin = config.device_twin.then(|| {
-        tokio::spawn(crate::device_twin::run(
-            agent.store.clone(),
-            config.device_name.clone(),
-            agent.sources.clone(),
-            agent.shutdown.child_token(),
-        ))
-    });
+    let device_twin = agent
+        .backend
+        .sqlite()
+        .filter(|_| config.device_twin)
+        .map(|store| {
+            tokio::spawn(crate::device_twin::run(
+                store.clone(),
+                config.device_name.clone(),
+                agent.sources.clone(),
+                agent.shutdown.child_token(),
+            ))
+        });
     agent.ready.store(true, Ordering::SeqCst);
     let running = RunningAgent {
         agent,
@@ -218,9 +186,9 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
         give_up,
         http_stop,
         server,
+        batcher_done: batcher.is_none(),
         batcher,
         server_done: false,
-        batcher_done: false,
         sources,
         peers,
         mqtt,
@@ -228,13 +196,80 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
         fatal: None,
     };
     tracing::info!(
-        actor = %running.agent.store.actor(),
+        actor = %running.agent.backend.actor(),
+        backend = running.agent.backend.kind().as_str(),
         device = %running.config.device_name,
         "ready in {} ms: {}",
         started.elapsed().as_millis(),
         running.summary()
     );
     running
+}
+
+/// Spawns the loops of the store: on SQLite the batcher (returned: the agent cannot run
+/// without it), the correction of readings sampled under an untrusted clock, the clock's
+/// re-assessment, scheduled backups and retention; on PostgreSQL the database's health
+/// check, which `/readyz` reads. All stop on the agent's shutdown token (the batcher when
+/// the queue closes, or on `give_up`).
+fn spawn_store_loops(
+    agent: &Agent,
+    config: &Config,
+    queue: &Arc<IngestQueue>,
+    give_up: &CancellationToken,
+) -> Option<JoinHandle<anyhow::Result<()>>> {
+    let store = match &agent.backend {
+        Backend::Sqlite(store) => store,
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => {
+            tokio::spawn(hub.clone().health_loop(agent.shutdown.child_token()));
+            return None;
+        }
+    };
+    let limits = BatchLimits {
+        max_readings: config.ingest.batch_max_readings,
+        max_age: config.ingest.batch_max_age,
+    };
+    let timer = crate::sample_timing::SampleTimer::new(store.time_reference());
+    let batcher = tokio::spawn(
+        Batcher::new(store.clone(), limits, agent.metrics.clone())
+            .with_timer(timer.clone())
+            .run(queue.clone(), give_up.clone()),
+    );
+    // Corrects readings sampled under an untrusted clock once a trusted time is known.
+    tokio::spawn(crate::sample_timing::correction_loop(
+        timer,
+        store.clone(),
+        agent.shutdown.child_token(),
+    ));
+    // Re-assesses the wall clock (assessed once in setup) until shutdown.
+    if let Some(clock) = &agent.clock {
+        tokio::spawn(crate::clock::clock_loop(
+            clock.clone(),
+            store.clone(),
+            agent.metrics.clone(),
+            agent.shutdown.child_token(),
+        ));
+    }
+    // Scheduled backups (off unless `[backup] every`).
+    tokio::spawn(crate::backup::backup_loop(
+        agent.clone(),
+        config.backup.clone(),
+        agent.shutdown.child_token(),
+    ));
+    // Retention (returns at once when the policy keeps everything).
+    let peers_for_retention = agent.peers.clone();
+    tokio::spawn(crate::retention::retention_loop(
+        crate::retention::RetentionDeps {
+            store: store.clone(),
+            data_dir: agent.data_dir.clone(),
+            state: agent.retention.clone(),
+            metrics: agent.metrics.clone(),
+            upstream_acked: Box::new(move || peers_for_retention.upstream_acked()),
+        },
+        config.retention.clone(),
+        agent.shutdown.child_token(),
+    ));
+    Some(batcher)
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -69,7 +69,7 @@ impl RunningAgent {
             let _ = tokio::time::timeout(TWIN_STOP, task).await;
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if tokio::time::timeout(remaining.max(STORE_CLOSE_MIN), agent.store.close())
+        if tokio::time::timeout(remaining.max(STORE_CLOSE_MIN), agent.backend.close())
             .await
             .is_err()
         {
@@ -88,12 +88,12 @@ impl RunningAgent {
     /// [`STORE_CLOSE_RESERVE`] of the budget for the store.
     async fn finish_batcher(&mut self, deadline: tokio::time::Instant) -> anyhow::Result<()> {
         self.batcher_done = true;
+        let Some(batcher) = self.batcher.as_mut() else {
+            return Ok(());
+        };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(
-            remaining.saturating_sub(STORE_CLOSE_RESERVE),
-            &mut self.batcher,
-        )
-        .await
+        match tokio::time::timeout(remaining.saturating_sub(STORE_CLOSE_RESERVE), &mut *batcher)
+            .await
         {
             Ok(Ok(Ok(()))) => {
                 tracing::debug!("pending readings committed");
@@ -104,12 +104,12 @@ impl RunningAgent {
             Err(_) => {
                 self.give_up.cancel();
                 if matches!(
-                    tokio::time::timeout(BATCHER_GIVE_UP, &mut self.batcher).await,
+                    tokio::time::timeout(BATCHER_GIVE_UP, &mut *batcher).await,
                     Ok(Ok(Ok(())))
                 ) {
                     Ok(())
                 } else {
-                    self.batcher.abort();
+                    batcher.abort();
                     Err(anyhow!(
                         "could not commit the pending readings within the shutdown budget"
                     ))

@@ -27,6 +27,7 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// `GET /v1/backup`.
 pub async fn backup(State(agent): State<Agent>) -> Result<Response, ApiError> {
+    let store = agent.sqlite()?.clone();
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, BackupError>>(CHUNKS_IN_FLIGHT);
     let writer = ChannelWriter {
         tx: tx.clone(),
@@ -35,7 +36,7 @@ pub async fn backup(State(agent): State<Agent>) -> Result<Response, ApiError> {
     {
         let agent = agent.clone();
         tokio::spawn(async move {
-            let done = write_backup(&agent.store, &agent.data_dir, writer, |_, _| {}).await;
+            let done = write_backup(&store, &agent.data_dir, writer, |_, _| {}).await;
             match done {
                 Ok((header, bytes)) => tracing::info!(
                     bytes,

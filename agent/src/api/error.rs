@@ -83,6 +83,7 @@ error_codes! {
     InvalidPatch = 422, "invalid_patch", "the twin patch cannot be applied";
     TooManyAuthFailures = 429, "too_many_auth_failures", "too many failed authentications from this address (`api.max_auth_failures`); retry after `Retry-After` seconds";
     Internal = 500, "internal", "a bug or an unexpected failure";
+    NotOnThisBackend = 501, "not_on_this_backend", "the route needs the SQLite store and this agent is a PostgreSQL hub replica (issue 17): query the database or a SQLite replica";
     Unavailable = 503, "unavailable", "the store cannot serve right now (busy, I/O, shutting down); retry later";
     NotReady = 503, "not_ready", "the agent is starting or shutting down";
     TooManySessions = 503, "too_many_sessions", "as many inbound sync sessions run as allowed (`api.max_sync_sessions`, `api.max_sync_sessions_per_peer`); retry later";
@@ -194,6 +195,12 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+impl From<crate::backend::NotOnThisBackend> for ApiError {
+    fn from(e: crate::backend::NotOnThisBackend) -> ApiError {
+        ApiError::new(ErrorCode::NotOnThisBackend, e.to_string())
+    }
+}
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {

@@ -124,7 +124,7 @@ pub async fn events(
     q: Result<Query<EventParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = EventFilter::parse(&query(q)?)?;
-    let rx = state.store.subscribe();
+    let rx = state.sqlite()?.subscribe();
     let cancel = state.shutdown.clone();
     let stream = futures::stream::unfold(
         (rx, filter, cancel),

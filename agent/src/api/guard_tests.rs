@@ -71,7 +71,7 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
     let metrics = Arc::new(Metrics::new());
     let clock = crate::clock::ClockMonitor::start(&Default::default(), &store, &metrics);
     let state = Agent::new(AgentInner {
-        store,
+        backend: crate::backend::Backend::Sqlite(store),
         metrics,
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
@@ -82,7 +82,7 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
         shutdown: Default::default(),
         peers: Default::default(),
         guard: Arc::new(ApiGuard::new(&cfg, &[], "pi").unwrap()),
-        clock,
+        clock: Some(clock),
         retention: Default::default(),
     });
     Fixture { _dir: dir, state }
@@ -130,7 +130,7 @@ impl Fixture {
     }
 
     async fn stored_changes(&self) -> u64 {
-        self.state.store.stats().await.unwrap().changes
+        self.state.sqlite().unwrap().stats().await.unwrap().changes
     }
 }
 
@@ -153,7 +153,7 @@ async fn no_token_is_401_and_nothing_is_stored() {
         .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "reads need a token too");
     assert_eq!(f.stored_changes().await, 0);
-    assert!(f.state.store.get("k").await.unwrap().is_none());
+    assert!(f.state.sqlite().unwrap().get("k").await.unwrap().is_none());
 
     // Open routes stay open.
     for open in ["/healthz", "/readyz", "/", "/v1/openapi.json"] {
@@ -282,7 +282,7 @@ async fn a_no_cors_text_plain_post_stores_nothing() {
             a.json
         );
     }
-    assert!(f.state.store.series().await.unwrap().is_empty());
+    assert!(f.state.sqlite().unwrap().series().await.unwrap().is_empty());
     assert_eq!(f.stored_changes().await, 0);
 }
 
@@ -311,7 +311,15 @@ async fn an_html_form_post_to_a_twin_stores_nothing() {
             a.json
         );
     }
-    assert!(f.state.store.twin_get("x").await.unwrap().is_none());
+    assert!(
+        f.state
+            .sqlite()
+            .unwrap()
+            .twin_get("x")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(f.stored_changes().await, 0);
     // A real client still creates it.
     let a = f

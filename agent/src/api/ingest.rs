@@ -71,11 +71,11 @@ async fn ingest(
     // trusted carry a timing record, to be corrected later (docs/clock.md).
     if batch.series.iter().all(|s| s.ts.iter().all(|&t| t == now)) {
         batch.timing =
-            crate::sample_timing::SampleTimer::new(state.store.time_reference()).timing_now();
+            crate::sample_timing::SampleTimer::new(state.sqlite()?.time_reference()).timing_now();
     }
     let count = batch.len();
     let started = Instant::now();
-    let change = state.store.append(batch).await?;
+    let change = state.sqlite()?.append(batch).await?;
     IngestCommitted {
         source: SOURCE,
         readings: count as u64,

@@ -44,7 +44,10 @@ pub async fn list_series(
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
     let limit = limit("limit", &p.limit, DEFAULT_SERIES_PAGE, MAX_SERIES_PAGE)?;
-    let page = state.store.series_page(p.after.as_deref(), limit).await?;
+    let page = state
+        .sqlite()?
+        .series_page(p.after.as_deref(), limit)
+        .await?;
     Ok(reply.ok(&json!({ "series": page.series, "next_after": page.next_after })))
 }
 
@@ -84,7 +87,7 @@ pub async fn range(
         limit: limit("limit", &p.limit, DEFAULT_LIMIT, MAX_PAGE_ROWS)?,
         cursor: p.cursor.filter(|c| !c.is_empty()),
     };
-    let page = state.store.range(&rq).await?;
+    let page = state.sqlite()?.range(&rq).await?;
     Ok(reply.ok(&page))
 }
 
@@ -114,7 +117,7 @@ pub async fn timing(
     };
     let limit = limit("limit", &p.limit, DEFAULT_LIMIT, 10_000)?;
     let series = p.series.filter(|s| !s.is_empty());
-    let records = state.store.reading_timing(series, after, limit).await?;
+    let records = state.sqlite()?.reading_timing(series, after, limit).await?;
     let next_after = (records.len() == limit)
         .then(|| records.last().map(|r| r.0))
         .flatten();
@@ -180,7 +183,7 @@ pub async fn aggregate(
         None => to.saturating_sub(bucket_ms.saturating_mul(DEFAULT_BUCKETS)),
     };
     let buckets = state
-        .store
+        .sqlite()?
         .aggregate(&AggregateQuery {
             series: series.clone(),
             from,
@@ -252,7 +255,7 @@ pub async fn latest(
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
     let names = list(&p.series);
-    let latest = state.store.latest(names.as_deref()).await?;
+    let latest = state.sqlite()?.latest(names.as_deref()).await?;
     Ok(reply.ok(&json!({ "latest": latest })))
 }
 

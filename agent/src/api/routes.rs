@@ -5,6 +5,10 @@
 //! these, and a test checks the OpenAPI description against the same list. Paths are written
 //! as the OpenAPI description shows them; the document views `/v1/docs/{key}/history` etc.
 //! share one wildcard route (see `docs.rs`).
+//!
+//! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync); every
+//! other route needs the SQLite store and answers `501 not_on_this_backend` there, as does
+//! the dashboard.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,12 +19,13 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use axum::routing::{MethodFilter, MethodRouter, delete, get, patch, post, put};
 
 use super::{
     ApiError, ErrorCode, backup, dashboard, doc_batch, docs, events, gaps, ingest, openapi,
     readings, status, sync, twins,
 };
+use crate::backend::{BackendKind, NotOnThisBackend};
 use crate::metrics::Metrics;
 use crate::state::Agent;
 
@@ -72,6 +77,33 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
     ]
 }
 
+/// The routes a PostgreSQL hub replica serves; the others need the SQLite store.
+pub const HUB_ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/status",
+    "/v1/sources",
+    "/v1/openapi.json",
+    "/v1/sync",
+    "/v1/sync/peers",
+];
+
+/// True when an agent on `backend` serves the documented `path`.
+pub fn serves(backend: BackendKind, path: &str) -> bool {
+    backend == BackendKind::Sqlite || HUB_ROUTES.contains(&path)
+}
+
+/// A handler answering `501 not_on_this_backend` for `method path`.
+fn not_on_this_backend(method: &Method, path: &'static str) -> MethodRouter<Agent> {
+    let what = format!("{method} {path}");
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    axum::routing::on(filter, move || {
+        let what = what.clone();
+        async move { ApiError::from(NotOnThisBackend { what }) }
+    })
+}
+
 /// The axum path a documented path is mounted at.
 fn mount_path(path: &'static str) -> &'static str {
     if path.starts_with("/v1/docs/{key}") {
@@ -86,16 +118,28 @@ fn mount_path(path: &'static str) -> &'static str {
 /// Builds the router for every route of the API, with request metrics, the body limit
 /// (`state.max_body_bytes`, answered with `413 body_too_large`) and JSON fallbacks.
 pub fn router(state: Agent) -> Router {
+    let backend = state.backend.kind();
     let mut router = Router::new();
     let mut mounted = HashSet::new();
     for (method, path, handler) in routes() {
         let at = mount_path(path);
         // The document views share the wildcard's GET handler.
-        if mounted.insert((method, at)) {
+        if mounted.insert((method.clone(), at)) {
+            let handler = if serves(backend, path) {
+                handler
+            } else {
+                not_on_this_backend(&method, path)
+            };
             router = router.route(at, handler);
         }
     }
-    dashboard::mount(router)
+    let router = match backend {
+        BackendKind::Sqlite => dashboard::mount(router),
+        BackendKind::Postgres => {
+            router.route("/", not_on_this_backend(&Method::GET, "/ (the dashboard)"))
+        }
+    };
+    router
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(
@@ -180,4 +224,23 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
         None => tracing::debug!(method, route, status, ms = seconds * 1000.0, "http request"),
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_hub_serves_health_status_and_sync_only() {
+        let documented: HashSet<&str> = routes().iter().map(|(_, path, _)| *path).collect();
+        for path in HUB_ROUTES {
+            assert!(documented.contains(path), "{path} is not a route");
+        }
+        let pg = BackendKind::Postgres;
+        assert!(serves(pg, "/v1/sync") && serves(pg, "/readyz"));
+        for path in ["/v1/docs/{key}", "/v1/readings", "/v1/twins", "/v1/backup"] {
+            assert!(!serves(pg, path), "{path}");
+            assert!(serves(BackendKind::Sqlite, path), "{path}");
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Operational endpoints: `GET /v1/status`, `/healthz`, `/readyz`, `/metrics`,
 //! `GET /v1/sources`. Process figures (RSS from `/proc/self/status`, disk use by `statvfs`)
-//! are read here on request; nothing is cached.
+//! are read here on request; nothing is cached. Each serves both backends: on a PostgreSQL
+//! hub replica readiness follows the database's periodic health check, and the status
+//! shows the database's actor, version vector size and digest.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -14,6 +16,7 @@ use serde_json::json;
 
 use super::format::Accept;
 use super::{ApiError, ErrorCode};
+use crate::backend::Backend;
 use crate::state::Agent;
 
 /// How long `/readyz` waits for the store's writer to answer.
@@ -24,11 +27,13 @@ pub async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: 200 when startup finished, the store's writer answers within 2 s and its
-/// last write group committed. Writes nothing to the disk (a probe is a round trip to the
-/// writer thread). `503 not_ready` while starting or draining and while the disk is full (the
-/// message starts with `disk_full:`), `503 unavailable` when the store is stuck or its last
-/// commit failed for another reason.
+/// `GET /readyz`: 200 when startup finished and the store can serve. SQLite: the store's
+/// writer answers within 2 s and its last write group committed; writes nothing to the disk
+/// (a probe is a round trip to the writer thread). `503 not_ready` while starting or
+/// draining and while the disk is full (the message starts with `disk_full:`), `503
+/// unavailable` when the store is stuck or its last commit failed for another reason.
+/// PostgreSQL: `503 not_ready` with the reason while the last health check of the database
+/// (every 2 s, not one per probe) failed.
 pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::new(
@@ -36,7 +41,25 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
             "the agent is starting or shutting down",
         ));
     }
-    let health = match tokio::time::timeout(PROBE_TIMEOUT, state.store.probe()).await {
+    match &state.backend {
+        Backend::Sqlite(store) => sqlite_ready(store).await?,
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => {
+            if let Some(why) = hub.unreachable() {
+                return Err(ApiError::new(
+                    ErrorCode::NotReady,
+                    format!(
+                        "PostgreSQL is unreachable: {why}; devices back off and resume once it answers"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(axum::Json(json!({ "status": "ready" })).into_response())
+}
+
+async fn sqlite_ready(store: &kdelta_sync::Store) -> Result<(), ApiError> {
+    let health = match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
         Ok(Ok(health)) => health,
         Ok(Err(e)) => {
             return Err(ApiError::unavailable(format!(
@@ -63,16 +86,45 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
             "the store's last commit failed: {failure}"
         )));
     }
-    Ok(axum::Json(json!({ "status": "ready" })).into_response())
+    Ok(())
 }
 
-/// `GET /metrics`: Prometheus (OpenMetrics) text; store gauges are refreshed first.
+/// `GET /metrics`: Prometheus (OpenMetrics) text; store gauges are refreshed first (on a
+/// PostgreSQL hub: the sync figures, whose lags need the database's version vector).
 pub async fn metrics(State(state): State<Agent>) -> Response {
-    match state.store.stats().await {
+    let local = match &state.backend {
+        Backend::Sqlite(store) => {
+            sqlite_gauges(&state, store).await;
+            store.version_vector()
+        }
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => match hub.store.version_vector().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the version vector for /metrics");
+                Default::default()
+            }
+        },
+    };
+    state.metrics.set_uptime(state.started.elapsed().as_secs());
+    state
+        .metrics
+        .set_sync_peers(state.peers.metric_samples(&local));
+    let mut resp = state.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
+/// Refreshes the SQLite store's gauges (figures, space, retention horizon).
+async fn sqlite_gauges(state: &Agent, store: &kdelta_sync::Store) {
+    match store.stats().await {
         Ok(stats) => state.metrics.set_store_stats(&stats),
         Err(e) => tracing::warn!(error = %e, "reading store figures for /metrics"),
     }
-    let horizon = match state.store.retention_horizon().await {
+    let horizon = match store.retention_horizon().await {
         Ok(h) => h.iter().filter_map(|(_, t)| *t).min(),
         Err(e) => {
             tracing::warn!(error = %e, "reading the retention horizon for /metrics");
@@ -80,20 +132,10 @@ pub async fn metrics(State(state): State<Agent>) -> Response {
         }
     };
     state.metrics.set_space(
-        state.store.write_health().disk_full.is_some(),
+        store.write_health().disk_full.is_some(),
         storage_write_bytes(),
         horizon,
     );
-    state.metrics.set_uptime(state.started.elapsed().as_secs());
-    state
-        .metrics
-        .set_sync_peers(state.peers.metric_samples(&state.store));
-    let mut resp = state.metrics.encode().into_response();
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-    );
-    resp
 }
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
@@ -117,9 +159,47 @@ pub async fn status(
     State(state): State<Agent>,
     Accept(reply): Accept,
 ) -> Result<Response, ApiError> {
-    let stats = state.store.stats().await?;
+    match &state.backend {
+        Backend::Sqlite(store) => sqlite_status(&state, store, reply).await,
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => Ok(reply.ok(&pg_status(&state, hub).await)),
+    }
+}
+
+/// `/v1/status` of a PostgreSQL hub replica: the database's actor (every replica's),
+/// version vector size and digest, and whether the database answers. The vector and the
+/// digest are `null` (with `database.error`) while it does not.
+#[cfg(feature = "postgres")]
+async fn pg_status(state: &Agent, hub: &crate::backend::PgHub) -> serde_json::Value {
+    let (vector, digest) = tokio::join!(hub.store.version_vector(), hub.store.digest());
+    let error = hub
+        .unreachable()
+        .or_else(|| vector.as_ref().err().map(ToString::to_string))
+        .or_else(|| digest.as_ref().err().map(ToString::to_string));
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": "postgres",
+        "actor": hub.store.actor().to_string(),
+        "ready": state.ready.load(Ordering::Acquire),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "version_vector_size": vector.as_ref().ok().map(|v| v.len()),
+        "digest": digest.ok().map(|d| d.to_string()),
+        "database": {
+            "reachable": error.is_none(),
+            "error": error,
+        },
+        "rss_bytes": rss_bytes(),
+    })
+}
+
+async fn sqlite_status(
+    state: &Agent,
+    store: &kdelta_sync::Store,
+    reply: super::Format,
+) -> Result<Response, ApiError> {
+    let stats = store.stats().await?;
     let disk = disk_usage(&state.data_dir);
-    let horizon = state.store.retention_horizon().await?;
+    let horizon = store.retention_horizon().await?;
     let oldest = horizon.iter().filter_map(|(_, t)| *t).min();
     let per_series: serde_json::Map<String, serde_json::Value> = horizon
         .iter()
@@ -129,10 +209,11 @@ pub async fn status(
     let uptime = state.started.elapsed();
     let retention = state.retention.last();
     let written = storage_write_bytes();
-    let wal = state.store.path().with_extension("db-wal");
+    let wal = store.path().with_extension("db-wal");
     let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).ok();
     Ok(reply.ok(&json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "backend": "sqlite",
         "actor": stats.actor.to_string(),
         "ready": state.ready.load(Ordering::Acquire),
         "uptime_s": state.started.elapsed().as_secs(),
@@ -147,7 +228,7 @@ pub async fn status(
         },
         "db_bytes": stats.db_bytes,
         "store": {
-            "write_health": state.store.write_health(),
+            "write_health": store.write_health(),
             "retention": retention,
             "budget": retention.budget,
             "horizon": {
@@ -164,7 +245,7 @@ pub async fn status(
         "data_dir": state.data_dir.display().to_string(),
         "disk": disk,
         "rss_bytes": rss_bytes(),
-        "clock": state.clock.status(),
+        "clock": state.clock.as_ref().map(|c| c.status()),
     })))
 }
 

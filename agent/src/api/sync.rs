@@ -1,6 +1,7 @@
 //! The sync routes: `GET /v1/sync` (the WebSocket a peer syncs over), `GET /v1/sync/peers`
 //! and `POST /v1/sync/now`. HTTP only — who is admitted, the sessions and what "synced" means
-//! are `peers`'.
+//! are `peers`'. Both backends serve `/v1/sync` with the same responder session: the
+//! SQLite store, or a hub replica's change log on PostgreSQL.
 
 use std::time::Duration;
 
@@ -11,10 +12,13 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use kdelta_sync::SyncStore;
 use serde::Deserialize;
 
 use super::{ApiError, ErrorCode};
-use crate::peers::{Outcome, Refusal};
+use crate::access::sessions::SessionSlot;
+use crate::backend::Backend;
+use crate::peers::{InboundPeer, Outcome, Refusal};
 use crate::state::Agent;
 use crate::tls::TlsPeer;
 
@@ -69,6 +73,22 @@ pub async fn sync_socket(
             .into_response();
         }
     };
+    match &state.backend {
+        Backend::Sqlite(store) => serve_on(upgrade, peer, slot, store.clone(), state),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => serve_on(upgrade, peer, slot, hub.store.clone(), state),
+    }
+}
+
+/// Upgrades to the WebSocket and runs the responder session on `store` (either backend's),
+/// holding the session's place (`slot`) until it ends.
+fn serve_on<S: SyncStore>(
+    upgrade: WebSocketUpgrade,
+    peer: InboundPeer,
+    slot: SessionSlot,
+    store: S,
+    state: Agent,
+) -> Response {
     let max = peer.max_frame_bytes();
     upgrade
         .max_message_size(max)
@@ -78,7 +98,7 @@ pub async fn sync_socket(
             let _slot = slot;
             peer.serve(
                 socket,
-                state.store.clone(),
+                store,
                 state.peers.clone(),
                 state.metrics.clone(),
                 state.shutdown.clone(),
@@ -89,9 +109,18 @@ pub async fn sync_socket(
 
 /// `GET /v1/sync/peers`: every configured or connected peer.
 pub async fn list_peers(State(state): State<Agent>) -> Result<Json<serde_json::Value>, ApiError> {
-    let bindings = state.store.credential_bindings().await?;
+    let (local, bindings) = match &state.backend {
+        Backend::Sqlite(store) => (store.version_vector(), store.credential_bindings().await?),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(hub) => {
+            let unavailable = |e: kdelta_pg::PgError| ApiError::unavailable(e.to_string());
+            let (local, bindings) =
+                tokio::join!(hub.store.version_vector(), hub.store.credential_bindings());
+            (local.map_err(unavailable)?, bindings.map_err(unavailable)?)
+        }
+    };
     Ok(Json(serde_json::json!({
-        "peers": state.peers.status(&state.store),
+        "peers": state.peers.status(&local),
         "credentials": state.peers.credentials(&bindings),
     })))
 }
@@ -127,7 +156,8 @@ pub async fn sync_now(
         },
     };
     let peer = q.peer.as_deref().map(str::trim).filter(|p| !p.is_empty());
-    let names = state.peers.outbound_names(&state.store, peer);
+    let store = state.sqlite()?;
+    let names = state.peers.outbound_names(store, peer);
     if let Some(p) = peer
         && names.is_empty()
     {
@@ -140,7 +170,7 @@ pub async fn sync_now(
     tracing::info!(peers = ?woken, "sync now requested");
     let shutdown = state.shutdown.clone();
     let results = tokio::select! {
-        r = crate::peers::wait_synced(&state.peers, &state.store, &names, wait) => r,
+        r = crate::peers::wait_synced(&state.peers, store, &names, wait) => r,
         _ = shutdown.cancelled() => {
             return Err(ApiError::new(ErrorCode::Unavailable, "the agent is shutting down"));
         }

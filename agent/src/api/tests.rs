@@ -30,7 +30,7 @@ async fn fixture() -> Fixture {
     let metrics = Arc::new(Metrics::new());
     let clock = crate::clock::ClockMonitor::start(&Default::default(), &store, &metrics);
     let state = Agent::new(AgentInner {
-        store,
+        backend: crate::backend::Backend::Sqlite(store),
         metrics,
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
@@ -41,7 +41,7 @@ async fn fixture() -> Fixture {
         shutdown: Default::default(),
         peers: Default::default(),
         guard: Default::default(),
-        clock,
+        clock: Some(clock),
         retention: Default::default(),
     });
     Fixture { _dir: dir, state }
@@ -109,7 +109,7 @@ impl Fixture {
         .await
     }
     async fn readings_count(&self) -> u64 {
-        self.state.store.stats().await.unwrap().readings
+        self.state.sqlite().unwrap().stats().await.unwrap().readings
     }
 }
 
@@ -197,11 +197,13 @@ fn error_codes_in_openapi_and_docs_come_from_the_enum() {
         }
     }
     for code in ErrorCode::ALL {
-        // Any route may answer these (fallbacks, a bug), or the store's mapping keeps them
-        // for sync-only failures that no route documents.
+        // Any route may answer these (fallbacks, a bug; every SQLite-only route on a
+        // PostgreSQL hub replica), or the store's mapping keeps them for sync-only failures
+        // that no route documents.
         let anywhere = matches!(
             code,
             ErrorCode::Internal
+                | ErrorCode::NotOnThisBackend
                 | ErrorCode::NoRoute
                 | ErrorCode::MethodNotAllowed
                 | ErrorCode::ClockSkew
@@ -472,7 +474,7 @@ async fn bad_input_gets_the_right_code_and_stores_nothing() {
         );
     }
     assert_eq!(f.readings_count().await, 0);
-    assert_eq!(f.state.store.stats().await.unwrap().changes, 0);
+    assert_eq!(f.state.sqlite().unwrap().stats().await.unwrap().changes, 0);
 
     let a = f.get("/v1/readings?series=nope").await;
     assert_eq!(
@@ -617,7 +619,7 @@ async fn documents_versions_as_of_diff_siblings() {
 async fn status_health_readiness_metrics() {
     let f = fixture().await;
     let s = f.get("/v1/status").await.json();
-    assert_eq!(s["actor"], f.state.store.actor().to_string());
+    assert_eq!(s["actor"], f.state.sqlite().unwrap().actor().to_string());
     assert!(s["rss_bytes"].as_u64().unwrap() > 0);
     assert!(s["disk"]["total_bytes"].as_u64().unwrap() > 0);
     assert_eq!(s["counts"]["readings"], 0);
@@ -641,7 +643,7 @@ async fn status_health_readiness_metrics() {
     );
     assert_eq!(f.get("/v1/sources").await.json(), json!({"sources": []}));
 
-    f.state.store.close().await;
+    f.state.sqlite().unwrap().close().await;
     let a = f.get("/v1/status").await;
     assert_eq!(
         a.status,
@@ -710,7 +712,7 @@ async fn a_lagging_event_subscriber_is_told_how_much_it_missed() {
     let mut body = resp.into_body().into_data_stream();
     // More changes than the store's broadcast buffer (1024) while the client reads nothing.
     let writes = (0..1100i64).map(|i| {
-        let store = f.state.store.clone();
+        let store = f.state.sqlite().unwrap().clone();
         async move {
             let mut b = kdelta_sync::ReadingBatch::new();
             b.push("lag", i, 1.0, None);

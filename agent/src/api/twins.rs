@@ -130,7 +130,7 @@ pub async fn create(
     } else {
         Some(parse_json(&body)?)
     };
-    let w = state.store.twin_create(&key, initial).await?;
+    let w = state.sqlite()?.twin_create(&key, initial).await?;
     Ok(reply.respond(StatusCode::CREATED, &write_json(&w)))
 }
 
@@ -183,7 +183,7 @@ pub async fn patch(
     let body = read_body(body, state.max_body_bytes)?;
     let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let patch = patch_from_body(&key, ct, &body)?;
-    let w = state.store.twin_patch(&key, patch).await?;
+    let w = state.sqlite()?.twin_patch(&key, patch).await?;
     Ok(reply.ok(&write_json(&w)))
 }
 
@@ -212,10 +212,10 @@ pub async fn get(
 async fn value(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
     if let Some(at) = &p.as_of {
         let at = parse_as_of("as_of", at)?;
-        let value = state.store.twin_get_as_of(key, at).await?;
+        let value = state.sqlite()?.twin_get_as_of(key, at).await?;
         return Ok(json!({"key": key, "value": value}));
     }
-    match state.store.twin_get(key).await? {
+    match state.sqlite()?.twin_get(key).await? {
         Some(t) => Ok(json!({"key": t.key, "value": t.value, "changes": t.changes})),
         None => Err(missing(key)),
     }
@@ -228,7 +228,7 @@ async fn history(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiE
         .as_deref()
         .map(|b| parse_history_cursor("before", b))
         .transpose()?;
-    let entries = state.store.twin_history(key, limit, before).await?;
+    let entries = state.sqlite()?.twin_history(key, limit, before).await?;
     let next_before = (entries.len() == limit)
         .then(|| {
             entries
@@ -249,7 +249,7 @@ async fn diff(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiErro
         Some(t) => parse_as_of("to", t)?,
         None => AsOf::Hlc(Hlc(i64::MAX as u64)),
     };
-    let d = state.store.twin_diff(key, from, to).await?;
+    let d = state.sqlite()?.twin_diff(key, from, to).await?;
     Ok(serde_json::to_value(&d).unwrap_or(Value::Null))
 }
 
@@ -262,7 +262,7 @@ pub async fn list(
     let p = query(q)?;
     let limit = limit("limit", &p.limit, DEFAULT_PAGE, MAX_HISTORY_PAGE)?;
     let keys = state
-        .store
+        .sqlite()?
         .twin_keys(p.prefix.as_deref().unwrap_or(""), limit, p.after.as_deref())
         .await?;
     let next_after = (keys.len() == limit)

@@ -48,7 +48,7 @@ pub(crate) async fn backup_once(
     let file = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let out = file.try_clone().context("duplicating a file handle")?;
-    let result = write_backup(&agent.store, &agent.data_dir, out, |_, _| {}).await;
+    let result = write_backup(agent.sqlite()?, &agent.data_dir, out, |_, _| {}).await;
     let finished = result.map_err(anyhow::Error::from).and_then(|(_, bytes)| {
         file.sync_all()
             .with_context(|| format!("syncing {}", partial.display()))?;

@@ -152,7 +152,7 @@ async fn run(
     };
     let hub_stop = CancellationToken::new();
     let hub_state = Agent::new(AgentInner {
-        store: hub.clone(),
+        backend: crate::backend::Backend::Sqlite(hub.clone()),
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
         data_dir: dir.to_path_buf(),
@@ -163,7 +163,10 @@ async fn run(
         shutdown: hub_stop.clone(),
         peers: Arc::new(Registry::new(&hub_section, "bench-hub")),
         guard: Default::default(),
-        clock: crate::clock::ClockMonitor::new(&Default::default(), hub.time_reference()),
+        clock: Some(crate::clock::ClockMonitor::new(
+            &Default::default(),
+            hub.time_reference(),
+        )),
         retention: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

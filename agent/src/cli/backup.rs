@@ -131,7 +131,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         same_identity: args.same_identity,
         as_of,
-        store: loaded.config.store.clone(),
+        store: loaded.config.store.settings(),
     };
     let bar = progress_bar("{msg} [{bar:30}] {pos}/{len} ({eta} left)");
     let shown = bar.clone();

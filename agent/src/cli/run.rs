@@ -33,7 +33,9 @@ pub fn print_error(e: &anyhow::Error) {
 
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     let usage = e.chain().any(|c| {
-        c.downcast_ref::<ConfigError>().is_some() || c.downcast_ref::<UsageError>().is_some()
+        c.downcast_ref::<ConfigError>().is_some()
+            || c.downcast_ref::<UsageError>().is_some()
+            || crate::backend::is_refused_start(c)
     });
     ExitCode::from(if usage { 2 } else { 1 })
 }

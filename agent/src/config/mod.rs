@@ -19,7 +19,6 @@ use std::path::PathBuf;
 
 use kdelta_sensors::SourceConfig;
 use kdelta_sensors::system::SystemConfig;
-use kdelta_sync::StoreConfig;
 use serde::{Deserialize, Serialize};
 
 pub use crate::api::ApiConfig;
@@ -54,8 +53,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// Logging.
     pub log: LogConfig,
-    /// The versioned store (`kdelta_sync::StoreConfig`, keys as documented there).
-    pub store: StoreConfig,
+    /// Which store (`backend`, `url`: `crate::backend`) and the embedded store's settings
+    /// (`kdelta_sync::StoreConfig`, keys as documented there).
+    pub store: crate::backend::StoreSection,
     /// The path from sources to the store: queue, batching, overflow.
     pub ingest: IngestConfig,
     /// Configured sources. Absent: one `system` source. `sources = []` records nothing.
@@ -80,7 +80,7 @@ impl Default for Config {
             device_twin: true,
             api: ApiConfig::default(),
             log: LogConfig::default(),
-            store: StoreConfig::default(),
+            store: crate::backend::StoreSection::default(),
             ingest: IngestConfig::default(),
             sources: vec![SourceConfig::System(SystemConfig::default())],
             mqtt: crate::mqtt::MqttConfig::default(),
@@ -134,6 +134,7 @@ impl Config {
         }
         self.log.validate()?;
         self.backup.validate()?;
+        self.store.validate()?;
         let store_max = self.store.limits.max_batch_readings;
         if store_max == 0 {
             return refuse("store.max_batch_readings", "must be at least 1");
@@ -189,6 +190,52 @@ impl Config {
         self.sync.validate()?;
         self.retention.validate()?;
         self.mqtt.validate()
+    }
+}
+
+impl Config {
+    /// This configuration as the agent runs it on its `[store] backend`. On PostgreSQL (a hub
+    /// replica, which stores only what devices sync to it) the parts that need the SQLite
+    /// store are off — sources, MQTT, retention, scheduled backups, the device twin and
+    /// outbound peers — each that was configured named in one log line when `log` is true.
+    /// On SQLite: unchanged.
+    pub fn for_backend(mut self, log: bool) -> Config {
+        if self.store.backend == crate::backend::BackendKind::Sqlite {
+            return self;
+        }
+        let mut off = Vec::new();
+        if !self.sources.is_empty() {
+            off.push("sources");
+            self.sources.clear();
+        }
+        if self.mqtt.enabled {
+            off.push("MQTT");
+            self.mqtt.enabled = false;
+        }
+        if self.retention != crate::retention::RetentionConfig::default() {
+            off.push("retention");
+            self.retention = Default::default();
+        }
+        if self.backup.every.is_some() {
+            off.push("scheduled backups");
+            self.backup.every = None;
+        }
+        if self.device_twin {
+            off.push("the device twin");
+            self.device_twin = false;
+        }
+        if !self.sync.peers.is_empty() {
+            off.push("outbound sync peers");
+            self.sync.peers.clear();
+        }
+        if log {
+            for part in off {
+                tracing::info!(
+                    "{part} off: not run by a PostgreSQL hub replica, which stores what devices sync to it (issue 17)"
+                );
+            }
+        }
+        self
     }
 }
 

@@ -1,5 +1,6 @@
 //! Secrets out of sight: a copy of a [`Config`] with every secret value replaced by
-//! `<redacted>` (API and sync tokens, outbound peer tokens, the MQTT password), for
+//! `<redacted>` (API and sync tokens, outbound peer tokens, the MQTT password, the password
+//! in `store.url`), for
 //! `kdelta config check` and anything else that prints a configuration. Token digests
 //! (`token_sha256`) are not secrets and stay; file paths stay.
 
@@ -22,6 +23,9 @@ pub fn redacted(config: &Config) -> Config {
         p.token.as_mut().map(hide);
     }
     c.mqtt.password.as_mut().map(hide);
+    if let Some(url) = &mut c.store.url {
+        *url = crate::backend::redact_url(url, REDACTED);
+    }
     c
 }
 
@@ -40,13 +44,26 @@ mod tests {
             [mqtt]
             username = "kdelta"
             password = "mqtt-secret-0123456789"
+            [store]
+            backend = "postgres"
+            url = "postgres://kdelta:pg-secret-0123456789@db.lan:5432/hub?sslmode=verify-full"
         "#;
         let config: Config = toml::from_str(text).unwrap();
         let shown = toml::to_string(&redacted(&config)).unwrap();
-        for secret in ["api-secret", "sync-secret", "peer-secret", "mqtt-secret"] {
+        for secret in [
+            "api-secret",
+            "sync-secret",
+            "peer-secret",
+            "mqtt-secret",
+            "pg-secret",
+        ] {
             assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
         }
-        assert_eq!(shown.matches(REDACTED).count(), 4, "{shown}");
+        assert_eq!(shown.matches(REDACTED).count(), 5, "{shown}");
+        assert!(
+            shown.contains("kdelta:<redacted>@db.lan:5432/hub"),
+            "{shown}"
+        );
         assert!(shown.contains("kdelta"), "the user name is not a secret");
     }
 }

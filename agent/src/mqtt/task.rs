@@ -25,6 +25,7 @@ use super::{MqttError, discovery};
 
 mod incoming;
 mod twins;
+use crate::section::InvalidValue;
 use crate::state::Agent;
 
 /// Changes read from the log per page.
@@ -53,6 +54,8 @@ struct Control {
 struct Runner {
     cfg: MqttConfig,
     deps: Agent,
+    /// The agent's SQLite store (MQTT runs only on that backend).
+    store: Store,
     topics: Topics,
     qos: QoS,
     rules: Vec<(TopicFilter, super::IngestRule)>,
@@ -92,11 +95,15 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
     let topics = Topics::new(&cfg.prefix, &deps.device, &cfg.discovery_prefix);
     let settings = LinkSettings::new(&cfg, &deps.device, &topics.status())?;
     let cursor = CursorFile::in_dir(&deps.data_dir);
+    let store = deps
+        .sqlite()
+        .map_err(|e| InvalidValue::new("mqtt.enabled", e.to_string()))?
+        .clone();
     // Subscribe before reading the log's end so no change falls between the two.
-    let changes = deps.store.subscribe();
+    let changes = store.subscribe();
     let state = match cursor.load()? {
         Some(s) => {
-            let end = log_end(&deps.store).await?;
+            let end = log_end(&store).await?;
             match s.beyond(end) {
                 Some(reset) => {
                     tracing::warn!(
@@ -116,7 +123,7 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
             let start = if cfg.backfill {
                 0
             } else {
-                log_end(&deps.store).await?
+                log_end(&store).await?
             };
             let s = CursorState {
                 acked: start,
@@ -168,6 +175,7 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
         topics,
         cfg,
         deps,
+        store,
     };
     let (tx, rx) = mpsc::channel(1024);
     let stop = CancellationToken::new();
@@ -313,11 +321,7 @@ impl Runner {
 
     /// Reads the next page of the change log into `pending` (and discovery into `control`).
     async fn fetch(&mut self) -> Result<(), MqttError> {
-        let page = self
-            .deps
-            .store
-            .log_after(self.fetched, PAGE_CHANGES)
-            .await?;
+        let page = self.store.log_after(self.fetched, PAGE_CHANGES).await?;
         let Some(&(last, _)) = page.last() else {
             return Ok(());
         };
@@ -345,7 +349,7 @@ impl Runner {
 
     fn build(&mut self, log_id: i64, change: &Change) {
         let before = self.pending.len();
-        let own = change.actor == self.deps.store.actor();
+        let own = change.actor == self.store.actor();
         if let ChangeBody::Readings(batch) = &change.body
             && (own || self.cfg.publish_remote)
         {
@@ -447,7 +451,7 @@ impl Runner {
 
     async fn announce_all(&mut self) -> Result<(), MqttError> {
         self.announced.clear();
-        for s in self.deps.store.series().await? {
+        for s in self.store.series().await? {
             self.announce(&s.name, s.unit.as_deref());
         }
         Ok(())

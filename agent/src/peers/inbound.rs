@@ -11,7 +11,7 @@ use futures::StreamExt;
 use kdelta_sync::protocol::{
     Authenticator, Direction, PeerCredentials, PeerRole, SessionStats, SyncConfig, SyncSession,
 };
-use kdelta_sync::{ActorId, Store};
+use kdelta_sync::{ActorId, SyncStore};
 use tokio_util::sync::CancellationToken;
 
 use super::Registry;
@@ -126,11 +126,12 @@ impl InboundPeer {
 
     /// Runs the responder side of a session over `socket` until the peer leaves, `shutdown`
     /// fires or the accepted credentials change. Its counters appear in the registry while
-    /// it runs; a failure is counted and logged here.
-    pub async fn serve(
+    /// it runs; a failure is counted and logged here. `store` is any [`SyncStore`]: the
+    /// SQLite store of a device or hub, or a hub replica's change log on PostgreSQL.
+    pub async fn serve<S: SyncStore>(
         self,
         socket: WebSocket,
-        store: Store,
+        store: S,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,

@@ -12,11 +12,11 @@ mod outbound;
 
 use std::sync::{Arc, Mutex, RwLock};
 
+use kdelta_sync::VersionVector;
 use kdelta_sync::protocol::{
     Compression, Direction, LastError, PeerRole, SessionStats, StatsSnapshot, SyncConfig,
     TokenAuthenticator,
 };
-use kdelta_sync::{Store, VersionVector};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -286,9 +286,9 @@ impl Registry {
         (connected, entries.len())
     }
 
-    /// Status of every peer seen or configured, with lag against `store`.
-    pub fn status(&self, store: &Store) -> Vec<PeerStatus> {
-        let local = store.version_vector();
+    /// Status of every peer seen or configured, with lag against `local` (what this
+    /// agent's store holds).
+    pub fn status(&self, local: &VersionVector) -> Vec<PeerStatus> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
@@ -302,7 +302,7 @@ impl Registry {
                 {
                     stats.last_error = Some(ce.clone());
                 }
-                let (lag_to_peer, lag_from_peer) = stats.lag(&local);
+                let (lag_to_peer, lag_from_peer) = stats.lag(local);
                 let name = match e.direction {
                     Direction::Outbound => e.name.clone(),
                     Direction::Inbound => stats
@@ -466,8 +466,8 @@ impl Registry {
 
 impl Registry {
     /// Every peer's figures for the Prometheus per-peer families.
-    pub fn metric_samples(&self, store: &Store) -> Vec<crate::metrics::PeerSample> {
-        self.status(store)
+    pub fn metric_samples(&self, local: &VersionVector) -> Vec<crate::metrics::PeerSample> {
+        self.status(local)
             .into_iter()
             .map(|p| crate::metrics::PeerSample {
                 peer: p.name,

@@ -52,7 +52,7 @@ pub struct NowResult {
 impl Registry {
     /// The names of the outbound peers, or only `only` when it is one of them.
     pub fn outbound_names(&self, store: &Store, only: Option<&str>) -> Vec<String> {
-        self.status(store)
+        self.status(&store.version_vector())
             .into_iter()
             .filter(|p| p.direction == Direction::Outbound && only.is_none_or(|o| o == p.name))
             .map(|p| p.name)
@@ -74,8 +74,8 @@ pub async fn wait_synced(
     let mut done: Vec<Option<NowResult>> = vec![None; names.len()];
     loop {
         let timed_out = started.elapsed() >= wait;
-        let statuses = registry.status(store);
         let local = store.version_vector();
+        let statuses = registry.status(&local);
         for (slot, name) in done.iter_mut().zip(names) {
             if slot.is_some() {
                 continue;

@@ -285,7 +285,7 @@ impl Agent {
         let metrics = Arc::new(Metrics::new());
         let cancel = CancellationToken::new();
         let deps = AgentHandle::new(AgentInner {
-            store: store.clone(),
+            backend: kdelta::backend::Backend::Sqlite(store.clone()),
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
             data_dir: dir.path().to_path_buf(),
@@ -296,7 +296,10 @@ impl Agent {
             shutdown: cancel.clone(),
             peers: Default::default(),
             guard: Default::default(),
-            clock: kdelta::clock::ClockMonitor::new(&Default::default(), store.time_reference()),
+            clock: Some(kdelta::clock::ClockMonitor::new(
+                &Default::default(),
+                store.time_reference(),
+            )),
             retention: Default::default(),
         });
         let task = tokio::spawn(kdelta::mqtt::run(cfg, deps, cancel.clone()));

@@ -138,7 +138,7 @@ impl Runner {
         let mut wait = RETRY_FIRST;
         loop {
             // Several changes when one would be too large: no reading is lost to the size limit.
-            match self.deps.store.append_in_parts(batch.clone()).await {
+            match self.store.append_in_parts(batch.clone()).await {
                 Ok(_) => {
                     IngestCommitted {
                         source: SOURCE,
@@ -191,7 +191,7 @@ impl Runner {
                 self.bad_payload("command", topic, &format!("not JSON: {e}"));
                 serde_json::json!({"key": key, "ok": false, "error": {"code": "malformed_body", "message": format!("the body is not JSON: {e}")}})
             }
-            Ok(value) => match self.deps.store.put(key, &value).await {
+            Ok(value) => match self.store.put(key, &value).await {
                 Ok(v) => {
                     MqttCommand {
                         topic,

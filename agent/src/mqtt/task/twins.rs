@@ -16,7 +16,7 @@ const REPUBLISH_MAX: usize = 1000;
 impl Runner {
     /// Queues the retained state of twin `key`.
     pub(super) async fn publish_twin(&mut self, key: &str) -> Result<(), MqttError> {
-        let Some(t) = self.deps.store.twin_get(key).await? else {
+        let Some(t) = self.store.twin_get(key).await? else {
             return Ok(());
         };
         self.control.push_back(Control {
@@ -32,7 +32,7 @@ impl Runner {
         let mut after: Option<String> = None;
         let mut n = 0;
         while n < REPUBLISH_MAX {
-            let keys = self.deps.store.twin_keys("", 256, after.as_deref()).await?;
+            let keys = self.store.twin_keys("", 256, after.as_deref()).await?;
             let Some(last) = keys.last().cloned() else {
                 break;
             };
@@ -88,7 +88,7 @@ impl Runner {
         key: &str,
         body: Value,
     ) -> Result<kdelta_sync::TwinWrite, StoreError> {
-        let store = &self.deps.store;
+        let store = &self.store;
         match TwinPatch::from_json(key, body)? {
             TwinPatch::Merge(v) if store.twin_get(key).await?.is_none() => {
                 match store.twin_create(key, Some(v.clone())).await {

@@ -1,0 +1,389 @@
+//! Hub replicas on PostgreSQL, end to end (issue 17): real `kdelta start` processes with
+//! `[store] backend = "postgres"`. Without a server: a database that cannot be used stops the
+//! start with exit code 2 and a message naming it (never the password). With one
+//! (`KDELTA_POSTGRES`, e.g. `postgres://postgres@127.0.0.1:5432/test`; each test in a schema
+//! of its own through the URL's `options=-c search_path=…`, dropped when it passes): a
+//! replica's health, status and `501 not_on_this_backend` routes, and the chaos test — two
+//! replicas on one database behind a round-robin [`Proxy`], three SQLite devices ingesting
+//! and writing documents through it while the proxy cuts every link at random and one
+//! replica is killed with SIGKILL mid-sync and restarted; after healing, every device and
+//! the database hold one digest, and every acknowledged reading is there exactly once.
+//! Without `KDELTA_POSTGRES` those tests print why and pass without running. Built only with
+//! the cargo feature `postgres` (the default).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::cluster::Node;
+use super::harness::{Agent, Endpoint, eventually, run_to_end};
+use super::proxy::{Dir, Proxy};
+use super::sync::{HEAL_DEADLINE, doc_history, series_counts, write_until};
+use super::{client, get_json};
+
+/// One test's schema on the server `KDELTA_POSTGRES` names.
+struct TestDb {
+    base: String,
+    schema: String,
+    admin: sqlx::PgPool,
+}
+
+impl TestDb {
+    /// A fresh schema, or `None` (with a message) when no server is configured.
+    async fn new(test: &str) -> Option<TestDb> {
+        let Ok(base) = std::env::var("KDELTA_POSTGRES") else {
+            println!(
+                "skipping {test}: KDELTA_POSTGRES is not set (e.g. postgres://postgres@127.0.0.1:5432/test; scripts/ensure-postgres.sh starts a server)"
+            );
+            return None;
+        };
+        let schema = format!("kdelta_e2e_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("KDELTA_POSTGRES={base}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("create the test schema");
+        Some(TestDb {
+            base,
+            schema,
+            admin,
+        })
+    }
+
+    /// The replicas' `store.url`: the server, in this test's schema.
+    fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}",
+            self.base, self.schema
+        )
+    }
+
+    /// A count from this test's schema.
+    async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {}.{table}", self.schema);
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.admin)
+            .await
+            .unwrap_or_else(|e| panic!("counting {table}: {e}"))
+    }
+
+    /// Drops the schema (only when the test passed: a failure leaves it for inspection).
+    async fn drop_schema(self) {
+        let sql = format!("DROP SCHEMA {} CASCADE", self.schema);
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&self.admin)
+            .await
+            .expect("drop the test schema");
+    }
+}
+
+/// The config of a replica on `url` accepting one `device` token per device.
+fn replica_config(url: &str, devices: usize) -> String {
+    let tokens: Vec<String> = (0..devices)
+        .map(|i| {
+            format!(
+                "{{ name = \"dev{i}\", token = \"{}\", role = \"device\" }}",
+                token(i)
+            )
+        })
+        .collect();
+    format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n[sync]\naccept_tokens = [{}]\n",
+        tokens.join(", ")
+    )
+}
+
+fn token(device: usize) -> String {
+    format!("device-{device}-token-0123456789")
+}
+
+/// A device's config: its hub is `hub_url` (the proxy).
+fn device_config(hub_url: &str, device: usize) -> String {
+    format!(
+        "sources = []\ndevice_twin = false\n[[sync.peers]]\nname = \"hub\"\nurl = \"{hub_url}\"\ntoken = \"{}\"\n",
+        token(device)
+    )
+}
+
+fn addr_of(a: &Agent) -> SocketAddr {
+    a.url()
+        .strip_prefix("http://")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an http://ip:port URL: {}", a.url()))
+}
+
+#[test]
+fn a_database_that_cannot_be_used_stops_the_start_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |store: &str| {
+        let config = dir.path().join("kdelta.toml");
+        std::fs::write(&config, format!("sources = []\n[store]\n{store}")).unwrap();
+        let data = dir.path().join("data");
+        let (code, stderr) = run_to_end(
+            &[
+                "start",
+                "--config",
+                config.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            dir.path(),
+            Duration::from_secs(30),
+        );
+        assert!(
+            !stderr.contains("listening on"),
+            "nothing is bound before the database is open:\n{stderr}"
+        );
+        (code, stderr)
+    };
+    // Nothing listens on port 1: unreachable, named without the password.
+    let (code, stderr) =
+        start("backend = \"postgres\"\nurl = \"postgres://kdelta:pw-secret-42@127.0.0.1:1/hub\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach PostgreSQL at kdelta@127.0.0.1:1/hub"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("pw-secret-42"),
+        "password shown:\n{stderr}"
+    );
+    // No URL: the key is named.
+    let (code, stderr) = start("backend = \"postgres\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("store.url"), "{stderr}");
+    // `kdelta config check` shows the URL without its password.
+    let config = dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://kdelta:pw-secret-42@db.lan/hub\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(super::harness::BIN)
+        .args(["config", "check", "--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("KDELTA_POSTGRES")
+        .output()
+        .expect("run kdelta config check");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("postgres://kdelta:<redacted>@db.lan/hub"),
+        "{shown}"
+    );
+    assert!(!shown.contains("pw-secret-42"), "password shown:\n{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
+    let Some(db) = TestDb::new("a_replica_serves_health_and_status").await else {
+        return;
+    };
+    let c = client();
+    let replica = Agent::builder()
+        .config(&replica_config(&db.url(), 1))
+        .start();
+    let log = replica.stderr();
+    assert!(log.contains("sources off"), "{log}");
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = c.get(replica.at(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let (s, st) = get_json(&c, &replica.at("/v1/status")).await;
+    assert_eq!(s, 200, "{st}");
+    assert_eq!(st["backend"], "postgres", "{st}");
+    assert_eq!(st["database"]["reachable"], true, "{st}");
+    assert_eq!(st["version_vector_size"], 0, "{st}");
+    for (method, path) in [
+        ("GET", "/v1/docs/some/key"),
+        ("PUT", "/v1/docs/some/key"),
+        ("GET", "/v1/readings?series=x"),
+        ("POST", "/v1/readings"),
+        ("GET", "/v1/twins"),
+        ("GET", "/v1/backup"),
+        ("GET", "/"),
+    ] {
+        let r = c
+            .request(method.parse().unwrap(), replica.at(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 501, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_on_this_backend", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("is not available on a PostgreSQL hub"),
+            "{message}"
+        );
+    }
+    drop(replica);
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_behind_a_proxy_converge_through_cuts_and_a_kill9() {
+    let Some(db) = TestDb::new("two_replicas_behind_a_proxy").await else {
+        return;
+    };
+    let c = client();
+    let config = replica_config(&db.url(), 3);
+    let mut replicas = vec![
+        Agent::builder().config(&config).start(),
+        Agent::builder().config(&config).start(),
+    ];
+    let proxy = Proxy::round_robin(replicas.iter().map(addr_of).collect()).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        devices.push(Node::with_config(&device_config(&proxy.url(), i)).await);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            tokio::spawn(write_until(
+                c.clone(),
+                d.url().to_owned(),
+                format!("dev{i}"),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let seed = std::env::var("KDELTA_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("chaos seed {seed} (repeat with KDELTA_CHAOS_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let chaos_until = Instant::now() + Duration::from_secs(8);
+    let kill_at = Instant::now() + Duration::from_millis(rng.random_range(1_500..4_000));
+    let victim = rng.random_range(0..replicas.len());
+    let mut killed = false;
+    let mut faults = 0;
+    while Instant::now() < chaos_until {
+        if !killed && Instant::now() >= kill_at {
+            replicas[victim].kill9();
+            killed = true;
+            println!("chaos: replica {victim} killed with SIGKILL");
+        }
+        let action = match rng.random_range(0..10) {
+            0..=3 => {
+                proxy.cut();
+                "cut every link".to_owned()
+            }
+            4..=5 => {
+                let dir = if rng.random_bool(0.5) {
+                    Dir::Up
+                } else {
+                    Dir::Down
+                };
+                let n = rng.random_range(1..50_000);
+                proxy.cut_after(dir, n);
+                format!("cut after {n} bytes {dir:?}")
+            }
+            _ => {
+                proxy.restore();
+                "restore".to_owned()
+            }
+        };
+        if action != "restore" {
+            faults += 1;
+        }
+        println!("chaos: {action}");
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
+    }
+    proxy.restore();
+    // The killed replica comes back on a new port; the proxy learns it.
+    let restarted = Agent::builder().config(&config).start();
+    proxy.set_target(victim, addr_of(&restarted));
+    replicas[victim] = restarted;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.expect("writer task"));
+    }
+    let want: BTreeMap<String, u64> = acked.iter().flat_map(|a| a.readings.clone()).collect();
+    let total: u64 = want.values().sum();
+    println!("chaos: {faults} faults; acknowledged {want:?}");
+
+    // Every device and every replica (the database) hold one digest.
+    eventually(
+        HEAL_DEADLINE,
+        "every device and replica to hold the same data",
+        || async {
+            let mut digests = Vec::new();
+            let mut vectors = Vec::new();
+            for d in &devices {
+                let (_, st) = get_json(&c, &d.at("/v1/status")).await;
+                digests.push(st["digest"].clone());
+                vectors.push(st["version_vector"].clone());
+            }
+            for r in &replicas {
+                let (_, st) = get_json(&c, &r.at("/v1/status")).await;
+                digests.push(st["digest"].clone());
+            }
+            let one = digests.iter().all(|d| *d == digests[0] && !d.is_null())
+                && vectors.iter().all(|v| *v == vectors[0]);
+            one.then_some(())
+        },
+    )
+    .await;
+    for r in &replicas {
+        let (_, st) = get_json(&c, &r.at("/v1/status")).await;
+        assert_eq!(st["version_vector_size"], 3, "{st}");
+        assert_eq!(st["database"]["reachable"], true, "{st}");
+    }
+    // Nothing acknowledged lost or duplicated: on every device, and in the database.
+    for (i, d) in devices.iter().enumerate() {
+        assert_eq!(series_counts(&c, d).await, want, "series counts at dev{i}");
+        for w in &acked {
+            for (key, (puts, _)) in &w.docs {
+                let history = doc_history(&c, d, key).await;
+                let all: usize = if key == "chaos/shared" {
+                    acked.iter().map(|a| a.docs[key].0).sum()
+                } else {
+                    *puts
+                };
+                assert_eq!(history.len(), all, "dev{i}: history of {key}");
+            }
+        }
+    }
+    assert_eq!(
+        db.count("readings").await as u64,
+        total,
+        "readings in PostgreSQL"
+    );
+    println!("converged: {total} readings in the devices and the database");
+    assert!(faults > 0 && killed);
+    for d in devices {
+        d.stop().await;
+    }
+    drop(replicas);
+    db.drop_schema().await;
+}
