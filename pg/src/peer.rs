@@ -212,27 +212,6 @@ impl PgStore {
         }
         Ok(check.compare(|actor, seq| Ok(held.get(&(actor, seq)).cloned()))?)
     }
-
-    /// The trusted time sources this replica judges remote timestamps by (the local wall
-    /// clock trusted unless told otherwise; sessions add synchronised peers' claims).
-    pub fn time_reference(&self) -> Arc<TimeReference> {
-        self.clock().reference().clone()
-    }
-
-    /// What to tell a peer about this replica's clock in a sync handshake.
-    pub fn clock_claim(&self) -> ClockClaim {
-        let clock = self.clock();
-        clock.reference().claim(clock.wall_ms())
-    }
-
-    /// Whether a remote change of `actor` stamped `hlc` would pass the apply's clock check.
-    pub fn check_remote_time(
-        &self,
-        actor: ActorId,
-        hlc: Hlc,
-    ) -> std::result::Result<(), ClockSkewError> {
-        self.clock().check_from(hlc, Some(actor))
-    }
 }
 
 impl SyncStore for PgStore {
@@ -247,11 +226,11 @@ impl SyncStore for PgStore {
     }
 
     fn time_reference(&self) -> Arc<TimeReference> {
-        PgStore::time_reference(self)
+        self.clock().reference().clone()
     }
 
     fn clock_claim(&self) -> ClockClaim {
-        PgStore::clock_claim(self)
+        self.clock().claim()
     }
 
     fn check_remote_time(
@@ -259,7 +238,7 @@ impl SyncStore for PgStore {
         actor: ActorId,
         hlc: Hlc,
     ) -> std::result::Result<(), ClockSkewError> {
-        PgStore::check_remote_time(self, actor, hlc)
+        self.clock().check_from(hlc, Some(actor))
     }
 
     async fn bind_credential(

@@ -82,6 +82,7 @@ pub fn admit_remote(
         if let Some(limits) = rules.limits {
             c.validate(limits)?;
         }
+        refuse_negative_zero(c)?;
         let have = *expect
             .entry(c.actor)
             .or_insert_with(|| held.get(&c.actor).map_or(0, |h| h.max_seq));
@@ -130,4 +131,28 @@ pub fn admit_remote(
         out.fresh.push(i);
     }
     Ok(out)
+}
+
+/// Refuses a received readings change holding `-0.0`: SQLite keeps it as `0.0`, so the
+/// stored change would no longer match its signed body hash and every next hop would refuse
+/// it as altered. Local changes are stamped as stored (`ingest.rs`, `as_stored`), so no
+/// kdelta peer sends one; a peer that does is told exactly why, on either backend.
+fn refuse_negative_zero(change: &Change) -> Result<()> {
+    let crate::ChangeBody::Readings(batch) = &change.body else {
+        return Ok(());
+    };
+    for s in &batch.series {
+        if let Some((ts, _)) =
+            s.ts.iter()
+                .zip(&s.values)
+                .find(|(_, v)| **v == 0.0 && v.is_sign_negative())
+        {
+            return Err(StoreError::InvalidBatch(format!(
+                "series {:?} at {ts} of change {}:{}: the value is -0 (negative zero), which \
+                 the store cannot keep bit for bit (a kdelta peer sends 0)",
+                s.name, change.actor, change.seq
+            )));
+        }
+    }
+    Ok(())
 }

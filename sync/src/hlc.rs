@@ -188,6 +188,11 @@ impl HybridClock {
         self.time.now_ms()
     }
 
+    /// What to tell a peer about this clock in a sync handshake.
+    pub fn claim(&self) -> crate::ClockClaim {
+        self.reference.claim(self.wall_ms())
+    }
+
     /// A new timestamp for a local event: greater than every timestamp issued or observed,
     /// and never behind the wall clock nor the best trusted time known (a device whose clock
     /// is behind stamps its changes at or after the time a synchronised peer told it).

@@ -200,8 +200,7 @@ impl Store {
 
     /// What to tell a peer about this store's clock in a sync handshake.
     pub fn clock_claim(&self) -> ClockClaim {
-        let clock = self.clock();
-        clock.reference().claim(clock.wall_ms())
+        self.clock().claim()
     }
 
     /// Whether a remote change of `actor` stamped `hlc` would be accepted by

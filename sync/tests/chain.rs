@@ -231,6 +231,34 @@ async fn a_reopened_store_links_to_its_stored_chain() {
     assert_verifies(s, 4).await;
 }
 
+/// A received readings change holding `-0.0` is refused naming it, and nothing of its page
+/// is stored: SQLite would keep `0.0`, and the stored change would fail its own body hash at
+/// the next hop.
+#[tokio::test]
+async fn a_received_negative_zero_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&dir, "a.db").await, open(&dir, "b.db").await);
+    a.append(readings("t", T0, &[1.0, 2.0], None))
+        .await
+        .unwrap();
+    let mut changes = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let ChangeBody::Readings(batch) = &mut changes[0].body else {
+        panic!("a readings change")
+    };
+    batch.series[0].values[1] = -0.0;
+    // Unsigned (a signing peer's seal would be over its -0.0 and pass; this one's would not).
+    changes[0].seal = None;
+    let err = b.apply_remote(changes).await.unwrap_err().to_string();
+    assert!(
+        err.contains("negative zero") && err.contains(&format!("{}", T0 + 1000)),
+        "{err}"
+    );
+    assert_eq!(b.version_vector().get(&a.actor()), 0);
+}
+
 /// One local write of the random mixes below.
 #[derive(Debug, Clone)]
 enum Op {
