@@ -13,11 +13,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kdelta_sync::{
-    AggregateQuery, Bucket, LatestReading, MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE,
-    RangeQuery, ReadingPage, ReadingRow, SeriesInfo, SeriesPage, StoreError,
-};
 use futures::TryStreamExt;
+use kdelta_sync::{
+    AggregateQuery, Bucket, LatestReading, MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, RangeQuery,
+    ReadingPage, ReadingRow, SeriesInfo, SeriesPage, StoreError,
+};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 

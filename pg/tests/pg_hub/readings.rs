@@ -103,8 +103,18 @@ async fn readings_device(s: &Store, tag: i64) {
         let mut b = ReadingBatch::new();
         for i in 0..30i64 {
             let ts = T0 + round * 45_000 + i * 1_500;
-            b.push("shared.x", ts, ((i * 7 + tag) % 13) as f64 * 0.25, Some("u"));
-            b.push(&format!("dev{tag}.y"), ts + tag, (i - 10) as f64 * 0.5, None);
+            b.push(
+                "shared.x",
+                ts,
+                ((i * 7 + tag) % 13) as f64 * 0.25,
+                Some("u"),
+            );
+            b.push(
+                &format!("dev{tag}.y"),
+                ts + tag,
+                (i - 10) as f64 * 0.5,
+                None,
+            );
         }
         if round == 2 {
             b.push("huge", T0 + 61_000 + tag, 1.5e308, None);
@@ -249,8 +259,15 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
     };
     let errors = [
         (
-            hub.latest(Some(unknown.as_slice())).await.map(|_| ()).unwrap_err(),
-            reference.latest(Some(unknown.as_slice())).await.map(|_| ()).unwrap_err(),
+            hub.latest(Some(unknown.as_slice()))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            reference
+                .latest(Some(unknown.as_slice()))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
         (
             hub.range(&bad_range).await.map(|_| ()).unwrap_err(),
@@ -340,7 +357,12 @@ async fn two_replicas_applying_the_same_minutes_at_once_keep_exact_rollups() {
                 // Every device in the same minutes of the same series, at its own times;
                 // values whose sums round (the order of addition matters).
                 let ts = T0 + i * 20_000 + j * 1_000 + d * 100;
-                b.push(&format!("s{}", j % 3), ts, 0.1 * (d * 31 + i * 7 + j) as f64, None);
+                b.push(
+                    &format!("s{}", j % 3),
+                    ts,
+                    0.1 * (d * 31 + i * 7 + j) as f64,
+                    None,
+                );
             }
             s.append(b).await.unwrap();
         }
