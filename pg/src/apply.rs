@@ -10,8 +10,9 @@
 //! kept in their rows). A transaction aborted by PostgreSQL for a conflict (deadlock,
 //! serialization) is run again.
 //!
-//! The rows themselves are written by `rows.rs`; the version vector, the per-actor digests
-//! and the commit announcement (`feed.rs`) move in the same transaction.
+//! The rows themselves are written by `rows.rs`, the rollups of the minutes they touched
+//! recomputed by `rollups.rs`; the version vector, the per-actor digests and the commit
+//! announcement (`feed.rs`) move in the same transaction.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -24,6 +25,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::error::{PgError, Result};
 use crate::partitions::month_of;
+use crate::rollups::{Touched, recompute as recompute_rollups};
 use crate::rows::{apply_correction, insert_changes, insert_docs, insert_readings, insert_twins};
 use crate::store::PgStore;
 
@@ -264,14 +266,17 @@ impl PgStore {
         }
         let idx: HashMap<ActorId, i64> = actors.iter().map(|(a, r)| (*a, r.idx)).collect();
         let ids = insert_changes(&mut tx, &fresh, &idx).await?;
-        insert_readings(&mut tx, &fresh, &ids).await?;
+        let mut minutes = Touched::new();
+        insert_readings(&mut tx, &fresh, &ids, &mut minutes).await?;
         insert_docs(&mut tx, &fresh, &ids).await?;
         insert_twins(&mut tx, &fresh, &ids).await?;
         for (c, &id) in fresh.iter().zip(&ids) {
             if let ChangeBody::TimeCorrection(t) = &c.body {
-                apply_correction(&mut tx, idx[&c.actor], id, t).await?;
+                apply_correction(&mut tx, idx[&c.actor], id, t, &mut minutes).await?;
             }
         }
+        // The rollups of every minute whose readings moved, from the readings themselves.
+        recompute_rollups(&mut tx, &minutes).await?;
         // The version vector and the per-actor digests.
         for c in &fresh {
             if let Some(row) = actors.get_mut(&c.actor) {

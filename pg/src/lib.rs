@@ -14,8 +14,11 @@
 //! detection as on SQLite. Readings live once, in a table partitioned by month; documents
 //! and twin changes in plain tables. The hub's actor id, signing key and clock are shared by
 //! its replicas in the database, and every commit is announced to all of them
-//! ([`PgStore::listen`], LISTEN/NOTIFY). Not yet: the agent's `[store] backend = "postgres"`
-//! and queries — see `docs/hub.md`.
+//! ([`PgStore::listen`], LISTEN/NOTIFY). Readings have per-minute rollups, recomputed from
+//! the readings in the apply transaction, and the API's readings queries
+//! ([`PgStore::series_page`], [`PgStore::range`], [`PgStore::aggregate`],
+//! [`PgStore::latest`]) answer as the embedded store's do. Not yet: documents, twins,
+//! retention — see `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -40,7 +43,9 @@ mod error;
 mod feed;
 pub mod partitions;
 mod peer;
+mod query;
 mod read;
+mod rollups;
 mod rows;
 mod schema;
 mod store;

@@ -14,6 +14,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::codec::{encode_context, encode_correction, encode_gap, encode_seal};
 use crate::error::{PgError, Result};
+use crate::rollups::{Touched, minute_of};
 
 /// Readings per multi-row INSERT.
 const READINGS_CHUNK: usize = 50_000;
@@ -128,11 +129,14 @@ async fn ids_by_name(
         .collect()
 }
 
-/// Readings, timing records and series attributes of the readings changes.
+/// Readings, timing records and series attributes of the readings changes. Adds the
+/// (series, minute) pairs it wrote readings into to `touched` (their rollups are recomputed
+/// before commit).
 pub(crate) async fn insert_readings(
     tx: &mut Transaction<'_, Postgres>,
     fresh: &[&Change],
     ids: &[i64],
+    touched: &mut Touched,
 ) -> Result<()> {
     let batches: Vec<(&Change, &ReadingBatch, i64)> = fresh
         .iter()
@@ -160,6 +164,14 @@ pub(crate) async fn insert_readings(
             ts.extend_from_slice(&s.ts);
             cid.extend(std::iter::repeat_n(*id, s.ts.len()));
             val.extend_from_slice(&s.values);
+            let mut last = None;
+            for &t in &s.ts {
+                // Sorted times: a minute's readings are consecutive.
+                if last != Some(minute_of(t)) {
+                    last = Some(minute_of(t));
+                    touched.insert((series_id, minute_of(t)));
+                }
+            }
             if s.unit.is_some() || !s.meta.is_empty() {
                 let meta = serde_json::to_string(&s.meta).unwrap_or_else(|_| "{}".into());
                 let entry = attrs.entry((series_id, c.actor)).or_insert((
@@ -361,12 +373,14 @@ pub(crate) async fn insert_twins(
 /// A time correction: moves the readings of each corrected change of its actor by the
 /// range's delta (as on SQLite, `sync/src/correct.rs`: same targets, same refusal of a
 /// change whose moved times would leave 1970..9999) and marks the change corrected. The
-/// change in the log keeps its original times (`read.rs` subtracts the delta again).
+/// change in the log keeps its original times (`read.rs` subtracts the delta again). Adds
+/// the minutes readings left and entered to `touched`.
 pub(crate) async fn apply_correction(
     tx: &mut Transaction<'_, Postgres>,
     actor_idx: i64,
     id: i64,
     correction: &kdelta_sync::TimeCorrection,
+    touched: &mut Touched,
 ) -> Result<()> {
     let ctx = "applying a time correction";
     for r in &correction.ranges {
@@ -395,7 +409,15 @@ pub(crate) async fn apply_correction(
                 continue;
             }
             for e in &entries {
-                shift_readings(tx, &e.name, change_id, (e.ts_min, e.ts_max), r.delta_ms).await?;
+                shift_readings(
+                    tx,
+                    &e.name,
+                    change_id,
+                    (e.ts_min, e.ts_max),
+                    r.delta_ms,
+                    touched,
+                )
+                .await?;
             }
             sqlx::query(
                 "UPDATE reading_timing SET delta_ms = $1, corrected_by = $2 WHERE change_id = $3",
@@ -413,13 +435,15 @@ pub(crate) async fn apply_correction(
 
 /// Moves the readings of `series` in change `change_id` within `span` by `delta_ms`. Deleted
 /// and inserted again: shifting in place could collide with a row of the same change not
-/// moved yet. A moved reading whose month has no partition lands in the default one.
+/// moved yet. A moved reading whose month has no partition lands in the default one. The
+/// minutes each reading left and entered go to `touched`.
 async fn shift_readings(
     tx: &mut Transaction<'_, Postgres>,
     series: &str,
     change_id: i64,
     span: (i64, i64),
     delta_ms: i64,
+    touched: &mut Touched,
 ) -> Result<()> {
     let ctx = "applying a time correction";
     let rows = sqlx::query(
@@ -435,8 +459,12 @@ async fn shift_readings(
     .map_err(PgError::db(ctx))?;
     let (mut sid, mut ts, mut val) = (Vec::new(), Vec::new(), Vec::new());
     for row in rows {
-        sid.push(row.try_get::<i64, _>(0).map_err(PgError::db(ctx))?);
-        ts.push(row.try_get::<i64, _>(1).map_err(PgError::db(ctx))? + delta_ms);
+        let series_id = row.try_get::<i64, _>(0).map_err(PgError::db(ctx))?;
+        let was = row.try_get::<i64, _>(1).map_err(PgError::db(ctx))?;
+        touched.insert((series_id, minute_of(was)));
+        touched.insert((series_id, minute_of(was + delta_ms)));
+        sid.push(series_id);
+        ts.push(was + delta_ms);
         val.push(row.try_get::<f64, _>(2).map_err(PgError::db(ctx))?);
     }
     if sid.is_empty() {

@@ -8,8 +8,9 @@
 //! atomic and exact under two replicas applying overlapping pages at once; the hub's own
 //! seqs and clock are shared by its replicas; a newer schema, an unreachable server and
 //! refused credentials fail with errors that name them; the store's convergence property
-//! (random delivery, duplicates, partitions) holds with a PostgreSQL hub; and real sync
-//! sessions run between devices and hub replicas (`pg_hub/sessions.rs`).
+//! (random delivery, duplicates, partitions) holds with a PostgreSQL hub; real sync
+//! sessions run between devices and hub replicas (`pg_hub/sessions.rs`); and the readings
+//! rollups and queries answer as SQLite's (`pg_hub/readings.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
+#[path = "pg_hub/readings.rs"]
+mod readings;
 #[path = "pg_hub/sessions.rs"]
 mod sessions;
 

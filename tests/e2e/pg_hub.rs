@@ -213,7 +213,7 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
     for (method, path) in [
         ("GET", "/v1/docs/some/key"),
         ("PUT", "/v1/docs/some/key"),
-        ("GET", "/v1/readings?series=x"),
+        ("GET", "/v1/readings/timing"),
         ("POST", "/v1/readings"),
         ("GET", "/v1/twins"),
         ("GET", "/v1/backup"),
@@ -235,6 +235,118 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
             "{message}"
         );
     }
+    // The readings queries are served (from PostgreSQL): an empty database, no series.
+    let (s, body) = get_json(&c, &replica.at("/v1/series")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["series"], serde_json::json!([]), "{body}");
+    let (s, body) = get_json(&c, &replica.at("/v1/readings?series=x")).await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_series", "{body}");
+    drop(replica);
+    db.drop_schema().await;
+}
+
+/// A device syncs readings (two series, several minutes, a value large enough to saturate a
+/// sum) to a replica; the replica then answers `GET /v1/series`, `/v1/readings` (every
+/// page), `/v1/readings/latest` and `/v1/readings/aggregate` (whole minutes, partial edges,
+/// sub-minute buckets) with the JSON the device's SQLite store gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_answers_readings_queries_as_the_device_that_synced_them() {
+    let Some(db) = TestDb::new("a_replica_answers_readings_queries").await else {
+        return;
+    };
+    let c = client();
+    let replica = Agent::builder()
+        .config(&replica_config(&db.url(), 1))
+        .start();
+    let device = Node::with_config(&device_config(replica.url(), 0)).await;
+    const T: i64 = 1_764_000_000_000; // a minute boundary
+    for round in 0..4i64 {
+        let ts: Vec<i64> = (0..40)
+            .map(|i| T + round * 40 * 2_500 + i * 2_500)
+            .collect();
+        let temp: Vec<f64> = ts
+            .iter()
+            .map(|t| ((t - T) / 2_500 % 17) as f64 * 0.25)
+            .collect();
+        let big: Vec<f64> = ts.iter().map(|_| 1.5e308).collect();
+        let body = serde_json::json!({"series": [
+            {"name": "room.temp", "unit": "°C", "ts": ts, "values": temp},
+            {"name": "huge", "ts": ts, "values": big},
+        ]});
+        let r = c
+            .post(device.at("/v1/readings"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    }
+    eventually(
+        HEAL_DEADLINE,
+        "the replica to hold the device's changes",
+        || async {
+            let (_, d) = get_json(&c, &device.at("/v1/status")).await;
+            let (_, r) = get_json(&c, &replica.at("/v1/status")).await;
+            (!d["digest"].is_null() && d["digest"] == r["digest"]).then_some(())
+        },
+    )
+    .await;
+    let mut paths = vec![
+        "/v1/series".to_owned(),
+        "/v1/series?limit=1".to_owned(),
+        "/v1/series?after=huge".to_owned(),
+        "/v1/readings/latest".to_owned(),
+        "/v1/readings/latest?series=room.temp,huge".to_owned(),
+        "/v1/readings/latest?series=nope".to_owned(),
+        format!("/v1/readings?series=room.temp&from={}&to={}", T - 1, T + 1),
+        format!("/v1/readings?series=room.temp&from={}&to={}", T + 1, T),
+    ];
+    for (from, to, bucket) in [
+        (T, T + 400_000, "1m"),
+        (T + 7_000, T + 333_333, "1m"),
+        (T - 60_000, T + 600_000, "5m"),
+        (T + 1, T + 200_000, "7s"),
+        (T, T + 400_000, "1h"),
+    ] {
+        for series in ["room.temp", "huge"] {
+            paths.push(format!(
+                "/v1/readings/aggregate?series={series}&from={from}&to={to}&bucket={bucket}"
+            ));
+        }
+    }
+    paths.push(format!(
+        "/v1/readings/aggregate?series=nope&from={T}&to={}",
+        T + 60_000
+    ));
+    for path in &paths {
+        let (sd, on_device) = get_json(&c, &device.at(path)).await;
+        let (sr, on_replica) = get_json(&c, &replica.at(path)).await;
+        assert_eq!((sr, &on_replica), (sd, &on_device), "{path}");
+    }
+    // Every page of a range, the same readings (cursors are each store's own).
+    for series in ["room.temp", "huge"] {
+        let mut all = Vec::new();
+        for agent in [device.at(""), replica.at("")] {
+            let mut readings = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let url = format!("{agent}/v1/readings?series={series}&limit=7{cursor}");
+                let (s, page) = get_json(&c, &url).await;
+                assert_eq!(s, 200, "{url}: {page}");
+                readings.extend(page["readings"].as_array().unwrap().iter().cloned());
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = format!("&cursor={next}"),
+                    None => break,
+                }
+            }
+            all.push(readings);
+        }
+        assert_eq!(all[0].len(), 160, "{series}");
+        assert_eq!(all[0], all[1], "{series}");
+    }
+    device.stop().await;
     drop(replica);
     db.drop_schema().await;
 }
@@ -379,6 +491,14 @@ async fn two_replicas_behind_a_proxy_converge_through_cuts_and_a_kill9() {
         total,
         "readings in PostgreSQL"
     );
+    // The replicas count them as the devices do (from the rollups kept on apply).
+    for r in &replicas {
+        assert_eq!(
+            series_counts(&c, r).await,
+            want,
+            "series counts at a replica"
+        );
+    }
     println!("converged: {total} readings in the devices and the database");
     assert!(faults > 0 && killed);
     for d in devices {

@@ -1,7 +1,8 @@
 //! Reading queries: `GET /v1/series`, `GET /v1/readings` (raw range, paged by cursor),
 //! `GET /v1/readings/aggregate` (time buckets), `GET /v1/readings/latest` and
 //! `GET /v1/readings/timing` (batches sampled under an untrusted clock, original times and
-//! corrections). Read-only.
+//! corrections). Read-only. The first four ask the [`Backend`](crate::backend::Backend),
+//! so a PostgreSQL hub replica answers them as a SQLite store does; timing needs SQLite.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -44,10 +45,7 @@ pub async fn list_series(
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
     let limit = limit("limit", &p.limit, DEFAULT_SERIES_PAGE, MAX_SERIES_PAGE)?;
-    let page = state
-        .sqlite()?
-        .series_page(p.after.as_deref(), limit)
-        .await?;
+    let page = state.backend.series_page(p.after.as_deref(), limit).await?;
     Ok(reply.ok(&json!({ "series": page.series, "next_after": page.next_after })))
 }
 
@@ -87,7 +85,7 @@ pub async fn range(
         limit: limit("limit", &p.limit, DEFAULT_LIMIT, MAX_PAGE_ROWS)?,
         cursor: p.cursor.filter(|c| !c.is_empty()),
     };
-    let page = state.sqlite()?.range(&rq).await?;
+    let page = state.backend.range(&rq).await?;
     Ok(reply.ok(&page))
 }
 
@@ -183,7 +181,7 @@ pub async fn aggregate(
         None => to.saturating_sub(bucket_ms.saturating_mul(DEFAULT_BUCKETS)),
     };
     let buckets = state
-        .sqlite()?
+        .backend
         .aggregate(&AggregateQuery {
             series: series.clone(),
             from,
@@ -255,7 +253,7 @@ pub async fn latest(
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
     let names = list(&p.series);
-    let latest = state.sqlite()?.latest(names.as_deref()).await?;
+    let latest = state.backend.latest(names.as_deref()).await?;
     Ok(reply.ok(&json!({ "latest": latest })))
 }
 

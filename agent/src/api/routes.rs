@@ -6,9 +6,9 @@
 //! as the OpenAPI description shows them; the document views `/v1/docs/{key}/history` etc.
 //! share one wildcard route (see `docs.rs`).
 //!
-//! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync); every
-//! other route needs the SQLite store and answers `501 not_on_this_backend` there, as does
-//! the dashboard.
+//! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
+//! queries); every other route needs the SQLite store and answers `501 not_on_this_backend`
+//! there, as does the dashboard.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -77,21 +77,29 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
     ]
 }
 
-/// The routes a PostgreSQL hub replica serves; the others need the SQLite store.
-pub const HUB_ROUTES: &[&str] = &[
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/v1/status",
-    "/v1/sources",
-    "/v1/openapi.json",
-    "/v1/sync",
-    "/v1/sync/peers",
+/// The routes (method, path) a PostgreSQL hub replica serves; the others need the SQLite
+/// store. Readings are queried there (`GET /v1/readings`), not written (`POST`).
+pub const HUB_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/sources"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/series"),
+    ("GET", "/v1/readings"),
+    ("GET", "/v1/readings/aggregate"),
+    ("GET", "/v1/readings/latest"),
+    ("GET", "/v1/sync"),
+    ("GET", "/v1/sync/peers"),
 ];
 
-/// True when an agent on `backend` serves the documented `path`.
-pub fn serves(backend: BackendKind, path: &str) -> bool {
-    backend == BackendKind::Sqlite || HUB_ROUTES.contains(&path)
+/// True when an agent on `backend` serves `method` on the documented `path`.
+pub fn serves(backend: BackendKind, method: &Method, path: &str) -> bool {
+    backend == BackendKind::Sqlite
+        || HUB_ROUTES
+            .iter()
+            .any(|&(m, p)| m == method.as_str() && p == path)
 }
 
 /// A handler answering `501 not_on_this_backend` for `method path`.
@@ -125,7 +133,7 @@ pub fn router(state: Agent) -> Router {
         let at = mount_path(path);
         // The document views share the wildcard's GET handler.
         if mounted.insert((method.clone(), at)) {
-            let handler = if serves(backend, path) {
+            let handler = if serves(backend, &method, path) {
                 handler
             } else {
                 not_on_this_backend(&method, path)
@@ -231,16 +239,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postgres_hub_serves_health_status_and_sync_only() {
-        let documented: HashSet<&str> = routes().iter().map(|(_, path, _)| *path).collect();
-        for path in HUB_ROUTES {
-            assert!(documented.contains(path), "{path} is not a route");
+    fn a_postgres_hub_serves_health_status_sync_and_readings_queries_only() {
+        let documented: HashSet<(String, &str)> = routes()
+            .iter()
+            .map(|(method, path, _)| (method.to_string(), *path))
+            .collect();
+        for &(method, path) in HUB_ROUTES {
+            assert!(
+                documented.contains(&(method.to_owned(), path)),
+                "{method} {path} is not a route"
+            );
         }
         let pg = BackendKind::Postgres;
-        assert!(serves(pg, "/v1/sync") && serves(pg, "/readyz"));
-        for path in ["/v1/docs/{key}", "/v1/readings", "/v1/twins", "/v1/backup"] {
-            assert!(!serves(pg, path), "{path}");
-            assert!(serves(BackendKind::Sqlite, path), "{path}");
+        for path in [
+            "/v1/sync",
+            "/readyz",
+            "/v1/series",
+            "/v1/readings",
+            "/v1/readings/aggregate",
+            "/v1/readings/latest",
+        ] {
+            assert!(serves(pg, &Method::GET, path), "{path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/v1/docs/{key}"),
+            (Method::POST, "/v1/readings"),
+            (Method::GET, "/v1/readings/timing"),
+            (Method::GET, "/v1/readings/gaps"),
+            (Method::GET, "/v1/twins"),
+            (Method::GET, "/v1/backup"),
+        ] {
+            assert!(!serves(pg, &method, path), "{method} {path}");
+            assert!(
+                serves(BackendKind::Sqlite, &method, path),
+                "{method} {path}"
+            );
         }
     }
 }

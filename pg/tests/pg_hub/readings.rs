@@ -1,0 +1,400 @@
+//! Readings on a PostgreSQL hub: the per-minute rollups kept by the apply transactions
+//! (recomputed from the readings, also for the minutes a time correction moves readings
+//! out of and into; exact while two replicas apply readings of the same minutes at once;
+//! rebuilt by migration 0003 for readings stored before it) and the readings queries, which
+//! answer as a SQLite store holding the same changes does.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::*;
+
+/// One rollup row: n, total, min, max, (first ts, value), (last ts, value).
+type Rollup = (i64, f64, f64, f64, (i64, f64), (i64, f64));
+
+/// The rollup rows of the hub.
+async fn stored_rollups(db: &TestDb) -> BTreeMap<(i64, i64), Rollup> {
+    let sql = format!(
+        "SELECT series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value \
+         FROM {}.rollup_1m",
+        db.schema
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&db.admin)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    (r.get(6), r.get(7)),
+                    (r.get(8), r.get(9)),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The rollups computed from scratch, here, from every stored reading: per series and
+/// minute, readings in (ts, value) order; the total is their sequential sum, or — when it
+/// could leave the finite range (largest magnitude × count ≥ f64::MAX / 2) — their sum
+/// scaled by 2^-64, scaled back and held within ±f64::MAX (the rule of `rollups.rs`).
+async fn rollups_from_scratch(db: &TestDb) -> BTreeMap<(i64, i64), Rollup> {
+    let sql = format!(
+        "SELECT series_id, ts, value FROM {}.readings ORDER BY series_id, ts, value",
+        db.schema
+    );
+    let mut minutes: BTreeMap<(i64, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&db.admin)
+        .await
+        .unwrap()
+    {
+        let (s, ts, v): (i64, i64, f64) = (r.get(0), r.get(1), r.get(2));
+        minutes
+            .entry((s, ts.div_euclid(60_000) * 60_000))
+            .or_default()
+            .push((ts, v));
+    }
+    minutes
+        .into_iter()
+        .map(|(key, rs)| {
+            let n = rs.len();
+            let biggest = rs.iter().map(|r| r.1.abs()).fold(0.0, f64::max);
+            let scale = if biggest < f64::MAX / 2.0 / n as f64 {
+                1.0
+            } else {
+                2f64.powi(-64)
+            };
+            let scaled: f64 = rs.iter().map(|r| r.1 * scale).sum();
+            let total = if scaled.abs() > f64::MAX * scale {
+                f64::MAX.copysign(scaled)
+            } else {
+                scaled / scale
+            };
+            let min = rs.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+            let max = rs.iter().map(|r| r.1).fold(f64::NEG_INFINITY, f64::max);
+            // Sorted by (ts, value): the first is the earliest (smaller value at a tie),
+            // the last the latest (larger value at a tie).
+            (key, (n as i64, total, min, max, rs[0], rs[n - 1]))
+        })
+        .collect()
+}
+
+async fn assert_rollups_exact(db: &TestDb) {
+    let (stored, expected) = (stored_rollups(db).await, rollups_from_scratch(db).await);
+    assert!(!expected.is_empty());
+    assert_eq!(stored.len(), expected.len(), "rollup rows");
+    for (key, want) in &expected {
+        assert_eq!(stored.get(key), Some(want), "rollup of {key:?}");
+    }
+}
+
+/// Readings whose sums are exact in any order (multiples of 1/4), ties at one time between
+/// devices, a series crossing minutes, one summing past f64::MAX.
+async fn readings_device(s: &Store, tag: i64) {
+    for round in 0..6i64 {
+        let mut b = ReadingBatch::new();
+        for i in 0..30i64 {
+            let ts = T0 + round * 45_000 + i * 1_500;
+            b.push(
+                "shared.x",
+                ts,
+                ((i * 7 + tag) % 13) as f64 * 0.25,
+                Some("u"),
+            );
+            b.push(
+                &format!("dev{tag}.y"),
+                ts + tag,
+                (i - 10) as f64 * 0.5,
+                None,
+            );
+        }
+        if round == 2 {
+            b.push("huge", T0 + 61_000 + tag, 1.5e308, None);
+            b.push("huge", T0 + 62_000 + tag, -1e308, None);
+        }
+        b.series[0].meta.insert("room".into(), format!("r{tag}"));
+        s.append(b).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
+    let Some(db) = TestDb::new("readings_queries").await else {
+        return;
+    };
+    assert_eq!(kdelta_pg::supported_schema_version(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (device(&dir, "a.db").await, device(&dir, "b.db").await);
+    busy_device(&a, 1).await; // with a time correction moving readings across minutes
+    busy_device(&b, 2).await;
+    readings_device(&a, 1).await;
+    readings_device(&b, 2).await;
+    let reference = device(&dir, "ref.db").await;
+    let hub = db.replica().await;
+    sync(&a, &reference, 1 << 20).await;
+    sync(&b, &reference, 1 << 20).await;
+    // The hub gets b's changes first and in small pages: another order than the reference.
+    sync(&b, &hub, 3_000).await;
+    sync(&a, &hub, 5_000).await;
+    assert_eq!(hub.digest().await.unwrap(), reference.digest());
+    assert_rollups_exact(&db).await;
+
+    // The series list, all at once and paged.
+    let series = reference.series().await.unwrap();
+    assert!(series.len() >= 6, "{series:?}");
+    assert_eq!(hub.series().await.unwrap(), series);
+    let mut after: Option<String> = None;
+    loop {
+        let (want, got) = (
+            reference.series_page(after.as_deref(), 2).await.unwrap(),
+            hub.series_page(after.as_deref(), 2).await.unwrap(),
+        );
+        assert_eq!(got, want);
+        match want.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+
+    // Every series: ranges page by page, latest values, aggregates over whole minutes,
+    // partial edges and buckets that are not whole minutes.
+    let names: Vec<String> = series.iter().map(|s| s.name.clone()).collect();
+    for name in &names {
+        for (from, to, limit) in [(i64::MIN, i64::MAX, 7), (T0 + 1, T0 + 100_000, 1000)] {
+            let mut q = RangeQuery {
+                series: name.clone(),
+                from,
+                to,
+                limit,
+                cursor: None,
+            };
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            loop {
+                let page = reference.range(&q).await.unwrap();
+                want.extend(page.readings);
+                assert_eq!(page.unit, hub.range(&q).await.unwrap().unit, "{name}");
+                match page.next_cursor {
+                    Some(c) => q.cursor = Some(c),
+                    None => break,
+                }
+            }
+            q.cursor = None;
+            loop {
+                let page = hub.range(&q).await.unwrap();
+                got.extend(page.readings);
+                match page.next_cursor {
+                    Some(c) => q.cursor = Some(c),
+                    None => break,
+                }
+            }
+            // Readings at one time come in local-id order, which is each store's arrival
+            // order (on SQLite too): compare them ordered by value within a time.
+            let by_time_value = |v: &mut Vec<ReadingRow>| {
+                v.sort_by(|a, b| (a.ts, a.value).partial_cmp(&(b.ts, b.value)).unwrap())
+            };
+            assert!(want.windows(2).all(|w| w[0].ts <= w[1].ts));
+            assert!(got.windows(2).all(|w| w[0].ts <= w[1].ts));
+            by_time_value(&mut want);
+            by_time_value(&mut got);
+            assert_eq!(got, want, "range of {name}");
+        }
+        for (from, to, bucket_ms) in [
+            (T0 - 120_000, T0 + 400_000, 60_000),
+            (T0 + 7_001, T0 + 333_333, 60_000),
+            (T0 - 600_000, T0 + 600_000, 300_000),
+            (T0 + 1, T0 + 300_000, 7_000),
+            (0, T0 + 100 * 86_400_000, 3_600_000 * 24),
+            (T0, T0 + 30_000, 60_000),
+        ] {
+            let q = AggregateQuery {
+                series: name.clone(),
+                from,
+                to,
+                bucket_ms,
+            };
+            assert_eq!(
+                hub.aggregate(&q).await.unwrap(),
+                reference.aggregate(&q).await.unwrap(),
+                "{q:?}"
+            );
+        }
+    }
+    assert_eq!(
+        hub.latest(None).await.unwrap(),
+        reference.latest(None).await.unwrap()
+    );
+    let asked = vec![names[2].clone(), names[0].clone(), names[2].clone()];
+    assert_eq!(
+        hub.latest(Some(asked.as_slice())).await.unwrap(),
+        reference.latest(Some(asked.as_slice())).await.unwrap()
+    );
+
+    // The same refusals, with the same messages.
+    let unknown = vec!["nope".to_owned()];
+    let bad_range = RangeQuery {
+        series: names[0].clone(),
+        from: 5,
+        to: 5,
+        limit: 10,
+        cursor: None,
+    };
+    let bad_cursor = RangeQuery {
+        cursor: Some("x".into()),
+        to: 6,
+        ..bad_range.clone()
+    };
+    let aggregate = |series: &str, bucket_ms, to| AggregateQuery {
+        series: series.into(),
+        from: 0,
+        to,
+        bucket_ms,
+    };
+    let errors = [
+        (
+            hub.latest(Some(unknown.as_slice()))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            reference
+                .latest(Some(unknown.as_slice()))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            hub.range(&bad_range).await.map(|_| ()).unwrap_err(),
+            reference.range(&bad_range).await.map(|_| ()).unwrap_err(),
+        ),
+        (
+            hub.range(&bad_cursor).await.map(|_| ()).unwrap_err(),
+            reference.range(&bad_cursor).await.map(|_| ()).unwrap_err(),
+        ),
+        (
+            hub.aggregate(&aggregate("nope", 60_000, 1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            reference
+                .aggregate(&aggregate("nope", 60_000, 1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            hub.aggregate(&aggregate(&names[0], 0, 1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            reference
+                .aggregate(&aggregate(&names[0], 0, 1))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+        (
+            hub.aggregate(&aggregate(&names[0], 1, i64::MAX))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            reference
+                .aggregate(&aggregate(&names[0], 1, i64::MAX))
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        ),
+    ];
+    for (got, want) in errors {
+        let got = StoreError::from(got);
+        assert_eq!(
+            (got.code(), got.to_string()),
+            (want.code(), want.to_string())
+        );
+    }
+
+    // A database of schema v2 with readings gets its rollups when it is migrated.
+    hub.close().await;
+    for sql in [
+        "DROP TABLE {s}.rollup_1m",
+        "DROP INDEX {s}.series_by_name_bytes",
+        "DELETE FROM {s}._sqlx_migrations WHERE version = 3",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql.replace("{s}", &db.schema)))
+            .execute(&db.admin)
+            .await
+            .unwrap();
+    }
+    let hub = db.replica().await;
+    assert_rollups_exact(&db).await;
+    assert_eq!(hub.series().await.unwrap(), series);
+    hub.close().await;
+    db.drop().await;
+}
+
+/// Two replicas (two pools) apply pages of different devices at the same time, every page
+/// with readings of the same series and minutes as the other's: each transaction recomputes
+/// the minutes it touched, and the rollups end equal to a computation from scratch (without
+/// the row locks of `rollups.rs`, a recompute misses the other replica's readings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_applying_the_same_minutes_at_once_keep_exact_rollups() {
+    let Some(db) = TestDb::new("rollup_concurrency").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut devices = Vec::new();
+    for d in 0..4i64 {
+        let s = device(&dir, &format!("d{d}.db")).await;
+        for i in 0..30i64 {
+            let mut b = ReadingBatch::new();
+            for j in 0..12i64 {
+                // Every device in the same minutes of the same series, at its own times;
+                // values whose sums round (the order of addition matters).
+                let ts = T0 + i * 20_000 + j * 1_000 + d * 100;
+                b.push(
+                    &format!("s{}", j % 3),
+                    ts,
+                    0.1 * (d * 31 + i * 7 + j) as f64,
+                    None,
+                );
+            }
+            s.append(b).await.unwrap();
+        }
+        devices.push(s);
+    }
+    let (r1, r2) = (db.replica().await, db.replica().await);
+    let mut pages = Vec::new();
+    for d in &devices {
+        pages.push(pages_for(d, &VersionVector::new(), 700).await);
+    }
+    // Replica 1 takes devices 0 and 1, replica 2 devices 2 and 3, page k of each at once.
+    let rounds = pages.iter().map(Vec::len).max().unwrap();
+    for k in 0..rounds {
+        let page = |d: usize| pages[d].get(k).cloned().unwrap_or_default();
+        let (mut p1, mut p2) = (page(0), page(2));
+        p1.extend(page(1));
+        p2.extend(page(3));
+        let (o1, o2) = tokio::join!(r1.apply_remote(p1), r2.apply_remote(p2));
+        o1.unwrap();
+        o2.unwrap();
+    }
+    let mut expected = Digest::default();
+    for d in &devices {
+        expected.add_digest(&d.digest());
+    }
+    assert_eq!(r1.digest().await.unwrap(), expected);
+    assert_eq!(
+        db.count("SELECT count(*) FROM {s}.readings").await,
+        4 * 30 * 12
+    );
+    assert_rollups_exact(&db).await;
+    r1.close().await;
+    r2.close().await;
+    db.drop().await;
+}
