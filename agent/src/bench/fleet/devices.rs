@@ -20,10 +20,13 @@ use crate::peers::PeerConfig;
 
 /// How often a session's acknowledged position is checked.
 const ACK_POLL: Duration = Duration::from_millis(2);
+/// How long a device waits for the replica's handshake and vector.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stores filled at once while preparing.
 const FILL_CONCURRENCY: usize = 8;
-/// Attempts of a device's session before the phase fails.
-const ATTEMPTS: u32 = 3;
+/// Attempts of a device's session before the phase fails; the n-th retry waits n × this.
+const ATTEMPTS: u32 = 5;
+const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// What a backlog looks like.
 #[derive(Debug, Clone, Copy)]
@@ -240,6 +243,10 @@ async fn session(
     };
     let config = SyncConfig {
         peer_name: device_name(device.index),
+        // A replica busy relaying (docs/PERFORMANCE.md, "Fleet benchmark") answers the
+        // handshake late: the devices wait for it rather than give up after the default 10 s.
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        idle_timeout: HANDSHAKE_TIMEOUT * 2,
         mode: match sessions {
             Sessions::Push => SessionMode::Continuous,
             Sessions::Both => SessionMode::OneShot,
@@ -285,6 +292,7 @@ async fn session(
         if attempt < ATTEMPTS {
             retries += 1;
             tracing::warn!(device = device.index, error = %last_error, "a device's session failed: trying again");
+            tokio::time::sleep(RETRY_AFTER * attempt).await;
         }
     }
     let Some(&at) = acked.get() else {

@@ -303,7 +303,11 @@ async fn run_phase(
     let stores = dir.join("devices");
     devices::copy_stores(&root.join("devices"), &stores, devices)?;
     let concurrency = usize::from(args.concurrency);
-    let config = replicas::replica_config(&db.url(), shape.devices, concurrency + 16);
+    // A replica notices that a device left only after the page query it is running (the
+    // relay, see docs/PERFORMANCE.md), so its sessions outlive the devices' for a while:
+    // room for every device at once.
+    let max_sessions = (shape.devices as usize).max(concurrency) + 16;
+    let config = replicas::replica_config(&db.url(), shape.devices, max_sessions);
     let mut running = Vec::new();
     for i in 0..n {
         running.push(Replica::start(i, dir, &config, http).await?);
