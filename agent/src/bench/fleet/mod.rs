@@ -216,7 +216,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut phases: Vec<PhaseReport> = Vec::new();
     for &n in &args.replicas {
-        let run = phase(
+        let mut p = phase(
             &args,
             &root,
             &devices,
@@ -224,16 +224,9 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
             usize::from(n),
             sessions,
             &http,
-        );
-        let mut p = tokio::time::timeout(args.timeout, run)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the phase with {n} replica(s) did not finish within {}",
-                    humantime::format_duration(args.timeout)
-                )
-            })?
-            .with_context(|| format!("the phase with {n} replica(s)"))?;
+        )
+        .await
+        .with_context(|| format!("the phase with {n} replica(s)"))?;
         p.vs_first = phases
             .first()
             .map_or(1.0, |f| p.readings_per_sec / f.readings_per_sec);
@@ -268,7 +261,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
 }
 
 /// One phase: a fresh schema, `n` replicas, every device synced once, the data checked.
-/// The schema is dropped whatever happens.
+/// The schema is dropped whatever happens, a timeout (`--timeout`) included.
 async fn phase(
     args: &BenchFleetArgs,
     root: &Path,
@@ -280,7 +273,16 @@ async fn phase(
 ) -> anyhow::Result<PhaseReport> {
     let db = PhaseDb::create(&args.url).await?;
     let dir = replicas::phase_dir(root, n);
-    let result = run_phase(args, root, &dir, devices, shape, n, sessions, http, &db).await;
+    let run = run_phase(args, root, &dir, devices, shape, n, sessions, http, &db);
+    // A timeout drops the replicas (killed) before the schema goes.
+    let result = tokio::time::timeout(args.timeout, run)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "not finished within {}",
+                humantime::format_duration(args.timeout)
+            ))
+        });
     let dropped = db.drop_schema().await;
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
