@@ -25,7 +25,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stores filled at once while preparing.
 const FILL_CONCURRENCY: usize = 8;
 /// Attempts of a device's session before the phase fails; the n-th retry waits n × this.
-const ATTEMPTS: u32 = 5;
+const ATTEMPTS: u32 = 20;
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// What a backlog looks like.
