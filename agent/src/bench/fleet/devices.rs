@@ -180,6 +180,8 @@ pub(super) struct Outcome {
     pub bytes_out: u64,
     /// Sessions that failed before the acknowledgement and were run again.
     pub retries: u32,
+    /// Why, one entry per retry (the error, without the replica's URL, cut at 120 bytes).
+    pub retry_errors: Vec<String>,
 }
 
 /// Syncs every device in `dir` to `replicas` (device i → replica i mod n), at most
@@ -257,6 +259,7 @@ async fn session(
     let requested = Instant::now();
     let acked: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let mut retries = 0;
+    let mut retry_errors = Vec::new();
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
         let watch = {
@@ -279,7 +282,7 @@ async fn session(
         if stats.their_seq(&device.actor) >= device.max_seq {
             let _ = acked.set(Instant::now());
         }
-        match result {
+        match &result {
             Ok(summary) if acked.get().is_some() => {
                 if sessions == Sessions::Both && summary.end != SessionEnd::Done {
                     bail!("the one-shot session ended with {:?}", summary.end);
@@ -291,6 +294,20 @@ async fn session(
         }
         if attempt < ATTEMPTS {
             retries += 1;
+            let why = match &result {
+                Err(crate::peers::SyncOnceError::Connect { code, message, .. }) => {
+                    format!("connect ({code}): {message}")
+                }
+                Err(crate::peers::SyncOnceError::Session { error, .. }) => {
+                    format!("session ({}): {error}", error.code())
+                }
+                Ok(_) => last_error.clone(),
+            };
+            let cut = (0..=why.len().min(120))
+                .rev()
+                .find(|&i| why.is_char_boundary(i))
+                .unwrap_or(0);
+            retry_errors.push(why[..cut].to_owned());
             tracing::warn!(device = device.index, error = %last_error, "a device's session failed: trying again");
             tokio::time::sleep(RETRY_AFTER * attempt).await;
         }
@@ -309,5 +326,6 @@ async fn session(
         bytes_in: s.bytes_in,
         bytes_out: s.bytes_out,
         retries,
+        retry_errors,
     })
 }

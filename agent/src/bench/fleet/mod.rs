@@ -119,6 +119,8 @@ struct PhaseReport {
     bytes_from_devices: u64,
     /// Device sessions that failed before their acknowledgement and were run again.
     retries: u32,
+    /// Their errors (without the replica's URL), with how often each occurred.
+    retry_errors: std::collections::BTreeMap<String, u32>,
     /// The database's digest: equal to the sum of the devices' digests (checked).
     digest: String,
 }
@@ -368,6 +370,13 @@ async fn run_phase(
         bytes_to_devices: sum(|o| o.bytes_in),
         bytes_from_devices: sum(|o| o.bytes_out),
         retries: outcomes.iter().map(|o| o.retries).sum(),
+        retry_errors: outcomes.iter().flat_map(|o| &o.retry_errors).fold(
+            Default::default(),
+            |mut m, e| {
+                *m.entry(e.clone()).or_insert(0) += 1;
+                m
+            },
+        ),
         digest: digest.to_string(),
     })
 }
@@ -404,4 +413,7 @@ fn print_phase(p: &PhaseReport) {
         p.relayed_changes,
         p.retries
     );
+    for (why, n) in &p.retry_errors {
+        println!("  retried    {n}× {why}");
+    }
 }
