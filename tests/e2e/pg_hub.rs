@@ -507,3 +507,93 @@ async fn two_replicas_behind_a_proxy_converge_through_cuts_and_a_kill9() {
     drop(replicas);
     db.drop_schema().await;
 }
+
+/// `kdelta bench fleet` at a small scale: five devices through one, then two replica
+/// processes; the figures it prints are of data it checked, and its schemas are gone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fleet_counts_what_the_devices_wrote_through_one_and_two_replicas() {
+    let Ok(base) = std::env::var("KDELTA_POSTGRES") else {
+        println!(
+            "skipping bench_fleet: KDELTA_POSTGRES is not set (e.g. postgres://postgres@127.0.0.1:5432/test; scripts/ensure-postgres.sh starts a server)"
+        );
+        return;
+    };
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("KDELTA_POSTGRES={base}: {e}"));
+    let fleet_schemas = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'kdelta\\_fleet\\_%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("counting schemas")
+    };
+    let schemas_before = fleet_schemas().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (devices, series, per_change, changes) = (5u64, 3u64, 2u64, 4u64);
+    let args = [
+        "bench".to_owned(),
+        "fleet".to_owned(),
+        "--url".to_owned(),
+        base.clone(),
+        "--devices".to_owned(),
+        devices.to_string(),
+        "--series".to_owned(),
+        series.to_string(),
+        "--per-change".to_owned(),
+        per_change.to_string(),
+        "--backlog-changes".to_owned(),
+        changes.to_string(),
+        "--replicas".to_owned(),
+        "1,2".to_owned(),
+        "--concurrency".to_owned(),
+        "3".to_owned(),
+        "--json".to_owned(),
+    ];
+    let out = tokio::task::spawn_blocking({
+        let cwd = dir.path().to_path_buf();
+        move || {
+            std::process::Command::new(super::harness::BIN)
+                .args(&args)
+                .current_dir(cwd)
+                .env("NO_COLOR", "1")
+                .env_remove("KDELTA_POSTGRES")
+                .output()
+                .expect("run kdelta bench fleet")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 2, "{report}");
+    for (phase, replicas) in phases.iter().zip([1, 2]) {
+        assert_eq!(phase["replicas"], replicas, "{phase}");
+        assert_eq!(
+            phase["readings"].as_u64(),
+            Some(devices * series * per_change * changes),
+            "{phase}"
+        );
+        assert_eq!(
+            phase["changes"].as_u64(),
+            Some(devices * changes),
+            "{phase}"
+        );
+        assert!(phase["readings_per_sec"].as_f64().unwrap() > 0.0, "{phase}");
+        let lag = &phase["lag_ms"];
+        assert!(lag["p50"].as_f64().unwrap() > 0.0, "{phase}");
+        assert!(lag["p99"].as_f64() <= lag["max"].as_f64(), "{phase}");
+        assert_eq!(phase["digest"].as_str().map(str::len), Some(64), "{phase}");
+    }
+    // The same devices, so the same digest in both phases' databases.
+    assert_eq!(phases[0]["digest"], phases[1]["digest"]);
+    assert_eq!(
+        fleet_schemas().await,
+        schemas_before,
+        "a phase's schema was left"
+    );
+}

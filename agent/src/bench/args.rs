@@ -17,6 +17,11 @@ pub enum BenchCommand {
     /// Fill a store, then prune its older half while a steady ingest runs; print the prune
     /// rate and the ingest latency with and without the prune.
     Prune(super::BenchPruneArgs),
+    /// Many simulated devices replay their backlogs into one, then two hub replicas on
+    /// PostgreSQL (real `kdelta start` processes); print readings/s applied, sync lag and
+    /// the CPU of PostgreSQL and the replicas.
+    #[cfg(feature = "postgres")]
+    Fleet(super::BenchFleetArgs),
 }
 
 /// `kdelta bench sync`.

@@ -6,13 +6,18 @@
 //! | `kdelta bench ingest` — readings/s through `POST /v1/readings` of a running agent | `ingest.rs` |
 //! | `kdelta bench sync` — readings/s, bytes on the wire and RSS of a device → hub sync over a loopback WebSocket | `sync.rs` |
 //! | `kdelta bench prune` — retention's prune rate and the ingest latency during a prune | `prune.rs` |
+//! | `kdelta bench fleet` — many devices' backlogs into hub replicas on PostgreSQL (cargo feature `postgres`) | `fleet/` |
 
 mod args;
+#[cfg(feature = "postgres")]
+mod fleet;
 mod ingest;
 mod prune;
 mod sync;
 
 pub use args::{BenchCommand, BenchIngestArgs, BenchSyncArgs};
+#[cfg(feature = "postgres")]
+pub use fleet::{BenchFleetArgs, fleet};
 pub use ingest::ingest;
 pub use prune::{BenchPruneArgs, prune};
 pub use sync::sync;

@@ -57,6 +57,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Prune(args)) => {
             multi_thread()?.block_on(crate::bench::prune(args))
         }
+        #[cfg(feature = "postgres")]
+        Command::Bench(BenchCommand::Fleet(args)) => {
+            multi_thread()?.block_on(crate::bench::fleet(args))
+        }
         other => current_thread()?.block_on(client_command(other)),
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{AcceptCert, AcceptToken, PeerConfig, SyncSection};
 pub use inbound::{InboundPeer, Refusal, admit};
 pub use now::{NowResult, Outcome, wait_synced};
-pub use outbound::spawn_peers;
+pub use outbound::{SyncOnceError, spawn_peers, sync_once};
 
 struct Entry {
     name: String,

@@ -1,14 +1,18 @@
 //! The outbound side: one task per `[[sync.peers]]` entry that connects (`ws://`, or
 //! `wss://` through rustls with the peer's CA and client certificate), runs the initiator
 //! side of a continuous session, and reconnects with exponential backoff and jitter. A wake
-//! from `kdelta sync now` ends the backoff wait early.
+//! from `kdelta sync now` ends the backoff wait early. [`sync_once`] is one connection and
+//! one session of the same code, without the retry loop (`kdelta bench fleet`'s devices).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use kdelta_sync::Store;
-use kdelta_sync::protocol::{Direction, SessionStats, SyncConfig, SyncSession};
+use kdelta_sync::protocol::{
+    Direction, ProtocolError, SessionStats, SessionSummary, SyncConfig, SyncSession,
+};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -91,14 +95,12 @@ async fn run_peer(
             r = connect(&target, &config) => match r {
                 Ok(socket) => {
                     tracing::info!(peer = %name, %url, "sync link up");
-                    let (sink, source) = socket.split();
                     let before = Progress::of(&stats);
-                    let session = SyncSession::initiator(store.clone(), config.clone())
-                        .with_stats(stats.clone());
                     let stop = shutdown.clone();
-                    match session
-                        .run(WsSink::new(sink), WsSource(source), async move { stop.cancelled().await })
-                        .await
+                    match run_session(socket, store.clone(), config.clone(), stats.clone(), async move {
+                        stop.cancelled().await
+                    })
+                    .await
                     {
                         Ok(summary) => {
                             SyncSessionEnded {
@@ -158,6 +160,83 @@ async fn run_peer(
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// One initiator session over an open socket, until `config.mode` ends it, the peer leaves,
+/// `shutdown` completes (a `Bye` is sent) or an error.
+async fn run_session(
+    socket: Socket,
+    store: Store,
+    config: SyncConfig,
+    stats: Arc<SessionStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<SessionSummary, ProtocolError> {
+    let (sink, source) = socket.split();
+    SyncSession::initiator(store, config)
+        .with_stats(stats)
+        .run(WsSink::new(sink), WsSource(source), shutdown)
+        .await
+}
+
+/// Why [`sync_once`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncOnceError {
+    /// No session started: `code` is `connect`, `tls` or `refused`, as in the peer status.
+    #[error("connecting to {url}: {message}")]
+    Connect {
+        /// The WebSocket URL tried.
+        url: String,
+        /// `connect`, `tls` or `refused`.
+        code: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The session started and failed.
+    #[error("sync session with {url}: {error}")]
+    Session {
+        /// The WebSocket URL.
+        url: String,
+        /// The protocol's error.
+        error: ProtocolError,
+    },
+}
+
+/// Connects to `peer` once (as the peer tasks do: TLS, token, handshake timeout) and runs one
+/// initiator session with `config` (its `token` is taken from `peer`), recording into
+/// `stats`. Ends when `config.mode` says (`OneShot`: both sides caught up), when the peer
+/// leaves, or when `shutdown` completes (a `Bye` is sent). No retry, no backoff.
+pub async fn sync_once(
+    peer: &PeerConfig,
+    config: SyncConfig,
+    store: Store,
+    stats: Arc<SessionStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<SessionSummary, SyncOnceError> {
+    let url = peer.ws_url().map_err(|message| SyncOnceError::Connect {
+        url: peer.url.clone(),
+        code: "connect",
+        message,
+    })?;
+    let target = Target {
+        name: peer.name.clone(),
+        url: url.clone(),
+        key: format!("peer {:?}", peer.name),
+        peer: peer.clone(),
+    };
+    let config = SyncConfig {
+        token: peer.token.clone(),
+        ..config
+    };
+    let socket = connect(&target, &config)
+        .await
+        .map_err(|e| SyncOnceError::Connect {
+            url: url.clone(),
+            code: e.code,
+            message: e.message,
+        })?;
+    run_session(socket, store, config, stats, shutdown)
+        .await
+        .map_err(|error| SyncOnceError::Session { url, error })
 }
 
 /// What a session achieved, from the peer's cumulative counters: changes of the peer's

@@ -271,6 +271,12 @@ impl SessionStats {
         }
     }
 
+    /// What the peer is known to hold of `actor` (its vector, acks and pages): the cheap
+    /// form of `snapshot().their_vector.get(actor)`, for polling one actor.
+    pub fn their_seq(&self, actor: &ActorId) -> u64 {
+        self.lock().their_vector.get(actor)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the plain data inconsistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
