@@ -263,7 +263,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
 }
 
 /// One phase: a fresh schema, `n` replicas, every device synced once, the data checked.
-/// The schema is dropped whatever happens, a timeout (`--timeout`) included.
+/// The schema is dropped whatever happens, a timeout (`--timeout`) or Ctrl-C included.
 async fn phase(
     args: &BenchFleetArgs,
     root: &Path,
@@ -276,15 +276,17 @@ async fn phase(
     let db = PhaseDb::create(&args.url).await?;
     let dir = replicas::phase_dir(root, n);
     let run = run_phase(args, root, &dir, devices, shape, n, sessions, http, &db);
-    // A timeout drops the replicas (killed) before the schema goes.
-    let result = tokio::time::timeout(args.timeout, run)
-        .await
-        .unwrap_or_else(|_| {
+    // A timeout or Ctrl-C drops the phase, its replicas (killed) first, before the schema
+    // goes: an interrupted bench leaves no process and no schema behind.
+    let result = tokio::select! {
+        done = tokio::time::timeout(args.timeout, run) => done.unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
                 "not finished within {}",
                 humantime::format_duration(args.timeout)
             ))
-        });
+        }),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+    };
     let dropped = db.drop_schema().await;
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
