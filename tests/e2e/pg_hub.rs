@@ -201,7 +201,13 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
         .start();
     let log = replica.stderr();
     assert!(log.contains("sources off"), "{log}");
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    // Ready once startup finished (the address is logged a moment before).
+    eventually(Duration::from_secs(10), "/readyz 200", || {
+        let (c, url) = (c.clone(), replica.at("/readyz"));
+        async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+    for path in ["/healthz", "/metrics"] {
         let r = c.get(replica.at(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
     }
