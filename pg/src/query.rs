@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::TryStreamExt;
 use kdelta_sync::{
-    AggregateQuery, Bucket, LatestReading, MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, RangeQuery,
-    ReadingPage, ReadingRow, SeriesInfo, SeriesPage, StoreError,
+    AggregateQuery, Bucket, LatestReading, MAX_PAGE_ROWS, MAX_SERIES_PAGE, RangeQuery, ReadingPage,
+    SeriesInfo, SeriesPage, StoreError, check_aggregate, check_range, parse_cursor, reading_page,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -121,26 +121,6 @@ fn agg_of(r: &PgRow) -> std::result::Result<Agg, sqlx::Error> {
     })
 }
 
-fn parse_cursor(c: &str) -> Result<(i64, i64)> {
-    c.split_once('.')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| {
-            PgError::Store(StoreError::InvalidQuery(format!(
-                "cursor {c:?} is not one this store issued"
-            )))
-        })
-}
-
-/// `from` must be before `to` (SQLite's message).
-fn check_span(from: i64, to: i64) -> Result<()> {
-    if from >= to {
-        return Err(PgError::Store(StoreError::InvalidQuery(format!(
-            "`from` ({from}) must be before `to` ({to})"
-        ))));
-    }
-    Ok(())
-}
-
 fn meta_of(json: Option<String>) -> BTreeMap<String, String> {
     json.and_then(|m| serde_json::from_str(&m).ok())
         .unwrap_or_default()
@@ -220,7 +200,7 @@ impl PgStore {
     /// database's (any replica of it takes them).
     pub async fn range(&self, q: &RangeQuery) -> Result<ReadingPage> {
         let ctx = "reading a range";
-        check_span(q.from, q.to)?;
+        check_range(q)?;
         let limit = q.limit.clamp(1, MAX_PAGE_ROWS);
         let (after_ts, after_id) = match &q.cursor {
             Some(c) => parse_cursor(c)?,
@@ -246,22 +226,7 @@ impl PgStore {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(PgError::db(ctx))?;
-        let more = rows.len() > limit;
-        let readings = rows
-            .iter()
-            .take(limit)
-            .map(|&(ts, _, value)| ReadingRow { ts, value })
-            .collect();
-        let next_cursor = more.then(|| {
-            let (ts, id, _) = rows[limit - 1];
-            format!("{ts}.{id}")
-        });
-        Ok(ReadingPage {
-            series: q.series.clone(),
-            unit,
-            readings,
-            next_cursor,
-        })
+        Ok(reading_page(q, unit, &rows, limit))
     }
 
     /// Buckets of `bucket_ms` (aligned to the unix epoch) over `[from, to)` with count, min,
@@ -269,19 +234,7 @@ impl PgStore {
     /// buckets read the rollups and raw readings only for partial minutes at the edges. The
     /// limits and errors of `Store::aggregate` (at most [`MAX_BUCKETS`]).
     pub async fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<Bucket>> {
-        if q.bucket_ms < 1 {
-            return Err(PgError::Store(StoreError::InvalidQuery(
-                "bucket must be at least 1 ms".into(),
-            )));
-        }
-        check_span(q.from, q.to)?;
-        let span_buckets = ((q.to as i128 - q.from as i128) / q.bucket_ms as i128 + 1)
-            .min(i64::MAX as i128) as i64;
-        if span_buckets > MAX_BUCKETS {
-            return Err(PgError::Store(StoreError::InvalidQuery(format!(
-                "{span_buckets} buckets requested; at most {MAX_BUCKETS} per query (use a wider bucket)"
-            ))));
-        }
+        check_aggregate(q)?;
         let (sid, _) = self.series_row(&q.series).await?;
         let mut buckets = BTreeMap::new();
         let b = q.bucket_ms;

@@ -129,7 +129,10 @@ pub use hlc::{
 pub use ingest::{ManifestEntry, decode_manifest, encode_manifest};
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
-pub use readings_query::{MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE};
+pub use readings_query::{
+    MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, parse_cursor,
+    reading_page,
+};
 pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, Unacked, glob_match};
 pub use schema::supported_schema_version;
 pub use space::{COMPACT_ON_OPEN_MAX_BYTES, StoreSpace};

@@ -50,12 +50,73 @@ fn fold(buckets: &mut BTreeMap<i64, MinuteAgg>, bucket_ms: i64, agg: MinuteAgg) 
         });
 }
 
-fn parse_cursor(c: &str) -> Result<(i64, i64)> {
+/// The row a range page ended at, from a cursor [`reading_page`] issued (`ts.row_id`).
+pub fn parse_cursor(c: &str) -> Result<(i64, i64)> {
     c.split_once('.')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         .ok_or_else(|| {
             StoreError::InvalidQuery(format!("cursor {c:?} is not one this store issued"))
         })
+}
+
+/// Refuses a range query whose `from` is not before its `to` (every backend's rule).
+pub fn check_range(q: &RangeQuery) -> Result<()> {
+    check_span(q.from, q.to)
+}
+
+fn check_span(from: i64, to: i64) -> Result<()> {
+    if from >= to {
+        return Err(StoreError::InvalidQuery(format!(
+            "`from` ({from}) must be before `to` ({to})"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an aggregate query with a bucket under 1 ms, an empty span or more than
+/// [`MAX_BUCKETS`] buckets (every backend's rules).
+pub fn check_aggregate(q: &AggregateQuery) -> Result<()> {
+    if q.bucket_ms < 1 {
+        return Err(StoreError::InvalidQuery(
+            "bucket must be at least 1 ms".into(),
+        ));
+    }
+    check_span(q.from, q.to)?;
+    let span_buckets =
+        ((q.to as i128 - q.from as i128) / q.bucket_ms as i128 + 1).min(i64::MAX as i128) as i64;
+    if span_buckets > MAX_BUCKETS {
+        return Err(StoreError::InvalidQuery(format!(
+            "{span_buckets} buckets requested; at most {MAX_BUCKETS} per query (use a wider bucket)"
+        )));
+    }
+    Ok(())
+}
+
+/// A page of `q.series` from up to `limit + 1` rows `(ts, row id, value)` read in time
+/// order: the first `limit` readings, and a cursor after the last of them when there were
+/// more.
+pub fn reading_page(
+    q: &RangeQuery,
+    unit: Option<String>,
+    rows: &[(i64, i64, f64)],
+    limit: usize,
+) -> ReadingPage {
+    let more = rows.len() > limit;
+    let readings = rows
+        .iter()
+        .take(limit)
+        .map(|&(ts, _, value)| ReadingRow { ts, value })
+        .collect();
+    let next_cursor = more.then(|| {
+        let (ts, id, _) = rows[limit - 1];
+        format!("{ts}.{id}")
+    });
+    ReadingPage {
+        series: q.series.clone(),
+        unit,
+        readings,
+        next_cursor,
+    }
 }
 
 /// The id and unit of a series, or [`StoreError::UnknownSeries`].
@@ -193,12 +254,7 @@ impl Store {
     /// Raw readings of one series in `[from, to)`, in time order, paged by `limit` and an
     /// opaque cursor.
     pub async fn range(&self, q: &RangeQuery) -> Result<ReadingPage> {
-        if q.from >= q.to {
-            return Err(StoreError::InvalidQuery(format!(
-                "`from` ({}) must be before `to` ({})",
-                q.from, q.to
-            )));
-        }
+        check_range(q)?;
         let limit = q.limit.clamp(1, MAX_PAGE_ROWS);
         let (after_ts, after_id) = match &q.cursor {
             Some(c) => parse_cursor(c)?,
@@ -227,46 +283,14 @@ impl Store {
                 Ok((unit, rows))
             })
             .await?;
-        let more = rows.len() > limit;
-        let readings: Vec<ReadingRow> = rows
-            .iter()
-            .take(limit)
-            .map(|&(ts, _, value)| ReadingRow { ts, value })
-            .collect();
-        let next_cursor = more.then(|| {
-            let (ts, id, _) = rows[limit - 1];
-            format!("{ts}.{id}")
-        });
-        Ok(ReadingPage {
-            series: q.series.clone(),
-            unit,
-            readings,
-            next_cursor,
-        })
+        Ok(reading_page(q, unit, &rows, limit))
     }
 
     /// Buckets of `bucket_ms` (aligned to the unix epoch) over `[from, to)` with count, min,
     /// max, avg, sum, first and last. Whole-minute buckets read the per-minute rollups and
     /// touch raw rows only for partial minutes at the edges.
     pub async fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<Bucket>> {
-        if q.bucket_ms < 1 {
-            return Err(StoreError::InvalidQuery(
-                "bucket must be at least 1 ms".into(),
-            ));
-        }
-        if q.from >= q.to {
-            return Err(StoreError::InvalidQuery(format!(
-                "`from` ({}) must be before `to` ({})",
-                q.from, q.to
-            )));
-        }
-        let span_buckets = ((q.to as i128 - q.from as i128) / q.bucket_ms as i128 + 1)
-            .min(i64::MAX as i128) as i64;
-        if span_buckets > MAX_BUCKETS {
-            return Err(StoreError::InvalidQuery(format!(
-                "{span_buckets} buckets requested; at most {MAX_BUCKETS} per query (use a wider bucket)"
-            )));
-        }
+        check_aggregate(q)?;
         let q = q.clone();
         self.inner
             .readers
