@@ -1395,8 +1395,17 @@ async fn sync_as(
     responder: &Store,
     role: PeerRole,
 ) -> (SessionResult, SessionResult, StatsSnapshot) {
+    sync_as_with(initiator, responder, role, config(SessionMode::OneShot)).await
+}
+
+/// [`sync_as`] with the session settings `cfg` on both sides.
+async fn sync_as_with(
+    initiator: &Store,
+    responder: &Store,
+    role: PeerRole,
+    cfg: SyncConfig,
+) -> (SessionResult, SessionResult, StatsSnapshot) {
     let ((i_tx, i_rx), (r_tx, r_rx)) = memory_link(8);
-    let cfg = config(SessionMode::OneShot);
     let i = SyncSession::initiator(
         initiator.clone(),
         SyncConfig {
@@ -1490,6 +1499,97 @@ async fn a_device_credential_sends_only_its_own_actors_changes() {
     assert_eq!(stats.changes_refused, 0);
     assert_same(&[&a, &hub]).await;
     assert_eq!(hub.version_vector().get(&b.actor()), 3);
+}
+
+/// `device_relay = "own"`: a device credential's peer is sent only the hub's own changes
+/// and its own — none of the other devices' the hub holds, at catch-up or live — while its
+/// pushes apply as always, and its lag counts only what it is sent. A hub credential on the
+/// same hub still receives everything.
+#[tokio::test]
+async fn device_relay_own_sends_a_device_only_the_hubs_changes_and_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, hub) = (
+        open(&dir, "a.db").await,
+        open(&dir, "b.db").await,
+        open(&dir, "hub.db").await,
+    );
+    readings(&b, "b.temp", 0, 3, 10).await;
+    sync_once(&b, &hub).await;
+    hub.put("fleet/rate", &serde_json::json!(5)).await.unwrap();
+    readings(&a, "a.temp", 0, 2, 10).await;
+    let own = SyncConfig {
+        device_relay: DeviceRelay::Own,
+        ..config(SessionMode::OneShot)
+    };
+
+    let (i, r, stats) = sync_as_with(&a, &hub, PeerRole::Device, own.clone()).await;
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    assert_eq!(hub.version_vector().get(&a.actor()), 2, "A's pushes apply");
+    assert_eq!(
+        a.version_vector().get(&hub.actor()),
+        1,
+        "the hub's own change"
+    );
+    assert_eq!(a.version_vector().get(&b.actor()), 0, "none of B's");
+    assert!(series_ts(&a, "b.temp").await.is_empty());
+    let rate = a.get("fleet/rate").await.unwrap().unwrap().winner.value;
+    assert_eq!(rate, Some(serde_json::json!(5)));
+    assert_eq!(stats.changes_sent, 1);
+    assert_eq!(stats.relay_only, Some(vec![hub.actor(), a.actor()]));
+    assert_eq!(stats.lag(&hub.version_vector()), (0, 0));
+
+    // Live: B's new changes reach the hub and stay there; the hub's next write reaches A.
+    let ((i_tx, i_rx), (r_tx, r_rx)) = memory_link(8);
+    let live = SyncConfig {
+        device_relay: DeviceRelay::Own,
+        ..config(SessionMode::Continuous)
+    };
+    let initiator = SyncSession::initiator(
+        a.clone(),
+        SyncConfig {
+            token: Some(TOKEN.into()),
+            peer_name: "initiator".into(),
+            ..live.clone()
+        },
+    );
+    let responder =
+        SyncSession::responder(hub.clone(), live, auth()).with_peer_role(PeerRole::Device);
+    let (si, sr) = (initiator.stats(), responder.stats());
+    let (stop, rx) = watch::channel(false);
+    let ih = tokio::spawn(initiator.run(i_tx, i_rx, stopped(rx.clone())));
+    let rh = tokio::spawn(responder.run(r_tx, r_rx, stopped(rx)));
+    eventually("live mode", || {
+        si.snapshot().phase == SessionPhase::Live && sr.snapshot().phase == SessionPhase::Live
+    })
+    .await;
+    readings(&b, "b.temp", 10, 2, 10).await;
+    sync_once(&b, &hub).await;
+    assert_eq!(hub.version_vector().get(&b.actor()), 5);
+    hub.put("fleet/rate", &serde_json::json!(7)).await.unwrap();
+    readings(&a, "a.temp", 10, 1, 10).await;
+    eventually(
+        "the hub's write to reach A and A's to reach the hub",
+        || a.version_vector().get(&hub.actor()) == 2 && hub.version_vector().get(&a.actor()) == 3,
+    )
+    .await;
+    let _ = stop.send(true);
+    let i = timeout(DEADLINE, ih).await.unwrap().unwrap();
+    let r = timeout(DEADLINE, rh).await.unwrap().unwrap();
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    assert_eq!(
+        a.version_vector().get(&b.actor()),
+        0,
+        "B's live changes stay on the hub"
+    );
+    assert_eq!(sr.snapshot().changes_sent, 1);
+    assert_eq!(a.verify_digest().await.unwrap(), a.digest());
+
+    // A hub credential on the same hub is sent every actor's changes.
+    let c = open(&dir, "c.db").await;
+    let (i, r, stats) = sync_as_with(&c, &hub, PeerRole::Hub, own).await;
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    assert_eq!(stats.relay_only, None);
+    assert_same(&[&c, &hub]).await;
 }
 
 // ------------------------------------------------------------------- signed log

@@ -594,7 +594,11 @@ async fn bench_fleet_counts_what_the_devices_wrote_through_one_and_two_replicas(
         assert!(lag["p50"].as_f64().unwrap() > 0.0, "{phase}");
         assert!(lag["p99"].as_f64() <= lag["max"].as_f64(), "{phase}");
         assert_eq!(phase["digest"].as_str().map(str::len), Some(64), "{phase}");
+        // The replicas run with device_relay = "own" (the bench's default): no device is
+        // sent another device's changes.
+        assert_eq!(phase["relayed_changes"].as_u64(), Some(0), "{phase}");
     }
+    assert_eq!(report["device_relay"], "own", "{report}");
     // The same devices, so the same digest in both phases' databases.
     assert_eq!(phases[0]["digest"], phases[1]["digest"]);
     assert_eq!(

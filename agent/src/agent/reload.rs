@@ -114,12 +114,18 @@ impl RunningAgent {
             tracing::error!("cannot reload [sync], keeping the running peers: {e:#}");
             return false;
         }
-        self.agent
-            .peers
-            .reconfigure(&self.config.sync, &new.sync, &self.config.device_name);
+        let restarted =
+            self.agent
+                .peers
+                .reconfigure(&self.config.sync, &new.sync, &self.config.device_name);
         if diff.sync_auth {
             tracing::info!(
                 "sync: accepted tokens changed; inbound sessions restart under the new tokens"
+            );
+        } else if restarted {
+            tracing::info!(
+                device_relay = new.sync.device_relay.as_str(),
+                "sync: device_relay changed; inbound sessions restart under it"
             );
         }
         if diff.sync_peers {

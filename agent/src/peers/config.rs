@@ -11,8 +11,8 @@ use crate::section::{InvalidValue, refuse};
 use crate::tls::{ClientAuth, TlsError};
 
 use kdelta_sync::protocol::{
-    Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, MAX_FRAME_BYTES, MIN_FRAME_BYTES,
-    PeerRole,
+    Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, DeviceRelay, MAX_FRAME_BYTES,
+    MIN_FRAME_BYTES, PeerRole,
 };
 
 /// `[sync]`.
@@ -33,6 +33,9 @@ pub struct SyncSection {
     pub max_frame_bytes: usize,
     /// Accepted compressions in preference order (`zstd`, `none`).
     pub compression: Vec<String>,
+    /// What inbound peers with a `device` credential receive: `all` (every actor's
+    /// changes) or `own` (this agent's own changes and the device's; a fleet hub).
+    pub device_relay: DeviceRelay,
 }
 
 impl Default for SyncSection {
@@ -44,6 +47,7 @@ impl Default for SyncSection {
             page_bytes: DEFAULT_PAGE_BYTES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             compression: vec!["zstd".into(), "none".into()],
+            device_relay: DeviceRelay::All,
         }
     }
 }

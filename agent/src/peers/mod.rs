@@ -78,6 +78,7 @@ impl Settings {
             page_bytes: section.page_bytes,
             max_frame_bytes: section.max_frame_bytes,
             compression,
+            device_relay: section.device_relay,
             ..SyncConfig::default()
         };
         let accept_certs = section
@@ -189,12 +190,14 @@ impl Registry {
     }
 
     /// Applies a reloaded `[sync]`: new sessions use the new settings; when the accepted
-    /// tokens or certificates changed, running inbound sessions are ended (their peers
-    /// reconnect and authenticate again). Status entries of outbound peers no longer
-    /// configured are dropped. Returns true when the accepted credentials changed.
+    /// tokens or certificates, or what devices are relayed (`device_relay`), changed,
+    /// running inbound sessions are ended (their peers reconnect and authenticate again).
+    /// Status entries of outbound peers no longer configured are dropped. Returns true
+    /// when running inbound sessions were ended.
     pub fn reconfigure(&self, old: &SyncSection, new: &SyncSection, device: &str) -> bool {
-        let tokens_changed =
-            old.accept_tokens != new.accept_tokens || old.accept_certs != new.accept_certs;
+        let tokens_changed = old.accept_tokens != new.accept_tokens
+            || old.accept_certs != new.accept_certs
+            || old.device_relay != new.device_relay;
         let fresh = Settings::new(new, device);
         let previous = {
             let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());

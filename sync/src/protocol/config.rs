@@ -17,6 +17,34 @@ pub enum SessionMode {
     OneShot,
 }
 
+/// What a responder sends a peer admitted with a `device` credential
+/// ([`PeerRole::Device`](super::PeerRole::Device)); peers with a `hub` credential, and every
+/// peer of an initiator, receive every actor's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRelay {
+    /// Every actor's changes: each device ends up holding the whole fleet's data, and every
+    /// store's digest is equal once all have synced (the default, as before this setting).
+    #[default]
+    All,
+    /// Only the changes of this store's own actor (on a PostgreSQL hub, the actor its
+    /// replicas share: documents and twins written on the hub) and of the device itself (so
+    /// a device restored from an old backup gets its own history back). A fleet hub's send
+    /// cost stays linear in the fleet instead of quadratic; devices' digests then differ
+    /// from the hub's by the other devices' changes.
+    Own,
+}
+
+impl DeviceRelay {
+    /// `all` or `own`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceRelay::All => "all",
+            DeviceRelay::Own => "own",
+        }
+    }
+}
+
 /// Settings of a [`SyncSession`](super::SyncSession).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
@@ -49,6 +77,8 @@ pub struct SyncConfig {
     pub live_recheck: Duration,
     /// When the session ends by itself.
     pub mode: SessionMode,
+    /// What a responder sends a peer admitted with a `device` credential.
+    pub device_relay: DeviceRelay,
 }
 
 impl Default for SyncConfig {
@@ -66,6 +96,7 @@ impl Default for SyncConfig {
             handshake_timeout: Duration::from_secs(10),
             live_recheck: Duration::from_secs(5),
             mode: SessionMode::Continuous,
+            device_relay: DeviceRelay::All,
         }
     }
 }

@@ -58,6 +58,12 @@ pub(super) struct Exchange<'a, S: SyncStore> {
     last_recheck: Instant,
     /// A `device` credential's bound actor and name: only that actor's changes are taken.
     origin: Option<(ActorId, String)>,
+    /// The only actors whose changes the peer is sent (`device_relay = "own"`); `None`:
+    /// every actor's.
+    relay_only: Option<HashSet<ActorId>>,
+    /// Actors outside `relay_only` seen in the change log: the cursor skips them whole, so
+    /// every actor the peer is sent stays a contiguous run and nothing of theirs is read.
+    withheld: HashSet<ActorId>,
 }
 
 impl<'a, S: SyncStore> Exchange<'a, S> {
@@ -92,6 +98,8 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
             oversized: HashMap::new(),
             last_recheck: Instant::now(),
             origin: None,
+            relay_only: None,
+            withheld: HashSet::new(),
         }
     }
 
@@ -99,6 +107,31 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
     pub(super) fn only_from(mut self, origin: Option<(ActorId, String)>) -> Exchange<'a, S> {
         self.origin = origin;
         self
+    }
+
+    /// Sends the peer only `actors`' changes, when `Some`; `ours` (this store's vector at
+    /// the start) names the actors to leave out from the first page on. Actors that appear
+    /// later are left out when first met.
+    pub(super) fn relay_only(
+        mut self,
+        actors: Option<Vec<ActorId>>,
+        ours: &VersionVector,
+    ) -> Exchange<'a, S> {
+        if let Some(actors) = actors {
+            let scope: HashSet<ActorId> = actors.into_iter().collect();
+            self.withheld = ours
+                .iter()
+                .map(|(a, _)| a)
+                .filter(|a| !scope.contains(a))
+                .collect();
+            self.relay_only = Some(scope);
+        }
+        self
+    }
+
+    /// Whether the peer is sent `actor`'s changes.
+    fn relays(&self, actor: &ActorId) -> bool {
+        self.relay_only.as_ref().is_none_or(|s| s.contains(actor))
     }
 
     pub(super) async fn run(
@@ -126,7 +159,7 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
                 }
                 event = events.next() => match event? {
                     Announcement::Committed { actor, seq } => {
-                        if seq > self.sent.get(&actor) {
+                        if seq > self.sent.get(&actor) && self.relays(&actor) {
                             self.more = true;
                         }
                     }
@@ -142,10 +175,21 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
     /// nothing left, says `Live`.
     async fn pump(&mut self) -> Result<(), ProtocolError> {
         while self.more && self.in_flight.len() < self.config.window.max(1) {
-            let changes = self
+            let mut changes = self
                 .store
                 .changes_since(&self.cursor(), self.page_budget)
                 .await?;
+            if changes.iter().any(|c| !self.relays(&c.actor)) {
+                // An actor met for the first time: leave it out from now on. Whole actors
+                // go, so the runs kept stay contiguous.
+                let (kept, out): (Vec<Change>, Vec<Change>) =
+                    changes.into_iter().partition(|c| self.relays(&c.actor));
+                self.withheld.extend(out.iter().map(|c| c.actor));
+                if kept.is_empty() {
+                    continue;
+                }
+                changes = kept;
+            }
             // Only the first change of a page can be over the budget (it is taken whatever
             // its size); if it is over the peer's limit too, no page can ever carry it.
             if let Some(first) = changes.first() {
@@ -229,11 +273,11 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
 
     /// Where the next page starts: above what was sent, and past every actor left out.
     fn cursor(&self) -> Cow<'_, VersionVector> {
-        if self.oversized.is_empty() {
+        if self.oversized.is_empty() && self.withheld.is_empty() {
             return Cow::Borrowed(&self.sent);
         }
         let mut cursor = self.sent.clone();
-        for actor in self.oversized.keys() {
+        for actor in self.oversized.keys().chain(&self.withheld) {
             cursor.set(*actor, u64::MAX);
         }
         Cow::Owned(cursor)

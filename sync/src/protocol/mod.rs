@@ -78,7 +78,7 @@ mod stats;
 mod transport;
 
 pub use auth::{Authenticator, PeerCredentials, PeerRole, TokenAuthenticator};
-pub use config::{ConfigError, SessionMode, SyncConfig};
+pub use config::{ConfigError, DeviceRelay, SessionMode, SyncConfig};
 pub use error::ProtocolError;
 pub use frame::{
     Ack, Anchor, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, Frame, FrameCodec,

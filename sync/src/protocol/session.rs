@@ -15,7 +15,7 @@ use tokio::time::{Instant, timeout};
 use super::exchange::Exchange;
 use super::frame::{clip, vector_frames};
 use super::{
-    Authenticator, Compression, Frame, FrameCodec, FrameSink, FrameSource, Hello,
+    Authenticator, Compression, DeviceRelay, Frame, FrameCodec, FrameSink, FrameSource, Hello,
     MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole, ProtocolError,
     SessionStats, SyncConfig, Welcome,
 };
@@ -340,8 +340,18 @@ impl<S: SyncStore> SyncSession<S> {
             .connected(peer.actor, &peer.name, peer.principal.clone());
         self.stats.their_vector(&theirs);
         tracing::debug!(peer = %peer.name, actor = %peer.actor, "sync session connected");
+        // A device credential under `device_relay = "own"` is sent only this store's
+        // changes and its own (see `DeviceRelay`).
+        let relay_only = match (self.config.device_relay, self.origin.get()) {
+            (DeviceRelay::Own, Some((bound, _))) => {
+                Some(vec![ChangeLog::actor(&self.store), *bound])
+            }
+            _ => None,
+        };
+        self.stats.relay_only(relay_only.clone());
         Exchange::new(&self.store, &self.config, &self.stats, link, &peer, theirs)
             .only_from(self.origin.get().cloned())
+            .relay_only(relay_only, &mine)
             .run(events)
             .await
     }

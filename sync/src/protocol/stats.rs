@@ -88,6 +88,7 @@ struct State {
     last_refusal: Option<LastError>,
     last_too_large: Option<LastError>,
     last_fork: Option<LastError>,
+    relay_only: Option<Vec<ActorId>>,
 }
 
 /// The error that ended the most recent failed session.
@@ -175,16 +176,26 @@ pub struct StatsSnapshot {
     pub last_fork: Option<LastError>,
     /// The error that ended the most recent failed session.
     pub last_error: Option<LastError>,
+    /// The only actors whose changes this session sends the peer (a `device` credential
+    /// under `device_relay = "own"`: this store's actor and the device's); `None`: every
+    /// actor's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_only: Option<Vec<ActorId>>,
 }
 
 impl StatsSnapshot {
     /// Lag in changes per direction, given the local store's vector: `(to_peer, from_peer)`
-    /// — what the peer lacks of ours, and what we lack of the peer's (as far as known).
+    /// — what the peer lacks of ours (of the actors it is sent, see `relay_only`), and what
+    /// we lack of the peer's (as far as known).
     pub fn lag(&self, local: &VersionVector) -> (u64, u64) {
-        (
-            local.changes_ahead_of(&self.their_vector),
-            self.their_vector.changes_ahead_of(local),
-        )
+        let to_peer = match &self.relay_only {
+            None => local.changes_ahead_of(&self.their_vector),
+            Some(actors) => actors
+                .iter()
+                .map(|a| local.get(a).saturating_sub(self.their_vector.get(a)))
+                .sum(),
+        };
+        (to_peer, self.their_vector.changes_ahead_of(local))
     }
 }
 
@@ -222,6 +233,7 @@ impl Default for SessionStats {
                 last_refusal: None,
                 last_too_large: None,
                 last_fork: None,
+                relay_only: None,
             }),
         }
     }
@@ -268,6 +280,7 @@ impl SessionStats {
             last_too_large: s.last_too_large,
             actor_forks: self.actor_forks.load(Relaxed),
             last_fork: s.last_fork,
+            relay_only: s.relay_only,
         }
     }
 
@@ -296,6 +309,10 @@ impl SessionStats {
         s.peer_name = Some(name.to_owned());
         s.principal = principal;
         s.connected_since_ms = Some(SystemTime.now_ms());
+    }
+
+    pub(crate) fn relay_only(&self, actors: Option<Vec<ActorId>>) {
+        self.lock().relay_only = actors;
     }
 
     pub(crate) fn their_vector(&self, v: &VersionVector) {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use kdelta_sync::protocol::DeviceRelay;
 use serde::Serialize;
 
 use cpu::CpuSample;
@@ -65,6 +66,11 @@ pub struct BenchFleetArgs {
     /// every device everything the hub holds (every other device's changes: O(devices²)).
     #[arg(long, default_value = "push", value_parser = ["push", "both"])]
     pub sessions: String,
+    /// What the replicas send the devices (`[sync] device_relay`): `own` (only the hub's
+    /// own changes and the device's — a fleet hub) or `all` (every other device's changes
+    /// too: relay work grows with devices²).
+    #[arg(long, default_value = "own", value_parser = parse_device_relay)]
+    pub device_relay: DeviceRelay,
     /// Directory for the device stores and the replicas (default: a new temporary directory,
     /// removed at the end).
     #[arg(long, value_name = "DIR")]
@@ -87,6 +93,7 @@ struct Report {
     readings_per_device: u64,
     concurrency: u16,
     sessions: String,
+    device_relay: DeviceRelay,
     /// Seconds to create and fill the device stores (not timed).
     prepare_secs: f64,
     phases: Vec<PhaseReport>,
@@ -154,6 +161,15 @@ impl Percentiles {
     }
 }
 
+/// `--device-relay`: `all` or `own`.
+fn parse_device_relay(s: &str) -> Result<DeviceRelay, String> {
+    match s {
+        "all" => Ok(DeviceRelay::All),
+        "own" => Ok(DeviceRelay::Own),
+        other => Err(format!("{other:?}: use \"own\" or \"all\"")),
+    }
+}
+
 /// Runs the benchmark; an error when a phase's data does not all arrive.
 pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
     if args.replicas.is_empty() {
@@ -189,7 +205,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "kdelta bench fleet: {} devices × {} series, backlog {} changes × {} readings per series ({} readings per device), replicas {}, {} sessions at once ({}), PostgreSQL {}",
+            "kdelta bench fleet: {} devices × {} series, backlog {} changes × {} readings per series ({} readings per device), replicas {}, {} sessions at once ({}, device_relay {}), PostgreSQL {}",
             args.devices,
             args.series,
             args.backlog_changes,
@@ -202,6 +218,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
                 .join(" then "),
             args.concurrency,
             args.sessions,
+            args.device_relay.as_str(),
             crate::backend::redact_url(&args.url, "<redacted>")
         );
     }
@@ -245,6 +262,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
         readings_per_device: shape.readings_per_device(),
         concurrency: args.concurrency,
         sessions: args.sessions.clone(),
+        device_relay: args.device_relay,
         prepare_secs,
         phases,
     };
@@ -313,7 +331,8 @@ async fn run_phase(
     // relay, see docs/PERFORMANCE.md), so its sessions outlive the devices' for a while:
     // room for every device at once.
     let max_sessions = (shape.devices as usize).max(concurrency) + 16;
-    let config = replicas::replica_config(&db.url(), shape.devices, max_sessions);
+    let config =
+        replicas::replica_config(&db.url(), shape.devices, max_sessions, args.device_relay);
     let mut running = Vec::new();
     for i in 0..n {
         running.push(Replica::start(i, dir, &config, http).await?);

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kdelta_sync::protocol::DeviceRelay;
 
 /// How long a replica may take to listen and then to be ready.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -30,7 +31,12 @@ pub(super) fn device_name(i: u32) -> String {
 }
 
 /// The config file of every replica of a phase.
-pub(super) fn replica_config(url: &str, devices: u32, max_sessions: usize) -> String {
+pub(super) fn replica_config(
+    url: &str,
+    devices: u32,
+    max_sessions: usize,
+    device_relay: DeviceRelay,
+) -> String {
     let mut toml = String::from("sources = []\n");
     toml.push_str(&format!(
         "[api]\nmax_sync_sessions = {max_sessions}\nmax_connections = {}\n",
@@ -40,7 +46,10 @@ pub(super) fn replica_config(url: &str, devices: u32, max_sessions: usize) -> St
         "[store]\nbackend = \"postgres\"\nurl = {}\n",
         toml_string(url)
     ));
-    toml.push_str("[sync]\naccept_tokens = [\n");
+    toml.push_str(&format!(
+        "[sync]\ndevice_relay = \"{}\"\naccept_tokens = [\n",
+        device_relay.as_str()
+    ));
     for i in 0..devices {
         toml.push_str(&format!(
             "  {{ name = \"{}\", token = \"{}\", role = \"device\" }},\n",
@@ -252,8 +261,14 @@ mod tests {
 
     #[test]
     fn config_and_log_lines() {
-        let c = replica_config("postgres://u@h/db?options=-c%20search_path%3Ds", 2, 40);
+        let c = replica_config(
+            "postgres://u@h/db?options=-c%20search_path%3Ds",
+            2,
+            40,
+            DeviceRelay::Own,
+        );
         let parsed: toml::Value = toml::from_str(&c).unwrap();
+        assert_eq!(parsed["sync"]["device_relay"].as_str(), Some("own"));
         assert_eq!(parsed["store"]["backend"].as_str(), Some("postgres"));
         assert_eq!(parsed["sync"]["accept_tokens"].as_array().unwrap().len(), 2);
         assert_eq!(
