@@ -36,6 +36,10 @@ pub(super) struct Shape {
     /// Readings per series in one change (seconds batched at 1 Hz).
     pub per_change: u32,
     pub changes: u32,
+    /// Every device writes the same series names (`bench.sensor000`…, as kdelta's sources
+    /// name theirs: the hub merges them into one series each), or names of its own
+    /// (`dev00007.sensor000`…).
+    pub shared_series: bool,
 }
 
 impl Shape {
@@ -75,14 +79,22 @@ pub(super) async fn prepare(root: &Path, shape: Shape) -> anyhow::Result<Vec<Dev
     let end_ms = crate::time::now_ms_u64() as i64 - 60_000;
     let span_ms = i64::from(shape.per_change) * i64::from(shape.changes) * 1000;
     let t0 = end_ms - span_ms;
-    let names: Arc<Vec<String>> = Arc::new(
-        (0..shape.series)
-            .map(|s| format!("bench.sensor{s:03}"))
-            .collect(),
-    );
+    let names = |device: Option<u32>| -> Arc<Vec<String>> {
+        let prefix = device.map_or_else(|| "bench".to_owned(), device_name);
+        Arc::new(
+            (0..shape.series)
+                .map(|s| format!("{prefix}.sensor{s:03}"))
+                .collect(),
+        )
+    };
+    let shared = names(None);
     let mut devices: Vec<Device> = futures::stream::iter(0..shape.devices)
         .map(|i| {
-            let names = names.clone();
+            let names = if shape.shared_series {
+                shared.clone()
+            } else {
+                names(Some(i))
+            };
             let dir = device_dir(root, i);
             async move { fill(i, &dir, &names, shape, t0).await }
         })

@@ -71,6 +71,10 @@ pub struct BenchFleetArgs {
     /// too: relay work grows with devices²).
     #[arg(long, default_value = "own", value_parser = parse_device_relay)]
     pub device_relay: DeviceRelay,
+    /// `shared`: every device writes the same series names (as kdelta's sources name
+    /// theirs, so the hub merges each into one series); `per-device`: names of its own.
+    #[arg(long, default_value = "shared", value_parser = ["shared", "per-device"])]
+    pub series_names: String,
     /// Directory for the device stores and the replicas (default: a new temporary directory,
     /// removed at the end).
     #[arg(long, value_name = "DIR")]
@@ -94,6 +98,7 @@ struct Report {
     concurrency: u16,
     sessions: String,
     device_relay: DeviceRelay,
+    series_names: String,
     /// Seconds to create and fill the device stores (not timed).
     prepare_secs: f64,
     phases: Vec<PhaseReport>,
@@ -197,6 +202,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
         series: args.series,
         per_change: args.per_change,
         changes: args.backlog_changes,
+        shared_series: args.series_names == "shared",
     };
     let sessions = if args.sessions == "both" {
         Sessions::Both
@@ -205,7 +211,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "kdelta bench fleet: {} devices × {} series, backlog {} changes × {} readings per series ({} readings per device), replicas {}, {} sessions at once ({}, device_relay {}), PostgreSQL {}",
+            "kdelta bench fleet: {} devices × {} series, backlog {} changes × {} readings per series ({} readings per device), replicas {}, {} sessions at once ({}, device_relay {}, {} series names), PostgreSQL {}",
             args.devices,
             args.series,
             args.backlog_changes,
@@ -219,6 +225,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
             args.concurrency,
             args.sessions,
             args.device_relay.as_str(),
+            args.series_names,
             crate::backend::redact_url(&args.url, "<redacted>")
         );
     }
@@ -263,6 +270,7 @@ pub async fn fleet(args: BenchFleetArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         sessions: args.sessions.clone(),
         device_relay: args.device_relay,
+        series_names: args.series_names.clone(),
         prepare_secs,
         phases,
     };
