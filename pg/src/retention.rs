@@ -164,7 +164,10 @@ impl PgStore {
 
     /// The attached month partitions that can go whole: they end at or before the cutoff
     /// of every series with rows in them, and before the latest cutoff of all.
-    async fn whole_months(&self, cutoffs: &[(i64, String, Option<i64>)]) -> Result<Vec<WholeMonth>> {
+    async fn whole_months(
+        &self,
+        cutoffs: &[(i64, String, Option<i64>)],
+    ) -> Result<Vec<WholeMonth>> {
         let ctx = "listing readings partitions";
         let Some(latest) = cutoffs.iter().filter_map(|c| c.2).max() else {
             return Ok(Vec::new());
@@ -245,7 +248,8 @@ impl PgStore {
                     range.1 = ts;
                 }
             }
-            let ids: Vec<(i64, i64, i64)> = seen.iter().map(|(&id, &(lo, hi))| (id, lo, hi)).collect();
+            let ids: Vec<(i64, i64, i64)> =
+                seen.iter().map(|(&id, &(lo, hi))| (id, lo, hi)).collect();
             let mut attempt = 0;
             loop {
                 match self.prune_units(series_id, name, cutoff, &ids, skip).await {
@@ -305,16 +309,15 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(PgError::db(ctx))?;
-        let timing: HashMap<i64, Option<i64>> =
-            sqlx::query_as::<_, (i64, Option<i64>)>(
-                "SELECT change_id, delta_ms FROM reading_timing WHERE change_id = ANY($1)",
-            )
-                .bind(ids)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(PgError::db(ctx))?
-                .into_iter()
-                .collect();
+        let timing: HashMap<i64, Option<i64>> = sqlx::query_as::<_, (i64, Option<i64>)>(
+            "SELECT change_id, delta_ms FROM reading_timing WHERE change_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(PgError::db(ctx))?
+        .into_iter()
+        .collect();
         // Which units go, by the embedded store's rule.
         let mut expired = Vec::new();
         for (id, actor_idx, manifest) in rows {
@@ -453,7 +456,10 @@ impl PgStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(PgError::db("listing detached readings partitions"))?;
-        for name in names.into_iter().filter(|n| month_of_partition(n).is_some()) {
+        for name in names
+            .into_iter()
+            .filter(|n| month_of_partition(n).is_some())
+        {
             tracing::info!(partition = %name, "retention: finishing a partition an earlier pass detached");
             self.drop_detached(&name, report).await?;
         }
@@ -550,7 +556,10 @@ impl PgStore {
 }
 
 /// The `(change, series)` units of `units` whose change still lists the series.
-async fn live_units(conn: &mut PgConnection, units: &[(i64, i64, String)]) -> Result<Vec<(i64, i64)>> {
+async fn live_units(
+    conn: &mut PgConnection,
+    units: &[(i64, i64, String)],
+) -> Result<Vec<(i64, i64)>> {
     let ctx = "reading manifests";
     let ids: Vec<i64> = units.iter().map(|u| u.0).collect();
     let rows = sqlx::query("SELECT id, manifest FROM changes WHERE id = ANY($1) AND kind = 1")

@@ -57,6 +57,10 @@ pub struct LastPass {
     /// The disk budget (`None` without `max_disk` / `min_free`); shown as `store.budget`.
     #[serde(skip)]
     pub budget: Option<BudgetState>,
+    /// On a PostgreSQL hub: partitions dropped and turns taken (`hub.rs`).
+    #[cfg(feature = "postgres")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<super::hub::HubRetention>,
 }
 
 /// The disk budget's state, for `/v1/status` (`store.budget`).
@@ -113,12 +117,12 @@ impl RetentionState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut LastPass)) {
+    pub(super) fn update(&self, f: impl FnOnce(&mut LastPass)) {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -278,6 +282,6 @@ fn log_budget_pass(pass: &BudgetPass, was_holding: &mut bool) {
     }
 }
 
-fn round_ms(d: Duration) -> Duration {
+pub(super) fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }

@@ -145,9 +145,15 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
     let p200 = partition_of(&db, "keep.me", now - 200 * DAY + 3_600_000).await;
     let p150 = partition_of(&db, "gh.temp", now - 150 * DAY).await;
     let p20 = partition_of(&db, "gh.temp", now - 20 * DAY).await;
-    assert_eq!(partition_of(&db, "gh.temp", 65_000).await, "readings_default");
+    assert_eq!(
+        partition_of(&db, "gh.temp", 65_000).await,
+        "readings_default"
+    );
     for p in [&p500, &p200, &p150, &p20] {
-        assert_ne!(p, "readings_default", "months near the present get partitions");
+        assert_ne!(
+            p, "readings_default",
+            "months near the present get partitions"
+        );
     }
     let agg = |from: i64, to: i64| AggregateQuery {
         series: "gh.temp".into(),
@@ -155,12 +161,18 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
         to,
         bucket_ms: DAY,
     };
-    let before = hub.aggregate(&agg(now - 210 * DAY, now - 140 * DAY)).await.unwrap();
+    let before = hub
+        .aggregate(&agg(now - 210 * DAY, now - 140 * DAY))
+        .await
+        .unwrap();
 
     let sqlite = replica.prune(&policy(), now, 100).await.unwrap();
     let pass = hub.prune(&policy(), now, 100).await.unwrap();
     assert!(pass.ran);
-    assert_eq!(pass.pruned.readings, sqlite.readings, "{pass:?} vs {sqlite:?}");
+    assert_eq!(
+        pass.pruned.readings, sqlite.readings,
+        "{pass:?} vs {sqlite:?}"
+    );
     assert_eq!(pass.pruned.units, sqlite.units);
     assert_eq!(pass.pruned.readings, 3 * 250 * 3 + 1 + 1, "{pass:?}");
     assert!(pass.pruned.steps > 3, "small transactions: {pass:?}");
@@ -183,7 +195,10 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
     assert_eq!(raw(&db, "gh.temp", cutoff, i64::MAX).await, 3 * 250 + 1);
 
     // Rollups answer over the pruned range, as SQLite's do; those older than 400 days went.
-    let after = hub.aggregate(&agg(now - 210 * DAY, now - 140 * DAY)).await.unwrap();
+    let after = hub
+        .aggregate(&agg(now - 210 * DAY, now - 140 * DAY))
+        .await
+        .unwrap();
     assert_eq!(after, before);
     assert_eq!(
         after,
@@ -193,7 +208,12 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
             .unwrap()
     );
     assert!(after.iter().map(|b| b.count).sum::<u64>() >= 3 * 250 * 2);
-    assert!(hub.aggregate(&agg(now - 510 * DAY, now - 490 * DAY)).await.unwrap().is_empty());
+    assert!(
+        hub.aggregate(&agg(now - 510 * DAY, now - 490 * DAY))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(pass.pruned.rollups > 0);
     assert_eq!(pass.pruned.rollups, sqlite.rollups);
 
@@ -203,7 +223,11 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
     assert_eq!(served.len(), served_before);
     assert_eq!(hub.digest().await.unwrap(), replica.digest());
     assert_eq!(hub.verify_digest().await.unwrap(), replica.digest());
-    assert_eq!(served, all_changes(&replica).await, "served as SQLite serves them");
+    assert_eq!(
+        served,
+        all_changes(&replica).await,
+        "served as SQLite serves them"
+    );
 
     // A device learning from the pruned hub checks every seal and agrees.
     let late = super::device(&dir, "late.db").await;
@@ -214,7 +238,11 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
 
     // A second pass finds nothing; the hub still agrees.
     let again = hub.prune(&policy(), now, 100).await.unwrap();
-    assert_eq!((again.pruned.readings, again.pruned.units), (0, 0), "{again:?}");
+    assert_eq!(
+        (again.pruned.readings, again.pruned.units),
+        (0, 0),
+        "{again:?}"
+    );
     assert!(again.partitions_dropped.is_empty());
     assert_eq!(hub.verify_digest().await.unwrap(), replica.digest());
 
@@ -286,7 +314,10 @@ async fn one_replica_prunes_at_a_time_and_applies_go_on_meanwhile() {
     );
     assert_eq!(r1.digest().await.unwrap(), reference.digest());
     assert_eq!(r2.verify_digest().await.unwrap(), reference.digest());
-    assert_eq!(all_changes(&r2).await.len(), all_changes(&reference).await.len());
+    assert_eq!(
+        all_changes(&r2).await.len(),
+        all_changes(&reference).await.len()
+    );
     assert_eq!(raw(&db, "live.x", now - 600_000, now + 1).await, 500);
 
     r1.close().await;
