@@ -343,7 +343,7 @@ impl PgStore {
             return Ok((0, 0));
         }
         let expired_ids: Vec<i64> = expired.iter().map(|e| e.0).collect();
-        let mut changes = changes_by_id(&mut *tx, &expired_ids).await?;
+        let mut changes = changes_by_id(&mut tx, &expired_ids).await?;
         let (mut readings, mut units) = (0u64, 0u64);
         for (id, actor_idx, entries, lo, hi) in expired {
             let Some(change) = changes.get_mut(&id) else {
@@ -481,7 +481,7 @@ impl PgStore {
         .await
         .map_err(PgError::db(ctx))?;
         for chunk in units.chunks(DETACHED_BATCH) {
-            let live = live_units(&mut *tx, chunk).await?;
+            let live = live_units(&mut tx, chunk).await?;
             if live.is_empty() {
                 continue;
             }
