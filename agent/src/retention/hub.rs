@@ -11,27 +11,11 @@
 use std::time::Instant;
 
 use kdelta_pg::PgStore;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::RetentionConfig;
-use super::task::{RetentionState, now_ms, round_ms};
+use super::task::{HubRetention, RetentionState, now_ms, round_ms};
 use crate::metrics::Metrics;
-
-/// What the hub's passes did beyond the embedded store's figures (`store.retention.hub`).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct HubRetention {
-    /// Whether this replica's last turn ran a pass (false: another replica was pruning).
-    pub ran: bool,
-    /// Month partitions of `readings` the last pass dropped whole.
-    pub partitions_dropped: Vec<String>,
-    /// Partitions it could not detach in time (dropped by the next pass).
-    pub partitions_deferred: Vec<String>,
-    /// Partitions this replica dropped since it started.
-    pub partitions_dropped_total: u64,
-    /// Turns skipped because another replica was pruning.
-    pub turns_skipped_total: u64,
-}
 
 /// Runs PostgreSQL prune passes every `config.every` until `cancel`. Returns at once when
 /// `[retention]` keeps every reading and rollup.

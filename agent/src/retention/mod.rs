@@ -20,7 +20,9 @@ pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
 pub use docs::{DocKeyKeep, DocsKeep};
 #[cfg(feature = "postgres")]
-pub use hub::{HubRetention, hub_retention_loop};
+pub use hub::hub_retention_loop;
 pub use size::DiskSize;
+#[cfg(feature = "postgres")]
+pub use task::HubRetention;
 pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};
 pub use twins::TwinsKeep;

@@ -60,7 +60,24 @@ pub struct LastPass {
     /// On a PostgreSQL hub: partitions dropped and turns taken (`hub.rs`).
     #[cfg(feature = "postgres")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub hub: Option<super::hub::HubRetention>,
+    pub hub: Option<HubRetention>,
+}
+
+/// What a PostgreSQL hub's passes did beyond the embedded store's figures
+/// (`store.retention.hub`; `hub.rs`).
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubRetention {
+    /// Whether this replica's last turn ran a pass (false: another replica was pruning).
+    pub ran: bool,
+    /// Month partitions of `readings` the last pass dropped whole.
+    pub partitions_dropped: Vec<String>,
+    /// Partitions it could not detach in time (dropped by the next pass).
+    pub partitions_deferred: Vec<String>,
+    /// Partitions this replica dropped since it started.
+    pub partitions_dropped_total: u64,
+    /// Turns skipped because another replica was pruning.
+    pub turns_skipped_total: u64,
 }
 
 /// The disk budget's state, for `/v1/status` (`store.budget`).
