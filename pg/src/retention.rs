@@ -38,6 +38,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::TryStreamExt;
+
 use kdelta_sync::{
     Digest, PruneReport, RetentionPolicy, decode_manifest, encode_manifest_entries, prune_series,
     readings_cutoff, rollups_cutoff, unit_expired,
@@ -57,7 +59,8 @@ const CONFLICT_RETRIES: usize = 8;
 /// How long detaching a partition may wait for the lock on `readings` before the pass
 /// leaves it for the next one (applies queue behind a waiting `DETACH`).
 const DETACH_LOCK_TIMEOUT: &str = "2s";
-/// Units looked up per statement when finishing a detached partition.
+/// Units looked up (and live ones put back) per statement when finishing a detached
+/// partition.
 const DETACHED_BATCH: usize = 1_000;
 
 /// What one [`PgStore::prune`] pass did.
@@ -472,20 +475,34 @@ impl PgStore {
     async fn drop_detached(&self, name: &str, report: &mut PruneReport) -> Result<()> {
         let ctx = "dropping a detached readings partition";
         let mut tx = self.inner.pool.begin().await.map_err(PgError::db(ctx))?;
-        let units: Vec<(i64, i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT p.change_id, p.series_id, s.name FROM \
-             (SELECT DISTINCT change_id, series_id FROM {name}) p \
-             JOIN series s ON s.id = p.series_id ORDER BY 1, 2"
-        )))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(PgError::db(ctx))?;
-        for chunk in units.chunks(DETACHED_BATCH) {
-            let live = live_units(&mut tx, chunk).await?;
-            if live.is_empty() {
-                continue;
+        // The units are streamed (a month may hold millions) and looked up in batches on a
+        // second connection; only the live ones — usually none — are kept in memory.
+        let mut live = Vec::new();
+        {
+            let mut reader = self.inner.pool.acquire().await.map_err(PgError::db(ctx))?;
+            let sql = format!(
+                "SELECT p.change_id, p.series_id, s.name FROM \
+                 (SELECT DISTINCT change_id, series_id FROM {name}) p \
+                 JOIN series s ON s.id = p.series_id"
+            );
+            let mut units =
+                sqlx::query_as::<_, (i64, i64, String)>(AssertSqlSafe(sql)).fetch(&mut *tx);
+            let mut batch = Vec::with_capacity(DETACHED_BATCH);
+            loop {
+                let next = units.try_next().await.map_err(PgError::db(ctx))?;
+                let done = next.is_none();
+                batch.extend(next);
+                if batch.len() >= DETACHED_BATCH || (done && !batch.is_empty()) {
+                    live.extend(live_units(&mut reader, &batch).await?);
+                    batch.clear();
+                }
+                if done {
+                    break;
+                }
             }
-            let (c, s): (Vec<i64>, Vec<i64>) = live.into_iter().unzip();
+        }
+        for chunk in live.chunks(DETACHED_BATCH) {
+            let (c, s): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
             sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO readings SELECT p.* FROM {name} p \
                  JOIN unnest($1::int8[], $2::int8[]) AS u(c, s) \
