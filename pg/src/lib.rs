@@ -17,8 +17,10 @@
 //! ([`PgStore::listen`], LISTEN/NOTIFY). Readings have per-minute rollups, recomputed from
 //! the readings in the apply transaction, and the API's readings queries
 //! ([`PgStore::series_page`], [`PgStore::range`], [`PgStore::aggregate`],
-//! [`PgStore::latest`]) answer as the embedded store's do. Not yet: documents, twins,
-//! retention — see `docs/hub.md`.
+//! [`PgStore::latest`]) answer as the embedded store's do. Retention ([`PgStore::prune`])
+//! prunes raw readings by age — dropping whole month partitions where it can — and rollups
+//! by a longer age, with the embedded store's rule and digest. Not yet: documents and twins
+//! queries, document history retention — see `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -45,6 +47,7 @@ pub mod partitions;
 mod peer;
 mod query;
 mod read;
+mod retention;
 mod rollups;
 mod rows;
 mod schema;
@@ -53,5 +56,6 @@ mod store;
 pub use error::{PgError, Result};
 pub use feed::{CHANNEL, ChangeFeed, FeedEvent};
 pub use peer::PgAnnouncements;
+pub use retention::PgPruneReport;
 pub use schema::supported_schema_version;
 pub use store::{PgConfig, PgStore};

@@ -194,6 +194,38 @@ impl PgStore {
     }
 }
 
+/// The changes stored under the log ids `ids`, as [`PgStore::changes_since`] serves them
+/// (what retention left of them), by id; ids not held are left out.
+pub(crate) async fn changes_by_id(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, Change>> {
+    let ctx = "reading changes by id";
+    let found = sqlx::query(
+        "SELECT c.id, a.actor, c.seq, c.hlc, c.kind, c.manifest, c.seal FROM changes c \
+         JOIN actors a ON a.idx = c.actor_idx WHERE c.id = ANY($1) ORDER BY c.id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(PgError::db(ctx))?;
+    let mut rows = Vec::with_capacity(found.len());
+    for r in found {
+        rows.push(LogRow {
+            id: r.try_get(0).map_err(PgError::db(ctx))?,
+            actor: actor_of(&r.try_get::<Vec<u8>, _>(1).map_err(PgError::db(ctx))?)?,
+            seq: r.try_get::<i64, _>(2).map_err(PgError::db(ctx))? as u64,
+            hlc: Hlc(r.try_get::<i64, _>(3).map_err(PgError::db(ctx))? as u64),
+            kind: r.try_get(4).map_err(PgError::db(ctx))?,
+            manifest: r.try_get(5).map_err(PgError::db(ctx))?,
+            seal: r.try_get(6).map_err(PgError::db(ctx))?,
+        });
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let changes = load(conn, rows).await?;
+    Ok(ids.into_iter().zip(changes).collect())
+}
+
 fn vector_of(rows: Vec<sqlx::postgres::PgRow>, ctx: &'static str) -> Result<VersionVector> {
     let mut vv = VersionVector::new();
     for r in rows {

@@ -10,7 +10,8 @@
 //! refused credentials fail with errors that name them; the store's convergence property
 //! (random delivery, duplicates, partitions) holds with a PostgreSQL hub; real sync
 //! sessions run between devices and hub replicas (`pg_hub/sessions.rs`); and the readings
-//! rollups and queries answer as SQLite's (`pg_hub/readings.rs`).
+//! rollups and queries answer as SQLite's (`pg_hub/readings.rs`); retention prunes as
+//! SQLite's does and keeps the digest equal (`pg_hub/retention.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 #[path = "pg_hub/readings.rs"]
 mod readings;
+#[path = "pg_hub/retention.rs"]
+mod retention;
 #[path = "pg_hub/sessions.rs"]
 mod sessions;
 

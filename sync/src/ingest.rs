@@ -181,7 +181,13 @@ pub fn encode_manifest(batch: &ReadingBatch) -> Vec<u8> {
             count: s.ts.len() as u64,
         })
         .collect();
-    stored_cbor::encode(&entries)
+    encode_manifest_entries(&entries)
+}
+
+/// A manifest of these entries (what retention leaves of a change's manifest once it pruned
+/// some of its series), encoded as [`encode_manifest`] does.
+pub fn encode_manifest_entries(entries: &[ManifestEntry]) -> Vec<u8> {
+    stored_cbor::encode(entries)
 }
 
 /// `batch` as the log reader will serve it back: SQLite keeps a REAL that equals an integer

@@ -126,14 +126,17 @@ pub use history_cursor::HistoryCursor;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };
-pub use ingest::{ManifestEntry, decode_manifest, encode_manifest};
+pub use ingest::{ManifestEntry, decode_manifest, encode_manifest, encode_manifest_entries};
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, parse_cursor,
     reading_page,
 };
-pub use retention::{PruneReport, RetentionPolicy, SeriesRetention, Unacked, glob_match};
+pub use retention::{
+    PruneReport, PrunedUnit, RetentionPolicy, SeriesRetention, Unacked, glob_match, prune_series,
+    pruned_unit, readings_cutoff, rollups_cutoff, unit_expired,
+};
 pub use schema::supported_schema_version;
 pub use space::{COMPACT_ON_OPEN_MAX_BYTES, StoreSpace};
 pub use store::Store;

@@ -30,9 +30,10 @@ use rusqlite::{OptionalExtension, params};
 use crate::digest::readings_hash;
 use crate::gap::GapCollector;
 use crate::ingest::{MINUTE_MS, decode_manifest};
-use crate::stored_cbor;
 use crate::writer::Writer;
-use crate::{ActorId, Result, StoreError, VersionVector};
+use crate::{
+    ActorId, Change, ChangeBody, ManifestEntry, Result, SeriesPoints, StoreError, VersionVector,
+};
 
 /// How long raw readings of the series matching `pattern` are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,10 +185,7 @@ impl PruneRule {
 
     /// The raw-reading cutoff of series `name` (minute-aligned by age), `None`: keep all.
     fn raw_cutoff(&self, name: &str) -> Option<i64> {
-        let by_age = self
-            .policy
-            .readings_max_age(name)
-            .map(|age| minute_floor(self.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)));
+        let by_age = readings_cutoff(&self.policy, name, self.now_ms);
         // The budget's cut is taken as is: it prunes no rollups, so it need not keep whole
         // minutes, and a fast store holds many batches per minute.
         by_age.max(self.before_ms)
@@ -231,6 +229,80 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 fn minute_floor(ts: i64) -> i64 {
     ts.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+// The retention rule itself, as pure functions: the SQLite writer below and the PostgreSQL
+// hub (`kdelta-pg`, `retention.rs`) both prune with these, so replicas on either backend
+// under one policy prune the same units and subtract the same digest elements.
+
+/// The age cutoff of raw readings of series `name` under `policy` at `now_ms` (unix ms):
+/// readings before it may go, minute-aligned so rollups always cover whole minutes.
+/// `None`: the series' readings are kept forever.
+pub fn readings_cutoff(policy: &RetentionPolicy, name: &str, now_ms: i64) -> Option<i64> {
+    policy
+        .readings_max_age(name)
+        .map(|age| minute_floor(now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)))
+}
+
+/// The age cutoff of per-minute rollups under `policy` at `now_ms`: rows of minutes before
+/// it may go (and only once no raw reading of their series and minute remains). `None`:
+/// rollups are kept forever.
+pub fn rollups_cutoff(policy: &RetentionPolicy, now_ms: i64) -> Option<i64> {
+    policy
+        .rollups_max_age_ms
+        .map(|age| minute_floor(now_ms.saturating_sub(age.min(i64::MAX as u64) as i64)))
+}
+
+/// Whether a unit — the readings one change holds for one series, as its manifest `entry`
+/// describes them (at the times the change carried) — lies wholly before `cutoff`, and if
+/// so the range `[lo, hi]` of its readings as stored. `delta`: how far a time correction
+/// moved the change's readings (`Some(0)` when never sampled under an untrusted clock);
+/// `None` while they await a correction — their age is unknown, so they are never pruned.
+/// A unit straddling the cutoff is kept whole until its newest reading ages out.
+pub fn unit_expired(entry: &ManifestEntry, delta: Option<i64>, cutoff: i64) -> Option<(i64, i64)> {
+    let delta = delta?;
+    let (lo, hi) = (
+        entry.ts_min.saturating_add(delta),
+        entry.ts_max.saturating_add(delta),
+    );
+    (hi < cutoff).then_some((lo, hi))
+}
+
+/// What pruning one unit takes out of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrunedUnit {
+    /// The element the unit added to the digest at ingest, to subtract (`Digest::sub`).
+    pub digest_element: [u8; 32],
+    /// The unit's seal hash, appended to the change's pruned hashes (`Seal::pruned`), so
+    /// the change still proves its signed body.
+    pub seal_hash: [u8; 32],
+}
+
+/// What pruning the unit `points` (the readings change `(actor, seq)` held for one series,
+/// at the times the change carried, with the unit and metadata of its manifest entry)
+/// takes out of a store.
+pub fn pruned_unit(actor: &ActorId, seq: u64, points: &SeriesPoints) -> PrunedUnit {
+    PrunedUnit {
+        digest_element: readings_hash(actor, seq, &points.name, &points.ts, &points.values),
+        seal_hash: crate::seal::unit_hash(points),
+    }
+}
+
+/// Prunes series `name` from a readings change as a store serves it: the series leaves the
+/// body, its seal hash joins the seal's pruned hashes (an unsigned change has none to keep)
+/// and the digest element to subtract is returned — `None` when the change holds no such
+/// series. The change is then exactly what a store that pruned the unit serves.
+pub fn prune_series(change: &mut Change, name: &str) -> Option<[u8; 32]> {
+    let ChangeBody::Readings(batch) = &mut change.body else {
+        return None;
+    };
+    let pos = batch.series.iter().position(|s| s.name == name)?;
+    let points = batch.series.remove(pos);
+    let unit = pruned_unit(&change.actor, change.seq, &points);
+    if let Some(seal) = &mut change.seal {
+        seal.pruned.push(unit.seal_hash);
+    }
+    Some(unit.digest_element)
 }
 
 impl Writer {
@@ -306,9 +378,7 @@ impl Writer {
                 }
             }
             if finished_raw {
-                if let Some(age) = rule.policy.rollups_max_age_ms {
-                    let cutoff =
-                        minute_floor(rule.now_ms.saturating_sub(age.min(i64::MAX as u64) as i64));
+                if let Some(cutoff) = rollups_cutoff(&rule.policy, rule.now_ms) {
                     let (n, more) = self.prune_series_rollups(series_id, cutoff, left)?;
                     report.rollups += n;
                     left -= n as i64;
@@ -402,13 +472,11 @@ impl Writer {
         let entry = entries.remove(pos);
         // Readings sampled under an untrusted clock have no known age until corrected
         // (1970 is not their age); corrected ones are stored moved by `delta` (timing.rs).
-        let Some(delta) = self.correction_delta(change_id)? else {
-            return Ok(());
+        let delta = self.correction_delta(change_id)?;
+        let Some((lo, hi)) = unit_expired(&entry, delta, cutoff) else {
+            return Ok(()); // awaiting a correction, or straddles the cutoff: kept for now
         };
-        let (lo, hi) = (entry.ts_min + delta, entry.ts_max + delta);
-        if hi >= cutoff {
-            return Ok(()); // straddles the cutoff: kept whole for now
-        }
+        let delta = delta.unwrap_or(0);
         let Some(drops_unacked) = unacked.verdict(&actor, seq as u64) else {
             if first_ts == lo {
                 report.held += entry.count;
@@ -429,18 +497,22 @@ impl Writer {
             .map_err(StoreError::db("reading readings to prune"))?
             .into_iter()
             .unzip();
-        self.digest
-            .sub(&readings_hash(&actor, seq as u64, name, &ts, &values));
+        let n = ts.len() as u64;
+        let unit = pruned_unit(
+            &actor,
+            seq as u64,
+            &SeriesPoints {
+                name: entry.name.clone(),
+                unit: entry.unit.clone(),
+                meta: entry.meta.clone(),
+                ts,
+                values,
+            },
+        );
+        self.digest.sub(&unit.digest_element);
         // The unit's seal hash stays with the change, so it still proves its body.
-        let unit = crate::seal::unit_hash(&crate::SeriesPoints {
-            name: entry.name.clone(),
-            unit: entry.unit.clone(),
-            meta: entry.meta.clone(),
-            ts: ts.clone(),
-            values: values.clone(),
-        });
         let mut pruned = pruned.unwrap_or_default();
-        pruned.extend_from_slice(&unit);
+        pruned.extend_from_slice(&unit.seal_hash);
         self.conn
             .prepare_cached(
                 "DELETE FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4",
@@ -449,12 +521,11 @@ impl Writer {
                 st.execute(params![series_id, lo, hi, change_id])
             })
             .map_err(StoreError::db("deleting pruned readings"))?;
-        let bytes = stored_cbor::encode(&entries);
+        let bytes = crate::ingest::encode_manifest_entries(&entries);
         self.conn
             .prepare_cached("UPDATE changes SET manifest = ?1, pruned = ?3 WHERE id = ?2")
             .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
             .map_err(StoreError::db("updating a pruned change's manifest"))?;
-        let n = ts.len() as u64;
         if drops_unacked && n > 0 {
             gaps.add(name, actor, seq as u64, entry.ts_min, entry.ts_max, n);
             report.dropped_unacked += n;

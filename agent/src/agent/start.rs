@@ -209,7 +209,7 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
 /// Spawns the loops of the store: on SQLite the batcher (returned: the agent cannot run
 /// without it), the correction of readings sampled under an untrusted clock, the clock's
 /// re-assessment, scheduled backups and retention; on PostgreSQL the database's health
-/// check, which `/readyz` reads. All stop on the agent's shutdown token (the batcher when
+/// check, which `/readyz` reads, and retention's readings rules against the database. All stop on the agent's shutdown token (the batcher when
 /// the queue closes, or on `give_up`).
 fn spawn_store_loops(
     agent: &Agent,
@@ -222,6 +222,15 @@ fn spawn_store_loops(
         #[cfg(feature = "postgres")]
         Backend::Postgres(hub) => {
             tokio::spawn(hub.clone().health_loop(agent.shutdown.child_token()));
+            // Retention's readings rules, one replica at a time (returns at once when
+            // `[retention]` keeps every reading).
+            tokio::spawn(crate::retention::hub_retention_loop(
+                hub.store.clone(),
+                config.retention.clone(),
+                agent.retention.clone(),
+                agent.metrics.clone(),
+                agent.shutdown.child_token(),
+            ));
             return None;
         }
     };

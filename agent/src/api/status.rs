@@ -167,7 +167,7 @@ pub async fn status(
 }
 
 /// `/v1/status` of a PostgreSQL hub replica: the database's actor (every replica's),
-/// version vector size and digest, and whether the database answers. The vector and the
+/// version vector size and digest, whether the database answers, and retention. The vector and the
 /// digest are `null` (with `database.error`) while it does not.
 #[cfg(feature = "postgres")]
 async fn pg_status(state: &Agent, hub: &crate::backend::PgHub) -> serde_json::Value {
@@ -188,6 +188,9 @@ async fn pg_status(state: &Agent, hub: &crate::backend::PgHub) -> serde_json::Va
             "reachable": error.is_none(),
             "error": error,
         },
+        // What this replica's retention passes did (`hub`: partitions dropped, turns
+        // skipped while another replica pruned).
+        "store": { "retention": state.retention.last() },
         "rss_bytes": rss_bytes(),
     })
 }

@@ -189,6 +189,9 @@ impl Config {
         }
         self.sync.validate()?;
         self.retention.validate()?;
+        if self.store.backend == crate::backend::BackendKind::Postgres {
+            self.retention.validate_for_postgres()?;
+        }
         self.mqtt.validate()
     }
 }
@@ -196,8 +199,9 @@ impl Config {
 impl Config {
     /// This configuration as the agent runs it on its `[store] backend`. On PostgreSQL (a hub
     /// replica, which stores only what devices sync to it) the parts that need the SQLite
-    /// store are off — sources, MQTT, retention, scheduled backups, the device twin and
+    /// store are off — sources, MQTT, twin compaction, scheduled backups, the device twin and
     /// outbound peers — each that was configured named in one log line when `log` is true.
+    /// Retention's readings rules stay (they run against the database).
     /// On SQLite: unchanged.
     pub fn for_backend(mut self, log: bool) -> Config {
         if self.store.backend == crate::backend::BackendKind::Sqlite {
@@ -212,9 +216,11 @@ impl Config {
             off.push("MQTT");
             self.mqtt.enabled = false;
         }
-        if self.retention != crate::retention::RetentionConfig::default() {
-            off.push("retention");
-            self.retention = Default::default();
+        // The readings rules of `[retention]` run on PostgreSQL too (`retention/hub.rs`);
+        // the disk budget and document history are refused by `validate`. Twin history is
+        // stored as received there, with no snapshot to compact into.
+        if self.retention.twins != crate::retention::TwinsKeep::default() {
+            off.push("retention.twins (twin compaction)");
         }
         if self.backup.every.is_some() {
             off.push("scheduled backups");
@@ -259,6 +265,52 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A hub replica's config with `retention` (TOML) added.
+    fn pg_hub(retention: &str) -> Result<Config, InvalidValue> {
+        let text =
+            format!("[store]\nbackend = \"postgres\"\nurl = \"postgres://db/hub\"\n{retention}");
+        let config: Config = toml::from_str(&text).expect("parses");
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn a_postgres_hub_prunes_readings_and_refuses_what_it_cannot_apply_naming_the_key() {
+        if !cfg!(feature = "postgres") {
+            return;
+        }
+        let rules = "[retention]\nreadings = \"90d\"\nrollups = \"2y\"\nevery = \"5m\"\n\
+                     [[retention.series]]\npattern = \"sim.*\"\nkeep = \"7d\"\n";
+        let config = pg_hub(rules).expect("readings rules apply on PostgreSQL");
+        let before = config.retention.clone();
+        let run = config.for_backend(false);
+        assert_eq!(run.retention, before, "kept as configured");
+        assert!(!run.retention.policy().keeps_all_readings());
+
+        for (extra, key) in [
+            ("max_disk = \"2GiB\"\n", "retention.max_disk"),
+            ("min_free = \"5%\"\n", "retention.min_free"),
+            (
+                "max_disk = \"2GiB\"\nhard_limit = \"3GiB\"\n",
+                "retention.max_disk",
+            ),
+            ("[retention.docs]\nkeep_versions = 10\n", "retention.docs"),
+        ] {
+            let err = pg_hub(&format!("[retention]\nreadings = \"90d\"\n{extra}")).unwrap_err();
+            assert_eq!(err.key, key, "{extra}");
+            assert!(err.detail.contains("PostgreSQL"), "{}", err.detail);
+            // The same keys are fine on SQLite.
+            let sqlite: Config =
+                toml::from_str(&format!("[retention]\nreadings = \"90d\"\n{extra}")).unwrap();
+            sqlite.validate().expect("accepted on SQLite");
+        }
+        // Twin compaction does not apply there: left as configured, logged as off.
+        let twins = pg_hub("[retention.twins]\ncompact_after = \"forever\"\n").unwrap();
+        assert!(
+            twins.for_backend(false).retention.twins.compact_after
+                == crate::retention::Keep::Forever
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -220,6 +220,33 @@ impl RetentionConfig {
         }
     }
 
+    /// What a hub replica on PostgreSQL cannot do of this section, refused naming the key:
+    /// the disk budget (the disk is the database server's: PostgreSQL's own monitoring
+    /// bounds it) and document history retention (not built for PostgreSQL yet). The
+    /// readings rules (`readings`, `[[retention.series]]`, `rollups`) apply there.
+    pub fn validate_for_postgres(&self) -> Result<(), InvalidValue> {
+        const WHY: &str = "is not available on a PostgreSQL hub: the disk is the database server's \
+                           (bound it with PostgreSQL's own monitoring; retention.readings and \
+                           [[retention.series]] prune by age there)";
+        for (key, set) in [
+            ("retention.max_disk", self.max_disk.is_some()),
+            ("retention.min_free", self.min_free.is_some()),
+            ("retention.hard_limit", self.hard_limit.is_some()),
+        ] {
+            if set {
+                return refuse(key, WHY);
+            }
+        }
+        if self.docs != super::DocsKeep::default() {
+            return refuse(
+                "retention.docs",
+                "document history retention is not built for a PostgreSQL hub yet (docs/hub.md); \
+                 remove [retention.docs] from the replicas' configuration",
+            );
+        }
+        Ok(())
+    }
+
     /// True when a disk budget (`max_disk` or `min_free`) is configured.
     pub fn has_budget(&self) -> bool {
         self.max_disk.is_some() || self.min_free.is_some()

@@ -4,11 +4,14 @@
 //! longer keeps and, with a disk budget (`budget.rs`), the oldest readings beyond it, in small transactions (`retention.step_rows` rows each) queued with ingest,
 //! and records what it did for `/v1/status` and `/metrics`. The pruning itself (what goes,
 //! the digest, rollups) is the store's (`kdelta_sync::RetentionPolicy`); see
-//! docs/storage.md.
+//! docs/storage.md. A hub replica on PostgreSQL runs the readings rules through
+//! `kdelta_pg::PgStore::prune` instead (`hub.rs`, docs/hub.md "Retention").
 
 mod budget;
 mod config;
 mod docs;
+#[cfg(feature = "postgres")]
+mod hub;
 mod size;
 mod task;
 mod twins;
@@ -16,6 +19,10 @@ mod twins;
 pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
 pub use docs::{DocKeyKeep, DocsKeep};
+#[cfg(feature = "postgres")]
+pub use hub::hub_retention_loop;
 pub use size::DiskSize;
+#[cfg(feature = "postgres")]
+pub use task::HubRetention;
 pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};
 pub use twins::TwinsKeep;

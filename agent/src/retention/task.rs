@@ -57,6 +57,27 @@ pub struct LastPass {
     /// The disk budget (`None` without `max_disk` / `min_free`); shown as `store.budget`.
     #[serde(skip)]
     pub budget: Option<BudgetState>,
+    /// On a PostgreSQL hub: partitions dropped and turns taken (`hub.rs`).
+    #[cfg(feature = "postgres")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubRetention>,
+}
+
+/// What a PostgreSQL hub's passes did beyond the embedded store's figures
+/// (`store.retention.hub`; `hub.rs`).
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubRetention {
+    /// Whether this replica's last turn ran a pass (false: another replica was pruning).
+    pub ran: bool,
+    /// Month partitions of `readings` the last pass dropped whole.
+    pub partitions_dropped: Vec<String>,
+    /// Partitions it could not detach in time (dropped by the next pass).
+    pub partitions_deferred: Vec<String>,
+    /// Partitions this replica dropped since it started.
+    pub partitions_dropped_total: u64,
+    /// Turns skipped because another replica was pruning.
+    pub turns_skipped_total: u64,
 }
 
 /// The disk budget's state, for `/v1/status` (`store.budget`).
@@ -113,12 +134,12 @@ impl RetentionState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut LastPass)) {
+    pub(super) fn update(&self, f: impl FnOnce(&mut LastPass)) {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -278,6 +299,6 @@ fn log_budget_pass(pass: &BudgetPass, was_holding: &mut bool) {
     }
 }
 
-fn round_ms(d: Duration) -> Duration {
+pub(super) fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }

@@ -1,0 +1,373 @@
+//! Retention on a PostgreSQL hub (`pg/src/retention.rs`): readings months in the past
+//! pruned by age with the embedded store's rule — whole month partitions dropped, the
+//! default partition pruned by delete, a per-series rule keeping longer, rollups kept past
+//! their raw readings and pruned by their own age — while the change log still serves every
+//! change and the hub shows the digest of a SQLite replica that pruned the same changes
+//! under the same policy. One pass at a time across replicas, and applies meanwhile.
+
+use super::*;
+
+const DAY: i64 = 86_400_000;
+
+/// What the tests prune with: raw readings 90 days (`keep.*` forever), rollups 400 days.
+fn policy() -> RetentionPolicy {
+    RetentionPolicy {
+        readings_max_age_ms: Some(90 * DAY as u64),
+        series: vec![SeriesRetention {
+            pattern: "keep.*".into(),
+            max_age_ms: None,
+        }],
+        rollups_max_age_ms: Some(400 * DAY as u64),
+        ..RetentionPolicy::default()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `n` readings of `series` one second apart from `from`, as one change.
+async fn readings(s: &Store, series: &str, from: i64, n: i64) {
+    let mut b = ReadingBatch::new();
+    for i in 0..n {
+        b.push(series, from + i * 1000, (i % 17) as f64 + 0.25, Some("°C"));
+    }
+    s.append(b).await.unwrap();
+}
+
+/// A device with readings months in the past: `gh.temp` 500, 200, 150 and 20 days ago
+/// (several batches), `keep.me` 200 days ago (the month of which must stay), one change
+/// holding both series, a batch straddling the 90-day cutoff (kept whole), and a reading
+/// of 1970 (default partition).
+async fn history(s: &Store, now: i64) {
+    for days in [500, 200, 150, 20] {
+        for k in 0..3 {
+            readings(s, "gh.temp", now - days * DAY + k * 600_000, 250).await;
+        }
+    }
+    readings(s, "keep.me", now - 200 * DAY + 3_600_000, 120).await;
+    let mut b = ReadingBatch::new();
+    b.push("gh.temp", now - 95 * DAY, 1.0, None);
+    b.push("gh.temp", now - 85 * DAY, 2.0, None);
+    s.append(b).await.unwrap();
+    let mut b = ReadingBatch::new();
+    b.push("gh.temp", now - 200 * DAY + 7_200_000, 3.0, None);
+    b.push("keep.me", now - 200 * DAY + 7_200_000, 4.0, None);
+    s.append(b).await.unwrap();
+    let mut b = ReadingBatch::new();
+    b.push("gh.temp", 65_000, 5.0, None);
+    s.append(b).await.unwrap();
+}
+
+/// The partition holding the readings of `series` at `ts`.
+async fn partition_of(db: &TestDb, series: &str, ts: i64) -> String {
+    let sql = format!(
+        "SELECT c.relname::text FROM {s}.readings r JOIN {s}.series x ON x.id = r.series_id \
+         JOIN pg_class c ON c.oid = r.tableoid WHERE x.name = $1 AND r.ts = $2 LIMIT 1",
+        s = db.schema
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(series)
+        .bind(ts)
+        .fetch_one(&db.admin)
+        .await
+        .unwrap()
+}
+
+/// The attached partitions of the hub's `readings`.
+async fn partitions(db: &TestDb) -> Vec<String> {
+    let sql = format!(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = '{}.readings'::regclass ORDER BY 1",
+        db.schema
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&db.admin)
+        .await
+        .unwrap()
+}
+
+/// Raw readings of `series` held in `[from, to)`.
+async fn raw(db: &TestDb, series: &str, from: i64, to: i64) -> i64 {
+    let sql = format!(
+        "SELECT count(*) FROM {s}.readings r JOIN {s}.series x ON x.id = r.series_id \
+         WHERE x.name = $1 AND r.ts >= $2 AND r.ts < $3",
+        s = db.schema
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(series)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&db.admin)
+        .await
+        .unwrap()
+}
+
+/// Every change `log` serves, from nothing; asserts each actor's seqs are 1..=max.
+async fn all_changes(log: &impl ChangeLog) -> Vec<Change> {
+    let changes: Vec<Change> = pages_for(log, &VersionVector::new(), 1 << 16)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let vector = log.version_vector().await.unwrap();
+    for (actor, max) in vector.iter() {
+        let seqs: Vec<u64> = changes
+            .iter()
+            .filter(|c| c.actor == actor)
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, (1..=max).collect::<Vec<_>>(), "dense log of {actor}");
+    }
+    changes
+}
+
+#[tokio::test]
+async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
+    let Some(db) = TestDb::new("retention").await else {
+        return;
+    };
+    let now = now_ms();
+    let cutoff = readings_cutoff(&policy(), "gh.temp", now).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(&dir, "device.db").await;
+    history(&device, now).await;
+    let hub = db.replica().await;
+    let replica = super::device(&dir, "replica.db").await;
+    sync(&device, &hub, 4_000).await;
+    sync(&device, &replica, 1 << 20).await;
+    let served_before = all_changes(&hub).await.len();
+
+    let p500 = partition_of(&db, "gh.temp", now - 500 * DAY).await;
+    let p200 = partition_of(&db, "keep.me", now - 200 * DAY + 3_600_000).await;
+    let p150 = partition_of(&db, "gh.temp", now - 150 * DAY).await;
+    let p20 = partition_of(&db, "gh.temp", now - 20 * DAY).await;
+    assert_eq!(
+        partition_of(&db, "gh.temp", 65_000).await,
+        "readings_default"
+    );
+    for p in [&p500, &p200, &p150, &p20] {
+        assert_ne!(
+            p, "readings_default",
+            "months near the present get partitions"
+        );
+    }
+    let agg = |from: i64, to: i64| AggregateQuery {
+        series: "gh.temp".into(),
+        from,
+        to,
+        bucket_ms: DAY,
+    };
+    let before = hub
+        .aggregate(&agg(now - 210 * DAY, now - 140 * DAY))
+        .await
+        .unwrap();
+
+    let sqlite = replica.prune(&policy(), now, 100).await.unwrap();
+    let pass = hub.prune(&policy(), now, 100).await.unwrap();
+    assert!(pass.ran);
+    assert_eq!(
+        pass.pruned.readings, sqlite.readings,
+        "{pass:?} vs {sqlite:?}"
+    );
+    assert_eq!(pass.pruned.units, sqlite.units);
+    assert_eq!(pass.pruned.readings, 3 * 250 * 3 + 1 + 1, "{pass:?}");
+    assert!(pass.pruned.steps > 3, "small transactions: {pass:?}");
+
+    // Whole months older than the cutoff went as partitions; the month a keep.* series
+    // has rows in stayed (its gh.temp rows deleted); the present months stayed.
+    let attached = partitions(&db).await;
+    for gone in [&p500, &p150] {
+        assert!(!attached.contains(gone), "{gone} dropped: {attached:?}");
+        assert!(pass.partitions_dropped.contains(gone), "{pass:?}");
+    }
+    for kept in [&p200, &p20] {
+        assert!(attached.contains(kept), "{kept} kept: {attached:?}");
+    }
+    assert!(attached.contains(&"readings_default".to_string()));
+    assert_eq!(raw(&db, "gh.temp", i64::MIN, now - 95 * DAY).await, 0);
+    assert_eq!(raw(&db, "keep.me", i64::MIN, i64::MAX).await, 121);
+    // The batch straddling the cutoff stays whole; younger readings stay.
+    assert_eq!(raw(&db, "gh.temp", now - 95 * DAY, cutoff).await, 1);
+    assert_eq!(raw(&db, "gh.temp", cutoff, i64::MAX).await, 3 * 250 + 1);
+
+    // Rollups answer over the pruned range, as SQLite's do; those older than 400 days went.
+    let after = hub
+        .aggregate(&agg(now - 210 * DAY, now - 140 * DAY))
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(
+        after,
+        replica
+            .aggregate(&agg(now - 210 * DAY, now - 140 * DAY))
+            .await
+            .unwrap()
+    );
+    assert!(after.iter().map(|b| b.count).sum::<u64>() >= 3 * 250 * 2);
+    assert!(
+        hub.aggregate(&agg(now - 510 * DAY, now - 490 * DAY))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(pass.pruned.rollups > 0);
+    assert_eq!(pass.pruned.rollups, sqlite.rollups);
+
+    // Every change is still served, vectors dense; the same digest as the SQLite replica
+    // and as recomputed from what is served.
+    let served = all_changes(&hub).await;
+    assert_eq!(served.len(), served_before);
+    assert_eq!(hub.digest().await.unwrap(), replica.digest());
+    assert_eq!(hub.verify_digest().await.unwrap(), replica.digest());
+    assert_eq!(
+        served,
+        all_changes(&replica).await,
+        "served as SQLite serves them"
+    );
+
+    // A device learning from the pruned hub checks every seal and agrees.
+    let late = super::device(&dir, "late.db").await;
+    sync(&hub, &late, 3_000).await;
+    assert_eq!(late.digest(), hub.digest().await.unwrap());
+    late.prune(&policy(), now, 100).await.unwrap();
+    assert_eq!(late.digest(), hub.digest().await.unwrap());
+
+    // A second pass finds nothing; the hub still agrees.
+    let again = hub.prune(&policy(), now, 100).await.unwrap();
+    assert_eq!(
+        (again.pruned.readings, again.pruned.units),
+        (0, 0),
+        "{again:?}"
+    );
+    assert!(again.partitions_dropped.is_empty());
+    assert_eq!(hub.verify_digest().await.unwrap(), replica.digest());
+
+    hub.close().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn one_replica_prunes_at_a_time_and_applies_go_on_meanwhile() {
+    let Some(db) = TestDb::new("retention_replicas").await else {
+        return;
+    };
+    let now = now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(&dir, "device.db").await;
+    history(&device, now).await;
+    let (r1, r2) = (db.replica().await, db.replica().await);
+    sync(&device, &r1, 1 << 20).await;
+
+    // While the lock is held elsewhere, a pass does nothing.
+    let mut holder = db.admin.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_advisory_xact_lock(hashtext('{}' || '/kdelta/retention'))",
+        db.schema
+    )))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let skipped = r2.prune(&policy(), now, 100).await.unwrap();
+    assert!(!skipped.ran);
+    assert_eq!(skipped.pruned, PruneReport::default());
+    holder.rollback().await.unwrap();
+
+    // A second device syncs old and new readings through r2 while both replicas prune.
+    let other = super::device(&dir, "other.db").await;
+    history(&other, now).await;
+    let mut b = ReadingBatch::new();
+    for i in 0..500 {
+        b.push("live.x", now - 1_000 * i, i as f64, None);
+    }
+    other.append(b).await.unwrap();
+    let ingest = async {
+        for page in pages_for(&other, &VersionVector::new(), 3_000).await {
+            r2.apply_remote(page).await.unwrap();
+        }
+    };
+    let policy = policy();
+    let (a, b, ()) = tokio::join!(
+        r1.prune(&policy, now, 100),
+        r2.prune(&policy, now, 100),
+        ingest
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.ran || b.ran);
+    // What a pass missed (readings that arrived after it looked), the next one takes.
+    let last = r1.prune(&policy, now, 100).await.unwrap();
+
+    // A SQLite replica holding the same changes under the same policy: same digest, and
+    // each unit pruned once in all (no unit counted by two passes).
+    let reference = super::device(&dir, "reference.db").await;
+    sync(&device, &reference, 1 << 20).await;
+    sync(&other, &reference, 1 << 20).await;
+    let want = reference.prune(&policy, now, 100).await.unwrap();
+    let units = a.pruned.units + b.pruned.units + last.pruned.units;
+    assert_eq!(units, want.units, "{a:?} {b:?} {last:?} {want:?}");
+    assert_eq!(
+        a.pruned.readings + b.pruned.readings + last.pruned.readings,
+        want.readings
+    );
+    assert_eq!(r1.digest().await.unwrap(), reference.digest());
+    assert_eq!(r2.verify_digest().await.unwrap(), reference.digest());
+    assert_eq!(
+        all_changes(&r2).await.len(),
+        all_changes(&reference).await.len()
+    );
+    assert_eq!(raw(&db, "live.x", now - 600_000, now + 1).await, 500);
+
+    r1.close().await;
+    r2.close().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_pass_that_stopped_after_detaching_is_finished_by_the_next() {
+    let Some(db) = TestDb::new("retention_detached").await else {
+        return;
+    };
+    let now = now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(&dir, "device.db").await;
+    history(&device, now).await;
+    let hub = db.replica().await;
+    sync(&device, &hub, 1 << 20).await;
+    let p200 = partition_of(&db, "keep.me", now - 200 * DAY + 3_600_000).await;
+    // A pass that stopped right after the detach: the table is out of `readings`, its
+    // rows (units not pruned yet, and keep.me's, which stay) still in it.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {s}.readings DETACH PARTITION {s}.{p200}",
+        s = db.schema
+    )))
+    .execute(&db.admin)
+    .await
+    .unwrap();
+    let pass = hub.prune(&policy(), now, 100).await.unwrap();
+    let exists: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT to_regclass('{}.{p200}')::text",
+        db.schema
+    )))
+    .fetch_one(&db.admin)
+    .await
+    .unwrap();
+    assert_eq!(exists, None, "{pass:?}");
+    // Its live units went back into `readings` first and were pruned there: nothing lost,
+    // nothing held twice, the same digest as SQLite.
+    let replica = super::device(&dir, "replica.db").await;
+    sync(&device, &replica, 1 << 20).await;
+    let want = replica.prune(&policy(), now, 100).await.unwrap();
+    hub.prune(&policy(), now, 100).await.unwrap();
+    assert_eq!(hub.digest().await.unwrap(), replica.digest(), "{want:?}");
+    assert_eq!(hub.verify_digest().await.unwrap(), replica.digest());
+    assert_eq!(
+        raw(&db, "keep.me", i64::MIN, i64::MAX).await,
+        121,
+        "keep.me of the detached month came back"
+    );
+    hub.close().await;
+    db.drop().await;
+}
