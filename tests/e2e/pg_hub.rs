@@ -607,3 +607,70 @@ async fn bench_fleet_counts_what_the_devices_wrote_through_one_and_two_replicas(
         "a phase's schema was left"
     );
 }
+
+/// A replica with `[retention]` prunes what it received from a device by age, one pass per
+/// `every`: the old series' readings are gone from its queries, the recent ones stay, its
+/// status counts the pass, and the device (without retention) still holds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_prunes_readings_older_than_its_retention() {
+    let Some(db) = TestDb::new("a_replica_prunes_readings").await else {
+        return;
+    };
+    let c = client();
+    let config = format!(
+        "{}[retention]\nreadings = \"30d\"\nevery = \"1s\"\n",
+        replica_config(&db.url(), 1)
+    );
+    let replica = Agent::builder().config(&config).start();
+    let device = Node::with_config(&device_config(replica.url(), 0)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (series, from) in [
+        ("old.temp", now - 100 * 86_400_000),
+        ("new.temp", now - 3_600_000),
+    ] {
+        let ts: Vec<i64> = (0..10).map(|i| from + i * 1_000).collect();
+        let values: Vec<f64> = (0..10).map(|i| 20.0 + f64::from(i)).collect();
+        let body = serde_json::json!({"series": [{"name": series, "ts": ts, "values": values}]});
+        let r = c
+            .post(device.at("/v1/readings"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    }
+    let readings_of = |agent: String, series: &'static str| {
+        let c = c.clone();
+        async move {
+            let url = format!("{agent}/v1/readings?series={series}&from=0&to=99999999999999");
+            let (s, page) = get_json(&c, &url).await;
+            assert_eq!(s, 200, "{url}: {page}");
+            page["readings"].as_array().map_or(0, Vec::len)
+        }
+    };
+    eventually(
+        HEAL_DEADLINE,
+        "the replica to prune the old series' readings",
+        || async {
+            let (_, status) = get_json(&c, &replica.at("/v1/status")).await;
+            let pruned = status["store"]["retention"]["total"]["readings"].as_u64();
+            (pruned == Some(10)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(readings_of(replica.at(""), "old.temp").await, 0);
+    assert_eq!(readings_of(replica.at(""), "new.temp").await, 10);
+    assert_eq!(readings_of(device.at(""), "old.temp").await, 10);
+    // The pruned change is still a change: the database keeps both of the device's.
+    let (_, r) = get_json(&c, &replica.at("/v1/status")).await;
+    assert_eq!(r["store"]["retention"]["hub"]["ran"], true, "{r}");
+    assert_eq!(db.count("changes").await, 2);
+    assert_eq!(db.count("readings").await, 10);
+    device.stop().await;
+    drop(replica);
+    db.drop_schema().await;
+}
