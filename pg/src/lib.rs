@@ -39,6 +39,7 @@
 
 mod apply;
 mod codec;
+mod docs;
 mod error;
 mod feed;
 pub mod partitions;
