@@ -16,6 +16,7 @@
 //! [`crate::section`].
 
 mod config;
+mod docs;
 #[cfg(feature = "postgres")]
 mod pg;
 mod readings;
