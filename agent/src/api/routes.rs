@@ -248,7 +248,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postgres_hub_serves_health_status_sync_and_readings_queries_only() {
+    fn a_postgres_hub_serves_health_status_sync_readings_queries_and_documents_only() {
         let documented: HashSet<(String, &str)> = routes()
             .iter()
             .map(|(method, path, _)| (method.to_string(), *path))
@@ -271,7 +271,18 @@ mod tests {
             assert!(serves(pg, &Method::GET, path), "{path}");
         }
         for (method, path) in [
+            (Method::GET, "/v1/docs"),
+            (Method::POST, "/v1/docs"),
             (Method::GET, "/v1/docs/{key}"),
+            (Method::PUT, "/v1/docs/{key}"),
+            (Method::DELETE, "/v1/docs/{key}"),
+            (Method::GET, "/v1/docs/{key}/history"),
+        ] {
+            assert!(serves(pg, &method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/v1/twins/{key}"),
+            (Method::PATCH, "/v1/twins/{key}"),
             (Method::POST, "/v1/readings"),
             (Method::GET, "/v1/readings/timing"),
             (Method::GET, "/v1/readings/gaps"),
