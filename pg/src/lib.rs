@@ -17,8 +17,11 @@
 //! ([`PgStore::listen`], LISTEN/NOTIFY). Readings have per-minute rollups, recomputed from
 //! the readings in the apply transaction, and the API's readings queries
 //! ([`PgStore::series_page`], [`PgStore::range`], [`PgStore::aggregate`],
-//! [`PgStore::latest`]) answer as the embedded store's do. Not yet: documents, twins,
-//! retention — see `docs/hub.md`.
+//! [`PgStore::latest`]) answer as the embedded store's do, and so do the document reads
+//! ([`PgStore::get`], [`PgStore::siblings`], [`PgStore::history`], [`PgStore::get_as_of`],
+//! [`PgStore::diff`], [`PgStore::list`]); the hub writes documents as its own actor
+//! ([`PgStore::put`], [`PgStore::delete`], [`PgStore::write_batch`]). Not yet: twin reads
+//! and writes, retention — see `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
