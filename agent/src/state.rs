@@ -69,8 +69,8 @@ impl Agent {
 }
 
 impl AgentInner {
-    /// The SQLite store, for what only it serves (documents, twins, readings ingest,
-    /// backups); on a PostgreSQL hub the error answers `501 not_on_this_backend`.
+    /// The SQLite store, for what only it serves (twins, readings ingest, backups); on a
+    /// PostgreSQL hub the error answers `501 not_on_this_backend`.
     pub fn sqlite(&self) -> Result<&Store, NotOnThisBackend> {
         self.backend.sqlite().ok_or_else(|| NotOnThisBackend {
             what: "this request".to_owned(),

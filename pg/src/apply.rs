@@ -23,6 +23,7 @@ use kdelta_sync::{
 };
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::docs::{Resolve, resolve_contexts};
 use crate::error::{PgError, Result};
 use crate::partitions::month_of;
 use crate::rollups::{Touched, recompute as recompute_rollups};
@@ -169,21 +170,34 @@ impl PgStore {
             .partitions
             .ensure(&self.inner.pool, fill_months(months), now)
             .await?;
-        let mut change = Change {
+        self.write_own(ChangeBody::Readings(batch), None).await
+    }
+
+    /// Writes `body` (validated by the caller) as a change of the hub's own actor: seq,
+    /// HLC and seal are issued in the transaction that holds the hub actor's lock, and a
+    /// document body's contexts resolved there (`resolve`, `docs.rs`). Returns the change
+    /// as stored; durable on return.
+    pub(crate) async fn write_own(
+        &self,
+        body: ChangeBody,
+        resolve: Option<&Resolve>,
+    ) -> Result<Change> {
+        let change = Change {
             actor: self.inner.actor,
             seq: 0,
             hlc: Hlc(0),
-            body: ChangeBody::Readings(batch),
+            body,
             // Sealed in `apply_once`, under the hub actor's lock, with the key its replicas
             // share (`meta`).
             seal: None,
         };
         let mut attempt = 0;
-        let (seq, hlc, seal) = loop {
+        let stored = loop {
             // Never behind what this replica issued or observed, nor its best trusted time.
             let floor = self.clock().now();
+            let local = Local { floor, resolve };
             match self
-                .apply_once(std::slice::from_ref(&change), Some(floor), false)
+                .apply_once(std::slice::from_ref(&change), Some(local), false)
                 .await
             {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
@@ -198,32 +212,33 @@ impl PgStore {
                 }
             }
         };
-        let _ = self.clock().observe(hlc);
-        change.seq = seq;
-        change.hlc = hlc;
-        change.seal = seal;
-        Ok(change)
+        let _ = self.clock().observe(stored.hlc);
+        Ok(stored)
     }
 
-    /// One attempt: lock the actors, check, write, commit. With `local` (an HLC floor),
-    /// `changes` is one change of the hub's own actor whose seq, HLC and seal are assigned
-    /// here and returned.
-    #[allow(clippy::type_complexity)]
+    /// One attempt: lock the actors, check, write, commit. With `local`, `changes` is one
+    /// change of the hub's own actor whose seq, HLC, seal (and document contexts) are
+    /// assigned here; the change as stored is returned.
     async fn apply_once(
         &self,
         changes: &[Change],
-        local: Option<Hlc>,
+        local: Option<Local<'_>>,
         partial: bool,
-    ) -> Result<(ApplyOutcome, ChainReport, Option<(u64, Hlc, Option<Seal>)>)> {
+    ) -> Result<(ApplyOutcome, ChainReport, Option<Change>)> {
         let mut tx = self.inner.pool.begin().await.map_err(PgError::db(CTX))?;
         let mut actors = lock_actors(&mut tx, &unique_actors(changes)).await?;
         let stamped;
-        let changes = match local {
-            Some(floor) => {
+        let changes = match &local {
+            Some(local) => {
                 let mut c = changes[0].clone();
+                if let Some(resolve) = local.resolve {
+                    // After the lock: every earlier write of the hub is visible.
+                    resolve_contexts(&mut tx, &mut c.body, resolve, &self.inner.config.limits)
+                        .await?;
+                }
                 let row = &actors[&c.actor];
                 c.seq = row.max_seq + 1;
-                c.hlc = stamp(&mut tx, floor).await?;
+                c.hlc = stamp(&mut tx, local.floor).await?;
                 c.seal = Some(self.seal_own(&c, row.head));
                 stamped = [c];
                 &stamped[..]
@@ -248,7 +263,7 @@ impl PgStore {
         };
         let admission = {
             let clock = self.clock();
-            admit_remote(changes, &held, rules, |c| match local {
+            admit_remote(changes, &held, rules, |c| match &local {
                 Some(_) => Ok(()),
                 None => clock.check(c.hlc),
             })?
@@ -319,7 +334,7 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(PgError::db("committing a page of changes"))?;
-        let stamped = local.map(|_| (fresh[0].seq, fresh[0].hlc, fresh[0].seal.clone()));
+        let stamped = local.map(|_| fresh[0].clone());
         let outcome = ApplyOutcome {
             applied: fresh.len(),
             skipped,
@@ -341,6 +356,14 @@ impl PgStore {
             pruned: Vec::new(),
         }
     }
+}
+
+/// A change of the hub's own actor, stamped in its transaction.
+struct Local<'a> {
+    /// The lowest HLC it may get (this replica's clock).
+    floor: Hlc,
+    /// How a document body's contexts are resolved; `None` for other bodies.
+    resolve: Option<&'a Resolve>,
 }
 
 /// A few milliseconds of jitter so two replicas that conflicted do not retry in step.

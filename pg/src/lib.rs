@@ -17,10 +17,13 @@
 //! ([`PgStore::listen`], LISTEN/NOTIFY). Readings have per-minute rollups, recomputed from
 //! the readings in the apply transaction, and the API's readings queries
 //! ([`PgStore::series_page`], [`PgStore::range`], [`PgStore::aggregate`],
-//! [`PgStore::latest`]) answer as the embedded store's do. Retention ([`PgStore::prune`])
-//! prunes raw readings by age — dropping whole month partitions where it can — and rollups
-//! by a longer age, with the embedded store's rule and digest. Not yet: documents and twins
-//! queries, document history retention — see `docs/hub.md`.
+//! [`PgStore::latest`]) answer as the embedded store's do, and so do the document reads
+//! ([`PgStore::get`], [`PgStore::siblings`], [`PgStore::history`], [`PgStore::get_as_of`],
+//! [`PgStore::diff`], [`PgStore::list`]); the hub writes documents as its own actor
+//! ([`PgStore::put`], [`PgStore::delete`], [`PgStore::write_batch`]). Retention
+//! ([`PgStore::prune`]) prunes raw readings by age — dropping whole month partitions where
+//! it can — and rollups by a longer age, with the embedded store's rule and digest. Not yet:
+//! twin reads and writes, document history retention — see `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -41,6 +44,7 @@
 
 mod apply;
 mod codec;
+mod docs;
 mod error;
 mod feed;
 pub mod partitions;

@@ -9,9 +9,10 @@
 //! seqs and clock are shared by its replicas; a newer schema, an unreachable server and
 //! refused credentials fail with errors that name them; the store's convergence property
 //! (random delivery, duplicates, partitions) holds with a PostgreSQL hub; real sync
-//! sessions run between devices and hub replicas (`pg_hub/sessions.rs`); and the readings
-//! rollups and queries answer as SQLite's (`pg_hub/readings.rs`); retention prunes as
-//! SQLite's does and keeps the digest equal (`pg_hub/retention.rs`).
+//! sessions run between devices and hub replicas (`pg_hub/sessions.rs`); the readings
+//! rollups and queries answer as SQLite's (`pg_hub/readings.rs`); so do the document reads
+//! and the hub's document writes (`pg_hub/docs.rs`); retention prunes as SQLite's does and
+//! keeps the digest equal (`pg_hub/retention.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,6 +23,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
+#[path = "pg_hub/docs.rs"]
+mod docs;
 #[path = "pg_hub/readings.rs"]
 mod readings;
 #[path = "pg_hub/retention.rs"]

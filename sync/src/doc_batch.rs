@@ -60,6 +60,108 @@ fn check_count(n: usize, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// A key and value checked for a local write: the key is valid and the value's CBOR (the
+/// stored form, returned) is within `max_value_bytes` ([`StoreError::ValueTooLarge`]).
+/// What [`Store::put`] checks; a PostgreSQL hub checks the same.
+pub fn encode_doc_value(key: &str, value: &serde_json::Value, limits: &Limits) -> Result<Vec<u8>> {
+    validate_key(key)?;
+    let mut bytes = Vec::new();
+    ciborium::into_writer(value, &mut bytes).map_err(|e| StoreError::Decode {
+        what: "document value",
+        detail: e.to_string(),
+    })?;
+    if bytes.len() > limits.max_value_bytes {
+        return Err(StoreError::ValueTooLarge {
+            key: key.to_owned(),
+            size: bytes.len(),
+            max: limits.max_value_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The checks of a local batch before any context is resolved: 1 to `max_batch_docs`
+/// entries, valid keys and values, no key twice, the contexts given within bounds, and the
+/// change's encoded size within `max_change_bytes`. Returns the body (each write with its
+/// entry's context, or none yet) and its encoded size bound, to pass to
+/// [`check_resolved_size`] once the writer knows the contexts it fills in. What
+/// [`Store::write_batch`] checks; a PostgreSQL hub checks the same.
+pub fn prepare_batch(entries: &[BatchEntry], limits: &Limits) -> Result<(DocBatch, usize)> {
+    check_count(entries.len(), limits)?;
+    let mut writes = Vec::with_capacity(entries.len());
+    for (index, e) in entries.iter().enumerate() {
+        validate_key(&e.key).map_err(|err| err.at_entry(index))?;
+        let value = match &e.value {
+            Some(v) => {
+                let mut bytes = Vec::new();
+                ciborium::into_writer(v, &mut bytes).map_err(|err| {
+                    StoreError::Decode {
+                        what: "document value",
+                        detail: err.to_string(),
+                    }
+                    .at_entry(index)
+                })?;
+                Some(bytes)
+            }
+            None => None,
+        };
+        writes.push(DocWrite {
+            key: e.key.clone(),
+            value,
+            context: e.context.clone().unwrap_or_default(),
+            pruned: false,
+        });
+    }
+    let body = DocBatch { writes };
+    body.validate(limits)?;
+    // Exact size of the body as given (contexts the writer fills in are added there), so
+    // a batch a peer would refuse to decode is never written.
+    let mut encoded = Vec::new();
+    ciborium::into_writer(&body, &mut encoded).expect("encoding a batch into memory");
+    let encoded_bytes = encoded.len() + 64 + crate::seal::SEAL_MAX_BYTES;
+    if encoded_bytes > limits.max_change_bytes {
+        return Err(StoreError::InvalidDocBatch(format!(
+            "the batch encodes to {encoded_bytes} bytes, over the limit of {} per change; split it",
+            limits.max_change_bytes
+        )));
+    }
+    Ok((body, encoded_bytes))
+}
+
+/// The size check of a local batch once its writer resolved the contexts not given:
+/// `encoded_bytes` from [`prepare_batch`] plus `resolved_dots` dots must stay within
+/// `max_change_bytes` ([`StoreError::InvalidDocBatch`]).
+pub fn check_resolved_size(
+    encoded_bytes: usize,
+    resolved_dots: usize,
+    limits: &Limits,
+) -> Result<()> {
+    let size = encoded_bytes + resolved_dots * MAX_DOT_CBOR_BYTES;
+    if size > limits.max_change_bytes {
+        return Err(StoreError::InvalidDocBatch(format!(
+            "with the siblings it resolves, the batch may encode to {size} bytes, over the limit of {} per change; split it",
+            limits.max_change_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// The refusal of a batch entry whose context names `dot`, which is not a version of `key`.
+pub fn not_a_version(dot: Dot, key: &str) -> StoreError {
+    StoreError::InvalidDocBatch(format!(
+        "context names {}:{}, which is not a version of {:?}",
+        dot.actor, dot.seq, key
+    ))
+}
+
+/// The refusal of a document write to `key`, which holds a twin (merge document).
+pub fn twin_not_document(key: &str) -> StoreError {
+    StoreError::WrongKind {
+        key: key.to_owned(),
+        problem: "is a twin (merge document); change it with a twin patch",
+    }
+}
+
 /// One write of [`Store::write_batch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchEntry {
@@ -107,45 +209,7 @@ impl Store {
     /// `max_change_bytes` refuses the whole batch ([`StoreError::BatchEntry`] names the entry)
     /// and stores nothing. Returns the new versions in entry order once durable.
     pub async fn write_batch(&self, entries: Vec<BatchEntry>) -> Result<Vec<DocVersion>> {
-        let limits = &self.inner.config.limits;
-        check_count(entries.len(), limits)?;
-        let mut writes = Vec::with_capacity(entries.len());
-        for (index, e) in entries.iter().enumerate() {
-            validate_key(&e.key).map_err(|err| err.at_entry(index))?;
-            let value = match &e.value {
-                Some(v) => {
-                    let mut bytes = Vec::new();
-                    ciborium::into_writer(v, &mut bytes).map_err(|err| {
-                        StoreError::Decode {
-                            what: "document value",
-                            detail: err.to_string(),
-                        }
-                        .at_entry(index)
-                    })?;
-                    Some(bytes)
-                }
-                None => None,
-            };
-            writes.push(DocWrite {
-                key: e.key.clone(),
-                value,
-                context: e.context.clone().unwrap_or_default(),
-                pruned: false,
-            });
-        }
-        let body = DocBatch { writes };
-        body.validate(limits)?;
-        // Exact size of the body as given (contexts the writer fills in are added there), so
-        // a batch a peer would refuse to decode is never written.
-        let mut encoded = Vec::new();
-        ciborium::into_writer(&body, &mut encoded).expect("encoding a batch into memory");
-        let encoded_bytes = encoded.len() + 64 + crate::seal::SEAL_MAX_BYTES;
-        if encoded_bytes > limits.max_change_bytes {
-            return Err(StoreError::InvalidDocBatch(format!(
-                "the batch encodes to {encoded_bytes} bytes, over the limit of {} per change; split it",
-                limits.max_change_bytes
-            )));
-        }
+        let (body, encoded_bytes) = prepare_batch(&entries, &self.inner.config.limits)?;
         let jobs: Vec<LocalDocWrite> = body
             .writes
             .into_iter()

@@ -29,10 +29,16 @@ fn decode_value(key: &str, bytes: &[u8]) -> Result<serde_json::Value> {
     })
 }
 
-/// A version row as read: (actor, seq, hlc, value, context, pruned).
-type RawVersion = (Vec<u8>, i64, i64, Option<Vec<u8>>, Vec<u8>, bool);
+/// A document version row as both backends store it: (actor id bytes, seq, HLC, value as
+/// CBOR or `None` for a tombstone or a pruned version, context as CBOR, pruned).
+pub type StoredVersion = (Vec<u8>, i64, i64, Option<Vec<u8>>, Vec<u8>, bool);
 
-fn version_of(key: &str, (actor, seq, hlc, value, ctx, pruned): RawVersion) -> Result<DocVersion> {
+/// Decodes a stored version row of `key`; [`StoreError::Decode`] on a bad actor id, value
+/// or context.
+pub fn decode_version(
+    key: &str,
+    (actor, seq, hlc, value, ctx, pruned): StoredVersion,
+) -> Result<DocVersion> {
     let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
         what: "stored actor id",
         detail: "not 16 bytes".into(),
@@ -61,7 +67,7 @@ fn versions(
     params: impl rusqlite::Params,
     what: &'static str,
 ) -> Result<Vec<DocVersion>> {
-    let raw: Vec<RawVersion> = conn
+    let raw: Vec<StoredVersion> = conn
         .prepare_cached(sql)
         .and_then(|mut st| {
             st.query_map(params, |r| {
@@ -77,11 +83,12 @@ fn versions(
             .collect()
         })
         .map_err(StoreError::db(what))?;
-    raw.into_iter().map(|r| version_of(key, r)).collect()
+    raw.into_iter().map(|r| decode_version(key, r)).collect()
 }
 
-/// Winner among siblings: highest HLC, then highest actor.
-fn state_of(mut heads: Vec<DocVersion>) -> Option<DocState> {
+/// The state of a key from its heads (any order): the winner — highest HLC, then highest
+/// actor — and the number of siblings; `None` without heads.
+pub fn doc_state(mut heads: Vec<DocVersion>) -> Option<DocState> {
     heads.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
     let siblings = heads.len();
     heads
@@ -90,8 +97,10 @@ fn state_of(mut heads: Vec<DocVersion>) -> Option<DocState> {
         .map(|winner| DocState { winner, siblings })
 }
 
-/// Heads among `versions` (any order): those no other version in the set supersedes.
-fn heads_of(versions: Vec<DocVersion>) -> Vec<DocVersion> {
+/// Heads among `versions` (any order): those no other version in the set supersedes. Given
+/// every version stamped at or before a point, the heads at that point (a superseding
+/// version always has a higher HLC, so the set is causally closed).
+pub fn doc_heads(versions: Vec<DocVersion>) -> Vec<DocVersion> {
     let superseded: HashSet<Dot> = versions
         .iter()
         .flat_map(|v| v.supersedes.iter().copied())
@@ -143,7 +152,7 @@ fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocSt
         params![id, at.bound().0 as i64],
         "reading document history",
     )?;
-    let state = state_of(heads_of(found));
+    let state = doc_state(doc_heads(found));
     if state.as_ref().is_some_and(|s| s.winner.pruned) {
         return Err(StoreError::HistoryPruned {
             key: key.to_owned(),
@@ -224,7 +233,7 @@ fn list_step(
 }
 
 /// Head rows of one key: (actor, seq, hlc, value, context, pruned).
-type HeadRows = Vec<RawVersion>;
+type HeadRows = Vec<StoredVersion>;
 
 /// The heads of the next page of keys (the same key window as `list_step`'s), by key id.
 fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i64, HeadRows>> {
@@ -253,11 +262,11 @@ fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i
     Ok(out)
 }
 
-/// The live state of a key from its head rows: `None` when the winner is a tombstone. Only
-/// the winner's value is decoded.
-fn live_state(key: &str, mut heads: HeadRows) -> Result<Option<DocState>> {
+/// The live state of a key from its current head rows: `None` when the winner is a
+/// tombstone (or there are no heads). Only the winner's value is decoded.
+pub fn live_state(key: &str, mut heads: Vec<StoredVersion>) -> Result<Option<DocState>> {
     let siblings = heads.len();
-    // Winner: highest HLC, then highest actor (as `state_of`).
+    // Winner: highest HLC, then highest actor (as `doc_state`).
     heads.sort_by(|a, b| (b.2, &b.0).cmp(&(a.2, &a.0)));
     let Some(winner) = heads.into_iter().next() else {
         return Ok(None);
@@ -266,7 +275,7 @@ fn live_state(key: &str, mut heads: HeadRows) -> Result<Option<DocState>> {
         return Ok(None);
     }
     Ok(Some(DocState {
-        winner: version_of(key, winner)?,
+        winner: decode_version(key, winner)?,
         siblings,
     }))
 }
@@ -287,7 +296,7 @@ impl Store {
     /// The current state of `key`: the winning version (possibly a tombstone) and the number
     /// of siblings. `None` when the key was never written.
     pub async fn get(&self, key: &str) -> Result<Option<DocState>> {
-        Ok(state_of(self.siblings(key).await?))
+        Ok(doc_state(self.siblings(key).await?))
     }
 
     /// The state of `key` as it was at `at`. `None` when the key was never written;

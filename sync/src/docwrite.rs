@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::digest::{doc_hash, doc_pruned_hash};
-use crate::doc_batch::MAX_DOT_CBOR_BYTES;
+use crate::doc_batch::{check_resolved_size, not_a_version, twin_not_document};
 use crate::seal;
 use crate::stored_cbor;
 use crate::writer::{LocalDocWrite, Writer};
@@ -149,20 +149,15 @@ impl Writer {
         encoded_bytes: usize,
     ) -> Result<(ChangeMeta, Vec<Vec<Dot>>)> {
         let mut contexts = Vec::with_capacity(writes.len());
-        let mut size = encoded_bytes;
+        let mut resolved = 0;
         for (index, w) in writes.iter().enumerate() {
             let context = self.local_context(w).map_err(|e| e.at_entry(index))?;
             if w.context.is_none() {
-                size += context.len() * MAX_DOT_CBOR_BYTES;
+                resolved += context.len();
             }
             contexts.push(context);
         }
-        if size > self.limits.max_change_bytes {
-            return Err(StoreError::InvalidDocBatch(format!(
-                "with the siblings it resolves, the batch may encode to {size} bytes, over the limit of {} per change; split it",
-                self.limits.max_change_bytes
-            )));
-        }
+        check_resolved_size(encoded_bytes, resolved, &self.limits)?;
         let (seq, hlc) = self.next_local();
         let actor = self.actor;
         let entries = writes
@@ -250,19 +245,13 @@ impl Writer {
     /// of a key without a live value, as [`Store::delete`](crate::Store::delete) does.
     fn local_context(&mut self, w: &LocalDocWrite) -> Result<Vec<Dot>> {
         if self.is_twin(&w.key)? {
-            return Err(StoreError::WrongKind {
-                key: w.key.clone(),
-                problem: "is a twin (merge document); change it with a twin patch",
-            });
+            return Err(twin_not_document(&w.key));
         }
         let key_id = self.key_id(&w.key)?;
         if let Some(given) = &w.context {
             for dot in given {
                 if !self.is_version_of(key_id, *dot)? {
-                    return Err(StoreError::InvalidDocBatch(format!(
-                        "context names {}:{}, which is not a version of {:?}",
-                        dot.actor, dot.seq, w.key
-                    )));
+                    return Err(not_a_version(*dot, &w.key));
                 }
             }
             return Ok(given.clone());

@@ -216,7 +216,7 @@ impl StoreError {
     /// This error, as the problem of entry `index` of a batch. Kept as is when it already
     /// names an entry, or when it is not the caller's fault (a database failure is not an
     /// entry's problem).
-    pub(crate) fn at_entry(self, index: usize) -> StoreError {
+    pub fn at_entry(self, index: usize) -> StoreError {
         match self {
             e @ StoreError::BatchEntry { .. } => e,
             e if !e.is_client_error() => e,

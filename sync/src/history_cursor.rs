@@ -33,10 +33,11 @@ impl HistoryCursor {
         }
     }
 
-    /// SQL parameters for `hlc <= ?a AND (hlc < ?a OR actor < ?b)`; no cursor gives a bound
+    /// SQL parameters for `hlc <= ?a AND (hlc < ?a OR actor < ?b)` (actor compared as bytes,
+    /// as SQLite's BLOB and PostgreSQL's BYTEA do); no cursor gives a bound
     /// above every HLC. An empty actor blob sorts before every actor, which skips the whole
     /// millisecond tick when the cursor has no actor.
-    pub(crate) fn sql_bounds(cursor: Option<HistoryCursor>) -> (i64, Vec<u8>) {
+    pub fn sql_bounds(cursor: Option<HistoryCursor>) -> (i64, Vec<u8>) {
         match cursor {
             None => (i64::MAX, Vec::new()),
             Some(c) => (

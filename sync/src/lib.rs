@@ -115,9 +115,14 @@ pub use change::{
 };
 pub use change_log::ChangeLog;
 pub use digest::Digest;
-pub use doc_batch::{BatchEntry, DocBatch};
+pub use doc_batch::{
+    BatchEntry, DocBatch, check_resolved_size, encode_doc_value, not_a_version, prepare_batch,
+    twin_not_document,
+};
 pub use doc_retention::{DocRetention, DocRule, KeyRetention};
-pub use docs_query::MAX_HISTORY_PAGE;
+pub use docs_query::{
+    MAX_HISTORY_PAGE, StoredVersion, decode_version, doc_heads, doc_state, live_state,
+};
 pub use error::{Result, StoreError};
 pub use forks::{Fork, ForkCheck, HeldChange, change_kind};
 pub use gap::{GapEntry, GapReason, GapRecord, MAX_GAP_ENTRIES, StoredGap};

@@ -121,6 +121,15 @@ pub struct DocState {
     pub siblings: usize,
 }
 
+impl DocState {
+    /// True when a delete may be written: the key has a live value, or several siblings
+    /// (a delete resolves them). A key never written, or deleted without siblings, has
+    /// nothing to delete ([`StoreError::UnknownKey`](crate::StoreError::UnknownKey)).
+    pub fn is_deletable(&self) -> bool {
+        !self.winner.is_tombstone() || self.siblings > 1
+    }
+}
+
 /// One JSON-level difference between two versions of a document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocChange {
@@ -150,8 +159,9 @@ pub struct DocDiff {
 }
 
 impl DocDiff {
-    /// The diff of `key` between the values `from` and `to`.
-    pub(crate) fn between(
+    /// The diff of `key` between the values `from` and `to` (each backend reads the two
+    /// values; the comparison is this one).
+    pub fn between(
         key: &str,
         from: Option<serde_json::Value>,
         to: Option<serde_json::Value>,

@@ -311,20 +311,7 @@ impl Store {
     /// Writes a new version of `key`. The version supersedes every sibling this store holds
     /// for the key. Durable on return.
     pub async fn put(&self, key: &str, value: &serde_json::Value) -> Result<DocVersion> {
-        validate_key(key)?;
-        let mut bytes = Vec::new();
-        ciborium::into_writer(value, &mut bytes).map_err(|e| StoreError::Decode {
-            what: "document value",
-            detail: e.to_string(),
-        })?;
-        let max = self.inner.config.limits.max_value_bytes;
-        if bytes.len() > max {
-            return Err(StoreError::ValueTooLarge {
-                key: key.to_owned(),
-                size: bytes.len(),
-                max,
-            });
-        }
+        let bytes = crate::doc_batch::encode_doc_value(key, value, &self.inner.config.limits)?;
         let (meta, ctx) = self
             .submit(|reply| Job::Doc {
                 key: key.to_owned(),
@@ -348,7 +335,7 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<DocVersion> {
         validate_key(key)?;
         match self.get(key).await? {
-            Some(state) if !state.winner.is_tombstone() || state.siblings > 1 => {}
+            Some(state) if state.is_deletable() => {}
             _ => return Err(StoreError::UnknownKey(key.to_owned())),
         }
         let (meta, ctx) = self

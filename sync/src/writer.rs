@@ -760,10 +760,7 @@ impl Writer {
             }
             Job::Doc { key, value, reply } => {
                 let r = match self.is_twin(&key) {
-                    Ok(true) => Err(StoreError::WrongKind {
-                        key: key.clone(),
-                        problem: "is a twin (merge document); change it with a twin patch",
-                    }),
+                    Ok(true) => Err(crate::doc_batch::twin_not_document(&key)),
                     Ok(false) => {
                         let (seq, hlc) = self.next_local();
                         let actor = self.actor;

@@ -3,7 +3,8 @@
 //! start with exit code 2 and a message naming it (never the password). With one
 //! (`KDELTA_POSTGRES`, e.g. `postgres://postgres@127.0.0.1:5432/test`; each test in a schema
 //! of its own through the URL's `options=-c search_path=…`, dropped when it passes): a
-//! replica's health, status and `501 not_on_this_backend` routes, and the chaos test — two
+//! replica's health, status and `501 not_on_this_backend` routes, documents written through
+//! one replica read through another and synced to a device, and the chaos test — two
 //! replicas on one database behind a round-robin [`Proxy`], three SQLite devices ingesting
 //! and writing documents through it while the proxy cuts every link at random and one
 //! replica is killed with SIGKILL mid-sync and restarted; after healing, every device and
@@ -217,8 +218,8 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
     assert_eq!(st["database"]["reachable"], true, "{st}");
     assert_eq!(st["version_vector_size"], 0, "{st}");
     for (method, path) in [
-        ("GET", "/v1/docs/some/key"),
-        ("PUT", "/v1/docs/some/key"),
+        ("GET", "/v1/twins/some/key"),
+        ("PATCH", "/v1/twins/some/key"),
         ("GET", "/v1/readings/timing"),
         ("POST", "/v1/readings"),
         ("GET", "/v1/twins"),
@@ -248,6 +249,10 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
     let (s, body) = get_json(&c, &replica.at("/v1/readings?series=x")).await;
     assert_eq!(s, 404, "{body}");
     assert_eq!(body["error"]["code"], "unknown_series", "{body}");
+    // So are the documents: none yet.
+    let (s, body) = get_json(&c, &replica.at("/v1/docs/some/key")).await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
     drop(replica);
     db.drop_schema().await;
 }
@@ -354,6 +359,140 @@ async fn a_replica_answers_readings_queries_as_the_device_that_synced_them() {
     }
     device.stop().await;
     drop(replica);
+    db.drop_schema().await;
+}
+
+/// A document written through one replica (a put, a batch, a delete) is read back through
+/// another — the same JSON — and a device syncing with the hub receives it as the hub's
+/// change; the device's own write reaches both replicas; errors are SQLite's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_written_through_one_replica_are_read_through_another_and_synced() {
+    let Some(db) = TestDb::new("documents_through_replicas").await else {
+        return;
+    };
+    let c = client();
+    let config = replica_config(&db.url(), 1);
+    let (r1, r2) = (
+        Agent::builder().config(&config).start(),
+        Agent::builder().config(&config).start(),
+    );
+    for r in [&r1, &r2] {
+        eventually(Duration::from_secs(10), "/readyz 200", || {
+            let (c, url) = (c.clone(), r.at("/readyz"));
+            async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+        })
+        .await;
+    }
+    let send = |method: &str, url: String, body: Value| {
+        let req = c
+            .request(method.parse().unwrap(), url)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, put) = send(
+        "PUT",
+        r1.at("/v1/docs/gh/setpoint"),
+        serde_json::json!({"temp": 21}),
+    )
+    .await;
+    assert_eq!(s, 200, "{put}");
+    let (_, st) = get_json(&c, &r1.at("/v1/status")).await;
+    assert_eq!(put["actor"], st["actor"], "the hub's own actor: {put} {st}");
+    let (s, batch) = send(
+        "POST",
+        r2.at("/v1/docs"),
+        serde_json::json!([
+            {"key": "gh/setpoint", "value": {"temp": 22}},
+            {"key": "gh/mode", "value": "eco"},
+            {"key": "gh/old", "value": 1},
+        ]),
+    )
+    .await;
+    assert_eq!(s, 200, "{batch}");
+    assert_eq!(batch["seq"], 2, "{batch}");
+    let (s, del) = send("DELETE", r1.at("/v1/docs/gh/old"), Value::Null).await;
+    assert_eq!(s, 200, "{del}");
+    // Refusals as on SQLite: a bad entry stores nothing; a missing key is 404.
+    let (s, err) = send(
+        "POST",
+        r1.at("/v1/docs"),
+        serde_json::json!([{"key": "gh/x", "value": 1}, {"key": "gh/none", "delete": true}]),
+    )
+    .await;
+    assert_eq!(s, 404, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("entry 1:"),
+        "{err}"
+    );
+    let (s, _) = get_json(&c, &r2.at("/v1/docs/gh/x")).await;
+    assert_eq!(s, 404);
+
+    // Every view through the other replica.
+    let views = [
+        "/v1/docs/gh/setpoint".to_owned(),
+        "/v1/docs/gh/setpoint/history".to_owned(),
+        "/v1/docs/gh/setpoint/siblings".to_owned(),
+        format!(
+            "/v1/docs/gh/setpoint?as_of={}",
+            put["hlc"].as_str().unwrap()
+        ),
+        format!(
+            "/v1/docs/gh/setpoint/diff?from={}",
+            put["hlc"].as_str().unwrap()
+        ),
+        "/v1/docs?prefix=gh/".to_owned(),
+        "/v1/docs/gh/old".to_owned(),
+        "/v1/docs/gh/old/history".to_owned(),
+    ];
+    let (s, doc) = get_json(&c, &r2.at(&views[0])).await;
+    assert_eq!((s, &doc["value"]), (200, &serde_json::json!({"temp": 22})));
+    for v in &views {
+        assert_eq!(
+            get_json(&c, &r1.at(v)).await,
+            get_json(&c, &r2.at(v)).await,
+            "{v}"
+        );
+    }
+
+    // A device syncing with the hub receives the hub's writes, and the replicas its own.
+    let device = Node::with_config(&device_config(r1.url(), 0)).await;
+    let (s, mine) = send(
+        "PUT",
+        device.at("/v1/docs/dev/note"),
+        serde_json::json!("from the device"),
+    )
+    .await;
+    assert_eq!(s, 200, "{mine}");
+    eventually(
+        HEAL_DEADLINE,
+        "the device and the hub to converge",
+        || async {
+            let (_, d) = get_json(&c, &device.at("/v1/status")).await;
+            let (_, r) = get_json(&c, &r2.at("/v1/status")).await;
+            (!d["digest"].is_null() && d["digest"] == r["digest"]).then_some(())
+        },
+    )
+    .await;
+    for v in views
+        .iter()
+        .chain(["/v1/docs/dev/note".to_owned(), "/v1/docs".to_owned()].iter())
+    {
+        assert_eq!(
+            get_json(&c, &device.at(v)).await,
+            get_json(&c, &r2.at(v)).await,
+            "{v}"
+        );
+    }
+    device.stop().await;
+    drop((r1, r2));
     db.drop_schema().await;
 }
 

@@ -32,9 +32,9 @@ pub async fn post(
 ) -> Result<Response, ApiError> {
     let format = Format::of_body(&headers)?;
     let body = read_body(body, state.max_body_bytes)?;
-    let max = state.sqlite()?.config().limits.max_batch_docs;
+    let max = state.backend.limits().max_batch_docs;
     let entries = decode_off_worker(body, move |b| decode_entries(format, b, max)).await?;
-    let versions = state.sqlite()?.write_batch(entries).await?;
+    let versions = state.backend.doc_batch(entries).await?;
     let first = &versions[0];
     Ok(reply.ok(&json!({
         "actor": first.actor.to_string(),

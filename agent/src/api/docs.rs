@@ -134,11 +134,11 @@ async fn value(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiErro
     let doc = match &p.as_of {
         Some(at) => {
             state
-                .sqlite()?
-                .get_as_of(key, parse_as_of("as_of", at)?)
+                .backend
+                .doc_as_of(key, parse_as_of("as_of", at)?)
                 .await?
         }
-        None => state.sqlite()?.get(key).await?,
+        None => state.backend.doc(key).await?,
     };
     match doc {
         Some(s) if !s.winner.is_tombstone() => Ok(state_json(&s)),
@@ -157,7 +157,7 @@ async fn history(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiEr
         .as_deref()
         .map(|b| parse_history_cursor("before", b))
         .transpose()?;
-    let versions = state.sqlite()?.history(key, limit, before).await?;
+    let versions = state.backend.doc_history(key, limit, before).await?;
     if versions.is_empty() && before.is_none() {
         return Err(missing(key));
     }
@@ -182,12 +182,12 @@ async fn diff(state: &Agent, key: &str, p: &DocParams) -> Result<Value, ApiError
         // The latest point the store can compare against (HLCs are stored as SQLite i64).
         None => AsOf::Hlc(Hlc(i64::MAX as u64)),
     };
-    let d = state.sqlite()?.diff(key, from, to).await?;
+    let d = state.backend.doc_diff(key, from, to).await?;
     Ok(serde_json::to_value(&d).unwrap_or(Value::Null))
 }
 
 async fn siblings(state: &Agent, key: &str) -> Result<Value, ApiError> {
-    let versions = state.sqlite()?.siblings(key).await?;
+    let versions = state.backend.doc_siblings(key).await?;
     if versions.is_empty() {
         return Err(missing(key));
     }
@@ -223,7 +223,7 @@ pub async fn put(
         Format::Cbor => ciborium::from_reader(&body[..])
             .map_err(|e| ApiError::malformed_body(format!("the body is not valid CBOR: {e}")))?,
     };
-    let v = state.sqlite()?.put(&key, &value).await?;
+    let v = state.backend.doc_put(&key, &value).await?;
     Ok(reply.ok(&version_json(&v)))
 }
 
@@ -235,7 +235,7 @@ pub async fn delete(
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = path(p)?;
-    let v = state.sqlite()?.delete(&key).await?;
+    let v = state.backend.doc_delete(&key).await?;
     Ok(reply.ok(&version_json(&v)))
 }
 
@@ -254,8 +254,8 @@ pub async fn list(
         .map(|a| parse_as_of("as_of", a))
         .transpose()?;
     let docs = state
-        .sqlite()?
-        .list(
+        .backend
+        .doc_list(
             p.prefix.as_deref().unwrap_or(""),
             at,
             limit,

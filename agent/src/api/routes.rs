@@ -7,7 +7,7 @@
 //! share one wildcard route (see `docs.rs`).
 //!
 //! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
-//! queries); every other route needs the SQLite store and answers `501 not_on_this_backend`
+//! queries, documents); every other route needs the SQLite store and answers `501 not_on_this_backend`
 //! there, as does the dashboard.
 
 use std::collections::HashSet;
@@ -78,7 +78,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
 }
 
 /// The routes (method, path) a PostgreSQL hub replica serves; the others need the SQLite
-/// store. Readings are queried there (`GET /v1/readings`), not written (`POST`).
+/// store. Readings are queried there (`GET /v1/readings`), not written (`POST`); documents
+/// are read and written (as the hub's own actor).
 pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -90,6 +91,14 @@ pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/readings"),
     ("GET", "/v1/readings/aggregate"),
     ("GET", "/v1/readings/latest"),
+    ("GET", "/v1/docs"),
+    ("POST", "/v1/docs"),
+    ("GET", "/v1/docs/{key}"),
+    ("PUT", "/v1/docs/{key}"),
+    ("DELETE", "/v1/docs/{key}"),
+    ("GET", "/v1/docs/{key}/history"),
+    ("GET", "/v1/docs/{key}/diff"),
+    ("GET", "/v1/docs/{key}/siblings"),
     ("GET", "/v1/sync"),
     ("GET", "/v1/sync/peers"),
 ];
@@ -239,7 +248,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postgres_hub_serves_health_status_sync_and_readings_queries_only() {
+    fn a_postgres_hub_serves_health_status_sync_readings_queries_and_documents_only() {
         let documented: HashSet<(String, &str)> = routes()
             .iter()
             .map(|(method, path, _)| (method.to_string(), *path))
@@ -262,7 +271,18 @@ mod tests {
             assert!(serves(pg, &Method::GET, path), "{path}");
         }
         for (method, path) in [
+            (Method::GET, "/v1/docs"),
+            (Method::POST, "/v1/docs"),
             (Method::GET, "/v1/docs/{key}"),
+            (Method::PUT, "/v1/docs/{key}"),
+            (Method::DELETE, "/v1/docs/{key}"),
+            (Method::GET, "/v1/docs/{key}/history"),
+        ] {
+            assert!(serves(pg, &method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/v1/twins/{key}"),
+            (Method::PATCH, "/v1/twins/{key}"),
             (Method::POST, "/v1/readings"),
             (Method::GET, "/v1/readings/timing"),
             (Method::GET, "/v1/readings/gaps"),
