@@ -69,7 +69,7 @@ impl Agent {
 }
 
 impl AgentInner {
-    /// The SQLite store, for what only it serves (twins, readings ingest, backups); on a
+    /// The SQLite store, for what only it serves (twins, readings timing, backups); on a
     /// PostgreSQL hub the error answers `501 not_on_this_backend`.
     pub fn sqlite(&self) -> Result<&Store, NotOnThisBackend> {
         self.backend.sqlite().ok_or_else(|| NotOnThisBackend {

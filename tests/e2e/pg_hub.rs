@@ -221,7 +221,6 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
         ("GET", "/v1/twins/some/key"),
         ("PATCH", "/v1/twins/some/key"),
         ("GET", "/v1/readings/timing"),
-        ("POST", "/v1/readings"),
         ("GET", "/v1/twins"),
         ("GET", "/v1/backup"),
         ("GET", "/"),
@@ -357,6 +356,52 @@ async fn a_replica_answers_readings_queries_as_the_device_that_synced_them() {
         assert_eq!(all[0].len(), 160, "{series}");
         assert_eq!(all[0], all[1], "{series}");
     }
+
+    // Readings posted to the replica are a change of the hub's actor, which the device
+    // receives; a refused batch stores nothing.
+    let changes_before = db.count("changes").await;
+    let bad =
+        serde_json::json!({"series": [{"name": "hub.temp", "ts": [T, T], "values": [1.0, 2.0]}]});
+    let r = c
+        .post(replica.at("/v1/readings"))
+        .header("content-type", "application/json")
+        .body(bad.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422, "{:?}", r.text().await);
+    assert_eq!(db.count("changes").await, changes_before);
+    let ts: Vec<i64> = (0..5).map(|i| T + i * 1_000).collect();
+    let good = serde_json::json!({"series": [{"name": "hub.temp", "unit": "°C", "ts": ts, "values": [1.0, 2.0, 3.0, 4.0, 5.0]}]});
+    let r = c
+        .post(replica.at("/v1/readings"))
+        .header("content-type", "application/json")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let posted: Value = r.json().await.unwrap();
+    let (_, st) = get_json(&c, &replica.at("/v1/status")).await;
+    assert_eq!(posted["actor"], st["actor"], "{posted} {st}");
+    assert_eq!(
+        (posted["seq"].as_u64(), posted["count"].as_u64()),
+        (Some(1), Some(5))
+    );
+    assert_eq!(db.count("changes").await, changes_before + 1);
+    let path = format!("/v1/readings?series=hub.temp&from={T}&to={}", T + 60_000);
+    eventually(
+        HEAL_DEADLINE,
+        "the device to receive the hub's readings",
+        || async {
+            let (_, on_device) = get_json(&c, &device.at(&path)).await;
+            (on_device["readings"].as_array().map_or(0, Vec::len) == 5).then_some(())
+        },
+    )
+    .await;
+    let (_, on_device) = get_json(&c, &device.at(&path)).await;
+    let (_, on_replica) = get_json(&c, &replica.at(&path)).await;
+    assert_eq!(on_device, on_replica);
     device.stop().await;
     drop(replica);
     db.drop_schema().await;

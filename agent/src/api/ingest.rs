@@ -1,5 +1,6 @@
 //! `POST /v1/readings`: decoding JSON or CBOR batches (row form and columnar form) into one
-//! [`ReadingBatch`] and committing it. The answer is sent only after `Store::append` returns,
+//! [`ReadingBatch`] and committing it on either store (`Backend::append`: the embedded store,
+//! or a hub replica's PostgreSQL database). The answer is sent only after the append returns,
 //! which is when the batch is durable; a refused batch stores nothing (the store validates
 //! the whole batch before writing).
 //!
@@ -71,11 +72,11 @@ async fn ingest(
     // trusted carry a timing record, to be corrected later (docs/clock.md).
     if batch.series.iter().all(|s| s.ts.iter().all(|&t| t == now)) {
         batch.timing =
-            crate::sample_timing::SampleTimer::new(state.sqlite()?.time_reference()).timing_now();
+            crate::sample_timing::SampleTimer::new(state.backend.time_reference()).timing_now();
     }
     let count = batch.len();
     let started = Instant::now();
-    let change = state.sqlite()?.append(batch).await?;
+    let change = state.backend.append(batch).await?;
     IngestCommitted {
         source: SOURCE,
         readings: count as u64,

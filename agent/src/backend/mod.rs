@@ -4,14 +4,14 @@
 //! log on PostgreSQL ([`PgHub`]; issue 17, docs/hub.md).
 //!
 //! Everything that needs a particular store asks the enum once, by type: the HTTP routes
-//! that exist only on SQLite (twins, readings ingest and timing, gaps, events, backup) take
-//! the store from [`Backend::sqlite`], and on a PostgreSQL hub the router answers them with
-//! `501 not_on_this_backend` ([`NotOnThisBackend`]); the readings queries (series, range,
-//! aggregate, latest; `readings.rs`) and the documents (reads, puts, deletes, batches — on
-//! PostgreSQL as changes of the hub's own actor; `docs.rs`) are methods of the enum answered
-//! by either store; the parts that need SQLite (sources, MQTT,
-//! retention, backups, the device twin, outbound peers) are switched off in the configuration
-//! a hub runs with (`Config::for_backend`), one log line each. The rest — health, readiness,
+//! that exist only on SQLite (twins, readings timing, gaps, events, backup) take the store
+//! from [`Backend::sqlite`], and on a PostgreSQL hub the router answers them with `501
+//! not_on_this_backend` ([`NotOnThisBackend`]); readings ingest and queries (append, series,
+//! range, aggregate, latest; `readings.rs`) and the documents (reads, puts, deletes, batches
+//! — on PostgreSQL ingest and writes are changes of the hub's own actor; `docs.rs`) are
+//! methods of the enum answered by either store; the parts that need SQLite (sources, MQTT,
+//! the disk budget, backups, the device twin, outbound peers) are switched off in the
+//! configuration a hub runs with (`Config::for_backend`), one log line each. The rest — health, readiness,
 //! status, metrics and inbound sync — serves either store.
 //!
 //! A leaf below `config`, `state` and `api`: it uses only the store crates and

@@ -1,11 +1,15 @@
-//! The readings queries on either store: series list, raw range, aggregate and latest values,
+//! The readings on either store: ingest ([`Backend::append`]) and the queries — series list,
+//! raw range, aggregate and latest values —
 //! answered by the embedded SQLite store or by a hub replica's PostgreSQL database with the
 //! same results and errors ([`StoreError`]; `kdelta_pg`'s become theirs through `From`). The
 //! one place the API's readings handlers (`api/readings.rs`) meet the backend, so each route
 //! has one handler whichever store answers it.
 
+use std::sync::Arc;
+
 use kdelta_sync::{
-    AggregateQuery, Bucket, LatestReading, RangeQuery, ReadingPage, SeriesPage, StoreError,
+    AggregateQuery, Bucket, ChangeMeta, LatestReading, RangeQuery, ReadingBatch, ReadingPage,
+    SeriesPage, StoreError, TimeReference,
 };
 
 use super::Backend;
@@ -52,6 +56,34 @@ impl Backend {
             Backend::Sqlite(store) => store.latest(series).await,
             #[cfg(feature = "postgres")]
             Backend::Postgres(hub) => Ok(hub.store.latest(series).await?),
+        }
+    }
+
+    /// Stores a readings batch as one change of this store's own actor (`Store::append`; on
+    /// a PostgreSQL hub, of the actor its replicas share, seq and HLC issued under the
+    /// database's locks). Validated whole before anything is written; durable on return.
+    pub async fn append(&self, batch: ReadingBatch) -> Result<ChangeMeta, StoreError> {
+        match self {
+            Backend::Sqlite(store) => store.append(batch).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(hub) => {
+                let change = hub.store.append(batch).await?;
+                Ok(ChangeMeta {
+                    actor: change.actor,
+                    seq: change.seq,
+                    hlc: change.hlc,
+                })
+            }
+        }
+    }
+
+    /// The trusted time sources of this store (on a hub replica: the replica's), which
+    /// decide whether readings stamped by the agent's clock carry a timing record.
+    pub fn time_reference(&self) -> Arc<TimeReference> {
+        match self {
+            Backend::Sqlite(store) => store.time_reference(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(hub) => kdelta_sync::SyncStore::time_reference(&hub.store),
         }
     }
 }
