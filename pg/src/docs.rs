@@ -295,33 +295,27 @@ impl PgStore {
     /// `ValueTooLarge`, `WrongKind` for a twin key); durable on return.
     pub async fn put(&self, key: &str, value: &serde_json::Value) -> Result<DocVersion> {
         let bytes = encode_doc_value(key, value, &self.inner.config.limits)?;
-        let write = DocWrite {
-            key: key.to_owned(),
-            value: Some(bytes),
-            context: Vec::new(),
-            pruned: false,
-        };
-        let c = self
-            .write_own(ChangeBody::Doc(write), Some(&Resolve::single()))
-            .await?;
-        let ChangeBody::Doc(w) = &c.body else {
-            unreachable!("written as a document above")
-        };
-        Ok(version(
-            &c,
-            w.key.clone(),
-            Some(value.clone()),
-            w.context.clone(),
-        ))
+        self.write_one(key, Some((bytes, value.clone()))).await
     }
 
     /// Deletes `key` by writing a tombstone version of the hub (history is kept);
     /// [`StoreError::UnknownKey`] when the key has no live value, as `Store::delete`.
     pub async fn delete(&self, key: &str) -> Result<DocVersion> {
         validate_key(key)?;
+        self.write_one(key, None).await
+    }
+
+    /// One document write of the hub (`value`: its encoded bytes and JSON; `None`: a
+    /// tombstone), its context the key's current heads, resolved under the hub actor's lock.
+    async fn write_one(
+        &self,
+        key: &str,
+        value: Option<(Vec<u8>, serde_json::Value)>,
+    ) -> Result<DocVersion> {
+        let (bytes, json) = value.unzip();
         let write = DocWrite {
             key: key.to_owned(),
-            value: None,
+            value: bytes,
             context: Vec::new(),
             pruned: false,
         };
@@ -331,7 +325,7 @@ impl PgStore {
         let ChangeBody::Doc(w) = &c.body else {
             unreachable!("written as a document above")
         };
-        Ok(version(&c, w.key.clone(), None, w.context.clone()))
+        Ok(version(&c, w.key.clone(), json, w.context.clone()))
     }
 
     /// Writes every entry as ONE change of the hub: one seq, one HLC, all or nothing, with

@@ -88,16 +88,7 @@ pub async fn hub_retention_loop(
                     }
                 });
             }
-            Err(e) => {
-                tracing::warn!(
-                    "retention pass failed, trying again in {}: {e}",
-                    humantime::format_duration(config.every)
-                );
-                state.update(|s| {
-                    s.at_ms = Some(now_ms());
-                    s.error = Some(e.to_string());
-                });
-            }
+            Err(e) => state.failed(&e, config.every),
         }
     }
 }

@@ -137,6 +137,18 @@ impl RetentionState {
     pub(super) fn update(&self, f: impl FnOnce(&mut LastPass)) {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
     }
+
+    /// Logs and records a failed pass; the next one runs `every` later.
+    pub(super) fn failed(&self, error: &dyn std::fmt::Display, every: std::time::Duration) {
+        tracing::warn!(
+            "retention pass failed, trying again in {}: {error}",
+            humantime::format_duration(every)
+        );
+        self.update(|s| {
+            s.at_ms = Some(now_ms());
+            s.error = Some(error.to_string());
+        });
+    }
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -247,16 +259,7 @@ async fn age_pass(
                 s.total.add(&report);
             });
         }
-        Err(e) => {
-            tracing::warn!(
-                "retention pass failed, trying again in {}: {e}",
-                humantime::format_duration(config.every)
-            );
-            state.update(|s| {
-                s.at_ms = Some(now_ms());
-                s.error = Some(e.to_string());
-            });
-        }
+        Err(e) => state.failed(&e, config.every),
     }
 }
 
