@@ -45,6 +45,20 @@ async fn store_and_clone(dir: &tempfile::TempDir) -> (Store, Store) {
     (a, b)
 }
 
+/// Both seq 2s descend from one HLC: made in the same millisecond they would be stamped
+/// alike and an anchor (compared by HLC) could not tell them apart. Waits until the wall
+/// clock has passed `store`'s last stamp (a deadline, not a guess).
+async fn wall_clock_passes(store: &Store) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while SystemTime.now_ms() <= store.last_hlc().ms() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wall clock does not advance"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// One one-shot session from `initiator` (announcing `name`) to `responder`; both sides
 /// must end cleanly. Returns the responder's counters.
 async fn sync_once(initiator: &Store, name: &str, responder: &Store) -> StatsSnapshot {
@@ -78,6 +92,7 @@ async fn two_stores_with_one_actor_show_as_a_fork_of_its_history() {
     let (a, b) = store_and_clone(&dir).await;
     // Both write their own seq 2.
     a.append(batch("a.only", 1)).await.unwrap();
+    wall_clock_passes(&a).await;
     b.append(batch("b.only", 1)).await.unwrap();
     let from_b = b
         .changes_since(&VersionVector::new(), usize::MAX)
@@ -150,17 +165,7 @@ async fn a_hub_detects_a_cloned_device_and_keeps_syncing_the_rest() {
     let hub = open(&dir, "hub.db").await;
     let other = open(&dir, "other.db").await;
     a.append(batch("a.only", 1)).await.unwrap();
-    // Both seq 2s descend from one HLC: made in the same millisecond they would be stamped
-    // alike and the anchor (compared by HLC) could not tell them apart. Let the wall clock
-    // pass a's stamp first (a deadline, not a guess).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while SystemTime.now_ms() <= a.last_hlc().ms() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the wall clock does not advance"
-        );
-        tokio::task::yield_now().await;
-    }
+    wall_clock_passes(&a).await;
     // The clone writes its own seq 2 and goes on to seq 3: only seq 3 is above what the hub
     // holds, so only the page's anchor (the clone's seq 2, by HLC) shows the fork.
     clone.append(batch("clone.only", 1)).await.unwrap();
