@@ -10,8 +10,8 @@
 //! kept in their rows). A transaction aborted by PostgreSQL for a conflict (deadlock,
 //! serialization) is run again.
 //!
-//! The rows themselves are written by `rows.rs`, the rollups of the minutes they touched
-//! recomputed by `rollups.rs`; the version vector, the per-actor digests and the commit
+//! The rows themselves are written by `rows.rs`, the rollup rows of the page's actors
+//! brought up to date by `rollups.rs`; the version vector, the per-actor digests and the commit
 //! announcement (`feed.rs`) move in the same transaction.
 
 use std::collections::{BTreeSet, HashMap};
@@ -26,7 +26,7 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::docs::{Resolve, resolve_contexts};
 use crate::error::{PgError, Result};
 use crate::partitions::month_of;
-use crate::rollups::{Touched, recompute as recompute_rollups};
+use crate::rollups::{RollupWork, update as update_rollups};
 use crate::rows::{apply_correction, insert_changes, insert_docs, insert_readings, insert_twins};
 use crate::store::PgStore;
 
@@ -281,17 +281,17 @@ impl PgStore {
         }
         let idx: HashMap<ActorId, i64> = actors.iter().map(|(a, r)| (*a, r.idx)).collect();
         let ids = insert_changes(&mut tx, &fresh, &idx).await?;
-        let mut minutes = Touched::new();
-        insert_readings(&mut tx, &fresh, &ids, &mut minutes).await?;
+        let mut rollups = RollupWork::default();
+        insert_readings(&mut tx, &fresh, &ids, &idx, &mut rollups).await?;
         insert_docs(&mut tx, &fresh, &ids).await?;
         insert_twins(&mut tx, &fresh, &ids).await?;
         for (c, &id) in fresh.iter().zip(&ids) {
             if let ChangeBody::TimeCorrection(t) = &c.body {
-                apply_correction(&mut tx, idx[&c.actor], id, t, &mut minutes).await?;
+                apply_correction(&mut tx, idx[&c.actor], id, t, &mut rollups).await?;
             }
         }
-        // The rollups of every minute whose readings moved, from the readings themselves.
-        recompute_rollups(&mut tx, &minutes).await?;
+        // The rollup rows of the page's actors: readings folded in, moved ones recomputed.
+        update_rollups(&mut tx, rollups).await?;
         // The version vector and the per-actor digests.
         for c in &fresh {
             if let Some(row) = actors.get_mut(&c.actor) {

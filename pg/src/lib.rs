@@ -14,8 +14,8 @@
 //! detection as on SQLite. Readings live once, in a table partitioned by month; documents
 //! and twin changes in plain tables. The hub's actor id, signing key and clock are shared by
 //! its replicas in the database, and every commit is announced to all of them
-//! ([`PgStore::listen`], LISTEN/NOTIFY). Readings have per-minute rollups, recomputed from
-//! the readings in the apply transaction, and the API's readings queries
+//! ([`PgStore::listen`], LISTEN/NOTIFY). Readings have per-minute rollups, one row per actor,
+//! folded in the apply transaction under the actor's lock, and the API's readings queries
 //! ([`PgStore::series_page`], [`PgStore::range`], [`PgStore::aggregate`],
 //! [`PgStore::latest`]) answer as the embedded store's do, and so do the document reads
 //! ([`PgStore::get`], [`PgStore::siblings`], [`PgStore::history`], [`PgStore::get_as_of`],

@@ -6,10 +6,11 @@
 //!
 //! Series attributes (unit, metadata) are the last writer's by `(hlc, actor)` among the
 //! per-actor rows of `series_attrs`. Counts, first and last times and the latest values
-//! come from the rollups (one index seek per series, never a scan of the partitioned
-//! readings); aggregates read the rollups for whole minutes and raw readings only for the
-//! partial minutes at the edges, as SQLite does. Names are ordered bytewise (`COLLATE "C"`),
-//! SQLite's order, whatever the database's collation.
+//! come from the rollups, never a scan of the partitioned readings; aggregates read the
+//! rollups for whole minutes and raw readings only for the partial minutes at the edges, as
+//! SQLite does. A minute has a rollup row per actor that wrote it (`rollups.rs`), merged
+//! here in actor order: the answer is the same whichever replica applied what first. Names
+//! are ordered bytewise (`COLLATE "C"`), SQLite's order, whatever the database's collation.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,57 +23,15 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use crate::error::{PgError, Result};
-use crate::rollups::MINUTE_MS;
+use crate::rollups::{Agg, MINUTE_MS};
 use crate::store::PgStore;
 
 /// The winning unit and metadata of series `s` (a lateral subquery).
 const ATTRS: &str = "LEFT JOIN LATERAL (SELECT unit, meta FROM series_attrs \
      WHERE series_id = s.id ORDER BY hlc DESC, actor DESC LIMIT 1) a ON true";
 
-/// The aggregate of the readings of one bucket (or minute), folded as SQLite's `MinuteAgg`
-/// folds: count, saturating sum, min, max, first (earliest; at equal times the smaller
-/// value) and last (latest; at equal times the larger value).
-#[derive(Debug, Clone, Copy)]
-struct Agg {
-    start: i64,
-    n: i64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    first: (i64, f64),
-    last: (i64, f64),
-}
-
+/// A query's bucket as the API answers it.
 impl Agg {
-    fn new(start: i64, ts: i64, v: f64) -> Agg {
-        Agg {
-            start,
-            n: 1,
-            sum: v,
-            min: v,
-            max: v,
-            first: (ts, v),
-            last: (ts, v),
-        }
-    }
-
-    fn add(&mut self, ts: i64, v: f64) {
-        self.merge(&Agg::new(self.start, ts, v));
-    }
-
-    fn merge(&mut self, o: &Agg) {
-        self.n += o.n;
-        self.sum = saturating_sum(self.sum, o.sum);
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-        if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
-            self.first = o.first;
-        }
-        if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
-            self.last = o.last;
-        }
-    }
-
     fn to_bucket(self) -> Bucket {
         Bucket {
             start: self.start,
@@ -87,16 +46,6 @@ impl Agg {
     }
 }
 
-/// `a + b` held within ±`f64::MAX` (a NaN counts as 0), as SQLite's rollups sum.
-fn saturating_sum(a: f64, b: f64) -> f64 {
-    let sum = a + b;
-    if sum.is_nan() {
-        0.0
-    } else {
-        sum.clamp(-f64::MAX, f64::MAX)
-    }
-}
-
 /// Folds a minute's (or a partial bucket's) aggregate into the bucket its first reading
 /// falls in.
 fn fold(buckets: &mut BTreeMap<i64, Agg>, bucket_ms: i64, agg: Agg) {
@@ -105,20 +54,6 @@ fn fold(buckets: &mut BTreeMap<i64, Agg>, bucket_ms: i64, agg: Agg) {
         .entry(start)
         .and_modify(|b| b.merge(&agg))
         .or_insert(Agg { start, ..agg });
-}
-
-/// A rollup row (`minute, n, total, vmin, vmax, first_ts, first_value, last_ts,
-/// last_value`) as an aggregate.
-fn agg_of(r: &PgRow) -> std::result::Result<Agg, sqlx::Error> {
-    Ok(Agg {
-        start: r.try_get(0)?,
-        n: r.try_get(1)?,
-        sum: r.try_get(2)?,
-        min: r.try_get(3)?,
-        max: r.try_get(4)?,
-        first: (r.try_get(5)?, r.try_get(6)?),
-        last: (r.try_get(7)?, r.try_get(8)?),
-    })
 }
 
 fn meta_of(json: Option<String>) -> BTreeMap<String, String> {
@@ -164,8 +99,10 @@ impl PgStore {
         let sql = format!(
             "SELECT s.name, a.unit, a.meta, \
                (SELECT SUM(n) FROM rollup_1m WHERE series_id = s.id)::int8, \
-               (SELECT first_ts FROM rollup_1m WHERE series_id = s.id ORDER BY minute LIMIT 1), \
-               (SELECT last_ts FROM rollup_1m WHERE series_id = s.id ORDER BY minute DESC LIMIT 1) \
+               (SELECT first_ts FROM rollup_1m WHERE series_id = s.id \
+                ORDER BY minute, first_ts LIMIT 1), \
+               (SELECT last_ts FROM rollup_1m WHERE series_id = s.id \
+                ORDER BY minute DESC, last_ts DESC LIMIT 1) \
              FROM series s {ATTRS} \
              WHERE s.name COLLATE \"C\" > $1 ORDER BY s.name COLLATE \"C\" LIMIT $2"
         );
@@ -306,7 +243,8 @@ impl PgStore {
         let ctx = "reading rollups";
         let rows = sqlx::query(
             "SELECT minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value \
-             FROM rollup_1m WHERE series_id = $1 AND minute >= $2 AND minute < $3 ORDER BY minute",
+             FROM rollup_1m WHERE series_id = $1 AND minute >= $2 AND minute < $3 \
+             ORDER BY minute, actor_idx",
         )
         .bind(sid)
         .bind(from)
@@ -315,7 +253,11 @@ impl PgStore {
         .await
         .map_err(PgError::db(ctx))?;
         for r in &rows {
-            fold(out, bucket_ms, agg_of(r).map_err(PgError::db(ctx))?);
+            fold(
+                out,
+                bucket_ms,
+                Agg::from_row(r, 0).map_err(PgError::db(ctx))?,
+            );
         }
         Ok(())
     }
@@ -330,7 +272,8 @@ impl PgStore {
         let sql = format!(
             "SELECT s.name, a.unit, l.last_ts, l.last_value FROM series s {ATTRS} \
              LEFT JOIN LATERAL (SELECT last_ts, last_value FROM rollup_1m \
-               WHERE series_id = s.id ORDER BY minute DESC LIMIT 1) l ON true \
+               WHERE series_id = s.id ORDER BY minute DESC, last_ts DESC, last_value DESC \
+               LIMIT 1) l ON true \
              WHERE $1::text[] IS NULL OR s.name = ANY($1) \
              ORDER BY s.name COLLATE \"C\""
         );
@@ -388,7 +331,6 @@ mod tests {
         let b = out[&0].to_bucket();
         assert_eq!((b.count, b.first, b.last, b.min), (6, 1.0, f64::MAX, 1.0));
         assert_eq!(b.sum, f64::MAX, "saturates");
-        assert_eq!(saturating_sum(f64::INFINITY, f64::NEG_INFINITY), 0.0);
         assert!(parse_cursor("12.x").is_err());
         assert_eq!(parse_cursor("-5.7").unwrap(), (-5, 7));
     }

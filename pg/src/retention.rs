@@ -543,9 +543,10 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             let deleted = sqlx::query(
-                "DELETE FROM rollup_1m WHERE series_id = $1 AND minute IN \
-                 (SELECT minute FROM rollup_1m WHERE series_id = $1 AND minute < $2 \
-                  ORDER BY minute LIMIT $3 FOR UPDATE)",
+                "DELETE FROM rollup_1m WHERE (series_id, minute, actor_idx) IN \
+                 (SELECT series_id, minute, actor_idx FROM rollup_1m \
+                  WHERE series_id = $1 AND minute < $2 \
+                  ORDER BY minute, actor_idx LIMIT $3 FOR UPDATE)",
             )
             .bind(series_id)
             .bind(upper)

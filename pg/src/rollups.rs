@@ -1,46 +1,35 @@
-//! The per-minute rollups (`rollup_1m`, migration 0003), maintained inside the apply
-//! transaction for every (series, minute) whose readings it changed: readings inserted, and
-//! the minutes a time correction moved readings out of and into. Knows nothing of changes,
-//! actors or the version vector; `apply.rs` collects the touched minutes and calls
-//! [`recompute`] once per transaction, after the rows are written.
+//! The per-minute rollups (`rollup_1m`, migrations 0003 and 0004): **one row per (series,
+//! minute, actor)**, maintained inside the apply transaction, which already holds the row
+//! lock of every actor it writes (`apply.rs`). Knows nothing of changes or the version
+//! vector; `rows.rs` reports what it wrote into a [`RollupWork`] and `apply.rs` calls
+//! [`update`] once per transaction, after the rows are written.
 //!
-//! **Recomputed, never folded.** SQLite folds each change's readings into the row in arrival
-//! order; float addition is not associative, so two replicas applying the same pages in
-//! different orders could store different totals. Here the row of a touched minute is
-//! computed again from all the readings of that minute (`INSERT … SELECT … GROUP BY … ON
-//! CONFLICT DO UPDATE`), summed in `(ts, value)` order: the row is a function of the set of
-//! readings, whichever replica wrote last. A minute left without readings loses its row.
+//! **Folded, per actor.** An actor's row of a minute is its readings of that minute folded
+//! one by one, in (seq, ts) order, with [`Agg::add`]: count, a total whose every addition is
+//! held within ±`f64::MAX` ([`saturating_sum`], SQLite's rule), min, max, first (earliest; at
+//! equal times the smaller value) and last (latest; at equal times the larger value). Every
+//! replica applies an actor's changes in seq order (gaps are refused), so the row is a
+//! function of the actor's readings whichever replica applied them. An apply reads only the
+//! rows of its own actors (`SELECT … FOR UPDATE`, uncontended: the actor lock already
+//! serialises their writers; the row lock only orders it against retention deleting old
+//! rows), folds its readings onto them in memory and writes them back: no reading is read
+//! back, and devices writing one series name (`system.load1` on a thousand Pis) never wait
+//! for each other. The queries merge a minute's rows across actors (`query.rs`).
 //!
-//! **Concurrency.** Under READ COMMITTED each statement sees what was committed when it
-//! started: two replicas applying readings of one minute at once would each recompute
-//! without the other's uncommitted rows, and the later commit would store a total missing
-//! the earlier one's readings. So before recomputing, the transaction locks the rollup rows
-//! of its touched minutes (creating missing ones) in key order, with `INSERT … ON CONFLICT
-//! DO UPDATE … WHERE false` — which locks a conflicting row without writing a new version,
-//! and waits for a transaction holding it (or inserting it) to end. The recompute is the
-//! *next* statement, so its snapshot includes every transaction that held those rows before:
-//! the last one to hold a row recomputes it from all the readings committed before it plus
-//! its own. Key order rules out deadlocks between pages. Row locks rather than
-//! `pg_advisory_xact_lock` per (series, minute): a catch-up page touches thousands of
-//! minutes, and advisory locks take slots in PostgreSQL's shared lock table (sized by
-//! `max_locks_per_transaction`, 64 per connection by default), while row locks are kept on
-//! the rows themselves. A lock per series instead would serialise every backlog of a series
-//! that many devices write (`system.load1`), not just pages of the same minutes. (Under
-//! REPEATABLE READ the second writer fails with a serialization error instead, which
-//! `apply.rs` runs again.)
+//! **Recomputed when readings move.** A time correction moves an actor's readings between
+//! minutes; a total cannot be un-added, so the actor's rows of the minutes readings left and
+//! entered are computed again from its readings, in the same (seq, ts) order, by the SQL
+//! aggregate `kdelta_saturating_sum` (migration 0004: the same additions as
+//! [`saturating_sum`]). That reads every reading of those minutes of the series (to find the
+//! actor's), which only corrections pay.
 //!
-//! **Totals.** Readings are finite, but a sum can leave the finite range; like SQLite's
-//! `saturating_sum`, a total is held within ±`f64::MAX`. PostgreSQL raises an error on a
-//! float overflow, so a minute whose values could overflow (largest magnitude × count ≥
-//! `f64::MAX`/2) is summed scaled by 2⁻⁶⁴ — exact, since scaling by a power of two does not
-//! change the rounding of normal numbers — and scaled back, or saturated when it does not
-//! fit. Every other minute is the plain sequential sum, exactly what SQLite's recompute
-//! (`sync/src/correct.rs`) stores for the same readings. Unlike SQLite's fold, partial sums
-//! of such a minute do not saturate on the way (only the result does).
+//! Rows of actor 0 hold what schema v3 rows held for minutes whose readings were all pruned
+//! before the upgrade (migration 0004); they are merged like any other.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
 
 use crate::error::{PgError, Result};
 
@@ -52,72 +41,237 @@ pub(crate) fn minute_of(ts: i64) -> i64 {
     ts.div_euclid(MINUTE_MS) * MINUTE_MS
 }
 
-/// (series id, minute start) pairs an apply transaction changed the readings of.
-pub(crate) type Touched = BTreeSet<(i64, i64)>;
+/// `a + b` held within ±`f64::MAX` (a NaN counts as 0), as SQLite's rollups sum.
+pub(crate) fn saturating_sum(a: f64, b: f64) -> f64 {
+    let sum = a + b;
+    if sum.is_nan() {
+        0.0
+    } else {
+        sum.clamp(-f64::MAX, f64::MAX)
+    }
+}
 
-/// Locks the rollup rows of `touched` (series, minute) pairs, in key order, creating the
-/// missing ones (placeholders the next statement overwrites or deletes; never visible to
-/// other transactions).
-const LOCK: &str = "INSERT INTO rollup_1m AS o \
-     (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) \
-     SELECT s, m, 0, 0, 0, 0, m, 0, m, 0 FROM unnest($1::int8[], $2::int8[]) AS t(s, m) ORDER BY s, m \
-     ON CONFLICT (series_id, minute) DO UPDATE SET n = o.n WHERE false";
+/// The aggregate of some readings (one actor's minute, a query's bucket), folded as
+/// SQLite's `MinuteAgg` folds: count, saturating sum, min, max, first (earliest; at equal
+/// times the smaller value) and last (latest; at equal times the larger value).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Agg {
+    /// The minute or bucket start.
+    pub start: i64,
+    pub n: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub first: (i64, f64),
+    pub last: (i64, f64),
+}
 
-/// Recomputes the rows of the touched minutes from their readings, and deletes the rows of
-/// touched minutes that have none left. The same computation as the backfill of migration
-/// 0003.
-const RECOMPUTE: &str = "WITH t AS (SELECT s, m FROM unnest($1::int8[], $2::int8[]) AS t(s, m)), \
-     r AS MATERIALIZED ( \
-       SELECT t.s, t.m, r.ts, r.value FROM t \
-       JOIN readings r ON r.series_id = t.s AND r.ts >= t.m AND r.ts < t.m + 60000), \
-     g AS ( \
-       SELECT s, m, count(*) AS n, min(value) AS vmin, max(value) AS vmax, \
-              min(ts) AS first_ts, max(ts) AS last_ts, \
-              CASE WHEN max(abs(value)) < (1.7976931348623157e308::float8 / 2) / count(*) \
-                   THEN 1::float8 ELSE power(2::float8, -64) END AS scale \
-       FROM r GROUP BY s, m), \
-     a AS ( \
-       SELECT g.s, g.m, g.n, g.scale, sum(r.value * g.scale ORDER BY r.ts, r.value) AS scaled, \
-              g.vmin, g.vmax, g.first_ts, min(r.value) FILTER (WHERE r.ts = g.first_ts) AS first_value, \
-              g.last_ts, max(r.value) FILTER (WHERE r.ts = g.last_ts) AS last_value \
-       FROM g JOIN r ON r.s = g.s AND r.m = g.m \
-       GROUP BY g.s, g.m, g.n, g.scale, g.vmin, g.vmax, g.first_ts, g.last_ts), \
-     emptied AS ( \
-       DELETE FROM rollup_1m o USING t \
-       WHERE o.series_id = t.s AND o.minute = t.m \
-       AND NOT EXISTS (SELECT 1 FROM g WHERE g.s = t.s AND g.m = t.m)) \
-     INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) \
-     SELECT s, m, n, \
-            CASE WHEN abs(scaled) > 1.7976931348623157e308::float8 * scale \
-                 THEN sign(scaled) * 1.7976931348623157e308::float8 ELSE scaled / scale END, \
-            vmin, vmax, first_ts, first_value, last_ts, last_value \
-     FROM a \
-     ON CONFLICT (series_id, minute) DO UPDATE SET n = EXCLUDED.n, total = EXCLUDED.total, \
+impl Agg {
+    pub fn new(start: i64, ts: i64, v: f64) -> Agg {
+        Agg {
+            start,
+            n: 1,
+            sum: v,
+            min: v,
+            max: v,
+            first: (ts, v),
+            last: (ts, v),
+        }
+    }
+
+    /// Folds one reading in.
+    pub fn add(&mut self, ts: i64, v: f64) {
+        self.merge(&Agg::new(self.start, ts, v));
+    }
+
+    /// Folds another aggregate in.
+    pub fn merge(&mut self, o: &Agg) {
+        self.n += o.n;
+        self.sum = saturating_sum(self.sum, o.sum);
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
+            self.first = o.first;
+        }
+        if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
+            self.last = o.last;
+        }
+    }
+
+    /// The nine columns `minute, n, total, vmin, vmax, first_ts, first_value, last_ts,
+    /// last_value` of a rollup row, from column `at`.
+    pub fn from_row(r: &PgRow, at: usize) -> std::result::Result<Agg, sqlx::Error> {
+        Ok(Agg {
+            start: r.try_get(at)?,
+            n: r.try_get(at + 1)?,
+            sum: r.try_get(at + 2)?,
+            min: r.try_get(at + 3)?,
+            max: r.try_get(at + 4)?,
+            first: (r.try_get(at + 5)?, r.try_get(at + 6)?),
+            last: (r.try_get(at + 7)?, r.try_get(at + 8)?),
+        })
+    }
+}
+
+/// A rollup row's key: series id, minute start, actor (`actors.idx`).
+type Key = (i64, i64, i64);
+
+/// What an apply transaction did to the readings, for the rollups: readings added (in the
+/// order they are folded) and the minutes corrections moved readings out of or into.
+#[derive(Debug, Default)]
+pub(crate) struct RollupWork {
+    added: BTreeMap<Key, Vec<(i64, f64)>>,
+    moved: BTreeSet<Key>,
+}
+
+impl RollupWork {
+    /// Readings of one series written by one change of `actor_idx`; called in seq order
+    /// for each actor, with each series' times sorted (as a change holds them).
+    pub fn add(&mut self, series_id: i64, actor_idx: i64, ts: &[i64], values: &[f64]) {
+        for (&t, &v) in ts.iter().zip(values) {
+            self.added
+                .entry((series_id, minute_of(t), actor_idx))
+                .or_default()
+                .push((t, v));
+        }
+    }
+
+    /// A reading of `actor_idx` left or entered `minute` (a time correction).
+    pub fn moved(&mut self, series_id: i64, actor_idx: i64, minute: i64) {
+        self.moved.insert((series_id, minute, actor_idx));
+    }
+}
+
+/// The rows of some keys, locked until commit, in key order.
+const LOCK_ROWS: &str = "SELECT o.series_id, o.actor_idx, o.minute, o.n, o.total, o.vmin, o.vmax, \
+       o.first_ts, o.first_value, o.last_ts, o.last_value \
+     FROM rollup_1m o JOIN unnest($1::int8[], $2::int8[], $3::int8[]) AS t(s, m, a) \
+       ON o.series_id = t.s AND o.minute = t.m AND o.actor_idx = t.a \
+     ORDER BY o.series_id, o.minute, o.actor_idx FOR UPDATE OF o";
+
+/// Writes rows folded in memory over the stored ones.
+const WRITE_ROWS: &str = "INSERT INTO rollup_1m \
+       (series_id, minute, actor_idx, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) \
+     SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], \
+       $7::float8[], $8::int8[], $9::float8[], $10::int8[], $11::float8[]) \
+     ON CONFLICT (series_id, minute, actor_idx) DO UPDATE SET n = EXCLUDED.n, total = EXCLUDED.total, \
        vmin = EXCLUDED.vmin, vmax = EXCLUDED.vmax, first_ts = EXCLUDED.first_ts, \
        first_value = EXCLUDED.first_value, last_ts = EXCLUDED.last_ts, last_value = EXCLUDED.last_value";
 
-/// Brings the rollup rows of `touched` up to date with the readings the transaction sees
-/// (its own and every committed one), safely while other replicas do the same (module
-/// header).
-pub(crate) async fn recompute(tx: &mut Transaction<'_, Postgres>, touched: &Touched) -> Result<()> {
-    if touched.is_empty() {
-        return Ok(());
-    }
+/// Recomputes the rows of some keys from the actor's readings of the minute, in (seq, ts)
+/// order, and deletes the rows of keys left without readings. The statement of migration
+/// 0004's rebuild.
+const RECOMPUTE: &str = "WITH t AS (SELECT s, m, a FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS t(s, m, a)), \
+     r AS MATERIALIZED ( \
+       SELECT t.s, t.m, t.a, c.seq, r.ts, r.value FROM t \
+       JOIN readings r ON r.series_id = t.s AND r.ts >= t.m AND r.ts < t.m + 60000 \
+       JOIN changes c ON c.id = r.change_id AND c.actor_idx = t.a), \
+     g AS ( \
+       SELECT s, m, a, count(*) AS n, kdelta_saturating_sum(value ORDER BY seq, ts) AS total, \
+              min(value) AS vmin, max(value) AS vmax, min(ts) AS first_ts, max(ts) AS last_ts \
+       FROM r GROUP BY s, m, a), \
+     emptied AS ( \
+       DELETE FROM rollup_1m o USING t \
+       WHERE o.series_id = t.s AND o.minute = t.m AND o.actor_idx = t.a \
+       AND NOT EXISTS (SELECT 1 FROM g WHERE g.s = t.s AND g.m = t.m AND g.a = t.a)) \
+     INSERT INTO rollup_1m \
+       (series_id, minute, actor_idx, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) \
+     SELECT g.s, g.m, g.a, g.n, g.total, g.vmin, g.vmax, \
+            g.first_ts, min(r.value) FILTER (WHERE r.ts = g.first_ts), \
+            g.last_ts, max(r.value) FILTER (WHERE r.ts = g.last_ts) \
+     FROM g JOIN r ON r.s = g.s AND r.m = g.m AND r.a = g.a \
+     GROUP BY g.s, g.m, g.a, g.n, g.total, g.vmin, g.vmax, g.first_ts, g.last_ts \
+     ON CONFLICT (series_id, minute, actor_idx) DO UPDATE SET n = EXCLUDED.n, total = EXCLUDED.total, \
+       vmin = EXCLUDED.vmin, vmax = EXCLUDED.vmax, first_ts = EXCLUDED.first_ts, \
+       first_value = EXCLUDED.first_value, last_ts = EXCLUDED.last_ts, last_value = EXCLUDED.last_value";
+
+/// Brings the rollup rows of the transaction's actors up to date with what it wrote
+/// (module header): readings added are folded onto the stored rows, the keys corrections
+/// moved readings of are recomputed (after the fold, so a page holding both ends with the
+/// recomputed row).
+pub(crate) async fn update(tx: &mut Transaction<'_, Postgres>, work: RollupWork) -> Result<()> {
     let ctx = "updating the rollups";
-    let (series, minutes): (Vec<i64>, Vec<i64>) = touched.iter().copied().unzip();
-    sqlx::query(LOCK)
-        .bind(&series)
-        .bind(&minutes)
-        .execute(&mut **tx)
-        .await
-        .map_err(PgError::db(ctx))?;
-    sqlx::query(RECOMPUTE)
-        .bind(&series)
-        .bind(&minutes)
-        .execute(&mut **tx)
-        .await
-        .map_err(PgError::db(ctx))?;
+    let RollupWork { added, moved } = work;
+    let added: BTreeMap<Key, Vec<(i64, f64)>> = added
+        .into_iter()
+        .filter(|(k, _)| !moved.contains(k))
+        .collect();
+    if !added.is_empty() {
+        let keys = Columns::of(added.keys().copied());
+        let stored = sqlx::query(LOCK_ROWS)
+            .bind(&keys.0)
+            .bind(&keys.1)
+            .bind(&keys.2)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(PgError::db(ctx))?;
+        let mut rows: BTreeMap<Key, Agg> = BTreeMap::new();
+        for r in &stored {
+            let key = (
+                r.try_get(0).map_err(PgError::db(ctx))?,
+                r.try_get(2).map_err(PgError::db(ctx))?,
+                r.try_get(1).map_err(PgError::db(ctx))?,
+            );
+            rows.insert(key, Agg::from_row(r, 2).map_err(PgError::db(ctx))?);
+        }
+        for (key, readings) in &added {
+            for &(t, v) in readings {
+                rows.entry(*key)
+                    .and_modify(|row| row.add(t, v))
+                    .or_insert(Agg::new(key.1, t, v));
+            }
+        }
+        write_rows(tx, &rows).await?;
+    }
+    if !moved.is_empty() {
+        let keys = Columns::of(moved.iter().copied());
+        sqlx::query(RECOMPUTE)
+            .bind(&keys.0)
+            .bind(&keys.1)
+            .bind(&keys.2)
+            .execute(&mut **tx)
+            .await
+            .map_err(PgError::db(ctx))?;
+    }
     Ok(())
+}
+
+/// Writes `rows` (folded in memory) over the stored ones, in one statement.
+async fn write_rows(tx: &mut Transaction<'_, Postgres>, rows: &BTreeMap<Key, Agg>) -> Result<()> {
+    let keys = Columns::of(rows.keys().copied());
+    let col = |f: fn(&Agg) -> f64| rows.values().map(f).collect::<Vec<f64>>();
+    let col_i = |f: fn(&Agg) -> i64| rows.values().map(f).collect::<Vec<i64>>();
+    sqlx::query(WRITE_ROWS)
+        .bind(&keys.0)
+        .bind(&keys.1)
+        .bind(&keys.2)
+        .bind(col_i(|a| a.n))
+        .bind(col(|a| a.sum))
+        .bind(col(|a| a.min))
+        .bind(col(|a| a.max))
+        .bind(col_i(|a| a.first.0))
+        .bind(col(|a| a.first.1))
+        .bind(col_i(|a| a.last.0))
+        .bind(col(|a| a.last.1))
+        .execute(&mut **tx)
+        .await
+        .map_err(PgError::db("updating the rollups"))?;
+    Ok(())
+}
+
+/// Keys as three parallel arrays (series ids, minutes, actors), for `unnest`.
+struct Columns(Vec<i64>, Vec<i64>, Vec<i64>);
+
+impl Columns {
+    fn of(keys: impl Iterator<Item = Key>) -> Columns {
+        let mut c = Columns(Vec::new(), Vec::new(), Vec::new());
+        for (s, m, a) in keys {
+            c.0.push(s);
+            c.1.push(m);
+            c.2.push(a);
+        }
+        c
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +284,36 @@ mod tests {
         assert_eq!(minute_of(59_999), 0);
         assert_eq!(minute_of(60_000), 60_000);
         assert_eq!(minute_of(-1), -60_000);
+    }
+
+    #[test]
+    fn readings_fold_per_actor_and_minute_in_the_order_given() {
+        let mut work = RollupWork::default();
+        work.add(7, 2, &[59_000, 61_000], &[1.0, 2.0]);
+        work.add(7, 1, &[59_500], &[5.0]);
+        work.add(7, 2, &[59_900], &[3.0]);
+        work.moved(7, 1, 0);
+        let keys: Vec<_> = work.added.keys().copied().collect();
+        assert_eq!(keys, [(7, 0, 1), (7, 0, 2), (7, 60_000, 2)]);
+        assert_eq!(work.added[&(7, 0, 2)], [(59_000, 1.0), (59_900, 3.0)]);
+        assert!(work.moved.contains(&(7, 0, 1)));
+    }
+
+    #[test]
+    fn sums_saturate_at_each_addition_as_sqlite_folds() {
+        let mut a = Agg::new(0, 1, f64::MAX);
+        a.add(2, f64::MAX);
+        a.add(3, -f64::MAX);
+        // Held at MAX after the second reading, then back down: 0, not MAX.
+        assert_eq!(a.sum, 0.0);
+        assert_eq!(saturating_sum(f64::INFINITY, f64::NEG_INFINITY), 0.0);
+        let mut b = Agg::new(0, 5, 2.0);
+        b.add(5, 1.0); // same time, smaller value: first
+        b.add(9, 4.0);
+        b.add(9, 3.0); // same time, smaller value: not last
+        assert_eq!(
+            (b.n, b.first, b.last, b.min, b.max),
+            (4, (5, 1.0), (9, 4.0), 1.0, 4.0)
+        );
     }
 }

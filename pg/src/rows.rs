@@ -14,7 +14,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::codec::{encode_context, encode_correction, encode_gap, encode_seal};
 use crate::error::{PgError, Result};
-use crate::rollups::{Touched, minute_of};
+use crate::rollups::{RollupWork, minute_of};
 
 /// Readings per multi-row INSERT.
 const READINGS_CHUNK: usize = 50_000;
@@ -129,14 +129,14 @@ async fn ids_by_name(
         .collect()
 }
 
-/// Readings, timing records and series attributes of the readings changes. Adds the
-/// (series, minute) pairs it wrote readings into to `touched` (their rollups are recomputed
-/// before commit).
+/// Readings, timing records and series attributes of the readings changes. The readings
+/// go to `rollups` too, with the row index of their actor in `actors` (folded before commit).
 pub(crate) async fn insert_readings(
     tx: &mut Transaction<'_, Postgres>,
     fresh: &[&Change],
     ids: &[i64],
-    touched: &mut Touched,
+    actors: &HashMap<ActorId, i64>,
+    rollups: &mut RollupWork,
 ) -> Result<()> {
     let batches: Vec<(&Change, &ReadingBatch, i64)> = fresh
         .iter()
@@ -164,14 +164,7 @@ pub(crate) async fn insert_readings(
             ts.extend_from_slice(&s.ts);
             cid.extend(std::iter::repeat_n(*id, s.ts.len()));
             val.extend_from_slice(&s.values);
-            let mut last = None;
-            for &t in &s.ts {
-                // Sorted times: a minute's readings are consecutive.
-                if last != Some(minute_of(t)) {
-                    last = Some(minute_of(t));
-                    touched.insert((series_id, minute_of(t)));
-                }
-            }
+            rollups.add(series_id, actors[&c.actor], &s.ts, &s.values);
             if s.unit.is_some() || !s.meta.is_empty() {
                 let meta = serde_json::to_string(&s.meta).unwrap_or_else(|_| "{}".into());
                 let entry = attrs.entry((series_id, c.actor)).or_insert((
@@ -374,13 +367,13 @@ pub(crate) async fn insert_twins(
 /// range's delta (as on SQLite, `sync/src/correct.rs`: same targets, same refusal of a
 /// change whose moved times would leave 1970..9999) and marks the change corrected. The
 /// change in the log keeps its original times (`read.rs` subtracts the delta again). Adds
-/// the minutes readings left and entered to `touched`.
+/// the minutes readings left and entered to `rollups` (recomputed before commit).
 pub(crate) async fn apply_correction(
     tx: &mut Transaction<'_, Postgres>,
     actor_idx: i64,
     id: i64,
     correction: &kdelta_sync::TimeCorrection,
-    touched: &mut Touched,
+    rollups: &mut RollupWork,
 ) -> Result<()> {
     let ctx = "applying a time correction";
     for r in &correction.ranges {
@@ -409,15 +402,14 @@ pub(crate) async fn apply_correction(
                 continue;
             }
             for e in &entries {
-                shift_readings(
-                    tx,
-                    &e.name,
+                let shift = Shift {
+                    series: &e.name,
                     change_id,
-                    (e.ts_min, e.ts_max),
-                    r.delta_ms,
-                    touched,
-                )
-                .await?;
+                    span: (e.ts_min, e.ts_max),
+                    delta_ms: r.delta_ms,
+                    actor_idx,
+                };
+                shift_readings(tx, shift, rollups).await?;
             }
             sqlx::query(
                 "UPDATE reading_timing SET delta_ms = $1, corrected_by = $2 WHERE change_id = $3",
@@ -433,18 +425,32 @@ pub(crate) async fn apply_correction(
     Ok(())
 }
 
-/// Moves the readings of `series` in change `change_id` within `span` by `delta_ms`. Deleted
-/// and inserted again: shifting in place could collide with a row of the same change not
-/// moved yet. A moved reading whose month has no partition lands in the default one. The
-/// minutes each reading left and entered go to `touched`.
-async fn shift_readings(
-    tx: &mut Transaction<'_, Postgres>,
-    series: &str,
+/// One series of one corrected change: its readings in `span` move by `delta_ms`.
+struct Shift<'a> {
+    series: &'a str,
     change_id: i64,
     span: (i64, i64),
     delta_ms: i64,
-    touched: &mut Touched,
+    /// The change's actor (`actors.idx`): whose rollup rows the readings leave and enter.
+    actor_idx: i64,
+}
+
+/// Moves the readings of `series` in change `change_id` within `span` by `delta_ms`. Deleted
+/// and inserted again: shifting in place could collide with a row of the same change not
+/// moved yet. A moved reading whose month has no partition lands in the default one. The
+/// minutes each reading left and entered go to `rollups`.
+async fn shift_readings(
+    tx: &mut Transaction<'_, Postgres>,
+    shift: Shift<'_>,
+    rollups: &mut RollupWork,
 ) -> Result<()> {
+    let Shift {
+        series,
+        change_id,
+        span,
+        delta_ms,
+        actor_idx,
+    } = shift;
     let ctx = "applying a time correction";
     let rows = sqlx::query(
         "DELETE FROM readings r USING series s WHERE s.name = $1 AND r.series_id = s.id \
@@ -461,8 +467,8 @@ async fn shift_readings(
     for row in rows {
         let series_id = row.try_get::<i64, _>(0).map_err(PgError::db(ctx))?;
         let was = row.try_get::<i64, _>(1).map_err(PgError::db(ctx))?;
-        touched.insert((series_id, minute_of(was)));
-        touched.insert((series_id, minute_of(was + delta_ms)));
+        rollups.moved(series_id, actor_idx, minute_of(was));
+        rollups.moved(series_id, actor_idx, minute_of(was + delta_ms));
         sid.push(series_id);
         ts.push(was + delta_ms);
         val.push(row.try_get::<f64, _>(2).map_err(PgError::db(ctx))?);

@@ -13,11 +13,14 @@ use super::*;
 /// One rollup row: n, total, min, max, (first ts, value), (last ts, value).
 type Rollup = (i64, f64, f64, f64, (i64, f64), (i64, f64));
 
+/// A rollup row's key: series id, minute, actor (`actors.idx`).
+type RollupKey = (i64, i64, i64);
+
 /// The rollup rows of the hub.
-async fn stored_rollups(db: &TestDb) -> BTreeMap<(i64, i64), Rollup> {
+async fn stored_rollups(db: &TestDb) -> BTreeMap<RollupKey, Rollup> {
     let sql = format!(
-        "SELECT series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value \
-         FROM {}.rollup_1m",
+        "SELECT series_id, minute, actor_idx, n, total, vmin, vmax, first_ts, first_value, \
+         last_ts, last_value FROM {}.rollup_1m",
         db.schema
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -27,62 +30,55 @@ async fn stored_rollups(db: &TestDb) -> BTreeMap<(i64, i64), Rollup> {
         .iter()
         .map(|r| {
             (
-                (r.get(0), r.get(1)),
+                (r.get(0), r.get(1), r.get(2)),
                 (
-                    r.get(2),
                     r.get(3),
                     r.get(4),
                     r.get(5),
-                    (r.get(6), r.get(7)),
-                    (r.get(8), r.get(9)),
+                    r.get(6),
+                    (r.get(7), r.get(8)),
+                    (r.get(9), r.get(10)),
                 ),
             )
         })
         .collect()
 }
 
-/// The rollups computed from scratch, here, from every stored reading: per series and
-/// minute, readings in (ts, value) order; the total is their sequential sum, or — when it
-/// could leave the finite range (largest magnitude × count ≥ f64::MAX / 2) — their sum
-/// scaled by 2^-64, scaled back and held within ±f64::MAX (the rule of `rollups.rs`).
-async fn rollups_from_scratch(db: &TestDb) -> BTreeMap<(i64, i64), Rollup> {
+/// The rollups computed from scratch, here, from every stored reading: per series, minute
+/// and actor, the actor's readings in (seq, ts) order, the total their sequential sum with
+/// every addition held within ±f64::MAX (the rule of `rollups.rs`, SQLite's
+/// `saturating_sum`).
+async fn rollups_from_scratch(db: &TestDb) -> BTreeMap<RollupKey, Rollup> {
     let sql = format!(
-        "SELECT series_id, ts, value FROM {}.readings ORDER BY series_id, ts, value",
-        db.schema
+        "SELECT r.series_id, r.ts, r.value, c.actor_idx FROM {s}.readings r \
+         JOIN {s}.changes c ON c.id = r.change_id ORDER BY c.actor_idx, c.seq, r.ts",
+        s = db.schema
     );
-    let mut minutes: BTreeMap<(i64, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    let mut minutes: BTreeMap<RollupKey, Vec<(i64, f64)>> = BTreeMap::new();
     for r in sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(&db.admin)
         .await
         .unwrap()
     {
-        let (s, ts, v): (i64, i64, f64) = (r.get(0), r.get(1), r.get(2));
+        let (s, ts, v, a): (i64, i64, f64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
         minutes
-            .entry((s, ts.div_euclid(60_000) * 60_000))
+            .entry((s, ts.div_euclid(60_000) * 60_000, a))
             .or_default()
             .push((ts, v));
     }
     minutes
         .into_iter()
         .map(|(key, rs)| {
-            let n = rs.len();
-            let biggest = rs.iter().map(|r| r.1.abs()).fold(0.0, f64::max);
-            let scale = if biggest < f64::MAX / 2.0 / n as f64 {
-                1.0
-            } else {
-                2f64.powi(-64)
-            };
-            let scaled: f64 = rs.iter().map(|r| r.1 * scale).sum();
-            let total = if scaled.abs() > f64::MAX * scale {
-                f64::MAX.copysign(scaled)
-            } else {
-                scaled / scale
-            };
+            let total = rs
+                .iter()
+                .fold(0.0f64, |sum, r| (sum + r.1).clamp(-f64::MAX, f64::MAX));
             let min = rs.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
             let max = rs.iter().map(|r| r.1).fold(f64::NEG_INFINITY, f64::max);
-            // Sorted by (ts, value): the first is the earliest (smaller value at a tie),
-            // the last the latest (larger value at a tie).
-            (key, (n as i64, total, min, max, rs[0], rs[n - 1]))
+            // The earliest (smaller value at a tie), the latest (larger value at a tie).
+            let by_time = |a: &&(i64, f64), b: &&(i64, f64)| a.partial_cmp(b).unwrap();
+            let first = *rs.iter().min_by(by_time).unwrap();
+            let last = *rs.iter().max_by(by_time).unwrap();
+            (key, (rs.len() as i64, total, min, max, first, last))
         })
         .collect()
 }
@@ -130,7 +126,7 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
     let Some(db) = TestDb::new("readings_queries").await else {
         return;
     };
-    assert_eq!(kdelta_pg::supported_schema_version(), 3);
+    assert_eq!(kdelta_pg::supported_schema_version(), 4);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (device(&dir, "a.db").await, device(&dir, "b.db").await);
     busy_device(&a, 1).await; // with a time correction moving readings across minutes
@@ -319,12 +315,15 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
         );
     }
 
-    // A database of schema v2 with readings gets its rollups when it is migrated.
+    // A database of schema v2 with readings gets its rollups when it is migrated (0003 by
+    // minute, then 0004 per actor).
     hub.close().await;
     for sql in [
         "DROP TABLE {s}.rollup_1m",
         "DROP INDEX {s}.series_by_name_bytes",
-        "DELETE FROM {s}._sqlx_migrations WHERE version = 3",
+        "DROP AGGREGATE {s}.kdelta_saturating_sum(float8)",
+        "DROP FUNCTION {s}.kdelta_saturating_add(float8, float8)",
+        "DELETE FROM {s}._sqlx_migrations WHERE version >= 3",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql.replace("{s}", &db.schema)))
             .execute(&db.admin)
