@@ -104,6 +104,27 @@ impl PgStore {
         theirs: &VersionVector,
         byte_budget: usize,
     ) -> Result<Vec<Change>> {
+        self.changes_since_in(theirs, byte_budget, None).await
+    }
+
+    /// [`changes_since`](Self::changes_since) of `actors` only: other actors' changes are
+    /// never read (a `device` peer under `device_relay = "own"`).
+    pub async fn changes_since_of(
+        &self,
+        actors: &[ActorId],
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Vec<Change>> {
+        self.changes_since_in(theirs, byte_budget, Some(actors))
+            .await
+    }
+
+    async fn changes_since_in(
+        &self,
+        theirs: &VersionVector,
+        byte_budget: usize,
+        only: Option<&[ActorId]>,
+    ) -> Result<Vec<Change>> {
         let ctx = "reading the change log";
         let mut tx = self.inner.pool.begin().await.map_err(PgError::db(ctx))?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -120,6 +141,9 @@ impl PgStore {
         'actors: for a in actors {
             let idx: i64 = a.try_get(0).map_err(PgError::db(ctx))?;
             let actor = actor_of(&a.try_get::<Vec<u8>, _>(1).map_err(PgError::db(ctx))?)?;
+            if only.is_some_and(|only| !only.contains(&actor)) {
+                continue;
+            }
             let max = a.try_get::<i64, _>(2).map_err(PgError::db(ctx))? as u64;
             let mut from = theirs.get(&actor);
             while from < max {

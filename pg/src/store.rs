@@ -248,6 +248,15 @@ impl ChangeLog for PgStore {
         Ok(PgStore::changes_since(self, theirs, byte_budget).await?)
     }
 
+    async fn changes_since_of(
+        &self,
+        actors: &[ActorId],
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> kdelta_sync::Result<Vec<Change>> {
+        Ok(PgStore::changes_since_of(self, actors, theirs, byte_budget).await?)
+    }
+
     async fn apply_remote(&self, changes: Vec<Change>) -> kdelta_sync::Result<ApplyOutcome> {
         Ok(PgStore::apply_remote(self, changes).await?)
     }

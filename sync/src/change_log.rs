@@ -44,6 +44,16 @@ pub trait ChangeLog: Send + Sync {
         byte_budget: usize,
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
 
+    /// [`changes_since`](ChangeLog::changes_since) of `actors` only, never reading another
+    /// actor's changes: what a peer sent only those actors' changes lacks (a `device` peer
+    /// under `device_relay = "own"`).
+    fn changes_since_of(
+        &self,
+        actors: &[ActorId],
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+
     /// Applies a page of a peer's changes: atomic, idempotent, gaps refused (see the
     /// module docs). Returns how many were new and how many were held already.
     fn apply_remote(
@@ -82,6 +92,15 @@ impl ChangeLog for Store {
         byte_budget: usize,
     ) -> Result<Vec<Change>> {
         Store::changes_since(self, theirs, byte_budget).await
+    }
+
+    async fn changes_since_of(
+        &self,
+        actors: &[ActorId],
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Vec<Change>> {
+        Store::changes_since_of(self, actors, theirs, byte_budget).await
     }
 
     async fn apply_remote(&self, changes: Vec<Change>) -> Result<ApplyOutcome> {

@@ -741,7 +741,28 @@ impl Store {
                 let tx = conn
                     .transaction()
                     .map_err(StoreError::db("starting a read"))?;
-                changes_since_on(&tx, &theirs, byte_budget)
+                changes_since_on(&tx, &theirs, byte_budget, None)
+            })
+            .await
+    }
+
+    /// [`changes_since`](Self::changes_since) of `actors` only: what a peer that is sent
+    /// only those actors' changes (`device_relay = "own"`) lacks. Other actors' changes are
+    /// never read.
+    pub async fn changes_since_of(
+        &self,
+        actors: &[ActorId],
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Vec<Change>> {
+        let (theirs, actors) = (theirs.clone(), actors.to_vec());
+        self.inner
+            .readers
+            .read(move |conn| {
+                let tx = conn
+                    .transaction()
+                    .map_err(StoreError::db("starting a read"))?;
+                changes_since_on(&tx, &theirs, byte_budget, Some(&actors))
             })
             .await
     }
@@ -909,6 +930,7 @@ fn changes_since_on(
     conn: &rusqlite::Connection,
     theirs: &VersionVector,
     byte_budget: usize,
+    only: Option<&[ActorId]>,
 ) -> Result<Vec<Change>> {
     let actors: Vec<(i64, Vec<u8>, i64)> = conn
         .prepare_cached("SELECT idx, actor, max_seq FROM actors WHERE max_seq > 0 ORDER BY actor")
@@ -927,6 +949,9 @@ fn changes_since_on(
         let Some(actor) = ActorId::from_slice(&actor) else {
             continue;
         };
+        if only.is_some_and(|only| !only.contains(&actor)) {
+            continue;
+        }
         let max = max as u64;
         let mut from = theirs.get(&actor);
         while from < max {

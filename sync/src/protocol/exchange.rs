@@ -58,12 +58,10 @@ pub(super) struct Exchange<'a, S: SyncStore> {
     last_recheck: Instant,
     /// A `device` credential's bound actor and name: only that actor's changes are taken.
     origin: Option<(ActorId, String)>,
-    /// The only actors whose changes the peer is sent (`device_relay = "own"`); `None`:
-    /// every actor's.
-    relay_only: Option<HashSet<ActorId>>,
-    /// Actors outside `relay_only` seen in the change log: the cursor skips them whole, so
-    /// every actor the peer is sent stays a contiguous run and nothing of theirs is read.
-    withheld: HashSet<ActorId>,
+    /// The only actors whose changes the peer is sent (`device_relay = "own"`), read with
+    /// [`ChangeLog::changes_since_of`]: whole actors, so the runs sent stay contiguous,
+    /// and nothing of the others is read. `None`: every actor's.
+    relay_only: Option<Vec<ActorId>>,
 }
 
 impl<'a, S: SyncStore> Exchange<'a, S> {
@@ -99,7 +97,6 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
             last_recheck: Instant::now(),
             origin: None,
             relay_only: None,
-            withheld: HashSet::new(),
         }
     }
 
@@ -109,23 +106,9 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         self
     }
 
-    /// Sends the peer only `actors`' changes, when `Some`; `ours` (this store's vector at
-    /// the start) names the actors to leave out from the first page on. Actors that appear
-    /// later are left out when first met.
-    pub(super) fn relay_only(
-        mut self,
-        actors: Option<Vec<ActorId>>,
-        ours: &VersionVector,
-    ) -> Exchange<'a, S> {
-        if let Some(actors) = actors {
-            let scope: HashSet<ActorId> = actors.into_iter().collect();
-            self.withheld = ours
-                .iter()
-                .map(|(a, _)| a)
-                .filter(|a| !scope.contains(a))
-                .collect();
-            self.relay_only = Some(scope);
-        }
+    /// Sends the peer only `actors`' changes, when `Some`.
+    pub(super) fn relay_only(mut self, actors: Option<Vec<ActorId>>) -> Exchange<'a, S> {
+        self.relay_only = actors;
         self
     }
 
@@ -175,21 +158,18 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
     /// nothing left, says `Live`.
     async fn pump(&mut self) -> Result<(), ProtocolError> {
         while self.more && self.in_flight.len() < self.config.window.max(1) {
-            let mut changes = self
-                .store
-                .changes_since(&self.cursor(), self.page_budget)
-                .await?;
-            if changes.iter().any(|c| !self.relays(&c.actor)) {
-                // An actor met for the first time: leave it out from now on. Whole actors
-                // go, so the runs kept stay contiguous.
-                let (kept, out): (Vec<Change>, Vec<Change>) =
-                    changes.into_iter().partition(|c| self.relays(&c.actor));
-                self.withheld.extend(out.iter().map(|c| c.actor));
-                if kept.is_empty() {
-                    continue;
+            let changes = match &self.relay_only {
+                Some(actors) => {
+                    self.store
+                        .changes_since_of(actors, &self.cursor(), self.page_budget)
+                        .await?
                 }
-                changes = kept;
-            }
+                None => {
+                    self.store
+                        .changes_since(&self.cursor(), self.page_budget)
+                        .await?
+                }
+            };
             // Only the first change of a page can be over the budget (it is taken whatever
             // its size); if it is over the peer's limit too, no page can ever carry it.
             if let Some(first) = changes.first() {
@@ -273,11 +253,11 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
 
     /// Where the next page starts: above what was sent, and past every actor left out.
     fn cursor(&self) -> Cow<'_, VersionVector> {
-        if self.oversized.is_empty() && self.withheld.is_empty() {
+        if self.oversized.is_empty() {
             return Cow::Borrowed(&self.sent);
         }
         let mut cursor = self.sent.clone();
-        for actor in self.oversized.keys().chain(&self.withheld) {
+        for actor in self.oversized.keys() {
             cursor.set(*actor, u64::MAX);
         }
         Cow::Owned(cursor)

@@ -351,7 +351,7 @@ impl<S: SyncStore> SyncSession<S> {
         self.stats.relay_only(relay_only.clone());
         Exchange::new(&self.store, &self.config, &self.stats, link, &peer, theirs)
             .only_from(self.origin.get().cloned())
-            .relay_only(relay_only, &mine)
+            .relay_only(relay_only)
             .run(events)
             .await
     }
