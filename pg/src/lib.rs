@@ -44,6 +44,7 @@
 
 mod apply;
 mod codec;
+mod copy;
 mod docs;
 mod error;
 mod feed;

@@ -1,8 +1,9 @@
 //! The rows of one apply transaction (`apply.rs` decides what is fresh and holds the actor
 //! locks): change-log rows, readings with their timing records and series attributes,
 //! document versions and superseded dots, twin changes, and the readings a time correction
-//! moves. Each kind is written with multi-row statements over `unnest` arrays. Knows nothing
-//! of locking, retries or the version vector.
+//! moves. Each kind is written with multi-row statements over `unnest` arrays, and the
+//! readings of a large page with `COPY` (`copy.rs`). Knows nothing of locking, retries or
+//! the version vector.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -13,11 +14,9 @@ use kdelta_sync::{
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::codec::{encode_context, encode_correction, encode_gap, encode_seal};
+use crate::copy::{COPY_FROM_ROWS, copy_readings};
 use crate::error::{PgError, Result};
 use crate::rollups::{RollupWork, minute_of};
-
-/// Readings per multi-row INSERT.
-const READINGS_CHUNK: usize = 50_000;
 
 const CTX: &str = "applying a page of changes";
 
@@ -178,16 +177,17 @@ pub(crate) async fn insert_readings(
             }
         }
     }
-    for start in (0..sid.len()).step_by(READINGS_CHUNK) {
-        let end = (start + READINGS_CHUNK).min(sid.len());
+    if sid.len() >= COPY_FROM_ROWS {
+        copy_readings(tx, &sid, &ts, &cid, &val).await?;
+    } else {
         sqlx::query(
             "INSERT INTO readings (series_id, ts, change_id, value) \
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::float8[])",
         )
-        .bind(&sid[start..end])
-        .bind(&ts[start..end])
-        .bind(&cid[start..end])
-        .bind(&val[start..end])
+        .bind(&sid)
+        .bind(&ts)
+        .bind(&cid)
+        .bind(&val)
         .execute(&mut **tx)
         .await
         .map_err(PgError::db("inserting readings"))?;

@@ -397,3 +397,92 @@ async fn two_replicas_applying_the_same_minutes_at_once_keep_exact_rollups() {
     r2.close().await;
     db.drop().await;
 }
+
+/// A catch-up page of thousands of readings goes in with `COPY` (binary): read back bit for
+/// bit (the smallest and largest magnitudes), routed to the month partitions and
+/// the default one (1990), with the rollups of per-actor folds — and a page below the
+/// threshold, applied after it, with the `INSERT` beside it.
+#[tokio::test]
+async fn a_large_page_is_copied_and_reads_back_bit_for_bit() {
+    let Some(db) = TestDb::new("copy_readings").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (device(&dir, "a.db").await, device(&dir, "b.db").await);
+    const Y1990: i64 = 631_152_000_000;
+    let awkward = [-0.0, f64::MIN_POSITIVE, -f64::MAX, 1e308, -1e-300, 0.1, 3.0];
+    for (store, tag) in [(&a, 0i64), (&b, 1)] {
+        for change in 0..3i64 {
+            let mut batch = ReadingBatch::new();
+            for i in 0..1_000i64 {
+                let v = awkward[((i + change) % awkward.len() as i64) as usize];
+                batch.push(
+                    "shared.v",
+                    T0 + change * 1_000_000 + i * 1_000 + tag,
+                    v,
+                    None,
+                );
+                batch.push(
+                    &format!("old{tag}"),
+                    Y1990 + change * 1_000_000 + i,
+                    -v,
+                    None,
+                );
+            }
+            store.append(batch).await.unwrap();
+        }
+    }
+    let hub = db.replica().await;
+    let reference = device(&dir, "ref.db").await;
+    for d in [&a, &b] {
+        let theirs = hub.version_vector().await.unwrap();
+        let pages = pages_for(d, &theirs, 1 << 24).await;
+        assert_eq!(pages.len(), 1, "one page per device");
+        assert!(pages[0].len() > 1);
+        hub.apply_remote(pages[0].clone()).await.unwrap();
+        sync(d, &reference, 1 << 24).await;
+    }
+    let mut small = ReadingBatch::new();
+    small.push("shared.v", T0 + 9_000_000, 42.0, None);
+    a.append(small).await.unwrap();
+    sync(&a, &hub, 1 << 24).await;
+    sync(&a, &reference, 1 << 24).await;
+    assert_eq!(hub.digest().await.unwrap(), reference.digest());
+    assert_eq!(hub.verify_digest().await.unwrap(), reference.digest());
+    assert_eq!(
+        db.count("SELECT count(*) FROM {s}.readings").await,
+        2 * 3 * 2_000 + 1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM {s}.readings_default").await,
+        2 * 3 * 1_000,
+        "1990 is outside the partition window"
+    );
+    assert_rollups_exact(&db).await;
+    for series in ["shared.v", "old0", "old1"] {
+        let q = RangeQuery {
+            series: series.into(),
+            from: i64::MIN,
+            to: i64::MAX,
+            limit: 10_000,
+            cursor: None,
+        };
+        let bits = |page: ReadingPage| -> Vec<(i64, u64)> {
+            let mut v: Vec<_> = page
+                .readings
+                .iter()
+                .map(|r| (r.ts, r.value.to_bits()))
+                .collect();
+            v.sort();
+            v
+        };
+        let (got, want) = (
+            bits(hub.range(&q).await.unwrap()),
+            bits(reference.range(&q).await.unwrap()),
+        );
+        assert_eq!(got.len(), if series == "shared.v" { 6_001 } else { 3_000 });
+        assert_eq!(got, want, "{series}");
+    }
+    hub.close().await;
+    db.drop().await;
+}
