@@ -44,6 +44,7 @@
 
 mod apply;
 mod codec;
+mod doc_retention;
 mod docs;
 mod error;
 mod feed;
