@@ -22,8 +22,8 @@
 //! [`PgStore::diff`], [`PgStore::list`]); the hub writes documents as its own actor
 //! ([`PgStore::put`], [`PgStore::delete`], [`PgStore::write_batch`]). Retention
 //! ([`PgStore::prune`]) prunes raw readings by age — dropping whole month partitions where
-//! it can — and rollups by a longer age, with the embedded store's rule and digest. Not yet:
-//! twin reads and writes, document history retention — see `docs/hub.md`.
+//! it can — rollups by a longer age, and document history (`[retention.docs]`), with the
+//! embedded store's rules and digest. Not yet: twin reads and writes — see `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -45,6 +45,7 @@
 mod apply;
 mod codec;
 mod copy;
+mod doc_retention;
 mod docs;
 mod error;
 mod feed;

@@ -3,7 +3,8 @@
 //! embedded store's rule (`kdelta_sync`'s `retention.rs`), applied with its pure functions
 //! ([`readings_cutoff`], [`unit_expired`], [`prune_series`], [`rollups_cutoff`]), so a hub
 //! and SQLite replicas under one policy hold the same units and show the same digest.
-//! Owns the pass and its locks; must not touch documents or twins (not pruned here).
+//! Owns the pass and its locks; document history is `doc_retention.rs`'s, run after the
+//! readings under the same lock; twins are not compacted on PostgreSQL.
 //!
 //! **The unit** is what SQLite prunes: the readings one change holds for one series, once
 //! all of them are older than the series' cutoff. Pruning a unit — in one transaction that
@@ -55,7 +56,7 @@ use crate::rollups::minute_of;
 use crate::store::PgStore;
 
 /// Times a step is tried again after PostgreSQL aborted it for a conflict with an apply.
-const CONFLICT_RETRIES: usize = 8;
+pub(crate) const CONFLICT_RETRIES: usize = 8;
 /// How long detaching a partition may wait for the lock on `readings` before the pass
 /// leaves it for the next one (applies queue behind a waiting `DETACH`).
 const DETACH_LOCK_TIMEOUT: &str = "2s";
@@ -69,7 +70,7 @@ pub struct PgPruneReport {
     /// False when another replica held the retention lock: this replica did nothing.
     pub ran: bool,
     /// What was removed, in the embedded store's terms: `readings`, `units`, `rollups`,
-    /// `steps` (transactions). Document and twin figures stay 0.
+    /// `doc_versions`, `steps` (transactions). Twin figures stay 0.
     pub pruned: PruneReport,
     /// Month partitions of `readings` detached and dropped whole.
     pub partitions_dropped: Vec<String>,
@@ -88,10 +89,10 @@ struct WholeMonth {
 
 impl PgStore {
     /// One retention pass as of `now_ms` (unix ms): raw readings by age, whole month
-    /// partitions dropped where they can be, then rollups by age. Only the readings rules
-    /// of `policy` apply (`docs` and `twins` are not pruned on PostgreSQL); a policy that
-    /// keeps every reading returns at once. `step_rows` bounds the readings one transaction
-    /// looks at. Returns with [`PgPruneReport::ran`] false when another replica is
+    /// partitions dropped where they can be, then rollups by age, then document history
+    /// (`docs`, `doc_retention.rs`); `twins` are not compacted on PostgreSQL. A policy that
+    /// keeps every reading and every document version returns at once. `step_rows` bounds
+    /// the readings (or document versions) one transaction looks at. Returns with [`PgPruneReport::ran`] false when another replica is
     /// pruning. Safe while replicas apply: each step is its own short transaction.
     pub async fn prune(
         &self,
@@ -100,7 +101,7 @@ impl PgStore {
         step_rows: usize,
     ) -> Result<PgPruneReport> {
         let mut report = PgPruneReport::default();
-        if policy.keeps_all_readings() {
+        if policy.keeps_all_readings() && policy.docs.keeps_everything() {
             report.ran = true;
             return Ok(report);
         }
@@ -118,9 +119,15 @@ impl PgStore {
             return Ok(report);
         }
         report.ran = true;
-        let result = self
+        let mut result = self
             .prune_locked(policy, now_ms, step_rows.max(1), &mut report)
             .await;
+        if result.is_ok() {
+            // Document history (`doc_retention.rs`), under the same lock.
+            result = self
+                .prune_docs(&policy.docs, now_ms, step_rows, &mut report.pruned)
+                .await;
+        }
         let released = guard.rollback().await.map_err(PgError::db(ctx));
         result.and(released).map(|()| report)
     }

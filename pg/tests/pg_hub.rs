@@ -12,7 +12,8 @@
 //! sessions run between devices and hub replicas (`pg_hub/sessions.rs`); the readings
 //! rollups and queries answer as SQLite's (`pg_hub/readings.rs`); so do the document reads
 //! and the hub's document writes (`pg_hub/docs.rs`); retention prunes as SQLite's does and
-//! keeps the digest equal (`pg_hub/retention.rs`).
+//! keeps the digest equal (`pg_hub/retention.rs`), and so does document history retention
+//! (`pg_hub/doc_retention.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use proptest::prelude::*;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
+#[path = "pg_hub/doc_retention.rs"]
+mod doc_retention;
 #[path = "pg_hub/docs.rs"]
 mod docs;
 #[path = "pg_hub/readings.rs"]

@@ -33,7 +33,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::digest::{doc_hash, doc_pruned_hash};
 use crate::retention::glob_match;
 use crate::writer::{Job, Writer};
-use crate::{ActorId, Hlc, PruneReport, Result, Store, StoreError};
+use crate::{ActorId, Dot, Hlc, PruneReport, Result, Store, StoreError};
 
 /// How much history of a key is kept. A version is pruned only when it exceeds every limit
 /// set (and is not a head); with no limit set everything is kept.
@@ -49,6 +49,83 @@ impl DocRule {
     /// True when this rule never prunes anything.
     pub fn keeps_everything(&self) -> bool {
         self.keep_versions.is_none() && self.max_age_ms.is_none()
+    }
+
+    /// Where the count limit falls among a key's versions, newest first by `(HLC, actor)`
+    /// and pruned ones included: the offset of the `keep_versions`-th newest, the version
+    /// [`prune_bound`](Self::prune_bound) takes; `None` without a count limit.
+    pub fn newest_kept_offset(&self) -> Option<i64> {
+        self.keep_versions
+            .map(|n| n.saturating_sub(1).min(i64::MAX as u64) as i64)
+    }
+
+    /// The `(HLC, actor)` below which a key's versions exceed every limit of this rule, as
+    /// of `now_ms`: the smaller of the `keep_versions`-th newest version (`nth_newest`, the
+    /// version at [`newest_kept_offset`](Self::newest_kept_offset), `None` when the key
+    /// has fewer versions) and the age cutoff. `None` when nothing of the key is past every
+    /// limit. Versions strictly below the bound that are not heads are pruned; the one
+    /// rule of SQLite and PostgreSQL stores.
+    pub fn prune_bound(
+        &self,
+        nth_newest: Option<VersionOrder>,
+        now_ms: i64,
+    ) -> Option<VersionOrder> {
+        if self.keeps_everything() {
+            return None;
+        }
+        let mut bound = None;
+        if self.keep_versions.is_some() {
+            // At most N versions: all kept.
+            bound = Some(nth_newest?);
+        }
+        if let Some(age) = self.max_age_ms {
+            let cutoff = now_ms.saturating_sub(age.min(i64::MAX as u64) as i64);
+            if cutoff <= 0 {
+                return None;
+            }
+            // `(hlc, actor) < (cutoff, zero actor)` is `hlc < cutoff`.
+            let by_age = (Hlc::new(cutoff as u64, 0).0 as i64, vec![0u8; 16]);
+            bound = Some(match bound {
+                Some(b) if b < by_age => b,
+                _ => by_age,
+            });
+        }
+        bound
+    }
+}
+
+/// A document version's place in its key's order: `(HLC, actor bytes)`, compared as
+/// SQLite compares the pair (integer, then bytes).
+pub type VersionOrder = (i64, Vec<u8>);
+
+/// What pruning one document version changes, whichever store holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrunedVersion {
+    /// The digest element the version added when stored: subtracted.
+    pub held: [u8; 32],
+    /// The digest element of what remains of it (dot, HLC, key, context): added — what a
+    /// receiver of the pruned change adds.
+    pub remains: [u8; 32],
+    /// The write's seal hash, appended to its change's pruned hashes
+    /// ([`Seal::pruned`](crate::seal::Seal::pruned)), so the change still proves its body.
+    pub seal_hash: [u8; 32],
+}
+
+/// Prunes one version (its value goes): the digest and seal changes of [`PrunedVersion`].
+/// `context` is the version's (the dots it superseded).
+pub fn pruned_version(
+    actor: &ActorId,
+    seq: u64,
+    hlc: Hlc,
+    key: &str,
+    value: Option<&[u8]>,
+    context: &[Dot],
+) -> PrunedVersion {
+    let encoded = crate::docwrite::encode_context(context);
+    PrunedVersion {
+        held: doc_hash(actor, seq, hlc, key, value, &encoded),
+        remains: doc_pruned_hash(actor, seq, hlc, key, &encoded),
+        seal_hash: crate::seal::write_hash(key, value, context),
     }
 }
 
@@ -174,21 +251,20 @@ impl Writer {
         Ok((report, cursor))
     }
 
-    /// The `(HLC, actor)` below which versions of the key exceed every limit of `rule`:
-    /// the smaller of the key's `keep_versions`-th newest version and the age cutoff.
-    /// `None` when nothing of the key is past every limit.
+    /// The `(HLC, actor)` below which versions of the key exceed every limit of `rule`
+    /// ([`DocRule::prune_bound`]); `None` when nothing of the key is past every limit.
     fn prune_bound(
         &mut self,
         key_id: i64,
         rule: DocRule,
         now_ms: i64,
-    ) -> Result<Option<(i64, Vec<u8>)>> {
+    ) -> Result<Option<VersionOrder>> {
         if rule.keeps_everything() {
             return Ok(None);
         }
-        let mut bound: Option<(i64, Vec<u8>)> = None;
-        if let Some(n) = rule.keep_versions {
-            let nth: Option<(i64, Vec<u8>)> = self
+        let mut nth = None;
+        if let Some(offset) = rule.newest_kept_offset() {
+            nth = self
                 .conn
                 .prepare_cached(
                     "SELECT v.hlc, a.actor FROM doc_versions v \
@@ -196,31 +272,12 @@ impl Writer {
                      WHERE v.key_id = ?1 ORDER BY v.hlc DESC, a.actor DESC LIMIT 1 OFFSET ?2",
                 )
                 .and_then(|mut st| {
-                    st.query_row(
-                        params![key_id, n.saturating_sub(1).min(i64::MAX as u64) as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
+                    st.query_row(params![key_id, offset], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
                 })
                 .map_err(StoreError::db("counting a document's versions"))?;
-            match nth {
-                Some(b) => bound = Some(b),
-                None => return Ok(None), // at most N versions: all kept
-            }
         }
-        if let Some(age) = rule.max_age_ms {
-            let cutoff = now_ms.saturating_sub(age.min(i64::MAX as u64) as i64);
-            if cutoff <= 0 {
-                return Ok(None);
-            }
-            // `(hlc, actor) < (cutoff, zero actor)` is `hlc < cutoff`.
-            let by_age = (Hlc::new(cutoff as u64, 0).0 as i64, vec![0u8; 16]);
-            bound = Some(match bound {
-                Some(b) if b < by_age => b,
-                _ => by_age,
-            });
-        }
-        Ok(bound)
+        Ok(rule.prune_bound(nth, now_ms))
     }
 
     /// Prunes up to `limit` versions of the key below `bound` that are not pruned yet and
@@ -229,7 +286,7 @@ impl Writer {
         &mut self,
         key_id: i64,
         key: &str,
-        (bound_hlc, bound_actor): (i64, Vec<u8>),
+        (bound_hlc, bound_actor): VersionOrder,
         limit: i64,
     ) -> Result<u64> {
         let found: Vec<Candidate> = self
@@ -264,15 +321,18 @@ impl Writer {
                 what: "stored actor id",
                 detail: "not 16 bytes".into(),
             })?;
-            let (seq, hlc) = (seq as u64, Hlc(hlc as u64));
-            // The element the version added when stored goes; what remains of it comes in.
-            self.digest
-                .sub(&doc_hash(&actor, seq, hlc, key, value.as_deref(), &context));
-            self.digest
-                .add(&doc_pruned_hash(&actor, seq, hlc, key, &context));
-            // The write's seal hash stays with the change, so it still proves its body.
             let dots = crate::docwrite::decode_context(&context)?;
-            let write = crate::seal::write_hash(key, value.as_deref(), &dots);
+            let version = pruned_version(
+                &actor,
+                seq as u64,
+                Hlc(hlc as u64),
+                key,
+                value.as_deref(),
+                &dots,
+            );
+            self.digest.sub(&version.held);
+            self.digest.add(&version.remains);
+            let write = version.seal_hash;
             let mut pruned: Vec<u8> = self
                 .conn
                 .prepare_cached("SELECT pruned FROM changes WHERE id = ?1")

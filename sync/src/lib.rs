@@ -119,7 +119,9 @@ pub use doc_batch::{
     BatchEntry, DocBatch, check_resolved_size, encode_doc_value, not_a_version, prepare_batch,
     twin_not_document,
 };
-pub use doc_retention::{DocRetention, DocRule, KeyRetention};
+pub use doc_retention::{
+    DocRetention, DocRule, KeyRetention, PrunedVersion, VersionOrder, pruned_version,
+};
 pub use docs_query::{
     MAX_HISTORY_PAGE, StoredVersion, decode_version, doc_heads, doc_state, live_state,
 };

@@ -4,7 +4,8 @@
 //! (`KDELTA_POSTGRES`, e.g. `postgres://postgres@127.0.0.1:5432/test`; each test in a schema
 //! of its own through the URL's `options=-c search_path=…`, dropped when it passes): a
 //! replica's health, status and `501 not_on_this_backend` routes, documents written through
-//! one replica read through another and synced to a device, and the chaos test — two
+//! one replica read through another and synced to a device, retention on a replica (old
+//! readings by age; document history beyond `[retention.docs]`), and the chaos test — two
 //! replicas on one database behind a round-robin [`Proxy`], three SQLite devices ingesting
 //! and writing documents through it while the proxy cuts every link at random and one
 //! replica is killed with SIGKILL mid-sync and restarted; after healing, every device and
@@ -26,7 +27,7 @@ use super::cluster::Node;
 use super::harness::{Agent, Endpoint, eventually, run_to_end};
 use super::proxy::{Dir, Proxy};
 use super::sync::{HEAL_DEADLINE, doc_history, series_counts, write_until};
-use super::{client, get_json};
+use super::{client, get_json, put_json};
 
 /// One test's schema on the server `KDELTA_POSTGRES` names.
 struct TestDb {
@@ -854,6 +855,89 @@ async fn a_replica_prunes_readings_older_than_its_retention() {
     assert_eq!(r["store"]["retention"]["hub"]["ran"], true, "{r}");
     assert_eq!(db.count("changes").await, 2);
     assert_eq!(db.count("readings").await, 10);
+    device.stop().await;
+    drop(replica);
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_replica_prunes_document_history_beyond_keep_versions() {
+    let Some(db) = TestDb::new("a_replica_prunes_document_history").await else {
+        return;
+    };
+    let c = client();
+    let config = format!(
+        "{}[retention]\nevery = \"1s\"\n[retention.docs]\nkeep_versions = 2\n\
+         [[retention.docs.keys]]\npattern = \"audit/*\"\nkeep = \"forever\"\n",
+        replica_config(&db.url(), 1)
+    );
+    let replica = Agent::builder().config(&config).start();
+    let device = Node::with_config(&device_config(replica.url(), 0)).await;
+    let put = |url: String, v: i64| {
+        let c = c.clone();
+        async move {
+            let (s, body) = put_json(&c, &url, &serde_json::json!({"v": v})).await;
+            assert_eq!(s, 200, "{url}: {body}");
+            body["hlc"].as_str().unwrap().to_owned()
+        }
+    };
+    // Four versions written through the replica (the hub's actor), three on the device
+    // (synced to the replica), three of a key kept forever.
+    let mut hlcs = Vec::new();
+    for v in 0..4 {
+        hlcs.push(put(replica.at("/v1/docs/gh/setpoint"), v).await);
+    }
+    for v in 0..3 {
+        put(device.at("/v1/docs/dev/mode"), v).await;
+        put(replica.at("/v1/docs/audit/door"), v).await;
+    }
+    let pruned = |key: &'static str| {
+        let c = c.clone();
+        let replica = &replica;
+        async move {
+            doc_history(&c, replica, key)
+                .await
+                .iter()
+                .map(|v| v["pruned"] == true)
+                .collect::<Vec<bool>>()
+        }
+    };
+    // 2 of gh/setpoint and 1 of dev/mode (once the device's versions reach the replica).
+    let status = eventually(
+        HEAL_DEADLINE,
+        "the replica to prune document history",
+        || async {
+            let (_, status) = get_json(&c, &replica.at("/v1/status")).await;
+            let n = status["store"]["retention"]["total"]["doc_versions"].as_u64();
+            (n == Some(3)).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status["store"]["retention"]["enabled"], true, "{status}");
+    assert_eq!(status["store"]["retention"]["hub"]["ran"], true, "{status}");
+    assert_eq!(pruned("gh/setpoint").await, [false, false, true, true]);
+    assert_eq!(pruned("dev/mode").await, [false, false, true]);
+    assert_eq!(pruned("audit/door").await, [false; 3]);
+    // The current value answers; a pruned point is a clear 410, naming the horizon.
+    let doc = replica.at("/v1/docs/gh/setpoint");
+    let (s, now) = get_json(&c, &doc).await;
+    assert_eq!((s, &now["value"]), (200, &serde_json::json!({"v": 3})));
+    let (s, err) = get_json(&c, &format!("{doc}?as_of={}", hlcs[1])).await;
+    assert_eq!(s, 410, "{err}");
+    assert_eq!(err["error"]["code"], "history_pruned", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&hlcs[2]), "names the horizon: {message}");
+    // Every change stays in the log; the values are gone from the database.
+    assert_eq!(db.count("changes").await, 10);
+    let sql = format!(
+        "SELECT count(*) FROM {}.doc_versions WHERE pruned AND value IS NULL",
+        db.schema
+    );
+    let gone: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&db.admin)
+        .await
+        .unwrap();
+    assert_eq!(gone, 3);
     device.stop().await;
     drop(replica);
     db.drop_schema().await;

@@ -222,8 +222,8 @@ fn spawn_store_loops(
         #[cfg(feature = "postgres")]
         Backend::Postgres(hub) => {
             tokio::spawn(hub.clone().health_loop(agent.shutdown.child_token()));
-            // Retention's readings rules, one replica at a time (returns at once when
-            // `[retention]` keeps every reading).
+            // Retention's readings rules and document history, one replica at a time
+            // (returns at once when `[retention]` keeps every reading and version).
             tokio::spawn(crate::retention::hub_retention_loop(
                 hub.store.clone(),
                 config.retention.clone(),

@@ -294,7 +294,6 @@ mod tests {
                 "max_disk = \"2GiB\"\nhard_limit = \"3GiB\"\n",
                 "retention.max_disk",
             ),
-            ("[retention.docs]\nkeep_versions = 10\n", "retention.docs"),
         ] {
             let err = pg_hub(&format!("[retention]\nreadings = \"90d\"\n{extra}")).unwrap_err();
             assert_eq!(err.key, key, "{extra}");
@@ -304,6 +303,15 @@ mod tests {
                 toml::from_str(&format!("[retention]\nreadings = \"90d\"\n{extra}")).unwrap();
             sqlite.validate().expect("accepted on SQLite");
         }
+        // Document history retention applies there too, as configured.
+        let docs = pg_hub(
+            "[retention.docs]\nkeep_versions = 10\n[[retention.docs.keys]]\npattern = \"a/*\"\nkeep = \"7d\"\n",
+        )
+        .expect("document history retention applies on PostgreSQL");
+        let policy = docs.for_backend(false).retention.policy();
+        assert!(policy.keeps_all_readings());
+        assert_eq!(policy.docs.rule("b").keep_versions, Some(10));
+        assert_eq!(policy.docs.rule("a/x").max_age_ms, Some(7 * 86_400_000));
         // Twin compaction does not apply there: left as configured, logged as off.
         let twins = pg_hub("[retention.twins]\ncompact_after = \"forever\"\n").unwrap();
         assert!(

@@ -222,8 +222,8 @@ impl RetentionConfig {
 
     /// What a hub replica on PostgreSQL cannot do of this section, refused naming the key:
     /// the disk budget (the disk is the database server's: PostgreSQL's own monitoring
-    /// bounds it) and document history retention (not built for PostgreSQL yet). The
-    /// readings rules (`readings`, `[[retention.series]]`, `rollups`) apply there.
+    /// bounds it). The readings rules (`readings`, `[[retention.series]]`, `rollups`) and
+    /// document history (`[retention.docs]`) apply there.
     pub fn validate_for_postgres(&self) -> Result<(), InvalidValue> {
         const WHY: &str = "is not available on a PostgreSQL hub: the disk is the database server's \
                            (bound it with PostgreSQL's own monitoring; retention.readings and \
@@ -236,13 +236,6 @@ impl RetentionConfig {
             if set {
                 return refuse(key, WHY);
             }
-        }
-        if self.docs != super::DocsKeep::default() {
-            return refuse(
-                "retention.docs",
-                "document history retention is not built for a PostgreSQL hub yet (docs/hub.md); \
-                 remove [retention.docs] from the replicas' configuration",
-            );
         }
         Ok(())
     }

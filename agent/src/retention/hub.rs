@@ -1,10 +1,11 @@
 //! The retention loop of a hub replica on PostgreSQL: every `retention.every`, one
 //! [`PgStore::prune`] pass with the readings rules of `[retention]` (`readings`,
-//! `[[retention.series]]`, `rollups`, `step_rows`). Replicas take turns through the
+//! `[[retention.series]]`, `rollups`, `step_rows`) and document history
+//! (`[retention.docs]`). Replicas take turns through the
 //! database (one pass at a time for the hub; a replica that finds another pruning skips
 //! its turn). What it did goes to [`RetentionState`] (`/v1/status` → `store.retention`)
-//! and `/metrics` as on SQLite. Which `[retention]` keys a hub refuses (the disk budget,
-//! document history) is `RetentionConfig::validate_for_postgres`; twin compaction does not
+//! and `/metrics` as on SQLite (`doc_versions` counts the document versions pruned). Which
+//! `[retention]` keys a hub refuses (the disk budget) is `RetentionConfig::validate_for_postgres`; twin compaction does not
 //! apply (`Config::for_backend`). Never stops the agent: a failed pass is logged and tried
 //! again at the next tick.
 
@@ -18,7 +19,7 @@ use super::task::{HubRetention, RetentionState, now_ms, round_ms};
 use crate::metrics::Metrics;
 
 /// Runs PostgreSQL prune passes every `config.every` until `cancel`. Returns at once when
-/// `[retention]` keeps every reading and rollup.
+/// `[retention]` keeps every reading, rollup and document version.
 pub async fn hub_retention_loop(
     store: PgStore,
     config: RetentionConfig,
@@ -27,7 +28,7 @@ pub async fn hub_retention_loop(
     cancel: CancellationToken,
 ) {
     let policy = config.policy();
-    if policy.keeps_all_readings() {
+    if policy.keeps_all_readings() && policy.docs.keeps_everything() {
         return;
     }
     state.update(|s| {
@@ -35,7 +36,7 @@ pub async fn hub_retention_loop(
         s.hub = Some(HubRetention::default());
     });
     tracing::info!(
-        "retention: pruning the hub's readings every {} ({} rows per step; one replica at a time)",
+        "retention: pruning the hub's readings and document history every {} ({} rows per step; one replica at a time)",
         humantime::format_duration(config.every),
         config.step_rows
     );
@@ -62,14 +63,18 @@ pub async fn hub_retention_loop(
             Ok(pass) => {
                 let report = pass.pruned;
                 metrics.retention_pass(&report, took);
-                if report.readings + report.rollups > 0 || !pass.partitions_dropped.is_empty() {
+                if report.readings + report.rollups + report.doc_versions > 0
+                    || !pass.partitions_dropped.is_empty()
+                {
                     tracing::info!(
                         readings = report.readings,
                         rollups = report.rollups,
+                        doc_versions = report.doc_versions,
                         partitions = pass.partitions_dropped.len(),
-                        "retention pruned {} readings and {} rollup rows (dropping {} month partitions whole) in {}",
+                        "retention pruned {} readings, {} rollup rows and {} document versions (dropping {} month partitions whole) in {}",
                         report.readings,
                         report.rollups,
+                        report.doc_versions,
                         pass.partitions_dropped.len(),
                         humantime::format_duration(round_ms(took))
                     );

@@ -25,7 +25,7 @@ fn same<T: PartialEq + std::fmt::Debug>(
 /// Every read of `key` on both: state, siblings, every history page of 1, 2 and 1000, the
 /// state as of every version's HLC (and just before, and its millisecond), diffs between
 /// consecutive points.
-async fn compare_key(r: &Store, hub: &PgStore, key: &str) {
+pub(super) async fn compare_key(r: &Store, hub: &PgStore, key: &str) {
     same(&format!("get {key}"), r.get(key).await, hub.get(key).await);
     same(
         &format!("siblings {key}"),

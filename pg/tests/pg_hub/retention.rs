@@ -107,7 +107,7 @@ async fn raw(db: &TestDb, series: &str, from: i64, to: i64) -> i64 {
 }
 
 /// Every change `log` serves, from nothing; asserts each actor's seqs are 1..=max.
-async fn all_changes(log: &impl ChangeLog) -> Vec<Change> {
+pub(super) async fn all_changes(log: &impl ChangeLog) -> Vec<Change> {
     let changes: Vec<Change> = pages_for(log, &VersionVector::new(), 1 << 16)
         .await
         .into_iter()
