@@ -56,6 +56,7 @@ mod rollups;
 mod rows;
 mod schema;
 mod store;
+mod twins;
 
 pub use error::{PgError, Result};
 pub use feed::{CHANNEL, ChangeFeed, FeedEvent};

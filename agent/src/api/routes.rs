@@ -7,7 +7,7 @@
 //! share one wildcard route (see `docs.rs`).
 //!
 //! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
-//! ingest and queries, documents); every other route needs the SQLite store and answers `501 not_on_this_backend`
+//! ingest and queries, documents, twins); every other route needs the SQLite store and answers `501 not_on_this_backend`
 //! there, as does the dashboard.
 
 use std::collections::HashSet;
@@ -79,7 +79,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
 
 /// The routes (method, path) a PostgreSQL hub replica serves; the others need the SQLite
 /// store. Readings are queried there (`GET /v1/readings`), not written (`POST`); documents
-/// are read and written (as the hub's own actor).
+/// and twins are read and written (as the hub's own actor).
 pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -100,6 +100,12 @@ pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/docs/{key}/history"),
     ("GET", "/v1/docs/{key}/diff"),
     ("GET", "/v1/docs/{key}/siblings"),
+    ("GET", "/v1/twins"),
+    ("GET", "/v1/twins/{key}"),
+    ("POST", "/v1/twins/{key}"),
+    ("PATCH", "/v1/twins/{key}"),
+    ("GET", "/v1/twins/{key}/history"),
+    ("GET", "/v1/twins/{key}/diff"),
     ("GET", "/v1/sync"),
     ("GET", "/v1/sync/peers"),
 ];
