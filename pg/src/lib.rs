@@ -22,8 +22,11 @@
 //! [`PgStore::diff`], [`PgStore::list`]); the hub writes documents as its own actor
 //! ([`PgStore::put`], [`PgStore::delete`], [`PgStore::write_batch`]). Retention
 //! ([`PgStore::prune`]) prunes raw readings by age — dropping whole month partitions where
-//! it can — and rollups by a longer age, with the embedded store's rule and digest. Not yet:
-//! twin reads and writes, document history retention — see `docs/hub.md`.
+//! it can — and rollups by a longer age, with the embedded store's rule and digest. Twins
+//! are read ([`PgStore::twin_get`], [`PgStore::twin_history`], …) and edited as the hub's
+//! actor ([`PgStore::twin_create`], [`PgStore::twin_patch`]) with the embedded store's own
+//! functions (`kdelta_sync::TwinDoc`). Not yet: document history retention — see
+//! `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
