@@ -255,7 +255,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postgres_hub_serves_health_status_sync_readings_and_documents_only() {
+    fn a_postgres_hub_serves_health_status_sync_readings_documents_and_twins_only() {
         let documented: HashSet<(String, &str)> = routes()
             .iter()
             .map(|(method, path, _)| (method.to_string(), *path))
@@ -285,15 +285,20 @@ mod tests {
             (Method::DELETE, "/v1/docs/{key}"),
             (Method::GET, "/v1/docs/{key}/history"),
             (Method::POST, "/v1/readings"),
+            (Method::GET, "/v1/twins"),
+            (Method::GET, "/v1/twins/{key}"),
+            (Method::POST, "/v1/twins/{key}"),
+            (Method::PATCH, "/v1/twins/{key}"),
+            (Method::GET, "/v1/twins/{key}/history"),
+            (Method::GET, "/v1/twins/{key}/diff"),
         ] {
             assert!(serves(pg, &method, path), "{method} {path}");
         }
         for (method, path) in [
-            (Method::GET, "/v1/twins/{key}"),
-            (Method::PATCH, "/v1/twins/{key}"),
             (Method::GET, "/v1/readings/timing"),
             (Method::GET, "/v1/readings/gaps"),
-            (Method::GET, "/v1/twins"),
+            (Method::GET, "/v1/events"),
+            (Method::POST, "/v1/sync/now"),
             (Method::GET, "/v1/backup"),
         ] {
             assert!(!serves(pg, &method, path), "{method} {path}");
