@@ -7,8 +7,8 @@
 //! share one wildcard route (see `docs.rs`).
 //!
 //! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
-//! ingest and queries, documents, twins); every other route needs the SQLite store and answers `501 not_on_this_backend`
-//! there, as does the dashboard.
+//! ingest and queries, documents, twins); every other route needs the SQLite store and
+//! answers `501 not_on_this_backend` there, as does the dashboard.
 
 use std::collections::HashSet;
 use std::sync::Arc;
