@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use kdelta_sync::seal::{self, CHAIN_START, Seal};
 use kdelta_sync::{
     ActorId, AdmitRules, ApplyOutcome, ChainHead, ChainReport, Change, ChangeBody, Digest,
-    HeldActor, Hlc, ReadingBatch, StoreError, admit_remote,
+    HeldActor, Hlc, ReadingBatch, StoreError, TwinChange, admit_remote,
 };
 use sqlx::{Postgres, Row, Transaction};
 
@@ -29,6 +29,7 @@ use crate::partitions::month_of;
 use crate::rollups::{RollupWork, update as update_rollups};
 use crate::rows::{apply_correction, insert_changes, insert_docs, insert_readings, insert_twins};
 use crate::store::PgStore;
+use crate::twins::{OwnTwinEdit, own_twin_change};
 
 /// Times a page is tried again after PostgreSQL aborted it for a conflict.
 const CONFLICT_RETRIES: usize = 8;
@@ -182,6 +183,34 @@ impl PgStore {
         body: ChangeBody,
         resolve: Option<&Resolve>,
     ) -> Result<Change> {
+        self.write_own_as(body, resolve, None)
+            .await?
+            .ok_or_else(|| {
+                PgError::Store(StoreError::Decode {
+                    what: "a change of the hub",
+                    detail: "it was not stamped".into(),
+                })
+            })
+    }
+
+    /// Writes the twin edit `twin` as a change of the hub's own actor, its automerge change
+    /// made in the transaction that holds the hub actor's lock (`twins.rs`). `None` when the
+    /// edit changes nothing: nothing is stored.
+    pub(crate) async fn write_own_twin(&self, twin: &OwnTwinEdit) -> Result<Option<Change>> {
+        // The body is made under the lock; this one only names the kind.
+        let body = ChangeBody::Twin(TwinChange {
+            key: String::new(),
+            change: Vec::new(),
+        });
+        self.write_own_as(body, None, Some(twin)).await
+    }
+
+    async fn write_own_as(
+        &self,
+        body: ChangeBody,
+        resolve: Option<&Resolve>,
+        twin: Option<&OwnTwinEdit>,
+    ) -> Result<Option<Change>> {
         let change = Change {
             actor: self.inner.actor,
             seq: 0,
@@ -195,24 +224,23 @@ impl PgStore {
         let stored = loop {
             // Never behind what this replica issued or observed, nor its best trusted time.
             let floor = self.clock().now();
-            let local = Local { floor, resolve };
+            let local = Local {
+                floor,
+                resolve,
+                twin,
+            };
             match self
                 .apply_once(std::slice::from_ref(&change), Some(local), false)
                 .await
             {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
-                Ok((.., stamped)) => {
-                    break stamped.ok_or_else(|| {
-                        PgError::Store(StoreError::Decode {
-                            what: "a change of the hub",
-                            detail: "it was not stamped".into(),
-                        })
-                    })?;
-                }
+                Ok((.., stamped)) => break stamped,
             }
         };
-        let _ = self.clock().observe(stored.hlc);
+        if let Some(c) = &stored {
+            let _ = self.clock().observe(c.hlc);
+        }
         Ok(stored)
     }
 
@@ -239,6 +267,17 @@ impl PgStore {
                 let row = &actors[&c.actor];
                 c.seq = row.max_seq + 1;
                 c.hlc = stamp(&mut tx, local.floor).await?;
+                if let Some(twin) = local.twin {
+                    let max = self.inner.config.limits.max_value_bytes;
+                    match own_twin_change(&mut tx, twin, c.actor, c.hlc, max).await? {
+                        Some(body) => c.body = body,
+                        // The edit changes nothing: nothing is stored, no seq used.
+                        None => {
+                            tx.rollback().await.map_err(PgError::db(CTX))?;
+                            return Ok(Default::default());
+                        }
+                    }
+                }
                 c.seal = Some(self.seal_own(&c, row.head));
                 stamped = [c];
                 &stamped[..]
@@ -364,6 +403,8 @@ struct Local<'a> {
     floor: Hlc,
     /// How a document body's contexts are resolved; `None` for other bodies.
     resolve: Option<&'a Resolve>,
+    /// The twin edit whose change becomes the body; `None` for other bodies.
+    twin: Option<&'a OwnTwinEdit>,
 }
 
 /// A few milliseconds of jitter so two replicas that conflicted do not retry in step.

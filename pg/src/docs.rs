@@ -130,7 +130,9 @@ async fn history_horizon(conn: &mut PgConnection, id: i64) -> Result<Hlc> {
 }
 
 /// A read-only snapshot, so the statements of one read see one state of the database.
-async fn snapshot(store: &PgStore) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+pub(crate) async fn snapshot(
+    store: &PgStore,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let ctx = "reading documents";
     let mut tx = store.inner.pool.begin().await.map_err(PgError::db(ctx))?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

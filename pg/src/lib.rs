@@ -23,7 +23,10 @@
 //! ([`PgStore::put`], [`PgStore::delete`], [`PgStore::write_batch`]). Retention
 //! ([`PgStore::prune`]) prunes raw readings by age — dropping whole month partitions where
 //! it can — rollups by a longer age, and document history (`[retention.docs]`), with the
-//! embedded store's rules and digest. Not yet: twin reads and writes — see `docs/hub.md`.
+//! embedded store's rules and digest. Twins are read ([`PgStore::twin_get`],
+//! [`PgStore::twin_history`], …) and edited as the hub's actor ([`PgStore::twin_create`],
+//! [`PgStore::twin_patch`]) with the embedded store's own functions
+//! (`kdelta_sync::TwinDoc`). See `docs/hub.md`.
 //!
 //! ## Example
 //! ```no_run
@@ -58,6 +61,7 @@ mod rollups;
 mod rows;
 mod schema;
 mod store;
+mod twins;
 
 pub use error::{PgError, Result};
 pub use feed::{CHANNEL, ChangeFeed, FeedEvent};

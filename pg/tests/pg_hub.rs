@@ -11,8 +11,9 @@
 //! (random delivery, duplicates, partitions) holds with a PostgreSQL hub; real sync
 //! sessions run between devices and hub replicas (`pg_hub/sessions.rs`); the readings
 //! rollups and queries answer as SQLite's (`pg_hub/readings.rs`); so do the document reads
-//! and the hub's document writes (`pg_hub/docs.rs`); retention prunes as SQLite's does and
-//! keeps the digest equal (`pg_hub/retention.rs`), and so does document history retention
+//! and the hub's document writes (`pg_hub/docs.rs`), and the twin reads and the hub's
+//! twin edits (`pg_hub/twins.rs`); retention prunes as SQLite's does and keeps the digest
+//! equal (`pg_hub/retention.rs`), and so does document history retention
 //! (`pg_hub/doc_retention.rs`).
 
 use std::str::FromStr;
@@ -34,6 +35,8 @@ mod readings;
 mod retention;
 #[path = "pg_hub/sessions.rs"]
 mod sessions;
+#[path = "pg_hub/twins.rs"]
+mod twins;
 
 const T0: i64 = 1_764_000_000_000;
 

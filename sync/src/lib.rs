@@ -155,7 +155,7 @@ pub use timing::{
 };
 pub use twin::{
     MAX_HISTORY_PATHS, MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS,
-    MAX_VIEW_DEPTH, PathOp, TwinCompaction, TwinEdit, TwinHistoryEntry, TwinPatch, TwinState,
-    TwinStorage, TwinWrite,
+    MAX_VIEW_DEPTH, PathOp, TwinCompaction, TwinDoc, TwinEdit, TwinHistoryEntry, TwinPatch,
+    TwinState, TwinStorage, TwinWrite,
 };
 pub use vv::VersionVector;

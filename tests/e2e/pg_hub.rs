@@ -3,11 +3,11 @@
 //! start with exit code 2 and a message naming it (never the password). With one
 //! (`KDELTA_POSTGRES`, e.g. `postgres://postgres@127.0.0.1:5432/test`; each test in a schema
 //! of its own through the URL's `options=-c search_path=…`, dropped when it passes): a
-//! replica's health, status and `501 not_on_this_backend` routes, documents written through
-//! one replica read through another and synced to a device, retention on a replica (old
-//! readings by age; document history beyond `[retention.docs]`), and the chaos test — two
-//! replicas on one database behind a round-robin [`Proxy`], three SQLite devices ingesting
-//! and writing documents through it while the proxy cuts every link at random and one
+//! replica's health, status and `501 not_on_this_backend` routes, documents and twins
+//! written through one replica read through another and synced to a device, retention on a
+//! replica (old readings by age; document history beyond `[retention.docs]`), and the chaos
+//! test — two replicas on one database behind a round-robin [`Proxy`], three SQLite devices
+//! ingesting and writing documents through it while the proxy cuts every link at random and one
 //! replica is killed with SIGKILL mid-sync and restarted; after healing, every device and
 //! the database hold one digest, and every acknowledged reading is there exactly once.
 //! Without `KDELTA_POSTGRES` those tests print why and pass without running. Built only with
@@ -219,10 +219,9 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
     assert_eq!(st["database"]["reachable"], true, "{st}");
     assert_eq!(st["version_vector_size"], 0, "{st}");
     for (method, path) in [
-        ("GET", "/v1/twins/some/key"),
-        ("PATCH", "/v1/twins/some/key"),
         ("GET", "/v1/readings/timing"),
-        ("GET", "/v1/twins"),
+        ("GET", "/v1/readings/gaps"),
+        ("GET", "/v1/events"),
         ("GET", "/v1/backup"),
         ("GET", "/"),
     ] {
@@ -531,6 +530,175 @@ async fn documents_written_through_one_replica_are_read_through_another_and_sync
         .iter()
         .chain(["/v1/docs/dev/note".to_owned(), "/v1/docs".to_owned()].iter())
     {
+        assert_eq!(
+            get_json(&c, &device.at(v)).await,
+            get_json(&c, &r2.at(v)).await,
+            "{v}"
+        );
+    }
+    device.stop().await;
+    drop((r1, r2));
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twins_edited_through_two_replicas_are_read_back_and_reach_a_device() {
+    let Some(db) = TestDb::new("twins_through_replicas").await else {
+        return;
+    };
+    let c = client();
+    let config = replica_config(&db.url(), 1);
+    let (r1, r2) = (
+        Agent::builder().config(&config).start(),
+        Agent::builder().config(&config).start(),
+    );
+    for r in [&r1, &r2] {
+        eventually(Duration::from_secs(10), "/readyz 200", || {
+            let (c, url) = (c.clone(), r.at("/readyz"));
+            async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+        })
+        .await;
+    }
+    let send = |method: &str, url: String, content_type: &str, body: Value| {
+        let req = c
+            .request(method.parse().unwrap(), url)
+            .header("content-type", content_type)
+            .body(body.to_string());
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let json = "application/json";
+    let merge = "application/merge-patch+json";
+    let (s, created) = send(
+        "POST",
+        r1.at("/v1/twins/device/pi-01"),
+        json,
+        serde_json::json!({"desired": {"interval": 10}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let (_, st) = get_json(&c, &r1.at("/v1/status")).await;
+    assert_eq!(
+        created["actor"], st["actor"],
+        "the hub's own actor: {created}"
+    );
+    assert_eq!(created["seq"], 1, "{created}");
+    let (s, patched) = send(
+        "PATCH",
+        r2.at("/v1/twins/device/pi-01"),
+        merge,
+        serde_json::json!({"desired": {"mode": "eco"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{patched}");
+    assert_eq!(patched["changed"], true, "{patched}");
+    assert_eq!(patched["seq"], 2, "{patched}");
+    let (s, counted) = send(
+        "PATCH",
+        r1.at("/v1/twins/device/pi-01"),
+        json,
+        serde_json::json!({"ops": [{"op": "increment", "path": "/restarts", "by": 2}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{counted}");
+    let expected = serde_json::json!({"desired": {"interval": 10, "mode": "eco"}, "restarts": 2});
+    assert_eq!(counted["value"], expected, "{counted}");
+    // Refusals as on SQLite.
+    for (method, path, content_type, body, status, code) in [
+        (
+            "POST",
+            "/v1/twins/device/pi-01",
+            json,
+            serde_json::json!({}),
+            409,
+            "twin_exists",
+        ),
+        (
+            "PATCH",
+            "/v1/twins/device/none",
+            merge,
+            serde_json::json!({"a": 1}),
+            404,
+            "not_found",
+        ),
+        (
+            "PATCH",
+            "/v1/twins/device/pi-01",
+            merge,
+            serde_json::json!([1]),
+            422,
+            "invalid_patch",
+        ),
+    ] {
+        let (s, err) = send(method, r2.at(path), content_type, body).await;
+        assert_eq!(
+            (s, err["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {err}"
+        );
+    }
+    let (s, _) = send("PUT", r1.at("/v1/docs/plain"), json, serde_json::json!(1)).await;
+    assert_eq!(s, 200);
+    let (s, err) = send(
+        "POST",
+        r2.at("/v1/twins/plain"),
+        json,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        (s, err["error"]["code"].as_str()),
+        (409, Some("wrong_kind")),
+        "{err}"
+    );
+
+    // Every view, read back through the other replica.
+    let views = [
+        "/v1/twins/device/pi-01".to_owned(),
+        "/v1/twins/device/pi-01/history".to_owned(),
+        format!(
+            "/v1/twins/device/pi-01?as_of={}",
+            created["hlc"].as_str().unwrap()
+        ),
+        format!(
+            "/v1/twins/device/pi-01/diff?from={}",
+            created["hlc"].as_str().unwrap()
+        ),
+        "/v1/twins?prefix=device/".to_owned(),
+    ];
+    let (s, twin) = get_json(&c, &r2.at(&views[0])).await;
+    assert_eq!((s, &twin["value"]), (200, &expected), "{twin}");
+    assert_eq!(twin["changes"], 3, "{twin}");
+    let (_, history) = get_json(&c, &r2.at(&views[1])).await;
+    assert_eq!(
+        history["changes"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
+    for v in &views {
+        assert_eq!(
+            get_json(&c, &r1.at(v)).await,
+            get_json(&c, &r2.at(v)).await,
+            "{v}"
+        );
+    }
+
+    // A device syncing with the hub receives the twin and renders it the same.
+    let device = Node::with_config(&device_config(r1.url(), 0)).await;
+    eventually(
+        HEAL_DEADLINE,
+        "the device and the hub to converge",
+        || async {
+            let (_, d) = get_json(&c, &device.at("/v1/status")).await;
+            let (_, r) = get_json(&c, &r2.at("/v1/status")).await;
+            (!d["digest"].is_null() && d["digest"] == r["digest"]).then_some(())
+        },
+    )
+    .await;
+    for v in &views {
         assert_eq!(
             get_json(&c, &device.at(v)).await,
             get_json(&c, &r2.at(v)).await,

@@ -7,8 +7,8 @@
 //! share one wildcard route (see `docs.rs`).
 //!
 //! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
-//! ingest and queries, documents); every other route needs the SQLite store and answers `501 not_on_this_backend`
-//! there, as does the dashboard.
+//! ingest and queries, documents, twins); every other route needs the SQLite store and
+//! answers `501 not_on_this_backend` there, as does the dashboard.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Agent>)> {
 
 /// The routes (method, path) a PostgreSQL hub replica serves; the others need the SQLite
 /// store. Readings are queried there (`GET /v1/readings`), not written (`POST`); documents
-/// are read and written (as the hub's own actor).
+/// and twins are read and written (as the hub's own actor).
 pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -100,6 +100,12 @@ pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/docs/{key}/history"),
     ("GET", "/v1/docs/{key}/diff"),
     ("GET", "/v1/docs/{key}/siblings"),
+    ("GET", "/v1/twins"),
+    ("GET", "/v1/twins/{key}"),
+    ("POST", "/v1/twins/{key}"),
+    ("PATCH", "/v1/twins/{key}"),
+    ("GET", "/v1/twins/{key}/history"),
+    ("GET", "/v1/twins/{key}/diff"),
     ("GET", "/v1/sync"),
     ("GET", "/v1/sync/peers"),
 ];
@@ -249,7 +255,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postgres_hub_serves_health_status_sync_readings_and_documents_only() {
+    fn a_postgres_hub_serves_health_status_sync_readings_documents_and_twins_only() {
         let documented: HashSet<(String, &str)> = routes()
             .iter()
             .map(|(method, path, _)| (method.to_string(), *path))
@@ -279,15 +285,20 @@ mod tests {
             (Method::DELETE, "/v1/docs/{key}"),
             (Method::GET, "/v1/docs/{key}/history"),
             (Method::POST, "/v1/readings"),
+            (Method::GET, "/v1/twins"),
+            (Method::GET, "/v1/twins/{key}"),
+            (Method::POST, "/v1/twins/{key}"),
+            (Method::PATCH, "/v1/twins/{key}"),
+            (Method::GET, "/v1/twins/{key}/history"),
+            (Method::GET, "/v1/twins/{key}/diff"),
         ] {
             assert!(serves(pg, &method, path), "{method} {path}");
         }
         for (method, path) in [
-            (Method::GET, "/v1/twins/{key}"),
-            (Method::PATCH, "/v1/twins/{key}"),
             (Method::GET, "/v1/readings/timing"),
             (Method::GET, "/v1/readings/gaps"),
-            (Method::GET, "/v1/twins"),
+            (Method::GET, "/v1/events"),
+            (Method::POST, "/v1/sync/now"),
             (Method::GET, "/v1/backup"),
         ] {
             assert!(!serves(pg, &method, path), "{method} {path}");

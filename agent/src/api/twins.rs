@@ -5,6 +5,9 @@
 //! `/v1/twins/{*key}` serves them and a GET is dispatched on its last segment (`…/history`,
 //! `…/diff`). `PATCH` takes `Content-Type: application/merge-patch+json` (RFC 7396) or
 //! `application/json` with `{"ops": [...]}` (path operations). See docs/twins.md.
+//!
+//! Served by either store (`backend/twins.rs`); on a PostgreSQL hub replica an edit is a
+//! change of the hub's own actor.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -130,7 +133,7 @@ pub async fn create(
     } else {
         Some(parse_json(&body)?)
     };
-    let w = state.sqlite()?.twin_create(&key, initial).await?;
+    let w = state.backend.twin_create(&key, initial).await?;
     Ok(reply.respond(StatusCode::CREATED, &write_json(&w)))
 }
 
@@ -183,7 +186,7 @@ pub async fn patch(
     let body = read_body(body, state.max_body_bytes)?;
     let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let patch = patch_from_body(&key, ct, &body)?;
-    let w = state.sqlite()?.twin_patch(&key, patch).await?;
+    let w = state.backend.twin_patch(&key, patch).await?;
     Ok(reply.ok(&write_json(&w)))
 }
 
@@ -212,10 +215,10 @@ pub async fn get(
 async fn value(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiError> {
     if let Some(at) = &p.as_of {
         let at = parse_as_of("as_of", at)?;
-        let value = state.sqlite()?.twin_get_as_of(key, at).await?;
+        let value = state.backend.twin_as_of(key, at).await?;
         return Ok(json!({"key": key, "value": value}));
     }
-    match state.sqlite()?.twin_get(key).await? {
+    match state.backend.twin(key).await? {
         Some(t) => Ok(json!({"key": t.key, "value": t.value, "changes": t.changes})),
         None => Err(missing(key)),
     }
@@ -228,7 +231,7 @@ async fn history(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiE
         .as_deref()
         .map(|b| parse_history_cursor("before", b))
         .transpose()?;
-    let entries = state.sqlite()?.twin_history(key, limit, before).await?;
+    let entries = state.backend.twin_history(key, limit, before).await?;
     let next_before = (entries.len() == limit)
         .then(|| {
             entries
@@ -249,7 +252,7 @@ async fn diff(state: &Agent, key: &str, p: &TwinParams) -> Result<Value, ApiErro
         Some(t) => parse_as_of("to", t)?,
         None => AsOf::Hlc(Hlc(i64::MAX as u64)),
     };
-    let d = state.sqlite()?.twin_diff(key, from, to).await?;
+    let d = state.backend.twin_diff(key, from, to).await?;
     Ok(serde_json::to_value(&d).unwrap_or(Value::Null))
 }
 
@@ -262,7 +265,7 @@ pub async fn list(
     let p = query(q)?;
     let limit = limit("limit", &p.limit, DEFAULT_PAGE, MAX_HISTORY_PAGE)?;
     let keys = state
-        .sqlite()?
+        .backend
         .twin_keys(p.prefix.as_deref().unwrap_or(""), limit, p.after.as_deref())
         .await?;
     let next_after = (keys.len() == limit)

@@ -4,15 +4,16 @@
 //! log on PostgreSQL ([`PgHub`]; issue 17, docs/hub.md).
 //!
 //! Everything that needs a particular store asks the enum once, by type: the HTTP routes
-//! that exist only on SQLite (twins, readings timing, gaps, events, backup) take the store
-//! from [`Backend::sqlite`], and on a PostgreSQL hub the router answers them with `501
+//! that exist only on SQLite (readings timing, gaps, events, backup) take the store from
+//! [`Backend::sqlite`], and on a PostgreSQL hub the router answers them with `501
 //! not_on_this_backend` ([`NotOnThisBackend`]); readings ingest and queries (append, series,
-//! range, aggregate, latest; `readings.rs`) and the documents (reads, puts, deletes, batches
-//! — on PostgreSQL ingest and writes are changes of the hub's own actor; `docs.rs`) are
-//! methods of the enum answered by either store; the parts that need SQLite (sources, MQTT,
-//! the disk budget, backups, the device twin, outbound peers) are switched off in the
-//! configuration a hub runs with (`Config::for_backend`), one log line each. The rest — health, readiness,
-//! status, metrics and inbound sync — serves either store.
+//! range, aggregate, latest; `readings.rs`), the documents (reads, puts, deletes, batches;
+//! `docs.rs`) and the twins (reads, creates, patches; `twins.rs`) are methods of the enum
+//! answered by either store — on PostgreSQL ingest and writes are changes of the hub's own
+//! actor; the parts that need SQLite (sources, MQTT, the disk budget, backups, the device
+//! twin, outbound peers) are switched off in the configuration a hub runs with
+//! (`Config::for_backend`), one log line each. The rest — health, readiness, status,
+//! metrics and inbound sync — serves either store.
 //!
 //! A leaf below `config`, `state` and `api`: it uses only the store crates and
 //! [`crate::section`].
@@ -22,6 +23,7 @@ mod docs;
 #[cfg(feature = "postgres")]
 mod pg;
 mod readings;
+mod twins;
 
 use std::path::Path;
 

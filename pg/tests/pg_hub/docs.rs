@@ -7,7 +7,7 @@
 use super::*;
 
 /// Both answers: equal values, or errors with the same code and message.
-fn same<T: PartialEq + std::fmt::Debug>(
+pub(super) fn same<T: PartialEq + std::fmt::Debug>(
     what: &str,
     sqlite: kdelta_sync::Result<T>,
     pg: Result<T, PgError>,

@@ -14,6 +14,8 @@
 //! - `json.rs`: the merged JSON view of a document.
 //! - `write.rs`: the writer side (cache, persistence, snapshots), inside the group commit.
 //! - `read.rs`: reads on the read pool (get, as-of, history, diff).
+//! - `doc.rs`: [`TwinDoc`], the same reads and local edits over a key's raw changes, for a
+//!   store that keeps only those (the PostgreSQL hub).
 //! - `compact.rs`: history compaction — dropping raw chunks the snapshot holds (retention).
 //! - `rebuild.rs`: the chunks of compacted changes, rebuilt from the snapshot (cached).
 //!
@@ -22,6 +24,7 @@
 
 mod apply;
 mod compact;
+mod doc;
 mod json;
 mod patch;
 mod read;
@@ -30,10 +33,11 @@ mod write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ActorId, Hlc};
+use crate::{ActorId, Hlc, Result, validate_key};
 
 pub(crate) use compact::TwinCompactCursor;
 pub use compact::TwinCompaction;
+pub use doc::TwinDoc;
 pub use patch::{
     MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_STRING_BYTES, MAX_PATH_SEGMENTS, PathOp, TwinPatch,
 };
@@ -47,6 +51,20 @@ pub enum TwinEdit {
     Create(Option<serde_json::Value>),
     /// Change an existing twin.
     Patch(TwinPatch),
+}
+
+impl TwinEdit {
+    /// Checks the key and the edit's value or patch before any store is touched (every store
+    /// refuses the same edits with the same errors: `InvalidKey`, `InvalidPatch`,
+    /// `ValueTooLarge` over `max_value_bytes`).
+    pub fn validate(&self, key: &str, max_value_bytes: usize) -> Result<()> {
+        validate_key(key)?;
+        match self {
+            TwinEdit::Create(None) => Ok(()),
+            TwinEdit::Create(Some(v)) => TwinPatch::Merge(v.clone()).validate(key, max_value_bytes),
+            TwinEdit::Patch(p) => p.validate(key, max_value_bytes),
+        }
+    }
 }
 
 /// The result of a twin write.

@@ -17,7 +17,6 @@ use super::{
 use crate::writer::Job;
 use crate::{
     ActorId, AsOf, DocDiff, HistoryCursor, Hlc, MAX_HISTORY_PAGE, Result, Store, StoreError,
-    validate_key,
 };
 
 impl Store {
@@ -29,19 +28,17 @@ impl Store {
         key: &str,
         initial: Option<serde_json::Value>,
     ) -> Result<TwinWrite> {
-        validate_key(key)?;
-        if let Some(v) = &initial {
-            TwinPatch::Merge(v.clone()).validate(key, self.inner.config.limits.max_value_bytes)?;
-        }
-        self.twin_edit(key, TwinEdit::Create(initial)).await
+        let edit = TwinEdit::Create(initial);
+        edit.validate(key, self.inner.config.limits.max_value_bytes)?;
+        self.twin_edit(key, edit).await
     }
 
     /// Applies `patch` to the twin `key` as one change (nothing is stored when it changes
     /// nothing). A refused patch changes nothing. Durable on return.
     pub async fn twin_patch(&self, key: &str, patch: TwinPatch) -> Result<TwinWrite> {
-        validate_key(key)?;
-        patch.validate(key, self.inner.config.limits.max_value_bytes)?;
-        self.twin_edit(key, TwinEdit::Patch(patch)).await
+        let edit = TwinEdit::Patch(patch);
+        edit.validate(key, self.inner.config.limits.max_value_bytes)?;
+        self.twin_edit(key, edit).await
     }
 
     async fn twin_edit(&self, key: &str, edit: TwinEdit) -> Result<TwinWrite> {
@@ -287,20 +284,35 @@ fn heads_at(
                 .collect()
         })
         .map_err(StoreError::db("reading twin history"))?;
-    if hashes.is_empty() {
-        return Ok(None);
-    }
-    // Changes still waiting for dependencies are not part of the state yet.
-    Ok(Some(
+    Ok(heads_among(
+        doc,
         hashes
             .iter()
             .filter_map(|h| <[u8; 32]>::try_from(&h[..]).ok().map(ChangeHash))
-            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
             .collect(),
     ))
 }
 
-fn value_at(key: &str, doc: &Automerge, heads: &[ChangeHash]) -> Result<serde_json::Value> {
+/// The heads of the state made of the stored changes `hashes` (those stamped up to a point):
+/// `None` when there are none (before the twin's first change). Changes still waiting for
+/// dependencies are not part of the state yet.
+pub(crate) fn heads_among(doc: &Automerge, hashes: Vec<ChangeHash>) -> Option<Vec<ChangeHash>> {
+    if hashes.is_empty() {
+        return None;
+    }
+    Some(
+        hashes
+            .into_iter()
+            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+            .collect(),
+    )
+}
+
+pub(crate) fn value_at(
+    key: &str,
+    doc: &Automerge,
+    heads: &[ChangeHash],
+) -> Result<serde_json::Value> {
     let past = doc.fork_at(heads).map_err(|e| StoreError::Decode {
         what: "twin history",
         detail: format!("{key}: {e}"),
@@ -311,7 +323,7 @@ fn value_at(key: &str, doc: &Automerge, heads: &[ChangeHash]) -> Result<serde_js
 /// JSON pointers a change wrote: each operation's object resolved to its path in `doc`
 /// (map keys appended; list operations reported as the list). Objects no longer reachable
 /// are shown by their automerge id.
-fn change_paths(doc: &Automerge, change: &automerge::Change) -> (Vec<String>, bool) {
+pub(crate) fn change_paths(doc: &Automerge, change: &automerge::Change) -> (Vec<String>, bool) {
     let mut out: Vec<String> = Vec::new();
     let mut truncated = false;
     for op in change.decode().operations {

@@ -121,6 +121,74 @@ pub(crate) fn load_doc(conn: &Connection, twin_id: i64) -> Result<(Automerge, u6
     Ok((doc, n))
 }
 
+/// Refuses an edit the key's kind or existence rules out, as every store does: a plain
+/// document's key is [`StoreError::WrongKind`], creating an existing twin
+/// [`StoreError::TwinExists`], patching a missing one [`StoreError::UnknownKey`].
+pub(crate) fn check_edit(
+    key: &str,
+    edit: &TwinEdit,
+    is_document: bool,
+    exists: bool,
+) -> Result<()> {
+    if is_document {
+        return Err(StoreError::WrongKind {
+            key: key.to_owned(),
+            problem: "is a plain document, not a twin",
+        });
+    }
+    match (edit, exists) {
+        (TwinEdit::Create(_), true) => Err(StoreError::TwinExists(key.to_owned())),
+        (TwinEdit::Patch(_), false) => Err(StoreError::UnknownKey(key.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// Makes the automerge change of a local edit (checked by [`check_edit`]) on `doc`: by
+/// `actor` as the automerge actor, with the change's HLC as its time. A create always makes
+/// a change (an empty one when it sets nothing); a patch that changes nothing makes none
+/// (`None`). Returns the change's hash and raw bytes; [`StoreError::ValueTooLarge`] when
+/// those are over `max_bytes` (the caller discards `doc` then: it holds the change).
+pub(crate) fn local_change(
+    doc: &mut Automerge,
+    key: &str,
+    edit: &TwinEdit,
+    actor: ActorId,
+    hlc: Hlc,
+    max_bytes: usize,
+) -> Result<Option<(ChangeHash, Vec<u8>)>> {
+    doc.set_actor(automerge::ActorId::from(actor.as_bytes().as_slice()));
+    let opts = || CommitOptions::default().with_time(hlc.ms() as i64);
+    let transact = |doc: &mut Automerge, patch: &TwinPatch| {
+        doc.transact_with(|_| opts(), |tx| apply_patch(tx, key, patch))
+            .map(|s| s.hash)
+            .map_err(|f| f.error)
+    };
+    let hash = match edit {
+        TwinEdit::Create(None) => Some(doc.empty_commit(opts())),
+        TwinEdit::Create(Some(v)) => match transact(doc, &TwinPatch::Merge(v.clone()))? {
+            Some(h) => Some(h),
+            None => Some(doc.empty_commit(opts())),
+        },
+        TwinEdit::Patch(p) => transact(doc, p)?,
+    };
+    let Some(hash) = hash else {
+        return Ok(None);
+    };
+    let bytes = doc
+        .get_change_by_hash(&hash)
+        .ok_or_else(|| decode("twin change", "the change just made is missing"))?
+        .raw_bytes()
+        .to_vec();
+    if bytes.len() > max_bytes {
+        return Err(StoreError::ValueTooLarge {
+            key: key.to_owned(),
+            size: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    Ok(Some((hash, bytes)))
+}
+
 impl Writer {
     fn twin_id(&mut self, key: &str) -> Result<Option<i64>> {
         self.conn
@@ -168,68 +236,29 @@ impl Writer {
 
     /// A local create or patch: one automerge change by this store's actor.
     pub(crate) fn store_twin_local(&mut self, key: &str, edit: &TwinEdit) -> Result<TwinWrite> {
-        let register = self.key_ids.contains_key(key)
+        let is_document = self.key_ids.contains_key(key)
             || self
                 .conn
                 .prepare_cached("SELECT 1 FROM doc_keys WHERE key = ?1")
                 .and_then(|mut st| st.exists([key]))
                 .map_err(StoreError::db("looking up a document key"))?;
-        if register {
-            return Err(StoreError::WrongKind {
-                key: key.to_owned(),
-                problem: "is a plain document, not a twin",
-            });
-        }
-        let exists = self.load_twin(key, false)?;
-        match (edit, exists) {
-            (TwinEdit::Create(_), true) => return Err(StoreError::TwinExists(key.to_owned())),
-            (TwinEdit::Patch(_), false) => return Err(StoreError::UnknownKey(key.to_owned())),
-            (TwinEdit::Create(_), false) => {
-                self.load_twin(key, true)?;
-            }
-            (TwinEdit::Patch(_), true) => {}
+        let exists = !is_document && self.load_twin(key, false)?;
+        check_edit(key, edit, is_document, exists)?;
+        if !exists {
+            self.load_twin(key, true)?;
         }
         let (seq, hlc) = self.next_local();
         let actor = self.actor;
+        let max_bytes = self.limits.max_value_bytes;
         let slot = self.twins.touch(key).expect("loaded above");
-        slot.doc
-            .set_actor(automerge::ActorId::from(actor.as_bytes().as_slice()));
-        let opts = || CommitOptions::default().with_time(hlc.ms() as i64);
-        let transact = |doc: &mut Automerge, patch: &TwinPatch| {
-            doc.transact_with(|_| opts(), |tx| apply_patch(tx, key, patch))
-                .map(|s| s.hash)
-                .map_err(|f| f.error)
-        };
-        let hash = match edit {
-            TwinEdit::Create(None) => Some(slot.doc.empty_commit(opts())),
-            TwinEdit::Create(Some(v)) => {
-                match transact(&mut slot.doc, &TwinPatch::Merge(v.clone()))? {
-                    Some(h) => Some(h),
-                    None => Some(slot.doc.empty_commit(opts())),
-                }
-            }
-            TwinEdit::Patch(p) => transact(&mut slot.doc, p)?,
-        };
-        let Some(hash) = hash else {
+        let Some((hash, bytes)) = local_change(&mut slot.doc, key, edit, actor, hlc, max_bytes)?
+        else {
             return Ok(TwinWrite {
                 key: key.to_owned(),
                 change: None,
                 value: to_json(&slot.doc),
             });
         };
-        let bytes = slot
-            .doc
-            .get_change_by_hash(&hash)
-            .ok_or_else(|| decode("twin change", "the change just made is missing"))?
-            .raw_bytes()
-            .to_vec();
-        if bytes.len() > self.limits.max_value_bytes {
-            return Err(StoreError::ValueTooLarge {
-                key: key.to_owned(),
-                size: bytes.len(),
-                max: self.limits.max_value_bytes,
-            });
-        }
         self.persist_twin_change(actor, seq, hlc, key, &bytes, hash, false)?;
         let value = self.flush_twin(key)?;
         self.twins.evict();
