@@ -16,45 +16,20 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::TryStreamExt;
 use kdelta_sync::{
-    AggregateQuery, Bucket, LatestReading, MAX_PAGE_ROWS, MAX_SERIES_PAGE, RangeQuery, ReadingPage,
-    SeriesInfo, SeriesPage, StoreError, check_aggregate, check_range, parse_cursor, reading_page,
+    AggregateQuery, Bucket, LatestReading, MAX_PAGE_ROWS, MAX_SERIES_PAGE, MinuteAgg, RangeQuery,
+    ReadingPage, SeriesInfo, SeriesPage, StoreError, check_aggregate, check_range, fold_bucket,
+    parse_cursor, reading_page,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use crate::error::{PgError, Result};
-use crate::rollups::{Agg, MINUTE_MS};
+use crate::rollups::{MINUTE_MS, agg_from_row};
 use crate::store::PgStore;
 
 /// The winning unit and metadata of series `s` (a lateral subquery).
 const ATTRS: &str = "LEFT JOIN LATERAL (SELECT unit, meta FROM series_attrs \
      WHERE series_id = s.id ORDER BY hlc DESC, actor DESC LIMIT 1) a ON true";
-
-/// A query's bucket as the API answers it.
-impl Agg {
-    fn to_bucket(self) -> Bucket {
-        Bucket {
-            start: self.start,
-            count: self.n as u64,
-            min: self.min,
-            max: self.max,
-            avg: self.sum / self.n as f64,
-            sum: self.sum,
-            first: self.first.1,
-            last: self.last.1,
-        }
-    }
-}
-
-/// Folds a minute's (or a partial bucket's) aggregate into the bucket its first reading
-/// falls in.
-fn fold(buckets: &mut BTreeMap<i64, Agg>, bucket_ms: i64, agg: Agg) {
-    let start = agg.first.0.div_euclid(bucket_ms) * bucket_ms;
-    buckets
-        .entry(start)
-        .and_modify(|b| b.merge(&agg))
-        .or_insert(Agg { start, ..agg });
-}
 
 fn meta_of(json: Option<String>) -> BTreeMap<String, String> {
     json.and_then(|m| serde_json::from_str(&m).ok())
@@ -185,7 +160,7 @@ impl PgStore {
         } else {
             self.fold_raw(sid, q.from, q.to, b, &mut buckets).await?;
         }
-        Ok(buckets.into_values().map(Agg::to_bucket).collect())
+        Ok(buckets.into_values().map(MinuteAgg::to_bucket).collect())
     }
 
     /// Folds the raw readings of `[from, to)` into `out`, bucket by bucket in time order.
@@ -195,7 +170,7 @@ impl PgStore {
         from: i64,
         to: i64,
         bucket_ms: i64,
-        out: &mut BTreeMap<i64, Agg>,
+        out: &mut BTreeMap<i64, MinuteAgg>,
     ) -> Result<()> {
         if from >= to {
             return Ok(());
@@ -210,23 +185,23 @@ impl PgStore {
         .bind(from)
         .bind(to)
         .fetch(&self.inner.pool);
-        let mut cur: Option<Agg> = None;
+        let mut cur: Option<MinuteAgg> = None;
         while let Some(r) = rows.try_next().await.map_err(PgError::db(ctx))? {
             let ts: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
             let v: f64 = r.try_get(1).map_err(PgError::db(ctx))?;
             let start = ts.div_euclid(bucket_ms) * bucket_ms;
             match cur.as_mut() {
-                Some(a) if a.start == start => a.add(ts, v),
+                Some(a) if a.minute == start => a.add(ts, v),
                 _ => {
                     if let Some(done) = cur.take() {
-                        fold(out, bucket_ms, done);
+                        fold_bucket(out, bucket_ms, done);
                     }
-                    cur = Some(Agg::new(start, ts, v));
+                    cur = Some(MinuteAgg::new(start, ts, v));
                 }
             }
         }
         if let Some(done) = cur {
-            fold(out, bucket_ms, done);
+            fold_bucket(out, bucket_ms, done);
         }
         Ok(())
     }
@@ -238,7 +213,7 @@ impl PgStore {
         from: i64,
         to: i64,
         bucket_ms: i64,
-        out: &mut BTreeMap<i64, Agg>,
+        out: &mut BTreeMap<i64, MinuteAgg>,
     ) -> Result<()> {
         let ctx = "reading rollups";
         let rows = sqlx::query(
@@ -253,10 +228,10 @@ impl PgStore {
         .await
         .map_err(PgError::db(ctx))?;
         for r in &rows {
-            fold(
+            fold_bucket(
                 out,
                 bucket_ms,
-                Agg::from_row(r, 0).map_err(PgError::db(ctx))?,
+                agg_from_row(r, 0).map_err(PgError::db(ctx))?,
             );
         }
         Ok(())
@@ -321,13 +296,13 @@ mod tests {
     #[test]
     fn buckets_fold_like_sqlite_minutes() {
         let mut out = BTreeMap::new();
-        let mut a = Agg::new(0, 5, 2.0);
+        let mut a = MinuteAgg::new(0, 5, 2.0);
         a.add(5, 1.0); // same time, smaller value: first
         a.add(9, 4.0);
         a.add(9, 3.0); // same time, smaller value: not last
-        fold(&mut out, 60_000, a);
-        fold(&mut out, 60_000, Agg::new(0, 59_999, f64::MAX));
-        fold(&mut out, 60_000, Agg::new(0, 59_999, f64::MAX));
+        fold_bucket(&mut out, 60_000, a);
+        fold_bucket(&mut out, 60_000, MinuteAgg::new(0, 59_999, f64::MAX));
+        fold_bucket(&mut out, 60_000, MinuteAgg::new(0, 59_999, f64::MAX));
         let b = out[&0].to_bucket();
         assert_eq!((b.count, b.first, b.last, b.min), (6, 1.0, f64::MAX, 1.0));
         assert_eq!(b.sum, f64::MAX, "saturates");

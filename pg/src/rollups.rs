@@ -5,9 +5,10 @@
 //! [`update`] once per transaction, after the rows are written.
 //!
 //! **Folded, per actor.** An actor's row of a minute is its readings of that minute folded
-//! one by one, in (seq, ts) order, with [`Agg::add`]: count, a total whose every addition is
-//! held within ±`f64::MAX` ([`saturating_sum`], SQLite's rule), min, max, first (earliest; at
-//! equal times the smaller value) and last (latest; at equal times the larger value). Every
+//! one by one, in (seq, ts) order, with kdelta-sync's [`MinuteAgg::add`] (SQLite's own
+//! fold): count, a total whose every addition is held within ±`f64::MAX`
+//! ([`kdelta_sync::saturating_sum`]), min, max, first (earliest; at equal times the smaller
+//! value) and last (latest; at equal times the larger value). Every
 //! replica applies an actor's changes in seq order (gaps are refused), so the row is a
 //! function of the actor's readings whichever replica applied them. An apply reads only the
 //! rows of its own actors (`SELECT … FOR UPDATE`, uncontended: the actor lock already
@@ -20,7 +21,7 @@
 //! minutes; a total cannot be un-added, so the actor's rows of the minutes readings left and
 //! entered are computed again from its readings, in the same (seq, ts) order, by the SQL
 //! aggregate `kdelta_saturating_sum` (migration 0004: the same additions as
-//! [`saturating_sum`]). That reads every reading of those minutes of the series (to find the
+//! `saturating_sum`). That reads every reading of those minutes of the series (to find the
 //! actor's), which only corrections pay.
 //!
 //! Rows of actor 0 hold what schema v3 rows held for minutes whose readings were all pruned
@@ -28,6 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kdelta_sync::MinuteAgg;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
@@ -41,76 +43,18 @@ pub(crate) fn minute_of(ts: i64) -> i64 {
     ts.div_euclid(MINUTE_MS) * MINUTE_MS
 }
 
-/// `a + b` held within ±`f64::MAX` (a NaN counts as 0), as SQLite's rollups sum.
-pub(crate) fn saturating_sum(a: f64, b: f64) -> f64 {
-    let sum = a + b;
-    if sum.is_nan() {
-        0.0
-    } else {
-        sum.clamp(-f64::MAX, f64::MAX)
-    }
-}
-
-/// The aggregate of some readings (one actor's minute, a query's bucket), folded as
-/// SQLite's `MinuteAgg` folds: count, saturating sum, min, max, first (earliest; at equal
-/// times the smaller value) and last (latest; at equal times the larger value).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Agg {
-    /// The minute or bucket start.
-    pub start: i64,
-    pub n: i64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-    pub first: (i64, f64),
-    pub last: (i64, f64),
-}
-
-impl Agg {
-    pub fn new(start: i64, ts: i64, v: f64) -> Agg {
-        Agg {
-            start,
-            n: 1,
-            sum: v,
-            min: v,
-            max: v,
-            first: (ts, v),
-            last: (ts, v),
-        }
-    }
-
-    /// Folds one reading in.
-    pub fn add(&mut self, ts: i64, v: f64) {
-        self.merge(&Agg::new(self.start, ts, v));
-    }
-
-    /// Folds another aggregate in.
-    pub fn merge(&mut self, o: &Agg) {
-        self.n += o.n;
-        self.sum = saturating_sum(self.sum, o.sum);
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-        if o.first.0 < self.first.0 || (o.first.0 == self.first.0 && o.first.1 < self.first.1) {
-            self.first = o.first;
-        }
-        if o.last.0 > self.last.0 || (o.last.0 == self.last.0 && o.last.1 > self.last.1) {
-            self.last = o.last;
-        }
-    }
-
-    /// The nine columns `minute, n, total, vmin, vmax, first_ts, first_value, last_ts,
-    /// last_value` of a rollup row, from column `at`.
-    pub fn from_row(r: &PgRow, at: usize) -> std::result::Result<Agg, sqlx::Error> {
-        Ok(Agg {
-            start: r.try_get(at)?,
-            n: r.try_get(at + 1)?,
-            sum: r.try_get(at + 2)?,
-            min: r.try_get(at + 3)?,
-            max: r.try_get(at + 4)?,
-            first: (r.try_get(at + 5)?, r.try_get(at + 6)?),
-            last: (r.try_get(at + 7)?, r.try_get(at + 8)?),
-        })
-    }
+/// The nine columns `minute, n, total, vmin, vmax, first_ts, first_value, last_ts,
+/// last_value` of a rollup row, from column `at`.
+pub(crate) fn agg_from_row(r: &PgRow, at: usize) -> std::result::Result<MinuteAgg, sqlx::Error> {
+    Ok(MinuteAgg {
+        minute: r.try_get(at)?,
+        n: r.try_get(at + 1)?,
+        sum: r.try_get(at + 2)?,
+        min: r.try_get(at + 3)?,
+        max: r.try_get(at + 4)?,
+        first: (r.try_get(at + 5)?, r.try_get(at + 6)?),
+        last: (r.try_get(at + 7)?, r.try_get(at + 8)?),
+    })
 }
 
 /// A rollup row's key: series id, minute start, actor (`actors.idx`).
@@ -205,20 +149,20 @@ pub(crate) async fn update(tx: &mut Transaction<'_, Postgres>, work: RollupWork)
             .fetch_all(&mut **tx)
             .await
             .map_err(PgError::db(ctx))?;
-        let mut rows: BTreeMap<Key, Agg> = BTreeMap::new();
+        let mut rows: BTreeMap<Key, MinuteAgg> = BTreeMap::new();
         for r in &stored {
             let key = (
                 r.try_get(0).map_err(PgError::db(ctx))?,
                 r.try_get(2).map_err(PgError::db(ctx))?,
                 r.try_get(1).map_err(PgError::db(ctx))?,
             );
-            rows.insert(key, Agg::from_row(r, 2).map_err(PgError::db(ctx))?);
+            rows.insert(key, agg_from_row(r, 2).map_err(PgError::db(ctx))?);
         }
         for (key, readings) in &added {
             for &(t, v) in readings {
                 rows.entry(*key)
                     .and_modify(|row| row.add(t, v))
-                    .or_insert(Agg::new(key.1, t, v));
+                    .or_insert(MinuteAgg::new(key.1, t, v));
             }
         }
         write_rows(tx, &rows).await?;
@@ -237,10 +181,13 @@ pub(crate) async fn update(tx: &mut Transaction<'_, Postgres>, work: RollupWork)
 }
 
 /// Writes `rows` (folded in memory) over the stored ones, in one statement.
-async fn write_rows(tx: &mut Transaction<'_, Postgres>, rows: &BTreeMap<Key, Agg>) -> Result<()> {
+async fn write_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &BTreeMap<Key, MinuteAgg>,
+) -> Result<()> {
     let keys = Columns::of(rows.keys().copied());
-    let col = |f: fn(&Agg) -> f64| rows.values().map(f).collect::<Vec<f64>>();
-    let col_i = |f: fn(&Agg) -> i64| rows.values().map(f).collect::<Vec<i64>>();
+    let col = |f: fn(&MinuteAgg) -> f64| rows.values().map(f).collect::<Vec<f64>>();
+    let col_i = |f: fn(&MinuteAgg) -> i64| rows.values().map(f).collect::<Vec<i64>>();
     sqlx::query(WRITE_ROWS)
         .bind(&keys.0)
         .bind(&keys.1)
@@ -301,13 +248,16 @@ mod tests {
 
     #[test]
     fn sums_saturate_at_each_addition_as_sqlite_folds() {
-        let mut a = Agg::new(0, 1, f64::MAX);
+        let mut a = MinuteAgg::new(0, 1, f64::MAX);
         a.add(2, f64::MAX);
         a.add(3, -f64::MAX);
         // Held at MAX after the second reading, then back down: 0, not MAX.
         assert_eq!(a.sum, 0.0);
-        assert_eq!(saturating_sum(f64::INFINITY, f64::NEG_INFINITY), 0.0);
-        let mut b = Agg::new(0, 5, 2.0);
+        assert_eq!(
+            kdelta_sync::saturating_sum(f64::INFINITY, f64::NEG_INFINITY),
+            0.0
+        );
+        let mut b = MinuteAgg::new(0, 5, 2.0);
         b.add(5, 1.0); // same time, smaller value: first
         b.add(9, 4.0);
         b.add(9, 3.0); // same time, smaller value: not last

@@ -70,22 +70,30 @@ pub struct ManifestEntry {
     pub count: u64,
 }
 
-/// Aggregate of the readings of one series in one minute.
+/// Aggregate of the readings of one series in one minute (a rollup row), or of one bucket
+/// of an aggregate query: the fold every backend's rollups and queries share.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct MinuteAgg {
+pub struct MinuteAgg {
+    /// Start (unix ms) of the minute, or of the bucket.
     pub minute: i64,
+    /// How many readings.
     pub n: i64,
+    /// Their sum, held within ±`f64::MAX` at every addition ([`saturating_sum`]).
     pub sum: f64,
+    /// Smallest value.
     pub min: f64,
+    /// Largest value.
     pub max: f64,
+    /// The earliest reading (time, value); at equal times the smaller value.
     pub first: (i64, f64),
+    /// The latest reading (time, value); at equal times the larger value.
     pub last: (i64, f64),
 }
 
 impl MinuteAgg {
     /// Reads the nine columns `minute, n, sum, min, max, first_ts, first_v, last_ts, last_v`
     /// of a rollup row, starting at column `at`.
-    pub fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<MinuteAgg> {
+    pub(crate) fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<MinuteAgg> {
         Ok(MinuteAgg {
             minute: r.get(at)?,
             n: r.get(at + 1)?,
@@ -97,6 +105,7 @@ impl MinuteAgg {
         })
     }
 
+    /// The aggregate of one reading, in the minute (or bucket) starting at `minute`.
     pub fn new(minute: i64, ts: i64, v: f64) -> MinuteAgg {
         MinuteAgg {
             minute,
@@ -145,7 +154,7 @@ impl MinuteAgg {
 /// rollup table refuses, failing the whole write. So a rollup total saturates at
 /// ±`f64::MAX` (its average is then approximate; min, max, first and last stay exact), and a
 /// NaN from totals stored by earlier releases counts as 0.
-pub(crate) fn saturating_sum(a: f64, b: f64) -> f64 {
+pub fn saturating_sum(a: f64, b: f64) -> f64 {
     let sum = a + b;
     if sum.is_nan() {
         0.0

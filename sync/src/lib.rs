@@ -133,12 +133,15 @@ pub use history_cursor::HistoryCursor;
 pub use hlc::{
     ClockSkewError, Hlc, HybridClock, ManualTime, ParseHlcError, SystemTime, TimeSource,
 };
-pub use ingest::{ManifestEntry, decode_manifest, encode_manifest, encode_manifest_entries};
+pub use ingest::{
+    ManifestEntry, MinuteAgg, decode_manifest, encode_manifest, encode_manifest_entries,
+    saturating_sum,
+};
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_query::{
-    MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, parse_cursor,
-    reading_page,
+    MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,
+    parse_cursor, reading_page,
 };
 pub use retention::{
     PruneReport, PrunedUnit, RetentionPolicy, SeriesRetention, Unacked, glob_match, prune_series,

@@ -25,7 +25,8 @@ pub const MAX_SERIES_PAGE: usize = 10_000;
 pub const MAX_BUCKETS: i64 = 100_000;
 
 impl MinuteAgg {
-    fn to_bucket(self) -> Bucket {
+    /// The aggregate as a query answers it.
+    pub fn to_bucket(self) -> Bucket {
         Bucket {
             start: self.minute,
             count: self.n as u64,
@@ -39,7 +40,9 @@ impl MinuteAgg {
     }
 }
 
-fn fold(buckets: &mut BTreeMap<i64, MinuteAgg>, bucket_ms: i64, agg: MinuteAgg) {
+/// Folds a minute's (or a partial bucket's) aggregate into the bucket of `bucket_ms` (aligned
+/// to the unix epoch) its first reading falls in.
+pub fn fold_bucket(buckets: &mut BTreeMap<i64, MinuteAgg>, bucket_ms: i64, agg: MinuteAgg) {
     let start = agg.first.0.div_euclid(bucket_ms) * bucket_ms;
     buckets
         .entry(start)
@@ -154,7 +157,7 @@ fn fold_raw(
                 Some(a) if a.minute == start => a.add(ts, v),
                 _ => {
                     if let Some(done) = cur.take() {
-                        fold(out, bucket_ms, done);
+                        fold_bucket(out, bucket_ms, done);
                     }
                     cur = Some(MinuteAgg::new(start, ts, v));
                 }
@@ -164,7 +167,7 @@ fn fold_raw(
     })
     .map_err(StoreError::db("scanning readings"))?;
     if let Some(done) = cur {
-        fold(out, bucket_ms, done);
+        fold_bucket(out, bucket_ms, done);
     }
     Ok(())
 }
@@ -184,7 +187,7 @@ fn fold_rollups(
     .and_then(|mut st| {
         let mut rows = st.query(params![sid, from, to])?;
         while let Some(r) = rows.next()? {
-            fold(out, bucket_ms, MinuteAgg::from_row(r, 0)?);
+            fold_bucket(out, bucket_ms, MinuteAgg::from_row(r, 0)?);
         }
         Ok(())
     })
