@@ -160,9 +160,32 @@ impl PgStore {
     /// Validates like `Store::append`; durable on return.
     pub async fn append(&self, mut batch: ReadingBatch) -> Result<Change> {
         batch.normalize(&self.inner.config.limits)?;
-        let months = batch
-            .series
+        let max = self.inner.config.limits.max_change_bytes;
+        let batch = kdelta_sync::fit_readings(self.inner.actor, batch, max)?;
+        let mut stored = self.append_parts(vec![batch]).await?;
+        stored
+            .pop()
+            .ok_or_else(|| not_stamped("a readings change of the hub"))
+    }
+
+    /// Like [`append`](Self::append), but a batch too large for one change is stored as
+    /// several, each within `max_change_bytes` (`kdelta_sync::split_readings`, as
+    /// `Store::append_in_parts`): the parts are consecutive changes of the hub's actor
+    /// committed in one transaction, so a failure stores none of them and a retry never
+    /// stores a part twice.
+    pub async fn append_in_parts(&self, mut batch: ReadingBatch) -> Result<Vec<Change>> {
+        batch.normalize(&self.inner.config.limits)?;
+        let max = self.inner.config.limits.max_change_bytes;
+        let parts = kdelta_sync::split_readings(self.inner.actor, batch, max)?;
+        self.append_parts(parts).await
+    }
+
+    /// Stores `parts` (validated) as consecutive changes of the hub's actor, in one
+    /// transaction.
+    async fn append_parts(&self, parts: Vec<ReadingBatch>) -> Result<Vec<Change>> {
+        let months = parts
             .iter()
+            .flat_map(|b| &b.series)
             .flat_map(|s| [s.ts.first(), s.ts.last()].into_iter().flatten())
             .map(|&ts| month_of(ts))
             .collect();
@@ -171,7 +194,8 @@ impl PgStore {
             .partitions
             .ensure(&self.inner.pool, fill_months(months), now)
             .await?;
-        self.write_own(ChangeBody::Readings(batch), None).await
+        let bodies = parts.into_iter().map(ChangeBody::Readings).collect();
+        self.write_own_as(bodies, None, None).await
     }
 
     /// Writes `body` (validated by the caller) as a change of the hub's own actor: seq,
@@ -183,14 +207,10 @@ impl PgStore {
         body: ChangeBody,
         resolve: Option<&Resolve>,
     ) -> Result<Change> {
-        self.write_own_as(body, resolve, None)
+        self.write_own_as(vec![body], resolve, None)
             .await?
-            .ok_or_else(|| {
-                PgError::Store(StoreError::Decode {
-                    what: "a change of the hub",
-                    detail: "it was not stamped".into(),
-                })
-            })
+            .pop()
+            .ok_or_else(|| not_stamped("a change of the hub"))
     }
 
     /// Writes the twin edit `twin` as a change of the hub's own actor, its automerge change
@@ -202,24 +222,31 @@ impl PgStore {
             key: String::new(),
             change: Vec::new(),
         });
-        self.write_own_as(body, None, Some(twin)).await
+        Ok(self.write_own_as(vec![body], None, Some(twin)).await?.pop())
     }
 
+    /// Writes `bodies` as consecutive changes of the hub's own actor in one transaction
+    /// (`resolve` and `twin` only with one body); the changes as stored, none when a twin
+    /// edit changes nothing.
     async fn write_own_as(
         &self,
-        body: ChangeBody,
+        bodies: Vec<ChangeBody>,
         resolve: Option<&Resolve>,
         twin: Option<&OwnTwinEdit>,
-    ) -> Result<Option<Change>> {
-        let change = Change {
-            actor: self.inner.actor,
-            seq: 0,
-            hlc: Hlc(0),
-            body,
-            // Sealed in `apply_once`, under the hub actor's lock, with the key its replicas
-            // share (`meta`).
-            seal: None,
-        };
+    ) -> Result<Vec<Change>> {
+        debug_assert!(bodies.len() == 1 || (resolve.is_none() && twin.is_none()));
+        let changes: Vec<Change> = bodies
+            .into_iter()
+            .map(|body| Change {
+                actor: self.inner.actor,
+                seq: 0,
+                hlc: Hlc(0),
+                body,
+                // Sealed in `apply_once`, under the hub actor's lock, with the key its
+                // replicas share (`meta`).
+                seal: None,
+            })
+            .collect();
         let mut attempt = 0;
         let stored = loop {
             // Never behind what this replica issued or observed, nor its best trusted time.
@@ -229,57 +256,61 @@ impl PgStore {
                 resolve,
                 twin,
             };
-            match self
-                .apply_once(std::slice::from_ref(&change), Some(local), false)
-                .await
-            {
+            match self.apply_once(&changes, Some(local), false).await {
                 Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
                 Ok((.., stamped)) => break stamped,
             }
         };
-        if let Some(c) = &stored {
+        if let Some(c) = stored.last() {
             let _ = self.clock().observe(c.hlc);
         }
         Ok(stored)
     }
 
-    /// One attempt: lock the actors, check, write, commit. With `local`, `changes` is one
-    /// change of the hub's own actor whose seq, HLC, seal (and document contexts) are
-    /// assigned here; the change as stored is returned.
+    /// One attempt: lock the actors, check, write, commit. With `local`, `changes` are
+    /// changes of the hub's own actor whose seqs, HLCs, seals (and document contexts or twin
+    /// change, for one change) are assigned here; the changes as stored are returned.
     async fn apply_once(
         &self,
         changes: &[Change],
         local: Option<Local<'_>>,
         partial: bool,
-    ) -> Result<(ApplyOutcome, ChainReport, Option<Change>)> {
+    ) -> Result<(ApplyOutcome, ChainReport, Vec<Change>)> {
         let mut tx = self.inner.pool.begin().await.map_err(PgError::db(CTX))?;
         let mut actors = lock_actors(&mut tx, &unique_actors(changes)).await?;
         let stamped;
         let changes = match &local {
             Some(local) => {
-                let mut c = changes[0].clone();
-                if let Some(resolve) = local.resolve {
-                    // After the lock: every earlier write of the hub is visible.
-                    resolve_contexts(&mut tx, &mut c.body, resolve, &self.inner.config.limits)
-                        .await?;
-                }
-                let row = &actors[&c.actor];
-                c.seq = row.max_seq + 1;
-                c.hlc = stamp(&mut tx, local.floor).await?;
-                if let Some(twin) = local.twin {
-                    let max = self.inner.config.limits.max_value_bytes;
-                    match own_twin_change(&mut tx, twin, c.actor, c.hlc, max).await? {
-                        Some(body) => c.body = body,
-                        // The edit changes nothing: nothing is stored, no seq used.
-                        None => {
-                            tx.rollback().await.map_err(PgError::db(CTX))?;
-                            return Ok(Default::default());
+                let mut own = Vec::with_capacity(changes.len());
+                let row = &actors[&self.inner.actor];
+                let mut head = row.head;
+                for (i, c) in changes.iter().enumerate() {
+                    let mut c = c.clone();
+                    if let Some(resolve) = local.resolve {
+                        // After the lock: every earlier write of the hub is visible.
+                        resolve_contexts(&mut tx, &mut c.body, resolve, &self.inner.config.limits)
+                            .await?;
+                    }
+                    c.seq = row.max_seq + 1 + i as u64;
+                    c.hlc = stamp(&mut tx, local.floor).await?;
+                    if let Some(twin) = local.twin {
+                        let max = self.inner.config.limits.max_value_bytes;
+                        match own_twin_change(&mut tx, twin, c.actor, c.hlc, max).await? {
+                            Some(body) => c.body = body,
+                            // The edit changes nothing: nothing is stored, no seq used.
+                            None => {
+                                tx.rollback().await.map_err(PgError::db(CTX))?;
+                                return Ok(Default::default());
+                            }
                         }
                     }
+                    let (seal, hash) = self.seal_own(&c, head);
+                    c.seal = Some(seal);
+                    head.hash = Some(hash);
+                    own.push(c);
                 }
-                c.seal = Some(self.seal_own(&c, row.head));
-                stamped = [c];
+                stamped = own;
                 &stamped[..]
             }
             None => changes,
@@ -316,7 +347,7 @@ impl PgStore {
                 applied: 0,
                 skipped,
             };
-            return Ok((outcome, report, None));
+            return Ok((outcome, report, Vec::new()));
         }
         let idx: HashMap<ActorId, i64> = actors.iter().map(|(a, r)| (*a, r.idx)).collect();
         let ids = insert_changes(&mut tx, &fresh, &idx).await?;
@@ -373,7 +404,10 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(PgError::db("committing a page of changes"))?;
-        let stamped = local.map(|_| fresh[0].clone());
+        let stamped = match local {
+            Some(_) => fresh.iter().map(|c| (*c).clone()).collect(),
+            None => Vec::new(),
+        };
         let outcome = ApplyOutcome {
             applied: fresh.len(),
             skipped,
@@ -383,21 +417,31 @@ impl PgStore {
 
     /// The seal of the hub's own change `c` (seq and HLC assigned), linked to the hub
     /// actor's chain head `head` and signed with the key its replicas share.
-    fn seal_own(&self, c: &Change, head: ChainHead) -> Seal {
+    /// Returns the seal and the change's hash (the chain head after it).
+    fn seal_own(&self, c: &Change, head: ChainHead) -> (Seal, [u8; 32]) {
         let key = &self.inner.signing;
         let prev = head.hash.unwrap_or(CHAIN_START);
         let body = seal::body_hash(&c.body, &[]);
         let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &prev, &body);
-        Seal {
+        let seal = Seal {
             key: key.public(),
             prev,
             sig: key.sign(&hash),
             pruned: Vec::new(),
-        }
+        };
+        (seal, hash)
     }
 }
 
-/// A change of the hub's own actor, stamped in its transaction.
+/// The error of an own write that stored no change where one was expected.
+fn not_stamped(what: &'static str) -> PgError {
+    PgError::Store(StoreError::Decode {
+        what,
+        detail: "it was not stamped".into(),
+    })
+}
+
+/// Changes of the hub's own actor, stamped in their transaction.
 struct Local<'a> {
     /// The lowest HLC it may get (this replica's clock).
     floor: Hlc,

@@ -52,6 +52,7 @@ mod doc_retention;
 mod docs;
 mod error;
 mod feed;
+mod log;
 pub mod partitions;
 mod peer;
 mod query;
@@ -65,6 +66,7 @@ mod twins;
 
 pub use error::{PgError, Result};
 pub use feed::{CHANNEL, ChangeFeed, FeedEvent};
+pub use log::Leadership;
 pub use peer::PgAnnouncements;
 pub use retention::PgPruneReport;
 pub use schema::supported_schema_version;

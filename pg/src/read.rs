@@ -20,17 +20,17 @@ use crate::store::PgStore;
 const LOG_PAGE: i64 = 256;
 
 /// A change-log row whose body is not loaded yet.
-struct LogRow {
-    id: i64,
-    actor: ActorId,
-    seq: u64,
-    hlc: Hlc,
-    kind: i16,
-    manifest: Option<Vec<u8>>,
-    seal: Option<Vec<u8>>,
+pub(crate) struct LogRow {
+    pub(crate) id: i64,
+    pub(crate) actor: ActorId,
+    pub(crate) seq: u64,
+    pub(crate) hlc: Hlc,
+    pub(crate) kind: i16,
+    pub(crate) manifest: Option<Vec<u8>>,
+    pub(crate) seal: Option<Vec<u8>>,
 }
 
-fn actor_of(bytes: &[u8]) -> Result<ActorId> {
+pub(crate) fn actor_of(bytes: &[u8]) -> Result<ActorId> {
     ActorId::from_slice(bytes).ok_or_else(|| {
         PgError::Store(StoreError::Decode {
             what: "stored actor id",
@@ -263,7 +263,7 @@ fn vector_of(rows: Vec<sqlx::postgres::PgRow>, ctx: &'static str) -> Result<Vers
 }
 
 /// Loads the bodies of `rows`; returns their changes in the same order.
-async fn load(conn: &mut PgConnection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
+pub(crate) async fn load(conn: &mut PgConnection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
     let ids = |kinds: &[i16]| -> Vec<i64> {
         rows.iter()
             .filter(|r| kinds.contains(&r.kind))

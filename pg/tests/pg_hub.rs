@@ -14,7 +14,8 @@
 //! and the hub's document writes (`pg_hub/docs.rs`), and the twin reads and the hub's
 //! twin edits (`pg_hub/twins.rs`); retention prunes as SQLite's does and keeps the digest
 //! equal (`pg_hub/retention.rs`), and so does document history retention
-//! (`pg_hub/doc_retention.rs`).
+//! (`pg_hub/doc_retention.rs`); the change log is followed in commit order across
+//! replicas, and one replica at a time holds a lease (`pg_hub/log.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -29,6 +30,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 mod doc_retention;
 #[path = "pg_hub/docs.rs"]
 mod docs;
+#[path = "pg_hub/log.rs"]
+mod log;
 #[path = "pg_hub/readings.rs"]
 mod readings;
 #[path = "pg_hub/retention.rs"]

@@ -91,6 +91,7 @@ mod model;
 mod multirow;
 pub mod protocol;
 mod readers;
+mod readings_fit;
 mod readings_query;
 mod retention;
 mod schema;
@@ -139,6 +140,7 @@ pub use ingest::{
 };
 pub use model::*;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
+pub use readings_fit::{fit_readings, sized_readings, split_readings};
 pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,
     parse_cursor, reading_page,

@@ -14,9 +14,9 @@ use crate::log_read::{self, LOG_COLUMNS};
 use crate::readers::Readers;
 use crate::writer::{Job, Shared, Writer};
 use crate::{
-    ActorId, ApplyOutcome, Change, ChangeBody, ChangeEvent, ChangeMeta, ClockClaim, ClockSkewError,
-    Digest, DocVersion, Hlc, HybridClock, ReadingBatch, Result, StoreConfig, StoreError,
-    StoreStats, SystemTime, TimeReference, TimeSource, VersionVector, WriteHealth, validate_key,
+    ActorId, ApplyOutcome, Change, ChangeEvent, ChangeMeta, ClockClaim, ClockSkewError, Digest,
+    DocVersion, Hlc, HybridClock, ReadingBatch, Result, StoreConfig, StoreError, StoreStats,
+    SystemTime, TimeReference, TimeSource, VersionVector, WriteHealth, validate_key,
 };
 
 /// Change-log rows `changes_since` reads per statement.
@@ -250,11 +250,8 @@ impl Store {
     /// seq and HLC, counted at their largest.
     pub async fn append(&self, mut batch: ReadingBatch) -> Result<ChangeMeta> {
         batch.normalize(&self.inner.config.limits)?;
-        let (batch, size) = self.sized(batch);
         let max = self.inner.config.limits.max_change_bytes;
-        if size > max {
-            return Err(oversized(&batch, size, max));
-        }
+        let batch = crate::readings_fit::fit_readings(self.actor(), batch, max)?;
         let mut metas = self
             .submit(|reply| Job::Append {
                 parts: vec![batch],
@@ -272,40 +269,8 @@ impl Store {
     pub async fn append_in_parts(&self, mut batch: ReadingBatch) -> Result<Vec<ChangeMeta>> {
         batch.normalize(&self.inner.config.limits)?;
         let max = self.inner.config.limits.max_change_bytes;
-        let mut todo = vec![batch];
-        let mut parts = Vec::new();
-        while let Some(part) = todo.pop() {
-            let (part, size) = self.sized(part);
-            if size > max && part.len() > 1 {
-                let (first, second) = part.split_in_two();
-                todo.push(second);
-                todo.push(first);
-                continue;
-            }
-            if size > max {
-                return Err(oversized(&part, size, max));
-            }
-            parts.push(part);
-        }
+        let parts = crate::readings_fit::split_readings(self.actor(), batch, max)?;
         self.submit(|reply| Job::Append { parts, reply }).await
-    }
-
-    /// `batch` back, with an upper bound of the encoded size of its change (exact but for
-    /// the seq and HLC, taken at their largest).
-    fn sized(&self, batch: ReadingBatch) -> (ReadingBatch, usize) {
-        let probe = Change {
-            actor: self.actor(),
-            seq: u64::MAX,
-            hlc: Hlc(u64::MAX),
-            body: ChangeBody::Readings(batch),
-            seal: None,
-        };
-        // The seal is added when the change is written.
-        let size = probe.encoded_len() + crate::seal::SEAL_MAX_BYTES;
-        let ChangeBody::Readings(batch) = probe.body else {
-            unreachable!("built as readings above")
-        };
-        (batch, size)
     }
 
     /// Writes a new version of `key`. The version supersedes every sibling this store holds
@@ -997,14 +962,4 @@ fn changes_since_on(
         }
     }
     Ok(out)
-}
-
-/// The refusal of a batch whose change would encode to `size` bytes, over `max`.
-fn oversized(batch: &ReadingBatch, size: usize, max: usize) -> StoreError {
-    StoreError::InvalidBatch(format!(
-        "the batch ({} readings in {} series) encodes to {size} bytes, over \
-         max_change_bytes ({max}); send it in smaller batches",
-        batch.len(),
-        batch.series.len(),
-    ))
 }

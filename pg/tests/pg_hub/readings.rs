@@ -126,7 +126,7 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
     let Some(db) = TestDb::new("readings_queries").await else {
         return;
     };
-    assert_eq!(kdelta_pg::supported_schema_version(), 4);
+    assert_eq!(kdelta_pg::supported_schema_version(), 5);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (device(&dir, "a.db").await, device(&dir, "b.db").await);
     busy_device(&a, 1).await; // with a time correction moving readings across minutes
