@@ -316,13 +316,15 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
     }
 
     // A database of schema v2 with readings gets its rollups when it is migrated (0003 by
-    // minute, then 0004 per actor).
+    // minute, then 0004 per actor; 0005 adds the commit order).
     hub.close().await;
     for sql in [
         "DROP TABLE {s}.rollup_1m",
         "DROP INDEX {s}.series_by_name_bytes",
         "DROP AGGREGATE {s}.kdelta_saturating_sum(float8)",
         "DROP FUNCTION {s}.kdelta_saturating_add(float8, float8)",
+        "DROP TABLE {s}.log_cursors",
+        "ALTER TABLE {s}.changes DROP COLUMN commit_xid",
         "DELETE FROM {s}._sqlx_migrations WHERE version >= 3",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql.replace("{s}", &db.schema)))
