@@ -133,6 +133,24 @@ impl PgStore {
         Ok(positions.into_iter().zip(changes).collect())
     }
 
+    /// How many changes of the commit-ordered log lie after position `after` (a follower's
+    /// lag; one index range count).
+    pub async fn log_count_after(&self, after: i64) -> Result<i64> {
+        let (xid, rank) = (after >> RANK_BITS, after & RANK_MASK);
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE commit_xid > $1) \
+                    + GREATEST(count(*) FILTER (WHERE commit_xid = $1) - $2 - 1, 0) \
+             FROM changes WHERE commit_xid >= GREATEST($1, 1) \
+             AND commit_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        )
+        .bind(xid)
+        .bind(rank)
+        .fetch_one(self.pool())
+        .await
+        .map_err(PgError::db("counting the change log after a position"))?;
+        Ok(n)
+    }
+
     /// The named cursor's `(acked, sent)` positions, `None` when it was never stored.
     pub async fn log_cursor(&self, name: &str) -> Result<Option<(i64, i64)>> {
         let ctx = "reading a log cursor";

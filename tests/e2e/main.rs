@@ -19,9 +19,13 @@ mod disk;
 mod doc_batch;
 mod doc_retention;
 mod harness;
+#[path = "../../agent/tests/mqtt/support.rs"]
+mod mqtt_support;
 mod mqtt_tls;
 #[cfg(feature = "postgres")]
 mod pg_hub;
+#[cfg(feature = "postgres")]
+mod pg_mqtt;
 mod proxy;
 mod reload;
 mod retention;

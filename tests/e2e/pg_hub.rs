@@ -30,7 +30,7 @@ use super::sync::{HEAL_DEADLINE, doc_history, series_counts, write_until};
 use super::{client, get_json, put_json};
 
 /// One test's schema on the server `KDELTA_POSTGRES` names.
-struct TestDb {
+pub(super) struct TestDb {
     base: String,
     schema: String,
     admin: sqlx::PgPool,
@@ -38,7 +38,7 @@ struct TestDb {
 
 impl TestDb {
     /// A fresh schema, or `None` (with a message) when no server is configured.
-    async fn new(test: &str) -> Option<TestDb> {
+    pub(super) async fn new(test: &str) -> Option<TestDb> {
         let Ok(base) = std::env::var("KDELTA_POSTGRES") else {
             println!(
                 "skipping {test}: KDELTA_POSTGRES is not set (e.g. postgres://postgres@127.0.0.1:5432/test; scripts/ensure-postgres.sh starts a server)"
@@ -61,7 +61,7 @@ impl TestDb {
     }
 
     /// The replicas' `store.url`: the server, in this test's schema.
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         let sep = if self.base.contains('?') { '&' } else { '?' };
         format!(
             "{}{sep}options=-c%20search_path%3D{}",
@@ -79,7 +79,7 @@ impl TestDb {
     }
 
     /// Drops the schema (only when the test passed: a failure leaves it for inspection).
-    async fn drop_schema(self) {
+    pub(super) async fn drop_schema(self) {
         let sql = format!("DROP SCHEMA {} CASCADE", self.schema);
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&self.admin)
@@ -89,7 +89,7 @@ impl TestDb {
 }
 
 /// The config of a replica on `url` accepting one `device` token per device.
-fn replica_config(url: &str, devices: usize) -> String {
+pub(super) fn replica_config(url: &str, devices: usize) -> String {
     let tokens: Vec<String> = (0..devices)
         .map(|i| {
             format!(
@@ -109,7 +109,7 @@ fn token(device: usize) -> String {
 }
 
 /// A device's config: its hub is `hub_url` (the proxy).
-fn device_config(hub_url: &str, device: usize) -> String {
+pub(super) fn device_config(hub_url: &str, device: usize) -> String {
     format!(
         "sources = []\ndevice_twin = false\n[[sync.peers]]\nname = \"hub\"\nurl = \"{hub_url}\"\ntoken = \"{}\"\n",
         token(device)

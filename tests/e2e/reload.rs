@@ -12,8 +12,7 @@ use super::harness::{Agent, eventually};
 use super::sync::{TOKEN, converge, device_config, hub, ingest, status};
 use super::{client, get_json};
 
-#[path = "../../agent/tests/mqtt/support.rs"]
-mod mqtt_support;
+use super::mqtt_support;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -189,7 +189,7 @@ impl Mqtt {
     pub fn start(cfg: &MqttConfig, agent: &Agent) -> Mqtt {
         let stop = agent.shutdown.child_token();
         let task = cfg.enabled.then(|| {
-            let run = crate::mqtt::run(cfg.clone(), agent.clone(), stop.clone());
+            let run = crate::mqtt::run_on_backend(cfg.clone(), agent.clone(), stop.clone());
             tokio::spawn(async move {
                 if let Err(e) = run.await {
                     tracing::error!("the MQTT client stopped: {e}");

@@ -211,6 +211,11 @@ fn run(setup: Setup, started: Instant) -> RunningAgent {
 /// re-assessment, scheduled backups and retention; on PostgreSQL the database's health
 /// check, which `/readyz` reads, and retention's readings rules against the database. All stop on the agent's shutdown token (the batcher when
 /// the queue closes, or on `give_up`).
+// Without the `postgres` feature the backend has one variant.
+#[cfg_attr(
+    not(feature = "postgres"),
+    allow(clippy::infallible_destructuring_match)
+)]
 fn spawn_store_loops(
     agent: &Agent,
     config: &Config,

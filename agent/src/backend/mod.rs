@@ -10,16 +10,18 @@
 //! range, aggregate, latest; `readings.rs`), the documents (reads, puts, deletes, batches;
 //! `docs.rs`) and the twins (reads, creates, patches; `twins.rs`) are methods of the enum
 //! answered by either store — on PostgreSQL ingest and writes are changes of the hub's own
-//! actor; the parts that need SQLite (sources, MQTT, the disk budget, backups, the device
+//! actor; the parts that need SQLite (sources, the disk budget, backups, the device
 //! twin, outbound peers) are switched off in the configuration a hub runs with
 //! (`Config::for_backend`), one log line each. The rest — health, readiness, status,
-//! metrics and inbound sync — serves either store.
+//! metrics, inbound sync and the MQTT client (`mqtt/lease.rs`: one replica at a time) —
+//! serves either store.
 //!
 //! A leaf below `config`, `state` and `api`: it uses only the store crates and
 //! [`crate::section`].
 
 mod config;
 mod docs;
+mod log;
 #[cfg(feature = "postgres")]
 mod pg;
 mod readings;
@@ -31,6 +33,7 @@ use anyhow::Context;
 use kdelta_sync::{ActorId, Store};
 
 pub use config::{BackendKind, NOT_BUILT_IN, StoreSection, redact_url};
+pub use log::LogWakeups;
 #[cfg(feature = "postgres")]
 pub use pg::{HEALTH_EVERY, PgHub};
 

@@ -199,7 +199,7 @@ impl Config {
 impl Config {
     /// This configuration as the agent runs it on its `[store] backend`. On PostgreSQL (a hub
     /// replica, which stores only what devices sync to it) the parts that need the SQLite
-    /// store are off — sources, MQTT, twin compaction, scheduled backups, the device twin and
+    /// store are off — sources, twin compaction, scheduled backups, the device twin and
     /// outbound peers — each that was configured named in one log line when `log` is true.
     /// Retention's readings rules stay (they run against the database).
     /// On SQLite: unchanged.
@@ -211,10 +211,6 @@ impl Config {
         if !self.sources.is_empty() {
             off.push("sources");
             self.sources.clear();
-        }
-        if self.mqtt.enabled {
-            off.push("MQTT");
-            self.mqtt.enabled = false;
         }
         // The readings rules of `[retention]` run on PostgreSQL too (`retention/hub.rs`);
         // the disk budget and document history are refused by `validate`. Twin history is

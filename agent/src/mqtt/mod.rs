@@ -24,14 +24,20 @@
 //! | `outbox` | the cursor file and in-flight (PUBACK) accounting |
 //! | `link` | the rumqttc event loop, reconnects with backoff |
 //! | `task` | [`run`]: the loop that ties them to the store; `task/incoming`: ingest and commands |
+//! | `cursor` | where the outbox cursor lives: a file (SQLite), a row of the hub's database (PostgreSQL) |
+//! | `lease` | [`run_on_backend`]: on a PostgreSQL hub, the client runs on the replica holding the `mqtt` lease |
 //!
-//! This module does not touch the store's internals (it uses `append`, `put`, `series`,
-//! `log_after` and `subscribe`) and starts nothing by itself: the daemon calls [`run`].
+//! This module does not touch the store's internals: it uses the agent's `Backend` (the
+//! embedded SQLite store or a hub replica's PostgreSQL database: `append_in_parts`,
+//! `doc_put`, the twin edits, `series`, `log_after`, `log_end`, `log_wakeups`) and starts
+//! nothing by itself: the daemon calls [`run_on_backend`].
 //! See `docs/mqtt.md` for topics and payloads.
 
 mod config;
+mod cursor;
 pub mod discovery;
 mod error;
+mod lease;
 mod link;
 pub mod outbox;
 pub mod payload;
@@ -40,6 +46,7 @@ pub mod topics;
 
 pub use config::{BatchEncoding, BrokerUrl, IngestRule, MqttConfig, PublishFormat, TsUnit};
 pub use error::MqttError;
+pub use lease::run_on_backend;
 pub use outbox::{CURSOR_FILE, CursorFile, CursorState};
 pub use task::run;
 

@@ -11,21 +11,22 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use kdelta_sync::{Change, ChangeBody, ReadingBatch, Store, StoreError};
+use kdelta_sync::{Change, ChangeBody, ReadingBatch};
 use rumqttc::{AsyncClient, ClientError, QoS, Request};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{MqttConfig, PublishFormat};
+use super::cursor::OutboxCursor;
 use super::link::{LinkEvent, LinkSettings, link_loop};
-use super::outbox::{Acked, CursorFile, CursorState, Outbox};
+use super::outbox::{Acked, CursorState, Outbox};
 use super::payload::{self, BatchMessage, BatchSeries};
 use super::topics::{TopicFilter, Topics};
 use super::{MqttError, discovery};
 
 mod incoming;
 mod twins;
-use crate::section::InvalidValue;
+use crate::backend::{Backend, LogWakeups};
 use crate::state::Agent;
 
 /// Changes read from the log per page.
@@ -54,15 +55,16 @@ struct Control {
 struct Runner {
     cfg: MqttConfig,
     deps: Agent,
-    /// The agent's SQLite store (MQTT runs only on that backend).
-    store: Store,
+    /// The agent's store: SQLite, or a hub replica's PostgreSQL database (where one replica
+    /// at a time runs this task: `agent/parts.rs`).
+    store: Backend,
     topics: Topics,
     qos: QoS,
     rules: Vec<(TopicFilter, super::IngestRule)>,
     link: Option<(u64, AsyncClient)>,
     ever_connected: bool,
     outbox: Outbox,
-    cursor: CursorFile,
+    cursor: OutboxCursor,
     persisted: CursorState,
     persisted_at: Instant,
     /// `sent` of the cursor file at start: messages up to here may be duplicates.
@@ -71,8 +73,6 @@ struct Runner {
     fetched: i64,
     pending: VecDeque<OutMsg>,
     log_drained: bool,
-    /// Highest log position seen (for the lag gauge).
-    head: i64,
     control: VecDeque<Control>,
     announced: HashSet<String>,
     ingest: ReadingBatch,
@@ -94,14 +94,11 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
     cfg.validate()?;
     let topics = Topics::new(&cfg.prefix, &deps.device, &cfg.discovery_prefix);
     let settings = LinkSettings::new(&cfg, &deps.device, &topics.status())?;
-    let cursor = CursorFile::in_dir(&deps.data_dir);
-    let store = deps
-        .sqlite()
-        .map_err(|e| InvalidValue::new("mqtt.enabled", e.to_string()))?
-        .clone();
+    let store = deps.backend.clone();
+    let cursor = OutboxCursor::of(&store, &deps.data_dir);
     // Subscribe before reading the log's end so no change falls between the two.
-    let changes = store.subscribe();
-    let state = match cursor.load()? {
+    let changes = store.log_wakeups().await?;
+    let state = match cursor.load().await? {
         Some(s) => {
             let end = log_end(&store).await?;
             match s.beyond(end) {
@@ -109,11 +106,11 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
                     tracing::warn!(
                         cursor = s.acked,
                         log_end = end,
-                        file = %cursor.path().display(),
+                        cursor_at = %cursor.describe(),
                         "MQTT outbox cursor is beyond the end of the change log (restored or \
                          replaced store); reset to the end so no new change is skipped"
                     );
-                    cursor.store(reset)?;
+                    cursor.store(reset).await?;
                     reset
                 }
                 None => s,
@@ -129,7 +126,7 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
                 acked: start,
                 sent: start,
             };
-            cursor.store(s)?;
+            cursor.store(s).await?;
             s
         }
     };
@@ -163,7 +160,6 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
         fetched: state.acked,
         pending: VecDeque::new(),
         log_drained: false,
-        head: state.sent,
         control: VecDeque::new(),
         announced: HashSet::new(),
         ingest: ReadingBatch::new(),
@@ -183,12 +179,12 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
     let result = runner.main_loop(rx, changes, &cancel, &stop).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), link).await;
-    runner.persist(true);
+    runner.persist(true).await;
     result
 }
 
 /// The log position of the newest change (0 for an empty store).
-async fn log_end(store: &Store) -> Result<i64, MqttError> {
+async fn log_end(store: &Backend) -> Result<i64, MqttError> {
     Ok(store.log_end().await?)
 }
 
@@ -196,7 +192,7 @@ impl Runner {
     async fn main_loop(
         &mut self,
         mut events: mpsc::Receiver<LinkEvent>,
-        mut changes: broadcast::Receiver<kdelta_sync::ChangeEvent>,
+        mut changes: LogWakeups,
         cancel: &CancellationToken,
         stop: &CancellationToken,
     ) -> Result<(), MqttError> {
@@ -211,21 +207,18 @@ impl Runner {
                     Some(ev) => self.on_event(ev).await?,
                     None => return Ok(()),
                 },
-                ev = changes.recv() => {
-                    match ev {
-                        Ok(ev) => self.head = self.head.max(ev.local_id),
-                        Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return Err(MqttError::Store(StoreError::Closed)),
-                    }
+                ev = changes.next() => {
+                    ev?;
                     self.log_drained = false;
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    if ticks.is_multiple_of(10) {
+                    let second = ticks.is_multiple_of(10);
+                    if second {
                         // A safety net: re-check the log even without a wake-up.
                         self.log_drained = false;
                     }
-                    self.on_tick().await?;
+                    self.on_tick(second).await?;
                 }
             }
         }
@@ -328,11 +321,10 @@ impl Runner {
         if last > self.persisted.sent {
             // Recorded before sending, so a crash later counts these as possible duplicates.
             self.persisted.sent = last;
-            self.persist(true);
+            self.persist(true).await;
         }
         let mut twins = Vec::new();
         for (id, change) in page {
-            self.head = self.head.max(id);
             self.fetched = id;
             self.build(id, &change);
             if let ChangeBody::Twin(t) = change.body
@@ -557,22 +549,25 @@ impl Runner {
         }
     }
 
-    async fn on_tick(&mut self) -> Result<(), MqttError> {
+    /// Flushes ingest that waited long enough, persists the cursor; every `second`, the
+    /// outbox lag gauge (changes after the cursor).
+    async fn on_tick(&mut self, second: bool) -> Result<(), MqttError> {
         if self
             .ingest_since
             .is_some_and(|t| t.elapsed() >= self.cfg.ingest_batch_max_age)
         {
             self.flush_ingest().await?;
         }
-        self.persist(false);
-        self.deps
-            .metrics
-            .mqtt_outbox_lag(self.head.saturating_sub(self.outbox.acked()).max(0));
+        self.persist(false).await;
+        if second {
+            let lag = self.store.log_count_after(self.outbox.acked()).await?;
+            self.deps.metrics.mqtt_outbox_lag(lag);
+        }
         Ok(())
     }
 
     /// Writes the cursor when it moved (at most every [`PERSIST_EVERY`] unless `now`).
-    fn persist(&mut self, now: bool) {
+    async fn persist(&mut self, now: bool) {
         let state = CursorState {
             acked: self.outbox.acked(),
             sent: self.persisted.sent.max(self.outbox.acked()),
@@ -581,7 +576,7 @@ impl Runner {
         if (state == self.persisted && !now) || !due {
             return;
         }
-        match self.cursor.store(state) {
+        match self.cursor.store(state).await {
             Ok(()) => {
                 self.persisted = state;
                 self.persisted_at = Instant::now();

@@ -115,7 +115,12 @@ async fn a_follower_sees_every_change_once_while_two_replicas_commit_out_of_id_o
     assert_eq!(all.len(), seen.len());
     assert_eq!(dots(&all), seen);
     assert_eq!(r1.log_end().await.unwrap(), all.last().unwrap().0);
+    assert_eq!(r1.log_count_after(0).await.unwrap(), all.len() as i64);
     for cut in [0usize, 1, 13, all.len() - 1] {
+        assert_eq!(
+            r2.log_count_after(all[cut].0).await.unwrap(),
+            (all.len() - cut - 1) as i64
+        );
         let rest = follow(&r2, all[cut].0, 5).await;
         assert_eq!(
             dots(&rest),

@@ -191,7 +191,7 @@ impl Runner {
                 self.bad_payload("command", topic, &format!("not JSON: {e}"));
                 serde_json::json!({"key": key, "ok": false, "error": {"code": "malformed_body", "message": format!("the body is not JSON: {e}")}})
             }
-            Ok(value) => match self.store.put(key, &value).await {
+            Ok(value) => match self.store.doc_put(key, &value).await {
                 Ok(v) => {
                     MqttCommand {
                         topic,

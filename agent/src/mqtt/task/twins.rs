@@ -16,7 +16,7 @@ const REPUBLISH_MAX: usize = 1000;
 impl Runner {
     /// Queues the retained state of twin `key`.
     pub(super) async fn publish_twin(&mut self, key: &str) -> Result<(), MqttError> {
-        let Some(t) = self.store.twin_get(key).await? else {
+        let Some(t) = self.store.twin(key).await? else {
             return Ok(());
         };
         self.control.push_back(Control {
@@ -90,7 +90,7 @@ impl Runner {
     ) -> Result<kdelta_sync::TwinWrite, StoreError> {
         let store = &self.store;
         match TwinPatch::from_json(key, body)? {
-            TwinPatch::Merge(v) if store.twin_get(key).await?.is_none() => {
+            TwinPatch::Merge(v) if store.twin(key).await?.is_none() => {
                 match store.twin_create(key, Some(v.clone())).await {
                     // Created meanwhile (by sync or the API): patch it instead.
                     Err(StoreError::TwinExists(_)) => {
