@@ -361,6 +361,44 @@ pub enum ChangeEventKind {
     },
 }
 
+impl ChangeEventKind {
+    /// What a change of `body` is, as read back from a change log (a follower of a hub's
+    /// log on PostgreSQL): the embedded store's own event but for a time correction, whose
+    /// `corrected` counts the seqs its runs cover (the store counts the changes it moved).
+    pub fn of(body: &crate::ChangeBody) -> ChangeEventKind {
+        use crate::ChangeBody as B;
+        match body {
+            B::Readings(b) => ChangeEventKind::Readings {
+                series: b.series.iter().map(|s| s.name.clone()).collect(),
+                count: b.len(),
+            },
+            B::Doc(w) => ChangeEventKind::Doc {
+                key: w.key.clone(),
+                deleted: w.value.is_none() && !w.pruned,
+            },
+            B::DocBatch(b) => ChangeEventKind::DocBatch {
+                keys: b.writes.iter().map(|w| w.key.clone()).collect(),
+                deleted: b
+                    .writes
+                    .iter()
+                    .filter(|w| w.value.is_none() && !w.pruned)
+                    .count(),
+            },
+            B::Twin(t) => ChangeEventKind::Twin { key: t.key.clone() },
+            B::TimeCorrection(t) => ChangeEventKind::TimeCorrection {
+                corrected: t
+                    .ranges
+                    .iter()
+                    .map(|r| (r.last_seq.saturating_sub(r.first_seq) + 1) as usize)
+                    .sum(),
+            },
+            B::Gap(g) => ChangeEventKind::Gap {
+                readings: g.readings(),
+            },
+        }
+    }
+}
+
 /// Announced on [`Store::subscribe`](crate::Store::subscribe) after a change is durable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangeEvent {

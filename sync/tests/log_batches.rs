@@ -557,3 +557,45 @@ async fn one_page_applies_like_change_by_change() {
     assert_eq!(refused.version_vector(), VersionVector::new());
     assert_eq!(refused.stats().await.unwrap().readings, 0);
 }
+
+/// A change read back from the log describes itself as the event the store announced when
+/// it stored it (`ChangeEventKind::of`, what a follower of a hub's log on PostgreSQL
+/// announces): readings, puts, deletes, batches with deletes, twin edits.
+#[tokio::test]
+async fn a_change_read_from_the_log_is_the_event_announced_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.db"), StoreConfig::default())
+        .await
+        .unwrap();
+    let mut events = store.subscribe();
+    let mut b = ReadingBatch::new();
+    b.push("a", T0, 1.0, None);
+    b.push("b", T0, 2.0, Some("V"));
+    b.push("a", T0 + 1, 3.0, None);
+    store.append(b).await.unwrap();
+    store.put("k/1", &serde_json::json!(1)).await.unwrap();
+    store.put("k/2", &serde_json::json!(2)).await.unwrap();
+    store.delete("k/1").await.unwrap();
+    store
+        .write_batch(vec![
+            BatchEntry::put("k/3", serde_json::json!(3)),
+            BatchEntry::delete("k/2"),
+        ])
+        .await
+        .unwrap();
+    store
+        .twin_create("t", Some(serde_json::json!({"x": 1})))
+        .await
+        .unwrap();
+    let log = store.log_after(0, 100).await.unwrap();
+    assert_eq!(log.len(), 6);
+    for (id, change) in log {
+        let ev = events.try_recv().unwrap();
+        assert_eq!(ev.local_id, id);
+        assert_eq!(
+            (ev.actor, ev.seq, ev.hlc),
+            (change.actor, change.seq, change.hlc)
+        );
+        assert_eq!(ev.kind, ChangeEventKind::of(&change.body), "change {id}");
+    }
+}

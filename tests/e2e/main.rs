@@ -23,6 +23,8 @@ mod harness;
 mod mqtt_support;
 mod mqtt_tls;
 #[cfg(feature = "postgres")]
+mod pg_events;
+#[cfg(feature = "postgres")]
 mod pg_hub;
 #[cfg(feature = "postgres")]
 mod pg_mqtt;

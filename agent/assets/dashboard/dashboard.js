@@ -12,17 +12,23 @@ const VIEWS = ["overview", "explorer", "series"];
 
 async function refreshStatus() {
   const s = await getJson("/v1/status");
+  // A hub replica on PostgreSQL has no local store: no counts, size or disk.
+  const counts = s.counts || {};
+  const number = (n) => (n == null ? "–" : n.toLocaleString());
   const items = [
     ["version", s.version],
     ["actor", String(s.actor).slice(0, 8)],
     ["up", duration(s.uptime_s)],
-    ["readings", s.counts.readings.toLocaleString()],
-    ["series", s.counts.series],
-    ["changes", s.counts.changes.toLocaleString()],
-    ["store", bytes(s.db_bytes)],
+    ["readings", number(counts.readings)],
+    ["series", number(counts.series)],
+    ["changes", number(counts.changes)],
+    ["store", s.backend === "postgres" ? "PostgreSQL" : bytes(s.db_bytes)],
     ["disk", s.disk ? `${s.disk.used_percent.toFixed(0)} % used` : "–"],
     ["memory", bytes(s.rss_bytes)],
   ];
+  if (s.database && !s.database.reachable) {
+    items.unshift(["DATABASE", `unreachable: ${s.database.error}`]);
+  }
   const store = s.store || {};
   if (store.write_health && store.write_health.disk_full) {
     items.unshift(["DISK FULL", "writes refused (507) until space is freed"]);

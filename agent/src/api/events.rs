@@ -8,7 +8,13 @@
 //! too slow for the broadcast buffer gets `event: lagged` with `{"missed": n}` and continues
 //! with newer changes (the change log is the reliable source). The stream ends when the agent
 //! drains (`Agent::shutdown`), so it never holds up a graceful shutdown.
+//!
+//! On a PostgreSQL hub replica the events are every replica's commits: the subscriber
+//! follows the database's commit-ordered log from its end (`id:` is a position in it), woken
+//! by the replicas' announcements, a page at a time — it never lags. A time correction's
+//! `corrected` there counts the seqs its runs cover (`ChangeEventKind::of`).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -16,12 +22,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use kdelta_sync::{ChangeEvent, ChangeEventKind};
+use kdelta_sync::{ActorId, ChangeEvent, ChangeEventKind, StoreError};
 use serde::Deserialize;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
 use super::params::{list, query};
+use crate::backend::{Backend, LogWakeups};
 use crate::state::Agent;
 
 /// Query string of `GET /v1/events`.
@@ -124,15 +132,15 @@ pub async fn events(
     q: Result<Query<EventParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = EventFilter::parse(&query(q)?)?;
-    let rx = state.sqlite()?.subscribe();
+    let source = EventSource::open(&state.backend).await?;
     let cancel = state.shutdown.clone();
     let stream = futures::stream::unfold(
-        (rx, filter, cancel),
-        |(mut rx, filter, cancel)| async move {
+        (source, filter, cancel),
+        |(mut source, filter, cancel)| async move {
             loop {
                 let next = tokio::select! {
                     _ = cancel.cancelled() => return None,
-                    r = rx.recv() => r,
+                    r = source.next() => r?,
                 };
                 let event = match next {
                     Ok(ev) if filter.matches(&ev) => Event::default()
@@ -140,16 +148,102 @@ pub async fn events(
                         .id(ev.local_id.to_string())
                         .data(event_json(&ev).to_string()),
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => Event::default()
+                    Err(missed) => Event::default()
                         .event("lagged")
-                        .data(serde_json::json!({ "missed": n }).to_string()),
-                    Err(RecvError::Closed) => return None,
+                        .data(serde_json::json!({ "missed": missed }).to_string()),
                 };
-                return Some((Ok(event), (rx, filter, cancel)));
+                return Some((Ok(event), (source, filter, cancel)));
             }
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Where a subscriber's events come from.
+enum EventSource {
+    /// The SQLite store's broadcast of changes as they become durable.
+    Sqlite(broadcast::Receiver<ChangeEvent>),
+    /// A hub replica: a follower of the database's commit-ordered log from its end at
+    /// subscription, woken by every replica's commit announcements (and a recheck every
+    /// [`LOG_RECHECK`]); it never lags, it reads on from its position.
+    Log(Box<LogFollower>),
+}
+
+/// Changes read from the log per page by a hub replica's subscriber.
+const LOG_PAGE: usize = 256;
+/// How often a hub replica's subscriber looks at the log without a wake-up.
+const LOG_RECHECK: Duration = Duration::from_secs(1);
+
+struct LogFollower {
+    backend: Backend,
+    wakeups: LogWakeups,
+    at: i64,
+    own: ActorId,
+    ready: VecDeque<ChangeEvent>,
+}
+
+impl EventSource {
+    async fn open(backend: &Backend) -> Result<EventSource, ApiError> {
+        if let Some(store) = backend.sqlite() {
+            return Ok(EventSource::Sqlite(store.subscribe()));
+        }
+        // Subscribe before reading the end, so no commit falls between the two.
+        let wakeups = backend.log_wakeups().await?;
+        let at = backend.log_end().await?;
+        Ok(EventSource::Log(Box::new(LogFollower {
+            backend: backend.clone(),
+            wakeups,
+            at,
+            own: backend.actor(),
+            ready: VecDeque::new(),
+        })))
+    }
+
+    /// The next event, `Err(missed)` after a lag, `None` when the store closed.
+    async fn next(&mut self) -> Option<Result<ChangeEvent, u64>> {
+        match self {
+            EventSource::Sqlite(rx) => match rx.recv().await {
+                Ok(ev) => Some(Ok(ev)),
+                Err(RecvError::Lagged(n)) => Some(Err(n)),
+                Err(RecvError::Closed) => None,
+            },
+            EventSource::Log(f) => f.next().await.map(Ok),
+        }
+    }
+}
+
+impl LogFollower {
+    async fn next(&mut self) -> Option<ChangeEvent> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Some(ev);
+            }
+            match self.backend.log_after(self.at, LOG_PAGE).await {
+                Ok(page) if !page.is_empty() => {
+                    for (position, change) in page {
+                        self.at = position;
+                        self.ready.push_back(ChangeEvent {
+                            local_id: position,
+                            actor: change.actor,
+                            seq: change.seq,
+                            hlc: change.hlc,
+                            remote: change.actor != self.own,
+                            kind: ChangeEventKind::of(&change.body),
+                        });
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(StoreError::Closed) => return None,
+                // The database is unreachable: the recheck below tries again.
+                Err(e) => tracing::debug!("events: reading the change log failed: {e}"),
+            }
+            tokio::select! {
+                woke = self.wakeups.next() => woke.ok()?,
+                () = tokio::time::sleep(LOG_RECHECK) => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //! share one wildcard route (see `docs.rs`).
 //!
 //! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
-//! ingest and queries, documents, twins); every other route needs the SQLite store and
-//! answers `501 not_on_this_backend` there, as does the dashboard.
+//! ingest and queries, documents, twins, events) and the dashboard; every other route needs
+//! the SQLite store and answers `501 not_on_this_backend` there.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -106,6 +106,7 @@ pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/twins/{key}"),
     ("GET", "/v1/twins/{key}/history"),
     ("GET", "/v1/twins/{key}/diff"),
+    ("GET", "/v1/events"),
     ("GET", "/v1/sync"),
     ("GET", "/v1/sync/peers"),
 ];
@@ -157,12 +158,8 @@ pub fn router(state: Agent) -> Router {
             router = router.route(at, handler);
         }
     }
-    let router = match backend {
-        BackendKind::Sqlite => dashboard::mount(router),
-        BackendKind::Postgres => {
-            router.route("/", not_on_this_backend(&Method::GET, "/ (the dashboard)"))
-        }
-    };
+    // The dashboard uses only routes both backends serve.
+    let router = dashboard::mount(router);
     router
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(no_route)
@@ -291,13 +288,13 @@ mod tests {
             (Method::PATCH, "/v1/twins/{key}"),
             (Method::GET, "/v1/twins/{key}/history"),
             (Method::GET, "/v1/twins/{key}/diff"),
+            (Method::GET, "/v1/events"),
         ] {
             assert!(serves(pg, &method, path), "{method} {path}");
         }
         for (method, path) in [
             (Method::GET, "/v1/readings/timing"),
             (Method::GET, "/v1/readings/gaps"),
-            (Method::GET, "/v1/events"),
             (Method::POST, "/v1/sync/now"),
             (Method::GET, "/v1/backup"),
         ] {
