@@ -23,3 +23,6 @@ CREATE TABLE log_cursors (
     sent  BIGINT NOT NULL,
     CHECK (acked >= 0 AND sent >= acked)
 );
+
+-- Gap records (kind 6) listed by `GET /v1/readings/gaps` without scanning every change.
+CREATE INDEX changes_gaps ON changes (id) WHERE kind = 6;

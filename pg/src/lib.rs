@@ -57,6 +57,7 @@ pub mod partitions;
 mod peer;
 mod query;
 mod read;
+mod records;
 mod retention;
 mod rollups;
 mod rows;

@@ -15,7 +15,8 @@
 //! twin edits (`pg_hub/twins.rs`); retention prunes as SQLite's does and keeps the digest
 //! equal (`pg_hub/retention.rs`), and so does document history retention
 //! (`pg_hub/doc_retention.rs`); the change log is followed in commit order across
-//! replicas, and one replica at a time holds a lease (`pg_hub/log.rs`).
+//! replicas, and one replica at a time holds a lease (`pg_hub/log.rs`); timing and gap
+//! records list as on SQLite (`pg_hub/records.rs`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -34,6 +35,8 @@ mod docs;
 mod log;
 #[path = "pg_hub/readings.rs"]
 mod readings;
+#[path = "pg_hub/records.rs"]
+mod records;
 #[path = "pg_hub/retention.rs"]
 mod retention;
 #[path = "pg_hub/sessions.rs"]

@@ -218,11 +218,7 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
     assert_eq!(st["backend"], "postgres", "{st}");
     assert_eq!(st["database"]["reachable"], true, "{st}");
     assert_eq!(st["version_vector_size"], 0, "{st}");
-    for (method, path) in [
-        ("GET", "/v1/readings/timing"),
-        ("GET", "/v1/readings/gaps"),
-        ("GET", "/v1/backup"),
-    ] {
+    for (method, path) in [("GET", "/v1/backup"), ("POST", "/v1/sync/now")] {
         let r = c
             .request(method.parse().unwrap(), replica.at(path))
             .header("content-type", "application/json")
@@ -246,6 +242,15 @@ async fn a_replica_serves_health_and_status_and_answers_501_for_the_rest() {
     let (s, body) = get_json(&c, &replica.at("/v1/readings?series=x")).await;
     assert_eq!(s, 404, "{body}");
     assert_eq!(body["error"]["code"], "unknown_series", "{body}");
+    // Timing and gap records are listed (none yet).
+    let (s, body) = get_json(&c, &replica.at("/v1/readings/timing")).await;
+    assert_eq!(
+        (s, &body["timing"]),
+        (200, &serde_json::json!([])),
+        "{body}"
+    );
+    let (s, body) = get_json(&c, &replica.at("/v1/readings/gaps")).await;
+    assert_eq!((s, &body["gaps"]), (200, &serde_json::json!([])), "{body}");
     // The dashboard is served: it uses only routes a replica answers.
     let r = c.get(replica.at("/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

@@ -41,7 +41,7 @@ pub async fn list(
     };
     let limit = limit("limit", &p.limit, 100, 1000)?;
     let series = p.series.filter(|s| !s.is_empty());
-    let gaps = state.sqlite()?.gaps(series, after, limit).await?;
+    let gaps = state.backend.gaps(series, after, limit).await?;
     let next_after = (gaps.len() == limit)
         .then(|| gaps.last().map(|g| g.local_id))
         .flatten();

@@ -1,8 +1,9 @@
 //! Reading queries: `GET /v1/series`, `GET /v1/readings` (raw range, paged by cursor),
 //! `GET /v1/readings/aggregate` (time buckets), `GET /v1/readings/latest` and
 //! `GET /v1/readings/timing` (batches sampled under an untrusted clock, original times and
-//! corrections). Read-only. The first four ask the [`Backend`](crate::backend::Backend),
-//! so a PostgreSQL hub replica answers them as a SQLite store does; timing needs SQLite.
+//! corrections). Read-only. They ask the [`Backend`](crate::backend::Backend), so a
+//! PostgreSQL hub replica answers them as a SQLite store does (timing positions there are
+//! the database's change ids).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -115,7 +116,7 @@ pub async fn timing(
     };
     let limit = limit("limit", &p.limit, DEFAULT_LIMIT, 10_000)?;
     let series = p.series.filter(|s| !s.is_empty());
-    let records = state.sqlite()?.reading_timing(series, after, limit).await?;
+    let records = state.backend.reading_timing(series, after, limit).await?;
     let next_after = (records.len() == limit)
         .then(|| records.last().map(|r| r.0))
         .flatten();

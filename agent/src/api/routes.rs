@@ -7,7 +7,7 @@
 //! share one wildcard route (see `docs.rs`).
 //!
 //! A PostgreSQL hub replica serves [`HUB_ROUTES`] (health, status, metrics, sync, readings
-//! ingest and queries, documents, twins, events) and the dashboard; every other route needs
+//! ingest and queries, timing and gap records, documents, twins, events) and the dashboard; every other route needs
 //! the SQLite store and answers `501 not_on_this_backend` there.
 
 use std::collections::HashSet;
@@ -92,6 +92,8 @@ pub const HUB_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/readings"),
     ("GET", "/v1/readings/aggregate"),
     ("GET", "/v1/readings/latest"),
+    ("GET", "/v1/readings/timing"),
+    ("GET", "/v1/readings/gaps"),
     ("GET", "/v1/docs"),
     ("POST", "/v1/docs"),
     ("GET", "/v1/docs/{key}"),
@@ -289,15 +291,12 @@ mod tests {
             (Method::GET, "/v1/twins/{key}/history"),
             (Method::GET, "/v1/twins/{key}/diff"),
             (Method::GET, "/v1/events"),
+            (Method::GET, "/v1/readings/timing"),
+            (Method::GET, "/v1/readings/gaps"),
         ] {
             assert!(serves(pg, &method, path), "{method} {path}");
         }
-        for (method, path) in [
-            (Method::GET, "/v1/readings/timing"),
-            (Method::GET, "/v1/readings/gaps"),
-            (Method::POST, "/v1/sync/now"),
-            (Method::GET, "/v1/backup"),
-        ] {
+        for (method, path) in [(Method::POST, "/v1/sync/now"), (Method::GET, "/v1/backup")] {
             assert!(!serves(pg, &method, path), "{method} {path}");
             assert!(
                 serves(BackendKind::Sqlite, &method, path),

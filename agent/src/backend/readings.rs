@@ -1,5 +1,5 @@
 //! The readings on either store: ingest ([`Backend::append`]) and the queries — series list,
-//! raw range, aggregate and latest values —
+//! raw range, aggregate and latest values, timing and gap records —
 //! answered by the embedded SQLite store or by a hub replica's PostgreSQL database with the
 //! same results and errors ([`StoreError`]; `kdelta_pg`'s become theirs through `From`). The
 //! one place the API's readings handlers (`api/readings.rs`) meet the backend, so each route
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kdelta_sync::{
     AggregateQuery, Bucket, ChangeMeta, LatestReading, RangeQuery, ReadingBatch, ReadingPage,
-    SeriesPage, StoreError, TimeReference,
+    SeriesPage, StoreError, StoredGap, TimeReference, TimingRecord,
 };
 
 use super::Backend;
@@ -74,6 +74,39 @@ impl Backend {
                     hlc: change.hlc,
                 })
             }
+        }
+    }
+
+    /// Timing records of readings sampled under an untrusted clock after position `after`
+    /// (`Store::reading_timing`; on PostgreSQL positions are the database's change ids).
+    pub async fn reading_timing(
+        &self,
+        series: Option<String>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, TimingRecord)>, StoreError> {
+        match self {
+            Backend::Sqlite(store) => store.reading_timing(series, after, limit).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(hub) => Ok(hub
+                .store
+                .reading_timing(series.as_deref(), after, limit)
+                .await?),
+        }
+    }
+
+    /// Gap records after position `after` (`Store::gaps`; on PostgreSQL positions are the
+    /// database's change ids).
+    pub async fn gaps(
+        &self,
+        series: Option<String>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredGap>, StoreError> {
+        match self {
+            Backend::Sqlite(store) => store.gaps(series, after, limit).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(hub) => Ok(hub.store.gaps(series.as_deref(), after, limit).await?),
         }
     }
 
