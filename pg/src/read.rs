@@ -371,6 +371,25 @@ async fn load_twins(conn: &mut PgConnection, ids: &[i64]) -> Result<HashMap<i64,
     Ok(out)
 }
 
+/// Windows of one series this close (ms) are read as one.
+const WINDOW_MERGE_GAP_MS: i64 = 60_000;
+
+/// `(series, lo, hi)` windows merged per series where they overlap or lie within
+/// [`WINDOW_MERGE_GAP_MS`] of each other.
+fn merge_windows(mut windows: Vec<(String, i64, i64)>) -> Vec<(String, i64, i64)> {
+    windows.sort_unstable();
+    let mut out: Vec<(String, i64, i64)> = Vec::new();
+    for (name, lo, hi) in windows {
+        match out.last_mut() {
+            Some((n, _, h)) if *n == name && lo <= h.saturating_add(WINDOW_MERGE_GAP_MS) => {
+                *h = (*h).max(hi);
+            }
+            _ => out.push((name, lo, hi)),
+        }
+    }
+    out
+}
+
 /// The readings batch of every row (empty for other kinds), series in manifest order, at
 /// the times the change carried (a corrected change's readings are stored moved by its
 /// delta and given back at the original times).
@@ -410,9 +429,9 @@ async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<R
     }
     let mut batches = Vec::with_capacity(rows.len());
     let mut deltas = Vec::with_capacity(rows.len());
-    // One wanted (change, series, time range) per manifest entry, and where it goes.
-    let (mut w_change, mut w_name, mut w_lo, mut w_hi, mut w_at) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Where each (change, series) goes, and the time windows to read per series.
+    let mut at: HashMap<(i64, String), (usize, usize)> = HashMap::new();
+    let mut windows: Vec<(String, i64, i64)> = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let mut batch = ReadingBatch::new();
         let timing = timings.get(&row.id);
@@ -422,11 +441,12 @@ async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<R
         if row.kind == 1 {
             let entries = decode_manifest(row.manifest.as_deref().unwrap_or_default())?;
             for (j, e) in entries.into_iter().enumerate() {
-                w_change.push(row.id);
-                w_name.push(e.name.clone());
-                w_lo.push(e.ts_min.saturating_add(delta));
-                w_hi.push(e.ts_max.saturating_add(delta));
-                w_at.push((i, j));
+                at.insert((row.id, e.name.clone()), (i, j));
+                windows.push((
+                    e.name.clone(),
+                    e.ts_min.saturating_add(delta),
+                    e.ts_max.saturating_add(delta),
+                ));
                 batch.series.push(SeriesPoints {
                     name: e.name,
                     unit: e.unit,
@@ -438,31 +458,82 @@ async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<R
         }
         batches.push(batch);
     }
-    if w_change.is_empty() {
+    if windows.is_empty() {
         return Ok(batches);
     }
+    // One scan per series and merged window, keeping the page's changes: the changes of a
+    // page (many devices writing one series name in the same minutes, read in commit
+    // order) share their windows, and a window read once per change would read every
+    // device's readings once per change.
+    let windows = merge_windows(windows);
+    let ids: Vec<i64> = rows.iter().filter(|r| r.kind == 1).map(|r| r.id).collect();
+    let (names, los, his): (Vec<String>, Vec<i64>, Vec<i64>) = windows.into_iter().fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |(mut n, mut l, mut h), (name, lo, hi)| {
+            n.push(name);
+            l.push(lo);
+            h.push(hi);
+            (n, l, h)
+        },
+    );
     let found = sqlx::query(
-        "SELECT w.ord, r.ts, r.value \
-         FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY AS w(change_id, name, lo, hi, ord) \
+        "SELECT r.change_id, w.name, r.ts, r.value \
+         FROM unnest($2::text[], $3::int8[], $4::int8[]) AS w(name, lo, hi) \
          JOIN series s ON s.name = w.name \
-         JOIN readings r ON r.series_id = s.id AND r.change_id = w.change_id AND r.ts BETWEEN w.lo AND w.hi \
-         ORDER BY w.ord, r.ts",
+         JOIN readings r ON r.series_id = s.id AND r.ts BETWEEN w.lo AND w.hi \
+         JOIN unnest($1::int8[]) AS page(change_id) ON page.change_id = r.change_id",
     )
-    .bind(&w_change)
-    .bind(&w_name)
-    .bind(&w_lo)
-    .bind(&w_hi)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&los)
+    .bind(&his)
     .fetch_all(&mut *conn)
     .await
     .map_err(PgError::db(ctx))?;
+    let mut points: Vec<Vec<Vec<(i64, f64)>>> = batches
+        .iter()
+        .map(|b| vec![Vec::new(); b.series.len()])
+        .collect();
     for r in found {
-        let ord: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
-        let Some(&(i, j)) = usize::try_from(ord - 1).ok().and_then(|k| w_at.get(k)) else {
+        let change: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
+        let name: String = r.try_get(1).map_err(PgError::db(ctx))?;
+        // A reading of a page's change in another of its series' windows: not listed in
+        // that change's manifest under this name, so not one of its readings.
+        let Some(&(i, j)) = at.get(&(change, name)) else {
             continue;
         };
-        let s = &mut batches[i].series[j];
-        s.ts.push(r.try_get::<i64, _>(1).map_err(PgError::db(ctx))? - deltas[i]);
-        s.values.push(r.try_get(2).map_err(PgError::db(ctx))?);
+        let ts: i64 = r.try_get(2).map_err(PgError::db(ctx))?;
+        points[i][j].push((ts - deltas[i], r.try_get(3).map_err(PgError::db(ctx))?));
+    }
+    for (batch, series_points) in batches.iter_mut().zip(points) {
+        for (s, mut p) in batch.series.iter_mut().zip(series_points) {
+            p.sort_unstable_by_key(|&(ts, _)| ts);
+            (s.ts, s.values) = p.into_iter().unzip();
+        }
     }
     Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, lo: i64, hi: i64) -> (String, i64, i64) {
+        (name.to_owned(), lo, hi)
+    }
+
+    #[test]
+    fn windows_merge_per_series_when_they_overlap_or_are_close() {
+        let merged = merge_windows(vec![
+            w("b", 0, 10),
+            w("a", 100_000, 100_100),
+            w("a", 0, 9_999),
+            w("a", 5_000, 20_000),
+            w("a", 80_000, 90_000), // within the gap of 20_000
+            w("b", 0, 10),          // a duplicate window
+        ]);
+        assert_eq!(merged, vec![w("a", 0, 100_100), w("b", 0, 10)]);
+        let apart = merge_windows(vec![w("a", 0, 1), w("a", 60_002, 60_003)]);
+        assert_eq!(apart.len(), 2);
+    }
 }

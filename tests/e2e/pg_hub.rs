@@ -915,6 +915,7 @@ async fn bench_fleet_counts_what_the_devices_wrote_through_one_and_two_replicas(
         "1,2".to_owned(),
         "--concurrency".to_owned(),
         "3".to_owned(),
+        "--follow-log".to_owned(),
         "--json".to_owned(),
     ];
     let out = tokio::task::spawn_blocking({
@@ -957,6 +958,11 @@ async fn bench_fleet_counts_what_the_devices_wrote_through_one_and_two_replicas(
         // The replicas run with device_relay = "own" (the bench's default): no device is
         // sent another device's changes.
         assert_eq!(phase["relayed_changes"].as_u64(), Some(0), "{phase}");
+        // The log follower read every change and reading once, in commit order.
+        let follower = &phase["follower"];
+        assert_eq!(follower["changes"], phase["changes"], "{phase}");
+        assert_eq!(follower["readings"], phase["readings"], "{phase}");
+        assert!(follower["read_secs"].as_f64().unwrap() > 0.0, "{phase}");
     }
     assert_eq!(report["device_relay"], "own", "{report}");
     // The same devices, so the same digest in both phases' databases.

@@ -15,12 +15,17 @@
 //! replica acknowledged its last change) as p50/p90/p99/max, and CPU seconds of PostgreSQL
 //! (every process named `postgres`), of the replicas and of this process (the devices).
 //!
+//! With `--follow-log`, a follower of the database's change log in commit order (what a
+//! hub's MQTT outbox reads) runs in this process during each phase: when it read the last
+//! change, against the last acknowledgement, and the time its reads took.
+//!
 //! Files: `devices.rs` (stores and sessions), `replicas.rs` (the processes), `db.rs` (schema
-//! and verification), `cpu.rs` (/proc).
+//! and verification), `cpu.rs` (/proc), `follow.rs` (the log follower).
 
 mod cpu;
 mod db;
 mod devices;
+mod follow;
 mod replicas;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +87,10 @@ pub struct BenchFleetArgs {
     /// Give up on a phase after this long.
     #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Follow the database's change log in commit order during each phase (what a hub's
+    /// MQTT outbox reads) and report how far it trails the devices' acknowledgements.
+    #[arg(long)]
+    pub follow_log: bool,
     /// Print the figures as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -133,6 +142,8 @@ struct PhaseReport {
     retries: u32,
     /// Their errors (without the replica's URL), with how often each occurred.
     retry_errors: std::collections::BTreeMap<String, u32>,
+    /// The log follower (`--follow-log`).
+    follower: Option<follow::FollowReport>,
     /// The database's digest: equal to the sum of the devices' digests (checked).
     digest: String,
 }
@@ -350,12 +361,19 @@ async fn run_phase(
 
     let before = CpuSample::now(&pids);
     let started = Instant::now();
+    let changes = u64::from(shape.changes) * devices.len() as u64;
+    let follower = args
+        .follow_log
+        .then(|| tokio::spawn(follow::follow(db.url(), changes, started)));
     let synced = devices::sync_all(&stores, devices, &urls, concurrency, sessions, started).await;
     let cpu_window_secs = started.elapsed().as_secs_f64();
     let used = before.until(CpuSample::now(&pids));
     let outcomes = match synced {
         Ok(o) => o,
         Err(e) => {
+            if let Some(f) = &follower {
+                f.abort();
+            }
             let logs: Vec<String> = running
                 .iter()
                 .enumerate()
@@ -364,12 +382,15 @@ async fn run_phase(
             return Err(e.context(logs.join("\n")));
         }
     };
+    let follower = match follower {
+        Some(task) => Some(task.await.context("the log follower")??),
+        None => None,
+    };
     for r in running {
         r.stop().await;
     }
 
     let readings = shape.readings_per_device() * devices.len() as u64;
-    let changes = u64::from(shape.changes) * devices.len() as u64;
     let digest = db
         .verify(devices, readings)
         .await
@@ -407,6 +428,7 @@ async fn run_phase(
             },
         ),
         digest: digest.to_string(),
+        follower,
     })
 }
 
@@ -444,5 +466,15 @@ fn print_phase(p: &PhaseReport) {
     );
     for (why, n) in &p.retry_errors {
         println!("  retried    {n}× {why}");
+    }
+    if let Some(f) = &p.follower {
+        println!(
+            "  log        a follower in commit order read all {} changes ({} readings) {:.0} ms after the last acknowledgement; its reads took {:.2} s ({:.0} readings/s read)",
+            f.changes,
+            f.readings,
+            ((f.caught_up_secs - p.wall_secs) * 1000.0).max(0.0),
+            f.read_secs,
+            f.readings as f64 / f.read_secs.max(1e-9)
+        );
     }
 }
