@@ -56,7 +56,7 @@ struct Runner {
     cfg: MqttConfig,
     deps: Agent,
     /// The agent's store: SQLite, or a hub replica's PostgreSQL database (where one replica
-    /// at a time runs this task: `agent/parts.rs`).
+    /// at a time runs this task: `mqtt/lease.rs`).
     store: Backend,
     topics: Topics,
     qos: QoS,
@@ -560,8 +560,12 @@ impl Runner {
         }
         self.persist(false).await;
         if second {
-            let lag = self.store.log_count_after(self.outbox.acked()).await?;
-            self.deps.metrics.mqtt_outbox_lag(lag);
+            // A gauge: a failed count (the database briefly away) keeps its last value
+            // rather than stopping the client; publishing reports such errors itself.
+            match self.store.log_count_after(self.outbox.acked()).await {
+                Ok(lag) => self.deps.metrics.mqtt_outbox_lag(lag),
+                Err(e) => tracing::debug!("MQTT: counting the outbox lag failed: {e}"),
+            }
         }
         Ok(())
     }
