@@ -267,8 +267,7 @@ impl Writer {
             nth = self
                 .conn
                 .prepare_cached(
-                    "SELECT v.hlc, a.actor FROM doc_versions v \
-                     JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+                    "SELECT v.hlc, a.actor FROM doc_versions v JOIN actors a ON a.idx = v.actor_idx \
                      WHERE v.key_id = ?1 ORDER BY v.hlc DESC, a.actor DESC LIMIT 1 OFFSET ?2",
                 )
                 .and_then(|mut st| {
@@ -292,13 +291,13 @@ impl Writer {
         let found: Vec<Candidate> = self
             .conn
             .prepare_cached(
-                "SELECT v.change_id, v.hlc, v.value, v.context, c.seq, a.actor \
+                "SELECT v.change_id, v.hlc, v.value, v.context, v.seq, a.actor \
                  FROM doc_versions v INDEXED BY doc_versions_unpruned \
-                 JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+                 JOIN actors a ON a.idx = v.actor_idx \
                  WHERE v.key_id = ?1 AND v.pruned = 0 AND v.hlc <= ?2 \
                  AND (v.hlc < ?2 OR a.actor < ?3) \
                  AND NOT EXISTS (SELECT 1 FROM doc_heads h \
-                                 WHERE h.key_id = v.key_id AND h.change_id = v.change_id) \
+                                 WHERE h.key_id = v.key_id AND h.hlc = v.hlc AND h.change_id = v.change_id) \
                  ORDER BY v.hlc LIMIT ?4",
             )
             .and_then(|mut st| {

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::docwrite::decode_context;
+use crate::readers::in_snapshot;
 use crate::{
     ActorId, AsOf, DocChange, DocDiff, DocState, DocVersion, Dot, HistoryCursor, Hlc, Result,
     Store, StoreError,
@@ -122,45 +123,91 @@ fn key_id(conn: &Connection, key: &str) -> Result<Option<i64>> {
         .map_err(StoreError::db("looking up a document key"))
 }
 
-/// Current siblings of the key with id `id`, newest first.
-fn siblings_of(conn: &Connection, key: &str, id: i64) -> Result<Vec<DocVersion>> {
+/// Current siblings of `key`, newest first: one statement from the key to its heads' rows.
+fn siblings_of(conn: &Connection, key: &str) -> Result<Vec<DocVersion>> {
     let mut v = versions(
         conn,
         key,
-        "SELECT a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
-         JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
-         JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
-         WHERE h.key_id = ?1",
-        [id],
+        "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_keys k \
+         JOIN doc_heads h ON h.key_id = k.id \
+         JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
+         JOIN actors a ON a.idx = v.actor_idx WHERE k.key = ?1",
+        [key],
         "reading document heads",
     )?;
     v.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
     Ok(v)
 }
 
+/// A version's actor, seq, HLC, change id and context (no value), as `as_of` scans them.
+type DotRow = (Vec<u8>, i64, i64, i64, Vec<u8>);
+
 /// The state of the key with id `id` at `at`; `None` before its first version;
 /// [`StoreError::HistoryPruned`] when the winner at `at` is a version retention pruned (its
 /// context is kept, so which versions were heads then is still exact — only the value is
 /// gone).
+///
+/// One range scan over the key's versions up to `at` (adjacent rows: the table is clustered
+/// by key and HLC) reads their dots and contexts but no values; only the winner's value is
+/// read and decoded, by its primary key.
 fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocState>> {
-    let found = versions(
+    let raw: Vec<DotRow> = conn
+        .prepare_cached(
+            "SELECT a.actor, v.seq, v.hlc, v.change_id, v.context FROM doc_versions v \
+             JOIN actors a ON a.idx = v.actor_idx WHERE v.key_id = ?1 AND v.hlc <= ?2",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![id, at.bound().0 as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })
+        .map_err(StoreError::db("reading document history"))?;
+    let mut superseded = HashSet::new();
+    let mut rows = Vec::with_capacity(raw.len());
+    for (actor, seq, hlc, change_id, context) in raw {
+        let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
+            what: "stored actor id",
+            detail: "not 16 bytes".into(),
+        })?;
+        superseded.extend(decode_context(&context)?);
+        let dot = Dot {
+            actor,
+            seq: seq as u64,
+        };
+        rows.push((dot, hlc, change_id));
+    }
+    rows.retain(|(dot, _, _)| !superseded.contains(dot));
+    // Winner: highest HLC, then highest actor (as `doc_state`).
+    let Some(&(_, hlc, change_id)) = rows.iter().max_by_key(|(dot, hlc, _)| (*hlc, dot.actor))
+    else {
+        return Ok(None);
+    };
+    let winner = versions(
         conn,
         key,
-        "SELECT a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
-         JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
-         WHERE v.key_id = ?1 AND v.hlc <= ?2",
-        params![id, at.bound().0 as i64],
+        "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
+         JOIN actors a ON a.idx = v.actor_idx \
+         WHERE v.key_id = ?1 AND v.hlc = ?2 AND v.change_id = ?3",
+        params![id, hlc, change_id],
         "reading document history",
-    )?;
-    let state = doc_state(doc_heads(found));
-    if state.as_ref().is_some_and(|s| s.winner.pruned) {
+    )?
+    .pop()
+    .ok_or(StoreError::Decode {
+        what: "document history",
+        detail: format!("{key}: a version vanished during a read"),
+    })?;
+    if winner.pruned {
         return Err(StoreError::HistoryPruned {
             key: key.to_owned(),
             at: at.to_string(),
             horizon: history_horizon(conn, id)?,
         });
     }
-    Ok(state)
+    Ok(Some(DocState {
+        winner,
+        siblings: rows.len(),
+    }))
 }
 
 /// The oldest point as-of reads of the key with id `id` answer: the HLC of the first version
@@ -239,9 +286,9 @@ type HeadRows = Vec<StoredVersion>;
 fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i64, HeadRows>> {
     let mut out: HashMap<i64, HeadRows> = HashMap::new();
     conn.prepare_cached(
-        "SELECT h.key_id, a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
-         JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
-         JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+        "SELECT h.key_id, a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
+         JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
+         JOIN actors a ON a.idx = v.actor_idx \
          WHERE h.key_id IN (SELECT id FROM doc_keys WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3)",
     )
     .and_then(|mut st| {
@@ -286,10 +333,7 @@ impl Store {
         let key = key.to_owned();
         self.inner
             .readers
-            .read(move |conn| match key_id(conn, &key)? {
-                Some(id) => siblings_of(conn, &key, id),
-                None => Ok(Vec::new()),
-            })
+            .read(move |conn| siblings_of(conn, &key))
             .await
     }
 
@@ -306,16 +350,18 @@ impl Store {
         self.inner
             .readers
             .read(move |conn| {
-                let Some(id) = key_id(conn, &key)? else {
-                    return Ok(None);
-                };
-                match as_of(conn, &key, id, at)? {
-                    Some(s) => Ok(Some(s)),
-                    None => Err(StoreError::BeforeHistory {
-                        at: at.to_string(),
-                        key,
-                    }),
-                }
+                in_snapshot(conn, |conn| {
+                    let Some(id) = key_id(conn, &key)? else {
+                        return Ok(None);
+                    };
+                    match as_of(conn, &key, id, at)? {
+                        Some(s) => Ok(Some(s)),
+                        None => Err(StoreError::BeforeHistory {
+                            at: at.to_string(),
+                            key: key.clone(),
+                        }),
+                    }
+                })
             })
             .await
     }
@@ -334,14 +380,15 @@ impl Store {
         self.inner
             .readers
             .read(move |conn| {
+                in_snapshot(conn, |conn| {
                 let Some(id) = key_id(conn, &key)? else {
                     return Ok(Vec::new());
                 };
                 versions(
                     conn,
                     &key,
-                    "SELECT a.actor, c.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
-                     JOIN changes c ON c.id = v.change_id JOIN actors a ON a.idx = c.actor_idx \
+                    "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
+                     JOIN actors a ON a.idx = v.actor_idx \
                      WHERE v.key_id = ?1 AND v.hlc <= ?2 AND (v.hlc < ?2 OR a.actor < ?3) \
                      ORDER BY v.hlc DESC, a.actor DESC LIMIT ?4",
                     params![
@@ -352,6 +399,7 @@ impl Store {
                     ],
                     "reading document history",
                 )
+                })
             })
             .await
     }
@@ -374,7 +422,7 @@ impl Store {
             let (found, last, done) = self
                 .inner
                 .readers
-                .read(move |conn| list_step(conn, &prefix, at, want, &from))
+                .read(move |conn| in_snapshot(conn, |c| list_step(c, &prefix, at, want, &from)))
                 .await?;
             out.extend(found);
             match last {
@@ -392,13 +440,15 @@ impl Store {
             .inner
             .readers
             .read(move |conn| {
-                let Some(id) = key_id(conn, &owned)? else {
-                    return Err(StoreError::UnknownKey(owned));
-                };
-                let value = |at| -> Result<Option<serde_json::Value>> {
-                    Ok(as_of(conn, &owned, id, at)?.and_then(|s| s.winner.value))
-                };
-                Ok((value(from)?, value(to)?))
+                in_snapshot(conn, |conn| {
+                    let Some(id) = key_id(conn, &owned)? else {
+                        return Err(StoreError::UnknownKey(owned.clone()));
+                    };
+                    let value = |at| -> Result<Option<serde_json::Value>> {
+                        Ok(as_of(conn, &owned, id, at)?.and_then(|s| s.winner.value))
+                    };
+                    Ok((value(from)?, value(to)?))
+                })
             })
             .await?;
         Ok(DocDiff::between(key, a, b))

@@ -64,8 +64,7 @@ impl Writer {
         let rows: Vec<(Vec<u8>, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT a.actor, c.seq FROM doc_heads h \
-                 JOIN changes c ON c.id = h.change_id JOIN actors a ON a.idx = c.actor_idx \
+                "SELECT a.actor, h.seq FROM doc_heads h JOIN actors a ON a.idx = h.actor_idx \
                  WHERE h.key_id = ?1",
             )
             .and_then(|mut st| {
@@ -124,7 +123,7 @@ impl Writer {
             seq,
             hlc,
         };
-        let context = self.store_version(&version, key_id, key, value, context, pruned)?;
+        let context = self.store_version(&version, 0, key_id, key, value, context, pruned)?;
         self.advance(actor, seq)?;
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
@@ -224,7 +223,8 @@ impl Writer {
         let (mut keys, mut deleted, mut contexts) = (Vec::new(), 0, Vec::new());
         for (key, value, context, pruned) in entries {
             let key_id = self.key_id(key)?;
-            contexts.push(self.store_version(&version, key_id, key, value, context, pruned)?);
+            let pos = contexts.len();
+            contexts.push(self.store_version(&version, pos, key_id, key, value, context, pruned)?);
             keys.push(key.to_owned());
             deleted += usize::from(value.is_none() && !pruned);
         }
@@ -261,7 +261,7 @@ impl Writer {
                 .conn
                 .prepare_cached(
                     "SELECT COUNT(*), COALESCE(SUM(v.value IS NULL), 0) FROM doc_heads h \
-                     JOIN doc_versions v ON v.change_id = h.change_id AND v.key_id = h.key_id \
+                     JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
                      WHERE h.key_id = ?1",
                 )
                 .and_then(|mut st| st.query_row([key_id], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -279,24 +279,26 @@ impl Writer {
         };
         self.conn
             .prepare_cached(
-                "SELECT 1 FROM doc_versions v JOIN changes c ON c.id = v.change_id \
-                 WHERE v.key_id = ?1 AND c.actor_idx = ?2 AND c.seq = ?3",
+                "SELECT 1 FROM doc_versions WHERE key_id = ?1 AND actor_idx = ?2 AND seq = ?3",
             )
             .and_then(|mut st| st.exists(params![key_id, idx, dot.seq as i64]))
             .map_err(StoreError::db("checking a document context"))
     }
 
-    /// Stores the version of one key made by the change `v`: the version row, the dots it
-    /// supersedes (they leave the key's heads), itself as a head unless a stored version
-    /// supersedes it, and its digest element. Returns the context, sorted.
+    /// Stores the version of one key made by the change `v` (`pos`: its place among the
+    /// change's versions, batch order): the version row, the dots it supersedes (they leave
+    /// the key's heads), itself as a head unless a stored version supersedes it, and its
+    /// digest element. Returns the context, sorted.
     ///
     /// A `pruned` version (received from a peer whose retention dropped its value) is never
     /// made a head: its sender prunes only versions something supersedes, and that version
     /// reaches this store too — until then the key shows its other heads, never a version
     /// without a value (`doc_retention.rs`).
+    #[allow(clippy::too_many_arguments)]
     fn store_version(
         &mut self,
         v: &Version,
+        pos: usize,
         key_id: i64,
         key: &str,
         value: Option<&[u8]>,
@@ -308,9 +310,22 @@ impl Writer {
         let value = value.filter(|_| !pruned);
         self.conn
             .prepare_cached(
-                "INSERT INTO doc_versions (change_id, key_id, hlc, value, context, pruned) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO doc_versions (key_id, hlc, change_id, actor_idx, seq, pos, pruned, context, value) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
-            .and_then(|mut st| st.execute(params![v.change_id, key_id, v.hlc.0 as i64, value, &ctx_bytes, pruned]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    key_id,
+                    v.hlc.0 as i64,
+                    v.change_id,
+                    v.actor_idx,
+                    v.seq as i64,
+                    pos as i64,
+                    pruned,
+                    &ctx_bytes,
+                    value
+                ])
+            })
             .map_err(StoreError::db("storing a document version"))?;
         self.counts.doc_versions += 1;
 
@@ -324,8 +339,7 @@ impl Writer {
                 .map_err(StoreError::db("recording superseded versions"))?;
             self.conn
                 .prepare_cached(
-                    "DELETE FROM doc_heads WHERE key_id = ?1 AND change_id IN \
-                     (SELECT id FROM changes WHERE actor_idx = ?2 AND seq = ?3)",
+                    "DELETE FROM doc_heads WHERE key_id = ?1 AND actor_idx = ?2 AND seq = ?3",
                 )
                 .and_then(|mut st| st.execute(params![key_id, idx, dot.seq as i64]))
                 .map_err(StoreError::db("updating document heads"))?;
@@ -339,8 +353,19 @@ impl Writer {
             .map_err(StoreError::db("checking document heads"))?;
         if !superseded && !pruned {
             self.conn
-                .prepare_cached("INSERT INTO doc_heads (key_id, change_id) VALUES (?1, ?2)")
-                .and_then(|mut st| st.execute(params![key_id, v.change_id]))
+                .prepare_cached(
+                    "INSERT INTO doc_heads (key_id, hlc, change_id, actor_idx, seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        key_id,
+                        v.hlc.0 as i64,
+                        v.change_id,
+                        v.actor_idx,
+                        v.seq as i64
+                    ])
+                })
                 .map_err(StoreError::db("updating document heads"))?;
         }
         self.digest.add(&if pruned {

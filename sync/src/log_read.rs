@@ -243,8 +243,7 @@ fn load_timings(
     )
 }
 
-/// The versions of each batch change, in the order they were written (`doc_versions` rows
-/// of one change are inserted in batch order, so their rowids keep it).
+/// The versions of each batch change, in the order they were written (`doc_versions.pos`).
 fn load_doc_batches(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, DocBatch>> {
     let select = "SELECT v.change_id, k.key, v.value, v.context, v.pruned FROM doc_versions v \
                   JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id IN (";
@@ -253,7 +252,7 @@ fn load_doc_batches(conn: &Connection, rows: &[LogRow]) -> Result<HashMap<i64, D
         conn,
         ids_of(rows, KIND_DOC_BATCH),
         select,
-        " ORDER BY v.rowid",
+        " ORDER BY v.change_id, v.pos",
         "reading document batches",
         |id, r| {
             let write = doc_write(r, "reading document batches")?;

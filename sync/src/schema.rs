@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "twin_compaction",
         sql: include_str!("../migrations/0008_twin_compaction.sql"),
     },
+    Migration {
+        version: 9,
+        description: "doc_versions_by_key",
+        sql: include_str!("../migrations/0009_doc_versions_by_key.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).
