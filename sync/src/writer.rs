@@ -573,6 +573,7 @@ impl Writer {
         }
         self.pending_events.clear();
         self.touched.clear();
+        self.twins.start_group();
         let mut jobs = jobs.into_iter();
         let mut aborted: Option<StoreError> = None;
         while let Some(job) = jobs.next() {
@@ -623,7 +624,9 @@ impl Writer {
         }
         let committed = match aborted {
             Some(cause) => Err(cause),
-            None => self.finish_group(),
+            None => self
+                .finish_twins(&mut done)
+                .and_then(|()| self.finish_group()),
         };
         match &committed {
             Ok(()) => {
@@ -674,6 +677,21 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Writes the JSON of every twin the group changed (once per twin) and gives each local
+    /// patch of the group its twin's merged JSON.
+    fn finish_twins(&mut self, done: &mut [Done]) -> Result<()> {
+        let values = self.flush_twins()?;
+        for d in done {
+            if let Done::Twin(_, Ok(w)) = d
+                && w.change.is_some()
+                && let Some(v) = values.get(&w.key)
+            {
+                w.value = v.clone();
+            }
+        }
+        Ok(())
     }
 
     fn finish_group(&mut self) -> Result<()> {
@@ -940,7 +958,6 @@ impl Writer {
             }
         }
         self.flush_readings()?;
-        self.flush_twins()?;
         self.store_remote_seals(seals)?;
         // Each actor's head now stands at its highest stored seq (admission stops an actor at
         // its first refusal, so nothing past the head is stored).

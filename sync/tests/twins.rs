@@ -646,3 +646,47 @@ fn snapshots_history_as_of_and_diff() {
         s.close().await;
     });
 }
+
+/// Patches that share a write group: the twin's JSON is computed once per group, and every
+/// patch answers the twin as its group left it — which holds its own edit — on a
+/// multi-threaded runtime (reads in place) as on a current-thread one.
+#[test]
+fn patches_sharing_a_write_group_each_answer_a_twin_holding_their_edit() {
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for runtime in [rt(), multi] {
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let s = open(&dir, "s").await;
+            s.twin_create(KEY, Some(json!({"reported": {}})))
+                .await
+                .unwrap();
+            let writes = futures::future::join_all((0..48).map(|i| {
+                let s = s.clone();
+                async move {
+                    s.twin_patch(
+                        KEY,
+                        TwinPatch::Merge(json!({"reported": {format!("f{i}"): i}})),
+                    )
+                    .await
+                    .unwrap()
+                }
+            }))
+            .await;
+            for (i, w) in writes.iter().enumerate() {
+                assert!(w.change.is_some(), "patch {i} stored nothing");
+                assert_eq!(w.value["reported"][format!("f{i}")], json!(i), "patch {i}");
+            }
+            let all = value(&s).await.unwrap();
+            assert_eq!(all["reported"].as_object().unwrap().len(), 48, "{all}");
+            // The stored JSON row is the merged document, also after a reopen.
+            s.close().await;
+            let s = open(&dir, "s").await;
+            assert_eq!(value(&s).await.unwrap(), all);
+            s.close().await;
+        });
+    }
+}

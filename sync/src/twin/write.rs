@@ -32,7 +32,8 @@ pub(crate) const SNAPSHOT_EVERY: u64 = 256;
 pub(crate) struct TwinCache {
     slots: HashMap<String, Slot>,
     tick: u64,
-    /// Twins changed by the current job whose JSON and snapshot are not yet written.
+    /// Twins changed in the current write group whose JSON and snapshot are not yet written
+    /// (written once per group, at its end: [`Writer::flush_twins`]).
     dirty: Vec<String>,
 }
 
@@ -45,9 +46,15 @@ struct Slot {
 }
 
 impl TwinCache {
-    /// Forgets every loaded document (after a rollback).
+    /// Forgets every loaded document (after a rollback). The group's dirty marks stay: a
+    /// twin reloaded from the database is flushed from what it holds, which is exact.
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
+    }
+
+    /// A new write group: nothing is waiting to be flushed (a group that failed before its
+    /// flush left its marks; its writes are gone).
+    pub(crate) fn start_group(&mut self) {
         self.dirty.clear();
     }
 
@@ -260,17 +267,18 @@ impl Writer {
             });
         };
         self.persist_twin_change(actor, seq, hlc, key, &bytes, hash, false)?;
-        let value = self.flush_twin(key)?;
         self.twins.evict();
         Ok(TwinWrite {
             key: key.to_owned(),
             change: Some(ChangeMeta { actor, seq, hlc }),
-            value,
+            // Filled at the end of the group (`flush_twins`): the merged JSON is computed
+            // once per twin per group, not once per patch.
+            value: serde_json::Value::Null,
         })
     }
 
     /// A change received from another replica (already validated). Its JSON is written by
-    /// [`flush_twins`](Self::flush_twins) at the end of the job.
+    /// [`flush_twins`](Self::flush_twins) at the end of the write group.
     pub(crate) fn store_twin_remote(
         &mut self,
         actor: ActorId,
@@ -334,17 +342,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the JSON (and, when due, a snapshot) of every twin the current job changed.
-    pub(crate) fn flush_twins(&mut self) -> Result<()> {
+    /// Writes the JSON (and, when due, a snapshot) of every twin the current write group
+    /// changed, once per twin; returns each one's merged JSON (what the group's local
+    /// patches answer: the twin as the group leaves it).
+    pub(crate) fn flush_twins(&mut self) -> Result<HashMap<String, serde_json::Value>> {
+        let mut values = HashMap::new();
         for key in std::mem::take(&mut self.twins.dirty) {
-            self.flush_twin(&key)?;
+            // Evicted (or forgotten after a failed job) since it changed: its rows hold it.
+            // Gone when the job that created it failed.
+            if !self.load_twin(&key, false)? {
+                continue;
+            }
+            let value = self.flush_twin(&key)?;
+            values.insert(key, value);
         }
         self.twins.evict();
-        Ok(())
+        Ok(values)
     }
 
     fn flush_twin(&mut self, key: &str) -> Result<serde_json::Value> {
-        self.twins.dirty.retain(|k| k != key);
         let Some(slot) = self.twins.slots.get_mut(key) else {
             return Err(decode("twin cache", format!("{key:?} is not loaded")));
         };
