@@ -139,8 +139,21 @@ fn siblings_of(conn: &Connection, key: &str) -> Result<Vec<DocVersion>> {
     Ok(v)
 }
 
-/// A version's actor, seq, HLC, change id and context (no value), as `as_of` scans them.
-type DotRow = (Vec<u8>, i64, i64, i64, Vec<u8>);
+/// A version's actor index, seq, HLC, change id and context (no value), as `as_of` scans
+/// them.
+type DotRow = (i64, i64, i64, i64, Vec<u8>);
+
+/// The actor id stored under `idx`.
+fn actor_of(conn: &Connection, idx: i64) -> Result<ActorId> {
+    let bytes: Vec<u8> = conn
+        .prepare_cached("SELECT actor FROM actors WHERE idx = ?1")
+        .and_then(|mut st| st.query_row([idx], |r| r.get(0)))
+        .map_err(StoreError::db("reading an actor id"))?;
+    ActorId::from_slice(&bytes).ok_or(StoreError::Decode {
+        what: "stored actor id",
+        detail: "not 16 bytes".into(),
+    })
+}
 
 /// The state of the key with id `id` at `at`; `None` before its first version;
 /// [`StoreError::HistoryPruned`] when the winner at `at` is a version retention pruned (its
@@ -151,10 +164,12 @@ type DotRow = (Vec<u8>, i64, i64, i64, Vec<u8>);
 /// by key and HLC) reads their dots and contexts but no values; only the winner's value is
 /// read and decoded, by its primary key.
 fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocState>> {
+    // No join with `actors` per version: a key's versions come from a handful of actors,
+    // looked up once each below.
     let raw: Vec<DotRow> = conn
         .prepare_cached(
-            "SELECT a.actor, v.seq, v.hlc, v.change_id, v.context FROM doc_versions v \
-             JOIN actors a ON a.idx = v.actor_idx WHERE v.key_id = ?1 AND v.hlc <= ?2",
+            "SELECT v.actor_idx, v.seq, v.hlc, v.change_id, v.context FROM doc_versions v \
+             WHERE v.key_id = ?1 AND v.hlc <= ?2",
         )
         .and_then(|mut st| {
             st.query_map(params![id, at.bound().0 as i64], |r| {
@@ -165,11 +180,16 @@ fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocSt
         .map_err(StoreError::db("reading document history"))?;
     let mut superseded = HashSet::new();
     let mut rows = Vec::with_capacity(raw.len());
-    for (actor, seq, hlc, change_id, context) in raw {
-        let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
-            what: "stored actor id",
-            detail: "not 16 bytes".into(),
-        })?;
+    let mut actors: HashMap<i64, ActorId> = HashMap::new();
+    for (idx, seq, hlc, change_id, context) in raw {
+        let actor = match actors.get(&idx) {
+            Some(a) => *a,
+            None => {
+                let a = actor_of(conn, idx)?;
+                actors.insert(idx, a);
+                a
+            }
+        };
         superseded.extend(decode_context(&context)?);
         let dot = Dot {
             actor,
