@@ -40,10 +40,7 @@ pub fn decode_version(
     key: &str,
     (actor, seq, hlc, value, ctx, pruned): StoredVersion,
 ) -> Result<DocVersion> {
-    let actor = ActorId::from_slice(&actor).ok_or(StoreError::Decode {
-        what: "stored actor id",
-        detail: "not 16 bytes".into(),
-    })?;
+    let actor = stored_actor(&actor)?;
     let value = match value {
         Some(b) => Some(decode_value(key, &b)?),
         None => None,
@@ -149,7 +146,12 @@ fn actor_of(conn: &Connection, idx: i64) -> Result<ActorId> {
         .prepare_cached("SELECT actor FROM actors WHERE idx = ?1")
         .and_then(|mut st| st.query_row([idx], |r| r.get(0)))
         .map_err(StoreError::db("reading an actor id"))?;
-    ActorId::from_slice(&bytes).ok_or(StoreError::Decode {
+    stored_actor(&bytes)
+}
+
+/// An actor id as stored; [`StoreError::Decode`] when it is not 16 bytes.
+fn stored_actor(bytes: &[u8]) -> Result<ActorId> {
+    ActorId::from_slice(bytes).ok_or(StoreError::Decode {
         what: "stored actor id",
         detail: "not 16 bytes".into(),
     })

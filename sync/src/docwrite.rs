@@ -279,7 +279,10 @@ impl Writer {
         };
         self.conn
             .prepare_cached(
-                "SELECT 1 FROM doc_versions WHERE key_id = ?1 AND actor_idx = ?2 AND seq = ?3",
+                // From the change's unique (actor, seq) to the version by change: two index
+                // lookups, whatever the number of versions of the key.
+                "SELECT 1 FROM changes c JOIN doc_versions v ON v.change_id = c.id AND v.key_id = ?1 \
+                 WHERE c.actor_idx = ?2 AND c.seq = ?3",
             )
             .and_then(|mut st| st.exists(params![key_id, idx, dot.seq as i64]))
             .map_err(StoreError::db("checking a document context"))
