@@ -157,7 +157,7 @@ impl HybridClock {
     pub fn new(time: Arc<dyn TimeSource>, max_offset_ms: u64) -> HybridClock {
         HybridClock {
             time,
-            reference: Arc::new(TimeReference::default()),
+            reference: Arc::new(TimeReference::new(max_offset_ms)),
             last: Hlc(0),
             max_offset_ms,
         }

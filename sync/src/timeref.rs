@@ -18,6 +18,13 @@
 //! trusted source at all (a device offline since boot, no synchronised peer yet) there is
 //! nothing to judge by, and timestamps are accepted: refusing them is what wedged links.
 //!
+//! Peers that claim a synchronised clock may still disagree (one configured `trust =
+//! "always"` whose clock runs a year ahead). Claims are therefore *selected*, not maxed:
+//! the best time known is the latest claim of the largest group of claims that agree within
+//! the max offset, and between groups of equal size the earliest wins — a device stamping
+//! behind the true time only loses last-writer-wins ties, while one stamping a year ahead
+//! has every change held back by every correct peer. A lone claimant cannot be outvoted.
+//!
 //! Owns no I/O; the store shares one `Arc<TimeReference>` between its clock and its sync
 //! sessions. Must not know where trust comes from (that is the agent's `clock` module).
 
@@ -60,20 +67,32 @@ impl Anchor {
 pub struct TimeReference {
     local_trusted: AtomicBool,
     peers: Mutex<HashMap<ActorId, Anchor>>,
+    /// Claims closer than this agree (the store's max clock offset).
+    agreement_ms: u64,
 }
+
+/// The agreement window of [`TimeReference::default`]: the store's default max offset.
+const DEFAULT_AGREEMENT_MS: u64 = 300_000;
 
 impl Default for TimeReference {
     /// The local wall clock trusted (what a store without an agent deciding otherwise
-    /// assumes), no peer claims.
+    /// assumes), no peer claims, claims agreeing within the default max offset (5 min).
     fn default() -> Self {
-        TimeReference {
-            local_trusted: AtomicBool::new(true),
-            peers: Mutex::new(HashMap::new()),
-        }
+        TimeReference::new(DEFAULT_AGREEMENT_MS)
     }
 }
 
 impl TimeReference {
+    /// Like [`default`](Self::default), with peer claims closer than `agreement_ms` (the
+    /// store's max clock offset) counted as agreeing.
+    pub fn new(agreement_ms: u64) -> TimeReference {
+        TimeReference {
+            local_trusted: AtomicBool::new(true),
+            peers: Mutex::new(HashMap::new()),
+            agreement_ms,
+        }
+    }
+
     /// Says whether the local wall clock can be trusted; returns the previous value.
     pub fn set_local_trusted(&self, trusted: bool) -> bool {
         self.local_trusted.swap(trusted, Ordering::AcqRel)
@@ -118,38 +137,58 @@ impl TimeReference {
     }
 
     /// The best estimate of the true time when the local wall clock reads `wall_ms`: the
-    /// wall clock itself while it is trusted, else the latest-running trusted peer time,
-    /// else `None` (nothing trusted is known).
+    /// wall clock itself while it is trusted, else the time selected from the trusted peer
+    /// claims (see the module docs), else `None` (nothing trusted is known).
     pub fn best_known_ms(&self, wall_ms: u64) -> Option<u64> {
-        if self.local_trusted() {
-            return Some(wall_ms);
-        }
-        self.lock().values().map(|a| a.now_ms()).max()
+        self.best_known(wall_ms).map(|(ms, _)| ms)
     }
 
     /// Like [`best_known_ms`](Self::best_known_ms), saying where the time comes from: the
-    /// local clock, or the peer whose claim runs latest.
+    /// local clock, or the peer whose claim was selected.
     pub fn best_known(&self, wall_ms: u64) -> Option<(u64, TimeBasis)> {
         if self.local_trusted() {
             return Some((wall_ms, TimeBasis::LocalClock));
         }
-        self.lock()
-            .iter()
-            .map(|(peer, a)| (a.now_ms(), TimeBasis::Peer(*peer)))
-            .max_by_key(|(ms, _)| *ms)
+        self.select(None).map(|(ms, peer)| (ms, TimeBasis::Peer(peer)))
     }
 
-    /// The highest trusted time that may vouch for a change of `actor` (every trusted
-    /// source except that actor's own claim), or `None` when there is none.
+    /// The trusted time that may vouch for a change of `actor`: the local clock while it is
+    /// trusted, else the time selected from the claims of every peer but `actor` itself, or
+    /// `None` when there is none.
     pub fn bound_for(&self, actor: Option<ActorId>, wall_ms: u64) -> Option<u64> {
         if self.local_trusted() {
             return Some(wall_ms);
         }
-        self.lock()
+        self.select(actor).map(|(ms, _)| ms)
+    }
+
+    /// The time selected from the peer claims (all but `except`'s): the latest claim of the
+    /// largest group agreeing within `agreement_ms`, the earliest group on a tie.
+    fn select(&self, except: Option<ActorId>) -> Option<(u64, ActorId)> {
+        let mut claims: Vec<(u64, ActorId)> = self
+            .lock()
             .iter()
-            .filter(|(peer, _)| Some(**peer) != actor)
-            .map(|(_, a)| a.now_ms())
-            .max()
+            .filter(|(peer, _)| Some(**peer) != except)
+            .map(|(peer, a)| (a.now_ms(), *peer))
+            .collect();
+        claims.sort_unstable();
+        // For each claim, the group of claims from it up to `agreement_ms` later; the
+        // window's end only moves forward, so this is linear after the sort.
+        let mut best: Option<(usize, usize)> = None; // (size, index of the group's latest)
+        let mut end = 0;
+        for start in 0..claims.len() {
+            end = end.max(start);
+            while end + 1 < claims.len()
+                && claims[end + 1].0 <= claims[start].0.saturating_add(self.agreement_ms)
+            {
+                end += 1;
+            }
+            let size = end - start + 1;
+            if best.is_none_or(|(s, _)| size > s) {
+                best = Some((size, end));
+            }
+        }
+        best.map(|(_, latest)| claims[latest])
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ActorId, Anchor>> {
@@ -211,6 +250,51 @@ mod tests {
             r.claim(0).trusted.eq(&false),
             "second-hand time is not claimed"
         );
+    }
+
+    fn claim(r: &TimeReference, n: u8, wall_ms: u64) {
+        assert!(r.observe_peer(
+            actor(n),
+            ClockClaim {
+                wall_ms,
+                trusted: true
+            }
+        ));
+    }
+
+    const NOW: u64 = 1_796_552_592_751;
+    const YEAR: u64 = 365 * 24 * 3_600_000;
+    const SLACK: u64 = 60_000;
+
+    #[test]
+    fn a_claim_far_ahead_of_another_trusted_one_is_not_the_best_time() {
+        let r = TimeReference::new(300_000);
+        r.set_local_trusted(false);
+        claim(&r, 1, NOW); // the hub, correct
+        claim(&r, 2, NOW + YEAR); // a peer configured `trust = "always"`, a year ahead
+        let best = r.best_known_ms(0).unwrap();
+        assert!((NOW..NOW + SLACK).contains(&best), "{best}");
+        assert_eq!(r.best_known(0).unwrap().1, TimeBasis::Peer(actor(1)));
+        // The year-ahead peer's changes are judged by the hub's time, and the hub's by the
+        // only other claim there is (a lone claimant cannot be outvoted).
+        let for_2 = r.bound_for(Some(actor(2)), 0).unwrap();
+        assert!((NOW..NOW + SLACK).contains(&for_2), "{for_2}");
+        assert!(r.bound_for(Some(actor(1)), 0).unwrap() >= NOW + YEAR);
+    }
+
+    #[test]
+    fn the_larger_agreeing_group_wins_and_its_latest_claim_is_taken() {
+        let r = TimeReference::new(300_000);
+        r.set_local_trusted(false);
+        claim(&r, 1, NOW + YEAR);
+        claim(&r, 2, NOW + YEAR + 1_000);
+        claim(&r, 3, NOW);
+        let best = r.best_known_ms(0).unwrap();
+        assert!((NOW + YEAR + 1_000..NOW + YEAR + SLACK).contains(&best), "two against one: {best}");
+        claim(&r, 4, NOW + 2_000);
+        claim(&r, 5, NOW + 200_000);
+        let best = r.best_known_ms(0).unwrap();
+        assert!((NOW + 200_000..NOW + 200_000 + SLACK).contains(&best), "three against two, latest of them: {best}");
     }
 
     #[test]
