@@ -330,6 +330,8 @@ impl PgStore {
             limits: None,
             require_signatures: self.inner.config.require_signatures && local.is_none(),
             partial,
+            // The hub verifies every signature of a page in its transaction.
+            prechecked: None,
         };
         let admission = {
             let clock = self.clock();

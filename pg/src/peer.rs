@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kdelta_sync::seal::Prechecked;
 use kdelta_sync::{
     ActorId, Announcement, Announcements, ApplyOutcome, ChainReport, Change, ClockClaim,
     ClockSkewError, Fork, ForkCheck, HeldChange, Hlc, Limits, StoreError, SyncStore, TimeReference,
@@ -260,6 +261,8 @@ impl SyncStore for PgStore {
     async fn apply_remote_verified(
         &self,
         changes: Vec<Change>,
+        // Verified again in the apply transaction: a page may be retried on a conflict.
+        _prechecked: Prechecked,
     ) -> kdelta_sync::Result<(ApplyOutcome, ChainReport)> {
         Ok(PgStore::apply_remote_verified(self, changes).await?)
     }

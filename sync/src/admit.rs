@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use crate::chain::{ChainHead, ChainRefusal, ChainReport, PendingSeal};
+use crate::seal::Prechecked;
 use crate::{ActorId, Change, ClockSkewError, Limits, Result, StoreError};
 
 /// What a store holds of one actor before the call: its highest contiguous seq and the head
@@ -32,6 +33,9 @@ pub struct AdmitRules<'a> {
     /// A change failing its chain check refuses only its actor's changes (listed in the
     /// report); otherwise it refuses the call with [`StoreError::ChainRefused`].
     pub partial: bool,
+    /// Signatures found valid ahead of this call (see [`Prechecked`]); the rest are
+    /// verified here.
+    pub prechecked: Option<&'a Prechecked>,
 }
 
 /// The decision for one call.
@@ -104,7 +108,7 @@ pub fn admit_remote(
             max_offset_ms: e.max_offset_ms,
         })?;
         let head = out.heads.get(&c.actor).copied().unwrap_or_default();
-        match crate::chain::check_remote(&head, c, rules.require_signatures) {
+        match crate::chain::check_remote(&head, c, rules.require_signatures, rules.prechecked) {
             Ok((next, seal)) => {
                 out.heads.insert(c.actor, next);
                 match seal {

@@ -158,12 +158,12 @@ fn stored_hash(conn: &Connection, actor: &ActorId, idx: i64, seq: u64) -> Result
     )))
 }
 
-/// The seal columns of a local change, stored with its row.
+/// The seal columns of a local change stored with its row; its signature is stored before
+/// the group commits ([`Writer::store_signatures`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LocalSeal {
     pub prev: Hash,
     pub body_hash: Hash,
-    pub sig: [u8; 64],
 }
 
 impl Writer {
@@ -198,13 +198,46 @@ impl Writer {
             }
         };
         let hash = seal::change_hash(&actor, seq, hlc, &prev, &body_hash);
-        let sig = self.signing.sign(&hash);
+        let ticket = self.signer.request(hash)?;
+        self.unsigned.push((seq, ticket));
         self.own_tip = Some((seq, hash));
-        Ok(LocalSeal {
-            prev,
-            body_hash,
-            sig,
-        })
+        Ok(LocalSeal { prev, body_hash })
+    }
+
+    /// Stores the signatures of the open transaction's local changes (made by the signing
+    /// thread while the group ran, see `signer.rs`); called before COMMIT.
+    pub(crate) fn store_signatures(&mut self) -> Result<()> {
+        let unsigned = std::mem::take(&mut self.unsigned);
+        let tickets: Vec<u64> = unsigned.iter().map(|(_, t)| *t).collect();
+        let sigs = self.signer.collect(&tickets)?;
+        if unsigned.is_empty() {
+            return Ok(());
+        }
+        let idx = self.actor_slot(self.actor)?.idx;
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE changes SET signature = ?1 WHERE actor_idx = ?2 AND seq = ?3")
+            .map_err(StoreError::db("storing a change's signature"))?;
+        for ((seq, _), sig) in unsigned.iter().zip(&sigs) {
+            let n = st
+                .execute(params![sig.as_slice(), idx, *seq as i64])
+                .map_err(StoreError::db("storing a change's signature"))?;
+            if n != 1 {
+                return Err(StoreError::Decode {
+                    what: "change signature",
+                    detail: format!("no change of this store at seq {seq} to sign"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the signatures of a group that did not commit.
+    pub(crate) fn drop_signatures(&mut self) {
+        self.unsigned.clear();
+        if let Err(e) = self.signer.collect(&[]) {
+            tracing::error!(error = %e, "store writer could not drain its signing thread");
+        }
     }
 
     /// Seals a local twin change whose row the twin writer has written already (the
@@ -228,17 +261,8 @@ impl Writer {
         });
         let s = self.seal_local(seq, hlc, seal::body_hash(&body, &[]))?;
         self.conn
-            .prepare_cached(
-                "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3 WHERE id = ?4",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    s.prev.as_slice(),
-                    s.body_hash.as_slice(),
-                    s.sig.as_slice(),
-                    id
-                ])
-            })
+            .prepare_cached("UPDATE changes SET prev_hash = ?1, body_hash = ?2 WHERE id = ?3")
+            .and_then(|mut st| st.execute(params![s.prev.as_slice(), s.body_hash.as_slice(), id]))
             .map_err(StoreError::db("storing a change's signature"))?;
         Ok(())
     }
@@ -311,6 +335,7 @@ pub(crate) fn check_remote(
     head: &ChainHead,
     c: &Change,
     require_signatures: bool,
+    prechecked: Option<&seal::Prechecked>,
 ) -> std::result::Result<(ChainHead, Option<PendingSeal>), (ChainFault, String)> {
     let Some(s) = &c.seal else {
         if head.hash.is_some() || head.key.is_some() {
@@ -355,7 +380,11 @@ pub(crate) fn check_remote(
     }
     let body = seal::body_hash(&c.body, &s.pruned);
     let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
-    if !seal::verify(&s.key, &hash, &s.sig) {
+    let valid = match prechecked {
+        Some(p) => p.verify(&s.key, &hash, &s.sig),
+        None => seal::verify(&s.key, &hash, &s.sig),
+    };
+    if !valid {
         return Err((
             ChainFault::BadSignature,
             "the signature does not match the change (forged or altered)".into(),

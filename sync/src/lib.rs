@@ -96,6 +96,7 @@ mod readings_query;
 mod retention;
 mod schema;
 pub mod seal;
+mod signer;
 mod space;
 mod store;
 mod stored_cbor;

@@ -174,6 +174,61 @@ pub fn verify(key: &[u8; 32], hash: &Hash, sig: &[u8; 64]) -> bool {
         .is_ok()
 }
 
+/// Signatures of received changes already found valid, checked ahead of the writer (the sync
+/// session's frame reader checks a page while the writer applies the one before it), so the
+/// writer does not verify them again. Each entry is keyed by everything the check covered
+/// (key, signature, change hash), so a seal or change altered after its check is verified
+/// again, and an entry can only ever vouch for the exact signature it checked.
+#[derive(Debug, Default, Clone)]
+pub struct Prechecked(std::collections::HashSet<Hash>);
+
+impl Prechecked {
+    /// Nothing checked ahead: every signature is verified by the writer.
+    pub fn none() -> Prechecked {
+        Prechecked::default()
+    }
+
+    /// Checks the signatures of `changes`. A change whose signature does not verify is
+    /// simply not recorded: the writer checks it again and refuses it with its reasons.
+    pub fn check(changes: &[crate::Change]) -> Prechecked {
+        let mut valid = std::collections::HashSet::with_capacity(changes.len());
+        for c in changes {
+            let Some(s) = &c.seal else { continue };
+            let body = body_hash(&c.body, &s.pruned);
+            let hash = change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
+            if verify(&s.key, &hash, &s.sig) {
+                valid.insert(checked_key(&s.key, &hash, &s.sig));
+            }
+        }
+        Prechecked(valid)
+    }
+
+    /// How many signatures were found valid.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when nothing was checked ahead.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when `sig` is `key`'s signature of `hash`: found so ahead, or verified now.
+    pub fn verify(&self, key: &[u8; 32], hash: &Hash, sig: &[u8; 64]) -> bool {
+        self.0.contains(&checked_key(key, hash, sig)) || verify(key, hash, sig)
+    }
+}
+
+/// What one entry of [`Prechecked`] vouches for.
+fn checked_key(key: &[u8; 32], hash: &Hash, sig: &[u8; 64]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kdelta/seal/prechecked/v1");
+    h.update(key);
+    h.update(hash);
+    h.update(sig);
+    *h.finalize().as_bytes()
+}
+
 /// An actor's Ed25519 key pair, kept as PKCS#8 in the store's `meta` table.
 pub struct SigningKey {
     pair: Ed25519KeyPair,
@@ -346,6 +401,59 @@ mod tests {
         assert_ne!(body_hash(&ChangeBody::Readings(pruned.clone()), &[]), whole);
         pruned.series[0].values[0] += 1.0;
         assert_ne!(body_hash(&ChangeBody::Readings(pruned), &[h]), whole);
+    }
+
+    /// A signed readings change of `actor` at `seq`, first of its chain.
+    fn signed(key: &SigningKey, actor: ActorId, seq: u64) -> Change {
+        let body = ChangeBody::Readings(readings(&[("t", &[1, 2])]));
+        let hash = change_hash(&actor, seq, Hlc(7), &CHAIN_START, &body_hash(&body, &[]));
+        Change {
+            actor,
+            seq,
+            hlc: Hlc(7),
+            body,
+            seal: Some(Seal {
+                key: key.public(),
+                prev: CHAIN_START,
+                sig: key.sign(&hash),
+                pruned: vec![],
+            }),
+        }
+    }
+
+    fn hash_of(c: &Change) -> Hash {
+        let s = c.seal.as_ref().unwrap();
+        change_hash(
+            &c.actor,
+            c.seq,
+            c.hlc,
+            &s.prev,
+            &body_hash(&c.body, &s.pruned),
+        )
+    }
+
+    #[test]
+    fn prechecked_vouches_only_for_the_exact_signature_it_checked() {
+        let key = SigningKey::generate().unwrap();
+        let good = signed(&key, ActorId([1; 16]), 1);
+        let mut forged = signed(&key, ActorId([2; 16]), 1);
+        forged.seq = 2; // signed as seq 1, claims seq 2
+        let checked = Prechecked::check(&[good.clone(), forged.clone()]);
+        assert_eq!(checked.len(), 1, "only the valid signature is recorded");
+        let s = good.seal.as_ref().unwrap();
+        assert!(checked.verify(&s.key, &hash_of(&good), &s.sig));
+        let f = forged.seal.as_ref().unwrap();
+        assert!(!checked.verify(&f.key, &hash_of(&forged), &f.sig));
+        // The same change altered after its check is verified again, and fails.
+        let mut altered = good.clone();
+        altered.hlc = Hlc(8);
+        assert!(!checked.verify(&s.key, &hash_of(&altered), &s.sig));
+        // Another key claiming the checked signature is not vouched for.
+        let other = SigningKey::generate().unwrap();
+        assert!(!checked.verify(&other.public(), &hash_of(&good), &s.sig));
+        // Nothing checked ahead: verification still happens.
+        assert!(Prechecked::none().verify(&s.key, &hash_of(&good), &s.sig));
+        assert!(!Prechecked::none().verify(&f.key, &hash_of(&forged), &f.sig));
     }
 
     proptest! {

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::chain::{ChainReport, VerifyReport};
 use crate::log_read::{self, LOG_COLUMNS};
 use crate::readers::Readers;
+use crate::seal::Prechecked;
 use crate::writer::{Job, Shared, Writer};
 use crate::{
     ActorId, ApplyOutcome, Change, ChangeEvent, ChangeMeta, ClockClaim, ClockSkewError, Digest,
@@ -334,6 +335,7 @@ impl Store {
         self.submit(|reply| Job::Remote {
             changes,
             partial: false,
+            prechecked: Prechecked::none(),
             reply,
         })
         .await
@@ -348,12 +350,25 @@ impl Store {
         &self,
         changes: Vec<Change>,
     ) -> Result<(ApplyOutcome, ChainReport)> {
+        self.apply_remote_prechecked(changes, Prechecked::none())
+            .await
+    }
+
+    /// [`apply_remote_verified`](Self::apply_remote_verified) with the signatures
+    /// `prechecked` found valid ahead (off the writer thread, see [`Prechecked`]) not
+    /// verified again; anything else is checked as usual.
+    pub async fn apply_remote_prechecked(
+        &self,
+        changes: Vec<Change>,
+        prechecked: Prechecked,
+    ) -> Result<(ApplyOutcome, ChainReport)> {
         if changes.is_empty() {
             return Ok(Default::default());
         }
         self.submit(|reply| Job::Remote {
             changes,
             partial: true,
+            prechecked,
             reply,
         })
         .await

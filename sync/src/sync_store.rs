@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use crate::seal::Prechecked;
 use crate::{
     ActorId, ApplyOutcome, ChainReport, Change, ChangeEvent, ChangeLog, ClockClaim, ClockSkewError,
     Fork, Hlc, Limits, Result, Store, StoreError, TimeReference,
@@ -98,10 +99,13 @@ pub trait SyncStore: ChangeLog + Clone + 'static {
 
     /// Applies a page like [`ChangeLog::apply_remote`], with each change's signature and
     /// chain link checked; an actor whose change fails is refused (in the report) and its
-    /// later changes wait, while the other actors' changes apply, atomically.
+    /// later changes wait, while the other actors' changes apply, atomically. Signatures
+    /// `prechecked` found valid ahead (the session's frame reader checks each page while
+    /// the previous one is applied) need not be verified again.
     fn apply_remote_verified(
         &self,
         changes: Vec<Change>,
+        prechecked: Prechecked,
     ) -> impl Future<Output = Result<(ApplyOutcome, ChainReport)>> + Send;
 }
 
@@ -147,7 +151,8 @@ impl SyncStore for Store {
     async fn apply_remote_verified(
         &self,
         changes: Vec<Change>,
+        prechecked: Prechecked,
     ) -> Result<(ApplyOutcome, ChainReport)> {
-        Store::apply_remote_verified(self, changes).await
+        Store::apply_remote_prechecked(self, changes, prechecked).await
     }
 }

@@ -149,7 +149,8 @@ impl TimeReference {
         if self.local_trusted() {
             return Some((wall_ms, TimeBasis::LocalClock));
         }
-        self.select(None).map(|(ms, peer)| (ms, TimeBasis::Peer(peer)))
+        self.select(None)
+            .map(|(ms, peer)| (ms, TimeBasis::Peer(peer)))
     }
 
     /// The trusted time that may vouch for a change of `actor`: the local clock while it is
@@ -290,11 +291,17 @@ mod tests {
         claim(&r, 2, NOW + YEAR + 1_000);
         claim(&r, 3, NOW);
         let best = r.best_known_ms(0).unwrap();
-        assert!((NOW + YEAR + 1_000..NOW + YEAR + SLACK).contains(&best), "two against one: {best}");
+        assert!(
+            (NOW + YEAR + 1_000..NOW + YEAR + SLACK).contains(&best),
+            "two against one: {best}"
+        );
         claim(&r, 4, NOW + 2_000);
         claim(&r, 5, NOW + 200_000);
         let best = r.best_known_ms(0).unwrap();
-        assert!((NOW + 200_000..NOW + 200_000 + SLACK).contains(&best), "three against two, latest of them: {best}");
+        assert!(
+            (NOW + 200_000..NOW + 200_000 + SLACK).contains(&best),
+            "three against two, latest of them: {best}"
+        );
     }
 
     #[test]

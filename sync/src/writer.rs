@@ -26,7 +26,8 @@ use crate::chain::{ChainReport, LocalSeal};
 use crate::counts::Counts;
 use crate::health::{GroupOutcome, HealthCell, WriteHealth};
 use crate::ingest::StagedReadings;
-use crate::seal::SigningKey;
+use crate::seal::{Prechecked, SigningKey};
+use crate::signer::Signer;
 use crate::twin::{TwinCache, TwinEdit, TwinWrite};
 use crate::{
     ActorId, ApplyOutcome, BootId, Change, ChangeBody, ChangeEvent, ChangeMeta, Digest, Dot, Hlc,
@@ -72,6 +73,8 @@ pub(crate) enum Job {
         changes: Vec<Change>,
         /// Refuse only the actors whose changes fail their chain check (see `chain.rs`).
         partial: bool,
+        /// Signatures found valid ahead, not verified again.
+        prechecked: Prechecked,
         reply: oneshot::Sender<Result<(ApplyOutcome, ChainReport)>>,
     },
     Twin {
@@ -292,6 +295,11 @@ pub(crate) struct Writer {
     pub staged: StagedReadings,
     /// This store's Ed25519 key: every local change is signed with it (`chain.rs`).
     pub signing: SigningKey,
+    /// Signs the group's local changes beside this thread (`signer.rs`).
+    pub(crate) signer: Signer,
+    /// Local changes of the open transaction waiting for their signature: `(seq, ticket)`,
+    /// stored before COMMIT ([`Writer::store_signatures`]).
+    pub(crate) unsigned: Vec<(u64, u64)>,
     /// Whether this store's public key is bound to its actor in the database as the open
     /// transaction sees it (false after any rollback: binding again is a no-op UPDATE).
     pub own_key_bound: bool,
@@ -315,6 +323,8 @@ impl Writer {
     ) -> Result<Writer> {
         let signing = crate::schema::load_or_create_signing_key(&conn)?;
         let mut w = Writer {
+            signer: Signer::start(&signing)?,
+            unsigned: Vec::new(),
             signing,
             own_key_bound: false,
             own_tip: None,
@@ -461,21 +471,26 @@ impl Writer {
         manifest: Option<Vec<u8>>,
         seal: Option<&LocalSeal>,
     ) -> Result<i64> {
-        let (prev, body, sig) = match seal {
-            Some(s) => (
-                Some(s.prev.as_slice()),
-                Some(s.body_hash.as_slice()),
-                Some(s.sig.as_slice()),
-            ),
-            None => (None, None, None),
+        // The signature follows before COMMIT (`Writer::store_signatures`).
+        let (prev, body) = match seal {
+            Some(s) => (Some(s.prev.as_slice()), Some(s.body_hash.as_slice())),
+            None => (None, None),
         };
         self.conn
             .prepare_cached(
-                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, signature) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut st| {
-                st.execute(params![actor_idx, seq as i64, hlc.0 as i64, kind, manifest, prev, body, sig])
+                st.execute(params![
+                    actor_idx,
+                    seq as i64,
+                    hlc.0 as i64,
+                    kind,
+                    manifest,
+                    prev,
+                    body
+                ])
             })
             .map_err(StoreError::db("appending to the change log"))?;
         self.counts.changes += 1;
@@ -581,6 +596,7 @@ impl Writer {
             let counts_before = self.counts;
             let events_before = self.pending_events.len();
             let touched_before = self.touched.len();
+            let unsigned_before = self.unsigned.len();
             if let Err(e) = self.exec("SAVEPOINT job") {
                 done.push(self.refuse(job, &e));
                 continue;
@@ -602,6 +618,7 @@ impl Writer {
                 self.counts = counts_before;
                 self.pending_events.truncate(events_before);
                 self.touched.truncate(touched_before);
+                self.unsigned.truncate(unsigned_before);
                 if self.conn.is_autocommit() {
                     // SQLite rolled the whole transaction back (it may on a full disk or an
                     // I/O error): the earlier jobs of the group are gone too.
@@ -667,6 +684,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; the whole write group is refused");
                 let _ = self.exec("ROLLBACK");
+                self.drop_signatures();
                 done.into_iter().map(|d| d.fail(&e)).for_each(Done::send);
                 self.pending_events.clear();
                 let reloaded = self
@@ -695,6 +713,7 @@ impl Writer {
     }
 
     fn finish_group(&mut self) -> Result<()> {
+        self.store_signatures()?;
         self.conn
             .prepare_cached("INSERT INTO meta (key, value) VALUES ('digest', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
             .and_then(|mut st| st.execute([self.digest.0.as_slice()]))
@@ -809,9 +828,10 @@ impl Writer {
             Job::Remote {
                 changes,
                 partial,
+                prechecked,
                 reply,
             } => {
-                let r = self.apply_remote(changes, partial);
+                let r = self.apply_remote(changes, partial, &prechecked);
                 Done::Remote(reply, r)
             }
             Job::Correct {
@@ -897,6 +917,7 @@ impl Writer {
         &mut self,
         changes: Vec<Change>,
         partial: bool,
+        prechecked: &Prechecked,
     ) -> Result<(ApplyOutcome, ChainReport)> {
         let mut held = HashMap::new();
         for c in &changes {
@@ -911,6 +932,7 @@ impl Writer {
             limits: Some(&self.limits),
             require_signatures: self.require_signatures,
             partial,
+            prechecked: Some(prechecked),
         };
         let admission = {
             let clock = self.shared.clock.lock().expect("clock lock");

@@ -73,6 +73,7 @@ async fn a_failing_job_inside_a_group_keeps_the_digest_exact() {
             seal: None,
         }],
         partial: false,
+        prechecked: crate::seal::Prechecked::none(),
         reply: bad_reply,
     });
     replies.push(append(&mut jobs, batch("after", T0 + 1, 3.0)));

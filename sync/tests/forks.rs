@@ -205,3 +205,66 @@ async fn a_hub_detects_a_cloned_device_and_keeps_syncing_the_rest() {
     assert_eq!(other.version_vector(), hub.version_vector());
     assert_eq!(other.digest(), hub.digest());
 }
+
+#[tokio::test]
+async fn clones_standing_at_the_same_seq_are_detected_by_their_tips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, clone) = store_and_clone(&dir).await;
+    let hub = open(&dir, "hub.db").await;
+    // Each writes its own seq 2, and neither goes further: the hub, once it holds a's, has
+    // no change of that actor to receive from the clone, nor to send it.
+    a.append(batch("a.only", 1)).await.unwrap();
+    wall_clock_passes(&a).await;
+    clone.append(batch("clone.only", 1)).await.unwrap();
+    let at_hub = sync_once(&a, "greenhouse-1", &hub).await;
+    assert_eq!(at_hub.actor_forks, 0, "the original is no fork");
+    assert_eq!(hub.version_vector().get(&a.actor()), 2);
+
+    // The clone's session: the hub sees the clone's tip (its seq 2) differ from its own
+    // copy of that seq, and the clone sees the hub's copy of its own actor differ.
+    let ((i_tx, i_rx), (r_tx, r_rx)) = memory_link(8);
+    let config = SyncConfig {
+        mode: SessionMode::OneShot,
+        ..SyncConfig::default()
+    };
+    let i = SyncSession::initiator(
+        clone.clone(),
+        SyncConfig {
+            token: Some(TOKEN.into()),
+            peer_name: "greenhouse-2".into(),
+            ..config.clone()
+        },
+    );
+    let clone_stats = i.stats();
+    let auth = Arc::new(TokenAuthenticator::new().with_token("greenhouse-2", TOKEN));
+    let r = SyncSession::responder(hub.clone(), config, auth);
+    let hub_stats = r.stats();
+    let never = std::future::pending::<()>;
+    let both = async { tokio::join!(i.run(i_tx, i_rx, never()), r.run(r_tx, r_rx, never())) };
+    let (i, r) = timeout(DEADLINE, both).await.expect("the session ends");
+    i.unwrap();
+    r.unwrap();
+    let (at_hub, at_clone) = (hub_stats.snapshot(), clone_stats.snapshot());
+    assert_eq!(at_hub.actor_forks, 1, "the hub reports the clone");
+    let fork = at_hub.last_fork.expect("a fork report at the hub");
+    for part in [
+        format!("change {}:2 differs", a.actor()),
+        "peer \"greenhouse-2\"".to_owned(),
+    ] {
+        assert!(fork.message.contains(&part), "{part:?} in {}", fork.message);
+    }
+    assert_eq!(at_clone.actor_forks, 1, "the clone learns it too");
+    let fork = at_clone.last_fork.expect("a fork report at the clone");
+    assert!(
+        fork.message.contains("this store's own actor"),
+        "{}",
+        fork.message
+    );
+    // Neither side's copy of seq 2 was replaced.
+    assert_ne!(a.last_hlc(), clone.last_hlc());
+    assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
+
+    // Two stores that agree exchange tips without a report.
+    let again = sync_once(&a, "greenhouse-1", &hub).await;
+    assert_eq!(again.actor_forks, 0);
+}

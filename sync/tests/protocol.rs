@@ -479,6 +479,7 @@ impl Raw {
             compression: vec!["none".into()],
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
             clock: None,
+            tip: None,
         }))
         .await;
         assert!(matches!(self.recv().await, Some(Frame::Welcome(_))));
@@ -595,6 +596,7 @@ async fn unknown_protocol_versions_are_refused() {
         compression: vec![],
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
         clock: None,
+        tip: None,
     }))
     .await;
     assert_eq!(raw.refusal().await, "unsupported_version");
@@ -981,9 +983,10 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             any::<[u8; 16]>(),
             "[a-z]{0,12}",
             proptest::option::of("[ -~]{0,40}"),
-            clock_claim()
+            clock_claim(),
+            tip()
         )
-            .prop_map(|(a, peer_name, token, clock)| Frame::Hello(Hello {
+            .prop_map(|(a, peer_name, token, clock, tip)| Frame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
                 actor: ActorId(a),
                 peer_name,
@@ -991,9 +994,10 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                 compression: vec!["zstd".into(), "none".into()],
                 max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
                 clock,
+                tip,
             })),
-        (any::<[u8; 16]>(), any::<bool>(), clock_claim()).prop_map(|(a, z, clock)| Frame::Welcome(
-            Welcome {
+        (any::<[u8; 16]>(), any::<bool>(), clock_claim(), tip()).prop_map(|(a, z, clock, tip)| {
+            Frame::Welcome(Welcome {
                 actor: ActorId(a),
                 peer_name: "hub".into(),
                 compression: if z {
@@ -1003,9 +1007,20 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                 },
                 max_frame_bytes: MIN_FRAME_BYTES,
                 clock,
-            }
-        )),
+                tip,
+            })
+        }),
     ]
+}
+
+fn tip() -> impl Strategy<Value = Option<Anchor>> {
+    proptest::option::of((any::<[u8; 16]>(), any::<u64>(), any::<u64>()).prop_map(
+        |(a, seq, hlc)| Anchor {
+            actor: ActorId(a),
+            seq,
+            hlc: Hlc(hlc),
+        },
+    ))
 }
 
 fn clock_claim() -> impl Strategy<Value = Option<ClockClaim>> {

@@ -15,11 +15,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::frame::vector_within;
-use super::session::{Link, PeerInfo, SessionEnd, unexpected};
+use super::session::{Link, PeerInfo, Received, SessionEnd, unexpected};
 use super::{
     Ack, Anchor, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode,
     SessionStats, SyncConfig,
 };
+use crate::seal::Prechecked;
 use crate::sync_store::{Announcement, Announcements};
 use crate::{ActorId, Change, ChangeLog, Fork, SyncStore, VersionVector};
 
@@ -100,6 +101,12 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         }
     }
 
+    /// Does not merge `actors` from the peer (forks found in the handshake).
+    pub(super) fn forked(mut self, actors: HashSet<ActorId>) -> Exchange<'a, S> {
+        self.forked = actors;
+        self
+    }
+
     /// Takes only `origin`'s changes from the peer (a `device` credential bound to it).
     pub(super) fn only_from(mut self, origin: Option<(ActorId, String)>) -> Exchange<'a, S> {
         self.origin = origin;
@@ -135,8 +142,9 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
             }
             tokio::select! {
                 biased;
-                frame = self.link.recv() => {
-                    if let Some(end) = self.on_frame(frame?).await? {
+                received = self.link.recv_checked() => {
+                    let Received { frame, prechecked } = received?;
+                    if let Some(end) = self.on_frame(frame, prechecked).await? {
                         return Ok(end);
                     }
                 }
@@ -279,7 +287,11 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
     }
 
     /// Handles one frame; `Some` when the peer ended the session.
-    async fn on_frame(&mut self, frame: Frame) -> Result<Option<SessionEnd>, ProtocolError> {
+    async fn on_frame(
+        &mut self,
+        frame: Frame,
+        prechecked: Prechecked,
+    ) -> Result<Option<SessionEnd>, ProtocolError> {
         match frame {
             Frame::Page {
                 page_id,
@@ -300,7 +312,7 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
                     &anchors,
                 )
                 .await?;
-                let outcome = apply_page(self.store, self.stats, changes).await?;
+                let outcome = apply_page(self.store, self.stats, changes, prechecked).await?;
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
                 self.sent.merge(&holds);
@@ -423,8 +435,9 @@ pub(super) async fn apply_page<S: SyncStore>(
     store: &S,
     stats: &SessionStats,
     changes: Vec<Change>,
+    prechecked: Prechecked,
 ) -> Result<crate::ApplyOutcome, ProtocolError> {
-    let (outcome, report) = store.apply_remote_verified(changes).await?;
+    let (outcome, report) = store.apply_remote_verified(changes, prechecked).await?;
     for r in &report.refused {
         tracing::warn!(actor = %r.actor, seq = r.seq, reason = r.fault.code(), "sync: {r}");
     }

@@ -107,6 +107,11 @@ pub struct Hello {
     /// timestamps (see `TimeReference`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockClaim>,
+    /// The initiator's newest change of its own actor, so a responder holding that seq
+    /// with other content sees two stores writing as one actor (a cloned SD card) even
+    /// when neither has a change the other lacks; absent from earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tip: Option<Anchor>,
 }
 
 // The token is a secret: never print it.
@@ -120,6 +125,7 @@ impl fmt::Debug for Hello {
             .field("compression", &self.compression)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("clock", &self.clock)
+            .field("tip", &self.tip)
             .finish()
     }
 }
@@ -138,6 +144,10 @@ pub struct Welcome {
     /// The responder's wall clock and whether it is synchronised (as in `Hello`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockClaim>,
+    /// The responder's copy of the initiator's actor at the seq of the `Hello`'s tip (or
+    /// below, when it holds less), so the initiator sees a fork of its own actor too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tip: Option<Anchor>,
 }
 
 /// Acknowledgement of a page: it is applied and durable on the receiver.
@@ -796,6 +806,7 @@ mod tests {
             compression: vec!["zstd".into()],
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
             clock: None,
+            tip: None,
         };
         assert!(!format!("{hello:?}").contains("s3cret"));
     }

@@ -15,10 +15,11 @@ use tokio::time::{Instant, timeout};
 use super::exchange::Exchange;
 use super::frame::{clip, vector_frames};
 use super::{
-    Authenticator, Compression, DeviceRelay, Frame, FrameCodec, FrameSink, FrameSource, Hello,
-    MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole, ProtocolError,
-    SessionStats, SyncConfig, Welcome,
+    Anchor, Authenticator, Compression, DeviceRelay, Frame, FrameCodec, FrameSink, FrameSource,
+    Hello, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole,
+    ProtocolError, SessionStats, SyncConfig, Welcome,
 };
+use crate::seal::Prechecked;
 use crate::{ActorId, ChangeLog, ClockClaim, Limits, Store, SyncStore, VersionVector};
 
 /// A sync session, ready to [`run`](Self::run) over a transport.
@@ -263,7 +264,8 @@ impl<S: SyncStore> SyncSession<S> {
         let grace = self.config.handshake_timeout.min(Duration::from_secs(5));
         let deadline = Instant::now() + grace;
         let mut forked = std::collections::HashSet::new();
-        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, link.inbound.recv()).await
+        while let Ok(Some(Ok(Received { frame, prechecked }))) =
+            tokio::time::timeout_at(deadline, link.inbound.recv()).await
         {
             if let Frame::Page {
                 changes, anchors, ..
@@ -291,7 +293,9 @@ impl<S: SyncStore> SyncSession<S> {
                         return;
                     }
                 };
-                match super::exchange::apply_page(&self.store, &self.stats, changes).await {
+                match super::exchange::apply_page(&self.store, &self.stats, changes, prechecked)
+                    .await
+                {
                     Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
                     Err(e) => {
                         tracing::debug!(error = %e, "a page received before the link failed was refused");
@@ -308,7 +312,7 @@ impl<S: SyncStore> SyncSession<S> {
         peer_out: &mut Option<PeerInfo>,
     ) -> Result<SessionEnd, ProtocolError> {
         let limit = self.config.handshake_timeout;
-        let peer = timeout(limit, self.handshake(link))
+        let (peer, tip) = timeout(limit, self.handshake(link))
             .await
             .map_err(|_| ProtocolError::Timeout("waiting for the handshake"))??;
         *peer_out = Some(peer.clone());
@@ -349,7 +353,21 @@ impl<S: SyncStore> SyncSession<S> {
             _ => None,
         };
         self.stats.relay_only(relay_only.clone());
+        // A tip that differs from our copy of its change: two stores write as that actor.
+        let mut forked = std::collections::HashSet::new();
+        if let Some(tip) = tip {
+            super::exchange::screen_forks(
+                &self.store,
+                &self.stats,
+                &peer,
+                &mut forked,
+                Vec::new(),
+                &[tip],
+            )
+            .await?;
+        }
         Exchange::new(&self.store, &self.config, &self.stats, link, &peer, theirs)
+            .forked(forked)
             .only_from(self.origin.get().cloned())
             .relay_only(relay_only)
             .run(events)
@@ -366,7 +384,27 @@ impl<S: SyncStore> SyncSession<S> {
         }
     }
 
-    async fn handshake(&self, link: &mut Link) -> Result<PeerInfo, ProtocolError> {
+    /// The newest change this store holds of `actor` at or below `seq` (`u64::MAX`: its
+    /// newest), as an anchor for the peer to compare.
+    async fn tip_of(&self, actor: ActorId, seq: u64) -> Result<Option<Anchor>, ProtocolError> {
+        let held = self.store.version_vector_of(&[actor]).await?.get(&actor);
+        let seq = held.min(seq);
+        if seq == 0 {
+            return Ok(None);
+        }
+        let found = self.store.hlcs_at(&[(actor, seq)]).await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .map(|(actor, seq, hlc)| Anchor { actor, seq, hlc }))
+    }
+
+    /// Authenticates the peer and agrees on the session's terms. Returns who it is and the
+    /// peer's tip to compare with our copy (see `Hello::tip`).
+    async fn handshake(
+        &self,
+        link: &mut Link,
+    ) -> Result<(PeerInfo, Option<Anchor>), ProtocolError> {
         let own = ChangeLog::actor(&self.store);
         match &self.role {
             Role::Initiator => {
@@ -383,6 +421,7 @@ impl<S: SyncStore> SyncSession<S> {
                         .collect(),
                     max_frame_bytes: self.config.max_frame_bytes as u64,
                     clock: Some(self.store.clock_claim()),
+                    tip: self.tip_of(own, u64::MAX).await?,
                 }))
                 .await?;
                 let w: Welcome = match link.recv().await? {
@@ -408,11 +447,14 @@ impl<S: SyncStore> SyncSession<S> {
                 }
                 link.negotiated(w.compression, w.max_frame_bytes);
                 self.observe_clock(w.actor, w.clock);
-                Ok(PeerInfo {
+                // Only a statement about our own actor is asked for.
+                let tip = w.tip.filter(|t| t.actor == own);
+                let peer = PeerInfo {
                     actor: w.actor,
                     name: w.peer_name,
                     principal: None,
-                })
+                };
+                Ok((peer, tip))
             }
             Role::Responder(auth) => {
                 let hello = match link.recv().await? {
@@ -460,21 +502,29 @@ impl<S: SyncStore> SyncSession<S> {
                     .find(|c| self.config.compression.contains(c))
                     .unwrap_or(Compression::None);
                 link.trusted.store(true, Ordering::Release);
+                // A tip only about the peer's own actor counts (it names its own history).
+                let tip = hello.tip.filter(|t| t.actor == hello.actor);
+                let reply = match tip {
+                    Some(t) => self.tip_of(t.actor, t.seq).await?,
+                    None => None,
+                };
                 link.send(&Frame::Welcome(Welcome {
                     actor: own,
                     peer_name: self.config.peer_name.clone(),
                     compression,
                     max_frame_bytes: self.config.max_frame_bytes as u64,
                     clock: Some(self.store.clock_claim()),
+                    tip: reply,
                 }))
                 .await?;
                 link.negotiated(compression, hello.max_frame_bytes);
                 self.observe_clock(hello.actor, hello.clock);
-                Ok(PeerInfo {
+                let peer = PeerInfo {
                     actor: hello.actor,
                     name: hello.peer_name,
                     principal: Some(principal),
-                })
+                };
+                Ok((peer, tip))
             }
         }
     }
@@ -541,7 +591,7 @@ pub(super) struct Link {
     /// reader to choose the frame limit.
     trusted: Arc<AtomicBool>,
     out: mpsc::Sender<Vec<u8>>,
-    inbound: mpsc::Receiver<Result<Frame, ProtocolError>>,
+    inbound: mpsc::Receiver<Result<Received, ProtocolError>>,
     /// Negotiated in the handshake; `None` until then.
     compression: Compression,
     /// The most the peer accepts per frame.
@@ -571,13 +621,18 @@ impl Link {
 
     /// The next frame; a `Refuse` becomes the matching error.
     pub(super) async fn recv(&mut self) -> Result<Frame, ProtocolError> {
-        let frame = self
+        self.recv_checked().await.map(|r| r.frame)
+    }
+
+    /// Receives the next frame with the signatures the reader found valid in it.
+    pub(super) async fn recv_checked(&mut self) -> Result<Received, ProtocolError> {
+        let received = self
             .inbound
             .recv()
             .await
             .unwrap_or(Err(ProtocolError::Closed))?;
         self.last_recv = Instant::now();
-        match frame {
+        match received.frame {
             Frame::Refuse { code, message } => {
                 self.peer_refused = true;
                 Err(match code.as_str() {
@@ -585,8 +640,26 @@ impl Link {
                     _ => ProtocolError::Refused { code, message },
                 })
             }
-            other => Ok(other),
+            frame => Ok(Received { frame, ..received }),
         }
+    }
+}
+
+/// A decoded frame, and for a page the signatures of its changes found valid by the reader
+/// (checked while the previous page is applied, so the writer does not verify them).
+pub(super) struct Received {
+    pub(super) frame: Frame,
+    pub(super) prechecked: Prechecked,
+}
+
+impl Received {
+    /// `frame` with the signatures of its changes checked (a page's; nothing otherwise).
+    fn checked(frame: Frame) -> Received {
+        let prechecked = match &frame {
+            Frame::Page { changes, .. } => Prechecked::check(changes),
+            _ => Prechecked::none(),
+        };
+        Received { frame, prechecked }
     }
 }
 
@@ -596,7 +669,7 @@ async fn read_loop<R: FrameSource>(
     mut source: R,
     codec: FrameCodec,
     trusted: Arc<AtomicBool>,
-    tx: mpsc::Sender<Result<Frame, ProtocolError>>,
+    tx: mpsc::Sender<Result<Received, ProtocolError>>,
     stats: &SessionStats,
 ) {
     let untrusted = FrameCodec::new(MIN_FRAME_BYTES as usize, Limits::default());
@@ -627,15 +700,39 @@ async fn read_loop<R: FrameSource>(
 /// blocking pool, so a page of megabytes does not stall the async worker it arrived on.
 const BLOCKING_DECODE_BYTES: usize = 64 * 1024;
 
-/// Decodes one received frame: inline when small, on the blocking pool when large.
-async fn decode_frame(codec: &FrameCodec, bytes: Vec<u8>) -> Result<Frame, ProtocolError> {
+/// Pages with at most this many signed changes have them checked inline (live mode sends
+/// a change or two per page); larger ones on the blocking pool.
+const INLINE_SIGNATURE_CHECKS: usize = 2;
+
+/// Decodes one received frame, and checks the signatures of a page's changes: inline when
+/// small, on the blocking pool when large, so a page of megabytes (or of hundreds of
+/// signatures, ~50 µs each) does not stall the async worker it arrived on.
+async fn decode_frame(codec: &FrameCodec, bytes: Vec<u8>) -> Result<Received, ProtocolError> {
+    let blocking = |work: Box<dyn FnOnce() -> Result<Received, ProtocolError> + Send>| async {
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|e| Err(ProtocolError::Malformed(format!("decoding a frame: {e}"))))
+    };
     if bytes.len() < BLOCKING_DECODE_BYTES {
-        return codec.decode(&bytes);
+        let frame = codec.decode(&bytes)?;
+        if signed_changes(&frame) <= INLINE_SIGNATURE_CHECKS {
+            return Ok(Received::checked(frame));
+        }
+        return blocking(Box::new(move || Ok(Received::checked(frame)))).await;
     }
     let codec = codec.clone();
-    tokio::task::spawn_blocking(move || codec.decode(&bytes))
-        .await
-        .unwrap_or_else(|e| Err(ProtocolError::Malformed(format!("decoding a frame: {e}"))))
+    blocking(Box::new(move || {
+        codec.decode(&bytes).map(Received::checked)
+    }))
+    .await
+}
+
+/// How many of a page's changes are signed (0 for any other frame).
+fn signed_changes(frame: &Frame) -> usize {
+    match frame {
+        Frame::Page { changes, .. } => changes.iter().filter(|c| c.seal.is_some()).count(),
+        _ => 0,
+    }
 }
 
 /// Sends queued frames until the queue closes, then closes the sink.
