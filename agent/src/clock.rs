@@ -7,8 +7,8 @@
 //! Trusted means, with `trust = "auto"`: the kernel says the clock is synchronised
 //! (`adjtimex`: no `STA_UNSYNC`, not `TIME_ERROR`; or systemd-timesyncd's
 //! `/run/systemd/timesync/synchronized` flag), and the time is plausible — not before
-//! [`EARLIEST_PLAUSIBLE_MS`] (this release's date) nor behind the newest change this store
-//! already holds. `"always"` and `"never"` override the kernel (a clock disciplined by
+//! [`earliest_plausible_ms`] (this release's date or the binary's build time, whichever is
+//! later) nor behind the newest change this store already holds. `"always"` and `"never"` override the kernel (a clock disciplined by
 //! something the kernel does not report; a device known to have no time source).
 //!
 //! Owns reading the kernel's NTP state and the `[clock]` section; must not touch sync
@@ -26,6 +26,33 @@ use crate::metrics::Metrics;
 /// 2026-12-01T00:00:00Z: no correct clock running this release reads earlier. A clock that
 /// does is a Pi that booted without a time source (1970, or an old fake-hwclock file).
 pub const EARLIEST_PLAUSIBLE_MS: u64 = 1_796_083_200_000;
+
+/// When this binary was built, unix ms (`build.rs`: `SOURCE_DATE_EPOCH`, or the time the
+/// build script ran).
+pub const BUILD_MS: u64 = parse_ms(env!("KDELTA_BUILD_MS"));
+
+/// The plausibility floor: a wall clock reading earlier than this release's date or than
+/// the binary's build is wrong.
+pub const fn earliest_plausible_ms() -> u64 {
+    if BUILD_MS > EARLIEST_PLAUSIBLE_MS {
+        BUILD_MS
+    } else {
+        EARLIEST_PLAUSIBLE_MS
+    }
+}
+
+/// Decimal digits to a number at compile time (`build.rs` writes only digits).
+const fn parse_ms(digits: &str) -> u64 {
+    let bytes = digits.as_bytes();
+    let mut n: u64 = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit(), "KDELTA_BUILD_MS is not a number");
+        n = n * 10 + (bytes[i] - b'0') as u64;
+        i += 1;
+    }
+    n
+}
 
 /// How often the clock is re-assessed.
 pub const CHECK_EVERY: Duration = Duration::from_secs(30);
@@ -81,6 +108,9 @@ pub struct ClockStatus {
     /// The best time known (the wall clock if trusted, else what a synchronised peer said),
     /// unix ms; `null` when nothing trusted is known.
     pub best_known_ms: Option<u64>,
+    /// What the wall clock read when this status was made, unix ms (beside `best_known_ms`
+    /// it shows how far off an untrusted clock is).
+    pub wall_ms: u64,
 }
 
 /// Decides trust from the setting, the kernel, the wall clock and the store's newest change.
@@ -100,6 +130,7 @@ pub fn assess(
             KernelSync::Unsynchronised => None,
         },
         best_known_ms: None,
+        wall_ms,
     };
     match trust {
         ClockTrust::Always => {
@@ -114,13 +145,14 @@ pub fn assess(
         }
         ClockTrust::Auto => {}
     }
-    if wall_ms < EARLIEST_PLAUSIBLE_MS {
+    if wall_ms < earliest_plausible_ms() {
         return verdict(
             false,
             "implausible",
             format!(
-                "the wall clock reads {}, before this release was made (booted without a time source?)",
-                crate::time::format_rfc3339_ms(wall_ms as i64)
+                "the wall clock reads {}, before this release was made ({}; booted without a time source?)",
+                crate::time::format_rfc3339_ms(wall_ms as i64),
+                crate::time::format_rfc3339_ms(earliest_plausible_ms() as i64)
             ),
         );
     }
@@ -189,6 +221,7 @@ impl ClockMonitor {
                 reason: "not assessed yet".into(),
                 max_error_ms: None,
                 best_known_ms: None,
+                wall_ms: 0,
             }),
             reference,
         })
@@ -210,7 +243,8 @@ impl ClockMonitor {
             .clone();
         // The reference is what sync acts on: report that.
         s.trusted = self.reference.local_trusted();
-        s.best_known_ms = self.reference.best_known_ms(crate::time::now_ms_u64());
+        s.wall_ms = crate::time::now_ms_u64();
+        s.best_known_ms = self.reference.best_known_ms(s.wall_ms);
         s
     }
 
@@ -268,7 +302,8 @@ pub async fn clock_loop(
 mod tests {
     use super::*;
 
-    const NOW: u64 = 1_800_000_000_000;
+    /// A plausible "now" whenever and wherever the tests are built.
+    const NOW: u64 = earliest_plausible_ms() + 86_400_000;
     const SYNCED: KernelSync = KernelSync::Synchronised {
         max_error_us: 12_000,
     };
@@ -304,6 +339,26 @@ mod tests {
         );
         let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW + 300_000, 300_000);
         assert!(s.trusted);
+    }
+
+    #[test]
+    fn the_floor_is_the_later_of_the_release_date_and_the_build() {
+        assert!(earliest_plausible_ms() >= EARLIEST_PLAUSIBLE_MS);
+        assert!(earliest_plausible_ms() >= BUILD_MS);
+        // Recorded by build.rs on this machine, before the test ran.
+        assert!(BUILD_MS <= crate::time::now_ms_u64(), "{BUILD_MS}");
+        assert_eq!(parse_ms("1796083200000"), 1_796_083_200_000);
+        // A minute before the floor is implausible; the floor itself is not.
+        let s = assess(
+            ClockTrust::Auto,
+            SYNCED,
+            earliest_plausible_ms() - 60_000,
+            0,
+            0,
+        );
+        assert_eq!((s.trusted, s.state), (false, "implausible"));
+        let s = assess(ClockTrust::Auto, SYNCED, earliest_plausible_ms(), 0, 0);
+        assert!(s.trusted, "{s:?}");
     }
 
     #[test]

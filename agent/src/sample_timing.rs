@@ -34,6 +34,19 @@ pub const AHEAD_TOLERANCE_MS: i64 = 60_000;
 /// slewing clock moves a few ms; a step by NTP or by hand moves far more).
 pub const SAME_TIMING_MS: i64 = 1_000;
 
+/// Whether readings timed `a` and `b` may share one batch (whose one timing record describes
+/// every reading in it): both untimed, or the same boot with offsets within
+/// [`SAME_TIMING_MS`]. A clock step between them splits the batch.
+pub fn same_timing(a: Option<ReadingTiming>, b: Option<ReadingTiming>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.boot_id == b.boot_id && (a.offset_ms - b.offset_ms).abs() <= SAME_TIMING_MS
+        }
+        _ => false,
+    }
+}
+
 /// The kernel's id of the current boot, if the kernel says (read once per process).
 pub fn read_boot_id() -> Option<BootId> {
     static BOOT: std::sync::OnceLock<Option<BootId>> = std::sync::OnceLock::new();
@@ -177,6 +190,24 @@ mod tests {
         );
         let no_boot = SampleTimer::with_boot(reference, None);
         assert_eq!(no_boot.timing_at(5_000, 1_000), None);
+    }
+
+    #[test]
+    fn a_batch_holds_one_timing() {
+        let t = |boot: u8, offset_ms| {
+            Some(ReadingTiming {
+                boot_id: BootId([boot; 16]),
+                offset_ms,
+            })
+        };
+        assert!(same_timing(None, None));
+        assert!(
+            same_timing(t(1, 0), t(1, SAME_TIMING_MS)),
+            "a slewing clock"
+        );
+        assert!(!same_timing(t(1, 0), t(1, SAME_TIMING_MS + 1)), "a step");
+        assert!(!same_timing(t(1, 0), t(2, 0)), "another boot");
+        assert!(!same_timing(t(1, 0), None), "timed and untimed");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct AgentInner {
     pub device: String,
     /// Status of each source, updated by the scheduler (shared with the device twin).
     pub sources: Arc<RwLock<Vec<SourceStatus>>>,
+    /// MQTT ingest's row in `GET /v1/sources` and `kdelta sources` (name and kind `mqtt`):
+    /// set by the MQTT client while it ingests (topics or rules), `None` otherwise.
+    pub mqtt_ingest: Arc<RwLock<Option<SourceStatus>>>,
     /// True once startup finished (listener bound, sources started); false when draining.
     pub ready: AtomicBool,
     /// Limit for request bodies, bytes (`api.max_body_bytes`; needs a restart).

@@ -1,6 +1,8 @@
 //! Agents with wrong wall clocks, faked with libfaketime (Debian's `faketime`, installed by
 //! `scripts/test.sh`): a device booted offline in 1970, a device two weeks behind (an old
-//! fake-hwclock file) and a device a year ahead, each syncing with a hub on the right time.
+//! fake-hwclock file) and a device a year ahead, each syncing with a hub on the right time,
+//! and a hub two weeks behind its devices. Each faked agent's own wall clock is checked
+//! (`/v1/status` `clock.wall_ms`), so a test cannot pass because faketime did not apply.
 //! Without libfaketime the tests say so and pass, unless `FAKETIME_REQUIRED` is set
 //! (as `scripts/test.sh` does), so CI cannot skip them silently.
 
@@ -11,9 +13,10 @@ use serde_json::{Value, json};
 
 use super::harness::{Agent, eventually};
 use super::sync::{TOKEN, converge, ingest};
-use super::{client, get_json, metrics_text, put_json};
+use super::{client, get_json, metrics_text, mqtt_support, put_json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+const DAY_MS: u64 = 86_400_000;
 
 /// libfaketime's preload library, wherever the architecture's multiarch directory is.
 fn libfaketime() -> Option<PathBuf> {
@@ -56,11 +59,58 @@ fn device(lib: &Path, hub: &Agent, faketime: &str, trust: &str) -> Agent {
         .start()
 }
 
+/// Asserts that `agent`'s wall clock reads about `expected` (unix ms): faketime applied.
+async fn assert_wall_clock(c: &reqwest::Client, agent: &Agent, expected: u64) {
+    let (_, st) = get_json(c, &agent.at("/v1/status")).await;
+    let wall = st["clock"]["wall_ms"].as_u64().expect("clock.wall_ms");
+    assert!(
+        wall.abs_diff(expected) < 600_000,
+        "the faked wall clock reads {wall}, expected about {expected}: {st}"
+    );
+}
+
+/// What an untrusted agent tells its operator: the `clock` line of `kdelta status` and
+/// `kdelta_clock_trusted 0`.
+async fn assert_untrusted_is_shown(c: &reqwest::Client, agent: &Agent, reason_has: &str) {
+    let out = std::process::Command::new(super::harness::BIN)
+        .args(["status", "--url", agent.url()])
+        .env("NO_COLOR", "1")
+        .env_remove("KDELTA_TOKEN")
+        .env_remove("KDELTA_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kdelta status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("clock "))
+        .unwrap_or_else(|| panic!("no clock line in\n{text}"));
+    assert!(
+        line.contains("NOT trusted") && line.contains(reason_has),
+        "{line}"
+    );
+    let metrics = metrics_text(c, agent).await;
+    assert!(
+        metrics.lines().any(|l| l == "kdelta_clock_trusted 0"),
+        "{metrics}"
+    );
+}
+
 fn real_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+async fn winner_is(c: &reqwest::Client, agent: &Agent, key: &str, want: Value) -> bool {
+    let (s, v) = get_json(c, &agent.at(&format!("/v1/docs/{key}"))).await;
+    s == 200 && v["value"] == want
 }
 
 async fn winner(c: &reqwest::Client, agent: &Agent, key: &str) -> Value {
@@ -70,8 +120,15 @@ async fn winner(c: &reqwest::Client, agent: &Agent, key: &str) -> Value {
 }
 
 /// Both ways with a correct hub, and the device's later writes win over the hub's earlier
-/// ones (they are stamped after the time the hub told it).
-async fn syncs_both_ways(faketime: &str, trust: &str, expect_state: &str) {
+/// ones (they are stamped after the time the hub told it). `faked_wall` maps the real time
+/// to what the device's clock should read; `reason_has` is part of the verdict's reason.
+async fn syncs_both_ways(
+    faketime: &str,
+    trust: &str,
+    expect_state: &str,
+    faked_wall: impl Fn(u64) -> u64,
+    reason_has: &str,
+) {
     let Some(lib) = libfaketime() else { return };
     let c = client();
     let hub = hub();
@@ -79,9 +136,11 @@ async fn syncs_both_ways(faketime: &str, trust: &str, expect_state: &str) {
     let (s, _) = put_json(&c, &hub.at("/v1/docs/fleet/setpoint"), &json!(21)).await;
     assert!(s < 300);
     let dev = device(&lib, &hub, faketime, trust);
+    assert_wall_clock(&c, &dev, faked_wall(real_now_ms())).await;
     let (_, st) = get_json(&c, &dev.at("/v1/status")).await;
     assert_eq!(st["clock"]["trusted"], false, "{st}");
     assert_eq!(st["clock"]["state"], expect_state, "{st}");
+    assert_untrusted_is_shown(&c, &dev, reason_has).await;
     ingest(&c, &dev, "dev.temp", 0, 50).await;
     converge(&c, &hub, &dev).await;
     assert_eq!(winner(&c, &dev, "fleet/setpoint").await, json!(21));
@@ -118,14 +177,108 @@ async fn syncs_both_ways(faketime: &str, trust: &str, expect_state: &str) {
 #[tokio::test]
 async fn a_device_booted_offline_in_1970_syncs_both_ways() {
     // Implausible under "auto", whatever the kernel says: before this release was made.
-    syncs_both_ways("@1970-01-02 00:00:00", "auto", "implausible").await;
+    // The clock starts at 1970-01-02 and runs.
+    syncs_both_ways(
+        "@1970-01-02 00:00:00",
+        "auto",
+        "implausible",
+        |_| DAY_MS,
+        "the wall clock reads 1970-01-02",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_device_two_weeks_behind_syncs_both_ways() {
     // A fake-hwclock time two weeks old on a device that never reaches NTP ("never": the
     // kernel's NTP state cannot be faked, and this machine's may say synchronised).
-    syncs_both_ways("-14d", "never", "forced_untrusted").await;
+    syncs_both_ways(
+        "-14d",
+        "never",
+        "forced_untrusted",
+        |real| real - 14 * DAY_MS,
+        "clock.trust = \"never\"",
+    )
+    .await;
+}
+
+/// A hub whose clock is two weeks behind (never synchronised) and two devices on the right
+/// time: the hub judges their changes by the time they claim, stamps its own after it, and
+/// all three converge to one digest with nothing held back anywhere.
+#[tokio::test]
+async fn a_hub_two_weeks_behind_its_devices_converges_with_them() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let hub = Agent::builder()
+        .config(&format!(
+            "sources = []\ndevice_twin = false\n[clock]\ntrust = \"never\"\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n"
+        ))
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "-14d")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    assert_wall_clock(&c, &hub, real_now_ms() - 14 * DAY_MS).await;
+    let correct = || {
+        Agent::builder()
+            .config(&format!(
+                "sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\n",
+                hub.url()
+            ))
+            .start()
+    };
+    let (a, b) = (correct(), correct());
+    ingest(&c, &a, "a.temp", 0, 30).await;
+    ingest(&c, &b, "b.temp", 0, 30).await;
+    ingest(&c, &hub, "hub.temp", 0, 30).await;
+    let (s, v) = put_json(&c, &a.at("/v1/docs/fleet/setpoint"), &json!(20)).await;
+    assert!(s < 300, "{v}");
+    converge(&c, &hub, &a).await;
+    converge(&c, &hub, &b).await;
+    // The hub's own write, made after it heard the devices' time, wins over a's.
+    let (s, v) = put_json(&c, &hub.at("/v1/docs/fleet/setpoint"), &json!(22)).await;
+    assert!(s < 300, "{v}");
+    let stamped: u64 = v["hlc"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stamped + 60_000 > real_now_ms(),
+        "the hub stamped {stamped}, two weeks behind the devices"
+    );
+    let digests = eventually(
+        DEADLINE,
+        "one digest on the hub and both devices",
+        || async {
+            let mut digests = Vec::new();
+            for agent in [&hub, &a, &b] {
+                let (_, st) = get_json(&c, &agent.at("/v1/status")).await;
+                digests.push(st["digest"].clone());
+            }
+            (digests.iter().all(|d| *d == digests[0])
+                && digests[0].is_string()
+                && winner_is(&c, &b, "fleet/setpoint", json!(22)).await)
+                .then_some(digests)
+        },
+    )
+    .await;
+    assert_eq!(digests.len(), 3);
+    for agent in [&hub, &a, &b] {
+        let (_, peers) = get_json(&c, &agent.at("/v1/sync/peers")).await;
+        for p in peers["peers"].as_array().unwrap() {
+            assert_eq!(p["changes_quarantined"], 0, "{peers}");
+        }
+    }
+    let (_, st) = get_json(&c, &hub.at("/v1/status")).await;
+    assert_eq!(st["clock"]["trusted"], false, "{st}");
+    for agent in [&a, &b] {
+        let (_, dst) = get_json(&c, &agent.at("/v1/status")).await;
+        let vv = &dst["version_vector"];
+        assert_eq!(vv, &st["version_vector"], "{dst} {st}");
+    }
 }
 
 #[tokio::test]
@@ -279,4 +432,89 @@ async fn readings_sampled_in_1970_are_corrected_on_the_device_and_the_hub() {
     )
     .await;
     assert!(!page["readings"].as_array().unwrap().is_empty(), "{page}");
+}
+
+/// A device booted offline in 1970 receives readings over MQTT (stamped on arrival by its
+/// 1970 clock). They carry timing records like a source's, and once the device meets the
+/// hub they are corrected to the real time of arrival, on the device and on the hub.
+#[tokio::test]
+async fn mqtt_readings_received_in_1970_are_corrected_on_the_device_and_the_hub() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let broker = mqtt_support::Broker::start().await;
+    let mut sub = mqtt_support::Sub::connect(broker.addr, &["t1970/shed/status"]).await;
+    let hub = hub();
+    let dev = Agent::builder()
+        .config(&format!(
+            "device_name = \"shed\"\nsources = []\ndevice_twin = false\n[mqtt]\nenabled = true\nurl = \"mqtt://{}\"\nprefix = \"t1970\"\nbackfill = false\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            broker.addr,
+            hub.url()
+        ))
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "@1970-01-02 00:00:00")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    assert_wall_clock(&c, &dev, DAY_MS).await;
+    while sub.next_on("t1970/shed/status").await.0 != b"online" {}
+    let started = real_now_ms() as i64;
+    // Three messages, a batch each (the ingest batch is committed within 200 ms).
+    for value in ["20.5", "21", "21.5"] {
+        sub.publish("t1970/shed/ingest/shed.temp", value).await;
+        let want = value.to_owned();
+        eventually(DEADLINE, "the reading to be stored", || async {
+            let (_, page) = get_json(&c, &dev.at("/v1/readings?series=shed.temp")).await;
+            page["readings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["value"].as_f64() == want.parse().ok())
+                .then_some(())
+        })
+        .await;
+    }
+    let sent = real_now_ms() as i64;
+    let corrected = |v: &Value| -> Vec<Value> {
+        v["timing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "corrected")
+            .cloned()
+            .collect()
+    };
+    for agent in [&dev, &hub] {
+        let done = eventually(DEADLINE, "the MQTT readings corrected", || async {
+            let (_, v) = get_json(&c, &agent.at("/v1/readings/timing?series=shed.temp")).await;
+            let done = corrected(&v);
+            (done
+                .iter()
+                .map(|r| r["count"].as_u64().unwrap())
+                .sum::<u64>()
+                == 3)
+                .then_some(done)
+        })
+        .await;
+        for r in &done {
+            let original = r["original_from"].as_i64().unwrap();
+            assert!(
+                (DAY_MS as i64..2 * DAY_MS as i64).contains(&original),
+                "received on 1970-01-02: {r}"
+            );
+            let from = r["corrected_from"].as_i64().unwrap();
+            assert!(
+                from >= started - 5_000 && from <= sent + 5_000,
+                "corrected to the real time of arrival ({started}..{sent}): {r}"
+            );
+        }
+    }
+    // The readings themselves are at today's time on the hub.
+    let (_, page) = get_json(
+        &c,
+        &hub.at(&format!(
+            "/v1/readings?series=shed.temp&from={}",
+            started - 5_000
+        )),
+    )
+    .await;
+    assert_eq!(page["readings"].as_array().unwrap().len(), 3, "{page}");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::harness::{Agent, eventually};
-use super::{client, get_json};
+use super::{client, get_json, mqtt_support};
 
 fn fixture_sys() -> String {
     format!(
@@ -160,5 +160,81 @@ async fn one_source_of_each_kind_starts_and_reports_status() {
         },
     )
     .await;
+    agent.sigterm();
+}
+
+/// MQTT ingest has a row of its own in `GET /v1/sources` and `kdelta sources`: what it
+/// stored, and every reading it refused, counted per reason (one bad element of an array
+/// costs only itself).
+#[tokio::test]
+async fn mqtt_ingest_shows_its_readings_and_rejects_in_kdelta_sources() {
+    let broker = mqtt_support::Broker::start().await;
+    let mut sub = mqtt_support::Sub::connect(broker.addr, &["t15/shed/status"]).await;
+    let agent = Agent::builder()
+        .config(&format!(
+            "device_name = \"shed\"\nsources = []\n[mqtt]\nenabled = true\nurl = \"mqtt://{}\"\nprefix = \"t15\"\nbackfill = false\n",
+            broker.addr
+        ))
+        .start();
+    // Subscribed once it says online.
+    while sub.next_on("t15/shed/status").await.0 != b"online" {}
+    let c = client();
+    let (_, body) = get_json(&c, &agent.at("/v1/sources")).await;
+    let row = find(body["sources"].as_array().unwrap(), "mqtt").clone();
+    assert_eq!(
+        (row["kind"].as_str(), row["readings"].as_u64()),
+        (Some("mqtt"), Some(0)),
+        "{row}"
+    );
+
+    let topic = "t15/shed/ingest/shed.temp";
+    sub.publish(topic, "20.5").await;
+    sub.publish(topic, "warm").await;
+    sub.publish(
+        topic,
+        r#"[{"ts": 1764000000000, "value": 1}, {"ts": -5, "value": 2}, {"value": "x"}]"#,
+    )
+    .await;
+    let row = eventually(Duration::from_secs(30), "the mqtt row to count", || {
+        let c = c.clone();
+        let url = agent.at("/v1/sources");
+        async move {
+            let (_, body) = get_json(&c, &url).await;
+            let row = find(body["sources"].as_array().unwrap(), "mqtt").clone();
+            (row["readings"] == 2 && row["rejected"].as_object().map(|m| m.len()) == Some(3))
+                .then_some(row)
+        }
+    })
+    .await;
+    assert_eq!(
+        row["rejected"],
+        serde_json::json!({"malformed": 1, "bad_timestamp": 1, "not_a_number": 1}),
+        "{row}"
+    );
+    assert!(row["last_reading_ms"].as_i64().is_some(), "{row}");
+
+    // The human table says the same.
+    let out = std::process::Command::new(super::harness::BIN)
+        .args(["sources", "--url", agent.url()])
+        .env("NO_COLOR", "1")
+        .env_remove("KDELTA_TOKEN")
+        .env_remove("KDELTA_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kdelta sources");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("mqtt "))
+        .unwrap_or_else(|| panic!("no mqtt row in\n{table}"));
+    assert!(
+        line.contains("3 (bad_timestamp 1, malformed 1, not_a_number 1)"),
+        "{table}"
+    );
     agent.sigterm();
 }

@@ -29,6 +29,14 @@ async function refreshStatus() {
   if (s.database && !s.database.reachable) {
     items.unshift(["DATABASE", `unreachable: ${s.database.error}`]);
   }
+  // Whether the wall clock is trusted (docs/clock.md); a PostgreSQL hub has no verdict.
+  const clock = s.clock;
+  if (clock) {
+    const verdict = clock.trusted ? "trusted" : "NOT trusted";
+    const item = ["clock", `${verdict} (${clock.state}): ${clock.reason}`];
+    if (clock.trusted) items.push(item);
+    else items.unshift(item);
+  }
   const store = s.store || {};
   if (store.write_health && store.write_health.disk_full) {
     items.unshift(["DISK FULL", "writes refused (507) until space is freed"]);
@@ -51,6 +59,7 @@ async function refreshStatus() {
   $("status").replaceChildren(...items.map(([k, v]) => {
     const d = document.createElement("div");
     const dt = document.createElement("dt"), dd = document.createElement("dd");
+    d.dataset.item = k.toLowerCase();
     dt.textContent = k;
     dd.textContent = String(v);
     d.append(dt, dd);

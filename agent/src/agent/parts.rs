@@ -187,6 +187,11 @@ pub struct Mqtt {
 impl Mqtt {
     /// Starts the client when `cfg.enabled`.
     pub fn start(cfg: &MqttConfig, agent: &Agent) -> Mqtt {
+        // The previous client's ingest row goes; a new client that ingests sets its own.
+        *agent
+            .mqtt_ingest
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let stop = agent.shutdown.child_token();
         let task = cfg.enabled.then(|| {
             let run = crate::mqtt::run_on_backend(cfg.clone(), agent.clone(), stop.clone());

@@ -109,6 +109,7 @@ async fn setup(
         data_dir,
         device: config.device_name.clone(),
         sources: Default::default(),
+        mqtt_ingest: Default::default(),
         ready: AtomicBool::new(false),
         max_body_bytes: config.api.max_body_bytes,
         shutdown,

@@ -76,6 +76,7 @@ async fn fixture(open: bool, tune: impl FnOnce(&mut ApiConfig)) -> Fixture {
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
+        mqtt_ingest: Default::default(),
         device: "pi".into(),
         ready: AtomicBool::new(true),
         max_body_bytes: 64 * 1024,

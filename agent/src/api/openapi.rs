@@ -550,7 +550,7 @@ fn schemas() -> Value {
             "last_reading_ms": {"type": "integer", "nullable": true}, "readings": i,
             "last_error": {"type": "string", "nullable": true}, "errors": i, "missed_ticks": i,
             "rejected": {"type": "object", "additionalProperties": i,
-                "description": "Readings refused one by one before their batch (the rest was stored), by reason: bad_series_name, not_finite, bad_timestamp, unit_too_long"}}},
+                "description": "Readings refused one by one before their batch (the rest was stored), by reason: bad_series_name, not_finite, bad_timestamp, unit_too_long; MQTT ingest's row (`mqtt`) also malformed and not_a_number"}}},
         "Status": {"type": "object", "properties": {
             "version": s, "actor": actor, "ready": {"type": "boolean"}, "uptime_s": i,
             "version_vector": {"type": "object", "additionalProperties": i}, "digest": s,

@@ -139,12 +139,22 @@ async fn sqlite_gauges(state: &Agent, store: &kdelta_sync::Store) {
 }
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
-/// last_error, errors, missed_ticks, rejected}]}`.
+/// last_error, errors, missed_ticks, rejected}]}`, the configured sources and then, while
+/// the MQTT client ingests, a row named `mqtt`.
 pub async fn sources(State(state): State<Agent>, Accept(reply): Accept) -> Response {
     let mut sources = match state.sources.read() {
         Ok(g) => g.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    // MQTT ingest is not a configured source, but its readings and rejects are shown alike.
+    if let Some(mqtt) = state
+        .mqtt_ingest
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+    {
+        sources.push(mqtt);
+    }
     for s in &mut sources {
         s.rejected = state.metrics.rejected_readings_of(&s.name);
     }

@@ -35,6 +35,7 @@ async fn fixture() -> Fixture {
         started: Instant::now(),
         data_dir: dir.path().to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
+        mqtt_ingest: Default::default(),
         device: "test".into(),
         ready: AtomicBool::new(true),
         max_body_bytes: 64 * 1024,

@@ -157,6 +157,7 @@ async fn run(
         started: Instant::now(),
         data_dir: dir.to_path_buf(),
         sources: Arc::new(RwLock::new(Vec::new())),
+        mqtt_ingest: Default::default(),
         device: "bench-hub".into(),
         ready: AtomicBool::new(true),
         max_body_bytes: 1 << 20,

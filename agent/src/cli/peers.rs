@@ -18,11 +18,13 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
         .iter()
         .map(|p| {
             let field = |k: &str| p.get(k).cloned().unwrap_or(Value::Null);
-            // A fork (a cloned store) outweighs whatever else went wrong; a change too
-            // large for the peer is shown when nothing else is.
+            // A fork (a cloned store) outweighs whatever else went wrong, then a failed
+            // session, then changes held back for their clock (the rest of the link
+            // flows); a change too large for the peer is shown when nothing else is.
             let error = [
                 "/last_fork/message",
                 "/last_error/message",
+                "/last_quarantine/message",
                 "/last_too_large/message",
             ]
             .iter()
@@ -42,6 +44,7 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
                 cell(&field("lag_from_peer"), 10),
                 cell(&field("bytes_in"), 12),
                 cell(&field("bytes_out"), 12),
+                cell(&field("changes_quarantined"), 10),
                 cell(&error, 60),
             ]
         })
@@ -57,6 +60,7 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
             "LAG IN",
             "BYTES IN",
             "BYTES OUT",
+            "HELD BACK",
             "LAST ERROR",
         ],
         &rows,

@@ -132,6 +132,12 @@ fn print_status(base: &str, v: &Value) {
         let reason = text("/clock/reason").unwrap_or_default();
         let verdict = if trusted { "trusted" } else { "NOT trusted" };
         let mut line = format!("{verdict}: {reason}");
+        if !trusted && let Some(wall) = num("/clock/wall_ms") {
+            line.push_str(&format!(
+                "; wall clock {}",
+                crate::time::format_rfc3339_ms(wall as i64)
+            ));
+        }
         if !trusted && let Some(best) = num("/clock/best_known_ms") {
             line.push_str(&format!(
                 "; best known time {}",

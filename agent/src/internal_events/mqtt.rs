@@ -12,6 +12,10 @@ pub struct MqttBadPayload<'a> {
     pub topic: &'a str,
     /// What is wrong with it.
     pub why: &'a str,
+    /// For readings (`ingest`, `rule`): the reason the reading is counted under as a
+    /// rejected reading of the `mqtt` source (`GET /v1/sources`, `kdelta sources`); a
+    /// message that cannot be read at all counts once.
+    pub reason: Option<&'a str>,
 }
 
 impl InternalEvent for MqttBadPayload<'_> {
@@ -23,6 +27,10 @@ impl InternalEvent for MqttBadPayload<'_> {
             self.why
         );
         metrics.mqtt_bad_payload(self.kind);
+        if let Some(reason) = self.reason {
+            // `mqtt`: MQTT ingest's `source` label, and its row's name in `/v1/sources`.
+            metrics.rejected_readings("mqtt", reason, 1);
+        }
     }
 }
 

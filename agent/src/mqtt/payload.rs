@@ -74,8 +74,36 @@ pub fn encode_batch(msg: &BatchMessage<'_>, encoding: BatchEncoding) -> Vec<u8> 
     }
 }
 
-/// Why a received payload was dropped.
-pub type BadPayload = String;
+/// Why a received payload (or one element of an array) was dropped: a reason, counted per
+/// reason in `GET /v1/sources` and `kdelta sources` (the `mqtt` row), and a sentence for the
+/// log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPayload {
+    /// `malformed` (not UTF-8, not JSON, not the expected shape), `not_a_number`,
+    /// `bad_timestamp`, `bad_series_name` or `unit_too_long`.
+    pub reason: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl BadPayload {
+    fn new(reason: &'static str, message: impl Into<String>) -> BadPayload {
+        BadPayload {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn malformed(message: impl Into<String>) -> BadPayload {
+        BadPayload::new("malformed", message)
+    }
+}
+
+impl std::fmt::Display for BadPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// What an ingest message held: the readings to store, and the elements of an array that
 /// were refused (index and why) — one bad element is one lost reading, not a lost message.
@@ -92,9 +120,10 @@ pub struct Ingested {
 /// message that is not one of these (or a single reading that is bad) is an error; in an
 /// array, each bad element is refused alone (see [`Ingested::refused`]).
 pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Ingested, BadPayload> {
-    let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| BadPayload::malformed("the payload is not UTF-8"))?;
     let value: Value = serde_json::from_str(text.trim())
-        .map_err(|e| format!("the payload is not a number or JSON: {e}"))?;
+        .map_err(|e| BadPayload::malformed(format!("the payload is not a number or JSON: {e}")))?;
     let one = |v: &Value| -> Result<Reading, BadPayload> {
         match v {
             Value::Object(map) => {
@@ -102,9 +131,14 @@ pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Ingested,
                     .keys()
                     .find(|k| !matches!(k.as_str(), "ts" | "value" | "unit"))
                 {
-                    return Err(format!("unknown field {k:?}; use ts, value and unit"));
+                    return Err(BadPayload::malformed(format!(
+                        "unknown field {k:?}; use ts, value and unit"
+                    )));
                 }
-                let value = number(map.get("value").ok_or("the object has no `value`")?)?;
+                let value = number(
+                    map.get("value")
+                        .ok_or_else(|| BadPayload::malformed("the object has no `value`"))?,
+                )?;
                 let ts = match map.get("ts") {
                     None | Some(Value::Null) => now,
                     Some(t) => timestamp(t, TsUnit::Ms)?,
@@ -112,7 +146,7 @@ pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Ingested,
                 let unit = match map.get("unit") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(u)) => Some(u.clone()),
-                    Some(_) => return Err("`unit` must be text".into()),
+                    Some(_) => return Err(BadPayload::malformed("`unit` must be text")),
                 };
                 reading(series, ts, value, unit)
             }
@@ -122,13 +156,13 @@ pub fn decode_ingest(series: &str, payload: &[u8], now: i64) -> Result<Ingested,
     match &value {
         Value::Array(items) => {
             if items.is_empty() {
-                return Err("the batch is empty".into());
+                return Err(BadPayload::malformed("the batch is empty"));
             }
             if items.len() > 50_000 {
-                return Err(format!(
+                return Err(BadPayload::malformed(format!(
                     "{} readings in one message; send at most 50000",
                     items.len()
-                ));
+                )));
             }
             let mut out = Ingested::default();
             for (i, item) in items.iter().enumerate() {
@@ -153,35 +187,52 @@ pub fn decode_rule(
     payload: &[u8],
     now: i64,
 ) -> Result<Reading, BadPayload> {
-    let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| BadPayload::malformed("the payload is not UTF-8"))?;
     let trimmed = text.trim();
     // Tasmota's POWER topics carry bare ON/OFF; JSON would refuse them.
     let doc: Value = match serde_json::from_str(trimmed) {
         Ok(v) => v,
         Err(_) if rule.value.is_empty() => Value::String(trimmed.to_owned()),
-        Err(e) => return Err(format!("the payload is not JSON: {e}")),
+        Err(e) => {
+            return Err(BadPayload::malformed(format!(
+                "the payload is not JSON: {e}"
+            )));
+        }
     };
-    let found = doc
-        .pointer(&rule.value)
-        .ok_or_else(|| format!("no value at JSON pointer {:?}", rule.value))?;
+    let found = doc.pointer(&rule.value).ok_or_else(|| {
+        BadPayload::malformed(format!("no value at JSON pointer {:?}", rule.value))
+    })?;
     let value = number(found)?;
     let ts = match &rule.ts {
         None => now,
         Some(p) => match doc.pointer(p) {
             Some(t) => timestamp(t, rule.ts_unit)?,
-            None => return Err(format!("no timestamp at JSON pointer {p:?}")),
+            None => {
+                return Err(BadPayload::new(
+                    "bad_timestamp",
+                    format!("no timestamp at JSON pointer {p:?}"),
+                ));
+            }
         },
     };
     reading(series, ts, value, rule.unit.clone())
 }
 
 fn reading(series: &str, ts: i64, value: f64, unit: Option<String>) -> Result<Reading, BadPayload> {
-    kdelta_sync::validate_series_name(series).map_err(|e| e.to_string())?;
+    kdelta_sync::validate_series_name(series)
+        .map_err(|e| BadPayload::new("bad_series_name", e.to_string()))?;
     if !(0..kdelta_sync::MAX_TS_MS).contains(&ts) {
-        return Err(format!("timestamp {ts} is outside 1970..9999 (unix ms)"));
+        return Err(BadPayload::new(
+            "bad_timestamp",
+            format!("timestamp {ts} is outside 1970..9999 (unix ms)"),
+        ));
     }
     if unit.as_ref().is_some_and(|u| u.len() > 32) {
-        return Err("the unit is longer than 32 bytes".into());
+        return Err(BadPayload::new(
+            "unit_too_long",
+            "the unit is longer than 32 bytes",
+        ));
     }
     Ok(Reading {
         series: series.to_owned(),
@@ -205,7 +256,10 @@ fn number(v: &Value) -> Result<f64, BadPayload> {
     };
     match n {
         Some(x) if x.is_finite() => Ok(x),
-        _ => Err(format!("{} is not a finite number", short(v))),
+        _ => Err(BadPayload::new(
+            "not_a_number",
+            format!("{} is not a finite number", short(v)),
+        )),
     }
 }
 
@@ -225,9 +279,9 @@ fn timestamp(v: &Value, unit: TsUnit) -> Result<i64, BadPayload> {
     };
     match ms {
         Some(x) if (0.0..kdelta_sync::MAX_TS_MS as f64).contains(&x) => Ok(x as i64),
-        _ => Err(format!(
-            "{} is not a timestamp (unix ms or RFC 3339)",
-            short(v)
+        _ => Err(BadPayload::new(
+            "bad_timestamp",
+            format!("{} is not a timestamp (unix ms or RFC 3339)", short(v)),
         )),
     }
 }
@@ -296,24 +350,34 @@ mod tests {
             r.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
             vec![1, 2, 3]
         );
-        assert!(r.refused[0].1.contains("-5"), "{}", r.refused[0].1);
-        for bad in [
-            &b"abc"[..],
-            b"",
-            b"[]",
-            br#"{"value": "x"}"#,
-            br#"{"ts": 1}"#,
-            b"\xff",
-            br#"{"value":1,"x":2}"#,
-            br#"{"ts":-5,"value":1}"#,
+        assert!(r.refused[0].1.message.contains("-5"), "{}", r.refused[0].1);
+        // Each counted under its reason.
+        assert_eq!(
+            r.refused.iter().map(|(_, e)| e.reason).collect::<Vec<_>>(),
+            vec!["bad_timestamp", "not_a_number", "unit_too_long"]
+        );
+        for (bad, reason) in [
+            (&b"abc"[..], "malformed"),
+            (b"", "malformed"),
+            (b"[]", "malformed"),
+            (br#"{"value": "x"}"#, "not_a_number"),
+            (br#"{"ts": 1}"#, "malformed"),
+            (b"\xff", "malformed"),
+            (br#"{"value":1,"x":2}"#, "malformed"),
+            (br#"{"ts":-5,"value":1}"#, "bad_timestamp"),
         ] {
-            assert!(
-                decode_ingest("t", bad, NOW).is_err(),
-                "{:?}",
+            let err = decode_ingest("t", bad, NOW).unwrap_err();
+            assert_eq!(
+                err.reason,
+                reason,
+                "{:?}: {err}",
                 String::from_utf8_lossy(bad)
             );
         }
-        assert!(decode_ingest("", b"1", NOW).is_err());
+        assert_eq!(
+            decode_ingest("", b"1", NOW).unwrap_err().reason,
+            "bad_series_name"
+        );
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! time.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kdelta_sync::{Change, ChangeBody, ReadingBatch};
+use kdelta_sync::{Change, ChangeBody, ReadingBatch, ReadingTiming};
 use rumqttc::{AsyncClient, ClientError, QoS, Request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ use super::{MqttError, discovery};
 mod incoming;
 mod twins;
 use crate::backend::{Backend, LogWakeups};
+use crate::sample_timing::SampleTimer;
+use crate::sources::SourceStatus;
 use crate::state::Agent;
 
 /// Changes read from the log per page.
@@ -76,6 +79,11 @@ struct Runner {
     control: VecDeque<Control>,
     announced: HashSet<String>,
     ingest: ReadingBatch,
+    /// How the readings in `ingest` were timed (one timing per batch; `None`: by a trusted
+    /// clock, or by their sender).
+    ingest_timing: Option<ReadingTiming>,
+    /// Times readings received while the wall clock is not trusted.
+    timer: Arc<SampleTimer>,
     ingest_keys: HashSet<(String, i64)>,
     ingest_since: Option<Instant>,
     /// Received messages (with their connection generation) whose readings wait in `ingest`:
@@ -130,7 +138,7 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
             s
         }
     };
-    let rules = cfg
+    let rules: Vec<(TopicFilter, super::IngestRule)> = cfg
         .ingest_rules
         .iter()
         .filter_map(|r| TopicFilter::parse(&r.topic).ok().map(|f| (f, r.clone())))
@@ -147,6 +155,16 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
         "MQTT enabled; publishing readings after log position {}",
         state.acked
     );
+    // MQTT ingest's row in `GET /v1/sources`, counted from zero by this client.
+    let ingests = cfg.ingest || !rules.is_empty();
+    *deps
+        .mqtt_ingest
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = ingests.then(|| SourceStatus {
+        name: SOURCE.into(),
+        kind: SOURCE.into(),
+        ..SourceStatus::default()
+    });
     let mut runner = Runner {
         qos,
         rules,
@@ -163,6 +181,8 @@ pub async fn run(cfg: MqttConfig, deps: Agent, cancel: CancellationToken) -> Res
         control: VecDeque::new(),
         announced: HashSet::new(),
         ingest: ReadingBatch::new(),
+        ingest_timing: None,
+        timer: SampleTimer::new(store.time_reference()),
         ingest_keys: HashSet::new(),
         ingest_since: None,
         uncommitted: Vec::new(),

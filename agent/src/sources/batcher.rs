@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{IngestQueue, Queued};
 use crate::internal_events::{IngestCommitted, IngestRejected, InternalEvent, ReadingsDropped};
 use crate::metrics::Metrics;
-use crate::sample_timing::{SAME_TIMING_MS, SampleTimer};
+use crate::sample_timing::{SampleTimer, same_timing};
 
 /// Where batches go: the store, or a recorder in tests.
 pub trait BatchSink: Send + Sync + 'static {
@@ -287,20 +287,13 @@ impl<S: BatchSink> Batcher<S> {
 }
 
 /// Splits readings into runs of one timing, in order of first appearance: untimed readings
-/// together, and timed ones per boot and offset (within [`SAME_TIMING_MS`]).
+/// together, and timed ones per boot and offset ([`same_timing`]).
 fn group_by_timing(
     items: impl Iterator<Item = (Queued, Option<ReadingTiming>)>,
 ) -> Vec<(Option<ReadingTiming>, Vec<Queued>)> {
     let mut groups: Vec<(Option<ReadingTiming>, Vec<Queued>)> = Vec::new();
     for (item, timing) in items {
-        let same = |g: &Option<ReadingTiming>| match (g, &timing) {
-            (None, None) => true,
-            (Some(a), Some(b)) => {
-                a.boot_id == b.boot_id && (a.offset_ms - b.offset_ms).abs() <= SAME_TIMING_MS
-            }
-            _ => false,
-        };
-        match groups.iter_mut().find(|(g, _)| same(g)) {
+        match groups.iter_mut().find(|(g, _)| same_timing(*g, timing)) {
             Some((_, items)) => items.push(item),
             None => groups.push((timing, vec![item])),
         }

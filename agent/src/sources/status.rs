@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-/// Status of one configured source, shown by `GET /v1/sources` and `kdelta sources`.
+/// Status of one configured source (or of MQTT ingest: the `mqtt` row), shown by
+/// `GET /v1/sources` and `kdelta sources`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SourceStatus {
     /// Source instance name.

@@ -232,6 +232,75 @@ async fn mqtt_ingest_topic_counts_bad_payloads() {
     agent
         .wait_metric("kdelta_readings_ingested_total{source=\"mqtt\"} 4")
         .await;
+    // Counted per reason, as `GET /v1/sources` shows them in MQTT ingest's row.
+    agent
+        .wait_metric(
+            "kdelta_source_rejected_readings_total{source=\"mqtt\",reason=\"malformed\"} 2",
+        )
+        .await;
+    let rejected = agent.metrics.rejected_readings_of("mqtt");
+    assert_eq!(
+        rejected.into_iter().collect::<Vec<_>>(),
+        vec![("malformed".to_owned(), 2), ("not_a_number".to_owned(), 1)]
+    );
+    let row = agent
+        .deps
+        .mqtt_ingest
+        .read()
+        .unwrap()
+        .clone()
+        .expect("an mqtt row");
+    assert_eq!((row.name.as_str(), row.kind.as_str()), ("mqtt", "mqtt"));
+    assert_eq!(row.readings, 4, "{row:?}");
+    assert!(row.last_reading_ms.is_some(), "{row:?}");
+    agent.stop().await;
+}
+
+/// While the wall clock is not trusted, readings the agent stamped on arrival are committed
+/// with a timing record (so the correction loop can move them once a trusted time is known);
+/// a reading that brought its own, distant timestamp is not, and the two go in separate
+/// batches. With a trusted clock, nothing is timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_readings_stamped_under_an_untrusted_clock_carry_a_timing_record() {
+    let broker = Broker::start().await;
+    let agent = Agent::start(config(broker.addr)).await;
+    agent.wait_online(broker.addr).await;
+    let sub = Sub::connect(broker.addr, &[]).await;
+    let topic = "kdelta/testpi/ingest/room.temp";
+    sub.publish(topic, "19.5").await;
+    wait_readings(&agent, "room.temp", 1).await;
+    let records = agent.store.reading_timing(None, 0, 100).await.unwrap();
+    assert!(records.is_empty(), "trusted clock: no timing {records:?}");
+
+    let reference = agent.store.time_reference();
+    reference.set_local_trusted(false);
+    let before = kdelta::time::now_ms();
+    sub.publish(
+        topic,
+        format!(r#"[{{"value": 20.5}}, {{"ts": {T0}, "value": 1}}]"#),
+    )
+    .await;
+    sub.publish("kdelta/testpi/ingest/hall.temp", "21.5").await;
+    let readings = wait_readings(&agent, "room.temp", 3).await;
+    assert_eq!(readings[0], (T0, 1.0), "{readings:?}");
+    wait_readings(&agent, "hall.temp", 1).await;
+    let records = agent.store.reading_timing(None, 0, 100).await.unwrap();
+    let stamped: u64 = records.iter().map(|(_, r)| r.count).sum();
+    assert_eq!(
+        stamped, 2,
+        "the two readings stamped on arrival: {records:?}"
+    );
+    for (_, r) in &records {
+        assert!(r.original_from_ms >= before, "{r:?}");
+        assert_eq!(
+            Some(r.timing.boot_id),
+            kdelta::sample_timing::read_boot_id(),
+            "{r:?}"
+        );
+        let expected = kdelta::time::now_ms() - kdelta::sample_timing::boottime_ms();
+        assert!((r.timing.offset_ms - expected).abs() < 5_000, "{r:?}");
+        assert_eq!(r.delta_ms, None, "not corrected yet: {r:?}");
+    }
     agent.stop().await;
 }
 

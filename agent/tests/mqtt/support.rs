@@ -245,6 +245,8 @@ impl Drop for Sub {
 pub struct Agent {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// The handle the MQTT task runs with (its `mqtt_ingest` row, the clock).
+    pub deps: AgentHandle,
     pub dir: Arc<tempfile::TempDir>,
     cancel: CancellationToken,
     task: Option<JoinHandle<Result<(), kdelta::mqtt::MqttError>>>,
@@ -291,6 +293,7 @@ impl Agent {
             data_dir: dir.path().to_path_buf(),
             device: "testpi".into(),
             sources: Default::default(),
+            mqtt_ingest: Default::default(),
             ready: Default::default(),
             max_body_bytes: 1 << 20,
             shutdown: cancel.clone(),
@@ -302,10 +305,11 @@ impl Agent {
             )),
             retention: Default::default(),
         });
-        let task = tokio::spawn(kdelta::mqtt::run(cfg, deps, cancel.clone()));
+        let task = tokio::spawn(kdelta::mqtt::run(cfg, deps.clone(), cancel.clone()));
         Agent {
             store,
             metrics,
+            deps,
             dir,
             cancel,
             task: Some(task),

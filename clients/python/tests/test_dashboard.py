@@ -106,6 +106,27 @@ def test_page_loads_with_no_console_errors_or_csp_violations(browser: Any, syste
         page.close()
 
 
+def test_the_status_line_shows_the_clock_verdict(browser: Any) -> None:
+    """The clock's verdict as `/v1/status` gives it: an agent told never to trust its clock
+    says so first in the status line, with the state and the reason."""
+    a = Agent(config='sources = []\n[clock]\ntrust = "never"\n')
+    page = new_page(browser, a.url + "/")
+    try:
+        with kdelta.Client(a.url) as c:
+            clock = c.status().raw["clock"]
+        assert (clock["trusted"], clock["state"]) == (False, "forced_untrusted"), clock
+        page.wait_for_selector('#status div[data-item="clock"]')
+        assert page.inner_text('#status div[data-item="clock"] dt') == "clock"
+        shown = page.inner_text('#status div[data-item="clock"] dd')
+        assert shown == f"NOT trusted (forced_untrusted): {clock['reason']}", shown
+        # An untrusted clock comes first, where it is seen.
+        assert page.get_attribute("#status div:first-child", "data-item") == "clock"
+        assert problems(page) == []
+    finally:
+        page.close()
+        a.stop()
+
+
 def test_a_document_written_in_the_explorer_appears_in_history(browser: Any, agent: Agent, prefix: str) -> None:
     key = prefix + "notes/pump"
     page = new_page(browser, agent.url + "/#explorer")

@@ -7,19 +7,26 @@
 //! reason (busy, I/O, a full disk) is retried with backoff — the task stops reading the
 //! connection meanwhile, so the broker holds further messages (backpressure) — and a batch
 //! the store refuses for good is counted and logged (`IngestRejected`), never dropped
-//! silently.
+//! silently. A bad reading is counted per reason in MQTT ingest's row of `GET /v1/sources`
+//! (`kdelta sources`), which also shows what was stored.
+//!
+//! While the wall clock is not trusted, readings the agent stamped (no `ts`, or one near the
+//! local clock) are committed with a timing record, like the sources' (`sample_timing.rs`),
+//! so they are corrected once a trusted time is known; a batch holds one timing only.
 
 use std::time::{Duration, Instant};
 
-use kdelta_sync::StoreError;
+use kdelta_sync::{ReadingTiming, StoreError};
 
 use super::super::MqttError;
-use super::super::payload::{self, Reading};
+use super::super::payload::{self, BadPayload, Reading};
 use super::super::topics::render;
 use super::{Control, Runner, SOURCE};
 use crate::internal_events::{
     IngestCommitted, IngestRejected, InternalEvent, MqttBadPayload, MqttCommand,
 };
+use crate::sample_timing::{SampleTimer, same_timing};
+use crate::sources::SourceStatus;
 
 /// First wait before retrying a commit that failed for a transient reason (doubling).
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -47,18 +54,19 @@ impl Runner {
         }
         if let Some(series) = self.topics.ingest_series(topic) {
             if self.cfg.ingest {
-                match payload::decode_ingest(series, payload, crate::time::now_ms()) {
+                let now = crate::time::now_ms();
+                match payload::decode_ingest(series, payload, now) {
                     Ok(ingested) => {
                         // Each refused element is counted; the rest of the array is kept.
                         for (i, why) in &ingested.refused {
-                            self.bad_payload("ingest", topic, &format!("element {i}: {why}"));
+                            self.bad_reading("ingest", topic, why, &format!("element {i}: "));
                         }
                         if !ingested.readings.is_empty() {
-                            self.add_readings(ingested.readings).await?;
+                            self.add_readings(ingested.readings, now).await?;
                             return Ok(true);
                         }
                     }
-                    Err(e) => self.bad_payload("ingest", topic, &e),
+                    Err(e) => self.bad_reading("ingest", topic, &e, ""),
                 }
             }
             return Ok(false);
@@ -90,25 +98,70 @@ impl Runner {
             let series = render(&rule.series, topic, &caps);
             match payload::decode_rule(rule, &series, payload, now) {
                 Ok(r) => readings.push(r),
-                Err(e) => self.bad_payload("rule", topic, &e),
+                Err(e) => self.bad_reading("rule", topic, &e, ""),
             }
         }
         if readings.is_empty() {
             return Ok(false);
         }
-        self.add_readings(readings).await?;
+        self.add_readings(readings, now).await?;
         Ok(true)
     }
 
+    /// A payload that is not a reading (a document or twin command): logged and counted.
     pub(super) fn bad_payload(&self, kind: &str, topic: &str, why: &str) {
-        MqttBadPayload { kind, topic, why }.emit(&self.deps.metrics);
+        MqttBadPayload {
+            kind,
+            topic,
+            why,
+            reason: None,
+        }
+        .emit(&self.deps.metrics);
     }
 
-    async fn add_readings(&mut self, readings: Vec<Reading>) -> Result<(), MqttError> {
+    /// A reading (or a message of readings) that cannot be stored: logged, counted per
+    /// reason, and shown as the last error of MQTT ingest's row.
+    fn bad_reading(&self, kind: &str, topic: &str, why: &BadPayload, context: &str) {
+        let why_text = format!("{context}{why}");
+        MqttBadPayload {
+            kind,
+            topic,
+            why: &why_text,
+            reason: Some(why.reason),
+        }
+        .emit(&self.deps.metrics);
+        self.ingest_status(|s| s.last_error = Some(format!("{topic}: {why_text}")));
+    }
+
+    /// Updates MQTT ingest's row of `GET /v1/sources`.
+    pub(super) fn ingest_status(&self, update: impl FnOnce(&mut SourceStatus)) {
+        let mut row = self
+            .deps
+            .mqtt_ingest
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(status) = row.as_mut() {
+            update(status);
+        }
+    }
+
+    /// Buffers `readings`, received when the wall clock read `now`. While the clock is not
+    /// trusted, those it stamped get a timing record; a change of timing starts a new batch.
+    async fn add_readings(&mut self, readings: Vec<Reading>, now: i64) -> Result<(), MqttError> {
+        let timing = self.timer.timing_now();
         for r in readings {
+            let timed: Option<ReadingTiming> =
+                timing.filter(|_| SampleTimer::locally_timed(r.ts, now));
+            if !self.ingest.is_empty() && !same_timing(self.ingest_timing, timed) {
+                // One timing record per batch: it must describe every reading in it.
+                self.flush_ingest().await?;
+            }
             if self.ingest_keys.contains(&(r.series.clone(), r.ts)) {
                 // Two readings of one series at one time would refuse the whole batch.
                 self.flush_ingest().await?;
+            }
+            if self.ingest.is_empty() {
+                self.ingest_timing = timed;
             }
             self.ingest
                 .push(&r.series, r.ts, r.value, r.unit.as_deref());
@@ -127,12 +180,14 @@ impl Runner {
     pub(super) async fn flush_ingest(&mut self) -> Result<(), MqttError> {
         self.ingest_since = None;
         self.ingest_keys.clear();
+        let timing = self.ingest_timing.take();
         let carried = std::mem::take(&mut self.uncommitted);
         if self.ingest.is_empty() {
             self.acks.extend(carried);
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.ingest);
+        let mut batch = std::mem::take(&mut self.ingest);
+        batch.timing = timing;
         let n = batch.len() as u64;
         let started = Instant::now();
         let mut wait = RETRY_FIRST;
@@ -147,6 +202,11 @@ impl Runner {
                         seconds: started.elapsed().as_secs_f64(),
                     }
                     .emit(&self.deps.metrics);
+                    self.ingest_status(|s| {
+                        s.readings += n;
+                        s.last_reading_ms = Some(crate::time::now_ms());
+                        s.last_error = None;
+                    });
                     self.acks.extend(carried);
                     return Ok(());
                 }
@@ -173,6 +233,10 @@ impl Runner {
                         error: Some(&e),
                     }
                     .emit(&self.deps.metrics);
+                    self.ingest_status(|s| {
+                        s.errors += 1;
+                        s.last_error = Some(format!("{n} readings refused by the store: {e}"));
+                    });
                     if !e.is_transient() {
                         // Refused for good (counted and logged above): redelivery would be
                         // refused again, so the messages are acknowledged as handled.
