@@ -426,6 +426,50 @@ impl Store {
         .await
     }
 
+    /// Stores `value` under `local/<key>` in the store's `meta` table, durably (one small
+    /// writer job, grouped with other writes). A local fact of this store: not replicated,
+    /// not in the digest; carried by backups with the rest of the file.
+    pub async fn set_local_meta(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.submit(|reply| Job::PutMeta {
+            key: format!("local/{key}"),
+            value,
+            reply,
+        })
+        .await
+    }
+
+    /// The values stored by [`set_local_meta`](Self::set_local_meta) under keys starting
+    /// with `prefix`, as `(key, value)` with the key as given there.
+    pub async fn local_meta(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let like = format!(
+            "local/{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        self.inner
+            .readers
+            .read(move |conn| {
+                let mut st = conn
+                    .prepare_cached(
+                        "SELECT key, value FROM meta WHERE key LIKE ?1 ESCAPE '\\' ORDER BY key",
+                    )
+                    .map_err(StoreError::db("reading local values"))?;
+                let rows = st
+                    .query_map([&like], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                    .map_err(StoreError::db("reading local values"))?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("local/")?.to_owned(), v)))
+                    .collect())
+            })
+            .await
+    }
+
     /// Every credential binding, by credential name.
     pub async fn credential_bindings(&self) -> Result<Vec<(String, ActorId)>> {
         self.inner

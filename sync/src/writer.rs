@@ -97,6 +97,12 @@ pub(crate) enum Job {
     },
     /// A tiny durable write, proving the database is writable (watchdog health check).
     Heartbeat { reply: oneshot::Sender<Result<()>> },
+    /// Sets a local (not replicated) value in `meta` (see `Store::set_local_meta`).
+    PutMeta {
+        key: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// One bounded step of a retention pass (see `retention.rs`).
     Prune {
         rule: Arc<crate::retention::PruneRule>,
@@ -165,6 +171,7 @@ enum Done {
     ),
     Bind(oneshot::Sender<Result<ActorId>>, Result<ActorId>),
     Heartbeat(oneshot::Sender<Result<()>>, Result<()>),
+    PutMeta(oneshot::Sender<Result<()>>, Result<()>),
     Prune(
         oneshot::Sender<Result<(crate::PruneReport, crate::retention::PruneCursor)>>,
         Result<(crate::PruneReport, crate::retention::PruneCursor)>,
@@ -194,6 +201,7 @@ impl Done {
             Done::Correct(_, r) => r.as_ref().err(),
             Done::Bind(_, r) => r.as_ref().err(),
             Done::Heartbeat(_, r) => r.as_ref().err(),
+            Done::PutMeta(_, r) => r.as_ref().err(),
             Done::Prune(_, r) => r.as_ref().err(),
             Done::PruneDocs(_, r) => r.as_ref().err(),
             Done::CompactTwins(_, r) => r.as_ref().err(),
@@ -212,6 +220,7 @@ impl Done {
             Done::Correct(tx, r) => Done::Correct(tx, r.and(Err(err()))),
             Done::Bind(tx, r) => Done::Bind(tx, r.and(Err(err()))),
             Done::Heartbeat(tx, r) => Done::Heartbeat(tx, r.and(Err(err()))),
+            Done::PutMeta(tx, r) => Done::PutMeta(tx, r.and(Err(err()))),
             Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
             Done::PruneDocs(tx, r) => Done::PruneDocs(tx, r.and(Err(err()))),
             Done::CompactTwins(tx, r) => Done::CompactTwins(tx, r.and(Err(err()))),
@@ -230,6 +239,7 @@ impl Done {
             Done::Correct(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Bind(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Heartbeat(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::PutMeta(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::PruneDocs(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::CompactTwins(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
@@ -732,6 +742,7 @@ impl Writer {
             Job::Correct { reply, .. } => Done::Correct(reply, Err(err())),
             Job::Bind { reply, .. } => Done::Bind(reply, Err(err())),
             Job::Heartbeat { reply } => Done::Heartbeat(reply, Err(err())),
+            Job::PutMeta { reply, .. } => Done::PutMeta(reply, Err(err())),
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::PruneDocs { reply, .. } => Done::PruneDocs(reply, Err(err())),
             Job::CompactTwins { reply, .. } => Done::CompactTwins(reply, Err(err())),
@@ -850,6 +861,15 @@ impl Writer {
             } => {
                 let r = self.bind_credential(&principal, actor);
                 Done::Bind(reply, r)
+            }
+            Job::PutMeta { key, value, reply } => {
+                let r = self
+                    .conn
+                    .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+                    .and_then(|mut st| st.execute(params![key, value]))
+                    .map(drop)
+                    .map_err(StoreError::db("storing a local value"));
+                Done::PutMeta(reply, r)
             }
             Job::Heartbeat { reply } => {
                 let wall = self.shared.clock.lock().expect("clock lock").wall_ms() as i64;

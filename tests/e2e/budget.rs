@@ -291,3 +291,103 @@ async fn kdelta_compact_switches_an_old_store_and_is_refused_while_the_agent_run
         .start();
     assert_eq!(all_readings(&c, &again, "a").await.len() as i64, CHUNK);
 }
+
+/// The record of what upstream peer `peer` acknowledged in the store at `db` (`null` when
+/// none was stored yet): read beside the running agent, as any SQLite reader can.
+fn stored_ack(db: &std::path::Path, peer: &str) -> Value {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let value: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [format!("local/upstream_acked/{peer}")],
+            |r| r.get(0),
+        )
+        .ok();
+    value.map_or(Value::Null, |v| serde_json::from_slice(&v).unwrap())
+}
+
+/// Regression (issue #16, reopened): what the hub acknowledged was held only in memory, so
+/// after a restart with the hub away every reading counted as unacknowledged: at the hard
+/// limit the budget dropped readings the hub already held and recorded false gap records.
+/// Now the acknowledged vector is stored (every 10 s when it moved) and loaded at start:
+/// after a `kill -9` and a restart with the link cut, the readings the hub holds are pruned
+/// first, and only readings it never got are dropped and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_hub_away_keeps_what_it_acknowledged_and_records_no_false_gap() {
+    let Some(fs) = Tmpfs::mount("64m") else {
+        return;
+    };
+    let c = client();
+    let hub = Agent::builder()
+        .config(&format!(
+            "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [{{ name = \"device\", token = \"{TOKEN}\" }}]\n"
+        ))
+        .start();
+    let proxy = Proxy::to_url(hub.url()).await;
+    let config = format!(
+        "sources = []\ndevice_twin = false\n\
+         [retention]\nevery = \"1s\"\nstep_rows = 2000\nmax_disk = \"4MiB\"\nhard_limit = \"8MiB\"\n\
+         [[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{TOKEN}\"\nupstream = true\n",
+        proxy.url()
+    );
+    let mut device = Agent::builder().dir(fs.path()).config(&config).start();
+    let start = 1_764_000_000_000i64;
+
+    // Link up: 8 chunks, all at the hub, within the budget.
+    let mut a_sent = 0;
+    while a_sent < 8 * CHUNK {
+        chunk(&c, &device, "a", start + a_sent * 1000).await;
+        a_sent += CHUNK;
+    }
+    synced(&c, &device).await;
+    assert_eq!(all_readings(&c, &hub, "a").await.len() as i64, a_sent);
+    // The hub's vector is stored by itself (no shutdown needed): wait for the record.
+    let db = device.data_dir().join("kdelta.db");
+    eventually(WAIT, "the hub's acknowledged vector stored", || {
+        let (c, url, db) = (c.clone(), device.at("/v1/sync/peers"), db.clone());
+        async move {
+            let (_, v) = get_json(&c, &url).await;
+            let live = v["peers"][0]["their_vector"].clone();
+            (live != Value::Null && stored_ack(&db, "hub") == live).then_some(())
+        }
+    })
+    .await;
+
+    // Power cut, and the device comes back while the hub is away.
+    proxy.cut();
+    device.kill9();
+    drop(device);
+    let device = Agent::builder().dir(fs.path()).config(&config).start();
+    let b_from = start + a_sent * 1000;
+    let mut b_sent = 0;
+    let mut dropped = 0.0;
+    while dropped == 0.0 {
+        chunk(&c, &device, "b", b_from + b_sent * 1000).await;
+        b_sent += CHUNK;
+        assert!(b_sent < 120 * CHUNK, "never dropped at the hard limit");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        dropped = metric(
+            &c,
+            &device,
+            "kdelta_retention_budget_dropped_readings_total",
+        )
+        .await;
+    }
+    // What the hub held went first, and no gap record names it.
+    assert_eq!(
+        gap_readings(&c, &device, "a").await,
+        0,
+        "a false gap record"
+    );
+    assert!(gap_readings(&c, &device, "b").await > 0);
+    assert!(
+        dropped <= b_sent as f64,
+        "only readings the hub never got were dropped: {dropped} of {b_sent}"
+    );
+    assert!(
+        (all_readings(&c, &device, "a").await.len() as i64) < a_sent,
+        "readings the hub holds were pruned first"
+    );
+    drop(device);
+    drop(fs);
+}

@@ -121,6 +121,10 @@ async fn setup(
         clock,
         retention: Default::default(),
     });
+    // Before retention's first pass: what upstream peers held when the agent last ran.
+    if let Some(store) = agent.backend.sqlite() {
+        agent.peers.load_acked(store).await;
+    }
     let queue = Arc::new(IngestQueue::new(
         config.ingest.queue_capacity,
         config.ingest.overflow,
@@ -269,6 +273,12 @@ fn spawn_store_loops(
     tokio::spawn(crate::backup::backup_loop(
         agent.clone(),
         config.backup.clone(),
+        agent.shutdown.child_token(),
+    ));
+    // What upstream peers acknowledged, stored for the next start (`peers/acked.rs`).
+    tokio::spawn(crate::peers::acked_loop(
+        agent.peers.clone(),
+        store.clone(),
         agent.shutdown.child_token(),
     ));
     // Retention (returns at once when the policy keeps everything).

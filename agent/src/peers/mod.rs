@@ -4,6 +4,7 @@
 //! module only moves its frames over WebSocket binary messages. The HTTP routes are
 //! `api/sync.rs`: nothing here answers HTTP.
 
+mod acked;
 mod config;
 mod frames;
 mod inbound;
@@ -20,6 +21,7 @@ use kdelta_sync::protocol::{
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use acked::acked_loop;
 pub use config::{AcceptCert, AcceptToken, PeerConfig, SyncSection};
 pub use inbound::{InboundPeer, Refusal, admit};
 pub use now::{NowResult, Outcome, wait_synced};
@@ -41,6 +43,9 @@ pub struct Registry {
     entries: Mutex<Vec<Entry>>,
     /// Per outbound peer name: bumped by `kdelta sync now` to cut a backoff wait short.
     wakers: Mutex<Vec<(String, tokio::sync::watch::Sender<u64>)>>,
+    /// Per upstream peer name: the vector it was last known to hold, as stored in the store
+    /// (`acked.rs`); stands for the peer until it is reached in this process.
+    saved_acks: Mutex<Vec<(String, VersionVector)>>,
 }
 
 /// What `[sync]` says, as the running sessions use it.
@@ -186,6 +191,7 @@ impl Registry {
             settings: RwLock::new(Settings::new(section, device)),
             entries: Mutex::new(Vec::new()),
             wakers: Mutex::new(Vec::new()),
+            saved_acks: Mutex::new(Vec::new()),
         }
     }
 
@@ -331,25 +337,22 @@ impl Registry {
     /// What every upstream peer (`upstream = true`) is known to hold, point-wise the least
     /// of their vectors (from the handshake, acks and pages of the current or last session):
     /// readings of changes above it are not acknowledged upstream yet. `None` when no peer is
-    /// upstream. An upstream peer not reached since the agent started holds nothing as far as
-    /// is known, so everything counts as unacknowledged until it is reached.
+    /// upstream. An upstream peer not reached since the agent started holds what it was last
+    /// known to hold before (stored by `acked.rs`; nothing without a record).
     pub fn upstream_acked(&self) -> Option<VersionVector> {
-        let names = self
-            .settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .upstream
-            .clone();
+        let names = self.upstream_names();
         if names.is_empty() {
             return None;
         }
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let reached = self.reached_upstream();
+        let saved = self.saved_acks();
         let mut least: Option<VersionVector> = None;
         for name in &names {
-            let theirs = entries
+            let theirs = reached
                 .iter()
-                .find(|e| e.direction == Direction::Outbound && &e.name == name)
-                .map(|e| e.stats.snapshot().their_vector)
+                .chain(saved.iter())
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
                 .unwrap_or_default();
             least = Some(match least {
                 None => theirs,
@@ -360,6 +363,34 @@ impl Registry {
             });
         }
         least
+    }
+}
+
+impl Registry {
+    fn upstream_names(&self) -> Vec<String> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .upstream
+            .clone()
+    }
+
+    /// The vector of every upstream peer reached (past a handshake) in this process.
+    pub(crate) fn reached_upstream(&self) -> Vec<(String, VersionVector)> {
+        let names = self.upstream_names();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .filter(|e| e.direction == Direction::Outbound && names.contains(&e.name))
+            .map(|e| (e.name.clone(), e.stats.snapshot()))
+            .filter(|(_, s)| s.peer_actor.is_some())
+            .map(|(name, s)| (name, s.their_vector))
+            .collect()
+    }
+
+    /// The stored vectors of upstream peers (`acked.rs`).
+    pub(crate) fn saved_acks(&self) -> std::sync::MutexGuard<'_, Vec<(String, VersionVector)>> {
+        self.saved_acks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
