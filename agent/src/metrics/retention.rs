@@ -2,7 +2,9 @@
 //! the disk is full, and the bytes this process wrote to storage (from `/proc/self/io`,
 //! refreshed on scrape, so SD-card wear can be watched).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -42,6 +44,13 @@ pub(super) struct RetentionMetrics {
     write_bytes: Gauge,
     horizon_ms: Gauge,
     budget: BudgetMetrics,
+    backups: Family<BackupLabels, Counter>,
+}
+
+/// `outcome` of a scheduled backup: `written`, `failed` or `no_space`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    outcome: &'static str,
 }
 
 /// The disk budget's figures (`[retention] max_disk` / `min_free`).
@@ -71,6 +80,7 @@ impl Default for RetentionMetrics {
             write_bytes: Gauge::default(),
             horizon_ms: Gauge::default(),
             budget: BudgetMetrics::default(),
+            backups: Family::default(),
         }
     }
 }
@@ -159,6 +169,11 @@ impl RetentionMetrics {
             b.dropped_readings.clone(),
         );
         r.register(
+            "backup_scheduled",
+            "Scheduled backups by outcome: written, failed (retried with a backoff) or no_space (refused before writing: not enough free space for the snapshot and the file)",
+            self.backups.clone(),
+        );
+        r.register(
             "retention_gap_records",
             "Gap records written by this agent (change kind 6: readings dropped before upstream had them)",
             b.gap_records.clone(),
@@ -181,6 +196,14 @@ impl Metrics {
             .compacted_twin_bytes
             .inc_by(report.twin_bytes_compacted);
         self.retention.pass_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A scheduled backup ended: `written`, `failed` or `no_space`.
+    pub fn scheduled_backup(&self, outcome: &'static str) {
+        self.retention
+            .backups
+            .get_or_create(&BackupLabels { outcome })
+            .inc();
     }
 
     /// A disk-budget pass ended.
