@@ -43,6 +43,9 @@ async function refreshStatus() {
   }
   if (store.wear && store.wear.write_bytes_per_day != null) {
     items.push(["writes/day", bytes(store.wear.write_bytes_per_day)]);
+  } else if (store.wear && store.wear.write_bytes != null) {
+    // Per day only after 10 minutes of uptime: what was written so far.
+    items.push(["written", bytes(store.wear.write_bytes)]);
   }
   if (store.horizon && store.horizon.oldest_reading_ms != null) {
     items.push(["oldest", new Date(store.horizon.oldest_reading_ms).toISOString().slice(0, 10)]);

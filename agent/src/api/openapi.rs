@@ -484,7 +484,7 @@ fn store_status_schema() -> Value {
         "description": "Oldest raw reading kept: over all series (`oldest_reading_ms`) and per series (`series`: name → unix ms, null when only rollups remain; at most 1000, `truncated` says when more exist)",
         "additionalProperties": true});
     let wear = json!({"type": "object",
-        "description": "Storage writes of this process (`write_bytes` from /proc/self/io since start, `write_bytes_per_day` scaled from the uptime) and the WAL's size (`wal_bytes`)",
+        "description": "Storage writes of this process (`write_bytes` from /proc/self/io since start, `write_bytes_per_day` scaled from the uptime, null during the first 10 minutes) and the WAL's size (`wal_bytes`)",
         "properties": {"write_bytes": opt_i, "write_bytes_per_day": opt_i, "wal_bytes": opt_i}});
     json!({"type": "object", "properties": {"write_health": write_health, "retention": retention, "budget": budget, "horizon": horizon, "wear": wear}})
 }

@@ -251,7 +251,7 @@ async fn sqlite_status(
             },
             "wear": {
                 "write_bytes": written,
-                "write_bytes_per_day": written.map(|b| per_day(b, uptime)),
+                "write_bytes_per_day": written.and_then(|b| per_day(b, uptime)),
                 "wal_bytes": wal_bytes,
             },
         },
@@ -307,11 +307,13 @@ fn parse_proc_io_write_bytes(io: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `bytes` written over `elapsed`, scaled to a day (the figure over the first minute is
-/// scaled from that minute).
-fn per_day(bytes: u64, elapsed: Duration) -> u64 {
-    let secs = elapsed.as_secs_f64().max(60.0);
-    (bytes as f64 * 86_400.0 / secs) as u64
+/// Uptime before `write_bytes_per_day` is reported: the first seconds (opening the store,
+/// a first checkpoint, catching up with peers) scaled to a day say nothing of the wear.
+const PER_DAY_AFTER: Duration = Duration::from_secs(600);
+
+/// `bytes` written over `elapsed`, scaled to a day; `None` before [`PER_DAY_AFTER`].
+fn per_day(bytes: u64, elapsed: Duration) -> Option<u64> {
+    (elapsed >= PER_DAY_AFTER).then(|| (bytes as f64 * 86_400.0 / elapsed.as_secs_f64()) as u64)
 }
 
 /// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`).
@@ -351,8 +353,11 @@ mod tests {
         let io = "rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 40960\ncancelled_write_bytes: 0\n";
         assert_eq!(parse_proc_io_write_bytes(io), Some(40_960));
         assert_eq!(parse_proc_io_write_bytes("rchar: 1\n"), None);
-        assert_eq!(per_day(1000, Duration::from_secs(86_400)), 1000);
-        assert_eq!(per_day(1000, Duration::from_secs(3_600)), 24_000);
+        assert_eq!(per_day(1000, Duration::from_secs(86_400)), Some(1000));
+        assert_eq!(per_day(1000, Duration::from_secs(3_600)), Some(24_000));
+        // 4 s after start would have said 21.6 MB/day for 1000 bytes: not reported yet.
+        assert_eq!(per_day(1000, Duration::from_secs(4)), None);
+        assert_eq!(per_day(1000, Duration::from_secs(599)), None);
     }
 
     #[test]

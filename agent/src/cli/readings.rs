@@ -68,11 +68,14 @@ fn print_status(base: &str, v: &Value) {
     if let Some(full) = text("/store/write_health/disk_full") {
         lines.push(("DISK FULL", format!("writes refused (507): {full}")));
     }
+    let wal = num("/store/wear/wal_bytes")
+        .map(|b| format!(", WAL {}", human_bytes(b)))
+        .unwrap_or_default();
     if let Some(per_day) = num("/store/wear/write_bytes_per_day") {
-        let wal = num("/store/wear/wal_bytes")
-            .map(|b| format!(", WAL {}", human_bytes(b)))
-            .unwrap_or_default();
         lines.push(("writes", format!("{}/day{wal}", human_bytes(per_day))));
+    } else if let Some(since) = num("/store/wear/write_bytes") {
+        // The first 10 minutes say nothing of a day: what was written so far.
+        lines.push(("writes", format!("{} since start{wal}", human_bytes(since))));
     }
     let oldest = v
         .pointer("/store/horizon/oldest_reading_ms")

@@ -112,7 +112,8 @@ impl Default for RetentionConfig {
             docs: super::DocsKeep::default(),
             twins: super::TwinsKeep::default(),
             every: Duration::from_secs(60),
-            step_rows: 5000,
+            // p99 ingest latency during a prune: ~25 ms at 1,000, 100-108 ms at 5,000.
+            step_rows: 1000,
             max_disk: None,
             min_free: None,
             hard_limit: None,

@@ -190,6 +190,7 @@ pub async fn retention_loop(
             _ = ticker.tick() => {}
         }
         let acked = (agent.upstream_acked)();
+        let has_upstream = acked.is_some();
         if by_age {
             let unacked = acked.clone().map_or(Unacked::NoUpstream, Unacked::Keep);
             tokio::select! {
@@ -202,7 +203,7 @@ pub async fn retention_loop(
                 _ = cancel.cancelled() => return,
                 p = budget_pass(&agent.store, &agent.data_dir, &config, acked) => p,
             };
-            log_budget_pass(&pass, &mut was_holding);
+            log_budget_pass(&pass, has_upstream, &mut was_holding);
             agent.metrics.budget_pass(&pass.sample());
             state.update(|s| {
                 if let Some(b) = &mut s.budget {
@@ -264,15 +265,21 @@ async fn age_pass(
 }
 
 /// One log line per budget pass that did something, and one when holding starts or ends.
-fn log_budget_pass(pass: &BudgetPass, was_holding: &mut bool) {
+fn log_budget_pass(pass: &BudgetPass, has_upstream: bool, was_holding: &mut bool) {
     if let Some(e) = &pass.error {
         tracing::warn!("disk budget pass failed, trying again next tick: {e}");
     }
     if pass.pruned.readings > 0 {
+        // Without an upstream peer nothing is "already held" anywhere: say what happened.
+        let which = if has_upstream {
+            "readings upstream already holds"
+        } else {
+            "readings (no upstream peer is configured)"
+        };
         tracing::info!(
             readings = pass.pruned.readings,
             used_bytes = pass.after.used(),
-            "disk budget: pruned the {} oldest readings upstream already holds (store {} → {} bytes) in {} ms",
+            "disk budget: pruned the {} oldest {which} (store {} → {} bytes) in {} ms",
             pass.pruned.readings,
             pass.before.used(),
             pass.after.used(),
