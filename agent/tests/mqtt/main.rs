@@ -334,7 +334,8 @@ async fn mqtt_commands_are_off_by_default() {
     let agent = Agent::start(config(broker.addr)).await;
     agent.wait_online(broker.addr).await;
     let sub = Sub::connect(broker.addr, &[]).await;
-    sub.publish("kdelta/testpi/docs/set/evil", r#"{"x": 1}"#).await;
+    sub.publish("kdelta/testpi/docs/set/evil", r#"{"x": 1}"#)
+        .await;
     sub.publish("kdelta/testpi/twin/evil/patch", r#"{"x": 1}"#)
         .await;
     sub.publish(
