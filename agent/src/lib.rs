@@ -17,6 +17,7 @@
 //! | [`access`] | who may call the API: credential table, Host allow-list, failed-auth throttle, sync session caps |
 //! | [`api`] | the HTTP API (router, handlers, errors, the auth gate) |
 //! | [`scope`] | the API scopes `read` < `write` < `admin` |
+//! | [`secret`] | token secrets: SHA-256 digests, hex digests, token files (API and sync tokens) |
 //! | [`server`] | the HTTP server loop: connection cap, header read timeout, graceful drain |
 //! | [`cli`] | the command line (clap) and the client subcommands |
 //! | [`client`] | the HTTP client the subcommands use |
@@ -47,6 +48,7 @@ pub mod peers;
 pub mod retention;
 pub mod sample_timing;
 pub mod scope;
+pub mod secret;
 pub mod section;
 pub mod server;
 pub mod sources;

@@ -81,6 +81,10 @@ async fn backup_under_ingest_then_restore_as_new_identity_and_as_of() {
     )
     .await;
     assert_eq!(code, Some(0), "{err}\n{}", agent.stderr());
+    // The backup carries the store's private signing key: owner-only, whatever the umask.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "backup file mode {mode:o}");
     let during = batches.load(Ordering::Relaxed);
     while batches.load(Ordering::Relaxed) < during + 20 {
         assert!(Instant::now() < deadline, "ingest stalled after the backup");

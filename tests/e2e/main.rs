@@ -12,6 +12,7 @@
 
 mod backup;
 mod budget;
+mod cert_auth;
 mod clock;
 mod clones;
 mod cluster;

@@ -29,7 +29,7 @@ const T: i64 = 1_764_000_000_000;
 fn config(db: &TestDb, broker: std::net::SocketAddr) -> String {
     format!(
         "device_name = \"hub\"\n{}[mqtt]\nenabled = true\nurl = \"mqtt://{broker}\"\n\
-         publish_remote = true\nreconnect_backoff_max = \"300ms\"\n",
+         publish_remote = true\ncommands = true\nreconnect_backoff_max = \"300ms\"\n",
         replica_config(&db.url(), 1)
     )
 }

@@ -17,7 +17,7 @@ use super::mqtt_support;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Writes `toml` as the agent's config file, sends SIGHUP and waits until the reload is done.
-async fn reload(agent: &Agent, toml: &str) {
+pub(crate) async fn reload(agent: &Agent, toml: &str) {
     // SIGHUP before the handler is installed would kill the agent: wait until it is ready.
     eventually(DEADLINE, "the agent to be ready", || async {
         agent.stderr().contains("ready in ").then_some(())

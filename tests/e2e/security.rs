@@ -379,3 +379,205 @@ async fn backup_route_needs_the_admin_scope() {
             .unwrap();
     assert_eq!(header.digest.len(), 64, "{header:?}");
 }
+
+/// The agent's resident memory, bytes (Linux `/proc`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sends a request head announcing a 16 MiB body and `sent` bytes of it, then reads the
+/// answer's status line (deadline 10 s) without sending the rest.
+fn answer_before_the_body(addr: &str, head: &str, sent: usize) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![b'['; sent]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s
+        .read(&mut buf)
+        .expect("an answer before the body was sent");
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn unauthenticated_bodies_are_answered_unread() {
+    let (agent, _dir) = start_with_tokens("");
+    let addr = agent.url().trim_start_matches("http://").to_owned();
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: 16777216\r\n\r\n"
+        )
+    };
+    // Routes that take no body, and a write route without a token: answered at once,
+    // while 16 MiB minus 64 KiB of the body were never sent.
+    for (path, status) in [
+        ("/healthz", "413"),
+        ("/readyz", "413"),
+        ("/v1/openapi.json", "413"),
+        ("/dashboard.js", "413"),
+        ("/v1/sync", "413"),
+        ("/v1/readings", "401"),
+        ("/v1/docs/evil", "401"),
+    ] {
+        let line = answer_before_the_body(&addr, &head(path), 64 << 10);
+        assert!(
+            line.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {line:?}"
+        );
+    }
+    // Thirty clients each pushing 4 MiB of an announced 16 MiB body at an open route and an
+    // authenticated one: nothing is buffered (before: the whole body, for each).
+    let before = rss_bytes(agent.pid());
+    let pushers: Vec<_> = (0..30)
+        .map(|i| {
+            let addr = addr.clone();
+            let head = head(if i % 2 == 0 {
+                "/healthz"
+            } else {
+                "/v1/readings"
+            });
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).expect("connect");
+                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(head.as_bytes()).unwrap();
+                let chunk = vec![b'['; 64 << 10];
+                // Stops when the agent closes the connection (or after 4 MiB).
+                for _ in 0..64 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let open: Vec<TcpStream> = pushers.into_iter().map(|t| t.join().unwrap()).collect();
+    let grown = rss_bytes(agent.pid()).saturating_sub(before);
+    eprintln!(
+        "RSS grew by {} KiB over 30 unread 4 MiB bodies",
+        grown >> 10
+    );
+    assert!(grown < 32 << 20, "RSS grew by {} MiB", grown >> 20);
+    drop(open);
+    // The agent still serves.
+    let (status, _, _) = send(client().get(agent.at("/v1/status")).bearer_auth(READ)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn bad_sync_tokens_are_throttled_and_logged_once() {
+    let agent = Agent::builder()
+        .config(
+            "sources = []\n[api]\nmax_auth_failures = 3\nauth_failure_window = \"1m\"\n\
+             [sync]\naccept_tokens = [{ name = \"dev\", token = \"sync-token-0123456789\" }]\n",
+        )
+        .start();
+    let c = client();
+    for i in 0..3 {
+        let (status, v, _) = send(
+            c.get(agent.at("/v1/sync"))
+                .bearer_auth(format!("guess-{i:024}")),
+        )
+        .await;
+        assert_eq!(status, 401, "{v}");
+    }
+    let (status, v, _) = send(
+        c.get(agent.at("/v1/sync"))
+            .bearer_auth("sync-token-0123456789"),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("too_many_auth_failures")),
+        "{v}"
+    );
+    let warned = agent.stderr().matches("inbound sync refused").count();
+    assert!((1..=2).contains(&warned), "{warned}:\n{}", agent.stderr());
+}
+
+#[tokio::test]
+async fn sync_tokens_may_come_from_a_file_or_as_a_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dev.token"), "sync-file-token-0123456789\n").unwrap();
+    let config = dir.path().join("kdelta.toml");
+    // printf %s sync-secret-0123456789 | sha256sum
+    let digest = "93b000274e67f6a37224f5c341c383052bde255470fec8f44fcfa01daf1ef944";
+    let check = |toml: &str| {
+        std::fs::write(&config, toml).unwrap();
+        let out = Command::new(BIN)
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(&format!(
+        "sources = []\n[sync]\naccept_tokens = [\n  \
+         {{ name = \"a\", token_file = \"dev.token\", role = \"device\" }},\n  \
+         {{ name = \"b\", token_sha256 = \"{digest}\" }},\n]\n"
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("token_file") && out.contains(digest), "{out}");
+    // Two at once, or a digest that is not one: refused naming the key.
+    let (code, _, err) = check(
+        "sources = []\n[sync]\naccept_tokens = [{ name = \"a\", token = \"sync-secret-0123456789\", token_file = \"dev.token\" }]\n",
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("sync.accept_tokens[0]"), "{err}");
+    let (code, _, err) =
+        check("sources = []\n[sync]\naccept_tokens = [{ name = \"a\", token_sha256 = \"abc\" }]\n");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("sync.accept_tokens[0].token_sha256"), "{err}");
+
+    // A running agent accepts the file's token and refuses others; a missing file stops
+    // the start naming the key.
+    let agent = Agent::builder()
+        .dir(dir.path())
+        .config(&format!(
+            "sources = []\n[sync]\naccept_tokens = [\n  \
+             {{ name = \"a\", token_file = \"dev.token\" }},\n  \
+             {{ name = \"b\", token_sha256 = \"{digest}\" }},\n]\n"
+        ))
+        .start();
+    let c = client();
+    // Accepted: the answer is about the missing WebSocket upgrade, not the token.
+    for token in ["sync-file-token-0123456789", "sync-secret-0123456789"] {
+        let (status, v, _) = send(c.get(agent.at("/v1/sync")).bearer_auth(token)).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("websocket_required")),
+            "{token}: {v}"
+        );
+    }
+    let (status, _, _) = send(
+        c.get(agent.at("/v1/sync"))
+            .bearer_auth("sync-other-token-0123"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    drop(agent);
+    let other = tempfile::tempdir().unwrap();
+    let err = Agent::builder()
+        .dir(other.path())
+        .config("sources = []\n[sync]\naccept_tokens = [{ name = \"a\", token_file = \"missing.token\" }]\n")
+        .try_start()
+        .err()
+        .expect("a missing token file stops the start");
+    assert!(err.contains("sync.accept_tokens[0].token_file"), "{err}");
+}

@@ -90,7 +90,7 @@ pub(crate) struct Pki {
     /// The CA pem, as text (for the test's own HTTPS client).
     ca_pem: String,
     /// SHA-256 fingerprint of `client.pem`.
-    client_fingerprint: String,
+    pub(crate) client_fingerprint: String,
 }
 
 impl Pki {
@@ -150,8 +150,23 @@ impl Pki {
         format!("{:?}", p.display().to_string())
     }
 
+    /// An HTTPS client that trusts the test CA and presents the certificate `name`
+    /// (`client`, `unlisted`, `rogue-client`).
+    pub(crate) fn client_as(&self, name: &str) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap();
+        let read = |f: String| std::fs::read(self.dir.path().join(f)).unwrap();
+        let mut pem = read(format!("{name}.pem"));
+        pem.extend(read(format!("{name}-key.pem")));
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
     /// An HTTPS client that trusts the test CA.
-    fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap();
         reqwest::Client::builder()
             .add_root_certificate(ca)

@@ -6,7 +6,9 @@
 //! everything the lower ones allow. Tokens are kept only as SHA-256 digests and compared in
 //! constant time (`subtle`), so neither the table nor a timing side channel gives them away.
 //! With no token and no certificate principal configured the API is open — config
-//! validation allows that only on a loopback `api.listen`. HTTP concerns (status codes, the
+//! validation allows that only on a loopback `api.listen` — unless `api.tls.require_client_cert`
+//! says clients authenticate by certificate: then a certificate that maps to no principal
+//! gets nothing, never an open API. HTTP concerns (status codes, the
 //! middleware) are `guard`'s; this module answers with values.
 
 use std::path::PathBuf;
@@ -16,6 +18,8 @@ use subtle::ConstantTimeEq;
 
 use crate::peers::AcceptCert;
 pub use crate::scope::Scope;
+use crate::secret::parse_digest;
+pub use crate::secret::sha256;
 use crate::section::{InvalidValue, refuse};
 use crate::tls::ClientCert;
 
@@ -110,16 +114,9 @@ impl ApiToken {
 /// Why the credential table could not be built (a token file that cannot be read).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// A `token_file` is missing, unreadable or empty.
-    #[error("{key}: cannot use {}: {detail}", path.display())]
-    TokenFile {
-        /// Dotted key, e.g. `api.tokens[0].token_file`.
-        key: String,
-        /// The file.
-        path: PathBuf,
-        /// The I/O error or what is wrong with the content.
-        detail: String,
-    },
+    /// A `token_file` is missing, unreadable or holds too short a token.
+    #[error(transparent)]
+    TokenFile(#[from] crate::secret::TokenFileError),
 }
 
 /// Someone the API recognised.
@@ -146,6 +143,8 @@ struct CertEntry {
 pub struct Credentials {
     tokens: Vec<TokenEntry>,
     certs: Vec<CertEntry>,
+    /// `api.tls.require_client_cert`: the API is never open, whatever is configured.
+    cert_required: bool,
 }
 
 /// The result of checking a request's credentials.
@@ -159,19 +158,27 @@ pub enum Check {
     Missing,
     /// A token was presented and is not accepted.
     BadToken,
+    /// A verified client certificate that maps to no principal (not listed in
+    /// `[[sync.accept_certs]]`, or listed without `scopes`), and no token.
+    UnmappedCert,
 }
 
 impl Credentials {
     /// Builds the table from `[api] tokens` and the `[[sync.accept_certs]]` entries with
     /// scopes, reading token files. Errors name the key.
     /// The token in `admin_file` (`api.admin_token_file`) is accepted with scope `admin` as
-    /// `local-admin`.
+    /// `local-admin`. With `cert_required` (`api.tls.require_client_cert`) the API is
+    /// never open, even with an empty table.
     pub fn load(
         tokens: &[ApiToken],
         admin_file: Option<&std::path::Path>,
         certs: &[AcceptCert],
+        cert_required: bool,
     ) -> Result<Credentials, AuthError> {
-        let mut table = Credentials::default();
+        let mut table = Credentials {
+            cert_required,
+            ..Credentials::default()
+        };
         if let Some(path) = admin_file {
             table.tokens.push(TokenEntry {
                 digest: sha256(read_token_file("api.admin_token_file", path)?.as_bytes()),
@@ -218,9 +225,9 @@ impl Credentials {
         Ok(table)
     }
 
-    /// True when no credential is configured (the API is open).
+    /// True when no credential is configured and none is required (the API is open).
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty() && self.certs.is_empty()
+        !self.cert_required && self.tokens.is_empty() && self.certs.is_empty()
     }
 
     /// Who presents `bearer` and/or `cert`. A verified certificate with scopes wins; a
@@ -238,7 +245,11 @@ impl Credentials {
             return Check::Principal(e.principal.clone());
         }
         let Some(bearer) = bearer else {
-            return Check::Missing;
+            return if cert.is_some() {
+                Check::UnmappedCert
+            } else {
+                Check::Missing
+            };
         };
         let digest = sha256(bearer.trim().as_bytes());
         let mut found = None;
@@ -254,35 +265,10 @@ impl Credentials {
     }
 }
 
-/// The token in `path` (its first line, trimmed); `key` names the setting in errors.
+/// The token in `path` (its first line, trimmed, at least [`MIN_TOKEN_LEN`] characters);
+/// `key` names the setting in errors.
 fn read_token_file(key: &str, path: &std::path::Path) -> Result<String, AuthError> {
-    let fail = |detail: String| AuthError::TokenFile {
-        key: key.to_owned(),
-        path: path.to_path_buf(),
-        detail,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.chars().count() < MIN_TOKEN_LEN {
-        return Err(fail(format!(
-            "the token is shorter than {MIN_TOKEN_LEN} characters"
-        )));
-    }
-    Ok(token.to_owned())
-}
-
-/// SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-fn parse_digest(hex_digits: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digits.trim(), &mut out).ok()?;
-    Some(out)
+    Ok(crate::secret::read_token_file(key, path, MIN_TOKEN_LEN)?)
 }
 
 #[cfg(test)]
@@ -326,7 +312,7 @@ mod tests {
         for (i, t) in tokens.iter().enumerate() {
             t.validate(&format!("api.tokens[{i}]")).unwrap();
         }
-        let c = Credentials::load(&tokens, None, &[]).unwrap();
+        let c = Credentials::load(&tokens, None, &[], false).unwrap();
         let who = |t: &str| match c.check(Some(t), None) {
             Check::Principal(p) => Some((p.name, p.scope)),
             _ => None,
@@ -361,7 +347,7 @@ mod tests {
             cert("ops-laptop", 1, vec![Scope::Admin]),
             cert("sync-only", 2, vec![]),
         ];
-        let c = Credentials::load(&[], None, &certs).unwrap();
+        let c = Credentials::load(&[], None, &certs, false).unwrap();
         assert!(!c.is_open(), "a certificate principal closes the API");
         let with = |byte: u8| {
             c.check(
@@ -379,8 +365,33 @@ mod tests {
             })
         );
         // Listed for sync only, or not listed: no API principal; a token is then needed.
-        assert_eq!(with(2), Check::Missing);
-        assert_eq!(with(3), Check::Missing);
+        assert_eq!(with(2), Check::UnmappedCert);
+        assert_eq!(with(3), Check::UnmappedCert);
+        assert_eq!(c.check(None, None), Check::Missing);
+    }
+
+    #[test]
+    fn a_required_client_certificate_without_principal_never_opens_the_api() {
+        // require_client_cert, no tokens, the only listed certificate has no scopes: the
+        // table is empty, yet nothing is open.
+        let sync_only = AcceptCert {
+            name: "sync-only".into(),
+            fingerprint: hex::encode([2u8; 32]),
+            scopes: vec![],
+            role: Default::default(),
+        };
+        let c = Credentials::load(&[], None, &[sync_only], true).unwrap();
+        assert!(!c.is_open());
+        for byte in [2u8, 3] {
+            let cert = Some(ClientCert {
+                fingerprint: [byte; 32],
+            });
+            assert_eq!(c.check(None, cert), Check::UnmappedCert, "{byte}");
+        }
+        assert_eq!(c.check(Some("any-token-0123456789"), None), Check::BadToken);
+        // Without the requirement the same table is an open (loopback) API.
+        let open = Credentials::load(&[], None, &[], false).unwrap();
+        assert_eq!(open.check(None, None), Check::Open);
     }
 
     #[test]
@@ -401,7 +412,7 @@ mod tests {
             token_file: Some("/nonexistent/kdelta.token".into()),
             ..token("x", "", &[Scope::Read])
         };
-        let e = Credentials::load(&[missing], None, &[])
+        let e = Credentials::load(&[missing], None, &[], false)
             .err()
             .unwrap()
             .to_string();

@@ -14,23 +14,27 @@ pub mod sessions;
 pub mod throttle;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use auth::Credentials;
 use sessions::SyncSlots;
 use throttle::AuthThrottle;
 
-/// Everything the gate needs, built once from `[api]` (and the certificate principals of
-/// `[[sync.accept_certs]]`) at start.
+/// Everything the gate needs, built from `[api]` (and the certificate principals of
+/// `[[sync.accept_certs]]`) at start; a reload swaps the credential table
+/// ([`ApiGuard::replace_credentials`]), every other part needs a restart.
 pub struct ApiGuard {
-    pub(crate) credentials: Credentials,
+    /// Swapped whole by a reload; a request checks against the table current when it
+    /// arrives.
+    pub(crate) credentials: RwLock<Arc<Credentials>>,
     pub(crate) metrics_public: bool,
     /// Lower-case host names answered besides the built-in ones; `*` answers any.
     pub(crate) allowed_hosts: Vec<String>,
     /// This machine's host name, lower case.
     pub(crate) own_host: String,
-    pub(crate) throttle: AuthThrottle,
+    /// Shared with the TLS listener, whose refused client certificates count too.
+    pub(crate) throttle: Arc<AuthThrottle>,
     pub(crate) body_read_timeout: Duration,
     /// Caps on inbound sync sessions (taken in `api/sync.rs`).
     pub sync_slots: Arc<SyncSlots>,
@@ -39,7 +43,26 @@ pub struct ApiGuard {
 impl ApiGuard {
     /// True when the API needs no credentials (none configured).
     pub fn is_open(&self) -> bool {
-        self.credentials.is_open()
+        self.credentials().is_open()
+    }
+
+    /// The credential table current now.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the credential table (a reload): requests from now on are checked against
+    /// `new`; a token or certificate no longer in it is refused at its next request.
+    pub fn replace_credentials(&self, new: Credentials) {
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+    }
+
+    /// The failed-authentication throttle, for the TLS listener.
+    pub fn throttle(&self) -> Arc<AuthThrottle> {
+        self.throttle.clone()
     }
 
     /// Whether the `Host` header value `host` (with or without port) is answered.

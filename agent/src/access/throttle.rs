@@ -97,10 +97,39 @@ impl AuthThrottle {
         self.window
     }
 
+    /// Records a failed authentication from `addr` and logs it as [`LogAs`] says: `what`
+    /// at warn for the address's first failure in its window and when it gets blocked,
+    /// at debug otherwise. The one place API, sync and TLS failures are logged.
+    pub fn failed_and_log(&self, addr: IpAddr, what: &str) {
+        match self.failed(addr, Instant::now()) {
+            LogAs::First => tracing::warn!(
+                remote = %addr,
+                "{what}; further failures from this address are counted, not logged"
+            ),
+            LogAs::Blocked => tracing::warn!(
+                remote = %addr,
+                "{what}: too many failed authentications, refusing this address for up to {}",
+                humantime::format_duration(self.window)
+            ),
+            LogAs::Quiet => tracing::debug!(remote = %addr, "{what}"),
+        }
+    }
+
     /// Addresses tracked now.
     #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The TLS listener's view: refused client certificates count like bad tokens.
+impl crate::tls::FailedAuth for AuthThrottle {
+    fn blocked(&self, addr: IpAddr) -> bool {
+        AuthThrottle::blocked(self, addr, Instant::now()).is_some()
+    }
+
+    fn failed(&self, addr: IpAddr, what: &str) {
+        self.failed_and_log(addr, what);
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`ConfigDiff`]: what differs between the running configuration and a newly loaded one,
 //! computed once, field by field, so a reload acts on the diff instead of a hand-kept list.
-//! It says which reloadable parts changed (the log filter, the sources, `[sync]`, `[mqtt]`)
-//! and names every changed setting that only a restart applies.
+//! It says which reloadable parts changed (the log filter, the sources, `[sync]`, `[mqtt]`,
+//! the API's credentials) and names every changed setting that only a restart applies.
 //!
 //! Pure: no I/O, no logging. Applying the diff is `reload.rs`'s job.
 
@@ -23,6 +23,9 @@ pub struct ConfigDiff {
     pub sync_peers: bool,
     /// `[mqtt]` changed (the client is replaced, or started, or stopped).
     pub mqtt: bool,
+    /// Who may call the API changed: `api.tokens`, `api.admin_token_file` or the
+    /// `[[sync.accept_certs]]` entries (their scopes); the credential table is swapped.
+    pub api_credentials: bool,
     /// Changed settings that take effect only after a restart, as dotted keys or sections.
     pub needs_restart: Vec<&'static str>,
 }
@@ -39,7 +42,13 @@ impl ConfigDiff {
         restart_if("data_dir", old.data_dir != new.data_dir);
         restart_if("device_name", old.device_name != new.device_name);
         restart_if("device_twin", old.device_twin != new.device_twin);
-        restart_if("api", old.api != new.api);
+        // Tokens reload (`api_credentials`); the rest of `[api]` needs a restart.
+        let without_tokens = |api: &crate::api::ApiConfig| crate::api::ApiConfig {
+            tokens: Vec::new(),
+            admin_token_file: None,
+            ..api.clone()
+        };
+        restart_if("api", without_tokens(&old.api) != without_tokens(&new.api));
         restart_if("log.format", old.log.format != new.log.format);
         restart_if("store", old.store != new.store);
         restart_if("ingest", old.ingest != new.ingest);
@@ -55,6 +64,9 @@ impl ConfigDiff {
                 || a.max_frame_bytes != b.max_frame_bytes
                 || a.compression != b.compression,
             mqtt: old.mqtt != new.mqtt,
+            api_credentials: old.api.tokens != new.api.tokens
+                || old.api.admin_token_file != new.api.admin_token_file
+                || a.accept_certs != b.accept_certs,
             needs_restart,
         }
     }
@@ -71,6 +83,7 @@ impl ConfigDiff {
             (self.sources, "sources"),
             (self.sync, "sync"),
             (self.mqtt, "mqtt"),
+            (self.api_credentials, "api credentials"),
         ]
         .into_iter()
         .filter_map(|(changed, name)| changed.then_some(name))

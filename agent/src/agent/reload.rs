@@ -1,7 +1,8 @@
 //! [`RunningAgent::reload`]: applies a new configuration from its [`ConfigDiff`] with the
 //! running one — the log filter, the sources, `[sync]` (accepted tokens, outbound peers,
-//! page size, compression) and `[mqtt]` change at run time; every other changed setting is
-//! named as needing a restart. A part whose new section cannot be used keeps running on its
+//! page size, compression), `[mqtt]` and the API's credentials (`api.tokens`,
+//! `api.admin_token_file`, the scopes of `[[sync.accept_certs]]`) change at run time; every
+//! other changed setting is named as needing a restart. A part whose new section cannot be used keeps running on its
 //! old section, and the error names the problem.
 
 use super::diff::ConfigDiff;
@@ -44,9 +45,12 @@ impl RunningAgent {
         if diff.mqtt {
             outcome("mqtt", self.reload_mqtt(&new).await);
         }
+        if diff.api_credentials {
+            outcome("api credentials", self.reload_api_credentials(&new));
+        }
         if !needs_restart.is_empty() {
             tracing::warn!(
-                "changed settings need a restart to take effect: {} (log.level, sources, sync and mqtt reload without a restart)",
+                "changed settings need a restart to take effect: {} (log.level, sources, sync, mqtt and api credentials reload without a restart)",
                 needs_restart.join(", ")
             );
         }
@@ -114,6 +118,10 @@ impl RunningAgent {
             tracing::error!("cannot reload [sync], keeping the running peers: {e:#}");
             return false;
         }
+        if let Err(e) = new.sync.check_token_files() {
+            tracing::error!("cannot reload [sync], keeping the running peers and tokens: {e}");
+            return false;
+        }
         let restarted =
             self.agent
                 .peers
@@ -134,6 +142,47 @@ impl RunningAgent {
         }
         self.config.sync = new.sync.clone();
         true
+    }
+
+    /// Swaps the API's credential table: a token or certificate removed (or whose scopes
+    /// were cut) is refused from its next request on. A token file that cannot be read keeps
+    /// the running table, and the error says so.
+    fn reload_api_credentials(&mut self, new: &Config) -> bool {
+        let table = crate::api::ApiGuard::load_credentials(
+            &new.api,
+            &new.sync.accept_certs,
+            &self.config.api,
+        );
+        match table {
+            Ok(table) => {
+                let open = table.is_open();
+                self.agent.guard.replace_credentials(table);
+                self.config.api.tokens = new.api.tokens.clone();
+                self.config.api.admin_token_file = new.api.admin_token_file.clone();
+                tracing::info!(
+                    tokens = new.api.tokens.len() + usize::from(new.api.admin_token_file.is_some()),
+                    certificates = new
+                        .sync
+                        .accept_certs
+                        .iter()
+                        .filter(|c| !c.scopes.is_empty())
+                        .count(),
+                    "API credentials reloaded{}",
+                    if open {
+                        ": none configured, the API is open (loopback only)"
+                    } else {
+                        ""
+                    }
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot reload the API credentials, keeping the running ones (fix the file, or restart to apply): {e}"
+                );
+                false
+            }
+        }
     }
 
     async fn reload_mqtt(&mut self, new: &Config) -> bool {

@@ -83,6 +83,7 @@ async fn setup(
         &crate::config::hostname(),
     )?);
     config.sync.check_tls_files()?;
+    config.sync.check_token_files()?;
     let backend = Backend::open(&config.store, &db_path(&data_dir)).await?;
     let tcp = match listen {
         Listen::Bind(addr) => bind(addr).await,
@@ -98,7 +99,8 @@ async fn setup(
     let addr = tcp.local_addr().context("reading the bound address")?;
 
     let metrics = Arc::new(Metrics::new());
-    let listener = ApiListener::new(tcp, server_tls, metrics.clone());
+    // Refused client certificates count in the API gate's failed-auth throttle.
+    let listener = ApiListener::new(tcp, server_tls, metrics.clone(), guard.throttle());
     let clock = backend
         .sqlite()
         .map(|store| crate::clock::ClockMonitor::start(&config.clock, store, &metrics));

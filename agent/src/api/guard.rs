@@ -12,9 +12,17 @@
 //!    Bearer`) without accepted credentials, `403 forbidden` with too small a scope. The
 //!    event stream also takes the token as `?access_token=` (a browser's `EventSource`
 //!    cannot send headers; the request log never shows query strings).
-//! 5. **Body**: a request with a body must declare `application/json`, `application/cbor`
-//!    (or `application/merge-patch+json` for a twin patch), else `415`; the body is read here
-//!    within `api.body_read_timeout` (`408 request_timeout`) and `api.max_body_bytes` (`413`).
+//! 5. **Body**: a state-changing request must declare `application/json`, `application/cbor`
+//!    (or `application/merge-patch+json` for a twin patch), else `415` — also with an empty
+//!    body (an empty form POST must not create a twin); only `DELETE` and `POST
+//!    /v1/sync/now`, which take no body, may come without a `Content-Type` (and no body).
+//!    The body is read here, only once the request is authenticated, within
+//!    `api.body_read_timeout` (`408 request_timeout`) and `api.max_body_bytes` (`413`).
+//!
+//! Routes that take no body (the open ones and `/v1/sync`) never have one read: a
+//! state-changing request with a body there is answered `413` at once, without reading it,
+//! and the connection is closed. So no unauthenticated client makes the agent buffer a byte
+//! of body.
 //!
 //! A refusal happens before any handler runs, so nothing is stored.
 
@@ -34,7 +42,7 @@ use super::route_scope::{Need, required_scope};
 use super::{ApiConfig, ApiError, ErrorCode};
 use crate::access::auth::{AuthError, Check, Credentials, Principal};
 use crate::access::sessions::SyncSlots;
-use crate::access::throttle::{AuthThrottle, LogAs};
+use crate::access::throttle::AuthThrottle;
 use crate::access::{ApiGuard, host_name};
 use crate::peers::AcceptCert;
 use crate::state::AppState;
@@ -57,15 +65,36 @@ impl ApiGuard {
         own_host: &str,
     ) -> Result<ApiGuard, AuthError> {
         Ok(ApiGuard::from_parts(
-            Credentials::load(&cfg.tokens, cfg.admin_token_file.as_deref(), certs)?,
+            ApiGuard::load_credentials(cfg, certs, cfg)?,
             cfg,
             own_host,
         ))
     }
 
+    /// The credential table of `cfg`'s tokens and `certs`, reading token files (errors name
+    /// the key); `listening` is the `[api]` the listener runs with, whose
+    /// `tls.require_client_cert` closes the API to unmapped certificates (a reload passes the
+    /// running one: the listener is not rebuilt).
+    pub fn load_credentials(
+        cfg: &ApiConfig,
+        certs: &[AcceptCert],
+        listening: &ApiConfig,
+    ) -> Result<Credentials, AuthError> {
+        let cert_required = listening
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.require_client_cert);
+        Credentials::load(
+            &cfg.tokens,
+            cfg.admin_token_file.as_deref(),
+            certs,
+            cert_required,
+        )
+    }
+
     fn from_parts(credentials: Credentials, cfg: &ApiConfig, own_host: &str) -> ApiGuard {
         ApiGuard {
-            credentials,
+            credentials: std::sync::RwLock::new(Arc::new(credentials)),
             metrics_public: cfg.metrics_public,
             allowed_hosts: cfg
                 .allowed_hosts
@@ -73,7 +102,10 @@ impl ApiGuard {
                 .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
             own_host: own_host.to_ascii_lowercase(),
-            throttle: AuthThrottle::new(cfg.max_auth_failures, cfg.auth_failure_window),
+            throttle: Arc::new(AuthThrottle::new(
+                cfg.max_auth_failures,
+                cfg.auth_failure_window,
+            )),
             body_read_timeout: cfg.body_read_timeout,
             sync_slots: Arc::new(SyncSlots::new(
                 cfg.max_sync_sessions,
@@ -164,6 +196,9 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     }
 
     let need = required_scope(&method, &path, g.metrics_public);
+    if !matches!(need, Need::Scope(_)) && !is_safe(&method) && has_body(&req) {
+        return no_body_here(&method, &path);
+    }
     if need != Need::Nothing
         && let Some(wait) = g.throttle.blocked(remote, Instant::now())
     {
@@ -179,7 +214,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
 
     if let Need::Scope(scope) = need {
         let presented = bearer(headers, &path, req.uri().query());
-        match g.credentials.check(presented, cert) {
+        match g.credentials().check(presented, cert) {
             Check::Open => {}
             Check::Principal(p) if p.scope >= scope => {}
             Check::Principal(Principal { name, scope: has }) => {
@@ -201,10 +236,22 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
                 failed(&g, remote, "API bearer token not accepted");
                 return unauthorized("the bearer token is not accepted");
             }
+            Check::UnmappedCert => {
+                return refuse(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the client certificate is verified but maps to no principal: {method} {path} needs {}; list it in [[sync.accept_certs]] with scopes, or send a bearer token",
+                        match need {
+                            Need::Scope(s) => s.as_str(),
+                            _ => "credentials",
+                        }
+                    ),
+                );
+            }
         }
     }
 
-    let req = if !is_safe(&method) && has_body(&req) {
+    let req = if !is_safe(&method) && matches!(need, Need::Scope(_)) {
         match read_body(&g, state.max_body_bytes, req).await {
             Ok(req) => req,
             Err(e) => {
@@ -221,7 +268,12 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
 
     let resp = next.run(req).await;
     if need == Need::SyncCredentials && resp.status() == axum::http::StatusCode::UNAUTHORIZED {
-        failed(&g, remote, "sync credentials not accepted");
+        // `peers::admit` counted it (metric) without logging: logged here, throttled.
+        let why = resp
+            .extensions()
+            .get::<ApiError>()
+            .map_or("sync credentials not accepted", |e| e.message.as_str());
+        failed(&g, remote, &format!("inbound sync refused: {why}"));
     }
     resp
 }
@@ -237,26 +289,37 @@ fn unauthorized(message: &str) -> Response {
 
 /// Counts a failed authentication and logs it, throttled (see `throttle`).
 fn failed(g: &ApiGuard, remote: IpAddr, what: &str) {
-    match g.throttle.failed(remote, Instant::now()) {
-        LogAs::First => tracing::warn!(
-            %remote,
-            "{what}; further failures from this address are counted, not logged"
-        ),
-        LogAs::Blocked => tracing::warn!(
-            %remote,
-            "{what}: too many failed authentications, refusing this address for up to {}",
-            humantime::format_duration(g.throttle.window())
-        ),
-        LogAs::Quiet => {}
-    }
+    g.throttle.failed_and_log(remote, what);
 }
 
-/// Checks the declared body type, then reads the body within the timeout and size limit.
+/// `413` for a body sent to a route that takes none; the body is not read and the
+/// connection is closed after the answer (hyper gives up on an unread body).
+fn no_body_here(method: &Method, path: &str) -> Response {
+    let mut resp = refuse(
+        ErrorCode::BodyTooLarge,
+        format!("{method} {path} takes no request body (limit 0 bytes); it was not read"),
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// True for the state-changing requests that take no body and may come without a
+/// `Content-Type`: `DELETE` and `POST /v1/sync/now` (`kdelta sync now`, the clients).
+fn bodiless_command(method: &Method, path: &str) -> bool {
+    method == Method::DELETE || (method == Method::POST && path == "/v1/sync/now")
+}
+
+/// Checks the declared body type (also of an empty body), then reads the body within the
+/// timeout and size limit. Called for authenticated state-changing requests only.
 async fn read_body(g: &ApiGuard, limit: usize, req: Request) -> Result<Request, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("?"));
+    if ct.is_none() && !has_body(&req) && bodiless_command(req.method(), req.uri().path()) {
+        return Ok(req);
+    }
     let essence = ct
         .unwrap_or("")
         .split(';')
@@ -281,7 +344,9 @@ async fn read_body(g: &ApiGuard, limit: usize, req: Request) -> Result<Request, 
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             format!(
-                "a request body with {got} is refused (browsers send text/plain and form bodies without asking); declare application/json or application/cbor{also}"
+                "{} {} with {got} is refused, also with an empty body (browsers send text/plain and form requests without asking); declare application/json or application/cbor{also}",
+                req.method(),
+                req.uri().path()
             ),
         ));
     }

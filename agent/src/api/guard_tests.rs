@@ -335,6 +335,132 @@ async fn an_html_form_post_to_a_twin_stores_nothing() {
 }
 
 #[tokio::test]
+async fn an_empty_form_post_to_a_twin_creates_nothing() {
+    // `<form method=post action=…/v1/twins/x>` without fields, or a `no-cors` fetch
+    // without a body: Content-Length 0 with a form type, text/plain or no type at all.
+    let f = fixture(true, |_| {}).await;
+    for ct in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut r = req("POST", "/v1/twins/x").header("content-length", "0");
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        let a = f.send(r.body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{ct:?}: {}",
+            a.json
+        );
+    }
+    let a = f
+        .send(
+            req("PUT", "/v1/docs/x")
+                .header("content-type", "text/plain")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", a.json);
+    let store = f.state.sqlite().unwrap();
+    assert!(store.twin_get("x").await.unwrap().is_none());
+    assert_eq!(f.stored_changes().await, 0);
+    // A bodiless DELETE needs no type (it answers about the key, not the media type)…
+    let a = f
+        .send(req("DELETE", "/v1/docs/x").body(Body::empty()).unwrap())
+        .await;
+    assert_ne!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", a.json);
+    // …and a client that says JSON still creates an empty twin.
+    let a = f
+        .send(
+            req("POST", "/v1/twins/x")
+                .header("content-type", "application/json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.json);
+}
+
+/// A body that records whether anyone polled it and never ends.
+fn watched_body() -> (Body, Arc<AtomicBool>) {
+    let polled = Arc::new(AtomicBool::new(false));
+    let flag = polled.clone();
+    let stream = futures::stream::poll_fn(move |_| {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::task::Poll::<Option<Result<axum::body::Bytes, std::io::Error>>>::Pending
+    });
+    (Body::from_stream(stream), polled)
+}
+
+#[tokio::test]
+async fn bodies_are_not_read_before_authentication_nor_where_no_route_takes_one() {
+    let f = fixture(false, |c| c.body_read_timeout = Duration::from_secs(30)).await;
+    let started = Instant::now();
+    // Open routes and /v1/sync take no body: 413 at once, nothing read, connection closed.
+    for path in ["/healthz", "/readyz", "/v1/openapi.json", "/", "/v1/sync"] {
+        let (body, polled) = watched_body();
+        let a = f
+            .send(
+                req("POST", path)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            "{path}: {}",
+            a.json
+        );
+        assert_eq!(a.headers["connection"], "close", "{path}");
+        assert!(
+            !polled.load(std::sync::atomic::Ordering::SeqCst),
+            "{path}: body read"
+        );
+    }
+    // A write route without (or with a wrong) token: 401 before any of the body is read.
+    for bearer in [None, Some("not-a-token-0123456789")] {
+        let (body, polled) = watched_body();
+        let mut r = req("POST", "/v1/readings").header("content-type", "application/json");
+        if let Some(t) = bearer {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        let a = f.send(r.body(body).unwrap()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{bearer:?}: {}", a.json);
+        assert!(
+            !polled.load(std::sync::atomic::Ordering::SeqCst),
+            "{bearer:?}: body read"
+        );
+    }
+    // A read token cannot make a write route read its body either.
+    let (body, polled) = watched_body();
+    let a = f
+        .send(
+            req("POST", "/v1/readings")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {READ}"))
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.json);
+    assert!(!polled.load(std::sync::atomic::Ordering::SeqCst));
+    // None of these waited for the body (api.body_read_timeout is 30 s here).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(f.stored_changes().await, 0);
+}
+
+#[tokio::test]
 async fn a_rebound_host_is_refused_and_stores_nothing() {
     // A page on attacker.example whose DNS now answers 127.0.0.1: same origin for the
     // browser, so it can read and write — unless the agent refuses the Host.

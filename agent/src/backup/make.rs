@@ -12,6 +12,25 @@ use tokio::sync::Semaphore;
 /// File name extension of backup files.
 pub const BACKUP_EXTENSION: &str = "kdbk";
 
+/// Creates (or truncates) the backup file `path` readable and writable by its owner only
+/// (0600, whatever the umask, also when a leftover file had wider bits): a backup carries
+/// the store's private signing key (see docs/security.md).
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        open.mode(0o600);
+        let file = open.open(path)?;
+        // `mode` applies to a new file only; a leftover one keeps its bits without this.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    open.open(path)
+}
+
 /// Only one snapshot copy on disk at a time.
 static ONE_AT_A_TIME: Semaphore = Semaphore::const_new(1);
 
@@ -77,5 +96,30 @@ fn remove_stale_scratch(data_dir: &Path) {
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn backup_files_are_private_also_over_a_leftover_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.kdbk.partial");
+        create_private(&new).unwrap().write_all(b"x").unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let leftover = dir.path().join("old.kdbk.partial");
+        std::fs::write(&leftover, b"old content").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
+        create_private(&leftover).unwrap();
+        assert_eq!(mode(&leftover), 0o600);
+        assert_eq!(std::fs::metadata(&leftover).unwrap().len(), 0, "truncated");
     }
 }

@@ -17,7 +17,7 @@ mod offline;
 mod schedule;
 
 pub use config::BackupConfig;
-pub use make::{BACKUP_EXTENSION, write_backup};
+pub use make::{BACKUP_EXTENSION, create_private, write_backup};
 pub use offline::{
     RekeyReport, RestoreOptions, RestorePhase, RestoreReport, compact, rekey, restore,
 };

@@ -226,7 +226,7 @@ pub(crate) async fn backup_once(target: &Target<'_>) -> Result<(PathBuf, u64), S
     let name = format!("kdelta-{}-{stamp}.{BACKUP_EXTENSION}", target.device);
     let done = dir.join(&name);
     let partial = dir.join(format!("{name}.partial"));
-    let file = std::fs::File::create(&partial)
+    let file = super::create_private(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let out = file.try_clone().context("duplicating a file handle")?;
     let result = write_backup(target.store, target.data_dir, out, |_, _| {}).await;

@@ -142,11 +142,7 @@ async fn run(
 
     // The hub: the agent's router on a loopback port, accepting the bench's token.
     let hub_section = SyncSection {
-        accept_tokens: vec![AcceptToken {
-            name: "device".into(),
-            token: TOKEN.into(),
-            role: Default::default(),
-        }],
+        accept_tokens: vec![AcceptToken::clear("device", TOKEN)],
         page_bytes: args.page_bytes,
         ..SyncSection::default()
     };

@@ -30,7 +30,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let url = client.url("v1/backup", &[]);
     let started = Instant::now();
     let mut response = client.get_stream(url.clone()).await?;
-    let mut out = std::fs::File::create(&partial)
+    let mut out = crate::backup::create_private(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let bar = spinner("receiving {spinner} {bytes} ({binary_bytes_per_sec})");
     let received = async {

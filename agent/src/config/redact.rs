@@ -17,7 +17,7 @@ pub fn redacted(config: &Config) -> Config {
         t.token.as_mut().map(hide);
     }
     for t in &mut c.sync.accept_tokens {
-        hide(&mut t.token);
+        t.token.as_mut().map(hide);
     }
     for p in &mut c.sync.peers {
         p.token.as_mut().map(hide);

@@ -66,6 +66,9 @@ impl InternalEvent for SyncSessionFailed<'_> {
 }
 
 /// An inbound connection refused before a session began (no accepted token or certificate).
+/// Counted here and logged at debug only: the API gate logs the refusal at warn, throttled
+/// per address with the other failed authentications (`access::throttle`), so a client
+/// guessing tokens cannot flood the journal.
 #[derive(Debug, Clone, Copy)]
 pub struct SyncRefused<'a> {
     /// What the connection is known as (`(unauthenticated)`, `(certificate not allowed)`).
@@ -76,7 +79,7 @@ pub struct SyncRefused<'a> {
 
 impl InternalEvent for SyncRefused<'_> {
     fn emit(self, metrics: &Metrics) {
-        tracing::warn!(peer = self.peer, "inbound sync refused: {}", self.why);
+        tracing::debug!(peer = self.peer, "inbound sync refused: {}", self.why);
         metrics.sync_refused(Direction::Inbound, self.peer);
     }
 }

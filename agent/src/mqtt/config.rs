@@ -79,7 +79,9 @@ pub struct MqttConfig {
     pub discovery_prefix: String,
     /// Subscribe to `<prefix>/<device>/ingest/<series>` and store what arrives there.
     pub ingest: bool,
-    /// Subscribe to `<prefix>/<device>/docs/set/<key>` and write documents.
+    /// Subscribe to `<prefix>/<device>/docs/set/<key>` and `<prefix>/<device>/twin/<key>/patch`
+    /// and write documents and twins. Off unless configured: whoever may publish to those
+    /// topics on the broker writes to the store without any kdelta credential.
     pub commands: bool,
     /// Readings received by subscription are committed once this many are buffered…
     pub ingest_batch_max_readings: usize,
@@ -117,7 +119,7 @@ impl Default for MqttConfig {
             discovery: true,
             discovery_prefix: "homeassistant".into(),
             ingest: true,
-            commands: true,
+            commands: false,
             ingest_batch_max_readings: 1000,
             ingest_batch_max_age: Duration::from_millis(200),
             ingest_rules: Vec::new(),

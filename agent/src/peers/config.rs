@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls::ClientConfig;
 
+use crate::secret::TokenFileError;
 use crate::section::{InvalidValue, refuse};
 use crate::tls::{ClientAuth, TlsError};
 
@@ -52,14 +53,23 @@ impl Default for SyncSection {
     }
 }
 
-/// `[[sync.accept_tokens]]` / `accept_tokens = [{ name, token }]`.
+/// `[[sync.accept_tokens]]` / `accept_tokens = [{ name, token | token_sha256 | token_file }]`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptToken {
     /// The name the peer is known by in status and logs.
     pub name: String,
-    /// The bearer token it must present.
-    pub token: String,
+    /// The bearer token it must present, in clear text (8 to 512 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// SHA-256 of the token, 64 hex digits (`printf %s TOKEN | sha256sum`): the config
+    /// file then holds no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// A file holding the token (first line, surrounding whitespace ignored), read at start
+    /// and when a reload changes `[sync]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     /// `device` (may send only its own actor's changes; bound to the first actor that uses
     /// it) or `hub` (may relay others' changes). Unset: `hub`, as before roles existed, with
     /// a warning at start. See `docs/security.md`.
@@ -71,11 +81,54 @@ impl std::fmt::Debug for AcceptToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AcceptToken")
             .field("name", &self.name)
-            .field("token", &"<redacted>")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "token_sha256",
+                &self.token_sha256.as_ref().map(|_| "<redacted>"),
+            )
+            .field("token_file", &self.token_file)
             .field("role", &self.role)
             .finish()
     }
 }
+
+impl AcceptToken {
+    /// An entry accepting the clear-text `token` as `name` (role unset).
+    pub fn clear(name: impl Into<String>, token: impl Into<String>) -> AcceptToken {
+        AcceptToken {
+            name: name.into(),
+            token: Some(token.into()),
+            token_sha256: None,
+            token_file: None,
+            role: None,
+        }
+    }
+
+    /// The SHA-256 digest of the accepted token, reading `token_file`; `key` is the entry's
+    /// dotted key (`sync.accept_tokens[0]`) for errors.
+    pub fn digest(&self, key: &str) -> Result<[u8; 32], TokenFileError> {
+        let sha = |s: &str| crate::secret::sha256(s.as_bytes());
+        if let Some(t) = &self.token {
+            Ok(sha(t))
+        } else if let Some(hex) = &self.token_sha256 {
+            // validate() checked the digits.
+            Ok(crate::secret::parse_digest(hex).unwrap_or([0; 32]))
+        } else if let Some(path) = &self.token_file {
+            let key = format!("{key}.token_file");
+            let token = crate::secret::read_token_file(&key, path, MIN_SYNC_TOKEN)?;
+            Ok(sha(&token))
+        } else {
+            Err(TokenFileError {
+                key: key.to_owned(),
+                path: PathBuf::new(),
+                detail: "no token, token_sha256 or token_file given".into(),
+            })
+        }
+    }
+}
+
+/// Shortest accepted sync token, bytes.
+const MIN_SYNC_TOKEN: usize = 8;
 
 /// `[[sync.accept_certs]]`: a client certificate accepted for inbound sync.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +261,15 @@ impl SyncSection {
         }
         Ok(())
     }
+
+    /// Reads every `accept_tokens[].token_file` (at start and before a reload applies
+    /// `[sync]`); the error names the key.
+    pub fn check_token_files(&self) -> Result<(), TokenFileError> {
+        for (i, t) in self.accept_tokens.iter().enumerate() {
+            t.digest(&format!("sync.accept_tokens[{i}]"))?;
+        }
+        Ok(())
+    }
 }
 
 fn empty(p: &Option<PathBuf>) -> bool {
@@ -245,11 +307,30 @@ impl SyncSection {
             if t.name.is_empty() {
                 return refuse(format!("sync.accept_tokens[{i}].name"), "must not be empty");
             }
-            if t.token.len() < 8 || t.token.len() > 512 {
+            let key = format!("sync.accept_tokens[{i}]");
+            let given = [
+                t.token.is_some(),
+                t.token_sha256.is_some(),
+                t.token_file.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                return refuse(key, "give exactly one of token, token_sha256 or token_file");
+            }
+            if let Some(token) = &t.token
+                && !(MIN_SYNC_TOKEN..=512).contains(&token.len())
+            {
+                return refuse(format!("{key}.token"), "use 8 to 512 bytes");
+            }
+            if let Some(h) = &t.token_sha256
+                && crate::secret::parse_digest(h).is_none()
+            {
                 return refuse(
-                    format!("sync.accept_tokens[{i}].token"),
-                    "use 8 to 512 bytes",
+                    format!("{key}.token_sha256"),
+                    "is not a SHA-256 digest: use 64 hex digits (`printf %s TOKEN | sha256sum`)",
                 );
+            }
+            if empty(&t.token_file) {
+                return refuse(format!("{key}.token_file"), "must name a file");
             }
         }
         let mut cert_names = std::collections::HashSet::new();

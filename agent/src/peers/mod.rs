@@ -68,8 +68,13 @@ impl Settings {
     fn new(section: &SyncSection, device: &str) -> Settings {
         let auth = (!section.accept_tokens.is_empty()).then(|| {
             let mut auth = TokenAuthenticator::new();
-            for t in &section.accept_tokens {
-                auth.add(t.name.clone(), &t.token);
+            for (i, t) in section.accept_tokens.iter().enumerate() {
+                // Start and reload read the token files first (`check_token_files`), so
+                // this fails only if a file vanished in between: that entry accepts nothing.
+                match t.digest(&format!("sync.accept_tokens[{i}]")) {
+                    Ok(digest) => auth.add_sha256(t.name.clone(), digest),
+                    Err(e) => tracing::error!("sync token {:?} not accepted: {e}", t.name),
+                }
             }
             Arc::new(auth)
         });
@@ -527,11 +532,7 @@ mod tests {
     use super::*;
 
     fn token(name: &str, token: &str) -> AcceptToken {
-        AcceptToken {
-            role: Default::default(),
-            name: name.into(),
-            token: token.into(),
-        }
+        AcceptToken::clear(name, token)
     }
 
     fn peer(name: &str) -> PeerConfig {

@@ -3,8 +3,11 @@
 //! TLS handshakes run in their own tasks, off the accept path, each bounded by
 //! `handshake_timeout`; at most `max_handshakes` run at once (further connections wait in
 //! the kernel's backlog), so one slow or silent client cannot block the others and a flood
-//! cannot grow memory without bound. Failed handshakes are logged (debug; a refused client
-//! certificate at warn) and counted in `kdelta_tls_handshakes_failed_total`.
+//! cannot grow memory without bound. Failed handshakes are counted in
+//! `kdelta_tls_handshakes_failed_total` and logged at debug; a refused client certificate is a
+//! failed authentication: it counts against its address in the API's failed-auth throttle
+//! (`access::throttle`, which logs it at warn, throttled), and an address the throttle blocks
+//! is disconnected before any handshake work (`reason="throttled"`).
 //!
 //! With `client_ca`, a client certificate is optional but, when presented, must chain to
 //! that CA or the handshake fails. The verified certificate's SHA-256 fingerprint travels
@@ -30,6 +33,16 @@ use tokio_util::either::Either;
 use super::ApiTlsConfig;
 use super::{TlsError, load_certs, load_key, load_roots, provider};
 use crate::metrics::Metrics;
+
+/// Where the listener reports a handshake refused for its client certificate, and asks
+/// whether an address may still try: the API's failed-auth throttle (`access::throttle`
+/// implements it), so TLS and token failures share one per-address budget.
+pub trait FailedAuth: Send + Sync {
+    /// True when `addr` is refused for now.
+    fn blocked(&self, addr: std::net::IpAddr) -> bool;
+    /// Records (and, throttled, logs) a failed authentication of `addr`.
+    fn failed(&self, addr: std::net::IpAddr, what: &str);
+}
 
 /// The server side of `[api.tls]`, loaded and checked.
 #[derive(Clone)]
@@ -145,17 +158,26 @@ struct Handshakes {
     timeout: Duration,
     max: usize,
     metrics: Arc<Metrics>,
+    /// The API's failed-auth throttle: refused client certificates count in it.
+    throttle: Arc<dyn FailedAuth>,
     running: JoinSet<Option<(TlsStream<TcpStream>, PeerAddr)>>,
 }
 
 impl ApiListener {
-    /// Serves plain HTTP on `tcp`, or HTTPS with `tls`.
-    pub fn new(tcp: TcpListener, tls: Option<ServerTls>, metrics: Arc<Metrics>) -> ApiListener {
+    /// Serves plain HTTP on `tcp`, or HTTPS with `tls`; refused client certificates count
+    /// against their address in `throttle` (the API gate's).
+    pub fn new(
+        tcp: TcpListener,
+        tls: Option<ServerTls>,
+        metrics: Arc<Metrics>,
+        throttle: Arc<dyn FailedAuth>,
+    ) -> ApiListener {
         let tls = tls.map(|t| Handshakes {
             acceptor: TlsAcceptor::from(t.config),
             timeout: t.handshake_timeout,
             max: t.max_handshakes.max(1),
             metrics,
+            throttle,
             running: JoinSet::new(),
         });
         ApiListener { tcp, tls }
@@ -184,12 +206,20 @@ impl Listener for ApiListener {
         loop {
             tokio::select! {
                 (stream, remote) = accept_tcp(tcp), if tls.running.len() < tls.max => {
+                    if tls.throttle.blocked(remote.ip()) {
+                        // Blocked for failed authentications: no handshake work for it.
+                        tls.metrics.tls_handshake_failed("throttled");
+                        tracing::debug!(%remote, "TLS connection closed: too many failed authentications from this address");
+                        drop(stream);
+                        continue;
+                    }
                     tls.running.spawn(handshake(
                         tls.acceptor.clone(),
                         stream,
                         remote,
                         tls.timeout,
                         tls.metrics.clone(),
+                        tls.throttle.clone(),
                     ));
                 }
                 Some(done) = tls.running.join_next(), if !tls.running.is_empty() => {
@@ -241,6 +271,7 @@ async fn handshake(
     remote: SocketAddr,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    throttle: Arc<dyn FailedAuth>,
 ) -> Option<(TlsStream<TcpStream>, PeerAddr)> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
@@ -265,7 +296,10 @@ async fn handshake(
                 .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
             if refused_cert {
                 metrics.tls_handshake_failed("client_certificate");
-                tracing::warn!(%remote, "TLS handshake failed: client certificate refused: {e}");
+                throttle.failed(
+                    remote.ip(),
+                    &format!("TLS handshake failed: client certificate refused: {e}"),
+                );
             } else {
                 metrics.tls_handshake_failed("error");
                 tracing::debug!(%remote, "TLS handshake failed: {e}");
@@ -293,6 +327,16 @@ mod tests {
 
     use super::*;
     use crate::tls::{client_config, load_roots};
+
+    /// A listener test does not throttle.
+    struct NoThrottle;
+
+    impl FailedAuth for NoThrottle {
+        fn blocked(&self, _: std::net::IpAddr) -> bool {
+            false
+        }
+        fn failed(&self, _: std::net::IpAddr, _: &str) {}
+    }
 
     /// Writes a CA and a server certificate for `localhost` into `dir`; returns the config.
     fn files(dir: &Path, timeout: Duration, max: usize) -> ApiTlsConfig {
@@ -326,7 +370,7 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let mut listener = ApiListener::new(tcp, Some(tls), metrics.clone());
+        let mut listener = ApiListener::new(tcp, Some(tls), metrics.clone(), Arc::new(NoThrottle));
         assert_eq!(listener.scheme(), "https");
 
         // Connects and never says anything.

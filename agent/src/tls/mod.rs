@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use client::{ClientAuth, client_config, describe_handshake_error};
 pub use config::ApiTlsConfig;
-pub use listener::{ApiListener, ClientCert, PeerAddr, ServerTls, TlsPeer};
+pub use listener::{ApiListener, ClientCert, FailedAuth, PeerAddr, ServerTls, TlsPeer};
 pub use pem::{load_certs, load_key, load_roots, provider, roots};
 
 /// Why TLS material could not be loaded or used. Every variant names the config key.

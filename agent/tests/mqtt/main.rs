@@ -394,10 +394,38 @@ async fn mqtt_ingest_rules_map_wildcards_to_series() {
     agent.stop().await;
 }
 
+/// Commands are off unless configured: with the default `[mqtt]`, a document and a twin
+/// published to the command topics are not written, while a reading published after them on
+/// the same connection is (so the agent had the chance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_commands_are_off_by_default() {
+    let broker = Broker::start().await;
+    let agent = Agent::start(config(broker.addr)).await;
+    agent.wait_online(broker.addr).await;
+    let sub = Sub::connect(broker.addr, &[]).await;
+    sub.publish("kdelta/testpi/docs/set/evil", r#"{"x": 1}"#)
+        .await;
+    sub.publish("kdelta/testpi/twin/evil/patch", r#"{"x": 1}"#)
+        .await;
+    sub.publish(
+        "kdelta/testpi/ingest/after.commands",
+        format!(r#"{{"ts": {T0}, "value": 1}}"#),
+    )
+    .await;
+    wait_readings(&agent, "after.commands", 1).await;
+    assert!(agent.store.get("evil").await.unwrap().is_none());
+    assert!(agent.store.twin_get("evil").await.unwrap().is_none());
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_docs_set_command_puts_and_answers() {
     let broker = Broker::start().await;
-    let agent = Agent::start(config(broker.addr)).await;
+    let agent = Agent::start(MqttConfig {
+        commands: true,
+        ..config(broker.addr)
+    })
+    .await;
     agent.wait_online(broker.addr).await;
     let mut sub = Sub::connect(broker.addr, &["kdelta/testpi/docs/result"]).await;
     sub.publish(
@@ -536,7 +564,11 @@ async fn mqtt_twin_patches_and_retained_state() {
     const PATCH: &str = "kdelta/testpi/twin/device/x/patch";
     const RESULT: &str = "kdelta/testpi/twin/device/x/result";
     let broker = Broker::start().await;
-    let agent = Agent::start(config(broker.addr)).await;
+    let agent = Agent::start(MqttConfig {
+        commands: true,
+        ..config(broker.addr)
+    })
+    .await;
     agent.wait_metric("kdelta_mqtt_connected 1").await;
     let mut state = Sub::connect(broker.addr, &[STATE]).await;
     let mut results = Sub::connect(broker.addr, &[RESULT]).await;

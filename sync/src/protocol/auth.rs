@@ -73,12 +73,13 @@ where
 
 /// Accepts peers presenting one of a set of bearer tokens.
 ///
-/// Tokens are kept as BLAKE3 hashes and compared with [`subtle::ConstantTimeEq`] against
-/// every configured token, so neither the time taken nor an early exit tells an attacker
-/// how much of a guess was right, or how long a token is.
+/// Tokens are kept as SHA-256 digests (so a configuration may give the digest instead of the
+/// token: [`TokenAuthenticator::add_sha256`]) and compared with [`subtle::ConstantTimeEq`]
+/// against every configured token, so neither the time taken nor an early exit tells an
+/// attacker how much of a guess was right, or how long a token is.
 #[derive(Clone, Default)]
 pub struct TokenAuthenticator {
-    /// `(principal, BLAKE3 hash of the token)`.
+    /// `(principal, SHA-256 of the token)`.
     tokens: Vec<(String, [u8; 32])>,
 }
 
@@ -96,8 +97,13 @@ impl TokenAuthenticator {
 
     /// Accepts `token`, naming peers that present it `principal`.
     pub fn add(&mut self, principal: impl Into<String>, token: &str) {
-        self.tokens
-            .push((principal.into(), *blake3::hash(token.as_bytes()).as_bytes()));
+        self.add_sha256(principal, sha256(token.as_bytes()));
+    }
+
+    /// Accepts the token whose SHA-256 digest is `digest` (`printf %s TOKEN | sha256sum`),
+    /// naming peers that present it `principal`.
+    pub fn add_sha256(&mut self, principal: impl Into<String>, digest: [u8; 32]) {
+        self.tokens.push((principal.into(), digest));
     }
 
     /// Number of accepted tokens.
@@ -122,17 +128,22 @@ impl fmt::Debug for TokenAuthenticator {
 
 impl Authenticator for TokenAuthenticator {
     fn authenticate(&self, peer: &PeerCredentials<'_>) -> Option<String> {
-        let presented = blake3::hash(peer.token?.as_bytes());
+        let presented = sha256(peer.token?.as_bytes());
         let mut found = None;
         // No early exit: every configured token is compared.
         for (principal, hash) in &self.tokens {
-            let equal: bool = hash.ct_eq(presented.as_bytes()).into();
+            let equal: bool = hash.ct_eq(&presented).into();
             if equal && found.is_none() {
                 found = Some(principal.clone());
             }
         }
         found
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 #[cfg(test)]
@@ -168,6 +179,24 @@ mod tests {
             None
         );
         assert!(!format!("{auth:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_token_given_by_its_sha256_digest_is_accepted() {
+        // printf %s s3cret | sha256sum
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(
+            "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0",
+            &mut digest,
+        )
+        .unwrap();
+        let mut auth = TokenAuthenticator::new();
+        auth.add_sha256("hashed", digest);
+        assert_eq!(
+            auth.authenticate(&creds(Some("s3cret"))).as_deref(),
+            Some("hashed")
+        );
+        assert_eq!(auth.authenticate(&creds(Some("s3cre"))), None);
     }
 
     #[test]
