@@ -514,30 +514,6 @@ async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<R
     Ok(batches)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn w(name: &str, lo: i64, hi: i64) -> (String, i64, i64) {
-        (name.to_owned(), lo, hi)
-    }
-
-    #[test]
-    fn windows_merge_per_series_when_they_overlap_or_are_close() {
-        let merged = merge_windows(vec![
-            w("b", 0, 10),
-            w("a", 100_000, 100_100),
-            w("a", 0, 9_999),
-            w("a", 5_000, 20_000),
-            w("a", 80_000, 90_000), // within the gap of 20_000
-            w("b", 0, 10),          // a duplicate window
-        ]);
-        assert_eq!(merged, vec![w("a", 0, 100_100), w("b", 0, 10)]);
-        let apart = merge_windows(vec![w("a", 0, 1), w("a", 60_002, 60_003)]);
-        assert_eq!(apart.len(), 2);
-    }
-}
-
 /// The implied hash of actor `idx`'s changes held here (`kdelta_sync::link_unsigned`): the
 /// hash they would chain to had they been signed from seq 1, as SQLite's `past.rs` computes
 /// it. `None` when one of them is signed or a seq is missing. Read inside the apply
@@ -584,5 +560,29 @@ pub(crate) async fn unsigned_past_hash(
         for c in load(conn, rows).await? {
             hash = kdelta_sync::link_unsigned(&hash, &c, &[]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, lo: i64, hi: i64) -> (String, i64, i64) {
+        (name.to_owned(), lo, hi)
+    }
+
+    #[test]
+    fn windows_merge_per_series_when_they_overlap_or_are_close() {
+        let merged = merge_windows(vec![
+            w("b", 0, 10),
+            w("a", 100_000, 100_100),
+            w("a", 0, 9_999),
+            w("a", 5_000, 20_000),
+            w("a", 80_000, 90_000), // within the gap of 20_000
+            w("b", 0, 10),          // a duplicate window
+        ]);
+        assert_eq!(merged, vec![w("a", 0, 100_100), w("b", 0, 10)]);
+        let apart = merge_windows(vec![w("a", 0, 1), w("a", 60_002, 60_003)]);
+        assert_eq!(apart.len(), 2);
     }
 }
