@@ -315,7 +315,7 @@ impl PgStore {
             }
             None => changes,
         };
-        let held: HashMap<ActorId, HeldActor> = actors
+        let mut held: HashMap<ActorId, HeldActor> = actors
             .iter()
             .map(|(a, r)| {
                 let held = HeldActor {
@@ -325,6 +325,14 @@ impl PgStore {
                 (*a, held)
             })
             .collect();
+        // Held unsigned and linked to by a signed change: the implied hash of the past held
+        // (as on SQLite: `kdelta_sync::needs_past`).
+        for a in kdelta_sync::needs_past(changes, &held) {
+            let past = crate::read::unsigned_past_hash(&mut tx, a, actors[&a].idx).await?;
+            if let Some(h) = held.get_mut(&a) {
+                h.head.past = past;
+            }
+        }
         let rules = AdmitRules {
             // Validated before the transaction.
             limits: None,
@@ -518,6 +526,7 @@ async fn lock_actors(
                 head: ChainHead {
                     hash: hash.and_then(|h| h.try_into().ok()),
                     key: key.and_then(|k| k.try_into().ok()),
+                    past: None,
                 },
             },
         );

@@ -514,6 +514,55 @@ async fn load_readings(conn: &mut PgConnection, rows: &[LogRow]) -> Result<Vec<R
     Ok(batches)
 }
 
+/// The implied hash of actor `idx`'s changes held here (`kdelta_sync::link_unsigned`): the
+/// hash they would chain to had they been signed from seq 1, as SQLite's `past.rs` computes
+/// it. `None` when one of them is signed or a seq is missing. Read inside the apply
+/// transaction, under the actor row's lock.
+pub(crate) async fn unsigned_past_hash(
+    conn: &mut PgConnection,
+    actor: ActorId,
+    idx: i64,
+) -> Result<Option<[u8; 32]>> {
+    let ctx = "reading an actor's unsigned past";
+    let mut hash = kdelta_sync::seal::CHAIN_START;
+    let mut after = 0i64;
+    loop {
+        let found = sqlx::query(
+            "SELECT id, seq, hlc, kind, manifest, seal FROM changes \
+             WHERE actor_idx = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(idx)
+        .bind(after)
+        .bind(LOG_PAGE)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(PgError::db(ctx))?;
+        if found.is_empty() {
+            return Ok(Some(hash));
+        }
+        let mut rows = Vec::with_capacity(found.len());
+        for r in found {
+            let row = LogRow {
+                id: r.try_get(0).map_err(PgError::db(ctx))?,
+                actor,
+                seq: r.try_get::<i64, _>(1).map_err(PgError::db(ctx))? as u64,
+                hlc: Hlc(r.try_get::<i64, _>(2).map_err(PgError::db(ctx))? as u64),
+                kind: r.try_get(3).map_err(PgError::db(ctx))?,
+                manifest: r.try_get(4).map_err(PgError::db(ctx))?,
+                seal: r.try_get(5).map_err(PgError::db(ctx))?,
+            };
+            if row.seal.is_some() || row.seq != after as u64 + 1 {
+                return Ok(None);
+            }
+            after = row.seq as i64;
+            rows.push(row);
+        }
+        for c in load(conn, rows).await? {
+            hash = kdelta_sync::link_unsigned(&hash, &c, &[]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,8 @@ pub struct PgConfig {
     /// Remote timestamps further ahead of this replica's trusted time are refused (ms).
     pub max_clock_offset_ms: u64,
     /// Refuse remote changes that carry no signature, as `[store] require_signatures` on
-    /// SQLite (an actor that has signed once is never accepted unsigned again).
+    /// SQLite (on by default; an actor that has signed once is never accepted unsigned
+    /// again).
     pub require_signatures: bool,
     /// Connections in this replica's pool.
     pub max_connections: u32,
@@ -43,7 +44,7 @@ impl Default for PgConfig {
         PgConfig {
             limits: Limits::default(),
             max_clock_offset_ms: 300_000,
-            require_signatures: false,
+            require_signatures: true,
             max_connections: 8,
             connect_timeout: Duration::from_secs(10),
         }

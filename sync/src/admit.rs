@@ -64,6 +64,27 @@ impl Admission {
     }
 }
 
+/// The actors of `changes` whose [`ChainHead::past`] the store must fill in `held` before
+/// [`admit_remote`]: those it holds unsigned (a head without hash, some seq held) with a
+/// signed change in the call that does not start a chain. Computing it reads the actor's
+/// whole held log, so it is asked for only then.
+pub fn needs_past(changes: &[Change], held: &HashMap<ActorId, HeldActor>) -> Vec<ActorId> {
+    let mut out: Vec<ActorId> = Vec::new();
+    for c in changes {
+        let Some(h) = held.get(&c.actor) else {
+            continue;
+        };
+        let links = c
+            .seal
+            .as_ref()
+            .is_some_and(|s| s.prev != crate::seal::CHAIN_START);
+        if links && h.head.hash.is_none() && h.max_seq > 0 && !out.contains(&c.actor) {
+            out.push(c.actor);
+        }
+    }
+    out
+}
+
 /// Decides which of `changes` a store holding `held` (per actor of the call; actors left
 /// out hold nothing) stores. `check_time` is the store's clock check of a remote change.
 pub fn admit_remote(

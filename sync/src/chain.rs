@@ -11,13 +11,13 @@
 //! Rules for a received change of actor A at seq n (the store holds A up to n − 1):
 //! - signed: its key must be A's bound key (bound by A's first signed change stored: trust on
 //!   first use); its `prev` must be the hash of the stored change n − 1 when that one is
-//!   signed (after an unsigned one — the unsigned past, or a change an older relay passed on
-//!   without its seal — there is nothing to link to); its signature must verify over the
-//!   change hash, computed
+//!   signed, and [`CHAIN_START`] when n = 1 or the stored n − 1 is unsigned (a chain starts
+//!   after the unsigned past; any other link names a signed predecessor whose seal was
+//!   stripped here or on the way); its signature must verify over the change hash, computed
 //!   from the body received (and the hashes of pruned units).
 //! - unsigned: refused once A has a signed change (a stripped signature), or when
-//!   `require_signatures` is set; otherwise accepted as the unsigned past of an actor that
-//!   has not upgraded yet, and counted.
+//!   `require_signatures` is set (the default); otherwise accepted as the unsigned past of
+//!   an actor that has not upgraded yet, and counted.
 //!
 //! A refusal names the actor and seq; the actor's later changes in the same call wait behind
 //! it, other actors' changes apply.
@@ -110,6 +110,11 @@ pub struct ChainHead {
     pub hash: Option<Hash>,
     /// The actor's bound public key.
     pub key: Option<[u8; 32]>,
+    /// When `hash` is `None` and the changes held are the actor's unsigned past, dense from
+    /// seq 1: the hash they would have had signed from seq 1 (`past.rs`), the one link
+    /// besides [`CHAIN_START`] its next signed change may carry. Filled by the stores only
+    /// when a call needs it ([`crate::admit::needs_past`]).
+    pub past: Option<Hash>,
 }
 
 /// The stored seal of one accepted remote change, written after its row.
@@ -289,9 +294,26 @@ impl Writer {
         let head = ChainHead {
             hash,
             key: key.and_then(|k| k.try_into().ok()),
+            past: None,
         };
         self.chain_heads.insert(actor, (slot.max_seq, head));
         Ok(head)
+    }
+
+    /// The implied hash of `actor`'s unsigned past as held (`past.rs`), cached per seq: a
+    /// peer that keeps sending a change that does not link costs one read of the log.
+    pub(crate) fn unsigned_past_hash(&mut self, actor: ActorId) -> Result<Option<Hash>> {
+        let Some(slot) = self.actors.get(&actor).copied() else {
+            return Ok(None);
+        };
+        if let Some((seq, past)) = self.past_hashes.get(&actor)
+            && *seq == slot.max_seq
+        {
+            return Ok(*past);
+        }
+        let past = crate::past::unsigned_past_hash(&self.conn, actor, slot.idx)?;
+        self.past_hashes.insert(actor, (slot.max_seq, past));
+        Ok(past)
     }
 
     /// Stores the seals of the remote changes just written (their rows exist now) and binds
@@ -350,7 +372,17 @@ pub(crate) fn check_remote(
                 "unsigned, and require_signatures is set".into(),
             ));
         }
-        return Ok((*head, None));
+        // The unsigned past grows by this change; its implied hash with it, when known.
+        let from = if c.seq == 1 {
+            Some(CHAIN_START)
+        } else {
+            head.past
+        };
+        let next = ChainHead {
+            past: from.map(|p| crate::past::link_unsigned(&p, c, &[])),
+            ..*head
+        };
+        return Ok((next, None));
     };
     if let Some(bound) = head.key
         && bound != s.key
@@ -364,19 +396,34 @@ pub(crate) fn check_remote(
             ),
         ));
     }
-    // After an unsigned predecessor (the unsigned past, or a change an un-upgraded relay
-    // passed on without its seal) there is nothing to link to: any `prev` starts the chain.
-    if let Some(expected) = head.hash
-        && s.prev != expected
-    {
-        return Err((
-            ChainFault::BrokenChain,
-            format!(
-                "links to {}, but the actor's previous change here is {}",
-                hex::encode(&s.prev[..8]),
-                hex::encode(&expected[..8])
-            ),
-        ));
+    match head.hash {
+        Some(expected) if s.prev != expected => {
+            return Err((
+                ChainFault::BrokenChain,
+                format!(
+                    "links to {}, but the actor's previous change here is {}",
+                    hex::encode(&s.prev[..8]),
+                    hex::encode(&expected[..8])
+                ),
+            ));
+        }
+        // Seq 1, or after an unsigned predecessor (the actor's unsigned past): a chain
+        // start fits, or the implied hash of the unsigned past held (the actor signed that
+        // past when it upgraded, or a relay dropped the seals): this signature then vouches
+        // for every held copy. A link to anything else names a signed predecessor that is
+        // not the one held here: its seal was stripped, and maybe the change altered.
+        None if s.prev != CHAIN_START && (c.seq == 1 || head.past != Some(s.prev)) => {
+            return Err((
+                ChainFault::BrokenChain,
+                format!(
+                    "links to {}, but the actor's previous change here is unsigned \
+                     (a signed change after an unsigned one must start a chain): the \
+                     previous change was signed and its seal stripped",
+                    hex::encode(&s.prev[..8])
+                ),
+            ));
+        }
+        _ => {}
     }
     let body = seal::body_hash(&c.body, &s.pruned);
     let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
@@ -394,6 +441,7 @@ pub(crate) fn check_remote(
         ChainHead {
             hash: Some(hash),
             key: Some(s.key),
+            past: None,
         },
         Some(PendingSeal {
             actor: c.actor,
@@ -502,6 +550,8 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
         let key: Option<[u8; 32]> = key.and_then(|k| k.try_into().ok());
         let mut last_seq = 0u64;
         let mut head: Option<Hash> = None;
+        // The implied hash of the unsigned past so far (`past.rs`).
+        let mut past = Some(CHAIN_START);
         let mut signing = false;
         loop {
             let rows: Vec<LogRow> = {
@@ -523,8 +573,10 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
             if rows.is_empty() {
                 break;
             }
-            let stored: Vec<(Option<Hash>, Option<Seal>)> =
-                rows.iter().map(|r| (r.body_hash, r.seal.clone())).collect();
+            let stored: Vec<(Option<Hash>, Option<Seal>, Vec<Hash>)> = rows
+                .iter()
+                .map(|r| (r.body_hash, r.seal.clone(), r.pruned.clone()))
+                .collect();
             let changes = match log_read::load(&tx, rows) {
                 Ok(c) => c,
                 Err(e) => {
@@ -537,7 +589,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                     break;
                 }
             };
-            for (c, (body_hash, seal)) in changes.iter().zip(stored) {
+            for (c, (body_hash, seal, pruned)) in changes.iter().zip(stored) {
                 report.changes += 1;
                 digest.add_change(c);
                 if c.seq != last_seq + 1 {
@@ -550,6 +602,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 }
                 last_seq = c.seq;
                 let Some(s) = seal else {
+                    past = past.map(|p| crate::past::link_unsigned(&p, c, &pruned));
                     report.unsigned += 1;
                     if signing {
                         fail(
@@ -571,10 +624,19 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 // Link and signature over the stored body hash: a body edit is reported
                 // once, not again as a broken chain at the next change.
                 let body = body_hash.unwrap_or(body);
-                if let Some(h) = head
-                    && s.prev != h
-                {
-                    problems.push("does not link to the previous change");
+                match head {
+                    Some(h) if s.prev != h => {
+                        problems.push("does not link to the previous change");
+                    }
+                    None if s.prev != CHAIN_START && c.seq > 1 && past != Some(s.prev) => problems
+                        .push(
+                            "links to a signed predecessor, but the previous change is unsigned \
+                         (its seal was stripped)",
+                        ),
+                    None if s.prev != CHAIN_START && c.seq == 1 => {
+                        problems.push("the actor's first change does not start a chain");
+                    }
+                    _ => {}
                 }
                 let hash = seal::change_hash(&actor, c.seq, c.hlc, &s.prev, &body);
                 match key {
@@ -586,6 +648,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                         }
                     }
                 }
+                past = None;
                 if problems.is_empty() {
                     report.signed += 1;
                 } else {

@@ -89,6 +89,7 @@ mod ingest;
 mod log_read;
 mod model;
 mod multirow;
+mod past;
 pub mod protocol;
 mod readers;
 mod readings_fit;
@@ -108,7 +109,7 @@ mod vv;
 mod writer;
 
 pub use actor::{ActorId, ParseActorError};
-pub use admit::{Admission, AdmitRules, HeldActor, admit_remote};
+pub use admit::{Admission, AdmitRules, HeldActor, admit_remote, needs_past};
 pub use chain::{ChainFault, ChainHead, ChainRefusal, ChainReport, VerifyFailure, VerifyReport};
 pub use change::{
     Change, ChangeBody, DocWrite, Dot, Limits, MAX_DOT_BYTES, MAX_KEY_BYTES, MAX_SERIES_NAME_BYTES,
@@ -140,6 +141,7 @@ pub use ingest::{
     saturating_sum,
 };
 pub use model::*;
+pub use past::link_unsigned;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_fit::{fit_readings, sized_readings, split_readings};
 pub use readings_query::{

@@ -55,6 +55,7 @@ const ID_CHUNK: usize = 500;
 const MERGE_GAP_MS: i64 = 60_000;
 
 /// A change-log row whose body is not loaded yet.
+#[derive(Clone)]
 pub(crate) struct LogRow {
     pub id: i64,
     pub actor: ActorId,
@@ -70,6 +71,9 @@ pub(crate) struct LogRow {
     pub seal: Option<Seal>,
     /// The body hash stored with a signed change (`kdelta verify` recomputes it).
     pub body_hash: Option<Hash>,
+    /// Hashes of the units retention pruned from this change, signed or not (`past.rs`
+    /// needs them for unsigned ones).
+    pub pruned: Vec<Hash>,
 }
 
 impl LogRow {
@@ -110,6 +114,7 @@ impl LogRow {
             _ => None,
         };
         Ok(LogRow {
+            pruned: pruned.as_deref().map(split_hashes).unwrap_or_default(),
             seal,
             body_hash: fixed32(body_hash),
             id: get(0)?.unwrap_or(0),

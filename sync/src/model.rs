@@ -24,9 +24,13 @@ pub struct StoreConfig {
     pub max_group_jobs: usize,
     /// Capacity of the write queue; writers wait (backpressure) when it is full.
     pub write_queue: usize,
-    /// Refuse remote changes that carry no signature (changes of peers that do not sign
-    /// yet). Off by default so un-upgraded peers keep syncing; their unsigned changes are
-    /// counted. An actor that has signed once is never accepted unsigned again.
+    /// Refuse remote changes that carry no signature (refused as `unsigned`, named and
+    /// counted). On by default: an unsigned change proves nothing of its actor, so anyone
+    /// relaying it could have written or altered it. `false` is the opt-out for a fleet
+    /// still holding peers on a release that does not sign (their unsigned changes are then
+    /// accepted and counted). An actor that has signed once is never accepted unsigned
+    /// again, whatever this says; a store's own unsigned past is signed when this release
+    /// first opens it (`chain.rs`, `sign_own_past`), so upgraded stores keep syncing.
     pub require_signatures: bool,
 }
 
@@ -39,7 +43,7 @@ impl Default for StoreConfig {
             read_connections: 4,
             max_group_jobs: 256,
             write_queue: 1024,
-            require_signatures: false,
+            require_signatures: true,
         }
     }
 }

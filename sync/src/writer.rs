@@ -321,6 +321,9 @@ pub(crate) struct Writer {
     pub chain_heads: HashMap<ActorId, (u64, crate::chain::ChainHead)>,
     /// Refuse unsigned remote changes (`StoreConfig::require_signatures`).
     pub require_signatures: bool,
+    /// Implied hashes of actors' unsigned pasts (`past.rs`), each with the seq it covers up
+    /// to (stale once the actor moves on); cleared after any rollback.
+    pub past_hashes: HashMap<ActorId, (u64, Option<crate::seal::Hash>)>,
 }
 
 impl Writer {
@@ -332,6 +335,14 @@ impl Writer {
         require_signatures: bool,
     ) -> Result<Writer> {
         let signing = crate::schema::load_or_create_signing_key(&conn)?;
+        let signed = crate::past::sign_own_past(&conn, actor, &signing)?;
+        if signed > 0 {
+            tracing::info!(
+                actor = %actor,
+                changes = signed,
+                "signed this store's unsigned past (its changes from before signing), from seq 1"
+            );
+        }
         let mut w = Writer {
             signer: Signer::start(&signing)?,
             unsigned: Vec::new(),
@@ -339,6 +350,7 @@ impl Writer {
             own_key_bound: false,
             own_tip: None,
             chain_heads: HashMap::new(),
+            past_hashes: HashMap::new(),
             require_signatures,
             conn,
             shared,
@@ -403,6 +415,7 @@ impl Writer {
         self.own_key_bound = false;
         self.own_tip = None;
         self.chain_heads.clear();
+        self.past_hashes.clear();
         let load = |conn: &Connection| -> rusqlite::Result<Vec<(i64, Vec<u8>, i64)>> {
             let mut st = conn.prepare_cached("SELECT idx, actor, max_seq FROM actors")?;
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -946,6 +959,12 @@ impl Writer {
                     max_seq: self.actors.get(&c.actor).map_or(0, |s| s.max_seq),
                     head: self.chain_head(c.actor)?,
                 });
+            }
+        }
+        for actor in crate::admit::needs_past(&changes, &held) {
+            let past = self.unsigned_past_hash(actor)?;
+            if let Some(h) = held.get_mut(&actor) {
+                h.head.past = past;
             }
         }
         let rules = crate::admit::AdmitRules {

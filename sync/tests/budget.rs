@@ -195,8 +195,18 @@ async fn hostile_gap_records_are_refused_with_nothing_stored() {
     let at = bytes.windows(11).position(|w| w == b"disk_budget").unwrap();
     bytes[at..at + 11].copy_from_slice(b"disk_budgeX");
     assert!(Change::from_cbor(&bytes, &Limits::default()).is_err());
-    // A good one round-trips and is stored.
-    let good = change(vec![entry]);
+    // A good one, signed as its actor would, round-trips and is stored.
+    let mut good = change(vec![entry]);
+    let key = kdelta_sync::seal::SigningKey::generate().unwrap();
+    let prev = kdelta_sync::seal::CHAIN_START;
+    let body = kdelta_sync::seal::body_hash(&good.body, &[]);
+    let hash = kdelta_sync::seal::change_hash(&actor, 1, good.hlc, &prev, &body);
+    good.seal = Some(kdelta_sync::seal::Seal {
+        key: key.public(),
+        prev,
+        sig: key.sign(&hash),
+        pruned: vec![],
+    });
     assert_eq!(
         Change::from_cbor(&good.to_cbor(), &Limits::default()).unwrap(),
         good

@@ -358,3 +358,178 @@ proptest! {
         })?;
     }
 }
+
+/// A store with `require_signatures` as given (the default is on; off is the opt-out for
+/// fleets with peers that do not sign yet).
+async fn open_requiring(dir: &tempfile::TempDir, name: &str, require: bool) -> Store {
+    let config = StoreConfig {
+        require_signatures: require,
+        ..StoreConfig::default()
+    };
+    Store::open(dir.path().join(name), config).await.unwrap()
+}
+
+/// Nulls the seal columns of `actor`'s change `seq` in the store file at `path` (which must
+/// not be open): what someone with the file can do behind the agent's back.
+fn strip_seal(path: &std::path::Path, actor: ActorId, seq: u64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let n = conn
+        .execute(
+            &format!(
+                "UPDATE changes SET prev_hash = NULL, body_hash = NULL, signature = NULL, \
+                 pruned = NULL WHERE seq = {seq} AND actor_idx = \
+                 (SELECT idx FROM actors WHERE actor = x'{actor}')"
+            ),
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "stripped one change");
+}
+
+/// The audit of issue 14, in the library: a relay strips the seal of an actor's seq 1 and
+/// alters it. With the defaults the receiver refuses the unsigned change. With the opt-out
+/// it takes the unsigned change (counted), but the actor's genuine seq 2, which links to the
+/// genuine seq 1, proves that seq 1 was signed: refused as `broken_chain` naming actor and
+/// seq, nothing stored. And `verify` fails on the relay's edited file.
+#[tokio::test]
+async fn a_signed_change_after_a_stripped_predecessor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    a.append(readings("setpoint", T0, &[22.0], None))
+        .await
+        .unwrap();
+    a.append(readings("setpoint", T0 + MIN, &[23.0], None))
+        .await
+        .unwrap();
+    let genuine = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    assert!(genuine.iter().all(|c| c.seal.is_some()));
+    let mut forged = genuine[0].clone();
+    forged.seal = None;
+    let ChangeBody::Readings(batch) = &mut forged.body else {
+        panic!("a readings change")
+    };
+    batch.series[0].values[0] = 99.0;
+
+    // Defaults: the unsigned change is refused, naming actor and seq.
+    let strict = open(&dir, "strict.db").await;
+    let err = strict.apply_remote(vec![forged.clone()]).await.unwrap_err();
+    assert_eq!(err.code(), "unsigned", "{err}");
+    assert!(err.to_string().contains(&a.actor().to_string()), "{err}");
+    assert_eq!(strict.version_vector().get(&a.actor()), 0);
+    // The genuine changes apply.
+    strict.apply_remote(genuine.clone()).await.unwrap();
+    assert_eq!(strict.version_vector().get(&a.actor()), 2);
+
+    // Opt-out: the unsigned past is taken, the genuine seq 2 exposes it.
+    let lax = open_requiring(&dir, "lax.db", false).await;
+    lax.apply_remote(vec![forged]).await.unwrap();
+    let before = (lax.version_vector(), lax.digest());
+    let err = lax
+        .apply_remote(vec![genuine[1].clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "broken_chain", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&a.actor().to_string()) && text.contains("change 2"),
+        "{text}"
+    );
+    assert!(text.contains("unsigned"), "{text}");
+    assert_eq!((lax.version_vector(), lax.digest()), before);
+
+    // A relay holding both, its file edited: seq 1's seal nulled. Its content intact, seq 2
+    // still vouches for it (it links to exactly what seq 1 hashes to): the store verifies.
+    let hub = open(&dir, "hub.db").await;
+    hub.apply_remote(genuine.clone()).await.unwrap();
+    let path = hub.path().to_owned();
+    hub.close().await;
+    assert!(Store::verify_file(&path).await.unwrap().ok());
+    strip_seal(&path, a.actor(), 1);
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.unsigned, report.signed), (1, 1));
+    // And its value changed to 99: seq 2's link proves a stripped seal.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let n = conn
+        .execute(
+            &format!(
+                "UPDATE readings SET value = 99 WHERE change_id = (SELECT c.id FROM changes c \
+                 JOIN actors x ON x.idx = c.actor_idx WHERE x.actor = x'{}' AND c.seq = 1)",
+                a.actor()
+            ),
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(!report.ok());
+    let failure = report
+        .failures
+        .iter()
+        .find(|f| f.actor == Some(a.actor()) && f.seq == Some(2))
+        .unwrap_or_else(|| panic!("seq 2 named: {:?}", report.failures));
+    assert!(failure.problem.contains("stripped"), "{failure}");
+    assert_eq!(report.unsigned, 1);
+}
+
+/// Unsigned changes are refused by default (`unsigned`, nothing stored) and accepted with
+/// `require_signatures = false`, where an actor's first signed change after its unsigned
+/// past starts its chain (`CHAIN_START`) and verifies.
+#[tokio::test]
+async fn unsigned_changes_are_refused_by_default_and_accepted_with_the_opt_out() {
+    assert!(StoreConfig::default().require_signatures);
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    a.append(readings("t", T0, &[1.0], None)).await.unwrap();
+    let mut unsigned = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    unsigned[0].seal = None;
+
+    let strict = open(&dir, "strict.db").await;
+    let err = strict.apply_remote(unsigned.clone()).await.unwrap_err();
+    assert_eq!(err.code(), "unsigned", "{err}");
+    assert_eq!(strict.version_vector().get(&a.actor()), 0);
+
+    let lax = open_requiring(&dir, "lax.db", false).await;
+    lax.apply_remote(unsigned.clone()).await.unwrap();
+    assert_eq!(lax.version_vector().get(&a.actor()), 1);
+    // The actor's next change, signed as the first of a chain after an unsigned past.
+    let key = seal::SigningKey::generate().unwrap();
+    let body = ChangeBody::Readings({
+        let mut b = readings("t", T0 + MIN, &[2.0], None);
+        b.normalize(&Limits::default()).unwrap();
+        b
+    });
+    let hlc = Hlc(unsigned[0].hlc.0 + 1);
+    let h = seal::change_hash(
+        &a.actor(),
+        2,
+        hlc,
+        &CHAIN_START,
+        &seal::body_hash(&body, &[]),
+    );
+    let next = Change {
+        actor: a.actor(),
+        seq: 2,
+        hlc,
+        body,
+        seal: Some(seal::Seal {
+            key: key.public(),
+            prev: CHAIN_START,
+            sig: key.sign(&h),
+            pruned: vec![],
+        }),
+    };
+    lax.apply_remote(vec![next]).await.unwrap();
+    let path = lax.path().to_owned();
+    lax.close().await;
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.unsigned, report.signed), (1, 1));
+}

@@ -178,12 +178,149 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
     let changes: u64 = s.version_vector().iter().map(|(_, n)| n).sum();
     s.close().await;
 
-    // Its past is unsigned and says so; the two changes written since are signed, the
-    // first of them starting this actor's chain; `verify` passes.
+    // Its own past was signed at the first open, from seq 1, and the two changes written
+    // since link to it; the other actor's changes (it never signed them) stay unsigned and
+    // say so; `verify` passes.
     let report = Store::verify_file(&path).await.unwrap();
     assert!(report.ok(), "{:?}", report.failures);
-    assert_eq!(report.signed, 2);
-    assert_eq!(report.unsigned, changes - 2);
+    let own = s_own_changes(&expected);
+    assert_eq!(report.signed, own + 2);
+    assert_eq!(report.unsigned, changes - own - 2);
+    assert!(
+        report.unsigned > 0,
+        "the other actor's changes are in the fixture"
+    );
+}
+
+/// How many changes of its own actor the fixture holds (its version vector, as recorded).
+fn s_own_changes(expected: &Value) -> u64 {
+    let me = expected["actor"].as_str().unwrap();
+    expected["vv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[0] == me)
+        .and_then(|e| e[1].as_u64())
+        .unwrap()
+}
+
+/// A store of the unsigned era, upgraded, syncs with the defaults (`require_signatures`
+/// on): its own history reaches a fresh store whole and verified (signed at the upgrade),
+/// and a hub that holds the same changes unsigned — received before the upgrade — accepts
+/// the upgraded store's next change, which links to the past it signed: the hub's copies are
+/// exactly what was signed. The other actor's unsigned changes are refused by the fresh
+/// store, named, and nothing else waits on them.
+#[tokio::test]
+async fn an_upgraded_store_syncs_with_the_defaults() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kdelta.db");
+    std::fs::copy(fixtures.join("v2-sqlx.db"), &path).unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("v2-sqlx.json")).unwrap())
+            .unwrap();
+
+    // A hub that got everything before the upgrade holds it unsigned (as the old release
+    // served it: no seals). Stored with the opt-out, as the old release stored it.
+    let upgraded = Store::open(&path, StoreConfig::default()).await.unwrap();
+    let me = upgraded.actor();
+    let mut old_copies = upgraded
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let own = s_own_changes(&expected);
+    assert_eq!(
+        old_copies
+            .iter()
+            .filter(|c| c.actor == me && c.seal.is_some())
+            .count() as u64,
+        own,
+        "the own past is served signed after the upgrade"
+    );
+    for c in &mut old_copies {
+        c.seal = None;
+    }
+    let lax = StoreConfig {
+        require_signatures: false,
+        ..StoreConfig::default()
+    };
+    let hub_path = dir.path().join("hub.db");
+    let hub = Store::open(&hub_path, lax.clone()).await.unwrap();
+    hub.apply_remote(old_copies).await.unwrap();
+    hub.close().await;
+    // The hub upgraded too, with the defaults.
+    let hub = Store::open(&hub_path, StoreConfig::default())
+        .await
+        .unwrap();
+
+    // The upgraded store writes on; its next change reaches the hub and applies.
+    upgraded
+        .put("cfg/a", &json!({"interval": 20}))
+        .await
+        .unwrap();
+    let next = upgraded
+        .changes_since(&hub.version_vector(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].seal.as_ref().unwrap().prev, seal::CHAIN_START);
+    hub.apply_remote(next.clone()).await.unwrap();
+    assert_eq!(hub.version_vector().get(&me), own + 1);
+    hub.close().await;
+    let report = Store::verify_file(&hub_path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    // The same change on top of a copy that was altered is refused.
+    let altered_path = dir.path().join("altered.db");
+    let altered = Store::open(&altered_path, lax).await.unwrap();
+    let mut copies = upgraded
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    copies.retain(|c| c.actor == me && c.seq <= own);
+    for c in &mut copies {
+        c.seal = None;
+    }
+    let first_doc = copies
+        .iter_mut()
+        .find_map(|c| match &mut c.body {
+            ChangeBody::Doc(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    first_doc.value = Some(stored_json(&json!({"interval": 99})));
+    altered.apply_remote(copies).await.unwrap();
+    let err = altered.apply_remote(next).await.unwrap_err();
+    assert_eq!(err.code(), "broken_chain", "{err}");
+
+    // A fresh store with the defaults: the upgraded store's whole history applies, signed;
+    // the other actor's unsigned changes are refused, named.
+    let fresh_path = dir.path().join("fresh.db");
+    let fresh = Store::open(&fresh_path, StoreConfig::default())
+        .await
+        .unwrap();
+    let all = upgraded
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let (outcome, report) = fresh.apply_remote_verified(all).await.unwrap();
+    assert_eq!(outcome.applied as u64, own + 1);
+    assert_eq!(fresh.version_vector().get(&me), own + 1);
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.refused[0].fault.code(), "unsigned");
+    assert_ne!(report.refused[0].actor, me);
+    assert_eq!(report.unsigned, 0);
+    fresh.close().await;
+    let report = Store::verify_file(&fresh_path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.signed, report.unsigned), (own + 1, 0));
+    upgraded.close().await;
+}
+
+/// A JSON value as a document change carries it (CBOR).
+fn stored_json(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
 }
 
 /// The migrations table of a store made now matches what sqlx recorded (versions,

@@ -274,9 +274,18 @@ fn readings(
     b
 }
 
+/// The remote actors here make unsigned changes (these tests are about reading the log in
+/// batches, not about trust): their stores take them as the opt-out does.
+fn unsigned_peers() -> StoreConfig {
+    StoreConfig {
+        require_signatures: false,
+        ..StoreConfig::default()
+    }
+}
+
 /// Builds a store from `ops`; returns it with what the remote actors made.
 async fn build(dir: &tempfile::TempDir, ops: &[Op]) -> (Store, Vec<Change>) {
-    let store = Store::open(dir.path().join("s.db"), StoreConfig::default())
+    let store = Store::open(dir.path().join("s.db"), unsigned_peers())
         .await
         .unwrap();
     let mut made: Vec<Change> = Vec::new();
@@ -500,7 +509,7 @@ async fn state(s: &Store) -> impl PartialEq + std::fmt::Debug {
 async fn one_page_applies_like_change_by_change() {
     let dir = tempfile::tempdir().unwrap();
     let changes = many_series_changes();
-    let open = |name: &str| Store::open(dir.path().join(name), StoreConfig::default());
+    let open = |name: &str| Store::open(dir.path().join(name), unsigned_peers());
     let (whole, single, chunked) = (
         open("whole.db").await.unwrap(),
         open("single.db").await.unwrap(),

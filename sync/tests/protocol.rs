@@ -2,6 +2,7 @@
 //! convergence, relay through a hub, a mesh, resumption after a cut link, live push, and
 //! hostile peers. Frame decoding is property-tested against arbitrary and mutated bytes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -524,6 +525,28 @@ fn evil_change(seq: u64, hlc_ms: u64) -> Change {
     }
 }
 
+/// `changes` sealed as their actors would sign them (one fresh key per actor, each actor's
+/// changes linked in the order given from `CHAIN_START`): hostile pages must pass the
+/// signature check (unsigned ones are refused by default) to reach the checks they probe.
+fn signed(mut changes: Vec<Change>) -> Vec<Change> {
+    use kdelta_sync::seal::{self, CHAIN_START, Seal, SigningKey};
+    let mut chains: HashMap<ActorId, (SigningKey, seal::Hash)> = HashMap::new();
+    for c in &mut changes {
+        let (key, prev) = chains
+            .entry(c.actor)
+            .or_insert_with(|| (SigningKey::generate().unwrap(), CHAIN_START));
+        let h = seal::change_hash(&c.actor, c.seq, c.hlc, prev, &seal::body_hash(&c.body, &[]));
+        c.seal = Some(Seal {
+            key: key.public(),
+            prev: *prev,
+            sig: key.sign(&h),
+            pruned: vec![],
+        });
+        *prev = h;
+    }
+    changes
+}
+
 /// A store with some data, and a check that it never changes.
 async fn victim(dir: &tempfile::TempDir) -> (Store, impl Fn(&Store)) {
     let store = open(dir, "victim.db").await;
@@ -658,11 +681,11 @@ async fn a_page_with_a_gap_changes_nothing() {
     let (store, untouched) = victim(&dir).await;
     let now = now_ms();
     // Valid changes first: the page is refused as a whole.
-    let changes = vec![
+    let changes = signed(vec![
         evil_change(1, now),
         evil_change(2, now),
         evil_change(4, now),
-    ];
+    ]);
     let (mut raw, h) = hostile_initiator(&store);
     raw.handshake(TOKEN).await;
     raw.send(&Frame::Page {
@@ -687,12 +710,12 @@ async fn a_future_change_is_held_back_and_the_rest_of_the_page_applies() {
     other.actor = ActorId([0xDD; 16]);
     let day = 86_400_000;
     // EE:2 is a day ahead; EE:3 waits behind it; DD:1 and EE:1 apply.
-    let changes = vec![
+    let changes = signed(vec![
         evil_change(1, now),
         evil_change(2, now + day),
         other,
         evil_change(3, now),
-    ];
+    ]);
     let ((r_tx, r_rx), (tx, rx)) = memory_link(8);
     let session = SyncSession::responder(store.clone(), config(SessionMode::Continuous), auth());
     let stats = session.stats();
@@ -1772,17 +1795,41 @@ async fn forged_reordered_and_stripped_changes_are_refused() {
         .unwrap();
     assert!(report.ok(), "{:?}", report.failures);
 
-    // A change that reached a store unsigned (through a relay on an older release) is the
-    // unsigned past there: the actor's next, signed change starts the chain instead of
-    // wedging it.
-    let e = open(&dir, "e.db").await;
+    // A change stripped of its seal is refused by default. A store that opted out
+    // (`require_signatures = false`) takes it as the unsigned past; the actor's next change
+    // links to the signed original, which is exactly the copy held (a relay on an older
+    // release dropped the seal): it applies and vouches for the copy. Had the copy been
+    // altered, the same link proves the seal was stripped: refused, not a new chain.
     let mut unsigned = genuine[0].clone();
     unsigned.seal = None;
-    e.apply_remote(vec![unsigned]).await.unwrap();
+    let strict = open(&dir, "strict.db").await;
+    let err = strict
+        .apply_remote(vec![unsigned.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unsigned", "{err}");
+    let config = StoreConfig {
+        require_signatures: false,
+        ..StoreConfig::default()
+    };
+    let e = Store::open(dir.path().join("e.db"), config.clone())
+        .await
+        .unwrap();
+    e.apply_remote(vec![unsigned.clone()]).await.unwrap();
     e.apply_remote(genuine[1..].to_vec()).await.unwrap();
     let report = Store::verify_file(dir.path().join("e.db")).await.unwrap();
     assert!(report.ok(), "{:?}", report.failures);
     assert_eq!((report.unsigned, report.signed), (1, 2));
+    let mut altered = unsigned;
+    if let ChangeBody::Readings(b) = &mut altered.body {
+        b.series[0].values[0] += 1.0;
+    }
+    let f = Store::open(dir.path().join("f.db"), config).await.unwrap();
+    f.apply_remote(vec![altered]).await.unwrap();
+    let err = f.apply_remote(genuine[1..].to_vec()).await.unwrap_err();
+    assert_eq!(err.code(), "broken_chain", "{err}");
+    assert!(err.to_string().contains("change 2"), "{err}");
+    assert_eq!(f.version_vector().get(&a.actor()), 1);
 }
 
 /// A store whose file was edited behind the agent's back fails `verify`, naming the actor

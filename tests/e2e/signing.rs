@@ -105,3 +105,113 @@ async fn a_hub_relays_signed_changes_and_verify_catches_an_edited_store() {
         "{err}"
     );
 }
+
+const TOKEN_C: &str = "device-c-token-0123456789";
+
+/// The audit of issue 14 with real agents: device A writes `{"setpoint":22}` then
+/// `{"setpoint":23}` (seq 2, linking to seq 1) and syncs them to hub H. With H stopped, the
+/// seal columns of A's seq 1 are nulled in H's file and its value changed to 99. `kdelta
+/// verify` on H's file exits 1, naming A's next change (its link proves the stripped seal).
+/// A fresh device C syncing from the restarted H refuses the unsigned change (defaults:
+/// `require_signatures` on) and A's seq 2 waits behind it: C shows neither 99 nor 23, the
+/// refusal is counted (`kdelta_sync_changes_unverified_total`), shown as `last_refusal`
+/// naming A and the seq, and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_stripping_and_altering_a_change_is_refused_by_a_fresh_device() {
+    let c = client();
+    let hub_config = format!(
+        "sources = []\ndevice_twin = false\n[sync]\naccept_tokens = [\
+         {{ name = \"dev-a\", token = \"{TOKEN_A}\", role = \"device\" }}, \
+         {{ name = \"dev-c\", token = \"{TOKEN_C}\", role = \"device\" }}]\n"
+    );
+    let mut hub = Agent::builder().config(&hub_config).start();
+    let device = |url: &str, token: &str| {
+        Agent::builder()
+            .config(&format!(
+                "sources = []\ndevice_twin = false\n[[sync.peers]]\nname = \"hub\"\nurl = \"{url}\"\ntoken = \"{token}\"\n"
+            ))
+            .start()
+    };
+    let a = device(hub.url(), TOKEN_A);
+    let (_, st) = get_json(&c, &a.at("/v1/status")).await;
+    let a_actor = st["actor"].as_str().unwrap().to_owned();
+    for v in [22, 23] {
+        let (s, body) = super::put_json(
+            &c,
+            &a.at("/v1/docs/setpoint"),
+            &serde_json::json!({ "setpoint": v }),
+        )
+        .await;
+        assert!((200..300).contains(&s), "{s} {body}");
+    }
+    converge(&c, &a, &hub).await;
+
+    // H stopped; its file edited: A's first document change loses its seal and says 99.
+    let kept = hub.keep_dir();
+    hub.sigterm();
+    assert!(hub.wait_exit(DEADLINE).is_some(), "H stops on SIGTERM");
+    let hub_dir = hub.dir().to_path_buf();
+    drop(hub);
+    let (code, out) = verify(&hub_dir.join("data")).await;
+    assert_eq!(code, Some(0), "H verifies before the edit: {out}");
+    let conn = rusqlite::Connection::open(hub_dir.join("data/kdelta.db")).unwrap();
+    let seq: i64 = conn
+        .query_row("SELECT MIN(seq) FROM doc_versions", [], |r| r.get(0))
+        .unwrap();
+    let n = conn
+        .execute(
+            "UPDATE changes SET prev_hash = NULL, body_hash = NULL, signature = NULL \
+             WHERE seq = ?1 AND actor_idx = (SELECT actor_idx FROM doc_versions WHERE seq = ?1)",
+            [seq],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    // {"setpoint": 99} as CBOR.
+    let n = conn
+        .execute(
+            "UPDATE doc_versions SET value = x'a168736574706f696e741863' WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+    let (code, out) = verify(&hub_dir.join("data")).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&a_actor)
+            && out.contains(&format!("seq {}", seq + 1))
+            && out.contains("stripped"),
+        "{out}"
+    );
+
+    // H restarted on its edited file; a fresh device C syncs from it.
+    let hub = Agent::builder().dir(&hub_dir).config(&hub_config).start();
+    let fresh = device(hub.url(), TOKEN_C);
+    let peer = eventually(DEADLINE, "C to refuse A's stripped change", || async {
+        let (_, peers) = get_json(&c, &fresh.at("/v1/sync/peers")).await;
+        peers["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "hub" && p["changes_unverified"].as_u64().unwrap_or(0) >= 1)
+            .cloned()
+    })
+    .await;
+    assert_eq!(peer["changes_unsigned"], Value::from(0u64), "{peer}");
+    let refusal = &peer["last_refusal"];
+    assert_eq!(refusal["code"], "unsigned", "{peer}");
+    let message = refusal["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&a_actor) && message.contains(&format!("seq {seq}")),
+        "{message}"
+    );
+    assert!(metric(&fresh, "kdelta_sync_changes_unverified_total").await >= 1);
+    let (status, doc) = get_json(&c, &fresh.at("/v1/docs/setpoint")).await;
+    assert_eq!(status, 404, "C holds nothing of A: {doc}");
+    assert!(
+        fresh.stderr().contains(&a_actor) && fresh.stderr().contains("unsigned"),
+        "the refusal is logged: {}",
+        fresh.stderr()
+    );
+    drop(kept);
+}

@@ -218,8 +218,11 @@ pub async fn replay_as_of(
         }
     }
     let mut config = source.config().clone();
-    // Replayed history is judged by nothing: its timestamps were accepted when first stored.
+    // Replayed history is judged by nothing: its timestamps were accepted when first stored,
+    // and its unsigned past (changes stored before signing) when it was received. Chain
+    // links and signatures are still checked.
     config.max_clock_offset_ms = u64::MAX;
+    config.require_signatures = false;
     let store = Store::open(target, config).await?;
     let result = replay_into(source, &store, at, &mut progress).await;
     let result = match result {
