@@ -19,5 +19,7 @@ fn main() {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    println!("cargo:rustc-env=KDELTA_BUILD_MS={ms}");
+    // Not `KDELTA_*`: cargo also exports this variable to `cargo run`/`cargo test`
+    // processes, and that prefix is agent configuration (an unknown key there).
+    println!("cargo:rustc-env=BUILD_TIME_MS_OF_KDELTA={ms}");
 }

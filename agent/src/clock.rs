@@ -29,7 +29,7 @@ pub const EARLIEST_PLAUSIBLE_MS: u64 = 1_796_083_200_000;
 
 /// When this binary was built, unix ms (`build.rs`: `SOURCE_DATE_EPOCH`, or the time the
 /// build script ran).
-pub const BUILD_MS: u64 = parse_ms(env!("KDELTA_BUILD_MS"));
+pub const BUILD_MS: u64 = parse_ms(env!("BUILD_TIME_MS_OF_KDELTA"));
 
 /// The plausibility floor: a wall clock reading earlier than this release's date or than
 /// the binary's build is wrong.
@@ -47,7 +47,10 @@ const fn parse_ms(digits: &str) -> u64 {
     let mut n: u64 = 0;
     let mut i = 0;
     while i < bytes.len() {
-        assert!(bytes[i].is_ascii_digit(), "KDELTA_BUILD_MS is not a number");
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "BUILD_TIME_MS_OF_KDELTA is not a number"
+        );
         n = n * 10 + (bytes[i] - b'0') as u64;
         i += 1;
     }
