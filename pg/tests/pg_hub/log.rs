@@ -323,7 +323,16 @@ async fn a_lease_is_held_by_one_replica_at_a_time_and_passes_on() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(r1.try_lead("mqtt").await.unwrap().is_some());
+    // The client sees the FATAL message before the dying backend has released its locks
+    // (PostgreSQL sends it first, then exits): poll with a deadline for the lease to free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r1.try_lead("mqtt").await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease of a terminated holder was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     db2.drop().await;
     db.drop().await;
 }
