@@ -361,6 +361,13 @@ impl Metrics {
             .or_default() += n;
     }
 
+    /// Readings of `source` committed since start.
+    pub fn readings_ingested_of(&self, source: &str) -> u64 {
+        self.readings_ingested
+            .get(&self::source(source))
+            .map_or(0, |c| c.get())
+    }
+
     /// Readings of `source` refused alone since start, by reason.
     pub fn rejected_readings_of(&self, source: &str) -> BTreeMap<String, u64> {
         self.rejected_by_source

@@ -233,7 +233,8 @@ fn routes_document() -> Value {
                 "next_after": {"type": "string", "nullable": true}}})), &[ErrorCode::BadRequest, ErrorCode::Unavailable])) },
             "/v1/readings": {
                 "post": {
-                    "summary": "Ingest a batch of readings; answered once the batch is durable. All or nothing: one invalid reading (bad series name, non-finite value, timestamp outside 1970..9999, unit over 32 bytes) refuses the whole request with 422 invalid_batch naming it, and nothing is stored, so the client can fix and resend the batch as a unit. (Sources, MQTT and the batcher instead drop only the offending readings and count them per source and reason: `kdelta sources`, kdelta_source_rejected_readings_total.) A batch that would encode to more than store.max_change_bytes is refused too: send smaller batches.",
+                    "summary": "Ingest a batch of readings; answered once the batch is durable. One bad reading is one lost reading: a well-formed reading the store cannot hold (bad series name, non-finite value from CBOR, timestamp outside 1970..9999, unit over 32 bytes) is left out, named in `rejected` by its place (`readings[17]`, `series[2].values[5]`) and counted per reason under source `http` (`kdelta sources`, kdelta_source_rejected_readings_total); the rest is stored. With `atomic=true` any such reading refuses the whole request with 422 invalid_batch naming it, and nothing is stored. A batch whose every reading is refused, a body with wrong types or duplicate timestamps, or a batch that would encode to more than store.max_change_bytes (send smaller batches) is refused whole.",
+                    "parameters": [query("atomic", "`true`: all or nothing — one reading the store cannot hold refuses the batch (default `false`)")],
                     "requestBody": batch_body,
                     "responses": responses("201", ok("Stored", schema_ref("Ack")), &[
                         ErrorCode::MalformedBody,
@@ -512,7 +513,10 @@ fn schemas() -> Value {
                     "name": s, "unit": s, "meta": {"type": "object", "additionalProperties": s},
                     "ts": {"type": "array", "items": time}, "values": {"type": "array", "items": n}}}}}},
         ]},
-        "Ack": {"type": "object", "properties": {"actor": actor, "seq": i, "hlc": hlc, "count": i}},
+        "Ack": {"type": "object", "properties": {"actor": actor, "seq": i, "hlc": hlc, "count": i,
+            "rejected_count": {"type": "integer", "description": "readings left out (only when some were)"},
+            "rejected": {"type": "array", "description": "the first 100 readings left out", "items": {"type": "object", "properties": {
+                "at": s, "series": s, "reason": {"type": "string", "enum": ["bad_series_name", "not_finite", "bad_timestamp", "unit_too_long"]}, "message": s}}}}},
         "SeriesInfo": {"type": "object", "properties": {"name": s, "unit": {"type": "string", "nullable": true},
             "meta": {"type": "object", "additionalProperties": s}, "count": i,
             "first_ts": {"type": "integer", "nullable": true}, "last_ts": {"type": "integer", "nullable": true}}},

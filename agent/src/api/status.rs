@@ -140,7 +140,8 @@ async fn sqlite_gauges(state: &Agent, store: &kdelta_sync::Store) {
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
 /// last_error, errors, missed_ticks, rejected}]}`, the configured sources and then, while
-/// the MQTT client ingests, a row named `mqtt`.
+/// the MQTT client ingests, a row named `mqtt`, and once `POST /v1/readings` has left out
+/// a reading, a row named `http`.
 pub async fn sources(State(state): State<Agent>, Accept(reply): Accept) -> Response {
     let mut sources = match state.sources.read() {
         Ok(g) => g.clone(),
@@ -154,6 +155,14 @@ pub async fn sources(State(state): State<Agent>, Accept(reply): Accept) -> Respo
         .clone()
     {
         sources.push(mqtt);
+    }
+    if !state.metrics.rejected_readings_of("http").is_empty() {
+        sources.push(crate::sources::SourceStatus {
+            name: "http".into(),
+            kind: "http".into(),
+            readings: state.metrics.readings_ingested_of("http"),
+            ..Default::default()
+        });
     }
     for s in &mut sources {
         s.rejected = state.metrics.rejected_readings_of(&s.name);

@@ -513,6 +513,76 @@ async fn bad_input_gets_the_right_code_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn one_bad_reading_is_left_out_and_named_and_atomic_refuses_the_batch() {
+    let f = fixture().await;
+    let body = br#"{"series":[
+        {"name":"t","ts":[1000,2000,3000],"values":[1,2,3]},
+        {"name":"t2","unit":"uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu","ts":[1000],"values":[1]},
+        {"name":"t3","ts":[1000,-1],"values":[1,2]}]}"#;
+    // All or nothing when asked: refused, naming the first offender, nothing stored.
+    let a = f
+        .post("/v1/readings?atomic=true", "application/json", &body[..])
+        .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch")
+    );
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("series[1].values[0]") && message.contains("2 reading(s)"),
+        "{message}"
+    );
+    assert_eq!(f.readings_count().await, 0);
+    let a = f
+        .post("/v1/readings?atomic=maybe", "application/json", &body[..])
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(f.readings_count().await, 0);
+
+    // By default the rest is stored and each offender named by its place.
+    let a = f.post("/v1/readings", "application/json", &body[..]).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.json());
+    let v = a.json();
+    assert_eq!(
+        (v["count"].as_u64(), v["rejected_count"].as_u64()),
+        (Some(4), Some(2))
+    );
+    let rejected: Vec<(&str, &str)> = v["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["at"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            ("series[1].values[0]", "unit_too_long"),
+            ("series[2].values[1]", "bad_timestamp")
+        ]
+    );
+    assert_eq!(f.readings_count().await, 4);
+
+    // Counted per reason under source `http`, shown as a row of `GET /v1/sources`.
+    let text = String::from_utf8(f.get("/metrics").await.body).unwrap();
+    assert!(
+        text.contains(
+            r#"kdelta_source_rejected_readings_total{source="http",reason="unit_too_long"} 1"#
+        ),
+        "{text}"
+    );
+    let sources = f.get("/v1/sources").await.json();
+    let http = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "http")
+        .cloned()
+        .expect("an http row");
+    assert_eq!(http["rejected"]["bad_timestamp"], 1);
+    assert_eq!(http["readings"], 4);
+}
+
+#[tokio::test]
 async fn documents_versions_as_of_diff_siblings() {
     let f = fixture().await;
     let v1 = f

@@ -54,6 +54,21 @@ def test_bad_batch_raises_typed_error_and_stores_nothing(client: kdelta.Client, 
     assert bt.value.code == "bad_time"
 
 
+def test_one_bad_reading_is_left_out_unless_atomic(client: kdelta.Client, prefix: str) -> None:
+    s = prefix.replace("/", ".") + "mixed"
+    rows = [{"series": s, "ts": 1000, "value": 1.0}, {"series": s, "ts": -5, "value": 2.0},
+            {"series": s, "ts": 3000, "value": 3.0}]
+    with pytest.raises(kdelta.InvalidInput) as e:
+        client.readings.ingest(rows, atomic=True)
+    assert "readings[1]" in str(e.value)
+    with pytest.raises(kdelta.NotFound):
+        client.readings.range(s)
+    (w,) = client.readings.ingest(rows)
+    assert (w.count, w.rejected_count) == (2, 1)
+    assert [(r["at"], r["reason"]) for r in w.rejected] == [("readings[1]", "bad_timestamp")]
+    assert [x.value for x in client.readings.range(s)] == [1.0, 3.0]
+
+
 def test_documents_history_as_of_diff_list(client: kdelta.Client, prefix: str) -> None:
     k = prefix + "setpoint"
     v1 = client.docs.put(k, {"temp": 22})
@@ -149,7 +164,9 @@ def test_events_stream_sees_a_write(client: kdelta.Client, prefix: str) -> None:
 def test_status_sources_peers(client: kdelta.Client) -> None:
     s = client.status()
     assert s.ready and len(s.actor) == 32 and s.counts["changes"] >= 0
-    assert client.sources() == []
+    # No configured source; HTTP ingest shows as the row `http` once it has left a reading
+    # out (another test of this agent does).
+    assert [x for x in client.sources() if x.kind != "http"] == []
     assert client.peers() == []
 
 

@@ -28,9 +28,19 @@ class Written:
     actor: str
     seq: int
     hlc: str
-    #: Readings in the batch (ingest only; 0 otherwise).
+    #: Readings stored (ingest only; 0 otherwise).
     count: int = 0
     raw: Raw = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def rejected(self) -> List[Dict[str, Any]]:
+        """Readings of the batch the agent left out (ingest only): ``{"at": "readings[17]",
+        "series", "reason", "message"}`` each, the first 100; ``rejected_count`` has them all."""
+        return list(self.raw.get("rejected", []))
+
+    @property
+    def rejected_count(self) -> int:
+        return int(self.raw.get("rejected_count", 0))
 
     @property
     def time(self) -> _dt.datetime:

@@ -90,9 +90,10 @@ def reading_row(r: ReadingIn) -> Dict[str, Any]:
     return row
 
 
-def ingest(rows: Sequence[Dict[str, Any]]) -> Req[Written]:
+def ingest(rows: Sequence[Dict[str, Any]], atomic: bool = False) -> Req[Written]:
     # Not idempotent: a batch sent again after a lost answer is stored again.
-    return Req("POST", "/v1/readings", Written.from_json, body=_json_body(list(rows)), idempotent=False)
+    return Req("POST", "/v1/readings", Written.from_json, body=_json_body(list(rows)), idempotent=False,
+               params=_params(atomic="true" if atomic else None))
 
 
 def series(after: Optional[str]) -> Req[Tuple[List[Series], Optional[str]]]:

@@ -105,8 +105,9 @@ class AsyncReadings:
         self._c = c
 
     async def ingest(self, readings: Iterable[rq.ReadingIn], *, batch_size: int = DEFAULT_BATCH,
-                     retry: Optional[Retry] = None, retry_lost_answers: bool = False) -> List[Written]:
-        return [await self._c._run(rq.ingest(b), retry, idempotent=retry_lost_answers)
+                     retry: Optional[Retry] = None, retry_lost_answers: bool = False,
+                     atomic: bool = False) -> List[Written]:
+        return [await self._c._run(rq.ingest(b, atomic), retry, idempotent=retry_lost_answers)
                 for b in _batches(readings, batch_size)]
 
     async def series(self) -> List[Series]:

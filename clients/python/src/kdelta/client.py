@@ -139,19 +139,22 @@ class Readings:
         self._c = c
 
     def ingest(self, readings: Iterable[rq.ReadingIn], *, batch_size: int = DEFAULT_BATCH,
-               retry: Optional[Retry] = None, retry_lost_answers: bool = False) -> List[Written]:
+               retry: Optional[Retry] = None, retry_lost_answers: bool = False,
+               atomic: bool = False) -> List[Written]:
         """Stores readings in batches of ``batch_size``, each answered once durable.
 
         A reading is ``{"series", "value", "ts"?, "unit"?}`` or ``(series, value[, ts])``;
         ``ts`` is a datetime, unix ms or RFC 3339 (default: the agent's time of arrival).
         Transient failures are retried (``retry``, default the client's); a batch whose answer
         was lost is sent again only with ``retry_lost_answers=True`` (at-least-once: it may
-        then be stored twice). A refused batch stores nothing and raises; batches before it
-        stay stored.
+        then be stored twice). A reading the agent cannot hold (bad series name, timestamp
+        outside 1970..9999, unit over 32 bytes) is left out and listed in its batch's
+        ``Written.rejected``, the rest stored; with ``atomic=True`` it refuses its whole batch
+        instead. A refused batch stores nothing and raises; batches before it stay stored.
         """
         out = []
         for batch in _batches(readings, batch_size):
-            out.append(self._c._run(rq.ingest(batch), retry, idempotent=retry_lost_answers))
+            out.append(self._c._run(rq.ingest(batch, atomic), retry, idempotent=retry_lost_answers))
         return out
 
     def series(self) -> List[Series]:
