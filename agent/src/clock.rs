@@ -6,7 +6,10 @@
 //!
 //! Trusted means, with `trust = "auto"`: the kernel says the clock is synchronised
 //! (`adjtimex`: no `STA_UNSYNC`, not `TIME_ERROR`; or systemd-timesyncd's
-//! `/run/systemd/timesync/synchronized` flag), and the time is plausible — not before
+//! `/run/systemd/timesync/synchronized` flag) with a maximum error estimate within
+//! `clock.max_error_ms` (the kernel's `maxerror` grows by 500 µs/s while no NTP update
+//! arrives, so a clock whose time source went away loses trust before the kernel gives up on
+//! it at 16 s), and the time is plausible — not before
 //! [`earliest_plausible_ms`] (this release's date or the binary's build time, whichever is
 //! later) nor behind the newest change this store already holds. `"always"` and `"never"` override the kernel (a clock disciplined by
 //! something the kernel does not report; a device known to have no time source).
@@ -64,11 +67,28 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(30);
 const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
 
 /// `[clock]`: whether to trust the wall clock.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClockConfig {
     /// `auto` (kernel NTP state and sanity bounds), `always` or `never`.
     pub trust: ClockTrust,
+    /// With `auto`: the largest maximum error estimate of a synchronised kernel clock that
+    /// is still trusted, ms.
+    pub max_error_ms: u64,
+}
+
+/// Default of [`ClockConfig::max_error_ms`]: well above what a disciplined clock reports
+/// (tens to hundreds of ms, about 1 s after timesyncd's longest poll interval), well below the
+/// kernel's 16 s limit.
+pub const DEFAULT_MAX_ERROR_MS: u64 = 5_000;
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            trust: ClockTrust::Auto,
+            max_error_ms: DEFAULT_MAX_ERROR_MS,
+        }
+    }
 }
 
 /// See [`ClockConfig::trust`].
@@ -89,8 +109,9 @@ pub enum ClockTrust {
 pub enum KernelSync {
     /// Synchronised, with the kernel's maximum error estimate in microseconds.
     Synchronised {
-        /// `maxerror` of `adjtimex`, µs.
-        max_error_us: i64,
+        /// `maxerror` of `adjtimex`, µs; `None` when only timesyncd's flag said so (the
+        /// kernel's own estimate then describes an unsynchronised clock).
+        max_error_us: Option<i64>,
     },
     /// Not synchronised (no NTP client has disciplined it, or it lost sync).
     Unsynchronised,
@@ -101,7 +122,8 @@ pub enum KernelSync {
 pub struct ClockStatus {
     /// Whether sync judges timestamps by this clock.
     pub trusted: bool,
-    /// `synchronised`, `unsynchronised`, `implausible`, `forced_trusted` or
+    /// `synchronised`, `unsynchronised`, `imprecise` (synchronised, but the kernel's error
+    /// estimate is over `clock.max_error_ms`), `implausible`, `forced_trusted` or
     /// `forced_untrusted`.
     pub state: &'static str,
     /// A sentence saying why.
@@ -116,22 +138,27 @@ pub struct ClockStatus {
     pub wall_ms: u64,
 }
 
-/// Decides trust from the setting, the kernel, the wall clock and the store's newest change.
+/// Decides trust from the settings, the kernel, the wall clock and the store's newest
+/// change.
 pub fn assess(
-    trust: ClockTrust,
+    config: &ClockConfig,
     kernel: KernelSync,
     wall_ms: u64,
     newest_change_ms: u64,
     max_offset_ms: u64,
 ) -> ClockStatus {
+    let trust = config.trust;
+    let kernel_error_ms = match kernel {
+        KernelSync::Synchronised {
+            max_error_us: Some(us),
+        } => Some(us.max(0) as u64 / 1000),
+        _ => None,
+    };
     let verdict = |trusted, state, reason: String| ClockStatus {
         trusted,
         state,
         reason,
-        max_error_ms: match kernel {
-            KernelSync::Synchronised { max_error_us } => Some(max_error_us.max(0) as u64 / 1000),
-            KernelSync::Unsynchronised => None,
-        },
+        max_error_ms: kernel_error_ms,
         best_known_ms: None,
         wall_ms,
     };
@@ -171,6 +198,19 @@ pub fn assess(
         );
     }
     match kernel {
+        KernelSync::Synchronised { .. }
+            if kernel_error_ms.is_some_and(|e| e > config.max_error_ms) =>
+        {
+            verdict(
+                false,
+                "imprecise",
+                format!(
+                    "the kernel reports the clock synchronised, but its maximum error estimate is {} ms, over clock.max_error_ms ({} ms): its time source stopped answering?",
+                    kernel_error_ms.unwrap_or_default(),
+                    config.max_error_ms
+                ),
+            )
+        }
         KernelSync::Synchronised { .. } => verdict(
             true,
             "synchronised",
@@ -194,13 +234,11 @@ pub fn kernel_sync() -> KernelSync {
     let unsynced = state == libc::TIME_ERROR || state < 0 || tx.status & libc::STA_UNSYNC != 0;
     if !unsynced {
         return KernelSync::Synchronised {
-            max_error_us: tx.maxerror,
+            max_error_us: Some(tx.maxerror),
         };
     }
     if std::path::Path::new(TIMESYNCD_FLAG).exists() {
-        return KernelSync::Synchronised {
-            max_error_us: tx.maxerror,
-        };
+        return KernelSync::Synchronised { max_error_us: None };
     }
     KernelSync::Unsynchronised
 }
@@ -208,7 +246,7 @@ pub fn kernel_sync() -> KernelSync {
 /// The current verdict, shared with the API and the status line.
 #[derive(Debug)]
 pub struct ClockMonitor {
-    trust: ClockTrust,
+    config: ClockConfig,
     reference: Arc<TimeReference>,
     status: RwLock<ClockStatus>,
 }
@@ -217,7 +255,7 @@ impl ClockMonitor {
     /// A monitor telling `reference`; not assessed until [`refresh`](Self::refresh).
     pub fn new(config: &ClockConfig, reference: Arc<TimeReference>) -> Arc<ClockMonitor> {
         Arc::new(ClockMonitor {
-            trust: config.trust,
+            config: config.clone(),
             status: RwLock::new(ClockStatus {
                 trusted: reference.local_trusted(),
                 state: "not_assessed",
@@ -255,7 +293,7 @@ impl ClockMonitor {
     /// verdict (`first`: log the initial verdict too).
     pub fn refresh(&self, store: &Store, metrics: &Metrics, first: bool) {
         let status = assess(
-            self.trust,
+            &self.config,
             kernel_sync(),
             crate::time::now_ms_u64(),
             store.last_hlc().ms(),
@@ -308,39 +346,37 @@ mod tests {
     /// A plausible "now" whenever and wherever the tests are built.
     const NOW: u64 = earliest_plausible_ms() + 86_400_000;
     const SYNCED: KernelSync = KernelSync::Synchronised {
-        max_error_us: 12_000,
+        max_error_us: Some(12_000),
     };
+
+    fn auto() -> ClockConfig {
+        ClockConfig::default()
+    }
 
     #[test]
     fn a_synchronised_plausible_clock_is_trusted() {
-        let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW - 5, 300_000);
+        let s = assess(&auto(), SYNCED, NOW, NOW - 5, 300_000);
         assert!(s.trusted);
         assert_eq!((s.state, s.max_error_ms), ("synchronised", Some(12)));
     }
 
     #[test]
     fn an_unsynchronised_or_implausible_clock_is_not() {
-        let s = assess(
-            ClockTrust::Auto,
-            KernelSync::Unsynchronised,
-            NOW,
-            0,
-            300_000,
-        );
+        let s = assess(&auto(), KernelSync::Unsynchronised, NOW, 0, 300_000);
         assert_eq!((s.trusted, s.state), (false, "unsynchronised"));
         // 1970, even when the kernel claims synchronised.
-        let s = assess(ClockTrust::Auto, SYNCED, 5_000, 0, 300_000);
+        let s = assess(&auto(), SYNCED, 5_000, 0, 300_000);
         assert_eq!((s.trusted, s.state), (false, "implausible"));
         assert!(s.reason.contains("before this release"), "{}", s.reason);
         // Behind the newest change in the store by more than the max offset.
-        let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW + 300_001, 300_000);
+        let s = assess(&auto(), SYNCED, NOW, NOW + 300_001, 300_000);
         assert_eq!((s.trusted, s.state), (false, "implausible"));
         assert!(
             s.reason.contains("behind the newest change"),
             "{}",
             s.reason
         );
-        let s = assess(ClockTrust::Auto, SYNCED, NOW, NOW + 300_000, 300_000);
+        let s = assess(&auto(), SYNCED, NOW, NOW + 300_000, 300_000);
         assert!(s.trusted);
     }
 
@@ -352,23 +388,35 @@ mod tests {
         assert!(BUILD_MS <= crate::time::now_ms_u64(), "{BUILD_MS}");
         assert_eq!(parse_ms("1796083200000"), 1_796_083_200_000);
         // A minute before the floor is implausible; the floor itself is not.
-        let s = assess(
-            ClockTrust::Auto,
-            SYNCED,
-            earliest_plausible_ms() - 60_000,
-            0,
-            0,
-        );
+        let s = assess(&auto(), SYNCED, earliest_plausible_ms() - 60_000, 0, 0);
         assert_eq!((s.trusted, s.state), (false, "implausible"));
-        let s = assess(ClockTrust::Auto, SYNCED, earliest_plausible_ms(), 0, 0);
+        let s = assess(&auto(), SYNCED, earliest_plausible_ms(), 0, 0);
         assert!(s.trusted, "{s:?}");
     }
 
     #[test]
     fn the_setting_overrides_the_kernel() {
-        let s = assess(ClockTrust::Always, KernelSync::Unsynchronised, 5_000, 0, 0);
+        let s = assess(
+            &ClockConfig {
+                trust: ClockTrust::Always,
+                ..auto()
+            },
+            KernelSync::Unsynchronised,
+            5_000,
+            0,
+            0,
+        );
         assert_eq!((s.trusted, s.state), (true, "forced_trusted"));
-        let s = assess(ClockTrust::Never, SYNCED, NOW, 0, 0);
+        let s = assess(
+            &ClockConfig {
+                trust: ClockTrust::Never,
+                ..auto()
+            },
+            SYNCED,
+            NOW,
+            0,
+            0,
+        );
         assert_eq!((s.trusted, s.state), (false, "forced_untrusted"));
     }
 
@@ -378,5 +426,27 @@ mod tests {
         assert_eq!(c.trust, ClockTrust::Never);
         let err = toml::from_str::<ClockConfig>("trust = \"sometimes\"").unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn a_synchronised_clock_whose_error_grew_past_the_bound_is_not_trusted() {
+        let drifting = KernelSync::Synchronised {
+            max_error_us: Some(9_000_000),
+        };
+        let s = assess(&auto(), drifting, NOW, NOW - 5, 300_000);
+        assert_eq!(
+            (s.trusted, s.state, s.max_error_ms),
+            (false, "imprecise", Some(9_000))
+        );
+        assert!(s.reason.contains("clock.max_error_ms"), "{}", s.reason);
+        let lenient = ClockConfig {
+            max_error_ms: 10_000,
+            ..auto()
+        };
+        assert!(assess(&lenient, drifting, NOW, NOW - 5, 300_000).trusted);
+        // Only timesyncd's flag: no kernel estimate to judge, trusted.
+        let flag = KernelSync::Synchronised { max_error_us: None };
+        let s = assess(&auto(), flag, NOW, NOW - 5, 300_000);
+        assert_eq!((s.trusted, s.max_error_ms), (true, None));
     }
 }
