@@ -53,6 +53,7 @@ mod docs;
 mod error;
 mod feed;
 mod log;
+mod origins;
 pub mod partitions;
 mod peer;
 mod query;

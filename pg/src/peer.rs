@@ -266,4 +266,12 @@ impl SyncStore for PgStore {
     ) -> kdelta_sync::Result<(ApplyOutcome, ChainReport)> {
         Ok(PgStore::apply_remote_verified(self, changes).await?)
     }
+
+    async fn note_origins(&self, actors: &[ActorId], peer: &str) -> kdelta_sync::Result<()> {
+        Ok(PgStore::note_origins(self, actors, peer).await?)
+    }
+
+    async fn origin_of(&self, actor: ActorId) -> kdelta_sync::Result<Option<String>> {
+        Ok(PgStore::origin_of(self, actor).await?)
+    }
 }

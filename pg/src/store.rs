@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     pub signing: SigningKey,
     /// Commit announcements for this replica's sync sessions (`peer.rs`).
     pub announcer: crate::peer::Announcer,
+    /// Actors whose origin this replica has recorded (`origins.rs`).
+    pub origins_noted: Mutex<std::collections::HashSet<ActorId>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -188,6 +190,7 @@ impl PgStore {
                 partitions: Partitions::default(),
                 signing,
                 announcer: crate::peer::Announcer::default(),
+                origins_noted: Mutex::new(Default::default()),
             }),
         })
     }

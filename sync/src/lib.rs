@@ -89,6 +89,7 @@ mod ingest;
 mod log_read;
 mod model;
 mod multirow;
+mod origins;
 mod past;
 pub mod protocol;
 mod readers;

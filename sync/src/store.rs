@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub config: StoreConfig,
     path: PathBuf,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Actors whose origin is recorded (`origins.rs`), remembered in this process.
+    pub origins_noted: Mutex<std::collections::HashSet<ActorId>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,6 +108,7 @@ impl Store {
                 config,
                 path,
                 writer: Mutex::new(Some(handle)),
+                origins_noted: Mutex::new(Default::default()),
             }),
         })
     }

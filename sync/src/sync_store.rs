@@ -97,6 +97,24 @@ pub trait SyncStore: ChangeLog + Clone + 'static {
         anchors: &[(ActorId, u64, Hlc)],
     ) -> impl Future<Output = Result<Vec<Fork>>> + Send;
 
+    /// Records `peer` as where this store first received the changes of those of `actors`
+    /// with no origin recorded yet, for fork reports (see `origins.rs`). A backend that
+    /// keeps no such record does nothing.
+    fn note_origins(
+        &self,
+        actors: &[ActorId],
+        peer: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (actors, peer);
+        async { Ok(()) }
+    }
+
+    /// The peer recorded by [`note_origins`](Self::note_origins) for `actor`, if any.
+    fn origin_of(&self, actor: ActorId) -> impl Future<Output = Result<Option<String>>> + Send {
+        let _ = actor;
+        async { Ok(None) }
+    }
+
     /// Applies a page like [`ChangeLog::apply_remote`], with each change's signature and
     /// chain link checked; an actor whose change fails is refused (in the report) and its
     /// later changes wait, while the other actors' changes apply, atomically. Signatures
@@ -154,5 +172,13 @@ impl SyncStore for Store {
         prechecked: Prechecked,
     ) -> Result<(ApplyOutcome, ChainReport)> {
         Store::apply_remote_prechecked(self, changes, prechecked).await
+    }
+
+    async fn note_origins(&self, actors: &[ActorId], peer: &str) -> Result<()> {
+        Store::note_origins(self, actors, peer).await
+    }
+
+    async fn origin_of(&self, actor: ActorId) -> Result<Option<String>> {
+        Store::origin_of(self, actor).await
     }
 }

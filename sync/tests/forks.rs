@@ -247,9 +247,11 @@ async fn clones_standing_at_the_same_seq_are_detected_by_their_tips() {
     let (at_hub, at_clone) = (hub_stats.snapshot(), clone_stats.snapshot());
     assert_eq!(at_hub.actor_forks, 1, "the hub reports the clone");
     let fork = at_hub.last_fork.expect("a fork report at the hub");
+    // Both stores are named: the clone's peer, and the one the hub's copy came from.
     for part in [
         format!("change {}:2 differs", a.actor()),
         "peer \"greenhouse-2\"".to_owned(),
+        "peer \"greenhouse-1\", from which this store first received".to_owned(),
     ] {
         assert!(fork.message.contains(&part), "{part:?} in {}", fork.message);
     }

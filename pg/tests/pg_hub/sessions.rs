@@ -390,3 +390,58 @@ async fn a_credential_bound_on_one_replica_refuses_another_actor_on_the_other() 
     r2.close().await;
     db.drop().await;
 }
+
+/// A cloned card meeting a PostgreSQL hub: the copy writes its own seq 2 and syncs through
+/// the other replica after the original did. The hub reports the fork naming both stores'
+/// peers — the copy's, and the one its own copy of that actor came from (`actor_origins`,
+/// shared by the replicas).
+#[tokio::test]
+async fn a_fork_at_a_pg_hub_names_both_peers() {
+    let Some(db) = TestDb::new("session_fork_origins").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(&dir, "a.db").await;
+    readings(&a, "image", 0, 1).await;
+    a.close().await;
+    std::fs::copy(dir.path().join("a.db"), dir.path().join("b.db")).unwrap();
+    let (a, copy) = (device(&dir, "a.db").await, device(&dir, "b.db").await);
+    readings(&a, "a.only", 100, 1).await;
+    // Stamped apart, so the two seq 2s differ by HLC (a deadline, not a guess).
+    let end = Instant::now() + Duration::from_secs(5);
+    while SystemTime.now_ms() <= a.last_hlc().ms() {
+        assert!(Instant::now() < end, "the wall clock does not advance");
+        tokio::task::yield_now().await;
+    }
+    readings(&copy, "copy.only", 200, 1).await;
+    let (r1, r2) = (db.replica().await, db.replica().await);
+    let run = start(&a, &r1, SessionMode::OneShot, "greenhouse-1", PeerRole::Hub);
+    let (i, r) = run.join().await;
+    i.unwrap();
+    r.unwrap();
+    let run = start(
+        &copy,
+        &r2,
+        SessionMode::OneShot,
+        "greenhouse-2",
+        PeerRole::Hub,
+    );
+    let stats = run.responder_stats.clone();
+    let (i, r) = run.join().await;
+    i.unwrap();
+    r.unwrap();
+    let at_hub = stats.snapshot();
+    assert_eq!(at_hub.actor_forks, 1, "{at_hub:?}");
+    let message = at_hub.last_fork.expect("a fork report").message;
+    for part in [
+        "peer \"greenhouse-2\"",
+        "peer \"greenhouse-1\", from which this store first received",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    // The original's seq 2 stays the hub's.
+    assert_eq!(r2.version_vector().await.unwrap().get(&a.actor()), 2);
+    r1.close().await;
+    r2.close().await;
+    db.drop().await;
+}

@@ -312,7 +312,12 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
                     &anchors,
                 )
                 .await?;
+                let mut page_actors: Vec<ActorId> = changes.iter().map(|c| c.actor).collect();
+                page_actors.dedup();
                 let outcome = apply_page(self.store, self.stats, changes, prechecked).await?;
+                if outcome.applied > 0 {
+                    note_origins(self.store, self.peer, &page_actors).await;
+                }
                 self.stats.page_received(outcome.applied, outcome.skipped);
                 self.known.merge(&holds);
                 self.sent.merge(&holds);
@@ -469,7 +474,7 @@ pub(super) async fn screen_forks<S: SyncStore>(
         return Ok(changes);
     }
     for fork in &forks {
-        let report = ActorFork::new(store, peer, fork);
+        let report = ActorFork::new(store, peer, fork).await;
         tracing::error!(actor = %fork.actor, seq = fork.seq, "sync: {report}");
         stats.forked(&report);
         forked.insert(fork.actor);
@@ -484,17 +489,39 @@ pub(crate) struct ActorFork {
     peer_name: String,
     peer_actor: ActorId,
     own: bool,
+    /// The peer this store first received the actor's changes from, when recorded.
+    origin: Option<String>,
+}
+
+/// The name a peer is known by in reports and origin records: the name it was let in under
+/// (its credential) when we authenticated it, else the name it gave itself.
+fn peer_name(peer: &PeerInfo) -> String {
+    peer.principal.clone().unwrap_or_else(|| peer.name.clone())
+}
+
+/// Records `peer` as the origin of the page's actors not recorded yet (`origins.rs`); a
+/// failure costs only the record, never the session.
+pub(super) async fn note_origins<S: SyncStore>(store: &S, peer: &PeerInfo, actors: &[ActorId]) {
+    if let Err(e) = store.note_origins(actors, &peer_name(peer)).await {
+        tracing::warn!(error = %e, "sync: cannot record where actors' changes came from");
+    }
 }
 
 impl ActorFork {
-    fn new<S: SyncStore>(store: &S, peer: &PeerInfo, fork: &Fork) -> ActorFork {
+    async fn new<S: SyncStore>(store: &S, peer: &PeerInfo, fork: &Fork) -> ActorFork {
+        let origin = match store.origin_of(fork.actor).await {
+            Ok(origin) => origin,
+            Err(e) => {
+                tracing::warn!(error = %e, "sync: cannot read where actor {}'s changes came from", fork.actor);
+                None
+            }
+        };
         ActorFork {
             fork: fork.clone(),
-            // The name it was let in under (its credential) when we authenticated it, else
-            // the name it gave itself.
-            peer_name: peer.principal.clone().unwrap_or_else(|| peer.name.clone()),
+            peer_name: peer_name(peer),
             peer_actor: peer.actor,
             own: fork.actor == ChangeLog::actor(store),
+            origin,
         }
     }
 }
@@ -502,18 +529,25 @@ impl ActorFork {
 impl std::fmt::Display for ActorFork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (actor, peer) = (self.fork.actor, &self.peer_name);
-        let who = if self.own {
-            format!(
+        let who = match (&self.origin, self.own) {
+            (_, true) => format!(
                 "this store and another one that peer {peer:?} relays both write as this store's own actor {actor}"
-            )
-        } else if actor == self.peer_actor {
-            format!(
-                "peer {peer:?} (actor {actor}) and the store this one first received actor {actor} from both write as {actor}"
-            )
-        } else {
-            format!(
+            ),
+            (Some(origin), false) if origin == peer => format!(
+                "two stores both sending as peer {peer:?} write as {actor} (the copy this store holds came from {origin:?} earlier; one credential used by two devices?)"
+            ),
+            (Some(origin), false) if actor == self.peer_actor => format!(
+                "peer {peer:?} (actor {actor}) and peer {origin:?}, from which this store first received actor {actor}'s changes, both write as {actor}"
+            ),
+            (Some(origin), false) => format!(
+                "the store whose actor {actor} changes reach here through peer {peer:?} and the one whose changes came first through peer {origin:?} both write as {actor}"
+            ),
+            (None, false) if actor == self.peer_actor => format!(
+                "peer {peer:?} (actor {actor}) and the store this one first received actor {actor} from (not recorded: received before this release) both write as {actor}"
+            ),
+            (None, false) => format!(
                 "the store that sent actor {actor}'s changes to peer {peer:?} and the one that sent them here both write as {actor}"
-            )
+            ),
         };
         write!(
             f,

@@ -293,10 +293,17 @@ impl<S: SyncStore> SyncSession<S> {
                         return;
                     }
                 };
+                let mut page_actors: Vec<ActorId> = changes.iter().map(|c| c.actor).collect();
+                page_actors.dedup();
                 match super::exchange::apply_page(&self.store, &self.stats, changes, prechecked)
                     .await
                 {
-                    Ok(outcome) => self.stats.page_received(outcome.applied, outcome.skipped),
+                    Ok(outcome) => {
+                        if outcome.applied > 0 {
+                            super::exchange::note_origins(&self.store, peer, &page_actors).await;
+                        }
+                        self.stats.page_received(outcome.applied, outcome.skipped)
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "a page received before the link failed was refused");
                         return;
