@@ -415,3 +415,211 @@ proptest! {
         });
     }
 }
+
+/// Within this of the true time a clock counts as synchronised in the trust tests (what NTP
+/// gives, with room).
+const SYNCED_MS: i64 = 60_000;
+
+/// One session's worth of delivery, judged as a real session judges it: first the handshake
+/// (each side records the other's clock claim, taken only when the claimant trusts its own
+/// clock), then `from`'s pages for `to`, where a change stamped further ahead of `to`'s
+/// trusted time than the max offset is held back with the rest of its actor's changes while
+/// the others apply (`protocol/quarantine.rs`). Returns how many changes were held back.
+async fn deliver_judged(from: &Store, to: &Store) -> usize {
+    to.time_reference()
+        .observe_peer(from.actor(), from.clock_claim());
+    from.time_reference()
+        .observe_peer(to.actor(), to.clock_claim());
+    let mut theirs = to.version_vector();
+    let mut held_actors = std::collections::HashSet::new();
+    let mut held = 0;
+    for _ in 0..200 {
+        let page = from.changes_since(&theirs, 1 << 20).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for c in &page {
+            theirs.set(c.actor, theirs.get(&c.actor).max(c.seq));
+        }
+        let mut accepted = Vec::new();
+        for c in page {
+            if held_actors.contains(&c.actor) || to.check_remote_time(c.actor, c.hlc).is_err() {
+                held_actors.insert(c.actor);
+                held += 1;
+            } else {
+                accepted.push(c);
+            }
+        }
+        if !accepted.is_empty() {
+            to.apply_remote(accepted).await.unwrap();
+        }
+    }
+    held
+}
+
+/// Trust scenario: each replica's clock offset and whether its kernel would call it
+/// synchronised (only a clock within [`SYNCED_MS`] can be), then steps with clock jumps.
+fn trusted_scenario(
+    max_ahead_ms: i64,
+) -> impl Strategy<Value = (Vec<(i64, bool)>, Vec<ClockStep>)> {
+    let offset = prop_oneof![
+        Just(0i64),
+        -SYNCED_MS..max_ahead_ms.min(SYNCED_MS),
+        Just(-14 * 86_400_000i64),
+        Just(-NOW_MS + 5_000),
+        -55 * YEAR_MS..0,
+    ];
+    (3usize..=4).prop_flat_map(move |n| {
+        let step = prop_oneof![
+            6 => steps(n).prop_map(|s| s.into_iter().map(ClockStep::Step).collect::<Vec<_>>()),
+            1 => (0..n, offset.clone())
+                .prop_map(|(replica, offset_ms)| vec![ClockStep::Jump { replica, offset_ms }]),
+        ];
+        (
+            proptest::collection::vec((offset.clone(), any::<bool>()), n),
+            proptest::collection::vec(step, 1..4).prop_map(|v| v.concat()),
+        )
+    })
+}
+
+/// A clock at `offset` is trusted when its kernel says synchronised (`ntp`) and it really
+/// is within [`SYNCED_MS`].
+fn trusted(offset: i64, ntp: bool) -> bool {
+    ntp && offset.abs() <= SYNCED_MS
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    /// The merge under the real trust rules (default max offset, each replica trusting its
+    /// clock only when synchronised): replicas whose clocks are behind by any amount — two
+    /// weeks, 1970, 55 years — or untrusted, jumping while they run, never have a change held
+    /// back, and converge with the synchronised ones. Nothing behind can wedge a link.
+    #[test]
+    fn clocks_behind_by_any_amount_never_hold_a_change_back((clocks, steps) in trusted_scenario(SYNCED_MS)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let wall = |offset: i64| (NOW_MS + offset).max(0) as u64;
+            let mut stores = Vec::new();
+            let mut times = Vec::new();
+            for (i, (offset, ntp)) in clocks.iter().enumerate() {
+                let time = ManualTime::new(wall(*offset));
+                let s = Store::open_with_time(dir.path().join(format!("r{i}.db")), StoreConfig::default(), time.clone())
+                    .await
+                    .unwrap();
+                s.time_reference().set_local_trusted(trusted(*offset, *ntp));
+                stores.push(s);
+                times.push(time);
+            }
+            let n = stores.len();
+            let mut held = 0;
+            for step in &steps {
+                match step {
+                    ClockStep::Jump { replica, offset_ms } => {
+                        times[*replica].set(wall(*offset_ms));
+                        let ntp = clocks[*replica].1;
+                        stores[*replica].time_reference().set_local_trusted(trusted(*offset_ms, ntp));
+                    }
+                    ClockStep::Step(Step::Local { replica, op }) => run_local(&stores[*replica], *replica, op).await,
+                    ClockStep::Step(Step::Sync { from, to, .. }) if from != to => {
+                        held += deliver_judged(&stores[*from], &stores[*to]).await;
+                    }
+                    ClockStep::Step(Step::Sync { .. }) => {}
+                    ClockStep::Step(Step::Prune { replica }) => {
+                        stores[*replica].prune(&doc_policy(), prune_now(), 3).await.unwrap();
+                    }
+                }
+            }
+            for _ in 0..2 {
+                for i in 0..n {
+                    held += deliver_judged(&stores[i], &stores[(i + 1) % n]).await;
+                }
+            }
+            assert_eq!(held, 0, "a change was held back although no clock ran ahead");
+            for s in &stores {
+                s.prune(&doc_policy(), prune_now(), 1000).await.unwrap();
+            }
+            let (vv0, digest0, docs0) = (stores[0].version_vector(), stores[0].digest(), doc_states(&stores[0]).await);
+            for s in &stores {
+                assert_eq!(s.version_vector(), vv0);
+                assert_eq!(s.digest(), digest0);
+                assert_eq!(s.verify_digest().await.unwrap(), digest0);
+                assert_eq!(doc_states(s).await, docs0);
+            }
+        });
+    }
+
+    /// One replica trusts a clock a year ahead (`trust = "always"` on a wrong RTC) among
+    /// synchronised ones: every change it stamps is held back by each of them — quarantined,
+    /// counted — while everything else keeps flowing: they converge among themselves, and it
+    /// still receives all their changes.
+    #[test]
+    fn a_trusted_clock_a_year_ahead_is_quarantined_and_the_rest_converges(
+        (clocks, steps) in trusted_scenario(SYNCED_MS),
+        rogue_changes in 1usize..4,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let n = clocks.len();
+            let mut stores = Vec::new();
+            // The others: synchronised (their offsets clipped into the synchronised window).
+            for (i, (offset, _)) in clocks.iter().enumerate() {
+                let offset = (*offset).clamp(-SYNCED_MS, SYNCED_MS);
+                let time = ManualTime::new((NOW_MS + offset) as u64);
+                let s = Store::open_with_time(dir.path().join(format!("r{i}.db")), StoreConfig::default(), time)
+                    .await
+                    .unwrap();
+                stores.push(s);
+            }
+            let rogue = Store::open_with_time(
+                dir.path().join("rogue.db"),
+                StoreConfig::default(),
+                ManualTime::new((NOW_MS + YEAR_MS) as u64),
+            )
+            .await
+            .unwrap();
+            for i in 0..rogue_changes {
+                rogue.put(&format!("k{i}"), &json!({"from": "the future"})).await.unwrap();
+            }
+            let mut held = 0;
+            for (k, step) in steps.iter().enumerate() {
+                match step {
+                    ClockStep::Step(Step::Local { replica, op }) => run_local(&stores[*replica], *replica, op).await,
+                    ClockStep::Step(Step::Sync { from, to, .. }) if from != to => {
+                        deliver_judged(&stores[*from], &stores[*to]).await;
+                    }
+                    ClockStep::Step(Step::Prune { replica }) => {
+                        stores[*replica].prune(&doc_policy(), prune_now(), 3).await.unwrap();
+                    }
+                    _ => {}
+                }
+                // The rogue meets someone now and then, both ways.
+                let other = &stores[k % n];
+                held += deliver_judged(&rogue, other).await;
+                deliver_judged(other, &rogue).await;
+            }
+            for _ in 0..2 {
+                for i in 0..n {
+                    deliver_judged(&stores[i], &stores[(i + 1) % n]).await;
+                    held += deliver_judged(&rogue, &stores[i]).await;
+                    deliver_judged(&stores[i], &rogue).await;
+                }
+            }
+            assert!(held >= rogue_changes, "the rogue's changes were not held back");
+            for s in &stores {
+                s.prune(&doc_policy(), prune_now(), 1000).await.unwrap();
+            }
+            let (vv0, digest0) = (stores[0].version_vector(), stores[0].digest());
+            assert_eq!(vv0.get(&rogue.actor()), 0, "a change stamped a year ahead was merged");
+            for s in &stores {
+                assert_eq!(s.version_vector(), vv0);
+                assert_eq!(s.digest(), digest0);
+                assert_eq!(s.verify_digest().await.unwrap(), digest0);
+            }
+            for (actor, seq) in vv0.iter() {
+                assert_eq!(rogue.version_vector().get(&actor), seq, "the rogue missed {actor}'s changes");
+            }
+        });
+    }
+}
