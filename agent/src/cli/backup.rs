@@ -161,6 +161,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             "as of {at}: kept {kept} changes, left out {dropped} made later; digest {}",
             report.digest
         );
+        if dropped > 0 {
+            eprintln!(
+                "note: the {dropped} later changes still exist on any peer or hub this device synced them to,                  and its first sync session brings them back. To undo them everywhere, put the old values                  back as new versions instead (`kdelta get KEY --as-of {at}`, then `kdelta put`); see                  docs/raspberry-pi.md, \"Point in time\"."
+            );
+        }
     }
     if args.same_identity {
         eprintln!(
