@@ -24,7 +24,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::log_read::{self, LOG_COLUMNS, LogRow};
+use crate::log_read;
 use crate::seal::{self, CHAIN_START, Hash, Seal};
 use crate::writer::Writer;
 use crate::{ActorId, Change, ChangeBody, Hlc, Result, StoreError, TwinChange};
@@ -533,9 +533,6 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
         })
         .map_err(StoreError::db("reading actors"))?;
     let mut digest = crate::Digest::default();
-    let sql = format!(
-        "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT 512"
-    );
     for (idx, actor, max_seq, key) in actors {
         let Some(actor) = ActorId::from_slice(&actor) else {
             fail(
@@ -553,26 +550,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
         // The implied hash of the unsigned past so far (`past.rs`).
         let mut past = Some(CHAIN_START);
         let mut signing = false;
-        loop {
-            let rows: Vec<LogRow> = {
-                let mut st = tx
-                    .prepare_cached(&sql)
-                    .map_err(StoreError::db("reading the change log"))?;
-                let mut found = st
-                    .query(params![idx, last_seq as i64])
-                    .map_err(StoreError::db("reading the change log"))?;
-                let mut rows = Vec::new();
-                while let Some(r) = found
-                    .next()
-                    .map_err(StoreError::db("reading the change log"))?
-                {
-                    rows.push(LogRow::from_row(r, actor)?);
-                }
-                rows
-            };
-            if rows.is_empty() {
-                break;
-            }
+        log_read::actor_pages(&tx, actor, idx, |rows| {
             let stored: Vec<(Option<Hash>, Option<Seal>, Vec<Hash>)> = rows
                 .iter()
                 .map(|r| (r.body_hash, r.seal.clone(), r.pruned.clone()))
@@ -586,7 +564,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                         Some(last_seq + 1),
                         format!("changes after this seq cannot be read: {e}"),
                     );
-                    break;
+                    return Ok(false);
                 }
             };
             for (c, (body_hash, seal, pruned)) in changes.iter().zip(stored) {
@@ -656,7 +634,8 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 }
                 head = Some(hash);
             }
-        }
+            Ok(true)
+        })?;
         if last_seq != max_seq as u64 {
             fail(
                 &mut report,

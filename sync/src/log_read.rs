@@ -144,6 +144,51 @@ impl LogRow {
     }
 }
 
+/// Rows of one actor's log read per statement by [`actor_pages`].
+const ACTOR_PAGE: i64 = 512;
+
+/// Calls `page` with the log rows of actor row `idx` (actor `actor`), in seq order, one
+/// page of at most 512 at a time, until the log ends or `page` returns `false`. The
+/// paging every whole-actor walk shares (`past.rs`, `chain.rs`'s verification); bodies are
+/// the caller's to [`load`].
+pub(crate) fn actor_pages(
+    conn: &Connection,
+    actor: ActorId,
+    idx: i64,
+    mut page: impl FnMut(Vec<LogRow>) -> Result<bool>,
+) -> Result<()> {
+    let sql = format!(
+        "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq > ?2 \
+         ORDER BY c.seq LIMIT {ACTOR_PAGE}"
+    );
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<LogRow> = {
+            let mut st = conn
+                .prepare_cached(&sql)
+                .map_err(StoreError::db("reading the change log"))?;
+            let mut found = st
+                .query(rusqlite::params![idx, after])
+                .map_err(StoreError::db("reading the change log"))?;
+            let mut rows = Vec::new();
+            while let Some(r) = found
+                .next()
+                .map_err(StoreError::db("reading the change log"))?
+            {
+                rows.push(LogRow::from_row(r, actor)?);
+            }
+            rows
+        };
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.seq as i64;
+        if !page(rows)? {
+            return Ok(());
+        }
+    }
+}
+
 /// Loads the bodies of `rows` and returns their changes in the same order.
 pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> {
     let mut docs = load_docs(conn, &rows)?;

@@ -17,12 +17,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::log_read::{self, LOG_COLUMNS, LogRow};
+use crate::log_read::{self, LogRow};
 use crate::seal::{self, CHAIN_START, Hash, SigningKey};
 use crate::{ActorId, Change, Result, StoreError};
-
-/// Rows read per statement.
-const PAGE: i64 = 512;
 
 /// The hash `c` has when signed after `prev` (its pruned units' hashes: `pruned`).
 pub fn link_unsigned(prev: &Hash, c: &Change, pruned: &[Hash]) -> Hash {
@@ -38,40 +35,16 @@ fn walk(
     idx: i64,
     mut each: impl FnMut(&LogRow, &Change) -> Result<bool>,
 ) -> Result<()> {
-    let sql = format!(
-        "SELECT {LOG_COLUMNS} FROM changes c WHERE c.actor_idx = ?1 AND c.seq > ?2 \
-         ORDER BY c.seq LIMIT {PAGE}"
-    );
-    let mut after = 0i64;
-    loop {
-        let rows: Vec<LogRow> = {
-            let mut st = conn
-                .prepare_cached(&sql)
-                .map_err(StoreError::db("reading the change log"))?;
-            let mut found = st
-                .query(params![idx, after])
-                .map_err(StoreError::db("reading the change log"))?;
-            let mut rows = Vec::new();
-            while let Some(r) = found
-                .next()
-                .map_err(StoreError::db("reading the change log"))?
-            {
-                rows.push(LogRow::from_row(r, actor)?);
-            }
-            rows
-        };
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        after = last.seq as i64;
+    log_read::actor_pages(conn, actor, idx, |rows| {
         // `load` consumes its rows; the seals and pruned hashes are still needed here.
         let changes = log_read::load(conn, rows.clone())?;
         for (row, c) in rows.iter().zip(&changes) {
             if !each(row, c)? {
-                return Ok(());
+                return Ok(false);
             }
         }
-    }
+        Ok(true)
+    })
 }
 
 /// The implied hash of the changes of `actor` (row `idx`) held here, all unsigned and dense
