@@ -170,7 +170,7 @@ impl Store {
             }
         }
         held.retain(|h| h.bytes > 0);
-        held.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        held.sort_by_key(|h| std::cmp::Reverse(h.bytes));
         Ok(held)
     }
 
