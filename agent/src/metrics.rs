@@ -36,8 +36,8 @@
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
 //! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total`, `kdelta_retention_pruned_doc_versions_total` | counter | — |
 //! | `kdelta_retention_compacted_twin_changes_total`, `kdelta_retention_compacted_twin_bytes_total` | counter | — |
-//! | `kdelta_retention_budget_pruned_readings_total`, `kdelta_retention_budget_dropped_readings_total`, `kdelta_retention_gap_records_total` | counter | — |
-//! | `kdelta_retention_budget_used_bytes`, `kdelta_retention_budget_limit_bytes`, `kdelta_retention_budget_hard_limit_bytes`, `kdelta_retention_budget_holding_unacked`, `kdelta_retention_budget_held_readings` | gauge | — |
+//! | `kdelta_retention_budget_pruned_readings_total`, `kdelta_retention_budget_pruned_rollups_total`, `kdelta_retention_budget_dropped_readings_total`, `kdelta_retention_gap_records_total` | counter | — |
+//! | `kdelta_retention_budget_used_bytes`, `kdelta_retention_budget_limit_bytes`, `kdelta_retention_budget_hard_limit_bytes`, `kdelta_retention_budget_holding_unacked`, `kdelta_retention_budget_held_readings`, `kdelta_retention_budget_cannot_meet` | gauge | — |
 //! | `kdelta_retention_pass_duration_seconds` | histogram | — |
 //! | `kdelta_store_disk_full` (0/1), `kdelta_process_storage_write_bytes`, `kdelta_retention_horizon_timestamp_ms` | gauge | — |
 //!

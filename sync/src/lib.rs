@@ -154,7 +154,7 @@ pub use retention::{
     pruned_unit, readings_cutoff, rollups_cutoff, unit_expired,
 };
 pub use schema::supported_schema_version;
-pub use space::{COMPACT_ON_OPEN_MAX_BYTES, StoreSpace};
+pub use space::{COMPACT_ON_OPEN_MAX_BYTES, HeldSpace, SpaceHolder, StoreSpace};
 pub use store::Store;
 pub use sync_store::{Announcement, Announcements, SyncStore};
 pub use timeref::{ClockClaim, TimeReference};

@@ -163,24 +163,38 @@ impl PruneReport {
 }
 
 /// What a prune pass removes: raw readings by age ([`RetentionPolicy`], as of `now_ms`)
-/// and, for the disk budget, every raw reading before `before_ms`; rollups by age only.
+/// and, for the disk budget, every raw reading before `before_ms`; rollups by age and, for
+/// the disk budget once raw readings are gone, every rollup before `rollups_before_ms`.
 #[derive(Debug, Clone)]
 pub(crate) struct PruneRule {
     pub policy: RetentionPolicy,
     pub now_ms: i64,
     pub before_ms: Option<i64>,
+    pub rollups_before_ms: Option<i64>,
     pub unacked: Unacked,
 }
 
 impl PruneRule {
     /// True when the rule can remove nothing.
     pub fn prunes_nothing(&self) -> bool {
-        self.policy.keeps_everything() && self.before_ms.is_none()
+        self.policy.keeps_everything() && !self.is_budget()
     }
 
     /// True when the rule can remove raw readings or rollups.
     pub fn prunes_readings(&self) -> bool {
-        !self.policy.keeps_all_readings() || self.before_ms.is_some()
+        !self.policy.keeps_all_readings() || self.is_budget()
+    }
+
+    /// True for the disk budget's cuts (which prune readings and rollups only, never
+    /// document history or twin chunks).
+    pub fn is_budget(&self) -> bool {
+        self.before_ms.is_some() || self.rollups_before_ms.is_some()
+    }
+
+    /// The rollup cutoff (minutes before it may go, never while raw readings of the
+    /// series and minute remain), `None`: keep all.
+    fn rollup_cutoff(&self) -> Option<i64> {
+        rollups_cutoff(&self.policy, self.now_ms).max(self.rollups_before_ms.map(minute_floor))
     }
 
     /// The raw-reading cutoff of series `name` (minute-aligned by age), `None`: keep all.
@@ -378,7 +392,7 @@ impl Writer {
                 }
             }
             if finished_raw {
-                if let Some(cutoff) = rollups_cutoff(&rule.policy, rule.now_ms) {
+                if let Some(cutoff) = rule.rollup_cutoff() {
                     let (n, more) = self.prune_series_rollups(series_id, cutoff, left)?;
                     report.rollups += n;
                     left -= n as i64;

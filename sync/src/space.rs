@@ -9,6 +9,9 @@
 //! (a rewrite of the whole file, needing about twice its size free). [`compact_old_store`]
 //! does it when the writer opens a store of at most [`COMPACT_ON_OPEN_MAX_BYTES`]; a larger
 //! one is compacted by `kdelta compact` (agent stopped, [`Store::compact`]).
+//!
+//! [`Store::space_held`] says which kind of data holds the pages (SQLite's `dbstat`): what
+//! the agent names when its disk budget cannot be met.
 
 use std::path::Path;
 
@@ -50,6 +53,60 @@ impl StoreSpace {
     }
 }
 
+/// A kind of data in the store, as [`Store::space_held`] groups its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpaceHolder {
+    /// Raw readings (`readings`).
+    Readings,
+    /// Per-minute rollups (`rollup_1m`).
+    Rollups,
+    /// The change log: one row per change, pruned or not (actor, seq, HLC, seal, the hashes
+    /// of what retention pruned), the timing records of readings changes, actors and series.
+    ChangeLog,
+    /// Documents: every version (values, or the metadata of pruned ones), heads, keys.
+    Documents,
+    /// Device twins: changes and snapshots.
+    Twins,
+    /// Everything else (`meta`, the schema).
+    Other,
+}
+
+impl SpaceHolder {
+    /// The holder of table `table`.
+    fn of_table(table: &str) -> SpaceHolder {
+        match table {
+            "readings" => SpaceHolder::Readings,
+            "rollup_1m" => SpaceHolder::Rollups,
+            "changes" | "actors" | "reading_timing" | "series" => SpaceHolder::ChangeLog,
+            t if t.starts_with("doc_") => SpaceHolder::Documents,
+            t if t.starts_with("twin") => SpaceHolder::Twins,
+            _ => SpaceHolder::Other,
+        }
+    }
+
+    /// Its name in status and metrics (`change_log`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpaceHolder::Readings => "readings",
+            SpaceHolder::Rollups => "rollups",
+            SpaceHolder::ChangeLog => "change_log",
+            SpaceHolder::Documents => "documents",
+            SpaceHolder::Twins => "twins",
+            SpaceHolder::Other => "other",
+        }
+    }
+}
+
+/// The bytes of the database's pages one kind of data holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HeldSpace {
+    /// The kind of data.
+    pub holder: SpaceHolder,
+    /// Bytes of its tables' and indexes' pages.
+    pub bytes: u64,
+}
+
 fn file_len(path: &Path, suffix: &str) -> u64 {
     let mut p = path.as_os_str().to_owned();
     p.push(suffix);
@@ -83,6 +140,55 @@ impl Store {
             free_bytes: (free_pages.max(0) as u64) * (page_size.max(0) as u64),
             incremental_vacuum: auto_vacuum == 2,
         })
+    }
+
+    /// Which kind of data holds the database's pages, largest first (kinds holding none
+    /// left out). Reads every page of the file (SQLite's `dbstat`) on a read connection:
+    /// milliseconds for a store of a few MB, about a full read of the file for a large one —
+    /// for occasional use (the disk budget asks when it cannot be met), not every tick.
+    /// Excludes the WAL and the free pages.
+    pub async fn space_held(&self) -> Result<Vec<HeldSpace>> {
+        let rows: Vec<(String, i64)> = self
+            .inner
+            .readers
+            .read(|conn| {
+                conn.prepare(
+                    "SELECT COALESCE(m.tbl_name, d.name), SUM(d.pgsize) FROM dbstat d \
+                     LEFT JOIN sqlite_master m ON m.name = d.name GROUP BY 1",
+                )
+                .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(StoreError::db("measuring the space each table holds"))
+            })
+            .await?;
+        let mut held: Vec<HeldSpace> = Vec::new();
+        for (table, bytes) in rows {
+            let holder = SpaceHolder::of_table(&table);
+            let bytes = bytes.max(0) as u64;
+            match held.iter_mut().find(|h| h.holder == holder) {
+                Some(h) => h.bytes += bytes,
+                None => held.push(HeldSpace { holder, bytes }),
+            }
+        }
+        held.retain(|h| h.bytes > 0);
+        held.sort_by_key(|h| std::cmp::Reverse(h.bytes));
+        Ok(held)
+    }
+
+    /// Bytes of the pages of the per-minute rollups (`rollup_1m`): walks that table's pages
+    /// only (SQLite's `dbstat`), about 1/60 of the raw readings' for a 1 Hz series.
+    pub async fn rollup_bytes(&self) -> Result<u64> {
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = 'rollup_1m'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|b| b.max(0) as u64)
+                .map_err(StoreError::db("measuring the rollups' pages"))
+            })
+            .await
     }
 
     /// Rewrites the database at `path` (which must not be open) with incremental

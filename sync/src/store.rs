@@ -580,6 +580,7 @@ impl Store {
                 policy: policy.clone(),
                 now_ms,
                 before_ms: None,
+                rollups_before_ms: None,
                 unacked: unacked.clone(),
             },
             step_rows,
@@ -604,7 +605,33 @@ impl Store {
                 policy: crate::RetentionPolicy::default(),
                 now_ms: before_ms,
                 before_ms: Some(before_ms),
+                rollups_before_ms: None,
                 unacked: unacked.clone(),
+            },
+            step_rows,
+        )
+        .await
+    }
+
+    /// The disk budget's last resort for readings, once raw readings are gone: per-minute
+    /// rollup rows of every series for minutes before `before_ms` go (oldest first; never a
+    /// minute of a series that still has raw readings in it, so an aggregate over a range
+    /// never mixes raw readings with a partial rollup). Rollups are derived data outside the
+    /// digest and never synced, so this changes nothing a peer sees. Small writer jobs as
+    /// [`prune`](Self::prune); ends with [`reclaim`](Self::reclaim) when anything went.
+    /// Counted in [`PruneReport::rollups`](crate::PruneReport::rollups).
+    pub async fn prune_rollups_before(
+        &self,
+        before_ms: i64,
+        step_rows: usize,
+    ) -> Result<crate::PruneReport> {
+        self.run_prune(
+            crate::retention::PruneRule {
+                policy: crate::RetentionPolicy::default(),
+                now_ms: before_ms,
+                before_ms: None,
+                rollups_before_ms: Some(before_ms),
+                unacked: crate::Unacked::NoUpstream,
             },
             step_rows,
         )
@@ -638,7 +665,7 @@ impl Store {
             cursor = next;
         }
         // Document history goes by age and count only (the disk budget prunes readings).
-        if rule.before_ms.is_none() {
+        if !rule.is_budget() {
             let policy = Arc::new(rule.policy.clone());
             self.prune_docs(&policy, rule.now_ms, step_rows, &mut total)
                 .await?;
@@ -722,6 +749,29 @@ impl Store {
                     })
                 })
                 .map_err(StoreError::db("reading the span of raw readings"))
+            })
+            .await
+    }
+
+    /// The oldest and the newest minute of per-minute rollups kept, over all series (unix
+    /// ms of the minute's start; `None` when there are none). Two index probes per series.
+    pub async fn rollup_span(&self) -> Result<Option<(i64, i64)>> {
+        self.inner
+            .readers
+            .read(|conn| {
+                conn.prepare_cached(
+                    "SELECT MIN((SELECT MIN(r.minute) FROM rollup_1m r WHERE r.series_id = s.id)), \
+                            MAX((SELECT MAX(r.minute) FROM rollup_1m r WHERE r.series_id = s.id)) FROM series s",
+                )
+                .and_then(|mut st| {
+                    st.query_row([], |r| {
+                        Ok(match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                            (Some(lo), Some(hi)) => Some((lo, hi)),
+                            _ => None,
+                        })
+                    })
+                })
+                .map_err(StoreError::db("reading the span of rollups"))
             })
             .await
     }

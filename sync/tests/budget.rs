@@ -277,3 +277,117 @@ async fn an_old_store_is_switched_to_incremental_vacuum_at_open_and_by_compact()
     assert_eq!(s.verify_digest().await.unwrap(), digest);
     assert_eq!(s.stats().await.unwrap().readings, 1200);
 }
+
+/// Issue #16: rollups were never pruned by the budget, so a store whose raw readings were all
+/// gone stayed over it. `prune_rollups_before` takes them oldest first, never a minute whose
+/// raw readings remain, keeps the readings count exact and leaves the digest alone (rollups
+/// are derived data outside it).
+#[tokio::test]
+async fn the_budget_prunes_rollups_only_where_no_raw_reading_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    ten_minutes(&s).await;
+    s.prune_before(T0 + 5 * MIN, 100, &Unacked::NoUpstream)
+        .await
+        .unwrap();
+    assert_eq!(s.stats().await.unwrap().readings, 10 * 60);
+    assert_eq!(
+        s.rollup_span().await.unwrap(),
+        Some((T0, T0 + 9 * MIN)),
+        "the budget's raw prune keeps rollups"
+    );
+    let digest = s.digest();
+
+    // A cut past minutes that still have raw readings takes only the rollups of the others.
+    let r = s.prune_rollups_before(T0 + 8 * MIN, 3).await.unwrap();
+    assert_eq!((r.rollups, r.readings), (2 * 5, 0), "{r:?}");
+    assert!(r.steps > 1, "small steps: {r:?}");
+    assert_eq!(
+        s.rollup_span().await.unwrap(),
+        Some((T0 + 5 * MIN, T0 + 9 * MIN))
+    );
+    assert_eq!(
+        s.stats().await.unwrap().readings,
+        10 * 60,
+        "count stays exact"
+    );
+    assert_eq!(s.digest(), digest, "rollups are outside the digest");
+    assert_eq!(s.verify_digest().await.unwrap(), digest);
+    let agg = s
+        .aggregate(&AggregateQuery {
+            series: "a".into(),
+            from: T0,
+            to: T0 + 10 * MIN,
+            bucket_ms: MIN,
+        })
+        .await
+        .unwrap();
+    assert_eq!(agg.iter().map(|b| b.count).sum::<u64>(), 5 * 60);
+    assert_eq!(agg.first().map(|b| b.start), Some(T0 + 5 * MIN));
+
+    // Once the raw readings are gone too, their rollups can go: nothing is left.
+    s.prune_before(T0 + 11 * MIN, 100, &Unacked::NoUpstream)
+        .await
+        .unwrap();
+    let r = s.prune_rollups_before(T0 + 11 * MIN, 100).await.unwrap();
+    assert_eq!(r.rollups, 2 * 5);
+    assert_eq!(s.rollup_span().await.unwrap(), None);
+    assert_eq!(s.stats().await.unwrap().readings, 0);
+    assert_eq!(s.verify_digest().await.unwrap(), s.digest());
+}
+
+/// Issue #16 (measured): what a store holds once the budget pruned every reading and rollup.
+/// Each pruned readings change keeps its change-log row (actor, seq, HLC, seal) and 32 bytes
+/// per pruned series (the unit hashes that still prove its signed body): `space_held` names
+/// the change log as what holds the space. Prints the figures (`--nocapture`).
+#[tokio::test]
+async fn what_remains_of_pruned_changes_is_held_by_the_change_log() {
+    const CHANGES: i64 = 2_000;
+    const SERIES: i64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    for c in 0..CHANGES {
+        let mut b = ReadingBatch::new();
+        for k in 0..SERIES {
+            for i in 0..10 {
+                b.push(
+                    &format!("s{k}"),
+                    T0 + c * 10_000 + i * 1000,
+                    (c + i) as f64,
+                    Some("u"),
+                );
+            }
+        }
+        s.append(b).await.unwrap();
+    }
+    s.reclaim().await.unwrap();
+    let full = s.space().await.unwrap();
+    let held_full = s.space_held().await.unwrap();
+    s.prune_before(T0 + CHANGES * 10_000, 1000, &Unacked::NoUpstream)
+        .await
+        .unwrap();
+    s.prune_rollups_before(T0 + CHANGES * 10_000 + MIN, 1000)
+        .await
+        .unwrap();
+    let pruned = s.space().await.unwrap();
+    let held = s.space_held().await.unwrap();
+    assert_eq!(s.stats().await.unwrap().readings, 0);
+    assert_eq!(s.rollup_span().await.unwrap(), None);
+    assert_eq!(held[0].holder, SpaceHolder::ChangeLog, "{held:?}");
+    assert!(
+        !held.iter().any(
+            |h| matches!(h.holder, SpaceHolder::Readings | SpaceHolder::Rollups) && h.bytes > 8192
+        ),
+        "{held:?}"
+    );
+    let log = held[0].bytes;
+    eprintln!(
+        "{CHANGES} changes x {SERIES} series x 10 readings: used {} B ({held_full:?}); \
+         all pruned: used {} B ({held:?}); change log {} B per pruned change",
+        full.used_bytes(),
+        pruned.used_bytes(),
+        log / CHANGES as u64
+    );
+    // The floor the budget cannot go below: about 200 B per change plus 32 B per series.
+    assert!(log / (CHANGES as u64) < 600, "{held:?}");
+}

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::disk::Tmpfs;
 use crate::harness::{Agent, eventually};
 use crate::proxy::Proxy;
-use crate::{all_readings, client, get_json, metrics_text, post};
+use crate::{all_readings, client, get_json, metrics_text, post, put_json};
 
 const TOKEN: &str = "budget-test-token";
 /// Readings per POST.
@@ -390,4 +390,199 @@ async fn a_restart_with_the_hub_away_keeps_what_it_acknowledged_and_records_no_f
     );
     drop(device);
     drop(fs);
+}
+
+/// Bytes of the store's files as the file system sees them: database, WAL and shm.
+fn store_files(agent: &Agent) -> u64 {
+    let db = agent.data_dir().join("kdelta.db");
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| {
+            let mut p = db.clone().into_os_string();
+            p.push(s);
+            std::fs::metadata(p).map_or(0, |m| m.len())
+        })
+        .sum()
+}
+
+/// Waits for a budget pass that ended after `after_ms`, and returns `store.budget`.
+async fn pass_after(c: &reqwest::Client, agent: &Agent, after_ms: i64) -> Value {
+    eventually(WAIT, "a budget pass after the last write", || {
+        let (c, agent) = (c.clone(), agent);
+        async move {
+            let b = status(&c, agent).await["store"]["budget"].clone();
+            (b["last"]["at_ms"].as_i64()? > after_ms).then_some(b)
+        }
+    })
+    .await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Regression (issue #16, audit): under `max_disk = "1MiB"` the store settled far above its
+/// budget with no reading left — the budget never pruned rollups, and said nothing. Readings
+/// one a minute make a rollup row each, so rollups weigh as much as the raw readings: round
+/// after round the store must come back within budget (files on disk, WAL and shm included,
+/// within `SLACK`), the newest round kept whole, by pruning raw readings and then rollups,
+/// without ever reporting that the budget cannot be met.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_budget_holds_round_after_round_pruning_rollups_once_raw_readings_are_gone() {
+    /// Readings per round (one POST), one a minute.
+    const ROUND: i64 = 2_000;
+    const ROUNDS: i64 = 16;
+    const MAX_DISK: u64 = 1 << 20;
+    /// The shm file (32 KiB) and what a pass stops above: the WAL of writes after it.
+    const SLACK: u64 = 128 << 10;
+    let c = client();
+    let agent = Agent::builder()
+        .config(
+            "sources = []\ndevice_twin = false\n\
+             [retention]\nevery = \"1s\"\nstep_rows = 2000\nmax_disk = \"1MiB\"\n",
+        )
+        .start();
+    let start = 1_700_000_000_000i64 / HOUR * HOUR;
+    let mut sizes = Vec::new();
+    for round in 0..ROUNDS {
+        let from = start + round * ROUND * 60_000;
+        let ts: Vec<i64> = (0..ROUND).map(|i| from + i * 60_000).collect();
+        let values: Vec<f64> = ts.iter().map(|t| (*t / 60_000 % 977) as f64).collect();
+        let body = json!({"series": [{"name": "slow", "ts": ts, "values": values}]});
+        let (s, v) = post(
+            &c,
+            &agent.at("/v1/readings"),
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let written = now_ms();
+        let b = eventually(WAIT, "the store back within max_disk", || {
+            let (c, agent) = (c.clone(), &agent);
+            async move {
+                let b = pass_after(&c, agent, written).await;
+                (b["used_bytes"].as_u64()? <= MAX_DISK).then_some(b)
+            }
+        })
+        .await;
+        assert_eq!(b["cannot_meet"], Value::Null, "round {round}: {b}");
+        let files = store_files(&agent);
+        sizes.push(files);
+        assert!(
+            files <= MAX_DISK + SLACK,
+            "round {round}: {files} bytes of files over max_disk + slack: {b}"
+        );
+    }
+    let b = status(&c, &agent).await["store"]["budget"].clone();
+    eprintln!("budget e2e (1 MiB): files after each round {sizes:?}; {b}");
+    assert!(b["rollups_pruned_total"].as_u64().unwrap() > 0, "{b}");
+    assert!(
+        metric(&c, &agent, "kdelta_retention_budget_pruned_rollups_total").await > 0.0,
+        "the rollups pruned are counted"
+    );
+    assert_eq!(
+        metric(&c, &agent, "kdelta_retention_budget_cannot_meet").await,
+        0.0
+    );
+    // Still recording: the newest round is all there, the oldest ones are gone.
+    let kept = all_readings(&c, &agent, "slow").await;
+    let last = start + (ROUNDS - 1) * ROUND * 60_000;
+    assert_eq!(kept.range(last..).count() as i64, ROUND);
+    assert!((kept.len() as i64) < ROUNDS * ROUND);
+    // Aggregates over the oldest range no longer answer from rollups that are gone.
+    let (s, agg) = get_json(
+        &c,
+        &agent.at(&format!(
+            "/v1/readings/aggregate?series=slow&from={start}&to={}&bucket=1h",
+            start + ROUND * 60_000
+        )),
+    )
+    .await;
+    assert_eq!(s, 200, "{agg}");
+    assert_eq!(agg["buckets"], json!([]), "{agg}");
+}
+
+/// Issue #16: when nothing more may be pruned and the store is still over budget — here the
+/// current values of documents, which the budget never prunes, exceed it on their own — the
+/// agent says so: `store.budget.cannot_meet` naming documents as what holds the space, the
+/// `kdelta_retention_budget_cannot_meet` gauge, a `kdelta status` line, and one log line for
+/// the change of state (not one per pass). Writes keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_that_current_documents_alone_exceed_is_reported_as_cannot_be_met() {
+    let c = client();
+    let agent = Agent::builder()
+        .config(
+            "sources = []\ndevice_twin = false\n\
+             [retention]\nevery = \"1s\"\nmax_disk = \"1MiB\"\n",
+        )
+        .start();
+    // 1.5 MB of current document values (heads: never pruned).
+    let blob: String = (0..50_000)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    for k in 0..30 {
+        let (s, v) = put_json(
+            &c,
+            &agent.at(&format!("/v1/docs/config/big{k}")),
+            &json!({ "k": k, "blob": blob }),
+        )
+        .await;
+        assert!(s < 300, "{s} {v}");
+    }
+    let b = eventually(WAIT, "the budget reported as cannot be met", || {
+        let (c, agent) = (c.clone(), &agent);
+        async move {
+            let b = status(&c, agent).await["store"]["budget"].clone();
+            (b["cannot_meet"] != Value::Null).then_some(b)
+        }
+    })
+    .await;
+    let cm = &b["cannot_meet"];
+    assert_eq!(cm["held_by"][0]["holder"], "documents", "{b}");
+    assert!(cm["held_by"][0]["bytes"].as_u64().unwrap() > 1 << 20, "{b}");
+    assert!(cm["over_bytes"].as_u64().unwrap() > 0, "{b}");
+    assert_eq!(
+        metric(&c, &agent, "kdelta_retention_budget_cannot_meet").await,
+        1.0
+    );
+    // More passes, still one log line for the state.
+    let since = b["last"]["at_ms"].as_i64().unwrap();
+    let later = pass_after(&c, &agent, since + 2_000).await;
+    assert_ne!(later["cannot_meet"], Value::Null, "{later}");
+    assert_eq!(later["cannot_meet"]["since_ms"], cm["since_ms"], "{later}");
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches("disk budget cannot be met").count(),
+        1,
+        "one line per change of state: {log}"
+    );
+    assert!(log.contains("held by documents"), "{log}");
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["status", "--url", agent.url()])
+        .env("NO_COLOR", "1")
+        .env_remove("KDELTA_TOKEN")
+        .env_remove("KDELTA_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kdelta status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("budget"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("CANNOT BE MET") && line.contains("held by documents"),
+        "{text}"
+    );
+    // Still recording.
+    chunk(&c, &agent, "a", 1_764_000_000_000).await;
 }

@@ -58,6 +58,11 @@ async function refreshStatus() {
     if (budget.holding_unacked) {
       items.push(["HOLDING", "over budget, keeping readings upstream has not acknowledged"]);
     }
+    if (budget.cannot_meet) {
+      const held = (budget.cannot_meet.held_by || [])
+        .map((h) => `${h.holder.replace("_", " ")} ${bytes(h.bytes)}`).join(", ");
+      items.push(["OVER BUDGET", `nothing more may be pruned; held by ${held || "(not measured)"}`]);
+    }
   }
   $("status").replaceChildren(...items.map(([k, v]) => {
     const d = document.createElement("div");

@@ -120,6 +120,32 @@ fn print_status(base: &str, v: &Value) {
         {
             line.push_str("; OVER BUDGET, holding readings upstream has not acknowledged");
         }
+        if let Some(c) = v
+            .pointer("/store/budget/cannot_meet")
+            .filter(|c| !c.is_null())
+        {
+            let held: Vec<String> = c["held_by"]
+                .as_array()
+                .map(|hs| {
+                    hs.iter()
+                        .filter_map(|h| {
+                            let holder = h["holder"].as_str()?.replace('_', " ");
+                            Some(format!("{holder} {}", human_bytes(h["bytes"].as_u64()?)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let over = c["over_bytes"].as_u64().unwrap_or(0);
+            line.push_str(&format!(
+                "; CANNOT BE MET ({} over): nothing more may be pruned, the space is held by {}",
+                human_bytes(over),
+                if held.is_empty() {
+                    "(not measured)".to_owned()
+                } else {
+                    held.join(", ")
+                }
+            ));
+        }
         let dropped = num("/store/budget/dropped_unacked_total").unwrap_or(0);
         if dropped > 0 {
             line.push_str(&format!(
@@ -161,21 +187,7 @@ fn print_status(base: &str, v: &Value) {
     }
 }
 
-/// `1536` → `1.5 KiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::retention::human_bytes;
 
 /// `kdelta sources`.
 pub async fn sources(conn: Conn) -> anyhow::Result<()> {

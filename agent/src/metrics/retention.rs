@@ -30,6 +30,10 @@ pub struct BudgetSample {
     pub dropped_readings: u64,
     /// Gap records written.
     pub gap_records: u64,
+    /// Rollup rows pruned by the pass (once raw readings were gone).
+    pub pruned_rollups: u64,
+    /// Over budget with nothing more the budget may prune.
+    pub cannot_meet: bool,
 }
 
 /// Registered by [`Metrics::new`].
@@ -64,6 +68,8 @@ struct BudgetMetrics {
     pruned_readings: Counter,
     dropped_readings: Counter,
     gap_records: Counter,
+    pruned_rollups: Counter,
+    cannot_meet: Gauge,
 }
 
 impl Default for RetentionMetrics {
@@ -169,6 +175,16 @@ impl RetentionMetrics {
             b.dropped_readings.clone(),
         );
         r.register(
+            "retention_budget_pruned_rollups",
+            "Per-minute rollup rows pruned by the disk budget (only once no raw reading it may prune is left)",
+            b.pruned_rollups.clone(),
+        );
+        r.register(
+            "retention_budget_cannot_meet",
+            "1 while the store is over its disk budget and the budget may prune nothing more (held readings, documents, twins, the change log); /v1/status store.budget.cannot_meet names what holds the space",
+            b.cannot_meet.clone(),
+        );
+        r.register(
             "backup_scheduled",
             "Scheduled backups by outcome: written, failed (retried with a backoff) or no_space (refused before writing: not enough free space for the snapshot and the file)",
             self.backups.clone(),
@@ -218,6 +234,8 @@ impl Metrics {
         b.pruned_readings.inc_by(pass.pruned_readings);
         b.dropped_readings.inc_by(pass.dropped_readings);
         b.gap_records.inc_by(pass.gap_records);
+        b.pruned_rollups.inc_by(pass.pruned_rollups);
+        b.cannot_meet.set(i64::from(pass.cannot_meet));
     }
 
     /// Space and wear gauges, refreshed on scrape.

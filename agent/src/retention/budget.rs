@@ -17,8 +17,17 @@
 //!    record that syncs — until use is back to the middle between `max_disk` and the hard
 //!    limit (and room to the middle between the floor and `min_free`).
 //!
-//! Rollups are never pruned by the budget (they answer aggregates over the pruned range and
-//! take about 1/60 of the raw readings of a 1 Hz series); documents are never pruned.
+//!
+//! Rollups (`Store::prune_rollups_before`, oldest first, never a minute whose raw readings
+//! remain: within a range the raw readings always go first; rollups are derived data outside
+//! the digest) answer aggregates over pruned ranges and take about 1/60 of the raw readings
+//! of a 1 Hz series, so they outlive raw readings — but not without bound: before step 2,
+//! rollups holding more than a quarter of `max_disk` are pruned down to it (so a slow series,
+//! one rollup row per reading, cannot crowd out the newest raw readings), and once every raw
+//! reading the budget may prune is gone and the store is still over, the oldest rollups go
+//! too. Documents, twins and the change log are never pruned by the budget: when the store is
+//! still over it after all that, the pass says the budget **cannot be met**
+//! ([`BudgetPass::cannot_meet`]; the retention loop names what holds the space).
 
 use std::path::Path;
 
@@ -32,6 +41,11 @@ const MAX_ROUNDS: usize = 24;
 /// The cut moves at least this far per round (a cut of `t` prunes the (batch, series) units
 /// wholly before `t`).
 const MIN_STEP_MS: i64 = 1_000;
+/// Rollups may hold `max_disk / ROLLUP_SHARE` before the oldest of them go ahead of raw
+/// readings.
+const ROLLUP_SHARE: u64 = 4;
+/// A minute: what a rollup covers, and the least a rollup round moves its cut.
+const MINUTE_MS: i64 = 60_000;
 
 /// The budget's limits in bytes, resolved against the file system's size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -137,9 +151,17 @@ pub struct BudgetPass {
     pub pruned: PruneReport,
     /// What was pruned at the hard limit (unacknowledged readings included).
     pub hard: PruneReport,
+    /// What was pruned of the rollups, once raw readings were gone (`rollups`).
+    pub rollups: PruneReport,
     /// True when the budget is still exceeded and only unacknowledged readings are left to
     /// prune below the hard limit: upstream peers are behind and readings are being held.
     pub holding_unacked: bool,
+    /// True when the store is still over budget after the pass looked at everything the
+    /// budget may prune (raw readings, then rollups; at the hard limit unacknowledged
+    /// readings too): what is left is held (readings upstream has not acknowledged,
+    /// readings awaiting a time correction) or never pruned by the budget (documents,
+    /// twins, the change log). False when the pass merely ran out of rounds.
+    pub cannot_meet: bool,
     /// The pass's error (a failed measurement or prune), tried again next tick.
     pub error: Option<String>,
 }
@@ -156,6 +178,8 @@ impl BudgetPass {
             pruned_readings: self.pruned.readings + self.hard.readings,
             dropped_readings: self.hard.dropped_unacked,
             gap_records: self.hard.gaps,
+            pruned_rollups: self.rollups.rollups,
+            cannot_meet: self.cannot_meet,
         }
     }
 }
@@ -201,7 +225,47 @@ async fn run(
         used: limits.max_bytes.map(|b| b - b / 20),
         room: limits.min_free_bytes,
     };
-    prune_rounds(store, dir, config, &keep, soft, &mut m, &mut pass.pruned).await?;
+    // Rollups beyond their share go first (oldest first, only minutes whose raw readings
+    // are gone): they outlive raw readings, but must not crowd out the newest ones.
+    if let Some(max) = limits.max_bytes {
+        let share = max / ROLLUP_SHARE;
+        let rollups = store.rollup_bytes().await.map_err(|e| e.to_string())?;
+        if rollups > share {
+            let target = Targets {
+                used: Some(
+                    m.used()
+                        .saturating_sub(rollups - share)
+                        .max(soft.used.unwrap_or(0)),
+                ),
+                room: None,
+            };
+            prune_rounds(
+                store,
+                config,
+                Phase::Rollups,
+                target,
+                dir,
+                &mut m,
+                &mut pass.rollups,
+            )
+            .await?;
+        }
+    }
+    let raw = Phase::Raw(&keep);
+    let mut exhausted =
+        prune_rounds(store, config, raw, soft, dir, &mut m, &mut pass.pruned).await?;
+    if exhausted && m.over(&limits) {
+        exhausted = prune_rounds(
+            store,
+            config,
+            Phase::Rollups,
+            soft,
+            dir,
+            &mut m,
+            &mut pass.rollups,
+        )
+        .await?;
+    }
     if let Some(v) = acked
         && m.over(&limits)
     {
@@ -212,10 +276,33 @@ async fn run(
                 room: mid(limits.min_free_bytes, limits.floor_bytes),
             };
             let drop = Unacked::Drop(v);
-            prune_rounds(store, dir, config, &drop, hard, &mut m, &mut pass.hard).await?;
+            exhausted = prune_rounds(
+                store,
+                config,
+                Phase::Raw(&drop),
+                hard,
+                dir,
+                &mut m,
+                &mut pass.hard,
+            )
+            .await?;
+            // The rollups of what was dropped, if the store is still over.
+            if exhausted && m.excess(hard.used, hard.room) > 0.0 {
+                exhausted = prune_rounds(
+                    store,
+                    config,
+                    Phase::Rollups,
+                    hard,
+                    dir,
+                    &mut m,
+                    &mut pass.rollups,
+                )
+                .await?;
+            }
         }
         pass.holding_unacked = m.over(&limits) && pass.pruned.held > 0;
     }
+    pass.cannot_meet = exhausted && m.over(&limits);
     pass.after = m;
     Ok(())
 }
@@ -227,17 +314,41 @@ struct Targets {
     room: Option<u64>,
 }
 
+/// What a phase prunes.
+#[derive(Debug, Clone, Copy)]
+enum Phase<'a> {
+    /// Raw readings (whole (change, series) units), keeping or dropping unacknowledged ones.
+    Raw(&'a Unacked),
+    /// Per-minute rollups (never a minute whose raw readings remain).
+    Rollups,
+}
+
+/// Prunes in rounds, each moving a cut forward from the oldest data of the phase's kind and
+/// re-measuring, until `targets` are met or `MAX_ROUNDS` ran. Returns true when the cut passed
+/// the newest data: everything of that kind the phase may prune is gone.
 async fn prune_rounds(
     store: &Store,
-    dir: &Path,
     config: &RetentionConfig,
-    unacked: &Unacked,
+    phase: Phase<'_>,
     targets: Targets,
+    dir: &Path,
     m: &mut Measure,
     report: &mut PruneReport,
-) -> Result<(), String> {
-    let Some((oldest, newest)) = store.reading_span().await.map_err(|e| e.to_string())? else {
-        return Ok(()); // no raw reading left
+) -> Result<bool, String> {
+    let span = match phase {
+        Phase::Raw(_) => store.reading_span().await,
+        // A rollup's minute is its start: it goes once the cut is past the minute's end.
+        Phase::Rollups => store
+            .rollup_span()
+            .await
+            .map(|s| s.map(|(lo, hi)| (lo, hi + MINUTE_MS - 1))),
+    };
+    let Some((oldest, newest)) = span.map_err(|e| e.to_string())? else {
+        return Ok(true); // nothing of this kind left
+    };
+    let min_step = match phase {
+        Phase::Raw(_) => MIN_STEP_MS,
+        Phase::Rollups => MINUTE_MS,
     };
     let mut cut = oldest;
     // Doubles after a round that pruned nothing (everything before the cut is held for
@@ -249,18 +360,19 @@ async fn prune_rounds(
         if excess <= 0.0 || cut > newest {
             break;
         }
-        // Move the cut by the share of the remaining readings' time span that should hold
-        // the excess (as if they came at a steady rate), at most a quarter of it and at least
-        // a minute; re-measuring after each round corrects the guess, so a skewed spread
+        // Move the cut by the share of the remaining data's time span that should hold
+        // the excess (as if it came at a steady rate), at most a quarter of it and at least
+        // `min_step`; re-measuring after each round corrects the guess, so a skewed spread
         // costs rounds, not readings.
         let span = newest.saturating_sub(cut).max(0) as f64;
         let step = (span * (excess * boost).clamp(0.01, 0.25 * boost)) as i64;
-        cut = cut.saturating_add(step.max(MIN_STEP_MS));
-        let r = store
-            .prune_before(cut, config.step_rows, unacked)
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.readings == 0 {
+        cut = cut.saturating_add(step.max(min_step));
+        let r = match phase {
+            Phase::Raw(unacked) => store.prune_before(cut, config.step_rows, unacked).await,
+            Phase::Rollups => store.prune_rollups_before(cut, config.step_rows).await,
+        }
+        .map_err(|e| e.to_string())?;
+        if r.readings + r.rollups == 0 {
             boost = (boost * 2.0).min(4.0);
         }
         // `held` is recounted by every round over the same readings: keep the largest.
@@ -269,7 +381,7 @@ async fn prune_rounds(
         report.held = held;
         *m = Measure::take(store, dir).await?;
     }
-    Ok(())
+    Ok(cut > newest)
 }
 
 #[cfg(test)]

@@ -15,14 +15,16 @@ mod hub;
 mod size;
 mod task;
 mod twins;
+mod unmet;
 
 pub use budget::{BudgetPass, Limits, Measure};
 pub use config::{Keep, RetentionConfig, SeriesKeep};
 pub use docs::{DocKeyKeep, DocsKeep};
 #[cfg(feature = "postgres")]
 pub use hub::hub_retention_loop;
-pub use size::DiskSize;
+pub use size::{DiskSize, human_bytes};
 #[cfg(feature = "postgres")]
 pub use task::HubRetention;
 pub use task::{BudgetState, RetentionDeps, RetentionState, retention_loop};
 pub use twins::TwinsKeep;
+pub use unmet::CannotMeet;

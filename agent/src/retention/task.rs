@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RetentionConfig;
 use super::budget::{BudgetPass, budget_pass};
+use super::unmet::{self, CannotMeet};
 use crate::metrics::Metrics;
 
 /// What the retention loop works with.
@@ -106,10 +107,16 @@ pub struct BudgetState {
     pub dropped_unacked_total: u64,
     /// Gap records written since the agent started.
     pub gaps_total: u64,
+    /// Rollup rows pruned by the budget since the agent started (once raw readings were
+    /// gone).
+    pub rollups_pruned_total: u64,
+    /// Set while the budget cannot be met: over it after pruning everything the budget may
+    /// prune, with what holds the space (`unmet.rs`).
+    pub cannot_meet: Option<CannotMeet>,
 }
 
 impl BudgetState {
-    fn record(&mut self, pass: BudgetPass) {
+    fn record(&mut self, pass: BudgetPass, cannot_meet: Option<CannotMeet>) {
         let m = pass.after;
         self.used_bytes = m.used();
         self.limit_bytes = pass.limits.max_bytes;
@@ -124,6 +131,8 @@ impl BudgetState {
         self.pruned_total += pass.pruned.readings + pass.hard.readings;
         self.dropped_unacked_total += pass.hard.dropped_unacked;
         self.gaps_total += pass.hard.gaps;
+        self.rollups_pruned_total += pass.rollups.rollups;
+        self.cannot_meet = cannot_meet;
         self.last = pass;
     }
 }
@@ -204,10 +213,21 @@ pub async fn retention_loop(
                 p = budget_pass(&agent.store, &agent.data_dir, &config, acked) => p,
             };
             log_budget_pass(&pass, has_upstream, &mut was_holding);
-            agent.metrics.budget_pass(&pass.sample());
+            let prev = state.last().budget.and_then(|b| b.cannot_meet);
+            // A failed pass says nothing about whether the budget can be met: keep the state.
+            let next = if pass.error.is_some() {
+                prev.clone()
+            } else {
+                CannotMeet::after(&agent.store, &pass, prev.as_ref(), now_ms()).await
+            };
+            unmet::log_change(prev.as_ref(), next.as_ref(), &pass);
+            agent.metrics.budget_pass(&crate::metrics::BudgetSample {
+                cannot_meet: next.is_some(),
+                ..pass.sample()
+            });
             state.update(|s| {
                 if let Some(b) = &mut s.budget {
-                    b.record(pass);
+                    b.record(pass, next);
                 }
             });
         }
@@ -284,6 +304,16 @@ fn log_budget_pass(pass: &BudgetPass, has_upstream: bool, was_holding: &mut bool
             pass.before.used(),
             pass.after.used(),
             pass.took_ms
+        );
+    }
+    if pass.rollups.rollups > 0 {
+        tracing::info!(
+            rollups = pass.rollups.rollups,
+            used_bytes = pass.after.used(),
+            "disk budget: no raw reading left to prune, pruned the {} oldest per-minute rollups (store {} → {} bytes)",
+            pass.rollups.rollups,
+            pass.before.used(),
+            pass.after.used()
         );
     }
     if pass.hard.dropped_unacked > 0 {
