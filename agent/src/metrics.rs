@@ -20,6 +20,8 @@
 //! | `kdelta_commit_duration_seconds` | histogram | — |
 //! | `kdelta_http_requests_total` | counter | `method`, `route`, `status` |
 //! | `kdelta_http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `kdelta_http_connections_open` | gauge | — |
+//! | `kdelta_http_connections_shed_total`, `kdelta_http_connections_refused_total` | counter | `limit` |
 //! | `kdelta_store_bytes`, `kdelta_store_readings`, `kdelta_store_changes`, `kdelta_store_series`, `kdelta_store_doc_keys`, `kdelta_store_doc_versions` | gauge | — |
 //! | `kdelta_uptime_seconds` | gauge | — |
 //! | `kdelta_clock_trusted` | gauge (0/1) | — |
@@ -44,6 +46,7 @@
 //! The `sync_peer_*` families are taken from the peers' status on every scrape (see
 //! `sync.rs`), so they are always current and a peer that is gone disappears.
 
+mod connections;
 mod retention;
 mod sync;
 
@@ -57,6 +60,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use connections::ConnectionMetrics;
 pub use retention::BudgetSample;
 use retention::RetentionMetrics;
 pub use sync::PeerSample;
@@ -123,6 +127,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: HistogramFamily<RouteLabels>,
+    connections: ConnectionMetrics,
     store_bytes: Gauge,
     store_readings: Gauge,
     store_changes: Gauge,
@@ -173,6 +178,7 @@ impl Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(http_histogram),
+            connections: ConnectionMetrics::default(),
             store_bytes: Gauge::default(),
             store_readings: Gauge::default(),
             store_changes: Gauge::default(),
@@ -280,6 +286,7 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "Build of this agent (always 1)", build_info);
+        m.connections.register(&mut r);
         m.mqtt.register(&mut r);
         m.sync.register(&mut r);
         m.retention.register(&mut r);

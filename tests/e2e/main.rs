@@ -35,6 +35,7 @@ mod retention;
 mod roles;
 mod security;
 mod signing;
+mod slowloris;
 mod sources;
 mod sync;
 mod systemd;

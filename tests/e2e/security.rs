@@ -581,3 +581,107 @@ async fn sync_tokens_may_come_from_a_file_or_as_a_digest() {
         .expect("a missing token file stops the start");
     assert!(err.contains("sync.accept_tokens[0].token_file"), "{err}");
 }
+
+/// The CLI's token sources against a real agent with API tokens, told apart by scope: a
+/// `put` needs `write`, so it succeeds only when the writer's token is the one sent. Order:
+/// `--token`, `KDELTA_TOKEN`, `--token-file`, `KDELTA_TOKEN_FILE` (blank values skipped).
+#[tokio::test]
+async fn cli_token_sources_apply_in_order() {
+    let (agent, dir) = start_with_tokens("");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let writer = file("writer.token", &format!("  {WRITE}  \r\nnot this line\n"));
+    let reader = file("reader.token", &format!("{READ}\n"));
+    let empty = file("empty.token", "\n");
+    let missing = dir.path().join("missing.token");
+    let missing = missing.to_str().unwrap();
+    let put = |key: &str, envs: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["put", key, "1", "--url", agent.url()])
+            .args(args)
+            .env_remove("KDELTA_TOKEN")
+            .env_remove("KDELTA_TOKEN_FILE")
+            .env_remove("KDELTA_URL")
+            .stdin(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run kdelta put");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // (doc key, environment, arguments, Ok or the error's text)
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a [&'a str],
+        Result<(), &'a str>,
+    );
+    let cases: &[Case] = &[
+        ("flag", &[], &["--token", WRITE], Ok(())),
+        ("flag-read", &[], &["--token", READ], Err("403")),
+        ("env", &[("KDELTA_TOKEN", WRITE)], &[], Ok(())),
+        (
+            "flag-over-env",
+            &[("KDELTA_TOKEN", READ)],
+            &["--token", WRITE],
+            Ok(()),
+        ),
+        (
+            "env-over-file",
+            &[("KDELTA_TOKEN", WRITE)],
+            &["--token-file", &reader],
+            Ok(()),
+        ),
+        ("file", &[], &["--token-file", &writer], Ok(())),
+        ("env-file", &[("KDELTA_TOKEN_FILE", &writer)], &[], Ok(())),
+        (
+            "file-flag-over-env-file",
+            &[("KDELTA_TOKEN_FILE", &reader)],
+            &["--token-file", &writer],
+            Ok(()),
+        ),
+        (
+            "blank-env-skipped",
+            &[("KDELTA_TOKEN", "  ")],
+            &["--token-file", &writer],
+            Ok(()),
+        ),
+        ("empty-file", &[], &["--token-file", &empty], Err("401")),
+        (
+            "missing-file",
+            &[],
+            &["--token-file", missing],
+            Err("cannot read the token file"),
+        ),
+    ];
+    for (key, envs, args, expected) in cases {
+        let (ok, stderr) = put(key, envs, args);
+        match expected {
+            Ok(()) => assert!(ok, "{key}: {stderr}"),
+            Err(text) => assert!(!ok && stderr.contains(text), "{key}: {stderr}"),
+        }
+    }
+    assert!(
+        put("missing-file", &[], &["--token-file", missing])
+            .1
+            .contains(missing),
+        "the error names the file"
+    );
+    // Only the writes whose writer token was sent are stored.
+    let c = reqwest::Client::new();
+    for (key, _, _, expected) in cases {
+        let (status, v, _) = send(
+            c.get(agent.at(&format!("/v1/docs/{key}")))
+                .bearer_auth(READ),
+        )
+        .await;
+        let want = if expected.is_ok() { 200 } else { 404 };
+        assert_eq!(status, want, "{key}: {v}");
+    }
+}

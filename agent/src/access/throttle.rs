@@ -134,7 +134,7 @@ impl crate::tls::FailedAuth for AuthThrottle {
 }
 
 /// The throttling key of an address: IPv4 as is, IPv6 by its /64 (IPv4-mapped as IPv4).
-fn bucket(addr: IpAddr) -> IpAddr {
+pub(crate) fn bucket(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -84,6 +84,11 @@ async fn setup(
     )?);
     config.sync.check_tls_files()?;
     config.sync.check_token_files()?;
+    // Every API connection and sync session is a file descriptor: make room for the caps.
+    crate::server::nofile::ensure(
+        (config.api.max_connections + config.api.max_sync_sessions) as u64
+            + crate::server::nofile::RESERVED_FILES,
+    );
     let backend = Backend::open(&config.store, &db_path(&data_dir)).await?;
     let tcp = match listen {
         Listen::Bind(addr) => bind(addr).await,
@@ -300,7 +305,7 @@ fn spawn_store_loops(
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    crate::server::bind(addr).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => {
                 " — another program (or another kdelta) uses this port; choose another with --listen or api.listen"
@@ -320,9 +325,10 @@ fn spawn_server(
 ) -> JoinHandle<anyhow::Result<()>> {
     // The server loop gives every request its connection's `PeerAddr` (the verified client
     // certificate reaches the API gate and `/v1/sync`).
+    let metrics = agent.metrics.clone();
     let app = crate::api::router(agent);
     tokio::spawn(async move {
-        crate::server::serve(listener, app, limits, stop).await;
+        crate::server::serve(listener, app, limits, metrics, stop).await;
         Ok(())
     })
 }

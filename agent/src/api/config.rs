@@ -46,8 +46,14 @@ pub struct ApiConfig {
     /// A request body not received completely within this is answered `408` and dropped.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
-    /// Most open connections; further clients wait in the kernel's backlog.
+    /// Most open connections. At the cap a new connection is still accepted, and the one
+    /// idle longest (no request in progress) is closed for it; only when all are in a
+    /// request is the new one refused.
     pub max_connections: usize,
+    /// Most open connections from one address (IPv6: one /64), handled like
+    /// `max_connections` but shedding only that address's own idle connections. Loopback
+    /// clients are exempt (a local reverse proxy, the CLI): they count only in the total.
+    pub max_connections_per_address: usize,
     /// Failed authentications from one address (IPv6: one /64) within
     /// `auth_failure_window` before it is answered `429` until the window ends.
     pub max_auth_failures: u32,
@@ -75,6 +81,7 @@ impl Default for ApiConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             max_connections: 512,
+            max_connections_per_address: 64,
             max_auth_failures: 10,
             auth_failure_window: Duration::from_secs(60),
             max_sync_sessions: 64,
@@ -154,6 +161,11 @@ impl ApiConfig {
         }
         for (key, v, max) in [
             ("api.max_connections", self.max_connections, 65_536),
+            (
+                "api.max_connections_per_address",
+                self.max_connections_per_address,
+                65_536,
+            ),
             (
                 "api.max_auth_failures",
                 self.max_auth_failures as usize,

@@ -1,8 +1,8 @@
 //! Observable events of the agent, one type each, as in vector's `internal_events/`: a type
 //! carries what happened, and [`InternalEvent::emit`] writes its log line (if it has one)
 //! and updates its metrics together, so a call site cannot count without logging or log
-//! without counting. Ingest commits (HTTP, MQTT, sources), sync sessions and the MQTT client
-//! emit through here.
+//! without counting. Ingest commits (HTTP, MQTT, sources), sync sessions, the MQTT client and
+//! the API server's connection caps emit through here.
 //!
 //! A leaf: it uses only [`crate::metrics`] and must not reach into the parts that emit.
 //!
@@ -14,10 +14,12 @@
 //! assert_eq!(metrics.readings_total(), 3);
 //! ```
 
+mod connections;
 mod ingest;
 mod mqtt;
 mod sync;
 
+pub use connections::{ConnectionLimited, LogEvery};
 pub use ingest::{IngestCommitted, IngestRejected, ReadingsDropped};
 pub use mqtt::{MqttBadPayload, MqttCommand};
 pub use sync::{SyncRefused, SyncSessionEnded, SyncSessionFailed};

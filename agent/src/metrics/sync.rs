@@ -92,7 +92,7 @@ impl SyncMetrics {
         );
         r.register(
             "tls_handshakes_failed",
-            "TLS handshakes of the API listener that failed, by reason (timeout, client_certificate, error)",
+            "TLS handshakes of the API listener that failed, by reason (timeout, client_certificate, error, shed, throttled)",
             self.tls_failed.clone(),
         );
         r.register_collector(Box::new(self.peers.clone()));
@@ -118,7 +118,7 @@ impl Metrics {
     }
 
     /// A TLS handshake of the listener failed for `reason` (`timeout`,
-    /// `client_certificate`, `error`).
+    /// `client_certificate`, `error`, `shed`, `throttled`).
     pub fn tls_handshake_failed(&self, reason: &str) {
         self.sync
             .tls_failed

@@ -28,7 +28,8 @@ pub struct ApiTlsConfig {
     /// A client that has not finished its TLS handshake within this is disconnected.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// Most TLS handshakes in progress at once; further connections wait to be accepted.
+    /// Most TLS handshakes in progress at once; at this, the one running longest is
+    /// abandoned for a new connection.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
 }

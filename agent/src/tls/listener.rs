@@ -1,9 +1,12 @@
 //! The API's listener for `axum::serve`: plain TCP, or HTTPS when `[api.tls]` is set.
 //!
 //! TLS handshakes run in their own tasks, off the accept path, each bounded by
-//! `handshake_timeout`; at most `max_handshakes` run at once (further connections wait in
-//! the kernel's backlog), so one slow or silent client cannot block the others and a flood
-//! cannot grow memory without bound. Failed handshakes are counted in
+//! `handshake_timeout`; at most `max_handshakes` run at once, so one slow or silent client
+//! cannot block the others and a flood cannot grow memory without bound. Connections are
+//! accepted continuously: at `max_handshakes`, the handshake running longest is abandoned for
+//! the new one (`reason="shed"`) — a real client's handshake takes milliseconds, a slowloris'
+//! never ends — so silent connections cannot keep real clients in the kernel's backlog.
+//! Failed handshakes are counted in
 //! `kdelta_tls_handshakes_failed_total` and logged at debug; a refused client certificate is a
 //! failed authentication: it counts against its address in the API's failed-auth throttle
 //! (`access::throttle`, which logs it at warn, throttled), and an address the throttle blocks
@@ -14,6 +17,7 @@
 //! with the connection ([`PeerAddr`], via axum's connect info) to the handlers
 //! ([`TlsPeer`]), where `/v1/sync` matches it against `[[sync.accept_certs]]`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +27,7 @@ use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::http::request::Parts;
 use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -161,6 +165,9 @@ struct Handshakes {
     /// The API's failed-auth throttle: refused client certificates count in it.
     throttle: Arc<dyn FailedAuth>,
     running: JoinSet<Option<(TlsStream<TcpStream>, PeerAddr)>>,
+    /// The running handshakes' abort handles in the order they started (finished ones are
+    /// dropped lazily), to abandon the oldest at `max`.
+    started: VecDeque<AbortHandle>,
 }
 
 impl ApiListener {
@@ -179,6 +186,7 @@ impl ApiListener {
             metrics,
             throttle,
             running: JoinSet::new(),
+            started: VecDeque::new(),
         });
         ApiListener { tcp, tls }
     }
@@ -205,7 +213,7 @@ impl Listener for ApiListener {
         };
         loop {
             tokio::select! {
-                (stream, remote) = accept_tcp(tcp), if tls.running.len() < tls.max => {
+                (stream, remote) = accept_tcp(tcp) => {
                     if tls.throttle.blocked(remote.ip()) {
                         // Blocked for failed authentications: no handshake work for it.
                         tls.metrics.tls_handshake_failed("throttled");
@@ -213,7 +221,8 @@ impl Listener for ApiListener {
                         drop(stream);
                         continue;
                     }
-                    tls.running.spawn(handshake(
+                    tls.shed_oldest_at_max();
+                    let started = tls.running.spawn(handshake(
                         tls.acceptor.clone(),
                         stream,
                         remote,
@@ -221,6 +230,7 @@ impl Listener for ApiListener {
                         tls.metrics.clone(),
                         tls.throttle.clone(),
                     ));
+                    tls.started.push_back(started);
                 }
                 Some(done) = tls.running.join_next(), if !tls.running.is_empty() => {
                     if let Ok(Some((stream, peer))) = done {
@@ -236,6 +246,30 @@ impl Listener for ApiListener {
             remote: self.tcp.local_addr()?,
             client_cert: None,
         })
+    }
+}
+
+impl Handshakes {
+    /// At `max` running handshakes, abandons the one running longest (its connection is
+    /// closed), so a new connection can start its own.
+    fn shed_oldest_at_max(&mut self) {
+        while self.started.front().is_some_and(|h| h.is_finished()) {
+            self.started.pop_front();
+        }
+        if self.running.len() >= self.max
+            && let Some(oldest) = self.started.pop_front()
+        {
+            oldest.abort();
+            self.metrics.tls_handshake_failed("shed");
+            tracing::debug!(
+                "{} TLS handshakes running (api.tls.max_handshakes): the oldest abandoned for a new connection",
+                self.max
+            );
+        }
+        // Finished handshakes behind a long-running one: keep the queue near `max`.
+        if self.started.len() > 2 * self.max {
+            self.started.retain(|h| !h.is_finished());
+        }
     }
 }
 
@@ -399,6 +433,48 @@ mod tests {
             assert!(Instant::now() < deadline, "{}", metrics.encode());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn at_max_handshakes_a_silent_client_gives_way_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // One handshake at a time, and a timeout the test would notice.
+        let timeout = Duration::from_secs(60);
+        let tls = ServerTls::load(&files(dir.path(), timeout, 1)).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut listener = ApiListener::new(tcp, Some(tls), metrics.clone(), Arc::new(NoThrottle));
+
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let roots = load_roots("ca", &dir.path().join("ca.pem")).unwrap();
+        let connector = TlsConnector::from(client_config(roots, None).unwrap());
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await
+        });
+        let (io, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .expect("the real client is not held behind the silent one");
+        assert!(matches!(io, Either::Right(_)));
+        client.await.unwrap().expect("client handshake");
+        assert!(
+            metrics
+                .encode()
+                .contains("kdelta_tls_handshakes_failed_total{reason=\"shed\"} 1"),
+            "{}",
+            metrics.encode()
+        );
+        // The silent connection was closed.
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+        )
+        .await
+        .expect("closed, not left hanging");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 
     #[test]
