@@ -1,41 +1,19 @@
 //! Where the hub first received each actor's changes from (`actor_origins`, migration 0006),
 //! as the embedded store keeps it (`kdelta_sync`'s `origins.rs`): a fork report names the
 //! peer that sent a contradicting change *and* the one the hub's copy came from. First
-//! recorded wins (`ON CONFLICT DO NOTHING`, so replicas racing on one actor agree); actors
-//! noted by this replica are remembered in memory, so a page of known actors costs no
-//! statement, and at most [`MAX_NEW_PER_PAGE`] new ones are noted per page.
-
-use std::collections::HashSet;
+//! recorded wins (`ON CONFLICT DO NOTHING`, so replicas racing on one actor agree); which
+//! actors this replica noted is remembered, and bounded per page, by the same
+//! [`NotedActors`](kdelta_sync::NotedActors) the embedded store uses.
 
 use kdelta_sync::ActorId;
 
 use crate::{PgError, PgStore, Result};
 
-/// Most actors whose origin one page may record.
-pub const MAX_NEW_PER_PAGE: usize = 64;
-
-/// Actors remembered as noted; beyond, the memory is cleared.
-const MAX_REMEMBERED: usize = 100_000;
-
 impl PgStore {
     /// Records `peer` as the origin of those of `actors` with none recorded yet (never the
     /// hub's own actor).
     pub async fn note_origins(&self, actors: &[ActorId], peer: &str) -> Result<()> {
-        let own = self.actor();
-        let fresh: Vec<ActorId> = {
-            let noted = self
-                .inner
-                .origins_noted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut seen = HashSet::new();
-            actors
-                .iter()
-                .copied()
-                .filter(|a| *a != own && !noted.contains(a) && seen.insert(*a))
-                .take(MAX_NEW_PER_PAGE)
-                .collect()
-        };
+        let fresh = self.inner.origins_noted.fresh(self.actor(), actors);
         if fresh.is_empty() {
             return Ok(());
         }
@@ -49,15 +27,7 @@ impl PgStore {
         .execute(&self.inner.pool)
         .await
         .map_err(PgError::db("recording actor origins"))?;
-        let mut noted = self
-            .inner
-            .origins_noted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if noted.len() + fresh.len() > MAX_REMEMBERED {
-            noted.clear();
-        }
-        noted.extend(fresh);
+        self.inner.origins_noted.remember(fresh);
         Ok(())
     }
 

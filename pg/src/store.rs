@@ -84,7 +84,7 @@ pub(crate) struct Inner {
     /// Commit announcements for this replica's sync sessions (`peer.rs`).
     pub announcer: crate::peer::Announcer,
     /// Actors whose origin this replica has recorded (`origins.rs`).
-    pub origins_noted: Mutex<std::collections::HashSet<ActorId>>,
+    pub origins_noted: kdelta_sync::NotedActors,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -190,7 +190,7 @@ impl PgStore {
                 partitions: Partitions::default(),
                 signing,
                 announcer: crate::peer::Announcer::default(),
-                origins_noted: Mutex::new(Default::default()),
+                origins_noted: Default::default(),
             }),
         })
     }

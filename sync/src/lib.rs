@@ -142,6 +142,7 @@ pub use ingest::{
     saturating_sum,
 };
 pub use model::*;
+pub use origins::NotedActors;
 pub use past::link_unsigned;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use readings_fit::{fit_readings, sized_readings, split_readings};

@@ -13,6 +13,7 @@
 //! `protocol/exchange.rs`'s.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use rusqlite::OptionalExtension;
 
@@ -25,6 +26,40 @@ pub const MAX_NEW_PER_PAGE: usize = 64;
 /// `meta` stays and is looked up again).
 const MAX_REMEMBERED: usize = 100_000;
 
+/// Actors whose origin a store (embedded, or a PostgreSQL hub replica) has recorded,
+/// remembered in memory so a page of known actors costs no statement.
+#[derive(Debug, Default)]
+pub struct NotedActors(Mutex<HashSet<ActorId>>);
+
+impl NotedActors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<ActorId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Those of `actors` not noted yet, never `own`, each once, at most
+    /// [`MAX_NEW_PER_PAGE`] of them: the ones whose origin may still need recording.
+    pub fn fresh(&self, own: ActorId, actors: &[ActorId]) -> Vec<ActorId> {
+        let noted = self.lock();
+        let mut seen = HashSet::new();
+        actors
+            .iter()
+            .copied()
+            .filter(|a| *a != own && !noted.contains(a) && seen.insert(*a))
+            .take(MAX_NEW_PER_PAGE)
+            .collect()
+    }
+
+    /// Remembers `actors` as noted (the memory is cleared first when it would grow past
+    /// its bound; the records stay where they are stored).
+    pub fn remember(&self, actors: Vec<ActorId>) {
+        let mut noted = self.lock();
+        if noted.len() + actors.len() > MAX_REMEMBERED {
+            noted.clear();
+        }
+        noted.extend(actors);
+    }
+}
+
 /// The `meta` key (under `local/`) of `actor`'s origin.
 fn key(actor: ActorId) -> String {
     format!("origin/{actor}")
@@ -34,21 +69,7 @@ impl Store {
     /// Records `peer` as where this store first received the changes of those of `actors`
     /// with no origin recorded yet (never this store's own actor).
     pub async fn note_origins(&self, actors: &[ActorId], peer: &str) -> Result<()> {
-        let own = self.actor();
-        let candidates: Vec<ActorId> = {
-            let noted = self
-                .inner
-                .origins_noted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut seen = HashSet::new();
-            actors
-                .iter()
-                .copied()
-                .filter(|a| *a != own && !noted.contains(a) && seen.insert(*a))
-                .take(MAX_NEW_PER_PAGE)
-                .collect()
-        };
+        let candidates = self.inner.origins_noted.fresh(self.actor(), actors);
         if candidates.is_empty() {
             return Ok(());
         }
@@ -79,15 +100,7 @@ impl Store {
                     .await?;
             }
         }
-        let mut noted = self
-            .inner
-            .origins_noted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if noted.len() + candidates.len() > MAX_REMEMBERED {
-            noted.clear();
-        }
-        noted.extend(candidates);
+        self.inner.origins_noted.remember(candidates);
         Ok(())
     }
 

@@ -38,7 +38,7 @@ pub(crate) struct Inner {
     path: PathBuf,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Actors whose origin is recorded (`origins.rs`), remembered in this process.
-    pub origins_noted: Mutex<std::collections::HashSet<ActorId>>,
+    pub origins_noted: crate::NotedActors,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,7 +108,7 @@ impl Store {
                 config,
                 path,
                 writer: Mutex::new(Some(handle)),
-                origins_noted: Mutex::new(Default::default()),
+                origins_noted: Default::default(),
             }),
         })
     }
@@ -733,45 +733,44 @@ impl Store {
     /// The oldest and the newest raw reading kept, over all series (unix ms; `None` when no
     /// raw reading is left). Two index probes per series.
     pub async fn reading_span(&self) -> Result<Option<(i64, i64)>> {
-        self.inner
-            .readers
-            .read(|conn| {
-                conn.prepare_cached(
-                    "SELECT MIN((SELECT MIN(r.ts) FROM readings r WHERE r.series_id = s.id)), \
-                            MAX((SELECT MAX(r.ts) FROM readings r WHERE r.series_id = s.id)) FROM series s",
-                )
-                .and_then(|mut st| {
-                    st.query_row([], |r| {
-                        Ok(match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
-                            (Some(lo), Some(hi)) => Some((lo, hi)),
-                            _ => None,
-                        })
-                    })
-                })
-                .map_err(StoreError::db("reading the span of raw readings"))
-            })
+        self.span("readings", "ts", "reading the span of raw readings")
             .await
     }
 
     /// The oldest and the newest minute of per-minute rollups kept, over all series (unix
     /// ms of the minute's start; `None` when there are none). Two index probes per series.
     pub async fn rollup_span(&self) -> Result<Option<(i64, i64)>> {
+        self.span("rollup_1m", "minute", "reading the span of rollups")
+            .await
+    }
+
+    /// The least and greatest `column` of `table` (indexed by `(series_id, column)`) over
+    /// every series, or `None` when the table is empty.
+    async fn span(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        what: &'static str,
+    ) -> Result<Option<(i64, i64)>> {
+        let sql = format!(
+            "SELECT MIN((SELECT MIN(r.{column}) FROM {table} r WHERE r.series_id = s.id)), \
+                    MAX((SELECT MAX(r.{column}) FROM {table} r WHERE r.series_id = s.id)) FROM series s"
+        );
         self.inner
             .readers
-            .read(|conn| {
-                conn.prepare_cached(
-                    "SELECT MIN((SELECT MIN(r.minute) FROM rollup_1m r WHERE r.series_id = s.id)), \
-                            MAX((SELECT MAX(r.minute) FROM rollup_1m r WHERE r.series_id = s.id)) FROM series s",
-                )
-                .and_then(|mut st| {
-                    st.query_row([], |r| {
-                        Ok(match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
-                            (Some(lo), Some(hi)) => Some((lo, hi)),
-                            _ => None,
+            .read(move |conn| {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut st| {
+                        st.query_row([], |r| {
+                            Ok(
+                                match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                                    (Some(lo), Some(hi)) => Some((lo, hi)),
+                                    _ => None,
+                                },
+                            )
                         })
                     })
-                })
-                .map_err(StoreError::db("reading the span of rollups"))
+                    .map_err(StoreError::db(what))
             })
             .await
     }
