@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI for the Raspberry Pi deliverables (issue 7): toolchain, unit check, aarch64 release build,
-# glibc floor, smoke test under qemu, .deb build and content checks. Exits non-zero on the first
+# glibc floor, smoke test under qemu, .deb build and content checks, the .deb installed (issue 14). Exits non-zero on the first
 # failure and prints how long each step took.
 #
 #   deploy/pi/ci-cross.sh
@@ -34,7 +34,7 @@ step() {
 step toolchain bash "$here/install-toolchain.sh"
 step unit bash "$here/verify-unit.sh"
 if command -v shellcheck >/dev/null; then
-    step shellcheck shellcheck "$here"/*.sh "$here"/debian/postinst "$here"/debian/prerm "$here"/debian/postrm
+    step shellcheck shellcheck -x "$here"/*.sh "$here"/lib/*.sh "$here"/debian/postinst "$here"/debian/prerm "$here"/debian/postrm
 fi
 step cross-build bash "$here/build.sh" --release --target "$triple"
 
@@ -61,6 +61,9 @@ check_binary() {
 step binary-checks check_binary
 step smoke-qemu bash "$here/smoke-qemu.sh" "$bin"
 step deb-arm64 bash "$here/build-deb.sh" arm64 --no-build
+# dpkg -i in a throwaway mount namespace: user, token, /etc/default/kdelta, the CLI as group
+# kdelta, upgrade and purge (needs root, as CI has; the machine itself is not changed).
+step deb-install bash "$here/test-install.sh" "$root/target/deb/kdelta_$(cargo pkgid -p kdelta | sed 's/.*[#@]//')_arm64.deb"
 
 echo
 echo "=== ci-cross: passed in $(( $(date +%s) - t0 ))s"

@@ -8,9 +8,7 @@
 # SIGTERM ends the agent with exit code 0 within 15 s. Any failure exits non-zero and prints the
 # agent's log.
 #
-# qemu runs with `-L /` (the host root as the guest's library prefix): the arm64 libc that
-# install-toolchain.sh brings with libstd-rust-web-dev:arm64 is multiarch-installed under / , and
-# `-L /usr/aarch64-linux-gnu` (the cross libc) hangs in pthread_create once libc6:arm64 is present.
+# How an aarch64/armhf binary is run (qemu with `-L /`): deploy/pi/lib/run-bin.sh.
 set -euo pipefail
 
 READY_TIMEOUT=${READY_TIMEOUT:-90}   # seconds; first start under emulation creates the store
@@ -21,26 +19,8 @@ bin="${1:?usage: smoke-qemu.sh BIN}"
 bin=$(readlink -f "$bin")
 command -v curl >/dev/null || { echo "smoke: curl is required" >&2; exit 1; }
 
-# Pick the emulator from the ELF header's e_machine (bytes 18-19, little endian).
-run=()
-if [ "$(head -c 4 "$bin" | od -An -c | tr -d ' ')" = '177ELF' ]; then
-    machine=$(od -An -tx1 -j18 -N2 "$bin" | tr -d ' \n')
-    case "$machine" in
-        b700) run=(qemu-aarch64-static -L /) ;;
-        2800) run=(qemu-arm-static -L /) ;;
-        3e00) [ "$(uname -m)" = x86_64 ] || run=(qemu-x86_64-static -L /) ;;
-        *) echo "smoke: unknown ELF machine $machine in $bin" >&2; exit 1 ;;
-    esac
-    if [ "${#run[@]}" -gt 0 ] && [ "$(uname -m)" = aarch64 ] && [ "$machine" = b700 ]; then
-        run=()
-    fi
-fi
-if [ "${#run[@]}" -gt 0 ]; then
-    command -v "${run[0]}" >/dev/null || {
-        echo "smoke: ${run[0]} missing; run deploy/pi/install-toolchain.sh" >&2
-        exit 1
-    }
-fi
+. "$(dirname "$0")/lib/run-bin.sh"
+emulator_for "$bin" || { echo "smoke: cannot run $bin here" >&2; exit 1; }
 
 # Nothing from the caller's environment or working directory may configure the agent under test.
 while read -r var; do unset "$var"; done < <(compgen -e | grep '^KDELTA_' || true)
@@ -64,19 +44,6 @@ fail() {
         tail -n 60 "$tmp/agent.log" >&2
     fi
     exit 1
-}
-
-free_port() {
-    if command -v python3 >/dev/null; then
-        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-        return
-    fi
-    local p
-    for _ in $(seq 50); do
-        p=$(( 20000 + RANDOM % 40000 ))
-        (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-    return 1
 }
 
 echo "smoke: binary $bin${run:+ (under ${run[*]})}"

@@ -18,13 +18,19 @@ use subtle::ConstantTimeEq;
 
 use crate::peers::AcceptCert;
 pub use crate::scope::Scope;
-use crate::secret::parse_digest;
 pub use crate::secret::sha256;
+use crate::secret::{TokenLength, TokenSource};
 use crate::section::{InvalidValue, refuse};
 use crate::tls::ClientCert;
 
 /// Shortest accepted clear-text token: guessing must be hopeless, not merely slow.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// How long an API token may be.
+const API_TOKEN_LENGTH: TokenLength = TokenLength {
+    min_chars: MIN_TOKEN_LEN,
+    max_bytes: 4096,
+};
 
 /// `[api] tokens = [{ name, token | token_sha256 | token_file, scopes }]`: a bearer token
 /// accepted by the API.
@@ -63,44 +69,22 @@ impl std::fmt::Debug for ApiToken {
 }
 
 impl ApiToken {
+    /// Where the token comes from; a clear token is compared trimmed, as presented tokens
+    /// are.
+    fn source(&self) -> TokenSource<'_> {
+        TokenSource {
+            token: self.token.as_deref().map(str::trim),
+            token_sha256: self.token_sha256.as_deref(),
+            token_file: self.token_file.as_deref(),
+        }
+    }
+
     /// Checks one entry; `key` is its dotted key (`api.tokens[0]`).
     pub fn validate(&self, key: &str) -> Result<(), InvalidValue> {
         if self.name.trim().is_empty() || self.name.len() > 64 {
             return refuse(format!("{key}.name"), "use 1 to 64 characters");
         }
-        let given = [
-            self.token.is_some(),
-            self.token_sha256.is_some(),
-            self.token_file.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() != 1 {
-            return refuse(key, "give exactly one of token, token_sha256 or token_file");
-        }
-        if let Some(t) = &self.token
-            && t.trim().chars().count() < MIN_TOKEN_LEN
-        {
-            return refuse(
-                format!("{key}.token"),
-                format!(
-                    "is too short; use at least {MIN_TOKEN_LEN} random characters (e.g. `openssl rand -hex 32`)"
-                ),
-            );
-        }
-        if let Some(h) = &self.token_sha256
-            && parse_digest(h).is_none()
-        {
-            return refuse(
-                format!("{key}.token_sha256"),
-                "is not a SHA-256 digest: use 64 hex digits (`printf %s TOKEN | sha256sum`)",
-            );
-        }
-        if self
-            .token_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return refuse(format!("{key}.token_file"), "must name a file");
-        }
+        self.source().validate(key, API_TOKEN_LENGTH)?;
         if self.scopes.is_empty() {
             return refuse(
                 format!("{key}.scopes"),
@@ -189,17 +173,9 @@ impl Credentials {
             });
         }
         for (i, t) in tokens.iter().enumerate() {
-            let digest = if let Some(clear) = &t.token {
-                sha256(clear.trim().as_bytes())
-            } else if let Some(hex) = &t.token_sha256 {
-                // validate() checked the digits.
-                parse_digest(hex).unwrap_or([0; 32])
-            } else if let Some(path) = &t.token_file {
-                let key = format!("api.tokens[{i}].token_file");
-                sha256(read_token_file(&key, path)?.as_bytes())
-            } else {
-                continue;
-            };
+            let digest = t
+                .source()
+                .digest(&format!("api.tokens[{i}]"), MIN_TOKEN_LEN)?;
             table.tokens.push(TokenEntry {
                 digest,
                 principal: Principal {

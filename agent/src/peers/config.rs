@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::rustls::ClientConfig;
 
-use crate::secret::TokenFileError;
+use crate::secret::{TokenFileError, TokenLength, TokenSource};
 use crate::section::{InvalidValue, refuse};
 use crate::tls::{ClientAuth, TlsError};
 
@@ -104,31 +104,27 @@ impl AcceptToken {
         }
     }
 
+    /// Where the token comes from (exactly one of the three fields, once validated).
+    pub fn source(&self) -> TokenSource<'_> {
+        TokenSource {
+            token: self.token.as_deref(),
+            token_sha256: self.token_sha256.as_deref(),
+            token_file: self.token_file.as_deref(),
+        }
+    }
+
     /// The SHA-256 digest of the accepted token, reading `token_file`; `key` is the entry's
     /// dotted key (`sync.accept_tokens[0]`) for errors.
     pub fn digest(&self, key: &str) -> Result<[u8; 32], TokenFileError> {
-        let sha = |s: &str| crate::secret::sha256(s.as_bytes());
-        if let Some(t) = &self.token {
-            Ok(sha(t))
-        } else if let Some(hex) = &self.token_sha256 {
-            // validate() checked the digits.
-            Ok(crate::secret::parse_digest(hex).unwrap_or([0; 32]))
-        } else if let Some(path) = &self.token_file {
-            let key = format!("{key}.token_file");
-            let token = crate::secret::read_token_file(&key, path, MIN_SYNC_TOKEN)?;
-            Ok(sha(&token))
-        } else {
-            Err(TokenFileError {
-                key: key.to_owned(),
-                path: PathBuf::new(),
-                detail: "no token, token_sha256 or token_file given".into(),
-            })
-        }
+        self.source().digest(key, SYNC_TOKEN_LENGTH.min_chars)
     }
 }
 
-/// Shortest accepted sync token, bytes.
-const MIN_SYNC_TOKEN: usize = 8;
+/// How long an accepted sync token may be.
+const SYNC_TOKEN_LENGTH: TokenLength = TokenLength {
+    min_chars: 8,
+    max_bytes: 512,
+};
 
 /// `[[sync.accept_certs]]`: a client certificate accepted for inbound sync.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -307,31 +303,8 @@ impl SyncSection {
             if t.name.is_empty() {
                 return refuse(format!("sync.accept_tokens[{i}].name"), "must not be empty");
             }
-            let key = format!("sync.accept_tokens[{i}]");
-            let given = [
-                t.token.is_some(),
-                t.token_sha256.is_some(),
-                t.token_file.is_some(),
-            ];
-            if given.iter().filter(|g| **g).count() != 1 {
-                return refuse(key, "give exactly one of token, token_sha256 or token_file");
-            }
-            if let Some(token) = &t.token
-                && !(MIN_SYNC_TOKEN..=512).contains(&token.len())
-            {
-                return refuse(format!("{key}.token"), "use 8 to 512 bytes");
-            }
-            if let Some(h) = &t.token_sha256
-                && crate::secret::parse_digest(h).is_none()
-            {
-                return refuse(
-                    format!("{key}.token_sha256"),
-                    "is not a SHA-256 digest: use 64 hex digits (`printf %s TOKEN | sha256sum`)",
-                );
-            }
-            if empty(&t.token_file) {
-                return refuse(format!("{key}.token_file"), "must name a file");
-            }
+            t.source()
+                .validate(&format!("sync.accept_tokens[{i}]"), SYNC_TOKEN_LENGTH)?;
         }
         let mut cert_names = std::collections::HashSet::new();
         for (i, c) in self.accept_certs.iter().enumerate() {
