@@ -140,6 +140,31 @@ pub(crate) enum Job {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+impl Job {
+    /// True for the jobs a full disk refuses at admission: those that add data. Pruning,
+    /// heartbeats (how the writer finds space is back) and credential bindings (a lookup,
+    /// written once) still run.
+    fn needs_room(&self) -> bool {
+        match self {
+            Job::Append { .. }
+            | Job::Doc { .. }
+            | Job::DocBatch { .. }
+            | Job::Remote { .. }
+            | Job::Twin { .. }
+            | Job::Correct { .. }
+            | Job::PutMeta { .. } => true,
+            Job::Bind { .. }
+            | Job::Heartbeat { .. }
+            | Job::Prune { .. }
+            | Job::PruneDocs { .. }
+            | Job::CompactTwins { .. }
+            | Job::Reclaim { .. }
+            | Job::Probe { .. }
+            | Job::Shutdown { .. } => false,
+        }
+    }
+}
+
 /// One write of a local document batch: the context is the caller's, or `None` for the
 /// key's current siblings.
 pub(crate) struct LocalDocWrite {
@@ -265,6 +290,10 @@ fn group_error(context: &'static str, cause: &StoreError) -> StoreError {
         transient: cause.is_transient(),
     }
 }
+
+/// Most free pages one reclaim step gives back while the disk is full (1 MiB of 4 KiB
+/// pages: what the moved pages need in the WAL, well within a reserve).
+const FULL_DISK_RECLAIM_PAGES: u32 = 256;
 
 /// Index and highest contiguous seq of one known actor.
 #[derive(Debug, Clone, Copy)]
@@ -556,18 +585,23 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            // While the disk is full nothing else may be writing: a tiny write now and then
-            // finds out when space is back, so readiness recovers by itself.
-            if !probes.is_empty() && jobs.is_empty() && self.shared.health.should_retry_full_disk()
-            {
-                let (reply, _) = oneshot::channel();
-                jobs.push(Job::Heartbeat { reply });
+            // While the disk is full writes are refused at admission: a tiny write now and
+            // then finds out when space is back, so the state ends by itself.
+            if self.shared.health.should_retry_full_disk() {
+                self.heartbeat();
             }
+            let jobs = self.admit(jobs);
             if !jobs.is_empty() {
                 self.run_group(jobs);
+                self.truncate_wal_while_full();
             }
+            let reclaimed = !reclaims.is_empty();
             for (pages, reply) in reclaims {
                 let _ = reply.send(self.reclaim(pages));
+            }
+            // Space given back by a recovery may end the full-disk state.
+            if reclaimed && self.shared.health.is_disk_full() {
+                self.heartbeat();
             }
             for reply in probes {
                 let _ = reply.send(self.shared.health.snapshot());
@@ -596,6 +630,33 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
+    /// A group of one tiny write, whose outcome updates the write health.
+    fn heartbeat(&mut self) {
+        let (reply, _) = oneshot::channel();
+        self.run_group(vec![Job::Heartbeat { reply }]);
+    }
+
+    /// While the disk is full, refuses the jobs that need room (ingest, document and twin
+    /// writes, changes received by sync, corrections) without starting a transaction, so
+    /// none of them runs into `SQLITE_FULL` and none takes the room a recovery pass needs;
+    /// returns the others (pruning, heartbeats, credential bindings) to run.
+    fn admit(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        let Some(detail) = self.shared.health.snapshot().disk_full else {
+            return jobs;
+        };
+        let cause = StoreError::DiskFull {
+            context: "admitting a write while the disk is full",
+            detail,
+        };
+        let (admitted, refused): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| !j.needs_room());
+        for job in refused {
+            self.refuse(job, "admitting a write while the disk is full", &cause)
+                .send();
+        }
+        admitted
+    }
+
     fn run_group(&mut self, jobs: Vec<Job>) {
         let mut done = Vec::with_capacity(jobs.len());
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
@@ -604,7 +665,7 @@ impl Writer {
                 failure: &e.to_string(),
             });
             for job in jobs {
-                done.push(self.refuse(job, &e));
+                done.push(self.refuse(job, "starting a write transaction", &e));
             }
             done.into_iter().for_each(Done::send);
             return;
@@ -621,7 +682,7 @@ impl Writer {
             let touched_before = self.touched.len();
             let unsigned_before = self.unsigned.len();
             if let Err(e) = self.exec("SAVEPOINT job") {
-                done.push(self.refuse(job, &e));
+                done.push(self.refuse(job, "starting a write transaction", &e));
                 continue;
             }
             let result = self.run_job(job);
@@ -651,7 +712,7 @@ impl Writer {
                         .unwrap_or(StoreError::Closed);
                     done.push(result);
                     for job in jobs.by_ref() {
-                        done.push(self.refuse(job, &cause));
+                        done.push(self.refuse(job, "starting a write transaction", &cause));
                     }
                     aborted = Some(cause);
                     break;
@@ -744,8 +805,8 @@ impl Writer {
         self.exec("COMMIT")
     }
 
-    fn refuse(&mut self, job: Job, cause: &StoreError) -> Done {
-        let err = || group_error("starting a write transaction", cause);
+    fn refuse(&mut self, job: Job, context: &'static str, cause: &StoreError) -> Done {
+        let err = || group_error(context, cause);
         match job {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
@@ -765,8 +826,28 @@ impl Writer {
         }
     }
 
-    /// See [`Job::Reclaim`].
+    /// While the disk is full, folds the WAL back into the database and truncates it, so
+    /// the next prune step's WAL frames reuse the room instead of needing more (best effort:
+    /// a reader in the middle of a long read keeps the WAL for now).
+    fn truncate_wal_while_full(&mut self) {
+        if self.shared.health.is_disk_full()
+            && let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(error = %e, "checkpointing the WAL on a full disk");
+        }
+    }
+
+    /// See [`Job::Reclaim`]. While the disk is full, a step moves at most
+    /// [`FULL_DISK_RECLAIM_PAGES`] (the moved pages go through the WAL, which has only the
+    /// released reserve to grow into) and the WAL is truncated after each.
     fn reclaim(&mut self, pages: u32) -> Result<u64> {
+        let pages = if self.shared.health.is_disk_full() {
+            pages.min(FULL_DISK_RECLAIM_PAGES)
+        } else {
+            pages
+        };
         let free = |conn: &Connection| -> Result<u64> {
             conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as u64)
@@ -792,7 +873,9 @@ impl Writer {
         } else {
             0
         };
-        if left == 0 {
+        if left > 0 {
+            self.truncate_wal_while_full();
+        } else {
             // Best effort: a reader in the middle of a long read keeps the WAL for now.
             if let Err(e) = self
                 .conn

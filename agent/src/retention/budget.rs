@@ -17,6 +17,9 @@
 //!    record that syncs — until use is back to the middle between `max_disk` and the hard
 //!    limit (and room to the middle between the floor and `min_free`).
 //!
+//! A **recovery pass** (the disk is full: the store released its reserve, `reserve.rs`) is
+//! the same pass run at once rather than at the next tick, with `min_free` raised to the
+//! room the store needs to hold its reserve again and resume writes.
 //!
 //! Rollups (`Store::prune_rollups_before`, oldest first, never a minute whose raw readings
 //! remain: within a range the raw readings always go first; rollups are derived data outside
@@ -185,16 +188,19 @@ impl BudgetPass {
 }
 
 /// Runs one budget pass: see the module docs. `acked`: what every upstream peer is known to
-/// hold (`None`: no upstream peer is configured).
+/// hold (`None`: no upstream peer is configured). `recovery_room`: set when the disk is full
+/// (a recovery pass, `task.rs`): the pass frees at least this much room, whatever `min_free`
+/// says (the floor where unacknowledged readings go too stays half of `min_free`).
 pub async fn budget_pass(
     store: &Store,
     dir: &Path,
     config: &RetentionConfig,
     acked: Option<VersionVector>,
+    recovery_room: Option<u64>,
 ) -> BudgetPass {
     let mut pass = BudgetPass::default();
     let started = std::time::Instant::now();
-    if let Err(e) = run(store, dir, config, acked, &mut pass).await {
+    if let Err(e) = run(store, dir, config, acked, recovery_room, &mut pass).await {
         pass.error = Some(e);
     }
     pass.took_ms = started.elapsed().as_millis() as u64;
@@ -207,10 +213,14 @@ async fn run(
     dir: &Path,
     config: &RetentionConfig,
     acked: Option<VersionVector>,
+    recovery_room: Option<u64>,
     pass: &mut BudgetPass,
 ) -> Result<(), String> {
     let mut m = Measure::take(store, dir).await?;
-    let limits = Limits::resolve(config, m.fs_total);
+    let mut limits = Limits::resolve(config, m.fs_total);
+    if let Some(room) = recovery_room {
+        limits.min_free_bytes = Some(limits.min_free_bytes.unwrap_or(0).max(room));
+    }
     pass.limits = limits;
     pass.before = m;
     pass.after = m;
