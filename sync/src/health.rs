@@ -181,6 +181,12 @@ impl HealthCell {
         }
     }
 
+    /// Bytes available on the file system of the reserve (`None` without a reserve, or when
+    /// they cannot be read).
+    pub fn available_bytes(&self) -> Option<u64> {
+        locked(&self.reserve).as_ref()?.available_bytes().ok()
+    }
+
     /// True while the disk is full.
     pub fn is_disk_full(&self) -> bool {
         self.lock().disk_full.is_some()

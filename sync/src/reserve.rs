@@ -113,6 +113,15 @@ impl Reserve {
         }
     }
 
+    /// Bytes available on the file system holding the reserve.
+    pub fn available_bytes(&self) -> std::io::Result<u64> {
+        (self.free)(self.dir())
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// True while the file is held.
     pub fn is_held(&self) -> bool {
         self.state == ReserveState::Held
@@ -140,8 +149,7 @@ impl Reserve {
             self.set(ReserveState::Held, None);
             return true;
         }
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let free = match (self.free)(dir) {
+        let free = match self.available_bytes() {
             Ok(f) => f.saturating_add(existing),
             Err(e) => {
                 self.set(

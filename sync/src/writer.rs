@@ -291,9 +291,9 @@ fn group_error(context: &'static str, cause: &StoreError) -> StoreError {
     }
 }
 
-/// Most free pages one reclaim step gives back while the disk is full (1 MiB of 4 KiB
-/// pages: what the moved pages need in the WAL, well within a reserve).
-const FULL_DISK_RECLAIM_PAGES: u32 = 256;
+/// Most free pages one reclaim step gives back when room is tight (1 MiB of 4 KiB pages:
+/// what the moved pages need in the WAL, well within a reserve).
+const TIGHT_RECLAIM_PAGES: u32 = 256;
 
 /// Index and highest contiguous seq of one known actor.
 #[derive(Debug, Clone, Copy)]
@@ -597,7 +597,7 @@ impl Writer {
             }
             let reclaimed = !reclaims.is_empty();
             for (pages, reply) in reclaims {
-                let _ = reply.send(self.reclaim(pages));
+                let _ = reply.send(self.reclaim_job(pages));
             }
             // Space given back by a recovery may end the full-disk state.
             if reclaimed && self.shared.health.is_disk_full() {
@@ -827,24 +827,57 @@ impl Writer {
     }
 
     /// While the disk is full, folds the WAL back into the database and truncates it, so
-    /// the next prune step's WAL frames reuse the room instead of needing more (best effort:
-    /// a reader in the middle of a long read keeps the WAL for now).
+    /// the next prune step's WAL frames reuse the room instead of needing more.
     fn truncate_wal_while_full(&mut self) {
-        if self.shared.health.is_disk_full()
-            && let Err(e) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::debug!(error = %e, "checkpointing the WAL on a full disk");
+        if self.shared.health.is_disk_full() {
+            self.truncate_wal();
         }
     }
 
-    /// See [`Job::Reclaim`]. While the disk is full, a step moves at most
-    /// [`FULL_DISK_RECLAIM_PAGES`] (the moved pages go through the WAL, which has only the
-    /// released reserve to grow into) and the WAL is truncated after each.
+    /// `PRAGMA wal_checkpoint(TRUNCATE)`, best effort: a reader in the middle of a long read
+    /// keeps the WAL for now.
+    fn truncate_wal(&mut self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(error = %e, "checkpointing and truncating the WAL");
+        }
+    }
+
+    /// A reclaim job: see [`Job::Reclaim`]. A full disk found on the way starts the
+    /// full-disk state (and so releases the reserve) like a failed write group.
+    fn reclaim_job(&mut self, pages: u32) -> Result<u64> {
+        let r = self.reclaim(pages);
+        if let Err(e) = &r
+            && e.is_disk_full()
+        {
+            self.shared.health.record(GroupOutcome::Failed {
+                disk_full: true,
+                failure: &e.to_string(),
+            });
+        }
+        r
+    }
+
+    /// Gives up to `pages` free pages back. The pages moved go through the WAL: when the
+    /// disk is full, or the file system has less than twice their size free, a step moves at
+    /// most [`TIGHT_RECLAIM_PAGES`] and the WAL is truncated after each, so the steps fit in
+    /// the room there is (the released reserve, on a full disk).
     fn reclaim(&mut self, pages: u32) -> Result<u64> {
-        let pages = if self.shared.health.is_disk_full() {
-            pages.min(FULL_DISK_RECLAIM_PAGES)
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(StoreError::db("reading the page size"))?;
+        let step_bytes = u64::from(pages) * page_size.max(0) as u64;
+        let tight = self.shared.health.is_disk_full()
+            || self
+                .shared
+                .health
+                .available_bytes()
+                .is_some_and(|free| free < 2 * step_bytes);
+        let pages = if tight {
+            pages.min(TIGHT_RECLAIM_PAGES)
         } else {
             pages
         };
@@ -873,16 +906,8 @@ impl Writer {
         } else {
             0
         };
-        if left > 0 {
-            self.truncate_wal_while_full();
-        } else {
-            // Best effort: a reader in the middle of a long read keeps the WAL for now.
-            if let Err(e) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            {
-                tracing::debug!(error = %e, "checkpointing the WAL after pruning");
-            }
+        if left == 0 || tight {
+            self.truncate_wal();
         }
         Ok(left)
     }
