@@ -85,8 +85,12 @@ impl Reserve {
         let state = if bytes == 0 {
             if path.exists() {
                 match std::fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "reserve disabled (reserve = 0): deleted the reserve file"),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "reserve disabled, but its old file could not be deleted"),
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "reserve disabled (reserve = 0): deleted the reserve file")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "reserve disabled, but its old file could not be deleted")
+                    }
                 }
             }
             ReserveState::Disabled
@@ -311,7 +315,10 @@ mod tests {
         assert!(!r.ensure());
         let s = r.status();
         assert_eq!(s.state, ReserveState::NoRoom);
-        assert!(s.why.unwrap().contains("200000 needed"), "says what it needs");
+        assert!(
+            s.why.unwrap().contains("200000 needed"),
+            "says what it needs"
+        );
         assert!(!r.allows_writes(), "a full disk waits for the room");
         free.store(200_000, Ordering::SeqCst);
         assert!(r.ensure());

@@ -44,9 +44,16 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
     let agent = Agent::builder().dir(fs.path()).config(config).start();
     let c = client();
     let reserve_file = agent.data_dir().join("reserve");
-    assert_eq!(file_len(&reserve_file), Some(RESERVE), "reserve created at start");
+    assert_eq!(
+        file_len(&reserve_file),
+        Some(RESERVE),
+        "reserve created at start"
+    );
     let st = status(&c, &agent).await;
-    assert_eq!(st["store"]["write_health"]["reserve"]["state"], "held", "{st}");
+    assert_eq!(
+        st["store"]["write_health"]["reserve"]["state"], "held",
+        "{st}"
+    );
     assert_eq!(metric(&c, &agent, "kdelta_store_reserve_held ").await, 1.0);
 
     // A store of old readings, well over what the recovery needs to prune.
@@ -64,25 +71,19 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
     let filler_len = file_len(&filler).unwrap();
     let mut new_acked: Vec<(i64, i64)> = Vec::new();
     let mut next = OLD_FROM + old_sent + 60_000;
-    let mut refusal = None;
-    'fill: for batch in [2000i64, 1] {
-        loop {
-            let (s, v) = ingest(&c, &agent, "new", next, batch).await;
-            match s {
-                201 => new_acked.push((next, batch)),
-                507 => {
-                    refusal = Some(v);
-                    next += batch;
-                    break 'fill;
-                }
-                other => panic!("unexpected answer {other}: {v}\n{}", agent.stderr()),
-            }
-            next += batch;
-            assert!(next < OLD_FROM + 100_000_000, "the disk never filled");
+    const BATCH: i64 = 2000;
+    let refusal = loop {
+        let (s, v) = ingest(&c, &agent, "new", next, BATCH).await;
+        match s {
+            201 => new_acked.push((next, BATCH)),
+            507 => break v,
+            other => panic!("unexpected answer {other}: {v}\n{}", agent.stderr()),
         }
-    }
+        next += BATCH;
+        assert!(next < OLD_FROM + 100_000_000, "the disk never filled");
+    };
+    next += BATCH;
     let full_at = Instant::now();
-    let refusal = refusal.expect("a 507");
     assert_eq!(code(&refusal), "disk_full", "{refusal}");
     let (s, why) = get_json(&c, &agent.at("/readyz")).await;
     assert_eq!(s, 503, "not ready while the disk is full: {why}");
@@ -107,7 +108,11 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
         "recovered {} ms after the first 507",
         recovered_in.as_millis()
     );
-    assert_eq!(file_len(&filler), Some(filler_len), "the filler is untouched");
+    assert_eq!(
+        file_len(&filler),
+        Some(filler_len),
+        "the filler is untouched"
+    );
     assert_eq!(file_len(&reserve_file), Some(RESERVE), "reserve held again");
     let st = status(&c, &agent).await;
     let health = &st["store"]["write_health"];
@@ -126,7 +131,10 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
         },
     )
     .await;
-    assert!(st["disk"]["available_bytes"].as_u64().unwrap() > RESERVE, "{st}");
+    assert!(
+        st["disk"]["available_bytes"].as_u64().unwrap() > RESERVE,
+        "{st}"
+    );
     assert_eq!(metric(&c, &agent, "kdelta_store_reserve_held ").await, 1.0);
     assert_eq!(metric(&c, &agent, "kdelta_store_disk_full ").await, 0.0);
     let log = agent.stderr();
@@ -159,7 +167,11 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
     let new = all_readings(&c, &agent, "new").await;
     for (from, n) in &new_acked {
         for t in *from..from + n {
-            assert_eq!(new.get(&t), Some(&(t as f64 * 0.25)), "new reading {t} lost");
+            assert_eq!(
+                new.get(&t),
+                Some(&(t as f64 * 0.25)),
+                "new reading {t} lost"
+            );
         }
     }
     eprintln!(

@@ -135,11 +135,9 @@ async fn sqlite_gauges(state: &Agent, store: &kdelta_sync::Store) {
             None
         }
     };
-    state.metrics.set_space(
-        &store.write_health(),
-        storage_write_bytes(),
-        horizon,
-    );
+    state
+        .metrics
+        .set_space(&store.write_health(), storage_write_bytes(), horizon);
 }
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,
