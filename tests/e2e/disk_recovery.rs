@@ -1,6 +1,7 @@
 //! A full disk recovers by itself when a disk budget is configured: a real agent on a small
 //! tmpfs the test mounts (root only; skipped with a message otherwise), with `[retention]
-//! min_free` and a reserve, holds a store of old readings. The test fills the file system
+//! max_disk` (never reached: another program fills the disk) and an 8 MiB reserve, holds a
+//! store of old readings. The test fills the file system
 //! with a filler file until even the agent's writes are refused (`507 disk_full`, `/readyz`
 //! not ready) and frees nothing: the agent releases its reserve, prunes the oldest readings
 //! at once (the budget's tick is an hour away), gives the space back to the file system,
@@ -16,9 +17,10 @@ use crate::disk::{Tmpfs, ingest, metric};
 use crate::harness::{Agent, eventually};
 use crate::{all_readings, client, code, get_json};
 
-/// The reserve the agent is given, in bytes (`[retention] reserve = "4MiB"`): more than the
-/// WAL gives back when truncated, so the recovery has to prune.
-const RESERVE: u64 = 4 << 20;
+/// The reserve the agent is given, in bytes (`[retention] reserve = "8MiB"`): holding it
+/// again needs twice as much free, more than the released reserve and the truncated WAL
+/// give back, so writes cannot resume before readings are pruned.
+const RESERVE: u64 = 8 << 20;
 /// Readings per POST of the old series.
 const CHUNK: i64 = 10_000;
 /// The old readings' first timestamp (unix ms, 2026-01-01): they are sampled 1 ms apart.
@@ -36,11 +38,11 @@ fn file_len(path: &Path) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themselves() {
-    let Some(fs) = Tmpfs::mount("48m") else {
+    let Some(fs) = Tmpfs::mount("96m") else {
         return;
     };
     let config = "sources = []\ndevice_twin = false\n\
-                  [retention]\nevery = \"1h\"\nmin_free = \"8MiB\"\nreserve = \"4MiB\"\n";
+                  [retention]\nevery = \"1h\"\nmax_disk = \"80MiB\"\nreserve = \"8MiB\"\n";
     let agent = Agent::builder().dir(fs.path()).config(config).start();
     let c = client();
     let reserve_file = agent.data_dir().join("reserve");
@@ -58,11 +60,11 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
 
     // A store of old readings, well over what the recovery needs to prune.
     let mut old_sent = 0i64;
-    while status(&c, &agent).await["db_bytes"].as_u64().unwrap() < 20 << 20 {
+    while status(&c, &agent).await["db_bytes"].as_u64().unwrap() < 32 << 20 {
         let (s, v) = ingest(&c, &agent, "old", OLD_FROM + old_sent, CHUNK).await;
         assert_eq!(s, 201, "{v}");
         old_sent += CHUNK;
-        assert!(old_sent < 5_000_000, "the store never grew to 20 MB");
+        assert!(old_sent < 5_000_000, "the store never grew to 32 MiB");
     }
     eprintln!("{old_sent} old readings stored");
 
@@ -118,6 +120,11 @@ async fn a_full_disk_with_a_budget_prunes_the_oldest_and_writes_resume_by_themse
     let health = &st["store"]["write_health"];
     assert!(health["disk_full"].is_null(), "{st}");
     assert_eq!(health["reserve"]["state"], "held", "{st}");
+    let horizon_when_ready = st["store"]["horizon"]["series"]["old"].as_i64().unwrap();
+    assert!(
+        horizon_when_ready > OLD_FROM,
+        "writes resumed only after the oldest readings were pruned: {st}"
+    );
     // Writes resume as soon as the room is back; the pass records itself once it ends.
     let st = eventually(
         Duration::from_secs(60),
