@@ -165,14 +165,13 @@ impl Reserve {
         };
         let needed = self.bytes.saturating_mul(RECREATE_FACTOR);
         if free < needed {
-            // Keeps `Released` (the state a recovery is in) rather than repeating it.
-            if self.state != ReserveState::Released {
-                self.set(
-                    ReserveState::NoRoom,
-                    Some(format!(
-                        "{free} bytes free, {needed} needed ({RECREATE_FACTOR} × the reserve)"
-                    )),
-                );
+            let figures =
+                format!("{free} bytes free, {needed} needed ({RECREATE_FACTOR} × the reserve)");
+            // A released reserve stays `Released` (the state a recovery is in), with the figures.
+            if self.state == ReserveState::Released {
+                self.why = Some(format!("released to a full disk; held again at {figures}"));
+            } else {
+                self.set(ReserveState::NoRoom, Some(figures));
             }
             return false;
         }
@@ -180,8 +179,8 @@ impl Reserve {
             Ok(()) => self.set(ReserveState::Held, None),
             Err(e) => {
                 let _ = std::fs::remove_file(&self.path);
-                let state = if e.raw_os_error() == Some(28) {
-                    ReserveState::NoRoom // ENOSPC: someone took the room meanwhile
+                let state = if e.kind() == std::io::ErrorKind::StorageFull {
+                    ReserveState::NoRoom // someone took the room meanwhile
                 } else {
                     ReserveState::Failed
                 };
@@ -200,7 +199,7 @@ impl Reserve {
             Ok(()) => {
                 self.set(
                     ReserveState::Released,
-                    Some("the disk filled up; recreated once there is room".to_owned()),
+                    Some("released to a full disk; held again once there is room".to_owned()),
                 );
                 true
             }
@@ -299,7 +298,9 @@ mod tests {
         free.store(150_000, Ordering::SeqCst);
         assert!(!r.allows_writes());
         assert!(!path.exists());
-        assert_eq!(r.status().state, ReserveState::Released);
+        let s = r.status();
+        assert_eq!(s.state, ReserveState::Released);
+        assert!(s.why.unwrap().contains("150000 bytes free, 200000 needed"));
 
         free.store(200_000, Ordering::SeqCst);
         assert!(r.allows_writes());
