@@ -41,7 +41,7 @@
 //! | `kdelta_retention_budget_pruned_readings_total`, `kdelta_retention_budget_pruned_rollups_total`, `kdelta_retention_budget_dropped_readings_total`, `kdelta_retention_gap_records_total` | counter | — |
 //! | `kdelta_retention_budget_used_bytes`, `kdelta_retention_budget_limit_bytes`, `kdelta_retention_budget_hard_limit_bytes`, `kdelta_retention_budget_holding_unacked`, `kdelta_retention_budget_held_readings`, `kdelta_retention_budget_cannot_meet` | gauge | — |
 //! | `kdelta_retention_pass_duration_seconds` | histogram | — |
-//! | `kdelta_store_disk_full` (0/1), `kdelta_process_storage_write_bytes`, `kdelta_retention_horizon_timestamp_ms` | gauge | — |
+//! | `kdelta_store_disk_full` (0/1), `kdelta_store_reserve_held` (0/1), `kdelta_store_reserve_bytes`, `kdelta_process_storage_write_bytes`, `kdelta_retention_horizon_timestamp_ms` | gauge | — |
 //!
 //! The `sync_peer_*` families are taken from the peers' status on every scrape (see
 //! `sync.rs`), so they are always current and a peer that is gone disappears.

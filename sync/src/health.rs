@@ -4,13 +4,19 @@
 //! status page read it, so none of them has to write to the disk to know.
 //!
 //! A full disk is a state, not a crash: while it lasts every write is refused with
-//! [`StoreError::DiskFull`](crate::StoreError::DiskFull), reads keep working, and the
-//! first commit that succeeds again (space freed by retention or by hand) clears it.
+//! [`StoreError::DiskFull`](crate::StoreError::DiskFull) at admission (`writer.rs`), reads
+//! keep working, and the first commit that succeeds again (space freed by retention or by
+//! hand) clears it — once the store's reserve file (`reserve.rs`), released when the state
+//! began so that pruning has room, is held again. Those waiting for the state (the agent's
+//! disk budget) subscribe to it ([`HealthCell::subscribe_full`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::reserve::{Reserve, ReserveState, ReserveStatus};
 
 /// How often, at most, [`Store::probe`](crate::Store::probe) tries a tiny write to find out
 /// whether space came back while the disk is full (no other write may be coming).
@@ -28,6 +34,8 @@ pub struct WriteHealth {
     /// The last write group failure of another kind (busy, I/O), cleared by the next
     /// successful commit.
     pub last_failure: Option<String>,
+    /// The reserve file, when the agent gave the store one (`reserve.rs`).
+    pub reserve: Option<ReserveStatus>,
 }
 
 impl WriteHealth {
@@ -38,9 +46,30 @@ impl WriteHealth {
 }
 
 /// The mutable record behind [`WriteHealth`], shared by the writer and the handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HealthCell {
     inner: Mutex<HealthState>,
+    /// The reserve file, if one was attached; its I/O runs on the writer thread.
+    reserve: Mutex<Option<Reserve>>,
+    /// The reserve's status as last seen (snapshots never wait for the reserve's I/O).
+    reserve_status: Mutex<Option<ReserveStatus>>,
+    /// True while the disk is full.
+    full: watch::Sender<bool>,
+}
+
+impl Default for HealthCell {
+    fn default() -> Self {
+        HealthCell {
+            inner: Mutex::default(),
+            reserve: Mutex::default(),
+            reserve_status: Mutex::default(),
+            full: watch::channel(false).0,
+        }
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Debug, Default)]
@@ -63,33 +92,110 @@ pub(crate) enum GroupOutcome<'a> {
 
 impl HealthCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.inner)
     }
 
     /// Records the outcome of a write group.
     pub fn record(&self, outcome: GroupOutcome<'_>) {
         let now = Instant::now();
-        let mut s = self.lock();
         match outcome {
             GroupOutcome::Committed { disk_full } => {
-                s.last_commit = Some(now);
-                s.last_failure = None;
+                {
+                    let mut s = self.lock();
+                    s.last_commit = Some(now);
+                    s.last_failure = None;
+                }
                 match disk_full {
-                    Some(detail) => s.set_disk_full(now, detail),
-                    None => {
-                        if s.disk_full.take().is_some() {
-                            tracing::info!("the disk has space again: writes resumed");
-                        }
-                        s.disk_full_since = None;
-                    }
+                    Some(detail) => self.set_disk_full(now, detail),
+                    None => self.resume_if_room(),
                 }
             }
             GroupOutcome::Failed {
                 disk_full: true,
                 failure,
-            } => s.set_disk_full(now, failure),
-            GroupOutcome::Failed { failure, .. } => s.last_failure = Some(failure.to_owned()),
+            } => self.set_disk_full(now, failure),
+            GroupOutcome::Failed { failure, .. } => {
+                self.lock().last_failure = Some(failure.to_owned())
+            }
         }
+    }
+
+    /// Enters (or stays in) the full-disk state; on entering, releases the reserve so that
+    /// pruning has room, and tells the subscribers.
+    fn set_disk_full(&self, now: Instant, detail: &str) {
+        let began = {
+            let mut s = self.lock();
+            let began = s.disk_full.is_none();
+            if began {
+                tracing::warn!(
+                    "the disk holding the store is full: writes are refused until there is room again ({detail})"
+                );
+                s.disk_full_since = Some(now);
+            }
+            s.disk_full = Some(detail.to_owned());
+            began
+        };
+        if began {
+            self.with_reserve(Reserve::release);
+            self.full.send_replace(true);
+        }
+    }
+
+    /// After a clean commit: ends the full-disk state once the reserve is held again (or
+    /// there is none).
+    fn resume_if_room(&self) {
+        if !self.is_disk_full() || !self.with_reserve(Reserve::allows_writes).unwrap_or(true) {
+            return;
+        }
+        let mut s = self.lock();
+        if s.disk_full.take().is_some() {
+            tracing::info!("the disk has space again: writes resumed");
+            self.full.send_replace(false);
+        }
+        s.disk_full_since = None;
+    }
+
+    /// Runs `f` on the reserve, if there is one, and refreshes its status.
+    fn with_reserve<T>(&self, f: impl FnOnce(&mut Reserve) -> T) -> Option<T> {
+        let mut reserve = locked(&self.reserve);
+        let out = reserve.as_mut().map(f);
+        *locked(&self.reserve_status) = reserve.as_ref().map(Reserve::status);
+        out
+    }
+
+    /// Gives the store its reserve file, created now if there is room (see
+    /// [`Reserve::ensure`]). Without the room, the store starts in the full-disk state: the
+    /// disk is as good as full (a restart in the middle of a recovery finds it so), and the
+    /// room the reserve needs is not for ingest.
+    pub fn attach_reserve(&self, mut reserve: Reserve) {
+        reserve.ensure();
+        let status = reserve.status();
+        *locked(&self.reserve) = Some(reserve);
+        *locked(&self.reserve_status) = Some(status.clone());
+        if status.state == ReserveState::NoRoom {
+            let why = status.why.unwrap_or_default();
+            self.set_disk_full(
+                Instant::now(),
+                &format!("too little free space to hold the disk reserve: {why}"),
+            );
+        }
+    }
+
+    /// Bytes available on the file system of the reserve (`None` without a reserve, or when
+    /// they cannot be read).
+    pub fn available_bytes(&self) -> Option<u64> {
+        locked(&self.reserve).as_ref()?.available_bytes().ok()
+    }
+
+    /// True while the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.lock().disk_full.is_some()
+    }
+
+    /// `true` while the disk is full, `false` otherwise; changes when the state begins and
+    /// ends.
+    pub fn subscribe_full(&self) -> watch::Receiver<bool> {
+        self.full.subscribe()
     }
 
     /// True when the disk is full and no write tried for space within [`DISK_FULL_RETRY`];
@@ -120,19 +226,8 @@ impl HealthCell {
             disk_full: s.disk_full.clone(),
             disk_full_for_ms: s.disk_full_since.map(ms),
             last_failure: s.last_failure.clone(),
+            reserve: locked(&self.reserve_status).clone(),
         }
-    }
-}
-
-impl HealthState {
-    fn set_disk_full(&mut self, now: Instant, detail: &str) {
-        if self.disk_full.is_none() {
-            tracing::warn!(
-                "the disk holding the store is full: writes are refused until space is freed ({detail})"
-            );
-            self.disk_full_since = Some(now);
-        }
-        self.disk_full = Some(detail.to_owned());
     }
 }
 
@@ -165,5 +260,63 @@ mod tests {
         assert!(h.is_healthy(), "{h:?}");
         assert!(h.since_last_commit_ms.is_some());
         assert!(cell.committed_within(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_full_disk_releases_the_reserve_and_lasts_until_it_is_held_again() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reserve");
+        let free = Arc::new(AtomicU64::new(1 << 30));
+        let f = free.clone();
+        let cell = HealthCell::default();
+        let mut full = cell.subscribe_full();
+        cell.attach_reserve(Reserve::new(
+            &path,
+            4096,
+            Box::new(move |_| Ok(f.load(Ordering::SeqCst))),
+        ));
+        assert!(path.exists());
+        assert_eq!(
+            cell.snapshot().reserve.map(|r| r.state),
+            Some(ReserveState::Held)
+        );
+
+        free.store(0, Ordering::SeqCst);
+        cell.record(GroupOutcome::Failed {
+            disk_full: true,
+            failure: "database or disk is full",
+        });
+        assert!(!path.exists(), "released for the recovery");
+        assert!(full.has_changed().unwrap() && *full.borrow_and_update());
+        // Pruning commits with the reserve's room, but the room is not back yet.
+        free.store(4096, Ordering::SeqCst);
+        cell.record(GroupOutcome::Committed { disk_full: None });
+        let h = cell.snapshot();
+        assert!(h.disk_full.is_some(), "still refusing writes: {h:?}");
+        assert_eq!(h.reserve.unwrap().state, ReserveState::Released);
+        // Space came back: the next clean commit holds the reserve again and ends the state.
+        free.store(3 * 4096, Ordering::SeqCst);
+        cell.record(GroupOutcome::Committed { disk_full: None });
+        let h = cell.snapshot();
+        assert!(h.is_healthy(), "{h:?}");
+        assert!(path.exists());
+        assert!(!*full.borrow_and_update());
+    }
+
+    #[test]
+    fn a_reserve_without_room_at_start_starts_the_full_disk_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let cell = HealthCell::default();
+        cell.attach_reserve(Reserve::new(
+            dir.path().join("reserve"),
+            4096,
+            Box::new(|_| Ok(4096)),
+        ));
+        let h = cell.snapshot();
+        let full = h.disk_full.expect("full at start");
+        assert!(full.contains("8192 needed"), "{full}");
+        assert_eq!(h.reserve.unwrap().state, ReserveState::NoRoom);
     }
 }

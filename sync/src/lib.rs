@@ -95,6 +95,7 @@ pub mod protocol;
 mod readers;
 mod readings_fit;
 mod readings_query;
+mod reserve;
 mod retention;
 mod schema;
 pub mod seal;
@@ -150,6 +151,7 @@ pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,
     parse_cursor, reading_page,
 };
+pub use reserve::{FreeBytes, RECREATE_FACTOR, Reserve, ReserveState, ReserveStatus};
 pub use retention::{
     PruneReport, PrunedUnit, RetentionPolicy, SeriesRetention, Unacked, glob_match, prune_series,
     pruned_unit, readings_cutoff, rollups_cutoff, unit_expired,

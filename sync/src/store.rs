@@ -542,6 +542,20 @@ impl Store {
         self.inner.shared.health.snapshot()
     }
 
+    /// Gives the store a reserve file (`reserve.rs`): created now if there is room,
+    /// released when the disk fills up so that pruning has room, and held again before a
+    /// full-disk state ends. Without one, the state ends at the first clean commit.
+    pub async fn attach_reserve(&self, reserve: crate::Reserve) {
+        let shared = self.inner.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.health.attach_reserve(reserve)).await;
+    }
+
+    /// `true` while the disk is full; changes when the state begins and ends (what a
+    /// recovery waits on).
+    pub fn subscribe_disk_full(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shared.health.subscribe_full()
+    }
+
     /// Whether a write group committed within `within` (a recent commit proves the store
     /// writes, so a health check need not write again).
     pub fn committed_within(&self, within: std::time::Duration) -> bool {

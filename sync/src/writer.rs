@@ -140,6 +140,31 @@ pub(crate) enum Job {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+impl Job {
+    /// True for the jobs a full disk refuses at admission: those that add data. Pruning,
+    /// heartbeats (how the writer finds space is back) and credential bindings (a lookup,
+    /// written once) still run.
+    fn needs_room(&self) -> bool {
+        match self {
+            Job::Append { .. }
+            | Job::Doc { .. }
+            | Job::DocBatch { .. }
+            | Job::Remote { .. }
+            | Job::Twin { .. }
+            | Job::Correct { .. }
+            | Job::PutMeta { .. } => true,
+            Job::Bind { .. }
+            | Job::Heartbeat { .. }
+            | Job::Prune { .. }
+            | Job::PruneDocs { .. }
+            | Job::CompactTwins { .. }
+            | Job::Reclaim { .. }
+            | Job::Probe { .. }
+            | Job::Shutdown { .. } => false,
+        }
+    }
+}
+
 /// One write of a local document batch: the context is the caller's, or `None` for the
 /// key's current siblings.
 pub(crate) struct LocalDocWrite {
@@ -265,6 +290,10 @@ fn group_error(context: &'static str, cause: &StoreError) -> StoreError {
         transient: cause.is_transient(),
     }
 }
+
+/// Most free pages one reclaim step gives back when room is tight (1 MiB of 4 KiB pages:
+/// what the moved pages need in the WAL, well within a reserve).
+const TIGHT_RECLAIM_PAGES: u32 = 256;
 
 /// Index and highest contiguous seq of one known actor.
 #[derive(Debug, Clone, Copy)]
@@ -556,18 +585,23 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            // While the disk is full nothing else may be writing: a tiny write now and then
-            // finds out when space is back, so readiness recovers by itself.
-            if !probes.is_empty() && jobs.is_empty() && self.shared.health.should_retry_full_disk()
-            {
-                let (reply, _) = oneshot::channel();
-                jobs.push(Job::Heartbeat { reply });
+            // While the disk is full writes are refused at admission: a tiny write now and
+            // then finds out when space is back, so the state ends by itself.
+            if self.shared.health.should_retry_full_disk() {
+                self.heartbeat();
             }
+            let jobs = self.admit(jobs);
             if !jobs.is_empty() {
                 self.run_group(jobs);
+                self.truncate_wal_while_full();
             }
+            let reclaimed = !reclaims.is_empty();
             for (pages, reply) in reclaims {
-                let _ = reply.send(self.reclaim(pages));
+                let _ = reply.send(self.reclaim_job(pages));
+            }
+            // Space given back by a recovery may end the full-disk state.
+            if reclaimed && self.shared.health.is_disk_full() {
+                self.heartbeat();
             }
             for reply in probes {
                 let _ = reply.send(self.shared.health.snapshot());
@@ -596,6 +630,33 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
+    /// A group of one tiny write, whose outcome updates the write health.
+    fn heartbeat(&mut self) {
+        let (reply, _) = oneshot::channel();
+        self.run_group(vec![Job::Heartbeat { reply }]);
+    }
+
+    /// While the disk is full, refuses the jobs that need room (ingest, document and twin
+    /// writes, changes received by sync, corrections) without starting a transaction, so
+    /// none of them runs into `SQLITE_FULL` and none takes the room a recovery pass needs;
+    /// returns the others (pruning, heartbeats, credential bindings) to run.
+    fn admit(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        let Some(detail) = self.shared.health.snapshot().disk_full else {
+            return jobs;
+        };
+        let cause = StoreError::DiskFull {
+            context: "admitting a write while the disk is full",
+            detail,
+        };
+        let (admitted, refused): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| !j.needs_room());
+        for job in refused {
+            self.refuse(job, "admitting a write while the disk is full", &cause)
+                .send();
+        }
+        admitted
+    }
+
     fn run_group(&mut self, jobs: Vec<Job>) {
         let mut done = Vec::with_capacity(jobs.len());
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
@@ -604,7 +665,7 @@ impl Writer {
                 failure: &e.to_string(),
             });
             for job in jobs {
-                done.push(self.refuse(job, &e));
+                done.push(self.refuse(job, "starting a write transaction", &e));
             }
             done.into_iter().for_each(Done::send);
             return;
@@ -621,7 +682,7 @@ impl Writer {
             let touched_before = self.touched.len();
             let unsigned_before = self.unsigned.len();
             if let Err(e) = self.exec("SAVEPOINT job") {
-                done.push(self.refuse(job, &e));
+                done.push(self.refuse(job, "starting a write transaction", &e));
                 continue;
             }
             let result = self.run_job(job);
@@ -651,7 +712,7 @@ impl Writer {
                         .unwrap_or(StoreError::Closed);
                     done.push(result);
                     for job in jobs.by_ref() {
-                        done.push(self.refuse(job, &cause));
+                        done.push(self.refuse(job, "starting a write transaction", &cause));
                     }
                     aborted = Some(cause);
                     break;
@@ -744,8 +805,8 @@ impl Writer {
         self.exec("COMMIT")
     }
 
-    fn refuse(&mut self, job: Job, cause: &StoreError) -> Done {
-        let err = || group_error("starting a write transaction", cause);
+    fn refuse(&mut self, job: Job, context: &'static str, cause: &StoreError) -> Done {
+        let err = || group_error(context, cause);
         match job {
             Job::Append { reply, .. } => Done::Append(reply, Err(err())),
             Job::Doc { reply, .. } => Done::Doc(reply, Err(err())),
@@ -765,8 +826,61 @@ impl Writer {
         }
     }
 
-    /// See [`Job::Reclaim`].
+    /// While the disk is full, folds the WAL back into the database and truncates it, so
+    /// the next prune step's WAL frames reuse the room instead of needing more.
+    fn truncate_wal_while_full(&mut self) {
+        if self.shared.health.is_disk_full() {
+            self.truncate_wal();
+        }
+    }
+
+    /// `PRAGMA wal_checkpoint(TRUNCATE)`, best effort: a reader in the middle of a long read
+    /// keeps the WAL for now.
+    fn truncate_wal(&mut self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(error = %e, "checkpointing and truncating the WAL");
+        }
+    }
+
+    /// A reclaim job: see [`Job::Reclaim`]. A full disk found on the way starts the
+    /// full-disk state (and so releases the reserve) like a failed write group.
+    fn reclaim_job(&mut self, pages: u32) -> Result<u64> {
+        let r = self.reclaim(pages);
+        if let Err(e) = &r
+            && e.is_disk_full()
+        {
+            self.shared.health.record(GroupOutcome::Failed {
+                disk_full: true,
+                failure: &e.to_string(),
+            });
+        }
+        r
+    }
+
+    /// Gives up to `pages` free pages back. The pages moved go through the WAL: when the
+    /// disk is full, or the file system has less than twice their size free, a step moves at
+    /// most [`TIGHT_RECLAIM_PAGES`] and the WAL is truncated after each, so the steps fit in
+    /// the room there is (the released reserve, on a full disk).
     fn reclaim(&mut self, pages: u32) -> Result<u64> {
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(StoreError::db("reading the page size"))?;
+        let step_bytes = u64::from(pages) * page_size.max(0) as u64;
+        let tight = self.shared.health.is_disk_full()
+            || self
+                .shared
+                .health
+                .available_bytes()
+                .is_some_and(|free| free < 2 * step_bytes);
+        let pages = if tight {
+            pages.min(TIGHT_RECLAIM_PAGES)
+        } else {
+            pages
+        };
         let free = |conn: &Connection| -> Result<u64> {
             conn.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as u64)
@@ -792,14 +906,8 @@ impl Writer {
         } else {
             0
         };
-        if left == 0 {
-            // Best effort: a reader in the middle of a long read keeps the WAL for now.
-            if let Err(e) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            {
-                tracing::debug!(error = %e, "checkpointing the WAL after pruning");
-            }
+        if left == 0 || tight {
+            self.truncate_wal();
         }
         Ok(left)
     }

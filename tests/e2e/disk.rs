@@ -87,7 +87,8 @@ impl Drop for Tmpfs {
 /// `WATCHDOG_USEC` given to the agent: it pings every half of it.
 const WATCHDOG_USEC: &str = "1000000";
 
-async fn ingest(
+/// Posts `n` readings of `series` at ts `from..from + n` (ms), each worth `ts * 0.25`.
+pub(crate) async fn ingest(
     c: &reqwest::Client,
     agent: &Agent,
     series: &str,
@@ -106,7 +107,8 @@ async fn ingest(
     .await
 }
 
-async fn metric(c: &reqwest::Client, agent: &Agent, line_prefix: &str) -> f64 {
+/// The value of the metric line starting with `line_prefix` (0 when absent).
+pub(crate) async fn metric(c: &reqwest::Client, agent: &Agent, line_prefix: &str) -> f64 {
     let text = metrics_text(c, agent).await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_prefix))

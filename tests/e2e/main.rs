@@ -17,6 +17,7 @@ mod clock;
 mod clones;
 mod cluster;
 mod disk;
+mod disk_recovery;
 mod doc_batch;
 mod doc_retention;
 mod harness;

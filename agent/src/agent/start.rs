@@ -90,6 +90,10 @@ async fn setup(
             + crate::server::nofile::RESERVED_FILES,
     );
     let backend = Backend::open(&config.store, &db_path(&data_dir)).await?;
+    // The room a full disk recovers in (`[retention] reserve`), before anything writes.
+    if let Some(store) = backend.sqlite() {
+        crate::retention::attach_reserve(store, &data_dir, &config.retention).await;
+    }
     let tcp = match listen {
         Listen::Bind(addr) => bind(addr).await,
         Listen::Bound(listener) => Ok(listener),

@@ -474,7 +474,12 @@ fn store_status_schema() -> Value {
         "description": "Whether writes work, as the store's writer last found it; `disk_full` is set (SQLite's message) while the disk is full",
         "properties": {
             "since_last_commit_ms": opt_i, "disk_full": opt_s,
-            "disk_full_for_ms": opt_i, "last_failure": opt_s}});
+            "disk_full_for_ms": opt_i, "last_failure": opt_s,
+            "reserve": {"type": "object", "nullable": true,
+                "description": "The disk reserve file ([retention] reserve; docs/storage.md): `state` is `held`, `released` (given up to a full disk, held again before writes resume), `no_room`, `failed` or `disabled`; `why` says why it is not held",
+                "properties": {"path": {"type": "string"}, "bytes": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["held", "released", "no_room", "failed", "disabled"]},
+                    "why": opt_s}}}});
     let retention = json!({"type": "object",
         "description": "The last retention pass: `enabled`, `at_ms`, `pruned` and `total` (`readings`, `units`, `rollups`, `doc_versions`, `steps`, `held`, `dropped_unacked`, `gaps`, `twin_changes_compacted`, `twin_bytes_compacted`, `twin_changes_kept`), `took_ms`, `error`",
         "additionalProperties": true});

@@ -42,7 +42,10 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
         ));
     }
     match &state.backend {
-        Backend::Sqlite(store) => sqlite_ready(store).await?,
+        Backend::Sqlite(store) => {
+            let budget = state.retention.last().budget.is_some();
+            sqlite_ready(store, budget).await?
+        }
         #[cfg(feature = "postgres")]
         Backend::Postgres(hub) => {
             if let Some(why) = hub.unreachable() {
@@ -58,7 +61,7 @@ pub async fn readyz(State(state): State<Agent>) -> Result<Response, ApiError> {
     Ok(axum::Json(json!({ "status": "ready" })).into_response())
 }
 
-async fn sqlite_ready(store: &kdelta_sync::Store) -> Result<(), ApiError> {
+async fn sqlite_ready(store: &kdelta_sync::Store, has_budget: bool) -> Result<(), ApiError> {
     let health = match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
         Ok(Ok(health)) => health,
         Ok(Err(e)) => {
@@ -77,7 +80,8 @@ async fn sqlite_ready(store: &kdelta_sync::Store) -> Result<(), ApiError> {
         return Err(ApiError::new(
             ErrorCode::NotReady,
             format!(
-                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until space is freed (free space, or keep less: [retention] readings, max_disk, min_free); reads keep working"
+                "disk_full: the disk holding the store is full ({detail}); writes are refused with 507 until there is room again: {}; reads keep working",
+                crate::retention::full_disk_remedy(has_budget)
             ),
         ));
     }
@@ -131,11 +135,9 @@ async fn sqlite_gauges(state: &Agent, store: &kdelta_sync::Store) {
             None
         }
     };
-    state.metrics.set_space(
-        store.write_health().disk_full.is_some(),
-        storage_write_bytes(),
-        horizon,
-    );
+    state
+        .metrics
+        .set_space(&store.write_health(), storage_write_bytes(), horizon);
 }
 
 /// `GET /v1/sources`: `{"sources": [{name, kind, interval_ms, last_reading_ms, readings,

@@ -63,7 +63,21 @@ fn print_status(base: &str, v: &Value) {
         let free = num("/disk/available_bytes")
             .map(|b| format!(", {} available", human_bytes(b)))
             .unwrap_or_default();
-        lines.push(("disk", format!("{pct:.1}% used{free}")));
+        // The reserve kept for a full disk (docs/storage.md): held, released, or why not.
+        let reserve = match (
+            text("/store/write_health/reserve/state"),
+            num("/store/write_health/reserve/bytes"),
+        ) {
+            (Some(state), Some(bytes)) if state != "disabled" => {
+                format!(
+                    ", reserve {} {}",
+                    human_bytes(bytes),
+                    state.replace('_', " ")
+                )
+            }
+            _ => String::new(),
+        };
+        lines.push(("disk", format!("{pct:.1}% used{free}{reserve}")));
     }
     if let Some(full) = text("/store/write_health/disk_full") {
         lines.push(("DISK FULL", format!("writes refused (507): {full}")));

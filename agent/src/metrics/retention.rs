@@ -45,6 +45,8 @@ pub(super) struct RetentionMetrics {
     compacted_twin_bytes: Counter,
     pass_seconds: Histogram,
     disk_full: Gauge,
+    reserve_held: Gauge,
+    reserve_bytes: Gauge,
     write_bytes: Gauge,
     horizon_ms: Gauge,
     budget: BudgetMetrics,
@@ -83,6 +85,8 @@ impl Default for RetentionMetrics {
             // 1 ms … ~65 s.
             pass_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
             disk_full: Gauge::default(),
+            reserve_held: Gauge::default(),
+            reserve_bytes: Gauge::default(),
             write_bytes: Gauge::default(),
             horizon_ms: Gauge::default(),
             budget: BudgetMetrics::default(),
@@ -127,6 +131,16 @@ impl RetentionMetrics {
             "store_disk_full",
             "1 while the disk holding the store is full and writes are refused (507 disk_full)",
             self.disk_full.clone(),
+        );
+        r.register(
+            "store_reserve_held",
+            "1 while the disk reserve file is held; 0 while it is released to a full disk, cannot be created, or is disabled ([retention] reserve)",
+            self.reserve_held.clone(),
+        );
+        r.register(
+            "store_reserve_bytes",
+            "Size of the disk reserve ([retention] reserve; 0: none)",
+            self.reserve_bytes.clone(),
         );
         r.register(
             "process_storage_write_bytes",
@@ -239,8 +253,20 @@ impl Metrics {
     }
 
     /// Space and wear gauges, refreshed on scrape.
-    pub fn set_space(&self, disk_full: bool, write_bytes: Option<u64>, horizon_ms: Option<i64>) {
-        self.retention.disk_full.set(i64::from(disk_full));
+    pub fn set_space(
+        &self,
+        health: &kdelta_sync::WriteHealth,
+        write_bytes: Option<u64>,
+        horizon_ms: Option<i64>,
+    ) {
+        let r = &self.retention;
+        r.disk_full.set(i64::from(health.disk_full.is_some()));
+        let reserve = health.reserve.as_ref();
+        r.reserve_held.set(i64::from(
+            reserve.is_some_and(|s| s.state == kdelta_sync::ReserveState::Held),
+        ));
+        r.reserve_bytes
+            .set(reserve.map_or(0, |s| i64::try_from(s.bytes).unwrap_or(i64::MAX)));
         if let Some(b) = write_bytes {
             self.retention
                 .write_bytes

@@ -4,7 +4,7 @@
 //! A pass (run by the retention loop every `retention.every`):
 //! 1. Measure: the store's use (database + WAL + shm, less the free pages inside the file,
 //!    which new writes reuse) and the room left (the file system's available bytes plus those
-//!    free pages).
+//!    free pages and the held reserve).
 //! 2. Over budget (use above `max_disk`, or room below `min_free`): prune raw readings before
 //!    a cut that moves forward from the oldest reading kept towards the newest, in rounds, re-measuring after
 //!    each (`Store::prune_before`: the age prune's small writer jobs, then incremental
@@ -17,6 +17,9 @@
 //!    record that syncs — until use is back to the middle between `max_disk` and the hard
 //!    limit (and room to the middle between the floor and `min_free`).
 //!
+//! A **recovery pass** (the disk is full: the store released its reserve, `reserve.rs`) is
+//! the same pass run at once rather than at the next tick, with `min_free` raised to the
+//! room the store needs to hold its reserve again and resume writes.
 //!
 //! Rollups (`Store::prune_rollups_before`, oldest first, never a minute whose raw readings
 //! remain: within a range the raw readings always go first; rollups are derived data outside
@@ -88,6 +91,8 @@ pub struct Measure {
     pub fs_available: u64,
     /// The file system's size.
     pub fs_total: u64,
+    /// The store's reserve file while it is held (`reserve.rs`): room kept for a full disk.
+    pub reserve_bytes: u64,
 }
 
 impl Measure {
@@ -95,10 +100,14 @@ impl Measure {
     pub async fn take(store: &Store, dir: &Path) -> Result<Measure, String> {
         let space = store.space().await.map_err(|e| e.to_string())?;
         let fs = kdelta_sensors::system::disk_usage(dir).map_err(|e| e.to_string())?;
+        let reserve = store.write_health().reserve;
         Ok(Measure {
             space,
             fs_available: fs.available,
             fs_total: fs.total,
+            reserve_bytes: reserve
+                .filter(|r| r.state == kdelta_sync::ReserveState::Held)
+                .map_or(0, |r| r.bytes),
         })
     }
 
@@ -107,9 +116,12 @@ impl Measure {
         self.space.used_bytes()
     }
 
-    /// Bytes still writable: the file system's available bytes and the store's free pages.
+    /// Bytes still writable: the file system's available bytes, the store's free pages and
+    /// the held reserve (free space kept for a full disk: releasing it changes no room).
     pub fn room(&self) -> u64 {
-        self.fs_available.saturating_add(self.space.free_bytes)
+        self.fs_available
+            .saturating_add(self.space.free_bytes)
+            .saturating_add(self.reserve_bytes)
     }
 
     /// Over `max_disk`, or below `min_free`.
@@ -185,16 +197,19 @@ impl BudgetPass {
 }
 
 /// Runs one budget pass: see the module docs. `acked`: what every upstream peer is known to
-/// hold (`None`: no upstream peer is configured).
+/// hold (`None`: no upstream peer is configured). `recovery_room`: set when the disk is full
+/// (a recovery pass, `task.rs`): the pass frees at least this much room, whatever `min_free`
+/// says (the floor where unacknowledged readings go too stays half of `min_free`).
 pub async fn budget_pass(
     store: &Store,
     dir: &Path,
     config: &RetentionConfig,
     acked: Option<VersionVector>,
+    recovery_room: Option<u64>,
 ) -> BudgetPass {
     let mut pass = BudgetPass::default();
     let started = std::time::Instant::now();
-    if let Err(e) = run(store, dir, config, acked, &mut pass).await {
+    if let Err(e) = run(store, dir, config, acked, recovery_room, &mut pass).await {
         pass.error = Some(e);
     }
     pass.took_ms = started.elapsed().as_millis() as u64;
@@ -207,10 +222,14 @@ async fn run(
     dir: &Path,
     config: &RetentionConfig,
     acked: Option<VersionVector>,
+    recovery_room: Option<u64>,
     pass: &mut BudgetPass,
 ) -> Result<(), String> {
     let mut m = Measure::take(store, dir).await?;
-    let limits = Limits::resolve(config, m.fs_total);
+    let mut limits = Limits::resolve(config, m.fs_total);
+    if let Some(room) = recovery_room {
+        limits.min_free_bytes = Some(limits.min_free_bytes.unwrap_or(0).max(room));
+    }
     pass.limits = limits;
     pass.before = m;
     pass.after = m;
@@ -422,6 +441,7 @@ mod tests {
             },
             fs_available: avail,
             fs_total: 10_000,
+            reserve_bytes: 0,
         };
         assert!(!at(900, 500).over(&l));
         assert!(at(1001, 500).over(&l) && !at(1001, 500).over_hard(&l));
@@ -432,6 +452,10 @@ mod tests {
         let mut m = at(1100, 90);
         m.space.free_bytes = 200;
         assert!(!m.over(&l));
+        // So does the held reserve: releasing it to a full disk changes no room.
+        let mut m = at(900, 60);
+        m.reserve_bytes = 40;
+        assert!(!m.over(&l) && m.room() == 100);
         assert!(at(2000, 500).excess(Some(1000), None) > 0.49);
     }
 }

@@ -101,7 +101,18 @@ pub struct RetentionConfig {
     /// oldest go too, recorded as gap records that sync.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hard_limit: Option<DiskSize>,
+    /// The disk reserve (`reserve.rs`): a file of this size in the data directory, released
+    /// when the disk fills up so that pruning has room. `None`: [`DEFAULT_RESERVE_BYTES`],
+    /// at most 1/[`RESERVE_SHARE_OF_FS`] of the file system; 0 disables it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<DiskSize>,
 }
+
+/// The reserve's size unless `[retention] reserve` says otherwise.
+pub const DEFAULT_RESERVE_BYTES: u64 = 8 << 20;
+/// The default reserve takes at most this share of a small file system (1/32: 768 KiB of
+/// a 24 MiB one).
+pub const RESERVE_SHARE_OF_FS: u64 = 32;
 
 impl Default for RetentionConfig {
     fn default() -> Self {
@@ -117,6 +128,7 @@ impl Default for RetentionConfig {
             max_disk: None,
             min_free: None,
             hard_limit: None,
+            reserve: None,
         }
     }
 }
@@ -188,6 +200,14 @@ impl RetentionConfig {
     /// The disk-budget keys: sizes that make sense together.
     fn validate_budget(&self) -> Result<(), InvalidValue> {
         const MIN_BYTES: u64 = 1 << 20;
+        if let Some(DiskSize::Percent(p)) = self.reserve
+            && p > 10.0
+        {
+            return refuse(
+                "retention.reserve",
+                format!("{p}% would keep too much of the disk empty; use at most 10%"),
+            );
+        }
         if let Some(DiskSize::Bytes(b)) = self.max_disk
             && b < MIN_BYTES
         {
@@ -233,12 +253,21 @@ impl RetentionConfig {
             ("retention.max_disk", self.max_disk.is_some()),
             ("retention.min_free", self.min_free.is_some()),
             ("retention.hard_limit", self.hard_limit.is_some()),
+            ("retention.reserve", self.reserve.is_some()),
         ] {
             if set {
                 return refuse(key, WHY);
             }
         }
         Ok(())
+    }
+
+    /// The reserve's size in bytes on a file system of `fs_total` bytes (0: none).
+    pub fn reserve_bytes(&self, fs_total: u64) -> u64 {
+        match self.reserve {
+            Some(size) => size.bytes_of(fs_total),
+            None => DEFAULT_RESERVE_BYTES.min(fs_total / RESERVE_SHARE_OF_FS),
+        }
     }
 
     /// True when a disk budget (`max_disk` or `min_free`) is configured.
@@ -292,6 +321,25 @@ mod tests {
         assert_eq!(p.readings_max_age("sim.1"), Some(7_200_000));
         assert_eq!(p.readings_max_age("gh.temp"), Some(30 * 86_400_000));
         RetentionConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_reserve_defaults_to_8mib_scaled_down_on_small_file_systems() {
+        let d = RetentionConfig::default();
+        assert_eq!(d.reserve_bytes(64 << 30), DEFAULT_RESERVE_BYTES);
+        assert_eq!(d.reserve_bytes(24 << 20), 768 << 10);
+        let c = parse("[retention]\nreserve = \"0\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.reserve_bytes(64 << 30), 0, "0 disables it");
+        let c = parse("[retention]\nreserve = \"1%\"\n").unwrap();
+        assert_eq!(c.reserve_bytes(1000 << 20), 10 << 20);
+        let c = parse("[retention]\nreserve = \"20%\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "retention.reserve");
+        let c = parse("[retention]\nreserve = \"2MiB\"\n").unwrap();
+        assert_eq!(
+            c.validate_for_postgres().unwrap_err().key,
+            "retention.reserve"
+        );
     }
 
     #[test]

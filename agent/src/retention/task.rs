@@ -6,18 +6,30 @@
 //! Both keep the readings upstream peers have not acknowledged (the registry's
 //! `upstream_acked`); only the budget's hard limit drops them. A failed pass (a full disk, a
 //! busy store) is logged and tried again at the next tick; it never stops the agent.
+//!
+//! With a budget, a full disk does not wait for the tick: when the store enters its
+//! full-disk state (having released its reserve, `reserve.rs`) a **recovery pass** runs at
+//! once — the budget pass with room raised to what holding the reserve again needs
+//! ([`recovery_room`]) — and again every [`RECOVERY_RETRY`] while the state lasts. The store
+//! ends the state itself once the reserve is held again.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kdelta_sync::{PruneReport, RetentionPolicy, Unacked};
+use kdelta_sync::{PruneReport, RECREATE_FACTOR, RetentionPolicy, Unacked};
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::RetentionConfig;
 use super::budget::{BudgetPass, budget_pass};
 use super::unmet::{self, CannotMeet};
 use crate::metrics::Metrics;
+
+/// While the disk stays full, a recovery pass runs again this often.
+pub const RECOVERY_RETRY: Duration = Duration::from_secs(10);
+/// A recovery pass frees at least this much, even with a tiny reserve (or none).
+const MIN_RECOVERY_ROOM: u64 = 1 << 20;
 
 /// What the retention loop works with.
 pub struct RetentionDeps {
@@ -192,15 +204,33 @@ pub async fn retention_loop(
     );
     let mut ticker = tokio::time::interval(config.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut full = agent.store.subscribe_disk_full();
     let mut was_holding = false;
     loop {
-        tokio::select! {
+        let at_tick = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => true,
+            () = recovery_due(&mut full), if budget => false,
+        };
+        // Any budget pass while the disk is full is a recovery pass.
+        let recovering = budget && *full.borrow();
+        let recovery_room = recovering.then(|| recovery_room(&agent.store));
+        if let Some(room) = recovery_room {
+            tracing::warn!(
+                room_bytes = room,
+                "the disk is full: running the disk budget now to free {} ({})",
+                super::human_bytes(room),
+                super::reserve::full_disk_remedy(true)
+            );
+            // Pages an earlier pass freed but could not give back (it ran out of room) first.
+            if let Err(e) = agent.store.reclaim().await {
+                tracing::debug!(error = %e, "giving free pages back on a full disk");
+            }
         }
         let acked = (agent.upstream_acked)();
         let has_upstream = acked.is_some();
-        if by_age {
+        // A recovery pass out of turn is the budget's alone: the age rules wait for their tick.
+        if by_age && at_tick {
             let unacked = acked.clone().map_or(Unacked::NoUpstream, Unacked::Keep);
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -210,7 +240,7 @@ pub async fn retention_loop(
         if budget {
             let pass = tokio::select! {
                 _ = cancel.cancelled() => return,
-                p = budget_pass(&agent.store, &agent.data_dir, &config, acked) => p,
+                p = budget_pass(&agent.store, &agent.data_dir, &config, acked, recovery_room) => p,
             };
             log_budget_pass(&pass, has_upstream, &mut was_holding);
             let prev = state.last().budget.and_then(|b| b.cannot_meet);
@@ -232,6 +262,34 @@ pub async fn retention_loop(
             });
         }
     }
+}
+
+/// Returns when a recovery pass is due: as soon as the disk-full state begins, then every
+/// [`RECOVERY_RETRY`] while it lasts. Never while the disk has room.
+async fn recovery_due(full: &mut watch::Receiver<bool>) {
+    if *full.borrow_and_update() {
+        tokio::time::sleep(RECOVERY_RETRY).await;
+        if *full.borrow_and_update() {
+            return;
+        }
+    }
+    loop {
+        if full.changed().await.is_err() {
+            // The store is closing: no recovery any more.
+            std::future::pending::<()>().await;
+        }
+        if *full.borrow_and_update() {
+            return;
+        }
+    }
+}
+
+/// The room a recovery pass frees: enough to hold the reserve again with as much left for
+/// writes (`kdelta_sync::RECREATE_FACTOR` times it) and a reserve's worth of margin, at
+/// least [`MIN_RECOVERY_ROOM`].
+fn recovery_room(store: &kdelta_sync::Store) -> u64 {
+    let reserve = store.write_health().reserve.map_or(0, |r| r.bytes);
+    (reserve * (RECREATE_FACTOR + 1)).max(MIN_RECOVERY_ROOM)
 }
 
 async fn age_pass(
