@@ -93,6 +93,7 @@ mod origins;
 mod past;
 pub mod protocol;
 mod readers;
+mod rebase;
 mod readings_fit;
 mod readings_query;
 mod retention;
@@ -101,6 +102,7 @@ pub mod seal;
 mod signer;
 mod space;
 mod store;
+mod succession;
 mod stored_cbor;
 mod sync_store;
 mod timeref;
@@ -145,6 +147,7 @@ pub use model::*;
 pub use origins::NotedActors;
 pub use past::link_unsigned;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
+pub use rebase::ClockLead;
 pub use readings_fit::{fit_readings, sized_readings, split_readings};
 pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,
@@ -157,6 +160,7 @@ pub use retention::{
 pub use schema::supported_schema_version;
 pub use space::{COMPACT_ON_OPEN_MAX_BYTES, HeldSpace, SpaceHolder, StoreSpace};
 pub use store::Store;
+pub use succession::{KeyHint, MAX_SUCCESSIONS, Succession, SuccessionError, chain_to};
 pub use sync_store::{Announcement, Announcements, SyncStore};
 pub use timeref::{ClockClaim, TimeReference};
 pub use timing::{
