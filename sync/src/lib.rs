@@ -93,17 +93,17 @@ mod origins;
 mod past;
 pub mod protocol;
 mod readers;
-mod rebase;
 mod readings_fit;
 mod readings_query;
+mod rebase;
 mod retention;
 mod schema;
 pub mod seal;
 mod signer;
 mod space;
 mod store;
-mod succession;
 mod stored_cbor;
+mod succession;
 mod sync_store;
 mod timeref;
 mod timing;
@@ -147,12 +147,12 @@ pub use model::*;
 pub use origins::NotedActors;
 pub use past::link_unsigned;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
-pub use rebase::ClockLead;
 pub use readings_fit::{fit_readings, sized_readings, split_readings};
 pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,
     parse_cursor, reading_page,
 };
+pub use rebase::ClockLead;
 pub use retention::{
     PruneReport, PrunedUnit, RetentionPolicy, SeriesRetention, Unacked, glob_match, prune_series,
     pruned_unit, readings_cutoff, rollups_cutoff, unit_expired,

@@ -132,7 +132,9 @@ impl Store {
             .readers
             .read(move |conn| {
                 let v: Option<Vec<u8>> = conn
-                    .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| r.get(0))
+                    .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                        r.get(0)
+                    })
                     .optional()
                     .map_err(StoreError::db("reading a credential's predecessors"))?;
                 Ok(v.unwrap_or_default()

@@ -97,7 +97,9 @@ async fn a_device_rebased_after_a_year_ahead_syncs_both_ways_with_a_correct_hub(
     let (pi, _) = open_at(&path, now + YEAR_MS).await;
     let old = pi.actor();
     readings(&pi, "pi.temp", now + YEAR_MS, 3).await;
-    pi.put("pi/state", &serde_json::json!("ahead")).await.unwrap();
+    pi.put("pi/state", &serde_json::json!("ahead"))
+        .await
+        .unwrap();
     let (i, r, stats) = sync(&pi, &hub).await;
     assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
     assert_eq!(stats.changes_quarantined, 4);
@@ -111,7 +113,10 @@ async fn a_device_rebased_after_a_year_ahead_syncs_both_ways_with_a_correct_hub(
     // NTP corrected the clock. Reopened, the store still stamps after its year-ahead
     // changes: that is the trouble.
     let (pi, _) = open_at(&path, now).await;
-    let stuck = pi.put("pi/state", &serde_json::json!("stuck")).await.unwrap();
+    let stuck = pi
+        .put("pi/state", &serde_json::json!("stuck"))
+        .await
+        .unwrap();
     assert!(stuck.hlc.ms() > now + YEAR_MS - 60_000, "{}", stuck.hlc);
     pi.close().await;
 
@@ -125,10 +130,15 @@ async fn a_device_rebased_after_a_year_ahead_syncs_both_ways_with_a_correct_hub(
     let (pi, _) = open_at(&path, now).await;
     assert_eq!(pi.actor(), record.new);
     assert_eq!(pi.successions().await.unwrap(), vec![record.clone()]);
-    let fresh = pi.put("pi/state", &serde_json::json!("rebased")).await.unwrap();
+    let fresh = pi
+        .put("pi/state", &serde_json::json!("rebased"))
+        .await
+        .unwrap();
     assert!(fresh.hlc.ms() < now + 60_000, "{}", fresh.hlc);
     readings(&pi, "pi.temp", now, 2).await;
-    hub.put("fleet/setpoint", &serde_json::json!(21)).await.unwrap();
+    hub.put("fleet/setpoint", &serde_json::json!(21))
+        .await
+        .unwrap();
 
     // Both ways: the new actor's changes reach the hub, the hub's reach the Pi; the
     // credential moved on to the new actor and keeps the old one as its predecessor.

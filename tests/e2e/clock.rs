@@ -563,14 +563,14 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|p| {
-                p["principal"] == "pi" && p["changes_quarantined"].as_u64().unwrap_or(0) > 0
-            })
+            .find(|p| p["principal"] == "pi" && p["changes_quarantined"].as_u64().unwrap_or(0) > 0)
             .cloned()
     };
-    eventually(DEADLINE, "the hub to hold the year-ahead changes back", || {
-        quarantined()
-    })
+    eventually(
+        DEADLINE,
+        "the hub to hold the year-ahead changes back",
+        quarantined,
+    )
     .await;
     ahead.sigterm();
     assert!(ahead.wait_exit(Duration::from_secs(30)).is_some());
@@ -605,7 +605,14 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
     let before = real_now_ms();
     let (s, v) = put_json(&c, &dev.at("/v1/docs/pi/state"), &json!("rebased")).await;
     assert!(s < 300, "{v}");
-    let stamped: u64 = v["hlc"].as_str().unwrap().split(':').next().unwrap().parse().unwrap();
+    let stamped: u64 = v["hlc"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         stamped < before + 600_000,
         "stamped {stamped}, now {before}: {v}"
@@ -614,36 +621,51 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
     let (s, _) = put_json(&c, &hub.at("/v1/docs/fleet/setpoint"), &json!(21)).await;
     assert!(s < 300);
     ingest(&c, &good, "good.temp", 0, 20).await;
-    eventually(DEADLINE, "the rebased device and the hub to trade changes", || async {
-        (winner_is(&c, &hub, "pi/state", json!("rebased")).await
-            && winner_is(&c, &dev, "fleet/setpoint", json!(21)).await)
-            .then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "the rebased device and the hub to trade changes",
+        || async {
+            (winner_is(&c, &hub, "pi/state", json!("rebased")).await
+                && winner_is(&c, &dev, "fleet/setpoint", json!(21)).await)
+                .then_some(())
+        },
+    )
     .await;
     // The hub and the correct device converge (the rebased actor's changes included); the
     // year-ahead changes stay held back, only on the device that made them.
     converge(&c, &hub, &good).await;
     let (_, hub_st) = get_json(&c, &hub.at("/v1/status")).await;
     let (_, good_st) = get_json(&c, &good.at("/v1/status")).await;
-    assert!(hub_st["version_vector"][&new].as_u64().unwrap_or(0) >= 2, "{hub_st}");
+    assert!(
+        hub_st["version_vector"][&new].as_u64().unwrap_or(0) >= 2,
+        "{hub_st}"
+    );
     assert!(hub_st["version_vector"].get(&old).is_none(), "{hub_st}");
     assert!(good_st["version_vector"].get(&old).is_none(), "{good_st}");
     let (_, dev_st) = get_json(&c, &dev.at("/v1/status")).await;
-    assert!(dev_st["version_vector"][&old].as_u64().unwrap_or(0) >= 2, "{dev_st}");
+    assert!(
+        dev_st["version_vector"][&old].as_u64().unwrap_or(0) >= 2,
+        "{dev_st}"
+    );
     assert_ne!(dev_st["digest"], hub_st["digest"]);
     // The rebased device's session (the credential now bound to the new actor) still
     // offers the year-ahead changes, and the hub still holds them back.
-    let entry = eventually(DEADLINE, "the hub to hold them back from the new session", || async {
-        let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
-        peers["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| {
-                p["bound_actor"] == json!(new) && p["changes_quarantined"].as_u64().unwrap_or(0) > 0
-            })
-            .cloned()
-    })
+    let entry = eventually(
+        DEADLINE,
+        "the hub to hold them back from the new session",
+        || async {
+            let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
+            peers["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| {
+                    p["bound_actor"] == json!(new)
+                        && p["changes_quarantined"].as_u64().unwrap_or(0) > 0
+                })
+                .cloned()
+        },
+    )
     .await;
     assert_eq!(entry["changes_refused"], 0, "{entry}");
     assert!(

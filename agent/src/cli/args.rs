@@ -505,16 +505,14 @@ pub struct OfflineDir {
 
 /// `kdelta rekey`.
 #[derive(Debug, Clone, Args)]
-#[command(
-    after_help = "Stop the agent first (systemctl stop kdelta).\n\
+#[command(after_help = "Stop the agent first (systemctl stop kdelta).\n\
                   Plain rekey is for a copied store (an imaged SD card): the copy gets its own identity and no\n\
                   claim on the original's sync credentials.\n\
                   --rebase-clock is for a store whose own changes were stamped in the future (its clock once ran\n\
                   ahead): it takes a new actor stamped by the (now correct) wall clock, and a record signed by the\n\
                   old actor's key moves its device credential on at its hubs. The agent does this itself at start\n\
                   when it trusts its clock. Examples:\n  kdelta rekey --data-dir /var/lib/kdelta\n  \
-                  kdelta rekey --rebase-clock --data-dir /var/lib/kdelta"
-)]
+                  kdelta rekey --rebase-clock --data-dir /var/lib/kdelta")]
 pub struct RekeyArgs {
     /// The data directory.
     #[command(flatten)]

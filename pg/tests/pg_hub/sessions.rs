@@ -455,8 +455,16 @@ async fn a_rebased_device_moves_its_credential_on_at_a_pg_hub() {
     let run = start(&thief, &r1, SessionMode::OneShot, "pi", PeerRole::Device);
     let (_, r) = run.join().await;
     match r {
-        Err(ProtocolError::ForgedSuccession { principal, old, new, reason }) => {
-            assert_eq!((principal.as_str(), old, new), ("pi", record.new, thief_actor));
+        Err(ProtocolError::ForgedSuccession {
+            principal,
+            old,
+            new,
+            reason,
+        }) => {
+            assert_eq!(
+                (principal.as_str(), old, new),
+                ("pi", record.new, thief_actor)
+            );
             assert_eq!(reason, SuccessionError::BadSignature);
         }
         other => panic!("expected ForgedSuccession, got {other:?}"),

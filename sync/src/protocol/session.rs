@@ -15,9 +15,9 @@ use tokio::time::{Instant, timeout};
 use super::exchange::Exchange;
 use super::frame::{clip, vector_frames};
 use super::{
-    Anchor, Authenticator, Compression, DeviceOrigin, DeviceRelay, Frame, FrameCodec, FrameSink, FrameSource,
-    Hello, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole,
-    ProtocolError, SessionStats, SyncConfig, Welcome,
+    Anchor, Authenticator, Compression, DeviceOrigin, DeviceRelay, Frame, FrameCodec, FrameSink,
+    FrameSource, Hello, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials,
+    PeerRole, ProtocolError, SessionStats, SyncConfig, Welcome,
 };
 use crate::seal::Prechecked;
 use crate::{ActorId, ChangeLog, ClockClaim, Limits, Store, SyncStore, VersionVector};
@@ -434,7 +434,10 @@ impl<S: SyncStore> SyncSession<S> {
                 tracing::warn!(credential = principal, old = %s.old, new = %s.new, "sync: {e}");
                 return Err(e);
             }
-            let now = self.store.succeed_credential(principal, s.old, s.new).await?;
+            let now = self
+                .store
+                .succeed_credential(principal, s.old, s.new)
+                .await?;
             if now == s.new {
                 tracing::info!(
                     credential = principal,
