@@ -677,3 +677,60 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
     );
     drop(keep);
 }
+
+/// `kdelta rekey --rebase-clock` (agent stopped), once the clock is right: the store that
+/// wrote a year ahead writes as a new actor, stamped by the wall clock, with a succession
+/// record naming the old one; run again, there is nothing to rebase.
+#[tokio::test]
+async fn rekey_rebase_clock_by_hand_gives_a_store_stamped_ahead_a_new_actor() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let mut ahead = Agent::builder()
+        .config("sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n")
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "+365d")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    let keep = ahead.keep_dir().expect("a fresh temp dir");
+    assert_wall_clock(&c, &ahead, real_now_ms() + 365 * DAY_MS).await;
+    ingest(&c, &ahead, "ahead.temp", 0, 5).await;
+    let (_, st) = get_json(&c, &ahead.at("/v1/status")).await;
+    let old: kdelta_sync::ActorId = st["actor"].as_str().unwrap().parse().unwrap();
+    ahead.sigterm();
+    assert!(ahead.wait_exit(Duration::from_secs(30)).is_some());
+
+    let data = keep.path().join("data");
+    let rebase = {
+        let (data, work) = (data.clone(), keep.path().to_path_buf());
+        move || {
+            super::harness::run_to_end(
+                &[
+                    "rekey",
+                    "--rebase-clock",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &work,
+                Duration::from_secs(60),
+            )
+        }
+    };
+    let (code, err) = tokio::task::spawn_blocking(rebase.clone()).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let store = kdelta_sync::Store::open(data.join("kdelta.db"), Default::default())
+        .await
+        .unwrap();
+    assert_ne!(store.actor(), old);
+    let chain = store.successions().await.unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!((chain[0].old, chain[0].new), (old, store.actor()));
+    assert!(
+        store.last_hlc().ms() < real_now_ms() + 600_000,
+        "the clock is seeded without the year-ahead changes: {}",
+        store.last_hlc()
+    );
+    store.close().await;
+    let (code, err) = tokio::task::spawn_blocking(rebase).await.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing to rebase"), "{err}");
+}
