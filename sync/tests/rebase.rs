@@ -3,8 +3,9 @@
 //! credential bound at the hub. The device wrote a year ahead, its clock was corrected, it
 //! rebased: its new changes reach the hub and the hub's reach it, its credential moves on
 //! to the new actor, the year-ahead changes stay held back until their time (and then
-//! apply, through the same credential). A forged succession record is refused and rebinds
-//! nothing; a plain rekey (a cloned card) makes no record at all.
+//! apply, through the same credential) — also at a hub that first meets it after the
+//! rebase. A forged succession record is refused and rebinds nothing; a plain rekey (a
+//! cloned card) makes no record at all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,8 +167,30 @@ async fn a_device_rebased_after_a_year_ahead_syncs_both_ways_with_a_correct_hub(
     let (i, r, _) = sync(&pi, &hub).await;
     assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
 
+    // A second hub meets the Pi only after the rebase: the credential's first use binds
+    // the start of the Pi's chain and follows it, so the old actor is allowed there too.
+    let (hub2, hub2_time) = open_at(&dir.path().join("hub2.db"), now).await;
+    let (i, r, stats) = sync(&pi, &hub2).await;
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    // Held back: the old actor's five; refused: only the first hub's change the Pi relays
+    // (a device credential sends its own actors' changes only).
+    assert_eq!((stats.changes_quarantined, stats.changes_refused), (5, 1));
+    let refusal = stats.last_refusal.unwrap().message;
+    assert!(refusal.contains(&hub.actor().to_string()), "{refusal}");
+    assert_eq!(hub2.version_vector().get(&record.new), 3);
+    assert_eq!(
+        hub2.credential_bindings().await.unwrap(),
+        vec![("pi".to_owned(), record.new)]
+    );
+    assert_eq!(hub2.credential_predecessors("pi").await.unwrap(), vec![old]);
+
     // A year on, the old actor's changes are due: the same credential brings them, and the
     // stores converge.
+    hub2_time.set(now + YEAR_MS + 120_000);
+    let (i, r, stats) = sync(&pi, &hub2).await;
+    assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");
+    assert_eq!((stats.changes_quarantined, stats.changes_refused), (0, 1));
+    assert_eq!(hub2.version_vector().get(&old), 5);
     hub_time.set(now + YEAR_MS + 120_000);
     let (i, r, stats) = sync(&pi, &hub).await;
     assert!(i.is_ok() && r.is_ok(), "{i:?} {r:?}");

@@ -454,6 +454,23 @@ impl<S: SyncStore> SyncSession<S> {
         Ok(bound)
     }
 
+    /// The first actor of the peer's succession chain ending at `actor` when every record
+    /// of it checks (against the keys bound here, or their own), else `actor`: what a
+    /// credential used for the first time is bound to, before the chain is followed.
+    async fn chain_start(
+        &self,
+        actor: ActorId,
+        successions: &[crate::Succession],
+    ) -> Result<ActorId, ProtocolError> {
+        let chain = crate::chain_to(actor, successions);
+        for s in &chain {
+            if s.check(self.store.actor_key(s.old).await?).is_err() {
+                return Ok(actor);
+            }
+        }
+        Ok(chain.first().map_or(actor, |s| s.old))
+    }
+
     /// Authenticates the peer and agrees on the session's terms. Returns who it is and the
     /// peer's tip to compare with our copy (see `Hello::tip`).
     async fn handshake(
@@ -536,7 +553,10 @@ impl<S: SyncStore> SyncSession<S> {
                 let bound = match self.peer_role {
                     PeerRole::Hub => None,
                     PeerRole::Device => {
-                        let bound = self.store.bind_credential(&principal, hello.actor).await?;
+                        // First use binds the start of the peer's succession chain, so
+                        // the chain is followed and its old actors stay allowed.
+                        let first = self.chain_start(hello.actor, &hello.successions).await?;
+                        let bound = self.store.bind_credential(&principal, first).await?;
                         let bound = self
                             .follow_successions(&principal, bound, &hello.successions)
                             .await?;
