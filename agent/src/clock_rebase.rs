@@ -106,3 +106,70 @@ async fn rebase(db_path: &Path, old_newest_ms: u64, at_ms: u64) -> anyhow::Resul
         at_ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ClockTrust;
+    use kdelta_sync::{ManualTime, ReadingBatch, StoreConfig};
+
+    const YEAR_MS: u64 = 365 * 86_400_000;
+
+    /// A store at `path` that wrote one change a year ahead of now.
+    async fn stamped_ahead(path: &Path) -> kdelta_sync::ActorId {
+        let store = Store::open_with_time(
+            path,
+            StoreConfig::default(),
+            ManualTime::new(now_ms_u64() + YEAR_MS),
+        )
+        .await
+        .unwrap();
+        let mut b = ReadingBatch::new();
+        b.push("t", 1_800_000_000_000, 1.0, None);
+        store.append(b).await.unwrap();
+        let actor = store.actor();
+        store.close().await;
+        actor
+    }
+
+    fn trust(trust: ClockTrust) -> ClockConfig {
+        ClockConfig {
+            trust,
+            ..ClockConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_trusted_clock_rebases_a_store_that_runs_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kdelta.db");
+        assert_eq!(
+            at_start(&trust(ClockTrust::Always), 300_000, &path)
+                .await
+                .unwrap(),
+            None,
+            "no store yet"
+        );
+        let old = stamped_ahead(&path).await;
+        let never = at_start(&trust(ClockTrust::Never), 300_000, &path)
+            .await
+            .unwrap();
+        assert_eq!(never, None, "an untrusted clock rebases nothing");
+        let r = at_start(&trust(ClockTrust::Always), 300_000, &path)
+            .await
+            .unwrap()
+            .expect("rebased");
+        assert_eq!(r.old_actor, old);
+        assert!(r.old_newest_ms > r.at_ms + YEAR_MS - 60_000, "{r:?}");
+        // Once rebased, the store no longer runs ahead: nothing more to do.
+        assert_eq!(
+            at_start(&trust(ClockTrust::Always), 300_000, &path)
+                .await
+                .unwrap(),
+            None
+        );
+        let store = Store::open(&path, StoreConfig::default()).await.unwrap();
+        assert_eq!(store.actor(), r.new_actor);
+        store.close().await;
+    }
+}
