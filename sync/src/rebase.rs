@@ -166,6 +166,11 @@ impl Store {
 
 /// The store's succession records, chained to `actor`.
 pub(crate) fn own_chain(conn: &Connection, actor: ActorId) -> Result<Vec<Succession>> {
+    Ok(crate::chain_to(actor, &own_records(conn)?))
+}
+
+/// Every succession record the store made, in no particular order.
+fn own_records(conn: &Connection) -> Result<Vec<Succession>> {
     let mut st = conn
         .prepare_cached("SELECT value FROM meta WHERE key LIKE 'own\\_succession/%' ESCAPE '\\'")
         .map_err(StoreError::db("reading succession records"))?;
@@ -173,16 +178,20 @@ pub(crate) fn own_chain(conn: &Connection, actor: ActorId) -> Result<Vec<Success
         .query_map([], |r| r.get::<_, Vec<u8>>(0))
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(StoreError::db("reading succession records"))?;
-    let all: Vec<Succession> = all
+    Ok(all
         .iter()
         .filter_map(|b| Succession::from_bytes(b))
-        .collect();
-    Ok(crate::chain_to(actor, &all))
+        .collect())
 }
 
-/// The actors this store wrote as before `actor`.
+/// The actors this store gave up by a clock rebase (every record's old actor, whatever
+/// `actor` is now: a rebased store re-keyed since still has future-stamped predecessors).
 pub(crate) fn predecessors(conn: &Connection, actor: ActorId) -> Result<HashSet<ActorId>> {
-    Ok(own_chain(conn, actor)?.iter().map(|s| s.old).collect())
+    Ok(own_records(conn)?
+        .iter()
+        .map(|s| s.old)
+        .filter(|a| *a != actor)
+        .collect())
 }
 
 /// The HLC floor of the store's clock at open: the highest HLC stored, but for the changes

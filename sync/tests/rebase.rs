@@ -286,3 +286,25 @@ async fn a_forged_succession_is_refused_and_rebinds_nothing() {
     let (_, r, _) = sync(&pi, &hub).await;
     assert_eq!(r.unwrap_err().code(), "credential_bound");
 }
+
+/// A rebased store that is re-keyed afterwards (a restored backup, an imaged card) keeps
+/// its clock: the actors it gave up stay out of its clock's floor.
+#[tokio::test]
+async fn a_rebased_store_rekeyed_later_still_stamps_by_its_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pi.db");
+    let now = now_ms();
+    let (pi, _) = open_at(&path, now + YEAR_MS).await;
+    readings(&pi, "pi.temp", now + YEAR_MS, 2).await;
+    pi.close().await;
+    Store::rebase_clock(&path, now).await.unwrap();
+    let rekeyed = Store::rekey(&path).await.unwrap();
+    let (pi, _) = open_at(&path, now).await;
+    assert_eq!(pi.actor(), rekeyed);
+    assert!(
+        pi.successions().await.unwrap().is_empty(),
+        "no chain to the new actor"
+    );
+    let v = pi.put("k", &serde_json::json!(1)).await.unwrap();
+    assert!(v.hlc.ms() < now + 60_000, "{}", v.hlc);
+}
