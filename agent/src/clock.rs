@@ -136,6 +136,25 @@ pub struct ClockStatus {
     /// What the wall clock read when this status was made, unix ms (beside `best_known_ms`
     /// it shows how far off an untrusted clock is).
     pub wall_ms: u64,
+    /// The rebase this start made, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebased: Option<Rebased>,
+}
+
+/// A rebase of the store's clock made at this start (`crate::clock_rebase`): its own
+/// changes ran more than the max offset ahead of the trusted wall clock, so it took a new
+/// actor. Shown in `/v1/status` (`clock.rebased`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rebased {
+    /// The actor given up (its future-stamped changes stay, held back by correct peers
+    /// until their time).
+    pub old_actor: kdelta_sync::ActorId,
+    /// The actor the store writes as now.
+    pub new_actor: kdelta_sync::ActorId,
+    /// The old actor's newest change's time, unix ms.
+    pub old_newest_ms: u64,
+    /// The trusted time of the rebase, unix ms.
+    pub at_ms: u64,
 }
 
 /// Decides trust from the settings, the kernel, the wall clock and the store's newest
@@ -161,6 +180,7 @@ pub fn assess(
         max_error_ms: kernel_error_ms,
         best_known_ms: None,
         wall_ms,
+        rebased: None,
     };
     match trust {
         ClockTrust::Always => {
@@ -249,6 +269,7 @@ pub struct ClockMonitor {
     config: ClockConfig,
     reference: Arc<TimeReference>,
     status: RwLock<ClockStatus>,
+    rebased: std::sync::OnceLock<Rebased>,
 }
 
 impl ClockMonitor {
@@ -263,8 +284,10 @@ impl ClockMonitor {
                 max_error_ms: None,
                 best_known_ms: None,
                 wall_ms: 0,
+                rebased: None,
             }),
             reference,
+            rebased: std::sync::OnceLock::new(),
         })
     }
 
@@ -286,7 +309,13 @@ impl ClockMonitor {
         s.trusted = self.reference.local_trusted();
         s.wall_ms = crate::time::now_ms_u64();
         s.best_known_ms = self.reference.best_known_ms(s.wall_ms);
+        s.rebased = self.rebased.get().cloned();
         s
+    }
+
+    /// Records the rebase this start made (shown in every later status).
+    pub fn set_rebased(&self, rebased: Rebased) {
+        let _ = self.rebased.set(rebased);
     }
 
     /// Re-assesses, tells the store's reference, sets the metric and logs a change of

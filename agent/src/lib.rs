@@ -36,6 +36,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod clock_rebase;
 pub mod config;
 pub mod daemon;
 pub mod device_twin;

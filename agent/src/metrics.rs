@@ -25,6 +25,7 @@
 //! | `kdelta_store_bytes`, `kdelta_store_readings`, `kdelta_store_changes`, `kdelta_store_series`, `kdelta_store_doc_keys`, `kdelta_store_doc_versions` | gauge | — |
 //! | `kdelta_uptime_seconds` | gauge | — |
 //! | `kdelta_clock_trusted` | gauge (0/1) | — |
+//! | `kdelta_clock_rebases_total` | counter | — |
 //! | `kdelta_build_info` | gauge (= 1) | `version` |
 //! | `kdelta_mqtt_messages_published_total`, `kdelta_mqtt_messages_acked_total`, `kdelta_mqtt_readings_acked_total` | counter | — |
 //! | `kdelta_mqtt_outbox_lag_changes`, `kdelta_mqtt_connected` | gauge | — |
@@ -136,6 +137,7 @@ pub struct Metrics {
     store_doc_versions: Gauge,
     uptime_seconds: Gauge,
     clock_trusted: Gauge,
+    clock_rebases: Counter,
     mqtt: MqttMetrics,
     sync: SyncMetrics,
     retention: RetentionMetrics,
@@ -187,6 +189,7 @@ impl Metrics {
             store_doc_versions: Gauge::default(),
             uptime_seconds: Gauge::default(),
             clock_trusted: Gauge::default(),
+            clock_rebases: Counter::default(),
             mqtt: MqttMetrics::default(),
             sync: SyncMetrics::default(),
             retention: RetentionMetrics::default(),
@@ -278,6 +281,11 @@ impl Metrics {
             "clock_trusted",
             "Whether sync judges timestamps by this device's wall clock (1) or by synchronised peers (0)",
             m.clock_trusted.clone(),
+        );
+        r.register(
+            "clock_rebases",
+            "Times this agent gave its store a new actor because the store's own changes ran ahead of the trusted time (docs/clock.md)",
+            m.clock_rebases.clone(),
         );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
@@ -422,6 +430,11 @@ impl Metrics {
     /// Whether the wall clock is trusted, for `kdelta_clock_trusted`.
     pub fn set_clock_trusted(&self, trusted: bool) {
         self.clock_trusted.set(i64::from(trusted));
+    }
+
+    /// Counts a clock rebase of the store, for `kdelta_clock_rebases_total`.
+    pub fn clock_rebased(&self) {
+        self.clock_rebases.inc();
     }
 
     /// Sets the uptime gauge.

@@ -64,6 +64,7 @@ mod rollups;
 mod rows;
 mod schema;
 mod store;
+mod succession;
 mod twins;
 
 pub use error::{PgError, Result};

@@ -250,6 +250,23 @@ impl SyncStore for PgStore {
         Ok(PgStore::bind_credential(self, principal, actor).await?)
     }
 
+    async fn succeed_credential(
+        &self,
+        principal: &str,
+        old: ActorId,
+        new: ActorId,
+    ) -> kdelta_sync::Result<ActorId> {
+        Ok(PgStore::succeed_credential(self, principal, old, new).await?)
+    }
+
+    async fn credential_predecessors(&self, principal: &str) -> kdelta_sync::Result<Vec<ActorId>> {
+        Ok(PgStore::credential_predecessors(self, principal).await?)
+    }
+
+    async fn actor_key(&self, actor: ActorId) -> kdelta_sync::Result<Option<[u8; 32]>> {
+        Ok(PgStore::actor_key(self, actor).await?)
+    }
+
     async fn find_forks(
         &self,
         changes: &[Change],

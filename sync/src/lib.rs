@@ -95,6 +95,7 @@ pub mod protocol;
 mod readers;
 mod readings_fit;
 mod readings_query;
+mod rebase;
 mod reserve;
 mod retention;
 mod schema;
@@ -103,6 +104,7 @@ mod signer;
 mod space;
 mod store;
 mod stored_cbor;
+mod succession;
 mod sync_store;
 mod timeref;
 mod timing;
@@ -151,6 +153,7 @@ pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,
     parse_cursor, reading_page,
 };
+pub use rebase::ClockLead;
 pub use reserve::{FreeBytes, RECREATE_FACTOR, Reserve, ReserveState, ReserveStatus};
 pub use retention::{
     PruneReport, PrunedUnit, RetentionPolicy, SeriesRetention, Unacked, glob_match, prune_series,
@@ -159,6 +162,7 @@ pub use retention::{
 pub use schema::supported_schema_version;
 pub use space::{COMPACT_ON_OPEN_MAX_BYTES, HeldSpace, SpaceHolder, StoreSpace};
 pub use store::Store;
+pub use succession::{KeyHint, MAX_SUCCESSIONS, Succession, SuccessionError, chain_to};
 pub use sync_store::{Announcement, Announcements, SyncStore};
 pub use timeref::{ClockClaim, TimeReference};
 pub use timing::{

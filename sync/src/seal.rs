@@ -303,7 +303,7 @@ impl std::io::Write for HashWriter<'_> {
 }
 
 /// `[u8; N]` as one CBOR byte string of exactly N bytes.
-mod fixed {
+pub(crate) mod fixed {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {

@@ -424,6 +424,7 @@ impl Store {
         self.submit(|reply| Job::Bind {
             principal: principal.to_owned(),
             actor,
+            from: None,
             reply,
         })
         .await

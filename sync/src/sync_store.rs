@@ -89,6 +89,33 @@ pub trait SyncStore: ChangeLog + Clone + 'static {
         actor: ActorId,
     ) -> impl Future<Output = Result<ActorId>> + Send;
 
+    /// Moves the `device` credential `principal` from `old` on to `new` when it is bound
+    /// to `old`, durably, keeping `old` among its predecessors (the session checked a
+    /// [`Succession`](crate::Succession) record first). Returns the actor it is bound to
+    /// afterwards: `new`, or the other actor it was bound to (left unchanged).
+    fn succeed_credential(
+        &self,
+        principal: &str,
+        old: ActorId,
+        new: ActorId,
+    ) -> impl Future<Output = Result<ActorId>> + Send;
+
+    /// The actors `principal` was bound to before its current one (successions followed),
+    /// whose changes it may still send.
+    fn credential_predecessors(
+        &self,
+        principal: &str,
+    ) -> impl Future<Output = Result<Vec<ActorId>>> + Send;
+
+    /// The Ed25519 public key bound here to `actor` by its first signed change, if any.
+    fn actor_key(&self, actor: ActorId) -> impl Future<Output = Result<Option<[u8; 32]>>> + Send;
+
+    /// This store's own succession records, oldest first, ending at its actor (sent in the
+    /// `Hello`). A backend that never rebases its actor (the PostgreSQL hub) has none.
+    fn own_successions(&self) -> impl Future<Output = Result<Vec<crate::Succession>>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// The changes and anchors that contradict this store's copy of the same `(actor, seq)`
     /// (see `forks.rs`): at most one fork per actor.
     fn find_forks(
@@ -156,6 +183,27 @@ impl SyncStore for Store {
 
     async fn bind_credential(&self, principal: &str, actor: ActorId) -> Result<ActorId> {
         Store::bind_credential(self, principal, actor).await
+    }
+
+    async fn succeed_credential(
+        &self,
+        principal: &str,
+        old: ActorId,
+        new: ActorId,
+    ) -> Result<ActorId> {
+        Store::succeed_credential(self, principal, old, new).await
+    }
+
+    async fn credential_predecessors(&self, principal: &str) -> Result<Vec<ActorId>> {
+        Store::credential_predecessors(self, principal).await
+    }
+
+    async fn actor_key(&self, actor: ActorId) -> Result<Option<[u8; 32]>> {
+        Store::actor_key(self, actor).await
+    }
+
+    async fn own_successions(&self) -> Result<Vec<crate::Succession>> {
+        Store::successions(self).await
     }
 
     async fn find_forks(

@@ -93,6 +93,8 @@ pub(crate) enum Job {
     Bind {
         principal: String,
         actor: ActorId,
+        /// Moves a credential bound to this actor on to `actor` (a checked succession).
+        from: Option<ActorId>,
         reply: oneshot::Sender<Result<ActorId>>,
     },
     /// A tiny durable write, proving the database is writable (watchdog health check).
@@ -398,14 +400,9 @@ impl Writer {
         w.reload()?;
         w.counts = Counts::load(&w.conn)?;
         w.actor_slot(actor)?;
-        let max_hlc: Option<i64> = w
-            .conn
-            .query_row("SELECT MAX(hlc) FROM changes", [], |r| r.get(0))
-            .map_err(StoreError::db("reading the highest stored HLC"))?;
-        {
-            let mut clock = w.shared.clock.lock().expect("clock lock");
-            clock.seed(Hlc(max_hlc.unwrap_or(0) as u64));
-        }
+        // A rebased store's predecessors (future-stamped) do not raise its clock.
+        let floor = crate::rebase::clock_floor(&w.conn, actor)?;
+        w.shared.clock.lock().expect("clock lock").seed(floor);
         *w.shared.vv.write().expect("vv lock") = w.version_vector();
         *w.shared.digest.write().expect("digest lock") = w.digest;
         *w.shared.counts.write().expect("counts lock") = w.counts;
@@ -978,9 +975,10 @@ impl Writer {
             Job::Bind {
                 principal,
                 actor,
+                from,
                 reply,
             } => {
-                let r = self.bind_credential(&principal, actor);
+                let r = self.bind_credential(&principal, actor, from);
                 Done::Bind(reply, r)
             }
             Job::PutMeta { key, value, reply } => {
@@ -1031,17 +1029,40 @@ impl Writer {
         }
     }
 
-    /// The actor `principal` is bound to, binding it to `actor` if it is not bound yet.
+    /// The actor `principal` is bound to, binding it to `actor` if it is not bound yet —
+    /// or, with `from`, moving it from `from` to `actor` if it is bound to `from` (the old
+    /// actor is kept as a predecessor, whose changes the credential may still send).
     /// Bindings are local facts (not replicated), kept in `meta`.
-    fn bind_credential(&mut self, principal: &str, actor: ActorId) -> Result<ActorId> {
+    fn bind_credential(
+        &mut self,
+        principal: &str,
+        actor: ActorId,
+        from: Option<ActorId>,
+    ) -> Result<ActorId> {
         let key = format!("credential_binding/{principal}");
         let found: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")
             .and_then(|mut st| st.query_row([&key], |r| r.get(0)).optional())
             .map_err(StoreError::db("reading a credential binding"))?;
-        if let Some(bound) = found.as_deref().and_then(ActorId::from_slice) {
+        if let Some(bound) = found.as_deref().and_then(ActorId::from_slice)
+            && Some(bound) != from
+        {
             return Ok(bound);
+        }
+        if let Some(old) = from {
+            let past_key = format!("{}{principal}", crate::rebase::CREDENTIAL_PREDECESSORS);
+            let past: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+                .and_then(|mut st| st.query_row([&past_key], |r| r.get(0)).optional())
+                .map_err(StoreError::db("reading a credential's predecessors"))?;
+            let mut past = past.unwrap_or_default();
+            past.extend_from_slice(old.as_bytes());
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+                .and_then(|mut st| st.execute(params![past_key, past]))
+                .map_err(StoreError::db("recording a credential's predecessor"))?;
         }
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")

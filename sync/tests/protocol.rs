@@ -481,6 +481,7 @@ impl Raw {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
             clock: None,
             tip: None,
+            successions: Vec::new(),
         }))
         .await;
         assert!(matches!(self.recv().await, Some(Frame::Welcome(_))));
@@ -620,6 +621,7 @@ async fn unknown_protocol_versions_are_refused() {
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
         clock: None,
         tip: None,
+        successions: Vec::new(),
     }))
     .await;
     assert_eq!(raw.refusal().await, "unsupported_version");
@@ -1007,18 +1009,22 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             "[a-z]{0,12}",
             proptest::option::of("[ -~]{0,40}"),
             clock_claim(),
-            tip()
+            tip(),
+            proptest::collection::vec(succession(), 0..=kdelta_sync::MAX_SUCCESSIONS)
         )
-            .prop_map(|(a, peer_name, token, clock, tip)| Frame::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                actor: ActorId(a),
-                peer_name,
-                token,
-                compression: vec!["zstd".into(), "none".into()],
-                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
-                clock,
-                tip,
-            })),
+            .prop_map(
+                |(a, peer_name, token, clock, tip, successions)| Frame::Hello(Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    actor: ActorId(a),
+                    peer_name,
+                    token,
+                    compression: vec!["zstd".into(), "none".into()],
+                    max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
+                    clock,
+                    tip,
+                    successions,
+                })
+            ),
         (any::<[u8; 16]>(), any::<bool>(), clock_claim(), tip()).prop_map(|(a, z, clock, tip)| {
             Frame::Welcome(Welcome {
                 actor: ActorId(a),
@@ -1034,6 +1040,29 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             })
         }),
     ]
+}
+
+/// Any succession record as bytes go (signatures are the session's business, not the
+/// codec's).
+fn succession() -> impl Strategy<Value = kdelta_sync::Succession> {
+    (
+        any::<[u8; 16]>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 16]>(),
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 64),
+    )
+        .prop_map(
+            |(old, old_key, new, new_key, made_ms, sig)| kdelta_sync::Succession {
+                old: ActorId(old),
+                old_key,
+                new: ActorId(new),
+                new_key,
+                made_ms,
+                sig: sig.try_into().unwrap(),
+            },
+        )
 }
 
 fn tip() -> impl Strategy<Value = Option<Anchor>> {

@@ -518,3 +518,219 @@ async fn mqtt_readings_received_in_1970_are_corrected_on_the_device_and_the_hub(
     .await;
     assert_eq!(page["readings"].as_array().unwrap().len(), 3, "{page}");
 }
+
+/// A device whose clock ran a year ahead (and said it was right) wrote then; its clock is
+/// corrected and it restarts. Its store's own changes now run a year ahead of its trusted
+/// clock, so it rebases at start: a new actor stamped by the right time, a log line, a
+/// status entry and a metric. Its succession record moves its `device` credential on at the
+/// hub: its new changes reach the hub (and a correct device through it), the hub's reach
+/// it, while the year-ahead changes stay held back at the hub until their time.
+#[tokio::test]
+async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
+    let Some(lib) = libfaketime() else { return };
+    const GOOD_TOKEN: &str = "good-token-0123456789";
+    let c = client();
+    let hub = Agent::builder()
+        .config(&format!(
+            "sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n[sync]\naccept_tokens = [{{ name = \"pi\", token = \"{TOKEN}\", role = \"device\" }}, {{ name = \"good\", token = \"{GOOD_TOKEN}\", role = \"device\" }}]\n"
+        ))
+        .start();
+    let device_config = |token: &str| {
+        format!(
+            "sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{token}\"\n",
+            hub.url()
+        )
+    };
+    let good = Agent::builder().config(&device_config(GOOD_TOKEN)).start();
+
+    // A year ahead, and sure of itself: everything it writes is held back by the hub.
+    let mut ahead = Agent::builder()
+        .config(&device_config(TOKEN))
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "+365d")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    let keep = ahead.keep_dir().expect("a fresh temp dir");
+    assert_wall_clock(&c, &ahead, real_now_ms() + 365 * DAY_MS).await;
+    ingest(&c, &ahead, "ahead.temp", 0, 20).await;
+    let (s, v) = put_json(&c, &ahead.at("/v1/docs/pi/state"), &json!("ahead")).await;
+    assert!(s < 300, "{v}");
+    let (_, st) = get_json(&c, &ahead.at("/v1/status")).await;
+    let old = st["actor"].as_str().unwrap().to_owned();
+    let quarantined = || async {
+        let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
+        peers["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["principal"] == "pi" && p["changes_quarantined"].as_u64().unwrap_or(0) > 0)
+            .cloned()
+    };
+    eventually(
+        DEADLINE,
+        "the hub to hold the year-ahead changes back",
+        quarantined,
+    )
+    .await;
+    ahead.sigterm();
+    assert!(ahead.wait_exit(Duration::from_secs(30)).is_some());
+
+    // NTP corrected the clock; the agent restarts on the same data.
+    let dev = Agent::builder()
+        .dir(keep.path())
+        .config(&device_config(TOKEN))
+        .start();
+    assert_wall_clock(&c, &dev, real_now_ms()).await;
+    let (_, st) = get_json(&c, &dev.at("/v1/status")).await;
+    let new = st["actor"].as_str().unwrap().to_owned();
+    assert_ne!(new, old, "{st}");
+    let rebased = &st["clock"]["rebased"];
+    assert_eq!(
+        (rebased["old_actor"].as_str(), rebased["new_actor"].as_str()),
+        (Some(old.as_str()), Some(new.as_str())),
+        "{st}"
+    );
+    assert!(
+        dev.stderr().contains("writes as a new actor"),
+        "{}",
+        dev.stderr()
+    );
+    let metrics = metrics_text(&c, &dev).await;
+    assert!(
+        metrics.lines().any(|l| l == "kdelta_clock_rebases_total 1"),
+        "{metrics}"
+    );
+
+    // Both ways, stamped by the right time.
+    let before = real_now_ms();
+    let (s, v) = put_json(&c, &dev.at("/v1/docs/pi/state"), &json!("rebased")).await;
+    assert!(s < 300, "{v}");
+    let stamped: u64 = v["hlc"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        stamped < before + 600_000,
+        "stamped {stamped}, now {before}: {v}"
+    );
+    ingest(&c, &dev, "dev.temp", 0, 20).await;
+    let (s, _) = put_json(&c, &hub.at("/v1/docs/fleet/setpoint"), &json!(21)).await;
+    assert!(s < 300);
+    ingest(&c, &good, "good.temp", 0, 20).await;
+    eventually(
+        DEADLINE,
+        "the rebased device and the hub to trade changes",
+        || async {
+            (winner_is(&c, &hub, "pi/state", json!("rebased")).await
+                && winner_is(&c, &dev, "fleet/setpoint", json!(21)).await)
+                .then_some(())
+        },
+    )
+    .await;
+    // The hub and the correct device converge (the rebased actor's changes included); the
+    // year-ahead changes stay held back, only on the device that made them.
+    converge(&c, &hub, &good).await;
+    let (_, hub_st) = get_json(&c, &hub.at("/v1/status")).await;
+    let (_, good_st) = get_json(&c, &good.at("/v1/status")).await;
+    assert!(
+        hub_st["version_vector"][&new].as_u64().unwrap_or(0) >= 2,
+        "{hub_st}"
+    );
+    assert!(hub_st["version_vector"].get(&old).is_none(), "{hub_st}");
+    assert!(good_st["version_vector"].get(&old).is_none(), "{good_st}");
+    let (_, dev_st) = get_json(&c, &dev.at("/v1/status")).await;
+    assert!(
+        dev_st["version_vector"][&old].as_u64().unwrap_or(0) >= 2,
+        "{dev_st}"
+    );
+    assert_ne!(dev_st["digest"], hub_st["digest"]);
+    // The rebased device's session (the credential now bound to the new actor) still
+    // offers the year-ahead changes, and the hub still holds them back.
+    let entry = eventually(
+        DEADLINE,
+        "the hub to hold them back from the new session",
+        || async {
+            let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
+            peers["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| {
+                    p["bound_actor"] == json!(new)
+                        && p["changes_quarantined"].as_u64().unwrap_or(0) > 0
+                })
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(entry["changes_refused"], 0, "{entry}");
+    assert!(
+        entry["last_quarantine"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&old),
+        "{entry}"
+    );
+    drop(keep);
+}
+
+/// `kdelta rekey --rebase-clock` (agent stopped), once the clock is right: the store that
+/// wrote a year ahead writes as a new actor, stamped by the wall clock, with a succession
+/// record naming the old one; run again, there is nothing to rebase.
+#[tokio::test]
+async fn rekey_rebase_clock_by_hand_gives_a_store_stamped_ahead_a_new_actor() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let mut ahead = Agent::builder()
+        .config("sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n")
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "+365d")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    let keep = ahead.keep_dir().expect("a fresh temp dir");
+    assert_wall_clock(&c, &ahead, real_now_ms() + 365 * DAY_MS).await;
+    ingest(&c, &ahead, "ahead.temp", 0, 5).await;
+    let (_, st) = get_json(&c, &ahead.at("/v1/status")).await;
+    let old: kdelta_sync::ActorId = st["actor"].as_str().unwrap().parse().unwrap();
+    ahead.sigterm();
+    assert!(ahead.wait_exit(Duration::from_secs(30)).is_some());
+
+    let data = keep.path().join("data");
+    let rebase = {
+        let (data, work) = (data.clone(), keep.path().to_path_buf());
+        move || {
+            super::harness::run_to_end(
+                &[
+                    "rekey",
+                    "--rebase-clock",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &work,
+                Duration::from_secs(60),
+            )
+        }
+    };
+    let (code, err) = tokio::task::spawn_blocking(rebase.clone()).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let store = kdelta_sync::Store::open(data.join("kdelta.db"), Default::default())
+        .await
+        .unwrap();
+    assert_ne!(store.actor(), old);
+    let chain = store.successions().await.unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!((chain[0].old, chain[0].new), (old, store.actor()));
+    assert!(
+        store.last_hlc().ms() < real_now_ms() + 600_000,
+        "the clock is seeded without the year-ahead changes: {}",
+        store.last_hlc()
+    );
+    store.close().await;
+    let (code, err) = tokio::task::spawn_blocking(rebase).await.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing to rebase"), "{err}");
+}

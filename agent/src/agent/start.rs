@@ -89,6 +89,18 @@ async fn setup(
         (config.api.max_connections + config.api.max_sync_sessions) as u64
             + crate::server::nofile::RESERVED_FILES,
     );
+    // A store stamped in the future takes a new actor before it opens (docs/clock.md).
+    let rebased = match config.store.backend {
+        crate::backend::BackendKind::Sqlite => {
+            crate::clock_rebase::at_start(
+                &config.clock,
+                config.store.settings().max_clock_offset_ms,
+                &db_path(&data_dir),
+            )
+            .await?
+        }
+        crate::backend::BackendKind::Postgres => None,
+    };
     let backend = Backend::open(&config.store, &db_path(&data_dir)).await?;
     // The room a full disk recovers in (`[retention] reserve`), before anything writes.
     if let Some(store) = backend.sqlite() {
@@ -113,6 +125,10 @@ async fn setup(
     let clock = backend
         .sqlite()
         .map(|store| crate::clock::ClockMonitor::start(&config.clock, store, &metrics));
+    if let (Some(clock), Some(rebased)) = (&clock, rebased) {
+        clock.set_rebased(rebased);
+        metrics.clock_rebased();
+    }
     let agent = Agent::new(AgentInner {
         backend,
         metrics,

@@ -80,8 +80,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into a stopped agent's data directory (optionally as of a past time).
     Restore(RestoreArgs),
-    /// Give a stopped agent's store a new identity (after imaging an SD card).
-    Rekey(OfflineDir),
+    /// Give a stopped agent's store a new identity (after imaging an SD card), or with
+    /// --rebase-clock a new actor for a store whose own changes are stamped in the future.
+    Rekey(RekeyArgs),
     /// Re-check a store's signed history: every actor's hash chain, every signature and the
     /// digest (read-only: the agent may run). Exit status 1 on any failure.
     Verify(OfflineDir),
@@ -500,6 +501,26 @@ pub struct OfflineDir {
     /// Configuration file, read instead of ./kdelta.toml (after /etc/kdelta/kdelta.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// `kdelta rekey`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Stop the agent first (systemctl stop kdelta).\n\
+                  Plain rekey is for a copied store (an imaged SD card): the copy gets its own identity and no\n\
+                  claim on the original's sync credentials.\n\
+                  --rebase-clock is for a store whose own changes were stamped in the future (its clock once ran\n\
+                  ahead): it takes a new actor stamped by the (now correct) wall clock, and a record signed by the\n\
+                  old actor's key moves its device credential on at its hubs. The agent does this itself at start\n\
+                  when it trusts its clock. Examples:\n  kdelta rekey --data-dir /var/lib/kdelta\n  \
+                  kdelta rekey --rebase-clock --data-dir /var/lib/kdelta")]
+pub struct RekeyArgs {
+    /// The data directory.
+    #[command(flatten)]
+    pub dir: OfflineDir,
+    /// Rebase the clock instead: only when the store's own newest change runs more than
+    /// `store.max_clock_offset_ms` ahead of the wall clock, which must be right.
+    #[arg(long)]
+    pub rebase_clock: bool,
 }
 
 /// `kdelta restore`.

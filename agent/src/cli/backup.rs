@@ -12,7 +12,7 @@ use figment::value::Value;
 use kdelta_sync::backup::{self, BackupHeader};
 use kdelta_sync::{AsOf, Hlc, StoreConfig};
 
-use super::args::{BackupArgs, OfflineDir, RestoreArgs, UsageError};
+use super::args::{BackupArgs, OfflineDir, RekeyArgs, RestoreArgs, UsageError};
 use crate::backup::{RestoreOptions, RestorePhase};
 use crate::config::{self, ConfigArgs};
 
@@ -195,10 +195,30 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 }
 
 /// `kdelta rekey`.
-pub async fn rekey(dir: OfflineDir) -> anyhow::Result<()> {
-    let loaded = config::load(&offline_config(&dir))?;
+pub async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
+    let loaded = config::load(&offline_config(&args.dir))?;
     let data_dir = std::path::absolute(&loaded.config.data_dir)
         .with_context(|| format!("resolving {}", loaded.config.data_dir.display()))?;
+    if args.rebase_clock {
+        let r = crate::clock_rebase::by_hand(
+            &data_dir,
+            &crate::agent::db_path(&data_dir),
+            loaded.config.store.settings().max_clock_offset_ms,
+        )
+        .await?;
+        println!(
+            "store in {} now writes as actor {} (was {}, whose newest change is stamped {}); \
+             its new changes are stamped from {}; the old actor's changes stay held back at \
+             peers until their time, and its sync credentials move on to the new actor at the \
+             next session",
+            data_dir.display(),
+            r.new_actor,
+            r.old_actor,
+            crate::time::format_rfc3339_ms(r.old_newest_ms as i64),
+            crate::time::format_rfc3339_ms(r.at_ms as i64)
+        );
+        return Ok(());
+    }
     let report = crate::backup::rekey(&data_dir, &crate::agent::db_path(&data_dir)).await?;
     println!(
         "store in {} now writes as actor {} (was {}; changes already stored keep their actor)",

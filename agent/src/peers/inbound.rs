@@ -171,8 +171,12 @@ impl InboundPeer {
                     direction: Direction::Inbound,
                     peer: &peer,
                     url: None,
-                    // A device credential presented by a second actor is a credential refusal.
-                    refused: matches!(e.code(), "unauthorized" | "credential_bound"),
+                    // A device credential presented by a second actor, or handed on by a
+                    // forged succession record, is a credential refusal.
+                    refused: matches!(
+                        e.code(),
+                        "unauthorized" | "credential_bound" | "forged_succession"
+                    ),
                     error: &e,
                 }
                 .emit(&metrics);

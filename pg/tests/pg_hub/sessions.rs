@@ -391,6 +391,94 @@ async fn a_credential_bound_on_one_replica_refuses_another_actor_on_the_other() 
     db.drop().await;
 }
 
+/// A device whose store was stamped a year ahead rebases its clock: through the other
+/// replica, its succession record moves the `device` credential on to its new actor (in the
+/// database, shared by the replicas, the old actor kept as a predecessor), its new changes
+/// apply while the year-ahead ones stay held back. A record not signed by the bound actor's
+/// key is refused and rebinds nothing.
+#[tokio::test]
+async fn a_rebased_device_moves_its_credential_on_at_a_pg_hub() {
+    let Some(db) = TestDb::new("session_rebase").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pi.db");
+    let now = SystemTime.now_ms();
+    let year = 365 * 86_400_000;
+    let pi = Store::open_with_time(&path, StoreConfig::default(), ManualTime::new(now + year))
+        .await
+        .unwrap();
+    let old = pi.actor();
+    readings(&pi, "pi.temp", 0, 2).await;
+    let (r1, r2) = (db.replica().await, db.replica().await);
+    let run = start(&pi, &r1, SessionMode::OneShot, "pi", PeerRole::Device);
+    let (i, r) = run.join().await;
+    i.unwrap();
+    r.unwrap();
+    assert_eq!(r1.version_vector().await.unwrap().get(&old), 0, "held back");
+    pi.close().await;
+
+    let record = Store::rebase_clock(&path, now).await.unwrap();
+    let pi = Store::open(&path, StoreConfig::default()).await.unwrap();
+    assert_eq!(pi.actor(), record.new);
+    readings(&pi, "pi.temp", 100, 3).await;
+    assert!(pi.last_hlc().ms() < now + year / 2, "{}", pi.last_hlc());
+    let run = start(&pi, &r2, SessionMode::OneShot, "pi", PeerRole::Device);
+    let (i, r) = run.join().await;
+    i.unwrap();
+    r.unwrap();
+    assert_eq!(
+        r1.credential_bindings().await.unwrap(),
+        vec![("pi".to_owned(), record.new)]
+    );
+    assert_eq!(r1.credential_predecessors("pi").await.unwrap(), vec![old]);
+    assert_eq!(r1.version_vector().await.unwrap().get(&record.new), 3);
+    assert_eq!(r1.version_vector().await.unwrap().get(&old), 0);
+
+    // A thief with a record naming the new actor's key but signed by its own.
+    let thief_path = dir.path().join("thief.db");
+    let thief = device(&dir, "thief.db").await;
+    let thief_actor = thief.actor();
+    readings(&thief, "thief.temp", 0, 1).await;
+    thief.close().await;
+    let key = kdelta_sync::seal::SigningKey::generate().unwrap();
+    let mut forged = Succession::sign(record.new, &key, thief_actor, key.public(), now);
+    forged.old_key = r1.actor_key(record.new).await.unwrap().expect("bound key");
+    let conn = rusqlite::Connection::open(&thief_path).unwrap();
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+        rusqlite::params![format!("own_succession/{thief_actor}"), forged.to_bytes()],
+    )
+    .unwrap();
+    drop(conn);
+    let thief = device(&dir, "thief.db").await;
+    let run = start(&thief, &r1, SessionMode::OneShot, "pi", PeerRole::Device);
+    let (_, r) = run.join().await;
+    match r {
+        Err(ProtocolError::ForgedSuccession {
+            principal,
+            old,
+            new,
+            reason,
+        }) => {
+            assert_eq!(
+                (principal.as_str(), old, new),
+                ("pi", record.new, thief_actor)
+            );
+            assert_eq!(reason, SuccessionError::BadSignature);
+        }
+        other => panic!("expected ForgedSuccession, got {other:?}"),
+    }
+    assert_eq!(
+        r2.credential_bindings().await.unwrap(),
+        vec![("pi".to_owned(), record.new)]
+    );
+    assert_eq!(r2.credential_predecessors("pi").await.unwrap(), vec![old]);
+    r1.close().await;
+    r2.close().await;
+    db.drop().await;
+}
+
 /// A cloned card meeting a PostgreSQL hub: the copy writes its own seq 2 and syncs through
 /// the other replica after the original did. The hub reports the fork naming both stores'
 /// peers — the copy's, and the one its own copy of that actor came from (`actor_origins`,

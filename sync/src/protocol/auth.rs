@@ -30,6 +30,33 @@ impl PeerRole {
     }
 }
 
+/// A `device` credential as a session holds it once the handshake bound it: its name, the
+/// actor it is bound to, and the actors it was bound to before (a device's actors before it
+/// rebased its clock), whose remaining changes it may still send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceOrigin {
+    /// The credential's configured name.
+    pub principal: String,
+    /// The actor it is bound to.
+    pub bound: ActorId,
+    /// The actors it was bound to before, oldest first.
+    pub predecessors: Vec<ActorId>,
+}
+
+impl DeviceOrigin {
+    /// Whether the credential may send `actor`'s changes.
+    pub fn may_send(&self, actor: &ActorId) -> bool {
+        *actor == self.bound || self.predecessors.contains(actor)
+    }
+
+    /// Every actor whose changes it may send: the bound one first.
+    pub fn actors(&self) -> Vec<ActorId> {
+        std::iter::once(self.bound)
+            .chain(self.predecessors.iter().copied())
+            .collect()
+    }
+}
+
 /// What the initiator presented in its `Hello`.
 #[derive(Clone, Copy)]
 pub struct PeerCredentials<'a> {

@@ -70,6 +70,22 @@ pub enum ProtocolError {
         /// The actor that presented it now.
         presented: ActorId,
     },
+    /// A `device` peer presented a succession record for the actor its credential is bound
+    /// to that does not check (a forged record, or one signed by another key): nothing was
+    /// rebound.
+    #[error(
+        "device credential {principal:?} is bound to actor {old}; a succession record handing it to actor {new} was refused: {reason}"
+    )]
+    ForgedSuccession {
+        /// The credential's configured name.
+        principal: String,
+        /// The actor it is bound to (and stays bound to).
+        old: ActorId,
+        /// The actor the record names as successor.
+        new: ActorId,
+        /// Why the record was refused.
+        reason: crate::SuccessionError,
+    },
     /// The local store failed, or refused the peer's changes (seq gap, clock skew). The
     /// store is unchanged by the refused page: `apply_remote` is atomic.
     #[error("store: {0}")]
@@ -98,6 +114,7 @@ impl ProtocolError {
             ProtocolError::UnexpectedFrame { .. } => "unexpected_frame",
             ProtocolError::SameActor(_) => "same_actor",
             ProtocolError::CredentialBound { .. } => "credential_bound",
+            ProtocolError::ForgedSuccession { .. } => "forged_succession",
             ProtocolError::Store(e) => e.code(),
             ProtocolError::Timeout(_) => "timeout",
             ProtocolError::Closed => "closed",

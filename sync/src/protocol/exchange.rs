@@ -57,8 +57,8 @@ pub(super) struct Exchange<'a, S: SyncStore> {
     /// it (a store holds contiguous runs); every other actor keeps syncing.
     oversized: HashMap<ActorId, u64>,
     last_recheck: Instant,
-    /// A `device` credential's bound actor and name: only that actor's changes are taken.
-    origin: Option<(ActorId, String)>,
+    /// A `device` credential: only the changes of its actors are taken.
+    origin: Option<super::DeviceOrigin>,
     /// The only actors whose changes the peer is sent (`device_relay = "own"`), read with
     /// [`ChangeLog::changes_since_of`]: whole actors, so the runs sent stay contiguous,
     /// and nothing of the others is read. `None`: every actor's.
@@ -107,8 +107,8 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         self
     }
 
-    /// Takes only `origin`'s changes from the peer (a `device` credential bound to it).
-    pub(super) fn only_from(mut self, origin: Option<(ActorId, String)>) -> Exchange<'a, S> {
+    /// Takes only `origin`'s actors' changes from the peer (a `device` credential).
+    pub(super) fn only_from(mut self, origin: Option<super::DeviceOrigin>) -> Exchange<'a, S> {
         self.origin = origin;
         self
     }
@@ -411,12 +411,12 @@ fn note(v: &mut VersionVector, changes: &[Change]) {
 pub(super) fn screen_page<S: SyncStore>(
     store: &S,
     stats: &SessionStats,
-    origin: Option<&(ActorId, String)>,
+    origin: Option<&super::DeviceOrigin>,
     changes: Vec<Change>,
 ) -> Vec<Change> {
     let changes = match origin {
-        Some((bound, principal)) => {
-            let (own, foreign) = super::quarantine::screen_origin(changes, *bound, principal);
+        Some(origin) => {
+            let (own, foreign) = super::quarantine::screen_origin(changes, origin);
             for f in &foreign {
                 stats.refused_foreign(f);
                 tracing::warn!(actor = %f.actor, seq = f.seq, credential = %f.principal, "sync: {f}");

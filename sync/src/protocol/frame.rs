@@ -112,6 +112,12 @@ pub struct Hello {
     /// when neither has a change the other lacks; absent from earlier releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Anchor>,
+    /// The initiator's succession records (its actors before a clock rebase, oldest first,
+    /// at most [`MAX_SUCCESSIONS`](crate::MAX_SUCCESSIONS)), so a responder holding its
+    /// `device` credential bound to an old actor moves it on; absent from earlier releases
+    /// (and ignored by them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub successions: Vec<crate::Succession>,
 }
 
 // The token is a secret: never print it.
@@ -126,6 +132,7 @@ impl fmt::Debug for Hello {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("clock", &self.clock)
             .field("tip", &self.tip)
+            .field("successions", &self.successions)
             .finish()
     }
 }
@@ -399,6 +406,13 @@ impl FrameCodec {
                 }
                 for c in &h.compression {
                     text("compression name", c, 32)?;
+                }
+                if h.successions.len() > crate::MAX_SUCCESSIONS {
+                    return Err(ProtocolError::Malformed(format!(
+                        "hello carries {} succession records (at most {})",
+                        h.successions.len(),
+                        crate::MAX_SUCCESSIONS
+                    )));
                 }
                 frame_limit(h.max_frame_bytes)?;
             }
@@ -807,6 +821,7 @@ mod tests {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
             clock: None,
             tip: None,
+            successions: Vec::new(),
         };
         assert!(!format!("{hello:?}").contains("s3cret"));
     }

@@ -77,7 +77,7 @@ mod session;
 mod stats;
 mod transport;
 
-pub use auth::{Authenticator, PeerCredentials, PeerRole, TokenAuthenticator};
+pub use auth::{Authenticator, DeviceOrigin, PeerCredentials, PeerRole, TokenAuthenticator};
 pub use config::{ConfigError, DeviceRelay, SessionMode, SyncConfig};
 pub use error::ProtocolError;
 pub use frame::{

@@ -97,17 +97,16 @@ impl std::fmt::Display for ForeignChange {
     }
 }
 
-/// Splits `changes` into those `bound` made and those of other actors (refused), keeping
-/// page order.
+/// Splits `changes` into those the `device` credential `origin` may send (its bound actor's
+/// and its predecessors') and those of other actors (refused), keeping page order.
 pub(super) fn screen_origin(
     changes: Vec<Change>,
-    bound: ActorId,
-    principal: &str,
+    origin: &super::DeviceOrigin,
 ) -> (Vec<Change>, Vec<ForeignChange>) {
     let mut refused: Vec<ForeignChange> = Vec::new();
     let mut accepted = Vec::with_capacity(changes.len());
     for change in changes {
-        if change.actor == bound {
+        if origin.may_send(&change.actor) {
             accepted.push(change);
             continue;
         }
@@ -117,8 +116,8 @@ pub(super) fn screen_origin(
                 actor: change.actor,
                 seq: change.seq,
                 changes: 1,
-                principal: principal.to_owned(),
-                bound,
+                principal: origin.principal.clone(),
+                bound: origin.bound,
             }),
         }
     }

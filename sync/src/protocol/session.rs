@@ -15,9 +15,9 @@ use tokio::time::{Instant, timeout};
 use super::exchange::Exchange;
 use super::frame::{clip, vector_frames};
 use super::{
-    Anchor, Authenticator, Compression, DeviceRelay, Frame, FrameCodec, FrameSink, FrameSource,
-    Hello, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials, PeerRole,
-    ProtocolError, SessionStats, SyncConfig, Welcome,
+    Anchor, Authenticator, Compression, DeviceOrigin, DeviceRelay, Frame, FrameCodec, FrameSink,
+    FrameSource, Hello, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PROTOCOL_VERSION, PeerCredentials,
+    PeerRole, ProtocolError, SessionStats, SyncConfig, Welcome,
 };
 use crate::seal::Prechecked;
 use crate::{ActorId, ChangeLog, ClockClaim, Limits, Store, SyncStore, VersionVector};
@@ -45,8 +45,8 @@ pub struct SyncSession<S: SyncStore = Store> {
     stats: Arc<SessionStats>,
     /// What the responder's peer may send ([`with_peer_role`](Self::with_peer_role)).
     peer_role: PeerRole,
-    /// Set by the handshake of a `device` peer: its bound actor and credential name.
-    origin: OnceLock<(ActorId, String)>,
+    /// Set by the handshake of a `device` peer: its credential and actors.
+    origin: OnceLock<DeviceOrigin>,
 }
 
 enum Role {
@@ -354,8 +354,10 @@ impl<S: SyncStore> SyncSession<S> {
         // A device credential under `device_relay = "own"` is sent only this store's
         // changes and its own (see `DeviceRelay`).
         let relay_only = match (self.config.device_relay, self.origin.get()) {
-            (DeviceRelay::Own, Some((bound, _))) => {
-                Some(vec![ChangeLog::actor(&self.store), *bound])
+            (DeviceRelay::Own, Some(origin)) => {
+                let mut actors = vec![ChangeLog::actor(&self.store)];
+                actors.extend(origin.actors());
+                Some(actors)
             }
             _ => None,
         };
@@ -406,6 +408,69 @@ impl<S: SyncStore> SyncSession<S> {
             .map(|(actor, seq, hlc)| Anchor { actor, seq, hlc }))
     }
 
+    /// Moves the `device` credential `principal`, bound to `bound`, along the peer's
+    /// succession records: each record whose old actor is the bound one is checked against
+    /// that actor's key here (or its own, trust on first use) and, if it checks, the
+    /// credential moves on to its new actor. A record that does not check refuses the
+    /// session and rebinds nothing. Returns the actor bound at the end.
+    async fn follow_successions(
+        &self,
+        principal: &str,
+        mut bound: ActorId,
+        successions: &[crate::Succession],
+    ) -> Result<ActorId, ProtocolError> {
+        for _ in 0..successions.len() {
+            let Some(s) = successions.iter().find(|s| s.old == bound) else {
+                break;
+            };
+            let key = self.store.actor_key(bound).await?;
+            if let Err(reason) = s.check(key) {
+                let e = ProtocolError::ForgedSuccession {
+                    principal: principal.to_owned(),
+                    old: s.old,
+                    new: s.new,
+                    reason,
+                };
+                tracing::warn!(credential = principal, old = %s.old, new = %s.new, "sync: {e}");
+                return Err(e);
+            }
+            let now = self
+                .store
+                .succeed_credential(principal, s.old, s.new)
+                .await?;
+            if now == s.new {
+                tracing::info!(
+                    credential = principal,
+                    old = %s.old,
+                    new = %s.new,
+                    "sync: device credential moved on to the actor its store took when it rebased its clock"
+                );
+            }
+            if now == bound {
+                break;
+            }
+            bound = now;
+        }
+        Ok(bound)
+    }
+
+    /// The first actor of the peer's succession chain ending at `actor` when every record
+    /// of it checks (against the keys bound here, or their own), else `actor`: what a
+    /// credential used for the first time is bound to, before the chain is followed.
+    async fn chain_start(
+        &self,
+        actor: ActorId,
+        successions: &[crate::Succession],
+    ) -> Result<ActorId, ProtocolError> {
+        let chain = crate::chain_to(actor, successions);
+        for s in &chain {
+            if s.check(self.store.actor_key(s.old).await?).is_err() {
+                return Ok(actor);
+            }
+        }
+        Ok(chain.first().map_or(actor, |s| s.old))
+    }
+
     /// Authenticates the peer and agrees on the session's terms. Returns who it is and the
     /// peer's tip to compare with our copy (see `Hello::tip`).
     async fn handshake(
@@ -429,6 +494,7 @@ impl<S: SyncStore> SyncSession<S> {
                     max_frame_bytes: self.config.max_frame_bytes as u64,
                     clock: Some(self.store.clock_claim()),
                     tip: self.tip_of(own, u64::MAX).await?,
+                    successions: newest_successions(self.store.own_successions().await?),
                 }))
                 .await?;
                 let w: Welcome = match link.recv().await? {
@@ -487,7 +553,13 @@ impl<S: SyncStore> SyncSession<S> {
                 let bound = match self.peer_role {
                     PeerRole::Hub => None,
                     PeerRole::Device => {
-                        let bound = self.store.bind_credential(&principal, hello.actor).await?;
+                        // First use binds the start of the peer's succession chain, so
+                        // the chain is followed and its old actors stay allowed.
+                        let first = self.chain_start(hello.actor, &hello.successions).await?;
+                        let bound = self.store.bind_credential(&principal, first).await?;
+                        let bound = self
+                            .follow_successions(&principal, bound, &hello.successions)
+                            .await?;
                         if bound != hello.actor {
                             self.stats
                                 .admitted_as(&principal, self.peer_role, Some(bound));
@@ -497,7 +569,12 @@ impl<S: SyncStore> SyncSession<S> {
                                 presented: hello.actor,
                             });
                         }
-                        let _ = self.origin.set((bound, principal.clone()));
+                        let predecessors = self.store.credential_predecessors(&principal).await?;
+                        let _ = self.origin.set(DeviceOrigin {
+                            principal: principal.clone(),
+                            bound,
+                            predecessors,
+                        });
                         Some(bound)
                     }
                 };
@@ -759,4 +836,12 @@ async fn write_loop<S: FrameSink>(
     }
     let _ = timeout(limit, sink.close()).await;
     Ok(())
+}
+
+/// The newest [`MAX_SUCCESSIONS`](crate::MAX_SUCCESSIONS) of a store's succession records
+/// (oldest first), what a `Hello` carries.
+fn newest_successions(mut all: Vec<crate::Succession>) -> Vec<crate::Succession> {
+    let excess = all.len().saturating_sub(crate::MAX_SUCCESSIONS);
+    all.drain(..excess);
+    all
 }
