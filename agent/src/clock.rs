@@ -75,6 +75,9 @@ pub struct ClockConfig {
     /// With `auto`: the largest maximum error estimate of a synchronised kernel clock that
     /// is still trusted, ms.
     pub max_error_ms: u64,
+    /// When a store stamped in the future is rebased (`crate::clock_rebase`): `restart`
+    /// (also while running, by a clean restart of the process) or `at_start_only`.
+    pub rebase: ClockRebase,
 }
 
 /// Default of [`ClockConfig::max_error_ms`]: well above what a disciplined clock reports
@@ -87,6 +90,7 @@ impl Default for ClockConfig {
         ClockConfig {
             trust: ClockTrust::Auto,
             max_error_ms: DEFAULT_MAX_ERROR_MS,
+            rebase: ClockRebase::Restart,
         }
     }
 }
@@ -102,6 +106,26 @@ pub enum ClockTrust {
     Always,
     /// Never trusted: time comes from synchronised peers.
     Never,
+}
+
+/// See [`ClockConfig::rebase`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockRebase {
+    /// At start, and while running: the agent stops cleanly and re-executes itself (same
+    /// PID), and the start rebases.
+    #[default]
+    Restart,
+    /// Only when the agent starts (or by hand, `kdelta rekey --rebase-clock`).
+    AtStartOnly,
+}
+
+/// Why the running agent stopped to restart itself: its store's own changes ran more than
+/// the max offset ahead of the trusted wall clock (`crate::clock_rebase::while_running`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartForRebase {
+    /// How far the store's own newest change ran ahead of the wall clock, ms.
+    pub lead_ms: u64,
 }
 
 /// What the kernel says about the clock.
@@ -270,6 +294,7 @@ pub struct ClockMonitor {
     reference: Arc<TimeReference>,
     status: RwLock<ClockStatus>,
     rebased: std::sync::OnceLock<Rebased>,
+    restart: std::sync::OnceLock<RestartForRebase>,
 }
 
 impl ClockMonitor {
@@ -288,6 +313,7 @@ impl ClockMonitor {
             }),
             reference,
             rebased: std::sync::OnceLock::new(),
+            restart: std::sync::OnceLock::new(),
         })
     }
 
@@ -316,6 +342,21 @@ impl ClockMonitor {
     /// Records the rebase this start made (shown in every later status).
     pub fn set_rebased(&self, rebased: Rebased) {
         let _ = self.rebased.set(rebased);
+    }
+
+    /// The settings this monitor judges by.
+    pub fn config(&self) -> &ClockConfig {
+        &self.config
+    }
+
+    /// Records that the agent stops to restart itself for a rebase (the first call wins).
+    pub fn request_restart(&self, restart: RestartForRebase) {
+        let _ = self.restart.set(restart);
+    }
+
+    /// Set when the agent stopped to restart itself for a rebase: the process re-executes.
+    pub fn restart_requested(&self) -> Option<RestartForRebase> {
+        self.restart.get().copied()
     }
 
     /// Re-assesses, tells the store's reference, sets the metric and logs a change of
@@ -455,6 +496,10 @@ mod tests {
         assert_eq!(c.trust, ClockTrust::Never);
         let err = toml::from_str::<ClockConfig>("trust = \"sometimes\"").unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
+        assert_eq!(c.rebase, ClockRebase::Restart, "the default");
+        let c: ClockConfig = toml::from_str("rebase = \"at_start_only\"").unwrap();
+        assert_eq!(c.rebase, ClockRebase::AtStartOnly);
+        assert!(toml::from_str::<ClockConfig>("rebase = \"never\"").is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! systemd integration for `Type=notify`: `READY=1`, `STATUS=`, `RELOADING=1`, `STOPPING=1`
-//! and the watchdog. Every call is a no-op outside systemd (no `$NOTIFY_SOCKET`), so the
+//! systemd integration for `Type=notify`: `READY=1`, `STATUS=`, `RELOADING=1` (a reload,
+//! or a re-execution to rebase the clock), `STOPPING=1` and the watchdog. Every call is a no-op outside systemd (no `$NOTIFY_SOCKET`), so the
 //! daemon calls these unconditionally.
 
 use std::sync::RwLock;
@@ -32,10 +32,24 @@ pub fn status(status: &str) {
 
 /// A reload (SIGHUP) begins.
 pub fn reloading() {
-    match NotifyState::monotonic_usec_now() {
-        Ok(now) => notify(&[NotifyState::Reloading, now]),
-        Err(_) => notify(&[NotifyState::Reloading]),
+    reloading_with(None);
+}
+
+/// The agent stops to re-execute itself (same PID): to systemd a reload, which the new
+/// process image's `READY=1` ends; `status` says why.
+pub fn restarting(status: &str) {
+    reloading_with(Some(status));
+}
+
+fn reloading_with(status: Option<&str>) {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
     }
+    if let Some(status) = status {
+        states.push(NotifyState::Status(status));
+    }
+    notify(&states);
 }
 
 /// The reload finished.

@@ -45,23 +45,20 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let (conn, actor) = crate::schema::open_writer(&path, &StoreConfig::default())?;
-            let predecessors = predecessors(&conn, actor)?;
-            let mut lead = ClockLead {
-                actor,
-                own_newest: Hlc(0),
-                others_newest: Hlc(0),
-            };
-            for (a, hlc) in newest_by_actor(&conn)? {
-                if a == actor {
-                    lead.own_newest = hlc;
-                } else if !predecessors.contains(&a) {
-                    lead.others_newest = lead.others_newest.max(hlc);
-                }
-            }
-            Ok(lead)
+            lead_of(&conn, actor)
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// The [`ClockLead`] of this open store, as [`clock_lead`](Self::clock_lead) would read
+    /// it after a close (the agent's check while running).
+    pub async fn current_clock_lead(&self) -> Result<ClockLead> {
+        let actor = self.actor();
+        self.inner
+            .readers
+            .read(move |conn| lead_of(conn, actor))
+            .await
     }
 
     /// Gives the database at `path` (which must not be open) a new actor and key pair, like
@@ -162,6 +159,24 @@ impl Store {
             })
             .await
     }
+}
+
+/// How far `actor`'s newest change runs ahead of every other actor's but its predecessors'.
+fn lead_of(conn: &Connection, actor: ActorId) -> Result<ClockLead> {
+    let predecessors = predecessors(conn, actor)?;
+    let mut lead = ClockLead {
+        actor,
+        own_newest: Hlc(0),
+        others_newest: Hlc(0),
+    };
+    for (a, hlc) in newest_by_actor(conn)? {
+        if a == actor {
+            lead.own_newest = hlc;
+        } else if !predecessors.contains(&a) {
+            lead.others_newest = lead.others_newest.max(hlc);
+        }
+    }
+    Ok(lead)
 }
 
 /// The store's succession records, chained to `actor`.

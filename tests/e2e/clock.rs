@@ -519,75 +519,74 @@ async fn mqtt_readings_received_in_1970_are_corrected_on_the_device_and_the_hub(
     assert_eq!(page["readings"].as_array().unwrap().len(), 3, "{page}");
 }
 
-/// A device whose clock ran a year ahead (and said it was right) wrote then; its clock is
-/// corrected and it restarts. Its store's own changes now run a year ahead of its trusted
-/// clock, so it rebases at start: a new actor stamped by the right time, a log line, a
-/// status entry and a metric. Its succession record moves its `device` credential on at the
-/// hub: its new changes reach the hub (and a correct device through it), the hub's reach
-/// it, while the year-ahead changes stay held back at the hub until their time.
-#[tokio::test]
-async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
-    let Some(lib) = libfaketime() else { return };
-    const GOOD_TOKEN: &str = "good-token-0123456789";
-    let c = client();
-    let hub = Agent::builder()
+/// Sync token of a correct device beside the one that ran a year ahead.
+const GOOD_TOKEN: &str = "good-token-0123456789";
+
+/// A hub (right time, trusted) accepting the year-ahead device `pi` ([`TOKEN`]) and a
+/// correct device `good` ([`GOOD_TOKEN`]).
+fn rebase_hub() -> Agent {
+    Agent::builder()
         .config(&format!(
             "sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n[sync]\naccept_tokens = [{{ name = \"pi\", token = \"{TOKEN}\", role = \"device\" }}, {{ name = \"good\", token = \"{GOOD_TOKEN}\", role = \"device\" }}]\n"
         ))
-        .start();
-    let device_config = |token: &str| {
-        format!(
-            "sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{token}\"\n",
-            hub.url()
-        )
-    };
-    let good = Agent::builder().config(&device_config(GOOD_TOKEN)).start();
+        .start()
+}
 
-    // A year ahead, and sure of itself: everything it writes is held back by the hub.
-    let mut ahead = Agent::builder()
-        .config(&device_config(TOKEN))
-        .env("LD_PRELOAD", &lib.display().to_string())
-        .env("FAKETIME", "+365d")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .start();
-    let keep = ahead.keep_dir().expect("a fresh temp dir");
-    assert_wall_clock(&c, &ahead, real_now_ms() + 365 * DAY_MS).await;
-    ingest(&c, &ahead, "ahead.temp", 0, 20).await;
-    let (s, v) = put_json(&c, &ahead.at("/v1/docs/pi/state"), &json!("ahead")).await;
+/// A device syncing with `hub` with `token`, sure of its clock.
+fn trusting_device_config(hub: &Agent, token: &str) -> String {
+    format!(
+        "sources = []\ndevice_twin = false\n[clock]\ntrust = \"always\"\n[[sync.peers]]\nname = \"hub\"\nurl = \"{}\"\ntoken = \"{token}\"\n",
+        hub.url()
+    )
+}
+
+/// `ahead` (a year ahead, and sure of itself) writes readings and `pi/state`; returns its
+/// actor once the hub holds its changes back.
+async fn write_ahead_until_held_back(c: &reqwest::Client, hub: &Agent, ahead: &Agent) -> String {
+    assert_wall_clock(c, ahead, real_now_ms() + 365 * DAY_MS).await;
+    ingest(c, ahead, "ahead.temp", 0, 20).await;
+    let (s, v) = put_json(c, &ahead.at("/v1/docs/pi/state"), &json!("ahead")).await;
     assert!(s < 300, "{v}");
-    let (_, st) = get_json(&c, &ahead.at("/v1/status")).await;
+    let (_, st) = get_json(c, &ahead.at("/v1/status")).await;
     let old = st["actor"].as_str().unwrap().to_owned();
-    let quarantined = || async {
-        let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
-        peers["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["principal"] == "pi" && p["changes_quarantined"].as_u64().unwrap_or(0) > 0)
-            .cloned()
-    };
     eventually(
         DEADLINE,
         "the hub to hold the year-ahead changes back",
-        quarantined,
+        || async {
+            let (_, peers) = get_json(c, &hub.at("/v1/sync/peers")).await;
+            peers["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| {
+                    p["principal"] == "pi" && p["changes_quarantined"].as_u64().unwrap_or(0) > 0
+                })
+                .cloned()
+        },
     )
     .await;
-    ahead.sigterm();
-    assert!(ahead.wait_exit(Duration::from_secs(30)).is_some());
+    old
+}
 
-    // NTP corrected the clock; the agent restarts on the same data.
-    let dev = Agent::builder()
-        .dir(keep.path())
-        .config(&device_config(TOKEN))
-        .start();
-    assert_wall_clock(&c, &dev, real_now_ms()).await;
-    let (_, st) = get_json(&c, &dev.at("/v1/status")).await;
+/// `dev`, whose store's actor `old` wrote a year ahead, rebased (with its clock right now):
+/// a new actor, a log line, a status entry and a metric. Its succession record moved its
+/// `device` credential on at the hub: its new changes reach the hub (and `good` through
+/// it), the hub's reach it, while the year-ahead changes stay held back at the hub.
+async fn assert_rebased_and_syncs_both_ways(
+    c: &reqwest::Client,
+    hub: &Agent,
+    good: &Agent,
+    dev: &Agent,
+    old: &str,
+) {
+    assert_wall_clock(c, dev, real_now_ms()).await;
+    let (_, st) = get_json(c, &dev.at("/v1/status")).await;
     let new = st["actor"].as_str().unwrap().to_owned();
     assert_ne!(new, old, "{st}");
     let rebased = &st["clock"]["rebased"];
     assert_eq!(
         (rebased["old_actor"].as_str(), rebased["new_actor"].as_str()),
-        (Some(old.as_str()), Some(new.as_str())),
+        (Some(old), Some(new.as_str())),
         "{st}"
     );
     assert!(
@@ -595,7 +594,7 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
         "{}",
         dev.stderr()
     );
-    let metrics = metrics_text(&c, &dev).await;
+    let metrics = metrics_text(c, dev).await;
     assert!(
         metrics.lines().any(|l| l == "kdelta_clock_rebases_total 1"),
         "{metrics}"
@@ -603,7 +602,7 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
 
     // Both ways, stamped by the right time.
     let before = real_now_ms();
-    let (s, v) = put_json(&c, &dev.at("/v1/docs/pi/state"), &json!("rebased")).await;
+    let (s, v) = put_json(c, &dev.at("/v1/docs/pi/state"), &json!("rebased")).await;
     assert!(s < 300, "{v}");
     let stamped: u64 = v["hlc"]
         .as_str()
@@ -617,34 +616,34 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
         stamped < before + 600_000,
         "stamped {stamped}, now {before}: {v}"
     );
-    ingest(&c, &dev, "dev.temp", 0, 20).await;
-    let (s, _) = put_json(&c, &hub.at("/v1/docs/fleet/setpoint"), &json!(21)).await;
+    ingest(c, dev, "dev.temp", 0, 20).await;
+    let (s, _) = put_json(c, &hub.at("/v1/docs/fleet/setpoint"), &json!(21)).await;
     assert!(s < 300);
-    ingest(&c, &good, "good.temp", 0, 20).await;
+    ingest(c, good, "good.temp", 0, 20).await;
     eventually(
         DEADLINE,
         "the rebased device and the hub to trade changes",
         || async {
-            (winner_is(&c, &hub, "pi/state", json!("rebased")).await
-                && winner_is(&c, &dev, "fleet/setpoint", json!(21)).await)
+            (winner_is(c, hub, "pi/state", json!("rebased")).await
+                && winner_is(c, dev, "fleet/setpoint", json!(21)).await)
                 .then_some(())
         },
     )
     .await;
     // The hub and the correct device converge (the rebased actor's changes included); the
     // year-ahead changes stay held back, only on the device that made them.
-    converge(&c, &hub, &good).await;
-    let (_, hub_st) = get_json(&c, &hub.at("/v1/status")).await;
-    let (_, good_st) = get_json(&c, &good.at("/v1/status")).await;
+    converge(c, hub, good).await;
+    let (_, hub_st) = get_json(c, &hub.at("/v1/status")).await;
+    let (_, good_st) = get_json(c, &good.at("/v1/status")).await;
     assert!(
         hub_st["version_vector"][&new].as_u64().unwrap_or(0) >= 2,
         "{hub_st}"
     );
-    assert!(hub_st["version_vector"].get(&old).is_none(), "{hub_st}");
-    assert!(good_st["version_vector"].get(&old).is_none(), "{good_st}");
-    let (_, dev_st) = get_json(&c, &dev.at("/v1/status")).await;
+    assert!(hub_st["version_vector"].get(old).is_none(), "{hub_st}");
+    assert!(good_st["version_vector"].get(old).is_none(), "{good_st}");
+    let (_, dev_st) = get_json(c, &dev.at("/v1/status")).await;
     assert!(
-        dev_st["version_vector"][&old].as_u64().unwrap_or(0) >= 2,
+        dev_st["version_vector"][old].as_u64().unwrap_or(0) >= 2,
         "{dev_st}"
     );
     assert_ne!(dev_st["digest"], hub_st["digest"]);
@@ -654,7 +653,7 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
         DEADLINE,
         "the hub to hold them back from the new session",
         || async {
-            let (_, peers) = get_json(&c, &hub.at("/v1/sync/peers")).await;
+            let (_, peers) = get_json(c, &hub.at("/v1/sync/peers")).await;
             peers["peers"]
                 .as_array()
                 .into_iter()
@@ -672,10 +671,116 @@ async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
         entry["last_quarantine"]["message"]
             .as_str()
             .unwrap()
-            .contains(&old),
+            .contains(old),
         "{entry}"
     );
+}
+
+/// A device whose clock ran a year ahead (and said it was right) wrote then; its clock is
+/// corrected and it restarts. Its store's own changes now run a year ahead of its trusted
+/// clock, so it rebases at start and syncs both ways
+/// ([`assert_rebased_and_syncs_both_ways`]).
+#[tokio::test]
+async fn a_device_stamped_a_year_ahead_rebases_at_start_and_syncs_both_ways() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let hub = rebase_hub();
+    let good = Agent::builder()
+        .config(&trusting_device_config(&hub, GOOD_TOKEN))
+        .start();
+
+    // A year ahead, and sure of itself: everything it writes is held back by the hub.
+    let mut ahead = Agent::builder()
+        .config(&trusting_device_config(&hub, TOKEN))
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME", "+365d")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    let keep = ahead.keep_dir().expect("a fresh temp dir");
+    let old = write_ahead_until_held_back(&c, &hub, &ahead).await;
+    ahead.sigterm();
+    assert!(ahead.wait_exit(Duration::from_secs(30)).is_some());
+
+    // NTP corrected the clock; the agent restarts on the same data.
+    let dev = Agent::builder()
+        .dir(keep.path())
+        .config(&trusting_device_config(&hub, TOKEN))
+        .start();
+    assert_rebased_and_syncs_both_ways(&c, &hub, &good, &dev, &old).await;
     drop(keep);
+}
+
+/// Within how long a running agent notices its clock was corrected and comes back
+/// rebased: the next clock check (every 30 s), a clean stop and a start.
+const RESTART_DEADLINE: Duration = Duration::from_secs(120);
+
+/// As above, but NTP corrects the clock while the agent runs (libfaketime re-reads its
+/// timestamp file on every call): without anyone restarting it, the same process stops
+/// cleanly, re-executes itself and rebases at its start, says so in its log and syncs
+/// both ways ([`assert_rebased_and_syncs_both_ways`]).
+#[tokio::test]
+async fn a_running_device_whose_clock_is_corrected_restarts_itself_rebased() {
+    let Some(lib) = libfaketime() else { return };
+    let c = client();
+    let hub = rebase_hub();
+    let good = Agent::builder()
+        .config(&trusting_device_config(&hub, GOOD_TOKEN))
+        .start();
+    let clock_dir = tempfile::tempdir().unwrap();
+    let clock_file = clock_dir.path().join("faketime");
+    let set_clock = |spec: &str| {
+        // Replaced whole (rename), so libfaketime never reads a half-written file.
+        let tmp = clock_dir.path().join("faketime.new");
+        std::fs::write(&tmp, format!("{spec}\n")).unwrap();
+        std::fs::rename(&tmp, &clock_file).unwrap();
+    };
+    set_clock("+365d");
+    let mut dev = Agent::builder()
+        .config(&trusting_device_config(&hub, TOKEN))
+        .env("LD_PRELOAD", &lib.display().to_string())
+        .env("FAKETIME_TIMESTAMP_FILE", clock_file.to_str().unwrap())
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    let pid = dev.pid();
+    let old = write_ahead_until_held_back(&c, &hub, &dev).await;
+
+    // NTP corrects the clock under the running agent.
+    set_clock("+0");
+    let url = eventually(
+        RESTART_DEADLINE,
+        "the agent to re-execute itself and listen again",
+        || {
+            let url = dev.relistened_url();
+            async move { url }
+        },
+    )
+    .await;
+    dev.follow(url);
+    assert!(
+        dev.wait_exit(Duration::ZERO).is_none(),
+        "the process {pid} exited:\n{}",
+        dev.stderr()
+    );
+    // The same PID runs the re-executed image (marked so it never restarts itself again).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == b"KDELTA_RESTARTED_FOR_CLOCK_REBASE=1"),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
+    let log = dev.stderr();
+    assert!(
+        log.contains("restarting the process to rebase its clock")
+            && log.contains("re-executing the process"),
+        "{log}"
+    );
+    assert!(log.contains("stopped cleanly"), "{log}");
+    assert_rebased_and_syncs_both_ways(&c, &hub, &good, &dev, &old).await;
+    // Rebased once: no second restart.
+    assert_eq!(dev.stderr().matches("listening on").count(), 2);
 }
 
 /// `kdelta rekey --rebase-clock` (agent stopped), once the clock is right: the store that

@@ -257,6 +257,19 @@ impl Agent {
         self.child.id()
     }
 
+    /// The URL of its latest `listening on` line, once it logged more than one: the process
+    /// re-executed itself (same PID) and listens again, on a new port (it was started on
+    /// port 0).
+    pub fn relistened_url(&self) -> Option<String> {
+        let urls: Vec<String> = self.stderr().lines().filter_map(listening_url).collect();
+        urls.last().filter(|_| urls.len() > 1).cloned()
+    }
+
+    /// Follows the process to the URL it listens on now ([`Agent::relistened_url`]).
+    pub fn follow(&mut self, url: String) {
+        self.url = url;
+    }
+
     /// Everything it wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr

@@ -295,6 +295,13 @@ fn spawn_store_loops(
             agent.metrics.clone(),
             agent.shutdown.child_token(),
         ));
+        // A store stamped in the future while running: stop to restart and rebase.
+        tokio::spawn(crate::clock_rebase::while_running(
+            clock.clone(),
+            store.clone(),
+            agent.shutdown.clone(),
+            agent.shutdown.child_token(),
+        ));
     }
     // Scheduled backups (off unless `[backup] every`).
     tokio::spawn(crate::backup::backup_loop(

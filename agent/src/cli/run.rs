@@ -153,7 +153,11 @@ fn start(flags: &ConfigFlags) -> anyhow::Result<()> {
     let result = runtime.block_on(crate::daemon::run(loaded.config, args, logging));
     // Blocking threads (a sensor read) must not hold the exit past the shutdown budget.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    result
+    match result? {
+        crate::daemon::Exit::Stopped => Ok(()),
+        // Returns only when the exec failed: exit non-zero, systemd restarts the agent.
+        crate::daemon::Exit::RestartForClockRebase => Err(crate::daemon::reexec()),
+    }
 }
 
 fn config_check(flags: &ConfigFlags) -> anyhow::Result<()> {

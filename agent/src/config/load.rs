@@ -21,8 +21,9 @@ pub const SYSTEM_CONFIG_FILE: &str = "/etc/kdelta/kdelta.toml";
 pub const LOCAL_CONFIG_FILE: &str = "kdelta.toml";
 /// Prefix of the environment variables that set keys.
 pub const ENV_PREFIX: &str = "KDELTA_";
-/// `KDELTA_*` variables that are not config keys (the CLI's agent URL).
-const ENV_NOT_KEYS: &[&str] = &["url"];
+/// `KDELTA_*` variables that are not config keys: the CLI's agent URL, and the mark of a
+/// process re-executed for a clock rebase (`crate::clock_rebase::RESTARTED_ENV`).
+const ENV_NOT_KEYS: &[&str] = &["url", "restarted_for_clock_rebase"];
 
 const DEFAULT_LAYER: &str = "default";
 const SYSTEMD_LAYER: &str = "systemd";
