@@ -717,7 +717,8 @@ const RESTART_DEADLINE: Duration = Duration::from_secs(120);
 /// As above, but NTP corrects the clock while the agent runs (libfaketime re-reads its
 /// timestamp file on every call): without anyone restarting it, the same process stops
 /// cleanly, re-executes itself and rebases at its start, says so in its log and syncs
-/// both ways ([`assert_rebased_and_syncs_both_ways`]).
+/// both ways ([`assert_rebased_and_syncs_both_ways`]). systemd is told a reload
+/// (`RELOADING=1`, then the new image's `READY=1`), never `STOPPING=1`.
 #[tokio::test]
 async fn a_running_device_whose_clock_is_corrected_restarts_itself_rebased() {
     let Some(lib) = libfaketime() else { return };
@@ -735,18 +736,41 @@ async fn a_running_device_whose_clock_is_corrected_restarts_itself_rebased() {
         std::fs::rename(&tmp, &clock_file).unwrap();
     };
     set_clock("+365d");
+    let mut notes = super::systemd::Notifications::bind(&clock_dir.path().join("notify.sock"));
     let mut dev = Agent::builder()
         .config(&trusting_device_config(&hub, TOKEN))
         .env("LD_PRELOAD", &lib.display().to_string())
         .env("FAKETIME_TIMESTAMP_FILE", clock_file.to_str().unwrap())
         .env("FAKETIME_NO_CACHE", "1")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env(
+            "NOTIFY_SOCKET",
+            clock_dir.path().join("notify.sock").to_str().unwrap(),
+        )
         .start();
     let pid = dev.pid();
+    notes.expect(&dev, "READY=1", Duration::from_secs(10));
     let old = write_ahead_until_held_back(&c, &hub, &dev).await;
 
     // NTP corrects the clock under the running agent.
     set_clock("+0");
+    let reloading = notes.expect(&dev, "RELOADING=1", RESTART_DEADLINE);
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC="))
+            && reloading
+                .lines()
+                .any(|l| l == "STATUS=restarting to rebase the store's clock"),
+        "{reloading:?}"
+    );
+    notes.expect(&dev, "READY=1", Duration::from_secs(30));
+    assert!(
+        !notes
+            .seen()
+            .iter()
+            .any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "{:?}",
+        notes.seen()
+    );
     let url = eventually(
         RESTART_DEADLINE,
         "the agent to re-execute itself and listen again",

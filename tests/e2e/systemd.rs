@@ -65,6 +65,11 @@ impl Notifications {
         );
     }
 
+    /// Every datagram received so far, in order.
+    pub(crate) fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Drops whatever arrives during `d`.
     pub(crate) fn drain_for(&mut self, d: Duration) -> Vec<String> {
         let deadline = Instant::now() + d;
