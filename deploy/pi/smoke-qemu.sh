@@ -23,8 +23,7 @@ command -v curl >/dev/null || { echo "smoke: curl is required" >&2; exit 1; }
 emulator_for "$bin" || { echo "smoke: cannot run $bin here" >&2; exit 1; }
 
 # Nothing from the caller's environment or working directory may configure the agent under test.
-while read -r var; do unset "$var"; done < <(compgen -e | grep '^KDELTA_' || true)
-unset NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID LISTEN_FDS LISTEN_PID
+clear_agent_env
 
 tmp=$(mktemp -d)
 agent_pid=""

@@ -37,8 +37,7 @@ fi
 
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 . "$here/lib/run-bin.sh"
-while read -r var; do unset "$var"; done < <(compgen -e | grep '^KDELTA_' || true)
-unset NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID LISTEN_FDS LISTEN_PID
+clear_agent_env
 
 ns=$(mktemp -d)
 agent_pid=""

@@ -101,6 +101,13 @@ async fn assert_untrusted_is_shown(c: &reqwest::Client, agent: &Agent, reason_ha
     );
 }
 
+/// The wall-clock part (ms) of the HLC a write answered with (`"ms:counter"`).
+fn stamp_ms(answer: &Value) -> u64 {
+    let hlc = answer["hlc"].as_str().expect("an hlc in the answer");
+    let ms = hlc.split(':').next().unwrap_or_default();
+    ms.parse().unwrap_or_else(|e| panic!("hlc {hlc:?}: {e}"))
+}
+
 fn real_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -156,14 +163,7 @@ async fn syncs_both_ways(
     );
     let (s, v) = put_json(&c, &dev.at("/v1/docs/fleet/setpoint"), &json!(23)).await;
     assert!(s < 300, "{v}");
-    let stamped: u64 = v["hlc"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stamped = stamp_ms(&v);
     assert!(
         stamped + 1_000 >= before,
         "the device stamped {stamped}, the hub's time is {before}"
@@ -237,14 +237,7 @@ async fn a_hub_two_weeks_behind_its_devices_converges_with_them() {
     // The hub's own write, made after it heard the devices' time, wins over a's.
     let (s, v) = put_json(&c, &hub.at("/v1/docs/fleet/setpoint"), &json!(22)).await;
     assert!(s < 300, "{v}");
-    let stamped: u64 = v["hlc"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stamped = stamp_ms(&v);
     assert!(
         stamped + 60_000 > real_now_ms(),
         "the hub stamped {stamped}, two weeks behind the devices"
@@ -604,14 +597,7 @@ async fn assert_rebased_and_syncs_both_ways(
     let before = real_now_ms();
     let (s, v) = put_json(c, &dev.at("/v1/docs/pi/state"), &json!("rebased")).await;
     assert!(s < 300, "{v}");
-    let stamped: u64 = v["hlc"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stamped = stamp_ms(&v);
     assert!(
         stamped < before + 600_000,
         "stamped {stamped}, now {before}: {v}"

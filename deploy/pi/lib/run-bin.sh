@@ -5,6 +5,8 @@
 #   . deploy/pi/lib/run-bin.sh
 #   emulator_for BIN     sets the array `run` to the command prefix (empty when native)
 #   free_port            prints a free TCP port on 127.0.0.1
+#   clear_agent_env      unsets what would configure an agent under test from outside
+#                        (KDELTA_*, systemd's notify, watchdog and socket variables)
 #
 # qemu runs with `-L /` (the host root as the guest's library prefix): the arm64 libc that
 # install-toolchain.sh brings with libstd-rust-web-dev:arm64 is multiarch-installed under / , and
@@ -39,4 +41,10 @@ free_port() {
         (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
     done
     return 1
+}
+
+clear_agent_env() {
+    local var
+    while read -r var; do unset "$var"; done < <(compgen -e | grep '^KDELTA_' || true)
+    unset NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID LISTEN_FDS LISTEN_PID
 }
