@@ -163,13 +163,30 @@ fn stored_hash(conn: &Connection, actor: &ActorId, idx: i64, seq: u64) -> Result
     )))
 }
 
-/// The seal columns of a local change stored with its row; its signature is stored before
-/// the group commits ([`Writer::store_signatures`]).
+/// The seal columns of a local change stored with its row. Its signature is in it when the
+/// writer signed in place (a small write group, see [`SIGN_IN_PLACE_MAX_JOBS`]); otherwise
+/// the signing thread makes it and it is stored before the group commits
+/// ([`Writer::store_signatures`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LocalSeal {
     pub prev: Hash,
     pub body_hash: Hash,
+    pub signature: Option<[u8; 64]>,
 }
+
+impl LocalSeal {
+    /// The signature column as bound to a statement (`NULL` until the signing thread's).
+    pub(crate) fn signature_column(&self) -> Option<&[u8]> {
+        self.signature.as_ref().map(|s| s.as_slice())
+    }
+}
+
+/// Write groups of at most this many jobs sign their local changes on the writer thread.
+/// Handing a signature to the signing thread and back costs two thread wake-ups, each
+/// ~50–100 µs when the other core is idle (a halted vCPU, docs/PERFORMANCE.md), more than
+/// the ~25 µs of signing itself: the signing thread pays only when a group has many changes
+/// to sign while the writer runs the rest of it.
+pub(crate) const SIGN_IN_PLACE_MAX_JOBS: usize = 2;
 
 impl Writer {
     /// Seals the local change `(seq, hlc)` whose body hashes to `body_hash`, before its row
@@ -203,10 +220,19 @@ impl Writer {
             }
         };
         let hash = seal::change_hash(&actor, seq, hlc, &prev, &body_hash);
-        let ticket = self.signer.request(hash)?;
-        self.unsigned.push((seq, ticket));
+        let signature = if self.sign_in_place {
+            Some(self.signing.sign(&hash))
+        } else {
+            let ticket = self.signer.request(hash)?;
+            self.unsigned.push((seq, ticket));
+            None
+        };
         self.own_tip = Some((seq, hash));
-        Ok(LocalSeal { prev, body_hash })
+        Ok(LocalSeal {
+            prev,
+            body_hash,
+            signature,
+        })
     }
 
     /// Stores the signatures of the open transaction's local changes (made by the signing
@@ -266,8 +292,17 @@ impl Writer {
         });
         let s = self.seal_local(seq, hlc, seal::body_hash(&body, &[]))?;
         self.conn
-            .prepare_cached("UPDATE changes SET prev_hash = ?1, body_hash = ?2 WHERE id = ?3")
-            .and_then(|mut st| st.execute(params![s.prev.as_slice(), s.body_hash.as_slice(), id]))
+            .prepare_cached(
+                "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3 WHERE id = ?4",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    s.prev.as_slice(),
+                    s.body_hash.as_slice(),
+                    s.signature_column(),
+                    id
+                ])
+            })
             .map_err(StoreError::db("storing a change's signature"))?;
         Ok(())
     }

@@ -332,9 +332,9 @@ impl Writer {
         for chunk in staged.changes.chunks(CHANGE_CHUNK) {
             // RETURNING rows come in no promised order: match them by (actor, seq).
             let sql = values_sql(
-                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash) \
-                 VALUES ",
-                7,
+                "INSERT INTO changes \
+                 (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, signature) VALUES ",
+                8,
                 chunk.len(),
                 " RETURNING id, actor_idx, seq",
             );
@@ -349,7 +349,8 @@ impl Writer {
                         .bind(1i64)?
                         .bind(&c.manifest)?
                         .bind(seal.map(|s| s.prev.as_slice()))?
-                        .bind(seal.map(|s| s.body_hash.as_slice()))?;
+                        .bind(seal.map(|s| s.body_hash.as_slice()))?
+                        .bind(seal.and_then(LocalSeal::signature_column))?;
                 }
                 let mut rows = st.raw_query();
                 while let Some(r) = rows.next()? {

@@ -67,6 +67,12 @@ impl Signer {
         Ok(ticket)
     }
 
+    /// How many signatures this thread was asked for since it started.
+    #[cfg(test)]
+    pub(crate) fn requested(&self) -> u64 {
+        self.next
+    }
+
     /// The signatures of `tickets` (ascending), in that order, waiting for them; results of
     /// tickets not asked for (those of a rolled-back job) are dropped. Afterwards nothing is
     /// outstanding.

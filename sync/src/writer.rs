@@ -297,6 +297,29 @@ fn group_error(context: &'static str, cause: &StoreError) -> StoreError {
 /// what the moved pages need in the WAL, well within a reserve).
 const TIGHT_RECLAIM_PAGES: u32 = 256;
 
+/// How long the writer keeps looking for the next job after a group before it sleeps. A
+/// caller answered by the group typically sends its next write within a few tens of µs;
+/// catching it here saves the wake-up of a sleeping thread (~50–100 µs when the other
+/// core is idle, docs/PERFORMANCE.md) on every sequential write. The writer yields while it
+/// looks, so on one core the caller runs. Costs at most this much CPU per write group.
+const LOOK_FOR_NEXT_JOB: std::time::Duration = std::time::Duration::from_micros(60);
+
+/// The next job: briefly looked for without sleeping ([`LOOK_FOR_NEXT_JOB`]), then waited
+/// for. `None` once every sender is gone.
+fn next_job(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    let until = std::time::Instant::now() + LOOK_FOR_NEXT_JOB;
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < until => {
+                std::thread::yield_now()
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
+        }
+    }
+}
+
 /// Index and highest contiguous seq of one known actor.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ActorSlot {
@@ -341,6 +364,9 @@ pub(crate) struct Writer {
     /// Local changes of the open transaction waiting for their signature: `(seq, ticket)`,
     /// stored before COMMIT ([`Writer::store_signatures`]).
     pub(crate) unsigned: Vec<(u64, u64)>,
+    /// Whether the open group signs its local changes on this thread
+    /// ([`SIGN_IN_PLACE_MAX_JOBS`](crate::chain::SIGN_IN_PLACE_MAX_JOBS)).
+    pub(crate) sign_in_place: bool,
     /// Whether this store's public key is bound to its actor in the database as the open
     /// transaction sees it (false after any rollback: binding again is a no-op UPDATE).
     pub own_key_bound: bool,
@@ -377,6 +403,7 @@ impl Writer {
         let mut w = Writer {
             signer: Signer::start(&signing)?,
             unsigned: Vec::new(),
+            sign_in_place: false,
             signing,
             own_key_bound: false,
             own_tip: None,
@@ -520,15 +547,20 @@ impl Writer {
         manifest: Option<Vec<u8>>,
         seal: Option<&LocalSeal>,
     ) -> Result<i64> {
-        // The signature follows before COMMIT (`Writer::store_signatures`).
-        let (prev, body) = match seal {
-            Some(s) => (Some(s.prev.as_slice()), Some(s.body_hash.as_slice())),
-            None => (None, None),
+        // A signature not made in place follows before COMMIT (`Writer::store_signatures`).
+        let (prev, body, signature) = match seal {
+            Some(s) => (
+                Some(s.prev.as_slice()),
+                Some(s.body_hash.as_slice()),
+                s.signature_column(),
+            ),
+            None => (None, None, None),
         };
         self.conn
             .prepare_cached(
-                "INSERT INTO changes (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO changes \
+                 (actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, signature) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -538,7 +570,8 @@ impl Writer {
                     kind,
                     manifest,
                     prev,
-                    body
+                    body,
+                    signature
                 ])
             })
             .map_err(StoreError::db("appending to the change log"))?;
@@ -563,7 +596,7 @@ impl Writer {
     /// Runs the writer (on its own thread) until every sender is gone or a shutdown job.
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>, max_group: usize) {
         let mut stop: Option<oneshot::Sender<()>> = None;
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(first) = next_job(&mut rx) {
             let mut jobs = Vec::new();
             let mut probes = Vec::new();
             let mut reclaims = Vec::new();
@@ -670,6 +703,7 @@ impl Writer {
         self.pending_events.clear();
         self.touched.clear();
         self.twins.start_group();
+        self.sign_in_place = jobs.len() <= crate::chain::SIGN_IN_PLACE_MAX_JOBS;
         let mut jobs = jobs.into_iter();
         let mut aborted: Option<StoreError> = None;
         while let Some(job) = jobs.next() {

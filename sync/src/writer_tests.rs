@@ -184,3 +184,75 @@ async fn a_failing_job_after_sealing_leaves_the_chain_valid() {
     assert!(report.ok(), "{:?}", report.failures);
     assert_eq!((report.changes, report.signed, report.unsigned), (6, 6, 0));
 }
+
+/// Groups of up to `SIGN_IN_PLACE_MAX_JOBS` jobs sign on the writer thread and larger ones
+/// on the signing thread; a chain made of both, with a job failing after it sealed in a
+/// small group, verifies.
+#[tokio::test]
+async fn small_groups_sign_in_place_and_the_chain_verifies() {
+    assert_eq!(crate::chain::SIGN_IN_PLACE_MAX_JOBS, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let mut writer = open_writer(&path);
+    let append = |jobs: &mut Vec<Job>, parts: Vec<ReadingBatch>| {
+        let (reply, rx) = oneshot::channel();
+        jobs.push(Job::Append { parts, reply });
+        rx
+    };
+    // One job: seq 1, signed in place.
+    let mut jobs = Vec::new();
+    let one = append(&mut jobs, vec![batch("a", T0, 1.0)]);
+    writer.run_group(jobs);
+    assert_eq!(one.await.unwrap().unwrap()[0].seq, 1);
+    assert_eq!(
+        writer.signer.requested(),
+        0,
+        "a group of one signs in place"
+    );
+
+    // Two jobs, the first failing after it sealed seq 2: the second takes seq 2 again.
+    let mut jobs = Vec::new();
+    let bad = append(&mut jobs, vec![batch("b", T0, 2.0), fails_after_sealing()]);
+    let (reply, doc) = oneshot::channel();
+    jobs.push(Job::Doc {
+        key: "k".into(),
+        value: Some(vec![0x01]),
+        reply,
+    });
+    writer.run_group(jobs);
+    assert!(bad.await.unwrap().is_err());
+    assert_eq!(doc.await.unwrap().unwrap().0.seq, 2);
+    assert_eq!(
+        writer.signer.requested(),
+        0,
+        "a group of two signs in place"
+    );
+
+    // Three jobs: the signing thread, linking to the tip signed in place.
+    let mut jobs = Vec::new();
+    let rxs: Vec<_> = ["c", "d", "e"]
+        .iter()
+        .map(|s| append(&mut jobs, vec![batch(s, T0, 3.0)]))
+        .collect();
+    writer.run_group(jobs);
+    for rx in rxs {
+        rx.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        writer.signer.requested(),
+        3,
+        "a group of three signs beside"
+    );
+
+    // And in place again after it.
+    let mut jobs = Vec::new();
+    let last = append(&mut jobs, vec![batch("f", T0, 4.0)]);
+    writer.run_group(jobs);
+    assert_eq!(last.await.unwrap().unwrap()[0].seq, 6);
+    assert_eq!(writer.signer.requested(), 3);
+    drop(writer);
+
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.changes, report.signed, report.unsigned), (6, 6, 0));
+}
