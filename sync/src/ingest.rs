@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chain::LocalSeal;
 use crate::digest::{readings_hash, timing_hash};
-use crate::multirow::{Binder, cache_statement, values_sql, with_statement};
+use crate::multirow::{Binder, statement_chunks, values_sql, with_statement};
 use crate::seal;
 use crate::stored_cbor;
 use crate::writer::{SeriesSlot, Writer};
@@ -329,7 +329,7 @@ impl Writer {
             return Ok(());
         }
         let mut ids: HashMap<(i64, i64), i64> = HashMap::with_capacity(staged.changes.len());
-        for chunk in staged.changes.chunks(CHANGE_CHUNK) {
+        for chunk in statement_chunks(&staged.changes, CHANGE_CHUNK) {
             // RETURNING rows come in no promised order: match them by (actor, seq).
             let sql = values_sql(
                 "INSERT INTO changes \
@@ -338,8 +338,7 @@ impl Writer {
                 chunk.len(),
                 " RETURNING id, actor_idx, seq",
             );
-            let cached = cache_statement(chunk.len(), CHANGE_CHUNK);
-            with_statement(&self.conn, &sql, cached, |st| {
+            with_statement(&self.conn, &sql, |st| {
                 let mut b = Binder::new(st);
                 for c in chunk {
                     let seal = c.seal.as_ref();
@@ -373,15 +372,14 @@ impl Writer {
             })
             .collect::<Result<Vec<i64>>>()?;
 
-        for chunk in staged.rows.chunks(INSERT_CHUNK) {
+        for chunk in statement_chunks(&staged.rows, INSERT_CHUNK) {
             let sql = values_sql(
                 "INSERT INTO readings (series_id, ts, change_id, value) VALUES ",
                 4,
                 chunk.len(),
                 "",
             );
-            let cached = cache_statement(chunk.len(), INSERT_CHUNK);
-            with_statement(&self.conn, &sql, cached, |st| {
+            with_statement(&self.conn, &sql, |st| {
                 let mut b = Binder::new(st);
                 for &(pos, id, t, v) in chunk {
                     b.bind(id)?.bind(t)?.bind(change_ids[pos])?.bind(v)?;
@@ -399,7 +397,7 @@ impl Writer {
         }
 
         let attrs: Vec<(i64, SeriesAttrs)> = staged.attrs.into_iter().collect();
-        for chunk in attrs.chunks(SERIES_CHUNK) {
+        for chunk in statement_chunks(&attrs, SERIES_CHUNK) {
             let sql = values_sql(
                 "UPDATE series SET unit = v.column2, meta = v.column3, attr_hlc = v.column4, \
                  attr_actor = v.column5 FROM (VALUES ",
@@ -407,8 +405,7 @@ impl Writer {
                 chunk.len(),
                 ") AS v WHERE series.id = v.column1",
             );
-            let cached = cache_statement(chunk.len(), SERIES_CHUNK);
-            with_statement(&self.conn, &sql, cached, |st| {
+            with_statement(&self.conn, &sql, |st| {
                 let mut b = Binder::new(st);
                 for (id, a) in chunk {
                     b.bind(*id)?
@@ -469,7 +466,7 @@ impl Writer {
         let mut rows: Vec<Option<(i64, MinuteAgg)>> = vec![None; keys.len()];
         let mut wanted: Vec<(i64, i64)> = keys.keys().copied().collect();
         wanted.sort_unstable();
-        for chunk in wanted.chunks(ROLLUP_CHUNK) {
+        for chunk in statement_chunks(&wanted, ROLLUP_CHUNK) {
             let sql = values_sql(
                 "WITH k (series_id, minute) AS (VALUES ",
                 2,
@@ -478,8 +475,7 @@ impl Writer {
                  r.first_value, r.last_ts, r.last_value FROM k CROSS JOIN rollup_1m r \
                  ON r.series_id = k.series_id AND r.minute = k.minute",
             );
-            let cached = cache_statement(chunk.len(), ROLLUP_CHUNK);
-            with_statement(&self.conn, &sql, cached, |st| {
+            with_statement(&self.conn, &sql, |st| {
                 let mut b = Binder::new(st);
                 for &(id, minute) in chunk {
                     b.bind(id)?.bind(minute)?;
@@ -512,15 +508,14 @@ impl Writer {
         rows: &[(i64, MinuteAgg)],
         conflict: &str,
     ) -> Result<()> {
-        for chunk in rows.chunks(ROLLUP_CHUNK) {
+        for chunk in statement_chunks(&rows, ROLLUP_CHUNK) {
             let sql = values_sql(
                 "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) VALUES ",
                 10,
                 chunk.len(),
                 conflict,
             );
-            let cached = cache_statement(chunk.len(), ROLLUP_CHUNK);
-            with_statement(&self.conn, &sql, cached, |st| {
+            with_statement(&self.conn, &sql, |st| {
                 let mut b = Binder::new(st);
                 for (id, a) in chunk {
                     b.bind(*id)?

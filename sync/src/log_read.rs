@@ -18,7 +18,7 @@ use crate::correct::{KIND_TIME_CORRECTION, decode_correction};
 use crate::docwrite::{KIND_DOC_BATCH, decode_context};
 use crate::gap::{KIND_GAP, decode_gap};
 use crate::ingest::{ManifestEntry, decode_manifest};
-use crate::multirow::{Binder, cache_statement, list_sql, values_sql, with_statement};
+use crate::multirow::{Binder, list_sql, statement_chunks, values_sql, with_statement};
 use crate::seal::{Hash, Seal, split_hashes};
 use crate::twin::{rebuild_compacted, stored_twin_hash as stored_hash};
 use crate::{
@@ -396,12 +396,11 @@ fn for_each_body(
     mut each: impl FnMut(i64, &rusqlite::Row<'_>) -> Result<()>,
 ) -> Result<()> {
     let tail = format!("){order}");
-    for chunk in ids.chunks(ID_CHUNK) {
+    for chunk in statement_chunks(&ids, ID_CHUNK) {
         let sql = list_sql(select, chunk.len(), &tail);
-        let cached = cache_statement(chunk.len(), ID_CHUNK);
         // Decoding errors are not SQLite errors: keep the first one aside.
         let mut failed: Option<StoreError> = None;
-        with_statement(conn, &sql, cached, |st| {
+        with_statement(conn, &sql, |st| {
             let mut b = Binder::new(st);
             for id in chunk {
                 b.bind(*id)?;
@@ -481,7 +480,7 @@ fn load_readings(
         batches.push(batch);
     }
     let runs = runs(per_series);
-    for chunk in runs.chunks(RUN_CHUNK) {
+    for chunk in statement_chunks(&runs, RUN_CHUNK) {
         // CROSS JOIN fixes the loop order: each run is one seek and one range scan.
         let sql = values_sql(
             "WITH w (run, name, lo, hi, first, last) AS (VALUES ",
@@ -492,8 +491,7 @@ fn load_readings(
              CROSS JOIN readings r ON r.series_id = s.id AND r.ts BETWEEN w.lo AND w.hi \
              AND r.change_id BETWEEN w.first AND w.last",
         );
-        let cached = cache_statement(chunk.len(), RUN_CHUNK);
-        with_statement(conn, &sql, cached, |st| {
+        with_statement(conn, &sql, |st| {
             let mut b = Binder::new(st);
             for (k, run) in chunk.iter().enumerate() {
                 b.bind(k as i64)?
