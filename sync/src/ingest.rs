@@ -508,7 +508,7 @@ impl Writer {
         rows: &[(i64, MinuteAgg)],
         conflict: &str,
     ) -> Result<()> {
-        for chunk in statement_chunks(&rows, ROLLUP_CHUNK) {
+        for chunk in statement_chunks(rows, ROLLUP_CHUNK) {
             let sql = values_sql(
                 "INSERT INTO rollup_1m (series_id, minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value) VALUES ",
                 10,
