@@ -315,6 +315,7 @@ pub(crate) async fn load(conn: &mut PgConnection, rows: Vec<LogRow>) -> Result<V
             hlc: row.hlc,
             body,
             seal: row.seal.as_deref().map(decode_seal).transpose()?,
+            pruned_rollups: Vec::new(),
         });
     }
     Ok(out)

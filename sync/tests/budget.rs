@@ -179,6 +179,7 @@ async fn hostile_gap_records_are_refused_with_nothing_stored() {
             entries,
         }),
         seal: None,
+        pruned_rollups: Vec::new(),
     };
     let too_many = vec![entry.clone(); MAX_GAP_ENTRIES + 1];
     let backwards = GapEntry {
