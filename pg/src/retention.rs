@@ -30,9 +30,9 @@
 //! **Rollups** of a minute stay while any raw reading of that series and minute remains
 //! and until they are older than the rollup age, as on SQLite; a `readings/aggregate` over
 //! a pruned range still answers from them. A pruned unit's own per-minute rollups are kept
-//! with its change (table `pruned_rollups`, in the step's transaction) and served with it,
-//! so a replica that receives the change later counts those readings too; they go with
-//! their minute's rollups.
+//! with its change (table `pruned_rollups`, in the step's transaction; where they cost less
+//! than its readings, `unit_rollup`) and served with it, so a replica that receives the
+//! change later counts those readings too; they go with their minute's rollups.
 //!
 //! **Replicas.** One pass at a time for the whole hub: a pass holds a transaction-scoped
 //! advisory lock (`pg_try_advisory_xact_lock`) for its duration, and a replica that does
@@ -374,7 +374,7 @@ impl PgStore {
             // readings are stored (moved by a correction's delta, as `rollup_1m` holds them).
             let rollup = match &change.body {
                 kdelta_sync::ChangeBody::Readings(b) => {
-                    b.series.iter().find(|s| s.name == name).map(|s| {
+                    b.series.iter().find(|s| s.name == name).and_then(|s| {
                         let delta = timing.get(&id).copied().flatten().unwrap_or(0);
                         let stored: Vec<i64> = s.ts.iter().map(|t| t + delta).collect();
                         unit_rollup(name, &stored, &s.values)

@@ -17,7 +17,8 @@
 //! - **Rollups of pruned units** (`pruned_rollups.rs`): pruning a unit keeps its per-minute
 //!   aggregates with the change (table `pruned_rollups`), in the same transaction, so the
 //!   change is served with them and a peer that receives it pruned still gets their share
-//!   of the rollups. They go with the rollups of their minute.
+//!   of the rollups — where they cost less than the readings (`unit_rollup`). They go with
+//!   the rollups of their minute.
 //! - **Counters**: `meta.readings_pruned` counts raw readings pruned whose rollups remain,
 //!   so the readings count (`SUM(rollup_1m.n) - readings_pruned`) needs no table scan.
 //!
@@ -519,8 +520,9 @@ impl Writer {
         let n = stored_ts.len() as u64;
         // What these readings added to the rollups stays with the change, so a peer that
         // receives it later still counts them (`pruned_rollups.rs`).
-        let rollup = unit_rollup(name, &stored_ts, &values);
-        self.keep_pruned_rollups(change_id, series_id, &rollup.minutes)?;
+        if let Some(rollup) = unit_rollup(name, &stored_ts, &values) {
+            self.keep_pruned_rollups(change_id, series_id, &rollup.minutes)?;
+        }
         // The digest element and seal hash are over the times the change carried.
         let ts = stored_ts.into_iter().map(|t| t - delta).collect();
         let unit = pruned_unit(

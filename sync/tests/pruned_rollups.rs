@@ -3,8 +3,9 @@
 //! replica, or one behind a relay) answers aggregates over the pruned range as the device
 //! does, with the same digest, and nothing is requested twice. Also: a replica that held
 //! the raw readings and pruned them ends with the same rollups as one that received the
-//! change pruned; so do the units the disk budget's hard limit drops; malformed rollups are
-//! refused whole; the rollups go with their minute's rollups when those age out.
+//! change pruned; so do the units the disk budget's hard limit drops; units too small to be
+//! worth their rollups go without; malformed rollups are refused whole; the rollups go with
+//! their minute's rollups when those age out.
 
 mod support;
 
@@ -170,6 +171,35 @@ async fn the_disk_budgets_hard_limit_keeps_the_rollups_of_what_it_drops() {
         4 * 150,
         "the dropped readings still count in the rollups"
     );
+    for s in [device, fresh] {
+        s.close().await;
+    }
+}
+
+#[tokio::test]
+async fn units_too_small_to_be_worth_their_rollups_are_pruned_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = open(&dir, "device.db").await;
+    // One reading a change, as the agent's one-second batching makes them: their rollups
+    // would cost more than the readings (`unit_rollup`).
+    for i in 0..30 {
+        let mut b = ReadingBatch::new();
+        b.push("gh.temp", T0 + i * 10_000, i as f64, None);
+        device.append(b).await.unwrap();
+    }
+    let report = device.prune(&policy(), T0 + 6 * DAY, 100).await.unwrap();
+    assert_eq!(report.units, 30, "{report:?}");
+    let served = device
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(served.iter().all(|c| c.pruned_rollups.is_empty()));
+    // The device still answers from its rollups; a peer that joins now has none of them.
+    assert_eq!(minutes(&device, "gh.temp").await.len(), 5);
+    let fresh = open(&dir, "fresh.db").await;
+    sync_once(&fresh, &device).await;
+    assert_eq!(fresh.digest(), device.digest());
+    assert_eq!(fresh.stats().await.unwrap().readings, 0);
     for s in [device, fresh] {
         s.close().await;
     }

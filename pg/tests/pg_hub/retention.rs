@@ -395,7 +395,21 @@ async fn pruned_changes_carry_the_rollups_of_their_pruned_readings_through_a_pg_
     let now = now_ms();
     let dir = tempfile::tempdir().unwrap();
     let device = device(&dir, "device.db").await;
-    history(&device, now).await;
+    // The history of the test above without its units of one or two readings, whose
+    // rollups are not kept (`unit_rollup`): every pruned unit here carries its rollups.
+    for days in [500, 200, 150, 20] {
+        for k in 0..3 {
+            readings(&device, "gh.temp", now - days * DAY + k * 600_000, 250).await;
+        }
+    }
+    readings(&device, "keep.me", now - 200 * DAY + 3_600_000, 120).await;
+    let mut both = ReadingBatch::new();
+    for i in 0..60i64 {
+        let t = now - 200 * DAY + 7_200_000 + i * 1000;
+        both.push("gh.temp", t, i as f64 * 0.5, None);
+        both.push("keep.me", t, i as f64 * 0.25, None);
+    }
+    device.append(both).await.unwrap();
     // One hub takes the raw readings and prunes them itself; the device prunes too.
     let pruning = db.replica().await;
     sync(&device, &pruning, 4_000).await;
