@@ -41,6 +41,7 @@ fn backlog(device: u64, changes: u64, t0: i64) -> Vec<Change> {
                 hlc: Hlc::new((t0 + seq as i64 * 10_000) as u64, 0),
                 body: ChangeBody::Readings(b),
                 seal: None,
+                pruned_rollups: Vec::new(),
             }
         })
         .collect()

@@ -245,6 +245,7 @@ impl PgStore {
                 // Sealed in `apply_once`, under the hub actor's lock, with the key its
                 // replicas share (`meta`).
                 seal: None,
+                pruned_rollups: Vec::new(),
             })
             .collect();
         let mut attempt = 0;

@@ -7,13 +7,15 @@
 use std::collections::HashMap;
 
 use kdelta_sync::{
-    ActorId, BootId, Change, ChangeBody, Digest, DocBatch, DocWrite, Hlc, ReadingBatch,
-    ReadingTiming, SeriesPoints, StoreError, TwinChange, VersionVector, decode_manifest,
+    ActorId, BootId, Change, ChangeBody, Digest, DocBatch, DocWrite, Hlc, PrunedRollup,
+    ReadingBatch, ReadingTiming, SeriesPoints, StoreError, TwinChange, VersionVector,
+    decode_manifest,
 };
 use sqlx::{PgConnection, Row};
 
 use crate::codec::{decode_context, decode_correction, decode_gap, decode_seal};
 use crate::error::{PgError, Result};
+use crate::rollups::agg_from_row;
 use crate::store::PgStore;
 
 /// Change-log rows read per statement.
@@ -273,6 +275,7 @@ pub(crate) async fn load(conn: &mut PgConnection, rows: Vec<LogRow>) -> Result<V
     let mut docs = load_docs(conn, &ids(&[2, 5])).await?;
     let mut twins = load_twins(conn, &ids(&[3])).await?;
     let mut readings = load_readings(conn, &rows).await?;
+    let mut pruned_rollups = load_pruned_rollups(conn, &ids(&[1])).await?;
     let missing = |id: i64, what: &str| {
         PgError::Store(StoreError::Decode {
             what: "change log row",
@@ -315,7 +318,46 @@ pub(crate) async fn load(conn: &mut PgConnection, rows: Vec<LogRow>) -> Result<V
             hlc: row.hlc,
             body,
             seal: row.seal.as_deref().map(decode_seal).transpose()?,
+            pruned_rollups: pruned_rollups.remove(&row.id).unwrap_or_default(),
         });
+    }
+    Ok(out)
+}
+
+/// The rollups of pruned units kept with each readings change of `ids` that has some
+/// (migration 0008), series in bytewise name order (as SQLite serves them) and minutes in
+/// order.
+async fn load_pruned_rollups(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, Vec<PrunedRollup>>> {
+    let mut out: HashMap<i64, Vec<PrunedRollup>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let ctx = "reading the rollups of pruned readings";
+    let rows = sqlx::query(
+        "SELECT p.change_id, s.name, p.minute, p.n, p.total, p.vmin, p.vmax, p.first_ts, \
+           p.first_value, p.last_ts, p.last_value FROM pruned_rollups p \
+         JOIN series s ON s.id = p.series_id WHERE p.change_id = ANY($1) \
+         ORDER BY p.change_id, s.name COLLATE \"C\", p.minute",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(PgError::db(ctx))?;
+    for r in rows {
+        let id: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
+        let series: String = r.try_get(1).map_err(PgError::db(ctx))?;
+        let minute = agg_from_row(&r, 2).map_err(PgError::db(ctx))?;
+        let units = out.entry(id).or_default();
+        match units.last_mut() {
+            Some(u) if u.series == series => u.minutes.push(minute),
+            _ => units.push(PrunedRollup {
+                series,
+                minutes: vec![minute],
+            }),
+        }
     }
     Ok(out)
 }

@@ -29,7 +29,10 @@
 //!
 //! **Rollups** of a minute stay while any raw reading of that series and minute remains
 //! and until they are older than the rollup age, as on SQLite; a `readings/aggregate` over
-//! a pruned range still answers from them.
+//! a pruned range still answers from them. A pruned unit's own per-minute rollups are kept
+//! with its change (table `pruned_rollups`, in the step's transaction; where they cost less
+//! than its readings, `unit_rollup`) and served with it, so a replica that receives the
+//! change later counts those readings too; they go with their minute's rollups.
 //!
 //! **Replicas.** One pass at a time for the whole hub: a pass holds a transaction-scoped
 //! advisory lock (`pg_try_advisory_xact_lock`) for its duration, and a replica that does
@@ -43,7 +46,7 @@ use futures::TryStreamExt;
 
 use kdelta_sync::{
     Digest, PruneReport, RetentionPolicy, decode_manifest, encode_manifest_entries, prune_series,
-    readings_cutoff, rollups_cutoff, unit_expired,
+    readings_cutoff, rollups_cutoff, unit_expired, unit_rollup,
 };
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -52,7 +55,7 @@ use crate::codec::encode_seal;
 use crate::error::{PgError, Result, sqlstate};
 use crate::partitions::{month_start_ms, partition_name};
 use crate::read::changes_by_id;
-use crate::rollups::minute_of;
+use crate::rollups::{keep_pruned_rollups, minute_of};
 use crate::store::PgStore;
 
 /// Times a step is tried again after PostgreSQL aborted it for a conflict with an apply.
@@ -367,9 +370,28 @@ impl PgStore {
                     .map_or(0, |s| s.ts.len() as u64),
                 _ => 0,
             };
+            // What the unit added to the rollups stays with the change, at the times its
+            // readings are stored (moved by a correction's delta, as `rollup_1m` holds them).
+            let rollup = match &change.body {
+                kdelta_sync::ChangeBody::Readings(b) => {
+                    b.series.iter().find(|s| s.name == name).and_then(|s| {
+                        let delta = timing.get(&id).copied().flatten().unwrap_or(0);
+                        let stored: Vec<i64> = s.ts.iter().map(|t| t + delta).collect();
+                        unit_rollup(name, &stored, &s.values)
+                    })
+                }
+                _ => None,
+            };
             let Some(element) = prune_series(change, name) else {
                 continue;
             };
+            if let Some(rollup) = rollup {
+                keep_pruned_rollups(&mut tx, id, series_id, &rollup.minutes).await?;
+                change.pruned_rollups.push(rollup);
+                change
+                    .pruned_rollups
+                    .sort_by(|a, b| a.series.cmp(&b.series));
+            }
             let Some((digest, touched)) = digests.get_mut(&actor_idx) else {
                 continue;
             };
@@ -566,17 +588,23 @@ impl PgStore {
                 Err(e) => return Err(e),
                 Ok(r) => {
                     let n = r.rows_affected();
-                    if n == 0 {
-                        return Ok(());
-                    }
                     report.rollups += n;
-                    report.steps += 1;
+                    report.steps += u64::from(n > 0);
                     if n < step_rows as u64 {
-                        return Ok(());
+                        break;
                     }
                 }
             }
         }
+        // The rollups of pruned units of those minutes go with them: a replica served the
+        // change from now on gets what the hub's rollups still hold.
+        sqlx::query("DELETE FROM pruned_rollups WHERE series_id = $1 AND minute < $2")
+            .bind(series_id)
+            .bind(upper)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(PgError::db("pruning the rollups of pruned readings"))?;
+        Ok(())
     }
 }
 

@@ -24,6 +24,12 @@
 //! `saturating_sum`). That reads every reading of those minutes of the series (to find the
 //! actor's), which only corrections pay.
 //!
+//! **Rollups of pruned units** a received change carries (`pruned_rollups` on the wire,
+//! kept in the table of migration 0008 by [`keep_pruned_rollups`]) are folded onto the
+//! actor's rows with [`MinuteAgg::merge`] at the change's place in seq order: they are what
+//! the change's readings added before the sender pruned them. A correction's recompute,
+//! which rebuilds a minute from the readings, folds them back after (`fold_back_pruned`).
+//!
 //! Rows of actor 0 hold what schema v3 rows held for minutes whose readings were all pruned
 //! before the upgrade (migration 0004); they are merged like any other.
 
@@ -31,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kdelta_sync::MinuteAgg;
 use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::error::{PgError, Result};
 
@@ -60,11 +66,20 @@ pub(crate) fn agg_from_row(r: &PgRow, at: usize) -> std::result::Result<MinuteAg
 /// A rollup row's key: series id, minute start, actor (`actors.idx`).
 type Key = (i64, i64, i64);
 
-/// What an apply transaction did to the readings, for the rollups: readings added (in the
-/// order they are folded) and the minutes corrections moved readings out of or into.
+/// One thing folded into a rollup row: a reading, or the aggregate of a minute's readings
+/// a received change no longer holds (the rollups of its pruned units).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fold {
+    Reading(i64, f64),
+    Minute(MinuteAgg),
+}
+
+/// What an apply transaction did to the readings, for the rollups: readings and rollups of
+/// pruned units added (in the order they are folded) and the minutes corrections moved
+/// readings out of or into.
 #[derive(Debug, Default)]
 pub(crate) struct RollupWork {
-    added: BTreeMap<Key, Vec<(i64, f64)>>,
+    added: BTreeMap<Key, Vec<Fold>>,
     moved: BTreeSet<Key>,
 }
 
@@ -76,7 +91,18 @@ impl RollupWork {
             self.added
                 .entry((series_id, minute_of(t), actor_idx))
                 .or_default()
-                .push((t, v));
+                .push(Fold::Reading(t, v));
+        }
+    }
+
+    /// The rollups of a pruned unit of one series that a received change of `actor_idx`
+    /// carries (checked by `Change::validate`), in seq order with [`add`](Self::add).
+    pub fn add_pruned(&mut self, series_id: i64, actor_idx: i64, minutes: &[MinuteAgg]) {
+        for m in minutes {
+            self.added
+                .entry((series_id, m.minute, actor_idx))
+                .or_default()
+                .push(Fold::Minute(*m));
         }
     }
 
@@ -136,7 +162,7 @@ const RECOMPUTE: &str = "WITH t AS (SELECT s, m, a FROM unnest($1::int8[], $2::i
 pub(crate) async fn update(tx: &mut Transaction<'_, Postgres>, work: RollupWork) -> Result<()> {
     let ctx = "updating the rollups";
     let RollupWork { added, moved } = work;
-    let added: BTreeMap<Key, Vec<(i64, f64)>> = added
+    let added: BTreeMap<Key, Vec<Fold>> = added
         .into_iter()
         .filter(|(k, _)| !moved.contains(k))
         .collect();
@@ -158,11 +184,18 @@ pub(crate) async fn update(tx: &mut Transaction<'_, Postgres>, work: RollupWork)
             );
             rows.insert(key, agg_from_row(r, 2).map_err(PgError::db(ctx))?);
         }
-        for (key, readings) in &added {
-            for &(t, v) in readings {
-                rows.entry(*key)
-                    .and_modify(|row| row.add(t, v))
-                    .or_insert(MinuteAgg::new(key.1, t, v));
+        for (key, folds) in &added {
+            for fold in folds {
+                match *fold {
+                    Fold::Reading(t, v) => rows
+                        .entry(*key)
+                        .and_modify(|row| row.add(t, v))
+                        .or_insert(MinuteAgg::new(key.1, t, v)),
+                    Fold::Minute(m) => rows
+                        .entry(*key)
+                        .and_modify(|row| row.merge(&m))
+                        .or_insert(m),
+                };
             }
         }
         write_rows(tx, &rows).await?;
@@ -176,7 +209,93 @@ pub(crate) async fn update(tx: &mut Transaction<'_, Postgres>, work: RollupWork)
             .execute(&mut **tx)
             .await
             .map_err(PgError::db(ctx))?;
+        fold_back_pruned(tx, &keys).await?;
     }
+    Ok(())
+}
+
+/// The rollups of pruned units of the actor's changes in the recomputed `keys` — readings
+/// that are gone, so the recompute from readings left them out — folded back onto the
+/// rows, in seq order.
+async fn fold_back_pruned(tx: &mut Transaction<'_, Postgres>, keys: &Columns) -> Result<()> {
+    let ctx = "updating the rollups";
+    let kept = sqlx::query(
+        "SELECT p.series_id, c.actor_idx, p.minute, p.n, p.total, p.vmin, p.vmax, \
+           p.first_ts, p.first_value, p.last_ts, p.last_value \
+         FROM pruned_rollups p JOIN changes c ON c.id = p.change_id \
+         JOIN unnest($1::int8[], $2::int8[], $3::int8[]) AS t(s, m, a) \
+           ON p.series_id = t.s AND p.minute = t.m AND c.actor_idx = t.a \
+         ORDER BY p.series_id, p.minute, c.actor_idx, c.seq",
+    )
+    .bind(&keys.0)
+    .bind(&keys.1)
+    .bind(&keys.2)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(PgError::db(ctx))?;
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let key_of = |r: &PgRow| -> std::result::Result<Key, sqlx::Error> {
+        Ok((r.try_get(0)?, r.try_get(2)?, r.try_get(1)?))
+    };
+    let mut rows: BTreeMap<Key, MinuteAgg> = BTreeMap::new();
+    let touched = Columns::of(
+        kept.iter()
+            .map(key_of)
+            .collect::<std::result::Result<BTreeSet<Key>, _>>()
+            .map_err(PgError::db(ctx))?
+            .into_iter(),
+    );
+    let stored = sqlx::query(LOCK_ROWS)
+        .bind(&touched.0)
+        .bind(&touched.1)
+        .bind(&touched.2)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(PgError::db(ctx))?;
+    for r in stored.iter().chain(&kept) {
+        let key = key_of(r).map_err(PgError::db(ctx))?;
+        let agg = agg_from_row(r, 2).map_err(PgError::db(ctx))?;
+        rows.entry(key)
+            .and_modify(|row| row.merge(&agg))
+            .or_insert(agg);
+    }
+    write_rows(tx, &rows).await
+}
+
+/// Keeps the per-minute rollups of a pruned unit (series `series_id`) of change `change_id`
+/// (migration 0008), in the caller's transaction: retention's as it prunes the unit, an
+/// apply's for a change received pruned. Written once per unit (a change is stored once).
+pub(crate) async fn keep_pruned_rollups(
+    conn: &mut PgConnection,
+    change_id: i64,
+    series_id: i64,
+    minutes: &[MinuteAgg],
+) -> Result<()> {
+    let col = |f: fn(&MinuteAgg) -> f64| minutes.iter().map(f).collect::<Vec<f64>>();
+    let col_i = |f: fn(&MinuteAgg) -> i64| minutes.iter().map(f).collect::<Vec<i64>>();
+    sqlx::query(
+        "INSERT INTO pruned_rollups (series_id, change_id, minute, n, total, vmin, vmax, \
+           first_ts, first_value, last_ts, last_value) \
+         SELECT $1, $2, * FROM unnest($3::int8[], $4::int8[], $5::float8[], $6::float8[], \
+           $7::float8[], $8::int8[], $9::float8[], $10::int8[], $11::float8[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(series_id)
+    .bind(change_id)
+    .bind(col_i(|a| a.minute))
+    .bind(col_i(|a| a.n))
+    .bind(col(|a| a.sum))
+    .bind(col(|a| a.min))
+    .bind(col(|a| a.max))
+    .bind(col_i(|a| a.first.0))
+    .bind(col(|a| a.first.1))
+    .bind(col_i(|a| a.last.0))
+    .bind(col(|a| a.last.1))
+    .execute(conn)
+    .await
+    .map_err(PgError::db("keeping the rollups of pruned readings"))?;
     Ok(())
 }
 
@@ -242,7 +361,13 @@ mod tests {
         work.moved(7, 1, 0);
         let keys: Vec<_> = work.added.keys().copied().collect();
         assert_eq!(keys, [(7, 0, 1), (7, 0, 2), (7, 60_000, 2)]);
-        assert_eq!(work.added[&(7, 0, 2)], [(59_000, 1.0), (59_900, 3.0)]);
+        assert_eq!(
+            work.added[&(7, 0, 2)],
+            [Fold::Reading(59_000, 1.0), Fold::Reading(59_900, 3.0)]
+        );
+        let pruned = MinuteAgg::new(0, 30_000, 4.0);
+        work.add_pruned(7, 2, &[pruned]);
+        assert_eq!(work.added[&(7, 0, 2)][2], Fold::Minute(pruned));
         assert!(work.moved.contains(&(7, 0, 1)));
     }
 

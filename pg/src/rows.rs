@@ -16,7 +16,7 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::codec::{encode_context, encode_correction, encode_gap, encode_seal};
 use crate::copy::{COPY_FROM_ROWS, copy_readings};
 use crate::error::{PgError, Result};
-use crate::rollups::{RollupWork, minute_of};
+use crate::rollups::{RollupWork, keep_pruned_rollups, minute_of};
 
 const CTX: &str = "applying a page of changes";
 
@@ -150,7 +150,10 @@ pub(crate) async fn insert_readings(
     }
     let names: BTreeSet<&str> = batches
         .iter()
-        .flat_map(|(_, b, _)| b.series.iter().map(|s| s.name.as_str()))
+        .flat_map(|(c, b, _)| {
+            let pruned = c.pruned_rollups.iter().map(|r| r.series.as_str());
+            b.series.iter().map(|s| s.name.as_str()).chain(pruned)
+        })
         .collect();
     let series = ids_by_name(tx, "series", names).await?;
     let (mut sid, mut ts, mut cid, mut val) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -175,6 +178,13 @@ pub(crate) async fn insert_readings(
                     *entry = (c.hlc.0, s.unit.as_deref(), meta);
                 }
             }
+        }
+        // Received pruned: what its pruned units added to the rollups, kept with it (so the
+        // hub relays them) and folded into its actor's rows, after its remaining readings.
+        for r in &c.pruned_rollups {
+            let series_id = series[r.series.as_str()];
+            keep_pruned_rollups(tx, *id, series_id, &r.minutes).await?;
+            rollups.add_pruned(series_id, actors[&c.actor], &r.minutes);
         }
     }
     if sid.len() >= COPY_FROM_ROWS {

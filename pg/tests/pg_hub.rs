@@ -13,7 +13,8 @@
 //! rollups and queries answer as SQLite's (`pg_hub/readings.rs`); so do the document reads
 //! and the hub's document writes (`pg_hub/docs.rs`), and the twin reads and the hub's
 //! twin edits (`pg_hub/twins.rs`); retention prunes as SQLite's does and keeps the digest
-//! equal (`pg_hub/retention.rs`), and so does document history retention
+//! equal, and the rollups of pruned readings travel with their changes both ways
+//! (`pg_hub/retention.rs`), and so does document history retention
 //! (`pg_hub/doc_retention.rs`); the change log is followed in commit order across
 //! replicas, and one replica at a time holds a lease (`pg_hub/log.rs`); timing and gap
 //! records list as on SQLite (`pg_hub/records.rs`).

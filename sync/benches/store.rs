@@ -729,6 +729,7 @@ fn write_docs(path: &Path, keys: usize, versions: usize) -> u64 {
                     pruned: false,
                 }),
                 seal: None,
+                pruned_rollups: Vec::new(),
             });
             if chunk.len() == 2000 || i + 1 == total {
                 let out = store

@@ -34,6 +34,12 @@ pub struct Change {
     /// actor's store was upgraded to signing (or by a peer that does not sign yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<Seal>,
+    /// Of a readings change retention pruned units from: their per-minute rollups
+    /// (`pruned_rollups.rs`), so a receiver's rollups still count those readings. Derived
+    /// data outside the signature and the digest, trusted as far as the sending peer;
+    /// absent when nothing was pruned (older peers neither send nor expect it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned_rollups: Vec<crate::PrunedRollup>,
 }
 
 impl Change {
@@ -134,6 +140,7 @@ impl Change {
                 });
             }
         }
+        crate::check_pruned_rollups(self, limits)?;
         match &self.body {
             // A readings change retention pruned wholly is served with no readings: still a
             // change (its seq keeps the version vector dense).
@@ -901,6 +908,7 @@ mod tests {
                     hlc: Hlc(hlc),
                     body,
                     seal: None,
+                    pruned_rollups: Vec::new(),
                 }
             },
         )
@@ -989,6 +997,7 @@ mod tests {
                 hlc: Hlc(hlc),
                 body,
                 seal: None,
+                pruned_rollups: Vec::new(),
             }
         })
     }
@@ -1176,6 +1185,7 @@ mod tests {
                 pruned: false,
             }),
             seal: None,
+            pruned_rollups: Vec::new(),
         };
         assert!(validate_key(&"😀".repeat(MAX_KEY_BYTES / 4)).is_ok());
         assert!(largest.encoded_len() <= limits.max_doc_change_bytes());
@@ -1254,6 +1264,7 @@ mod tests {
             hlc: Hlc(1),
             body: ChangeBody::Doc(both),
             seal: None,
+            pruned_rollups: Vec::new(),
         };
         let mut v = ciborium::Value::serialized(&change).unwrap();
         // The encoder leaves `value` out of a pruned write: put it back by hand.

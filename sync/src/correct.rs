@@ -1,7 +1,8 @@
 //! Storing timing records and time corrections inside the writer's transaction (the rule is
 //! in `timing.rs`). A correction moves the readings of each corrected change to
 //! `ts + delta_ms` (rows are read, deleted and re-inserted, so a shift never collides with a
-//! row of the same change not moved yet), recomputes the rollup minutes it left and entered,
+//! row of the same change not moved yet), recomputes the rollup minutes it left and entered
+//! (from the readings and the kept rollups of pruned units, `pruned_rollups.rs`),
 //! and marks the change's timing record corrected. The readings change in the log is not
 //! altered: rebuilding it for sync subtracts the delta again (`log_read.rs`).
 //!
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::digest::correction_hash;
-use crate::ingest::{MINUTE_MS, ROLLUP_REPLACE, decode_manifest, minute_aggs};
+use crate::ingest::{MINUTE_MS, MinuteAgg, ROLLUP_REPLACE, decode_manifest, minute_aggs};
 use crate::stored_cbor;
 use crate::timing::ranges_of;
 use crate::writer::Writer;
@@ -280,10 +281,30 @@ impl Writer {
             .map_err(StoreError::db("recomputing rollups"))?
             .into_iter()
             .unzip();
-        let aggs: Vec<_> = minute_aggs(&ts, &values)
+        let mut aggs: BTreeMap<i64, MinuteAgg> = minute_aggs(&ts, &values)
             .into_iter()
-            .map(|a| (series_id, a))
+            .map(|a| (a.minute, a))
             .collect();
+        // Readings pruned from these minutes are gone, their rollups are not
+        // (`pruned_rollups.rs`): folded back in an order every replica shares.
+        let kept: Vec<MinuteAgg> = self
+            .conn
+            .prepare_cached(
+                "SELECT minute, n, total, vmin, vmax, first_ts, first_value, last_ts, last_value \
+                 FROM pruned_rollups WHERE series_id = ?1 AND minute BETWEEN ?2 AND ?3 \
+                 ORDER BY minute, first_ts, first_value, last_ts, last_value, n, total",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![series_id, lo, hi], |r| MinuteAgg::from_row(r, 0))?
+                    .collect()
+            })
+            .map_err(StoreError::db("recomputing rollups"))?;
+        for k in kept {
+            aggs.entry(k.minute)
+                .and_modify(|a| a.merge(&k))
+                .or_insert(k);
+        }
+        let aggs: Vec<_> = aggs.into_values().map(|a| (series_id, a)).collect();
         self.upsert_rollups(&aggs, ROLLUP_REPLACE)
     }
 }

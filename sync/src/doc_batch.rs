@@ -264,6 +264,7 @@ mod tests {
             hlc: Hlc(1),
             body: ChangeBody::DocBatch(DocBatch { writes }),
             seal: None,
+            pruned_rollups: Vec::new(),
         }
     }
 

@@ -163,6 +163,17 @@ pub enum StoreError {
         /// The seq that arrived.
         got: u64,
     },
+    /// A received change carries rollups of pruned readings that cannot be right
+    /// (`pruned_rollups.rs`): the change is refused whole.
+    #[error("change {actor}:{seq} refused: invalid rollups of pruned readings: {detail}")]
+    InvalidPrunedRollups {
+        /// The actor the change claims.
+        actor: ActorId,
+        /// Its seq.
+        seq: u64,
+        /// What did not hold.
+        detail: String,
+    },
     /// Bytes could not be decoded (CBOR body, change, frame).
     #[error("cannot decode {what}: {detail}")]
     Decode {
@@ -293,6 +304,7 @@ impl StoreError {
                 | StoreError::BeforeHistory { .. }
                 | StoreError::HistoryPruned { .. }
                 | StoreError::Decode { .. }
+                | StoreError::InvalidPrunedRollups { .. }
                 | StoreError::InvalidPatch { .. }
                 | StoreError::WrongKind { .. }
                 | StoreError::TwinExists(_)
@@ -320,6 +332,7 @@ impl StoreError {
             StoreError::SeqGap { .. } => "seq_gap",
             StoreError::ChainRefused { reason, .. } => reason,
             StoreError::Decode { .. } => "decode",
+            StoreError::InvalidPrunedRollups { .. } => "invalid_pruned_rollups",
             StoreError::InvalidPatch { .. } => "invalid_patch",
             StoreError::WrongKind { .. } => "wrong_kind",
             StoreError::TwinExists(_) => "twin_exists",

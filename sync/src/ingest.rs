@@ -18,8 +18,8 @@ use crate::seal;
 use crate::stored_cbor;
 use crate::writer::{SeriesSlot, Writer};
 use crate::{
-    ActorId, ChangeEvent, ChangeEventKind, Hlc, ReadingBatch, ReadingTiming, Result, SeriesPoints,
-    StoreError,
+    ActorId, ChangeEvent, ChangeEventKind, Hlc, PrunedRollup, ReadingBatch, ReadingTiming, Result,
+    SeriesPoints, StoreError,
 };
 
 /// Rows per multi-row INSERT of readings (4 parameters each, well under SQLite's 32,766).
@@ -71,8 +71,13 @@ pub struct ManifestEntry {
 }
 
 /// Aggregate of the readings of one series in one minute (a rollup row), or of one bucket
-/// of an aggregate query: the fold every backend's rollups and queries share.
-#[derive(Debug, Clone, Copy)]
+/// of an aggregate query: the fold every backend's rollups and queries share. On the wire
+/// (a [`PrunedRollup`](crate::PrunedRollup)'s minutes) one CBOR array of its nine columns.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "crate::pruned_rollups::MinuteRow",
+    into = "crate::pruned_rollups::MinuteRow"
+)]
 pub struct MinuteAgg {
     /// Start (unix ms) of the minute, or of the bucket.
     pub minute: i64,
@@ -237,6 +242,9 @@ pub(crate) struct StagedReadings {
     aggs: Vec<(i64, MinuteAgg)>,
     /// Series whose unit/metadata a staged change won (last-writer-wins), by id.
     attrs: BTreeMap<i64, SeriesAttrs>,
+    /// Rollups of pruned units received with a change: (index into `changes`, series id,
+    /// minutes), kept with the change once it has an id (`pruned_rollups.rs`).
+    pruned_rollups: Vec<(usize, i64, Vec<MinuteAgg>)>,
 }
 
 struct StagedChange {
@@ -265,13 +273,16 @@ impl Writer {
     /// digest and version vector move now, the rows are written by the next
     /// [`flush_readings`](Self::flush_readings), which must run before the job ends and before
     /// any other kind of change is stored (so local ids stay in arrival order).
+    /// `pruned_rollups`: those a received change carries (checked by `Change::validate`):
+    /// folded into the rollups at the change's place, as its raw readings would have been,
+    /// and kept with it; their readings count as pruned, not held.
     pub(crate) fn stage_readings(
         &mut self,
         actor: ActorId,
         seq: u64,
         hlc: Hlc,
         batch: &ReadingBatch,
-        remote: bool,
+        (remote, pruned_rollups): (bool, &[PrunedRollup]),
     ) -> Result<()> {
         let stored = as_stored(batch);
         let batch = stored.as_ref().unwrap_or(batch);
@@ -291,6 +302,20 @@ impl Writer {
                 .extend(minute_aggs(&s.ts, &s.values).into_iter().map(|a| (id, a)));
             self.digest
                 .add(&readings_hash(&actor, seq, &s.name, &s.ts, &s.values));
+        }
+        for r in pruned_rollups {
+            // Only a name: a summary has no opinion about the series' unit or metadata.
+            let named = SeriesPoints {
+                name: r.series.clone(),
+                unit: None,
+                meta: BTreeMap::new(),
+                ts: Vec::new(),
+                values: Vec::new(),
+            };
+            let id = self.series_id(&named, hlc, actor)?;
+            let staged = &mut self.staged;
+            staged.aggs.extend(r.minutes.iter().map(|m| (id, *m)));
+            staged.pruned_rollups.push((pos, id, r.minutes.clone()));
         }
         if let Some(t) = &batch.timing {
             self.digest.add(&timing_hash(&actor, seq, t));
@@ -390,6 +415,15 @@ impl Writer {
         }
 
         self.write_rollups(&staged.aggs)?;
+        let mut summarised = 0i64;
+        for (pos, series_id, minutes) in &staged.pruned_rollups {
+            summarised += minutes.iter().map(|m| m.n).sum::<i64>();
+            self.keep_pruned_rollups(change_ids[*pos], *series_id, minutes)?;
+        }
+        if summarised > 0 {
+            // In the rollups but not held raw: the readings count stays what is held.
+            self.add_readings_pruned(summarised)?;
+        }
         for (c, &id) in staged.changes.iter().zip(&change_ids) {
             if let Some(t) = &c.timing {
                 self.insert_timing(id, t)?;

@@ -92,6 +92,7 @@ mod multirow;
 mod origins;
 mod past;
 pub mod protocol;
+mod pruned_rollups;
 mod readers;
 mod readings_fit;
 mod readings_query;
@@ -148,6 +149,9 @@ pub use model::*;
 pub use origins::NotedActors;
 pub use past::link_unsigned;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
+pub use pruned_rollups::{
+    KEEP_MIN_READINGS_PER_MINUTE, PrunedRollup, check_pruned_rollups, unit_rollup,
+};
 pub use readings_fit::{fit_readings, sized_readings, split_readings};
 pub use readings_query::{
     MAX_BUCKETS, MAX_PAGE_ROWS, MAX_SERIES_PAGE, check_aggregate, check_range, fold_bucket,

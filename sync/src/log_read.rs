@@ -6,6 +6,8 @@
 //!   nearby time ranges; one statement joins a `VALUES` list of runs with `series` (by name) and
 //!   `readings` (a range scan per run, filtered to the run's change ids) and the rows are split
 //!   into changes in memory by change id;
+//! - the rollups of pruned units (`pruned_rollups.rs`) of readings changes retention pruned:
+//!   one `IN (…)` query per chunk of those ids;
 //! - documents (single and batches) and twin changes: one `IN (…)` query each per chunk of
 //!   ids; a batch's versions come back as several rows of one change id. Compacted twin
 //!   changes are rebuilt from their twin's snapshot (`twin/rebuild.rs`, cached).
@@ -19,6 +21,7 @@ use crate::docwrite::{KIND_DOC_BATCH, decode_context};
 use crate::gap::{KIND_GAP, decode_gap};
 use crate::ingest::{ManifestEntry, decode_manifest};
 use crate::multirow::{Binder, list_sql, statement_chunks, values_sql, with_statement};
+use crate::pruned_rollups::load_pruned_rollups;
 use crate::seal::{Hash, Seal, split_hashes};
 use crate::twin::{rebuild_compacted, stored_twin_hash as stored_hash};
 use crate::{
@@ -196,6 +199,14 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
     let mut twins = load_twins(conn, &rows)?;
     let timings = load_timings(conn, &rows)?;
     let mut readings = load_readings(conn, &rows, &timings)?;
+    // Only a readings change retention pruned can have rollups of pruned units: a signed
+    // one lists its pruned unit hashes; an unsigned one (received pruned) may not.
+    let may_have_rollups: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.kind == 1 && (r.seal.is_none() || !r.pruned.is_empty()))
+        .map(|r| r.id)
+        .collect();
+    let mut pruned_rollups = load_pruned_rollups(conn, &may_have_rollups)?;
     let missing = |id: i64, what: &str| StoreError::Decode {
         what: "change log row",
         detail: format!("change {id} has no {what}"),
@@ -233,6 +244,7 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
             hlc: row.hlc,
             body,
             seal: row.seal,
+            pruned_rollups: pruned_rollups.remove(&row.id).unwrap_or_default(),
         });
     }
     Ok(out)

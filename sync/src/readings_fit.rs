@@ -16,6 +16,7 @@ pub fn sized_readings(actor: ActorId, batch: ReadingBatch) -> (ReadingBatch, usi
         hlc: Hlc(u64::MAX),
         body: ChangeBody::Readings(batch),
         seal: None,
+        pruned_rollups: Vec::new(),
     };
     // The seal is added when the change is written.
     let size = probe.encoded_len() + SEAL_MAX_BYTES;

@@ -14,6 +14,11 @@
 //!   units, so their digests are equal (sync/README.md, "Digest under retention").
 //! - **Rollups** of a minute are kept while any raw reading of that series and minute
 //!   remains, and beyond that until the rollup age, so aggregates over old ranges answer.
+//! - **Rollups of pruned units** (`pruned_rollups.rs`): pruning a unit keeps its per-minute
+//!   aggregates with the change (table `pruned_rollups`), in the same transaction, so the
+//!   change is served with them and a peer that receives it pruned still gets their share
+//!   of the rollups — where they cost less than the readings (`unit_rollup`). They go with
+//!   the rollups of their minute.
 //! - **Counters**: `meta.readings_pruned` counts raw readings pruned whose rollups remain,
 //!   so the readings count (`SUM(rollup_1m.n) - readings_pruned`) needs no table scan.
 //!
@@ -33,6 +38,7 @@ use crate::ingest::{MINUTE_MS, decode_manifest};
 use crate::writer::Writer;
 use crate::{
     ActorId, Change, ChangeBody, ManifestEntry, Result, SeriesPoints, StoreError, VersionVector,
+    unit_rollup,
 };
 
 /// How long raw readings of the series matching `pattern` are kept.
@@ -497,21 +503,28 @@ impl Writer {
             }
             return Ok(()); // upstream does not hold it yet
         };
-        let (ts, values): (Vec<i64>, Vec<f64>) = self
+        let (stored_ts, values): (Vec<i64>, Vec<f64>) = self
             .conn
             .prepare_cached(
                 "SELECT ts, value FROM readings WHERE series_id = ?1 AND ts >= ?2 AND ts <= ?3 AND change_id = ?4 ORDER BY ts",
             )
             .and_then(|mut st| {
                 st.query_map(params![series_id, lo, hi, change_id], |r| {
-                    Ok((r.get::<_, i64>(0)? - delta, r.get::<_, f64>(1)?))
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<(i64, f64)>>>()
             })
             .map_err(StoreError::db("reading readings to prune"))?
             .into_iter()
             .unzip();
-        let n = ts.len() as u64;
+        let n = stored_ts.len() as u64;
+        // What these readings added to the rollups stays with the change, so a peer that
+        // receives it later still counts them (`pruned_rollups.rs`).
+        if let Some(rollup) = unit_rollup(name, &stored_ts, &values) {
+            self.keep_pruned_rollups(change_id, series_id, &rollup.minutes)?;
+        }
+        // The digest element and seal hash are over the times the change carried.
+        let ts = stored_ts.into_iter().map(|t| t - delta).collect();
         let unit = pruned_unit(
             &actor,
             seq as u64,
@@ -576,6 +589,12 @@ impl Writer {
         if let Some(m) = beyond {
             upper = m;
         }
+        // The rollups of pruned units of those minutes go with them: a peer served the
+        // change from now on gets what this store's rollups still hold.
+        self.conn
+            .prepare_cached("DELETE FROM pruned_rollups WHERE series_id = ?1 AND minute < ?2")
+            .and_then(|mut st| st.execute(params![series_id, upper]))
+            .map_err(StoreError::db("deleting the rollups of pruned units"))?;
         let (rows, readings): (i64, i64) = self
             .conn
             .prepare_cached(
@@ -595,7 +614,8 @@ impl Writer {
         Ok((rows as u64, more))
     }
 
-    fn add_readings_pruned(&mut self, delta: i64) -> Result<()> {
+    /// Moves `meta.readings_pruned` (readings in the rollups but not held raw) by `delta`.
+    pub(crate) fn add_readings_pruned(&mut self, delta: i64) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('readings_pruned', ?1) \

@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "doc_versions_by_key",
         sql: include_str!("../migrations/0009_doc_versions_by_key.sql"),
     },
+    Migration {
+        version: 10,
+        description: "pruned_rollups",
+        sql: include_str!("../migrations/0010_pruned_rollups.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

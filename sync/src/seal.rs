@@ -418,6 +418,7 @@ mod tests {
                 sig: key.sign(&hash),
                 pruned: vec![],
             }),
+            pruned_rollups: Vec::new(),
         }
     }
 
@@ -480,6 +481,7 @@ mod tests {
                 hlc: Hlc(hlc),
                 body,
                 seal: Some(Seal { key: key.public(), prev: CHAIN_START, sig: key.sign(&ch), pruned: vec![] }),
+                pruned_rollups: Vec::new(),
             };
             let bytes = change.to_cbor();
             let back = Change::from_cbor(&bytes, &Limits::default()).unwrap();

@@ -59,7 +59,8 @@ impl StoreSpace {
 pub enum SpaceHolder {
     /// Raw readings (`readings`).
     Readings,
-    /// Per-minute rollups (`rollup_1m`).
+    /// Per-minute rollups (`rollup_1m`), and those kept of pruned readings for sync
+    /// (`pruned_rollups`), which go with them.
     Rollups,
     /// The change log: one row per change, pruned or not (actor, seq, HLC, seal, the hashes
     /// of what retention pruned), the timing records of readings changes, actors and series.
@@ -77,7 +78,7 @@ impl SpaceHolder {
     fn of_table(table: &str) -> SpaceHolder {
         match table {
             "readings" => SpaceHolder::Readings,
-            "rollup_1m" => SpaceHolder::Rollups,
+            "rollup_1m" | "pruned_rollups" => SpaceHolder::Rollups,
             "changes" | "actors" | "reading_timing" | "series" => SpaceHolder::ChangeLog,
             t if t.starts_with("doc_") => SpaceHolder::Documents,
             t if t.starts_with("twin") => SpaceHolder::Twins,

@@ -951,7 +951,7 @@ impl Writer {
                     .map(|batch| {
                         let (seq, hlc) = self.next_local();
                         let actor = self.actor;
-                        self.stage_readings(actor, seq, hlc, batch, false)?;
+                        self.stage_readings(actor, seq, hlc, batch, (false, &[]))?;
                         self.flush_readings()?;
                         Ok(ChangeMeta { actor, seq, hlc })
                     })
@@ -1159,7 +1159,8 @@ impl Writer {
             }
             match &c.body {
                 ChangeBody::Readings(batch) => {
-                    self.stage_readings(c.actor, c.seq, c.hlc, batch, true)?
+                    let remote = (true, c.pruned_rollups.as_slice());
+                    self.stage_readings(c.actor, c.seq, c.hlc, batch, remote)?
                 }
                 ChangeBody::Doc(d) => self
                     .store_doc(

@@ -71,6 +71,7 @@ async fn a_failing_job_inside_a_group_keeps_the_digest_exact() {
             hlc: Hlc::new(T0 as u64, 0),
             body: ChangeBody::Readings(batch("gap", T0, 2.0)),
             seal: None,
+            pruned_rollups: Vec::new(),
         }],
         partial: false,
         prechecked: crate::seal::Prechecked::none(),

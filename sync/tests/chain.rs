@@ -525,6 +525,7 @@ async fn unsigned_changes_are_refused_by_default_and_accepted_with_the_opt_out()
             sig: key.sign(&h),
             pruned: vec![],
         }),
+        pruned_rollups: Vec::new(),
     };
     lax.apply_remote(vec![next]).await.unwrap();
     let path = lax.path().to_owned();

@@ -135,6 +135,7 @@ fn reference_load(
         hlc: Hlc(hlc as u64),
         body,
         seal,
+        pruned_rollups: Vec::new(),
     }
 }
 
@@ -302,6 +303,7 @@ async fn build(dir: &tempfile::TempDir, ops: &[Op]) -> (Store, Vec<Change>) {
                 hlc: now_hlc(i as u16),
                 body,
                 seal: None,
+                pruned_rollups: Vec::new(),
             });
         };
         match op {
@@ -470,6 +472,7 @@ fn many_series_changes() -> Vec<Change> {
             hlc: now_hlc(k as u16),
             body,
             seal: None,
+            pruned_rollups: Vec::new(),
         });
     }
     out

@@ -2,28 +2,22 @@
 //! convergence, relay through a hub, a mesh, resumption after a cut link, live push, and
 //! hostile peers. Frame decoding is property-tested against arbitrary and mutated bytes.
 
+mod support;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kdelta_sync::protocol::*;
 use kdelta_sync::*;
 use proptest::prelude::*;
+use support::session::*;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 const T0: i64 = 1_764_000_000_000;
-const TOKEN: &str = "correct horse battery staple";
-const DEADLINE: Duration = Duration::from_secs(20);
 
-// ---------------------------------------------------------------- harness
-
-async fn open(dir: &tempfile::TempDir, name: &str) -> Store {
-    Store::open(dir.path().join(name), StoreConfig::default())
-        .await
-        .unwrap()
-}
+// ---------------------------------------------------------------- harness (the sessions: `support/session.rs`)
 
 /// Appends `changes` batches of `per_change` readings of `series`, starting at minute
 /// `from` (so calls with different `from` never collide).
@@ -39,111 +33,11 @@ async fn readings(store: &Store, series: &str, from: i64, changes: usize, per_ch
     }
 }
 
-/// Fast timers so keepalive, idle and live paths run within a test.
-fn config(mode: SessionMode) -> SyncConfig {
-    SyncConfig {
-        mode,
-        keepalive: Duration::from_millis(200),
-        idle_timeout: Duration::from_secs(10),
-        handshake_timeout: Duration::from_secs(5),
-        live_recheck: Duration::from_millis(250),
-        ..SyncConfig::default()
-    }
-}
-
-fn auth() -> Arc<dyn Authenticator> {
-    Arc::new(TokenAuthenticator::new().with_token("peer", TOKEN))
-}
-
-type SessionResult = Result<SessionSummary, ProtocolError>;
-
-/// A running session pair and the switch that stops it.
-struct Running {
-    stop: watch::Sender<bool>,
-    initiator: JoinHandle<SessionResult>,
-    responder: JoinHandle<SessionResult>,
-    /// Counters of the initiator's side, then the responder's.
-    stats: (Arc<SessionStats>, Arc<SessionStats>),
-}
-
-impl Running {
-    /// Stops both sides (continuous sessions) and waits for them.
-    async fn stop(self) -> (SessionResult, SessionResult) {
-        let _ = self.stop.send(true);
-        self.join().await
-    }
-
-    /// Waits for both sides to end by themselves (one-shot sessions, failures).
-    async fn join(self) -> (SessionResult, SessionResult) {
-        let i = timeout(DEADLINE, self.initiator).await.unwrap().unwrap();
-        let r = timeout(DEADLINE, self.responder).await.unwrap().unwrap();
-        (i, r)
-    }
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
-/// Starts `initiator` → `responder` over `link` (made with [`memory_link`] or [`lossy_link`]).
-fn start(
-    initiator: &Store,
-    responder: &Store,
-    mode: SessionMode,
-    link: (MemoryEnd, MemoryEnd),
-) -> Running {
-    start_with(initiator, responder, config(mode), link)
-}
-
-fn start_with(
-    initiator: &Store,
-    responder: &Store,
-    config: SyncConfig,
-    link: (MemoryEnd, MemoryEnd),
-) -> Running {
-    let ((i_tx, i_rx), (r_tx, r_rx)) = link;
-    let i = SyncSession::initiator(
-        initiator.clone(),
-        SyncConfig {
-            token: Some(TOKEN.into()),
-            peer_name: "initiator".into(),
-            ..config.clone()
-        },
-    );
-    let r = SyncSession::responder(responder.clone(), config, auth());
-    let stats = (i.stats(), r.stats());
-    let (stop, rx) = watch::channel(false);
-    Running {
-        initiator: tokio::spawn(i.run(i_tx, i_rx, stopped(rx.clone()))),
-        responder: tokio::spawn(r.run(r_tx, r_rx, stopped(rx))),
-        stop,
-        stats,
-    }
-}
-
-/// One one-shot session; both sides must end cleanly.
-async fn sync_once(a: &Store, b: &Store) -> (StatsSnapshot, StatsSnapshot) {
-    let run = start(a, b, SessionMode::OneShot, memory_link(8));
-    let stats = run.stats.clone();
-    let (i, r) = run.join().await;
-    i.unwrap();
-    r.unwrap();
-    (stats.0.snapshot(), stats.1.snapshot())
-}
-
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let end = Instant::now() + DEADLINE;
     while !done() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn assert_same(stores: &[&Store]) {
-    for s in &stores[1..] {
-        assert_eq!(s.version_vector(), stores[0].version_vector());
-        assert_eq!(s.digest(), stores[0].digest());
-        assert_eq!(s.verify_digest().await.unwrap(), s.digest());
     }
 }
 
@@ -523,6 +417,7 @@ fn evil_change(seq: u64, hlc_ms: u64) -> Change {
         hlc: Hlc::new(hlc_ms, 0),
         body: ChangeBody::Readings(b),
         seal: None,
+        pruned_rollups: Vec::new(),
     }
 }
 
@@ -971,6 +866,7 @@ fn change_strategy() -> impl Strategy<Value = Change> {
             hlc: Hlc(hlc),
             body,
             seal: None,
+            pruned_rollups: Vec::new(),
         })
 }
 
@@ -1272,6 +1168,58 @@ async fn minute_counts(store: &Store, series: &str, from: i64) -> Vec<(i64, u64)
 /// readings at the corrected times, in the same order, with equal digests; rollups follow;
 /// readings of a trusted batch and of other series do not move; the original times stay
 /// visible in the timing records.
+/// A correction moving readings into a minute whose other readings retention pruned
+/// recomputes the minute from the readings and the rollups kept of the pruned ones
+/// (`pruned_rollups.rs`), on the device and on a replica that received them pruned.
+#[tokio::test]
+async fn a_correction_into_a_pruned_minute_keeps_the_rollups_of_its_pruned_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400_000i64;
+    let now = now_ms() as i64;
+    let minute = (now - 3 * day) / 60_000 * 60_000;
+    let pi = open_at(&dir, "pi.db", 65_000, false).await;
+    let boot = BootId([0x42; 16]);
+    // Vouched readings of that minute (no timing record), then readings of an untrusted
+    // boot whose clock read 60 s at wall time 65 s.
+    let mut vouched = ReadingBatch::new();
+    for i in 0..10i64 {
+        vouched.push("pi.temp", minute + i * 1_000, i as f64, None);
+    }
+    pi.append(vouched).await.unwrap();
+    let mut untrusted = ReadingBatch::new();
+    for i in 0..5i64 {
+        untrusted.push("pi.temp", 65_000 + i * 1_000, 100.0 + i as f64, None);
+    }
+    untrusted.timing = Some(ReadingTiming {
+        boot_id: boot,
+        offset_ms: 5_000,
+    });
+    pi.append(untrusted).await.unwrap();
+    let keep_a_day = RetentionPolicy {
+        readings_max_age_ms: Some(day as u64),
+        ..RetentionPolicy::default()
+    };
+    let report = pi.prune(&keep_a_day, now, 1000).await.unwrap();
+    assert_eq!(report.readings, 10, "the untrusted ones wait: {report:?}");
+    let replica = open_at(&dir, "replica.db", now as u64, true).await;
+    sync_once(&replica, &pi).await;
+    // The boot clock's 60 s was 30 s into that minute: the correction moves the untrusted
+    // readings there, and the minute is recomputed.
+    let basis = TimeBasis::Peer(replica.actor());
+    pi.correct_reading_times(boot, minute - 30_000, basis)
+        .await
+        .unwrap()
+        .expect("a correction");
+    sync_once(&replica, &pi).await;
+    assert_same(&[&pi, &replica]).await;
+    for s in [&pi, &replica] {
+        assert_eq!(
+            minute_counts(s, "pi.temp", minute).await,
+            vec![(minute, 15)]
+        );
+    }
+}
+
 #[tokio::test]
 async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
     let dir = tempfile::tempdir().unwrap();
@@ -1419,6 +1367,20 @@ async fn readings_sampled_in_1970_are_corrected_on_every_replica() {
     assert!(later.readings >= 60, "{later:?}");
     assert!(series_ts(&hub, "pi.temp").await.is_empty());
     assert_eq!(hub.verify_digest().await.unwrap(), hub.digest());
+    assert_eq!(
+        minute_counts(&hub, "pi.temp", now - 1_800_000).await,
+        minutes
+    );
+    // A replica that joins after that gets their rollups with the pruned changes (at the
+    // corrected times) and keeps them through the correction that follows them.
+    let after = open_at(&dir, "after.db", (now + 2 * 86_400_000) as u64, true).await;
+    sync_once(&after, &hub).await;
+    assert_same(&[&hub, &after]).await;
+    assert_eq!(
+        minute_counts(&after, "pi.temp", now - 1_800_000).await,
+        minutes
+    );
+    assert_eq!(minute_counts(&after, "pi.temp", 0).await, vec![]);
 }
 
 /// Only the actor that sampled readings corrects them: a correction names its own actor's

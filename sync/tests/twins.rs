@@ -509,6 +509,7 @@ fn hostile_remote_twin_changes_are_refused() {
                 change: bytes,
             }),
             seal: None,
+            pruned_rollups: Vec::new(),
         };
         let mut flipped = t.change.clone();
         let last = flipped.len() - 1;

@@ -151,6 +151,7 @@ fn actor_changes(from: u32, to: u32) -> Vec<Change> {
                 hlc: Hlc::new(T0 as u64, 0),
                 body: ChangeBody::Readings(b),
                 seal: None,
+                pruned_rollups: Vec::new(),
             }
         })
         .collect()

@@ -126,7 +126,7 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
     let Some(db) = TestDb::new("readings_queries").await else {
         return;
     };
-    assert_eq!(kdelta_pg::supported_schema_version(), 7);
+    assert_eq!(kdelta_pg::supported_schema_version(), 8);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (device(&dir, "a.db").await, device(&dir, "b.db").await);
     busy_device(&a, 1).await; // with a time correction moving readings across minutes
@@ -317,9 +317,10 @@ async fn rollups_and_queries_on_postgres_answer_as_sqlite() {
 
     // A database of schema v2 with readings gets its rollups when it is migrated (0003 by
     // minute, then 0004 per actor; 0005 adds the commit order, 0006 actor origins, 0007
-    // credential predecessors).
+    // credential predecessors, 0008 the rollups of pruned readings).
     hub.close().await;
     for sql in [
+        "DROP TABLE {s}.pruned_rollups",
         "DROP TABLE {s}.credential_predecessors",
         "DROP TABLE {s}.actor_origins",
         "DROP TABLE {s}.rollup_1m",

@@ -3,7 +3,9 @@
 //! default partition pruned by delete, a per-series rule keeping longer, rollups kept past
 //! their raw readings and pruned by their own age — while the change log still serves every
 //! change and the hub shows the digest of a SQLite replica that pruned the same changes
-//! under the same policy. One pass at a time across replicas, and applies meanwhile.
+//! under the same policy. One pass at a time across replicas, and applies meanwhile. The
+//! rollups of pruned readings: kept and served by a pruning hub, stored and folded by a hub
+//! receiving pruned changes, and kept through a time correction's recompute.
 
 use super::*;
 
@@ -368,6 +370,176 @@ async fn a_pass_that_stopped_after_detaching_is_finished_by_the_next() {
         121,
         "keep.me of the detached month came back"
     );
+    hub.close().await;
+    db.drop().await;
+}
+
+/// Hourly aggregates of `series` over the last 510 days.
+fn hours(series: &str, now: i64) -> AggregateQuery {
+    AggregateQuery {
+        series: series.into(),
+        from: now - 510 * DAY,
+        to: now,
+        bucket_ms: 3_600_000,
+    }
+}
+
+#[tokio::test]
+async fn pruned_changes_carry_the_rollups_of_their_pruned_readings_through_a_pg_hub() {
+    let (Some(db), Some(db2)) = (
+        TestDb::new("retention_rollups").await,
+        TestDb::new("retention_rollups_received").await,
+    ) else {
+        return;
+    };
+    let now = now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(&dir, "device.db").await;
+    // The history of the test above without its units of one or two readings, whose
+    // rollups are not kept (`unit_rollup`): every pruned unit here carries its rollups.
+    for days in [500, 200, 150, 20] {
+        for k in 0..3 {
+            readings(&device, "gh.temp", now - days * DAY + k * 600_000, 250).await;
+        }
+    }
+    readings(&device, "keep.me", now - 200 * DAY + 3_600_000, 120).await;
+    let mut both = ReadingBatch::new();
+    for i in 0..60i64 {
+        let t = now - 200 * DAY + 7_200_000 + i * 1000;
+        both.push("gh.temp", t, i as f64 * 0.5, None);
+        both.push("keep.me", t, i as f64 * 0.25, None);
+    }
+    device.append(both).await.unwrap();
+    // One hub takes the raw readings and prunes them itself; the device prunes too.
+    let pruning = db.replica().await;
+    sync(&device, &pruning, 4_000).await;
+    assert!(pruning.prune(&policy(), now, 100).await.unwrap().ran);
+    device.prune(&policy(), now, 100).await.unwrap();
+    // Another hub receives the device's changes already pruned, with their rollups.
+    let received = db2.replica().await;
+    sync(&device, &received, 4_000).await;
+    // A fresh device learns from the pruning hub only.
+    let fresh = super::device(&dir, "fresh.db").await;
+    sync(&pruning, &fresh, 4_000).await;
+
+    let want = (
+        device.digest(),
+        device.aggregate(&hours("gh.temp", now)).await.unwrap(),
+        device.aggregate(&hours("keep.me", now)).await.unwrap(),
+    );
+    assert!(
+        want.1.iter().any(|b| b.start < now - 95 * DAY),
+        "rollups over the pruned range"
+    );
+    assert_eq!(pruning.digest().await.unwrap(), want.0);
+    assert_eq!(received.digest().await.unwrap(), want.0);
+    assert_eq!(received.verify_digest().await.unwrap(), want.0);
+    assert_eq!(fresh.digest(), want.0);
+    assert_eq!(
+        pruning.aggregate(&hours("gh.temp", now)).await.unwrap(),
+        want.1,
+        "pruning hub"
+    );
+    assert_eq!(
+        received.aggregate(&hours("gh.temp", now)).await.unwrap(),
+        want.1,
+        "hub that received pruned changes"
+    );
+    assert_eq!(
+        fresh.aggregate(&hours("gh.temp", now)).await.unwrap(),
+        want.1,
+        "fresh device"
+    );
+    assert_eq!(
+        received.aggregate(&hours("keep.me", now)).await.unwrap(),
+        want.2
+    );
+    assert_eq!(
+        fresh.aggregate(&hours("keep.me", now)).await.unwrap(),
+        want.2
+    );
+
+    // Both hubs serve what the device serves, rollups of pruned readings included, and
+    // nothing is requested twice.
+    let served = all_changes(&device).await;
+    assert!(served.iter().any(|c| !c.pruned_rollups.is_empty()));
+    assert_eq!(all_changes(&pruning).await, served);
+    assert_eq!(all_changes(&received).await, served);
+    let vector = received.version_vector().await.unwrap();
+    assert!(pages_for(&device, &vector, 1 << 20).await.is_empty());
+    assert_eq!(
+        received.apply_remote(served.clone()).await.unwrap().applied,
+        0
+    );
+    assert_eq!(
+        received.aggregate(&hours("gh.temp", now)).await.unwrap(),
+        want.1,
+        "once only"
+    );
+
+    pruning.close().await;
+    received.close().await;
+    db.drop().await;
+    db2.drop().await;
+}
+
+/// A correction moving a device's readings into a minute whose other readings it had
+/// pruned before the hub received them: the hub recomputes its rows of that minute from the
+/// readings and folds the kept rollups of the pruned ones back (`rollups.rs`).
+#[tokio::test]
+async fn a_correction_into_a_pruned_minute_keeps_the_rollups_of_its_pruned_readings() {
+    let Some(db) = TestDb::new("retention_correction").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let minute = (now - 3 * DAY) / 60_000 * 60_000;
+    let pi = Store::open_with_time(
+        dir.path().join("pi.db"),
+        StoreConfig::default(),
+        ManualTime::new(65_000),
+    )
+    .await
+    .unwrap();
+    pi.time_reference().set_local_trusted(false);
+    let boot = BootId([0x42; 16]);
+    let mut vouched = ReadingBatch::new();
+    for i in 0..10i64 {
+        vouched.push("pi.temp", minute + i * 1_000, i as f64, None);
+    }
+    pi.append(vouched).await.unwrap();
+    let mut untrusted = ReadingBatch::new();
+    for i in 0..5i64 {
+        untrusted.push("pi.temp", 65_000 + i * 1_000, 100.0 + i as f64, None);
+    }
+    untrusted.timing = Some(ReadingTiming {
+        boot_id: boot,
+        offset_ms: 5_000,
+    });
+    pi.append(untrusted).await.unwrap();
+    let keep_a_day = RetentionPolicy {
+        readings_max_age_ms: Some(DAY as u64),
+        ..RetentionPolicy::default()
+    };
+    assert_eq!(pi.prune(&keep_a_day, now, 1000).await.unwrap().readings, 10);
+    let hub = db.replica().await;
+    sync(&pi, &hub, 1 << 20).await;
+    // The boot clock's 60 s was 30 s into that minute.
+    pi.correct_reading_times(boot, minute - 30_000, TimeBasis::LocalClock)
+        .await
+        .unwrap()
+        .expect("a correction");
+    sync(&pi, &hub, 1 << 20).await;
+    let q = AggregateQuery {
+        series: "pi.temp".into(),
+        from: minute,
+        to: minute + 60_000,
+        bucket_ms: 60_000,
+    };
+    let want = pi.aggregate(&q).await.unwrap();
+    assert_eq!(want.iter().map(|b| b.count).collect::<Vec<_>>(), [15]);
+    assert_eq!(hub.aggregate(&q).await.unwrap(), want);
+    assert_eq!(hub.digest().await.unwrap(), pi.digest());
     hub.close().await;
     db.drop().await;
 }

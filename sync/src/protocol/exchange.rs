@@ -166,7 +166,7 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
     /// nothing left, says `Live`.
     async fn pump(&mut self) -> Result<(), ProtocolError> {
         while self.more && self.in_flight.len() < self.config.window.max(1) {
-            let changes = match &self.relay_only {
+            let mut changes = match &self.relay_only {
                 Some(actors) => {
                     self.store
                         .changes_since_of(actors, &self.cursor(), self.page_budget)
@@ -180,9 +180,19 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
             };
             // Only the first change of a page can be over the budget (it is taken whatever
             // its size); if it is over the peer's limit too, no page can ever carry it.
-            if let Some(first) = changes.first() {
-                let size = first.encoded_len();
-                if size > self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD) {
+            if let Some(first) = changes.first_mut() {
+                let max = self.link.peer_max.saturating_sub(PAGE_FRAME_OVERHEAD);
+                let mut size = first.encoded_len();
+                if size > max && !first.pruned_rollups.is_empty() {
+                    // The rollups of its pruned units (one per minute) can outgrow the
+                    // readings they replace: they are derived data, so the change goes
+                    // without them rather than wedge its actor.
+                    tracing::warn!(actor = %first.actor, seq = first.seq, size,
+                        "sync: change sent without the rollups of its pruned readings: too large for the peer's frame limit");
+                    first.pruned_rollups.clear();
+                    size = first.encoded_len();
+                }
+                if size > max {
                     self.leave_out(first, size);
                     continue;
                 }

@@ -553,6 +553,7 @@ mod tests {
                 hlc: Hlc::new(1_764_000_000_000, 0),
                 body: ChangeBody::Readings(batch),
                 seal: None,
+                pruned_rollups: Vec::new(),
             }],
         }
     }
