@@ -35,7 +35,7 @@
 //! **Times** are those the readings are stored at (after a time correction, if any), as in
 //! the sender's rollups; readings awaiting a correction are never pruned (`retention.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -138,15 +138,18 @@ pub fn check_pruned_rollups(change: &Change, limits: &Limits) -> Result<(), Stor
         )));
     }
     let mut readings: u64 = 0;
-    for (i, r) in rollups.iter().enumerate() {
+    // Sets, not nested scans: a hostile change may name tens of thousands of series.
+    let held: HashSet<&str> = batch.series.iter().map(|s| s.name.as_str()).collect();
+    let mut summarised: HashSet<&str> = HashSet::with_capacity(rollups.len());
+    for r in rollups {
         validate_series_name(&r.series).map_err(|e| fail(e.to_string()))?;
-        if batch.series.iter().any(|s| s.name == r.series) {
+        if held.contains(r.series.as_str()) {
             return Err(fail(format!(
                 "series {:?} is both held and summarised",
                 r.series
             )));
         }
-        if rollups[..i].iter().any(|o| o.series == r.series) {
+        if !summarised.insert(r.series.as_str()) {
             return Err(fail(format!("series {:?} summarised twice", r.series)));
         }
         if r.minutes.is_empty() {

@@ -36,6 +36,12 @@ async function refreshStatus() {
     const item = ["clock", `${verdict} (${clock.state}): ${clock.reason}`];
     if (clock.trusted) items.push(item);
     else items.unshift(item);
+    // This start rebased a store whose own changes ran ahead of the clock (docs/clock.md).
+    const r = clock.rebased;
+    if (r) {
+      const until = new Date(r.old_newest_ms).toISOString().slice(0, 10);
+      items.push(["rebased", `changes ran ahead to ${until}; now writing as ${String(r.new_actor).slice(0, 8)}`]);
+    }
   }
   const store = s.store || {};
   if (store.write_health && store.write_health.disk_full) {

@@ -1,8 +1,8 @@
 //! Operational endpoints: `GET /v1/status`, `/healthz`, `/readyz`, `/metrics`,
-//! `GET /v1/sources`. Process figures (RSS from `/proc/self/status`, disk use by `statvfs`)
-//! are read here on request; nothing is cached. Each serves both backends: on a PostgreSQL
-//! hub replica readiness follows the database's periodic health check, and the status
-//! shows the database's actor, version vector size and digest.
+//! `GET /v1/sources`. Process figures (RSS from `/proc/self/status`, disk use by the sensors
+//! crate's `statvfs` call) are read here on request; nothing is cached. Each serves both
+//! backends: on a PostgreSQL hub replica readiness follows the database's periodic health
+//! check, and the status shows the database's actor, version vector size and digest.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -274,34 +274,16 @@ async fn sqlite_status(
 }
 
 /// Filesystem figures of the data directory: `{total_bytes, free_bytes, available_bytes,
-/// used_percent}`, or `null` when `statvfs` fails.
+/// used_percent}` (as `df` counts, to one decimal), or `null` when `statvfs` fails.
 fn disk_usage(dir: &Path) -> serde_json::Value {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+    let Ok(d) = kdelta_sensors::system::disk_usage(dir) else {
         return serde_json::Value::Null;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter;
-    // statvfs only writes into it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return serde_json::Value::Null;
-    }
-    let frsize = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * frsize;
-    let free = st.f_bfree as u64 * frsize;
-    let avail = st.f_bavail as u64 * frsize;
-    // As df does: used / (used + available to unprivileged users).
-    let used = total.saturating_sub(free);
-    let used_percent = if used + avail == 0 {
-        0.0
-    } else {
-        (used as f64 * 1000.0 / (used + avail) as f64).round() / 10.0
     };
     json!({
-        "total_bytes": total,
-        "free_bytes": free,
-        "available_bytes": avail,
-        "used_percent": used_percent,
+        "total_bytes": d.total,
+        "free_bytes": d.total.saturating_sub(d.used),
+        "available_bytes": d.available,
+        "used_percent": d.used_pct().map_or(0.0, |p| (p * 10.0).round() / 10.0),
     })
 }
 

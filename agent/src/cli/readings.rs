@@ -14,12 +14,15 @@ pub async fn status(conn: Conn) -> anyhow::Result<()> {
         println!("{}", pretty(&answer));
         return Ok(());
     }
-    print_status(&c.base(), &answer);
+    for (k, line) in status_lines(&c.base(), &answer) {
+        println!("{k:<9} {line}");
+    }
     Ok(())
 }
 
-/// The status answer as a few readable lines; fields the agent does not send are left out.
-fn print_status(base: &str, v: &Value) {
+/// The status answer as a few readable lines, each with its label; fields the agent does
+/// not send are left out.
+fn status_lines(base: &str, v: &Value) -> Vec<(&'static str, String)> {
     let num = |p: &str| v.pointer(p).and_then(Value::as_u64);
     let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
     let mut lines: Vec<(&str, String)> = Vec::new();
@@ -189,6 +192,24 @@ fn print_status(base: &str, v: &Value) {
         }
         lines.push(("clock", line));
     }
+    // A store whose own changes ran ahead of the trusted clock took a new actor at this
+    // start (docs/clock.md, "A store stamped in the future").
+    if let (Some(at), Some(until), Some(old), Some(new)) = (
+        num("/clock/rebased/at_ms"),
+        num("/clock/rebased/old_newest_ms"),
+        text("/clock/rebased/old_actor"),
+        text("/clock/rebased/new_actor"),
+    ) {
+        lines.push((
+            "rebased",
+            format!(
+                "at {}: this store's changes ran ahead of the clock, to {}; it writes as {new} now \
+                 (was {old}, whose changes peers hold back until their time)",
+                crate::time::format_rfc3339_ms(at as i64),
+                crate::time::format_rfc3339_ms(until as i64)
+            ),
+        ));
+    }
     if let Some(digest) = text("/digest") {
         lines.push(("digest", digest));
     }
@@ -196,9 +217,7 @@ fn print_status(base: &str, v: &Value) {
         let entries: Vec<String> = vv.iter().map(|(a, s)| format!("{a}:{s}")).collect();
         lines.push(("versions", entries.join(" ")));
     }
-    for (k, line) in lines {
-        println!("{k:<9} {line}");
-    }
+    lines
 }
 
 pub use crate::retention::human_bytes;
@@ -413,4 +432,47 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(lines: &'a [(&str, String)], label: &str) -> Option<&'a str> {
+        lines
+            .iter()
+            .find(|(k, _)| *k == label)
+            .map(|(_, l)| l.as_str())
+    }
+
+    #[test]
+    fn a_rebase_at_this_start_gets_its_own_status_line() {
+        let status = serde_json::json!({
+            "clock": {
+                "trusted": true,
+                "reason": "synchronised (NTP)",
+                "rebased": {
+                    "old_actor": "aaaa",
+                    "new_actor": "bbbb",
+                    "old_newest_ms": 1_796_000_000_000u64,
+                    "at_ms": 1_764_000_000_000u64,
+                },
+            },
+        });
+        let lines = status_lines("http://x", &status);
+        assert_eq!(line(&lines, "clock"), Some("trusted: synchronised (NTP)"));
+        let rebased = line(&lines, "rebased").expect("a rebased line");
+        assert!(
+            rebased.starts_with("at 2025-11-24T16:00:00.000Z:"),
+            "{rebased}"
+        );
+        assert!(rebased.contains("to 2026-11-30T"), "{rebased}");
+        assert!(
+            rebased.contains("writes as bbbb now (was aaaa"),
+            "{rebased}"
+        );
+
+        let plain = serde_json::json!({"clock": {"trusted": true, "reason": "r"}});
+        assert_eq!(line(&status_lines("http://x", &plain), "rebased"), None);
+    }
 }
