@@ -350,14 +350,7 @@ async fn load_pruned_rollups(
         let id: i64 = r.try_get(0).map_err(PgError::db(ctx))?;
         let series: String = r.try_get(1).map_err(PgError::db(ctx))?;
         let minute = agg_from_row(&r, 2).map_err(PgError::db(ctx))?;
-        let units = out.entry(id).or_default();
-        match units.last_mut() {
-            Some(u) if u.series == series => u.minutes.push(minute),
-            _ => units.push(PrunedRollup {
-                series,
-                minutes: vec![minute],
-            }),
-        }
+        kdelta_sync::push_pruned_minute(out.entry(id).or_default(), series, minute);
     }
     Ok(out)
 }

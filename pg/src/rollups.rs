@@ -273,9 +273,8 @@ pub(crate) async fn keep_pruned_rollups(
     series_id: i64,
     minutes: &[MinuteAgg],
 ) -> Result<()> {
-    let col = |f: fn(&MinuteAgg) -> f64| minutes.iter().map(f).collect::<Vec<f64>>();
-    let col_i = |f: fn(&MinuteAgg) -> i64| minutes.iter().map(f).collect::<Vec<i64>>();
-    sqlx::query(
+    let minute: Vec<i64> = minutes.iter().map(|a| a.minute).collect();
+    let query = sqlx::query(
         "INSERT INTO pruned_rollups (series_id, change_id, minute, n, total, vmin, vmax, \
            first_ts, first_value, last_ts, last_value) \
          SELECT $1, $2, * FROM unnest($3::int8[], $4::int8[], $5::float8[], $6::float8[], \
@@ -284,18 +283,11 @@ pub(crate) async fn keep_pruned_rollups(
     )
     .bind(series_id)
     .bind(change_id)
-    .bind(col_i(|a| a.minute))
-    .bind(col_i(|a| a.n))
-    .bind(col(|a| a.sum))
-    .bind(col(|a| a.min))
-    .bind(col(|a| a.max))
-    .bind(col_i(|a| a.first.0))
-    .bind(col(|a| a.first.1))
-    .bind(col_i(|a| a.last.0))
-    .bind(col(|a| a.last.1))
-    .execute(conn)
-    .await
-    .map_err(PgError::db("keeping the rollups of pruned readings"))?;
+    .bind(minute);
+    bind_values(query, minutes)
+        .execute(conn)
+        .await
+        .map_err(PgError::db("keeping the rollups of pruned readings"))?;
     Ok(())
 }
 
@@ -305,24 +297,35 @@ async fn write_rows(
     rows: &BTreeMap<Key, MinuteAgg>,
 ) -> Result<()> {
     let keys = Columns::of(rows.keys().copied());
-    let col = |f: fn(&MinuteAgg) -> f64| rows.values().map(f).collect::<Vec<f64>>();
-    let col_i = |f: fn(&MinuteAgg) -> i64| rows.values().map(f).collect::<Vec<i64>>();
-    sqlx::query(WRITE_ROWS)
-        .bind(&keys.0)
-        .bind(&keys.1)
-        .bind(&keys.2)
-        .bind(col_i(|a| a.n))
-        .bind(col(|a| a.sum))
-        .bind(col(|a| a.min))
-        .bind(col(|a| a.max))
-        .bind(col_i(|a| a.first.0))
-        .bind(col(|a| a.first.1))
-        .bind(col_i(|a| a.last.0))
-        .bind(col(|a| a.last.1))
+    let values: Vec<MinuteAgg> = rows.values().copied().collect();
+    let query = sqlx::query(WRITE_ROWS)
+        .bind(keys.0)
+        .bind(keys.1)
+        .bind(keys.2);
+    bind_values(query, &values)
         .execute(&mut **tx)
         .await
         .map_err(PgError::db("updating the rollups"))?;
     Ok(())
+}
+
+/// Binds the value columns of `aggs` as arrays for `unnest`, in the order of a rollup row:
+/// n, total, vmin, vmax, first_ts, first_value, last_ts, last_value.
+fn bind_values<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    aggs: &[MinuteAgg],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    let float = |f: fn(&MinuteAgg) -> f64| aggs.iter().map(f).collect::<Vec<f64>>();
+    let int = |f: fn(&MinuteAgg) -> i64| aggs.iter().map(f).collect::<Vec<i64>>();
+    query
+        .bind(int(|a| a.n))
+        .bind(float(|a| a.sum))
+        .bind(float(|a| a.min))
+        .bind(float(|a| a.max))
+        .bind(int(|a| a.first.0))
+        .bind(float(|a| a.first.1))
+        .bind(int(|a| a.last.0))
+        .bind(float(|a| a.last.1))
 }
 
 /// Keys as three parallel arrays (series ids, minutes, actors), for `unnest`.

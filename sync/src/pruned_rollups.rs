@@ -85,6 +85,19 @@ impl From<MinuteAgg> for MinuteRow {
     }
 }
 
+/// Appends one stored minute of `series` to a change's rollups, read ordered by series and
+/// minute: to the last unit when it is that series', else as a new unit. Both backends
+/// read them back this way.
+pub fn push_pruned_minute(units: &mut Vec<PrunedRollup>, series: String, minute: MinuteAgg) {
+    match units.last_mut() {
+        Some(u) if u.series == series => u.minutes.push(minute),
+        _ => units.push(PrunedRollup {
+            series,
+            minutes: vec![minute],
+        }),
+    }
+}
+
 /// Retention keeps a unit's rollups only when it averages at least this many readings per
 /// minute it has readings in (module header, "Where kept").
 pub const KEEP_MIN_READINGS_PER_MINUTE: usize = 4;
@@ -261,14 +274,7 @@ pub(crate) fn load_pruned_rollups(
             while let Some(r) = rows.next()? {
                 let (id, series): (i64, String) = (r.get(0)?, r.get(1)?);
                 let minute = MinuteAgg::from_row(r, 2)?;
-                let units = out.entry(id).or_default();
-                match units.last_mut() {
-                    Some(u) if u.series == series => u.minutes.push(minute),
-                    _ => units.push(PrunedRollup {
-                        series,
-                        minutes: vec![minute],
-                    }),
-                }
+                push_pruned_minute(out.entry(id).or_default(), series, minute);
             }
             Ok(())
         })
