@@ -29,10 +29,11 @@
 //!
 //! **Rollups** of a minute stay while any raw reading of that series and minute remains
 //! and until they are older than the rollup age, as on SQLite; a `readings/aggregate` over
-//! a pruned range still answers from them. A pruned unit's own per-minute rollups are kept
-//! with its change (table `pruned_rollups`, in the step's transaction; where they cost less
-//! than its readings, `unit_rollup`) and served with it, so a replica that receives the
-//! change later counts those readings too; they go with their minute's rollups.
+//! a pruned range still answers from them. What the units a step prunes added to the
+//! rollups is kept per series, minute and actor with the first change of the minute the
+//! step pruned (table `pruned_rollups`, in the step's transaction; `group_pruned_rollups`,
+//! the rule SQLite uses) and served with it, so a replica that receives those changes later
+//! counts their readings too; they go with their minute's rollups.
 //!
 //! **Replicas.** One pass at a time for the whole hub: a pass holds a transaction-scoped
 //! advisory lock (`pg_try_advisory_xact_lock`) for its duration, and a replica that does
@@ -45,8 +46,9 @@ use std::collections::{HashMap, HashSet};
 use futures::TryStreamExt;
 
 use kdelta_sync::{
-    Digest, PruneReport, RetentionPolicy, decode_manifest, encode_manifest_entries, prune_series,
-    readings_cutoff, rollups_cutoff, unit_expired, unit_rollup,
+    Digest, PruneReport, PrunedUnitMinutes, RetentionPolicy, decode_manifest,
+    encode_manifest_entries, group_pruned_rollups, prune_series, readings_cutoff, rollups_cutoff,
+    unit_expired,
 };
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -357,6 +359,25 @@ impl PgStore {
         }
         let expired_ids: Vec<i64> = expired.iter().map(|e| e.0).collect();
         let mut changes = changes_by_id(&mut tx, &expired_ids).await?;
+        // What the units added to the rollups stays with the first change of their minute
+        // pruned here (`group_pruned_rollups`), at the times their readings are stored
+        // (moved by a correction's delta, as `rollup_1m` holds them).
+        let units: Vec<PrunedUnitMinutes<i64>> = expired
+            .iter()
+            .filter_map(|(id, ..)| {
+                let change = changes.get(id)?;
+                let kdelta_sync::ChangeBody::Readings(b) = &change.body else {
+                    return None;
+                };
+                let s = b.series.iter().find(|s| s.name == name)?;
+                let delta = timing.get(id).copied().flatten().unwrap_or(0);
+                let stored: Vec<i64> = s.ts.iter().map(|t| t + delta).collect();
+                let carrier = (*id, change.actor, change.seq);
+                Some(PrunedUnitMinutes::new(carrier, name, &stored, &s.values))
+            })
+            .collect();
+        let max = self.inner.config.limits.max_batch_readings;
+        let mut carried = group_pruned_rollups(units, max);
         let (mut readings, mut units) = (0u64, 0u64);
         for (id, actor_idx, entries, lo, hi) in expired {
             let Some(change) = changes.get_mut(&id) else {
@@ -370,22 +391,10 @@ impl PgStore {
                     .map_or(0, |s| s.ts.len() as u64),
                 _ => 0,
             };
-            // What the unit added to the rollups stays with the change, at the times its
-            // readings are stored (moved by a correction's delta, as `rollup_1m` holds them).
-            let rollup = match &change.body {
-                kdelta_sync::ChangeBody::Readings(b) => {
-                    b.series.iter().find(|s| s.name == name).and_then(|s| {
-                        let delta = timing.get(&id).copied().flatten().unwrap_or(0);
-                        let stored: Vec<i64> = s.ts.iter().map(|t| t + delta).collect();
-                        unit_rollup(name, &stored, &s.values)
-                    })
-                }
-                _ => None,
-            };
             let Some(element) = prune_series(change, name) else {
                 continue;
             };
-            if let Some(rollup) = rollup {
+            for rollup in carried.remove(&id).unwrap_or_default() {
                 keep_pruned_rollups(&mut tx, id, series_id, &rollup.minutes).await?;
                 change.pruned_rollups.push(rollup);
                 change

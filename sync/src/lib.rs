@@ -150,8 +150,8 @@ pub use origins::NotedActors;
 pub use past::link_unsigned;
 pub use protocol::{ProtocolError, SyncConfig, SyncSession};
 pub use pruned_rollups::{
-    KEEP_MIN_READINGS_PER_MINUTE, PrunedRollup, check_pruned_rollups, push_pruned_minute,
-    unit_rollup,
+    KEEP_MIN_READINGS_PER_MINUTE, PrunedRollup, PrunedUnitMinutes, check_pruned_rollups,
+    group_pruned_rollups, push_pruned_minute,
 };
 pub use readings_fit::{fit_readings, sized_readings, split_readings};
 pub use readings_query::{

@@ -1,18 +1,29 @@
-//! Rollups of pruned readings: what a readings change keeps of the units retention pruned
-//! from it, so a peer that receives the change later still gets their share of the
+//! Rollups of pruned readings: what a readings change keeps of the readings retention
+//! pruned, so a peer that receives the change later still gets their share of the
 //! per-minute rollups. Owns the wire type ([`PrunedRollup`]), its hostile-input check
-//! ([`check_pruned_rollups`]), the summary of a unit ([`unit_rollup`]) and the SQLite table
-//! `pruned_rollups` (migration 0010: [`Writer::keep_pruned_rollups`], [`load_pruned_rollups`]).
-//! Who calls them: `retention.rs` keeps a unit's as it prunes it, `ingest.rs` folds a
-//! received change's into the rollups and keeps them, `log_read.rs` serves them with their
-//! change, `correct.rs` folds them back when it recomputes a minute.
+//! ([`check_pruned_rollups`]), the grouping a prune step keeps ([`group_pruned_rollups`])
+//! and the SQLite table `pruned_rollups` (migration 0010: [`Writer::keep_step_rollups`],
+//! [`load_pruned_rollups`]). Who calls them: `retention.rs` collects the units a step prunes
+//! and keeps their groups, `ingest.rs` folds a received change's into the rollups and keeps
+//! them, `log_read.rs` serves them with their change, `correct.rs` folds them back when it
+//! recomputes a minute.
 //!
-//! **Why per unit, not `rollup_1m`.** A rollup row sums every change's readings of a
+//! **Why per actor, not `rollup_1m`.** A rollup row sums every change's readings of a
 //! minute; a receiver that already holds some of those changes raw would count them twice.
-//! A unit's own per-minute aggregates are exactly what ingest folded into the rollups for
-//! it ([`MinuteAgg`] per minute, computed over its readings in time order), so folding them
-//! at the change's place in the apply order gives the receiver the rollups it would have
-//! had from the raw readings — bit for bit when changes arrive in the same order.
+//! What is kept instead is, per series, minute and actor, the aggregate ([`MinuteAgg`]) of
+//! the units one prune step removed, carried by the *first* (lowest-seq) of their changes.
+//! A peer holds a contiguous run of each actor's seqs, so one that receives that change
+//! holds none of the others: it folds the group once, whole, and the others reach it pruned
+//! and add nothing. Folded at the carrier's place in the apply order, that is what the raw
+//! readings would have added (the same values; a total's last bits can differ where
+//! another actor's readings of the minute came in between, as floating-point sums do).
+//!
+//! **What a late peer misses.** A peer that held the start of a group raw (it synced in the
+//! middle of a minute) and comes back after the sender pruned the rest receives the rest
+//! without their rollups: at most one minute per series for each such interruption. A
+//! summary per unit would not have that gap, but the agent batches for one second, so most
+//! units hold one reading per series, and a summary row (~100 bytes on SQLite) per reading
+//! (~27 bytes) would make pruning grow the store.
 //!
 //! **Trust.** The field is not covered by the change's signature (the seal hashes the body
 //! and the pruned unit hashes only, `seal.rs`): rollups are derived data, trusted as far as
@@ -20,22 +31,21 @@
 //! counts, `n > 0`, finite values, `min ≤ max` with first and last inside, times inside
 //! their minute, minutes strictly increasing, and each series named once and not among the
 //! series the change still holds (a summary beside raw readings would count them twice).
+//! A group's carrier held a unit of its series (the first one), so that series is pruned
+//! from it; a carrier summarises at most `max_batch_readings` readings in all.
 //!
-//! **Where kept.** A unit's rollups are one row per minute it has readings in, about 100
-//! bytes on SQLite, while a raw reading takes about 27 (measured: 20 series at 1 Hz for
-//! 6 hours, pruned). A unit of one reading — the agent's default batching of one second
-//! makes most units that small — would cost ~4× the reading it replaces, so pruning would
-//! grow the store (and the disk budget's pruning would free nothing). So retention keeps a
-//! unit's rollups only when it averages at least [`KEEP_MIN_READINGS_PER_MINUTE`] readings
-//! per minute ([`unit_rollup`]): then they take at most about the bytes of its readings
-//! (measured: 38 % for 10-second batches, 6 % for one-minute batches). Smaller units are
-//! pruned as before, and a peer that receives them later lacks their share of the rollups
-//! (sync/README.md, "Rollups of pruned readings", says what would cover them).
+//! **Where kept.** One row per series, minute, actor and prune step, about 100 bytes on
+//! SQLite: for a series at 1 Hz, ~2 bytes per pruned reading. An actor's readings of a
+//! series that a step prunes are summarised only when they average at least
+//! [`KEEP_MIN_READINGS_PER_MINUTE`] per minute (a sparse series' rows would cost more than
+//! its readings, and pruning for the disk budget would free nothing); a peer that receives
+//! those later lacks their share.
 //!
 //! **Times** are those the readings are stored at (after a time correction, if any), as in
 //! the sender's rollups; readings awaiting a correction are never pruned (`retention.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -43,7 +53,9 @@ use serde::{Deserialize, Serialize};
 use crate::ingest::{MINUTE_MS, MinuteAgg, minute_aggs};
 use crate::multirow::{Binder, list_sql, statement_chunks, with_statement};
 use crate::writer::Writer;
-use crate::{Change, ChangeBody, Limits, MAX_TS_MS, Result, StoreError, validate_series_name};
+use crate::{
+    ActorId, Change, ChangeBody, Limits, MAX_TS_MS, Result, StoreError, validate_series_name,
+};
 
 /// Change ids per statement of [`load_pruned_rollups`].
 const ID_CHUNK: usize = 500;
@@ -98,24 +110,125 @@ pub fn push_pruned_minute(units: &mut Vec<PrunedRollup>, series: String, minute:
     }
 }
 
-/// Retention keeps a unit's rollups only when it averages at least this many readings per
-/// minute it has readings in (module header, "Where kept").
+/// Retention keeps the rollups of an actor's readings of a series pruned in one step only
+/// when they average at least this many readings per minute they fall in (module header,
+/// "Where kept").
 pub const KEEP_MIN_READINGS_PER_MINUTE: usize = 4;
 
-/// The rollups retention keeps of a unit it prunes: its readings' per-minute aggregates
-/// (what ingest added to the rollups for it), from its readings as stored (`ts` sorted, as
-/// a normalized batch holds them) — or `None` when the unit has fewer than
-/// [`KEEP_MIN_READINGS_PER_MINUTE`] readings per minute on average, so that keeping them
-/// would cost about as much as keeping the readings. Both backends decide with this, so
-/// replicas under one policy keep the same.
-pub fn unit_rollup(series: &str, ts: &[i64], values: &[f64]) -> Option<PrunedRollup> {
-    let minutes = minute_aggs(ts, values);
-    (!minutes.is_empty() && ts.len() >= KEEP_MIN_READINGS_PER_MINUTE * minutes.len()).then(|| {
-        PrunedRollup {
+/// What one unit retention prunes added to the rollups, before grouping: the change that
+/// held it (`change`, the backend's row id; `actor` and `seq`), its series, and its
+/// readings' per-minute aggregates at the times they are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrunedUnitMinutes<C> {
+    /// The change's row id in the backend.
+    pub change: C,
+    /// The change's actor.
+    pub actor: ActorId,
+    /// The change's seq.
+    pub seq: u64,
+    /// The unit's series.
+    pub series: String,
+    /// One aggregate per minute the unit has readings in, minutes increasing.
+    pub minutes: Vec<MinuteAgg>,
+}
+
+impl<C> PrunedUnitMinutes<C> {
+    /// From the unit's readings as stored (`ts` sorted, as a normalized batch holds them):
+    /// exactly what ingest folded into the rollups for them.
+    pub fn new(
+        (change, actor, seq): (C, ActorId, u64),
+        series: &str,
+        ts: &[i64],
+        values: &[f64],
+    ) -> Self {
+        PrunedUnitMinutes {
+            change,
+            actor,
+            seq,
             series: series.to_owned(),
-            minutes,
+            minutes: minute_aggs(ts, values),
         }
-    })
+    }
+}
+
+/// The rollups one prune step keeps, by the change that carries them: the units it pruned
+/// grouped per (actor, series, minute), each group carried by the first change (lowest seq)
+/// it summarises, as [`PrunedRollup`]s sorted by series with minutes increasing.
+///
+/// Why the first change: a peer holds a contiguous run of each actor's seqs, so one that
+/// receives the first change of a group holds none of the group's other changes and folds
+/// the group once, whole; the others reach it pruned and add nothing. An actor's groups of
+/// a series are kept only when they average at least [`KEEP_MIN_READINGS_PER_MINUTE`]
+/// readings per minute (all of them, so the few readings a step boundary leaves in a
+/// minute of a dense series are kept too). A change carries
+/// at most `max_readings_per_change` summarised readings (the receiver's check,
+/// [`check_pruned_rollups`]): a unit that would take its group's carrier past that starts a
+/// new group carried by its own change. Both backends call this, so replicas under one
+/// policy keep the same.
+pub fn group_pruned_rollups<C: Copy + Ord + Hash>(
+    units: Vec<PrunedUnitMinutes<C>>,
+    max_readings_per_change: usize,
+) -> BTreeMap<C, Vec<PrunedRollup>> {
+    struct Group<C> {
+        carrier: C,
+        series: String,
+        agg: MinuteAgg,
+    }
+    let mut units = units;
+    units.sort_by(|a, b| (a.actor, a.seq, &a.series).cmp(&(b.actor, b.seq, &b.series)));
+    let cap = max_readings_per_change as u64;
+    let mut groups: Vec<Group<C>> = Vec::new();
+    let mut actors: Vec<ActorId> = Vec::new(); // each group's
+    let mut open: HashMap<(ActorId, String, i64), usize> = HashMap::new();
+    let mut carried: HashMap<C, u64> = HashMap::new();
+    for unit in units {
+        for agg in unit.minutes {
+            let n = agg.n.max(0) as u64;
+            let key = (unit.actor, unit.series.clone(), agg.minute);
+            if let Some(&at) = open.get(&key) {
+                let total = carried.entry(groups[at].carrier).or_default();
+                if total.saturating_add(n) <= cap {
+                    *total += n;
+                    groups[at].agg.merge(&agg);
+                    continue;
+                }
+            }
+            *carried.entry(unit.change).or_default() += n;
+            open.insert(key, groups.len());
+            actors.push(unit.actor);
+            groups.push(Group {
+                carrier: unit.change,
+                series: unit.series.clone(),
+                agg,
+            });
+        }
+    }
+    // Per actor and series: the readings the step pruned and the minutes they fell in.
+    let mut density: HashMap<(ActorId, &str), (i64, HashSet<i64>)> = HashMap::new();
+    for (g, actor) in groups.iter().zip(&actors) {
+        let d = density.entry((*actor, g.series.as_str())).or_default();
+        d.0 += g.agg.n;
+        d.1.insert(g.agg.minute);
+    }
+    let dense: HashSet<(ActorId, String)> = density
+        .into_iter()
+        .filter(|(_, (n, minutes))| *n >= (KEEP_MIN_READINGS_PER_MINUTE * minutes.len()) as i64)
+        .map(|((actor, series), _)| (actor, series.to_owned()))
+        .collect();
+    let mut out: BTreeMap<C, Vec<PrunedRollup>> = BTreeMap::new();
+    for (g, actor) in groups.into_iter().zip(actors) {
+        if !dense.contains(&(actor, g.series.clone())) {
+            continue;
+        }
+        push_pruned_minute(out.entry(g.carrier).or_default(), g.series, g.agg);
+    }
+    for rollups in out.values_mut() {
+        rollups.sort_by(|a, b| a.series.cmp(&b.series));
+        for r in rollups.iter_mut() {
+            r.minutes.sort_by_key(|m| m.minute);
+        }
+    }
+    out
 }
 
 /// Checks the pruned rollups a change carries (see the module header for what and why).
@@ -221,9 +334,41 @@ fn check_minute(m: &MinuteAgg) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The units one SQLite prune step removed, kept together until the step ends so their
+/// rollups go in groups ([`group_pruned_rollups`]).
+#[derive(Default)]
+pub(crate) struct StepRollups {
+    units: Vec<PrunedUnitMinutes<i64>>,
+    series_ids: HashMap<String, i64>,
+}
+
+impl StepRollups {
+    /// Adds a pruned unit of series `series_id`.
+    pub(crate) fn add(&mut self, series_id: i64, unit: PrunedUnitMinutes<i64>) {
+        if !self.series_ids.contains_key(&unit.series) {
+            self.series_ids.insert(unit.series.clone(), series_id);
+        }
+        self.units.push(unit);
+    }
+}
+
 impl Writer {
-    /// Keeps the per-minute rollups of a pruned unit (series `series_id`) of change
-    /// `change_id`. A unit's rows are written once (a change is stored once).
+    /// Keeps the rollups of the units a prune step removed, grouped, with the changes that
+    /// carry them (in the step's transaction). A carrier's rows are written once: each of
+    /// its groups was opened by its own unit of that series, which is pruned once.
+    pub(crate) fn keep_step_rollups(&mut self, step: StepRollups) -> Result<()> {
+        let carried = group_pruned_rollups(step.units, self.limits.max_batch_readings);
+        for (change_id, rollups) in carried {
+            for r in rollups {
+                self.keep_pruned_rollups(change_id, step.series_ids[&r.series], &r.minutes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the per-minute rollups `minutes` of series `series_id` with change `change_id`
+    /// (a unit's or a group's, pruned here or received with the change). Written once per
+    /// change and series (a change is stored once, a unit pruned once).
     pub(crate) fn keep_pruned_rollups(
         &mut self,
         change_id: i64,
@@ -332,21 +477,87 @@ mod tests {
         }]
     }
 
+    fn unit(change: i64, actor: u8, seq: u64, series: &str, ts: &[i64]) -> PrunedUnitMinutes<i64> {
+        let values: Vec<f64> = ts.iter().map(|t| (t % 7) as f64 - 3.0).collect();
+        PrunedUnitMinutes::new((change, ActorId([actor; 16]), seq), series, ts, &values)
+    }
+
     #[test]
-    fn a_unit_rollup_is_what_ingest_folded() {
-        let ts = [
-            60_000, 60_001, 60_002, 60_003, 120_000, 120_001, 120_002, 120_003,
-        ];
-        let values = [1.0, -2.0, 0.0, 0.0, 5.0, 5.0, 5.0, 5.0];
-        let r = unit_rollup("s", &ts, &values).expect("4 readings a minute: kept");
-        assert_eq!(r.minutes.len(), 2);
-        assert_eq!((r.minutes[0].n, r.minutes[0].sum), (4, -1.0));
-        assert_eq!((r.minutes[0].min, r.minutes[0].max), (-2.0, 1.0));
-        assert_eq!(r.minutes[1].first, (120_000, 5.0));
-        check_pruned_rollups(&change(vec![r]), &Limits::default()).unwrap();
-        // Fewer readings a minute: keeping them would cost about as much as the readings.
-        assert_eq!(unit_rollup("s", &ts[..7], &values[..7]), None);
-        assert_eq!(unit_rollup("s", &[60_000], &[1.0]), None);
+    fn groups_are_what_ingest_folded_carried_by_their_first_change() {
+        // Actor 1: one-reading changes 3..=10, a reading every 10 s from minute 1 (the
+        // agent's default batching); actor 2: one change of 4 readings in minute 1.
+        let mut units: Vec<PrunedUnitMinutes<i64>> = (3..=10u64)
+            .rev() // any order in: a step scans by time, not seq
+            .map(|seq| {
+                unit(
+                    100 + seq as i64,
+                    1,
+                    seq,
+                    "s",
+                    &[60_000 + (seq as i64 - 3) * 10_000],
+                )
+            })
+            .collect();
+        units.push(unit(7, 2, 1, "s", &[60_001, 60_002, 60_003, 60_004]));
+        // Actor 3: one reading in each of three minutes, a sparse series.
+        for seq in 1..=3u64 {
+            units.push(unit(
+                200 + seq as i64,
+                3,
+                seq,
+                "s",
+                &[seq as i64 * MINUTE_MS],
+            ));
+        }
+        let carried = group_pruned_rollups(units.clone(), 1000);
+        // Actor 1's minute 1 (seqs 3..=8, 6 readings) by seq 3, its minute 2 (seqs 9 and
+        // 10: 2 readings, but the series averages 4 a minute) by seq 9; actor 2's by its
+        // own change; actor 3's not at all.
+        assert_eq!(
+            carried.keys().copied().collect::<Vec<_>>(),
+            vec![7, 103, 109]
+        );
+        assert_eq!(carried[&109][0].minutes[0].n, 2);
+        let by_3 = &carried[&103];
+        assert_eq!(by_3.len(), 1);
+        assert_eq!(by_3[0].minutes.len(), 1);
+        // What ingest folded for those six changes, one after the other.
+        let mut expected: Option<MinuteAgg> = None;
+        for seq in 3..=8 {
+            let u = units
+                .iter()
+                .find(|u| u.actor == ActorId([1; 16]) && u.seq == seq);
+            let m = u.unwrap().minutes[0];
+            match &mut expected {
+                Some(e) => e.merge(&m),
+                None => expected = Some(m),
+            }
+        }
+        assert_eq!(by_3[0].minutes[0], expected.unwrap());
+        assert_eq!(by_3[0].minutes[0].n, 6);
+        assert_eq!(by_3[0].series, "s");
+        assert_eq!(carried[&7][0].minutes[0].n, 4);
+        let c = change(by_3.clone());
+        check_pruned_rollups(&c, &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn a_carrier_summarises_at_most_the_limit() {
+        // 30 one-reading changes of 3 series in one minute, a limit of 40 readings a change.
+        let units: Vec<PrunedUnitMinutes<i64>> = (1..=30u64)
+            .flat_map(|seq| {
+                ["a", "b", "c"].map(|s| unit(seq as i64, 1, seq, s, &[60_000 + seq as i64 * 100]))
+            })
+            .collect();
+        let carried = group_pruned_rollups(units, 40);
+        let mut total = 0;
+        for rollups in carried.values() {
+            let n: i64 = rollups.iter().flat_map(|r| &r.minutes).map(|m| m.n).sum();
+            assert!(n <= 40, "{n}");
+            total += n;
+        }
+        assert_eq!(total, 90, "every reading is in exactly one group");
+        assert!(carried.len() >= 3, "{:?}", carried.keys());
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! - **Rollups of pruned units** (`pruned_rollups.rs`): pruning a unit keeps its per-minute
 //!   aggregates with the change (table `pruned_rollups`), in the same transaction, so the
 //!   change is served with them and a peer that receives it pruned still gets their share
-//!   of the rollups — where they cost less than the readings (`unit_rollup`). They go with
-//!   the rollups of their minute.
+//!   of the rollups: per series, minute and actor, carried by the first change of the
+//!   minute the step pruned (`group_pruned_rollups`). They go with the rollups of their
+//!   minute.
 //! - **Counters**: `meta.readings_pruned` counts raw readings pruned whose rollups remain,
 //!   so the readings count (`SUM(rollup_1m.n) - readings_pruned`) needs no table scan.
 //!
@@ -35,10 +36,11 @@ use rusqlite::{OptionalExtension, params};
 use crate::digest::readings_hash;
 use crate::gap::GapCollector;
 use crate::ingest::{MINUTE_MS, decode_manifest};
+use crate::pruned_rollups::StepRollups;
 use crate::writer::Writer;
 use crate::{
-    ActorId, Change, ChangeBody, ManifestEntry, Result, SeriesPoints, StoreError, VersionVector,
-    unit_rollup,
+    ActorId, Change, ChangeBody, ManifestEntry, PrunedUnitMinutes, Result, SeriesPoints,
+    StoreError, VersionVector,
 };
 
 /// How long raw readings of the series matching `pattern` are kept.
@@ -339,7 +341,9 @@ impl Writer {
             ..PruneReport::default()
         };
         let mut gaps = GapCollector::default();
-        let cursor = self.prune_rows(rule, cursor, budget, &mut report, &mut gaps)?;
+        let mut kept = StepRollups::default();
+        let cursor = self.prune_rows(rule, cursor, budget, &mut report, (&mut gaps, &mut kept))?;
+        self.keep_step_rollups(kept)?;
         if let Some(gap) = gaps.finish() {
             self.write_local_gap(&gap)?;
             report.gaps += 1;
@@ -353,7 +357,7 @@ impl Writer {
         cursor: PruneCursor,
         budget: usize,
         report: &mut PruneReport,
-        gaps: &mut GapCollector,
+        (gaps, kept): (&mut GapCollector, &mut StepRollups),
     ) -> Result<PruneCursor> {
         let mut cursor = cursor;
         let mut left = budget.max(1) as i64;
@@ -386,7 +390,7 @@ impl Writer {
                     cutoff,
                     cursor.after_ts,
                     left,
-                    (&rule.unacked, &mut *report, &mut *gaps),
+                    (&rule.unacked, &mut *report, &mut *gaps, &mut *kept),
                 )?;
                 left -= n.max(1);
                 match scanned_to {
@@ -423,7 +427,12 @@ impl Writer {
         cutoff: i64,
         after_ts: i64,
         budget: i64,
-        (unacked, report, gaps): (&Unacked, &mut PruneReport, &mut GapCollector),
+        (unacked, report, gaps, kept): (
+            &Unacked,
+            &mut PruneReport,
+            &mut GapCollector,
+            &mut StepRollups,
+        ),
     ) -> Result<(i64, Option<i64>)> {
         let rows: Vec<(i64, i64)> = self
             .conn
@@ -449,7 +458,8 @@ impl Writer {
             // Rows come by time, so the first row of a change is its oldest in this scan.
             if seen.insert(change_id) {
                 let unit = (series_id, name, change_id, ts);
-                self.prune_unit(unit, cutoff, (unacked, &mut *report, &mut *gaps))?;
+                let sinks = (&mut *report, &mut *gaps, &mut *kept);
+                self.prune_unit(unit, cutoff, unacked, sinks)?;
             }
         }
         Ok((scanned, resume))
@@ -464,7 +474,8 @@ impl Writer {
         &mut self,
         (series_id, name, change_id, first_ts): (i64, &str, i64, i64),
         cutoff: i64,
-        (unacked, report, gaps): (&Unacked, &mut PruneReport, &mut GapCollector),
+        unacked: &Unacked,
+        (report, gaps, kept): (&mut PruneReport, &mut GapCollector, &mut StepRollups),
     ) -> Result<()> {
         type Row = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>);
         let row: Option<Row> = self
@@ -518,11 +529,14 @@ impl Writer {
             .into_iter()
             .unzip();
         let n = stored_ts.len() as u64;
-        // What these readings added to the rollups stays with the change, so a peer that
-        // receives it later still counts them (`pruned_rollups.rs`).
-        if let Some(rollup) = unit_rollup(name, &stored_ts, &values) {
-            self.keep_pruned_rollups(change_id, series_id, &rollup.minutes)?;
-        }
+        // What these readings added to the rollups stays with the first change of their
+        // minute pruned in this step, so a peer that receives it later still counts them
+        // (`pruned_rollups.rs`; kept when the step ends).
+        let carrier = (change_id, actor, seq as u64);
+        kept.add(
+            series_id,
+            PrunedUnitMinutes::new(carrier, name, &stored_ts, &values),
+        );
         // The digest element and seal hash are over the times the change carried.
         let ts = stored_ts.into_iter().map(|t| t - delta).collect();
         let unit = pruned_unit(

@@ -3,9 +3,10 @@
 //! replica, or one behind a relay) answers aggregates over the pruned range as the device
 //! does, with the same digest, and nothing is requested twice. Also: a replica that held
 //! the raw readings and pruned them ends with the same rollups as one that received the
-//! change pruned; so do the units the disk budget's hard limit drops; units too small to be
-//! worth their rollups go without; malformed rollups are refused whole; the rollups go with
-//! their minute's rollups when those age out.
+//! change pruned; so do the units the disk budget's hard limit drops; one-reading changes
+//! travel as one rollup per series, minute and actor (a sparse series' go without); a peer
+//! interrupted in the middle of a minute misses at most that minute; malformed rollups are
+//! refused whole; the rollups go with their minute's rollups when those age out.
 
 mod support;
 
@@ -176,31 +177,144 @@ async fn the_disk_budgets_hard_limit_keeps_the_rollups_of_what_it_drops() {
     }
 }
 
+/// One-reading changes, as the agent's one-second batching makes them: `seconds` changes
+/// of `gh.temp`, one a second from `from`, values multiples of 1/4 (exact sums in any
+/// order), and every 150 s one reading of `gh.sparse` in a change of its own.
+async fn ingest_one_a_second(s: &Store, from: i64, seconds: i64) {
+    for i in 0..seconds {
+        let mut b = ReadingBatch::new();
+        b.push("gh.temp", from + i * 1000, (i % 29) as f64 / 4.0, None);
+        s.append(b).await.unwrap();
+        if i % 150 == 0 {
+            let mut b = ReadingBatch::new();
+            b.push("gh.sparse", from + i * 1000 + 1, i as f64, None);
+            s.append(b).await.unwrap();
+        }
+    }
+}
+
+/// The count of `series`'s readings in each minute of days 0–6.
+async fn counts(s: &Store, series: &str) -> Vec<(i64, u64)> {
+    let buckets = minutes(s, series).await;
+    buckets.iter().map(|b| (b.start, b.count)).collect()
+}
+
 #[tokio::test]
-async fn units_too_small_to_be_worth_their_rollups_are_pruned_without() {
+async fn one_reading_changes_travel_as_one_rollup_per_minute() {
     let dir = tempfile::tempdir().unwrap();
     let device = open(&dir, "device.db").await;
-    // One reading a change, as the agent's one-second batching makes them: their rollups
-    // would cost more than the readings (`unit_rollup`).
-    for i in 0..30 {
-        let mut b = ReadingBatch::new();
-        b.push("gh.temp", T0 + i * 10_000, i as f64, None);
-        device.append(b).await.unwrap();
-    }
-    let report = device.prune(&policy(), T0 + 6 * DAY, 100).await.unwrap();
-    assert_eq!(report.units, 30, "{report:?}");
+    ingest_one_a_second(&device, T0 + 30_000, 300).await;
+    let before = minutes(&device, "gh.temp").await;
+    // Steps of 44 readings: some minutes are pruned over two or three steps, one step
+    // taking only their last 2 readings (kept too: the series is dense).
+    let report = device.prune(&policy(), T0 + 6 * DAY, 44).await.unwrap();
+    assert_eq!(report.units, 302, "{report:?}");
+    assert_eq!(minutes(&device, "gh.temp").await, before);
     let served = device
         .changes_since(&VersionVector::new(), 1 << 20)
         .await
         .unwrap();
-    assert!(served.iter().all(|c| c.pruned_rollups.is_empty()));
-    // The device still answers from its rollups; a peer that joins now has none of them.
-    assert_eq!(minutes(&device, "gh.temp").await.len(), 5);
+    let carriers: Vec<&Change> = served
+        .iter()
+        .filter(|c| !c.pruned_rollups.is_empty())
+        .collect();
+    // Six minutes touched, each split by at most one step boundary: a few rows, not 300.
+    assert!(
+        (6..=14).contains(&carriers.len()),
+        "{} carriers",
+        carriers.len()
+    );
+    for c in &carriers {
+        assert!(c.pruned_rollups.iter().all(|r| r.series == "gh.temp"));
+    }
+
     let fresh = open(&dir, "fresh.db").await;
     sync_once(&fresh, &device).await;
     assert_eq!(fresh.digest(), device.digest());
     assert_eq!(fresh.stats().await.unwrap().readings, 0);
+    assert_eq!(
+        minutes(&fresh, "gh.temp").await,
+        before,
+        "the fresh peer answers the device's aggregates"
+    );
+    // A series with one reading in 150 s: a row per reading would outweigh the readings.
+    assert_eq!(counts(&device, "gh.sparse").await.len(), 2);
+    let sparse = fresh
+        .aggregate(&AggregateQuery {
+            series: "gh.sparse".into(),
+            from: T0,
+            to: T0 + DAY,
+            bucket_ms: MIN,
+        })
+        .await;
+    assert!(
+        matches!(&sparse, Err(StoreError::UnknownSeries(_))),
+        "{sparse:?}"
+    );
     for s in [device, fresh] {
+        s.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hub_prunes_two_devices_minutes_and_a_fresh_peer_gets_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&dir, "a.db").await, open(&dir, "b.db").await);
+    // Both devices write the same series into the same minutes.
+    ingest_one_a_second(&a, T0, 200).await;
+    ingest_one_a_second(&b, T0 + 500, 200).await;
+    let hub = open(&dir, "hub.db").await;
+    sync_once(&hub, &a).await;
+    sync_once(&hub, &b).await;
+    let before = minutes(&hub, "gh.temp").await;
+    assert_eq!(before.iter().map(|m| m.count).sum::<u64>(), 400);
+    hub.prune(&policy(), T0 + 6 * DAY, 70).await.unwrap();
+    let fresh = open(&dir, "fresh.db").await;
+    sync_once(&fresh, &hub).await;
+    assert_eq!(fresh.digest(), hub.digest());
+    assert_eq!(minutes(&fresh, "gh.temp").await, before);
+    // Each device's share is carried by one of its own changes.
+    let served = hub
+        .changes_since(&VersionVector::new(), 1 << 20)
+        .await
+        .unwrap();
+    for actor in [a.actor(), b.actor()] {
+        assert!(
+            served
+                .iter()
+                .any(|c| c.actor == actor && !c.pruned_rollups.is_empty())
+        );
+    }
+    for s in [a, b, hub, fresh] {
+        s.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stopped_mid_minute_misses_at_most_that_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = open(&dir, "device.db").await;
+    let peer = open(&dir, "peer.db").await;
+    // Minute 0's first 30 readings reach the peer raw; the rest of minute 0 and minutes 1
+    // and 2 are written after, and the device prunes all of them before the peer returns.
+    ingest_one_a_second(&device, T0, 30).await;
+    sync_once(&peer, &device).await;
+    for i in 30..180 {
+        let mut b = ReadingBatch::new();
+        b.push("gh.temp", T0 + i * 1000, (i % 29) as f64 / 4.0, None);
+        device.append(b).await.unwrap();
+    }
+    let before = counts(&device, "gh.temp").await;
+    device.prune(&policy(), T0 + 6 * DAY, 1000).await.unwrap();
+    sync_once(&peer, &device).await;
+    peer.prune(&policy(), T0 + 6 * DAY, 1000).await.unwrap();
+    assert_eq!(peer.digest(), device.digest());
+    let got = counts(&peer, "gh.temp").await;
+    // Minute 0's rollups ride with its first change, which the peer held raw: it keeps
+    // the 30 it had and misses the other 30. Minutes 1 and 2 arrive whole.
+    assert_eq!(before, vec![(T0, 60), (T0 + MIN, 60), (T0 + 2 * MIN, 60)]);
+    assert_eq!(got, vec![(T0, 30), (T0 + MIN, 60), (T0 + 2 * MIN, 60)]);
+    for s in [device, peer] {
         s.close().await;
     }
 }

@@ -53,6 +53,7 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> anyhow::Result<RunningAgent> {
         let started = Instant::now();
+        crate::api::mark_storage_writes_start();
         let setup = setup(config, listen.into(), shutdown, started).await?;
         Ok(run(setup, started))
     }

@@ -59,7 +59,7 @@ pub use format::Format;
 pub use ingest::decode_batch;
 pub use openapi::document as openapi_document;
 pub use routes::{router, routes};
-pub use status::rss_bytes;
+pub use status::{mark_storage_writes_start, rss_bytes};
 
 #[cfg(test)]
 mod guard_tests;

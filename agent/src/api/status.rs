@@ -287,9 +287,26 @@ fn disk_usage(dir: &Path) -> serde_json::Value {
     })
 }
 
-/// Bytes this process caused to be written to storage (`write_bytes` of `/proc/self/io`):
-/// what wears an SD card, WAL and checkpoints included.
+/// `write_bytes` of `/proc/self/io` when the process started its agent
+/// ([`mark_storage_writes_start`]).
+static WRITE_BYTES_AT_START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Notes the process's storage writes so far, once, as the agent starts: Linux adds the
+/// I/O of reaped children to a process's count and an `exec` keeps it, so a shell that
+/// ran `cargo build` and then `exec kdelta start` (scripts/start.sh) would otherwise count
+/// the build as the agent's writes.
+pub fn mark_storage_writes_start() {
+    WRITE_BYTES_AT_START.get_or_init(|| process_write_bytes().unwrap_or(0));
+}
+
+/// Bytes this process caused to be written to storage since its agent started (`write_bytes`
+/// of `/proc/self/io`): what wears an SD card, WAL and checkpoints included.
 pub fn storage_write_bytes() -> Option<u64> {
+    let at_start = WRITE_BYTES_AT_START.get().copied().unwrap_or(0);
+    Some(process_write_bytes()?.saturating_sub(at_start))
+}
+
+fn process_write_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/io").ok()?;
     parse_proc_io_write_bytes(&text)
 }

@@ -395,8 +395,9 @@ async fn pruned_changes_carry_the_rollups_of_their_pruned_readings_through_a_pg_
     let now = now_ms();
     let dir = tempfile::tempdir().unwrap();
     let device = device(&dir, "device.db").await;
-    // The history of the test above without its units of one or two readings, whose
-    // rollups are not kept (`unit_rollup`): every pruned unit here carries its rollups.
+    // The history of the test above without its units of one or two readings in minutes of
+    // their own, whose rollups are not kept (too sparse: `group_pruned_rollups`): every
+    // pruned unit here carries its rollups.
     for days in [500, 200, 150, 20] {
         for k in 0..3 {
             readings(&device, "gh.temp", now - days * DAY + k * 600_000, 250).await;
@@ -481,6 +482,50 @@ async fn pruned_changes_carry_the_rollups_of_their_pruned_readings_through_a_pg_
     received.close().await;
     db.drop().await;
     db2.drop().await;
+}
+
+/// One-reading changes, as the agent's one-second batching makes them, pruned by the hub:
+/// their rollups go per minute with the first change of each minute it pruned, and a device
+/// that learns from the hub afterwards answers the same per-minute aggregates.
+#[tokio::test]
+async fn a_pg_hub_keeps_the_rollups_of_one_reading_changes_per_minute() {
+    let Some(db) = TestDb::new("retention_one_a_second").await else {
+        return;
+    };
+    let now = now_ms();
+    let from = (now - 200 * DAY) / 60_000 * 60_000 + 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(&dir, "device.db").await;
+    for i in 0..150i64 {
+        let mut b = ReadingBatch::new();
+        b.push("gh.temp", from + i * 1000, (i % 13) as f64 * 0.5, None);
+        device.append(b).await.unwrap();
+    }
+    let minutes = AggregateQuery {
+        series: "gh.temp".into(),
+        from: from - 60_000,
+        to: from + 600_000,
+        bucket_ms: 60_000,
+    };
+    let want = device.aggregate(&minutes).await.unwrap();
+    assert_eq!(want.len(), 3);
+    let hub = db.replica().await;
+    sync(&device, &hub, 4_000).await;
+    // Steps of 40 readings: minutes split between steps.
+    assert!(hub.prune(&policy(), now, 40).await.unwrap().ran);
+    let served = all_changes(&hub).await;
+    let carriers = served
+        .iter()
+        .filter(|c| !c.pruned_rollups.is_empty())
+        .count();
+    assert!((3..=8).contains(&carriers), "{carriers} carriers");
+    let fresh = super::device(&dir, "fresh.db").await;
+    sync(&hub, &fresh, 4_000).await;
+    assert_eq!(fresh.aggregate(&minutes).await.unwrap(), want);
+    assert_eq!(hub.aggregate(&minutes).await.unwrap(), want);
+    assert_eq!(fresh.digest(), hub.digest().await.unwrap());
+    hub.close().await;
+    db.drop().await;
 }
 
 /// A correction moving a device's readings into a minute whose other readings it had
