@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use kdelta_sync::{ReadingBatch, RetentionPolicy, Store, StoreConfig};
+use kdelta_sync::{HeldSpace, ReadingBatch, RetentionPolicy, Store, StoreConfig};
 use serde::Serialize;
 
 /// First timestamp of the generated readings (2025-11-24T16:00:00Z).
@@ -64,6 +64,10 @@ struct Report {
     during_prune: Latency,
     db_bytes_before: u64,
     db_bytes_after: u64,
+    /// Bytes of pages by kind of data (`Store::space_held`), before and after the prune:
+    /// the rollups grow by what the pruned readings' rollups kept for sync take.
+    held_before: Vec<HeldSpace>,
+    held_after: Vec<HeldSpace>,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,6 +153,7 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
     }
     let fill_secs = started.elapsed().as_secs_f64();
     let db_bytes_before = store.stats().await?.db_bytes;
+    let held_before = store.space_held().await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ingest = tokio::spawn(steady_ingest(
@@ -179,6 +184,7 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let during_prune = latency(ingest.await??);
     let db_bytes_after = store.stats().await?.db_bytes;
+    let held_after = store.space_held().await?;
     store.close().await;
 
     let out = Report {
@@ -196,6 +202,8 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
         during_prune,
         db_bytes_before,
         db_bytes_after,
+        held_before,
+        held_after,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -227,5 +235,12 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
         super::mib(out.db_bytes_before),
         super::mib(out.db_bytes_after)
     );
+    for (when, held) in [("before", &out.held_before), ("after", &out.held_after)] {
+        let kinds: Vec<String> = held
+            .iter()
+            .map(|h| format!("{} {}", h.holder.as_str(), super::mib(h.bytes)))
+            .collect();
+        println!("pages held {when}: {}", kinds.join(", "));
+    }
     Ok(())
 }
