@@ -434,6 +434,7 @@ mod tests {
 
     use super::*;
     use crate::{ActorId, Hlc, ReadingBatch, SeriesPoints};
+    use std::collections::BTreeSet;
 
     fn test_actor() -> ActorId {
         ActorId([7; 16])
@@ -655,6 +656,94 @@ mod tests {
                     last: (minute + hi, v + 1.0),
                 }
             })
+    }
+
+    /// Units of a prune step: (actor 0–2, seq 1–40, series a–c, readings at second offsets
+    /// within minutes 0–3), each (actor, seq, series) once; values whole quarters, so sums
+    /// are exact in any order.
+    fn arb_units() -> impl Strategy<Value = Vec<PrunedUnitMinutes<(u8, u64)>>> {
+        proptest::collection::btree_map(
+            (0u8..3, 1u64..40, 0usize..3),
+            proptest::collection::btree_set((0i64..4 * 60, -8i32..8), 1..12),
+            1..60,
+        )
+        .prop_map(|units| {
+            units
+                .into_iter()
+                .map(|((actor, seq, series), readings)| {
+                    let mut readings: Vec<(i64, i32)> = readings.into_iter().collect();
+                    readings.sort();
+                    readings.dedup_by_key(|r| r.0);
+                    let ts: Vec<i64> = readings.iter().map(|r| r.0 * 1000).collect();
+                    let values: Vec<f64> = readings.iter().map(|r| r.1 as f64 / 4.0).collect();
+                    let name = ["a", "b", "c"][series];
+                    let carrier = ((actor, seq), ActorId([actor; 16]), seq);
+                    PrunedUnitMinutes::new(carrier, name, &ts, &values)
+                })
+                .collect()
+        })
+    }
+
+    /// Folds aggregates per key, in the order given.
+    fn fold_into<K: Ord>(out: &mut BTreeMap<K, MinuteAgg>, key: K, m: &MinuteAgg) {
+        match out.get_mut(&key) {
+            Some(a) => a.merge(m),
+            None => {
+                out.insert(key, *m);
+            }
+        }
+    }
+
+    proptest! {
+        /// Grouping loses and doubles nothing: per actor, series and minute, the groups kept
+        /// fold to what the units fold to, for every dense (actor, series); a carrier holds a
+        /// unit of each series it carries and at most `cap` readings; and what it carries
+        /// passes the receiver's check.
+        #[test]
+        fn groups_fold_to_their_units(units in arb_units(), cap in 33usize..200) {
+            // A change holds at most 3 × 11 readings here, and never more than the cap in a
+            // store (the same `max_batch_readings` bounds both).
+            let carried = group_pruned_rollups(units.clone(), cap);
+            let mut want: BTreeMap<(u8, String, i64), MinuteAgg> = BTreeMap::new();
+            let mut density: BTreeMap<(u8, String), (i64, BTreeSet<i64>)> = BTreeMap::new();
+            for u in &units {
+                for m in &u.minutes {
+                    fold_into(&mut want, (u.actor.0[0], u.series.clone(), m.minute), m);
+                    let d = density.entry((u.actor.0[0], u.series.clone())).or_default();
+                    d.0 += m.n;
+                    d.1.insert(m.minute);
+                }
+            }
+            want.retain(|(a, s, _), _| {
+                let (n, minutes) = &density[&(*a, s.clone())];
+                *n >= (KEEP_MIN_READINGS_PER_MINUTE * minutes.len()) as i64
+            });
+            let mut got: BTreeMap<(u8, String, i64), MinuteAgg> = BTreeMap::new();
+            for ((actor, seq), rollups) in &carried {
+                let mut total = 0;
+                for r in rollups {
+                    prop_assert!(
+                        units.iter().any(|u| u.change == (*actor, *seq) && u.series == r.series),
+                        "carrier {actor}:{seq} has no unit of {}", r.series
+                    );
+                    for m in &r.minutes {
+                        total += m.n;
+                        fold_into(&mut got, (*actor, r.series.clone(), m.minute), m);
+                    }
+                }
+                prop_assert!(total as usize <= cap, "{total} > {cap}");
+                let mut c = change(rollups.clone());
+                c.actor = ActorId([*actor; 16]);
+                c.seq = *seq;
+                check_pruned_rollups(&c, &Limits::default()).unwrap();
+            }
+            prop_assert_eq!(got.len(), want.len());
+            for (key, w) in &want {
+                let g = &got[key];
+                prop_assert_eq!((g.n, g.sum, g.min, g.max), (w.n, w.sum, w.min, w.max), "{:?}", key);
+                prop_assert_eq!((g.first, g.last), (w.first, w.last), "{:?}", key);
+            }
+        }
     }
 
     proptest! {
