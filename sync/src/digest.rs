@@ -111,9 +111,12 @@ pub(crate) fn readings_hash(
     h.update(&seq.to_le_bytes());
     h.update(&(series.len() as u64).to_le_bytes());
     h.update(series.as_bytes());
-    for (t, v) in ts.iter().zip(values) {
-        h.update(&t.to_le_bytes());
-        h.update(&v.to_bits().to_le_bytes());
+    {
+        let mut w = crate::seal::BufferedHasher::new(&mut h);
+        for (t, v) in ts.iter().zip(values) {
+            w.add(&t.to_le_bytes());
+            w.add(&v.to_bits().to_le_bytes());
+        }
     }
     *h.finalize().as_bytes()
 }
