@@ -171,6 +171,7 @@ pub fn group_pruned_rollups<C: Copy + Ord + Hash>(
 ) -> BTreeMap<C, Vec<PrunedRollup>> {
     struct Group<C> {
         carrier: C,
+        actor: ActorId,
         series: String,
         agg: MinuteAgg,
     }
@@ -178,7 +179,6 @@ pub fn group_pruned_rollups<C: Copy + Ord + Hash>(
     units.sort_by(|a, b| (a.actor, a.seq, &a.series).cmp(&(b.actor, b.seq, &b.series)));
     let cap = max_readings_per_change as u64;
     let mut groups: Vec<Group<C>> = Vec::new();
-    let mut actors: Vec<ActorId> = Vec::new(); // each group's
     let mut open: HashMap<(ActorId, String, i64), usize> = HashMap::new();
     let mut carried: HashMap<C, u64> = HashMap::new();
     for unit in units {
@@ -195,9 +195,9 @@ pub fn group_pruned_rollups<C: Copy + Ord + Hash>(
             }
             *carried.entry(unit.change).or_default() += n;
             open.insert(key, groups.len());
-            actors.push(unit.actor);
             groups.push(Group {
                 carrier: unit.change,
+                actor: unit.actor,
                 series: unit.series.clone(),
                 agg,
             });
@@ -205,30 +205,38 @@ pub fn group_pruned_rollups<C: Copy + Ord + Hash>(
     }
     // Per actor and series: the readings the step pruned and the minutes they fell in.
     let mut density: HashMap<(ActorId, &str), (i64, HashSet<i64>)> = HashMap::new();
-    for (g, actor) in groups.iter().zip(&actors) {
-        let d = density.entry((*actor, g.series.as_str())).or_default();
+    for g in &groups {
+        let d = density.entry((g.actor, g.series.as_str())).or_default();
         d.0 += g.agg.n;
         d.1.insert(g.agg.minute);
     }
-    let dense: HashSet<(ActorId, String)> = density
-        .into_iter()
-        .filter(|(_, (n, minutes))| *n >= (KEEP_MIN_READINGS_PER_MINUTE * minutes.len()) as i64)
-        .map(|((actor, series), _)| (actor, series.to_owned()))
+    let keep: Vec<bool> = groups
+        .iter()
+        .map(|g| {
+            let (n, minutes) = &density[&(g.actor, g.series.as_str())];
+            *n >= (KEEP_MIN_READINGS_PER_MINUTE * minutes.len()) as i64
+        })
         .collect();
-    let mut out: BTreeMap<C, Vec<PrunedRollup>> = BTreeMap::new();
-    for (g, actor) in groups.into_iter().zip(actors) {
-        if !dense.contains(&(actor, g.series.clone())) {
-            continue;
-        }
-        push_pruned_minute(out.entry(g.carrier).or_default(), g.series, g.agg);
-    }
-    for rollups in out.values_mut() {
-        rollups.sort_by(|a, b| a.series.cmp(&b.series));
-        for r in rollups.iter_mut() {
-            r.minutes.sort_by_key(|m| m.minute);
+    let mut by_carrier: BTreeMap<C, BTreeMap<String, Vec<MinuteAgg>>> = BTreeMap::new();
+    for (g, keep) in groups.into_iter().zip(keep) {
+        if keep {
+            let series = by_carrier.entry(g.carrier).or_default();
+            series.entry(g.series).or_default().push(g.agg);
         }
     }
-    out
+    by_carrier
+        .into_iter()
+        .map(|(carrier, series)| {
+            let rollups = series
+                .into_iter()
+                .map(|(series, mut minutes)| {
+                    minutes.sort_by_key(|m| m.minute);
+                    PrunedRollup { series, minutes }
+                })
+                .collect();
+            (carrier, rollups)
+        })
+        .collect()
 }
 
 /// Checks the pruned rollups a change carries (see the module header for what and why).
