@@ -29,6 +29,7 @@ pub struct Builder {
     config: String,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    before_exec: Option<String>,
 }
 
 impl Builder {
@@ -57,6 +58,13 @@ impl Builder {
         self
     }
 
+    /// Runs the agent from a shell that first runs `script` (in the agent's directory) and
+    /// then `exec`s it, as scripts/start.sh does after its build: same process, same pid.
+    pub fn before_exec(mut self, script: &str) -> Builder {
+        self.before_exec = Some(script.to_owned());
+        self
+    }
+
     /// Starts the agent and waits until it listens; panics with its stderr otherwise.
     pub fn start(self) -> Agent {
         match self.try_start() {
@@ -78,7 +86,16 @@ impl Builder {
         let config_path = dir.join("kdelta-test.toml");
         std::fs::write(&config_path, &self.config).map_err(|e| e.to_string())?;
         let data_dir = dir.join("data");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.before_exec {
+            None => Command::new(BIN),
+            Some(script) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("{script}\nexec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+        };
         cmd.arg("start")
             .arg("--config")
             .arg(&config_path)
@@ -224,6 +241,7 @@ impl Agent {
             config: QUIET_CONFIG.to_owned(),
             env: Vec::new(),
             args: Vec::new(),
+            before_exec: None,
         }
     }
 

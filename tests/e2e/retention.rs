@@ -110,3 +110,41 @@ async fn an_agent_prunes_by_age_and_shows_it() {
     );
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// The storage writes `/v1/status` reports are the agent's own. Linux adds a reaped child's
+/// I/O to its parent's `/proc/<pid>/io` and `exec` keeps it, so an agent started by a shell
+/// that first wrote 40 MiB (as scripts/start.sh runs `cargo build` before `exec kdelta
+/// start`) would report them as its own unless it counts from its start.
+#[tokio::test]
+async fn storage_writes_count_from_the_agents_start() {
+    let agent = Agent::builder()
+        .before_exec(
+            "dd if=/dev/zero of=ballast bs=1M count=40 conv=fsync status=none && rm ballast \
+             && grep '^write_bytes' /proc/$$/io > io-before-exec",
+        )
+        .start();
+    let before = std::fs::read_to_string(agent.dir().join("io-before-exec")).unwrap();
+    let before: u64 = before
+        .trim()
+        .trim_start_matches("write_bytes:")
+        .trim()
+        .parse()
+        .unwrap();
+    if before < 40 << 20 {
+        eprintln!(
+            "skipped: this file system did not count the shell's 40 MiB as written \
+             ({before} bytes; tmpfs counts none)"
+        );
+        return;
+    }
+    let c = client();
+    let (_, st) = get_json(&c, &agent.at("/v1/status")).await;
+    let written = st["store"]["wear"]["write_bytes"]
+        .as_u64()
+        .expect("write_bytes");
+    // The agent's own: the store, its WAL and the 8 MiB disk reserve.
+    assert!(
+        written < 24 << 20,
+        "{written} bytes reported after a shell wrote {before}: {st}"
+    );
+}
