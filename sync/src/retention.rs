@@ -14,12 +14,12 @@
 //!   units, so their digests are equal (sync/README.md, "Digest under retention").
 //! - **Rollups** of a minute are kept while any raw reading of that series and minute
 //!   remains, and beyond that until the rollup age, so aggregates over old ranges answer.
-//! - **Rollups of pruned units** (`pruned_rollups.rs`): pruning a unit keeps its per-minute
-//!   aggregates with the change (table `pruned_rollups`), in the same transaction, so the
-//!   change is served with them and a peer that receives it pruned still gets their share
-//!   of the rollups: per series, minute and actor, carried by the first change of the
-//!   minute the step pruned (`group_pruned_rollups`). They go with the rollups of their
-//!   minute.
+//! - **Rollups of pruned units** (`pruned_rollups.rs`): a step keeps what the units it
+//!   prunes added to the rollups (table `pruned_rollups`), in the same transaction, per
+//!   series, minute and actor, with the first change of that minute it pruned
+//!   (`group_pruned_rollups`), so that change is served with them and a peer that receives
+//!   the changes pruned still gets their share of the rollups. They go with the rollups of
+//!   their minute.
 //! - **Counters**: `meta.readings_pruned` counts raw readings pruned whose rollups remain,
 //!   so the readings count (`SUM(rollup_1m.n) - readings_pruned`) needs no table scan.
 //!
