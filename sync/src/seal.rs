@@ -289,7 +289,6 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-/// Feeds a CBOR encoder straight into a hasher.
 /// Bytes a [`BufferedHasher`] gathers before it feeds them to BLAKE3.
 const HASH_BUFFER: usize = 8 * 1024;
 
