@@ -28,6 +28,16 @@ pub(crate) const KIND_TIME_CORRECTION: i64 = 4;
 /// Most readings changes one local correction covers; the caller asks again for the rest.
 const MAX_CORRECTED_PER_CHANGE: usize = 10_000;
 
+/// This store's uncorrected readings changes of one boot, oldest first, at most `?3`: from
+/// the open-timing index, in local id order (an actor's changes are stored in seq order, and
+/// the caller sorts by seq all the same), so the scan stops at the limit. Left to choose,
+/// SQLite walks every change of the actor from seq 1 in the writer — a year of a device's
+/// log before the first reading of a boot whose clock was wrong (`query_plans.rs`).
+pub(crate) const OPEN_TIMINGS: &str = "SELECT c.seq, t.offset_ms FROM reading_timing t \
+     CROSS JOIN changes c ON c.id = t.change_id \
+     WHERE t.boot_id = ?1 AND t.delta_ms IS NULL AND c.actor_idx = ?2 \
+     ORDER BY t.change_id LIMIT ?3";
+
 /// Encodes a correction's body as stored in `changes.manifest` (and hashed).
 pub(crate) fn encode_correction(c: &TimeCorrection) -> Vec<u8> {
     stored_cbor::encode(c)
@@ -60,14 +70,10 @@ impl Writer {
         basis: TimeBasis,
     ) -> Result<Option<ChangeMeta>> {
         let own = self.actor_slot(self.actor)?.idx;
-        let entries: Vec<(u64, i64)> = {
+        let mut entries: Vec<(u64, i64)> = {
             let mut st = self
                 .conn
-                .prepare_cached(
-                    "SELECT c.seq, t.offset_ms FROM reading_timing t JOIN changes c ON c.id = t.change_id \
-                     WHERE t.boot_id = ?1 AND t.delta_ms IS NULL AND c.actor_idx = ?2 \
-                     ORDER BY c.seq LIMIT ?3",
-                )
+                .prepare_cached(OPEN_TIMINGS)
                 .map_err(StoreError::db("finding readings to correct"))?;
             st.query_map(
                 params![boot.0.as_slice(), own, MAX_CORRECTED_PER_CHANGE as i64],
@@ -79,6 +85,7 @@ impl Writer {
             .map(|(seq, offset)| (seq, true_offset_ms.saturating_sub(offset)))
             .collect()
         };
+        entries.sort_unstable_by_key(|&(seq, _)| seq);
         let mut ranges = ranges_of(&entries);
         ranges.truncate(MAX_CORRECTION_RANGES);
         if ranges.is_empty() {

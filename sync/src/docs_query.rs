@@ -121,17 +121,17 @@ fn key_id(conn: &Connection, key: &str) -> Result<Option<i64>> {
 }
 
 /// Current siblings of `key`, newest first: one statement from the key to its heads' rows.
+/// The head versions of one key. `CROSS JOIN` fixes the loop order (key, then its heads,
+/// then each head's version by its whole primary key): left to choose, SQLite 3.51 walks
+/// every version of the key and looks each up in the heads — 36 µs instead of 8 for a key
+/// with 100 versions (docs/PERFORMANCE.md; `query_plans.rs` holds the order).
+pub(crate) const HEADS_OF_KEY: &str = "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_keys k \
+     CROSS JOIN doc_heads h ON h.key_id = k.id \
+     CROSS JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
+     JOIN actors a ON a.idx = v.actor_idx WHERE k.key = ?1";
+
 fn siblings_of(conn: &Connection, key: &str) -> Result<Vec<DocVersion>> {
-    let mut v = versions(
-        conn,
-        key,
-        "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_keys k \
-         JOIN doc_heads h ON h.key_id = k.id \
-         JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
-         JOIN actors a ON a.idx = v.actor_idx WHERE k.key = ?1",
-        [key],
-        "reading document heads",
-    )?;
+    let mut v = versions(conn, key, HEADS_OF_KEY, [key], "reading document heads")?;
     v.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
     Ok(v)
 }
@@ -304,30 +304,31 @@ fn list_step(
 /// Head rows of one key: (actor, seq, hlc, value, context, pruned).
 type HeadRows = Vec<StoredVersion>;
 
+/// The heads of a page of keys, heads first as in [`HEADS_OF_KEY`].
+pub(crate) const HEADS_OF_KEYS_PAGE: &str = "SELECT h.key_id, a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
+     CROSS JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
+     JOIN actors a ON a.idx = v.actor_idx \
+     WHERE h.key_id IN (SELECT id FROM doc_keys WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3)";
+
 /// The heads of the next page of keys (the same key window as `list_step`'s), by key id.
 fn page_heads(conn: &Connection, cursor: &str, prefix: &str) -> Result<HashMap<i64, HeadRows>> {
     let mut out: HashMap<i64, HeadRows> = HashMap::new();
-    conn.prepare_cached(
-        "SELECT h.key_id, a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_heads h \
-         JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
-         JOIN actors a ON a.idx = v.actor_idx \
-         WHERE h.key_id IN (SELECT id FROM doc_keys WHERE key > ?1 AND key >= ?2 ORDER BY key LIMIT ?3)",
-    )
-    .and_then(|mut st| {
-        let mut rows = st.query(params![cursor, prefix, LIST_KEYS_PER_READ as i64])?;
-        while let Some(r) = rows.next()? {
-            out.entry(r.get(0)?).or_default().push((
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ));
-        }
-        Ok(())
-    })
-    .map_err(StoreError::db("reading document heads"))?;
+    conn.prepare_cached(HEADS_OF_KEYS_PAGE)
+        .and_then(|mut st| {
+            let mut rows = st.query(params![cursor, prefix, LIST_KEYS_PER_READ as i64])?;
+            while let Some(r) = rows.next()? {
+                out.entry(r.get(0)?).or_default().push((
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ));
+            }
+            Ok(())
+        })
+        .map_err(StoreError::db("reading document heads"))?;
     Ok(out)
 }
 

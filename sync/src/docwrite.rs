@@ -259,11 +259,7 @@ impl Writer {
         if w.value.is_none() {
             let (heads, tombstones): (i64, i64) = self
                 .conn
-                .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(v.value IS NULL), 0) FROM doc_heads h \
-                     JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
-                     WHERE h.key_id = ?1",
-                )
+                .prepare_cached(HEAD_TOMBSTONES)
                 .and_then(|mut st| st.query_row([key_id], |r| Ok((r.get(0)?, r.get(1)?))))
                 .map_err(StoreError::db("reading document heads"))?;
             if heads == 0 || (heads == 1 && tombstones == 1) {
@@ -379,6 +375,12 @@ impl Writer {
         Ok(context)
     }
 }
+
+/// How many heads a key has and how many of them are tombstones (heads first, as
+/// `docs_query::HEADS_OF_KEY`).
+pub(crate) const HEAD_TOMBSTONES: &str = "SELECT COUNT(*), COALESCE(SUM(v.value IS NULL), 0) FROM doc_heads h \
+     CROSS JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
+     WHERE h.key_id = ?1";
 
 /// `changes.kind` of a single document write.
 pub(crate) const KIND_DOC: i64 = 2;

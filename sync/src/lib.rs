@@ -93,6 +93,8 @@ mod origins;
 mod past;
 pub mod protocol;
 mod pruned_rollups;
+#[cfg(test)]
+mod query_plans;
 mod readers;
 mod readings_fit;
 mod readings_query;
