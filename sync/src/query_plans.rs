@@ -85,6 +85,23 @@ fn a_keys_heads_are_read_without_walking_its_versions() {
 }
 
 #[test]
+fn an_as_of_read_scans_one_keys_versions_newest_first() {
+    let (_dir, conn) = migrated_store();
+    let sql = crate::docs_query::VERSIONS_UP_TO;
+    assert_steps(
+        &conn,
+        "as-of",
+        sql,
+        &["SEARCH v USING PRIMARY KEY (key_id=? AND hlc<?)"],
+    );
+    let got = plan(&conn, sql);
+    assert!(
+        !got.iter().any(|l| l.contains("TEMP B-TREE")),
+        "as-of sorts: {got:#?}"
+    );
+}
+
+#[test]
 fn a_correction_finds_its_readings_from_the_open_timings() {
     let (_dir, conn) = migrated_store();
     let got = plan(&conn, crate::correct::OPEN_TIMINGS);

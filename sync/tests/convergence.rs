@@ -6,7 +6,8 @@
 //! versions travel as pruned changes, sometimes ahead of the versions that superseded them.
 //! After a full exchange and one more prune everywhere, every replica has the same version
 //! vector, the same digest (incremental and recomputed) and the same document states and
-//! histories.
+//! histories, and each key's state as of every point of its history is the one its history
+//! gives.
 
 use kdelta_sync::*;
 use proptest::prelude::*;
@@ -200,6 +201,37 @@ async fn doc_states(s: &Store) -> Vec<KeyState> {
     out
 }
 
+/// Every key's state as of each point of its history (each version's HLC, and just before
+/// the first) is what its history says: the heads among the versions stamped up to then,
+/// the winner the highest (HLC, actor) — a pruned winner answered as `HistoryPruned`.
+async fn assert_as_of_follows_history(s: &Store) {
+    for k in 0..4 {
+        let key = format!("k{k}");
+        let history = s.history(&key, MAX_HISTORY_PAGE, None).await.unwrap();
+        let mut points: Vec<Hlc> = history.iter().map(|v| v.hlc).collect();
+        points.sort();
+        points.dedup();
+        if let Some(first) = points.first().copied() {
+            let before = Hlc(first.0 - 1);
+            assert!(matches!(
+                s.get_as_of(&key, AsOf::Hlc(before)).await,
+                Err(StoreError::BeforeHistory { .. })
+            ));
+        }
+        for at in points {
+            let upto: Vec<DocVersion> = history.iter().filter(|v| v.hlc <= at).cloned().collect();
+            let want = doc_state(doc_heads(upto)).expect("a version at its own HLC");
+            match s.get_as_of(&key, AsOf::Hlc(at)).await {
+                Ok(got) => assert_eq!(got, Some(want), "{key} as of {at:?}"),
+                Err(StoreError::HistoryPruned { .. }) => {
+                    assert!(want.winner.pruned, "{key} as of {at:?}: {want:?}")
+                }
+                Err(e) => panic!("{key} as of {at:?}: {e}"),
+            }
+        }
+    }
+}
+
 /// The document retention every replica runs: k0 and k1 keep 2 versions, k2 versions
 /// older than a minute (at [`prune_now`], every non-head), k3 everything.
 fn doc_policy() -> RetentionPolicy {
@@ -286,6 +318,7 @@ proptest! {
                 assert_eq!(s.verify_digest().await.unwrap(), digest0);
                 assert_eq!(doc_states(s).await, docs0);
                 assert_eq!(s.series().await.unwrap(), series0);
+                assert_as_of_follows_history(s).await;
             }
             let total: u64 = steps.iter().filter(|s| matches!(s, Step::Local { .. })).count() as u64;
             assert!(vv0.total() <= total);

@@ -731,3 +731,57 @@ async fn rekey_makes_a_new_key_pair_and_both_chains_verify() {
     assert!(report.ok(), "{:?}", report.failures);
     assert_eq!((report.actors, report.signed, report.unsigned), (2, 2, 0));
 }
+
+/// Three replicas whose clocks read the same millisecond each write one key concurrently:
+/// three siblings with one HLC. As of that HLC — and as of any later point — the winner is
+/// the highest actor, as `get` says, with every sibling counted; after one replica resolves
+/// them, as of the old point still gives the three.
+#[tokio::test]
+async fn siblings_stamped_with_one_hlc_resolve_to_the_highest_actor_as_of_any_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let time = ManualTime::new(T0 as u64);
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let s = Store::open_with_time(
+            dir.path().join(format!("r{i}.db")),
+            StoreConfig::default(),
+            time.clone(),
+        )
+        .await
+        .unwrap();
+        s.put("cfg", &json!({ "by": i })).await.unwrap();
+        replicas.push(s);
+    }
+    let hlc = replicas[0].get("cfg").await.unwrap().unwrap().winner.hlc;
+    for from in 1..3 {
+        let changes = replicas[from]
+            .changes_since(&replicas[0].version_vector(), usize::MAX)
+            .await
+            .unwrap();
+        replicas[0].apply_remote(changes).await.unwrap();
+    }
+    let s = &replicas[0];
+    let now = s.get("cfg").await.unwrap().unwrap();
+    assert_eq!(now.siblings, 3);
+    assert_eq!(now.winner.hlc, hlc, "one HLC for all three");
+    let highest = replicas.iter().map(|r| r.actor()).max().unwrap();
+    assert_eq!(now.winner.actor, highest);
+    assert_eq!(
+        s.get_as_of("cfg", AsOf::Hlc(hlc)).await.unwrap(),
+        Some(now.clone())
+    );
+
+    time.set(T0 as u64 + 1000);
+    let resolved = s.put("cfg", &json!({ "by": "merge" })).await.unwrap();
+    assert_eq!(resolved.supersedes.len(), 3);
+    let after = s
+        .get_as_of("cfg", AsOf::Hlc(resolved.hlc))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((after.siblings, after.winner.seq), (1, resolved.seq));
+    assert_eq!(s.get_as_of("cfg", AsOf::Hlc(hlc)).await.unwrap(), Some(now));
+    for r in replicas {
+        r.close().await;
+    }
+}
