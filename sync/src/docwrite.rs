@@ -31,8 +31,13 @@ pub(crate) fn encode_context(dots: &[Dot]) -> Vec<u8> {
     stored_cbor::encode(&sorted)
 }
 
+/// Reads a stored context: the shape [`encode_context`] writes without serde, anything else
+/// through it (`context_cbor.rs`).
 pub(crate) fn decode_context(bytes: &[u8]) -> Result<Vec<Dot>> {
-    stored_cbor::decode(bytes, "document context")
+    match crate::context_cbor::decode_written(bytes) {
+        Some(dots) => Ok(dots),
+        None => stored_cbor::decode(bytes, "document context"),
+    }
 }
 
 impl Writer {

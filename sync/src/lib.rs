@@ -72,6 +72,7 @@ pub mod backup;
 mod chain;
 mod change;
 mod change_log;
+mod context_cbor;
 mod correct;
 mod counts;
 mod digest;
