@@ -131,7 +131,7 @@ impl Writer {
             Some(body),
             seal.as_ref(),
         )?;
-        self.advance(actor, seq)?;
+        self.advance(actor, seq, hlc)?;
 
         // Per series, the time spans whose rollup minutes must be recomputed.
         let mut spans: BTreeMap<i64, Vec<(i64, i64)>> = BTreeMap::new();

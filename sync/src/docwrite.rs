@@ -129,7 +129,7 @@ impl Writer {
             hlc,
         };
         let context = self.store_version(&version, 0, key_id, key, value, context, pruned)?;
-        self.advance(actor, seq)?;
+        self.advance(actor, seq, hlc)?;
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
             actor,
@@ -233,7 +233,7 @@ impl Writer {
             keys.push(key.to_owned());
             deleted += usize::from(value.is_none() && !pruned);
         }
-        self.advance(actor, seq)?;
+        self.advance(actor, seq, hlc)?;
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
             actor,

@@ -216,7 +216,7 @@ impl Writer {
         };
         let id =
             self.insert_sealed_change_row(slot.idx, seq, hlc, KIND_GAP, Some(body), seal.as_ref())?;
-        self.advance(actor, seq)?;
+        self.advance(actor, seq, hlc)?;
         self.pending_events.push(ChangeEvent {
             local_id: id,
             actor,

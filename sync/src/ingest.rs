@@ -453,16 +453,19 @@ impl Writer {
             .map_err(StoreError::db("updating series attributes"))?;
         }
 
-        // The version vector: each actor's last staged seq.
-        let mut last: Vec<(i64, u64)> = Vec::new();
+        // The version vector: each actor's last staged seq (and highest HLC).
+        let mut last: Vec<(i64, u64, Hlc)> = Vec::new();
         for c in &staged.changes {
-            match last.iter_mut().find(|(idx, _)| *idx == c.actor_idx) {
-                Some(l) => l.1 = l.1.max(c.seq),
-                None => last.push((c.actor_idx, c.seq)),
+            match last.iter_mut().find(|(idx, ..)| *idx == c.actor_idx) {
+                Some(l) => {
+                    l.1 = l.1.max(c.seq);
+                    l.2 = l.2.max(c.hlc);
+                }
+                None => last.push((c.actor_idx, c.seq, c.hlc)),
             }
         }
-        for (idx, seq) in last {
-            self.store_max_seq(idx, seq)?;
+        for (idx, seq, hlc) in last {
+            self.store_max_seq(idx, seq, hlc)?;
         }
 
         self.counts.changes += staged.changes.len() as u64;

@@ -102,6 +102,18 @@ fn an_as_of_read_scans_one_keys_versions_newest_first() {
 }
 
 #[test]
+fn the_clock_at_open_reads_the_actors_not_the_change_log() {
+    let (_dir, conn) = migrated_store();
+    for sql in [crate::rebase::HIGHEST_HLC, crate::rebase::NEWEST_BY_ACTOR] {
+        let got = plan(&conn, sql);
+        assert!(
+            got.iter().all(|l| !l.contains("changes")),
+            "{sql}: {got:#?}"
+        );
+    }
+}
+
+#[test]
 fn a_correction_finds_its_readings_from_the_open_timings() {
     let (_dir, conn) = migrated_store();
     let got = plan(&conn, crate::correct::OPEN_TIMINGS);

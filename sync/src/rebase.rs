@@ -215,7 +215,7 @@ pub(crate) fn clock_floor(conn: &Connection, actor: ActorId) -> Result<Hlc> {
     let predecessors = predecessors(conn, actor)?;
     if predecessors.is_empty() {
         let max: Option<i64> = conn
-            .query_row("SELECT MAX(hlc) FROM changes", [], |r| r.get(0))
+            .query_row(HIGHEST_HLC, [], |r| r.get(0))
             .optional()
             .map_err(StoreError::db("reading the highest stored HLC"))?
             .flatten();
@@ -229,14 +229,18 @@ pub(crate) fn clock_floor(conn: &Connection, actor: ActorId) -> Result<Hlc> {
         .unwrap_or(Hlc(0)))
 }
 
+/// The highest HLC the store holds: from the actors' rows, which the writer keeps (schema
+/// 11), not from a scan of the change log.
+pub(crate) const HIGHEST_HLC: &str = "SELECT MAX(max_hlc) FROM actors WHERE max_seq > 0";
+
+/// Each actor's highest stored HLC, likewise.
+pub(crate) const NEWEST_BY_ACTOR: &str = "SELECT actor, max_hlc FROM actors WHERE max_seq > 0";
+
 /// Every actor's highest stored HLC.
 fn newest_by_actor(conn: &Connection) -> Result<Vec<(ActorId, Hlc)>> {
     let ctx = "reading each actor's highest HLC";
     let mut st = conn
-        .prepare_cached(
-            "SELECT a.actor, MAX(c.hlc) FROM changes c JOIN actors a ON a.idx = c.actor_idx \
-             GROUP BY c.actor_idx",
-        )
+        .prepare_cached(NEWEST_BY_ACTOR)
         .map_err(StoreError::db(ctx))?;
     let rows = st
         .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))

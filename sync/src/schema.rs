@@ -74,6 +74,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "pruned_rollups",
         sql: include_str!("../migrations/0010_pruned_rollups.sql"),
     },
+    Migration {
+        version: 11,
+        description: "actor_max_hlc",
+        sql: include_str!("../migrations/0011_actor_max_hlc.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

@@ -503,10 +503,11 @@ impl Writer {
         Ok(slot)
     }
 
-    /// Records that `actor` now holds up to `seq` (called once per stored change).
-    pub fn advance(&mut self, actor: ActorId, seq: u64) -> Result<()> {
+    /// Records that `actor` now holds up to `seq`, stamped `hlc` (called once per stored
+    /// change).
+    pub fn advance(&mut self, actor: ActorId, seq: u64, hlc: Hlc) -> Result<()> {
         let slot = self.actor_slot(actor)?;
-        self.store_max_seq(slot.idx, seq)?;
+        self.store_max_seq(slot.idx, seq, hlc)?;
         if let Some(s) = self.actors.get_mut(&actor) {
             s.max_seq = seq;
         }
@@ -514,11 +515,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes an actor's highest contiguous seq (the caller keeps the cache in step).
-    pub fn store_max_seq(&mut self, actor_idx: i64, seq: u64) -> Result<()> {
+    /// Writes an actor's highest contiguous seq (the caller keeps the cache in step) and
+    /// raises its highest stored HLC to `hlc` (schema 11: the clock's floor at open, read
+    /// without a scan of the log).
+    pub fn store_max_seq(&mut self, actor_idx: i64, seq: u64, hlc: Hlc) -> Result<()> {
         self.conn
-            .prepare_cached("UPDATE actors SET max_seq = ?1 WHERE idx = ?2")
-            .and_then(|mut st| st.execute(params![seq as i64, actor_idx]))
+            .prepare_cached(
+                "UPDATE actors SET max_seq = ?1, max_hlc = MAX(max_hlc, ?3) WHERE idx = ?2",
+            )
+            .and_then(|mut st| st.execute(params![seq as i64, actor_idx, hlc.0 as i64]))
             .map(drop)
             .map_err(StoreError::db("advancing the version vector"))
     }

@@ -178,6 +178,25 @@ async fn store_written_by_the_sqlx_release_opens_unchanged() {
     let changes: u64 = s.version_vector().iter().map(|(_, n)| n).sum();
     s.close().await;
 
+    // Schema 11: each actor's row holds its highest stored HLC (the upgrade computed it from
+    // the log, the writes since raised it), what the clock is seeded from at open.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: Vec<(i64, i64)> = conn
+        .prepare(
+            "SELECT a.max_hlc, (SELECT MAX(c.hlc) FROM changes c WHERE c.actor_idx = a.idx) \
+             FROM actors a WHERE a.max_seq > 0",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(rows.len(), 2, "both actors of the fixture");
+    for (kept, scanned) in rows {
+        assert_eq!(kept, scanned);
+    }
+    drop(conn);
+
     // Its own past was signed at the first open, from seq 1, and the two changes written
     // since link to it; the other actor's changes (it never signed them) stay unsigned and
     // say so; `verify` passes.

@@ -321,7 +321,7 @@ impl Writer {
             .prepare_cached("UPDATE twins SET changes = changes + 1 WHERE id = ?1")
             .and_then(|mut st| st.execute([twin_id]))
             .map_err(StoreError::db("counting twin changes"))?;
-        self.advance(actor, seq)?;
+        self.advance(actor, seq, hlc)?;
         self.digest.add(&twin_hash(&actor, seq, hlc, key, bytes));
         self.pending_events.push(ChangeEvent {
             local_id: change_id,
