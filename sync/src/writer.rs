@@ -834,10 +834,19 @@ impl Writer {
 
     fn finish_group(&mut self) -> Result<()> {
         self.store_signatures()?;
-        self.conn
-            .prepare_cached("INSERT INTO meta (key, value) VALUES ('digest', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .and_then(|mut st| st.execute([self.digest.0.as_slice()]))
+        // The digest and the counters: two small rows of `meta`, one page.
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
             .map_err(StoreError::db("storing the digest"))?;
+        st.execute(params!["digest", self.digest.0.as_slice()])
+            .map_err(StoreError::db("storing the digest"))?;
+        st.execute(params![
+            crate::counts::META_KEY,
+            self.counts.encode().as_slice()
+        ])
+        .map_err(StoreError::db("storing the counters"))?;
+        drop(st);
         self.exec("COMMIT")
     }
 
