@@ -49,6 +49,37 @@ const MIN_STEP_MS: i64 = 1_000;
 const ROLLUP_SHARE: u64 = 4;
 /// A minute: what a rollup covers, and the least a rollup round moves its cut.
 const MINUTE_MS: i64 = 60_000;
+/// How long a measure of the rollups' bytes stands (unless a pass pruned rollups since).
+/// Measuring walks every page of the rollups: a year of 15 series is ~660 MB, read again on
+/// every pass — each minute, for as long as the budget cannot be met — were it not kept.
+/// Rollups grow by a sixtieth of the raw readings, so a few minutes' growth is noise beside
+/// the quarter of `max_disk` they are held to.
+const ROLLUP_REMEASURE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// The rollups' bytes (`Store::rollup_bytes`), kept between passes by the retention loop.
+#[derive(Debug, Default)]
+pub struct RollupMeasure {
+    taken: Option<(std::time::Instant, u64)>,
+}
+
+impl RollupMeasure {
+    /// The last measure when it is recent, else a new one.
+    pub async fn bytes(&mut self, store: &Store) -> Result<u64, String> {
+        if let Some((at, bytes)) = self.taken
+            && at.elapsed() < ROLLUP_REMEASURE
+        {
+            return Ok(bytes);
+        }
+        let bytes = store.rollup_bytes().await.map_err(|e| e.to_string())?;
+        self.taken = Some((std::time::Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    /// Forgets the measure (rollups were pruned).
+    pub fn forget(&mut self) {
+        self.taken = None;
+    }
+}
 
 /// The budget's limits in bytes, resolved against the file system's size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -206,11 +237,15 @@ pub async fn budget_pass(
     config: &RetentionConfig,
     acked: Option<VersionVector>,
     recovery_room: Option<u64>,
+    rollups: &mut RollupMeasure,
 ) -> BudgetPass {
     let mut pass = BudgetPass::default();
     let started = std::time::Instant::now();
-    if let Err(e) = run(store, dir, config, acked, recovery_room, &mut pass).await {
+    if let Err(e) = run(store, dir, config, acked, recovery_room, rollups, &mut pass).await {
         pass.error = Some(e);
+    }
+    if pass.error.is_some() || pass.rollups.rollups > 0 {
+        rollups.forget();
     }
     pass.took_ms = started.elapsed().as_millis() as u64;
     pass.at_ms = Some(crate::time::now_ms());
@@ -223,6 +258,7 @@ async fn run(
     config: &RetentionConfig,
     acked: Option<VersionVector>,
     recovery_room: Option<u64>,
+    rollup_measure: &mut RollupMeasure,
     pass: &mut BudgetPass,
 ) -> Result<(), String> {
     let mut m = Measure::take(store, dir).await?;
@@ -248,7 +284,7 @@ async fn run(
     // are gone): they outlive raw readings, but must not crowd out the newest ones.
     if let Some(max) = limits.max_bytes {
         let share = max / ROLLUP_SHARE;
-        let rollups = store.rollup_bytes().await.map_err(|e| e.to_string())?;
+        let rollups = rollup_measure.bytes(store).await?;
         if rollups > share {
             let target = Targets {
                 used: Some(
@@ -406,6 +442,41 @@ async fn prune_rounds(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Readings of `series` one a minute for `minutes` minutes from `from`: one rollup row each.
+    fn minutes(series: &str, from: i64, minutes: i64) -> kdelta_sync::ReadingBatch {
+        let mut b = kdelta_sync::ReadingBatch::new();
+        for m in 0..minutes {
+            b.push(series, from + m * MINUTE_MS, m as f64, None);
+        }
+        b
+    }
+
+    /// The rollups' pages are walked once per [`ROLLUP_REMEASURE`], not on every pass, and
+    /// again at once after rollups were pruned.
+    #[tokio::test]
+    async fn the_rollups_are_measured_again_only_when_stale_or_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.db"), Default::default())
+            .await
+            .unwrap();
+        const T0: i64 = 1_764_000_000_000;
+        store.append(minutes("a", T0, 5_000)).await.unwrap();
+        let mut measure = RollupMeasure::default();
+        let first = measure.bytes(&store).await.unwrap();
+        assert_eq!(first, store.rollup_bytes().await.unwrap());
+        store.append(minutes("b", T0, 5_000)).await.unwrap();
+        let grown = store.rollup_bytes().await.unwrap();
+        assert!(grown > first, "{grown} > {first}");
+        assert_eq!(measure.bytes(&store).await.unwrap(), first, "kept");
+        measure.forget();
+        assert_eq!(
+            measure.bytes(&store).await.unwrap(),
+            grown,
+            "measured again"
+        );
+        store.close().await;
+    }
 
     #[test]
     fn limits_resolve_shares_and_the_default_hard_limit() {

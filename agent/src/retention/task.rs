@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::RetentionConfig;
-use super::budget::{BudgetPass, budget_pass};
+use super::budget::{BudgetPass, RollupMeasure, budget_pass};
 use super::unmet::{self, CannotMeet};
 use crate::metrics::Metrics;
 
@@ -206,6 +206,7 @@ pub async fn retention_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut full = agent.store.subscribe_disk_full();
     let mut was_holding = false;
+    let mut rollup_measure = RollupMeasure::default();
     loop {
         let at_tick = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -234,13 +235,17 @@ pub async fn retention_loop(
             let unacked = acked.clone().map_or(Unacked::NoUpstream, Unacked::Keep);
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                () = age_pass(&agent, &policy, &config, &unacked) => {}
+                pruned_rollups = age_pass(&agent, &policy, &config, &unacked) => {
+                    if pruned_rollups {
+                        rollup_measure.forget();
+                    }
+                }
             }
         }
         if budget {
             let pass = tokio::select! {
                 _ = cancel.cancelled() => return,
-                p = budget_pass(&agent.store, &agent.data_dir, &config, acked, recovery_room) => p,
+                p = budget_pass(&agent.store, &agent.data_dir, &config, acked, recovery_room, &mut rollup_measure) => p,
             };
             log_budget_pass(&pass, has_upstream, &mut was_holding);
             let prev = state.last().budget.and_then(|b| b.cannot_meet);
@@ -292,12 +297,14 @@ fn recovery_room(store: &kdelta_sync::Store) -> u64 {
     (reserve * (RECREATE_FACTOR + 1)).max(MIN_RECOVERY_ROOM)
 }
 
+/// One age prune pass; true when it pruned rollups (or failed part way), so a measure of
+/// the rollups' bytes no longer stands.
 async fn age_pass(
     agent: &RetentionDeps,
     policy: &RetentionPolicy,
     config: &RetentionConfig,
     unacked: &Unacked,
-) {
+) -> bool {
     let started = Instant::now();
     let result = agent
         .store
@@ -337,8 +344,12 @@ async fn age_pass(
                 s.error = None;
                 s.total.add(&report);
             });
+            report.rollups > 0
         }
-        Err(e) => state.failed(&e, config.every),
+        Err(e) => {
+            state.failed(&e, config.every);
+            true
+        }
     }
 }
 
