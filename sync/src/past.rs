@@ -81,15 +81,31 @@ pub(crate) fn sign_own_past(conn: &Connection, actor: ActorId, key: &SigningKey)
         .optional()
         .map_err(StoreError::db("reading this store's actor"))?;
     let Some(idx) = idx else { return Ok(0) };
-    let (changes, signed): (i64, i64) = conn
+    // Every open asks, so it must not read the whole own log: the newest own change answers
+    // (a signing release signs every change it makes, so once one is signed every later one
+    // is); only when it is unsigned is the log searched for a signed one (a store an
+    // unsigned release wrote to after a signing one), which the signing walk reads anyway.
+    let newest_signed: Option<bool> = conn
         .query_row(
-            "SELECT COUNT(*), COUNT(signature) FROM changes WHERE actor_idx = ?1",
+            "SELECT signature IS NOT NULL FROM changes WHERE actor_idx = ?1 \
+             ORDER BY seq DESC LIMIT 1",
             [idx],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )
-        .map_err(StoreError::db("counting this store's own changes"))?;
-    if changes == 0 || signed > 0 {
-        return Ok(0);
+        .optional()
+        .map_err(StoreError::db("reading this store's newest change"))?;
+    let any_signed = || {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM changes WHERE actor_idx = ?1 AND signature IS NOT NULL)",
+            [idx],
+            |r| r.get::<_, bool>(0),
+        )
+        .map_err(StoreError::db("looking for a signed own change"))
+    };
+    match newest_signed {
+        None | Some(true) => return Ok(0),
+        Some(false) if any_signed()? => return Ok(0),
+        Some(false) => {}
     }
     let tx = conn
         .unchecked_transaction()
@@ -139,4 +155,62 @@ pub(crate) fn sign_own_past(conn: &Connection, actor: ActorId, key: &SigningKey)
     tx.commit()
         .map_err(StoreError::db("committing the signed past"))?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Store, StoreConfig};
+
+    /// A store with `n` own changes, signed (made by this release), closed.
+    async fn store_with_changes(path: &std::path::Path, n: usize) {
+        let s = Store::open(path, StoreConfig::default()).await.unwrap();
+        for i in 0..n {
+            s.put("k", &serde_json::json!(i)).await.unwrap();
+        }
+        s.close().await;
+    }
+
+    fn unsigned(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM changes WHERE signature IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    /// Which stores get their past signed at open: only one whose own actor signed nothing.
+    /// The check reads the newest own change first, so an open never reads the whole log.
+    #[tokio::test]
+    async fn only_a_wholly_unsigned_own_past_is_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        store_with_changes(&path, 5).await;
+        let (conn, actor) = crate::schema::open_writer(&path, &StoreConfig::default()).unwrap();
+        let key = crate::schema::load_or_create_signing_key(&conn).unwrap();
+
+        // Signed by this release: nothing to do.
+        assert_eq!(sign_own_past(&conn, actor, &key).unwrap(), 0);
+        assert_eq!(unsigned(&conn), 0);
+
+        // Written to by an unsigned release after a signing one: the newest is unsigned but
+        // the past was signed, so it is left as it is (re-signing would break held links).
+        conn.execute(
+            "UPDATE changes SET signature = NULL WHERE id = (SELECT MAX(id) FROM changes)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(sign_own_past(&conn, actor, &key).unwrap(), 0);
+        assert_eq!(unsigned(&conn), 1);
+
+        // Nothing signed (the unsigned era): all five are signed, from seq 1.
+        conn.execute(
+            "UPDATE changes SET signature = NULL, prev_hash = NULL, body_hash = NULL",
+            [],
+        )
+        .unwrap();
+        assert_eq!(sign_own_past(&conn, actor, &key).unwrap(), 5);
+        assert_eq!(unsigned(&conn), 0);
+    }
 }
