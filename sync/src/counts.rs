@@ -56,18 +56,14 @@ impl Counts {
     }
 
     fn decode(bytes: &[u8]) -> Option<Counts> {
-        let n = |i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(
-                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-            ))
-        };
-        (bytes.len() == 40).then_some(())?;
+        let bytes: &[u8; 40] = bytes.try_into().ok()?;
+        let n = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         Some(Counts {
-            changes: n(0)?,
-            readings: n(1)?,
-            series: n(2)?,
-            doc_keys: n(3)?,
-            doc_versions: n(4)?,
+            changes: n(0),
+            readings: n(1),
+            series: n(2),
+            doc_keys: n(3),
+            doc_versions: n(4),
         })
     }
 

@@ -120,7 +120,6 @@ fn key_id(conn: &Connection, key: &str) -> Result<Option<i64>> {
         .map_err(StoreError::db("looking up a document key"))
 }
 
-/// Current siblings of `key`, newest first: one statement from the key to its heads' rows.
 /// The head versions of one key. `CROSS JOIN` fixes the loop order (key, then its heads,
 /// then each head's version by its whole primary key): left to choose, SQLite 3.51 walks
 /// every version of the key and looks each up in the heads — 36 µs instead of 8 for a key
@@ -130,6 +129,7 @@ pub(crate) const HEADS_OF_KEY: &str = "SELECT a.actor, v.seq, v.hlc, v.value, v.
      CROSS JOIN doc_versions v ON v.key_id = h.key_id AND v.hlc = h.hlc AND v.change_id = h.change_id \
      JOIN actors a ON a.idx = v.actor_idx WHERE k.key = ?1";
 
+/// Current siblings of `key`, newest first: one statement from the key to its heads' rows.
 fn siblings_of(conn: &Connection, key: &str) -> Result<Vec<DocVersion>> {
     let mut v = versions(conn, key, HEADS_OF_KEY, [key], "reading document heads")?;
     v.sort_by_key(|v| std::cmp::Reverse((v.hlc, v.actor)));
@@ -158,77 +158,60 @@ fn stored_actor(bytes: &[u8]) -> Result<ActorId> {
 /// context is kept, so which versions were heads then is still exact — only the value is
 /// gone).
 ///
-/// One range scan over the key's versions up to `at`, newest first (adjacent rows: the
-/// table is clustered by key and HLC). A version is superseded only by a later one, so when
-/// the scan reaches a version it has seen every version that could supersede it: the first
-/// not superseded is the winner (among versions of one HLC, the highest actor), and only its
-/// value is copied. The heads are then counted against every context; were the winner not
-/// the one they give (contexts that break causality, which no writer makes), that one is
-/// read by its primary key instead.
+/// One range scan over the key's versions up to `at` (adjacent rows: the table is clustered
+/// by key and HLC) reads their dots and contexts but no values; only the winner's value is
+/// read and decoded, by its primary key.
 fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocState>> {
-    let err = || StoreError::db("reading document history");
-    let mut st = conn.prepare_cached(VERSIONS_UP_TO).map_err(err())?;
-    let mut rows = st.query(params![id, at.bound().0 as i64]).map_err(err())?;
-    // A key's versions come from a handful of actors: each is looked up once.
+    // No join with `actors` per version: a key's versions come from a handful of actors,
+    // looked up once each below.
+    let raw: Vec<DotRow> = conn
+        .prepare_cached(VERSIONS_UP_TO)
+        .and_then(|mut st| {
+            st.query_map(params![id, at.bound().0 as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })
+        .map_err(StoreError::db("reading document history"))?;
+    let mut superseded = HashSet::new();
+    let mut rows = Vec::with_capacity(raw.len());
     let mut actors: HashMap<i64, ActorId> = HashMap::new();
-    let mut superseded: HashSet<Dot> = HashSet::new();
-    let mut seen: Vec<(Dot, i64, i64)> = Vec::new();
-    let mut candidate: Option<StoredVersion> = None;
-    while let Some(r) = rows.next().map_err(err())? {
-        let idx: i64 = r.get(0).map_err(err())?;
+    for (idx, seq, hlc, change_id, context) in raw {
         let actor = match actors.get(&idx) {
             Some(a) => *a,
-            None => *actors.entry(idx).or_insert(actor_of(conn, idx)?),
+            None => {
+                let a = actor_of(conn, idx)?;
+                actors.insert(idx, a);
+                a
+            }
         };
+        superseded.extend(decode_context(&context)?);
         let dot = Dot {
             actor,
-            seq: r.get::<_, i64>(1).map_err(err())? as u64,
+            seq: seq as u64,
         };
-        let hlc: i64 = r.get(2).map_err(err())?;
-        let change_id: i64 = r.get(3).map_err(err())?;
-        let context = r.get_ref(4).and_then(|c| Ok(c.as_blob()?)).map_err(err())?;
-        let beats = |(best_actor, _, best_hlc, ..): &StoredVersion| {
-            *best_hlc == hlc && actor.as_bytes().as_slice() > best_actor.as_slice()
-        };
-        if !superseded.contains(&dot) && candidate.as_ref().is_none_or(beats) {
-            candidate = Some((
-                actor.as_bytes().to_vec(),
-                dot.seq as i64,
-                hlc,
-                r.get(5).map_err(err())?,
-                context.to_vec(),
-                r.get(6).map_err(err())?,
-            ));
-        }
-        superseded.extend(decode_context(context)?);
-        seen.push((dot, hlc, change_id));
+        rows.push((dot, hlc, change_id));
     }
-    drop(rows);
-    seen.retain(|(dot, ..)| !superseded.contains(dot));
+    rows.retain(|(dot, _, _)| !superseded.contains(dot));
     // Winner: highest HLC, then highest actor (as `doc_state`).
-    let Some(&(dot, hlc, change_id)) = seen.iter().max_by_key(|(dot, hlc, _)| (*hlc, dot.actor))
+    let Some(&(_, hlc, change_id)) = rows.iter().max_by_key(|(dot, hlc, _)| (*hlc, dot.actor))
     else {
         return Ok(None);
     };
-    let winner = match candidate {
-        Some(row) if row.1 as u64 == dot.seq && row.0 == dot.actor.as_bytes() => {
-            decode_version(key, row)?
-        }
-        _ => versions(
-            conn,
-            key,
-            "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
-             JOIN actors a ON a.idx = v.actor_idx \
-             WHERE v.key_id = ?1 AND v.hlc = ?2 AND v.change_id = ?3",
-            params![id, hlc, change_id],
-            "reading document history",
-        )?
-        .pop()
-        .ok_or(StoreError::Decode {
-            what: "document history",
-            detail: format!("{key}: a version vanished during a read"),
-        })?,
-    };
+    let winner = versions(
+        conn,
+        key,
+        "SELECT a.actor, v.seq, v.hlc, v.value, v.context, v.pruned FROM doc_versions v \
+         JOIN actors a ON a.idx = v.actor_idx \
+         WHERE v.key_id = ?1 AND v.hlc = ?2 AND v.change_id = ?3",
+        params![id, hlc, change_id],
+        "reading document history",
+    )?
+    .pop()
+    .ok_or(StoreError::Decode {
+        what: "document history",
+        detail: format!("{key}: a version vanished during a read"),
+    })?;
     if winner.pruned {
         return Err(StoreError::HistoryPruned {
             key: key.to_owned(),
@@ -238,13 +221,18 @@ fn as_of(conn: &Connection, key: &str, id: i64, at: AsOf) -> Result<Option<DocSt
     }
     Ok(Some(DocState {
         winner,
-        siblings: seen.len(),
+        siblings: rows.len(),
     }))
 }
 
-/// A key's versions up to a point, newest first: `as_of`'s scan.
-pub(crate) const VERSIONS_UP_TO: &str = "SELECT v.actor_idx, v.seq, v.hlc, v.change_id, v.context, v.value, v.pruned \
-     FROM doc_versions v WHERE v.key_id = ?1 AND v.hlc <= ?2 ORDER BY v.hlc DESC";
+/// A version's actor index, seq, HLC, change id and context (no value), as `as_of` scans
+/// them.
+type DotRow = (i64, i64, i64, i64, Vec<u8>);
+
+/// A key's versions up to a point (dots and contexts, no values): `as_of`'s scan, one range
+/// of the primary key (`query_plans.rs`).
+pub(crate) const VERSIONS_UP_TO: &str = "SELECT v.actor_idx, v.seq, v.hlc, v.change_id, v.context \
+     FROM doc_versions v WHERE v.key_id = ?1 AND v.hlc <= ?2";
 
 /// The oldest point as-of reads of the key with id `id` answer: the HLC of the first version
 /// kept after its newest pruned one (a head is never pruned, so there is one).

@@ -24,8 +24,8 @@ fn plan(conn: &Connection, sql: &str) -> Vec<String> {
     .expect("explain rows")
 }
 
-/// Asserts the plan's steps include each of `steps`, in that order.
-fn assert_steps(conn: &Connection, what: &str, sql: &str, steps: &[&str]) {
+/// Asserts the plan's steps include each of `steps`, in that order; returns the plan.
+fn assert_steps(conn: &Connection, what: &str, sql: &str, steps: &[&str]) -> Vec<String> {
     let got = plan(conn, sql);
     let mut at = 0;
     for step in steps {
@@ -36,6 +36,7 @@ fn assert_steps(conn: &Connection, what: &str, sql: &str, steps: &[&str]) {
             ),
         }
     }
+    got
 }
 
 fn migrated_store() -> (tempfile::TempDir, Connection) {
@@ -85,16 +86,14 @@ fn a_keys_heads_are_read_without_walking_its_versions() {
 }
 
 #[test]
-fn an_as_of_read_scans_one_keys_versions_newest_first() {
+fn an_as_of_read_scans_one_range_of_a_keys_versions() {
     let (_dir, conn) = migrated_store();
-    let sql = crate::docs_query::VERSIONS_UP_TO;
-    assert_steps(
+    let got = assert_steps(
         &conn,
         "as-of",
-        sql,
+        crate::docs_query::VERSIONS_UP_TO,
         &["SEARCH v USING PRIMARY KEY (key_id=? AND hlc<?)"],
     );
-    let got = plan(&conn, sql);
     assert!(
         !got.iter().any(|l| l.contains("TEMP B-TREE")),
         "as-of sorts: {got:#?}"
@@ -116,8 +115,7 @@ fn the_clock_at_open_reads_the_actors_not_the_change_log() {
 #[test]
 fn a_correction_finds_its_readings_from_the_open_timings() {
     let (_dir, conn) = migrated_store();
-    let got = plan(&conn, crate::correct::OPEN_TIMINGS);
-    assert_steps(
+    let got = assert_steps(
         &conn,
         "a time correction",
         crate::correct::OPEN_TIMINGS,
