@@ -32,9 +32,9 @@ pub(crate) fn encode_context(dots: &[Dot]) -> Vec<u8> {
 }
 
 /// Reads a stored context: the shape [`encode_context`] writes without serde, anything else
-/// through it (`context_cbor.rs`).
+/// through it (`written_cbor.rs`).
 pub(crate) fn decode_context(bytes: &[u8]) -> Result<Vec<Dot>> {
-    match crate::context_cbor::decode_written(bytes) {
+    match crate::written_cbor::decode_context(bytes) {
         Some(dots) => Ok(dots),
         None => stored_cbor::decode(bytes, "document context"),
     }

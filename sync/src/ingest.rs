@@ -224,9 +224,13 @@ fn as_stored(batch: &ReadingBatch) -> Option<ReadingBatch> {
     Some(stored)
 }
 
-/// Reads a manifest written by [`encode_manifest`].
+/// Reads a manifest written by [`encode_manifest`]: the shape it writes without serde,
+/// anything else through it (`written_cbor.rs`).
 pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<ManifestEntry>> {
-    stored_cbor::decode(bytes, "readings manifest")
+    match crate::written_cbor::decode_manifest(bytes) {
+        Some(entries) => Ok(entries),
+        None => stored_cbor::decode(bytes, "readings manifest"),
+    }
 }
 
 /// Readings changes the writer has taken in but not written yet: a run of consecutive

@@ -72,7 +72,6 @@ pub mod backup;
 mod chain;
 mod change;
 mod change_log;
-mod context_cbor;
 mod correct;
 mod counts;
 mod digest;
@@ -115,6 +114,7 @@ mod timing;
 mod twin;
 mod vv;
 mod writer;
+mod written_cbor;
 
 pub use actor::{ActorId, ParseActorError};
 pub use admit::{Admission, AdmitRules, HeldActor, admit_remote, needs_past};
