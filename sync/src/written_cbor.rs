@@ -22,13 +22,8 @@ const MIN_DOT_BYTES: usize = 1 + 6 + 17 + 4 + 1;
 
 /// The dots of a context in the shape the store writes; `None` for anything else.
 pub(crate) fn decode_context(bytes: &[u8]) -> Option<Vec<Dot>> {
-    let mut r = Reader { bytes, at: 0 };
-    let n = r.head(ARRAY)?;
-    // A length the bytes cannot hold is refused before anything is allocated.
-    if n > (bytes.len() / MIN_DOT_BYTES) as u64 {
-        return None;
-    }
-    let mut dots = Vec::with_capacity(n as usize);
+    let (mut r, n) = Reader::array(bytes, MIN_DOT_BYTES)?;
+    let mut dots = Vec::with_capacity(n);
     for _ in 0..n {
         if r.head(MAP)? != 2 {
             return None;
@@ -47,17 +42,13 @@ pub(crate) fn decode_context(bytes: &[u8]) -> Option<Vec<Dot>> {
 
 /// The smallest encoding of one manifest entry: map header, `"name"` with an empty name,
 /// `"ts_min"`, `"ts_max"` and `"count"` with one-byte values.
-const MIN_ENTRY_BYTES: usize = 1 + 5 + 1 + 3 * (7 + 1);
+const MIN_ENTRY_BYTES: usize = 1 + (5 + 1) + (7 + 1) + (7 + 1) + (6 + 1);
 
 /// The entries of a readings manifest in the shape the store writes; `None` for anything
 /// else.
 pub(crate) fn decode_manifest(bytes: &[u8]) -> Option<Vec<ManifestEntry>> {
-    let mut r = Reader { bytes, at: 0 };
-    let n = r.head(ARRAY)?;
-    if n > (bytes.len() / MIN_ENTRY_BYTES) as u64 {
-        return None;
-    }
-    let mut entries = Vec::with_capacity(n as usize);
+    let (mut r, n) = Reader::array(bytes, MIN_ENTRY_BYTES)?;
+    let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
         let fields = r.head(MAP)?;
         r.literal(b"\x64name")?;
@@ -121,6 +112,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the first item of the definite-length array `bytes` holds, and its
+    /// length; `None` when the bytes cannot hold that many items of at least `min_item`
+    /// bytes (refused before anything is allocated).
+    fn array(bytes: &'a [u8], min_item: usize) -> Option<(Reader<'a>, usize)> {
+        let mut r = Reader { bytes, at: 0 };
+        let n = usize::try_from(r.head(ARRAY)?).ok()?;
+        (n <= bytes.len() / min_item).then_some((r, n))
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
         self.at += n;
@@ -356,5 +356,18 @@ mod tests {
             decode_manifest(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             None
         );
+        // The smallest entries there are fit the length check (it refuses nothing real).
+        let smallest = ManifestEntry {
+            name: String::new(),
+            unit: None,
+            meta: BTreeMap::new(),
+            ts_min: 0,
+            ts_max: 0,
+            count: 0,
+        };
+        let entries = vec![smallest; 3];
+        let bytes = crate::ingest::encode_manifest_entries(&entries);
+        assert_eq!(bytes.len(), 1 + 3 * MIN_ENTRY_BYTES);
+        assert_eq!(decode_manifest(&bytes), Some(entries));
     }
 }
