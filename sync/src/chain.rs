@@ -460,7 +460,10 @@ pub(crate) fn check_remote(
         }
         _ => {}
     }
-    let body = seal::body_hash(&c.body, &s.pruned);
+    let body = match prechecked {
+        Some(p) => p.body_hash(c, &s.pruned),
+        None => seal::body_hash(&c.body, &s.pruned),
+    };
     let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
     let valid = match prechecked {
         Some(p) => p.verify(&s.key, &hash, &s.sig),
