@@ -460,16 +460,12 @@ pub(crate) fn check_remote(
         }
         _ => {}
     }
-    let body = match prechecked {
-        Some(p) => p.body_hash(c, &s.pruned),
-        None => seal::body_hash(&c.body, &s.pruned),
-    };
+    // Nothing checked ahead: both calls below hash and verify here.
+    let none = seal::Prechecked::none();
+    let prechecked = prechecked.unwrap_or(&none);
+    let body = prechecked.body_hash(c, &s.pruned);
     let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
-    let valid = match prechecked {
-        Some(p) => p.verify(&s.key, &hash, &s.sig),
-        None => seal::verify(&s.key, &hash, &s.sig),
-    };
-    if !valid {
+    if !prechecked.verify(&s.key, &hash, &s.sig) {
         return Err((
             ChainFault::BadSignature,
             "the signature does not match the change (forged or altered)".into(),
