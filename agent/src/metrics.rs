@@ -34,7 +34,7 @@
 //! | `kdelta_mqtt_duplicates_total` | counter | `cause` |
 //! | `kdelta_mqtt_commands_total` | counter | `result` |
 //! | `kdelta_sync_peer_connected`, `kdelta_sync_peer_lag_to_peer_changes`, `kdelta_sync_peer_lag_from_peer_changes` | gauge | `peer`, `direction` |
-//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total`, `kdelta_sync_changes_too_large_total`, `kdelta_sync_actor_forks_total` | counter | `peer`, `direction` |
+//! | `kdelta_sync_peer_bytes_in_total`, `kdelta_sync_peer_bytes_out_total`, `kdelta_sync_changes_quarantined_total`, `kdelta_sync_changes_too_large_total`, `kdelta_sync_changes_held_for_upgrade_total`, `kdelta_sync_actor_forks_total` | counter | `peer`, `direction` |
 //! | `kdelta_sync_sessions_failed_total`, `kdelta_sync_refused_total` | counter | `peer`, `direction` |
 //! | `kdelta_tls_handshakes_failed_total` | counter | `reason` |
 //! | `kdelta_retention_pruned_readings_total`, `kdelta_retention_pruned_rollups_total`, `kdelta_retention_pruned_doc_versions_total` | counter | — |

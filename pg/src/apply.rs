@@ -439,6 +439,7 @@ impl PgStore {
             prev,
             sig: key.sign(&hash),
             pruned: Vec::new(),
+            body: None,
         };
         (seal, hash)
     }

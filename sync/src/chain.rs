@@ -463,7 +463,7 @@ pub(crate) fn check_remote(
     // Nothing checked ahead: both calls below hash and verify here.
     let none = seal::Prechecked::none();
     let prechecked = prechecked.unwrap_or(&none);
-    let body = prechecked.body_hash(c, &s.pruned);
+    let body = prechecked.body_hash(c, s);
     let hash = seal::change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
     if !prechecked.verify(&s.key, &hash, &s.sig) {
         return Err((
@@ -629,7 +629,7 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 };
                 signing = true;
                 let mut problems = Vec::new();
-                let body = seal::body_hash(&c.body, &s.pruned);
+                let body = s.body_hash_of(&c.body);
                 if body_hash != Some(body) {
                     problems.push("its body does not match its stored body hash (altered)");
                 }

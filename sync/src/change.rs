@@ -97,6 +97,20 @@ impl Change {
             });
         }
         if let Some(seal) = &self.seal
+            && seal.body.is_some()
+        {
+            // Pruned wholly: no readings, no pruned hashes, only the body hash.
+            let empty = matches!(&self.body, ChangeBody::Readings(b) if b.series.is_empty());
+            if !empty || !seal.pruned.is_empty() {
+                return Err(StoreError::Decode {
+                    what: "change",
+                    detail: "a wholly pruned change's body hash on a change that still \
+                             carries readings, pruned hashes or another kind of body"
+                        .into(),
+                });
+            }
+        }
+        if let Some(seal) = &self.seal
             && !seal.pruned.is_empty()
         {
             let writes: &[DocWrite] = match &self.body {

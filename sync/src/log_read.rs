@@ -102,6 +102,11 @@ impl LogRow {
         let (prev, body_hash, sig, pruned, key) =
             (blob(6)?, blob(7)?, blob(8)?, blob(9)?, blob(10)?);
         let fixed32 = |b: Option<Vec<u8>>| b.and_then(|b| <Hash>::try_from(b).ok());
+        let pruned = pruned.as_deref().map(split_hashes).unwrap_or_default();
+        let body_hash = fixed32(body_hash);
+        // A signed readings change with no series left and no pruned hashes kept was pruned
+        // wholly (`retention.rs` drops its unit hashes then): it travels with its body hash.
+        let wholly_pruned = kind == 1 && manifest.is_empty() && pruned.is_empty();
         let seal = match (
             fixed32(prev),
             sig.and_then(|b| <[u8; 64]>::try_from(b).ok()),
@@ -112,14 +117,15 @@ impl LogRow {
                 key: fixed32(key).unwrap_or([0; 32]),
                 prev,
                 sig,
-                pruned: pruned.as_deref().map(split_hashes).unwrap_or_default(),
+                pruned: pruned.clone(),
+                body: body_hash.filter(|_| wholly_pruned),
             }),
             _ => None,
         };
         Ok(LogRow {
-            pruned: pruned.as_deref().map(split_hashes).unwrap_or_default(),
+            pruned,
             seal,
-            body_hash: fixed32(body_hash),
+            body_hash,
             id: get(0)?.unwrap_or(0),
             actor,
             seq: get(1)?.unwrap_or(0) as u64,
@@ -200,10 +206,16 @@ pub(crate) fn load(conn: &Connection, rows: Vec<LogRow>) -> Result<Vec<Change>> 
     let timings = load_timings(conn, &rows)?;
     let mut readings = load_readings(conn, &rows, &timings)?;
     // Only a readings change retention pruned can have rollups of pruned units: a signed
-    // one lists its pruned unit hashes; an unsigned one (received pruned) may not.
+    // one lists its pruned unit hashes or, pruned wholly, carries its body hash; an
+    // unsigned one (received pruned) may not.
     let may_have_rollups: Vec<i64> = rows
         .iter()
-        .filter(|r| r.kind == 1 && (r.seal.is_none() || !r.pruned.is_empty()))
+        .filter(|r| {
+            r.kind == 1
+                && r.seal
+                    .as_ref()
+                    .is_none_or(|s| !s.pruned.is_empty() || s.body.is_some())
+        })
         .map(|r| r.id)
         .collect();
     let mut pruned_rollups = load_pruned_rollups(conn, &may_have_rollups)?;

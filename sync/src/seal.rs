@@ -6,7 +6,11 @@
 //! - The **body hash** covers what a change did. A readings change hashes the *set* of its
 //!   per-series unit hashes, so a change retention pruned part of still proves its body: it is
 //!   served with the hashes of its pruned units ([`Seal::pruned`]), and the receiver hashes
-//!   the units it got together with those.
+//!   the units it got together with those. Once retention has pruned *every* unit, the
+//!   change is served with no readings and its body hash itself ([`Seal::body`]) instead of
+//!   one hash per series: what a wholly pruned change keeps is then 32 bytes, not 32 per
+//!   series (peers of earlier releases cannot check such a change: see `protocol`'s
+//!   `Features`).
 //! - The **change hash** is `BLAKE3(actor, seq, HLC, previous change hash, body hash)`; the
 //!   previous hash of an actor's first signed change is [`CHAIN_START`].
 //! - The **signature** is Ed25519 over the change hash, by the actor's key.
@@ -26,8 +30,8 @@ pub type Hash = [u8; 32];
 /// made by this release, or the first change after an upgrade).
 pub const CHAIN_START: Hash = [0; 32];
 
-/// Most bytes a seal adds to a change's CBOR besides its pruned hashes (field names, key,
-/// previous hash, signature, headers).
+/// Most bytes a seal adds to a change's CBOR besides its pruned hashes or pruned body hash
+/// (field names, key, previous hash, signature, headers): what a local change's seal adds.
 pub const SEAL_MAX_BYTES: usize = 192;
 
 /// The proof a signed change carries: who signed it, what it follows, the signature, and the
@@ -47,6 +51,27 @@ pub struct Seal {
     /// series, write hashes of a document change's versions whose value went.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hashes")]
     pub pruned: Vec<Hash>,
+    /// The body hash of a readings change retention pruned wholly, which then travels with
+    /// no readings and no [`pruned`](Self::pruned) hashes: the receiver takes this as the
+    /// body hash (the signature still covers it). Absent on every other change, and from
+    /// earlier releases, which cannot check such a change (they hash the empty body).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "fixed_opt")]
+    pub body: Option<Hash>,
+}
+
+impl Seal {
+    /// The body hash this seal signs for `body`: [`Seal::body`] when the body was pruned
+    /// wholly, else [`body_hash`] of `body` with the pruned hashes.
+    pub fn body_hash_of(&self, body: &ChangeBody) -> Hash {
+        self.body.unwrap_or_else(|| body_hash(body, &self.pruned))
+    }
+
+    /// True when this seal carries the body hash of a body retention pruned wholly (one that
+    /// held readings), which a peer of an earlier release cannot check: it would hash the
+    /// empty `body` it receives. `body` is the change's (served empty).
+    pub fn needs_pruned_body(&self, body: &ChangeBody) -> bool {
+        self.body.is_some_and(|h| h != body_hash(body, &[]))
+    }
 }
 
 /// Hash of the readings one change holds for one series: name, unit, metadata, times and
@@ -210,10 +235,13 @@ impl Prechecked {
         };
         for c in changes {
             let Some(s) = &c.seal else { continue };
-            let body = body_hash(&c.body, &s.pruned);
+            let body = s.body_hash_of(&c.body);
             let hash = change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
             if verify(&s.key, &hash, &s.sig) {
                 checked.valid.insert(checked_key(&s.key, &hash, &s.sig));
+                if s.body.is_some() {
+                    continue; // nothing to hash again: the seal carries it
+                }
                 if let Some(print) = body_fingerprint(&c.body, &s.pruned) {
                     checked.bodies.insert((c.actor, c.seq), (print, body));
                 }
@@ -237,15 +265,16 @@ impl Prechecked {
         self.valid.contains(&checked_key(key, hash, sig)) || verify(key, hash, sig)
     }
 
-    /// [`body_hash`] of `c`'s body with `pruned`: the one computed by [`check`](Self::check)
-    /// when the body is the one it hashed, else computed now.
-    pub fn body_hash(&self, c: &crate::Change, pruned: &[Hash]) -> Hash {
-        if let Some((print, body)) = self.bodies.get(&(c.actor, c.seq))
-            && body_fingerprint(&c.body, pruned) == Some(*print)
+    /// [`Seal::body_hash_of`] `c`'s body: the one computed by [`check`](Self::check) when
+    /// the body and pruned hashes are the ones it hashed, else computed now.
+    pub fn body_hash(&self, c: &crate::Change, seal: &Seal) -> Hash {
+        if seal.body.is_none()
+            && let Some((print, body)) = self.bodies.get(&(c.actor, c.seq))
+            && body_fingerprint(&c.body, &seal.pruned) == Some(*print)
         {
             return *body;
         }
-        body_hash(&c.body, pruned)
+        seal.body_hash_of(&c.body)
     }
 }
 
@@ -428,6 +457,23 @@ pub(crate) mod fixed {
     }
 }
 
+/// An optional `[u8; 32]` as one CBOR byte string of exactly 32 bytes (fields that are
+/// absent when `None`: `skip_serializing_if`).
+mod fixed_opt {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::fixed::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        super::fixed::deserialize(d).map(Some)
+    }
+}
+
 /// A list of 32-byte hashes as one CBOR byte string (their concatenation).
 mod hashes {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -523,6 +569,7 @@ mod tests {
                 prev: CHAIN_START,
                 sig: key.sign(&hash),
                 pruned: vec![],
+                body: None,
             }),
             pruned_rollups: Vec::new(),
         }
@@ -543,7 +590,7 @@ mod tests {
     /// signature verified through it — what `chain::check_remote` does.
     fn admitted(checked: &Prechecked, c: &Change) -> bool {
         let s = c.seal.as_ref().unwrap();
-        let body = checked.body_hash(c, &s.pruned);
+        let body = checked.body_hash(c, s);
         let hash = change_hash(&c.actor, c.seq, c.hlc, &s.prev, &body);
         checked.verify(&s.key, &hash, &s.sig)
     }
@@ -555,7 +602,7 @@ mod tests {
         let checked = Prechecked::check(std::slice::from_ref(&good));
         let s = good.seal.as_ref().unwrap();
         assert_eq!(
-            checked.body_hash(&good, &s.pruned),
+            checked.body_hash(&good, s),
             body_hash(&good.body, &s.pruned)
         );
         assert!(admitted(&checked, &good));
@@ -576,24 +623,75 @@ mod tests {
             };
             alter(b);
             assert_eq!(
-                checked.body_hash(&altered, &s.pruned),
+                checked.body_hash(&altered, s),
                 body_hash(&altered.body, &s.pruned)
             );
-            assert_ne!(
-                checked.body_hash(&altered, &s.pruned),
-                checked.body_hash(&good, &s.pruned)
-            );
+            assert_ne!(checked.body_hash(&altered, s), checked.body_hash(&good, s));
             assert!(!admitted(&checked, &altered));
         }
         // Pruned hashes that were not there when it was checked: the same.
-        let pruned = [[9u8; 32]];
+        let pruned = Seal {
+            pruned: vec![[9u8; 32]],
+            ..s.clone()
+        };
         assert_eq!(
             checked.body_hash(&good, &pruned),
-            body_hash(&good.body, &pruned)
+            body_hash(&good.body, &pruned.pruned)
         );
         // Nothing kept for what was not checked.
         assert!(admitted(&Prechecked::none(), &good));
         assert!(Prechecked::none().bodies.is_empty());
+    }
+
+    /// A change retention pruned wholly: served empty with its body hash in the seal, it
+    /// verifies as the whole change did, is checked ahead like any other, and is exactly
+    /// what an earlier release could not check (it would hash the empty body).
+    #[test]
+    fn a_wholly_pruned_change_travels_with_its_body_hash() {
+        let key = SigningKey::generate().unwrap();
+        let whole = signed(&key, ActorId([3; 16]), 1);
+        let s = whole.seal.clone().unwrap();
+        let mut pruned = whole.clone();
+        let ChangeBody::Readings(b) = &mut pruned.body else {
+            unreachable!()
+        };
+        b.series.clear();
+        pruned.seal = Some(Seal {
+            body: Some(body_hash(&whole.body, &[])),
+            ..s.clone()
+        });
+        let ps = pruned.seal.as_ref().unwrap();
+        assert_eq!(ps.body_hash_of(&pruned.body), s.body_hash_of(&whole.body));
+        assert!(admitted(&Prechecked::none(), &pruned));
+        assert!(admitted(
+            &Prechecked::check(std::slice::from_ref(&pruned)),
+            &pruned
+        ));
+        assert!(ps.needs_pruned_body(&pruned.body));
+        assert!(!s.needs_pruned_body(&whole.body));
+        // Without the field (what an earlier release reads) it no longer verifies.
+        let mut old_view = pruned.clone();
+        old_view.seal.as_mut().unwrap().body = None;
+        assert!(!admitted(&Prechecked::none(), &old_view));
+        // Another body hash fails the signature.
+        let mut forged = pruned.clone();
+        forged.seal.as_mut().unwrap().body = Some([7; 32]);
+        assert!(!admitted(&Prechecked::none(), &forged));
+        // On the wire: present only when set, 32 bytes exactly.
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&pruned, &mut bytes).unwrap();
+        let back: Change = ciborium::from_reader(&bytes[..]).unwrap();
+        assert_eq!(back, pruned);
+        let mut plain = Vec::new();
+        ciborium::into_writer(&s, &mut plain).unwrap();
+        let value: ciborium::Value = ciborium::from_reader(&plain[..]).unwrap();
+        let fields: Vec<_> = value
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_text().unwrap())
+            .collect();
+        assert_eq!(fields, ["key", "prev", "sig"]);
     }
 
     #[test]
@@ -667,7 +765,7 @@ mod tests {
                 seq,
                 hlc: Hlc(hlc),
                 body,
-                seal: Some(Seal { key: key.public(), prev: CHAIN_START, sig: key.sign(&ch), pruned: vec![] }),
+                seal: Some(Seal { key: key.public(), prev: CHAIN_START, sig: key.sign(&ch), pruned: vec![], body: None }),
                 pruned_rollups: Vec::new(),
             };
             let bytes = change.to_cbor();

@@ -43,7 +43,16 @@ async fn assert_sealed_as_served(store: &Store) -> u64 {
             .unwrap_or_else(|| panic!("seq {} is unsigned", c.seq));
         assert_eq!(*key.get_or_insert(s.key), s.key, "seq {}: one key", c.seq);
         assert_eq!(s.prev, prev, "seq {} links to seq {}", c.seq, c.seq - 1);
-        let body = seal::body_hash(&c.body, &s.pruned);
+        // A change retention pruned wholly is served empty, with its body hash.
+        if s.body.is_some() {
+            assert!(
+                matches!(&c.body, ChangeBody::Readings(b) if b.series.is_empty()),
+                "seq {}: a body hash with a body",
+                c.seq
+            );
+            assert!(s.pruned.is_empty(), "seq {}: and no unit hashes", c.seq);
+        }
+        let body = s.body_hash_of(&c.body);
         let hash = seal::change_hash(&me, c.seq, c.hlc, &s.prev, &body);
         assert!(
             seal::verify(&s.key, &hash, &s.sig),
@@ -167,7 +176,7 @@ async fn every_local_change_kind_is_sealed_as_it_is_served() {
     .unwrap();
 
     // Gap records: the hard limit drops unacknowledged readings (and prunes the readings
-    // changes they were in: those are served with pruned unit hashes).
+    // changes they were in: those are served with their body hash, pruned wholly).
     for m in 0..4 {
         s.append(readings("old", T0 + m * MIN, &[1.0; 30], Some("u")))
             .await
@@ -188,6 +197,25 @@ async fn every_local_change_kind_is_sealed_as_it_is_served() {
 
     let checked = assert_sealed_as_served(&s).await;
     assert_eq!(checked, s.version_vector().get(&s.actor()));
+    // The changes of minutes 0 and 1 of "old" (and the readings the prunes above took) went
+    // wholly: each travels with its body hash.
+    let served = s
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let wholly = served
+        .iter()
+        .filter(|c| c.seal.as_ref().is_some_and(|s| s.body.is_some()))
+        .count();
+    let emptied = served
+        .iter()
+        .filter(|c| matches!(&c.body, ChangeBody::Readings(b) if b.series.is_empty()))
+        .count();
+    assert!(wholly >= 2, "{wholly} wholly pruned changes");
+    assert_eq!(
+        wholly, emptied,
+        "every emptied change carries its body hash"
+    );
     let kinds: BTreeMap<String, usize> = s
         .changes_since(&VersionVector::new(), usize::MAX)
         .await
@@ -524,6 +552,7 @@ async fn unsigned_changes_are_refused_by_default_and_accepted_with_the_opt_out()
             prev: CHAIN_START,
             sig: key.sign(&h),
             pruned: vec![],
+            body: None,
         }),
         pruned_rollups: Vec::new(),
     };

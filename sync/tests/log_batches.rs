@@ -126,6 +126,7 @@ fn reference_load(
                 .chunks(32)
                 .map(|c| c.try_into().unwrap())
                 .collect(),
+            body: None,
         }),
         _ => None,
     };

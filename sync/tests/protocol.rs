@@ -364,8 +364,14 @@ impl Raw {
         panic!("the session closed without a Refuse frame");
     }
 
-    /// Plays the initiator's part of the handshake (empty store) with `token`.
+    /// Plays the initiator's part of the handshake (empty store) with `token`, as a peer
+    /// of the first release (no features).
     async fn handshake(&mut self, token: &str) {
+        self.handshake_with(token, Vec::new()).await;
+    }
+
+    /// [`handshake`](Self::handshake), announcing `features`.
+    async fn handshake_with(&mut self, token: &str, features: Vec<String>) {
         self.send(&Frame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             actor: ActorId([0xAB; 16]),
@@ -376,6 +382,7 @@ impl Raw {
             clock: None,
             tip: None,
             successions: Vec::new(),
+            features,
         }))
         .await;
         assert!(matches!(self.recv().await, Some(Frame::Welcome(_))));
@@ -437,6 +444,7 @@ fn signed(mut changes: Vec<Change>) -> Vec<Change> {
             prev: *prev,
             sig: key.sign(&h),
             pruned: vec![],
+            body: None,
         });
         *prev = h;
     }
@@ -517,6 +525,7 @@ async fn unknown_protocol_versions_are_refused() {
         clock: None,
         tip: None,
         successions: Vec::new(),
+        features: Vec::new(),
     }))
     .await;
     assert_eq!(raw.refusal().await, "unsupported_version");
@@ -799,6 +808,97 @@ async fn protocol_violations_are_refused() {
     untouched(&store);
 }
 
+/// A change retention pruned wholly travels with its body hash (`Seal::body`), which a peer
+/// of an earlier release cannot check (it would hash the empty body and refuse the change
+/// as forged). Such a peer announces no features: it is not sent the change, and the
+/// actor's later changes wait behind it, reported naming the change, while other actors
+/// keep syncing. A peer announcing `pruned_body` gets everything.
+#[tokio::test]
+async fn a_wholly_pruned_change_waits_for_a_peer_of_an_earlier_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "pruned.db").await;
+    let other = open(&dir, "other.db").await;
+    readings(&store, "old", 0, 1, 10).await; // seq 1: pruned wholly below
+    readings(&store, "new", 100_000, 1, 10).await; // seq 2: kept
+    readings(&other, "elsewhere", 0, 2, 10).await;
+    store
+        .apply_remote(
+            other
+                .changes_since(&VersionVector::new(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let policy = RetentionPolicy {
+        readings_max_age_ms: Some(60_000),
+        series: vec![SeriesRetention {
+            pattern: "elsewhere".into(),
+            max_age_ms: None,
+        }],
+        ..RetentionPolicy::default()
+    };
+    let report = store.prune(&policy, T0 + 3_600_000, 100).await.unwrap();
+    assert_eq!(report.units, 1, "{report:?}");
+
+    // Reads pages from the responder until it goes live; returns the changes.
+    async fn served(raw: &mut Raw) -> Vec<Change> {
+        let mut got = Vec::new();
+        loop {
+            match raw.recv().await.expect("the session stays up") {
+                Frame::Page { changes, .. } => got.extend(changes),
+                Frame::Live => return got,
+                _ => {}
+            }
+        }
+    }
+    let me = store.actor();
+    for (features, expect_mine) in [(vec![], 0), (vec!["pruned_body".to_string()], 2)] {
+        let ((r_tx, r_rx), (tx, rx)) = memory_link(8);
+        let session =
+            SyncSession::responder(store.clone(), config(SessionMode::Continuous), auth());
+        let stats = session.stats();
+        let handle = tokio::spawn(session.run(r_tx, r_rx, std::future::pending()));
+        let mut raw = Raw {
+            tx,
+            rx,
+            codec: FrameCodec::default(),
+        };
+        raw.handshake_with(TOKEN, features.clone()).await;
+        let got = served(&mut raw).await;
+        let mine = got.iter().filter(|c| c.actor == me).count();
+        assert_eq!(mine, expect_mine, "features {features:?}");
+        assert_eq!(
+            got.iter().filter(|c| c.actor == other.actor()).count(),
+            2,
+            "other actors keep syncing"
+        );
+        let snapshot = stats.snapshot();
+        if expect_mine == 0 {
+            assert_eq!(snapshot.changes_held_for_upgrade, 1);
+            let held = snapshot.last_held_for_upgrade.expect("a report");
+            assert_eq!(held.code, "peer_needs_upgrade");
+            assert!(
+                held.message.contains(&format!("change {me}:1 ")),
+                "{}",
+                held.message
+            );
+        } else {
+            assert_eq!(snapshot.changes_held_for_upgrade, 0);
+            let first = got.iter().find(|c| c.actor == me && c.seq == 1).unwrap();
+            let seal = first.seal.as_ref().unwrap();
+            assert!(seal.body.is_some() && seal.pruned.is_empty());
+            // What the peer receives, it stores and checks.
+            let peer = open(&dir, "peer.db").await;
+            peer.apply_remote(got).await.unwrap();
+            assert_eq!(peer.version_vector(), store.version_vector());
+            assert_eq!(peer.digest(), store.digest());
+        }
+        drop(raw);
+        let _ = timeout(DEADLINE, handle).await;
+    }
+}
+
 #[tokio::test]
 async fn a_silent_peer_times_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -906,10 +1006,11 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
             proptest::option::of("[ -~]{0,40}"),
             clock_claim(),
             tip(),
-            proptest::collection::vec(succession(), 0..=kdelta_sync::MAX_SUCCESSIONS)
+            proptest::collection::vec(succession(), 0..=kdelta_sync::MAX_SUCCESSIONS),
+            features(),
         )
-            .prop_map(
-                |(a, peer_name, token, clock, tip, successions)| Frame::Hello(Hello {
+            .prop_map(|(a, peer_name, token, clock, tip, successions, features)| {
+                Frame::Hello(Hello {
                     protocol_version: PROTOCOL_VERSION,
                     actor: ActorId(a),
                     peer_name,
@@ -919,23 +1020,37 @@ fn frame_strategy() -> impl Strategy<Value = Frame> {
                     clock,
                     tip,
                     successions,
+                    features,
                 })
-            ),
-        (any::<[u8; 16]>(), any::<bool>(), clock_claim(), tip()).prop_map(|(a, z, clock, tip)| {
-            Frame::Welcome(Welcome {
-                actor: ActorId(a),
-                peer_name: "hub".into(),
-                compression: if z {
-                    Compression::Zstd
-                } else {
-                    Compression::None
-                },
-                max_frame_bytes: MIN_FRAME_BYTES,
-                clock,
-                tip,
-            })
-        }),
+            }),
+        (
+            any::<[u8; 16]>(),
+            any::<bool>(),
+            clock_claim(),
+            tip(),
+            features()
+        )
+            .prop_map(|(a, z, clock, tip, features)| {
+                Frame::Welcome(Welcome {
+                    actor: ActorId(a),
+                    peer_name: "hub".into(),
+                    compression: if z {
+                        Compression::Zstd
+                    } else {
+                        Compression::None
+                    },
+                    max_frame_bytes: MIN_FRAME_BYTES,
+                    clock,
+                    tip,
+                    features,
+                })
+            }),
     ]
+}
+
+/// Feature lists: known and unknown names.
+fn features() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec("pruned_body|[a-z_]{1,20}", 0..=4)
 }
 
 /// Any succession record as bytes go (signatures are the session's business, not the

@@ -230,3 +230,105 @@ async fn a_new_store_gives_pruned_space_back_to_the_file_system() {
     );
     s.close().await;
 }
+
+/// What a change retention pruned wholly keeps: its stored body hash (32 bytes), not one
+/// unit hash per series. It travels with that hash in its seal, relays on through a store
+/// that received it so, and every store's `verify` passes. A store of an earlier release
+/// (unit hashes kept with an emptied change) still serves and verifies the old way.
+#[tokio::test]
+async fn a_wholly_pruned_change_keeps_its_body_hash_not_a_hash_per_series() {
+    const SERIES: i64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    for d in 0..4 {
+        let mut b = ReadingBatch::new();
+        for s in 0..SERIES {
+            for i in 0..2 {
+                b.push(&format!("s{s:02}"), T0 + d * DAY + i * 1000, i as f64, None);
+            }
+        }
+        a.append(b).await.unwrap();
+    }
+    let before = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let report = a.prune(&policy(1), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(report.units, 4 * SERIES as u64, "{report:?}");
+    let served = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(served.len(), 4);
+    for (was, now) in before.iter().zip(&served) {
+        let ChangeBody::Readings(r) = &now.body else {
+            panic!("a readings change")
+        };
+        assert!(r.series.is_empty());
+        let (old, new) = (was.seal.as_ref().unwrap(), now.seal.as_ref().unwrap());
+        assert!(new.pruned.is_empty(), "no unit hashes travel");
+        assert_eq!(new.body, Some(old.body_hash_of(&was.body)));
+        assert_eq!((new.prev, new.sig), (old.prev, old.sig));
+    }
+    // Stored: no unit hashes left in the file.
+    let stored_pruned = |path: &std::path::Path| -> (i64, i64) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(pruned)), 0) FROM changes \
+             WHERE kind = 1 AND pruned IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+
+    // B receives them pruned, C receives them from B: each stores and serves the body hash.
+    let b = open(&dir, "b.db").await;
+    b.apply_remote(served.clone()).await.unwrap();
+    let c = open(&dir, "c.db").await;
+    let relayed = b
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(relayed, served, "B serves what A serves");
+    c.apply_remote(relayed).await.unwrap();
+    assert_eq!(c.version_vector(), a.version_vector());
+    assert_eq!(c.digest(), a.digest());
+    for s in [a, b, c] {
+        let path = s.path().to_owned();
+        s.close().await;
+        assert_eq!(stored_pruned(&path), (0, 0), "{}", path.display());
+        let report = Store::verify_file(&path).await.unwrap();
+        assert!(report.ok(), "{}: {:?}", path.display(), report.failures);
+        assert_eq!(report.signed, 4);
+    }
+
+    // A store of an earlier release kept the unit hashes of an emptied change: it serves
+    // them as before (no body hash), and a receiver checks them.
+    let path = dir.path().join("a.db");
+    let units: Vec<u8> = {
+        let ChangeBody::Readings(r) = &before[0].body else {
+            unreachable!()
+        };
+        r.series.iter().flat_map(seal::unit_hash).collect()
+    };
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE changes SET pruned = ?1 WHERE seq = 1", [&units])
+        .unwrap();
+    let a = open(&dir, "a.db").await;
+    let old_form = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let s = old_form[0].seal.as_ref().unwrap();
+    assert_eq!((s.pruned.len(), s.body), (SERIES as usize, None));
+    let d = open(&dir, "d.db").await;
+    d.apply_remote(old_form).await.unwrap();
+    assert_eq!(d.version_vector(), a.version_vector());
+    for s in [a, d] {
+        let path = s.path().to_owned();
+        s.close().await;
+        assert!(Store::verify_file(&path).await.unwrap().ok());
+    }
+}

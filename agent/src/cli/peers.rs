@@ -20,12 +20,14 @@ pub async fn peers(conn: Conn) -> anyhow::Result<()> {
             let field = |k: &str| p.get(k).cloned().unwrap_or(Value::Null);
             // A fork (a cloned store) outweighs whatever else went wrong, then a failed
             // session, then changes held back for their clock (the rest of the link
-            // flows); a change too large for the peer is shown when nothing else is.
+            // flows); a change too large for the peer, or one it is too old to check, is
+            // shown when nothing else is.
             let error = [
                 "/last_fork/message",
                 "/last_error/message",
                 "/last_quarantine/message",
                 "/last_too_large/message",
+                "/last_held_for_upgrade/message",
             ]
             .iter()
             .find_map(|at| p.pointer(at).filter(|v| !v.is_null()).cloned())

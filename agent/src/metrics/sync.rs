@@ -57,6 +57,8 @@ pub struct PeerSample {
     pub unsigned: u64,
     /// Our changes left unsent because they are larger than the peer's frame limit.
     pub too_large: u64,
+    /// Our changes pruned wholly, left unsent because the peer runs an earlier release.
+    pub held_for_upgrade: u64,
     /// Actors whose history from the peer forked from ours (a cloned store).
     pub forks: u64,
 }
@@ -147,6 +149,7 @@ impl Metrics {
                     m.quarantined = m.quarantined.saturating_add(s.quarantined);
                     m.refused = m.refused.saturating_add(s.refused);
                     m.too_large = m.too_large.saturating_add(s.too_large);
+                    m.held_for_upgrade = m.held_for_upgrade.saturating_add(s.held_for_upgrade);
                     m.unverified = m.unverified.saturating_add(s.unverified);
                     m.unsigned = m.unsigned.saturating_add(s.unsigned);
                     m.forks = m.forks.saturating_add(s.forks);
@@ -198,7 +201,7 @@ impl Collector for PeerCollector {
                 ConstGauge::new(v).encode(family.encode_family(l)?)?;
             }
         }
-        let counters: [(&str, &str, Field); 8] = [
+        let counters: [(&str, &str, Field); 9] = [
             (
                 "sync_changes_unverified",
                 "Changes received from the peer that failed the signature or chain check (bad_signature: forged or altered; broken_chain: re-ordered or signature stripped; unsigned: with store.require_signatures): refused, nothing stored; last_refusal on the peer names actor and seq",
@@ -235,6 +238,11 @@ impl Collector for PeerCollector {
                 |s| s.too_large,
             ),
             (
+                "sync_changes_held_for_upgrade",
+                "Changes of ours that retention pruned wholly, left unsent because the peer runs an earlier release that cannot check them (their actor waits; other actors keep syncing; upgrade the peer)",
+                |s| s.held_for_upgrade,
+            ),
+            (
                 "sync_actor_forks",
                 "Actors whose changes from the peer contradict this store's copy of the same actor and seq: two stores write as one actor (a cloned SD card); that actor is no longer merged from the peer",
                 |s| s.forks,
@@ -268,6 +276,7 @@ mod tests {
             unverified: 0,
             unsigned: 0,
             too_large: 0,
+            held_for_upgrade: 0,
             forks: 0,
         }
     }

@@ -519,6 +519,7 @@ impl Registry {
                 quarantined: p.stats.changes_quarantined,
                 refused: p.stats.changes_refused,
                 too_large: p.stats.changes_too_large,
+                held_for_upgrade: p.stats.changes_held_for_upgrade,
                 unverified: p.stats.changes_unverified,
                 unsigned: p.stats.changes_unsigned,
                 forks: p.stats.actor_forks,

@@ -230,6 +230,14 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
         all_changes(&replica).await,
         "served as SQLite serves them"
     );
+    // Those pruned wholly travel with their body hash, not one unit hash per series.
+    let wholly = served
+        .iter()
+        .filter_map(|c| c.seal.as_ref())
+        .filter(|s| s.body.is_some())
+        .inspect(|s| assert!(s.pruned.is_empty()))
+        .count();
+    assert!(wholly > 0, "some changes were pruned wholly");
 
     // A device learning from the pruned hub checks every seal and agrees.
     let late = super::device(&dir, "late.db").await;

@@ -14,7 +14,7 @@ use super::{Frame, PROTOCOL_VERSION};
 /// body of an unknown version is skipped, never interpreted.
 pub(super) enum Envelope {
     /// A frame of our version.
-    Frame(Frame),
+    Frame(Box<Frame>),
     /// Only the version of a frame we do not speak.
     Unsupported(u16),
 }

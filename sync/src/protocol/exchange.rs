@@ -17,8 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 use super::frame::vector_within;
 use super::session::{Link, PeerInfo, Received, SessionEnd, unexpected};
 use super::{
-    Ack, Anchor, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError, SessionMode,
-    SessionStats, SyncConfig,
+    Ack, Anchor, ChangeNeedsUpgrade, ChangeTooLarge, Frame, PAGE_FRAME_OVERHEAD, ProtocolError,
+    SessionMode, SessionStats, SyncConfig,
 };
 use crate::seal::Prechecked;
 use crate::sync_store::{Announcement, Announcements};
@@ -53,7 +53,8 @@ pub(super) struct Exchange<'a, S: SyncStore> {
     /// changes.
     page_budget: usize,
     /// Actors left out of this session because their next change can never fit the
-    /// peer's frame limit: actor → the seq of that change. Their later changes wait behind
+    /// peer's frame limit, or cannot be checked by it (`hold_for_upgrade`): actor → the
+    /// seq of that change. Their later changes wait behind
     /// it (a store holds contiguous runs); every other actor keeps syncing.
     oversized: HashMap<ActorId, u64>,
     last_recheck: Instant,
@@ -178,6 +179,17 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
                         .await?
                 }
             };
+            // A peer of an earlier release cannot check a wholly pruned change: the page
+            // ends before it, and when it comes first its actor is left out.
+            if !self.peer.takes_pruned_body
+                && let Some(at) = changes.iter().position(needs_pruned_body)
+            {
+                if at == 0 {
+                    self.hold_for_upgrade(&changes[0]);
+                    continue;
+                }
+                changes.truncate(at);
+            }
             // Only the first change of a page can be over the budget (it is taken whatever
             // its size); if it is over the peer's limit too, no page can ever carry it.
             if let Some(first) = changes.first_mut() {
@@ -293,6 +305,19 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         };
         tracing::warn!(actor = %change.actor, seq = change.seq, "sync: {too_large}");
         self.stats.change_too_large(&too_large);
+        self.oversized.insert(change.actor, change.seq);
+    }
+
+    /// Leaves `change`'s actor out of this session: the change was pruned wholly and the
+    /// peer cannot check it. Counted and logged naming the change; the next session tries
+    /// again (the peer may have been upgraded).
+    fn hold_for_upgrade(&mut self, change: &Change) {
+        let held = ChangeNeedsUpgrade {
+            actor: change.actor,
+            seq: change.seq,
+        };
+        tracing::warn!(actor = %change.actor, seq = change.seq, "sync: {held}");
+        self.stats.change_needs_upgrade(&held);
         self.oversized.insert(change.actor, change.seq);
     }
 
@@ -566,4 +591,11 @@ impl std::fmt::Display for ActorFork {
             self.fork
         )
     }
+}
+
+/// Whether `c` travels with the body hash of a body retention pruned wholly.
+fn needs_pruned_body(c: &Change) -> bool {
+    c.seal
+        .as_ref()
+        .is_some_and(|s| s.needs_pruned_body(&c.body))
 }

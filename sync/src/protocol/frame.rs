@@ -50,6 +50,13 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 pub const MAX_COMPRESSIONS: usize = 16;
 /// Smallest `max_frame_bytes` a peer may announce (a smaller one could not carry a page).
 pub const MIN_FRAME_BYTES: u64 = 64 << 10;
+/// Most feature names a `Hello` or `Welcome` may list.
+pub const MAX_FEATURES: usize = 32;
+/// Feature: the peer checks a change retention pruned wholly by the body hash its seal
+/// carries (`Seal::body`). Peers of earlier releases list no features and cannot.
+pub const FEATURE_PRUNED_BODY: &str = "pruned_body";
+/// The features this release announces.
+pub const FEATURES: &[&str] = &[FEATURE_PRUNED_BODY];
 
 const HEADER_PLAIN: u8 = 0;
 const HEADER_ZSTD: u8 = 1;
@@ -118,6 +125,10 @@ pub struct Hello {
     /// (and ignored by them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub successions: Vec<crate::Succession>,
+    /// What the initiator can receive beyond protocol version 1 ([`FEATURES`]); names
+    /// unknown to the responder are ignored. Absent from earlier releases (none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 // The token is a secret: never print it.
@@ -133,6 +144,7 @@ impl fmt::Debug for Hello {
             .field("clock", &self.clock)
             .field("tip", &self.tip)
             .field("successions", &self.successions)
+            .field("features", &self.features)
             .finish()
     }
 }
@@ -155,6 +167,9 @@ pub struct Welcome {
     /// below, when it holds less), so the initiator sees a fork of its own actor too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Anchor>,
+    /// What the responder can receive beyond protocol version 1 (as in `Hello`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// Acknowledgement of a page: it is applied and durable on the receiver.
@@ -362,7 +377,7 @@ impl FrameCodec {
             )));
         }
         match envelope {
-            Envelope::Frame(frame) => self.validate(frame),
+            Envelope::Frame(frame) => self.validate(*frame),
             Envelope::Unsupported(theirs) => Err(ProtocolError::UnsupportedVersion {
                 theirs,
                 ours: PROTOCOL_VERSION,
@@ -414,10 +429,12 @@ impl FrameCodec {
                         crate::MAX_SUCCESSIONS
                     )));
                 }
+                features(&h.features)?;
                 frame_limit(h.max_frame_bytes)?;
             }
             Frame::Welcome(w) => {
                 text("peer_name", &w.peer_name, MAX_TEXT_BYTES)?;
+                features(&w.features)?;
                 frame_limit(w.max_frame_bytes)?;
             }
             Frame::Refuse { code, message } => {
@@ -480,6 +497,16 @@ fn text(what: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
         )));
     }
     Ok(())
+}
+
+fn features(list: &[String]) -> Result<(), ProtocolError> {
+    if list.len() > MAX_FEATURES {
+        return Err(ProtocolError::Malformed(format!(
+            "{} features listed (at most {MAX_FEATURES})",
+            list.len()
+        )));
+    }
+    list.iter().try_for_each(|f| text("feature name", f, 64))
 }
 
 fn frame_limit(n: u64) -> Result<(), ProtocolError> {
@@ -823,6 +850,7 @@ mod tests {
             clock: None,
             tip: None,
             successions: Vec::new(),
+            features: Vec::new(),
         };
         assert!(!format!("{hello:?}").contains("s3cret"));
     }

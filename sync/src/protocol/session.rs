@@ -63,6 +63,20 @@ pub struct PeerInfo {
     pub name: String,
     /// The principal our authenticator accepted (responder side only).
     pub principal: Option<String>,
+    /// Whether the peer checks a wholly pruned change by the body hash its seal carries
+    /// ([`FEATURE_PRUNED_BODY`](super::FEATURE_PRUNED_BODY)); peers of earlier releases
+    /// do not, and are not sent such changes (`exchange.rs`).
+    pub takes_pruned_body: bool,
+}
+
+/// The features this side announces, as sent.
+fn own_features() -> Vec<String> {
+    super::FEATURES.iter().map(|f| (*f).to_owned()).collect()
+}
+
+/// Whether `features` (a peer's) include [`FEATURE_PRUNED_BODY`](super::FEATURE_PRUNED_BODY).
+fn takes_pruned_body(features: &[String]) -> bool {
+    features.iter().any(|f| f == super::FEATURE_PRUNED_BODY)
 }
 
 /// How a session ended without error.
@@ -495,6 +509,7 @@ impl<S: SyncStore> SyncSession<S> {
                     clock: Some(self.store.clock_claim()),
                     tip: self.tip_of(own, u64::MAX).await?,
                     successions: newest_successions(self.store.own_successions().await?),
+                    features: own_features(),
                 }))
                 .await?;
                 let w: Welcome = match link.recv().await? {
@@ -526,6 +541,7 @@ impl<S: SyncStore> SyncSession<S> {
                     actor: w.actor,
                     name: w.peer_name,
                     principal: None,
+                    takes_pruned_body: takes_pruned_body(&w.features),
                 };
                 Ok((peer, tip))
             }
@@ -599,6 +615,7 @@ impl<S: SyncStore> SyncSession<S> {
                     max_frame_bytes: self.config.max_frame_bytes as u64,
                     clock: Some(self.store.clock_claim()),
                     tip: reply,
+                    features: own_features(),
                 }))
                 .await?;
                 link.negotiated(compression, hello.max_frame_bytes);
@@ -607,6 +624,7 @@ impl<S: SyncStore> SyncSession<S> {
                     actor: hello.actor,
                     name: hello.peer_name,
                     principal: Some(principal),
+                    takes_pruned_body: takes_pruned_body(&hello.features),
                 };
                 Ok((peer, tip))
             }

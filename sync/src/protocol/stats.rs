@@ -67,6 +67,7 @@ pub struct SessionStats {
     changes_unverified: AtomicU64,
     changes_unsigned: AtomicU64,
     changes_too_large: AtomicU64,
+    changes_held_for_upgrade: AtomicU64,
     actor_forks: AtomicU64,
     sessions: AtomicU64,
     state: Mutex<State>,
@@ -87,6 +88,7 @@ struct State {
     bound_actor: Option<ActorId>,
     last_refusal: Option<LastError>,
     last_too_large: Option<LastError>,
+    last_held_for_upgrade: Option<LastError>,
     last_fork: Option<LastError>,
     relay_only: Option<Vec<ActorId>>,
 }
@@ -169,6 +171,12 @@ pub struct StatsSnapshot {
     pub changes_too_large: u64,
     /// The most recent such change (code `change_too_large`), naming the actor and seq.
     pub last_too_large: Option<LastError>,
+    /// Changes left unsent because the peer runs an earlier release that cannot check a
+    /// change retention pruned wholly (each counted once per session; see
+    /// [`ChangeNeedsUpgrade`](super::ChangeNeedsUpgrade)).
+    pub changes_held_for_upgrade: u64,
+    /// The most recent such change (code `peer_needs_upgrade`), naming the actor and seq.
+    pub last_held_for_upgrade: Option<LastError>,
     /// Actors whose history from this peer forked from ours (two stores writing as one
     /// actor: a cloned card), each counted once per session; they are not merged from it.
     pub actor_forks: u64,
@@ -216,6 +224,7 @@ impl Default for SessionStats {
             changes_unverified: AtomicU64::new(0),
             changes_unsigned: AtomicU64::new(0),
             changes_too_large: AtomicU64::new(0),
+            changes_held_for_upgrade: AtomicU64::new(0),
             actor_forks: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
             state: Mutex::new(State {
@@ -232,6 +241,7 @@ impl Default for SessionStats {
                 bound_actor: None,
                 last_refusal: None,
                 last_too_large: None,
+                last_held_for_upgrade: None,
                 last_fork: None,
                 relay_only: None,
             }),
@@ -278,6 +288,8 @@ impl SessionStats {
             last_refusal: s.last_refusal,
             changes_too_large: self.changes_too_large.load(Relaxed),
             last_too_large: s.last_too_large,
+            changes_held_for_upgrade: self.changes_held_for_upgrade.load(Relaxed),
+            last_held_for_upgrade: s.last_held_for_upgrade,
             actor_forks: self.actor_forks.load(Relaxed),
             last_fork: s.last_fork,
             relay_only: s.relay_only,
@@ -406,6 +418,15 @@ impl SessionStats {
         self.changes_too_large.fetch_add(1, Relaxed);
         self.lock().last_too_large = Some(LastError {
             code: "change_too_large".into(),
+            message: c.to_string(),
+            at_ms: SystemTime.now_ms(),
+        });
+    }
+
+    pub(crate) fn change_needs_upgrade(&self, c: &super::ChangeNeedsUpgrade) {
+        self.changes_held_for_upgrade.fetch_add(1, Relaxed);
+        self.lock().last_held_for_upgrade = Some(LastError {
+            code: "peer_needs_upgrade".into(),
             message: c.to_string(),
             at_ms: SystemTime.now_ms(),
         });
