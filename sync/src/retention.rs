@@ -45,6 +45,10 @@ use crate::{
     StoreError, VersionVector,
 };
 
+/// Ids of the signed readings changes a prune step emptied, rewritten together at the end
+/// of the step ([`Writer::rewrite_emptied_changes`]).
+type Emptied = Vec<i64>;
+
 /// How long raw readings of the series matching `pattern` are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesRetention {
@@ -351,7 +355,10 @@ impl Writer {
         };
         let mut gaps = GapCollector::default();
         let mut kept = StepRollups::default();
-        let cursor = self.prune_rows(rule, cursor, budget, &mut report, (&mut gaps, &mut kept))?;
+        let mut emptied = Emptied::new();
+        let sinks = (&mut gaps, &mut kept, &mut emptied);
+        let cursor = self.prune_rows(rule, cursor, budget, &mut report, sinks)?;
+        self.rewrite_emptied_changes(emptied)?;
         self.keep_step_rollups(kept)?;
         if let Some(gap) = gaps.finish() {
             self.write_local_gap(&gap)?;
@@ -366,7 +373,7 @@ impl Writer {
         cursor: PruneCursor,
         budget: usize,
         report: &mut PruneReport,
-        (gaps, kept): (&mut GapCollector, &mut StepRollups),
+        (gaps, kept, emptied): (&mut GapCollector, &mut StepRollups, &mut Emptied),
     ) -> Result<PruneCursor> {
         let mut cursor = cursor;
         let mut left = budget.max(1) as i64;
@@ -399,7 +406,13 @@ impl Writer {
                     cutoff,
                     cursor.after_ts,
                     left,
-                    (&rule.unacked, &mut *report, &mut *gaps, &mut *kept),
+                    (
+                        &rule.unacked,
+                        &mut *report,
+                        &mut *gaps,
+                        &mut *kept,
+                        &mut *emptied,
+                    ),
                 )?;
                 left -= n.max(1);
                 match scanned_to {
@@ -436,11 +449,12 @@ impl Writer {
         cutoff: i64,
         after_ts: i64,
         budget: i64,
-        (unacked, report, gaps, kept): (
+        (unacked, report, gaps, kept, emptied): (
             &Unacked,
             &mut PruneReport,
             &mut GapCollector,
             &mut StepRollups,
+            &mut Emptied,
         ),
     ) -> Result<(i64, Option<i64>)> {
         let rows: Vec<(i64, i64)> = self
@@ -467,7 +481,7 @@ impl Writer {
             // Rows come by time, so the first row of a change is its oldest in this scan.
             if seen.insert(change_id) {
                 let unit = (series_id, name, change_id, ts);
-                let sinks = (&mut *report, &mut *gaps, &mut *kept);
+                let sinks = (&mut *report, &mut *gaps, &mut *kept, &mut *emptied);
                 self.prune_unit(unit, cutoff, unacked, sinks)?;
             }
         }
@@ -484,7 +498,12 @@ impl Writer {
         (series_id, name, change_id, first_ts): (i64, &str, i64, i64),
         cutoff: i64,
         unacked: &Unacked,
-        (report, gaps, kept): (&mut PruneReport, &mut GapCollector, &mut StepRollups),
+        (report, gaps, kept, emptied): (
+            &mut PruneReport,
+            &mut GapCollector,
+            &mut StepRollups,
+            &mut Emptied,
+        ),
     ) -> Result<()> {
         type Row = (Vec<u8>, i64, Vec<u8>, Option<Vec<u8>>, bool);
         let row: Option<Row> = self
@@ -578,13 +597,12 @@ impl Writer {
             .map_err(StoreError::db("deleting pruned readings"))?;
         let bytes = crate::ingest::encode_manifest_entries(&entries);
         if pruned.is_none() {
-            self.rewrite_emptied_change(change_id, &bytes)?;
-        } else {
-            self.conn
-                .prepare_cached("UPDATE changes SET manifest = ?1, pruned = ?3 WHERE id = ?2")
-                .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
-                .map_err(StoreError::db("updating a pruned change's manifest"))?;
+            emptied.push(change_id); // its row is rewritten at the end of the step
         }
+        self.conn
+            .prepare_cached("UPDATE changes SET manifest = ?1, pruned = ?3 WHERE id = ?2")
+            .and_then(|mut st| st.execute(params![bytes, change_id, pruned]))
+            .map_err(StoreError::db("updating a pruned change's manifest"))?;
         if drops_unacked && n > 0 {
             gaps.add(name, actor, seq as u64, entry.ts_min, entry.ts_max, n);
             report.dropped_unacked += n;
@@ -646,58 +664,71 @@ impl Writer {
         Ok((rows as u64, more))
     }
 
-    /// Stores what remains of signed readings change `change_id` pruned wholly: its row
-    /// with `manifest` (no series) and no pruned hashes. Deleted and inserted again (same
-    /// id), not updated: SQLite rebalances a b-tree page when a delete leaves it underfull,
-    /// but never when an update shrinks a row, so rows shrunk in place would leave their
-    /// pages mostly empty for good (measured: 4,136 B of pages per 151-byte row).
-    fn rewrite_emptied_change(&mut self, change_id: i64, manifest: &[u8]) -> Result<()> {
+    /// Compacts the rows of the signed readings changes a step pruned wholly (manifest
+    /// emptied, no pruned hashes: updated already). Deleted, all of them, then inserted
+    /// again (same ids), not updated: SQLite merges a b-tree page only when a delete leaves
+    /// it two-thirds empty, never when an update shrinks a row, so rows shrunk in place
+    /// would keep their pages as full as they were before the prune (measured: 4,136 B of
+    /// pages per 151-byte row). A step's emptied changes are neighbours in the table, so
+    /// deleting them together empties their pages, and the rows go back densely.
+    fn rewrite_emptied_changes(&mut self, emptied: Emptied) -> Result<()> {
         type Kept = (
             i64,
             i64,
             i64,
             i64,
-            Option<Vec<u8>>,
+            Vec<u8>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
         );
-        let ctx = "rewriting a wholly pruned change";
-        let kept: Kept = self
-            .conn
-            .prepare_cached(
-                "SELECT actor_idx, seq, hlc, kind, prev_hash, body_hash, signature \
-                 FROM changes WHERE id = ?1",
-            )
-            .and_then(|mut st| {
-                st.query_row([change_id], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
+        type Signed = Option<Vec<u8>>;
+        let ctx = "rewriting wholly pruned changes";
+        let mut rows: Vec<(i64, Kept, Signed)> = Vec::with_capacity(emptied.len());
+        for change_id in emptied {
+            let (kept, sig): (Kept, Signed) = self
+                .conn
+                .prepare_cached(
+                    "SELECT actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, \
+                     signature FROM changes WHERE id = ?1",
+                )
+                .and_then(|mut st| {
+                    st.query_row([change_id], |r| {
+                        Ok((
+                            (
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                                r.get(6)?,
+                            ),
+                            r.get(7)?,
+                        ))
+                    })
                 })
-            })
-            .map_err(StoreError::db(ctx))?;
-        self.conn
-            .prepare_cached("DELETE FROM changes WHERE id = ?1")
-            .and_then(|mut st| st.execute([change_id]))
-            .map_err(StoreError::db(ctx))?;
-        let (actor_idx, seq, hlc, kind, prev, body, sig) = kept;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO changes (id, actor_idx, seq, hlc, kind, manifest, prev_hash, \
-                 body_hash, signature, pruned) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    change_id, actor_idx, seq, hlc, kind, manifest, prev, body, sig
-                ])
-            })
-            .map_err(StoreError::db(ctx))?;
+                .map_err(StoreError::db(ctx))?;
+            self.conn
+                .prepare_cached("DELETE FROM changes WHERE id = ?1")
+                .and_then(|mut st| st.execute([change_id]))
+                .map_err(StoreError::db(ctx))?;
+            rows.push((change_id, kept, sig));
+        }
+        for (change_id, kept, sig) in rows {
+            let (actor_idx, seq, hlc, kind, manifest, prev, body) = kept;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO changes (id, actor_idx, seq, hlc, kind, manifest, prev_hash, \
+                     body_hash, signature, pruned) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        change_id, actor_idx, seq, hlc, kind, manifest, prev, body, sig
+                    ])
+                })
+                .map_err(StoreError::db(ctx))?;
+        }
         Ok(())
     }
 
