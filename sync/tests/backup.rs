@@ -252,6 +252,66 @@ async fn as_of_replay_equals_as_of_reads_of_the_original() {
     b.close().await;
 }
 
+/// Point-in-time recovery of a store retention pruned: the changes it emptied travel with
+/// their body hash (`Seal::body`), partly pruned ones with their unit hashes; the replay
+/// takes both, its vector is the original's as of the bound, and every seal checks.
+#[tokio::test]
+async fn as_of_replay_carries_changes_retention_pruned() {
+    const DAY: u64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let time = ManualTime::new(T0);
+    let a = Store::open_with_time(
+        dir.path().join("a.db"),
+        StoreConfig::default(),
+        time.clone(),
+    )
+    .await
+    .unwrap();
+    for step in 0..10u64 {
+        time.set(T0 + step * 1000);
+        let mut b = batch("gone", (T0 + step * 60_000) as i64, 3);
+        if step % 2 == 0 {
+            // Half the changes also hold a series kept forever: pruned in part only.
+            b.push("kept.x", (T0 + step * 60_000) as i64, 1.0, None);
+        }
+        a.append(b).await.unwrap();
+    }
+    let policy = RetentionPolicy {
+        readings_max_age_ms: Some(DAY),
+        series: vec![SeriesRetention {
+            pattern: "kept.*".into(),
+            max_age_ms: None,
+        }],
+        ..RetentionPolicy::default()
+    };
+    let report = a.prune(&policy, (T0 + 2 * DAY) as i64, 100).await.unwrap();
+    assert_eq!(report.units, 10, "{report:?}");
+    let served = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let wholly = served
+        .iter()
+        .filter(|c| c.seal.as_ref().is_some_and(|s| s.body.is_some()))
+        .count();
+    assert_eq!(wholly, 5, "the changes without kept.x");
+
+    let at = Hlc::end_of_ms(T0 + 6_500);
+    let target = dir.path().join("pitr.db");
+    let outcome = backup::replay_as_of(&a, &target, at, None, |_| {})
+        .await
+        .unwrap();
+    let expected = a.version_vector_as_of(at).await.unwrap();
+    assert_eq!(expected.get(&a.actor()), 7);
+    assert_eq!(outcome.version_vector.get(&a.actor()), 7);
+    let r = Store::open(&target, StoreConfig::default()).await.unwrap();
+    assert_eq!(r.digest(), a.digest_at(&expected).await.unwrap());
+    r.close().await;
+    let report = Store::verify_file(&target).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    a.close().await;
+}
+
 #[tokio::test]
 async fn restore_refuses_truncated_foreign_and_corrupt_files_leaving_nothing() {
     let dir = tempfile::tempdir().unwrap();
