@@ -672,64 +672,32 @@ impl Writer {
     /// pages per 151-byte row). A step's emptied changes are neighbours in the table, so
     /// deleting them together empties their pages, and the rows go back densely.
     fn rewrite_emptied_changes(&mut self, emptied: Emptied) -> Result<()> {
-        type Kept = (
-            i64,
-            i64,
-            i64,
-            i64,
-            Vec<u8>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        );
-        type Signed = Option<Vec<u8>>;
+        if emptied.is_empty() {
+            return Ok(());
+        }
         let ctx = "rewriting wholly pruned changes";
-        let mut rows: Vec<(i64, Kept, Signed)> = Vec::with_capacity(emptied.len());
+        // The rows go through a temporary copy (every column, whatever the schema adds).
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS emptied_changes AS \
+                 SELECT * FROM main.changes WHERE 0",
+            )
+            .map_err(StoreError::db(ctx))?;
         for change_id in emptied {
-            let (kept, sig): (Kept, Signed) = self
-                .conn
-                .prepare_cached(
-                    "SELECT actor_idx, seq, hlc, kind, manifest, prev_hash, body_hash, \
-                     signature FROM changes WHERE id = ?1",
-                )
-                .and_then(|mut st| {
-                    st.query_row([change_id], |r| {
-                        Ok((
-                            (
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                                r.get(6)?,
-                            ),
-                            r.get(7)?,
-                        ))
-                    })
-                })
-                .map_err(StoreError::db(ctx))?;
             self.conn
-                .prepare_cached("DELETE FROM changes WHERE id = ?1")
+                .prepare_cached(
+                    "INSERT INTO temp.emptied_changes SELECT * FROM main.changes WHERE id = ?1",
+                )
                 .and_then(|mut st| st.execute([change_id]))
                 .map_err(StoreError::db(ctx))?;
-            rows.push((change_id, kept, sig));
         }
-        for (change_id, kept, sig) in rows {
-            let (actor_idx, seq, hlc, kind, manifest, prev, body) = kept;
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO changes (id, actor_idx, seq, hlc, kind, manifest, prev_hash, \
-                     body_hash, signature, pruned) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        change_id, actor_idx, seq, hlc, kind, manifest, prev, body, sig
-                    ])
-                })
-                .map_err(StoreError::db(ctx))?;
-        }
-        Ok(())
+        self.conn
+            .execute_batch(
+                "DELETE FROM main.changes WHERE id IN (SELECT id FROM temp.emptied_changes); \
+                 INSERT INTO main.changes SELECT * FROM temp.emptied_changes; \
+                 DELETE FROM temp.emptied_changes;",
+            )
+            .map_err(StoreError::db(ctx))
     }
 
     /// Moves `meta.readings_pruned` (readings in the rollups but not held raw) by `delta`.

@@ -393,15 +393,24 @@ impl Raw {
 
 /// A real responder on `store`, and the raw initiator the test controls.
 fn hostile_initiator(store: &Store) -> (Raw, JoinHandle<SessionResult>) {
+    let (raw, handle, _) = watched_initiator(store);
+    (raw, handle)
+}
+
+/// [`hostile_initiator`], with the responder's counters.
+fn watched_initiator(
+    store: &Store,
+) -> (Raw, JoinHandle<SessionResult>, std::sync::Arc<SessionStats>) {
     let ((r_tx, r_rx), (tx, rx)) = memory_link(8);
     let session = SyncSession::responder(store.clone(), config(SessionMode::Continuous), auth());
+    let stats = session.stats();
     let handle = tokio::spawn(session.run(r_tx, r_rx, std::future::pending()));
     let raw = Raw {
         tx,
         rx,
         codec: FrameCodec::default(),
     };
-    (raw, handle)
+    (raw, handle, stats)
 }
 
 async fn session_error(h: JoinHandle<SessionResult>) -> ProtocolError {
@@ -622,15 +631,7 @@ async fn a_future_change_is_held_back_and_the_rest_of_the_page_applies() {
         other,
         evil_change(3, now),
     ]);
-    let ((r_tx, r_rx), (tx, rx)) = memory_link(8);
-    let session = SyncSession::responder(store.clone(), config(SessionMode::Continuous), auth());
-    let stats = session.stats();
-    let handle = tokio::spawn(session.run(r_tx, r_rx, std::future::pending()));
-    let mut raw = Raw {
-        tx,
-        rx,
-        codec: FrameCodec::default(),
-    };
+    let (mut raw, handle, stats) = watched_initiator(&store);
     raw.handshake(TOKEN).await;
     raw.send(&Frame::Page {
         page_id: 1,
@@ -854,16 +855,7 @@ async fn a_wholly_pruned_change_waits_for_a_peer_of_an_earlier_release() {
     }
     let me = store.actor();
     for (features, expect_mine) in [(vec![], 0), (vec!["pruned_body".to_string()], 2)] {
-        let ((r_tx, r_rx), (tx, rx)) = memory_link(8);
-        let session =
-            SyncSession::responder(store.clone(), config(SessionMode::Continuous), auth());
-        let stats = session.stats();
-        let handle = tokio::spawn(session.run(r_tx, r_rx, std::future::pending()));
-        let mut raw = Raw {
-            tx,
-            rx,
-            codec: FrameCodec::default(),
-        };
+        let (mut raw, handle, stats) = watched_initiator(&store);
         raw.handshake_with(TOKEN, features.clone()).await;
         let got = served(&mut raw).await;
         let mine = got.iter().filter(|c| c.actor == me).count();
