@@ -440,6 +440,7 @@ impl PgStore {
             sig: key.sign(&hash),
             pruned: Vec::new(),
             body: None,
+            run_from: None,
         };
         (seal, hash)
     }

@@ -187,8 +187,11 @@ impl PgStore {
                 }
             }
         }
-        let changes = load(&mut tx, chosen).await?;
+        let mut changes = load(&mut tx, chosen).await?;
         tx.commit().await.map_err(PgError::db(ctx))?;
+        // A log run received from a device is served from what the peer lacks (its seal is
+        // stored as received; the run may reach below what the peer holds).
+        kdelta_sync::trim_runs(&mut changes, theirs);
         Ok(changes)
     }
 

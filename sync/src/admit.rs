@@ -78,7 +78,9 @@ pub fn needs_past(changes: &[Change], held: &HashMap<ActorId, HeldActor>) -> Vec
             .seal
             .as_ref()
             .is_some_and(|s| s.prev != crate::seal::CHAIN_START);
-        if links && h.head.hash.is_none() && h.max_seq > 0 && !out.contains(&c.actor) {
+        // A log run reaching below what is held is not linked here (`log_runs.rs`).
+        let skips = c.seq > h.max_seq + 1;
+        if links && !skips && h.head.hash.is_none() && h.max_seq > 0 && !out.contains(&c.actor) {
             out.push(c.actor);
         }
     }
@@ -115,11 +117,13 @@ pub fn admit_remote(
             out.skipped += 1;
             continue;
         }
-        if c.seq != have + 1 {
+        // The survivor of a log run may reach below what is held (`log_runs.rs`).
+        let run_from = crate::log_runs::run_from_held(c, have);
+        if c.seq != have + 1 && run_from.is_none() {
             return Err(StoreError::SeqGap {
                 actor: c.actor,
                 have,
-                got: c.seq,
+                got: c.first_seq().min(c.seq),
             });
         }
         check_time(c).map_err(|e| StoreError::ClockSkew {
@@ -129,7 +133,14 @@ pub fn admit_remote(
             max_offset_ms: e.max_offset_ms,
         })?;
         let head = out.heads.get(&c.actor).copied().unwrap_or_default();
-        match crate::chain::check_remote(&head, c, rules.require_signatures, rules.prechecked) {
+        let checked = crate::chain::check_remote(
+            &head,
+            c,
+            rules.require_signatures,
+            rules.prechecked,
+            run_from,
+        );
+        match checked {
             Ok((next, seal)) => {
                 out.heads.insert(c.actor, next);
                 match seal {

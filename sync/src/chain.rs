@@ -359,8 +359,8 @@ impl Writer {
             let pruned = (!p.seal.pruned.is_empty()).then(|| p.seal.pruned.concat());
             self.conn
                 .prepare_cached(
-                    "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3, pruned = ?4 \
-                     WHERE actor_idx = ?5 AND seq = ?6",
+                    "UPDATE changes SET prev_hash = ?1, body_hash = ?2, signature = ?3, pruned = ?4, \
+                     run_from = ?7 WHERE actor_idx = ?5 AND seq = ?6",
                 )
                 .and_then(|mut st| {
                     st.execute(params![
@@ -369,7 +369,8 @@ impl Writer {
                         p.seal.sig.as_slice(),
                         pruned,
                         idx,
-                        p.seq as i64
+                        p.seq as i64,
+                        p.seal.run_from.map(|f| f as i64)
                     ])
                 })
                 .map_err(StoreError::db("storing a received change's signature"))?;
@@ -387,12 +388,16 @@ impl Writer {
 }
 
 /// Checks one received change against its actor's head; on success returns the new head and
-/// the seal to store (`None` for an accepted unsigned change).
+/// the seal to store (`None` for an accepted unsigned change). `run_from`: the change is the
+/// survivor of a log run (`log_runs.rs`) reaching below seq − 1, from this seq on — the
+/// store does not hold its predecessor, so its link cannot be checked, only its key and
+/// signature; its seal is stored with this `run_from`.
 pub(crate) fn check_remote(
     head: &ChainHead,
     c: &Change,
     require_signatures: bool,
     prechecked: Option<&seal::Prechecked>,
+    run_from: Option<u64>,
 ) -> std::result::Result<(ChainHead, Option<PendingSeal>), (ChainFault, String)> {
     let Some(s) = &c.seal else {
         if head.hash.is_some() || head.key.is_some() {
@@ -432,6 +437,8 @@ pub(crate) fn check_remote(
         ));
     }
     match head.hash {
+        // The predecessor is inside a compacted run this store does not hold.
+        _ if run_from.is_some() => {}
         Some(expected) if s.prev != expected => {
             return Err((
                 ChainFault::BrokenChain,
@@ -481,7 +488,10 @@ pub(crate) fn check_remote(
             actor: c.actor,
             seq: c.seq,
             body_hash: body,
-            seal: s.clone(),
+            seal: Seal {
+                run_from,
+                ..s.clone()
+            },
             bind: head.key.is_none(),
         }),
     ))
@@ -519,6 +529,9 @@ pub struct VerifyReport {
     pub signed: u64,
     /// Unsigned changes (the unsigned past before an actor's store was upgraded).
     pub unsigned: u64,
+    /// Seqs held as part of a log run, whose rows were compacted away (`log_runs.rs`):
+    /// their signatures and links can no longer be checked (their readings were gone).
+    pub compacted: u64,
     /// The digest stored (maintained by the writer).
     pub digest_stored: String,
     /// The digest recomputed from the rows.
@@ -604,7 +617,14 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
             for (c, (body_hash, seal, pruned)) in changes.iter().zip(stored) {
                 report.changes += 1;
                 digest.add_change(c);
-                if c.seq != last_seq + 1 {
+                // The survivor of a log run stands for the compacted seqs below it.
+                let run = seal
+                    .as_ref()
+                    .and_then(|s| s.run_from)
+                    .filter(|from| *from <= last_seq + 1 && c.seq > last_seq + 1);
+                if run.is_some() {
+                    report.compacted += c.seq - last_seq - 1;
+                } else if c.seq != last_seq + 1 {
                     fail(
                         &mut report,
                         Some(actor),
@@ -637,6 +657,8 @@ pub(crate) fn verify_store(conn: &mut Connection) -> Result<VerifyReport> {
                 // once, not again as a broken chain at the next change.
                 let body = body_hash.unwrap_or(body);
                 match head {
+                    // Its predecessor was compacted away: the link is taken on trust.
+                    _ if run.is_some() => {}
                     Some(h) if s.prev != h => {
                         problems.push("does not link to the previous change");
                     }

@@ -43,6 +43,15 @@ pub struct Change {
 }
 
 impl Change {
+    /// The first seq this change stands for: its own, or the start of the run of wholly
+    /// pruned changes it survives ([`Seal::run_from`]).
+    pub fn first_seq(&self) -> u64 {
+        self.seal
+            .as_ref()
+            .and_then(|s| s.run_from)
+            .unwrap_or(self.seq)
+    }
+
     /// This change's dot.
     pub fn dot(&self) -> Dot {
         Dot {
@@ -107,6 +116,20 @@ impl Change {
                     detail: "a wholly pruned change's body hash on a change that still \
                              carries readings, pruned hashes or another kind of body"
                         .into(),
+                });
+            }
+        }
+        if let Some(from) = self.seal.as_ref().and_then(|s| s.run_from) {
+            // The survivor of a run of wholly pruned changes stands for seqs from..seq.
+            let wholly = self.seal.as_ref().is_some_and(|s| s.body.is_some());
+            if !wholly || from == 0 || from >= self.seq {
+                return Err(StoreError::Decode {
+                    what: "change",
+                    detail: format!(
+                        "a log run from seq {from} on change seq {}: a run starts at seq 1 or \
+                         later, below its change, which must be pruned wholly",
+                        self.seq
+                    ),
                 });
             }
         }
@@ -1026,10 +1049,11 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 64),
             proptest::collection::vec(any::<[u8; 32]>(), 0..4),
             any::<bool>(),
+            any::<Option<u64>>(),
         )
             .prop_filter_map(
                 "a readings change",
-                |(mut c, key, prev, sig, pruned, wholly)| {
+                |(mut c, key, prev, sig, pruned, wholly, run_from)| {
                     let ChangeBody::Readings(b) = &mut c.body else {
                         return None;
                     };
@@ -1043,6 +1067,8 @@ mod tests {
                         sig: sig.try_into().unwrap(),
                         pruned: if wholly { Vec::new() } else { pruned },
                         body,
+                        // Only the survivor of a run of wholly pruned changes has one.
+                        run_from: run_from.filter(|f| wholly && (1..c.seq).contains(f)),
                     });
                     Some(c)
                 },

@@ -87,6 +87,7 @@ mod history_cursor;
 mod hlc;
 mod ingest;
 mod log_read;
+mod log_runs;
 mod model;
 mod multirow;
 mod origins;
@@ -148,6 +149,7 @@ pub use ingest::{
     ManifestEntry, MinuteAgg, decode_manifest, encode_manifest, encode_manifest_entries,
     saturating_sum,
 };
+pub use log_runs::{trim_run, trim_runs};
 pub use model::*;
 pub use origins::NotedActors;
 pub use past::link_unsigned;

@@ -43,10 +43,10 @@ pub(crate) const LOG_COLUMNS: &str = "c.id, c.seq, c.hlc, c.kind, c.manifest, \
                     FROM doc_versions v JOIN doc_keys k ON k.id = v.key_id WHERE v.change_id = c.id) \
        ELSE 0 END, \
      c.prev_hash, c.body_hash, c.signature, c.pruned, \
-     (SELECT public_key FROM actors WHERE idx = c.actor_idx)";
+     (SELECT public_key FROM actors WHERE idx = c.actor_idx), c.run_from";
 
 /// How many columns [`LOG_COLUMNS`] selects (a query's next column is at this index).
-pub(crate) const LOG_COLUMN_COUNT: usize = 11;
+pub(crate) const LOG_COLUMN_COUNT: usize = 12;
 
 /// Runs per readings statement (6 parameters each, far below SQLite's 32,766).
 const RUN_CHUNK: usize = 1000;
@@ -119,6 +119,7 @@ impl LogRow {
                 sig,
                 pruned: pruned.clone(),
                 body: body_hash.filter(|_| wholly_pruned),
+                run_from: get(11)?.map(|f| f as u64).filter(|_| wholly_pruned),
             }),
             _ => None,
         };

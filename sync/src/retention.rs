@@ -157,6 +157,9 @@ pub struct PruneReport {
     /// Twin changes the compaction rule reached but kept raw: their snapshot does not give
     /// them back byte for byte.
     pub twin_changes_kept: u64,
+    /// Change rows deleted by compacting runs of wholly pruned changes to their last one
+    /// (`log_runs.rs`): seqs the log still stands for, without a row each.
+    pub changes_compacted: u64,
 }
 
 impl PruneReport {
@@ -173,6 +176,7 @@ impl PruneReport {
         self.twin_changes_compacted += o.twin_changes_compacted;
         self.twin_bytes_compacted += o.twin_bytes_compacted;
         self.twin_changes_kept += o.twin_changes_kept;
+        self.changes_compacted += o.changes_compacted;
     }
 }
 

@@ -79,6 +79,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "actor_max_hlc",
         sql: include_str!("../migrations/0011_actor_max_hlc.sql"),
     },
+    Migration {
+        version: 12,
+        description: "log_runs",
+        sql: include_str!("../migrations/0012_log_runs.sql"),
+    },
 ];
 
 /// The table sqlx's migrator kept (same columns, so both can read it).

@@ -57,6 +57,17 @@ pub struct Seal {
     /// earlier releases, which cannot check such a change (they hash the empty body).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "fixed_opt")]
     pub body: Option<Hash>,
+    /// Of a change pruned wholly ([`body`](Self::body) set): the first seq of the run of
+    /// its actor's changes it stands for. Seqs `run_from..seq` were pruned wholly too and
+    /// compacted away (their rows deleted, `retention.rs`, "Log runs"), so this change is
+    /// the run's one survivor: its [`prev`](Self::prev) links to the hash of seq − 1, which
+    /// a receiver not holding it takes on the word of the peer and the signature of this
+    /// change. Outside the signature; absent on every other change and from earlier
+    /// releases, which cannot take it (sessions negotiate [`FEATURE_LOG_RUNS`]).
+    ///
+    /// [`FEATURE_LOG_RUNS`]: crate::protocol::FEATURE_LOG_RUNS
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_from: Option<u64>,
 }
 
 impl Seal {
@@ -570,6 +581,7 @@ mod tests {
                 sig: key.sign(&hash),
                 pruned: vec![],
                 body: None,
+                run_from: None,
             }),
             pruned_rollups: Vec::new(),
         }
@@ -765,7 +777,7 @@ mod tests {
                 seq,
                 hlc: Hlc(hlc),
                 body,
-                seal: Some(Seal { key: key.public(), prev: CHAIN_START, sig: key.sign(&ch), pruned: vec![], body: None }),
+                seal: Some(Seal { key: key.public(), prev: CHAIN_START, sig: key.sign(&ch), pruned: vec![], body: None, run_from: None }),
                 pruned_rollups: Vec::new(),
             };
             let bytes = change.to_cbor();

@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Actors whose origin is recorded (`origins.rs`), remembered in this process.
     pub origins_noted: crate::NotedActors,
+    /// Prune passes compact log runs (`log_runs.rs`; [`Store::set_log_runs`]).
+    log_runs: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -109,6 +111,7 @@ impl Store {
                 path,
                 writer: Mutex::new(Some(handle)),
                 origins_noted: Default::default(),
+                log_runs: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }
@@ -687,10 +690,52 @@ impl Store {
             self.compact_twins(policy.twins, rule.now_ms, step_rows, &mut total)
                 .await?;
         }
-        if total.readings + total.rollups + total.doc_versions + total.twin_changes_compacted > 0 {
+        self.compact_log(step_rows, &mut total).await?;
+        if total.readings
+            + total.rollups
+            + total.doc_versions
+            + total.twin_changes_compacted
+            + total.changes_compacted
+            > 0
+        {
             self.reclaim().await?;
         }
         Ok(total)
+    }
+
+    /// The log-run part of a prune pass (`log_runs.rs`): a few bounded steps of the sweep
+    /// that compacts runs of wholly pruned changes to their last row.
+    async fn compact_log(&self, step_rows: usize, total: &mut crate::PruneReport) -> Result<()> {
+        if !self
+            .inner
+            .log_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        for _ in 0..crate::log_runs::MAX_STEPS_PER_PASS {
+            let (report, wrapped) = self
+                .submit(|reply| Job::CompactLog {
+                    budget: step_rows,
+                    reply,
+                })
+                .await?;
+            total.add(&report);
+            if wrapped {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether prune passes compact runs of changes retention pruned wholly (their rollups
+    /// and timing gone too) to the run's last change (`log_runs.rs`; on by default). Off,
+    /// every change keeps its row — each one's signature stays checkable, at ~200 B each for
+    /// good (`[retention] log_runs = false`). Runs compacted already stay as they are.
+    pub fn set_log_runs(&self, on: bool) {
+        self.inner
+            .log_runs
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Gap records (readings dropped at their source before upstream had them, see
@@ -1075,7 +1120,8 @@ fn changes_since_on(
                     floor += r.size_floor();
                     batch.push(r);
                 }
-                for change in log_read::load(conn, batch)? {
+                for mut change in log_read::load(conn, batch)? {
+                    crate::log_runs::trim_run(&mut change, from);
                     let size = change.encoded_len();
                     if !out.is_empty() && used + size > byte_budget {
                         return Ok(out);

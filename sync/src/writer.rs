@@ -128,6 +128,12 @@ pub(crate) enum Job {
         budget: usize,
         reply: oneshot::Sender<Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>>,
     },
+    /// One step of the log-run sweep (see `log_runs.rs`): answers what it compacted and
+    /// whether the sweep wrapped.
+    CompactLog {
+        budget: usize,
+        reply: oneshot::Sender<Result<(crate::PruneReport, bool)>>,
+    },
     /// Gives up to `pages` free pages back to the file system (stores with incremental
     /// auto-vacuum) and, once none are left, checkpoints and truncates the WAL. Runs outside
     /// any write group; answers the pages still free.
@@ -160,6 +166,7 @@ impl Job {
             | Job::Prune { .. }
             | Job::PruneDocs { .. }
             | Job::CompactTwins { .. }
+            | Job::CompactLog { .. }
             | Job::Reclaim { .. }
             | Job::Probe { .. }
             | Job::Shutdown { .. } => false,
@@ -211,6 +218,10 @@ enum Done {
         oneshot::Sender<Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>>,
         Result<(crate::PruneReport, crate::twin::TwinCompactCursor)>,
     ),
+    CompactLog(
+        oneshot::Sender<Result<(crate::PruneReport, bool)>>,
+        Result<(crate::PruneReport, bool)>,
+    ),
 }
 
 impl Done {
@@ -232,6 +243,7 @@ impl Done {
             Done::Prune(_, r) => r.as_ref().err(),
             Done::PruneDocs(_, r) => r.as_ref().err(),
             Done::CompactTwins(_, r) => r.as_ref().err(),
+            Done::CompactLog(_, r) => r.as_ref().err(),
         }
     }
 
@@ -251,6 +263,7 @@ impl Done {
             Done::Prune(tx, r) => Done::Prune(tx, r.and(Err(err()))),
             Done::PruneDocs(tx, r) => Done::PruneDocs(tx, r.and(Err(err()))),
             Done::CompactTwins(tx, r) => Done::CompactTwins(tx, r.and(Err(err()))),
+            Done::CompactLog(tx, r) => Done::CompactLog(tx, r.and(Err(err()))),
         }
     }
 
@@ -270,6 +283,7 @@ impl Done {
             Done::Prune(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::PruneDocs(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
             Done::CompactTwins(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
+            Done::CompactLog(tx, r) => tx.send(r.map_err(StoreError::classify)).map_err(drop),
         };
     }
 }
@@ -349,6 +363,8 @@ pub(crate) struct Writer {
     pub digest: Digest,
     /// Store-wide counters (see `counts.rs`).
     pub counts: Counts,
+    /// Where the log-run sweep goes on: change ids up to this were looked at (`log_runs.rs`).
+    pub log_sweep: i64,
     /// Events of the current group, sent after commit.
     pub pending_events: Vec<ChangeEvent>,
     /// Actors whose max_seq moved in the current group.
@@ -419,6 +435,7 @@ impl Writer {
             key_ids: HashMap::new(),
             digest: Digest::default(),
             counts: Counts::default(),
+            log_sweep: 0,
             pending_events: Vec::new(),
             touched: Vec::new(),
             twins: TwinCache::default(),
@@ -865,6 +882,7 @@ impl Writer {
             Job::Prune { reply, .. } => Done::Prune(reply, Err(err())),
             Job::PruneDocs { reply, .. } => Done::PruneDocs(reply, Err(err())),
             Job::CompactTwins { reply, .. } => Done::CompactTwins(reply, Err(err())),
+            Job::CompactLog { reply, .. } => Done::CompactLog(reply, Err(err())),
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }
@@ -1071,6 +1089,9 @@ impl Writer {
                 budget,
                 reply,
             } => Done::CompactTwins(reply, self.compact_twins_step(rule, now_ms, cursor, budget)),
+            Job::CompactLog { budget, reply } => {
+                Done::CompactLog(reply, self.compact_log_step(budget))
+            }
             Job::Shutdown { .. } | Job::Probe { .. } | Job::Reclaim { .. } => {
                 unreachable!("shutdown, probes and reclaims are handled by the run loop")
             }

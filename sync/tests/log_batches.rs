@@ -127,6 +127,7 @@ fn reference_load(
                 .map(|c| c.try_into().unwrap())
                 .collect(),
             body: None,
+            run_from: None,
         }),
         _ => None,
     };

@@ -454,6 +454,7 @@ fn signed(mut changes: Vec<Change>) -> Vec<Change> {
             sig: key.sign(&h),
             pruned: vec![],
             body: None,
+            run_from: None,
         });
         *prev = h;
     }
@@ -842,22 +843,11 @@ async fn a_wholly_pruned_change_waits_for_a_peer_of_an_earlier_release() {
     let report = store.prune(&policy, T0 + 3_600_000, 100).await.unwrap();
     assert_eq!(report.units, 1, "{report:?}");
 
-    // Reads pages from the responder until it goes live; returns the changes.
-    async fn served(raw: &mut Raw) -> Vec<Change> {
-        let mut got = Vec::new();
-        loop {
-            match raw.recv().await.expect("the session stays up") {
-                Frame::Page { changes, .. } => got.extend(changes),
-                Frame::Live => return got,
-                _ => {}
-            }
-        }
-    }
     let me = store.actor();
     for (features, expect_mine) in [(vec![], 0), (vec!["pruned_body".to_string()], 2)] {
         let (mut raw, handle, stats) = watched_initiator(&store);
         raw.handshake_with(TOKEN, features.clone()).await;
-        let got = served(&mut raw).await;
+        let got = served_until_live(&mut raw).await;
         let mine = got.iter().filter(|c| c.actor == me).count();
         assert_eq!(mine, expect_mine, "features {features:?}");
         assert_eq!(
@@ -881,6 +871,73 @@ async fn a_wholly_pruned_change_waits_for_a_peer_of_an_earlier_release() {
             let seal = first.seal.as_ref().unwrap();
             assert!(seal.body.is_some() && seal.pruned.is_empty());
             // What the peer receives, it stores and checks.
+            let peer = open(&dir, "peer.db").await;
+            peer.apply_remote(got).await.unwrap();
+            assert_eq!(peer.version_vector(), store.version_vector());
+            assert_eq!(peer.digest(), store.digest());
+        }
+        drop(raw);
+        let _ = timeout(DEADLINE, handle).await;
+    }
+}
+
+/// Reads pages from the responder until it goes live; returns the changes.
+async fn served_until_live(raw: &mut Raw) -> Vec<Change> {
+    let mut got = Vec::new();
+    loop {
+        match raw.recv().await.expect("the session stays up") {
+            Frame::Page { changes, .. } => got.extend(changes),
+            Frame::Live => return got,
+            _ => {}
+        }
+    }
+}
+
+/// A log run (changes pruned wholly, rollups gone, compacted to the last of them) reaches a
+/// peer that announces `log_runs` as its survivor, which the peer stores and checks; a peer
+/// that does not is not sent it, and the actor's later changes wait, reported naming the
+/// change and the feature.
+#[tokio::test]
+async fn a_log_run_waits_for_a_peer_that_cannot_take_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "runs.db").await;
+    readings(&store, "old", 0, 5, 10).await; // seqs 1..=5: one run below
+    readings(&store, "new", 100_000, 1, 10).await; // seq 6: kept
+    let policy = RetentionPolicy {
+        readings_max_age_ms: Some(60_000),
+        rollups_max_age_ms: Some(60_000),
+        ..RetentionPolicy::default()
+    };
+    // The first pass prunes the readings and the rollups of their minute; the rollups it
+    // kept with seq 1 for sync go in the second (a step keeps them after its rollup cut),
+    // and seq 1 joins the run then.
+    let mut compacted = 0;
+    for _ in 0..2 {
+        let report = store.prune(&policy, T0 + 3_600_000, 100).await.unwrap();
+        compacted += report.changes_compacted;
+    }
+    assert_eq!(compacted, 4);
+    let me = store.actor();
+    let all = ["pruned_body".to_string(), "log_runs".to_string()];
+    for (features, expect) in [(vec![all[0].clone()], 0), (all.to_vec(), 2)] {
+        let (mut raw, handle, stats) = watched_initiator(&store);
+        raw.handshake_with(TOKEN, features.clone()).await;
+        let got = served_until_live(&mut raw).await;
+        assert_eq!(got.len(), expect, "features {features:?}");
+        let snapshot = stats.snapshot();
+        if expect == 0 {
+            assert_eq!(snapshot.changes_held_for_upgrade, 1);
+            let held = snapshot.last_held_for_upgrade.expect("a report");
+            assert_eq!(held.code, "peer_needs_upgrade");
+            assert!(
+                held.message.contains(&format!("change {me}:5 "))
+                    && held.message.contains("`log_runs`"),
+                "{}",
+                held.message
+            );
+        } else {
+            assert_eq!(snapshot.changes_held_for_upgrade, 0);
+            assert_eq!((got[0].seq, got[0].first_seq()), (5, 1));
             let peer = open(&dir, "peer.db").await;
             peer.apply_remote(got).await.unwrap();
             assert_eq!(peer.version_vector(), store.version_vector());

@@ -240,10 +240,12 @@ async fn a_wholly_pruned_change_keeps_its_body_hash_not_a_hash_per_series() {
     const SERIES: i64 = 40;
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir, "a.db").await;
+    // Four readings a minute per series: retention keeps the rollups of their minute with
+    // each change (rollups are kept 30 days), so no change is compacted into a log run.
     for d in 0..4 {
         let mut b = ReadingBatch::new();
         for s in 0..SERIES {
-            for i in 0..2 {
+            for i in 0..4 {
                 b.push(&format!("s{s:02}"), T0 + d * DAY + i * 1000, i as f64, None);
             }
         }

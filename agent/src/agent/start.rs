@@ -317,6 +317,7 @@ fn spawn_store_loops(
         agent.shutdown.child_token(),
     ));
     // Retention (returns at once when the policy keeps everything).
+    store.set_log_runs(config.retention.log_runs);
     let peers_for_retention = agent.peers.clone();
     tokio::spawn(crate::retention::retention_loop(
         crate::retention::RetentionDeps {

@@ -5,8 +5,9 @@
 //! series, one per series per second, `--batch` readings per change (not timed). Then a steady
 //! ingest of small batches (`--ingest-batch` readings, one append at a time) runs for a while
 //! alone, and again while a prune pass removes the older half of the readings (policy: raw
-//! readings kept for half the filled span). It prints the prune rate (readings/s) and the
-//! ingest latency percentiles without and during the prune.
+//! readings kept for half the filled span). It prints the prune rate (readings/s), the change
+//! rows compacted into log runs (`kdelta_sync` `log_runs.rs`) and the ingest latency
+//! percentiles without and during the prune.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,9 @@ struct Report {
     prune_steps: u64,
     prune_secs: f64,
     prune_readings_per_sec: f64,
+    /// Change rows the pass compacted into log runs (changes pruned wholly whose rollups
+    /// went: here every change but the first of its minute, which carries them).
+    changes_compacted: u64,
     ingest_batch: u32,
     baseline: Latency,
     during_prune: Latency,
@@ -197,6 +201,7 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
         prune_steps: report.steps,
         prune_secs,
         prune_readings_per_sec: report.readings as f64 / prune_secs.max(1e-9),
+        changes_compacted: report.changes_compacted,
         ingest_batch: args.ingest_batch,
         baseline,
         during_prune,
@@ -220,6 +225,10 @@ pub async fn prune(args: BenchPruneArgs) -> anyhow::Result<()> {
         out.prune_steps,
         out.step_rows,
         out.prune_readings_per_sec
+    );
+    println!(
+        "compacted {} change rows into log runs",
+        out.changes_compacted
     );
     for (what, l) in [
         ("ingest alone", &out.baseline),

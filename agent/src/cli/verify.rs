@@ -46,6 +46,13 @@ fn render(db: &str, r: &VerifyReport) -> String {
             )
         }
     );
+    if r.compacted > 0 {
+        out.push_str(&format!(
+            "compacted {} more in log runs (retention pruned them wholly; each run's last change \
+             is checked, the links inside it are not)\n",
+            r.compacted
+        ));
+    }
     if r.ok() {
         out.push_str("result    ok: every chain, signature and the digest verify\n");
     } else {
@@ -72,11 +79,15 @@ mod tests {
             changes: 10,
             signed: 7,
             unsigned: 3,
+            compacted: 0,
             digest_stored: "aa".into(),
             digest_computed: "aa".into(),
             failures: vec![],
         };
         assert!(render("x.db", &r).contains("ok: every chain"));
+        assert!(!render("x.db", &r).contains("compacted"));
+        r.compacted = 40;
+        assert!(render("x.db", &r).contains("compacted 40 more in log runs"));
         r.failures.push(VerifyFailure {
             actor: Some(ActorId([1; 16])),
             seq: Some(4),

@@ -32,6 +32,8 @@ pub struct BudgetSample {
     pub gap_records: u64,
     /// Rollup rows pruned by the pass (once raw readings were gone).
     pub pruned_rollups: u64,
+    /// Change rows compacted into log runs by the pass.
+    pub compacted_changes: u64,
     /// Over budget with nothing more the budget may prune.
     pub cannot_meet: bool,
 }
@@ -43,6 +45,7 @@ pub(super) struct RetentionMetrics {
     pruned_doc_versions: Counter,
     compacted_twin_changes: Counter,
     compacted_twin_bytes: Counter,
+    compacted_changes: Counter,
     pass_seconds: Histogram,
     disk_full: Gauge,
     reserve_held: Gauge,
@@ -82,6 +85,7 @@ impl Default for RetentionMetrics {
             pruned_doc_versions: Counter::default(),
             compacted_twin_changes: Counter::default(),
             compacted_twin_bytes: Counter::default(),
+            compacted_changes: Counter::default(),
             // 1 ms … ~65 s.
             pass_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
             disk_full: Gauge::default(),
@@ -121,6 +125,11 @@ impl RetentionMetrics {
             "retention_compacted_twin_bytes",
             "Bytes of the raw twin change chunks retention dropped",
             self.compacted_twin_bytes.clone(),
+        );
+        r.register(
+            "retention_compacted_changes",
+            "Change rows retention deleted by compacting runs of changes it pruned wholly to the run's last change (the seqs stay in the version vector; peers lacking them get the run)",
+            self.compacted_changes.clone(),
         );
         r.register(
             "retention_pass_duration_seconds",
@@ -225,6 +234,9 @@ impl Metrics {
         self.retention
             .compacted_twin_bytes
             .inc_by(report.twin_bytes_compacted);
+        self.retention
+            .compacted_changes
+            .inc_by(report.changes_compacted);
         self.retention.pass_seconds.observe(took.as_secs_f64());
     }
 
@@ -249,6 +261,9 @@ impl Metrics {
         b.dropped_readings.inc_by(pass.dropped_readings);
         b.gap_records.inc_by(pass.gap_records);
         b.pruned_rollups.inc_by(pass.pruned_rollups);
+        self.retention
+            .compacted_changes
+            .inc_by(pass.compacted_changes);
         b.cannot_meet.set(i64::from(pass.cannot_meet));
     }
 

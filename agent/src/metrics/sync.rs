@@ -57,7 +57,7 @@ pub struct PeerSample {
     pub unsigned: u64,
     /// Our changes left unsent because they are larger than the peer's frame limit.
     pub too_large: u64,
-    /// Our changes pruned wholly, left unsent because the peer runs an earlier release.
+    /// Changes pruned wholly (or log runs), left unsent because the peer runs an earlier release.
     pub held_for_upgrade: u64,
     /// Actors whose history from the peer forked from ours (a cloned store).
     pub forks: u64,
@@ -239,7 +239,7 @@ impl Collector for PeerCollector {
             ),
             (
                 "sync_changes_held_for_upgrade",
-                "Changes of ours that retention pruned wholly, left unsent because the peer runs an earlier release that cannot check them (their actor waits; other actors keep syncing; upgrade the peer)",
+                "Changes that retention pruned wholly, or log runs standing for such changes, left unsent because the peer runs an earlier release that cannot take them (their actor waits; other actors keep syncing; upgrade the peer)",
                 |s| s.held_for_upgrade,
             ),
             (

@@ -222,6 +222,9 @@ impl BudgetPass {
             dropped_readings: self.hard.dropped_unacked,
             gap_records: self.hard.gaps,
             pruned_rollups: self.rollups.rollups,
+            compacted_changes: self.pruned.changes_compacted
+                + self.hard.changes_compacted
+                + self.rollups.changes_compacted,
             cannot_meet: self.cannot_meet,
         }
     }

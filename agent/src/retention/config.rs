@@ -106,6 +106,9 @@ pub struct RetentionConfig {
     /// at most 1/[`RESERVE_SHARE_OF_FS`] of the file system; 0 disables it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserve: Option<DiskSize>,
+    /// Compact runs of changes retention pruned wholly (readings and rollups gone) to the
+    /// run's last change (`kdelta_sync` `log_runs.rs`); `false` keeps one row per change.
+    pub log_runs: bool,
 }
 
 /// The reserve's size unless `[retention] reserve` says otherwise.
@@ -129,6 +132,7 @@ impl Default for RetentionConfig {
             min_free: None,
             hard_limit: None,
             reserve: None,
+            log_runs: true,
         }
     }
 }

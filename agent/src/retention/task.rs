@@ -337,6 +337,13 @@ async fn age_pass(
                     report.twin_bytes_compacted
                 );
             }
+            if report.changes_compacted > 0 {
+                tracing::info!(
+                    changes = report.changes_compacted,
+                    "retention compacted {} wholly pruned changes into log runs",
+                    report.changes_compacted
+                );
+            }
             state.update(|s| {
                 s.at_ms = Some(now_ms());
                 s.pruned = report;

@@ -117,10 +117,11 @@ pub(super) async fn all_changes(log: &impl ChangeLog) -> Vec<Change> {
         .collect();
     let vector = log.version_vector().await.unwrap();
     for (actor, max) in vector.iter() {
+        // The survivor of a log run (a SQLite store compacted it) stands for its seqs.
         let seqs: Vec<u64> = changes
             .iter()
             .filter(|c| c.actor == actor)
-            .map(|c| c.seq)
+            .flat_map(|c| c.first_seq()..=c.seq)
             .collect();
         assert_eq!(seqs, (1..=max).collect::<Vec<_>>(), "dense log of {actor}");
     }
@@ -139,6 +140,8 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
     history(&device, now).await;
     let hub = db.replica().await;
     let replica = super::device(&dir, "replica.db").await;
+    // Compared row for row with the hub, which keeps one row per change.
+    replica.set_log_runs(false);
     sync(&device, &hub, 4_000).await;
     sync(&device, &replica, 1 << 20).await;
     let served_before = all_changes(&hub).await.len();
@@ -241,6 +244,8 @@ async fn a_pg_hub_prunes_by_age_drops_whole_months_and_agrees_with_sqlite() {
 
     // A device learning from the pruned hub checks every seal and agrees.
     let late = super::device(&dir, "late.db").await;
+    // Compared row for row with the hub, which keeps one row per change.
+    late.set_log_runs(false);
     sync(&hub, &late, 3_000).await;
     assert_eq!(late.digest(), hub.digest().await.unwrap());
     late.prune(&policy(), now, 100).await.unwrap();
@@ -313,6 +318,8 @@ async fn one_replica_prunes_at_a_time_and_applies_go_on_meanwhile() {
     // A SQLite replica holding the same changes under the same policy: same digest, and
     // each unit pruned once in all (no unit counted by two passes).
     let reference = super::device(&dir, "reference.db").await;
+    // Compared row for row with the hub, which keeps one row per change.
+    reference.set_log_runs(false);
     sync(&device, &reference, 1 << 20).await;
     sync(&other, &reference, 1 << 20).await;
     let want = reference.prune(&policy, now, 100).await.unwrap();
@@ -368,6 +375,8 @@ async fn a_pass_that_stopped_after_detaching_is_finished_by_the_next() {
     // Its live units went back into `readings` first and were pruned there: nothing lost,
     // nothing held twice, the same digest as SQLite.
     let replica = super::device(&dir, "replica.db").await;
+    // Compared row for row with the hub, which keeps one row per change.
+    replica.set_log_runs(false);
     sync(&device, &replica, 1 << 20).await;
     let want = replica.prune(&policy(), now, 100).await.unwrap();
     hub.prune(&policy(), now, 100).await.unwrap();
@@ -403,6 +412,8 @@ async fn pruned_changes_carry_the_rollups_of_their_pruned_readings_through_a_pg_
     let now = now_ms();
     let dir = tempfile::tempdir().unwrap();
     let device = device(&dir, "device.db").await;
+    // Compared row for row with the pruning hub, which keeps one row per change.
+    device.set_log_runs(false);
     // The history of the test above without its units of one or two readings in minutes of
     // their own, whose rollups are not kept (too sparse: `group_pruned_rollups`): every
     // pruned unit here carries its rollups.
@@ -594,5 +605,82 @@ async fn a_correction_into_a_pruned_minute_keeps_the_rollups_of_its_pruned_readi
     assert_eq!(hub.aggregate(&q).await.unwrap(), want);
     assert_eq!(hub.digest().await.unwrap(), pi.digest());
     hub.close().await;
+    db.drop().await;
+}
+
+/// A device compacted a log run (`kdelta_sync` `log_runs.rs`) of changes the hub had only
+/// part of: the hub takes the run's last change in place of the rest, as a SQLite store
+/// does, serves it on trimmed to what each peer lacks, and a device that syncs from the hub
+/// alone ends with the source's vector and digest, its log verifying.
+#[tokio::test]
+async fn a_pg_hub_takes_a_log_run_and_serves_it_on() {
+    let Some(db) = TestDb::new("log_runs").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let source = device(&dir, "source.db").await;
+    let now = T0 + 10 * DAY;
+    for m in 0..10 {
+        readings(&source, "gh.temp", T0 + m * 60_000, 3).await; // seqs 1..=10: pruned below
+    }
+    readings(&source, "gh.temp", now - 60_000, 3).await; // seq 11: kept
+    let hub = db.replica().await;
+    let first_three: Vec<Change> = source
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .take(3)
+        .collect();
+    hub.apply_remote(first_three).await.unwrap();
+
+    let policy = RetentionPolicy {
+        readings_max_age_ms: Some(DAY as u64),
+        rollups_max_age_ms: Some(2 * DAY as u64),
+        ..RetentionPolicy::default()
+    };
+    let report = source.prune(&policy, now, 100).await.unwrap();
+    assert_eq!(report.changes_compacted, 9, "{report:?}");
+    let me = source.actor();
+    let mut held = VersionVector::new();
+    held.set(me, 3);
+    let served = source.changes_since(&held, usize::MAX).await.unwrap();
+    assert_eq!(
+        served
+            .iter()
+            .map(|c| (c.seq, c.first_seq()))
+            .collect::<Vec<_>>(),
+        vec![(10, 4), (11, 11)]
+    );
+    hub.apply_remote(served).await.unwrap();
+    assert_eq!(hub.version_vector().await.unwrap(), source.version_vector());
+    // Under the same policy the hub holds what the source holds.
+    hub.prune(&policy, now, 100).await.unwrap();
+    assert_eq!(hub.digest().await.unwrap(), source.digest());
+
+    // Served on: from nothing, the run from 4; from seq 5, the rest of it.
+    let from_hub = hub
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        from_hub
+            .iter()
+            .map(|c| (c.seq, c.first_seq()))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2), (3, 3), (10, 4), (11, 11)]
+    );
+    held.set(me, 5);
+    let rest = hub.changes_since(&held, usize::MAX).await.unwrap();
+    assert_eq!((rest[0].seq, rest[0].first_seq()), (10, 6));
+    let fresh = device(&dir, "fresh.db").await;
+    fresh.apply_remote(from_hub).await.unwrap();
+    assert_eq!(fresh.version_vector(), source.version_vector());
+    assert_eq!(fresh.digest(), source.digest());
+    let path = fresh.path().to_owned();
+    fresh.close().await;
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!(report.compacted, 6, "seqs 4..=9 stand in the run");
     db.drop().await;
 }

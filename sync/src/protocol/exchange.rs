@@ -179,11 +179,9 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
                         .await?
                 }
             };
-            // A peer of an earlier release cannot check a wholly pruned change: the page
-            // ends before it, and when it comes first its actor is left out.
-            if !self.peer.takes_pruned_body
-                && let Some(at) = changes.iter().position(needs_pruned_body)
-            {
+            // A peer of an earlier release cannot check a wholly pruned change, nor take a
+            // log run: the page ends before it, and when it comes first its actor is left out.
+            if let Some(at) = changes.iter().position(|c| self.needs_upgrade(c).is_some()) {
                 if at == 0 {
                     self.hold_for_upgrade(&changes[0]);
                     continue;
@@ -246,7 +244,7 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         let dots: Vec<(ActorId, u64)> = changes
             .iter()
             .filter(|c| !self.anchored.contains(&c.actor) && seen.insert(c.actor))
-            .map(|c| (c.actor, c.seq - 1))
+            .map(|c| (c.actor, c.first_seq() - 1))
             .collect();
         if dots.is_empty() {
             return Ok(Vec::new());
@@ -315,10 +313,24 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         let held = ChangeNeedsUpgrade {
             actor: change.actor,
             seq: change.seq,
+            feature: self
+                .needs_upgrade(change)
+                .unwrap_or(super::FEATURE_PRUNED_BODY),
         };
         tracing::warn!(actor = %change.actor, seq = change.seq, "sync: {held}");
         self.stats.change_needs_upgrade(&held);
         self.oversized.insert(change.actor, change.seq);
+    }
+
+    /// The feature the peer lacks to take `c`, if any: the body hash of a wholly pruned
+    /// change, or a log run (the stores serve a run only where it reaches below what the
+    /// peer holds).
+    fn needs_upgrade(&self, c: &Change) -> Option<&'static str> {
+        if !self.peer.takes_pruned_body && needs_pruned_body(c) {
+            return Some(super::FEATURE_PRUNED_BODY);
+        }
+        let run = c.seal.as_ref().is_some_and(|s| s.run_from.is_some());
+        (!self.peer.takes_log_runs && run).then_some(super::FEATURE_LOG_RUNS)
     }
 
     /// Handles one frame; `Some` when the peer ended the session.

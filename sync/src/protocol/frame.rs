@@ -55,8 +55,12 @@ pub const MAX_FEATURES: usize = 32;
 /// Feature: the peer checks a change retention pruned wholly by the body hash its seal
 /// carries (`Seal::body`). Peers of earlier releases list no features and cannot.
 pub const FEATURE_PRUNED_BODY: &str = "pruned_body";
+/// Feature: the peer takes the survivor of a log run, a wholly pruned change standing for
+/// the compacted changes below it (`Seal::run_from`), in place of those changes. Peers that
+/// do not list it are sent every change of an actor or, where a run is all there is, none.
+pub const FEATURE_LOG_RUNS: &str = "log_runs";
 /// The features this release announces.
-pub const FEATURES: &[&str] = &[FEATURE_PRUNED_BODY];
+pub const FEATURES: &[&str] = &[FEATURE_PRUNED_BODY, FEATURE_LOG_RUNS];
 
 const HEADER_PLAIN: u8 = 0;
 const HEADER_ZSTD: u8 = 1;

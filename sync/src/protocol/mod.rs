@@ -81,10 +81,10 @@ pub use auth::{Authenticator, DeviceOrigin, PeerCredentials, PeerRole, TokenAuth
 pub use config::{ConfigError, DeviceRelay, SessionMode, SyncConfig};
 pub use error::ProtocolError;
 pub use frame::{
-    Ack, Anchor, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, FEATURE_PRUNED_BODY,
-    FEATURES, Frame, FrameCodec, Hello, MAX_COMPRESSIONS, MAX_FEATURES, MAX_FRAME_BYTES,
-    MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES, PAGE_FRAME_OVERHEAD,
-    PROTOCOL_VERSION, VECTOR_ENTRY_MAX_BYTES, VECTOR_FRAME_OVERHEAD, Welcome,
+    Ack, Anchor, Compression, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PAGE_BYTES, FEATURE_LOG_RUNS,
+    FEATURE_PRUNED_BODY, FEATURES, Frame, FrameCodec, Hello, MAX_COMPRESSIONS, MAX_FEATURES,
+    MAX_FRAME_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_BYTES, MAX_VECTOR_ACTORS, MIN_FRAME_BYTES,
+    PAGE_FRAME_OVERHEAD, PROTOCOL_VERSION, VECTOR_ENTRY_MAX_BYTES, VECTOR_FRAME_OVERHEAD, Welcome,
 };
 pub use oversized::{ChangeNeedsUpgrade, ChangeTooLarge};
 pub use quarantine::{ForeignChange, Quarantined};

@@ -31,25 +31,34 @@ impl std::fmt::Display for ChangeTooLarge {
     }
 }
 
-/// A change left unsent because retention pruned it wholly (it travels with the body hash
-/// its seal carries) and the peer runs an earlier release, which would hash the empty body
-/// it receives and refuse the change as forged.
+/// A change left unsent because the peer runs an earlier release that lacks `feature`:
+/// retention pruned the change wholly (it travels with the body hash its seal carries,
+/// [`FEATURE_PRUNED_BODY`](super::FEATURE_PRUNED_BODY): the peer would hash the empty body
+/// and refuse it as forged), or it survives a log run reaching below what the peer holds
+/// ([`FEATURE_LOG_RUNS`](super::FEATURE_LOG_RUNS): the peer would refuse the gap).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeNeedsUpgrade {
     /// The change's actor (its later changes are not sent this session either).
     pub actor: ActorId,
     /// The change's seq.
     pub seq: u64,
+    /// The feature the peer does not list.
+    pub feature: &'static str,
 }
 
 impl std::fmt::Display for ChangeNeedsUpgrade {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.feature == super::FEATURE_LOG_RUNS {
+            "stands for a run of changes retention pruned wholly and compacted away"
+        } else {
+            "was pruned wholly by retention"
+        };
         write!(
             f,
-            "change {}:{} was pruned wholly by retention and the peer runs an earlier kdelta \
-             release, which cannot check such a change: it is not sent, and later changes of \
-             actor {} wait behind it (other actors keep syncing; upgrade the peer)",
-            self.actor, self.seq, self.actor
+            "change {}:{} {what}, and the peer runs an earlier kdelta release, which cannot \
+             take such a change (it lacks the `{}` feature): it is not sent, and later changes \
+             of actor {} wait behind it (other actors keep syncing; upgrade the peer)",
+            self.actor, self.seq, self.feature, self.actor
         )
     }
 }

@@ -67,6 +67,9 @@ pub struct PeerInfo {
     /// ([`FEATURE_PRUNED_BODY`](super::FEATURE_PRUNED_BODY)); peers of earlier releases
     /// do not, and are not sent such changes (`exchange.rs`).
     pub takes_pruned_body: bool,
+    /// Whether the peer takes the survivor of a log run in place of the changes it stands
+    /// for ([`FEATURE_LOG_RUNS`](super::FEATURE_LOG_RUNS)); peers of earlier releases do not.
+    pub takes_log_runs: bool,
 }
 
 /// The features this side announces, as sent.
@@ -74,9 +77,9 @@ fn own_features() -> Vec<String> {
     super::FEATURES.iter().map(|f| (*f).to_owned()).collect()
 }
 
-/// Whether `features` (a peer's) include [`FEATURE_PRUNED_BODY`](super::FEATURE_PRUNED_BODY).
-fn takes_pruned_body(features: &[String]) -> bool {
-    features.iter().any(|f| f == super::FEATURE_PRUNED_BODY)
+/// Whether `features` (a peer's) include `feature`.
+fn lists(features: &[String], feature: &str) -> bool {
+    features.iter().any(|f| f == feature)
 }
 
 /// How a session ended without error.
@@ -541,7 +544,8 @@ impl<S: SyncStore> SyncSession<S> {
                     actor: w.actor,
                     name: w.peer_name,
                     principal: None,
-                    takes_pruned_body: takes_pruned_body(&w.features),
+                    takes_pruned_body: lists(&w.features, super::FEATURE_PRUNED_BODY),
+                    takes_log_runs: lists(&w.features, super::FEATURE_LOG_RUNS),
                 };
                 Ok((peer, tip))
             }
@@ -624,7 +628,8 @@ impl<S: SyncStore> SyncSession<S> {
                     actor: hello.actor,
                     name: hello.peer_name,
                     principal: Some(principal),
-                    takes_pruned_body: takes_pruned_body(&hello.features),
+                    takes_pruned_body: lists(&hello.features, super::FEATURE_PRUNED_BODY),
+                    takes_log_runs: lists(&hello.features, super::FEATURE_LOG_RUNS),
                 };
                 Ok((peer, tip))
             }

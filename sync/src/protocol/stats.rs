@@ -171,8 +171,8 @@ pub struct StatsSnapshot {
     pub changes_too_large: u64,
     /// The most recent such change (code `change_too_large`), naming the actor and seq.
     pub last_too_large: Option<LastError>,
-    /// Changes left unsent because the peer runs an earlier release that cannot check a
-    /// change retention pruned wholly (each counted once per session; see
+    /// Changes left unsent because the peer runs an earlier release that cannot take a
+    /// change retention pruned wholly, or a log run (each counted once per session; see
     /// [`ChangeNeedsUpgrade`](super::ChangeNeedsUpgrade)).
     pub changes_held_for_upgrade: u64,
     /// The most recent such change (code `peer_needs_upgrade`), naming the actor and seq.

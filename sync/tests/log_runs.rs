@@ -1,0 +1,258 @@
+//! Log runs on real SQLite files: once retention has pruned a run of signed readings changes
+//! wholly (readings and rollups gone), the run is compacted to its last row. The version
+//! vector, digest and chain are unchanged; `kdelta verify` passes and counts the compacted
+//! seqs; a store holding nothing of the run, or part of it, receives the survivor and ends
+//! with the same vector and digest; a relay serves what it received; a survivor that does
+//! not reach what a store holds is a gap, and one altered is refused; the actor's next change
+//! links to the survivor, after a reopen too.
+
+use kdelta_sync::*;
+
+const MIN: i64 = 60_000;
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_764_000_000_000 / DAY * DAY;
+
+async fn open(dir: &tempfile::TempDir, name: &str) -> Store {
+    Store::open(dir.path().join(name), StoreConfig::default())
+        .await
+        .unwrap()
+}
+
+/// Raw readings kept a day, rollups two.
+fn policy() -> RetentionPolicy {
+    RetentionPolicy {
+        readings_max_age_ms: Some(DAY as u64),
+        rollups_max_age_ms: Some(2 * DAY as u64),
+        ..RetentionPolicy::default()
+    }
+}
+
+/// One readings change: 3 readings of `series` from `at`, a second apart (too sparse for
+/// retention to keep the rollups of their minute with the change).
+async fn readings(s: &Store, series: &str, at: i64) {
+    readings_n(s, series, at, 3).await;
+}
+
+/// One readings change: `n` readings of `series` from `at`, a second apart.
+async fn readings_n(s: &Store, series: &str, at: i64, n: i64) {
+    let mut b = ReadingBatch::new();
+    for i in 0..n {
+        b.push(series, at + i * 1000, i as f64, Some("u"));
+    }
+    s.append(b).await.unwrap();
+}
+
+/// Rows in the store's change log.
+fn rows(path: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM changes", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// `(seq, run_from)` of each change served to a peer holding `theirs` of the store's actor.
+async fn served(s: &Store, theirs: u64) -> Vec<(u64, Option<u64>)> {
+    let mut vv = VersionVector::new();
+    vv.set(s.actor(), theirs);
+    s.changes_since(&vv, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.seq, c.seal.as_ref().and_then(|s| s.run_from)))
+        .collect()
+}
+
+/// Closes `s` and checks its file: verifies, with `compacted` seqs held in runs.
+async fn verified(s: Store, compacted: u64) {
+    let path = s.path().to_owned();
+    s.close().await;
+    let report = Store::verify_file(&path).await.unwrap();
+    assert!(report.ok(), "{}: {:?}", path.display(), report.failures);
+    assert_eq!(report.compacted, compacted, "{}", path.display());
+}
+
+#[tokio::test]
+async fn runs_of_wholly_pruned_changes_compact_to_their_last_and_still_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    // Seqs 1..=25 readings, 26 a document (never compacted), 27..=47 readings (all old),
+    // 48..=50 readings recent enough to keep.
+    for seq in 1..=50i64 {
+        match seq {
+            26 => {
+                a.put("config/site", &serde_json::json!({"name": "shed"}))
+                    .await
+                    .unwrap();
+            }
+            48.. => readings(&a, "temp", T0 + 10 * DAY - seq * MIN).await,
+            _ => readings(&a, "temp", T0 + seq * MIN).await,
+        }
+    }
+    // B took the first ten changes before retention ran.
+    let b = open(&dir, "b.db").await;
+    let first_ten: Vec<Change> = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .take(10)
+        .collect();
+    b.apply_remote(first_ten).await.unwrap();
+
+    let vv = a.version_vector();
+    let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(report.readings, 46 * 3, "{report:?}");
+    // 1..=25 → row 25; 27..=47 → row 47.
+    assert_eq!(report.changes_compacted, 24 + 20, "{report:?}");
+    assert_eq!(a.version_vector(), vv, "the vector stands for every seq");
+    assert_eq!(a.stats().await.unwrap().changes, 6);
+    assert_eq!(rows(a.path()), 6);
+    assert_eq!(a.digest(), a.verify_digest().await.unwrap());
+    // A second pass finds nothing more.
+    let again = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(again.changes_compacted, 0, "{again:?}");
+
+    // Served from what the peer lacks: the whole run, part of it, or an ordinary change.
+    assert_eq!(
+        served(&a, 0).await,
+        vec![
+            (25, Some(1)),
+            (26, None),
+            (47, Some(27)),
+            (48, None),
+            (49, None),
+            (50, None)
+        ]
+    );
+    assert_eq!(served(&a, 10).await[0], (25, Some(11)));
+    assert_eq!(served(&a, 24).await[0], (25, None));
+    assert_eq!(served(&a, 30).await[0], (47, Some(31)));
+
+    // C holds nothing: it takes the runs.
+    let c = open(&dir, "c.db").await;
+    c.apply_remote(
+        a.changes_since(&VersionVector::new(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.version_vector(), a.version_vector());
+    assert_eq!(c.digest(), a.digest());
+    assert_eq!(rows(c.path()), 6);
+    // B holds 1..=10 whole: it takes the rest of the run, and once it prunes by the same
+    // policy it holds what A holds.
+    b.apply_remote(
+        a.changes_since(&b.version_vector(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.version_vector(), a.version_vector());
+    b.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(b.digest(), a.digest());
+    assert_eq!(rows(b.path()), 6, "B's own copies of 1..=10 join the run");
+    // D takes everything from C, a relay that never held the compacted rows.
+    let d = open(&dir, "d.db").await;
+    d.apply_remote(
+        c.changes_since(&VersionVector::new(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d.version_vector(), a.version_vector());
+    assert_eq!(d.digest(), a.digest());
+
+    // A survivor whose run does not reach what a store holds is a gap; one altered fails
+    // its signature. Neither stores anything.
+    let e = open(&dir, "e.db").await;
+    let all = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    let run_47 = all.iter().find(|c| c.seq == 47).unwrap().clone();
+    let err = e.apply_remote(vec![run_47]).await.unwrap_err();
+    assert!(matches!(err, StoreError::SeqGap { got: 27, .. }), "{err}");
+    let mut forged = all[0].clone();
+    forged.hlc = Hlc(forged.hlc.0 + 1);
+    let err = e.apply_remote(vec![forged]).await.unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    assert_eq!(e.version_vector(), VersionVector::new());
+
+    // Everything ages out: 27..=50 become one run. A's next change links to the survivor,
+    // after a reopen, and reaches C (which held 50) as an ordinary change.
+    let report = a.prune(&policy(), T0 + 20 * DAY, 1000).await.unwrap();
+    assert_eq!(report.changes_compacted, 3, "{report:?}");
+    let path = a.path().to_owned();
+    a.close().await;
+    let a = Store::open(&path, StoreConfig::default()).await.unwrap();
+    readings(&a, "temp", T0 + 20 * DAY).await;
+    let next = a
+        .changes_since(&c.version_vector(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].seq, next[0].first_seq()), (51, 51));
+    c.apply_remote(next).await.unwrap();
+    assert_eq!(c.version_vector(), a.version_vector());
+    c.prune(&policy(), T0 + 20 * DAY, 1000).await.unwrap();
+    assert_eq!(
+        c.digest(),
+        a.digest(),
+        "same changes, same policy, same clock"
+    );
+    assert_eq!(rows(c.path()), rows(a.path()));
+
+    verified(a, 24 + 23).await;
+    verified(b, 24 + 20).await;
+    verified(c, 24 + 23).await;
+    verified(d, 24 + 20).await;
+}
+
+/// Only wholly pruned changes whose rollups and timing went are compacted: a change still
+/// carrying the rollups of its pruned readings (rollups kept longer) keeps its row until
+/// they go.
+#[tokio::test]
+async fn a_change_keeps_its_row_while_its_rollups_remain() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    // Dense enough (10 a minute) for retention to keep their rollups with each change.
+    for seq in 0..20 {
+        readings_n(&a, "temp", T0 + seq * MIN, 10).await;
+    }
+    let keep_rollups = RetentionPolicy {
+        rollups_max_age_ms: None,
+        ..policy()
+    };
+    let report = a.prune(&keep_rollups, T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(report.readings, 200, "{report:?}");
+    // Each change carries the rollups of its own minute: none is compacted.
+    assert_eq!(report.changes_compacted, 0, "{report:?}");
+    assert_eq!(rows(a.path()), 20);
+    // Once the rollups go, they are.
+    let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(report.changes_compacted, 19, "{report:?}");
+    assert_eq!(rows(a.path()), 1);
+    verified(a, 19).await;
+}
+
+/// With log runs off (`[retention] log_runs = false`), every change keeps its row and its
+/// checkable signature; turned on again, the next pass compacts what is compactable.
+#[tokio::test]
+async fn log_runs_off_keeps_a_row_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    for seq in 0..10 {
+        readings(&a, "temp", T0 + seq * MIN).await;
+    }
+    a.set_log_runs(false);
+    let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!((report.readings, report.changes_compacted), (30, 0));
+    assert_eq!(rows(a.path()), 10);
+    a.set_log_runs(true);
+    let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(report.changes_compacted, 9, "{report:?}");
+    verified(a, 9).await;
+}
