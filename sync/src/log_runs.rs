@@ -30,7 +30,7 @@
 //! The sweep: each prune pass looks at a bounded window of the log, by row id, from where
 //! the last one stopped, wrapping at the end, so every row is looked at again after a while
 //! (a change becomes compactable when its rollups go, which may be long after its readings).
-//! Each step is one writer job: a few thousand rows at most, like a prune step.
+//! Each step is one writer job looking at `step_rows` row ids, like a prune step.
 
 use std::collections::BTreeMap;
 
@@ -39,10 +39,13 @@ use rusqlite::{OptionalExtension, params};
 use crate::writer::Writer;
 use crate::{Change, PruneReport, Result, StoreError};
 
-/// Row ids one compaction step looks at, per `step_rows` of the prune pass.
-const IDS_PER_STEP_ROW: i64 = 4;
-/// Most compaction steps per prune pass (the sweep goes on at the next pass).
-pub(crate) const MAX_STEPS_PER_PASS: usize = 16;
+/// Row ids one compaction step looks at, per `step_rows` of the prune pass: a step deletes
+/// at most that many rows, as a prune step deletes at most about that many readings, so it
+/// holds ingest up no longer.
+const IDS_PER_STEP_ROW: i64 = 1;
+/// Most compaction steps per prune pass (the sweep goes on at the next pass): 32,000 ids a
+/// pass at the default `step_rows`, so a log of a million rows is swept in ~30 passes.
+pub(crate) const MAX_STEPS_PER_PASS: usize = 32;
 
 /// The SQL condition of a compactable row `c` (parameter `?1`: the encoded empty manifest).
 const COMPACTABLE: &str = "c.kind = 1 AND c.signature IS NOT NULL AND c.body_hash IS NOT NULL \
@@ -89,7 +92,7 @@ struct Member {
 
 impl Writer {
     /// One step of the log-run sweep: looks at the rows with ids after the sweep's position
-    /// (at most `4 × budget` ids), compacts the runs of compactable changes it finds (with
+    /// (at most `budget` ids), compacts the runs of compactable changes it finds (with
     /// the compactable row just below each, wherever it is) and moves on. Returns what it
     /// did and whether the sweep wrapped (the next step starts at the first row again).
     pub(crate) fn compact_log_step(&mut self, budget: usize) -> Result<(PruneReport, bool)> {

@@ -308,3 +308,52 @@ async fn an_as_of_replay_keeps_a_run_whole_or_cuts_at_its_start() {
     }
     a.close().await;
 }
+
+/// Issue #16, "within its budget indefinitely": a store that keeps recording (15 series, a
+/// change a minute) under a retention policy holds a change log that stops growing once
+/// retention has reached its steady state — the rows of the last day's changes and one row
+/// per run — instead of ~200 B more for every change ever made.
+#[tokio::test]
+async fn the_change_log_stays_flat_while_a_store_keeps_recording() {
+    const PER_DAY: i64 = 1440;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    let log_bytes = |held: Vec<HeldSpace>| {
+        held.iter()
+            .find(|h| h.holder == SpaceHolder::ChangeLog)
+            .map_or(0, |h| h.bytes)
+    };
+    let mut after_day = Vec::new();
+    for day in 0..8 {
+        for m in 0..PER_DAY {
+            let mut b = ReadingBatch::new();
+            for k in 0..15 {
+                b.push(
+                    &format!("sys.{k}"),
+                    T0 + day * DAY + m * MIN,
+                    k as f64,
+                    None,
+                );
+            }
+            s.append(b).await.unwrap();
+        }
+        s.prune(&policy(), T0 + (day + 1) * DAY, 1000)
+            .await
+            .unwrap();
+        let rows = rows(s.path());
+        after_day.push((rows, log_bytes(s.space_held().await.unwrap())));
+    }
+    eprintln!("change log rows and bytes after each day: {after_day:?}");
+    // Readings are kept a day: the last day's changes keep their rows, older ones are one
+    // run (their readings, and the rollups of minutes this sparse, are gone).
+    for (day, (rows, _)) in after_day.iter().enumerate().skip(1) {
+        assert!(*rows <= PER_DAY + 2, "day {day}: {rows} rows");
+    }
+    let (day2, day8) = (after_day[1].1, after_day[7].1);
+    assert!(
+        day8 <= day2 + day2 / 5,
+        "the change log grew from {day2} B (day 2) to {day8} B (day 8)"
+    );
+    assert_eq!(s.version_vector().get(&s.actor()), 8 * PER_DAY as u64);
+    verified(s, 7 * PER_DAY as u64 - 1).await;
+}
