@@ -112,9 +112,12 @@ fn status_lines(base: &str, v: &Value) -> Vec<(&'static str, String)> {
         if enabled {
             let total = num("/store/retention/total/readings").unwrap_or(0);
             let docs = num("/store/retention/total/doc_versions").unwrap_or(0);
-            parts.push(format!(
-                "{total} readings and {docs} document versions pruned since start"
-            ));
+            let mut line = format!("{total} readings and {docs} document versions pruned");
+            let runs = num("/store/retention/total/changes_compacted").unwrap_or(0);
+            if runs > 0 {
+                line.push_str(&format!(", {runs} changes compacted into log runs"));
+            }
+            parts.push(format!("{line} since start"));
         }
         lines.push(("retention", parts.join("; ")));
     }
@@ -474,5 +477,26 @@ mod tests {
 
         let plain = serde_json::json!({"clock": {"trusted": true, "reason": "r"}});
         assert_eq!(line(&status_lines("http://x", &plain), "rebased"), None);
+    }
+
+    #[test]
+    fn the_retention_line_counts_changes_compacted_into_log_runs() {
+        let status = |compacted: u64| {
+            serde_json::json!({"store": {"retention": {"enabled": true, "total": {
+                "readings": 90, "doc_versions": 2, "changes_compacted": compacted}}}})
+        };
+        let lines = status_lines("http://x", &status(0));
+        assert_eq!(
+            line(&lines, "retention"),
+            Some("90 readings and 2 document versions pruned since start")
+        );
+        let lines = status_lines("http://x", &status(28));
+        assert_eq!(
+            line(&lines, "retention"),
+            Some(
+                "90 readings and 2 document versions pruned, 28 changes compacted into log \
+                 runs since start"
+            )
+        );
     }
 }
