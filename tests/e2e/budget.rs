@@ -506,6 +506,78 @@ async fn a_tiny_budget_holds_round_after_round_pruning_rollups_once_raw_readings
     assert_eq!(agg["buckets"], json!([]), "{agg}");
 }
 
+/// Issue #16, "keeps recording within its budget indefinitely": one reading per POST makes a
+/// change each, and a change whose readings all went used to keep a ~200-byte row for good —
+/// 10,000 of them alone are twice this 1 MiB budget, which could then never be met. With log
+/// runs the budget's passes compact them: round after round the store comes back within
+/// budget, never reports that it cannot, and still holds the newest readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_changes_stay_within_a_tiny_budget_as_log_runs() {
+    use futures::StreamExt;
+    const ROUND: i64 = 2_500;
+    const ROUNDS: i64 = 4;
+    const MAX_DISK: u64 = 1 << 20;
+    let c = client();
+    let agent = Agent::builder()
+        .config(
+            "sources = []\ndevice_twin = false\n\
+             [retention]\nevery = \"1s\"\nmax_disk = \"1MiB\"\n",
+        )
+        .start();
+    let start = 1_700_000_000_000i64 / HOUR * HOUR;
+    for round in 0..ROUNDS {
+        let posts = (0..ROUND).map(|i| {
+            let (c, url) = (c.clone(), agent.at("/v1/readings"));
+            let ts = start + (round * ROUND + i) * 60_000;
+            async move {
+                let body = json!({"series": [{"name": "tick", "ts": [ts], "values": [1.0]}]});
+                post(&c, &url, "application/json", body.to_string().into_bytes()).await
+            }
+        });
+        let answers: Vec<(u16, Value)> = futures::stream::iter(posts)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (s, v) in &answers {
+            assert_eq!(*s, 201, "{v}");
+        }
+        let written = now_ms();
+        let b = eventually(WAIT, "the store back within max_disk", || {
+            let (c, agent) = (c.clone(), &agent);
+            async move {
+                let b = pass_after(&c, agent, written).await;
+                (b["used_bytes"].as_u64()? <= MAX_DISK).then_some(b)
+            }
+        })
+        .await;
+        assert_eq!(b["cannot_meet"], Value::Null, "round {round}: {b}");
+    }
+    let st = status(&c, &agent).await;
+    let compacted = st["store"]["budget"]["changes_compacted_total"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!(
+        "log runs e2e (1 MiB): {} changes, {compacted} compacted; {}",
+        ROUNDS * ROUND,
+        st["store"]["budget"]
+    );
+    assert!(
+        compacted > (ROUND * 2) as u64,
+        "{compacted} compacted: {st}"
+    );
+    assert_eq!(
+        metric(&c, &agent, "kdelta_retention_compacted_changes_total").await,
+        compacted as f64
+    );
+    assert_eq!(
+        st["counts"]["changes"].as_u64().unwrap() + compacted,
+        (ROUNDS * ROUND) as u64,
+        "every change is a row or in a run"
+    );
+    let kept = all_readings(&c, &agent, "tick").await;
+    assert!(kept.contains_key(&(start + (ROUNDS * ROUND - 1) * 60_000)));
+}
+
 /// Issue #16: when nothing more may be pruned and the store is still over budget — here the
 /// current values of documents, which the budget never prunes, exceed it on their own — the
 /// agent says so: `store.budget.cannot_meet` naming documents as what holds the space, the

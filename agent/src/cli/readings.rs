@@ -113,7 +113,9 @@ fn status_lines(base: &str, v: &Value) -> Vec<(&'static str, String)> {
             let total = num("/store/retention/total/readings").unwrap_or(0);
             let docs = num("/store/retention/total/doc_versions").unwrap_or(0);
             let mut line = format!("{total} readings and {docs} document versions pruned");
-            let runs = num("/store/retention/total/changes_compacted").unwrap_or(0);
+            // Age passes and the disk budget's passes both compact log runs.
+            let runs = num("/store/retention/total/changes_compacted").unwrap_or(0)
+                + num("/store/budget/changes_compacted_total").unwrap_or(0);
             if runs > 0 {
                 line.push_str(&format!(", {runs} changes compacted into log runs"));
             }

@@ -122,6 +122,8 @@ pub struct BudgetState {
     /// Rollup rows pruned by the budget since the agent started (once raw readings were
     /// gone).
     pub rollups_pruned_total: u64,
+    /// Change rows the budget's passes compacted into log runs since the agent started.
+    pub changes_compacted_total: u64,
     /// Set while the budget cannot be met: over it after pruning everything the budget may
     /// prune, with what holds the space (`unmet.rs`).
     pub cannot_meet: Option<CannotMeet>,
@@ -144,6 +146,7 @@ impl BudgetState {
         self.dropped_unacked_total += pass.hard.dropped_unacked;
         self.gaps_total += pass.hard.gaps;
         self.rollups_pruned_total += pass.rollups.rollups;
+        self.changes_compacted_total += pass.sample().compacted_changes;
         self.cannot_meet = cannot_meet;
         self.last = pass;
     }
