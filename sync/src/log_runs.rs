@@ -14,8 +14,8 @@
 //! verifies and the next change still links to its hash.
 //!
 //! A change is compactable when it is a signed readings change retention pruned wholly (no
-//! series left, no pruned hashes: it travels with its body hash), with no rollups of pruned
-//! units and no timing record left. Such a change adds nothing to the digest, so compacting
+//! series left: it travels with its body hash), with no rollups of pruned units and no
+//! timing record left. Such a change adds nothing to the digest, so compacting
 //! it changes no digest, and two replicas compacting at different times still agree.
 //! Unsigned changes are never compacted (the implied hash of an unsigned past links over
 //! them, `past.rs`), nor documents, twins, corrections or gap records.
@@ -48,8 +48,11 @@ const IDS_PER_STEP_ROW: i64 = 1;
 pub(crate) const MAX_STEPS_PER_PASS: usize = 32;
 
 /// The SQL condition of a compactable row `c` (parameter `?1`: the encoded empty manifest).
+/// `pruned` may hold the unit hashes of a change emptied by a release of 2026-12-05/06 (the
+/// form before `Seal::body`): such a row goes the same way, and a survivor in that form is
+/// turned into the body-hash form (its `body_hash` is what those hashes hash to).
 const COMPACTABLE: &str = "c.kind = 1 AND c.signature IS NOT NULL AND c.body_hash IS NOT NULL \
-     AND c.pruned IS NULL AND c.manifest = ?1 \
+     AND c.manifest = ?1 \
      AND NOT EXISTS (SELECT 1 FROM pruned_rollups p WHERE p.change_id = c.id) \
      AND NOT EXISTS (SELECT 1 FROM reading_timing t WHERE t.change_id = c.id)";
 
@@ -183,7 +186,7 @@ impl Writer {
                 .map_err(StoreError::db(ctx))?;
         }
         self.conn
-            .prepare_cached("UPDATE changes SET run_from = ?1 WHERE id = ?2")
+            .prepare_cached("UPDATE changes SET run_from = ?1, pruned = NULL WHERE id = ?2")
             .and_then(|mut st| st.execute(params![run[0].from as i64, survivor.id]))
             .map_err(StoreError::db(ctx))?;
         Ok(gone.len() as u64)

@@ -357,3 +357,55 @@ async fn the_change_log_stays_flat_while_a_store_keeps_recording() {
     assert_eq!(s.version_vector().get(&s.actor()), 8 * PER_DAY as u64);
     verified(s, 7 * PER_DAY as u64 - 1).await;
 }
+
+/// A store pruned by a release of 2026-12-05/06 kept the unit hashes of the changes it
+/// emptied (the form before `Seal::body`). Those rows are compacted too; a survivor in that
+/// form is served in the body-hash form, and the store verifies.
+#[tokio::test]
+async fn changes_emptied_in_the_old_form_join_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, "a.db").await;
+    for seq in 0..10 {
+        readings(&a, "temp", T0 + seq * MIN).await;
+    }
+    let whole = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    a.set_log_runs(false);
+    a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    let path = a.path().to_owned();
+    a.close().await;
+    // Back to the old form: each emptied change keeps its unit hash.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for c in &whole {
+        let ChangeBody::Readings(r) = &c.body else {
+            unreachable!()
+        };
+        let units: Vec<u8> = r.series.iter().flat_map(seal::unit_hash).collect();
+        conn.execute(
+            "UPDATE changes SET pruned = ?1 WHERE seq = ?2",
+            rusqlite::params![units, c.seq as i64],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    assert!(Store::verify_file(&path).await.unwrap().ok());
+    let a = Store::open(&path, StoreConfig::default()).await.unwrap();
+    let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
+    assert_eq!(report.changes_compacted, 9, "{report:?}");
+    let served = a
+        .changes_since(&VersionVector::new(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(served.len(), 1);
+    let s = served[0].seal.as_ref().unwrap();
+    assert_eq!((s.run_from, s.pruned.len()), (Some(1), 0));
+    assert!(s.body.is_some(), "served in the body-hash form");
+    let b = open(&dir, "b.db").await;
+    b.apply_remote(served).await.unwrap();
+    assert_eq!(b.version_vector(), a.version_vector());
+    assert_eq!(b.digest(), a.digest());
+    verified(a, 9).await;
+    verified(b, 9).await;
+}
