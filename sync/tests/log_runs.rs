@@ -409,3 +409,41 @@ async fn changes_emptied_in_the_old_form_join_runs() {
     verified(a, 9).await;
     verified(b, 9).await;
 }
+
+/// SD wear: a prune pass that finds nothing to do — the zero-configuration agent's every
+/// minute, whose policy keeps readings and only compacts old twin chunks — commits its steps
+/// (the log-run sweep's included) without writing a page: the WAL stays empty (each
+/// commit rewrites the digest and counters unchanged, which SQLite does not write).
+#[tokio::test]
+async fn a_pass_that_finds_nothing_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, "a.db").await;
+    for seq in 0..50 {
+        readings(&s, "temp", T0 + seq * MIN).await;
+    }
+    s.reclaim().await.unwrap(); // checkpoints and truncates the WAL
+    let wal = dir.path().join("a.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(wal_len(), 0);
+    let keep = RetentionPolicy {
+        readings_max_age_ms: Some(1000 * DAY as u64),
+        ..RetentionPolicy::default()
+    };
+    for _ in 0..3 {
+        let report = s.prune(&keep, T0 + DAY, 1000).await.unwrap();
+        assert_eq!((report.readings, report.changes_compacted), (0, 0));
+    }
+    assert_eq!(wal_len(), 0, "a pass that pruned nothing wrote to the WAL");
+    // A write still stores the digest and counters with it.
+    readings(&s, "temp", T0 + 60 * MIN).await;
+    assert!(wal_len() > 0);
+    let (digest, changes) = (s.digest(), s.stats().await.unwrap().changes);
+    let path = s.path().to_owned();
+    s.close().await;
+    let s = Store::open(&path, StoreConfig::default()).await.unwrap();
+    assert_eq!(
+        (s.digest(), s.stats().await.unwrap().changes),
+        (digest, changes)
+    );
+    assert_eq!(s.verify_digest().await.unwrap(), digest);
+}
