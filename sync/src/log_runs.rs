@@ -93,6 +93,18 @@ struct Member {
     from: u64,
 }
 
+impl Member {
+    /// From the stored `id`, `seq` and `run_from` of a row.
+    fn stored(id: i64, seq: i64, run_from: Option<i64>) -> Member {
+        let seq = seq as u64;
+        Member {
+            id,
+            seq,
+            from: run_from.map_or(seq, |f| f as u64),
+        }
+    }
+}
+
 impl Writer {
     /// One step of the log-run sweep: looks at the rows with ids after the sweep's position
     /// (at most `budget` ids), compacts the runs of compactable changes it finds (with
@@ -123,12 +135,10 @@ impl Writer {
             .map_err(StoreError::db(ctx))?;
         let mut per_actor: BTreeMap<i64, Vec<Member>> = BTreeMap::new();
         for (id, idx, seq, run_from) in found {
-            let seq = seq as u64;
-            per_actor.entry(idx).or_default().push(Member {
-                id,
-                seq,
-                from: run_from.map_or(seq, |f| f as u64),
-            });
+            per_actor
+                .entry(idx)
+                .or_default()
+                .push(Member::stored(id, seq, run_from));
         }
         let mut report = PruneReport::default();
         for (idx, members) in per_actor {
@@ -162,15 +172,7 @@ impl Writer {
                 })
                 .map_err(StoreError::db(ctx))?;
             if let Some((id, seq, run_from)) = below {
-                let seq = seq as u64;
-                run.insert(
-                    0,
-                    Member {
-                        id,
-                        seq,
-                        from: run_from.map_or(seq, |f| f as u64),
-                    },
-                );
+                run.insert(0, Member::stored(id, seq, run_from));
             }
         }
         let Some((survivor, gone)) = run.split_last() else {

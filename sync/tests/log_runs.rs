@@ -28,18 +28,30 @@ fn policy() -> RetentionPolicy {
 }
 
 /// One readings change: 3 readings of `series` from `at`, a second apart (too sparse for
-/// retention to keep the rollups of their minute with the change).
-async fn readings(s: &Store, series: &str, at: i64) {
-    readings_n(s, series, at, 3).await;
+/// retention to keep the rollups of their minute with the change). Returns its HLC.
+async fn readings(s: &Store, series: &str, at: i64) -> Hlc {
+    readings_n(s, series, at, 3).await
 }
 
 /// One readings change: `n` readings of `series` from `at`, a second apart.
-async fn readings_n(s: &Store, series: &str, at: i64, n: i64) {
+async fn readings_n(s: &Store, series: &str, at: i64, n: i64) -> Hlc {
     let mut b = ReadingBatch::new();
     for i in 0..n {
         b.push(series, at + i * 1000, i as f64, Some("u"));
     }
-    s.append(b).await.unwrap();
+    s.append(b).await.unwrap().hlc
+}
+
+/// Everything `s` serves to a store holding `theirs`.
+async fn serves(s: &Store, theirs: &VersionVector) -> Vec<Change> {
+    s.changes_since(theirs, usize::MAX).await.unwrap()
+}
+
+/// `to` takes everything `from` serves it.
+async fn pull(to: &Store, from: &Store) {
+    to.apply_remote(serves(from, &to.version_vector()).await)
+        .await
+        .unwrap();
 }
 
 /// Rows in the store's change log.
@@ -54,9 +66,8 @@ fn rows(path: &std::path::Path) -> i64 {
 async fn served(s: &Store, theirs: u64) -> Vec<(u64, Option<u64>)> {
     let mut vv = VersionVector::new();
     vv.set(s.actor(), theirs);
-    s.changes_since(&vv, usize::MAX)
+    serves(s, &vv)
         .await
-        .unwrap()
         .iter()
         .map(|c| (c.seq, c.seal.as_ref().and_then(|s| s.run_from)))
         .collect()
@@ -84,16 +95,18 @@ async fn runs_of_wholly_pruned_changes_compact_to_their_last_and_still_sync() {
                     .await
                     .unwrap();
             }
-            48.. => readings(&a, "temp", T0 + 10 * DAY - seq * MIN).await,
-            _ => readings(&a, "temp", T0 + seq * MIN).await,
+            48.. => {
+                readings(&a, "temp", T0 + 10 * DAY - seq * MIN).await;
+            }
+            _ => {
+                readings(&a, "temp", T0 + seq * MIN).await;
+            }
         }
     }
     // B took the first ten changes before retention ran.
     let b = open(&dir, "b.db").await;
-    let first_ten: Vec<Change> = a
-        .changes_since(&VersionVector::new(), usize::MAX)
+    let first_ten: Vec<Change> = serves(&a, &VersionVector::new())
         .await
-        .unwrap()
         .into_iter()
         .take(10)
         .collect();
@@ -130,48 +143,27 @@ async fn runs_of_wholly_pruned_changes_compact_to_their_last_and_still_sync() {
 
     // C holds nothing: it takes the runs.
     let c = open(&dir, "c.db").await;
-    c.apply_remote(
-        a.changes_since(&VersionVector::new(), usize::MAX)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    pull(&c, &a).await;
     assert_eq!(c.version_vector(), a.version_vector());
     assert_eq!(c.digest(), a.digest());
     assert_eq!(rows(c.path()), 6);
     // B holds 1..=10 whole: it takes the rest of the run, and once it prunes by the same
     // policy it holds what A holds.
-    b.apply_remote(
-        a.changes_since(&b.version_vector(), usize::MAX)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    pull(&b, &a).await;
     assert_eq!(b.version_vector(), a.version_vector());
     b.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
     assert_eq!(b.digest(), a.digest());
     assert_eq!(rows(b.path()), 6, "B's own copies of 1..=10 join the run");
     // D takes everything from C, a relay that never held the compacted rows.
     let d = open(&dir, "d.db").await;
-    d.apply_remote(
-        c.changes_since(&VersionVector::new(), usize::MAX)
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    pull(&d, &c).await;
     assert_eq!(d.version_vector(), a.version_vector());
     assert_eq!(d.digest(), a.digest());
 
     // A survivor whose run does not reach what a store holds is a gap; one altered fails
     // its signature. Neither stores anything.
     let e = open(&dir, "e.db").await;
-    let all = a
-        .changes_since(&VersionVector::new(), usize::MAX)
-        .await
-        .unwrap();
+    let all = serves(&a, &VersionVector::new()).await;
     let run_47 = all.iter().find(|c| c.seq == 47).unwrap().clone();
     let err = e.apply_remote(vec![run_47]).await.unwrap_err();
     assert!(matches!(err, StoreError::SeqGap { got: 27, .. }), "{err}");
@@ -189,10 +181,7 @@ async fn runs_of_wholly_pruned_changes_compact_to_their_last_and_still_sync() {
     a.close().await;
     let a = Store::open(&path, StoreConfig::default()).await.unwrap();
     readings(&a, "temp", T0 + 20 * DAY).await;
-    let next = a
-        .changes_since(&c.version_vector(), usize::MAX)
-        .await
-        .unwrap();
+    let next = serves(&a, &c.version_vector()).await;
     assert_eq!(next.len(), 1);
     assert_eq!((next[0].seq, next[0].first_seq()), (51, 51));
     c.apply_remote(next).await.unwrap();
@@ -267,24 +256,9 @@ async fn an_as_of_replay_keeps_a_run_whole_or_cuts_at_its_start() {
     let a = open(&dir, "a.db").await;
     let mut hlcs = Vec::new();
     for seq in 1..=10i64 {
-        readings(&a, "temp", T0 + seq * MIN).await;
-        hlcs.push(
-            a.changes_since(&VersionVector::new(), usize::MAX)
-                .await
-                .unwrap()
-                .last()
-                .unwrap()
-                .hlc,
-        );
+        hlcs.push(readings(&a, "temp", T0 + seq * MIN).await);
     }
-    readings(&a, "temp", T0 + 10 * DAY - MIN).await; // seq 11: kept
-    let last = a
-        .changes_since(&VersionVector::new(), usize::MAX)
-        .await
-        .unwrap()
-        .last()
-        .unwrap()
-        .hlc;
+    let last = readings(&a, "temp", T0 + 10 * DAY - MIN).await; // seq 11: kept
     let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
     assert_eq!(report.changes_compacted, 9, "{report:?}");
     let me = a.actor();
@@ -368,10 +342,7 @@ async fn changes_emptied_in_the_old_form_join_runs() {
     for seq in 0..10 {
         readings(&a, "temp", T0 + seq * MIN).await;
     }
-    let whole = a
-        .changes_since(&VersionVector::new(), usize::MAX)
-        .await
-        .unwrap();
+    let whole = serves(&a, &VersionVector::new()).await;
     a.set_log_runs(false);
     a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
     let path = a.path().to_owned();
@@ -394,10 +365,7 @@ async fn changes_emptied_in_the_old_form_join_runs() {
     let a = Store::open(&path, StoreConfig::default()).await.unwrap();
     let report = a.prune(&policy(), T0 + 10 * DAY, 1000).await.unwrap();
     assert_eq!(report.changes_compacted, 9, "{report:?}");
-    let served = a
-        .changes_since(&VersionVector::new(), usize::MAX)
-        .await
-        .unwrap();
+    let served = serves(&a, &VersionVector::new()).await;
     assert_eq!(served.len(), 1);
     let s = served[0].seal.as_ref().unwrap();
     assert_eq!((s.run_from, s.pruned.len()), (Some(1), 0));

@@ -844,53 +844,63 @@ async fn a_wholly_pruned_change_waits_for_a_peer_of_an_earlier_release() {
     assert_eq!(report.units, 1, "{report:?}");
 
     let me = store.actor();
-    for (features, expect_mine) in [(vec![], 0), (vec!["pruned_body".to_string()], 2)] {
-        let (mut raw, handle, stats) = watched_initiator(&store);
-        raw.handshake_with(TOKEN, features.clone()).await;
-        let got = served_until_live(&mut raw).await;
-        let mine = got.iter().filter(|c| c.actor == me).count();
-        assert_eq!(mine, expect_mine, "features {features:?}");
-        assert_eq!(
-            got.iter().filter(|c| c.actor == other.actor()).count(),
-            2,
-            "other actors keep syncing"
-        );
-        let snapshot = stats.snapshot();
-        if expect_mine == 0 {
-            assert_eq!(snapshot.changes_held_for_upgrade, 1);
-            let held = snapshot.last_held_for_upgrade.expect("a report");
-            assert_eq!(held.code, "peer_needs_upgrade");
-            assert!(
-                held.message.contains(&format!("change {me}:1 ")),
-                "{}",
-                held.message
-            );
-        } else {
-            assert_eq!(snapshot.changes_held_for_upgrade, 0);
-            let first = got.iter().find(|c| c.actor == me && c.seq == 1).unwrap();
-            let seal = first.seal.as_ref().unwrap();
-            assert!(seal.body.is_some() && seal.pruned.is_empty());
-            // What the peer receives, it stores and checks.
-            let peer = open(&dir, "peer.db").await;
-            peer.apply_remote(got).await.unwrap();
-            assert_eq!(peer.version_vector(), store.version_vector());
-            assert_eq!(peer.digest(), store.digest());
-        }
-        drop(raw);
-        let _ = timeout(DEADLINE, handle).await;
-    }
+    let (got, held) = served_to_raw_peer(&store, &[]).await;
+    assert_eq!(got.iter().filter(|c| c.actor == me).count(), 0);
+    assert_eq!(
+        got.iter().filter(|c| c.actor == other.actor()).count(),
+        2,
+        "other actors keep syncing"
+    );
+    assert_held_for_upgrade(&held, &format!("change {me}:1 "), "pruned_body");
+
+    let (got, held) = served_to_raw_peer(&store, &["pruned_body"]).await;
+    assert_eq!(got.iter().filter(|c| c.actor == me).count(), 2);
+    assert_eq!(held.changes_held_for_upgrade, 0);
+    let first = got.iter().find(|c| c.actor == me && c.seq == 1).unwrap();
+    let seal = first.seal.as_ref().unwrap();
+    assert!(seal.body.is_some() && seal.pruned.is_empty());
+    // What the peer receives, it stores and checks.
+    assert_taken_whole(&dir, &store, got).await;
 }
 
-/// Reads pages from the responder until it goes live; returns the changes.
-async fn served_until_live(raw: &mut Raw) -> Vec<Change> {
+/// What a real responder on `store` serves a raw peer announcing `features` until it goes
+/// live, and the responder's counters then.
+async fn served_to_raw_peer(store: &Store, features: &[&str]) -> (Vec<Change>, StatsSnapshot) {
+    let (mut raw, handle, stats) = watched_initiator(store);
+    let features = features.iter().map(|f| f.to_string()).collect();
+    raw.handshake_with(TOKEN, features).await;
     let mut got = Vec::new();
     loop {
         match raw.recv().await.expect("the session stays up") {
             Frame::Page { changes, .. } => got.extend(changes),
-            Frame::Live => return got,
+            Frame::Live => break,
             _ => {}
         }
     }
+    let snapshot = stats.snapshot();
+    drop(raw);
+    let _ = timeout(DEADLINE, handle).await;
+    (got, snapshot)
+}
+
+/// The responder held one change back for want of `feature`, reported naming `change`.
+fn assert_held_for_upgrade(stats: &StatsSnapshot, change: &str, feature: &str) {
+    assert_eq!(stats.changes_held_for_upgrade, 1);
+    let held = stats.last_held_for_upgrade.as_ref().expect("a report");
+    assert_eq!(held.code, "peer_needs_upgrade");
+    assert!(
+        held.message.contains(change) && held.message.contains(&format!("`{feature}`")),
+        "{}",
+        held.message
+    );
+}
+
+/// A new store in `dir` takes `got` and holds what `store` holds: same vector and digest.
+async fn assert_taken_whole(dir: &tempfile::TempDir, store: &Store, got: Vec<Change>) {
+    let peer = open(dir, "peer.db").await;
+    peer.apply_remote(got).await.unwrap();
+    assert_eq!(peer.version_vector(), store.version_vector());
+    assert_eq!(peer.digest(), store.digest());
 }
 
 /// A log run (changes pruned wholly, rollups gone, compacted to the last of them) reaches a
@@ -918,34 +928,15 @@ async fn a_log_run_waits_for_a_peer_that_cannot_take_it() {
     }
     assert_eq!(compacted, 4);
     let me = store.actor();
-    let all = ["pruned_body".to_string(), "log_runs".to_string()];
-    for (features, expect) in [(vec![all[0].clone()], 0), (all.to_vec(), 2)] {
-        let (mut raw, handle, stats) = watched_initiator(&store);
-        raw.handshake_with(TOKEN, features.clone()).await;
-        let got = served_until_live(&mut raw).await;
-        assert_eq!(got.len(), expect, "features {features:?}");
-        let snapshot = stats.snapshot();
-        if expect == 0 {
-            assert_eq!(snapshot.changes_held_for_upgrade, 1);
-            let held = snapshot.last_held_for_upgrade.expect("a report");
-            assert_eq!(held.code, "peer_needs_upgrade");
-            assert!(
-                held.message.contains(&format!("change {me}:5 "))
-                    && held.message.contains("`log_runs`"),
-                "{}",
-                held.message
-            );
-        } else {
-            assert_eq!(snapshot.changes_held_for_upgrade, 0);
-            assert_eq!((got[0].seq, got[0].first_seq()), (5, 1));
-            let peer = open(&dir, "peer.db").await;
-            peer.apply_remote(got).await.unwrap();
-            assert_eq!(peer.version_vector(), store.version_vector());
-            assert_eq!(peer.digest(), store.digest());
-        }
-        drop(raw);
-        let _ = timeout(DEADLINE, handle).await;
-    }
+    let (got, held) = served_to_raw_peer(&store, &["pruned_body"]).await;
+    assert_eq!(got.len(), 0);
+    assert_held_for_upgrade(&held, &format!("change {me}:5 "), "log_runs");
+
+    let (got, held) = served_to_raw_peer(&store, &["pruned_body", "log_runs"]).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(held.changes_held_for_upgrade, 0);
+    assert_eq!((got[0].seq, got[0].first_seq()), (5, 1));
+    assert_taken_whole(&dir, &store, got).await;
 }
 
 #[tokio::test]

@@ -417,6 +417,16 @@ async fn pass_after(c: &reqwest::Client, agent: &Agent, after_ms: i64) -> Value 
     .await
 }
 
+/// Waits for a budget pass after `written_ms` that leaves the store using at most
+/// `max_disk`, and returns `store.budget`.
+async fn back_within(c: &reqwest::Client, agent: &Agent, max_disk: u64, written_ms: i64) -> Value {
+    eventually(WAIT, "the store back within max_disk", || async move {
+        let b = pass_after(c, agent, written_ms).await;
+        (b["used_bytes"].as_u64()? <= max_disk).then_some(b)
+    })
+    .await
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -460,15 +470,7 @@ async fn a_tiny_budget_holds_round_after_round_pruning_rollups_once_raw_readings
         )
         .await;
         assert_eq!(s, 201, "{v}");
-        let written = now_ms();
-        let b = eventually(WAIT, "the store back within max_disk", || {
-            let (c, agent) = (c.clone(), &agent);
-            async move {
-                let b = pass_after(&c, agent, written).await;
-                (b["used_bytes"].as_u64()? <= MAX_DISK).then_some(b)
-            }
-        })
-        .await;
+        let b = back_within(&c, &agent, MAX_DISK, now_ms()).await;
         assert_eq!(b["cannot_meet"], Value::Null, "round {round}: {b}");
         let files = store_files(&agent);
         sizes.push(files);
@@ -541,15 +543,7 @@ async fn many_small_changes_stay_within_a_tiny_budget_as_log_runs() {
         for (s, v) in &answers {
             assert_eq!(*s, 201, "{v}");
         }
-        let written = now_ms();
-        let b = eventually(WAIT, "the store back within max_disk", || {
-            let (c, agent) = (c.clone(), &agent);
-            async move {
-                let b = pass_after(&c, agent, written).await;
-                (b["used_bytes"].as_u64()? <= MAX_DISK).then_some(b)
-            }
-        })
-        .await;
+        let b = back_within(&c, &agent, MAX_DISK, now_ms()).await;
         assert_eq!(b["cannot_meet"], Value::Null, "round {round}: {b}");
     }
     let st = status(&c, &agent).await;

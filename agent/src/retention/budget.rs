@@ -210,6 +210,11 @@ pub struct BudgetPass {
 }
 
 impl BudgetPass {
+    /// Change rows the pass's cuts compacted into log runs.
+    pub fn changes_compacted(&self) -> u64 {
+        self.pruned.changes_compacted + self.hard.changes_compacted + self.rollups.changes_compacted
+    }
+
     /// What `/metrics` takes of this pass.
     pub fn sample(&self) -> crate::metrics::BudgetSample {
         crate::metrics::BudgetSample {
@@ -222,9 +227,7 @@ impl BudgetPass {
             dropped_readings: self.hard.dropped_unacked,
             gap_records: self.hard.gaps,
             pruned_rollups: self.rollups.rollups,
-            compacted_changes: self.pruned.changes_compacted
-                + self.hard.changes_compacted
-                + self.rollups.changes_compacted,
+            compacted_changes: self.changes_compacted(),
             cannot_meet: self.cannot_meet,
         }
     }

@@ -146,7 +146,7 @@ impl BudgetState {
         self.dropped_unacked_total += pass.hard.dropped_unacked;
         self.gaps_total += pass.hard.gaps;
         self.rollups_pruned_total += pass.rollups.rollups;
-        self.changes_compacted_total += pass.sample().compacted_changes;
+        self.changes_compacted_total += pass.changes_compacted();
         self.cannot_meet = cannot_meet;
         self.last = pass;
     }

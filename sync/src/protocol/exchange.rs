@@ -181,9 +181,13 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
             };
             // A peer of an earlier release cannot check a wholly pruned change, nor take a
             // log run: the page ends before it, and when it comes first its actor is left out.
-            if let Some(at) = changes.iter().position(|c| self.needs_upgrade(c).is_some()) {
+            if let Some((at, feature)) = changes
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| Some((i, self.needs_upgrade(c)?)))
+            {
                 if at == 0 {
-                    self.hold_for_upgrade(&changes[0]);
+                    self.hold_for_upgrade(&changes[0], feature);
                     continue;
                 }
                 changes.truncate(at);
@@ -306,16 +310,14 @@ impl<'a, S: SyncStore> Exchange<'a, S> {
         self.oversized.insert(change.actor, change.seq);
     }
 
-    /// Leaves `change`'s actor out of this session: the change was pruned wholly and the
-    /// peer cannot check it. Counted and logged naming the change; the next session tries
-    /// again (the peer may have been upgraded).
-    fn hold_for_upgrade(&mut self, change: &Change) {
+    /// Leaves `change`'s actor out of this session: the peer lacks `feature` to take it
+    /// ([`needs_upgrade`](Self::needs_upgrade)). Counted and logged naming the change; the
+    /// next session tries again (the peer may have been upgraded).
+    fn hold_for_upgrade(&mut self, change: &Change, feature: &'static str) {
         let held = ChangeNeedsUpgrade {
             actor: change.actor,
             seq: change.seq,
-            feature: self
-                .needs_upgrade(change)
-                .unwrap_or(super::FEATURE_PRUNED_BODY),
+            feature,
         };
         tracing::warn!(actor = %change.actor, seq = change.seq, "sync: {held}");
         self.stats.change_needs_upgrade(&held);
